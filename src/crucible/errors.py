@@ -1,0 +1,203 @@
+"""The one error root of Crucible, shared by the SDK, the server and the agent.
+
+Exception tree::
+
+    Error                              code               HTTP
+    ├── InvalidRequestError            invalid_request    400  (and 413/422 variants below)
+    │   ├── PayloadTooLargeError       payload_too_large  413
+    │   ├── InvalidGpuError            invalid_gpu        400
+    │   └── InvalidResourcesError      invalid_resources  400
+    ├── AuthError                      unauthorized       401
+    ├── PermissionDeniedError          forbidden          403
+    ├── NotFoundError                  not_found          404
+    ├── ConflictError                  conflict           409
+    ├── ResourcesUnsatisfiableError    resources_unsatisfiable  (a call state, never HTTP)
+    ├── FunctionTimeoutError           function_timeout   (a call state)
+    ├── CallCancelledError             call_cancelled     (a call state)
+    ├── ContainerExitedError           container_exited   (a call state)
+    ├── RemoteError                    remote_error       (the function raised an exception that
+    │                                                      cannot be rebuilt on this side)
+    ├── ServerUnavailableError         server_unavailable 503 / connection refused
+    └── InternalError                  internal           500
+
+The server answers every error as ``{"error": {"code": ..., "message": ...}}``; the SDK turns
+the code back into the same class with :func:`error_from_wire`. Codes are stable: they are part
+of the wire contract and documented in ``docs/reference/errors.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthError",
+    "CallCancelledError",
+    "ConflictError",
+    "ContainerExitedError",
+    "Error",
+    "FunctionTimeoutError",
+    "InternalError",
+    "InvalidGpuError",
+    "InvalidRequestError",
+    "InvalidResourcesError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RemoteError",
+    "ResourcesUnsatisfiableError",
+    "ServerUnavailableError",
+    "error_from_wire",
+]
+
+
+class Error(Exception):
+    """Root of every error Crucible raises on purpose."""
+
+    code: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidRequestError(Error):
+    """The request is malformed or names something impossible. Fix the request and retry."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class InvalidGpuError(InvalidRequestError):
+    code = "invalid_gpu"
+    http_status = 400
+
+
+class InvalidResourcesError(InvalidRequestError):
+    code = "invalid_resources"
+    http_status = 400
+
+
+class AuthError(Error):
+    """No token, or a token the server does not know (or has revoked)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class PermissionDeniedError(Error):
+    """The token is valid but its scope does not allow this operation."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFoundError(Error):
+    """The object does not exist, or belongs to another account (never distinguished)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class ConflictError(Error):
+    code = "conflict"
+    http_status = 409
+
+
+class ResourcesUnsatisfiableError(Error):
+    """No registered host can ever satisfy the function's resource request."""
+
+    code = "resources_unsatisfiable"
+    http_status = 422
+
+
+class FunctionTimeoutError(Error, TimeoutError):
+    """The call ran longer than the function's ``timeout``."""
+
+    code = "function_timeout"
+    http_status = 408
+
+
+class CallCancelledError(Error):
+    code = "call_cancelled"
+    http_status = 409
+
+
+class ContainerExitedError(Error):
+    """The container running the call died (killed, out of memory, host lost) and retries ran out."""
+
+    code = "container_exited"
+    http_status = 500
+
+
+class RemoteError(Error):
+    """The remote function raised an exception whose type cannot be rebuilt locally.
+
+    ``exc_type`` is the remote type's qualified name and ``remote_traceback`` its traceback.
+    """
+
+    code = "remote_error"
+    http_status = 500
+
+    def __init__(self, message: str, exc_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        head = f"{self.exc_type}: {self.message}" if self.exc_type else self.message
+        if self.remote_traceback:
+            return f"{head}\n\nRemote traceback:\n{self.remote_traceback}"
+        return head
+
+
+class ServerUnavailableError(Error):
+    """The control plane cannot be reached. Is `crucible up` running, and is the URL right?"""
+
+    code = "server_unavailable"
+    http_status = 503
+
+
+class InternalError(Error):
+    code = "internal"
+    http_status = 500
+
+
+_BY_CODE: dict[str, type[Error]] = {
+    cls.code: cls
+    for cls in (
+        Error,
+        InvalidRequestError,
+        PayloadTooLargeError,
+        InvalidGpuError,
+        InvalidResourcesError,
+        AuthError,
+        PermissionDeniedError,
+        NotFoundError,
+        ConflictError,
+        ResourcesUnsatisfiableError,
+        FunctionTimeoutError,
+        CallCancelledError,
+        ContainerExitedError,
+        RemoteError,
+        ServerUnavailableError,
+        InternalError,
+    )
+}
+
+
+def error_from_wire(code: str, message: str) -> Error:
+    """The exception for a wire error code; an unknown code becomes a plain :class:`Error`."""
+    cls = _BY_CODE.get(code, Error)
+    if cls is RemoteError:
+        return RemoteError(message)
+    err = cls(message)
+    return err

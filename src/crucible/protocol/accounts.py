@@ -1,0 +1,52 @@
+"""Accounts and API tokens."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from crucible.protocol.common import Wire
+
+__all__ = ["AccountCreate", "AccountInfo", "Scope", "TokenCreate", "TokenCreated", "TokenInfo"]
+
+
+class Scope(StrEnum):
+    """What a token may do. ``admin``: operate the exchange (accounts, credits, every host).
+    ``user``: a builder's own apps and calls. ``host``: an agent of the account's hosts.
+    Container tokens are not stored: the server signs them per container."""
+
+    ADMIN = "admin"
+    USER = "user"
+    HOST = "host"
+
+
+class AccountCreate(Wire):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+class AccountInfo(Wire):
+    id: str
+    name: str
+    created_ms: int
+
+
+class TokenCreate(Wire):
+    scope: Scope = Scope.USER
+    name: str = Field(default="", max_length=64)
+    account_id: str | None = Field(
+        default=None, description="admin only: create the token for this account"
+    )
+
+
+class TokenInfo(Wire):
+    id: str
+    account_id: str
+    scope: Scope
+    name: str
+    created_ms: int
+    revoked: bool
+
+
+class TokenCreated(TokenInfo):
+    token: str = Field(description="the secret; shown once, stored only as a hash")

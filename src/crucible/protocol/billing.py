@@ -1,0 +1,25 @@
+"""Bills: metered cost per app, function and call."""
+
+from __future__ import annotations
+
+from crucible.protocol.common import Wire
+
+__all__ = ["BillLine", "BillReport"]
+
+
+class BillLine(Wire):
+    app_id: str
+    app_name: str
+    function_id: str
+    function_name: str
+    containers: int
+    container_ms: int
+    cost_micros: int
+    calls: int
+    exec_ms: int
+
+
+class BillReport(Wire):
+    account_id: str
+    lines: list[BillLine]
+    total_micros: int

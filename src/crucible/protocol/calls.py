@@ -1,0 +1,79 @@
+"""Calls: inputs, results, groups (the inputs of one ``.map``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from crucible.protocol.common import ErrorInfo, Payload, Wire
+
+__all__ = [
+    "CallInfo",
+    "CallList",
+    "CallsCreate",
+    "CallsCreated",
+    "GroupResults",
+    "GroupResultsRequest",
+    "InputItem",
+]
+
+
+class InputItem(Wire):
+    args: Payload
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class CallsCreate(Wire):
+    """Submit one or more inputs. Inputs of one ``.map`` share ``group_id`` and carry their
+    position from ``start_index`` on. With ``wait_s`` > 0 and a single input, the response
+    holds the result when it is ready within that time (the one-round-trip ``.remote()``)."""
+
+    inputs: list[InputItem] = Field(min_length=1, max_length=10_000)
+    group_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    start_index: int = Field(default=0, ge=0)
+    wait_s: float = Field(default=0.0, ge=0, le=60)
+
+
+class CallInfo(Wire):
+    id: str
+    function_id: str
+    app_id: str
+    state: str
+    attempts: int
+    created_ms: int
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    group_id: str | None = None
+    index: int = 0
+    result: Payload | None = None
+    error: ErrorInfo | None = None
+    exec_ms: int | None = None
+    cost_micros: int | None = None
+
+
+class CallsCreated(Wire):
+    call_ids: list[str]
+    # Present when wait_s was given and the single call finished in time.
+    result: CallInfo | None = None
+
+
+class CallList(Wire):
+    calls: list[CallInfo]
+
+
+class GroupResultsRequest(Wire):
+    wait_s: float = Field(default=0.0, ge=0, le=60)
+    limit: int = Field(default=5000, ge=1, le=50_000)
+    indices: list[int] | None = Field(
+        default=None,
+        max_length=50_000,
+        description="re-read these positions even if delivered before (recovery after a lost "
+        "response)",
+    )
+
+
+class GroupResults(Wire):
+    """Finished calls of a group not delivered before (each is delivered once), and how many
+    of the group's calls are not finished yet."""
+
+    results: list[CallInfo]
+    outstanding: int

@@ -1,0 +1,105 @@
+"""Schemas used across resources: payloads, errors, resources, pages."""
+
+from __future__ import annotations
+
+import base64
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ErrorBody",
+    "ErrorInfo",
+    "GpuAsk",
+    "Payload",
+    "Resources",
+    "RetryPolicy",
+    "Wire",
+]
+
+
+class Wire(BaseModel):
+    """Base of every wire model: unknown fields are refused so typos surface as 422/400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Payload(Wire):
+    """Opaque bytes (cloudpickle made by the SDK or a worker). Exactly one of ``data`` (base64,
+    at most the inline limit) or ``ref`` (sha256 of a blob in the blob store) is set. The control
+    plane stores and forwards payloads; it never decodes them."""
+
+    data: str | None = None
+    ref: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(default=0, ge=0)
+
+    @classmethod
+    def inline(cls, raw: bytes) -> Payload:
+        return cls(data=base64.b64encode(raw).decode("ascii"), size=len(raw))
+
+    def raw(self) -> bytes:
+        if self.data is None:
+            raise ValueError("payload is a blob reference; fetch it from the blob store")
+        return base64.b64decode(self.data)
+
+
+class ErrorInfo(Wire):
+    """Why a call failed. ``code`` is an error code from :mod:`crucible.errors`."""
+
+    code: str
+    message: str
+    exc_type: str | None = None
+    traceback: str | None = None
+    # cloudpickle of the exception object, made by the worker; only SDKs unpickle it.
+    exception: Payload | None = None
+
+
+class ErrorBody(Wire):
+    error: dict[str, str]
+
+
+class GpuAsk(Wire):
+    model: str
+    count: int = Field(ge=1, le=64)
+
+
+class Resources(Wire):
+    cpu: float = Field(default=0.25, gt=0, le=1024)
+    memory_mib: int = Field(default=512, ge=16, le=16 * 1024 * 1024)
+    # Fallback order: the first that fits wins. Empty: no GPU.
+    gpus: list[GpuAsk] = Field(default_factory=list, max_length=16)
+
+
+class RetryPolicy(Wire):
+    max_retries: int = Field(default=0, ge=0, le=100)
+    initial_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_delay_s: float = Field(default=60.0, ge=0, le=3600)
+
+
+class CallState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (CallState.QUEUED, CallState.RUNNING)
+
+
+TERMINAL_STATES = tuple(s.value for s in CallState if s.terminal)
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class Named(Wire):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    _check = field_validator("name")(_nonempty)

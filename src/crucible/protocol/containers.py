@@ -1,0 +1,73 @@
+"""Containers: what the agent is told to run, what it reports, and the worker's exchange."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from crucible.protocol.apps import CodeRef
+from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire
+
+__all__ = [
+    "ContainerAssignment",
+    "ContainerReport",
+    "Exchange",
+    "ExchangeReply",
+    "InputAssignment",
+    "OutputItem",
+]
+
+
+class ContainerAssignment(Wire):
+    container_id: str
+    function_id: str
+    account_id: str
+    app_id: str
+    code: CodeRef
+    resources: Resources
+    gpu_indices: list[int] = Field(default_factory=list)
+    is_async: bool = False
+    # Signed per-container token; it can only exchange this container's inputs and read its
+    # account's blobs. The agent passes it to the worker and to nobody else.
+    token: str
+
+
+class ContainerReport(Wire):
+    container_id: str
+    state: str  # starting | running | exited
+    pid: int | None = None
+    exit_code: int | None = None
+    # Why it exited: "exited" (worker returned), "killed" (signal), "stopped" (asked to),
+    # "start_failed", "oom".
+    reason: str | None = None
+    message: str | None = None
+
+
+class InputAssignment(Wire):
+    call_id: str
+    attempt: int
+    args: Payload
+    timeout_s: float
+
+
+class OutputItem(Wire):
+    call_id: str
+    attempt: int
+    status: str = Field(pattern=r"^(succeeded|failed|timed_out)$")
+    result: Payload | None = None
+    error: ErrorInfo | None = None
+    exec_ms: int = Field(default=0, ge=0)
+
+
+class Exchange(Wire):
+    """The worker's one request: outputs of finished inputs in, up to ``want`` new inputs
+    out. The server answers at once when it has inputs, otherwise within ``wait_s``."""
+
+    outputs: list[OutputItem] = Field(default_factory=list, max_length=10_000)
+    want: int = Field(default=1, ge=0, le=10_000)
+    wait_s: float = Field(default=0.0, ge=0, le=60)
+
+
+class ExchangeReply(Wire):
+    inputs: list[InputAssignment] = Field(default_factory=list)
+    # The container should finish its inputs in hand and exit.
+    stop: bool = False

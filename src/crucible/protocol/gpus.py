@@ -1,0 +1,182 @@
+"""The GPU catalog and the grammar of GPU and memory requests.
+
+A request names a catalog model and a count: ``"H100"``, ``"A100-80GB:2"``, ``"h100:8"``.
+A list of requests is a fallback order. NVML device names (``"NVIDIA H100 80GB HBM3"``)
+are mapped onto catalog models with :func:`model_from_nvml_name`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from crucible.errors import InvalidGpuError, InvalidResourcesError
+
+__all__ = [
+    "GPU_CATALOG",
+    "GpuModel",
+    "GpuRequest",
+    "model_from_nvml_name",
+    "parse_fake_gpus",
+    "parse_gpu_request",
+    "parse_gpu_spec",
+    "parse_memory_mib",
+]
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    memory_gib: int
+    # A reference on-demand price, $/GPU-hour, used by metering v0 and as a default ask.
+    reference_price_usd: float
+    # Substrings of NVML names that identify this model (checked longest catalog name first).
+    nvml_aliases: tuple[str, ...] = ()
+
+
+GPU_CATALOG: dict[str, GpuModel] = {
+    m.name: m
+    for m in (
+        GpuModel("B200", 192, 5.99, ("B200",)),
+        GpuModel("H200", 141, 3.59, ("H200",)),
+        GpuModel("H100", 80, 1.89, ("H100",)),
+        GpuModel("A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")),
+        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100")),
+        GpuModel("L40S", 48, 0.99, ("L40S",)),
+        GpuModel("L4", 24, 0.44, ("L4",)),
+        GpuModel("A10G", 24, 0.60, ("A10G",)),
+        GpuModel("A10", 24, 0.55, ("A10",)),
+        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",)),
+        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",)),
+        GpuModel("V100", 16, 0.40, ("V100",)),
+        GpuModel("T4", 16, 0.17, ("T4",)),
+    )
+}
+
+_CANONICAL = {name.lower().replace("-", ""): name for name in GPU_CATALOG}
+# Friendly spellings builders use.
+_CANONICAL.update({"a100": "A100-40GB", "a10080g": "A100-80GB", "a10040g": "A100-40GB"})
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    model: str
+    count: int
+
+    def __str__(self) -> str:
+        return self.model if self.count == 1 else f"{self.model}:{self.count}"
+
+
+def _canonical_model(raw: str) -> str:
+    key = raw.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    model = _CANONICAL.get(key)
+    if model is None:
+        known = ", ".join(sorted(GPU_CATALOG))
+        raise InvalidGpuError(f"unknown GPU model {raw.strip()!r}; known models: {known}")
+    return model
+
+
+def parse_gpu_request(text: str) -> GpuRequest:
+    """``"A100-80GB:2"`` → GpuRequest("A100-80GB", 2)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidGpuError(f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}")
+    name, _, count_text = text.partition(":")
+    count = 1
+    if count_text:
+        if not count_text.strip().isdigit() or int(count_text) < 1:
+            raise InvalidGpuError(
+                f"GPU count in {text!r} must be a positive integer, as in 'H100:2'"
+            )
+        count = int(count_text)
+    if count > 64:
+        raise InvalidGpuError(f"{text!r} asks for {count} GPUs on one node; the most is 64")
+    return GpuRequest(_canonical_model(name), count)
+
+
+def parse_gpu_spec(spec: str | list[str] | tuple[str, ...] | None) -> list[GpuRequest]:
+    """A function's ``gpu=`` argument as a fallback-ordered list (empty: no GPU)."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [parse_gpu_request(spec)]
+    if isinstance(spec, list | tuple):
+        if not spec:
+            raise InvalidGpuError("gpu=[] is empty; leave gpu out for a CPU-only function")
+        return [parse_gpu_request(s) for s in spec]
+    raise InvalidGpuError(f"gpu= must be a string or a list of strings, got {type(spec).__name__}")
+
+
+def model_from_nvml_name(name: str) -> str | None:
+    """The catalog model for an NVML device name, or None when the model is not catalogued."""
+    upper = name.upper()
+    # Longest aliases first so "A100-SXM4-80GB" wins over "A100" and "L40S" over "L4".
+    candidates = sorted(
+        ((alias, m.name) for m in GPU_CATALOG.values() for alias in m.nvml_aliases),
+        key=lambda pair: -len(pair[0]),
+    )
+    for alias, model in candidates:
+        if re.search(rf"(?<![A-Z0-9]){re.escape(alias.upper())}(?![A-Z0-9])", upper):
+            return model
+    return None
+
+
+def parse_fake_gpus(text: str) -> list[str]:
+    """``"4xH100,2xL4"`` → ["H100"] * 4 + ["L4"] * 2 (models, one entry per device)."""
+    models: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        count_text, sep, name = part.partition("x")
+        if not sep or not count_text.isdigit():
+            count_text, name = "1", part
+        count = int(count_text)
+        if count < 1 or count > 64:
+            raise InvalidGpuError(f"fake GPU group {part!r}: count must be 1..64")
+        models.extend([_canonical_model(name)] * count)
+    if not models:
+        raise InvalidGpuError(f"--fake-gpus {text!r} declares no device; use e.g. '4xH100-80GB'")
+    return models
+
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_UNIT_MIB = {
+    "": 1.0,
+    "k": 1 / 1024,
+    "ki": 1 / 1024,
+    "kb": 1000 / 1024 / 1024,
+    "kib": 1 / 1024,
+    "m": 1.0,
+    "mi": 1.0,
+    "mb": 1000**2 / 1024**2,
+    "mib": 1.0,
+    "g": 1024.0,
+    "gi": 1024.0,
+    "gb": 1000**3 / 1024**2,
+    "gib": 1024.0,
+    "t": 1024.0**2,
+    "ti": 1024.0**2,
+    "tb": 1000**4 / 1024**2,
+    "tib": 1024.0**2,
+}
+
+
+def parse_memory_mib(value: int | str | None, default: int = 512) -> int:
+    """``"512MiB"``, ``"2GiB"``, ``"1.5G"`` or an int of MiB → MiB."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise InvalidResourcesError(f"memory= must be MiB or a string like '2GiB', got {value!r}")
+    if isinstance(value, int):
+        mib = value
+    else:
+        match = _MEMORY.match(str(value))
+        if not match:
+            raise InvalidResourcesError(
+                f"memory={value!r} is not a size; write e.g. 512 (MiB), '512MiB' or '2GiB'"
+            )
+        number, unit = match.groups()
+        mib = int(float(number) * _UNIT_MIB[(unit or "").lower()])
+    if mib < 16:
+        raise InvalidResourcesError(f"memory={value!r} is below the 16 MiB minimum")
+    return mib

@@ -1,0 +1,60 @@
+"""Hosts, their inventory, and the agent's sync loop."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from crucible.protocol.common import Wire
+from crucible.protocol.containers import ContainerAssignment, ContainerReport
+
+__all__ = ["DeviceInfo", "HostInfo", "HostRegister", "HostSync", "HostSyncReply", "Inventory"]
+
+
+class DeviceInfo(Wire):
+    index: int = Field(ge=0)
+    model: str
+    memory_mib: int = Field(ge=0)
+    uuid: str
+    fake: bool = False
+
+
+class Inventory(Wire):
+    cpu_cores: float = Field(gt=0)
+    memory_mib: int = Field(gt=0)
+    disk_mib: int = Field(ge=0)
+    gpus: list[DeviceInfo] = Field(default_factory=list, max_length=64)
+
+
+class HostRegister(Wire):
+    name: str = Field(min_length=1, max_length=128)
+    region: str = Field(default="local", max_length=64)
+    inventory: Inventory
+    agent_version: str = ""
+
+
+class HostInfo(Wire):
+    id: str
+    name: str
+    region: str
+    state: str  # ready | lost
+    inventory: Inventory
+    last_seen_ms: int
+    registered_ms: int
+    allocated_cpu: float = 0.0
+    allocated_memory_mib: int = 0
+    allocated_gpus: list[int] = Field(default_factory=list)
+    containers: int = 0
+
+
+class HostSync(Wire):
+    """The agent's heartbeat: what its containers are doing. The server answers at once if it
+    has work for the host, otherwise within ``wait_s``."""
+
+    containers: list[ContainerReport] = Field(default_factory=list, max_length=10_000)
+    wait_s: float = Field(default=0.0, ge=0, le=60)
+
+
+class HostSyncReply(Wire):
+    start: list[ContainerAssignment] = Field(default_factory=list)
+    stop: list[str] = Field(default_factory=list)
+    heartbeat_interval_s: float = 1.0

@@ -1,0 +1,151 @@
+"""A small keep-alive JSON client over :mod:`http.client`, used by the SDK, agent and worker.
+
+Why not httpx: the hot path (``.remote()`` round trip, the worker's exchange loop) is a few
+hundred microseconds of Python on each side, and ``http.client`` with a persistent
+connection costs a fraction of a general-purpose client's overhead and import time.
+
+One :class:`Transport` may be shared by threads: each thread gets its own connection.
+Connection failures are retried with backoff for ``retry_for_s`` seconds (a restarting control
+plane is a normal event); HTTP errors are raised as the :mod:`crucible.errors` class their
+code names.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+import orjson
+
+from crucible.errors import AuthError, Error, ServerUnavailableError, error_from_wire
+
+__all__ = ["Transport"]
+
+_RETRYABLE = (ConnectionError, http.client.HTTPException, socket.timeout, OSError)
+
+
+class Transport:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout_s: float = 90.0,
+        retry_for_s: float = 30.0,
+        user_agent: str = "crucible",
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise Error(f"server URL {base_url!r} must look like http://127.0.0.1:8745")
+        self.base_url = base_url.rstrip("/")
+        self._https = parsed.scheme == "https"
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if self._https else 80)
+        self._prefix = parsed.path.rstrip("/")
+        self._timeout = timeout_s
+        self.retry_for_s = retry_for_s
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------------------
+    def _conn(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+    # -- requests ---------------------------------------------------------------------------
+    def request_raw(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        timeout_s: float | None = None,
+        retry: bool = True,
+    ) -> tuple[int, bytes]:
+        """Send a request; return (status, body). Retries connection failures only."""
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Type"] = content_type
+        url = self._prefix + path
+        deadline = time.monotonic() + (self.retry_for_s if retry else 0.0)
+        delay = 0.05
+        while True:
+            conn = self._conn()
+            try:
+                if timeout_s is not None:
+                    conn.timeout = timeout_s
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout_s)
+                conn.request(method, url, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._drop()
+                return resp.status, data
+            except _RETRYABLE as exc:
+                self._drop()
+                if time.monotonic() + delay > deadline:
+                    raise ServerUnavailableError(
+                        f"cannot reach the Crucible server at {self.base_url} ({exc}); "
+                        "is it running? Start one with `crucible up`."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                if timeout_s is not None and getattr(self._local, "conn", None) is not None:
+                    self._local.conn.timeout = self._timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        timeout_s: float | None = None,
+        retry: bool = True,
+    ) -> Any:
+        body = None if json is None else orjson.dumps(json)
+        status, data = self.request_raw(method, path, body, timeout_s=timeout_s, retry=retry)
+        return self._decode(status, data)
+
+    @staticmethod
+    def _decode(status: int, data: bytes) -> Any:
+        if 200 <= status < 300:
+            return orjson.loads(data) if data else None
+        try:
+            err = orjson.loads(data)["error"]
+            raise error_from_wire(err["code"], err["message"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            if status == 401:
+                raise AuthError("the server refused the token") from None
+            text = data[:500].decode("utf-8", "replace")
+            raise Error(f"server answered HTTP {status}: {text}") from None
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, {} if json is None else json, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)

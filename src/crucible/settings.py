@@ -1,0 +1,202 @@
+"""The one settings table.
+
+Every option Crucible reads has a default, an environment variable and a line of
+documentation here, and nowhere else. Nothing is read at import time: call
+:func:`load_settings` (the server, agent and CLI do so at start-up) and pass the result down.
+``crucible settings`` prints this table; ``docs/operators.md`` is generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SETTINGS_TABLE", "Settings", "load_settings"]
+
+
+def _opt(default: Any, env: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- where state lives -------------------------------------------------------------------
+    home: str = _opt(
+        "~/.crucible",
+        "CRUCIBLE_HOME",
+        "Data directory of an embedded exchange and of the client config.",
+    )
+    database_url: str = _opt(
+        "",
+        "CRUCIBLE_DATABASE_URL",
+        "SQLAlchemy URL of the store. Empty: SQLite at $CRUCIBLE_HOME/crucible.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db.",
+    )
+    blob_dir: str = _opt(
+        "", "CRUCIBLE_BLOB_DIR", "Directory of the blob store. Empty: $CRUCIBLE_HOME/blobs."
+    )
+    secret: str = _opt(
+        "",
+        "CRUCIBLE_SECRET",
+        "Server secret that signs container tokens; every replica needs the same one. "
+        "Empty: generated once into $CRUCIBLE_HOME/secret.",
+    )
+    # -- server ------------------------------------------------------------------------------
+    bind_host: str = _opt("127.0.0.1", "CRUCIBLE_BIND_HOST", "Address the server listens on.")
+    port: int = _opt(8745, "CRUCIBLE_PORT", "Port the server listens on.")
+    max_request_bytes: int = _opt(
+        16 * 1024 * 1024,
+        "CRUCIBLE_MAX_REQUEST_BYTES",
+        "Largest JSON request body accepted; larger ones get 413 payload_too_large.",
+    )
+    max_blob_bytes: int = _opt(
+        2 * 1024**3, "CRUCIBLE_MAX_BLOB_BYTES", "Largest blob (code bundle, big argument) accepted."
+    )
+    inline_payload_max_bytes: int = _opt(
+        2 * 1024 * 1024,
+        "CRUCIBLE_INLINE_PAYLOAD_MAX_BYTES",
+        "Arguments and results larger than this travel through the blob store by reference.",
+    )
+    scheduler_interval_s: float = _opt(
+        0.25,
+        "CRUCIBLE_SCHEDULER_INTERVAL_S",
+        "Period of the scheduler loop (it also runs at once when new work arrives).",
+    )
+    host_timeout_s: float = _opt(
+        15.0,
+        "CRUCIBLE_HOST_TIMEOUT_S",
+        "A host silent this long is lost: its containers end and their calls are requeued.",
+    )
+    unschedulable_grace_s: float = _opt(
+        10.0,
+        "CRUCIBLE_UNSCHEDULABLE_GRACE_S",
+        "How long a call whose resources no live host can ever satisfy waits for such a host "
+        "to register before it fails with resources_unsatisfiable.",
+    )
+    container_start_timeout_s: float = _opt(
+        120.0,
+        "CRUCIBLE_CONTAINER_START_TIMEOUT_S",
+        "A container not ready this long after it was assigned is ended and replaced.",
+    )
+    timeout_grace_s: float = _opt(
+        2.0,
+        "CRUCIBLE_TIMEOUT_GRACE_S",
+        "Past a call's timeout the worker raises inside the function; if the container has not "
+        "answered after this grace, the server ends the call and stops the container.",
+    )
+    scaledown_window_s: float = _opt(
+        60.0,
+        "CRUCIBLE_SCALEDOWN_WINDOW_S",
+        "Default time an idle container is kept before it is stopped (scale to zero).",
+    )
+    max_containers: int = _opt(
+        16, "CRUCIBLE_MAX_CONTAINERS", "Default cap on the containers of one function."
+    )
+    max_infra_requeues: int = _opt(
+        5,
+        "CRUCIBLE_MAX_INFRA_REQUEUES",
+        "Requeues after host loss, which do not count against a function's retries, before a "
+        "call fails anyway.",
+    )
+    meter_interval_s: float = _opt(
+        10.0,
+        "CRUCIBLE_METER_INTERVAL_S",
+        "Running containers are metered in closed intervals of at most this length.",
+    )
+    # -- prices (metering v0; the market issue replaces these with host offers) ---------------
+    price_cpu_core_hour_usd: float = _opt(
+        0.04, "CRUCIBLE_PRICE_CPU_CORE_HOUR_USD", "Price of one CPU core for one hour."
+    )
+    price_memory_gib_hour_usd: float = _opt(
+        0.005, "CRUCIBLE_PRICE_MEMORY_GIB_HOUR_USD", "Price of one GiB of memory for one hour."
+    )
+    # -- client ------------------------------------------------------------------------------
+    server_url: str = _opt(
+        "",
+        "CRUCIBLE_SERVER_URL",
+        "Control plane the SDK and CLI talk to. Empty: the one in $CRUCIBLE_HOME/client.json.",
+    )
+    token: str = _opt(
+        "", "CRUCIBLE_TOKEN", "API token. Empty: the one in $CRUCIBLE_HOME/client.json."
+    )
+    # -- agent -------------------------------------------------------------------------------
+    agent_dir: str = _opt(
+        "",
+        "CRUCIBLE_AGENT_DIR",
+        "Agent state: code cache and container work dirs. Empty: $CRUCIBLE_HOME/agent.",
+    )
+    allow_fake_gpus: bool = _opt(
+        False,
+        "CRUCIBLE_ALLOW_FAKE_GPUS",
+        "Permit `crucible agent --fake-gpus` (declared inventories for testing without GPUs).",
+    )
+    heartbeat_interval_s: float = _opt(
+        1.0, "CRUCIBLE_HEARTBEAT_INTERVAL_S", "How often an idle agent reports to the server."
+    )
+    stop_grace_s: float = _opt(
+        5.0,
+        "CRUCIBLE_STOP_GRACE_S",
+        "Between SIGTERM and SIGKILL when the agent stops a container.",
+    )
+
+    # -- derived paths -----------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_path / 'crucible.db'}"
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.blob_dir).expanduser() if self.blob_dir else self.home_path / "blobs"
+
+    @property
+    def agent_path(self) -> Path:
+        return Path(self.agent_dir).expanduser() if self.agent_dir else self.home_path / "agent"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+SETTINGS_TABLE: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+
+
+def _parse(value: str, kind: Any, env: str) -> Any:
+    if kind in (bool, "bool"):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{env}={value!r}: expected true or false")
+    if kind in (int, "int"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{env}={value!r}: expected an integer") from None
+    if kind in (float, "float"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{env}={value!r}: expected a number") from None
+    return value
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from defaults, then the environment, then explicit ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in SETTINGS_TABLE:
+        name = f.metadata["env"]
+        if name in env:
+            values[f.name] = _parse(env[name], f.type, name)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
