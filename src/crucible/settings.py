@@ -188,9 +188,7 @@ def _parse(value: str, kind: Any, env: str) -> Any:
     return value
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from defaults, then the environment, then explicit ``overrides``."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}

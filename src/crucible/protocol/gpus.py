@@ -79,7 +79,9 @@ def _canonical_model(raw: str) -> str:
 def parse_gpu_request(text: str) -> GpuRequest:
     """``"A100-80GB:2"`` → GpuRequest("A100-80GB", 2)."""
     if not isinstance(text, str) or not text.strip():
-        raise InvalidGpuError(f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}")
+        raise InvalidGpuError(
+            f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}"
+        )
     name, _, count_text = text.partition(":")
     count = 1
     if count_text:

@@ -52,6 +52,10 @@ class HostSync(Wire):
 
     containers: list[ContainerReport] = Field(default_factory=list, max_length=10_000)
     wait_s: float = Field(default=0.0, ge=0, le=60)
+    # Increases with every sync an agent process sends (from 1 after each registration).
+    # Reports may race each other from two agent threads; the server ignores one older than
+    # the newest it has seen, so a stale report never declares a running container gone.
+    seq: int = Field(default=0, ge=0)
 
 
 class HostSyncReply(Wire):

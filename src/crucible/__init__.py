@@ -1,0 +1,64 @@
+"""Crucible: an open GPU compute exchange with a serverless Python runtime.
+
+Builders import everything from here::
+
+    import crucible
+
+    app = crucible.App("hello")
+
+    @app.function(gpu="H100")
+    def square(x: int) -> int:
+        return x * x
+
+Everything not listed in ``__all__`` is internal and may change.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from crucible.errors import (
+    AuthError,
+    CallCancelledError,
+    ConflictError,
+    ContainerExitedError,
+    Error,
+    FunctionTimeoutError,
+    InternalError,
+    InvalidGpuError,
+    InvalidRequestError,
+    InvalidResourcesError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RemoteError,
+    ResourcesUnsatisfiableError,
+    ServerUnavailableError,
+)
+from crucible.sdk._app import App, LocalEntrypoint
+from crucible.sdk._functions import Function, FunctionCall, Retries
+
+__all__ = [
+    "App",
+    "AuthError",
+    "CallCancelledError",
+    "ConflictError",
+    "ContainerExitedError",
+    "Error",
+    "Function",
+    "FunctionCall",
+    "FunctionTimeoutError",
+    "InternalError",
+    "InvalidGpuError",
+    "InvalidRequestError",
+    "InvalidResourcesError",
+    "LocalEntrypoint",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RemoteError",
+    "ResourcesUnsatisfiableError",
+    "Retries",
+    "ServerUnavailableError",
+    "__version__",
+]

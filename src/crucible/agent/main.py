@@ -1,0 +1,393 @@
+"""The host agent: registers this machine with the control plane and runs its containers.
+
+The agent only dials out (hosts may sit behind NAT). Its whole protocol is two requests:
+
+- ``POST /v1/hosts/register`` (:class:`HostRegister` → :class:`HostInfo`) once at start, and
+  again whenever the server says it does not know the host (it lost its state);
+- ``POST /v1/hosts/{host_id}/sync`` (:class:`HostSync` → :class:`HostSyncReply`) in a loop:
+  a long poll that carries every container's state up and brings assignments to start and
+  container ids to stop down.
+
+Two threads sync. The loop thread long-polls with ``wait_s`` = the heartbeat interval; a second
+thread sends an extra sync with ``wait_s=0`` the moment a container exits, so the server hears
+of an exit (and can requeue its calls) without waiting for the next heartbeat. An exited
+container is reported until a sync carrying that report was answered with 200; then it is
+forgotten (its record and directory removed).
+
+A control plane that is restarting is normal: the agent retries with backoff and keeps its
+containers running meanwhile. Only a refused token or a refused registration stops it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from pydantic import ValidationError
+
+from crucible.agent.inventory import detect_inventory
+from crucible.agent.runtime import ProcessRuntime
+from crucible.errors import (
+    AuthError,
+    Error,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerUnavailableError,
+)
+from crucible.protocol.containers import ContainerReport
+from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply, Inventory
+from crucible.protocol.transport import Transport
+from crucible.settings import Settings
+
+__all__ = ["Agent", "agent_version"]
+
+log = logging.getLogger("crucible.agent")
+
+# Errors after which retrying cannot help: the operator must fix the token or the request.
+_FATAL = (AuthError, PermissionDeniedError, InvalidRequestError)
+_BACKOFF_START_S = 0.25
+_BACKOFF_MAX_S = 10.0
+# A server that answers an empty sync early (before wait_s) must not make the agent spin.
+_MIN_EMPTY_SYNC_PERIOD_S = 0.25
+# Ids of forgotten containers remembered so a re-sent assignment does not run one again.
+_TOMBSTONES = 4096
+
+
+def agent_version() -> str:
+    """The installed crucible version, or ``"0+unknown"`` when running from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crucible")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Agent:
+    """One host's agent. Construct it, then call :meth:`run` (blocking).
+
+    ``name`` defaults to the machine's hostname; the server gives back the same host id when
+    the same account registers the same name again, so restarting an agent keeps its identity.
+    ``fake_gpus`` (e.g. ``"4xH100-80GB"``) declares GPUs for testing; it needs
+    ``settings.allow_fake_gpus``. ``worker_argv`` replaces the worker command (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        server_url: str,
+        token: str,
+        name: str | None = None,
+        region: str = "local",
+        fake_gpus: str | None = None,
+        worker_argv: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.server_url = server_url
+        self.name = name or socket.gethostname()
+        self.region = region
+        self.fake_gpus = fake_gpus
+        self.agent_dir: Path = settings.agent_path
+        self._transport = Transport(
+            server_url,
+            token,
+            # Short: the agent's own loop retries with backoff and stays responsive to shutdown.
+            retry_for_s=2.0,
+            user_agent=f"crucible-agent/{agent_version()}",
+        )
+        self.runtime = ProcessRuntime(
+            self.agent_dir,
+            server_url,
+            worker_argv=worker_argv,
+            stop_grace_s=settings.stop_grace_s,
+            on_exit=self._on_exit,
+        )
+        self._interval = min(max(settings.heartbeat_interval_s, 0.0), 60.0)
+        self._lock = threading.Lock()  # guards _host_id, _tombstones, _stopping
+        self._apply_lock = threading.Lock()  # one reply applied at a time
+        # Taken around "snapshot the reports + number the sync", so sequence numbers follow the
+        # order in which reports were observed, whichever thread then sends first.
+        self._report_lock = threading.Lock()
+        self._seq = 0  # HostSync.seq of the last sync numbered since the last registration
+        self._host_id: str | None = None
+        self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._stopping = False
+        self._stop = threading.Event()
+        self._exited = threading.Event()
+        # Separate from _stop: the exit reporter must outlive stop_all(), because children it
+        # started die (PR_SET_PDEATHSIG) the moment it returns.
+        self._reporter_done = threading.Event()
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def host_id(self) -> str | None:
+        """The id the server gave this host, once registered."""
+        with self._lock:
+            return self._host_id
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to return: it stops the containers and reports their ends first.
+
+        Safe from any thread and from a signal handler.
+        """
+        self._stop.set()
+
+    def run(self) -> None:
+        """Register, then sync until :meth:`shutdown` or SIGTERM/SIGINT (main thread only).
+
+        On the way out every container is stopped (SIGTERM, grace, SIGKILL) and a last sync
+        reports their ends. Raises :class:`crucible.errors.Error` when the inventory is refused
+        (e.g. fake GPUs not allowed), the token is refused, or the server rejects the
+        registration; a server that cannot be reached is retried forever.
+        """
+        restore = self._install_signal_handlers()
+        exit_reporter = threading.Thread(
+            target=self._exit_report_loop, name="crucible-agent-exits", daemon=True
+        )
+        try:
+            # Fail fast on a misconfigured inventory before contacting anyone.
+            self._register(self._inventory())
+            if self._stop.is_set():
+                return
+            exit_reporter.start()
+            self._sync_loop()
+        finally:
+            self._shutdown_containers()
+            self._reporter_done.set()
+            self._exited.set()
+            if exit_reporter.is_alive():
+                exit_reporter.join(timeout=5.0)
+            self._final_report()
+            restore()
+            self._transport.close()
+
+    # -- registration -------------------------------------------------------------------------
+    def _inventory(self) -> Inventory:
+        return detect_inventory(
+            fake_gpus=self.fake_gpus,
+            allow_fake=self.settings.allow_fake_gpus,
+            disk_path=self.agent_dir,
+            host_name=self.name,
+        )
+
+    def _register(self, inventory: Inventory | None = None) -> None:
+        """Register (again), retrying transient failures until it works or shutdown.
+
+        ``inventory`` defaults to a fresh detection (free disk changes over time).
+        """
+        backoff = _BACKOFF_START_S
+        while not self._stop.is_set():
+            body = HostRegister(
+                name=self.name,
+                region=self.region,
+                inventory=inventory or self._inventory(),
+                agent_version=agent_version(),
+            )
+            try:
+                data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))
+                info = HostInfo.model_validate(data)
+            except _FATAL:
+                raise
+            except NotFoundError as exc:
+                raise Error(
+                    f"{self.server_url} has no host registration endpoint ({exc}); is --server "
+                    "the URL of a Crucible control plane?"
+                ) from exc
+            except (Error, ValidationError) as exc:
+                log.warning("registration failed (%s); retrying in %.1f s", _brief(exc), backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            with self._report_lock, self._lock:
+                self._host_id = info.id
+                self._seq = 0  # the server numbers a registered agent's syncs from 1 again
+            inv = info.inventory
+            gpus = ", ".join(f"{g.model}{' (fake)' if g.fake else ''}" for g in inv.gpus) or "none"
+            log.info(
+                "registered as host %s (%s, region %s): %g CPU cores, %d MiB memory, GPUs: %s",
+                info.id,
+                info.name,
+                info.region,
+                inv.cpu_cores,
+                inv.memory_mib,
+                gpus,
+            )
+            return
+
+    # -- syncing ------------------------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        backoff = _BACKOFF_START_S
+        while not self._stop.is_set():
+            wait_s = self._interval
+            started = time.monotonic()
+            try:
+                reply = self._sync(wait_s, retry=True)
+            except NotFoundError:
+                log.warning(
+                    "the server does not know host %s (it lost its state?); registering again",
+                    self.host_id,
+                )
+                self._register()
+                continue
+            except _FATAL:
+                raise
+            except ServerUnavailableError as exc:
+                log.warning(
+                    "control plane unreachable (%s); retrying in %.1f s, containers keep running",
+                    _brief(exc),
+                    backoff,
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            except (Error, ValidationError) as exc:
+                log.error("sync failed (%s); retrying in %.1f s", _brief(exc), backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = _BACKOFF_START_S
+            self._interval = min(max(reply.heartbeat_interval_s, 0.0), 60.0)
+            if not reply.start and not reply.stop:
+                elapsed = time.monotonic() - started
+                floor = min(wait_s, _MIN_EMPTY_SYNC_PERIOD_S)
+                if elapsed < floor:
+                    self._stop.wait(floor - elapsed)
+
+    def _sync(self, wait_s: float, *, retry: bool) -> HostSyncReply:
+        """One sync: report, apply the reply, forget exits the server has now heard of.
+
+        Raises what the transport raises; nothing is forgotten unless the server answered 200.
+        Each sync carries ``seq``: the loop thread and the exit reporter may race, and the server
+        must not let an older snapshot (container running) override a newer one (it exited).
+        """
+        with self._report_lock:
+            host_id = self.host_id
+            if host_id is None:
+                raise NotFoundError("not registered yet")
+            reports = self.runtime.poll()
+            self._seq += 1
+            seq = self._seq
+        body = HostSync(containers=reports, wait_s=wait_s, seq=seq).model_dump(mode="json")
+        data = self._transport.post(
+            f"/v1/hosts/{host_id}/sync", body, timeout_s=wait_s + 30.0, retry=retry
+        )
+        reply = HostSyncReply.model_validate(data)
+        for report in reports:
+            if report.state == "exited" and self.runtime.forget(report.container_id):
+                with self._lock:
+                    self._tombstones[report.container_id] = None
+                    while len(self._tombstones) > _TOMBSTONES:
+                        self._tombstones.popitem(last=False)
+        self._apply(reply)
+        return reply
+
+    def _apply(self, reply: HostSyncReply) -> None:
+        """Start new assignments and stop what the server asks to stop. Idempotent: the server
+        may send an assignment again until it sees the container in a report."""
+        with self._apply_lock:
+            for assignment in reply.start:
+                cid = assignment.container_id
+                with self._lock:
+                    skip = self._stopping or cid in self._tombstones
+                if skip or self.runtime.knows(cid):
+                    continue
+                gpus = ",".join(map(str, assignment.gpu_indices)) or "none"
+                log.info(
+                    "starting container %s (function %s, %g CPU, %d MiB, GPUs %s)",
+                    cid,
+                    assignment.function_id,
+                    assignment.resources.cpu,
+                    assignment.resources.memory_mib,
+                    gpus,
+                )
+                self.runtime.start(assignment)
+            for cid in reply.stop:
+                if self.runtime.stop(cid):
+                    log.info("stopping container %s", cid)
+
+    def _on_exit(self, report: ContainerReport) -> None:
+        # Called by the runtime once per container, from whichever thread noticed the exit.
+        detail = f"status {report.exit_code}" if report.exit_code is not None else "no status"
+        first_line = (report.message or "").splitlines()[0] if report.message else ""
+        log.info(
+            "container %s %s (%s)%s",
+            report.container_id,
+            report.reason,
+            detail,
+            f": {first_line}" if first_line else "",
+        )
+        self._exited.set()
+
+    def _exit_report_loop(self) -> None:
+        """Thread: report exits at once with a ``wait_s=0`` sync.
+
+        It has its own keep-alive connection (the transport keeps one per thread), so it never
+        waits behind the loop thread's long poll. Failures are left to the loop thread, whose
+        next sync carries the same reports.
+        """
+        try:
+            while True:
+                self._exited.wait()
+                if self._reporter_done.is_set():
+                    return
+                self._exited.clear()
+                try:
+                    self._sync(0.0, retry=False)
+                except (Error, ValidationError) as exc:
+                    log.debug("immediate exit report failed (%s); the next sync carries it", exc)
+        finally:
+            self._transport.close()  # this thread's connection
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def _shutdown_containers(self) -> None:
+        with self._lock:
+            self._stopping = True  # replies that still arrive start nothing
+        self._stop.set()
+        running = [r for r in self.runtime.poll() if r.state != "exited"]
+        if running:
+            log.info("shutting down: stopping %d container(s)", len(running))
+        self.runtime.stop_all()
+
+    def _final_report(self) -> None:
+        if self.host_id is None:
+            return
+        try:
+            # Best effort: tell the server now rather than let it time the host out.
+            self._sync(0.0, retry=False)
+        except (Error, ValidationError) as exc:
+            log.warning("could not report the final container states (%s)", _brief(exc))
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT → :meth:`shutdown`; returns a function that restores the old ones.
+
+        Python only allows handlers in the main thread; elsewhere (an embedded agent run in a
+        thread) this is a no-op and the owner calls :meth:`shutdown`.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            self.shutdown()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]

@@ -1,0 +1,438 @@
+"""The ``process`` runtime: each container is a plain child process of the agent.
+
+This runtime gives no isolation beyond a fresh working directory, a minimal environment and
+its own process group: the worker runs as the agent's user. It is the default for a developer's
+own machine (``crucible up``); sandboxed runtimes (bubblewrap, OCI) build on the same contract:
+
+- :meth:`ProcessRuntime.start` spawns a container for an assignment (idempotent per id),
+- :meth:`ProcessRuntime.poll` reports every known container,
+- :meth:`ProcessRuntime.stop` asks one to stop (SIGTERM, then SIGKILL after a grace period),
+- :meth:`ProcessRuntime.forget` drops an exited container once the server has heard of its end.
+
+Layout on disk, under ``agent_dir``::
+
+    containers/<container_id>/assignment.json   the assignment (holds the container token; 0600)
+    containers/<container_id>/log               the worker's stdout and stderr, appended
+    containers/<container_id>/work/             the worker's cwd and $HOME
+    code/                                       code cache shared by workers (CRUCIBLE_CODE_CACHE)
+
+Exit statuses follow :mod:`subprocess`: ``exit_code`` is the status a process returned, or
+``-N`` when signal ``N`` ended it; ``reason`` says who ended it (see :class:`ContainerReport`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from crucible.protocol.containers import ContainerAssignment, ContainerReport
+
+__all__ = ["ProcessRuntime"]
+
+log = logging.getLogger(__name__)
+
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 64 * 1024
+_MESSAGE_MAX_CHARS = 8000
+# Container ids become directory names: refuse anything that could escape containers/.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_PR_SET_PDEATHSIG = 1
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    # Loaded once in the parent: a preexec function runs between fork and exec, where loading
+    # a library (which takes locks another thread may have held at fork time) could deadlock.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl: Callable[..., int] = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+def _preexec(prctl: Callable[..., int] | None, parent_pid: int) -> None:
+    """Runs in the child between fork and exec: no imports, no locks."""
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # The agent may have died before prctl took effect; then nobody would ever stop us.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _crucible_import_root() -> str | None:
+    """The directory holding the ``crucible`` package the agent runs, when it is a source tree.
+
+    Workers are started as ``python -m crucible.worker``; adding this root to their PYTHONPATH
+    makes them import the very code the agent runs even when crucible is not installed (a
+    checkout used through PYTHONPATH). An installed package needs nothing.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if root.name in ("site-packages", "dist-packages"):
+        return None
+    return str(root)
+
+
+@dataclass
+class _Container:
+    container_id: str
+    dir: Path | None
+    started_at: float
+    proc: subprocess.Popen[bytes] | None = None
+    stop_requested: bool = False
+    escalated: bool = False
+    kill_timer: threading.Timer | None = None
+    # Set once the process has ended (or failed to start); the record is then final.
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+    @property
+    def exited(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class ProcessRuntime:
+    """Runs containers as child processes of the agent. Thread-safe.
+
+    ``worker_argv`` is the command a container runs (default
+    ``[sys.executable, "-m", "crucible.worker"]``); tests substitute small scripts.
+    ``on_exit`` is called once per container, outside the runtime's lock and from whichever
+    thread noticed the end (a watcher thread, or the caller of :meth:`poll`/:meth:`start`),
+    with the container's final report.
+
+    Children get ``PR_SET_PDEATHSIG=SIGKILL``, so they die with the agent. Linux ties that
+    signal to the *thread* that spawned the child: call :meth:`start` from a thread that lives
+    as long as the containers it starts (the agent's loop threads do).
+    """
+
+    def __init__(
+        self,
+        agent_dir: Path,
+        server_url: str,
+        *,
+        worker_argv: list[str] | None = None,
+        stop_grace_s: float = 5.0,
+        on_exit: Callable[[ContainerReport], None] | None = None,
+    ) -> None:
+        self.agent_dir = Path(agent_dir)
+        self.server_url = server_url
+        self.worker_argv = (
+            list(worker_argv) if worker_argv else [sys.executable, "-m", "crucible.worker"]
+        )
+        self.stop_grace_s = stop_grace_s
+        self.on_exit = on_exit
+        self._containers: dict[str, _Container] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._prctl = _load_prctl()
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        self.code_cache_dir.mkdir(parents=True, exist_ok=True)
+        # The dirs hold container tokens: keep other users out.
+        with contextlib.suppress(OSError):
+            self.agent_dir.chmod(0o700)
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.agent_dir / "containers"
+
+    @property
+    def code_cache_dir(self) -> Path:
+        return self.agent_dir / "code"
+
+    # -- public API ---------------------------------------------------------------------------
+    def knows(self, container_id: str) -> bool:
+        """True while a record exists for the id (running or exited but not yet forgotten)."""
+        with self._lock:
+            return container_id in self._containers
+
+    def start(self, assignment: ContainerAssignment) -> None:
+        """Spawn the worker for ``assignment``; a no-op when the id is already known.
+
+        Never raises for a bad assignment or a failed spawn: the container is recorded as
+        exited with reason ``start_failed`` and a message, which the next :meth:`poll` reports.
+        """
+        cid = assignment.container_id
+        with self._lock:
+            if cid in self._containers:
+                return
+            if not _SAFE_ID.match(cid):
+                c = _Container(cid, None, time.monotonic())
+                self._finish(c, None, "start_failed", f"invalid container id {cid!r}")
+                self._containers[cid] = c
+                failed: _Container | None = c
+            else:
+                c = _Container(cid, self.containers_dir / cid, time.monotonic())
+                self._containers[cid] = c
+                failed = None if self._spawn(c, assignment) else c
+        if failed is not None:
+            self._notify(failed)
+            return
+        # One watcher per container: it blocks in waitid() so exits are noticed at once,
+        # without polling and without reaping behind the lock's back.
+        threading.Thread(
+            target=self._watch, args=(c,), name=f"crucible-watch-{cid}", daemon=True
+        ).start()
+
+    def poll(self) -> list[ContainerReport]:
+        """A report for every known container, in start order.
+
+        ``running`` (with ``pid``) while the process lives: readiness is the worker's business
+        and the server learns it from the worker's own requests, so this runtime never reports
+        ``starting``. ``exited`` once it ended, with ``exit_code`` and ``reason``:
+
+        - ``stopped``: the agent asked it to stop (:meth:`stop`), however it then ended;
+        - ``killed``: a signal the agent did not send (OOM killer, an operator); the message
+          names the signal;
+        - ``exited``: it returned by itself; for a non-zero status the message is the last
+          lines of its log, so builders see the crash;
+        - ``start_failed``: it could not be spawned.
+        """
+        newly: list[_Container] = []
+        with self._lock:
+            for c in self._containers.values():
+                if not c.exited and self._check_exit(c, block=False):
+                    newly.append(c)
+            reports = [self._report(c) for c in self._containers.values()]
+        for c in newly:
+            self._notify(c)
+        return reports
+
+    def stop(self, container_id: str) -> bool:
+        """SIGTERM the container's process group now, SIGKILL it ``stop_grace_s`` later.
+
+        Returns at once (a timer escalates). Idempotent: True only for the call that sent
+        SIGTERM; unknown, exited and already-stopping ids are ignored (False).
+        """
+        with self._lock:
+            c = self._containers.get(container_id)
+            if c is None or c.exited or c.stop_requested or c.proc is None:
+                return False
+            c.stop_requested = True
+            self._signal_group(c, signal.SIGTERM)
+            timer = threading.Timer(self.stop_grace_s, self._escalate, args=(c,))
+            timer.daemon = True
+            c.kill_timer = timer
+            timer.start()
+            return True
+
+    def forget(self, container_id: str) -> bool:
+        """Drop an exited container's record and delete its directory.
+
+        Call it once the server acknowledged the exit. Returns False (and keeps everything)
+        when the id is unknown or the container is still running.
+        """
+        with self._lock:
+            c = self._containers.get(container_id)
+            if c is None or not c.exited:
+                return False
+            del self._containers[container_id]
+        if c.dir is not None:
+            shutil.rmtree(c.dir, ignore_errors=True)
+        return True
+
+    def stop_all(self, timeout_s: float | None = None) -> None:
+        """Stop every container and wait until all have ended (for shutdown).
+
+        Waits at most ``timeout_s`` (default: the stop grace plus 2 s, enough for the SIGKILL
+        escalation to land); exits are recorded, so a final :meth:`poll` reports them.
+        """
+        with self._lock:
+            ids = [cid for cid, c in self._containers.items() if not c.exited]
+        for cid in ids:
+            self.stop(cid)
+        deadline = time.monotonic() + (self.stop_grace_s + 2.0 if timeout_s is None else timeout_s)
+        with self._changed:
+            while any(not c.exited for c in self._containers.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, 0.1))
+        self.poll()  # records exits a watcher has not yet taken the lock for
+
+    # -- internals (callers hold self._lock unless stated) -------------------------------------
+    def _spawn(self, c: _Container, a: ContainerAssignment) -> bool:
+        assert c.dir is not None
+        try:
+            work = c.dir / "work"
+            work.mkdir(parents=True, exist_ok=True)
+            assignment_path = c.dir / "assignment.json"
+            fd = os.open(assignment_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(a.model_dump_json())
+            env = self._worker_env(a, work, assignment_path)
+            with open(c.dir / "log", "ab") as logf:
+                c.proc = subprocess.Popen(
+                    self.worker_argv,
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: stop() signals the whole tree
+                    preexec_fn=functools.partial(_preexec, self._prctl, os.getpid()),
+                    close_fds=True,
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._finish(c, None, "start_failed", f"cannot start the worker: {exc}")
+            return False
+        return True
+
+    def _worker_env(self, a: ContainerAssignment, work: Path, assignment: Path) -> dict[str, str]:
+        """The worker's whole environment. Built from scratch, never copied from the agent's,
+        so the agent's own token (CRUCIBLE_TOKEN) and other secrets cannot leak into builders'
+        code; the container token only lets it exchange its own inputs."""
+        devices = ",".join(str(i) for i in a.gpu_indices)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": str(work),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            # Tracebacks and prints reach the log as they happen, so a crash's last words
+            # are in the log tail even when the process is killed.
+            "PYTHONUNBUFFERED": "1",
+            "CRUCIBLE_SERVER_URL": self.server_url,
+            "CRUCIBLE_CONTAINER_ID": a.container_id,
+            "CRUCIBLE_CONTAINER_TOKEN": a.token,
+            "CRUCIBLE_ASSIGNMENT": str(assignment),
+            "CRUCIBLE_CODE_CACHE": str(self.code_cache_dir),
+            # Only the assigned devices are visible. With no GPU assigned the value is the
+            # empty string, not unset: CUDA then sees no device at all, whereas an unset
+            # variable would expose every GPU on the host to a CPU-only container.
+            "CUDA_VISIBLE_DEVICES": devices,
+            "NVIDIA_VISIBLE_DEVICES": devices,
+        }
+        paths = [p for p in (_crucible_import_root(), os.environ.get("PYTHONPATH")) if p]
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def _watch(self, c: _Container) -> None:
+        """Watcher thread: wait for the process to end without reaping it, then record it."""
+        assert c.proc is not None
+        with contextlib.suppress(ChildProcessError):  # already reaped by poll()
+            os.waitid(os.P_PID, c.proc.pid, os.WEXITED | os.WNOWAIT)
+        with self._lock:
+            newly = not c.exited and self._check_exit(c, block=True)
+        if newly:
+            self._notify(c)
+
+    def _check_exit(self, c: _Container, *, block: bool) -> bool:
+        """Record the exit if the process has ended; True when this call recorded it."""
+        proc = c.proc
+        if proc is None or c.exited:
+            return False
+        if not block:
+            try:
+                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    return False  # still running
+            except ChildProcessError:
+                pass  # reaped by someone else: it is gone, and proc.wait() returns at once
+        # The process is a zombie now, which keeps its process-group id from being reused:
+        # kill anything it left behind in its group before reaping it, so a finished container
+        # cannot keep a GPU busy.
+        self._signal_group(c, signal.SIGKILL)
+        rc = proc.wait()
+        if c.kill_timer is not None:
+            c.kill_timer.cancel()
+        if c.stop_requested:
+            how = "after SIGKILL (it ignored SIGTERM)" if c.escalated else "after SIGTERM"
+            self._finish(c, rc, "stopped", f"stopped by the agent; ended {how}")
+        elif rc < 0:
+            name = _signal_name(-rc)
+            message = f"killed by {name}, a signal the agent did not send (out of memory?)"
+            tail = self._log_tail(c)
+            if tail:
+                message += f"; last lines of its log:\n{tail}"
+            self._finish(c, rc, "killed", message)
+        else:
+            message = None
+            if rc != 0:
+                tail = self._log_tail(c)
+                message = f"worker exited with status {rc}" + (
+                    f"; last lines of its log:\n{tail}" if tail else ""
+                )
+            self._finish(c, rc, "exited", message)
+        return True
+
+    def _escalate(self, c: _Container) -> None:
+        with self._lock:
+            if c.exited or c.proc is None or c.proc.returncode is not None:
+                return
+            c.escalated = True
+            self._signal_group(c, signal.SIGKILL)
+
+    def _signal_group(self, c: _Container, sig: signal.Signals) -> None:
+        if c.proc is None or c.proc.returncode is not None:
+            return  # reaped: its pid may belong to someone else by now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(c.proc.pid, sig)
+
+    def _finish(self, c: _Container, rc: int | None, reason: str, message: str | None) -> None:
+        c.exit_code = rc
+        c.reason = reason
+        c.message = message[-_MESSAGE_MAX_CHARS:] if message else message
+        self._changed.notify_all()
+
+    def _log_tail(self, c: _Container) -> str:
+        if c.dir is None:
+            return ""
+        try:
+            with open(c.dir / "log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - _LOG_TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return ""
+        lines = data.decode("utf-8", "replace").splitlines()
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+    @staticmethod
+    def _report(c: _Container) -> ContainerReport:
+        if c.exited:
+            return ContainerReport(
+                container_id=c.container_id,
+                state="exited",
+                pid=c.pid,
+                exit_code=c.exit_code,
+                reason=c.reason,
+                message=c.message,
+            )
+        return ContainerReport(container_id=c.container_id, state="running", pid=c.pid)
+
+    def _notify(self, c: _Container) -> None:
+        # Outside the lock: the callback may call back into the runtime (poll, forget).
+        if self.on_exit is None:
+            return
+        with self._lock:
+            report = self._report(c)
+        try:
+            self.on_exit(report)
+        except Exception:
+            log.exception("on_exit callback failed for container %s", c.container_id)

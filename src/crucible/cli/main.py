@@ -1,0 +1,56 @@
+"""The `crucible` command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from crucible.cli import resources, run, serve, up
+from crucible.cli._output import err_console
+from crucible.errors import Error
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="crucible",
+    help="Crucible: an open GPU compute exchange with a serverless Python runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+up.register(app)
+serve.register(app)
+run.register(app)
+resources.register(app)
+
+
+@app.command()
+def settings() -> None:
+    """Print every setting: its environment variable, default and meaning."""
+    from crucible.cli._output import table
+    from crucible.settings import SETTINGS_TABLE, load_settings
+
+    current = load_settings()
+    table(
+        "Settings",
+        ["environment variable", "value", "default", "meaning"],
+        [
+            (f.metadata["env"], getattr(current, f.name), f.default, f.metadata["doc"])
+            for f in SETTINGS_TABLE
+        ],
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except Error as exc:
+        err_console.print(f"[bold red]Error:[/] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

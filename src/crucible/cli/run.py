@@ -1,0 +1,119 @@
+"""`crucible run FILE[::ENTRYPOINT] [-- ARGS]`: run an app's local entrypoint with the app
+live on the exchange."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from crucible.cli._embedded import ensure_running
+from crucible.errors import Error, InvalidRequestError
+from crucible.sdk._app import App, LocalEntrypoint
+from crucible.sdk._client import Client
+from crucible.sdk._packaging import _package_root
+from crucible.settings import load_settings
+
+__all__ = ["import_app_file", "register"]
+
+
+def import_app_file(path: Path) -> Any:
+    """Import a file as the module name it has on its package root (not ``__main__``), so
+    containers import the very same name."""
+    if not path.exists():
+        raise InvalidRequestError(f"{path} does not exist")
+    if path.suffix != ".py":
+        raise InvalidRequestError(f"{path} is not a Python file")
+    file = path.resolve()
+    root, parts = _package_root(file)
+    name = ".".join([*parts, file.stem])
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise InvalidRequestError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
+    entries: dict[str, LocalEntrypoint] = {}
+    for value in vars(module).values():
+        if isinstance(value, App):
+            entries.update(value.entrypoints)
+    if wanted:
+        if wanted not in entries:
+            raise InvalidRequestError(
+                f"no local entrypoint {wanted!r} in {module.__name__}; found: "
+                + (", ".join(sorted(entries)) or "none")
+            )
+        return entries[wanted]
+    if len(entries) == 1:
+        return next(iter(entries.values()))
+    if not entries:
+        raise InvalidRequestError(
+            f"{module.__name__} has no @app.local_entrypoint(); add one, or run "
+            "FILE::NAME to pick one"
+        )
+    raise InvalidRequestError(
+        f"{module.__name__} has several entrypoints ({', '.join(sorted(entries))}); "
+        "pick one with FILE::NAME"
+    )
+
+
+def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
+    """``--name value`` pairs, converted with the entrypoint's annotations."""
+    sig = inspect.signature(entry.raw_f)
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        if not flag.startswith("--"):
+            raise InvalidRequestError(f"expected --name value, got {flag!r}")
+        key = flag[2:].replace("-", "_")
+        if key not in sig.parameters:
+            raise InvalidRequestError(
+                f"{entry.name}() has no parameter {key!r}; it takes: " + ", ".join(sig.parameters)
+            )
+        if i + 1 >= len(args):
+            raise InvalidRequestError(f"{flag} needs a value")
+        raw = args[i + 1]
+        ann = sig.parameters[key].annotation
+        conv = {int: int, float: float, "int": int, "float": float}.get(ann, str)
+        try:
+            out[key] = conv(raw)
+        except ValueError:
+            raise InvalidRequestError(f"{flag}={raw!r} is not a valid {conv.__name__}") from None
+        i += 2
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def run(
+        ctx: typer.Context,
+        target: str = typer.Argument(..., help="FILE.py or FILE.py::entrypoint"),
+    ) -> None:
+        """Run an app's local entrypoint; its functions run in containers on the exchange
+        (an embedded one is started if none is configured)."""
+        file, _, wanted = target.partition("::")
+        module = import_app_file(Path(file))
+        entry = _find_entrypoint(module, wanted or None)
+        kwargs = _kwargs(entry, list(ctx.args))
+        config = ensure_running(load_settings())
+        client = Client(config.server_url, config.token)
+        try:
+            with entry.app.run(client=client):
+                result = entry(**kwargs)
+            if result is not None:
+                typer.echo(result)
+        except Error:
+            raise
+        finally:
+            client.close()

@@ -1,0 +1,129 @@
+"""`crucible server` (the control plane) and `crucible agent` (a host)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import typer
+
+from crucible.errors import Error
+from crucible.settings import Settings, load_settings
+
+__all__ = ["register", "run_server"]
+
+
+def run_server(settings: Settings, *, on_ready: object = None) -> None:
+    """Run the control plane in this process until interrupted."""
+    import asyncio
+
+    import uvicorn
+
+    from crucible.server.app import build_state, create_app
+
+    state = build_state(settings)
+    app = create_app(state)
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+    asyncio.run(server.serve())
+    state.engine.dispose()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _bootstrap_admin(settings: Settings) -> None:
+    """On an empty store, create the operator account and print its admin token once."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from crucible.protocol.accounts import Scope
+    from crucible.server.services.accounts import ensure_account, issue_token
+    from crucible.server.store.db import create_store_engine, migrate
+    from crucible.server.store.tables import accounts
+
+    engine = create_store_engine(settings.effective_database_url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            if conn.execute(select(func.count()).select_from(accounts)).scalar_one():
+                return
+            now = time.time_ns() // 1_000_000
+            account = ensure_account(conn, "operator", now)
+            token = issue_token(conn, account, Scope.ADMIN, "bootstrap", now).token
+        path = settings.home_path / "admin-token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+        path.chmod(0o600)
+        typer.echo(f"Created the operator account; its admin token is in {path}")
+    finally:
+        engine.dispose()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def server(
+        host: str = typer.Option(None, help="Address to listen on (CRUCIBLE_BIND_HOST)."),
+        port: int = typer.Option(None, help="Port to listen on (CRUCIBLE_PORT)."),
+        database_url: str = typer.Option(None, help="Store URL (CRUCIBLE_DATABASE_URL)."),
+    ) -> None:
+        """Run the control plane (API, scheduler, metering)."""
+        settings = load_settings(bind_host=host, port=port, database_url=database_url)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        _bootstrap_admin(settings)
+        typer.echo(f"Crucible control plane on http://{settings.bind_host}:{settings.port}")
+        run_server(settings)
+
+    @app.command()
+    def agent(
+        server: str = typer.Option(..., "--server", help="Control plane URL."),
+        token: str = typer.Option(
+            None, "--token", envvar="CRUCIBLE_TOKEN", help="Host token (scope host)."
+        ),
+        token_file: Path = typer.Option(None, help="Read the host token from this file."),
+        name: str = typer.Option(None, help="Host name (default: this machine's hostname)."),
+        region: str = typer.Option("local", help="Region this host is in."),
+        fake_gpus: str = typer.Option(
+            None, help="Declare fake GPUs for testing, e.g. 4xH100 (needs --allow-fake-gpus)."
+        ),
+        allow_fake_gpus: bool = typer.Option(
+            False, help="Permit --fake-gpus (or set CRUCIBLE_ALLOW_FAKE_GPUS=1)."
+        ),
+        agent_dir: Path = typer.Option(None, help="Agent state directory (CRUCIBLE_AGENT_DIR)."),
+    ) -> None:
+        """Run a host agent: register this machine and run the containers it is given."""
+        from crucible.agent.main import Agent
+
+        if token_file is not None:
+            token = token_file.read_text().strip()
+        if not token:
+            raise Error("the agent needs a host token: --token, --token-file or CRUCIBLE_TOKEN")
+        overrides: dict[str, object] = {}
+        if allow_fake_gpus:
+            overrides["allow_fake_gpus"] = True
+        if agent_dir is not None:
+            overrides["agent_dir"] = str(agent_dir)
+        settings = load_settings(**overrides)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        Agent(
+            settings,
+            server_url=server,
+            token=token,
+            name=name or socket.gethostname(),
+            region=region,
+            fake_gpus=fake_gpus,
+        ).run()

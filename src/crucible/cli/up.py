@@ -1,0 +1,103 @@
+"""`crucible up` / `crucible down`: the embedded exchange on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import typer
+
+from crucible.cli._embedded import (
+    agent_token_path,
+    bootstrap_tokens,
+    is_healthy,
+    pid_path,
+    port_free,
+    start_detached,
+    stop_detached,
+)
+from crucible.cli._output import console
+from crucible.errors import Error
+from crucible.settings import load_settings
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(
+        port: int = typer.Option(None, help="Port (CRUCIBLE_PORT, default 8745)."),
+        detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
+        foreground: bool = typer.Option(False, "--foreground", hidden=True),
+        fake_gpus: str = typer.Option(
+            None, help="Give the local host fake GPUs for testing, e.g. 2xH100."
+        ),
+    ) -> None:
+        """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
+        for this machine. Builders can use it at once (`crucible run app.py`)."""
+        settings = load_settings(port=port)
+        url = f"http://{settings.bind_host}:{settings.port}"
+        if detach:
+            start_detached(settings, fake_gpus=fake_gpus)
+            console.print(f"Crucible is up at {url} (stop it with `crucible down`)")
+            return
+        if is_healthy(url):
+            raise Error(f"an exchange already answers at {url}; stop it with `crucible down`")
+        if not port_free(settings.bind_host, settings.port):
+            raise Error(f"port {settings.port} is taken; pick another with --port")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        bootstrap_tokens(settings, url)
+        pid_path(settings).write_text(str(os.getpid()))
+        agent_cmd = [
+            sys.executable,
+            "-m",
+            "crucible.cli.main",
+            "agent",
+            "--server",
+            url,
+            "--token-file",
+            str(agent_token_path(settings)),
+            "--name",
+            socket.gethostname(),
+        ]
+        if fake_gpus:
+            agent_cmd += ["--fake-gpus", fake_gpus, "--allow-fake-gpus"]
+        agent_proc: list[subprocess.Popen[bytes]] = []
+
+        def start_agent() -> None:
+            while not is_healthy(url, 0.5):
+                time.sleep(0.05)
+            agent_proc.append(subprocess.Popen(agent_cmd, stdin=subprocess.DEVNULL))
+
+        threading.Thread(target=start_agent, daemon=True).start()
+        if not foreground:
+            console.print(
+                f"Crucible is up at {url}; builders: `crucible run app.py`. Ctrl-C stops."
+            )
+        from crucible.cli.serve import run_server
+
+        try:
+            run_server(settings)
+        finally:
+            for p in agent_proc:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=settings.stop_grace_s + 5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            pid_path(settings).unlink(missing_ok=True)
+
+    @app.command()
+    def down() -> None:
+        """Stop the embedded exchange started with `crucible up --detach`."""
+        settings = load_settings()
+        if stop_detached(settings):
+            console.print("Crucible is down.")
+        else:
+            console.print("No background exchange was running.")

@@ -1,0 +1,1 @@
+"""What builders import, re-exported from ``crucible``. Modules here are private."""

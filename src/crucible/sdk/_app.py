@@ -1,0 +1,195 @@
+"""``crucible.App``: a named group of functions, run ephemerally with ``app.run()``."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.apps import CodeRef, FunctionCreate
+from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
+from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
+from crucible.sdk._client import Client
+from crucible.sdk._functions import Function, Retries
+from crucible.sdk._packaging import bundle_for_module
+
+__all__ = ["App", "LocalEntrypoint"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PARENS = (
+    "Did you forget parentheses? Write `@app.{name}()`, not `@app.{name}`, "
+    'and pass options by keyword, e.g. `@app.function(gpu="H100")`.'
+)
+
+
+class LocalEntrypoint:
+    """A function that runs on the builder's machine with the app running
+    (``crucible run file.py``)."""
+
+    def __init__(self, app: App, raw_f: Callable[..., Any], name: str) -> None:
+        self.app = app
+        self.raw_f = raw_f
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.raw_f(*args, **kwargs)
+
+
+class App:
+    """A named set of functions. ``crucible run file.py`` runs the file's local entrypoint
+    with the app live; ``with app.run():`` does the same from plain Python."""
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise InvalidRequestError(f"App name must be a non-empty string, got {name!r}")
+        self.name = name or "app"
+        self.functions: dict[str, Function[Any, Any]] = {}
+        self.entrypoints: dict[str, LocalEntrypoint] = {}
+        self._app_id: str | None = None
+        self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    @property
+    def app_id(self) -> str | None:
+        return self._app_id
+
+    # -- decorators --------------------------------------------------------------------------
+    def function(
+        self,
+        _func: Any = None,
+        *,
+        gpu: str | list[str] | None = None,
+        cpu: float | None = None,
+        memory: int | str | None = None,
+        timeout: float = 300.0,
+        retries: int | Retries = 0,
+        max_containers: int | None = None,
+        scaledown_window: float | None = None,
+        name: str | None = None,
+    ) -> Callable[[Callable[P, R]], Function[P, R]]:
+        """Register a function to run in containers.
+
+        ``gpu``: ``"H100"``, ``"A100-80GB:2"``, or a list in fallback order. ``cpu``: cores
+        (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
+        seconds per attempt. ``retries``: extra attempts after a failure (an int, or
+        :class:`Retries` for the backoff).
+        """
+        if _func is not None:
+            raise InvalidRequestError(_PARENS.format(name="function"))
+        gpus = parse_gpu_spec(gpu)
+        memory_mib = parse_memory_mib(memory)
+        if cpu is not None and (isinstance(cpu, bool) or not 0 < float(cpu) <= 1024):
+            raise InvalidRequestError(f"cpu={cpu!r} must be a number of cores in (0, 1024]")
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 7 * 86400:
+            raise InvalidRequestError(f"timeout={timeout!r} must be seconds in (0, 604800]")
+        policy = retries if isinstance(retries, Retries) else None
+        if policy is None:
+            if not isinstance(retries, int) or isinstance(retries, bool):
+                raise InvalidRequestError(
+                    f"retries={retries!r} must be an int or crucible.Retries(...)"
+                )
+            policy = Retries(max_retries=retries)
+
+        def decorate(f: Callable[P, R]) -> Function[P, R]:
+            if isinstance(f, Function):
+                raise InvalidRequestError(f"{f.name} is already registered with @app.function()")
+            if not callable(f):
+                raise InvalidRequestError("@app.function() decorates a function")
+            if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+                raise InvalidRequestError(
+                    f"{f.__name__} is a generator; generator functions are not supported yet"
+                )
+            fname = name or f.__name__
+            if "<locals>" in f.__qualname__:
+                raise InvalidRequestError(
+                    f"{fname} is defined inside another function; define functions at module "
+                    "level so containers can import them"
+                )
+            options = {
+                "name": fname,
+                "resources": Resources(
+                    cpu=float(cpu) if cpu is not None else 0.25,
+                    memory_mib=memory_mib,
+                    gpus=[GpuAsk(model=g.model, count=g.count) for g in gpus],
+                ),
+                "timeout_s": float(timeout),
+                "retries": RetryPolicy(**policy.to_wire()),
+                "max_containers": max_containers,
+                "scaledown_window_s": scaledown_window,
+            }
+            fn = Function(self, f, options)
+            self.functions[fname] = fn
+            return fn
+
+        return decorate
+
+    def local_entrypoint(
+        self, _func: Any = None, *, name: str | None = None
+    ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
+        """Register the function ``crucible run`` calls on this machine."""
+        if _func is not None:
+            raise InvalidRequestError(_PARENS.format(name="local_entrypoint"))
+
+        def decorate(f: Callable[..., Any]) -> LocalEntrypoint:
+            entry = LocalEntrypoint(self, f, name or f.__name__)
+            self.entrypoints[entry.name] = entry
+            return entry
+
+        return decorate
+
+    # -- running -----------------------------------------------------------------------------
+    @contextmanager
+    def run(self, *, client: Client | None = None) -> Iterator[App]:
+        """Create an ephemeral app on the exchange, ship the code, register the functions,
+        and stop the app (and its containers) when the block ends."""
+        if self._app_id is not None:
+            raise Error(f"app {self.name!r} is already running")
+        client = client or Client.from_settings()
+        info = client.create_app(self.name, ephemeral=True)
+        self._app_id, self._client = info.id, client
+        try:
+            self._register(client, info.id)
+            yield self
+        finally:
+            try:
+                client.stop_app(info.id)
+            finally:
+                for fn in self.functions.values():
+                    fn._hydrate(None, None)
+                self._app_id = None
+
+    def _register(self, client: Client, app_id: str) -> None:
+        if not self.functions:
+            return
+        bundles: dict[str, Any] = {}
+        specs: list[FunctionCreate] = []
+        for fn in self.functions.values():
+            module = sys.modules[fn.raw_f.__module__]
+            bundle = bundles.get(module.__name__)
+            if bundle is None:
+                bundle = bundles[module.__name__] = bundle_for_module(module)
+                client.upload_blob(bundle.data)
+            specs.append(
+                FunctionCreate(
+                    name=fn.name,
+                    code=CodeRef(
+                        bundle=bundle.sha256, module=bundle.module, qualname=fn.raw_f.__qualname__
+                    ),
+                    resources=fn.options["resources"],
+                    timeout_s=fn.options["timeout_s"],
+                    retries=fn.options["retries"],
+                    max_containers=fn.options["max_containers"],
+                    scaledown_window_s=fn.options["scaledown_window_s"],
+                    is_async=fn.is_async,
+                )
+            )
+        infos = client.create_functions(app_id, specs)
+        for info in infos:
+            self.functions[info.name]._hydrate(client, info.id)

@@ -1,0 +1,110 @@
+"""The SDK's view of the control plane API (typed wrappers over the wire protocol)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from crucible.errors import Error
+from crucible.protocol.apps import AppInfo, FunctionCreate, FunctionInfo
+from crucible.protocol.calls import CallInfo, CallsCreate, CallsCreated, GroupResults
+from crucible.protocol.common import Payload
+from crucible.protocol.transport import Transport
+from crucible.sdk._config import read_client_config
+from crucible.settings import Settings, load_settings
+
+__all__ = ["Client"]
+
+
+class Client:
+    def __init__(self, server_url: str, token: str) -> None:
+        self.server_url = server_url
+        self.transport = Transport(server_url, token, user_agent="crucible-sdk")
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        settings = settings or load_settings()
+        config = read_client_config(settings)
+        if config is None:
+            raise Error(
+                "no Crucible exchange is configured: run `crucible up` to start one on this "
+                "machine, or set CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN"
+            )
+        return cls(config.server_url, config.token)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- blobs --------------------------------------------------------------------------------
+    def upload_blob(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        status, _ = self.transport.request_raw("HEAD", f"/v1/blobs/{sha}")
+        if status != 200:
+            status, body = self.transport.request_raw(
+                "PUT", f"/v1/blobs/{sha}", data, content_type="application/octet-stream"
+            )
+            Transport._decode(status, body)
+        return sha
+
+    def download_blob(self, sha: str) -> bytes:
+        status, body = self.transport.request_raw("GET", f"/v1/blobs/{sha}")
+        if status != 200:
+            Transport._decode(status, body)
+        return body
+
+    def payload_bytes(self, payload: Payload) -> bytes:
+        return self.download_blob(payload.ref) if payload.ref else payload.raw()
+
+    # -- apps ---------------------------------------------------------------------------------
+    def create_app(self, name: str, *, ephemeral: bool = True) -> AppInfo:
+        return AppInfo.model_validate(
+            self.transport.post("/v1/apps", {"name": name, "ephemeral": ephemeral})
+        )
+
+    def stop_app(self, app_id: str) -> AppInfo:
+        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/stop"))
+
+    def list_apps(self) -> list[AppInfo]:
+        return [AppInfo.model_validate(a) for a in self.transport.get("/v1/apps")]
+
+    def create_functions(self, app_id: str, specs: list[FunctionCreate]) -> list[FunctionInfo]:
+        body = {"functions": [s.model_dump(mode="json") for s in specs]}
+        data = self.transport.post(f"/v1/apps/{app_id}/functions", body)
+        return [FunctionInfo.model_validate(f) for f in data]
+
+    # -- calls --------------------------------------------------------------------------------
+    def create_calls(self, function_id: str, req: CallsCreate) -> CallsCreated:
+        data = self.transport.post(
+            f"/v1/functions/{function_id}/calls",
+            req.model_dump(mode="json", exclude_none=True),
+            timeout_s=req.wait_s + 30,
+        )
+        return CallsCreated.model_validate(data)
+
+    def get_call(self, call_id: str, wait_s: float = 0.0) -> CallInfo:
+        data = self.transport.get(f"/v1/calls/{call_id}?wait_s={wait_s:g}", timeout_s=wait_s + 30)
+        return CallInfo.model_validate(data)
+
+    def cancel_call(self, call_id: str) -> CallInfo:
+        return CallInfo.model_validate(self.transport.post(f"/v1/calls/{call_id}/cancel"))
+
+    def group_results(
+        self, group_id: str, *, wait_s: float, limit: int = 5000, indices: list[int] | None = None
+    ) -> GroupResults:
+        body: dict[str, Any] = {"wait_s": wait_s, "limit": limit}
+        if indices is not None:
+            body["indices"] = indices
+        data = self.transport.post(f"/v1/groups/{group_id}/results", body, timeout_s=wait_s + 30)
+        return GroupResults.model_validate(data)
+
+    def list_calls(self, **params: Any) -> list[CallInfo]:
+        query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+        data = self.transport.get("/v1/calls" + (f"?{query}" if query else ""))
+        return [CallInfo.model_validate(c) for c in data["calls"]]
+
+    # -- other --------------------------------------------------------------------------------
+    def get(self, path: str) -> Any:
+        return self.transport.get(path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.transport.post(path, body)

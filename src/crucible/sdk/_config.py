@@ -1,0 +1,45 @@
+"""Where the SDK and CLI find their exchange: settings first, then ``client.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from crucible.settings import Settings
+
+__all__ = ["ClientConfig", "client_config_path", "read_client_config", "write_client_config"]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server_url: str
+    token: str
+
+
+def client_config_path(settings: Settings) -> Path:
+    return settings.home_path / "client.json"
+
+
+def read_client_config(settings: Settings) -> ClientConfig | None:
+    """The configured exchange, or None when neither settings nor client.json name one."""
+    url, token = settings.server_url, settings.token
+    path = client_config_path(settings)
+    if (not url or not token) and path.exists():
+        data = json.loads(path.read_text())
+        url = url or data.get("server_url", "")
+        token = token or data.get("token", "")
+    if not url or not token:
+        return None
+    return ClientConfig(url, token)
+
+
+def write_client_config(settings: Settings, config: ClientConfig) -> Path:
+    path = client_config_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"server_url": config.server_url, "token": config.token}, indent=2))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,334 @@
+"""Functions and call handles: ``.remote()``, ``.map()``, ``.starmap()``, ``.spawn()``."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.calls import CallInfo, CallsCreate, InputItem
+from crucible.protocol.common import Payload
+from crucible.sdk._client import Client
+from crucible.sdk._serialization import deserialize, exception_from_error, serialize
+
+if TYPE_CHECKING:
+    from crucible.sdk._app import App
+
+__all__ = ["Function", "FunctionCall", "Retries"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Inputs are sent in batches of at most this many, or this many bytes.
+_BATCH_INPUTS = 2000
+_BATCH_BYTES = 4 * 1024 * 1024
+# An inline payload above this goes to the blob store (the server's default limit).
+_INLINE_MAX = 2 * 1024 * 1024
+# How long one long poll waits on the server before asking again.
+_POLL_S = 25.0
+
+
+@dataclass(frozen=True)
+class Retries:
+    """Retry policy: ``max_retries`` more attempts after a failure, waiting
+    ``initial_delay`` seconds, multiplied by ``backoff_coefficient`` each time, at most
+    ``max_delay``."""
+
+    max_retries: int
+    initial_delay: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.max_retries > 100:
+            raise InvalidRequestError(f"max_retries={self.max_retries} must be within 0..100")
+
+    def to_wire(self) -> dict[str, float]:
+        return {
+            "max_retries": self.max_retries,
+            "initial_delay_s": self.initial_delay,
+            "backoff_coefficient": self.backoff_coefficient,
+            "max_delay_s": self.max_delay,
+        }
+
+
+def _payload(client: Client, data: bytes) -> Payload:
+    if len(data) > _INLINE_MAX:
+        return Payload(ref=client.upload_blob(data), size=len(data))
+    return Payload.inline(data)
+
+
+def _result(client: Client, info: CallInfo) -> Any:
+    """The value of a finished call, or raise its error."""
+    if info.state == "succeeded":
+        if info.result is None:
+            raise Error(f"call {info.id} succeeded but carries no result")
+        return deserialize(client.payload_bytes(info.result))
+    if info.error is not None:
+        raise exception_from_error(info.error)
+    raise Error(f"call {info.id} ended as {info.state}")
+
+
+class FunctionCall(Generic[R]):
+    """A handle on a spawned call: ``get()`` its result, ``cancel()`` it."""
+
+    def __init__(self, client: Client, call_id: str) -> None:
+        self._client = client
+        self.object_id = call_id
+
+    def __repr__(self) -> str:
+        return f"FunctionCall({self.object_id!r})"
+
+    def get(self, timeout: float | None = None) -> R:
+        """Wait for the result (at most ``timeout`` seconds: then builtin TimeoutError) and
+        return it, or raise the call's error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = (
+                _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+            )
+            info = self._client.get_call(self.object_id, wait_s=wait)
+            if info.state not in ("queued", "running"):
+                return _result(self._client, info)  # type: ignore[no-any-return]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"call {self.object_id} is still {info.state} after {timeout:g} s; "
+                    "call get() again to keep waiting"
+                )
+
+    def cancel(self) -> None:
+        """Cancel the call. A running call's container is stopped. No effect once finished."""
+        self._client.cancel_call(self.object_id)
+
+    @classmethod
+    def from_id(cls, call_id: str, client: Client | None = None) -> FunctionCall[Any]:
+        return cls(client or Client.from_settings(), call_id)
+
+
+class Function(Generic[P, R]):
+    """A function registered on an :class:`~crucible.App`. Call it in the cloud with
+    ``.remote()``, fan out with ``.map()``, or run it here with ``.local()``."""
+
+    def __init__(self, app: App, raw_f: Callable[P, R], options: dict[str, Any]) -> None:
+        self.app = app
+        self.raw_f = raw_f
+        self.options = options
+        self.name: str = options["name"]
+        self.is_async = inspect.iscoroutinefunction(raw_f)
+        self._function_id: str | None = None
+        self._client: Client | None = None
+        self.__doc__ = raw_f.__doc__
+        self.__wrapped__ = raw_f
+
+    def __repr__(self) -> str:
+        return f"Function({self.app.name}.{self.name})"
+
+    def get_raw_f(self) -> Callable[P, R]:
+        return self.raw_f
+
+    # -- binding -----------------------------------------------------------------------------
+    def _hydrate(self, client: Client | None, function_id: str | None) -> None:
+        self._client, self._function_id = client, function_id
+
+    def _bound(self) -> tuple[Client, str]:
+        if self._client is None or self._function_id is None:
+            raise Error(
+                f"{self.name}.remote() needs a running app: call it inside `with app.run():` "
+                "or from a @app.local_entrypoint() run by `crucible run`"
+            )
+        return self._client, self._function_id
+
+    # -- calling -----------------------------------------------------------------------------
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process."""
+        if self.is_async:
+            import asyncio
+
+            return asyncio.run(self.raw_f(*args, **kwargs))  # type: ignore[arg-type]
+        return self.raw_f(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.local(*args, **kwargs)
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one call in a container and return its result (or raise its error)."""
+        client, fid = self._bound()
+        payload = _payload(client, serialize((args, kwargs)))
+        created = client.create_calls(
+            fid,
+            CallsCreate(
+                inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)],
+                wait_s=_POLL_S,
+            ),
+        )
+        if created.result is not None:
+            return _result(client, created.result)  # type: ignore[no-any-return]
+        return FunctionCall[R](client, created.call_ids[0]).get()
+
+    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        """Queue one call and return a handle at once."""
+        client, fid = self._bound()
+        payload = _payload(client, serialize((args, kwargs)))
+        created = client.create_calls(
+            fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
+        )
+        return FunctionCall(client, created.call_ids[0])
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[R]:
+        """Call the function once per element (zipped across ``iterables``); yields results
+        in input order. With ``return_exceptions=True`` a failed input yields its exception
+        instead of raising it."""
+        if not iterables:
+            raise InvalidRequestError(f"{self.name}.map() needs at least one iterable")
+        return self._map(zip(*iterables, strict=False), kwargs or {}, return_exceptions)
+
+    def starmap(
+        self,
+        iterable: Iterable[Iterable[Any]],
+        kwargs: dict[str, Any] | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[R]:
+        """Like ``map`` but each element is an argument tuple: ``f.starmap([(1, 2), (3, 4)])``."""
+        return self._map((tuple(a) for a in iterable), kwargs or {}, return_exceptions)
+
+    def _map(
+        self, arg_tuples: Iterator[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
+    ) -> Iterator[R]:
+        client, fid = self._bound()
+        return _MapRun(client, fid, self.name, arg_tuples, kwargs, return_exceptions).results()
+
+
+class _MapRun:
+    """One ``.map``: a thread submits inputs in batches while the caller's thread long-polls
+    the group's results and yields them in input order."""
+
+    def __init__(
+        self,
+        client: Client,
+        function_id: str,
+        name: str,
+        arg_tuples: Iterator[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        return_exceptions: bool,
+    ) -> None:
+        self.client = client
+        self.function_id = function_id
+        self.name = name
+        self.args = arg_tuples
+        self.kwargs = kwargs
+        self.return_exceptions = return_exceptions
+        self.group_id = uuid.uuid4().hex
+        self.submitted = 0
+        self.done_submitting = threading.Event()
+        self.submit_error: BaseException | None = None
+
+    def _submit(self) -> None:
+        try:
+            batch: list[InputItem] = []
+            size = 0
+            start = 0
+            for args in self.args:
+                payload = _payload(self.client, serialize((args, self.kwargs)))
+                batch.append(InputItem(args=payload))
+                size += len(payload.data or "")
+                if len(batch) >= _BATCH_INPUTS or size >= _BATCH_BYTES:
+                    self._send(batch, start)
+                    start += len(batch)
+                    batch, size = [], 0
+            if batch:
+                self._send(batch, start)
+        except BaseException as exc:
+            self.submit_error = exc
+        finally:
+            self.done_submitting.set()
+
+    def _send(self, batch: list[InputItem], start: int) -> None:
+        self.client.create_calls(
+            self.function_id, CallsCreate(inputs=batch, group_id=self.group_id, start_index=start)
+        )
+        self.submitted = start + len(batch)
+
+    def results(self) -> Iterator[Any]:
+        submitter = threading.Thread(target=self._submit, name="crucible-map-submit", daemon=True)
+        submitter.start()
+        ready: dict[int, CallInfo] = {}
+        next_index = 0
+        with _progress(self.name) as progress:
+            while True:
+                done = self.done_submitting.is_set()
+                if self.submit_error is not None:
+                    raise self.submit_error
+                if done and next_index >= self.submitted:
+                    break
+                got = self.client.group_results(self.group_id, wait_s=1.0 if not done else 5.0)
+                for info in got.results:
+                    ready[info.index] = info
+                if not got.results and got.outstanding == 0 and done:
+                    missing = [i for i in range(next_index, self.submitted) if i not in ready]
+                    if missing:  # a reply carrying them was lost: read them again
+                        again = self.client.group_results(
+                            self.group_id, wait_s=0, indices=missing[:50_000]
+                        )
+                        for info in again.results:
+                            ready[info.index] = info
+                while next_index in ready:
+                    info = ready.pop(next_index)
+                    next_index += 1
+                    progress(next_index, self.submitted if done else None)
+                    try:
+                        value = _result(self.client, info)
+                    except Exception as exc:
+                        if not self.return_exceptions:
+                            raise
+                        value = exc
+                    yield value
+        submitter.join()
+
+
+class _progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Callable[[int, int | None], None]:
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn(f"[bold]{self.name}.map"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.name, total=None)
+        return self.update
+
+    def update(self, completed: int, total: int | None) -> None:
+        if self._bar is not None and (completed % 100 == 0 or completed == total):
+            self._bar.update(self._task, completed=completed, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

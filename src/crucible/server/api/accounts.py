@@ -1,0 +1,47 @@
+"""Accounts and tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from crucible.protocol.accounts import (
+    AccountCreate,
+    AccountInfo,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+)
+from crucible.server.api.deps import Caller, State
+from crucible.server.services import accounts as svc
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+
+
+@router.post("/accounts", status_code=201)
+async def create_account(req: AccountCreate, who: Caller, state: State) -> AccountInfo:
+    with state.engine.begin() as conn:
+        return svc.create_account(conn, who, req.name, state.clock.now_ms())
+
+
+@router.get("/accounts/me")
+async def me(who: Caller, state: State) -> AccountInfo:
+    with state.engine.begin() as conn:
+        return svc.get_account(conn, who.account_id)
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(req: TokenCreate, who: Caller, state: State) -> TokenCreated:
+    with state.engine.begin() as conn:
+        return svc.create_token(conn, who, req, state.clock.now_ms())
+
+
+@router.get("/tokens")
+async def list_tokens(who: Caller, state: State) -> list[TokenInfo]:
+    with state.engine.begin() as conn:
+        return svc.list_tokens(conn, who)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+async def revoke_token(token_id: str, who: Caller, state: State) -> None:
+    with state.engine.begin() as conn:
+        svc.revoke_token(conn, state, who, token_id)

@@ -1,0 +1,51 @@
+"""Apps and functions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
+from crucible.protocol.common import Wire
+from crucible.server.api.deps import Caller, State
+from crucible.server.services import apps as svc
+
+router = APIRouter(prefix="/v1/apps", tags=["apps"])
+
+
+class FunctionsCreate(Wire):
+    functions: list[FunctionCreate] = Field(min_length=1, max_length=1000)
+
+
+@router.post("", status_code=201)
+async def create_app(req: AppCreate, who: Caller, state: State) -> AppInfo:
+    with state.engine.begin() as conn:
+        return svc.create_app(conn, who, req, state.clock.now_ms())
+
+
+@router.get("")
+async def list_apps(who: Caller, state: State) -> list[AppInfo]:
+    with state.engine.begin() as conn:
+        return svc.list_apps(conn, who)
+
+
+@router.get("/{app_id}")
+async def get_app(app_id: str, who: Caller, state: State) -> AppInfo:
+    with state.engine.begin() as conn:
+        return svc.get_app(conn, who, app_id)
+
+
+@router.post("/{app_id}/stop")
+async def stop_app(app_id: str, who: Caller, state: State) -> AppInfo:
+    with state.engine.begin() as conn:
+        info = svc.stop_app(conn, who, app_id, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.post("/{app_id}/functions", status_code=201)
+async def create_functions(
+    app_id: str, req: FunctionsCreate, who: Caller, state: State
+) -> list[FunctionInfo]:
+    with state.engine.begin() as conn:
+        return svc.create_functions(conn, who, app_id, req.functions, state.clock.now_ms())

@@ -1,0 +1,66 @@
+"""Blobs: code bundles and large arguments and results, content-addressed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+
+from crucible.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from crucible.server.api.deps import Caller, State
+from crucible.server.services.blobs import grant_blob, has_blob
+
+router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
+
+
+def _check_sha(sha: str) -> None:
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise InvalidRequestError(f"{sha!r} is not a sha256 hex digest (64 lower-case hex chars)")
+
+
+@router.put("/{sha}", status_code=201)
+async def put_blob(sha: str, request: Request, who: Caller, state: State) -> dict[str, object]:
+    """Upload a blob; its sha256 must match the path. Uploading an existing blob is cheap."""
+    _check_sha(sha)
+    limit = state.settings.max_blob_bytes
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp = tempfile.mkstemp(dir=state.blobs.root, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"blob is larger than the {limit}-byte limit")
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != sha:
+            raise InvalidRequestError(f"the uploaded bytes hash to {digest.hexdigest()}, not {sha}")
+        if not state.blobs.exists(sha):
+            state.blobs.adopt(Path(tmp), sha)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    with state.engine.begin() as conn:
+        grant_blob(conn, who.account_id, sha, size, state.clock.now_ms())
+    return {"sha256": sha, "size": size}
+
+
+@router.get("/{sha}")
+async def get_blob(sha: str, who: Caller, state: State) -> Response:
+    _check_sha(sha)
+    with state.engine.connect() as conn:
+        allowed = has_blob(conn, who.account_id, sha)
+    if not allowed or not state.blobs.exists(sha):
+        raise NotFoundError(f"blob {sha} not found")
+    return Response(state.blobs.get(sha), media_type="application/octet-stream")
+
+
+@router.head("/{sha}")
+async def head_blob(sha: str, who: Caller, state: State) -> Response:
+    _check_sha(sha)
+    with state.engine.connect() as conn:
+        allowed = has_blob(conn, who.account_id, sha)
+    return Response(status_code=200 if allowed and state.blobs.exists(sha) else 404)

@@ -1,0 +1,114 @@
+"""Calls: submit inputs, wait for results, cancel, list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from crucible.protocol.calls import (
+    CallInfo,
+    CallList,
+    CallsCreate,
+    CallsCreated,
+    GroupResults,
+    GroupResultsRequest,
+)
+from crucible.server.api.deps import Caller, State
+from crucible.server.services import calls as svc
+from crucible.server.services.apps import get_function_row
+from crucible.server.services.containers import request_stop
+from crucible.server.wakeups import long_poll
+
+router = APIRouter(prefix="/v1", tags=["calls"])
+
+
+def _finished(state: State, who: Caller, call_id: str) -> CallInfo | None:
+    with state.engine.connect() as conn:
+        info = svc.get_call(conn, who, call_id)
+    return info if info.state not in ("queued", "running") else None
+
+
+@router.post("/functions/{function_id}/calls", status_code=201)
+async def create_calls(
+    function_id: str, req: CallsCreate, who: Caller, state: State
+) -> CallsCreated:
+    """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
+    input, wait up to that long for the result."""
+    now = state.clock.now_ms()
+    with state.engine.begin() as conn:
+        fn = get_function_row(conn, who, function_id)
+        ids = svc.create_calls(conn, who, fn, req, now, state.settings.inline_payload_max_bytes)
+    state.wakeups.notify(f"fn:{function_id}")
+    state.wakeups.kick_scheduler()
+    result = None
+    if req.wait_s > 0 and len(ids) == 1:
+        call_id = ids[0]
+        result = await long_poll(
+            state.wakeups, [f"call:{call_id}"], lambda: _finished(state, who, call_id), req.wait_s
+        )
+    return CallsCreated(call_ids=ids, result=result)
+
+
+@router.get("/calls/{call_id}")
+async def get_call(
+    call_id: str,
+    who: Caller,
+    state: State,
+    wait_s: float = Query(default=0.0, ge=0, le=60),
+) -> CallInfo:
+    """A call's state, and its result or error when finished. With ``wait_s``, wait up to
+    that long for it to finish."""
+    if wait_s > 0:
+        done = await long_poll(
+            state.wakeups, [f"call:{call_id}"], lambda: _finished(state, who, call_id), wait_s
+        )
+        if done is not None:
+            return done
+    with state.engine.connect() as conn:
+        return svc.get_call(conn, who, call_id)
+
+
+@router.post("/calls/{call_id}/cancel")
+async def cancel_call(call_id: str, who: Caller, state: State) -> CallInfo:
+    with state.engine.begin() as conn:
+        info, keys, container = svc.cancel_call(conn, who, call_id, state.clock.now_ms())
+        if container is not None:
+            keys += request_stop(conn, container)
+    state.wakeups.notify_many(keys)
+    return info
+
+
+@router.get("/calls")
+async def list_calls(
+    who: Caller,
+    state: State,
+    app_id: str | None = None,
+    function_id: str | None = None,
+    call_state: str | None = Query(default=None, alias="state"),
+    limit: int = Query(default=50, ge=1, le=1000),
+) -> CallList:
+    with state.engine.connect() as conn:
+        return CallList(
+            calls=svc.list_calls(
+                conn, who, app_id=app_id, function_id=function_id, state=call_state, limit=limit
+            )
+        )
+
+
+@router.post("/groups/{group_id}/results")
+async def group_results(
+    group_id: str, req: GroupResultsRequest, who: Caller, state: State
+) -> GroupResults:
+    """Finished calls of a ``.map`` group, each delivered once; waits up to ``wait_s`` for at
+    least one when none is ready and some are outstanding."""
+
+    def check() -> GroupResults | None:
+        with state.engine.begin() as conn:
+            res = svc.group_results(conn, who, group_id, req.limit, req.indices)
+        return res if res.results or res.outstanding == 0 or req.indices is not None else None
+
+    if req.wait_s > 0:
+        found = await long_poll(state.wakeups, [f"group:{group_id}"], check, req.wait_s)
+        if found is not None:
+            return found
+    with state.engine.begin() as conn:
+        return svc.group_results(conn, who, group_id, req.limit, req.indices)

@@ -1,0 +1,66 @@
+"""Hosts: agents register and sync; anyone with a token can list the fleet."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
+from crucible.server.api.deps import Caller, State
+from crucible.server.services import hosts as svc
+from crucible.server.wakeups import long_poll
+
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+
+
+@router.post("/register")
+async def register(req: HostRegister, who: Caller, state: State) -> HostInfo:
+    with state.engine.begin() as conn:
+        info = svc.register_host(conn, who, req, state.clock.now_ms())
+    state.host_seq.pop(info.id, None)  # a new agent process numbers its syncs from 1 again
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.post("/{host_id}/sync")
+async def sync(host_id: str, req: HostSync, who: Caller, state: State) -> HostSyncReply:
+    """The agent's heartbeat and command channel (hosts only dial out). Applies the agent's
+    container reports, then answers with containers to start and stop, at once when there
+    are any, otherwise after up to ``wait_s``."""
+    s = state.settings
+    fresh = req.seq == 0 or req.seq > state.host_seq.get(host_id, 0)
+    with state.engine.begin() as conn:
+        svc.require_host(conn, who, host_id)
+        stop, keys = svc.process_reports(
+            conn,
+            host_id,
+            req.containers,
+            state.clock.now_ms(),
+            fresh=fresh,
+            max_infra_requeues=s.max_infra_requeues,
+        )
+    if fresh and req.seq:
+        state.host_seq[host_id] = req.seq
+    state.wakeups.notify_many(keys)
+    if keys:
+        state.wakeups.kick_scheduler()
+    known = {c.container_id for c in req.containers}
+
+    def commands() -> HostSyncReply | None:
+        with state.engine.connect() as conn:
+            start, stopping = svc.assignments_for_host(conn, host_id, state.secret)
+        start = [a for a in start if a.container_id not in known]
+        to_stop = sorted(set(stop) | {c for c in stopping if c in known})
+        if start or to_stop:
+            return HostSyncReply(
+                start=start, stop=to_stop, heartbeat_interval_s=s.heartbeat_interval_s
+            )
+        return None
+
+    reply = await long_poll(state.wakeups, [f"host:{host_id}"], commands, req.wait_s)
+    return reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
+
+
+@router.get("")
+async def list_hosts(who: Caller, state: State) -> list[HostInfo]:
+    with state.engine.connect() as conn:
+        return svc.list_hosts(conn)

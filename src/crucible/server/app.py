@@ -1,0 +1,162 @@
+"""The control plane's ASGI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crucible import __version__
+from crucible.errors import Error, InternalError, InvalidRequestError, PayloadTooLargeError
+from crucible.server.api import accounts, apps, billing, blobs, calls, containers, health, hosts
+from crucible.server.blobs import LocalBlobStore
+from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.state import ServerState, load_or_create_secret
+from crucible.server.store.db import create_store_engine, migrate
+from crucible.settings import Settings
+
+__all__ = ["build_state", "create_app"]
+
+log = logging.getLogger("crucible.server")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class BodyLimit:
+    """Refuse request bodies over a limit with 413 before they are buffered (blob uploads
+    have their own, larger limit and stream to disk)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/v1/blobs/"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_error(send, PayloadTooLargeError(self._message()))
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLargeError(self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return (
+            f"request body is over the {self.limit}-byte limit; send fewer inputs per request "
+            "or pass large values as blobs"
+        )
+
+
+async def _send_error(send: Send, err: Error) -> None:
+    import orjson
+
+    body = orjson.dumps(err.to_wire())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.http_status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_response(err: Error) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
+    return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 5
+    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def build_state(settings: Settings) -> ServerState:
+    """Open the store (migrating it) and the blob store."""
+    engine = create_store_engine(settings.effective_database_url)
+    migrate(engine)
+    return ServerState(
+        settings=settings,
+        engine=engine,
+        blobs=LocalBlobStore(settings.blob_path),
+        secret=load_or_create_secret(settings),
+    )
+
+
+def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = SchedulerLoop(state)
+        app.state.scheduler = scheduler
+        if run_scheduler:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if run_scheduler:
+                await scheduler.stop()
+
+    app = FastAPI(
+        title="Crucible control plane",
+        version=__version__,
+        description="GPU compute exchange with a serverless Python runtime. Every route but "
+        "/healthz needs 'Authorization: Bearer <token>'. Errors are "
+        '{"error": {"code": ..., "message": ...}} with stable codes.',
+        lifespan=lifespan,
+    )
+    app.state.crucible = state
+
+    @app.exception_handler(Error)
+    async def on_error(_: Request, exc: Error) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(InvalidRequestError(_validation_message(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error_response(InternalError(f"internal server error ({type(exc).__name__})"))
+
+    for module in (health, accounts, blobs, apps, calls, hosts, containers, billing):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
+    return app

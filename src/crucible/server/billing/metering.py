@@ -1,0 +1,85 @@
+"""Metering v0: the pure core.
+
+A container is charged from the moment its agent started it until it stopped, in whole
+milliseconds, at a rate fixed when it was placed (micro-dollars per hour). Running containers
+are metered in closed intervals so a crash loses at most the open interval's bookkeeping,
+never money already recorded; intervals are keyed by (container, start) so metering one twice
+is a no-op.
+
+Rounding never drifts: the cost of ``[start, end)`` is ``C(end) - C(start)`` where
+``C(t) = floor(rate × (t - origin) / 3 600 000)`` is the container's cumulative cost, so the
+intervals of a container always add up to exactly its whole-lifetime cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PriceTable", "container_rate_micros_per_hour", "interval_cost", "intervals_due"]
+
+MS_PER_HOUR = 3_600_000
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    cpu_core_hour_micros: int
+    memory_gib_hour_micros: int
+    gpu_hour_micros: dict[str, int]
+
+    @classmethod
+    def from_usd(
+        cls, cpu_core_hour: float, memory_gib_hour: float, gpu_hour: dict[str, float]
+    ) -> PriceTable:
+        return cls(
+            cpu_core_hour_micros=round(cpu_core_hour * 1_000_000),
+            memory_gib_hour_micros=round(memory_gib_hour * 1_000_000),
+            gpu_hour_micros={m: round(p * 1_000_000) for m, p in gpu_hour.items()},
+        )
+
+
+def container_rate_micros_per_hour(
+    prices: PriceTable, cpu: float, memory_mib: int, gpu_model: str | None, gpu_count: int
+) -> int:
+    """What a container with these resources costs per hour, in micro-dollars."""
+    rate = prices.cpu_core_hour_micros * cpu + prices.memory_gib_hour_micros * memory_mib / 1024
+    if gpu_model is not None and gpu_count:
+        rate += prices.gpu_hour_micros.get(gpu_model, 0) * gpu_count
+    return round(rate)
+
+
+def _cumulative(rate_per_hour: int, origin_ms: int, t_ms: int) -> int:
+    return rate_per_hour * (t_ms - origin_ms) // MS_PER_HOUR
+
+
+def interval_cost(rate_per_hour: int, origin_ms: int, start_ms: int, end_ms: int) -> int:
+    """Cost of ``[start_ms, end_ms)`` for a container metered from ``origin_ms``."""
+    if not origin_ms <= start_ms <= end_ms:
+        raise ValueError(f"interval [{start_ms}, {end_ms}) does not follow origin {origin_ms}")
+    return _cumulative(rate_per_hour, origin_ms, end_ms) - _cumulative(
+        rate_per_hour, origin_ms, start_ms
+    )
+
+
+def intervals_due(
+    started_ms: int,
+    metered_until_ms: int | None,
+    now_ms: int,
+    stopped_ms: int | None,
+    max_interval_ms: int,
+) -> list[tuple[int, int]]:
+    """The closed intervals to meter now: from where metering stopped to the container's stop
+    (all of it) or, while it runs, up to ``now`` in whole ``max_interval_ms`` pieces (the
+    open remainder waits for the next tick)."""
+    begin = metered_until_ms if metered_until_ms is not None else started_ms
+    out: list[tuple[int, int]] = []
+    if stopped_ms is not None:
+        end = max(begin, stopped_ms)
+        while begin < end:
+            nxt = min(end, begin + max_interval_ms)
+            out.append((begin, nxt))
+            begin = nxt
+        return out
+    while now_ms - begin >= max_interval_ms:
+        out.append((begin, begin + max_interval_ms))
+        begin += max_interval_ms
+    return out

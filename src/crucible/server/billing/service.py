@@ -1,0 +1,150 @@
+"""Metering persistence and bills: the shell around the pure metering core."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crucible.protocol.billing import BillLine, BillReport
+from crucible.server.auth import Principal
+from crucible.server.billing.metering import interval_cost, intervals_due
+from crucible.server.store.tables import apps, calls, containers, functions, meter_intervals
+
+__all__ = ["bill", "meter_containers"]
+
+
+def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        stmt = pg_insert(meter_intervals).on_conflict_do_nothing()
+    else:
+        stmt = sqlite_insert(meter_intervals).on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
+def meter_containers(
+    conn: Connection, now_ms: int, max_interval_ms: int, *, container_id: str | None = None
+) -> int:
+    """Record every closed metering interval that is due. Idempotent: an interval already
+    recorded (same container and start) is not recorded again. Returns intervals written."""
+    q = (
+        select(
+            containers.c.id,
+            containers.c.account_id,
+            containers.c.function_id,
+            containers.c.started_ms,
+            containers.c.stopped_ms,
+            containers.c.metered_until_ms,
+            containers.c.rate_micros_per_hour,
+            functions.c.app_id,
+        )
+        .join(functions, functions.c.id == containers.c.function_id)
+        .where(
+            containers.c.started_ms.is_not(None),
+            (containers.c.metered_until_ms.is_(None))
+            | (containers.c.stopped_ms.is_(None))
+            | (containers.c.metered_until_ms < containers.c.stopped_ms),
+        )
+    )
+    if container_id is not None:
+        q = q.where(containers.c.id == container_id)
+    rows = conn.execute(q).all()
+    written = 0
+    for r in rows:
+        due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, r.stopped_ms, max_interval_ms)
+        if not due:
+            if r.stopped_ms is not None and r.metered_until_ms is None:
+                conn.execute(
+                    update(containers)
+                    .where(containers.c.id == r.id)
+                    .values(metered_until_ms=r.stopped_ms)
+                )
+            continue
+        _insert_ignore(
+            conn,
+            [
+                {
+                    "container_id": r.id,
+                    "start_ms": start,
+                    "end_ms": end,
+                    "account_id": r.account_id,
+                    "app_id": r.app_id,
+                    "function_id": r.function_id,
+                    "cost_micros": interval_cost(r.rate_micros_per_hour, r.started_ms, start, end),
+                }
+                for start, end in due
+            ],
+        )
+        written += len(due)
+        conn.execute(
+            update(containers).where(containers.c.id == r.id).values(metered_until_ms=due[-1][1])
+        )
+    return written
+
+
+def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> BillReport:
+    """Cost per app and function: metered container time, and calls with their run time."""
+    q = (
+        select(
+            meter_intervals.c.app_id,
+            meter_intervals.c.function_id,
+            func.count(func.distinct(meter_intervals.c.container_id)).label("containers"),
+            func.sum(meter_intervals.c.end_ms - meter_intervals.c.start_ms).label("ms"),
+            func.sum(meter_intervals.c.cost_micros).label("cost"),
+        )
+        .where(meter_intervals.c.account_id == principal.account_id)
+        .group_by(meter_intervals.c.app_id, meter_intervals.c.function_id)
+    )
+    cq = (
+        select(
+            calls.c.function_id,
+            func.count().label("n"),
+            func.coalesce(func.sum(calls.c.exec_ms), 0).label("exec_ms"),
+        )
+        .where(calls.c.account_id == principal.account_id)
+        .group_by(calls.c.function_id)
+    )
+    if app_id:
+        q = q.where(meter_intervals.c.app_id == app_id)
+        cq = cq.where(calls.c.app_id == app_id)
+    metered = {(r.app_id, r.function_id): r for r in conn.execute(q)}
+    call_stats = {r.function_id: r for r in conn.execute(cq)}
+    fn_ids = {f for _, f in metered} | set(call_stats)
+    names: dict[str, tuple[str, str, str]] = {}
+    if fn_ids:
+        for r in conn.execute(
+            select(
+                functions.c.id,
+                functions.c.name,
+                apps.c.id.label("app_id"),
+                apps.c.name.label("app"),
+            )
+            .join(apps, apps.c.id == functions.c.app_id)
+            .where(functions.c.id.in_(fn_ids))
+        ):
+            names[r.id] = (r.app_id, r.app, r.name)
+    lines: list[BillLine] = []
+    for fid in sorted(fn_ids, key=lambda f: names.get(f, ("", "", f))):
+        app, app_name, fn_name = names.get(fid, ("?", "?", fid))
+        m = metered.get((app, fid))
+        c = call_stats.get(fid)
+        lines.append(
+            BillLine(
+                app_id=app,
+                app_name=app_name,
+                function_id=fid,
+                function_name=fn_name,
+                containers=int(m.containers) if m else 0,
+                container_ms=int(m.ms or 0) if m else 0,
+                cost_micros=int(m.cost or 0) if m else 0,
+                calls=int(c.n) if c else 0,
+                exec_ms=int(c.exec_ms) if c else 0,
+            )
+        )
+    return BillReport(
+        account_id=principal.account_id,
+        lines=lines,
+        total_micros=sum(line.cost_micros for line in lines),
+    )

@@ -1,0 +1,277 @@
+"""Scheduler v0: the pure core.
+
+Given a snapshot (functions with their queued work and containers, hosts with their capacity)
+and the time, :func:`plan` says which containers to start where, which to stop, and which
+functions can never be placed. It does no I/O and reads no clock; the server's loop and the
+simulator drive it.
+
+Scaling rule (v0). A function's *estimated execution time* is the larger of its measured mean
+and the age of its oldest running call. With no estimate yet, one container is started as a
+probe. Otherwise it wants ``ceil(backlog × estimate / target_drain)`` containers, where backlog
+is queued + running calls, capped by ``max_containers`` and by the backlog itself. Containers
+above that number that have been idle for the function's scale-down window are stopped, so
+a function scales back to zero.
+
+Placement (v0): a container's request is a CPU share, memory, and optionally a GPU model and
+count in fallback order; the first GPU choice that fits anywhere wins, and among fitting hosts
+the tightest fit (fewest free GPUs of that model left, then least free CPU) is taken, which
+packs work and keeps large hosts free for large requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ContainerView",
+    "FunctionDemand",
+    "GpuChoice",
+    "HostCapacity",
+    "Plan",
+    "Policy",
+    "StartContainer",
+    "StopContainer",
+    "Unschedulable",
+    "plan",
+    "retry_delay_ms",
+]
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    model: str
+    count: int
+
+
+@dataclass
+class HostCapacity:
+    id: str
+    cpu: float
+    memory_mib: int
+    gpus: tuple[tuple[int, str], ...]  # (device index, model)
+    used_cpu: float = 0.0
+    used_memory_mib: int = 0
+    used_gpus: set[int] = field(default_factory=set)
+
+    def free_gpus(self, model: str) -> list[int]:
+        return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
+
+    def total_gpus(self, model: str) -> int:
+        return sum(1 for _, m in self.gpus if m == model)
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    id: str
+    host_id: str
+    state: str  # pending | starting | running
+    created_ms: int
+    last_active_ms: int
+    busy: bool
+
+
+@dataclass(frozen=True)
+class FunctionDemand:
+    id: str
+    cpu: float
+    memory_mib: int
+    gpus: tuple[GpuChoice, ...]
+    queued: int
+    running: int
+    oldest_queued_ms: int | None
+    oldest_running_started_ms: int | None
+    avg_exec_ms: float | None
+    containers: tuple[ContainerView, ...]
+    max_containers: int
+    scaledown_window_ms: int
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Policy:
+    unschedulable_grace_ms: int = 10_000
+    container_start_timeout_ms: int = 120_000
+    # Aim to drain a function's backlog within this time when sizing its container pool.
+    target_drain_ms: int = 2_000
+
+
+@dataclass(frozen=True)
+class StartContainer:
+    function_id: str
+    host_id: str
+    cpu: float
+    memory_mib: int
+    gpu_model: str | None
+    gpu_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    container_id: str
+    reason: str  # idle | app_stopped | start_timeout
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    function_id: str
+    message: str
+
+
+@dataclass
+class Plan:
+    start: list[StartContainer] = field(default_factory=list)
+    stop: list[StopContainer] = field(default_factory=list)
+    unschedulable: list[Unschedulable] = field(default_factory=list)
+
+
+def retry_delay_ms(
+    attempt: int, initial_delay_s: float, backoff_coefficient: float, max_delay_s: float
+) -> int:
+    """Delay before retry number ``attempt`` (1 = the first retry): exponential, capped."""
+    if attempt < 1:
+        raise ValueError("attempt counts retries from 1")
+    delay = initial_delay_s * backoff_coefficient ** (attempt - 1)
+    return int(min(delay, max_delay_s) * 1000)
+
+
+def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> int:
+    backlog = fn.queued + fn.running
+    if not fn.active or backlog == 0:
+        return 0
+    estimate = fn.avg_exec_ms or 0.0
+    if fn.oldest_running_started_ms is not None:
+        estimate = max(estimate, float(now_ms - fn.oldest_running_started_ms))
+    if estimate <= 0:
+        wanted = 1  # a probe: nothing is known about this function's speed yet
+    else:
+        wanted = math.ceil(backlog * estimate / policy.target_drain_ms)
+    return max(1, min(wanted, fn.max_containers, backlog))
+
+
+def _choices(fn: FunctionDemand) -> tuple[GpuChoice | None, ...]:
+    return fn.gpus if fn.gpus else (None,)
+
+
+def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, now: bool) -> bool:
+    cpu_free = host.cpu - (host.used_cpu if now else 0.0)
+    mem_free = host.memory_mib - (host.used_memory_mib if now else 0)
+    if fn.cpu > cpu_free + 1e-9 or fn.memory_mib > mem_free:
+        return False
+    if choice is None:
+        return True
+    have = len(host.free_gpus(choice.model)) if now else host.total_gpus(choice.model)
+    return have >= choice.count
+
+
+def _place(fn: FunctionDemand, hosts: list[HostCapacity]) -> StartContainer | None:
+    for choice in _choices(fn):
+        fitting = [h for h in hosts if _fits(h, fn, choice, now=True)]
+        if not fitting:
+            continue
+
+        def tightness(
+            h: HostCapacity, choice: GpuChoice | None = choice
+        ) -> tuple[float, float, str]:
+            gpu_left = len(h.free_gpus(choice.model)) - choice.count if choice else 0
+            return (gpu_left, h.cpu - h.used_cpu - fn.cpu, h.id)
+
+        host = min(fitting, key=tightness)
+        indices: tuple[int, ...] = ()
+        if choice is not None:
+            indices = tuple(host.free_gpus(choice.model)[: choice.count])
+            host.used_gpus.update(indices)
+        host.used_cpu += fn.cpu
+        host.used_memory_mib += fn.memory_mib
+        return StartContainer(
+            function_id=fn.id,
+            host_id=host.id,
+            cpu=fn.cpu,
+            memory_mib=fn.memory_mib,
+            gpu_model=choice.model if choice else None,
+            gpu_indices=indices,
+        )
+    return None
+
+
+def _describe_request(fn: FunctionDemand) -> str:
+    parts = [f"cpu={fn.cpu:g}", f"memory={fn.memory_mib} MiB"]
+    if fn.gpus:
+        parts.append("gpu=" + " or ".join(f"{g.model}:{g.count}" for g in fn.gpus))
+    return ", ".join(parts)
+
+
+def _describe_largest(hosts: list[HostCapacity]) -> str:
+    if not hosts:
+        return "no host is registered"
+    cpu = max(h.cpu for h in hosts)
+    mem = max(h.memory_mib for h in hosts)
+    models: dict[str, int] = {}
+    for h in hosts:
+        for _, m in h.gpus:
+            models[m] = max(models.get(m, 0), h.total_gpus(m))
+    gpus = ", ".join(f"{n}x{m}" for m, n in sorted(models.items())) or "none"
+    return f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
+
+
+def plan(
+    now_ms: int,
+    functions: list[FunctionDemand],
+    hosts: list[HostCapacity],
+    policy: Policy,
+) -> Plan:
+    """Decide container starts and stops. ``hosts`` are live hosts with their current usage;
+    they are updated in place as containers are placed (pass copies to keep the originals)."""
+    result = Plan()
+    for fn in functions:
+        live = list(fn.containers)
+        # Containers that never became ready are replaced.
+        for c in fn.containers:
+            if c.state in ("pending", "starting") and (
+                now_ms - c.created_ms >= policy.container_start_timeout_ms
+            ):
+                result.stop.append(StopContainer(c.id, "start_timeout"))
+                live.remove(c)
+
+        if not fn.active:
+            result.stop.extend(StopContainer(c.id, "app_stopped") for c in live)
+            continue
+
+        want = desired_containers(fn, now_ms, policy)
+        if len(live) > want:
+            idle = sorted(
+                (
+                    c
+                    for c in live
+                    if not c.busy
+                    and c.state == "running"
+                    and now_ms - c.last_active_ms >= fn.scaledown_window_ms
+                ),
+                key=lambda c: c.last_active_ms,
+            )
+            for c in idle[: len(live) - want]:
+                result.stop.append(StopContainer(c.id, "idle"))
+            continue
+
+        missing = want - len(live)
+        if missing <= 0:
+            continue
+        ever_fits = any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn))
+        if not ever_fits:
+            waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
+            if fn.queued and waited >= policy.unschedulable_grace_ms:
+                result.unschedulable.append(
+                    Unschedulable(
+                        fn.id,
+                        f"no host can ever run this function ({_describe_request(fn)}): "
+                        f"{_describe_largest(hosts)}. Lower the request, add a fallback with "
+                        "gpu=[...], or add a host that has it.",
+                    )
+                )
+            continue
+        for _ in range(missing):
+            start = _place(fn, hosts)
+            if start is None:
+                break  # it fits some host in principle, just not now: the calls wait
+            result.start.append(start)
+    return result

@@ -1,0 +1,239 @@
+"""The imperative shell around the scheduler core: snapshot → plan → apply, on a timer and
+whenever new work arrives. It also sweeps timeouts, loses silent hosts and meters containers.
+
+Only one scheduler may run per store (the embedded server runs exactly one; several API
+replicas will elect a leader through the database, see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from crucible.errors import FunctionTimeoutError, ResourcesUnsatisfiableError
+from crucible.protocol.common import ErrorInfo
+from crucible.server.billing.service import meter_containers
+from crucible.server.scheduler.core import (
+    ContainerView,
+    FunctionDemand,
+    GpuChoice,
+    HostCapacity,
+    Policy,
+    plan,
+)
+from crucible.server.services.calls import fail_queued_calls, record_timeout
+from crucible.server.services.containers import create_containers, request_stop
+from crucible.server.services.hosts import host_usage, mark_lost_hosts
+from crucible.server.state import ServerState
+from crucible.server.store.tables import apps, calls, containers, functions, hosts
+
+__all__ = ["SchedulerLoop"]
+
+log = logging.getLogger("crucible.scheduler")
+
+
+class SchedulerLoop:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_meter_ms = 0
+
+    @property
+    def policy(self) -> Policy:
+        s = self.state.settings
+        return Policy(
+            unschedulable_grace_ms=int(s.unschedulable_grace_s * 1000),
+            container_start_timeout_ms=int(s.container_start_timeout_s * 1000),
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.state.wakeups.kick_scheduler()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        kick = self.state.wakeups.scheduler
+        interval = self.state.settings.scheduler_interval_s
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(kick.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            kick.clear()
+            if self._stopping:
+                break
+            try:
+                keys = self.tick()
+                self.state.wakeups.notify_many(set(keys))
+            except Exception:
+                # The loop must outlive one bad tick (e.g. the database briefly away).
+                log.exception("scheduler tick failed")
+                await asyncio.sleep(min(1.0, interval * 4))
+
+    # -- one tick ---------------------------------------------------------------------------
+    def tick(self) -> list[str]:
+        """Run one scheduling round; returns wake-up keys to notify (after commit)."""
+        st = self.state
+        s = st.settings
+        now = st.clock.now_ms()
+        keys: list[str] = []
+        with st.engine.begin() as conn:
+            keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
+            keys += self._sweep_timeouts(conn, now)
+            demands, accounts = self._demands(conn, now)
+            capacity = self._capacity(conn)
+            decided = plan(now, demands, capacity, self.policy)
+            for u in decided.unschedulable:
+                log.warning("function %s unschedulable: %s", u.function_id, u.message)
+                keys += fail_queued_calls(
+                    conn, u.function_id, ResourcesUnsatisfiableError.code, u.message, now
+                )
+            keys += create_containers(conn, decided.start, accounts, st.prices, now)
+            for stop in decided.stop:
+                log.info("stopping container %s (%s)", stop.container_id, stop.reason)
+                keys += request_stop(conn, stop.container_id)
+            if decided.start:
+                log.info(
+                    "starting %d container(s): %s",
+                    len(decided.start),
+                    ", ".join(f"{x.function_id}@{x.host_id}" for x in decided.start),
+                )
+            if now - self._last_meter_ms >= 1000:
+                meter_containers(conn, now, int(s.meter_interval_s * 1000))
+                self._last_meter_ms = now
+        return keys
+
+    def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
+        """Backstop for calls the worker could not interrupt (stuck in C code, or the worker
+        is gone silent): past deadline + grace, the attempt times out and the container is
+        stopped."""
+        grace = int(self.state.settings.timeout_grace_s * 1000)
+        rows = conn.execute(
+            select(calls.c.id, calls.c.container_id).where(
+                calls.c.state == "running", calls.c.deadline_ms < now - grace
+            )
+        ).all()
+        keys: list[str] = []
+        for r in rows:
+            err = ErrorInfo(
+                code=FunctionTimeoutError.code,
+                message="the call exceeded its timeout and its container was stopped",
+            )
+            keys += record_timeout(conn, r.id, err, now)
+            if r.container_id:
+                keys += request_stop(conn, r.container_id)
+        return keys
+
+    def _demands(self, conn: Connection, now: int) -> tuple[list[FunctionDemand], dict[str, str]]:
+        work: dict[str, dict[str, Any]] = defaultdict(dict)
+        for r in conn.execute(
+            select(
+                calls.c.function_id,
+                calls.c.state,
+                func.count().label("n"),
+                func.min(calls.c.created_ms).label("oldest"),
+                func.min(calls.c.started_ms).label("oldest_start"),
+            )
+            .where(calls.c.state.in_(("queued", "running")))
+            .group_by(calls.c.function_id, calls.c.state)
+        ):
+            work[r.function_id][r.state] = r
+        busy = {
+            r.container_id
+            for r in conn.execute(
+                select(calls.c.container_id).where(calls.c.state == "running").distinct()
+            )
+        }
+        by_fn: dict[str, list[ContainerView]] = defaultdict(list)
+        for r in conn.execute(
+            select(
+                containers.c.id,
+                containers.c.function_id,
+                containers.c.host_id,
+                containers.c.state,
+                containers.c.created_ms,
+                containers.c.last_active_ms,
+            ).where(containers.c.state.in_(("pending", "starting", "running")))
+        ):
+            by_fn[r.function_id].append(
+                ContainerView(
+                    id=r.id,
+                    host_id=r.host_id,
+                    state=r.state,
+                    created_ms=r.created_ms,
+                    last_active_ms=r.last_active_ms,
+                    busy=r.id in busy,
+                )
+            )
+        fids = set(work) | set(by_fn)
+        if not fids:
+            return [], {}
+        s = self.state.settings
+        demands: list[FunctionDemand] = []
+        accounts: dict[str, str] = {}
+        for r in conn.execute(
+            select(
+                functions.c.id,
+                functions.c.account_id,
+                functions.c.spec,
+                apps.c.state.label("app_state"),
+            )
+            .join(apps, apps.c.id == functions.c.app_id)
+            .where(functions.c.id.in_(fids))
+        ):
+            spec = r.spec
+            queued = work[r.id].get("queued")
+            running = work[r.id].get("running")
+            res = spec["resources"]
+            accounts[r.id] = r.account_id
+            window = spec.get("scaledown_window_s")
+            demands.append(
+                FunctionDemand(
+                    id=r.id,
+                    cpu=float(res["cpu"]),
+                    memory_mib=int(res["memory_mib"]),
+                    gpus=tuple(GpuChoice(g["model"], int(g["count"])) for g in res["gpus"]),
+                    queued=queued.n if queued else 0,
+                    running=running.n if running else 0,
+                    oldest_queued_ms=queued.oldest if queued else None,
+                    oldest_running_started_ms=running.oldest_start if running else None,
+                    avg_exec_ms=self.state.exec_stats.get(r.id),
+                    containers=tuple(by_fn.get(r.id, ())),
+                    max_containers=spec.get("max_containers") or s.max_containers,
+                    scaledown_window_ms=int(
+                        (window if window is not None else s.scaledown_window_s) * 1000
+                    ),
+                    active=r.app_state == "running",
+                )
+            )
+        demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
+        return demands, accounts
+
+    def _capacity(self, conn: Connection) -> list[HostCapacity]:
+        rows = conn.execute(select(hosts).where(hosts.c.state == "ready")).all()
+        usage = host_usage(conn, [r.id for r in rows])
+        out = []
+        for r in rows:
+            inv = r.inventory
+            u = usage.get(r.id, {})
+            out.append(
+                HostCapacity(
+                    id=r.id,
+                    cpu=float(inv["cpu_cores"]),
+                    memory_mib=int(inv["memory_mib"]),
+                    gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
+                    used_cpu=u.get("cpu", 0.0),
+                    used_memory_mib=u.get("memory_mib", 0),
+                    used_gpus=set(u.get("gpus", set())),
+                )
+            )
+        return out

@@ -1,0 +1,166 @@
+"""Accounts and tokens."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, insert, select, update
+
+from crucible.errors import AuthError, ConflictError, NotFoundError, PermissionDeniedError
+from crucible.protocol.accounts import AccountInfo, Scope, TokenCreate, TokenCreated, TokenInfo
+from crucible.protocol.ids import new_id
+from crucible.server.auth import Principal, hash_token, new_api_token, verify_container_token
+from crucible.server.state import ServerState
+from crucible.server.store.tables import accounts, containers, tokens
+
+__all__ = [
+    "authenticate",
+    "create_account",
+    "create_token",
+    "ensure_account",
+    "get_account",
+    "list_tokens",
+    "revoke_token",
+]
+
+_TOKEN_CACHE_TTL_S = 5.0  # a revoked token stops working within this time
+
+
+def ensure_account(conn: Connection, name: str, now_ms: int) -> str:
+    """The id of the account called ``name``, created if missing."""
+    row = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first()
+    if row is not None:
+        return str(row.id)
+    account_id = new_id("ac")
+    conn.execute(insert(accounts).values(id=account_id, name=name, created_ms=now_ms))
+    return account_id
+
+
+def create_account(conn: Connection, principal: Principal, name: str, now_ms: int) -> AccountInfo:
+    if not principal.is_admin:
+        raise PermissionDeniedError("only an admin token can create accounts")
+    if conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
+        raise ConflictError(f"an account named {name!r} exists; pick another name")
+    account_id = ensure_account(conn, name, now_ms)
+    return AccountInfo(id=account_id, name=name, created_ms=now_ms)
+
+
+def get_account(conn: Connection, account_id: str) -> AccountInfo:
+    row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
+    if row is None:
+        raise NotFoundError(f"account {account_id} not found")
+    return AccountInfo(id=row.id, name=row.name, created_ms=row.created_ms)
+
+
+def issue_token(
+    conn: Connection, account_id: str, scope: Scope, name: str, now_ms: int
+) -> TokenCreated:
+    secret = new_api_token()
+    token_id = new_id("tk")
+    conn.execute(
+        insert(tokens).values(
+            id=token_id,
+            account_id=account_id,
+            hash=hash_token(secret),
+            scope=scope.value,
+            name=name,
+            created_ms=now_ms,
+            revoked=False,
+        )
+    )
+    return TokenCreated(
+        id=token_id,
+        account_id=account_id,
+        scope=scope,
+        name=name,
+        created_ms=now_ms,
+        revoked=False,
+        token=secret,
+    )
+
+
+def create_token(
+    conn: Connection, principal: Principal, req: TokenCreate, now_ms: int
+) -> TokenCreated:
+    account_id = principal.account_id
+    if req.account_id is not None and req.account_id != principal.account_id:
+        if not principal.is_admin:
+            raise PermissionDeniedError("only an admin token can create tokens for other accounts")
+        get_account(conn, req.account_id)
+        account_id = req.account_id
+    if req.scope == Scope.ADMIN and not principal.is_admin:
+        raise PermissionDeniedError("only an admin token can create admin tokens")
+    if principal.scope not in (Scope.ADMIN, Scope.USER):
+        raise PermissionDeniedError("host and container tokens cannot create tokens")
+    return issue_token(conn, account_id, req.scope, req.name, now_ms)
+
+
+def list_tokens(conn: Connection, principal: Principal) -> list[TokenInfo]:
+    rows = conn.execute(
+        select(tokens).where(tokens.c.account_id == principal.account_id).order_by(tokens.c.id)
+    )
+    return [
+        TokenInfo(
+            id=r.id,
+            account_id=r.account_id,
+            scope=Scope(r.scope),
+            name=r.name,
+            created_ms=r.created_ms,
+            revoked=r.revoked,
+        )
+        for r in rows
+    ]
+
+
+def revoke_token(conn: Connection, state: ServerState, principal: Principal, token_id: str) -> None:
+    result = conn.execute(
+        update(tokens)
+        .where(tokens.c.id == token_id, tokens.c.account_id == principal.account_id)
+        .values(revoked=True)
+    )
+    if result.rowcount == 0:
+        raise NotFoundError(f"token {token_id} not found")
+    state.token_cache.clear()
+
+
+def authenticate(state: ServerState, header: str | None) -> Principal:
+    """The principal behind an ``Authorization: Bearer`` header, or AuthError."""
+    if not header or not header.startswith("Bearer "):
+        raise AuthError(
+            "this route needs a token: send 'Authorization: Bearer <token>' "
+            "(create one with `crucible token create`)"
+        )
+    token = header[7:].strip()
+    if token.startswith("ctr_"):
+        container_id = verify_container_token(state.secret, token)
+        if container_id is None:
+            raise AuthError("the container token's signature is wrong")
+        account_id = state.container_accounts.get(container_id)
+        if account_id is None:
+            with state.engine.connect() as conn:
+                row = conn.execute(
+                    select(containers.c.account_id).where(containers.c.id == container_id)
+                ).first()
+            if row is None:
+                raise AuthError("the container token names an unknown container")
+            account_id = str(row.account_id)
+            state.container_accounts[container_id] = account_id
+        return Principal(account_id, "container", container_id=container_id)
+    digest = hash_token(token)
+    cached = state.token_cache.get(digest)
+    now = time.monotonic()
+    if cached is not None and cached[1] > now:
+        account_id, scope, token_id = cached[0]
+        return Principal(account_id, scope, token_id=token_id)
+    with state.engine.connect() as conn:
+        row = conn.execute(
+            select(tokens.c.id, tokens.c.account_id, tokens.c.scope, tokens.c.revoked).where(
+                tokens.c.hash == digest
+            )
+        ).first()
+    if row is None or row.revoked:
+        raise AuthError("the token is not valid (unknown or revoked); check CRUCIBLE_TOKEN")
+    if len(state.token_cache) > 10_000:
+        state.token_cache.clear()
+    state.token_cache[digest] = ((row.account_id, row.scope, row.id), now + _TOKEN_CACHE_TTL_S)
+    return Principal(row.account_id, row.scope, token_id=row.id)

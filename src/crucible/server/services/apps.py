@@ -1,0 +1,171 @@
+"""Apps and their functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from crucible.errors import InvalidGpuError, NotFoundError, PermissionDeniedError
+from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.protocol.ids import new_id
+from crucible.server.auth import Principal
+from crucible.server.services.blobs import require_blob
+from crucible.server.services.calls import cancel_queued_calls_of_app
+from crucible.server.store.tables import apps, functions
+
+__all__ = [
+    "create_app",
+    "create_functions",
+    "get_app",
+    "get_function_row",
+    "list_apps",
+    "stop_app",
+]
+
+
+def _require_builder(principal: Principal) -> None:
+    if principal.scope not in ("admin", "user"):
+        raise PermissionDeniedError(f"a {principal.scope} token cannot manage apps")
+
+
+def _app_info(row: Any, n_functions: int = 0) -> AppInfo:
+    return AppInfo(
+        id=row.id,
+        name=row.name,
+        state=row.state,
+        ephemeral=row.ephemeral,
+        created_ms=row.created_ms,
+        stopped_ms=row.stopped_ms,
+        functions=n_functions,
+    )
+
+
+def create_app(conn: Connection, principal: Principal, req: AppCreate, now_ms: int) -> AppInfo:
+    _require_builder(principal)
+    app_id = new_id("ap")
+    conn.execute(
+        insert(apps).values(
+            id=app_id,
+            account_id=principal.account_id,
+            name=req.name,
+            state="running",
+            ephemeral=req.ephemeral,
+            created_ms=now_ms,
+        )
+    )
+    return AppInfo(
+        id=app_id, name=req.name, state="running", ephemeral=req.ephemeral, created_ms=now_ms
+    )
+
+
+def _app_row(conn: Connection, principal: Principal, app_id: str) -> Any:
+    row = conn.execute(
+        select(apps).where(apps.c.id == app_id, apps.c.account_id == principal.account_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"app {app_id} not found")
+    return row
+
+
+def get_app(conn: Connection, principal: Principal, app_id: str) -> AppInfo:
+    row = _app_row(conn, principal, app_id)
+    n = conn.execute(
+        select(func.count()).select_from(functions).where(functions.c.app_id == app_id)
+    ).scalar_one()
+    return _app_info(row, n)
+
+
+def list_apps(conn: Connection, principal: Principal, limit: int = 100) -> list[AppInfo]:
+    counts = (
+        select(functions.c.app_id, func.count().label("n")).group_by(functions.c.app_id).subquery()
+    )
+    rows = conn.execute(
+        select(apps, counts.c.n)
+        .outerjoin(counts, counts.c.app_id == apps.c.id)
+        .where(apps.c.account_id == principal.account_id)
+        .order_by(apps.c.id.desc())
+        .limit(limit)
+    )
+    return [_app_info(r, r.n or 0) for r in rows]
+
+
+def stop_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -> AppInfo:
+    """Stop an app: queued calls are cancelled, containers are stopped by the scheduler.
+    Stopping a stopped app returns it unchanged."""
+    row = _app_row(conn, principal, app_id)
+    if row.state != "stopped":
+        conn.execute(
+            update(apps).where(apps.c.id == app_id).values(state="stopped", stopped_ms=now_ms)
+        )
+        cancel_queued_calls_of_app(conn, app_id, now_ms)
+    return get_app(conn, principal, app_id)
+
+
+def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> None:
+    for ask in spec.resources.gpus:
+        if ask.model not in GPU_CATALOG:
+            known = ", ".join(sorted(GPU_CATALOG))
+            raise InvalidGpuError(f"unknown GPU model {ask.model!r}; known models: {known}")
+    require_blob(conn, principal.account_id, spec.code.bundle)
+
+
+def create_functions(
+    conn: Connection,
+    principal: Principal,
+    app_id: str,
+    specs: list[FunctionCreate],
+    now_ms: int,
+) -> list[FunctionInfo]:
+    """Register functions of an app. Registering a name again replaces its spec (a new
+    version of the code for the calls made from now on)."""
+    _require_builder(principal)
+    row = _app_row(conn, principal, app_id)
+    if row.state != "running":
+        raise NotFoundError(f"app {app_id} is stopped; start a new run")
+    out: list[FunctionInfo] = []
+    for spec in specs:
+        _validate(conn, principal, spec)
+        existing = conn.execute(
+            select(functions.c.id).where(
+                functions.c.app_id == app_id, functions.c.name == spec.name
+            )
+        ).first()
+        payload = spec.model_dump(mode="json")
+        if existing is not None:
+            fid = str(existing.id)
+            conn.execute(update(functions).where(functions.c.id == fid).values(spec=payload))
+        else:
+            fid = new_id("fn")
+            conn.execute(
+                insert(functions).values(
+                    id=fid,
+                    account_id=principal.account_id,
+                    app_id=app_id,
+                    name=spec.name,
+                    spec=payload,
+                    created_ms=now_ms,
+                )
+            )
+        out.append(FunctionInfo(id=fid, app_id=app_id, created_ms=now_ms, **spec.model_dump()))
+    return out
+
+
+def get_function_row(conn: Connection, principal: Principal, function_id: str) -> Any:
+    """The function row joined with its app's state; NotFound for other accounts."""
+    row = conn.execute(
+        select(
+            functions.c.id,
+            functions.c.app_id,
+            functions.c.account_id,
+            functions.c.name,
+            functions.c.spec,
+            apps.c.state.label("app_state"),
+        )
+        .join(apps, apps.c.id == functions.c.app_id)
+        .where(functions.c.id == function_id, functions.c.account_id == principal.account_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"function {function_id} not found")
+    return row

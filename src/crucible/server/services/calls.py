@@ -1,0 +1,557 @@
+"""Calls: accepting inputs, handing them to containers, recording results, retries.
+
+State machine (see docs/concepts.md)::
+
+    queued ──claim──▶ running ──output──▶ succeeded
+      ▲                 │  ├──raised / crashed, retries left──▶ queued (after backoff)
+      │                 │  ├──raised / crashed, none left─────▶ failed
+      │                 │  ├──past timeout, none left─────────▶ timed_out
+      └──host lost──────┘  └──cancel──────────────────────────▶ cancelled
+
+Every function here runs inside the caller's transaction and returns the wake-up keys to
+notify once that transaction has committed (never before: a woken waiter must find the row).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+
+from crucible.errors import (
+    ContainerExitedError,
+    FunctionTimeoutError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ResourcesUnsatisfiableError,
+)
+from crucible.protocol.calls import CallInfo, CallsCreate, GroupResults
+from crucible.protocol.common import TERMINAL_STATES, ErrorInfo, Payload
+from crucible.protocol.containers import InputAssignment, OutputItem
+from crucible.protocol.ids import new_id
+from crucible.server.auth import Principal
+from crucible.server.billing.metering import MS_PER_HOUR
+from crucible.server.scheduler.core import retry_delay_ms
+from crucible.server.services.blobs import require_blob
+from crucible.server.store.tables import calls, containers, functions
+
+__all__ = [
+    "call_info",
+    "cancel_call",
+    "cancel_queued_calls_of_app",
+    "claim_inputs",
+    "create_calls",
+    "fail_queued_calls",
+    "get_call",
+    "group_results",
+    "list_calls",
+    "record_outputs",
+    "record_timeout",
+    "requeue_calls_of_container",
+]
+
+_CALL_COLUMNS = (
+    calls.c.id,
+    calls.c.function_id,
+    calls.c.app_id,
+    calls.c.state,
+    calls.c.attempts,
+    calls.c.created_ms,
+    calls.c.started_ms,
+    calls.c.finished_ms,
+    calls.c.group_id,
+    calls.c.idx,
+    calls.c.output,
+    calls.c.output_ref,
+    calls.c.output_size,
+    calls.c.error,
+    calls.c.exec_ms,
+    calls.c.cost_micros,
+)
+
+
+def _keys_for_finished(call_id: str, group_id: str | None) -> list[str]:
+    keys = [f"call:{call_id}"]
+    if group_id:
+        keys.append(f"group:{group_id}")
+    return keys
+
+
+def call_info(row: Any) -> CallInfo:
+    result = None
+    if row.state == "succeeded":
+        if row.output_ref:
+            result = Payload(ref=row.output_ref, size=row.output_size)
+        elif row.output is not None:
+            result = Payload(data=base64.b64encode(row.output).decode(), size=row.output_size)
+    error = ErrorInfo.model_validate(row.error) if row.error and row.state != "succeeded" else None
+    return CallInfo(
+        id=row.id,
+        function_id=row.function_id,
+        app_id=row.app_id,
+        state=row.state,
+        attempts=row.attempts,
+        created_ms=row.created_ms,
+        started_ms=row.started_ms,
+        finished_ms=row.finished_ms,
+        group_id=row.group_id,
+        index=row.idx,
+        result=result,
+        error=error,
+        exec_ms=row.exec_ms,
+        cost_micros=row.cost_micros,
+    )
+
+
+def _decode_payload(
+    conn: Connection, account_id: str, payload: Payload, inline_max: int
+) -> tuple[bytes | None, str | None, int]:
+    if payload.ref is not None:
+        require_blob(conn, account_id, payload.ref)
+        return None, payload.ref, payload.size
+    if payload.data is None:
+        raise InvalidRequestError("a payload needs 'data' (base64) or 'ref' (a blob's sha256)")
+    if len(payload.data) > inline_max * 4 // 3 + 4:
+        raise PayloadTooLargeError(
+            f"an inline payload is limited to {inline_max} bytes; upload larger ones as a blob "
+            "and pass its sha256 as 'ref' (the SDK does this by itself)"
+        )
+    try:
+        raw = base64.b64decode(payload.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError("payload 'data' is not valid base64") from None
+    return raw, None, len(raw)
+
+
+def create_calls(
+    conn: Connection,
+    principal: Principal,
+    fn: Any,
+    req: CallsCreate,
+    now_ms: int,
+    inline_max: int,
+) -> list[str]:
+    """Accept inputs for a function (``fn`` from apps.get_function_row). Returns their call
+    ids, in input order; an input whose idempotency key was seen before returns the earlier
+    call's id and creates nothing."""
+    if fn.app_state != "running":
+        raise NotFoundError(f"function {fn.id} belongs to a stopped app; start a new run")
+    ids: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for offset, item in enumerate(req.inputs):
+        if item.idempotency_key is not None:
+            existing = conn.execute(
+                select(calls.c.id).where(
+                    calls.c.account_id == principal.account_id,
+                    calls.c.idempotency_key == item.idempotency_key,
+                )
+            ).first()
+            if existing is not None:
+                ids.append(str(existing.id))
+                continue
+        data, ref, size = _decode_payload(conn, principal.account_id, item.args, inline_max)
+        call_id = new_id("ca")
+        ids.append(call_id)
+        rows.append(
+            {
+                "id": call_id,
+                "account_id": principal.account_id,
+                "app_id": fn.app_id,
+                "function_id": fn.id,
+                "group_id": req.group_id,
+                "idx": req.start_index + offset,
+                "state": "queued",
+                "attempts": 0,
+                "infra_requeues": 0,
+                "input": data,
+                "input_ref": ref,
+                "input_size": size,
+                "idempotency_key": item.idempotency_key,
+                "created_ms": now_ms,
+                "next_attempt_ms": 0,
+                "delivered": False,
+            }
+        )
+    if rows:
+        conn.execute(insert(calls), rows)
+    return ids
+
+
+def get_call(conn: Connection, principal: Principal, call_id: str) -> CallInfo:
+    row = conn.execute(
+        select(*_CALL_COLUMNS).where(
+            calls.c.id == call_id, calls.c.account_id == principal.account_id
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"call {call_id} not found")
+    return call_info(row)
+
+
+def list_calls(
+    conn: Connection,
+    principal: Principal,
+    *,
+    app_id: str | None = None,
+    function_id: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+) -> list[CallInfo]:
+    q = select(*_CALL_COLUMNS).where(calls.c.account_id == principal.account_id)
+    if app_id:
+        q = q.where(calls.c.app_id == app_id)
+    if function_id:
+        q = q.where(calls.c.function_id == function_id)
+    if state:
+        q = q.where(calls.c.state == state)
+    rows = conn.execute(q.order_by(calls.c.created_ms.desc(), calls.c.id.desc()).limit(limit))
+    infos = []
+    for r in rows:
+        info = call_info(r)
+        info.result = None  # listings carry states and costs, not payloads
+        infos.append(info)
+    return infos
+
+
+def group_results(
+    conn: Connection,
+    principal: Principal,
+    group_id: str,
+    limit: int,
+    indices: Sequence[int] | None,
+) -> GroupResults:
+    base = and_(calls.c.group_id == group_id, calls.c.account_id == principal.account_id)
+    terminal = calls.c.state.in_(TERMINAL_STATES)
+    if indices is not None:
+        rows = conn.execute(
+            select(*_CALL_COLUMNS).where(base, terminal, calls.c.idx.in_(list(indices)))
+        ).all()
+    else:
+        rows = conn.execute(
+            select(*_CALL_COLUMNS)
+            .where(base, calls.c.delivered.is_(False), terminal)
+            .order_by(calls.c.idx)
+            .limit(limit)
+        ).all()
+        if rows:
+            conn.execute(
+                update(calls).where(calls.c.id.in_([r.id for r in rows])).values(delivered=True)
+            )
+    outstanding = conn.execute(
+        select(func.count()).select_from(calls).where(base, ~terminal)
+    ).scalar_one()
+    return GroupResults(results=[call_info(r) for r in rows], outstanding=outstanding)
+
+
+def cancel_call(
+    conn: Connection, principal: Principal, call_id: str, now_ms: int
+) -> tuple[CallInfo, list[str], str | None]:
+    """Cancel a call. Returns its info, keys to notify, and the container to stop when the
+    call was running (a running Python function cannot be interrupted from outside, so its
+    container is stopped; the container's other calls are requeued). Cancelling a finished
+    call changes nothing."""
+    row = conn.execute(
+        select(calls.c.state, calls.c.container_id, calls.c.group_id).where(
+            calls.c.id == call_id, calls.c.account_id == principal.account_id
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"call {call_id} not found")
+    keys: list[str] = []
+    stop: str | None = None
+    if row.state in ("queued", "running"):
+        err = ErrorInfo(code="call_cancelled", message="the call was cancelled")
+        conn.execute(
+            update(calls)
+            .where(calls.c.id == call_id)
+            .values(state="cancelled", finished_ms=now_ms, error=err.model_dump(mode="json"))
+        )
+        keys = _keys_for_finished(call_id, row.group_id)
+        if row.state == "running":
+            stop = row.container_id
+    return get_call(conn, principal, call_id), keys, stop
+
+
+def cancel_queued_calls_of_app(conn: Connection, app_id: str, now_ms: int) -> None:
+    err = ErrorInfo(code="call_cancelled", message="the app was stopped").model_dump(mode="json")
+    conn.execute(
+        update(calls)
+        .where(calls.c.app_id == app_id, calls.c.state.in_(("queued", "running")))
+        .values(state="cancelled", finished_ms=now_ms, error=err)
+    )
+
+
+def fail_queued_calls(
+    conn: Connection, function_id: str, code: str, message: str, now_ms: int
+) -> list[str]:
+    """Fail every queued call of a function (e.g. resources no host can satisfy)."""
+    rows = conn.execute(
+        select(calls.c.id, calls.c.group_id).where(
+            calls.c.function_id == function_id, calls.c.state == "queued"
+        )
+    ).all()
+    if not rows:
+        return []
+    err = ErrorInfo(code=code, message=message).model_dump(mode="json")
+    conn.execute(
+        update(calls)
+        .where(calls.c.id.in_([r.id for r in rows]), calls.c.state == "queued")
+        .values(state="failed", finished_ms=now_ms, error=err)
+    )
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(_keys_for_finished(r.id, r.group_id))
+    return keys
+
+
+UNSATISFIABLE = ResourcesUnsatisfiableError.code
+
+
+def claim_inputs(
+    conn: Connection,
+    container_id: str,
+    function_id: str,
+    want: int,
+    timeout_s: float,
+    now_ms: int,
+    *,
+    skip_locked: bool,
+) -> list[InputAssignment]:
+    """Hand up to ``want`` queued inputs of the function to the container, oldest first."""
+    if want <= 0:
+        return []
+    q = (
+        select(calls.c.id, calls.c.attempts, calls.c.input, calls.c.input_ref, calls.c.input_size)
+        .where(
+            calls.c.function_id == function_id,
+            calls.c.state == "queued",
+            calls.c.next_attempt_ms <= now_ms,
+        )
+        .order_by(calls.c.id)
+        .limit(want)
+    )
+    if skip_locked:
+        q = q.with_for_update(skip_locked=True)
+    rows = conn.execute(q).all()
+    if not rows:
+        return []
+    conn.execute(
+        update(calls)
+        .where(calls.c.id.in_([r.id for r in rows]), calls.c.state == "queued")
+        .values(
+            state="running",
+            container_id=container_id,
+            attempts=calls.c.attempts + 1,
+            started_ms=now_ms,
+            deadline_ms=now_ms + int(timeout_s * 1000),
+        )
+    )
+    out = []
+    for r in rows:
+        if r.input_ref:
+            args = Payload(ref=r.input_ref, size=r.input_size)
+        else:
+            args = Payload(data=base64.b64encode(r.input or b"").decode(), size=r.input_size)
+        out.append(
+            InputAssignment(call_id=r.id, attempt=r.attempts + 1, args=args, timeout_s=timeout_s)
+        )
+    return out
+
+
+def _failure(
+    row: Any, retries: dict[str, Any], error: ErrorInfo, terminal_state: str, now_ms: int
+) -> dict[str, Any]:
+    """The update for a failed attempt: requeue with backoff while retries last."""
+    failures = row.attempts - row.infra_requeues
+    if failures <= retries["max_retries"]:
+        delay = retry_delay_ms(
+            failures,
+            retries["initial_delay_s"],
+            retries["backoff_coefficient"],
+            retries["max_delay_s"],
+        )
+        return {
+            "state": "queued",
+            "container_id": None,
+            "next_attempt_ms": now_ms + delay,
+            "deadline_ms": None,
+            "error": error.model_dump(mode="json"),
+        }
+    return {
+        "state": terminal_state,
+        "finished_ms": now_ms,
+        "error": error.model_dump(mode="json"),
+    }
+
+
+def record_outputs(
+    conn: Connection,
+    container_id: str,
+    outputs: Iterable[OutputItem],
+    rate_micros_per_hour: int,
+    retries: dict[str, Any],
+    now_ms: int,
+    inline_max: int,
+    account_id: str,
+) -> list[str]:
+    """Record a container's outputs. Outputs for calls no longer assigned to this attempt of
+    this container (timed out and retried elsewhere, cancelled) are dropped."""
+    outputs = list(outputs)
+    if not outputs:
+        return []
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            select(
+                calls.c.id,
+                calls.c.state,
+                calls.c.attempts,
+                calls.c.infra_requeues,
+                calls.c.container_id,
+                calls.c.group_id,
+                calls.c.function_id,
+            ).where(calls.c.id.in_([o.call_id for o in outputs]))
+        )
+    }
+    succeeded: list[dict[str, Any]] = []
+    keys: list[str] = []
+    for out in outputs:
+        row = rows.get(out.call_id)
+        if (
+            row is None
+            or row.state != "running"
+            or row.container_id != container_id
+            or row.attempts != out.attempt
+        ):
+            continue
+        if out.status == "succeeded":
+            if out.result is None:
+                raise InvalidRequestError(f"output for {out.call_id} has no result")
+            data, ref, size = _decode_payload(conn, account_id, out.result, inline_max)
+            succeeded.append(
+                {
+                    "b_id": out.call_id,
+                    "output": data,
+                    "output_ref": ref,
+                    "output_size": size,
+                    "exec_ms": out.exec_ms,
+                    "cost_micros": out.exec_ms * rate_micros_per_hour // MS_PER_HOUR,
+                }
+            )
+            keys.extend(_keys_for_finished(out.call_id, row.group_id))
+            continue
+        error = out.error or ErrorInfo(code="remote_error", message="the function failed")
+        if out.status == "timed_out":
+            error.code = FunctionTimeoutError.code
+        values = _failure(
+            row, retries, error, "timed_out" if out.status == "timed_out" else "failed", now_ms
+        )
+        values["exec_ms"] = out.exec_ms
+        conn.execute(update(calls).where(calls.c.id == out.call_id).values(**values))
+        if values["state"] != "queued":
+            keys.extend(_keys_for_finished(out.call_id, row.group_id))
+        else:
+            keys.append(f"fn:{row.function_id}")
+    if succeeded:
+        conn.execute(
+            update(calls)
+            .where(calls.c.id == bindparam("b_id"))
+            .values(
+                state="succeeded",
+                finished_ms=now_ms,
+                output=bindparam("output"),
+                output_ref=bindparam("output_ref"),
+                output_size=bindparam("output_size"),
+                exec_ms=bindparam("exec_ms"),
+                cost_micros=bindparam("cost_micros"),
+                error=None,
+            ),
+            succeeded,
+        )
+    return keys
+
+
+def requeue_calls_of_container(
+    conn: Connection,
+    container_id: str,
+    now_ms: int,
+    *,
+    crashed: bool,
+    message: str,
+    max_infra_requeues: int,
+) -> list[str]:
+    """The container is gone: its running calls go back to the queue.
+
+    ``crashed``: the container died on its own (non-zero exit, killed by a signal we did not
+    send): the attempt counts as a failure against the function's retries. Otherwise (host
+    lost, stopped by the exchange) the requeue is free, up to ``max_infra_requeues``.
+    """
+    rows = conn.execute(
+        select(
+            calls.c.id,
+            calls.c.function_id,
+            calls.c.group_id,
+            calls.c.attempts,
+            calls.c.infra_requeues,
+            functions.c.spec,
+        )
+        .join(functions, functions.c.id == calls.c.function_id)
+        .where(calls.c.container_id == container_id, calls.c.state == "running")
+    ).all()
+    keys: list[str] = []
+    error = ErrorInfo(code=ContainerExitedError.code, message=message)
+    for r in rows:
+        if crashed:
+            values = _failure(r, r.spec["retries"], error, "failed", now_ms)
+        elif r.infra_requeues + 1 > max_infra_requeues:
+            values = {"state": "failed", "finished_ms": now_ms, "error": error.model_dump()}
+        else:
+            values = {
+                "state": "queued",
+                "container_id": None,
+                "deadline_ms": None,
+                "next_attempt_ms": now_ms,
+                "infra_requeues": r.infra_requeues + 1,
+            }
+        conn.execute(update(calls).where(calls.c.id == r.id).values(**values))
+        if values["state"] == "queued":
+            keys.append(f"fn:{r.function_id}")
+        else:
+            keys.extend(_keys_for_finished(r.id, r.group_id))
+    return keys
+
+
+def container_rate(conn: Connection, container_id: str) -> int:
+    row = conn.execute(
+        select(containers.c.rate_micros_per_hour).where(containers.c.id == container_id)
+    ).first()
+    return int(row.rate_micros_per_hour) if row else 0
+
+
+def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int) -> list[str]:
+    """A running call passed its deadline (server backstop): a failed attempt, retried while
+    the function's retries last, else ``timed_out``."""
+    row = conn.execute(
+        select(
+            calls.c.id,
+            calls.c.state,
+            calls.c.attempts,
+            calls.c.infra_requeues,
+            calls.c.group_id,
+            calls.c.function_id,
+            functions.c.spec,
+        )
+        .join(functions, functions.c.id == calls.c.function_id)
+        .where(calls.c.id == call_id)
+    ).first()
+    if row is None or row.state != "running":
+        return []
+    values = _failure(row, row.spec["retries"], error, "timed_out", now_ms)
+    conn.execute(update(calls).where(calls.c.id == call_id).values(**values))
+    if values["state"] == "queued":
+        return [f"fn:{row.function_id}"]
+    return _keys_for_finished(call_id, row.group_id)

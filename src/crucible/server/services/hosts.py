@@ -1,0 +1,329 @@
+"""Hosts: registration, the agent's sync, and losing a host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from crucible.errors import NotFoundError, PermissionDeniedError
+from crucible.protocol.apps import CodeRef
+from crucible.protocol.common import Resources
+from crucible.protocol.containers import ContainerAssignment, ContainerReport
+from crucible.protocol.hosts import HostInfo, HostRegister, Inventory
+from crucible.protocol.ids import new_id
+from crucible.server.auth import Principal, container_token
+from crucible.server.billing.service import meter_containers
+from crucible.server.services.calls import requeue_calls_of_container
+from crucible.server.store.tables import containers, functions, hosts
+
+__all__ = [
+    "LIVE_CONTAINER_STATES",
+    "assignments_for_host",
+    "end_container",
+    "host_info",
+    "list_hosts",
+    "mark_lost_hosts",
+    "process_reports",
+    "register_host",
+    "require_host",
+]
+
+LIVE_CONTAINER_STATES = ("pending", "starting", "running", "stopping")
+
+
+def _require_host_scope(principal: Principal) -> None:
+    if principal.scope not in ("host", "admin"):
+        raise PermissionDeniedError(
+            "agents need a host token: `crucible token create --scope host`"
+        )
+
+
+def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
+    usage = usage or {}
+    return HostInfo(
+        id=row.id,
+        name=row.name,
+        region=row.region,
+        state=row.state,
+        inventory=Inventory.model_validate(row.inventory),
+        last_seen_ms=row.last_seen_ms,
+        registered_ms=row.registered_ms,
+        allocated_cpu=usage.get("cpu", 0.0),
+        allocated_memory_mib=usage.get("memory_mib", 0),
+        allocated_gpus=sorted(usage.get("gpus", [])),
+        containers=usage.get("containers", 0),
+    )
+
+
+def host_usage(conn: Connection, host_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Resources held by live containers, per host."""
+    q = select(
+        containers.c.host_id, containers.c.cpu, containers.c.memory_mib, containers.c.gpu_indices
+    ).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
+    if host_ids is not None:
+        q = q.where(containers.c.host_id.in_(host_ids))
+    usage: dict[str, dict[str, Any]] = {}
+    for r in conn.execute(q):
+        u = usage.setdefault(
+            r.host_id, {"cpu": 0.0, "memory_mib": 0, "gpus": set(), "containers": 0}
+        )
+        u["cpu"] += r.cpu
+        u["memory_mib"] += r.memory_mib
+        u["gpus"].update(r.gpu_indices or [])
+        u["containers"] += 1
+    return usage
+
+
+def register_host(
+    conn: Connection, principal: Principal, req: HostRegister, now_ms: int
+) -> HostInfo:
+    """Register (or re-register) the host ``req.name`` of the token's account; the same name
+    gets the same id back, so an agent restart keeps its host."""
+    _require_host_scope(principal)
+    row = conn.execute(
+        select(hosts).where(hosts.c.account_id == principal.account_id, hosts.c.name == req.name)
+    ).first()
+    values = {
+        "region": req.region,
+        "state": "ready",
+        "inventory": req.inventory.model_dump(mode="json"),
+        "agent_version": req.agent_version,
+        "last_seen_ms": now_ms,
+    }
+    if row is None:
+        host_id = new_id("ho")
+        conn.execute(
+            insert(hosts).values(
+                id=host_id,
+                account_id=principal.account_id,
+                name=req.name,
+                registered_ms=now_ms,
+                **values,
+            )
+        )
+    else:
+        host_id = row.id
+        conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+    return require_host(conn, principal, host_id)
+
+
+def require_host(conn: Connection, principal: Principal, host_id: str) -> HostInfo:
+    _require_host_scope(principal)
+    q = select(hosts).where(hosts.c.id == host_id)
+    if not principal.is_admin:
+        q = q.where(hosts.c.account_id == principal.account_id)
+    row = conn.execute(q).first()
+    if row is None:
+        raise NotFoundError(f"host {host_id} not found; register again")
+    return host_info(row)
+
+
+def list_hosts(conn: Connection) -> list[HostInfo]:
+    """Every host of the exchange (hosts are public: renters choose among them)."""
+    usage = host_usage(conn)
+    rows = conn.execute(select(hosts).order_by(hosts.c.registered_ms))
+    return [host_info(r, usage.get(r.id)) for r in rows]
+
+
+def end_container(
+    conn: Connection,
+    container_id: str,
+    now_ms: int,
+    *,
+    exit_code: int | None,
+    reason: str,
+    message: str | None,
+    crashed: bool,
+    max_infra_requeues: int,
+    meter_interval_ms: int = 10_000,
+) -> list[str]:
+    """Mark a container stopped, meter it to the end, requeue its running calls. Idempotent."""
+    result = conn.execute(
+        update(containers)
+        .where(containers.c.id == container_id, containers.c.state != "stopped")
+        .values(
+            state="stopped",
+            stopped_ms=now_ms,
+            exit_code=exit_code,
+            exit_reason=reason,
+            exit_message=(message or "")[-4000:] or None,
+        )
+    )
+    if result.rowcount == 0:
+        return []
+    # Meter the container's last interval now, so a bill read right after shows it whole.
+    meter_containers(conn, now_ms, meter_interval_ms, container_id=container_id)
+    detail = f"the container exited ({reason}" + (
+        f", code {exit_code})" if exit_code is not None else ")"
+    )
+    if message:
+        detail += f": {message.strip().splitlines()[-1][:300]}"
+    keys = requeue_calls_of_container(
+        conn,
+        container_id,
+        now_ms,
+        crashed=crashed,
+        message=detail,
+        max_infra_requeues=max_infra_requeues,
+    )
+    return [*keys, f"container:{container_id}"]
+
+
+def process_reports(
+    conn: Connection,
+    host_id: str,
+    reports: list[ContainerReport],
+    now_ms: int,
+    *,
+    fresh: bool,
+    max_infra_requeues: int,
+) -> tuple[list[str], list[str]]:
+    """Apply an agent's reports. Returns (container ids the agent must stop, wake-up keys).
+
+    ``fresh`` is False for a report older than one already applied: it may still record exits
+    but must not conclude that an unreported container is gone.
+    """
+    conn.execute(
+        update(hosts).where(hosts.c.id == host_id).values(last_seen_ms=now_ms, state="ready")
+    )
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            select(containers.c.id, containers.c.state).where(
+                containers.c.host_id == host_id, containers.c.state != "stopped"
+            )
+        )
+    }
+    stop: list[str] = []
+    keys: list[str] = []
+    reported: set[str] = set()
+    for rep in reports:
+        reported.add(rep.container_id)
+        row = rows.get(rep.container_id)
+        if rep.state == "exited":
+            if row is None:
+                continue
+            asked = row.state == "stopping"
+            crashed = not asked and (
+                rep.reason in ("killed", "oom", "start_failed") or (rep.exit_code or 0) != 0
+            )
+            keys += end_container(
+                conn,
+                rep.container_id,
+                now_ms,
+                exit_code=rep.exit_code,
+                reason="stopped" if asked else (rep.reason or "exited"),
+                message=rep.message,
+                crashed=crashed,
+                max_infra_requeues=max_infra_requeues,
+            )
+            continue
+        if row is None:
+            stop.append(rep.container_id)  # unknown to us, or already ended: it must go
+        elif row.state == "pending":
+            conn.execute(
+                update(containers)
+                .where(containers.c.id == rep.container_id, containers.c.state == "pending")
+                .values(state="starting", started_ms=now_ms, last_active_ms=now_ms)
+            )
+        elif row.state == "stopping":
+            stop.append(rep.container_id)
+    if fresh:
+        for cid, row in rows.items():
+            if cid not in reported and row.state in ("starting", "running", "stopping"):
+                keys += end_container(
+                    conn,
+                    cid,
+                    now_ms,
+                    exit_code=None,
+                    reason="lost",
+                    message="the agent no longer runs this container (agent restarted?)",
+                    crashed=False,
+                    max_infra_requeues=max_infra_requeues,
+                )
+    return stop, keys
+
+
+def assignments_for_host(
+    conn: Connection, host_id: str, secret: str
+) -> tuple[list[ContainerAssignment], list[str]]:
+    """Containers the agent should start (pending) and stop (stopping)."""
+    rows = conn.execute(
+        select(
+            containers.c.id,
+            containers.c.state,
+            containers.c.account_id,
+            containers.c.function_id,
+            containers.c.cpu,
+            containers.c.memory_mib,
+            containers.c.gpu_model,
+            containers.c.gpu_indices,
+            functions.c.app_id,
+            functions.c.spec,
+        )
+        .join(functions, functions.c.id == containers.c.function_id)
+        .where(containers.c.host_id == host_id, containers.c.state.in_(("pending", "stopping")))
+    ).all()
+    start: list[ContainerAssignment] = []
+    stop: list[str] = []
+    for r in rows:
+        if r.state == "stopping":
+            stop.append(r.id)
+            continue
+        gpus = [{"model": r.gpu_model, "count": len(r.gpu_indices)}] if r.gpu_model else []
+        start.append(
+            ContainerAssignment(
+                container_id=r.id,
+                function_id=r.function_id,
+                account_id=r.account_id,
+                app_id=r.app_id,
+                code=CodeRef.model_validate(r.spec["code"]),
+                resources=Resources(cpu=r.cpu, memory_mib=r.memory_mib, gpus=gpus),
+                gpu_indices=list(r.gpu_indices or []),
+                is_async=bool(r.spec.get("is_async", False)),
+                token=container_token(secret, r.id),
+            )
+        )
+    return start, stop
+
+
+def mark_lost_hosts(
+    conn: Connection, now_ms: int, timeout_ms: int, max_infra_requeues: int
+) -> list[str]:
+    """Hosts silent for ``timeout_ms`` are lost: their containers end, calls are requeued."""
+    lost = [
+        r.id
+        for r in conn.execute(
+            select(hosts.c.id).where(
+                hosts.c.state == "ready", hosts.c.last_seen_ms < now_ms - timeout_ms
+            )
+        )
+    ]
+    keys: list[str] = []
+    for host_id in lost:
+        conn.execute(update(hosts).where(hosts.c.id == host_id).values(state="lost"))
+        for c in conn.execute(
+            select(containers.c.id).where(
+                containers.c.host_id == host_id, containers.c.state != "stopped"
+            )
+        ).all():
+            keys += end_container(
+                conn,
+                c.id,
+                now_ms,
+                exit_code=None,
+                reason="host_lost",
+                message=f"host {host_id} stopped heartbeating",
+                crashed=False,
+                max_infra_requeues=max_infra_requeues,
+            )
+    return keys
+
+
+def count_live_hosts(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(hosts).where(hosts.c.state == "ready")
+        ).scalar_one()
+    )

@@ -1,0 +1,76 @@
+"""What every request handler and background loop of one server process shares."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.server.billing.metering import PriceTable
+from crucible.server.blobs import LocalBlobStore
+from crucible.server.wakeups import Wakeups
+from crucible.settings import Settings
+
+__all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engine: Engine
+    blobs: LocalBlobStore
+    secret: str
+    clock: Clock = field(default_factory=SystemClock)
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    # account of each container ever verified: containers never change account.
+    container_accounts: dict[str, str] = field(default_factory=dict)
+    # token hash -> (principal tuple, expiry monotonic); short TTL so revocation bites fast.
+    token_cache: dict[str, tuple[tuple[str, str, str], float]] = field(default_factory=dict)
+    # Mean execution time per function (exponentially weighted), for the autoscaler; starts
+    # empty after a restart, when the scheduler probes with one container again.
+    exec_stats: dict[str, float] = field(default_factory=dict)
+    # Newest sync sequence number applied per host (see protocol.hosts.HostSync.seq).
+    host_seq: dict[str, int] = field(default_factory=dict)
+
+    def observe_exec(self, function_id: str, exec_ms: list[int]) -> None:
+        avg = self.exec_stats.get(function_id)
+        for ms in exec_ms:
+            avg = float(ms) if avg is None else 0.8 * avg + 0.2 * ms
+        if avg is not None:
+            self.exec_stats[function_id] = avg
+
+    @cached_property
+    def prices(self) -> PriceTable:
+        return PriceTable.from_usd(
+            self.settings.price_cpu_core_hour_usd,
+            self.settings.price_memory_gib_hour_usd,
+            {name: m.reference_price_usd for name, m in GPU_CATALOG.items()},
+        )
+
+
+def load_or_create_secret(settings: Settings) -> str:
+    if settings.secret:
+        return settings.secret
+    path: Path = settings.home_path / "secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value

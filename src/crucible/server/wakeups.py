@@ -1,0 +1,77 @@
+"""In-process wake-ups for long polls.
+
+The database is the truth; these only cut latency. A waiter that is not woken (another
+replica made the change) still re-reads the database after at most :data:`RECHECK_S`, so every
+long poll is a loop of short waits. Keys are opaque strings: ``fn:<function_id>`` (inputs
+queued), ``call:<call_id>`` (a call finished), ``group:<group_id>``, ``host:<host_id>`` (work
+for an agent), ``container:<container_id>`` (a container should stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+__all__ = ["RECHECK_S", "Wakeups", "long_poll"]
+
+RECHECK_S = 1.0
+
+T = TypeVar("T")
+
+
+class Wakeups:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.scheduler = asyncio.Event()
+
+    def notify(self, key: str) -> None:
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def notify_many(self, keys: Iterable[str]) -> None:
+        for key in set(keys):
+            self.notify(key)
+
+    def kick_scheduler(self) -> None:
+        self.scheduler.set()
+
+    @contextmanager
+    def listen(self, *keys: str) -> Iterator[asyncio.Event]:
+        """An event set when any of ``keys`` is notified while the block runs."""
+        event = asyncio.Event()
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[key]
+
+
+async def long_poll(
+    wakeups: Wakeups, keys: Iterable[str], check: Callable[[], T | None], timeout_s: float
+) -> T | None:
+    """Call ``check`` until it returns something other than None, waking on ``keys``; None
+    when ``timeout_s`` passes first. ``check`` reads committed state, and the event is cleared
+    before each check, so a notification can never fall between a check and the wait."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    with wakeups.listen(*keys) as event:
+        while True:
+            event.clear()
+            result = check()
+            if result is not None:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_S))
+            except TimeoutError:
+                pass

@@ -1,0 +1,1 @@
+"""The entrypoint that runs inside a container (``python -m crucible.worker``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from crucible.worker.main import main
+
+sys.exit(main())

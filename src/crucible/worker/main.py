@@ -1,0 +1,265 @@
+"""The process inside a container: load the user's function, then exchange outputs for inputs
+with the control plane until told to stop.
+
+Environment (set by the agent): ``CRUCIBLE_SERVER_URL``, ``CRUCIBLE_CONTAINER_ID``,
+``CRUCIBLE_CONTAINER_TOKEN`` (can only exchange this container's inputs and read its
+account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE_CACHE``.
+
+Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
+inside the function; code stuck in C that ignores it is stopped by the server's backstop.
+SIGTERM: the worker finishes the input in hand, reports, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from crucible.errors import Error, FunctionTimeoutError
+from crucible.protocol.common import ErrorInfo, Payload
+from crucible.protocol.containers import (
+    ContainerAssignment,
+    ExchangeReply,
+    InputAssignment,
+    OutputItem,
+)
+from crucible.protocol.transport import Transport
+from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
+
+__all__ = ["Worker", "main"]
+
+log = logging.getLogger("crucible.worker")
+
+_INLINE_MAX = 2 * 1024 * 1024
+_WAIT_S = 20.0
+# Size batches so one takes about this long: long enough to amortise a round trip, short
+# enough that other containers are not starved of inputs.
+_TARGET_BATCH_S = 0.02
+_MAX_WANT = 1000
+
+
+class _Timeout(BaseException):
+    """Raised by the alarm inside user code; a BaseException so `except Exception` in user
+    code does not swallow it."""
+
+
+def _alarm(_signum: int, _frame: FrameType | None) -> None:
+    raise _Timeout()
+
+
+class Worker:
+    def __init__(self, assignment: ContainerAssignment, transport: Transport, code_cache: Path):
+        self.assignment = assignment
+        self.transport = transport
+        self.code_cache = code_cache
+        self.container_id = assignment.container_id
+        self.stopping = False
+        self.fn: Callable[..., Any] | None = None
+        self.init_error: ErrorInfo | None = None
+        self.avg_exec_s: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- loading ------------------------------------------------------------------------------
+    def _bundle_dir(self) -> Path:
+        sha = self.assignment.code.bundle
+        target = self.code_cache / sha
+        if target.exists():
+            return target
+        self.code_cache.mkdir(parents=True, exist_ok=True)
+        status, data = self.transport.request_raw("GET", f"/v1/blobs/{sha}")
+        if status != 200:
+            Transport._decode(status, data)
+        tmp = Path(tempfile.mkdtemp(dir=self.code_cache, prefix=".unpack-"))
+        try:
+            archive = tmp / "bundle.zip"
+            archive.write_bytes(data)
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    if name.startswith("/") or ".." in Path(name).parts:
+                        raise Error(f"code bundle holds an unsafe path {name!r}")
+                zf.extractall(tmp / "src")
+            archive.unlink()
+            try:
+                os.rename(tmp / "src", target)
+            except OSError:
+                if not target.exists():  # another worker won the race if it exists
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def load(self) -> None:
+        """Import the user's module and find the function. A failure is kept and reported on
+        every input this container receives, so the builder sees the import error."""
+        try:
+            src = self._bundle_dir()
+            sys.path.insert(0, str(src))
+            module = importlib.import_module(self.assignment.code.module)
+            obj: Any = module
+            for part in self.assignment.code.qualname.split("."):
+                obj = getattr(obj, part)
+            raw = getattr(obj, "raw_f", obj)  # a crucible Function wraps the user's function
+            if not callable(raw):
+                raise Error(f"{self.assignment.code.qualname} is not callable")
+            self.fn = raw
+        except BaseException as exc:
+            log.exception("could not load the function")
+            self.init_error = error_info_from_exception(exc)
+            self.init_error.message = f"the container could not load the function: {exc}"
+
+    # -- running one input --------------------------------------------------------------------
+    def _payload_bytes(self, payload: Payload) -> bytes:
+        if payload.ref is None:
+            return payload.raw()
+        status, data = self.transport.request_raw("GET", f"/v1/blobs/{payload.ref}")
+        if status != 200:
+            Transport._decode(status, data)
+        return data
+
+    def _to_payload(self, data: bytes) -> Payload:
+        if len(data) <= _INLINE_MAX:
+            return Payload.inline(data)
+        import hashlib
+
+        sha = hashlib.sha256(data).hexdigest()
+        status, body = self.transport.request_raw(
+            "PUT", f"/v1/blobs/{sha}", data, content_type="application/octet-stream"
+        )
+        if status >= 300:
+            Transport._decode(status, body)
+        return Payload(ref=sha, size=len(data))
+
+    def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float) -> Any:
+        assert self.fn is not None
+        if self.assignment.is_async:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            coro = asyncio.wait_for(self.fn(*args, **kwargs), timeout=timeout_s)
+            try:
+                return self._loop.run_until_complete(coro)
+            except TimeoutError:
+                raise _Timeout() from None
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def run_input(self, item: InputAssignment) -> OutputItem:
+        if self.init_error is not None:
+            return OutputItem(
+                call_id=item.call_id, attempt=item.attempt, status="failed", error=self.init_error
+            )
+        started = time.perf_counter()
+        try:
+            args, kwargs = deserialize(self._payload_bytes(item.args))
+            value = self._invoke(args, kwargs, item.timeout_s)
+            result = self._to_payload(serialize(value))
+            status, error = "succeeded", None
+        except _Timeout:
+            status, result = "timed_out", None
+            error = ErrorInfo(
+                code=FunctionTimeoutError.code,
+                message=f"the call ran past its timeout of {item.timeout_s:g} s",
+            )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit) and self.stopping:
+                raise
+            status, result = "failed", None
+            error = error_info_from_exception(exc)
+        elapsed = time.perf_counter() - started
+        self.avg_exec_s = (
+            elapsed if self.avg_exec_s is None else 0.8 * self.avg_exec_s + 0.2 * elapsed
+        )
+        return OutputItem(
+            call_id=item.call_id,
+            attempt=item.attempt,
+            status=status,
+            result=result,
+            error=error,
+            exec_ms=int(elapsed * 1000),
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _want(self) -> int:
+        if self.stopping:
+            return 0
+        if self.avg_exec_s is None or self.init_error is not None:
+            return 1 if self.init_error is None else _MAX_WANT
+        return max(1, min(_MAX_WANT, int(_TARGET_BATCH_S / max(self.avg_exec_s, 1e-6))))
+
+    def exchange(self, outputs: list[OutputItem], want: int, wait_s: float) -> ExchangeReply:
+        body = {
+            "outputs": [o.model_dump(mode="json", exclude_none=True) for o in outputs],
+            "want": want,
+            "wait_s": wait_s,
+        }
+        data = self.transport.post(
+            f"/v1/containers/{self.container_id}/exchange", body, timeout_s=wait_s + 30
+        )
+        return ExchangeReply.model_validate(data)
+
+    def serve(self) -> None:
+        outputs: list[OutputItem] = []
+        while True:
+            want = self._want()
+            # A container that cannot load its function drains what is queued and exits.
+            wait = 0.0 if (self.stopping or self.init_error is not None) else _WAIT_S
+            reply = self.exchange(outputs, want, wait)
+            outputs = []
+            for item in reply.inputs:
+                outputs.append(self.run_input(item))
+            if reply.stop or (not reply.inputs and (self.stopping or self.init_error)):
+                if outputs:
+                    self.exchange(outputs, 0, 0.0)
+                return
+
+
+def _watch_parent() -> None:
+    """Exit when the agent that started us is gone (backup for PR_SET_PDEATHSIG)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    try:
+        url = os.environ["CRUCIBLE_SERVER_URL"]
+        token = os.environ["CRUCIBLE_CONTAINER_TOKEN"]
+        assignment_path = Path(os.environ["CRUCIBLE_ASSIGNMENT"])
+        cache = Path(os.environ.get("CRUCIBLE_CODE_CACHE", ".crucible-code"))
+    except KeyError as exc:
+        print(f"crucible worker: missing environment variable {exc}", file=sys.stderr)
+        return 2
+    assignment = ContainerAssignment.model_validate_json(assignment_path.read_text())
+    worker = Worker(assignment, Transport(url, token, user_agent="crucible-worker"), cache)
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, _alarm)
+    _watch_parent()
+    worker.load()
+    worker.serve()
+    return 0
