@@ -363,6 +363,10 @@ class Agent:
         try:
             # Best effort: tell the server now rather than let it time the host out.
             self._sync(0.0, retry=False)
+        except ServerUnavailableError:
+            # Normal when the control plane shuts down first (`crucible up`); it times the
+            # host out and requeues what ran here.
+            log.info("control plane gone; final container states not reported")
         except (Error, ValidationError) as exc:
             log.warning("could not report the final container states (%s)", _brief(exc))
 

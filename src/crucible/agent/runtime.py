@@ -154,9 +154,10 @@ class ProcessRuntime:
         self._prctl = _load_prctl()
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.code_cache_dir.mkdir(parents=True, exist_ok=True)
-        # The dirs hold container tokens: keep other users out.
+        # Container dirs hold container tokens and builders' files: keep other users out.
+        # (Only the dir we own outright; agent_dir itself may be shared.)
         with contextlib.suppress(OSError):
-            self.agent_dir.chmod(0o700)
+            self.containers_dir.chmod(0o700)
 
     @property
     def containers_dir(self) -> Path:

@@ -67,9 +67,19 @@ class GpuRequest:
         return self.model if self.count == 1 else f"{self.model}:{self.count}"
 
 
+_MEMORY_SUFFIX = re.compile(r"^(.*?)-?(\d+)gb?$")
+
+
 def _canonical_model(raw: str) -> str:
     key = raw.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
     model = _CANONICAL.get(key)
+    if model is None:
+        # "H100-80GB" names H100 when 80 GB is the catalog's memory for it.
+        match = _MEMORY_SUFFIX.match(key)
+        if match:
+            base = _CANONICAL.get(match.group(1))
+            if base is not None and GPU_CATALOG[base].memory_gib == int(match.group(2)):
+                model = base
     if model is None:
         known = ", ".join(sorted(GPU_CATALOG))
         raise InvalidGpuError(f"unknown GPU model {raw.strip()!r}; known models: {known}")

@@ -52,6 +52,8 @@ class Transport:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._local = threading.local()
+        self._all: set[http.client.HTTPConnection] = set()
+        self._all_lock = threading.Lock()
 
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
@@ -60,6 +62,8 @@ class Transport:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = cls(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.add(conn)
         return conn
 
     def _drop(self) -> None:
@@ -67,9 +71,20 @@ class Transport:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._all_lock:
+                self._all.discard(conn)
+
+    def close_thread(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end)."""
+        self._drop()
 
     def close(self) -> None:
-        self._drop()
+        """Close every thread's connection."""
+        with self._all_lock:
+            conns, self._all = list(self._all), set()
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     # -- requests ---------------------------------------------------------------------------
     def request_raw(

@@ -251,6 +251,7 @@ class _MapRun:
         except BaseException as exc:
             self.submit_error = exc
         finally:
+            self.client.transport.close_thread()
             self.done_submitting.set()
 
     def _send(self, batch: list[InputItem], start: int) -> None:

@@ -1,0 +1,115 @@
+"""Functions the end-to-end tests run in real containers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from app_helpers import triple
+
+import crucible
+
+app = crucible.App("basic")
+
+
+class CustomError(Exception):
+    """Defined in the shipped module, so the SDK can rebuild it."""
+
+
+@app.function()
+def square(x: int) -> int:
+    return x * x
+
+
+@app.function()
+def add(a: int, b: int, c: int = 0) -> int:
+    return a + b + c
+
+
+@app.function()
+def uses_helper(x: int) -> int:
+    return triple(x)
+
+
+@app.function()
+def boom(x: int) -> int:
+    raise CustomError(f"bad input {x}")
+
+
+@app.function()
+def fails_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"{x} is odd")
+    return x
+
+
+@app.function(timeout=1)
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.function(timeout=30)
+def nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return os.environ.get("CRUCIBLE_CONTAINER_ID", "")
+
+
+@app.function()
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+@app.function()
+def make_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+@app.function()
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@app.function(retries=crucible.Retries(max_retries=2, initial_delay=0.1))
+def flaky(marker: str, failures: int) -> int:
+    """Fails ``failures`` times (counted in a file), then succeeds: retries at work."""
+    path = Path(marker)
+    count = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(count + 1))
+    if count < failures:
+        raise RuntimeError(f"failure {count + 1}")
+    return count + 1
+
+
+@app.function(retries=crucible.Retries(max_retries=1, initial_delay=0.1))
+def dies_once(marker: str) -> str:
+    """The first attempt kills its own worker with SIGKILL; the retry succeeds."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@app.function(gpu="H100:2")
+def visible_gpus() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@app.function(gpu=["B200", "L4"])
+def fallback_gpu() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@app.function(cpu=512)
+def too_big() -> int:
+    return 1
+
+
+@app.function()
+def secrets_visible() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "TOKEN" in k and "CONTAINER" not in k}

@@ -1,0 +1,112 @@
+"""Calls end to end: SDK → control plane → agent → worker process → back."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import app_basic
+import pytest
+
+import crucible
+
+
+def test_remote_map_starmap_spawn(builder) -> None:
+    with app_basic.app.run(client=builder):
+        assert app_basic.square.remote(7) == 49
+        assert list(app_basic.square.map(range(500))) == [x * x for x in range(500)]
+        assert list(app_basic.add.starmap([(1, 2), (3, 4)], kwargs={"c": 10})) == [13, 17]
+        assert list(app_basic.add.map([1, 2], [10, 20])) == [11, 22]
+        call = app_basic.square.spawn(12)
+        assert call.get(timeout=30) == 144
+        assert crucible.FunctionCall.from_id(call.object_id, builder).get() == 144
+        assert app_basic.uses_helper.remote(5) == 15  # a local module shipped as source
+        assert app_basic.async_double.remote(21) == 42
+        assert app_basic.square.local(3) == 9
+
+
+def test_exception_reaches_caller_with_remote_traceback(builder) -> None:
+    with app_basic.app.run(client=builder):
+        with pytest.raises(app_basic.CustomError, match="bad input 3") as info:
+            app_basic.boom.remote(3)
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "Remote traceback" in notes and "in boom" in notes
+
+        results = list(app_basic.fails_on_odd.map(range(6), return_exceptions=True))
+        assert results[0::2] == [0, 2, 4]
+        assert all(isinstance(r, ValueError) for r in results[1::2])
+        with pytest.raises(ValueError, match="1 is odd"):
+            list(app_basic.fails_on_odd.map(range(6)))
+
+
+def test_large_payloads_travel_as_blobs(builder) -> None:
+    three_mib = 3 * 1024 * 1024
+    with app_basic.app.run(client=builder):
+        assert len(app_basic.make_bytes.remote(three_mib)) == three_mib
+        assert app_basic.length.remote(b"y" * three_mib) == three_mib
+
+
+def test_control_plane_stores_payloads_opaquely(exchange, builder) -> None:
+    """The server keeps arguments as the SDK's bytes; it has no reason to unpickle them."""
+    with app_basic.app.run(client=builder):
+        call = app_basic.square.spawn(6)
+        assert call.get(timeout=30) == 36
+        info = builder.get_call(call.object_id)
+    assert info.result is not None
+    assert pickle.loads(info.result.raw()) == 36  # bytes made by the worker, passed through
+
+
+def test_function_that_never_returns_times_out(builder) -> None:
+    with app_basic.app.run(client=builder):
+        with pytest.raises(crucible.FunctionTimeoutError):
+            app_basic.sleepy.remote(30)
+        assert app_basic.sleepy.remote(0.01) == 0.01  # the container still serves
+
+
+def test_retries_with_backoff(builder, tmp_path: Path) -> None:
+    with app_basic.app.run(client=builder):
+        assert app_basic.flaky.remote(str(tmp_path / "a"), 2) == 3
+        with pytest.raises(RuntimeError, match="failure 3"):
+            app_basic.flaky.remote(str(tmp_path / "b"), 5)
+        attempts = builder.list_calls(state="failed", limit=5)
+        assert attempts[0].attempts == 3
+
+
+def test_worker_killed_with_sigkill_is_retried(builder, tmp_path: Path) -> None:
+    with app_basic.app.run(client=builder):
+        assert app_basic.dies_once.remote(str(tmp_path / "marker")) == "survived"
+    assert (tmp_path / "marker").read_text() == "died"
+
+
+def test_cancel_queued_and_running_calls(builder) -> None:
+    with app_basic.app.run(client=builder):
+        running = app_basic.nap.spawn(20)
+        import time
+
+        deadline = time.monotonic() + 30
+        while builder.get_call(running.object_id).state != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        running.cancel()
+        with pytest.raises(crucible.CallCancelledError):
+            running.get(timeout=10)
+        # The exchange keeps serving after a cancelled call stopped its container.
+        assert app_basic.square.remote(4) == 16
+
+
+def test_get_timeout_raises_builtin_timeout(builder) -> None:
+    with app_basic.app.run(client=builder):
+        call = app_basic.nap.spawn(5)
+        with pytest.raises(TimeoutError):
+            call.get(timeout=0.2)
+        call.cancel()
+
+
+def test_remote_outside_a_running_app_is_a_clear_error() -> None:
+    with pytest.raises(crucible.Error, match="app.run"):
+        app_basic.square.remote(1)
+
+
+def test_worker_cannot_see_agent_token(builder) -> None:
+    with app_basic.app.run(client=builder):
+        assert app_basic.secrets_visible.remote() == {}
