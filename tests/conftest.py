@@ -63,7 +63,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def exchange(tmp_path: Path) -> Iterator["Exchange"]:
+def exchange(tmp_path: Path) -> Iterator[Exchange]:
     """A running control plane (SQLite) with one agent, host-a."""
     from harness import Exchange
 
@@ -77,7 +77,7 @@ def exchange(tmp_path: Path) -> Iterator["Exchange"]:
 
 
 @pytest.fixture
-def builder(exchange: "Exchange") -> Iterator[Any]:
+def builder(exchange: Exchange) -> Iterator[Any]:
     """An SDK client of a fresh tenant account on the exchange."""
     client = exchange.client(exchange.new_account(f"builder-{uuid.uuid4().hex[:6]}"))
     yield client

@@ -132,7 +132,8 @@ class CallCancelledError(Error):
 
 
 class ContainerExitedError(Error):
-    """The container running the call died (killed, out of memory, host lost) and retries ran out."""
+    """The container running the call died (killed, out of memory, host lost) and retries ran
+    out."""
 
     code = "container_exited"
     http_status = 500

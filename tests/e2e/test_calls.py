@@ -103,7 +103,7 @@ def test_get_timeout_raises_builtin_timeout(builder) -> None:
 
 
 def test_remote_outside_a_running_app_is_a_clear_error() -> None:
-    with pytest.raises(crucible.Error, match="app.run"):
+    with pytest.raises(crucible.Error, match=r"app\.run"):
         app_basic.square.remote(1)
 
 

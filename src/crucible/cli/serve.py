@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -112,7 +113,7 @@ def register(app: typer.Typer) -> None:
             token = token_file.read_text().strip()
         if not token:
             raise Error("the agent needs a host token: --token, --token-file or CRUCIBLE_TOKEN")
-        overrides: dict[str, object] = {}
+        overrides: dict[str, Any] = {}
         if allow_fake_gpus:
             overrides["allow_fake_gpus"] = True
         if agent_dir is not None:

@@ -67,7 +67,7 @@ class GpuRequest:
         return self.model if self.count == 1 else f"{self.model}:{self.count}"
 
 
-_MEMORY_SUFFIX = re.compile(r"^(.*?)-?(\d+)gb?$")
+_MEMORY_SUFFIX = re.compile(r"^(.+)[-_ ](\d+)\s*gb?$")
 
 
 def _canonical_model(raw: str) -> str:
@@ -75,9 +75,9 @@ def _canonical_model(raw: str) -> str:
     model = _CANONICAL.get(key)
     if model is None:
         # "H100-80GB" names H100 when 80 GB is the catalog's memory for it.
-        match = _MEMORY_SUFFIX.match(key)
+        match = _MEMORY_SUFFIX.match(raw.strip().lower())
         if match:
-            base = _CANONICAL.get(match.group(1))
+            base = _CANONICAL.get(match.group(1).replace("-", "").replace("_", ""))
             if base is not None and GPU_CATALOG[base].memory_gib == int(match.group(2)):
                 model = base
     if model is None:

@@ -120,7 +120,7 @@ class App:
                     gpus=[GpuAsk(model=g.model, count=g.count) for g in gpus],
                 ),
                 "timeout_s": float(timeout),
-                "retries": RetryPolicy(**policy.to_wire()),
+                "retries": RetryPolicy.model_validate(policy.to_wire()),
                 "max_containers": max_containers,
                 "scaledown_window_s": scaledown_window,
             }

@@ -46,7 +46,7 @@ def container_token(secret: str, container_id: str) -> str:
 def verify_container_token(secret: str, token: str) -> str | None:
     """The container id a container token names, or None when the signature is wrong."""
     body = token[4:]
-    container_id, _, mac = body.rpartition(".")
+    container_id, _, _mac = body.rpartition(".")
     if not container_id:
         return None
     expected = container_token(secret, container_id)

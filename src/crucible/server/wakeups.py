@@ -10,6 +10,7 @@ for an agent), ``container:<container_id>`` (a container should stop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -71,7 +72,5 @@ async def long_poll(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_S))
-            except TimeoutError:
-                pass

@@ -7,7 +7,7 @@ never money already recorded; intervals are keyed by (container, start) so meter
 is a no-op.
 
 Rounding never drifts: the cost of ``[start, end)`` is ``C(end) - C(start)`` where
-``C(t) = floor(rate × (t - origin) / 3 600 000)`` is the container's cumulative cost, so the
+``C(t) = floor(rate * (t - origin) / 3 600 000)`` is the container's cumulative cost, so the
 intervals of a container always add up to exactly its whole-lifetime cost.
 """
 

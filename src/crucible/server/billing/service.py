@@ -18,10 +18,9 @@ def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        stmt = pg_insert(meter_intervals).on_conflict_do_nothing()
+        conn.execute(pg_insert(meter_intervals).on_conflict_do_nothing(), rows)
     else:
-        stmt = sqlite_insert(meter_intervals).on_conflict_do_nothing()
-    conn.execute(stmt, rows)
+        conn.execute(sqlite_insert(meter_intervals).on_conflict_do_nothing(), rows)
 
 
 def meter_containers(

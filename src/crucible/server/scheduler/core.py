@@ -7,7 +7,7 @@ simulator drive it.
 
 Scaling rule (v0). A function's *estimated execution time* is the larger of its measured mean
 and the age of its oldest running call. With no estimate yet, one container is started as a
-probe. Otherwise it wants ``ceil(backlog × estimate / target_drain)`` containers, where backlog
+probe. Otherwise it wants ``ceil(backlog * estimate / target_drain)`` containers, where backlog
 is queued + running calls, capped by ``max_containers`` and by the backlog itself. Containers
 above that number that have been idle for the function's scale-down window are stopped, so
 a function scales back to zero.
@@ -142,10 +142,8 @@ def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> int:
     estimate = fn.avg_exec_ms or 0.0
     if fn.oldest_running_started_ms is not None:
         estimate = max(estimate, float(now_ms - fn.oldest_running_started_ms))
-    if estimate <= 0:
-        wanted = 1  # a probe: nothing is known about this function's speed yet
-    else:
-        wanted = math.ceil(backlog * estimate / policy.target_drain_ms)
+    # With no estimate, one probe container: nothing is known about the function's speed yet.
+    wanted = 1 if estimate <= 0 else math.ceil(backlog * estimate / policy.target_drain_ms)
     return max(1, min(wanted, fn.max_containers, backlog))
 
 

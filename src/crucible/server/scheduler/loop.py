@@ -8,6 +8,7 @@ replicas will elect a leader through the database, see docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -64,10 +65,8 @@ class SchedulerLoop:
         kick = self.state.wakeups.scheduler
         interval = self.state.settings.scheduler_interval_s
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), timeout=interval)
-            except TimeoutError:
-                pass
             kick.clear()
             if self._stopping:
                 break

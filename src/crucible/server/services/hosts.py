@@ -8,7 +8,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
-from crucible.protocol.common import Resources
+from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import HostInfo, HostRegister, Inventory
 from crucible.protocol.ids import new_id
@@ -271,7 +271,7 @@ def assignments_for_host(
         if r.state == "stopping":
             stop.append(r.id)
             continue
-        gpus = [{"model": r.gpu_model, "count": len(r.gpu_indices)}] if r.gpu_model else []
+        gpus = [GpuAsk(model=r.gpu_model, count=len(r.gpu_indices))] if r.gpu_model else []
         start.append(
             ContainerAssignment(
                 container_id=r.id,

@@ -1,0 +1,70 @@
+"""The README's main job: `crucible run examples/hello.py` on a fresh home, then the bill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _crucible(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(CRUCIBLE_HOME=str(tmp_path / "home"), CRUCIBLE_PORT=str(free_port()))
+    try:
+        out = _crucible(["run", "examples/hello.py"], env)
+        assert out.split() == ["49", str(sum(x * x for x in range(10_000))), "144"]
+        bill = json.loads(_crucible(["bill", "--json"], env))
+        line = bill["lines"][0]
+        assert line["app_name"] == "hello" and line["function_name"] == "square"
+        assert line["calls"] == 10_002 and line["containers"] >= 1
+        assert line["container_ms"] > 0 and bill["total_micros"] == line["cost_micros"]
+        hosts = json.loads(_crucible(["hosts", "--json"], env))
+        assert hosts[0]["state"] == "ready"
+        calls = json.loads(_crucible(["calls", "--json", "--limit", "3"], env))
+        assert [c["state"] for c in calls] == ["succeeded"] * 3
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", "down"], env=env, timeout=60, check=False
+        )
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(CRUCIBLE_HOME=str(tmp_path / "home"))
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "run", "does/not/exist.py"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "does not exist" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "agent", "--server", "http://127.0.0.1:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "host token" in out.stderr

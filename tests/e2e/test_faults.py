@@ -1,0 +1,135 @@
+"""Faults and bad input, end to end with real processes: each must end in a clear state."""
+
+from __future__ import annotations
+
+import time
+
+import app_basic
+import pytest
+
+import crucible
+from harness import Exchange, wait_for
+
+
+def test_resources_no_host_can_ever_satisfy_fail_clearly(builder) -> None:
+    with app_basic.app.run(client=builder):
+        with pytest.raises(crucible.ResourcesUnsatisfiableError, match="cpu=512"):
+            app_basic.too_big.remote()
+        with pytest.raises(crucible.ResourcesUnsatisfiableError, match="H100"):
+            app_basic.visible_gpus.remote()
+
+
+def test_unknown_gpu_model_is_refused_at_decoration() -> None:
+    app = crucible.App("bad-gpu")
+    with pytest.raises(crucible.InvalidGpuError, match="unknown GPU model 'Z9000'"):
+        app.function(gpu="Z9000")
+    with pytest.raises(crucible.InvalidRequestError, match="forget parentheses"):
+
+        @app.function  # type: ignore[arg-type]
+        def f() -> None: ...
+
+
+def test_fake_gpus_are_placed_with_fallback(exchange: Exchange, builder) -> None:
+    exchange.start_agent("gpu-host", fake_gpus="4xH100,2xL4")
+    with app_basic.app.run(client=builder):
+        devices = app_basic.visible_gpus.remote()
+        assert len(devices.split(",")) == 2  # H100:2 → two of the four H100 indices
+        assert set(devices.split(",")) <= {"0", "1", "2", "3"}
+        # B200 exists nowhere; the fallback L4 (indices 4, 5 on that host) is used.
+        assert app_basic.fallback_gpu.remote() in {"4", "5"}
+
+
+def test_agent_killed_mid_call_is_retried_on_another_host(exchange: Exchange, builder) -> None:
+    exchange.start_agent("host-b")
+    with app_basic.app.run(client=builder):
+        call = app_basic.nap.spawn(3)
+        wait_for(lambda: builder.get_call(call.object_id).state == "running", 30, "call running")
+        victim = next(h["name"] for h in exchange.hosts() if h["containers"] > 0)
+        exchange.kill_agent(victim)  # SIGKILL: its worker dies with it
+        second_container = call.get(timeout=60)  # requeued after host loss
+        info = builder.get_call(call.object_id)
+        assert info.state == "succeeded" and info.attempts == 2
+        assert exchange.host(victim)["state"] == "lost"
+        survivor = next(iter(exchange.agents))
+        assert survivor != victim and exchange.host(survivor)["state"] == "ready"
+        assert second_container.startswith("ct-")
+
+
+def test_control_plane_restart_loses_no_accepted_call(exchange: Exchange, builder) -> None:
+    with app_basic.app.run(client=builder):
+        calls = [app_basic.nap.spawn(0.3) for _ in range(8)]
+        queued = [app_basic.square.spawn(i) for i in range(20)]
+        exchange.stop_server(kill=True)  # SIGKILL: no graceful shutdown
+        exchange.start_server()
+        for c in calls:
+            assert c.get(timeout=60) is not None
+        assert [c.get(timeout=60) for c in queued] == [i * i for i in range(20)]
+
+
+def test_scale_to_zero_after_idle_window(tmp_path) -> None:
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_SCALEDOWN_WINDOW_S="0.5")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        client = ex.client(ex.new_account("idle"))
+        with app_basic.app.run(client=client):
+            assert app_basic.square.remote(2) == 4
+            assert ex.host("host-a")["containers"] == 1
+            wait_for(lambda: ex.host("host-a")["containers"] == 0, 20, "scale to zero")
+            assert app_basic.square.remote(3) == 9  # and back up from zero
+        client.close()
+    finally:
+        ex.close()
+
+
+def test_stopped_app_stops_containers_and_bills_them(exchange: Exchange, builder) -> None:
+    with app_basic.app.run(client=builder):
+        assert app_basic.nap.remote(0.2)
+    wait_for(lambda: exchange.host("host-a")["containers"] == 0, 20, "containers stopped")
+    report = builder.get("/v1/bill")
+    line = next(x for x in report["lines"] if x["function_name"] == "nap")
+    assert line["containers"] == 1 and line["container_ms"] > 200
+    assert line["cost_micros"] > 0 or line["container_ms"] < 1000
+    assert line["calls"] == 1 and line["exec_ms"] >= 200
+
+
+def test_tenants_cannot_see_each_other(exchange: Exchange, builder) -> None:
+    other = exchange.client(exchange.new_account("other"))
+    try:
+        with app_basic.app.run(client=builder):
+            call = app_basic.square.spawn(5)
+            assert call.get(timeout=30) == 25
+            with pytest.raises(crucible.NotFoundError):
+                other.get_call(call.object_id)
+            with pytest.raises(crucible.NotFoundError):
+                other.cancel_call(call.object_id)
+            assert other.list_calls() == []
+            assert other.list_apps() == []
+    finally:
+        other.close()
+
+
+def test_bad_token_is_refused(exchange: Exchange) -> None:
+    bad = exchange.client("cru_not-a-real-token")
+    try:
+        with pytest.raises(crucible.AuthError):
+            bad.list_apps()
+    finally:
+        bad.close()
+
+
+def test_server_answers_client_mistakes_with_4xx(exchange: Exchange, builder) -> None:
+    t = builder.transport
+    status, body = t.request_raw("POST", "/v1/apps", b"{not json")
+    assert status == 400 and b"invalid_request" in body
+    status, body = t.request_raw("POST", "/v1/functions/fn-nope/calls", b'{"inputs": []}')
+    assert status == 400
+    status, body = t.request_raw(
+        "POST", "/v1/functions/fn-nope/calls", b'{"inputs": [{"args": {"data": "AA=="}}]}'
+    )
+    assert status == 404 and b"not_found" in body
+    big = b'{"name": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    status, body = t.request_raw("POST", "/v1/apps", big)
+    assert status == 413 and b"payload_too_large" in body
+    time.sleep(0)  # the server is still healthy afterwards
+    assert builder.list_apps() == []
