@@ -17,8 +17,6 @@ __all__ = ["register", "run_server"]
 
 def run_server(settings: Settings, *, on_ready: object = None) -> None:
     """Run the control plane in this process until interrupted."""
-    import asyncio
-
     import uvicorn
 
     from crucible.server.app import build_state, create_app
@@ -36,7 +34,7 @@ def run_server(settings: Settings, *, on_ready: object = None) -> None:
         timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
-    asyncio.run(server.serve())
+    server.run()  # runs on the configured loop (uvloop when installed)
     state.engine.dispose()
 
 

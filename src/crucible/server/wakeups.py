@@ -38,6 +38,18 @@ class Wakeups:
     def kick_scheduler(self) -> None:
         self.scheduler.set()
 
+    def has_waiters(self, key: str) -> bool:
+        return bool(self._waiters.get(key))
+
+    def work_queued(self, function_id: str) -> None:
+        """Inputs of a function became claimable: wake its idle containers; when none is
+        waiting, the scheduler must look now (a cold start) rather than at its next tick."""
+        key = f"fn:{function_id}"
+        if self.has_waiters(key):
+            self.notify(key)
+        else:
+            self.scheduler.set()
+
     @contextmanager
     def listen(self, *keys: str) -> Iterator[asyncio.Event]:
         """An event set when any of ``keys`` is notified while the block runs."""
@@ -56,19 +68,30 @@ class Wakeups:
 
 
 async def long_poll(
-    wakeups: Wakeups, keys: Iterable[str], check: Callable[[], T | None], timeout_s: float
+    wakeups: Wakeups,
+    keys: Iterable[str],
+    check: Callable[[], T | None],
+    timeout_s: float,
+    *,
+    checked: bool = False,
 ) -> T | None:
     """Call ``check`` until it returns something other than None, waking on ``keys``; None
     when ``timeout_s`` passes first. ``check`` reads committed state, and the event is cleared
-    before each check, so a notification can never fall between a check and the wait."""
+    before each check, so a notification can never fall between a check and the wait.
+
+    ``checked=True`` skips the first check: the caller has just read the same state without
+    yielding to the event loop since, so no notification can have been missed in between."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     with wakeups.listen(*keys) as event:
+        first = True
         while True:
             event.clear()
-            result = check()
-            if result is not None:
-                return result
+            if not (first and checked):
+                result = check()
+                if result is not None:
+                    return result
+            first = False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None

@@ -37,13 +37,16 @@ async def create_calls(
     with state.engine.begin() as conn:
         fn = get_function_row(conn, who, function_id)
         ids = svc.create_calls(conn, who, fn, req, now, state.settings.inline_payload_max_bytes)
-    state.wakeups.notify(f"fn:{function_id}")
-    state.wakeups.kick_scheduler()
+    state.wakeups.work_queued(function_id)
     result = None
     if req.wait_s > 0 and len(ids) == 1:
         call_id = ids[0]
         result = await long_poll(
-            state.wakeups, [f"call:{call_id}"], lambda: _finished(state, who, call_id), req.wait_s
+            state.wakeups,
+            [f"call:{call_id}"],
+            lambda: _finished(state, who, call_id),
+            req.wait_s,
+            checked=True,  # created just now, without yielding: it cannot have finished
         )
     return CallsCreated(call_ids=ids, result=result)
 

@@ -33,8 +33,9 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
         state.observe_exec(function_id, [o.exec_ms for o in req.outputs])
     if keys:
         state.wakeups.notify_many(keys)
-        if any(k.startswith("fn:") for k in keys):
-            state.wakeups.kick_scheduler()
+        for key in keys:
+            if key.startswith("fn:"):  # a failed attempt was requeued for a retry
+                state.wakeups.work_queued(key[3:])
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
         return reply
 
@@ -53,6 +54,10 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
         return again if again.inputs or again.stop else None
 
     found = await long_poll(
-        state.wakeups, [f"fn:{function_id}", f"container:{container_id}"], poll, req.wait_s
+        state.wakeups,
+        [f"fn:{function_id}", f"container:{container_id}"],
+        poll,
+        req.wait_s,
+        checked=True,
     )
     return found or ExchangeReply()

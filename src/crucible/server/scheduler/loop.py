@@ -36,6 +36,8 @@ __all__ = ["SchedulerLoop"]
 
 log = logging.getLogger("crucible.scheduler")
 
+_MIN_TICK_GAP_S = 0.05
+
 
 class SchedulerLoop:
     def __init__(self, state: ServerState) -> None:
@@ -64,12 +66,21 @@ class SchedulerLoop:
     async def _run(self) -> None:
         kick = self.state.wakeups.scheduler
         interval = self.state.settings.scheduler_interval_s
+        loop = asyncio.get_running_loop()
+        last_tick = 0.0
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), timeout=interval)
             kick.clear()
             if self._stopping:
                 break
+            # Kicks come with every new call; coalesce them so a busy exchange runs at most
+            # one tick per _MIN_TICK_GAP_S (the first call of an idle function still gets an
+            # immediate tick).
+            since = loop.time() - last_tick
+            if since < _MIN_TICK_GAP_S:
+                await asyncio.sleep(_MIN_TICK_GAP_S - since)
+            last_tick = loop.time()
             try:
                 keys = self.tick()
                 self.state.wakeups.notify_many(set(keys))

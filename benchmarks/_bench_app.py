@@ -1,0 +1,37 @@
+"""The functions the Crucible benchmarks call. Containers import this module, so it imports
+nothing but crucible."""
+
+from __future__ import annotations
+
+import crucible
+
+# Warm round trips and .map: one app kept running for the whole measurement.
+app = crucible.App("bench-calls")
+
+
+@app.function()
+def noop() -> None:
+    return None
+
+
+@app.function()
+def ident(x: int) -> int:
+    return x
+
+
+# Cold start: a new run of this app each time, so the scheduler must start a new container.
+cold_app = crucible.App("bench-cold")
+
+
+@cold_app.function()
+def cold_noop() -> None:
+    return None
+
+
+# Control-plane memory: calls are inserted for this app's function directly in the store.
+mem_app = crucible.App("bench-memory")
+
+
+@mem_app.function()
+def mem_noop() -> None:
+    return None

@@ -1,0 +1,411 @@
+"""Benchmark plumbing: a throwaway exchange, process probes, a table printer, JSON results.
+
+:class:`Exchange` starts ``crucible server`` and ``crucible agent`` as subprocesses on
+loopback, in a temporary CRUCIBLE_HOME with a free port (the pattern of tests/harness.py),
+with the product's default settings unless ``env`` overrides some. Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from crucible.protocol.transport import Transport
+from crucible.sdk._client import Client
+
+__all__ = [
+    "CpuMeter",
+    "Exchange",
+    "cpu_seconds",
+    "machine_info",
+    "percentile",
+    "print_table",
+    "rss_kib",
+    "summarize_ms",
+    "write_results",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+# -- /proc probes ------------------------------------------------------------------------------
+def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """Resident set size (or VmHWM, the peak) of a process in KiB, from /proc/PID/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+# -- the exchange ------------------------------------------------------------------------------
+class Exchange:
+    """A control plane and one agent (host ``bench-host``) as subprocesses.
+
+    Use as a context manager; ``client()`` gives an SDK client of a fresh builder account.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, keep: bool = False) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
+        self.home = self.root / "server-home"
+        self.db_path = self.root / "store.db"
+        self.database_url = f"sqlite:///{self.db_path}"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = dict(env or {})
+        self.keep = keep
+        self.server: subprocess.Popen[bytes] | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self._admin: Transport | None = None
+        self.account_id: str | None = None
+
+    def __enter__(self) -> Exchange:
+        try:
+            self.start_server()
+            self.start_agent()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _env(self, home: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+        env.update(self.extra_env)
+        env["CRUCIBLE_HOME"] = str(home)
+        return env
+
+    def start_server(self, timeout_s: float = 60) -> float:
+        """Start the server; returns seconds until /healthz answered."""
+        env = self._env(self.home)
+        env["CRUCIBLE_DATABASE_URL"] = self.database_url
+        env["CRUCIBLE_PORT"] = str(self.port)
+        started = time.perf_counter()
+        with open(self.root / "server.log", "ab") as log:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "crucible.cli.main", "server"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        probe = Transport(self.url, None, retry_for_s=0)
+
+        def healthy() -> bool:
+            assert self.server is not None
+            if self.server.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log('server')}")
+            try:
+                return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
+            except Exception:
+                return False
+
+        _wait_for(healthy, timeout_s, "the server to answer /healthz")
+        probe.close()
+        return time.perf_counter() - started
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+            self.server = None
+
+    def start_agent(self, name: str = "bench-host") -> None:
+        home = self.root / "agent-home"
+        home.mkdir(parents=True, exist_ok=True)
+        token_file = home / "token"
+        token = self.admin.post("/v1/tokens", {"scope": "host", "name": "bench"})["token"]
+        token_file.write_text(token)
+        cmd = [sys.executable, "-m", "crucible.cli.main", "agent", "--server", self.url]
+        cmd += ["--token-file", str(token_file), "--name", name]
+        with open(self.root / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                cmd, env=self._env(home), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+
+        def ready() -> bool:
+            assert self.agent is not None
+            if self.agent.poll() is not None:
+                raise RuntimeError(f"agent exited: {self.log('agent')}")
+            return any(
+                h["name"] == name and h["state"] == "ready" for h in self.admin.get("/v1/hosts")
+            )
+
+        _wait_for(ready, 60, "the agent to register")
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.send_signal(signal.SIGTERM)
+            try:
+                self.agent.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+            self.agent = None
+        self.stop_server()
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self, which: str) -> str:
+        path = self.root / f"{which}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    # -- API ------------------------------------------------------------------------------------
+    @property
+    def admin(self) -> Transport:
+        if self._admin is None:
+            token = (self.home / "admin-token").read_text().strip()
+            self._admin = Transport(self.url, token)
+        return self._admin
+
+    def client(self) -> Client:
+        """An SDK client of a fresh builder account (its id in ``self.account_id``)."""
+        account = self.admin.post("/v1/accounts", {"name": f"bench-{uuid.uuid4().hex[:8]}"})
+        self.account_id = account["id"]
+        token = self.admin.post("/v1/tokens", {"scope": "user", "account_id": account["id"]})
+        return Client(self.url, token["token"])
+
+    # -- processes ------------------------------------------------------------------------------
+    def workers(self) -> list[int]:
+        """PIDs of the container processes (children of the agent)."""
+        return children_of(self.agent.pid) if self.agent is not None else []
+
+    def pids(self) -> dict[str, list[int]]:
+        return {
+            "server": [self.server.pid] if self.server else [],
+            "agent": [self.agent.pid] if self.agent else [],
+            "workers": self.workers(),
+        }
+
+    def wait_workers(self, count: int = 0, timeout_s: float = 20) -> bool:
+        """Wait until at most ``count`` container processes remain; False on timeout."""
+        try:
+            _wait_for(lambda: len(self.workers()) <= count, timeout_s, "containers to stop")
+            return True
+        except RuntimeError:
+            return False
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below ``root`` (children, grandchildren, ...)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds used over a block: by this process (``sdk``), by the exchange's server,
+    agent and workers when ``ex`` is given, by all our descendants together (``tree``: the
+    exchange, or Ray's raylet, GCS and workers), by the whole machine (``machine``), and
+    ``other`` = machine - sdk - tree: the load other people put on the machine meanwhile (an
+    estimate: a process that exits inside the block is not counted as ours)."""
+
+    def __init__(self, ex: Exchange | None = None) -> None:
+        self.ex = ex
+        self.result: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def _sample(self) -> tuple[dict[str, dict[int, float]], float, float]:
+        out: dict[str, dict[int, float]] = {"sdk": {os.getpid(): _self_cpu()}}
+        if self.ex is not None:
+            for role, pids in self.ex.pids().items():
+                out[role] = {p: cpu_seconds(p) for p in pids}
+        out["tree"] = {p: cpu_seconds(p) for p in descendants(os.getpid())}
+        return out, machine_busy_seconds(), time.perf_counter()
+
+    def __enter__(self) -> CpuMeter:
+        self._before = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after, busy, wall = self._sample()
+        before, busy0, wall0 = self._before
+        for role, now in after.items():
+            prev = before.get(role, {})
+            self.result[role] = round(sum(v - prev.get(p, 0.0) for p, v in now.items()), 3)
+        self.result["machine"] = round(busy - busy0, 3)
+        self.result["other"] = round(
+            max(0.0, self.result["machine"] - self.result["sdk"] - self.result["tree"]), 3
+        )
+        self.wall_s = wall - wall0
+        self.result["wall"] = round(self.wall_s, 3)
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# -- statistics, tables, results ---------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, ``q`` in [0, 100]."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p90_ms": round(percentile(ms, 90), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "mean_ms": round(sum(ms) / len(ms), 3) if ms else float("nan"),
+        "min_ms": round(min(ms), 3) if ms else float("nan"),
+        "max_ms": round(max(ms), 3) if ms else float("nan"),
+    }
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n{title}")
+    print(line)
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print(line)
+    print(line, flush=True)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    info: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        from importlib.metadata import version
+
+        info["crucible_version"] = version("crucible")
+    except Exception:
+        info["crucible_version"] = "unknown"
+    return info
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

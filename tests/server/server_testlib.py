@@ -1,0 +1,268 @@
+"""Factories for the server tests: a real app in-process, real stores, no mocks.
+
+``ServerUnderTest`` wraps the ASGI app built by :func:`crucible.server.app.create_app` with a
+small synchronous facade over ``httpx.AsyncClient`` + ``httpx.ASGITransport`` (one event loop
+per server), so test bodies read as plain requests. ``World`` seeds rows through the services
+layer for the store tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import Connection, Engine, select
+
+from crucible.protocol.accounts import Scope
+from crucible.protocol.apps import AppCreate, CodeRef, FunctionCreate
+from crucible.protocol.calls import CallsCreate, InputItem
+from crucible.protocol.common import Payload, Resources, RetryPolicy
+from crucible.protocol.hosts import DeviceInfo, HostRegister, Inventory
+from crucible.server.app import build_state, create_app
+from crucible.server.auth import Principal, container_token
+from crucible.server.billing.metering import PriceTable
+from crucible.server.scheduler.core import StartContainer
+from crucible.server.services import apps as apps_svc
+from crucible.server.services import calls as calls_svc
+from crucible.server.services import hosts as hosts_svc
+from crucible.server.services.accounts import ensure_account, issue_token
+from crucible.server.services.blobs import grant_blob
+from crucible.server.services.containers import create_containers
+from crucible.server.state import ServerState
+from crucible.server.store.tables import containers, functions
+from crucible.settings import load_settings
+
+__all__ = ["ServerUnderTest", "Tenant", "World", "error_code", "sha256"]
+
+BUNDLE = b"PK\x05\x06" + b"\0" * 18  # an empty zip: the server never opens bundles
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def error_code(response: httpx.Response) -> str:
+    """The stable error code of an error response (asserting the documented body shape)."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"].get("message"), str) and body["error"]["message"], body
+    return str(body["error"]["code"])
+
+
+@dataclass(frozen=True)
+class Tenant:
+    account_id: str
+    token: str
+    token_id: str
+    scope: str
+
+
+class ServerUnderTest:
+    """The control plane's ASGI app in this process, with its scheduler loop off."""
+
+    def __init__(self, home: Path, database_url: str, **overrides: Any) -> None:
+        self.settings = load_settings(
+            environ={}, home=str(home), database_url=database_url, **overrides
+        )
+        self.state: ServerState = build_state(self.settings)
+        self.app: FastAPI = create_app(self.state, run_scheduler=False)
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(
+            # Unhandled exceptions must come back as the app's 500 answer, not raise here:
+            # several tests assert that no client mistake ever produces one.
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+            base_url="http://test",
+        )
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
+        self.state.engine.dispose()
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        return self._loop.run_until_complete(
+            self._client.request(method, path, headers=sent, **kwargs)
+        )
+
+    def ok(self, method: str, path: str, *, token: str, **kwargs: Any) -> Any:
+        """The JSON of a request that must succeed."""
+        r = self.request(method, path, token=token, **kwargs)
+        assert r.status_code < 300, (method, path, r.status_code, r.text)
+        return r.json() if r.content else None
+
+    # -- seeding -----------------------------------------------------------------------------
+    def tenant(self, name: str, scope: Scope = Scope.USER) -> Tenant:
+        """An account called ``name`` (created if missing) and a fresh token of ``scope``."""
+        with self.state.engine.begin() as conn:
+            account_id = ensure_account(conn, name, 0)
+            made = issue_token(conn, account_id, scope, f"{name}-{scope.value}", 0)
+        return Tenant(account_id, made.token, made.id, scope.value)
+
+    def put_blob(self, token: str, data: bytes = BUNDLE) -> str:
+        sha = sha256(data)
+        self.ok("PUT", f"/v1/blobs/{sha}", token=token, content=data)
+        return sha
+
+    def new_app(self, token: str, name: str = "app") -> str:
+        return str(self.ok("POST", "/v1/apps", token=token, json={"name": name})["id"])
+
+    def new_function(self, token: str, app_id: str, bundle: str, **spec: Any) -> str:
+        body = {"name": "f", "code": {"bundle": bundle, "module": "m", "qualname": "f"}, **spec}
+        made = self.ok(
+            "POST", f"/v1/apps/{app_id}/functions", token=token, json={"functions": [body]}
+        )
+        return str(made[0]["id"])
+
+    def new_calls(self, token: str, function_id: str, n: int = 1, **body: Any) -> list[str]:
+        inputs = [{"args": {"data": "gAQ="}} for _ in range(n)]
+        made = self.ok(
+            "POST",
+            f"/v1/functions/{function_id}/calls",
+            token=token,
+            json={"inputs": inputs, **body},
+        )
+        return [str(c) for c in made["call_ids"]]
+
+    def register_host(self, host_token: str, name: str = "host-a", **inventory: Any) -> str:
+        inv = {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 0, **inventory}
+        made = self.ok(
+            "POST", "/v1/hosts/register", token=host_token, json={"name": name, "inventory": inv}
+        )
+        return str(made["id"])
+
+    def place_container(self, function_id: str, host_id: str) -> tuple[str, str]:
+        """A pending container of the function on the host, as the scheduler would create it;
+        returns its id and its signed token."""
+        with self.state.engine.begin() as conn:
+            account = conn.execute(
+                select(functions.c.account_id).where(functions.c.id == function_id)
+            ).scalar_one()
+            create_containers(
+                conn,
+                [StartContainer(function_id, host_id, 0.25, 512, None, ())],
+                {function_id: account},
+                self.state.prices,
+                0,
+            )
+            cid = (
+                conn.execute(
+                    select(containers.c.id)
+                    .where(containers.c.function_id == function_id)
+                    .order_by(containers.c.id.desc())
+                )
+                .scalars()
+                .first()
+            )
+        assert cid is not None
+        return str(cid), container_token(self.state.secret, str(cid))
+
+
+# -- store-level world ------------------------------------------------------------------------
+
+PRICES = PriceTable.from_usd(0.04, 0.005, {"H100": 1.89})
+
+
+@dataclass
+class World:
+    """One account with an app, a host and functions, seeded through the services."""
+
+    engine: Engine
+    now_ms: int = 1_000_000
+    account_id: str = ""
+    principal: Principal = field(default_factory=lambda: Principal("", "user"))
+    app_id: str = ""
+    host_id: str = ""
+    bundle: str = field(default_factory=lambda: sha256(BUNDLE))
+
+    @classmethod
+    def create(cls, engine: Engine, name: str = "acme") -> World:
+        w = cls(engine)
+        with engine.begin() as conn:
+            w.account_id = ensure_account(conn, name, w.now_ms)
+            w.principal = Principal(w.account_id, "user")
+            grant_blob(conn, w.account_id, w.bundle, len(BUNDLE), w.now_ms)
+            w.app_id = apps_svc.create_app(conn, w.principal, AppCreate(name="app"), w.now_ms).id
+            host = hosts_svc.register_host(
+                conn,
+                Principal(w.account_id, "host"),
+                HostRegister(
+                    name=f"{name}-host",
+                    inventory=Inventory(
+                        cpu_cores=16,
+                        memory_mib=65536,
+                        disk_mib=0,
+                        gpus=[DeviceInfo(index=0, model="H100", memory_mib=81920, uuid="g0")],
+                    ),
+                ),
+                w.now_ms,
+            )
+            w.host_id = host.id
+        return w
+
+    def function(self, name: str = "f", *, timeout_s: float = 60.0, **retries: Any) -> str:
+        spec = FunctionCreate(
+            name=name,
+            code=CodeRef(bundle=self.bundle, module="m", qualname=name),
+            resources=Resources(cpu=1.0, memory_mib=1024),
+            timeout_s=timeout_s,
+            retries=RetryPolicy(**retries),
+        )
+        with self.engine.begin() as conn:
+            made = apps_svc.create_functions(conn, self.principal, self.app_id, [spec], self.now_ms)
+        return made[0].id
+
+    def container(self, function_id: str, *, cpu: float = 1.0, memory_mib: int = 1024) -> str:
+        with self.engine.begin() as conn:
+            create_containers(
+                conn,
+                [StartContainer(function_id, self.host_id, cpu, memory_mib, None, ())],
+                {function_id: self.account_id},
+                PRICES,
+                self.now_ms,
+            )
+            return str(
+                conn.execute(
+                    select(containers.c.id)
+                    .where(containers.c.function_id == function_id)
+                    .order_by(containers.c.id.desc())
+                )
+                .scalars()
+                .first()
+            )
+
+    def submit(
+        self,
+        conn: Connection,
+        function_id: str,
+        n: int = 1,
+        *,
+        keys: list[str | None] | None = None,
+        group_id: str | None = None,
+    ) -> list[str]:
+        fn = apps_svc.get_function_row(conn, self.principal, function_id)
+        keys = keys if keys is not None else [None] * n
+        req = CallsCreate(
+            inputs=[
+                InputItem(args=Payload.inline(bytes([i % 256])), idempotency_key=k)
+                for i, k in enumerate(keys)
+            ],
+            group_id=group_id,
+        )
+        return calls_svc.create_calls(conn, self.principal, fn, req, self.now_ms, 1 << 20)
