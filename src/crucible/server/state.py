@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.server.billing.metering import PriceTable
 from crucible.server.blobs import LocalBlobStore
+from crucible.server.dispatch import Dispatcher
 from crucible.server.wakeups import Wakeups
 from crucible.settings import Settings
 
@@ -46,6 +47,13 @@ class ServerState:
     exec_stats: dict[str, float] = field(default_factory=dict)
     # Newest sync sequence number applied per host (see protocol.hosts.HostSync.seq).
     host_seq: dict[str, int] = field(default_factory=dict)
+    dispatcher: Dispatcher = field(default_factory=Dispatcher)
+    # What never changes about a container (account, function, rate, timeout, retries).
+    container_facts: dict[str, Any] = field(default_factory=dict)
+    # Group of each call handed to a container, so recording its output reads nothing.
+    claim_groups: dict[str, str | None] = field(default_factory=dict)
+    # When each container's last_active_ms was last written (it is written at most 1/s).
+    touched_ms: dict[str, int] = field(default_factory=dict)
 
     def observe_exec(self, function_id: str, exec_ms: list[int]) -> None:
         avg = self.exec_stats.get(function_id)

@@ -12,6 +12,7 @@ from crucible.protocol.calls import (
     GroupResults,
     GroupResultsRequest,
 )
+from crucible.protocol.containers import InputAssignment
 from crucible.server.api.deps import Caller, State
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
@@ -34,10 +35,34 @@ async def create_calls(
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
     now = state.clock.now_ms()
-    with state.engine.begin() as conn:
-        fn = get_function_row(conn, who, function_id)
-        ids = svc.create_calls(conn, who, fn, req, now, state.settings.inline_payload_max_bytes)
-    state.wakeups.work_queued(function_id)
+    # Idle containers of this function get the first inputs directly (see server/dispatch.py).
+    taken = state.dispatcher.take(function_id, len(req.inputs))
+    handed: dict[str, list[InputAssignment]] = {}
+    try:
+        with state.engine.begin() as conn:
+            fn = get_function_row(conn, who, function_id)
+            ids = svc.create_calls(
+                conn,
+                who,
+                fn,
+                req,
+                now,
+                state.settings.inline_payload_max_bytes,
+                handoff=[(p.container_id, p.want) for p in taken],
+                timeout_s=float(fn.spec["timeout_s"]),
+                handed=handed,
+            )
+    finally:
+        for parked in taken:  # woken either way: with inputs, or to re-read the store
+            parked.handed.extend(handed.get(parked.container_id, ()))
+            parked.event.set()
+    n_handed = 0
+    for assignments in handed.values():
+        n_handed += len(assignments)
+        for a in assignments:
+            state.claim_groups[a.call_id] = req.group_id
+    if len(ids) > n_handed:
+        state.wakeups.work_queued(function_id)
     result = None
     if req.wait_s > 0 and len(ids) == 1:
         call_id = ids[0]

@@ -2,62 +2,117 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi import APIRouter
+from sqlalchemy import bindparam, update
 
 from crucible.errors import NotFoundError
-from crucible.protocol.containers import Exchange, ExchangeReply
+from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
 from crucible.server.api.deps import Container, State
-from crucible.server.services.containers import exchange_step
-from crucible.server.wakeups import long_poll
+from crucible.server.dispatch import Parked
+from crucible.server.services.containers import (
+    ContainerFacts,
+    exchange_step,
+    load_container_facts,
+)
+from crucible.server.store.tables import calls
+from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/containers", tags=["containers"])
 
+_FACTS_CACHE_MAX = 100_000
 
-@router.post("/{container_id}/exchange")
-async def exchange(container_id: str, req: Exchange, who: Container, state: State) -> ExchangeReply:
-    if who.container_id != container_id:
-        raise NotFoundError(f"container {container_id} not found")
+# Inputs handed to a worker whose request then vanished (it died mid-poll) go back to the
+# queue as if never claimed.
+_UNCLAIM = (
+    update(calls)
+    .where(
+        calls.c.id.in_(bindparam("b_ids", expanding=True)),
+        calls.c.container_id == bindparam("b_container"),
+        calls.c.state == "running",
+    )
+    .values(state="queued", container_id=None, attempts=calls.c.attempts - 1, deadline_ms=None)
+)
+
+
+def _facts(state: State, container_id: str) -> ContainerFacts:
+    facts: ContainerFacts | None = state.container_facts.get(container_id)
+    if facts is None:
+        with state.engine.connect() as conn:
+            facts = load_container_facts(conn, container_id)
+        if len(state.container_facts) >= _FACTS_CACHE_MAX:
+            state.container_facts.clear()
+        state.container_facts[container_id] = facts
+    return facts
+
+
+def _step(
+    state: State, facts: ContainerFacts, outputs: list[OutputItem], want: int
+) -> ExchangeReply:
     s = state.settings
-    skip_locked = state.engine.dialect.name == "postgresql"
     with state.engine.begin() as conn:
-        reply, keys, function_id = exchange_step(
+        reply, keys = exchange_step(
             conn,
-            container_id,
-            req.outputs,
-            req.want,
+            facts,
+            outputs,
+            want,
             state.clock.now_ms(),
             inline_max=s.inline_payload_max_bytes,
-            skip_locked=skip_locked,
+            skip_locked=state.engine.dialect.name == "postgresql",
+            groups=state.claim_groups,
+            touched_ms=state.touched_ms,
         )
-    if req.outputs:
-        state.observe_exec(function_id, [o.exec_ms for o in req.outputs])
     if keys:
         state.wakeups.notify_many(keys)
         for key in keys:
             if key.startswith("fn:"):  # a failed attempt was requeued for a retry
                 state.wakeups.work_queued(key[3:])
+    return reply
+
+
+@router.post("/{container_id}/exchange")
+async def exchange(container_id: str, req: Exchange, who: Container, state: State) -> ExchangeReply:
+    """Record the worker's outputs and give it up to ``want`` inputs. With nothing to give,
+    park the container for direct hand-off of new inputs and wait up to ``wait_s``."""
+    if who.container_id != container_id:
+        raise NotFoundError(f"container {container_id} not found")
+    facts = _facts(state, container_id)
+    reply = _step(state, facts, req.outputs, req.want)
+    if req.outputs:
+        state.observe_exec(facts.function_id, [o.exec_ms for o in req.outputs])
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
         return reply
 
-    def poll() -> ExchangeReply | None:
-        with state.engine.begin() as conn:
-            again, more, _ = exchange_step(
-                conn,
-                container_id,
-                [],
-                req.want,
-                state.clock.now_ms(),
-                inline_max=s.inline_payload_max_bytes,
-                skip_locked=skip_locked,
-            )
-        state.wakeups.notify_many(more)
-        return again if again.inputs or again.stop else None
-
-    found = await long_poll(
-        state.wakeups,
-        [f"fn:{function_id}", f"container:{container_id}"],
-        poll,
-        req.wait_s,
-        checked=True,
-    )
-    return found or ExchangeReply()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + req.wait_s
+    keys = (f"fn:{facts.function_id}", f"container:{container_id}")
+    with state.wakeups.listen(*keys) as event:
+        parked = Parked(container_id, facts.function_id, req.want, event)
+        state.dispatcher.park(parked)
+        delivered = False
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return ExchangeReply()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_S))
+                event.clear()
+                if parked.handed:
+                    delivered = True
+                    return ExchangeReply(inputs=parked.handed)
+                # Woken by queued work or a stop, or the periodic re-read of the store.
+                again = _step(state, facts, [], req.want)
+                if again.inputs or again.stop:
+                    return again
+        finally:
+            state.dispatcher.unpark(parked)
+            if parked.handed and not delivered:
+                with state.engine.begin() as conn:
+                    conn.execute(
+                        _UNCLAIM,
+                        {"b_ids": [a.call_id for a in parked.handed], "b_container": container_id},
+                    )
+                state.wakeups.work_queued(facts.function_id)

@@ -22,8 +22,8 @@ async def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
-async def caller(request: Request, state: State) -> Principal:
-    principal = authenticate(state, request.headers.get("authorization"))
+async def caller(request: Request) -> Principal:
+    principal = authenticate(request.app.state.crucible, request.headers.get("authorization"))
     if principal.scope == "container":
         # Container tokens may only exchange inputs and read blobs (see their routers).
         path = request.url.path
@@ -32,8 +32,8 @@ async def caller(request: Request, state: State) -> Principal:
     return principal
 
 
-async def container_caller(request: Request, state: State) -> Principal:
-    principal = authenticate(state, request.headers.get("authorization"))
+async def container_caller(request: Request) -> Principal:
+    principal = authenticate(request.app.state.crucible, request.headers.get("authorization"))
     if principal.container_id is None:
         raise PermissionDeniedError("this route is for containers (container tokens) only")
     return principal

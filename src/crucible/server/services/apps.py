@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from crucible.errors import InvalidGpuError, NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
@@ -152,19 +152,24 @@ def create_functions(
     return out
 
 
+_SEL_FUNCTION = (
+    select(
+        functions.c.id,
+        functions.c.app_id,
+        functions.c.account_id,
+        functions.c.name,
+        functions.c.spec,
+        apps.c.state.label("app_state"),
+    )
+    .join(apps, apps.c.id == functions.c.app_id)
+    .where(functions.c.id == bindparam("b_id"), functions.c.account_id == bindparam("b_account"))
+)
+
+
 def get_function_row(conn: Connection, principal: Principal, function_id: str) -> Any:
     """The function row joined with its app's state; NotFound for other accounts."""
     row = conn.execute(
-        select(
-            functions.c.id,
-            functions.c.app_id,
-            functions.c.account_id,
-            functions.c.name,
-            functions.c.spec,
-            apps.c.state.label("app_state"),
-        )
-        .join(apps, apps.c.id == functions.c.app_id)
-        .where(functions.c.id == function_id, functions.c.account_id == principal.account_id)
+        _SEL_FUNCTION, {"b_id": function_id, "b_account": principal.account_id}
     ).first()
     if row is None:
         raise NotFoundError(f"function {function_id} not found")

@@ -74,6 +74,69 @@ _CALL_COLUMNS = (
 )
 
 
+# Statements on the hot path are built once: building and cache-keying a SQLAlchemy statement
+# costs several times more than executing a prebuilt one.
+_SEL_CALL = select(*_CALL_COLUMNS).where(
+    calls.c.id == bindparam("b_id"), calls.c.account_id == bindparam("b_account")
+)
+_SEL_IDEMPOTENT = select(calls.c.id).where(
+    calls.c.account_id == bindparam("b_account"),
+    calls.c.idempotency_key == bindparam("b_key"),
+)
+_INSERT_CALLS = insert(calls)
+_SEL_CLAIMABLE = (
+    select(
+        calls.c.id,
+        calls.c.attempts,
+        calls.c.input,
+        calls.c.input_ref,
+        calls.c.input_size,
+        calls.c.group_id,
+    )
+    .where(
+        calls.c.function_id == bindparam("b_fn"),
+        calls.c.state == "queued",
+        calls.c.next_attempt_ms <= bindparam("b_now"),
+    )
+    .order_by(calls.c.id)
+    .limit(bindparam("b_n"))
+)
+_SEL_CLAIMABLE_LOCKED = _SEL_CLAIMABLE.with_for_update(skip_locked=True)
+_CLAIM = (
+    update(calls)
+    .where(calls.c.id.in_(bindparam("b_ids", expanding=True)), calls.c.state == "queued")
+    .values(
+        state="running",
+        container_id=bindparam("b_container"),
+        attempts=calls.c.attempts + 1,
+        started_ms=bindparam("b_now"),
+        deadline_ms=bindparam("b_deadline"),
+    )
+)
+_SUCCEED = (
+    update(calls)
+    .where(
+        calls.c.id == bindparam("b_id"),
+        calls.c.state == "running",
+        calls.c.container_id == bindparam("b_container"),
+        calls.c.attempts == bindparam("b_attempt"),
+    )
+    .values(
+        state="succeeded",
+        finished_ms=bindparam("b_now"),
+        output=bindparam("b_output"),
+        output_ref=bindparam("b_output_ref"),
+        output_size=bindparam("b_output_size"),
+        exec_ms=bindparam("b_exec_ms"),
+        cost_micros=bindparam("b_cost"),
+        error=None,
+    )
+)
+_SEL_GROUPS = select(calls.c.id, calls.c.group_id).where(
+    calls.c.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
 def _keys_for_finished(call_id: str, group_id: str | None) -> list[str]:
     keys = [f"call:{call_id}"]
     if group_id:
@@ -134,21 +197,29 @@ def create_calls(
     req: CallsCreate,
     now_ms: int,
     inline_max: int,
+    *,
+    handoff: Sequence[tuple[str, int]] = (),
+    timeout_s: float = 0.0,
+    handed: dict[str, list[InputAssignment]] | None = None,
 ) -> list[str]:
     """Accept inputs for a function (``fn`` from apps.get_function_row). Returns their call
     ids, in input order; an input whose idempotency key was seen before returns the earlier
-    call's id and creates nothing."""
+    call's id and creates nothing.
+
+    ``handoff`` lists idle containers of this function as (container id, how many inputs it
+    wants): the first new inputs are inserted already running on them (one transaction
+    instead of an insert and a claim) and returned in ``handed`` for the caller to pass
+    straight to those containers' waiting requests."""
     if fn.app_state != "running":
         raise NotFoundError(f"function {fn.id} belongs to a stopped app; start a new run")
     ids: list[str] = []
     rows: list[dict[str, Any]] = []
+    slots = [cid for cid, want in handoff for _ in range(want)]
+    deadline = now_ms + int(timeout_s * 1000)
     for offset, item in enumerate(req.inputs):
         if item.idempotency_key is not None:
             existing = conn.execute(
-                select(calls.c.id).where(
-                    calls.c.account_id == principal.account_id,
-                    calls.c.idempotency_key == item.idempotency_key,
-                )
+                _SEL_IDEMPOTENT, {"b_account": principal.account_id, "b_key": item.idempotency_key}
             ).first()
             if existing is not None:
                 ids.append(str(existing.id))
@@ -156,6 +227,12 @@ def create_calls(
         data, ref, size = _decode_payload(conn, principal.account_id, item.args, inline_max)
         call_id = new_id("ca")
         ids.append(call_id)
+        container = slots.pop(0) if slots and handed is not None else None
+        if container is not None:
+            assert handed is not None
+            handed.setdefault(container, []).append(
+                InputAssignment(call_id=call_id, attempt=1, args=item.args, timeout_s=timeout_s)
+            )
         rows.append(
             {
                 "id": call_id,
@@ -164,29 +241,28 @@ def create_calls(
                 "function_id": fn.id,
                 "group_id": req.group_id,
                 "idx": req.start_index + offset,
-                "state": "queued",
-                "attempts": 0,
+                "state": "running" if container else "queued",
+                "attempts": 1 if container else 0,
                 "infra_requeues": 0,
                 "input": data,
                 "input_ref": ref,
                 "input_size": size,
                 "idempotency_key": item.idempotency_key,
+                "container_id": container,
                 "created_ms": now_ms,
+                "started_ms": now_ms if container else None,
+                "deadline_ms": deadline if container else None,
                 "next_attempt_ms": 0,
                 "delivered": False,
             }
         )
     if rows:
-        conn.execute(insert(calls), rows)
+        conn.execute(_INSERT_CALLS, rows)
     return ids
 
 
 def get_call(conn: Connection, principal: Principal, call_id: str) -> CallInfo:
-    row = conn.execute(
-        select(*_CALL_COLUMNS).where(
-            calls.c.id == call_id, calls.c.account_id == principal.account_id
-        )
-    ).first()
+    row = conn.execute(_SEL_CALL, {"b_id": call_id, "b_account": principal.account_id}).first()
     if row is None:
         raise NotFoundError(f"call {call_id} not found")
     return call_info(row)
@@ -320,38 +396,32 @@ def claim_inputs(
     now_ms: int,
     *,
     skip_locked: bool,
+    groups: dict[str, str | None] | None = None,
 ) -> list[InputAssignment]:
-    """Hand up to ``want`` queued inputs of the function to the container, oldest first."""
+    """Hand up to ``want`` queued inputs of the function to the container, oldest first.
+    ``groups`` (optional) receives each claimed call's group id, so recording its output
+    needs no extra read."""
     if want <= 0:
         return []
-    q = (
-        select(calls.c.id, calls.c.attempts, calls.c.input, calls.c.input_ref, calls.c.input_size)
-        .where(
-            calls.c.function_id == function_id,
-            calls.c.state == "queued",
-            calls.c.next_attempt_ms <= now_ms,
-        )
-        .order_by(calls.c.id)
-        .limit(want)
-    )
-    if skip_locked:
-        q = q.with_for_update(skip_locked=True)
-    rows = conn.execute(q).all()
+    rows = conn.execute(
+        _SEL_CLAIMABLE_LOCKED if skip_locked else _SEL_CLAIMABLE,
+        {"b_fn": function_id, "b_now": now_ms, "b_n": want},
+    ).all()
     if not rows:
         return []
     conn.execute(
-        update(calls)
-        .where(calls.c.id.in_([r.id for r in rows]), calls.c.state == "queued")
-        .values(
-            state="running",
-            container_id=container_id,
-            attempts=calls.c.attempts + 1,
-            started_ms=now_ms,
-            deadline_ms=now_ms + int(timeout_s * 1000),
-        )
+        _CLAIM,
+        {
+            "b_ids": [r.id for r in rows],
+            "b_container": container_id,
+            "b_now": now_ms,
+            "b_deadline": now_ms + int(timeout_s * 1000),
+        },
     )
     out = []
     for r in rows:
+        if groups is not None:
+            groups[r.id] = r.group_id
         if r.input_ref:
             args = Payload(ref=r.input_ref, size=r.input_size)
         else:
@@ -397,12 +467,49 @@ def record_outputs(
     now_ms: int,
     inline_max: int,
     account_id: str,
+    *,
+    groups: dict[str, str | None] | None = None,
 ) -> list[str]:
     """Record a container's outputs. Outputs for calls no longer assigned to this attempt of
-    this container (timed out and retried elsewhere, cancelled) are dropped."""
+    this container (timed out and retried elsewhere, cancelled) are dropped.
+
+    Successes take the fast path: one guarded UPDATE each (executemany), no read. ``groups``
+    (call id → group id, from the claim) avoids reading the groups to notify; calls missing
+    from it are looked up. Failures read their row to apply the retry policy."""
     outputs = list(outputs)
     if not outputs:
         return []
+    keys: list[str] = []
+    done = [o for o in outputs if o.status == "succeeded"]
+    if done:
+        params = []
+        for out in done:
+            if out.result is None:
+                raise InvalidRequestError(f"output for {out.call_id} has no result")
+            data, ref, size = _decode_payload(conn, account_id, out.result, inline_max)
+            params.append(
+                {
+                    "b_id": out.call_id,
+                    "b_container": container_id,
+                    "b_attempt": out.attempt,
+                    "b_now": now_ms,
+                    "b_output": data,
+                    "b_output_ref": ref,
+                    "b_output_size": size,
+                    "b_exec_ms": out.exec_ms,
+                    "b_cost": out.exec_ms * rate_micros_per_hour // MS_PER_HOUR,
+                }
+            )
+        conn.execute(_SUCCEED, params)
+        known = groups if groups is not None else {}
+        unknown = [o.call_id for o in done if o.call_id not in known]
+        if unknown:
+            known = {**known, **dict(conn.execute(_SEL_GROUPS, {"b_ids": unknown}).tuples())}
+        for out in done:
+            keys.extend(_keys_for_finished(out.call_id, known.get(out.call_id)))
+    outputs = [o for o in outputs if o.status != "succeeded"]
+    if not outputs:
+        return keys
     rows = {
         r.id: r
         for r in conn.execute(
@@ -417,8 +524,6 @@ def record_outputs(
             ).where(calls.c.id.in_([o.call_id for o in outputs]))
         )
     }
-    succeeded: list[dict[str, Any]] = []
-    keys: list[str] = []
     for out in outputs:
         row = rows.get(out.call_id)
         if (
@@ -427,22 +532,6 @@ def record_outputs(
             or row.container_id != container_id
             or row.attempts != out.attempt
         ):
-            continue
-        if out.status == "succeeded":
-            if out.result is None:
-                raise InvalidRequestError(f"output for {out.call_id} has no result")
-            data, ref, size = _decode_payload(conn, account_id, out.result, inline_max)
-            succeeded.append(
-                {
-                    "b_id": out.call_id,
-                    "output": data,
-                    "output_ref": ref,
-                    "output_size": size,
-                    "exec_ms": out.exec_ms,
-                    "cost_micros": out.exec_ms * rate_micros_per_hour // MS_PER_HOUR,
-                }
-            )
-            keys.extend(_keys_for_finished(out.call_id, row.group_id))
             continue
         error = out.error or ErrorInfo(code="remote_error", message="the function failed")
         if out.status == "timed_out":
@@ -456,22 +545,6 @@ def record_outputs(
             keys.extend(_keys_for_finished(out.call_id, row.group_id))
         else:
             keys.append(f"fn:{row.function_id}")
-    if succeeded:
-        conn.execute(
-            update(calls)
-            .where(calls.c.id == bindparam("b_id"))
-            .values(
-                state="succeeded",
-                finished_ms=now_ms,
-                output=bindparam("output"),
-                output_ref=bindparam("output_ref"),
-                output_size=bindparam("output_size"),
-                exec_ms=bindparam("exec_ms"),
-                cost_micros=bindparam("cost_micros"),
-                error=None,
-            ),
-            succeeded,
-        )
     return keys
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import ExchangeReply, OutputItem
@@ -13,9 +14,54 @@ from crucible.protocol.ids import new_id
 from crucible.server.billing.metering import PriceTable, container_rate_micros_per_hour
 from crucible.server.scheduler.core import StartContainer
 from crucible.server.services.calls import claim_inputs, record_outputs
-from crucible.server.store.tables import apps, containers, functions
+from crucible.server.store.tables import containers, functions
 
-__all__ = ["create_containers", "exchange_step", "load_container", "request_stop"]
+__all__ = [
+    "ContainerFacts",
+    "create_containers",
+    "exchange_step",
+    "load_container_facts",
+    "request_stop",
+]
+
+# Once a second is plenty for the scheduler's idle detection (scale-down windows are seconds).
+_TOUCH_EVERY_MS = 1000
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """What never changes during a container's life: read once, then kept in memory."""
+
+    id: str
+    account_id: str
+    function_id: str
+    rate_micros_per_hour: int
+    timeout_s: float
+    retries: dict[str, Any]
+
+
+_SEL_FACTS = (
+    select(
+        containers.c.id,
+        containers.c.account_id,
+        containers.c.function_id,
+        containers.c.rate_micros_per_hour,
+        functions.c.spec,
+    )
+    .join(functions, functions.c.id == containers.c.function_id)
+    .where(containers.c.id == bindparam("b_id"))
+)
+_SEL_STATE = select(containers.c.state).where(containers.c.id == bindparam("b_id"))
+_MARK_READY = (
+    update(containers)
+    .where(containers.c.id == bindparam("b_id"), containers.c.state.in_(("pending", "starting")))
+    .values(state="running", ready_ms=bindparam("b_now"), last_active_ms=bindparam("b_now"))
+)
+_TOUCH = (
+    update(containers)
+    .where(containers.c.id == bindparam("b_id"))
+    .values(last_active_ms=bindparam("b_now"))
+)
 
 
 def create_containers(
@@ -54,8 +100,8 @@ def create_containers(
 
 
 def request_stop(conn: Connection, container_id: str) -> list[str]:
-    """Ask a container's agent to stop it (SIGTERM, grace, SIGKILL). A container that was
-    never started is simply ended. Idempotent; returns wake-up keys."""
+    """Ask a container's agent to stop it (SIGTERM, grace, SIGKILL). Idempotent; returns
+    wake-up keys."""
     row = conn.execute(
         select(containers.c.state, containers.c.host_id).where(containers.c.id == container_id)
     ).first()
@@ -65,72 +111,72 @@ def request_stop(conn: Connection, container_id: str) -> list[str]:
     return [f"host:{row.host_id}", f"container:{container_id}"]
 
 
-def load_container(conn: Connection, container_id: str) -> Any:
-    row = conn.execute(
-        select(
-            containers.c.id,
-            containers.c.state,
-            containers.c.account_id,
-            containers.c.function_id,
-            containers.c.rate_micros_per_hour,
-            functions.c.spec,
-            apps.c.state.label("app_state"),
-        )
-        .join(functions, functions.c.id == containers.c.function_id)
-        .join(apps, apps.c.id == functions.c.app_id)
-        .where(containers.c.id == container_id)
-    ).first()
+def load_container_facts(conn: Connection, container_id: str) -> ContainerFacts:
+    row = conn.execute(_SEL_FACTS, {"b_id": container_id}).first()
     if row is None:
         raise NotFoundError(f"container {container_id} not found")
-    return row
+    return ContainerFacts(
+        id=row.id,
+        account_id=row.account_id,
+        function_id=row.function_id,
+        rate_micros_per_hour=row.rate_micros_per_hour,
+        timeout_s=float(row.spec["timeout_s"]),
+        retries=row.spec["retries"],
+    )
 
 
 def exchange_step(
     conn: Connection,
-    container_id: str,
+    facts: ContainerFacts,
     outputs: list[OutputItem],
     want: int,
     now_ms: int,
     *,
     inline_max: int,
     skip_locked: bool,
-) -> tuple[ExchangeReply, list[str], str]:
-    """One pass of a worker's exchange: record outputs, then claim inputs.
+    groups: dict[str, str | None],
+    touched_ms: dict[str, int],
+) -> tuple[ExchangeReply, list[str]]:
+    """One pass of a worker's exchange: record outputs, then claim inputs. Returns the reply
+    and the wake-up keys to notify after commit.
 
-    Returns the reply, wake-up keys, and the function id (to wait on when nothing is queued).
-    """
-    row = load_container(conn, container_id)
+    ``groups`` is the server's memory of claimed calls' groups (read and extended here);
+    ``touched_ms`` rate-limits writes of the container's last activity."""
+    cid = facts.id
+    state = conn.execute(_SEL_STATE, {"b_id": cid}).scalar_one_or_none()
+    if state is None:
+        raise NotFoundError(f"container {cid} not found")
+    if state in ("pending", "starting"):
+        conn.execute(_MARK_READY, {"b_id": cid, "b_now": now_ms})
+        touched_ms[cid] = now_ms
     keys: list[str] = []
-    if row.state in ("pending", "starting"):
-        conn.execute(
-            update(containers)
-            .where(containers.c.id == container_id)
-            .values(state="running", ready_ms=now_ms, last_active_ms=now_ms)
-        )
     if outputs:
         keys += record_outputs(
             conn,
-            container_id,
+            cid,
             outputs,
-            row.rate_micros_per_hour,
-            row.spec["retries"],
+            facts.rate_micros_per_hour,
+            facts.retries,
             now_ms,
             inline_max,
-            row.account_id,
+            facts.account_id,
+            groups=groups,
         )
-    if row.state in ("stopping", "stopped") or row.app_state != "running":
-        return ExchangeReply(stop=True), keys, row.function_id
+        for out in outputs:
+            groups.pop(out.call_id, None)
+    if state in ("stopping", "stopped"):
+        return ExchangeReply(stop=True), keys
     inputs = claim_inputs(
         conn,
-        container_id,
-        row.function_id,
+        cid,
+        facts.function_id,
         want,
-        float(row.spec["timeout_s"]),
+        facts.timeout_s,
         now_ms,
         skip_locked=skip_locked,
+        groups=groups,
     )
-    if outputs or inputs:
-        conn.execute(
-            update(containers).where(containers.c.id == container_id).values(last_active_ms=now_ms)
-        )
-    return ExchangeReply(inputs=inputs), keys, row.function_id
+    if (outputs or inputs) and now_ms - touched_ms.get(cid, 0) >= _TOUCH_EVERY_MS:
+        conn.execute(_TOUCH, {"b_id": cid, "b_now": now_ms})
+        touched_ms[cid] = now_ms
+    return ExchangeReply(inputs=inputs), keys
