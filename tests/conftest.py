@@ -82,3 +82,18 @@ def builder(exchange: Exchange) -> Iterator[Any]:
     client = exchange.client(exchange.new_account(f"builder-{uuid.uuid4().hex[:6]}"))
     yield client
     client.close()
+
+
+@pytest.fixture
+def pg_exchange(tmp_path: Path) -> Iterator["Exchange"]:
+    """Like ``exchange`` but on a fresh PostgreSQL database."""
+    from harness import Exchange
+
+    for url in _postgres_database():
+        ex = Exchange(tmp_path, url)
+        ex.start_server()
+        try:
+            ex.start_agent("host-a")
+            yield ex
+        finally:
+            ex.close()

@@ -22,7 +22,7 @@ __all__ = ["Exchange", "free_port", "wait_for"]
 
 FAST = {
     "CRUCIBLE_SCHEDULER_INTERVAL_S": "0.1",
-    "CRUCIBLE_HOST_TIMEOUT_S": "2",
+    "CRUCIBLE_HOST_TIMEOUT_S": "3",
     "CRUCIBLE_UNSCHEDULABLE_GRACE_S": "1",
     "CRUCIBLE_HEARTBEAT_INTERVAL_S": "0.5",
     "CRUCIBLE_STOP_GRACE_S": "1",

@@ -55,7 +55,13 @@ class OutputItem(Wire):
     status: str = Field(pattern=r"^(succeeded|failed|timed_out)$")
     result: Payload | None = None
     error: ErrorInfo | None = None
-    exec_ms: int = Field(default=0, ge=0)
+    # How long the function ran, in microseconds (stored and billed in milliseconds; the
+    # autoscaler needs the finer figure for functions that take less than one).
+    exec_us: int = Field(default=0, ge=0)
+
+    @property
+    def exec_ms(self) -> int:
+        return (self.exec_us + 500) // 1000
 
 
 class Exchange(Wire):

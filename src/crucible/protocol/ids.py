@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
 
 __all__ = ["new_id"]
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-
-
-def _b32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case: sorts like ASCII
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 _lock = threading.Lock()
 _last = [0, 0]  # ms, random part of the last id made in this process
@@ -37,4 +30,7 @@ def new_id(prefix: str) -> str:
         else:
             rand = int.from_bytes(os.urandom(8), "big") >> 5  # 59 bits: room to increment
         _last[0], _last[1] = ms, rand
-    return f"{prefix}-{_b32(ms, 10)}{_b32(rand, 12)}"
+    # 50 bits of time and 60 of randomness in 15 bytes; the top 10 bits are zero, so the first
+    # two base32 characters are dropped.
+    raw = ((ms << 60) | rand).to_bytes(15, "big")
+    return f"{prefix}-{base64.b32encode(raw).decode()[2:].translate(_FROM_RFC4648)}"

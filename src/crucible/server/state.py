@@ -55,7 +55,7 @@ class ServerState:
     # When each container's last_active_ms was last written (it is written at most 1/s).
     touched_ms: dict[str, int] = field(default_factory=dict)
 
-    def observe_exec(self, function_id: str, exec_ms: list[int]) -> None:
+    def observe_exec(self, function_id: str, exec_ms: list[float]) -> None:
         avg = self.exec_stats.get(function_id)
         for ms in exec_ms:
             avg = float(ms) if avg is None else 0.8 * avg + 0.2 * ms

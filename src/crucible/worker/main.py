@@ -190,7 +190,7 @@ class Worker:
             status=status,
             result=result,
             error=error,
-            exec_ms=int(elapsed * 1000),
+            exec_us=int(elapsed * 1_000_000),
         )
 
     # -- the loop -----------------------------------------------------------------------------

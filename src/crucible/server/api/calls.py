@@ -14,6 +14,7 @@ from crucible.protocol.calls import (
 )
 from crucible.protocol.containers import InputAssignment
 from crucible.server.api.deps import Caller, State
+from crucible.server.api.responses import model_response
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import request_stop
@@ -73,7 +74,7 @@ async def create_calls(
             req.wait_s,
             checked=True,  # created just now, without yielding: it cannot have finished
         )
-    return CallsCreated(call_ids=ids, result=result)
+    return model_response(CallsCreated(call_ids=ids, result=result), 201)  # type: ignore[return-value]
 
 
 @router.get("/calls/{call_id}")
@@ -90,9 +91,9 @@ async def get_call(
             state.wakeups, [f"call:{call_id}"], lambda: _finished(state, who, call_id), wait_s
         )
         if done is not None:
-            return done
+            return model_response(done)  # type: ignore[return-value]
     with state.engine.connect() as conn:
-        return svc.get_call(conn, who, call_id)
+        return model_response(svc.get_call(conn, who, call_id))  # type: ignore[return-value]
 
 
 @router.post("/calls/{call_id}/cancel")
@@ -134,9 +135,10 @@ async def group_results(
             res = svc.group_results(conn, who, group_id, req.limit, req.indices)
         return res if res.results or res.outstanding == 0 or req.indices is not None else None
 
+    found = None
     if req.wait_s > 0:
         found = await long_poll(state.wakeups, [f"group:{group_id}"], check, req.wait_s)
-        if found is not None:
-            return found
-    with state.engine.begin() as conn:
-        return svc.group_results(conn, who, group_id, req.limit, req.indices)
+    if found is None:
+        with state.engine.begin() as conn:
+            found = svc.group_results(conn, who, group_id, req.limit, req.indices)
+    return model_response(found)  # type: ignore[return-value]

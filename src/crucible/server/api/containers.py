@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, update
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
 from crucible.server.api.deps import Container, State
+from crucible.server.api.responses import model_response
 from crucible.server.dispatch import Parked
 from crucible.server.services.containers import (
     ContainerFacts,
@@ -81,9 +82,9 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     facts = _facts(state, container_id)
     reply = _step(state, facts, req.outputs, req.want)
     if req.outputs:
-        state.observe_exec(facts.function_id, [o.exec_ms for o in req.outputs])
+        state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in req.outputs])
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
-        return reply
+        return model_response(reply)  # type: ignore[return-value]
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + req.wait_s
@@ -102,11 +103,11 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                 event.clear()
                 if parked.handed:
                     delivered = True
-                    return ExchangeReply(inputs=parked.handed)
+                    return model_response(ExchangeReply(inputs=parked.handed))  # type: ignore[return-value]
                 # Woken by queued work or a stop, or the periodic re-read of the store.
                 again = _step(state, facts, [], req.want)
                 if again.inputs or again.stop:
-                    return again
+                    return model_response(again)  # type: ignore[return-value]
         finally:
             state.dispatcher.unpark(parked)
             if parked.handed and not delivered:

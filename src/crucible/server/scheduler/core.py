@@ -139,9 +139,15 @@ def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> int:
     backlog = fn.queued + fn.running
     if not fn.active or backlog == 0:
         return 0
-    estimate = fn.avg_exec_ms or 0.0
-    if fn.oldest_running_started_ms is not None:
-        estimate = max(estimate, float(now_ms - fn.oldest_running_started_ms))
+    # The measured mean when there is one. Before any call finished, the age of the oldest
+    # running call is a lower bound (workers take inputs in batches, so once a mean exists the
+    # age would overstate it).
+    if fn.avg_exec_ms is not None:
+        estimate = fn.avg_exec_ms
+    elif fn.oldest_running_started_ms is not None:
+        estimate = float(now_ms - fn.oldest_running_started_ms)
+    else:
+        estimate = 0.0
     # With no estimate, one probe container: nothing is known about the function's speed yet.
     wanted = 1 if estimate <= 0 else math.ceil(backlog * estimate / policy.target_drain_ms)
     return max(1, min(wanted, fn.max_containers, backlog))
@@ -217,9 +223,15 @@ def plan(
     functions: list[FunctionDemand],
     hosts: list[HostCapacity],
     policy: Policy,
+    known_hosts: list[HostCapacity] | None = None,
 ) -> Plan:
     """Decide container starts and stops. ``hosts`` are live hosts with their current usage;
-    they are updated in place as containers are placed (pass copies to keep the originals)."""
+    they are updated in place as containers are placed (pass copies to keep the originals).
+
+    ``known_hosts`` (default: ``hosts``) decide whether a request can *ever* be met: include
+    hosts that are briefly lost, so a heartbeat blip of the only big host does not fail the
+    calls waiting for it."""
+    known = hosts if known_hosts is None else known_hosts
     result = Plan()
     for fn in functions:
         live = list(fn.containers)
@@ -254,7 +266,7 @@ def plan(
         missing = want - len(live)
         if missing <= 0:
             continue
-        ever_fits = any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn))
+        ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
         if not ever_fits:
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
             if fn.queued and waited >= policy.unschedulable_grace_ms:
@@ -262,7 +274,7 @@ def plan(
                     Unschedulable(
                         fn.id,
                         f"no host can ever run this function ({_describe_request(fn)}): "
-                        f"{_describe_largest(hosts)}. Lower the request, add a fallback with "
+                        f"{_describe_largest(known)}. Lower the request, add a fallback with "
                         "gpu=[...], or add a host that has it.",
                     )
                 )

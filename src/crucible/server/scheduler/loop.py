@@ -37,6 +37,8 @@ __all__ = ["SchedulerLoop"]
 log = logging.getLogger("crucible.scheduler")
 
 _MIN_TICK_GAP_S = 0.05
+# A host lost within this window may come back: requests it could run wait for it.
+_KNOWN_HOST_WINDOW_MS = 3_600_000
 
 
 class SchedulerLoop:
@@ -100,8 +102,8 @@ class SchedulerLoop:
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             keys += self._sweep_timeouts(conn, now)
             demands, accounts = self._demands(conn, now)
-            capacity = self._capacity(conn)
-            decided = plan(now, demands, capacity, self.policy)
+            capacity, known = self._capacity(conn, now)
+            decided = plan(now, demands, capacity, self.policy, known)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -228,22 +230,30 @@ class SchedulerLoop:
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
         return demands, accounts
 
-    def _capacity(self, conn: Connection) -> list[HostCapacity]:
-        rows = conn.execute(select(hosts).where(hosts.c.state == "ready")).all()
-        usage = host_usage(conn, [r.id for r in rows])
-        out = []
+    def _capacity(
+        self, conn: Connection, now: int
+    ) -> tuple[list[HostCapacity], list[HostCapacity]]:
+        """Live hosts with their usage, and every host seen within the last hour (for
+        deciding whether a request could ever be met)."""
+        rows = conn.execute(
+            select(hosts).where(hosts.c.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS)
+        ).all()
+        usage = host_usage(conn, [r.id for r in rows if r.state == "ready"])
+        live: list[HostCapacity] = []
+        known: list[HostCapacity] = []
         for r in rows:
             inv = r.inventory
             u = usage.get(r.id, {})
-            out.append(
-                HostCapacity(
-                    id=r.id,
-                    cpu=float(inv["cpu_cores"]),
-                    memory_mib=int(inv["memory_mib"]),
-                    gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
-                    used_cpu=u.get("cpu", 0.0),
-                    used_memory_mib=u.get("memory_mib", 0),
-                    used_gpus=set(u.get("gpus", set())),
-                )
+            cap = HostCapacity(
+                id=r.id,
+                cpu=float(inv["cpu_cores"]),
+                memory_mib=int(inv["memory_mib"]),
+                gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
+                used_cpu=u.get("cpu", 0.0),
+                used_memory_mib=u.get("memory_mib", 0),
+                used_gpus=set(u.get("gpus", set())),
             )
-        return out
+            known.append(cap)
+            if r.state == "ready":
+                live.append(cap)
+        return live, known

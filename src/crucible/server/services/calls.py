@@ -19,7 +19,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, null, select, update
 
 from crucible.errors import (
     ContainerExitedError,
@@ -37,6 +37,7 @@ from crucible.server.auth import Principal
 from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.scheduler.core import retry_delay_ms
 from crucible.server.services.blobs import require_blob
+from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import calls, containers, functions
 
 __all__ = [
@@ -83,7 +84,29 @@ _SEL_IDEMPOTENT = select(calls.c.id).where(
     calls.c.account_id == bindparam("b_account"),
     calls.c.idempotency_key == bindparam("b_key"),
 )
-_INSERT_CALLS = insert(calls)
+_INSERT_COLUMNS = (
+    "id",
+    "account_id",
+    "app_id",
+    "function_id",
+    "group_id",
+    "idx",
+    "state",
+    "attempts",
+    "infra_requeues",
+    "input",
+    "input_ref",
+    "input_size",
+    "output_size",
+    "idempotency_key",
+    "container_id",
+    "created_ms",
+    "started_ms",
+    "deadline_ms",
+    "next_attempt_ms",
+    "delivered",
+)
+_INSERT_CALLS = insert(calls).values({name: bindparam(name) for name in _INSERT_COLUMNS})
 _SEL_CLAIMABLE = (
     select(
         calls.c.id,
@@ -129,7 +152,7 @@ _SUCCEED = (
         output_size=bindparam("b_output_size"),
         exec_ms=bindparam("b_exec_ms"),
         cost_micros=bindparam("b_cost"),
-        error=None,
+        error=null(),
     )
 )
 _SEL_GROUPS = select(calls.c.id, calls.c.group_id).where(
@@ -145,14 +168,17 @@ def _keys_for_finished(call_id: str, group_id: str | None) -> list[str]:
 
 
 def call_info(row: Any) -> CallInfo:
+    # Rows come from our own store: build the models without validating them again.
     result = None
     if row.state == "succeeded":
         if row.output_ref:
-            result = Payload(ref=row.output_ref, size=row.output_size)
+            result = Payload.model_construct(ref=row.output_ref, size=row.output_size)
         elif row.output is not None:
-            result = Payload(data=base64.b64encode(row.output).decode(), size=row.output_size)
+            result = Payload.model_construct(
+                data=base64.b64encode(row.output).decode(), size=row.output_size
+            )
     error = ErrorInfo.model_validate(row.error) if row.error and row.state != "succeeded" else None
-    return CallInfo(
+    return CallInfo.model_construct(
         id=row.id,
         function_id=row.function_id,
         app_id=row.app_id,
@@ -247,6 +273,7 @@ def create_calls(
                 "input": data,
                 "input_ref": ref,
                 "input_size": size,
+                "output_size": 0,
                 "idempotency_key": item.idempotency_key,
                 "container_id": container,
                 "created_ms": now_ms,
@@ -256,8 +283,7 @@ def create_calls(
                 "delivered": False,
             }
         )
-    if rows:
-        conn.execute(_INSERT_CALLS, rows)
+    execute_many(conn, _INSERT_CALLS, rows)
     return ids
 
 
@@ -317,8 +343,12 @@ def group_results(
             conn.execute(
                 update(calls).where(calls.c.id.in_([r.id for r in rows])).values(delivered=True)
             )
+    # Unfinished calls are never delivered: saying so lets the index on (group, delivered,
+    # state) count only them instead of the whole group.
     outstanding = conn.execute(
-        select(func.count()).select_from(calls).where(base, ~terminal)
+        select(func.count())
+        .select_from(calls)
+        .where(base, calls.c.delivered.is_(False), calls.c.state.in_(("queued", "running")))
     ).scalar_one()
     return GroupResults(results=[call_info(r) for r in rows], outstanding=outstanding)
 
@@ -423,11 +453,15 @@ def claim_inputs(
         if groups is not None:
             groups[r.id] = r.group_id
         if r.input_ref:
-            args = Payload(ref=r.input_ref, size=r.input_size)
+            args = Payload.model_construct(ref=r.input_ref, size=r.input_size)
         else:
-            args = Payload(data=base64.b64encode(r.input or b"").decode(), size=r.input_size)
+            args = Payload.model_construct(
+                data=base64.b64encode(r.input or b"").decode(), size=r.input_size
+            )
         out.append(
-            InputAssignment(call_id=r.id, attempt=r.attempts + 1, args=args, timeout_s=timeout_s)
+            InputAssignment.model_construct(
+                call_id=r.id, attempt=r.attempts + 1, args=args, timeout_s=timeout_s
+            )
         )
     return out
 
@@ -497,10 +531,10 @@ def record_outputs(
                     "b_output_ref": ref,
                     "b_output_size": size,
                     "b_exec_ms": out.exec_ms,
-                    "b_cost": out.exec_ms * rate_micros_per_hour // MS_PER_HOUR,
+                    "b_cost": out.exec_us * rate_micros_per_hour // (MS_PER_HOUR * 1000),
                 }
             )
-        conn.execute(_SUCCEED, params)
+        execute_many(conn, _SUCCEED, params)
         known = groups if groups is not None else {}
         unknown = [o.call_id for o in done if o.call_id not in known]
         if unknown:
