@@ -5,10 +5,11 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import app_basic
 import pytest
 
 import crucible
+
+import app_basic
 
 
 def test_remote_map_starmap_spawn(builder) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-import app_basic
 import pytest
 
 import crucible
+
+import app_basic
 from harness import Exchange, wait_for
 
 

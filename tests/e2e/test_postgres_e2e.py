@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import app_basic
 import pytest
+
+import app_basic
 from harness import Exchange
 
 pytestmark = pytest.mark.postgres

@@ -12,10 +12,11 @@ SQLAlchemy).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["execute_many"]
 
@@ -29,7 +30,7 @@ def _compile(stmt: ClauseElement, conn: Connection) -> _Compiled:
     key = (id(stmt), conn.dialect.name)
     found = _compiled.get(key)
     if found is None:
-        compiled = stmt.compile(dialect=conn.dialect)
+        compiled = cast(SQLCompiler, stmt.compile(dialect=conn.dialect))
         literals = {k: v for k, v in compiled.params.items() if v is not None}
         names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
         found = (str(compiled), names, literals, bool(compiled.positional))
