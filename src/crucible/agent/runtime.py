@@ -327,6 +327,9 @@ class ProcessRuntime:
             # variable would expose every GPU on the host to a CPU-only container.
             "CUDA_VISIBLE_DEVICES": devices,
             "NVIDIA_VISIBLE_DEVICES": devices,
+            # Indices are NVML's, which follow PCI bus order; CUDA's default order (fastest
+            # first) can differ on hosts with mixed GPUs.
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
         paths = [p for p in (_crucible_import_root(), os.environ.get("PYTHONPATH")) if p]
         if paths:

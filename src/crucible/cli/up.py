@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
+from typing import Any
 
 import typer
 
@@ -27,6 +28,14 @@ from crucible.errors import Error
 from crucible.settings import load_settings
 
 __all__ = ["register"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_with_parent(prctl: Any) -> None:
+    """In the agent, between fork and exec (no imports, no locks): receive SIGTERM when
+    `crucible up` ends."""
+    prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def register(app: typer.Typer) -> None:
@@ -68,14 +77,18 @@ def register(app: typer.Typer) -> None:
         ]
         if fake_gpus:
             agent_cmd += ["--fake-gpus", fake_gpus, "--allow-fake-gpus"]
-        agent_proc: list[subprocess.Popen[bytes]] = []
-
-        def start_agent() -> None:
-            while not is_healthy(url, 0.5):
-                time.sleep(0.05)
-            agent_proc.append(subprocess.Popen(agent_cmd, stdin=subprocess.DEVNULL))
-
-        threading.Thread(target=start_agent, daemon=True).start()
+        prctl = ctypes.CDLL(None).prctl  # resolved here: the child must not load libraries
+        # Started from the main thread, before the server: the kernel's parent-death signal
+        # follows the thread that forked, and the agent retries until the server answers.
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so this process may end
+        # before the `finally` below runs: the agent is then told by the kernel.
+        agent_proc = [
+            subprocess.Popen(
+                agent_cmd,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=functools.partial(_term_with_parent, prctl),
+            )
+        ]
         if not foreground:
             console.print(
                 f"Crucible is up at {url}; builders: `crucible run app.py`. Ctrl-C stops."

@@ -25,8 +25,7 @@ class AppInfo(Wire):
 
 class CodeRef(Wire):
     """Where a function's code is: a content-addressed source bundle (zip) and the module
-    and qualified name inside it. ``pickled`` is a cloudpickle of the function (a fallback
-    for functions without a source file); the worker uses it only when set."""
+    and qualified name inside it. The worker imports the module from the bundle."""
 
     bundle: str = Field(pattern=r"^[0-9a-f]{64}$")
     module: str = Field(min_length=1, max_length=512)

@@ -255,6 +255,9 @@ class _MapRun:
             self.done_submitting.set()
 
     def _send(self, batch: list[InputItem], start: int) -> None:
+        # The batch's first input carries a key: if the transport retries a request whose
+        # reply was lost, the server returns the calls it already made for this batch.
+        batch[0] = InputItem(args=batch[0].args, idempotency_key=f"{self.group_id}-{start}")
         self.client.create_calls(
             self.function_id, CallsCreate(inputs=batch, group_id=self.group_id, start_index=start)
         )

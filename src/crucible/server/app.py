@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crucible import __version__
 from crucible.errors import Error, InternalError, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import accounts, apps, billing, blobs, calls, containers, health, hosts
+from crucible.server.api.deps import Caller
 from crucible.server.blobs import LocalBlobStore
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
@@ -131,11 +132,21 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         title="Crucible control plane",
         version=__version__,
         description="GPU compute exchange with a serverless Python runtime. Every route but "
-        "/healthz needs 'Authorization: Bearer <token>'. Errors are "
-        '{"error": {"code": ..., "message": ...}} with stable codes.',
+        "/healthz (this document included) needs 'Authorization: Bearer <token>'. Errors are "
+        '{"error": {"code": ..., "message": ...}} with stable codes (docs/reference/errors.md).',
         lifespan=lifespan,
+        # Every route but /healthz needs a token, the API description included: it is served
+        # below behind authentication (and the browsable /docs pages, which cannot send a
+        # token, are off).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.crucible = state
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(who: Caller) -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.exception_handler(Error)
     async def on_error(_: Request, exc: Error) -> JSONResponse:

@@ -49,6 +49,7 @@ _WAIT_S = 20.0
 # enough that other containers are not starved of inputs.
 _TARGET_BATCH_S = 0.02
 _MAX_WANT = 1000
+_OUTAGE_RETRY_S = 24 * 3600.0
 
 
 class _Timeout(BaseException):
@@ -252,7 +253,10 @@ def main() -> int:
         print(f"crucible worker: missing environment variable {exc}", file=sys.stderr)
         return 2
     assignment = ContainerAssignment.model_validate_json(assignment_path.read_text())
-    worker = Worker(assignment, Transport(url, token, user_agent="crucible-worker"), cache)
+    # A restarting control plane is normal: keep retrying for as long as the agent lives (the
+    # worker dies with its agent), so calls in hand are reported once it is back.
+    transport = Transport(url, token, user_agent="crucible-worker", retry_for_s=_OUTAGE_RETRY_S)
+    worker = Worker(assignment, transport, cache)
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
         worker.stopping = True

@@ -11,14 +11,14 @@ from crucible.protocol.accounts import (
     TokenCreated,
     TokenInfo,
 )
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import Builder, Caller, State
 from crucible.server.services import accounts as svc
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
 @router.post("/accounts", status_code=201)
-async def create_account(req: AccountCreate, who: Caller, state: State) -> AccountInfo:
+async def create_account(req: AccountCreate, who: Builder, state: State) -> AccountInfo:
     with state.engine.begin() as conn:
         return svc.create_account(conn, who, req.name, state.clock.now_ms())
 
@@ -30,18 +30,18 @@ async def me(who: Caller, state: State) -> AccountInfo:
 
 
 @router.post("/tokens", status_code=201)
-async def create_token(req: TokenCreate, who: Caller, state: State) -> TokenCreated:
+async def create_token(req: TokenCreate, who: Builder, state: State) -> TokenCreated:
     with state.engine.begin() as conn:
         return svc.create_token(conn, who, req, state.clock.now_ms())
 
 
 @router.get("/tokens")
-async def list_tokens(who: Caller, state: State) -> list[TokenInfo]:
+async def list_tokens(who: Builder, state: State) -> list[TokenInfo]:
     with state.engine.begin() as conn:
         return svc.list_tokens(conn, who)
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: str, who: Caller, state: State) -> None:
+async def revoke_token(token_id: str, who: Builder, state: State) -> None:
     with state.engine.begin() as conn:
         svc.revoke_token(conn, state, who, token_id)

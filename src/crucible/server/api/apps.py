@@ -7,7 +7,7 @@ from pydantic import Field
 
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.common import Wire
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import Builder, State
 from crucible.server.services import apps as svc
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
@@ -18,25 +18,25 @@ class FunctionsCreate(Wire):
 
 
 @router.post("", status_code=201)
-async def create_app(req: AppCreate, who: Caller, state: State) -> AppInfo:
+async def create_app(req: AppCreate, who: Builder, state: State) -> AppInfo:
     with state.engine.begin() as conn:
         return svc.create_app(conn, who, req, state.clock.now_ms())
 
 
 @router.get("")
-async def list_apps(who: Caller, state: State) -> list[AppInfo]:
+async def list_apps(who: Builder, state: State) -> list[AppInfo]:
     with state.engine.begin() as conn:
         return svc.list_apps(conn, who)
 
 
 @router.get("/{app_id}")
-async def get_app(app_id: str, who: Caller, state: State) -> AppInfo:
+async def get_app(app_id: str, who: Builder, state: State) -> AppInfo:
     with state.engine.begin() as conn:
         return svc.get_app(conn, who, app_id)
 
 
 @router.post("/{app_id}/stop")
-async def stop_app(app_id: str, who: Caller, state: State) -> AppInfo:
+async def stop_app(app_id: str, who: Builder, state: State) -> AppInfo:
     with state.engine.begin() as conn:
         info = svc.stop_app(conn, who, app_id, state.clock.now_ms())
     state.wakeups.kick_scheduler()
@@ -45,7 +45,7 @@ async def stop_app(app_id: str, who: Caller, state: State) -> AppInfo:
 
 @router.post("/{app_id}/functions", status_code=201)
 async def create_functions(
-    app_id: str, req: FunctionsCreate, who: Caller, state: State
+    app_id: str, req: FunctionsCreate, who: Builder, state: State
 ) -> list[FunctionInfo]:
     with state.engine.begin() as conn:
         return svc.create_functions(conn, who, app_id, req.functions, state.clock.now_ms())

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from crucible.protocol.billing import BillReport
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import Builder, State
 from crucible.server.billing.service import bill
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
 
 @router.get("/bill")
-async def get_bill(who: Caller, state: State, app_id: str | None = None) -> BillReport:
+async def get_bill(who: Builder, state: State, app_id: str | None = None) -> BillReport:
     with state.engine.connect() as conn:
         return bill(conn, who, app_id)

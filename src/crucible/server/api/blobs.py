@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 
 from crucible.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import BlobReader, State
 from crucible.server.services.blobs import grant_blob, has_blob
 
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
@@ -22,7 +22,7 @@ def _check_sha(sha: str) -> None:
 
 
 @router.put("/{sha}", status_code=201)
-async def put_blob(sha: str, request: Request, who: Caller, state: State) -> dict[str, object]:
+async def put_blob(sha: str, request: Request, who: BlobReader, state: State) -> dict[str, object]:
     """Upload a blob; its sha256 must match the path. Uploading an existing blob is cheap."""
     _check_sha(sha)
     limit = state.settings.max_blob_bytes
@@ -37,6 +37,8 @@ async def put_blob(sha: str, request: Request, who: Caller, state: State) -> dic
                     raise PayloadTooLargeError(f"blob is larger than the {limit}-byte limit")
                 digest.update(chunk)
                 f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())  # acknowledged blobs survive a crash, like every other write
         if digest.hexdigest() != sha:
             raise InvalidRequestError(f"the uploaded bytes hash to {digest.hexdigest()}, not {sha}")
         if not state.blobs.exists(sha):
@@ -49,7 +51,7 @@ async def put_blob(sha: str, request: Request, who: Caller, state: State) -> dic
 
 
 @router.get("/{sha}")
-async def get_blob(sha: str, who: Caller, state: State) -> Response:
+async def get_blob(sha: str, who: BlobReader, state: State) -> Response:
     _check_sha(sha)
     with state.engine.connect() as conn:
         allowed = has_blob(conn, who.account_id, sha)
@@ -59,7 +61,7 @@ async def get_blob(sha: str, who: Caller, state: State) -> Response:
 
 
 @router.head("/{sha}")
-async def head_blob(sha: str, who: Caller, state: State) -> Response:
+async def head_blob(sha: str, who: BlobReader, state: State) -> Response:
     _check_sha(sha)
     with state.engine.connect() as conn:
         allowed = has_blob(conn, who.account_id, sha)

@@ -13,7 +13,7 @@ from crucible.protocol.calls import (
     GroupResultsRequest,
 )
 from crucible.protocol.containers import InputAssignment
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import Builder, State
 from crucible.server.api.responses import model_response
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
@@ -23,7 +23,7 @@ from crucible.server.wakeups import long_poll
 router = APIRouter(prefix="/v1", tags=["calls"])
 
 
-def _finished(state: State, who: Caller, call_id: str) -> CallInfo | None:
+def _finished(state: State, who: Builder, call_id: str) -> CallInfo | None:
     with state.engine.connect() as conn:
         info = svc.get_call(conn, who, call_id)
     return info if info.state not in ("queued", "running") else None
@@ -31,7 +31,7 @@ def _finished(state: State, who: Caller, call_id: str) -> CallInfo | None:
 
 @router.post("/functions/{function_id}/calls", status_code=201)
 async def create_calls(
-    function_id: str, req: CallsCreate, who: Caller, state: State
+    function_id: str, req: CallsCreate, who: Builder, state: State
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
@@ -80,7 +80,7 @@ async def create_calls(
 @router.get("/calls/{call_id}")
 async def get_call(
     call_id: str,
-    who: Caller,
+    who: Builder,
     state: State,
     wait_s: float = Query(default=0.0, ge=0, le=60),
 ) -> CallInfo:
@@ -97,7 +97,7 @@ async def get_call(
 
 
 @router.post("/calls/{call_id}/cancel")
-async def cancel_call(call_id: str, who: Caller, state: State) -> CallInfo:
+async def cancel_call(call_id: str, who: Builder, state: State) -> CallInfo:
     with state.engine.begin() as conn:
         info, keys, container = svc.cancel_call(conn, who, call_id, state.clock.now_ms())
         if container is not None:
@@ -108,7 +108,7 @@ async def cancel_call(call_id: str, who: Caller, state: State) -> CallInfo:
 
 @router.get("/calls")
 async def list_calls(
-    who: Caller,
+    who: Builder,
     state: State,
     app_id: str | None = None,
     function_id: str | None = None,
@@ -125,7 +125,7 @@ async def list_calls(
 
 @router.post("/groups/{group_id}/results")
 async def group_results(
-    group_id: str, req: GroupResultsRequest, who: Caller, state: State
+    group_id: str, req: GroupResultsRequest, who: Builder, state: State
 ) -> GroupResults:
     """Finished calls of a ``.map`` group, each delivered once; waits up to ``wait_s`` for at
     least one when none is ready and some are outstanding."""

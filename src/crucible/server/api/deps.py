@@ -1,17 +1,32 @@
-"""Dependencies shared by the routers: the server state, the caller, a transaction."""
+"""Dependencies shared by the routers: the server state and the caller, by token scope.
+
+Scopes (see protocol.accounts.Scope): ``admin`` may do everything a builder may, plus operate
+the exchange; ``user`` is a builder; ``host`` is an agent; container tokens belong to one
+running container. Each router names the kind of caller it accepts.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 
-from crucible.errors import PermissionDeniedError
+from crucible.errors import AuthError, PermissionDeniedError
 from crucible.server.auth import Principal
 from crucible.server.services.accounts import authenticate
 from crucible.server.state import ServerState
+from crucible.server.store.tables import containers
 
-__all__ = ["Caller", "Container", "State", "caller", "container_caller", "get_state"]
+__all__ = [
+    "BlobReader",
+    "Builder",
+    "Caller",
+    "Container",
+    "HostAgent",
+    "State",
+    "get_state",
+]
 
 
 async def get_state(request: Request) -> ServerState:
@@ -22,22 +37,64 @@ async def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
-async def caller(request: Request) -> Principal:
-    principal = authenticate(request.app.state.crucible, request.headers.get("authorization"))
+def _principal(request: Request) -> Principal:
+    return authenticate(request.app.state.crucible, request.headers.get("authorization"))
+
+
+async def any_token(request: Request) -> Principal:
+    """Any account token (admin, user or host); not a container's."""
+    principal = _principal(request)
     if principal.scope == "container":
-        # Container tokens may only exchange inputs and read blobs (see their routers).
-        path = request.url.path
-        if not path.startswith("/v1/blobs/"):
-            raise PermissionDeniedError("a container token cannot use this route")
+        raise PermissionDeniedError("a container token cannot use this route")
     return principal
 
 
-async def container_caller(request: Request) -> Principal:
-    principal = authenticate(request.app.state.crucible, request.headers.get("authorization"))
+async def builder(request: Request) -> Principal:
+    principal = _principal(request)
+    if principal.scope not in ("admin", "user"):
+        raise PermissionDeniedError(
+            f"this route needs a user token, not a {principal.scope} token "
+            "(create one with `crucible token create`)"
+        )
+    return principal
+
+
+async def host_agent(request: Request) -> Principal:
+    principal = _principal(request)
+    if principal.scope not in ("admin", "host"):
+        raise PermissionDeniedError(
+            f"this route is for host agents; a {principal.scope} token cannot use it "
+            "(agents need `crucible token create --scope host`)"
+        )
+    return principal
+
+
+async def container(request: Request) -> Principal:
+    principal = _principal(request)
     if principal.container_id is None:
         raise PermissionDeniedError("this route is for containers (container tokens) only")
     return principal
 
 
-Caller = Annotated[Principal, Depends(caller)]
-Container = Annotated[Principal, Depends(container_caller)]
+async def blob_reader(request: Request) -> Principal:
+    """Builders, and containers while they run (a stopped container's token reads nothing)."""
+    principal = _principal(request)
+    if principal.container_id is not None:
+        state: ServerState = request.app.state.crucible
+        with state.engine.connect() as conn:
+            current = conn.execute(
+                select(containers.c.state).where(containers.c.id == principal.container_id)
+            ).scalar_one_or_none()
+        if current in (None, "stopped"):
+            raise AuthError("the container token belongs to a container that has stopped")
+        return principal
+    if principal.scope not in ("admin", "user"):
+        raise PermissionDeniedError(f"a {principal.scope} token cannot read or write blobs")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(any_token)]
+Builder = Annotated[Principal, Depends(builder)]
+HostAgent = Annotated[Principal, Depends(host_agent)]
+Container = Annotated[Principal, Depends(container)]
+BlobReader = Annotated[Principal, Depends(blob_reader)]

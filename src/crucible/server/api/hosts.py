@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
-from crucible.server.api.deps import Caller, State
+from crucible.server.api.deps import Caller, HostAgent, State
 from crucible.server.services import hosts as svc
 from crucible.server.wakeups import long_poll
 
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
 
 @router.post("/register")
-async def register(req: HostRegister, who: Caller, state: State) -> HostInfo:
+async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
     with state.engine.begin() as conn:
         info = svc.register_host(conn, who, req, state.clock.now_ms())
     state.host_seq.pop(info.id, None)  # a new agent process numbers its syncs from 1 again
@@ -22,7 +22,7 @@ async def register(req: HostRegister, who: Caller, state: State) -> HostInfo:
 
 
 @router.post("/{host_id}/sync")
-async def sync(host_id: str, req: HostSync, who: Caller, state: State) -> HostSyncReply:
+async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> HostSyncReply:
     """The agent's heartbeat and command channel (hosts only dial out). Applies the agent's
     container reports, then answers with containers to start and stop, at once when there
     are any, otherwise after up to ``wait_s``."""

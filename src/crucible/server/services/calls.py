@@ -238,6 +238,26 @@ def create_calls(
     straight to those containers' waiting requests."""
     if fn.app_state != "running":
         raise NotFoundError(f"function {fn.id} belongs to a stopped app; start a new run")
+    first_key = req.inputs[0].idempotency_key
+    if req.group_id is not None and first_key is not None and len(req.inputs) > 1:
+        # A batch of a map is created whole or not at all: its first key stands for it.
+        seen = conn.execute(
+            _SEL_IDEMPOTENT, {"b_account": principal.account_id, "b_key": first_key}
+        ).first()
+        if seen is not None:
+            return [
+                str(r.id)
+                for r in conn.execute(
+                    select(calls.c.id)
+                    .where(
+                        calls.c.group_id == req.group_id,
+                        calls.c.account_id == principal.account_id,
+                        calls.c.idx >= req.start_index,
+                        calls.c.idx < req.start_index + len(req.inputs),
+                    )
+                    .order_by(calls.c.idx)
+                )
+            ]
     ids: list[str] = []
     rows: list[dict[str, Any]] = []
     slots = [cid for cid, want in handoff for _ in range(want)]
@@ -445,7 +465,9 @@ def claim_inputs(
             "b_ids": [r.id for r in rows],
             "b_container": container_id,
             "b_now": now_ms,
-            "b_deadline": now_ms + int(timeout_s * 1000),
+            # The worker runs a batch one input after another and times each out itself;
+            # this server-side backstop must allow for the whole batch.
+            "b_deadline": now_ms + int(timeout_s * 1000) * len(rows),
         },
     )
     out = []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import ExchangeReply, OutputItem
@@ -55,7 +55,14 @@ _SEL_STATE = select(containers.c.state).where(containers.c.id == bindparam("b_id
 _MARK_READY = (
     update(containers)
     .where(containers.c.id == bindparam("b_id"), containers.c.state.in_(("pending", "starting")))
-    .values(state="running", ready_ms=bindparam("b_now"), last_active_ms=bindparam("b_now"))
+    .values(
+        state="running",
+        ready_ms=bindparam("b_now"),
+        last_active_ms=bindparam("b_now"),
+        # The worker can reach us before its agent reported the start; metering starts here
+        # then, never later than the container's first sign of life.
+        started_ms=func.coalesce(containers.c.started_ms, bindparam("b_now")),
+    )
 )
 _TOUCH = (
     update(containers)

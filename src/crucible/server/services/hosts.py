@@ -204,7 +204,8 @@ def process_reports(
         if rep.state == "exited":
             if row is None:
                 continue
-            asked = row.state == "stopping"
+            # "stopped": the agent stopped it (asked by us, or shutting down) - not a crash.
+            asked = row.state == "stopping" or rep.reason == "stopped"
             crashed = not asked and (
                 rep.reason in ("killed", "oom", "start_failed") or (rep.exit_code or 0) != 0
             )

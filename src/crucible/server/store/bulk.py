@@ -32,7 +32,8 @@ def _compile(stmt: ClauseElement, conn: Connection) -> _Compiled:
     if found is None:
         compiled = cast(SQLCompiler, stmt.compile(dialect=conn.dialect))
         literals = {k: v for k, v in compiled.params.items() if v is not None}
-        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+        params = compiled.params
+        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(params)
         found = (str(compiled), names, literals, bool(compiled.positional))
         _compiled[key] = found
     return found
