@@ -96,6 +96,12 @@ class Settings:
     max_containers: int = _opt(
         16, "CRUCIBLE_MAX_CONTAINERS", "Default cap on the containers of one function."
     )
+    app_heartbeat_timeout_s: float = _opt(
+        60.0,
+        "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S",
+        "An ephemeral app (`crucible run`, `app.run()`) whose client has not been heard from "
+        "for this long is stopped, with its queued calls and containers.",
+    )
     max_infra_requeues: int = _opt(
         5,
         "CRUCIBLE_MAX_INFRA_REQUEUES",

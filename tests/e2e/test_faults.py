@@ -134,3 +134,25 @@ def test_server_answers_client_mistakes_with_4xx(exchange: Exchange, builder) ->
     assert status == 413 and b"payload_too_large" in body
     time.sleep(0)  # the server is still healthy afterwards
     assert builder.list_apps() == []
+
+
+def test_app_whose_client_vanished_is_stopped(tmp_path) -> None:
+    ex = Exchange(
+        tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S="3"
+    )
+    ex.start_server()
+    try:
+        client = ex.client(ex.new_account("vanishing"))
+        orphan = client.create_app("orphan")  # a client that never heartbeats
+        time.sleep(2)
+        with app_basic.app.run(client=client):  # created 2 s later: still fresh below
+            wait_for(
+                lambda: client.get(f"/v1/apps/{orphan.id}")["state"] == "stopped",
+                20,
+                "the abandoned app to stop",
+            )
+            live = client.get(f"/v1/apps/{app_basic.app.app_id}")
+            assert live["state"] == "running"
+        client.close()
+    finally:
+        ex.close()

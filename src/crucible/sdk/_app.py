@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -25,6 +27,20 @@ _PARENS = (
     "Did you forget parentheses? Write `@app.{name}()`, not `@app.{name}`, "
     'and pass options by keyword, e.g. `@app.function(gpu="H100")`.'
 )
+
+
+# The server stops an ephemeral app it has not heard from for a minute (by default).
+_HEARTBEAT_S = 10.0
+
+
+def _heartbeat(client: Client, app_id: str, done: threading.Event) -> None:
+    """Tell the exchange the app's client is alive, until ``done``."""
+    try:
+        while not done.wait(_HEARTBEAT_S):
+            with contextlib.suppress(Error):  # a restarting server: the next beat will do
+                client.heartbeat_app(app_id)
+    finally:
+        client.transport.close_thread()
 
 
 class LocalEntrypoint:
@@ -154,10 +170,17 @@ class App:
         client = client or Client.from_settings()
         info = client.create_app(self.name, ephemeral=True)
         self._app_id, self._client = info.id, client
+        done = threading.Event()
+        beat = threading.Thread(
+            target=_heartbeat, args=(client, info.id, done), name="crucible-heartbeat", daemon=True
+        )
+        beat.start()
         try:
             self._register(client, info.id)
             yield self
         finally:
+            done.set()
+            beat.join()
             try:
                 client.stop_app(info.id)
             finally:

@@ -61,6 +61,9 @@ class Client:
             self.transport.post("/v1/apps", {"name": name, "ephemeral": ephemeral})
         )
 
+    def heartbeat_app(self, app_id: str) -> AppInfo:
+        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/heartbeat"))
+
     def stop_app(self, app_id: str) -> AppInfo:
         return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/stop"))
 

@@ -43,6 +43,13 @@ async def stop_app(app_id: str, who: Builder, state: State) -> AppInfo:
     return info
 
 
+@router.post("/{app_id}/heartbeat")
+async def heartbeat(app_id: str, who: Builder, state: State) -> AppInfo:
+    """An ephemeral app's client is alive (the SDK sends this every few seconds)."""
+    with state.engine.begin() as conn:
+        return svc.heartbeat_app(conn, who, app_id, state.clock.now_ms())
+
+
 @router.post("/{app_id}/functions", status_code=201)
 async def create_functions(
     app_id: str, req: FunctionsCreate, who: Builder, state: State

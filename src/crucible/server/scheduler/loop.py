@@ -26,6 +26,7 @@ from crucible.server.scheduler.core import (
     Policy,
     plan,
 )
+from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import fail_queued_calls, record_timeout
 from crucible.server.services.containers import create_containers, request_stop
 from crucible.server.services.hosts import host_usage, mark_lost_hosts
@@ -100,6 +101,8 @@ class SchedulerLoop:
         keys: list[str] = []
         with st.engine.begin() as conn:
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
+            for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
+                log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
             demands, accounts = self._demands(conn, now)
             capacity, known = self._capacity(conn, now)

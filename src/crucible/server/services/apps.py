@@ -20,7 +20,9 @@ __all__ = [
     "create_functions",
     "get_app",
     "get_function_row",
+    "heartbeat_app",
     "list_apps",
+    "stop_abandoned_apps",
     "stop_app",
 ]
 
@@ -53,6 +55,7 @@ def create_app(conn: Connection, principal: Principal, req: AppCreate, now_ms: i
             state="running",
             ephemeral=req.ephemeral,
             created_ms=now_ms,
+            heartbeat_ms=now_ms,
         )
     )
     return AppInfo(
@@ -101,6 +104,33 @@ def stop_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -
         )
         cancel_queued_calls_of_app(conn, app_id, now_ms)
     return get_app(conn, principal, app_id)
+
+
+def heartbeat_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -> AppInfo:
+    """The client of an ephemeral app is alive. A stopped app stays stopped."""
+    _app_row(conn, principal, app_id)
+    conn.execute(update(apps).where(apps.c.id == app_id).values(heartbeat_ms=now_ms))
+    return get_app(conn, principal, app_id)
+
+
+def stop_abandoned_apps(conn: Connection, now_ms: int, timeout_ms: int) -> list[str]:
+    """Stop ephemeral apps whose client stopped heartbeating; returns their ids."""
+    ids = [
+        r.id
+        for r in conn.execute(
+            select(apps.c.id).where(
+                apps.c.state == "running",
+                apps.c.ephemeral.is_(True),
+                apps.c.heartbeat_ms < now_ms - timeout_ms,
+            )
+        )
+    ]
+    for app_id in ids:
+        conn.execute(
+            update(apps).where(apps.c.id == app_id).values(state="stopped", stopped_ms=now_ms)
+        )
+        cancel_queued_calls_of_app(conn, app_id, now_ms)
+    return ids
 
 
 def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> None:

@@ -101,6 +101,8 @@ apps = Table(
     Column("ephemeral", Boolean, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
+    # The client of an ephemeral app heartbeats; an app it stopped heartbeating is stopped.
+    Column("heartbeat_ms", BigInteger),
 )
 
 functions = Table(
