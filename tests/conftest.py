@@ -85,7 +85,7 @@ def builder(exchange: Exchange) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pg_exchange(tmp_path: Path) -> Iterator["Exchange"]:
+def pg_exchange(tmp_path: Path) -> Iterator[Exchange]:
     """Like ``exchange`` but on a fresh PostgreSQL database."""
     from harness import Exchange
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_testlib import py
 
 from crucible.agent.runtime import ProcessRuntime
+
+from agent_testlib import py
 
 
 @pytest.fixture

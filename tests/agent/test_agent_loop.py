@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_testlib import make_assignment, py, wait_for
 
 from crucible.agent.main import Agent
 from crucible.errors import AuthError, Error
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
 from crucible.settings import Settings
+
+from agent_testlib import make_assignment, py, wait_for
 
 WORKER = """
 import os, sys, time

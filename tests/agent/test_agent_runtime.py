@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_testlib import make_assignment, report_of, wait_exited, wait_for
 
 from crucible.agent.runtime import ProcessRuntime
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
+
+from agent_testlib import make_assignment, report_of, wait_exited, wait_for
 
 MakeRuntime = Callable[..., ProcessRuntime]
 

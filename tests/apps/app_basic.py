@@ -8,9 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-from app_helpers import triple
-
 import crucible
+
+from app_helpers import triple
 
 app = crucible.App("basic")
 
