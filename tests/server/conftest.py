@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_testlib import ServerUnderTest, World
 from sqlalchemy import Engine
 
 from crucible.server.store.db import create_store_engine, migrate
+
+from server_testlib import ServerUnderTest, World
 
 
 @pytest.fixture

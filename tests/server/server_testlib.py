@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,17 @@ from crucible.server.state import ServerState
 from crucible.server.store.tables import containers, functions
 from crucible.settings import load_settings
 
-__all__ = ["ServerUnderTest", "Tenant", "World", "error_code", "sha256"]
+__all__ = [
+    "V1_ROUTES",
+    "MakeServer",
+    "ServerUnderTest",
+    "Tenant",
+    "World",
+    "concrete",
+    "error_code",
+    "send",
+    "sha256",
+]
 
 BUNDLE = b"PK\x05\x06" + b"\0" * 18  # an empty zip: the server never opens bundles
 
@@ -174,6 +185,10 @@ class ServerUnderTest:
         return str(cid), container_token(self.state.secret, str(cid))
 
 
+MakeServer = Callable[..., ServerUnderTest]
+"""The ``make_server`` fixture: builds a server on the test's store (settings as keywords)."""
+
+
 # -- store-level world ------------------------------------------------------------------------
 
 PRICES = PriceTable.from_usd(0.04, 0.005, {"H100": 1.89})
@@ -266,3 +281,57 @@ class World:
             group_id=group_id,
         )
         return calls_svc.create_calls(conn, self.principal, fn, req, self.now_ms, 1 << 20)
+
+
+# Every /v1 route of the API. test_api_auth's OpenAPI test keeps this list honest:
+# a new route fails it until it is added here, which also puts it in the auth and 500 sweeps.
+V1_ROUTES = sorted(
+    [
+        ("POST", "/v1/accounts"),
+        ("GET", "/v1/accounts/me"),
+        ("POST", "/v1/tokens"),
+        ("GET", "/v1/tokens"),
+        ("DELETE", "/v1/tokens/{token_id}"),
+        ("PUT", "/v1/blobs/{sha}"),
+        ("GET", "/v1/blobs/{sha}"),
+        ("HEAD", "/v1/blobs/{sha}"),
+        ("POST", "/v1/apps"),
+        ("GET", "/v1/apps"),
+        ("GET", "/v1/apps/{app_id}"),
+        ("POST", "/v1/apps/{app_id}/stop"),
+        ("POST", "/v1/apps/{app_id}/heartbeat"),
+        ("POST", "/v1/apps/{app_id}/functions"),
+        ("POST", "/v1/functions/{function_id}/calls"),
+        ("GET", "/v1/calls"),
+        ("GET", "/v1/calls/{call_id}"),
+        ("POST", "/v1/calls/{call_id}/cancel"),
+        ("POST", "/v1/groups/{group_id}/results"),
+        ("POST", "/v1/hosts/register"),
+        ("POST", "/v1/hosts/{host_id}/sync"),
+        ("GET", "/v1/hosts"),
+        ("POST", "/v1/containers/{container_id}/exchange"),
+        ("GET", "/v1/bill"),
+    ]
+)
+
+
+def concrete(path: str) -> str:
+    return (
+        path.replace("{sha}", "a" * 64)
+        .replace("{token_id}", "tk-1")
+        .replace("{app_id}", "ap-1")
+        .replace("{function_id}", "fn-1")
+        .replace("{call_id}", "ca-1")
+        .replace("{group_id}", "g1")
+        .replace("{host_id}", "ho-1")
+        .replace("{container_id}", "ct-1")
+    )
+
+
+def send(server: ServerUnderTest, method: str, path: str, **kw: Any) -> httpx.Response:
+    """A request to a route template, with placeholder ids and a minimal body."""
+    if method == "PUT":
+        kw.setdefault("content", b"x")
+    elif method == "POST":
+        kw.setdefault("json", {})
+    return server.request(method, concrete(path), **kw)

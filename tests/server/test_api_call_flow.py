@@ -1,0 +1,126 @@
+"""A call's whole life over HTTP, in-process: builder → control plane → worker exchange."""
+
+from __future__ import annotations
+
+import base64
+
+from crucible.protocol.accounts import Scope
+
+from server_testlib import ServerUnderTest, error_code
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_call_round_trip_through_the_exchange(server: ServerUnderTest) -> None:
+    alice = server.tenant("alice")
+    host = server.tenant("alice", Scope.HOST)
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(
+        alice.token,
+        app_id,
+        server.put_blob(alice.token),
+        retries={"max_retries": 1, "initial_delay_s": 0},
+    )
+    host_id = server.register_host(host.token)
+    cid, ctok = server.place_container(fn, host_id)
+
+    made = server.ok(
+        "POST",
+        f"/v1/functions/{fn}/calls",
+        token=alice.token,
+        json={
+            "inputs": [{"args": {"data": b64(b"in-0")}}, {"args": {"data": b64(b"in-1")}}],
+            "group_id": "map-1",
+        },
+    )
+    assert len(made["call_ids"]) == 2 and made.get("result") is None
+    first, second = made["call_ids"]
+    assert server.ok("GET", f"/v1/calls/{first}", token=alice.token)["state"] == "queued"
+
+    exchange = f"/v1/containers/{cid}/exchange"
+    got = server.ok("POST", exchange, token=ctok, json={"want": 8})["inputs"]
+    assert [(i["call_id"], i["attempt"]) for i in got] == [(first, 1), (second, 1)]
+    assert [base64.b64decode(i["args"]["data"]) for i in got] == [b"in-0", b"in-1"]
+    assert server.ok("GET", f"/v1/calls/{first}", token=alice.token)["state"] == "running"
+
+    outputs = [
+        {
+            "call_id": first,
+            "attempt": 1,
+            "status": "succeeded",
+            "result": {"data": b64(b"out-0"), "size": 5},
+            "exec_us": 2_000,
+        },
+        {
+            "call_id": second,
+            "attempt": 1,
+            "status": "failed",
+            "error": {
+                "code": "remote_error",
+                "message": "ValueError: odd",
+                "exc_type": "ValueError",
+            },
+        },
+    ]
+    reply = server.ok("POST", exchange, token=ctok, json={"outputs": outputs, "want": 1})
+    # The failed input is retried (max_retries=1, no delay) and comes straight back.
+    assert [(i["call_id"], i["attempt"]) for i in reply["inputs"]] == [(second, 2)]
+
+    done = server.ok("GET", f"/v1/calls/{first}", token=alice.token, params={"wait_s": 5})
+    assert done["state"] == "succeeded" and base64.b64decode(done["result"]["data"]) == b"out-0"
+    assert done["exec_ms"] == 2 and done["attempts"] == 1
+
+    again = [
+        {
+            "call_id": second,
+            "attempt": 2,
+            "status": "failed",
+            "error": {"code": "remote_error", "message": "ValueError: still odd"},
+        }
+    ]
+    server.ok("POST", exchange, token=ctok, json={"outputs": again, "want": 0})
+    failed = server.ok("GET", f"/v1/calls/{second}", token=alice.token)
+    assert failed["state"] == "failed" and failed["attempts"] == 2
+    assert failed["error"]["message"] == "ValueError: still odd" and "result" not in failed
+
+    results = server.ok("POST", "/v1/groups/map-1/results", token=alice.token, json={})
+    assert sorted(r["index"] for r in results["results"]) == [0, 1]
+    assert results["outstanding"] == 0
+    listed = server.ok("GET", "/v1/calls", token=alice.token, params={"function_id": fn})
+    assert {c["id"]: c["state"] for c in listed["calls"]} == {first: "succeeded", second: "failed"}
+
+
+def test_stopping_an_app_cancels_its_queued_calls(server: ServerUnderTest) -> None:
+    alice = server.tenant("alice")
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(alice.token, app_id, server.put_blob(alice.token))
+    ids = server.new_calls(alice.token, fn, 3)
+    stopped = server.ok("POST", f"/v1/apps/{app_id}/stop", token=alice.token)
+    assert stopped["state"] == "stopped" and stopped["stopped_ms"] is not None
+    for call_id in ids:
+        info = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
+        assert info["state"] == "cancelled" and info["error"]["code"] == "call_cancelled"
+    # A stopped app takes no new work, and stopping again changes nothing.
+    r = server.request(
+        "POST",
+        f"/v1/functions/{fn}/calls",
+        token=alice.token,
+        json={"inputs": [{"args": {"data": "gAQ="}}]},
+    )
+    assert r.status_code == 404 and error_code(r) == "not_found"
+    assert server.ok("POST", f"/v1/apps/{app_id}/stop", token=alice.token) == stopped
+
+
+def test_cancel_over_http(server: ServerUnderTest) -> None:
+    alice = server.tenant("alice")
+    fn = server.new_function(alice.token, server.new_app(alice.token), server.put_blob(alice.token))
+    [call_id] = server.new_calls(alice.token, fn)
+    cancelled = server.ok("POST", f"/v1/calls/{call_id}/cancel", token=alice.token)
+    assert cancelled["state"] == "cancelled"
+    assert server.ok("POST", f"/v1/calls/{call_id}/cancel", token=alice.token) == cancelled
+    assert (
+        server.ok("GET", f"/v1/calls/{call_id}", token=alice.token, params={"wait_s": 30})["state"]
+        == "cancelled"
+    )  # finished: no waiting

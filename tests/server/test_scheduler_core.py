@@ -1,0 +1,495 @@
+"""The scheduler's pure core: scaling, placement, scale-down, failure to place."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crucible.server.scheduler.core import (
+    ContainerView,
+    FunctionDemand,
+    GpuChoice,
+    HostCapacity,
+    Plan,
+    Policy,
+    StopContainer,
+    plan,
+    retry_delay_ms,
+)
+
+NOW = 10_000_000
+POLICY = Policy(
+    unschedulable_grace_ms=10_000, container_start_timeout_ms=120_000, target_drain_ms=2_000
+)
+
+
+def fn(
+    id: str = "fn-a",
+    *,
+    cpu: float = 1.0,
+    memory_mib: int = 1024,
+    gpus: tuple[GpuChoice, ...] = (),
+    queued: int = 0,
+    running: int = 0,
+    oldest_queued_ms: int | None = None,
+    oldest_running_started_ms: int | None = None,
+    avg_exec_ms: float | None = None,
+    containers: tuple[ContainerView, ...] = (),
+    max_containers: int = 100,
+    scaledown_window_ms: int = 60_000,
+    active: bool = True,
+) -> FunctionDemand:
+    if queued and oldest_queued_ms is None:
+        oldest_queued_ms = NOW
+    return FunctionDemand(
+        id=id,
+        cpu=cpu,
+        memory_mib=memory_mib,
+        gpus=gpus,
+        queued=queued,
+        running=running,
+        oldest_queued_ms=oldest_queued_ms,
+        oldest_running_started_ms=oldest_running_started_ms,
+        avg_exec_ms=avg_exec_ms,
+        containers=containers,
+        max_containers=max_containers,
+        scaledown_window_ms=scaledown_window_ms,
+        active=active,
+    )
+
+
+def host(
+    id: str = "ho-1",
+    *,
+    cpu: float = 64.0,
+    memory_mib: int = 262_144,
+    gpus: dict[str, int] | None = None,
+    used_cpu: float = 0.0,
+    used_memory_mib: int = 0,
+    used_gpus: set[int] | None = None,
+) -> HostCapacity:
+    devices: list[tuple[int, str]] = []
+    for model, n in (gpus or {}).items():
+        devices += [(len(devices) + i, model) for i in range(n)]
+    return HostCapacity(
+        id=id,
+        cpu=cpu,
+        memory_mib=memory_mib,
+        gpus=tuple(devices),
+        used_cpu=used_cpu,
+        used_memory_mib=used_memory_mib,
+        used_gpus=set(used_gpus or ()),
+    )
+
+
+def ctr(
+    id: str,
+    *,
+    state: str = "running",
+    created_ms: int = NOW - 1_000_000,
+    last_active_ms: int = NOW,
+    busy: bool = False,
+    host_id: str = "ho-1",
+) -> ContainerView:
+    return ContainerView(
+        id=id,
+        host_id=host_id,
+        state=state,
+        created_ms=created_ms,
+        last_active_ms=last_active_ms,
+        busy=busy,
+    )
+
+
+def starts_per_host(p: Plan) -> Counter[str]:
+    return Counter(s.host_id for s in p.start)
+
+
+# -- scaling ----------------------------------------------------------------------------------
+
+
+def test_probe_container_when_nothing_is_known_about_speed() -> None:
+    p = plan(NOW, [fn(queued=500)], [host()], POLICY)
+    assert len(p.start) == 1 and p.stop == [] and p.unschedulable == []
+    s = p.start[0]
+    assert (s.function_id, s.host_id, s.cpu, s.memory_mib, s.gpu_model, s.gpu_indices) == (
+        "fn-a",
+        "ho-1",
+        1.0,
+        1024,
+        None,
+        (),
+    )
+    # A measured speed of 0 ms (too fast to measure) is no estimate either: still a probe.
+    assert len(plan(NOW, [fn(queued=500, avg_exec_ms=0.0)], [host()], POLICY).start) == 1
+    # Nothing to do, nothing started.
+    assert plan(NOW, [fn()], [host()], POLICY) == Plan()
+
+
+def test_scales_with_backlog_times_estimate_over_target_drain() -> None:
+    # 10 queued * 1 s / 2 s drain target = 5 containers.
+    assert len(plan(NOW, [fn(queued=10, avg_exec_ms=1000)], [host()], POLICY).start) == 5
+    # 7 * 1.1 s / 2 s = 3.85 → 4.
+    assert len(plan(NOW, [fn(queued=7, avg_exec_ms=1100)], [host()], POLICY).start) == 4
+    # A drain target of 10 s needs fewer.
+    slow = Policy(target_drain_ms=10_000)
+    assert len(plan(NOW, [fn(queued=10, avg_exec_ms=1000)], [host()], slow).start) == 1
+    # Before any call finished, the age of the oldest running call is the estimate:
+    # (18 + 2) * 1.5 s / 2 s = 15.
+    f = fn(queued=18, running=2, oldest_running_started_ms=NOW - 1500)
+    assert len(plan(NOW, [f], [host()], POLICY).start) == 15
+    # Once a mean is measured, it is the estimate: (18 + 2) * 1 s / 2 s = 10.
+    f = fn(queued=18, running=2, avg_exec_ms=1000, oldest_running_started_ms=NOW - 1500)
+    assert len(plan(NOW, [f], [host()], POLICY).start) == 10
+    # Never more containers than inputs: 3 * 60 s / 2 s = 90, but 3 inputs.
+    assert len(plan(NOW, [fn(queued=3, avg_exec_ms=60_000)], [host()], POLICY).start) == 3
+    # Live containers count toward the target.
+    live = tuple(ctr(f"ct-{i}", busy=True) for i in range(2))
+    p = plan(NOW, [fn(queued=10, avg_exec_ms=1000, containers=live)], [host()], POLICY)
+    assert len(p.start) == 3 and p.stop == []
+
+
+def test_capped_by_max_containers_and_by_capacity() -> None:
+    assert (
+        len(plan(NOW, [fn(queued=100, avg_exec_ms=1000, max_containers=4)], [host()], POLICY).start)
+        == 4
+    )
+    # Capacity: 2 free cores of 1 each → 2 now; the rest wait (not unschedulable).
+    small = host(cpu=4, used_cpu=2)
+    p = plan(NOW, [fn(queued=100, avg_exec_ms=1000, oldest_queued_ms=NOW - 10**6)], [small], POLICY)
+    assert len(p.start) == 2 and p.unschedulable == []
+    assert small.used_cpu == 4  # plan() takes capacity from the hosts it is given
+    # Memory caps too.
+    p = plan(
+        NOW, [fn(queued=100, avg_exec_ms=1000, memory_mib=3000)], [host(memory_mib=10_000)], POLICY
+    )
+    assert len(p.start) == 3
+    # Functions share hosts: the first (oldest work) takes what it needs, the next the rest.
+    shared = [host(cpu=3)]
+    p = plan(
+        NOW,
+        [fn("fn-a", queued=2, avg_exec_ms=2000), fn("fn-b", queued=2, avg_exec_ms=2000)],
+        shared,
+        POLICY,
+    )
+    assert Counter(s.function_id for s in p.start) == {"fn-a": 2, "fn-b": 1}
+
+
+def test_gpu_fallback_order() -> None:
+    want = (GpuChoice("H100", 1), GpuChoice("A100-80GB", 1))
+    only_a100 = [host("ho-a100", gpus={"A100-80GB": 2})]
+    [s] = plan(NOW, [fn(gpus=want, queued=1)], only_a100, POLICY).start
+    assert (s.host_id, s.gpu_model, len(s.gpu_indices)) == ("ho-a100", "A100-80GB", 1)
+
+    # The first choice wins wherever it fits, and the fallback takes over once it is used up.
+    hosts = [host("ho-a100", gpus={"A100-80GB": 2}), host("ho-h100", gpus={"H100": 1})]
+    p = plan(NOW, [fn(gpus=want, queued=4, avg_exec_ms=10_000)], hosts, POLICY)
+    assert [s.gpu_model for s in p.start] == ["H100", "A100-80GB", "A100-80GB"]
+    assert [s.host_id for s in p.start] == ["ho-h100", "ho-a100", "ho-a100"]
+    assert sorted(i for s in p.start[1:] for i in s.gpu_indices) == [0, 1]
+    assert p.unschedulable == []
+
+    # Counts: H100:2 needs two free H100s on one host.
+    hosts = [host("ho-1", gpus={"H100": 1}), host("ho-2", gpus={"H100": 4}, used_gpus={0, 1})]
+    [s] = plan(NOW, [fn(gpus=(GpuChoice("H100", 2),), queued=1)], hosts, POLICY).start
+    assert (s.host_id, s.gpu_indices) == ("ho-2", (2, 3))
+
+
+def test_best_fit_packs_and_keeps_big_hosts_for_big_requests() -> None:
+    hosts = [host("ho-big", cpu=64), host("ho-small", cpu=4)]
+    [s] = plan(NOW, [fn(queued=1)], hosts, POLICY).start
+    assert s.host_id == "ho-small"
+
+    hosts = [host("ho-8", gpus={"H100": 8}), host("ho-1", gpus={"H100": 1})]
+    small = fn("fn-small", gpus=(GpuChoice("H100", 1),), queued=1)
+    big = fn("fn-big", gpus=(GpuChoice("H100", 8),), queued=1)
+    p = plan(NOW, [small, big], hosts, POLICY)
+    assert {(s.function_id, s.host_id) for s in p.start} == {
+        ("fn-small", "ho-1"),
+        ("fn-big", "ho-8"),
+    }
+    # Ties go to the lower host id, so plans are deterministic.
+    p = plan(NOW, [fn(queued=1)], [host("ho-b", cpu=4), host("ho-a", cpu=4)], POLICY)
+    assert p.start[0].host_id == "ho-a"
+
+
+# -- unschedulable ---------------------------------------------------------------------------
+
+
+def test_unschedulable_only_after_the_grace_and_only_when_nothing_can_ever_fit() -> None:
+    too_big: dict[str, Any] = {"cpu": 128.0, "queued": 3}
+    hosts = [host("ho-1", cpu=64), host("ho-2", cpu=32, gpus={"L4": 2})]
+    early = plan(NOW, [fn(**too_big, oldest_queued_ms=NOW - 9_999)], hosts, POLICY)
+    assert early == Plan()
+    late = plan(NOW, [fn(**too_big, oldest_queued_ms=NOW - 10_000)], hosts, POLICY)
+    assert late.start == [] and [u.function_id for u in late.unschedulable] == ["fn-a"]
+    message = late.unschedulable[0].message
+    assert "cpu=128" in message and "64 cores" in message and "1xL4" not in message
+    assert "2xL4" in message  # what the largest hosts have, to help fix the request
+
+    # Busy but big enough hosts: the calls wait, however long.
+    busy = [host("ho-1", gpus={"H100": 2}, used_gpus={0, 1})]
+    f = fn(gpus=(GpuChoice("H100", 2),), queued=1, oldest_queued_ms=NOW - 10**9)
+    assert plan(NOW, [f], busy, POLICY) == Plan()
+    # A fallback that some host could run keeps it schedulable.
+    f = fn(
+        gpus=(GpuChoice("H100", 16), GpuChoice("H100", 2)), queued=1, oldest_queued_ms=NOW - 10**9
+    )
+    assert plan(NOW, [f], busy, POLICY).unschedulable == []
+    # Every choice impossible: unschedulable, and the message lists them.
+    f = fn(
+        gpus=(GpuChoice("H100", 16), GpuChoice("B200", 1)), queued=1, oldest_queued_ms=NOW - 10**9
+    )
+    [u] = plan(NOW, [f], busy, POLICY).unschedulable
+    assert "H100:16 or B200:1" in u.message
+    # No host at all.
+    [u] = plan(NOW, [fn(queued=1, oldest_queued_ms=NOW - 10**9)], [], POLICY).unschedulable
+    assert "no host is registered" in u.message
+    # A big host that is only briefly away (known, not live) keeps the calls waiting for it.
+    lost_big = [host("ho-big", cpu=256)]
+    f = fn(**too_big, oldest_queued_ms=NOW - 10**9)
+    assert plan(NOW, [f], hosts, POLICY, known_hosts=hosts + lost_big) == Plan()
+    [u] = plan(NOW, [f], hosts, POLICY, known_hosts=hosts).unschedulable
+
+
+# -- scale-down and replacement --------------------------------------------------------------
+
+
+def test_idle_containers_stop_after_the_window() -> None:
+    window = 60_000
+    containers = (
+        ctr("ct-old", last_active_ms=NOW - window),
+        ctr("ct-recent", last_active_ms=NOW - window + 1),
+        ctr("ct-busy", last_active_ms=NOW - 10 * window, busy=True),
+        ctr("ct-pending", state="pending", created_ms=NOW - 1000, last_active_ms=NOW - 10 * window),
+    )
+    p = plan(NOW, [fn(containers=containers, scaledown_window_ms=window)], [host()], POLICY)
+    assert p.stop == [StopContainer("ct-old", "idle")] and p.start == []
+
+    # With a backlog, only the surplus over the target stops, the longest idle first.
+    idle = tuple(ctr(f"ct-{i}", last_active_ms=NOW - window - i) for i in range(4))
+    p = plan(NOW, [fn(queued=1, containers=idle)], [host()], POLICY)
+    assert p.stop == [
+        StopContainer("ct-3", "idle"),
+        StopContainer("ct-2", "idle"),
+        StopContainer("ct-1", "idle"),
+    ]
+    # A window of zero scales to zero at once.
+    p = plan(
+        NOW,
+        [fn(containers=(ctr("ct-1", last_active_ms=NOW),), scaledown_window_ms=0)],
+        [host()],
+        POLICY,
+    )
+    assert p.stop == [StopContainer("ct-1", "idle")]
+
+
+def test_containers_that_never_start_are_replaced() -> None:
+    timeout = POLICY.container_start_timeout_ms
+    containers = (
+        ctr("ct-stuck", state="pending", created_ms=NOW - timeout),
+        ctr("ct-slow", state="starting", created_ms=NOW - timeout + 1),
+        ctr("ct-ok", state="running", created_ms=NOW - 100 * timeout, busy=True),
+    )
+    p = plan(
+        NOW, [fn(queued=10, running=1, avg_exec_ms=400, containers=containers)], [host()], POLICY
+    )
+    # Target: 11 * 400 / 2000 = 2.2 → 3, two live after the stuck one goes → one replacement.
+    assert p.stop == [StopContainer("ct-stuck", "start_timeout")]
+    assert len(p.start) == 1
+
+
+def test_a_stopped_app_stops_all_its_containers() -> None:
+    timeout = POLICY.container_start_timeout_ms
+    containers = (
+        ctr("ct-1", busy=True),
+        ctr("ct-2", state="starting", created_ms=NOW - 5),
+        ctr("ct-3", state="pending", created_ms=NOW - timeout),
+    )
+    p = plan(
+        NOW,
+        [fn(queued=50, avg_exec_ms=1000, containers=containers, active=False)],
+        [host()],
+        POLICY,
+    )
+    assert p.start == [] and p.unschedulable == []
+    assert sorted(p.stop, key=lambda s: s.container_id) == [
+        StopContainer("ct-1", "app_stopped"),
+        StopContainer("ct-2", "app_stopped"),
+        StopContainer("ct-3", "start_timeout"),
+    ]
+
+
+# -- properties -------------------------------------------------------------------------------
+
+MODELS = ("H100", "A100-80GB", "L4")
+QUARTERS = st.integers(1, 64).map(lambda q: q / 4)  # exact in binary: sums never round
+
+
+@st.composite
+def hosts_strategy(draw: st.DrawFn) -> list[HostCapacity]:
+    out = []
+    for n in range(draw(st.integers(0, 6))):
+        cpu_q = draw(st.integers(1, 256))
+        memory = draw(st.integers(1024, 1 << 20))
+        models = draw(st.lists(st.sampled_from(MODELS), max_size=8))
+        indices = draw(
+            st.lists(st.integers(0, 63), min_size=len(models), max_size=len(models), unique=True)
+        )
+        gpus = tuple(zip(indices, models, strict=True))
+        used = draw(st.sets(st.sampled_from(indices))) if indices else set()
+        out.append(
+            HostCapacity(
+                id=f"ho-{n}",
+                cpu=cpu_q / 4,
+                memory_mib=memory,
+                gpus=gpus,
+                used_cpu=draw(st.integers(0, cpu_q) | st.just(0)) / 4,
+                used_memory_mib=draw(st.integers(0, memory) | st.just(0)),
+                used_gpus=used,
+            )
+        )
+    return out
+
+
+@st.composite
+def functions_strategy(draw: st.DrawFn, host_ids: list[str]) -> list[FunctionDemand]:
+    out = []
+    for n in range(draw(st.integers(0, 6))):
+        containers = tuple(
+            ctr(
+                f"ct-{n}-{i}",
+                state=draw(st.sampled_from(["pending", "starting", "running"])),
+                created_ms=NOW - draw(st.integers(0, 300_000)),
+                last_active_ms=NOW - draw(st.integers(0, 300_000)),
+                busy=draw(st.booleans()),
+                host_id=draw(st.sampled_from(host_ids)) if host_ids else "ho-gone",
+            )
+            for i in range(draw(st.integers(0, 4)))
+        )
+        queued = draw(st.integers(0, 60) | st.integers(1, 5))
+        running = draw(st.integers(0, 8))
+        out.append(
+            fn(
+                f"fn-{n}",
+                cpu=draw(QUARTERS),
+                memory_mib=draw(st.integers(16, 1 << 14)),
+                gpus=tuple(
+                    draw(
+                        st.lists(
+                            st.builds(GpuChoice, st.sampled_from(MODELS), st.integers(1, 4)),
+                            max_size=3,
+                        )
+                    )
+                ),
+                queued=queued,
+                running=running,
+                oldest_queued_ms=NOW - draw(st.integers(0, 60_000)) if queued else None,
+                oldest_running_started_ms=NOW - draw(st.integers(0, 60_000)) if running else None,
+                avg_exec_ms=draw(st.none() | st.floats(0, 120_000)),
+                containers=containers,
+                max_containers=draw(st.integers(1, 40)),
+                scaledown_window_ms=draw(st.integers(0, 120_000)),
+                active=draw(st.sampled_from([True, True, True, False])),
+            )
+        )
+    return out
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[FunctionDemand], list[HostCapacity]]:
+    hosts = draw(hosts_strategy())
+    return draw(functions_strategy([h.id for h in hosts])), hosts
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios())
+def test_plans_never_oversubscribe_a_host(
+    scenario: tuple[list[FunctionDemand], list[HostCapacity]],
+) -> None:
+    functions, hosts = scenario
+    before = {h.id: copy.deepcopy(h) for h in hosts}
+    by_id = {f.id: f for f in functions}
+    p = plan(NOW, functions, hosts, POLICY)
+
+    for h in before.values():
+        mine = [s for s in p.start if s.host_id == h.id]
+        assert h.used_cpu + sum(s.cpu for s in mine) <= h.cpu
+        assert h.used_memory_mib + sum(s.memory_mib for s in mine) <= h.memory_mib
+        handed = [i for s in mine for i in s.gpu_indices]
+        assert len(handed) == len(set(handed)), "a GPU index was assigned twice"
+        assert not set(handed) & h.used_gpus, "a GPU in use was assigned again"
+        models = dict(h.gpus)
+        for s in mine:
+            assert all(models[i] == s.gpu_model for i in s.gpu_indices)
+    for s in p.start:
+        f = by_id[s.function_id]
+        assert s.host_id in before and f.active and f.queued + f.running > 0
+        assert (s.cpu, s.memory_mib) == (f.cpu, f.memory_mib)
+        if f.gpus:
+            assert GpuChoice(str(s.gpu_model), len(s.gpu_indices)) in f.gpus
+        else:
+            assert (s.gpu_model, s.gpu_indices) == (None, ())
+    replaced = {s.container_id for s in p.stop if s.reason == "start_timeout"}
+    for fid, n in Counter(s.function_id for s in p.start).items():
+        f = by_id[fid]
+        live = [c for c in f.containers if c.id not in replaced]
+        assert len(live) + n <= max(1, min(f.max_containers, f.queued + f.running))
+    stopped = [s.container_id for s in p.stop]
+    assert len(stopped) == len(set(stopped))
+    owned = {c.id: f for f in functions for c in f.containers}
+    assert set(stopped) <= set(owned)
+    for f in functions:
+        if not f.active:
+            assert {c.id for c in f.containers} <= set(stopped)
+    for u in p.unschedulable:
+        f = by_id[u.function_id]
+        assert f.queued > 0 and NOW - (f.oldest_queued_ms or NOW) >= POLICY.unschedulable_grace_ms
+        choices = f.gpus or (None,)
+        for h in before.values():
+            for c in choices:
+                fits_cpu = f.cpu <= h.cpu and f.memory_mib <= h.memory_mib
+                fits_gpu = c is None or sum(1 for _, m in h.gpus if m == c.model) >= c.count
+                assert not (fits_cpu and fits_gpu), "a host could run it"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    initial=st.floats(0, 3600),
+    coefficient=st.floats(1, 10),
+    cap=st.floats(0, 3600),
+)
+def test_retry_delay_is_monotone_and_capped(initial: float, coefficient: float, cap: float) -> None:
+    delays = [retry_delay_ms(a, initial, coefficient, cap) for a in range(1, 101)]
+    assert delays == sorted(delays)
+    assert all(0 <= d <= cap * 1000 for d in delays)
+    assert delays[0] == int(min(initial, cap) * 1000)
+
+
+def test_retry_delay_examples() -> None:
+    assert [retry_delay_ms(a, 1.0, 2.0, 60.0) for a in range(1, 9)] == [
+        1000,
+        2000,
+        4000,
+        8000,
+        16000,
+        32000,
+        60000,
+        60000,
+    ]
+    assert retry_delay_ms(1, 0.0, 2.0, 60.0) == 0
+    assert retry_delay_ms(5, 1.5, 1.0, 60.0) == 1500
+    with pytest.raises(ValueError):
+        retry_delay_ms(0, 1.0, 2.0, 60.0)
+    assert math.isfinite(retry_delay_ms(100, 3600, 10, 3600))
