@@ -9,6 +9,7 @@ documentation here, and nowhere else. Nothing is read at import time: call
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -181,17 +182,40 @@ def _parse(value: str, kind: Any, env: str) -> Any:
         if lowered in ("0", "false", "no", "off", ""):
             return False
         raise ValueError(f"{env}={value!r}: expected true or false")
+    number: float
     if kind in (int, "int"):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise ValueError(f"{env}={value!r}: expected an integer") from None
-    if kind in (float, "float"):
+    elif kind in (float, "float"):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"{env}={value!r}: expected a number") from None
-    return value
+        if not math.isfinite(number):
+            raise ValueError(f"{env}={value!r}: expected a finite number")
+    else:
+        return value
+    low, high = _RANGES.get(env, (0, None))
+    if number < low or (high is not None and number > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{env}={value!r}: must be {bound}")
+    return number
+
+
+# Allowed ranges where "zero or more" is not enough; every other number must be >= 0.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "CRUCIBLE_PORT": (1, 65535),
+    "CRUCIBLE_MAX_REQUEST_BYTES": (1, None),
+    "CRUCIBLE_MAX_BLOB_BYTES": (1, None),
+    "CRUCIBLE_MAX_CONTAINERS": (1, None),
+    "CRUCIBLE_SCHEDULER_INTERVAL_S": (0.001, None),
+    "CRUCIBLE_METER_INTERVAL_S": (0.001, None),
+    "CRUCIBLE_HEARTBEAT_INTERVAL_S": (0.001, None),
+    "CRUCIBLE_HOST_TIMEOUT_S": (0.001, None),
+    "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S": (0.001, None),
+}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

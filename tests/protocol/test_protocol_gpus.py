@@ -80,12 +80,6 @@ def test_unknown_model_message_lists_the_whole_catalog() -> None:
     assert all(name in str(info.value) for name in GPU_CATALOG)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol/gpus.py parse_gpu_request checks the count with str.isdigit(), which "
-    "accepts digits such as '²' that int() refuses: ValueError escapes instead of InvalidGpuError"
-    " (same in parse_fake_gpus); use str.isdecimal() or a [0-9]+ pattern",
-)
 @pytest.mark.parametrize(
     "parse",
     [lambda: parse_gpu_request("H100:²"), lambda: parse_fake_gpus("²xH100")],
@@ -96,11 +90,6 @@ def test_unicode_digit_counts_are_invalid_gpu(parse: Callable[[], object]) -> No
         parse()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol/gpus.py parse_gpu_request treats an empty count after ':' as 1, so a "
-    "truncated request like 'H100:' is silently accepted as one GPU",
-)
 def test_a_colon_without_a_count_is_refused() -> None:
     with pytest.raises(InvalidGpuError, match="positive integer"):
         parse_gpu_request("H100:")

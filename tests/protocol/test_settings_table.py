@@ -108,12 +108,6 @@ def test_bad_values_name_the_variable(env: str, value: str, says: str) -> None:
     assert str(info.value).startswith(f"{env}={value!r}: {says}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: settings.py _parse only checks the type: negative, zero or non-finite numbers "
-    "(a negative timeout, a port of 70000, NaN intervals, max_containers=0) are accepted "
-    "and fail later, far from the variable that caused them",
-)
 @pytest.mark.parametrize(
     ("env", "value"),
     [

@@ -236,12 +236,6 @@ def test_oversized_request_bodies_are_413(make_server: MakeServer) -> None:
     assert r.status_code == 201 and r.json() == {"sha256": sha256(blob), "size": len(blob)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a body over max_request_bytes sent without Content-Length (chunked) gets 400 "
-    "'There was an error parsing the body': BodyLimit raises PayloadTooLargeError inside "
-    "receive() and FastAPI turns any exception while reading the body into a 400",
-)
 def test_oversized_chunked_body_is_413(make_server: MakeServer) -> None:
     server = make_server(max_request_bytes=1024)
     user = server.tenant("alice")
@@ -352,12 +346,6 @@ def _new_calls(server: ServerUnderTest, fx: Seeded, body: dict[str, Any]) -> htt
     return server.request("POST", f"/v1/functions/{fx.fn}/calls", token=fx.user.token, json=body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: two inputs with the same idempotency_key in one request both miss the lookup "
-    "in services/calls.py create_calls and are both inserted: the unique index "
-    "uq_calls_account_idempotency raises IntegrityError and the request gets a 500",
-)
 def test_repeated_idempotency_key_in_one_request(server: ServerUnderTest) -> None:
     fx = Seeded(server)
     arg = {"args": {"data": "gAQ="}, "idempotency_key": "same"}
@@ -367,12 +355,6 @@ def test_repeated_idempotency_key_in_one_request(server: ServerUnderTest) -> Non
     assert first == second
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: wire integers without an upper bound (CallsCreate.start_index, Payload.size, "
-    "GroupResultsRequest.indices items) overflow the Integer/BigInteger columns: "
-    "OverflowError (SQLite) or DataError (PostgreSQL) and a 500",
-)
 @pytest.mark.parametrize("case", ["start_index", "payload_size", "group_indices"])
 def test_out_of_range_integers_are_refused(server: ServerUnderTest, case: str) -> None:
     fx = Seeded(server)
@@ -390,12 +372,6 @@ def test_out_of_range_integers_are_refused(server: ServerUnderTest, case: str) -
         assert error_code(r) == "invalid_request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol/hosts.py Inventory.cpu_cores is Field(gt=0) and accepts Infinity: "
-    "PostgreSQL's json type refuses it (500); SQLite stores it and GET /v1/hosts then shows "
-    "cpu_cores null, a host with unbounded capacity",
-)
 def test_infinite_cpu_inventory_is_refused(server: ServerUnderTest) -> None:
     host = server.tenant("alice", Scope.HOST)
     body = b'{"name": "h", "inventory": {"cpu_cores": Infinity, "memory_mib": 1, "disk_mib": 0}}'
@@ -403,11 +379,6 @@ def test_infinite_cpu_inventory_is_refused(server: ServerUnderTest) -> None:
     expect_400(r, "cpu_cores")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: HostRegister accepts an inventory that lists one GPU index twice; the "
-    "scheduler core then hands both entries out (StartContainer.gpu_indices == (0, 0))",
-)
 def test_duplicate_gpu_indices_are_refused(server: ServerUnderTest) -> None:
     host = server.tenant("alice", Scope.HOST)
     gpu = {"index": 0, "model": "H100", "memory_mib": 81920, "uuid": "GPU-1"}
@@ -426,16 +397,6 @@ def test_duplicate_gpu_indices_are_refused(server: ServerUnderTest) -> None:
 def test_long_strings_do_not_500(
     server: ServerUnderTest, database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: HostRegister.agent_version has no max_length but "
-                "hosts.agent_version is String(64), and ContainerReport.reason none but "
-                "containers.exit_reason is String(32): PostgreSQL raises "
-                "StringDataRightTruncation and the request gets a 500",
-            )
-        )
     fx = Seeded(server)
     inv = {"cpu_cores": 1, "memory_mib": 1024, "disk_mib": 0}
     report = {"container_id": fx.container, "state": "exited", "exit_code": 1, "reason": "r" * 100}
@@ -459,15 +420,6 @@ def test_long_strings_do_not_500(
 def test_nul_characters_do_not_500(
     server: ServerUnderTest, database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a NUL character in any string that reaches a PostgreSQL query (path "
-                "ids, query parameters, JSON strings) raises psycopg.DataError 'PostgreSQL text "
-                "fields cannot contain NUL (0x00) bytes' and the request gets a 500",
-            )
-        )
     fx = Seeded(server)
     user = fx.user.token
     attempts = [

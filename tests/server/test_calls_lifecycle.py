@@ -418,14 +418,6 @@ def test_concurrent_claims_never_share_a_call(world: World, database_url: str) -
     assert [a.call_id for a in got2] == ids[3:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeprecationWarning,
-    reason="BUG: services/calls.py record_outputs looks up the groups of outputs it did not "
-    "hand out with Result.tuples(), deprecated in SQLAlchemy 2.1 (SADeprecationWarning; an "
-    "error under the test suite's filterwarnings=error). Iterate the rows instead: "
-    "{r.id: r.group_id for r in conn.execute(...)}",
-)
 def test_outputs_recorded_by_a_server_that_did_not_hand_them_out(world: World) -> None:
     """After a restart (or on another replica) the claim memory is empty: same result."""
     fid = world.function()
@@ -442,13 +434,6 @@ def test_outputs_recorded_by_a_server_that_did_not_hand_them_out(world: World) -
         assert row(conn, queued).state == "queued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/calls.py create_calls checks an idempotency key with a SELECT and then "
-    "INSERTs; a second request with the same key that runs while the first is uncommitted "
-    "(an SDK retrying after a timeout) misses the row, blocks on uq_calls_account_idempotency "
-    "and gets IntegrityError (a 500) instead of the first call's id",
-)
 def test_concurrent_requests_with_one_idempotency_key(world: World, database_url: str) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite serialises writers; the race needs concurrent transactions")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -94,45 +93,14 @@ def _load_pynvml() -> Any:
 
 
 # "H100-80GB": a catalog name followed by its own memory size.
-_MEMORY_SUFFIX = re.compile(r"^(?P<base>.+?)[-_ ]?(?P<gib>\d+)\s*GB?$", re.IGNORECASE)
-
-
-def _parse_fake_group(group: str) -> list[str]:
-    """One ``NxMODEL`` group → models; accepts a redundant memory suffix (``H100-80GB``).
-
-    The suffix is stripped only when it matches the catalog model's memory, so ``H100-40GB``
-    (no such card) is still refused.
-    """
-    try:
-        return parse_fake_gpus(group)
-    except InvalidGpuError as original:
-        count, sep, name = group.partition("x")
-        if not sep or not count.strip().isdigit():
-            count, name = "1", group
-        match = _MEMORY_SUFFIX.match(name.strip())
-        if match is None:
-            raise
-        try:
-            models = parse_fake_gpus(f"{count.strip()}x{match['base']}")
-        except InvalidGpuError:
-            raise original from None
-        if GPU_CATALOG[models[0]].memory_gib != int(match["gib"]):
-            raise InvalidGpuError(
-                f"fake GPU {name.strip()!r}: the catalog's {models[0]} has "
-                f"{GPU_CATALOG[models[0]].memory_gib} GB, not {match['gib']} GB"
-            ) from None
-        return models
-
-
 def fake_devices(spec: str, host_name: str) -> list[DeviceInfo]:
     """Declared devices for ``spec`` such as ``"4xH100-80GB"`` or ``"2xL4,1xA100"``.
 
     Memory comes from the catalog; UUIDs are ``GPU-fake-{host_name}-{index}`` so re-registering
     the same host declares the same devices. Raises :class:`InvalidGpuError` for unknown models.
     """
-    models = [m for group in spec.split(",") if group.strip() for m in _parse_fake_group(group)]
-    if not models:
-        raise InvalidGpuError(f"--fake-gpus {spec!r} declares no device; use e.g. '4xH100-80GB'")
+    # The catalog accepts a memory suffix that matches the model ("H100-80GB").
+    models = parse_fake_gpus(spec)
     if len(models) > 64:
         raise InvalidGpuError(
             f"--fake-gpus {spec!r} declares {len(models)} devices; the most is 64"

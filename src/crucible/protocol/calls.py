@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from crucible.protocol.common import ErrorInfo, Payload, Wire
+
+# Positions in a map group are stored as 32-bit integers.
+MAX_INDEX = 2**31 - 1 - 10_000
 
 __all__ = [
     "CallInfo",
@@ -29,7 +34,7 @@ class CallsCreate(Wire):
 
     inputs: list[InputItem] = Field(min_length=1, max_length=10_000)
     group_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
-    start_index: int = Field(default=0, ge=0)
+    start_index: int = Field(default=0, ge=0, le=MAX_INDEX)
     wait_s: float = Field(default=0.0, ge=0, le=60)
 
 
@@ -63,7 +68,7 @@ class CallList(Wire):
 class GroupResultsRequest(Wire):
     wait_s: float = Field(default=0.0, ge=0, le=60)
     limit: int = Field(default=5000, ge=1, le=50_000)
-    indices: list[int] | None = Field(
+    indices: list[Annotated[int, Field(ge=0, le=MAX_INDEX)]] | None = Field(
         default=None,
         max_length=50_000,
         description="re-read these positions even if delivered before (recovery after a lost "

@@ -19,9 +19,10 @@ __all__ = [
 
 
 class Wire(BaseModel):
-    """Base of every wire model: unknown fields are refused so typos surface as 422/400."""
+    """Base of every wire model: unknown fields are refused so typos surface as 400."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Infinity and NaN are never meaningful on the wire (and JSON stores refuse them).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Payload(Wire):
@@ -31,7 +32,7 @@ class Payload(Wire):
 
     data: str | None = None
     ref: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(default=0, ge=0)
+    size: int = Field(default=0, ge=0, le=2**53)
 
     @classmethod
     def inline(cls, raw: bytes) -> Payload:

@@ -32,14 +32,14 @@ class ContainerAssignment(Wire):
 
 
 class ContainerReport(Wire):
-    container_id: str
-    state: str  # starting | running | exited
-    pid: int | None = None
-    exit_code: int | None = None
+    container_id: str = Field(max_length=64)
+    state: str = Field(pattern=r"^(starting|running|exited)$")
+    pid: int | None = Field(default=None, ge=0, le=2**31)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     # Why it exited: "exited" (worker returned), "killed" (signal), "stopped" (asked to),
     # "start_failed", "oom".
-    reason: str | None = None
-    message: str | None = None
+    reason: str | None = Field(default=None, max_length=32)
+    message: str | None = Field(default=None, max_length=100_000)
 
 
 class InputAssignment(Wire):

@@ -78,7 +78,12 @@ def _canonical_model(raw: str) -> str:
         match = _MEMORY_SUFFIX.match(raw.strip().lower())
         if match:
             base = _CANONICAL.get(match.group(1).replace("-", "").replace("_", ""))
-            if base is not None and GPU_CATALOG[base].memory_gib == int(match.group(2)):
+            if base is not None:
+                if GPU_CATALOG[base].memory_gib != int(match.group(2)):
+                    raise InvalidGpuError(
+                        f"unknown GPU model {raw.strip()!r}: the catalog's {base} has "
+                        f"{GPU_CATALOG[base].memory_gib} GB, not {match.group(2)} GB"
+                    )
                 model = base
     if model is None:
         known = ", ".join(sorted(GPU_CATALOG))
@@ -92,10 +97,10 @@ def parse_gpu_request(text: str) -> GpuRequest:
         raise InvalidGpuError(
             f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}"
         )
-    name, _, count_text = text.partition(":")
+    name, colon, count_text = text.partition(":")
     count = 1
-    if count_text:
-        if not count_text.strip().isdigit() or int(count_text) < 1:
+    if colon:
+        if not re.fullmatch(r"[0-9]+", count_text.strip()) or int(count_text) < 1:
             raise InvalidGpuError(
                 f"GPU count in {text!r} must be a positive integer, as in 'H100:2'"
             )
@@ -140,7 +145,7 @@ def parse_fake_gpus(text: str) -> list[str]:
         if not part:
             continue
         count_text, sep, name = part.partition("x")
-        if not sep or not count_text.isdigit():
+        if not sep or not re.fullmatch(r"[0-9]+", count_text):
             count_text, name = "1", part
         count = int(count_text)
         if count < 1 or count > 64:

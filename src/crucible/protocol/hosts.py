@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from crucible.protocol.common import Wire
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -11,25 +11,33 @@ __all__ = ["DeviceInfo", "HostInfo", "HostRegister", "HostSync", "HostSyncReply"
 
 
 class DeviceInfo(Wire):
-    index: int = Field(ge=0)
-    model: str
-    memory_mib: int = Field(ge=0)
-    uuid: str
+    index: int = Field(ge=0, le=1023)
+    model: str = Field(min_length=1, max_length=64)
+    memory_mib: int = Field(ge=0, le=2**40)
+    uuid: str = Field(min_length=1, max_length=128)
     fake: bool = False
 
 
 class Inventory(Wire):
-    cpu_cores: float = Field(gt=0)
-    memory_mib: int = Field(gt=0)
-    disk_mib: int = Field(ge=0)
+    cpu_cores: float = Field(gt=0, le=100_000)
+    memory_mib: int = Field(gt=0, le=2**40)
+    disk_mib: int = Field(ge=0, le=2**50)
     gpus: list[DeviceInfo] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _distinct_devices(self) -> Inventory:
+        indices = [g.index for g in self.gpus]
+        uuids = [g.uuid for g in self.gpus]
+        if len(set(indices)) != len(indices) or len(set(uuids)) != len(uuids):
+            raise ValueError("each GPU must have its own index and UUID")
+        return self
 
 
 class HostRegister(Wire):
     name: str = Field(min_length=1, max_length=128)
     region: str = Field(default="local", max_length=64)
     inventory: Inventory
-    agent_version: str = ""
+    agent_version: str = Field(default="", max_length=64)
 
 
 class HostInfo(Wire):

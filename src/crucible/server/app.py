@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,21 +53,32 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length":
+                # The HTTP server reads exactly this many bytes, so checking it is enough.
+                if value.isdigit() and int(value) > self.limit:
+                    await _send_error(send, PayloadTooLargeError(self._message()))
+                    return
+                await self.app(scope, receive, send)
+                return
+        # No length given (chunked): read up to the limit here, then replay to the app.
+        buffered: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
                 await _send_error(send, PayloadTooLargeError(self._message()))
                 return
-        seen = 0
+            if not message.get("more_body", False):
+                break
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise PayloadTooLargeError(self._message())
-            return message
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
 
-        await self.app(scope, limited, send)
+        await self.app(scope, replay, send)
 
     def _message(self) -> str:
         return (
@@ -161,6 +173,14 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         code = _HTTP_CODES.get(exc.status_code, "error")
         body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(DataError)
+    async def on_data_error(_: Request, exc: DataError) -> JSONResponse:
+        # The store refused a value the client sent (e.g. PostgreSQL text cannot hold NUL).
+        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return _error_response(
+            InvalidRequestError(f"a value in the request cannot be stored: {detail}")
+        )
 
     @app.exception_handler(Exception)
     async def on_crash(_: Request, exc: Exception) -> JSONResponse:

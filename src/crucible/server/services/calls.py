@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.errors import (
     ContainerExitedError,
@@ -238,37 +240,24 @@ def create_calls(
     straight to those containers' waiting requests."""
     if fn.app_state != "running":
         raise NotFoundError(f"function {fn.id} belongs to a stopped app; start a new run")
+    account = principal.account_id
     first_key = req.inputs[0].idempotency_key
-    if req.group_id is not None and first_key is not None and len(req.inputs) > 1:
-        # A batch of a map is created whole or not at all: its first key stands for it.
-        seen = conn.execute(
-            _SEL_IDEMPOTENT, {"b_account": principal.account_id, "b_key": first_key}
-        ).first()
-        if seen is not None:
-            return [
-                str(r.id)
-                for r in conn.execute(
-                    select(calls.c.id)
-                    .where(
-                        calls.c.group_id == req.group_id,
-                        calls.c.account_id == principal.account_id,
-                        calls.c.idx >= req.start_index,
-                        calls.c.idx < req.start_index + len(req.inputs),
-                    )
-                    .order_by(calls.c.idx)
-                )
-            ]
+    # A batch of a map is created whole or not at all: its first input's key stands for it.
+    batch_key = first_key if req.group_id is not None and len(req.inputs) > 1 else None
+    if batch_key is not None and _known_key(conn, account, batch_key) is not None:
+        return _batch_ids(conn, account, req)
     ids: list[str] = []
     rows: list[dict[str, Any]] = []
+    keyed: list[int] = []  # positions in rows of inputs with an idempotency key
+    seen: dict[str, str] = {}  # keys met earlier in this request
     slots = [cid for cid, want in handoff for _ in range(want)]
     deadline = now_ms + int(timeout_s * 1000)
     for offset, item in enumerate(req.inputs):
-        if item.idempotency_key is not None:
-            existing = conn.execute(
-                _SEL_IDEMPOTENT, {"b_account": principal.account_id, "b_key": item.idempotency_key}
-            ).first()
-            if existing is not None:
-                ids.append(str(existing.id))
+        key = item.idempotency_key
+        if key is not None:
+            earlier = seen.get(key) or _known_key(conn, account, key)
+            if earlier is not None:
+                ids.append(earlier)
                 continue
         data, ref, size = _decode_payload(conn, principal.account_id, item.args, inline_max)
         call_id = new_id("ca")
@@ -303,8 +292,57 @@ def create_calls(
                 "delivered": False,
             }
         )
-    execute_many(conn, _INSERT_CALLS, rows)
+        if key is not None:
+            seen[key] = call_id
+            keyed.append(len(rows) - 1)
+    # Keyed inputs first, one at a time and without failing on a duplicate: a concurrent
+    # request with the same key (a retry whose first attempt is still running) may have won.
+    for row in (rows[i] for i in keyed):
+        if conn.execute(_INSERT_KEYED[conn.dialect.name], row).first() is not None:
+            continue
+        if row["idempotency_key"] == batch_key:
+            return _batch_ids(conn, account, req)
+        winner = _known_key(conn, account, row["idempotency_key"])
+        ids[ids.index(row["id"])] = winner or row["id"]
+        container = row["container_id"]
+        if handed is not None and container:
+            handed[container] = [a for a in handed[container] if a.call_id != row["id"]]
+    keyed_set = set(keyed)
+    execute_many(conn, _INSERT_CALLS, [r for i, r in enumerate(rows) if i not in keyed_set])
     return ids
+
+
+def _known_key(conn: Connection, account_id: str, key: str) -> str | None:
+    row = conn.execute(_SEL_IDEMPOTENT, {"b_account": account_id, "b_key": key}).first()
+    return None if row is None else str(row.id)
+
+
+def _batch_ids(conn: Connection, account_id: str, req: CallsCreate) -> list[str]:
+    """The calls an earlier, identical request made for this batch of a map."""
+    return [
+        str(r.id)
+        for r in conn.execute(
+            select(calls.c.id)
+            .where(
+                calls.c.group_id == req.group_id,
+                calls.c.account_id == account_id,
+                calls.c.idx >= req.start_index,
+                calls.c.idx < req.start_index + len(req.inputs),
+            )
+            .order_by(calls.c.idx)
+        )
+    ]
+
+
+_INSERT_KEYED = {
+    # RETURNING says whether the row went in (drivers disagree on rowcount here).
+    "sqlite": sqlite_insert(calls)
+    .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
+    .returning(calls.c.id),
+    "postgresql": pg_insert(calls)
+    .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
+    .returning(calls.c.id),
+}
 
 
 def get_call(conn: Connection, principal: Principal, call_id: str) -> CallInfo:
@@ -560,7 +598,8 @@ def record_outputs(
         known = groups if groups is not None else {}
         unknown = [o.call_id for o in done if o.call_id not in known]
         if unknown:
-            known = {**known, **dict(conn.execute(_SEL_GROUPS, {"b_ids": unknown}).tuples())}
+            found = {r.id: r.group_id for r in conn.execute(_SEL_GROUPS, {"b_ids": unknown})}
+            known = {**known, **found}
         for out in done:
             keys.extend(_keys_for_finished(out.call_id, known.get(out.call_id)))
     outputs = [o for o in outputs if o.status != "succeeded"]
@@ -596,7 +635,17 @@ def record_outputs(
             row, retries, error, "timed_out" if out.status == "timed_out" else "failed", now_ms
         )
         values["exec_ms"] = out.exec_ms
-        conn.execute(update(calls).where(calls.c.id == out.call_id).values(**values))
+        # Guarded like the success path: a cancel that committed meanwhile stands.
+        conn.execute(
+            update(calls)
+            .where(
+                calls.c.id == out.call_id,
+                calls.c.state == "running",
+                calls.c.container_id == container_id,
+                calls.c.attempts == out.attempt,
+            )
+            .values(**values)
+        )
         if values["state"] != "queued":
             keys.extend(_keys_for_finished(out.call_id, row.group_id))
         else:
