@@ -30,12 +30,20 @@ def run_server(settings: Settings, *, on_ready: object = None) -> None:
         log_level="warning",
         access_log=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        http=_http_protocol(),
         timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
     server.run()  # runs on the configured loop (uvloop when installed)
     state.engine.dispose()
+
+
+def _http_protocol() -> Any:
+    if not _has("httptools"):
+        return "h11"
+    from crucible.server.http_protocol import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
 
 
 def _has(module: str) -> bool:

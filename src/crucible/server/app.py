@@ -10,15 +10,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crucible import __version__
-from crucible.errors import Error, InternalError, InvalidRequestError, PayloadTooLargeError
+from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import accounts, apps, billing, blobs, calls, containers, health, hosts
 from crucible.server.api.deps import Caller
+from crucible.server.api.responses import (
+    error_response,
+    response_for_exception,
+    validation_message,
+)
 from crucible.server.blobs import LocalBlobStore
+from crucible.server.hotpath import HotPath
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
 from crucible.server.store.db import create_store_engine, migrate
@@ -101,20 +106,6 @@ async def _send_error(send: Send, err: Error) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _error_response(err: Error) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
-    return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    more = len(exc.errors()) - 5
-    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
 def build_state(settings: Settings) -> ServerState:
     """Open the store (migrating it) and the blob store."""
     engine = create_store_engine(settings.effective_database_url)
@@ -162,11 +153,11 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
 
     @app.exception_handler(Error)
     async def on_error(_: Request, exc: Error) -> JSONResponse:
-        return _error_response(exc)
+        return response_for_exception(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(InvalidRequestError(_validation_message(exc)))
+        return error_response(InvalidRequestError(validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -174,20 +165,12 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code)
 
-    @app.exception_handler(DataError)
-    async def on_data_error(_: Request, exc: DataError) -> JSONResponse:
-        # The store refused a value the client sent (e.g. PostgreSQL text cannot hold NUL).
-        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
-        return _error_response(
-            InvalidRequestError(f"a value in the request cannot be stored: {detail}")
-        )
-
     @app.exception_handler(Exception)
-    async def on_crash(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return _error_response(InternalError(f"internal server error ({type(exc).__name__})"))
+    async def on_other(_: Request, exc: Exception) -> JSONResponse:
+        return response_for_exception(exc)
 
     for module in (health, accounts, blobs, apps, calls, hosts, containers, billing):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
+    app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest
     return app

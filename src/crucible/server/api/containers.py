@@ -97,7 +97,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return ExchangeReply()
+                    return model_response(ExchangeReply())  # type: ignore[return-value]
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_S))
                 event.clear()

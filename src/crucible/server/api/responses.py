@@ -1,16 +1,30 @@
-"""Responses for the hot routes.
+"""Responses: the hot routes' direct serialization, and the one error shape.
 
 FastAPI validates a returned model against the route's response model before serializing it.
 The hot routes build their replies from the store or from validated requests, so they
 serialize directly; their annotations still describe the response in the OpenAPI document.
+
+Every error leaves the server as ``{"error": {"code": ..., "message": ...}}``; the FastAPI
+exception handlers and the hot path (server/hotpath.py) both answer through
+:func:`response_for_exception`.
 """
 
 from __future__ import annotations
 
-from fastapi import Response
-from pydantic import BaseModel
+import logging
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["model_response"]
+from fastapi import Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DataError
+
+from crucible.errors import Error, InternalError, InvalidRequestError
+
+__all__ = ["error_response", "model_response", "response_for_exception", "validation_message"]
+
+log = logging.getLogger("crucible.server")
 
 
 def model_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -19,3 +33,35 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
         status_code=status_code,
         media_type="application/json",
     )
+
+
+def error_response(err: Error) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
+    return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """A pydantic error list as one line that names the fields."""
+    parts = []
+    for e in list(errors)[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    more = len(errors) - 5
+    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def response_for_exception(exc: Exception) -> JSONResponse:
+    """The error response for anything a handler raised; unexpected exceptions are logged and
+    answered 500 without details."""
+    if isinstance(exc, Error):
+        return error_response(exc)
+    if isinstance(exc, ValidationError):
+        return error_response(InvalidRequestError(validation_message(exc.errors())))
+    if isinstance(exc, DataError):
+        # The store refused a value the client sent (e.g. PostgreSQL text cannot hold NUL).
+        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return error_response(
+            InvalidRequestError(f"a value in the request cannot be stored: {detail}")
+        )
+    log.error("internal error", exc_info=exc)
+    return error_response(InternalError(f"internal server error ({type(exc).__name__})"))

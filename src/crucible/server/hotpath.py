@@ -1,0 +1,105 @@
+"""The hot path: the two routes every call crosses, served without the framework's per-request
+machinery.
+
+A ``.remote()`` is one ``POST /v1/functions/{id}/calls`` from the SDK and one
+``POST /v1/containers/{id}/exchange`` from the worker. Routing, dependency injection and the
+response-model round trip cost about as much server time as the work itself, so this ASGI
+middleware answers those two routes directly: it reads the body (within the same size
+limit), authenticates with the same dependency, validates with the same wire model, and calls
+the very route functions FastAPI would call. Everything else, and the OpenAPI description of
+these routes, stays with FastAPI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from crucible.errors import PayloadTooLargeError
+from crucible.protocol.calls import CallsCreate
+from crucible.protocol.containers import Exchange
+from crucible.server.api import calls, containers, deps
+from crucible.server.api.responses import response_for_exception
+from crucible.server.auth import Principal
+from crucible.server.state import ServerState
+
+__all__ = ["HotPath"]
+
+Handler = Callable[[str, Any, Principal, ServerState], Awaitable[Response]]
+Auth = Callable[[Request], Awaitable[Principal]]
+
+_ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Auth, Handler]] = [
+    (
+        re.compile(r"^/v1/functions/([^/]+)/calls$"),
+        CallsCreate,
+        deps.builder,
+        calls.create_calls,  # type: ignore[list-item]
+    ),
+    (
+        re.compile(r"^/v1/containers/([^/]+)/exchange$"),
+        Exchange,
+        deps.container,
+        containers.exchange,  # type: ignore[list-item]
+    ),
+]
+
+
+class HotPath:
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.limit = state.settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            for pattern, model, auth, handler in _ROUTES:
+                match = pattern.match(path)
+                if match is not None:
+                    response = await self._serve(scope, receive, match[1], model, auth, handler)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        object_id: str,
+        model: type[BaseModel],
+        auth: Auth,
+        handler: Handler,
+    ) -> Response:
+        try:
+            body = await self._body(receive)
+            request = Request(scope, receive)
+            principal = await auth(request)
+            req = model.model_validate_json(body or b"{}")
+            return await handler(object_id, req, principal, self.state)
+        except Exception as exc:  # every error leaves in the one error shape
+            return response_for_exception(exc)
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise PayloadTooLargeError(
+                    f"request body is over the {self.limit}-byte limit; send fewer inputs per "
+                    "request or pass large values as blobs"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
