@@ -170,31 +170,31 @@ def _keys_for_finished(call_id: str, group_id: str | None) -> list[str]:
 
 
 def call_info(row: Any) -> CallInfo:
-    # Rows come from our own store: build the models without validating them again.
+    # From plain data: pydantic validates a dict (in Rust) faster than model_construct builds
+    # a model in Python, which matters for the thousands of results of a map.
     result = None
     if row.state == "succeeded":
         if row.output_ref:
-            result = Payload.model_construct(ref=row.output_ref, size=row.output_size)
+            result = {"ref": row.output_ref, "size": row.output_size}
         elif row.output is not None:
-            result = Payload.model_construct(
-                data=base64.b64encode(row.output).decode(), size=row.output_size
-            )
-    error = ErrorInfo.model_validate(row.error) if row.error and row.state != "succeeded" else None
-    return CallInfo.model_construct(
-        id=row.id,
-        function_id=row.function_id,
-        app_id=row.app_id,
-        state=row.state,
-        attempts=row.attempts,
-        created_ms=row.created_ms,
-        started_ms=row.started_ms,
-        finished_ms=row.finished_ms,
-        group_id=row.group_id,
-        index=row.idx,
-        result=result,
-        error=error,
-        exec_ms=row.exec_ms,
-        cost_micros=row.cost_micros,
+            result = {"data": base64.b64encode(row.output).decode(), "size": row.output_size}
+    return CallInfo.model_validate(
+        {
+            "id": row.id,
+            "function_id": row.function_id,
+            "app_id": row.app_id,
+            "state": row.state,
+            "attempts": row.attempts,
+            "created_ms": row.created_ms,
+            "started_ms": row.started_ms,
+            "finished_ms": row.finished_ms,
+            "group_id": row.group_id,
+            "index": row.idx,
+            "result": result,
+            "error": row.error if row.error and row.state != "succeeded" else None,
+            "exec_ms": row.exec_ms,
+            "cost_micros": row.cost_micros,
+        }
     )
 
 
@@ -513,14 +513,12 @@ def claim_inputs(
         if groups is not None:
             groups[r.id] = r.group_id
         if r.input_ref:
-            args = Payload.model_construct(ref=r.input_ref, size=r.input_size)
+            args = {"ref": r.input_ref, "size": r.input_size}
         else:
-            args = Payload.model_construct(
-                data=base64.b64encode(r.input or b"").decode(), size=r.input_size
-            )
+            args = {"data": base64.b64encode(r.input or b"").decode(), "size": r.input_size}
         out.append(
-            InputAssignment.model_construct(
-                call_id=r.id, attempt=r.attempts + 1, args=args, timeout_s=timeout_s
+            InputAssignment.model_validate(
+                {"call_id": r.id, "attempt": r.attempts + 1, "args": args, "timeout_s": timeout_s}
             )
         )
     return out
