@@ -2,7 +2,8 @@
 machinery.
 
 A ``.remote()`` is one ``POST /v1/functions/{id}/calls`` from the SDK and one
-``POST /v1/containers/{id}/exchange`` from the worker. Routing, dependency injection and the
+``POST /v1/containers/{id}/exchange`` from the worker; a ``.map()`` adds
+``POST /v1/groups/{id}/results``. Routing, dependency injection and the
 response-model round trip cost about as much server time as the work itself, so this ASGI
 middleware answers those two routes directly: it reads the body (within the same size
 limit), authenticates with the same dependency, validates with the same wire model, and calls
@@ -22,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crucible.errors import PayloadTooLargeError
-from crucible.protocol.calls import CallsCreate
+from crucible.protocol.calls import CallsCreate, GroupResultsRequest
 from crucible.protocol.containers import Exchange
 from crucible.server.api import calls, containers, deps
 from crucible.server.api.responses import response_for_exception
@@ -40,6 +41,12 @@ _ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Auth, Handler]] = [
         CallsCreate,
         deps.builder,
         calls.create_calls,  # type: ignore[list-item]
+    ),
+    (
+        re.compile(r"^/v1/groups/([^/]+)/results$"),
+        GroupResultsRequest,
+        deps.builder,
+        calls.group_results,  # type: ignore[list-item]
     ),
     (
         re.compile(r"^/v1/containers/([^/]+)/exchange$"),

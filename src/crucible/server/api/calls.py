@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Response
 
 from crucible.protocol.calls import (
     CallInfo,
@@ -130,15 +133,18 @@ async def group_results(
     """Finished calls of a ``.map`` group, each delivered once; waits up to ``wait_s`` for at
     least one when none is ready and some are outstanding."""
 
-    def check() -> GroupResults | None:
+    def read() -> tuple[list[dict[str, Any]], int]:
         with state.engine.begin() as conn:
-            res = svc.group_results(conn, who, group_id, req.limit, req.indices)
-        return res if res.results or res.outstanding == 0 or req.indices is not None else None
+            return svc.group_results_data(conn, who, group_id, req.limit, req.indices)
+
+    def check() -> tuple[list[dict[str, Any]], int] | None:
+        results, outstanding = found = read()
+        return found if results or outstanding == 0 or req.indices is not None else None
 
     found = None
     if req.wait_s > 0:
         found = await long_poll(state.wakeups, [f"group:{group_id}"], check, req.wait_s)
-    if found is None:
-        with state.engine.begin() as conn:
-            found = svc.group_results(conn, who, group_id, req.limit, req.indices)
-    return model_response(found)  # type: ignore[return-value]
+    results, outstanding = found if found is not None else read()
+    # Built from the store's rows in the shape of GroupResults; serialized without models.
+    body = orjson.dumps({"results": results, "outstanding": outstanding})
+    return Response(body, media_type="application/json")  # type: ignore[return-value]

@@ -172,30 +172,33 @@ def _keys_for_finished(call_id: str, group_id: str | None) -> list[str]:
 def call_info(row: Any) -> CallInfo:
     # From plain data: pydantic validates a dict (in Rust) faster than model_construct builds
     # a model in Python, which matters for the thousands of results of a map.
+    return CallInfo.model_validate(call_info_dict(row))
+
+
+def call_info_dict(row: Any) -> dict[str, Any]:
+    """A stored call as the wire's CallInfo, in plain data (for routes that serialize many)."""
     result = None
     if row.state == "succeeded":
         if row.output_ref:
             result = {"ref": row.output_ref, "size": row.output_size}
         elif row.output is not None:
             result = {"data": base64.b64encode(row.output).decode(), "size": row.output_size}
-    return CallInfo.model_validate(
-        {
-            "id": row.id,
-            "function_id": row.function_id,
-            "app_id": row.app_id,
-            "state": row.state,
-            "attempts": row.attempts,
-            "created_ms": row.created_ms,
-            "started_ms": row.started_ms,
-            "finished_ms": row.finished_ms,
-            "group_id": row.group_id,
-            "index": row.idx,
-            "result": result,
-            "error": row.error if row.error and row.state != "succeeded" else None,
-            "exec_ms": row.exec_ms,
-            "cost_micros": row.cost_micros,
-        }
-    )
+    return {
+        "id": row.id,
+        "function_id": row.function_id,
+        "app_id": row.app_id,
+        "state": row.state,
+        "attempts": row.attempts,
+        "created_ms": row.created_ms,
+        "started_ms": row.started_ms,
+        "finished_ms": row.finished_ms,
+        "group_id": row.group_id,
+        "index": row.idx,
+        "result": result,
+        "error": row.error if row.error and row.state != "succeeded" else None,
+        "exec_ms": row.exec_ms,
+        "cost_micros": row.cost_micros,
+    }
 
 
 def _decode_payload(
@@ -384,6 +387,20 @@ def group_results(
     limit: int,
     indices: Sequence[int] | None,
 ) -> GroupResults:
+    """Finished calls of a group not delivered before (each is delivered once), or the given
+    positions again; and how many calls of the group are unfinished."""
+    results, outstanding = group_results_data(conn, principal, group_id, limit, indices)
+    return GroupResults.model_validate({"results": results, "outstanding": outstanding})
+
+
+def group_results_data(
+    conn: Connection,
+    principal: Principal,
+    group_id: str,
+    limit: int,
+    indices: Sequence[int] | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """:func:`group_results` as plain data, for the route that sends thousands at a time."""
     base = and_(calls.c.group_id == group_id, calls.c.account_id == principal.account_id)
     terminal = calls.c.state.in_(TERMINAL_STATES)
     if indices is not None:
@@ -408,7 +425,7 @@ def group_results(
         .select_from(calls)
         .where(base, calls.c.delivered.is_(False), calls.c.state.in_(("queued", "running")))
     ).scalar_one()
-    return GroupResults(results=[call_info(r) for r in rows], outstanding=outstanding)
+    return [call_info_dict(r) for r in rows], int(outstanding)
 
 
 def cancel_call(
