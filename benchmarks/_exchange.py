@@ -7,6 +7,7 @@ with the product's default settings unless ``env`` overrides some. Nothing here 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -35,6 +36,7 @@ __all__ = [
     "print_table",
     "rss_kib",
     "summarize_ms",
+    "wait_quiet",
     "write_results",
 ]
 
@@ -102,7 +104,9 @@ class Exchange:
     Use as a context manager; ``client()`` gives an SDK client of a fresh builder account.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, keep: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, keep: bool = False, probe: bool = False
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
         self.home = self.root / "server-home"
         self.db_path = self.root / "store.db"
@@ -111,6 +115,8 @@ class Exchange:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
         self.keep = keep
+        # probe: run the server under _server_probe.py (request and SQL statement counters)
+        self.probe_out = self.root / "server-probe.json" if probe else None
         self.server: subprocess.Popen[bytes] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self._admin: Transport | None = None
@@ -125,7 +131,14 @@ class Exchange:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # keep the logs of a failed run
+            self.keep = True
+            codes = {
+                name: (p.poll() if p is not None else None)
+                for name, p in (("server", self.server), ("agent", self.agent))
+            }
+            print(f"exchange failed; exit codes {codes}; logs kept in {self.root}", file=sys.stderr)
         self.close()
 
     def _env(self, home: Path) -> dict[str, str]:
@@ -139,10 +152,14 @@ class Exchange:
         env = self._env(self.home)
         env["CRUCIBLE_DATABASE_URL"] = self.database_url
         env["CRUCIBLE_PORT"] = str(self.port)
+        cmd = [sys.executable, "-m", "crucible.cli.main", "server"]
+        if self.probe_out is not None:
+            env["CRUCIBLE_BENCH_PROBE_OUT"] = str(self.probe_out)
+            cmd = [sys.executable, str(BENCH_DIR / "_server_probe.py"), "server"]
         started = time.perf_counter()
         with open(self.root / "server.log", "ab") as log:
             self.server = subprocess.Popen(
-                [sys.executable, "-m", "crucible.cli.main", "server"],
+                cmd,
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -231,6 +248,19 @@ class Exchange:
         token = self.admin.post("/v1/tokens", {"scope": "user", "account_id": account["id"]})
         return Client(self.url, token["token"])
 
+    def probe_reset(self) -> None:
+        assert self.server is not None and self.probe_out is not None
+        self.server.send_signal(signal.SIGUSR2)
+        time.sleep(0.2)
+
+    def probe_read(self) -> dict[str, Any]:
+        """The server probe's counters (see _server_probe.py)."""
+        assert self.server is not None and self.probe_out is not None
+        self.probe_out.unlink(missing_ok=True)
+        self.server.send_signal(signal.SIGUSR1)
+        _wait_for(self.probe_out.exists, 10, "the server probe's counters")
+        return dict(json.loads(self.probe_out.read_text()))
+
     # -- processes ------------------------------------------------------------------------------
     def workers(self) -> list[int]:
         """PIDs of the container processes (children of the agent)."""
@@ -271,32 +301,40 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine spent busy since boot (from /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / _CLK_TCK
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds of all cores since boot, from /proc/stat: ``proc`` (user + nice + system:
+    time that processes' utime/stime account for), ``irq`` (hard and soft interrupts, e.g.
+    loopback TCP processing, not charged to any process) and ``steal`` (the hypervisor ran
+    something else while this VM wanted the core)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    f += [0] * (8 - len(f))
+    return {
+        "proc": (f[0] + f[1] + f[2]) / _CLK_TCK,
+        "irq": (f[5] + f[6]) / _CLK_TCK,
+        "steal": f[7] / _CLK_TCK,
+    }
 
 
 class CpuMeter:
     """CPU seconds used over a block: by this process (``sdk``), by the exchange's server,
     agent and workers when ``ex`` is given, by all our descendants together (``tree``: the
-    exchange, or Ray's raylet, GCS and workers), by the whole machine (``machine``), and
-    ``other`` = machine - sdk - tree: the load other people put on the machine meanwhile (an
-    estimate: a process that exits inside the block is not counted as ours)."""
+    exchange, or Ray's raylet, GCS and workers), by all processes on the machine
+    (``machine``), ``other`` = machine - sdk - tree: the load other people put on the machine
+    meanwhile (an estimate: a process that exits inside the block is not counted as ours),
+    plus ``irq`` (interrupt time, charged to no process) and ``steal`` (the hypervisor)."""
 
     def __init__(self, ex: Exchange | None = None) -> None:
         self.ex = ex
         self.result: dict[str, float] = {}
         self.wall_s = 0.0
 
-    def _sample(self) -> tuple[dict[str, dict[int, float]], float, float]:
+    def _sample(self) -> tuple[dict[str, dict[int, float]], dict[str, float], float]:
         out: dict[str, dict[int, float]] = {"sdk": {os.getpid(): _self_cpu()}}
         if self.ex is not None:
             for role, pids in self.ex.pids().items():
                 out[role] = {p: cpu_seconds(p) for p in pids}
         out["tree"] = {p: cpu_seconds(p) for p in descendants(os.getpid())}
-        return out, machine_busy_seconds(), time.perf_counter()
+        return out, machine_seconds(), time.perf_counter()
 
     def __enter__(self) -> CpuMeter:
         self._before = self._sample()
@@ -308,12 +346,28 @@ class CpuMeter:
         for role, now in after.items():
             prev = before.get(role, {})
             self.result[role] = round(sum(v - prev.get(p, 0.0) for p, v in now.items()), 3)
-        self.result["machine"] = round(busy - busy0, 3)
+        self.result["machine"] = round(busy["proc"] - busy0["proc"], 3)
+        self.result["irq"] = round(busy["irq"] - busy0["irq"], 3)
+        self.result["steal"] = round(busy["steal"] - busy0["steal"], 3)
         self.result["other"] = round(
             max(0.0, self.result["machine"] - self.result["sdk"] - self.result["tree"]), 3
         )
         self.wall_s = wall - wall0
         self.result["wall"] = round(self.wall_s, 3)
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.15) -> dict[str, float]:
+    """Wait (at most ``max_wait_s``) until other people's load on the machine, measured over
+    1 s as cores busy with processes not ours, is below ``threshold`` cores. Returns the last
+    measurement and how long it waited. Our own idle exchange counts as ours."""
+    start = time.perf_counter()
+    while True:
+        with CpuMeter() as cpu:
+            time.sleep(1.0)
+        other = cpu.result["other"] / max(cpu.wall_s, 1e-3)
+        waited = time.perf_counter() - start
+        if other < threshold or waited >= max_wait_s:
+            return {"other_cores": round(other, 2), "waited_s": round(waited, 1)}
 
 
 def _self_cpu() -> float:
@@ -353,19 +407,32 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     print(f"\n{title}")
     print(line)
     for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             print(line)
     print(line, flush=True)
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, cwd: Path = REPO) -> str:
     try:
         return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
         ).stdout.strip()
     except Exception:
         return ""
+
+
+def _crucible_source() -> Path:
+    """The source tree whose ``crucible`` package this process (and so the exchange's
+    processes) imports: the repo, or a snapshot put first on PYTHONPATH."""
+    import crucible
+
+    return Path(crucible.__file__).resolve().parents[2]
 
 
 def machine_info() -> dict[str, Any]:
@@ -378,10 +445,8 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     mem_kib = 0
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
     info: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
@@ -389,9 +454,11 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(mem_kib / 1024**2, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "crucible_source": str(src := _crucible_source()),
+        "git_commit": _git("rev-parse", "HEAD", cwd=src),
+        "git_dirty_src": bool(_git("status", "--porcelain", "--", "src", cwd=src)),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
     }
     try:
         from importlib.metadata import version

@@ -29,14 +29,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _bench_app  # noqa: E402
-from _exchange import (  # noqa: E402
+import _bench_app
+from _exchange import (
     CpuMeter,
     Exchange,
     machine_info,
     print_table,
     rss_kib,
     summarize_ms,
+    wait_quiet,
     write_results,
 )
 
@@ -52,8 +53,65 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+QUIET_S = [0.0]  # --wait-quiet
+
+
+def settle(section: str, out: dict[str, Any]) -> None:
+    """Record the machine's load before a section; with --wait-quiet, first wait for other
+    people's load to drop."""
+    out[f"loadavg_before_{section}"] = loadavg()
+    if QUIET_S[0] > 0:
+        q = wait_quiet(QUIET_S[0])
+        out[f"quiet_before_{section}"] = q
+        if q["other_cores"] >= 0.15:
+            log(f"  the machine is busy ({q['other_cores']} cores used by others); going on")
+
+
 def per_item_ms(cpu: dict[str, float], n: int) -> dict[str, float]:
     return {k: round(v / n * 1000, 4) for k, v in cpu.items() if k != "wall"}
+
+
+CHUNK = 200  # round trips per noise sample
+QUIET_CORES = 0.25  # a chunk is "quiet" when others kept less than this busy meanwhile
+
+
+def timed_chunks(call: Any, n: int, ex: Exchange | None) -> dict[str, Any]:
+    """Time ``n`` sequential calls, in chunks of CHUNK with a CPU meter around each, so the
+    summary can also be given over the chunks during which other people's load was low."""
+    times: list[float] = []
+    quiet: list[float] = []
+    chunks = []
+    total: dict[str, float] = {}
+    done = 0
+    while done < n:
+        k = min(CHUNK, n - done)
+        chunk: list[float] = []
+        with CpuMeter(ex) as cpu:
+            for _ in range(k):
+                t = time.perf_counter()
+                call()
+                chunk.append(time.perf_counter() - t)
+        done += k
+        others = cpu.result["other"] / max(cpu.wall_s, 1e-3)
+        chunks.append(
+            {
+                "n": k,
+                "others_cores": round(others, 2),
+                "p50_ms": round(summarize_ms(chunk)["p50_ms"], 3),
+            }
+        )
+        times += chunk
+        if others < QUIET_CORES:
+            quiet += chunk
+        for key, v in cpu.result.items():
+            total[key] = round(total.get(key, 0.0) + v, 3)
+    out: dict[str, Any] = summarize_ms(times)
+    out["quiet"] = summarize_ms(quiet) if quiet else None
+    out["quiet_threshold_cores"] = QUIET_CORES
+    out["chunks"] = chunks
+    out["cpu_s"] = total
+    out["cpu_ms_per_call"] = per_item_ms(total, n)
+    return out
 
 
 # =============================================================================================
@@ -63,16 +121,8 @@ def crucible_roundtrip(ex: Exchange, n: int, warm: int) -> dict[str, Any]:
     fn = _bench_app.noop
     for _ in range(warm):
         fn.remote()
-    times: list[float] = []
     gc.collect()
-    with CpuMeter(ex) as cpu:
-        for _ in range(n):
-            t = time.perf_counter()
-            fn.remote()
-            times.append(time.perf_counter() - t)
-    out = summarize_ms(times)
-    out["cpu_s"] = cpu.result
-    out["cpu_ms_per_call"] = per_item_ms(cpu.result, n)
+    out = timed_chunks(fn.remote, n, ex)
     out["containers"] = len(ex.workers())
     return out
 
@@ -104,7 +154,7 @@ def crucible_map(ex: Exchange, n: int, reps: int, warm: int) -> dict[str, Any]:
             }
         )
         log(f"  crucible map rep {rep + 1}/{reps}: {n / dt:,.0f} inputs/s ({dt:.2f} s)")
-    rates = [r["inputs_per_s"] for r in runs]
+    rates: list[float] = [float(r["inputs_per_s"]) for r in runs]  # type: ignore[arg-type]
     return {"n": n, "reps": runs, "median_inputs_per_s": statistics.median(rates)}
 
 
@@ -126,7 +176,7 @@ def _container_timeline(db_path: Path, function_id: str) -> dict[str, int | None
         conn.close()
     if not c or not k:
         return {}
-    call_created, call_started, call_finished = k
+    call_created, _, call_finished = k
     ct_created, ct_started, ct_ready = c
 
     def d(a: int | None, b: int | None) -> int | None:
@@ -146,28 +196,32 @@ def crucible_cold(ex: Exchange, client: Any, runs: int) -> dict[str, Any]:
     remote_s: list[float] = []
     total_s: list[float] = []
     timelines = []
+    others: list[float] = []
     first: dict[str, Any] = {}
     for i in range(runs + 1):  # run 0 warms the agent's code cache: not counted
         if not ex.wait_workers(0, 30):
             log("  warning: a container of the previous run is still running")
         time.sleep(0.3)
-        t0 = time.perf_counter()
-        with app.run(client=client):
-            fid = fn._function_id
-            t1 = time.perf_counter()
-            fn.remote()
-            t2 = time.perf_counter()
+        with CpuMeter(ex) as cpu:
+            t0 = time.perf_counter()
+            with app.run(client=client):
+                fid = fn._function_id
+                t1 = time.perf_counter()
+                fn.remote()
+                t2 = time.perf_counter()
         assert fid is not None
+        others.append(cpu.result["other"] / max(cpu.wall_s, 1e-3))
         timeline = _container_timeline(ex.db_path, fid)
         if i == 0:
             first = {"remote_ms": round((t2 - t1) * 1000, 1), "timeline": timeline}
+            others.pop()
             continue
         remote_s.append(t2 - t1)
         total_s.append(t2 - t0)
         timelines.append(timeline)
         log(f"  crucible cold run {i}/{runs}: {(t2 - t1) * 1000:.0f} ms")
     breakdown = {
-        k: statistics.median([t[k] for t in timelines if t.get(k) is not None] or [0])
+        k: statistics.median([v for t in timelines if (v := t.get(k)) is not None] or [0])
         for k in (timelines[0] if timelines else {})
     }
     return {
@@ -176,6 +230,7 @@ def crucible_cold(ex: Exchange, client: Any, runs: int) -> dict[str, Any]:
         "median_breakdown_ms": breakdown,
         "first_run_uncached": first,
         "runs_ms": [round(s * 1000, 1) for s in remote_s],
+        "others_cores_per_run": [round(x, 2) for x in others],
     }
 
 
@@ -189,15 +244,15 @@ def run_crucible(args: argparse.Namespace, which: set[str], env: dict[str, str])
             with _bench_app.app.run(client=client):
                 if "roundtrip" in which:
                     log(f"crucible: round trip x{args.rt_n}")
-                    out["loadavg_before_roundtrip"] = loadavg()
+                    settle("roundtrip", out)
                     out["roundtrip"] = crucible_roundtrip(ex, args.rt_n, args.rt_warm)
                 if "map" in which:
                     log(f"crucible: map {args.map_n:,} x{args.map_reps}")
-                    out["loadavg_before_map"] = loadavg()
+                    settle("map", out)
                     out["map"] = crucible_map(ex, args.map_n, args.map_reps, args.map_warm)
         if "cold" in which:
             log(f"crucible: cold start x{args.cold_runs}")
-            out["loadavg_before_cold"] = loadavg()
+            settle("cold", out)
             out["cold"] = crucible_cold(ex, client, args.cold_runs)
         client.close()
         out["server_rss_kib_end"] = rss_kib(ex.server.pid) if ex.server else None
@@ -279,7 +334,9 @@ def insert_completed_calls(
     return {"rows": total, "batch": batch, "seconds": round(dt, 2), "rows_per_s": round(total / dt)}
 
 
-def api_latencies(ex: Exchange, client: Any, n_remote: int, n_list: int, n_bill: int) -> dict:
+def api_latencies(
+    ex: Exchange, client: Any, n_remote: int, n_list: int, n_bill: int
+) -> dict[str, Any]:
     t = client.transport
     remote, lists, bills = [], [], []
     for _ in range(n_remote):
@@ -320,6 +377,7 @@ def run_memory(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
             assert fid is not None and app_id is not None
             for _ in range(20):
                 _bench_app.mem_noop.remote()
+            settle("memory", out)
             out["before"] = api_latencies(ex, client, 50, 50, 20)
             time.sleep(1.0)
             out["server_rss_kib_before"] = rss_kib(pid)
@@ -385,21 +443,13 @@ def run_ray(args: argparse.Namespace, which: set[str]) -> dict[str, Any]:
             log(f"ray: round trip x{args.rt_n}")
             for _ in range(args.rt_warm):
                 ray.get(noop.remote())
-            times = []
             gc.collect()
-            out["loadavg_before_roundtrip"] = loadavg()
-            with CpuMeter() as cpu:
-                for _ in range(args.rt_n):
-                    s = time.perf_counter()
-                    ray.get(noop.remote())
-                    times.append(time.perf_counter() - s)
-            rt = summarize_ms(times)
-            rt["cpu_s"] = cpu.result
-            rt["cpu_ms_per_call"] = per_item_ms(cpu.result, args.rt_n)
-            out["roundtrip"] = rt
+            settle("roundtrip", out)
+            out["roundtrip"] = timed_chunks(lambda: ray.get(noop.remote()), args.rt_n, None)
         if "map" in which:
             log(f"ray: map {args.map_n:,} x{args.map_reps}")
             ray.get([ident.remote(i) for i in range(args.map_warm)])
+            settle("map", out)
             runs = []
             for rep in range(args.map_reps):
                 gc.collect()
@@ -426,19 +476,24 @@ def run_ray(args: argparse.Namespace, which: set[str]) -> dict[str, Any]:
             }
         if "cold" in which:
             log(f"ray: fresh actor x{args.cold_runs}")
+            settle("cold", out)
             times = []
+            others: list[float] = []
             for i in range(args.cold_runs + 1):  # the first one is not counted, as for Crucible
                 time.sleep(0.3)
-                s = time.perf_counter()
-                actor = Pinger.remote()  # type: ignore[attr-defined]
-                ray.get(actor.ping.remote())
-                dt = time.perf_counter() - s
+                with CpuMeter() as cpu:
+                    s = time.perf_counter()
+                    actor = Pinger.remote()  # type: ignore[attr-defined]
+                    ray.get(actor.ping.remote())
+                    dt = time.perf_counter() - s
                 ray.kill(actor)
                 if i:
                     times.append(dt)
+                    others.append(round(cpu.result["other"] / max(cpu.wall_s, 1e-3), 2))
             out["cold"] = {
                 "call_to_result": summarize_ms(times),
                 "runs_ms": [round(x * 1000, 1) for x in times],
+                "others_cores_per_run": others,
             }
     finally:
         ray.shutdown()
@@ -464,17 +519,67 @@ def report(res: dict[str, Any]) -> None:
         for name, side in (("Crucible", c), ("Ray", r)):
             rt = side.get("roundtrip")
             if rt:
-                rows.append([name, rt["n"], _f(rt["p50_ms"], 3), _f(rt["p90_ms"], 3),
-                             _f(rt["p99_ms"], 3), _f(rt["mean_ms"], 3), _f(rt["max_ms"], 1)])
+                rows.append(
+                    [
+                        name,
+                        rt["n"],
+                        _f(rt["p50_ms"], 3),
+                        _f(rt["p90_ms"], 3),
+                        _f(rt["p99_ms"], 3),
+                        _f(rt["mean_ms"], 3),
+                        _f(rt["max_ms"], 1),
+                    ]
+                )
+                q = rt.get("quiet")
+                if q:
+                    rows.append(
+                        [
+                            f"{name}, quiet chunks only",
+                            q["n"],
+                            _f(q["p50_ms"], 3),
+                            _f(q["p90_ms"], 3),
+                            _f(q["p99_ms"], 3),
+                            _f(q["mean_ms"], 3),
+                            _f(q["max_ms"], 1),
+                        ]
+                    )
         if "roundtrip" in c and "roundtrip" in r:
             a, b = c["roundtrip"], r["roundtrip"]
             ratio = {k: round(b[k] / a[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
             summary["roundtrip_ratio_ray_over_crucible"] = ratio
-            rows.append(["Ray/Crucible", "", ratio["p50_ms"], ratio["p90_ms"], ratio["p99_ms"],
-                         ratio["mean_ms"], ""])
+            rows.append(
+                [
+                    "Ray/Crucible",
+                    "",
+                    ratio["p50_ms"],
+                    ratio["p90_ms"],
+                    ratio["p99_ms"],
+                    ratio["mean_ms"],
+                    "",
+                ]
+            )
         rows.append(["target (Crucible)", "", "<= 1.000", "", "<= 5.000", "", ""])
-        print_table("1. one no-op call, round trip (ms)",
-                    ["", "n", "p50", "p90", "p99", "mean", "max"], rows)
+        if c.get("roundtrip", {}).get("quiet") and r.get("roundtrip", {}).get("quiet"):
+            a, b = c["roundtrip"]["quiet"], r["roundtrip"]["quiet"]
+            ratio = {k: round(b[k] / a[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+            summary["roundtrip_ratio_ray_over_crucible_quiet"] = ratio
+            rows.append(
+                [
+                    "Ray/Crucible, quiet",
+                    "",
+                    ratio["p50_ms"],
+                    ratio["p90_ms"],
+                    ratio["p99_ms"],
+                    ratio["mean_ms"],
+                    "",
+                ]
+            )
+        print_table(
+            f"1. one no-op call, round trip (ms); quiet = {CHUNK}-call chunks during "
+            f"which others kept < {QUIET_CORES} cores busy",
+            ["", "n", "p50", "p90", "p99", "mean", "max"],
+            rows,
+        )
         if "roundtrip" in c:
             summary["roundtrip_meets_target"] = (
                 c["roundtrip"]["p50_ms"] <= TARGETS["roundtrip_p50_ms"]
@@ -492,34 +597,64 @@ def report(res: dict[str, Any]) -> None:
             summary["map_ratio_crucible_over_ray"] = ratio
             rows.append(["Crucible/Ray", "", "", ratio])
         rows.append(["target (Crucible)", "", "", ">= 10,000"])
-        print_table("2. .map over tiny inputs (inputs/s)",
-                    ["", "inputs", "per repetition", "median"], rows)
+        print_table(
+            "2. .map over tiny inputs (inputs/s)", ["", "inputs", "per repetition", "median"], rows
+        )
         if "map" in c:
             summary["map_meets_target"] = (
                 c["map"]["median_inputs_per_s"] >= TARGETS["map_inputs_per_s"]
             )
     if "cold" in c or "cold" in r:
         rows = []
-        for name, side in (("Crucible (new app run, call -> result)", c),
-                           ("Ray (fresh actor, first call)", r)):
+        for name, side in (
+            ("Crucible (new app run, call -> result)", c),
+            ("Ray (fresh actor, first call)", r),
+        ):
             k = side.get("cold")
             if k:
                 s = k["call_to_result"]
-                rows.append([name, s["n"], _f(s["p50_ms"], 1), _f(s["p90_ms"], 1),
-                             _f(s["min_ms"], 1), _f(s["max_ms"], 1)])
+                o = k.get("others_cores_per_run") or []
+                rows.append(
+                    [
+                        name,
+                        s["n"],
+                        _f(s["p50_ms"], 1),
+                        _f(s["p90_ms"], 1),
+                        _f(s["min_ms"], 1),
+                        _f(s["max_ms"], 1),
+                        _f(statistics.median(o), 2) if o else "-",
+                    ]
+                )
         if "cold" in c:
             s = c["cold"]["app_run_plus_call"]
-            rows.append(["Crucible incl. app.run() setup", s["n"], _f(s["p50_ms"], 1),
-                         _f(s["p90_ms"], 1), _f(s["min_ms"], 1), _f(s["max_ms"], 1)])
-        print_table("3. cold function: call to result (ms)",
-                    ["", "n", "p50", "p90", "min", "max"], rows)
+            rows.append(
+                [
+                    "Crucible incl. app.run() setup",
+                    s["n"],
+                    _f(s["p50_ms"], 1),
+                    _f(s["p90_ms"], 1),
+                    _f(s["min_ms"], 1),
+                    _f(s["max_ms"], 1),
+                    "",
+                ]
+            )
+        print_table(
+            "3. cold function: call to result (ms)",
+            ["", "n", "p50", "p90", "min", "max", "others (cores, median)"],
+            rows,
+        )
         if "cold" in c and c["cold"]["median_breakdown_ms"]:
-            print_table("   Crucible cold start, median breakdown from the store's timestamps",
-                        ["step", "ms"],
-                        [[k, v] for k, v in c["cold"]["median_breakdown_ms"].items()])
+            print_table(
+                "   Crucible cold start, median breakdown from the store's timestamps",
+                ["step", "ms"],
+                [[k, v] for k, v in c["cold"]["median_breakdown_ms"].items()],
+            )
     m = res.get("memory")
     if m:
-        mib = lambda k: _f((m.get(k) or 0) / 1024, 1)  # noqa: E731
+
+        def mib(key: str) -> str:
+            return _f((m.get(key) or 0) / 1024, 1)
+
         print_table(
             f"4. control plane with {m['calls']:,} completed calls in the store",
             ["", "value"],
@@ -529,35 +664,87 @@ def report(res: dict[str, Any]) -> None:
                 ["server RSS after insert (MiB)", mib("server_rss_kib_after_insert")],
                 ["server RSS after API ops (MiB)", mib("server_rss_kib_after_ops")],
                 ["server peak RSS (MiB)", mib("server_peak_rss_kib")],
-                ["server RSS after restart + bill (MiB)",
-                 mib("server_rss_kib_after_restart_and_bill")],
-                ["store size before / after (MiB)",
-                 f"{m['db_bytes_before'] / 2**20:,.1f} / {m['db_bytes_after'] / 2**20:,.1f}"],
+                [
+                    "server RSS after restart + bill (MiB)",
+                    mib("server_rss_kib_after_restart_and_bill"),
+                ],
+                [
+                    "store size before / after (MiB)",
+                    f"{m['db_bytes_before'] / 2**20:,.1f} / {m['db_bytes_after'] / 2**20:,.1f}",
+                ],
                 ["restart to healthy (s)", m["restart_seconds_to_healthy"]],
             ],
         )
         rows = []
         for op in ("create_and_run_call", "list_calls_limit_20", "bill"):
             b, a = m["before"][op], m["after"][op]
-            rows.append([op, _f(b["p50_ms"], 2), _f(a["p50_ms"], 2), _f(b["p99_ms"], 2),
-                         _f(a["p99_ms"], 2)])
-        print_table("   API latency (ms), empty store vs with the rows",
-                    ["operation", "p50 before", "p50 after", "p99 before", "p99 after"], rows)
+            rows.append(
+                [op, _f(b["p50_ms"], 2), _f(a["p50_ms"], 2), _f(b["p99_ms"], 2), _f(a["p99_ms"], 2)]
+            )
+        print_table(
+            "   API latency (ms), empty store vs with the rows",
+            ["operation", "p50 before", "p50 after", "p99 before", "p99 after"],
+            rows,
+        )
     if "roundtrip" in c or "map" in c:
         rows = []
-        for label, key, per in (("round trip", "roundtrip", "cpu_ms_per_call"),
-                                ("map", "map", "cpu_ms_per_input")):
+        for label, key, per in (
+            ("round trip", "roundtrip", "cpu_ms_per_call"),
+            ("map", "map", "cpu_ms_per_input"),
+        ):
             if key not in c:
                 continue
             d = c[key][per] if key == "roundtrip" else c[key]["reps"][-1][per]
-            rows.append([f"Crucible {label}", *(_f(d.get(x), 4) for x in
-                         ("sdk", "server", "agent", "workers", "other"))])
+            rows.append(
+                [
+                    f"Crucible {label}",
+                    *(_f(d.get(x), 4) for x in ("sdk", "server", "agent", "workers", "other")),
+                ]
+            )
             if key in r:
                 d = r[key][per] if key == "roundtrip" else r[key]["reps"][-1][per]
-                rows.append([f"Ray {label}", _f(d.get("sdk"), 4), "(raylet+gcs+workers)",
-                             "", _f(d.get("tree"), 4), _f(d.get("other"), 4)])
-        print_table("   CPU ms per call/input by process (other = load not ours, noise)",
-                    ["", "sdk/driver", "server", "agent", "workers", "other"], rows)
+                rows.append(
+                    [
+                        f"Ray {label}",
+                        _f(d.get("sdk"), 4),
+                        "(raylet+gcs+workers)",
+                        "",
+                        _f(d.get("tree"), 4),
+                        _f(d.get("other"), 4),
+                    ]
+                )
+        print_table(
+            "   CPU ms per call/input by process (other = load not ours, noise)",
+            ["", "sdk/driver", "server", "agent", "workers", "other"],
+            rows,
+        )
+    rows = []
+    for name, side in (("Crucible", c), ("Ray", r)):
+        cpus = []
+        if "roundtrip" in side:
+            cpus.append(("round trip", side["roundtrip"]["cpu_s"]))
+        for i, rep in enumerate(side.get("map", {}).get("reps", [])):
+            cpus.append((f"map rep {i + 1}", rep["cpu_s"]))
+        for label, cpu in cpus:
+            wall = max(cpu.get("wall", 0.0), 1e-3)
+            rows.append(
+                [
+                    f"{name} {label}",
+                    _f(wall, 1),
+                    _f(cpu.get("machine", 0) / wall, 2),
+                    _f((cpu.get("sdk", 0) + cpu.get("tree", 0)) / wall, 2),
+                    _f(cpu.get("other", 0) / wall, 2),
+                    _f(cpu.get("irq", 0) / wall, 2),
+                    _f(cpu.get("steal", 0) / wall, 2),
+                ]
+            )
+    if rows:
+        print_table(
+            "   noise: cores busy during each measurement (2 cores in all; irq is "
+            "interrupt time, steal the hypervisor's)",
+            ["", "wall s", "processes", "ours", "others", "irq", "steal"],
+            rows,
+        )
     res["summary"] = summary
     print("\nsummary:", summary, flush=True)
 
@@ -577,15 +764,42 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cold-runs", type=int, help="cold starts measured (default 10)")
     p.add_argument("--calls", type=int, help="completed calls for `memory` (default 1000000)")
     p.add_argument("--insert-batch", type=int, default=20_000, help="rows per insert transaction")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the exchange, e.g. CRUCIBLE_SCHEDULER_INTERVAL_S=0.1")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the exchange, e.g. CRUCIBLE_SCHEDULER_INTERVAL_S=0.1",
+    )
     p.add_argument("--name", help="results file name (default bench_calls, or bench_calls-quick)")
     p.add_argument("--keep", action="store_true", help="keep the exchanges' temp dirs and logs")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each section, wait up to this long for other people's load on "
+        "the machine to drop below 0.15 cores (a shared machine)",
+    )
     a = p.parse_args(argv)
-    full = {"rt_n": 2000, "rt_warm": 200, "map_n": 50_000, "map_reps": 3, "map_warm": 2000,
-            "cold_runs": 10, "calls": 1_000_000}
-    quick = {"rt_n": 300, "rt_warm": 50, "map_n": 5_000, "map_reps": 3, "map_warm": 500,
-             "cold_runs": 3, "calls": 50_000}
+    full = {
+        "rt_n": 2000,
+        "rt_warm": 200,
+        "map_n": 50_000,
+        "map_reps": 3,
+        "map_warm": 2000,
+        "cold_runs": 10,
+        "calls": 1_000_000,
+    }
+    quick = {
+        "rt_n": 300,
+        "rt_warm": 50,
+        "map_n": 5_000,
+        "map_reps": 3,
+        "map_warm": 500,
+        "cold_runs": 3,
+        "calls": 50_000,
+    }
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -601,12 +815,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     env = dict(kv.split("=", 1) for kv in args.env)
+    QUIET_S[0] = args.wait_quiet
     res: dict[str, Any] = {
         "benchmark": "bench_calls",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("env",)} | {"env": env,
-                                                                                "selected": sorted(which)},
+        "config": {k: v for k, v in vars(args).items() if k not in ("env",)}
+        | {"env": env, "selected": sorted(which)},
         "targets": TARGETS,
     }
     started = time.perf_counter()

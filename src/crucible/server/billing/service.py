@@ -107,7 +107,10 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
     )
     if app_id:
         q = q.where(meter_intervals.c.app_id == app_id)
-        cq = cq.where(calls.c.app_id == app_id)
+        # By function rather than app: (account, function, exec_ms) is a covering index.
+        cq = cq.where(
+            calls.c.function_id.in_(select(functions.c.id).where(functions.c.app_id == app_id))
+        )
     metered = {(r.app_id, r.function_id): r for r in conn.execute(q)}
     call_stats = {r.function_id: r for r in conn.execute(cq)}
     fn_ids = {f for _, f in metered} | set(call_stats)

@@ -179,6 +179,7 @@ calls = Table(
     Index("ix_calls_account_created", "account_id", "created_ms"),
     Index("ix_calls_container", "container_id", "state"),
     Index("ix_calls_state_deadline", "state", "deadline_ms"),
+    Index("ix_calls_account_function_exec", "account_id", "function_id", "exec_ms"),
     Index(
         "uq_calls_account_idempotency",
         "account_id",
