@@ -42,6 +42,15 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert hosts[0]["state"] == "ready"
         calls = json.loads(_crucible(["calls", "--json", "--limit", "3"], env))
         assert [c["state"] for c in calls] == ["succeeded"] * 3
+        apps = json.loads(_crucible(["apps", "--json"], env))
+        assert apps[0]["name"] == "hello" and apps[0]["state"] == "stopped"
+        made = json.loads(_crucible(["token", "create", "--scope", "host", "--json"], env))
+        assert made["scope"] == "host" and made["token"].startswith("cru_")
+        listed = json.loads(_crucible(["token", "list", "--json"], env))
+        assert made["id"] in {t["id"] for t in listed}
+        _crucible(["token", "revoke", made["id"]], env)
+        listed = json.loads(_crucible(["token", "list", "--json"], env))
+        assert next(t for t in listed if t["id"] == made["id"])["revoked"] is True
     finally:
         subprocess.run(
             [sys.executable, "-m", "crucible.cli.main", "down"], env=env, timeout=60, check=False
