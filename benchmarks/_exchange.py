@@ -14,18 +14,17 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crucible.protocol.transport import Transport
 from crucible.sdk._client import Client
+from crucible.testing import LocalExchange, wait_for
 
 __all__ = [
     "CpuMeter",
@@ -44,22 +43,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 # -- /proc probes ------------------------------------------------------------------------------
@@ -98,8 +81,9 @@ def children_of(pid: int) -> list[int]:
 
 
 # -- the exchange ------------------------------------------------------------------------------
-class Exchange:
-    """A control plane and one agent (host ``bench-host``) as subprocesses.
+class Exchange(LocalExchange):
+    """A control plane and one agent (host ``bench-host``) as subprocesses, in a temporary
+    directory removed on close unless ``keep`` (or the run failed).
 
     Use as a context manager; ``client()`` gives an SDK client of a fresh builder account.
     """
@@ -107,25 +91,27 @@ class Exchange:
     def __init__(
         self, env: dict[str, str] | None = None, keep: bool = False, probe: bool = False
     ) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
-        self.home = self.root / "server-home"
-        self.db_path = self.root / "store.db"
-        self.database_url = f"sqlite:///{self.db_path}"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.extra_env = dict(env or {})
-        self.keep = keep
+        root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
         # probe: run the server under _server_probe.py (request and SQL statement counters)
-        self.probe_out = self.root / "server-probe.json" if probe else None
-        self.server: subprocess.Popen[bytes] | None = None
-        self.agent: subprocess.Popen[bytes] | None = None
-        self._admin: Transport | None = None
+        self.probe_out = root / "server-probe.json" if probe else None
+        env = dict(env or {})
+        argv = None
+        if self.probe_out is not None:
+            env["CRUCIBLE_BENCH_PROBE_OUT"] = str(self.probe_out)
+            argv = [sys.executable, str(BENCH_DIR / "_server_probe.py"), "server"]
+        super().__init__(root, env=env, server_argv=argv)
+        self.db_path = root / "store.db"
+        self.keep = keep
         self.account_id: str | None = None
+
+    @property
+    def agent(self) -> subprocess.Popen[bytes] | None:
+        return self.agents.get("bench-host")
 
     def __enter__(self) -> Exchange:
         try:
             self.start_server()
-            self.start_agent()
+            self.start_agent("bench-host")
         except BaseException:
             self.close()
             raise
@@ -141,107 +127,12 @@ class Exchange:
             print(f"exchange failed; exit codes {codes}; logs kept in {self.root}", file=sys.stderr)
         self.close()
 
-    def _env(self, home: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
-        env.update(self.extra_env)
-        env["CRUCIBLE_HOME"] = str(home)
-        return env
-
-    def start_server(self, timeout_s: float = 60) -> float:
-        """Start the server; returns seconds until /healthz answered."""
-        env = self._env(self.home)
-        env["CRUCIBLE_DATABASE_URL"] = self.database_url
-        env["CRUCIBLE_PORT"] = str(self.port)
-        cmd = [sys.executable, "-m", "crucible.cli.main", "server"]
-        if self.probe_out is not None:
-            env["CRUCIBLE_BENCH_PROBE_OUT"] = str(self.probe_out)
-            cmd = [sys.executable, str(BENCH_DIR / "_server_probe.py"), "server"]
-        started = time.perf_counter()
-        with open(self.root / "server.log", "ab") as log:
-            self.server = subprocess.Popen(
-                cmd,
-                env=env,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-            )
-        probe = Transport(self.url, None, retry_for_s=0)
-
-        def healthy() -> bool:
-            assert self.server is not None
-            if self.server.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log('server')}")
-            try:
-                return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
-            except Exception:
-                return False
-
-        _wait_for(healthy, timeout_s, "the server to answer /healthz")
-        probe.close()
-        return time.perf_counter() - started
-
-    def stop_server(self) -> None:
-        if self.server is not None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
-            self.server = None
-
-    def start_agent(self, name: str = "bench-host") -> None:
-        home = self.root / "agent-home"
-        home.mkdir(parents=True, exist_ok=True)
-        token_file = home / "token"
-        token = self.admin.post("/v1/tokens", {"scope": "host", "name": "bench"})["token"]
-        token_file.write_text(token)
-        cmd = [sys.executable, "-m", "crucible.cli.main", "agent", "--server", self.url]
-        cmd += ["--token-file", str(token_file), "--name", name]
-        with open(self.root / "agent.log", "ab") as log:
-            self.agent = subprocess.Popen(
-                cmd, env=self._env(home), stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-
-        def ready() -> bool:
-            assert self.agent is not None
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log('agent')}")
-            return any(
-                h["name"] == name and h["state"] == "ready" for h in self.admin.get("/v1/hosts")
-            )
-
-        _wait_for(ready, 60, "the agent to register")
-
     def close(self) -> None:
-        if self.agent is not None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
-            self.agent = None
-        self.stop_server()
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
+        super().close()
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def log(self, which: str) -> str:
-        path = self.root / f"{which}.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
-
-    # -- API ------------------------------------------------------------------------------------
-    @property
-    def admin(self) -> Transport:
-        if self._admin is None:
-            token = (self.home / "admin-token").read_text().strip()
-            self._admin = Transport(self.url, token)
-        return self._admin
-
-    def client(self) -> Client:
+    def client(self) -> Client:  # type: ignore[override]
         """An SDK client of a fresh builder account (its id in ``self.account_id``)."""
         account = self.admin.post("/v1/accounts", {"name": f"bench-{uuid.uuid4().hex[:8]}"})
         self.account_id = account["id"]
@@ -258,7 +149,7 @@ class Exchange:
         assert self.server is not None and self.probe_out is not None
         self.probe_out.unlink(missing_ok=True)
         self.server.send_signal(signal.SIGUSR1)
-        _wait_for(self.probe_out.exists, 10, "the server probe's counters")
+        wait_for(self.probe_out.exists, 10, "the server probe's counters")
         return dict(json.loads(self.probe_out.read_text()))
 
     # -- processes ------------------------------------------------------------------------------
@@ -276,9 +167,9 @@ class Exchange:
     def wait_workers(self, count: int = 0, timeout_s: float = 20) -> bool:
         """Wait until at most ``count`` container processes remain; False on timeout."""
         try:
-            _wait_for(lambda: len(self.workers()) <= count, timeout_s, "containers to stop")
+            wait_for(lambda: len(self.workers()) <= count, timeout_s, "containers to stop")
             return True
-        except RuntimeError:
+        except AssertionError:
             return False
 
 

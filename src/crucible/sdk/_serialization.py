@@ -10,7 +10,7 @@ from typing import Any
 
 import cloudpickle
 
-from crucible.errors import Error, RemoteError, error_from_wire
+from crucible.errors import RemoteError, error_from_wire
 from crucible.protocol.common import ErrorInfo, Payload
 
 __all__ = ["deserialize", "error_info_from_exception", "exception_from_error", "serialize"]
@@ -61,7 +61,3 @@ def exception_from_error(info: ErrorInfo) -> BaseException:
     return RemoteError(
         info.message, exc_type=info.exc_type or "", remote_traceback=info.traceback or ""
     )
-
-
-def is_crucible_error(exc: BaseException) -> bool:
-    return isinstance(exc, Error)

@@ -53,10 +53,3 @@ class Dispatcher:
         if idle is not None and not idle:
             del self._idle[function_id]
         return taken
-
-    def drop_container(self, container_id: str) -> None:
-        """A container is stopping: hand it nothing more."""
-        for function_id in list(self._idle):
-            parked = self._idle[function_id].get(container_id)
-            if parked is not None:
-                self.unpark(parked)

@@ -29,7 +29,6 @@ from crucible.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
-    ResourcesUnsatisfiableError,
 )
 from crucible.protocol.calls import CallInfo, CallsCreate, GroupResults
 from crucible.protocol.common import TERMINAL_STATES, ErrorInfo, Payload
@@ -40,7 +39,7 @@ from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.scheduler.core import retry_delay_ms
 from crucible.server.services.blobs import require_blob
 from crucible.server.store.bulk import execute_many
-from crucible.server.store.tables import calls, containers, functions
+from crucible.server.store.tables import calls, functions
 
 __all__ = [
     "call_info",
@@ -489,9 +488,6 @@ def fail_queued_calls(
     return keys
 
 
-UNSATISFIABLE = ResourcesUnsatisfiableError.code
-
-
 def claim_inputs(
     conn: Connection,
     container_id: str,
@@ -716,13 +712,6 @@ def requeue_calls_of_container(
         else:
             keys.extend(_keys_for_finished(r.id, r.group_id))
     return keys
-
-
-def container_rate(conn: Connection, container_id: str) -> int:
-    row = conn.execute(
-        select(containers.c.rate_micros_per_hour).where(containers.c.id == container_id)
-    ).first()
-    return int(row.rate_micros_per_hour) if row else 0
 
 
 def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
@@ -320,11 +320,3 @@ def mark_lost_hosts(
                 max_infra_requeues=max_infra_requeues,
             )
     return keys
-
-
-def count_live_hosts(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            select(func.count()).select_from(hosts).where(hosts.c.state == "ready")
-        ).scalar_one()
-    )

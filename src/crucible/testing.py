@@ -1,0 +1,235 @@
+"""A real exchange on this machine for tests and benchmarks: ``crucible server`` and
+``crucible agent`` as subprocesses on a free loopback port, state in a directory of yours.
+
+Nothing is simulated: the processes are the ones operators run. Builders can use it for
+their own integration tests::
+
+    from crucible.testing import LocalExchange
+
+    with LocalExchange(tmp_path) as ex:
+        client = ex.client(ex.new_account("me"))
+        with app.run(client=client):
+            assert square.remote(3) == 9
+
+Settings are passed as environment variables (``env``), e.g. short timeouts for fault tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from crucible.protocol.transport import Transport
+from crucible.sdk._client import Client
+
+__all__ = ["LocalExchange", "free_port", "wait_for"]
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class LocalExchange:
+    """A control plane and its agents as subprocesses. Logs go to ``root/<name>.log``.
+
+    ``server_argv`` replaces the server command (a benchmark may wrap it); it must accept
+    the same environment as ``python -m crucible.cli.main server``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        database_url: str | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        server_argv: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.home = root / "server-home"
+        self.database_url = database_url or f"sqlite:///{root / 'store.db'}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(env or {})
+        self.server_argv = server_argv or [sys.executable, "-m", "crucible.cli.main", "server"]
+        self.server: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._admin: Transport | None = None
+        self._host_token: str | None = None
+
+    def __enter__(self) -> LocalExchange:
+        try:
+            self.start_server()
+            self.start_agent()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- processes ----------------------------------------------------------------------------
+    def process_env(self, home: Path) -> dict[str, str]:
+        """The environment of a process of this exchange: the caller's, without its
+        CRUCIBLE_ variables, plus ``env`` and its own home."""
+        out = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+        out.update(self.env)
+        out["CRUCIBLE_HOME"] = str(home)
+        return out
+
+    def start_server(self, timeout_s: float = 60) -> float:
+        """Start the control plane; returns the seconds until /healthz answered."""
+        env = self.process_env(self.home)
+        env["CRUCIBLE_DATABASE_URL"] = self.database_url
+        env["CRUCIBLE_PORT"] = str(self.port)
+        started = time.perf_counter()
+        with open(self.root / "server.log", "ab") as log:  # the child keeps its own copy
+            self.server = subprocess.Popen(
+                self.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        probe = Transport(self.url, None, retry_for_s=0)
+
+        def healthy() -> bool:
+            assert self.server is not None
+            if self.server.poll() is not None:
+                raise AssertionError(f"server exited: {self.log('server')}")
+            try:
+                return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
+            except Exception:
+                return False
+
+        try:
+            wait_for(healthy, timeout_s, "the server to answer /healthz")
+        finally:
+            probe.close()
+        return time.perf_counter() - started
+
+    def stop_server(self, *, kill: bool = False) -> None:
+        """Stop the control plane: gracefully, or with SIGKILL (a crash)."""
+        if self.server is not None:
+            _stop(self.server, signal.SIGKILL if kill else signal.SIGTERM, 30)
+            self.server = None
+
+    def start_agent(
+        self, name: str = "host-a", *, fake_gpus: str | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start an agent for host ``name`` (``fake_gpus`` like ``"4xH100"``)."""
+        home = self.root / f"agent-{name}"
+        home.mkdir(parents=True, exist_ok=True)
+        token_file = home / "token"
+        token_file.write_text(self.host_token)
+        cmd = [sys.executable, "-m", "crucible.cli.main", "agent", "--server", self.url]
+        cmd += ["--token-file", str(token_file), "--name", name]
+        if fake_gpus:
+            cmd += ["--fake-gpus", fake_gpus, "--allow-fake-gpus"]
+        with open(self.root / f"agent-{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                cmd, env=self.process_env(home), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        self.agents[name] = proc
+        if wait:
+
+            def registered() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"agent {name} exited: {self.log(f'agent-{name}')}")
+                return self.host(name, state="ready") is not None
+
+            wait_for(registered, 60, f"agent {name} to register")
+        return proc
+
+    def kill_agent(self, name: str) -> None:
+        """SIGKILL an agent (its containers die with it)."""
+        _stop(self.agents.pop(name), signal.SIGKILL, 10)
+
+    def close(self) -> None:
+        for proc in self.agents.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.agents.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.agents.clear()
+        self.stop_server()
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def log(self, which: str) -> str:
+        """The last 5,000 characters of ``server`` or ``agent-<name>``'s log."""
+        path = self.root / f"{which}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    # -- API ----------------------------------------------------------------------------------
+    @property
+    def admin(self) -> Transport:
+        """A client with the operator's admin token (made at the server's first start)."""
+        if self._admin is None:
+            token = (self.home / "admin-token").read_text().strip()
+            self._admin = Transport(self.url, token)
+        return self._admin
+
+    @property
+    def host_token(self) -> str:
+        if self._host_token is None:
+            made = self.admin.post("/v1/tokens", {"scope": "host", "name": "local-exchange"})
+            self._host_token = str(made["token"])
+        return self._host_token
+
+    def new_account(self, name: str) -> str:
+        """A fresh tenant; returns a user token for it."""
+        account = self.admin.post("/v1/accounts", {"name": name})
+        made = self.admin.post("/v1/tokens", {"scope": "user", "account_id": account["id"]})
+        return str(made["token"])
+
+    def client(self, token: str) -> Client:
+        return Client(self.url, token)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return list(self.admin.get("/v1/hosts"))
+
+    def host(self, name: str, state: str | None = None) -> dict[str, Any] | None:
+        for h in self.hosts():
+            if h["name"] == name and (state is None or h["state"] == state):
+                return dict(h)
+        return None
