@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.errors import (
+    ConflictError,
     ContainerExitedError,
     FunctionTimeoutError,
     InvalidRequestError,
@@ -303,9 +304,15 @@ def create_calls(
         if conn.execute(_INSERT_KEYED[conn.dialect.name], row).first() is not None:
             continue
         if row["idempotency_key"] == batch_key:
+            if handed is not None:
+                handed.clear()  # nothing of this request is inserted: hand nothing over
             return _batch_ids(conn, account, req)
         winner = _known_key(conn, account, row["idempotency_key"])
-        ids[ids.index(row["id"])] = winner or row["id"]
+        if winner is None:  # the conflicting row vanished again: let the client retry
+            raise ConflictError(
+                f"idempotency key {row['idempotency_key']!r} is being used concurrently; retry"
+            )
+        ids[ids.index(row["id"])] = winner
         container = row["container_id"]
         if handed is not None and container:
             handed[container] = [a for a in handed[container] if a.call_id != row["id"]]
