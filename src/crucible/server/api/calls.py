@@ -42,6 +42,7 @@ async def create_calls(
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))
     handed: dict[str, list[InputAssignment]] = {}
+    committed = False
     try:
         with state.engine.begin() as conn:
             fn = get_function_row(conn, who, function_id)
@@ -56,9 +57,11 @@ async def create_calls(
                 timeout_s=float(fn.spec["timeout_s"]),
                 handed=handed,
             )
+        committed = True
     finally:
         for parked in taken:  # woken either way: with inputs, or to re-read the store
-            parked.handed.extend(handed.get(parked.container_id, ()))
+            if committed:
+                parked.handed.extend(handed.get(parked.container_id, ()))
             parked.event.set()
     n_handed = 0
     for assignments in handed.values():

@@ -1,0 +1,467 @@
+"""Indexed placement core: place and release tasks on a fleet without scanning it.
+
+Pure and deterministic: no I/O, no clock, no randomness. The simulator and the server drive it.
+
+Model. A node has CPU (milli-cores), memory (MiB) and zero or more GPUs of one model; each GPU
+has a free share in milli-GPUs (0..1000, 1000 = wholly free). A :class:`Request` asks for CPU,
+memory and either
+
+* nothing GPU (``num_gpu == 0``),
+* a *share of one GPU* (``num_gpu == 1`` and ``0 < gpu_milli < 1000``): that many milli-GPUs
+  on a single GPU, which may already be shared by other tasks, or
+* ``num_gpu`` *whole* GPUs on one node (``gpu_milli`` is then 1000 or 0 and ignored),
+
+restricted to the GPU models in ``models`` (empty: any model).
+
+Contracts of :class:`Cluster`:
+
+* :meth:`Cluster.place` returns a :class:`Placement` or ``None`` (nothing fits); it never
+  oversubscribes CPU, memory, a GPU's share, or whole GPUs, and ``None`` is returned only if
+  no node in the fleet fits the request (the indexes are exact, not a sample).
+* :meth:`Cluster.release` of a placement returned by this cluster restores the capacity it
+  took exactly; releasing more than was taken raises :class:`ValueError`.
+
+Indexes. For each GPU model (``""`` for GPU-less nodes) nodes sit in buckets keyed by
+(free whole GPUs, free CPU level), and nodes with a partly used GPU also in buckets keyed by
+(largest partial free share // 100, free CPU level). A decision visits only buckets whose keys
+can fit the request, in the order the policy asks (tightest or loosest first), and scores at
+most ``max_candidates`` feasible nodes. With ``indexed=False`` the cluster instead scans every
+node and scores every feasible one (the naive baseline for benchmarks and tests).
+
+Policies (see :data:`POLICIES`, :func:`make_policy`): ``best-fit`` packs (fewest free whole
+GPUs left, then least GPU share, then least CPU); ``spread`` balances (most free whole GPUs
+left, then most CPU); ``fgd`` is fragmentation-aware in the spirit of FGD (Weng et al., USENIX
+ATC 2023): it picks the node whose placement least increases the node's expected GPU
+fragmentation for a workload distribution of task classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "CPU_LEVEL_MILLI",
+    "FULL",
+    "POLICIES",
+    "BestFit",
+    "Cluster",
+    "FragmentationAware",
+    "NodeSpec",
+    "Placement",
+    "PlacementPolicy",
+    "Request",
+    "Spread",
+    "make_policy",
+    "node_fragmentation",
+]
+
+FULL = 1000
+"""Milli-share of one whole GPU."""
+CPU_LEVEL_MILLI = 4000
+"""Width of a free-CPU bucket in milli-cores."""
+_SHARE_LEVEL = 100
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node's capacity: ``gpu_count`` GPUs of ``gpu_model`` (``""`` when it has none)."""
+
+    id: str
+    cpu_milli: int
+    memory_mib: int
+    gpu_count: int = 0
+    gpu_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.cpu_milli < 0 or self.memory_mib < 0 or self.gpu_count < 0:
+            raise ValueError(f"node {self.id}: negative capacity")
+        if self.gpu_count and not self.gpu_model:
+            raise ValueError(f"node {self.id}: GPUs without a model")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one task needs. See the module docstring for the GPU forms."""
+
+    cpu_milli: int
+    memory_mib: int
+    num_gpu: int = 0
+    gpu_milli: int = 0
+    models: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.cpu_milli < 0 or self.memory_mib < 0 or self.num_gpu < 0:
+            raise ValueError("negative request")
+        if not 0 <= self.gpu_milli <= FULL:
+            raise ValueError("gpu_milli must be within 0..1000")
+        if self.num_gpu == 1 and self.gpu_milli == 0:
+            raise ValueError("a one-GPU request needs gpu_milli > 0")
+
+    @property
+    def shared(self) -> bool:
+        """True when the request is a share of one GPU."""
+        return self.num_gpu == 1 and self.gpu_milli < FULL
+
+    @property
+    def whole_gpus(self) -> int:
+        """Whole GPUs needed (0 for CPU-only and shared requests)."""
+        return 0 if self.shared else self.num_gpu
+
+    @property
+    def gpu_demand_milli(self) -> int:
+        """Total GPU milli-shares the request takes."""
+        return self.gpu_milli if self.shared else self.num_gpu * FULL
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a request went: node index, CPU and memory taken, and (GPU index, milli) taken."""
+
+    node: int
+    cpu_milli: int
+    memory_mib: int
+    gpus: tuple[tuple[int, int], ...]
+
+
+class PlacementPolicy(Protocol):
+    """How a policy steers the search and ranks feasible nodes (lower score wins)."""
+
+    name: str
+    tightest_first: bool
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]: ...
+
+
+@dataclass
+class _Index:
+    """Buckets of node ids for one GPU model: ``full[k][level]`` and ``part[q][level]``."""
+
+    full: list[list[dict[int, None]]]
+    part: list[list[dict[int, None]]]
+
+
+def _new_grid(rows: int, cols: int) -> list[list[dict[int, None]]]:
+    return [[{} for _ in range(cols)] for _ in range(rows)]
+
+
+@dataclass
+class Cluster:
+    """Mutable fleet state with indexes. Build with :meth:`from_nodes`."""
+
+    nodes: list[NodeSpec]
+    policy: PlacementPolicy
+    indexed: bool = True
+    max_candidates: int = 16
+    free_cpu: list[int] = field(default_factory=list)
+    free_mem: list[int] = field(default_factory=list)
+    gpu_free: list[list[int]] = field(default_factory=list)
+    _idx: dict[str, _Index] = field(default_factory=dict)
+    _full_key: list[tuple[int, int]] = field(default_factory=list)
+    _part_key: list[tuple[int, int] | None] = field(default_factory=list)
+    _levels: int = 1
+    _max_gpus: int = 0
+
+    @classmethod
+    def from_nodes(
+        cls,
+        nodes: Sequence[NodeSpec],
+        policy: PlacementPolicy | str = "best-fit",
+        *,
+        indexed: bool = True,
+        max_candidates: int = 16,
+    ) -> Cluster:
+        """A cluster with every node wholly free. ``policy`` is an object or a registry name."""
+        pol = make_policy(policy) if isinstance(policy, str) else policy
+        if max_candidates < 1:
+            raise ValueError("max_candidates must be >= 1")
+        c = cls(list(nodes), pol, indexed, max_candidates)
+        c._levels = max((n.cpu_milli for n in c.nodes), default=0) // CPU_LEVEL_MILLI + 1
+        c._max_gpus = max((n.gpu_count for n in c.nodes), default=0)
+        for i, n in enumerate(c.nodes):
+            c.free_cpu.append(n.cpu_milli)
+            c.free_mem.append(n.memory_mib)
+            c.gpu_free.append([FULL] * n.gpu_count)
+            if n.gpu_model not in c._idx:
+                c._idx[n.gpu_model] = _Index(
+                    _new_grid(c._max_gpus + 1, c._levels),
+                    _new_grid(FULL // _SHARE_LEVEL, c._levels),
+                )
+            c._full_key.append((-1, -1))
+            c._part_key.append(None)
+            c._reindex(i)
+        return c
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def models(self) -> list[str]:
+        """GPU models present (``""`` stands for GPU-less nodes)."""
+        return sorted(self._idx)
+
+    def free_whole(self, node: int) -> int:
+        """Wholly free GPUs on ``node``."""
+        return sum(1 for f in self.gpu_free[node] if f == FULL)
+
+    def gpu_allocated_milli(self) -> int:
+        """GPU milli-shares in use across the fleet."""
+        return sum(FULL * len(g) - sum(g) for g in self.gpu_free)
+
+    def fits(self, node: int, req: Request) -> tuple[tuple[int, int], ...] | None:
+        """The GPUs ``req`` would take on ``node`` (empty tuple for CPU-only), or ``None``."""
+        spec = self.nodes[node]
+        if self.free_cpu[node] < req.cpu_milli or self.free_mem[node] < req.memory_mib:
+            return None
+        if req.num_gpu == 0:
+            return ()
+        if req.models and spec.gpu_model not in req.models:
+            return None
+        g = self.gpu_free[node]
+        if req.shared:
+            best = -1
+            for j, f in enumerate(g):
+                if f >= req.gpu_milli and (
+                    best < 0
+                    or (f < g[best] if self.policy.tightest_first else f > g[best])
+                ):
+                    best = j
+            return None if best < 0 else ((best, req.gpu_milli),)
+        take = [j for j, f in enumerate(g) if f == FULL][: req.num_gpu]
+        if len(take) < req.num_gpu:
+            return None
+        return tuple((j, FULL) for j in take)
+
+    # ----------------------------------------------------------------- place / release
+
+    def place(self, req: Request) -> Placement | None:
+        """Place ``req`` by the policy, or return ``None`` if no node fits (state unchanged)."""
+        best: tuple[tuple[float, ...], int, tuple[tuple[int, int], ...]] | None = None
+        seen = 0
+        nodes: Iterator[int] = self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
+        for i in nodes:
+            gpus = self.fits(i, req)
+            if gpus is None:
+                continue
+            s = self.policy.score(self, i, req, gpus)
+            if best is None or (s, i) < (best[0], best[1]):
+                best = (s, i, gpus)
+            seen += 1
+            if self.indexed and seen >= self.max_candidates:
+                break
+        if best is None:
+            return None
+        _, i, gpus = best
+        self.free_cpu[i] -= req.cpu_milli
+        self.free_mem[i] -= req.memory_mib
+        for j, m in gpus:
+            self.gpu_free[i][j] -= m
+        self._reindex(i)
+        return Placement(i, req.cpu_milli, req.memory_mib, gpus)
+
+    def release(self, p: Placement) -> None:
+        """Give back what ``p`` took. Raises ``ValueError`` (state unchanged) on over-release."""
+        spec = self.nodes[p.node]
+        if (
+            self.free_cpu[p.node] + p.cpu_milli > spec.cpu_milli
+            or self.free_mem[p.node] + p.memory_mib > spec.memory_mib
+            or any(self.gpu_free[p.node][j] + m > FULL for j, m in p.gpus)
+        ):
+            raise ValueError(f"release exceeds capacity on node {spec.id}")
+        self.free_cpu[p.node] += p.cpu_milli
+        self.free_mem[p.node] += p.memory_mib
+        for j, m in p.gpus:
+            self.gpu_free[p.node][j] += m
+        self._reindex(p.node)
+
+    # ----------------------------------------------------------------- indexes
+
+    def _reindex(self, i: int) -> None:
+        idx = self._idx[self.nodes[i].gpu_model]
+        level = self.free_cpu[i] // CPU_LEVEL_MILLI
+        fk = (self.free_whole(i), level)
+        old = self._full_key[i]
+        if old != fk:
+            if old[0] >= 0:
+                del idx.full[old[0]][old[1]][i]
+            idx.full[fk[0]][fk[1]][i] = None
+            self._full_key[i] = fk
+        partial = [f for f in self.gpu_free[i] if 0 < f < FULL]
+        pk = (max(partial) // _SHARE_LEVEL, level) if partial else None
+        oldp = self._part_key[i]
+        if oldp != pk:
+            if oldp is not None:
+                del idx.part[oldp[0]][oldp[1]][i]
+            if pk is not None:
+                idx.part[pk[0]][pk[1]][i] = None
+            self._part_key[i] = pk
+
+    def _candidates(self, req: Request) -> Iterator[int]:
+        """Node ids whose bucket keys can fit ``req``, in the policy's order (may repeat)."""
+        tight = self.policy.tightest_first
+        lo_level = min(req.cpu_milli // CPU_LEVEL_MILLI, self._levels)
+        levels = range(lo_level, self._levels)
+        if not tight:
+            levels = levels[::-1]
+        if req.num_gpu == 0:
+            models = sorted(self._idx)
+        else:
+            models = sorted(m for m in self._idx if m and (not req.models or m in req.models))
+        idxs = [self._idx[m] for m in models]
+        need = 1 if req.shared else req.whole_gpus
+        ks = range(need, self._max_gpus + 1)
+        if not tight:
+            ks = ks[::-1]
+
+        def full() -> Iterator[int]:
+            for k in ks:
+                for idx in idxs:
+                    for lv in levels:
+                        yield from idx.full[k][lv]
+
+        def part() -> Iterator[int]:
+            qs = range(req.gpu_milli // _SHARE_LEVEL, FULL // _SHARE_LEVEL)
+            for q in qs if tight else qs[::-1]:
+                for idx in idxs:
+                    for lv in levels:
+                        yield from idx.part[q][lv]
+
+        if not req.shared:
+            yield from full()
+        elif tight:
+            yield from part()
+            yield from full()
+        else:
+            yield from full()
+            yield from part()
+
+
+# --------------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True)
+class BestFit:
+    """Pack: fewest free whole GPUs left, then least free GPU share, then least free CPU."""
+
+    name: str = "best-fit"
+    tightest_first: bool = True
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]:
+        g = cluster.gpu_free[node]
+        whole = sum(1 for f in g if f == FULL) - sum(1 for j, _ in gpus if g[j] == FULL)
+        share = sum(g) - sum(m for _, m in gpus)
+        return (float(whole), float(share), float(cluster.free_cpu[node] - req.cpu_milli))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Balance: most free whole GPUs left, then most free CPU."""
+
+    name: str = "spread"
+    tightest_first: bool = False
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]:
+        g = cluster.gpu_free[node]
+        whole = sum(1 for f in g if f == FULL) - sum(1 for j, _ in gpus if g[j] == FULL)
+        return (-float(whole), -float(cluster.free_cpu[node] - req.cpu_milli))
+
+
+def node_fragmentation(
+    cpu_free: int,
+    mem_free: int,
+    gpu_free: Sequence[int],
+    model: str,
+    workload: Sequence[tuple[Request, float]],
+) -> float:
+    """Expected GPU fragmentation (milli-GPUs) of one node for a workload distribution.
+
+    FGD's measure: for each task class (weight ``p``), the free GPU share that class cannot
+    use on this node counts as fragment: all of it if the class cannot run on the node at
+    all (CPU, memory, model or GPU count), else, for a shared class, the free share on GPUs
+    with less free than the class needs. Returns the weighted sum.
+    """
+    total = sum(gpu_free)
+    if total == 0:
+        return 0.0
+    whole = sum(1 for f in gpu_free if f == FULL)
+    frag = 0.0
+    for req, p in workload:
+        if req.num_gpu == 0:
+            continue  # CPU-only tasks use no GPU: FGD leaves them out of the measure
+        if (
+            req.cpu_milli > cpu_free
+            or req.memory_mib > mem_free
+            or (req.models and model not in req.models)
+        ):
+            frag += p * total
+        elif req.shared:
+            frag += p * sum(f for f in gpu_free if f < req.gpu_milli)
+        elif req.num_gpu > whole:
+            frag += p * total
+        else:
+            frag += p * sum(f for f in gpu_free if f < FULL)
+    return frag
+
+
+@dataclass(frozen=True)
+class FragmentationAware:
+    """FGD-style: least increase of expected fragmentation; ties go to best-fit order.
+
+    ``workload`` is the task-class distribution ``[(request, weight), ...]`` (weights need not
+    sum to 1); with none a small default mix of whole and shared GPU tasks is used.
+    """
+
+    workload: tuple[tuple[Request, float], ...] = ()
+    name: str = "fgd"
+    tightest_first: bool = True
+
+    def classes(self) -> tuple[tuple[Request, float], ...]:
+        return self.workload or _DEFAULT_WORKLOAD
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]:
+        g = cluster.gpu_free[node]
+        after = list(g)
+        for j, m in gpus:
+            after[j] -= m
+        model = cluster.nodes[node].gpu_model
+        w = self.classes()
+        cpu, mem = cluster.free_cpu[node], cluster.free_mem[node]
+        before_f = node_fragmentation(cpu, mem, g, model, w)
+        after_f = node_fragmentation(
+            cpu - req.cpu_milli, mem - req.memory_mib, after, model, w
+        )
+        return (after_f - before_f, *BestFit().score(cluster, node, req, gpus))
+
+
+_DEFAULT_WORKLOAD: tuple[tuple[Request, float], ...] = (
+    (Request(4000, 16384, 1, 250), 0.15),
+    (Request(6000, 24576, 1, 500), 0.25),
+    (Request(8000, 32768, 1, FULL), 0.45),
+    (Request(16000, 65536, 2, FULL), 0.05),
+    (Request(32000, 131072, 4, FULL), 0.05),
+    (Request(64000, 262144, 8, FULL), 0.05),
+)
+
+POLICIES: Mapping[str, Callable[..., PlacementPolicy]] = {
+    "best-fit": BestFit,
+    "spread": Spread,
+    "fgd": FragmentationAware,
+}
+"""Policy factories by name; ``fgd`` takes ``workload=``."""
+
+
+def make_policy(name: str, **kwargs: object) -> PlacementPolicy:
+    """The policy registered as ``name`` (``KeyError`` with the known names otherwise)."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise KeyError(f"unknown placement policy {name!r}; known: {sorted(POLICIES)}") from None
+    return factory(**kwargs)
