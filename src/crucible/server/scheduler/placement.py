@@ -22,8 +22,10 @@ Contracts of :class:`Cluster`:
   took exactly; releasing more than was taken raises :class:`ValueError`.
 
 Indexes. For each GPU model (``""`` for GPU-less nodes) nodes sit in buckets keyed by
-(free whole GPUs, free CPU level), and nodes with a partly used GPU also in buckets keyed by
-(largest partial free share // 100, free CPU level). A decision visits only buckets whose keys
+(free whole GPUs, capacity level), and nodes with a partly used GPU also in buckets keyed by
+(largest partial free share // 10, capacity level), where the capacity level combines free
+CPU (``// CPU_LEVEL_MILLI``) and free memory (its bit length, a log scale) as
+``cpu_level * MEM_LEVELS + mem_level``. A decision visits only buckets whose keys
 can fit the request, in the order the policy asks (tightest or loosest first), and scores at
 most ``max_candidates`` feasible nodes. With ``indexed=False`` the cluster instead scans every
 node and scores every feasible one (the naive baseline for benchmarks and tests).
@@ -44,6 +46,7 @@ from typing import Protocol
 __all__ = [
     "CPU_LEVEL_MILLI",
     "FULL",
+    "MEM_LEVELS",
     "POLICIES",
     "BestFit",
     "Cluster",
@@ -59,9 +62,11 @@ __all__ = [
 
 FULL = 1000
 """Milli-share of one whole GPU."""
-CPU_LEVEL_MILLI = 4000
+CPU_LEVEL_MILLI = 1000
+MEM_LEVELS = 32
+"""Memory levels: ``free_mib.bit_length()`` (free memory must stay below 2**31 MiB)."""
 """Width of a free-CPU bucket in milli-cores."""
-_SHARE_LEVEL = 100
+_SHARE_LEVEL = 10
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,15 @@ class Placement:
 class PlacementPolicy(Protocol):
     """How a policy steers the search and ranks feasible nodes (lower score wins)."""
 
-    name: str
-    tightest_first: bool
+    @property
+    def name(self) -> str:
+        """The registry name."""
+        ...
+
+    @property
+    def tightest_first(self) -> bool:
+        """Visit buckets tightest first (packing) rather than loosest first (spreading)."""
+        ...
 
     def score(
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
@@ -138,14 +150,21 @@ class PlacementPolicy(Protocol):
 
 @dataclass
 class _Index:
-    """Buckets of node ids for one GPU model: ``full[k][level]`` and ``part[q][level]``."""
+    """Buckets of node ids for one GPU model: ``full[k][level]`` and ``part[q][level]``.
 
-    full: list[list[dict[int, None]]]
-    part: list[list[dict[int, None]]]
+    ``full_mask[k]`` / ``part_mask[q]`` have bit ``level`` set iff that bucket is non-empty,
+    so a search skips empty buckets without visiting them.
+    """
+
+    full: list[dict[int, dict[int, None]]]
+    part: list[dict[int, dict[int, None]]]
+    full_mask: list[int]
+    part_mask: list[int]
 
 
-def _new_grid(rows: int, cols: int) -> list[list[dict[int, None]]]:
-    return [[{} for _ in range(cols)] for _ in range(rows)]
+def _new_grid(rows: int) -> list[dict[int, dict[int, None]]]:
+    """Rows of buckets; a row holds only its non-empty buckets, by level."""
+    return [{} for _ in range(rows)]
 
 
 @dataclass
@@ -179,7 +198,10 @@ class Cluster:
         if max_candidates < 1:
             raise ValueError("max_candidates must be >= 1")
         c = cls(list(nodes), pol, indexed, max_candidates)
-        c._levels = max((n.cpu_milli for n in c.nodes), default=0) // CPU_LEVEL_MILLI + 1
+        cpu_levels = max((n.cpu_milli for n in c.nodes), default=0) // CPU_LEVEL_MILLI + 1
+        if max((n.memory_mib for n in c.nodes), default=0).bit_length() >= MEM_LEVELS:
+            raise ValueError("node memory beyond the index's range")
+        c._levels = cpu_levels * MEM_LEVELS
         c._max_gpus = max((n.gpu_count for n in c.nodes), default=0)
         for i, n in enumerate(c.nodes):
             c.free_cpu.append(n.cpu_milli)
@@ -187,8 +209,10 @@ class Cluster:
             c.gpu_free.append([FULL] * n.gpu_count)
             if n.gpu_model not in c._idx:
                 c._idx[n.gpu_model] = _Index(
-                    _new_grid(c._max_gpus + 1, c._levels),
-                    _new_grid(FULL // _SHARE_LEVEL, c._levels),
+                    _new_grid(c._max_gpus + 1),
+                    _new_grid(FULL // _SHARE_LEVEL),
+                    [0] * (c._max_gpus + 1),
+                    [0] * (FULL // _SHARE_LEVEL),
                 )
             c._full_key.append((-1, -1))
             c._part_key.append(None)
@@ -224,8 +248,7 @@ class Cluster:
             best = -1
             for j, f in enumerate(g):
                 if f >= req.gpu_milli and (
-                    best < 0
-                    or (f < g[best] if self.policy.tightest_first else f > g[best])
+                    best < 0 or (f < g[best] if self.policy.tightest_first else f > g[best])
                 ):
                     best = j
             return None if best < 0 else ((best, req.gpu_milli),)
@@ -240,7 +263,9 @@ class Cluster:
         """Place ``req`` by the policy, or return ``None`` if no node fits (state unchanged)."""
         best: tuple[tuple[float, ...], int, tuple[tuple[int, int], ...]] | None = None
         seen = 0
-        nodes: Iterator[int] = self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
+        nodes: Iterator[int] = (
+            self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
+        )
         for i in nodes:
             gpus = self.fits(i, req)
             if gpus is None:
@@ -280,31 +305,40 @@ class Cluster:
 
     def _reindex(self, i: int) -> None:
         idx = self._idx[self.nodes[i].gpu_model]
-        level = self.free_cpu[i] // CPU_LEVEL_MILLI
+        level = (self.free_cpu[i] // CPU_LEVEL_MILLI) * MEM_LEVELS + self.free_mem[i].bit_length()
         fk = (self.free_whole(i), level)
         old = self._full_key[i]
         if old != fk:
             if old[0] >= 0:
-                del idx.full[old[0]][old[1]][i]
-            idx.full[fk[0]][fk[1]][i] = None
+                b = idx.full[old[0]][old[1]]
+                del b[i]
+                if not b:
+                    del idx.full[old[0]][old[1]]
+                    idx.full_mask[old[0]] &= ~(1 << old[1])
+            idx.full[fk[0]].setdefault(fk[1], {})[i] = None
+            idx.full_mask[fk[0]] |= 1 << fk[1]
             self._full_key[i] = fk
         partial = [f for f in self.gpu_free[i] if 0 < f < FULL]
         pk = (max(partial) // _SHARE_LEVEL, level) if partial else None
         oldp = self._part_key[i]
         if oldp != pk:
             if oldp is not None:
-                del idx.part[oldp[0]][oldp[1]][i]
+                b = idx.part[oldp[0]][oldp[1]]
+                del b[i]
+                if not b:
+                    del idx.part[oldp[0]][oldp[1]]
+                    idx.part_mask[oldp[0]] &= ~(1 << oldp[1])
             if pk is not None:
-                idx.part[pk[0]][pk[1]][i] = None
+                idx.part[pk[0]].setdefault(pk[1], {})[i] = None
+                idx.part_mask[pk[0]] |= 1 << pk[1]
             self._part_key[i] = pk
 
     def _candidates(self, req: Request) -> Iterator[int]:
         """Node ids whose bucket keys can fit ``req``, in the policy's order (may repeat)."""
         tight = self.policy.tightest_first
-        lo_level = min(req.cpu_milli // CPU_LEVEL_MILLI, self._levels)
-        levels = range(lo_level, self._levels)
-        if not tight:
-            levels = levels[::-1]
+        lo_level = (req.cpu_milli // CPU_LEVEL_MILLI) * MEM_LEVELS
+        # a node with less free memory than 2**(b-1) <= memory_mib (b its bit length) cannot fit
+        lo_mem = req.memory_mib.bit_length()
         if req.num_gpu == 0:
             models = sorted(self._idx)
         else:
@@ -315,18 +349,36 @@ class Cluster:
         if not tight:
             ks = ks[::-1]
 
+        def levels(mask: int) -> Iterator[int]:
+            m = mask >> lo_level
+            if tight:
+                while m:
+                    low = m & -m
+                    lv = low.bit_length() - 1 + lo_level
+                    if lv % MEM_LEVELS >= lo_mem:
+                        yield lv
+                    m ^= low
+            else:
+                while m:
+                    top = m.bit_length() - 1
+                    if (top + lo_level) % MEM_LEVELS >= lo_mem:
+                        yield top + lo_level
+                    m ^= 1 << top
+
         def full() -> Iterator[int]:
             for k in ks:
                 for idx in idxs:
-                    for lv in levels:
-                        yield from idx.full[k][lv]
+                    row = idx.full[k]
+                    for lv in levels(idx.full_mask[k]):
+                        yield from row[lv]
 
         def part() -> Iterator[int]:
             qs = range(req.gpu_milli // _SHARE_LEVEL, FULL // _SHARE_LEVEL)
             for q in qs if tight else qs[::-1]:
                 for idx in idxs:
-                    for lv in levels:
-                        yield from idx.part[q][lv]
+                    row = idx.part[q]
+                    for lv in levels(idx.part_mask[q]):
+                        yield from row[lv]
 
         if not req.shared:
             yield from full()
@@ -414,12 +466,26 @@ class FragmentationAware:
     """FGD-style: least increase of expected fragmentation; ties go to best-fit order.
 
     ``workload`` is the task-class distribution ``[(request, weight), ...]`` (weights need not
-    sum to 1); with none a small default mix of whole and shared GPU tasks is used.
+    sum to 1); with none a small default mix of whole and shared GPU tasks is used. Node
+    fragmentation values are memoised by node state (bounded; a pure function of its key).
     """
 
     workload: tuple[tuple[Request, float], ...] = ()
     name: str = "fgd"
     tightest_first: bool = True
+    _memo: dict[tuple[int, int, tuple[int, ...], str], float] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    _memo_max: int = field(default=200_000, compare=False, repr=False)
+
+    def _frag(self, cpu: int, mem: int, gpu_free: Sequence[int], model: str) -> float:
+        key = (cpu, mem, tuple(gpu_free), model)
+        v = self._memo.get(key)
+        if v is None:
+            if len(self._memo) >= self._memo_max:
+                self._memo.clear()
+            v = self._memo[key] = node_fragmentation(cpu, mem, gpu_free, model, self.classes())
+        return v
 
     def classes(self) -> tuple[tuple[Request, float], ...]:
         return self.workload or _DEFAULT_WORKLOAD
@@ -432,12 +498,9 @@ class FragmentationAware:
         for j, m in gpus:
             after[j] -= m
         model = cluster.nodes[node].gpu_model
-        w = self.classes()
         cpu, mem = cluster.free_cpu[node], cluster.free_mem[node]
-        before_f = node_fragmentation(cpu, mem, g, model, w)
-        after_f = node_fragmentation(
-            cpu - req.cpu_milli, mem - req.memory_mib, after, model, w
-        )
+        before_f = self._frag(cpu, mem, g, model)
+        after_f = self._frag(cpu - req.cpu_milli, mem - req.memory_mib, after, model)
         return (after_f - before_f, *BestFit().score(cluster, node, req, gpus))
 
 

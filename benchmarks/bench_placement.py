@@ -1,0 +1,206 @@
+"""Placement decisions at fleet scale: the indexed core against a naive full scan.
+
+Fleet: the openb node list (Alibaba GPU trace 2023) replicated to ``--gpus`` GPUs (default
+100,000: 24,688 nodes). Workload: requests drawn (seeded) from the openb default pod list.
+Each event is an arrival; before it, while ``--live`` placements are running, a random
+running placement is released (not timed), so the fleet stays busy and fragmented.
+
+1. Fill: arrivals on the indexed cluster until ``--live`` placements run (timed as a whole).
+2. Indexed: ``--n`` further events per policy, each ``place`` timed.
+3. Naive: the same fill state copied into a full-scan cluster (``indexed=False``: every node
+   checked and every feasible node scored), ``--naive-n`` events of the same stream.
+
+Decisions/s = decisions / time spent in ``place``; latencies include refusals (nothing fits).
+Peak memory: the fleet state's allocation (tracemalloc, at build) and the process's peak RSS.
+Prints a table and writes ``benchmarks/results/bench_placement.json``. Usage::
+
+    .venv/bin/python benchmarks/bench_placement.py                 # 100,000 GPUs
+    .venv/bin/python benchmarks/bench_placement.py --gpus 250000
+    .venv/bin/python benchmarks/bench_placement.py --quick         # 10,000 GPUs, small counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import random
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from crucible.server.scheduler.placement import (  # noqa: E402
+    Cluster,
+    Placement,
+    Request,
+    make_policy,
+)
+from crucible.sim.trace import (  # noqa: E402
+    DEFAULT_OPENB_DIR,
+    gpu_count,
+    load_nodes,
+    load_pods,
+    replicate,
+    workload_classes,
+)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_events(
+    c: Cluster,
+    reqs: Sequence[Request],
+    live: list[Placement],
+    cap: int,
+    rng: random.Random,
+    n: int,
+    lat_us: list[float] | None,
+) -> int:
+    """Run ``n`` arrival events; returns refusals. Appends per-decision latencies (µs)."""
+    refused = 0
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        while len(live) >= cap:
+            k = rng.randrange(len(live))
+            live[k], live[-1] = live[-1], live[k]
+            c.release(live.pop())
+        req = reqs[rng.randrange(len(reqs))]
+        t0 = clock()
+        p = c.place(req)
+        t1 = clock()
+        if lat_us is not None:
+            lat_us.append((t1 - t0) / 1000)
+        if p is None:
+            refused += 1
+        else:
+            live.append(p)
+    return refused
+
+
+def summary(name: str, lat: list[float], refused: int, extra: dict[str, Any]) -> dict[str, Any]:
+    total_s = sum(lat) / 1e6
+    return {
+        "name": name,
+        "decisions": len(lat),
+        "refused": refused,
+        "decisions_per_s": round(len(lat) / total_s, 1) if total_s else None,
+        "p50_us": round(percentile(lat, 0.50), 1),
+        "p99_us": round(percentile(lat, 0.99), 1),
+        "p999_us": round(percentile(lat, 0.999), 1),
+        "max_us": round(max(lat), 1),
+        **extra,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trace", default=str(DEFAULT_OPENB_DIR))
+    ap.add_argument("--gpus", type=int, default=100_000)
+    ap.add_argument("--n", type=int, default=30_000, help="timed events per indexed policy")
+    ap.add_argument("--naive-n", type=int, default=300, help="timed events for the full scan")
+    ap.add_argument("--policies", default="best-fit,spread,fgd")
+    ap.add_argument("--util", type=float, default=0.85, help="GPU share the live set aims at")
+    ap.add_argument("--fgd-classes", type=int, default=12, help="task classes fgd weighs")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--name", default="bench_placement")
+    args = ap.parse_args()
+    if args.quick:
+        args.gpus, args.n, args.naive_n = 10_000, 3_000, 200
+
+    nodes = replicate(load_nodes(args.trace), args.gpus)
+    reqs = [p.request for p in load_pods(args.trace)]
+    classes = workload_classes(reqs, max_classes=args.fgd_classes)
+    mean_gpu = sum(r.gpu_demand_milli for r in reqs) / len(reqs) / 1000
+    cap = int(args.util * gpu_count(nodes) / mean_gpu)
+    print(
+        f"fleet: {len(nodes):,} nodes, {gpu_count(nodes):,} GPUs; {len(reqs):,} openb requests "
+        f"(mean {mean_gpu:.3f} GPU); live set {cap:,} placements",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {
+        "benchmark": "placement",
+        "fleet_nodes": len(nodes),
+        "fleet_gpus": gpu_count(nodes),
+        "live_placements": cap,
+        "seed": args.seed,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for name in args.policies.split(","):
+        tracemalloc.start()
+        # fgd weighs fragmentation by the trace's own task-class distribution
+        kw: dict[str, Any] = {"workload": classes} if name == "fgd" else {}
+        c = Cluster.from_nodes(nodes, make_policy(name, **kw))
+        state_mib = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        rng = random.Random(args.seed)
+        live: list[Placement] = []
+        t0 = time.perf_counter()
+        fill_refused = run_events(c, reqs, live, cap + 1, rng, cap, None)
+        fill_s = time.perf_counter() - t0
+        util = c.gpu_allocated_milli() / (1000 * gpu_count(nodes))
+        print(
+            f"{name}: fill {cap:,} events in {fill_s:.1f}s ({fill_refused:,} refused), "
+            f"GPU allocated {util:.1%}",
+            flush=True,
+        )
+        # the naive scan starts from a copy of this state and the same rng stream
+        naive = Cluster.from_nodes(nodes, make_policy(name, **kw), indexed=False)
+        naive.free_cpu, naive.free_mem = list(c.free_cpu), list(c.free_mem)
+        naive.gpu_free = copy.deepcopy(c.gpu_free)
+        naive_live, naive_rng = list(live), copy.deepcopy(rng)
+        gc.collect()
+        lat: list[float] = []
+        refused = run_events(c, reqs, live, cap, rng, args.n, lat)
+        rows.append(
+            summary(
+                f"indexed {name}",
+                lat,
+                refused,
+                {"state_mib": round(state_mib, 1), "fill_s": round(fill_s, 2), "util": util},
+            )
+        )
+        if args.naive_n:
+            lat = []
+            refused = run_events(naive, reqs, naive_live, cap, naive_rng, args.naive_n, lat)
+            rows.append(summary(f"naive   {name}", lat, refused, {}))
+        del c, naive, live, naive_live
+        gc.collect()
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["results"] = rows
+
+    hdr = ["policy", "decisions", "refused", "dec/s", "p50 us", "p99 us", "p99.9 us", "max us"]
+    keys = ["name", "decisions", "refused", "decisions_per_s", "p50_us", "p99_us", "p999_us"]
+    print()
+    print(" | ".join(hdr))
+    for r in rows:
+        print(" | ".join(str(r[k]) for k in keys) + f" | {r['max_us']}")
+    print(f"peak RSS {out['peak_rss_mib']} MiB; fleet state (tracemalloc) ", end="")
+    print(
+        ", ".join(f"{r['name'].split()[-1]} {r['state_mib']} MiB" for r in rows if "state_mib" in r)
+    )
+    path = REPO / "benchmarks" / "results" / f"{args.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Load the Alibaba GPU cluster trace 2023 ("openb") into placement-core types.
+
+Pure apart from reading the CSV files it is pointed at. The directory is a parameter
+(:data:`DEFAULT_OPENB_DIR` is where this project keeps it).
+
+* :func:`load_nodes` reads ``openb_node_list_all_node.csv`` (or ``..._gpu_node.csv``): one
+  :class:`~crucible.server.scheduler.placement.NodeSpec` per row, GPU model as written
+  (``G1``..``G3`` are undisclosed internal types and are kept as those names; ``""`` when
+  the node has no GPU).
+* :func:`load_pods` reads ``openb_pod_list_<name>.csv``: one :class:`TracePod` per row with
+  its :class:`~crucible.server.scheduler.placement.Request` (``gpu_spec`` split on ``|``
+  into the acceptable models) and its times in seconds.
+* :func:`replicate` copies a node list until it holds at least a target number of GPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crucible.server.scheduler.placement import NodeSpec, Request
+
+__all__ = [
+    "DEFAULT_OPENB_DIR",
+    "TracePod",
+    "gpu_count",
+    "load_nodes",
+    "load_pods",
+    "replicate",
+    "workload_classes",
+]
+
+DEFAULT_OPENB_DIR = Path("/work/shared/data/traces/alibaba-openb-2023")
+
+
+@dataclass(frozen=True)
+class TracePod:
+    """One task of the trace. Times are seconds; ``None`` where the trace leaves them empty."""
+
+    name: str
+    request: Request
+    qos: str
+    phase: str
+    creation_time: int
+    deletion_time: int | None
+    scheduled_time: int | None
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(float(text)) if text else None
+
+
+def load_nodes(
+    directory: Path | str = DEFAULT_OPENB_DIR, *, gpu_only: bool = False
+) -> list[NodeSpec]:
+    """The trace's nodes in file order. ``gpu_only`` reads the 1,213-node GPU list."""
+    name = "openb_node_list_gpu_node.csv" if gpu_only else "openb_node_list_all_node.csv"
+    out: list[NodeSpec] = []
+    with open(Path(directory) / name, newline="") as f:
+        for row in csv.DictReader(f):
+            gpus = _int(row["gpu"]) or 0
+            out.append(
+                NodeSpec(
+                    id=row["sn"],
+                    cpu_milli=_int(row["cpu_milli"]) or 0,
+                    memory_mib=_int(row["memory_mib"]) or 0,
+                    gpu_count=gpus,
+                    gpu_model=(row.get("model") or "").strip() if gpus else "",
+                )
+            )
+    return out
+
+
+def load_pods(directory: Path | str = DEFAULT_OPENB_DIR, name: str = "default") -> list[TracePod]:
+    """The tasks of ``openb_pod_list_<name>.csv`` in file order (creation order)."""
+    out: list[TracePod] = []
+    with open(Path(directory) / f"openb_pod_list_{name}.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            num_gpu = _int(row["num_gpu"]) or 0
+            gpu_milli = _int(row["gpu_milli"]) or 0
+            if num_gpu == 0:
+                gpu_milli = 0
+            elif num_gpu > 1 or gpu_milli <= 0:
+                gpu_milli = 1000
+            spec = (row.get("gpu_spec") or "").strip()
+            models = frozenset(m.strip() for m in spec.split("|") if m.strip())
+            out.append(
+                TracePod(
+                    name=row["name"],
+                    request=Request(
+                        cpu_milli=_int(row["cpu_milli"]) or 0,
+                        memory_mib=_int(row["memory_mib"]) or 0,
+                        num_gpu=num_gpu,
+                        gpu_milli=gpu_milli,
+                        models=models,
+                    ),
+                    qos=row.get("qos") or "",
+                    phase=row.get("pod_phase") or "",
+                    creation_time=_int(row["creation_time"]) or 0,
+                    deletion_time=_int(row.get("deletion_time") or ""),
+                    scheduled_time=_int(row.get("scheduled_time") or ""),
+                )
+            )
+    return out
+
+
+def gpu_count(nodes: Sequence[NodeSpec]) -> int:
+    """GPUs in a node list."""
+    return sum(n.gpu_count for n in nodes)
+
+
+def replicate(nodes: Sequence[NodeSpec], target_gpus: int) -> list[NodeSpec]:
+    """Copies of ``nodes`` (ids suffixed ``-r<k>``, copy 0 keeps them) up to ``target_gpus``.
+
+    Whole copies while a whole copy still fits under the target, then a prefix of one more
+    copy until the fleet holds at least ``target_gpus`` GPUs (it overshoots by less than one
+    node's GPUs); always at least one whole copy. The fleet's mix of models, CPU-only nodes
+    and shapes is thus the trace's.
+    """
+    per = gpu_count(nodes)
+    if per <= 0:
+        raise ValueError("the node list has no GPUs to replicate")
+    out = list(nodes)
+    have = per
+    k = 1
+    while have < target_gpus:
+        for n in nodes:
+            if have >= target_gpus:
+                break
+            out.append(
+                NodeSpec(f"{n.id}-r{k}", n.cpu_milli, n.memory_mib, n.gpu_count, n.gpu_model)
+            )
+            have += n.gpu_count
+        k += 1
+    return out
+
+
+def workload_classes(
+    requests: Sequence[Request], *, max_classes: int = 16, share_step: int = 50
+) -> tuple[tuple[Request, float], ...]:
+    """The GPU task-class distribution of ``requests``, for the ``fgd`` policy.
+
+    Classes are (GPU count, GPU share rounded up to ``share_step``, acceptable models); each
+    class's request carries the mean CPU and memory of its members. CPU-only requests are
+    left out (they add no GPU fragmentation). The ``max_classes`` heaviest classes are kept,
+    weights (fractions of the kept GPU tasks) sum to 1, heaviest first.
+    """
+    groups: dict[tuple[int, int, frozenset[str]], list[Request]] = defaultdict(list)
+    for r in requests:
+        if r.num_gpu == 0:
+            continue
+        milli = min(1000, -(-r.gpu_milli // share_step) * share_step) if r.shared else 1000
+        groups[(r.num_gpu, milli, r.models)].append(r)
+    top = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0][0], kv[0][1]))[:max_classes]
+    total = sum(len(v) for _, v in top)
+    out: list[tuple[Request, float]] = []
+    for (num, milli, models), members in top:
+        cpu = sum(m.cpu_milli for m in members) // len(members)
+        mem = sum(m.memory_mib for m in members) // len(members)
+        out.append((Request(cpu, mem, num, milli, models), len(members) / total))
+    return tuple(out)
