@@ -33,7 +33,10 @@ __all__ = [
     "workload_classes",
 ]
 
-DEFAULT_OPENB_DIR = Path("/work/shared/data/traces/alibaba-openb-2023")
+_TRACE = Path("data/traces/alibaba-openb-2023")
+# The project keeps its data in shared/ beside the checkout (src/crucible/sim/ is 3 levels
+# below the checkout's root).
+DEFAULT_OPENB_DIR = Path(__file__).resolve().parents[3].parent / "shared" / _TRACE
 
 
 @dataclass(frozen=True)
