@@ -43,6 +43,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _exchange import print_table  # noqa: E402
 
 from crucible.server.market import (  # noqa: E402
     HostSpec,
@@ -240,21 +243,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    line = "  ".join("-" * w for w in widths)
-    print(f"\n{title}\n{line}")
-    for n, row in enumerate(cells):
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if n == 0:
-            print(line)
-    print(line, flush=True)
 
 
 def main() -> None:
