@@ -26,14 +26,11 @@ After the fill the loaded book is frozen out of the cyclic GC (``gc.freeze()``; 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _exchange import print_table  # noqa: E402
+from _exchange import machine_info, print_table  # noqa: E402
 
 from crucible.server.market import (  # noqa: E402
     HostSpec,
@@ -213,38 +210,6 @@ def fill(
     return n, time.perf_counter() - t0
 
 
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty_src": bool(git("status", "--porcelain", "--", "src")),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gpus", type=int, default=100_000)
@@ -266,7 +231,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     ids = Ids()
     running = Running()
-    info = machine()
+    info = machine_info()
     cpu0 = time.process_time()
     gc.collect()
 

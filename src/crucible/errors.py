@@ -3,7 +3,7 @@
 Exception tree::
 
     Error                              code               HTTP
-    ├── InvalidRequestError            invalid_request    400  (and 413/422 variants below)
+    ├── InvalidRequestError            invalid_request    400  (and the variants below)
     │   ├── PayloadTooLargeError       payload_too_large  413
     │   ├── InvalidGpuError            invalid_gpu        400
     │   └── InvalidResourcesError      invalid_resources  400
@@ -11,18 +11,20 @@ Exception tree::
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
-    ├── ResourcesUnsatisfiableError    resources_unsatisfiable  (a call state, never HTTP)
-    ├── FunctionTimeoutError           function_timeout   (a call state)
-    ├── CallCancelledError             call_cancelled     (a call state)
-    ├── ContainerExitedError           container_exited   (a call state)
+    ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
+    ├── FunctionTimeoutError           function_timeout         │ the call's error, never as an
+    ├── CallCancelledError             call_cancelled           │ HTTP status (their http_status
+    ├── ContainerExitedError           container_exited         ┘ is not used on the wire)
     ├── RemoteError                    remote_error       (the function raised an exception that
     │                                                      cannot be rebuilt on this side)
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
     └── InternalError                  internal           500
 
 The server answers every error as ``{"error": {"code": ..., "message": ...}}``; the SDK turns
-the code back into the same class with :func:`error_from_wire`. Codes are stable: they are part
-of the wire contract and documented in ``docs/reference/errors.md``.
+the code back into the same class with :func:`error_from_wire` (the framework's own
+``method_not_allowed`` and ``unsupported_media_type`` answers become a plain :class:`Error`).
+Codes are stable: they are part of the wire contract and documented in
+``docs/reference/errors.md``.
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "TERMINAL_STATES",
+    "CallState",
     "ErrorBody",
     "ErrorInfo",
     "GpuAsk",
+    "Named",
     "Payload",
     "Resources",
     "RetryPolicy",
@@ -94,13 +97,6 @@ class CallState(StrEnum):
 TERMINAL_STATES = tuple(s.value for s in CallState if s.terminal)
 
 
-def _nonempty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
 class Named(Wire):
+    # The pattern also rules out blank names.
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
-
-    _check = field_validator("name")(_nonempty)
