@@ -24,10 +24,12 @@ from crucible.errors import (
     ContainerExitedError,
     Error,
     FunctionTimeoutError,
+    InsufficientCreditError,
     InternalError,
     InvalidGpuError,
     InvalidRequestError,
     InvalidResourcesError,
+    MarketRefusedError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -37,6 +39,7 @@ from crucible.errors import (
 )
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._functions import Function, FunctionCall, Retries
+from crucible.sdk._stop_hooks import on_stop
 
 __all__ = [
     "App",
@@ -48,11 +51,13 @@ __all__ = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
     "InvalidRequestError",
     "InvalidResourcesError",
     "LocalEntrypoint",
+    "MarketRefusedError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -61,4 +66,5 @@ __all__ = [
     "Retries",
     "ServerUnavailableError",
     "__version__",
+    "on_stop",
 ]

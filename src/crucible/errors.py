@@ -11,7 +11,9 @@ Exception tree::
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
+    ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
     ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
+    ├── MarketRefusedError             market_refused           │
     ├── FunctionTimeoutError           function_timeout         │ the call's error, never as an
     ├── CallCancelledError             call_cancelled           │ HTTP status (their http_status
     ├── ContainerExitedError           container_exited         ┘ is not used on the wire)
@@ -38,10 +40,12 @@ __all__ = [
     "ContainerExitedError",
     "Error",
     "FunctionTimeoutError",
+    "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
     "InvalidRequestError",
     "InvalidResourcesError",
+    "MarketRefusedError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -112,6 +116,22 @@ class NotFoundError(Error):
 class ConflictError(Error):
     code = "conflict"
     http_status = 409
+
+
+class InsufficientCreditError(Error):
+    """The account has no credit left, or reached its daily spend cap: new calls and leases
+    are refused and its running containers are drained until an operator grants credits."""
+
+    code = "insufficient_credit"
+    http_status = 402
+
+
+class MarketRefusedError(Error):
+    """No offer on the market matches the function's terms (its ``max_price``, bid, region,
+    minimum reliability or reservation), as opposed to capacity being busy right now."""
+
+    code = "market_refused"
+    http_status = 422
 
 
 class ResourcesUnsatisfiableError(Error):
@@ -186,6 +206,8 @@ _BY_CODE: dict[str, type[Error]] = {
         PermissionDeniedError,
         NotFoundError,
         ConflictError,
+        InsufficientCreditError,
+        MarketRefusedError,
         ResourcesUnsatisfiableError,
         FunctionTimeoutError,
         CallCancelledError,

@@ -114,12 +114,53 @@ class Settings:
         "CRUCIBLE_METER_INTERVAL_S",
         "Running containers are metered in closed intervals of at most this length.",
     )
-    # -- prices (metering v0; the market issue replaces these with host offers) ---------------
+    # -- market and ledger ------------------------------------------------------------------
     price_cpu_core_hour_usd: float = _opt(
-        0.04, "CRUCIBLE_PRICE_CPU_CORE_HOUR_USD", "Price of one CPU core for one hour."
+        0.04,
+        "CRUCIBLE_PRICE_CPU_CORE_HOUR_USD",
+        "On-demand price of one CPU core for one hour on a host that has not priced its CPUs "
+        "(`crucible host price cpu ...`).",
     )
     price_memory_gib_hour_usd: float = _opt(
-        0.005, "CRUCIBLE_PRICE_MEMORY_GIB_HOUR_USD", "Price of one GiB of memory for one hour."
+        0.005,
+        "CRUCIBLE_PRICE_MEMORY_GIB_HOUR_USD",
+        "On-demand price of one GiB of memory for one hour on a host that has not priced it.",
+    )
+    default_interruptible_fraction: float = _opt(
+        0.5,
+        "CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION",
+        "A host that has not priced a GPU model offers it on demand at the catalog's "
+        "reference price, and takes interruptible bids from this fraction of it.",
+    )
+    default_reserved_fraction: float = _opt(
+        0.8,
+        "CRUCIBLE_DEFAULT_RESERVED_FRACTION",
+        "...and sells reservations at this fraction of the reference price.",
+    )
+    platform_fee: float = _opt(
+        0.1,
+        "CRUCIBLE_PLATFORM_FEE",
+        "The exchange's fee: this fraction of every metered interval goes to the platform, "
+        "the rest to the host.",
+    )
+    preemption_grace_s: float = _opt(
+        30.0,
+        "CRUCIBLE_PREEMPTION_GRACE_S",
+        "A preempted interruptible container gets SIGTERM, then SIGKILL this long after (its "
+        "time to checkpoint). Metering stops at the SIGTERM.",
+    )
+    require_credits: bool = _opt(
+        False,
+        "CRUCIBLE_REQUIRE_CREDITS",
+        "Renters need prepaid credits (`crucible credits grant`): at a zero balance, or past "
+        "their daily spend cap, new calls are refused and running containers are drained. "
+        "Off: usage is recorded in the ledger and balances may go negative.",
+    )
+    reliability_prior_leases: int = _opt(
+        10,
+        "CRUCIBLE_RELIABILITY_PRIOR_LEASES",
+        "A host's published reliability counts this many fault-free leases in its favour "
+        "before it has a history, so one early fault does not sink a new host.",
     )
     # -- client ------------------------------------------------------------------------------
     server_url: str = _opt(
@@ -215,6 +256,9 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_HEARTBEAT_INTERVAL_S": (0.001, None),
     "CRUCIBLE_HOST_TIMEOUT_S": (0.001, None),
     "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S": (0.001, None),
+    "CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION": (0, 1),
+    "CRUCIBLE_DEFAULT_RESERVED_FRACTION": (0, 1),
+    "CRUCIBLE_PLATFORM_FEE": (0, 1),
 }
 
 

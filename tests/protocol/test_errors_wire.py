@@ -21,6 +21,8 @@ CODES = {
     "PermissionDeniedError": ("forbidden", 403),
     "NotFoundError": ("not_found", 404),
     "ConflictError": ("conflict", 409),
+    "InsufficientCreditError": ("insufficient_credit", 402),
+    "MarketRefusedError": ("market_refused", 422),
     "ResourcesUnsatisfiableError": ("resources_unsatisfiable", 422),
     "FunctionTimeoutError": ("function_timeout", 408),
     "CallCancelledError": ("call_cancelled", 409),

@@ -14,11 +14,13 @@ PUBLIC = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
     "InvalidRequestError",
     "InvalidResourcesError",
     "LocalEntrypoint",
+    "MarketRefusedError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -27,6 +29,7 @@ PUBLIC = [
     "Retries",
     "ServerUnavailableError",
     "__version__",
+    "on_stop",
 ]
 
 

@@ -38,11 +38,20 @@ def test_defaults_without_environment(tmp_path: Path) -> None:
     assert other.effective_database_url == f"sqlite:///{tmp_path / 'crucible.db'}"
 
 
+# Fractions (fees, price ratios) must stay within 0..1.
+FRACTIONS = {"platform_fee", "default_interruptible_fraction", "default_reserved_fraction"}
+
+
 def test_every_option_is_read_from_its_env_var() -> None:
-    environ = {f.metadata["env"]: FIELD_TYPES[str(f.type)] for f in SETTINGS_TABLE}
+    environ = {
+        f.metadata["env"]: "0.25" if f.name in FRACTIONS else FIELD_TYPES[str(f.type)]
+        for f in SETTINGS_TABLE
+    }
     s = load_settings(environ=environ)
     for f in SETTINGS_TABLE:
         expected = {"str": "text", "int": 7, "float": 2.5, "bool": True}[str(f.type)]
+        if f.name in FRACTIONS:
+            expected = 0.25
         got = getattr(s, f.name)
         assert got == expected and type(got) is type(expected), f.name
 

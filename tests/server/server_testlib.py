@@ -26,7 +26,7 @@ from crucible.protocol.common import Payload, Resources, RetryPolicy
 from crucible.protocol.hosts import DeviceInfo, HostRegister, Inventory
 from crucible.server.app import build_state, create_app
 from crucible.server.auth import Principal, container_token
-from crucible.server.billing.metering import PriceTable
+from crucible.server.market import Offer
 from crucible.server.scheduler.core import StartContainer
 from crucible.server.services import apps as apps_svc
 from crucible.server.services import calls as calls_svc
@@ -169,7 +169,8 @@ class ServerUnderTest:
                 conn,
                 [StartContainer(function_id, host_id, 0.25, 512, None, ())],
                 {function_id: account},
-                self.state.prices,
+                self.state.market.cpu_offer,
+                0,
                 0,
             )
             cid = (
@@ -191,7 +192,10 @@ MakeServer = Callable[..., ServerUnderTest]
 
 # -- store-level world ------------------------------------------------------------------------
 
-PRICES = PriceTable.from_usd(0.04, 0.005, {"H100": 1.89})
+# $0.04 per core-hour and $0.005 per GiB-hour (the defaults of the settings table).
+CPU_OFFER = Offer(
+    on_demand=40_000, interruptible_min=20_000, reserved=32_000, memory_on_demand=5_000
+)
 
 
 @dataclass
@@ -249,7 +253,8 @@ class World:
                 conn,
                 [StartContainer(function_id, self.host_id, cpu, memory_mib, None, ())],
                 {function_id: self.account_id},
-                PRICES,
+                lambda _host: CPU_OFFER,
+                0,
                 self.now_ms,
             )
             return str(

@@ -12,13 +12,14 @@ from sqlalchemy import select, update
 from crucible.server.auth import Principal
 from crucible.server.billing.metering import (
     MS_PER_HOUR,
-    PriceTable,
-    container_rate_micros_per_hour,
     interval_cost,
     intervals_due,
 )
 from crucible.server.billing.service import bill, meter_containers
+from crucible.server.market import CPU
+from crucible.server.services.market import default_offer
 from crucible.server.store.tables import containers, meter_intervals
+from crucible.settings import load_settings
 
 from server_testlib import World
 
@@ -104,16 +105,21 @@ def test_intervals_due_examples() -> None:
     assert intervals_due(0, 30, 999, 25, 10) == []  # never before where metering stopped
 
 
-def test_container_rates() -> None:
-    prices = PriceTable.from_usd(0.04, 0.005, {"H100": 1.89, "L4": 0.44})
-    assert prices == PriceTable(40_000, 5_000, {"H100": 1_890_000, "L4": 440_000})
-    assert container_rate_micros_per_hour(prices, 1.0, 1024, None, 0) == 45_000
-    assert container_rate_micros_per_hour(prices, 0.25, 512, None, 0) == 12_500
-    assert (
-        container_rate_micros_per_hour(prices, 8, 65536, "H100", 2) == 320_000 + 320_000 + 3_780_000
+def test_default_offers_follow_the_settings_and_the_catalog() -> None:
+    settings = load_settings({})
+    cpu = default_offer(CPU, settings)
+    assert (cpu.on_demand, cpu.memory_on_demand) == (40_000, 5_000)
+    assert cpu.interruptible_min == 20_000 and cpu.reserved == 32_000
+    h100 = default_offer("H100", settings)
+    assert (h100.on_demand, h100.interruptible_min, h100.reserved) == (
+        1_890_000,
+        945_000,
+        1_512_000,
     )
-    assert container_rate_micros_per_hour(prices, 1, 1024, "H100", 0) == 45_000
-    assert container_rate_micros_per_hour(prices, 1, 1024, "T4", 1) == 45_000  # unpriced model
+    cheap = default_offer(
+        "H100", load_settings({"CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION": "0.25"})
+    )
+    assert cheap.interruptible_min == 472_500
 
 
 # -- persistence -------------------------------------------------------------------------------

@@ -311,8 +311,13 @@ class Agent:
                 )
                 self.runtime.start(assignment)
             for cid in reply.stop:
-                if self.runtime.stop(cid):
-                    log.info("stopping container %s", cid)
+                grace = reply.grace_s.get(cid)
+                if self.runtime.stop(cid, grace_s=grace):
+                    log.info(
+                        "stopping container %s%s",
+                        cid,
+                        f" (SIGKILL in {grace:g} s)" if grace is not None else "",
+                    )
 
     def _on_exit(self, report: ContainerReport) -> None:
         # Called by the runtime once per container, from whichever thread noticed the exit.

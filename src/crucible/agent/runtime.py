@@ -225,8 +225,9 @@ class ProcessRuntime:
             self._notify(c)
         return reports
 
-    def stop(self, container_id: str) -> bool:
-        """SIGTERM the container's process group now, SIGKILL it ``stop_grace_s`` later.
+    def stop(self, container_id: str, grace_s: float | None = None) -> bool:
+        """SIGTERM the container's process group now, SIGKILL it ``grace_s`` later (default:
+        ``stop_grace_s``; a preemption brings its own).
 
         Returns at once (a timer escalates). Idempotent: True only for the call that sent
         SIGTERM; unknown, exited and already-stopping ids are ignored (False).
@@ -237,7 +238,8 @@ class ProcessRuntime:
                 return False
             c.stop_requested = True
             self._signal_group(c, signal.SIGTERM)
-            timer = threading.Timer(self.stop_grace_s, self._escalate, args=(c,))
+            delay = self.stop_grace_s if grace_s is None else max(0.0, grace_s)
+            timer = threading.Timer(delay, self._escalate, args=(c,))
             timer.daemon = True
             c.kill_timer = timer
             timer.start()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
 
-__all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo"]
+__all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
+
+MAX_PRICE_MICROS = 1_000_000_000  # $1,000 per device-hour: anything above is a typo
 
 
 class AppCreate(Named):
@@ -32,6 +34,30 @@ class CodeRef(Wire):
     qualname: str = Field(min_length=1, max_length=512)
 
 
+class MarketTerms(Wire):
+    """How a function buys its GPUs (see docs/market.md). Prices are micro-dollars per
+    device-hour. ``bid_micros`` is for ``interruptible`` only (None: each host's minimum)."""
+
+    tier: str = Field(default="on_demand", pattern=r"^(on_demand|interruptible|reserved)$")
+    bid_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
+    max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+    min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
+    prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MarketTerms:
+        if self.bid_micros is not None and self.tier != "interruptible":
+            raise ValueError(f"a bid is for tier='interruptible'; tier={self.tier!r} pays the ask")
+        if (
+            self.bid_micros is not None
+            and self.max_price_micros is not None
+            and self.bid_micros > self.max_price_micros
+        ):
+            raise ValueError("the bid is above max_price; raise max_price or lower the bid")
+        return self
+
+
 class FunctionCreate(Named):
     code: CodeRef
     resources: Resources = Field(default_factory=Resources)
@@ -40,6 +66,7 @@ class FunctionCreate(Named):
     max_containers: int | None = Field(default=None, ge=1, le=100_000)
     scaledown_window_s: float | None = Field(default=None, ge=0, le=86400)
     is_async: bool = False
+    market: MarketTerms = Field(default_factory=MarketTerms)
 
 
 class FunctionInfo(FunctionCreate):

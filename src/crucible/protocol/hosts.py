@@ -69,4 +69,6 @@ class HostSync(Wire):
 class HostSyncReply(Wire):
     start: list[ContainerAssignment] = Field(default_factory=list)
     stop: list[str] = Field(default_factory=list)
+    # SIGTERM→SIGKILL grace of stops that have their own (a preemption's), else the agent's.
+    grace_s: dict[str, float] = Field(default_factory=dict)
     heartbeat_interval_s: float = 1.0

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from crucible.errors import Error, InvalidRequestError
-from crucible.protocol.apps import CodeRef, FunctionCreate
+from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
 from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
@@ -89,6 +89,12 @@ class App:
         max_containers: int | None = None,
         scaledown_window: float | None = None,
         name: str | None = None,
+        tier: str = "on-demand",
+        bid: float | None = None,
+        max_price: float | None = None,
+        region: str | None = None,
+        min_reliability: float = 0.0,
+        prefer: str = "cheapest",
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -96,6 +102,12 @@ class App:
         (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
         seconds per attempt. ``retries``: extra attempts after a failure (an int, or
         :class:`Retries` for the backoff).
+
+        How GPUs are bought on the market (docs/market.md): ``tier`` is ``"on-demand"``,
+        ``"interruptible"`` (preemptible, pays ``bid`` $/GPU-hour, default each host's minimum)
+        or ``"reserved"`` (runs in your reservations); ``max_price`` bounds the $/GPU-hour
+        paid; ``region`` and ``min_reliability`` (0..1) filter hosts; ``prefer`` ranks them:
+        ``"cheapest"``, ``"greenest"`` or ``"fastest"``.
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -112,6 +124,8 @@ class App:
                     f"retries={retries!r} must be an int or crucible.Retries(...)"
                 )
             policy = Retries(max_retries=retries)
+
+        market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
 
         def decorate(f: Callable[P, R]) -> Function[P, R]:
             if isinstance(f, Function):
@@ -139,6 +153,7 @@ class App:
                 "retries": RetryPolicy.model_validate(policy.to_wire()),
                 "max_containers": max_containers,
                 "scaledown_window_s": scaledown_window,
+                "market": market,
             }
             fn = Function(self, f, options)
             self.functions[fname] = fn
@@ -210,9 +225,52 @@ class App:
                     retries=fn.options["retries"],
                     max_containers=fn.options["max_containers"],
                     scaledown_window_s=fn.options["scaledown_window_s"],
+                    market=fn.options["market"],
                     is_async=fn.is_async,
                 )
             )
         infos = client.create_functions(app_id, specs)
         for info in infos:
             self.functions[info.name]._hydrate(client, info.id)
+
+
+def _dollars(name: str, value: float | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1000:
+        raise InvalidRequestError(f"{name}={value!r} must be dollars per GPU-hour in [0, 1000]")
+    return round(value * 1_000_000)
+
+
+def _market_terms(
+    tier: str,
+    bid: float | None,
+    max_price: float | None,
+    region: str | None,
+    min_reliability: float,
+    prefer: str,
+) -> MarketTerms:
+    wire_tier = str(tier).replace("-", "_")
+    if wire_tier not in ("on_demand", "interruptible", "reserved"):
+        raise InvalidRequestError(
+            f"tier={tier!r} must be 'on-demand', 'interruptible' or 'reserved'"
+        )
+    if bid is not None and wire_tier != "interruptible":
+        raise InvalidRequestError(
+            f"bid= is for tier='interruptible'; tier={tier!r} pays the host's price"
+        )
+    if prefer not in ("cheapest", "greenest", "fastest"):
+        raise InvalidRequestError(f"prefer={prefer!r} must be 'cheapest', 'greenest' or 'fastest'")
+    if isinstance(min_reliability, bool) or not 0 <= float(min_reliability) <= 1:
+        raise InvalidRequestError(f"min_reliability={min_reliability!r} must be within 0..1")
+    bid_m, max_m = _dollars("bid", bid), _dollars("max_price", max_price)
+    if bid_m is not None and max_m is not None and bid_m > max_m:
+        raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
+    return MarketTerms(
+        tier=wire_tier,
+        bid_micros=bid_m,
+        max_price_micros=max_m,
+        region=region,
+        min_reliability_ppm=round(float(min_reliability) * 1_000_000),
+        prefer=prefer,
+    )

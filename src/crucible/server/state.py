@@ -11,10 +11,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from crucible.protocol.gpus import GPU_CATALOG
-from crucible.server.billing.metering import PriceTable
 from crucible.server.blobs import LocalBlobStore
 from crucible.server.dispatch import Dispatcher
+from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
 from crucible.settings import Settings
 
@@ -54,6 +53,9 @@ class ServerState:
     claim_groups: dict[str, str | None] = field(default_factory=dict)
     # When each container's last_active_ms was last written (it is written at most 1/s).
     touched_ms: dict[str, int] = field(default_factory=dict)
+    # Accounts refused new work (no credit, or past their daily cap) -> why; kept by the
+    # scheduler when credits are required, read by call submission.
+    credit_blocked: dict[str, str] = field(default_factory=dict)
 
     def observe_exec(self, function_id: str, exec_ms: list[float]) -> None:
         avg = self.exec_stats.get(function_id)
@@ -63,12 +65,8 @@ class ServerState:
             self.exec_stats[function_id] = avg
 
     @cached_property
-    def prices(self) -> PriceTable:
-        return PriceTable.from_usd(
-            self.settings.price_cpu_core_hour_usd,
-            self.settings.price_memory_gib_hour_usd,
-            {name: m.reference_price_usd for name, m in GPU_CATALOG.items()},
-        )
+    def market(self) -> LiveMarket:
+        return LiveMarket(self.settings)
 
 
 def load_or_create_secret(settings: Settings) -> str:

@@ -7,7 +7,8 @@ account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE
 
 Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
 inside the function; code stuck in C that ignores it is stopped by the server's backstop.
-SIGTERM: the worker finishes the input in hand, reports, and exits.
+SIGTERM: the worker runs the function's stop hooks (``crucible.on_stop``), finishes the input
+in hand, reports, and exits (SIGKILL follows after the grace period).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.transport import Transport
+from crucible.sdk._stop_hooks import run_stop_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 
 __all__ = ["Worker", "main"]
@@ -259,7 +261,9 @@ def main() -> int:
     worker = Worker(assignment, transport, cache)
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
-        worker.stopping = True
+        if not worker.stopping:
+            worker.stopping = True
+            run_stop_hooks()  # the function's checkpoint, if it registered one
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, _alarm)

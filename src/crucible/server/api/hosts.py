@@ -47,12 +47,17 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
 
     def commands() -> HostSyncReply | None:
         with state.engine.connect() as conn:
-            start, stopping = svc.assignments_for_host(conn, host_id, state.secret)
+            start, stopping, grace = svc.assignments_for_host(
+                conn, host_id, state.secret, state.clock.now_ms()
+            )
         start = [a for a in start if a.container_id not in known]
         to_stop = sorted(set(stop) | {c for c in stopping if c in known})
         if start or to_stop:
             return HostSyncReply(
-                start=start, stop=to_stop, heartbeat_interval_s=s.heartbeat_interval_s
+                start=start,
+                stop=to_stop,
+                grace_s={c: g for c, g in grace.items() if c in to_stop},
+                heartbeat_interval_s=s.heartbeat_interval_s,
             )
         return None
 

@@ -65,6 +65,8 @@ __all__ = [
     "Posted",
     "Posting",
     "balances_of",
+    "charge_postings",
+    "credit_status",
     "fee_share",
     "format_usd",
     "host_account",
@@ -203,6 +205,44 @@ def fee_share(charged_before: int, cost: int, fee_ppm: int) -> int:
     return (charged_before + cost) * fee_ppm // PPM - charged_before * fee_ppm // PPM
 
 
+def charge_postings(
+    interval: MeteredInterval, charged_before: int, fee_ppm: int
+) -> tuple[Posting, ...]:
+    """The postings of a charge: the renter pays the interval's cost, the platform gets its
+    fee (the running-total rule, ``charged_before`` being what the meter was charged before)
+    and the host the rest."""
+    fee = fee_share(charged_before, interval.cost_micros, fee_ppm)
+    return _compact(
+        [
+            Posting(renter_account(interval.renter), -interval.cost_micros),
+            Posting(host_account(interval.host), interval.cost_micros - fee),
+            Posting(PLATFORM_FEES, fee),
+        ]
+    )
+
+
+def credit_status(
+    renter: str, balance: int, spent_today: int, daily_cap: int | None
+) -> CreditStatus:
+    """May ``renter`` start new work? Refused at a balance of zero or below, and once today's
+    spend reached the daily cap; ``reason`` says so in words a builder can act on."""
+    if balance <= 0:
+        reason = (
+            f"account {renter} has no credit left (balance {format_usd(balance)}): new "
+            "leases are refused and running containers are drained. Ask the exchange's "
+            "operator to grant credits (`crucible credits grant`)."
+        )
+        return CreditStatus(renter, balance, spent_today, daily_cap, False, reason)
+    if daily_cap is not None and spent_today >= daily_cap:
+        reason = (
+            f"account {renter} reached its daily spend cap ({format_usd(spent_today)} of "
+            f"{format_usd(daily_cap)} today, UTC): new leases are refused and running "
+            "containers are drained until 00:00 UTC. Raise the cap to continue today."
+        )
+        return CreditStatus(renter, balance, spent_today, daily_cap, False, reason)
+    return CreditStatus(renter, balance, spent_today, daily_cap, True, "")
+
+
 def balances_of(entries: Iterable[Entry]) -> dict[LedgerAccount, int]:
     """Every account's balance: the sum of its postings (accounts never posted are absent)."""
     out: dict[LedgerAccount, int] = {}
@@ -278,25 +318,13 @@ class Ledger:
     def status(self, renter: str, now_ms: int) -> CreditStatus:
         """May ``renter`` start new work now? Refused at a balance of zero or below, and once
         today's spend reached the daily cap."""
-        balance = self.balance(renter_account(renter))
         day = now_ms // MS_PER_DAY
-        spent = self.spent(renter, day)
-        cap = self._caps.get(renter)
-        if balance <= 0:
-            reason = (
-                f"account {renter} has no credit left (balance {format_usd(balance)}): new "
-                "leases are refused and running containers are drained. Ask the exchange's "
-                "operator to grant credits (`crucible credits grant`)."
-            )
-            return CreditStatus(renter, balance, spent, cap, False, reason)
-        if cap is not None and spent >= cap:
-            reason = (
-                f"account {renter} reached its daily spend cap ({format_usd(spent)} of "
-                f"{format_usd(cap)} today, UTC): new leases are refused and running containers "
-                "are drained until 00:00 UTC. Raise the cap to continue today."
-            )
-            return CreditStatus(renter, balance, spent, cap, False, reason)
-        return CreditStatus(renter, balance, spent, cap, True, "")
+        return credit_status(
+            renter,
+            self.balance(renter_account(renter)),
+            self.spent(renter, day),
+            self._caps.get(renter),
+        )
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -330,14 +358,7 @@ class Ledger:
             raise ConflictError(
                 f"ledger key {interval.key!r} was already used for a different entry"
             )
-        fee = fee_share(self.metered_total(interval.meter), interval.cost_micros, self.fee_ppm)
-        postings = _compact(
-            [
-                Posting(renter_account(interval.renter), -interval.cost_micros),
-                Posting(host_account(interval.host), interval.cost_micros - fee),
-                Posting(PLATFORM_FEES, fee),
-            ]
-        )
+        postings = charge_postings(interval, self.metered_total(interval.meter), self.fee_ppm)
         entry = Entry(
             seq=len(self._entries),
             key=interval.key,

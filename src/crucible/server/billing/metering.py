@@ -1,7 +1,8 @@
 """Metering v0: the pure core.
 
-A container is charged from the moment its agent started it until it stopped, in whole
-milliseconds, at a rate fixed when it was placed (micro-dollars per hour). Running containers
+A container is charged from the moment its agent started it until it stopped (or its lease
+ended, if sooner), in whole milliseconds, at a rate fixed when it was placed: its lease's price
+(micro-dollars per hour, see :mod:`crucible.server.market`). Running containers
 are metered in closed intervals so a crash loses at most the open interval's bookkeeping,
 never money already recorded; intervals are keyed by (container, start) so metering one twice
 is a no-op.
@@ -13,38 +14,9 @@ intervals of a container always add up to exactly its whole-lifetime cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-__all__ = ["PriceTable", "container_rate_micros_per_hour", "interval_cost", "intervals_due"]
+__all__ = ["MS_PER_HOUR", "interval_cost", "intervals_due"]
 
 MS_PER_HOUR = 3_600_000
-
-
-@dataclass(frozen=True)
-class PriceTable:
-    cpu_core_hour_micros: int
-    memory_gib_hour_micros: int
-    gpu_hour_micros: dict[str, int]
-
-    @classmethod
-    def from_usd(
-        cls, cpu_core_hour: float, memory_gib_hour: float, gpu_hour: dict[str, float]
-    ) -> PriceTable:
-        return cls(
-            cpu_core_hour_micros=round(cpu_core_hour * 1_000_000),
-            memory_gib_hour_micros=round(memory_gib_hour * 1_000_000),
-            gpu_hour_micros={m: round(p * 1_000_000) for m, p in gpu_hour.items()},
-        )
-
-
-def container_rate_micros_per_hour(
-    prices: PriceTable, cpu: float, memory_mib: int, gpu_model: str | None, gpu_count: int
-) -> int:
-    """What a container with these resources costs per hour, in micro-dollars."""
-    rate = prices.cpu_core_hour_micros * cpu + prices.memory_gib_hour_micros * memory_mib / 1024
-    if gpu_model is not None and gpu_count:
-        rate += prices.gpu_hour_micros.get(gpu_model, 0) * gpu_count
-    return round(rate)
 
 
 def _cumulative(rate_per_hour: int, origin_ms: int, t_ms: int) -> int:

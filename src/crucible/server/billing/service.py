@@ -8,6 +8,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.protocol.billing import BillLine, BillReport
 from crucible.server.auth import Principal
+from crucible.server.billing.entries import post_charge
+from crucible.server.billing.ledger import MeteredInterval
 from crucible.server.billing.metering import interval_cost, intervals_due
 from crucible.server.store.tables import apps, calls, containers, functions, meter_intervals
 
@@ -26,17 +28,26 @@ def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
 def meter_containers(
     conn: Connection, now_ms: int, max_interval_ms: int, *, container_id: str | None = None
 ) -> int:
-    """Record every closed metering interval that is due. Idempotent: an interval already
-    recorded (same container and start) is not recorded again. Returns intervals written."""
+    """Record every closed metering interval that is due, and charge each in the ledger
+    (renter debited; host and platform fee credited). Idempotent: an interval already recorded
+    (same container and start) is neither recorded nor charged again.
+
+    Metering covers ``[started, end)`` where ``end`` is when the container stopped or, if
+    earlier, when its lease ended (preempted, out of credit): a preempted container's grace
+    period is not charged. Returns the intervals written."""
     q = (
         select(
             containers.c.id,
             containers.c.account_id,
             containers.c.function_id,
+            containers.c.host_id,
             containers.c.started_ms,
             containers.c.stopped_ms,
+            containers.c.lease_end_ms,
             containers.c.metered_until_ms,
+            containers.c.metered_cost_micros,
             containers.c.rate_micros_per_hour,
+            containers.c.fee_ppm,
             functions.c.app_id,
         )
         .join(functions, functions.c.id == containers.c.function_id)
@@ -52,18 +63,26 @@ def meter_containers(
     rows = conn.execute(q).all()
     written = 0
     for r in rows:
-        due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, r.stopped_ms, max_interval_ms)
+        stop = r.stopped_ms
+        if r.lease_end_ms is not None and (stop is None or r.lease_end_ms < stop):
+            stop = max(r.lease_end_ms, r.started_ms)
+        due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, stop, max_interval_ms)
+        # A stopped container is accounted up to its stop, past a lease end it was not
+        # charged for, so it is not looked at again.
+        retire = r.stopped_ms if r.stopped_ms is not None else None
         if not due:
-            if r.stopped_ms is not None and r.metered_until_ms is None:
+            if retire is not None and (r.metered_until_ms or 0) < retire:
                 conn.execute(
                     update(containers)
                     .where(containers.c.id == r.id)
-                    .values(metered_until_ms=r.stopped_ms)
+                    .values(metered_until_ms=retire)
                 )
             continue
-        _insert_ignore(
-            conn,
-            [
+        charged = int(r.metered_cost_micros)
+        rows_out = []
+        for start, end in due:
+            cost = interval_cost(r.rate_micros_per_hour, r.started_ms, start, end)
+            rows_out.append(
                 {
                     "container_id": r.id,
                     "start_ms": start,
@@ -71,14 +90,36 @@ def meter_containers(
                     "account_id": r.account_id,
                     "app_id": r.app_id,
                     "function_id": r.function_id,
-                    "cost_micros": interval_cost(r.rate_micros_per_hour, r.started_ms, start, end),
+                    "cost_micros": cost,
                 }
-                for start, end in due
-            ],
-        )
+            )
+            if cost:
+                interval = MeteredInterval(
+                    key=f"ct:{r.id}:{start}",
+                    renter=r.account_id,
+                    host=r.host_id,
+                    meter=r.id,
+                    start_ms=start,
+                    end_ms=end,
+                    cost_micros=cost,
+                )
+                if post_charge(
+                    conn,
+                    interval,
+                    charged,
+                    int(r.fee_ppm),
+                    now_ms,
+                    app_id=r.app_id,
+                    function_id=r.function_id,
+                ):
+                    charged += cost
+        _insert_ignore(conn, rows_out)
         written += len(due)
+        until = due[-1][1] if retire is None else max(due[-1][1], retire)
         conn.execute(
-            update(containers).where(containers.c.id == r.id).values(metered_until_ms=due[-1][1])
+            update(containers)
+            .where(containers.c.id == r.id)
+            .values(metered_until_ms=until, metered_cost_micros=charged)
         )
     return written
 

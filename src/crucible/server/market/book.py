@@ -48,6 +48,7 @@ from crucible.server.market.state import (
     HostState,
     MarketState,
     PoolState,
+    add_lease,
     end_lease,
     reindex,
     set_underwater,
@@ -291,6 +292,27 @@ class Market:
             for rid, rs in sorted(st.reservations.items())
             if account is None or rs.reservation.account == account
         ]
+
+    def restore(
+        self, reservations: Iterable[Reservation], leases: Iterable[Lease], now_ms: int
+    ) -> None:
+        """Put back what the shell's store says exists (after a restart): reservations whose
+        window has not ended, then running leases. Hosts and offers must be in already, and
+        the market must hold no lease yet. Leases inside a reservation keep its devices."""
+        st = self._st
+        if st.leases or st.reservations:
+            raise ConflictError("restore() is for an empty market, before any lease")
+        st.check_time(now_ms)
+        st.now_ms = now_ms
+        for r in reservations:
+            apply_reservation(
+                st, ReservationGranted(r, preemptions=(), at_ms=now_ms, version=st.version)
+            )
+        for lease in leases:
+            if (lease.host_id, lease.device_type) not in st.pools:
+                raise NotFoundError(f"lease {lease.lease_id}: host {lease.host_id} has no pool")
+            add_lease(st, lease)
+        self._changed()
 
     def advance(self, now_ms: int) -> Advanced:
         """Let time pass: send reservation notices, start and end windows."""

@@ -21,13 +21,16 @@ packs work and keeps large hosts free for large requests.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
     "ContainerView",
     "FunctionDemand",
     "GpuChoice",
+    "GpuPlacer",
     "HostCapacity",
+    "LeaseTerms",
     "Plan",
     "Policy",
     "StartContainer",
@@ -104,6 +107,26 @@ class StartContainer:
     memory_mib: int
     gpu_model: str | None
     gpu_indices: tuple[int, ...]
+    # Set when a market placed it (GPU containers): the lease is the container.
+    lease: LeaseTerms | None = None
+
+
+@dataclass(frozen=True)
+class LeaseTerms:
+    """What the market granted for a container: its id (the lease id), tier, unit price, the
+    rate metering charges, its reservation, and when its devices are clear to start on."""
+
+    container_id: str
+    tier: str
+    unit_price_micros: int
+    rate_micros_per_hour: int
+    reservation_id: str | None
+    start_after_ms: int
+
+
+# Places one container of a GPU function on live hosts (updating their usage), or returns
+# None when it cannot now. The server passes the market; the default is _place below.
+GpuPlacer = Callable[[FunctionDemand, list[HostCapacity]], StartContainer | None]
 
 
 @dataclass(frozen=True)
@@ -224,13 +247,17 @@ def plan(
     hosts: list[HostCapacity],
     policy: Policy,
     known_hosts: list[HostCapacity] | None = None,
+    gpu_placer: GpuPlacer | None = None,
 ) -> Plan:
     """Decide container starts and stops. ``hosts`` are live hosts with their current usage;
     they are updated in place as containers are placed (pass copies to keep the originals).
 
     ``known_hosts`` (default: ``hosts``) decide whether a request can *ever* be met: include
     hosts that are briefly lost, so a heartbeat blip of the only big host does not fail the
-    calls waiting for it."""
+    calls waiting for it.
+
+    ``gpu_placer`` places containers that need GPUs (the server passes the market, which
+    chooses the host by price and may preempt); without it they are placed like the others."""
     known = hosts if known_hosts is None else known_hosts
     result = Plan()
     for fn in functions:
@@ -279,8 +306,9 @@ def plan(
                     )
                 )
             continue
+        place = gpu_placer if gpu_placer is not None and fn.gpus else _place
         for _ in range(missing):
-            start = _place(fn, hosts)
+            start = place(fn, hosts)
             if start is None:
                 break  # it fits some host in principle, just not now: the calls wait
             result.start.append(start)

@@ -11,13 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from crucible.errors import FunctionTimeoutError, ResourcesUnsatisfiableError
+from crucible.errors import (
+    FunctionTimeoutError,
+    InsufficientCreditError,
+    MarketRefusedError,
+    ResourcesUnsatisfiableError,
+)
 from crucible.protocol.common import ErrorInfo
+from crucible.server.billing.entries import account_credit
+from crucible.server.billing.ledger import format_usd
 from crucible.server.billing.service import meter_containers
+from crucible.server.market import Preemption, RefusalCode
 from crucible.server.scheduler.core import (
     ContainerView,
     FunctionDemand,
@@ -27,9 +36,18 @@ from crucible.server.scheduler.core import (
     plan,
 )
 from crucible.server.services.apps import stop_abandoned_apps
-from crucible.server.services.calls import fail_queued_calls, record_timeout
-from crucible.server.services.containers import create_containers, request_stop
+from crucible.server.services.calls import (
+    fail_queued_calls,
+    record_timeout,
+    requeue_preempted_calls,
+)
+from crucible.server.services.containers import (
+    create_containers,
+    request_stop,
+    stop_for_market,
+)
 from crucible.server.services.hosts import host_usage, mark_lost_hosts
+from crucible.server.services.market import MarketPlacer, MarketTerms, live_lease_ids
 from crucible.server.state import ServerState
 from crucible.server.store.tables import apps, calls, containers, functions, hosts
 
@@ -38,6 +56,8 @@ __all__ = ["SchedulerLoop"]
 log = logging.getLogger("crucible.scheduler")
 
 _MIN_TICK_GAP_S = 0.05
+# Refusals that mean "busy now": the calls wait for capacity instead of failing.
+_WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
 
@@ -99,20 +119,37 @@ class SchedulerLoop:
         s = st.settings
         now = st.clock.now_ms()
         keys: list[str] = []
-        with st.engine.begin() as conn:
+        live = st.market
+        with st.engine.begin() as conn, live.lock:
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
-            demands, accounts = self._demands(conn, now)
+            # The market: in step with hosts, offers and containers; due reservation events.
+            live.sync(conn, now)
+            live.reconcile(live_lease_ids(conn), now)
+            now = max(now, live.market.now_ms)
+            advanced = live.market.advance(now)
+            keys += self._preempt(conn, advanced.preemptions)
+            for lease in advanced.expired:
+                keys += stop_for_market(conn, lease.lease_id, now, "expired", None)
+            if s.require_credits:
+                keys += self._enforce_credit(conn, now)
+            demands, accounts, terms = self._demands(conn, now)
+            demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
             capacity, known = self._capacity(conn, now)
-            decided = plan(now, demands, capacity, self.policy, known)
+            placer = MarketPlacer(live, accounts, terms, now)
+            decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
                     conn, u.function_id, ResourcesUnsatisfiableError.code, u.message, now
                 )
-            keys += create_containers(conn, decided.start, accounts, st.prices, now)
+            keys += self._refused(conn, demands, placer, now)
+            keys += create_containers(
+                conn, decided.start, accounts, live.cpu_offer, round(s.platform_fee * 1e6), now
+            )
+            keys += self._preempt(conn, placer.preemptions)
             for stop in decided.stop:
                 log.info("stopping container %s (%s)", stop.container_id, stop.reason)
                 keys += request_stop(conn, stop.container_id)
@@ -125,6 +162,93 @@ class SchedulerLoop:
             if now - self._last_meter_ms >= 1000:
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
                 self._last_meter_ms = now
+        return keys
+
+    def _preempt(self, conn: Connection, preemptions: Iterable[Preemption]) -> list[str]:
+        """Carry out the market's preemptions: metering of each lease stops at its notice,
+        its calls are requeued as preempted, and its agent stops it (SIGTERM at once,
+        SIGKILL at the deadline)."""
+        keys: list[str] = []
+        for p in preemptions:
+            cid = p.lease.lease_id
+            log.info(
+                "preempting container %s (%s by %s at %s/device-hour)",
+                cid,
+                p.cause.value,
+                p.by_id,
+                format_usd(p.by_price),
+            )
+            keys += requeue_preempted_calls(conn, cid, p.lease.rate_micros_per_hour, p.notice_ms)
+            keys += stop_for_market(
+                conn, cid, p.notice_ms, "preempted", p.deadline_ms - p.notice_ms
+            )
+        return keys
+
+    def _enforce_credit(self, conn: Connection, now: int) -> list[str]:
+        """Accounts at zero balance or past their daily cap get no new work: their queued
+        calls fail with insufficient_credit and their running containers are drained (their
+        leases end now). Accounts granted credit again are let back in."""
+        st = self.state
+        active = {
+            r.account_id
+            for r in conn.execute(
+                select(calls.c.account_id)
+                .where(calls.c.state.in_(("queued", "running")))
+                .distinct()
+            )
+        } | {
+            r.account_id
+            for r in conn.execute(
+                select(containers.c.account_id)
+                .where(containers.c.state.in_(("pending", "starting", "running")))
+                .distinct()
+            )
+        }
+        keys: list[str] = []
+        blocked: dict[str, str] = {}
+        for account in sorted(active | set(st.credit_blocked)):
+            status = account_credit(conn, account, now)
+            if status.ok:
+                continue
+            blocked[account] = status.reason
+            if account not in st.credit_blocked:
+                log.warning("account %s refused new work: %s", account, status.reason)
+            for lease in st.market.market.end_account(account, now):
+                keys += stop_for_market(conn, lease.lease_id, now, "out_of_credit", None)
+            for r in conn.execute(
+                select(containers.c.id).where(
+                    containers.c.account_id == account,
+                    containers.c.state.in_(("pending", "starting", "running")),
+                )
+            ):
+                keys += stop_for_market(conn, r.id, now, "out_of_credit", None)
+            for r in conn.execute(
+                select(calls.c.function_id)
+                .where(calls.c.account_id == account, calls.c.state == "queued")
+                .distinct()
+            ):
+                keys += fail_queued_calls(
+                    conn, r.function_id, InsufficientCreditError.code, status.reason, now
+                )
+        st.credit_blocked.clear()
+        st.credit_blocked.update(blocked)
+        return keys
+
+    def _refused(
+        self, conn: Connection, demands: list[FunctionDemand], placer: MarketPlacer, now: int
+    ) -> list[str]:
+        """Queued calls of a function the market refused for a reason waiting will not fix
+        (price, bid, region, reliability, no reservation) fail after the unschedulable
+        grace, with the market's own words. Busy capacity just waits."""
+        grace = int(self.state.settings.unschedulable_grace_s * 1000)
+        keys: list[str] = []
+        for d in demands:
+            why = placer.refused.get(d.id)
+            if why is None or why.code in _WAITING_REFUSALS or not d.queued:
+                continue
+            if d.oldest_queued_ms is not None and now - d.oldest_queued_ms >= grace:
+                log.warning("function %s refused by the market: %s", d.id, why.message)
+                keys += fail_queued_calls(conn, d.id, MarketRefusedError.code, why.message, now)
         return keys
 
     def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
@@ -148,7 +272,9 @@ class SchedulerLoop:
                 keys += request_stop(conn, r.container_id)
         return keys
 
-    def _demands(self, conn: Connection, now: int) -> tuple[list[FunctionDemand], dict[str, str]]:
+    def _demands(
+        self, conn: Connection, now: int
+    ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
         for r in conn.execute(
             select(
@@ -191,10 +317,11 @@ class SchedulerLoop:
             )
         fids = set(work) | set(by_fn)
         if not fids:
-            return [], {}
+            return [], {}, {}
         s = self.state.settings
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
+        terms: dict[str, MarketTerms] = {}
         for r in conn.execute(
             select(
                 functions.c.id,
@@ -210,6 +337,7 @@ class SchedulerLoop:
             running = work[r.id].get("running")
             res = spec["resources"]
             accounts[r.id] = r.account_id
+            terms[r.id] = MarketTerms.from_spec(spec)
             window = spec.get("scaledown_window_s")
             demands.append(
                 FunctionDemand(
@@ -231,7 +359,7 @@ class SchedulerLoop:
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
-        return demands, accounts
+        return demands, accounts, terms
 
     def _capacity(
         self, conn: Connection, now: int

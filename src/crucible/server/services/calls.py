@@ -55,6 +55,7 @@ __all__ = [
     "record_outputs",
     "record_timeout",
     "requeue_calls_of_container",
+    "requeue_preempted_calls",
 ]
 
 _CALL_COLUMNS = (
@@ -96,6 +97,7 @@ _INSERT_COLUMNS = (
     "state",
     "attempts",
     "infra_requeues",
+    "preemptions",
     "input",
     "input_ref",
     "input_size",
@@ -153,7 +155,8 @@ _SUCCEED = (
         output_ref=bindparam("b_output_ref"),
         output_size=bindparam("b_output_size"),
         exec_ms=bindparam("b_exec_ms"),
-        cost_micros=bindparam("b_cost"),
+        # Carried across attempts: what preempted or failed attempts cost is kept.
+        cost_micros=func.coalesce(calls.c.cost_micros, 0) + bindparam("b_cost"),
         error=null(),
     )
 )
@@ -282,6 +285,7 @@ def create_calls(
                 "state": "running" if container else "queued",
                 "attempts": 1 if container else 0,
                 "infra_requeues": 0,
+                "preemptions": 0,
                 "input": data,
                 "input_ref": ref,
                 "input_size": size,
@@ -548,7 +552,8 @@ def _failure(
     row: Any, retries: dict[str, Any], error: ErrorInfo, terminal_state: str, now_ms: int
 ) -> dict[str, Any]:
     """The update for a failed attempt: requeue with backoff while retries last."""
-    failures = row.attempts - row.infra_requeues
+    # Requeues after host loss and preemptions are not the function's failures.
+    failures = row.attempts - row.infra_requeues - row.preemptions
     if failures <= retries["max_retries"]:
         delay = retry_delay_ms(
             failures,
@@ -631,6 +636,7 @@ def record_outputs(
                 calls.c.state,
                 calls.c.attempts,
                 calls.c.infra_requeues,
+                calls.c.preemptions,
                 calls.c.container_id,
                 calls.c.group_id,
                 calls.c.function_id,
@@ -693,6 +699,7 @@ def requeue_calls_of_container(
             calls.c.group_id,
             calls.c.attempts,
             calls.c.infra_requeues,
+            calls.c.preemptions,
             functions.c.spec,
         )
         .join(functions, functions.c.id == calls.c.function_id)
@@ -721,6 +728,41 @@ def requeue_calls_of_container(
     return keys
 
 
+def requeue_preempted_calls(
+    conn: Connection, container_id: str, rate_micros_per_hour: int, now_ms: int
+) -> list[str]:
+    """The container's lease was preempted: its running calls go back to the queue at once,
+    counted as preemptions (not failures, not against the infrastructure requeue limit), and
+    carry what their attempt cost so far. Whatever the container still reports for them is
+    dropped (the attempt is no longer its)."""
+    rows = conn.execute(
+        select(
+            calls.c.id,
+            calls.c.function_id,
+            calls.c.preemptions,
+            calls.c.started_ms,
+            calls.c.cost_micros,
+        ).where(calls.c.container_id == container_id, calls.c.state == "running")
+    ).all()
+    keys: list[str] = []
+    for r in rows:
+        spent = rate_micros_per_hour * max(0, now_ms - (r.started_ms or now_ms)) // MS_PER_HOUR
+        conn.execute(
+            update(calls)
+            .where(calls.c.id == r.id, calls.c.state == "running")
+            .values(
+                state="queued",
+                container_id=None,
+                deadline_ms=None,
+                next_attempt_ms=now_ms,
+                preemptions=r.preemptions + 1,
+                cost_micros=(r.cost_micros or 0) + spent,
+            )
+        )
+        keys.append(f"fn:{r.function_id}")
+    return keys
+
+
 def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int) -> list[str]:
     """A running call passed its deadline (server backstop): a failed attempt, retried while
     the function's retries last, else ``timed_out``."""
@@ -730,6 +772,7 @@ def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int
             calls.c.state,
             calls.c.attempts,
             calls.c.infra_requeues,
+            calls.c.preemptions,
             calls.c.group_id,
             calls.c.function_id,
             functions.c.spec,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +11,8 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
-from crucible.server.billing.metering import PriceTable, container_rate_micros_per_hour
-from crucible.server.scheduler.core import StartContainer
+from crucible.server.market import Offer
+from crucible.server.scheduler.core import LeaseTerms, StartContainer
 from crucible.server.services.calls import claim_inputs, record_outputs
 from crucible.server.store.tables import containers, functions
 
@@ -22,6 +22,7 @@ __all__ = [
     "exchange_step",
     "load_container_facts",
     "request_stop",
+    "stop_for_market",
 ]
 
 # Once a second is plenty for the scheduler's idle detection (scale-down windows are seconds).
@@ -75,16 +76,33 @@ def create_containers(
     conn: Connection,
     starts: Sequence[StartContainer],
     accounts_by_function: dict[str, str],
-    prices: PriceTable,
+    cpu_offer: Callable[[str], Offer],
+    fee_ppm: int,
     now_ms: int,
 ) -> list[str]:
-    """Insert pending containers for the scheduler's starts; returns wake-up keys (hosts)."""
+    """Insert pending containers for the scheduler's starts; returns wake-up keys (hosts).
+
+    A GPU container is its market lease (id, tier, price, reservation). A CPU-only one pays
+    its host's CPU offer on demand: cores x core-hour plus GiB x GiB-hour."""
     keys: list[str] = []
     rows = []
     for s in starts:
+        lease = s.lease
+        if lease is None:
+            offer = cpu_offer(s.host_id)
+            lease = LeaseTerms(
+                container_id=new_id("ct"),
+                tier="on_demand",
+                unit_price_micros=offer.on_demand,
+                rate_micros_per_hour=round(
+                    s.cpu * offer.on_demand + s.memory_mib * offer.memory_on_demand / 1024
+                ),
+                reservation_id=None,
+                start_after_ms=0,
+            )
         rows.append(
             {
-                "id": new_id("ct"),
+                "id": lease.container_id,
                 "account_id": accounts_by_function[s.function_id],
                 "function_id": s.function_id,
                 "host_id": s.host_id,
@@ -93,9 +111,12 @@ def create_containers(
                 "memory_mib": s.memory_mib,
                 "gpu_model": s.gpu_model,
                 "gpu_indices": list(s.gpu_indices),
-                "rate_micros_per_hour": container_rate_micros_per_hour(
-                    prices, s.cpu, s.memory_mib, s.gpu_model, len(s.gpu_indices)
-                ),
+                "rate_micros_per_hour": lease.rate_micros_per_hour,
+                "tier": lease.tier,
+                "unit_price_micros": lease.unit_price_micros,
+                "reservation_id": lease.reservation_id,
+                "start_after_ms": lease.start_after_ms,
+                "fee_ppm": fee_ppm,
                 "created_ms": now_ms,
                 "last_active_ms": now_ms,
             }
@@ -104,6 +125,20 @@ def create_containers(
     if rows:
         conn.execute(insert(containers), rows)
     return keys
+
+
+def stop_for_market(
+    conn: Connection, container_id: str, at_ms: int, cause: str, grace_ms: int | None
+) -> list[str]:
+    """The container's lease ended under it (preempted, out of credit, its reservation
+    expired): metering stops at ``at_ms``, and its agent stops it with ``grace_ms`` between
+    SIGTERM and SIGKILL (None: the agent's default)."""
+    conn.execute(
+        update(containers)
+        .where(containers.c.id == container_id, containers.c.lease_end_ms.is_(None))
+        .values(lease_end_ms=at_ms, end_cause=cause, stop_grace_ms=grace_ms)
+    )
+    return request_stop(conn, container_id)
 
 
 def request_stop(conn: Connection, container_id: str) -> list[str]:

@@ -152,6 +152,7 @@ def end_container(
     )
     if result.rowcount == 0:
         return []
+    _count_lease_end(conn, container_id, faulted=reason in ("host_lost", "lost"))
     # Meter the container's last interval now, so a bill read right after shows it whole.
     meter_containers(conn, now_ms, meter_interval_ms, container_id=container_id)
     detail = f"the container exited ({reason}" + (
@@ -168,6 +169,21 @@ def end_container(
         max_infra_requeues=max_infra_requeues,
     )
     return [*keys, f"container:{container_id}"]
+
+
+def _count_lease_end(conn: Connection, container_id: str, *, faulted: bool) -> None:
+    """A GPU container (a market lease) ended: count it towards its host's reliability."""
+    row = conn.execute(
+        select(containers.c.host_id, containers.c.gpu_model).where(
+            containers.c.id == container_id
+        )
+    ).first()
+    if row is None or row.gpu_model is None:
+        return
+    values: dict[str, Any] = {"leases_ended": hosts.c.leases_ended + 1}
+    if faulted:
+        values["leases_faulted"] = hosts.c.leases_faulted + 1
+    conn.execute(update(hosts).where(hosts.c.id == row.host_id).values(**values))
 
 
 def process_reports(
@@ -247,9 +263,11 @@ def process_reports(
 
 
 def assignments_for_host(
-    conn: Connection, host_id: str, secret: str
-) -> tuple[list[ContainerAssignment], list[str]]:
-    """Containers the agent should start (pending) and stop (stopping)."""
+    conn: Connection, host_id: str, secret: str, now_ms: int
+) -> tuple[list[ContainerAssignment], list[str], dict[str, float]]:
+    """Containers the agent should start (pending, their devices clear of any preempted
+    lease's grace period) and stop (stopping), with the SIGTERM→SIGKILL grace of stops that
+    have their own (preemptions)."""
     rows = conn.execute(
         select(
             containers.c.id,
@@ -260,6 +278,8 @@ def assignments_for_host(
             containers.c.memory_mib,
             containers.c.gpu_model,
             containers.c.gpu_indices,
+            containers.c.start_after_ms,
+            containers.c.stop_grace_ms,
             functions.c.app_id,
             functions.c.spec,
         )
@@ -268,9 +288,14 @@ def assignments_for_host(
     ).all()
     start: list[ContainerAssignment] = []
     stop: list[str] = []
+    grace: dict[str, float] = {}
     for r in rows:
         if r.state == "stopping":
             stop.append(r.id)
+            if r.stop_grace_ms is not None:
+                grace[r.id] = r.stop_grace_ms / 1000
+            continue
+        if r.start_after_ms > now_ms:
             continue
         gpus = [GpuAsk(model=r.gpu_model, count=len(r.gpu_indices))] if r.gpu_model else []
         start.append(
@@ -286,7 +311,7 @@ def assignments_for_host(
                 token=container_token(secret, r.id),
             )
         )
-    return start, stop
+    return start, stop, grace
 
 
 def mark_lost_hosts(

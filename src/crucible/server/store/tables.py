@@ -30,9 +30,13 @@ __all__ = [
     "calls",
     "containers",
     "functions",
+    "host_offers",
     "hosts",
+    "ledger_entries",
+    "ledger_postings",
     "metadata",
     "meter_intervals",
+    "reservations",
     "tokens",
 ]
 
@@ -51,6 +55,8 @@ accounts = Table(
     Column("id", String(32), primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_ms", BigInteger, nullable=False),
+    # Spend cap per UTC day in micro-dollars (None: no cap); see billing.ledger.
+    Column("daily_cap_micros", BigInteger),
 )
 
 tokens = Table(
@@ -88,6 +94,14 @@ hosts = Table(
     Column("agent_version", String(64), nullable=False, default=""),
     Column("registered_ms", BigInteger, nullable=False),
     Column("last_seen_ms", BigInteger, nullable=False),
+    # The host's profile in the market (declared by its agent, changed by its owner).
+    Column("energy_source", String(64), nullable=False, default="unknown"),
+    Column("carbon_g_per_kwh", Integer),
+    Column("draining", Boolean, nullable=False, default=False),
+    # Leases (GPU containers) ended on this host, and those ended by a host fault (it was
+    # lost): the published reliability score is derived from them.
+    Column("leases_ended", Integer, nullable=False, default=0),
+    Column("leases_faulted", Integer, nullable=False, default=0),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -141,7 +155,53 @@ containers = Table(
     Column("exit_code", Integer),
     Column("exit_reason", String(32)),
     Column("exit_message", Text),
+    # The container's lease in the market (its id is the container's id). ``unit_price`` is
+    # per device-hour (GPU) or per core-hour (CPU-only), fixed when it was granted.
+    Column("tier", String(16), nullable=False, default="on_demand"),
+    Column("unit_price_micros", BigInteger, nullable=False, default=0),
+    Column("reservation_id", String(32)),
+    # Devices still held by a preempted lease in its grace period: start no earlier.
+    Column("start_after_ms", BigInteger, nullable=False, default=0),
+    # Metering ends here when the lease ended before the container stopped (preemption,
+    # out of credit): each device-millisecond is charged to at most one renter.
+    Column("lease_end_ms", BigInteger),
+    Column("end_cause", String(32)),  # preempted | out_of_credit | host_lost | ...
+    Column("stop_grace_ms", BigInteger),  # SIGTERM→SIGKILL for this stop (None: default)
+    Column("metered_cost_micros", BigInteger, nullable=False, default=0),
+    # The platform fee in force when the lease was granted (parts per million).
+    Column("fee_ppm", Integer, nullable=False, default=0),
     Index("ix_containers_state", "state"),
+)
+
+# A host's asking terms per device type (a GPU model, or "cpu"), micro-dollars per unit-hour.
+host_offers = Table(
+    "host_offers",
+    metadata,
+    Column("host_id", String(32), ForeignKey("hosts.id"), primary_key=True),
+    Column("device_type", String(32), primary_key=True),
+    Column("on_demand", BigInteger, nullable=False),
+    Column("interruptible_min", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("memory_on_demand", BigInteger, nullable=False, default=0),
+    Column("memory_interruptible", BigInteger, nullable=False, default=0),
+    Column("memory_reserved", BigInteger, nullable=False, default=0),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Reserved blocks: ``blocks`` is a list of {host_id, devices, price} (one per node).
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("model", String(32), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("blocks", JSON, nullable=False),
+    Column("start_ms", BigInteger, nullable=False),
+    Column("end_ms", BigInteger, nullable=False, index=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("metered_until_ms", BigInteger),
+    Column("metered_cost_micros", BigInteger, nullable=False, default=0),
 )
 
 calls = Table(
@@ -156,6 +216,7 @@ calls = Table(
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("infra_requeues", Integer, nullable=False, default=0),
+    Column("preemptions", Integer, nullable=False, default=0),
     Column("input", LargeBinary),
     Column("input_ref", String(64)),
     Column("input_size", BigInteger, nullable=False, default=0),
@@ -201,4 +262,35 @@ meter_intervals = Table(
     Column("function_id", String(32), nullable=False, index=True),
     Column("cost_micros", BigInteger, nullable=False),
     Index("ix_meter_intervals_account", "account_id", "app_id"),
+)
+
+# The double-entry ledger (see billing.ledger): entries are immutable and keyed for
+# idempotency; every balance is the sum of an account's postings. ``renter``, ``host_id``,
+# ``app_id``, ``function_id`` and ``meter`` say what an entry concerns, for statements.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("key", String(160), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("memo", Text, nullable=False, default=""),
+    Column("renter", String(32), index=True),
+    Column("host_id", String(32), index=True),
+    Column("app_id", String(32)),
+    Column("function_id", String(32)),
+    Column("meter", String(40), index=True),
+    Column("start_ms", BigInteger),
+    Column("end_ms", BigInteger),
+    Column("cost_micros", BigInteger),
+    Column("reverses", String(160)),
+)
+
+ledger_postings = Table(
+    "ledger_postings",
+    metadata,
+    Column("entry_seq", BigInteger, ForeignKey("ledger_entries.seq"), primary_key=True),
+    Column("account", String(48), primary_key=True),  # renter:<id> | host:<id> | platform:fees
+    Column("amount_micros", BigInteger, nullable=False),
+    Index("ix_ledger_postings_account", "account", "amount_micros"),
 )

@@ -1,0 +1,43 @@
+"""Stop hooks: code a function registers to run when its container is told to stop (a
+preemption, a scale-down, the app stopping), e.g. to write a checkpoint.
+
+The worker calls every hook once, in registration order, when SIGTERM arrives; the
+container then has its grace period (30 s by default for a preemption) before SIGKILL. A
+hook runs in the worker's main thread, between two bytecodes of whatever the function was
+doing, so keep it short and do not rely on locks the function may hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["on_stop", "run_stop_hooks"]
+
+log = logging.getLogger("crucible.worker")
+
+F = TypeVar("F", bound=Callable[[], object])
+_hooks: list[Callable[[], object]] = []
+
+
+def on_stop(hook: F) -> F:
+    """Register ``hook`` (no arguments) to run when the container is asked to stop. Usable
+    as a decorator; returns the hook unchanged. Outside a container it is never called."""
+    if not callable(hook):
+        raise TypeError("crucible.on_stop() takes a function with no arguments")
+    _hooks.append(hook)
+    return hook
+
+
+def run_stop_hooks() -> int:
+    """Run (and forget) every registered hook; a hook that raises is logged and the others
+    still run. Returns how many ran."""
+    hooks = list(_hooks)
+    _hooks.clear()
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("stop hook %r raised", hook)
+    return len(hooks)

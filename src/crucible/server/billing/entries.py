@@ -1,0 +1,219 @@
+"""The ledger in the store: the shell around :mod:`crucible.server.billing.ledger`.
+
+One row per entry (``ledger_entries``, keyed for idempotency) and one per posting
+(``ledger_postings``). Entries are written in the same transaction as whatever caused them
+(a metered interval, a grant, a reservation), so a crash keeps both or neither, and posting a
+key that is already there changes nothing. Every balance is ``SUM(amount)`` of an account's
+postings; :func:`check_ledger` verifies that the whole ledger sums to zero and that every entry
+balances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crucible.server.billing.ledger import (
+    CREDITS_ISSUED,
+    MS_PER_DAY,
+    CreditStatus,
+    EntryKind,
+    LedgerAccount,
+    MeteredInterval,
+    Posting,
+    charge_postings,
+    credit_status,
+    renter_account,
+)
+from crucible.server.store.tables import accounts, ledger_entries, ledger_postings
+
+__all__ = [
+    "EntryContext",
+    "account_balance",
+    "account_credit",
+    "check_ledger",
+    "grant_credits",
+    "post_charge",
+    "post_entry",
+]
+
+
+@dataclass(frozen=True)
+class EntryContext:
+    """What an entry concerns, for statements (all optional)."""
+
+    renter: str | None = None
+    host_id: str | None = None
+    app_id: str | None = None
+    function_id: str | None = None
+    meter: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    cost_micros: int | None = None
+
+
+def post_entry(
+    conn: Connection,
+    key: str,
+    kind: EntryKind,
+    at_ms: int,
+    postings: Sequence[Posting],
+    *,
+    memo: str = "",
+    context: EntryContext | None = None,
+    reverses: str | None = None,
+) -> bool:
+    """Write one entry with its postings unless ``key`` is already in the ledger. Returns
+    whether it was written. Postings must sum to zero."""
+    if sum(p.amount for p in postings) != 0:
+        raise ValueError(f"ledger entry {key!r} does not balance")
+    ctx = context or EntryContext()
+    values = {
+        "key": key,
+        "kind": kind.value,
+        "at_ms": at_ms,
+        "memo": memo,
+        "renter": ctx.renter,
+        "host_id": ctx.host_id,
+        "app_id": ctx.app_id,
+        "function_id": ctx.function_id,
+        "meter": ctx.meter,
+        "start_ms": ctx.start_ms,
+        "end_ms": ctx.end_ms,
+        "cost_micros": ctx.cost_micros,
+        "reverses": reverses,
+    }
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = (
+        ins(ledger_entries)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(ledger_entries.c.seq)
+    )
+    seq = conn.execute(stmt).scalar()
+    if seq is None:
+        return False
+    conn.execute(
+        ledger_postings.insert(),
+        [
+            {"entry_seq": seq, "account": str(p.account), "amount_micros": p.amount}
+            for p in postings
+        ],
+    )
+    return True
+
+
+def post_charge(
+    conn: Connection,
+    interval: MeteredInterval,
+    charged_before: int,
+    fee_ppm: int,
+    at_ms: int,
+    *,
+    app_id: str | None = None,
+    function_id: str | None = None,
+) -> bool:
+    """Charge one metered interval (renter pays; host and platform fee are credited)."""
+    return post_entry(
+        conn,
+        interval.key,
+        EntryKind.CHARGE,
+        at_ms,
+        charge_postings(interval, charged_before, fee_ppm),
+        memo=f"{interval.meter} [{interval.start_ms}, {interval.end_ms})",
+        context=EntryContext(
+            renter=interval.renter,
+            host_id=interval.host,
+            app_id=app_id,
+            function_id=function_id,
+            meter=interval.meter,
+            start_ms=interval.start_ms,
+            end_ms=interval.end_ms,
+            cost_micros=interval.cost_micros,
+        ),
+    )
+
+
+def grant_credits(
+    conn: Connection, key: str, account_id: str, amount_micros: int, at_ms: int, memo: str
+) -> bool:
+    """An operator grants prepaid credits (idempotent by ``key``)."""
+    return post_entry(
+        conn,
+        key,
+        EntryKind.GRANT,
+        at_ms,
+        (
+            Posting(renter_account(account_id), amount_micros),
+            Posting(CREDITS_ISSUED, -amount_micros),
+        ),
+        memo=memo,
+        context=EntryContext(renter=account_id),
+    )
+
+
+def account_balance(conn: Connection, account: LedgerAccount) -> int:
+    """The sum of the account's postings."""
+    total = conn.execute(
+        select(func.coalesce(func.sum(ledger_postings.c.amount_micros), 0)).where(
+            ledger_postings.c.account == str(account)
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
+    """What the renter was charged for intervals starting on UTC day ``day``, net of
+    reversed charges."""
+    reversed_keys = select(ledger_entries.c.reverses).where(
+        ledger_entries.c.kind == EntryKind.REVERSAL.value,
+        ledger_entries.c.renter == account_id,
+        ledger_entries.c.reverses.is_not(None),
+    )
+    total = conn.execute(
+        select(func.coalesce(func.sum(ledger_entries.c.cost_micros), 0)).where(
+            ledger_entries.c.renter == account_id,
+            ledger_entries.c.kind == EntryKind.CHARGE.value,
+            ledger_entries.c.start_ms >= day * MS_PER_DAY,
+            ledger_entries.c.start_ms < (day + 1) * MS_PER_DAY,
+            ledger_entries.c.key.not_in(reversed_keys),
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def account_credit(conn: Connection, account_id: str, now_ms: int) -> CreditStatus:
+    """The renter's balance, today's spend and cap, and whether it may start new work."""
+    cap = conn.execute(
+        select(accounts.c.daily_cap_micros).where(accounts.c.id == account_id)
+    ).scalar()
+    return credit_status(
+        account_id,
+        account_balance(conn, renter_account(account_id)),
+        spent_on_day(conn, account_id, now_ms // MS_PER_DAY),
+        None if cap is None else int(cap),
+    )
+
+
+def check_ledger(conn: Connection) -> list[str]:
+    """Problems with the stored ledger (empty when sound): an entry whose postings do not sum
+    to zero, or a ledger whose balances do not sum to zero."""
+    problems = [
+        f"entry {r.key} sums to {r.total}"
+        for r in conn.execute(
+            select(ledger_entries.c.key, func.sum(ledger_postings.c.amount_micros).label("total"))
+            .join(ledger_postings, ledger_postings.c.entry_seq == ledger_entries.c.seq)
+            .group_by(ledger_entries.c.key)
+            .having(func.sum(ledger_postings.c.amount_micros) != 0)
+        )
+    ]
+    total = conn.execute(
+        select(func.coalesce(func.sum(ledger_postings.c.amount_micros), 0))
+    ).scalar()
+    if total:
+        problems.append(f"the ledger sums to {total}, not 0")
+    return problems

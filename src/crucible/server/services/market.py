@@ -1,0 +1,411 @@
+"""The live market: the server's one :class:`~crucible.server.market.Market`, kept in step
+with the store.
+
+The market core is pure and in memory. This shell builds it from the store when the server
+starts (hosts, their offers, the leases of live GPU containers, reservations), brings it up
+to date on every scheduler tick (hosts that joined, were lost, changed profile, price or
+draining), and turns its decisions into rows: a granted lease is a container (same id), a
+preemption stops one. Everything the market decides is written in the transaction of the
+tick that decided it, so a crash loses nothing that was acted on; a restart rebuilds the
+same state from the rows.
+
+GPU containers are placed by the market (the builder's tier, bid, ``max_price``, region,
+reliability and preference). CPU-only containers are placed by the scheduler core and pay
+the host's CPU offer on demand (cores x core-hour + GiB x GiB-hour); tiers apply to GPUs.
+
+The market is shared by the scheduler (event loop) and API handlers (thread pool): every
+use holds :attr:`LiveMarket.lock`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.protocol.ids import new_id
+from crucible.server.market import (
+    CPU,
+    HostSpec,
+    Lease,
+    LeaseGranted,
+    LeaseRequest,
+    Market,
+    MarketRules,
+    Offer,
+    Preemption,
+    Prefer,
+    Refusal,
+    Reservation,
+    ReservedBlock,
+    Tier,
+)
+from crucible.server.market.rules import PPM
+from crucible.server.scheduler.core import (
+    FunctionDemand,
+    HostCapacity,
+    LeaseTerms,
+    StartContainer,
+)
+from crucible.server.store.tables import containers, host_offers, hosts, reservations
+from crucible.settings import Settings
+
+__all__ = [
+    "LIVE_LEASE_STATES",
+    "LiveMarket",
+    "MarketPlacer",
+    "MarketTerms",
+    "default_offer",
+    "host_reliability_ppm",
+    "live_lease_ids",
+    "offer_of_row",
+]
+
+LIVE_LEASE_STATES = ("pending", "starting", "running", "stopping")
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class MarketTerms:
+    """How a function buys its GPUs (from its spec's ``market`` part)."""
+
+    tier: Tier = Tier.ON_DEMAND
+    bid: int | None = None
+    max_price: int | None = None
+    region: str | None = None
+    min_reliability_ppm: int = 0
+    prefer: Prefer = Prefer.CHEAPEST
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
+        m = spec.get("market") or {}
+        return cls(
+            tier=Tier(m.get("tier", Tier.ON_DEMAND.value)),
+            bid=m.get("bid_micros"),
+            max_price=m.get("max_price_micros"),
+            region=m.get("region"),
+            min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
+            prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
+        )
+
+
+def default_offer(device_type: str, settings: Settings) -> Offer:
+    """The terms of a host that has not priced a device type: the GPU catalog's reference
+    price on demand, fixed fractions of it for interruptible bids and reservations; CPU-only
+    capacity at the configured core-hour and GiB-hour prices."""
+    if device_type == CPU:
+        core = round(settings.price_cpu_core_hour_usd * MICROS)
+        mem = round(settings.price_memory_gib_hour_usd * MICROS)
+        return Offer(
+            on_demand=core,
+            interruptible_min=round(core * settings.default_interruptible_fraction),
+            reserved=round(core * settings.default_reserved_fraction),
+            memory_on_demand=mem,
+            memory_interruptible=round(mem * settings.default_interruptible_fraction),
+            memory_reserved=round(mem * settings.default_reserved_fraction),
+        )
+    model = GPU_CATALOG.get(device_type)
+    ref = round((model.reference_price_usd if model else 1.0) * MICROS)
+    return Offer(
+        on_demand=ref,
+        interruptible_min=round(ref * settings.default_interruptible_fraction),
+        reserved=round(ref * settings.default_reserved_fraction),
+    )
+
+
+def offer_of_row(r: Any) -> Offer:
+    return Offer(
+        on_demand=r.on_demand,
+        interruptible_min=r.interruptible_min,
+        reserved=r.reserved,
+        memory_on_demand=r.memory_on_demand,
+        memory_interruptible=r.memory_interruptible,
+        memory_reserved=r.memory_reserved,
+    )
+
+
+def host_reliability_ppm(ended: int, faulted: int, prior: int) -> int:
+    """The published reliability score: the share of a host's leases that ended without a
+    host fault, counting ``prior`` fault-free leases in its favour (so a new host starts at
+    1.0 and one early fault does not sink it)."""
+    total = ended + prior
+    if total <= 0:
+        return PPM
+    return (total - faulted) * PPM // total
+
+
+def _spec_of_row(r: Any, prior: int) -> HostSpec:
+    return HostSpec(
+        host_id=r.id,
+        region=r.region,
+        gpus=tuple((int(g["index"]), str(g["model"])) for g in r.inventory.get("gpus", [])),
+        reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
+        energy_source=r.energy_source,
+        carbon_g_per_kwh=r.carbon_g_per_kwh,
+    )
+
+
+def reservation_of_row(r: Any) -> Reservation:
+    return Reservation(
+        reservation_id=r.id,
+        account=r.account_id,
+        model=r.model,
+        blocks=tuple(
+            ReservedBlock(b["host_id"], tuple(b["devices"]), int(b["price"])) for b in r.blocks
+        ),
+        start_ms=r.start_ms,
+        end_ms=r.end_ms,
+    )
+
+
+class LiveMarket:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.RLock()
+        self.market = Market(self.rules(settings))
+        self._loaded = False
+        self._specs: dict[str, HostSpec] = {}
+        self._state: dict[str, tuple[bool, bool]] = {}  # host -> (online, draining)
+        self._offers: dict[tuple[str, str], Offer] = {}
+        self._cpu_offers: dict[str, Offer] = {}
+
+    @staticmethod
+    def rules(settings: Settings) -> MarketRules:
+        return MarketRules(
+            grace_ms=int(settings.preemption_grace_s * 1000),
+            # No speed benchmark per model yet: the catalog's reference price stands in.
+            model_speed={n: round(m.reference_price_usd * 100) for n, m in GPU_CATALOG.items()},
+        )
+
+    # -- keeping in step with the store -------------------------------------------------------
+
+    def sync(self, conn: Connection, now_ms: int) -> None:
+        """Bring hosts and offers up to date (and on the first call, leases and reservations
+        too). Hold :attr:`lock`."""
+        now_ms = max(now_ms, self.market.now_ms)
+        prior = self.settings.reliability_prior_leases
+        rows = conn.execute(
+            select(
+                hosts.c.id,
+                hosts.c.region,
+                hosts.c.state,
+                hosts.c.inventory,
+                hosts.c.energy_source,
+                hosts.c.carbon_g_per_kwh,
+                hosts.c.draining,
+                hosts.c.leases_ended,
+                hosts.c.leases_faulted,
+            )
+        ).all()
+        offers = {
+            (r.host_id, r.device_type): offer_of_row(r) for r in conn.execute(select(host_offers))
+        }
+        m = self.market
+        self._cpu_offers = {
+            r.id: offers.get((r.id, CPU)) or default_offer(CPU, self.settings) for r in rows
+        }
+        for r in rows:
+            spec = _spec_of_row(r, prior)
+            if not spec.gpus:
+                continue
+            old = self._specs.get(r.id)
+            if old is None:
+                m.add_host(spec)
+            elif old != spec:
+                if old.gpus != spec.gpus:
+                    # New devices (an agent re-registered with another inventory): only when
+                    # nothing runs there; otherwise keep the old view until it drains.
+                    if any(lease.host_id == r.id for lease in m.running_leases()):
+                        continue
+                    m.set_online(r.id, False, now_ms)
+                    self._forget(r.id)
+                    m.add_host(spec)
+                    old = None
+                else:
+                    m.update_host(spec)
+            self._specs[r.id] = spec
+            state = (r.state == "ready", bool(r.draining))
+            if self._state.get(r.id) != state:
+                m.set_online(r.id, state[0], now_ms)
+                m.set_draining(r.id, state[1])
+                self._state[r.id] = state
+            for model in spec.device_types():
+                offer = offers.get((r.id, model)) or default_offer(model, self.settings)
+                if self._offers.get((r.id, model)) != offer:
+                    m.set_offer(r.id, model, offer)
+                    self._offers[(r.id, model)] = offer
+        if not self._loaded:
+            self._restore(conn, now_ms)
+            self._loaded = True
+
+    def cpu_offer(self, host_id: str) -> Offer:
+        """The host's terms for CPU-only containers (as of the last :meth:`sync`)."""
+        return self._cpu_offers.get(host_id) or default_offer(CPU, self.settings)
+
+    def _forget(self, host_id: str) -> None:
+        self._state.pop(host_id, None)
+        for key in [k for k in self._offers if k[0] == host_id]:
+            del self._offers[key]
+
+    def _restore(self, conn: Connection, now_ms: int) -> None:
+        rsv = [
+            reservation_of_row(r)
+            for r in conn.execute(select(reservations).where(reservations.c.end_ms > now_ms))
+            if all(b["host_id"] in self._specs for b in r.blocks)
+        ]
+        ends = {r.reservation_id: r.end_ms for r in rsv}
+        leases = []
+        for r in conn.execute(
+            select(containers).where(
+                containers.c.state.in_(LIVE_LEASE_STATES),
+                containers.c.gpu_model.is_not(None),
+                containers.c.lease_end_ms.is_(None),
+            )
+        ):
+            if r.host_id not in self._specs:
+                continue
+            leases.append(
+                Lease(
+                    lease_id=r.id,
+                    account=r.account_id,
+                    host_id=r.host_id,
+                    device_type=r.gpu_model,
+                    devices=tuple(r.gpu_indices),
+                    tier=Tier(r.tier),
+                    price_micros_per_device_hour=r.unit_price_micros,
+                    granted_ms=r.created_ms,
+                    start_ms=max(r.created_ms, r.start_after_ms),
+                    reservation_id=r.reservation_id if r.reservation_id in ends else None,
+                    ends_by_ms=ends.get(r.reservation_id) if r.reservation_id else None,
+                )
+            )
+        self.market.restore(rsv, leases, now_ms)
+
+    def reconcile(self, live_lease_ids: set[str], now_ms: int) -> None:
+        """Release market leases whose container is gone (stopped, lost, or preempted and
+        already released). Hold :attr:`lock`."""
+        for lease in self.market.running_leases():
+            if lease.lease_id not in live_lease_ids:
+                self.market.release(lease.lease_id, max(now_ms, self.market.now_ms))
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(
+        self,
+        account: str,
+        model: str,
+        count: int,
+        terms: MarketTerms,
+        lease_id: str = "",
+    ) -> LeaseRequest:
+        return LeaseRequest(
+            account=account,
+            models=(model,),
+            count=count,
+            tier=terms.tier,
+            bid=terms.bid if terms.tier is Tier.INTERRUPTIBLE else None,
+            max_price=terms.max_price,
+            region=terms.region,
+            min_reliability_ppm=terms.min_reliability_ppm,
+            prefer=terms.prefer,
+            lease_id=lease_id,
+        )
+
+    def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:
+        return self.market.lease(request, max(now_ms, self.market.now_ms))
+
+
+@dataclass
+class Refused:
+    code: str
+    message: str
+
+
+class MarketPlacer:
+    """The scheduler core's GPU placer for one tick: asks the market for a lease per
+    container (the function's GPU choices in fallback order), checks that the chosen host
+    also has the CPU and memory, and collects what the grants preempted. Hold the lock."""
+
+    def __init__(
+        self,
+        live: LiveMarket,
+        accounts: dict[str, str],
+        terms: dict[str, MarketTerms],
+        now_ms: int,
+    ) -> None:
+        self.live = live
+        self.accounts = accounts
+        self.terms = terms
+        self.now_ms = now_ms
+        self.preemptions: list[Preemption] = []
+        self.refused: dict[str, Refused] = {}  # function id -> why its last try failed
+
+    def __call__(self, fn: FunctionDemand, hosts_now: list[HostCapacity]) -> StartContainer | None:
+        market = self.live.market
+        by_id = {h.id: h for h in hosts_now}
+        terms = self.terms.get(fn.id, MarketTerms())
+        for choice in fn.gpus:
+            cid = new_id("ct")
+            request = self.live.request(
+                self.accounts[fn.id], choice.model, choice.count, terms, cid
+            )
+            now = max(self.now_ms, market.now_ms)
+            decision = market.decide_lease(request, now)
+            if isinstance(decision, Refusal):
+                self.refused[fn.id] = Refused(decision.code.value, decision.message)
+                continue
+            lease = decision.leases[0]
+            host = by_id.get(lease.host_id)
+            if host is None or not _room(host, fn):
+                self.refused[fn.id] = Refused(
+                    "no_capacity",
+                    f"host {lease.host_id} has the GPUs but not the CPU or memory asked",
+                )
+                continue
+            market.apply(decision)
+            self.preemptions.extend(decision.preemptions)
+            self.refused.pop(fn.id, None)
+            host.used_cpu += fn.cpu
+            host.used_memory_mib += fn.memory_mib
+            host.used_gpus.update(lease.devices)
+            return StartContainer(
+                function_id=fn.id,
+                host_id=lease.host_id,
+                cpu=fn.cpu,
+                memory_mib=fn.memory_mib,
+                gpu_model=lease.device_type,
+                gpu_indices=lease.devices,
+                lease=LeaseTerms(
+                    container_id=cid,
+                    tier=lease.tier.value,
+                    unit_price_micros=lease.price_micros_per_device_hour,
+                    rate_micros_per_hour=lease.rate_micros_per_hour,
+                    reservation_id=lease.reservation_id,
+                    start_after_ms=lease.start_ms,
+                ),
+            )
+        return None
+
+
+def _room(host: HostCapacity, fn: FunctionDemand) -> bool:
+    return (
+        fn.cpu <= host.cpu - host.used_cpu + 1e-9
+        and fn.memory_mib <= host.memory_mib - host.used_memory_mib
+    )
+
+
+def live_lease_ids(conn: Connection) -> set[str]:
+    """Ids of the containers whose GPU lease is still held: live, and not ended under them
+    (a preempted container in its grace period no longer holds its lease)."""
+    return set(
+        conn.execute(
+            select(containers.c.id).where(
+                containers.c.state.in_(LIVE_LEASE_STATES),
+                containers.c.gpu_model.is_not(None),
+                containers.c.lease_end_ms.is_(None),
+            )
+        ).scalars()
+    )
