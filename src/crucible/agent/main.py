@@ -88,6 +88,8 @@ class Agent:
         token: str,
         name: str | None = None,
         region: str = "local",
+        energy_source: str | None = None,
+        carbon_g_per_kwh: int | None = None,
         fake_gpus: str | None = None,
         worker_argv: list[str] | None = None,
     ) -> None:
@@ -95,6 +97,8 @@ class Agent:
         self.server_url = server_url
         self.name = name or socket.gethostname()
         self.region = region
+        self.energy_source = energy_source
+        self.carbon_g_per_kwh = carbon_g_per_kwh
         self.fake_gpus = fake_gpus
         self.agent_dir: Path = settings.agent_path
         self._transport = Transport(
@@ -189,6 +193,8 @@ class Agent:
             body = HostRegister(
                 name=self.name,
                 region=self.region,
+                energy_source=self.energy_source,
+                carbon_g_per_kwh=self.carbon_g_per_kwh,
                 inventory=inventory or self._inventory(),
                 agent_version=agent_version(),
             )

@@ -111,6 +111,10 @@ def register(app: typer.Typer) -> None:
         token_file: Path = typer.Option(None, help="Read the host token from this file."),
         name: str = typer.Option(None, help="Host name (default: this machine's hostname)."),
         region: str = typer.Option("local", help="Region this host is in."),
+        energy_source: str = typer.Option(
+            None, "--energy-source", help="Declared energy source (hydro, solar, flare gas...)."
+        ),
+        carbon: int = typer.Option(None, "--carbon", help="Declared carbon intensity, gCO2/kWh."),
         fake_gpus: str = typer.Option(
             None, help="Declare fake GPUs for testing, e.g. 4xH100 (needs --allow-fake-gpus)."
         ),
@@ -139,5 +143,7 @@ def register(app: typer.Typer) -> None:
             token=token,
             name=name or socket.gethostname(),
             region=region,
+            energy_source=energy_source,
+            carbon_g_per_kwh=carbon,
             fake_gpus=fake_gpus,
         ).run()

@@ -52,7 +52,10 @@ class CallInfo(Wire):
     result: Payload | None = None
     error: ErrorInfo | None = None
     exec_ms: int | None = None
+    # Carried across attempts: what preempted attempts ran is included.
     cost_micros: int | None = None
+    # Attempts ended by a preemption (requeued; they do not count against retries).
+    preemptions: int = 0
 
 
 class CallsCreated(Wire):

@@ -92,11 +92,15 @@ def _canonical_model(raw: str) -> str:
 
 
 def parse_gpu_request(text: str) -> GpuRequest:
-    """``"A100-80GB:2"`` → GpuRequest("A100-80GB", 2)."""
+    """``"A100-80GB:2"`` (or ``"2xA100-80GB"``, as the CLI writes it) →
+    GpuRequest("A100-80GB", 2)."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidGpuError(
             f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}"
         )
+    times = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*(.+)", text)
+    if times and ":" not in text:
+        text = f"{times.group(2)}:{times.group(1)}"
     name, colon, count_text = text.partition(":")
     count = 1
     if colon:

@@ -36,6 +36,9 @@ class Inventory(Wire):
 class HostRegister(Wire):
     name: str = Field(min_length=1, max_length=128)
     region: str = Field(default="local", max_length=64)
+    # Declared by the host's operator; None keeps what the host has on record.
+    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
     inventory: Inventory
     agent_version: str = Field(default="", max_length=64)
 

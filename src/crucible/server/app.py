@@ -15,7 +15,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crucible import __version__
 from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
-from crucible.server.api import accounts, apps, billing, blobs, calls, containers, health, hosts
+from crucible.server.api import (
+    accounts,
+    apps,
+    billing,
+    blobs,
+    calls,
+    containers,
+    health,
+    hosts,
+    market,
+)
 from crucible.server.api.deps import Caller
 from crucible.server.api.responses import (
     error_response,
@@ -169,7 +179,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     async def on_other(_: Request, exc: Exception) -> JSONResponse:
         return response_for_exception(exc)
 
-    for module in (health, accounts, blobs, apps, calls, hosts, containers, billing):
+    for module in (health, accounts, blobs, apps, calls, hosts, containers, billing, market):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
     app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest

@@ -38,8 +38,8 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.transport import Transport
-from crucible.sdk._stop_hooks import run_stop_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
+from crucible.sdk._stop_hooks import run_stop_hooks
 
 __all__ = ["Worker", "main"]
 

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query, Response
 
+from crucible.errors import InsufficientCreditError
 from crucible.protocol.calls import (
     CallInfo,
     CallList,
@@ -38,6 +39,9 @@ async def create_calls(
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
+    blocked = state.credit_blocked.get(who.account_id)
+    if blocked is not None:
+        raise InsufficientCreditError(blocked)
     now = state.clock.now_ms()
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))

@@ -75,6 +75,7 @@ _CALL_COLUMNS = (
     calls.c.error,
     calls.c.exec_ms,
     calls.c.cost_micros,
+    calls.c.preemptions,
 )
 
 
@@ -201,6 +202,7 @@ def call_info_dict(row: Any) -> dict[str, Any]:
         "error": row.error if row.error and row.state != "succeeded" else None,
         "exec_ms": row.exec_ms,
         "cost_micros": row.cost_micros,
+        "preemptions": row.preemptions,
     }
 
 

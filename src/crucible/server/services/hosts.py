@@ -91,6 +91,10 @@ def register_host(
         "agent_version": req.agent_version,
         "last_seen_ms": now_ms,
     }
+    if req.energy_source is not None:
+        values["energy_source"] = req.energy_source
+    if req.carbon_g_per_kwh is not None:
+        values["carbon_g_per_kwh"] = req.carbon_g_per_kwh
     if row is None:
         host_id = new_id("ho")
         conn.execute(
@@ -174,9 +178,7 @@ def end_container(
 def _count_lease_end(conn: Connection, container_id: str, *, faulted: bool) -> None:
     """A GPU container (a market lease) ended: count it towards its host's reliability."""
     row = conn.execute(
-        select(containers.c.host_id, containers.c.gpu_model).where(
-            containers.c.id == container_id
-        )
+        select(containers.c.host_id, containers.c.gpu_model).where(containers.c.id == container_id)
     ).first()
     if row is None or row.gpu_model is None:
         return

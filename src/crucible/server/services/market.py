@@ -171,6 +171,7 @@ class LiveMarket:
         self._state: dict[str, tuple[bool, bool]] = {}  # host -> (online, draining)
         self._offers: dict[tuple[str, str], Offer] = {}
         self._cpu_offers: dict[str, Offer] = {}
+        self._synced_ms: int | None = None
 
     @staticmethod
     def rules(settings: Settings) -> MarketRules:
@@ -240,6 +241,13 @@ class LiveMarket:
         if not self._loaded:
             self._restore(conn, now_ms)
             self._loaded = True
+        self._synced_ms = now_ms
+
+    def sync_if_stale(self, conn: Connection, now_ms: int, max_age_ms: int) -> None:
+        """:meth:`sync` unless the scheduler did within ``max_age_ms`` (API reads: with the
+        scheduler running in this process they never pay for a sync)."""
+        if self._synced_ms is None or now_ms - self._synced_ms > max_age_ms:
+            self.sync(conn, now_ms)
 
     def cpu_offer(self, host_id: str) -> Offer:
         """The host's terms for CPU-only containers (as of the last :meth:`sync`)."""

@@ -1,0 +1,408 @@
+"""The market from the terminal: `crucible host price|drain|profile|earnings`, `crucible
+market [quote|hosts]`, `crucible reserve`, `crucible reservations`, `crucible credits` and
+`crucible statement`. Prices are typed in dollars per device-hour and sent in micro-dollars."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any
+
+import typer
+
+from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
+from crucible.cli.resources import JSON, _client
+from crucible.errors import InvalidRequestError
+from crucible.protocol.market import (
+    BookInfo,
+    CreditInfo,
+    EarningsReport,
+    HostMarketInfo,
+    QuoteInfo,
+    ReservationInfo,
+)
+
+__all__ = ["register"]
+
+
+def _micros(usd: float | None, what: str) -> int | None:
+    if usd is None:
+        return None
+    if not 0 <= usd <= 1000:
+        raise InvalidRequestError(f"{what} must be dollars per hour in [0, 1000], got {usd}")
+    return round(usd * 1_000_000)
+
+
+def _tier(tier: str) -> str:
+    t = tier.replace("-", "_")
+    if t not in ("on_demand", "interruptible", "reserved"):
+        raise InvalidRequestError(f"--tier {tier!r}: use on-demand, interruptible or reserved")
+    return t
+
+
+def _start_ms(text: str) -> int:
+    if text == "now":
+        return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"--start {text!r}: use 'now' or an ISO time such as 2026-12-01T09:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _print_host(h: HostMarketInfo) -> None:
+    carbon = "undeclared" if h.carbon_g_per_kwh is None else f"{h.carbon_g_per_kwh} gCO2/kWh"
+    console.print(
+        f"{h.name} ({h.host_id}) {h.region}, {h.state}{', draining' if h.draining else ''}; "
+        f"reliability {h.reliability:.3f}; {h.energy_source}, {carbon}"
+    )
+    table(
+        "Offers ($/device-hour; cpu: $/core-hour + $/GiB-hour)",
+        ["device", "on-demand", "interruptible min", "reserved", "priced by host"],
+        [
+            (
+                o.device_type,
+                fmt_usd(o.on_demand_micros)
+                + (
+                    f" + {fmt_usd(o.memory_on_demand_micros)}/GiB"
+                    if o.memory_on_demand_micros
+                    else ""
+                ),
+                fmt_usd(o.interruptible_min_micros),
+                fmt_usd(o.reserved_micros),
+                "yes" if o.priced else "default",
+            )
+            for o in h.offers
+        ],
+    )
+
+
+def register(app: typer.Typer) -> None:
+    host_app = typer.Typer(help="Your hosts in the market: prices, draining, earnings.")
+    app.add_typer(host_app, name="host")
+
+    @host_app.command("price")
+    def host_price(
+        host_id: str,
+        device: str = typer.Argument(..., help="A GPU model the host has, or 'cpu'."),
+        on_demand: float = typer.Option(..., "--on-demand", help="$/device-hour."),
+        interruptible_min: float = typer.Option(
+            ..., "--interruptible-min", help="Lowest interruptible bid accepted, $/device-hour."
+        ),
+        reserved: float = typer.Option(..., "--reserved", help="Reserved price, $/device-hour."),
+        memory: float = typer.Option(0.0, "--memory", help="cpu only: on-demand $/GiB-hour."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Set a host's prices for one device type (running leases keep their price)."""
+        mem = _micros(memory, "--memory") or 0
+        body = {
+            "device_type": device,
+            "on_demand_micros": _micros(on_demand, "--on-demand"),
+            "interruptible_min_micros": _micros(interruptible_min, "--interruptible-min"),
+            "reserved_micros": _micros(reserved, "--reserved"),
+            "memory_on_demand_micros": mem,
+            "memory_interruptible_micros": mem // 2,
+            "memory_reserved_micros": mem * 4 // 5,
+        }
+        data = _client().transport.request("PUT", f"/v1/hosts/{host_id}/offers", body)
+        info = HostMarketInfo.model_validate(data)
+        print_json(info.model_dump()) if as_json else _print_host(info)
+
+    @host_app.command("drain")
+    def host_drain(
+        host_id: str, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
+    ) -> None:
+        """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
+        _client().transport.request("PATCH", f"/v1/hosts/{host_id}/profile", {"draining": not undo})
+        console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
+
+    @host_app.command("profile")
+    def host_profile(
+        host_id: str,
+        energy_source: str = typer.Option(None, "--energy-source", help="e.g. hydro, solar."),
+        carbon: int = typer.Option(None, "--carbon", help="Carbon intensity, gCO2/kWh."),
+    ) -> None:
+        """Declare a host's energy source and carbon intensity (shown in its offers)."""
+        body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
+        data = _client().transport.request(
+            "PATCH",
+            f"/v1/hosts/{host_id}/profile",
+            {k: v for k, v in body.items() if v is not None},
+        )
+        _print_host(HostMarketInfo.model_validate(data))
+
+    @host_app.command("earnings")
+    def host_earnings(
+        by: str = typer.Option("lease", "--by", help="lease or day."),
+        host_id: str = typer.Option(None, "--host", help="Only this host."),
+        as_json: bool = JSON,
+    ) -> None:
+        """What your hosts earned: charged to renters, platform fee withheld, your share."""
+        path = f"/v1/earnings?by={by}" + (f"&host_id={host_id}" if host_id else "")
+        rep = EarningsReport.model_validate(_client().get(path))
+        if as_json:
+            print_json(rep.model_dump())
+            return
+        table(
+            f"Earnings by {rep.by}",
+            [rep.by, "host", "device", "tier", "time", "charged", "fee", "earned"],
+            [
+                (
+                    x.key,
+                    x.host_id,
+                    x.device_type or "",
+                    x.tier or "",
+                    fmt_ms(x.ms),
+                    fmt_usd(x.charged_micros),
+                    fmt_usd(x.fee_micros),
+                    fmt_usd(x.earned_micros),
+                )
+                for x in rep.lines
+            ],
+        )
+        console.print(
+            f"Charged {fmt_usd(rep.charged_micros)}, fees {fmt_usd(rep.fee_micros)}, "
+            f"earned [bold]{fmt_usd(rep.earned_micros)}[/]"
+        )
+
+    market_app = typer.Typer(
+        help="The book per GPU model, quotes, and hosts' offers.", invoke_without_command=True
+    )
+    app.add_typer(market_app, name="market")
+
+    @market_app.callback()
+    def market(
+        ctx: typer.Context,
+        gpu: str = typer.Option(None, "--gpu", help="Only this GPU model."),
+        as_json: bool = JSON,
+    ) -> None:
+        """The book: asks, interruptible minimums, standing bids, recent clearing prices."""
+        if ctx.invoked_subcommand:
+            return
+        path = "/v1/market/book" + (f"?gpu={gpu}" if gpu else "")
+        books = [BookInfo.model_validate(b) for b in _client().get(path)]
+        if as_json:
+            print_json([b.model_dump() for b in books])
+            return
+        if not books:
+            console.print("The market is empty: no host with GPUs is registered.")
+        for b in books:
+            leased = ", ".join(f"{k} {v}" for k, v in b.leased.items() if v) or "none"
+            console.print(
+                f"[bold]{b.device_type}[/]: {b.free_devices} free of {b.listed_devices} "
+                f"listed; leased: {leased}"
+            )
+            depth = max(len(b.asks), len(b.interruptible_minimums), len(b.standing_bids), 1)
+
+            def level(levels: list[Any], i: int) -> str:
+                if i >= len(levels):
+                    return ""
+                return f"{fmt_usd(levels[i].price_micros)} x{levels[i].devices}"
+
+            table(
+                f"{b.device_type} book ($/GPU-hour x devices)",
+                ["ask (on-demand)", "interruptible min", "standing bid"],
+                [
+                    (
+                        level(b.asks, i),
+                        level(b.interruptible_minimums, i),
+                        level(b.standing_bids, i),
+                    )
+                    for i in range(depth)
+                ],
+            )
+            if b.recent:
+                recent = ", ".join(
+                    f"{fmt_usd(c.price_micros)} ({c.tier}, x{c.devices})" for c in b.recent[:5]
+                )
+                console.print(f"recent clearing prices: {recent}")
+
+    @market_app.command("quote")
+    def market_quote(
+        gpu: str = typer.Argument(..., help="e.g. H100, 4xH100."),
+        tier: str = typer.Option("on-demand", help="on-demand, interruptible or reserved."),
+        bid: float = typer.Option(None, help="interruptible: your bid, $/GPU-hour."),
+        max_price: float = typer.Option(None, "--max-price", help="$/GPU-hour at most."),
+        nodes: int = typer.Option(1, help="Nodes (hosts) of this size, all or nothing."),
+        region: str = typer.Option(None),
+        min_reliability: float = typer.Option(0.0, "--min-reliability", help="0..1."),
+        prefer: str = typer.Option("cheapest", help="cheapest, greenest or fastest."),
+        as_json: bool = JSON,
+    ) -> None:
+        """What a request would cost now (nothing is leased)."""
+        body = {
+            "gpu": gpu,
+            "nodes": nodes,
+            "tier": _tier(tier),
+            "bid_micros": _micros(bid, "--bid"),
+            "max_price_micros": _micros(max_price, "--max-price"),
+            "region": region,
+            "min_reliability_ppm": round(min_reliability * 1_000_000),
+            "prefer": prefer,
+        }
+        q = QuoteInfo.model_validate(
+            _client().post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
+        )
+        if as_json:
+            print_json(q.model_dump())
+            return
+        if q.available:
+            console.print(
+                f"{gpu} {q.tier}: {fmt_usd(q.price_micros)}/GPU-hour on {', '.join(q.hosts)}; "
+                f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
+                + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
+            )
+        else:
+            console.print(f"[red]not available[/] ({q.refusal}): {q.message}")
+            if q.min_winning_bid_micros is not None:
+                console.print(
+                    f"a bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
+                )
+
+    @market_app.command("hosts")
+    def market_hosts(as_json: bool = JSON) -> None:
+        """Every host's offers, reliability, energy source and carbon intensity."""
+        items = [HostMarketInfo.model_validate(h) for h in _client().get("/v1/market/hosts")]
+        if as_json:
+            print_json([h.model_dump() for h in items])
+            return
+        for h in items:
+            _print_host(h)
+
+    @app.command()
+    def reserve(
+        gpu: str = typer.Argument(..., help="Devices per node, e.g. 8xH100."),
+        start: str = typer.Option("now", help="'now' or an ISO time (UTC unless stated)."),
+        hours: float = typer.Option(..., help="Length of the window."),
+        nodes: int = typer.Option(1, help="Nodes (one block per host)."),
+        max_price: float = typer.Option(None, "--max-price", help="$/GPU-hour at most."),
+        region: str = typer.Option(None),
+        as_json: bool = JSON,
+    ) -> None:
+        """Reserve a block at the reserved price, paid now for the whole window."""
+        body = {
+            "gpu": gpu,
+            "nodes": nodes,
+            "start_ms": _start_ms(start),
+            "hours": hours,
+            "max_price_micros": _micros(max_price, "--max-price"),
+            "region": region,
+        }
+        r = ReservationInfo.model_validate(
+            _client().post("/v1/reservations", {k: v for k, v in body.items() if v is not None})
+        )
+        if as_json:
+            print_json(r.model_dump())
+            return
+        console.print(
+            f"reserved {r.id}: {r.nodes}x{r.count}x{r.model} on {', '.join(r.hosts)} from "
+            f"{fmt_time(r.start_ms)} to {fmt_time(r.end_ms)} UTC at {fmt_usd(r.price_micros)}"
+            f"/GPU-hour; charged {fmt_usd(r.cost_micros)}"
+        )
+
+    @app.command()
+    def reservations(as_json: bool = JSON) -> None:
+        """Your reservations whose window has not ended."""
+        items = [ReservationInfo.model_validate(r) for r in _client().get("/v1/reservations")]
+        if as_json:
+            print_json([r.model_dump() for r in items])
+            return
+        table(
+            "Reservations",
+            ["id", "devices", "hosts", "start (UTC)", "end (UTC)", "$/GPU-hour", "cost"],
+            [
+                (
+                    r.id,
+                    f"{r.nodes}x{r.count}x{r.model}",
+                    ", ".join(r.hosts),
+                    fmt_time(r.start_ms),
+                    fmt_time(r.end_ms),
+                    fmt_usd(r.price_micros),
+                    fmt_usd(r.cost_micros),
+                )
+                for r in items
+            ],
+        )
+
+    credits_app = typer.Typer(
+        help="Prepaid credits: balance, grants (operator), daily cap.",
+        invoke_without_command=True,
+    )
+    app.add_typer(credits_app, name="credits")
+
+    def _show(c: CreditInfo, as_json: bool) -> None:
+        if as_json:
+            print_json(c.model_dump())
+            return
+        cap = "none" if c.daily_cap_micros is None else fmt_usd(c.daily_cap_micros)
+        console.print(
+            f"{c.account_id}: balance [bold]{fmt_usd(c.balance_micros)}[/], spent today "
+            f"{fmt_usd(c.spent_today_micros)}, daily cap {cap}"
+        )
+        if not c.ok:
+            console.print(f"[red]{c.reason}[/]")
+
+    @credits_app.callback()
+    def credits(
+        ctx: typer.Context,
+        account: str = typer.Option(None, help="Admin: another account."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Your balance and today's spend."""
+        if ctx.invoked_subcommand:
+            return
+        path = "/v1/credits" + (f"?account={account}" if account else "")
+        _show(CreditInfo.model_validate(_client().get(path)), as_json)
+
+    @credits_app.command("grant")
+    def credits_grant(
+        account: str,
+        amount: float = typer.Argument(..., help="Dollars."),
+        key: str = typer.Option("", help="Idempotency key: the same key grants once."),
+        memo: str = typer.Option("", help="Why (shown in statements)."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Grant prepaid credits to an account (operator: admin token)."""
+        if not 0 < amount <= 1e9:
+            raise InvalidRequestError("amount must be dollars in (0, 1e9]")
+        body = {"account": account, "amount_micros": round(amount * 1e6), "key": key, "memo": memo}
+        _show(CreditInfo.model_validate(_client().post("/v1/credits/grants", body)), as_json)
+
+    @credits_app.command("cap")
+    def credits_cap(
+        account: str,
+        dollars: str = typer.Argument(..., help="Daily cap in dollars, or 'none'."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Set an account's spend cap per UTC day ('none' removes it)."""
+        cap = None if dollars == "none" else _micros(float(dollars), "the cap")
+        body = {"account": account, "cap_micros": cap}
+        data = _client().transport.request("PUT", "/v1/credits/cap", body)
+        _show(CreditInfo.model_validate(data), as_json)
+
+    @app.command()
+    def statement(
+        kind: str = typer.Option("entries", help="entries, apps or calls."),
+        app_id: str = typer.Option(None, "--app", help="Only this app."),
+        as_csv: bool = typer.Option(False, "--csv", help="CSV on standard output."),
+    ) -> None:
+        """Your statement: ledger entries, charges per app, or cost per call (carried across
+        retries and preemptions)."""
+        path = f"/v1/statement?kind={kind}" + (f"&app_id={app_id}" if app_id else "")
+        client = _client()
+        if as_csv:
+            status, data = client.transport.request_raw("GET", path + "&format=csv")
+            if status >= 300:
+                client.transport._decode(status, data)  # raises the server's error
+            sys.stdout.write(data.decode())
+            return
+        lines = client.get(path)
+        if not lines:
+            console.print("nothing yet")
+            return
+        cols = list(lines[0])
+        table(f"Statement ({kind})", cols, [[line[c] for c in cols] for line in lines])

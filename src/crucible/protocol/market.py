@@ -1,0 +1,189 @@
+"""The market on the wire: offers, host profiles, the book, quotes, reservations, credits,
+statements and earnings. Money is integer micro-dollars; prices are per device-hour (per
+core-hour and GiB-hour for CPU-only capacity)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from crucible.protocol.apps import MAX_PRICE_MICROS
+from crucible.protocol.common import Wire
+
+__all__ = [
+    "BookInfo",
+    "ClearingInfo",
+    "CreditGrant",
+    "CreditInfo",
+    "DailyCap",
+    "EarningsLine",
+    "EarningsReport",
+    "HostMarketInfo",
+    "HostProfileUpdate",
+    "LevelInfo",
+    "OfferInfo",
+    "OfferUpdate",
+    "QuoteInfo",
+    "QuoteRequest",
+    "ReservationInfo",
+    "ReserveCreate",
+]
+
+_PRICE = Field(ge=0, le=MAX_PRICE_MICROS)
+_MODEL = Field(min_length=1, max_length=32)
+
+
+class OfferUpdate(Wire):
+    """A host's terms for one device type: a GPU model it has, or ``cpu``."""
+
+    device_type: str = _MODEL
+    on_demand_micros: int = _PRICE
+    interruptible_min_micros: int = _PRICE
+    reserved_micros: int = _PRICE
+    memory_on_demand_micros: int = Field(default=0, ge=0, le=MAX_PRICE_MICROS)
+    memory_interruptible_micros: int = Field(default=0, ge=0, le=MAX_PRICE_MICROS)
+    memory_reserved_micros: int = Field(default=0, ge=0, le=MAX_PRICE_MICROS)
+
+
+class OfferInfo(OfferUpdate):
+    priced: bool  # False: the exchange's default terms (the host has not priced it)
+
+
+class HostProfileUpdate(Wire):
+    draining: bool | None = None
+    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
+
+
+class HostMarketInfo(Wire):
+    host_id: str
+    name: str
+    region: str
+    state: str
+    draining: bool
+    reliability: float  # 0..1, published
+    leases_ended: int
+    leases_faulted: int
+    energy_source: str
+    carbon_g_per_kwh: int | None
+    offers: list[OfferInfo]
+
+
+class LevelInfo(Wire):
+    price_micros: int
+    devices: int
+
+
+class ClearingInfo(Wire):
+    at_ms: int
+    tier: str
+    price_micros: int
+    devices: int
+    host_id: str
+
+
+class BookInfo(Wire):
+    device_type: str
+    at_ms: int
+    asks: list[LevelInfo]
+    interruptible_minimums: list[LevelInfo]
+    standing_bids: list[LevelInfo]
+    recent: list[ClearingInfo]
+    free_devices: int
+    listed_devices: int
+    leased: dict[str, int]
+
+
+class QuoteRequest(Wire):
+    """``gpu`` as builders write it (``H100``, ``4xH100``, ``H100:4``, ``cpu``)."""
+
+    gpu: str = Field(min_length=1, max_length=40)
+    nodes: int = Field(default=1, ge=1, le=1024)
+    tier: str = Field(default="on_demand", pattern=r"^(on_demand|interruptible|reserved)$")
+    bid_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
+    max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+    min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
+    prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+
+
+class QuoteInfo(Wire):
+    available: bool
+    model: str | None = None
+    tier: str | None = None
+    price_micros: int | None = None  # per device-hour (the highest among the nodes)
+    rate_micros_per_hour: int = 0  # everything asked, per hour
+    hosts: list[str] = Field(default_factory=list)
+    preempts: int = 0
+    refusal: str | None = None  # stable code (docs/market.md)
+    message: str | None = None
+    min_winning_bid_micros: int | None = None
+
+
+class ReserveCreate(Wire):
+    gpu: str = Field(min_length=1, max_length=40)  # "8xH100"
+    nodes: int = Field(default=1, ge=1, le=1024)
+    start_ms: int = Field(ge=0)
+    hours: float = Field(gt=0, le=366 * 24)
+    max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+    min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
+    prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+
+
+class ReservationInfo(Wire):
+    id: str
+    model: str
+    count: int
+    nodes: int
+    hosts: list[str]
+    start_ms: int
+    end_ms: int
+    price_micros: int  # per device-hour (highest block)
+    cost_micros: int  # the whole window, charged when reserved
+
+
+class CreditGrant(Wire):
+    account: str = Field(min_length=1, max_length=64)  # name or id
+    amount_micros: int = Field(gt=0, le=10**15)
+    # Idempotency: the same key grants once (retries are safe). Empty: a new grant.
+    key: str = Field(default="", max_length=100)
+    memo: str = Field(default="", max_length=500)
+
+
+class DailyCap(Wire):
+    account: str = Field(min_length=1, max_length=64)
+    cap_micros: int | None = Field(default=None, ge=0, le=10**15)
+
+
+class CreditInfo(Wire):
+    account_id: str
+    balance_micros: int
+    spent_today_micros: int
+    daily_cap_micros: int | None
+    ok: bool
+    reason: str
+
+
+class EarningsLine(Wire):
+    key: str  # the lease (container) id, or the UTC day (YYYY-MM-DD)
+    host_id: str
+    device_type: str | None = None
+    tier: str | None = None
+    ms: int
+    charged_micros: int
+    fee_micros: int
+    earned_micros: int
+
+
+class EarningsReport(Wire):
+    by: str  # lease | day
+    lines: list[EarningsLine]
+    charged_micros: int
+    fee_micros: int
+    earned_micros: int
+
+    @model_validator(mode="after")
+    def _sums(self) -> EarningsReport:
+        if self.charged_micros != self.fee_micros + self.earned_micros:
+            raise ValueError("earnings must add up: charged = fee + earned")
+        return self

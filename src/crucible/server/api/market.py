@@ -1,0 +1,141 @@
+"""The market: host offers and profiles, the book, quotes, reservations, credits,
+statements and earnings. Thin: each route calls one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from crucible.errors import NotFoundError
+from crucible.protocol.market import (
+    BookInfo,
+    CreditGrant,
+    CreditInfo,
+    DailyCap,
+    EarningsReport,
+    HostMarketInfo,
+    HostProfileUpdate,
+    OfferUpdate,
+    QuoteInfo,
+    QuoteRequest,
+    ReservationInfo,
+    ReserveCreate,
+)
+from crucible.server.api.deps import Builder, Caller, State
+from crucible.server.billing import statements
+from crucible.server.services import offers, orders
+from crucible.server.store.tables import hosts
+
+router = APIRouter(prefix="/v1", tags=["market"])
+
+
+@router.get("/market/hosts")
+def market_hosts(who: Caller, state: State) -> list[HostMarketInfo]:
+    with state.engine.connect() as conn:
+        return offers.list_host_market(conn, state.settings)
+
+
+@router.put("/hosts/{host_id}/offers")
+def put_offer(host_id: str, req: OfferUpdate, who: Caller, state: State) -> HostMarketInfo:
+    with state.engine.begin() as conn:
+        offers.set_offer(conn, who, host_id, req, state.clock.now_ms())
+        row = conn.execute(select(hosts).where(hosts.c.id == host_id)).one()
+        info = offers.host_market_info(conn, row, state.settings)
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.patch("/hosts/{host_id}/profile")
+def patch_profile(
+    host_id: str, req: HostProfileUpdate, who: Caller, state: State
+) -> HostMarketInfo:
+    with state.engine.begin() as conn:
+        offers.set_profile(conn, who, host_id, req)
+        row = conn.execute(select(hosts).where(hosts.c.id == host_id)).one()
+        info = offers.host_market_info(conn, row, state.settings)
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.get("/earnings")
+def get_earnings(
+    who: Caller, state: State, by: str = "lease", host_id: str | None = None
+) -> EarningsReport:
+    with state.engine.connect() as conn:
+        return offers.earnings(conn, who, by, host_id)
+
+
+@router.get("/market/book")
+def get_book(who: Caller, state: State, gpu: str | None = None) -> list[BookInfo]:
+    now = state.clock.now_ms()
+    with state.engine.connect() as conn:
+        orders.fresh(conn, state.market, state.settings, now)
+    return orders.book(state.market, gpu, now)
+
+
+@router.post("/market/quote")
+def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
+    now = state.clock.now_ms()
+    with state.engine.connect() as conn:
+        orders.fresh(conn, state.market, state.settings, now)
+    return orders.quote(state.market, who, req, now)
+
+
+@router.post("/reservations")
+def post_reservation(req: ReserveCreate, who: Builder, state: State) -> ReservationInfo:
+    with state.engine.begin() as conn:
+        info, keys = orders.reserve(
+            conn, state.market, state.settings, who, req, state.clock.now_ms()
+        )
+    state.wakeups.notify_many(keys)
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.get("/reservations")
+def get_reservations(who: Builder, state: State) -> list[ReservationInfo]:
+    with state.engine.connect() as conn:
+        return orders.list_reservations(conn, who, state.clock.now_ms())
+
+
+@router.post("/credits/grants")
+def post_grant(req: CreditGrant, who: Caller, state: State) -> CreditInfo:
+    with state.engine.begin() as conn:
+        info = statements.grant(conn, who, req, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.put("/credits/cap")
+def put_cap(req: DailyCap, who: Caller, state: State) -> CreditInfo:
+    with state.engine.begin() as conn:
+        return statements.set_daily_cap(conn, who, req, state.clock.now_ms())
+
+
+@router.get("/credits")
+def get_credits(who: Builder, state: State, account: str | None = None) -> CreditInfo:
+    with state.engine.connect() as conn:
+        account_id = who.account_id
+        if account is not None and account != who.account_id:
+            if not who.is_admin:
+                raise NotFoundError(f"no account {account!r}")
+            account_id = statements.account_id_of(conn, account)
+        return statements.credit_info(conn, account_id, state.clock.now_ms())
+
+
+@router.get("/statement", response_model=None)
+def get_statement(
+    who: Builder,
+    state: State,
+    kind: str = "entries",
+    app_id: str | None = None,
+    format: str = "json",
+) -> Any:
+    with state.engine.connect() as conn:
+        lines = statements.statement(conn, who, kind, app_id)
+    if format == "csv":
+        return PlainTextResponse(statements.to_csv(lines), media_type="text/csv")
+    return lines

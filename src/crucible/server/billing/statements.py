@@ -1,0 +1,154 @@
+"""Credits and statements: operators grant credits and set spend caps; renters read their
+balance and statements (per ledger entry, per app, per call) as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import Connection, func, or_, select, update
+
+from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
+from crucible.server.auth import Principal
+from crucible.server.billing.entries import account_credit, grant_credits
+from crucible.server.store.tables import accounts, apps, calls, functions, ledger_entries
+
+__all__ = [
+    "STATEMENT_KINDS",
+    "account_id_of",
+    "credit_info",
+    "grant",
+    "set_daily_cap",
+    "statement",
+    "to_csv",
+]
+
+STATEMENT_KINDS = ("entries", "apps", "calls")
+
+
+def _require_admin(principal: Principal, what: str) -> None:
+    if not principal.is_admin:
+        raise PermissionDeniedError(f"only the exchange's operator (an admin token) can {what}")
+
+
+def account_id_of(conn: Connection, name_or_id: str) -> str:
+    found = conn.execute(
+        select(accounts.c.id).where(or_(accounts.c.id == name_or_id, accounts.c.name == name_or_id))
+    ).scalar()
+    if found is None:
+        raise NotFoundError(f"no account named {name_or_id!r} (`crucible account list`)")
+    return str(found)
+
+
+def grant(conn: Connection, principal: Principal, req: CreditGrant, now_ms: int) -> CreditInfo:
+    _require_admin(principal, "grant credits")
+    account_id = account_id_of(conn, req.account)
+    key = f"grant:{req.key}" if req.key else f"grant:{account_id}:{now_ms}:{req.amount_micros}"
+    grant_credits(conn, key, account_id, req.amount_micros, now_ms, req.memo)
+    return credit_info(conn, account_id, now_ms)
+
+
+def set_daily_cap(conn: Connection, principal: Principal, req: DailyCap, now_ms: int) -> CreditInfo:
+    account_id = account_id_of(conn, req.account)
+    if not principal.is_admin and account_id != principal.account_id:
+        raise NotFoundError(f"no account named {req.account!r}")
+    conn.execute(
+        update(accounts).where(accounts.c.id == account_id).values(daily_cap_micros=req.cap_micros)
+    )
+    return credit_info(conn, account_id, now_ms)
+
+
+def credit_info(conn: Connection, account_id: str, now_ms: int) -> CreditInfo:
+    s = account_credit(conn, account_id, now_ms)
+    return CreditInfo(
+        account_id=account_id,
+        balance_micros=s.balance,
+        spent_today_micros=s.spent_today,
+        daily_cap_micros=s.daily_cap,
+        ok=s.ok,
+        reason=s.reason,
+    )
+
+
+def statement(
+    conn: Connection, principal: Principal, kind: str, app_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The caller's statement lines: every ledger entry that concerns it (``entries``),
+    charges per app (``apps``), or each call with its cost carried across retries and
+    preemptions (``calls``)."""
+    if kind not in STATEMENT_KINDS:
+        raise InvalidRequestError(f"a statement is one of {', '.join(STATEMENT_KINDS)}")
+    acc = principal.account_id
+    if kind == "entries":
+        q = (
+            select(
+                ledger_entries.c.seq,
+                ledger_entries.c.key,
+                ledger_entries.c.kind,
+                ledger_entries.c.at_ms,
+                ledger_entries.c.app_id,
+                ledger_entries.c.function_id,
+                ledger_entries.c.meter,
+                ledger_entries.c.host_id,
+                ledger_entries.c.start_ms,
+                ledger_entries.c.end_ms,
+                ledger_entries.c.cost_micros,
+                ledger_entries.c.memo,
+            )
+            .where(ledger_entries.c.renter == acc)
+            .order_by(ledger_entries.c.seq)
+        )
+        if app_id:
+            q = q.where(ledger_entries.c.app_id == app_id)
+        return [dict(r._mapping) for r in conn.execute(q)]
+    if kind == "apps":
+        q = (
+            select(
+                ledger_entries.c.app_id,
+                apps.c.name.label("app_name"),
+                func.count().label("intervals"),
+                func.sum(ledger_entries.c.end_ms - ledger_entries.c.start_ms).label("ms"),
+                func.sum(ledger_entries.c.cost_micros).label("cost_micros"),
+            )
+            .join(apps, apps.c.id == ledger_entries.c.app_id, isouter=True)
+            .where(ledger_entries.c.renter == acc, ledger_entries.c.kind == "charge")
+            .group_by(ledger_entries.c.app_id, apps.c.name)
+            .order_by(ledger_entries.c.app_id)
+        )
+        if app_id:
+            q = q.where(ledger_entries.c.app_id == app_id)
+        return [
+            {**dict(r._mapping), "app_id": r.app_id or "(reservations)"} for r in conn.execute(q)
+        ]
+    q = (
+        select(
+            calls.c.id.label("call_id"),
+            calls.c.app_id,
+            functions.c.name.label("function"),
+            calls.c.state,
+            calls.c.attempts,
+            calls.c.preemptions,
+            calls.c.created_ms,
+            calls.c.finished_ms,
+            calls.c.exec_ms,
+            func.coalesce(calls.c.cost_micros, 0).label("cost_micros"),
+        )
+        .join(functions, functions.c.id == calls.c.function_id)
+        .where(calls.c.account_id == acc)
+        .order_by(calls.c.id)
+    )
+    if app_id:
+        q = q.where(calls.c.app_id == app_id)
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def to_csv(lines: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if not lines:
+        return ""
+    writer = csv.DictWriter(out, fieldnames=list(lines[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
+    return out.getvalue()

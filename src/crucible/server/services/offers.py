@@ -1,0 +1,232 @@
+"""What hosts sell: offers per device type, the host's market profile (draining, energy,
+carbon), its published reliability, and its earnings from the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.protocol.market import (
+    EarningsLine,
+    EarningsReport,
+    HostMarketInfo,
+    HostProfileUpdate,
+    OfferInfo,
+    OfferUpdate,
+)
+from crucible.server.auth import Principal
+from crucible.server.billing.ledger import MS_PER_DAY, PLATFORM_FEES
+from crucible.server.market import CPU
+from crucible.server.services.market import default_offer, host_reliability_ppm
+from crucible.server.store.tables import (
+    containers,
+    host_offers,
+    hosts,
+    ledger_entries,
+    ledger_postings,
+)
+from crucible.settings import Settings
+
+__all__ = ["earnings", "host_market_info", "list_host_market", "set_offer", "set_profile"]
+
+
+def _owned_host(conn: Connection, principal: Principal, host_id: str) -> Any:
+    """The host row, if the caller owns it (admins own every host)."""
+    if principal.scope not in ("admin", "user", "host"):
+        raise PermissionDeniedError("hosts are priced by their owner's user or host token")
+    q = select(hosts).where(hosts.c.id == host_id)
+    if not principal.is_admin:
+        q = q.where(hosts.c.account_id == principal.account_id)
+    row = conn.execute(q).first()
+    if row is None:
+        raise NotFoundError(f"host {host_id} not found among your hosts (`crucible hosts`)")
+    return row
+
+
+def _device_types(row: Any) -> list[str]:
+    models = sorted({str(g["model"]) for g in row.inventory.get("gpus", [])})
+    return [*models, CPU]
+
+
+def set_offer(
+    conn: Connection, principal: Principal, host_id: str, req: OfferUpdate, now_ms: int
+) -> None:
+    """Set a host's terms for one device type. Running leases keep their price."""
+    row = _owned_host(conn, principal, host_id)
+    types = _device_types(row)
+    if req.device_type not in types:
+        raise InvalidRequestError(
+            f"host {host_id} has no {req.device_type!r} to offer; it has: {', '.join(types)}"
+        )
+    if req.device_type != CPU and (
+        req.memory_on_demand_micros or req.memory_interruptible_micros or req.memory_reserved_micros
+    ):
+        raise InvalidRequestError(
+            "memory is priced separately only for CPU-only capacity (device type 'cpu'); a "
+            "GPU's price includes its share of the host's memory"
+        )
+    values = {
+        "on_demand": req.on_demand_micros,
+        "interruptible_min": req.interruptible_min_micros,
+        "reserved": req.reserved_micros,
+        "memory_on_demand": req.memory_on_demand_micros,
+        "memory_interruptible": req.memory_interruptible_micros,
+        "memory_reserved": req.memory_reserved_micros,
+        "updated_ms": now_ms,
+    }
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        ins(host_offers)
+        .values(host_id=host_id, device_type=req.device_type, **values)
+        .on_conflict_do_update(index_elements=["host_id", "device_type"], set_=values)
+    )
+
+
+def set_profile(
+    conn: Connection, principal: Principal, host_id: str, req: HostProfileUpdate
+) -> None:
+    _owned_host(conn, principal, host_id)
+    values = req.model_dump(exclude_none=True)
+    if values:
+        conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+
+
+def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMarketInfo:
+    priced = {
+        r.device_type: r
+        for r in conn.execute(select(host_offers).where(host_offers.c.host_id == row.id))
+    }
+    offers = []
+    for t in _device_types(row):
+        r = priced.get(t)
+        if r is not None:
+            offers.append(
+                OfferInfo(
+                    device_type=t,
+                    on_demand_micros=r.on_demand,
+                    interruptible_min_micros=r.interruptible_min,
+                    reserved_micros=r.reserved,
+                    memory_on_demand_micros=r.memory_on_demand,
+                    memory_interruptible_micros=r.memory_interruptible,
+                    memory_reserved_micros=r.memory_reserved,
+                    priced=True,
+                )
+            )
+        else:
+            d = default_offer(t, settings)
+            offers.append(
+                OfferInfo(
+                    device_type=t,
+                    on_demand_micros=d.on_demand,
+                    interruptible_min_micros=d.interruptible_min,
+                    reserved_micros=d.reserved,
+                    memory_on_demand_micros=d.memory_on_demand,
+                    memory_interruptible_micros=d.memory_interruptible,
+                    memory_reserved_micros=d.memory_reserved,
+                    priced=False,
+                )
+            )
+    rel = host_reliability_ppm(
+        row.leases_ended, row.leases_faulted, settings.reliability_prior_leases
+    )
+    return HostMarketInfo(
+        host_id=row.id,
+        name=row.name,
+        region=row.region,
+        state=row.state,
+        draining=bool(row.draining),
+        reliability=rel / 1_000_000,
+        leases_ended=row.leases_ended,
+        leases_faulted=row.leases_faulted,
+        energy_source=row.energy_source,
+        carbon_g_per_kwh=row.carbon_g_per_kwh,
+        offers=offers,
+    )
+
+
+def list_host_market(conn: Connection, settings: Settings) -> list[HostMarketInfo]:
+    """Every host's offers and profile: public to renters, as on any marketplace."""
+    return [
+        host_market_info(conn, r, settings)
+        for r in conn.execute(select(hosts).order_by(hosts.c.registered_ms))
+    ]
+
+
+def earnings(
+    conn: Connection, principal: Principal, by: str, host_id: str | None = None
+) -> EarningsReport:
+    """What the caller's hosts earned, per lease or per UTC day: charged to renters, the
+    platform fee withheld, and the host's share (all from the ledger's charge entries)."""
+    if by not in ("lease", "day"):
+        raise InvalidRequestError("by must be 'lease' or 'day'")
+    q = select(hosts.c.id)
+    if not principal.is_admin:
+        q = q.where(hosts.c.account_id == principal.account_id)
+    if host_id is not None:
+        q = q.where(hosts.c.id == host_id)
+    owned = list(conn.execute(q).scalars())
+    if host_id is not None and not owned:
+        raise NotFoundError(f"host {host_id} not found among your hosts")
+    fee = (
+        select(ledger_postings.c.amount_micros)
+        .where(
+            ledger_postings.c.entry_seq == ledger_entries.c.seq,
+            ledger_postings.c.account == str(PLATFORM_FEES),
+        )
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        select(
+            ledger_entries.c.host_id,
+            ledger_entries.c.meter,
+            ledger_entries.c.start_ms,
+            ledger_entries.c.end_ms,
+            ledger_entries.c.cost_micros,
+            func.coalesce(fee, 0).label("fee"),
+        ).where(ledger_entries.c.kind == "charge", ledger_entries.c.host_id.in_(owned))
+    ).all()
+    kinds = {
+        r.id: (r.gpu_model or CPU, r.tier)
+        for r in conn.execute(
+            select(containers.c.id, containers.c.gpu_model, containers.c.tier).where(
+                containers.c.id.in_({r.meter for r in rows})
+            )
+        )
+    }
+    lines: dict[tuple[str, str], EarningsLine] = {}
+    for r in rows:
+        key = r.meter if by == "lease" else _day(r.start_ms)
+        line = lines.get((key, r.host_id))
+        if line is None:
+            model, tier = kinds.get(r.meter, (None, None)) if by == "lease" else (None, None)
+            line = lines[(key, r.host_id)] = EarningsLine(
+                key=key,
+                host_id=r.host_id,
+                device_type=model,
+                tier=tier,
+                ms=0,
+                charged_micros=0,
+                fee_micros=0,
+                earned_micros=0,
+            )
+        line.ms += r.end_ms - r.start_ms
+        line.charged_micros += r.cost_micros
+        line.fee_micros += r.fee
+        line.earned_micros += r.cost_micros - r.fee
+    out = sorted(lines.values(), key=lambda x: (x.key, x.host_id))
+    return EarningsReport(
+        by=by,
+        lines=out,
+        charged_micros=sum(x.charged_micros for x in out),
+        fee_micros=sum(x.fee_micros for x in out),
+        earned_micros=sum(x.earned_micros for x in out),
+    )
+
+
+def _day(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms // MS_PER_DAY * 86400, dt.UTC).strftime("%Y-%m-%d")

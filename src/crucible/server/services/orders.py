@@ -1,0 +1,265 @@
+"""What renters ask the market directly: the book, quotes, and reservations.
+
+Quotes and the book read the live market under its lock; a reservation is decided by the
+market and written (with its charge, paid up front for the whole window, and the stops of
+any interruptible leases it preempts at once) in one transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, select
+
+from crucible.errors import InsufficientCreditError, InvalidRequestError, MarketRefusedError
+from crucible.protocol.gpus import parse_gpu_request
+from crucible.protocol.ids import new_id
+from crucible.protocol.market import (
+    BookInfo,
+    ClearingInfo,
+    LevelInfo,
+    QuoteInfo,
+    QuoteRequest,
+    ReservationInfo,
+    ReserveCreate,
+)
+from crucible.server.auth import Principal
+from crucible.server.billing.entries import EntryContext, account_credit, post_entry
+from crucible.server.billing.ledger import (
+    EntryKind,
+    MeteredInterval,
+    charge_postings,
+    format_usd,
+)
+from crucible.server.billing.metering import interval_cost
+from crucible.server.market import (
+    CPU,
+    LeaseRequest,
+    Prefer,
+    Refusal,
+    Reservation,
+    ReservationGranted,
+    ReserveRequest,
+    Tier,
+)
+from crucible.server.services.calls import requeue_preempted_calls
+from crucible.server.services.containers import stop_for_market
+from crucible.server.services.market import LiveMarket, reservation_of_row
+from crucible.server.store.tables import reservations
+from crucible.settings import Settings
+
+__all__ = ["book", "fresh", "list_reservations", "quote", "reserve"]
+
+MS_PER_HOUR = 3_600_000
+
+
+def _model_and_count(gpu: str) -> tuple[str, int]:
+    if gpu.strip().lower() == CPU:
+        raise InvalidRequestError(
+            "CPU-only capacity is sold on demand to CPU functions, not quoted or reserved; "
+            "ask for a GPU model such as '4xH100'"
+        )
+    req = parse_gpu_request(gpu)
+    return req.model, req.count
+
+
+def fresh(conn: Connection, live: LiveMarket, settings: Settings, now_ms: int) -> None:
+    """Make sure the market reflects the store (the scheduler normally keeps it so)."""
+    with live.lock:
+        live.sync_if_stale(conn, now_ms, int(settings.scheduler_interval_s * 4000))
+
+
+def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int) -> QuoteInfo:
+    model, count = _model_and_count(req.gpu)
+    lease_req = LeaseRequest(
+        account=principal.account_id,
+        models=(model,),
+        count=count,
+        nodes=req.nodes,
+        tier=Tier(req.tier),
+        bid=req.bid_micros if req.tier == Tier.INTERRUPTIBLE.value else None,
+        max_price=req.max_price_micros,
+        region=req.region,
+        min_reliability_ppm=req.min_reliability_ppm,
+        prefer=Prefer(req.prefer),
+    )
+    with live.lock:
+        q = live.market.quote(lease_req, max(now_ms, live.market.now_ms))
+    if not q.available:
+        assert q.refusal is not None
+        return QuoteInfo(
+            available=False,
+            refusal=q.refusal.code.value,
+            message=q.refusal.message,
+            min_winning_bid_micros=q.refusal.min_winning_bid,
+        )
+    return QuoteInfo(
+        available=True,
+        model=q.model,
+        tier=q.tier.value if q.tier else None,
+        price_micros=q.price_micros_per_device_hour,
+        rate_micros_per_hour=q.rate_micros_per_hour,
+        hosts=list(q.hosts),
+        preempts=q.preempts,
+    )
+
+
+def book(live: LiveMarket, model: str | None, now_ms: int, depth: int = 10) -> list[BookInfo]:
+    """The book of one GPU model, or of every model the market has."""
+    with live.lock:
+        market = live.market
+        types = [parse_gpu_request(model).model] if model else market.device_types()
+        now = max(now_ms, market.now_ms)
+        views = [market.book(t, now, depth) for t in types if t != CPU]
+    return [
+        BookInfo(
+            device_type=v.device_type,
+            at_ms=v.at_ms,
+            asks=[LevelInfo(price_micros=x.price, devices=x.devices) for x in v.asks],
+            interruptible_minimums=[
+                LevelInfo(price_micros=x.price, devices=x.devices) for x in v.interruptible_minimums
+            ],
+            standing_bids=[
+                LevelInfo(price_micros=x.price, devices=x.devices) for x in v.standing_bids
+            ],
+            recent=[
+                ClearingInfo(
+                    at_ms=c.at_ms,
+                    tier=c.tier.value,
+                    price_micros=c.price,
+                    devices=c.devices,
+                    host_id=c.host_id,
+                )
+                for c in v.recent
+            ],
+            free_devices=v.free_devices,
+            listed_devices=v.listed_devices,
+            leased={t.value: n for t, n in v.leased.items()},
+        )
+        for v in views
+    ]
+
+
+def _info(r: Reservation) -> ReservationInfo:
+    return ReservationInfo(
+        id=r.reservation_id,
+        model=r.model,
+        count=r.count,
+        nodes=len(r.blocks),
+        hosts=[b.host_id for b in r.blocks],
+        start_ms=r.start_ms,
+        end_ms=r.end_ms,
+        price_micros=max(b.price_micros_per_device_hour for b in r.blocks),
+        cost_micros=r.cost_micros,
+    )
+
+
+def reserve(
+    conn: Connection,
+    live: LiveMarket,
+    settings: Settings,
+    principal: Principal,
+    req: ReserveCreate,
+    now_ms: int,
+) -> tuple[ReservationInfo, list[str]]:
+    """Buy a reserved block; returns it and wake-up keys (containers it preempted)."""
+    model, count = _model_and_count(req.gpu)
+    end_ms = req.start_ms + round(req.hours * MS_PER_HOUR)
+    rid = new_id("rs")
+    rreq = ReserveRequest(
+        reservation_id=rid,
+        account=principal.account_id,
+        model=model,
+        count=count,
+        start_ms=max(req.start_ms, now_ms),
+        end_ms=end_ms,
+        nodes=req.nodes,
+        max_price=req.max_price_micros,
+        region=req.region,
+        min_reliability_ppm=req.min_reliability_ppm,
+        prefer=Prefer(req.prefer),
+    )
+    if rreq.end_ms <= rreq.start_ms:
+        raise InvalidRequestError("the reservation's window has already ended; start it later")
+    keys: list[str] = []
+    with live.lock:
+        live.sync_if_stale(conn, now_ms, int(settings.scheduler_interval_s * 4000))
+        now = max(now_ms, live.market.now_ms)
+        live.market.advance(now)  # the loop acts on what this returns on its next tick
+        decision = live.market.decide_reservation(rreq, now)
+        if isinstance(decision, Refusal):
+            raise MarketRefusedError(decision.message)
+        assert isinstance(decision, ReservationGranted)
+        r = decision.reservation
+        if settings.require_credits:
+            credit = account_credit(conn, principal.account_id, now)
+            if not credit.ok or credit.balance < r.cost_micros:
+                raise InsufficientCreditError(
+                    f"the reservation costs {format_usd(r.cost_micros)} and the balance is "
+                    f"{format_usd(credit.balance)}; ask the operator for credits"
+                )
+        conn.execute(
+            reservations.insert().values(
+                id=rid,
+                account_id=principal.account_id,
+                model=model,
+                count=count,
+                blocks=[
+                    {
+                        "host_id": b.host_id,
+                        "devices": list(b.devices),
+                        "price": b.price_micros_per_device_hour,
+                    }
+                    for b in r.blocks
+                ],
+                start_ms=r.start_ms,
+                end_ms=r.end_ms,
+                created_ms=now,
+                metered_until_ms=r.end_ms,
+                metered_cost_micros=r.cost_micros,
+            )
+        )
+        fee_ppm = round(settings.platform_fee * 1_000_000)
+        for i, b in enumerate(r.blocks):
+            # Paid up front for the whole window, used or not (Reservation.cost_micros is
+            # the sum of these).
+            cost = interval_cost(b.rate_micros_per_hour, r.start_ms, r.start_ms, r.end_ms)
+            interval = MeteredInterval(
+                key=f"rs:{rid}:{i}",
+                renter=principal.account_id,
+                host=b.host_id,
+                meter=rid,
+                start_ms=r.start_ms,
+                end_ms=r.end_ms,
+                cost_micros=cost,
+            )
+            post_entry(
+                conn,
+                interval.key,
+                EntryKind.CHARGE,
+                now,
+                charge_postings(interval, 0, fee_ppm),
+                memo=f"reservation {rid}: {count}x{model} on {b.host_id}",
+                context=EntryContext(
+                    renter=principal.account_id,
+                    host_id=b.host_id,
+                    meter=rid,
+                    start_ms=r.start_ms,
+                    end_ms=r.end_ms,
+                    cost_micros=cost,
+                ),
+            )
+        live.market.apply(decision)
+        for p in decision.preemptions:
+            cid = p.lease.lease_id
+            keys += requeue_preempted_calls(conn, cid, p.lease.rate_micros_per_hour, p.notice_ms)
+            keys += stop_for_market(
+                conn, cid, p.notice_ms, "preempted", p.deadline_ms - p.notice_ms
+            )
+    return _info(r), keys
+
+
+def list_reservations(conn: Connection, principal: Principal, now_ms: int) -> list[ReservationInfo]:
+    rows = conn.execute(
+        select(reservations)
+        .where(reservations.c.account_id == principal.account_id, reservations.c.end_ms > now_ms)
+        .order_by(reservations.c.start_ms)
+    )
+    return [_info(reservation_of_row(r)) for r in rows]

@@ -1,0 +1,43 @@
+"""Functions the market's end-to-end tests run: a cheap interruptible job that checkpoints
+when preempted, and on-demand work that outbids it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import crucible
+
+app = crucible.App("market")
+
+
+@app.function(gpu="H100", tier="interruptible", bid=0.5, timeout=120)
+def resumable(workdir: str, seconds: float) -> dict[str, str]:
+    """Runs ``seconds`` unless a checkpoint from a preempted attempt exists, then finishes
+    at once. Its stop hook writes the checkpoint."""
+    checkpoint = Path(workdir) / "checkpoint"
+    me = os.environ["CRUCIBLE_CONTAINER_ID"]
+    Path(workdir, f"started-{me}").write_text(str(time.time()))
+
+    def save() -> None:
+        checkpoint.write_text(me)
+
+    crucible.on_stop(save)
+    if checkpoint.exists():
+        return {"container": me, "resumed_from": checkpoint.read_text()}
+    time.sleep(seconds)
+    return {"container": me, "resumed_from": ""}
+
+
+rush = crucible.App("rush")
+
+
+@rush.function(gpu="H100", timeout=60)
+def urgent() -> str:
+    return os.environ["CRUCIBLE_CONTAINER_ID"]
+
+
+@rush.function(gpu="H100", max_price=0.10, timeout=60)
+def stingy() -> str:
+    return "never runs: every H100 asks more than $0.10"

@@ -1,0 +1,246 @@
+"""The market's API in-process on SQLite and PostgreSQL: offers, the book, quotes,
+reservations (charged up front, in the ledger), credits, statements, earnings, and the
+clear errors a client's mistakes get."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from crucible.protocol.accounts import Scope
+from crucible.server.billing.entries import check_ledger
+from crucible.server.store.tables import ledger_entries, ledger_postings
+
+from server_testlib import ServerUnderTest, error_code
+
+H100 = [
+    {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+    for i in range(2)
+]
+
+
+def _market(server: ServerUnderTest) -> tuple[str, str, str]:
+    """A host with 2 H100 priced by its owner; returns (host id, owner token, renter token)."""
+    host_token = server.tenant("hoster", Scope.HOST).token
+    owner = server.tenant("hoster").token
+    host_id = server.register_host(host_token, "gpu-1", gpus=H100)
+    server.ok(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=owner,
+        json={
+            "device_type": "H100",
+            "on_demand_micros": 2_000_000,
+            "interruptible_min_micros": 800_000,
+            "reserved_micros": 1_500_000,
+        },
+    )
+    return host_id, owner, server.tenant("renter").token
+
+
+def test_offers_are_public_and_priced_by_their_owner_only(server: ServerUnderTest) -> None:
+    host_id, owner, renter = _market(server)
+    [info] = server.ok("GET", "/v1/market/hosts", token=renter)
+    h100, cpu = info["offers"]
+    assert (h100["device_type"], h100["on_demand_micros"], h100["priced"]) == (
+        "H100",
+        2_000_000,
+        True,
+    )
+    assert cpu["device_type"] == "cpu" and cpu["priced"] is False  # the exchange's default
+    assert info["reliability"] == 1.0 and info["carbon_g_per_kwh"] is None
+
+    body = {
+        "device_type": "H100",
+        "on_demand_micros": 1,
+        "interruptible_min_micros": 1,
+        "reserved_micros": 1,
+    }
+    r = server.request("PUT", f"/v1/hosts/{host_id}/offers", token=renter, json=body)
+    assert r.status_code == 404 and error_code(r) == "not_found"  # not the renter's host
+    r = server.request(
+        "PUT", f"/v1/hosts/{host_id}/offers", token=owner, json={**body, "device_type": "B200"}
+    )
+    assert r.status_code == 400 and "has no 'B200'" in r.json()["error"]["message"]
+    r = server.request(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=owner,
+        json={**body, "memory_on_demand_micros": 5},
+    )
+    assert r.status_code == 400 and "memory is priced separately" in r.text
+    r = server.request(
+        "PUT", f"/v1/hosts/{host_id}/offers", token=owner, json={**body, "on_demand_micros": -1}
+    )
+    assert r.status_code == 400 and error_code(r) == "invalid_request"
+
+    prof = server.ok(
+        "PATCH",
+        f"/v1/hosts/{host_id}/profile",
+        token=owner,
+        json={"energy_source": "hydro", "carbon_g_per_kwh": 24},
+    )
+    assert (prof["energy_source"], prof["carbon_g_per_kwh"]) == ("hydro", 24)
+
+
+def test_quotes_say_what_a_request_costs_or_why_not(server: ServerUnderTest) -> None:
+    host_id, owner, renter = _market(server)
+    q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "2xH100"})
+    assert q["available"] and q["price_micros"] == 2_000_000
+    assert q["rate_micros_per_hour"] == 4_000_000 and q["hosts"] == [host_id]
+
+    q = server.ok(
+        "POST", "/v1/market/quote", token=renter, json={"gpu": "H100", "tier": "interruptible"}
+    )
+    assert q["available"] and q["price_micros"] == 800_000  # the host's minimum bid
+
+    refusals = {
+        "bid_too_low": {"gpu": "H100", "tier": "interruptible", "bid_micros": 100_000},
+        "price": {"gpu": "H100", "max_price_micros": 1_000_000},
+        "too_large": {"gpu": "4xH100"},
+        "no_offer": {"gpu": "A100-80GB"},
+        "filtered": {"gpu": "H100", "region": "mars"},
+    }
+    for code, body in refusals.items():
+        q = server.ok("POST", "/v1/market/quote", token=renter, json=body)
+        assert not q["available"] and q["refusal"] == code, (code, q)
+        assert q["message"]
+
+    r = server.request("POST", "/v1/market/quote", token=renter, json={"gpu": "Z9000"})
+    assert r.status_code == 400 and error_code(r) == "invalid_gpu"
+    r = server.request("POST", "/v1/market/quote", token=renter, json={"gpu": "cpu"})
+    assert r.status_code == 400 and "CPU-only capacity" in r.text
+    r = server.request(
+        "POST", "/v1/market/quote", token=renter, json={"gpu": "H100", "tier": "spot"}
+    )
+    assert r.status_code == 400
+
+    server.ok("PATCH", f"/v1/hosts/{host_id}/profile", token=owner, json={"draining": True})
+    server.state.market._synced_ms = None  # the scheduler would sync on its next tick
+    q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert not q["available"] and q["refusal"] == "no_offer"
+
+
+def test_the_book_shows_asks_and_free_capacity(server: ServerUnderTest) -> None:
+    _market(server)
+    renter = server.tenant("renter").token
+    [book] = server.ok("GET", "/v1/market/book?gpu=H100", token=renter)
+    assert book["device_type"] == "H100" and book["free_devices"] == 2
+    assert book["asks"] == [{"price_micros": 2_000_000, "devices": 2}]
+    assert book["interruptible_minimums"] == [{"price_micros": 800_000, "devices": 2}]
+    assert server.request("GET", "/v1/market/book").status_code == 401
+
+
+def test_a_reservation_is_charged_up_front_and_the_ledger_balances(
+    server: ServerUnderTest,
+) -> None:
+    host_id, owner, renter = _market(server)
+    start = int(time.time() * 1000) + 3_600_000
+    r = server.ok(
+        "POST",
+        "/v1/reservations",
+        token=renter,
+        json={"gpu": "2xH100", "start_ms": start, "hours": 2},
+    )
+    assert r["hosts"] == [host_id] and r["price_micros"] == 1_500_000
+    assert r["cost_micros"] == 2 * 2 * 1_500_000  # 2 devices x 2 hours
+    assert [x["id"] for x in server.ok("GET", "/v1/reservations", token=renter)] == [r["id"]]
+
+    # Its devices are pinned: nothing else can be had now.
+    q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert not q["available"]
+    r2 = server.request(
+        "POST",
+        "/v1/reservations",
+        token=renter,
+        json={"gpu": "H100", "start_ms": start, "hours": 1},
+    )
+    assert r2.status_code == 422 and error_code(r2) == "market_refused"
+
+    with server.state.engine.connect() as conn:
+        assert check_ledger(conn) == []
+        postings = dict(
+            conn.execute(select(ledger_postings.c.account, ledger_postings.c.amount_micros)).all()
+        )
+    renter_id = server.tenant("renter").account_id
+    assert postings[f"renter:{renter_id}"] == -6_000_000
+    assert postings["platform:fees"] == 600_000  # the 10 % default fee
+    assert postings[f"host:{host_id}"] == 5_400_000
+
+    earned = server.ok("GET", "/v1/earnings?by=day", token=owner)
+    assert (earned["charged_micros"], earned["fee_micros"], earned["earned_micros"]) == (
+        6_000_000,
+        600_000,
+        5_400_000,
+    )
+    assert server.ok("GET", "/v1/earnings", token=renter)["lines"] == []  # not its host
+
+    csv_text = server.request(
+        "GET", "/v1/statement?kind=entries&format=csv", token=renter
+    ).text.splitlines()
+    assert csv_text[0].startswith("seq,key,kind,at_ms") and len(csv_text) == 2
+    apps = server.ok("GET", "/v1/statement?kind=apps", token=renter)
+    assert apps == [
+        {
+            "app_id": "(reservations)",
+            "app_name": None,
+            "intervals": 1,
+            "ms": 7_200_000,
+            "cost_micros": 6_000_000,
+        }
+    ]
+    bad = server.request("GET", "/v1/statement?kind=everything", token=renter)
+    assert bad.status_code == 400
+
+
+def test_credits_are_granted_by_operators_and_capped_per_day(server: ServerUnderTest) -> None:
+    admin = server.tenant("ops", Scope.ADMIN).token
+    renter = server.tenant("renter")
+    info = server.ok("GET", "/v1/credits", token=renter.token)
+    assert info["balance_micros"] == 0 and not info["ok"] and "no credit" in info["reason"]
+
+    r = server.request(
+        "POST",
+        "/v1/credits/grants",
+        token=renter.token,
+        json={"account": "renter", "amount_micros": 10**9},
+    )
+    assert r.status_code == 403 and error_code(r) == "forbidden"
+    body = {"account": "renter", "amount_micros": 25_000_000, "key": "welcome"}
+    assert (
+        server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]
+        == 25_000_000
+    )
+    # Idempotent: the same key grants once.
+    assert (
+        server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]
+        == 25_000_000
+    )
+    r = server.request(
+        "POST", "/v1/credits/grants", token=admin, json={"account": "nobody", "amount_micros": 1}
+    )
+    assert r.status_code == 404
+
+    capped = server.ok(
+        "PUT", "/v1/credits/cap", token=renter.token, json={"account": "renter", "cap_micros": 0}
+    )
+    assert capped["daily_cap_micros"] == 0 and not capped["ok"] and "cap" in capped["reason"]
+    with server.state.engine.connect() as conn:
+        assert check_ledger(conn) == []
+        assert conn.execute(select(ledger_entries.c.kind)).scalars().all() == ["grant"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"gpu": "H100", "start_ms": 0, "hours": 0},
+        {"gpu": "H100", "start_ms": -5, "hours": 1},
+        {"gpu": "H100", "start_ms": 0, "hours": 1, "max_price_micros": 10**12},
+    ],
+)
+def test_bad_reservations_get_400(server: ServerUnderTest, body: dict[str, object]) -> None:
+    renter = server.tenant("renter").token
+    r = server.request("POST", "/v1/reservations", token=renter, json=body)
+    assert r.status_code == 400 and error_code(r) == "invalid_request"
