@@ -12,8 +12,8 @@ Exception tree::
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
     ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
+    ├── MarketRefusedError             market_refused     422 (and why a call failed)
     ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
-    ├── MarketRefusedError             market_refused           │
     ├── FunctionTimeoutError           function_timeout         │ the call's error, never as an
     ├── CallCancelledError             call_cancelled           │ HTTP status (their http_status
     ├── ContainerExitedError           container_exited         ┘ is not used on the wire)

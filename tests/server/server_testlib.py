@@ -316,6 +316,18 @@ V1_ROUTES = sorted(
         ("GET", "/v1/hosts"),
         ("POST", "/v1/containers/{container_id}/exchange"),
         ("GET", "/v1/bill"),
+        ("GET", "/v1/market/hosts"),
+        ("PUT", "/v1/hosts/{host_id}/offers"),
+        ("PATCH", "/v1/hosts/{host_id}/profile"),
+        ("GET", "/v1/earnings"),
+        ("GET", "/v1/market/book"),
+        ("POST", "/v1/market/quote"),
+        ("POST", "/v1/reservations"),
+        ("GET", "/v1/reservations"),
+        ("POST", "/v1/credits/grants"),
+        ("PUT", "/v1/credits/cap"),
+        ("GET", "/v1/credits"),
+        ("GET", "/v1/statement"),
     ]
 )
 

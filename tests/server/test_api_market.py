@@ -118,7 +118,6 @@ def test_quotes_say_what_a_request_costs_or_why_not(server: ServerUnderTest) -> 
     assert r.status_code == 400
 
     server.ok("PATCH", f"/v1/hosts/{host_id}/profile", token=owner, json={"draining": True})
-    server.state.market._synced_ms = None  # the scheduler would sync on its next tick
     q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
     assert not q["available"] and q["refusal"] == "no_offer"
 

@@ -95,18 +95,26 @@ def register(app: typer.Typer) -> None:
         ),
         reserved: float = typer.Option(..., "--reserved", help="Reserved price, $/device-hour."),
         memory: float = typer.Option(0.0, "--memory", help="cpu only: on-demand $/GiB-hour."),
+        memory_interruptible: float = typer.Option(
+            None, "--memory-interruptible", help="cpu only: $/GiB-hour (default: --memory)."
+        ),
+        memory_reserved: float = typer.Option(
+            None, "--memory-reserved", help="cpu only: $/GiB-hour (default: --memory)."
+        ),
         as_json: bool = JSON,
     ) -> None:
         """Set a host's prices for one device type (running leases keep their price)."""
         mem = _micros(memory, "--memory") or 0
+        mem_int = _micros(memory_interruptible, "--memory-interruptible")
+        mem_rsv = _micros(memory_reserved, "--memory-reserved")
         body = {
             "device_type": device,
             "on_demand_micros": _micros(on_demand, "--on-demand"),
             "interruptible_min_micros": _micros(interruptible_min, "--interruptible-min"),
             "reserved_micros": _micros(reserved, "--reserved"),
             "memory_on_demand_micros": mem,
-            "memory_interruptible_micros": mem // 2,
-            "memory_reserved_micros": mem * 4 // 5,
+            "memory_interruptible_micros": mem if mem_int is None else mem_int,
+            "memory_reserved_micros": mem if mem_rsv is None else mem_rsv,
         }
         data = _client().transport.request("PUT", f"/v1/hosts/{host_id}/offers", body)
         info = HostMarketInfo.model_validate(data)
@@ -379,7 +387,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """Set an account's spend cap per UTC day ('none' removes it)."""
-        cap = None if dollars == "none" else _micros(float(dollars), "the cap")
+        cap = None
+        if dollars != "none":
+            try:
+                value = float(dollars)
+            except ValueError:
+                raise InvalidRequestError(f"the cap {dollars!r} is not dollars or 'none'") from None
+            if not 0 <= value <= 1e9:
+                raise InvalidRequestError("the daily cap must be dollars in [0, 1e9], or 'none'")
+            cap = round(value * 1_000_000)
         body = {"account": account, "cap_micros": cap}
         data = _client().transport.request("PUT", "/v1/credits/cap", body)
         _show(CreditInfo.model_validate(data), as_json)

@@ -5,6 +5,10 @@ The worker calls every hook once, in registration order, when SIGTERM arrives; t
 container then has its grace period (30 s by default for a preemption) before SIGKILL. A
 hook runs in the worker's main thread, between two bytecodes of whatever the function was
 doing, so keep it short and do not rely on locks the function may hold.
+
+Hooks registered at import time (module level) last for the container's life; a hook
+registered while the function handles an input is dropped when that input ends, so
+registering inside the function body does not pile hooks up call after call.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["on_stop", "run_stop_hooks"]
+__all__ = ["drop_stop_hooks_after", "on_stop", "run_stop_hooks", "stop_hooks_mark"]
 
 log = logging.getLogger("crucible.worker")
 
@@ -41,3 +45,13 @@ def run_stop_hooks() -> int:
         except Exception:
             log.exception("stop hook %r raised", hook)
     return len(hooks)
+
+
+def stop_hooks_mark() -> int:
+    """Where the hook list ends now (the worker takes it before each input)."""
+    return len(_hooks)
+
+
+def drop_stop_hooks_after(mark: int) -> None:
+    """Forget hooks registered since ``mark`` (those of the input that just ended)."""
+    del _hooks[mark:]

@@ -56,6 +56,8 @@ class ServerState:
     # Accounts refused new work (no credit, or past their daily cap) -> why; kept by the
     # scheduler when credits are required, read by call submission.
     credit_blocked: dict[str, str] = field(default_factory=dict)
+    # Submission-time credit checks: account -> (valid until ms, refusal or None).
+    credit_checked: dict[str, tuple[int, str | None]] = field(default_factory=dict)
 
     def observe_exec(self, function_id: str, exec_ms: list[float]) -> None:
         avg = self.exec_stats.get(function_id)

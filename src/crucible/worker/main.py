@@ -39,7 +39,7 @@ from crucible.protocol.containers import (
 )
 from crucible.protocol.transport import Transport
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
-from crucible.sdk._stop_hooks import run_stop_hooks
+from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
 
 __all__ = ["Worker", "main"]
 
@@ -167,6 +167,7 @@ class Worker:
                 call_id=item.call_id, attempt=item.attempt, status="failed", error=self.init_error
             )
         started = time.perf_counter()
+        hooks = stop_hooks_mark()
         try:
             args, kwargs = deserialize(self._payload_bytes(item.args))
             value = self._invoke(args, kwargs, item.timeout_s)
@@ -183,6 +184,8 @@ class Worker:
                 raise
             status, result = "failed", None
             error = error_info_from_exception(exc)
+        # Hooks the function registered while handling this input were for this input.
+        drop_stop_hooks_after(hooks)
         elapsed = time.perf_counter() - started
         self.avg_exec_s = (
             elapsed if self.avg_exec_s is None else 0.8 * self.avg_exec_s + 0.2 * elapsed

@@ -19,6 +19,7 @@ from crucible.protocol.calls import (
 from crucible.protocol.containers import InputAssignment
 from crucible.server.api.deps import Builder, State
 from crucible.server.api.responses import model_response
+from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import request_stop
@@ -39,10 +40,14 @@ async def create_calls(
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
-    blocked = state.credit_blocked.get(who.account_id)
-    if blocked is not None:
-        raise InsufficientCreditError(blocked)
     now = state.clock.now_ms()
+    if state.settings.require_credits:
+        blocked = state.credit_blocked.get(who.account_id)
+        if blocked is None:
+            with state.engine.connect() as conn:
+                blocked = credit_refusal(conn, state.credit_checked, who.account_id, now)
+        if blocked is not None:
+            raise InsufficientCreditError(blocked)
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))
     handed: dict[str, list[InputAssignment]] = {}

@@ -24,7 +24,7 @@ from crucible.protocol.market import (
     ReservationInfo,
     ReserveCreate,
 )
-from crucible.server.api.deps import Builder, Caller, State
+from crucible.server.api.deps import Builder, State
 from crucible.server.billing import statements
 from crucible.server.services import offers, orders
 from crucible.server.store.tables import hosts
@@ -33,43 +33,45 @@ router = APIRouter(prefix="/v1", tags=["market"])
 
 
 @router.get("/market/hosts")
-def market_hosts(who: Caller, state: State) -> list[HostMarketInfo]:
+def market_hosts(who: Builder, state: State) -> list[HostMarketInfo]:
     with state.engine.connect() as conn:
         return offers.list_host_market(conn, state.settings)
 
 
 @router.put("/hosts/{host_id}/offers")
-def put_offer(host_id: str, req: OfferUpdate, who: Caller, state: State) -> HostMarketInfo:
+def put_offer(host_id: str, req: OfferUpdate, who: Builder, state: State) -> HostMarketInfo:
     with state.engine.begin() as conn:
         offers.set_offer(conn, who, host_id, req, state.clock.now_ms())
         row = conn.execute(select(hosts).where(hosts.c.id == host_id)).one()
         info = offers.host_market_info(conn, row, state.settings)
+    state.market.offers_changed()
     state.wakeups.kick_scheduler()
     return info
 
 
 @router.patch("/hosts/{host_id}/profile")
 def patch_profile(
-    host_id: str, req: HostProfileUpdate, who: Caller, state: State
+    host_id: str, req: HostProfileUpdate, who: Builder, state: State
 ) -> HostMarketInfo:
     with state.engine.begin() as conn:
         offers.set_profile(conn, who, host_id, req)
         row = conn.execute(select(hosts).where(hosts.c.id == host_id)).one()
         info = offers.host_market_info(conn, row, state.settings)
+    state.market.offers_changed()
     state.wakeups.kick_scheduler()
     return info
 
 
 @router.get("/earnings")
 def get_earnings(
-    who: Caller, state: State, by: str = "lease", host_id: str | None = None
+    who: Builder, state: State, by: str = "lease", host_id: str | None = None
 ) -> EarningsReport:
     with state.engine.connect() as conn:
         return offers.earnings(conn, who, by, host_id)
 
 
 @router.get("/market/book")
-def get_book(who: Caller, state: State, gpu: str | None = None) -> list[BookInfo]:
+def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInfo]:
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, state.settings, now)
@@ -90,8 +92,9 @@ def post_reservation(req: ReserveCreate, who: Builder, state: State) -> Reservat
         info, keys = orders.reserve(
             conn, state.market, state.settings, who, req, state.clock.now_ms()
         )
+    # Preempted containers' agents and calls are woken; the scheduler places the requeued
+    # calls on its next periodic tick (a kick per reservation would contend for the store).
     state.wakeups.notify_many(keys)
-    state.wakeups.kick_scheduler()
     return info
 
 
@@ -102,15 +105,18 @@ def get_reservations(who: Builder, state: State) -> list[ReservationInfo]:
 
 
 @router.post("/credits/grants")
-def post_grant(req: CreditGrant, who: Caller, state: State) -> CreditInfo:
+def post_grant(req: CreditGrant, who: Builder, state: State) -> CreditInfo:
     with state.engine.begin() as conn:
         info = statements.grant(conn, who, req, state.clock.now_ms())
+    if info.ok:  # let the account back in now rather than at the next check
+        state.credit_checked.pop(info.account_id, None)
+        state.credit_blocked.pop(info.account_id, None)
     state.wakeups.kick_scheduler()
     return info
 
 
 @router.put("/credits/cap")
-def put_cap(req: DailyCap, who: Caller, state: State) -> CreditInfo:
+def put_cap(req: DailyCap, who: Builder, state: State) -> CreditInfo:
     with state.engine.begin() as conn:
         return statements.set_daily_cap(conn, who, req, state.clock.now_ms())
 

@@ -33,11 +33,13 @@ from crucible.server.store.tables import accounts, ledger_entries, ledger_postin
 
 __all__ = [
     "EntryContext",
+    "NewEntry",
     "account_balance",
     "account_credit",
+    "charge_entry",
     "check_ledger",
     "grant_credits",
-    "post_charge",
+    "post_entries",
     "post_entry",
 ]
 
@@ -56,6 +58,62 @@ class EntryContext:
     cost_micros: int | None = None
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry to write: its key, kind, time, postings (summing to zero) and context."""
+
+    key: str
+    kind: EntryKind
+    at_ms: int
+    postings: tuple[Posting, ...]
+    memo: str = ""
+    context: EntryContext = EntryContext()
+    reverses: str | None = None
+
+
+def _entry_row(e: NewEntry) -> dict[str, object]:
+    if sum(p.amount for p in e.postings) != 0:
+        raise ValueError(f"ledger entry {e.key!r} does not balance")
+    c = e.context
+    return {
+        "key": e.key,
+        "kind": e.kind.value,
+        "at_ms": e.at_ms,
+        "memo": e.memo,
+        "renter": c.renter,
+        "host_id": c.host_id,
+        "app_id": c.app_id,
+        "function_id": c.function_id,
+        "meter": c.meter,
+        "start_ms": c.start_ms,
+        "end_ms": c.end_ms,
+        "cost_micros": c.cost_micros,
+        "reverses": e.reverses,
+    }
+
+
+def post_entries(conn: Connection, entries: Sequence[NewEntry]) -> None:
+    """Write entries and their postings in two batched statements. A key already in the
+    ledger is skipped (entry and postings alike: both are keyed), so posting the same entries
+    twice changes nothing. Use it where each key's content is fixed by what it records (a
+    metered interval of a container); :func:`post_entry` says whether it wrote."""
+    if not entries:
+        return
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        ins(ledger_entries).on_conflict_do_nothing(index_elements=["key"]),
+        [_entry_row(e) for e in entries],
+    )
+    conn.execute(
+        ins(ledger_postings).on_conflict_do_nothing(index_elements=["entry_key", "account"]),
+        [
+            {"entry_key": e.key, "account": str(p.account), "amount_micros": p.amount}
+            for e in entries
+            for p in e.postings
+        ],
+    )
+
+
 def post_entry(
     conn: Connection,
     key: str,
@@ -69,46 +127,28 @@ def post_entry(
 ) -> bool:
     """Write one entry with its postings unless ``key`` is already in the ledger. Returns
     whether it was written. Postings must sum to zero."""
-    if sum(p.amount for p in postings) != 0:
-        raise ValueError(f"ledger entry {key!r} does not balance")
-    ctx = context or EntryContext()
-    values = {
-        "key": key,
-        "kind": kind.value,
-        "at_ms": at_ms,
-        "memo": memo,
-        "renter": ctx.renter,
-        "host_id": ctx.host_id,
-        "app_id": ctx.app_id,
-        "function_id": ctx.function_id,
-        "meter": ctx.meter,
-        "start_ms": ctx.start_ms,
-        "end_ms": ctx.end_ms,
-        "cost_micros": ctx.cost_micros,
-        "reverses": reverses,
-    }
+    entry = NewEntry(key, kind, at_ms, tuple(postings), memo, context or EntryContext(), reverses)
+    row = _entry_row(entry)
     ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = (
         ins(ledger_entries)
-        .values(**values)
+        .values(**row)
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(ledger_entries.c.seq)
     )
-    seq = conn.execute(stmt).scalar()
-    if seq is None:
+    if conn.execute(stmt).scalar() is None:
         return False
     conn.execute(
         ledger_postings.insert(),
         [
-            {"entry_seq": seq, "account": str(p.account), "amount_micros": p.amount}
+            {"entry_key": key, "account": str(p.account), "amount_micros": p.amount}
             for p in postings
         ],
     )
     return True
 
 
-def post_charge(
-    conn: Connection,
+def charge_entry(
     interval: MeteredInterval,
     charged_before: int,
     fee_ppm: int,
@@ -116,14 +156,14 @@ def post_charge(
     *,
     app_id: str | None = None,
     function_id: str | None = None,
-) -> bool:
-    """Charge one metered interval (renter pays; host and platform fee are credited)."""
-    return post_entry(
-        conn,
-        interval.key,
-        EntryKind.CHARGE,
-        at_ms,
-        charge_postings(interval, charged_before, fee_ppm),
+) -> NewEntry:
+    """The entry charging one metered interval (renter pays; host and platform fee are
+    credited)."""
+    return NewEntry(
+        key=interval.key,
+        kind=EntryKind.CHARGE,
+        at_ms=at_ms,
+        postings=charge_postings(interval, charged_before, fee_ppm),
         memo=f"{interval.meter} [{interval.start_ms}, {interval.end_ms})",
         context=EntryContext(
             renter=interval.renter,
@@ -206,7 +246,7 @@ def check_ledger(conn: Connection) -> list[str]:
         f"entry {r.key} sums to {r.total}"
         for r in conn.execute(
             select(ledger_entries.c.key, func.sum(ledger_postings.c.amount_micros).label("total"))
-            .join(ledger_postings, ledger_postings.c.entry_seq == ledger_entries.c.seq)
+            .join(ledger_postings, ledger_postings.c.entry_key == ledger_entries.c.key)
             .group_by(ledger_entries.c.key)
             .having(func.sum(ledger_postings.c.amount_micros) != 0)
         )

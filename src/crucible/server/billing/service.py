@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.protocol.billing import BillLine, BillReport
 from crucible.server.auth import Principal
-from crucible.server.billing.entries import post_charge
+from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
 from crucible.server.billing.ledger import MeteredInterval
 from crucible.server.billing.metering import interval_cost, intervals_due
 from crucible.server.store.tables import apps, calls, containers, functions, meter_intervals
@@ -25,6 +25,13 @@ def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
         conn.execute(sqlite_insert(meter_intervals).on_conflict_do_nothing(), rows)
 
 
+_SET_METERED = (
+    update(containers)
+    .where(containers.c.id == bindparam("b_id"))
+    .values(metered_until_ms=bindparam("b_until"), metered_cost_micros=bindparam("b_cost"))
+)
+
+
 def meter_containers(
     conn: Connection, now_ms: int, max_interval_ms: int, *, container_id: str | None = None
 ) -> int:
@@ -34,7 +41,10 @@ def meter_containers(
 
     Metering covers ``[started, end)`` where ``end`` is when the container stopped or, if
     earlier, when its lease ended (preempted, out of credit): a preempted container's grace
-    period is not charged. Returns the intervals written."""
+    period is not charged. Only containers with something due are read, and everything is
+    written in batches, so a tick costs what is due, not the fleet. Returns the intervals
+    written."""
+    begun = func.coalesce(containers.c.metered_until_ms, containers.c.started_ms)
     q = (
         select(
             containers.c.id,
@@ -53,36 +63,41 @@ def meter_containers(
         .join(functions, functions.c.id == containers.c.function_id)
         .where(
             containers.c.started_ms.is_not(None),
-            (containers.c.metered_until_ms.is_(None))
-            | (containers.c.stopped_ms.is_(None))
-            | (containers.c.metered_until_ms < containers.c.stopped_ms),
+            or_(
+                # stopped, not yet accounted to its stop
+                and_(
+                    containers.c.stopped_ms.is_not(None),
+                    or_(
+                        containers.c.metered_until_ms.is_(None),
+                        containers.c.metered_until_ms < containers.c.stopped_ms,
+                    ),
+                ),
+                # running past the end of its lease (preempted, in its grace period)
+                and_(
+                    containers.c.stopped_ms.is_(None),
+                    containers.c.lease_end_ms.is_not(None),
+                    begun < containers.c.lease_end_ms,
+                ),
+                # running, a whole interval due
+                and_(containers.c.stopped_ms.is_(None), begun <= now_ms - max_interval_ms),
+            ),
         )
     )
     if container_id is not None:
         q = q.where(containers.c.id == container_id)
     rows = conn.execute(q).all()
-    written = 0
+    intervals: list[dict[str, object]] = []
+    entries: list[NewEntry] = []
+    marks: list[dict[str, object]] = []
     for r in rows:
         stop = r.stopped_ms
         if r.lease_end_ms is not None and (stop is None or r.lease_end_ms < stop):
             stop = max(r.lease_end_ms, r.started_ms)
         due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, stop, max_interval_ms)
-        # A stopped container is accounted up to its stop, past a lease end it was not
-        # charged for, so it is not looked at again.
-        retire = r.stopped_ms if r.stopped_ms is not None else None
-        if not due:
-            if retire is not None and (r.metered_until_ms or 0) < retire:
-                conn.execute(
-                    update(containers)
-                    .where(containers.c.id == r.id)
-                    .values(metered_until_ms=retire)
-                )
-            continue
         charged = int(r.metered_cost_micros)
-        rows_out = []
         for start, end in due:
             cost = interval_cost(r.rate_micros_per_hour, r.started_ms, start, end)
-            rows_out.append(
+            intervals.append(
                 {
                     "container_id": r.id,
                     "start_ms": start,
@@ -103,25 +118,29 @@ def meter_containers(
                     end_ms=end,
                     cost_micros=cost,
                 )
-                if post_charge(
-                    conn,
-                    interval,
-                    charged,
-                    int(r.fee_ppm),
-                    now_ms,
-                    app_id=r.app_id,
-                    function_id=r.function_id,
-                ):
-                    charged += cost
-        _insert_ignore(conn, rows_out)
-        written += len(due)
-        until = due[-1][1] if retire is None else max(due[-1][1], retire)
-        conn.execute(
-            update(containers)
-            .where(containers.c.id == r.id)
-            .values(metered_until_ms=until, metered_cost_micros=charged)
-        )
-    return written
+                entries.append(
+                    charge_entry(
+                        interval,
+                        charged,
+                        int(r.fee_ppm),
+                        now_ms,
+                        app_id=r.app_id,
+                        function_id=r.function_id,
+                    )
+                )
+                charged += cost
+        # A stopped container is accounted up to its stop (past a lease end it was not
+        # charged for), so it is not read again.
+        until = due[-1][1] if due else r.metered_until_ms
+        if r.stopped_ms is not None:
+            until = max(until or 0, r.stopped_ms)
+        if until != r.metered_until_ms:
+            marks.append({"b_id": r.id, "b_until": until, "b_cost": charged})
+    _insert_ignore(conn, intervals)
+    post_entries(conn, entries)
+    if marks:
+        conn.execute(_SET_METERED, marks)
+    return len(intervals)
 
 
 def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> BillReport:

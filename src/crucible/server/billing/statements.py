@@ -19,6 +19,7 @@ __all__ = [
     "STATEMENT_KINDS",
     "account_id_of",
     "credit_info",
+    "credit_refusal",
     "grant",
     "set_daily_cap",
     "statement",
@@ -58,6 +59,25 @@ def set_daily_cap(conn: Connection, principal: Principal, req: DailyCap, now_ms:
         update(accounts).where(accounts.c.id == account_id).values(daily_cap_micros=req.cap_micros)
     )
     return credit_info(conn, account_id, now_ms)
+
+
+# How long a submission's credit check is trusted for an account (the scheduler re-checks
+# every account with work on each tick regardless).
+CREDIT_CHECK_TTL_MS = 2_000
+
+
+def credit_refusal(
+    conn: Connection, cache: dict[str, tuple[int, str | None]], account_id: str, now_ms: int
+) -> str | None:
+    """Why the account may not submit work now (None: it may), checked against the ledger
+    at most every :data:`CREDIT_CHECK_TTL_MS` per account."""
+    hit = cache.get(account_id)
+    if hit is not None and hit[0] > now_ms:
+        return hit[1]
+    status = account_credit(conn, account_id, now_ms)
+    reason = None if status.ok else status.reason
+    cache[account_id] = (now_ms + CREDIT_CHECK_TTL_MS, reason)
+    return reason
 
 
 def credit_info(conn: Connection, account_id: str, now_ms: int) -> CreditInfo:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -24,9 +23,8 @@ from crucible.errors import (
 )
 from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
-from crucible.server.billing.ledger import format_usd
 from crucible.server.billing.service import meter_containers
-from crucible.server.market import Preemption, RefusalCode
+from crucible.server.market import RefusalCode
 from crucible.server.scheduler.core import (
     ContainerView,
     FunctionDemand,
@@ -39,17 +37,23 @@ from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
     record_timeout,
-    requeue_preempted_calls,
 )
 from crucible.server.services.containers import (
+    carry_out_advance,
+    carry_out_preemptions,
     create_containers,
     request_stop,
     stop_for_market,
 )
 from crucible.server.services.hosts import host_usage, mark_lost_hosts
-from crucible.server.services.market import MarketPlacer, MarketTerms, live_lease_ids
+from crucible.server.services.market import (
+    HostRow,
+    MarketPlacer,
+    MarketTerms,
+    live_lease_ids,
+)
 from crucible.server.state import ServerState
-from crucible.server.store.tables import apps, calls, containers, functions, hosts
+from crucible.server.store.tables import apps, calls, containers, functions
 
 __all__ = ["SchedulerLoop"]
 
@@ -126,18 +130,16 @@ class SchedulerLoop:
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
             # The market: in step with hosts, offers and containers; due reservation events.
-            live.sync(conn, now)
+            host_rows = live.read_hosts(conn)
+            live.sync(conn, now, host_rows)
             live.reconcile(live_lease_ids(conn), now)
             now = max(now, live.market.now_ms)
-            advanced = live.market.advance(now)
-            keys += self._preempt(conn, advanced.preemptions)
-            for lease in advanced.expired:
-                keys += stop_for_market(conn, lease.lease_id, now, "expired", None)
+            keys += carry_out_advance(conn, live.market.advance(now), now)
             if s.require_credits:
                 keys += self._enforce_credit(conn, now)
             demands, accounts, terms = self._demands(conn, now)
             demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
-            capacity, known = self._capacity(conn, now)
+            capacity, known = self._capacity(conn, now, host_rows)
             placer = MarketPlacer(live, accounts, terms, now)
             decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
             for u in decided.unschedulable:
@@ -149,7 +151,7 @@ class SchedulerLoop:
             keys += create_containers(
                 conn, decided.start, accounts, live.cpu_offer, round(s.platform_fee * 1e6), now
             )
-            keys += self._preempt(conn, placer.preemptions)
+            keys += carry_out_preemptions(conn, placer.preemptions)
             for stop in decided.stop:
                 log.info("stopping container %s (%s)", stop.container_id, stop.reason)
                 keys += request_stop(conn, stop.container_id)
@@ -162,26 +164,6 @@ class SchedulerLoop:
             if now - self._last_meter_ms >= 1000:
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
                 self._last_meter_ms = now
-        return keys
-
-    def _preempt(self, conn: Connection, preemptions: Iterable[Preemption]) -> list[str]:
-        """Carry out the market's preemptions: metering of each lease stops at its notice,
-        its calls are requeued as preempted, and its agent stops it (SIGTERM at once,
-        SIGKILL at the deadline)."""
-        keys: list[str] = []
-        for p in preemptions:
-            cid = p.lease.lease_id
-            log.info(
-                "preempting container %s (%s by %s at %s/device-hour)",
-                cid,
-                p.cause.value,
-                p.by_id,
-                format_usd(p.by_price),
-            )
-            keys += requeue_preempted_calls(conn, cid, p.lease.rate_micros_per_hour, p.notice_ms)
-            keys += stop_for_market(
-                conn, cid, p.notice_ms, "preempted", p.deadline_ms - p.notice_ms
-            )
         return keys
 
     def _enforce_credit(self, conn: Connection, now: int) -> list[str]:
@@ -362,21 +344,19 @@ class SchedulerLoop:
         return demands, accounts, terms
 
     def _capacity(
-        self, conn: Connection, now: int
+        self, conn: Connection, now: int, host_rows: list[HostRow]
     ) -> tuple[list[HostCapacity], list[HostCapacity]]:
         """Live hosts with their usage, and every host seen within the last hour (for
         deciding whether a request could ever be met)."""
-        rows = conn.execute(
-            select(hosts).where(hosts.c.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS)
-        ).all()
-        usage = host_usage(conn, [r.id for r in rows if r.state == "ready"])
+        rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
+        usage = host_usage(conn, [h.row.id for h in rows if h.row.state == "ready"])
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
-        for r in rows:
-            inv = r.inventory
-            u = usage.get(r.id, {})
+        for h in rows:
+            inv = h.inventory
+            u = usage.get(h.row.id, {})
             cap = HostCapacity(
-                id=r.id,
+                id=h.row.id,
                 cpu=float(inv["cpu_cores"]),
                 memory_mib=int(inv["memory_mib"]),
                 gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
@@ -385,6 +365,6 @@ class SchedulerLoop:
                 used_gpus=set(u.get("gpus", set())),
             )
             known.append(cap)
-            if r.state == "ready":
+            if h.row.state == "ready":
                 live.append(cap)
         return live, known

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,19 +12,28 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
-from crucible.server.market import Offer
+from crucible.server.billing.ledger import format_usd
+from crucible.server.market import Advanced, Offer, Preemption
 from crucible.server.scheduler.core import LeaseTerms, StartContainer
-from crucible.server.services.calls import claim_inputs, record_outputs
+from crucible.server.services.calls import (
+    claim_inputs,
+    record_outputs,
+    requeue_preempted_calls,
+)
 from crucible.server.store.tables import containers, functions
 
 __all__ = [
     "ContainerFacts",
+    "carry_out_advance",
+    "carry_out_preemptions",
     "create_containers",
     "exchange_step",
     "load_container_facts",
     "request_stop",
     "stop_for_market",
 ]
+
+log = logging.getLogger("crucible.scheduler")
 
 # Once a second is plenty for the scheduler's idle detection (scale-down windows are seconds).
 _TOUCH_EVERY_MS = 1000
@@ -139,6 +149,34 @@ def stop_for_market(
         .values(lease_end_ms=at_ms, end_cause=cause, stop_grace_ms=grace_ms)
     )
     return request_stop(conn, container_id)
+
+
+def carry_out_preemptions(conn: Connection, preemptions: Iterable[Preemption]) -> list[str]:
+    """Carry out the market's preemptions: each lease's metering stops at its notice, its
+    calls are requeued as preempted (cost carried), and its agent stops it (SIGTERM at once,
+    SIGKILL at the deadline). Returns wake-up keys."""
+    keys: list[str] = []
+    for p in preemptions:
+        cid = p.lease.lease_id
+        log.info(
+            "preempting container %s (%s by %s at %s/device-hour)",
+            cid,
+            p.cause.value,
+            p.by_id,
+            format_usd(p.by_price),
+        )
+        keys += requeue_preempted_calls(conn, cid, p.lease.rate_micros_per_hour, p.notice_ms)
+        keys += stop_for_market(conn, cid, p.notice_ms, "preempted", p.deadline_ms - p.notice_ms)
+    return keys
+
+
+def carry_out_advance(conn: Connection, advanced: Advanced, now_ms: int) -> list[str]:
+    """Act on what the passage of time did in the market: preemptions for reservation
+    windows about to start, and leases whose reservation window closed (stopped)."""
+    keys = carry_out_preemptions(conn, advanced.preemptions)
+    for lease in advanced.expired:
+        keys += stop_for_market(conn, lease.lease_id, now_ms, "expired", None)
+    return keys
 
 
 def request_stop(conn: Connection, container_id: str) -> list[str]:

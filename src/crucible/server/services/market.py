@@ -23,7 +23,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+import orjson
+from sqlalchemy import Connection, Text, cast, select
 
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.ids import new_id
@@ -55,6 +56,7 @@ from crucible.settings import Settings
 
 __all__ = [
     "LIVE_LEASE_STATES",
+    "HostRow",
     "LiveMarket",
     "MarketPlacer",
     "MarketTerms",
@@ -137,11 +139,34 @@ def host_reliability_ppm(ended: int, faulted: int, prior: int) -> int:
     return (total - faulted) * PPM // total
 
 
-def _spec_of_row(r: Any, prior: int) -> HostSpec:
+@dataclass(frozen=True)
+class HostRow:
+    row: Any  # hosts columns of _SEL_HOSTS (inventory as text)
+    inventory: dict[str, Any]
+
+
+_SEL_HOSTS = select(
+    hosts.c.id,
+    hosts.c.region,
+    hosts.c.state,
+    hosts.c.last_seen_ms,
+    cast(hosts.c.inventory, Text).label("inventory_text"),
+    hosts.c.energy_source,
+    hosts.c.carbon_g_per_kwh,
+    hosts.c.draining,
+    hosts.c.leases_ended,
+    hosts.c.leases_faulted,
+)
+# Offers change only through the API (which calls offers_changed); re-read them anyway this
+# often, in case another process wrote them.
+_OFFERS_REREAD_MS = 5_000
+
+
+def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
     return HostSpec(
         host_id=r.id,
         region=r.region,
-        gpus=tuple((int(g["index"]), str(g["model"])) for g in r.inventory.get("gpus", [])),
+        gpus=tuple((int(g["index"]), str(g["model"])) for g in inventory.get("gpus", [])),
         reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
         energy_source=r.energy_source,
         carbon_g_per_kwh=r.carbon_g_per_kwh,
@@ -172,6 +197,11 @@ class LiveMarket:
         self._offers: dict[tuple[str, str], Offer] = {}
         self._cpu_offers: dict[str, Offer] = {}
         self._synced_ms: int | None = None
+        self._inventories: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._seen: dict[str, tuple[Any, ...]] = {}  # host -> its profile at the last sync
+        self._priced: dict[tuple[str, str], Offer] = {}  # offers hosts set, as last read
+        self._offers_dirty = True
+        self._offers_read_ms: int | None = None
 
     @staticmethod
     def rules(settings: Settings) -> MarketRules:
@@ -183,33 +213,60 @@ class LiveMarket:
 
     # -- keeping in step with the store -------------------------------------------------------
 
-    def sync(self, conn: Connection, now_ms: int) -> None:
+    def read_hosts(self, conn: Connection) -> list[HostRow]:
+        """Every host with its parsed inventory, read once per tick for the market and the
+        scheduler. Inventories are parsed only when their text changed."""
+        out = []
+        cache = self._inventories
+        for r in conn.execute(_SEL_HOSTS):
+            cached = cache.get(r.id)
+            if cached is None or cached[0] != r.inventory_text:
+                cached = (r.inventory_text, orjson.loads(r.inventory_text))
+                cache[r.id] = cached
+            out.append(HostRow(r, cached[1]))
+        return out
+
+    def sync(self, conn: Connection, now_ms: int, rows: list[HostRow] | None = None) -> None:
         """Bring hosts and offers up to date (and on the first call, leases and reservations
-        too). Hold :attr:`lock`."""
+        too). Hosts whose market profile did not change since the last sync cost a tuple
+        comparison; offers are re-read when :meth:`offers_changed` was called, or every
+        few seconds. Hold :attr:`lock`."""
         now_ms = max(now_ms, self.market.now_ms)
         prior = self.settings.reliability_prior_leases
-        rows = conn.execute(
-            select(
-                hosts.c.id,
-                hosts.c.region,
-                hosts.c.state,
-                hosts.c.inventory,
-                hosts.c.energy_source,
-                hosts.c.carbon_g_per_kwh,
-                hosts.c.draining,
-                hosts.c.leases_ended,
-                hosts.c.leases_faulted,
-            )
-        ).all()
-        offers = {
-            (r.host_id, r.device_type): offer_of_row(r) for r in conn.execute(select(host_offers))
-        }
+        rows = self.read_hosts(conn) if rows is None else rows
+        reread = (
+            self._offers_dirty
+            or self._offers_read_ms is None
+            or now_ms - self._offers_read_ms >= _OFFERS_REREAD_MS
+        )
+        if reread:
+            self._priced = {
+                (r.host_id, r.device_type): offer_of_row(r)
+                for r in conn.execute(select(host_offers))
+            }
+            self._offers_dirty = False
+            self._offers_read_ms = now_ms
         m = self.market
-        self._cpu_offers = {
-            r.id: offers.get((r.id, CPU)) or default_offer(CPU, self.settings) for r in rows
-        }
-        for r in rows:
-            spec = _spec_of_row(r, prior)
+        for h in rows:
+            r = h.row
+            if reread or r.id not in self._cpu_offers:
+                self._cpu_offers[r.id] = self._priced.get((r.id, CPU)) or default_offer(
+                    CPU, self.settings
+                )
+            key = (
+                r.region,
+                r.state,
+                r.inventory_text,
+                r.energy_source,
+                r.carbon_g_per_kwh,
+                r.draining,
+                r.leases_ended,
+                r.leases_faulted,
+            )
+            if not reread and self._seen.get(r.id) == key:
+                continue
+            self._seen[r.id] = key
+            spec = _spec_of_row(r, h.inventory, prior)
             if not spec.gpus:
                 continue
             old = self._specs.get(r.id)
@@ -220,11 +277,11 @@ class LiveMarket:
                     # New devices (an agent re-registered with another inventory): only when
                     # nothing runs there; otherwise keep the old view until it drains.
                     if any(lease.host_id == r.id for lease in m.running_leases()):
+                        self._seen.pop(r.id, None)
                         continue
                     m.set_online(r.id, False, now_ms)
                     self._forget(r.id)
                     m.add_host(spec)
-                    old = None
                 else:
                     m.update_host(spec)
             self._specs[r.id] = spec
@@ -234,7 +291,7 @@ class LiveMarket:
                 m.set_draining(r.id, state[1])
                 self._state[r.id] = state
             for model in spec.device_types():
-                offer = offers.get((r.id, model)) or default_offer(model, self.settings)
+                offer = self._priced.get((r.id, model)) or default_offer(model, self.settings)
                 if self._offers.get((r.id, model)) != offer:
                     m.set_offer(r.id, model, offer)
                     self._offers[(r.id, model)] = offer
@@ -242,6 +299,11 @@ class LiveMarket:
             self._restore(conn, now_ms)
             self._loaded = True
         self._synced_ms = now_ms
+
+    def offers_changed(self) -> None:
+        """An offer or a host's profile was written: the next sync re-reads them."""
+        self._offers_dirty = True
+        self._synced_ms = None
 
     def sync_if_stale(self, conn: Connection, now_ms: int, max_age_ms: int) -> None:
         """:meth:`sync` unless the scheduler did within ``max_age_ms`` (API reads: with the

@@ -175,7 +175,7 @@ def earnings(
     fee = (
         select(ledger_postings.c.amount_micros)
         .where(
-            ledger_postings.c.entry_seq == ledger_entries.c.seq,
+            ledger_postings.c.entry_key == ledger_entries.c.key,
             ledger_postings.c.account == str(PLATFORM_FEES),
         )
         .scalar_subquery()

@@ -39,8 +39,7 @@ from crucible.server.market import (
     ReserveRequest,
     Tier,
 )
-from crucible.server.services.calls import requeue_preempted_calls
-from crucible.server.services.containers import stop_for_market
+from crucible.server.services.containers import carry_out_advance, carry_out_preemptions
 from crucible.server.services.market import LiveMarket, reservation_of_row
 from crucible.server.store.tables import reservations
 from crucible.settings import Settings
@@ -182,7 +181,9 @@ def reserve(
     with live.lock:
         live.sync_if_stale(conn, now_ms, int(settings.scheduler_interval_s * 4000))
         now = max(now_ms, live.market.now_ms)
-        live.market.advance(now)  # the loop acts on what this returns on its next tick
+        # Due window events first (decisions need them processed); act on them here, since
+        # advancing takes them off the market's queue.
+        keys += carry_out_advance(conn, live.market.advance(now), now)
         decision = live.market.decide_reservation(rreq, now)
         if isinstance(decision, Refusal):
             raise MarketRefusedError(decision.message)
@@ -247,12 +248,7 @@ def reserve(
                 ),
             )
         live.market.apply(decision)
-        for p in decision.preemptions:
-            cid = p.lease.lease_id
-            keys += requeue_preempted_calls(conn, cid, p.lease.rate_micros_per_hour, p.notice_ms)
-            keys += stop_for_market(
-                conn, cid, p.notice_ms, "preempted", p.deadline_ms - p.notice_ms
-            )
+        keys += carry_out_preemptions(conn, decision.preemptions)
     return _info(r), keys
 
 

@@ -289,7 +289,7 @@ ledger_entries = Table(
 ledger_postings = Table(
     "ledger_postings",
     metadata,
-    Column("entry_seq", BigInteger, ForeignKey("ledger_entries.seq"), primary_key=True),
+    Column("entry_key", String(160), ForeignKey("ledger_entries.key"), primary_key=True),
     Column("account", String(48), primary_key=True),  # renter:<id> | host:<id> | platform:fees
     Column("amount_micros", BigInteger, nullable=False),
     Index("ix_ledger_postings_account", "account", "amount_micros"),

@@ -101,12 +101,10 @@ def upgrade() -> None:
     op.create_index("ix_ledger_entries_meter", "ledger_entries", ["meter"])
     op.create_table(
         "ledger_postings",
-        sa.Column(
-            "entry_seq", sa.BigInteger(), sa.ForeignKey("ledger_entries.seq"), nullable=False
-        ),
+        sa.Column("entry_key", sa.String(160), sa.ForeignKey("ledger_entries.key"), nullable=False),
         sa.Column("account", sa.String(48), nullable=False),
         sa.Column("amount_micros", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("entry_seq", "account", name="pk_ledger_postings"),
+        sa.PrimaryKeyConstraint("entry_key", "account", name="pk_ledger_postings"),
     )
     op.create_index("ix_ledger_postings_account", "ledger_postings", ["account", "amount_micros"])
 

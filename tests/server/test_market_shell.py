@@ -1,0 +1,140 @@
+"""The market inside the control plane, in-process with the scheduler's tick driven by hand:
+GPU containers are market leases, a reservation preempts an interruptible lease (its call is
+requeued as a preemption, its metering ends at the notice), and a restarted server rebuilds
+the same market from the store."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from crucible.protocol.accounts import Scope
+from crucible.sdk._stop_hooks import drop_stop_hooks_after, on_stop, run_stop_hooks, stop_hooks_mark
+from crucible.server.billing.entries import check_ledger
+from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.store.tables import calls, containers
+
+from server_testlib import MakeServer, ServerUnderTest
+
+H100 = [
+    {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+    for i in range(2)
+]
+
+
+def _setup(server: ServerUnderTest) -> tuple[str, str, str]:
+    host_id = server.register_host(server.tenant("hoster", Scope.HOST).token, "gpu-1", gpus=H100)
+    server.ok(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=server.tenant("hoster").token,
+        json={
+            "device_type": "H100",
+            "on_demand_micros": 2_000_000,
+            "interruptible_min_micros": 500_000,
+            "reserved_micros": 1_500_000,
+        },
+    )
+    renter = server.tenant("renter").token
+    fn = server.new_function(
+        renter,
+        server.new_app(renter),
+        server.put_blob(renter),
+        resources={"cpu": 1, "memory_mib": 1024, "gpus": [{"model": "H100", "count": 2}]},
+        market={"tier": "interruptible", "bid_micros": 700_000},
+    )
+    return host_id, renter, fn
+
+
+def test_a_gpu_container_is_a_market_lease_and_a_reservation_preempts_it(
+    server: ServerUnderTest,
+) -> None:
+    host_id, renter, fn = _setup(server)
+    [call] = server.new_calls(renter, fn)
+    SchedulerLoop(server.state).tick()
+    with server.state.engine.begin() as conn:
+        ct = conn.execute(select(containers).where(containers.c.function_id == fn)).one()
+        assert (ct.host_id, ct.tier, ct.unit_price_micros) == (host_id, "interruptible", 700_000)
+        assert ct.rate_micros_per_hour == 1_400_000 and sorted(ct.gpu_indices) == [0, 1]
+        # Pretend the container started and took the call.
+        now = int(time.time() * 1000)
+        conn.execute(
+            containers.update()
+            .where(containers.c.id == ct.id)
+            .values(state="running", started_ms=now - 5_000)
+        )
+        conn.execute(
+            calls.update()
+            .where(calls.c.id == call)
+            .values(state="running", container_id=ct.id, attempts=1, started_ms=now - 5_000)
+        )
+    lease = server.state.market.market.get_lease(ct.id)
+    assert lease.tier.value == "interruptible" and lease.price_micros_per_device_hour == 700_000
+
+    # A reservation starting now pays $1.50 > $0.70: it takes the devices at once.
+    other = server.tenant("planner").token
+    r = server.ok(
+        "POST",
+        "/v1/reservations",
+        token=other,
+        json={"gpu": "2xH100", "start_ms": int(time.time() * 1000), "hours": 1},
+    )
+    assert r["hosts"] == [host_id]
+    with server.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.id == ct.id)).one()
+        assert ct.state == "stopping" and ct.end_cause == "preempted"
+        assert ct.lease_end_ms is not None and ct.stop_grace_ms == 30_000
+        c = conn.execute(select(calls).where(calls.c.id == call)).one()
+        assert (c.state, c.preemptions, c.container_id) == ("queued", 1, None)
+        assert c.cost_micros > 0  # the preempted attempt's five seconds, carried
+        assert check_ledger(conn) == []
+    info = server.ok("GET", f"/v1/calls/{call}", token=renter)
+    assert info["preemptions"] == 1 and info["state"] == "queued"
+
+    # The requeued call waits: the only H100s are reserved by someone else.
+    SchedulerLoop(server.state).tick()
+    with server.state.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(containers.c.id).where(
+                    containers.c.function_id == fn, containers.c.state == "pending"
+                )
+            ).all()
+            == []
+        )
+
+
+def test_a_restarted_server_rebuilds_the_market_from_the_store(
+    make_server: MakeServer,
+) -> None:
+    first = make_server()
+    _, renter, fn = _setup(first)
+    first.new_calls(renter, fn)
+    SchedulerLoop(first.state).tick()
+    [before] = first.ok("GET", "/v1/market/book?gpu=H100", token=renter)
+    assert before["free_devices"] == 0 and before["leased"]["interruptible"] == 2
+
+    second = make_server()  # same store, fresh process state
+    [after] = second.ok("GET", "/v1/market/book?gpu=H100", token=renter)
+    assert (after["free_devices"], after["leased"]) == (before["free_devices"], before["leased"])
+    q = second.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert q["available"] and q["preempts"] == 1  # on demand would preempt the $0.70 bid
+
+
+def test_stop_hooks_of_an_input_are_dropped_when_it_ends() -> None:
+    ran: list[str] = []
+    mark = stop_hooks_mark()
+    on_stop(lambda: ran.append("module"))
+    per_input = stop_hooks_mark()
+    on_stop(lambda: ran.append("input 1"))
+    drop_stop_hooks_after(per_input)
+    on_stop(lambda: ran.append("input 2"))
+
+    def broken() -> None:
+        raise RuntimeError("a hook that fails does not stop the others")
+
+    on_stop(broken)
+    assert run_stop_hooks() == 3
+    assert ran == ["module", "input 2"]
+    assert stop_hooks_mark() == 0 and mark == 0
