@@ -12,6 +12,7 @@ from sqlalchemy import select
 from crucible.protocol.accounts import Scope
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, on_stop, run_stop_hooks, stop_hooks_mark
 from crucible.server.billing.entries import check_ledger
+from crucible.server.billing.service import meter_containers
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import calls, containers
 
@@ -138,3 +139,48 @@ def test_stop_hooks_of_an_input_are_dropped_when_it_ends() -> None:
     assert run_stop_hooks() == 3
     assert ran == ["module", "input 2"]
     assert stop_hooks_mark() == 0 and mark == 0
+
+
+def test_an_account_out_of_credit_is_drained_and_let_back_in(make_server: MakeServer) -> None:
+    server = make_server(require_credits=True)
+    admin = server.tenant("ops", Scope.ADMIN).token
+    _, renter, fn = _setup(server)
+    grant = {"account": "renter", "amount_micros": 1_000_000, "key": "first"}
+    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    [call] = server.new_calls(renter, fn)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    with server.state.engine.begin() as conn:
+        ct = conn.execute(select(containers).where(containers.c.function_id == fn)).one()
+        assert ct.state == "pending" and ct.tier == "interruptible"
+        # It ran for ten hours: $14 of a $1 balance.
+        now = int(time.time() * 1000)
+        conn.execute(
+            containers.update()
+            .where(containers.c.id == ct.id)
+            .values(state="running", started_ms=now - 36_000_000)
+        )
+        meter_containers(conn, now, 3_600_000)  # the balance goes negative ...
+    loop.tick()  # ... and the account is drained
+    with server.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.id == ct.id)).one()
+        assert (ct.state, ct.end_cause) == ("stopping", "out_of_credit")
+        assert conn.execute(select(calls.c.state).where(calls.c.id == call)).scalar() == "failed"
+        assert check_ledger(conn) == []
+    r = server.request(
+        "POST",
+        f"/v1/functions/{fn}/calls",
+        token=renter,
+        json={"inputs": [{"args": {"data": "gAQ="}}]},
+    )
+    assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credit"
+    assert "crucible credits grant" in r.json()["error"]["message"]
+    assert not server.state.market.market.running_leases("renter")
+
+    server.ok(
+        "POST",
+        "/v1/credits/grants",
+        token=admin,
+        json={"account": "renter", "amount_micros": 100_000_000, "key": "top-up"},
+    )
+    assert server.new_calls(renter, fn)  # accepted at once after the grant
