@@ -51,6 +51,64 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         _crucible(["token", "revoke", made["id"]], env)
         listed = json.loads(_crucible(["token", "list", "--json"], env))
         assert next(t for t in listed if t["id"] == made["id"])["revoked"] is True
+
+        # The market: this machine's host, its CPU prices, earnings, statement, quotes.
+        host_id = hosts[0]["id"]
+        priced = json.loads(
+            _crucible(
+                [
+                    "host",
+                    "price",
+                    host_id,
+                    "cpu",
+                    "--on-demand",
+                    "0.05",
+                    "--interruptible-min",
+                    "0.02",
+                    "--reserved",
+                    "0.04",
+                    "--memory",
+                    "0.01",
+                    "--json",
+                ],
+                env,
+            )
+        )
+        assert priced["offers"][-1] == {
+            "device_type": "cpu",
+            "on_demand_micros": 50_000,
+            "interruptible_min_micros": 20_000,
+            "reserved_micros": 40_000,
+            "memory_on_demand_micros": 10_000,
+            "memory_interruptible_micros": 10_000,
+            "memory_reserved_micros": 10_000,
+            "priced": True,
+        }
+        earned = json.loads(_crucible(["host", "earnings", "--json"], env))
+        assert earned["charged_micros"] == bill["total_micros"] > 0
+        assert earned["charged_micros"] == earned["fee_micros"] + earned["earned_micros"]
+        csv_lines = _crucible(["statement", "--kind", "apps", "--csv"], env).splitlines()
+        assert csv_lines[0] == "app_id,app_name,intervals,ms,cost_micros"
+        assert csv_lines[1].split(",")[1] == "hello"
+        quote = json.loads(_crucible(["market", "quote", "2xH100", "--json"], env))
+        assert not quote["available"] and quote["refusal"] == "no_offer"
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crucible.cli.main",
+                "market",
+                "quote",
+                "H100",
+                "--tier",
+                "spot",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 1 and "on-demand, interruptible or reserved" in bad.stderr
     finally:
         subprocess.run(
             [sys.executable, "-m", "crucible.cli.main", "down"], env=env, timeout=60, check=False
