@@ -328,6 +328,13 @@ V1_ROUTES = sorted(
         ("PUT", "/v1/credits/cap"),
         ("GET", "/v1/credits"),
         ("GET", "/v1/statement"),
+        ("POST", "/v1/deployments"),
+        ("GET", "/v1/deployments"),
+        ("GET", "/v1/deployments/{name}"),
+        ("POST", "/v1/deployments/{name}/activate"),
+        ("POST", "/v1/deployments/{name}/stop"),
+        ("POST", "/v1/deployments/{name}/rollback"),
+        ("GET", "/v1/deployments/{name}/functions/{function}"),
     ]
 )
 
@@ -342,6 +349,8 @@ def concrete(path: str) -> str:
         .replace("{group_id}", "g1")
         .replace("{host_id}", "ho-1")
         .replace("{container_id}", "ct-1")
+        .replace("{name}", "svc")
+        .replace("{function}", "f")
     )
 
 

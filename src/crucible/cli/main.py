@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from crucible.cli import market, resources, run, serve, up
+from crucible.cli import deploy, market, resources, run, serve, up
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -24,6 +24,7 @@ serve.register(app)
 run.register(app)
 resources.register(app)
 market.register(app)
+deploy.register(app)
 
 
 @app.command()

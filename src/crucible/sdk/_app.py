@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
 from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
+from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, Retries
@@ -202,6 +203,26 @@ class App:
                 for fn in self.functions.values():
                     fn._hydrate(None, None)
                 self._app_id = None
+
+    def deploy(self, *, name: str | None = None, client: Client | None = None) -> DeploymentInfo:
+        """Deploy the app: a new version of the deployment ``name`` (default: the app's
+        name) that keeps running after this process exits. Its functions are registered,
+        then it becomes current; the previous version finishes the calls it has and stops.
+        If registering fails, the previous version keeps serving. Call its functions from
+        anywhere with ``crucible.Function.from_name(name, function)``."""
+        client = client or Client.from_settings()
+        started = client.start_version(name or self.name)
+        try:
+            self._register(client, started.app_id)
+            info = client.activate(started.name, started.app_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.stop_app(started.app_id)  # the unfinished version; the old one serves
+            raise
+        finally:
+            for fn in self.functions.values():
+                fn._hydrate(None, None)
+        return info
 
     def _register(self, client: Client, app_id: str) -> None:
         if not self.functions:

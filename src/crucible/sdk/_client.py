@@ -9,6 +9,7 @@ from crucible.errors import Error
 from crucible.protocol.apps import AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, CallsCreated, GroupResults
 from crucible.protocol.common import Payload
+from crucible.protocol.deployments import DeploymentInfo, VersionStarted
 from crucible.protocol.transport import Transport
 from crucible.sdk._config import read_client_config
 from crucible.settings import Settings, load_settings
@@ -74,6 +75,18 @@ class Client:
         body = {"functions": [s.model_dump(mode="json") for s in specs]}
         data = self.transport.post(f"/v1/apps/{app_id}/functions", body)
         return [FunctionInfo.model_validate(f) for f in data]
+
+    # -- deployments --------------------------------------------------------------------------
+    def start_version(self, name: str) -> VersionStarted:
+        return VersionStarted.model_validate(self.transport.post("/v1/deployments", {"name": name}))
+
+    def activate(self, name: str, app_id: str) -> DeploymentInfo:
+        data = self.transport.post(f"/v1/deployments/{name}/activate", {"app_id": app_id})
+        return DeploymentInfo.model_validate(data)
+
+    def lookup_function(self, deployment: str, function: str) -> FunctionInfo:
+        data = self.transport.get(f"/v1/deployments/{deployment}/functions/{function}")
+        return FunctionInfo.model_validate(data)
 
     # -- calls --------------------------------------------------------------------------------
     def create_calls(self, function_id: str, req: CallsCreate) -> CallsCreated:

@@ -129,6 +129,26 @@ class Function(Generic[P, R]):
     def __repr__(self) -> str:
         return f"Function({self.app.name}.{self.name})"
 
+    @classmethod
+    def from_name(
+        cls, app_name: str, name: str, *, client: Client | None = None
+    ) -> Function[..., Any]:
+        """A handle on function ``name`` of the deployment ``app_name`` (``crucible
+        deploy``), from any code with a token of the deployment's account. It calls the
+        version current now; after a redeploy its calls go to the new version's function
+        of the same name. ``.local()`` is not available (the code is not here)."""
+        from crucible.sdk._app import App
+
+        client = client or Client.from_settings()
+        info = client.lookup_function(app_name, name)
+
+        def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+            raise Error(f"{app_name}.{name} was looked up by name: its code is not here")
+
+        fn: Function[..., Any] = cls(App(app_name), unavailable, {"name": name})
+        fn._hydrate(client, info.id)
+        return fn
+
     def get_raw_f(self) -> Callable[P, R]:
         return self.raw_f
 

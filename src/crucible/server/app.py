@@ -22,6 +22,7 @@ from crucible.server.api import (
     blobs,
     calls,
     containers,
+    deployments,
     health,
     hosts,
     market,
@@ -179,7 +180,18 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     async def on_other(_: Request, exc: Exception) -> JSONResponse:
         return response_for_exception(exc)
 
-    for module in (health, accounts, blobs, apps, calls, hosts, containers, billing, market):
+    for module in (
+        health,
+        accounts,
+        blobs,
+        apps,
+        deployments,
+        calls,
+        hosts,
+        containers,
+        billing,
+        market,
+    ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
     app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest

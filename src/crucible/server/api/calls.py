@@ -23,6 +23,7 @@ from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import request_stop
+from crucible.server.services.deployments import forward_call_target
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1", tags=["calls"])
@@ -55,6 +56,9 @@ async def create_calls(
     try:
         with state.engine.begin() as conn:
             fn = get_function_row(conn, who, function_id)
+            if fn.app_state != "running":
+                # A superseded version of a deployment: the call goes to the current one.
+                fn = forward_call_target(conn, who, fn) or fn
             ids = svc.create_calls(
                 conn,
                 who,
@@ -62,7 +66,7 @@ async def create_calls(
                 req,
                 now,
                 state.settings.inline_payload_max_bytes,
-                handoff=[(p.container_id, p.want) for p in taken],
+                handoff=[(p.container_id, p.want) for p in taken if fn.id == function_id],
                 timeout_s=float(fn.spec["timeout_s"]),
                 handed=handed,
             )
@@ -78,7 +82,7 @@ async def create_calls(
         for a in assignments:
             state.claim_groups[a.call_id] = req.group_id
     if len(ids) > n_handed:
-        state.wakeups.work_queued(function_id)
+        state.wakeups.work_queued(fn.id)
     result = None
     if req.wait_s > 0 and len(ids) == 1:
         call_id = ids[0]

@@ -45,6 +45,7 @@ from crucible.server.services.containers import (
     request_stop,
     stop_for_market,
 )
+from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.hosts import host_usage, mark_lost_hosts
 from crucible.server.services.market import (
     HostRow,
@@ -129,6 +130,8 @@ class SchedulerLoop:
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
+            for app_id in retire_drained_versions(conn, now):
+                log.info("stopped app %s: a superseded version with no calls left", app_id)
             # The market: in step with hosts, offers and containers; due reservation events.
             host_rows = live.read_hosts(conn)
             live.sync(conn, now, host_rows)
@@ -337,7 +340,8 @@ class SchedulerLoop:
                     scaledown_window_ms=int(
                         (window if window is not None else s.scaledown_window_s) * 1000
                     ),
-                    active=r.app_state == "running",
+                    # A retiring version (superseded by a redeploy) still serves its calls.
+                    active=r.app_state in ("running", "retiring"),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from crucible.errors import InvalidGpuError, NotFoundError, PermissionDeniedError
+from crucible.errors import ConflictError, InvalidGpuError, NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.ids import new_id
@@ -152,7 +152,14 @@ def create_functions(
     version of the code for the calls made from now on)."""
     _require_builder(principal)
     row = _app_row(conn, principal, app_id)
-    if row.state != "running":
+    # A deployment's version is registered before it is activated, and never after.
+    open_states = ("deploying",) if row.deployment_id else ("running",)
+    if row.state not in open_states:
+        if row.deployment_id:
+            raise ConflictError(
+                f"version {row.version} of deployment {row.name!r} is {row.state}; its "
+                "functions are fixed once activated: deploy a new version"
+            )
         raise NotFoundError(f"app {app_id} is stopped; start a new run")
     out: list[FunctionInfo] = []
     for spec in specs:

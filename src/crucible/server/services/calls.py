@@ -247,6 +247,8 @@ def create_calls(
     instead of an insert and a claim) and returned in ``handed`` for the caller to pass
     straight to those containers' waiting requests."""
     if fn.app_state != "running":
+        if fn.app_state == "deploying":
+            raise NotFoundError(f"function {fn.id} belongs to a version not activated yet")
         raise NotFoundError(f"function {fn.id} belongs to a stopped app; start a new run")
     account = principal.account_id
     first_key = req.inputs[0].idempotency_key

@@ -29,6 +29,7 @@ __all__ = [
     "blobs",
     "calls",
     "containers",
+    "deployments",
     "functions",
     "host_offers",
     "hosts",
@@ -117,6 +118,11 @@ apps = Table(
     Column("stopped_ms", BigInteger),
     # The client of an ephemeral app heartbeats; an app it stopped heartbeating is stopped.
     Column("heartbeat_ms", BigInteger),
+    # A version of a deployment (None: an ephemeral or standalone app). States of a deployed
+    # version: deploying (functions being registered) -> running (the current version) ->
+    # retiring (superseded: serves the calls it already has) -> stopped.
+    Column("deployment_id", String(32), index=True),
+    Column("version", Integer),
 )
 
 functions = Table(
@@ -171,6 +177,22 @@ containers = Table(
     # The platform fee in force when the lease was granted (parts per million).
     Column("fee_ppm", Integer, nullable=False, default=0),
     Index("ix_containers_state", "state"),
+)
+
+# Named, versioned apps that outlive their client (`crucible deploy`). Calls by name go to
+# ``current_app_id``; a redeploy or rollback moves it.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # running | stopped
+    Column("current_app_id", String(32)),
+    Column("version", Integer, nullable=False),  # the current version
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "name"),
 )
 
 # A host's asking terms per device type (a GPU model, or "cpu"), micro-dollars per unit-hour.

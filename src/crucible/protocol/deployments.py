@@ -1,0 +1,43 @@
+"""Deployments: named, versioned apps that keep running after their client exits."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from crucible.protocol.common import Named, Wire
+
+__all__ = ["DeploymentCreate", "DeploymentInfo", "DeploymentVersion", "Rollback", "VersionStarted"]
+
+
+class DeploymentCreate(Named):
+    """Start a new version of the deployment ``name`` (created on first use)."""
+
+
+class VersionStarted(Wire):
+    deployment_id: str
+    name: str
+    app_id: str  # register the version's functions on this app, then activate it
+    version: int
+
+
+class DeploymentVersion(Wire):
+    version: int
+    app_id: str
+    state: str  # deploying | running | retiring | stopped
+    created_ms: int
+    functions: list[str] = Field(default_factory=list)
+
+
+class DeploymentInfo(Wire):
+    id: str
+    name: str
+    state: str  # running | stopped
+    version: int  # the current version (0: none activated yet)
+    app_id: str | None
+    created_ms: int
+    updated_ms: int
+    versions: list[DeploymentVersion] = Field(default_factory=list)
+
+
+class Rollback(Wire):
+    version: int = Field(ge=1)

@@ -1,0 +1,72 @@
+"""Deployments: start a version, activate it, list, stop, roll back, look up a function."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from crucible.protocol.apps import FunctionInfo
+from crucible.protocol.common import Wire
+from crucible.protocol.deployments import (
+    DeploymentCreate,
+    DeploymentInfo,
+    Rollback,
+    VersionStarted,
+)
+from crucible.server.api.deps import Builder, State
+from crucible.server.services import deployments as svc
+
+router = APIRouter(prefix="/v1", tags=["deployments"])
+
+
+class Activate(Wire):
+    app_id: str = Field(min_length=1, max_length=32)
+
+
+@router.post("/deployments", status_code=201)
+def start_version(req: DeploymentCreate, who: Builder, state: State) -> VersionStarted:
+    with state.engine.begin() as conn:
+        return svc.start_version(conn, who, req.name, state.clock.now_ms())
+
+
+@router.post("/deployments/{name}/activate")
+def activate(name: str, req: Activate, who: Builder, state: State) -> DeploymentInfo:
+    with state.engine.begin() as conn:
+        info = svc.activate(conn, who, name, req.app_id, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.get("/deployments")
+def list_deployments(who: Builder, state: State) -> list[DeploymentInfo]:
+    with state.engine.connect() as conn:
+        return svc.list_deployments(conn, who)
+
+
+@router.get("/deployments/{name}")
+def get_deployment(name: str, who: Builder, state: State) -> DeploymentInfo:
+    with state.engine.connect() as conn:
+        return svc.get_deployment(conn, who, name)
+
+
+@router.post("/deployments/{name}/stop")
+def stop(name: str, who: Builder, state: State) -> DeploymentInfo:
+    with state.engine.begin() as conn:
+        info = svc.stop_deployment(conn, who, name, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.post("/deployments/{name}/rollback")
+def rollback(name: str, req: Rollback, who: Builder, state: State) -> DeploymentInfo:
+    with state.engine.begin() as conn:
+        info = svc.rollback(conn, who, name, req.version, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.get("/deployments/{name}/functions/{function}")
+def lookup(name: str, function: str, who: Builder, state: State) -> FunctionInfo:
+    with state.engine.connect() as conn:
+        row = svc.current_function(conn, who, name, function)
+    return FunctionInfo(id=row.id, app_id=row.app_id, created_ms=0, **row.spec)

@@ -1,0 +1,43 @@
+"""deployments: named, versioned apps that outlive their client
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "deployments",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("name", sa.String(128), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("current_app_id", sa.String(32)),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.Column("updated_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_deployments"),
+        sa.UniqueConstraint("account_id", "name", name="uq_deployments_account_id_name"),
+    )
+    with op.batch_alter_table("apps") as b:
+        b.add_column(sa.Column("deployment_id", sa.String(32)))
+        b.add_column(sa.Column("version", sa.Integer()))
+        b.create_index("ix_apps_deployment_id", ["deployment_id"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("apps") as b:
+        b.drop_index("ix_apps_deployment_id")
+        b.drop_column("version")
+        b.drop_column("deployment_id")
+    op.drop_table("deployments")

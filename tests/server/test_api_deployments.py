@@ -1,0 +1,114 @@
+"""Deployments through the API: versions, activation, forwarding of calls to the current
+version, retiring drained versions, rollback, stop, lookups, and tenant isolation."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from crucible.server.services.deployments import retire_drained_versions
+from crucible.server.store.tables import apps, calls
+
+from server_testlib import ServerUnderTest, error_code
+
+
+def _version(server: ServerUnderTest, token: str, name: str = "svc") -> tuple[str, int]:
+    started = server.ok("POST", "/v1/deployments", token=token, json={"name": name})
+    bundle = server.put_blob(token)
+    spec = {"name": "f", "code": {"bundle": bundle, "module": "m", "qualname": "f"}}
+    server.ok(
+        "POST", f"/v1/apps/{started['app_id']}/functions", token=token, json={"functions": [spec]}
+    )
+    return started["app_id"], started["version"]
+
+
+def _app_state(server: ServerUnderTest, app_id: str) -> str:
+    with server.state.engine.connect() as conn:
+        return str(conn.execute(select(apps.c.state).where(apps.c.id == app_id)).scalar())
+
+
+def test_redeploy_rolls_over_without_dropping_calls(server: ServerUnderTest) -> None:
+    token = server.tenant("alice").token
+    v1, n1 = _version(server, token)
+    assert n1 == 1
+    # Not activated yet: nothing to look up, and its functions take no calls.
+    r = server.request("GET", "/v1/deployments/svc/functions/f", token=token)
+    assert r.status_code == 404 and "not activated" in r.text
+    info = server.ok("POST", "/v1/deployments/svc/activate", token=token, json={"app_id": v1})
+    assert (info["state"], info["version"], info["app_id"]) == ("running", 1, v1)
+    f1 = server.ok("GET", "/v1/deployments/svc/functions/f", token=token)["id"]
+    [old_call] = server.new_calls(token, f1)
+
+    v2, n2 = _version(server, token)
+    assert n2 == 2 and _app_state(server, v2) == "deploying"
+    # A version that never activates changes nothing.
+    assert server.ok("GET", "/v1/deployments/svc/functions/f", token=token)["id"] == f1
+    server.ok("POST", "/v1/deployments/svc/activate", token=token, json={"app_id": v2})
+    f2 = server.ok("GET", "/v1/deployments/svc/functions/f", token=token)["id"]
+    assert f2 != f1 and _app_state(server, v1) == "retiring"
+
+    # A handle on the old version's function now reaches the new version.
+    [new_call] = server.new_calls(token, f1)
+    with server.state.engine.connect() as conn:
+        assert (
+            conn.execute(select(calls.c.function_id).where(calls.c.id == new_call)).scalar() == f2
+        )
+        # The call the old version already had stays with it (queued, not failed).
+        assert (
+            conn.execute(select(calls.c.state).where(calls.c.id == old_call)).scalar() == "queued"
+        )
+    with server.state.engine.begin() as conn:
+        assert retire_drained_versions(conn, 0) == []  # it still has a call
+        conn.execute(calls.update().where(calls.c.id == old_call).values(state="succeeded"))
+        assert retire_drained_versions(conn, 0) == [v1]
+    assert _app_state(server, v1) == "stopped"
+
+    # Rollback re-activates version 1; version 2 retires.
+    info = server.ok("POST", "/v1/deployments/svc/rollback", token=token, json={"version": 1})
+    assert (info["version"], info["app_id"]) == (1, v1)
+    assert [v["state"] for v in info["versions"]] == ["running", "retiring"]
+    r = server.request("POST", "/v1/deployments/svc/rollback", token=token, json={"version": 1})
+    assert r.status_code == 409 and error_code(r) == "conflict"
+    r = server.request("POST", "/v1/deployments/svc/rollback", token=token, json={"version": 9})
+    assert r.status_code == 404
+
+    info = server.ok("POST", "/v1/deployments/svc/stop", token=token)
+    assert info["state"] == "stopped"
+    assert {v["state"] for v in info["versions"]} == {"stopped"}
+    r = server.request("GET", "/v1/deployments/svc/functions/f", token=token)
+    assert r.status_code == 404 and "is stopped" in r.text
+    r = server.request(
+        "POST", f"/v1/functions/{f1}/calls", token=token, json={"inputs": [{"args": {"data": ""}}]}
+    )
+    assert r.status_code == 404 and "stopped app" in r.text
+
+
+def test_deployments_are_per_account_and_checked(server: ServerUnderTest) -> None:
+    alice = server.tenant("alice").token
+    bob = server.tenant("bob").token
+    v1, _ = _version(server, alice)
+    server.ok("POST", "/v1/deployments/svc/activate", token=alice, json={"app_id": v1})
+    assert server.ok("GET", "/v1/deployments", token=bob) == []
+    for method, path, body in [
+        ("GET", "/v1/deployments/svc", None),
+        ("GET", "/v1/deployments/svc/functions/f", None),
+        ("POST", "/v1/deployments/svc/stop", None),
+        ("POST", "/v1/deployments/svc/activate", {"app_id": v1}),
+        ("POST", "/v1/deployments/svc/rollback", {"version": 1}),
+    ]:
+        r = server.request(method, path, token=bob, json=body)
+        assert r.status_code == 404 and error_code(r) == "not_found", (method, path)
+    # Bob's own deployment of the same name is his: another app id.
+    b1, _ = _version(server, bob)
+    r = server.request("POST", "/v1/deployments/svc/activate", token=bob, json={"app_id": v1})
+    assert r.status_code == 404
+    server.ok("POST", "/v1/deployments/svc/activate", token=bob, json={"app_id": b1})
+    # Activating twice, or a version without functions, is refused clearly.
+    r = server.request("POST", "/v1/deployments/svc/activate", token=bob, json={"app_id": b1})
+    assert r.status_code == 409
+    empty = server.ok("POST", "/v1/deployments", token=bob, json={"name": "svc"})
+    r = server.request(
+        "POST", "/v1/deployments/svc/activate", token=bob, json={"app_id": empty["app_id"]}
+    )
+    assert r.status_code == 400 and "no functions" in r.text
+    r = server.request("POST", "/v1/deployments", token=bob, json={"name": "bad name!"})
+    assert r.status_code == 400
