@@ -64,9 +64,22 @@ class FunctionCreate(Named):
     timeout_s: float = Field(default=300.0, gt=0, le=7 * 86400)
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     max_containers: int | None = Field(default=None, ge=1, le=100_000)
+    # Kept warm even with no work (billed while they run).
+    min_containers: int = Field(default=0, ge=0, le=100_000)
+    # Idle containers kept on top of what the load needs, for bursts.
+    buffer_containers: int = Field(default=0, ge=0, le=100_000)
     scaledown_window_s: float | None = Field(default=None, ge=0, le=86400)
     is_async: bool = False
     market: MarketTerms = Field(default_factory=MarketTerms)
+
+    @model_validator(mode="after")
+    def _scaling_bounds(self) -> FunctionCreate:
+        if self.max_containers is not None and self.min_containers > self.max_containers:
+            raise ValueError(
+                f"min_containers={self.min_containers} is above "
+                f"max_containers={self.max_containers}"
+            )
+        return self
 
 
 class FunctionInfo(FunctionCreate):

@@ -90,6 +90,8 @@ class App:
         max_containers: int | None = None,
         scaledown_window: float | None = None,
         name: str | None = None,
+        min_containers: int = 0,
+        buffer_containers: int = 0,
         tier: str = "on-demand",
         bid: float | None = None,
         max_price: float | None = None,
@@ -103,6 +105,10 @@ class App:
         (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
         seconds per attempt. ``retries``: extra attempts after a failure (an int, or
         :class:`Retries` for the backoff).
+
+        Scaling: ``min_containers`` are kept warm even with no work (and billed),
+        ``buffer_containers`` idle ones are kept on top of what the load needs, at most
+        ``max_containers`` run; idle containers above that go after ``scaledown_window`` s.
 
         How GPUs are bought on the market (docs/market.md): ``tier`` is ``"on-demand"``,
         ``"interruptible"`` (preemptible, pays ``bid`` $/GPU-hour, default each host's minimum)
@@ -127,6 +133,16 @@ class App:
             policy = Retries(max_retries=retries)
 
         market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
+        for label, value in (
+            ("min_containers", min_containers),
+            ("buffer_containers", buffer_containers),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+                raise InvalidRequestError(f"{label}={value!r} must be an int in [0, 100000]")
+        if max_containers is not None and min_containers > max_containers:
+            raise InvalidRequestError(
+                f"min_containers={min_containers} is above max_containers={max_containers}"
+            )
 
         def decorate(f: Callable[P, R]) -> Function[P, R]:
             if isinstance(f, Function):
@@ -154,6 +170,8 @@ class App:
                 "retries": RetryPolicy.model_validate(policy.to_wire()),
                 "max_containers": max_containers,
                 "scaledown_window_s": scaledown_window,
+                "min_containers": min_containers,
+                "buffer_containers": buffer_containers,
                 "market": market,
             }
             fn = Function(self, f, options)
@@ -246,6 +264,8 @@ class App:
                     retries=fn.options["retries"],
                     max_containers=fn.options["max_containers"],
                     scaledown_window_s=fn.options["scaledown_window_s"],
+                    min_containers=fn.options["min_containers"],
+                    buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],
                     is_async=fn.is_async,
                 )

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from crucible.server.blobs import LocalBlobStore
 from crucible.server.dispatch import Dispatcher
+from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
 from crucible.settings import Settings
@@ -58,6 +59,20 @@ class ServerState:
     credit_blocked: dict[str, str] = field(default_factory=dict)
     # Submission-time credit checks: account -> (valid until ms, refusal or None).
     credit_checked: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+    # Calls per second per function (for the autoscaler), and container start times.
+    arrivals: dict[str, ArrivalRate] = field(default_factory=dict)
+    start_stats: dict[str, float] = field(default_factory=dict)
+
+    def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
+        rate = self.arrivals.get(function_id)
+        if rate is None:
+            rate = self.arrivals[function_id] = ArrivalRate()
+        rate.observe(n, now_ms)
+
+    def observe_start(self, function_id: str, ms: float) -> None:
+        avg = self.start_stats.get(function_id)
+        self.start_stats[function_id] = ms if avg is None else 0.8 * avg + 0.2 * ms
 
     def observe_exec(self, function_id: str, exec_ms: list[float]) -> None:
         avg = self.exec_stats.get(function_id)

@@ -81,6 +81,7 @@ async def create_calls(
         n_handed += len(assignments)
         for a in assignments:
             state.claim_groups[a.call_id] = req.group_id
+    state.observe_arrivals(fn.id, len(ids), now)
     if len(ids) > n_handed:
         state.wakeups.work_queued(fn.id)
     result = None

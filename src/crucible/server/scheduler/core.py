@@ -5,12 +5,10 @@ and the time, :func:`plan` says which containers to start where, which to stop, 
 functions can never be placed. It does no I/O and reads no clock; the server's loop and the
 simulator drive it.
 
-Scaling rule (v0). A function's *estimated execution time* is the larger of its measured mean
-and the age of its oldest running call. With no estimate yet, one container is started as a
-probe. Otherwise it wants ``ceil(backlog * estimate / target_drain)`` containers, where backlog
-is queued + running calls, capped by ``max_containers`` and by the backlog itself. Containers
-above that number that have been idle for the function's scale-down window are stopped, so
-a function scales back to zero.
+Scaling: the number of containers a function wants comes from :mod:`.autoscaler` (backlog,
+arrival rate, start time, ``min_containers``, ``buffer_containers``, ``max_containers``).
+Containers above that number that have been idle for the function's scale-down window are
+stopped, so a function scales back to zero (or to its ``min_containers``).
 
 Placement (v0): a container's request is a CPU share, memory, and optionally a GPU model and
 count in fallback order; the first GPU choice that fits anywhere wins, and among fitting hosts
@@ -20,9 +18,10 @@ packs work and keeps large hosts free for large requests.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from crucible.server.scheduler.autoscaler import Load, Scale, ScalingPolicy, decide
 
 __all__ = [
     "ContainerView",
@@ -89,6 +88,10 @@ class FunctionDemand:
     max_containers: int
     scaledown_window_ms: int
     active: bool = True
+    min_containers: int = 0
+    buffer_containers: int = 0
+    arrivals_per_s: float = 0.0
+    start_ms: float = 0.0  # measured time for a container to become ready
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class Plan:
     start: list[StartContainer] = field(default_factory=list)
     stop: list[StopContainer] = field(default_factory=list)
     unschedulable: list[Unschedulable] = field(default_factory=list)
+    # The autoscaler's answer per function, with its reason (the loop logs changes).
+    scales: dict[str, Scale] = field(default_factory=dict)
 
 
 def retry_delay_ms(
@@ -158,22 +163,29 @@ def retry_delay_ms(
     return int(min(delay, max_delay_s) * 1000)
 
 
-def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> int:
-    backlog = fn.queued + fn.running
-    if not fn.active or backlog == 0:
-        return 0
-    # The measured mean when there is one. Before any call finished, the age of the oldest
-    # running call is a lower bound (workers take inputs in batches, so once a mean exists the
-    # age would overstate it).
-    if fn.avg_exec_ms is not None:
-        estimate = fn.avg_exec_ms
-    elif fn.oldest_running_started_ms is not None:
-        estimate = float(now_ms - fn.oldest_running_started_ms)
-    else:
-        estimate = 0.0
-    # With no estimate, one probe container: nothing is known about the function's speed yet.
-    wanted = 1 if estimate <= 0 else math.ceil(backlog * estimate / policy.target_drain_ms)
-    return max(1, min(wanted, fn.max_containers, backlog))
+def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> Scale:
+    """What the autoscaler wants for ``fn`` now (see :mod:`.autoscaler`)."""
+    return decide(
+        ScalingPolicy(
+            min_containers=fn.min_containers,
+            max_containers=fn.max_containers,
+            buffer_containers=fn.buffer_containers,
+            target_drain_ms=policy.target_drain_ms,
+        ),
+        Load(
+            queued=fn.queued,
+            running=fn.running,
+            arrivals_per_s=fn.arrivals_per_s,
+            avg_exec_ms=fn.avg_exec_ms,
+            oldest_running_age_ms=(
+                None
+                if fn.oldest_running_started_ms is None
+                else now_ms - fn.oldest_running_started_ms
+            ),
+            start_ms=fn.start_ms,
+            active=fn.active,
+        ),
+    )
 
 
 def _choices(fn: FunctionDemand) -> tuple[GpuChoice | None, ...]:
@@ -274,7 +286,9 @@ def plan(
             result.stop.extend(StopContainer(c.id, "app_stopped") for c in live)
             continue
 
-        want = desired_containers(fn, now_ms, policy)
+        scale = desired_containers(fn, now_ms, policy)
+        result.scales[fn.id] = scale
+        want = scale.containers
         if len(live) > want:
             idle = sorted(
                 (

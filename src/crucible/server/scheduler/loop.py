@@ -25,6 +25,7 @@ from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
 from crucible.server.billing.service import meter_containers
 from crucible.server.market import RefusalCode
+from crucible.server.scheduler.autoscaler import Scale
 from crucible.server.scheduler.core import (
     ContainerView,
     FunctionDemand,
@@ -73,6 +74,8 @@ class SchedulerLoop:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_meter_ms = 0
+        self._scales: dict[str, int] = {}  # last logged autoscaler answer per function
+        self._started_seen: set[str] = set()  # containers whose start time was recorded
 
     @property
     def policy(self) -> Policy:
@@ -145,6 +148,7 @@ class SchedulerLoop:
             capacity, known = self._capacity(conn, now, host_rows)
             placer = MarketPlacer(live, accounts, terms, now)
             decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
+            self._log_scales(decided.scales)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -236,6 +240,17 @@ class SchedulerLoop:
                 keys += fail_queued_calls(conn, d.id, MarketRefusedError.code, why.message, now)
         return keys
 
+    def _log_scales(self, scales: dict[str, Scale]) -> None:
+        """The autoscaler's decisions, explained, each time a function's number changes."""
+        for fid, scale in scales.items():
+            if self._scales.get(fid) != scale.containers:
+                log.info(
+                    "function %s wants %d container(s): %s", fid, scale.containers, scale.reason
+                )
+                self._scales[fid] = scale.containers
+        for fid in [f for f in self._scales if f not in scales]:
+            del self._scales[fid]
+
     def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
         """Backstop for calls the worker could not interrupt (stuck in C code, or the worker
         is gone silent): past deadline + grace, the attempt times out and the container is
@@ -288,8 +303,12 @@ class SchedulerLoop:
                 containers.c.state,
                 containers.c.created_ms,
                 containers.c.last_active_ms,
+                containers.c.ready_ms,
             ).where(containers.c.state.in_(("pending", "starting", "running")))
         ):
+            if r.ready_ms is not None and r.id not in self._started_seen:
+                self._started_seen.add(r.id)
+                self.state.observe_start(r.function_id, float(r.ready_ms - r.created_ms))
             by_fn[r.function_id].append(
                 ContainerView(
                     id=r.id,
@@ -300,7 +319,16 @@ class SchedulerLoop:
                     busy=r.id in busy,
                 )
             )
-        fids = set(work) | set(by_fn)
+        self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
+        # Functions that keep warm containers count even with no calls and no containers.
+        warm = set(
+            conn.execute(
+                select(functions.c.id)
+                .join(apps, apps.c.id == functions.c.app_id)
+                .where(functions.c.warm.is_(True), apps.c.state == "running")
+            ).scalars()
+        )
+        fids = set(work) | set(by_fn) | warm
         if not fids:
             return [], {}, {}
         s = self.state.settings
@@ -342,10 +370,22 @@ class SchedulerLoop:
                     ),
                     # A retiring version (superseded by a redeploy) still serves its calls.
                     active=r.app_state in ("running", "retiring"),
+                    min_containers=int(spec.get("min_containers", 0))
+                    if r.app_state == "running"
+                    else 0,
+                    buffer_containers=int(spec.get("buffer_containers", 0))
+                    if r.app_state == "running"
+                    else 0,
+                    arrivals_per_s=self._arrivals(r.id, now),
+                    start_ms=self.state.start_stats.get(r.id, 0.0),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
         return demands, accounts, terms
+
+    def _arrivals(self, function_id: str, now: int) -> float:
+        rate = self.state.arrivals.get(function_id)
+        return 0.0 if rate is None else rate.per_s(now)
 
     def _capacity(
         self, conn: Connection, now: int, host_rows: list[HostRow]

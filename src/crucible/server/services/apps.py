@@ -170,9 +170,12 @@ def create_functions(
             )
         ).first()
         payload = spec.model_dump(mode="json")
+        warm = spec.min_containers > 0 or spec.buffer_containers > 0
         if existing is not None:
             fid = str(existing.id)
-            conn.execute(update(functions).where(functions.c.id == fid).values(spec=payload))
+            conn.execute(
+                update(functions).where(functions.c.id == fid).values(spec=payload, warm=warm)
+            )
         else:
             fid = new_id("fn")
             conn.execute(
@@ -182,6 +185,7 @@ def create_functions(
                     app_id=app_id,
                     name=spec.name,
                     spec=payload,
+                    warm=warm,
                     created_ms=now_ms,
                 )
             )

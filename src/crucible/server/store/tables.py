@@ -133,6 +133,9 @@ functions = Table(
     Column("app_id", String(32), ForeignKey("apps.id"), nullable=False, index=True),
     Column("name", String(128), nullable=False),
     Column("spec", JSON, nullable=False),  # protocol.apps.FunctionCreate
+    # Keeps containers without work (min_containers or buffer_containers > 0): the scheduler
+    # looks at such functions of running apps even when they have no calls.
+    Column("warm", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
     UniqueConstraint("app_id", "name"),
 )

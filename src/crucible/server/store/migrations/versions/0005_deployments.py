@@ -1,4 +1,4 @@
-"""deployments: named, versioned apps that outlive their client
+"""deployments: named, versioned apps that outlive their client; functions.warm
 
 Revision ID: 0005
 Revises: 0004
@@ -33,9 +33,13 @@ def upgrade() -> None:
         b.add_column(sa.Column("deployment_id", sa.String(32)))
         b.add_column(sa.Column("version", sa.Integer()))
         b.create_index("ix_apps_deployment_id", ["deployment_id"])
+    with op.batch_alter_table("functions") as b:
+        b.add_column(sa.Column("warm", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("functions") as b:
+        b.drop_column("warm")
     with op.batch_alter_table("apps") as b:
         b.drop_index("ix_apps_deployment_id")
         b.drop_column("version")
