@@ -26,6 +26,7 @@ from crucible.server.api import (
     health,
     hosts,
     market,
+    metrics,
 )
 from crucible.server.api.deps import Caller
 from crucible.server.api.responses import (
@@ -191,6 +192,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         containers,
         billing,
         market,
+        metrics,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)

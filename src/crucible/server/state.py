@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from crucible.server.blobs import LocalBlobStore
 from crucible.server.dispatch import Dispatcher
+from crucible.server.metrics import Metrics
 from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
@@ -62,6 +63,7 @@ class ServerState:
 
     # Calls per second per function (for the autoscaler), and container start times.
     arrivals: dict[str, ArrivalRate] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
     start_stats: dict[str, float] = field(default_factory=dict)
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
@@ -69,8 +71,10 @@ class ServerState:
         if rate is None:
             rate = self.arrivals[function_id] = ArrivalRate()
         rate.observe(n, now_ms)
+        self.metrics.accepted(n)
 
     def observe_start(self, function_id: str, ms: float) -> None:
+        self.metrics.cold_start(ms / 1000)
         avg = self.start_stats.get(function_id)
         self.start_stats[function_id] = ms if avg is None else 0.8 * avg + 0.2 * ms
 

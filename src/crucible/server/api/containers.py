@@ -83,6 +83,8 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     reply = _step(state, facts, req.outputs, req.want)
     if req.outputs:
         state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in req.outputs])
+        for o in req.outputs:
+            state.metrics.finished(o.status, o.exec_us / 1e6, o.error.code if o.error else None)
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
         return model_response(reply)  # type: ignore[return-value]
 

@@ -1,0 +1,39 @@
+"""Prometheus metrics: admin only, the exposition format, and figures that move."""
+
+from __future__ import annotations
+
+from crucible.protocol.accounts import Scope
+
+from server_testlib import ServerUnderTest, error_code
+
+
+def _value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in the metrics")
+
+
+def test_metrics_need_an_admin_token_and_count_what_happens(server: ServerUnderTest) -> None:
+    admin = server.tenant("ops", Scope.ADMIN).token
+    alice = server.tenant("alice").token
+    assert server.request("GET", "/metrics").status_code == 401
+    r = server.request("GET", "/metrics", token=alice)
+    assert r.status_code == 403 and error_code(r) == "forbidden"
+
+    fn = server.new_function(alice, server.new_app(alice), server.put_blob(alice))
+    server.new_calls(alice, fn, 3)
+    server.state.metrics.finished("failed", 0.2, "remote_error")
+    server.state.metrics.cold_start(0.3)
+    r = server.request("GET", "/metrics", token=admin)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert "# TYPE crucible_call_exec_seconds histogram" in text
+    assert _value(text, 'crucible_calls_in_flight{state="queued"}') == 3
+    assert _value(text, "crucible_calls_accepted_total") == 3
+    assert _value(text, 'crucible_call_errors_total{code="remote_error"}') == 1
+    assert _value(text, 'crucible_call_exec_seconds_bucket{le="0.5"}') == 1
+    assert _value(text, 'crucible_call_exec_seconds_bucket{le="0.1"}') == 0
+    assert _value(text, 'crucible_call_exec_seconds_bucket{le="+Inf"}') == 1
+    assert _value(text, "crucible_cold_starts_total") == 1
+    assert _value(text, 'crucible_containers{state="running"}') == 0
