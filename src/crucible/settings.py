@@ -109,6 +109,13 @@ class Settings:
         "Requeues after host loss, which do not count against a function's retries, before a "
         "call fails anyway.",
     )
+    crash_loop_limit: int = _opt(
+        5,
+        "CRUCIBLE_CRASH_LOOP_LIMIT",
+        "A function whose containers exit this many times in a row before becoming ready is "
+        "crash-looping: its queued calls fail with the last container's error (between "
+        "crashes, new containers wait 1 s, 2 s, 4 s ... up to 60 s).",
+    )
     meter_interval_s: float = _opt(
         10.0,
         "CRUCIBLE_METER_INTERVAL_S",
@@ -251,6 +258,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_MAX_REQUEST_BYTES": (1, None),
     "CRUCIBLE_MAX_BLOB_BYTES": (1, None),
     "CRUCIBLE_MAX_CONTAINERS": (1, None),
+    "CRUCIBLE_CRASH_LOOP_LIMIT": (1, None),
     "CRUCIBLE_SCHEDULER_INTERVAL_S": (0.001, None),
     "CRUCIBLE_METER_INTERVAL_S": (0.001, None),
     "CRUCIBLE_HEARTBEAT_INTERVAL_S": (0.001, None),

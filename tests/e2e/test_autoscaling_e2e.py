@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-import app_scaling
 import pytest
 
 import crucible
 
+import app_scaling
 from harness import Exchange, wait_for
 
 

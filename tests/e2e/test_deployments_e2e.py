@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import app_deploy_v1
-import app_deploy_v2
 import pytest
 
 import crucible
 
+import app_deploy_v1
+import app_deploy_v2
 from harness import Exchange, wait_for
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, func, select
 
 import crucible
+from crucible.server.store.tables import containers
 
 import app_basic
+import app_crashy
 from harness import Exchange, wait_for
 
 
@@ -153,6 +157,28 @@ def test_app_whose_client_vanished_is_stopped(tmp_path) -> None:
             )
             live = client.get(f"/v1/apps/{app_basic.app.app_id}")
             assert live["state"] == "running"
+        client.close()
+    finally:
+        ex.close()
+
+
+def test_crash_looping_function_fails_clearly_after_backoff(tmp_path: Path) -> None:
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_CRASH_LOOP_LIMIT="3")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        client = ex.client(ex.new_account("crashy"))
+        with (
+            app_crashy.app.run(client=client),
+            pytest.raises(crucible.ContainerExitedError, match=r"crash loop: 3 container"),
+        ):
+            app_crashy.never.remote()
+        assert "is crash-looping" in ex.log("server")
+        # Backed off, not restarted in a tight loop: three containers, one per crash.
+        engine = create_engine(ex.database_url)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(containers)).scalar() == 3
+        engine.dispose()
         client.close()
     finally:
         ex.close()

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import app_market
 import pytest
 from sqlalchemy import create_engine, func, select
 
@@ -18,6 +17,7 @@ from crucible.server.billing.entries import check_ledger
 from crucible.server.store.tables import containers, meter_intervals
 
 import app_basic
+import app_market
 from harness import Exchange, wait_for
 
 

@@ -92,6 +92,8 @@ class FunctionDemand:
     buffer_containers: int = 0
     arrivals_per_s: float = 0.0
     start_ms: float = 0.0  # measured time for a container to become ready
+    # Crash-loop backoff: no new container before this time (see loop._crash_loops).
+    start_not_before_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ def plan(
             continue
 
         missing = want - len(live)
-        if missing <= 0:
+        if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
         ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
         if not ever_fits:

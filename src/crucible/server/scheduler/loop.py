@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from crucible.errors import (
+    ContainerExitedError,
     FunctionTimeoutError,
     InsufficientCreditError,
     MarketRefusedError,
@@ -46,6 +47,7 @@ from crucible.server.services.containers import (
     request_stop,
     stop_for_market,
 )
+from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.hosts import host_usage, mark_lost_hosts
 from crucible.server.services.market import (
@@ -76,6 +78,8 @@ class SchedulerLoop:
         self._last_meter_ms = 0
         self._scales: dict[str, int] = {}  # last logged autoscaler answer per function
         self._started_seen: set[str] = set()  # containers whose start time was recorded
+        self.crash_loops: dict[str, CrashLoop] = {}
+        self._loop_logged: dict[str, int] = {}
 
     @property
     def policy(self) -> Policy:
@@ -155,6 +159,7 @@ class SchedulerLoop:
                     conn, u.function_id, ResourcesUnsatisfiableError.code, u.message, now
                 )
             keys += self._refused(conn, demands, placer, now)
+            keys += self._fail_crash_loops(conn, demands, now)
             keys += create_containers(
                 conn, decided.start, accounts, live.cpu_offer, round(s.platform_fee * 1e6), now
             )
@@ -238,6 +243,32 @@ class SchedulerLoop:
             if d.oldest_queued_ms is not None and now - d.oldest_queued_ms >= grace:
                 log.warning("function %s refused by the market: %s", d.id, why.message)
                 keys += fail_queued_calls(conn, d.id, MarketRefusedError.code, why.message, now)
+        return keys
+
+    def _fail_crash_loops(
+        self, conn: Connection, demands: list[FunctionDemand], now: int
+    ) -> list[str]:
+        """A function whose containers keep exiting before they become ready is crash-
+        looping, which is not the same as waiting for capacity: it is retried with backoff,
+        and once it has failed ``crash_loop_limit`` times in a row its queued calls fail with
+        the last container's own words."""
+        keys: list[str] = []
+        for d in demands:
+            loop = self.crash_loops.get(d.id)
+            if loop is None:
+                continue
+            if self._loop_logged.get(d.id) != loop.crashes:
+                self._loop_logged[d.id] = loop.crashes
+                log.warning(
+                    "function %s is crash-looping: %s; next container in %.0f s",
+                    d.id,
+                    loop.describe(),
+                    max(0, loop.retry_at_ms - now) / 1000,
+                )
+            if loop.crashes >= self.state.settings.crash_loop_limit and d.queued:
+                keys += fail_queued_calls(
+                    conn, d.id, ContainerExitedError.code, f"crash loop: {loop.describe()}", now
+                )
         return keys
 
     def _log_scales(self, scales: dict[str, Scale]) -> None:
@@ -335,6 +366,7 @@ class SchedulerLoop:
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
+        loops = crash_loops(conn, fids, now)
         for r in conn.execute(
             select(
                 functions.c.id,
@@ -377,10 +409,12 @@ class SchedulerLoop:
                     if r.app_state == "running"
                     else 0,
                     arrivals_per_s=self._arrivals(r.id, now),
+                    start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
+        self.crash_loops = loops
         return demands, accounts, terms
 
     def _arrivals(self, function_id: str, now: int) -> float:
