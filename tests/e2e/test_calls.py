@@ -111,3 +111,25 @@ def test_remote_outside_a_running_app_is_a_clear_error() -> None:
 def test_worker_cannot_see_agent_token(builder) -> None:
     with app_basic.app.run(client=builder):
         assert app_basic.secrets_visible.remote() == {}
+
+
+def test_a_calls_timeline_shows_its_phases_and_their_cost(builder) -> None:
+    with app_basic.app.run(client=builder):
+        cold = app_basic.square.spawn(3)
+        assert cold.get(timeout=60) == 9
+        warm = app_basic.square.spawn(4)
+        assert warm.get(timeout=60) == 16
+    t = builder.get(f"/v1/calls/{cold.object_id}/timeline")
+    assert t["cold_start"] is True and t["state"] == "succeeded"
+    names = [p["phase"] for p in t["phases"]]
+    assert names[:3] == ["queued", "scheduled", "starting"] and names[-1] == "running"
+    for p in t["phases"]:
+        assert p["end_ms"] - p["start_ms"] == p["ms"] >= 0
+        # Container time is billed from its start; the queue is not.
+        billed = p["phase"] in ("starting", "waiting", "running")
+        assert (p["cost_micros"] is not None) == billed
+    w = builder.get(f"/v1/calls/{warm.object_id}/timeline")
+    assert w["cold_start"] is False and [p["phase"] for p in w["phases"]] == ["queued", "running"]
+    assert w["container_id"] == t["container_id"]
+    with pytest.raises(crucible.NotFoundError):
+        builder.get("/v1/calls/ca-nope/timeline")

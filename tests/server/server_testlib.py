@@ -309,6 +309,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/functions/{function_id}/calls"),
         ("GET", "/v1/calls"),
         ("GET", "/v1/calls/{call_id}"),
+        ("GET", "/v1/calls/{call_id}/timeline"),
         ("POST", "/v1/calls/{call_id}/cancel"),
         ("POST", "/v1/groups/{group_id}/results"),
         ("POST", "/v1/hosts/register"),

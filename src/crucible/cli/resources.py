@@ -1,4 +1,4 @@
-"""Read-only views: `crucible apps`, `calls`, `hosts`, `bill`; and `crucible token`."""
+"""Read-only views: `crucible apps`, `calls`, `call`, `hosts`, `bill`; and `crucible token`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import typer
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
 from crucible.protocol.billing import BillReport
+from crucible.protocol.calls import CallTimeline
 from crucible.protocol.hosts import HostInfo
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
@@ -72,6 +73,33 @@ def register(app: typer.Typer) -> None:
                     (c.error.message[:60] if c.error else ""),
                 )
                 for c in items
+            ],
+        )
+
+    @app.command()
+    def call(call_id: str, as_json: bool = JSON) -> None:
+        """One call's timeline: queued, scheduled, starting, running; what each phase cost."""
+        t = CallTimeline.model_validate(_client().get(f"/v1/calls/{call_id}/timeline"))
+        if as_json:
+            print_json(t.model_dump())
+            return
+        where = f" on {t.container_id} ({t.host_id})" if t.container_id else ""
+        console.print(
+            f"{t.call_id}: {t.state}, {t.attempts} attempt(s), {t.preemptions} preemption(s)"
+            f"{where}; {'cold' if t.cold_start else 'warm'} start; cost {fmt_usd(t.cost_micros)}"
+        )
+        table(
+            "Timeline",
+            ["phase", "from (UTC)", "took", "container cost", "detail"],
+            [
+                (
+                    p.phase,
+                    fmt_time(p.start_ms),
+                    fmt_ms(p.ms),
+                    "" if p.cost_micros is None else fmt_usd(p.cost_micros),
+                    p.detail,
+                )
+                for p in t.phases
             ],
         )
 

@@ -14,11 +14,13 @@ MAX_INDEX = 2**31 - 1 - 10_000
 __all__ = [
     "CallInfo",
     "CallList",
+    "CallTimeline",
     "CallsCreate",
     "CallsCreated",
     "GroupResults",
     "GroupResultsRequest",
     "InputItem",
+    "TimelinePhase",
 ]
 
 
@@ -56,6 +58,30 @@ class CallInfo(Wire):
     cost_micros: int | None = None
     # Attempts ended by a preemption (requeued; they do not count against retries).
     preemptions: int = 0
+
+
+class TimelinePhase(Wire):
+    """One phase of a call's life. ``cost_micros`` is what the phase's container time cost
+    (None for phases no container is billed for, such as waiting in the queue)."""
+
+    phase: str  # queued | scheduled | starting | running
+    start_ms: int
+    end_ms: int
+    ms: int
+    cost_micros: int | None = None
+    detail: str = ""
+
+
+class CallTimeline(Wire):
+    call_id: str
+    state: str
+    attempts: int
+    preemptions: int
+    container_id: str | None
+    host_id: str | None
+    cold_start: bool  # the container was started for this call (not warm already)
+    phases: list[TimelinePhase]
+    cost_micros: int | None  # the call's own cost, across attempts
 
 
 class CallsCreated(Wire):

@@ -13,6 +13,7 @@ from crucible.protocol.calls import (
     CallList,
     CallsCreate,
     CallsCreated,
+    CallTimeline,
     GroupResults,
     GroupResultsRequest,
 )
@@ -24,6 +25,7 @@ from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import request_stop
 from crucible.server.services.deployments import forward_call_target
+from crucible.server.services.timeline import call_timeline
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1", tags=["calls"])
@@ -95,6 +97,13 @@ async def create_calls(
             checked=True,  # created just now, without yielding: it cannot have finished
         )
     return model_response(CallsCreated(call_ids=ids, result=result), 201)  # type: ignore[return-value]
+
+
+@router.get("/calls/{call_id}/timeline")
+def get_timeline(call_id: str, who: Builder, state: State) -> CallTimeline:
+    """Queued, scheduled, starting, running, finished: when, and what each phase cost."""
+    with state.engine.connect() as conn:
+        return call_timeline(conn, who, call_id, state.clock.now_ms())
 
 
 @router.get("/calls/{call_id}")
