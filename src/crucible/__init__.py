@@ -24,6 +24,7 @@ from crucible.errors import (
     ContainerExitedError,
     Error,
     FunctionTimeoutError,
+    ImageBuildError,
     InternalError,
     InvalidGpuError,
     InvalidRequestError,
@@ -33,10 +34,13 @@ from crucible.errors import (
     PermissionDeniedError,
     RemoteError,
     ResourcesUnsatisfiableError,
+    SandboxUnavailableError,
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._functions import Function, FunctionCall, Retries
+from crucible.sdk._hooks import enter
+from crucible.sdk._image import Image
 
 __all__ = [
     "App",
@@ -48,6 +52,8 @@ __all__ = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "Image",
+    "ImageBuildError",
     "InternalError",
     "InvalidGpuError",
     "InvalidRequestError",
@@ -59,6 +65,8 @@ __all__ = [
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",
+    "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "enter",
 ]

@@ -14,6 +14,8 @@ PUBLIC = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "Image",
+    "ImageBuildError",
     "InternalError",
     "InvalidGpuError",
     "InvalidRequestError",
@@ -25,8 +27,10 @@ PUBLIC = [
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",
+    "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "enter",
 ]
 
 

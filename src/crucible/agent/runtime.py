@@ -280,6 +280,15 @@ class ProcessRuntime:
     # -- internals (callers hold self._lock unless stated) -------------------------------------
     def _spawn(self, c: _Container, a: ContainerAssignment) -> bool:
         assert c.dir is not None
+        if a.image is not None and a.image.steps:
+            self._finish(
+                c,
+                None,
+                "start_failed",
+                "image_build_failed: this host runs the `process` runtime, which builds no "
+                "images; run its agent with --runtime bwrap (or drop the image's build steps)",
+            )
+            return False
         try:
             work = c.dir / "work"
             work.mkdir(parents=True, exist_ok=True)
@@ -310,7 +319,8 @@ class ProcessRuntime:
         so the agent's own token (CRUCIBLE_TOKEN) and other secrets cannot leak into builders'
         code; the container token only lets it exchange its own inputs."""
         devices = ",".join(str(i) for i in a.gpu_indices)
-        env = {
+        env = dict(a.image.env) if a.image is not None else {}
+        env |= {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(work),
             "LANG": os.environ.get("LANG", "C.UTF-8"),

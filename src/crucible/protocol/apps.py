@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
+from crucible.protocol.images import ImageSpec
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo"]
 
@@ -40,6 +41,10 @@ class FunctionCreate(Named):
     max_containers: int | None = Field(default=None, ge=1, le=100_000)
     scaledown_window_s: float | None = Field(default=None, ge=0, le=86400)
     is_async: bool = False
+    # The environment its containers run in (None: the host's own Python environment), and
+    # whether a sandboxed container may open network connections.
+    image: ImageSpec | None = None
+    network: bool = False
 
 
 class FunctionInfo(FunctionCreate):

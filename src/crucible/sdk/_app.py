@@ -16,6 +16,7 @@ from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, Retries
+from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
 
 __all__ = ["App", "LocalEntrypoint"]
@@ -88,6 +89,8 @@ class App:
         retries: int | Retries = 0,
         max_containers: int | None = None,
         scaledown_window: float | None = None,
+        image: Image | None = None,
+        network: bool = False,
         name: str | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
@@ -95,7 +98,9 @@ class App:
         ``gpu``: ``"H100"``, ``"A100-80GB:2"``, or a list in fallback order. ``cpu``: cores
         (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
         seconds per attempt. ``retries``: extra attempts after a failure (an int, or
-        :class:`Retries` for the backoff).
+        :class:`Retries` for the backoff). ``image``: a :class:`crucible.Image` to run in
+        (default: the host's own environment). ``network``: whether a sandboxed container may
+        open network connections (off by default; the exchange stays reachable).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -112,6 +117,10 @@ class App:
                     f"retries={retries!r} must be an int or crucible.Retries(...)"
                 )
             policy = Retries(max_retries=retries)
+        if image is not None and not isinstance(image, Image):
+            raise InvalidRequestError(f"image={image!r} must be a crucible.Image")
+        if not isinstance(network, bool):
+            raise InvalidRequestError(f"network={network!r} must be True or False")
 
         def decorate(f: Callable[P, R]) -> Function[P, R]:
             if isinstance(f, Function):
@@ -139,6 +148,8 @@ class App:
                 "retries": RetryPolicy.model_validate(policy.to_wire()),
                 "max_containers": max_containers,
                 "scaledown_window_s": scaledown_window,
+                "image": image,
+                "network": network,
             }
             fn = Function(self, f, options)
             self.functions[fname] = fn
@@ -192,6 +203,7 @@ class App:
         if not self.functions:
             return
         bundles: dict[str, Any] = {}
+        uploaded: set[str] = set()
         specs: list[FunctionCreate] = []
         for fn in self.functions.values():
             module = sys.modules[fn.raw_f.__module__]
@@ -199,6 +211,11 @@ class App:
             if bundle is None:
                 bundle = bundles[module.__name__] = bundle_for_module(module)
                 client.upload_blob(bundle.data)
+            image: Image | None = fn.options.get("image")
+            for sha, data in (image.blobs() if image is not None else {}).items():
+                if sha not in uploaded:
+                    client.upload_blob(data)
+                    uploaded.add(sha)
             specs.append(
                 FunctionCreate(
                     name=fn.name,
@@ -211,6 +228,8 @@ class App:
                     max_containers=fn.options["max_containers"],
                     scaledown_window_s=fn.options["scaledown_window_s"],
                     is_async=fn.is_async,
+                    image=image.spec() if image is not None else None,
+                    network=fn.options.get("network", False),
                 )
             )
         infos = client.create_functions(app_id, specs)
