@@ -121,14 +121,13 @@ class SandboxConfig:
     gpu_indices: list[int] = field(default_factory=list)
     disk_bytes: int = 1 << 30
     env: dict[str, str] = field(default_factory=dict)
+    # Holds the relay socket. Unix socket paths are limited to 107 bytes, so it lives in a
+    # short private temporary directory rather than under the agent's directory.
+    run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-")))
 
     @property
     def code_dir(self) -> Path:
         return self.dir / "code"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.dir / "run"
 
 
 def _python_mounts(python: str) -> list[str]:
@@ -194,7 +193,8 @@ def bwrap_argv(bwrap: str, cfg: SandboxConfig, ctrl_fd: int, seccomp_fd: int) ->
     }
     for k, v in env.items():
         a += ["--setenv", k, v]
-    a += ["--", cfg.python, "-m", "crucible.worker.zygote", "--ctrl-fd", str(ctrl_fd)]
+    # -P: the working directory (writable) is not put on sys.path.
+    a += ["--", cfg.python, "-P", "-m", "crucible.worker.zygote", "--ctrl-fd", str(ctrl_fd)]
     return a
 
 
@@ -377,6 +377,7 @@ class ZygoteProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             status = self.proc.wait()
             self.ctrl.close()
+            shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
             if self.pids is not None:
                 self.pids.remove()
             tail = ""

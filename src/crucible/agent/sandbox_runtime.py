@@ -33,6 +33,7 @@ import queue
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from typing import Any
 
 from crucible.agent.cgroups import pids_group
 from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -323,12 +325,6 @@ class SandboxRuntime:
         sdir = self.sandboxes_dir / key
         shutil.rmtree(sdir, ignore_errors=True)
         (sdir / "code").mkdir(parents=True)
-        (sdir / "run").mkdir()
-        relay = Relay(sdir / "run" / "server.sock", self.server_url)
-        import sys
-
-        from crucible.agent.runtime import _crucible_import_root
-
         root = _crucible_import_root()
         cfg = SandboxConfig(
             name=key,
@@ -342,6 +338,11 @@ class SandboxRuntime:
             disk_bytes=self.limits.disk_bytes,
             env={"PYTHONPATH": root} if root else {},
         )
+        try:
+            relay = Relay(cfg.run_dir / "server.sock", self.server_url)
+        except OSError:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            raise
         pids = pids_group(key, self.limits.max_pids)
         rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": self.limits.file_bytes}
         if pids is None:
@@ -358,6 +359,7 @@ class SandboxRuntime:
             )
         except BaseException:
             relay.close()
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
             if built is not None:
                 self.images.release(built.key)
             if pids is not None:
