@@ -49,7 +49,8 @@ def read_paths(paths: list[str]) -> dict[str, str]:
 
 @app.function(timeout=30)
 def identity() -> dict[str, Any]:
-    status = open("/proc/self/status").read()
+    with open("/proc/self/status") as f:
+        status = f.read()
     caps = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if "Cap" in line}
     return {
         "uid": os.getuid(),

@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Exchange  # noqa: E402
+from crucible.errors import SandboxUnavailableError
 
-from crucible.errors import SandboxUnavailableError  # noqa: E402
+from harness import Exchange
 
 # Small limits so the attacks hit them quickly.
 SANDBOX_ENV = {

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import app_hostile as h
 import pytest
 
 import crucible
 
-import app_hostile as h
 from harness import Exchange
 
 BLOCKED = {"ENOENT", "EACCES", "EPERM", "EROFS", "ENOTDIR"}
@@ -158,7 +158,7 @@ def test_killing_the_parent_ends_only_its_own_sandbox(apps: None, sandboxed: Exc
     call = h.kill_parent.spawn()
     with neighbour_keeps_running() as check:
         check()
-        with pytest.raises(crucible.ContainerExitedError, match="sandbox ended|killed"):
+        with pytest.raises(crucible.ContainerExitedError, match=r"sandbox ended|killed"):
             call.get(timeout=60)
     assert sandboxed.agents["host-a"].poll() is None, "the agent must survive"
     assert h.identity.remote()["uid"] == 1000  # a fresh sandbox serves the next call
