@@ -301,11 +301,12 @@ class ImageCache:
             errors="replace",
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            emit(line)
-            tail.append(line)
-            del tail[:-40]
+        with proc.stdout:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                emit(line)
+                tail.append(line)
+                del tail[:-40]
         rc = proc.wait()
         if rc != 0:
             text = "\n".join(tail)[-_LOG_TAIL_CHARS:]

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crucible.errors import ImageBuildError
+from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = ["ProcessRuntime"]
@@ -280,15 +282,6 @@ class ProcessRuntime:
     # -- internals (callers hold self._lock unless stated) -------------------------------------
     def _spawn(self, c: _Container, a: ContainerAssignment) -> bool:
         assert c.dir is not None
-        if a.image is not None and a.image.steps:
-            self._finish(
-                c,
-                None,
-                "start_failed",
-                "image_build_failed: this host runs the `process` runtime, which builds no "
-                "images; run its agent with --runtime bwrap (or drop the image's build steps)",
-            )
-            return False
         try:
             work = c.dir / "work"
             work.mkdir(parents=True, exist_ok=True)
@@ -341,6 +334,14 @@ class ProcessRuntime:
             # first) can differ on hosts with mixed GPUs.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
+        if a.image is not None and a.image.steps:
+            # Queued calls would wait forever on a container that cannot start: run the worker
+            # anyway and let it fail them with the reason.
+            env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(
+                code=ImageBuildError.code,
+                message="this host runs the `process` runtime, which builds no images; run "
+                "its agent with --runtime bwrap, or drop the image's build steps",
+            ).model_dump_json()
         paths = [p for p in (_crucible_import_root(), os.environ.get("PYTHONPATH")) if p]
         if paths:
             env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -45,7 +45,8 @@ from crucible.agent.cgroups import pids_group
 from crucible.agent.images import BuiltImage, ImageCache
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
-from crucible.errors import Error
+from crucible.errors import Error, ImageBuildError
+from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.transport import Transport
 
@@ -264,11 +265,13 @@ class SandboxRuntime:
             try:
                 assert a.image is not None
                 built = self.images.ensure(a.image, lambda sha: _fetch(transport, sha))
-            except Error as exc:
-                self._fail(a.container_id, f"{exc.code}: {exc}")
-                return
             except Exception as exc:
-                self._fail(a.container_id, f"image_build_failed: {type(exc).__name__}: {exc}")
+                log.warning("image of container %s did not build: %s", a.container_id, exc)
+                code = exc.code if isinstance(exc, Error) else ImageBuildError.code
+                text = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+                # Queued calls would wait forever on a container that never starts: start it
+                # without the image and let its worker fail them with the installer's words.
+                self._queue.put(("built", (a, ErrorInfo(code=code, message=text))))
                 return
             finally:
                 transport.close()
@@ -276,19 +279,24 @@ class SandboxRuntime:
 
         threading.Thread(target=build, name=f"crucible-build-{a.container_id}", daemon=True).start()
 
-    def _launch(self, a: ContainerAssignment, built: BuiltImage | None) -> None:
+    def _launch(self, a: ContainerAssignment, built: BuiltImage | ErrorInfo | None) -> None:
         cid = a.container_id
         if self._cancelled(cid):
             return
-        z = self._zygote_for(a, built)
+        failure = built if isinstance(built, ErrorInfo) else None
+        image = built if isinstance(built, BuiltImage) else None
+        z = self._zygote_for(a, image, failed=failure is not None)
         code = self._place_code(a, z)
+        env = self._container_env(a)
+        if failure is not None:
+            env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
         box_dir.mkdir(parents=True, exist_ok=True)
         log_fd = os.open(box_dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         msg = {
             "op": "fork",
             "cid": cid,
-            "env": self._container_env(a),
+            "env": env,
             "assignment": a.model_dump_json(),
             "limits": {
                 "memory_bytes": a.resources.memory_mib * 1024 * 1024,
@@ -313,10 +321,17 @@ class SandboxRuntime:
         if not sent:
             self._fail(cid, "the sandbox ended before the container could start")
 
-    def _zygote_for(self, a: ContainerAssignment, built: BuiltImage | None) -> _Zygote:
+    def _zygote_for(
+        self, a: ContainerAssignment, built: BuiltImage | None, *, failed: bool = False
+    ) -> _Zygote:
+        """The live zygote for the container's (account, image, network, GPUs), started if
+        needed. ``failed``: the image did not build; a plain zygote of its own serves the
+        containers that report it."""
         ident = "|".join(
             [a.account_id, a.image.id if a.image else "", str(a.network), repr(a.gpu_indices)]
         )
+        if failed:
+            ident += "|image-failed"
         key = hashlib.sha256(ident.encode()).hexdigest()[:24]
         with self._lock:
             z = self._zygotes.get(key)
@@ -330,7 +345,7 @@ class SandboxRuntime:
             name=key,
             dir=sdir,
             python=str(built.python) if built is not None else sys.executable,
-            preload=list(a.image.preload) if a.image else [],
+            preload=list(a.image.preload) if a.image and not failed else [],
             image_mounts=list(built.mounts) if built is not None else [],
             image_root=built.root if built is not None else None,
             network=a.network,

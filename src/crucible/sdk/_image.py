@@ -62,20 +62,23 @@ def zip_tree(root: Path, prefix: str = "") -> bytes:
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class _Files:
-    data: bytes
-    sha256: str
+_PLACEHOLDER = "0" * 64
 
 
 @dataclass(frozen=True)
 class Image:
-    """An image spec. ``Image()`` is the host's own Python with Crucible (nothing added)."""
+    """An image spec. ``Image()`` is the host's own Python with Crucible (nothing added).
 
-    _steps: tuple[tuple[str, tuple[str, ...], str | None], ...] = ()
+    Local files are read only when the image is needed on the builder's side (``spec()``,
+    when the app starts), never when the module defining it is imported, so the same module
+    imports cleanly inside a container where those files do not exist.
+    """
+
+    # (kind, requirements, local source: a directory or a module name, remote path)
+    _steps: tuple[tuple[str, tuple[str, ...], str | None, str | None], ...] = ()
     _env: tuple[tuple[str, str], ...] = ()
     _preload: tuple[str, ...] = ()
-    _files: dict[str, _Files] = field(default_factory=dict, compare=False, repr=False)
+    _zips: dict[str, tuple[str, bytes]] = field(default_factory=dict, compare=False, repr=False)
 
     # -- steps --------------------------------------------------------------------------------
     def pip_install(self, *packages: str | list[str]) -> Image:
@@ -91,24 +94,13 @@ class Image:
         """Ship a local directory; containers see it read-only at ``remote_path``."""
         if not isinstance(remote_path, str) or not remote_path.startswith("/"):
             raise InvalidRequestError(f"remote_path={remote_path!r} must be an absolute path")
-        return self._add_blob("files", zip_tree(Path(local_path).resolve()), remote_path)
+        step = ("files", (), str(Path(local_path).absolute()), remote_path)
+        return self._check(replace(self, _steps=(*self._steps, step)))
 
     def add_local_python_source(self, *modules: str) -> Image:
         """Ship local Python packages or modules (by import name) onto the image's path."""
-        image = self
-        for name in modules:
-            try:
-                module = importlib.import_module(name)
-            except ImportError as exc:
-                raise InvalidRequestError(f"cannot import {name!r} to ship it: {exc}") from exc
-            _, file, root = module_name_for(module)
-            top = name.split(".")[0]
-            if (root / top).is_dir():
-                data = zip_tree(root / top, prefix=f"{top}/")
-            else:
-                data = _zip_file(file)
-            image = image._add_blob("python", data, None)
-        return image
+        steps = tuple(("python", (), name, None) for name in modules)
+        return self._check(replace(self, _steps=self._steps + steps))
 
     def env(self, variables: dict[str, str]) -> Image:
         """Environment variables set in every container of the image."""
@@ -127,23 +119,9 @@ class Image:
 
     # -- identity -----------------------------------------------------------------------------
     def spec(self) -> ImageSpec:
-        """The wire form; its ``id`` is the hash of the content."""
-        try:
-            return ImageSpec(
-                steps=[
-                    BuildStep(
-                        kind=kind,  # type: ignore[arg-type]
-                        packages=list(pkgs),
-                        blob=blob.split(":", 1)[0] if blob else None,
-                        path=_path_of(kind, blob),
-                    )
-                    for kind, pkgs, blob in self._steps
-                ],
-                env=dict(self._env),
-                preload=list(self._preload),
-            )
-        except ValidationError as exc:
-            raise InvalidRequestError(f"invalid image: {exc.errors()[0]['msg']}") from None
+        """The wire form; its ``id`` is the hash of the content (local files included, so
+        this reads them)."""
+        return self._spec(read_files=True)
 
     @property
     def id(self) -> str:
@@ -151,37 +129,60 @@ class Image:
 
     def blobs(self) -> dict[str, bytes]:
         """The zip blobs the image ships, by sha256 (uploaded when the app starts)."""
-        return {f.sha256: f.data for f in self._files.values()}
+        self.spec()
+        return dict(self._zips.values())
 
     # -- internals ----------------------------------------------------------------------------
+    def _spec(self, *, read_files: bool) -> ImageSpec:
+        try:
+            steps = [
+                BuildStep(
+                    kind=kind,  # type: ignore[arg-type]
+                    packages=list(pkgs),
+                    blob=None if source is None else self._blob(kind, source, read_files),
+                    path=remote,
+                )
+                for kind, pkgs, source, remote in self._steps
+            ]
+            return ImageSpec(steps=steps, env=dict(self._env), preload=list(self._preload))
+        except ValidationError as exc:
+            raise InvalidRequestError(f"invalid image: {exc.errors()[0]['msg']}") from None
+
+    def _blob(self, kind: str, source: str, read_files: bool) -> str:
+        return self._zip(kind, source)[0] if read_files else _PLACEHOLDER
+
+    def _zip(self, kind: str, source: str) -> tuple[str, bytes]:
+        key = f"{kind}:{source}"
+        if key not in self._zips:
+            data = zip_tree(Path(source)) if kind == "files" else _zip_module(source)
+            self._zips[key] = (hashlib.sha256(data).hexdigest(), data)
+        return self._zips[key]
+
     def _pip(self, packages: tuple[str | list[str], ...]) -> Image:
         flat: list[str] = []
         for p in packages:
             flat.extend([p] if isinstance(p, str) else list(p))
         if not flat or not all(isinstance(p, str) and p.strip() for p in flat):
             raise InvalidRequestError("pip_install() takes one or more requirement strings")
-        step = ("pip", tuple(p.strip() for p in flat), None)
+        step = ("pip", tuple(p.strip() for p in flat), None, None)
         return self._check(replace(self, _steps=(*self._steps, step)))
-
-    def _add_blob(self, kind: str, data: bytes, remote_path: str | None) -> Image:
-        sha = hashlib.sha256(data).hexdigest()
-        # The path rides in the blob slot's key so a step is fully described by the tuple.
-        key = f"{sha}:{remote_path or ''}"
-        files = dict(self._files)
-        files[key] = _Files(data, sha)
-        step = (kind, (), key)
-        return self._check(replace(self, _steps=(*self._steps, step), _files=files))
 
     @staticmethod
     def _check(image: Image) -> Image:
-        image.spec()  # raises InvalidRequestError for a bad name, path or requirement
+        image._spec(read_files=False)  # a bad name, path or requirement fails here
         return image
 
 
-def _path_of(kind: str, key: str | None) -> str | None:
-    if kind != "files" or key is None:
-        return None
-    return key.split(":", 1)[1]
+def _zip_module(name: str) -> bytes:
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise InvalidRequestError(f"cannot import {name!r} to ship it: {exc}") from exc
+    _, file, root = module_name_for(module)
+    top = name.split(".")[0]
+    if (root / top).is_dir():
+        return zip_tree(root / top, prefix=f"{top}/")
+    return _zip_file(file)
 
 
 def _zip_file(file: Path) -> bytes:

@@ -5,6 +5,9 @@ Environment (set by the agent): ``CRUCIBLE_SERVER_URL``, ``CRUCIBLE_CONTAINER_ID
 ``CRUCIBLE_CONTAINER_TOKEN`` (can only exchange this container's inputs and read its
 account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE_CACHE``, and
 in a sandbox ``CRUCIBLE_SERVER_SOCKET`` (the agent's relay to the control plane).
+``CRUCIBLE_INIT_ERROR`` (an :class:`ErrorInfo` as JSON) means the agent could not prepare the
+container, e.g. its image failed to build: the worker fails every queued input with it, so the
+builder sees the installer's message instead of a call that waits forever.
 
 Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
 inside the function; code stuck in C that ignores it is stopped by the server's backstop.
@@ -119,6 +122,10 @@ class Worker:
     def load(self) -> None:
         """Import the user's module and find the function. A failure is kept and reported on
         every input this container receives, so the builder sees the import error."""
+        failed = os.environ.get("CRUCIBLE_INIT_ERROR")
+        if failed:  # the agent could not prepare the container (its image did not build)
+            self.init_error = ErrorInfo.model_validate_json(failed)
+            return
         try:
             src = self._bundle_dir()
             sys.path.insert(0, str(src))
