@@ -257,7 +257,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_HOST_TIMEOUT_S": (0.001, None),
     "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S": (0.001, None),
     "CRUCIBLE_SANDBOX_DISK_MIB": (1, None),
-    "CRUCIBLE_SANDBOX_MAX_PROCESSES": (8, None),
+    "CRUCIBLE_SANDBOX_MAX_PROCESSES": (1, None),
 }
 
 

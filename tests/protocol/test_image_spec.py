@@ -43,7 +43,7 @@ def test_misuse_is_refused_with_a_clear_error() -> None:
         crucible.Image().env({"CRUCIBLE_CONTAINER_TOKEN": "x"})
     with pytest.raises(crucible.InvalidRequestError, match="module name"):
         crucible.Image().preload("not a module")
-    with pytest.raises(crucible.InvalidRequestError, match="crucible.Image"):
+    with pytest.raises(crucible.InvalidRequestError, match=r"crucible\.Image"):
         crucible.App("x").function(image="python:3.11")  # type: ignore[arg-type]
 
 

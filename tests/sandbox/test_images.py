@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import app_images as a
 import pytest
 
 import crucible
 
-import app_images as a
 from harness import Exchange
 
 
@@ -34,6 +34,8 @@ def test_image_packages_files_sources_env_and_hooks(sandboxed: Exchange, tenant:
 
 
 def test_failed_build_reports_the_installers_message(tenant: Any) -> None:
-    with a.app.run(client=tenant):
-        with pytest.raises(crucible.ImageBuildError, match="crucible-no-such-package-zz"):
-            a.never_runs.remote()
+    with (
+        a.app.run(client=tenant),
+        pytest.raises(crucible.ImageBuildError, match="crucible-no-such-package-zz"),
+    ):
+        a.never_runs.remote()
