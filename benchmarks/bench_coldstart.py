@@ -66,16 +66,25 @@ def _memory_kib(pid: int) -> dict[str, int]:
     }
 
 
-def _zygotes() -> list[int]:
+def _zygotes(root: Path) -> list[int]:
+    """Zygote processes of this run: children of bwrap's init whose interpreter lives under
+    ``root`` (their forked containers share the command line, but not the parent)."""
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"crucible.worker.zygote" in cmd and not cmd[0].endswith(b"bwrap"):
-                pids.append(int(entry))
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"crucible.worker.zygote" in cmd
+            and cmd[0].startswith(str(root).encode())
+            and parent[0].endswith(b"bwrap")
+        ):
+            pids.append(int(entry))
     return pids
 
 
@@ -117,8 +126,7 @@ def bench_zygote(ex: Exchange, samples: int) -> dict[str, Any]:
         e2e.append(rec["remote_s"])
         if "agent_s" in rec:
             agent_side.append(rec["agent_s"])
-    zygotes = _zygotes()
-    memory = {str(pid): _memory_kib(pid) for pid in zygotes}
+    memory = {str(pid): _memory_kib(pid) for pid in _zygotes(ex.root)}
     return {
         "first_container_with_zygote_start": first,
         "agent_requested_to_first_input": summarize_ms(agent_side),
@@ -176,9 +184,13 @@ def main() -> None:
     try:
         # Build into the agent's own cache before it starts, so the exchange finds it built.
         results["build"] = bench_build(ex.root / "agent-bench-host" / "agent" / "images")
+        print(f"image built: {results['build']}", flush=True)
         with ex:
             results["zygote"] = bench_zygote(ex, n)
-        results["fresh_interpreter"] = bench_fresh(results["build"]["python"], max(5, n // 3))
+            # The same image's interpreter, while the exchange (and its directory) exists.
+            results["fresh_interpreter"] = bench_fresh(
+                results["build"]["python"], max(5, n // 3)
+            )
     finally:
         ex.close()
     results["ray_actor"] = bench_ray(n)

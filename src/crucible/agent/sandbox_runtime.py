@@ -187,7 +187,7 @@ class SandboxRuntime:
                 return False
             box.stop_requested = True
             box.why_stopped = why
-            if box.state == "starting":
+            if box.state == "starting" and box.zygote is None:  # not yet sent to a zygote
                 self._finish(box, None, "stopped", "stopped by the agent before it started")
                 notify = True
             else:
