@@ -188,9 +188,7 @@ def main() -> None:
         with ex:
             results["zygote"] = bench_zygote(ex, n)
             # The same image's interpreter, while the exchange (and its directory) exists.
-            results["fresh_interpreter"] = bench_fresh(
-                results["build"]["python"], max(5, n // 3)
-            )
+            results["fresh_interpreter"] = bench_fresh(results["build"]["python"], max(5, n // 3))
     finally:
         ex.close()
     results["ray_actor"] = bench_ray(n)

@@ -470,7 +470,10 @@ class SandboxRuntime:
                     if not z.containers:
                         z.idle_since = time.monotonic()
                 if box is not None and box.state != "exited":
-                    self._record_exit(box, int(msg.get("status", 1)))
+                    if msg.get("error"):  # the zygote could not fork it
+                        self._finish(box, None, "start_failed", str(msg["error"]))
+                    else:
+                        self._record_exit(box, int(msg.get("status", 1)))
                     ended.append(box)
             elif op == "gone":
                 if z is not None:

@@ -257,7 +257,13 @@ def _handle(
     if warm:
         _warm(str(warm["sha"]), str(warm["module"]))
     keep = {*children, *chan.fds}
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the sandbox's process limit: this container fails, we go on
+        os.close(log_fd)
+        error = f"cannot fork the container: {exc.strerror} (the sandbox's process limit?)"
+        chan.send({"op": "exited", "cid": msg["cid"], "status": 1, "error": error})
+        return
     if pid == 0:
         _child(ctrl, msg, log_fd, keep)
     os.close(log_fd)
