@@ -39,3 +39,12 @@ def test_failed_build_reports_the_installers_message(tenant: Any) -> None:
         pytest.raises(crucible.ImageBuildError, match="crucible-no-such-package-zz"),
     ):
         a.never_runs.remote()
+
+
+def test_a_process_runtime_host_refuses_images_clearly(exchange: Exchange, builder: Any) -> None:
+    """The default runtime builds no images: the call says so instead of waiting forever."""
+    with (
+        a.app.run(client=builder),
+        pytest.raises(crucible.ImageBuildError, match="--runtime bwrap"),
+    ):
+        a.inspect_image.remote()
