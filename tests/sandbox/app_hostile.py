@@ -212,3 +212,12 @@ def ping(i: int) -> int:
 @neighbours.function(timeout=30)
 def neighbour_work_dir() -> str:
     return os.path.basename(os.getcwd())
+
+
+@app.function(timeout=60, memory="64MiB")
+def tmpfs_memory_bomb() -> str:
+    """Fill /tmp, which is memory, not address space: only the memory cgroup can stop it."""
+    with open("/tmp/hoard", "wb") as f:
+        for _ in range(768):
+            f.write(b"x" * (1 << 20))
+    return "wrote 768 MiB"

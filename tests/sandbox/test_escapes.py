@@ -121,13 +121,13 @@ def test_no_network_unless_asked(apps: None, sandboxed: Exchange) -> None:
 
 
 def test_fork_bomb_hits_the_process_limit(apps: None) -> None:
-    from crucible.agent.cgroups import pids_group
+    from crucible.agent.cgroups import sandbox_cgroup
 
-    probe = pids_group("escape-test-probe", 8)
-    if probe is None and os.getuid() == 0:
-        pytest.skip("no writable pids cgroup, and RLIMIT_NPROC does not bind root")
+    probe = sandbox_cgroup("escape-test-probe", 8, 1 << 30)
     if probe is not None:
         probe.remove()
+    if (probe is None or not probe.pids) and os.getuid() == 0:
+        pytest.skip("no writable pids cgroup, and RLIMIT_NPROC does not bind root")
     seen = attack(h.fork_bomb)
     assert seen["error"] == "EAGAIN"
     assert 0 < seen["forked"] < 64

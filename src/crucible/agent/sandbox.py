@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.agent import seccomp
-from crucible.agent.cgroups import PidsGroup
+from crucible.agent.cgroups import SandboxCgroup
 from crucible.agent.images import host_python_paths
 from crucible.errors import SandboxUnavailableError
 
@@ -123,7 +123,7 @@ class SandboxConfig:
     env: dict[str, str] = field(default_factory=dict)
     # Holds the relay socket. Unix socket paths are limited to 107 bytes, so it lives in a
     # short private temporary directory rather than under the agent's directory.
-    run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-")))
+    run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-relay-")))
 
     @property
     def code_dir(self) -> Path:
@@ -285,13 +285,14 @@ class ZygoteProcess:
         cfg: SandboxConfig,
         on_message: Callable[[dict[str, Any]], None],
         *,
-        pids: PidsGroup | None,
+        cgroup: SandboxCgroup | None,
         limits: dict[str, int],
     ) -> None:
         self.cfg = cfg
-        self.pids = pids
+        self.cgroup = cgroup
         self.on_message = on_message
         self.ready = threading.Event()
+        self.done = threading.Event()  # set once the sandbox ended and was cleaned up
         self.info: dict[str, Any] = {}
         self._send_lock = threading.Lock()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -301,7 +302,7 @@ class ZygoteProcess:
             prog.flush()
             prog.seek(0)
             seccomp_fd = os.dup(prog.fileno())
-        procs_fd = pids.procs_fd() if pids is not None else -1
+        procs_fds = cgroup.procs_fds() if cgroup is not None else []
         try:
             argv = bwrap_argv(bwrap, cfg, theirs.fileno(), seccomp_fd)
             with open(cfg.dir / "zygote.log", "ab") as logf:
@@ -314,13 +315,13 @@ class ZygoteProcess:
                     pass_fds=(theirs.fileno(), seccomp_fd),
                     close_fds=True,
                     start_new_session=True,
-                    preexec_fn=_Preexec(procs_fd, limits),
+                    preexec_fn=_Preexec(procs_fds, limits),
                 )
         finally:
             theirs.close()
             os.close(seccomp_fd)
-            if procs_fd >= 0:
-                os.close(procs_fd)
+            for fd in procs_fds:
+                os.close(fd)
         threading.Thread(target=self._read, name=f"zygote-{cfg.name[:12]}", daemon=True).start()
 
     @property
@@ -378,31 +379,34 @@ class ZygoteProcess:
             status = self.proc.wait()
             self.ctrl.close()
             shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
-            if self.pids is not None:
-                self.pids.remove()
+            if self.cgroup is not None:
+                self.cgroup.remove()
             tail = ""
             with contextlib.suppress(OSError), open(self.cfg.dir / "zygote.log", "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4000))
                 tail = f.read().decode("utf-8", "replace")
-            self.on_message({"op": "gone", "status": status, "log": tail})
+            try:
+                self.on_message({"op": "gone", "status": status, "log": tail})
+            finally:
+                self.done.set()
 
 
 class _Preexec:
-    """Runs in the child between fork and exec: join the pids cgroup, set rlimits that bound
-    the whole sandbox. No imports, no locks."""
+    """Runs in the child between fork and exec: join the sandbox's cgroups, set rlimits that
+    bound the whole sandbox. No imports, no locks."""
 
-    def __init__(self, procs_fd: int, limits: dict[str, int]) -> None:
+    def __init__(self, procs_fds: list[int], limits: dict[str, int]) -> None:
         import resource
 
-        self.procs_fd = procs_fd
+        self.procs_fds = procs_fds
         self.rlimits = [
             (getattr(resource, name), value) for name, value in limits.items() if value > 0
         ]
         self.setrlimit = resource.setrlimit
 
     def __call__(self) -> None:
-        if self.procs_fd >= 0:
-            os.write(self.procs_fd, b"0")
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
         for which, value in self.rlimits:
             self.setrlimit(which, (value, value))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crucible.agent.cgroups import pids_group
+from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.images import BuiltImage, ImageCache
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
@@ -58,6 +58,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 64 * 1024
 _MESSAGE_MAX_CHARS = 8000
+# Above the zygote's footprint and its containers' memory: page cache and kernel slack.
+_SLACK = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class SandboxLimits:
     file_bytes: int = 1 << 30  # largest file a container may write, its log included
     wall_clock_s: float = 0.0  # a container is stopped after this long (0: no limit)
     zygote_idle_s: float = 300.0  # an empty zygote is ended after this long
+    # The memory cgroup's limit while a zygote imports its preloads; once it is ready, the
+    # limit becomes what it then uses plus the memory of each live container.
+    zygote_start_memory: int = 4 << 30
 
 
 @dataclass
@@ -99,6 +104,14 @@ class _Zygote:
     idle_since: float = field(default_factory=time.monotonic)
     warmed: set[str] = field(default_factory=set)
     gone: bool = False
+    cgroup: SandboxCgroup | None = None
+    baseline: int = 0  # the zygote's own memory (the start allowance until it is ready)
+    reserved: dict[str, int] = field(default_factory=dict)  # container → its memory
+    oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
+
+    def apply_memory_limit(self) -> None:
+        if self.cgroup is not None and self.cgroup.memory_file is not None:
+            self.cgroup.set_memory_limit(self.baseline + sum(self.reserved.values()) + _SLACK)
 
 
 class SandboxRuntime:
@@ -227,6 +240,8 @@ class SandboxRuntime:
             zygotes = list(self._zygotes.values())
         for z in zygotes:
             z.proc.terminate()
+        for z in zygotes:  # their cgroups and relay directories are removed on the way out
+            z.proc.done.wait(timeout=3.0)
 
     # -- observability (benchmarks, tests) ----------------------------------------------------
     def zygote_pids(self) -> dict[str, int]:
@@ -313,6 +328,8 @@ class SandboxRuntime:
                 return
             box.zygote = z.key
             z.containers.add(cid)
+            z.reserved[cid] = a.resources.memory_mib * 1024 * 1024
+            z.apply_memory_limit()
         try:
             sent = z.proc.send(msg, [log_fd])
         finally:
@@ -358,9 +375,9 @@ class SandboxRuntime:
         except OSError:
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
             raise
-        pids = pids_group(key, self.limits.max_pids)
+        cgroup = sandbox_cgroup(key, self.limits.max_pids, self.limits.zygote_start_memory)
         rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": self.limits.file_bytes}
-        if pids is None:
+        if cgroup is None or not cgroup.pids:
             rlimits["RLIMIT_NPROC"] = self.limits.max_pids
         if built is not None:
             self.images.acquire(built.key)
@@ -369,7 +386,7 @@ class SandboxRuntime:
                 self.bwrap,
                 cfg,
                 lambda msg: self._on_zygote(key, msg),
-                pids=pids,
+                cgroup=cgroup,
                 limits=rlimits,
             )
         except BaseException:
@@ -377,10 +394,17 @@ class SandboxRuntime:
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
             if built is not None:
                 self.images.release(built.key)
-            if pids is not None:
-                pids.remove()
+            if cgroup is not None:
+                cgroup.remove()
             raise
-        z = _Zygote(key, proc, relay, built.key if built is not None else None)
+        z = _Zygote(
+            key,
+            proc,
+            relay,
+            built.key if built is not None else None,
+            cgroup=cgroup,
+            baseline=self.limits.zygote_start_memory,
+        )
         with self._lock:
             self._zygotes[key] = z
         log.info("started zygote %s (sandbox pid %d, network %s)", key, proc.pid, a.network)
@@ -440,6 +464,9 @@ class SandboxRuntime:
         with self._lock:
             z = self._zygotes.get(key)
             if op == "ready":
+                if z is not None and z.cgroup is not None:
+                    z.baseline = max(z.cgroup.memory_usage(), 16 << 20)
+                    z.apply_memory_limit()
                 log.info(
                     "zygote %s ready in %.2f s (preloaded %s%s)",
                     key,
@@ -467,13 +494,15 @@ class SandboxRuntime:
                 box = self._boxes.get(str(msg.get("cid")))
                 if z is not None:
                     z.containers.discard(str(msg.get("cid")))
+                    if z.reserved.pop(str(msg.get("cid")), None) is not None:
+                        z.apply_memory_limit()
                     if not z.containers:
                         z.idle_since = time.monotonic()
                 if box is not None and box.state != "exited":
                     if msg.get("error"):  # the zygote could not fork it
                         self._finish(box, None, "start_failed", str(msg["error"]))
                     else:
-                        self._record_exit(box, int(msg.get("status", 1)))
+                        self._record_exit(box, int(msg.get("status", 1)), z)
                     ended.append(box)
             elif op == "gone":
                 if z is not None:
@@ -498,7 +527,21 @@ class SandboxRuntime:
         for box in ended:
             self._notify(box)
 
-    def _record_exit(self, box: _Box, rc: int) -> None:
+    def _record_exit(self, box: _Box, rc: int, z: _Zygote | None) -> None:
+        oom = z.cgroup.oom_kills() if z is not None and z.cgroup is not None else 0
+        if z is not None and oom > z.oom_kills:
+            z.oom_kills = oom
+            if rc == -signal.SIGKILL and not box.stop_requested:
+                limit = (z.baseline + sum(z.reserved.values()) + _SLACK) >> 20
+                self._finish(
+                    box,
+                    rc,
+                    "oom",
+                    f"out of memory: killed by the kernel at its sandbox's memory limit "
+                    f"({limit} MiB with the other containers of this account and image; files "
+                    "in /tmp and the work dir count as memory)" + self._tail_suffix(box),
+                )
+                return
         if box.stop_requested:
             how = "after SIGKILL (it ignored SIGTERM)" if box.escalated else "after SIGTERM"
             why = f" ({box.why_stopped})" if box.why_stopped else ""
@@ -536,6 +579,8 @@ class SandboxRuntime:
                 z = self._zygotes.get(box.zygote)
                 if z is not None:
                     z.containers.discard(cid)
+                    if z.reserved.pop(cid, None) is not None:
+                        z.apply_memory_limit()
             self._finish(box, None, "start_failed", message)
         self._notify(box)
 
