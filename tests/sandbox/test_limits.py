@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import app_hostile as h
 import pytest
+from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 import crucible
 
-import app_hostile as h
-from conftest import SANDBOX_ENV, bwrap_or_skip
 from harness import Exchange
 
 
