@@ -24,6 +24,7 @@ from crucible.errors import (
     ContainerExitedError,
     Error,
     FunctionTimeoutError,
+    ImageBuildError,
     InsufficientCreditError,
     InternalError,
     InvalidGpuError,
@@ -35,10 +36,13 @@ from crucible.errors import (
     PermissionDeniedError,
     RemoteError,
     ResourcesUnsatisfiableError,
+    SandboxUnavailableError,
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._functions import Function, FunctionCall, Retries
+from crucible.sdk._hooks import enter
+from crucible.sdk._image import Image
 from crucible.sdk._stop_hooks import on_stop
 
 __all__ = [
@@ -51,6 +55,8 @@ __all__ = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "Image",
+    "ImageBuildError",
     "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
@@ -64,7 +70,9 @@ __all__ = [
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",
+    "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "enter",
     "on_stop",
 ]

@@ -19,6 +19,8 @@ Exception tree::
     ├── ContainerExitedError           container_exited         ┘ is not used on the wire)
     ├── RemoteError                    remote_error       (the function raised an exception that
     │                                                      cannot be rebuilt on this side)
+    ├── ImageBuildError                image_build_failed       ┐ raised by an agent; a call
+    ├── SandboxUnavailableError        sandbox_unavailable      ┘ sees them in its error
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
     └── InternalError                  internal           500
 
@@ -40,6 +42,7 @@ __all__ = [
     "ContainerExitedError",
     "Error",
     "FunctionTimeoutError",
+    "ImageBuildError",
     "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
@@ -51,6 +54,7 @@ __all__ = [
     "PermissionDeniedError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
+    "SandboxUnavailableError",
     "ServerUnavailableError",
     "error_from_wire",
 ]
@@ -182,6 +186,22 @@ class RemoteError(Error):
         return head
 
 
+class ImageBuildError(Error):
+    """The agent could not build the function's image; the message holds the installer's
+    own words (the end of its output). Fix the package list and run again."""
+
+    code = "image_build_failed"
+    http_status = 500
+
+
+class SandboxUnavailableError(Error):
+    """The host cannot run a sandboxed container (bubblewrap missing, user namespaces
+    disabled, an unsupported CPU architecture). The message says what to install or enable."""
+
+    code = "sandbox_unavailable"
+    http_status = 500
+
+
 class ServerUnavailableError(Error):
     """The control plane cannot be reached. Is `crucible up` running, and is the URL right?"""
 
@@ -213,6 +233,8 @@ _BY_CODE: dict[str, type[Error]] = {
         CallCancelledError,
         ContainerExitedError,
         RemoteError,
+        ImageBuildError,
+        SandboxUnavailableError,
         ServerUnavailableError,
         InternalError,
     )

@@ -197,6 +197,47 @@ class Settings:
         "CRUCIBLE_STOP_GRACE_S",
         "Between SIGTERM and SIGKILL when the agent stops a container.",
     )
+    runtime: str = _opt(
+        "process",
+        "CRUCIBLE_RUNTIME",
+        "How the agent runs containers: `process` (plain child processes: trusted code of "
+        "the machine's owner only) or `bwrap` (bubblewrap sandboxes forked from per-image "
+        "zygotes: for other people's code). See docs/sandbox.md.",
+    )
+    bwrap_bin: str = _opt("bwrap", "CRUCIBLE_BWRAP_BIN", "The bubblewrap binary (`bwrap` runtime).")
+    uv_bin: str = _opt(
+        "",
+        "CRUCIBLE_UV_BIN",
+        "The uv binary that builds images. Empty: the one the `uv` package ships, else `uv` on "
+        "PATH.",
+    )
+    image_cache_max_mib: int = _opt(
+        51200,
+        "CRUCIBLE_IMAGE_CACHE_MAX_MIB",
+        "Size of the agent's image cache; least recently used images not in use are deleted "
+        "past it (0: no limit).",
+    )
+    sandbox_disk_mib: int = _opt(
+        1024,
+        "CRUCIBLE_SANDBOX_DISK_MIB",
+        "Size of each sandbox's private /work and /tmp (memory-backed tmpfs, each).",
+    )
+    sandbox_max_processes: int = _opt(
+        512,
+        "CRUCIBLE_SANDBOX_MAX_PROCESSES",
+        "Processes and threads one sandbox may hold (a pids cgroup where the host allows, "
+        "RLIMIT_NPROC otherwise).",
+    )
+    sandbox_wall_clock_s: float = _opt(
+        86400.0,
+        "CRUCIBLE_SANDBOX_WALL_CLOCK_S",
+        "A sandboxed container is stopped this long after it started (0: no limit).",
+    )
+    zygote_idle_s: float = _opt(
+        300.0,
+        "CRUCIBLE_ZYGOTE_IDLE_S",
+        "A zygote (warm per-image process) with no container is ended after this long.",
+    )
 
     # -- derived paths -----------------------------------------------------------------------
     @property
@@ -264,6 +305,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_HEARTBEAT_INTERVAL_S": (0.001, None),
     "CRUCIBLE_HOST_TIMEOUT_S": (0.001, None),
     "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S": (0.001, None),
+    "CRUCIBLE_SANDBOX_DISK_MIB": (1, None),
+    "CRUCIBLE_SANDBOX_MAX_PROCESSES": (1, None),
     "CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION": (0, 1),
     "CRUCIBLE_DEFAULT_RESERVED_FRACTION": (0, 1),
     "CRUCIBLE_PLATFORM_FEE": (0, 1),

@@ -28,6 +28,8 @@ CODES = {
     "CallCancelledError": ("call_cancelled", 409),
     "ContainerExitedError": ("container_exited", 500),
     "RemoteError": ("remote_error", 500),
+    "ImageBuildError": ("image_build_failed", 500),
+    "SandboxUnavailableError": ("sandbox_unavailable", 500),
     "ServerUnavailableError": ("server_unavailable", 503),
     "InternalError": ("internal", 500),
 }

@@ -14,6 +14,8 @@ PUBLIC = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "Image",
+    "ImageBuildError",
     "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
@@ -27,8 +29,10 @@ PUBLIC = [
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",
+    "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "enter",
     "on_stop",
 ]
 

@@ -33,7 +33,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from crucible.agent.inventory import detect_inventory
-from crucible.agent.runtime import ProcessRuntime
+from crucible.agent.runtimes import build_runtime
 from crucible.errors import (
     AuthError,
     Error,
@@ -108,12 +108,8 @@ class Agent:
             retry_for_s=2.0,
             user_agent=f"crucible-agent/{agent_version()}",
         )
-        self.runtime = ProcessRuntime(
-            self.agent_dir,
-            server_url,
-            worker_argv=worker_argv,
-            stop_grace_s=settings.stop_grace_s,
-            on_exit=self._on_exit,
+        self.runtime = build_runtime(
+            settings, self.agent_dir, server_url, worker_argv=worker_argv, on_exit=self._on_exit
         )
         self._interval = min(max(settings.heartbeat_interval_s, 0.0), 60.0)
         self._lock = threading.Lock()  # guards _host_id, _tombstones, _stopping

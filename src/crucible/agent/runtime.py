@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crucible.errors import ImageBuildError
+from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = ["ProcessRuntime"]
@@ -312,7 +314,8 @@ class ProcessRuntime:
         so the agent's own token (CRUCIBLE_TOKEN) and other secrets cannot leak into builders'
         code; the container token only lets it exchange its own inputs."""
         devices = ",".join(str(i) for i in a.gpu_indices)
-        env = {
+        env = dict(a.image.env) if a.image is not None else {}
+        env |= {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(work),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -333,6 +336,14 @@ class ProcessRuntime:
             # first) can differ on hosts with mixed GPUs.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
+        if a.image is not None and a.image.steps:
+            # Queued calls would wait forever on a container that cannot start: run the worker
+            # anyway and let it fail them with the reason.
+            env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(
+                code=ImageBuildError.code,
+                message="this host runs the `process` runtime, which builds no images; run "
+                "its agent with --runtime bwrap, or drop the image's build steps",
+            ).model_dump_json()
         paths = [p for p in (_crucible_import_root(), os.environ.get("PYTHONPATH")) if p]
         if paths:
             env["PYTHONPATH"] = os.pathsep.join(paths)

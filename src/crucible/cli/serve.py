@@ -122,6 +122,9 @@ def register(app: typer.Typer) -> None:
             False, help="Permit --fake-gpus (or set CRUCIBLE_ALLOW_FAKE_GPUS=1)."
         ),
         agent_dir: Path = typer.Option(None, help="Agent state directory (CRUCIBLE_AGENT_DIR)."),
+        runtime: str = typer.Option(
+            None, help="Container runtime: process or bwrap (CRUCIBLE_RUNTIME; docs/sandbox.md)."
+        ),
     ) -> None:
         """Run a host agent: register this machine and run the containers it is given."""
         from crucible.agent.main import Agent
@@ -135,6 +138,8 @@ def register(app: typer.Typer) -> None:
             overrides["allow_fake_gpus"] = True
         if agent_dir is not None:
             overrides["agent_dir"] = str(agent_dir)
+        if runtime is not None:
+            overrides["runtime"] = runtime
         settings = load_settings(**overrides)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         Agent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
+from crucible.protocol.images import ImageSpec
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
 
@@ -70,6 +71,10 @@ class FunctionCreate(Named):
     buffer_containers: int = Field(default=0, ge=0, le=100_000)
     scaledown_window_s: float | None = Field(default=None, ge=0, le=86400)
     is_async: bool = False
+    # The environment its containers run in (None: the host's own Python environment), and
+    # whether a sandboxed container may open network connections.
+    image: ImageSpec | None = None
+    network: bool = False
     market: MarketTerms = Field(default_factory=MarketTerms)
 
     @model_validator(mode="after")

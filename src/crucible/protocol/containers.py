@@ -6,6 +6,7 @@ from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire
+from crucible.protocol.images import ImageSpec
 
 __all__ = [
     "ContainerAssignment",
@@ -29,6 +30,8 @@ class ContainerAssignment(Wire):
     # Signed per-container token; it can only exchange this container's inputs and read its
     # account's blobs. The agent passes it to the worker and to nobody else.
     token: str
+    image: ImageSpec | None = None
+    network: bool = False
 
 
 class ContainerReport(Wire):

@@ -37,7 +37,11 @@ class Transport:
         timeout_s: float = 90.0,
         retry_for_s: float = 30.0,
         user_agent: str = "crucible",
+        unix_socket: str | None = None,
     ) -> None:
+        """``unix_socket``: connect through this Unix socket instead of the URL's host and port
+        (a sandboxed worker reaches the control plane through its agent's relay); requests
+        still name the URL's host, and an https URL still speaks TLS to it."""
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise Error(f"server URL {base_url!r} must look like http://127.0.0.1:8745")
@@ -46,6 +50,7 @@ class Transport:
         self._host = parsed.hostname
         self._port = parsed.port or (443 if self._https else 80)
         self._prefix = parsed.path.rstrip("/")
+        self._unix_socket = unix_socket
         self._timeout = timeout_s
         self.retry_for_s = retry_for_s
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
@@ -59,8 +64,13 @@ class Transport:
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self._timeout)
+            if self._unix_socket is not None:
+                conn = _unix_connection(self._https, self._unix_socket)(
+                    self._host, self._port, timeout=self._timeout
+                )
+            else:
+                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                conn = cls(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
             with self._all_lock:
                 self._all.add(conn)
@@ -164,3 +174,20 @@ class Transport:
 
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
+
+
+def _unix_connection(https: bool, path: str) -> type[http.client.HTTPConnection]:
+    """An HTTP(S) connection class whose socket is the Unix socket at ``path``."""
+    base = http.client.HTTPSConnection if https else http.client.HTTPConnection
+
+    class UnixConnection(base):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(path)
+            if https:
+                self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+            else:
+                self.sock = sock
+
+    return UnixConnection

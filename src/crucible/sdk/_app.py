@@ -17,6 +17,7 @@ from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, Retries
+from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
 
 __all__ = ["App", "LocalEntrypoint"]
@@ -89,6 +90,8 @@ class App:
         retries: int | Retries = 0,
         max_containers: int | None = None,
         scaledown_window: float | None = None,
+        image: Image | None = None,
+        network: bool = False,
         name: str | None = None,
         min_containers: int = 0,
         buffer_containers: int = 0,
@@ -104,7 +107,9 @@ class App:
         ``gpu``: ``"H100"``, ``"A100-80GB:2"``, or a list in fallback order. ``cpu``: cores
         (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
         seconds per attempt. ``retries``: extra attempts after a failure (an int, or
-        :class:`Retries` for the backoff).
+        :class:`Retries` for the backoff). ``image``: a :class:`crucible.Image` to run in
+        (default: the host's own environment). ``network``: whether a sandboxed container may
+        open network connections (off by default; the exchange stays reachable).
 
         Scaling: ``min_containers`` are kept warm even with no work (and billed),
         ``buffer_containers`` idle ones are kept on top of what the load needs, at most
@@ -131,6 +136,10 @@ class App:
                     f"retries={retries!r} must be an int or crucible.Retries(...)"
                 )
             policy = Retries(max_retries=retries)
+        if image is not None and not isinstance(image, Image):
+            raise InvalidRequestError(f"image={image!r} must be a crucible.Image")
+        if not isinstance(network, bool):
+            raise InvalidRequestError(f"network={network!r} must be True or False")
 
         market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
         for label, value in (
@@ -173,6 +182,8 @@ class App:
                 "min_containers": min_containers,
                 "buffer_containers": buffer_containers,
                 "market": market,
+                "image": image,
+                "network": network,
             }
             fn = Function(self, f, options)
             self.functions[fname] = fn
@@ -246,6 +257,7 @@ class App:
         if not self.functions:
             return
         bundles: dict[str, Any] = {}
+        uploaded: set[str] = set()
         specs: list[FunctionCreate] = []
         for fn in self.functions.values():
             module = sys.modules[fn.raw_f.__module__]
@@ -253,6 +265,11 @@ class App:
             if bundle is None:
                 bundle = bundles[module.__name__] = bundle_for_module(module)
                 client.upload_blob(bundle.data)
+            image: Image | None = fn.options.get("image")
+            for sha, data in (image.blobs() if image is not None else {}).items():
+                if sha not in uploaded:
+                    client.upload_blob(data)
+                    uploaded.add(sha)
             specs.append(
                 FunctionCreate(
                     name=fn.name,
@@ -268,6 +285,8 @@ class App:
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],
                     is_async=fn.is_async,
+                    image=image.spec() if image is not None else None,
+                    network=fn.options.get("network", False),
                 )
             )
         infos = client.create_functions(app_id, specs)

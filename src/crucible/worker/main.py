@@ -3,7 +3,11 @@ with the control plane until told to stop.
 
 Environment (set by the agent): ``CRUCIBLE_SERVER_URL``, ``CRUCIBLE_CONTAINER_ID``,
 ``CRUCIBLE_CONTAINER_TOKEN`` (can only exchange this container's inputs and read its
-account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE_CACHE``.
+account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE_CACHE``, and
+in a sandbox ``CRUCIBLE_SERVER_SOCKET`` (the agent's relay to the control plane).
+``CRUCIBLE_INIT_ERROR`` (an :class:`ErrorInfo` as JSON) means the agent could not prepare the
+container, e.g. its image failed to build: the worker fails every queued input with it, so the
+builder sees the installer's message instead of a call that waits forever.
 
 Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
 inside the function; code stuck in C that ignores it is stopped by the server's backstop.
@@ -38,10 +42,11 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.transport import Transport
+from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
 
-__all__ = ["Worker", "main"]
+__all__ = ["SNAPSHOT_DONE", "Worker", "main", "run_enter_hooks"]
 
 log = logging.getLogger("crucible.worker")
 
@@ -52,6 +57,18 @@ _WAIT_S = 20.0
 _TARGET_BATCH_S = 0.02
 _MAX_WANT = 1000
 _OUTAGE_RETRY_S = 24 * 3600.0
+
+
+# Set on a module whose snapshot hooks already ran in the zygote this container forked from.
+SNAPSHOT_DONE = "__crucible_snapshot_done__"
+
+
+def run_enter_hooks(module: Any) -> None:
+    """Run the module's ``@crucible.enter`` hooks once in this container: all of them, or only
+    the plain ones when a zygote already ran the snapshot hooks before forking us."""
+    done = bool(getattr(module, SNAPSHOT_DONE, False))
+    for hook in enter_hooks(module, snapshot=False if done else None):
+        hook()
 
 
 class _Timeout(BaseException):
@@ -107,6 +124,10 @@ class Worker:
     def load(self) -> None:
         """Import the user's module and find the function. A failure is kept and reported on
         every input this container receives, so the builder sees the import error."""
+        failed = os.environ.get("CRUCIBLE_INIT_ERROR")
+        if failed:  # the agent could not prepare the container (its image did not build)
+            self.init_error = ErrorInfo.model_validate_json(failed)
+            return
         try:
             src = self._bundle_dir()
             sys.path.insert(0, str(src))
@@ -117,6 +138,7 @@ class Worker:
             raw = getattr(obj, "raw_f", obj)  # a crucible Function wraps the user's function
             if not callable(raw):
                 raise Error(f"{self.assignment.code.qualname} is not callable")
+            run_enter_hooks(module)
             self.fn = raw
         except BaseException as exc:
             log.exception("could not load the function")
@@ -260,7 +282,13 @@ def main() -> int:
     assignment = ContainerAssignment.model_validate_json(assignment_path.read_text())
     # A restarting control plane is normal: keep retrying for as long as the agent lives (the
     # worker dies with its agent), so calls in hand are reported once it is back.
-    transport = Transport(url, token, user_agent="crucible-worker", retry_for_s=_OUTAGE_RETRY_S)
+    transport = Transport(
+        url,
+        token,
+        user_agent="crucible-worker",
+        retry_for_s=_OUTAGE_RETRY_S,
+        unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
+    )
     worker = Worker(assignment, transport, cache)
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:

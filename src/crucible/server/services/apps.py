@@ -139,6 +139,8 @@ def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> N
             known = ", ".join(sorted(GPU_CATALOG))
             raise InvalidGpuError(f"unknown GPU model {ask.model!r}; known models: {known}")
     require_blob(conn, principal.account_id, spec.code.bundle)
+    for blob in spec.image.blobs if spec.image is not None else []:
+        require_blob(conn, principal.account_id, blob)  # local files the image ships
 
 
 def create_functions(

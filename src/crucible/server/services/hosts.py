@@ -311,6 +311,8 @@ def assignments_for_host(
                 gpu_indices=list(r.gpu_indices or []),
                 is_async=bool(r.spec.get("is_async", False)),
                 token=container_token(secret, r.id),
+                image=r.spec.get("image"),
+                network=bool(r.spec.get("network", False)),
             )
         )
     return start, stop, grace

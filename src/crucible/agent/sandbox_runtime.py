@@ -1,0 +1,672 @@
+"""The ``bwrap`` runtime: containers forked by warm zygotes inside bubblewrap sandboxes.
+
+Same contract as :class:`crucible.agent.runtime.ProcessRuntime` (``start``, ``poll``,
+``stop``, ``forget``, ``stop_all``, ``knows``), different mechanics:
+
+1. :meth:`SandboxRuntime.start` records the container as ``starting`` and queues it for the
+   launcher thread, so a slow image build never blocks the agent's sync loop.
+2. The launcher builds the image if this host has not (in a build thread, through
+   :class:`crucible.agent.images.ImageCache`), then finds or starts the zygote for
+   (account, image, network, GPUs): a sandbox (:mod:`crucible.agent.sandbox`) whose Python
+   has imported the image's preloaded modules and the worker.
+3. The agent fetches the code bundle with the container's token and places it in the
+   sandbox's read-only code directory, opens the container's log file, and asks the zygote to
+   fork. The child applies its own limits and runs the worker.
+4. The zygote reports each child's start and exit over its control socket; a zygote that
+   dies takes its containers with it, and they are reported ``killed``.
+
+The launcher is one long-lived thread because bwrap's ``--die-with-parent`` is tied to the
+thread that spawned it. Zygotes with no container for ``zygote_idle_s`` are ended.
+
+Containers of one zygote share its namespaces: they can see each other's processes and work
+directories. They belong to the same account and image, so this costs no isolation between
+tenants (see docs/sandbox.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
+from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.runtime import _crucible_import_root
+from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
+from crucible.errors import Error, ImageBuildError
+from crucible.protocol.common import ErrorInfo
+from crucible.protocol.containers import ContainerAssignment, ContainerReport
+from crucible.protocol.transport import Transport
+
+__all__ = ["SandboxLimits", "SandboxRuntime"]
+
+log = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 64 * 1024
+_MESSAGE_MAX_CHARS = 8000
+# Above the zygote's footprint and its containers' memory: page cache and kernel slack.
+_SLACK = 64 << 20
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-sandbox and per-container limits (from the settings table)."""
+
+    disk_bytes: int = 1 << 30  # each of /work and /tmp (tmpfs)
+    max_pids: int = 512  # processes in one sandbox (pids cgroup, else RLIMIT_NPROC)
+    open_files: int = 4096  # per container
+    file_bytes: int = 1 << 30  # largest file a container may write, its log included
+    wall_clock_s: float = 0.0  # a container is stopped after this long (0: no limit)
+    zygote_idle_s: float = 300.0  # an empty zygote is ended after this long
+    # The memory cgroup's limit while a zygote imports its preloads; once it is ready, the
+    # limit becomes what it then uses plus the memory of each live container.
+    zygote_start_memory: int = 4 << 30
+
+
+@dataclass
+class _Box:
+    container_id: str
+    dir: Path | None
+    assignment: ContainerAssignment | None
+    state: str = "starting"  # starting | running | exited
+    zygote: str | None = None
+    pid: int | None = None
+    stop_requested: bool = False
+    escalated: bool = False
+    why_stopped: str = ""
+    timers: list[threading.Timer] = field(default_factory=list)
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class _Zygote:
+    key: str
+    proc: ZygoteProcess
+    relay: Relay
+    image_key: str | None
+    containers: set[str] = field(default_factory=set)
+    idle_since: float = field(default_factory=time.monotonic)
+    warmed: set[str] = field(default_factory=set)
+    gone: bool = False
+    cgroup: SandboxCgroup | None = None
+    baseline: int = 0  # the zygote's own memory (the start allowance until it is ready)
+    reserved: dict[str, int] = field(default_factory=dict)  # container → its memory
+    oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
+
+    def apply_memory_limit(self) -> None:
+        if self.cgroup is not None and self.cgroup.memory_file is not None:
+            self.cgroup.set_memory_limit(self.baseline + sum(self.reserved.values()) + _SLACK)
+
+
+class SandboxRuntime:
+    """Runs containers in bubblewrap sandboxes, forked from per-image zygotes. Thread-safe."""
+
+    def __init__(
+        self,
+        agent_dir: Path,
+        server_url: str,
+        *,
+        bwrap: str,
+        images: ImageCache,
+        limits: SandboxLimits | None = None,
+        stop_grace_s: float = 5.0,
+        on_exit: Callable[[ContainerReport], None] | None = None,
+    ) -> None:
+        self.agent_dir = Path(agent_dir)
+        self.server_url = server_url
+        self.bwrap = bwrap
+        self.images = images
+        self.limits = limits or SandboxLimits()
+        self.stop_grace_s = stop_grace_s
+        self.on_exit = on_exit
+        self._boxes: dict[str, _Box] = {}
+        self._zygotes: dict[str, _Zygote] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        for d in (self.containers_dir, self.code_cache_dir, self.sandboxes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                d.chmod(0o700)
+        self._launcher = threading.Thread(
+            target=self._launch_loop, name="crucible-sandbox-launcher", daemon=True
+        )
+        self._launcher.start()
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.agent_dir / "containers"
+
+    @property
+    def code_cache_dir(self) -> Path:
+        return self.agent_dir / "code"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.agent_dir / "sandboxes"
+
+    # -- the runtime contract -----------------------------------------------------------------
+    def knows(self, container_id: str) -> bool:
+        with self._lock:
+            return container_id in self._boxes
+
+    def start(self, assignment: ContainerAssignment) -> None:
+        """Queue the container; it is reported ``starting`` until its process runs. Never
+        raises: failures end it as ``start_failed`` with a message."""
+        cid = assignment.container_id
+        with self._lock:
+            if cid in self._boxes:
+                return
+            if not _SAFE_ID.match(cid):
+                box = _Box(cid, None, None)
+                self._boxes[cid] = box
+                self._finish(box, None, "start_failed", f"invalid container id {cid!r}")
+                failed = True
+            else:
+                box = _Box(cid, self.containers_dir / cid, assignment)
+                self._boxes[cid] = box
+                failed = False
+        if failed:
+            self._notify(box)
+            return
+        self._queue.put(("start", assignment))
+
+    def poll(self) -> list[ContainerReport]:
+        with self._lock:
+            return [self._report(b) for b in self._boxes.values()]
+
+    def stop(self, container_id: str, grace_s: float | None = None, why: str = "") -> bool:
+        """SIGTERM the container's process group, SIGKILL ``grace_s`` later (default: the
+        runtime's grace; a preemption brings its own). A container not yet forked ends at
+        once. True only for the call that started the stop."""
+        with self._lock:
+            box = self._boxes.get(container_id)
+            if box is None or box.state == "exited" or box.stop_requested:
+                return False
+            box.stop_requested = True
+            box.why_stopped = why
+            if box.state == "starting" and box.zygote is None:  # not yet sent to a zygote
+                self._finish(box, None, "stopped", "stopped by the agent before it started")
+                notify = True
+            else:
+                notify = False
+                self._signal(box, signal.SIGTERM)
+                delay = self.stop_grace_s if grace_s is None else max(0.0, grace_s)
+                timer = threading.Timer(delay, self._escalate, args=(box,))
+                timer.daemon = True
+                box.timers.append(timer)
+                timer.start()
+        if notify:
+            self._notify(box)
+        return True
+
+    def forget(self, container_id: str) -> bool:
+        with self._lock:
+            box = self._boxes.get(container_id)
+            if box is None or box.state != "exited":
+                return False
+            del self._boxes[container_id]
+        if box.dir is not None:
+            shutil.rmtree(box.dir, ignore_errors=True)
+        return True
+
+    def stop_all(self, timeout_s: float | None = None) -> None:
+        """Stop every container, wait for their ends, then end every zygote."""
+        with self._lock:
+            ids = [cid for cid, b in self._boxes.items() if b.state != "exited"]
+        for cid in ids:
+            self.stop(cid)
+        deadline = time.monotonic() + (self.stop_grace_s + 2.0 if timeout_s is None else timeout_s)
+        with self._changed:
+            while any(b.state != "exited" for b in self._boxes.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, 0.1))
+            zygotes = list(self._zygotes.values())
+        for z in zygotes:
+            z.proc.terminate()
+        for z in zygotes:  # their cgroups and relay directories are removed on the way out
+            z.proc.done.wait(timeout=3.0)
+
+    # -- observability (benchmarks, tests) ----------------------------------------------------
+    def zygote_pids(self) -> dict[str, int]:
+        """Host pid of each live sandbox's bwrap process, by zygote key."""
+        with self._lock:
+            return {k: z.proc.pid for k, z in self._zygotes.items() if not z.gone}
+
+    # -- the launcher -------------------------------------------------------------------------
+    def _launch_loop(self) -> None:
+        while True:
+            try:
+                op, item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._end_idle_zygotes()
+                continue
+            try:
+                if op == "start":
+                    self._prepare(item)
+                elif op == "built":
+                    assignment, built = item
+                    self._launch(assignment, built)
+            except Exception as exc:  # one bad container must not stop the launcher
+                cid = item.container_id if op == "start" else item[0].container_id
+                log.exception("could not start container %s", cid)
+                self._fail(cid, f"{type(exc).__name__}: {exc}")
+
+    def _prepare(self, a: ContainerAssignment) -> None:
+        if self._cancelled(a.container_id):
+            return
+        if a.image is None or not a.image.steps:
+            self._launch(a, None)
+            return
+
+        def build() -> None:
+            transport = Transport(self.server_url, a.token, retry_for_s=10.0)
+            try:
+                assert a.image is not None
+                built = self.images.ensure(a.image, lambda sha: _fetch(transport, sha))
+            except Exception as exc:
+                log.warning("image of container %s did not build: %s", a.container_id, exc)
+                code = exc.code if isinstance(exc, Error) else ImageBuildError.code
+                text = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+                # Queued calls would wait forever on a container that never starts: start it
+                # without the image and let its worker fail them with the installer's words.
+                self._queue.put(("built", (a, ErrorInfo(code=code, message=text))))
+                return
+            finally:
+                transport.close()
+            self._queue.put(("built", (a, built)))
+
+        threading.Thread(target=build, name=f"crucible-build-{a.container_id}", daemon=True).start()
+
+    def _launch(self, a: ContainerAssignment, built: BuiltImage | ErrorInfo | None) -> None:
+        cid = a.container_id
+        if self._cancelled(cid):
+            return
+        failure = built if isinstance(built, ErrorInfo) else None
+        image = built if isinstance(built, BuiltImage) else None
+        z = self._zygote_for(a, image, failed=failure is not None)
+        code = self._place_code(a, z)
+        env = self._container_env(a)
+        if failure is not None:
+            env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
+        box_dir = self.containers_dir / cid
+        box_dir.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(box_dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        msg = {
+            "op": "fork",
+            "cid": cid,
+            "env": env,
+            "assignment": a.model_dump_json(),
+            "limits": {
+                "memory_bytes": a.resources.memory_mib * 1024 * 1024,
+                "file_bytes": self.limits.file_bytes,
+                "open_files": self.limits.open_files,
+            },
+            # Import the user's module in the zygote once this code has run here before.
+            "warm": {"sha": a.code.bundle, "module": a.code.module} if code in z.warmed else None,
+        }
+        with self._lock:
+            box = self._boxes.get(cid)
+            if box is None or box.state == "exited":
+                os.close(log_fd)
+                return
+            box.zygote = z.key
+            z.containers.add(cid)
+            z.reserved[cid] = a.resources.memory_mib * 1024 * 1024
+            z.apply_memory_limit()
+        try:
+            sent = z.proc.send(msg, [log_fd])
+        finally:
+            os.close(log_fd)
+        z.warmed.add(code)
+        if not sent:
+            self._fail(cid, "the sandbox ended before the container could start")
+
+    def _zygote_for(
+        self, a: ContainerAssignment, built: BuiltImage | None, *, failed: bool = False
+    ) -> _Zygote:
+        """The live zygote for the container's (account, image, network, GPUs), started if
+        needed. ``failed``: the image did not build; a plain zygote of its own serves the
+        containers that report it."""
+        ident = "|".join(
+            [a.account_id, a.image.id if a.image else "", str(a.network), repr(a.gpu_indices)]
+        )
+        if failed:
+            ident += "|image-failed"
+        key = hashlib.sha256(ident.encode()).hexdigest()[:24]
+        with self._lock:
+            z = self._zygotes.get(key)
+            if z is not None and not z.gone:
+                return z
+        sdir = self.sandboxes_dir / key
+        shutil.rmtree(sdir, ignore_errors=True)
+        (sdir / "code").mkdir(parents=True)
+        root = _crucible_import_root()
+        cfg = SandboxConfig(
+            name=key,
+            dir=sdir,
+            python=str(built.python) if built is not None else sys.executable,
+            preload=list(a.image.preload) if a.image and not failed else [],
+            image_mounts=list(built.mounts) if built is not None else [],
+            image_root=built.root if built is not None else None,
+            network=a.network,
+            gpu_indices=list(a.gpu_indices),
+            disk_bytes=self.limits.disk_bytes,
+            env={"PYTHONPATH": root} if root else {},
+        )
+        try:
+            relay = Relay(cfg.run_dir / "server.sock", self.server_url)
+        except OSError:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            raise
+        cgroup = sandbox_cgroup(key, self.limits.max_pids, self.limits.zygote_start_memory)
+        rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": self.limits.file_bytes}
+        if cgroup is None or not cgroup.pids:
+            rlimits["RLIMIT_NPROC"] = self.limits.max_pids
+        if built is not None:
+            self.images.acquire(built.key)
+        try:
+            proc = ZygoteProcess(
+                self.bwrap,
+                cfg,
+                lambda msg: self._on_zygote(key, msg),
+                cgroup=cgroup,
+                limits=rlimits,
+            )
+        except BaseException:
+            relay.close()
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            if built is not None:
+                self.images.release(built.key)
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        z = _Zygote(
+            key,
+            proc,
+            relay,
+            built.key if built is not None else None,
+            cgroup=cgroup,
+            baseline=self.limits.zygote_start_memory,
+        )
+        with self._lock:
+            self._zygotes[key] = z
+        log.info("started zygote %s (sandbox pid %d, network %s)", key, proc.pid, a.network)
+        return z
+
+    def _place_code(self, a: ContainerAssignment, z: _Zygote) -> str:
+        """Fetch the bundle into the host's code cache (with the container's own token), then
+        link it into the sandbox's read-only code directory."""
+        sha = a.code.bundle
+        target = z.proc.cfg.code_dir / sha
+        if target.exists():
+            return sha
+        from crucible.worker.main import Worker
+
+        transport = Transport(self.server_url, a.token, retry_for_s=10.0)
+        try:
+            src = Worker(a, transport, self.code_cache_dir)._bundle_dir()
+        finally:
+            transport.close()
+        tmp = z.proc.cfg.code_dir / f".{sha}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.copytree(src, tmp, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+        os.rename(tmp, target)
+        return sha
+
+    def _container_env(self, a: ContainerAssignment) -> dict[str, str]:
+        """The container's environment, built from scratch (never the agent's own)."""
+        devices = ",".join(str(i) for i in a.gpu_indices)
+        env = dict(a.image.env) if a.image else {}
+        env.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                "CRUCIBLE_SERVER_URL": self.server_url,
+                "CRUCIBLE_SERVER_SOCKET": SOCKET_PATH,
+                "CRUCIBLE_CONTAINER_ID": a.container_id,
+                "CRUCIBLE_CONTAINER_TOKEN": a.token,
+                "CRUCIBLE_CODE_CACHE": "/crucible/code",
+                # Only the assigned GPUs' device nodes exist in the sandbox; CUDA is told the
+                # same (empty: no GPU at all), in NVML's PCI order.
+                "CUDA_VISIBLE_DEVICES": devices,
+                "NVIDIA_VISIBLE_DEVICES": devices,
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            }
+        )
+        return env
+
+    # -- zygote events (reader threads) -------------------------------------------------------
+    def _on_zygote(self, key: str, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        ended: list[_Box] = []
+        with self._lock:
+            z = self._zygotes.get(key)
+            if op == "ready":
+                if z is not None and z.cgroup is not None:
+                    z.baseline = max(z.cgroup.memory_usage(), 16 << 20)
+                    z.apply_memory_limit()
+                log.info(
+                    "zygote %s ready in %.2f s (preloaded %s%s)",
+                    key,
+                    msg.get("import_s", 0.0),
+                    ", ".join(msg.get("preloaded", [])) or "nothing",
+                    f"; failed: {msg['failed']}" if msg.get("failed") else "",
+                )
+            elif op == "started":
+                box = self._boxes.get(str(msg.get("cid")))
+                if box is not None and box.state == "starting":
+                    box.state = "running"
+                    box.pid = int(msg["pid"])
+                    if self.limits.wall_clock_s > 0:
+                        t = threading.Timer(
+                            self.limits.wall_clock_s,
+                            self.stop,
+                            args=(box.container_id, "wall-clock limit"),
+                        )
+                        t.daemon = True
+                        box.timers.append(t)
+                        t.start()
+                    if box.stop_requested:
+                        self._signal(box, signal.SIGTERM)
+            elif op == "exited":
+                box = self._boxes.get(str(msg.get("cid")))
+                if z is not None:
+                    z.containers.discard(str(msg.get("cid")))
+                    if z.reserved.pop(str(msg.get("cid")), None) is not None:
+                        z.apply_memory_limit()
+                    if not z.containers:
+                        z.idle_since = time.monotonic()
+                if box is not None and box.state != "exited":
+                    if msg.get("error"):  # the zygote could not fork it
+                        self._finish(box, None, "start_failed", str(msg["error"]))
+                    else:
+                        self._record_exit(box, int(msg.get("status", 1)), z)
+                    ended.append(box)
+            elif op == "gone":
+                if z is not None:
+                    z.gone = True
+                    self._zygotes.pop(key, None)
+                    z.relay.close()
+                    if z.image_key is not None:
+                        self.images.release(z.image_key)
+                    for cid in sorted(z.containers):
+                        box = self._boxes.get(cid)
+                        if box is not None and box.state != "exited":
+                            reason = "stopped" if box.stop_requested else "killed"
+                            self._finish(
+                                box,
+                                None,
+                                reason,
+                                f"the container's sandbox ended (status {msg.get('status')})"
+                                + (self._tail_suffix(box) or _sandbox_log(msg)),
+                            )
+                            ended.append(box)
+                shutil.rmtree(self.sandboxes_dir / key, ignore_errors=True)
+        for box in ended:
+            self._notify(box)
+
+    def _record_exit(self, box: _Box, rc: int, z: _Zygote | None) -> None:
+        oom = z.cgroup.oom_kills() if z is not None and z.cgroup is not None else 0
+        if z is not None and oom > z.oom_kills:
+            z.oom_kills = oom
+            if rc == -signal.SIGKILL and not box.stop_requested:
+                limit = (z.baseline + sum(z.reserved.values()) + _SLACK) >> 20
+                self._finish(
+                    box,
+                    rc,
+                    "oom",
+                    f"out of memory: killed by the kernel at its sandbox's memory limit "
+                    f"({limit} MiB with the other containers of this account and image; files "
+                    "in /tmp and the work dir count as memory)" + self._tail_suffix(box),
+                )
+                return
+        if box.stop_requested:
+            how = "after SIGKILL (it ignored SIGTERM)" if box.escalated else "after SIGTERM"
+            why = f" ({box.why_stopped})" if box.why_stopped else ""
+            self._finish(box, rc, "stopped", f"stopped by the agent{why}; ended {how}")
+        elif rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            self._finish(
+                box,
+                rc,
+                "killed",
+                f"killed by {name}, a signal the agent did not send" + self._tail_suffix(box),
+            )
+        else:
+            message = None
+            if rc != 0:
+                message = f"worker exited with status {rc}" + self._tail_suffix(box)
+            self._finish(box, rc, "exited", message)
+
+    # -- helpers (callers hold the lock unless stated) ----------------------------------------
+    def _cancelled(self, cid: str) -> bool:
+        with self._lock:
+            box = self._boxes.get(cid)
+            return box is None or box.state == "exited"
+
+    def _fail(self, cid: str, message: str) -> None:
+        """End a container that never ran (called without the lock)."""
+        with self._lock:
+            box = self._boxes.get(cid)
+            if box is None or box.state == "exited":
+                return
+            if box.zygote is not None:
+                z = self._zygotes.get(box.zygote)
+                if z is not None:
+                    z.containers.discard(cid)
+                    if z.reserved.pop(cid, None) is not None:
+                        z.apply_memory_limit()
+            self._finish(box, None, "start_failed", message)
+        self._notify(box)
+
+    def _signal(self, box: _Box, sig: signal.Signals) -> None:
+        z = self._zygotes.get(box.zygote or "")
+        if z is not None:
+            z.proc.send({"op": "signal", "cid": box.container_id, "sig": int(sig)})
+
+    def _escalate(self, box: _Box) -> None:
+        with self._lock:
+            if box.state == "exited":
+                return
+            box.escalated = True
+            self._signal(box, signal.SIGKILL)
+
+    def _end_idle_zygotes(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                z
+                for z in self._zygotes.values()
+                if not z.containers and now - z.idle_since > self.limits.zygote_idle_s
+            ]
+        for z in idle:
+            log.info("ending idle zygote %s", z.key)
+            z.proc.terminate()
+
+    def _finish(self, box: _Box, rc: int | None, reason: str, message: str | None) -> None:
+        box.state = "exited"
+        box.exit_code = rc
+        box.reason = reason
+        box.message = message[-_MESSAGE_MAX_CHARS:] if message else message
+        for t in box.timers:
+            t.cancel()
+        self._changed.notify_all()
+
+    def _tail_suffix(self, box: _Box) -> str:
+        tail = self._log_tail(box)
+        return f"; last lines of its log:\n{tail}" if tail else ""
+
+    @staticmethod
+    def _log_tail(box: _Box) -> str:
+        if box.dir is None:
+            return ""
+        try:
+            with open(box.dir / "log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-_LOG_TAIL_LINES:])
+
+    @staticmethod
+    def _report(b: _Box) -> ContainerReport:
+        if b.state == "exited":
+            return ContainerReport(
+                container_id=b.container_id,
+                state="exited",
+                pid=b.pid,
+                exit_code=b.exit_code,
+                reason=b.reason,
+                message=b.message,
+            )
+        return ContainerReport(container_id=b.container_id, state=b.state, pid=b.pid)
+
+    def _notify(self, box: _Box) -> None:
+        if self.on_exit is None:
+            return
+        with self._lock:
+            report = self._report(box)
+        try:
+            self.on_exit(report)
+        except Exception:
+            log.exception("on_exit callback failed for container %s", box.container_id)
+
+
+def _fetch(transport: Transport, sha: str) -> bytes:
+    status, data = transport.request_raw("GET", f"/v1/blobs/{sha}")
+    if status != 200:
+        Transport._decode(status, data)
+    return data
+
+
+def _sandbox_log(msg: dict[str, Any]) -> str:
+    tail = str(msg.get("log") or "").strip()
+    return f"; the sandbox's log ends with:\n{tail}" if tail else ""

@@ -1,0 +1,194 @@
+"""``crucible.Image``: the environment a function's containers run in.
+
+An image is immutable: each method returns a new image with one more step, so images can be
+shared and extended::
+
+    image = (
+        crucible.Image()
+        .uv_pip_install("numpy==2.1.0")
+        .add_local_dir("./assets", "/assets")
+        .env({"MODEL": "small"})
+        .preload("numpy")
+    )
+
+    @app.function(image=image)
+    def f(): ...
+
+The agent builds an image once per host, with ``uv``, and reuses it for every container of
+every function and account that asks for the same content. Local files travel as zip blobs
+uploaded when the app starts; their hashes are part of the image's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from crucible.errors import InvalidRequestError
+from crucible.protocol.images import BuildStep, ImageSpec
+from crucible.sdk._packaging import module_name_for
+
+__all__ = ["Image", "zip_tree"]
+
+_SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".mypy_cache"}
+_MAX_FILES_BYTES = 1024 * 1024 * 1024
+
+
+def zip_tree(root: Path, prefix: str = "") -> bytes:
+    """A deterministic zip of the files under ``root`` (names under ``prefix``)."""
+    if not root.is_dir():
+        raise InvalidRequestError(f"{root} is not a directory")
+    buf = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if not path.is_file() or set(rel.parts) & _SKIP_DIRS:
+                continue
+            data = path.read_bytes()
+            total += len(data)
+            if total > _MAX_FILES_BYTES:
+                raise InvalidRequestError(f"{root} holds over 1 GiB; ship data another way")
+            info = zipfile.ZipInfo(f"{prefix}{rel.as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (0o755 if path.stat().st_mode & 0o111 else 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+_PLACEHOLDER = "0" * 64
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image spec. ``Image()`` is the host's own Python with Crucible (nothing added).
+
+    Local files are read only when the image is needed on the builder's side (``spec()``,
+    when the app starts), never when the module defining it is imported, so the same module
+    imports cleanly inside a container where those files do not exist.
+    """
+
+    # (kind, requirements, local source: a directory or a module name, remote path)
+    _steps: tuple[tuple[str, tuple[str, ...], str | None, str | None], ...] = ()
+    _env: tuple[tuple[str, str], ...] = ()
+    _preload: tuple[str, ...] = ()
+    _zips: dict[str, tuple[str, bytes]] = field(default_factory=dict, compare=False, repr=False)
+
+    # -- steps --------------------------------------------------------------------------------
+    def pip_install(self, *packages: str | list[str]) -> Image:
+        """Install requirement strings (``"numpy==2.1.0"``) into the image. The agent uses
+        ``uv pip install`` for both this and :meth:`uv_pip_install`."""
+        return self._pip(packages)
+
+    def uv_pip_install(self, *packages: str | list[str]) -> Image:
+        """Install requirement strings with ``uv``."""
+        return self._pip(packages)
+
+    def add_local_dir(self, local_path: str | Path, remote_path: str) -> Image:
+        """Ship a local directory; containers see it read-only at ``remote_path``."""
+        if not isinstance(remote_path, str) or not remote_path.startswith("/"):
+            raise InvalidRequestError(f"remote_path={remote_path!r} must be an absolute path")
+        step = ("files", (), str(Path(local_path).absolute()), remote_path)
+        return self._check(replace(self, _steps=(*self._steps, step)))
+
+    def add_local_python_source(self, *modules: str) -> Image:
+        """Ship local Python packages or modules (by import name) onto the image's path."""
+        steps = tuple(("python", (), name, None) for name in modules)
+        return self._check(replace(self, _steps=self._steps + steps))
+
+    def env(self, variables: dict[str, str]) -> Image:
+        """Environment variables set in every container of the image."""
+        if not isinstance(variables, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
+        ):
+            raise InvalidRequestError("Image.env() takes a dict of strings")
+        merged = dict(self._env) | variables
+        return self._check(replace(self, _env=tuple(sorted(merged.items()))))
+
+    def preload(self, *modules: str) -> Image:
+        """Modules the image's zygote imports before it forks containers, so each container
+        starts with them loaded (``.preload("torch")``). They must not initialise CUDA at
+        import time."""
+        return self._check(replace(self, _preload=self._preload + tuple(modules)))
+
+    # -- identity -----------------------------------------------------------------------------
+    def spec(self) -> ImageSpec:
+        """The wire form; its ``id`` is the hash of the content (local files included, so
+        this reads them)."""
+        return self._spec(read_files=True)
+
+    @property
+    def id(self) -> str:
+        return self.spec().id
+
+    def blobs(self) -> dict[str, bytes]:
+        """The zip blobs the image ships, by sha256 (uploaded when the app starts)."""
+        self.spec()
+        return dict(self._zips.values())
+
+    # -- internals ----------------------------------------------------------------------------
+    def _spec(self, *, read_files: bool) -> ImageSpec:
+        try:
+            steps = [
+                BuildStep(
+                    kind=kind,  # type: ignore[arg-type]
+                    packages=list(pkgs),
+                    blob=None if source is None else self._blob(kind, source, read_files),
+                    path=remote,
+                )
+                for kind, pkgs, source, remote in self._steps
+            ]
+            return ImageSpec(steps=steps, env=dict(self._env), preload=list(self._preload))
+        except ValidationError as exc:
+            raise InvalidRequestError(f"invalid image: {exc.errors()[0]['msg']}") from None
+
+    def _blob(self, kind: str, source: str, read_files: bool) -> str:
+        return self._zip(kind, source)[0] if read_files else _PLACEHOLDER
+
+    def _zip(self, kind: str, source: str) -> tuple[str, bytes]:
+        key = f"{kind}:{source}"
+        if key not in self._zips:
+            data = zip_tree(Path(source)) if kind == "files" else _zip_module(source)
+            self._zips[key] = (hashlib.sha256(data).hexdigest(), data)
+        return self._zips[key]
+
+    def _pip(self, packages: tuple[str | list[str], ...]) -> Image:
+        flat: list[str] = []
+        for p in packages:
+            flat.extend([p] if isinstance(p, str) else list(p))
+        if not flat or not all(isinstance(p, str) and p.strip() for p in flat):
+            raise InvalidRequestError("pip_install() takes one or more requirement strings")
+        step = ("pip", tuple(p.strip() for p in flat), None, None)
+        return self._check(replace(self, _steps=(*self._steps, step)))
+
+    @staticmethod
+    def _check(image: Image) -> Image:
+        image._spec(read_files=False)  # a bad name, path or requirement fails here
+        return image
+
+
+def _zip_module(name: str) -> bytes:
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise InvalidRequestError(f"cannot import {name!r} to ship it: {exc}") from exc
+    _, file, root = module_name_for(module)
+    top = name.split(".")[0]
+    if (root / top).is_dir():
+        return zip_tree(root / top, prefix=f"{top}/")
+    return _zip_file(file)
+
+
+def _zip_file(file: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo(file.name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, file.read_bytes())
+    return buf.getvalue()

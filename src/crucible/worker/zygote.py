@@ -1,0 +1,290 @@
+"""The zygote: a warm Python process that forks containers on demand.
+
+One zygote runs per (account, image, network, GPU set) on a host, inside the sandbox the
+agent built for it. It imports the image's heavy modules once (``CRUCIBLE_PRELOAD``, e.g.
+``torch``), then forks a container for each request: the child is a fresh worker whose
+imports are already done, so it reaches its first input in milliseconds instead of seconds.
+
+Run as ``python -m crucible.worker.zygote --ctrl-fd N``. The control channel is a Unix
+stream socket to the agent carrying one JSON object per line, plus file descriptors::
+
+    agent → zygote  {"op": "fork", "cid", "env", "assignment", "limits", "warm"}  + log fd
+                    {"op": "signal", "cid", "sig"}
+    zygote → agent  {"op": "ready", "pid", "preloaded", "failed", "import_s"}
+                    {"op": "started", "cid", "pid"}
+                    {"op": "exited", "cid", "status"}      (status as in subprocess)
+
+What a forked child does before it runs the worker: a new session (its own process group,
+so a stop reaches everything it started), ``PR_SET_PDEATHSIG``, its own work directory
+``/crucible/work/<cid>`` (on the sandbox's size-limited tmpfs), resource limits (address space,
+file size, open files, no core dumps), the log file the agent opened as stdout and stderr,
+and an environment built from scratch by the agent.
+
+CUDA is never initialised here: nothing in this module touches a GPU, and
+:mod:`crucible.sdk._image` documents that preloaded modules must not either. Threads are
+never started here, so ``fork()`` is safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import ctypes
+import importlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+_WORK_ROOT = Path("/crucible/work")
+_CODE_ROOT = Path("/crucible/code")
+_PR_SET_PDEATHSIG = 1
+_MAX_FDS = 4
+
+
+class _Channel:
+    """JSON lines over the control socket; fds ride along with fork requests."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.fds: list[int] = []
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def receive(self) -> list[dict[str, Any]] | None:
+        """Messages now readable; None at end of stream (the agent is gone)."""
+        fds = array.array("i")
+        data, ancdata, _flags, _addr = self.sock.recvmsg(
+            1 << 16, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize)
+        )
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        self.fds.extend(fds)
+        if not data:
+            return None
+        self.buf += data
+        out = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            out.append(json.loads(line))
+        return out
+
+
+def _preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
+    loaded, failed = [], {}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except BaseException as exc:  # a broken preload must not take the zygote down
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return loaded, failed
+
+
+def _warm(sha: str, module_name: str) -> None:
+    """Import the user's module and run its snapshot hooks here, before forking, so every
+    later container of this code starts with both done. Failures are left for the child to
+    meet (and report) on its own import."""
+    from crucible.sdk._hooks import enter_hooks
+    from crucible.worker.main import SNAPSHOT_DONE
+
+    path = str(_CODE_ROOT / sha)
+    if module_name in sys.modules or not Path(path).is_dir():
+        return
+    sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+        for hook in enter_hooks(module, snapshot=True):
+            hook()
+        setattr(module, SNAPSHOT_DONE, True)
+    except BaseException:
+        traceback.print_exc()
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]
+        with contextlib.suppress(ValueError):
+            sys.path.remove(path)
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(ctrl: socket.socket, msg: dict[str, Any], log_fd: int, keep: set[int]) -> None:
+    """In the forked child: become the container, then run the worker. Never returns."""
+    rc = 1
+    try:
+        ctrl.close()
+        for fd in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.setsid()
+        # Under the sandbox's memory limit the kernel should kill the container that grew,
+        # not the zygote every other container of the sandbox depends on.
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        if log_fd > 2:
+            os.close(log_fd)
+        cid = msg["cid"]
+        work = _WORK_ROOT / cid
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chdir(work)
+        assignment = work / "assignment.json"
+        fd = os.open(assignment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(msg["assignment"])
+        limits = msg.get("limits", {})
+        memory = int(limits.get("memory_bytes", 0))
+        if memory > 0:
+            # The zygote's own mappings (the preloaded modules) are shared, not the child's:
+            # count only what the container adds on top of them.
+            cap = _vm_size_bytes() + memory
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        for name, value in (
+            ("RLIMIT_FSIZE", limits.get("file_bytes")),
+            ("RLIMIT_NOFILE", limits.get("open_files")),
+            ("RLIMIT_NPROC", limits.get("processes")),
+            ("RLIMIT_CORE", 0),
+        ):
+            if value is not None:
+                resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+        env = dict(msg["env"])
+        env["HOME"] = str(work)
+        env["CRUCIBLE_ASSIGNMENT"] = str(assignment)
+        os.environ.clear()
+        os.environ.update(env)
+        from crucible.worker.main import main as worker_main
+
+        rc = worker_main()
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(rc)
+
+
+def serve(ctrl: socket.socket) -> int:
+    started = time.perf_counter()
+    # The worker itself first: its imports (pydantic, the protocol) are most of a plain
+    # container's start-up time.
+    modules = ["crucible.worker.main"]
+    modules += [m for m in os.environ.get("CRUCIBLE_PRELOAD", "").split(",") if m]
+    loaded, failed = _preload(modules)
+    chan = _Channel(ctrl)
+    chan.send(
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "preloaded": loaded,
+            "failed": failed,
+            "import_s": time.perf_counter() - started,
+        }
+    )
+    children: dict[int, tuple[str, int]] = {}  # pidfd → (cid, pid)
+    by_cid: dict[str, int] = {}
+    while True:
+        watched: list[int] = [ctrl.fileno(), *children]
+        readable, _, _ = select.select(watched, [], [])
+        for r in readable:
+            if r == ctrl.fileno():
+                msgs = chan.receive()
+                if msgs is None:
+                    for _cid, pid in children.values():
+                        with contextlib.suppress(OSError):
+                            os.killpg(pid, signal.SIGKILL)
+                    return 0
+                for msg in msgs:
+                    _handle(ctrl, chan, msg, children, by_cid)
+                continue
+            cid, pid = children.pop(r)
+            by_cid.pop(cid, None)
+            # The child is a zombie until reaped, which pins its process-group id: clear out
+            # anything it left in its group first.
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            os.close(r)
+            shutil.rmtree(_WORK_ROOT / cid, ignore_errors=True)
+            chan.send({"op": "exited", "cid": cid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _handle(
+    ctrl: socket.socket,
+    chan: _Channel,
+    msg: dict[str, Any],
+    children: dict[int, tuple[str, int]],
+    by_cid: dict[str, int],
+) -> None:
+    op = msg.get("op")
+    if op == "signal":
+        pid = by_cid.get(msg["cid"])
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, int(msg["sig"]))
+        return
+    if op != "fork":
+        return
+    if not chan.fds:
+        chan.send({"op": "exited", "cid": msg["cid"], "status": 2, "error": "no log fd"})
+        return
+    log_fd = chan.fds.pop(0)
+    warm = msg.get("warm")
+    if warm:
+        _warm(str(warm["sha"]), str(warm["module"]))
+    keep = {*children, *chan.fds}
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the sandbox's process limit: this container fails, we go on
+        os.close(log_fd)
+        error = f"cannot fork the container: {exc.strerror} (the sandbox's process limit?)"
+        chan.send({"op": "exited", "cid": msg["cid"], "status": 1, "error": error})
+        return
+    if pid == 0:
+        _child(ctrl, msg, log_fd, keep)
+    os.close(log_fd)
+    pidfd = os.pidfd_open(pid)
+    children[pidfd] = (msg["cid"], pid)
+    by_cid[msg["cid"]] = pid
+    chan.send({"op": "started", "cid": msg["cid"], "pid": pid})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="crucible.worker.zygote")
+    parser.add_argument("--ctrl-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    ctrl = socket.socket(fileno=args.ctrl_fd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return serve(ctrl)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
