@@ -28,6 +28,14 @@ def test_each_term_and_its_reason() -> None:
     assert aged.containers == 4
 
 
+def test_a_trickle_of_calls_keeps_nothing_warm() -> None:
+    # One call every 10 s of 1 ms, containers starting in 200 ms: 0.02 busy on average.
+    trickle = Load(queued=0, running=0, arrivals_per_s=0.1, avg_exec_ms=1, start_ms=200)
+    assert decide(POLICY, trickle).containers == 0
+    busy = Load(queued=0, running=0, arrivals_per_s=2, avg_exec_ms=200, start_ms=100)
+    assert decide(POLICY, busy).containers == 1  # 0.6 of a container: keep one
+
+
 def test_min_buffer_and_max() -> None:
     warm = ScalingPolicy(min_containers=2, buffer_containers=1, max_containers=5)
     idle = decide(warm, Load(queued=0, running=0))

@@ -14,7 +14,8 @@ handles at once (1 today):
   ``ceil((queued + running) * est / target_drain_ms / per)``, never more containers than
   calls;
 - *arrivals*: keep up with the arrival rate (Little's law), plus the calls that arrive
-  while a new container starts: ``ceil(rate * (est + start_ms) / per)``;
+  while a new container starts: ``rate * (est + start_ms) / per``, rounded to the nearest
+  (so a trickle of calls keeps nothing warm and the function scales to zero);
 - *probe*: with work but no estimate yet, one container;
 - then ``buffer_containers`` idle ones on top while the app runs (warm capacity for bursts),
   at least ``min_containers`` (kept warm even with no work), at most ``max_containers``.
@@ -81,7 +82,9 @@ def decide(policy: ScalingPolicy, load: Load) -> Scale:
             )
         )
     if load.arrivals_per_s > 0 and est > 0:
-        n = math.ceil(load.arrivals_per_s * (est + load.start_ms) / 1000 / per)
+        # Rounded to the nearest: a trickle (a call a minute) keeps no container warm, so a
+        # function still scales to zero between sporadic calls.
+        n = math.floor(load.arrivals_per_s * (est + load.start_ms) / 1000 / per + 0.5)
         terms.append(
             (
                 n,
