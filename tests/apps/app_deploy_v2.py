@@ -18,3 +18,13 @@ def version() -> str:
 def slow(seconds: float) -> str:
     time.sleep(seconds)
     return "v2"
+
+
+@app.function()
+def greet(name: str, punctuation: str = "!") -> dict[str, str]:
+    return {"greeting": f"hello {name}{punctuation}"}
+
+
+@app.function()
+def opaque() -> object:
+    return object()  # not JSON

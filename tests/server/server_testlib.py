@@ -336,6 +336,11 @@ V1_ROUTES = sorted(
         ("POST", "/v1/deployments/{name}/stop"),
         ("POST", "/v1/deployments/{name}/rollback"),
         ("GET", "/v1/deployments/{name}/functions/{function}"),
+        ("POST", "/v1/jobs/{deployment}/{function}/run"),
+        ("POST", "/v1/jobs/{deployment}/{function}/runsync"),
+        ("GET", "/v1/jobs/{job_id}"),
+        ("GET", "/v1/jobs/{job_id}/stream"),
+        ("POST", "/v1/jobs/{job_id}/cancel"),
     ]
 )
 
@@ -352,6 +357,8 @@ def concrete(path: str) -> str:
         .replace("{container_id}", "ct-1")
         .replace("{name}", "svc")
         .replace("{function}", "f")
+        .replace("{deployment}", "svc")
+        .replace("{job_id}", "ca-1")
     )
 
 

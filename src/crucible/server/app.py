@@ -25,6 +25,7 @@ from crucible.server.api import (
     deployments,
     health,
     hosts,
+    jobs,
     market,
     metrics,
 )
@@ -191,6 +192,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         hosts,
         containers,
         billing,
+        jobs,
         market,
         metrics,
     ):

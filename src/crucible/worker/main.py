@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from crucible.errors import Error, FunctionTimeoutError
+from crucible.protocol import json_payload
 from crucible.protocol.common import ErrorInfo, Payload
 from crucible.protocol.containers import (
     ContainerAssignment,
@@ -74,6 +75,16 @@ def run_enter_hooks(module: Any) -> None:
 class _Timeout(BaseException):
     """Raised by the alarm inside user code; a BaseException so `except Exception` in user
     code does not swallow it."""
+
+
+def _json_result(value: Any) -> bytes:
+    try:
+        return json_payload.encode(value)
+    except TypeError:
+        raise TypeError(
+            f"the function returned a {type(value).__name__}, which is not JSON; a call through "
+            "the job API must return JSON (dicts, lists, strings, numbers, booleans, None)"
+        ) from None
 
 
 def _alarm(_signum: int, _frame: FrameType | None) -> None:
@@ -191,9 +202,16 @@ class Worker:
         started = time.perf_counter()
         hooks = stop_hooks_mark()
         try:
-            args, kwargs = deserialize(self._payload_bytes(item.args))
-            value = self._invoke(args, kwargs, item.timeout_s)
-            result = self._to_payload(serialize(value))
+            raw = self._payload_bytes(item.args)
+            if json_payload.is_json(raw):  # a job API call: JSON in, JSON out
+                body = json_payload.decode(raw)
+                args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
+                value = self._invoke(args, kwargs, item.timeout_s)
+                result = self._to_payload(_json_result(value))
+            else:
+                args, kwargs = deserialize(raw)
+                value = self._invoke(args, kwargs, item.timeout_s)
+                result = self._to_payload(serialize(value))
             status, error = "succeeded", None
         except _Timeout:
             status, result = "timed_out", None

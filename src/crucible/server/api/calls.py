@@ -20,18 +20,20 @@ from crucible.protocol.calls import (
 from crucible.protocol.containers import InputAssignment
 from crucible.server.api.deps import Builder, State
 from crucible.server.api.responses import model_response
+from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import request_stop
 from crucible.server.services.deployments import forward_call_target
 from crucible.server.services.timeline import call_timeline
+from crucible.server.state import ServerState
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1", tags=["calls"])
 
 
-def _finished(state: State, who: Builder, call_id: str) -> CallInfo | None:
+def _finished(state: ServerState, who: Principal, call_id: str) -> CallInfo | None:
     with state.engine.connect() as conn:
         info = svc.get_call(conn, who, call_id)
     return info if info.state not in ("queued", "running") else None
@@ -43,6 +45,14 @@ async def create_calls(
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
+    created = await submit_calls(function_id, req, who, state)
+    return model_response(created, 201)  # type: ignore[return-value]
+
+
+async def submit_calls(
+    function_id: str, req: CallsCreate, who: Principal, state: ServerState
+) -> CallsCreated:
+    """What ``POST /functions/{id}/calls`` does (the job API submits through it too)."""
     now = state.clock.now_ms()
     if state.settings.require_credits:
         blocked = state.credit_blocked.get(who.account_id)
@@ -96,7 +106,7 @@ async def create_calls(
             req.wait_s,
             checked=True,  # created just now, without yielding: it cannot have finished
         )
-    return model_response(CallsCreated(call_ids=ids, result=result), 201)  # type: ignore[return-value]
+    return CallsCreated(call_ids=ids, result=result)
 
 
 @router.get("/calls/{call_id}/timeline")
