@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from crucible.agent import seccomp
-from crucible.agent.sandbox import check_bwrap
+from crucible.agent.sandbox import check_bwrap, python_mounts
 from crucible.errors import SandboxUnavailableError
 
 PROBE = r"""
@@ -55,6 +55,9 @@ def test_filter_blocks_namespaces_mount_ptrace_but_not_fork(tmp_path: object) ->
     os.close(w)
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
     cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # A checkout under /tmp (CI's fresh clone may be one) keeps its interpreter visible.
+    for path in python_mounts(sys.executable):
+        cmd += ["--ro-bind", path, path]
     cmd += ["--seccomp", str(r), sys.executable, "-c", PROBE]
     try:
         out = subprocess.run(cmd, pass_fds=(r,), capture_output=True, text=True, check=True)

@@ -60,6 +60,7 @@ __all__ = [
     "ZygoteProcess",
     "bwrap_argv",
     "check_bwrap",
+    "python_mounts",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class SandboxConfig:
         return self.dir / "code"
 
 
-def _python_mounts(python: str) -> list[str]:
+def python_mounts(python: str) -> list[str]:
     """Read-only directories the interpreter and Crucible need, deepest duplicates dropped."""
     candidates = {
         sys.prefix,
@@ -171,7 +172,7 @@ def bwrap_argv(bwrap: str, cfg: SandboxConfig, ctrl_fd: int, seccomp_fd: int) ->
     for p in _ETC + (_ETC_NETWORK if cfg.network else ()):
         if os.path.exists(p):
             a += ["--ro-bind", p, p]
-    for p in _python_mounts(cfg.python):
+    for p in python_mounts(cfg.python):
         a += ["--ro-bind", p, p]
     if cfg.image_root is not None:
         a += ["--ro-bind", str(cfg.image_root), str(cfg.image_root)]
