@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -113,3 +114,11 @@ def too_big() -> int:
 @app.function()
 def secrets_visible() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "TOKEN" in k and "CONTAINER" not in k}
+
+
+@app.function()
+def chatty(n: int) -> int:
+    for i in range(n):
+        print(f"line {i} of {n}")
+    print("a warning", file=sys.stderr)
+    return n

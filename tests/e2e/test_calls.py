@@ -10,6 +10,7 @@ import pytest
 import crucible
 
 import app_basic
+from harness import wait_for
 
 
 def test_remote_map_starmap_spawn(builder) -> None:
@@ -133,3 +134,32 @@ def test_a_calls_timeline_shows_its_phases_and_their_cost(builder) -> None:
     assert w["container_id"] == t["container_id"]
     with pytest.raises(crucible.NotFoundError):
         builder.get("/v1/calls/ca-nope/timeline")
+
+
+def test_what_a_function_prints_is_stored_per_call_and_followed(builder) -> None:
+    with app_basic.app.run(client=builder):
+        first = app_basic.chatty.spawn(3)
+        second = app_basic.chatty.spawn(2)
+        assert first.get(timeout=60) == 3 and second.get(timeout=60) == 2
+        app_id = builder.get(f"/v1/calls/{first.object_id}")["app_id"]
+
+        def lines_of(call_id: str) -> list[tuple[str, str]]:
+            page = builder.get(f"/v1/apps/{app_id}/logs?call_id={call_id}&wait_s=10")
+            return [(x["stream"], x["line"]) for x in page["lines"]]
+
+        wait_for(lambda: len(lines_of(first.object_id)) == 4, 30, "first call's lines")
+        assert lines_of(first.object_id) == [
+            ("stdout", "line 0 of 3"),
+            ("stdout", "line 1 of 3"),
+            ("stdout", "line 2 of 3"),
+            ("stderr", "a warning"),
+        ]
+        wait_for(lambda: len(lines_of(second.object_id)) == 3, 30, "second call's lines")
+        everything = builder.get(f"/v1/apps/{app_id}/logs")
+        assert len(everything["lines"]) == 7
+        # Following: nothing new yet, so the read waits and comes back empty.
+        after = everything["next_after"]
+        empty = builder.get(f"/v1/apps/{app_id}/logs?after={after}&wait_s=0.3")
+        assert empty["lines"] == [] and empty["next_after"] == after
+    with pytest.raises(crucible.NotFoundError):
+        builder.get("/v1/apps/ap-not-mine/logs")

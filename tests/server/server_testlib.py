@@ -341,6 +341,8 @@ V1_ROUTES = sorted(
         ("GET", "/v1/jobs/{job_id}"),
         ("GET", "/v1/jobs/{job_id}/stream"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("POST", "/v1/containers/{container_id}/logs"),
+        ("GET", "/v1/apps/{app_id}/logs"),
     ]
 )
 

@@ -217,7 +217,15 @@ def test_accounts_me_names_the_tokens_account(server: ServerUnderTest, scope: Sc
 
 # What each kind of token may use; every other /v1 route answers it 403 forbidden.
 ALLOWED = {
-    "admin": {r for r in V1_ROUTES if r != ("POST", "/v1/containers/{container_id}/exchange")},
+    "admin": {
+        r
+        for r in V1_ROUTES
+        if r
+        not in {
+            ("POST", "/v1/containers/{container_id}/exchange"),
+            ("POST", "/v1/containers/{container_id}/logs"),
+        }
+    },
     "user": {
         r
         for r in V1_ROUTES
@@ -227,6 +235,7 @@ ALLOWED = {
             ("POST", "/v1/hosts/register"),
             ("POST", "/v1/hosts/{host_id}/sync"),
             ("POST", "/v1/containers/{container_id}/exchange"),
+            ("POST", "/v1/containers/{container_id}/logs"),
         }
     },
     "host": {
@@ -240,6 +249,7 @@ ALLOWED = {
         ("GET", "/v1/blobs/{sha}"),
         ("HEAD", "/v1/blobs/{sha}"),
         ("POST", "/v1/containers/{container_id}/exchange"),
+        ("POST", "/v1/containers/{container_id}/logs"),
     },
 }
 

@@ -1,7 +1,8 @@
-"""Read-only views: `crucible apps`, `calls`, `call`, `hosts`, `bill`; and `crucible token`."""
+"""Views: `crucible apps`, `calls`, `call`, `logs`, `hosts`, `bill`; and `crucible token`."""
 
 from __future__ import annotations
 
+import orjson
 import typer
 
 from crucible.cli._embedded import ensure_running
@@ -9,6 +10,7 @@ from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json,
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallTimeline
 from crucible.protocol.hosts import HostInfo
+from crucible.protocol.logs import LogPage
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
 
@@ -102,6 +104,35 @@ def register(app: typer.Typer) -> None:
                 for p in t.phases
             ],
         )
+
+    @app.command()
+    def logs(
+        app: str = typer.Argument(..., help="An app id, or a deployment's name."),
+        call_id: str = typer.Option(None, "--call", help="Only this call's lines."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+        as_json: bool = JSON,
+    ) -> None:
+        """What an app's functions printed (stdout and stderr), oldest first."""
+        client = _client()
+        app_id = app
+        if not app.startswith("ap-"):
+            app_id = client.get(f"/v1/deployments/{app}")["app_id"] or app
+        after = 0
+        while True:
+            query = f"after={after}" + (f"&call_id={call_id}" if call_id else "")
+            page = LogPage.model_validate(
+                client.get(f"/v1/apps/{app_id}/logs?{query}" + ("&wait_s=20" if follow else ""))
+            )
+            for x in page.lines:
+                if as_json:
+                    typer.echo(orjson.dumps(x.model_dump()).decode())
+                else:
+                    where = x.call_id or x.container_id
+                    stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
+                    typer.echo(f"{fmt_time(x.ts_ms)} {where} {stream} {x.line}")
+            after = page.next_after
+            if not follow and len(page.lines) < 1000:
+                return
 
     @app.command()
     def hosts(as_json: bool = JSON) -> None:

@@ -26,6 +26,7 @@ from crucible.server.api import (
     health,
     hosts,
     jobs,
+    logs,
     market,
     metrics,
 )
@@ -193,6 +194,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         containers,
         billing,
         jobs,
+        logs,
         market,
         metrics,
     ):

@@ -46,6 +46,7 @@ from crucible.protocol.transport import Transport
 from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
+from crucible.worker.logs import LogShipper
 
 __all__ = ["SNAPSHOT_DONE", "Worker", "main", "run_enter_hooks"]
 
@@ -102,6 +103,7 @@ class Worker:
         self.init_error: ErrorInfo | None = None
         self.avg_exec_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.logs: LogShipper | None = None
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -201,6 +203,8 @@ class Worker:
             )
         started = time.perf_counter()
         hooks = stop_hooks_mark()
+        if self.logs is not None:
+            self.logs.call_id = item.call_id
         try:
             raw = self._payload_bytes(item.args)
             if json_payload.is_json(raw):  # a job API call: JSON in, JSON out
@@ -226,6 +230,8 @@ class Worker:
             error = error_info_from_exception(exc)
         # Hooks the function registered while handling this input were for this input.
         drop_stop_hooks_after(hooks)
+        if self.logs is not None:
+            self.logs.call_id = None
         elapsed = time.perf_counter() - started
         self.avg_exec_s = (
             elapsed if self.avg_exec_s is None else 0.8 * self.avg_exec_s + 0.2 * elapsed
@@ -308,6 +314,8 @@ def main() -> int:
         unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
     )
     worker = Worker(assignment, transport, cache)
+    worker.logs = LogShipper(transport, assignment.container_id)
+    worker.logs.install()
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
         if not worker.stopping:
@@ -317,6 +325,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, _alarm)
     _watch_parent()
-    worker.load()
-    worker.serve()
+    try:
+        worker.load()
+        worker.serve()
+    finally:
+        worker.logs.close()
     return 0

@@ -35,6 +35,7 @@ __all__ = [
     "hosts",
     "ledger_entries",
     "ledger_postings",
+    "log_lines",
     "metadata",
     "meter_intervals",
     "reservations",
@@ -196,6 +197,23 @@ deployments = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "name"),
+)
+
+# What functions print (stdout and stderr), line by line, as their workers send it.
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", String(32), nullable=False),
+    Column("app_id", String(32), nullable=False),
+    Column("function_id", String(32), nullable=False),
+    Column("container_id", String(32), nullable=False),
+    Column("call_id", String(32)),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("line", Text, nullable=False),
+    Index("ix_log_lines_app", "app_id", "id"),
+    Index("ix_log_lines_call", "call_id", "id"),
 )
 
 # A host's asking terms per device type (a GPU model, or "cpu"), micro-dollars per unit-hour.

@@ -1,4 +1,4 @@
-"""deployments: named, versioned apps that outlive their client; functions.warm
+"""deployments: named, versioned apps that outlive their client; functions.warm; log lines
 
 Revision ID: 0005
 Revises: 0004
@@ -35,9 +35,25 @@ def upgrade() -> None:
         b.create_index("ix_apps_deployment_id", ["deployment_id"])
     with op.batch_alter_table("functions") as b:
         b.add_column(sa.Column("warm", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.create_table(
+        "log_lines",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True),
+        sa.Column("account_id", sa.String(32), nullable=False),
+        sa.Column("app_id", sa.String(32), nullable=False),
+        sa.Column("function_id", sa.String(32), nullable=False),
+        sa.Column("container_id", sa.String(32), nullable=False),
+        sa.Column("call_id", sa.String(32)),
+        sa.Column("ts_ms", sa.BigInteger(), nullable=False),
+        sa.Column("stream", sa.String(8), nullable=False),
+        sa.Column("line", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_log_lines"),
+    )
+    op.create_index("ix_log_lines_app", "log_lines", ["app_id", "id"])
+    op.create_index("ix_log_lines_call", "log_lines", ["call_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_table("log_lines")
     with op.batch_alter_table("functions") as b:
         b.drop_column("warm")
     with op.batch_alter_table("apps") as b:

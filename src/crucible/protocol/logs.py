@@ -1,0 +1,31 @@
+"""Logs: what functions print, as their workers send it and as builders read it."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from crucible.protocol.common import Wire
+
+__all__ = ["LogBatch", "LogLine", "LogPage", "LogSent"]
+
+
+class LogSent(Wire):
+    ts_ms: int = Field(ge=0)
+    stream: str = Field(pattern=r"^(stdout|stderr)$")
+    call_id: str | None = Field(default=None, max_length=32)
+    line: str = Field(max_length=8192)
+
+
+class LogBatch(Wire):
+    lines: list[LogSent] = Field(max_length=1000)
+
+
+class LogLine(LogSent):
+    id: int  # increasing: read on from the last one seen
+    container_id: str
+    function_id: str
+
+
+class LogPage(Wire):
+    lines: list[LogLine]
+    next_after: int  # pass as ``after`` to read on (``--follow``)

@@ -1,0 +1,97 @@
+"""Logs: lines a container's worker sends (what the function printed), stored per app,
+container and call, read back by the app's owner."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert, select
+
+from crucible.errors import NotFoundError
+from crucible.protocol.logs import LogBatch, LogLine, LogPage
+from crucible.server.auth import Principal
+from crucible.server.services.apps import get_app
+from crucible.server.store.tables import calls, containers, functions, log_lines
+
+__all__ = ["read_logs", "write_logs"]
+
+
+def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | None:
+    """Store a container's lines; returns its app id (to wake followers), None if unknown.
+    A call id must be one of this container's account's calls, or it is dropped."""
+    row = conn.execute(
+        select(containers.c.account_id, containers.c.function_id, functions.c.app_id)
+        .join(functions, functions.c.id == containers.c.function_id)
+        .where(containers.c.id == container_id)
+    ).first()
+    if row is None or not batch.lines:
+        return None
+    call_ids = {x.call_id for x in batch.lines if x.call_id}
+    known = (
+        set(
+            conn.execute(
+                select(calls.c.id).where(
+                    calls.c.id.in_(call_ids), calls.c.account_id == row.account_id
+                )
+            ).scalars()
+        )
+        if call_ids
+        else set()
+    )
+    conn.execute(
+        insert(log_lines),
+        [
+            {
+                "account_id": row.account_id,
+                "app_id": row.app_id,
+                "function_id": row.function_id,
+                "container_id": container_id,
+                "call_id": x.call_id if x.call_id in known else None,
+                "ts_ms": x.ts_ms,
+                "stream": x.stream,
+                "line": x.line,
+            }
+            for x in batch.lines
+        ],
+    )
+    return str(row.app_id)
+
+
+def read_logs(
+    conn: Connection,
+    principal: Principal,
+    app_id: str,
+    *,
+    call_id: str | None = None,
+    after: int = 0,
+    limit: int = 1000,
+) -> LogPage:
+    get_app(conn, principal, app_id)  # NotFound for another account's app
+    q = (
+        select(log_lines)
+        .where(log_lines.c.app_id == app_id, log_lines.c.id > after)
+        .order_by(log_lines.c.id)
+        .limit(limit)
+    )
+    if call_id is not None:
+        found = conn.execute(
+            select(calls.c.id).where(
+                calls.c.id == call_id,
+                calls.c.app_id == app_id,
+                calls.c.account_id == principal.account_id,
+            )
+        ).first()
+        if found is None:
+            raise NotFoundError(f"call {call_id} not found in app {app_id}")
+        q = q.where(log_lines.c.call_id == call_id)
+    lines = [
+        LogLine(
+            id=r.id,
+            ts_ms=r.ts_ms,
+            stream=r.stream,
+            call_id=r.call_id,
+            line=r.line,
+            container_id=r.container_id,
+            function_id=r.function_id,
+        )
+        for r in conn.execute(q)
+    ]
+    return LogPage(lines=lines, next_after=lines[-1].id if lines else after)
