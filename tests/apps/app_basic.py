@@ -122,3 +122,20 @@ def chatty(n: int) -> int:
         print(f"line {i} of {n}")
     print("a warning", file=sys.stderr)
     return n
+
+
+@app.function(max_containers=1, timeout=60)
+@crucible.concurrent(max_inputs=6)
+def overlap(seconds: float) -> tuple[float, float, str]:
+    """With several inputs at once in one container, their runs overlap."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time(), os.environ["CRUCIBLE_CONTAINER_ID"]
+
+
+@app.function(max_containers=1, timeout=60)
+@crucible.concurrent(max_inputs=6)
+async def overlap_async(seconds: float) -> tuple[float, float, str]:
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return start, time.time(), os.environ["CRUCIBLE_CONTAINER_ID"]

@@ -163,3 +163,21 @@ def test_what_a_function_prints_is_stored_per_call_and_followed(builder) -> None
         assert empty["lines"] == [] and empty["next_after"] == after
     with pytest.raises(crucible.NotFoundError):
         builder.get("/v1/apps/ap-not-mine/logs")
+
+
+@pytest.mark.parametrize("fn", ["overlap", "overlap_async"])
+def test_concurrent_inputs_share_one_container(builder, fn: str) -> None:
+    with app_basic.app.run(client=builder):
+        runs = list(getattr(app_basic, fn).map([1.5] * 6))
+    assert len({container for _, _, container in runs}) == 1  # max_containers=1
+    # All six were in the container at the same moment: the latest start came before the
+    # earliest end.
+    assert max(start for start, _, _ in runs) < min(end for _, end, _ in runs)
+
+
+def test_concurrent_goes_below_app_function() -> None:
+    with pytest.raises(crucible.InvalidRequestError, match=r"below @app\.function"):
+        crucible.concurrent(max_inputs=4)(app_basic.square)  # on top of @app.function
+
+    with pytest.raises(crucible.InvalidRequestError, match="target_inputs=9 is above"):
+        crucible.concurrent(max_inputs=4, target_inputs=9)

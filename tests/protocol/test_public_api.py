@@ -32,6 +32,7 @@ PUBLIC = [
     "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "concurrent",
     "enter",
     "on_stop",
 ]

@@ -65,6 +65,10 @@ class FunctionCreate(Named):
     timeout_s: float = Field(default=300.0, gt=0, le=7 * 86400)
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     max_containers: int | None = Field(default=None, ge=1, le=100_000)
+    # Inputs one container handles at once (@crucible.concurrent), and how many the
+    # autoscaler aims for per container (default: max_inputs).
+    max_inputs: int = Field(default=1, ge=1, le=1000)
+    target_inputs: int | None = Field(default=None, ge=1, le=1000)
     # Kept warm even with no work (billed while they run).
     min_containers: int = Field(default=0, ge=0, le=100_000)
     # Idle containers kept on top of what the load needs, for bursts.
@@ -79,6 +83,10 @@ class FunctionCreate(Named):
 
     @model_validator(mode="after")
     def _scaling_bounds(self) -> FunctionCreate:
+        if self.target_inputs is not None and self.target_inputs > self.max_inputs:
+            raise ValueError(
+                f"target_inputs={self.target_inputs} is above max_inputs={self.max_inputs}"
+            )
         if self.max_containers is not None and self.min_containers > self.max_containers:
             raise ValueError(
                 f"min_containers={self.min_containers} is above "

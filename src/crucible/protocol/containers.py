@@ -27,6 +27,7 @@ class ContainerAssignment(Wire):
     resources: Resources
     gpu_indices: list[int] = Field(default_factory=list)
     is_async: bool = False
+    max_inputs: int = Field(default=1, ge=1, le=1000)  # inputs it runs at once
     # Signed per-container token; it can only exchange this container's inputs and read its
     # account's blobs. The agent passes it to the worker and to nobody else.
     token: str

@@ -16,6 +16,7 @@ from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
+from crucible.sdk._concurrency import CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
@@ -185,6 +186,8 @@ class App:
                 "image": image,
                 "network": network,
             }
+            max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
+            options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
             fn = Function(self, f, options)
             self.functions[fname] = fn
             return fn
@@ -281,6 +284,8 @@ class App:
                     retries=fn.options["retries"],
                     max_containers=fn.options["max_containers"],
                     scaledown_window_s=fn.options["scaledown_window_s"],
+                    max_inputs=fn.options.get("max_inputs", 1),
+                    target_inputs=fn.options.get("target_inputs"),
                     min_containers=fn.options["min_containers"],
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],

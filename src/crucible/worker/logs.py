@@ -72,11 +72,21 @@ class LogShipper:
         self._lock = threading.Lock()
         self._lines: list[dict[str, Any]] = []
         self._dropped = 0
-        self.call_id: str | None = None  # the call being handled, set by the worker
+        self._local = threading.local()  # the call each thread is handling
         self._tees: list[_Tee] = []
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+
+    @property
+    def call_id(self) -> str | None:
+        """The call the current thread is handling (set by the worker)."""
+        value: str | None = getattr(self._local, "call_id", None)
+        return value
+
+    @call_id.setter
+    def call_id(self, value: str | None) -> None:
+        self._local.call_id = value
 
     def install(self) -> None:
         """Tee sys.stdout and sys.stderr, and start the sender."""

@@ -29,6 +29,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -102,7 +103,7 @@ class Worker:
         self.fn: Callable[..., Any] | None = None
         self.init_error: ErrorInfo | None = None
         self.avg_exec_s: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._local = threading.local()
         self.logs: LogShipper | None = None
 
     # -- loading ------------------------------------------------------------------------------
@@ -183,13 +184,18 @@ class Worker:
     def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float) -> Any:
         assert self.fn is not None
         if self.assignment.is_async:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
+            loop = getattr(self._local, "loop", None)
+            if loop is None:  # one event loop per thread (several with @concurrent)
+                loop = self._local.loop = asyncio.new_event_loop()
             coro = asyncio.wait_for(self.fn(*args, **kwargs), timeout=timeout_s)
             try:
-                return self._loop.run_until_complete(coro)
+                return loop.run_until_complete(coro)
             except TimeoutError:
                 raise _Timeout() from None
+        if threading.current_thread() is not threading.main_thread():
+            # Concurrent inputs run in threads, where no alarm can reach: the control plane's
+            # backstop enforces their timeout.
+            return self.fn(*args, **kwargs)
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
             return self.fn(*args, **kwargs)
@@ -202,6 +208,7 @@ class Worker:
                 call_id=item.call_id, attempt=item.attempt, status="failed", error=self.init_error
             )
         started = time.perf_counter()
+        concurrent = self.assignment.max_inputs > 1
         hooks = stop_hooks_mark()
         if self.logs is not None:
             self.logs.call_id = item.call_id
@@ -228,8 +235,10 @@ class Worker:
                 raise
             status, result = "failed", None
             error = error_info_from_exception(exc)
-        # Hooks the function registered while handling this input were for this input.
-        drop_stop_hooks_after(hooks)
+        # Hooks the function registered while handling this input were for this input (with
+        # several inputs at once there is no telling whose a hook is: they stay).
+        if not concurrent:
+            drop_stop_hooks_after(hooks)
         if self.logs is not None:
             self.logs.call_id = None
         elapsed = time.perf_counter() - started
@@ -253,6 +262,46 @@ class Worker:
             return 1 if self.init_error is None else _MAX_WANT
         return max(1, min(_MAX_WANT, int(_TARGET_BATCH_S / max(self.avg_exec_s, 1e-6))))
 
+    def serve_concurrent(self, limit: int) -> None:
+        """Run up to ``limit`` inputs at once: the main thread asks for as many inputs as
+        there are free slots, a pool runs them, a reporter sends each output when it is
+        done."""
+        reporter = _Reporter(self)
+        free = threading.Semaphore(limit)
+        in_flight = 0
+        lock = threading.Lock()
+        done = threading.Condition(lock)
+
+        def run(item: InputAssignment) -> None:
+            nonlocal in_flight
+            try:
+                reporter.put(self.run_input(item))
+            finally:
+                with lock:
+                    in_flight -= 1
+                    done.notify_all()
+                free.release()
+
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="crucible-input") as pool:
+            while not (self.stopping or reporter.stop_asked):
+                free.acquire()  # at least one slot
+                slots = 1
+                while slots < limit and free.acquire(blocking=False):
+                    slots += 1
+                reply = self.exchange([], slots, _WAIT_S)
+                for _ in range(slots - len(reply.inputs)):
+                    free.release()
+                with lock:
+                    in_flight += len(reply.inputs)
+                for item in reply.inputs:
+                    pool.submit(run, item)
+                if reply.stop:
+                    break
+            with lock:  # finish what is in hand
+                while in_flight:
+                    done.wait()
+        reporter.close()
+
     def exchange(self, outputs: list[OutputItem], want: int, wait_s: float) -> ExchangeReply:
         body = {
             "outputs": [o.model_dump(mode="json", exclude_none=True) for o in outputs],
@@ -265,6 +314,9 @@ class Worker:
         return ExchangeReply.model_validate(data)
 
     def serve(self) -> None:
+        if self.assignment.max_inputs > 1 and self.init_error is None:
+            self.serve_concurrent(self.assignment.max_inputs)
+            return
         outputs: list[OutputItem] = []
         while True:
             want = self._want()
@@ -278,6 +330,43 @@ class Worker:
                 if outputs:
                     self.exchange(outputs, 0, 0.0)
                 return
+
+
+class _Reporter:
+    """Sends finished outputs as soon as they finish, from its own thread, while the main
+    thread long-polls for new inputs (two requests of one container may be in flight)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._cond = threading.Condition()
+        self._pending: list[OutputItem] = []
+        self._closed = False
+        self.stop_asked = False
+        self._thread = threading.Thread(target=self._run, name="crucible-outputs", daemon=True)
+        self._thread.start()
+
+    def put(self, output: OutputItem) -> None:
+        with self._cond:
+            self._pending.append(output)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                batch, self._pending = self._pending, []
+            reply = self.worker.exchange(batch, 0, 0.0)
+            if reply.stop:
+                self.stop_asked = True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 def _watch_parent() -> None:

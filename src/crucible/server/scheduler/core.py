@@ -94,6 +94,7 @@ class FunctionDemand:
     start_ms: float = 0.0  # measured time for a container to become ready
     # Crash-loop backoff: no new container before this time (see loop._crash_loops).
     start_not_before_ms: int = 0
+    inputs_per_container: int = 1  # @crucible.concurrent's target
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def desired_containers(fn: FunctionDemand, now_ms: int, policy: Policy) -> Scale
             max_containers=fn.max_containers,
             buffer_containers=fn.buffer_containers,
             target_drain_ms=policy.target_drain_ms,
+            inputs_per_container=fn.inputs_per_container,
         ),
         Load(
             queued=fn.queued,

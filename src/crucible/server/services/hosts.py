@@ -310,6 +310,7 @@ def assignments_for_host(
                 resources=Resources(cpu=r.cpu, memory_mib=r.memory_mib, gpus=gpus),
                 gpu_indices=list(r.gpu_indices or []),
                 is_async=bool(r.spec.get("is_async", False)),
+                max_inputs=int(r.spec.get("max_inputs", 1)),
                 token=container_token(secret, r.id),
                 image=r.spec.get("image"),
                 network=bool(r.spec.get("network", False)),
