@@ -35,3 +35,14 @@ mem_app = crucible.App("bench-memory")
 @mem_app.function()
 def mem_noop() -> None:
     return None
+
+
+# Scale-up: a burst of slow calls on a function allowed this many containers.
+burst_app = crucible.App("bench-burst")
+
+
+@burst_app.function(max_containers=8, cpu=0.1, memory=128)
+def burst_sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)

@@ -117,9 +117,12 @@ class Settings:
         "crashes, new containers wait 1 s, 2 s, 4 s ... up to 60 s).",
     )
     meter_interval_s: float = _opt(
-        10.0,
+        30.0,
         "CRUCIBLE_METER_INTERVAL_S",
-        "Running containers are metered in closed intervals of at most this length.",
+        "Running containers are metered (and charged in the ledger) in closed intervals of at "
+        "most this length; costs are exact to the millisecond whatever it is. Shorter: "
+        "balances and credit enforcement follow usage more closely, at a ledger entry per "
+        "running container per interval.",
     )
     # -- market and ledger ------------------------------------------------------------------
     price_cpu_core_hour_usd: float = _opt(

@@ -74,7 +74,7 @@ def get_earnings(
 def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInfo]:
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
-        orders.fresh(conn, state.market, state.settings, now)
+        orders.fresh(conn, state.market, now)
     return orders.book(state.market, gpu, now)
 
 
@@ -82,7 +82,7 @@ def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInf
 def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
-        orders.fresh(conn, state.market, state.settings, now)
+        orders.fresh(conn, state.market, now)
     return orders.quote(state.market, who, req, now)
 
 

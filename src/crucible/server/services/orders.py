@@ -59,10 +59,15 @@ def _model_and_count(gpu: str) -> tuple[str, int]:
     return req.model, req.count
 
 
-def fresh(conn: Connection, live: LiveMarket, settings: Settings, now_ms: int) -> None:
+# The scheduler syncs the market on every tick; API reads sync it themselves only when no
+# tick did for this long (no scheduler in this process, or one stuck on a long tick).
+_FRESH_MS = 10_000
+
+
+def fresh(conn: Connection, live: LiveMarket, now_ms: int) -> None:
     """Make sure the market reflects the store (the scheduler normally keeps it so)."""
     with live.lock:
-        live.sync_if_stale(conn, now_ms, int(settings.scheduler_interval_s * 4000))
+        live.sync_if_stale(conn, now_ms, _FRESH_MS)
 
 
 def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int) -> QuoteInfo:
@@ -179,7 +184,7 @@ def reserve(
         raise InvalidRequestError("the reservation's window has already ended; start it later")
     keys: list[str] = []
     with live.lock:
-        live.sync_if_stale(conn, now_ms, int(settings.scheduler_interval_s * 4000))
+        live.sync_if_stale(conn, now_ms, _FRESH_MS)
         now = max(now_ms, live.market.now_ms)
         # Due window events first (decisions need them processed); act on them here, since
         # advancing takes them off the market's queue.
