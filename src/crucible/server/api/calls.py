@@ -24,7 +24,7 @@ from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
-from crucible.server.services.containers import request_stop
+from crucible.server.services.containers import cancel_call as cancel_and_stop
 from crucible.server.services.deployments import forward_call_target
 from crucible.server.services.timeline import call_timeline
 from crucible.server.state import ServerState
@@ -138,9 +138,7 @@ async def get_call(
 @router.post("/calls/{call_id}/cancel")
 async def cancel_call(call_id: str, who: Builder, state: State) -> CallInfo:
     with state.engine.begin() as conn:
-        info, keys, container = svc.cancel_call(conn, who, call_id, state.clock.now_ms())
-        if container is not None:
-            keys += request_stop(conn, container)
+        info, keys = cancel_and_stop(conn, who, call_id, state.clock.now_ms())
     state.wakeups.notify_many(keys)
     return info
 

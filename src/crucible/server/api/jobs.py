@@ -26,7 +26,7 @@ from crucible.server.api.calls import submit_calls
 from crucible.server.api.deps import Builder, State
 from crucible.server.auth import Principal
 from crucible.server.services import calls as calls_svc
-from crucible.server.services.containers import request_stop
+from crucible.server.services.containers import cancel_call as cancel_and_stop
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.wakeups import long_poll
@@ -172,8 +172,6 @@ async def stream(job_id: str, who: Builder, state: State) -> StreamingResponse:
 @router.post("/{job_id}/cancel")
 async def cancel(job_id: str, who: Builder, state: State) -> JobStatus:
     with state.engine.begin() as conn:
-        info, keys, container = calls_svc.cancel_call(conn, who, job_id, state.clock.now_ms())
-        if container is not None:
-            keys += request_stop(conn, container)
+        info, keys = cancel_and_stop(conn, who, job_id, state.clock.now_ms())
     state.wakeups.notify_many(keys)
     return _status(state, info)

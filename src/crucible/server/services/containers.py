@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from crucible.errors import NotFoundError
+from crucible.protocol.calls import CallInfo
 from crucible.protocol.containers import ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
+from crucible.server.auth import Principal
 from crucible.server.billing.ledger import format_usd
 from crucible.server.market import Advanced, Offer, Preemption
 from crucible.server.scheduler.core import LeaseTerms, StartContainer
+from crucible.server.services import calls as calls_svc
 from crucible.server.services.calls import (
     claim_inputs,
     record_outputs,
@@ -24,6 +27,7 @@ from crucible.server.store.tables import containers, functions
 
 __all__ = [
     "ContainerFacts",
+    "cancel_call",
     "carry_out_advance",
     "carry_out_preemptions",
     "create_containers",
@@ -177,6 +181,17 @@ def carry_out_advance(conn: Connection, advanced: Advanced, now_ms: int) -> list
     for lease in advanced.expired:
         keys += stop_for_market(conn, lease.lease_id, now_ms, "expired", None)
     return keys
+
+
+def cancel_call(
+    conn: Connection, principal: Principal, call_id: str, now_ms: int
+) -> tuple[CallInfo, list[str]]:
+    """Cancel a call; a running one's container is stopped (a Python function cannot be
+    interrupted from outside). Returns its info and the wake-up keys."""
+    info, keys, container = calls_svc.cancel_call(conn, principal, call_id, now_ms)
+    if container is not None:
+        keys += request_stop(conn, container)
+    return info, keys
 
 
 def request_stop(conn: Connection, container_id: str) -> list[str]:

@@ -22,7 +22,7 @@ from crucible.protocol.market import (
 from crucible.server.auth import Principal
 from crucible.server.billing.ledger import MS_PER_DAY, PLATFORM_FEES
 from crucible.server.market import CPU
-from crucible.server.services.market import default_offer, host_reliability_ppm
+from crucible.server.services.market import default_offer, host_reliability_ppm, offer_of_row
 from crucible.server.store.tables import (
     containers,
     host_offers,
@@ -104,33 +104,19 @@ def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMark
     offers = []
     for t in _device_types(row):
         r = priced.get(t)
-        if r is not None:
-            offers.append(
-                OfferInfo(
-                    device_type=t,
-                    on_demand_micros=r.on_demand,
-                    interruptible_min_micros=r.interruptible_min,
-                    reserved_micros=r.reserved,
-                    memory_on_demand_micros=r.memory_on_demand,
-                    memory_interruptible_micros=r.memory_interruptible,
-                    memory_reserved_micros=r.memory_reserved,
-                    priced=True,
-                )
+        offer = offer_of_row(r) if r is not None else default_offer(t, settings)
+        offers.append(
+            OfferInfo(
+                device_type=t,
+                on_demand_micros=offer.on_demand,
+                interruptible_min_micros=offer.interruptible_min,
+                reserved_micros=offer.reserved,
+                memory_on_demand_micros=offer.memory_on_demand,
+                memory_interruptible_micros=offer.memory_interruptible,
+                memory_reserved_micros=offer.memory_reserved,
+                priced=r is not None,
             )
-        else:
-            d = default_offer(t, settings)
-            offers.append(
-                OfferInfo(
-                    device_type=t,
-                    on_demand_micros=d.on_demand,
-                    interruptible_min_micros=d.interruptible_min,
-                    reserved_micros=d.reserved,
-                    memory_on_demand_micros=d.memory_on_demand,
-                    memory_interruptible_micros=d.memory_interruptible,
-                    memory_reserved_micros=d.memory_reserved,
-                    priced=False,
-                )
-            )
+        )
     rel = host_reliability_ppm(
         row.leases_ended, row.leases_faulted, settings.reliability_prior_leases
     )
