@@ -117,7 +117,9 @@ class SchedulerLoop:
                 await asyncio.sleep(_MIN_TICK_GAP_S - since)
             last_tick = loop.time()
             try:
-                keys = self.tick()
+                # In a worker thread: a tick over a large fleet takes long enough that running
+                # it on the event loop would stall every request meanwhile.
+                keys = await asyncio.to_thread(self.tick)
                 self.state.wakeups.notify_many(set(keys))
             except Exception:
                 # The loop must outlive one bad tick (e.g. the database briefly away).
@@ -224,8 +226,7 @@ class SchedulerLoop:
                 keys += fail_queued_calls(
                     conn, r.function_id, InsufficientCreditError.code, status.reason, now
                 )
-        st.credit_blocked.clear()
-        st.credit_blocked.update(blocked)
+        st.credit_blocked = blocked  # one assignment: readers see the old or the new set
         return keys
 
     def _refused(
