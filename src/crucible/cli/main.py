@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from crucible.cli import resources, run, serve, up
+from crucible.cli import resources, run, serve, sim, up
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -23,6 +23,7 @@ up.register(app)
 serve.register(app)
 run.register(app)
 resources.register(app)
+sim.register(app)
 
 
 @app.command()
