@@ -26,7 +26,13 @@ from crucible.sim.metrics import Recorder
 from crucible.sim.placement_driver import PlacementDriver
 from crucible.sim.scenario import Scenario, ScenarioError, check_policy
 from crucible.sim.trace import TracePod, load_nodes, load_pods, workload_classes
-from crucible.sim.workload import MS_PER_HOUR, ClassSource, JobSource, TraceSource
+from crucible.sim.workload import (
+    MS_PER_HOUR,
+    ClassSource,
+    InflateSource,
+    JobSource,
+    TraceSource,
+)
 
 __all__ = ["PodLoader", "SimResult", "run"]
 
@@ -81,7 +87,10 @@ def run(
                 f"{s.source}: workload: no openb_pod_list_{s.trace.pods}.csv in {where}; "
                 "put the trace there or set workload.trace_dir"
             ) from None
-        sources.append(TraceSource(pods, copies if s.trace.scale_with_fleet else 1, end_ms))
+        if s.trace.replay == "inflate":
+            sources.append(InflateSource(pods, fleet_gpus, s.trace.inflate_to, seed))
+        else:
+            sources.append(TraceSource(pods, copies if s.trace.scale_with_fleet else 1, end_ms))
         fgd_classes = workload_classes([p.request for p in pods], max_classes=12)
     else:
         if end_ms is None:
@@ -114,6 +123,7 @@ def run(
         kw: dict[str, Any] = {"workload": fgd_classes} if policy == "fgd" else {}
         cluster = Cluster.from_nodes(to_nodes(hosts), make_policy(policy, **kw))
         driver = PlacementDriver(cluster, rec, q)
+        driver.classes = fgd_classes
     else:
         market = Market(MarketRules(grace_ms=round(s.grace_seconds * 1000)))
         add_to_market(market, hosts)

@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from crucible.server.scheduler.placement import FULL, Cluster, Placement
+from crucible.server.scheduler.placement import (
+    FULL,
+    Cluster,
+    Placement,
+    Request,
+    node_fragmentation,
+)
 from crucible.sim.events import EventQueue, Finish
 from crucible.sim.metrics import Recorder
 from crucible.sim.workload import Job
@@ -36,6 +42,10 @@ class PlacementDriver:
             "attempts_refused": 0,
         }
         self.peak_utilisation = 0.0
+        self.capacity_milli = max(1, sum(len(g) for g in cluster.gpu_free) * FULL)
+        self.arrived_milli = 0
+        self.alloc_at_full: float | None = None
+        self.classes: tuple[tuple[Request, float], ...] = ()
 
     @property
     def queued(self) -> int:
@@ -60,12 +70,18 @@ class PlacementDriver:
         self.rec.started(now, job.arrival_ms)
         self.rec.add_busy(now, self._gpus(job))
         self.peak_utilisation = max(self.peak_utilisation, self.rec.busy / self.rec.capacity_gpus)
-        end = job.deadline_ms if job.fixed_end else now + job.remaining_ms
-        self.q.push(max(end, now), Finish(job, job.epoch))
+        if not job.forever:
+            end = job.deadline_ms if job.fixed_end else now + job.remaining_ms
+            self.q.push(max(end, now), Finish(job, job.epoch))
         return True
 
     def arrive(self, job: Job, now: int) -> None:
         self.counts["arrived"] += 1
+        self.arrived_milli += job.request.gpu_demand_milli * job.nodes
+        if self.alloc_at_full is None and self.arrived_milli >= self.capacity_milli:
+            # FGD's comparison point: GPUs allocated when the demand that arrived equals the
+            # fleet's GPUs (before this arrival is placed)
+            self.alloc_at_full = self.cluster.gpu_allocated_milli() / self.capacity_milli
         if not self._try(job, now):
             if job.deadline_ms <= now:
                 self.counts["gave_up"] += 1
@@ -101,13 +117,35 @@ class PlacementDriver:
             self.counts["gave_up"] += len(self.waiting) - len(left)
             self.waiting = left
 
+    def fragmentation(self) -> tuple[float, float]:
+        """FGD's fleet fragmentation now, for ``classes``: (fragmented GPUs, free GPUs)."""
+        c = self.cluster
+        frag = 0.0
+        memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
+        for i, n in enumerate(c.nodes):
+            if not n.gpu_count:
+                continue
+            key = (c.free_cpu[i], c.free_mem[i], tuple(c.gpu_free[i]), n.gpu_model)
+            v = memo.get(key)
+            if v is None:
+                v = memo[key] = node_fragmentation(*key, self.classes)
+            frag += v
+        free = sum(sum(g) for g in c.gpu_free)
+        return frag / FULL, free / FULL
+
     def summary(self) -> dict[str, Any]:
         c = self.cluster
-        total = sum(len(g) for g in c.gpu_free) * FULL
+        frag, free = self.fragmentation()
         return {
             **self.counts,
             "still_running": len(self.running),
             "still_waiting": len(self.waiting),
+            "arrived_gpu_demand_over_capacity": round(self.arrived_milli / self.capacity_milli, 4),
+            "gpu_allocation_when_arrived_equals_capacity": None
+            if self.alloc_at_full is None
+            else round(self.alloc_at_full, 4),
             "peak_gpu_allocation": round(self.peak_utilisation, 4),
-            "gpu_allocation_at_end": round(c.gpu_allocated_milli() / total, 4) if total else 0.0,
+            "gpu_allocation_at_end": round(c.gpu_allocated_milli() / self.capacity_milli, 4),
+            "fragmented_gpus_at_end": round(frag, 1),
+            "fragmentation_of_free_at_end": round(frag / free, 4) if free else 0.0,
         }

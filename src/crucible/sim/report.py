@@ -69,7 +69,9 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
         ) from None
     s = result.series
     t = s["t_hours"]
-    title = f"{result.summary['scenario']} ({result.summary['policy']}, seed {result.summary['seed']})"
+    title = (
+        f"{result.summary['scenario']} ({result.summary['policy']}, seed {result.summary['seed']})"
+    )
     written: list[Path] = []
     for name, heading, lines in _PLOTS:
         present = [(k, label) for k, label in lines if any(v is not None for v in s[k])]

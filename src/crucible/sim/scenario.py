@@ -100,13 +100,16 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class TraceWorkload:
-    """The openb pod list ``openb_pod_list_<pods>.csv`` replayed as recorded (arrival at its
-    creation time, departure at its deletion time); copied once per fleet replica when
-    ``scale_with_fleet``."""
+    """The openb pod list ``openb_pod_list_<pods>.csv``: replayed as recorded (arrival at its
+    creation time, departure at its deletion time; copied once per fleet replica when
+    ``scale_with_fleet``), or with ``replay = "inflate"`` sampled FGD's way (see
+    :class:`~crucible.sim.workload.InflateSource`)."""
 
     pods: str = "default"
     trace_dir: str = ""
     scale_with_fleet: bool = True
+    replay: str = "recorded"  # or "inflate": FGD's arrivals-only experiment
+    inflate_to: float = 1.3  # inflate: stop once the demand that arrived is this x the GPUs
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,11 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
             pods=w.get("pods", str, "default"),
             trace_dir=w.get("trace_dir", str, ""),
             scale_with_fleet=w.get("scale_with_fleet", bool, True),
+            replay=w.get("replay", str, "recorded"),
+            inflate_to=w.number("inflate_to", 1.3, 0.01, 100.0),
         )
+        if trace.replay not in ("recorded", "inflate"):
+            raise w.fail("replay", f"must be 'recorded' or 'inflate', not {trace.replay!r}")
         classes: tuple[ClassSpec, ...] = ()
     elif wsrc == "classes":
         raw = w.get("classes", list)

@@ -8,6 +8,10 @@ Sources are lazy (one pending job each), so a week at 100,000 GPUs never holds i
 workload in memory:
 
 * :class:`ClassSource`: Poisson arrivals of one synthetic class, seeded per class;
+* :class:`InflateSource`: FGD's experiment (Weng et al., ATC 2023): pods drawn at random
+  (with replacement, seeded) from the trace, one per virtual second, that never leave and
+  give up at once if they do not fit, until the GPUs they asked for reach ``target`` times
+  the fleet's;
 * :class:`TraceSource`: the openb pod list as recorded (arrival at ``creation_time``,
   departure at ``deletion_time``; a pod not started by its deletion time gives up), each pod
   ``copies`` times when the fleet is the node list replicated.
@@ -24,7 +28,14 @@ from crucible.server.scheduler.placement import FULL, Request
 from crucible.sim.scenario import ClassSpec
 from crucible.sim.trace import TracePod
 
-__all__ = ["ClassSource", "Job", "JobSource", "TraceSource", "arrival_rate_per_ms"]
+__all__ = [
+    "ClassSource",
+    "InflateSource",
+    "Job",
+    "JobSource",
+    "TraceSource",
+    "arrival_rate_per_ms",
+]
 
 MS_PER_HOUR = 3_600_000
 
@@ -49,6 +60,7 @@ class Job:
     attempts: int = 0
     epoch: int = 0  # bumped when a run is cut short, so its pending finish is ignored
     fixed_end: bool = False  # ends at ``deadline_ms`` however late it started (trace pods)
+    forever: bool = False  # never ends (the inflation experiment: arrivals only)
 
     def __post_init__(self) -> None:
         self.remaining_ms = self.duration_ms
@@ -170,4 +182,36 @@ class TraceSource(JobSource):
             gpus=pod.request.num_gpu,
             models=tuple(sorted(pod.request.models)),
             fixed_end=True,
+        )
+
+
+class InflateSource(JobSource):
+    """Random trace pods, one per second, until their GPU demand reaches ``target`` x the
+    fleet's GPUs (see the module docstring)."""
+
+    def __init__(self, pods: Sequence[TracePod], fleet_gpus: int, target: float, seed: int) -> None:
+        self.pods = list(pods)
+        self.rng = random.Random(f"inflate:{seed}")
+        self.goal_milli = target * fleet_gpus * FULL
+        self.arrived_milli = 0
+        self.t = 0
+
+    def peek(self) -> int | None:
+        return self.t if self.pods and self.arrived_milli < self.goal_milli else None
+
+    def pop(self, next_id: int) -> Job:
+        pod = self.rng.choice(self.pods)
+        self.arrived_milli += pod.request.gpu_demand_milli
+        at = self.t
+        self.t += 1000
+        return Job(
+            id=next_id,
+            cls="openb",
+            arrival_ms=at,
+            duration_ms=0,
+            deadline_ms=at,
+            request=pod.request,
+            gpus=pod.request.num_gpu,
+            models=tuple(sorted(pod.request.models)),
+            forever=True,
         )
