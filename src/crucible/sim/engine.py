@@ -19,7 +19,7 @@ from typing import Any
 
 from crucible.server.market import Market, MarketRules, Prefer
 from crucible.server.scheduler.placement import Cluster, Request, make_policy
-from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Retry, Sample
+from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
 from crucible.sim.fleet import Host, NodeLoader, add_to_market, build_fleet, openb_dir, to_nodes
 from crucible.sim.market_driver import MarketDriver
 from crucible.sim.metrics import Recorder
@@ -165,12 +165,8 @@ def run(
                 driver.finish(ev.job, now)
         elif isinstance(ev, Arrive):
             driver.arrive(ev.job, now)
-        elif isinstance(ev, Retry):
-            assert isinstance(driver, MarketDriver)
-            driver.retry(ev.job, now)
         else:
-            if isinstance(driver, PlacementDriver):
-                driver.expire(now)
+            driver.expire(now)
             rec.sample(
                 now, driver.queued if isinstance(driver, PlacementDriver) else driver.waiting
             )

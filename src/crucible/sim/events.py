@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from crucible.sim.workload import Job
 
-__all__ = ["Arrive", "Event", "EventQueue", "Finish", "NextArrival", "Retry", "Sample"]
+__all__ = ["Arrive", "Event", "EventQueue", "Finish", "NextArrival", "Sample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +24,7 @@ class NextArrival:
 
 @dataclass(frozen=True, slots=True)
 class Arrive:
-    """A job asks for capacity (first time, after a refusal, or after a preemption)."""
-
-    job: Job
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """A refused market request asks again."""
+    """A job asks for capacity (first time, or again after a preemption)."""
 
     job: Job
 
@@ -49,7 +42,7 @@ class Sample:
     """Close a metrics window."""
 
 
-Event = NextArrival | Arrive | Retry | Finish | Sample
+Event = NextArrival | Arrive | Finish | Sample
 
 
 class EventQueue:

@@ -4,8 +4,10 @@ work is done, and the preemptions the market decides carried out.
 
 - A job asks for ``nodes`` leases of ``gpus`` GPUs, in its tier, for its models in fallback
   order, preferring the cheapest or the greenest offer (the policy).
-- Refused: it asks again after a back-off (5 minutes, doubling up to an hour) until its
-  patience runs out, then gives up (counted by the refusal's code).
+- Refused: it waits, in arrival order with the other waiting jobs that accept the same
+  models, and asks again when a lease of one of its models ends (up to ``wake`` waiting jobs
+  ask per ended lease, the first refused one stopping its queue), until its patience runs
+  out (then it gives up). Refusals are counted by the market's refusal code.
 - Preempted (one of its leases outbid or taken by on-demand): the job's other leases are let
   go, its work done so far is kept (it checkpoints in the grace period), and it asks again
   for the rest once the grace period is over, with its patience starting afresh.
@@ -17,7 +19,7 @@ work is done, and the preemptions the market decides carried out.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 from crucible.server.market import (
@@ -30,15 +32,13 @@ from crucible.server.market import (
     Tier,
     lease_intervals,
 )
-from crucible.sim.events import Arrive, EventQueue, Finish, Retry
+from crucible.sim.events import Arrive, EventQueue, Finish
 from crucible.sim.fleet import Host
 from crucible.sim.metrics import Recorder
 from crucible.sim.workload import MS_PER_HOUR, Job
 
 __all__ = ["MarketDriver"]
 
-RETRY_FIRST_MS = 5 * 60_000
-RETRY_MAX_MS = MS_PER_HOUR
 DEFAULT_POWER_W = 400  # a GPU's draw when the scenario gives none for its model
 
 
@@ -55,14 +55,16 @@ class MarketDriver:
         default_carbon: int,
         power_watts: dict[str, int],
         patience_ms: dict[str, int],
+        wake: int = 2,
     ) -> None:
         self.m, self.hosts, self.rec, self.q = market, hosts, rec, q
         self.prefer, self.fee = prefer, platform_fee
         self.default_carbon, self.power = default_carbon, power_watts
-        self.patience = patience_ms
+        self.patience, self.wake = patience_ms, wake
+        self.parked: dict[tuple[str, ...], deque[Job]] = {}
+        self.keys_by_model: dict[str, list[tuple[str, ...]]] = defaultdict(list)
         self.owner: dict[str, Job] = {}  # running lease id -> job
         self.leases: dict[int, list[str]] = {}  # job id -> its running lease ids
-        self.backoff: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
         self.cost: Counter[str] = Counter()  # by tier, micro-dollars
@@ -80,11 +82,49 @@ class MarketDriver:
             self.counts["arrived"] += 1
         self._ask(job, now)
 
-    def retry(self, job: Job, now: int) -> None:
-        self.waiting -= 1
-        self._ask(job, now)
+    def _park(self, job: Job, now: int, front: bool = False) -> None:
+        if job.deadline_ms <= now:
+            self.counts["gave_up"] += 1
+            return
+        q = self.parked.get(job.models)
+        if q is None:
+            q = self.parked[job.models] = deque()
+            for m in job.models:
+                self.keys_by_model[m].append(job.models)
+        if front:
+            q.appendleft(job)
+        else:
+            q.append(job)
+        self.waiting += 1
 
-    def _ask(self, job: Job, now: int) -> None:
+    def _wake(self, model: str, now: int) -> None:
+        """Capacity of ``model`` was freed: let waiting jobs that accept it ask again."""
+        tries = 0
+        for key in self.keys_by_model.get(model, ()):
+            q = self.parked[key]
+            while q and tries < self.wake:
+                job = q.popleft()
+                self.waiting -= 1
+                if job.deadline_ms <= now:
+                    self.counts["gave_up"] += 1
+                    continue
+                tries += 1
+                if not self._ask(job, now, park=False):
+                    self._park(job, now, front=True)
+                    break
+
+    def expire(self, now: int) -> None:
+        """Waiting jobs past their patience give up (called at each sample)."""
+        for key, q in self.parked.items():
+            if any(j.deadline_ms <= now for j in q):
+                left = deque(j for j in q if j.deadline_ms > now)
+                self.counts["gave_up"] += len(q) - len(left)
+                self.waiting -= len(q) - len(left)
+                self.parked[key] = left
+
+    def _ask(self, job: Job, now: int, park: bool = True) -> bool:
+        """Ask the market for the job's leases; ``False`` if refused (then parked if
+        ``park``)."""
         self.m.advance(now)
         job.attempts += 1
         tier = Tier.INTERRUPTIBLE if job.tier == "interruptible" else Tier.ON_DEMAND
@@ -101,16 +141,9 @@ class MarketDriver:
         d = self.m.lease(req, now)
         if not isinstance(d, LeaseGranted):
             self.refusals[d.code.value] += 1
-            wait = self.backoff.get(job.id, RETRY_FIRST_MS)
-            if now + wait > job.deadline_ms:
-                self.counts["gave_up"] += 1
-                self.backoff.pop(job.id, None)
-                return
-            self.backoff[job.id] = min(2 * wait, RETRY_MAX_MS)
-            self.waiting += 1
-            self.q.push(now + wait, Retry(job))
-            return
-        self.backoff.pop(job.id, None)
+            if park:
+                self._park(job, now)
+            return False
         ended = {p.lease.lease_id: p.lease for p in d.preemptions}
         for p in d.preemptions:
             victim = self.owner.get(p.lease.lease_id)
@@ -133,21 +166,28 @@ class MarketDriver:
         job.started_ms = now
         start = max(x.start_ms for x in d.leases)
         self.q.push(start + job.remaining_ms, Finish(job, job.epoch))
+        return True
 
     # ------------------------------------------------------------------ ends
 
     def finish(self, job: Job, now: int) -> None:
-        self._end_all(job, now, {})
+        models = self._end_all(job, now, {})
         job.remaining_ms = 0
         self.counts["finished"] += 1
+        for m in sorted(models):
+            self._wake(m, now)
 
-    def _end_all(self, job: Job, now: int, already: dict[str, Lease]) -> None:
-        """End the job's leases; those in ``already`` the market has ended (preempted)."""
+    def _end_all(self, job: Job, now: int, already: dict[str, Lease]) -> set[str]:
+        """End the job's leases (those in ``already`` the market has ended: preempted);
+        returns the device types freed."""
+        freed: set[str] = set()
         for lease_id in self.leases.pop(job.id, []):
             self.owner.pop(lease_id, None)
             ended = already.get(lease_id) or self.m.release(lease_id, now, EndReason.RELEASED)
             self._account(ended)
             self.rec.add_busy(now, -ended.count)
+            freed.add(ended.device_type)
+        return freed
 
     def _preempted(self, job: Job, ended: dict[str, Lease], deadline_ms: int, now: int) -> None:
         self.counts["preemptions"] += 1
