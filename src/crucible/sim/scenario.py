@@ -137,9 +137,14 @@ class Scenario:
 class _Reader:
     """Typed access to one TOML table; every error names ``where`` and the key."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, source: str) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], where: str, source: str, known: tuple[str, ...]
+    ) -> None:
         self.data, self.where, self.source = data, where, source
         self.used: set[str] = set()
+        extra = sorted(set(data) - set(known))
+        if extra:  # a misspelt key first: it is usually why a required one is "missing"
+            raise self.fail(extra[0], f"is not a known key; known here: {', '.join(sorted(known))}")
 
     def fail(self, key: str, problem: str) -> ScenarioError:
         at = f"{self.where}.{key}" if self.where else key
@@ -206,25 +211,29 @@ class _Reader:
                 raise self.fail(f"{key}.{k}", f"must be a number >= 0, not {x!r}")
         return {k: float(x) for k, x in v.items()}
 
-    def check_unknown(self) -> None:
-        extra = sorted(set(self.data) - self.used)
-        if extra:
-            raise self.fail(
-                extra[0], "is not a known key (check its spelling in docs/simulator.md)"
-            )
+
+_TOP_KEYS = (
+    "name", "kind", "fleet", "workload", "duration_hours", "sample_minutes", "seed", "policy",
+    "gpus", "platform_fee", "grace_seconds", "default_carbon_g_per_kwh", "power_watts",
+)  # fmt: skip
+_PROVIDER_KEYS = tuple(f for f in ProviderSpec.__dataclass_fields__)
+_CLASS_KEYS = tuple(f for f in ClassSpec.__dataclass_fields__)
+_WORKLOAD_KEYS = ("source", "classes", *TraceWorkload.__dataclass_fields__)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
     names |= {list: "a list", dict: "a table"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def _provider(data: Any, i: int, source: str) -> ProviderSpec:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: fleet[{i}] must be a table ([[fleet]])")
-    r = _Reader(data, f"fleet[{i}]", source)
+    r = _Reader(data, f"fleet[{i}]", source, _PROVIDER_KEYS)
     name = r.get("name", str)
     src = r.get("source", str, "generated")
     if src not in ("generated", "openb"):
@@ -250,7 +259,6 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
         energy_source=r.get("energy_source", str, "grid"),
         trace_dir=r.get("trace_dir", str, ""),
     )
-    r.check_unknown()
     if src == "generated":
         if p.gpus < 1:
             raise r.fail("gpus", "a generated provider needs gpus >= 1")
@@ -267,7 +275,7 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
 def _class(data: Any, i: int, kind: str, source: str) -> ClassSpec:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: workload.classes[{i}] must be a table")
-    r = _Reader(data, f"workload.classes[{i}]", source)
+    r = _Reader(data, f"workload.classes[{i}]", source, _CLASS_KEYS)
     tier = r.get("tier", str, "on_demand")
     if tier not in TIERS:
         raise r.fail("tier", f"must be one of {list(TIERS)}, not {tier!r}")
@@ -285,7 +293,6 @@ def _class(data: Any, i: int, kind: str, source: str) -> ClassSpec:
         tier=tier,
         bid=r.pair("bid", 0.0, 10.0),
     )
-    r.check_unknown()
     if c.gpu_milli > 1000:
         raise r.fail("gpu_milli", "is a share of one GPU: 1..1000")
     if c.gpu_milli < 1000 and c.gpus != (1,):
@@ -306,7 +313,7 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
-    r = _Reader(data, "", source)
+    r = _Reader(data, "", source, _TOP_KEYS)
     kind = r.get("kind", str)
     if kind not in KINDS:
         raise r.fail("kind", f"must be one of {list(KINDS)}, not {kind!r}")
@@ -317,7 +324,7 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     if len({p.name for p in providers}) != len(providers):
         raise r.fail("fleet", "provider names must be distinct")
     workload = r.get("workload", dict)
-    w = _Reader(workload, "workload", source)
+    w = _Reader(workload, "workload", source, _WORKLOAD_KEYS)
     trace: TraceWorkload | None = None
     wsrc = w.get("source", str, "classes")
     if wsrc == "openb":
@@ -340,7 +347,6 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         classes = tuple(_class(c, i, kind, source) for i, c in enumerate(raw))
     else:
         raise w.fail("source", f"must be 'openb' or 'classes', not {wsrc!r}")
-    w.check_unknown()
     power = r.get("power_watts", dict, {})
     for k, v in power.items():
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -363,7 +369,6 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         power_watts=dict(power),
         source=source,
     )
-    r.check_unknown()
     check_policy(s, s.policy)
     if kind == "market":
         if s.duration_hours <= 0:
