@@ -193,16 +193,26 @@ class PlacementPolicy(Protocol):
 
 @dataclass
 class _Index:
-    """Buckets of node ids for one GPU model: ``full[k][level]`` and ``part[q][level]``.
+    """Buckets of node ids for one GPU model or node group: ``full[k][level]`` and
+    ``part[q][level]``.
 
     ``full_mask[k]`` / ``part_mask[q]`` have bit ``level`` set iff that bucket is non-empty,
-    so a search skips empty buckets without visiting them.
+    and ``rows`` / ``prows`` bit ``k`` / ``q`` iff that row has any bucket, so a search skips
+    empty buckets, rows and whole indexes without visiting them.
     """
 
     full: list[dict[int, dict[int, None]]]
     part: list[dict[int, dict[int, None]]]
     full_mask: list[int]
     part_mask: list[int]
+    rows: int = 0
+    prows: int = 0
+
+    def may_fit(self, req: Request) -> bool:
+        """False when no node here can fit ``req`` by GPU count or share (a quick skip)."""
+        if req.shared:
+            return bool(self.rows >> 1 or self.prows >> (req.gpu_milli // _SHARE_LEVEL))
+        return bool(self.rows >> req.whole_gpus)
 
 
 def _new_grid(rows: int) -> list[dict[int, dict[int, None]]]:
@@ -222,7 +232,12 @@ class Cluster:
     free_mem: list[int] = field(default_factory=list)
     gpu_free: list[list[int]] = field(default_factory=list)
     _idx: dict[NodeGroup, _Index] = field(default_factory=dict)
+    _midx: dict[str, _Index] = field(default_factory=dict)
     _groups: list[NodeGroup] = field(default_factory=list)
+    _node_idx: list[tuple[_Index, _Index]] = field(default_factory=list)
+    _plans: dict[tuple[frozenset[str] | None, frozenset[str]], tuple[bool, list[_Index]]] = field(
+        default_factory=dict
+    )
     _full_key: list[tuple[int, int]] = field(default_factory=list)
     _part_key: list[tuple[int, int] | None] = field(default_factory=list)
     _levels: int = 1
@@ -253,16 +268,22 @@ class Cluster:
             c.gpu_free.append([FULL] * n.gpu_count)
             c._groups.append(n.group)
             if n.group not in c._idx:
-                c._idx[n.group] = _Index(
-                    _new_grid(c._max_gpus + 1),
-                    _new_grid(FULL // _SHARE_LEVEL),
-                    [0] * (c._max_gpus + 1),
-                    [0] * (FULL // _SHARE_LEVEL),
-                )
+                c._idx[n.group] = c._new_index()
+            if n.gpu_model not in c._midx:
+                c._midx[n.gpu_model] = c._new_index()
+            c._node_idx.append((c._idx[n.group], c._midx[n.gpu_model]))
             c._full_key.append((-1, -1))
             c._part_key.append(None)
             c._reindex(i)
         return c
+
+    def _new_index(self) -> _Index:
+        return _Index(
+            _new_grid(self._max_gpus + 1),
+            _new_grid(FULL // _SHARE_LEVEL),
+            [0] * (self._max_gpus + 1),
+            [0] * (FULL // _SHARE_LEVEL),
+        )
 
     # ----------------------------------------------------------------- queries
 
@@ -375,34 +396,74 @@ class Cluster:
     # ----------------------------------------------------------------- indexes
 
     def _reindex(self, i: int) -> None:
-        idx = self._idx[self._groups[i]]
+        """Move node ``i`` to the buckets its state now keys, in its group's index and its
+        model's (the same keys in both: they depend on the node's state only)."""
         level = (self.free_cpu[i] // CPU_LEVEL_MILLI) * MEM_LEVELS + self.free_mem[i].bit_length()
         fk = (self.free_whole(i), level)
         old = self._full_key[i]
-        if old != fk:
-            if old[0] >= 0:
-                b = idx.full[old[0]][old[1]]
-                del b[i]
-                if not b:
-                    del idx.full[old[0]][old[1]]
-                    idx.full_mask[old[0]] &= ~(1 << old[1])
-            idx.full[fk[0]].setdefault(fk[1], {})[i] = None
-            idx.full_mask[fk[0]] |= 1 << fk[1]
-            self._full_key[i] = fk
         partial = [f for f in self.gpu_free[i] if 0 < f < FULL]
         pk = (max(partial) // _SHARE_LEVEL, level) if partial else None
         oldp = self._part_key[i]
-        if oldp != pk:
-            if oldp is not None:
-                b = idx.part[oldp[0]][oldp[1]]
-                del b[i]
-                if not b:
-                    del idx.part[oldp[0]][oldp[1]]
-                    idx.part_mask[oldp[0]] &= ~(1 << oldp[1])
-            if pk is not None:
-                idx.part[pk[0]].setdefault(pk[1], {})[i] = None
-                idx.part_mask[pk[0]] |= 1 << pk[1]
-            self._part_key[i] = pk
+        for idx in self._node_idx[i]:
+            if old != fk:
+                if old[0] >= 0:
+                    b = idx.full[old[0]][old[1]]
+                    del b[i]
+                    if not b:
+                        del idx.full[old[0]][old[1]]
+                        idx.full_mask[old[0]] &= ~(1 << old[1])
+                        if not idx.full_mask[old[0]]:
+                            idx.rows &= ~(1 << old[0])
+                idx.full[fk[0]].setdefault(fk[1], {})[i] = None
+                idx.full_mask[fk[0]] |= 1 << fk[1]
+                idx.rows |= 1 << fk[0]
+            if oldp != pk:
+                if oldp is not None:
+                    b = idx.part[oldp[0]][oldp[1]]
+                    del b[i]
+                    if not b:
+                        del idx.part[oldp[0]][oldp[1]]
+                        idx.part_mask[oldp[0]] &= ~(1 << oldp[1])
+                        if not idx.part_mask[oldp[0]]:
+                            idx.prows &= ~(1 << oldp[0])
+                if pk is not None:
+                    idx.part[pk[0]].setdefault(pk[1], {})[i] = None
+                    idx.part_mask[pk[0]] |= 1 << pk[1]
+                    idx.prows |= 1 << pk[0]
+        self._full_key[i] = fk
+        self._part_key[i] = pk
+
+    def _plan(self, req: Request) -> tuple[bool, list[_Index]]:
+        """Which indexes a request searches, in order, and whether group by group.
+
+        A policy that ranks groups, or a request limited to regions, searches the group
+        indexes that can hold it (in the policy's group order); any other request searches
+        the per-model indexes, so the number of groups (sites x prices) does not slow it.
+        Plans depend only on the request's models and regions and are cached.
+        """
+        key = (req.models if req.num_gpu else None, req.regions)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+
+        def wanted(model: str) -> bool:
+            return req.num_gpu == 0 or bool(model and (not req.models or model in req.models))
+
+        groups = sorted(
+            g for g in self._idx if wanted(g.model) and (not req.regions or g.region in req.regions)
+        )
+        ranks = {g: self.policy.group_rank(g) for g in groups}
+        by_group = len(groups) > 1 and all(r is not None for r in ranks.values())
+        if by_group:
+            groups.sort(key=lambda g: (ranks[g] or (), g))
+        if by_group or req.regions:
+            plan = (by_group, [self._idx[g] for g in groups])
+        else:
+            plan = (False, [self._midx[m] for m in sorted(self._midx) if wanted(m)])
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _candidates(self, req: Request) -> Iterator[int]:
         """Node ids whose bucket keys can fit ``req``, in the policy's order (may repeat)."""
@@ -410,16 +471,7 @@ class Cluster:
         lo_level = (req.cpu_milli // CPU_LEVEL_MILLI) * MEM_LEVELS
         # a node with less free memory than 2**(b-1) <= memory_mib (b its bit length) cannot fit
         lo_mem = req.memory_mib.bit_length()
-        groups = [
-            g
-            for g in self._idx
-            if (not req.regions or g.region in req.regions)
-            and (req.num_gpu == 0 or (g.model and (not req.models or g.model in req.models)))
-        ]
-        ranks = {g: self.policy.group_rank(g) for g in groups}
-        by_group = all(r is not None for r in ranks.values()) and len(groups) > 1
-        groups.sort(key=lambda g: (ranks[g] or (), g) if by_group else ((), g))
-        idxs = [self._idx[g] for g in groups]
+        by_group, idxs = self._plan(req)
         need = 1 if req.shared else req.whole_gpus
         ks = range(need, self._max_gpus + 1)
         if not tight:
@@ -444,6 +496,8 @@ class Cluster:
         def full(idxs: list[_Index]) -> Iterator[int]:
             for k in ks:
                 for idx in idxs:
+                    if not (idx.rows >> k) & 1:
+                        continue
                     row = idx.full[k]
                     for lv in levels(idx.full_mask[k]):
                         yield from row[lv]
@@ -452,6 +506,8 @@ class Cluster:
             qs = range(req.gpu_milli // _SHARE_LEVEL, FULL // _SHARE_LEVEL)
             for q in qs if tight else qs[::-1]:
                 for idx in idxs:
+                    if not (idx.prows >> q) & 1:
+                        continue
                     row = idx.part[q]
                     for lv in levels(idx.part_mask[q]):
                         yield from row[lv]
@@ -468,7 +524,8 @@ class Cluster:
 
         if by_group:  # the policy's group order first, then buckets within a group
             for idx in idxs:
-                yield from search([idx])
+                if idx.may_fit(req):
+                    yield from search([idx])
         else:
             yield from search(idxs)
 
