@@ -493,7 +493,27 @@ class Cluster:
                         yield top + lo_level
                     m ^= 1 << top
 
+        def rows(mask: int, lo: int) -> Iterator[int]:
+            """Set bits of ``mask`` from ``lo`` up, in the policy's order."""
+            m = mask >> lo
+            while m:
+                if tight:
+                    low = m & -m
+                    yield low.bit_length() - 1 + lo
+                    m ^= low
+                else:
+                    top = m.bit_length() - 1
+                    yield top + lo
+                    m ^= 1 << top
+
         def full(idxs: list[_Index]) -> Iterator[int]:
+            if len(idxs) == 1:  # one group: only its non-empty rows
+                idx = idxs[0]
+                for k in rows(idx.rows, need):
+                    row = idx.full[k]
+                    for lv in levels(idx.full_mask[k]):
+                        yield from row[lv]
+                return
             for k in ks:
                 for idx in idxs:
                     if not (idx.rows >> k) & 1:
@@ -503,7 +523,15 @@ class Cluster:
                         yield from row[lv]
 
         def part(idxs: list[_Index]) -> Iterator[int]:
-            qs = range(req.gpu_milli // _SHARE_LEVEL, FULL // _SHARE_LEVEL)
+            q0 = req.gpu_milli // _SHARE_LEVEL
+            if len(idxs) == 1:
+                idx = idxs[0]
+                for q in rows(idx.prows, q0):
+                    row = idx.part[q]
+                    for lv in levels(idx.part_mask[q]):
+                        yield from row[lv]
+                return
+            qs = range(q0, FULL // _SHARE_LEVEL)
             for q in qs if tight else qs[::-1]:
                 for idx in idxs:
                     if not (idx.prows >> q) & 1:
