@@ -16,9 +16,10 @@ running placement is released (not timed), so the fleet stays busy and fragmente
 
 Decisions/s = decisions / time spent in ``place``; latencies include refusals (nothing fits).
 ``x naive`` is the indexed decisions/s over the naive scan's on the same state and stream.
-Peak memory: the fleet state's allocation (tracemalloc, at build) and the process's peak RSS
-after each fleet size. Prints a table and writes ``benchmarks/results/bench_placement.json``.
-Usage::
+After the fill the loaded state is frozen out of the cyclic GC (``gc.freeze()``), as in
+bench_market.py. Peak memory: the fleet state's allocation (tracemalloc, at build) and the
+process's peak RSS after each fleet size. Prints a table and writes
+``benchmarks/results/bench_placement.json``. Usage::
 
     .venv/bin/python benchmarks/bench_placement.py                 # 100,000 and 250,000 GPUs
     .venv/bin/python benchmarks/bench_placement.py --gpus 100000 --policies best-fit,fgd
@@ -169,6 +170,9 @@ def bench_size(args: argparse.Namespace, gpus: int, reqs: list[Request]) -> dict
         naive.gpu_free = copy.deepcopy(c.gpu_free)
         naive_live, naive_rng = list(live), copy.deepcopy(rng)
         gc.collect()
+        # the loaded fleet is long-lived: keep it out of the cyclic GC's full passes (as a
+        # server would after loading its state), so a pause does not land in a decision
+        gc.freeze()
         lat: list[float] = []
         refused = run_events(c, reqs, live, cap, rng, args.n, lat)
         row = summary(
@@ -185,6 +189,7 @@ def bench_size(args: argparse.Namespace, gpus: int, reqs: list[Request]) -> dict
             row["x_naive"] = round(row["decisions_per_s"] / nrow["decisions_per_s"], 1)
             rows.append(nrow)
         del c, naive, live, naive_live
+        gc.unfreeze()
         gc.collect()
     return {
         "fleet_nodes": len(nodes),

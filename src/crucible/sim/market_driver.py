@@ -8,6 +8,15 @@ work is done, and the preemptions the market decides carried out.
   models, and asks again when a lease of one of its models ends (up to ``wake`` waiting jobs
   ask per ended lease, the first refused one stopping its queue), until its patience runs
   out (then it gives up). Refusals are counted by the market's refusal code.
+- Not asking in vain: a job does not ask (and waits as if refused) while the market could
+  not possibly grant it: for each of its models, no host has a node's worth of devices
+  free, and either no running interruptible lease of the model bids strictly less than the
+  most the job could pay (its bid, or the highest minimum or ask of the model's hosts) or
+  no host has a node's worth of devices that are free or under interruptible leases. Under
+  the market's rules every grant needs free devices or the preemption of strictly lower
+  bids on one host, so skipping changes no decision; it keeps a full 100,000-GPU market
+  from spending its time on refusals. The sim knows these counts because every
+  lease in the market is one of its own.
 - Preempted (one of its leases outbid or taken by on-demand): the job's other leases are let
   go, its work done so far is kept (it checkpoints in the grace period), and it asks again
   for the rest once the grace period is over, with its patience starting afresh.
@@ -19,6 +28,7 @@ work is done, and the preemptions the market decides carried out.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict, deque
 from typing import Any
 
@@ -62,6 +72,34 @@ class MarketDriver:
         self.default_carbon, self.power = default_carbon, power_watts
         self.patience, self.wake = patience_ms, wake
         self.parked: dict[tuple[str, ...], deque[Job]] = {}
+        self.total: Counter[str] = Counter()
+        self.max_ask: dict[str, int] = {}
+        self.max_min: dict[str, int] = {}
+        self.min_min: dict[str, int] = {}
+        for h in hosts.values():
+            if h.gpus:
+                self.total[h.model] += h.gpus
+                self.max_ask[h.model] = max(self.max_ask.get(h.model, 0), h.price_micros)
+                self.max_min[h.model] = max(
+                    self.max_min.get(h.model, 0), h.interruptible_min_micros
+                )
+                self.min_min[h.model] = min(
+                    self.min_min.get(h.model, h.interruptible_min_micros),
+                    h.interruptible_min_micros,
+                )
+        self.leased: Counter[str] = Counter()
+        # hosts of each model by their free GPUs: free_hosts[m][f] = hosts with f free
+        # and by their GPUs not under on-demand leases (free or interruptible)
+        self.host_free: dict[str, int] = {h.id: h.gpus for h in hosts.values() if h.gpus}
+        self.host_soft: dict[str, int] = dict(self.host_free)
+        self.free_hosts: dict[str, Counter[int]] = defaultdict(Counter)
+        self.soft_hosts: dict[str, Counter[int]] = defaultdict(Counter)
+        for h in hosts.values():
+            if h.gpus:
+                self.free_hosts[h.model][h.gpus] += 1
+                self.soft_hosts[h.model][h.gpus] += 1
+        self.bids: dict[str, Counter[int]] = defaultdict(Counter)  # running interruptible
+        self.bid_heap: dict[str, list[int]] = defaultdict(list)
         self.keys_by_model: dict[str, list[tuple[str, ...]]] = defaultdict(list)
         self.owner: dict[str, Job] = {}  # running lease id -> job
         self.leases: dict[int, list[str]] = {}  # job id -> its running lease ids
@@ -82,6 +120,53 @@ class MarketDriver:
             self.counts["arrived"] += 1
         self._ask(job, now)
 
+    def _held(self, lease: Lease, sign: int) -> None:
+        """Track a lease starting (``sign=1``) or ending (``-1``) for :meth:`_hopeless`."""
+        m = lease.device_type
+        self.leased[m] += sign * lease.count
+        self._move(self.host_free, self.free_hosts[m], lease.host_id, -sign * lease.count)
+        if lease.tier is not Tier.INTERRUPTIBLE:
+            self._move(self.host_soft, self.soft_hosts[m], lease.host_id, -sign * lease.count)
+        if lease.tier is Tier.INTERRUPTIBLE:
+            price = lease.price_micros_per_device_hour
+            self.bids[m][price] += sign
+            if sign > 0:
+                heapq.heappush(self.bid_heap[m], price)
+
+    @staticmethod
+    def _move(per_host: dict[str, int], by_level: Counter[int], host: str, delta: int) -> None:
+        before = per_host[host]
+        per_host[host] = before + delta
+        by_level[before] -= 1
+        by_level[before + delta] += 1
+
+    def _min_bid(self, model: str) -> int | None:
+        heap, live = self.bid_heap[model], self.bids[model]
+        while heap and live[heap[0]] <= 0:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def _hopeless(self, job: Job) -> bool:
+        """True when no grant is possible now (see the module docstring)."""
+        interruptible = job.tier == "interruptible"
+        for m in job.models:
+            if m not in self.total:
+                continue
+            if interruptible and job.bid_micros is not None and job.bid_micros < self.min_min[m]:
+                continue  # below every host's minimum for this model
+            if any(n > 0 for f, n in self.free_hosts[m].items() if f >= job.gpus):
+                return False  # some host has a node's worth free
+            if not any(n > 0 for f, n in self.soft_hosts[m].items() if f >= job.gpus):
+                continue  # on every host, on-demand leases hold too much
+            if interruptible:
+                bound = job.bid_micros if job.bid_micros is not None else self.max_min[m]
+            else:
+                bound = self.max_ask[m]
+            low = self._min_bid(m)
+            if low is not None and low < bound:
+                return False
+        return True
+
     def _park(self, job: Job, now: int, front: bool = False) -> None:
         if job.deadline_ms <= now:
             self.counts["gave_up"] += 1
@@ -97,13 +182,33 @@ class MarketDriver:
             q.append(job)
         self.waiting += 1
 
-    def _wake(self, model: str, now: int) -> None:
-        """Capacity of ``model`` was freed: let waiting jobs that accept it ask again."""
+    def _fits_host(self, job: Job, host_id: str) -> bool:
+        """Could ``host_id`` serve one node of ``job`` from its free devices at its prices?"""
+        h = self.hosts[host_id]
+        if self.host_free[host_id] < job.gpus:
+            return False
+        return job.tier != "interruptible" or (
+            job.bid_micros is None or job.bid_micros >= h.interruptible_min_micros
+        )
+
+    def _wake(self, host_id: str, now: int) -> None:
+        """Devices on ``host_id`` were freed: waiting jobs that accept its model and that it
+        could serve from its free devices ask again (at most ``wake`` asks; the head of each
+        queue first, looking at most ``wake`` jobs deep)."""
         tries = 0
+        model = self.hosts[host_id].model
         for key in self.keys_by_model.get(model, ()):
             q = self.parked[key]
-            while q and tries < self.wake:
-                job = q.popleft()
+            looked = 0
+            while q and looked < self.wake and tries < self.wake:
+                job = q[0]
+                if job.deadline_ms > now and not self._fits_host(job, host_id):
+                    if len(q) > 1 and looked + 1 < self.wake:
+                        q.rotate(-1)  # look at the next one; the skipped goes to the back
+                    looked += 1
+                    continue
+                looked += 1
+                q.popleft()
                 self.waiting -= 1
                 if job.deadline_ms <= now:
                     self.counts["gave_up"] += 1
@@ -125,6 +230,11 @@ class MarketDriver:
     def _ask(self, job: Job, now: int, park: bool = True) -> bool:
         """Ask the market for the job's leases; ``False`` if refused (then parked if
         ``park``)."""
+        if self._hopeless(job):
+            self.counts["asks_skipped"] += 1
+            if park:
+                self._park(job, now)
+            return False
         self.m.advance(now)
         job.attempts += 1
         tier = Tier.INTERRUPTIBLE if job.tier == "interruptible" else Tier.ON_DEMAND
@@ -151,6 +261,7 @@ class MarketDriver:
                 self._preempted(victim, ended, p.deadline_ms, now)
         ids = []
         for lease in d.leases:
+            self._held(lease, 1)
             self.owner[lease.lease_id] = job
             ids.append(lease.lease_id)
             self.rec.cleared(job.tier, lease.price_micros_per_device_hour, lease.count)
@@ -171,22 +282,23 @@ class MarketDriver:
     # ------------------------------------------------------------------ ends
 
     def finish(self, job: Job, now: int) -> None:
-        models = self._end_all(job, now, {})
+        hosts = self._end_all(job, now, {})
         job.remaining_ms = 0
         self.counts["finished"] += 1
-        for m in sorted(models):
-            self._wake(m, now)
+        for h in sorted(hosts):
+            self._wake(h, now)
 
     def _end_all(self, job: Job, now: int, already: dict[str, Lease]) -> set[str]:
         """End the job's leases (those in ``already`` the market has ended: preempted);
-        returns the device types freed."""
+        returns the hosts whose devices were freed."""
         freed: set[str] = set()
         for lease_id in self.leases.pop(job.id, []):
             self.owner.pop(lease_id, None)
             ended = already.get(lease_id) or self.m.release(lease_id, now, EndReason.RELEASED)
             self._account(ended)
+            self._held(ended, -1)
             self.rec.add_busy(now, -ended.count)
-            freed.add(ended.device_type)
+            freed.add(ended.host_id)
         return freed
 
     def _preempted(self, job: Job, ended: dict[str, Lease], deadline_ms: int, now: int) -> None:
@@ -241,7 +353,15 @@ class MarketDriver:
         return {
             "jobs": {
                 k: self.counts[k]
-                for k in ("arrived", "started", "restarted", "finished", "gave_up", "preemptions")
+                for k in (
+                    "arrived",
+                    "started",
+                    "restarted",
+                    "finished",
+                    "gave_up",
+                    "preemptions",
+                    "asks_skipped",
+                )
             },
             "refusals": dict(sorted(self.refusals.items())),
             "clearing_prices_per_gpu_hour": prices,
