@@ -5,9 +5,10 @@ work is done, and the preemptions the market decides carried out.
 - A job asks for ``nodes`` leases of ``gpus`` GPUs, in its tier, for its models in fallback
   order, preferring the cheapest or the greenest offer (the policy).
 - Refused: it waits, in arrival order with the other waiting jobs that accept the same
-  models, and asks again when a lease of one of its models ends (up to ``wake`` waiting jobs
-  ask per ended lease, the first refused one stopping its queue), until its patience runs
-  out (then it gives up). Refusals are counted by the market's refusal code.
+  models. When a lease ends, waiting jobs that the freed host could serve from its free
+  devices at its prices ask again (at most ``wake`` asks per ended lease, looking at most
+  ``wake`` jobs deep; a job the host cannot serve goes to the back of its queue), until
+  their patience runs out (then they give up). Refusals are counted by the market's code.
 - Not asking in vain: a job does not ask (and waits as if refused) while the market could
   not possibly grant it: for each of its models, no host has a node's worth of devices
   free, and either no running interruptible lease of the model bids strictly less than the
