@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from crucible.cli import deploy, market, resources, run, serve, up
+from crucible.cli import deploy, market, resources, run, serve, sim, up
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -25,6 +25,7 @@ run.register(app)
 resources.register(app)
 market.register(app)
 deploy.register(app)
+sim.register(app)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from crucible.server.scheduler.placement import NodeSpec, Request
@@ -134,9 +134,7 @@ def replicate(nodes: Sequence[NodeSpec], target_gpus: int) -> list[NodeSpec]:
         for n in nodes:
             if have >= target_gpus:
                 break
-            out.append(
-                NodeSpec(f"{n.id}-r{k}", n.cpu_milli, n.memory_mib, n.gpu_count, n.gpu_model)
-            )
+            out.append(replace(n, id=f"{n.id}-r{k}"))
             have += n.gpu_count
         k += 1
     return out

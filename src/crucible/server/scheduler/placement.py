@@ -11,7 +11,9 @@ memory and either
   on a single GPU, which may already be shared by other tasks, or
 * ``num_gpu`` *whole* GPUs on one node (``gpu_milli`` is then 1000 or 0 and ignored),
 
-restricted to the GPU models in ``models`` (empty: any model).
+restricted to the GPU models in ``models`` (alternatives: any of them; empty: any model) and
+to the regions in ``regions`` (empty: any). A node also carries what the market says about it:
+its region, its on-demand price per GPU-hour (micro-dollars) and its carbon intensity.
 
 Contracts of :class:`Cluster`:
 
@@ -20,37 +22,49 @@ Contracts of :class:`Cluster`:
   no node in the fleet fits the request (the indexes are exact, not a sample).
 * :meth:`Cluster.release` of a placement returned by this cluster restores the capacity it
   took exactly; releasing more than was taken raises :class:`ValueError`.
+* :meth:`Cluster.place_gang` places one request on each of ``count`` distinct nodes, all or
+  nothing: it returns ``count`` placements, or ``None`` with the state unchanged, and
+  ``None`` only if fewer than ``count`` nodes fit the request.
 
-Indexes. For each GPU model (``""`` for GPU-less nodes) nodes sit in buckets keyed by
+Indexes. For each node group (GPU model, region, price, carbon intensity; the model is ``""``
+for GPU-less nodes) nodes sit in buckets keyed by
 (free whole GPUs, capacity level), and nodes with a partly used GPU also in buckets keyed by
 (largest partial free share // 10, capacity level), where the capacity level combines free
 CPU (``// CPU_LEVEL_MILLI``) and free memory (its bit length, a log scale) as
 ``cpu_level * MEM_LEVELS + mem_level``. A decision visits only buckets whose keys
-can fit the request, in the order the policy asks (tightest or loosest first), and scores at
-most ``max_candidates`` feasible nodes. With ``indexed=False`` the cluster instead scans every
-node and scores every feasible one (the naive baseline for benchmarks and tests).
+can fit the request, in the order the policy asks (tightest or loosest first; a policy that
+ranks groups, such as ``cost-first``, visits groups in its order, each group's buckets in
+turn), and scores at most ``max_candidates`` feasible nodes. With ``indexed=False`` the
+cluster instead scans every node and scores every feasible one (the naive baseline for
+benchmarks and tests).
 
 Policies (see :data:`POLICIES`, :func:`make_policy`): ``best-fit`` packs (fewest free whole
 GPUs left, then least GPU share, then least CPU); ``spread`` balances (most free whole GPUs
 left, then most CPU); ``fgd`` is fragmentation-aware in the spirit of FGD (Weng et al., USENIX
 ATC 2023): it picks the node whose placement least increases the node's expected GPU
-fragmentation for a workload distribution of task classes.
+fragmentation for a workload distribution of task classes; ``cost-first`` takes the cheapest
+node (market price per GPU-hour, then carbon, then best-fit); ``carbon-first`` the lowest
+carbon intensity (then price, then best-fit). Hosts that declare no carbon rank last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "CPU_LEVEL_MILLI",
     "FULL",
     "MEM_LEVELS",
     "POLICIES",
+    "UNDECLARED_CARBON",
     "BestFit",
+    "CarbonFirst",
     "Cluster",
+    "CostFirst",
     "FragmentationAware",
+    "NodeGroup",
     "NodeSpec",
     "Placement",
     "PlacementPolicy",
@@ -63,27 +77,51 @@ __all__ = [
 FULL = 1000
 """Milli-share of one whole GPU."""
 CPU_LEVEL_MILLI = 1000
+"""Width of a free-CPU bucket in milli-cores."""
 MEM_LEVELS = 32
 """Memory levels: ``free_mib.bit_length()`` (free memory must stay below 2**31 MiB)."""
-"""Width of a free-CPU bucket in milli-cores."""
 _SHARE_LEVEL = 10
+UNDECLARED_CARBON = 1_000_000
+"""Carbon key of a node that declares none: after every declared one (gCO2/kWh tops out near
+1,000), as in the market's ranking."""
+
+
+class NodeGroup(NamedTuple):
+    """Nodes the indexes keep together: same GPU model, region, price and carbon intensity."""
+
+    model: str
+    region: str
+    price_micros: int
+    carbon: int
 
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A node's capacity: ``gpu_count`` GPUs of ``gpu_model`` (``""`` when it has none)."""
+    """A node's capacity: ``gpu_count`` GPUs of ``gpu_model`` (``""`` when it has none), and
+    its market profile: ``region``, ``price_micros`` (on-demand, per GPU-hour; 0 when unpriced)
+    and ``carbon_g_per_kwh`` (``None``: not declared)."""
 
     id: str
     cpu_milli: int
     memory_mib: int
     gpu_count: int = 0
     gpu_model: str = ""
+    region: str = ""
+    price_micros: int = 0
+    carbon_g_per_kwh: int | None = None
 
     def __post_init__(self) -> None:
         if self.cpu_milli < 0 or self.memory_mib < 0 or self.gpu_count < 0:
             raise ValueError(f"node {self.id}: negative capacity")
         if self.gpu_count and not self.gpu_model:
             raise ValueError(f"node {self.id}: GPUs without a model")
+        if self.price_micros < 0 or (self.carbon_g_per_kwh or 0) < 0:
+            raise ValueError(f"node {self.id}: negative price or carbon intensity")
+
+    @property
+    def group(self) -> NodeGroup:
+        carbon = UNDECLARED_CARBON if self.carbon_g_per_kwh is None else self.carbon_g_per_kwh
+        return NodeGroup(self.gpu_model, self.region, self.price_micros, carbon)
 
 
 @dataclass(frozen=True)
@@ -95,6 +133,7 @@ class Request:
     num_gpu: int = 0
     gpu_milli: int = 0
     models: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.cpu_milli < 0 or self.memory_mib < 0 or self.num_gpu < 0:
@@ -143,6 +182,10 @@ class PlacementPolicy(Protocol):
         """Visit buckets tightest first (packing) rather than loosest first (spreading)."""
         ...
 
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        """Visit node groups in this order (lowest first), or ``None``: buckets first."""
+        ...
+
     def score(
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]: ...
@@ -150,16 +193,26 @@ class PlacementPolicy(Protocol):
 
 @dataclass
 class _Index:
-    """Buckets of node ids for one GPU model: ``full[k][level]`` and ``part[q][level]``.
+    """Buckets of node ids for one GPU model or node group: ``full[k][level]`` and
+    ``part[q][level]``.
 
     ``full_mask[k]`` / ``part_mask[q]`` have bit ``level`` set iff that bucket is non-empty,
-    so a search skips empty buckets without visiting them.
+    and ``rows`` / ``prows`` bit ``k`` / ``q`` iff that row has any bucket, so a search skips
+    empty buckets, rows and whole indexes without visiting them.
     """
 
     full: list[dict[int, dict[int, None]]]
     part: list[dict[int, dict[int, None]]]
     full_mask: list[int]
     part_mask: list[int]
+    rows: int = 0
+    prows: int = 0
+
+    def may_fit(self, req: Request) -> bool:
+        """False when no node here can fit ``req`` by GPU count or share (a quick skip)."""
+        if req.shared:
+            return bool(self.rows >> 1 or self.prows >> (req.gpu_milli // _SHARE_LEVEL))
+        return bool(self.rows >> req.whole_gpus)
 
 
 def _new_grid(rows: int) -> list[dict[int, dict[int, None]]]:
@@ -178,7 +231,13 @@ class Cluster:
     free_cpu: list[int] = field(default_factory=list)
     free_mem: list[int] = field(default_factory=list)
     gpu_free: list[list[int]] = field(default_factory=list)
-    _idx: dict[str, _Index] = field(default_factory=dict)
+    _idx: dict[NodeGroup, _Index] = field(default_factory=dict)
+    _midx: dict[str, _Index] = field(default_factory=dict)
+    _groups: list[NodeGroup] = field(default_factory=list)
+    _node_idx: list[tuple[_Index, _Index]] = field(default_factory=list)
+    _plans: dict[tuple[frozenset[str] | None, frozenset[str]], tuple[bool, list[_Index]]] = field(
+        default_factory=dict
+    )
     _full_key: list[tuple[int, int]] = field(default_factory=list)
     _part_key: list[tuple[int, int] | None] = field(default_factory=list)
     _levels: int = 1
@@ -207,24 +266,31 @@ class Cluster:
             c.free_cpu.append(n.cpu_milli)
             c.free_mem.append(n.memory_mib)
             c.gpu_free.append([FULL] * n.gpu_count)
-            if n.gpu_model not in c._idx:
-                c._idx[n.gpu_model] = _Index(
-                    _new_grid(c._max_gpus + 1),
-                    _new_grid(FULL // _SHARE_LEVEL),
-                    [0] * (c._max_gpus + 1),
-                    [0] * (FULL // _SHARE_LEVEL),
-                )
+            c._groups.append(n.group)
+            if n.group not in c._idx:
+                c._idx[n.group] = c._new_index()
+            if n.gpu_model not in c._midx:
+                c._midx[n.gpu_model] = c._new_index()
+            c._node_idx.append((c._idx[n.group], c._midx[n.gpu_model]))
             c._full_key.append((-1, -1))
             c._part_key.append(None)
             c._reindex(i)
         return c
+
+    def _new_index(self) -> _Index:
+        return _Index(
+            _new_grid(self._max_gpus + 1),
+            _new_grid(FULL // _SHARE_LEVEL),
+            [0] * (self._max_gpus + 1),
+            [0] * (FULL // _SHARE_LEVEL),
+        )
 
     # ----------------------------------------------------------------- queries
 
     @property
     def models(self) -> list[str]:
         """GPU models present (``""`` stands for GPU-less nodes)."""
-        return sorted(self._idx)
+        return sorted({g.model for g in self._idx})
 
     def free_whole(self, node: int) -> int:
         """Wholly free GPUs on ``node``."""
@@ -238,6 +304,8 @@ class Cluster:
         """The GPUs ``req`` would take on ``node`` (empty tuple for CPU-only), or ``None``."""
         spec = self.nodes[node]
         if self.free_cpu[node] < req.cpu_milli or self.free_mem[node] < req.memory_mib:
+            return None
+        if req.regions and spec.region not in req.regions:
             return None
         if req.num_gpu == 0:
             return ()
@@ -259,14 +327,17 @@ class Cluster:
 
     # ----------------------------------------------------------------- place / release
 
-    def place(self, req: Request) -> Placement | None:
-        """Place ``req`` by the policy, or return ``None`` if no node fits (state unchanged)."""
+    def place(self, req: Request, exclude: Collection[int] = ()) -> Placement | None:
+        """Place ``req`` by the policy on a node not in ``exclude``, or return ``None`` if no
+        such node fits (state unchanged)."""
         best: tuple[tuple[float, ...], int, tuple[tuple[int, int], ...]] | None = None
         seen = 0
         nodes: Iterator[int] = (
             self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
         )
         for i in nodes:
+            if exclude and i in exclude:
+                continue
             gpus = self.fits(i, req)
             if gpus is None:
                 continue
@@ -286,6 +357,27 @@ class Cluster:
         self._reindex(i)
         return Placement(i, req.cpu_milli, req.memory_mib, gpus)
 
+    def place_gang(self, req: Request, count: int) -> tuple[Placement, ...] | None:
+        """Place ``req`` on ``count`` distinct nodes, all or nothing (``None``: state unchanged).
+
+        Exact: members are alike and each needs its own node, and a placement on one node does
+        not change whether another fits, so the gang fits iff ``count`` nodes fit ``req``;
+        placing members one by one (each by the policy) finds them whenever they exist.
+        """
+        if count < 1:
+            raise ValueError("a gang has at least one member")
+        done: list[Placement] = []
+        used: set[int] = set()
+        for _ in range(count):
+            p = self.place(req, used)
+            if p is None:
+                for q in reversed(done):
+                    self.release(q)
+                return None
+            done.append(p)
+            used.add(p.node)
+        return tuple(done)
+
     def release(self, p: Placement) -> None:
         """Give back what ``p`` took. Raises ``ValueError`` (state unchanged) on over-release."""
         spec = self.nodes[p.node]
@@ -304,34 +396,74 @@ class Cluster:
     # ----------------------------------------------------------------- indexes
 
     def _reindex(self, i: int) -> None:
-        idx = self._idx[self.nodes[i].gpu_model]
+        """Move node ``i`` to the buckets its state now keys, in its group's index and its
+        model's (the same keys in both: they depend on the node's state only)."""
         level = (self.free_cpu[i] // CPU_LEVEL_MILLI) * MEM_LEVELS + self.free_mem[i].bit_length()
         fk = (self.free_whole(i), level)
         old = self._full_key[i]
-        if old != fk:
-            if old[0] >= 0:
-                b = idx.full[old[0]][old[1]]
-                del b[i]
-                if not b:
-                    del idx.full[old[0]][old[1]]
-                    idx.full_mask[old[0]] &= ~(1 << old[1])
-            idx.full[fk[0]].setdefault(fk[1], {})[i] = None
-            idx.full_mask[fk[0]] |= 1 << fk[1]
-            self._full_key[i] = fk
         partial = [f for f in self.gpu_free[i] if 0 < f < FULL]
         pk = (max(partial) // _SHARE_LEVEL, level) if partial else None
         oldp = self._part_key[i]
-        if oldp != pk:
-            if oldp is not None:
-                b = idx.part[oldp[0]][oldp[1]]
-                del b[i]
-                if not b:
-                    del idx.part[oldp[0]][oldp[1]]
-                    idx.part_mask[oldp[0]] &= ~(1 << oldp[1])
-            if pk is not None:
-                idx.part[pk[0]].setdefault(pk[1], {})[i] = None
-                idx.part_mask[pk[0]] |= 1 << pk[1]
-            self._part_key[i] = pk
+        for idx in self._node_idx[i]:
+            if old != fk:
+                if old[0] >= 0:
+                    b = idx.full[old[0]][old[1]]
+                    del b[i]
+                    if not b:
+                        del idx.full[old[0]][old[1]]
+                        idx.full_mask[old[0]] &= ~(1 << old[1])
+                        if not idx.full_mask[old[0]]:
+                            idx.rows &= ~(1 << old[0])
+                idx.full[fk[0]].setdefault(fk[1], {})[i] = None
+                idx.full_mask[fk[0]] |= 1 << fk[1]
+                idx.rows |= 1 << fk[0]
+            if oldp != pk:
+                if oldp is not None:
+                    b = idx.part[oldp[0]][oldp[1]]
+                    del b[i]
+                    if not b:
+                        del idx.part[oldp[0]][oldp[1]]
+                        idx.part_mask[oldp[0]] &= ~(1 << oldp[1])
+                        if not idx.part_mask[oldp[0]]:
+                            idx.prows &= ~(1 << oldp[0])
+                if pk is not None:
+                    idx.part[pk[0]].setdefault(pk[1], {})[i] = None
+                    idx.part_mask[pk[0]] |= 1 << pk[1]
+                    idx.prows |= 1 << pk[0]
+        self._full_key[i] = fk
+        self._part_key[i] = pk
+
+    def _plan(self, req: Request) -> tuple[bool, list[_Index]]:
+        """Which indexes a request searches, in order, and whether group by group.
+
+        A policy that ranks groups, or a request limited to regions, searches the group
+        indexes that can hold it (in the policy's group order); any other request searches
+        the per-model indexes, so the number of groups (sites x prices) does not slow it.
+        Plans depend only on the request's models and regions and are cached.
+        """
+        key = (req.models if req.num_gpu else None, req.regions)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+
+        def wanted(model: str) -> bool:
+            return req.num_gpu == 0 or bool(model and (not req.models or model in req.models))
+
+        groups = sorted(
+            g for g in self._idx if wanted(g.model) and (not req.regions or g.region in req.regions)
+        )
+        ranks = {g: self.policy.group_rank(g) for g in groups}
+        by_group = len(groups) > 1 and all(r is not None for r in ranks.values())
+        if by_group:
+            groups.sort(key=lambda g: (ranks[g] or (), g))
+        if by_group or req.regions:
+            plan = (by_group, [self._idx[g] for g in groups])
+        else:
+            plan = (False, [self._midx[m] for m in sorted(self._midx) if wanted(m)])
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _candidates(self, req: Request) -> Iterator[int]:
         """Node ids whose bucket keys can fit ``req``, in the policy's order (may repeat)."""
@@ -339,11 +471,7 @@ class Cluster:
         lo_level = (req.cpu_milli // CPU_LEVEL_MILLI) * MEM_LEVELS
         # a node with less free memory than 2**(b-1) <= memory_mib (b its bit length) cannot fit
         lo_mem = req.memory_mib.bit_length()
-        if req.num_gpu == 0:
-            models = sorted(self._idx)
-        else:
-            models = sorted(m for m in self._idx if m and (not req.models or m in req.models))
-        idxs = [self._idx[m] for m in models]
+        by_group, idxs = self._plan(req)
         need = 1 if req.shared else req.whole_gpus
         ks = range(need, self._max_gpus + 1)
         if not tight:
@@ -365,29 +493,69 @@ class Cluster:
                         yield top + lo_level
                     m ^= 1 << top
 
-        def full() -> Iterator[int]:
+        def rows(mask: int, lo: int) -> Iterator[int]:
+            """Set bits of ``mask`` from ``lo`` up, in the policy's order."""
+            m = mask >> lo
+            while m:
+                if tight:
+                    low = m & -m
+                    yield low.bit_length() - 1 + lo
+                    m ^= low
+                else:
+                    top = m.bit_length() - 1
+                    yield top + lo
+                    m ^= 1 << top
+
+        def full(idxs: list[_Index]) -> Iterator[int]:
+            if len(idxs) == 1:  # one group: only its non-empty rows
+                idx = idxs[0]
+                for k in rows(idx.rows, need):
+                    row = idx.full[k]
+                    for lv in levels(idx.full_mask[k]):
+                        yield from row[lv]
+                return
             for k in ks:
                 for idx in idxs:
+                    if not (idx.rows >> k) & 1:
+                        continue
                     row = idx.full[k]
                     for lv in levels(idx.full_mask[k]):
                         yield from row[lv]
 
-        def part() -> Iterator[int]:
-            qs = range(req.gpu_milli // _SHARE_LEVEL, FULL // _SHARE_LEVEL)
+        def part(idxs: list[_Index]) -> Iterator[int]:
+            q0 = req.gpu_milli // _SHARE_LEVEL
+            if len(idxs) == 1:
+                idx = idxs[0]
+                for q in rows(idx.prows, q0):
+                    row = idx.part[q]
+                    for lv in levels(idx.part_mask[q]):
+                        yield from row[lv]
+                return
+            qs = range(q0, FULL // _SHARE_LEVEL)
             for q in qs if tight else qs[::-1]:
                 for idx in idxs:
+                    if not (idx.prows >> q) & 1:
+                        continue
                     row = idx.part[q]
                     for lv in levels(idx.part_mask[q]):
                         yield from row[lv]
 
-        if not req.shared:
-            yield from full()
-        elif tight:
-            yield from part()
-            yield from full()
+        def search(idxs: list[_Index]) -> Iterator[int]:
+            if not req.shared:
+                yield from full(idxs)
+            elif tight:
+                yield from part(idxs)
+                yield from full(idxs)
+            else:
+                yield from full(idxs)
+                yield from part(idxs)
+
+        if by_group:  # the policy's group order first, then buckets within a group
+            for idx in idxs:
+                if idx.may_fit(req):
+                    yield from search([idx])
         else:
-            yield from full()
-            yield from part()
+            yield from search(idxs)
 
 
 # --------------------------------------------------------------------- policies
@@ -399,6 +567,9 @@ class BestFit:
 
     name: str = "best-fit"
     tightest_first: bool = True
+
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        return None
 
     def score(
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
@@ -415,6 +586,9 @@ class Spread:
 
     name: str = "spread"
     tightest_first: bool = False
+
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        return None
 
     def score(
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
@@ -490,6 +664,9 @@ class FragmentationAware:
     def classes(self) -> tuple[tuple[Request, float], ...]:
         return self.workload or _DEFAULT_WORKLOAD
 
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        return None
+
     def score(
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]:
@@ -502,6 +679,42 @@ class FragmentationAware:
         before_f = self._frag(cpu, mem, g, model)
         after_f = self._frag(cpu - req.cpu_milli, mem - req.memory_mib, after, model)
         return (after_f - before_f, *BestFit().score(cluster, node, req, gpus))
+
+
+@dataclass(frozen=True)
+class CostFirst:
+    """Cheapest first: the node's price per GPU-hour (the market's on-demand ask), then carbon
+    intensity, then best-fit. Groups are visited cheapest first, so the price is exact."""
+
+    name: str = "cost-first"
+    tightest_first: bool = True
+
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        return (float(group.price_micros), float(group.carbon))
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]:
+        g = cluster._groups[node]
+        return (float(g.price_micros), float(g.carbon), *BestFit().score(cluster, node, req, gpus))
+
+
+@dataclass(frozen=True)
+class CarbonFirst:
+    """Greenest first: the node's carbon intensity (undeclared last), then price, then
+    best-fit. Groups are visited greenest first, so the carbon intensity is exact."""
+
+    name: str = "carbon-first"
+    tightest_first: bool = True
+
+    def group_rank(self, group: NodeGroup) -> tuple[float, ...] | None:
+        return (float(group.carbon), float(group.price_micros))
+
+    def score(
+        self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
+    ) -> tuple[float, ...]:
+        g = cluster._groups[node]
+        return (float(g.carbon), float(g.price_micros), *BestFit().score(cluster, node, req, gpus))
 
 
 _DEFAULT_WORKLOAD: tuple[tuple[Request, float], ...] = (
@@ -517,6 +730,8 @@ POLICIES: Mapping[str, Callable[..., PlacementPolicy]] = {
     "best-fit": BestFit,
     "spread": Spread,
     "fgd": FragmentationAware,
+    "cost-first": CostFirst,
+    "carbon-first": CarbonFirst,
 }
 """Policy factories by name; ``fgd`` takes ``workload=``."""
 

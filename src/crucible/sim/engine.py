@@ -1,0 +1,208 @@
+"""The discrete-event loop: a scenario, a seed and a policy in; a :class:`SimResult` out.
+
+The loop pops events in (time, sequence) order from :class:`~crucible.sim.events.EventQueue`
+(the virtual clock) and hands them to a driver over the real cores: the placement core for
+``kind = "placement"`` (:class:`~crucible.sim.placement_driver.PlacementDriver`), the market
+core for ``kind = "market"`` (:class:`~crucible.sim.market_driver.MarketDriver`). Nothing here
+reads a clock or draws unseeded randomness, so the same scenario, seed and policy give the
+same result. The only I/O is reading the trace, through loaders the caller may replace.
+
+A run ends at ``duration_hours`` or, without one (placement kind), when no work is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crucible.server.market import Market, MarketRules, Prefer
+from crucible.server.scheduler.placement import Cluster, Request, make_policy
+from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
+from crucible.sim.fleet import Host, NodeLoader, add_to_market, build_fleet, openb_dir, to_nodes
+from crucible.sim.market_driver import MarketDriver
+from crucible.sim.metrics import Recorder
+from crucible.sim.placement_driver import PlacementDriver
+from crucible.sim.scenario import Scenario, ScenarioError, check_policy
+from crucible.sim.trace import TracePod, load_nodes, load_pods, workload_classes
+from crucible.sim.workload import (
+    MS_PER_HOUR,
+    ClassSource,
+    InflateSource,
+    JobSource,
+    TraceSource,
+)
+
+__all__ = ["PodLoader", "SimResult", "run"]
+
+PodLoader = Callable[[Path, str], list[TracePod]]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What a run produced: ``summary`` (nested, JSON-ready) and ``series`` (one list per
+    metric, one point per sample window; ``None`` where a window had nothing to measure)."""
+
+    summary: dict[str, Any]
+    series: dict[str, list[float | None]]
+
+
+def _ref_prices(hosts: Sequence[Host]) -> dict[str, int]:
+    """Each model's mean on-demand ask: what a class's bid fractions refer to."""
+    tot: dict[str, list[int]] = {}
+    for h in hosts:
+        if h.gpus:
+            acc = tot.setdefault(h.model, [0, 0])
+            acc[0] += h.price_micros
+            acc[1] += 1
+    return {m: a[0] // a[1] for m, a in tot.items()}
+
+
+def run(
+    s: Scenario,
+    *,
+    seed: int | None = None,
+    policy: str | None = None,
+    nodes_loader: NodeLoader = lambda d: load_nodes(d),
+    pods_loader: PodLoader = lambda d, name: load_pods(d, name),
+) -> SimResult:
+    """Simulate ``s`` (``seed`` and ``policy`` default to the scenario's)."""
+    seed = s.seed if seed is None else seed
+    policy = policy or s.policy
+    check_policy(s, policy)
+    hosts, copies = build_fleet(s, seed, nodes_loader)
+    fleet_gpus = sum(h.gpus for h in hosts)
+    if fleet_gpus <= 0:
+        raise ScenarioError(f"{s.source}: the fleet has no GPUs")
+    end_ms = round(s.duration_hours * MS_PER_HOUR) if s.duration_hours > 0 else None
+    sources: list[JobSource] = []
+    fgd_classes: tuple[tuple[Request, float], ...] = ()
+    if s.trace is not None:
+        where = openb_dir(s.trace.trace_dir)
+        try:
+            pods = pods_loader(where, s.trace.pods)
+        except FileNotFoundError:
+            raise ScenarioError(
+                f"{s.source}: workload: no openb_pod_list_{s.trace.pods}.csv in {where}; "
+                "put the trace there or set workload.trace_dir"
+            ) from None
+        if s.trace.replay == "inflate":
+            sources.append(InflateSource(pods, fleet_gpus, s.trace.inflate_to, seed))
+        else:
+            sources.append(TraceSource(pods, copies if s.trace.scale_with_fleet else 1, end_ms))
+        fgd_classes = workload_classes([p.request for p in pods], max_classes=12)
+    else:
+        if end_ms is None:
+            raise ScenarioError(
+                f"{s.source}: duration_hours: synthetic classes need a duration > 0"
+            )
+        ref = _ref_prices(hosts)
+        for i, c in enumerate(s.classes):
+            unknown = [m for m in c.models if m not in ref]
+            if unknown and len(unknown) == len(c.models):
+                raise ScenarioError(
+                    f"{s.source}: workload.classes[{i}].models: no host in the fleet has "
+                    f"{list(c.models)}; the fleet has {sorted(ref)}"
+                )
+            sources.append(ClassSource(c, fleet_gpus, seed, i, end_ms, ref))
+        fgd_classes = tuple(
+            (
+                Request(
+                    c.cpu * 1000, c.memory_gib * 1024, c.gpus[0], c.gpu_milli, frozenset(c.models)
+                ),
+                c.load,
+            )
+            for c in s.classes
+        )
+
+    q = EventQueue()
+    rec = Recorder(float(fleet_gpus))
+    driver: PlacementDriver | MarketDriver
+    if s.kind == "placement":
+        kw: dict[str, Any] = {"workload": fgd_classes} if policy == "fgd" else {}
+        cluster = Cluster.from_nodes(to_nodes(hosts), make_policy(policy, **kw))
+        driver = PlacementDriver(cluster, rec, q)
+        driver.classes = fgd_classes
+    else:
+        market = Market(MarketRules(grace_ms=round(s.grace_seconds * 1000)))
+        add_to_market(market, hosts)
+        driver = MarketDriver(
+            market,
+            {h.id: h for h in hosts},
+            rec,
+            q,
+            prefer=Prefer.CHEAPEST if policy == "cost-first" else Prefer.GREENEST,
+            platform_fee=s.platform_fee,
+            default_carbon=s.default_carbon_g_per_kwh,
+            power_watts=dict(s.power_watts),
+            patience_ms={c.name: round(c.patience_hours * MS_PER_HOUR) for c in s.classes},
+        )
+
+    for i, src in enumerate(sources):
+        t = src.peek()
+        if t is not None:
+            q.push(t, NextArrival(i))
+    step = max(1, round(s.sample_minutes * 60_000))
+    q.push(step, Sample())
+    next_id = 0
+    while len(q):
+        at = q.peek_ms()
+        if end_ms is not None and at is not None and at > end_ms:
+            break
+        ev = q.pop()
+        now = q.now_ms
+        if isinstance(ev, NextArrival):
+            src = sources[ev.source]
+            job = src.pop(next_id)
+            next_id += 1
+            driver.arrive(job, now)
+            t = src.peek()
+            if t is not None:
+                q.push(t, NextArrival(ev.source))
+        elif isinstance(ev, Finish):
+            if ev.epoch == ev.job.epoch:
+                driver.finish(ev.job, now)
+        elif isinstance(ev, Arrive):
+            driver.arrive(ev.job, now)
+        else:
+            driver.expire(now)
+            rec.sample(
+                now, driver.queued if isinstance(driver, PlacementDriver) else driver.waiting
+            )
+            if len(q) and (end_ms is None or now + step <= end_ms):
+                q.push(now + step, Sample())
+    end = end_ms if end_ms is not None else q.now_ms
+    last = rec.series["t_hours"][-1] if rec.series["t_hours"] else None
+    if last is None or last * MS_PER_HOUR < end:
+        waiting = driver.queued if isinstance(driver, PlacementDriver) else driver.waiting
+        rec.sample(end, waiting)
+    if isinstance(driver, MarketDriver):
+        driver.close(end)
+
+    providers: dict[str, dict[str, Any]] = {}
+    for h in hosts:
+        p = providers.setdefault(h.provider, {"hosts": 0, "gpus": 0, "sites": set()})
+        p["hosts"] += 1
+        p["gpus"] += h.gpus
+        p["sites"].add(h.region)
+    summary: dict[str, Any] = {
+        "scenario": s.name,
+        "kind": s.kind,
+        "seed": seed,
+        "policy": policy,
+        "fleet": {
+            "hosts": len(hosts),
+            "gpus": fleet_gpus,
+            "providers": {
+                k: {"hosts": v["hosts"], "gpus": v["gpus"], "sites": len(v["sites"])}
+                for k, v in providers.items()
+            },
+        },
+        "simulated_hours": round(end / MS_PER_HOUR, 3),
+        "events": q.processed,
+        "gpu_utilisation_mean": round(rec.mean_utilisation(end), 4),
+        "queueing_delay": rec.delay_summary(),
+    }
+    summary[s.kind] = driver.summary()
+    return SimResult(summary, rec.series)

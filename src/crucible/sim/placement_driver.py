@@ -1,0 +1,151 @@
+"""Drives the placement core (:class:`~crucible.server.scheduler.placement.Cluster`) with
+the simulator's jobs: the code that decides is the scheduler's own, called as the server
+calls it.
+
+Queueing: a job is placed when it arrives if it fits; otherwise it waits in arrival order.
+Each time capacity is released, up to ``backfill`` waiting jobs are tried from the head (a
+later job that fits may start before an earlier one that does not, as Kubernetes' scheduler
+retries unschedulable pods). A waiting job gives up at its deadline. A gang (``nodes > 1``)
+starts all its members at once or none (:meth:`Cluster.place_gang`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from crucible.server.scheduler.placement import (
+    FULL,
+    Cluster,
+    Placement,
+    Request,
+    node_fragmentation,
+)
+from crucible.sim.events import EventQueue, Finish
+from crucible.sim.metrics import Recorder
+from crucible.sim.workload import Job
+
+__all__ = ["PlacementDriver"]
+
+
+class PlacementDriver:
+    def __init__(self, cluster: Cluster, rec: Recorder, q: EventQueue, backfill: int = 64) -> None:
+        self.cluster, self.rec, self.q, self.backfill = cluster, rec, q, backfill
+        self.waiting: deque[Job] = deque()
+        self.running: dict[int, tuple[Placement, ...]] = {}
+        self.counts = {
+            "arrived": 0,
+            "started": 0,
+            "finished": 0,
+            "gave_up": 0,
+            "gangs_started": 0,
+            "attempts_refused": 0,
+        }
+        self.peak_utilisation = 0.0
+        self.capacity_milli = max(1, sum(len(g) for g in cluster.gpu_free) * FULL)
+        self.arrived_milli = 0
+        self.alloc_at_full: float | None = None
+        self.classes: tuple[tuple[Request, float], ...] = ()
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def _gpus(self, job: Job) -> float:
+        return job.request.gpu_demand_milli * job.nodes / FULL
+
+    def _try(self, job: Job, now: int) -> bool:
+        if job.nodes == 1:
+            p = self.cluster.place(job.request)
+            got: tuple[Placement, ...] | None = None if p is None else (p,)
+        else:
+            got = self.cluster.place_gang(job.request, job.nodes)
+        if got is None:
+            self.counts["attempts_refused"] += 1
+            return False
+        self.running[job.id] = got
+        job.started_ms = now
+        self.counts["started"] += 1
+        self.counts["gangs_started"] += job.nodes > 1
+        self.rec.started(now, job.arrival_ms)
+        self.rec.add_busy(now, self._gpus(job))
+        self.peak_utilisation = max(self.peak_utilisation, self.rec.busy / self.rec.capacity_gpus)
+        if not job.forever:
+            end = job.deadline_ms if job.fixed_end else now + job.remaining_ms
+            self.q.push(max(end, now), Finish(job, job.epoch))
+        return True
+
+    def arrive(self, job: Job, now: int) -> None:
+        self.counts["arrived"] += 1
+        self.arrived_milli += job.request.gpu_demand_milli * job.nodes
+        if self.alloc_at_full is None and self.arrived_milli >= self.capacity_milli:
+            # FGD's comparison point: GPUs allocated when the demand that arrived equals the
+            # fleet's GPUs (before this arrival is placed)
+            self.alloc_at_full = self.cluster.gpu_allocated_milli() / self.capacity_milli
+        if not self._try(job, now):
+            if job.deadline_ms <= now:
+                self.counts["gave_up"] += 1
+            else:
+                self.waiting.append(job)
+
+    def finish(self, job: Job, now: int) -> None:
+        placements = self.running.pop(job.id)
+        for p in placements:
+            self.cluster.release(p)
+        self.rec.add_busy(now, -self._gpus(job))
+        self.counts["finished"] += 1
+        self.drain(now)
+
+    def drain(self, now: int) -> None:
+        """Drop waiting jobs past their deadline; try up to ``backfill`` of the rest."""
+        tried = 0
+        kept: list[Job] = []
+        while self.waiting and tried < self.backfill:
+            job = self.waiting.popleft()
+            if job.deadline_ms <= now:
+                self.counts["gave_up"] += 1
+                continue
+            tried += 1
+            if not self._try(job, now):
+                kept.append(job)
+        self.waiting.extendleft(reversed(kept))
+
+    def expire(self, now: int) -> None:
+        """Drop every waiting job past its deadline (called at each sample)."""
+        if any(j.deadline_ms <= now for j in self.waiting):
+            left = deque(j for j in self.waiting if j.deadline_ms > now)
+            self.counts["gave_up"] += len(self.waiting) - len(left)
+            self.waiting = left
+
+    def fragmentation(self) -> tuple[float, float]:
+        """FGD's fleet fragmentation now, for ``classes``: (fragmented GPUs, free GPUs)."""
+        c = self.cluster
+        frag = 0.0
+        memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
+        for i, n in enumerate(c.nodes):
+            if not n.gpu_count:
+                continue
+            key = (c.free_cpu[i], c.free_mem[i], tuple(c.gpu_free[i]), n.gpu_model)
+            v = memo.get(key)
+            if v is None:
+                v = memo[key] = node_fragmentation(*key, self.classes)
+            frag += v
+        free = sum(sum(g) for g in c.gpu_free)
+        return frag / FULL, free / FULL
+
+    def summary(self) -> dict[str, Any]:
+        c = self.cluster
+        frag, free = self.fragmentation()
+        return {
+            **self.counts,
+            "still_running": len(self.running),
+            "still_waiting": len(self.waiting),
+            "arrived_gpu_demand_over_capacity": round(self.arrived_milli / self.capacity_milli, 4),
+            "gpu_allocation_when_arrived_equals_capacity": None
+            if self.alloc_at_full is None
+            else round(self.alloc_at_full, 4),
+            "peak_gpu_allocation": round(self.peak_utilisation, 4),
+            "gpu_allocation_at_end": round(c.gpu_allocated_milli() / self.capacity_milli, 4),
+            "fragmented_gpus_at_end": round(frag, 1),
+            "fragmentation_of_free_at_end": round(frag / free, 4) if free else 0.0,
+        }

@@ -1,0 +1,135 @@
+"""A run's report: rows for the terminal table, ``summary.json``, PNG plots (matplotlib) of
+utilisation, queueing and prices over time, and ``report.html`` embedding them.
+
+This is the shell side of the simulator: it writes files. matplotlib is imported only when
+plots are asked for (``pip install 'crucible[sim]'`` installs it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crucible.errors import Error
+from crucible.sim.engine import SimResult
+
+__all__ = ["flatten", "write_html", "write_json", "write_plots", "write_report"]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, value)`` rows of a nested summary, in order."""
+    rows: list[tuple[str, str]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            rows.extend(flatten(v, key + "."))
+        else:
+            rows.append((key, "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)))
+    return rows
+
+
+def write_json(result: SimResult, timing: Mapping[str, Any], path: Path) -> Path:
+    data = {"summary": result.summary, "timing": dict(timing), "series": result.series}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+_PLOTS = (
+    ("utilisation.png", "GPU utilisation", [("utilisation", "utilisation (share of GPUs)")]),
+    (
+        "queueing.png",
+        "Queueing",
+        [("queue_delay_s", "mean queueing delay of jobs started (s)"), ("queued", "jobs waiting")],
+    ),
+    (
+        "prices.png",
+        "Clearing prices",
+        [
+            ("price_on_demand", "on-demand $/GPU-hour"),
+            ("price_interruptible", "interruptible $/GPU-hour"),
+        ],
+    ),
+)
+
+
+def write_plots(result: SimResult, out: Path) -> list[Path]:
+    """One PNG per plot that has data (prices only for market runs)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise Error(
+            "plots need matplotlib: pip install 'crucible[sim]' (or pass --no-plots)"
+        ) from None
+    s = result.series
+    t = s["t_hours"]
+    title = (
+        f"{result.summary['scenario']} ({result.summary['policy']}, seed {result.summary['seed']})"
+    )
+    written: list[Path] = []
+    for name, heading, lines in _PLOTS:
+        present = [(k, label) for k, label in lines if any(v is not None for v in s[k])]
+        if not present:
+            continue
+        fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.6 * len(present)), sharex=True)
+        axes_list = [axes] if len(present) == 1 else list(axes)
+        for ax, (k, label) in zip(axes_list, present, strict=True):
+            pts = [(x, y) for x, y in zip(t, s[k], strict=True) if y is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1)
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes_list[0].set_title(f"{heading}: {title}", fontsize=10)
+        axes_list[-1].set_xlabel("simulated time (hours)")
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_html(
+    result: SimResult, timing: Mapping[str, Any], images: list[Path], path: Path
+) -> Path:
+    """A self-contained page: the summary table and the plots (embedded as data URIs)."""
+    rows = flatten(result.summary) + flatten(timing, "timing.")
+    table = "\n".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows
+    )
+    imgs = "\n".join(
+        f'<h2>{html.escape(p.stem)}</h2><img alt="{html.escape(p.stem)}" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in images
+    )
+    name = html.escape(str(result.summary["scenario"]))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>crucible sim: {name}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}
+td{{padding:2px 10px;border-bottom:1px solid #ddd;font-size:13px}}img{{max-width:100%}}</style>
+</head><body><h1>crucible sim: {name}</h1>
+<table>{table}</table>
+{imgs}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_report(
+    result: SimResult, timing: Mapping[str, Any], out: Path, *, plots: bool = True
+) -> dict[str, Path]:
+    """Write ``summary.json``, the PNGs (with ``plots``) and ``report.html`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": write_json(result, timing, out / "summary.json")}
+    images = write_plots(result, out) if plots else []
+    for p in images:
+        written[p.stem] = p
+    written["html"] = write_html(result, timing, images, out / "report.html")
+    return written

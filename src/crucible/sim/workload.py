@@ -1,0 +1,217 @@
+"""The simulated workload: jobs, and the sources that emit them in arrival order.
+
+A :class:`Job` is one task (placement kind) or one lease request (market kind): ``nodes``
+members of ``request`` each (a gang when ``nodes > 1``), ``duration_ms`` of work, and a time
+by which it gives up if it has not started (``deadline_ms``).
+
+Sources are lazy (one pending job each), so a week at 100,000 GPUs never holds its whole
+workload in memory:
+
+* :class:`ClassSource`: Poisson arrivals of one synthetic class, seeded per class;
+* :class:`InflateSource`: FGD's experiment (Weng et al., ATC 2023): pods drawn at random
+  (with replacement, seeded) from the trace, one per virtual second, that never leave and
+  give up at once if they do not fit, until the GPUs they asked for reach ``target`` times
+  the fleet's;
+* :class:`TraceSource`: the openb pod list as recorded (arrival at ``creation_time``,
+  departure at ``deletion_time``; a pod not started by its deletion time gives up), each pod
+  ``copies`` times when the fleet is the node list replicated.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from crucible.server.scheduler.placement import FULL, Request
+from crucible.sim.scenario import ClassSpec
+from crucible.sim.trace import TracePod
+
+__all__ = [
+    "ClassSource",
+    "InflateSource",
+    "Job",
+    "JobSource",
+    "TraceSource",
+    "arrival_rate_per_ms",
+]
+
+MS_PER_HOUR = 3_600_000
+
+
+@dataclass
+class Job:
+    """One job; the drivers update ``remaining_ms``, ``started_ms`` and ``attempts``."""
+
+    id: int
+    cls: str
+    arrival_ms: int
+    duration_ms: int
+    deadline_ms: int
+    request: Request  # what each member needs (placement kind)
+    nodes: int = 1
+    gpus: int = 1  # whole GPUs per node (market kind)
+    models: tuple[str, ...] = ()
+    tier: str = "on_demand"
+    bid_micros: int | None = None
+    remaining_ms: int = 0
+    started_ms: int | None = None
+    attempts: int = 0
+    epoch: int = 0  # bumped when a run is cut short, so its pending finish is ignored
+    fixed_end: bool = False  # ends at ``deadline_ms`` however late it started (trace pods)
+    forever: bool = False  # never ends (the inflation experiment: arrivals only)
+
+    def __post_init__(self) -> None:
+        self.remaining_ms = self.duration_ms
+
+
+class JobSource:
+    """Emits jobs in arrival order: :meth:`peek` the next arrival time, :meth:`pop` the job."""
+
+    def peek(self) -> int | None:
+        raise NotImplementedError
+
+    def pop(self, next_id: int) -> Job:
+        raise NotImplementedError
+
+
+def arrival_rate_per_ms(c: ClassSpec, fleet_gpus: int) -> float:
+    """Arrivals per ms so the class offers ``load`` x the fleet's GPUs on average (Little)."""
+    busy = c.load * fleet_gpus
+    return busy / (c.mean_gpus * c.duration_hours * MS_PER_HOUR)
+
+
+class ClassSource(JobSource):
+    """Poisson arrivals of one class from time 0 until ``end_ms``."""
+
+    def __init__(
+        self,
+        c: ClassSpec,
+        fleet_gpus: int,
+        seed: int,
+        index: int,
+        end_ms: int,
+        ref_price_micros: dict[str, int],
+    ) -> None:
+        self.c, self.end_ms = c, end_ms
+        self.rng = random.Random(f"class:{seed}:{index}:{c.name}")
+        self.rate = arrival_rate_per_ms(c, fleet_gpus)
+        self.ref = ref_price_micros
+        self.next_ms: int | None = None
+        self._advance(0.0)
+
+    def _advance(self, t: float) -> None:
+        if self.rate <= 0:
+            self.next_ms = None
+            return
+        t += self.rng.expovariate(self.rate)
+        self.next_ms = math.ceil(t) if t < self.end_ms else None
+        self._t = t
+
+    def peek(self) -> int | None:
+        return self.next_ms
+
+    def pop(self, next_id: int) -> Job:
+        assert self.next_ms is not None
+        c, rng, now = self.c, self.rng, self.next_ms
+        gpus = rng.choice(c.gpus)
+        nodes = rng.choice(c.nodes)
+        duration = max(1, round(rng.expovariate(1 / (c.duration_hours * MS_PER_HOUR))))
+        bid = None
+        if c.bid is not None:
+            # the bid is a fraction of the class's reference price (its first model's mean ask)
+            ref = self.ref.get(c.models[0], 0) if c.models else 0
+            bid = round(ref * rng.uniform(*c.bid))
+        shared = c.gpu_milli < FULL
+        req = Request(
+            c.cpu * 1000,
+            c.memory_gib * 1024,
+            gpus,
+            c.gpu_milli if shared else FULL,
+            frozenset(c.models),
+        )
+        job = Job(
+            id=next_id,
+            cls=c.name,
+            arrival_ms=now,
+            duration_ms=duration,
+            deadline_ms=now + round(c.patience_hours * MS_PER_HOUR),
+            request=req,
+            nodes=nodes,
+            gpus=gpus,
+            models=c.models,
+            tier=c.tier,
+            bid_micros=bid,
+        )
+        self._advance(self._t)
+        return job
+
+
+class TraceSource(JobSource):
+    """The openb pods as recorded, ``copies`` of each (pods sorted by creation time)."""
+
+    def __init__(self, pods: Sequence[TracePod], copies: int, end_ms: int | None) -> None:
+        self.pods = sorted(pods, key=lambda p: p.creation_time)
+        self.copies = max(1, copies)
+        self.end_ms = end_ms
+        self.i = 0
+        self.k = 0
+
+    def peek(self) -> int | None:
+        if self.i >= len(self.pods):
+            return None
+        t = self.pods[self.i].creation_time * 1000
+        return None if self.end_ms is not None and t >= self.end_ms else t
+
+    def pop(self, next_id: int) -> Job:
+        pod = self.pods[self.i]
+        self.k += 1
+        if self.k >= self.copies:
+            self.k = 0
+            self.i += 1
+        start = pod.creation_time * 1000
+        end = (pod.deletion_time if pod.deletion_time is not None else pod.creation_time) * 1000
+        return Job(
+            id=next_id,
+            cls="openb",
+            arrival_ms=start,
+            duration_ms=max(0, end - start),
+            deadline_ms=end,
+            request=pod.request,
+            gpus=pod.request.num_gpu,
+            models=tuple(sorted(pod.request.models)),
+            fixed_end=True,
+        )
+
+
+class InflateSource(JobSource):
+    """Random trace pods, one per second, until their GPU demand reaches ``target`` x the
+    fleet's GPUs (see the module docstring)."""
+
+    def __init__(self, pods: Sequence[TracePod], fleet_gpus: int, target: float, seed: int) -> None:
+        self.pods = list(pods)
+        self.rng = random.Random(f"inflate:{seed}")
+        self.goal_milli = target * fleet_gpus * FULL
+        self.arrived_milli = 0
+        self.t = 0
+
+    def peek(self) -> int | None:
+        return self.t if self.pods and self.arrived_milli < self.goal_milli else None
+
+    def pop(self, next_id: int) -> Job:
+        pod = self.rng.choice(self.pods)
+        self.arrived_milli += pod.request.gpu_demand_milli
+        at = self.t
+        self.t += 1000
+        return Job(
+            id=next_id,
+            cls="openb",
+            arrival_ms=at,
+            duration_ms=0,
+            deadline_ms=at,
+            request=pod.request,
+            gpus=pod.request.num_gpu,
+            models=tuple(sorted(pod.request.models)),
+            forever=True,
+        )
