@@ -134,26 +134,30 @@ class SchedulerLoop:
         now = st.clock.now_ms()
         keys: list[str] = []
         live = st.market
-        with st.engine.begin() as conn, live.lock:
+        with st.engine.begin() as conn:
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
             for app_id in retire_drained_versions(conn, now):
                 log.info("stopped app %s: a superseded version with no calls left", app_id)
-            # The market: in step with hosts, offers and containers; due reservation events.
+            # Snapshots first; the market's lock is held only while the market is used, so
+            # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
-            live.sync(conn, now, host_rows)
-            live.reconcile(live_lease_ids(conn), now)
-            now = max(now, live.market.now_ms)
-            keys += carry_out_advance(conn, live.market.advance(now), now)
-            if s.require_credits:
-                keys += self._enforce_credit(conn, now)
+            lease_ids = live_lease_ids(conn)
             demands, accounts, terms = self._demands(conn, now)
-            demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
             capacity, known = self._capacity(conn, now, host_rows)
-            placer = MarketPlacer(live, accounts, terms, now)
-            decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
+            with live.lock:
+                # The market: in step with hosts, offers and containers; due window events.
+                live.sync(conn, now, host_rows)
+                live.reconcile(lease_ids, now)
+                now = max(now, live.market.now_ms)
+                keys += carry_out_advance(conn, live.market.advance(now), now)
+                if s.require_credits:
+                    keys += self._enforce_credit(conn, now)
+                demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
+                placer = MarketPlacer(live, accounts, terms, now)
+                decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
             self._log_scales(decided.scales)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
@@ -175,9 +179,12 @@ class SchedulerLoop:
                     len(decided.start),
                     ", ".join(f"{x.function_id}@{x.host_id}" for x in decided.start),
                 )
-            if now - self._last_meter_ms >= 1000:
+        if now - self._last_meter_ms >= 1000:
+            # Its own transaction: metering is idempotent, and a long one (many containers
+            # due at once) should not hold back the placements above.
+            with st.engine.begin() as conn:
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
-                self._last_meter_ms = now
+            self._last_meter_ms = now
         return keys
 
     def _enforce_credit(self, conn: Connection, now: int) -> list[str]:
