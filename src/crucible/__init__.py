@@ -40,7 +40,7 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
-from crucible.sdk._concurrency import concurrent
+from crucible.sdk._concurrency import batched, concurrent
 from crucible.sdk._functions import Function, FunctionCall, Retries
 from crucible.sdk._hooks import enter
 from crucible.sdk._image import Image
@@ -74,6 +74,7 @@ __all__ = [
     "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "batched",
     "concurrent",
     "enter",
     "on_stop",

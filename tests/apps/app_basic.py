@@ -139,3 +139,16 @@ async def overlap_async(seconds: float) -> tuple[float, float, str]:
     start = time.time()
     await asyncio.sleep(seconds)
     return start, time.time(), os.environ["CRUCIBLE_CONTAINER_ID"]
+
+
+@app.function(max_containers=1)
+@crucible.batched(max_batch_size=8, wait_ms=300)
+def double_batch(xs: list[int]) -> list[tuple[int, int]]:
+    """Each input's double, and the size of the batch it was in."""
+    return [(x * 2, len(xs)) for x in xs]
+
+
+@app.function(max_containers=1)
+@crucible.batched(max_batch_size=4, wait_ms=10)
+def short_batch(xs: list[int]) -> list[int]:
+    return xs[:-1]  # one result short: every input of the batch fails

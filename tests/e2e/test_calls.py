@@ -181,3 +181,21 @@ def test_concurrent_goes_below_app_function() -> None:
 
     with pytest.raises(crucible.InvalidRequestError, match="target_inputs=9 is above"):
         crucible.concurrent(max_inputs=4, target_inputs=9)
+
+
+def test_batched_inputs_run_as_one_call(builder) -> None:
+    with app_basic.app.run(client=builder):
+        results = list(app_basic.double_batch.map(range(24)))
+        assert [double for double, _ in results] == [x * 2 for x in range(24)]
+        assert max(size for _, size in results) > 1  # gathered into batches
+        assert all(size <= 8 for _, size in results)
+        assert app_basic.double_batch.remote(5) == (10, 1)  # a lone call is a batch of one
+        with pytest.raises(TypeError, match="one result per input"):
+            app_basic.short_batch.remote(1)
+
+
+def test_batched_options_are_checked() -> None:
+    with pytest.raises(crucible.InvalidRequestError, match="max_batch_size=0"):
+        crucible.batched(max_batch_size=0, wait_ms=10)
+    with pytest.raises(crucible.InvalidRequestError, match=r"below @app\.function"):
+        crucible.batched(max_batch_size=4, wait_ms=10)(app_basic.square)

@@ -32,6 +32,7 @@ PUBLIC = [
     "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "batched",
     "concurrent",
     "enter",
     "on_stop",

@@ -69,6 +69,9 @@ class FunctionCreate(Named):
     # autoscaler aims for per container (default: max_inputs).
     max_inputs: int = Field(default=1, ge=1, le=1000)
     target_inputs: int | None = Field(default=None, ge=1, le=1000)
+    # @crucible.batched: inputs per call of the function, and how long to wait for them.
+    max_batch_size: int = Field(default=1, ge=1, le=1000)
+    batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # Kept warm even with no work (billed while they run).
     min_containers: int = Field(default=0, ge=0, le=100_000)
     # Idle containers kept on top of what the load needs, for bursts.

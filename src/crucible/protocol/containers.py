@@ -28,6 +28,8 @@ class ContainerAssignment(Wire):
     gpu_indices: list[int] = Field(default_factory=list)
     is_async: bool = False
     max_inputs: int = Field(default=1, ge=1, le=1000)  # inputs it runs at once
+    max_batch_size: int = Field(default=1, ge=1, le=1000)  # @crucible.batched
+    batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # Signed per-container token; it can only exchange this container's inputs and read its
     # account's blobs. The agent passes it to the worker and to nobody else.
     token: str

@@ -16,7 +16,7 @@ from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
-from crucible.sdk._concurrency import CONCURRENCY_ATTR
+from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
@@ -188,6 +188,7 @@ class App:
             }
             max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
             options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
+            options["max_batch_size"], options["batch_wait_ms"] = getattr(f, BATCHING_ATTR, (1, 0))
             fn = Function(self, f, options)
             self.functions[fname] = fn
             return fn
@@ -286,6 +287,8 @@ class App:
                     scaledown_window_s=fn.options["scaledown_window_s"],
                     max_inputs=fn.options.get("max_inputs", 1),
                     target_inputs=fn.options.get("target_inputs"),
+                    max_batch_size=fn.options.get("max_batch_size", 1),
+                    batch_wait_ms=fn.options.get("batch_wait_ms", 0),
                     min_containers=fn.options["min_containers"],
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],

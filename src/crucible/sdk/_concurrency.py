@@ -1,4 +1,5 @@
-"""``@crucible.concurrent``: one container handles several inputs at once."""
+"""``@crucible.concurrent`` (one container runs several inputs at once) and
+``@crucible.batched`` (one call of the function handles a batch of inputs)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any, TypeVar
 
 from crucible.errors import InvalidRequestError
 
-__all__ = ["CONCURRENCY_ATTR", "concurrent"]
+__all__ = ["BATCHING_ATTR", "CONCURRENCY_ATTR", "batched", "concurrent"]
 
 CONCURRENCY_ATTR = "__crucible_concurrent__"
+BATCHING_ATTR = "__crucible_batched__"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -42,6 +44,41 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
                 "put @crucible.concurrent(...) below @app.function(...), next to the def"
             )
         setattr(f, CONCURRENCY_ATTR, (max_inputs, target_inputs))
+        return f
+
+    return decorate
+
+
+def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
+    """Dynamic batching: the container gathers inputs (up to ``max_batch_size``, waiting at
+    most ``wait_ms`` after the first for more) and calls the function once with a *list* per
+    parameter; it must return a list with one result per input, in order. Each input is
+    still its own call to the caller (``.remote(x)`` returns one result). Put it below
+    ``@app.function``::
+
+        @app.function(gpu="L4")
+        @crucible.batched(max_batch_size=32, wait_ms=20)
+        def embed(texts: list[str]) -> list[list[float]]: ...
+
+    An exception fails every input of the batch.
+    """
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
+        raise InvalidRequestError(f"max_batch_size={max_batch_size!r} must be an int")
+    if not 1 <= max_batch_size <= 1000:
+        raise InvalidRequestError(f"max_batch_size={max_batch_size} must be in [1, 1000]")
+    if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not 0 <= wait_ms <= 10_000:
+        raise InvalidRequestError(f"wait_ms={wait_ms!r} must be an int in [0, 10000]")
+
+    def decorate(f: F) -> F:
+        from crucible.sdk._functions import Function
+
+        if isinstance(f, Function):
+            raise InvalidRequestError(
+                "put @crucible.batched(...) below @app.function(...), next to the def"
+            )
+        if hasattr(f, CONCURRENCY_ATTR):
+            raise InvalidRequestError("a function is either @crucible.batched or @concurrent")
+        setattr(f, BATCHING_ATTR, (max_batch_size, wait_ms))
         return f
 
     return decorate

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import os
 import shutil
@@ -262,6 +263,89 @@ class Worker:
             return 1 if self.init_error is None else _MAX_WANT
         return max(1, min(_MAX_WANT, int(_TARGET_BATCH_S / max(self.avg_exec_s, 1e-6))))
 
+    def serve_batched(self, size: int, wait_ms: int) -> None:
+        """``@crucible.batched``: gather up to ``size`` inputs (waiting at most ``wait_ms``
+        after the first for more), run them as one call, report one output per input."""
+        outputs: list[OutputItem] = []
+        while True:
+            reply = self.exchange(
+                outputs, 0 if self.stopping else size, 0.0 if self.stopping else _WAIT_S
+            )
+            outputs = []
+            batch = list(reply.inputs)
+            stop = reply.stop
+            deadline = time.monotonic() + wait_ms / 1000
+            while batch and len(batch) < size and not (stop or self.stopping):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                more = self.exchange([], size - len(batch), left)
+                batch += more.inputs
+                stop = stop or more.stop
+            if batch:
+                outputs = self.run_batch(batch)
+            if stop or (not batch and self.stopping):
+                if outputs:
+                    self.exchange(outputs, 0, 0.0)
+                return
+
+    def run_batch(self, items: list[InputAssignment]) -> list[OutputItem]:
+        """One call of the function with a list per parameter; one output per input."""
+        assert self.fn is not None
+        started = time.perf_counter()
+        json_inputs: list[bool] = []
+        try:
+            sig = inspect.signature(self.fn)
+            columns: dict[str, list[Any]] = {name: [] for name in sig.parameters}
+            for item in items:
+                raw = self._payload_bytes(item.args)
+                if json_payload.is_json(raw):
+                    body = json_payload.decode(raw)
+                    args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
+                    json_inputs.append(True)
+                else:
+                    args, kwargs = deserialize(raw)
+                    json_inputs.append(False)
+                bound = sig.bind(*args, **kwargs)
+                bound.apply_defaults()
+                for name, value in bound.arguments.items():
+                    columns[name].append(value)
+            values = self._invoke((), columns, max(i.timeout_s for i in items))
+            if not isinstance(values, list | tuple) or len(values) != len(items):
+                got = len(values) if isinstance(values, list | tuple) else type(values).__name__
+                raise TypeError(
+                    f"a @crucible.batched function must return a list with one result per "
+                    f"input: {len(items)} inputs, got {got}"
+                )
+            results = [
+                self._to_payload(_json_result(v) if is_json else serialize(v))
+                for v, is_json in zip(values, json_inputs, strict=True)
+            ]
+            outcome: list[tuple[str, Payload | None, ErrorInfo | None]] = [
+                ("succeeded", r, None) for r in results
+            ]
+        except _Timeout:
+            err = ErrorInfo(
+                code=FunctionTimeoutError.code, message="the batch ran past its timeout"
+            )
+            outcome = [("timed_out", None, err)] * len(items)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit) and self.stopping:
+                raise
+            outcome = [("failed", None, error_info_from_exception(exc))] * len(items)
+        per_input_us = int((time.perf_counter() - started) * 1_000_000 / len(items))
+        return [
+            OutputItem(
+                call_id=item.call_id,
+                attempt=item.attempt,
+                status=status,
+                result=result,
+                error=error,
+                exec_us=per_input_us,
+            )
+            for item, (status, result, error) in zip(items, outcome, strict=True)
+        ]
+
     def serve_concurrent(self, limit: int) -> None:
         """Run up to ``limit`` inputs at once: the main thread asks for as many inputs as
         there are free slots, a pool runs them, a reporter sends each output when it is
@@ -314,6 +398,9 @@ class Worker:
         return ExchangeReply.model_validate(data)
 
     def serve(self) -> None:
+        if self.assignment.max_batch_size > 1 and self.init_error is None:
+            self.serve_batched(self.assignment.max_batch_size, self.assignment.batch_wait_ms)
+            return
         if self.assignment.max_inputs > 1 and self.init_error is None:
             self.serve_concurrent(self.assignment.max_inputs)
             return

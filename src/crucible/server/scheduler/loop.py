@@ -418,7 +418,8 @@ class SchedulerLoop:
                     else 0,
                     arrivals_per_s=self._arrivals(r.id, now),
                     inputs_per_container=int(
-                        spec.get("target_inputs") or spec.get("max_inputs") or 1
+                        spec.get("target_inputs")
+                        or spec.get("max_inputs", 1) * spec.get("max_batch_size", 1)
                     ),
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),

@@ -311,6 +311,8 @@ def assignments_for_host(
                 gpu_indices=list(r.gpu_indices or []),
                 is_async=bool(r.spec.get("is_async", False)),
                 max_inputs=int(r.spec.get("max_inputs", 1)),
+                max_batch_size=int(r.spec.get("max_batch_size", 1)),
+                batch_wait_ms=int(r.spec.get("batch_wait_ms", 0)),
                 token=container_token(secret, r.id),
                 image=r.spec.get("image"),
                 network=bool(r.spec.get("network", False)),
