@@ -40,6 +40,7 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
+from crucible.sdk._cls import Cls, exit, method
 from crucible.sdk._concurrency import batched, concurrent
 from crucible.sdk._functions import Function, FunctionCall, Retries
 from crucible.sdk._hooks import enter
@@ -50,6 +51,7 @@ __all__ = [
     "App",
     "AuthError",
     "CallCancelledError",
+    "Cls",
     "ConflictError",
     "ContainerExitedError",
     "Error",
@@ -77,5 +79,7 @@ __all__ = [
     "batched",
     "concurrent",
     "enter",
+    "exit",
+    "method",
     "on_stop",
 ]

@@ -8,6 +8,7 @@ PUBLIC = [
     "App",
     "AuthError",
     "CallCancelledError",
+    "Cls",
     "ConflictError",
     "ContainerExitedError",
     "Error",
@@ -35,6 +36,8 @@ PUBLIC = [
     "batched",
     "concurrent",
     "enter",
+    "exit",
+    "method",
     "on_stop",
 ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
@@ -69,6 +71,8 @@ class FunctionCreate(Named):
     # autoscaler aims for per container (default: max_inputs).
     max_inputs: int = Field(default=1, ge=1, le=1000)
     target_inputs: int | None = Field(default=None, ge=1, le=1000)
+    # An @app.cls() pool: the class's parameters (each input names the method to call).
+    class_params: dict[str, Any] | None = None
     # @crucible.batched: inputs per call of the function, and how long to wait for them.
     max_batch_size: int = Field(default=1, ge=1, le=1000)
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)

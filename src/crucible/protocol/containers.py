@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
@@ -29,6 +31,7 @@ class ContainerAssignment(Wire):
     is_async: bool = False
     max_inputs: int = Field(default=1, ge=1, le=1000)  # inputs it runs at once
     max_batch_size: int = Field(default=1, ge=1, le=1000)  # @crucible.batched
+    class_params: dict[str, Any] | None = None  # an @app.cls() pool
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # Signed per-container token; it can only exchange this container's inputs and read its
     # account's blobs. The agent passes it to the worker and to nobody else.

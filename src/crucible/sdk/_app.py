@@ -16,6 +16,7 @@ from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.sdk._client import Client
+from crucible.sdk._cls import Cls
 from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
@@ -71,6 +72,7 @@ class App:
         self.entrypoints: dict[str, LocalEntrypoint] = {}
         self._app_id: str | None = None
         self._client: Client | None = None
+        self.classes: dict[str, Cls] = {}
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -235,6 +237,8 @@ class App:
             finally:
                 for fn in self.functions.values():
                     fn._hydrate(None, None)
+                for owner in self.classes.values():
+                    owner._pools.clear()
                 self._app_id = None
 
     def deploy(self, *, name: str | None = None, client: Client | None = None) -> DeploymentInfo:
@@ -255,15 +259,51 @@ class App:
         finally:
             for fn in self.functions.values():
                 fn._hydrate(None, None)
+            for owner in self.classes.values():
+                owner._pools.clear()
         return info
 
+    def cls(self, _cls: Any = None, **options: Any) -> Callable[[type], Cls]:
+        """Register a class whose containers each keep one instance: ``@crucible.enter()``
+        methods run once per container, ``@crucible.exit()`` ones when it stops, and each
+        input calls one ``@crucible.method()``. Takes the options of :meth:`function`
+        (``gpu``, ``cpu``, ``memory``, ``timeout``, ``retries``, scaling, market, image)."""
+        if _cls is not None:
+            raise InvalidRequestError(_PARENS.format(name="cls"))
+        register = self.function(**options)
+
+        def decorate(c: type) -> Cls:
+            if not isinstance(c, type):
+                raise InvalidRequestError("@app.cls() decorates a class")
+            template = register(c)  # validates and builds the options; not registered as is
+            del self.functions[template.name]
+            owner = Cls(self, c, template.options)
+            self.classes[c.__name__] = owner
+            return owner
+
+        return decorate
+
     def _register(self, client: Client, app_id: str) -> None:
-        if not self.functions:
+        fns = list(self.functions.values())
+        for owner in self.classes.values():
+            # The default pool of a class that needs no parameters exists from the start
+            # (so min_containers and buffer_containers apply to it).
+            if all(
+                p.default is not inspect.Parameter.empty
+                for p in owner.signature.parameters.values()
+            ):
+                fns.append(owner.pool({}))
+        self._register_functions(client, app_id, fns)
+
+    def _register_functions(
+        self, client: Client, app_id: str, fns: list[Function[Any, Any]]
+    ) -> None:
+        if not fns:
             return
         bundles: dict[str, Any] = {}
         uploaded: set[str] = set()
         specs: list[FunctionCreate] = []
-        for fn in self.functions.values():
+        for fn in fns:
             module = sys.modules[fn.raw_f.__module__]
             bundle = bundles.get(module.__name__)
             if bundle is None:
@@ -289,6 +329,7 @@ class App:
                     target_inputs=fn.options.get("target_inputs"),
                     max_batch_size=fn.options.get("max_batch_size", 1),
                     batch_wait_ms=fn.options.get("batch_wait_ms", 0),
+                    class_params=fn.options.get("class_params"),
                     min_containers=fn.options["min_containers"],
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],
@@ -298,8 +339,9 @@ class App:
                 )
             )
         infos = client.create_functions(app_id, specs)
+        by_name = {fn.name: fn for fn in fns}
         for info in infos:
-            self.functions[info.name]._hydrate(client, info.id)
+            by_name[info.name]._hydrate(client, info.id)
 
 
 def _dollars(name: str, value: float | None) -> int | None:

@@ -45,6 +45,7 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.transport import Transport
+from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
@@ -106,6 +107,7 @@ class Worker:
         self.avg_exec_s: float | None = None
         self._local = threading.local()
         self.logs: LogShipper | None = None
+        self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -154,6 +156,15 @@ class Worker:
             if not callable(raw):
                 raise Error(f"{self.assignment.code.qualname} is not callable")
             run_enter_hooks(module)
+            params = self.assignment.class_params
+            if params is not None:  # an @app.cls() pool: one instance, inputs name a method
+                instance = make_instance(getattr(obj, "cls", raw), params)
+                self.exit_hooks = exit_hooks(instance)
+
+                def call_method(method: str, *args: Any, **kwargs: Any) -> Any:
+                    return getattr(instance, method)(*args, **kwargs)
+
+                raw = call_method
             self.fn = raw
         except BaseException as exc:
             log.exception("could not load the function")
@@ -505,5 +516,10 @@ def main() -> int:
         worker.load()
         worker.serve()
     finally:
+        for hook in worker.exit_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("an @crucible.exit() method raised")
         worker.logs.close()
     return 0

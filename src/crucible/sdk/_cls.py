@@ -1,0 +1,204 @@
+"""Classes: ``@app.cls()`` with ``@crucible.enter()``, ``@crucible.exit()`` and
+``@crucible.method()``.
+
+A class runs in containers like a function, but each container makes one instance (with the
+parameters it was called with) and keeps it: ``@crucible.enter()`` methods run once on it
+before the first input (load a model), ``@crucible.exit()`` methods when the container
+stops, and each input calls one ``@crucible.method()``::
+
+    @app.cls(gpu="H100")
+    class Model:
+        def __init__(self, size: str = "small") -> None:
+            self.size = size
+
+        @crucible.enter()
+        def load(self) -> None:
+            self.weights = load_weights(self.size)
+
+        @crucible.method()
+        def predict(self, x: float) -> float: ...
+
+    Model().predict.remote(1.0)               # the default pool
+    Model(size="large").predict.remote(1.0)   # another pool of containers
+
+Each distinct set of parameters is its own pool of containers (its own function on the
+exchange, registered the first time it is called). Parameters must be JSON (they name the
+pool and travel in the function's spec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from crucible.errors import Error, InvalidRequestError
+from crucible.sdk._functions import Function, FunctionCall
+
+if TYPE_CHECKING:
+    from crucible.sdk._app import App
+
+__all__ = ["EXIT_MARK", "METHOD_MARK", "Cls", "exit", "method"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+METHOD_MARK = "__crucible_method__"
+EXIT_MARK = "__crucible_exit__"
+
+
+def method() -> Callable[[F], F]:
+    """Mark a method of an ``@app.cls()`` class as callable remotely."""
+
+    def decorate(f: F) -> F:
+        setattr(f, METHOD_MARK, True)
+        return f
+
+    return decorate
+
+
+def exit() -> Callable[[F], F]:
+    """Mark a method of an ``@app.cls()`` class to run when its container stops."""
+
+    def decorate(f: F) -> F:
+        setattr(f, EXIT_MARK, True)
+        return f
+
+    return decorate
+
+
+def methods_of(cls: type) -> list[str]:
+    return [n for n, v in vars(cls).items() if getattr(v, METHOD_MARK, False)]
+
+
+def pool_name(cls_name: str, params: dict[str, Any]) -> str:
+    """The function name of a parameter set's pool: the class name, or the class name and a
+    hash of the parameters."""
+    if not params:
+        return cls_name
+    digest = hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return f"{cls_name}.p-{digest}"
+
+
+class Cls:
+    """An ``@app.cls()`` class: call it with the class's parameters to get a handle."""
+
+    def __init__(self, app: App, cls: type, options: dict[str, Any]) -> None:
+        self.app = app
+        self.cls = cls
+        self.options = options
+        self.name = cls.__name__
+        self.methods = methods_of(cls)
+        if not self.methods:
+            raise InvalidRequestError(
+                f"{cls.__name__} has no @crucible.method(); mark the methods to call remotely"
+            )
+        self.signature = inspect.signature(cls)
+        self._pools: dict[str, Function[..., Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Cls({self.app.name}.{self.name})"
+
+    def __call__(self, *args: Any, **params: Any) -> ClsInstance:
+        if args:
+            raise InvalidRequestError(f"pass {self.name}'s parameters by name")
+        try:
+            self.signature.bind(**params)
+        except TypeError as exc:
+            raise InvalidRequestError(f"{self.name}({_fmt(params)}): {exc}") from None
+        try:
+            orjson.dumps(params)
+        except TypeError:
+            raise InvalidRequestError(
+                f"{self.name}'s parameters must be JSON (strings, numbers, ...): {_fmt(params)}"
+            ) from None
+        return ClsInstance(self, params)
+
+    def pool(self, params: dict[str, Any]) -> Function[..., Any]:
+        """The function of a parameter set, registered on the running app at first use."""
+        name = pool_name(self.name, params)
+        fn = self._pools.get(name)
+        if fn is not None and fn._function_id is not None:
+            return fn
+        options = {**self.options, "name": name, "class_params": params}
+        fn = Function(self.app, self.cls, options)
+        self._pools[name] = fn
+        if self.app._app_id is not None and self.app._client is not None:
+            self.app._register_functions(self.app._client, self.app._app_id, [fn])
+        return fn
+
+    def _default_pool(self) -> Function[..., Any]:
+        return self.pool({})
+
+
+class ClsInstance:
+    def __init__(self, owner: Cls, params: dict[str, Any]) -> None:
+        self._owner = owner
+        self._params = params
+
+    def __getattr__(self, name: str) -> MethodHandle:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._owner.methods:
+            raise AttributeError(
+                f"{self._owner.name} has no @crucible.method() named {name!r}; it has "
+                + ", ".join(self._owner.methods)
+            )
+        return MethodHandle(self._owner, self._params, name)
+
+
+class MethodHandle:
+    """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``."""
+
+    def __init__(self, owner: Cls, params: dict[str, Any], name: str) -> None:
+        self._owner, self._params, self._name = owner, params, name
+
+    def _fn(self) -> Function[..., Any]:
+        if self._owner.app._app_id is None:
+            raise Error(
+                f"{self._owner.name}().{self._name}.remote() needs a running app: call it "
+                "inside `with app.run():` or from a @app.local_entrypoint()"
+            )
+        return self._owner.pool(self._params)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn().remote(self._name, *args, **kwargs)
+
+    def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
+        return self._fn().spawn(self._name, *args, **kwargs)
+
+    def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:
+        fn = self._fn()
+        rows = zip(*iterables, strict=False)
+        return fn._map(((self._name, *row) for row in rows), {}, return_exceptions)
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Make an instance here (running its enter hooks) and call the method."""
+        instance = make_instance(self._owner.cls, self._params)
+        return getattr(instance, self._name)(*args, **kwargs)
+
+
+def make_instance(cls: type, params: dict[str, Any]) -> Any:
+    """An instance with its ``@crucible.enter()`` methods run (in definition order)."""
+    from crucible.sdk._hooks import _MARK as ENTER_MARK
+
+    instance = cls(**params)
+    for name, _ in _marked(cls, ENTER_MARK):
+        getattr(instance, name)()
+    return instance
+
+
+def exit_hooks(instance: Any) -> list[Callable[[], Any]]:
+    return [getattr(instance, name) for name, _ in _marked(type(instance), EXIT_MARK)]
+
+
+def _marked(cls: type, mark: str) -> list[tuple[str, Any]]:
+    found = [(n, v) for n, v in vars(cls).items() if getattr(v, mark, None)]
+    return sorted(
+        found, key=lambda nv: getattr(getattr(nv[1], "__code__", None), "co_firstlineno", 0)
+    )
+
+
+def _fmt(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items())

@@ -1,0 +1,38 @@
+"""A class with lifecycle hooks and parameters (the @app.cls tests)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import crucible
+
+app = crucible.App("classes")
+
+
+@app.cls(scaledown_window=60)
+class Counter:
+    def __init__(self, start: int = 0, marker_dir: str = "") -> None:
+        self.start = start
+        self.marker_dir = marker_dir
+
+    @crucible.enter()
+    def load(self) -> None:
+        self.loaded_at = time.time()
+        self.count = self.start
+        self.container = os.environ.get("CRUCIBLE_CONTAINER_ID", "local")
+
+    @crucible.exit()
+    def unload(self) -> None:
+        if self.marker_dir:
+            Path(self.marker_dir, f"exited-{self.container}").write_text(str(self.count))
+
+    @crucible.method()
+    def bump(self, by: int = 1) -> tuple[int, str, float]:
+        self.count += by
+        return self.count, self.container, self.loaded_at
+
+    @crucible.method()
+    def describe(self) -> str:
+        return f"counter from {self.start}"

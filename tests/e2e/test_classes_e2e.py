@@ -1,0 +1,45 @@
+"""@app.cls with real processes: one instance per container with its enter hook run once,
+state kept across inputs, exit hooks at stop, and parameters selecting separate pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import crucible
+
+import app_classes
+from harness import wait_for
+
+
+def test_a_class_keeps_one_instance_per_container(builder, tmp_path: Path) -> None:
+    marker = str(tmp_path)
+    with app_classes.app.run(client=builder):
+        counter = app_classes.Counter(marker_dir=marker)
+        first = counter.bump.remote()
+        second = counter.bump.remote(by=10)
+        assert first[0] == 1 and second[0] == 11  # the same instance, its state kept
+        assert first[1] == second[1] and first[2] == second[2]  # enter ran once
+        # Other parameters: another pool, its own instance.
+        other = app_classes.Counter(start=100, marker_dir=marker).bump.remote()
+        assert other[0] == 101 and other[1] != first[1]
+        assert app_classes.Counter().describe.remote() == "counter from 0"
+        assert [x[0] for x in app_classes.Counter(start=5).bump.map([1, 1, 1])] == [6, 7, 8]
+    # The app stopped: the containers ran their exit hooks.
+    wait_for(lambda: len(list(tmp_path.glob("exited-*"))) >= 2, 30, "exit hooks")
+    assert (tmp_path / f"exited-{first[1]}").read_text() == "11"
+
+
+def test_class_misuse_is_refused_clearly(builder) -> None:
+    empty = type("Empty", (), {"__module__": __name__, "nothing": lambda self: None})
+    with pytest.raises(crucible.InvalidRequestError, match=r"no @crucible\.method"):
+        app_classes.app.cls()(empty)
+
+    with pytest.raises(crucible.InvalidRequestError, match="unexpected keyword"):
+        app_classes.Counter(size=3)
+    with pytest.raises(AttributeError, match=r"no @crucible\.method\(\) named 'reset'"):
+        app_classes.Counter().reset  # noqa: B018
+    with pytest.raises(crucible.Error, match="needs a running app"):
+        app_classes.Counter().bump.remote()
+    assert app_classes.Counter(start=2).bump.local() == (3, "local", pytest.approx(0, abs=1e12))
