@@ -109,6 +109,12 @@ class Settings:
         "Requeues after host loss, which do not count against a function's retries, before a "
         "call fails anyway.",
     )
+    log_lines_per_container: int = _opt(
+        100_000,
+        "CRUCIBLE_LOG_LINES_PER_CONTAINER",
+        "Most log lines stored per container (what a function prints); past it, lines are "
+        "dropped and one line says so, so a chatty or hostile function cannot fill the store.",
+    )
     crash_loop_limit: int = _opt(
         5,
         "CRUCIBLE_CRASH_LOOP_LIMIT",

@@ -37,3 +37,16 @@ def test_metrics_need_an_admin_token_and_count_what_happens(server: ServerUnderT
     assert _value(text, 'crucible_call_exec_seconds_bucket{le="+Inf"}') == 1
     assert _value(text, "crucible_cold_starts_total") == 1
     assert _value(text, 'crucible_containers{state="running"}') == 0
+
+
+def test_log_lines_are_capped_per_container() -> None:
+    from crucible.protocol.logs import LogBatch, LogSent
+    from crucible.server.services.logs import within_cap
+
+    counts: dict[str, int] = {}
+    batch = LogBatch(lines=[LogSent(ts_ms=i, stream="stdout", line=f"line {i}") for i in range(8)])
+    first = within_cap(batch, counts, "ct-1", 5)
+    assert [x.line for x in first.lines[:5]] == [f"line {i}" for i in range(5)]
+    assert len(first.lines) == 6 and "reached its 5 stored log lines" in first.lines[5].line
+    assert within_cap(batch, counts, "ct-1", 5).lines == []  # nothing more, ever
+    assert len(within_cap(batch, counts, "ct-2", 5).lines) == 6  # per container

@@ -61,6 +61,8 @@ class ServerState:
     # Submission-time credit checks: account -> (valid until ms, refusal or None).
     credit_checked: dict[str, tuple[int, str | None]] = field(default_factory=dict)
 
+    # Log lines stored per container since this server started (for the per-container cap).
+    log_counts: dict[str, int] = field(default_factory=dict)
     # Calls per second per function (for the autoscaler), and container start times.
     arrivals: dict[str, ArrivalRate] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)

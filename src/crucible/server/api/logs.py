@@ -17,6 +17,11 @@ router = APIRouter(prefix="/v1", tags=["logs"])
 def post_logs(container_id: str, batch: LogBatch, who: Container, state: State) -> None:
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
+    batch = svc.within_cap(
+        batch, state.log_counts, container_id, state.settings.log_lines_per_container
+    )
+    if not batch.lines:
+        return
     with state.engine.begin() as conn:
         app_id = svc.write_logs(conn, container_id, batch)
     if app_id is not None:

@@ -6,12 +6,37 @@ from __future__ import annotations
 from sqlalchemy import Connection, insert, select
 
 from crucible.errors import NotFoundError
-from crucible.protocol.logs import LogBatch, LogLine, LogPage
+from crucible.protocol.logs import LogBatch, LogLine, LogPage, LogSent
 from crucible.server.auth import Principal
 from crucible.server.services.apps import get_app
 from crucible.server.store.tables import calls, containers, functions, log_lines
 
-__all__ = ["read_logs", "write_logs"]
+__all__ = ["read_logs", "within_cap", "write_logs"]
+
+
+def within_cap(batch: LogBatch, counts: dict[str, int], container_id: str, cap: int) -> LogBatch:
+    """The part of ``batch`` the container may still store (``counts`` is updated); the
+    line that crosses the cap is replaced by one saying the rest is dropped."""
+    seen = counts.get(container_id, 0)
+    if seen > cap:
+        return LogBatch(lines=[])
+    room = cap - seen
+    kept = batch.lines[:room]
+    if len(batch.lines) > room:
+        last = batch.lines[room] if room < len(batch.lines) else batch.lines[-1]
+        kept.append(
+            LogSent(
+                ts_ms=last.ts_ms,
+                stream="stderr",
+                call_id=last.call_id,
+                line=f"[crucible] this container reached its {cap} stored log lines; "
+                "the rest is dropped",
+            )
+        )
+        counts[container_id] = cap + 1
+    else:
+        counts[container_id] = seen + len(kept)
+    return LogBatch(lines=kept)
 
 
 def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | None:
