@@ -152,3 +152,27 @@ def double_batch(xs: list[int]) -> list[tuple[int, int]]:
 @crucible.batched(max_batch_size=4, wait_ms=10)
 def short_batch(xs: list[int]) -> list[int]:
     return xs[:-1]  # one result short: every input of the batch fails
+
+
+@app.function(timeout=60)
+def count_up(n: int, fail_at: int = -1, progress: str = ""):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        if i == fail_at:
+            raise ValueError(f"stopped at {i}")
+        if progress:
+            Path(progress).write_text(str(i))
+        yield i
+
+
+@app.function(timeout=60)
+def handshake(workdir: str):  # type: ignore[no-untyped-def]
+    """Yields, then waits for the caller to answer (a file) before yielding again: the first
+    item must reach the caller while the function still runs."""
+    yield "first"
+    deadline = time.monotonic() + 20
+    while not Path(workdir, "go").exists():
+        if time.monotonic() > deadline:  # "first" never reached the caller in time
+            yield "no answer"
+            return
+        time.sleep(0.05)
+    yield "second"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,30 @@ def test_batched_options_are_checked() -> None:
         crucible.batched(max_batch_size=0, wait_ms=10)
     with pytest.raises(crucible.InvalidRequestError, match=r"below @app\.function"):
         crucible.batched(max_batch_size=4, wait_ms=10)(app_basic.square)
+
+
+def test_generators_stream_with_back_pressure(builder, tmp_path: Path) -> None:
+    with app_basic.app.run(client=builder):
+        # Streaming: the first item arrives while the function is still running.
+        stream = app_basic.handshake.remote_gen(str(tmp_path))
+        assert next(stream) == "first"
+        (tmp_path / "go").touch()
+        assert list(stream) == ["second"]
+
+        # Back-pressure: a caller that stops reading holds the producer back.
+        progress = tmp_path / "progress"
+        numbers = app_basic.count_up.remote_gen(5000, progress=str(progress))
+        assert next(numbers) == 0
+        wait_for(progress.exists, 30, "the generator started")
+        time.sleep(2)  # a free-running producer would be done by now
+        assert int(progress.read_text()) < 1000
+        assert list(numbers) == list(range(1, 5000))
+
+        # An error after some items: the items, then the error.
+        got = []
+        with pytest.raises(ValueError, match="stopped at 5"):
+            for x in app_basic.count_up.remote_gen(10, fail_at=5):
+                got.append(x)
+        assert got == [0, 1, 2, 3, 4]
+        with pytest.raises(crucible.InvalidRequestError, match="remote_gen"):
+            app_basic.count_up.remote(3)

@@ -82,6 +82,7 @@ class FunctionCreate(Named):
     buffer_containers: int = Field(default=0, ge=0, le=100_000)
     scaledown_window_s: float | None = Field(default=None, ge=0, le=86400)
     is_async: bool = False
+    is_generator: bool = False  # its calls stream what it yields (.remote_gen())
     # The environment its containers run in (None: the host's own Python environment), and
     # whether a sandboxed container may open network connections.
     image: ImageSpec | None = None

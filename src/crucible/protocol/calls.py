@@ -20,6 +20,9 @@ __all__ = [
     "GroupResults",
     "GroupResultsRequest",
     "InputItem",
+    "ItemsAck",
+    "ItemsPage",
+    "ItemsSent",
     "TimelinePhase",
 ]
 
@@ -82,6 +85,26 @@ class CallTimeline(Wire):
     cold_start: bool  # the container was started for this call (not warm already)
     phases: list[TimelinePhase]
     cost_micros: int | None  # the call's own cost, across attempts
+
+
+class ItemsSent(Wire):
+    """What a generator call yielded since ``start``: the worker sends them in order."""
+
+    call_id: str
+    attempt: int = Field(ge=1)
+    start: int = Field(ge=0)  # the index of items[0]
+    items: list[Payload] = Field(max_length=1000)
+
+
+class ItemsAck(Wire):
+    consumed: int  # items the caller has taken (the worker keeps at most a window ahead)
+
+
+class ItemsPage(Wire):
+    items: list[Payload]
+    next: int  # the index of the next item; pass it as ``after`` to read on
+    done: bool  # the call ended and every item was read
+    call: CallInfo
 
 
 class CallsCreated(Wire):

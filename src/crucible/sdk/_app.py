@@ -161,9 +161,10 @@ class App:
                 raise InvalidRequestError(f"{f.name} is already registered with @app.function()")
             if not callable(f):
                 raise InvalidRequestError("@app.function() decorates a function")
-            if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+            if inspect.isasyncgenfunction(f):
                 raise InvalidRequestError(
-                    f"{f.__name__} is a generator; generator functions are not supported yet"
+                    f"{f.__name__} is an async generator; write a plain generator (def with "
+                    "yield) and call it with .remote_gen()"
                 )
             fname = name or f.__name__
             if "<locals>" in f.__qualname__:
@@ -334,6 +335,7 @@ class App:
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],
                     is_async=fn.is_async,
+                    is_generator=fn.is_generator,
                     image=image.spec() if image is not None else None,
                     network=fn.options.get("network", False),
                 )

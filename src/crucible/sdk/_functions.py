@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from crucible.errors import Error, InvalidRequestError
-from crucible.protocol.calls import CallInfo, CallsCreate, InputItem
+from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import deserialize, exception_from_error, serialize
@@ -121,6 +121,7 @@ class Function(Generic[P, R]):
         self.options = options
         self.name: str = options["name"]
         self.is_async = inspect.iscoroutinefunction(raw_f)
+        self.is_generator = inspect.isgeneratorfunction(raw_f)
         self._function_id: str | None = None
         self._client: Client | None = None
         self.__doc__ = raw_f.__doc__
@@ -178,6 +179,7 @@ class Function(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one call in a container and return its result (or raise its error)."""
+        self._not_generator("remote")
         client, fid = self._bound()
         payload = _payload(client, serialize((args, kwargs)))
         created = client.create_calls(
@@ -193,6 +195,7 @@ class Function(Generic[P, R]):
 
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Queue one call and return a handle at once."""
+        self._not_generator("spawn")
         client, fid = self._bound()
         payload = _payload(client, serialize((args, kwargs)))
         created = client.create_calls(
@@ -225,8 +228,41 @@ class Function(Generic[P, R]):
     def _map(
         self, arg_tuples: Iterator[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> Iterator[R]:
+        self._not_generator("map")
         client, fid = self._bound()
         return _MapRun(client, fid, self.name, arg_tuples, kwargs, return_exceptions).results()
+
+    def _not_generator(self, how: str) -> None:
+        if self.is_generator:
+            raise InvalidRequestError(
+                f"{self.name} is a generator: iterate over {self.name}.remote_gen(...) "
+                f"instead of .{how}()"
+            )
+
+    def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+        """Run a generator function in a container and iterate over what it yields, as it
+        yields it. The container pauses when it gets far ahead of this loop (back-pressure);
+        an error raised inside the function is raised here after the items before it."""
+        if not self.is_generator:
+            raise InvalidRequestError(f"{self.name} is not a generator: use .remote()")
+        client, fid = self._bound()
+        payload = _payload(client, serialize((args, kwargs)))
+        created = client.create_calls(
+            fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
+        )
+        call_id = created.call_ids[0]
+        after = 0
+        while True:
+            page = ItemsPage.model_validate(
+                client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
+            )
+            for item in page.items:
+                yield deserialize(client.payload_bytes(item))
+            after = page.next
+            if page.done:
+                if page.call.state != "succeeded":
+                    _result(client, page.call)  # raises the call's error
+                return
 
 
 class _MapRun:

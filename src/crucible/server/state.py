@@ -61,6 +61,8 @@ class ServerState:
     # Submission-time credit checks: account -> (valid until ms, refusal or None).
     credit_checked: dict[str, tuple[int, str | None]] = field(default_factory=dict)
 
+    # Generator calls: how many items each caller has read (the worker's back-pressure).
+    items_consumed: dict[str, int] = field(default_factory=dict)
     # Log lines stored per container since this server started (for the per-container cap).
     log_counts: dict[str, int] = field(default_factory=dict)
     # Calls per second per function (for the autoscaler), and container start times.

@@ -37,6 +37,7 @@ from typing import Any
 
 from crucible.errors import Error, FunctionTimeoutError
 from crucible.protocol import json_payload
+from crucible.protocol.calls import ItemsSent
 from crucible.protocol.common import ErrorInfo, Payload
 from crucible.protocol.containers import (
     ContainerAssignment,
@@ -108,6 +109,7 @@ class Worker:
         self._local = threading.local()
         self.logs: LogShipper | None = None
         self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
+        self.is_generator = False
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -166,6 +168,7 @@ class Worker:
 
                 raw = call_method
             self.fn = raw
+            self.is_generator = inspect.isgeneratorfunction(raw)
         except BaseException as exc:
             log.exception("could not load the function")
             self.init_error = error_info_from_exception(exc)
@@ -231,6 +234,10 @@ class Worker:
                 args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
                 value = self._invoke(args, kwargs, item.timeout_s)
                 result = self._to_payload(_json_result(value))
+            elif self.is_generator:
+                args, kwargs = deserialize(raw)
+                count = self._stream(item, args, kwargs)
+                result = self._to_payload(serialize(count))
             else:
                 args, kwargs = deserialize(raw)
                 value = self._invoke(args, kwargs, item.timeout_s)
@@ -299,6 +306,62 @@ class Worker:
                 if outputs:
                     self.exchange(outputs, 0, 0.0)
                 return
+
+    def _stream(self, item: InputAssignment, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """Run a generator function, sending what it yields in order: at once in batches of
+        64, or within 50 ms when it yields less often (a timer thread sends what waits).
+        The server holds a send while the caller is too far behind (back-pressure). Returns
+        how many items were yielded."""
+        assert self.fn is not None
+        lock = threading.Lock()
+        pending: list[Payload] = []
+        sent = 0
+        timer: threading.Timer | None = None
+        path = f"/v1/containers/{self.container_id}/items"
+
+        def flush() -> None:
+            nonlocal sent, pending
+            with lock:
+                batch, pending = pending, []
+                body = ItemsSent(
+                    call_id=item.call_id, attempt=item.attempt, start=sent, items=batch
+                )
+                ack = self.transport.post(path, body.model_dump(mode="json"))
+                sent += len(batch)
+                while ack.get("consumed", 0) < 0 or sent - ack.get("consumed", 0) > 256:
+                    wait = ItemsSent(
+                        call_id=item.call_id, attempt=item.attempt, start=sent, items=[]
+                    )
+                    ack = self.transport.post(path, wait.model_dump(mode="json"))
+
+        def soon() -> None:
+            nonlocal timer
+            if timer is None or not timer.is_alive():
+                timer = threading.Timer(0.05, flush)
+                timer.daemon = True
+                timer.start()
+
+        signal.setitimer(signal.ITIMER_REAL, item.timeout_s)
+        try:
+            try:
+                for value in self.fn(*args, **kwargs):
+                    payload = self._to_payload(serialize(value))
+                    with lock:
+                        pending.append(payload)
+                        full = len(pending) >= 64
+                    if full:
+                        flush()
+                    else:
+                        soon()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    if timer.is_alive():
+                        timer.join()
+                flush()  # what was yielded before an error still reaches the caller
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return sent
 
     def run_batch(self, items: list[InputAssignment]) -> list[OutputItem]:
         """One call of the function with a list per parameter; one output per input."""

@@ -206,7 +206,7 @@ def call_info_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def _decode_payload(
+def decode_payload(
     conn: Connection, account_id: str, payload: Payload, inline_max: int
 ) -> tuple[bytes | None, str | None, int]:
     if payload.ref is not None:
@@ -269,7 +269,7 @@ def create_calls(
             if earlier is not None:
                 ids.append(earlier)
                 continue
-        data, ref, size = _decode_payload(conn, principal.account_id, item.args, inline_max)
+        data, ref, size = decode_payload(conn, principal.account_id, item.args, inline_max)
         call_id = new_id("ca")
         ids.append(call_id)
         container = slots.pop(0) if slots and handed is not None else None
@@ -607,7 +607,7 @@ def record_outputs(
         for out in done:
             if out.result is None:
                 raise InvalidRequestError(f"output for {out.call_id} has no result")
-            data, ref, size = _decode_payload(conn, account_id, out.result, inline_max)
+            data, ref, size = decode_payload(conn, account_id, out.result, inline_max)
             params.append(
                 {
                     "b_id": out.call_id,

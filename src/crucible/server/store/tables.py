@@ -27,6 +27,7 @@ __all__ = [
     "accounts",
     "apps",
     "blobs",
+    "call_items",
     "calls",
     "containers",
     "deployments",
@@ -197,6 +198,17 @@ deployments = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "name"),
+)
+
+# What a generator call yielded, in order (opaque payloads: inline bytes or a blob ref).
+call_items = Table(
+    "call_items",
+    metadata,
+    Column("call_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("data", LargeBinary),
+    Column("ref", String(64)),
+    Column("size", BigInteger, nullable=False),
 )
 
 # What functions print (stdout and stderr), line by line, as their workers send it.

@@ -1,4 +1,4 @@
-"""deployments: named, versioned apps that outlive their client; functions.warm; log lines
+"""deployments (named, versioned apps), functions.warm, log lines, generator items
 
 Revision ID: 0005
 Revises: 0004
@@ -50,9 +50,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_log_lines_app", "log_lines", ["app_id", "id"])
     op.create_index("ix_log_lines_call", "log_lines", ["call_id", "id"])
+    op.create_table(
+        "call_items",
+        sa.Column("call_id", sa.String(32), nullable=False),
+        sa.Column("idx", sa.Integer(), nullable=False),
+        sa.Column("data", sa.LargeBinary()),
+        sa.Column("ref", sa.String(64)),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("call_id", "idx", name="pk_call_items"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("call_items")
     op.drop_table("log_lines")
     with op.batch_alter_table("functions") as b:
         b.drop_column("warm")

@@ -1,0 +1,76 @@
+"""Generator calls: workers send what the function yields; callers read it as it comes.
+
+Back-pressure: a worker that is more than :data:`WINDOW` items ahead of its caller waits
+(its request is held up to 10 s, then it asks again) until the caller has read more.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from crucible.errors import NotFoundError
+from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
+from crucible.server.api.deps import Builder, Container, State
+from crucible.server.services import items as svc
+from crucible.server.wakeups import long_poll
+
+router = APIRouter(prefix="/v1", tags=["calls"])
+
+WINDOW = 256
+
+
+@router.post("/containers/{container_id}/items")
+async def post_items(container_id: str, req: ItemsSent, who: Container, state: State) -> ItemsAck:
+    if who.container_id != container_id:
+        raise NotFoundError(f"container {container_id} not found")
+    with state.engine.begin() as conn:
+        svc.store_items(
+            conn,
+            container_id,
+            who.account_id,
+            req,
+            state.settings.inline_payload_max_bytes,
+        )
+    state.wakeups.notify_many([f"items:{req.call_id}"])
+    sent = req.start + len(req.items)
+
+    def caught_up() -> int | None:
+        consumed = state.items_consumed.get(req.call_id, 0)
+        return consumed if sent - consumed <= WINDOW else None
+
+    consumed = caught_up()
+    if consumed is None:
+        consumed = await long_poll(state.wakeups, [f"consumed:{req.call_id}"], caught_up, 10.0)
+    return ItemsAck(consumed=consumed if consumed is not None else -1)
+
+
+@router.get("/calls/{call_id}/items")
+async def get_items(
+    call_id: str,
+    who: Builder,
+    state: State,
+    after: int = Query(default=0, ge=0),
+    wait_s: float = Query(default=0.0, ge=0, le=60),
+) -> ItemsPage:
+    """Items from index ``after`` on; with ``wait_s``, wait for some (or the end). Reading
+    from ``after`` tells the worker the caller has everything before it."""
+    if after > state.items_consumed.get(call_id, 0):
+        state.items_consumed[call_id] = after
+        state.wakeups.notify_many([f"consumed:{call_id}"])
+
+    def read() -> ItemsPage:
+        with state.engine.connect() as conn:
+            return svc.read_items(conn, who, call_id, after)
+
+    page = read()
+    if page.items or page.done or wait_s <= 0:
+        if page.done:
+            state.items_consumed.pop(call_id, None)
+        return page
+
+    def fresh() -> ItemsPage | None:
+        newer = read()
+        return newer if newer.items or newer.done else None
+
+    found = await long_poll(state.wakeups, [f"items:{call_id}", f"call:{call_id}"], fresh, wait_s)
+    return found or page
