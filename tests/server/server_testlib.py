@@ -343,6 +343,8 @@ V1_ROUTES = sorted(
         ("POST", "/v1/jobs/{job_id}/cancel"),
         ("POST", "/v1/containers/{container_id}/logs"),
         ("GET", "/v1/apps/{app_id}/logs"),
+        ("POST", "/v1/containers/{container_id}/items"),
+        ("GET", "/v1/calls/{call_id}/items"),
     ]
 )
 

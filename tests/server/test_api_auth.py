@@ -224,6 +224,7 @@ ALLOWED = {
         not in {
             ("POST", "/v1/containers/{container_id}/exchange"),
             ("POST", "/v1/containers/{container_id}/logs"),
+            ("POST", "/v1/containers/{container_id}/items"),
         }
     },
     "user": {
@@ -236,6 +237,7 @@ ALLOWED = {
             ("POST", "/v1/hosts/{host_id}/sync"),
             ("POST", "/v1/containers/{container_id}/exchange"),
             ("POST", "/v1/containers/{container_id}/logs"),
+            ("POST", "/v1/containers/{container_id}/items"),
         }
     },
     "host": {
@@ -250,6 +252,7 @@ ALLOWED = {
         ("HEAD", "/v1/blobs/{sha}"),
         ("POST", "/v1/containers/{container_id}/exchange"),
         ("POST", "/v1/containers/{container_id}/logs"),
+        ("POST", "/v1/containers/{container_id}/items"),
     },
 }
 
