@@ -46,6 +46,7 @@ from crucible.sdk._functions import Function, FunctionCall, Retries
 from crucible.sdk._hooks import enter
 from crucible.sdk._image import Image
 from crucible.sdk._stop_hooks import on_stop
+from crucible.sdk._web import asgi_app, fastapi_endpoint
 
 __all__ = [
     "App",
@@ -76,10 +77,12 @@ __all__ = [
     "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "enter",
     "exit",
+    "fastapi_endpoint",
     "method",
     "on_stop",
 ]

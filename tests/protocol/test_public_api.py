@@ -33,10 +33,12 @@ PUBLIC = [
     "SandboxUnavailableError",
     "ServerUnavailableError",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "enter",
     "exit",
+    "fastapi_endpoint",
     "method",
     "on_stop",
 ]

@@ -71,6 +71,8 @@ class FunctionCreate(Named):
     # autoscaler aims for per container (default: max_inputs).
     max_inputs: int = Field(default=1, ge=1, le=1000)
     target_inputs: int | None = Field(default=None, ge=1, le=1000)
+    # A web endpoint: {"kind": "fastapi_endpoint"|"asgi_app", "method", "public"}.
+    web: dict[str, Any] | None = None
     # An @app.cls() pool: the class's parameters (each input names the method to call).
     class_params: dict[str, Any] | None = None
     # @crucible.batched: inputs per call of the function, and how long to wait for them.

@@ -32,6 +32,7 @@ class ContainerAssignment(Wire):
     max_inputs: int = Field(default=1, ge=1, le=1000)  # inputs it runs at once
     max_batch_size: int = Field(default=1, ge=1, le=1000)  # @crucible.batched
     class_params: dict[str, Any] | None = None  # an @app.cls() pool
+    web: dict[str, Any] | None = None  # a web endpoint (see sdk/_web.py)
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # Signed per-container token; it can only exchange this container's inputs and read its
     # account's blobs. The agent passes it to the worker and to nobody else.

@@ -21,6 +21,7 @@ from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
+from crucible.sdk._web import WEB_ATTR
 
 __all__ = ["App", "LocalEntrypoint"]
 
@@ -192,6 +193,7 @@ class App:
             max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
             options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
             options["max_batch_size"], options["batch_wait_ms"] = getattr(f, BATCHING_ATTR, (1, 0))
+            options["web"] = getattr(f, WEB_ATTR, None)
             fn = Function(self, f, options)
             self.functions[fname] = fn
             return fn
@@ -331,6 +333,7 @@ class App:
                     max_batch_size=fn.options.get("max_batch_size", 1),
                     batch_wait_ms=fn.options.get("batch_wait_ms", 0),
                     class_params=fn.options.get("class_params"),
+                    web=fn.options.get("web"),
                     min_containers=fn.options["min_containers"],
                     buffer_containers=fn.options["buffer_containers"],
                     market=fn.options["market"],

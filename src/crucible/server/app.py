@@ -23,6 +23,7 @@ from crucible.server.api import (
     calls,
     containers,
     deployments,
+    gateway,
     health,
     hosts,
     items,
@@ -199,6 +200,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         logs,
         market,
         metrics,
+        gateway,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)

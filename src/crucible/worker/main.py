@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -51,6 +51,7 @@ from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
 from crucible.worker.logs import LogShipper
+from crucible.worker.web import build_asgi_app, http_parts
 
 __all__ = ["SNAPSHOT_DONE", "Worker", "main", "run_enter_hooks"]
 
@@ -110,6 +111,7 @@ class Worker:
         self.logs: LogShipper | None = None
         self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
         self.is_generator = False
+        self.asgi: Any = None  # a web endpoint's ASGI app
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -167,6 +169,8 @@ class Worker:
                     return getattr(instance, method)(*args, **kwargs)
 
                 raw = call_method
+            if self.assignment.web is not None:  # a web endpoint: its ASGI app, built once
+                self.asgi = build_asgi_app(raw, self.assignment.web)
             self.fn = raw
             self.is_generator = inspect.isgeneratorfunction(raw)
         except BaseException as exc:
@@ -229,7 +233,14 @@ class Worker:
             self.logs.call_id = item.call_id
         try:
             raw = self._payload_bytes(item.args)
-            if json_payload.is_json(raw):  # a job API call: JSON in, JSON out
+            if self.asgi is not None:  # a request from the gateway: the response streams
+                request = json_payload.decode(raw)["args"][0]
+                asgi = self.asgi
+                count = self._stream(
+                    item, (), {}, source=lambda: http_parts(asgi, request), as_json=True
+                )
+                result = self._to_payload(serialize(count))
+            elif json_payload.is_json(raw):  # a job API call: JSON in, JSON out
                 body = json_payload.decode(raw)
                 args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
                 value = self._invoke(args, kwargs, item.timeout_s)
@@ -307,7 +318,15 @@ class Worker:
                     self.exchange(outputs, 0, 0.0)
                 return
 
-    def _stream(self, item: InputAssignment, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    def _stream(
+        self,
+        item: InputAssignment,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        source: Callable[[], Iterator[Any]] | None = None,
+        as_json: bool = False,
+    ) -> int:
         """Run a generator function, sending what it yields in order: at once in batches of
         64, or within 50 ms when it yields less often (a timer thread sends what waits).
         The server holds a send while the caller is too far behind (back-pressure). Returns
@@ -344,8 +363,10 @@ class Worker:
         signal.setitimer(signal.ITIMER_REAL, item.timeout_s)
         try:
             try:
-                for value in self.fn(*args, **kwargs):
-                    payload = self._to_payload(serialize(value))
+                values = source() if source is not None else self.fn(*args, **kwargs)
+                for value in values:
+                    data = json_payload.encode(value) if as_json else serialize(value)
+                    payload = self._to_payload(data)
                     with lock:
                         pending.append(payload)
                         full = len(pending) >= 64

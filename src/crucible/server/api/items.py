@@ -11,7 +11,9 @@ from fastapi import APIRouter, Query
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
 from crucible.server.api.deps import Builder, Container, State
+from crucible.server.auth import Principal
 from crucible.server.services import items as svc
+from crucible.server.state import ServerState
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1", tags=["calls"])
@@ -54,6 +56,13 @@ async def get_items(
 ) -> ItemsPage:
     """Items from index ``after`` on; with ``wait_s``, wait for some (or the end). Reading
     from ``after`` tells the worker the caller has everything before it."""
+    return await read_page(state, who, call_id, after, wait_s)
+
+
+async def read_page(
+    state: ServerState, who: Principal, call_id: str, after: int, wait_s: float
+) -> ItemsPage:
+    """The items route's work (the web gateway reads a response through it too)."""
     if after > state.items_consumed.get(call_id, 0):
         state.items_consumed[call_id] = after
         state.wakeups.notify_many([f"consumed:{call_id}"])

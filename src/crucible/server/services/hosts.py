@@ -313,6 +313,7 @@ def assignments_for_host(
                 max_inputs=int(r.spec.get("max_inputs", 1)),
                 max_batch_size=int(r.spec.get("max_batch_size", 1)),
                 class_params=r.spec.get("class_params"),
+                web=r.spec.get("web"),
                 batch_wait_ms=int(r.spec.get("batch_wait_ms", 0)),
                 token=container_token(secret, r.id),
                 image=r.spec.get("image"),

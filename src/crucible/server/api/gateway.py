@@ -1,0 +1,116 @@
+"""The web gateway: ``/web/{account}/{deployment}/{function}/...`` serves a deployed web
+endpoint (``@crucible.fastapi_endpoint`` / ``@crucible.asgi_app``).
+
+Each request becomes a call of the deployment's current version (queued, autoscaled,
+metered and logged like any other); the container runs it through the function's ASGI app
+and the response streams back as it is produced. Unless the endpoint is public, the request
+needs a token of the deployment's account (``Authorization: Bearer``), which is not passed
+on to the app. Every response carries ``x-crucible-call-id``: the error id an endpoint's
+owner looks up (``crucible call``, ``crucible logs``) when it answers 500.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import select
+
+from crucible.errors import NotFoundError
+from crucible.protocol import json_payload
+from crucible.protocol.calls import CallsCreate, InputItem
+from crucible.protocol.common import Payload
+from crucible.server.api.calls import submit_calls
+from crucible.server.api.items import read_page
+from crucible.server.auth import Principal
+from crucible.server.services.accounts import authenticate
+from crucible.server.services.deployments import current_function
+from crucible.server.state import ServerState
+from crucible.server.store.tables import accounts
+
+router = APIRouter(tags=["web"])
+
+_HOP = {"authorization", "host", "connection", "content-length", "transfer-encoding"}
+_FIRST_PART_WAIT_S = 300.0
+
+
+def _owner(state: ServerState, account_name: str) -> Principal:
+    with state.engine.connect() as conn:
+        account_id = conn.execute(
+            select(accounts.c.id).where(accounts.c.name == account_name)
+        ).scalar()
+    if account_id is None:
+        raise NotFoundError(f"no web endpoint under {account_name!r}")
+    return Principal(account_id=str(account_id), scope="user")
+
+
+def _parts(items: list[Payload]) -> list[dict[str, Any]]:
+    return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
+
+
+@router.api_route(
+    "/web/{account}/{deployment}/{function}/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+)
+async def gateway(
+    account: str, deployment: str, function: str, path: str, request: Request
+) -> Response:
+    state: ServerState = request.app.state.crucible
+    owner = _owner(state, account)
+    with state.engine.connect() as conn:
+        fn = current_function(conn, owner, deployment, function)
+    web = fn.spec.get("web")
+    if not web:
+        raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
+    if not web.get("public"):
+        caller = authenticate(state, request.headers.get("authorization"))
+        if caller.account_id != owner.account_id or caller.scope not in ("admin", "user"):
+            raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+    body = await request.body()
+    http = {
+        "method": request.method,
+        "path": "/" + path,
+        "query": request.url.query,
+        "headers": [[k, v] for k, v in request.headers.items() if k.lower() not in _HOP],
+        "body": base64.b64encode(body).decode("ascii"),
+    }
+    raw = json_payload.encode({"args": [http], "kwargs": {}})
+    created = await submit_calls(
+        fn.id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+    )
+    call_id = created.call_ids[0]
+    page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
+    if not page.items:
+        code = page.call.error.code if page.call.error else "endpoint_error"
+        return JSONResponse(
+            {
+                "error": {
+                    "code": code,
+                    "message": f"the endpoint did not answer (call {call_id} "
+                    f"{page.call.state}); its owner sees why with `crucible call {call_id}`",
+                }
+            },
+            status_code=500 if page.call.state != "queued" else 504,
+            headers={"x-crucible-call-id": call_id},
+        )
+    parts = _parts(page.items)
+    start = parts[0]
+    headers = {k: v for k, v in start["headers"] if k.lower() not in ("content-length",)}
+    headers["x-crucible-call-id"] = call_id
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal page, parts
+        pending = parts[1:]
+        while True:
+            for part in pending:
+                if "body" in part:
+                    yield base64.b64decode(part["body"])
+            if page.done:
+                return
+            page = await read_page(state, owner, call_id, page.next, 30.0)
+            pending = _parts(page.items)
+
+    return StreamingResponse(stream(), status_code=int(start["status"]), headers=headers)

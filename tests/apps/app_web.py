@@ -1,0 +1,36 @@
+"""Web endpoints served through the gateway (the web tests deploy this app)."""
+
+from __future__ import annotations
+
+import crucible
+
+app = crucible.App("web")
+
+
+@app.function()
+@crucible.fastapi_endpoint(method="GET")
+def hello(name: str = "world") -> dict[str, str]:
+    return {"hello": name}
+
+
+@app.function()
+@crucible.asgi_app(public=True)
+def api():  # type: ignore[no-untyped-def]
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    web = FastAPI()
+
+    @web.post("/echo")
+    async def echo(body: dict[str, object]) -> dict[str, object]:
+        return {"got": body}
+
+    @web.get("/count")
+    def count(n: int = 3) -> StreamingResponse:
+        return StreamingResponse((f"{i}\n" for i in range(n)), media_type="text/plain")
+
+    @web.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("the endpoint broke")
+
+    return web

@@ -1,0 +1,45 @@
+"""Web endpoints through the exchange's gateway, with real processes: a token unless
+public, JSON in and out, streaming responses, a 500 with the call id when the endpoint
+raises, and a clear 404 once the deployment is stopped."""
+
+from __future__ import annotations
+
+import httpx
+
+import app_web
+from harness import Exchange
+
+
+def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
+    token = exchange.new_account("webby")
+    builder = exchange.client(token)
+    app_web.app.deploy(client=builder)
+    base = f"{exchange.url}/web/webby/web"
+    auth = {"authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=120) as http:
+        # Not public: a token of the deployment's account is needed.
+        assert http.get(f"{base}/hello/").status_code == 401
+        stranger = exchange.new_account("stranger")
+        r = http.get(f"{base}/hello/", headers={"authorization": f"Bearer {stranger}"})
+        assert r.status_code == 404
+        r = http.get(f"{base}/hello/", params={"name": "ada"}, headers=auth)
+        assert r.status_code == 200 and r.json() == {"hello": "ada"}
+        assert r.headers["x-crucible-call-id"].startswith("ca")
+
+        # Public: no token; an ASGI app with its own routes.
+        r = http.post(f"{base}/api/echo", json={"x": 1})
+        assert r.status_code == 200 and r.json() == {"got": {"x": 1}}
+        with http.stream("GET", f"{base}/api/count", params={"n": 5}) as s:
+            assert s.status_code == 200
+            assert "".join(s.iter_text()) == "0\n1\n2\n3\n4\n"
+        r = http.get(f"{base}/api/boom")
+        assert r.status_code == 500 and "x-crucible-call-id" in r.headers
+        assert "the endpoint broke" not in r.text  # the traceback is the owner's only
+        r = http.get(f"{base}/api/nowhere")
+        assert r.status_code == 404  # the app's own 404
+
+        builder.post("/v1/deployments/web/stop")
+        r = http.get(f"{base}/api/count")
+        assert r.status_code == 404 and "stopped" in r.json()["error"]["message"]
+        assert http.get(f"{exchange.url}/web/nobody/web/api/count").status_code == 404
+    builder.close()
