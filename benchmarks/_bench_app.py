@@ -46,3 +46,26 @@ def burst_sleep(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+# Web: the same FastAPI handler behind the gateway (deployed) and under plain uvicorn.
+web_app = crucible.App("bench-web")
+
+
+def hello_handler(name: str = "world") -> dict[str, str]:
+    return {"hello": name}
+
+
+@web_app.function(min_containers=1)
+@crucible.fastapi_endpoint(method="GET", public=True)
+def hello(name: str = "world") -> dict[str, str]:
+    return hello_handler(name)
+
+
+def plain_fastapi():  # type: ignore[no-untyped-def]
+    """The same handler as a FastAPI app for uvicorn (the baseline)."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+    api.add_api_route("/", hello_handler, methods=["GET"])
+    return api
