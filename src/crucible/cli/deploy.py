@@ -1,7 +1,12 @@
-"""`crucible deploy FILE`, `crucible deployments [stop|rollback]`, `crucible stop NAME`."""
+"""`crucible deploy FILE`, `crucible serve FILE`, `crucible deployments [stop|rollback]`,
+`crucible stop NAME`."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,17 @@ def _pick_app(module: Any, wanted: str | None) -> App:
         f"{module.__name__} defines several apps ({', '.join(sorted(found))}); "
         "pick one with FILE::APP"
     )
+
+
+def _web_functions(client: Any, info: DeploymentInfo) -> list[tuple[str, str]]:
+    """(function, path hint) of the current version's web endpoints."""
+    current = next((v for v in info.versions if v.app_id == info.app_id), None)
+    out = []
+    for fn in current.functions if current else []:
+        spec = client.get(f"/v1/deployments/{info.name}/functions/{fn}")
+        if spec.get("web"):
+            out.append((fn, "" if spec["web"]["kind"] == "fastapi_endpoint" else "..."))
+    return out
 
 
 def _show(info: DeploymentInfo) -> None:
@@ -73,6 +89,67 @@ def register(app: typer.Typer) -> None:
             f"deployed {info.name} version {info.version}; call it with "
             f"crucible.Function.from_name({info.name!r}, ...)"
         )
+
+    @app.command()
+    def serve(
+        target: str = typer.Argument(..., help="FILE.py or FILE.py::APP"),
+        name: str = typer.Option(None, help="Deployment name (default: the app's, + '-dev')."),
+        no_reload: bool = typer.Option(False, "--no-reload", help="Do not watch for changes."),
+    ) -> None:
+        """Serve an app while you work on it: deploy it (as APP-dev), redeploy when a .py
+        file next to it changes (a version that fails to load leaves the previous one
+        serving), and stop it when this command ends (Ctrl-C)."""
+        file = Path(target.partition("::")[0])
+        chosen = _pick_app(import_app_file(file), target.partition("::")[2] or None)
+        dep_name = name or f"{chosen.name}-dev"
+        client = _client()
+        account = client.get("/v1/accounts/me")["name"]
+        watched = file.resolve().parent
+
+        def snapshot() -> dict[Path, float]:
+            return {
+                p: p.stat().st_mtime
+                for p in watched.rglob("*.py")
+                if not any(part.startswith(".") for part in p.relative_to(watched).parts)
+            }
+
+        def deploy_now() -> None:
+            # A fresh interpreter imports the code as it is now, packaged as `deploy` does.
+            cmd = [sys.executable, "-m", "crucible.cli.main", "deploy", target, "--name", dep_name]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:
+                info = DeploymentInfo.model_validate(client.get(f"/v1/deployments/{dep_name}"))
+                console.print(f"serving {dep_name} version {info.version}")
+                for fn, spec in _web_functions(client, info):
+                    console.print(
+                        f"  {client.transport.base_url}/web/{account}/{dep_name}/{fn}/{spec}"
+                    )
+            else:
+                console.print("[red]deploy failed; the previous version keeps serving:[/]")
+                console.print((done.stderr or done.stdout).strip()[-2000:])
+
+        def interrupted(_signum: int, _frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupted)  # stopped by a supervisor: clean up too
+        deploy_now()
+        seen = snapshot()
+        try:
+            while True:
+                time.sleep(0.5)
+                if no_reload:
+                    continue
+                now = snapshot()
+                if now != seen:
+                    seen = now
+                    console.print("change detected: redeploying")
+                    deploy_now()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            client.post(f"/v1/deployments/{dep_name}/stop")
+            console.print(f"stopped {dep_name}")
+            client.close()
 
     dep_app = typer.Typer(help="Deployments: list, stop, roll back.", invoke_without_command=True)
     app.add_typer(dep_app, name="deployments")
