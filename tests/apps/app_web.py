@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fastapi import WebSocket  # at module level: the annotations below are strings
+
 import crucible
 
 app = crucible.App("web")
@@ -32,5 +34,15 @@ def api():  # type: ignore[no-untyped-def]
     @web.get("/boom")
     def boom() -> None:
         raise RuntimeError("the endpoint broke")
+
+    @web.websocket("/shout")
+    async def shout(ws: WebSocket) -> None:
+        await ws.accept()
+        while True:
+            text = await ws.receive_text()
+            if text == "bye":
+                await ws.close()
+                return
+            await ws.send_text(text.upper())
 
     return web

@@ -5,6 +5,9 @@ raises, and a clear 404 once the deployment is stopped."""
 from __future__ import annotations
 
 import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 import app_web
 from harness import Exchange
@@ -37,6 +40,17 @@ def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
         assert "the endpoint broke" not in r.text  # the traceback is the owner's only
         r = http.get(f"{base}/api/nowhere")
         assert r.status_code == 404  # the app's own 404
+
+        # A WebSocket: each message to the app and back through the exchange.
+        ws_url = f"{base.replace('http://', 'ws://')}/api/shout"
+        with connect(ws_url, open_timeout=60) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=60) == "HELLO"
+            ws.send("again")
+            assert ws.recv(timeout=60) == "AGAIN"
+            ws.send("bye")
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=60)
 
         builder.post("/v1/deployments/web/stop")
         r = http.get(f"{base}/api/count")

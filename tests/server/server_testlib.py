@@ -345,6 +345,7 @@ V1_ROUTES = sorted(
         ("GET", "/v1/apps/{app_id}/logs"),
         ("POST", "/v1/containers/{container_id}/items"),
         ("GET", "/v1/calls/{call_id}/items"),
+        ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
     ]
 )
 

@@ -225,6 +225,7 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/exchange"),
             ("POST", "/v1/containers/{container_id}/logs"),
             ("POST", "/v1/containers/{container_id}/items"),
+            ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
         }
     },
     "user": {
@@ -238,6 +239,7 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/exchange"),
             ("POST", "/v1/containers/{container_id}/logs"),
             ("POST", "/v1/containers/{container_id}/items"),
+            ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
         }
     },
     "host": {
@@ -253,6 +255,7 @@ ALLOWED = {
         ("POST", "/v1/containers/{container_id}/exchange"),
         ("POST", "/v1/containers/{container_id}/logs"),
         ("POST", "/v1/containers/{container_id}/items"),
+        ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
     },
 }
 

@@ -51,7 +51,7 @@ from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
 from crucible.worker.logs import LogShipper
-from crucible.worker.web import build_asgi_app, http_parts
+from crucible.worker.web import build_asgi_app, http_parts, ws_parts
 
 __all__ = ["SNAPSHOT_DONE", "Worker", "main", "run_enter_hooks"]
 
@@ -236,9 +236,22 @@ class Worker:
             if self.asgi is not None:  # a request from the gateway: the response streams
                 request = json_payload.decode(raw)["args"][0]
                 asgi = self.asgi
-                count = self._stream(
-                    item, (), {}, source=lambda: http_parts(asgi, request), as_json=True
-                )
+                if request.get("type") == "websocket":
+                    inbox_path = f"/v1/containers/{self.container_id}/calls/{item.call_id}/inbox"
+
+                    def inbox(after: int) -> list[str]:
+                        got: list[str] = self.transport.get(
+                            f"{inbox_path}?after={after}&wait_s=20", timeout_s=50
+                        )
+                        return got
+
+                    count = self._stream(
+                        item, (), {}, source=lambda: ws_parts(asgi, request, inbox), as_json=True
+                    )
+                else:
+                    count = self._stream(
+                        item, (), {}, source=lambda: http_parts(asgi, request), as_json=True
+                    )
                 result = self._to_payload(serialize(count))
             elif json_payload.is_json(raw):  # a job API call: JSON in, JSON out
                 body = json_payload.decode(raw)

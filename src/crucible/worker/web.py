@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["build_asgi_app", "http_parts"]
+__all__ = ["build_asgi_app", "http_parts", "ws_parts"]
 
 ASGIApp = Callable[..., Any]
 
@@ -88,6 +89,75 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
             parts.put(exc)
 
     threading.Thread(target=run, name="crucible-http", daemon=True).start()
+    while True:
+        part = parts.get()
+        if part is None:
+            return
+        if isinstance(part, BaseException):
+            raise part
+        yield part
+
+
+def ws_parts(
+    app: ASGIApp, request: dict[str, Any], inbox: Callable[[int], list[str]]
+) -> Iterator[dict[str, Any]]:
+    """Run a WebSocket connection through ``app``: the client's messages come from
+    ``inbox(after)`` (the gateway stores them), what the app sends is yielded as parts:
+    ``{"ws": "accept"}``, ``{"ws": "send", "text"|"bytes"}``, ``{"ws": "close", "code"}``."""
+    parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": request["path"],
+        "raw_path": request["path"].encode(),
+        "query_string": request.get("query", "").encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in request.get("headers", [])],
+        "client": ("127.0.0.1", 0),
+        "server": ("crucible", 80),
+        "subprotocols": [],
+    }
+    pending: list[dict[str, Any]] = [{"type": "connect"}]
+    read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        while not pending:
+            got = await asyncio.to_thread(inbox, read)
+            read += len(got)
+            pending.extend(json.loads(m) for m in got)
+        m = pending.pop(0)
+        if m["type"] == "connect":
+            return {"type": "websocket.connect"}
+        if m["type"] == "disconnect":
+            return {"type": "websocket.disconnect", "code": int(m.get("code", 1000))}
+        if "bytes" in m:
+            return {"type": "websocket.receive", "bytes": base64.b64decode(m["bytes"])}
+        return {"type": "websocket.receive", "text": m.get("text", "")}
+
+    async def send(message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept":
+            parts.put({"ws": "accept"})
+        elif kind == "websocket.send":
+            if message.get("bytes") is not None:
+                data = base64.b64encode(message["bytes"]).decode("ascii")
+                parts.put({"ws": "send", "bytes": data})
+            else:
+                parts.put({"ws": "send", "text": message.get("text", "")})
+        elif kind == "websocket.close":
+            parts.put({"ws": "close", "code": int(message.get("code", 1000))})
+
+    def run() -> None:
+        try:
+            asyncio.run(app(scope, receive, send))
+            parts.put(None)
+        except BaseException as exc:
+            parts.put(exc)
+
+    threading.Thread(target=run, name="crucible-websocket", daemon=True).start()
     while True:
         part = parts.get()
         if part is None:

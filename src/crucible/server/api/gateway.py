@@ -11,27 +11,34 @@ owner looks up (``crucible call``, ``crucible logs``) when it answers 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
+from starlette.websockets import WebSocketState
 
-from crucible.errors import NotFoundError
+from crucible.errors import Error, NotFoundError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
+from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
 
 router = APIRouter(tags=["web"])
+log = logging.getLogger("crucible.gateway")
 
 _HOP = {"authorization", "host", "connection", "content-length", "transfer-encoding"}
 _FIRST_PART_WAIT_S = 300.0
@@ -54,6 +61,7 @@ def _parts(items: list[Payload]) -> list[dict[str, Any]]:
 @router.api_route(
     "/web/{account}/{deployment}/{function}/{path:path}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    include_in_schema=False,  # the endpoints' own apps define what is under it
 )
 async def gateway(
     account: str, deployment: str, function: str, path: str, request: Request
@@ -114,3 +122,94 @@ async def gateway(
             pending = _parts(page.items)
 
     return StreamingResponse(stream(), status_code=int(start["status"]), headers=headers)
+
+
+@router.websocket("/web/{account}/{deployment}/{function}/{path:path}")
+async def gateway_websocket(
+    websocket: WebSocket, account: str, deployment: str, function: str, path: str
+) -> None:
+    """A WebSocket to a deployed ``asgi_app``: the connection is one call; what the client
+    sends goes to the call's inbox, what the app sends comes back through its items."""
+    state: ServerState = websocket.app.state.crucible
+    try:
+        owner = _owner(state, account)
+        with state.engine.connect() as conn:
+            fn = current_function(conn, owner, deployment, function)
+        web = fn.spec.get("web")
+        if not web:
+            raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
+        if not web.get("public"):
+            caller = authenticate(state, websocket.headers.get("authorization"))
+            if caller.account_id != owner.account_id:
+                raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+    except Error as exc:
+        log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
+        await websocket.close(code=1008, reason=exc.message[:120])
+        return
+    http = {
+        "type": "websocket",
+        "path": "/" + path,
+        "query": websocket.url.query,
+        "headers": [[k, v] for k, v in websocket.headers.items() if k.lower() not in _HOP],
+    }
+    raw = json_payload.encode({"args": [http], "kwargs": {}})
+    created = await submit_calls(
+        fn.id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+    )
+    call_id = created.call_ids[0]
+
+    def post(message: dict[str, Any]) -> None:
+        with state.engine.begin() as conn:
+            items_svc.append_inbox(conn, call_id, [orjson.dumps(message).decode()])
+        state.wakeups.notify_many([f"inbox:{call_id}"])
+
+    async def from_client() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                post({"type": "disconnect", "code": msg.get("code", 1000)})
+                return
+            if msg.get("bytes") is not None:
+                post({"type": "receive", "bytes": base64.b64encode(msg["bytes"]).decode()})
+            else:
+                post({"type": "receive", "text": msg.get("text") or ""})
+
+    async def to_client() -> None:
+        after = 0
+        accepted = False
+        while True:
+            page = await read_page(state, owner, call_id, after, 30.0)
+            after = page.next
+            for part in _parts(page.items):
+                kind = part.get("ws")
+                if kind == "accept" and not accepted:
+                    await websocket.accept(headers=[(b"x-crucible-call-id", call_id.encode())])
+                    accepted = True
+                elif kind == "send" and accepted:
+                    if "bytes" in part:
+                        await websocket.send_bytes(base64.b64decode(part["bytes"]))
+                    else:
+                        await websocket.send_text(part.get("text", ""))
+                elif kind == "close":
+                    await websocket.close(code=int(part.get("code", 1000)))
+                    return
+            if page.done:
+                await websocket.close(code=1011 if page.call.state != "succeeded" else 1000)
+                return
+
+    outgoing = asyncio.ensure_future(to_client())
+    # The client's messages are read only once the app accepted the connection.
+    while not outgoing.done() and websocket.application_state != WebSocketState.CONNECTED:
+        await asyncio.sleep(0.01)
+    if outgoing.done():
+        if outgoing.exception() is not None:
+            log.error("websocket %s failed: %r", call_id, outgoing.exception())
+        return
+    incoming = asyncio.ensure_future(from_client())
+    done, pending = await asyncio.wait({outgoing, incoming}, return_when=asyncio.FIRST_COMPLETED)
+    if incoming in done and not outgoing.done():
+        # The client left: the app sees the disconnect; let its side finish briefly.
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(outgoing, 5.0)
+    for task in pending:
+        task.cancel()

@@ -83,3 +83,28 @@ async def read_page(
 
     found = await long_poll(state.wakeups, [f"items:{call_id}", f"call:{call_id}"], fresh, wait_s)
     return found or page
+
+
+@router.get("/containers/{container_id}/calls/{call_id}/inbox")
+async def get_inbox(
+    container_id: str,
+    call_id: str,
+    who: Container,
+    state: State,
+    after: int = Query(default=0, ge=0),
+    wait_s: float = Query(default=0.0, ge=0, le=60),
+) -> list[str]:
+    """What a WebSocket's client sent (JSON messages) from index ``after``; with
+    ``wait_s``, wait for some."""
+    if who.container_id != container_id:
+        raise NotFoundError(f"container {container_id} not found")
+
+    def read() -> list[str] | None:
+        with state.engine.connect() as conn:
+            found = svc.read_inbox(conn, container_id, call_id, after)
+        return found or None
+
+    got = read()
+    if got is None and wait_s > 0:
+        got = await long_poll(state.wakeups, [f"inbox:{call_id}"], read, wait_s)
+    return got or []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -14,9 +14,9 @@ from crucible.protocol.calls import ItemsPage, ItemsSent
 from crucible.protocol.common import Payload
 from crucible.server.auth import Principal
 from crucible.server.services.calls import decode_payload, get_call
-from crucible.server.store.tables import call_items, calls
+from crucible.server.store.tables import call_inbox, call_items, calls
 
-__all__ = ["read_items", "store_items"]
+__all__ = ["append_inbox", "read_inbox", "read_items", "store_items"]
 
 PAGE = 1000
 
@@ -66,3 +66,34 @@ def read_items(conn: Connection, principal: Principal, call_id: str, after: int)
     ended = info.state not in ("queued", "running")
     done = ended and len(rows) == len(items) and len(rows) < PAGE
     return ItemsPage(items=items, next=nxt, done=done, call=info)
+
+
+def append_inbox(conn: Connection, call_id: str, messages: list[str]) -> int:
+    """Append a WebSocket client's messages (JSON text) to the call's inbox; returns the
+    next index."""
+    last = conn.execute(
+        select(func.max(call_inbox.c.idx)).where(call_inbox.c.call_id == call_id)
+    ).scalar()
+    start = -1 if last is None else int(last)
+    rows = [
+        {"call_id": call_id, "idx": start + 1 + i, "message": m} for i, m in enumerate(messages)
+    ]
+    if rows:
+        conn.execute(call_inbox.insert(), rows)
+    return start + 1 + len(rows)
+
+
+def read_inbox(conn: Connection, container_id: str, call_id: str, after: int) -> list[str]:
+    """The inbox of a call running in ``container_id`` from index ``after``."""
+    row = conn.execute(select(calls.c.container_id).where(calls.c.id == call_id)).first()
+    if row is None or row.container_id != container_id:
+        raise NotFoundError(f"call {call_id} is not running in container {container_id}")
+    return [
+        r.message
+        for r in conn.execute(
+            select(call_inbox.c.message)
+            .where(call_inbox.c.call_id == call_id, call_inbox.c.idx >= after)
+            .order_by(call_inbox.c.idx)
+            .limit(PAGE)
+        )
+    ]

@@ -27,6 +27,7 @@ __all__ = [
     "accounts",
     "apps",
     "blobs",
+    "call_inbox",
     "call_items",
     "calls",
     "containers",
@@ -209,6 +210,15 @@ call_items = Table(
     Column("data", LargeBinary),
     Column("ref", String(64)),
     Column("size", BigInteger, nullable=False),
+)
+
+# What a WebSocket's client sent, in order, for the container serving it to read.
+call_inbox = Table(
+    "call_inbox",
+    metadata,
+    Column("call_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("message", Text, nullable=False),  # JSON: {"type", "text"|"bytes"(base64)|"code"}
 )
 
 # What functions print (stdout and stderr), line by line, as their workers send it.

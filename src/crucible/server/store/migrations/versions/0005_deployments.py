@@ -51,6 +51,13 @@ def upgrade() -> None:
     op.create_index("ix_log_lines_app", "log_lines", ["app_id", "id"])
     op.create_index("ix_log_lines_call", "log_lines", ["call_id", "id"])
     op.create_table(
+        "call_inbox",
+        sa.Column("call_id", sa.String(32), nullable=False),
+        sa.Column("idx", sa.Integer(), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("call_id", "idx", name="pk_call_inbox"),
+    )
+    op.create_table(
         "call_items",
         sa.Column("call_id", sa.String(32), nullable=False),
         sa.Column("idx", sa.Integer(), nullable=False),
@@ -63,6 +70,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("call_items")
+    op.drop_table("call_inbox")
     op.drop_table("log_lines")
     with op.batch_alter_table("functions") as b:
         b.drop_column("warm")
