@@ -36,3 +36,14 @@ class Counter:
     @crucible.method()
     def describe(self) -> str:
         return f"counter from {self.start}"
+
+
+@app.cls(retries=crucible.Retries(max_retries=2, initial_delay=0.2))
+class Broken:
+    @crucible.enter()
+    def load(self) -> None:
+        raise RuntimeError("the weights are missing")
+
+    @crucible.method()
+    def predict(self, x: int) -> int:
+        return x

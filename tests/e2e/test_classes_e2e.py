@@ -43,3 +43,16 @@ def test_class_misuse_is_refused_clearly(builder) -> None:
     with pytest.raises(crucible.Error, match="needs a running app"):
         app_classes.Counter().bump.remote()
     assert app_classes.Counter(start=2).bump.local() == (3, "local", pytest.approx(0, abs=1e12))
+
+
+def test_a_failing_enter_hook_fails_calls_clearly_without_a_restart_storm(
+    exchange, builder
+) -> None:
+    with app_classes.app.run(client=builder):
+        calls = [app_classes.Broken().predict.spawn(i) for i in range(5)]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="the weights are missing(.|\n)*in load"):
+                call.get(timeout=60)
+    # Retried with backoff (twice), not restarted in a loop: a handful of containers.
+    started = sum(1 for _ in exchange.log("host-a").splitlines() if "starting container" in _)
+    assert 1 <= started <= 6
