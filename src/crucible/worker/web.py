@@ -33,6 +33,34 @@ def build_asgi_app(fn: Callable[..., Any], web: dict[str, Any]) -> ASGIApp:
     return api
 
 
+def _run_app(
+    app: ASGIApp,
+    scope: dict[str, Any],
+    receive: Callable[[], Any],
+    send: Callable[[dict[str, Any]], Any],
+    parts: queue.Queue[dict[str, Any] | BaseException | None],
+    name: str,
+) -> Iterator[dict[str, Any]]:
+    """Run ``app`` in a thread with its own event loop; yield what ``send`` puts in
+    ``parts`` until the app returns (or raise what it raised)."""
+
+    def run() -> None:
+        try:
+            asyncio.run(app(scope, receive, send))
+            parts.put(None)
+        except BaseException as exc:  # reported as the call's error
+            parts.put(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while True:
+        part = parts.get()
+        if part is None:
+            return
+        if isinstance(part, BaseException):
+            raise part
+        yield part
+
+
 def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Run one request through ``app`` (in a thread with its own event loop) and yield the
     response's parts as they come."""
@@ -81,21 +109,7 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
                 }
             )
 
-    def run() -> None:
-        try:
-            asyncio.run(app(scope, receive, send))
-            parts.put(None)
-        except BaseException as exc:  # reported as the call's error
-            parts.put(exc)
-
-    threading.Thread(target=run, name="crucible-http", daemon=True).start()
-    while True:
-        part = parts.get()
-        if part is None:
-            return
-        if isinstance(part, BaseException):
-            raise part
-        yield part
+    yield from _run_app(app, scope, receive, send, parts, "crucible-http")
 
 
 def ws_parts(
@@ -150,18 +164,4 @@ def ws_parts(
         elif kind == "websocket.close":
             parts.put({"ws": "close", "code": int(message.get("code", 1000))})
 
-    def run() -> None:
-        try:
-            asyncio.run(app(scope, receive, send))
-            parts.put(None)
-        except BaseException as exc:
-            parts.put(exc)
-
-    threading.Thread(target=run, name="crucible-websocket", daemon=True).start()
-    while True:
-        part = parts.get()
-        if part is None:
-            return
-        if isinstance(part, BaseException):
-            raise part
-        yield part
+    yield from _run_app(app, scope, receive, send, parts, "crucible-websocket")

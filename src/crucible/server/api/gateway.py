@@ -54,6 +54,24 @@ def _owner(state: ServerState, account_name: str) -> Principal:
     return Principal(account_id=str(account_id), scope="user")
 
 
+def _endpoint(
+    state: ServerState, account: str, deployment: str, function: str, authorization: str | None
+) -> tuple[Principal, Any]:
+    """The endpoint's owner and function row; the caller's token is checked unless the
+    endpoint is public (another account's token sees nothing: 404)."""
+    owner = _owner(state, account)
+    with state.engine.connect() as conn:
+        fn = current_function(conn, owner, deployment, function)
+    web = fn.spec.get("web")
+    if not web:
+        raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
+    if not web.get("public"):
+        caller = authenticate(state, authorization)
+        if caller.account_id != owner.account_id or caller.scope not in ("admin", "user"):
+            raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+    return owner, fn
+
+
 def _parts(items: list[Payload]) -> list[dict[str, Any]]:
     return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
 
@@ -67,16 +85,9 @@ async def gateway(
     account: str, deployment: str, function: str, path: str, request: Request
 ) -> Response:
     state: ServerState = request.app.state.crucible
-    owner = _owner(state, account)
-    with state.engine.connect() as conn:
-        fn = current_function(conn, owner, deployment, function)
-    web = fn.spec.get("web")
-    if not web:
-        raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
-    if not web.get("public"):
-        caller = authenticate(state, request.headers.get("authorization"))
-        if caller.account_id != owner.account_id or caller.scope not in ("admin", "user"):
-            raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+    owner, fn = _endpoint(
+        state, account, deployment, function, request.headers.get("authorization")
+    )
     body = await request.body()
     http = {
         "method": request.method,
@@ -132,16 +143,9 @@ async def gateway_websocket(
     sends goes to the call's inbox, what the app sends comes back through its items."""
     state: ServerState = websocket.app.state.crucible
     try:
-        owner = _owner(state, account)
-        with state.engine.connect() as conn:
-            fn = current_function(conn, owner, deployment, function)
-        web = fn.spec.get("web")
-        if not web:
-            raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
-        if not web.get("public"):
-            caller = authenticate(state, websocket.headers.get("authorization"))
-            if caller.account_id != owner.account_id:
-                raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+        owner, fn = _endpoint(
+            state, account, deployment, function, websocket.headers.get("authorization")
+        )
     except Error as exc:
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
         await websocket.close(code=1008, reason=exc.message[:120])
