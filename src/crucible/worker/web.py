@@ -33,25 +33,42 @@ def build_asgi_app(fn: Callable[..., Any], web: dict[str, Any]) -> ASGIApp:
     return api
 
 
+class _AppLoop:
+    """One event loop per container, in its own thread, for the endpoint's app: requests
+    run on it concurrently, and what the app keeps between requests (clients, pools bound
+    to a loop) stays valid."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="crucible-asgi", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
 def _run_app(
     app: ASGIApp,
     scope: dict[str, Any],
     receive: Callable[[], Any],
     send: Callable[[dict[str, Any]], Any],
     parts: queue.Queue[dict[str, Any] | BaseException | None],
-    name: str,
 ) -> Iterator[dict[str, Any]]:
-    """Run ``app`` in a thread with its own event loop; yield what ``send`` puts in
-    ``parts`` until the app returns (or raise what it raised)."""
+    """Run ``app`` on the container's app loop; yield what ``send`` puts in ``parts``
+    until the app returns (or raise what it raised)."""
 
-    def run() -> None:
+    async def run() -> None:
         try:
-            asyncio.run(app(scope, receive, send))
+            await app(scope, receive, send)
             parts.put(None)
         except BaseException as exc:  # reported as the call's error
             parts.put(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(run(), _AppLoop.get())
     while True:
         part = parts.get()
         if part is None:
@@ -109,7 +126,7 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
                 }
             )
 
-    yield from _run_app(app, scope, receive, send, parts, "crucible-http")
+    yield from _run_app(app, scope, receive, send, parts)
 
 
 def ws_parts(
@@ -164,4 +181,4 @@ def ws_parts(
         elif kind == "websocket.close":
             parts.put({"ws": "close", "code": int(message.get("code", 1000))})
 
-    yield from _run_app(app, scope, receive, send, parts, "crucible-websocket")
+    yield from _run_app(app, scope, receive, send, parts)
