@@ -30,6 +30,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from _exchange import machine_info, print_table, rss_kib  # noqa: E402
 from bench_market import CARBON, MODELS, REGIONS, micros, percentile  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
+from crucible.errors import MarketRefusedError  # noqa: E402
 from crucible.protocol.accounts import Scope  # noqa: E402
 from crucible.protocol.transport import Transport  # noqa: E402
 from crucible.server.services.accounts import issue_token  # noqa: E402
@@ -231,6 +233,26 @@ def timed(fn: Any, lat: list[float]) -> Any:
     return out
 
 
+def reserve_many(
+    client: Transport, n: int, body: Callable[[], dict[str, Any]]
+) -> tuple[list[float], int]:
+    """``n`` reservations, each timed, refused ones (market_refused) included; returns the
+    latencies in microseconds and how many were granted."""
+    lat: list[float] = []
+    granted = 0
+    for _ in range(n):
+        req = body()
+        t0 = time.perf_counter_ns()
+        try:
+            client.post("/v1/reservations", req)
+            granted += 1
+        except MarketRefusedError:
+            pass
+        finally:
+            lat.append((time.perf_counter_ns() - t0) / 1000)
+    return lat, granted
+
+
 def row(op: str, lat: list[float], **extra: Any) -> dict[str, Any]:
     total = sum(lat) / 1e6
     return {
@@ -285,36 +307,27 @@ def main() -> None:
             available += bool(q["available"])
         results.append(row("quote", lat, available=available))
 
-        lat = []
         day = int(time.time() * 1000) + 86_400_000
         others = [m for m, _, _ in MODELS if m != "H100"]
-        granted = 0
-        for _ in range(args.reserves):
-            body = {
+        lat, granted = reserve_many(
+            client,
+            args.reserves,
+            lambda: {
                 "gpu": f"{rng.choice([1, 2, 4, 8])}x{rng.choice(others)}",
                 "start_ms": day,
                 "hours": 1,
-            }
-            try:
-                timed(lambda b=body: client.post("/v1/reservations", b), lat)
-                granted += 1
-            except Exception:  # refused (market_refused): still timed
-                pass
+            },
+        )
         results.append(row("reserve", lat, granted=granted))
-
-        lat = []
-        granted = 0
-        for _ in range(args.preempts):
-            body = {
+        lat, granted = reserve_many(
+            client,
+            args.preempts,
+            lambda: {
                 "gpu": f"{rng.choice([1, 2, 4, 8])}xH100",
                 "start_ms": int(time.time() * 1000),
                 "hours": 1,
-            }
-            try:
-                timed(lambda b=body: client.post("/v1/reservations", b), lat)
-                granted += 1
-            except Exception:
-                pass
+            },
+        )
         results.append(row("preempt (reserve now on leased H100)", lat, granted=granted))
         server_rss = rss_kib(ex.server.pid) if ex.server else None
         client.close()

@@ -83,6 +83,15 @@ class _Timeout(BaseException):
     code does not swallow it."""
 
 
+def _decode_input(raw: bytes) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+    """An input's (args, kwargs), and whether it came as JSON (the job API) or a pickle."""
+    if json_payload.is_json(raw):
+        body = json_payload.decode(raw)
+        return tuple(body.get("args", ())), dict(body.get("kwargs", {})), True
+    args, kwargs = deserialize(raw)
+    return args, kwargs, False
+
+
 def _json_result(value: Any) -> bytes:
     try:
         return json_payload.encode(value)
@@ -253,19 +262,15 @@ class Worker:
                         item, (), {}, source=lambda: http_parts(asgi, request), as_json=True
                     )
                 result = self._to_payload(serialize(count))
-            elif json_payload.is_json(raw):  # a job API call: JSON in, JSON out
-                body = json_payload.decode(raw)
-                args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
-                value = self._invoke(args, kwargs, item.timeout_s)
-                result = self._to_payload(_json_result(value))
-            elif self.is_generator:
-                args, kwargs = deserialize(raw)
-                count = self._stream(item, args, kwargs)
-                result = self._to_payload(serialize(count))
             else:
-                args, kwargs = deserialize(raw)
-                value = self._invoke(args, kwargs, item.timeout_s)
-                result = self._to_payload(serialize(value))
+                # A job API call is JSON in, JSON out; the SDK's calls are pickles.
+                args, kwargs, is_json = _decode_input(raw)
+                if self.is_generator and not is_json:  # (a job API call gets a clear error)
+                    count = self._stream(item, args, kwargs)
+                    result = self._to_payload(serialize(count))
+                else:
+                    value = self._invoke(args, kwargs, item.timeout_s)
+                    result = self._to_payload(_json_result(value) if is_json else serialize(value))
             status, error = "succeeded", None
         except _Timeout:
             status, result = "timed_out", None
@@ -355,6 +360,8 @@ class Worker:
             nonlocal sent, pending
             with lock:
                 batch, pending = pending, []
+                if not batch:  # the timer sent them already: no empty round trip
+                    return
                 body = ItemsSent(
                     call_id=item.call_id, attempt=item.attempt, start=sent, items=batch
                 )
@@ -406,14 +413,8 @@ class Worker:
             sig = inspect.signature(self.fn)
             columns: dict[str, list[Any]] = {name: [] for name in sig.parameters}
             for item in items:
-                raw = self._payload_bytes(item.args)
-                if json_payload.is_json(raw):
-                    body = json_payload.decode(raw)
-                    args, kwargs = tuple(body.get("args", ())), dict(body.get("kwargs", {}))
-                    json_inputs.append(True)
-                else:
-                    args, kwargs = deserialize(raw)
-                    json_inputs.append(False)
+                args, kwargs, is_json = _decode_input(self._payload_bytes(item.args))
+                json_inputs.append(is_json)
                 bound = sig.bind(*args, **kwargs)
                 bound.apply_defaults()
                 for name, value in bound.arguments.items():

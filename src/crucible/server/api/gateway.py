@@ -44,23 +44,16 @@ _HOP = {"authorization", "host", "connection", "content-length", "transfer-encod
 _FIRST_PART_WAIT_S = 300.0
 
 
-def _owner(state: ServerState, account_name: str) -> Principal:
-    with state.engine.connect() as conn:
-        account_id = conn.execute(
-            select(accounts.c.id).where(accounts.c.name == account_name)
-        ).scalar()
-    if account_id is None:
-        raise NotFoundError(f"no web endpoint under {account_name!r}")
-    return Principal(account_id=str(account_id), scope="user")
-
-
 def _endpoint(
     state: ServerState, account: str, deployment: str, function: str, authorization: str | None
 ) -> tuple[Principal, Any]:
     """The endpoint's owner and function row; the caller's token is checked unless the
     endpoint is public (another account's token sees nothing: 404)."""
-    owner = _owner(state, account)
-    with state.engine.connect() as conn:
+    with state.engine.connect() as conn:  # one connection for both lookups
+        account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == account)).scalar()
+        if account_id is None:
+            raise NotFoundError(f"no web endpoint under {account!r}")
+        owner = Principal(account_id=str(account_id), scope="user")
         fn = current_function(conn, owner, deployment, function)
     web = fn.spec.get("web")
     if not web:

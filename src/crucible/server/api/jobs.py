@@ -76,7 +76,7 @@ async def _submit(
         fn = current_function(conn, who, deployment, function)
     try:
         raw = json_payload.encode(req.call_args())
-    except TypeError as exc:  # pragma: no cover - pydantic gave us JSON already
+    except TypeError as exc:  # JSON orjson cannot write back, e.g. integers beyond 64 bits
         raise InvalidRequestError(f"the input is not JSON: {exc}") from None
     if len(raw) > state.settings.inline_payload_max_bytes:
         raise InvalidRequestError(

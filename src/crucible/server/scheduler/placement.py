@@ -561,6 +561,11 @@ class Cluster:
 # --------------------------------------------------------------------- policies
 
 
+def _whole_left(free: Sequence[int], gpus: tuple[tuple[int, int], ...]) -> int:
+    """Whole GPUs a node would have left after taking ``gpus`` (index, share) from ``free``."""
+    return sum(1 for f in free if f == FULL) - sum(1 for j, _ in gpus if free[j] == FULL)
+
+
 @dataclass(frozen=True)
 class BestFit:
     """Pack: fewest free whole GPUs left, then least free GPU share, then least free CPU."""
@@ -575,9 +580,13 @@ class BestFit:
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]:
         g = cluster.gpu_free[node]
-        whole = sum(1 for f in g if f == FULL) - sum(1 for j, _ in gpus if g[j] == FULL)
+        whole = _whole_left(g, gpus)
         share = sum(g) - sum(m for _, m in gpus)
         return (float(whole), float(share), float(cluster.free_cpu[node] - req.cpu_milli))
+
+
+# The tie-break the other policies end with (one instance, not one per scored node).
+_BEST_FIT = BestFit()
 
 
 @dataclass(frozen=True)
@@ -594,7 +603,7 @@ class Spread:
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]:
         g = cluster.gpu_free[node]
-        whole = sum(1 for f in g if f == FULL) - sum(1 for j, _ in gpus if g[j] == FULL)
+        whole = _whole_left(g, gpus)
         return (-float(whole), -float(cluster.free_cpu[node] - req.cpu_milli))
 
 
@@ -678,7 +687,7 @@ class FragmentationAware:
         cpu, mem = cluster.free_cpu[node], cluster.free_mem[node]
         before_f = self._frag(cpu, mem, g, model)
         after_f = self._frag(cpu - req.cpu_milli, mem - req.memory_mib, after, model)
-        return (after_f - before_f, *BestFit().score(cluster, node, req, gpus))
+        return (after_f - before_f, *_BEST_FIT.score(cluster, node, req, gpus))
 
 
 @dataclass(frozen=True)
@@ -696,7 +705,7 @@ class CostFirst:
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]:
         g = cluster._groups[node]
-        return (float(g.price_micros), float(g.carbon), *BestFit().score(cluster, node, req, gpus))
+        return (float(g.price_micros), float(g.carbon), *_BEST_FIT.score(cluster, node, req, gpus))
 
 
 @dataclass(frozen=True)
@@ -714,7 +723,7 @@ class CarbonFirst:
         self, cluster: Cluster, node: int, req: Request, gpus: tuple[tuple[int, int], ...]
     ) -> tuple[float, ...]:
         g = cluster._groups[node]
-        return (float(g.carbon), float(g.price_micros), *BestFit().score(cluster, node, req, gpus))
+        return (float(g.carbon), float(g.price_micros), *_BEST_FIT.score(cluster, node, req, gpus))
 
 
 _DEFAULT_WORKLOAD: tuple[tuple[Request, float], ...] = (

@@ -37,8 +37,8 @@ __all__ = ["earnings", "host_market_info", "list_host_market", "set_offer", "set
 
 def _owned_host(conn: Connection, principal: Principal, host_id: str) -> Any:
     """The host row, if the caller owns it (admins own every host)."""
-    if principal.scope not in ("admin", "user", "host"):
-        raise PermissionDeniedError("hosts are priced by their owner's user or host token")
+    if principal.scope not in ("admin", "user"):
+        raise PermissionDeniedError("hosts are priced by their owner's user token")
     q = select(hosts).where(hosts.c.id == host_id)
     if not principal.is_admin:
         q = q.where(hosts.c.account_id == principal.account_id)
