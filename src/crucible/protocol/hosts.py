@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from crucible.protocol.common import Wire
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
-__all__ = ["DeviceInfo", "HostInfo", "HostRegister", "HostSync", "HostSyncReply", "Inventory"]
+__all__ = [
+    "DeviceInfo",
+    "HostInfo",
+    "HostRegister",
+    "HostSync",
+    "HostSyncReply",
+    "Inventory",
+    "IsolationReport",
+    "SelfTestResult",
+]
 
 
 class DeviceInfo(Wire):
@@ -33,6 +44,60 @@ class Inventory(Wire):
         return self
 
 
+class IsolationReport(Wire):
+    """What a host enforces on the code it runs, measured by its agent at start-up (not
+    assumed from its configuration). The server places code of an account other than the
+    host's owner only on hosts whose report is :meth:`full`."""
+
+    runtime: Literal["process", "bwrap", "oci"]
+    namespaces: bool = False  # user, PID, mount, IPC, UTS namespaces per sandbox
+    seccomp: bool = False  # a syscall filter in every sandbox
+    per_sandbox_uid: bool = False  # each sandbox runs as its own host uid (process counts,
+    # signals and files are per sandbox)
+    pids_limit: Literal["cgroup", "rlimit-uid", "none"] = "none"  # rlimit-uid is per sandbox
+    # only together with per_sandbox_uid
+    memory_limit: Literal["cgroup", "rlimit", "none"] = "none"
+    cpu_limit: Literal["cgroup", "none"] = "none"
+    disk_limit: Literal["tmpfs", "quota", "none"] = "none"
+    network_policy: bool = False  # no network unless asked; egress only through the agent,
+    # never the host's loopback, its ports or link-local metadata addresses
+    gpu_isolation: bool = False  # a container sees only its assigned GPUs' device nodes
+    # What is missing, in words a host operator can act on ("no pids cgroup: ...").
+    problems: list[str] = Field(default_factory=list, max_length=64)
+
+    def full(self) -> bool:
+        """Whether strangers' code may run here: every protection in place. A CPU quota is
+        reported but not required (it needs cgroup delegation, which many rented VMs lack)."""
+        pids = self.pids_limit == "cgroup" or (
+            self.pids_limit == "rlimit-uid" and self.per_sandbox_uid
+        )
+        return (
+            self.runtime != "process"
+            and self.namespaces
+            and self.seccomp
+            and self.per_sandbox_uid
+            and pids
+            and self.memory_limit != "none"
+            and self.disk_limit != "none"
+            and self.network_policy
+            and self.gpu_isolation
+        )
+
+
+class SelfTestResult(Wire):
+    """One figure set of the agent's self-test: per GPU (a matmul's throughput and the memory
+    bandwidth, through the real CUDA/NVML path) or for the CPUs (cores and memory)."""
+
+    kind: Literal["gpu", "cpu"]
+    device_index: int | None = Field(default=None, ge=0, le=1023)  # for kind == "gpu"
+    model: str = Field(min_length=1, max_length=64)  # catalog GPU model, or "cpu"
+    # e.g. {"matmul_tflops": ..., "mem_bandwidth_gbs": ...} or {"cores": ..., "gflops": ...}
+    figures: dict[str, float] = Field(default_factory=dict, max_length=32)
+    fake: bool = False  # measured on a declared fake device: never verifies a host
+    measured_ms: int = Field(ge=0, le=2**53)
+    error: str | None = Field(default=None, max_length=2000)
+
+
 class HostRegister(Wire):
     name: str = Field(min_length=1, max_length=128)
     region: str = Field(default="local", max_length=64)
@@ -41,6 +106,9 @@ class HostRegister(Wire):
     carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
     inventory: Inventory
     agent_version: str = Field(default="", max_length=64)
+    # Measured by the agent; None from an older agent (treated as runtime "process").
+    isolation: IsolationReport | None = None
+    self_test: list[SelfTestResult] = Field(default_factory=list, max_length=128)
 
 
 class HostInfo(Wire):
@@ -66,7 +134,9 @@ class HostSync(Wire):
     # Increases with every sync an agent process sends (from 1 after each registration).
     # Reports may race each other from two agent threads; the server ignores one older than
     # the newest it has seen, so a stale report never declares a running container gone.
-    seq: int = Field(default=0, ge=0)
+    seq: int = Field(default=0, ge=0, le=2**53)
+    # A periodic self-test's fresh results, sent once when they are new.
+    self_test: list[SelfTestResult] | None = Field(default=None, max_length=128)
 
 
 class HostSyncReply(Wire):
