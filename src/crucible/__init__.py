@@ -34,6 +34,7 @@ from crucible.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    QuotaExceededError,
     RemoteError,
     ResourcesUnsatisfiableError,
     SandboxUnavailableError,
@@ -42,9 +43,13 @@ from crucible.errors import (
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._cls import Cls, exit, method
 from crucible.sdk._concurrency import batched, concurrent
+from crucible.sdk._dicts import Dict
 from crucible.sdk._functions import Function, FunctionCall, Retries
 from crucible.sdk._hooks import enter
 from crucible.sdk._image import Image
+from crucible.sdk._queues import Queue
+from crucible.sdk._schedules import Cron, Period
+from crucible.sdk._secrets import Secret
 from crucible.sdk._stop_hooks import on_stop
 from crucible.sdk._web import asgi_app, fastapi_endpoint
 
@@ -55,6 +60,8 @@ __all__ = [
     "Cls",
     "ConflictError",
     "ContainerExitedError",
+    "Cron",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
@@ -70,11 +77,15 @@ __all__ = [
     "MarketRefusedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "Period",
     "PermissionDeniedError",
+    "Queue",
+    "QuotaExceededError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",
     "SandboxUnavailableError",
+    "Secret",
     "ServerUnavailableError",
     "__version__",
     "asgi_app",

@@ -11,6 +11,7 @@ Exception tree::
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
+    ├── QuotaExceededError             quota_exceeded     413
     ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
     ├── MarketRefusedError             market_refused     422 (and why a call failed)
     ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
@@ -52,6 +53,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "SandboxUnavailableError",
@@ -120,6 +122,13 @@ class NotFoundError(Error):
 class ConflictError(Error):
     code = "conflict"
     http_status = 409
+
+
+class QuotaExceededError(Error):
+    """A size limit of a dict, queue or other stored object would be passed."""
+
+    code = "quota_exceeded"
+    http_status = 413
 
 
 class InsufficientCreditError(Error):
@@ -226,6 +235,7 @@ _BY_CODE: dict[str, type[Error]] = {
         PermissionDeniedError,
         NotFoundError,
         ConflictError,
+        QuotaExceededError,
         InsufficientCreditError,
         MarketRefusedError,
         ResourcesUnsatisfiableError,

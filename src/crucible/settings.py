@@ -46,6 +46,13 @@ class Settings:
         "Server secret that signs container tokens; every replica needs the same one. "
         "Empty: generated once into $CRUCIBLE_HOME/secret.",
     )
+    secrets_keys: str = _opt(
+        "",
+        "CRUCIBLE_SECRETS_KEYS",
+        "Keys that encrypt secrets at rest: base64 of 32 random bytes each, comma-separated; "
+        "the first encrypts, every one decrypts (rotation: see docs/operators.md). Every "
+        "replica needs the same. Empty: generated once into $CRUCIBLE_HOME/secrets.key.",
+    )
     # -- server ------------------------------------------------------------------------------
     bind_host: str = _opt("127.0.0.1", "CRUCIBLE_BIND_HOST", "Address the server listens on.")
     port: int = _opt(8745, "CRUCIBLE_PORT", "Port the server listens on.")
@@ -129,6 +136,23 @@ class Settings:
         "most this length; costs are exact to the millisecond whatever it is. Shorter: "
         "balances and credit enforcement follow usage more closely, at a ledger entry per "
         "running container per interval.",
+    )
+    dict_max_entries: int = _opt(
+        100_000,
+        "CRUCIBLE_DICT_MAX_ENTRIES",
+        "Most entries one crucible.Dict holds; a put past it fails with quota_exceeded.",
+    )
+    queue_max_items: int = _opt(
+        100_000,
+        "CRUCIBLE_QUEUE_MAX_ITEMS",
+        "Most items one crucible.Queue holds (all partitions); a put past it fails with "
+        "quota_exceeded.",
+    )
+    coordination_idle_expiry_days: float = _opt(
+        30.0,
+        "CRUCIBLE_COORDINATION_IDLE_EXPIRY_DAYS",
+        "A crucible.Dict or crucible.Queue not read or written for this many days is deleted "
+        "(0: never).",
     )
     # -- market and ledger ------------------------------------------------------------------
     price_cpu_core_hour_usd: float = _opt(
@@ -319,6 +343,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION": (0, 1),
     "CRUCIBLE_DEFAULT_RESERVED_FRACTION": (0, 1),
     "CRUCIBLE_PLATFORM_FEE": (0, 1),
+    "CRUCIBLE_DICT_MAX_ENTRIES": (1, None),
+    "CRUCIBLE_QUEUE_MAX_ITEMS": (1, None),
 }
 
 

@@ -226,6 +226,7 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/logs"),
             ("POST", "/v1/containers/{container_id}/items"),
             ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
+            ("GET", "/v1/containers/{container_id}/secrets"),
         }
     },
     "user": {
@@ -240,6 +241,8 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/logs"),
             ("POST", "/v1/containers/{container_id}/items"),
             ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
+            ("GET", "/v1/containers/{container_id}/secrets"),
+            ("POST", "/v1/secrets/rotate"),  # operators rotate the secrets key
         }
     },
     "host": {
@@ -256,6 +259,8 @@ ALLOWED = {
         ("POST", "/v1/containers/{container_id}/logs"),
         ("POST", "/v1/containers/{container_id}/items"),
         ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
+        ("GET", "/v1/containers/{container_id}/secrets"),
+        *((m, p) for m, p in V1_ROUTES if p.startswith(("/v1/dicts", "/v1/queues"))),
     },
 }
 

@@ -63,6 +63,16 @@ def _show(info: DeploymentInfo) -> None:
             for v in info.versions
         ],
     )
+    if info.schedules:
+        table(
+            f"{info.name} schedules",
+            ["function", "schedule", "next run (UTC)", "last tick (UTC)", "last call"],
+            [
+                (s.function, s.schedule, fmt_time(s.next_run_ms), fmt_time(s.last_tick_ms),
+                 s.last_call_id or "-")
+                for s in info.schedules
+            ],
+        )
 
 
 def register(app: typer.Typer) -> None:

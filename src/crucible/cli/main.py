@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from crucible.cli import deploy, market, resources, run, serve, sim, up
+from crucible.cli import deploy, market, objects, resources, run, secrets, serve, sim, up
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -26,6 +26,8 @@ resources.register(app)
 market.register(app)
 deploy.register(app)
 sim.register(app)
+secrets.register(app)
+objects.register(app)
 
 
 @app.command()

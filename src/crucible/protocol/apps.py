@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
 from crucible.protocol.images import ImageSpec
+from crucible.protocol.schedules import ScheduleSpec
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
 
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 MAX_PRICE_MICROS = 1_000_000_000  # $1,000 per device-hour: anything above is a typo
 
 
@@ -90,6 +93,19 @@ class FunctionCreate(Named):
     image: ImageSpec | None = None
     network: bool = False
     market: MarketTerms = Field(default_factory=MarketTerms)
+    # Names of the account's secrets whose values become environment variables of its
+    # containers (later names win on a shared key); never the values themselves.
+    secrets: list[str] = Field(default_factory=list, max_length=32)
+    # Runs by itself on a deployed app (ignored by ephemeral runs).
+    schedule: ScheduleSpec | None = None
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not SECRET_NAME.match(name):
+                raise ValueError(f"secret name {name[:80]!r} is not valid")
+        return names
 
     @model_validator(mode="after")
     def _scaling_bounds(self) -> FunctionCreate:

@@ -61,6 +61,8 @@ class CallInfo(Wire):
     cost_micros: int | None = None
     # Attempts ended by a preemption (requeued; they do not count against retries).
     preemptions: int = 0
+    # The schedule tick that made this call (None: a client submitted it).
+    tick_ms: int | None = None
 
 
 class TimelinePhase(Wire):

@@ -39,6 +39,8 @@ class ContainerAssignment(Wire):
     token: str
     image: ImageSpec | None = None
     network: bool = False
+    # The function names secrets: the worker reads their values with its token at start.
+    secrets: bool = False
 
 
 class ContainerReport(Wire):

@@ -6,7 +6,14 @@ from pydantic import Field
 
 from crucible.protocol.common import Named, Wire
 
-__all__ = ["DeploymentCreate", "DeploymentInfo", "DeploymentVersion", "Rollback", "VersionStarted"]
+__all__ = [
+    "DeploymentCreate",
+    "DeploymentInfo",
+    "DeploymentVersion",
+    "Rollback",
+    "ScheduleInfo",
+    "VersionStarted",
+]
 
 
 class DeploymentCreate(Named):
@@ -28,6 +35,16 @@ class DeploymentVersion(Wire):
     functions: list[str] = Field(default_factory=list)
 
 
+class ScheduleInfo(Wire):
+    """A scheduled function of a deployment's current version."""
+
+    function: str
+    schedule: str  # e.g. "cron '*/5 * * * *' (UTC)" or "every 300 s"
+    next_run_ms: int
+    last_tick_ms: int | None = None
+    last_call_id: str | None = None
+
+
 class DeploymentInfo(Wire):
     id: str
     name: str
@@ -37,6 +54,7 @@ class DeploymentInfo(Wire):
     created_ms: int
     updated_ms: int
     versions: list[DeploymentVersion] = Field(default_factory=list)
+    schedules: list[ScheduleInfo] = Field(default_factory=list)
 
 
 class Rollback(Wire):

@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,6 +21,8 @@ from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
+from crucible.sdk._schedules import Schedule
+from crucible.sdk._secrets import Secret
 from crucible.sdk._web import WEB_ATTR
 
 __all__ = ["App", "LocalEntrypoint"]
@@ -105,6 +107,8 @@ class App:
         region: str | None = None,
         min_reliability: float = 0.0,
         prefer: str = "cheapest",
+        secrets: Sequence[Secret] = (),
+        schedule: Schedule | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -124,6 +128,10 @@ class App:
         or ``"reserved"`` (runs in your reservations); ``max_price`` bounds the $/GPU-hour
         paid; ``region`` and ``min_reliability`` (0..1) filter hosts; ``prefer`` ranks them:
         ``"cheapest"``, ``"greenest"`` or ``"fastest"``.
+
+        ``secrets``: :class:`crucible.Secret` references whose values become environment
+        variables of the containers. ``schedule``: :class:`crucible.Cron` or
+        :class:`crucible.Period`; a deployed app then calls the function by itself.
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -144,6 +152,15 @@ class App:
             raise InvalidRequestError(f"image={image!r} must be a crucible.Image")
         if not isinstance(network, bool):
             raise InvalidRequestError(f"network={network!r} must be True or False")
+        if isinstance(secrets, Secret | str) or not all(isinstance(x, Secret) for x in secrets):
+            raise InvalidRequestError(
+                f"secrets={secrets!r} must be a list of crucible.Secret, e.g. "
+                '[crucible.Secret.from_name("hf")]'
+            )
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise InvalidRequestError(
+                f"schedule={schedule!r} must be crucible.Cron(...) or crucible.Period(...)"
+            )
 
         market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
         for label, value in (
@@ -189,6 +206,8 @@ class App:
                 "market": market,
                 "image": image,
                 "network": network,
+                "secrets": list(secrets),
+                "schedule": schedule.spec if schedule is not None else None,
             }
             max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
             options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
@@ -273,6 +292,11 @@ class App:
         (``gpu``, ``cpu``, ``memory``, ``timeout``, ``retries``, scaling, market, image)."""
         if _cls is not None:
             raise InvalidRequestError(_PARENS.format(name="cls"))
+        if options.get("schedule") is not None:
+            raise InvalidRequestError(
+                "schedule= is for @app.function(); a class runs on a schedule through a "
+                "scheduled function that calls its methods"
+            )
         register = self.function(**options)
 
         def decorate(c: type) -> Cls:
@@ -305,6 +329,7 @@ class App:
             return
         bundles: dict[str, Any] = {}
         uploaded: set[str] = set()
+        secret_names: dict[int, str] = {}  # Secret.from_dict values are stored once per run
         specs: list[FunctionCreate] = []
         for fn in fns:
             module = sys.modules[fn.raw_f.__module__]
@@ -317,6 +342,11 @@ class App:
                 if sha not in uploaded:
                     client.upload_blob(data)
                     uploaded.add(sha)
+            names = []
+            for secret in fn.options.get("secrets", ()):
+                if id(secret) not in secret_names:
+                    secret_names[id(secret)] = secret._resolve(client, app_id)
+                names.append(secret_names[id(secret)])
             specs.append(
                 FunctionCreate(
                     name=fn.name,
@@ -341,6 +371,8 @@ class App:
                     is_generator=fn.is_generator,
                     image=image.spec() if image is not None else None,
                     network=fn.options.get("network", False),
+                    secrets=names,
+                    schedule=fn.options.get("schedule"),
                 )
             )
         infos = client.create_functions(app_id, specs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from crucible.errors import Error
@@ -26,12 +27,29 @@ class Client:
     def from_settings(cls, settings: Settings | None = None) -> Client:
         settings = settings or load_settings()
         config = read_client_config(settings)
+        if config is None and os.environ.get("CRUCIBLE_CONTAINER_TOKEN"):
+            return cls.in_container()
         if config is None:
             raise Error(
                 "no Crucible exchange is configured: run `crucible up` to start one on this "
                 "machine, or set CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN"
             )
         return cls(config.server_url, config.token)
+
+    @classmethod
+    def in_container(cls) -> Client:
+        """Inside a container: the worker's own connection to the exchange (its container
+        token: shared objects of its account such as dicts and queues, blobs; not the builder
+        routes)."""
+        client = cls.__new__(cls)
+        client.server_url = os.environ["CRUCIBLE_SERVER_URL"]
+        client.transport = Transport(
+            client.server_url,
+            os.environ["CRUCIBLE_CONTAINER_TOKEN"],
+            user_agent="crucible-sdk",
+            unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
+        )
+        return client
 
     def close(self) -> None:
         self.transport.close()

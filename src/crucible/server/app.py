@@ -23,6 +23,7 @@ from crucible.server.api import (
     calls,
     containers,
     deployments,
+    dicts,
     gateway,
     health,
     hosts,
@@ -31,6 +32,8 @@ from crucible.server.api import (
     logs,
     market,
     metrics,
+    queues,
+    secrets,
 )
 from crucible.server.api.deps import Caller
 from crucible.server.api.responses import (
@@ -126,12 +129,14 @@ def build_state(settings: Settings) -> ServerState:
     """Open the store (migrating it) and the blob store."""
     engine = create_store_engine(settings.effective_database_url)
     migrate(engine)
-    return ServerState(
+    state = ServerState(
         settings=settings,
         engine=engine,
         blobs=LocalBlobStore(settings.blob_path),
         secret=load_or_create_secret(settings),
     )
+    state.secret_box  # noqa: B018 - a bad keyring stops the server at start, not at first use
+    return state
 
 
 def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
@@ -200,6 +205,9 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         logs,
         market,
         metrics,
+        secrets,
+        dicts,
+        queues,
         gateway,
     ):
         app.include_router(module.router)

@@ -15,6 +15,7 @@ from crucible.server.blobs import LocalBlobStore
 from crucible.server.dispatch import Dispatcher
 from crucible.server.metrics import Metrics
 from crucible.server.scheduler.autoscaler import ArrivalRate
+from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
 from crucible.settings import Settings
@@ -88,6 +89,11 @@ class ServerState:
             avg = float(ms) if avg is None else 0.8 * avg + 0.2 * ms
         if avg is not None:
             self.exec_stats[function_id] = avg
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """The keyring that seals secrets at rest (server.secretbox)."""
+        return load_secret_box(self.settings)
 
     @cached_property
     def market(self) -> LiveMarket:

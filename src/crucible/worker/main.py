@@ -45,6 +45,7 @@ from crucible.protocol.containers import (
     InputAssignment,
     OutputItem,
 )
+from crucible.protocol.secrets import SecretValues
 from crucible.protocol.transport import Transport
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
@@ -84,10 +85,12 @@ class _Timeout(BaseException):
 
 
 def _decode_input(raw: bytes) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
-    """An input's (args, kwargs), and whether it came as JSON (the job API) or a pickle."""
+    """An input's (args, kwargs), and whether to answer in JSON: a JSON input (the job API)
+    is answered in JSON unless it asks for a pickle (a schedule's call, made by the server)."""
     if json_payload.is_json(raw):
         body = json_payload.decode(raw)
-        return tuple(body.get("args", ())), dict(body.get("kwargs", {})), True
+        reply_json = body.get("reply", "json") != "pickle"
+        return tuple(body.get("args", ())), dict(body.get("kwargs", {})), reply_json
     args, kwargs = deserialize(raw)
     return args, kwargs, False
 
@@ -159,6 +162,12 @@ class Worker:
             self.init_error = ErrorInfo.model_validate_json(failed)
             return
         try:
+            if self.assignment.secrets:
+                # Before the user's module is imported: it may read them at import time.
+                values = self.transport.request(
+                    "GET", f"/v1/containers/{self.container_id}/secrets"
+                )
+                os.environ.update(SecretValues.model_validate(values).env)
             src = self._bundle_dir()
             sys.path.insert(0, str(src))
             module = importlib.import_module(self.assignment.code.module)

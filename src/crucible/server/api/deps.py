@@ -24,6 +24,7 @@ __all__ = [
     "Caller",
     "Container",
     "HostAgent",
+    "Member",
     "State",
     "get_state",
 ]
@@ -78,6 +79,15 @@ async def container(request: Request) -> Principal:
 
 async def blob_reader(request: Request) -> Principal:
     """Builders, and containers while they run (a stopped container's token reads nothing)."""
+    return _builder_or_running_container(request, "read or write blobs")
+
+
+async def member(request: Request) -> Principal:
+    """Builders, and the account's containers while they run: shared objects (dicts, queues)."""
+    return _builder_or_running_container(request, "use dicts or queues")
+
+
+def _builder_or_running_container(request: Request, what: str) -> Principal:
     principal = _principal(request)
     if principal.container_id is not None:
         state: ServerState = request.app.state.crucible
@@ -89,7 +99,7 @@ async def blob_reader(request: Request) -> Principal:
             raise AuthError("the container token belongs to a container that has stopped")
         return principal
     if principal.scope not in ("admin", "user"):
-        raise PermissionDeniedError(f"a {principal.scope} token cannot read or write blobs")
+        raise PermissionDeniedError(f"a {principal.scope} token cannot {what}")
     return principal
 
 
@@ -98,3 +108,4 @@ Builder = Annotated[Principal, Depends(builder)]
 HostAgent = Annotated[Principal, Depends(host_agent)]
 Container = Annotated[Principal, Depends(container)]
 BlobReader = Annotated[Principal, Depends(blob_reader)]
+Member = Annotated[Principal, Depends(member)]

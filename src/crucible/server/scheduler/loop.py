@@ -56,8 +56,20 @@ from crucible.server.services.market import (
     MarketTerms,
     live_lease_ids,
 )
+from crucible.server.services.named_objects import expire_idle
+from crucible.server.services.schedules import fire_due_schedules
+from crucible.server.services.secrets import drop_secrets_of_stopped_apps
 from crucible.server.state import ServerState
-from crucible.server.store.tables import apps, calls, containers, functions
+from crucible.server.store.tables import (
+    apps,
+    calls,
+    containers,
+    dict_entries,
+    dicts,
+    functions,
+    queue_items,
+    queues,
+)
 
 __all__ = ["SchedulerLoop"]
 
@@ -68,6 +80,7 @@ _MIN_TICK_GAP_S = 0.05
 _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
+_HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once a minute
 
 
 class SchedulerLoop:
@@ -76,6 +89,7 @@ class SchedulerLoop:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_meter_ms = 0
+        self._last_housekeeping_ms = 0
         self._scales: dict[str, int] = {}  # last logged autoscaler answer per function
         self._started_seen: set[str] = set()  # containers whose start time was recorded
         self.crash_loops: dict[str, CrashLoop] = {}
@@ -141,6 +155,7 @@ class SchedulerLoop:
             keys += self._sweep_timeouts(conn, now)
             for app_id in retire_drained_versions(conn, now):
                 log.info("stopped app %s: a superseded version with no calls left", app_id)
+            keys += fire_due_schedules(conn, now, s.inline_payload_max_bytes)
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
@@ -179,6 +194,10 @@ class SchedulerLoop:
                     len(decided.start),
                     ", ".join(f"{x.function_id}@{x.host_id}" for x in decided.start),
                 )
+        if now - self._last_housekeeping_ms >= _HOUSEKEEPING_MS:
+            with st.engine.begin() as conn:
+                self._housekeeping(conn, now)
+            self._last_housekeeping_ms = now
         if now - self._last_meter_ms >= 1000:
             # Its own transaction: metering is idempotent, and a long one (many containers
             # due at once) should not hold back the placements above.
@@ -186,6 +205,21 @@ class SchedulerLoop:
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
             self._last_meter_ms = now
         return keys
+
+    def _housekeeping(self, conn: Connection, now: int) -> None:
+        """Slow chores: secrets of stopped apps (Secret.from_dict) go; idle dicts and queues
+        expire."""
+        dropped = drop_secrets_of_stopped_apps(conn)
+        if dropped:
+            log.info("deleted %d secret(s) of stopped apps", dropped)
+        days = self.state.settings.coordination_idle_expiry_days
+        if days > 0:
+            before = now - int(days * 86_400_000)
+            expired = expire_idle(conn, dicts, dict_entries, "dict_id", before) + expire_idle(
+                conn, queues, queue_items, "queue_id", before
+            )
+            if expired:
+                log.info("deleted %d dict(s)/queue(s) idle for %g days", expired, days)
 
     def _enforce_credit(self, conn: Connection, now: int) -> list[str]:
         """Accounts at zero balance or past their daily cap get no new work: their queued

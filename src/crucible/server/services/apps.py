@@ -13,6 +13,7 @@ from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.blobs import require_blob
 from crucible.server.services.calls import cancel_queued_calls_of_app
+from crucible.server.services.secrets import require_secrets
 from crucible.server.store.tables import apps, functions
 
 __all__ = [
@@ -139,6 +140,7 @@ def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> N
             known = ", ".join(sorted(GPU_CATALOG))
             raise InvalidGpuError(f"unknown GPU model {ask.model!r}; known models: {known}")
     require_blob(conn, principal.account_id, spec.code.bundle)
+    require_secrets(conn, principal.account_id, spec.secrets)
     for blob in spec.image.blobs if spec.image is not None else []:
         require_blob(conn, principal.account_id, blob)  # local files the image ships
 

@@ -76,6 +76,7 @@ _CALL_COLUMNS = (
     calls.c.exec_ms,
     calls.c.cost_micros,
     calls.c.preemptions,
+    calls.c.tick_ms,
 )
 
 
@@ -203,6 +204,7 @@ def call_info_dict(row: Any) -> dict[str, Any]:
         "exec_ms": row.exec_ms,
         "cost_micros": row.cost_micros,
         "preemptions": row.preemptions,
+        "tick_ms": row.tick_ms,
     }
 
 

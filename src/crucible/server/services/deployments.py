@@ -20,6 +20,7 @@ from crucible.protocol.deployments import DeploymentInfo, DeploymentVersion, Ver
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.apps import get_function_row, stop_app
+from crucible.server.services.schedules import drop_schedules, schedule_infos, sync_schedules
 from crucible.server.store.tables import apps, calls, deployments, functions
 
 __all__ = [
@@ -102,6 +103,7 @@ def _switch(conn: Connection, dep: Any, app_id: str, version: int, now_ms: int) 
         .where(deployments.c.id == dep.id)
         .values(current_app_id=app_id, version=version, state="running", updated_ms=now_ms)
     )
+    sync_schedules(conn, dep.id, app_id, now_ms)
 
 
 def activate(
@@ -160,6 +162,7 @@ def stop_deployment(
         .where(deployments.c.id == dep.id)
         .values(state="stopped", updated_ms=now_ms)
     )
+    drop_schedules(conn, dep.id)
     return get_deployment(conn, principal, name)
 
 
@@ -192,6 +195,7 @@ def _info(conn: Connection, dep: Any) -> DeploymentInfo:
         created_ms=dep.created_ms,
         updated_ms=dep.updated_ms,
         versions=versions,
+        schedules=schedule_infos(conn, dep.id),
     )
 
 

@@ -318,6 +318,7 @@ def assignments_for_host(
                 token=container_token(secret, r.id),
                 image=r.spec.get("image"),
                 network=bool(r.spec.get("network", False)),
+                secrets=bool(r.spec.get("secrets")),
             )
         )
     return start, stop, grace

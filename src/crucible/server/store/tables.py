@@ -32,6 +32,8 @@ __all__ = [
     "calls",
     "containers",
     "deployments",
+    "dict_entries",
+    "dicts",
     "functions",
     "host_offers",
     "hosts",
@@ -40,7 +42,11 @@ __all__ = [
     "log_lines",
     "metadata",
     "meter_intervals",
+    "queue_items",
+    "queues",
     "reservations",
+    "schedules",
+    "secrets",
     "tokens",
 ]
 
@@ -299,6 +305,8 @@ calls = Table(
     Column("delivered", Boolean, nullable=False, default=False),
     Column("exec_ms", BigInteger),
     Column("cost_micros", BigInteger),
+    # The schedule tick that created this call (None: submitted by a client).
+    Column("tick_ms", BigInteger),
     # Claiming scans queued calls of a function in id (= creation) order.
     Index("ix_calls_function_state", "function_id", "state", "id"),
     Index("ix_calls_group", "group_id", "delivered", "state"),
@@ -358,4 +366,85 @@ ledger_postings = Table(
     Column("account", String(48), primary_key=True),  # renter:<id> | host:<id> | platform:fees
     Column("amount_micros", BigInteger, nullable=False),
     Index("ix_ledger_postings_account", "account", "amount_micros"),
+)
+
+# Named key/values of an account, encrypted at rest (server.secretbox): ``ciphertext`` holds
+# the JSON of all values, sealed with the key ``key_id`` and the secret's account and name as
+# associated data. ``keys`` (names only) is kept in clear for listings. A secret with an
+# ``app_id`` was made by ``Secret.from_dict`` for that app and goes when the app stops.
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("app_id", String(32), index=True),
+    Column("key_id", String(16), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("keys", JSON, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "name"),
+)
+
+# One row per scheduled function of a running deployment, keyed by the deployment and the
+# function's name so that a redeploy keeps the schedule's phase. A tick is claimed by moving
+# ``next_run_ms`` forward in the transaction that creates its call (exactly one call a tick).
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("deployment_id", String(32), primary_key=True),
+    Column("function_name", String(128), primary_key=True),
+    Column("account_id", String(32), nullable=False),
+    Column("spec", JSON, nullable=False),  # protocol.schedules.ScheduleSpec
+    Column("anchor_ms", BigInteger, nullable=False),
+    Column("next_run_ms", BigInteger, nullable=False, index=True),
+    Column("last_tick_ms", BigInteger),
+    Column("last_call_id", String(32)),
+)
+
+# crucible.Dict: opaque keys (canonical bytes made by the SDK, found by their sha256) and
+# opaque values (pickles the control plane never decodes).
+dicts = Table(
+    "dicts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("last_used_ms", BigInteger, nullable=False, index=True),
+    UniqueConstraint("account_id", "name"),
+)
+
+dict_entries = Table(
+    "dict_entries",
+    metadata,
+    Column("dict_id", String(32), primary_key=True),
+    Column("key_hash", String(64), primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# crucible.Queue: FIFO per partition ("" is the default partition).
+queues = Table(
+    "queues",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("last_used_ms", BigInteger, nullable=False, index=True),
+    UniqueConstraint("account_id", "name"),
+)
+
+queue_items = Table(
+    "queue_items",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("queue_id", String(32), nullable=False),
+    Column("partition", String(64), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_queue_items_queue", "queue_id", "partition", "id"),
 )

@@ -1,0 +1,74 @@
+"""`crucible dict|queue list|show|clear|delete`: the account's shared dicts and queues."""
+
+from __future__ import annotations
+
+import typer
+
+from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli.resources import JSON, _client
+from crucible.protocol.coordination import DictInfo, QueueInfo
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    dict_app = typer.Typer(help="crucible.Dict objects of your account.")
+    queue_app = typer.Typer(help="crucible.Queue objects of your account.")
+    app.add_typer(dict_app, name="dict")
+    app.add_typer(queue_app, name="queue")
+
+    @dict_app.command("list")
+    def dict_list(as_json: bool = JSON) -> None:
+        items = [DictInfo.model_validate(d) for d in _client().get("/v1/dicts")]
+        if as_json:
+            print_json([d.model_dump() for d in items])
+            return
+        table(
+            "Dicts",
+            ["name", "entries", "bytes", "last used (UTC)"],
+            [(d.name, d.entries, d.bytes, fmt_time(d.last_used_ms)) for d in items],
+        )
+
+    @dict_app.command("clear")
+    def dict_clear(name: str) -> None:
+        _client().transport.request("POST", f"/v1/dicts/{name}/clear")
+        console.print(f"cleared dict {name}", markup=False)
+
+    @dict_app.command("delete")
+    def dict_delete(name: str) -> None:
+        _client().transport.request("DELETE", f"/v1/dicts/{name}")
+        console.print(f"deleted dict {name}", markup=False)
+
+    @queue_app.command("list")
+    def queue_list(as_json: bool = JSON) -> None:
+        items = [QueueInfo.model_validate(q) for q in _client().get("/v1/queues")]
+        if as_json:
+            print_json([q.model_dump() for q in items])
+            return
+        table(
+            "Queues",
+            ["name", "items", "partitions", "last used (UTC)"],
+            [
+                (
+                    q.name,
+                    q.items,
+                    ", ".join(f"{p or '(default)'}: {n}" for p, n in sorted(q.partitions.items())),
+                    fmt_time(q.last_used_ms),
+                )
+                for q in items
+            ],
+        )
+
+    @queue_app.command("clear")
+    def queue_clear(
+        name: str,
+        partition: str = typer.Option("", help="One partition (default: the default one)."),
+        all_: bool = typer.Option(False, "--all", help="Every partition."),
+    ) -> None:
+        _client().post(f"/v1/queues/{name}/clear", {"partition": partition, "all": all_})
+        console.print(f"cleared queue {name}", markup=False)
+
+    @queue_app.command("delete")
+    def queue_delete(name: str) -> None:
+        _client().transport.request("DELETE", f"/v1/queues/{name}")
+        console.print(f"deleted queue {name}", markup=False)

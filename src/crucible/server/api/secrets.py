@@ -1,0 +1,75 @@
+"""Secrets: builders create, list (names and keys), replace and delete them; a running
+container reads the values of its own function's secrets, once, at start."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from crucible.errors import NotFoundError, PermissionDeniedError
+from crucible.protocol.common import Wire
+from crucible.protocol.secrets import AppSecretCreate, SecretCreate, SecretInfo, SecretValues
+from crucible.server.api.deps import Builder, Container, State
+from crucible.server.services import secrets as svc
+
+router = APIRouter(prefix="/v1", tags=["secrets"])
+
+
+class Rotated(Wire):
+    resealed: int
+    key_id: str
+
+
+@router.post("/secrets", status_code=201)
+def create_secret(req: SecretCreate, who: Builder, state: State, response: Response) -> SecretInfo:
+    """Create a secret, or replace its values with ``overwrite``. The values are never
+    returned by any route."""
+    with state.engine.begin() as conn:
+        info, created = svc.put_secret(conn, state.secret_box, who, req, state.clock.now_ms())
+    if not created:
+        response.status_code = 200
+    return info
+
+
+@router.get("/secrets")
+def list_secrets(who: Builder, state: State) -> list[SecretInfo]:
+    with state.engine.connect() as conn:
+        return svc.list_secrets(conn, who)
+
+
+@router.get("/secrets/{name}")
+def get_secret(name: str, who: Builder, state: State) -> SecretInfo:
+    with state.engine.connect() as conn:
+        return svc.get_secret(conn, who, name)
+
+
+@router.delete("/secrets/{name}", status_code=204)
+def delete_secret(name: str, who: Builder, state: State) -> None:
+    with state.engine.begin() as conn:
+        svc.delete_secret(conn, who, name)
+
+
+@router.post("/secrets/rotate")
+def rotate(who: Builder, state: State) -> Rotated:
+    """Re-seal every secret under the keyring's first key (admin)."""
+    if not who.is_admin:
+        raise PermissionDeniedError("rotating the secrets key needs an admin token")
+    with state.engine.begin() as conn:
+        n = svc.reseal_all(conn, state.secret_box)
+    return Rotated(resealed=n, key_id=state.secret_box.current)
+
+
+@router.post("/apps/{app_id}/secrets", status_code=201)
+def create_app_secret(app_id: str, req: AppSecretCreate, who: Builder, state: State) -> SecretInfo:
+    """A secret that lives while app ``app_id`` runs (``crucible.Secret.from_dict``)."""
+    with state.engine.begin() as conn:
+        return svc.create_app_secret(
+            conn, state.secret_box, who, app_id, req.values, state.clock.now_ms()
+        )
+
+
+@router.get("/containers/{container_id}/secrets")
+def container_secrets(container_id: str, who: Container, state: State) -> SecretValues:
+    if who.container_id != container_id:  # another container does not exist for this token
+        raise NotFoundError(f"container {container_id} not found")
+    with state.engine.connect() as conn:
+        return svc.env_for_container(conn, state.secret_box, container_id)
