@@ -195,9 +195,7 @@ class SchedulerLoop:
                     ", ".join(f"{x.function_id}@{x.host_id}" for x in decided.start),
                 )
         if now - self._last_housekeeping_ms >= _HOUSEKEEPING_MS:
-            with st.engine.begin() as conn:
-                self._housekeeping(conn, now)
-            self._last_housekeeping_ms = now
+            self._housekeeping_now()
         if now - self._last_meter_ms >= 1000:
             # Its own transaction: metering is idempotent, and a long one (many containers
             # due at once) should not hold back the placements above.
@@ -206,9 +204,15 @@ class SchedulerLoop:
             self._last_meter_ms = now
         return keys
 
+    def _housekeeping_now(self) -> None:
+        """Slow chores, once a minute: secrets of stopped apps (Secret.from_dict) go; idle
+        dicts and queues expire."""
+        now = self.state.clock.now_ms()
+        with self.state.engine.begin() as conn:
+            self._housekeeping(conn, now)
+        self._last_housekeeping_ms = now
+
     def _housekeeping(self, conn: Connection, now: int) -> None:
-        """Slow chores: secrets of stopped apps (Secret.from_dict) go; idle dicts and queues
-        expire."""
         dropped = drop_secrets_of_stopped_apps(conn)
         if dropped:
             log.info("deleted %d secret(s) of stopped apps", dropped)
