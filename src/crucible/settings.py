@@ -40,6 +40,27 @@ class Settings:
     blob_dir: str = _opt(
         "", "CRUCIBLE_BLOB_DIR", "Directory of the blob store. Empty: $CRUCIBLE_HOME/blobs."
     )
+    blob_store: str = _opt(
+        "",
+        "CRUCIBLE_BLOB_STORE",
+        "Where blobs live: empty for the local directory (CRUCIBLE_BLOB_DIR), or "
+        "s3://BUCKET[/PREFIX] for an S3-compatible object store (needs boto3: "
+        "pip install 'crucible[s3]'); every replica must use the same.",
+    )
+    s3_endpoint_url: str = _opt(
+        "",
+        "CRUCIBLE_S3_ENDPOINT_URL",
+        "Endpoint of an S3-compatible service (MinIO, Ceph, R2...). Empty: AWS S3.",
+    )
+    s3_region: str = _opt("", "CRUCIBLE_S3_REGION", "Region of the S3 bucket (empty: boto3's).")
+    s3_access_key_id: str = _opt(
+        "",
+        "CRUCIBLE_S3_ACCESS_KEY_ID",
+        "S3 access key. Empty: boto3's usual chain (AWS_* environment, instance role).",
+    )
+    s3_secret_access_key: str = _opt(
+        "", "CRUCIBLE_S3_SECRET_ACCESS_KEY", "S3 secret key (with CRUCIBLE_S3_ACCESS_KEY_ID)."
+    )
     secret: str = _opt(
         "",
         "CRUCIBLE_SECRET",

@@ -41,7 +41,7 @@ from crucible.server.api.responses import (
     response_for_exception,
     validation_message,
 )
-from crucible.server.blobs import LocalBlobStore
+from crucible.server.blobs import open_blob_store
 from crucible.server.hotpath import HotPath
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
@@ -132,7 +132,7 @@ def build_state(settings: Settings) -> ServerState:
     state = ServerState(
         settings=settings,
         engine=engine,
-        blobs=LocalBlobStore(settings.blob_path),
+        blobs=open_blob_store(settings),
         secret=load_or_create_secret(settings),
     )
     state.secret_box  # noqa: B018 - a bad keyring stops the server at start, not at first use

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from crucible.server.blobs import LocalBlobStore
+from crucible.server.blobs import BlobStore
 from crucible.server.dispatch import Dispatcher
 from crucible.server.metrics import Metrics
 from crucible.server.scheduler.autoscaler import ArrivalRate
@@ -36,7 +36,7 @@ class SystemClock:
 class ServerState:
     settings: Settings
     engine: Engine
-    blobs: LocalBlobStore
+    blobs: BlobStore
     secret: str
     clock: Clock = field(default_factory=SystemClock)
     wakeups: Wakeups = field(default_factory=Wakeups)

@@ -28,7 +28,7 @@ async def put_blob(sha: str, request: Request, who: BlobReader, state: State) ->
     limit = state.settings.max_blob_bytes
     digest = hashlib.sha256()
     size = 0
-    fd, tmp = tempfile.mkstemp(dir=state.blobs.root, prefix=".upload-")
+    fd, tmp = tempfile.mkstemp(dir=state.blobs.staging, prefix=".upload-")
     try:
         with os.fdopen(fd, "wb") as f:
             async for chunk in request.stream():
