@@ -51,6 +51,7 @@ from crucible.sdk._queues import Queue
 from crucible.sdk._schedules import Cron, Period
 from crucible.sdk._secrets import Secret
 from crucible.sdk._stop_hooks import on_stop
+from crucible.sdk._volumes import Volume
 from crucible.sdk._web import asgi_app, fastapi_endpoint
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "SandboxUnavailableError",
     "Secret",
     "ServerUnavailableError",
+    "Volume",
     "__version__",
     "asgi_app",
     "batched",

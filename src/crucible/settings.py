@@ -175,6 +175,24 @@ class Settings:
         "A crucible.Dict or crucible.Queue not read or written for this many days is deleted "
         "(0: never).",
     )
+    volume_quota_gib: float = _opt(
+        100.0,
+        "CRUCIBLE_VOLUME_QUOTA_GIB",
+        "Most GiB an account's volumes hold together (their latest versions); a commit past "
+        "it fails with quota_exceeded and changes nothing.",
+    )
+    volume_price_gib_month_usd: float = _opt(
+        0.10,
+        "CRUCIBLE_VOLUME_PRICE_GIB_MONTH_USD",
+        "What storing one GiB in volumes for 30 days costs, charged to the account through "
+        "the ledger (to the platform) as it is used.",
+    )
+    volume_meter_interval_s: float = _opt(
+        3600.0,
+        "CRUCIBLE_VOLUME_METER_INTERVAL_S",
+        "Volumes' storage is charged in intervals of about this length (and at every commit, "
+        "so a size change is charged exactly).",
+    )
     # -- market and ledger ------------------------------------------------------------------
     price_cpu_core_hour_usd: float = _opt(
         0.04,
@@ -366,6 +384,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_PLATFORM_FEE": (0, 1),
     "CRUCIBLE_DICT_MAX_ENTRIES": (1, None),
     "CRUCIBLE_QUEUE_MAX_ITEMS": (1, None),
+    "CRUCIBLE_VOLUME_METER_INTERVAL_S": (1, None),
 }
 
 

@@ -38,6 +38,7 @@ PUBLIC = [
     "SandboxUnavailableError",
     "Secret",
     "ServerUnavailableError",
+    "Volume",
     "__version__",
     "asgi_app",
     "batched",

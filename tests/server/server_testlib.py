@@ -369,6 +369,13 @@ V1_ROUTES = sorted(
         ("POST", "/v1/queues/{name}/put"),
         ("POST", "/v1/queues/{name}/get"),
         ("POST", "/v1/queues/{name}/clear"),
+        ("POST", "/v1/volumes"),
+        ("GET", "/v1/volumes"),
+        ("GET", "/v1/volumes/{name}"),
+        ("DELETE", "/v1/volumes/{name}"),
+        ("GET", "/v1/volumes/{name}/manifest"),
+        ("POST", "/v1/volumes/{name}/commit"),
+        ("GET", "/v1/volumes/{name}/history"),
     ]
 )
 

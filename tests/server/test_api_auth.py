@@ -260,7 +260,7 @@ ALLOWED = {
         ("POST", "/v1/containers/{container_id}/items"),
         ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
         ("GET", "/v1/containers/{container_id}/secrets"),
-        *((m, p) for m, p in V1_ROUTES if p.startswith(("/v1/dicts", "/v1/queues"))),
+        *((m, p) for m, p in V1_ROUTES if p.startswith(("/v1/dicts", "/v1/queues", "/v1/volumes"))),
     },
 }
 

@@ -6,7 +6,18 @@ import sys
 
 import typer
 
-from crucible.cli import deploy, market, objects, resources, run, secrets, serve, sim, up
+from crucible.cli import (
+    deploy,
+    market,
+    objects,
+    resources,
+    run,
+    secrets,
+    serve,
+    sim,
+    up,
+    volumes,
+)
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -28,6 +39,7 @@ deploy.register(app)
 sim.register(app)
 secrets.register(app)
 objects.register(app)
+volumes.register(app)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.schedules import ScheduleSpec
+from crucible.protocol.volumes import check_mount_path
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
 
@@ -98,6 +99,21 @@ class FunctionCreate(Named):
     secrets: list[str] = Field(default_factory=list, max_length=32)
     # Runs by itself on a deployed app (ignored by ephemeral runs).
     schedule: ScheduleSpec | None = None
+    # Volumes of the account mounted into its containers: mount path -> volume name.
+    volumes: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("volumes")
+    @classmethod
+    def _mounts(cls, volumes: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for path, name in volumes.items():
+            if not SECRET_NAME.match(name):
+                raise ValueError(f"volume name {name[:80]!r} is not valid")
+            norm = check_mount_path(path)
+            if any(norm == o or norm.startswith(o + "/") or o.startswith(norm + "/") for o in out):
+                raise ValueError(f"mount path {norm!r} overlaps another volume's")
+            out[norm] = name
+        return out
 
     @field_validator("secrets")
     @classmethod

@@ -41,6 +41,9 @@ class ContainerAssignment(Wire):
     network: bool = False
     # The function names secrets: the worker reads their values with its token at start.
     secrets: bool = False
+    # Volumes to mount: path -> volume name (the runtime binds a directory at each path, the
+    # worker fills it with the volume's latest version).
+    volumes: dict[str, str] = Field(default_factory=dict)
 
 
 class ContainerReport(Wire):

@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -15,6 +15,7 @@ from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
 from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
+from crucible.protocol.volumes import check_mount_path
 from crucible.sdk._client import Client
 from crucible.sdk._cls import Cls
 from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
@@ -23,6 +24,7 @@ from crucible.sdk._image import Image
 from crucible.sdk._packaging import bundle_for_module
 from crucible.sdk._schedules import Schedule
 from crucible.sdk._secrets import Secret
+from crucible.sdk._volumes import Volume
 from crucible.sdk._web import WEB_ATTR
 
 __all__ = ["App", "LocalEntrypoint"]
@@ -109,6 +111,7 @@ class App:
         prefer: str = "cheapest",
         secrets: Sequence[Secret] = (),
         schedule: Schedule | None = None,
+        volumes: Mapping[str, Volume] | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -132,6 +135,8 @@ class App:
         ``secrets``: :class:`crucible.Secret` references whose values become environment
         variables of the containers. ``schedule``: :class:`crucible.Cron` or
         :class:`crucible.Period`; a deployed app then calls the function by itself.
+        ``volumes``: ``{"/data": crucible.Volume.from_name("data")}`` mounts volumes of your
+        account (on sandboxed hosts).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -157,6 +162,20 @@ class App:
                 f"secrets={secrets!r} must be a list of crucible.Secret, e.g. "
                 '[crucible.Secret.from_name("hf")]'
             )
+        mounts: dict[str, str] = {}
+        if volumes is not None:
+            if not isinstance(volumes, Mapping) or not all(
+                isinstance(v, Volume) for v in volumes.values()
+            ):
+                raise InvalidRequestError(
+                    f"volumes={volumes!r} must map mount paths to crucible.Volume, e.g. "
+                    '{"/data": crucible.Volume.from_name("data")}'
+                )
+            for path, vol in volumes.items():
+                try:
+                    mounts[check_mount_path(path)] = vol.name
+                except ValueError as exc:
+                    raise InvalidRequestError(f"volumes: {exc}") from None
         if schedule is not None and not isinstance(schedule, Schedule):
             raise InvalidRequestError(
                 f"schedule={schedule!r} must be crucible.Cron(...) or crucible.Period(...)"
@@ -208,6 +227,7 @@ class App:
                 "network": network,
                 "secrets": list(secrets),
                 "schedule": schedule.spec if schedule is not None else None,
+                "volumes": mounts,
             }
             max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
             options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
@@ -373,6 +393,7 @@ class App:
                     network=fn.options.get("network", False),
                     secrets=names,
                     schedule=fn.options.get("schedule"),
+                    volumes=fn.options.get("volumes") or {},
                 )
             )
         infos = client.create_functions(app_id, specs)

@@ -34,6 +34,7 @@ from crucible.server.api import (
     metrics,
     queues,
     secrets,
+    volumes,
 )
 from crucible.server.api.deps import Caller
 from crucible.server.api.responses import (
@@ -208,6 +209,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         secrets,
         dicts,
         queues,
+        volumes,
         gateway,
     ):
         app.include_router(module.router)

@@ -47,10 +47,12 @@ from crucible.protocol.containers import (
 )
 from crucible.protocol.secrets import SecretValues
 from crucible.protocol.transport import Transport
+from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
+from crucible.sdk._volumes import mount_volumes
 from crucible.worker.logs import LogShipper
 from crucible.worker.web import build_asgi_app, http_parts, ws_parts
 
@@ -168,6 +170,8 @@ class Worker:
                     "GET", f"/v1/containers/{self.container_id}/secrets"
                 )
                 os.environ.update(SecretValues.model_validate(values).env)
+            if self.assignment.volumes:
+                mount_volumes(Client.in_container(), self.assignment.volumes)
             src = self._bundle_dir()
             sys.path.insert(0, str(src))
             module = importlib.import_module(self.assignment.code.module)

@@ -83,8 +83,9 @@ async def blob_reader(request: Request) -> Principal:
 
 
 async def member(request: Request) -> Principal:
-    """Builders, and the account's containers while they run: shared objects (dicts, queues)."""
-    return _builder_or_running_container(request, "use dicts or queues")
+    """Builders, and the account's containers while they run: shared objects (dicts, queues,
+    volumes)."""
+    return _builder_or_running_container(request, "use dicts, queues or volumes")
 
 
 def _builder_or_running_container(request: Request, what: str) -> Principal:

@@ -14,9 +14,11 @@ intervals of a container always add up to exactly its whole-lifetime cost.
 
 from __future__ import annotations
 
-__all__ = ["MS_PER_HOUR", "interval_cost", "intervals_due"]
+__all__ = ["GIB", "MS_PER_HOUR", "MS_PER_MONTH", "interval_cost", "intervals_due", "storage_cost"]
 
 MS_PER_HOUR = 3_600_000
+MS_PER_MONTH = 30 * 24 * MS_PER_HOUR  # a storage month is 30 days
+GIB = 1024**3
 
 
 def _cumulative(rate_per_hour: int, origin_ms: int, t_ms: int) -> int:
@@ -55,3 +57,14 @@ def intervals_due(
         out.append((begin, begin + max_interval_ms))
         begin += max_interval_ms
     return out
+
+
+def storage_cost(
+    size_bytes: int, price_micros_per_gib_month: int, start_ms: int, end_ms: int
+) -> int:
+    """What storing ``size_bytes`` over ``[start_ms, end_ms)`` costs, rounded down to the
+    micro-dollar (volumes are metered in intervals of an hour or more, and at every commit,
+    so the rounding is at most one micro-dollar per interval, in the renter's favour)."""
+    if end_ms < start_ms or size_bytes < 0:
+        raise ValueError(f"storage interval [{start_ms}, {end_ms}) of {size_bytes} bytes")
+    return size_bytes * price_micros_per_gib_month * (end_ms - start_ms) // (GIB * MS_PER_MONTH)

@@ -59,6 +59,7 @@ from crucible.server.services.market import (
 from crucible.server.services.named_objects import expire_idle
 from crucible.server.services.schedules import fire_due_schedules
 from crucible.server.services.secrets import drop_secrets_of_stopped_apps
+from crucible.server.services.volumes import meter_volumes
 from crucible.server.state import ServerState
 from crucible.server.store.tables import (
     apps,
@@ -205,18 +206,25 @@ class SchedulerLoop:
         return keys
 
     def _housekeeping_now(self) -> None:
-        """Slow chores, once a minute: secrets of stopped apps (Secret.from_dict) go; idle
-        dicts and queues expire."""
+        """Slow chores, once a minute: volumes' storage is charged; secrets of stopped apps
+        (Secret.from_dict) go; idle dicts and queues expire."""
         now = self.state.clock.now_ms()
         with self.state.engine.begin() as conn:
             self._housekeeping(conn, now)
         self._last_housekeeping_ms = now
 
     def _housekeeping(self, conn: Connection, now: int) -> None:
+        s = self.state.settings
+        meter_volumes(
+            conn,
+            now,
+            int(s.volume_meter_interval_s * 1000),
+            round(s.volume_price_gib_month_usd * 1_000_000),
+        )
         dropped = drop_secrets_of_stopped_apps(conn)
         if dropped:
             log.info("deleted %d secret(s) of stopped apps", dropped)
-        days = self.state.settings.coordination_idle_expiry_days
+        days = s.coordination_idle_expiry_days
         if days > 0:
             before = now - int(days * 86_400_000)
             expired = expire_idle(conn, dicts, dict_entries, "dict_id", before) + expire_idle(

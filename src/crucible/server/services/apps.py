@@ -14,6 +14,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.blobs import require_blob
 from crucible.server.services.calls import cancel_queued_calls_of_app
 from crucible.server.services.secrets import require_secrets
+from crucible.server.services.volumes import volume_row
 from crucible.server.store.tables import apps, functions
 
 __all__ = [
@@ -141,6 +142,8 @@ def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> N
             raise InvalidGpuError(f"unknown GPU model {ask.model!r}; known models: {known}")
     require_blob(conn, principal.account_id, spec.code.bundle)
     require_secrets(conn, principal.account_id, spec.secrets)
+    for name in spec.volumes.values():
+        volume_row(conn, principal, name)  # NotFound, naming it
     for blob in spec.image.blobs if spec.image is not None else []:
         require_blob(conn, principal.account_id, blob)  # local files the image ships
 

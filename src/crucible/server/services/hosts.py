@@ -319,6 +319,7 @@ def assignments_for_host(
                 image=r.spec.get("image"),
                 network=bool(r.spec.get("network", False)),
                 secrets=bool(r.spec.get("secrets")),
+                volumes=dict(r.spec.get("volumes") or {}),
             )
         )
     return start, stop, grace

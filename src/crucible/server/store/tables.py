@@ -48,6 +48,8 @@ __all__ = [
     "schedules",
     "secrets",
     "tokens",
+    "volume_versions",
+    "volumes",
 ]
 
 metadata = MetaData(
@@ -447,4 +449,36 @@ queue_items = Table(
     Column("value", LargeBinary, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Index("ix_queue_items_queue", "queue_id", "partition", "id"),
+)
+
+# Volumes: named, versioned file trees. A version's manifest (protocol.volumes.Manifest, JSON)
+# is a blob; its files' chunks are blobs too, granted to the account. ``metered_until_ms``:
+# storage is charged per GiB-month up to there.
+volumes = Table(
+    "volumes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("manifest_ref", String(64)),
+    Column("files", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("metered_until_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "name"),
+)
+
+volume_versions = Table(
+    "volume_versions",
+    metadata,
+    Column("volume_id", String(32), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("manifest_ref", String(64), nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("changed", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("origin", String(40), nullable=False),
 )

@@ -1,4 +1,4 @@
-"""secrets, schedules, dicts and queues; calls.tick_ms
+"""secrets, schedules, dicts, queues and volumes; calls.tick_ms
 
 Revision ID: 0014
 Revises: 0005
@@ -81,10 +81,46 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_queue_items"),
     )
     op.create_index("ix_queue_items_queue", "queue_items", ["queue_id", "partition", "id"])
+    op.create_table(
+        "volumes",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("name", sa.String(128), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("manifest_ref", sa.String(64)),
+        sa.Column("files", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.Column("updated_ms", sa.BigInteger(), nullable=False),
+        sa.Column("metered_until_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_volumes"),
+        sa.UniqueConstraint("account_id", "name", name="uq_volumes_account_id_name"),
+    )
+    op.create_table(
+        "volume_versions",
+        sa.Column("volume_id", sa.String(32), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("manifest_ref", sa.String(64), nullable=False),
+        sa.Column("files", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("changed", sa.Integer(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.Column("origin", sa.String(40), nullable=False),
+        sa.PrimaryKeyConstraint("volume_id", "version", name="pk_volume_versions"),
+    )
 
 
 def downgrade() -> None:
-    for table in ("queue_items", "dict_entries", "queues", "dicts", "schedules", "secrets"):
+    for table in (
+        "volume_versions",
+        "volumes",
+        "queue_items",
+        "dict_entries",
+        "queues",
+        "dicts",
+        "schedules",
+        "secrets",
+    ):
         op.drop_table(table)
     with op.batch_alter_table("calls") as b:
         b.drop_column("tick_ms")

@@ -1,0 +1,305 @@
+"""``crucible.Volume``: named, versioned file trees, shared by an account's containers and
+clients.
+
+From anywhere: list, read (chunk by chunk: a big file is never fetched whole first), upload
+(``with vol.batch_upload() as up: up.put_file(...)``), remove, history. In a container that
+mounts it (``@app.function(volumes={"/data": vol})``): files appear at the mount path at the
+latest committed version; writes stay in the container until ``vol.commit()``;
+``vol.reload()`` moves to the latest version (files changed locally since are kept).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.volumes import (
+    CHUNK_BYTES,
+    FileEntry,
+    Manifest,
+    VolumeInfo,
+    VolumeVersion,
+    check_volume_path,
+)
+from crucible.sdk._client import Client
+
+__all__ = ["FileInfo", "Volume", "mount_volumes"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    type: str  # "file" or "dir"
+    size: int = 0
+    mtime_ms: int = 0
+
+
+@dataclass
+class _Mount:
+    path: Path
+    base: Manifest
+    client: Client
+
+
+# Volumes mounted in this container (by name), set by the worker at start.
+_MOUNTED: dict[str, _Mount] = {}
+
+
+def _upload_file(client: Client, local: Path) -> FileEntry:
+    """Upload a file's chunks (each once: the server keeps what it has) and describe it."""
+    chunks: list[str] = []
+    size = 0
+    with open(local, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            chunks.append(client.upload_blob(block))
+            size += len(block)
+    st = local.stat()
+    return FileEntry(
+        size=size, mode=stat.S_IMODE(st.st_mode), mtime_ms=int(st.st_mtime * 1000), chunks=chunks
+    )
+
+
+def _write_file(client: Client, entry: FileEntry, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.crucible-tmp")
+    with open(tmp, "wb") as f:
+        for sha in entry.chunks:
+            f.write(client.download_blob(sha))
+    os.chmod(tmp, entry.mode or 0o644)
+    mtime = entry.mtime_ms / 1000
+    os.utime(tmp, (mtime, mtime))
+    os.replace(tmp, target)
+
+
+def _local_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ms) of every file under a mount."""
+    out: dict[str, tuple[int, int]] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if name.endswith(".crucible-tmp"):
+                continue
+            full = Path(dirpath) / name
+            st = full.lstat()
+            if stat.S_ISREG(st.st_mode):
+                rel = full.relative_to(root).as_posix()
+                out[rel] = (st.st_size, int(st.st_mtime * 1000))
+    return out
+
+
+def _unchanged(entry: FileEntry | None, local: tuple[int, int] | None) -> bool:
+    if entry is None or local is None:
+        return entry is None and local is None
+    return (entry.size, entry.mtime_ms) == local
+
+
+class Volume:
+    """A handle on the volume ``name`` of your account."""
+
+    def __init__(self, name: str, client: Client | None) -> None:
+        self.name = name
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"Volume.from_name({self.name!r})"
+
+    @classmethod
+    def from_name(
+        cls, name: str, *, create_if_missing: bool = False, client: Client | None = None
+    ) -> Volume:
+        """A handle; with ``create_if_missing``, the volume is created now if it is not
+        there. Otherwise nothing is checked until first use (a function that mounts a
+        missing volume is refused when the app starts)."""
+        vol = cls(name, client)
+        if create_if_missing:
+            vol.client.post("/v1/volumes", {"name": name, "create_if_missing": True})
+        return vol
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client.from_settings()
+        return self._client
+
+    @staticmethod
+    def delete(name: str, *, client: Client | None = None) -> None:
+        """Delete the volume and its history."""
+        client = client or Client.from_settings()
+        client.transport.request("DELETE", f"/v1/volumes/{name}")
+
+    def info(self) -> VolumeInfo:
+        return VolumeInfo.model_validate(self.client.get(f"/v1/volumes/{self.name}"))
+
+    def history(self) -> list[VolumeVersion]:
+        data = self.client.get(f"/v1/volumes/{self.name}/history")
+        return [VolumeVersion.model_validate(v) for v in data]
+
+    def manifest(self, version: int | None = None) -> Manifest:
+        query = f"?version={version}" if version is not None else ""
+        return Manifest.model_validate(self.client.get(f"/v1/volumes/{self.name}/manifest{query}"))
+
+    # -- reading ----------------------------------------------------------------------------
+    def listdir(self, path: str = "/", *, recursive: bool = False) -> list[FileInfo]:
+        """Files and directories under ``path`` (all of them with ``recursive``)."""
+        prefix = "" if path.strip("/") == "" else check_volume_path(path) + "/"
+        out: dict[str, FileInfo] = {}
+        files = self.manifest().files
+        if prefix and prefix[:-1] in files:
+            e = files[prefix[:-1]]
+            return [FileInfo(prefix[:-1], "file", e.size, e.mtime_ms)]
+        for p, e in sorted(files.items()):
+            if not p.startswith(prefix):
+                continue
+            rest = p[len(prefix) :]
+            if recursive or "/" not in rest:
+                out[p] = FileInfo(p, "file", e.size, e.mtime_ms)
+            else:
+                d = prefix + rest.split("/", 1)[0]
+                out.setdefault(d, FileInfo(d, "dir"))
+        if prefix and not out:
+            raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
+        return list(out.values())
+
+    def read_file(self, path: str, *, version: int | None = None) -> Iterator[bytes]:
+        """The file's bytes, a chunk (4 MiB) at a time."""
+        entry = self.manifest(version).files.get(check_volume_path(path))
+        if entry is None:
+            raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
+        client = self.client
+        for sha in entry.chunks:
+            yield client.download_blob(sha)
+
+    # -- writing from anywhere -------------------------------------------------------------
+    def batch_upload(self, *, force: bool = False) -> _BatchUpload:
+        """``with vol.batch_upload() as up: up.put_file("a.bin", "/models/a.bin")``: one
+        commit at the end. Without ``force``, putting over an existing file is an error."""
+        return _BatchUpload(self, force)
+
+    def remove_file(self, path: str, *, recursive: bool = False) -> VolumeVersion:
+        target = check_volume_path(path)
+        files = self.manifest().files
+        gone = [p for p in files if p == target or (recursive and p.startswith(target + "/"))]
+        if not gone:
+            if any(p.startswith(target + "/") for p in files):
+                raise InvalidRequestError(f"{path} is a directory: pass recursive=True")
+            raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
+        return self._commit({p: None for p in gone}, self.info().version)
+
+    def _commit(self, changes: dict[str, FileEntry | None], base: int) -> VolumeVersion:
+        body = {
+            "base_version": base,
+            "changes": {p: (None if e is None else e.model_dump()) for p, e in changes.items()},
+        }
+        return VolumeVersion.model_validate(
+            self.client.post(f"/v1/volumes/{self.name}/commit", body)
+        )
+
+    # -- in a container that mounts it -------------------------------------------------------
+    def _mount(self) -> _Mount:
+        mount = _MOUNTED.get(self.name)
+        if mount is None:
+            raise Error(
+                f"volume {self.name!r} is not mounted here: commit() and reload() work in a "
+                f"container of a function with volumes={{'/path': Volume.from_name("
+                f"{self.name!r})}}; elsewhere use batch_upload() and read_file()"
+            )
+        return mount
+
+    def commit(self) -> VolumeVersion | None:
+        """Publish this container's changes under the mount as a new version (None when
+        nothing changed). Files others committed meanwhile are kept."""
+        mount = self._mount()
+        local = _local_state(mount.path)
+        changes: dict[str, FileEntry | None] = {}
+        for rel, state in local.items():
+            if not _unchanged(mount.base.files.get(rel), state):
+                changes[rel] = _upload_file(mount.client, mount.path / rel)
+        for rel in mount.base.files:
+            if rel not in local:
+                changes[rel] = None
+        if not changes:
+            return None
+        done = self._commit(changes, mount.base.version)
+        mount.base = self.manifest(done.version)
+        return done
+
+    def reload(self) -> int:
+        """Move the mount to the latest version: files this container has not changed are
+        updated or removed; its own changes stay. Returns the version now mounted."""
+        mount = self._mount()
+        latest = self.manifest()
+        local = _local_state(mount.path)
+        for rel, entry in latest.files.items():
+            mine = mount.base.files.get(rel)
+            if _unchanged(mine, local.get(rel)) and entry != mine:
+                _write_file(mount.client, entry, mount.path / rel)
+        for rel, mine in mount.base.files.items():
+            if rel not in latest.files and _unchanged(mine, local.get(rel)):
+                (mount.path / rel).unlink(missing_ok=True)
+        mount.base = latest
+        return latest.version
+
+
+@dataclass
+class _BatchUpload:
+    volume: Volume
+    force: bool
+    _changes: dict[str, FileEntry] = field(default_factory=dict)
+
+    def __enter__(self) -> _BatchUpload:
+        return self
+
+    def put_file(self, local: str | os.PathLike[str], remote: str) -> None:
+        path = Path(local)
+        if not path.is_file():
+            raise FileNotFoundError(f"{local} is not a file")
+        self._changes[check_volume_path(remote)] = _upload_file(self.volume.client, path)
+
+    def put_directory(self, local: str | os.PathLike[str], remote: str) -> None:
+        root = Path(local)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{local} is not a directory")
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = file.relative_to(root).as_posix()
+            self.put_file(file, posixpath.join(remote, rel))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None or not self._changes:
+            return
+        info = self.volume.info()
+        if not self.force:
+            existing = set(self.volume.manifest().files)
+            clash = sorted(set(self._changes) & existing)
+            if clash:
+                raise InvalidRequestError(
+                    f"{clash[0]} already exists in volume {self.volume.name!r}: "
+                    "use batch_upload(force=True) to overwrite"
+                )
+        self.volume._commit(dict(self._changes), info.version)
+
+
+def mount_volumes(client: Client, mounts: dict[str, str]) -> None:
+    """In a container (called by the worker before the function loads): put each volume's
+    latest version at its mount path, which the agent bound into the sandbox."""
+    for path, name in mounts.items():
+        root = Path(path)
+        if not root.is_dir() or not os.access(root, os.W_OK):
+            raise Error(
+                f"volume {name!r} cannot be mounted at {path}: volumes need a sandboxed host "
+                "(the agent's bwrap runtime binds them in); this host runs the process runtime"
+            )
+        vol = Volume(name, client)
+        latest = vol.manifest()
+        for rel, entry in latest.files.items():
+            _write_file(client, entry, root / rel)
+        _MOUNTED[name] = _Mount(root, latest, client)

@@ -1,0 +1,23 @@
+"""A function that mounts a volume (tests/e2e/test_volumes_e2e.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import crucible
+
+app = crucible.App("volumes")
+scratch = crucible.Volume.from_name("scratch")
+
+
+@app.function(volumes={"/scratch": scratch}, retries=0)
+def write_and_commit(text: str) -> list[str]:
+    Path("/scratch/note.txt").write_text(text)
+    scratch.commit()
+    return sorted(p.name for p in Path("/scratch").iterdir())
+
+
+@app.function(volumes={"/scratch": scratch}, retries=0)
+def read_note() -> str:
+    scratch.reload()
+    return Path("/scratch/note.txt").read_text()

@@ -1,0 +1,72 @@
+"""Volumes from a builder's machine against a real exchange: upload, list, stream a file
+back, remove, history; and a clear refusal where the host cannot mount them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crucible
+from crucible.sdk._client import Client
+
+import app_volumes
+from harness import Exchange
+
+
+@pytest.fixture
+def builder(exchange: Exchange) -> Iterator[Client]:
+    client = exchange.client(exchange.new_account("librarian"))
+    yield client
+    client.close()
+
+
+def test_upload_list_read_remove_history(builder: Client, tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    big = os.urandom(9 * 1024 * 1024 + 123)  # three chunks
+    (src / "weights.bin").write_bytes(big)
+    (src / "sub" / "config.json").write_text('{"layers": 2}')
+    vol = crucible.Volume.from_name("models", create_if_missing=True, client=builder)
+    with vol.batch_upload() as up:
+        up.put_directory(src, "/llm")
+    listing = {(e.path, e.type) for e in vol.listdir("/llm")}
+    assert listing == {("llm/weights.bin", "file"), ("llm/sub", "dir")}
+    assert {e.path for e in vol.listdir("/", recursive=True)} == {
+        "llm/weights.bin",
+        "llm/sub/config.json",
+    }
+    chunks = list(vol.read_file("llm/weights.bin"))
+    assert len(chunks) == 3 and b"".join(chunks) == big
+    with (
+        pytest.raises(crucible.InvalidRequestError, match="already exists"),
+        vol.batch_upload() as up,
+    ):
+        up.put_file(src / "sub" / "config.json", "llm/sub/config.json")
+    with vol.batch_upload(force=True) as up:
+        up.put_file(src / "sub" / "config.json", "llm/sub/config.json")
+    vol.remove_file("llm/sub", recursive=True)
+    assert [e.path for e in vol.listdir("/", recursive=True)] == ["llm/weights.bin"]
+    assert [v.version for v in vol.history()] == [3, 2, 1]
+    with pytest.raises(FileNotFoundError):
+        list(vol.read_file("nope"))
+    # An old version still reads.
+    assert b"".join(vol.read_file("llm/sub/config.json", version=1)) == b'{"layers": 2}'
+    crucible.Volume.delete("models", client=builder)
+    with pytest.raises(crucible.NotFoundError):
+        vol.info()
+
+
+def test_a_missing_volume_refuses_the_run_and_process_hosts_cannot_mount(
+    builder: Client,
+) -> None:
+    with (
+        pytest.raises(crucible.NotFoundError, match="volume 'scratch' not found"),
+        app_volumes.app.run(client=builder),
+    ):
+        pass
+    crucible.Volume.from_name("scratch", create_if_missing=True, client=builder)
+    with app_volumes.app.run(client=builder), pytest.raises(crucible.Error, match="sandboxed"):
+        app_volumes.write_and_commit.remote("x")
