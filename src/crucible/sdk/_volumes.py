@@ -45,6 +45,27 @@ class _Mount:
     path: Path
     base: Manifest
     client: Client
+    cache: Path | None = None
+
+
+def _chunk(client: Client, sha: str, cache: Path | None) -> bytes:
+    """A chunk's bytes, from the host's chunk cache when it has them (the agent keeps that
+    directory per account and evicts the least recently used chunks)."""
+    if cache is None:
+        return client.download_blob(sha)
+    path = cache / sha[:2] / sha
+    try:
+        data = path.read_bytes()
+        os.utime(path)  # recently used
+        return data
+    except FileNotFoundError:
+        pass
+    data = client.download_blob(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return data
 
 
 # Volumes mounted in this container (by name), set by the worker at start.
@@ -65,12 +86,14 @@ def _upload_file(client: Client, local: Path) -> FileEntry:
     )
 
 
-def _write_file(client: Client, entry: FileEntry, target: Path) -> None:
+def _write_file(
+    client: Client, entry: FileEntry, target: Path, cache: Path | None = None
+) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.crucible-tmp")
     with open(tmp, "wb") as f:
         for sha in entry.chunks:
-            f.write(client.download_blob(sha))
+            f.write(_chunk(client, sha, cache))
     os.chmod(tmp, entry.mode or 0o644)
     mtime = entry.mtime_ms / 1000
     os.utime(tmp, (mtime, mtime))
@@ -237,7 +260,7 @@ class Volume:
         for rel, entry in latest.files.items():
             mine = mount.base.files.get(rel)
             if _unchanged(mine, local.get(rel)) and entry != mine:
-                _write_file(mount.client, entry, mount.path / rel)
+                _write_file(mount.client, entry, mount.path / rel, mount.cache)
         for rel, mine in mount.base.files.items():
             if rel not in latest.files and _unchanged(mine, local.get(rel)):
                 (mount.path / rel).unlink(missing_ok=True)
@@ -288,9 +311,10 @@ class _BatchUpload:
         self.volume._commit(dict(self._changes), info.version)
 
 
-def mount_volumes(client: Client, mounts: dict[str, str]) -> None:
+def mount_volumes(client: Client, mounts: dict[str, str], cache: Path | None = None) -> None:
     """In a container (called by the worker before the function loads): put each volume's
-    latest version at its mount path, which the agent bound into the sandbox."""
+    latest version at its mount path, which the agent bound into the sandbox. ``cache``: the
+    host's chunk cache for this account, when the agent provides one."""
     for path, name in mounts.items():
         root = Path(path)
         if not root.is_dir() or not os.access(root, os.W_OK):
@@ -301,5 +325,5 @@ def mount_volumes(client: Client, mounts: dict[str, str]) -> None:
         vol = Volume(name, client)
         latest = vol.manifest()
         for rel, entry in latest.files.items():
-            _write_file(client, entry, root / rel)
-        _MOUNTED[name] = _Mount(root, latest, client)
+            _write_file(client, entry, root / rel, cache)
+        _MOUNTED[name] = _Mount(root, latest, client, cache)
