@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
+from crucible.sdk._checks import check_int, check_number
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import deserialize, exception_from_error, serialize
 
@@ -46,8 +47,10 @@ class Retries:
     max_delay: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.max_retries > 100:
-            raise InvalidRequestError(f"max_retries={self.max_retries} must be within 0..100")
+        check_int("Retries.max_retries", self.max_retries, 0, 100)
+        check_number("Retries.initial_delay", self.initial_delay, 0, 3600, unit="seconds")
+        check_number("Retries.backoff_coefficient", self.backoff_coefficient, 1, 10)
+        check_number("Retries.max_delay", self.max_delay, 0, 3600, unit="seconds")
 
     def to_wire(self) -> dict[str, float]:
         return {
