@@ -37,6 +37,7 @@ from crucible.errors import (
     RemoteError,
     ResourcesUnsatisfiableError,
     SandboxUnavailableError,
+    SerializationError,
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
@@ -75,6 +76,7 @@ __all__ = [
     "ResourcesUnsatisfiableError",
     "Retries",
     "SandboxUnavailableError",
+    "SerializationError",
     "ServerUnavailableError",
     "__version__",
     "asgi_app",

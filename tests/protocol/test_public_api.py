@@ -31,6 +31,7 @@ PUBLIC = [
     "ResourcesUnsatisfiableError",
     "Retries",
     "SandboxUnavailableError",
+    "SerializationError",
     "ServerUnavailableError",
     "__version__",
     "asgi_app",

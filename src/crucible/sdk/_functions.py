@@ -16,7 +16,12 @@ from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
 from crucible.sdk._checks import check_int, check_number
 from crucible.sdk._client import Client
-from crucible.sdk._serialization import deserialize, exception_from_error, serialize
+from crucible.sdk._serialization import (
+    deserialize,
+    exception_from_error,
+    parameter_names,
+    serialize_args,
+)
 
 if TYPE_CHECKING:
     from crucible.sdk._app import App
@@ -156,6 +161,15 @@ class Function(Generic[P, R]):
     def get_raw_f(self) -> Callable[P, R]:
         return self.raw_f
 
+    def _serialize_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call's pickled arguments; one that cannot be pickled is named in the error."""
+        if self.options.get("class_params") is not None and args:
+            # An @app.cls() pool: the first argument names the method to call.
+            method = getattr(self.raw_f, str(args[0]), None)
+            names = ["method", *parameter_names(method, skip=1)]
+            return serialize_args(f"{self.name}.{args[0]}", names, args, kwargs)
+        return serialize_args(self.name, parameter_names(self.raw_f), args, kwargs)
+
     # -- binding -----------------------------------------------------------------------------
     def _hydrate(self, client: Client | None, function_id: str | None) -> None:
         self._client, self._function_id = client, function_id
@@ -184,7 +198,7 @@ class Function(Generic[P, R]):
         """Run one call in a container and return its result (or raise its error)."""
         self._not_generator("remote")
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid,
             CallsCreate(
@@ -200,7 +214,7 @@ class Function(Generic[P, R]):
         """Queue one call and return a handle at once."""
         self._not_generator("spawn")
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
         )
@@ -233,7 +247,7 @@ class Function(Generic[P, R]):
     ) -> Iterator[R]:
         self._not_generator("map")
         client, fid = self._bound()
-        return _MapRun(client, fid, self.name, arg_tuples, kwargs, return_exceptions).results()
+        return _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions).results()
 
     def _not_generator(self, how: str) -> None:
         if self.is_generator:
@@ -249,7 +263,7 @@ class Function(Generic[P, R]):
         if not self.is_generator:
             raise InvalidRequestError(f"{self.name} is not a generator: use .remote()")
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
         )
@@ -276,14 +290,15 @@ class _MapRun:
         self,
         client: Client,
         function_id: str,
-        name: str,
+        function: Function[Any, Any],
         arg_tuples: Iterator[tuple[Any, ...]],
         kwargs: dict[str, Any],
         return_exceptions: bool,
     ) -> None:
         self.client = client
         self.function_id = function_id
-        self.name = name
+        self.function = function
+        self.name = function.name
         self.args = arg_tuples
         self.kwargs = kwargs
         self.return_exceptions = return_exceptions
@@ -298,7 +313,7 @@ class _MapRun:
             size = 0
             start = 0
             for args in self.args:
-                payload = _payload(self.client, serialize((args, self.kwargs)))
+                payload = _payload(self.client, self.function._serialize_args(args, self.kwargs))
                 batch.append(InputItem(args=payload))
                 size += len(payload.data or "")
                 if len(batch) >= _BATCH_INPUTS or size >= _BATCH_BYTES:
