@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.apps import FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
 from crucible.sdk._checks import check_int, check_number
@@ -132,11 +133,30 @@ class Function(Generic[P, R]):
         self.is_generator = inspect.isgeneratorfunction(raw_f)
         self._function_id: str | None = None
         self._client: Client | None = None
+        self._deployment: str | None = None  # set by from_name
+        self._through_cls = False  # a class's pool called through its method handles
         self.__doc__ = raw_f.__doc__
         self.__wrapped__ = raw_f
 
     def __repr__(self) -> str:
         return f"Function({self.app.name}.{self.name})"
+
+    @property
+    def kind(self) -> str:
+        """What the function is, which decides how to call it: ``"function"``,
+        ``"generator"`` (``.remote_gen()``), ``"batched"``, ``"concurrent"``, ``"class"``
+        (an ``@app.cls()`` pool) or ``"web_endpoint"`` (called over HTTP)."""
+        if self.options.get("web") is not None:
+            return "web_endpoint"
+        if self.options.get("class_params") is not None:
+            return "class"
+        if self.is_generator:
+            return "generator"
+        if self.options.get("max_batch_size", 1) > 1:
+            return "batched"
+        if self.options.get("max_inputs", 1) > 1:
+            return "concurrent"
+        return "function"
 
     @classmethod
     def from_name(
@@ -145,16 +165,26 @@ class Function(Generic[P, R]):
         """A handle on function ``name`` of the deployment ``app_name`` (``crucible
         deploy``), from any code with a token of the deployment's account. It calls the
         version current now; after a redeploy its calls go to the new version's function
-        of the same name. ``.local()`` is not available (the code is not here)."""
+        of the same name. What the function is travels with it (``kind``): a generator
+        streams with ``.remote_gen()``, a class is called through
+        :meth:`crucible.Cls.from_name`, a web endpoint over HTTP. ``.local()`` is not
+        available (the code is not here)."""
         from crucible.sdk._app import App
 
+        for label, value in (("app_name", app_name), ("name", name)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidRequestError(
+                    f"Function.from_name(): {label} must be a non-empty string, got {value!r}"
+                )
         client = client or Client.from_settings()
         info = client.lookup_function(app_name, name)
 
         def unavailable(*_args: Any, **_kwargs: Any) -> Any:
             raise Error(f"{app_name}.{name} was looked up by name: its code is not here")
 
-        fn: Function[..., Any] = cls(App(app_name), unavailable, {"name": name})
+        fn: Function[..., Any] = cls(App(app_name), unavailable, _options_of(info))
+        fn.is_async, fn.is_generator = info.is_async, info.is_generator
+        fn._deployment = app_name
         fn._hydrate(client, info.id)
         return fn
 
@@ -250,18 +280,40 @@ class Function(Generic[P, R]):
         return _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions).results()
 
     def _not_generator(self, how: str) -> None:
+        self._callable_as(how)
         if self.is_generator:
             raise InvalidRequestError(
                 f"{self.name} is a generator: iterate over {self.name}.remote_gen(...) "
                 f"instead of .{how}()"
             )
 
+    def _callable_as(self, how: str) -> None:
+        """Refuse calls that cannot work for what the function is, saying what does."""
+        kind = self.kind
+        if kind == "web_endpoint":
+            where = self._deployment or self.app.name
+            raise InvalidRequestError(
+                f"{self.name} is a web endpoint: call it over HTTP at "
+                f"{{server}}/web/{{account}}/{where}/{self.name}/ (`crucible deploy` prints "
+                f"the URL), not with .{how}()"
+            )
+        if kind == "class" and self._deployment is not None and not self._through_cls:
+            raise InvalidRequestError(
+                f"{self.name} is an @app.cls() class: call its methods with "
+                f"crucible.Cls.from_name({self._deployment!r}, {self.name.split('.')[0]!r})"
+                f"().<method>.{how}(...)"
+            )
+
     def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         """Run a generator function in a container and iterate over what it yields, as it
         yields it. The container pauses when it gets far ahead of this loop (back-pressure);
         an error raised inside the function is raised here after the items before it."""
+        self._callable_as("remote_gen")
         if not self.is_generator:
-            raise InvalidRequestError(f"{self.name} is not a generator: use .remote()")
+            raise InvalidRequestError(
+                f"{self.name} is not a generator (it is a {self.kind.replace('_', ' ')}): "
+                "call it with .remote(), .spawn() or .map()"
+            )
         client, fid = self._bound()
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
@@ -280,6 +332,28 @@ class Function(Generic[P, R]):
                 if page.call.state != "succeeded":
                     _result(client, page.call)  # raises the call's error
                 return
+
+
+def _options_of(info: FunctionInfo) -> dict[str, Any]:
+    """The options of a function looked up on the exchange (what the decorator had set)."""
+    return {
+        "name": info.name,
+        "resources": info.resources,
+        "timeout_s": info.timeout_s,
+        "retries": info.retries,
+        "max_containers": info.max_containers,
+        "scaledown_window_s": info.scaledown_window_s,
+        "min_containers": info.min_containers,
+        "buffer_containers": info.buffer_containers,
+        "market": info.market,
+        "network": info.network,
+        "max_inputs": info.max_inputs,
+        "target_inputs": info.target_inputs,
+        "max_batch_size": info.max_batch_size,
+        "batch_wait_ms": info.batch_wait_ms,
+        "web": info.web,
+        "class_params": info.class_params,
+    }
 
 
 class _MapRun:
