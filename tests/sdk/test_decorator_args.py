@@ -66,6 +66,16 @@ def _f(x: int) -> int:
     return x
 
 
+def _registered() -> crucible.Function[..., Any]:
+    return crucible.App("args").function()(_f)
+
+
+def _call() -> crucible.FunctionCall[Any]:
+    from crucible.sdk._client import Client
+
+    return crucible.FunctionCall(Client("http://127.0.0.1:9", "unused"), "ca-x")
+
+
 def test_every_function_parameter_has_bad_cases() -> None:
     params = set(inspect.signature(crucible.App.function).parameters) - {"self", "_func"}
     assert params == set(FUNCTION_BAD), "add bad values for new @app.function() parameters"
@@ -172,6 +182,14 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("entrypoint name", lambda: crucible.App("a").local_entrypoint(name="bad name!"), "name"),
     ("deploy name", lambda: crucible.App("a").deploy(name="bad name!"), "deploy name"),
     ("parens", lambda: crucible.App("a").function(_f), "@app.function()"),
+    ("on_stop", lambda: crucible.on_stop(5), "on_stop"),  # type: ignore[type-var]
+    ("map kwargs", lambda: _registered().map([1], kwargs=[1]), "kwargs"),  # type: ignore[arg-type]
+    ("map flag", lambda: _registered().map([1], return_exceptions=1), "return_exceptions"),  # type: ignore[arg-type]
+    ("starmap kwargs", lambda: _registered().starmap([(1,)], kwargs="x"), "kwargs"),  # type: ignore[arg-type]
+    ("get timeout", lambda: _call().get(timeout=-1), "timeout"),
+    ("get timeout type", lambda: _call().get(timeout="1"), "timeout"),  # type: ignore[arg-type]
+    ("from_name app", lambda: crucible.Function.from_name("", "f"), "app_name"),
+    ("Cls.from_name name", lambda: crucible.Cls.from_name("a", None), "name"),  # type: ignore[arg-type]
 ]
 
 

@@ -15,7 +15,7 @@ from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.apps import FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
-from crucible.sdk._checks import check_int, check_number
+from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import (
     deserialize,
@@ -97,6 +97,7 @@ class FunctionCall(Generic[R]):
     def get(self, timeout: float | None = None) -> R:
         """Wait for the result (at most ``timeout`` seconds: then builtin TimeoutError) and
         return it, or raise the call's error."""
+        check_number("get() timeout", timeout, 0, 366 * 86400, optional=True, unit="seconds")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = (
@@ -261,6 +262,7 @@ class Function(Generic[P, R]):
         instead of raising it."""
         if not iterables:
             raise InvalidRequestError(f"{self.name}.map() needs at least one iterable")
+        _check_map_options(self.name, "map", kwargs, return_exceptions)
         return self._map(zip(*iterables, strict=False), kwargs or {}, return_exceptions)
 
     def starmap(
@@ -270,6 +272,7 @@ class Function(Generic[P, R]):
         return_exceptions: bool = False,
     ) -> Iterator[R]:
         """Like ``map`` but each element is an argument tuple: ``f.starmap([(1, 2), (3, 4)])``."""
+        _check_map_options(self.name, "starmap", kwargs, return_exceptions)
         return self._map((tuple(a) for a in iterable), kwargs or {}, return_exceptions)
 
     def _map(
@@ -332,6 +335,19 @@ class Function(Generic[P, R]):
                 if page.call.state != "succeeded":
                     _result(client, page.call)  # raises the call's error
                 return
+
+
+def _check_map_options(
+    name: str, how: str, kwargs: dict[str, Any] | None, return_exceptions: bool
+) -> None:
+    if kwargs is not None and not (
+        isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)
+    ):
+        raise InvalidRequestError(
+            f"{name}.{how}() kwargs must be a dict of keyword arguments for every call, "
+            f"got {type(kwargs).__name__}"
+        )
+    check_bool(f"{name}.{how}() return_exceptions", return_exceptions)
 
 
 def _options_of(info: FunctionInfo) -> dict[str, Any]:
