@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import crucible
@@ -31,6 +32,17 @@ class LockedError(Exception):
 @app.function()
 def raises_unpicklable() -> None:
     raise LockedError("the disk is full")
+
+
+@app.function()
+def returns_container_only_class(workdir: str) -> object:
+    """An instance of a class from a module that exists only in the container."""
+    import importlib
+    import sys
+
+    Path(workdir, "only_in_container.py").write_text("class Thing:\n    pass\n")
+    sys.path.insert(0, workdir)
+    return importlib.import_module("only_in_container").Thing()
 
 
 @app.function()

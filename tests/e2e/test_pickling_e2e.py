@@ -4,6 +4,7 @@ naming the function and the value, never a bare TypeError from the pickler."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import app_pickling
@@ -12,7 +13,7 @@ import pytest
 import crucible
 
 
-def test_unpicklable_values_name_the_function(builder: Any) -> None:
+def test_unpicklable_values_name_the_function(builder: Any, tmp_path: Path) -> None:
     with app_pickling.app.run(client=builder):
         with pytest.raises(crucible.SerializationError) as info:
             app_pickling.returns_lock.remote()
@@ -45,3 +46,16 @@ def test_unpicklable_values_name_the_function(builder: Any) -> None:
         with pytest.raises(crucible.SerializationError, match="argument 'x' of echo"):
             list(app_pickling.echo.map([1, threading.Lock()]))
         assert app_pickling.echo.remote({"fine": [1, 2]}) == {"fine": [1, 2]}
+
+        # Pickles that cannot be rebuilt on the other side say so, and where.
+        with pytest.raises(crucible.SerializationError) as back:
+            app_pickling.returns_container_only_class.remote(str(tmp_path))
+        assert "return value of returns_container_only_class" in str(back.value)
+        assert "cannot be unpickled here" in str(back.value)
+        assert "only_in_container" in str(back.value)
+        with pytest.raises(crucible.SerializationError, match="unpickled in the container"):
+            app_pickling.echo.remote(LocalOnly())
+
+
+class LocalOnly:
+    """Defined in this test module, which containers cannot import."""

@@ -18,7 +18,7 @@ from crucible.protocol.common import Payload
 from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import (
-    deserialize,
+    deserialize_value,
     exception_from_error,
     parameter_names,
     serialize_args,
@@ -73,12 +73,14 @@ def _payload(client: Client, data: bytes) -> Payload:
     return Payload.inline(data)
 
 
-def _result(client: Client, info: CallInfo) -> Any:
-    """The value of a finished call, or raise its error."""
+def _result(client: Client, info: CallInfo, name: str | None = None) -> Any:
+    """The value of a finished call (of function ``name``, for messages), or raise its
+    error."""
     if info.state == "succeeded":
         if info.result is None:
             raise Error(f"call {info.id} succeeded but carries no result")
-        return deserialize(client.payload_bytes(info.result))
+        what = f"the return value of {name} (call {info.id})" if name else f"{info.id}'s result"
+        return deserialize_value(client.payload_bytes(info.result), what, "here")
     if info.error is not None:
         raise exception_from_error(info.error)
     raise Error(f"call {info.id} ended as {info.state}")
@@ -238,7 +240,7 @@ class Function(Generic[P, R]):
             ),
         )
         if created.result is not None:
-            return _result(client, created.result)  # type: ignore[no-any-return]
+            return _result(client, created.result, self.name)  # type: ignore[no-any-return]
         return FunctionCall[R](client, created.call_ids[0]).get()
 
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
@@ -329,7 +331,9 @@ class Function(Generic[P, R]):
                 client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
             )
             for item in page.items:
-                yield deserialize(client.payload_bytes(item))
+                what = f"item {after} yielded by {self.name} (call {call_id})"
+                yield deserialize_value(client.payload_bytes(item), what, "here")
+                after += 1
             after = page.next
             if page.done:
                 if page.call.state != "succeeded":
@@ -455,7 +459,7 @@ class _MapRun:
                     next_index += 1
                     progress(next_index, self.submitted if done else None)
                     try:
-                        value = _result(self.client, info)
+                        value = _result(self.client, info, self.name)
                     except Exception as exc:
                         if not self.return_exceptions:
                             raise

@@ -17,6 +17,7 @@ from crucible.protocol.common import ErrorInfo, Payload
 
 __all__ = [
     "deserialize",
+    "deserialize_value",
     "error_info_from_exception",
     "exception_from_error",
     "parameter_names",
@@ -117,6 +118,21 @@ def serialize_args(
 
 def deserialize(data: bytes) -> Any:
     return cloudpickle.loads(data)
+
+
+def deserialize_value(data: bytes, what: str, where: str) -> Any:
+    """Unpickle ``what`` (e.g. "the return value of f"), or raise
+    :class:`SerializationError` saying it cannot be rebuilt ``where`` ("here", "in the
+    container") and why: usually a class whose module is not importable on that side."""
+    try:
+        return deserialize(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} cannot be unpickled {where}: {type(exc).__name__}: {_pickle_error(exc)}; "
+            f"the modules its classes come from must be importable {where} (ship local code "
+            "with Image.add_local_python_source, install packages in the image), or use plain "
+            "data"
+        ) from None
 
 
 def error_info_from_exception(exc: BaseException, function: str | None = None) -> ErrorInfo:

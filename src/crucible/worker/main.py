@@ -49,7 +49,7 @@ from crucible.protocol.transport import Transport
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._serialization import (
-    deserialize,
+    deserialize_value,
     error_info_from_exception,
     serialize,
     serialize_value,
@@ -93,7 +93,7 @@ def _decode_input(raw: bytes) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
     if json_payload.is_json(raw):
         body = json_payload.decode(raw)
         return tuple(body.get("args", ())), dict(body.get("kwargs", {})), True
-    args, kwargs = deserialize(raw)
+    args, kwargs = deserialize_value(raw, "the call's arguments", "in the container")
     return args, kwargs, False
 
 
