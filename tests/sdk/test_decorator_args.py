@@ -29,7 +29,7 @@ FUNCTION_BAD: dict[str, list[Any]] = {
     "scaledown_window": [-1, HUGE, "60", True],
     "image": [5, "python:3.11", crucible.Image],
     "network": [1, "yes", None],
-    "name": ["bad name!", "", "a" * 129, 5, "../x", "é"],
+    "name": ["bad name!", "", "a" * 129, 5, "../x", "é", "newline\n"],
     "min_containers": [-1, HUGE, "1", 1.0, True],
     "buffer_containers": [-1, HUGE, "1", None],
     "tier": ["spot", "", 5, None],

@@ -18,8 +18,9 @@ def test_apps_by_name_newest_first_and_per_tenant(server: ServerUnderTest) -> No
     assert {a["name"] for a in server.ok("GET", "/v1/apps", token=alice)} == {"svc", "other"}
     assert server.ok("GET", "/v1/apps?name=nothing", token=alice) == []
     assert len(server.ok("GET", "/v1/apps?name=svc", token=bob)) == 1  # only bob's own
-    bad = server.request("GET", "/v1/apps?name=", token=alice)
-    assert bad.status_code == 400 and error_code(bad) == "invalid_request"
+    for bad_name in ("", "%00", "a%20b", "x" * 129):
+        bad = server.request("GET", f"/v1/apps?name={bad_name}", token=alice)
+        assert bad.status_code == 400 and error_code(bad) == "invalid_request"
     assert server.request("GET", "/v1/apps?name=svc").status_code == 401
 
 

@@ -9,11 +9,12 @@ import typer
 
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
-from crucible.errors import InvalidRequestError, NotFoundError
+from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallTimeline
 from crucible.protocol.hosts import HostInfo
 from crucible.protocol.logs import LogPage
+from crucible.sdk._checks import NAME_PATTERN
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
 
@@ -33,8 +34,12 @@ def resolve_app(client: Client, ref: str) -> str:
     whose newest version failed to activate still shows the version that serves)."""
     if ref.startswith("ap-"):
         return ref
-    if not ref.strip() or len(ref) > 128:
-        raise InvalidRequestError(f"{ref!r} is not an app id or name; `crucible apps` lists them")
+    missing = NotFoundError(
+        f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
+        "(ids and names, newest first), `crucible deployments` your deployments"
+    )
+    if not NAME_PATTERN.fullmatch(ref):  # no app can have that name
+        raise missing
     named = client.get(f"/v1/apps?name={quote(ref, safe='')}")
     newest_ephemeral = next((a["id"] for a in named if a["ephemeral"]), None)
     deployed: str | None = None
@@ -47,10 +52,7 @@ def resolve_app(client: Client, ref: str) -> str:
         return max(candidates)  # ids sort by creation time
     if named:
         return str(named[0]["id"])
-    raise NotFoundError(
-        f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
-        "(ids and names, newest first), `crucible deployments` your deployments"
-    )
+    raise missing
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from crucible.errors import InvalidRequestError
 
 __all__ = [
+    "NAME_PATTERN",
     "NAME_RULE",
     "check_bool",
     "check_choice",
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 # The names the exchange accepts for apps, functions and deployments (protocol.common.Named).
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 NAME_RULE = "1-128 letters, digits, '_', '.' or '-'"
 
 
@@ -111,7 +112,7 @@ def check_name(label: str, value: Any, *, optional: bool = False) -> str | None:
     """A name the exchange accepts for an app, function or deployment."""
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise InvalidRequestError(f"{label} must be {NAME_RULE}, got {_shown(value)}")
     return value
 

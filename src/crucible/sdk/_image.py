@@ -116,7 +116,7 @@ class Image:
                 "Image.add_local_python_source() takes one or more module names"
             )
         for name in modules:
-            if not isinstance(name, str) or not _MODULE_NAME.match(name):
+            if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
                 raise InvalidRequestError(
                     f"Image.add_local_python_source(): {name!r} is not a module name "
                     "(dotted Python identifiers, e.g. 'mypkg.models')"
@@ -140,7 +140,7 @@ class Image:
         starts with them loaded (``.preload("torch")``). They must not initialise CUDA at
         import time."""
         for name in modules:
-            if not isinstance(name, str) or not _MODULE_NAME.match(name):
+            if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
                 raise InvalidRequestError(
                     f"Image.preload(): {name!r} is not a module name (e.g. 'torch')"
                 )

@@ -27,7 +27,11 @@ async def create_app(req: AppCreate, who: Builder, state: State) -> AppInfo:
 async def list_apps(
     who: Builder,
     state: State,
-    name: str | None = Query(default=None, min_length=1, max_length=128),
+    # The names apps may have (protocol.common.Named): anything else matches no app, and a
+    # NUL byte would be refused by PostgreSQL.
+    name: str | None = Query(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"
+    ),
 ) -> list[AppInfo]:
     """The account's apps, newest first (only those named ``name`` when given)."""
     with state.engine.begin() as conn:
