@@ -38,6 +38,7 @@ from crucible.errors import (
     RemoteError,
     ResourcesUnsatisfiableError,
     SandboxUnavailableError,
+    SerializationError,
     ServerUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
@@ -87,6 +88,7 @@ __all__ = [
     "Retries",
     "SandboxUnavailableError",
     "Secret",
+    "SerializationError",
     "ServerUnavailableError",
     "Volume",
     "__version__",

@@ -6,7 +6,10 @@ Exception tree::
     ├── InvalidRequestError            invalid_request    400  (and the variants below)
     │   ├── PayloadTooLargeError       payload_too_large  413
     │   ├── InvalidGpuError            invalid_gpu        400
-    │   └── InvalidResourcesError      invalid_resources  400
+    │   ├── InvalidResourcesError      invalid_resources  400
+    │   └── SerializationError         serialization_error 400 (and why a call failed: an
+    │                                                      argument, result, item or exception
+    │                                                      that cannot be pickled)
     ├── AuthError                      unauthorized       401
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
@@ -57,6 +60,7 @@ __all__ = [
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "SandboxUnavailableError",
+    "SerializationError",
     "ServerUnavailableError",
     "error_from_wire",
 ]
@@ -95,6 +99,15 @@ class InvalidGpuError(InvalidRequestError):
 
 class InvalidResourcesError(InvalidRequestError):
     code = "invalid_resources"
+    http_status = 400
+
+
+class SerializationError(InvalidRequestError):
+    """A value could not be pickled: a call's argument (raised by the SDK before sending),
+    or what the function returned, yielded or raised (the call fails with this code). The
+    message names the function and the value, and says what to do."""
+
+    code = "serialization_error"
     http_status = 400
 
 
@@ -231,6 +244,7 @@ _BY_CODE: dict[str, type[Error]] = {
         PayloadTooLargeError,
         InvalidGpuError,
         InvalidResourcesError,
+        SerializationError,
         AuthError,
         PermissionDeniedError,
         NotFoundError,

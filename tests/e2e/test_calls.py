@@ -196,7 +196,7 @@ def test_batched_inputs_run_as_one_call(builder) -> None:
 
 
 def test_batched_options_are_checked() -> None:
-    with pytest.raises(crucible.InvalidRequestError, match="max_batch_size=0"):
+    with pytest.raises(crucible.InvalidRequestError, match="max_batch_size must be >= 1"):
         crucible.batched(max_batch_size=0, wait_ms=10)
     with pytest.raises(crucible.InvalidRequestError, match=r"below @app\.function"):
         crucible.batched(max_batch_size=4, wait_ms=10)(app_basic.square)

@@ -17,6 +17,7 @@ CODES = {
     "PayloadTooLargeError": ("payload_too_large", 413),
     "InvalidGpuError": ("invalid_gpu", 400),
     "InvalidResourcesError": ("invalid_resources", 400),
+    "SerializationError": ("serialization_error", 400),
     "AuthError": ("unauthorized", 401),
     "PermissionDeniedError": ("forbidden", 403),
     "NotFoundError": ("not_found", 404),
@@ -56,7 +57,12 @@ def test_wire_round_trip(cls: type[Error]) -> None:
 
 
 def test_subclass_relations_callers_rely_on() -> None:
-    for cls in (errors.PayloadTooLargeError, errors.InvalidGpuError, errors.InvalidResourcesError):
+    for cls in (
+        errors.PayloadTooLargeError,
+        errors.InvalidGpuError,
+        errors.InvalidResourcesError,
+        errors.SerializationError,
+    ):
         assert issubclass(cls, errors.InvalidRequestError)
     assert issubclass(errors.FunctionTimeoutError, TimeoutError)  # `except TimeoutError` works
 

@@ -37,6 +37,7 @@ PUBLIC = [
     "Retries",
     "SandboxUnavailableError",
     "Secret",
+    "SerializationError",
     "ServerUnavailableError",
     "Volume",
     "__version__",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import orjson
 import typer
 
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
+from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallTimeline
 from crucible.protocol.hosts import HostInfo
 from crucible.protocol.logs import LogPage
+from crucible.sdk._checks import NAME_PATTERN
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
 
@@ -22,6 +26,33 @@ JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 def _client() -> Client:
     config = ensure_running(load_settings())
     return Client(config.server_url, config.token)
+
+
+def resolve_app(client: Client, ref: str) -> str:
+    """The app id for ``ref``: an app id as is; for a name, the most recent app of that name,
+    where a running deployment of that name counts as its current version (so a deployment
+    whose newest version failed to activate still shows the version that serves)."""
+    if ref.startswith("ap-"):
+        return ref
+    missing = NotFoundError(
+        f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
+        "(ids and names, newest first), `crucible deployments` your deployments"
+    )
+    if not NAME_PATTERN.fullmatch(ref):  # no app can have that name
+        raise missing
+    named = client.get(f"/v1/apps?name={quote(ref, safe='')}")
+    newest_ephemeral = next((a["id"] for a in named if a["ephemeral"]), None)
+    deployed: str | None = None
+    try:
+        deployed = client.get(f"/v1/deployments/{quote(ref, safe='')}")["app_id"]
+    except NotFoundError:
+        deployed = None
+    candidates = [i for i in (newest_ephemeral, deployed) if i]
+    if candidates:
+        return max(candidates)  # ids sort by creation time
+    if named:
+        return str(named[0]["id"])
+    raise missing
 
 
 def register(app: typer.Typer) -> None:
@@ -107,16 +138,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
-        app: str = typer.Argument(..., help="An app id, or a deployment's name."),
+        app: str = typer.Argument(
+            ..., help="An app id, an app's name (its most recent app) or a deployment's name."
+        ),
         call_id: str = typer.Option(None, "--call", help="Only this call's lines."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
         as_json: bool = JSON,
     ) -> None:
-        """What an app's functions printed (stdout and stderr), oldest first."""
+        """What an app's functions printed (stdout and stderr), oldest first. APP is an app
+        id, or a name: the most recent app of that name (an ephemeral `crucible run` or a
+        deployment's current version)."""
         client = _client()
-        app_id = app
-        if not app.startswith("ap-"):
-            app_id = client.get(f"/v1/deployments/{app}")["app_id"] or app
+        app_id = resolve_app(client, app)
         after = 0
         while True:
             query = f"after={after}" + (f"&call_id={call_id}" if call_id else "")

@@ -12,7 +12,16 @@ from crucible.protocol.images import ImageSpec
 from crucible.protocol.schedules import ScheduleSpec
 from crucible.protocol.volumes import check_mount_path
 
-__all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
+__all__ = [
+    "FUNCTION_KINDS",
+    "AppCreate",
+    "AppInfo",
+    "CodeRef",
+    "FunctionCreate",
+    "FunctionInfo",
+    "MarketTerms",
+    "function_kind",
+]
 
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 MAX_PRICE_MICROS = 1_000_000_000  # $1,000 per device-hour: anything above is a typo
@@ -137,7 +146,35 @@ class FunctionCreate(Named):
         return self
 
 
+FUNCTION_KINDS = ("function", "generator", "batched", "concurrent", "class", "web_endpoint")
+
+
+def function_kind(spec: FunctionCreate) -> str:
+    """What a function is, which decides how it is called: ``web_endpoint`` (over HTTP
+    through the gateway), ``class`` (an ``@app.cls()`` pool: each input names a method),
+    ``generator`` (``.remote_gen()``), ``batched``, ``concurrent`` or a plain ``function``."""
+    if spec.web is not None:
+        return "web_endpoint"
+    if spec.class_params is not None:
+        return "class"
+    if spec.is_generator:
+        return "generator"
+    if spec.max_batch_size > 1:
+        return "batched"
+    if spec.max_inputs > 1:
+        return "concurrent"
+    return "function"
+
+
 class FunctionInfo(FunctionCreate):
     id: str
     app_id: str
     created_ms: int
+    # Derived from the spec (see function_kind) whenever the model is built: never trusted
+    # from input, so every handle on the function, however it was found, agrees on it.
+    kind: str = "function"
+
+    @model_validator(mode="after")
+    def _derive_kind(self) -> FunctionInfo:
+        self.kind = function_kind(self)
+        return self

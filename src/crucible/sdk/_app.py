@@ -10,12 +10,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from crucible.errors import Error, InvalidRequestError
+from pydantic import ValidationError
+
+from crucible.errors import Error, InvalidGpuError, InvalidRequestError, InvalidResourcesError
 from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
 from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.protocol.volumes import check_mount_path
+from crucible.sdk._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_name,
+    check_number,
+    check_text,
+    from_validation_error,
+)
 from crucible.sdk._client import Client
 from crucible.sdk._cls import Cls
 from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
@@ -37,6 +48,25 @@ _PARENS = (
     'and pass options by keyword, e.g. `@app.function(gpu="H100")`.'
 )
 
+
+# The largest memory a function may ask for (the wire model's bound).
+_MAX_MEMORY_MIB = 16 * 1024 * 1024
+# Wire field names -> the decorator argument a builder wrote.
+_WIRE_NAMES = {
+    "memory_mib": "memory",
+    "timeout_s": "timeout",
+    "scaledown_window_s": "scaledown_window",
+    "bid_micros": "bid",
+    "max_price_micros": "max_price",
+    "min_reliability_ppm": "min_reliability",
+    "gpus": "gpu",
+    "retries": "retries",
+    "max_retries": "retries",
+    "initial_delay_s": "Retries.initial_delay",
+    "backoff_coefficient": "Retries.backoff_coefficient",
+    "max_delay_s": "Retries.max_delay",
+    "batch_wait_ms": "wait_ms",
+}
 
 # The server stops an ephemeral app it has not heard from for a minute (by default).
 _HEARTBEAT_S = 10.0
@@ -70,8 +100,7 @@ class App:
     with the app live; ``with app.run():`` does the same from plain Python."""
 
     def __init__(self, name: str | None = None) -> None:
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise InvalidRequestError(f"App name must be a non-empty string, got {name!r}")
+        check_name("App name", name, optional=True)
         self.name = name or "app"
         self.functions: dict[str, Function[Any, Any]] = {}
         self.entrypoints: dict[str, LocalEntrypoint] = {}
@@ -140,27 +169,38 @@ class App:
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
-        gpus = parse_gpu_spec(gpu)
+        try:
+            gpus = parse_gpu_spec(gpu)
+        except InvalidGpuError as exc:
+            if exc.message.startswith("gpu="):
+                raise
+            raise InvalidGpuError(f"gpu={gpu!r}: {exc.message}"[:300]) from None
         memory_mib = parse_memory_mib(memory)
-        if cpu is not None and (isinstance(cpu, bool) or not 0 < float(cpu) <= 1024):
-            raise InvalidRequestError(f"cpu={cpu!r} must be a number of cores in (0, 1024]")
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 7 * 86400:
-            raise InvalidRequestError(f"timeout={timeout!r} must be seconds in (0, 604800]")
+        if memory_mib > _MAX_MEMORY_MIB:
+            raise InvalidResourcesError(
+                f"memory must be <= {_MAX_MEMORY_MIB} MiB (16 TiB), got {memory!r}"
+            )
+        check_number("cpu", cpu, 0, 1024, lo_open=True, optional=True, unit="cores")
+        check_number("timeout", timeout, 0, 7 * 86400, lo_open=True, unit="seconds")
         policy = retries if isinstance(retries, Retries) else None
         if policy is None:
-            if not isinstance(retries, int) or isinstance(retries, bool):
+            if isinstance(retries, bool) or not isinstance(retries, int):
                 raise InvalidRequestError(
-                    f"retries={retries!r} must be an int or crucible.Retries(...)"
+                    f"retries must be an int from 0 to 100 or crucible.Retries(...), "
+                    f"got {retries!r} ({type(retries).__name__})"
                 )
+            check_int("retries", retries, 0, 100)
             policy = Retries(max_retries=retries)
         if image is not None and not isinstance(image, Image):
-            raise InvalidRequestError(f"image={image!r} must be a crucible.Image")
-        if not isinstance(network, bool):
-            raise InvalidRequestError(f"network={network!r} must be True or False")
-        if isinstance(secrets, Secret | str) or not all(isinstance(x, Secret) for x in secrets):
             raise InvalidRequestError(
-                f"secrets={secrets!r} must be a list of crucible.Secret, e.g. "
-                '[crucible.Secret.from_name("hf")]'
+                f"image must be a crucible.Image, got {type(image).__name__}"
+            )
+        check_bool("network", network)
+        check_name("name", name, optional=True)
+        if not isinstance(secrets, list | tuple) or not all(isinstance(x, Secret) for x in secrets):
+            raise InvalidRequestError(
+                f"secrets must be a list of crucible.Secret, e.g. "
+                f'[crucible.Secret.from_name("hf")], got {type(secrets).__name__}'
             )
         mounts: dict[str, str] = {}
         if volumes is not None:
@@ -168,7 +208,7 @@ class App:
                 isinstance(v, Volume) for v in volumes.values()
             ):
                 raise InvalidRequestError(
-                    f"volumes={volumes!r} must map mount paths to crucible.Volume, e.g. "
+                    "volumes must map mount paths to crucible.Volume, e.g. "
                     '{"/data": crucible.Volume.from_name("data")}'
                 )
             for path, vol in volumes.items():
@@ -178,19 +218,21 @@ class App:
                     raise InvalidRequestError(f"volumes: {exc}") from None
         if schedule is not None and not isinstance(schedule, Schedule):
             raise InvalidRequestError(
-                f"schedule={schedule!r} must be crucible.Cron(...) or crucible.Period(...)"
+                "schedule must be crucible.Cron(...) or crucible.Period(...), "
+                f"got {type(schedule).__name__}"
             )
 
         market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
-        for label, value in (
-            ("min_containers", min_containers),
-            ("buffer_containers", buffer_containers),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
-                raise InvalidRequestError(f"{label}={value!r} must be an int in [0, 100000]")
+        check_int("max_containers", max_containers, 1, 100_000, optional=True)
+        check_int("min_containers", min_containers, 0, 100_000)
+        check_int("buffer_containers", buffer_containers, 0, 100_000)
+        check_number(
+            "scaledown_window", scaledown_window, 0, 86400, optional=True, unit="seconds"
+        )
         if max_containers is not None and min_containers > max_containers:
             raise InvalidRequestError(
-                f"min_containers={min_containers} is above max_containers={max_containers}"
+                f"min_containers={min_containers} is above max_containers={max_containers}; "
+                "lower min_containers or raise max_containers"
             )
 
         def decorate(f: Callable[P, R]) -> Function[P, R]:
@@ -204,35 +246,43 @@ class App:
                     "yield) and call it with .remote_gen()"
                 )
             fname = name or f.__name__
+            check_name("the function's name (pass name= to choose another)", fname)
             if "<locals>" in f.__qualname__:
                 raise InvalidRequestError(
                     f"{fname} is defined inside another function; define functions at module "
                     "level so containers can import them"
                 )
-            options = {
-                "name": fname,
-                "resources": Resources(
-                    cpu=float(cpu) if cpu is not None else 0.25,
-                    memory_mib=memory_mib,
-                    gpus=[GpuAsk(model=g.model, count=g.count) for g in gpus],
-                ),
-                "timeout_s": float(timeout),
-                "retries": RetryPolicy.model_validate(policy.to_wire()),
-                "max_containers": max_containers,
-                "scaledown_window_s": scaledown_window,
-                "min_containers": min_containers,
-                "buffer_containers": buffer_containers,
-                "market": market,
-                "image": image,
-                "network": network,
-                "secrets": list(secrets),
-                "schedule": schedule.spec if schedule is not None else None,
-                "volumes": mounts,
-            }
-            max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
-            options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
-            options["max_batch_size"], options["batch_wait_ms"] = getattr(f, BATCHING_ATTR, (1, 0))
-            options["web"] = getattr(f, WEB_ATTR, None)
+            try:
+                options = {
+                    "name": fname,
+                    "resources": Resources(
+                        cpu=float(cpu) if cpu is not None else 0.25,
+                        memory_mib=memory_mib,
+                        gpus=[GpuAsk(model=g.model, count=g.count) for g in gpus],
+                    ),
+                    "timeout_s": float(timeout),
+                    "retries": RetryPolicy.model_validate(policy.to_wire()),
+                    "max_containers": max_containers,
+                    "scaledown_window_s": scaledown_window,
+                    "min_containers": min_containers,
+                    "buffer_containers": buffer_containers,
+                    "market": market,
+                    "image": image,
+                    "network": network,
+                    "secrets": list(secrets),
+                    "schedule": schedule.spec if schedule is not None else None,
+                    "volumes": mounts,
+                }
+                max_inputs, target_inputs = getattr(f, CONCURRENCY_ATTR, (1, None))
+                options["max_inputs"], options["target_inputs"] = max_inputs, target_inputs
+                batching = getattr(f, BATCHING_ATTR, (1, 0))
+                options["max_batch_size"], options["batch_wait_ms"] = batching
+                options["web"] = getattr(f, WEB_ATTR, None)
+                # Everything the exchange would refuse is refused here, in the same words.
+                _function_create(options, _UNCHECKED_CODE, is_async=False, is_generator=False)
+            except ValidationError as exc:
+                where = f"@app.function() on {fname}"
+                raise from_validation_error(exc, where, _WIRE_NAMES) from None
             fn = Function(self, f, options)
             self.functions[fname] = fn
             return fn
@@ -245,6 +295,7 @@ class App:
         """Register the function ``crucible run`` calls on this machine."""
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="local_entrypoint"))
+        check_name("local_entrypoint name", name, optional=True)
 
         def decorate(f: Callable[..., Any]) -> LocalEntrypoint:
             entry = LocalEntrypoint(self, f, name or f.__name__)
@@ -289,6 +340,7 @@ class App:
         then it becomes current; the previous version finishes the calls it has and stops.
         If registering fails, the previous version keeps serving. Call its functions from
         anywhere with ``crucible.Function.from_name(name, function)``."""
+        check_name("deploy name", name, optional=True)
         client = client or Client.from_settings()
         started = client.start_version(name or self.name)
         try:
@@ -316,6 +368,13 @@ class App:
             raise InvalidRequestError(
                 "schedule= is for @app.function(); a class runs on a schedule through a "
                 "scheduled function that calls its methods"
+            )
+        allowed = [n for n in inspect.signature(self.function).parameters if n != "_func"]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise InvalidRequestError(
+                f"@app.cls() got an unknown argument {unknown[0]!r}; it takes "
+                + ", ".join(allowed)
             )
         register = self.function(**options)
 
@@ -367,47 +426,73 @@ class App:
                 if id(secret) not in secret_names:
                     secret_names[id(secret)] = secret._resolve(client, app_id)
                 names.append(secret_names[id(secret)])
-            specs.append(
-                FunctionCreate(
-                    name=fn.name,
-                    code=CodeRef(
-                        bundle=bundle.sha256, module=bundle.module, qualname=fn.raw_f.__qualname__
-                    ),
-                    resources=fn.options["resources"],
-                    timeout_s=fn.options["timeout_s"],
-                    retries=fn.options["retries"],
-                    max_containers=fn.options["max_containers"],
-                    scaledown_window_s=fn.options["scaledown_window_s"],
-                    max_inputs=fn.options.get("max_inputs", 1),
-                    target_inputs=fn.options.get("target_inputs"),
-                    max_batch_size=fn.options.get("max_batch_size", 1),
-                    batch_wait_ms=fn.options.get("batch_wait_ms", 0),
-                    class_params=fn.options.get("class_params"),
-                    web=fn.options.get("web"),
-                    min_containers=fn.options["min_containers"],
-                    buffer_containers=fn.options["buffer_containers"],
-                    market=fn.options["market"],
-                    is_async=fn.is_async,
-                    is_generator=fn.is_generator,
-                    image=image.spec() if image is not None else None,
-                    network=fn.options.get("network", False),
-                    secrets=names,
-                    schedule=fn.options.get("schedule"),
-                    volumes=fn.options.get("volumes") or {},
-                )
+            code = CodeRef(
+                bundle=bundle.sha256, module=bundle.module, qualname=fn.raw_f.__qualname__
             )
+            try:
+                specs.append(
+                    _function_create(
+                        fn.options,
+                        code,
+                        is_async=fn.is_async,
+                        is_generator=fn.is_generator,
+                        image=image.spec() if image is not None else None,
+                        secret_names=names,
+                    )
+                )
+            except ValidationError as exc:
+                raise from_validation_error(exc, fn.name, _WIRE_NAMES) from None
         infos = client.create_functions(app_id, specs)
         by_name = {fn.name: fn for fn in fns}
         for info in infos:
             by_name[info.name]._hydrate(client, info.id)
 
 
+# A placeholder code reference: decorating checks the spec before the code is bundled.
+_UNCHECKED_CODE = CodeRef(bundle="0" * 64, module="unchecked", qualname="unchecked")
+
+
+def _function_create(
+    options: dict[str, Any],
+    code: CodeRef,
+    *,
+    is_async: bool,
+    is_generator: bool,
+    image: Any = None,
+    secret_names: Sequence[str] = (),
+) -> FunctionCreate:
+    """The wire spec of a function from its decorator options (raises ValidationError).
+    ``secret_names``: what its secrets are stored as (known once the app runs)."""
+    return FunctionCreate(
+        name=options["name"],
+        code=code,
+        resources=options["resources"],
+        timeout_s=options["timeout_s"],
+        retries=options["retries"],
+        max_containers=options["max_containers"],
+        scaledown_window_s=options["scaledown_window_s"],
+        max_inputs=options.get("max_inputs", 1),
+        target_inputs=options.get("target_inputs"),
+        max_batch_size=options.get("max_batch_size", 1),
+        batch_wait_ms=options.get("batch_wait_ms", 0),
+        class_params=options.get("class_params"),
+        web=options.get("web"),
+        min_containers=options["min_containers"],
+        buffer_containers=options["buffer_containers"],
+        market=options["market"],
+        is_async=is_async,
+        is_generator=is_generator,
+        image=image,
+        network=options.get("network", False),
+        secrets=list(secret_names),
+        schedule=options.get("schedule"),
+        volumes=options.get("volumes") or {},
+    )
+
+
 def _dollars(name: str, value: float | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1000:
-        raise InvalidRequestError(f"{name}={value!r} must be dollars per GPU-hour in [0, 1000]")
-    return round(value * 1_000_000)
+    dollars = check_number(name, value, 0, 1000, optional=True, unit="dollars per GPU-hour")
+    return None if dollars is None else round(dollars * 1_000_000)
 
 
 def _market_terms(
@@ -418,27 +503,27 @@ def _market_terms(
     min_reliability: float,
     prefer: str,
 ) -> MarketTerms:
-    wire_tier = str(tier).replace("-", "_")
-    if wire_tier not in ("on_demand", "interruptible", "reserved"):
-        raise InvalidRequestError(
-            f"tier={tier!r} must be 'on-demand', 'interruptible' or 'reserved'"
-        )
+    check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
+    wire_tier = tier.replace("-", "_")
     if bid is not None and wire_tier != "interruptible":
         raise InvalidRequestError(
             f"bid= is for tier='interruptible'; tier={tier!r} pays the host's price"
         )
-    if prefer not in ("cheapest", "greenest", "fastest"):
-        raise InvalidRequestError(f"prefer={prefer!r} must be 'cheapest', 'greenest' or 'fastest'")
-    if isinstance(min_reliability, bool) or not 0 <= float(min_reliability) <= 1:
-        raise InvalidRequestError(f"min_reliability={min_reliability!r} must be within 0..1")
+    check_choice("prefer", prefer, ("cheapest", "greenest", "fastest"))
+    check_text("region", region, 64, optional=True)
+    reliability = check_number("min_reliability", min_reliability, 0, 1)
+    assert reliability is not None
     bid_m, max_m = _dollars("bid", bid), _dollars("max_price", max_price)
     if bid_m is not None and max_m is not None and bid_m > max_m:
         raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
-    return MarketTerms(
-        tier=wire_tier,
-        bid_micros=bid_m,
-        max_price_micros=max_m,
-        region=region,
-        min_reliability_ppm=round(float(min_reliability) * 1_000_000),
-        prefer=prefer,
-    )
+    try:
+        return MarketTerms(
+            tier=wire_tier,
+            bid_micros=bid_m,
+            max_price_micros=max_m,
+            region=region,
+            min_reliability_ppm=round(reliability * 1_000_000),
+            prefer=prefer,
+        )
+    except ValidationError as exc:
+        raise from_validation_error(exc, "@app.function()", _WIRE_NAMES) from None

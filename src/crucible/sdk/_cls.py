@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from crucible.errors import Error, InvalidRequestError
+from crucible.errors import Error, InvalidRequestError, NotFoundError
+from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, FunctionCall
 
 if TYPE_CHECKING:
     from crucible.sdk._app import App
 
-__all__ = ["EXIT_MARK", "METHOD_MARK", "Cls", "exit", "method"]
+__all__ = ["EXIT_MARK", "METHOD_MARK", "Cls", "DeployedCls", "exit", "method"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 METHOD_MARK = "__crucible_method__"
@@ -131,16 +132,82 @@ class Cls:
     def _default_pool(self) -> Function[..., Any]:
         return self.pool({})
 
+    def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
+        if self.app._app_id is None:
+            raise Error(
+                f"{self.name}().{method}.remote() needs a running app: call it "
+                "inside `with app.run():` or from a @app.local_entrypoint()"
+            )
+        return self.pool(params)
+
+    @staticmethod
+    def from_name(app_name: str, name: str, *, client: Client | None = None) -> DeployedCls:
+        """A handle on the ``@app.cls()`` class ``name`` of the deployment ``app_name``:
+        ``crucible.Cls.from_name("svc", "Model")().predict.remote(1.0)``. Parameters
+        (``Model(size="large")``) reach the pools the deployed version has for them: the
+        default one, and those whose parameters were used while it was being deployed."""
+        for label, value in (("app_name", app_name), ("name", name)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidRequestError(
+                    f"Cls.from_name(): {label} must be a non-empty string, got {value!r}"
+                )
+        client = client or Client.from_settings()
+        default = Function.from_name(app_name, name, client=client)
+        if default.kind != "class":
+            raise InvalidRequestError(
+                f"{app_name}.{name} is not an @app.cls() class (it is a "
+                f"{default.kind.replace('_', ' ')}): use crucible.Function.from_name"
+            )
+        return DeployedCls(app_name, name, client, default)
+
+
+class DeployedCls:
+    """A deployed ``@app.cls()`` class looked up by name (:meth:`Cls.from_name`): call it
+    with the class's parameters to get a handle whose methods run remotely."""
+
+    methods: list[str] | None = None  # not known here: any method name is sent as is
+
+    def __init__(
+        self, app_name: str, name: str, client: Client, default: Function[..., Any]
+    ) -> None:
+        self.app_name, self.name, self._client = app_name, name, client
+        default._through_cls = True
+        self._pools: dict[str, Function[..., Any]] = {name: default}
+
+    def __repr__(self) -> str:
+        return f"Cls.from_name({self.app_name!r}, {self.name!r})"
+
+    def __call__(self, *args: Any, **params: Any) -> ClsInstance:
+        if args:
+            raise InvalidRequestError(f"pass {self.name}'s parameters by name")
+        return ClsInstance(self, params)
+
+    def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
+        pool = pool_name(self.name, params)
+        fn = self._pools.get(pool)
+        if fn is None:
+            try:
+                fn = Function.from_name(self.app_name, pool, client=self._client)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"deployment {self.app_name!r} has no pool of {self.name} for "
+                    f"{self.name}({_fmt(params)}): a deployed class serves its default "
+                    "parameters and those used while it was deployed"
+                ) from None
+            fn._through_cls = True
+            self._pools[pool] = fn
+        return fn
+
 
 class ClsInstance:
-    def __init__(self, owner: Cls, params: dict[str, Any]) -> None:
+    def __init__(self, owner: Cls | DeployedCls, params: dict[str, Any]) -> None:
         self._owner = owner
         self._params = params
 
     def __getattr__(self, name: str) -> MethodHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name not in self._owner.methods:
+        if self._owner.methods is not None and name not in self._owner.methods:
             raise AttributeError(
                 f"{self._owner.name} has no @crucible.method() named {name!r}; it has "
                 + ", ".join(self._owner.methods)
@@ -151,16 +218,11 @@ class ClsInstance:
 class MethodHandle:
     """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``."""
 
-    def __init__(self, owner: Cls, params: dict[str, Any], name: str) -> None:
+    def __init__(self, owner: Cls | DeployedCls, params: dict[str, Any], name: str) -> None:
         self._owner, self._params, self._name = owner, params, name
 
     def _fn(self) -> Function[..., Any]:
-        if self._owner.app._app_id is None:
-            raise Error(
-                f"{self._owner.name}().{self._name}.remote() needs a running app: call it "
-                "inside `with app.run():` or from a @app.local_entrypoint()"
-            )
-        return self._owner.pool(self._params)
+        return self._owner._function_for(self._params, self._name)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._fn().remote(self._name, *args, **kwargs)
@@ -175,6 +237,8 @@ class MethodHandle:
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Make an instance here (running its enter hooks) and call the method."""
+        if not isinstance(self._owner, Cls):
+            raise Error(f"{self._owner!r} was looked up by name: its code is not here")
         instance = make_instance(self._owner.cls, self._params)
         return getattr(instance, self._name)(*args, **kwargs)
 

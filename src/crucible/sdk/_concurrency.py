@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from crucible.errors import InvalidRequestError
+from crucible.sdk._checks import check_int
 
 __all__ = ["BATCHING_ATTR", "CONCURRENCY_ATTR", "batched", "concurrent"]
 
@@ -28,11 +29,8 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
     Timeouts of concurrent inputs are enforced by the control plane's backstop (the
     container is stopped past ``timeout`` plus a grace), not inside the function.
     """
-    for label, value in (("max_inputs", max_inputs), ("target_inputs", target_inputs)):
-        if value is None and label == "target_inputs":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-            raise InvalidRequestError(f"{label}={value!r} must be an int in [1, 1000]")
+    check_int("@crucible.concurrent max_inputs", max_inputs, 1, 1000)
+    check_int("@crucible.concurrent target_inputs", target_inputs, 1, 1000, optional=True)
     if target_inputs is not None and target_inputs > max_inputs:
         raise InvalidRequestError(f"target_inputs={target_inputs} is above max_inputs={max_inputs}")
 
@@ -62,12 +60,8 @@ def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
 
     An exception fails every input of the batch.
     """
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-        raise InvalidRequestError(f"max_batch_size={max_batch_size!r} must be an int")
-    if not 1 <= max_batch_size <= 1000:
-        raise InvalidRequestError(f"max_batch_size={max_batch_size} must be in [1, 1000]")
-    if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not 0 <= wait_ms <= 10_000:
-        raise InvalidRequestError(f"wait_ms={wait_ms!r} must be an int in [0, 10000]")
+    check_int("@crucible.batched max_batch_size", max_batch_size, 1, 1000)
+    check_int("@crucible.batched wait_ms", wait_ms, 0, 10_000)
 
     def decorate(f: F) -> F:
         from crucible.sdk._functions import Function

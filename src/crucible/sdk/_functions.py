@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.apps import FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
+from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
-from crucible.sdk._serialization import deserialize, exception_from_error, serialize
+from crucible.sdk._serialization import (
+    deserialize_value,
+    exception_from_error,
+    parameter_names,
+    serialize_args,
+)
 
 if TYPE_CHECKING:
     from crucible.sdk._app import App
@@ -46,8 +53,10 @@ class Retries:
     max_delay: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.max_retries > 100:
-            raise InvalidRequestError(f"max_retries={self.max_retries} must be within 0..100")
+        check_int("Retries.max_retries", self.max_retries, 0, 100)
+        check_number("Retries.initial_delay", self.initial_delay, 0, 3600, unit="seconds")
+        check_number("Retries.backoff_coefficient", self.backoff_coefficient, 1, 10)
+        check_number("Retries.max_delay", self.max_delay, 0, 3600, unit="seconds")
 
     def to_wire(self) -> dict[str, float]:
         return {
@@ -64,12 +73,14 @@ def _payload(client: Client, data: bytes) -> Payload:
     return Payload.inline(data)
 
 
-def _result(client: Client, info: CallInfo) -> Any:
-    """The value of a finished call, or raise its error."""
+def _result(client: Client, info: CallInfo, name: str | None = None) -> Any:
+    """The value of a finished call (of function ``name``, for messages), or raise its
+    error."""
     if info.state == "succeeded":
         if info.result is None:
             raise Error(f"call {info.id} succeeded but carries no result")
-        return deserialize(client.payload_bytes(info.result))
+        what = f"the return value of {name} (call {info.id})" if name else f"{info.id}'s result"
+        return deserialize_value(client.payload_bytes(info.result), what, "here")
     if info.error is not None:
         raise exception_from_error(info.error)
     raise Error(f"call {info.id} ended as {info.state}")
@@ -88,6 +99,7 @@ class FunctionCall(Generic[R]):
     def get(self, timeout: float | None = None) -> R:
         """Wait for the result (at most ``timeout`` seconds: then builtin TimeoutError) and
         return it, or raise the call's error."""
+        check_number("get() timeout", timeout, 0, 366 * 86400, optional=True, unit="seconds")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = (
@@ -124,11 +136,30 @@ class Function(Generic[P, R]):
         self.is_generator = inspect.isgeneratorfunction(raw_f)
         self._function_id: str | None = None
         self._client: Client | None = None
+        self._deployment: str | None = None  # set by from_name
+        self._through_cls = False  # a class's pool called through its method handles
         self.__doc__ = raw_f.__doc__
         self.__wrapped__ = raw_f
 
     def __repr__(self) -> str:
         return f"Function({self.app.name}.{self.name})"
+
+    @property
+    def kind(self) -> str:
+        """What the function is, which decides how to call it: ``"function"``,
+        ``"generator"`` (``.remote_gen()``), ``"batched"``, ``"concurrent"``, ``"class"``
+        (an ``@app.cls()`` pool) or ``"web_endpoint"`` (called over HTTP)."""
+        if self.options.get("web") is not None:
+            return "web_endpoint"
+        if self.options.get("class_params") is not None:
+            return "class"
+        if self.is_generator:
+            return "generator"
+        if self.options.get("max_batch_size", 1) > 1:
+            return "batched"
+        if self.options.get("max_inputs", 1) > 1:
+            return "concurrent"
+        return "function"
 
     @classmethod
     def from_name(
@@ -137,21 +168,40 @@ class Function(Generic[P, R]):
         """A handle on function ``name`` of the deployment ``app_name`` (``crucible
         deploy``), from any code with a token of the deployment's account. It calls the
         version current now; after a redeploy its calls go to the new version's function
-        of the same name. ``.local()`` is not available (the code is not here)."""
+        of the same name. What the function is travels with it (``kind``): a generator
+        streams with ``.remote_gen()``, a class is called through
+        :meth:`crucible.Cls.from_name`, a web endpoint over HTTP. ``.local()`` is not
+        available (the code is not here)."""
         from crucible.sdk._app import App
 
+        for label, value in (("app_name", app_name), ("name", name)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidRequestError(
+                    f"Function.from_name(): {label} must be a non-empty string, got {value!r}"
+                )
         client = client or Client.from_settings()
         info = client.lookup_function(app_name, name)
 
         def unavailable(*_args: Any, **_kwargs: Any) -> Any:
             raise Error(f"{app_name}.{name} was looked up by name: its code is not here")
 
-        fn: Function[..., Any] = cls(App(app_name), unavailable, {"name": name})
+        fn: Function[..., Any] = cls(App(app_name), unavailable, _options_of(info))
+        fn.is_async, fn.is_generator = info.is_async, info.is_generator
+        fn._deployment = app_name
         fn._hydrate(client, info.id)
         return fn
 
     def get_raw_f(self) -> Callable[P, R]:
         return self.raw_f
+
+    def _serialize_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call's pickled arguments; one that cannot be pickled is named in the error."""
+        if self.options.get("class_params") is not None and args:
+            # An @app.cls() pool: the first argument names the method to call.
+            method = getattr(self.raw_f, str(args[0]), None)
+            names = ["method", *parameter_names(method, skip=1)]
+            return serialize_args(f"{self.name}.{args[0]}", names, args, kwargs)
+        return serialize_args(self.name, parameter_names(self.raw_f), args, kwargs)
 
     # -- binding -----------------------------------------------------------------------------
     def _hydrate(self, client: Client | None, function_id: str | None) -> None:
@@ -181,7 +231,7 @@ class Function(Generic[P, R]):
         """Run one call in a container and return its result (or raise its error)."""
         self._not_generator("remote")
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid,
             CallsCreate(
@@ -190,14 +240,14 @@ class Function(Generic[P, R]):
             ),
         )
         if created.result is not None:
-            return _result(client, created.result)  # type: ignore[no-any-return]
+            return _result(client, created.result, self.name)  # type: ignore[no-any-return]
         return FunctionCall[R](client, created.call_ids[0]).get()
 
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Queue one call and return a handle at once."""
         self._not_generator("spawn")
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
         )
@@ -214,6 +264,7 @@ class Function(Generic[P, R]):
         instead of raising it."""
         if not iterables:
             raise InvalidRequestError(f"{self.name}.map() needs at least one iterable")
+        _check_map_options(self.name, "map", kwargs, return_exceptions)
         return self._map(zip(*iterables, strict=False), kwargs or {}, return_exceptions)
 
     def starmap(
@@ -223,6 +274,7 @@ class Function(Generic[P, R]):
         return_exceptions: bool = False,
     ) -> Iterator[R]:
         """Like ``map`` but each element is an argument tuple: ``f.starmap([(1, 2), (3, 4)])``."""
+        _check_map_options(self.name, "starmap", kwargs, return_exceptions)
         return self._map((tuple(a) for a in iterable), kwargs or {}, return_exceptions)
 
     def _map(
@@ -230,23 +282,45 @@ class Function(Generic[P, R]):
     ) -> Iterator[R]:
         self._not_generator("map")
         client, fid = self._bound()
-        return _MapRun(client, fid, self.name, arg_tuples, kwargs, return_exceptions).results()
+        return _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions).results()
 
     def _not_generator(self, how: str) -> None:
+        self._callable_as(how)
         if self.is_generator:
             raise InvalidRequestError(
                 f"{self.name} is a generator: iterate over {self.name}.remote_gen(...) "
                 f"instead of .{how}()"
             )
 
+    def _callable_as(self, how: str) -> None:
+        """Refuse calls that cannot work for what the function is, saying what does."""
+        kind = self.kind
+        if kind == "web_endpoint":
+            where = self._deployment or self.app.name
+            raise InvalidRequestError(
+                f"{self.name} is a web endpoint: call it over HTTP at "
+                f"{{server}}/web/{{account}}/{where}/{self.name}/ (`crucible deploy` prints "
+                f"the URL), not with .{how}()"
+            )
+        if kind == "class" and self._deployment is not None and not self._through_cls:
+            raise InvalidRequestError(
+                f"{self.name} is an @app.cls() class: call its methods with "
+                f"crucible.Cls.from_name({self._deployment!r}, {self.name.split('.')[0]!r})"
+                f"().<method>.{how}(...)"
+            )
+
     def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         """Run a generator function in a container and iterate over what it yields, as it
         yields it. The container pauses when it gets far ahead of this loop (back-pressure);
         an error raised inside the function is raised here after the items before it."""
+        self._callable_as("remote_gen")
         if not self.is_generator:
-            raise InvalidRequestError(f"{self.name} is not a generator: use .remote()")
+            raise InvalidRequestError(
+                f"{self.name} is not a generator (it is a {self.kind.replace('_', ' ')}): "
+                "call it with .remote(), .spawn() or .map()"
+            )
         client, fid = self._bound()
-        payload = _payload(client, serialize((args, kwargs)))
+        payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
         )
@@ -257,12 +331,49 @@ class Function(Generic[P, R]):
                 client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
             )
             for item in page.items:
-                yield deserialize(client.payload_bytes(item))
+                what = f"item {after} yielded by {self.name} (call {call_id})"
+                yield deserialize_value(client.payload_bytes(item), what, "here")
+                after += 1
             after = page.next
             if page.done:
                 if page.call.state != "succeeded":
                     _result(client, page.call)  # raises the call's error
                 return
+
+
+def _check_map_options(
+    name: str, how: str, kwargs: dict[str, Any] | None, return_exceptions: bool
+) -> None:
+    if kwargs is not None and not (
+        isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)
+    ):
+        raise InvalidRequestError(
+            f"{name}.{how}() kwargs must be a dict of keyword arguments for every call, "
+            f"got {type(kwargs).__name__}"
+        )
+    check_bool(f"{name}.{how}() return_exceptions", return_exceptions)
+
+
+def _options_of(info: FunctionInfo) -> dict[str, Any]:
+    """The options of a function looked up on the exchange (what the decorator had set)."""
+    return {
+        "name": info.name,
+        "resources": info.resources,
+        "timeout_s": info.timeout_s,
+        "retries": info.retries,
+        "max_containers": info.max_containers,
+        "scaledown_window_s": info.scaledown_window_s,
+        "min_containers": info.min_containers,
+        "buffer_containers": info.buffer_containers,
+        "market": info.market,
+        "network": info.network,
+        "max_inputs": info.max_inputs,
+        "target_inputs": info.target_inputs,
+        "max_batch_size": info.max_batch_size,
+        "batch_wait_ms": info.batch_wait_ms,
+        "web": info.web,
+        "class_params": info.class_params,
+    }
 
 
 class _MapRun:
@@ -273,14 +384,15 @@ class _MapRun:
         self,
         client: Client,
         function_id: str,
-        name: str,
+        function: Function[Any, Any],
         arg_tuples: Iterator[tuple[Any, ...]],
         kwargs: dict[str, Any],
         return_exceptions: bool,
     ) -> None:
         self.client = client
         self.function_id = function_id
-        self.name = name
+        self.function = function
+        self.name = function.name
         self.args = arg_tuples
         self.kwargs = kwargs
         self.return_exceptions = return_exceptions
@@ -295,7 +407,7 @@ class _MapRun:
             size = 0
             start = 0
             for args in self.args:
-                payload = _payload(self.client, serialize((args, self.kwargs)))
+                payload = _payload(self.client, self.function._serialize_args(args, self.kwargs))
                 batch.append(InputItem(args=payload))
                 size += len(payload.data or "")
                 if len(batch) >= _BATCH_INPUTS or size >= _BATCH_BYTES:
@@ -347,7 +459,7 @@ class _MapRun:
                     next_index += 1
                     progress(next_index, self.submitted if done else None)
                     try:
-                        value = _result(self.client, info)
+                        value = _result(self.client, info, self.name)
                     except Exception as exc:
                         if not self.return_exceptions:
                             raise

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from crucible.errors import InvalidRequestError
+from crucible.sdk._checks import check_bool
 
 __all__ = ["enter", "enter_hooks"]
 
@@ -34,6 +35,7 @@ def enter(_func: Any = None, *, snapshot: bool = False) -> Callable[[F], F]:
     """Mark a module-level function to run once per container (see the module docstring)."""
     if _func is not None:
         raise InvalidRequestError(_PARENS)
+    check_bool("@crucible.enter snapshot", snapshot)
 
     def decorate(f: F) -> F:
         if not callable(f) or "<locals>" in getattr(f, "__qualname__", ""):

@@ -24,14 +24,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol.images import BuildStep, ImageSpec
+from crucible.sdk._checks import from_validation_error
 from crucible.sdk._packaging import module_name_for
 
 __all__ = ["Image", "zip_tree"]
@@ -63,6 +66,7 @@ def zip_tree(root: Path, prefix: str = "") -> bytes:
 
 
 _PLACEHOLDER = "0" * 64
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -92,30 +96,55 @@ class Image:
 
     def add_local_dir(self, local_path: str | Path, remote_path: str) -> Image:
         """Ship a local directory; containers see it read-only at ``remote_path``."""
+        if not isinstance(local_path, str | Path) or not str(local_path).strip():
+            raise InvalidRequestError(
+                f"Image.add_local_dir(): local_path must be a path (str or pathlib.Path), "
+                f"got {local_path!r}"
+            )
         if not isinstance(remote_path, str) or not remote_path.startswith("/"):
-            raise InvalidRequestError(f"remote_path={remote_path!r} must be an absolute path")
+            raise InvalidRequestError(
+                f"Image.add_local_dir(): remote_path must be an absolute path such as "
+                f"'/assets', got {remote_path!r}"
+            )
         step = ("files", (), str(Path(local_path).absolute()), remote_path)
-        return self._check(replace(self, _steps=(*self._steps, step)))
+        return self._check(replace(self, _steps=(*self._steps, step)), "add_local_dir")
 
     def add_local_python_source(self, *modules: str) -> Image:
         """Ship local Python packages or modules (by import name) onto the image's path."""
+        if not modules:
+            raise InvalidRequestError(
+                "Image.add_local_python_source() takes one or more module names"
+            )
+        for name in modules:
+            if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+                raise InvalidRequestError(
+                    f"Image.add_local_python_source(): {name!r} is not a module name "
+                    "(dotted Python identifiers, e.g. 'mypkg.models')"
+                )
         steps = tuple(("python", (), name, None) for name in modules)
-        return self._check(replace(self, _steps=self._steps + steps))
+        return self._check(replace(self, _steps=self._steps + steps), "add_local_python_source")
 
     def env(self, variables: dict[str, str]) -> Image:
         """Environment variables set in every container of the image."""
         if not isinstance(variables, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
         ):
-            raise InvalidRequestError("Image.env() takes a dict of strings")
+            raise InvalidRequestError(
+                f"Image.env() takes a dict of strings to strings, got {variables!r}"[:200]
+            )
         merged = dict(self._env) | variables
-        return self._check(replace(self, _env=tuple(sorted(merged.items()))))
+        return self._check(replace(self, _env=tuple(sorted(merged.items()))), "env")
 
     def preload(self, *modules: str) -> Image:
         """Modules the image's zygote imports before it forks containers, so each container
         starts with them loaded (``.preload("torch")``). They must not initialise CUDA at
         import time."""
-        return self._check(replace(self, _preload=self._preload + tuple(modules)))
+        for name in modules:
+            if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+                raise InvalidRequestError(
+                    f"Image.preload(): {name!r} is not a module name (e.g. 'torch')"
+                )
+        return self._check(replace(self, _preload=self._preload + tuple(modules)), "preload")
 
     # -- identity -----------------------------------------------------------------------------
     def spec(self) -> ImageSpec:
@@ -146,7 +175,7 @@ class Image:
             ]
             return ImageSpec(steps=steps, env=dict(self._env), preload=list(self._preload))
         except ValidationError as exc:
-            raise InvalidRequestError(f"invalid image: {exc.errors()[0]['msg']}") from None
+            raise from_validation_error(exc, "the image") from None
 
     def _blob(self, kind: str, source: str, read_files: bool) -> str:
         return self._zip(kind, source)[0] if read_files else _PLACEHOLDER
@@ -159,17 +188,26 @@ class Image:
         return self._zips[key]
 
     def _pip(self, packages: tuple[str | list[str], ...]) -> Image:
-        flat: list[str] = []
+        flat: list[Any] = []
         for p in packages:
-            flat.extend([p] if isinstance(p, str) else list(p))
-        if not flat or not all(isinstance(p, str) and p.strip() for p in flat):
-            raise InvalidRequestError("pip_install() takes one or more requirement strings")
+            flat.extend([p] if isinstance(p, str) or not isinstance(p, list | tuple) else p)
+        bad = [p for p in flat if not isinstance(p, str) or not p.strip()]
+        if not flat or bad:
+            got = f", got {bad[0]!r}" if bad else ""
+            raise InvalidRequestError(
+                f"Image.pip_install() takes one or more requirement strings such as "
+                f"'numpy==2.1.0'{got}"
+            )
         step = ("pip", tuple(p.strip() for p in flat), None, None)
-        return self._check(replace(self, _steps=(*self._steps, step)))
+        return self._check(replace(self, _steps=(*self._steps, step)), "pip_install")
 
     @staticmethod
-    def _check(image: Image) -> Image:
-        image._spec(read_files=False)  # a bad name, path or requirement fails here
+    def _check(image: Image, method: str) -> Image:
+        try:
+            image._spec(read_files=False)  # a bad name, path or requirement fails here
+        except InvalidRequestError as exc:
+            detail = exc.message.removeprefix("the image: ")
+            raise InvalidRequestError(f"Image.{method}(): {detail}") from None
         return image
 
 

@@ -5,39 +5,162 @@ The control plane never unpickles: it stores these bytes and forwards them.
 
 from __future__ import annotations
 
+import inspect
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from crucible.errors import RemoteError, error_from_wire
+from crucible.errors import RemoteError, SerializationError, error_from_wire
 from crucible.protocol.common import ErrorInfo, Payload
 
-__all__ = ["deserialize", "error_info_from_exception", "exception_from_error", "serialize"]
+__all__ = [
+    "deserialize",
+    "deserialize_value",
+    "error_info_from_exception",
+    "exception_from_error",
+    "parameter_names",
+    "serialize",
+    "serialize_args",
+    "serialize_value",
+]
+
+_ARG_ADVICE = (
+    "pass plain data (numbers, strings, lists, dicts, dataclasses, arrays) and create locks, "
+    "connections, clients and open files inside the function instead"
+)
+_RESULT_ADVICE = (
+    "return plain data (numbers, strings, lists, dicts, dataclasses, arrays); locks, "
+    "connections, clients, open files and generators must stay inside the container"
+)
 
 
 def serialize(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
 
 
+def _pickle_error(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
+    """Where inside ``value`` the first part that cannot be pickled is, and that part
+    (``path`` and ``value`` themselves when no smaller part is to blame), looking into dicts,
+    lists, tuples, sets and attributes."""
+    if depth >= 4:
+        return path, value
+    children: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        children = [(f"{path}[{k!r}]", v) for k, v in list(value.items())[:1000]]
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(list(value)[:1000])]
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        children = [(f"{path}.{k}", v) for k, v in list(vars(value).items())[:1000]]
+    for child_path, child in children:
+        try:
+            serialize(child)
+        except Exception:
+            return _culprit(child, child_path, depth + 1)
+    return path, value
+
+
+def serialize_value(
+    value: Any, what: str, name: str = "value", advice: str = _RESULT_ADVICE
+) -> bytes:
+    """Pickle ``value``, or raise :class:`SerializationError` saying that it was ``what``
+    (e.g. "the return value of function f"), which part could not be pickled, and why."""
+    try:
+        return serialize(value)
+    except Exception as exc:
+        where, part = _culprit(value, name)
+        inside = "" if where == name else f" (at {where}, a {type(part).__name__})"
+        raise SerializationError(
+            f"{what} cannot be pickled: a {type(value).__name__}{inside}: "
+            f"{_pickle_error(exc)}; {advice}"
+        ) from None
+
+
+def parameter_names(f: Callable[..., Any] | None, *, skip: int = 0) -> list[str]:
+    """The names of ``f``'s parameters (after the first ``skip``), or [] when unknown."""
+    if f is None:
+        return []
+    try:
+        return list(inspect.signature(f).parameters)[skip:]
+    except (TypeError, ValueError):
+        return []
+
+
+def serialize_args(
+    function: str, names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """A call's ``(args, kwargs)`` pickled; an argument that cannot be pickled raises
+    :class:`SerializationError` naming the argument (by parameter name: ``names`` are the
+    names of the positional ones, when known) and the function."""
+    try:
+        return serialize((args, kwargs))
+    except Exception as exc:
+        first_error = exc
+    labelled = [
+        (names[i] if i < len(names) else f"args[{i}]", a) for i, a in enumerate(args)
+    ] + list(kwargs.items())
+    for label, value in labelled:
+        try:
+            serialize(value)
+        except Exception:
+            serialize_value(value, f"argument {label!r} of {function}", label, _ARG_ADVICE)
+    raise SerializationError(
+        f"the arguments of {function} cannot be pickled: {_pickle_error(first_error)}; "
+        f"{_ARG_ADVICE}"
+    )
+
+
 def deserialize(data: bytes) -> Any:
     return cloudpickle.loads(data)
 
 
-def error_info_from_exception(exc: BaseException) -> ErrorInfo:
-    """What the worker sends when the user's function raised."""
+def deserialize_value(data: bytes, what: str, where: str) -> Any:
+    """Unpickle ``what`` (e.g. "the return value of f"), or raise
+    :class:`SerializationError` saying it cannot be rebuilt ``where`` ("here", "in the
+    container") and why: usually a class whose module is not importable on that side."""
+    try:
+        return deserialize(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} cannot be unpickled {where}: {type(exc).__name__}: {_pickle_error(exc)}; "
+            f"the modules its classes come from must be importable {where} (ship local code "
+            "with Image.add_local_python_source, install packages in the image), or use plain "
+            "data"
+        ) from None
+
+
+def error_info_from_exception(exc: BaseException, function: str | None = None) -> ErrorInfo:
+    """What the worker sends when the user's function raised (``function``: its name, for
+    the message when the exception itself cannot be pickled). A :class:`SerializationError`
+    (a result or item that cannot be pickled) keeps its own code."""
+    if isinstance(exc, SerializationError):
+        return ErrorInfo(code=exc.code, message=exc.message[:10_000])
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     pickled: Payload | None = None
+    message = str(exc)[:10_000]
     try:
         data = serialize(exc)
         if len(data) < 1024 * 1024:
             pickled = Payload.inline(data)
-    except Exception:
-        pickled = None  # an exception that cannot be pickled still reaches the caller by name
+    except Exception as pickling:
+        # The exception still reaches the caller, by name and traceback, as RemoteError.
+        pickled = None
+        by = f"raised by {function}" if function else "raised by the function"
+        message = (
+            f"{message} [the {type(exc).__name__} {by} cannot be pickled "
+            f"({_pickle_error(pickling)}), so it arrives as crucible.RemoteError; keep an "
+            "exception's attributes picklable to get its own type back]"
+        )
     return ErrorInfo(
         code=RemoteError.code,
-        message=str(exc)[:10_000],
+        message=message,
         exc_type=exc_type,
         traceback=tb[-50_000:],
         exception=pickled,

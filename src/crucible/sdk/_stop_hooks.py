@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from crucible.errors import InvalidRequestError
+
 __all__ = ["drop_stop_hooks_after", "on_stop", "run_stop_hooks", "stop_hooks_mark"]
 
 log = logging.getLogger("crucible.worker")
@@ -29,7 +31,9 @@ def on_stop(hook: F) -> F:
     """Register ``hook`` (no arguments) to run when the container is asked to stop. Usable
     as a decorator; returns the hook unchanged. Outside a container it is never called."""
     if not callable(hook):
-        raise TypeError("crucible.on_stop() takes a function with no arguments")
+        raise InvalidRequestError(
+            f"crucible.on_stop() hook must be a function with no arguments, got {hook!r}"[:200]
+        )
     _hooks.append(hook)
     return hook
 

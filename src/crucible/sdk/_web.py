@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from crucible.errors import InvalidRequestError
+from crucible.sdk._checks import check_bool, check_choice
 
 __all__ = ["WEB_ATTR", "asgi_app", "fastapi_endpoint"]
 
@@ -35,8 +36,7 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def _mark(kind: str, method: str, public: bool) -> Callable[[F], F]:
-    if not isinstance(public, bool):
-        raise InvalidRequestError(f"public={public!r} must be True or False")
+    check_bool(f"@crucible.{kind} public", public)
 
     def decorate(f: F) -> F:
         from crucible.sdk._functions import Function
@@ -54,9 +54,8 @@ def _mark(kind: str, method: str, public: bool) -> Callable[[F], F]:
 def fastapi_endpoint(*, method: str = "GET", public: bool = False) -> Callable[[F], F]:
     """Serve the function as one HTTP route (its parameters are query or body parameters,
     as FastAPI reads them)."""
-    upper = str(method).upper()
-    if upper not in _METHODS:
-        raise InvalidRequestError(f"method={method!r} must be one of {', '.join(_METHODS)}")
+    upper = method.upper() if isinstance(method, str) else method
+    check_choice("@crucible.fastapi_endpoint method", upper, _METHODS)
     return _mark("fastapi_endpoint", upper, public)
 
 

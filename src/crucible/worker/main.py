@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from crucible.errors import Error, FunctionTimeoutError
+from crucible.errors import Error, FunctionTimeoutError, SerializationError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import ItemsSent
 from crucible.protocol.common import ErrorInfo, Payload
@@ -50,7 +50,12 @@ from crucible.protocol.transport import Transport
 from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
-from crucible.sdk._serialization import deserialize, error_info_from_exception, serialize
+from crucible.sdk._serialization import (
+    deserialize_value,
+    error_info_from_exception,
+    serialize,
+    serialize_value,
+)
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
 from crucible.sdk._volumes import mount_volumes
 from crucible.worker.logs import LogShipper
@@ -93,16 +98,16 @@ def _decode_input(raw: bytes) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
         body = json_payload.decode(raw)
         reply_json = body.get("reply", "json") != "pickle"
         return tuple(body.get("args", ())), dict(body.get("kwargs", {})), reply_json
-    args, kwargs = deserialize(raw)
+    args, kwargs = deserialize_value(raw, "the call's arguments", "in the container")
     return args, kwargs, False
 
 
-def _json_result(value: Any) -> bytes:
+def _json_result(value: Any, function: str = "the function") -> bytes:
     try:
         return json_payload.encode(value)
     except TypeError:
-        raise TypeError(
-            f"the function returned a {type(value).__name__}, which is not JSON; a call through "
+        raise SerializationError(
+            f"{function} returned a {type(value).__name__}, which is not JSON; a call through "
             "the job API must return JSON (dicts, lists, strings, numbers, booleans, None)"
         ) from None
 
@@ -243,6 +248,13 @@ class Worker:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
+    def _name(self, args: tuple[Any, ...] = ()) -> str:
+        """The function's name for messages (``Model.predict`` for a class's input)."""
+        name = self.assignment.code.qualname
+        if self.assignment.class_params is not None and args and isinstance(args[0], str):
+            name = f"{name}.{args[0]}"
+        return name
+
     def run_input(self, item: InputAssignment) -> OutputItem:
         if self.init_error is not None:
             return OutputItem(
@@ -253,6 +265,7 @@ class Worker:
         hooks = stop_hooks_mark()
         if self.logs is not None:
             self.logs.call_id = item.call_id
+        args: tuple[Any, ...] = ()
         try:
             raw = self._payload_bytes(item.args)
             if self.asgi is not None:  # a request from the gateway: the response streams
@@ -283,7 +296,13 @@ class Worker:
                     result = self._to_payload(serialize(count))
                 else:
                     value = self._invoke(args, kwargs, item.timeout_s)
-                    result = self._to_payload(_json_result(value) if is_json else serialize(value))
+                    name = self._name(args)
+                    data = (
+                        _json_result(value, name)
+                        if is_json
+                        else serialize_value(value, f"the return value of {name}", "result")
+                    )
+                    result = self._to_payload(data)
             status, error = "succeeded", None
         except _Timeout:
             status, result = "timed_out", None
@@ -295,7 +314,7 @@ class Worker:
             if isinstance(exc, KeyboardInterrupt | SystemExit) and self.stopping:
                 raise
             status, result = "failed", None
-            error = error_info_from_exception(exc)
+            error = error_info_from_exception(exc, self._name(args))
         # Hooks the function registered while handling this input were for this input (with
         # several inputs at once there is no telling whose a hook is: they stay).
         if not concurrent:
@@ -393,12 +412,19 @@ class Worker:
                 timer.daemon = True
                 timer.start()
 
+        name = self._name(args)
         signal.setitimer(signal.ITIMER_REAL, item.timeout_s)
         try:
             try:
                 values = source() if source is not None else self.fn(*args, **kwargs)
-                for value in values:
-                    data = json_payload.encode(value) if as_json else serialize(value)
+                for index, value in enumerate(values):
+                    data = (
+                        json_payload.encode(value)
+                        if as_json
+                        else serialize_value(
+                            value, f"item {index} yielded by generator {name}", "item"
+                        )
+                    )
                     payload = self._to_payload(data)
                     with lock:
                         pending.append(payload)
@@ -439,9 +465,14 @@ class Worker:
                     f"a @crucible.batched function must return a list with one result per "
                     f"input: {len(items)} inputs, got {got}"
                 )
+            name = self._name()
             results = [
-                self._to_payload(_json_result(v) if is_json else serialize(v))
-                for v, is_json in zip(values, json_inputs, strict=True)
+                self._to_payload(
+                    _json_result(v, name)
+                    if is_json
+                    else serialize_value(v, f"result {i} returned by batched {name}", "result")
+                )
+                for i, (v, is_json) in enumerate(zip(values, json_inputs, strict=True))
             ]
             outcome: list[tuple[str, Payload | None, ErrorInfo | None]] = [
                 ("succeeded", r, None) for r in results
@@ -454,7 +485,8 @@ class Worker:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit) and self.stopping:
                 raise
-            outcome = [("failed", None, error_info_from_exception(exc))] * len(items)
+            failed = error_info_from_exception(exc, self._name())
+            outcome = [("failed", None, failed)] * len(items)
         per_input_us = int((time.perf_counter() - started) * 1_000_000 / len(items))
         return [
             OutputItem(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
@@ -24,9 +24,18 @@ async def create_app(req: AppCreate, who: Builder, state: State) -> AppInfo:
 
 
 @router.get("")
-async def list_apps(who: Builder, state: State) -> list[AppInfo]:
+async def list_apps(
+    who: Builder,
+    state: State,
+    # The names apps may have (protocol.common.Named): anything else matches no app, and a
+    # NUL byte would be refused by PostgreSQL.
+    name: str | None = Query(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"
+    ),
+) -> list[AppInfo]:
+    """The account's apps, newest first (only those named ``name`` when given)."""
     with state.engine.begin() as conn:
-        return svc.list_apps(conn, who)
+        return svc.list_apps(conn, who, name=name)
 
 
 @router.get("/{app_id}")

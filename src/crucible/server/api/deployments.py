@@ -69,4 +69,4 @@ def rollback(name: str, req: Rollback, who: Builder, state: State) -> Deployment
 def lookup(name: str, function: str, who: Builder, state: State) -> FunctionInfo:
     with state.engine.connect() as conn:
         row = svc.current_function(conn, who, name, function)
-    return FunctionInfo(id=row.id, app_id=row.app_id, created_ms=0, **row.spec)
+    return FunctionInfo(id=row.id, app_id=row.app_id, created_ms=row.created_ms, **row.spec)

@@ -82,17 +82,21 @@ def get_app(conn: Connection, principal: Principal, app_id: str) -> AppInfo:
     return _app_info(row, n)
 
 
-def list_apps(conn: Connection, principal: Principal, limit: int = 100) -> list[AppInfo]:
+def list_apps(
+    conn: Connection, principal: Principal, limit: int = 100, name: str | None = None
+) -> list[AppInfo]:
+    """The account's apps, newest first; only those called ``name`` when it is given."""
     counts = (
         select(functions.c.app_id, func.count().label("n")).group_by(functions.c.app_id).subquery()
     )
-    rows = conn.execute(
+    query = (
         select(apps, counts.c.n)
         .outerjoin(counts, counts.c.app_id == apps.c.id)
         .where(apps.c.account_id == principal.account_id)
-        .order_by(apps.c.id.desc())
-        .limit(limit)
     )
+    if name is not None:
+        query = query.where(apps.c.name == name)
+    rows = conn.execute(query.order_by(apps.c.id.desc()).limit(limit))
     return [_app_info(r, r.n or 0) for r in rows]
 
 
@@ -207,6 +211,7 @@ _SEL_FUNCTION = (
         functions.c.account_id,
         functions.c.name,
         functions.c.spec,
+        functions.c.created_ms,
         apps.c.state.label("app_state"),
     )
     .join(apps, apps.c.id == functions.c.app_id)
