@@ -1,32 +1,110 @@
-"""Printing for commands: a Rich table for people, ``--json`` for scripts."""
+"""Printing for commands: a Rich table for people, ``--json`` for scripts.
+
+Strings that others chose (host names, regions, app and function names, log lines, error
+messages from remote code) reach a terminal only through :func:`clean` (control characters
+shown as visible escapes) and, where Rich markup is interpreted, :func:`shown` (``[red]``
+printed as it is). Table cells go through both on their own."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["console", "err_console", "fmt_ms", "fmt_time", "fmt_usd", "print_json", "table"]
+from crucible.cli._ids import SHORT_TAIL, short_id
+
+__all__ = [
+    "clean",
+    "console",
+    "err_console",
+    "fmt_clock",
+    "fmt_ms",
+    "fmt_time",
+    "fmt_usd",
+    "print_json",
+    "shown",
+    "table",
+]
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def clean(value: object, *, lines: bool = False) -> str:
+    """The text of ``value`` safe to write to a terminal: every character a terminal would
+    act on rather than show (C0 and C1 controls such as ESC, BEL, CR and newline, DEL,
+    bidirectional overrides and other format characters, line separators) is replaced by a
+    visible escape (``\\x1b``, ``\\u202e``). A tab stays a tab, and with ``lines`` a newline
+    stays a newline (multi-line text: tracebacks); everything printable is kept as it is
+    (no markup is added or removed: see :func:`shown`)."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == "\t" or (lines and ch == "\n"):
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def shown(value: object, *, lines: bool = False) -> str:
+    """:func:`clean`, then escaped for Rich markup: for values placed inside a string given
+    to ``console.print``, so that ``[red]`` or ``[link=...]`` in a name prints literally."""
+    return escape(clean(value, lines=lines))
+
+
 def print_json(data: Any) -> None:
+    # JSON escapes every control character itself (ensure_ascii): safe as it is.
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
-    for col in columns:
-        t.add_column(col, overflow="fold")
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    ids: Collection[str] = (),
+) -> None:
+    """Print a table that fits the terminal (80 columns and up). Cells are plain text
+    (cleaned, never read as markup) and long ones fold within their column. The columns
+    named in ``ids`` hold ids: they are shown short (see cli/_ids.py; `--json` prints them
+    whole) and never wrap."""
+    t = Table(
+        title=clean(title),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    id_cols = {i for i, col in enumerate(columns) if col in ids}
+    for i, col in enumerate(columns):
+        if i in id_cols:
+            t.add_column(clean(col), no_wrap=True, min_width=3 + SHORT_TAIL)
+        else:
+            t.add_column(clean(col), overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        cells = []
+        for i, v in enumerate(row):
+            text = "" if v is None else str(v)
+            cells.append(Text(clean(short_id(text) if i in id_cols else text)))
+        t.add_row(*cells)
     console.print(t)
 
 
@@ -48,3 +126,10 @@ def fmt_time(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_clock(ms: int | None) -> str:
+    """The time of day (UTC) to the millisecond: for events of one day, such as a timeline."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
