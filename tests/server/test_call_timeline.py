@@ -5,6 +5,7 @@ PostgreSQL, with the times given (no clock)."""
 from __future__ import annotations
 
 from sqlalchemy import select
+from test_calls_lifecycle import claim, failed, ok, record
 
 from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.metering import MS_PER_HOUR
@@ -13,7 +14,6 @@ from crucible.server.services.timeline import call_timeline
 from crucible.server.store.tables import containers
 
 from server_testlib import World
-from test_calls_lifecycle import claim, failed, ok, record
 
 
 def rate_of(world: World, container_id: str) -> int:

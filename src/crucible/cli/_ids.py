@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.sdk._client import Client
 
-__all__ = ["SHORT_TAIL", "resolve_id", "short_id"]
+__all__ = ["SHORT_TAIL", "resolve_id", "short_id", "shorten_ids"]
 
 SHORT_TAIL = 8
 _FULL = re.compile(r"^[a-z]{2}-[0-9a-z]{22}$")
+_FULL_IN_TEXT = re.compile(r"\b([a-z]{2}-)[0-9a-z]{14}([0-9a-z]{8})\b")
 _SHORT = re.compile(rf"^([a-z]{{2}})-([0-9a-z]{{{SHORT_TAIL}}})$")
 
 # How many of the newest calls a short call id is looked up among (the API's page limit).
@@ -31,6 +32,13 @@ def short_id(full: str | None) -> str:
     if _FULL.match(full) is None:
         return full
     return f"{full[:3]}{full[-SHORT_TAIL:]}"
+
+
+def shorten_ids(text: str) -> str:
+    """``text`` with every full id in it shown short."""
+    if "-" not in text:
+        return text
+    return _FULL_IN_TEXT.sub(r"\1\2", text)
 
 
 def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]]]:

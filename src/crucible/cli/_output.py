@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from crucible.cli._ids import SHORT_TAIL, short_id
+from crucible.cli._ids import shorten_ids
 
 __all__ = [
     "clean",
@@ -74,6 +74,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# A cell this short (an amount, a duration, a count, a short id) never folds while the
+# table can fit without folding it; longer text (names, messages) folds within its column.
+_COMPACT = 12
+
+
 def table(
     title: str,
     columns: Sequence[str],
@@ -82,9 +87,32 @@ def table(
     ids: Collection[str] = (),
 ) -> None:
     """Print a table that fits the terminal (80 columns and up). Cells are plain text
-    (cleaned, never read as markup) and long ones fold within their column. The columns
-    named in ``ids`` hold ids: they are shown short (see cli/_ids.py; `--json` prints them
-    whole) and never wrap."""
+    (cleaned, never read as markup); ids in them are shown short (cli/_ids.py: the form
+    every id argument accepts back; `--json` prints them whole). The columns named in
+    ``ids`` never wrap; short values (amounts, durations) keep to one line while the table
+    fits, their headers folding onto several lines instead; long text folds."""
+    text_rows = [[shorten_ids(clean("" if v is None else v)) for v in row] for row in rows]
+    id_cols = {i for i, col in enumerate(columns) if col in ids}
+    natural = [
+        max([len(r[i]) for r in text_rows if i < len(r)], default=0) for i in range(len(columns))
+    ]
+    # The longest word of a column: text folds at spaces first, mid-word only past this.
+    word = [
+        min(_COMPACT, max([len(w) for r in text_rows if i < len(r) for w in r[i].split()] or [0]))
+        for i in range(len(columns))
+    ]
+    compact = {i for i, w in enumerate(natural) if w <= _COMPACT} | id_cols
+    # Room for every column at its least (2: the padding and the rule after each).
+    # A column kept on one line is as wide as its cells and its header's longest word.
+    least = [
+        max([natural[i], *(len(w) for w in str(col).replace("_", " ").split())])
+        if i in compact
+        else word[i]
+        for i, col in enumerate(columns)
+    ]
+    need = sum(w + 2 for w in least)
+    fits = need <= console.width
+    keep = compact if fits else id_cols
     t = Table(
         title=clean(title),
         title_justify="left",
@@ -93,18 +121,16 @@ def table(
         pad_edge=False,
         padding=(0, 1, 0, 0),
     )
-    id_cols = {i for i, col in enumerate(columns) if col in ids}
     for i, col in enumerate(columns):
-        if i in id_cols:
-            t.add_column(clean(col), no_wrap=True, min_width=3 + SHORT_TAIL)
+        header = clean(col)
+        if i in keep:
+            if len(header) > natural[i]:
+                header = header.replace(" ", "\n").replace("_", "_\n")
+            t.add_column(header, no_wrap=True, min_width=least[i] if fits else natural[i])
         else:
-            t.add_column(clean(col), overflow="fold")
-    for row in rows:
-        cells = []
-        for i, v in enumerate(row):
-            text = "" if v is None else str(v)
-            cells.append(Text(clean(short_id(text) if i in id_cols else text)))
-        t.add_row(*cells)
+            t.add_column(header, overflow="fold", min_width=word[i] if fits else None)
+    for r in text_rows:
+        t.add_row(*[Text(cell) for cell in r])
     console.print(t)
 
 

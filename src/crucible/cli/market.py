@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -81,6 +82,45 @@ def _print_host(h: HostMarketInfo) -> None:
             for o in h.offers
         ],
     )
+
+
+def _span(line: dict[str, Any]) -> str:
+    start, end = line.get("start_ms"), line.get("end_ms")
+    return "" if start is None or end is None else fmt_ms(end - start)
+
+
+# What `crucible statement` shows of each kind in a terminal (the CSV has every field).
+_STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] = {
+    "entries": [
+        ("seq", lambda x: x.get("seq")),
+        ("kind", lambda x: x.get("kind")),
+        ("at (UTC)", lambda x: fmt_time(x.get("at_ms"))),
+        ("app", lambda x: x.get("app_id")),
+        ("meter", lambda x: x.get("meter")),
+        ("time", _span),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+        # A charge's memo repeats its meter and interval: shown for grants and the like.
+        ("memo", lambda x: "" if x.get("kind") == "charge" else x.get("memo")),
+    ],
+    "apps": [
+        ("app", lambda x: x.get("app_id")),
+        ("name", lambda x: x.get("app_name")),
+        ("intervals", lambda x: x.get("intervals")),
+        ("container time", lambda x: fmt_ms(x.get("ms"))),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+    ],
+    "calls": [
+        ("call", lambda x: x.get("call_id")),
+        ("function", lambda x: x.get("function")),
+        ("state", lambda x: x.get("state")),
+        ("tries", lambda x: x.get("attempts")),
+        ("preempt", lambda x: x.get("preemptions")),
+        ("run time", lambda x: fmt_ms(x.get("exec_ms"))),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+        ("finished (UTC)", lambda x: fmt_time(x.get("finished_ms"))),
+    ],
+}
+_ID_HEADERS = ("app", "meter", "call")
 
 
 def register(app: typer.Typer) -> None:
@@ -167,13 +207,12 @@ def register(app: typer.Typer) -> None:
             return
         table(
             f"Earnings by {rep.by}",
-            [rep.by, "host", "device", "tier", "time", "charged", "fee", "earned"],
+            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned"],
             [
                 (
                     x.key,
                     x.host_id,
-                    x.device_type or "",
-                    x.tier or "",
+                    " ".join(v for v in (x.device_type, x.tier) if v),
                     fmt_ms(x.ms),
                     fmt_usd(x.charged_micros),
                     fmt_usd(x.fee_micros),
@@ -434,10 +473,11 @@ def register(app: typer.Typer) -> None:
         if not lines:
             console.print("nothing yet")
             return
-        cols = list(lines[0])
-        table(
-            f"Statement ({kind})",
-            cols,
-            [[line[c] for c in cols] for line in lines],
-            ids=[c for c in cols if c == "id" or c.endswith("_id")],
-        )
+        view = _STATEMENT_VIEWS.get(kind)
+        if view is None:  # a kind this CLI does not know: every field as it is
+            cols = list(lines[0])
+            rows = [[line[c] for c in cols] for line in lines]
+        else:
+            cols = [header for header, _ in view]
+            rows = [[cell(line) for _, cell in view] for line in lines]
+        table(f"Statement ({kind}; `--csv` for every field)", cols, rows, ids=_ID_HEADERS)

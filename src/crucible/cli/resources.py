@@ -112,8 +112,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(t.model_dump())
             return
+        preempted = f", {t.preemptions} preempted" if t.preemptions else ""
         console.print(
-            f"{t.call_id}: {t.state}, {t.attempts} attempt(s), {t.preemptions} preemption(s); "
+            f"{t.call_id}: {t.state}, {t.attempts} attempt(s){preempted}; "
             f"cost {fmt_usd(t.cost_micros)}"
         )
         table(
