@@ -372,7 +372,7 @@ def register(app: typer.Typer) -> None:
             return
         table(
             "Reservations",
-            ["id", "devices", "hosts", "start (UTC)", "end (UTC)", "$/GPU-hour", "cost"],
+            ["id", "devices", "hosts", "start (UTC)", "end (UTC)", "$/GPU hour", "cost"],
             [
                 (
                     r.id,
@@ -385,7 +385,7 @@ def register(app: typer.Typer) -> None:
                 )
                 for r in items
             ],
-            ids=("id",),
+            ids=("id", "hosts"),
         )
 
     credits_app = typer.Typer(
