@@ -17,7 +17,10 @@ Blocks run file by file, in order, in a scratch directory (with ``examples/`` li
 embedded exchange per file (``crucible up --detach`` with a scratch ``CRUCIBLE_HOME``, one
 fake H100 host), each block in its own process: a python block with ``crucible run`` when it
 defines a local entrypoint, and with ``python`` when it does not or has a ``__main__`` guard;
-a shell block with ``bash -e``."""
+a shell block with ``bash -e``.
+
+Separately, every ``crucible ...`` command the docs show (in any code block, run or skipped,
+and in inline code) must name a real command and only options it has."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +198,58 @@ def _with_blocks() -> list[Path]:
 def test_doc_blocks_run(path: Path, session: Session) -> None:
     for index, block in enumerate(runnable(path)):
         run_block(session, block, index)
+
+
+_INLINE = re.compile(r"`(crucible [^`]+)`")
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """Every `crucible ...` command the docs show, in code blocks (run or not) and inline
+    code, with where it is."""
+    out: list[tuple[str, str]] = []
+    for path in DOCS:
+        for b in blocks_of(path):
+            if b.lang not in RUN:
+                continue
+            for n, raw in enumerate(b.code.splitlines(), b.line + 1):
+                line = raw.split(" #", 1)[0].strip().rstrip("\\").strip()
+                for part in re.split(r"\s*(?:&&|;|\|)\s*", line):
+                    if part.startswith("crucible "):
+                        out.append((f"{path.relative_to(ROOT)}:{n}", part))
+        for n, text in enumerate(path.read_text().splitlines(), 1):
+            for m in _INLINE.finditer(text):
+                out.append((f"{path.relative_to(ROOT)}:{n}", m.group(1)))
+    return out
+
+
+def test_every_cli_command_in_the_docs_exists_with_its_options() -> None:
+    """Commands and options the docs show are the CLI's (checked against the real Typer
+    app, without running anything)."""
+    import typer
+
+    from crucible.cli.main import app
+
+    root = typer.main.get_command(app)
+    problems = []
+    for where, line in _command_lines():
+        words = line.split()[1:]
+        cmd: Any = root
+        ctx = typer.Context(root)
+        rest = list(words)
+        while rest and hasattr(cmd, "get_command"):
+            sub = cmd.get_command(ctx, rest[0])
+            if sub is None:
+                break
+            cmd, rest = sub, rest[1:]
+        if cmd is root:
+            if words and not words[0].startswith("-") and words[0] not in ("...", "COMMAND"):
+                problems.append(f"{where}: no command `crucible {words[0]}`")
+            continue
+        if (cmd.context_settings or {}).get("ignore_unknown_options"):
+            continue  # `crucible run FILE -- ARGS`: the rest is the entrypoint's
+        known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        for w in rest:
+            opt = w.split("=", 1)[0]
+            if opt.startswith("--") and opt != "--" and opt not in known:
+                problems.append(f"{where}: `{line}`: {cmd.name} has no option {opt}")
+    assert problems == []
