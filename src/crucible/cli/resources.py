@@ -28,8 +28,16 @@ from crucible.settings import load_settings
 __all__ = ["register"]
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
-_BILL_COLUMNS = ["app", "app id", "function", "containers", "container time", "calls"]
-_BILL_COLUMNS += ["run time", "cost"]
+_BILL_COLUMNS = (
+    "app",
+    "app id",
+    "function",
+    "containers",
+    "container time",
+    "calls",
+    "run time",
+    "cost",
+)
 
 
 def _client() -> Client:
