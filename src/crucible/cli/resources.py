@@ -125,24 +125,25 @@ def register(app: typer.Typer) -> None:
             f"{t.call_id}: {t.state}, {t.attempts} attempt(s){preempted}; "
             f"cost {fmt_usd(t.cost_micros)}"
         )
-        table(
-            "Attempts",
-            ["#", "outcome", "container", "host", "start", "from (UTC)", "ran", "cost"],
-            [
-                (
-                    a.attempt,
-                    a.outcome + (f" ({a.error.code})" if a.error else ""),
-                    a.container_id,
-                    a.host_id,
-                    "cold" if a.cold_start else "warm",
-                    fmt_clock(a.started_ms),
-                    fmt_ms(a.exec_ms if a.exec_ms is not None else _elapsed(a)),
-                    fmt_usd(a.cost_micros),
-                )
-                for a in t.history
-            ],
-            ids=("container", "host"),
-        )
+        if t.history:  # none yet while the call waits for its first container
+            table(
+                "Attempts",
+                ["#", "outcome", "container", "host", "start", "from (UTC)", "ran", "cost"],
+                [
+                    (
+                        a.attempt,
+                        a.outcome + (f" ({a.error.code})" if a.error else ""),
+                        a.container_id,
+                        a.host_id,
+                        "cold" if a.cold_start else "warm",
+                        fmt_clock(a.started_ms),
+                        fmt_ms(a.exec_ms if a.exec_ms is not None else _elapsed(a)),
+                        fmt_usd(a.cost_micros),
+                    )
+                    for a in t.history
+                ],
+                ids=("container", "host"),
+            )
         table(
             "Timeline",
             ["#", "phase", "from (UTC)", "took", "cost", "detail"],
