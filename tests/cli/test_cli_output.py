@@ -188,3 +188,20 @@ def test_host_earnings_fit_80_columns(exchange: Exchange, tenant: dict[str, str]
         ).stdout
     )
     assert {x["host_id"] for x in mine["lines"]} == {host_id}
+
+
+def test_market_tables_fit_80_columns(exchange: Exchange, tenant: dict[str, str]) -> None:
+    exchange.start_agent("gpu-1", fake_gpus="1xH100")
+    token = tenant["token"]
+    made = json.loads(
+        crucible_cli(exchange, token, "reserve", "1xH100", "--hours", "1", "--json").stdout
+    )
+    listed = crucible_cli(exchange, token, "reservations").stdout
+    _ids_whole(listed, [made["id"], *made["hosts"]])
+    short = made["id"][:3] + made["id"][-8:]
+    assert short in listed
+    book = crucible_cli(exchange, token, "market").stdout
+    _ids_whole(book, [])
+    assert "H100" in book
+    _ids_whole(crucible_cli(exchange, token, "market", "hosts").stdout, [])
+    _ids_whole(crucible_cli(exchange, token, "statement").stdout, [])
