@@ -14,10 +14,10 @@ output, diagrams and layouts, and are not run. Two more markers:
   in the working directory, for later shell blocks (``crucible run app.py``).
 
 Blocks run file by file, in order, in a scratch directory (with ``examples/`` linked in), one
-embedded exchange per file (``crucible up --detach`` with a scratch ``CRUCIBLE_HOME``, one
-fake H100 host), each block in its own process: a python block with ``crucible run`` when it
-defines a local entrypoint, and with ``python`` when it does not or has a ``__main__`` guard;
-a shell block with ``bash -e``.
+embedded exchange per file (``crucible up --detach`` with a scratch ``CRUCIBLE_HOME``; this
+machine is its one host, GPUs or not), each block in its own process: a python block with
+``crucible run`` when it defines a local entrypoint, and with ``python`` when it does not or
+has a ``__main__`` guard; a shell block with ``bash -e``.
 
 Separately, every ``crucible ...`` command the docs show (in any code block, run or skipped,
 and in inline code) must name a real command and only options it has."""
@@ -164,7 +164,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
     )
     s = Session(cwd, env)
     crucible = [sys.executable, "-m", "crucible.cli.main"]
-    s.run([*crucible, "up", "--detach", "--fake-gpus", "1xH100"], "crucible up --detach")
+    s.run([*crucible, "up", "--detach"], "crucible up --detach")
     try:
         yield s
     finally:
