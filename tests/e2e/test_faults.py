@@ -58,6 +58,20 @@ def test_agent_killed_mid_call_is_retried_on_another_host(exchange: Exchange, bu
         survivor = next(iter(exchange.agents))
         assert survivor != victim and exchange.host(survivor)["state"] == "ready"
         assert second_container.startswith("ct-")
+    # The timeline shows the lost attempt on the dead host, then the one that succeeded.
+    tl = builder.get(f"/v1/calls/{call.object_id}/timeline")
+    lost, done = tl["history"]
+    assert (lost["attempt"], lost["outcome"]) == (1, "host_lost")
+    assert lost["host_id"] == exchange.host(victim)["id"]
+    assert lost["error"]["code"] == "container_exited" and lost["ended_ms"] is not None
+    assert (done["attempt"], done["outcome"], done["container_id"]) == (
+        2,
+        "succeeded",
+        second_container,
+    )
+    assert done["host_id"] == exchange.host(survivor)["id"]
+    requeued = next(p for p in tl["phases"] if p["attempt"] == 2)
+    assert requeued["start_ms"] == lost["ended_ms"] and "host was lost" in requeued["detail"]
 
 
 def test_control_plane_restart_loses_no_accepted_call(exchange: Exchange, builder) -> None:

@@ -5,6 +5,9 @@ preemption; refusals and missing credit fail clearly."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +45,8 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
 ) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")
-    low = ex.client(ex.new_account("bargain"))
+    low_token = ex.new_account("bargain")
+    low = ex.client(low_token)
     high = ex.client(ex.new_account("deadline"))
     work = tmp_path / "work"
     work.mkdir()
@@ -64,6 +68,41 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
         assert result["resumed_from"] == first and result["container"] not in (first, winner)
         info = low.get_call(call.object_id)
         assert info.state == "succeeded" and info.preemptions == 1 and info.attempts == 2
+    # The timeline shows both attempts: the preempted one and the one that succeeded, each
+    # with its container, host, phases and cost.
+    tl = low.get(f"/v1/calls/{call.object_id}/timeline")
+    hist = tl["history"]
+    assert [(h["attempt"], h["outcome"]) for h in hist] == [(1, "preempted"), (2, "succeeded")]
+    assert [h["container_id"] for h in hist] == [first, result["container"]]
+    gpu_a, gpu_b = ex.host("gpu-a"), ex.host("gpu-b")
+    assert gpu_a is not None and gpu_b is not None
+    assert hist[0]["host_id"] == gpu_a["id"]
+    assert hist[1]["host_id"] in (gpu_a["id"], gpu_b["id"])  # wherever an H100 came free
+    assert hist[0]["ended_ms"] - hist[0]["started_ms"] > 0 and hist[0]["cost_micros"] > 0
+    assert tl["cost_micros"] == sum(h["cost_micros"] for h in hist)
+    second_wait = next(p for p in tl["phases"] if p["attempt"] == 2)
+    assert second_wait["phase"] == "queued" and second_wait["start_ms"] == hist[0]["ended_ms"]
+    assert {p["attempt"] for p in tl["phases"] if p["phase"] == "running"} == {1, 2}
+    # The same through `crucible call SHORT-ID` (the id as the tables show it).
+    short = call.object_id[:3] + call.object_id[-8:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(
+        CRUCIBLE_HOME=str(tmp_path / "cli-home"),
+        CRUCIBLE_SERVER_URL=ex.url,
+        CRUCIBLE_TOKEN=low_token,
+        COLUMNS="80",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "call", short],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "preempted" in out.stdout and "succeeded" in out.stdout
+    assert first[-8:] in out.stdout and result["container"][-8:] in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
     low.close()
     high.close()
 

@@ -92,6 +92,13 @@ def test_a_gpu_container_is_a_market_lease_and_a_reservation_preempts_it(
         assert check_ledger(conn) == []
     info = server.ok("GET", f"/v1/calls/{call}", token=renter)
     assert info["preemptions"] == 1 and info["state"] == "queued"
+    # Its timeline keeps the preempted attempt: where it ran and what it cost.
+    tl = server.ok("GET", f"/v1/calls/{call}/timeline", token=renter)
+    [first] = tl["history"]
+    assert (first["attempt"], first["outcome"], first["container_id"]) == (1, "preempted", ct.id)
+    assert first["host_id"] == host_id and first["cost_micros"] == c.cost_micros
+    assert tl["phases"][-1]["phase"] == "queued" and tl["phases"][-1]["attempt"] == 2
+    assert "preemption" in tl["phases"][-1]["detail"]
 
     # The requeued call waits: the only H100s are reserved by someone else.
     SchedulerLoop(server.state).tick()
@@ -184,3 +191,36 @@ def test_an_account_out_of_credit_is_drained_and_let_back_in(make_server: MakeSe
         json={"account": "renter", "amount_micros": 100_000_000, "key": "top-up"},
     )
     assert server.new_calls(renter, fn)  # accepted at once after the grant
+
+
+def test_prefer_fastest_tries_the_fallback_list_fastest_model_first(
+    server: ServerUnderTest,
+) -> None:
+    gpus = [
+        {"index": 0, "model": "L4", "memory_mib": 24576, "uuid": "GPU-L4", "fake": True},
+        {"index": 1, "model": "H100", "memory_mib": 81920, "uuid": "GPU-H100", "fake": True},
+    ]
+    server.register_host(server.tenant("hoster", Scope.HOST).token, "mixed", gpus=gpus)
+    renter = server.tenant("renter").token
+    app_id = server.new_app(renter)
+    blob = server.put_blob(renter)
+    choices = [{"model": "L4", "count": 1}, {"model": "H100", "count": 1}]
+    placed = {}
+    # Fastest first, alone on the host: with both models free it must pick the H100.
+    for prefer in ("fastest", "cheapest"):
+        fn = server.new_function(
+            renter,
+            app_id,
+            blob,
+            name=f"f_{prefer}",
+            resources={"cpu": 1, "memory_mib": 1024, "gpus": choices},
+            market={"prefer": prefer},
+        )
+        server.new_calls(renter, fn)
+        SchedulerLoop(server.state).tick()
+        with server.state.engine.connect() as conn:
+            placed[prefer] = conn.execute(
+                select(containers.c.gpu_model).where(containers.c.function_id == fn)
+            ).scalar_one()
+    # The list's order for cheapest; the H100 (faster) first for fastest.
+    assert placed == {"cheapest": "L4", "fastest": "H100"}

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli._output import console, fmt_time, print_json, shown, table
 from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
@@ -54,7 +54,7 @@ def _web_functions(client: Any, info: DeploymentInfo) -> list[tuple[str, str]]:
 
 def _show(info: DeploymentInfo) -> None:
     current = f"version {info.version}" if info.version else "no version activated"
-    console.print(f"{info.name} ({info.id}): {info.state}, {current}")
+    console.print(f"{shown(info.name)} ({info.id}): {info.state}, {current}")
     table(
         f"{info.name} versions",
         ["version", "state", "app", "functions", "created (UTC)"],
@@ -62,6 +62,7 @@ def _show(info: DeploymentInfo) -> None:
             (v.version, v.state, v.app_id, ", ".join(v.functions), fmt_time(v.created_ms))
             for v in info.versions
         ],
+        ids=("app",),
     )
     if info.schedules:
         table(
@@ -96,8 +97,8 @@ def register(app: typer.Typer) -> None:
             print_json(info.model_dump())
             return
         console.print(
-            f"deployed {info.name} version {info.version}; call it with "
-            f"crucible.Function.from_name({info.name!r}, ...)"
+            f"deployed {shown(info.name)} version {info.version}; call it with "
+            f"crucible.Function.from_name({shown(repr(info.name))}, ...)"
         )
 
     @app.command()
@@ -129,14 +130,14 @@ def register(app: typer.Typer) -> None:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
                 info = DeploymentInfo.model_validate(client.get(f"/v1/deployments/{dep_name}"))
-                console.print(f"serving {dep_name} version {info.version}")
+                console.print(f"serving {shown(dep_name)} version {info.version}")
                 for fn, spec in _web_functions(client, info):
                     console.print(
-                        f"  {client.transport.base_url}/web/{account}/{dep_name}/{fn}/{spec}"
+                        shown(f"  {client.transport.base_url}/web/{account}/{dep_name}/{fn}/{spec}")
                     )
             else:
                 console.print("[red]deploy failed; the previous version keeps serving:[/]")
-                console.print((done.stderr or done.stdout).strip()[-2000:])
+                console.print(shown((done.stderr or done.stdout).strip()[-2000:], lines=True))
 
         def interrupted(_signum: int, _frame: Any) -> None:
             raise KeyboardInterrupt
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
             pass
         finally:
             client.post(f"/v1/deployments/{dep_name}/stop")
-            console.print(f"stopped {dep_name}")
+            console.print(f"stopped {shown(dep_name)}")
             client.close()
 
     dep_app = typer.Typer(help="Deployments: list, stop, roll back.", invoke_without_command=True)

@@ -18,7 +18,7 @@ from crucible.cli import (
     up,
     volumes,
 )
-from crucible.cli._output import err_console
+from crucible.cli._output import err_console, shown
 from crucible.errors import Error
 
 __all__ = ["app", "main"]
@@ -63,7 +63,7 @@ def main() -> None:
     try:
         app()
     except Error as exc:
-        err_console.print(f"[bold red]Error:[/] {exc}")
+        err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

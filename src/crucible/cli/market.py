@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
+from crucible.cli._ids import resolve_id
+from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, shown, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.market import (
@@ -57,8 +59,9 @@ def _start_ms(text: str) -> int:
 def _print_host(h: HostMarketInfo) -> None:
     carbon = "undeclared" if h.carbon_g_per_kwh is None else f"{h.carbon_g_per_kwh} gCO2/kWh"
     console.print(
-        f"{h.name} ({h.host_id}) {h.region}, {h.state}{', draining' if h.draining else ''}; "
-        f"reliability {h.reliability:.3f}; {h.energy_source}, {carbon}"
+        f"{shown(h.name)} ({h.host_id}) {shown(h.region)}, {h.state}"
+        f"{', draining' if h.draining else ''}; "
+        f"reliability {h.reliability:.3f}; {shown(h.energy_source)}, {carbon}"
     )
     table(
         "Offers ($/device-hour; cpu: $/core-hour + $/GiB-hour)",
@@ -79,6 +82,45 @@ def _print_host(h: HostMarketInfo) -> None:
             for o in h.offers
         ],
     )
+
+
+def _span(line: dict[str, Any]) -> str:
+    start, end = line.get("start_ms"), line.get("end_ms")
+    return "" if start is None or end is None else fmt_ms(end - start)
+
+
+# What `crucible statement` shows of each kind in a terminal (the CSV has every field).
+_STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] = {
+    "entries": [
+        ("seq", lambda x: x.get("seq")),
+        ("kind", lambda x: x.get("kind")),
+        ("at (UTC)", lambda x: fmt_time(x.get("at_ms"))),
+        ("app", lambda x: x.get("app_id")),
+        ("meter", lambda x: x.get("meter")),
+        ("time", _span),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+        # A charge's memo repeats its meter and interval: shown for grants and the like.
+        ("memo", lambda x: "" if x.get("kind") == "charge" else x.get("memo")),
+    ],
+    "apps": [
+        ("app", lambda x: x.get("app_id")),
+        ("name", lambda x: x.get("app_name")),
+        ("intervals", lambda x: x.get("intervals")),
+        ("container time", lambda x: fmt_ms(x.get("ms"))),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+    ],
+    "calls": [
+        ("call", lambda x: x.get("call_id")),
+        ("function", lambda x: x.get("function")),
+        ("state", lambda x: x.get("state")),
+        ("tries", lambda x: x.get("attempts")),
+        ("preempt", lambda x: x.get("preemptions")),
+        ("run time", lambda x: fmt_ms(x.get("exec_ms"))),
+        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+        ("finished (UTC)", lambda x: fmt_time(x.get("finished_ms"))),
+    ],
+}
+_ID_HEADERS = ("app", "meter", "call")
 
 
 def register(app: typer.Typer) -> None:
@@ -116,7 +158,9 @@ def register(app: typer.Typer) -> None:
             "memory_interruptible_micros": mem if mem_int is None else mem_int,
             "memory_reserved_micros": mem if mem_rsv is None else mem_rsv,
         }
-        data = _client().transport.request("PUT", f"/v1/hosts/{host_id}/offers", body)
+        client = _client()
+        host_id = resolve_id(client, host_id)
+        data = client.transport.request("PUT", f"/v1/hosts/{host_id}/offers", body)
         info = HostMarketInfo.model_validate(data)
         print_json(info.model_dump()) if as_json else _print_host(info)
 
@@ -125,7 +169,9 @@ def register(app: typer.Typer) -> None:
         host_id: str, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
     ) -> None:
         """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
-        _client().transport.request("PATCH", f"/v1/hosts/{host_id}/profile", {"draining": not undo})
+        client = _client()
+        host_id = resolve_id(client, host_id)
+        client.transport.request("PATCH", f"/v1/hosts/{host_id}/profile", {"draining": not undo})
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("profile")
@@ -136,7 +182,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Declare a host's energy source and carbon intensity (shown in its offers)."""
         body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
-        data = _client().transport.request(
+        client = _client()
+        host_id = resolve_id(client, host_id)
+        data = client.transport.request(
             "PATCH",
             f"/v1/hosts/{host_id}/profile",
             {k: v for k, v in body.items() if v is not None},
@@ -150,20 +198,21 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """What your hosts earned: charged to renters, platform fee withheld, your share."""
+        client = _client()
+        host_id = resolve_id(client, host_id) if host_id else host_id
         path = f"/v1/earnings?by={by}" + (f"&host_id={host_id}" if host_id else "")
-        rep = EarningsReport.model_validate(_client().get(path))
+        rep = EarningsReport.model_validate(client.get(path))
         if as_json:
             print_json(rep.model_dump())
             return
         table(
             f"Earnings by {rep.by}",
-            [rep.by, "host", "device", "tier", "time", "charged", "fee", "earned"],
+            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned"],
             [
                 (
                     x.key,
                     x.host_id,
-                    x.device_type or "",
-                    x.tier or "",
+                    " ".join(v for v in (x.device_type, x.tier) if v),
                     fmt_ms(x.ms),
                     fmt_usd(x.charged_micros),
                     fmt_usd(x.fee_micros),
@@ -171,6 +220,7 @@ def register(app: typer.Typer) -> None:
                 )
                 for x in rep.lines
             ],
+            ids=(rep.by, "host"),
         )
         console.print(
             f"Charged {fmt_usd(rep.charged_micros)}, fees {fmt_usd(rep.fee_micros)}, "
@@ -260,12 +310,13 @@ def register(app: typer.Typer) -> None:
             return
         if q.available:
             console.print(
-                f"{gpu} {q.tier}: {fmt_usd(q.price_micros)}/GPU-hour on {', '.join(q.hosts)}; "
+                f"{shown(gpu)} {q.tier}: {fmt_usd(q.price_micros)}/GPU-hour on "
+                f"{shown(', '.join(q.hosts))}; "
                 f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
                 + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
             )
         else:
-            console.print(f"[red]not available[/] ({q.refusal}): {q.message}")
+            console.print(f"[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}")
             if q.min_winning_bid_micros is not None:
                 console.print(
                     f"a bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
@@ -307,7 +358,7 @@ def register(app: typer.Typer) -> None:
             print_json(r.model_dump())
             return
         console.print(
-            f"reserved {r.id}: {r.nodes}x{r.count}x{r.model} on {', '.join(r.hosts)} from "
+            f"reserved {r.id}: {r.nodes}x{r.count}x{r.model} on {shown(', '.join(r.hosts))} from "
             f"{fmt_time(r.start_ms)} to {fmt_time(r.end_ms)} UTC at {fmt_usd(r.price_micros)}"
             f"/GPU-hour; charged {fmt_usd(r.cost_micros)}"
         )
@@ -321,7 +372,7 @@ def register(app: typer.Typer) -> None:
             return
         table(
             "Reservations",
-            ["id", "devices", "hosts", "start (UTC)", "end (UTC)", "$/GPU-hour", "cost"],
+            ["id", "devices", "hosts", "start (UTC)", "end (UTC)", "$/GPU hour", "cost"],
             [
                 (
                     r.id,
@@ -334,6 +385,7 @@ def register(app: typer.Typer) -> None:
                 )
                 for r in items
             ],
+            ids=("id", "hosts"),
         )
 
     credits_app = typer.Typer(
@@ -352,7 +404,7 @@ def register(app: typer.Typer) -> None:
             f"{fmt_usd(c.spent_today_micros)}, daily cap {cap}"
         )
         if not c.ok:
-            console.print(f"[red]{c.reason}[/]")
+            console.print(f"[red]{shown(c.reason)}[/]")
 
     @credits_app.callback()
     def credits(
@@ -408,8 +460,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Your statement: ledger entries, charges per app, or cost per call (carried across
         retries and preemptions)."""
-        path = f"/v1/statement?kind={kind}" + (f"&app_id={app_id}" if app_id else "")
         client = _client()
+        app_id = resolve_id(client, app_id) if app_id else app_id
+        path = f"/v1/statement?kind={kind}" + (f"&app_id={app_id}" if app_id else "")
         if as_csv:
             status, data = client.transport.request_raw("GET", path + "&format=csv")
             if status >= 300:
@@ -420,5 +473,11 @@ def register(app: typer.Typer) -> None:
         if not lines:
             console.print("nothing yet")
             return
-        cols = list(lines[0])
-        table(f"Statement ({kind})", cols, [[line[c] for c in cols] for line in lines])
+        view = _STATEMENT_VIEWS.get(kind)
+        if view is None:  # a kind this CLI does not know: every field as it is
+            cols = list(lines[0])
+            rows = [[line[c] for c in cols] for line in lines]
+        else:
+            cols = [header for header, _ in view]
+            rows = [[cell(line) for _, cell in view] for line in lines]
+        table(f"Statement ({kind}; `--csv` for every field)", cols, rows, ids=_ID_HEADERS)

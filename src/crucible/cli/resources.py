@@ -8,10 +8,21 @@ import orjson
 import typer
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
+from crucible.cli._ids import resolve_id
+from crucible.cli._output import (
+    clean,
+    console,
+    fmt_clock,
+    fmt_ms,
+    fmt_time,
+    fmt_usd,
+    print_json,
+    shown,
+    table,
+)
 from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
-from crucible.protocol.calls import CallTimeline
+from crucible.protocol.calls import CallAttempt, CallTimeline
 from crucible.protocol.hosts import HostInfo
 from crucible.protocol.logs import LogPage
 from crucible.sdk._checks import NAME_PATTERN
@@ -21,6 +32,16 @@ from crucible.settings import load_settings
 __all__ = ["register"]
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+_BILL_COLUMNS = (
+    "app",
+    "app id",
+    "function",
+    "containers",
+    "container time",
+    "calls",
+    "run time",
+    "cost",
+)
 
 
 def _client() -> Client:
@@ -33,7 +54,7 @@ def resolve_app(client: Client, ref: str) -> str:
     where a running deployment of that name counts as its current version (so a deployment
     whose newest version failed to activate still shows the version that serves)."""
     if ref.startswith("ap-"):
-        return ref
+        return resolve_id(client, ref)  # a full id as is; a short one (ap-XXXXXXXX) looked up
     missing = NotFoundError(
         f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
         "(ids and names, newest first), `crucible deployments` your deployments"
@@ -53,6 +74,10 @@ def resolve_app(client: Client, ref: str) -> str:
     if named:
         return str(named[0]["id"])
     raise missing
+def _elapsed(a: CallAttempt) -> int | None:
+    if a.started_ms is None or a.ended_ms is None:
+        return None
+    return a.ended_ms - a.started_ms
 
 
 def register(app: typer.Typer) -> None:
@@ -72,13 +97,15 @@ def register(app: typer.Typer) -> None:
             "Apps",
             ["id", "name", "state", "functions", "created (UTC)"],
             [(a.id, a.name, a.state, a.functions, fmt_time(a.created_ms)) for a in items],
+            ids=("id",),
         )
 
     @apps_app.command("stop")
     def apps_stop(app_id: str) -> None:
         """Stop an app: its queued calls are cancelled and its containers stopped."""
-        info = _client().stop_app(app_id)
-        console.print(f"{info.name} ({info.id}) is {info.state}")
+        client = _client()
+        info = client.stop_app(resolve_id(client, app_id))
+        console.print(f"{shown(info.name)} ({info.id}) is {info.state}")
 
     @app.command()
     def calls(
@@ -88,7 +115,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """List recent calls with their state, run time and cost."""
-        items = _client().list_calls(app_id=app_id, state=state, limit=limit)
+        client = _client()
+        app_id = resolve_id(client, app_id) if app_id else app_id
+        items = client.list_calls(app_id=app_id, state=state, limit=limit)
         if as_json:
             print_json([c.model_dump() for c in items])
             return
@@ -107,27 +136,51 @@ def register(app: typer.Typer) -> None:
                 )
                 for c in items
             ],
+            ids=("id",),
         )
 
     @app.command()
     def call(call_id: str, as_json: bool = JSON) -> None:
-        """One call's timeline: queued, scheduled, starting, running; what each phase cost."""
-        t = CallTimeline.model_validate(_client().get(f"/v1/calls/{call_id}/timeline"))
+        """One call's timeline: every attempt (where it ran, how it ended, what it cost) and
+        its phases: queued, scheduled, starting, waiting, running."""
+        client = _client()
+        call_id = resolve_id(client, call_id)
+        t = CallTimeline.model_validate(client.get(f"/v1/calls/{call_id}/timeline"))
         if as_json:
             print_json(t.model_dump())
             return
-        where = f" on {t.container_id} ({t.host_id})" if t.container_id else ""
+        preempted = f", {t.preemptions} preempted" if t.preemptions else ""
         console.print(
-            f"{t.call_id}: {t.state}, {t.attempts} attempt(s), {t.preemptions} preemption(s)"
-            f"{where}; {'cold' if t.cold_start else 'warm'} start; cost {fmt_usd(t.cost_micros)}"
+            f"{t.call_id}: {t.state}, {t.attempts} attempt(s){preempted}; "
+            f"cost {fmt_usd(t.cost_micros)}"
         )
+        if t.history:  # none yet while the call waits for its first container
+            table(
+                "Attempts",
+                ["#", "outcome", "container", "host", "start", "from (UTC)", "ran", "cost"],
+                [
+                    (
+                        a.attempt,
+                        a.outcome + (f" ({a.error.code})" if a.error else ""),
+                        a.container_id,
+                        a.host_id,
+                        "cold" if a.cold_start else "warm",
+                        fmt_clock(a.started_ms),
+                        fmt_ms(a.exec_ms if a.exec_ms is not None else _elapsed(a)),
+                        fmt_usd(a.cost_micros),
+                    )
+                    for a in t.history
+                ],
+                ids=("container", "host"),
+            )
         table(
             "Timeline",
-            ["phase", "from (UTC)", "took", "container cost", "detail"],
+            ["#", "phase", "from (UTC)", "took", "cost", "detail"],
             [
                 (
+                    p.attempt,
                     p.phase,
-                    fmt_time(p.start_ms),
+                    fmt_clock(p.start_ms),
                     fmt_ms(p.ms),
                     "" if p.cost_micros is None else fmt_usd(p.cost_micros),
                     p.detail,
@@ -162,7 +215,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     where = x.call_id or x.container_id
                     stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
-                    typer.echo(f"{fmt_time(x.ts_ms)} {where} {stream} {x.line}")
+                    typer.echo(f"{fmt_time(x.ts_ms)} {where} {stream} {clean(x.line)}")
             after = page.next_after
             if not follow and len(page.lines) < 1000:
                 return
@@ -195,6 +248,7 @@ def register(app: typer.Typer) -> None:
             "Hosts",
             ["id", "name", "region", "state", "cpu used", "MiB used", "GPUs", "containers"],
             rows,
+            ids=("id",),
         )
 
     @app.command()
@@ -203,17 +257,19 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """What your apps cost: container time metered to the millisecond."""
-        path = "/v1/bill" + (f"?app_id={app_id}" if app_id else "")
-        report = BillReport.model_validate(_client().get(path))
+        client = _client()
+        path = "/v1/bill" + (f"?app_id={resolve_id(client, app_id)}" if app_id else "")
+        report = BillReport.model_validate(client.get(path))
         if as_json:
             print_json(report.model_dump())
             return
         table(
             "Bill",
-            ["app", "function", "containers", "container time", "calls", "run time", "cost"],
+            _BILL_COLUMNS,
             [
                 (
-                    f"{line.app_name} ({line.app_id})",
+                    line.app_name,
+                    line.app_id,
                     line.function_name,
                     line.containers,
                     fmt_ms(line.container_ms),
@@ -223,6 +279,7 @@ def register(app: typer.Typer) -> None:
                 )
                 for line in report.lines
             ],
+            ids=("app id",),
         )
         console.print(f"Total: [bold]{fmt_usd(report.total_micros)}[/]")
 
@@ -242,7 +299,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(data)
         else:
-            console.print(f"{data['id']} ({data['scope']}): {data['token']}")
+            console.print(f"{data['id']} ({data['scope']}): {shown(data['token'])}")
 
     @token_app.command("list")
     def token_list(as_json: bool = JSON) -> None:
@@ -258,12 +315,15 @@ def register(app: typer.Typer) -> None:
                 (t["id"], t["scope"], t["name"], fmt_time(t["created_ms"]), t["revoked"])
                 for t in data
             ],
+            ids=("id",),
         )
 
     @token_app.command("revoke")
     def token_revoke(token_id: str) -> None:
         """Revoke a token (it stops working within seconds)."""
-        _client().transport.request("DELETE", f"/v1/tokens/{token_id}")
+        client = _client()
+        token_id = resolve_id(client, token_id)
+        client.transport.request("DELETE", f"/v1/tokens/{token_id}")
         console.print(f"revoked {token_id}")
 
     account_app = typer.Typer(help="Accounts (admin).")
@@ -276,4 +336,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(data)
         else:
-            console.print(f"created account {data['name']} ({data['id']})")
+            console.print(f"created account {shown(data['name'])} ({data['id']})")

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from crucible.cli._embedded import ensure_running
+from crucible.cli._output import clean
 from crucible.errors import Error, InvalidRequestError
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._client import Client
@@ -112,7 +113,7 @@ def register(app: typer.Typer) -> None:
             with entry.app.run(client=client):
                 result = entry(**kwargs)
             if result is not None:
-                typer.echo(result)
+                typer.echo(clean(result, lines=True))
         except Error:
             raise
         finally:

@@ -12,6 +12,7 @@ from crucible.protocol.common import ErrorInfo, Payload, Wire
 MAX_INDEX = 2**31 - 1 - 10_000
 
 __all__ = [
+    "CallAttempt",
     "CallInfo",
     "CallList",
     "CallTimeline",
@@ -69,12 +70,33 @@ class TimelinePhase(Wire):
     """One phase of a call's life. ``cost_micros`` is what the phase's container time cost
     (None for phases no container is billed for, such as waiting in the queue)."""
 
-    phase: str  # queued | scheduled | starting | running
+    phase: str  # queued | scheduled | starting | waiting | running
     start_ms: int
     end_ms: int
     ms: int
     cost_micros: int | None = None
     detail: str = ""
+    # The attempt the phase leads to or belongs to (1 for the first; a queued phase after a
+    # requeue belongs to the next attempt).
+    attempt: int = 1
+
+
+class CallAttempt(Wire):
+    """One attempt of a call: where it ran, how it ended and what its container time cost.
+    ``outcome``: running, succeeded, failed, timed_out, cancelled (the call's own end), or
+    preempted, host_lost, container_exited, stopped (the container was stopped by the
+    exchange) for an attempt that ended while the call went on (requeued)."""
+
+    attempt: int
+    outcome: str
+    container_id: str | None
+    host_id: str | None
+    cold_start: bool  # the container was started for this attempt
+    started_ms: int | None  # handed to the container
+    ended_ms: int | None  # None while running
+    error: ErrorInfo | None = None
+    exec_ms: int | None = None
+    cost_micros: int | None = None  # so far, while running
 
 
 class CallTimeline(Wire):
@@ -87,6 +109,9 @@ class CallTimeline(Wire):
     cold_start: bool  # the container was started for this call (not warm already)
     phases: list[TimelinePhase]
     cost_micros: int | None  # the call's own cost, across attempts
+    # Every attempt, oldest first (the phases above cover them all, each marked with its
+    # attempt); container_id, host_id and cold_start above are the latest attempt's.
+    history: list[CallAttempt] = Field(default_factory=list)
 
 
 class ItemsSent(Wire):

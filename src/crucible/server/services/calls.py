@@ -38,6 +38,7 @@ from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.scheduler.core import retry_delay_ms
+from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
 from crucible.server.services.blobs import require_blob
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import calls, functions
@@ -646,6 +647,7 @@ def record_outputs(
                 calls.c.container_id,
                 calls.c.group_id,
                 calls.c.function_id,
+                calls.c.started_ms,
             ).where(calls.c.id.in_([o.call_id for o in outputs]))
         )
     }
@@ -665,8 +667,10 @@ def record_outputs(
             row, retries, error, "timed_out" if out.status == "timed_out" else "failed", now_ms
         )
         values["exec_ms"] = out.exec_ms
+        spent = attempt_cost(rate_micros_per_hour, row.started_ms, now_ms, out.exec_ms)
+        values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
         # Guarded like the success path: a cancel that committed meanwhile stands.
-        conn.execute(
+        done_update = conn.execute(
             update(calls)
             .where(
                 calls.c.id == out.call_id,
@@ -676,6 +680,16 @@ def record_outputs(
             )
             .values(**values)
         )
+        if done_update.rowcount == 1 and values["state"] == "queued":
+            record_ended_attempt(
+                conn,
+                row,
+                "timed_out" if out.status == "timed_out" else "failed",
+                now_ms,
+                cost_micros=spent,
+                error=values["error"],
+                exec_ms=out.exec_ms,
+            )
         if values["state"] != "queued":
             keys.extend(_keys_for_finished(out.call_id, row.group_id))
         else:
@@ -691,12 +705,14 @@ def requeue_calls_of_container(
     crashed: bool,
     message: str,
     max_infra_requeues: int,
+    reason: str = "",
 ) -> list[str]:
     """The container is gone: its running calls go back to the queue.
 
     ``crashed``: the container died on its own (non-zero exit, killed by a signal we did not
     send): the attempt counts as a failure against the function's retries. Otherwise (host
     lost, stopped by the exchange) the requeue is free, up to ``max_infra_requeues``.
+    ``reason`` is why the container ended (``host_lost`` names the attempt's outcome).
     """
     rows = conn.execute(
         select(
@@ -706,6 +722,8 @@ def requeue_calls_of_container(
             calls.c.attempts,
             calls.c.infra_requeues,
             calls.c.preemptions,
+            calls.c.container_id,
+            calls.c.started_ms,
             functions.c.spec,
         )
         .join(functions, functions.c.id == calls.c.function_id)
@@ -713,7 +731,15 @@ def requeue_calls_of_container(
     ).all()
     keys: list[str] = []
     error = ErrorInfo(code=ContainerExitedError.code, message=message)
+    rate = container_rate(conn, container_id) if rows else 0
+    if crashed:
+        outcome = "container_exited"
+    elif reason in ("host_lost", "lost"):
+        outcome = "host_lost"
+    else:
+        outcome = "stopped"
     for r in rows:
+        spent = attempt_cost(rate, r.started_ms, now_ms, None)
         if crashed:
             values = _failure(r, r.spec["retries"], error, "failed", now_ms)
         elif r.infra_requeues + 1 > max_infra_requeues:
@@ -726,8 +752,12 @@ def requeue_calls_of_container(
                 "next_attempt_ms": now_ms,
                 "infra_requeues": r.infra_requeues + 1,
             }
+        values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
         conn.execute(update(calls).where(calls.c.id == r.id).values(**values))
         if values["state"] == "queued":
+            record_ended_attempt(
+                conn, r, outcome, now_ms, cost_micros=spent, error=error.model_dump(mode="json")
+            )
             keys.append(f"fn:{r.function_id}")
         else:
             keys.extend(_keys_for_finished(r.id, r.group_id))
@@ -748,6 +778,8 @@ def requeue_preempted_calls(
             calls.c.preemptions,
             calls.c.started_ms,
             calls.c.cost_micros,
+            calls.c.attempts,
+            calls.c.container_id,
         ).where(calls.c.container_id == container_id, calls.c.state == "running")
     ).all()
     keys: list[str] = []
@@ -765,6 +797,7 @@ def requeue_preempted_calls(
                 cost_micros=(r.cost_micros or 0) + spent,
             )
         )
+        record_ended_attempt(conn, r, "preempted", now_ms, cost_micros=spent)
         keys.append(f"fn:{r.function_id}")
     return keys
 
@@ -781,6 +814,8 @@ def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int
             calls.c.preemptions,
             calls.c.group_id,
             calls.c.function_id,
+            calls.c.container_id,
+            calls.c.started_ms,
             functions.c.spec,
         )
         .join(functions, functions.c.id == calls.c.function_id)
@@ -789,7 +824,13 @@ def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int
     if row is None or row.state != "running":
         return []
     values = _failure(row, row.spec["retries"], error, "timed_out", now_ms)
+    spent = attempt_cost(container_rate(conn, row.container_id), row.started_ms, now_ms, None)
+    values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
     conn.execute(update(calls).where(calls.c.id == call_id).values(**values))
+    if values["state"] == "queued":
+        record_ended_attempt(
+            conn, row, "timed_out", now_ms, cost_micros=spent, error=values["error"]
+        )
     if values["state"] == "queued":
         return [f"fn:{row.function_id}"]
     return _keys_for_finished(call_id, row.group_id)

@@ -171,6 +171,7 @@ def end_container(
         crashed=crashed,
         message=detail,
         max_infra_requeues=max_infra_requeues,
+        reason=reason,
     )
     return [*keys, f"container:{container_id}"]
 

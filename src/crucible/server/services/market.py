@@ -417,7 +417,13 @@ class MarketPlacer:
         market = self.live.market
         by_id = {h.id: h for h in hosts_now}
         terms = self.terms.get(fn.id, MarketTerms())
-        for choice in fn.gpus:
+        choices = list(fn.gpus)
+        if terms.prefer is Prefer.FASTEST:
+            # The fallback list, fastest model first (as the market orders one request's
+            # types); models of equal speed keep the order given.
+            speed = market.rules.model_speed
+            choices.sort(key=lambda g: -speed.get(g.model, -1))
+        for choice in choices:
             cid = new_id("ct")
             request = self.live.request(
                 self.accounts[fn.id], choice.model, choice.count, terms, cid

@@ -27,6 +27,7 @@ __all__ = [
     "accounts",
     "apps",
     "blobs",
+    "call_attempts",
     "call_inbox",
     "call_items",
     "calls",
@@ -227,6 +228,22 @@ call_inbox = Table(
     Column("call_id", String(32), primary_key=True),
     Column("idx", Integer, primary_key=True),
     Column("message", Text, nullable=False),  # JSON: {"type", "text"|"bytes"(base64)|"code"}
+)
+
+# Attempts of a call that ended while the call went on (requeued): the call's row holds its
+# latest attempt, these the earlier ones (services/attempts.py; shown in its timeline).
+call_attempts = Table(
+    "call_attempts",
+    metadata,
+    Column("call_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("container_id", String(32)),
+    Column("started_ms", BigInteger),
+    Column("ended_ms", BigInteger, nullable=False),
+    Column("outcome", String(24), nullable=False),
+    Column("error", JSON),
+    Column("exec_ms", BigInteger),
+    Column("cost_micros", BigInteger, nullable=False),
 )
 
 # What functions print (stdout and stderr), line by line, as their workers send it.
