@@ -85,6 +85,10 @@ class CallTimeline(Wire):
     cold_start: bool  # the container was started for this call (not warm already)
     phases: list[TimelinePhase]
     cost_micros: int | None  # the call's own cost, across attempts
+    # The call's share of its container's metered energy and emissions: its run time at
+    # the container's average power and intensity so far (None: nothing metered yet).
+    energy_mwh: int | None = None
+    carbon_mg: int | None = None
 
 
 class ItemsSent(Wire):

@@ -173,6 +173,8 @@ class EarningsLine(Wire):
     charged_micros: int
     fee_micros: int
     earned_micros: int
+    energy_mwh: int = 0  # what the metered leases drew (milliwatt-hours)
+    carbon_mg: int = 0  # and emitted (milligrams of CO2)
 
 
 class EarningsReport(Wire):
@@ -181,6 +183,8 @@ class EarningsReport(Wire):
     charged_micros: int
     fee_micros: int
     earned_micros: int
+    energy_mwh: int = 0
+    carbon_mg: int = 0
 
     @model_validator(mode="after")
     def _sums(self) -> EarningsReport:
