@@ -11,7 +11,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "err_console", "fmt_ms", "fmt_time", "fmt_usd", "print_json", "table"]
+__all__ = [
+    "console",
+    "err_console",
+    "fmt_co2",
+    "fmt_kwh",
+    "fmt_ms",
+    "fmt_time",
+    "fmt_usd",
+    "print_json",
+    "table",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,3 +58,17 @@ def fmt_time(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_kwh(mwh: int | None) -> str:
+    """Milliwatt-hours as kWh (6 decimals: one mWh)."""
+    if mwh is None:
+        return "-"
+    return f"{mwh / 1_000_000:,.6f} kWh"
+
+
+def fmt_co2(mg: int | None) -> str:
+    """Milligrams of CO2 as grams."""
+    if mg is None:
+        return "-"
+    return f"{mg / 1000:,.3f} gCO2"

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import typer
+from rich.markup import escape
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
+from crucible.cli._output import (
+    console,
+    fmt_co2,
+    fmt_kwh,
+    fmt_ms,
+    fmt_time,
+    fmt_usd,
+    print_json,
+    table,
+)
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallTimeline
 from crucible.protocol.hosts import HostInfo
@@ -22,6 +34,26 @@ JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 def _client() -> Client:
     config = ensure_running(load_settings())
     return Client(config.server_url, config.token)
+
+
+def _apps_by_carbon(report: BillReport) -> list[dict[str, Any]]:
+    """The bill's lines summed per app, most emissions first (then cost, then id)."""
+    per: dict[str, dict[str, Any]] = {}
+    for line in report.lines:
+        a = per.setdefault(
+            line.app_id,
+            {
+                "app_id": line.app_id,
+                "app_name": line.app_name,
+                "carbon_mg": 0,
+                "energy_mwh": 0,
+                "cost_micros": 0,
+            },
+        )
+        a["carbon_mg"] += line.carbon_mg
+        a["energy_mwh"] += line.energy_mwh
+        a["cost_micros"] += line.cost_micros
+    return sorted(per.values(), key=lambda a: (-a["carbon_mg"], -a["cost_micros"], a["app_id"]))
 
 
 def register(app: typer.Typer) -> None:
@@ -90,6 +122,8 @@ def register(app: typer.Typer) -> None:
             f"{t.call_id}: {t.state}, {t.attempts} attempt(s), {t.preemptions} preemption(s)"
             f"{where}; {'cold' if t.cold_start else 'warm'} start; cost {fmt_usd(t.cost_micros)}"
         )
+        if t.energy_mwh is not None:
+            console.print(f"energy {fmt_kwh(t.energy_mwh)}, {fmt_co2(t.carbon_mg)}")
         table(
             "Timeline",
             ["phase", "from (UTC)", "took", "container cost", "detail"],
@@ -156,28 +190,67 @@ def register(app: typer.Typer) -> None:
                     f"{h.allocated_memory_mib}/{h.inventory.memory_mib}",
                     gpus or "-",
                     h.containers,
+                    "-"
+                    if h.carbon_g_per_kwh is None
+                    else f"{h.carbon_g_per_kwh} ({h.carbon_source})",
                 )
             )
         table(
             "Hosts",
-            ["id", "name", "region", "state", "cpu used", "MiB used", "GPUs", "containers"],
+            [
+                "id",
+                "name",
+                "region",
+                "state",
+                "cpu used",
+                "MiB used",
+                "GPUs",
+                "containers",
+                "gCO2/kWh",
+            ],
             rows,
         )
+        for h in items:
+            if h.carbon_note:
+                console.print(f"{h.id}: {escape(h.carbon_note)}")
+            if h.energy_readings_dropped:
+                console.print(
+                    f"{h.id}: {h.energy_readings_dropped} absurd power reading(s) dropped"
+                )
 
     @app.command()
     def bill(
         app_id: str = typer.Option(None, "--app", help="Only this app."),
+        by: str = typer.Option(
+            "function", "--by", help="function (the default), or carbon: apps by emissions."
+        ),
         as_json: bool = JSON,
     ) -> None:
-        """What your apps cost: container time metered to the millisecond."""
+        """What your apps cost: container time metered to the millisecond, with the energy it
+        drew and the CO2 it emitted (* marks estimates where the host could not measure)."""
+        if by not in ("function", "carbon"):
+            raise typer.BadParameter(f"--by is 'function' or 'carbon', not {by!r}")
         path = "/v1/bill" + (f"?app_id={app_id}" if app_id else "")
         report = BillReport.model_validate(_client().get(path))
+        if by == "carbon":
+            _bill_by_carbon(report, as_json)
+            return
         if as_json:
             print_json(report.model_dump())
             return
         table(
             "Bill",
-            ["app", "function", "containers", "container time", "calls", "run time", "cost"],
+            [
+                "app",
+                "function",
+                "containers",
+                "container time",
+                "calls",
+                "run time",
+                "cost",
+                "energy",
+                "CO2",
+            ],
             [
                 (
                     f"{line.app_name} ({line.app_id})",
@@ -187,11 +260,36 @@ def register(app: typer.Typer) -> None:
                     line.calls,
                     fmt_ms(line.exec_ms),
                     fmt_usd(line.cost_micros),
+                    fmt_kwh(line.energy_mwh) + ("*" if line.energy_estimated else ""),
+                    fmt_co2(line.carbon_mg),
                 )
                 for line in report.lines
             ],
         )
-        console.print(f"Total: [bold]{fmt_usd(report.total_micros)}[/]")
+        console.print(
+            f"Total: [bold]{fmt_usd(report.total_micros)}[/], "
+            f"{fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"
+        )
+
+    def _bill_by_carbon(report: BillReport, as_json: bool) -> None:
+        ranked = _apps_by_carbon(report)
+        if as_json:
+            print_json(ranked)
+            return
+        table(
+            "Apps by emissions",
+            ["app", "CO2", "energy", "cost", "gCO2 per $"],
+            [
+                (
+                    f"{a['app_name']} ({a['app_id']})",
+                    fmt_co2(a["carbon_mg"]),
+                    fmt_kwh(a["energy_mwh"]),
+                    fmt_usd(a["cost_micros"]),
+                    "-" if not a["cost_micros"] else f"{a['carbon_mg'] / a['cost_micros']:.3f}",
+                )
+                for a in ranked
+            ],
+        )
 
     token_app = typer.Typer(help="API tokens.")
     app.add_typer(token_app, name="token")

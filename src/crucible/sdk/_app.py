@@ -105,6 +105,7 @@ class App:
         region: str | None = None,
         min_reliability: float = 0.0,
         prefer: str = "cheapest",
+        max_carbon_g_per_kwh: int | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -123,7 +124,8 @@ class App:
         ``"interruptible"`` (preemptible, pays ``bid`` $/GPU-hour, default each host's minimum)
         or ``"reserved"`` (runs in your reservations); ``max_price`` bounds the $/GPU-hour
         paid; ``region`` and ``min_reliability`` (0..1) filter hosts; ``prefer`` ranks them:
-        ``"cheapest"``, ``"greenest"`` or ``"fastest"``.
+        ``"cheapest"``, ``"greenest"`` or ``"fastest"``. ``max_carbon_g_per_kwh`` refuses hosts
+        above that carbon intensity (and hosts that declare none).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -145,7 +147,9 @@ class App:
         if not isinstance(network, bool):
             raise InvalidRequestError(f"network={network!r} must be True or False")
 
-        market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
+        market = _market_terms(
+            tier, bid, max_price, region, min_reliability, prefer, max_carbon_g_per_kwh
+        )
         for label, value in (
             ("min_containers", min_containers),
             ("buffer_containers", buffer_containers),
@@ -364,6 +368,7 @@ def _market_terms(
     region: str | None,
     min_reliability: float,
     prefer: str,
+    max_carbon_g_per_kwh: int | None = None,
 ) -> MarketTerms:
     wire_tier = str(tier).replace("-", "_")
     if wire_tier not in ("on_demand", "interruptible", "reserved"):
@@ -378,6 +383,14 @@ def _market_terms(
         raise InvalidRequestError(f"prefer={prefer!r} must be 'cheapest', 'greenest' or 'fastest'")
     if isinstance(min_reliability, bool) or not 0 <= float(min_reliability) <= 1:
         raise InvalidRequestError(f"min_reliability={min_reliability!r} must be within 0..1")
+    if max_carbon_g_per_kwh is not None and (
+        isinstance(max_carbon_g_per_kwh, bool)
+        or not isinstance(max_carbon_g_per_kwh, int)
+        or not 0 <= max_carbon_g_per_kwh <= 5000
+    ):
+        raise InvalidRequestError(
+            f"max_carbon_g_per_kwh={max_carbon_g_per_kwh!r} must be whole gCO2/kWh in [0, 5000]"
+        )
     bid_m, max_m = _dollars("bid", bid), _dollars("max_price", max_price)
     if bid_m is not None and max_m is not None and bid_m > max_m:
         raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
@@ -388,4 +401,5 @@ def _market_terms(
         region=region,
         min_reliability_ppm=round(float(min_reliability) * 1_000_000),
         prefer=prefer,
+        max_carbon_g_per_kwh=max_carbon_g_per_kwh,
     )

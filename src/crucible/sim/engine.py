@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crucible.protocol.gpus import GPU_CATALOG
 from crucible.server.market import Market, MarketRules, Prefer
 from crucible.server.scheduler.placement import Cluster, Request, make_policy
 from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
@@ -57,6 +58,32 @@ def _ref_prices(hosts: Sequence[Host]) -> dict[str, int]:
             acc[0] += h.price_micros
             acc[1] += 1
     return {m: a[0] // a[1] for m, a in tot.items()}
+
+
+# Market policies: (on-demand preference, interruptible preference, price cap as a fraction
+# of the mean ask of the job's first model, interruptible work pays the host's minimum).
+# See scenario.MARKET_POLICIES.
+_MARKET_POLICIES: dict[str, tuple[Prefer, Prefer, float | None, bool]] = {
+    "cost-first": (Prefer.CHEAPEST, Prefer.CHEAPEST, None, False),
+    "carbon-first": (Prefer.GREENEST, Prefer.GREENEST, None, False),
+    "green-interruptible": (Prefer.CHEAPEST, Prefer.GREENEST, None, False),
+    "carbon-capped": (Prefer.GREENEST, Prefer.GREENEST, 1.0, False),
+    "reserve-price": (Prefer.CHEAPEST, Prefer.CHEAPEST, None, True),
+}
+
+
+def list_prices(hosts: Sequence[Host]) -> dict[str, int]:
+    """The on-demand list price of each model in the fleet (micro-dollars per GPU-hour): the
+    catalog's reference price (a big cloud's on-demand price), else the model's highest ask
+    in the fleet."""
+    out: dict[str, int] = {}
+    for h in hosts:
+        if h.gpus:
+            out[h.model] = max(out.get(h.model, 0), h.price_micros)
+    for model in out:
+        if model in GPU_CATALOG:
+            out[model] = round(GPU_CATALOG[model].reference_price_usd * 1_000_000)
+    return out
 
 
 def run(
@@ -127,12 +154,18 @@ def run(
     else:
         market = Market(MarketRules(grace_ms=round(s.grace_seconds * 1000)))
         add_to_market(market, hosts)
+        on_demand, interruptible, cap, pay_reserve = _MARKET_POLICIES[policy]
         driver = MarketDriver(
             market,
             {h.id: h for h in hosts},
             rec,
             q,
-            prefer=Prefer.CHEAPEST if policy == "cost-first" else Prefer.GREENEST,
+            prefer=on_demand,
+            prefer_interruptible=interruptible,
+            price_cap=cap,
+            pay_reserve=pay_reserve,
+            list_prices=list_prices(hosts),
+            ref_prices=_ref_prices(hosts),
             platform_fee=s.platform_fee,
             default_carbon=s.default_carbon_g_per_kwh,
             power_watts=dict(s.power_watts),

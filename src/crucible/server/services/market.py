@@ -80,6 +80,7 @@ class MarketTerms:
     region: str | None = None
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
+    max_carbon_g_per_kwh: int | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
@@ -91,6 +92,7 @@ class MarketTerms:
             region=m.get("region"),
             min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
             prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
+            max_carbon_g_per_kwh=m.get("max_carbon_g_per_kwh"),
         )
 
 
@@ -382,6 +384,7 @@ class LiveMarket:
             min_reliability_ppm=terms.min_reliability_ppm,
             prefer=terms.prefer,
             lease_id=lease_id,
+            max_carbon_g_per_kwh=terms.max_carbon_g_per_kwh,
         )
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:
