@@ -120,8 +120,8 @@ def goal_lines(c: Mapping[str, Any]) -> list[str]:
             "met"
             if d["met"]
             else (
-                f"missed (paid {_pct(d['short_by']['discount'])} of list too much, "
-                f"utilisation {_pct(d['short_by']['utilisation'])} short)"
+                f"missed by {_pct(d['short_by']['discount'])} of list in price and "
+                f"{_pct(d['short_by']['utilisation'])} in utilisation"
             )
         )
         out.append(

@@ -35,7 +35,7 @@ from crucible.sim.workload import (
     TraceSource,
 )
 
-__all__ = ["PodLoader", "SimResult", "run"]
+__all__ = ["MARKET_POLICIES", "MarketPolicy", "PodLoader", "SimResult", "list_prices", "run"]
 
 PodLoader = Callable[[Path, str], list[TracePod]]
 
@@ -60,15 +60,32 @@ def _ref_prices(hosts: Sequence[Host]) -> dict[str, int]:
     return {m: a[0] // a[1] for m, a in tot.items()}
 
 
-# Market policies: (on-demand preference, interruptible preference, price cap as a fraction
-# of the mean ask of the job's first model, interruptible work pays the host's minimum).
-# See scenario.MARKET_POLICIES.
-_MARKET_POLICIES: dict[str, tuple[Prefer, Prefer, float | None, bool]] = {
-    "cost-first": (Prefer.CHEAPEST, Prefer.CHEAPEST, None, False),
-    "carbon-first": (Prefer.GREENEST, Prefer.GREENEST, None, False),
-    "green-interruptible": (Prefer.CHEAPEST, Prefer.GREENEST, None, False),
-    "carbon-capped": (Prefer.GREENEST, Prefer.GREENEST, 1.0, False),
-    "reserve-price": (Prefer.CHEAPEST, Prefer.CHEAPEST, None, True),
+@dataclass(frozen=True)
+class MarketPolicy:
+    """How the simulated renters buy (see scenario.MARKET_POLICIES): the preference of
+    on-demand and of interruptible work, a price cap as a fraction of the mean ask of the
+    job's first model, whether interruptible work pays each host's minimum (its reserve
+    price) instead of its bid, and a carbon cap (gCO2/kWh) on interruptible work."""
+
+    on_demand: Prefer = Prefer.CHEAPEST
+    interruptible: Prefer = Prefer.CHEAPEST
+    price_cap: float | None = None
+    pay_reserve: bool = False
+    interruptible_max_carbon: int | None = None
+
+
+# The lower quarter of the grid intensities the market scenario draws (200-600 gCO2/kWh).
+GREEN_CAP_G_PER_KWH = 300
+
+MARKET_POLICIES: dict[str, MarketPolicy] = {
+    "cost-first": MarketPolicy(),
+    "carbon-first": MarketPolicy(Prefer.GREENEST, Prefer.GREENEST),
+    "green-interruptible": MarketPolicy(Prefer.CHEAPEST, Prefer.GREENEST),
+    "green-capped-interruptible": MarketPolicy(
+        Prefer.CHEAPEST, Prefer.GREENEST, interruptible_max_carbon=GREEN_CAP_G_PER_KWH
+    ),
+    "carbon-capped": MarketPolicy(Prefer.GREENEST, Prefer.GREENEST, price_cap=1.0),
+    "reserve-price": MarketPolicy(pay_reserve=True),
 }
 
 
@@ -154,16 +171,17 @@ def run(
     else:
         market = Market(MarketRules(grace_ms=round(s.grace_seconds * 1000)))
         add_to_market(market, hosts)
-        on_demand, interruptible, cap, pay_reserve = _MARKET_POLICIES[policy]
+        mp = MARKET_POLICIES[policy]
         driver = MarketDriver(
             market,
             {h.id: h for h in hosts},
             rec,
             q,
-            prefer=on_demand,
-            prefer_interruptible=interruptible,
-            price_cap=cap,
-            pay_reserve=pay_reserve,
+            prefer=mp.on_demand,
+            prefer_interruptible=mp.interruptible,
+            price_cap=mp.price_cap,
+            pay_reserve=mp.pay_reserve,
+            interruptible_max_carbon=mp.interruptible_max_carbon,
             list_prices=list_prices(hosts),
             ref_prices=_ref_prices(hosts),
             platform_fee=s.platform_fee,

@@ -35,7 +35,9 @@ work is done, and the preemptions the market decides carried out.
   (``price_cap``: max_price = that fraction of the mean ask of the job's first model), or
   with interruptible work paying each host's minimum, its reserve price (``pay_reserve``:
   the market's bid=None with max_price = the job's bid: it takes only hosts whose minimum
-  it would have paid, and never outbids another interruptible lease).
+  it would have paid, and never outbids another interruptible lease), or with interruptible
+  work held to hosts at or below a carbon intensity (``interruptible_max_carbon``, the
+  market's max_carbon_g_per_kwh: it waits for green capacity).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class MarketDriver:
         ref_prices: dict[str, int] | None = None,
         price_cap: float | None = None,
         pay_reserve: bool = False,
+        interruptible_max_carbon: int | None = None,
     ) -> None:
         self.m, self.hosts, self.rec, self.q = market, hosts, rec, q
         self.prefer, self.fee = prefer, platform_fee
@@ -91,6 +94,7 @@ class MarketDriver:
         self.ref_prices = dict(ref_prices or {})
         self.price_cap = price_cap
         self.pay_reserve = pay_reserve
+        self.int_max_carbon = interruptible_max_carbon
         self.tiers = _TierStats()
         self.default_carbon, self.power = default_carbon, power_watts
         self.patience, self.wake = patience_ms, wake
@@ -280,6 +284,7 @@ class MarketDriver:
             bid=job.bid_micros if tier is Tier.INTERRUPTIBLE and not self.pay_reserve else None,
             max_price=self._cap(job, tier),
             prefer=self.prefer_int if tier is Tier.INTERRUPTIBLE else self.prefer,
+            max_carbon_g_per_kwh=self.int_max_carbon if tier is Tier.INTERRUPTIBLE else None,
             lease_id=f"j{job.id}-{job.attempts}",
         )
         d = self.m.lease(req, now)
