@@ -10,6 +10,7 @@ from crucible.protocol.billing import BillLine, BillReport
 from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
+from crucible.server.billing.grid_carbon import GridReading
 from crucible.server.billing.ledger import MeteredInterval
 from crucible.server.billing.metering import (
     carbon_mg,
@@ -28,7 +29,7 @@ from crucible.server.store.tables import (
     meter_intervals,
 )
 
-__all__ = ["bill", "meter_containers"]
+__all__ = ["bill", "meter_containers", "record_grid_readings"]
 
 
 def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
@@ -54,6 +55,17 @@ _SET_METERED = (
 def _estimated_watts(gpu_model: str | None, gpus: int, cpu: float) -> float:
     tdp = GPU_CATALOG[gpu_model].tdp_watts if gpu_model in GPU_CATALOG else 0
     return estimated_watts(tdp, gpus if gpu_model else 0, cpu, CPU_CORE_WATTS)
+
+
+def record_grid_readings(conn: Connection, readings: dict[str, GridReading]) -> None:
+    """Put each region's grid figure (or, when its source failed, the reason the declared
+    figure applies) on the region's hosts; metering and the market read it from there."""
+    for region, r in readings.items():
+        conn.execute(
+            update(hosts)
+            .where(hosts.c.region == region)
+            .values(carbon_now_g_per_kwh=r.g_per_kwh, carbon_note=r.note)
+        )
 
 
 def meter_containers(

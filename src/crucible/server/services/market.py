@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Text, cast, select
+from sqlalchemy import Connection, Text, cast, func, select
 
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.ids import new_id
@@ -154,7 +154,10 @@ _SEL_HOSTS = select(
     hosts.c.last_seen_ms,
     cast(hosts.c.inventory, Text).label("inventory_text"),
     hosts.c.energy_source,
-    hosts.c.carbon_g_per_kwh,
+    # The grid's figure where the operator configured a source for the region, else declared.
+    func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
+        "carbon_g_per_kwh"
+    ),
     hosts.c.draining,
     hosts.c.leases_ended,
     hosts.c.leases_faulted,
