@@ -198,7 +198,9 @@ class EnergyMeter:
                     out.append(rep)
                     continue
                 if c.final_mwh is None:
-                    self._add_cpu(c, rep.pid, rapl_j, busy)
+                    # An exited process's pid may already belong to another process.
+                    pid = rep.pid if rep.state != "exited" else None
+                    self._add_cpu(c, pid, rapl_j, busy)
                     mwh = int(self._total_mj(c) // _MJ_PER_MWH)
                     if rep.state == "exited":
                         c.final_mwh = mwh

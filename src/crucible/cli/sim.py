@@ -85,6 +85,13 @@ def register(app: typer.Typer) -> None:
         vcols, vrows = versus_rows(result)
         if vrows:
             table(f"Against {result['baseline']} (relative change)", vcols, vrows)
+        for p, f in result["policies"].items():
+            why = ", ".join(f"{k} {v:g}" for k, v in f["gave_up_by_reason_per_run"].items())
+            console.print(
+                f"{p}: {f['jobs_gave_up_per_run']:g} jobs gave up per run ({why or 'none'})",
+                markup=False,
+                highlight=False,
+            )
         for line in goal_lines(result):
             console.print(line, markup=False, highlight=False)
         console.print(f"{timing['runs']} runs in {timing['wall_s']} s")
