@@ -31,7 +31,7 @@ def _num(x: float | None, fmt: str = "{:.3f}") -> str:
 
 def headline_rows(c: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Prices: one row per policy over all tiers, then one per (policy, tier)."""
-    cols = ["policy", "tier", "paid/list", "p10-p90", "$/GPU-h", "income/ask", "util"]
+    cols = ["policy", "tier", "paid/list", "p10-p90", "$/GPU-h", "income/ask", "util all/2nd½"]
     rows: list[list[str]] = []
     for p, f in c["policies"].items():
         rows.append(
@@ -42,7 +42,7 @@ def headline_rows(c: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 "",
                 _num(f["usd_per_gpu_hour"]["mean"]),
                 "",
-                _pct(f["utilisation"]["mean"]),
+                f"{_pct(f['utilisation']['mean'])}/{_pct(f['utilisation_second_half']['mean'])}",
             ]
         )
         for tier, t in f["tiers"].items():
@@ -126,7 +126,7 @@ def goal_lines(c: Mapping[str, Any]) -> list[str]:
         )
         out.append(
             f"  {p}: {_pct(d['below_list'])} below list at {_pct(d['utilisation'])} "
-            f"utilisation: {verdict}"
+            f"utilisation (second half of the run): {verdict}"
         )
     out.append(f"Goal: {g['carbon']['goal']}")
     for p, d in g["carbon"]["by_policy"].items():
@@ -152,7 +152,7 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     written: list[Path] = []
 
     # 1. utilisation over time, one line per policy (mean over seeds)
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.2))
     for p in policies:
         s = c["policies"][p]["utilisation_series"]
         pts = [(t, u) for t, u in zip(s["t_hours"], s["utilisation"], strict=True) if u is not None]
@@ -163,12 +163,12 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("simulated time (hours)")
     ax.set_title(f"GPU utilisation over time: {sub}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, plt, out / "compare_utilisation.png"))
 
     # 2. price paid against the on-demand list price, per tier and policy: mean and p10-p90
     tiers = sorted({t for f in c["policies"].values() for t in f["tiers"]})
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
     width = 0.8 / max(1, len(policies))
     for i, p in enumerate(policies):
         xs, means, lo, hi = [], [], [], []
@@ -187,29 +187,31 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("price paid / on-demand list (%)")
     ax.set_title(f"Price paid vs list (bar: mean; whiskers: p10-p90 of grants): {sub}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, plt, out / "compare_prices.png"))
 
     # 3. the cost of carbon-aware placement: $/GPU-h and gCO2/GPU-h per policy
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 0.6 * len(policies) + 1.6), sharey=True)
     usd = [c["policies"][p]["usd_per_gpu_hour"]["mean"] or 0 for p in policies]
     co2 = [c["policies"][p]["carbon_g_per_gpu_hour"]["mean"] or 0 for p in policies]
-    a1.bar(policies, usd, color="tab:blue")
-    a1.set_ylabel("renters' $ per GPU-hour")
-    a1.set_ylim(bottom=0)
+    ys = list(range(len(policies)))
+    a1.barh(ys, usd, color="tab:blue")
+    a1.set_yticks(ys, policies, fontsize=8)
+    a1.invert_yaxis()
+    a1.set_xlabel("renters' $ per GPU-hour")
+    a1.set_xlim(left=0)
     a1.set_title("price paid", fontsize=9)
-    a2.bar(policies, co2, color="tab:green")
-    a2.set_ylabel("gCO2 per GPU-hour")
-    a2.set_ylim(bottom=0)
+    a2.barh(ys, co2, color="tab:green")
+    a2.set_xlabel("gCO2 per GPU-hour")
+    a2.set_xlim(left=0)
     a2.set_title("emissions", fontsize=9)
     for a in (a1, a2):
-        a.tick_params(axis="x", labelsize=7, rotation=15)
-        a.grid(alpha=0.3, axis="y")
+        a.grid(alpha=0.3, axis="x")
     fig.suptitle(f"Price and carbon by policy: {sub}", fontsize=10)
     written.append(_save(fig, plt, out / "compare_carbon.png"))
 
     # 4. hosts' income per GPU-hour against their ask, per tier and policy
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.2))
     for i, p in enumerate(policies):
         xs, ys = [], []
         for j, tier in enumerate(tiers):
@@ -226,7 +228,7 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("host income / host's ask (%)")
     ax.set_title(f"Hosts' income per GPU-hour vs their on-demand ask: {sub}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, plt, out / "compare_income.png"))
     return written
 
