@@ -185,3 +185,8 @@ def test_the_grid_figure_is_billed_and_a_failing_source_falls_back_visibly(
     h = host()
     assert (h["carbon_g_per_kwh"], h["carbon_source"]) == (400, "declared")
     assert "outside 0..5000" in str(h["carbon_note"])
+
+
+def test_a_malformed_sources_setting_stops_the_server_at_start(make_server: MakeServer) -> None:
+    with pytest.raises(InvalidRequestError, match="CRUCIBLE_CARBON_SOURCES"):
+        make_server(carbon_sources="eu-north")

@@ -104,6 +104,7 @@ class QuoteRequest(Wire):
     region: str | None = Field(default=None, min_length=1, max_length=64)
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+    max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
 
 
 class QuoteInfo(Wire):
