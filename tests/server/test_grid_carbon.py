@@ -127,6 +127,8 @@ def test_an_http_source_and_its_nonsense(grid_server: tuple[str, type[_Answers]]
             assert "using the declared figure" in r.note
     dead = GridIntensity({"eu": HttpSource("http://127.0.0.1:9/none")}, 1).read(T0)["eu"]
     assert dead.g_per_kwh is None and dead.note is not None and "failed" in dead.note
+    # the note is shown to every tenant: it never names the operator's endpoint
+    assert "127.0.0.1:9" not in dead.note
 
 
 def test_the_grid_figure_is_billed_and_a_failing_source_falls_back_visibly(
@@ -185,6 +187,7 @@ def test_the_grid_figure_is_billed_and_a_failing_source_falls_back_visibly(
     h = host()
     assert (h["carbon_g_per_kwh"], h["carbon_source"]) == (400, "declared")
     assert "outside 0..5000" in str(h["carbon_note"])
+    assert str(tmp_path) not in str(h["carbon_note"])
 
 
 def test_a_malformed_sources_setting_stops_the_server_at_start(make_server: MakeServer) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from pathlib import Path
 from crucible.errors import InvalidRequestError
 
 __all__ = ["CsvSeries", "GridIntensity", "GridReading", "HttpSource", "parse_sources"]
+
+log = logging.getLogger("crucible.carbon")
 
 MAX_G_PER_KWH = 5000  # no grid on Earth is above ~1,100; beyond this is nonsense
 _HTTP_TIMEOUT_S = 2.0
@@ -200,6 +203,10 @@ class GridIntensity:
                 out[region] = GridReading(source.at(now_ms), None)
             except Exception as exc:  # any failure falls back to the declared figure
                 why = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+                log.warning("grid carbon source for %s (%s): %s", region, source.describe(), why)
+                # Every tenant sees a host's status: the operator's path or URL stays out of it.
+                where = str(source.path) if isinstance(source, CsvSeries) else source.url
+                why = why.replace(where, "the source")
                 note = f"grid carbon source failed ({why}); using the declared figure"
                 out[region] = GridReading(None, note[:300])
         return out
