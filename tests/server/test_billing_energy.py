@@ -118,7 +118,7 @@ def test_reported_energy_is_metered_billed_and_shown_everywhere(make_server: Mak
         1,
         {"container_id": cid, "state": "running", "pid": 1, "energy_mwh": 0},
     )
-    clock.ms = t0 + 15_000
+    clock.ms = t0 + 150_000
     _sync(
         server,
         host_token,
@@ -135,7 +135,7 @@ def test_reported_energy_is_metered_billed_and_shown_everywhere(make_server: Mak
         1,
         {"container_id": cid, "state": "running", "pid": 1, "energy_mwh": 5},
     )
-    clock.ms = t0 + 25_000
+    clock.ms = t0 + 250_000
     _sync(
         server,
         host_token,
@@ -157,7 +157,7 @@ def test_reported_energy_is_metered_billed_and_shown_everywhere(make_server: Mak
     assert sum(r.energy_mwh for r in rows) == 2_500
     assert sum(r.carbon_mg for r in rows) == 1_000  # 2.5 Wh at 400 g/kWh = 1 g
     assert all(r.carbon_g_per_kwh == 400 and not r.energy_estimated for r in rows)
-    assert sum(r.end_ms - r.start_ms for r in rows) == 25_000
+    assert sum(r.end_ms - r.start_ms for r in rows) == 250_000
 
     bill = server.ok("GET", "/v1/bill", token=renter)
     [line] = bill["lines"]
@@ -204,7 +204,7 @@ def test_a_call_shows_its_share_of_the_containers_energy(make_server: MakeServer
         "POST", f"/v1/containers/{cid}/exchange", token=ctoken, json={"want": 1, "wait_s": 0}
     )
     assert [i["call_id"] for i in got["inputs"]] == [call_id]
-    clock.ms = t0 + 10_000
+    clock.ms = t0 + 100_000
     server.ok(
         "POST",
         f"/v1/containers/{cid}/exchange",
@@ -216,14 +216,14 @@ def test_a_call_shows_its_share_of_the_containers_energy(make_server: MakeServer
                     "attempt": 1,
                     "status": "succeeded",
                     "result": {"data": "gAQ=", "size": 3},
-                    "exec_us": 5_000_000,
+                    "exec_us": 50_000_000,
                 }
             ],
             "want": 0,
             "wait_s": 0,
         },
     )
-    clock.ms = t0 + 20_000
+    clock.ms = t0 + 200_000
     _sync(
         server,
         host_token,
@@ -238,7 +238,7 @@ def test_a_call_shows_its_share_of_the_containers_energy(make_server: MakeServer
         },
     )
     timeline = server.ok("GET", f"/v1/calls/{call_id}/timeline", token=renter)
-    # It ran 5 s of the container's 20 s: a quarter of 4 Wh, at 200 g/kWh.
+    # It ran 50 s of the container's 200 s: a quarter of 4 Wh, at 200 g/kWh.
     assert timeline["energy_mwh"] == 1_000
     assert timeline["carbon_mg"] == 200
     [row] = server.ok("GET", "/v1/statement?kind=calls", token=renter)
@@ -278,3 +278,19 @@ def test_absurd_energy_reports_are_refused_with_a_clear_error(make_server: MakeS
     )
     assert r.status_code == 400
     assert "energy_mwh" in r.text
+
+
+def test_a_host_cannot_bill_more_energy_than_its_devices_can_draw(make_server: MakeServer) -> None:
+    server = make_server()
+    clock = FakeClock()
+    server.state.clock = clock
+    renter, host_token, host_id, _fid, cid = _setup(server, carbon=400)
+    t0 = clock.ms
+    _sync(server, host_token, host_id, 1, {"container_id": cid, "state": "running", "pid": 1})
+    clock.ms = t0 + 36_000
+    exited = {"container_id": cid, "state": "exited", "exit_code": 0, "reason": "exited"}
+    _sync(server, host_token, host_id, 2, {**exited, "energy_mwh": 10**12})
+    [line] = server.ok("GET", "/v1/bill", token=renter)["lines"]
+    # A CPU-only container, counted at 8 cores x 10 W, twice over: 160 W for 36 s = 1.6 Wh.
+    assert line["energy_mwh"] == 1_600
+    assert 640 <= line["carbon_mg"] <= 644  # 0.64 g, rounded half up in each of 4 intervals

@@ -171,7 +171,7 @@ def test_the_grid_figure_is_billed_and_a_failing_source_falls_back_visibly(
     assert (h["carbon_g_per_kwh"], h["carbon_source"], h["carbon_note"]) == (120, "grid", None)
     assert h["declared_carbon_g_per_kwh"] == 400
     sync(1, state="running", pid=1, energy_mwh=0)
-    clock.ms += 40_000
+    clock.ms += 400_000
     sync(2, state="exited", exit_code=0, reason="exited", energy_mwh=5_000)
     with server.state.engine.connect() as conn:
         rows = conn.execute(select(meter_intervals).where(meter_intervals.c.container_id == cid))

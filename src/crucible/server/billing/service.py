@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -55,6 +57,19 @@ _SET_METERED = (
 def _estimated_watts(gpu_model: str | None, gpus: int, cpu: float) -> float:
     tdp = GPU_CATALOG[gpu_model].tdp_watts if gpu_model in GPU_CATALOG else 0
     return estimated_watts(tdp, gpus if gpu_model else 0, cpu, CPU_CORE_WATTS)
+
+
+# A container without a CPU quota may use more cores than it reserved: the plausibility cap
+# counts at least this many, and twice the devices' maximum power (TDP; unknown models 1 kW).
+_CAP_MIN_CORES = 8.0
+_CAP_FACTOR = 2.0
+
+
+def _plausible_watts(r: Any) -> float:
+    gpus = len(r.gpu_indices or []) if r.gpu_model else 0
+    tdp = GPU_CATALOG[r.gpu_model].tdp_watts if r.gpu_model in GPU_CATALOG else 1000
+    cores = max(float(r.cpu), _CAP_MIN_CORES)
+    return _CAP_FACTOR * estimated_watts(tdp, gpus, cores, CPU_CORE_WATTS)
 
 
 def record_grid_readings(conn: Connection, readings: dict[str, GridReading]) -> None:
@@ -145,8 +160,16 @@ def meter_containers(
         # Measured: what the agent reported since the last tick, shared by length; not
         # reported (an agent that does not meter): the catalog estimate.
         measured = r.energy_mwh is not None
-        if measured:
-            energies = energy_split(int(r.energy_mwh) - energy_done, due)
+        if measured and due:
+            reported = int(r.energy_mwh) - energy_done
+            # A host cannot bill a renter's emissions beyond what its devices can draw: energy
+            # above twice their maximum power over the time it covers is dropped.
+            span = (stop if stop is not None else now_ms) - due[0][0]
+            cap = estimated_energy_mwh(_plausible_watts(r), 0, 0, max(0, span))
+            energies = energy_split(min(reported, cap), due)
+            energy_done = max(energy_done, int(r.energy_mwh)) - sum(energies)
+        elif measured:
+            energies = []
         else:
             watts = _estimated_watts(r.gpu_model, len(r.gpu_indices or []), float(r.cpu))
             energies = [estimated_energy_mwh(watts, r.started_ms, s, e) for s, e in due]
