@@ -150,6 +150,20 @@ class Settings:
         "crash-looping: its queued calls fail with the last container's error (between "
         "crashes, new containers wait 1 s, 2 s, 4 s ... up to 60 s).",
     )
+    carbon_sources: str = _opt(
+        "",
+        "CRUCIBLE_CARBON_SOURCES",
+        "Grid carbon intensity per region, used instead of hosts' declared figures: "
+        "`region=source` pairs separated by `;`, a source being a CSV file of "
+        '`time,g_per_kwh` rows or an http(s) URL answering JSON `{"carbon_g_per_kwh": N}`. '
+        "Empty: declared figures only (nothing is fetched). A failing source falls back to "
+        "the declared figure and says so in the host's status.",
+    )
+    carbon_refresh_s: float = _opt(
+        300.0,
+        "CRUCIBLE_CARBON_REFRESH_S",
+        "How often the scheduler reads the grid carbon sources.",
+    )
     meter_interval_s: float = _opt(
         30.0,
         "CRUCIBLE_METER_INTERVAL_S",

@@ -41,3 +41,8 @@ def urgent() -> str:
 @rush.function(gpu="H100", max_price=0.10, timeout=60)
 def stingy() -> str:
     return "never runs: every H100 asks more than $0.10"
+
+
+@rush.function(gpu="H100", max_carbon_g_per_kwh=50, timeout=60)
+def green_only() -> str:
+    return "never runs on a host that declares no carbon intensity, or one above 50 g/kWh"

@@ -38,6 +38,12 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert line["app_name"] == "hello" and line["function_name"] == "square"
         assert line["calls"] == 10_002 and line["containers"] >= 1
         assert line["container_ms"] > 0 and bill["total_micros"] == line["cost_micros"]
+        # The agent measured (or, without RAPL, estimated and said so) the energy it drew.
+        assert line["energy_mwh"] > 0 and bill["total_energy_mwh"] == line["energy_mwh"]
+        ranked = json.loads(_crucible(["bill", "--by", "carbon", "--json"], env))
+        assert [a["app_name"] for a in ranked] == ["hello"]
+        assert ranked[0]["energy_mwh"] == line["energy_mwh"]
+        assert "kWh" in _crucible(["bill"], env)
         hosts = json.loads(_crucible(["hosts", "--json"], env))
         assert hosts[0]["state"] == "ready"
         calls = json.loads(_crucible(["calls", "--json", "--limit", "3"], env))
@@ -88,7 +94,7 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert earned["charged_micros"] == bill["total_micros"] > 0
         assert earned["charged_micros"] == earned["fee_micros"] + earned["earned_micros"]
         csv_lines = _crucible(["statement", "--kind", "apps", "--csv"], env).splitlines()
-        assert csv_lines[0] == "app_id,app_name,intervals,ms,cost_micros"
+        assert csv_lines[0] == "app_id,app_name,intervals,ms,cost_micros,energy_mwh,carbon_mg"
         assert csv_lines[1].split(",")[1] == "hello"
         quote = json.loads(_crucible(["market", "quote", "2xH100", "--json"], env))
         assert not quote["available"] and quote["refusal"] == "no_offer"

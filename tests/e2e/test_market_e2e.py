@@ -147,6 +147,20 @@ def test_market_refusal_fails_calls_clearly(market_exchange: Exchange) -> None:
     client.close()
 
 
+def test_a_carbon_cap_no_host_meets_fails_calls_clearly(market_exchange: Exchange) -> None:
+    ex = market_exchange
+    ex.start_agent("gpu-a", fake_gpus="1xH100")  # declares no carbon intensity
+    client = ex.client(ex.new_account("green"))
+    with (
+        app_market.rush.run(client=client),
+        pytest.raises(crucible.MarketRefusedError, match=r"max_carbon_g_per_kwh=50"),
+    ):
+        app_market.green_only.remote()
+    client.close()
+    with pytest.raises(crucible.InvalidRequestError, match="max_carbon_g_per_kwh"):
+        app_market.rush.function(gpu="H100", max_carbon_g_per_kwh=-3)(lambda: None)
+
+
 def test_out_of_credit_refuses_work_until_credits_are_granted(tmp_path: Path) -> None:
     ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_REQUIRE_CREDITS="1")
     ex.start_server()

@@ -80,6 +80,34 @@ def test_greenest_puts_carbon_first_within_max_price() -> None:
     assert granted(m.decide_lease(req(lease_id="c"), 0)).leases[0].host_id == "coal"
 
 
+def test_max_carbon_refuses_hosts_above_the_cap_and_undeclared_ones() -> None:
+    m = market(
+        (gpu_host("coal", carbon=900), offer(1.00)),
+        (gpu_host("unknown"), offer(0.50)),
+        (gpu_host("solar", carbon=30, energy="solar"), offer(1.20)),
+        (gpu_host("hydro", carbon=10, energy="hydro"), offer(1.80)),
+    )
+    # cheapest under the cap: solar (coal is above it, the undeclared host cannot show it is
+    # under it, hydro is dearer)
+    capped = req(max_carbon_g_per_kwh=100, lease_id="c1")
+    assert granted(m.decide_lease(capped, 0)).leases[0].host_id == "solar"
+    # greenest within a price cap and a carbon cap
+    both = req(prefer=Prefer.GREENEST, max_price=usd(1.50), max_carbon_g_per_kwh=100)
+    assert granted(m.decide_lease(both, 0)).leases[0].host_id == "solar"
+    # interruptible bids obey the cap too
+    assert (
+        granted(m.decide_lease(bid("b", 0.95, max_carbon_g_per_kwh=50), 0)).leases[0].host_id
+        == "hydro"
+    )
+    # nothing qualifies: a clear refusal naming the cap and the greenest host there is
+    r = refused(m.decide_lease(req(max_carbon_g_per_kwh=5, lease_id="c2"), 0))
+    assert r.code.value == "filtered"
+    assert "max_carbon_g_per_kwh=5" in r.message and "greenest declares 10 gCO2/kWh" in r.message
+    assert "raise max_carbon_g_per_kwh" in r.message
+    with pytest.raises(InvalidRequestError, match="max_carbon_g_per_kwh"):
+        req(max_carbon_g_per_kwh=-1)
+
+
 def test_fastest_tries_the_fastest_model_first_and_the_list_order_otherwise() -> None:
     rules = MarketRules(grace_ms=GRACE, model_speed={"H100": 3, "A100": 2})
     m = market(

@@ -39,6 +39,7 @@ FUNCTION_BAD: dict[str, list[Any]] = {
     "min_reliability": [-0.1, 1.5, HUGE, "high", None, True],
     "prefer": ["fast", "", 5, None],
     "secrets": ["hf", [5], crucible.Secret.from_name("hf"), None],
+    "max_carbon_g_per_kwh": [-1, 5001, HUGE, "low", 1.5, True],
     "schedule": ["*/5 * * * *", 300, crucible.Cron],
     "volumes": [
         ["/data"],

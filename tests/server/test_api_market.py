@@ -188,6 +188,8 @@ def test_a_reservation_is_charged_up_front_and_the_ledger_balances(
             "intervals": 1,
             "ms": 7_200_000,
             "cost_micros": 6_000_000,
+            "energy_mwh": 0,  # a reservation's charge has no metered interval of its own
+            "carbon_mg": 0,
         }
     ]
     bad = server.request("GET", "/v1/statement?kind=everything", token=renter)

@@ -32,6 +32,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
 from crucible.agent.runtimes import build_runtime
 from crucible.errors import (
@@ -119,6 +120,7 @@ class Agent:
         self._report_lock = threading.Lock()
         self._seq = 0  # HostSync.seq of the last sync numbered since the last registration
         self._host_id: str | None = None
+        self.energy: EnergyMeter | None = None  # set at the first registration
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._stopping = False
         self._stop = threading.Event()
@@ -210,6 +212,8 @@ class Agent:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             with self._report_lock, self._lock:
+                if self.energy is None:
+                    self.energy = self._energy_meter(info.inventory)
                 self._host_id = info.id
                 self._seq = 0  # the server numbers a registered agent's syncs from 1 again
             inv = info.inventory
@@ -224,6 +228,14 @@ class Agent:
                 gpus,
             )
             return
+
+    def _energy_meter(self, inventory: Inventory) -> EnergyMeter:
+        """Per-container energy: NVML on real GPUs; declared fake GPUs are estimated."""
+        fake = any(g.fake for g in inventory.gpus) or not inventory.gpus
+        return EnergyMeter(
+            gpu_models={g.index: g.model for g in inventory.gpus},
+            nvml=None if fake else open_nvml(),
+        )
 
     # -- syncing ------------------------------------------------------------------------------
     def _sync_loop(self) -> None:
@@ -276,15 +288,23 @@ class Agent:
             if host_id is None:
                 raise NotFoundError("not registered yet")
             reports = self.runtime.poll()
+            dropped = None
+            if self.energy is not None:
+                reports = self.energy.annotate(reports)
+                dropped = self.energy.dropped
             self._seq += 1
             seq = self._seq
-        body = HostSync(containers=reports, wait_s=wait_s, seq=seq).model_dump(mode="json")
+        body = HostSync(
+            containers=reports, wait_s=wait_s, seq=seq, energy_readings_dropped=dropped
+        ).model_dump(mode="json")
         data = self._transport.post(
             f"/v1/hosts/{host_id}/sync", body, timeout_s=wait_s + 30.0, retry=retry
         )
         reply = HostSyncReply.model_validate(data)
         for report in reports:
             if report.state == "exited" and self.runtime.forget(report.container_id):
+                if self.energy is not None:
+                    self.energy.forget(report.container_id)
                 with self._lock:
                     self._tombstones[report.container_id] = None
                     while len(self._tombstones) > _TOMBSTONES:
@@ -311,6 +331,8 @@ class Agent:
                     assignment.resources.memory_mib,
                     gpus,
                 )
+                if self.energy is not None:
+                    self.energy.track(cid, assignment.gpu_indices, assignment.resources.cpu)
                 self.runtime.start(assignment)
             for cid in reply.stop:
                 grace = reply.grace_s.get(cid)

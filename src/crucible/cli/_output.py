@@ -26,6 +26,8 @@ __all__ = [
     "console",
     "err_console",
     "fmt_clock",
+    "fmt_co2",
+    "fmt_kwh",
     "fmt_ms",
     "fmt_time",
     "fmt_usd",
@@ -159,3 +161,15 @@ def fmt_clock(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+def fmt_kwh(mwh: int | None, *, unit: bool = True) -> str:
+    """Milliwatt-hours as kWh (6 decimals: one mWh); bare for a column headed "kWh"."""
+    if mwh is None:
+        return "-"
+    return f"{mwh / 1_000_000:,.6f}" + (" kWh" if unit else "")
+
+
+def fmt_co2(mg: int | None, *, unit: bool = True) -> str:
+    """Milligrams of CO2 as grams; bare for a column headed "gCO2"."""
+    if mg is None:
+        return "-"
+    return f"{mg / 1000:,.3f}" + (" gCO2" if unit else "")

@@ -12,7 +12,17 @@ from typing import Any
 import typer
 
 from crucible.cli._ids import resolve_id
-from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, shown, table
+from crucible.cli._output import (
+    console,
+    fmt_co2,
+    fmt_kwh,
+    fmt_ms,
+    fmt_time,
+    fmt_usd,
+    print_json,
+    shown,
+    table,
+)
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.market import (
@@ -207,7 +217,7 @@ def register(app: typer.Typer) -> None:
             return
         table(
             f"Earnings by {rep.by}",
-            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned"],
+            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned", "kWh", "gCO2"],
             [
                 (
                     x.key,
@@ -217,6 +227,8 @@ def register(app: typer.Typer) -> None:
                     fmt_usd(x.charged_micros),
                     fmt_usd(x.fee_micros),
                     fmt_usd(x.earned_micros),
+                    fmt_kwh(x.energy_mwh, unit=False),
+                    fmt_co2(x.carbon_mg, unit=False),
                 )
                 for x in rep.lines
             ],
@@ -224,7 +236,8 @@ def register(app: typer.Typer) -> None:
         )
         console.print(
             f"Charged {fmt_usd(rep.charged_micros)}, fees {fmt_usd(rep.fee_micros)}, "
-            f"earned [bold]{fmt_usd(rep.earned_micros)}[/]"
+            f"earned [bold]{fmt_usd(rep.earned_micros)}[/]; "
+            f"{fmt_kwh(rep.energy_mwh)}, {fmt_co2(rep.carbon_mg)}"
         )
 
     market_app = typer.Typer(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 import typer
+from rich.markup import escape
 
 from crucible.cli._embedded import ensure_running
 from crucible.cli._ids import resolve_id
@@ -13,6 +15,8 @@ from crucible.cli._output import (
     clean,
     console,
     fmt_clock,
+    fmt_co2,
+    fmt_kwh,
     fmt_ms,
     fmt_time,
     fmt_usd,
@@ -78,6 +82,24 @@ def _elapsed(a: CallAttempt) -> int | None:
     if a.started_ms is None or a.ended_ms is None:
         return None
     return a.ended_ms - a.started_ms
+def _apps_by_carbon(report: BillReport) -> list[dict[str, Any]]:
+    """The bill's lines summed per app, most emissions first (then cost, then id)."""
+    per: dict[str, dict[str, Any]] = {}
+    for line in report.lines:
+        a = per.setdefault(
+            line.app_id,
+            {
+                "app_id": line.app_id,
+                "app_name": line.app_name,
+                "carbon_mg": 0,
+                "energy_mwh": 0,
+                "cost_micros": 0,
+            },
+        )
+        a["carbon_mg"] += line.carbon_mg
+        a["energy_mwh"] += line.energy_mwh
+        a["cost_micros"] += line.cost_micros
+    return sorted(per.values(), key=lambda a: (-a["carbon_mg"], -a["cost_micros"], a["app_id"]))
 
 
 def register(app: typer.Typer) -> None:
@@ -173,6 +195,8 @@ def register(app: typer.Typer) -> None:
                 ],
                 ids=("container", "host"),
             )
+        if t.energy_mwh is not None:
+            console.print(f"energy {fmt_kwh(t.energy_mwh)}, {fmt_co2(t.carbon_mg)}")
         table(
             "Timeline",
             ["#", "phase", "from (UTC)", "took", "cost", "detail"],
@@ -250,22 +274,42 @@ def register(app: typer.Typer) -> None:
             rows,
             ids=("id",),
         )
+        for h in items:
+            if h.carbon_note:
+                console.print(f"{h.id}: {escape(h.carbon_note)}")
+            if h.energy_readings_dropped:
+                console.print(
+                    f"{h.id}: {h.energy_readings_dropped} absurd power reading(s) dropped"
+                )
 
     @app.command()
     def bill(
         app_id: str = typer.Option(None, "--app", help="Only this app."),
+        by: str = typer.Option(
+            "function", "--by", help="function (the default), or carbon: apps by emissions."
+        ),
         as_json: bool = JSON,
     ) -> None:
         """What your apps cost: container time metered to the millisecond."""
         client = _client()
         path = "/v1/bill" + (f"?app_id={resolve_id(client, app_id)}" if app_id else "")
         report = BillReport.model_validate(client.get(path))
+        """What your apps cost: container time metered to the millisecond, with the energy it
+        drew and the CO2 it emitted (* marks estimates where the host could not measure)."""
+        if by not in ("function", "carbon"):
+            raise typer.BadParameter(f"--by is 'function' or 'carbon', not {by!r}")
+        client = _client()
+        path = "/v1/bill" + (f"?app_id={resolve_id(client, app_id)}" if app_id else "")
+        report = BillReport.model_validate(client.get(path))
+        if by == "carbon":
+            _bill_by_carbon(report, as_json)
+            return
         if as_json:
             print_json(report.model_dump())
             return
         table(
             "Bill",
-            _BILL_COLUMNS,
+            [*_BILL_COLUMNS, "kWh", "gCO2"],
             [
                 (
                     line.app_name,
@@ -276,12 +320,39 @@ def register(app: typer.Typer) -> None:
                     line.calls,
                     fmt_ms(line.exec_ms),
                     fmt_usd(line.cost_micros),
+                    fmt_kwh(line.energy_mwh, unit=False) + ("*" if line.energy_estimated else ""),
+                    fmt_co2(line.carbon_mg, unit=False),
                 )
                 for line in report.lines
             ],
             ids=("app id",),
         )
-        console.print(f"Total: [bold]{fmt_usd(report.total_micros)}[/]")
+        console.print(
+            f"Total: [bold]{fmt_usd(report.total_micros)}[/], "
+            f"{fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"
+        )
+
+    def _bill_by_carbon(report: BillReport, as_json: bool) -> None:
+        ranked = _apps_by_carbon(report)
+        if as_json:
+            print_json(ranked)
+            return
+        table(
+            "Apps by emissions",
+            ["app", "app id", "gCO2", "kWh", "cost", "gCO2 per $"],
+            [
+                (
+                    a["app_name"],
+                    a["app_id"],
+                    fmt_co2(a["carbon_mg"], unit=False),
+                    fmt_kwh(a["energy_mwh"], unit=False),
+                    fmt_usd(a["cost_micros"]),
+                    "-" if not a["cost_micros"] else f"{a['carbon_mg'] / a['cost_micros']:.3f}",
+                )
+                for a in ranked
+            ],
+            ids=("app id",),
+        )
 
     token_app = typer.Typer(help="API tokens.")
     app.add_typer(token_app, name="token")

@@ -1,21 +1,103 @@
 """`crucible sim SCENARIO [--seed N] [--out DIR] [--policy NAME]`: run a scenario through the
 discrete-event simulator over the real placement and market cores, print a summary table and
-write the report (JSON, PNG plots, HTML)."""
+write the report (JSON, PNG plots, HTML).
+
+`crucible sim compare SCENARIO --policy A --policy B --seeds N`: run several policies over
+several seeds of a market scenario and write one side-by-side report."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from crucible.cli._output import console, print_json, table
 
 __all__ = ["register"]
 
 
+class _RunByDefault(TyperGroup):
+    """`crucible sim SCENARIO` runs one scenario (the `run` command); `crucible sim compare
+    ...` compares. Anything that is not a subcommand's name goes to `run`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
+    sim_app = typer.Typer(
+        cls=_RunByDefault,
+        help="Simulate a fleet and its workload on a virtual clock (`crucible sim SCENARIO`), "
+        "or compare market policies (`crucible sim compare SCENARIO`).",
+    )
+    app.add_typer(sim_app, name="sim")
+
+    @sim_app.command("compare")
+    def sim_compare(
+        scenario: Path = typer.Argument(..., help="a market scenario file (.toml)"),
+        policy: list[str] = typer.Option(
+            ...,
+            "--policy",
+            help="a market policy; repeat to compare (the first is the baseline): cost-first, "
+            "carbon-first, green-interruptible, carbon-capped",
+        ),
+        seeds: int = typer.Option(3, help="how many seeds per policy (1..N)"),
+        gpus: int | None = typer.Option(
+            None, help="rescale the fleet to this many GPUs (default: the scenario's)"
+        ),
+        out: Path | None = typer.Option(
+            None, help="report folder (default: sim-out/<scenario file name>-compare)"
+        ),
+        plots: bool = typer.Option(True, help="write PNG plots"),
+        json_out: bool = typer.Option(False, "--json", help="print the comparison as JSON"),
+    ) -> None:
+        """Run several market policies over several seeds; one side-by-side report (table,
+        JSON, HTML with plots) with the goals judged."""
+        from crucible.sim.compare import compare
+        from crucible.sim.compare_report import (
+            goal_lines,
+            headline_rows,
+            versus_rows,
+            work_rows,
+            write_compare_report,
+        )
+        from crucible.sim.scenario import ScenarioError, load_scenario
+
+        if seeds < 1 or seeds > 100:
+            raise ScenarioError(f"--seeds must be 1..100, not {seeds}")
+        s = load_scenario(scenario)
+        t0 = time.perf_counter()
+        result: dict[str, Any] = compare(s, policy, [s.seed + i for i in range(seeds)], gpus=gpus)
+        timing = {"wall_s": round(time.perf_counter() - t0, 1), "runs": len(policy) * seeds}
+        folder = out or Path("sim-out") / f"{scenario.stem}-compare"
+        written = write_compare_report(result, timing, folder, plots=plots)
+        if json_out:
+            print_json({k: v for k, v in result.items() if k != "runs"} | {"timing": timing})
+            return
+        cols, rows = headline_rows(result)
+        table(f"Prices: {s.name} ({result['gpus']:,} GPUs, paid/list = price / list)", cols, rows)
+        table("Work and carbon", *work_rows(result))
+        vcols, vrows = versus_rows(result)
+        if vrows:
+            table(f"Against {result['baseline']} (relative change)", vcols, vrows)
+        for p, f in result["policies"].items():
+            why = ", ".join(f"{k} {v:g}" for k, v in f["gave_up_by_reason_per_run"].items())
+            console.print(
+                f"{p}: {f['jobs_gave_up_per_run']:g} jobs gave up per run ({why or 'none'})",
+                markup=False,
+                highlight=False,
+            )
+        for line in goal_lines(result):
+            console.print(line, markup=False, highlight=False)
+        console.print(f"{timing['runs']} runs in {timing['wall_s']} s")
+        console.print("wrote " + ", ".join(str(p) for p in written.values()))
+
+    @sim_app.command("run")
     def sim(
         scenario: Path = typer.Argument(..., help="scenario file (.toml); see examples/sim/"),
         seed: int | None = typer.Option(None, help="random seed (default: the scenario's)"),

@@ -60,6 +60,9 @@ class MarketTerms(Wire):
     region: str | None = Field(default=None, min_length=1, max_length=64)
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+    # Only hosts at or below this carbon intensity (gCO2/kWh); hosts that declare none are
+    # refused under a cap. None: no cap.
+    max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
 
     @model_validator(mode="after")
     def _consistent(self) -> MarketTerms:

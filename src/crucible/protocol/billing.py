@@ -17,9 +17,16 @@ class BillLine(Wire):
     cost_micros: int
     calls: int
     exec_ms: int
+    # Energy (milliwatt-hours) and emissions (milligrams of CO2) of the metered container
+    # time; ``energy_estimated``: some of it was estimated, not measured.
+    energy_mwh: int = 0
+    carbon_mg: int = 0
+    energy_estimated: bool = False
 
 
 class BillReport(Wire):
     account_id: str
     lines: list[BillLine]
     total_micros: int
+    total_energy_mwh: int = 0
+    total_carbon_mg: int = 0

@@ -112,6 +112,10 @@ class CallTimeline(Wire):
     # Every attempt, oldest first (the phases above cover them all, each marked with its
     # attempt); container_id, host_id and cold_start above are the latest attempt's.
     history: list[CallAttempt] = Field(default_factory=list)
+    # The call's share of its container's metered energy and emissions: its run time at
+    # the container's average power and intensity so far (None: nothing metered yet).
+    energy_mwh: int | None = None
+    carbon_mg: int | None = None
 
 
 class ItemsSent(Wire):

@@ -55,6 +55,11 @@ class ContainerReport(Wire):
     # "start_failed", "oom".
     reason: str | None = Field(default=None, max_length=32)
     message: str | None = Field(default=None, max_length=100_000)
+    # Energy the container used since it started (GPUs and its share of the CPUs), in
+    # milliwatt-hours, as the agent measured it (NVML, RAPL) or estimated it from the
+    # catalog's power figures (``energy_estimated``). None: an agent that does not meter.
+    energy_mwh: int | None = Field(default=None, ge=0, le=2**53)
+    energy_estimated: bool = False
 
 
 class InputAssignment(Wire):

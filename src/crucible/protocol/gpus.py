@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from crucible.errors import InvalidGpuError, InvalidResourcesError
 
 __all__ = [
+    "CPU_CORE_WATTS",
     "GPU_CATALOG",
     "GpuModel",
     "GpuRequest",
@@ -32,24 +33,40 @@ class GpuModel:
     reference_price_usd: float
     # Substrings of NVML names that identify this model (checked longest catalog name first).
     nvml_aliases: tuple[str, ...] = ()
+    # Board power from public spec sheets (W): the maximum (TDP/TBP) and a typical idle draw.
+    # Used to estimate energy where a host cannot measure it (see agent/energy.py).
+    tdp_watts: int = 300
+    idle_watts: int = 50
+
+    def watts_at(self, utilisation: float) -> float:
+        """Estimated board power at a utilisation in [0, 1]: idle plus the busy fraction of
+        the range up to TDP (a linear model; real boards rarely sit at TDP)."""
+        u = min(max(utilisation, 0.0), 1.0)
+        return self.idle_watts + u * (self.tdp_watts - self.idle_watts)
+
+
+# Estimated draw of one busy CPU core (W): a server CPU's TDP over its cores (e.g. a 280 W,
+# 32-core EPYC 7543, or a 205 W, 24-core Xeon 6342, both ~8.5-9 W/core), rounded up for
+# memory and uncore. Used only where RAPL cannot be read.
+CPU_CORE_WATTS = 10.0
 
 
 GPU_CATALOG: dict[str, GpuModel] = {
     m.name: m
     for m in (
-        GpuModel("B200", 192, 5.99, ("B200",)),
-        GpuModel("H200", 141, 3.59, ("H200",)),
-        GpuModel("H100", 80, 1.89, ("H100",)),
-        GpuModel("A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")),
-        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100")),
-        GpuModel("L40S", 48, 0.99, ("L40S",)),
-        GpuModel("L4", 24, 0.44, ("L4",)),
-        GpuModel("A10G", 24, 0.60, ("A10G",)),
-        GpuModel("A10", 24, 0.55, ("A10",)),
-        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",)),
-        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",)),
-        GpuModel("V100", 16, 0.40, ("V100",)),
-        GpuModel("T4", 16, 0.17, ("T4",)),
+        GpuModel("B200", 192, 5.99, ("B200",), 1000, 140),
+        GpuModel("H200", 141, 3.59, ("H200",), 700, 90),
+        GpuModel("H100", 80, 1.89, ("H100",), 700, 80),
+        GpuModel("A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"), 400, 55),
+        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100"), 400, 50),
+        GpuModel("L40S", 48, 0.99, ("L40S",), 350, 35),
+        GpuModel("L4", 24, 0.44, ("L4",), 72, 16),
+        GpuModel("A10G", 24, 0.60, ("A10G",), 300, 30),
+        GpuModel("A10", 24, 0.55, ("A10",), 150, 25),
+        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",), 450, 25),
+        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",), 350, 25),
+        GpuModel("V100", 16, 0.40, ("V100",), 300, 40),
+        GpuModel("T4", 16, 0.17, ("T4",), 70, 10),
     )
 }
 

@@ -123,6 +123,16 @@ class HostInfo(Wire):
     allocated_memory_mib: int = 0
     allocated_gpus: list[int] = Field(default_factory=list)
     containers: int = 0
+    # Energy and carbon: the declared source and intensity, the intensity in force now (from
+    # the operator's grid source for the region, or the declared figure), where it came from
+    # ("declared", "grid"), why a grid source was not used (None: nothing to say), and power
+    # readings the agent dropped as negative or absurd.
+    energy_source: str = "unknown"
+    declared_carbon_g_per_kwh: int | None = None
+    carbon_g_per_kwh: int | None = None
+    carbon_source: str = "declared"
+    carbon_note: str | None = None
+    energy_readings_dropped: int = 0
 
 
 class HostSync(Wire):
@@ -137,6 +147,9 @@ class HostSync(Wire):
     seq: int = Field(default=0, ge=0, le=2**53)
     # A periodic self-test's fresh results, sent once when they are new.
     self_test: list[SelfTestResult] | None = Field(default=None, max_length=128)
+    # Power readings the agent dropped since it started (negative, or beyond what the
+    # devices can draw); shown in the host's status.
+    energy_readings_dropped: int | None = Field(default=None, ge=0, le=2**53)
 
 
 class HostSyncReply(Wire):

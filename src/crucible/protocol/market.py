@@ -104,6 +104,7 @@ class QuoteRequest(Wire):
     region: str | None = Field(default=None, min_length=1, max_length=64)
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+    max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
 
 
 class QuoteInfo(Wire):
@@ -173,6 +174,8 @@ class EarningsLine(Wire):
     charged_micros: int
     fee_micros: int
     earned_micros: int
+    energy_mwh: int = 0  # what the metered leases drew (milliwatt-hours)
+    carbon_mg: int = 0  # and emitted (milligrams of CO2)
 
 
 class EarningsReport(Wire):
@@ -181,6 +184,8 @@ class EarningsReport(Wire):
     charged_micros: int
     fee_micros: int
     earned_micros: int
+    energy_mwh: int = 0
+    carbon_mg: int = 0
 
     @model_validator(mode="after")
     def _sums(self) -> EarningsReport:

@@ -141,6 +141,7 @@ class App:
         secrets: Sequence[Secret] = (),
         schedule: Schedule | None = None,
         volumes: Mapping[str, Volume] | None = None,
+        max_carbon_g_per_kwh: int | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -165,7 +166,8 @@ class App:
         variables of the containers. ``schedule``: :class:`crucible.Cron` or
         :class:`crucible.Period`; a deployed app then calls the function by itself.
         ``volumes``: ``{"/data": crucible.Volume.from_name("data")}`` mounts volumes of your
-        account (on sandboxed hosts).
+        account (on sandboxed hosts). ``max_carbon_g_per_kwh`` refuses hosts above
+        that carbon intensity (and hosts that declare none).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -222,7 +224,9 @@ class App:
                 f"got {type(schedule).__name__}"
             )
 
-        market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
+        market = _market_terms(
+            tier, bid, max_price, region, min_reliability, prefer, max_carbon_g_per_kwh
+        )
         check_int("max_containers", max_containers, 1, 100_000, optional=True)
         check_int("min_containers", min_containers, 0, 100_000)
         check_int("buffer_containers", buffer_containers, 0, 100_000)
@@ -502,6 +506,7 @@ def _market_terms(
     region: str | None,
     min_reliability: float,
     prefer: str,
+    max_carbon_g_per_kwh: int | None = None,
 ) -> MarketTerms:
     check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
     wire_tier = tier.replace("-", "_")
@@ -513,6 +518,7 @@ def _market_terms(
     check_text("region", region, 64, optional=True)
     reliability = check_number("min_reliability", min_reliability, 0, 1)
     assert reliability is not None
+    check_int("max_carbon_g_per_kwh", max_carbon_g_per_kwh, 0, 5000, optional=True)
     bid_m, max_m = _dollars("bid", bid), _dollars("max_price", max_price)
     if bid_m is not None and max_m is not None and bid_m > max_m:
         raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
@@ -524,6 +530,7 @@ def _market_terms(
             region=region,
             min_reliability_ppm=round(reliability * 1_000_000),
             prefer=prefer,
+            max_carbon_g_per_kwh=max_carbon_g_per_kwh,
         )
     except ValidationError as exc:
         raise from_validation_error(exc, "@app.function()", _WIRE_NAMES) from None

@@ -42,6 +42,7 @@ from crucible.server.api.responses import (
     response_for_exception,
     validation_message,
 )
+from crucible.server.billing.grid_carbon import parse_sources
 from crucible.server.blobs import open_blob_store
 from crucible.server.hotpath import HotPath
 from crucible.server.scheduler.loop import SchedulerLoop
@@ -128,6 +129,7 @@ async def _send_error(send: Send, err: Error) -> None:
 
 def build_state(settings: Settings) -> ServerState:
     """Open the store (migrating it) and the blob store."""
+    parse_sources(settings.carbon_sources)  # a malformed setting stops the start, clearly
     engine = create_store_engine(settings.effective_database_url)
     migrate(engine)
     state = ServerState(

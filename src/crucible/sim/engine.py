@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crucible.protocol.gpus import GPU_CATALOG
 from crucible.server.market import Market, MarketRules, Prefer
 from crucible.server.scheduler.placement import Cluster, Request, make_policy
 from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
@@ -34,7 +35,7 @@ from crucible.sim.workload import (
     TraceSource,
 )
 
-__all__ = ["PodLoader", "SimResult", "run"]
+__all__ = ["MARKET_POLICIES", "MarketPolicy", "PodLoader", "SimResult", "list_prices", "run"]
 
 PodLoader = Callable[[Path, str], list[TracePod]]
 
@@ -57,6 +58,49 @@ def _ref_prices(hosts: Sequence[Host]) -> dict[str, int]:
             acc[0] += h.price_micros
             acc[1] += 1
     return {m: a[0] // a[1] for m, a in tot.items()}
+
+
+@dataclass(frozen=True)
+class MarketPolicy:
+    """How the simulated renters buy (see scenario.MARKET_POLICIES): the preference of
+    on-demand and of interruptible work, a price cap as a fraction of the mean ask of the
+    job's first model, whether interruptible work pays each host's minimum (its reserve
+    price) instead of its bid, and a carbon cap (gCO2/kWh) on interruptible work."""
+
+    on_demand: Prefer = Prefer.CHEAPEST
+    interruptible: Prefer = Prefer.CHEAPEST
+    price_cap: float | None = None
+    pay_reserve: bool = False
+    interruptible_max_carbon: int | None = None
+
+
+# The lower quarter of the grid intensities the market scenario draws (200-600 gCO2/kWh).
+GREEN_CAP_G_PER_KWH = 300
+
+MARKET_POLICIES: dict[str, MarketPolicy] = {
+    "cost-first": MarketPolicy(),
+    "carbon-first": MarketPolicy(Prefer.GREENEST, Prefer.GREENEST),
+    "green-interruptible": MarketPolicy(Prefer.CHEAPEST, Prefer.GREENEST),
+    "green-capped-interruptible": MarketPolicy(
+        Prefer.CHEAPEST, Prefer.GREENEST, interruptible_max_carbon=GREEN_CAP_G_PER_KWH
+    ),
+    "carbon-capped": MarketPolicy(Prefer.GREENEST, Prefer.GREENEST, price_cap=1.0),
+    "reserve-price": MarketPolicy(pay_reserve=True),
+}
+
+
+def list_prices(hosts: Sequence[Host]) -> dict[str, int]:
+    """The on-demand list price of each model in the fleet (micro-dollars per GPU-hour): the
+    catalog's reference price (a big cloud's on-demand price), else the model's highest ask
+    in the fleet."""
+    out: dict[str, int] = {}
+    for h in hosts:
+        if h.gpus:
+            out[h.model] = max(out.get(h.model, 0), h.price_micros)
+    for model in out:
+        if model in GPU_CATALOG:
+            out[model] = round(GPU_CATALOG[model].reference_price_usd * 1_000_000)
+    return out
 
 
 def run(
@@ -127,12 +171,19 @@ def run(
     else:
         market = Market(MarketRules(grace_ms=round(s.grace_seconds * 1000)))
         add_to_market(market, hosts)
+        mp = MARKET_POLICIES[policy]
         driver = MarketDriver(
             market,
             {h.id: h for h in hosts},
             rec,
             q,
-            prefer=Prefer.CHEAPEST if policy == "cost-first" else Prefer.GREENEST,
+            prefer=mp.on_demand,
+            prefer_interruptible=mp.interruptible,
+            price_cap=mp.price_cap,
+            pay_reserve=mp.pay_reserve,
+            interruptible_max_carbon=mp.interruptible_max_carbon,
+            list_prices=list_prices(hosts),
+            ref_prices=_ref_prices(hosts),
             platform_fee=s.platform_fee,
             default_carbon=s.default_carbon_g_per_kwh,
             power_watts=dict(s.power_watts),

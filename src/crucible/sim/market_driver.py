@@ -25,6 +25,19 @@ work is done, and the preemptions the market decides carried out.
   intervals), the platform keeps ``platform_fee`` of it and the host the rest.
 - Carbon: GPU-hours x the model's power x the host's carbon intensity (hosts that declare
   none count at the scenario's default).
+- The renters' view per tier: the price paid against the on-demand list price of the same
+  model (``list_prices``: the catalog's reference price, else the model's highest ask in
+  the fleet), hosts' income per GPU-hour against their on-demand ask, jobs that gave up
+  (by their last refusal), preemptions per GPU-hour, the share of work that finished, and
+  energy (kWh) and emissions per GPU-hour.
+- Policy: renters prefer the cheapest or the greenest offer, per tier (``prefer`` for
+  on-demand, ``prefer_interruptible`` for interruptible bids), optionally with a price cap
+  (``price_cap``: max_price = that fraction of the mean ask of the job's first model), or
+  with interruptible work paying each host's minimum, its reserve price (``pay_reserve``:
+  the market's bid=None with max_price = the job's bid: it takes only hosts whose minimum
+  it would have paid, and never outbids another interruptible lease), or with interruptible
+  work held to hosts at or below a carbon intensity (``interruptible_max_carbon``, the
+  market's max_carbon_g_per_kwh: it waits for green capacity).
 """
 
 from __future__ import annotations
@@ -67,9 +80,22 @@ class MarketDriver:
         power_watts: dict[str, int],
         patience_ms: dict[str, int],
         wake: int = 2,
+        prefer_interruptible: Prefer | None = None,
+        list_prices: dict[str, int] | None = None,
+        ref_prices: dict[str, int] | None = None,
+        price_cap: float | None = None,
+        pay_reserve: bool = False,
+        interruptible_max_carbon: int | None = None,
     ) -> None:
         self.m, self.hosts, self.rec, self.q = market, hosts, rec, q
         self.prefer, self.fee = prefer, platform_fee
+        self.prefer_int = prefer if prefer_interruptible is None else prefer_interruptible
+        self.list_prices = dict(list_prices or {})
+        self.ref_prices = dict(ref_prices or {})
+        self.price_cap = price_cap
+        self.pay_reserve = pay_reserve
+        self.int_max_carbon = interruptible_max_carbon
+        self.tiers = _TierStats()
         self.default_carbon, self.power = default_carbon, power_watts
         self.patience, self.wake = patience_ms, wake
         self.parked: dict[tuple[str, ...], deque[Job]] = {}
@@ -119,7 +145,14 @@ class MarketDriver:
     def arrive(self, job: Job, now: int) -> None:
         if job.attempts == 0 and job.started_ms is None:
             self.counts["arrived"] += 1
+            self.tiers.jobs[job.tier]["arrived"] += 1
         self._ask(job, now)
+
+    def _gave_up(self, job: Job, n: int = 1) -> None:
+        self.counts["gave_up"] += n
+        self.tiers.jobs[job.tier]["gave_up"] += n
+        reason = self.tiers.last_refusal.pop(job.id, "never_granted")
+        self.tiers.gave_up_by[f"{job.tier}: {reason}"] += n
 
     def _held(self, lease: Lease, sign: int) -> None:
         """Track a lease starting (``sign=1``) or ending (``-1``) for :meth:`_hopeless`."""
@@ -170,7 +203,7 @@ class MarketDriver:
 
     def _park(self, job: Job, now: int, front: bool = False) -> None:
         if job.deadline_ms <= now:
-            self.counts["gave_up"] += 1
+            self._gave_up(job)
             return
         q = self.parked.get(job.models)
         if q is None:
@@ -212,7 +245,7 @@ class MarketDriver:
                 q.popleft()
                 self.waiting -= 1
                 if job.deadline_ms <= now:
-                    self.counts["gave_up"] += 1
+                    self._gave_up(job)
                     continue
                 tries += 1
                 if not self._ask(job, now, park=False):
@@ -224,7 +257,9 @@ class MarketDriver:
         for key, q in self.parked.items():
             if any(j.deadline_ms <= now for j in q):
                 left = deque(j for j in q if j.deadline_ms > now)
-                self.counts["gave_up"] += len(q) - len(left)
+                for j in q:
+                    if j.deadline_ms <= now:
+                        self._gave_up(j)
                 self.waiting -= len(q) - len(left)
                 self.parked[key] = left
 
@@ -233,6 +268,7 @@ class MarketDriver:
         ``park``)."""
         if self._hopeless(job):
             self.counts["asks_skipped"] += 1
+            self.tiers.last_refusal[job.id] = "no_capacity (not asked)"
             if park:
                 self._park(job, now)
             return False
@@ -245,13 +281,16 @@ class MarketDriver:
             count=job.gpus,
             nodes=job.nodes,
             tier=tier,
-            bid=job.bid_micros if tier is Tier.INTERRUPTIBLE else None,
-            prefer=self.prefer,
+            bid=job.bid_micros if tier is Tier.INTERRUPTIBLE and not self.pay_reserve else None,
+            max_price=self._cap(job, tier),
+            prefer=self.prefer_int if tier is Tier.INTERRUPTIBLE else self.prefer,
+            max_carbon_g_per_kwh=self.int_max_carbon if tier is Tier.INTERRUPTIBLE else None,
             lease_id=f"j{job.id}-{job.attempts}",
         )
         d = self.m.lease(req, now)
         if not isinstance(d, LeaseGranted):
             self.refusals[d.code.value] += 1
+            self.tiers.last_refusal[job.id] = d.code.value
             if park:
                 self._park(job, now)
             return False
@@ -267,6 +306,9 @@ class MarketDriver:
             ids.append(lease.lease_id)
             self.rec.cleared(job.tier, lease.price_micros_per_device_hour, lease.count)
             self.prices[job.tier].append(lease.price_micros_per_device_hour)
+            listed = self.list_prices.get(lease.device_type)
+            if listed:
+                self.tiers.ratios[job.tier].append(lease.price_micros_per_device_hour / listed)
         self.leases[job.id] = ids
         gpus = sum(x.count for x in d.leases)
         self.rec.add_busy(now, gpus)
@@ -286,6 +328,8 @@ class MarketDriver:
         hosts = self._end_all(job, now, {})
         job.remaining_ms = 0
         self.counts["finished"] += 1
+        self.tiers.jobs[job.tier]["finished"] += 1
+        self.tiers.last_refusal.pop(job.id, None)
         for h in sorted(hosts):
             self._wake(h, now)
 
@@ -304,6 +348,7 @@ class MarketDriver:
 
     def _preempted(self, job: Job, ended: dict[str, Lease], deadline_ms: int, now: int) -> None:
         self.counts["preemptions"] += 1
+        self.tiers.jobs[job.tier]["preemptions"] += 1
         first = min(self.leases[job.id])
         begun = self.m.get_lease(first).start_ms if first not in ended else ended[first].start_ms
         self._end_all(job, now, ended)
@@ -329,7 +374,29 @@ class MarketDriver:
         self.revenue[host.provider] += cost - fee
         carbon = self.default_carbon if host.carbon_g_per_kwh is None else host.carbon_g_per_kwh
         kw = self.power.get(lease.device_type, DEFAULT_POWER_W) / 1000
-        self.carbon_g += span * lease.count / MS_PER_HOUR * kw * carbon
+        gpu_h = span * lease.count / MS_PER_HOUR
+        self.carbon_g += gpu_h * kw * carbon
+        t = self.tiers
+        t.list_cost[tier] += gpu_h * self.list_prices.get(lease.device_type, 0)
+        t.ask_cost[tier] += gpu_h * host.price_micros
+        t.income[tier] += cost - fee
+        t.kwh[tier] += gpu_h * kw
+        t.carbon_g[tier] += gpu_h * kw * carbon
+
+    def _cap(self, job: Job, tier: Tier) -> int | None:
+        """The policy's price cap for ``job`` (None: none). Paying the reserve price, an
+        interruptible job still pays at most its bid."""
+        if self.pay_reserve and tier is Tier.INTERRUPTIBLE:
+            return job.bid_micros
+        if self.price_cap is None or not job.models:
+            return None
+        ref = self.ref_prices.get(job.models[0])
+        if ref is None:
+            return None
+        cap = round(ref * self.price_cap)
+        if tier is Tier.INTERRUPTIBLE and job.bid_micros is not None:
+            cap = max(cap, job.bid_micros)
+        return cap
 
     def close(self, now: int) -> None:
         """End the run: leases still running are metered up to ``now`` (not released)."""
@@ -380,4 +447,60 @@ class MarketDriver:
             "platform_fees_usd": round(self.fees / 1e6, 2),
             "carbon_g_per_gpu_hour": round(self.carbon_g / all_h, 1) if all_h else None,
             "gpu_hours": round(all_h, 1),
+            "tiers": self.tiers.summary(gpu_h, self.cost),
+            "gave_up_by_reason": dict(sorted(self.tiers.gave_up_by.items())),
         }
+
+
+class _TierStats:
+    """Per-tier figures for the market report (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Counter[str]] = defaultdict(Counter)
+        self.ratios: dict[str, list[float]] = defaultdict(list)  # price / list, per grant
+        self.list_cost: dict[str, float] = defaultdict(float)  # micro-dollars at list price
+        self.ask_cost: dict[str, float] = defaultdict(float)  # at the hosts' on-demand asks
+        self.income: Counter[str] = Counter()  # hosts' share, micro-dollars
+        self.kwh: dict[str, float] = defaultdict(float)
+        self.carbon_g: dict[str, float] = defaultdict(float)
+        self.last_refusal: dict[int, str] = {}
+        self.gave_up_by: Counter[str] = Counter()
+
+    def summary(self, gpu_h: dict[str, float], cost: Counter[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for tier in sorted(set(gpu_h) | set(self.jobs)):
+            h = gpu_h.get(tier, 0.0)
+            jobs = self.jobs[tier]
+            r = sorted(self.ratios.get(tier, []))
+            listed = self.list_cost[tier]
+            out[tier] = {
+                "gpu_hours": round(h, 1),
+                "paid_vs_list": {
+                    # cost-weighted: what renters paid over what list prices would have cost
+                    "mean": round(cost[tier] / listed, 4) if listed else None,
+                    "p10": _q(r, 0.1),
+                    "p50": _q(r, 0.5),
+                    "p90": _q(r, 0.9),
+                    "grants": len(r),
+                },
+                "usd_per_gpu_hour": round(cost[tier] / 1e6 / h, 4) if h else None,
+                "list_usd_per_gpu_hour": round(listed / 1e6 / h, 4) if h else None,
+                "host_income_usd_per_gpu_hour": round(self.income[tier] / 1e6 / h, 4)
+                if h
+                else None,
+                "host_ask_usd_per_gpu_hour": round(self.ask_cost[tier] / 1e6 / h, 4) if h else None,
+                "jobs": {k: jobs[k] for k in ("arrived", "finished", "gave_up", "preemptions")},
+                "finished_share": round(jobs["finished"] / jobs["arrived"], 4)
+                if jobs["arrived"]
+                else None,
+                "preemptions_per_gpu_hour": round(jobs["preemptions"] / h, 6) if h else None,
+                "kwh_per_gpu_hour": round(self.kwh[tier] / h, 4) if h else None,
+                "carbon_g_per_gpu_hour": round(self.carbon_g[tier] / h, 1) if h else None,
+            }
+        return out
+
+
+def _q(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 4)

@@ -2,7 +2,7 @@
 utilisation, queueing and prices over time, and ``report.html`` embedding them.
 
 This is the shell side of the simulator: it writes files. matplotlib is imported only when
-plots are asked for (``pip install 'crucible[sim]'`` installs it).
+plots are asked for (it is a dependency of the default install).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise Error(
-            "plots need matplotlib: pip install 'crucible[sim]' (or pass --no-plots)"
+            "plots need matplotlib, a dependency: run ./scripts/setup again (or pass --no-plots)"
         ) from None
     s = result.series
     t = s["t_hours"]

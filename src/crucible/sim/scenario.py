@@ -41,8 +41,22 @@ __all__ = [
 
 KINDS = ("placement", "market")
 TIERS = ("on_demand", "interruptible")
-MARKET_POLICIES = ("cost-first", "carbon-first")
-"""Policies a market scenario accepts: the renters' preference (cheapest / greenest)."""
+MARKET_POLICIES = (
+    "cost-first",
+    "carbon-first",
+    "green-interruptible",
+    "green-capped-interruptible",
+    "carbon-capped",
+    "reserve-price",
+)
+"""Policies a market scenario accepts: the renters' preference. ``cost-first``: the cheapest
+offer; ``carbon-first``: the greenest; ``green-interruptible``: on-demand work the cheapest,
+interruptible work the greenest (it follows green capacity); ``green-capped-interruptible``:
+the same, and interruptible work runs only on hosts at or below 300 gCO2/kWh (it waits for
+green capacity); ``carbon-capped``: the greenest
+offer at or below the mean ask of the job's first model (a price cap); ``reserve-price``:
+cost-first, and interruptible work pays each host's posted minimum (its reserve price)
+instead of its own bid."""
 
 
 class ScenarioError(InvalidRequestError):

@@ -37,6 +37,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             state.clock.now_ms(),
             fresh=fresh,
             max_infra_requeues=s.max_infra_requeues,
+            energy_readings_dropped=req.energy_readings_dropped,
         )
     if fresh and req.seq:
         state.host_seq[host_id] = req.seq

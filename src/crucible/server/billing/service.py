@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.protocol.billing import BillLine, BillReport
+from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
+from crucible.server.billing.grid_carbon import GridReading
 from crucible.server.billing.ledger import MeteredInterval
-from crucible.server.billing.metering import interval_cost, intervals_due
-from crucible.server.store.tables import apps, calls, containers, functions, meter_intervals
+from crucible.server.billing.metering import (
+    carbon_mg,
+    energy_split,
+    estimated_energy_mwh,
+    estimated_watts,
+    interval_cost,
+    intervals_due,
+)
+from crucible.server.store.tables import (
+    apps,
+    calls,
+    containers,
+    functions,
+    hosts,
+    meter_intervals,
+)
 
-__all__ = ["bill", "meter_containers"]
+__all__ = ["bill", "meter_containers", "record_grid_readings"]
 
 
 def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
@@ -28,8 +46,41 @@ def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
 _SET_METERED = (
     update(containers)
     .where(containers.c.id == bindparam("b_id"))
-    .values(metered_until_ms=bindparam("b_until"), metered_cost_micros=bindparam("b_cost"))
+    .values(
+        metered_until_ms=bindparam("b_until"),
+        metered_cost_micros=bindparam("b_cost"),
+        metered_energy_mwh=bindparam("b_energy"),
+    )
 )
+
+
+def _estimated_watts(gpu_model: str | None, gpus: int, cpu: float) -> float:
+    tdp = GPU_CATALOG[gpu_model].tdp_watts if gpu_model in GPU_CATALOG else 0
+    return estimated_watts(tdp, gpus if gpu_model else 0, cpu, CPU_CORE_WATTS)
+
+
+# A container without a CPU quota may use more cores than it reserved: the plausibility cap
+# counts at least this many, and twice the devices' maximum power (TDP; unknown models 1 kW).
+_CAP_MIN_CORES = 8.0
+_CAP_FACTOR = 2.0
+
+
+def _plausible_watts(r: Any) -> float:
+    gpus = len(r.gpu_indices or []) if r.gpu_model else 0
+    tdp = GPU_CATALOG[r.gpu_model].tdp_watts if r.gpu_model in GPU_CATALOG else 1000
+    cores = max(float(r.cpu), _CAP_MIN_CORES)
+    return _CAP_FACTOR * estimated_watts(tdp, gpus, cores, CPU_CORE_WATTS)
+
+
+def record_grid_readings(conn: Connection, readings: dict[str, GridReading]) -> None:
+    """Put each region's grid figure (or, when its source failed, the reason the declared
+    figure applies) on the region's hosts; metering and the market read it from there."""
+    for region, r in readings.items():
+        conn.execute(
+            update(hosts)
+            .where(hosts.c.region == region)
+            .values(carbon_now_g_per_kwh=r.g_per_kwh, carbon_note=r.note)
+        )
 
 
 def meter_containers(
@@ -58,9 +109,19 @@ def meter_containers(
             containers.c.metered_cost_micros,
             containers.c.rate_micros_per_hour,
             containers.c.fee_ppm,
+            containers.c.gpu_model,
+            containers.c.gpu_indices,
+            containers.c.cpu,
+            containers.c.energy_mwh,
+            containers.c.energy_estimated,
+            containers.c.metered_energy_mwh,
+            func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
+                "carbon_g_per_kwh"
+            ),
             functions.c.app_id,
         )
         .join(functions, functions.c.id == containers.c.function_id)
+        .join(hosts, hosts.c.id == containers.c.host_id)
         .where(
             containers.c.started_ms.is_not(None),
             or_(
@@ -95,8 +156,26 @@ def meter_containers(
             stop = max(r.lease_end_ms, r.started_ms)
         due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, stop, max_interval_ms)
         charged = int(r.metered_cost_micros)
-        for start, end in due:
+        energy_done = int(r.metered_energy_mwh)
+        # Measured: what the agent reported since the last tick, shared by length; not
+        # reported (an agent that does not meter): the catalog estimate.
+        measured = r.energy_mwh is not None
+        if measured and due:
+            reported = int(r.energy_mwh) - energy_done
+            # A host cannot bill a renter's emissions beyond what its devices can draw: energy
+            # above twice their maximum power over the time it covers is dropped.
+            span = (stop if stop is not None else now_ms) - due[0][0]
+            cap = estimated_energy_mwh(_plausible_watts(r), 0, 0, max(0, span))
+            energies = energy_split(min(reported, cap), due)
+            energy_done = max(energy_done, int(r.energy_mwh)) - sum(energies)
+        elif measured:
+            energies = []
+        else:
+            watts = _estimated_watts(r.gpu_model, len(r.gpu_indices or []), float(r.cpu))
+            energies = [estimated_energy_mwh(watts, r.started_ms, s, e) for s, e in due]
+        for (start, end), energy in zip(due, energies, strict=True):
             cost = interval_cost(r.rate_micros_per_hour, r.started_ms, start, end)
+            energy_done += energy
             intervals.append(
                 {
                     "container_id": r.id,
@@ -106,6 +185,10 @@ def meter_containers(
                     "app_id": r.app_id,
                     "function_id": r.function_id,
                     "cost_micros": cost,
+                    "energy_mwh": energy,
+                    "carbon_mg": carbon_mg(energy, r.carbon_g_per_kwh),
+                    "carbon_g_per_kwh": r.carbon_g_per_kwh,
+                    "energy_estimated": bool(r.energy_estimated) or not measured,
                 }
             )
             if cost:
@@ -134,8 +217,10 @@ def meter_containers(
         until = due[-1][1] if due else r.metered_until_ms
         if r.stopped_ms is not None:
             until = max(until or 0, r.stopped_ms)
-        if until != r.metered_until_ms:
-            marks.append({"b_id": r.id, "b_until": until, "b_cost": charged})
+        if until != r.metered_until_ms or energy_done != r.metered_energy_mwh:
+            marks.append(
+                {"b_id": r.id, "b_until": until, "b_cost": charged, "b_energy": energy_done}
+            )
     _insert_ignore(conn, intervals)
     post_entries(conn, entries)
     if marks:
@@ -152,6 +237,9 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
             func.count(func.distinct(meter_intervals.c.container_id)).label("containers"),
             func.sum(meter_intervals.c.end_ms - meter_intervals.c.start_ms).label("ms"),
             func.sum(meter_intervals.c.cost_micros).label("cost"),
+            func.sum(meter_intervals.c.energy_mwh).label("energy"),
+            func.sum(meter_intervals.c.carbon_mg).label("carbon"),
+            func.max(case((meter_intervals.c.energy_estimated, 1), else_=0)).label("estimated"),
         )
         .where(meter_intervals.c.account_id == principal.account_id)
         .group_by(meter_intervals.c.app_id, meter_intervals.c.function_id)
@@ -203,10 +291,15 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
                 cost_micros=int(m.cost or 0) if m else 0,
                 calls=int(c.n) if c else 0,
                 exec_ms=int(c.exec_ms) if c else 0,
+                energy_mwh=int(m.energy or 0) if m else 0,
+                carbon_mg=int(m.carbon or 0) if m else 0,
+                energy_estimated=bool(m.estimated) if m else False,
             )
         )
     return BillReport(
         account_id=principal.account_id,
         lines=lines,
         total_micros=sum(line.cost_micros for line in lines),
+        total_energy_mwh=sum(line.energy_mwh for line in lines),
+        total_carbon_mg=sum(line.carbon_mg for line in lines),
     )

@@ -13,7 +13,14 @@ from crucible.errors import InvalidRequestError, NotFoundError, PermissionDenied
 from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_credit, grant_credits
-from crucible.server.store.tables import accounts, apps, calls, functions, ledger_entries
+from crucible.server.store.tables import (
+    accounts,
+    apps,
+    calls,
+    functions,
+    ledger_entries,
+    meter_intervals,
+)
 
 __all__ = [
     "STATEMENT_KINDS",
@@ -27,6 +34,13 @@ __all__ = [
 ]
 
 STATEMENT_KINDS = ("entries", "apps", "calls")
+
+# A metering charge's interval (its energy and emissions): the entry's meter is the container.
+_INTERVAL_OF_ENTRY = (
+    meter_intervals,
+    (meter_intervals.c.container_id == ledger_entries.c.meter)
+    & (meter_intervals.c.start_ms == ledger_entries.c.start_ms),
+)
 
 
 def _require_admin(principal: Principal, what: str) -> None:
@@ -115,8 +129,11 @@ def statement(
                 ledger_entries.c.start_ms,
                 ledger_entries.c.end_ms,
                 ledger_entries.c.cost_micros,
+                func.coalesce(meter_intervals.c.energy_mwh, 0).label("energy_mwh"),
+                func.coalesce(meter_intervals.c.carbon_mg, 0).label("carbon_mg"),
                 ledger_entries.c.memo,
             )
+            .join(*_INTERVAL_OF_ENTRY, isouter=True)
             .where(ledger_entries.c.renter == acc)
             .order_by(ledger_entries.c.seq)
         )
@@ -131,8 +148,11 @@ def statement(
                 func.count().label("intervals"),
                 func.sum(ledger_entries.c.end_ms - ledger_entries.c.start_ms).label("ms"),
                 func.sum(ledger_entries.c.cost_micros).label("cost_micros"),
+                func.coalesce(func.sum(meter_intervals.c.energy_mwh), 0).label("energy_mwh"),
+                func.coalesce(func.sum(meter_intervals.c.carbon_mg), 0).label("carbon_mg"),
             )
             .join(apps, apps.c.id == ledger_entries.c.app_id, isouter=True)
+            .join(*_INTERVAL_OF_ENTRY, isouter=True)
             .where(ledger_entries.c.renter == acc, ledger_entries.c.kind == "charge")
             .group_by(ledger_entries.c.app_id, apps.c.name)
             .order_by(ledger_entries.c.app_id)
@@ -154,6 +174,7 @@ def statement(
             calls.c.finished_ms,
             calls.c.exec_ms,
             func.coalesce(calls.c.cost_micros, 0).label("cost_micros"),
+            calls.c.container_id,
         )
         .join(functions, functions.c.id == calls.c.function_id)
         .where(calls.c.account_id == acc)
@@ -161,7 +182,35 @@ def statement(
     )
     if app_id:
         q = q.where(calls.c.app_id == app_id)
-    return [dict(r._mapping) for r in conn.execute(q)]
+    rows = [dict(r._mapping) for r in conn.execute(q)]
+    _add_call_energy(conn, rows)
+    for row in rows:
+        row.pop("container_id", None)
+    return rows
+
+
+def _add_call_energy(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Each call's run time at its (last) container's average metered power and emissions
+    rate: ``energy_mwh`` and ``carbon_mg`` (0 where nothing was metered)."""
+    ids = {r["container_id"] for r in rows if r.get("container_id")}
+    rates: dict[str, tuple[int, int, int]] = {}
+    if ids:
+        for m in conn.execute(
+            select(
+                meter_intervals.c.container_id,
+                func.sum(meter_intervals.c.end_ms - meter_intervals.c.start_ms).label("ms"),
+                func.sum(meter_intervals.c.energy_mwh).label("energy"),
+                func.sum(meter_intervals.c.carbon_mg).label("carbon"),
+            )
+            .where(meter_intervals.c.container_id.in_(ids))
+            .group_by(meter_intervals.c.container_id)
+        ):
+            rates[m.container_id] = (int(m.ms or 0), int(m.energy or 0), int(m.carbon or 0))
+    for r in rows:
+        ms, energy, carbon = rates.get(r.get("container_id") or "", (0, 0, 0))
+        run = min(int(r.get("exec_ms") or 0), ms)
+        r["energy_mwh"] = energy * run // ms if ms else 0
+        r["carbon_mg"] = carbon * run // ms if ms else 0
 
 
 def to_csv(lines: list[dict[str, Any]]) -> str:

@@ -56,9 +56,14 @@ class LeaseRequest:
     prefer: Prefer = Prefer.CHEAPEST
     memory_gib: int = 0
     lease_id: str = ""
+    # Only hosts at or below this carbon intensity (gCO2/kWh; undeclared hosts are above any
+    # cap). None: no cap.
+    max_carbon_g_per_kwh: int | None = None
 
     def __post_init__(self) -> None:
         what = "lease request"
+        if self.max_carbon_g_per_kwh is not None and self.max_carbon_g_per_kwh < 0:
+            raise InvalidRequestError(f"{what}: max_carbon_g_per_kwh must be >= 0")
         if not self.account:
             raise InvalidRequestError(f"{what}: an account is required")
         if not self.models:

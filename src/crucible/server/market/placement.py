@@ -32,7 +32,7 @@ from crucible.server.market.leases import Lease, Reservation
 from crucible.server.market.offers import Offer
 from crucible.server.market.orders import LeaseRequest
 from crucible.server.market.refusals import refuse_lease
-from crucible.server.market.rules import effective_price
+from crucible.server.market.rules import effective_price, under_carbon_cap
 from crucible.server.market.state import (
     BANDED_KINDS,
     MarketState,
@@ -97,7 +97,9 @@ def host_fits(req: LeaseRequest, pool: PoolState, used: set[str]) -> bool:
         spec.host_id not in used
         and (req.region is None or spec.region == req.region)
         and spec.reliability_ppm >= req.min_reliability_ppm
+        and under_carbon_cap(req.max_carbon_g_per_kwh, spec.carbon_g_per_kwh)
     )
+
 
 
 def _memory_price(req: LeaseRequest, offer: Offer) -> int:

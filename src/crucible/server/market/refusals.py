@@ -10,6 +10,7 @@ from __future__ import annotations
 from crucible.server.billing.ledger import format_usd
 from crucible.server.market.decisions import Refusal
 from crucible.server.market.orders import LeaseRequest, ReserveRequest
+from crucible.server.market.rules import under_carbon_cap
 from crucible.server.market.state import MarketState, PoolState
 from crucible.server.market.terms import RefusalCode, Tier
 
@@ -24,12 +25,14 @@ def _per_hour(micros: int) -> str:
     return f"{format_usd(micros)}/device-hour"
 
 
-def _filters(region: str | None, min_reliability_ppm: int) -> str:
+def _filters(region: str | None, min_reliability_ppm: int, max_carbon: int | None = None) -> str:
     parts = []
     if region is not None:
         parts.append(f"region={region}")
     if min_reliability_ppm:
         parts.append(f"min_reliability={min_reliability_ppm / 1_000_000:g}")
+    if max_carbon is not None:
+        parts.append(f"max_carbon_g_per_kwh={max_carbon}")
     return ", ".join(parts)
 
 
@@ -66,6 +69,7 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
     names = _names(models)
     listed = largest = big_nodes = fit_nodes = best_rel = 0
     regions: set[str] = set()
+    greenest: int | None = None  # the lowest declared intensity among hosts big enough
     cheapest_ask: int | None = None
     lowest_min: int | None = None
     for model in models:
@@ -83,8 +87,16 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             spec = pool.host.spec
             regions.add(spec.region)
             best_rel = max(best_rel, spec.reliability_ppm)
-            if (req.region is not None and spec.region != req.region) or (
-                spec.reliability_ppm < req.min_reliability_ppm
+            if spec.carbon_g_per_kwh is not None:
+                greenest = (
+                    spec.carbon_g_per_kwh
+                    if greenest is None
+                    else min(greenest, spec.carbon_g_per_kwh)
+                )
+            if (
+                (req.region is not None and spec.region != req.region)
+                or spec.reliability_ppm < req.min_reliability_ppm
+                or not under_carbon_cap(req.max_carbon_g_per_kwh, spec.carbon_g_per_kwh)
             ):
                 continue
             fit += 1
@@ -111,12 +123,21 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             "nodes need as many distinct hosts.",
         )
     if fit_nodes < req.nodes:
+        cap = req.max_carbon_g_per_kwh
+        carbon = ""
+        if cap is not None:
+            carbon = (
+                " and none declares a carbon intensity"
+                if greenest is None
+                else f" and the greenest declares {greenest} gCO2/kWh"
+            )
         return Refusal(
             RefusalCode.FILTERED,
             f"not enough hosts with {req.count} {names} match "
-            f"{_filters(req.region, req.min_reliability_ppm)} for {req.nodes} node(s); hosts "
-            f"with them are in {', '.join(sorted(regions))} with reliability up to "
-            f"{best_rel / 1_000_000:g}. Widen the region or lower min_reliability.",
+            f"{_filters(req.region, req.min_reliability_ppm, cap)} for {req.nodes} node(s); "
+            f"hosts with them are in {', '.join(sorted(regions))} with reliability up to "
+            f"{best_rel / 1_000_000:g}{carbon}. Widen the region, lower min_reliability"
+            + (", or raise max_carbon_g_per_kwh." if cap is not None else "."),
         )
     assert cheapest_ask is not None and lowest_min is not None
     if req.tier is Tier.ON_DEMAND:
@@ -187,6 +208,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
                 and pool.listed
                 and (req.region is None or pool.host.spec.region == req.region)
                 and pool.host.spec.reliability_ppm >= req.min_reliability_ppm
+                and under_carbon_cap(req.max_carbon_g_per_kwh, pool.host.spec.carbon_g_per_kwh)
                 and pool.free_count() >= req.count
                 and pool.free_memory >= req.memory_gib
             ):

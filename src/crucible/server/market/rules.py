@@ -34,6 +34,7 @@ __all__ = [
     "MarketRules",
     "carbon_key",
     "effective_price",
+    "under_carbon_cap",
 ]
 
 PPM = 1_000_000
@@ -50,6 +51,12 @@ def effective_price(price_micros: int, reliability_ppm: int) -> int:
 
 def carbon_key(carbon_g_per_kwh: int | None) -> int:
     return UNDECLARED_CARBON if carbon_g_per_kwh is None else carbon_g_per_kwh
+
+
+def under_carbon_cap(cap: int | None, carbon_g_per_kwh: int | None) -> bool:
+    """Whether a host of ``carbon_g_per_kwh`` (None: undeclared) may serve a request capped
+    at ``cap`` (None: no cap). An undeclared intensity cannot be shown to be under a cap."""
+    return cap is None or (carbon_g_per_kwh is not None and carbon_g_per_kwh <= cap)
 
 
 @dataclass(frozen=True, slots=True)

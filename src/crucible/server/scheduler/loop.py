@@ -24,7 +24,8 @@ from crucible.errors import (
 )
 from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
-from crucible.server.billing.service import meter_containers
+from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
+from crucible.server.billing.service import meter_containers, record_grid_readings
 from crucible.server.market import RefusalCode
 from crucible.server.scheduler.autoscaler import Scale
 from crucible.server.scheduler.core import (
@@ -95,6 +96,10 @@ class SchedulerLoop:
         self._started_seen: set[str] = set()  # containers whose start time was recorded
         self.crash_loops: dict[str, CrashLoop] = {}
         self._loop_logged: dict[str, int] = {}
+        s = state.settings
+        self.grid = GridIntensity(
+            parse_sources(s.carbon_sources), max(1, int(s.carbon_refresh_s * 1000))
+        )
 
     @property
     def policy(self) -> Policy:
@@ -198,9 +203,13 @@ class SchedulerLoop:
         if now - self._last_housekeeping_ms >= _HOUSEKEEPING_MS:
             self._housekeeping_now()
         if now - self._last_meter_ms >= 1000:
+            # Grid carbon sources are files or HTTP: read outside any transaction.
+            readings = self.grid.read(now) if self.grid.due(now) else None
             # Its own transaction: metering is idempotent, and a long one (many containers
             # due at once) should not hold back the placements above.
             with st.engine.begin() as conn:
+                if readings is not None:
+                    record_grid_readings(conn, readings)
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
             self._last_meter_ms = now
         return keys

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
@@ -53,7 +53,29 @@ def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
         allocated_memory_mib=usage.get("memory_mib", 0),
         allocated_gpus=sorted(usage.get("gpus", [])),
         containers=usage.get("containers", 0),
+        energy_source=row.energy_source,
+        declared_carbon_g_per_kwh=row.carbon_g_per_kwh,
+        carbon_g_per_kwh=(
+            row.carbon_now_g_per_kwh
+            if row.carbon_now_g_per_kwh is not None
+            else row.carbon_g_per_kwh
+        ),
+        carbon_source="grid" if row.carbon_now_g_per_kwh is not None else "declared",
+        carbon_note=row.carbon_note,
+        energy_readings_dropped=row.energy_readings_dropped or 0,
     )
+
+
+# Energy reported by an agent only ever grows: a stale (older) report never lowers it.
+_SET_ENERGY = (
+    update(containers)
+    .where(
+        containers.c.id == bindparam("b_id"),
+        containers.c.host_id == bindparam("b_host"),
+        or_(containers.c.energy_mwh.is_(None), containers.c.energy_mwh < bindparam("b_energy")),
+    )
+    .values(energy_mwh=bindparam("b_energy"), energy_estimated=bindparam("b_estimated"))
+)
 
 
 def host_usage(conn: Connection, host_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -197,15 +219,30 @@ def process_reports(
     *,
     fresh: bool,
     max_infra_requeues: int,
+    energy_readings_dropped: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Apply an agent's reports. Returns (container ids the agent must stop, wake-up keys).
 
     ``fresh`` is False for a report older than one already applied: it may still record exits
-    but must not conclude that an unreported container is gone.
+    but must not conclude that an unreported container is gone. Reported energy is recorded
+    before exits are metered, so a container's last interval carries its last figure.
     """
-    conn.execute(
-        update(hosts).where(hosts.c.id == host_id).values(last_seen_ms=now_ms, state="ready")
-    )
+    seen: dict[str, Any] = {"last_seen_ms": now_ms, "state": "ready"}
+    if energy_readings_dropped is not None and fresh:
+        seen["energy_readings_dropped"] = energy_readings_dropped
+    conn.execute(update(hosts).where(hosts.c.id == host_id).values(**seen))
+    energy = [
+        {
+            "b_id": r.container_id,
+            "b_host": host_id,
+            "b_energy": r.energy_mwh,
+            "b_estimated": r.energy_estimated,
+        }
+        for r in reports
+        if r.energy_mwh is not None
+    ]
+    if energy:
+        conn.execute(_SET_ENERGY, energy)
     rows = {
         r.id: r
         for r in conn.execute(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Text, cast, select
+from sqlalchemy import Connection, Text, cast, func, select
 
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.ids import new_id
@@ -80,6 +80,7 @@ class MarketTerms:
     region: str | None = None
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
+    max_carbon_g_per_kwh: int | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
@@ -91,6 +92,7 @@ class MarketTerms:
             region=m.get("region"),
             min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
             prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
+            max_carbon_g_per_kwh=m.get("max_carbon_g_per_kwh"),
         )
 
 
@@ -152,7 +154,10 @@ _SEL_HOSTS = select(
     hosts.c.last_seen_ms,
     cast(hosts.c.inventory, Text).label("inventory_text"),
     hosts.c.energy_source,
-    hosts.c.carbon_g_per_kwh,
+    # The grid's figure where the operator configured a source for the region, else declared.
+    func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
+        "carbon_g_per_kwh"
+    ),
     hosts.c.draining,
     hosts.c.leases_ended,
     hosts.c.leases_faulted,
@@ -382,6 +387,7 @@ class LiveMarket:
             min_reliability_ppm=terms.min_reliability_ppm,
             prefer=terms.prefer,
             lease_id=lease_id,
+            max_carbon_g_per_kwh=terms.max_carbon_g_per_kwh,
         )
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:

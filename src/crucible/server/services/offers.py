@@ -29,6 +29,7 @@ from crucible.server.store.tables import (
     hosts,
     ledger_entries,
     ledger_postings,
+    meter_intervals,
 )
 from crucible.settings import Settings
 
@@ -174,7 +175,16 @@ def earnings(
             ledger_entries.c.end_ms,
             ledger_entries.c.cost_micros,
             func.coalesce(fee, 0).label("fee"),
-        ).where(ledger_entries.c.kind == "charge", ledger_entries.c.host_id.in_(owned))
+            func.coalesce(meter_intervals.c.energy_mwh, 0).label("energy_mwh"),
+            func.coalesce(meter_intervals.c.carbon_mg, 0).label("carbon_mg"),
+        )
+        .join(
+            meter_intervals,
+            (meter_intervals.c.container_id == ledger_entries.c.meter)
+            & (meter_intervals.c.start_ms == ledger_entries.c.start_ms),
+            isouter=True,
+        )
+        .where(ledger_entries.c.kind == "charge", ledger_entries.c.host_id.in_(owned))
     ).all()
     kinds = {
         r.id: (r.gpu_model or CPU, r.tier)
@@ -204,6 +214,8 @@ def earnings(
         line.charged_micros += r.cost_micros
         line.fee_micros += r.fee
         line.earned_micros += r.cost_micros - r.fee
+        line.energy_mwh += r.energy_mwh
+        line.carbon_mg += r.carbon_mg
     out = sorted(lines.values(), key=lambda x: (x.key, x.host_id))
     return EarningsReport(
         by=by,
@@ -211,6 +223,8 @@ def earnings(
         charged_micros=sum(x.charged_micros for x in out),
         fee_micros=sum(x.fee_micros for x in out),
         earned_micros=sum(x.earned_micros for x in out),
+        energy_mwh=sum(x.energy_mwh for x in out),
+        carbon_mg=sum(x.carbon_mg for x in out),
     )
 
 

@@ -83,6 +83,7 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         region=req.region,
         min_reliability_ppm=req.min_reliability_ppm,
         prefer=Prefer(req.prefer),
+        max_carbon_g_per_kwh=req.max_carbon_g_per_kwh,
     )
     with live.lock:
         q = live.market.quote(lease_req, max(now_ms, live.market.now_ms))

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallAttempt, CallTimeline, TimelinePhase
 from crucible.protocol.common import ErrorInfo
 from crucible.server.auth import Principal
 from crucible.server.billing.metering import MS_PER_HOUR
-from crucible.server.store.tables import call_attempts, calls, containers
+from crucible.server.store.tables import call_attempts, calls, containers, meter_intervals
 
 __all__ = ["call_timeline"]
 
@@ -202,7 +202,10 @@ def call_timeline(
                 )
             )
     last = history[-1] if history else None
+    energy_mwh, carbon = _energy_share(conn, c.container_id, c.exec_ms)
     return CallTimeline(
+        energy_mwh=energy_mwh,
+        carbon_mg=carbon,
         call_id=c.id,
         state=c.state,
         attempts=c.attempts,
@@ -214,3 +217,23 @@ def call_timeline(
         cost_micros=c.cost_micros,
         history=history,
     )
+
+
+def _energy_share(
+    conn: Connection, container_id: str | None, exec_ms: int | None
+) -> tuple[int | None, int | None]:
+    """The call's run time at its container's average metered power and emissions rate
+    (None: nothing metered yet, or the call has not run)."""
+    if container_id is None or exec_ms is None:
+        return None, None
+    m = conn.execute(
+        select(
+            func.sum(meter_intervals.c.end_ms - meter_intervals.c.start_ms).label("ms"),
+            func.sum(meter_intervals.c.energy_mwh).label("energy"),
+            func.sum(meter_intervals.c.carbon_mg).label("carbon"),
+        ).where(meter_intervals.c.container_id == container_id)
+    ).first()
+    if m is None or not m.ms:
+        return None, None
+    ms = min(exec_ms, int(m.ms))
+    return int(m.energy or 0) * ms // int(m.ms), int(m.carbon or 0) * ms // int(m.ms)

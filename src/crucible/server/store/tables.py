@@ -115,6 +115,12 @@ hosts = Table(
     # lost): the published reliability score is derived from them.
     Column("leases_ended", Integer, nullable=False, default=0),
     Column("leases_faulted", Integer, nullable=False, default=0),
+    # Carbon intensity in force now, from the operator's grid source for the region (None:
+    # the declared figure applies), and why a grid source was not used; power readings the
+    # agent dropped (negative or absurd).
+    Column("carbon_now_g_per_kwh", Integer),
+    Column("carbon_note", String(300)),
+    Column("energy_readings_dropped", BigInteger, nullable=False, default=0),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -191,6 +197,12 @@ containers = Table(
     Column("metered_cost_micros", BigInteger, nullable=False, default=0),
     # The platform fee in force when the lease was granted (parts per million).
     Column("fee_ppm", Integer, nullable=False, default=0),
+    # Energy the agent last reported for the container since it started (milliwatt-hours;
+    # None: not reported, metering estimates it), and how much of it metering has assigned to
+    # intervals so far.
+    Column("energy_mwh", BigInteger),
+    Column("energy_estimated", Boolean, nullable=False, default=False),
+    Column("metered_energy_mwh", BigInteger, nullable=False, default=0),
     Index("ix_containers_state", "state"),
 )
 
@@ -353,6 +365,12 @@ meter_intervals = Table(
     Column("app_id", String(32), nullable=False),
     Column("function_id", String(32), nullable=False, index=True),
     Column("cost_micros", BigInteger, nullable=False),
+    # Energy (milliwatt-hours) and emissions (milligrams of CO2) of the interval, at the
+    # host's carbon intensity when it was metered.
+    Column("energy_mwh", BigInteger, nullable=False, default=0),
+    Column("carbon_mg", BigInteger, nullable=False, default=0),
+    Column("carbon_g_per_kwh", Integer),
+    Column("energy_estimated", Boolean, nullable=False, default=False),
     Index("ix_meter_intervals_account", "account_id", "app_id"),
 )
 
