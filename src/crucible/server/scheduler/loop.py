@@ -343,6 +343,9 @@ class SchedulerLoop:
                 containers.c.created_ms,
                 containers.c.last_active_ms,
                 containers.c.ready_ms,
+                containers.c.cpu,
+                containers.c.memory_mib,
+                containers.c.gpu_indices,
             ).where(containers.c.state.in_(("pending", "starting", "running")))
         ):
             if r.ready_ms is not None and r.id not in self._started_seen:
@@ -356,6 +359,9 @@ class SchedulerLoop:
                     created_ms=r.created_ms,
                     last_active_ms=r.last_active_ms,
                     busy=r.id in busy,
+                    cpu=r.cpu,
+                    memory_mib=r.memory_mib,
+                    gpu_indices=tuple(r.gpu_indices or ()),
                 )
             )
         self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
@@ -423,6 +429,7 @@ class SchedulerLoop:
                     ),
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),
+                    account_id=r.account_id,
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -440,6 +447,7 @@ class SchedulerLoop:
         deciding whether a request could ever be met)."""
         rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
         usage = host_usage(conn, [h.row.id for h in rows if h.row.state == "ready"])
+        freeing = _stopping_usage(conn)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
@@ -454,7 +462,26 @@ class SchedulerLoop:
                 used_memory_mib=u.get("memory_mib", 0),
                 used_gpus=set(u.get("gpus", set())),
             )
+            if h.row.id in freeing:
+                cap.freeing_cpu, cap.freeing_memory_mib, cap.freeing_gpus = freeing[h.row.id]
             known.append(cap)
             if h.row.state == "ready":
                 live.append(cap)
         return live, known
+
+
+def _stopping_usage(conn: Connection) -> dict[str, tuple[float, int, set[int]]]:
+    """Per host, what containers told to stop still hold (counted in its usage until they
+    end): room the core counts on instead of stopping more idle containers."""
+    out: dict[str, tuple[float, int, set[int]]] = {}
+    for r in conn.execute(
+        select(
+            containers.c.host_id,
+            containers.c.cpu,
+            containers.c.memory_mib,
+            containers.c.gpu_indices,
+        ).where(containers.c.state == "stopping")
+    ):
+        cpu, mem, gpus = out.get(r.host_id, (0.0, 0, set()))
+        out[r.host_id] = (cpu + r.cpu, mem + r.memory_mib, gpus | set(r.gpu_indices or ()))
+    return out
