@@ -81,15 +81,20 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def call(call_id: str, as_json: bool = JSON) -> None:
         """One call's timeline: queued, scheduled, starting, running; what each phase cost."""
-        t = CallTimeline.model_validate(_client().get(f"/v1/calls/{call_id}/timeline"))
+        client = _client()
+        t = CallTimeline.model_validate(client.get(f"/v1/calls/{call_id}/timeline"))
+        # A queued call: why it waits, when the scheduler knows (CallInfo.waiting).
+        waiting = client.get(f"/v1/calls/{call_id}").get("waiting") if t.state == "queued" else None
         if as_json:
-            print_json(t.model_dump())
+            print_json({**t.model_dump(), "waiting": waiting})
             return
         where = f" on {t.container_id} ({t.host_id})" if t.container_id else ""
         console.print(
             f"{t.call_id}: {t.state}, {t.attempts} attempt(s), {t.preemptions} preemption(s)"
             f"{where}; {'cold' if t.cold_start else 'warm'} start; cost {fmt_usd(t.cost_micros)}"
         )
+        if waiting:
+            console.print(f"waiting: {waiting}", markup=False, highlight=False)
         table(
             "Timeline",
             ["phase", "from (UTC)", "took", "container cost", "detail"],
