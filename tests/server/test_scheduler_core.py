@@ -646,3 +646,30 @@ def test_gpu_containers_yield_only_to_their_own_account() -> None:
         NOW, [owned(fn("fn-a", queued=1), "acct-2"), other], [full_host(cpu_idle, cpu=8.0)], POLICY
     )
     assert p.stop == [StopContainer("ct-cpu", "yield")]
+
+
+# -- why queued work waits ---------------------------------------------------------------------
+
+
+def test_waiting_work_says_why() -> None:
+    queued = fn("fn-a", queued=2)
+    # No host at all, within the grace: the calls will fail; meanwhile they say why.
+    p = plan(NOW, [queued], [], POLICY)
+    assert p.unschedulable == [] and "no host is registered" in p.waiting["fn-a"]
+    # The only host that could run it stopped answering (lost, still known).
+    lost = host()
+    p = plan(NOW, [queued], [], POLICY, known_hosts=[lost])
+    assert p.unschedulable == [] and p.start == []
+    assert p.waiting["fn-a"].startswith("no live host can run this function")
+    # A live host, full of busy work.
+    busy = held("ct-busy", last_active_ms=NOW, busy=True, cpu=2.0)
+    working = fn("fn-b", containers=(busy,), running=1, oldest_running_started_ms=NOW)
+    p = plan(NOW, [queued, working], [full_host(busy)], POLICY)
+    assert "busy" in p.waiting["fn-a"] and "fn-b" not in p.waiting
+    # Full of idle containers: they make room, and the reason says so.
+    spare = held("ct-idle", last_active_ms=NOW - 5_000, cpu=2.0)
+    warm = fn("fn-b", containers=(spare,), scaledown_window_ms=3_600_000)
+    p = plan(NOW, [queued, warm], [full_host(spare)], POLICY)
+    assert "idle containers of other functions are being stopped" in p.waiting["fn-a"]
+    # Placed: nothing to explain.
+    assert plan(NOW, [queued], [host()], POLICY).waiting == {}

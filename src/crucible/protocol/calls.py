@@ -61,6 +61,9 @@ class CallInfo(Wire):
     cost_micros: int | None = None
     # Attempts ended by a preemption (requeued; they do not count against retries).
     preemptions: int = 0
+    # A queued call: why it is not running yet, when the scheduler knows (no live host can
+    # run it, every host busy, the market's refusal). None otherwise.
+    waiting: str | None = None
 
 
 class TimelinePhase(Wire):

@@ -32,6 +32,9 @@ _BATCH_BYTES = 4 * 1024 * 1024
 _INLINE_MAX = 2 * 1024 * 1024
 # How long one long poll waits on the server before asking again.
 _POLL_S = 25.0
+# .remote()'s first wait is shorter: a call still queued by then may be waiting for a reason
+# the server can tell (no live host, hosts busy), which get() then prints.
+_FIRST_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class FunctionCall(Generic[R]):
         """Wait for the result (at most ``timeout`` seconds: then builtin TimeoutError) and
         return it, or raise the call's error."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        shown: str | None = None
         while True:
             wait = (
                 _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
@@ -96,6 +100,9 @@ class FunctionCall(Generic[R]):
             info = self._client.get_call(self.object_id, wait_s=wait)
             if info.state not in ("queued", "running"):
                 return _result(self._client, info)  # type: ignore[no-any-return]
+            if info.waiting and info.waiting != shown:
+                shown = info.waiting  # said once per reason, never silently forever
+                sys.stderr.write(f"crucible: call {self.object_id} is waiting: {shown}\n")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"call {self.object_id} is still {info.state} after {timeout:g} s; "
@@ -186,7 +193,7 @@ class Function(Generic[P, R]):
             fid,
             CallsCreate(
                 inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)],
-                wait_s=_POLL_S,
+                wait_s=_FIRST_WAIT_S,
             ),
         )
         if created.result is not None:

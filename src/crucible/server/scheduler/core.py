@@ -175,6 +175,8 @@ class Plan:
     unschedulable: list[Unschedulable] = field(default_factory=list)
     # The autoscaler's answer per function, with its reason (the loop logs changes).
     scales: dict[str, Scale] = field(default_factory=dict)
+    # Why queued work of a function is not placed now (function id -> reason in words).
+    waiting: dict[str, str] = field(default_factory=dict)
 
 
 def retry_delay_ms(
@@ -432,16 +434,23 @@ def plan(
         ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
         if not ever_fits:
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
+            message = (
+                f"no host can ever run this function ({_describe_request(fn)}): "
+                f"{_describe_largest(known)}. Lower the request, add a fallback with "
+                "gpu=[...], or add a host that has it."
+            )
             if fn.queued and waited >= policy.unschedulable_grace_ms:
-                result.unschedulable.append(
-                    Unschedulable(
-                        fn.id,
-                        f"no host can ever run this function ({_describe_request(fn)}): "
-                        f"{_describe_largest(known)}. Lower the request, add a fallback with "
-                        "gpu=[...], or add a host that has it.",
-                    )
-                )
+                result.unschedulable.append(Unschedulable(fn.id, message))
+            elif fn.queued:
+                result.waiting[fn.id] = message
             continue
+        if fn.queued and not any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)):
+            lost = len(known) - len(hosts)
+            result.waiting[fn.id] = (
+                f"no live host can run this function ({_describe_request(fn)}): "
+                f"{lost} host(s) that could have stopped answering (their agents are down "
+                "or unreachable). The calls wait for one to come back; check `crucible hosts`."
+            )
         place = gpu_placer if gpu_placer is not None and fn.gpus else _place
         for n in range(missing):
             start = place(fn, hosts)
@@ -450,10 +459,22 @@ def plan(
                 continue
             # It fits some host in principle, just not now: the calls wait, and idle
             # containers of other functions make room for the queued ones.
+            if n < fn.queued and fn.id not in result.waiting:
+                result.waiting[fn.id] = (
+                    "every live host that can run this function is busy; the calls start "
+                    "as soon as running work frees room"
+                )
             if policy.evict_idle and n < fn.queued and not _fits_any_now(fn, hosts):
+                made_room = False
                 for _ in range(min(missing, fn.queued) - n):
                     if not _make_room(fn, hosts, idle, result.stop):
                         break
+                    made_room = True
+                if made_room:
+                    result.waiting[fn.id] = (
+                        "every live host that can run this function is busy; idle containers "
+                        "of other functions are being stopped to make room"
+                    )
             break
     return result
 

@@ -159,6 +159,7 @@ class SchedulerLoop:
                 placer = MarketPlacer(live, accounts, terms, now)
                 decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
             self._log_scales(decided.scales)
+            self._publish_waiting(decided.waiting, placer)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -278,6 +279,17 @@ class SchedulerLoop:
                     conn, d.id, ContainerExitedError.code, f"crash loop: {loop.describe()}", now
                 )
         return keys
+
+    def _publish_waiting(self, waiting: dict[str, str], placer: MarketPlacer) -> None:
+        """Why queued calls wait, for their CallInfo: the core's reason, or the market's own
+        words when it refused a GPU function. Logged when a function's reason changes."""
+        out = {}
+        for fid, why in waiting.items():
+            refused = placer.refused.get(fid)
+            out[fid] = f"the market: {refused.message}" if refused is not None else why
+            if self.state.waiting.get(fid) != out[fid]:
+                log.info("function %s waits: %s", fid, out[fid])
+        self.state.waiting = out  # one assignment: readers see the old or the new map
 
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
