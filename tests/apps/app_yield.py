@@ -32,3 +32,23 @@ def fourth() -> str:
 
 
 functions = [first, second, third, fourth]
+
+
+# GPU functions: each holds the host's one H100 while idle (the market end-to-end test).
+gpu_apps = [crucible.App(f"yield-gpu-{i}") for i in range(3)]
+_GPU = {"gpu": "H100", "cpu": 0.25, "memory": "256MiB", "scaledown_window": 3600}
+
+
+@gpu_apps[0].function(**_GPU)
+def gpu_first() -> str:
+    return os.environ["CRUCIBLE_CONTAINER_ID"]
+
+
+@gpu_apps[1].function(**_GPU)
+def gpu_second() -> str:
+    return os.environ["CRUCIBLE_CONTAINER_ID"]
+
+
+@gpu_apps[2].function(**_GPU)
+def gpu_third() -> str:
+    return os.environ["CRUCIBLE_CONTAINER_ID"]

@@ -14,7 +14,7 @@ from typing import Any
 import app_yield
 import pytest
 
-from harness import Exchange
+from harness import Exchange, wait_for
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux) for a one-core host"
@@ -61,3 +61,40 @@ def test_queued_apps_take_the_room_of_idle_containers(small_exchange: Exchange) 
             assert log.count("(yield)") >= 3, log
     finally:
         client.close()
+
+
+def test_an_idle_gpu_lease_yields_to_its_own_account_only(tmp_path: Path) -> None:
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+    ex.start_server()
+    owner = ex.client(ex.new_account("owner"))
+    stranger = ex.client(ex.new_account("stranger"))
+    try:
+        ex.start_agent("gpu-a", fake_gpus="1xH100")
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(app_yield.gpu_apps[0].run(client=owner))
+            first = app_yield.gpu_first.remote()  # its container keeps the H100 for an hour
+            # Another account's work waits: an idle on-demand lease is not taken from its
+            # renter by others.
+            stack.enter_context(app_yield.gpu_apps[2].run(client=stranger))
+            waiting = app_yield.gpu_third.spawn()
+            info = wait_for(
+                lambda: i if (i := stranger.get_call(waiting.object_id)).waiting else None,
+                30,
+                "the stranger's call to say why it waits",
+            )
+            assert info.state == "queued", info
+            assert (info.waiting or "").startswith("the market: every H100"), info.waiting
+            assert "being stopped" not in (info.waiting or "")
+            # The lease's own account: its idle container yields the H100.
+            stack.enter_context(app_yield.gpu_apps[1].run(client=owner))
+            second = app_yield.gpu_second.spawn().get(timeout=120)
+            assert second != first
+            assert "(yield)" in ex.log("server")
+            assert stranger.get_call(waiting.object_id).state == "queued"
+    except BaseException:
+        print(ex.log("server"))
+        raise
+    finally:
+        owner.close()
+        stranger.close()
+        ex.close()

@@ -673,3 +673,21 @@ def test_waiting_work_says_why() -> None:
     assert "idle containers of other functions are being stopped" in p.waiting["fn-a"]
     # Placed: nothing to explain.
     assert plan(NOW, [queued], [host()], POLICY).waiting == {}
+
+
+def test_room_made_by_a_yield_goes_to_the_work_it_was_made_for() -> None:
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 5_000, gpu_indices=(0,))
+    warm = owned(fn("fn-b", containers=(gpu_idle,), scaledown_window_ms=3_600_000), "acct-1")
+    h100 = (GpuChoice("H100", 1),)
+    # The stranger's work is older (first in the queue); the owner's made the room.
+    stranger = owned(fn("fn-s", queued=1, gpus=h100, oldest_queued_ms=NOW - 9_000), "acct-2")
+    mine = owned(fn("fn-a", queued=1, gpus=h100), "acct-1")
+    p = plan(NOW, [stranger, mine, warm], [full_host(gpu_idle, cpu=8.0, gpus={"H100": 1})], POLICY)
+    assert p.stop == [StopContainer("ct-gpu", "yield")] and p.made_room == {"fn-a"}
+    # The container has ended: the freed H100 goes to fn-a, promised, not to older work.
+    free = full_host(cpu=8.0, gpus={"H100": 1})
+    p = plan(NOW + 500, [stranger, mine], [copy.deepcopy(free)], POLICY, promised={"fn-a"})
+    assert [s.function_id for s in p.start] == ["fn-a"]
+    # Without the promise, queue order would have given it to the stranger.
+    p = plan(NOW + 500, [stranger, mine], [copy.deepcopy(free)], POLICY)
+    assert [s.function_id for s in p.start] == ["fn-s"]

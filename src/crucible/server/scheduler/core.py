@@ -28,7 +28,7 @@ plan: the work is placed once the stopped containers have ended (their resources
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from crucible.server.scheduler.autoscaler import Load, Scale, ScalingPolicy, decide
@@ -177,6 +177,9 @@ class Plan:
     scales: dict[str, Scale] = field(default_factory=dict)
     # Why queued work of a function is not placed now (function id -> reason in words).
     waiting: dict[str, str] = field(default_factory=dict)
+    # Functions idle containers were stopped for in this plan: pass them back as
+    # ``promised`` until they are placed, so the room goes to them and not to other work.
+    made_room: set[str] = field(default_factory=set)
 
 
 def retry_delay_ms(
@@ -373,6 +376,7 @@ def plan(
     policy: Policy,
     known_hosts: list[HostCapacity] | None = None,
     gpu_placer: GpuPlacer | None = None,
+    promised: Collection[str] = (),
 ) -> Plan:
     """Decide container starts and stops. ``hosts`` are live hosts with their current usage;
     they are updated in place as containers are placed (pass copies to keep the originals).
@@ -385,7 +389,10 @@ def plan(
     chooses the host by price and may preempt); without it they are placed like the others.
 
     Queued work that fits nowhere now makes idle containers of other functions yield (see the
-    module docstring), unless ``policy.evict_idle`` is off."""
+    module docstring), unless ``policy.evict_idle`` is off. ``promised`` are functions that
+    earlier plans stopped idle containers for (``Plan.made_room``): they are placed before
+    other work, so the room made for them is theirs (a GPU freed by its own account's idle
+    container does not go to another account's older work)."""
     known = hosts if known_hosts is None else known_hosts
     by_host = {h.id: h for h in hosts}
     result = Plan()
@@ -428,6 +435,7 @@ def plan(
             if c.id in stopped and c.host_id in by_host:
                 _mark_freeing(by_host[c.host_id], c)
 
+    wanting.sort(key=lambda w: w[0].id not in promised)  # stable: otherwise oldest work first
     for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
@@ -467,9 +475,12 @@ def plan(
             if policy.evict_idle and n < fn.queued and not _fits_any_now(fn, hosts):
                 made_room = False
                 for _ in range(min(missing, fn.queued) - n):
+                    stops_before = len(result.stop)
                     if not _make_room(fn, hosts, idle, result.stop):
                         break
                     made_room = True
+                    if len(result.stop) > stops_before:
+                        result.made_room.add(fn.id)
                 if made_room:
                     result.waiting[fn.id] = (
                         "every live host that can run this function is busy; idle containers "

@@ -33,6 +33,7 @@ from crucible.server.scheduler.core import (
     GpuChoice,
     HostCapacity,
     Policy,
+    StartContainer,
     plan,
 )
 from crucible.server.services.apps import stop_abandoned_apps
@@ -68,6 +69,8 @@ _MIN_TICK_GAP_S = 0.05
 _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
+# Room made for queued work by stopping idle containers is kept for it this long at most.
+_PROMISE_MS = 60_000
 
 
 class SchedulerLoop:
@@ -80,6 +83,8 @@ class SchedulerLoop:
         self._started_seen: set[str] = set()  # containers whose start time was recorded
         self.crash_loops: dict[str, CrashLoop] = {}
         self._loop_logged: dict[str, int] = {}
+        # Functions idle containers were stopped for -> until when the room stays theirs.
+        self._promised: dict[str, int] = {}
 
     @property
     def policy(self) -> Policy:
@@ -157,7 +162,16 @@ class SchedulerLoop:
                     keys += self._enforce_credit(conn, now)
                 demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
                 placer = MarketPlacer(live, accounts, terms, now)
-                decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
+                decided = plan(
+                    now,
+                    demands,
+                    capacity,
+                    self.policy,
+                    known,
+                    gpu_placer=placer,
+                    promised=self._promise(now),
+                )
+                self._keep_promises(decided.made_room, decided.start, now)
             self._log_scales(decided.scales)
             self._publish_waiting(decided.waiting, placer)
             for u in decided.unschedulable:
@@ -279,6 +293,18 @@ class SchedulerLoop:
                     conn, d.id, ContainerExitedError.code, f"crash loop: {loop.describe()}", now
                 )
         return keys
+
+    def _promise(self, now: int) -> set[str]:
+        self._promised = {f: until for f, until in self._promised.items() if until > now}
+        return set(self._promised)
+
+    def _keep_promises(self, made_room: set[str], started: list[StartContainer], now: int) -> None:
+        """Room made by stopping idle containers stays promised to the function it was made
+        for until that function is placed (or a minute passes: the stops are long done)."""
+        for fid in made_room:
+            self._promised[fid] = now + _PROMISE_MS
+        for start in started:
+            self._promised.pop(start.function_id, None)
 
     def _publish_waiting(self, waiting: dict[str, str], placer: MarketPlacer) -> None:
         """Why queued calls wait, for their CallInfo: the core's reason, or the market's own
