@@ -691,3 +691,13 @@ def test_room_made_by_a_yield_goes_to_the_work_it_was_made_for() -> None:
     # Without the promise, queue order would have given it to the stranger.
     p = plan(NOW + 500, [stranger, mine], [copy.deepcopy(free)], POLICY)
     assert [s.function_id for s in p.start] == ["fn-s"]
+
+
+def test_only_containers_whose_room_is_needed_yield() -> None:
+    # The longest idle holds only CPU; the GPU work needs the other one's H100.
+    cpu_only = held("ct-cpu", last_active_ms=NOW - 9_000, cpu=1.0)
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 1_000, cpu=1.0, gpu_indices=(0,))
+    warm = fn("fn-b", containers=(cpu_only, gpu_idle), scaledown_window_ms=3_600_000)
+    h = full_host(cpu_only, gpu_idle, cpu=4.0, gpus={"H100": 1})
+    p = plan(NOW, [fn("fn-a", queued=1, gpus=(GpuChoice("H100", 1),)), warm], [h], POLICY)
+    assert p.stop == [StopContainer("ct-gpu", "yield")]

@@ -322,6 +322,16 @@ def _claim_freeing(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | N
         host.freeing_gpus.difference_update(freed[: choice.count])
 
 
+def _room_without(
+    host: HostCapacity, stopped: list[_Idle], fn: FunctionDemand, choice: GpuChoice | None
+) -> bool:
+    """Whether ``fn`` would fit ``host`` once ``stopped`` (and those already stopping) end."""
+    trial = replace(host, used_gpus=set(host.used_gpus), freeing_gpus=set(host.freeing_gpus))
+    for c in stopped:
+        _mark_freeing(trial, c.view)
+    return _free_after_stops(trial, fn, choice)
+
+
 def _make_room(
     fn: FunctionDemand, hosts: list[HostCapacity], idle: list[_Idle], stops: list[StopContainer]
 ) -> bool:
@@ -348,13 +358,17 @@ def _make_room(
                 ),
                 key=lambda c: (c.view.last_active_ms, c.view.id),
             )
-            trial = replace(h, used_gpus=set(h.used_gpus), freeing_gpus=set(h.freeing_gpus))
-            for n, c in enumerate(mine, 1):
-                _mark_freeing(trial, c.view)
-                if _free_after_stops(trial, fn, choice):
-                    rank = (n, mine[0].view.last_active_ms, h.id)
+            for n in range(1, len(mine) + 1):
+                if _room_without(h, mine[:n], fn, choice):
+                    # Keep only those needed (an idle CPU-only container does not free a GPU).
+                    pick = mine[:n]
+                    for c in reversed(mine[:n]):
+                        rest = [x for x in pick if x is not c]
+                        if _room_without(h, rest, fn, choice):
+                            pick = rest
+                    rank = (len(pick), pick[0].view.last_active_ms, h.id)
                     if best is None or rank < best:
-                        best, best_pick, best_choice = rank, mine[:n], choice
+                        best, best_pick, best_choice = rank, pick, choice
                     break
         if best is not None:
             break  # the first GPU choice that idle containers can make room for
