@@ -49,6 +49,10 @@ def test_the_sdk_prints_why_a_call_waits(exchange: Exchange) -> None:
                 call.get(timeout=8)
             except TimeoutError:
                 print("still waiting", flush=True)
+            import threading, time
+            mapping = lambda: list(app_basic.square.map(range(3)))
+            threading.Thread(target=mapping, daemon=True).start()
+            time.sleep(16)  # the map gets no result: after 10 s it says why
         """
     )
     out = subprocess.run(
@@ -64,4 +68,6 @@ def test_the_sdk_prints_why_a_call_waits(exchange: Exchange) -> None:
     )
     assert "still waiting" in out.stdout, out.stdout + out.stderr
     assert "is waiting: no live host can run this function" in out.stderr, out.stderr
-    assert out.stderr.count("is waiting:") == 1  # once per reason, not once per poll
+    assert out.stderr.count("is waiting:") == 2, out.stderr
+    # Once per reason and per waiter, not once per poll: the call, then the map.
+    assert "square.map is waiting: no live host can run this function" in out.stderr

@@ -35,6 +35,8 @@ _POLL_S = 25.0
 # .remote()'s first wait is shorter: a call still queued by then may be waiting for a reason
 # the server can tell (no live host, hosts busy), which get() then prints.
 _FIRST_WAIT_S = 5.0
+# A map with no result for this long asks the server why its calls wait (and prints it).
+_STALL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,7 @@ class _MapRun:
         self.submitted = 0
         self.done_submitting = threading.Event()
         self.submit_error: BaseException | None = None
+        self.last_batch_call: str | None = None  # a call to ask why the map waits
 
     def _submit(self) -> None:
         try:
@@ -321,9 +324,11 @@ class _MapRun:
         # The batch's first input carries a key: if the transport retries a request whose
         # reply was lost, the server returns the calls it already made for this batch.
         batch[0] = InputItem(args=batch[0].args, idempotency_key=f"{self.group_id}-{start}")
-        self.client.create_calls(
+        created = self.client.create_calls(
             self.function_id, CallsCreate(inputs=batch, group_id=self.group_id, start_index=start)
         )
+        if created.call_ids:
+            self.last_batch_call = created.call_ids[0]
         self.submitted = start + len(batch)
 
     def results(self) -> Iterator[Any]:
@@ -331,6 +336,8 @@ class _MapRun:
         submitter.start()
         ready: dict[int, CallInfo] = {}
         next_index = 0
+        last_result = time.monotonic()
+        shown: str | None = None
         with _progress(self.name) as progress:
             while True:
                 done = self.done_submitting.is_set()
@@ -341,6 +348,15 @@ class _MapRun:
                 got = self.client.group_results(self.group_id, wait_s=1.0 if not done else 5.0)
                 for info in got.results:
                     ready[info.index] = info
+                if got.results:
+                    last_result = time.monotonic()
+                elif time.monotonic() - last_result >= _STALL_S and self.last_batch_call:
+                    # Nothing for a while: say why the map's calls wait, once per reason.
+                    last_result = time.monotonic()
+                    why = self.client.get_call(self.last_batch_call).waiting
+                    if why and why != shown:
+                        shown = why
+                        progress.note(f"crucible: {self.name}.map is waiting: {why}")
                 if not got.results and got.outstanding == 0 and done:
                     missing = [i for i in range(next_index, self.submitted) if i not in ready]
                     if missing:  # a reply carrying them was lost: read them again
@@ -371,7 +387,7 @@ class _progress:
         self._bar: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> Callable[[int, int | None], None]:
+    def __enter__(self) -> _progress:
         if sys.stderr.isatty():
             from rich.progress import (
                 BarColumn,
@@ -390,7 +406,17 @@ class _progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.name, total=None)
-        return self.update
+        return self
+
+    def __call__(self, completed: int, total: int | None) -> None:
+        self.update(completed, total)
+
+    def note(self, text: str) -> None:
+        """A line on stderr (above the bar when there is one)."""
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            sys.stderr.write(text + "\n")
 
     def update(self, completed: int, total: int | None) -> None:
         if self._bar is not None and (completed % 100 == 0 or completed == total):
