@@ -33,8 +33,9 @@ def _one_core() -> Iterator[None]:
 
 
 @pytest.fixture
-def small_exchange(tmp_path: Path) -> Iterator[Exchange]:
-    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+def small_exchange(tmp_path: Path, database_url: str) -> Iterator[Exchange]:
+    """One agent on a one-core host, on SQLite and on PostgreSQL."""
+    ex = Exchange(tmp_path, database_url)
     ex.start_server()
     try:
         with _one_core():
