@@ -467,7 +467,11 @@ def plan(
                 result.waiting[fn.id] = message
             continue
         if fn.queued and not any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)):
-            lost = len(known) - len(hosts)
+            lost = sum(
+                1
+                for h in known
+                if h.id not in by_host and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
+            )
             result.waiting[fn.id] = (
                 f"no live host can run this function ({_describe_request(fn)}): "
                 f"{lost} host(s) that could have stopped answering (their agents are down "

@@ -312,7 +312,9 @@ class SchedulerLoop:
         out = {}
         for fid, why in waiting.items():
             refused = placer.refused.get(fid)
-            out[fid] = f"the market: {refused.message}" if refused is not None else why
+            # The market's words are more precise than "busy", not than "no live host".
+            busy = why.startswith("every live host")
+            out[fid] = f"the market: {refused.message}" if refused and busy else why
             if self.state.waiting.get(fid) != out[fid]:
                 log.info("function %s waits: %s", fid, out[fid])
         self.state.waiting = out  # one assignment: readers see the old or the new map
