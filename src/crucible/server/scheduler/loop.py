@@ -313,7 +313,7 @@ class SchedulerLoop:
         for fid, why in waiting.items():
             refused = placer.refused.get(fid)
             # The market's words are more precise than "busy", not than "no live host".
-            busy = why.startswith("every live host")
+            busy = why.startswith("every live host") and "being stopped" not in why
             out[fid] = f"the market: {refused.message}" if refused and busy else why
             if self.state.waiting.get(fid) != out[fid]:
                 log.info("function %s waits: %s", fid, out[fid])
