@@ -40,17 +40,19 @@ def _crucible(
     )
 
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _child(pid: int, command: str) -> int | None:
+    """The child of ``pid`` running `crucible COMMAND` (agent or server)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z" and command.encode() in argv:
+                return int(entry.name)
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -99,19 +101,22 @@ def test_one_supervised_exchange_per_home(tmp_path: Path) -> None:
         assert str(home) in taken.stderr and "CRUCIBLE_PORT=" in taken.stderr
         assert "AssertionError" not in taken.stderr and "Traceback" not in taken.stderr
 
-        # The agent dies: the supervisor starts a new one, and work runs again.
-        (agent,) = _children(pid)
-        os.kill(agent, signal.SIGKILL)
-        wait_for(lambda: [a for a in _children(pid) if a != agent], 30, "a new agent")
+        # The agent dies, then the control plane: each is restarted, and work runs again.
+        for command in ("agent", "server"):
+            dead = _child(pid, command)
+            assert dead is not None, command
+            os.kill(dead, signal.SIGKILL)
+            wait_for(lambda c=command, d=dead: _child(pid, c) not in (None, d), 30, "restart")
         run = _crucible(["run", "examples/hello.py"], _env(home))  # no port: found from home
         assert run.returncode == 0, run.stdout + run.stderr
         assert run.stdout.split()[0] == "49"
-        (agent,) = _children(pid)
+        agent, server = _child(pid, "agent"), _child(pid, "server")
+        assert agent is not None and server is not None
 
         # `down` without the port finds it from the home; nothing is left running.
         down = _crucible(["down"], _env(home))
         assert down.returncode == 0 and f"pid {pid}" in down.stdout, down.stdout + down.stderr
-        assert not _alive(pid) and not _alive(agent)
+        assert not _alive(pid) and not _alive(agent) and not _alive(server)
         assert "No exchange was running" in _crucible(["down"], _env(home)).stdout
     finally:
         _crucible(["down"], _env(home))
@@ -140,6 +145,7 @@ def test_a_failed_start_says_why(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert "exited while starting" in out.stderr and "up.log" in out.stderr
     assert "Connection refused" in out.stderr  # the log's own words
-    assert not (tmp_path / "home" / "up.lock").exists() or "pid" not in (
-        tmp_path / "home" / "up.lock"
-    ).read_text()
+    assert (
+        not (tmp_path / "home" / "up.lock").exists()
+        or "pid" not in (tmp_path / "home" / "up.lock").read_text()
+    )

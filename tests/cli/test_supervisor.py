@@ -1,4 +1,4 @@
-"""The embedded exchange's agent supervisor, over a real child process: restarted with
+"""The embedded exchange's process supervisor, over a real child process: restarted with
 backoff when it dies, stopped with nothing left running."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from crucible.cli._supervisor import AgentSupervisor, restart_delay_s
+from crucible.cli._supervisor import ProcessSupervisor, restart_delay_s
 
 from harness import wait_for
 
@@ -25,7 +25,9 @@ def _gone(pid: int) -> bool:
 
 
 def test_a_dead_child_is_restarted_and_stop_leaves_nothing() -> None:
-    sup = AgentSupervisor([sys.executable, "-c", "import time; time.sleep(120)"], stop_grace_s=1)
+    sup = ProcessSupervisor(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], stop_grace_s=1
+    )
     sup.start()
     try:
         first = wait_for(lambda: sup.pid, 30, "the child")

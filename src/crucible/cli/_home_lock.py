@@ -21,7 +21,7 @@ from typing import IO
 from crucible.errors import Error
 from crucible.settings import Settings
 
-__all__ = ["HomeLock", "RunningExchange", "lock_path", "running_exchange"]
+__all__ = ["HomeLock", "RunningExchange", "lock_path", "running_exchange", "running_exchange_at"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,11 @@ class RunningExchange:
         return f"stop it with `CRUCIBLE_HOME={self.home} crucible down`"
 
 
+_LOCK_NAME = "up.lock"
+
+
 def lock_path(settings: Settings) -> Path:
-    return settings.home_path / "up.lock"
+    return settings.home_path / _LOCK_NAME
 
 
 def _read(path: Path, home: Path) -> RunningExchange | None:
@@ -50,16 +53,25 @@ def _read(path: Path, home: Path) -> RunningExchange | None:
 
 def running_exchange(settings: Settings) -> RunningExchange | None:
     """The exchange running from ``settings``' home, or None when its lock is free."""
-    path = lock_path(settings)
-    if not path.exists():
+    return running_exchange_at(settings.home_path)
+
+
+def running_exchange_at(home: Path) -> RunningExchange | None:
+    """The exchange running from the state directory ``home``, or None."""
+    path = home / _LOCK_NAME
+    try:
+        f = open(path)  # noqa: SIM115 (closed below)
+    except OSError:
         return None
-    with open(path, "a+") as f:
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            found = _read(path, settings.home_path)
+            found = _read(path, home)
             # Held, but its details not written yet (it is starting): a pid of 0 says so.
-            return found or RunningExchange(0, "", settings.home_path)
+            return found or RunningExchange(0, "", home)
+        except OSError:
+            return None
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
 

@@ -78,6 +78,17 @@ def _crucible_home(pid: int, proc: Path) -> str | None:
     return None if home is None else "".join(c if c.isprintable() else "?" for c in home)
 
 
+def _lock_holder(home: str | None) -> int | None:
+    """The pid of the exchange that holds ``home``'s lock (the `crucible up` supervising the
+    control plane found on the port), if any."""
+    if home is None:
+        return None
+    from crucible.cli._home_lock import running_exchange_at
+
+    running = running_exchange_at(Path(home))
+    return running.pid if running is not None and running.pid else None
+
+
 def describe_port_holder(port: int, *, crucible_answers: bool, proc: Path = Path("/proc")) -> str:
     """Who holds ``port``, in words: "another Crucible exchange (pid 12, home /x; stop it with
     ...)", "pid 12 (nginx -g ...)", or "another process"."""
@@ -88,10 +99,15 @@ def describe_port_holder(port: int, *, crucible_answers: bool, proc: Path = Path
     text = " ".join(argv)
     if "crucible" in text and ({"up", "server"} & set(argv)):
         home = _crucible_home(pid, proc)
-        where = f", home {home}; stop it with `CRUCIBLE_HOME={home} crucible down`" if home else ""
-        if "server" in argv:
-            where = f", home {home}" if home else ""
-        return f"another Crucible exchange (pid {pid}{where})"
+        holder = _lock_holder(home)
+        if home is None:
+            return f"another Crucible exchange (pid {pid})"
+        if holder is None:  # a `crucible server` given its own database
+            return f"another Crucible exchange (pid {pid}, home {home})"
+        return (
+            f"another Crucible exchange (pid {holder}, home {home}; stop it with "
+            f"`CRUCIBLE_HOME={home} crucible down`)"
+        )
     # Another program's command line: no control characters reach the terminal.
     text = "".join(c if c.isprintable() else "?" for c in text)
     shown = text if len(text) <= 80 else text[:77] + "..."

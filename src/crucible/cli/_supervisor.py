@@ -1,8 +1,8 @@
-"""The embedded exchange's agent, supervised: `crucible up` runs the control plane in its own
-process and the agent as a child that is restarted, with backoff, whenever it dies. Stopping
-the supervisor stops the agent (SIGTERM, its grace, then SIGKILL); if the supervising process
-itself dies, the kernel sends the agent SIGTERM (parent-death signal), so nothing is left
-running either way."""
+"""The embedded exchange's processes, supervised: `crucible up` runs the control plane and the
+agent as children that are restarted, with backoff, whenever they die. Stopping a supervisor
+stops its child (SIGTERM, a grace, then SIGKILL); if the supervising process itself dies, the
+kernel sends its children SIGTERM (parent-death signal), so nothing is left running either
+way."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["AgentSupervisor", "restart_delay_s"]
+__all__ = ["ProcessSupervisor", "restart_delay_s"]
 
 log = logging.getLogger("crucible.up")
 
@@ -28,18 +28,21 @@ def restart_delay_s(failures: int, *, first_s: float = 1.0, cap_s: float = 30.0)
 
 
 def _term_with_parent(prctl: Any) -> None:
-    """In the agent, between fork and exec (no imports, no locks): receive SIGTERM when the
+    """In the child, between fork and exec (no imports, no locks): receive SIGTERM when the
     thread that started it ends (the supervisor's, which lives as long as `crucible up`)."""
     prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-class AgentSupervisor:
-    """Keeps one agent process running until :meth:`stop`.
+class ProcessSupervisor:
+    """Keeps one process (``name``: the agent, the control plane) running until :meth:`stop`.
 
-    An agent that ran for ``stable_s`` before exiting is restarted after the shortest delay;
+    A process that ran for ``stable_s`` before exiting is restarted after the shortest delay;
     one that keeps dying waits longer each time (:func:`restart_delay_s`)."""
 
-    def __init__(self, argv: list[str], *, stop_grace_s: float, stable_s: float = 60.0) -> None:
+    def __init__(
+        self, name: str, argv: list[str], *, stop_grace_s: float, stable_s: float = 60.0
+    ) -> None:
+        self.name = name
         self.argv = argv
         self.stop_grace_s = stop_grace_s
         self.stable_s = stable_s
@@ -47,7 +50,7 @@ class AgentSupervisor:
         self.last_exit: int | None = None
         self._stop = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._thread = threading.Thread(target=self._run, name="agent-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
         # Resolved here: the child must not load libraries between fork and exec.
         self._prctl = ctypes.CDLL(None).prctl
 
@@ -63,6 +66,9 @@ class AgentSupervisor:
         return subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
+            # Its own session: a terminal's Ctrl-C reaches only `crucible up`, which stops the
+            # agent before the control plane (so the agent's last report is received).
+            start_new_session=True,
             preexec_fn=functools.partial(_term_with_parent, self._prctl),
         )
 
@@ -75,7 +81,7 @@ class AgentSupervisor:
                 self._stop.wait(0.5)
             if self._stop.is_set():
                 # Stopped here, by the thread that started it: its parent-death signal
-                # fires only once this thread ends, after the agent is gone.
+                # fires only once this thread ends, after the child is gone.
                 self._terminate(proc)
                 return
             self.last_exit = proc.returncode
@@ -83,7 +89,8 @@ class AgentSupervisor:
             delay = restart_delay_s(failures)
             self.restarts += 1
             log.warning(
-                "the agent exited (code %s); restarting it in %.0f s (restart %d)",
+                "the %s exited (code %s); restarting it in %.0f s (restart %d)",
+                self.name,
                 proc.returncode,
                 delay,
                 self.restarts,
@@ -101,7 +108,7 @@ class AgentSupervisor:
             proc.wait()
 
     def stop(self) -> None:
-        """Stop the agent (SIGTERM, its grace, SIGKILL) and the supervision; idempotent."""
+        """Stop the process (SIGTERM, its grace, SIGKILL) and the supervision; idempotent."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.stop_grace_s + 10)

@@ -22,7 +22,7 @@ from crucible.cli._embedded import (
 from crucible.cli._home_lock import HomeLock, running_exchange
 from crucible.cli._output import console
 from crucible.cli._ports import port_free, port_taken_error
-from crucible.cli._supervisor import AgentSupervisor
+from crucible.cli._supervisor import ProcessSupervisor
 from crucible.errors import Error
 from crucible.settings import Settings, load_settings
 
@@ -47,6 +47,23 @@ def _agent_argv(settings: Settings, url: str, fake_gpus: str | None) -> list[str
     return argv
 
 
+def _server_argv(settings: Settings) -> list[str]:
+    """The control plane on the home's store, with its address given explicitly (this
+    process holds the home's lock for it)."""
+    return [
+        sys.executable,
+        "-m",
+        "crucible.cli.main",
+        "server",
+        "--host",
+        settings.bind_host,
+        "--port",
+        str(settings.port),
+        "--database-url",
+        settings.effective_database_url,
+    ]
+
+
 def _print_running(settings: Settings, url: str) -> None:
     for line in describe_running(settings, url):
         console.print(f"  {line}", markup=False, highlight=False)
@@ -63,7 +80,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
-        for this machine, restarted if it dies. One exchange per $CRUCIBLE_HOME. Builders can
+        for this machine, each restarted if it dies. One exchange per $CRUCIBLE_HOME. Builders can
         use it at once (`crucible run app.py`)."""
         settings = load_settings(port=port)
         url = local_url(settings)
@@ -81,11 +98,12 @@ def register(app: typer.Typer) -> None:
             _print_running(settings, url)
             return
         lock = HomeLock(settings, url)  # refuses a second exchange on this home, any port
-        supervisor: AgentSupervisor | None = None
-        # uvicorn shuts down on SIGTERM, restores this handler and raises the signal again:
-        # the exception then runs the clean-up below (the agent stopped, the home released)
-        # before the process ends, so `crucible down` returns once nothing is left running.
+        children: list[ProcessSupervisor] = []
+        # SIGTERM (`crucible down`) unwinds to the clean-up below: the agent, then the control
+        # plane stopped, the home released, before this process ends.
         signal.signal(signal.SIGTERM, _exit_on_term)
+        # Ctrl-C stops it even when started from a script that ignores SIGINT (`up &`).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             if not port_free(settings.bind_host, settings.port):
                 raise port_taken_error(
@@ -96,12 +114,19 @@ def register(app: typer.Typer) -> None:
                 )
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
             bootstrap_tokens(settings, url)
-            # The agent retries until the server below answers; it is restarted with backoff
-            # whenever it dies, and stopped (or told by the kernel) when this process ends.
-            supervisor = AgentSupervisor(
-                _agent_argv(settings, url, fake_gpus), stop_grace_s=settings.stop_grace_s
+            # Both are restarted with backoff whenever they die; the agent retries until the
+            # control plane answers.
+            grace = settings.stop_grace_s
+            children.append(
+                ProcessSupervisor("control plane", _server_argv(settings), stop_grace_s=grace)
             )
-            supervisor.start()
+            children.append(
+                ProcessSupervisor(
+                    "agent", _agent_argv(settings, url, fake_gpus), stop_grace_s=grace
+                )
+            )
+            for child in children:
+                child.start()
             if not foreground:
                 console.print(
                     f"Crucible is up at {url}; builders: `crucible run app.py`. Ctrl-C stops."
@@ -109,12 +134,10 @@ def register(app: typer.Typer) -> None:
                 threading.Thread(
                     target=_report_when_ready, args=(settings, url), daemon=True
                 ).start()
-            from crucible.cli.serve import run_server
-
-            run_server(settings)
+            threading.Event().wait()  # until a signal: Ctrl-C or SIGTERM
         finally:
-            if supervisor is not None:
-                supervisor.stop()
+            for child in reversed(children):  # the agent's last report reaches the server
+                child.stop()
             lock.close()
 
     @app.command()
