@@ -238,6 +238,8 @@ def test_every_cli_command_in_the_docs_exists_with_its_options() -> None:
         rest = list(words)
         while rest and hasattr(cmd, "get_command"):
             sub = cmd.get_command(ctx, rest[0])
+            if sub is None and getattr(cmd, "default_command", None):
+                sub, rest = cmd.get_command(ctx, cmd.default_command), ["", *rest]
             if sub is None:
                 break
             cmd, rest = sub, rest[1:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -498,3 +499,205 @@ def test_retry_delay_examples() -> None:
     with pytest.raises(ValueError):
         retry_delay_ms(0, 1.0, 2.0, 60.0)
     assert math.isfinite(retry_delay_ms(100, 3600, 10, 3600))
+
+
+# -- idle containers yield to queued work ------------------------------------------------------
+
+
+def held(
+    id: str,
+    *,
+    last_active_ms: int,
+    cpu: float = 1.0,
+    memory_mib: int = 1024,
+    gpu_indices: tuple[int, ...] = (),
+    busy: bool = False,
+    host_id: str = "ho-1",
+) -> ContainerView:
+    """A running container that holds resources (idle unless ``busy``)."""
+    return replace(
+        ctr(id, last_active_ms=last_active_ms, busy=busy, host_id=host_id),
+        cpu=cpu,
+        memory_mib=memory_mib,
+        gpu_indices=gpu_indices,
+    )
+
+
+def owned(f: FunctionDemand, account: str) -> FunctionDemand:
+    return replace(f, account_id=account)
+
+
+def full_host(
+    *containers: ContainerView, cpu: float = 2.0, gpus: dict[str, int] | None = None
+) -> HostCapacity:
+    return host(
+        cpu=cpu,
+        memory_mib=8192,
+        gpus=gpus,
+        used_cpu=sum(c.cpu for c in containers),
+        used_memory_mib=sum(c.memory_mib for c in containers),
+        used_gpus={i for c in containers for i in c.gpu_indices},
+    )
+
+
+def test_the_idlest_container_of_another_function_yields_to_queued_work() -> None:
+    older = held("ct-old", last_active_ms=NOW - 5_000)
+    newer = held("ct-new", last_active_ms=NOW - 1_000)
+    # fn-b has no work left: both containers wait out a long scale-down window.
+    warm = fn("fn-b", containers=(newer, older), scaledown_window_ms=3_600_000)
+    queued = fn("fn-a", queued=3)
+    h = full_host(older, newer)
+    p = plan(NOW, [queued, warm], [h], POLICY)
+    assert p.stop == [StopContainer("ct-old", "yield")]  # one container's room is enough
+    assert p.start == [] and p.unschedulable == []  # placed once the room is really free
+    # Next tick: the stopped one is still ending (its room is counted as being freed).
+    h = full_host(older, newer)
+    h.freeing_cpu, h.freeing_memory_mib = 1.0, 1024
+    p = plan(
+        NOW + 100,
+        [queued, fn("fn-b", containers=(newer,), scaledown_window_ms=3_600_000)],
+        [h],
+        POLICY,
+    )
+    assert idle(p)  # no second eviction, no start on a host still full
+    # Once it ended, the queued work is placed.
+    p = plan(
+        NOW + 200,
+        [queued, fn("fn-b", containers=(newer,), scaledown_window_ms=3_600_000)],
+        [full_host(newer)],
+        POLICY,
+    )
+    assert [(s.function_id, s.host_id) for s in p.start] == [("fn-a", "ho-1")] and p.stop == []
+
+
+def test_busy_or_wanted_containers_never_yield() -> None:
+    busy = held("ct-busy", last_active_ms=NOW - 50_000, busy=True)
+    kept = held("ct-kept", last_active_ms=NOW - 50_000)
+    working = fn("fn-b", containers=(busy,), running=1, oldest_running_started_ms=NOW - 50_000)
+    # min_containers=1: fn-c wants its one idle container.
+    minimum = replace(fn("fn-c", containers=(kept,)), min_containers=1)
+    p = plan(NOW, [fn("fn-a", queued=1), working, minimum], [full_host(busy, kept)], POLICY)
+    assert idle(p)
+
+
+def test_no_eviction_when_room_exists_or_when_turned_off() -> None:
+    spare = held("ct-idle", last_active_ms=NOW - 5_000)
+    warm = fn("fn-b", containers=(spare,), scaledown_window_ms=3_600_000)
+    # Room on the host: placed at once, nothing stopped.
+    p = plan(NOW, [fn("fn-a", queued=1), warm], [full_host(spare)], POLICY)
+    assert [s.function_id for s in p.start] == ["fn-a"] and p.stop == []
+    # Full host, eviction off: the work waits for the scale-down window.
+    off = replace(POLICY, evict_idle=False)
+    p = plan(NOW, [fn("fn-a", queued=1), warm], [full_host(spare, cpu=1.0)], off)
+    assert idle(p)
+    # A placer that refuses although there is room (price, region...): stopping idle
+    # containers would not help, so none is stopped.
+    gpu = host(gpus={"H100": 2}, used_gpus={0}, cpu=2.0, used_cpu=1.0, used_memory_mib=1024)
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 5_000, gpu_indices=(0,))
+    p = plan(
+        NOW,
+        [
+            fn("fn-a", queued=1, gpus=(GpuChoice("H100", 1),)),
+            fn("fn-b", containers=(gpu_idle,), scaledown_window_ms=3_600_000),
+        ],
+        [gpu],
+        POLICY,
+        gpu_placer=lambda f, hs: None,
+    )
+    assert idle(p)
+
+
+def test_evictions_follow_the_queue_and_prefer_the_host_needing_fewest() -> None:
+    # ho-1: two small idle containers (longest idle); ho-2: one big one, idle more recently.
+    small1 = held("ct-s1", last_active_ms=NOW - 9_000)
+    small2 = held("ct-s2", last_active_ms=NOW - 8_000)
+    big = held("ct-big", last_active_ms=NOW - 1_000, cpu=2.0, host_id="ho-2")
+    hosts = [
+        full_host(small1, small2),
+        replace(full_host(big), id="ho-2"),
+    ]
+    warm = fn("fn-b", containers=(small1, small2, big), scaledown_window_ms=3_600_000)
+    p = plan(NOW, [fn("fn-a", cpu=2.0, queued=1), warm], hosts, POLICY)
+    assert p.stop == [StopContainer("ct-big", "yield")]  # one stop instead of two
+    # Two queued inputs of a 1-core function: the two longest idle containers make room.
+    p = plan(
+        NOW,
+        [fn("fn-a", queued=2, avg_exec_ms=10_000.0), warm],
+        [full_host(small1, small2), replace(full_host(big), id="ho-2")],
+        POLICY,
+    )
+    assert {s.container_id for s in p.stop} == {"ct-s1", "ct-s2"}
+    assert all(s.reason == "yield" for s in p.stop)
+
+
+def test_gpu_containers_yield_only_to_their_own_account() -> None:
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 5_000, gpu_indices=(0,))
+    warm = owned(fn("fn-b", containers=(gpu_idle,), scaledown_window_ms=3_600_000), "acct-1")
+    h = full_host(gpu_idle, cpu=8.0, gpus={"H100": 1})
+    want = fn("fn-a", queued=1, gpus=(GpuChoice("H100", 1),))
+    p = plan(NOW, [owned(want, "acct-2"), warm], [copy.deepcopy(h)], POLICY)
+    assert idle(p)  # another renter's lease is not taken
+    p = plan(NOW, [owned(want, "acct-1"), warm], [copy.deepcopy(h)], POLICY)
+    assert p.stop == [StopContainer("ct-gpu", "yield")]
+    # A CPU-only idle container yields to anyone's work.
+    cpu_idle = held("ct-cpu", last_active_ms=NOW - 5_000, cpu=8.0)
+    other = owned(fn("fn-c", containers=(cpu_idle,), scaledown_window_ms=3_600_000), "acct-1")
+    p = plan(
+        NOW, [owned(fn("fn-a", queued=1), "acct-2"), other], [full_host(cpu_idle, cpu=8.0)], POLICY
+    )
+    assert p.stop == [StopContainer("ct-cpu", "yield")]
+
+
+# -- why queued work waits ---------------------------------------------------------------------
+
+
+def test_waiting_work_says_why() -> None:
+    queued = fn("fn-a", queued=2)
+    # No host at all, within the grace: the calls will fail; meanwhile they say why.
+    p = plan(NOW, [queued], [], POLICY)
+    assert p.unschedulable == [] and "no host is registered" in p.waiting["fn-a"]
+    # The only host that could run it stopped answering (lost, still known).
+    lost = host()
+    p = plan(NOW, [queued], [], POLICY, known_hosts=[lost])
+    assert p.unschedulable == [] and p.start == []
+    assert p.waiting["fn-a"].startswith("no live host can run this function")
+    # A live host, full of busy work.
+    busy = held("ct-busy", last_active_ms=NOW, busy=True, cpu=2.0)
+    working = fn("fn-b", containers=(busy,), running=1, oldest_running_started_ms=NOW)
+    p = plan(NOW, [queued, working], [full_host(busy)], POLICY)
+    assert "busy" in p.waiting["fn-a"] and "fn-b" not in p.waiting
+    # Full of idle containers: they make room, and the reason says so.
+    spare = held("ct-idle", last_active_ms=NOW - 5_000, cpu=2.0)
+    warm = fn("fn-b", containers=(spare,), scaledown_window_ms=3_600_000)
+    p = plan(NOW, [queued, warm], [full_host(spare)], POLICY)
+    assert "idle containers of other functions are being stopped" in p.waiting["fn-a"]
+    # Placed: nothing to explain.
+    assert plan(NOW, [queued], [host()], POLICY).waiting == {}
+
+
+def test_room_made_by_a_yield_goes_to_the_work_it_was_made_for() -> None:
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 5_000, gpu_indices=(0,))
+    warm = owned(fn("fn-b", containers=(gpu_idle,), scaledown_window_ms=3_600_000), "acct-1")
+    h100 = (GpuChoice("H100", 1),)
+    # The stranger's work is older (first in the queue); the owner's made the room.
+    stranger = owned(fn("fn-s", queued=1, gpus=h100, oldest_queued_ms=NOW - 9_000), "acct-2")
+    mine = owned(fn("fn-a", queued=1, gpus=h100), "acct-1")
+    p = plan(NOW, [stranger, mine, warm], [full_host(gpu_idle, cpu=8.0, gpus={"H100": 1})], POLICY)
+    assert p.stop == [StopContainer("ct-gpu", "yield")] and p.made_room == {"fn-a"}
+    # The container has ended: the freed H100 goes to fn-a, promised, not to older work.
+    free = full_host(cpu=8.0, gpus={"H100": 1})
+    p = plan(NOW + 500, [stranger, mine], [copy.deepcopy(free)], POLICY, promised={"fn-a"})
+    assert [s.function_id for s in p.start] == ["fn-a"]
+    # Without the promise, queue order would have given it to the stranger.
+    p = plan(NOW + 500, [stranger, mine], [copy.deepcopy(free)], POLICY)
+    assert [s.function_id for s in p.start] == ["fn-s"]
+
+
+def test_only_containers_whose_room_is_needed_yield() -> None:
+    # The longest idle holds only CPU; the GPU work needs the other one's H100.
+    cpu_only = held("ct-cpu", last_active_ms=NOW - 9_000, cpu=1.0)
+    gpu_idle = held("ct-gpu", last_active_ms=NOW - 1_000, cpu=1.0, gpu_indices=(0,))
+    warm = fn("fn-b", containers=(cpu_only, gpu_idle), scaledown_window_ms=3_600_000)
+    h = full_host(cpu_only, gpu_idle, cpu=4.0, gpus={"H100": 1})
+    p = plan(NOW, [fn("fn-a", queued=1, gpus=(GpuChoice("H100", 1),)), warm], [h], POLICY)
+    assert p.stop == [StopContainer("ct-gpu", "yield")]

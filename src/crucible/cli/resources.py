@@ -168,8 +168,10 @@ def register(app: typer.Typer) -> None:
         client = _client()
         call_id = resolve_id(client, call_id)
         t = CallTimeline.model_validate(client.get(f"/v1/calls/{call_id}/timeline"))
+        # A queued call: why it waits, when the scheduler knows (CallInfo.waiting).
+        waiting = client.get(f"/v1/calls/{call_id}").get("waiting") if t.state == "queued" else None
         if as_json:
-            print_json(t.model_dump())
+            print_json({**t.model_dump(), "waiting": waiting})
             return
         preempted = f", {t.preemptions} preempted" if t.preemptions else ""
         console.print(
@@ -197,6 +199,8 @@ def register(app: typer.Typer) -> None:
             )
         if t.energy_mwh is not None:
             console.print(f"energy {fmt_kwh(t.energy_mwh)}, {fmt_co2(t.carbon_mg)}")
+        if waiting:
+            console.print(f"waiting: {clean(waiting)}", markup=False, highlight=False)
         table(
             "Timeline",
             ["#", "phase", "from (UTC)", "took", "cost", "detail"],

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,24 @@ def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM (``timeout``, a cancelled CI job, ``kill``) ends the run the way Ctrl-C does:
+    the exception unwinds ``app.run()``, which stops the ephemeral app (its queued calls are
+    cancelled, its containers stopped), and the process exits 143 (128 + SIGTERM). A second
+    SIGTERM during that clean-up ends the process at once."""
+
+    def on_term(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def run(
@@ -110,7 +131,7 @@ def register(app: typer.Typer) -> None:
         config = ensure_running(load_settings())
         client = Client(config.server_url, config.token)
         try:
-            with entry.app.run(client=client):
+            with _terminate_like_interrupt(), entry.app.run(client=client):
                 result = entry(**kwargs)
             if result is not None:
                 typer.echo(clean(result, lines=True))

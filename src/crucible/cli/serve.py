@@ -96,11 +96,29 @@ def register(app: typer.Typer) -> None:
         database_url: str = typer.Option(None, help="Store URL (CRUCIBLE_DATABASE_URL)."),
     ) -> None:
         """Run the control plane (API, scheduler, metering)."""
+        from crucible.cli._home_lock import HomeLock
+        from crucible.cli._ports import port_free, port_taken_error
+
         settings = load_settings(bind_host=host, port=port, database_url=database_url)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        _bootstrap_admin(settings)
-        typer.echo(f"Crucible control plane on http://{settings.bind_host}:{settings.port}")
-        run_server(settings)
+        url = f"http://{settings.bind_host}:{settings.port}"
+        # On the home's own SQLite store, one exchange per home (as `crucible up`): a second
+        # scheduler on the same store would run calls twice.
+        lock = None if settings.database_url else HomeLock(settings, url)
+        try:
+            if not port_free(settings.bind_host, settings.port):
+                raise port_taken_error(
+                    settings.bind_host,
+                    settings.port,
+                    crucible_answers=False,
+                    command="crucible server",
+                )
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+            _bootstrap_admin(settings)
+            typer.echo(f"Crucible control plane on {url}")
+            run_server(settings)
+        finally:
+            if lock is not None:
+                lock.close()
 
     @app.command()
     def agent(

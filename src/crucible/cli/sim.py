@@ -23,9 +23,11 @@ class _RunByDefault(TyperGroup):
     """`crucible sim SCENARIO` runs one scenario (the `run` command); `crucible sim compare
     ...` compares. Anything that is not a subcommand's name goes to `run`."""
 
+    default_command = "run"
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["run", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

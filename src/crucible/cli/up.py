@@ -2,40 +2,71 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
-from typing import Any
+import threading
 
 import typer
 
 from crucible.cli._embedded import (
     agent_token_path,
     bootstrap_tokens,
+    describe_running,
     is_healthy,
-    pid_path,
-    port_free,
+    local_url,
     start_detached,
     stop_detached,
 )
+from crucible.cli._home_lock import HomeLock, running_exchange
 from crucible.cli._output import console
+from crucible.cli._ports import port_free, port_taken_error
+from crucible.cli._supervisor import ProcessSupervisor
 from crucible.errors import Error
-from crucible.settings import load_settings
+from crucible.settings import Settings, load_settings
 
 __all__ = ["register"]
 
-_PR_SET_PDEATHSIG = 1
+
+def _agent_argv(settings: Settings, url: str, fake_gpus: str | None) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "crucible.cli.main",
+        "agent",
+        "--server",
+        url,
+        "--token-file",
+        str(agent_token_path(settings)),
+        "--name",
+        socket.gethostname(),
+    ]
+    if fake_gpus:
+        argv += ["--fake-gpus", fake_gpus, "--allow-fake-gpus"]
+    return argv
 
 
-def _term_with_parent(prctl: Any) -> None:
-    """In the agent, between fork and exec (no imports, no locks): receive SIGTERM when
-    `crucible up` ends."""
-    prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+def _server_argv(settings: Settings) -> list[str]:
+    """The control plane on the home's store, with its address given explicitly (this
+    process holds the home's lock for it)."""
+    return [
+        sys.executable,
+        "-m",
+        "crucible.cli.main",
+        "server",
+        "--host",
+        settings.bind_host,
+        "--port",
+        str(settings.port),
+        "--database-url",
+        settings.effective_database_url,
+    ]
+
+
+def _print_running(settings: Settings, url: str) -> None:
+    for line in describe_running(settings, url):
+        console.print(f"  {line}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,68 +80,92 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
-        for this machine. Builders can use it at once (`crucible run app.py`)."""
+        for this machine, each restarted if it dies. One exchange per $CRUCIBLE_HOME. Builders can
+        use it at once (`crucible run app.py`)."""
         settings = load_settings(port=port)
-        url = f"http://{settings.bind_host}:{settings.port}"
+        url = local_url(settings)
         if detach:
-            start_detached(settings, fake_gpus=fake_gpus)
-            console.print(f"Crucible is up at {url} (stop it with `crucible down`)")
+            running = running_exchange(settings)
+            if running is not None and running.url and running.url != url:
+                raise Error(
+                    f"an exchange is already running from {settings.home_path} (pid "
+                    f"{running.pid}, {running.url}); use it, or {running.stop_hint()}. One "
+                    "exchange per home: give another one its own CRUCIBLE_HOME."
+                )
+            url = start_detached(settings, fake_gpus=fake_gpus)
+            verb = "already up" if running is not None else "up"
+            console.print(f"Crucible is {verb} at {url} (stop it with `crucible down`):")
+            _print_running(settings, url)
             return
-        if is_healthy(url):
-            raise Error(f"an exchange already answers at {url}; stop it with `crucible down`")
-        if not port_free(settings.bind_host, settings.port):
-            raise Error(f"port {settings.port} is taken; pick another with --port")
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        bootstrap_tokens(settings, url)
-        pid_path(settings).write_text(str(os.getpid()))
-        agent_cmd = [
-            sys.executable,
-            "-m",
-            "crucible.cli.main",
-            "agent",
-            "--server",
-            url,
-            "--token-file",
-            str(agent_token_path(settings)),
-            "--name",
-            socket.gethostname(),
-        ]
-        if fake_gpus:
-            agent_cmd += ["--fake-gpus", fake_gpus, "--allow-fake-gpus"]
-        prctl = ctypes.CDLL(None).prctl  # resolved here: the child must not load libraries
-        # Started from the main thread, before the server: the kernel's parent-death signal
-        # follows the thread that forked, and the agent retries until the server answers.
-        # uvicorn re-raises SIGTERM after its graceful shutdown, so this process may end
-        # before the `finally` below runs: the agent is then told by the kernel.
-        agent_proc = [
-            subprocess.Popen(
-                agent_cmd,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=functools.partial(_term_with_parent, prctl),
-            )
-        ]
-        if not foreground:
-            console.print(
-                f"Crucible is up at {url}; builders: `crucible run app.py`. Ctrl-C stops."
-            )
-        from crucible.cli.serve import run_server
-
+        lock = HomeLock(settings, url)  # refuses a second exchange on this home, any port
+        children: list[ProcessSupervisor] = []
+        # SIGTERM (`crucible down`) unwinds to the clean-up below: the agent, then the control
+        # plane stopped, the home released, before this process ends.
+        signal.signal(signal.SIGTERM, _exit_on_term)
+        # Ctrl-C stops it even when started from a script that ignores SIGINT (`up &`).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            run_server(settings)
+            if not port_free(settings.bind_host, settings.port):
+                raise port_taken_error(
+                    settings.bind_host,
+                    settings.port,
+                    crucible_answers=is_healthy(url),
+                    command="crucible up",
+                )
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+            bootstrap_tokens(settings, url)
+            # Both are restarted with backoff whenever they die; the agent retries until the
+            # control plane answers.
+            grace = settings.stop_grace_s
+            children.append(
+                ProcessSupervisor("control plane", _server_argv(settings), stop_grace_s=grace)
+            )
+            children.append(
+                ProcessSupervisor(
+                    "agent", _agent_argv(settings, url, fake_gpus), stop_grace_s=grace
+                )
+            )
+            for child in children:
+                child.start()
+            if not foreground:
+                console.print(
+                    f"Crucible is up at {url}; builders: `crucible run app.py`. Ctrl-C stops."
+                )
+                threading.Thread(
+                    target=_report_when_ready, args=(settings, url), daemon=True
+                ).start()
+            threading.Event().wait()  # until a signal: Ctrl-C or SIGTERM
         finally:
-            for p in agent_proc:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=settings.stop_grace_s + 5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            pid_path(settings).unlink(missing_ok=True)
+            for child in reversed(children):  # the agent's last report reaches the server
+                child.stop()
+            lock.close()
 
     @app.command()
     def down() -> None:
-        """Stop the embedded exchange started with `crucible up --detach`."""
+        """Stop the embedded exchange running from $CRUCIBLE_HOME, whatever its port."""
         settings = load_settings()
-        if stop_detached(settings):
-            console.print("Crucible is down.")
+        stopped = stop_detached(settings)
+        if stopped is not None:
+            console.print(f"Crucible is down (pid {stopped.pid}, {stopped.url}).", markup=False)
         else:
-            console.print("No background exchange was running.")
+            console.print(f"No exchange was running from {settings.home_path}.", markup=False)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise SystemExit(128 + signum)
+
+
+def _report_when_ready(settings: Settings, url: str, wait_s: float = 60) -> None:
+    """In the foreground `crucible up`: say what runs once the agent has registered."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        lines = describe_running(settings, url)
+        if any(line.startswith("agent: host") for line in lines):
+            for line in lines:
+                console.print(f"  {line}", markup=False, highlight=False)
+            return
+        time.sleep(0.5)
+    console.print("  the agent has not registered yet; see the log above", markup=False)

@@ -64,6 +64,9 @@ class CallInfo(Wire):
     preemptions: int = 0
     # The schedule tick that made this call (None: a client submitted it).
     tick_ms: int | None = None
+    # A queued call: why it is not running yet, when the scheduler knows (no live host can
+    # run it, every host busy, the market's refusal). None otherwise.
+    waiting: str | None = None
 
 
 class TimelinePhase(Wire):

@@ -39,6 +39,11 @@ _BATCH_BYTES = 4 * 1024 * 1024
 _INLINE_MAX = 2 * 1024 * 1024
 # How long one long poll waits on the server before asking again.
 _POLL_S = 25.0
+# .remote()'s first wait is shorter: a call still queued by then may be waiting for a reason
+# the server can tell (no live host, hosts busy), which get() then prints.
+_FIRST_WAIT_S = 5.0
+# A map with no result for this long asks the server why its calls wait (and prints it).
+_STALL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class FunctionCall(Generic[R]):
         return it, or raise the call's error."""
         check_number("get() timeout", timeout, 0, 366 * 86400, optional=True, unit="seconds")
         deadline = None if timeout is None else time.monotonic() + timeout
+        shown: str | None = None
         while True:
             wait = (
                 _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
@@ -108,6 +114,9 @@ class FunctionCall(Generic[R]):
             info = self._client.get_call(self.object_id, wait_s=wait)
             if info.state not in ("queued", "running"):
                 return _result(self._client, info)  # type: ignore[no-any-return]
+            if info.waiting and info.waiting != shown:
+                shown = info.waiting  # said once per reason, never silently forever
+                sys.stderr.write(f"crucible: call {self.object_id} is waiting: {shown}\n")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"call {self.object_id} is still {info.state} after {timeout:g} s; "
@@ -236,7 +245,7 @@ class Function(Generic[P, R]):
             fid,
             CallsCreate(
                 inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)],
-                wait_s=_POLL_S,
+                wait_s=_FIRST_WAIT_S,
             ),
         )
         if created.result is not None:
@@ -400,6 +409,7 @@ class _MapRun:
         self.submitted = 0
         self.done_submitting = threading.Event()
         self.submit_error: BaseException | None = None
+        self.last_batch_call: str | None = None  # a call to ask why the map waits
 
     def _submit(self) -> None:
         try:
@@ -426,9 +436,11 @@ class _MapRun:
         # The batch's first input carries a key: if the transport retries a request whose
         # reply was lost, the server returns the calls it already made for this batch.
         batch[0] = InputItem(args=batch[0].args, idempotency_key=f"{self.group_id}-{start}")
-        self.client.create_calls(
+        created = self.client.create_calls(
             self.function_id, CallsCreate(inputs=batch, group_id=self.group_id, start_index=start)
         )
+        if created.call_ids:
+            self.last_batch_call = created.call_ids[0]
         self.submitted = start + len(batch)
 
     def results(self) -> Iterator[Any]:
@@ -436,6 +448,8 @@ class _MapRun:
         submitter.start()
         ready: dict[int, CallInfo] = {}
         next_index = 0
+        last_result = time.monotonic()
+        shown: str | None = None
         with _progress(self.name) as progress:
             while True:
                 done = self.done_submitting.is_set()
@@ -446,6 +460,15 @@ class _MapRun:
                 got = self.client.group_results(self.group_id, wait_s=1.0 if not done else 5.0)
                 for info in got.results:
                     ready[info.index] = info
+                if got.results:
+                    last_result = time.monotonic()
+                elif time.monotonic() - last_result >= _STALL_S and self.last_batch_call:
+                    # Nothing for a while: say why the map's calls wait, once per reason.
+                    last_result = time.monotonic()
+                    why = self.client.get_call(self.last_batch_call).waiting
+                    if why and why != shown:
+                        shown = why
+                        progress.note(f"crucible: {self.name}.map is waiting: {why}")
                 if not got.results and got.outstanding == 0 and done:
                     missing = [i for i in range(next_index, self.submitted) if i not in ready]
                     if missing:  # a reply carrying them was lost: read them again
@@ -476,7 +499,7 @@ class _progress:
         self._bar: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> Callable[[int, int | None], None]:
+    def __enter__(self) -> _progress:
         if sys.stderr.isatty():
             from rich.progress import (
                 BarColumn,
@@ -495,7 +518,17 @@ class _progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.name, total=None)
-        return self.update
+        return self
+
+    def __call__(self, completed: int, total: int | None) -> None:
+        self.update(completed, total)
+
+    def note(self, text: str) -> None:
+        """A line on stderr (above the bar when there is one)."""
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            sys.stderr.write(text + "\n")
 
     def update(self, completed: int, total: int | None) -> None:
         if self._bar is not None and (completed % 100 == 0 or completed == total):

@@ -70,6 +70,9 @@ class ServerState:
     arrivals: dict[str, ArrivalRate] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     start_stats: dict[str, float] = field(default_factory=dict)
+    # Why a function's queued calls are not placed, as of the last scheduler tick (function
+    # id -> reason; replaced whole each tick). Shown on queued calls' CallInfo.waiting.
+    waiting: dict[str, str] = field(default_factory=dict)
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
         rate = self.arrivals.get(function_id)

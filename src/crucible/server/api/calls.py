@@ -132,7 +132,11 @@ async def get_call(
         if done is not None:
             return model_response(done)  # type: ignore[return-value]
     with state.engine.connect() as conn:
-        return model_response(svc.get_call(conn, who, call_id))  # type: ignore[return-value]
+        info = svc.get_call(conn, who, call_id)
+    why = state.waiting.get(info.function_id) if info.state == "queued" else None
+    if why is not None:
+        info = info.model_copy(update={"waiting": why})
+    return model_response(info)  # type: ignore[return-value]
 
 
 @router.post("/calls/{call_id}/cancel")

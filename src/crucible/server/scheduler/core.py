@@ -14,12 +14,22 @@ Placement (v0): a container's request is a CPU share, memory, and optionally a G
 count in fallback order; the first GPU choice that fits anywhere wins, and among fitting hosts
 the tightest fit (fewest free GPUs of that model left, then least free CPU) is taken, which
 packs work and keeps large hosts free for large requests.
+
+Idle containers yield to queued work: a container its function no longer wants (idle, no
+input in flight, only waiting out its scale-down window) is stopped early when queued work of
+another function fits no live host now, nor once the containers already stopping are gone.
+The longest idle go first, on the host where the fewest must go. A GPU container yields only to
+work of its own account (its lease is the renter's: on-demand leases are not taken by other
+renters, and interruptible ones already yield to higher bids in the market); a CPU-only
+container, which holds no lease, yields to anyone's. The freed room is not used in the same
+plan: the work is placed once the stopped containers have ended (their resources show as
+``freeing_*`` on the host meanwhile, so one shortage evicts only once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 
 from crucible.server.scheduler.autoscaler import Load, Scale, ScalingPolicy, decide
 
@@ -55,6 +65,10 @@ class HostCapacity:
     used_cpu: float = 0.0
     used_memory_mib: int = 0
     used_gpus: set[int] = field(default_factory=set)
+    # Held by containers told to stop (included in used_*): room once they have ended.
+    freeing_cpu: float = 0.0
+    freeing_memory_mib: int = 0
+    freeing_gpus: set[int] = field(default_factory=set)
 
     def free_gpus(self, model: str) -> list[int]:
         return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
@@ -71,6 +85,10 @@ class ContainerView:
     created_ms: int
     last_active_ms: int
     busy: bool
+    # What it holds (for making room when it is stopped early).
+    cpu: float = 0.0
+    memory_mib: int = 0
+    gpu_indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,7 @@ class FunctionDemand:
     # Crash-loop backoff: no new container before this time (see loop._crash_loops).
     start_not_before_ms: int = 0
     inputs_per_container: int = 1  # @crucible.concurrent's target
+    account_id: str = ""  # whose work it is: GPU containers yield only to their own account
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,8 @@ class Policy:
     container_start_timeout_ms: int = 120_000
     # Aim to drain a function's backlog within this time when sizing its container pool.
     target_drain_ms: int = 2_000
+    # Stop idle containers early when queued work of other functions needs their room.
+    evict_idle: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,7 +159,7 @@ GpuPlacer = Callable[[FunctionDemand, list[HostCapacity]], StartContainer | None
 @dataclass(frozen=True)
 class StopContainer:
     container_id: str
-    reason: str  # idle | app_stopped | start_timeout
+    reason: str  # idle | app_stopped | start_timeout | yield (made room for queued work)
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,11 @@ class Plan:
     unschedulable: list[Unschedulable] = field(default_factory=list)
     # The autoscaler's answer per function, with its reason (the loop logs changes).
     scales: dict[str, Scale] = field(default_factory=dict)
+    # Why queued work of a function is not placed now (function id -> reason in words).
+    waiting: dict[str, str] = field(default_factory=dict)
+    # Functions idle containers were stopped for in this plan: pass them back as
+    # ``promised`` until they are placed, so the room goes to them and not to other work.
+    made_room: set[str] = field(default_factory=set)
 
 
 def retry_delay_ms(
@@ -257,6 +283,106 @@ def _describe_largest(hosts: list[HostCapacity]) -> str:
     return f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
 
 
+@dataclass(frozen=True)
+class _Idle:
+    """A container its function no longer wants, still in its scale-down window."""
+
+    view: ContainerView
+    account_id: str
+
+
+def _free_after_stops(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None) -> bool:
+    """Whether ``fn`` fits ``host`` once the containers told to stop have ended."""
+    if fn.cpu > host.cpu - host.used_cpu + host.freeing_cpu + 1e-9:
+        return False
+    if fn.memory_mib > host.memory_mib - host.used_memory_mib + host.freeing_memory_mib:
+        return False
+    if choice is None:
+        return True
+    usable = [
+        i
+        for i, m in host.gpus
+        if m == choice.model and (i not in host.used_gpus or i in host.freeing_gpus)
+    ]
+    return len(usable) >= choice.count
+
+
+def _mark_freeing(host: HostCapacity, c: ContainerView) -> None:
+    host.freeing_cpu += c.cpu
+    host.freeing_memory_mib += c.memory_mib
+    host.freeing_gpus.update(c.gpu_indices)
+
+
+def _claim_freeing(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None) -> None:
+    """Promise room that is being freed to ``fn``, so other work does not count on it."""
+    host.freeing_cpu = max(0.0, host.freeing_cpu - fn.cpu)
+    host.freeing_memory_mib = max(0, host.freeing_memory_mib - fn.memory_mib)
+    if choice is not None:
+        freed = sorted(i for i, m in host.gpus if m == choice.model and i in host.freeing_gpus)
+        host.freeing_gpus.difference_update(freed[: choice.count])
+
+
+def _room_without(
+    host: HostCapacity, stopped: list[_Idle], fn: FunctionDemand, choice: GpuChoice | None
+) -> bool:
+    """Whether ``fn`` would fit ``host`` once ``stopped`` (and those already stopping) end."""
+    trial = replace(host, used_gpus=set(host.used_gpus), freeing_gpus=set(host.freeing_gpus))
+    for c in stopped:
+        _mark_freeing(trial, c.view)
+    return _free_after_stops(trial, fn, choice)
+
+
+def _make_room(
+    fn: FunctionDemand, hosts: list[HostCapacity], idle: list[_Idle], stops: list[StopContainer]
+) -> bool:
+    """Room for one container of ``fn`` that fits no live host now: the room being freed if
+    that is enough, else the fewest longest-idle containers on one host are stopped (appended
+    to ``stops``). False when no idle container can make room."""
+    by_id = {h.id: h for h in hosts}
+    for choice in _choices(fn):
+        for h in hosts:
+            if _free_after_stops(h, fn, choice):
+                _claim_freeing(h, fn, choice)
+                return True
+    best: tuple[int, int, str] | None = None
+    best_pick: list[_Idle] = []
+    best_choice: GpuChoice | None = None
+    for choice in _choices(fn):
+        for h in hosts:
+            mine = sorted(
+                (
+                    c
+                    for c in idle
+                    if c.view.host_id == h.id
+                    and (not c.view.gpu_indices or c.account_id == fn.account_id)
+                ),
+                key=lambda c: (c.view.last_active_ms, c.view.id),
+            )
+            for n in range(1, len(mine) + 1):
+                if _room_without(h, mine[:n], fn, choice):
+                    # Keep only those needed (an idle CPU-only container does not free a GPU).
+                    pick = mine[:n]
+                    for c in reversed(mine[:n]):
+                        rest = [x for x in pick if x is not c]
+                        if _room_without(h, rest, fn, choice):
+                            pick = rest
+                    rank = (len(pick), pick[0].view.last_active_ms, h.id)
+                    if best is None or rank < best:
+                        best, best_pick, best_choice = rank, pick, choice
+                    break
+        if best is not None:
+            break  # the first GPU choice that idle containers can make room for
+    if best is None:
+        return False
+    host = by_id[best[2]]
+    for c in best_pick:
+        idle.remove(c)
+        _mark_freeing(host, c.view)
+        stops.append(StopContainer(c.view.id, "yield"))
+    _claim_freeing(host, fn, best_choice)
+    return True
+
+
 def plan(
     now_ms: int,
     functions: list[FunctionDemand],
@@ -264,6 +390,7 @@ def plan(
     policy: Policy,
     known_hosts: list[HostCapacity] | None = None,
     gpu_placer: GpuPlacer | None = None,
+    promised: Collection[str] = (),
 ) -> Plan:
     """Decide container starts and stops. ``hosts`` are live hosts with their current usage;
     they are updated in place as containers are placed (pass copies to keep the originals).
@@ -273,9 +400,18 @@ def plan(
     calls waiting for it.
 
     ``gpu_placer`` places containers that need GPUs (the server passes the market, which
-    chooses the host by price and may preempt); without it they are placed like the others."""
+    chooses the host by price and may preempt); without it they are placed like the others.
+
+    Queued work that fits nowhere now makes idle containers of other functions yield (see the
+    module docstring), unless ``policy.evict_idle`` is off. ``promised`` are functions that
+    earlier plans stopped idle containers for (``Plan.made_room``): they are placed before
+    other work, so the room made for them is theirs (a GPU freed by its own account's idle
+    container does not go to another account's older work)."""
     known = hosts if known_hosts is None else known_hosts
+    by_host = {h.id: h for h in hosts}
     result = Plan()
+    idle: list[_Idle] = []  # containers that may be stopped early to make room
+    wanting: list[tuple[FunctionDemand, int]] = []
     for fn in functions:
         live = list(fn.containers)
         # Containers that never became ready are replaced.
@@ -294,40 +430,85 @@ def plan(
         result.scales[fn.id] = scale
         want = scale.containers
         if len(live) > want:
-            idle = sorted(
-                (
-                    c
-                    for c in live
-                    if not c.busy
-                    and c.state == "running"
-                    and now_ms - c.last_active_ms >= fn.scaledown_window_ms
-                ),
+            surplus = sorted(
+                (c for c in live if not c.busy and c.state == "running"),
                 key=lambda c: c.last_active_ms,
-            )
-            for c in idle[: len(live) - want]:
-                result.stop.append(StopContainer(c.id, "idle"))
+            )[: len(live) - want]
+            for c in surplus:
+                if now_ms - c.last_active_ms >= fn.scaledown_window_ms:
+                    result.stop.append(StopContainer(c.id, "idle"))
+                else:
+                    idle.append(_Idle(c, fn.account_id))
             continue
+        wanting.append((fn, want - len(live)))
 
-        missing = want - len(live)
+    # Room held by containers stopped above is being freed.
+    stopped = {s.container_id for s in result.stop}
+    for fn in functions:
+        for c in fn.containers:
+            if c.id in stopped and c.host_id in by_host:
+                _mark_freeing(by_host[c.host_id], c)
+
+    wanting.sort(key=lambda w: w[0].id not in promised)  # stable: otherwise oldest work first
+    for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
         ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
         if not ever_fits:
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
+            message = (
+                f"no host can ever run this function ({_describe_request(fn)}): "
+                f"{_describe_largest(known)}. Lower the request, add a fallback with "
+                "gpu=[...], or add a host that has it."
+            )
             if fn.queued and waited >= policy.unschedulable_grace_ms:
-                result.unschedulable.append(
-                    Unschedulable(
-                        fn.id,
-                        f"no host can ever run this function ({_describe_request(fn)}): "
-                        f"{_describe_largest(known)}. Lower the request, add a fallback with "
-                        "gpu=[...], or add a host that has it.",
-                    )
-                )
+                result.unschedulable.append(Unschedulable(fn.id, message))
+            elif fn.queued:
+                result.waiting[fn.id] = message
             continue
+        if fn.queued and not any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)):
+            lost = sum(
+                1
+                for h in known
+                if h.id not in by_host and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
+            )
+            result.waiting[fn.id] = (
+                f"no live host can run this function ({_describe_request(fn)}): "
+                f"{lost} host(s) that could have stopped answering (their agents are down "
+                "or unreachable). The calls wait for one to come back; check `crucible hosts`."
+            )
         place = gpu_placer if gpu_placer is not None and fn.gpus else _place
-        for _ in range(missing):
+        for n in range(missing):
             start = place(fn, hosts)
-            if start is None:
-                break  # it fits some host in principle, just not now: the calls wait
-            result.start.append(start)
+            if start is not None:
+                result.start.append(start)
+                continue
+            # It fits some host in principle, just not now: the calls wait, and idle
+            # containers of other functions make room for the queued ones.
+            if n < fn.queued and fn.id not in result.waiting:
+                result.waiting[fn.id] = (
+                    "every live host that can run this function is busy; the calls start "
+                    "as soon as running work frees room"
+                )
+            if policy.evict_idle and n < fn.queued and not _fits_any_now(fn, hosts):
+                made_room = False
+                for _ in range(min(missing, fn.queued) - n):
+                    stops_before = len(result.stop)
+                    if not _make_room(fn, hosts, idle, result.stop):
+                        break
+                    made_room = True
+                    if len(result.stop) > stops_before:
+                        result.made_room.add(fn.id)
+                if made_room:
+                    result.waiting[fn.id] = (
+                        "every live host that can run this function is busy; idle containers "
+                        "of other functions are being stopped to make room"
+                    )
+            break
     return result
+
+
+def _fits_any_now(fn: FunctionDemand, hosts: list[HostCapacity]) -> bool:
+    """Whether some live host has the room now (a placer that still refused did so for a
+    reason other than room, which stopping containers would not fix)."""
+    return any(_fits(h, fn, ch, now=True) for h in hosts for ch in _choices(fn))

@@ -34,6 +34,7 @@ from crucible.server.scheduler.core import (
     GpuChoice,
     HostCapacity,
     Policy,
+    StartContainer,
     plan,
 )
 from crucible.server.services.apps import stop_abandoned_apps
@@ -83,6 +84,8 @@ _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
 _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once a minute
+# Room made for queued work by stopping idle containers is kept for it this long at most.
+_PROMISE_MS = 60_000
 
 
 class SchedulerLoop:
@@ -100,6 +103,8 @@ class SchedulerLoop:
         self.grid = GridIntensity(
             parse_sources(s.carbon_sources), max(1, int(s.carbon_refresh_s * 1000))
         )
+        # Functions idle containers were stopped for -> until when the room stays theirs.
+        self._promised: dict[str, int] = {}
 
     @property
     def policy(self) -> Policy:
@@ -178,8 +183,18 @@ class SchedulerLoop:
                     keys += self._enforce_credit(conn, now)
                 demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
                 placer = MarketPlacer(live, accounts, terms, now)
-                decided = plan(now, demands, capacity, self.policy, known, gpu_placer=placer)
+                decided = plan(
+                    now,
+                    demands,
+                    capacity,
+                    self.policy,
+                    known,
+                    gpu_placer=placer,
+                    promised=self._promise(now),
+                )
+                self._keep_promises(decided.made_room, decided.start, now)
             self._log_scales(decided.scales)
+            self._publish_waiting(decided.waiting, placer)
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -334,6 +349,31 @@ class SchedulerLoop:
                 )
         return keys
 
+    def _promise(self, now: int) -> set[str]:
+        self._promised = {f: until for f, until in self._promised.items() if until > now}
+        return set(self._promised)
+
+    def _keep_promises(self, made_room: set[str], started: list[StartContainer], now: int) -> None:
+        """Room made by stopping idle containers stays promised to the function it was made
+        for until that function is placed (or a minute passes: the stops are long done)."""
+        for fid in made_room:
+            self._promised[fid] = now + _PROMISE_MS
+        for start in started:
+            self._promised.pop(start.function_id, None)
+
+    def _publish_waiting(self, waiting: dict[str, str], placer: MarketPlacer) -> None:
+        """Why queued calls wait, for their CallInfo: the core's reason, or the market's own
+        words when it refused a GPU function. Logged when a function's reason changes."""
+        out = {}
+        for fid, why in waiting.items():
+            refused = placer.refused.get(fid)
+            # The market's words are more precise than "busy", not than "no live host".
+            busy = why.startswith("every live host") and "being stopped" not in why
+            out[fid] = f"the market: {refused.message}" if refused and busy else why
+            if self.state.waiting.get(fid) != out[fid]:
+                log.info("function %s waits: %s", fid, out[fid])
+        self.state.waiting = out  # one assignment: readers see the old or the new map
+
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
         for fid, scale in scales.items():
@@ -398,6 +438,9 @@ class SchedulerLoop:
                 containers.c.created_ms,
                 containers.c.last_active_ms,
                 containers.c.ready_ms,
+                containers.c.cpu,
+                containers.c.memory_mib,
+                containers.c.gpu_indices,
             ).where(containers.c.state.in_(("pending", "starting", "running")))
         ):
             if r.ready_ms is not None and r.id not in self._started_seen:
@@ -411,6 +454,9 @@ class SchedulerLoop:
                     created_ms=r.created_ms,
                     last_active_ms=r.last_active_ms,
                     busy=r.id in busy,
+                    cpu=r.cpu,
+                    memory_mib=r.memory_mib,
+                    gpu_indices=tuple(r.gpu_indices or ()),
                 )
             )
         self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
@@ -478,6 +524,7 @@ class SchedulerLoop:
                     ),
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),
+                    account_id=r.account_id,
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -495,6 +542,7 @@ class SchedulerLoop:
         deciding whether a request could ever be met)."""
         rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
         usage = host_usage(conn, [h.row.id for h in rows if h.row.state == "ready"])
+        freeing = _stopping_usage(conn)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
@@ -509,7 +557,26 @@ class SchedulerLoop:
                 used_memory_mib=u.get("memory_mib", 0),
                 used_gpus=set(u.get("gpus", set())),
             )
+            if h.row.id in freeing:
+                cap.freeing_cpu, cap.freeing_memory_mib, cap.freeing_gpus = freeing[h.row.id]
             known.append(cap)
             if h.row.state == "ready":
                 live.append(cap)
         return live, known
+
+
+def _stopping_usage(conn: Connection) -> dict[str, tuple[float, int, set[int]]]:
+    """Per host, what containers told to stop still hold (counted in its usage until they
+    end): room the core counts on instead of stopping more idle containers."""
+    out: dict[str, tuple[float, int, set[int]]] = {}
+    for r in conn.execute(
+        select(
+            containers.c.host_id,
+            containers.c.cpu,
+            containers.c.memory_mib,
+            containers.c.gpu_indices,
+        ).where(containers.c.state == "stopping")
+    ):
+        cpu, mem, gpus = out.get(r.host_id, (0.0, 0, set()))
+        out[r.host_id] = (cpu + r.cpu, mem + r.memory_mib, gpus | set(r.gpu_indices or ()))
+    return out
