@@ -42,8 +42,8 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
 ) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")
-    low = ex.client(ex.new_account("bargain"))
-    high = ex.client(ex.new_account("deadline"))
+    low = ex.client(ex.owner_token("bargain"))
+    high = ex.client(ex.owner_token("deadline"))
     work = tmp_path / "work"
     work.mkdir()
     with app_market.app.run(client=low):
@@ -99,7 +99,7 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
 def test_market_refusal_fails_calls_clearly(market_exchange: Exchange) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")
-    client = ex.client(ex.new_account("thrifty"))
+    client = ex.client(ex.owner_token("thrifty"))
     with (
         app_market.rush.run(client=client),
         pytest.raises(crucible.MarketRefusedError, match=r"max_price|\$0.10"),

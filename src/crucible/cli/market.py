@@ -9,10 +9,12 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
+from crucible.protocol.hosts import verification_summary
 from crucible.protocol.market import (
     BookInfo,
     CreditInfo,
@@ -60,6 +62,10 @@ def _print_host(h: HostMarketInfo) -> None:
         f"{h.name} ({h.host_id}) {h.region}, {h.state}{', draining' if h.draining else ''}; "
         f"reliability {h.reliability:.3f}; {h.energy_source}, {carbon}"
     )
+    # The agent's and the server's own words: printed as text, never as markup.
+    owner_only = "" if h.isolated else " (runs only its owner's code)"
+    console.print(f"  isolation: {escape(h.isolation or 'unknown')}{owner_only}")
+    console.print(f"  verified: {escape(verification_summary(h.verified, h.verification))}")
     table(
         "Offers ($/device-hour; cpu: $/core-hour + $/GiB-hour)",
         ["device", "on-demand", "interruptible min", "reserved", "priced by host"],

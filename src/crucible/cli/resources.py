@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import orjson
 import typer
+from rich.markup import escape
 
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import console, fmt_ms, fmt_time, fmt_usd, print_json, table
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallTimeline
-from crucible.protocol.hosts import HostInfo
+from crucible.protocol.hosts import HostInfo, isolation_summary, verification_summary
 from crucible.protocol.logs import LogPage
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
@@ -156,11 +157,25 @@ def register(app: typer.Typer) -> None:
                     f"{h.allocated_memory_mib}/{h.inventory.memory_mib}",
                     gpus or "-",
                     h.containers,
+                    # Words the agent and the server chose: shown, never read as markup.
+                    escape(isolation_summary(h.isolation)),
+                    escape(verification_summary(h.verified, h.verification)),
                 )
             )
         table(
             "Hosts",
-            ["id", "name", "region", "state", "cpu used", "MiB used", "GPUs", "containers"],
+            [
+                "id",
+                "name",
+                "region",
+                "state",
+                "cpu used",
+                "MiB used",
+                "GPUs",
+                "containers",
+                "isolation",
+                "verified",
+            ],
             rows,
         )
 

@@ -47,6 +47,8 @@ class MarketTerms(Wire):
     region: str | None = Field(default=None, min_length=1, max_length=64)
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+    # Run only on hosts the exchange verified (their self-test matched the GPU catalog).
+    verified: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> MarketTerms:

@@ -105,6 +105,7 @@ class App:
         region: str | None = None,
         min_reliability: float = 0.0,
         prefer: str = "cheapest",
+        verified: bool = False,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -123,7 +124,8 @@ class App:
         ``"interruptible"`` (preemptible, pays ``bid`` $/GPU-hour, default each host's minimum)
         or ``"reserved"`` (runs in your reservations); ``max_price`` bounds the $/GPU-hour
         paid; ``region`` and ``min_reliability`` (0..1) filter hosts; ``prefer`` ranks them:
-        ``"cheapest"``, ``"greenest"`` or ``"fastest"``.
+        ``"cheapest"``, ``"greenest"`` or ``"fastest"``. ``verified=True`` runs only on hosts
+        the exchange verified (their self-test matched the GPU catalog).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -146,6 +148,9 @@ class App:
             raise InvalidRequestError(f"network={network!r} must be True or False")
 
         market = _market_terms(tier, bid, max_price, region, min_reliability, prefer)
+        if not isinstance(verified, bool):
+            raise InvalidRequestError(f"verified={verified!r} must be True or False")
+        market = market.model_copy(update={"verified": verified})
         for label, value in (
             ("min_containers", min_containers),
             ("buffer_containers", buffer_containers),

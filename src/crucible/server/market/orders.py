@@ -41,7 +41,8 @@ class LeaseRequest:
     is for interruptible requests only: ``None`` bids each host's minimum. ``max_price``
     bounds the unit price paid (``None``: no bound). ``memory_gib`` is per node, for CPU-only
     requests. ``lease_id`` names the lease (node ``i`` of a multi-node request is
-    ``f"{lease_id}.{i}"``); quotes leave it empty.
+    ``f"{lease_id}.{i}"``); quotes leave it empty. ``verified``: only hosts whose self-test
+    matched the catalog. Hosts that do not isolate fully serve only their owner's requests.
     """
 
     account: str
@@ -56,6 +57,7 @@ class LeaseRequest:
     prefer: Prefer = Prefer.CHEAPEST
     memory_gib: int = 0
     lease_id: str = ""
+    verified: bool = False
 
     def __post_init__(self) -> None:
         what = "lease request"
@@ -107,6 +109,7 @@ class ReserveRequest:
     region: str | None = None
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
+    verified: bool = False
 
     def __post_init__(self) -> None:
         what = "reservation"

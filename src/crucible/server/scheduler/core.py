@@ -14,6 +14,11 @@ Placement (v0): a container's request is a CPU share, memory, and optionally a G
 count in fallback order; the first GPU choice that fits anywhere wins, and among fitting hosts
 the tightest fit (fewest free GPUs of that model left, then least free CPU) is taken, which
 packs work and keeps large hosts free for large requests.
+
+Tenancy: a host that does not isolate fully (its agent's measured report) runs only its
+owner's code, and a function that asks for verified hosts runs only on hosts whose
+self-test matched the catalog (:func:`may_run`); when no host may ever run a function for
+that reason, it is unschedulable with a reason that says so.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "StartContainer",
     "StopContainer",
     "Unschedulable",
+    "may_run",
     "plan",
     "retry_delay_ms",
 ]
@@ -55,6 +61,11 @@ class HostCapacity:
     used_cpu: float = 0.0
     used_memory_mib: int = 0
     used_gpus: set[int] = field(default_factory=set)
+    # Tenancy (see may_run): the account that registered the host, whether it isolates
+    # fully, whether its self-test verified it. The defaults: open to every account.
+    owner: str = ""
+    isolated: bool = True
+    verified: bool = False
 
     def free_gpus(self, model: str) -> list[int]:
         return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
@@ -95,6 +106,8 @@ class FunctionDemand:
     # Crash-loop backoff: no new container before this time (see loop._crash_loops).
     start_not_before_ms: int = 0
     inputs_per_container: int = 1  # @crucible.concurrent's target
+    account: str = ""  # the function's account (a host not isolating fully runs its owner's)
+    verified: bool = False  # run only on verified hosts
 
 
 @dataclass(frozen=True)
@@ -207,9 +220,15 @@ def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, n
     return have >= choice.count
 
 
+def may_run(host: HostCapacity, fn: FunctionDemand) -> bool:
+    """Whether ``fn``'s code may run on ``host`` at all: strangers' code only where the host
+    isolates fully, and only on verified hosts when the function asks for them."""
+    return (host.isolated or host.owner == fn.account) and (host.verified or not fn.verified)
+
+
 def _place(fn: FunctionDemand, hosts: list[HostCapacity]) -> StartContainer | None:
     for choice in _choices(fn):
-        fitting = [h for h in hosts if _fits(h, fn, choice, now=True)]
+        fitting = [h for h in hosts if may_run(h, fn) and _fits(h, fn, choice, now=True)]
         if not fitting:
             continue
 
@@ -255,6 +274,29 @@ def _describe_largest(hosts: list[HostCapacity]) -> str:
             models[m] = max(models.get(m, 0), h.total_gpus(m))
     gpus = ", ".join(f"{n}x{m}" for m, n in sorted(models.items())) or "none"
     return f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
+
+
+def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
+    """Why no known host may ever run ``fn``, in words the builder can act on."""
+    request = _describe_request(fn)
+    sized = [h for h in known if any(_fits(h, fn, ch, now=False) for ch in _choices(fn))]
+    if not sized:
+        return (
+            f"no host can ever run this function ({request}): {_describe_largest(known)}. "
+            "Lower the request, add a fallback with gpu=[...], or add a host that has it."
+        )
+    if not any(h.isolated or h.owner == fn.account for h in sized):
+        return (
+            f"no fully isolated host can run this function ({request}): the hosts big enough "
+            "do not isolate fully (e.g. runtime process), so they run only their owner's "
+            "code. Add a fully isolated host (docs/sandbox.md), or run it on a host of your "
+            "own account."
+        )
+    return (
+        f"no verified host can run this function ({request}): it asks for verified=True, and "
+        "the hosts big enough did not pass the self-test against the GPU catalog "
+        "(`crucible hosts` shows why). Drop verified=True, or add a verified host."
+    )
 
 
 def plan(
@@ -311,18 +353,13 @@ def plan(
         missing = want - len(live)
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
-        ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
+        ever_fits = any(
+            may_run(h, fn) and _fits(h, fn, ch, now=False) for h in known for ch in _choices(fn)
+        )
         if not ever_fits:
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
             if fn.queued and waited >= policy.unschedulable_grace_ms:
-                result.unschedulable.append(
-                    Unschedulable(
-                        fn.id,
-                        f"no host can ever run this function ({_describe_request(fn)}): "
-                        f"{_describe_largest(known)}. Lower the request, add a fallback with "
-                        "gpu=[...], or add a host that has it.",
-                    )
-                )
+                result.unschedulable.append(Unschedulable(fn.id, _never_reason(fn, known)))
             continue
         place = gpu_placer if gpu_placer is not None and fn.gpus else _place
         for _ in range(missing):

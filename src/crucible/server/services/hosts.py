@@ -10,7 +10,13 @@ from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
-from crucible.protocol.hosts import HostInfo, HostRegister, Inventory
+from crucible.protocol.hosts import (
+    HostInfo,
+    HostRegister,
+    HostVerification,
+    Inventory,
+    IsolationReport,
+)
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, container_token
 from crucible.server.billing.service import meter_containers
@@ -41,6 +47,8 @@ def _require_host_scope(principal: Principal) -> None:
 
 def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
     usage = usage or {}
+    isolation = row.isolation
+    verification = row.verification
     return HostInfo(
         id=row.id,
         name=row.name,
@@ -53,6 +61,12 @@ def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
         allocated_memory_mib=usage.get("memory_mib", 0),
         allocated_gpus=sorted(usage.get("gpus", [])),
         containers=usage.get("containers", 0),
+        isolation=None if isolation is None else IsolationReport.model_validate(isolation),
+        isolated=bool(row.isolated),
+        verified=bool(row.verified),
+        verification=(
+            None if verification is None else HostVerification.model_validate(verification)
+        ),
     )
 
 
@@ -90,6 +104,9 @@ def register_host(
         "inventory": req.inventory.model_dump(mode="json"),
         "agent_version": req.agent_version,
         "last_seen_ms": now_ms,
+        # No report (an older agent) is runtime "process": its owner's code only.
+        "isolation": None if req.isolation is None else req.isolation.model_dump(mode="json"),
+        "isolated": req.isolation is not None and req.isolation.full(),
     }
     if req.energy_source is not None:
         values["energy_source"] = req.energy_source

@@ -80,6 +80,7 @@ class MarketTerms:
     region: str | None = None
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
+    verified: bool = False
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
@@ -91,6 +92,7 @@ class MarketTerms:
             region=m.get("region"),
             min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
             prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
+            verified=bool(m.get("verified", False)),
         )
 
 
@@ -156,6 +158,9 @@ _SEL_HOSTS = select(
     hosts.c.draining,
     hosts.c.leases_ended,
     hosts.c.leases_faulted,
+    hosts.c.account_id,
+    hosts.c.isolated,
+    hosts.c.verified,
 )
 # Offers change only through the API (which calls offers_changed); re-read them anyway this
 # often, in case another process wrote them.
@@ -170,6 +175,9 @@ def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
         reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
         energy_source=r.energy_source,
         carbon_g_per_kwh=r.carbon_g_per_kwh,
+        owner=r.account_id,
+        isolated=bool(r.isolated),
+        verified=bool(r.verified),
     )
 
 
@@ -262,6 +270,8 @@ class LiveMarket:
                 r.draining,
                 r.leases_ended,
                 r.leases_faulted,
+                r.isolated,
+                r.verified,
             )
             if not reread and self._seen.get(r.id) == key:
                 continue
@@ -382,6 +392,7 @@ class LiveMarket:
             min_reliability_ppm=terms.min_reliability_ppm,
             prefer=terms.prefer,
             lease_id=lease_id,
+            verified=terms.verified,
         )
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
 from crucible.protocol.market import (
     EarningsLine,
     EarningsReport,
@@ -132,6 +133,14 @@ def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMark
         energy_source=row.energy_source,
         carbon_g_per_kwh=row.carbon_g_per_kwh,
         offers=offers,
+        isolated=bool(row.isolated),
+        isolation=isolation_summary(
+            None if row.isolation is None else IsolationReport.model_validate(row.isolation)
+        ),
+        verified=bool(row.verified),
+        verification=(
+            None if row.verification is None else HostVerification.model_validate(row.verification)
+        ),
     )
 
 

@@ -83,6 +83,7 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         region=req.region,
         min_reliability_ppm=req.min_reliability_ppm,
         prefer=Prefer(req.prefer),
+        verified=req.verified,
     )
     with live.lock:
         q = live.market.quote(lease_req, max(now_ms, live.market.now_ms))
@@ -179,6 +180,7 @@ def reserve(
         region=req.region,
         min_reliability_ppm=req.min_reliability_ppm,
         prefer=Prefer(req.prefer),
+        verified=req.verified,
     )
     if rreq.end_ms <= rreq.start_ms:
         raise InvalidRequestError("the reservation's window has already ended; start it later")
