@@ -11,6 +11,7 @@ Exception tree::
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
+    ├── RateLimitedError               rate_limited       429 (with Retry-After)
     ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
     ├── MarketRefusedError             market_refused     422 (and why a call failed)
     ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
@@ -52,6 +53,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "SandboxUnavailableError",
@@ -120,6 +122,19 @@ class NotFoundError(Error):
 class ConflictError(Error):
     code = "conflict"
     http_status = 409
+
+
+class RateLimitedError(Error):
+    """Too many requests with this token: wait ``retry_after_s`` seconds (the response's
+    Retry-After header) and send again. The SDK does so by itself for submits that are safe
+    to repeat (every input has an idempotency key)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InsufficientCreditError(Error):
@@ -226,6 +241,7 @@ _BY_CODE: dict[str, type[Error]] = {
         PermissionDeniedError,
         NotFoundError,
         ConflictError,
+        RateLimitedError,
         InsufficientCreditError,
         MarketRefusedError,
         ResourcesUnsatisfiableError,

@@ -113,11 +113,11 @@ def test_out_of_credit_refuses_work_until_credits_are_granted(tmp_path: Path) ->
     ex.start_server()
     try:
         ex.start_agent("host-a")
-        client = ex.client(ex.new_account("broke"))
+        client = ex.client(ex.owner_token("broke"))  # its code runs on the process host
         with app_basic.app.run(client=client):
             with pytest.raises(crucible.InsufficientCreditError, match="credits grant"):
                 app_basic.square.remote(3)
-            ex.admin.post("/v1/credits/grants", {"account": "broke", "amount_micros": 5_000_000})
+            ex.admin.post("/v1/credits/grants", {"account": "operator", "amount_micros": 5_000_000})
 
             def works() -> bool:
                 try:

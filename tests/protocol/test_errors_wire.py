@@ -21,6 +21,7 @@ CODES = {
     "PermissionDeniedError": ("forbidden", 403),
     "NotFoundError": ("not_found", 404),
     "ConflictError": ("conflict", 409),
+    "RateLimitedError": ("rate_limited", 429),
     "InsufficientCreditError": ("insufficient_credit", 402),
     "MarketRefusedError": ("market_refused", 422),
     "ResourcesUnsatisfiableError": ("resources_unsatisfiable", 422),

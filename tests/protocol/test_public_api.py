@@ -27,6 +27,7 @@ PUBLIC = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",

@@ -356,6 +356,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/credits/grants"),
         ("PUT", "/v1/credits/cap"),
         ("GET", "/v1/credits"),
+        ("GET", "/v1/audit"),
         ("GET", "/v1/statement"),
         ("POST", "/v1/deployments"),
         ("GET", "/v1/deployments"),

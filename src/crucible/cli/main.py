@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from crucible.cli import deploy, market, resources, run, serve, sim, up
+from crucible.cli import audit, deploy, market, resources, run, serve, sim, up
 from crucible.cli._output import err_console
 from crucible.errors import Error
 
@@ -26,6 +26,7 @@ resources.register(app)
 market.register(app)
 deploy.register(app)
 sim.register(app)
+audit.register(app)
 
 
 @app.command()

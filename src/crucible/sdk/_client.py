@@ -94,6 +94,9 @@ class Client:
             f"/v1/functions/{function_id}/calls",
             req.model_dump(mode="json", exclude_none=True),
             timeout_s=req.wait_s + 30,
+            # Rate limited: resubmit after Retry-After only when a repeat cannot run an
+            # input twice (the server dedupes by idempotency key).
+            retry_rate_limited=all(i.idempotency_key for i in req.inputs),
         )
         return CallsCreated.model_validate(data)
 

@@ -18,6 +18,7 @@ from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import (
     accounts,
     apps,
+    audit,
     billing,
     blobs,
     calls,
@@ -200,6 +201,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         logs,
         market,
         metrics,
+        audit,
         gateway,
     ):
         app.include_router(module.router)

@@ -44,6 +44,19 @@ _HOP = {"authorization", "host", "connection", "content-length", "transfer-encod
 _FIRST_PART_WAIT_S = 300.0
 
 
+def _limit(state: ServerState, authorization: str | None, client: str) -> None:
+    """Count one submit against the caller's token (429 past the submit rate); anonymous
+    callers of public endpoints are counted per client address."""
+    caller = None
+    if authorization:
+        # Valid here: a private endpoint checked it; a public one may be sent any header.
+        with contextlib.suppress(Error):
+            caller = authenticate(state, authorization)
+    if caller is None:
+        caller = Principal(account_id=f"anonymous@{client}", scope="anonymous")
+    state.limit(state.submit_limit, caller)
+
+
 def _endpoint(
     state: ServerState, account: str, deployment: str, function: str, authorization: str | None
 ) -> tuple[Principal, Any]:
@@ -65,6 +78,10 @@ def _endpoint(
     return owner, fn
 
 
+def _client(address: Any) -> str:
+    return str(address.host) if address is not None else "unknown"
+
+
 def _parts(items: list[Payload]) -> list[dict[str, Any]]:
     return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
 
@@ -81,6 +98,7 @@ async def gateway(
     owner, fn = _endpoint(
         state, account, deployment, function, request.headers.get("authorization")
     )
+    _limit(state, request.headers.get("authorization"), _client(request.client))
     body = await request.body()
     http = {
         "method": request.method,
@@ -139,6 +157,7 @@ async def gateway_websocket(
         owner, fn = _endpoint(
             state, account, deployment, function, websocket.headers.get("authorization")
         )
+        _limit(state, websocket.headers.get("authorization"), _client(websocket.client))
     except Error as exc:
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
         await websocket.close(code=1008, reason=exc.message[:120])

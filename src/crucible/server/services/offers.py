@@ -23,6 +23,7 @@ from crucible.protocol.market import (
 from crucible.server.auth import Principal
 from crucible.server.billing.ledger import MS_PER_DAY, PLATFORM_FEES
 from crucible.server.market import CPU
+from crucible.server.services import audit
 from crucible.server.services.market import default_offer, host_reliability_ppm, offer_of_row
 from crucible.server.store.tables import (
     containers,
@@ -86,15 +87,31 @@ def set_offer(
         .values(host_id=host_id, device_type=req.device_type, **values)
         .on_conflict_do_update(index_elements=["host_id", "device_type"], set_=values)
     )
+    audit.record(
+        conn,
+        principal,
+        "host.offer",
+        host_id,
+        now_ms,
+        account_id=row.account_id,
+        **req.model_dump(mode="json"),
+    )
 
 
 def set_profile(
-    conn: Connection, principal: Principal, host_id: str, req: HostProfileUpdate
+    conn: Connection,
+    principal: Principal,
+    host_id: str,
+    req: HostProfileUpdate,
+    now_ms: int,
 ) -> None:
-    _owned_host(conn, principal, host_id)
+    row = _owned_host(conn, principal, host_id)
     values = req.model_dump(exclude_none=True)
     if values:
         conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+        audit.record(
+            conn, principal, "host.profile", host_id, now_ms, account_id=row.account_id, **values
+        )
 
 
 def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMarketInfo:
