@@ -88,7 +88,8 @@ class LocalExchange:
         self.database_url = database_url or f"sqlite:///{root / 'store.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(env or {})
+        # A test exchange is a development one (fake GPUs may register) unless env says.
+        self.env = {"CRUCIBLE_DEV_MODE": "1", **(env or {})}
         self.server_argv = server_argv or [sys.executable, "-m", "crucible.cli.main", "server"]
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}

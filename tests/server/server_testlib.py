@@ -95,6 +95,7 @@ class ServerUnderTest:
     """The control plane's ASGI app in this process, with its scheduler loop off."""
 
     def __init__(self, home: Path, database_url: str, **overrides: Any) -> None:
+        overrides.setdefault("dev_mode", True)  # the tests register fake GPUs
         self.settings = load_settings(
             environ={}, home=str(home), database_url=database_url, **overrides
         )

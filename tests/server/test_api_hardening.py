@@ -133,12 +133,14 @@ def test_privileged_actions_are_audited_and_only_admins_read_them(
         "token.revoke",
         "host.profile",
         "host.offer",
+        "host.verification",  # at registration: no self-test results, not verified
         "credits.cap",
         "credits.grant",
         "token.create",
         "account.create",
     ]
-    revoke, profile, offer, cap, grant, create, account = page["entries"]
+    revoke, profile, offer, verification, cap, grant, create, account = page["entries"]
+    assert verification["target"] == host_id and verification["detail"]["verified"] is False
     assert revoke["target"] == carol_token["id"] and revoke["actor_account_id"] == made["id"]
     assert profile["detail"] == {"draining": True} and profile["target"] == host_id
     assert offer["detail"]["on_demand_micros"] == 50_000

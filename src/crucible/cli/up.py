@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
         for this machine. Builders can use it at once (`crucible run app.py`)."""
-        settings = load_settings(port=port)
+        # A one-machine exchange is a development exchange: fake GPUs may register.
+        settings = load_settings(port=port, dev_mode=True)
         url = f"http://{settings.bind_host}:{settings.port}"
         if detach:
             start_detached(settings, fake_gpus=fake_gpus)

@@ -32,24 +32,31 @@ class GpuModel:
     reference_price_usd: float
     # Substrings of NVML names that identify this model (checked longest catalog name first).
     nvml_aliases: tuple[str, ...] = ()
+    # Spec-sheet figures the host self-test is compared with (server/verification.py): dense
+    # FP16/BF16 tensor-core TFLOPS (no sparsity; with FP32 accumulation where the sheet
+    # tells them apart) and memory bandwidth in GB/s, of the fastest form factor (SXM).
+    matmul_tflops: float = 0.0
+    mem_bandwidth_gbs: float = 0.0
 
 
 GPU_CATALOG: dict[str, GpuModel] = {
     m.name: m
     for m in (
-        GpuModel("B200", 192, 5.99, ("B200",)),
-        GpuModel("H200", 141, 3.59, ("H200",)),
-        GpuModel("H100", 80, 1.89, ("H100",)),
-        GpuModel("A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")),
-        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100")),
-        GpuModel("L40S", 48, 0.99, ("L40S",)),
-        GpuModel("L4", 24, 0.44, ("L4",)),
-        GpuModel("A10G", 24, 0.60, ("A10G",)),
-        GpuModel("A10", 24, 0.55, ("A10",)),
-        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",)),
-        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",)),
-        GpuModel("V100", 16, 0.40, ("V100",)),
-        GpuModel("T4", 16, 0.17, ("T4",)),
+        GpuModel("B200", 192, 5.99, ("B200",), 2250, 8000),
+        GpuModel("H200", 141, 3.59, ("H200",), 989, 4800),
+        GpuModel("H100", 80, 1.89, ("H100",), 989, 3350),
+        GpuModel(
+            "A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"), 312, 2039
+        ),
+        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100"), 312, 1555),
+        GpuModel("L40S", 48, 0.99, ("L40S",), 362, 864),
+        GpuModel("L4", 24, 0.44, ("L4",), 121, 300),
+        GpuModel("A10G", 24, 0.60, ("A10G",), 70, 600),
+        GpuModel("A10", 24, 0.55, ("A10",), 125, 600),
+        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",), 165, 1008),
+        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",), 71, 936),
+        GpuModel("V100", 16, 0.40, ("V100",), 125, 900),
+        GpuModel("T4", 16, 0.17, ("T4",), 65, 320),
     )
 }
 
