@@ -65,6 +65,20 @@ def test_quotes_and_job_runs_are_limited_too(make_server: MakeServer) -> None:
     )
 
 
+def test_web_gateway_requests_are_limited_per_token_or_per_client(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(**SLOW)
+    token = server.tenant("webber").token
+    for _ in range(2):
+        assert server.request("GET", "/web/webber/svc/f/", token=token).status_code == 404
+    _assert_limited(server.request("GET", "/web/webber/svc/f/", token=token), "submit requests")
+    # Anonymous callers (public endpoints) share a bucket per client address.
+    for _ in range(2):
+        assert server.request("GET", "/web/webber/svc/f/").status_code == 404
+    _assert_limited(server.request("GET", "/web/webber/svc/f/"), "submit requests")
+
+
 def test_default_limits_are_generous(server: ServerUnderTest) -> None:
     token = server.tenant("busy").token
     for _ in range(50):

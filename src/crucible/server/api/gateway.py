@@ -95,10 +95,11 @@ async def gateway(
     account: str, deployment: str, function: str, path: str, request: Request
 ) -> Response:
     state: ServerState = request.app.state.crucible
+    # Counted first: requests for endpoints that do not exist cost the sender too.
+    _limit(state, request.headers.get("authorization"), _client(request.client))
     owner, fn = _endpoint(
         state, account, deployment, function, request.headers.get("authorization")
     )
-    _limit(state, request.headers.get("authorization"), _client(request.client))
     body = await request.body()
     http = {
         "method": request.method,
@@ -154,10 +155,10 @@ async def gateway_websocket(
     sends goes to the call's inbox, what the app sends comes back through its items."""
     state: ServerState = websocket.app.state.crucible
     try:
+        _limit(state, websocket.headers.get("authorization"), _client(websocket.client))
         owner, fn = _endpoint(
             state, account, deployment, function, websocket.headers.get("authorization")
         )
-        _limit(state, websocket.headers.get("authorization"), _client(websocket.client))
     except Error as exc:
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
         await websocket.close(code=1008, reason=exc.message[:120])
