@@ -156,3 +156,17 @@ def test_verified_functions_run_only_on_verified_hosts(make_server: MakeServer) 
     SchedulerLoop(server.state).tick()
     by_name = {h["name"]: h for h in server.ok("GET", "/v1/hosts", token=builder)}
     assert by_name["gpu-1"]["containers"] == 1 and by_name["unverified-box"]["containers"] == 0
+
+
+def test_the_market_follows_a_host_that_stops_isolating(server: ServerUnderTest) -> None:
+    hoster = server.tenant("gina", Scope.HOST).token
+    renter = server.tenant("hank").token
+    server.register_host(hoster, "gpu-box", gpus=H100_FAKE)  # fully isolated
+    quote = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert quote["available"] is True
+    # The agent restarts on the process runtime (an older agent: no report at all).
+    server.register_host(hoster, "gpu-box", isolation=None, gpus=H100_FAKE)
+    quote = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert quote["available"] is False and quote["refusal"] == "not_isolated"
+    owner = server.tenant("gina").token
+    assert server.ok("POST", "/v1/market/quote", token=owner, json={"gpu": "H100"})["available"]

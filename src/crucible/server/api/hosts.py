@@ -19,6 +19,8 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
             conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
         )
     state.host_seq.pop(info.id, None)  # a new agent process numbers its syncs from 1 again
+    # Its isolation or verification may have changed: market reads sync before answering.
+    state.market.offers_changed()
     state.wakeups.kick_scheduler()
     return info
 
@@ -42,6 +44,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         )
         if req.self_test is not None:  # a periodic self-test's fresh figures
             svc.apply_self_test(conn, host_id, None, req.self_test, state.clock.now_ms())
+            state.market.offers_changed()
     if fresh and req.seq:
         state.host_seq[host_id] = req.seq
     state.wakeups.notify_many(keys)
