@@ -194,25 +194,25 @@ class Settings:
         "verify against the GPU catalog (0: only at registration).",
     )
     submit_rate_per_s: float = _opt(
-        2000.0,
+        10000.0,
         "CRUCIBLE_SUBMIT_RATE_PER_S",
         "Submit requests (calls, the job API's run/runsync, web endpoint requests) each token "
         "may send per second, sustained; past it the server answers 429 rate_limited with "
         "Retry-After (0: no limit).",
     )
     submit_burst: int = _opt(
-        10000,
+        50000,
         "CRUCIBLE_SUBMIT_BURST",
         "Submit requests a token may send at once above the sustained rate (the token "
         "bucket's size).",
     )
     quote_rate_per_s: float = _opt(
-        200.0,
+        2000.0,
         "CRUCIBLE_QUOTE_RATE_PER_S",
         "Market quotes each token may ask for per second, sustained (429 past it; 0: no limit).",
     )
     quote_burst: int = _opt(
-        1000, "CRUCIBLE_QUOTE_BURST", "Quotes a token may ask for at once above the rate."
+        10000, "CRUCIBLE_QUOTE_BURST", "Quotes a token may ask for at once above the rate."
     )
     # -- client ------------------------------------------------------------------------------
     server_url: str = _opt(
