@@ -87,6 +87,9 @@ def test_self_test_figures_are_verified_shown_updated_and_audited(server: Server
     assert listed["verified"] is False
     assert "GPU 0 (H100): 198 TFLOPS measured, 20%" in listed["verification"]["reason"]
 
+    # The same verdict again (the next hourly rerun) is not audited again.
+    server.ok("POST", f"/v1/hosts/{info['id']}/sync", token=host_token, json=sync)
+
     admin = server.tenant("operator", Scope.ADMIN).token
     audit = server.ok("GET", "/v1/audit?action=host.verification", token=admin)["entries"]
     assert [(e["target"], e["detail"]["verified"]) for e in audit] == [

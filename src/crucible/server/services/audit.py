@@ -3,9 +3,9 @@ and its entry commit together or not at all), read by admins only.
 
 Recorded actions (``action`` values, stable): ``account.create``, ``token.create``,
 ``token.revoke``, ``credits.grant``, ``credits.cap``, ``host.offer`` (a price set),
-``host.profile`` (draining, energy source, carbon), ``host.verification`` (a host's
-verification verdict changed). Details never hold secrets (a token's value is never
-stored, only its id).
+``host.profile`` (draining, energy source, carbon), ``host.verification`` (a host's first
+verification verdict, and each change of it). Details never hold secrets (a token's value
+is never stored, only its id).
 """
 
 from __future__ import annotations

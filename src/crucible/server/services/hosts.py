@@ -157,9 +157,12 @@ def apply_self_test(
     now_ms: int,
 ) -> HostVerification:
     """Verify a host's self-test ``results`` against the catalog and store the verdict with
-    its figures (``inventory`` None: the host's stored one); each verdict is audited."""
+    its figures (``inventory`` None: the host's stored one). The host's first verdict and
+    each change of verdict are audited (not every hourly rerun that changes nothing)."""
     row = conn.execute(
-        select(hosts.c.inventory, hosts.c.verified).where(hosts.c.id == host_id)
+        select(hosts.c.inventory, hosts.c.verified, hosts.c.verification).where(
+            hosts.c.id == host_id
+        )
     ).one()
     inv = inventory if inventory is not None else Inventory.model_validate(row.inventory)
     verdict = verify(inv, results, now_ms)
@@ -168,16 +171,17 @@ def apply_self_test(
         .where(hosts.c.id == host_id)
         .values(verified=verdict.verified, verification=verdict.model_dump(mode="json"))
     )
-    audit.record(
-        conn,
-        None,
-        "host.verification",
-        host_id,
-        now_ms,
-        verified=verdict.verified,
-        was_verified=bool(row.verified),
-        reason=verdict.reason,
-    )
+    if row.verification is None or bool(row.verified) != verdict.verified:
+        audit.record(
+            conn,
+            None,
+            "host.verification",
+            host_id,
+            now_ms,
+            verified=verdict.verified,
+            was_verified=bool(row.verified),
+            reason=verdict.reason,
+        )
     return verdict
 
 
