@@ -133,11 +133,13 @@ class Exchange(LocalExchange):
             shutil.rmtree(self.root, ignore_errors=True)
 
     def client(self) -> Client:  # type: ignore[override]
-        """An SDK client of a fresh builder account (its id in ``self.account_id``)."""
-        account = self.admin.post("/v1/accounts", {"name": f"bench-{uuid.uuid4().hex[:8]}"})
-        self.account_id = account["id"]
-        token = self.admin.post("/v1/tokens", {"scope": "user", "account_id": account["id"]})
-        return Client(self.url, token["token"])
+        """An SDK client of the account that owns the bench host (its id in
+        ``self.account_id``): the host runs the process runtime, which runs only its
+        owner's code."""
+        token = self.owner_token(f"bench-{uuid.uuid4().hex[:8]}")
+        client = Client(self.url, token)
+        self.account_id = str(client.transport.get("/v1/accounts/me")["id"])
+        return client
 
     def probe_reset(self) -> None:
         assert self.server is not None and self.probe_out is not None

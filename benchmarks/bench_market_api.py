@@ -123,6 +123,8 @@ def seed(url: str, gpus: int, rng: random.Random) -> dict[str, Any]:
                 "draining": False,
                 "leases_ended": rng.randrange(0, 50),
                 "leases_faulted": 0,
+                # Renters of other accounts lease them: the fleet isolates fully.
+                "isolated": True,
             }
         )
         ask = ref[model] * rng.uniform(0.8, 1.3)

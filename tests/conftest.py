@@ -78,8 +78,9 @@ def exchange(tmp_path: Path) -> Iterator[Exchange]:
 
 @pytest.fixture
 def builder(exchange: Exchange) -> Iterator[Any]:
-    """An SDK client of a fresh tenant account on the exchange."""
-    client = exchange.client(exchange.new_account(f"builder-{uuid.uuid4().hex[:6]}"))
+    """An SDK client of the account that owns the exchange's agent: they run the process
+    runtime, which runs only its owner's code (tenancy tests make their own tenants)."""
+    client = exchange.client(exchange.owner_token(f"builder-{uuid.uuid4().hex[:6]}"))
     yield client
     client.close()
 

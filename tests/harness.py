@@ -25,3 +25,13 @@ FAST = {
 class Exchange(LocalExchange):
     def __init__(self, root: Path, database_url: str, **env: str) -> None:
         super().__init__(root, database_url, env={**FAST, **env})
+
+    def tenant_token(self, name: str, host: str = "host-a") -> str:
+        """A user token for a tenant called ``name`` whose code runs on ``host``: a fresh
+        account when the host isolates fully (strangers' code may run there), else a token
+        of the host owner's account (a host that does not isolate fully runs its owner's
+        code only; docs/sandbox.md)."""
+        info = self.host(host)
+        if info is not None and info.get("isolated"):
+            return self.new_account(name)
+        return self.owner_token(name)

@@ -15,6 +15,7 @@ Exception tree::
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
     ├── QuotaExceededError             quota_exceeded     413
+    ├── RateLimitedError               rate_limited       429 (with Retry-After)
     ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
     ├── MarketRefusedError             market_refused     422 (and why a call failed)
     ├── ResourcesUnsatisfiableError    resources_unsatisfiable  ┐ why a call failed: carried in
@@ -57,6 +58,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QuotaExceededError",
+    "RateLimitedError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "SandboxUnavailableError",
@@ -142,6 +144,17 @@ class QuotaExceededError(Error):
 
     code = "quota_exceeded"
     http_status = 413
+class RateLimitedError(Error):
+    """Too many requests with this token: wait ``retry_after_s`` seconds (the response's
+    Retry-After header) and send again. The SDK does so by itself for submits that are safe
+    to repeat (every input has an idempotency key)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InsufficientCreditError(Error):
@@ -250,6 +263,7 @@ _BY_CODE: dict[str, type[Error]] = {
         NotFoundError,
         ConflictError,
         QuotaExceededError,
+        RateLimitedError,
         InsufficientCreditError,
         MarketRefusedError,
         ResourcesUnsatisfiableError,

@@ -255,6 +255,42 @@ class Settings:
         "A host's published reliability counts this many fault-free leases in its favour "
         "before it has a history, so one early fault does not sink a new host.",
     )
+    # -- tenancy and API hardening ---------------------------------------------------------
+    dev_mode: bool = _opt(
+        False,
+        "CRUCIBLE_DEV_MODE",
+        "A development exchange: hosts with declared fake GPUs (`crucible agent --fake-gpus`) "
+        "may register (they are never verified). Off: such hosts are refused. `crucible up` "
+        "and the test harness turn it on.",
+    )
+    self_test_interval_s: float = _opt(
+        3600.0,
+        "CRUCIBLE_SELF_TEST_INTERVAL_S",
+        "How often an agent reruns its self-test (GPU matmul and memory bandwidth, CPU cores "
+        "and memory) after the one at registration, and sends the figures for the server to "
+        "verify against the GPU catalog (0: only at registration).",
+    )
+    submit_rate_per_s: float = _opt(
+        10000.0,
+        "CRUCIBLE_SUBMIT_RATE_PER_S",
+        "Submit requests (calls, the job API's run/runsync, web endpoint requests) each token "
+        "may send per second, sustained; past it the server answers 429 rate_limited with "
+        "Retry-After (0: no limit).",
+    )
+    submit_burst: int = _opt(
+        50000,
+        "CRUCIBLE_SUBMIT_BURST",
+        "Submit requests a token may send at once above the sustained rate (the token "
+        "bucket's size).",
+    )
+    quote_rate_per_s: float = _opt(
+        2000.0,
+        "CRUCIBLE_QUOTE_RATE_PER_S",
+        "Market quotes each token may ask for per second, sustained (429 past it; 0: no limit).",
+    )
+    quote_burst: int = _opt(
+        10000, "CRUCIBLE_QUOTE_BURST", "Quotes a token may ask for at once above the rate."
+    )
     # -- client ------------------------------------------------------------------------------
     server_url: str = _opt(
         "",
@@ -399,6 +435,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_DICT_MAX_ENTRIES": (1, None),
     "CRUCIBLE_QUEUE_MAX_ITEMS": (1, None),
     "CRUCIBLE_VOLUME_METER_INTERVAL_S": (1, None),
+    "CRUCIBLE_SUBMIT_BURST": (1, None),
+    "CRUCIBLE_QUOTE_BURST": (1, None),
 }
 
 

@@ -7,9 +7,14 @@ their own integration tests::
     from crucible.testing import LocalExchange
 
     with LocalExchange(tmp_path) as ex:
-        client = ex.client(ex.new_account("me"))
+        client = ex.client(ex.owner_token())
         with app.run(client=client):
             assert square.remote(3) == 9
+
+The agents run the default ``process`` runtime, which does not isolate fully: they run only
+their owner's code (the operator account's, whose tokens :meth:`LocalExchange.owner_token`
+makes). A fresh tenant from :meth:`LocalExchange.new_account` sees its calls refused there
+with a reason that says so; it needs a fully isolated host (docs/sandbox.md).
 
 Settings are passed as environment variables (``env``), e.g. short timeouts for fault tests.
 """
@@ -83,7 +88,8 @@ class LocalExchange:
         self.database_url = database_url or f"sqlite:///{root / 'store.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(env or {})
+        # A test exchange is a development one (fake GPUs may register) unless env says.
+        self.env = {"CRUCIBLE_DEV_MODE": "1", **(env or {})}
         self.server_argv = server_argv or [sys.executable, "-m", "crucible.cli.main", "server"]
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -216,8 +222,15 @@ class LocalExchange:
             self._host_token = str(made["token"])
         return self._host_token
 
+    def owner_token(self, name: str = "builder") -> str:
+        """A user token of the account that owns this exchange's agents (the operator's):
+        its code runs on them whatever their isolation."""
+        made = self.admin.post("/v1/tokens", {"scope": "user", "name": name})
+        return str(made["token"])
+
     def new_account(self, name: str) -> str:
-        """A fresh tenant; returns a user token for it."""
+        """A fresh tenant; returns a user token for it. Its code runs only on fully isolated
+        hosts (not on this exchange's ``process`` agents: use :meth:`owner_token` for that)."""
         account = self.admin.post("/v1/accounts", {"name": name})
         made = self.admin.post("/v1/tokens", {"scope": "user", "account_id": account["id"]})
         return str(made["token"])

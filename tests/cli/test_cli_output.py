@@ -42,7 +42,7 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 @pytest.fixture(scope="module")
 def tenant(exchange: Exchange) -> dict[str, str]:
     """A tenant that ran the hostile app: its app id, a succeeded and a failed call."""
-    token = exchange.new_account("tenant")
+    token = exchange.tenant_token("tenant")
     client = exchange.client(token)
     try:
         with app_hostile.app.run(client=client):

@@ -115,6 +115,22 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
             timeout=60,
         )
         assert bad.returncode == 1 and "on-demand, interruptible or reserved" in bad.stderr
+
+        # Tenancy and the audit log: the local host's isolation is shown; the token made and
+        # revoked above and the price set are audited, for the admin token `up` made.
+        [local] = json.loads(_crucible(["hosts", "--json"], env))
+        assert local["isolated"] is False  # runtime process: its owner's code only
+        # The agent's self-test ran at registration and the server judged it (a verdict
+        # either way: a busy machine may not show all its cores in parallel).
+        assert [r["kind"] for r in local["verification"]["results"]] == ["cpu"]
+        assert local["verification"]["reason"]
+        assert "isolation:" in _crucible(["market", "hosts"], env)
+        audit = json.loads(_crucible(["audit", "--json"], env))
+        actions = [e["action"] for e in audit["entries"]]
+        assert actions[:3] == ["host.offer", "token.revoke", "token.create"]
+        assert audit["entries"][1]["target"] == made["id"]
+        wide = {**env, "COLUMNS": "200"}
+        assert "host.offer" in _crucible(["audit", "--action", "host.offer"], wide)
     finally:
         subprocess.run(
             [sys.executable, "-m", "crucible.cli.main", "down"], env=env, timeout=60, check=False

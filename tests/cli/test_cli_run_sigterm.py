@@ -33,7 +33,7 @@ def main() -> None:
 
 
 def test_sigterm_stops_the_app_and_exits_143(exchange: Exchange, tmp_path: Path) -> None:
-    token = exchange.new_account("terminated")
+    token = exchange.tenant_token("terminated")
     client = exchange.client(token)
     (tmp_path / "sleepy.py").write_text(APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}

@@ -18,7 +18,7 @@ from harness import Exchange, wait_for
 
 
 def test_deploy_redeploy_rollback_stop(exchange: Exchange, tmp_path: Path) -> None:
-    token = exchange.new_account("deployer")
+    token = exchange.owner_token("deployer")
     builder = exchange.client(token)
     info = app_deploy_v1.app.deploy(client=builder)
     assert (info.name, info.version) == ("svc", 1)

@@ -90,7 +90,7 @@ def test_scale_to_zero_after_idle_window(tmp_path) -> None:
     ex.start_server()
     try:
         ex.start_agent("host-a")
-        client = ex.client(ex.new_account("idle"))
+        client = ex.client(ex.owner_token())
         with app_basic.app.run(client=client):
             assert app_basic.square.remote(2) == 4
             assert ex.host("host-a")["containers"] == 1
@@ -160,7 +160,7 @@ def test_app_whose_client_vanished_is_stopped(tmp_path) -> None:
     )
     ex.start_server()
     try:
-        client = ex.client(ex.new_account("vanishing"))
+        client = ex.client(ex.owner_token())
         orphan = client.create_app("orphan")  # a client that never heartbeats
         time.sleep(2)
         with app_basic.app.run(client=client):  # created 2 s later: still fresh below
@@ -181,7 +181,7 @@ def test_crash_looping_function_fails_clearly_after_backoff(tmp_path: Path) -> N
     ex.start_server()
     try:
         ex.start_agent("host-a")
-        client = ex.client(ex.new_account("crashy"))
+        client = ex.client(ex.owner_token())
         with (
             app_crashy.app.run(client=client),
             pytest.raises(crucible.ContainerExitedError, match=r"crash loop: 3 container"),

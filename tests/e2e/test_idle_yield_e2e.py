@@ -48,7 +48,7 @@ def small_exchange(tmp_path: Path, database_url: str) -> Iterator[Exchange]:
 def test_queued_apps_take_the_room_of_idle_containers(small_exchange: Exchange) -> None:
     ex = small_exchange
     assert ex.host("host-a")["inventory"]["cpu_cores"] == 1
-    client = ex.client(ex.new_account("yielder"))
+    client = ex.client(ex.tenant_token("yielder"))
     try:
         with contextlib.ExitStack() as stack:
             for app in app_yield.apps:

@@ -15,7 +15,7 @@ from harness import Exchange
 
 @pytest.fixture
 def http(exchange: Exchange) -> httpx.Client:
-    token = exchange.new_account("polyglot")
+    token = exchange.owner_token("polyglot")
     builder = exchange.client(token)
     app_deploy_v2.app.deploy(client=builder)
     builder.close()

@@ -29,7 +29,7 @@ def _logs(
 
 
 def test_logs_by_app_name(exchange: Exchange, tmp_path: Path) -> None:
-    token = exchange.new_account("logger")
+    token = exchange.tenant_token("logger")
     builder = exchange.client(token)
     with app_basic.app.run(client=builder):
         assert app_basic.chatty.remote(2) == 2
@@ -75,7 +75,7 @@ def test_logs_by_app_name(exchange: Exchange, tmp_path: Path) -> None:
 def test_logs_by_deployment_name(exchange: Exchange, tmp_path: Path) -> None:
     import app_deploy_v1
 
-    token = exchange.new_account("deployer")
+    token = exchange.tenant_token("deployer")
     builder = exchange.client(token)
     app_deploy_v1.app.deploy(client=builder)
     current = builder.get("/v1/deployments/svc")["app_id"]

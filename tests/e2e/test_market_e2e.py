@@ -45,9 +45,9 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
 ) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")
-    low_token = ex.new_account("bargain")
+    low_token = ex.owner_token("bargain")
     low = ex.client(low_token)
-    high = ex.client(ex.new_account("deadline"))
+    high = ex.client(ex.owner_token("deadline"))
     work = tmp_path / "work"
     work.mkdir()
     with app_market.app.run(client=low):
@@ -138,7 +138,7 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
 def test_market_refusal_fails_calls_clearly(market_exchange: Exchange) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")
-    client = ex.client(ex.new_account("thrifty"))
+    client = ex.client(ex.owner_token("thrifty"))
     with (
         app_market.rush.run(client=client),
         pytest.raises(crucible.MarketRefusedError, match=r"max_price|\$0.10"),
@@ -150,7 +150,7 @@ def test_market_refusal_fails_calls_clearly(market_exchange: Exchange) -> None:
 def test_a_carbon_cap_no_host_meets_fails_calls_clearly(market_exchange: Exchange) -> None:
     ex = market_exchange
     ex.start_agent("gpu-a", fake_gpus="1xH100")  # declares no carbon intensity
-    client = ex.client(ex.new_account("green"))
+    client = ex.client(ex.tenant_token("green"))
     with (
         app_market.rush.run(client=client),
         pytest.raises(crucible.MarketRefusedError, match=r"max_carbon_g_per_kwh=50"),
@@ -166,11 +166,11 @@ def test_out_of_credit_refuses_work_until_credits_are_granted(tmp_path: Path) ->
     ex.start_server()
     try:
         ex.start_agent("host-a")
-        client = ex.client(ex.new_account("broke"))
+        client = ex.client(ex.owner_token("broke"))  # its code runs on the process host
         with app_basic.app.run(client=client):
             with pytest.raises(crucible.InsufficientCreditError, match="credits grant"):
                 app_basic.square.remote(3)
-            ex.admin.post("/v1/credits/grants", {"account": "broke", "amount_micros": 5_000_000})
+            ex.admin.post("/v1/credits/grants", {"account": "operator", "amount_micros": 5_000_000})
 
             def works() -> bool:
                 try:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.postgres
 
 
 def test_calls_and_restart_on_postgres(pg_exchange: Exchange, tmp_path: Path) -> None:
-    client = pg_exchange.client(pg_exchange.new_account("pg-builder"))
+    client = pg_exchange.client(pg_exchange.owner_token("pg-builder"))
     try:
         with app_basic.app.run(client=client):
             assert app_basic.square.remote(9) == 81

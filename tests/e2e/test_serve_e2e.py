@@ -25,7 +25,7 @@ def version() -> str:
 
 
 def test_serve_redeploys_on_change_and_stops_at_the_end(exchange: Exchange, tmp_path: Path) -> None:
-    token = exchange.new_account("dev")
+    token = exchange.owner_token("dev")
     client = exchange.client(token)
     src = tmp_path / "proj"
     src.mkdir()

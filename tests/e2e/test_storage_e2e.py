@@ -28,7 +28,7 @@ def client_for(exchange: Exchange) -> Iterator[Callable[[str], Client]]:
     made: list[Client] = []
 
     def make(name: str) -> Client:
-        made.append(exchange.client(exchange.new_account(name)))
+        made.append(exchange.client(exchange.tenant_token(name)))
         return made[-1]
 
     yield make

@@ -18,7 +18,7 @@ from harness import Exchange
 
 @pytest.fixture
 def builder(exchange: Exchange) -> Iterator[Client]:
-    client = exchange.client(exchange.new_account("librarian"))
+    client = exchange.client(exchange.tenant_token("librarian"))
     yield client
     client.close()
 

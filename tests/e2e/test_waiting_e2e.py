@@ -34,7 +34,7 @@ def test_a_call_waiting_for_a_lost_host_says_so(exchange: Exchange, builder) -> 
 
 
 def test_the_sdk_prints_why_a_call_waits(exchange: Exchange) -> None:
-    token = exchange.new_account("waiter")
+    token = exchange.tenant_token("waiter")
     exchange.kill_agent("host-a")
     wait_for(lambda: exchange.host("host-a", state="lost"), 30, "the host to be lost")
     script = textwrap.dedent(

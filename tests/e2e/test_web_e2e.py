@@ -14,10 +14,10 @@ from harness import Exchange
 
 
 def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
-    token = exchange.new_account("webby")
+    token = exchange.owner_token("webby")
     builder = exchange.client(token)
     app_web.app.deploy(client=builder)
-    base = f"{exchange.url}/web/webby/web"
+    base = f"{exchange.url}/web/operator/web"
     auth = {"authorization": f"Bearer {token}"}
     with httpx.Client(timeout=120) as http:
         # Not public: a token of the deployment's account is needed.

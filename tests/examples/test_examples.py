@@ -31,7 +31,7 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 
 def _run(exchange: Exchange, tmp_path: Path, name: str) -> str:
     """`crucible run examples/NAME` as a new account; its output (it must succeed)."""
-    token = exchange.new_account(f"ex-{uuid.uuid4().hex[:8]}")
+    token = exchange.tenant_token(f"ex-{uuid.uuid4().hex[:8]}")
     env = {
         **exchange.process_env(tmp_path / "home"),
         "CRUCIBLE_SERVER_URL": exchange.url,

@@ -23,6 +23,7 @@ CODES = {
     "NotFoundError": ("not_found", 404),
     "ConflictError": ("conflict", 409),
     "QuotaExceededError": ("quota_exceeded", 413),
+    "RateLimitedError": ("rate_limited", 429),
     "InsufficientCreditError": ("insufficient_credit", 402),
     "MarketRefusedError": ("market_refused", 422),
     "ResourcesUnsatisfiableError": ("resources_unsatisfiable", 422),

@@ -32,6 +32,7 @@ PUBLIC = [
     "PermissionDeniedError",
     "Queue",
     "QuotaExceededError",
+    "RateLimitedError",
     "RemoteError",
     "ResourcesUnsatisfiableError",
     "Retries",

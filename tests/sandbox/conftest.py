@@ -34,13 +34,13 @@ def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 
 @pytest.fixture(scope="module")
 def tenant(sandboxed: Exchange) -> Iterator[Any]:
-    client = sandboxed.client(sandboxed.new_account(f"attacker-{uuid.uuid4().hex[:6]}"))
+    client = sandboxed.client(sandboxed.tenant_token(f"attacker-{uuid.uuid4().hex[:6]}"))
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
 def neighbour(sandboxed: Exchange) -> Iterator[Any]:
-    client = sandboxed.client(sandboxed.new_account(f"neighbour-{uuid.uuid4().hex[:6]}"))
+    client = sandboxed.client(sandboxed.tenant_token(f"neighbour-{uuid.uuid4().hex[:6]}"))
     yield client
     client.close()

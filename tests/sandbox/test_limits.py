@@ -39,8 +39,8 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 
 
 def test_memory_in_tmpfs_is_bounded_by_the_sandbox_cgroup(roomy: Exchange) -> None:
-    attacker: Any = roomy.client(roomy.new_account("attacker"))
-    neighbour: Any = roomy.client(roomy.new_account("neighbour"))
+    attacker: Any = roomy.client(roomy.tenant_token("attacker"))
+    neighbour: Any = roomy.client(roomy.tenant_token("neighbour"))
     with h.app.run(client=attacker), h.neighbours.run(client=neighbour):
         call = h.tmpfs_memory_bomb.spawn()
         assert [h.ping.remote(i) for i in range(3)] == [0, 1, 2]

@@ -40,6 +40,7 @@ FUNCTION_BAD: dict[str, list[Any]] = {
     "prefer": ["fast", "", 5, None],
     "secrets": ["hf", [5], crucible.Secret.from_name("hf"), None],
     "max_carbon_g_per_kwh": [-1, 5001, HUGE, "low", 1.5, True],
+    "verified": [1, "yes", None],
     "schedule": ["*/5 * * * *", 300, crucible.Cron],
     "volumes": [
         ["/data"],

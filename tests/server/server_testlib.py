@@ -23,7 +23,7 @@ from crucible.protocol.accounts import Scope
 from crucible.protocol.apps import AppCreate, CodeRef, FunctionCreate
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload, Resources, RetryPolicy
-from crucible.protocol.hosts import DeviceInfo, HostRegister, Inventory
+from crucible.protocol.hosts import DeviceInfo, HostRegister, Inventory, IsolationReport
 from crucible.server.app import build_state, create_app
 from crucible.server.auth import Principal, container_token
 from crucible.server.market import Offer
@@ -39,6 +39,8 @@ from crucible.server.store.tables import containers, functions
 from crucible.settings import load_settings
 
 __all__ = [
+    "FULL_ISOLATION",
+    "PROCESS_ISOLATION",
     "V1_ROUTES",
     "MakeServer",
     "ServerUnderTest",
@@ -65,6 +67,22 @@ def error_code(response: httpx.Response) -> str:
     return str(body["error"]["code"])
 
 
+# What an agent on a host set up for strangers' code reports (IsolationReport.full()).
+FULL_ISOLATION = IsolationReport(
+    runtime="bwrap",
+    namespaces=True,
+    seccomp=True,
+    per_sandbox_uid=True,
+    pids_limit="cgroup",
+    memory_limit="cgroup",
+    cpu_limit="cgroup",
+    disk_limit="tmpfs",
+    network_policy=True,
+    gpu_isolation=True,
+)
+PROCESS_ISOLATION = IsolationReport(runtime="process", problems=["runtime process"])
+
+
 @dataclass(frozen=True)
 class Tenant:
     account_id: str
@@ -77,6 +95,7 @@ class ServerUnderTest:
     """The control plane's ASGI app in this process, with its scheduler loop off."""
 
     def __init__(self, home: Path, database_url: str, **overrides: Any) -> None:
+        overrides.setdefault("dev_mode", True)  # the tests register fake GPUs
         self.settings = load_settings(
             environ={}, home=str(home), database_url=database_url, **overrides
         )
@@ -151,11 +170,21 @@ class ServerUnderTest:
         )
         return [str(c) for c in made["call_ids"]]
 
-    def register_host(self, host_token: str, name: str = "host-a", **inventory: Any) -> str:
+    def register_host(
+        self,
+        host_token: str,
+        name: str = "host-a",
+        *,
+        isolation: IsolationReport | None = FULL_ISOLATION,
+        **inventory: Any,
+    ) -> str:
+        """Register a host; by default a fully isolated one (any account's code may run
+        there). ``isolation=None`` is an older agent's registration (runtime process)."""
         inv = {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 0, **inventory}
-        made = self.ok(
-            "POST", "/v1/hosts/register", token=host_token, json={"name": name, "inventory": inv}
-        )
+        body: dict[str, Any] = {"name": name, "inventory": inv}
+        if isolation is not None:
+            body["isolation"] = isolation.model_dump(mode="json")
+        made = self.ok("POST", "/v1/hosts/register", token=host_token, json=body)
         return str(made["id"])
 
     def place_container(self, function_id: str, host_id: str) -> tuple[str, str]:
@@ -328,6 +357,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/credits/grants"),
         ("PUT", "/v1/credits/cap"),
         ("GET", "/v1/credits"),
+        ("GET", "/v1/audit"),
         ("GET", "/v1/statement"),
         ("POST", "/v1/deployments"),
         ("GET", "/v1/deployments"),

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
 from crucible.agent.runtimes import build_runtime
+from crucible.agent.selftest import run_self_test
 from crucible.errors import (
     AuthError,
     Error,
@@ -44,7 +45,14 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.protocol.containers import ContainerReport
-from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply, Inventory
+from crucible.protocol.hosts import (
+    HostInfo,
+    HostRegister,
+    HostSync,
+    HostSyncReply,
+    Inventory,
+    SelfTestResult,
+)
 from crucible.protocol.transport import Transport
 from crucible.settings import Settings
 
@@ -128,6 +136,10 @@ class Agent:
         # Separate from _stop: the exit reporter must outlive stop_all(), because children it
         # started die (PR_SET_PDEATHSIG) the moment it returns.
         self._reporter_done = threading.Event()
+        # The self-test's results: measured once before the first registration (sent with
+        # every registration), then every self_test_interval_s (sent once with a sync).
+        self._self_test: list[SelfTestResult] | None = None
+        self._fresh_self_test: list[SelfTestResult] | None = None
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -161,6 +173,10 @@ class Agent:
             if self._stop.is_set():
                 return
             exit_reporter.start()
+            if self.settings.self_test_interval_s > 0:
+                threading.Thread(
+                    target=self._self_test_loop, name="crucible-agent-selftest", daemon=True
+                ).start()
             self._sync_loop()
         finally:
             self._shutdown_containers()
@@ -187,6 +203,8 @@ class Agent:
         ``inventory`` defaults to a fresh detection (free disk changes over time).
         """
         backoff = _BACKOFF_START_S
+        if self._self_test is None:
+            self._self_test = run_self_test(inventory or self._inventory())
         while not self._stop.is_set():
             body = HostRegister(
                 name=self.name,
@@ -195,6 +213,7 @@ class Agent:
                 carbon_g_per_kwh=self.carbon_g_per_kwh,
                 inventory=inventory or self._inventory(),
                 agent_version=agent_version(),
+                self_test=self._self_test,
             )
             try:
                 data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))
@@ -294,12 +313,23 @@ class Agent:
                 dropped = self.energy.dropped
             self._seq += 1
             seq = self._seq
+            fresh_test, self._fresh_self_test = self._fresh_self_test, None
         body = HostSync(
-            containers=reports, wait_s=wait_s, seq=seq, energy_readings_dropped=dropped
+            containers=reports,
+            wait_s=wait_s,
+            seq=seq,
+            self_test=fresh_test,
+            energy_readings_dropped=dropped,
         ).model_dump(mode="json")
-        data = self._transport.post(
-            f"/v1/hosts/{host_id}/sync", body, timeout_s=wait_s + 30.0, retry=retry
-        )
+        try:
+            data = self._transport.post(
+                f"/v1/hosts/{host_id}/sync", body, timeout_s=wait_s + 30.0, retry=retry
+            )
+        except BaseException:
+            if fresh_test is not None:
+                with self._report_lock:  # send them with the next sync instead
+                    self._fresh_self_test = self._fresh_self_test or fresh_test
+            raise
         reply = HostSyncReply.model_validate(data)
         for report in reports:
             if report.state == "exited" and self.runtime.forget(report.container_id):
@@ -311,6 +341,18 @@ class Agent:
                         self._tombstones.popitem(last=False)
         self._apply(reply)
         return reply
+
+    def _self_test_loop(self) -> None:
+        """Rerun the self-test every self_test_interval_s; the next sync sends the results."""
+        while not self._stop.wait(self.settings.self_test_interval_s):
+            try:
+                results = run_self_test(self._inventory())
+            except Exception as exc:  # never takes the agent down
+                log.warning("self-test failed: %s", _brief(exc))
+                continue
+            self._self_test = results  # a re-registration sends the newest
+            with self._report_lock:
+                self._fresh_self_test = results
 
     def _apply(self, reply: HostSyncReply) -> None:
         """Start new assignments and stop what the server asks to stop. Idempotent: the server

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from crucible.cli import (
+    audit,
     deploy,
     market,
     objects,
@@ -40,6 +41,7 @@ sim.register(app)
 secrets.register(app)
 objects.register(app)
 volumes.register(app)
+audit.register(app)
 
 
 @app.command()

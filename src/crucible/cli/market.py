@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import (
@@ -25,6 +26,7 @@ from crucible.cli._output import (
 )
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
+from crucible.protocol.hosts import verification_summary
 from crucible.protocol.market import (
     BookInfo,
     CreditInfo,
@@ -73,6 +75,10 @@ def _print_host(h: HostMarketInfo) -> None:
         f"{', draining' if h.draining else ''}; "
         f"reliability {h.reliability:.3f}; {shown(h.energy_source)}, {carbon}"
     )
+    # The agent's and the server's own words: printed as text, never as markup.
+    owner_only = "" if h.isolated else " (runs only its owner's code)"
+    console.print(f"  isolation: {escape(h.isolation or 'unknown')}{owner_only}")
+    console.print(f"  verified: {escape(verification_summary(h.verified, h.verification))}")
     table(
         "Offers ($/device-hour; cpu: $/core-hour + $/GiB-hour)",
         ["device", "on-demand", "interruptible min", "reserved", "priced by host"],

@@ -7,10 +7,9 @@ from urllib.parse import quote
 
 import orjson
 import typer
-from rich.markup import escape
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._ids import resolve_id
+from crucible.cli._ids import resolve_id, shorten_ids
 from crucible.cli._output import (
     clean,
     console,
@@ -27,7 +26,7 @@ from crucible.cli._output import (
 from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallAttempt, CallTimeline
-from crucible.protocol.hosts import HostInfo
+from crucible.protocol.hosts import HostInfo, isolation_summary, verification_summary
 from crucible.protocol.logs import LogPage
 from crucible.sdk._checks import NAME_PATTERN
 from crucible.sdk._client import Client
@@ -274,13 +273,31 @@ def register(app: typer.Typer) -> None:
             )
         table(
             "Hosts",
-            ["id", "name", "region", "state", "cpu used", "MiB used", "GPUs", "containers"],
+            [
+                "id",
+                "name",
+                "region",
+                "state",
+                "cpu used",
+                "MiB used",
+                "GPUs",
+                "containers",
+            ],
             rows,
             ids=("id",),
         )
+        # Isolation and verification, a line each per host (what runs there, and whether its
+        # self-test matched the catalog; words the agent and the server chose: made inert).
+        for h in items:
+            detail = (
+                f"{shorten_ids(h.id)}: isolation "
+                f"{'full' if h.isolated else isolation_summary(h.isolation)}; verified "
+                f"{verification_summary(h.verified, h.verification)}"
+            )
+            console.print(clean(detail), markup=False, highlight=False)
         for h in items:
             if h.carbon_note:
-                console.print(f"{h.id}: {escape(h.carbon_note)}")
+                console.print(f"{h.id}: {clean(h.carbon_note)}", markup=False, highlight=False)
             if h.energy_readings_dropped:
                 console.print(
                     f"{h.id}: {h.energy_readings_dropped} absurd power reading(s) dropped"

@@ -94,12 +94,19 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(None, help="Address to listen on (CRUCIBLE_BIND_HOST)."),
         port: int = typer.Option(None, help="Port to listen on (CRUCIBLE_PORT)."),
         database_url: str = typer.Option(None, help="Store URL (CRUCIBLE_DATABASE_URL)."),
+        dev_mode: bool = typer.Option(
+            None,
+            "--dev-mode/--no-dev-mode",
+            help="Admit hosts with declared fake GPUs (CRUCIBLE_DEV_MODE); for development.",
+        ),
     ) -> None:
         """Run the control plane (API, scheduler, metering)."""
         from crucible.cli._home_lock import HomeLock
         from crucible.cli._ports import port_free, port_taken_error
 
-        settings = load_settings(bind_host=host, port=port, database_url=database_url)
+        settings = load_settings(
+            bind_host=host, port=port, database_url=database_url, dev_mode=dev_mode
+        )
         url = f"http://{settings.bind_host}:{settings.port}"
         # On the home's own SQLite store, one exchange per home (as `crucible up`): a second
         # scheduler on the same store would run calls twice.

@@ -61,6 +61,7 @@ def _server_argv(settings: Settings) -> list[str]:
         str(settings.port),
         "--database-url",
         settings.effective_database_url,
+        *(["--dev-mode"] if settings.dev_mode else []),
     ]
 
 
@@ -82,7 +83,8 @@ def register(app: typer.Typer) -> None:
         """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
         for this machine, each restarted if it dies. One exchange per $CRUCIBLE_HOME. Builders can
         use it at once (`crucible run app.py`)."""
-        settings = load_settings(port=port)
+        # A one-machine exchange is a development exchange: fake GPUs may register.
+        settings = load_settings(port=port, dev_mode=True)
         url = local_url(settings)
         if detach:
             running = running_exchange(settings)

@@ -63,6 +63,8 @@ class MarketTerms(Wire):
     # Only hosts at or below this carbon intensity (gCO2/kWh); hosts that declare none are
     # refused under a cap. None: no cap.
     max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
+    # Run only on hosts the exchange verified (their self-test matched the GPU catalog).
+    verified: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> MarketTerms:

@@ -38,6 +38,12 @@ class GpuModel:
     tdp_watts: int = 300
     idle_watts: int = 50
 
+    # Spec-sheet figures the host self-test is compared with (server/verification.py): dense
+    # FP16/BF16 tensor-core TFLOPS (no sparsity; with FP32 accumulation where the sheet
+    # tells them apart) and memory bandwidth in GB/s, of the fastest form factor (SXM).
+    matmul_tflops: float = 0.0
+    mem_bandwidth_gbs: float = 0.0
+
     def watts_at(self, utilisation: float) -> float:
         """Estimated board power at a utilisation in [0, 1]: idle plus the busy fraction of
         the range up to TDP (a linear model; real boards rarely sit at TDP)."""
@@ -54,19 +60,58 @@ CPU_CORE_WATTS = 10.0
 GPU_CATALOG: dict[str, GpuModel] = {
     m.name: m
     for m in (
-        GpuModel("B200", 192, 5.99, ("B200",), 1000, 140),
-        GpuModel("H200", 141, 3.59, ("H200",), 700, 90),
-        GpuModel("H100", 80, 1.89, ("H100",), 700, 80),
-        GpuModel("A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"), 400, 55),
-        GpuModel("A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100"), 400, 50),
-        GpuModel("L40S", 48, 0.99, ("L40S",), 350, 35),
-        GpuModel("L4", 24, 0.44, ("L4",), 72, 16),
-        GpuModel("A10G", 24, 0.60, ("A10G",), 300, 30),
-        GpuModel("A10", 24, 0.55, ("A10",), 150, 25),
-        GpuModel("RTX4090", 24, 0.34, ("RTX 4090",), 450, 25),
-        GpuModel("RTX3090", 24, 0.22, ("RTX 3090",), 350, 25),
-        GpuModel("V100", 16, 0.40, ("V100",), 300, 40),
-        GpuModel("T4", 16, 0.17, ("T4",), 70, 10),
+        GpuModel(
+            "B200", 192, 5.99, ("B200",),
+            tdp_watts=1000, idle_watts=140, matmul_tflops=2250, mem_bandwidth_gbs=8000,
+        ),
+        GpuModel(
+            "H200", 141, 3.59, ("H200",),
+            tdp_watts=700, idle_watts=90, matmul_tflops=989, mem_bandwidth_gbs=4800,
+        ),
+        GpuModel(
+            "H100", 80, 1.89, ("H100",),
+            tdp_watts=700, idle_watts=80, matmul_tflops=989, mem_bandwidth_gbs=3350,
+        ),
+        GpuModel(
+            "A100-80GB", 80, 1.29, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+            tdp_watts=400, idle_watts=55, matmul_tflops=312, mem_bandwidth_gbs=2039,
+        ),
+        GpuModel(
+            "A100-40GB", 40, 0.99, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100"),
+            tdp_watts=400, idle_watts=50, matmul_tflops=312, mem_bandwidth_gbs=1555,
+        ),
+        GpuModel(
+            "L40S", 48, 0.99, ("L40S",),
+            tdp_watts=350, idle_watts=35, matmul_tflops=362, mem_bandwidth_gbs=864,
+        ),
+        GpuModel(
+            "L4", 24, 0.44, ("L4",),
+            tdp_watts=72, idle_watts=16, matmul_tflops=121, mem_bandwidth_gbs=300,
+        ),
+        GpuModel(
+            "A10G", 24, 0.6, ("A10G",),
+            tdp_watts=300, idle_watts=30, matmul_tflops=70, mem_bandwidth_gbs=600,
+        ),
+        GpuModel(
+            "A10", 24, 0.55, ("A10",),
+            tdp_watts=150, idle_watts=25, matmul_tflops=125, mem_bandwidth_gbs=600,
+        ),
+        GpuModel(
+            "RTX4090", 24, 0.34, ("RTX 4090",),
+            tdp_watts=450, idle_watts=25, matmul_tflops=165, mem_bandwidth_gbs=1008,
+        ),
+        GpuModel(
+            "RTX3090", 24, 0.22, ("RTX 3090",),
+            tdp_watts=350, idle_watts=25, matmul_tflops=71, mem_bandwidth_gbs=936,
+        ),
+        GpuModel(
+            "V100", 16, 0.4, ("V100",),
+            tdp_watts=300, idle_watts=40, matmul_tflops=125, mem_bandwidth_gbs=900,
+        ),
+        GpuModel(
+            "T4", 16, 0.17, ("T4",),
+            tdp_watts=70, idle_watts=10, matmul_tflops=65, mem_bandwidth_gbs=320,
+        ),
     )
 }
 

@@ -15,9 +15,12 @@ __all__ = [
     "HostRegister",
     "HostSync",
     "HostSyncReply",
+    "HostVerification",
     "Inventory",
     "IsolationReport",
     "SelfTestResult",
+    "isolation_summary",
+    "verification_summary",
 ]
 
 
@@ -83,6 +86,39 @@ class IsolationReport(Wire):
             and self.gpu_isolation
         )
 
+    def missing(self) -> list[str]:
+        """What keeps this report from :meth:`full`, in short words ("seccomp", "pids
+        limit", ...); empty when it is full."""
+        pids = self.pids_limit == "cgroup" or (
+            self.pids_limit == "rlimit-uid" and self.per_sandbox_uid
+        )
+        checks = [
+            (self.runtime != "process", f"sandbox (runtime {self.runtime})"),
+            (self.namespaces, "namespaces"),
+            (self.seccomp, "seccomp"),
+            (self.per_sandbox_uid, "per-sandbox uid"),
+            (pids, "pids limit"),
+            (self.memory_limit != "none", "memory limit"),
+            (self.disk_limit != "none", "disk limit"),
+            (self.network_policy, "network policy"),
+            (self.gpu_isolation, "GPU isolation"),
+        ]
+        return [what for ok, what in checks if not ok]
+
+    def summary(self) -> str:
+        """One line for tables: ``bwrap, full`` or ``process: missing sandbox, ...``."""
+        missing = self.missing()
+        if not missing:
+            return f"{self.runtime}, full"
+        return f"{self.runtime}: missing " + ", ".join(missing)
+
+
+def isolation_summary(report: IsolationReport | None) -> str:
+    """A host's isolation in one line; no report (an older agent) reads as runtime process."""
+    if report is None:
+        return "process: no isolation report (an older agent)"
+    return report.summary()
+
 
 class SelfTestResult(Wire):
     """One figure set of the agent's self-test: per GPU (a matmul's throughput and the memory
@@ -96,6 +132,23 @@ class SelfTestResult(Wire):
     fake: bool = False  # measured on a declared fake device: never verifies a host
     measured_ms: int = Field(ge=0, le=2**53)
     error: str | None = Field(default=None, max_length=2000)
+
+
+class HostVerification(Wire):
+    """The server's verdict on a host's self-test: its figures compared with the GPU catalog
+    (and the CPU check). ``reason`` says why a host is not verified, or what matched."""
+
+    verified: bool
+    reason: str = Field(max_length=4000)
+    checked_ms: int
+    results: list[SelfTestResult] = Field(default_factory=list, max_length=128)
+
+
+def verification_summary(verified: bool, verification: HostVerification | None) -> str:
+    """A host's verification in one line: ``yes: ...`` or ``no: <why>``."""
+    if verification is None:
+        return "no: no self-test results yet"
+    return ("yes: " if verified else "no: ") + verification.reason
 
 
 class HostRegister(Wire):
@@ -133,6 +186,12 @@ class HostInfo(Wire):
     carbon_source: str = "declared"
     carbon_note: str | None = None
     energy_readings_dropped: int = 0
+    # Tenancy: the agent's measured report (None: an older agent, runtime process); whether
+    # it is full (strangers' code may run here); the self-test's verdict.
+    isolation: IsolationReport | None = None
+    isolated: bool = False
+    verified: bool = False
+    verification: HostVerification | None = None
 
 
 class HostSync(Wire):

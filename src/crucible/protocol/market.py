@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
 from crucible.protocol.common import Wire
+from crucible.protocol.hosts import HostVerification
 
 __all__ = [
     "BookInfo",
@@ -66,6 +67,12 @@ class HostMarketInfo(Wire):
     energy_source: str
     carbon_g_per_kwh: int | None
     offers: list[OfferInfo]
+    # Tenancy: whether strangers' code may run here (the agent's measured isolation is full),
+    # that isolation in one line, and the self-test's verdict (see HostInfo).
+    isolated: bool = False
+    isolation: str = ""
+    verified: bool = False
+    verification: HostVerification | None = None
 
 
 class LevelInfo(Wire):
@@ -105,6 +112,7 @@ class QuoteRequest(Wire):
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
     max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
+    verified: bool = False  # only hosts whose self-test matched the GPU catalog
 
 
 class QuoteInfo(Wire):
@@ -129,6 +137,7 @@ class ReserveCreate(Wire):
     region: str | None = Field(default=None, min_length=1, max_length=64)
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
+    verified: bool = False  # only hosts whose self-test matched the GPU catalog
 
 
 class ReservationInfo(Wire):

@@ -21,7 +21,13 @@ from typing import Any
 
 import orjson
 
-from crucible.errors import AuthError, Error, ServerUnavailableError, error_from_wire
+from crucible.errors import (
+    AuthError,
+    Error,
+    RateLimitedError,
+    ServerUnavailableError,
+    error_from_wire,
+)
 
 __all__ = ["Transport"]
 
@@ -106,8 +112,11 @@ class Transport:
         content_type: str = "application/json",
         timeout_s: float | None = None,
         retry: bool = True,
+        retry_rate_limited: bool = False,
     ) -> tuple[int, bytes]:
-        """Send a request; return (status, body). Retries connection failures only."""
+        """Send a request; return (status, body). Retries connection failures, and with
+        ``retry_rate_limited`` (a request safe to repeat) a 429 after its Retry-After, both
+        within ``retry_for_s``."""
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = content_type
@@ -126,6 +135,12 @@ class Transport:
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
+                if resp.status == 429:
+                    wait = _retry_after_s(resp.getheader("Retry-After"))
+                    self._local.retry_after_s = wait
+                    if retry_rate_limited and time.monotonic() + wait <= deadline:
+                        time.sleep(wait)
+                        continue
                 return resp.status, data
             except _RETRYABLE as exc:
                 self._drop()
@@ -148,10 +163,22 @@ class Transport:
         *,
         timeout_s: float | None = None,
         retry: bool = True,
+        retry_rate_limited: bool = False,
     ) -> Any:
         body = None if json is None else orjson.dumps(json)
-        status, data = self.request_raw(method, path, body, timeout_s=timeout_s, retry=retry)
-        return self._decode(status, data)
+        status, data = self.request_raw(
+            method,
+            path,
+            body,
+            timeout_s=timeout_s,
+            retry=retry,
+            retry_rate_limited=retry_rate_limited,
+        )
+        try:
+            return self._decode(status, data)
+        except RateLimitedError as exc:
+            exc.retry_after_s = getattr(self._local, "retry_after_s", exc.retry_after_s)
+            raise
 
     @staticmethod
     def _decode(status: int, data: bytes) -> Any:
@@ -174,6 +201,14 @@ class Transport:
 
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds; 1 s when absent or a date)."""
+    try:
+        return min(max(float(value or 1), 0.0), 3600.0)
+    except ValueError:
+        return 1.0
 
 
 def _unix_connection(https: bool, path: str) -> type[http.client.HTTPConnection]:

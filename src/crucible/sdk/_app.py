@@ -142,6 +142,7 @@ class App:
         schedule: Schedule | None = None,
         volumes: Mapping[str, Volume] | None = None,
         max_carbon_g_per_kwh: int | None = None,
+        verified: bool = False,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -167,7 +168,8 @@ class App:
         :class:`crucible.Period`; a deployed app then calls the function by itself.
         ``volumes``: ``{"/data": crucible.Volume.from_name("data")}`` mounts volumes of your
         account (on sandboxed hosts). ``max_carbon_g_per_kwh`` refuses hosts above
-        that carbon intensity (and hosts that declare none).
+        that carbon intensity (and hosts that declare none). ``verified=True`` runs
+        only on hosts the exchange verified (their self-test matched the GPU catalog).
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
@@ -227,6 +229,8 @@ class App:
         market = _market_terms(
             tier, bid, max_price, region, min_reliability, prefer, max_carbon_g_per_kwh
         )
+        check_bool("verified", verified)
+        market = market.model_copy(update={"verified": verified})
         check_int("max_containers", max_containers, 1, 100_000, optional=True)
         check_int("min_containers", min_containers, 0, 100_000)
         check_int("buffer_containers", buffer_containers, 0, 100_000)

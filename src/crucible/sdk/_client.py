@@ -112,6 +112,11 @@ class Client:
             f"/v1/functions/{function_id}/calls",
             req.model_dump(mode="json", exclude_none=True),
             timeout_s=req.wait_s + 30,
+            # Rate limited: resubmit after Retry-After only when a repeat cannot run an
+            # input twice: every input has an idempotency key, or a map batch's first one
+            # has (the server then answers with the calls it made for the batch).
+            retry_rate_limited=all(i.idempotency_key for i in req.inputs)
+            or (req.group_id is not None and bool(req.inputs[0].idempotency_key)),
         )
         return CallsCreated.model_validate(data)
 

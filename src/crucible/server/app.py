@@ -18,6 +18,7 @@ from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import (
     accounts,
     apps,
+    audit,
     billing,
     blobs,
     calls,
@@ -212,6 +213,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         dicts,
         queues,
         volumes,
+        audit,
         gateway,
     ):
         app.include_router(module.router)

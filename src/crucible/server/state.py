@@ -11,9 +11,11 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
+from crucible.server.auth import Principal
 from crucible.server.blobs import BlobStore
 from crucible.server.dispatch import Dispatcher
 from crucible.server.metrics import Metrics
+from crucible.server.ratelimit import RateLimiter
 from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
@@ -101,6 +103,25 @@ class ServerState:
     @cached_property
     def market(self) -> LiveMarket:
         return LiveMarket(self.settings)
+
+    @cached_property
+    def submit_limit(self) -> RateLimiter:
+        """Per-token limit of submit requests (calls, job runs, web endpoint requests)."""
+        s = self.settings
+        return RateLimiter(
+            "submit requests", s.submit_rate_per_s, s.submit_burst, "CRUCIBLE_SUBMIT_RATE_PER_S"
+        )
+
+    @cached_property
+    def quote_limit(self) -> RateLimiter:
+        """Per-token limit of market quotes."""
+        s = self.settings
+        return RateLimiter("quotes", s.quote_rate_per_s, s.quote_burst, "CRUCIBLE_QUOTE_RATE_PER_S")
+
+    def limit(self, limiter: RateLimiter, principal: Principal) -> None:
+        """Count one request of the principal's token against ``limiter`` (429 past it)."""
+        key = principal.token_id or f"{principal.scope}:{principal.account_id}"
+        limiter.take(key, self.clock.now_ms())
 
 
 def load_or_create_secret(settings: Settings) -> str:

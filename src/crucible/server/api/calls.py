@@ -45,6 +45,7 @@ async def create_calls(
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
+    state.limit(state.submit_limit, who)
     created = await submit_calls(function_id, req, who, state)
     return model_response(created, 201)  # type: ignore[return-value]
 

@@ -44,6 +44,19 @@ _HOP = {"authorization", "host", "connection", "content-length", "transfer-encod
 _FIRST_PART_WAIT_S = 300.0
 
 
+def _limit(state: ServerState, authorization: str | None, client: str) -> None:
+    """Count one submit against the caller's token (429 past the submit rate); anonymous
+    callers of public endpoints are counted per client address."""
+    caller = None
+    if authorization:
+        # Valid here: a private endpoint checked it; a public one may be sent any header.
+        with contextlib.suppress(Error):
+            caller = authenticate(state, authorization)
+    if caller is None:
+        caller = Principal(account_id=f"anonymous@{client}", scope="anonymous")
+    state.limit(state.submit_limit, caller)
+
+
 def _endpoint(
     state: ServerState, account: str, deployment: str, function: str, authorization: str | None
 ) -> tuple[Principal, Any]:
@@ -65,6 +78,10 @@ def _endpoint(
     return owner, fn
 
 
+def _client(address: Any) -> str:
+    return str(address.host) if address is not None else "unknown"
+
+
 def _parts(items: list[Payload]) -> list[dict[str, Any]]:
     return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
 
@@ -78,6 +95,8 @@ async def gateway(
     account: str, deployment: str, function: str, path: str, request: Request
 ) -> Response:
     state: ServerState = request.app.state.crucible
+    # Counted first: requests for endpoints that do not exist cost the sender too.
+    _limit(state, request.headers.get("authorization"), _client(request.client))
     owner, fn = _endpoint(
         state, account, deployment, function, request.headers.get("authorization")
     )
@@ -136,6 +155,7 @@ async def gateway_websocket(
     sends goes to the call's inbox, what the app sends comes back through its items."""
     state: ServerState = websocket.app.state.crucible
     try:
+        _limit(state, websocket.headers.get("authorization"), _client(websocket.client))
         owner, fn = _endpoint(
             state, account, deployment, function, websocket.headers.get("authorization")
         )

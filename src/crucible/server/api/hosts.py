@@ -15,8 +15,12 @@ router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 @router.post("/register")
 async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
     with state.engine.begin() as conn:
-        info = svc.register_host(conn, who, req, state.clock.now_ms())
+        info = svc.register_host(
+            conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
+        )
     state.host_seq.pop(info.id, None)  # a new agent process numbers its syncs from 1 again
+    # Its isolation or verification may have changed: market reads sync before answering.
+    state.market.offers_changed()
     state.wakeups.kick_scheduler()
     return info
 
@@ -39,6 +43,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             max_infra_requeues=s.max_infra_requeues,
             energy_readings_dropped=req.energy_readings_dropped,
         )
+        if req.self_test is not None:  # a periodic self-test's fresh figures
+            svc.apply_self_test(conn, host_id, None, req.self_test, state.clock.now_ms())
+            state.market.offers_changed()
     if fresh and req.seq:
         state.host_seq[host_id] = req.seq
     state.wakeups.notify_many(keys)

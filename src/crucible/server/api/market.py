@@ -54,7 +54,7 @@ def patch_profile(
     host_id: str, req: HostProfileUpdate, who: Builder, state: State
 ) -> HostMarketInfo:
     with state.engine.begin() as conn:
-        offers.set_profile(conn, who, host_id, req)
+        offers.set_profile(conn, who, host_id, req, state.clock.now_ms())
         row = conn.execute(select(hosts).where(hosts.c.id == host_id)).one()
         info = offers.host_market_info(conn, row, state.settings)
     state.market.offers_changed()
@@ -80,6 +80,7 @@ def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInf
 
 @router.post("/market/quote")
 def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
+    state.limit(state.quote_limit, who)
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, now)

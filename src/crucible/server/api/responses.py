@@ -12,6 +12,7 @@ exception handlers and the hot path (server/hotpath.py) both answer through
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError
 
-from crucible.errors import Error, InternalError, InvalidRequestError
+from crucible.errors import Error, InternalError, InvalidRequestError, RateLimitedError
 
 __all__ = ["error_response", "model_response", "response_for_exception", "validation_message"]
 
@@ -37,6 +38,9 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
 
 def error_response(err: Error) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
+    if isinstance(err, RateLimitedError):
+        # Whole seconds (RFC 9110), rounded up so a client that waits them is let in.
+        headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
     return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
 
 

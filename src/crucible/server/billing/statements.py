@@ -13,6 +13,7 @@ from crucible.errors import InvalidRequestError, NotFoundError, PermissionDenied
 from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_credit, grant_credits
+from crucible.server.services import audit
 from crucible.server.store.tables import (
     accounts,
     apps,
@@ -62,6 +63,17 @@ def grant(conn: Connection, principal: Principal, req: CreditGrant, now_ms: int)
     account_id = account_id_of(conn, req.account)
     key = f"grant:{req.key}" if req.key else f"grant:{account_id}:{now_ms}:{req.amount_micros}"
     grant_credits(conn, key, account_id, req.amount_micros, now_ms, req.memo)
+    audit.record(
+        conn,
+        principal,
+        "credits.grant",
+        account_id,
+        now_ms,
+        account_id=account_id,
+        amount_micros=req.amount_micros,
+        memo=req.memo,
+        key=req.key,
+    )
     return credit_info(conn, account_id, now_ms)
 
 
@@ -71,6 +83,15 @@ def set_daily_cap(conn: Connection, principal: Principal, req: DailyCap, now_ms:
         raise NotFoundError(f"no account named {req.account!r}")
     conn.execute(
         update(accounts).where(accounts.c.id == account_id).values(daily_cap_micros=req.cap_micros)
+    )
+    audit.record(
+        conn,
+        principal,
+        "credits.cap",
+        account_id,
+        now_ms,
+        account_id=account_id,
+        cap_micros=req.cap_micros,
     )
     return credit_info(conn, account_id, now_ms)
 

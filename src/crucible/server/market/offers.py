@@ -24,6 +24,11 @@ class HostSpec:
     published reliability score (parts per million; the shell derives it from heartbeat
     uptime while leased and leases completed without a host fault). ``carbon_g_per_kwh`` is
     its declared carbon intensity (``None``: not declared).
+
+    Tenancy: ``owner`` is the account that registered the host; ``isolated`` says its agent
+    measured full isolation (:meth:`admits` strangers' code only then), ``verified`` that its
+    self-test matched the GPU catalog. The defaults (a fully isolated host of no account)
+    keep the simulator's fleets open to every renter.
     """
 
     host_id: str
@@ -34,6 +39,14 @@ class HostSpec:
     reliability_ppm: int = PPM
     energy_source: str = "unknown"
     carbon_g_per_kwh: int | None = None
+    owner: str = ""
+    isolated: bool = True
+    verified: bool = False
+
+    def admits(self, account: str, *, verified: bool = False) -> bool:
+        """Whether ``account``'s code may run here: a host that does not isolate fully runs
+        only its owner's code; a renter asking for ``verified`` hosts gets only those."""
+        return (self.isolated or account == self.owner) and (self.verified or not verified)
 
     def __post_init__(self) -> None:
         if not self.host_id:

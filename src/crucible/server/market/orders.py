@@ -41,7 +41,8 @@ class LeaseRequest:
     is for interruptible requests only: ``None`` bids each host's minimum. ``max_price``
     bounds the unit price paid (``None``: no bound). ``memory_gib`` is per node, for CPU-only
     requests. ``lease_id`` names the lease (node ``i`` of a multi-node request is
-    ``f"{lease_id}.{i}"``); quotes leave it empty.
+    ``f"{lease_id}.{i}"``); quotes leave it empty. ``verified``: only hosts whose self-test
+    matched the catalog. Hosts that do not isolate fully serve only their owner's requests.
     """
 
     account: str
@@ -59,6 +60,7 @@ class LeaseRequest:
     # Only hosts at or below this carbon intensity (gCO2/kWh; undeclared hosts are above any
     # cap). None: no cap.
     max_carbon_g_per_kwh: int | None = None
+    verified: bool = False
 
     def __post_init__(self) -> None:
         what = "lease request"
@@ -112,6 +114,7 @@ class ReserveRequest:
     region: str | None = None
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
+    verified: bool = False
 
     def __post_init__(self) -> None:
         what = "reservation"

@@ -98,6 +98,7 @@ def host_fits(req: LeaseRequest, pool: PoolState, used: set[str]) -> bool:
         and (req.region is None or spec.region == req.region)
         and spec.reliability_ppm >= req.min_reliability_ppm
         and under_carbon_cap(req.max_carbon_g_per_kwh, spec.carbon_g_per_kwh)
+        and spec.admits(req.account, verified=req.verified)
     )
 
 
@@ -120,7 +121,8 @@ def _from_reservations(
             if block.host_id in used:
                 continue
             pool = st.pools[(block.host_id, model)]
-            if not pool.host.online:
+            # A host that stopped isolating fully since the reservation runs its owner only.
+            if not pool.host.online or not pool.host.spec.admits(req.account):
                 continue
             avail = [u for u in block.devices if u not in pool.held]
             if len(avail) >= req.count:

@@ -14,7 +14,14 @@ from crucible.server.market.rules import under_carbon_cap
 from crucible.server.market.state import MarketState, PoolState
 from crucible.server.market.terms import RefusalCode, Tier
 
-__all__ = ["min_winning_bid", "refuse_lease", "refuse_reservation", "with_winning_bid"]
+__all__ = [
+    "min_winning_bid",
+    "not_isolated",
+    "refuse_lease",
+    "refuse_reservation",
+    "unverified",
+    "with_winning_bid",
+]
 
 
 def _names(models: list[str] | tuple[str, ...]) -> str:
@@ -60,6 +67,27 @@ def _reserved_refusal(st: MarketState, req: LeaseRequest, now: int) -> Refusal:
     )
 
 
+def not_isolated(what: str, nodes: int) -> Refusal:
+    """Every host that has ``what`` runs code without full isolation, and only its owner's."""
+    return Refusal(
+        RefusalCode.NOT_ISOLATED,
+        f"no fully isolated host has {what} for {nodes} node(s): the hosts that have them "
+        "do not isolate fully (e.g. runtime process), so they run only their owner's code. "
+        "Wait for a fully isolated host (`crucible market hosts` shows each host's "
+        "isolation), or run it on a host of your own account.",
+    )
+
+
+def unverified(what: str, nodes: int) -> Refusal:
+    """verified=True was asked, and no host with ``what`` open to the renter is verified."""
+    return Refusal(
+        RefusalCode.UNVERIFIED,
+        f"no verified host has {what} for {nodes} node(s): you asked for verified hosts, and "
+        "the hosts that have them did not pass the self-test against the GPU catalog "
+        "(`crucible market hosts` shows why). Drop verified=True, or try again later.",
+    )
+
+
 def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int) -> Refusal:
     """The most useful reason ``req`` cannot be placed now: the first constraint, in the
     order offer, size, filters, price, capacity, that rules out every type asked (one pass
@@ -67,13 +95,13 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
     if req.tier is Tier.RESERVED:
         return _reserved_refusal(st, req, now)
     names = _names(models)
-    listed = largest = big_nodes = fit_nodes = best_rel = 0
+    listed = largest = big_nodes = open_nodes = vetted_nodes = fit_nodes = best_rel = 0
     regions: set[str] = set()
     greenest: int | None = None  # the lowest declared intensity among hosts big enough
     cheapest_ask: int | None = None
     lowest_min: int | None = None
     for model in models:
-        big = fit = 0
+        big = opened = vetted = fit = 0
         for pool in st.pools_by_type.get(model, {}).values():
             units = pool.ix_units  # what the indexes hold: 0 when not listed
             if not units or pool.offer is None:
@@ -85,6 +113,12 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
                 continue
             big += 1
             spec = pool.host.spec
+            if not spec.admits(req.account):
+                continue
+            opened += 1
+            if not spec.admits(req.account, verified=req.verified):
+                continue
+            vetted += 1
             regions.add(spec.region)
             best_rel = max(best_rel, spec.reliability_ppm)
             if spec.carbon_g_per_kwh is not None:
@@ -104,6 +138,7 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             cheapest_ask = ask if cheapest_ask is None else min(cheapest_ask, ask)
             lowest_min = low if lowest_min is None else min(lowest_min, low)
         big_nodes, fit_nodes = max(big_nodes, big), max(fit_nodes, fit)
+        open_nodes, vetted_nodes = max(open_nodes, opened), max(vetted_nodes, vetted)
     if not listed:
         return Refusal(
             RefusalCode.NO_OFFER,
@@ -122,6 +157,10 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             f"only {big_nodes} hosts have {req.count} {names} on one node, and {req.nodes} "
             "nodes need as many distinct hosts.",
         )
+    if open_nodes < req.nodes:
+        return not_isolated(f"{req.count} {names}", req.nodes)
+    if vetted_nodes < req.nodes:
+        return unverified(f"{req.count} {names}", req.nodes)
     if fit_nodes < req.nodes:
         cap = req.max_carbon_g_per_kwh
         carbon = ""
@@ -206,6 +245,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is not None
                 and pool.listed
+                and pool.host.spec.admits(req.account, verified=req.verified)
                 and (req.region is None or pool.host.spec.region == req.region)
                 and pool.host.spec.reliability_ppm >= req.min_reliability_ppm
                 and under_carbon_cap(req.max_carbon_g_per_kwh, pool.host.spec.carbon_g_per_kwh)
@@ -228,6 +268,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is None
                 or not pool.listed
+                or not spec.admits(req.account, verified=req.verified)
                 or (req.region is not None and spec.region != req.region)
                 or spec.reliability_ppm < req.min_reliability_ppm
             ):
@@ -255,6 +296,11 @@ def refuse_reservation(st: MarketState, req: ReserveRequest) -> Refusal:
             f"{have} {req.count} {req.model} on one node; {req.nodes} block(s) need as many "
             "hosts. Reserve fewer devices per block or fewer blocks.",
         )
+    if sum(1 for p in listed if p.host.spec.admits(req.account)) < req.nodes:
+        return not_isolated(f"{req.count} {req.model}", req.nodes)
+    listed = [p for p in listed if p.host.spec.admits(req.account, verified=req.verified)]
+    if len(listed) < req.nodes:
+        return unverified(f"{req.count} {req.model}", req.nodes)
     fit = [
         p
         for p in listed

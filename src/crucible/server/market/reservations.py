@@ -139,6 +139,7 @@ def decide_reservation(st: MarketState, req: ReserveRequest, now: int) -> Reserv
                 spec.host_id in used
                 or (req.region is not None and spec.region != req.region)
                 or spec.reliability_ppm < req.min_reliability_ppm
+                or not spec.admits(req.account, verified=req.verified)
                 or (req.max_price is not None and offer.reserved > req.max_price)
             ):
                 continue

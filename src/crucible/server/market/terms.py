@@ -55,3 +55,5 @@ class RefusalCode(StrEnum):
     NO_CAPACITY = "no_capacity"  # everything that fits is taken by leases it may not preempt
     NO_RESERVATION = "no_reservation"  # tier=reserved with no active reservation that fits
     NOT_RESERVABLE = "not_reservable"  # CPU-only capacity is not sold as reservations (v1)
+    NOT_ISOLATED = "not_isolated"  # hosts that fit run only their owner's code (not isolated)
+    UNVERIFIED = "unverified"  # verified hosts were asked, and none that fits is verified

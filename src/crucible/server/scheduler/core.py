@@ -24,6 +24,11 @@ renters, and interruptible ones already yield to higher bids in the market); a C
 container, which holds no lease, yields to anyone's. The freed room is not used in the same
 plan: the work is placed once the stopped containers have ended (their resources show as
 ``freeing_*`` on the host meanwhile, so one shortage evicts only once).
+
+Tenancy: a host that does not isolate fully (its agent's measured report) runs only its
+owner's code, and a function that asks for verified hosts runs only on hosts whose
+self-test matched the catalog (:func:`may_run`); when no host may ever run a function for
+that reason, it is unschedulable with a reason that says so.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "StartContainer",
     "StopContainer",
     "Unschedulable",
+    "may_run",
     "plan",
     "retry_delay_ms",
 ]
@@ -69,6 +75,11 @@ class HostCapacity:
     freeing_cpu: float = 0.0
     freeing_memory_mib: int = 0
     freeing_gpus: set[int] = field(default_factory=set)
+    # Tenancy (see may_run): the account that registered the host, whether it isolates
+    # fully, whether its self-test verified it. The defaults: open to every account.
+    owner: str = ""
+    isolated: bool = True
+    verified: bool = False
 
     def free_gpus(self, model: str) -> list[int]:
         return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
@@ -113,7 +124,10 @@ class FunctionDemand:
     # Crash-loop backoff: no new container before this time (see loop._crash_loops).
     start_not_before_ms: int = 0
     inputs_per_container: int = 1  # @crucible.concurrent's target
-    account_id: str = ""  # whose work it is: GPU containers yield only to their own account
+    # Whose work it is: a host that does not isolate fully runs only its owner's code, and
+    # GPU containers yield (when idle) only to work of their own account.
+    account_id: str = ""
+    verified: bool = False  # run only on verified hosts
 
 
 @dataclass(frozen=True)
@@ -233,9 +247,15 @@ def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, n
     return have >= choice.count
 
 
+def may_run(host: HostCapacity, fn: FunctionDemand) -> bool:
+    """Whether ``fn``'s code may run on ``host`` at all: strangers' code only where the host
+    isolates fully, and only on verified hosts when the function asks for them."""
+    return (host.isolated or host.owner == fn.account_id) and (host.verified or not fn.verified)
+
+
 def _place(fn: FunctionDemand, hosts: list[HostCapacity]) -> StartContainer | None:
     for choice in _choices(fn):
-        fitting = [h for h in hosts if _fits(h, fn, choice, now=True)]
+        fitting = [h for h in hosts if may_run(h, fn) and _fits(h, fn, choice, now=True)]
         if not fitting:
             continue
 
@@ -339,6 +359,7 @@ def _make_room(
     that is enough, else the fewest longest-idle containers on one host are stopped (appended
     to ``stops``). False when no idle container can make room."""
     by_id = {h.id: h for h in hosts}
+    hosts = [h for h in hosts if may_run(h, fn)]  # a stranger's work evicts nothing elsewhere
     for choice in _choices(fn):
         for h in hosts:
             if _free_after_stops(h, fn, choice):
@@ -381,6 +402,29 @@ def _make_room(
         stops.append(StopContainer(c.view.id, "yield"))
     _claim_freeing(host, fn, best_choice)
     return True
+
+
+def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
+    """Why no known host may ever run ``fn``, in words the builder can act on."""
+    request = _describe_request(fn)
+    sized = [h for h in known if any(_fits(h, fn, ch, now=False) for ch in _choices(fn))]
+    if not sized:
+        return (
+            f"no host can ever run this function ({request}): {_describe_largest(known)}. "
+            "Lower the request, add a fallback with gpu=[...], or add a host that has it."
+        )
+    if not any(h.isolated or h.owner == fn.account_id for h in sized):
+        return (
+            f"no fully isolated host can run this function ({request}): the hosts big enough "
+            "do not isolate fully (e.g. runtime process), so they run only their owner's "
+            "code. Add a fully isolated host (docs/sandbox.md), or run it on a host of your "
+            "own account."
+        )
+    return (
+        f"no verified host can run this function ({request}): it asks for verified=True, and "
+        "the hosts big enough did not pass the self-test against the GPU catalog "
+        "(`crucible hosts` shows why). Drop verified=True, or add a verified host."
+    )
 
 
 def plan(
@@ -453,24 +497,25 @@ def plan(
     for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
-        ever_fits = any(_fits(h, fn, ch, now=False) for h in known for ch in _choices(fn))
+        ever_fits = any(
+            may_run(h, fn) and _fits(h, fn, ch, now=False) for h in known for ch in _choices(fn)
+        )
         if not ever_fits:
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
-            message = (
-                f"no host can ever run this function ({_describe_request(fn)}): "
-                f"{_describe_largest(known)}. Lower the request, add a fallback with "
-                "gpu=[...], or add a host that has it."
-            )
             if fn.queued and waited >= policy.unschedulable_grace_ms:
-                result.unschedulable.append(Unschedulable(fn.id, message))
+                result.unschedulable.append(Unschedulable(fn.id, _never_reason(fn, known)))
             elif fn.queued:
-                result.waiting[fn.id] = message
+                result.waiting[fn.id] = _never_reason(fn, known)
             continue
-        if fn.queued and not any(_fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)):
+        if fn.queued and not any(
+            may_run(h, fn) and _fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)
+        ):
             lost = sum(
                 1
                 for h in known
-                if h.id not in by_host and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
+                if h.id not in by_host
+                and may_run(h, fn)
+                and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
             )
             result.waiting[fn.id] = (
                 f"no live host can run this function ({_describe_request(fn)}): "
@@ -511,4 +556,4 @@ def plan(
 def _fits_any_now(fn: FunctionDemand, hosts: list[HostCapacity]) -> bool:
     """Whether some live host has the room now (a placer that still refused did so for a
     reason other than room, which stopping containers would not fix)."""
-    return any(_fits(h, fn, ch, now=True) for h in hosts for ch in _choices(fn))
+    return any(may_run(h, fn) and _fits(h, fn, ch, now=True) for h in hosts for ch in _choices(fn))

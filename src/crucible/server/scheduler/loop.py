@@ -525,6 +525,7 @@ class SchedulerLoop:
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),
                     account_id=r.account_id,
+                    verified=terms[r.id].verified,
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -556,6 +557,9 @@ class SchedulerLoop:
                 used_cpu=u.get("cpu", 0.0),
                 used_memory_mib=u.get("memory_mib", 0),
                 used_gpus=set(u.get("gpus", set())),
+                owner=h.row.account_id,
+                isolated=bool(h.row.isolated),
+                verified=bool(h.row.verified),
             )
             if h.row.id in freeing:
                 cap.freeing_cpu, cap.freeing_memory_mib, cap.freeing_gpus = freeing[h.row.id]

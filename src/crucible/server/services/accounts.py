@@ -10,6 +10,7 @@ from crucible.errors import AuthError, ConflictError, NotFoundError, PermissionD
 from crucible.protocol.accounts import AccountInfo, Scope, TokenCreate, TokenCreated, TokenInfo
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, hash_token, new_api_token, verify_container_token
+from crucible.server.services import audit
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts, containers, tokens
 
@@ -42,6 +43,9 @@ def create_account(conn: Connection, principal: Principal, name: str, now_ms: in
     if conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
         raise ConflictError(f"an account named {name!r} exists; pick another name")
     account_id = ensure_account(conn, name, now_ms)
+    audit.record(
+        conn, principal, "account.create", account_id, now_ms, account_id=account_id, name=name
+    )
     return AccountInfo(id=account_id, name=name, created_ms=now_ms)
 
 
@@ -92,7 +96,18 @@ def create_token(
         raise PermissionDeniedError("only an admin token can create admin tokens")
     if principal.scope not in (Scope.ADMIN, Scope.USER):
         raise PermissionDeniedError("host and container tokens cannot create tokens")
-    return issue_token(conn, account_id, req.scope, req.name, now_ms)
+    made = issue_token(conn, account_id, req.scope, req.name, now_ms)
+    audit.record(
+        conn,
+        principal,
+        "token.create",
+        made.id,
+        now_ms,
+        account_id=account_id,
+        scope=req.scope.value,
+        name=req.name,
+    )
+    return made
 
 
 def list_tokens(conn: Connection, principal: Principal) -> list[TokenInfo]:
@@ -120,6 +135,14 @@ def revoke_token(conn: Connection, state: ServerState, principal: Principal, tok
     )
     if result.rowcount == 0:
         raise NotFoundError(f"token {token_id} not found")
+    audit.record(
+        conn,
+        principal,
+        "token.revoke",
+        token_id,
+        state.clock.now_ms(),
+        account_id=principal.account_id,
+    )
     state.token_cache.clear()
 
 

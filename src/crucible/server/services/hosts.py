@@ -10,15 +10,25 @@ from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
-from crucible.protocol.hosts import HostInfo, HostRegister, Inventory
+from crucible.protocol.hosts import (
+    HostInfo,
+    HostRegister,
+    HostVerification,
+    Inventory,
+    IsolationReport,
+    SelfTestResult,
+)
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, container_token
 from crucible.server.billing.service import meter_containers
+from crucible.server.services import audit
 from crucible.server.services.calls import requeue_calls_of_container
 from crucible.server.store.tables import containers, functions, hosts
+from crucible.server.verification import verify
 
 __all__ = [
     "LIVE_CONTAINER_STATES",
+    "apply_self_test",
     "assignments_for_host",
     "end_container",
     "host_info",
@@ -41,6 +51,8 @@ def _require_host_scope(principal: Principal) -> None:
 
 def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
     usage = usage or {}
+    isolation = row.isolation
+    verification = row.verification
     return HostInfo(
         id=row.id,
         name=row.name,
@@ -63,6 +75,12 @@ def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
         carbon_source="grid" if row.carbon_now_g_per_kwh is not None else "declared",
         carbon_note=row.carbon_note,
         energy_readings_dropped=row.energy_readings_dropped or 0,
+        isolation=None if isolation is None else IsolationReport.model_validate(isolation),
+        isolated=bool(row.isolated),
+        verified=bool(row.verified),
+        verification=(
+            None if verification is None else HostVerification.model_validate(verification)
+        ),
     )
 
 
@@ -98,11 +116,26 @@ def host_usage(conn: Connection, host_ids: list[str] | None = None) -> dict[str,
 
 
 def register_host(
-    conn: Connection, principal: Principal, req: HostRegister, now_ms: int
+    conn: Connection,
+    principal: Principal,
+    req: HostRegister,
+    now_ms: int,
+    *,
+    allow_fake_gpus: bool = False,
 ) -> HostInfo:
     """Register (or re-register) the host ``req.name`` of the token's account; the same name
-    gets the same id back, so an agent restart keeps its host."""
+    gets the same id back, so an agent restart keeps its host. Its isolation report is stored
+    and its self-test verified (:func:`apply_self_test`). Hosts with declared fake GPUs are
+    refused unless ``allow_fake_gpus`` (the server's dev mode)."""
     _require_host_scope(principal)
+    if not allow_fake_gpus and (
+        any(g.fake for g in req.inventory.gpus) or any(r.fake for r in req.self_test)
+    ):
+        raise PermissionDeniedError(
+            "this host declares fake GPUs (`--fake-gpus`), which only a development exchange "
+            "accepts (CRUCIBLE_DEV_MODE=1 on the server, as `crucible up` runs it); run the "
+            "agent without --fake-gpus to offer the real devices"
+        )
     row = conn.execute(
         select(hosts).where(hosts.c.account_id == principal.account_id, hosts.c.name == req.name)
     ).first()
@@ -112,6 +145,9 @@ def register_host(
         "inventory": req.inventory.model_dump(mode="json"),
         "agent_version": req.agent_version,
         "last_seen_ms": now_ms,
+        # No report (an older agent) is runtime "process": its owner's code only.
+        "isolation": None if req.isolation is None else req.isolation.model_dump(mode="json"),
+        "isolated": req.isolation is not None and req.isolation.full(),
     }
     if req.energy_source is not None:
         values["energy_source"] = req.energy_source
@@ -131,7 +167,44 @@ def register_host(
     else:
         host_id = row.id
         conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+    apply_self_test(conn, host_id, req.inventory, req.self_test, now_ms)
     return require_host(conn, principal, host_id)
+
+
+def apply_self_test(
+    conn: Connection,
+    host_id: str,
+    inventory: Inventory | None,
+    results: list[SelfTestResult],
+    now_ms: int,
+) -> HostVerification:
+    """Verify a host's self-test ``results`` against the catalog and store the verdict with
+    its figures (``inventory`` None: the host's stored one). The host's first verdict and
+    each change of verdict are audited (not every hourly rerun that changes nothing)."""
+    row = conn.execute(
+        select(hosts.c.inventory, hosts.c.verified, hosts.c.verification).where(
+            hosts.c.id == host_id
+        )
+    ).one()
+    inv = inventory if inventory is not None else Inventory.model_validate(row.inventory)
+    verdict = verify(inv, results, now_ms)
+    conn.execute(
+        update(hosts)
+        .where(hosts.c.id == host_id)
+        .values(verified=verdict.verified, verification=verdict.model_dump(mode="json"))
+    )
+    if row.verification is None or bool(row.verified) != verdict.verified:
+        audit.record(
+            conn,
+            None,
+            "host.verification",
+            host_id,
+            now_ms,
+            verified=verdict.verified,
+            was_verified=bool(row.verified),
+            reason=verdict.reason,
+        )
+    return verdict
 
 
 def require_host(conn: Connection, principal: Principal, host_id: str) -> HostInfo:

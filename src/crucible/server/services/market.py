@@ -81,6 +81,7 @@ class MarketTerms:
     min_reliability_ppm: int = 0
     prefer: Prefer = Prefer.CHEAPEST
     max_carbon_g_per_kwh: int | None = None
+    verified: bool = False
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
@@ -93,6 +94,7 @@ class MarketTerms:
             min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
             prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
             max_carbon_g_per_kwh=m.get("max_carbon_g_per_kwh"),
+            verified=bool(m.get("verified", False)),
         )
 
 
@@ -161,6 +163,9 @@ _SEL_HOSTS = select(
     hosts.c.draining,
     hosts.c.leases_ended,
     hosts.c.leases_faulted,
+    hosts.c.account_id,
+    hosts.c.isolated,
+    hosts.c.verified,
 )
 # Offers change only through the API (which calls offers_changed); re-read them anyway this
 # often, in case another process wrote them.
@@ -175,6 +180,9 @@ def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
         reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
         energy_source=r.energy_source,
         carbon_g_per_kwh=r.carbon_g_per_kwh,
+        owner=r.account_id,
+        isolated=bool(r.isolated),
+        verified=bool(r.verified),
     )
 
 
@@ -267,6 +275,8 @@ class LiveMarket:
                 r.draining,
                 r.leases_ended,
                 r.leases_faulted,
+                r.isolated,
+                r.verified,
             )
             if not reread and self._seen.get(r.id) == key:
                 continue
@@ -388,6 +398,7 @@ class LiveMarket:
             prefer=terms.prefer,
             lease_id=lease_id,
             max_carbon_g_per_kwh=terms.max_carbon_g_per_kwh,
+            verified=terms.verified,
         )
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
 from crucible.protocol.market import (
     EarningsLine,
     EarningsReport,
@@ -22,6 +23,7 @@ from crucible.protocol.market import (
 from crucible.server.auth import Principal
 from crucible.server.billing.ledger import MS_PER_DAY, PLATFORM_FEES
 from crucible.server.market import CPU
+from crucible.server.services import audit
 from crucible.server.services.market import default_offer, host_reliability_ppm, offer_of_row
 from crucible.server.store.tables import (
     containers,
@@ -86,15 +88,31 @@ def set_offer(
         .values(host_id=host_id, device_type=req.device_type, **values)
         .on_conflict_do_update(index_elements=["host_id", "device_type"], set_=values)
     )
+    audit.record(
+        conn,
+        principal,
+        "host.offer",
+        host_id,
+        now_ms,
+        account_id=row.account_id,
+        **req.model_dump(mode="json"),
+    )
 
 
 def set_profile(
-    conn: Connection, principal: Principal, host_id: str, req: HostProfileUpdate
+    conn: Connection,
+    principal: Principal,
+    host_id: str,
+    req: HostProfileUpdate,
+    now_ms: int,
 ) -> None:
-    _owned_host(conn, principal, host_id)
+    row = _owned_host(conn, principal, host_id)
     values = req.model_dump(exclude_none=True)
     if values:
         conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+        audit.record(
+            conn, principal, "host.profile", host_id, now_ms, account_id=row.account_id, **values
+        )
 
 
 def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMarketInfo:
@@ -133,6 +151,14 @@ def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMark
         energy_source=row.energy_source,
         carbon_g_per_kwh=row.carbon_g_per_kwh,
         offers=offers,
+        isolated=bool(row.isolated),
+        isolation=isolation_summary(
+            None if row.isolation is None else IsolationReport.model_validate(row.isolation)
+        ),
+        verified=bool(row.verified),
+        verification=(
+            None if row.verification is None else HostVerification.model_validate(row.verification)
+        ),
     )
 
 

@@ -84,6 +84,7 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         min_reliability_ppm=req.min_reliability_ppm,
         prefer=Prefer(req.prefer),
         max_carbon_g_per_kwh=req.max_carbon_g_per_kwh,
+        verified=req.verified,
     )
     with live.lock:
         q = live.market.quote(lease_req, max(now_ms, live.market.now_ms))
@@ -180,6 +181,7 @@ def reserve(
         region=req.region,
         min_reliability_ppm=req.min_reliability_ppm,
         prefer=Prefer(req.prefer),
+        verified=req.verified,
     )
     if rreq.end_ms <= rreq.start_ms:
         raise InvalidRequestError("the reservation's window has already ended; start it later")

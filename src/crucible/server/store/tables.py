@@ -26,6 +26,7 @@ from sqlalchemy import (
 __all__ = [
     "accounts",
     "apps",
+    "audit_log",
     "blobs",
     "call_attempts",
     "call_inbox",
@@ -121,6 +122,14 @@ hosts = Table(
     Column("carbon_now_g_per_kwh", Integer),
     Column("carbon_note", String(300)),
     Column("energy_readings_dropped", BigInteger, nullable=False, default=0),
+    # What the host's agent measured it enforces (protocol IsolationReport; NULL: an older
+    # agent, treated as runtime "process"): strangers' code runs only where it is full.
+    Column("isolation", JSON),
+    Column("isolated", Boolean, nullable=False, default=False),  # the report's full()
+    # The server's verdict on the agent's self-test figures against the GPU catalog, and
+    # the figures with the reason (protocol HostVerification).
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("verification", JSON),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -516,4 +525,21 @@ volume_versions = Table(
     Column("changed", Integer, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("origin", String(40), nullable=False),
+)
+
+# Privileged actions (tokens, accounts, credits, prices, drains, verification results), in
+# the order they were taken; read by admins only (GET /v1/audit, `crucible audit`).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("actor_account_id", String(32)),  # NULL: the server itself (e.g. a verification)
+    Column("actor_token_id", String(32)),
+    Column("action", String(64), nullable=False),  # e.g. token.create, credits.grant
+    Column("target", String(128), nullable=False),  # the id the action was taken on
+    Column("account_id", String(32)),  # the account affected, when there is one
+    Column("detail", JSON, nullable=False),
+    Index("ix_audit_log_action", "action", "id"),
+    Index("ix_audit_log_ts", "ts_ms"),
 )

@@ -1,0 +1,175 @@
+"""Isolation and verification through the API on SQLite and PostgreSQL: hosts store their
+agent's isolation report and self-test; the server verifies the figures against the
+catalog (at registration and when a sync brings fresh ones), shows both in the host list
+and the market, audits each verdict, refuses fake GPUs outside dev mode, and the scheduler
+places a stranger's calls only on fully isolated hosts and verified=True calls only on
+verified hosts, failing them otherwise with a reason that says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crucible.protocol.accounts import Scope
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.server.scheduler.loop import SchedulerLoop
+
+from server_testlib import (
+    FULL_ISOLATION,
+    PROCESS_ISOLATION,
+    MakeServer,
+    ServerUnderTest,
+    error_code,
+)
+
+H100_REAL = [{"index": 0, "model": "H100", "memory_mib": 81559, "uuid": "GPU-real-0"}]
+H100_FAKE = [{**H100_REAL[0], "uuid": "GPU-fake-0", "fake": True}]
+
+
+def self_test(share: float = 0.7, cores: float = 7.8) -> list[dict[str, Any]]:
+    spec = GPU_CATALOG["H100"]
+    return [
+        {
+            "kind": "gpu",
+            "device_index": 0,
+            "model": "H100",
+            "figures": {
+                "matmul_tflops": spec.matmul_tflops * share,
+                "mem_bandwidth_gbs": spec.mem_bandwidth_gbs * share,
+            },
+            "measured_ms": 800,
+        },
+        {
+            "kind": "cpu",
+            "model": "cpu",
+            "figures": {"cores": cores, "mem_bandwidth_gbs": 9.5},
+            "measured_ms": 300,
+        },
+    ]
+
+
+def register(server: ServerUnderTest, token: str, gpus: list[Any], **body: Any) -> Any:
+    inv = {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 0, "gpus": gpus}
+    return server.request(
+        "POST",
+        "/v1/hosts/register",
+        token=token,
+        json={"name": "gpu-1", "inventory": inv, **body},
+    )
+
+
+def test_fake_gpus_are_refused_outside_dev_mode(make_server: MakeServer) -> None:
+    prod = make_server(dev_mode=False)
+    r = register(prod, prod.tenant("hoster", Scope.HOST).token, H100_FAKE)
+    assert r.status_code == 403 and error_code(r) == "forbidden"
+    assert "CRUCIBLE_DEV_MODE" in r.json()["error"]["message"]
+    dev = make_server()  # dev mode: registered, never verified
+    info = register(dev, dev.tenant("hoster", Scope.HOST).token, H100_FAKE, self_test=[]).json()
+    assert info["verified"] is False
+    assert info["verification"]["reason"] == "declared fake GPUs are never verified"
+
+
+def test_self_test_figures_are_verified_shown_updated_and_audited(server: ServerUnderTest) -> None:
+    host_token = server.tenant("hoster", Scope.HOST).token
+    info = register(server, host_token, H100_REAL, self_test=self_test()).json()
+    assert info["verified"] is True and "692 TFLOPS" in info["verification"]["reason"]
+    assert info["isolated"] is False and info["isolation"] is None
+    renter = server.tenant("renter").token
+    [listed] = server.ok("GET", "/v1/hosts", token=renter)
+    assert listed["verified"] is True and listed["verification"]["results"][0]["model"] == "H100"
+    [market] = server.ok("GET", "/v1/market/hosts", token=renter)
+    assert market["verified"] is True and market["isolated"] is False
+    assert market["isolation"].startswith("process: no isolation report")
+
+    # A periodic self-test finds the card throttled: the host is no longer verified.
+    sync = {"containers": [], "self_test": self_test(share=0.2)}
+    server.ok("POST", f"/v1/hosts/{info['id']}/sync", token=host_token, json=sync)
+    [listed] = server.ok("GET", "/v1/hosts", token=renter)
+    assert listed["verified"] is False
+    assert "GPU 0 (H100): 198 TFLOPS measured, 20%" in listed["verification"]["reason"]
+
+    # The same verdict again (the next hourly rerun) is not audited again.
+    server.ok("POST", f"/v1/hosts/{info['id']}/sync", token=host_token, json=sync)
+
+    admin = server.tenant("operator", Scope.ADMIN).token
+    audit = server.ok("GET", "/v1/audit?action=host.verification", token=admin)["entries"]
+    assert [(e["target"], e["detail"]["verified"]) for e in audit] == [
+        (info["id"], False),
+        (info["id"], True),
+    ]
+    assert audit[0]["actor_account_id"] is None  # the server's own verdict
+
+
+def _fails_with(server: ServerUnderTest, token: str, call_id: str, words: str) -> None:
+    info = server.ok("GET", f"/v1/calls/{call_id}", token=token)
+    assert info["state"] == "failed", info
+    assert info["error"]["code"] == "resources_unsatisfiable"
+    assert words in info["error"]["message"], info["error"]["message"]
+
+
+def test_the_scheduler_keeps_strangers_off_process_hosts(make_server: MakeServer) -> None:
+    server = make_server(unschedulable_grace_s=0)
+    owner = server.tenant("alice").token
+    server.register_host(
+        server.tenant("alice", Scope.HOST).token, "alice-laptop", isolation=PROCESS_ISOLATION
+    )
+    stranger = server.tenant("bob").token
+    bob_fn = server.new_function(stranger, server.new_app(stranger), server.put_blob(stranger))
+    [bob_call] = server.new_calls(stranger, bob_fn)
+    alice_fn = server.new_function(owner, server.new_app(owner), server.put_blob(owner))
+    server.new_calls(owner, alice_fn)
+    SchedulerLoop(server.state).tick()
+    _fails_with(server, stranger, bob_call, "no fully isolated host can run this function")
+    [host] = server.ok("GET", "/v1/hosts", token=owner)
+    assert host["containers"] == 1  # alice's, and only alice's
+    # A fully isolated host of a third account takes bob's next call.
+    server.register_host(server.tenant("carol", Scope.HOST).token, "carol-box")
+    server.new_calls(stranger, bob_fn)
+    SchedulerLoop(server.state).tick()
+    by_name = {h["name"]: h for h in server.ok("GET", "/v1/hosts", token=owner)}
+    assert by_name["carol-box"]["containers"] == 1 and by_name["carol-box"]["isolated"] is True
+
+
+def test_verified_functions_run_only_on_verified_hosts(make_server: MakeServer) -> None:
+    server = make_server(unschedulable_grace_s=0)
+    builder = server.tenant("dana").token
+    server.register_host(server.tenant("erin", Scope.HOST).token, "unverified-box")
+    fn = server.new_function(
+        builder,
+        server.new_app(builder),
+        server.put_blob(builder),
+        market={"verified": True},
+    )
+    [call] = server.new_calls(builder, fn)
+    SchedulerLoop(server.state).tick()
+    _fails_with(server, builder, call, "no verified host can run this function")
+    quote = server.ok(
+        "POST", "/v1/market/quote", token=builder, json={"gpu": "H100", "verified": True}
+    )
+    assert quote["available"] is False and quote["refusal"] in ("unverified", "no_offer")
+    # A verified, fully isolated host comes: the next call runs there.
+    made = register(
+        server,
+        server.tenant("frank", Scope.HOST).token,
+        H100_REAL,
+        self_test=self_test(),
+        isolation=FULL_ISOLATION.model_dump(mode="json"),
+    ).json()
+    assert made["verified"] is True and made["isolated"] is True
+    server.new_calls(builder, fn)
+    SchedulerLoop(server.state).tick()
+    by_name = {h["name"]: h for h in server.ok("GET", "/v1/hosts", token=builder)}
+    assert by_name["gpu-1"]["containers"] == 1 and by_name["unverified-box"]["containers"] == 0
+
+
+def test_the_market_follows_a_host_that_stops_isolating(server: ServerUnderTest) -> None:
+    hoster = server.tenant("gina", Scope.HOST).token
+    renter = server.tenant("hank").token
+    server.register_host(hoster, "gpu-box", gpus=H100_FAKE)  # fully isolated
+    quote = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert quote["available"] is True
+    # The agent restarts on the process runtime (an older agent: no report at all).
+    server.register_host(hoster, "gpu-box", isolation=None, gpus=H100_FAKE)
+    quote = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert quote["available"] is False and quote["refusal"] == "not_isolated"
+    owner = server.tenant("gina").token
+    assert server.ok("POST", "/v1/market/quote", token=owner, json={"gpu": "H100"})["available"]
