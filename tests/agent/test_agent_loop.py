@@ -139,7 +139,10 @@ def run_agent(tmp_path: Path) -> Iterator[RunAgent]:
 
     def start(url: str, **kw: Any) -> tuple[Agent, threading.Thread]:
         settings = Settings(
-            agent_dir=str(tmp_path / "agent"), heartbeat_interval_s=0.1, stop_grace_s=0.5
+            agent_dir=str(tmp_path / "agent"),
+            heartbeat_interval_s=0.1,
+            stop_grace_s=0.5,
+            runtime="process",  # worker_argv replaces the worker: the process runtime's
         )
         agent = Agent(
             settings,

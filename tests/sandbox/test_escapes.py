@@ -116,8 +116,10 @@ def test_image_code_and_root_are_read_only(apps: None) -> None:
 def test_no_network_unless_asked(apps: None, sandboxed: Exchange) -> None:
     assert attack(h.connect, "127.0.0.1", sandboxed.port) in {"ECONNREFUSED", "ENETUNREACH"}
     assert h.connect.remote("1.1.1.1", 53) in {"ENETUNREACH", "EHOSTUNREACH"}
-    # network=True shares the host's network: the same port answers.
-    assert h.connect_with_network.remote("127.0.0.1", sandboxed.port) == "connected"
+    # network=True would need egress that keeps the sandbox off the host's loopback and
+    # link-local addresses; this agent has none, so it refuses, saying why.
+    with pytest.raises(crucible.ContainerExitedError, match="network=True is refused"):
+        h.connect_with_network.remote("127.0.0.1", sandboxed.port)
 
 
 def test_fork_bomb_hits_the_process_limit(apps: None) -> None:

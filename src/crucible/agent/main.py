@@ -33,7 +33,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from crucible.agent.inventory import detect_inventory
-from crucible.agent.runtimes import build_runtime
+from crucible.agent.runtimes import build_runtime, measure_isolation
 from crucible.errors import (
     AuthError,
     Error,
@@ -43,7 +43,14 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.protocol.containers import ContainerReport
-from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply, Inventory
+from crucible.protocol.hosts import (
+    HostInfo,
+    HostRegister,
+    HostSync,
+    HostSyncReply,
+    Inventory,
+    IsolationReport,
+)
 from crucible.protocol.transport import Transport
 from crucible.settings import Settings
 
@@ -119,6 +126,7 @@ class Agent:
         self._report_lock = threading.Lock()
         self._seq = 0  # HostSync.seq of the last sync numbered since the last registration
         self._host_id: str | None = None
+        self.isolation: IsolationReport | None = None  # measured once, at the start of run()
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._stopping = False
         self._stop = threading.Event()
@@ -155,7 +163,9 @@ class Agent:
         )
         try:
             # Fail fast on a misconfigured inventory before contacting anyone.
-            self._register(self._inventory())
+            inventory = self._inventory()
+            self.isolation = self._measure_isolation(inventory)
+            self._register(inventory)
             if self._stop.is_set():
                 return
             exit_reporter.start()
@@ -179,6 +189,19 @@ class Agent:
             host_name=self.name,
         )
 
+    def _measure_isolation(self, inventory: Inventory) -> IsolationReport:
+        report = measure_isolation(self.runtime, gpu_indices=[g.index for g in inventory.gpus])
+        if report.full():
+            log.info("isolation (%s): full; strangers' code may run here", report.runtime)
+        else:
+            log.warning(
+                "isolation (%s): not full, so the server places only this host owner's code "
+                "here:\n  - %s",
+                report.runtime,
+                "\n  - ".join(report.problems) or "no detail",
+            )
+        return report
+
     def _register(self, inventory: Inventory | None = None) -> None:
         """Register (again), retrying transient failures until it works or shutdown.
 
@@ -193,6 +216,7 @@ class Agent:
                 carbon_g_per_kwh=self.carbon_g_per_kwh,
                 inventory=inventory or self._inventory(),
                 agent_version=agent_version(),
+                isolation=self.isolation,
             )
             try:
                 data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))
