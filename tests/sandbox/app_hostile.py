@@ -356,3 +356,15 @@ def stash(marker: str) -> str:
 @newcomers.function(timeout=30)
 def hello() -> str:
     return "hello"
+
+
+gpus = crucible.App("gpu-tenant")
+
+
+@gpus.function(gpu="H100", timeout=30)
+def gpu_devices() -> dict[str, Any]:
+    """The GPU device nodes this container sees, and what CUDA is told."""
+    return {
+        "dev": sorted(d for d in os.listdir("/dev") if d.startswith("nvidia")),
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

@@ -22,7 +22,6 @@ import app_hostile as h
 import pytest
 from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
-import crucible
 from crucible.agent.uids import processes_of_uid
 
 from harness import Exchange, wait_for
