@@ -253,7 +253,7 @@ class Settings:
         "CRUCIBLE_SANDBOX_UID_BASE",
         "First host uid of the range the agent (as root) gives its sandboxes, one uid per "
         "live sandbox (process limits, signals and files are per sandbox). Keep it clear of "
-        "real users and of /etc/subuid ranges.",
+        "real users and of /etc/subuid ranges, and the range below 2147483648.",
     )
     sandbox_uid_count: int = _opt(
         65536,

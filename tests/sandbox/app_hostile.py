@@ -368,3 +368,10 @@ def gpu_devices() -> dict[str, Any]:
         "dev": sorted(d for d in os.listdir("/dev") if d.startswith("nvidia")),
         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+
+
+@app.function(cpu=1.5, timeout=30)
+def hold(seconds: float) -> str:
+    """Occupy a container (cpu=1.5) for ``seconds``."""
+    time.sleep(seconds)
+    return "held"

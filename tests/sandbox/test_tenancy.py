@@ -27,7 +27,7 @@ from crucible.agent.uids import processes_of_uid
 from harness import Exchange, wait_for
 
 # A uid range of this exchange's own, so the test can tell its sandboxes' processes apart.
-UID_BASE = 2_100_000_000 + random.randrange(0, 1_000_000) * 64
+UID_BASE = 2_100_000_000 + random.randrange(0, 500_000) * 64  # below 2**31 (bwrap)
 UID_COUNT = 64
 TENANCY_ENV = {
     **SANDBOX_ENV,

@@ -123,7 +123,7 @@ class _Zygote:
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
     uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
 
-    def apply_memory_limit(self) -> None:
+    def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
             self.cgroup.set_memory_limit(self.baseline + sum(self.reserved.values()) + _SLACK)
         if self.cgroup is not None and self.cgroup.cpu_file is not None:
@@ -355,7 +355,7 @@ class SandboxRuntime:
             z.containers.add(cid)
             z.reserved[cid] = a.resources.memory_mib * 1024 * 1024
             z.cpus[cid] = float(a.resources.cpu)
-            z.apply_memory_limit()
+            z.apply_limits()
         try:
             sent = z.proc.send(msg, [log_fd])
         finally:
@@ -513,7 +513,7 @@ class SandboxRuntime:
             if op == "ready":
                 if z is not None and z.cgroup is not None:
                     z.baseline = max(z.cgroup.memory_usage(), 16 << 20)
-                    z.apply_memory_limit()
+                    z.apply_limits()
                 log.info(
                     "zygote %s ready in %.2f s (preloaded %s%s)",
                     key,
@@ -543,7 +543,7 @@ class SandboxRuntime:
                     z.containers.discard(str(msg.get("cid")))
                     z.cpus.pop(str(msg.get("cid")), None)
                     if z.reserved.pop(str(msg.get("cid")), None) is not None:
-                        z.apply_memory_limit()
+                        z.apply_limits()
                     if not z.containers:
                         z.idle_since = time.monotonic()
                 if box is not None and box.state != "exited":
@@ -631,7 +631,7 @@ class SandboxRuntime:
                     z.containers.discard(cid)
                     z.cpus.pop(cid, None)
                     if z.reserved.pop(cid, None) is not None:
-                        z.apply_memory_limit()
+                        z.apply_limits()
             self._finish(box, None, "start_failed", message)
         self._notify(box)
 

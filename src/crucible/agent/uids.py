@@ -24,6 +24,9 @@ from pathlib import Path
 
 __all__ = ["SandboxUid", "UidPool", "can_switch_uids", "processes_of_uid"]
 
+# bwrap writes the uid map with a signed int: uids from 2**31 on fail ("setting up uid map").
+_UID_LIMIT = 2**31 - 1
+
 
 def can_switch_uids() -> bool:
     """Whether this process may run sandboxes as other uids (it is root)."""
@@ -74,10 +77,10 @@ class UidPool:
     """Hands out uids ``base .. base + count - 1``, each to one sandbox at a time."""
 
     def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
-        if base < 1000 or count < 1 or base + count > 2**32 - 2:
+        if base < 1000 or count < 1 or base + count > _UID_LIMIT:
             raise ValueError(
                 f"sandbox uid range {base}+{count} is not usable: pick a base of at least 1000 "
-                "and a range that ends below 4294967294 (CRUCIBLE_SANDBOX_UID_BASE/COUNT)"
+                f"and a range that ends by {_UID_LIMIT} (CRUCIBLE_SANDBOX_UID_BASE/COUNT)"
             )
         self.base = base
         self.count = count
