@@ -375,3 +375,16 @@ def hold(seconds: float) -> str:
     """Occupy a container (cpu=1.5) for ``seconds``."""
     time.sleep(seconds)
     return "held"
+
+
+owners = crucible.App("host-owner")  # the host's owner's own code (test_escapes.py)
+
+
+@owners.function(timeout=30, network=True)
+def owner_connect_with_network(host: str, port: int) -> str:
+    return connect.raw_f(host, port)
+
+
+@owners.function(timeout=30)
+def owner_connect(host: str, port: int) -> str:
+    return connect.raw_f(host, port)

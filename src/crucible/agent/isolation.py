@@ -273,7 +273,8 @@ def judge(seen: dict[str, Any], cfg: SandboxConfig, max_pids: int) -> IsolationR
             + ")"
         )
     problems.append(
-        "network=True functions are refused: the agent has no filtered egress for sandboxes"
+        "network=True: refused for other accounts' code (the agent has no filtered egress for "
+        "sandboxes); only the host owner's own code may have the host's network"
     )
     return IsolationReport(
         runtime="bwrap",

@@ -42,6 +42,7 @@ from crucible.errors import (
     PermissionDeniedError,
     ServerUnavailableError,
 )
+from crucible.protocol.accounts import AccountInfo
 from crucible.protocol.containers import ContainerReport
 from crucible.protocol.hosts import (
     HostInfo,
@@ -236,6 +237,7 @@ class Agent:
             with self._report_lock, self._lock:
                 self._host_id = info.id
                 self._seq = 0  # the server numbers a registered agent's syncs from 1 again
+            self._learn_owner()
             inv = info.inventory
             gpus = ", ".join(f"{g.model}{' (fake)' if g.fake else ''}" for g in inv.gpus) or "none"
             log.info(
@@ -248,6 +250,18 @@ class Agent:
                 gpus,
             )
             return
+
+    def _learn_owner(self) -> None:
+        """Tell the runtime which account owns this host (its token's): only that account's
+        code may have the host's network. Best effort: unknown, nobody's code gets it."""
+        if not hasattr(self.runtime, "owner_account"):
+            return
+        try:
+            me = AccountInfo.model_validate(self._transport.get("/v1/accounts/me"))
+        except (Error, ValidationError) as exc:
+            log.warning("could not learn this host's owner (%s): network=True refused", _brief(exc))
+            return
+        self.runtime.owner_account = me.id
 
     # -- syncing ------------------------------------------------------------------------------
     def _sync_loop(self) -> None:

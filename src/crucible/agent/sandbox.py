@@ -19,7 +19,8 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
-gid 1000 inside), PID, IPC, UTS, cgroup and network. All capabilities are dropped and
+gid 1000 inside), PID, IPC, UTS, cgroup and network (the host's network only for the host
+owner's own code that asked for it). All capabilities are dropped and
 :mod:`crucible.agent.seccomp` filters syscalls.
 
 Per-sandbox host uid: an agent running as root starts each bwrap as its own host uid
@@ -193,8 +194,10 @@ def bwrap_argv(
     a = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "crucible"]
-    # Always a network namespace of its own: egress, where offered, is added by the agent.
-    a.append("--unshare-net")
+    # A network namespace of its own, except for the host owner's code that asked for network
+    # (the runtime refuses network to every other account).
+    if not cfg.network:
+        a.append("--unshare-net")
     # File systems first: binds below may land inside them (an image under the host's /tmp).
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]

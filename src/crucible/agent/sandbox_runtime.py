@@ -80,12 +80,12 @@ class SandboxLimits:
     gpu_dev_root: str = "/dev"  # where the GPU device nodes are (tests point it elsewhere)
 
 
-# Why a function that asks for network is refused (see docs/sandbox.md, "Network").
+# Why another account's function that asks for network is refused (docs/sandbox.md, "Network").
 NETWORK_REFUSED = (
-    "network=True is refused on this host: its sandboxes have no network, because the agent "
-    "offers no egress that keeps a sandbox away from the host's loopback and link-local "
-    "(169.254.0.0/16) addresses. Run the function without network=True (data can come in "
-    "through its arguments, volumes or the image), or on your own host with the process runtime"
+    "network=True is refused on this host: it gives network only to its owner's code, because "
+    "the agent offers no egress that keeps a sandbox away from the host's loopback and "
+    "link-local (169.254.0.0/16) addresses. Run the function without network=True (data can "
+    "come in through its arguments or the image), or on a host of your own"
 )
 
 
@@ -149,6 +149,9 @@ class SandboxRuntime:
     ) -> None:
         self.agent_dir = Path(agent_dir)
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
+        # The account that owns this host (the agent sets it once registered): only its code
+        # may have the host's network (network=True). None: nobody's.
+        self.owner_account: str | None = None
         self.server_url = server_url
         self.bwrap = bwrap
         self.images = images
@@ -322,7 +325,7 @@ class SandboxRuntime:
             return
         failure = built if isinstance(built, ErrorInfo) else None
         image = built if isinstance(built, BuiltImage) else None
-        if a.network:
+        if a.network and (self.owner_account is None or a.account_id != self.owner_account):
             self._fail(cid, NETWORK_REFUSED)
             return
         z = self._zygote_for(a, image, failed=failure is not None)
