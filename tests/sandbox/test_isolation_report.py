@@ -5,6 +5,7 @@ fake device nodes: regular files in a directory the agent is told is its /dev
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,12 @@ from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 from crucible.agent.isolation import judge, measure_sandbox, process_report
 from crucible.agent.runtimes import build_runtime, measure_isolation, resolve_runtime
-from crucible.agent.sandbox import SandboxConfig, seccomp_program_fd, spawn_sandbox
+from crucible.agent.sandbox import (
+    SandboxConfig,
+    remove_stage,
+    seccomp_program_fd,
+    spawn_sandbox,
+)
 from crucible.agent.sandbox_runtime import NETWORK_REFUSED, SandboxRuntime
 from crucible.agent.uids import UidPool, can_switch_uids
 from crucible.settings import Settings
@@ -87,7 +93,9 @@ def test_a_sandbox_sharing_the_agents_uid_is_not_full(tmp_path: Path) -> None:
 
 
 def test_judge_flags_gpu_nodes_a_sandbox_was_not_given(tmp_path: Path) -> None:
-    cfg = SandboxConfig(name="x", dir=tmp_path, python=sys.executable, preload=[])
+    cfg = SandboxConfig(
+        name="x", dir=tmp_path, python=sys.executable, preload=[], run_dir=tmp_path / "run"
+    )
     seen = {"dev": ["null", "nvidia0", "nvidiactl"], "uid": 1000}
     report = judge(seen, cfg, 64)
     assert not report.gpu_isolation
@@ -105,7 +113,7 @@ def test_a_sandbox_sees_only_its_gpus_device_nodes(tmp_path: Path) -> None:
         preload=[],
         gpu_indices=[1],
         gpu_dev_root=str(dev),
-    )
+    )  # its run_dir: a fresh directory under /tmp, which the sandbox's uid can reach
     uid = UidPool(2_140_000_000, 16).acquire() if can_switch_uids() else None
     cfg.host_uid = uid.uid if uid else None
     fd = seccomp_program_fd()
@@ -126,6 +134,8 @@ def test_a_sandbox_sees_only_its_gpus_device_nodes(tmp_path: Path) -> None:
         os.close(fd)
         if uid:
             uid.release()
+        remove_stage(cfg)
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
     lines = (tmp_path / "out").read_text().split()
     assert "nvidia1" in lines and "nvidiactl" in lines and "nvidia-uvm" in lines
     assert "nvidia0" not in lines

@@ -138,7 +138,8 @@ class SandboxConfig:
     host_uid: int | None = None  # the sandbox's own host uid (agent as root), else None
     gpu_dev_root: str = "/dev"  # where the GPU device nodes are on the host
     # Holds the relay socket. Unix socket paths are limited to 107 bytes, so it lives in a
-    # short private temporary directory rather than under the agent's directory.
+    # short private temporary directory rather than under the agent's directory. With a host
+    # uid it (and its "-stage" sibling) must be reachable by that uid: keep it under /tmp.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-relay-")))
 
     @property
