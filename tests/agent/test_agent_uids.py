@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crucible.agent.uids import UidPool, processes_of_uid
+from crucible.errors import InvalidRequestError
 
 BASE = 2_145_000_000
 
@@ -39,5 +40,5 @@ def test_a_uid_that_still_owns_a_process_is_skipped(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("base", "count"), [(0, 10), (5000, 0), (2**31 - 10, 100)])
 def test_unusable_ranges_are_refused(base: int, count: int) -> None:
-    with pytest.raises(ValueError, match="CRUCIBLE_SANDBOX_UID_BASE"):
+    with pytest.raises(InvalidRequestError, match="CRUCIBLE_SANDBOX_UID_BASE"):
         UidPool(base, count)

@@ -22,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from crucible.errors import InvalidRequestError
+
 __all__ = ["SandboxUid", "UidPool", "can_switch_uids", "processes_of_uid"]
 
 # bwrap writes the uid map with a signed int: uids from 2**31 on fail ("setting up uid map").
@@ -74,11 +76,12 @@ class SandboxUid:
 
 
 class UidPool:
-    """Hands out uids ``base .. base + count - 1``, each to one sandbox at a time."""
+    """Hands out uids ``base .. base + count - 1``, each to one sandbox at a time. Raises
+    :class:`InvalidRequestError` for a range bwrap cannot map."""
 
     def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
         if base < 1000 or count < 1 or base + count > _UID_LIMIT:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"sandbox uid range {base}+{count} is not usable: pick a base of at least 1000 "
                 f"and a range that ends by {_UID_LIMIT} (CRUCIBLE_SANDBOX_UID_BASE/COUNT)"
             )
