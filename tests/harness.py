@@ -19,6 +19,9 @@ FAST = {
     "CRUCIBLE_TIMEOUT_GRACE_S": "1",
     "CRUCIBLE_SCALEDOWN_WINDOW_S": "30",
     "CRUCIBLE_METER_INTERVAL_S": "1",
+    # Most tests run trusted code and count processes: the process runtime, chosen explicitly
+    # (the default, auto, would sandbox). tests/sandbox/ passes bwrap.
+    "CRUCIBLE_RUNTIME": "process",
 }
 
 

@@ -320,11 +320,12 @@ class Settings:
         "Between SIGTERM and SIGKILL when the agent stops a container.",
     )
     runtime: str = _opt(
-        "process",
+        "auto",
         "CRUCIBLE_RUNTIME",
-        "How the agent runs containers: `process` (plain child processes: trusted code of "
-        "the machine's owner only) or `bwrap` (bubblewrap sandboxes forked from per-image "
-        "zygotes: for other people's code). See docs/sandbox.md.",
+        "How the agent runs containers: `auto` (`bwrap` where this machine can sandbox, else "
+        "`process` with a warning), `bwrap` (bubblewrap sandboxes forked from per-image "
+        "zygotes: for other people's code) or `process` (plain child processes: the host "
+        "runs its owner's code only). See docs/sandbox.md.",
     )
     bwrap_bin: str = _opt("bwrap", "CRUCIBLE_BWRAP_BIN", "The bubblewrap binary (`bwrap` runtime).")
     uv_bin: str = _opt(
@@ -359,6 +360,31 @@ class Settings:
         300.0,
         "CRUCIBLE_ZYGOTE_IDLE_S",
         "A zygote (warm per-image process) with no container is ended after this long.",
+    )
+    sandbox_uid_base: int = _opt(
+        2_000_000_000,
+        "CRUCIBLE_SANDBOX_UID_BASE",
+        "First host uid of the range the agent (as root) gives its sandboxes, one uid per "
+        "live sandbox (process limits, signals and files are per sandbox). Keep it clear of "
+        "real users and of /etc/subuid ranges, and the range below 2147483648.",
+    )
+    sandbox_uid_count: int = _opt(
+        65536,
+        "CRUCIBLE_SANDBOX_UID_COUNT",
+        "How many uids from CRUCIBLE_SANDBOX_UID_BASE the agent may use (the most sandboxes "
+        "alive at once on this host, across its agents).",
+    )
+    sandbox_cgroups: bool = _opt(
+        True,
+        "CRUCIBLE_SANDBOX_CGROUPS",
+        "Use pids, memory and CPU cgroups for sandboxes where the agent may create them; false "
+        "keeps to per-sandbox uids and rlimits (what a host without cgroup delegation has).",
+    )
+    gpu_dev_root: str = _opt(
+        "/dev",
+        "CRUCIBLE_GPU_DEV_ROOT",
+        "Where the agent finds GPU device nodes (nvidiaN, nvidiactl, nvidia-uvm, ...); they "
+        "appear at /dev/... in a sandbox. Only tests change it.",
     )
 
     # -- derived paths -----------------------------------------------------------------------

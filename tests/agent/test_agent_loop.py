@@ -139,7 +139,10 @@ def run_agent(tmp_path: Path) -> Iterator[RunAgent]:
 
     def start(url: str, **kw: Any) -> tuple[Agent, threading.Thread]:
         settings = Settings(
-            agent_dir=str(tmp_path / "agent"), heartbeat_interval_s=0.1, stop_grace_s=0.5
+            agent_dir=str(tmp_path / "agent"),
+            heartbeat_interval_s=0.1,
+            stop_grace_s=0.5,
+            runtime="process",  # worker_argv replaces the worker: the process runtime's
         )
         agent = Agent(
             settings,
@@ -168,6 +171,9 @@ def test_exit_is_reported_at_once_then_forgotten(
     wait_for(lambda: agent.host_id == "h1", what="registration")
     assert plane.registrations[0].name == "box1"
     assert plane.registrations[0].inventory.cpu_cores > 0
+    # The process runtime reports that it isolates nothing: its owner's code only.
+    isolation = plane.registrations[0].isolation
+    assert isolation is not None and isolation.runtime == "process" and not isolation.full()
     with plane.lock:
         plane.pending_start.append(make_assignment("crash1"))
     report = wait_for(lambda: plane.exited("crash1"), what="the exit report")
@@ -293,6 +299,10 @@ def test_fake_gpus_are_registered_when_allowed(plane: FakeControlPlane, tmp_path
         agent.shutdown()
         thread.join(timeout=5)
     gpus = plane.registrations[0].inventory.gpus
+    # The default runtime: the measured report of a sandbox where bwrap works here.
+    isolation = plane.registrations[0].isolation
+    assert isolation is not None
+    assert isolation.runtime in ("bwrap", "process") and isolation.problems
     assert [(g.model, g.fake, g.uuid) for g in gpus] == [
         ("H100", True, "GPU-fake-gpubox-0"),
         ("H100", True, "GPU-fake-gpubox-1"),

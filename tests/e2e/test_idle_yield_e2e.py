@@ -65,12 +65,16 @@ def test_queued_apps_take_the_room_of_idle_containers(small_exchange: Exchange) 
 
 
 def test_an_idle_gpu_lease_yields_to_its_own_account_only(tmp_path: Path) -> None:
-    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+    # A sandboxed host that isolates fully: the stranger's code may run there at all (a
+    # process host would refuse it outright, whatever its leases).
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_RUNTIME="bwrap")
     ex.start_server()
-    owner = ex.client(ex.new_account("owner"))
+    owner = ex.client(ex.owner_token("owner"))
     stranger = ex.client(ex.new_account("stranger"))
     try:
         ex.start_agent("gpu-a", fake_gpus="1xH100")
+        if not (ex.host("gpu-a") or {}).get("isolated"):
+            pytest.skip("this machine's sandbox does not isolate fully (see `crucible hosts`)")
         with contextlib.ExitStack() as stack:
             stack.enter_context(app_yield.gpu_apps[0].run(client=owner))
             first = app_yield.gpu_first.remote()  # its container keeps the H100 for an hour

@@ -20,6 +20,7 @@ import crucible
 
 app = crucible.App("hostile")
 neighbours = crucible.App("neighbour")
+newcomers = crucible.App("newcomer")  # a third tenant whose first container starts mid-attack
 
 
 def _try_read(path: str) -> str:
@@ -221,3 +222,169 @@ def tmpfs_memory_bomb() -> str:
         for _ in range(768):
             f.write(b"x" * (1 << 20))
     return "wrote 768 MiB"
+
+
+# -- cross-tenant attacks (tests/sandbox/test_tenancy.py) --------------------------------------
+@app.function(timeout=60)
+def fork_bomb_and_stay() -> dict[str, Any]:
+    """Fork until the kernel refuses and LEAVE the children running (half of them in sessions
+    of their own, out of the container's process group), then return: the container stays
+    warm with its children alive."""
+    forked = 0
+    error = ""
+    try:
+        for i in range(100_000):
+            pid = os.fork()
+            if pid == 0:
+                if i % 2:
+                    os.setsid()
+                time.sleep(600)
+                os._exit(0)
+            forked += 1
+    except OSError as exc:
+        error = errno.errorcode.get(exc.errno or 0, "OSError")
+    return {"forked": forked, "error": error}
+
+
+@app.function(timeout=60)
+def cpu_hog(seconds: float) -> int:
+    """Spin on every core the sandbox can see for ``seconds``."""
+    pids = []
+    for _ in range(max(os.cpu_count() or 1, 2) * 2):
+        pid = os.fork()
+        if pid == 0:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return len(pids)
+
+
+@app.function(timeout=60)
+def log_flood(seconds: float) -> int:
+    """Write to stdout and stderr as fast as possible for ``seconds``."""
+    line = "x" * 4095 + "\n"
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sys.stdout.write(line)
+        sys.stderr.write(line)
+        n += 2
+    return n
+
+
+@app.function(timeout=30)
+def ptrace_and_signal() -> dict[str, Any]:
+    """Try to reach processes outside the sandbox: signal every pid the host could have, and
+    ptrace every process visible here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    mine = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    reached = []
+    for pid in range(1, 5000):
+        if pid in mine:
+            continue
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            continue
+        # A thread of this sandbox answers too (/proc lists processes, not threads).
+        if not os.path.exists(f"/proc/{pid}"):
+            reached.append(pid)
+    traced = {}
+    for pid in sorted(mine - {os.getpid()}):
+        rc = libc.ptrace(16, pid, None, None)  # PTRACE_ATTACH
+        traced[pid] = "ok" if rc == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+    return {"visible": sorted(mine), "signalled_outside": reached, "ptrace": traced}
+
+
+@app.function(timeout=30)
+def kill_everyone() -> str:
+    """SIGKILL every process this sandbox's uid may signal (kill(-1)): only its own."""
+    os.kill(-1, signal.SIGKILL)
+    time.sleep(5)
+    return "survived"
+
+
+@app.function(timeout=30)
+def snoop(marker: str) -> dict[str, Any]:
+    """Look for another tenant's files: /crucible/work, /tmp and through /proc."""
+    found = []
+    roots = ["/crucible/work", "/tmp"]
+    roots += [f"/proc/{p}/root/crucible/work" for p in os.listdir("/proc") if p.isdigit()]
+    roots += [f"/proc/{p}/cwd" for p in os.listdir("/proc") if p.isdigit()]
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError), open(path, "rb") as f:
+                    if marker.encode() in f.read(1 << 16):
+                        found.append(path)
+    host = {p: _try_read(p) for p in ("/proc/1/cmdline", "/proc/1/environ", "/proc/mounts")}
+    return {"found": found, "host": host, "pids": sorted(os.listdir("/proc"))}
+
+
+@app.function(timeout=30)
+def loopback(ports: list[int]) -> dict[str, str]:
+    """Connect to (and bind) the host's loopback ports, and the link-local metadata address."""
+    out = {f"connect:{p}": connect.raw_f("127.0.0.1", p) for p in ports}
+    for p in ports:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            s.listen(1)
+            out[f"bind:{p}"] = "bound"
+        except OSError as exc:
+            out[f"bind:{p}"] = errno.errorcode.get(exc.errno or 0, "OSError")
+        finally:
+            s.close()
+    out["link-local"] = connect.raw_f("169.254.169.254", 80)
+    return out
+
+
+@neighbours.function(timeout=30)
+def stash(marker: str) -> str:
+    """Leave a secret in the neighbour's work dir and /tmp."""
+    for path in ("stash.txt", "/tmp/stash.txt"):
+        with open(path, "w") as f:
+            f.write(marker)
+    return os.getcwd()
+
+
+@newcomers.function(timeout=30)
+def hello() -> str:
+    return "hello"
+
+
+gpus = crucible.App("gpu-tenant")
+
+
+@gpus.function(gpu="H100", timeout=30)
+def gpu_devices() -> dict[str, Any]:
+    """The GPU device nodes this container sees, and what CUDA is told."""
+    return {
+        "dev": sorted(d for d in os.listdir("/dev") if d.startswith("nvidia")),
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+@app.function(cpu=1.5, timeout=30)
+def hold(seconds: float) -> str:
+    """Occupy a container (cpu=1.5) for ``seconds``."""
+    time.sleep(seconds)
+    return "held"
+
+
+owners = crucible.App("host-owner")  # the host's owner's own code (test_escapes.py)
+
+
+@owners.function(timeout=30, network=True)
+def owner_connect_with_network(host: str, port: int) -> str:
+    return connect.raw_f(host, port)
+
+
+@owners.function(timeout=30)
+def owner_connect(host: str, port: int) -> str:
+    return connect.raw_f(host, port)

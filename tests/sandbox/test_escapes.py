@@ -121,8 +121,24 @@ def test_image_code_and_root_are_read_only(apps: None) -> None:
 def test_no_network_unless_asked(apps: None, sandboxed: Exchange) -> None:
     assert attack(h.connect, "127.0.0.1", sandboxed.port) in {"ECONNREFUSED", "ENETUNREACH"}
     assert h.connect.remote("1.1.1.1", 53) in {"ENETUNREACH", "EHOSTUNREACH"}
-    # network=True shares the host's network: the same port answers.
-    assert h.connect_with_network.remote("127.0.0.1", sandboxed.port) == "connected"
+    # network=True for another account's code would need egress that keeps the sandbox off
+    # the host's loopback and link-local addresses; this agent has none: it refuses, saying why.
+    with pytest.raises(crucible.ContainerExitedError, match="network=True is refused"):
+        h.connect_with_network.remote("127.0.0.1", sandboxed.port)
+
+
+def test_the_host_owners_own_code_may_have_the_network(sandboxed: Exchange) -> None:
+    """The host's owner (the account of its host token) runs its own code there: with
+    network=True it gets the host's network, as on a process host."""
+    token = sandboxed.admin.post("/v1/tokens", {"scope": "user", "name": "owner"})["token"]
+    owner = sandboxed.client(token)
+    try:
+        with h.owners.run(client=owner):
+            port = sandboxed.port
+            assert h.owner_connect_with_network.remote("127.0.0.1", port) == "connected"
+            assert h.owner_connect.remote("127.0.0.1", port) in {"ECONNREFUSED", "ENETUNREACH"}
+    finally:
+        owner.close()
 
 
 def test_fork_bomb_hits_the_process_limit(apps: None) -> None:

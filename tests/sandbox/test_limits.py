@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import app_hostile as h
@@ -13,7 +14,7 @@ from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 import crucible
 
-from harness import Exchange
+from harness import Exchange, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,37 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 def test_memory_in_tmpfs_is_bounded_by_the_sandbox_cgroup(roomy: Exchange) -> None:
     attacker: Any = roomy.client(roomy.tenant_token("attacker"))
     neighbour: Any = roomy.client(roomy.tenant_token("neighbour"))
-    with h.app.run(client=attacker), h.neighbours.run(client=neighbour):
-        call = h.tmpfs_memory_bomb.spawn()
-        assert [h.ping.remote(i) for i in range(3)] == [0, 1, 2]
-        with pytest.raises(crucible.ContainerExitedError, match="out of memory"):
-            call.get(timeout=60)
-        assert h.ping.remote(3) == 3
+    try:
+        with h.app.run(client=attacker), h.neighbours.run(client=neighbour):
+            call = h.tmpfs_memory_bomb.spawn()
+            assert [h.ping.remote(i) for i in range(3)] == [0, 1, 2]
+            with pytest.raises(crucible.ContainerExitedError, match="out of memory"):
+                call.get(timeout=60)
+            assert h.ping.remote(3) == 3
+    finally:
+        attacker.close()
+        neighbour.close()
+
+
+def test_cpu_becomes_a_quota_of_the_sandbox_cgroup(roomy: Exchange) -> None:
+    roots = [Path("/sys/fs/cgroup/crucible"), Path("/sys/fs/cgroup/cpu/crucible")]
+
+    def quotas() -> set[str]:
+        out = set()
+        for root in roots:
+            for name in ("cpu.max", "cpu.cfs_quota_us"):
+                for f in root.glob(f"*/{name}") if root.is_dir() else []:
+                    out.add(f.read_text().split()[0])
+        return out
+
+    if not any(r.is_dir() for r in roots):
+        pytest.skip("the agent cannot create cpu cgroups on this machine")
+    client: Any = roomy.client(roomy.tenant_token("quota"))
+    try:
+        with h.app.run(client=client):
+            call = h.hold.spawn(6.0)
+            # cpu=1.5: the container's sandbox may use 1.5 cores (150 ms per 100 ms period).
+            wait_for(lambda: "150000" in quotas(), 20, "the sandbox's CPU quota")
+            assert call.get(timeout=60) == "held"
+    finally:
+        client.close()

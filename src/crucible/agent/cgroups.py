@@ -1,10 +1,12 @@
-"""Per-sandbox cgroups: a process-count limit (pids) and a memory limit, where the agent may
-create cgroups (root on cgroup v1, or a writable cgroup v2 hierarchy).
+"""Per-sandbox cgroups: a process-count limit (pids), a memory limit and a CPU quota, where
+the agent may create cgroups (root on cgroup v1, or a writable cgroup v2 hierarchy: a systemd
+unit with ``Delegate=yes``, see docs/hosts.md).
 
 A sandbox's processes join its groups before bubblewrap runs (the spawned process writes its
 own pid into each ``cgroup.procs`` between fork and exec), so nothing it forks escapes them.
 The memory limit follows the sandbox's contents: the zygote's own footprint plus the
-``memory`` of every live container (:meth:`SandboxCgroup.set_memory_limit`).
+``memory`` of every live container (:meth:`SandboxCgroup.set_memory_limit`); the CPU quota
+follows the ``cpu`` of its live containers the same way (:meth:`SandboxCgroup.set_cpu_limit`).
 
 Where a controller is not writable, :func:`sandbox_cgroup` leaves it out (and returns None
 when neither is): the runtime then relies on rlimits alone (``RLIMIT_NPROC``,
@@ -24,15 +26,38 @@ __all__ = ["SandboxCgroup", "sandbox_cgroup"]
 log = logging.getLogger(__name__)
 
 _ROOT = Path("/sys/fs/cgroup")
+_CPU_PERIOD_US = 100_000
 
 
 class SandboxCgroup:
     """The cgroup directories of one sandbox (one per hierarchy on v1, one on v2)."""
 
-    def __init__(self, dirs: list[Path], pids: bool, memory_file: Path | None) -> None:
+    def __init__(
+        self,
+        dirs: list[Path],
+        pids: bool,
+        memory_file: Path | None,
+        cpu_file: Path | None = None,
+    ) -> None:
         self.dirs = dirs
         self.pids = pids
         self.memory_file = memory_file
+        self.cpu_file = cpu_file  # cpu.max (v2) or cpu.cfs_quota_us (v1)
+
+    def set_cpu_limit(self, cores: float) -> None:
+        """Cap the sandbox's CPU time at ``cores`` CPUs (0 or less: no cap)."""
+        if self.cpu_file is None:
+            return
+        period = _CPU_PERIOD_US
+        quota = max(int(cores * period), 1000) if cores > 0 else -1
+        if self.cpu_file.name == "cpu.max":
+            value = f"{quota if quota > 0 else 'max'} {period}"
+        else:
+            value = str(quota)
+        try:
+            self.cpu_file.write_text(value)
+        except OSError as exc:
+            log.warning("could not set the CPU quota of %s: %s", self.cpu_file.parent, exc)
 
     def procs_fds(self) -> list[int]:
         """Fds on each ``cgroup.procs``: the child writes b"0" to them to join (no path
@@ -126,17 +151,23 @@ def sandbox_cgroup(name: str, max_pids: int, memory_bytes: int) -> SandboxCgroup
     ``memory_bytes`` where the host allows each; None when it allows neither."""
     if _v2():
         available = (_ROOT / "cgroup.controllers").read_text().split()
-        wanted = " ".join(f"+{c}" for c in ("pids", "memory") if c in available)
+        wanted = " ".join(f"+{c}" for c in ("pids", "memory", "cpu") if c in available)
         path = _mkgroup(_ROOT, name, wanted)
         if path is None:
             return None
         pids = _write(path / "pids.max", str(max_pids))
         memory = _write(path / "memory.max", str(memory_bytes))
+        cpu = _write(path / "cpu.max", f"max {_CPU_PERIOD_US}")
         if not (pids or memory):
             with contextlib.suppress(OSError):
                 path.rmdir()
             return None
-        return SandboxCgroup([path], pids, path / "memory.max" if memory else None)
+        return SandboxCgroup(
+            [path],
+            pids,
+            path / "memory.max" if memory else None,
+            path / "cpu.max" if cpu else None,
+        )
     dirs: list[Path] = []
     pids = False
     memory_file = None
@@ -157,4 +188,16 @@ def sandbox_cgroup(name: str, max_pids: int, memory_bytes: int) -> SandboxCgroup
         else:
             with contextlib.suppress(OSError):
                 mem_dir.rmdir()
-    return SandboxCgroup(dirs, pids, memory_file) if dirs else None
+    if not dirs:
+        return None
+    cpu_file = None
+    cpu_base = _ROOT / "cpu"
+    cpu_dir = _mkgroup(cpu_base, name, None) if cpu_base.is_dir() else None
+    if cpu_dir is not None:
+        if _write(cpu_dir / "cpu.cfs_period_us", str(_CPU_PERIOD_US)):
+            dirs.append(cpu_dir)
+            cpu_file = cpu_dir / "cpu.cfs_quota_us"
+        else:
+            with contextlib.suppress(OSError):
+                cpu_dir.rmdir()
+    return SandboxCgroup(dirs, pids, memory_file, cpu_file)

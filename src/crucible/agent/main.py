@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
-from crucible.agent.runtimes import build_runtime
+from crucible.agent.runtimes import build_runtime, measure_isolation
 from crucible.agent.selftest import run_self_test
 from crucible.errors import (
     AuthError,
@@ -44,6 +44,7 @@ from crucible.errors import (
     PermissionDeniedError,
     ServerUnavailableError,
 )
+from crucible.protocol.accounts import AccountInfo
 from crucible.protocol.containers import ContainerReport
 from crucible.protocol.hosts import (
     HostInfo,
@@ -51,6 +52,7 @@ from crucible.protocol.hosts import (
     HostSync,
     HostSyncReply,
     Inventory,
+    IsolationReport,
     SelfTestResult,
 )
 from crucible.protocol.transport import Transport
@@ -129,6 +131,7 @@ class Agent:
         self._seq = 0  # HostSync.seq of the last sync numbered since the last registration
         self._host_id: str | None = None
         self.energy: EnergyMeter | None = None  # set at the first registration
+        self.isolation: IsolationReport | None = None  # measured once, at the start of run()
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._stopping = False
         self._stop = threading.Event()
@@ -169,7 +172,9 @@ class Agent:
         )
         try:
             # Fail fast on a misconfigured inventory before contacting anyone.
-            self._register(self._inventory())
+            inventory = self._inventory()
+            self.isolation = self._measure_isolation(inventory)
+            self._register(inventory)
             if self._stop.is_set():
                 return
             exit_reporter.start()
@@ -197,6 +202,19 @@ class Agent:
             host_name=self.name,
         )
 
+    def _measure_isolation(self, inventory: Inventory) -> IsolationReport:
+        report = measure_isolation(self.runtime, gpu_indices=[g.index for g in inventory.gpus])
+        if report.full():
+            log.info("isolation (%s): full; strangers' code may run here", report.runtime)
+        else:
+            log.warning(
+                "isolation (%s): not full, so the server places only this host owner's code "
+                "here:\n  - %s",
+                report.runtime,
+                "\n  - ".join(report.problems) or "no detail",
+            )
+        return report
+
     def _register(self, inventory: Inventory | None = None) -> None:
         """Register (again), retrying transient failures until it works or shutdown.
 
@@ -213,6 +231,7 @@ class Agent:
                 carbon_g_per_kwh=self.carbon_g_per_kwh,
                 inventory=inventory or self._inventory(),
                 agent_version=agent_version(),
+                isolation=self.isolation,
                 self_test=self._self_test,
             )
             try:
@@ -235,6 +254,7 @@ class Agent:
                     self.energy = self._energy_meter(info.inventory)
                 self._host_id = info.id
                 self._seq = 0  # the server numbers a registered agent's syncs from 1 again
+            self._learn_owner()
             inv = info.inventory
             gpus = ", ".join(f"{g.model}{' (fake)' if g.fake else ''}" for g in inv.gpus) or "none"
             log.info(
@@ -255,6 +275,18 @@ class Agent:
             gpu_models={g.index: g.model for g in inventory.gpus},
             nvml=None if fake else open_nvml(),
         )
+
+    def _learn_owner(self) -> None:
+        """Tell the runtime which account owns this host (its token's): only that account's
+        code may have the host's network. Best effort: unknown, nobody's code gets it."""
+        if not hasattr(self.runtime, "owner_account"):
+            return
+        try:
+            me = AccountInfo.model_validate(self._transport.get("/v1/accounts/me"))
+        except (Error, ValidationError) as exc:
+            log.warning("could not learn this host's owner (%s): network=True refused", _brief(exc))
+            return
+        self.runtime.owner_account = me.id
 
     # -- syncing ------------------------------------------------------------------------------
     def _sync_loop(self) -> None:

@@ -1,24 +1,30 @@
 """Choosing the agent's container runtime (``CRUCIBLE_RUNTIME`` / ``--runtime``).
 
-- ``process``: :class:`crucible.agent.runtime.ProcessRuntime`, plain child processes, no
-  isolation. For one person's own code on their own machine (``crucible up``'s default).
+- ``auto`` (the default): ``bwrap`` where this machine can sandbox, else ``process`` with a
+  warning saying what is missing.
 - ``bwrap``: :class:`crucible.agent.sandbox_runtime.SandboxRuntime`, bubblewrap sandboxes
   forked from per-image zygotes, images built with uv. For code from other people.
+- ``process``: :class:`crucible.agent.runtime.ProcessRuntime`, plain child processes, no
+  isolation: an explicit choice, and such a host runs its owner's code only.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from crucible.errors import InvalidRequestError
+from crucible.errors import InvalidRequestError, SandboxUnavailableError
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
+from crucible.protocol.hosts import IsolationReport
 from crucible.settings import Settings
 
-__all__ = ["RUNTIMES", "Runtime", "build_runtime"]
+__all__ = ["RUNTIMES", "Runtime", "build_runtime", "measure_isolation", "resolve_runtime"]
 
-RUNTIMES = ("process", "bwrap")
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "bwrap", "process")
 
 
 class Runtime(Protocol):
@@ -40,10 +46,15 @@ def build_runtime(
     worker_argv: list[str] | None,
     on_exit: Callable[[ContainerReport], None],
 ) -> Runtime:
-    """The runtime ``settings.runtime`` names. Raises :class:`SandboxUnavailableError` when
-    ``bwrap`` cannot sandbox on this host, and :class:`InvalidRequestError` for an unknown
-    name."""
-    if settings.runtime == "process":
+    """The runtime ``settings.runtime`` names (``auto`` resolved by :func:`resolve_runtime`).
+    Raises :class:`SandboxUnavailableError` when ``bwrap`` cannot sandbox on this host, and
+    :class:`InvalidRequestError` for an unknown name."""
+    name = resolve_runtime(settings)
+    if name == "process":
+        log.warning(
+            "runtime process: containers run unsandboxed as this agent's user; this host runs "
+            "its owner's code only (the server places no other account's code here)"
+        )
         from crucible.agent.runtime import ProcessRuntime
 
         return ProcessRuntime(
@@ -53,12 +64,21 @@ def build_runtime(
             stop_grace_s=settings.stop_grace_s,
             on_exit=on_exit,
         )
-    if settings.runtime == "bwrap":
+    if name == "bwrap":
         from crucible.agent.images import ImageCache
         from crucible.agent.sandbox import check_bwrap
         from crucible.agent.sandbox_runtime import SandboxLimits, SandboxRuntime
+        from crucible.agent.uids import UidPool, can_switch_uids
 
         bwrap = check_bwrap(settings.bwrap_bin)
+        uids = None
+        if can_switch_uids():
+            uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
+        else:
+            log.warning(
+                "the agent is not root: its sandboxes share its uid, so process limits count "
+                "across tenants (see docs/hosts.md); this host will not report full isolation"
+            )
         mib = 1024 * 1024
         return SandboxRuntime(
             agent_dir,
@@ -75,10 +95,38 @@ def build_runtime(
                 file_bytes=settings.sandbox_disk_mib * mib,
                 wall_clock_s=settings.sandbox_wall_clock_s,
                 zygote_idle_s=settings.zygote_idle_s,
+                use_cgroups=settings.sandbox_cgroups,
+                gpu_dev_root=settings.gpu_dev_root,
             ),
             stop_grace_s=settings.stop_grace_s,
             on_exit=on_exit,
+            uids=uids,
         )
     raise InvalidRequestError(
         f"unknown runtime {settings.runtime!r}; choose one of: {', '.join(RUNTIMES)}"
     )
+
+
+def resolve_runtime(settings: Settings) -> str:
+    """``settings.runtime`` with ``auto`` made concrete: ``bwrap`` when this machine can
+    sandbox, else ``process`` (logged, with what is missing)."""
+    if settings.runtime != "auto":
+        return settings.runtime
+    from crucible.agent.sandbox import check_bwrap
+
+    try:
+        check_bwrap(settings.bwrap_bin)
+    except SandboxUnavailableError as exc:
+        log.warning("no sandbox on this machine (%s); falling back to the process runtime", exc)
+        return "process"
+    return "bwrap"
+
+
+def measure_isolation(runtime: Runtime, *, gpu_indices: list[int] | None = None) -> IsolationReport:
+    """What ``runtime`` enforces, measured now (a probe sandbox for ``bwrap``)."""
+    from crucible.agent.isolation import measure_sandbox, process_report
+    from crucible.agent.sandbox_runtime import SandboxRuntime
+
+    if isinstance(runtime, SandboxRuntime):
+        return measure_sandbox(runtime, gpu_indices=gpu_indices)
+    return process_report()

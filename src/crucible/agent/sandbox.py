@@ -19,8 +19,17 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
-gid 1000 inside), PID, IPC, UTS, cgroup, and network unless the function asked for network.
-All capabilities are dropped and :mod:`crucible.agent.seccomp` filters syscalls.
+gid 1000 inside), PID, IPC, UTS, cgroup and network (the host's network only for the host
+owner's own code that asked for it). All capabilities are dropped and
+:mod:`crucible.agent.seccomp` filters syscalls.
+
+Per-sandbox host uid: an agent running as root starts each bwrap as its own host uid
+(:mod:`crucible.agent.uids`), so uid 1000 inside is a different host uid in every sandbox and
+``RLIMIT_NPROC``, signals and file ownership are per sandbox. bwrap then runs unprivileged, so
+it could not reach host paths behind the agent's private directories: between fork and exec
+the agent enters a private mount namespace, bind-mounts each host path the sandbox gets onto a
+staging directory owned by the sandbox's uid, and only then drops to that uid
+(:class:`_Preexec`). The host's mount table never changes.
 
 The worker still reaches the control plane with the network off: it talks HTTP over the
 Unix socket ``/crucible/run/server.sock``, which the agent relays byte for byte to the
@@ -66,6 +75,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000
+# The sandbox's own process command line when it runs the zygote.
+ZYGOTE_MODULE = "crucible.worker.zygote"
 SOCKET_PATH = "/crucible/run/server.sock"
 WORK_ROOT = "/crucible/work"
 # Host files a Python program needs (TLS roots, name service, time zone, linker cache).
@@ -80,7 +91,9 @@ _ETC = (
     "/etc/mime.types",
 )
 _ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf", "/etc/services")
-_GPU_SHARED_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# The control nodes CUDA needs beside the GPUs' own /dev/nvidiaN (those present are bound).
+GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+_SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin")
 
 
 def check_bwrap(bwrap: str = "bwrap") -> str:
@@ -122,8 +135,11 @@ class SandboxConfig:
     gpu_indices: list[int] = field(default_factory=list)
     disk_bytes: int = 1 << 30
     env: dict[str, str] = field(default_factory=dict)
+    host_uid: int | None = None  # the sandbox's own host uid (agent as root), else None
+    gpu_dev_root: str = "/dev"  # where the GPU device nodes are on the host
     # Holds the relay socket. Unix socket paths are limited to 107 bytes, so it lives in a
-    # short private temporary directory rather than under the agent's directory.
+    # short private temporary directory rather than under the agent's directory. With a host
+    # uid it (and its "-stage" sibling) must be reachable by that uid: keep it under /tmp.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-relay-")))
 
     @property
@@ -153,18 +169,41 @@ def python_mounts(python: str) -> list[str]:
     return out
 
 
-def bwrap_argv(bwrap: str, cfg: SandboxConfig, ctrl_fd: int, seccomp_fd: int) -> list[str]:
-    """The full command line for a sandboxed zygote."""
+def host_binds(cfg: SandboxConfig) -> list[tuple[str, str, str]]:
+    """The host paths a sandbox gets beyond the system's own, as (host path, path inside,
+    bwrap option): the interpreter's directories, the image, the code and the GPU nodes."""
+    out = [(p, p, "--ro-bind") for p in python_mounts(cfg.python)]
+    if cfg.image_root is not None:
+        out.append((str(cfg.image_root), str(cfg.image_root), "--ro-bind"))
+    out += [(str(host), inside, "--ro-bind") for host, inside in cfg.image_mounts]
+    out += [(host, inside, "--dev-bind") for host, inside in gpu_nodes(cfg)]
+    out.append((str(cfg.code_dir), "/crucible/code", "--ro-bind"))
+    return out
+
+
+def bwrap_argv(
+    bwrap: str,
+    cfg: SandboxConfig,
+    ctrl_fd: int | None,
+    seccomp_fd: int,
+    *,
+    staged: list[str] | None = None,
+    command: list[str] | None = None,
+) -> list[str]:
+    """The full command line for a sandboxed zygote (or ``command``). ``staged``: where each
+    of :func:`host_binds` is reachable for an unprivileged bwrap (by default, its host path)."""
     a = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "crucible"]
+    # A network namespace of its own, except for the host owner's code that asked for network
+    # (the runtime refuses network to every other account).
     if not cfg.network:
         a.append("--unshare-net")
     # File systems first: binds below may land inside them (an image under the host's /tmp).
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", WORK_ROOT]
-    for d in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin"):
+    for d in _SYSTEM_DIRS:
         if os.path.islink(d):
             a += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
@@ -172,15 +211,10 @@ def bwrap_argv(bwrap: str, cfg: SandboxConfig, ctrl_fd: int, seccomp_fd: int) ->
     for p in _ETC + (_ETC_NETWORK if cfg.network else ()):
         if os.path.exists(p):
             a += ["--ro-bind", p, p]
-    for p in python_mounts(cfg.python):
-        a += ["--ro-bind", p, p]
-    if cfg.image_root is not None:
-        a += ["--ro-bind", str(cfg.image_root), str(cfg.image_root)]
-    for host, inside in cfg.image_mounts:
-        a += ["--ro-bind", str(host), inside]
-    for node in _gpu_nodes(cfg.gpu_indices):
-        a += ["--dev-bind", node, node]
-    a += ["--ro-bind", str(cfg.code_dir), "/crucible/code"]
+    binds = host_binds(cfg)
+    sources = staged if staged is not None else [host for host, _, _ in binds]
+    for (_, inside, option), source in zip(binds, sources, strict=True):
+        a += [option, source, inside]
     a += ["--ro-bind", str(cfg.run_dir), "/crucible/run"]
     a += ["--remount-ro", "/", "--seccomp", str(seccomp_fd), "--clearenv", "--chdir", WORK_ROOT]
     env = {
@@ -195,15 +229,22 @@ def bwrap_argv(bwrap: str, cfg: SandboxConfig, ctrl_fd: int, seccomp_fd: int) ->
     for k, v in env.items():
         a += ["--setenv", k, v]
     # -P: the working directory (writable) is not put on sys.path.
-    a += ["--", cfg.python, "-P", "-m", "crucible.worker.zygote", "--ctrl-fd", str(ctrl_fd)]
+    if command is None:
+        command = [cfg.python, "-P", "-m", ZYGOTE_MODULE, "--ctrl-fd", str(ctrl_fd)]
+    a += ["--", *command]
     return a
 
 
-def _gpu_nodes(indices: list[int]) -> list[str]:
-    nodes = [f"/dev/nvidia{i}" for i in indices]
-    if indices:
-        nodes += list(_GPU_SHARED_NODES)
-    return [n for n in nodes if os.path.exists(n)]
+def gpu_nodes(cfg: SandboxConfig) -> list[tuple[str, str]]:
+    """(host node, /dev path inside) for the sandbox's GPUs and, when it has any, the control
+    nodes CUDA needs; only nodes that exist. Nothing else of the host's /dev is visible."""
+    if not cfg.gpu_indices:
+        return []
+    names = [f"nvidia{i}" for i in cfg.gpu_indices] + list(GPU_SHARED_NODES)
+    root = cfg.gpu_dev_root.rstrip("/") or "/"
+    return [
+        (os.path.join(root, n), f"/dev/{n}") for n in names if os.path.exists(os.path.join(root, n))
+    ]
 
 
 class Relay:
@@ -298,31 +339,21 @@ class ZygoteProcess:
         self._send_lock = threading.Lock()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ctrl = ours
-        with tempfile.TemporaryFile() as prog:
-            prog.write(seccomp.filter_program())
-            prog.flush()
-            prog.seek(0)
-            seccomp_fd = os.dup(prog.fileno())
-        procs_fds = cgroup.procs_fds() if cgroup is not None else []
+        filter_fd = seccomp_program_fd()
         try:
-            argv = bwrap_argv(bwrap, cfg, theirs.fileno(), seccomp_fd)
             with open(cfg.dir / "zygote.log", "ab") as logf:
-                self.proc = subprocess.Popen(
-                    argv,
-                    env={"PATH": "/usr/bin:/bin"},  # bwrap's own; the sandbox gets --setenv
-                    stdin=subprocess.DEVNULL,
+                self.proc = spawn_sandbox(
+                    bwrap,
+                    cfg,
+                    theirs.fileno(),
+                    filter_fd,
+                    cgroup=cgroup,
+                    limits=limits,
                     stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(theirs.fileno(), seccomp_fd),
-                    close_fds=True,
-                    start_new_session=True,
-                    preexec_fn=_Preexec(procs_fds, limits),
                 )
         finally:
             theirs.close()
-            os.close(seccomp_fd)
-            for fd in procs_fds:
-                os.close(fd)
+            os.close(filter_fd)
         threading.Thread(target=self._read, name=f"zygote-{cfg.name[:12]}", daemon=True).start()
 
     @property
@@ -380,6 +411,7 @@ class ZygoteProcess:
             status = self.proc.wait()
             self.ctrl.close()
             shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
+            remove_stage(self.cfg)
             if self.cgroup is not None:
                 self.cgroup.remove()
             tail = ""
@@ -393,11 +425,90 @@ class ZygoteProcess:
                 self.done.set()
 
 
+def seccomp_program_fd() -> int:
+    """A file descriptor on the sandbox's seccomp program (the caller closes it)."""
+    with tempfile.TemporaryFile() as prog:
+        prog.write(seccomp.filter_program())
+        prog.flush()
+        prog.seek(0)
+        return os.dup(prog.fileno())
+
+
+def spawn_sandbox(
+    bwrap: str,
+    cfg: SandboxConfig,
+    ctrl_fd: int | None,
+    filter_fd: int,
+    *,
+    cgroup: SandboxCgroup | None,
+    limits: dict[str, int],
+    stdout: Any,
+    command: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start bwrap for ``cfg``: in the sandbox's cgroups, under ``limits`` (rlimit names →
+    values) and, with ``cfg.host_uid``, as that host uid with the host paths it gets staged
+    (see the module docstring). ``ctrl_fd`` and ``filter_fd`` are passed to it."""
+    staged: list[str] | None = None
+    mounts: list[tuple[str, str]] = []
+    if cfg.host_uid is not None:
+        stage = cfg.run_dir.parent / (cfg.run_dir.name + "-stage")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(mode=0o700)
+        os.chown(stage, cfg.host_uid, cfg.host_uid)
+        os.chown(cfg.run_dir, cfg.host_uid, cfg.host_uid)
+        staged = []
+        for i, (host, _, _) in enumerate(host_binds(cfg)):
+            point = stage / str(i)
+            if os.path.isdir(host):
+                point.mkdir()
+            else:
+                point.touch()
+            staged.append(str(point))
+            mounts.append((host, str(point)))
+    argv = bwrap_argv(bwrap, cfg, ctrl_fd, filter_fd, staged=staged, command=command)
+    procs_fds = cgroup.procs_fds() if cgroup is not None else []
+    try:
+        return subprocess.Popen(
+            argv,
+            env={"PATH": "/usr/bin:/bin"},  # bwrap's own; the sandbox gets --setenv
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            pass_fds=(filter_fd,) if ctrl_fd is None else (ctrl_fd, filter_fd),
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=_Preexec(procs_fds, limits, cfg.host_uid, mounts),
+        )
+    finally:
+        for fd in procs_fds:
+            os.close(fd)
+
+
+def remove_stage(cfg: SandboxConfig) -> None:
+    """Delete the (unmounted, once the sandbox is gone) staging directory of ``cfg``."""
+    shutil.rmtree(cfg.run_dir.parent / (cfg.run_dir.name + "-stage"), ignore_errors=True)
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+
 class _Preexec:
     """Runs in the child between fork and exec: join the sandbox's cgroups, set rlimits that
-    bound the whole sandbox. No imports, no locks."""
+    bound the whole sandbox and, with a host uid, stage the sandbox's host paths in a private
+    mount namespace and become that uid. No imports, no locks; any failure aborts the spawn
+    (Popen raises it in the agent)."""
 
-    def __init__(self, procs_fds: list[int], limits: dict[str, int]) -> None:
+    def __init__(
+        self,
+        procs_fds: list[int],
+        limits: dict[str, int],
+        host_uid: int | None = None,
+        mounts: list[tuple[str, str]] | None = None,
+    ) -> None:
+        import ctypes
         import resource
 
         self.procs_fds = procs_fds
@@ -405,9 +516,29 @@ class _Preexec:
             (getattr(resource, name), value) for name, value in limits.items() if value > 0
         ]
         self.setrlimit = resource.setrlimit
+        self.host_uid = host_uid
+        self.mounts = [(a.encode(), b.encode()) for a, b in mounts or []]
+        self.libc = ctypes.CDLL(None, use_errno=True) if host_uid is not None else None
+        self.get_errno = ctypes.get_errno
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            err = self.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
 
     def __call__(self) -> None:
         for fd in self.procs_fds:
             os.write(fd, b"0")
         for which, value in self.rlimits:
             self.setrlimit(which, (value, value))
+        if self.host_uid is None or self.libc is None:
+            return
+        libc = self.libc
+        if self.mounts:
+            self._check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            self._check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount private")
+            for src, dst in self.mounts:
+                self._check(libc.mount(src, dst, None, _MS_BIND | _MS_REC, None), "bind mount")
+        os.setgroups([])
+        os.setgid(self.host_uid)
+        os.setuid(self.host_uid)

@@ -45,6 +45,7 @@ from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.images import BuiltImage, ImageCache
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.uids import SandboxUid, UidPool
 from crucible.errors import Error, ImageBuildError
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -75,6 +76,17 @@ class SandboxLimits:
     # The memory cgroup's limit while a zygote imports its preloads; once it is ready, the
     # limit becomes what it then uses plus the memory of each live container.
     zygote_start_memory: int = 4 << 30
+    use_cgroups: bool = True  # False: per-sandbox uids and rlimits only (no delegation)
+    gpu_dev_root: str = "/dev"  # where the GPU device nodes are (tests point it elsewhere)
+
+
+# Why another account's function that asks for network is refused (docs/sandbox.md, "Network").
+NETWORK_REFUSED = (
+    "network=True is refused on this host: it gives network only to its owner's code, because "
+    "the agent offers no egress that keeps a sandbox away from the host's loopback and "
+    "link-local (169.254.0.0/16) addresses. Run the function without network=True (data can "
+    "come in through its arguments or the image), or on a host of your own"
+)
 
 
 @dataclass
@@ -107,11 +119,17 @@ class _Zygote:
     cgroup: SandboxCgroup | None = None
     baseline: int = 0  # the zygote's own memory (the start allowance until it is ready)
     reserved: dict[str, int] = field(default_factory=dict)  # container → its memory
+    cpus: dict[str, float] = field(default_factory=dict)  # container → its CPU cores
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
+    uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
 
-    def apply_memory_limit(self) -> None:
+    def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
             self.cgroup.set_memory_limit(self.baseline + sum(self.reserved.values()) + _SLACK)
+        if self.cgroup is not None and self.cgroup.cpu_file is not None:
+            # The quota is the sum of the live containers' cpu=, at least one core meanwhile
+            # (the zygote imports its preloads before any container exists).
+            self.cgroup.set_cpu_limit(max(sum(self.cpus.values()), 1.0))
 
 
 class SandboxRuntime:
@@ -127,8 +145,13 @@ class SandboxRuntime:
         limits: SandboxLimits | None = None,
         stop_grace_s: float = 5.0,
         on_exit: Callable[[ContainerReport], None] | None = None,
+        uids: UidPool | None = None,
     ) -> None:
         self.agent_dir = Path(agent_dir)
+        self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
+        # The account that owns this host (the agent sets it once registered): only its code
+        # may have the host's network (network=True). None: nobody's.
+        self.owner_account: str | None = None
         self.server_url = server_url
         self.bwrap = bwrap
         self.images = images
@@ -302,6 +325,9 @@ class SandboxRuntime:
             return
         failure = built if isinstance(built, ErrorInfo) else None
         image = built if isinstance(built, BuiltImage) else None
+        if a.network and (self.owner_account is None or a.account_id != self.owner_account):
+            self._fail(cid, NETWORK_REFUSED)
+            return
         z = self._zygote_for(a, image, failed=failure is not None)
         code = self._place_code(a, z)
         env = self._container_env(a)
@@ -331,7 +357,8 @@ class SandboxRuntime:
             box.zygote = z.key
             z.containers.add(cid)
             z.reserved[cid] = a.resources.memory_mib * 1024 * 1024
-            z.apply_memory_limit()
+            z.cpus[cid] = float(a.resources.cpu)
+            z.apply_limits()
         try:
             sent = z.proc.send(msg, [log_fd])
         finally:
@@ -371,16 +398,19 @@ class SandboxRuntime:
             gpu_indices=list(a.gpu_indices),
             disk_bytes=self.limits.disk_bytes,
             env={"PYTHONPATH": root} if root else {},
+            gpu_dev_root=self.limits.gpu_dev_root,
         )
+        uid = self.uids.acquire() if self.uids is not None else None
+        cfg.host_uid = uid.uid if uid is not None else None
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            if uid is not None:
+                uid.release()
             raise
-        cgroup = sandbox_cgroup(key, self.limits.max_pids, self.limits.zygote_start_memory)
-        rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": self.limits.file_bytes}
-        if cgroup is None or not cgroup.pids:
-            rlimits["RLIMIT_NPROC"] = self.limits.max_pids
+        cgroup = self.new_cgroup(key)
+        rlimits = self.rlimits(cgroup)
         if built is not None:
             self.images.acquire(built.key)
         try:
@@ -398,6 +428,8 @@ class SandboxRuntime:
                 self.images.release(built.key)
             if cgroup is not None:
                 cgroup.remove()
+            if uid is not None:
+                uid.release()
             raise
         z = _Zygote(
             key,
@@ -406,11 +438,27 @@ class SandboxRuntime:
             built.key if built is not None else None,
             cgroup=cgroup,
             baseline=self.limits.zygote_start_memory,
+            uid=uid,
         )
         with self._lock:
             self._zygotes[key] = z
         log.info("started zygote %s (sandbox pid %d, network %s)", key, proc.pid, a.network)
         return z
+
+    def new_cgroup(self, name: str) -> SandboxCgroup | None:
+        """The cgroups of a new sandbox, where the host allows them and settings want them."""
+        if not self.limits.use_cgroups:
+            return None
+        return sandbox_cgroup(name, self.limits.max_pids, self.limits.zygote_start_memory)
+
+    def rlimits(self, cgroup: SandboxCgroup | None) -> dict[str, int]:
+        """The rlimits bwrap starts under. ``RLIMIT_NPROC`` counts the processes of a uid: it
+        bounds one sandbox when the sandbox has a uid of its own (always set then: it holds
+        without cgroups), and otherwise only stands in where no pids cgroup exists."""
+        rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": self.limits.file_bytes}
+        if self.uids is not None or cgroup is None or not cgroup.pids:
+            rlimits["RLIMIT_NPROC"] = self.limits.max_pids
+        return rlimits
 
     def _place_code(self, a: ContainerAssignment, z: _Zygote) -> str:
         """Fetch the bundle into the host's code cache (with the container's own token), then
@@ -468,7 +516,7 @@ class SandboxRuntime:
             if op == "ready":
                 if z is not None and z.cgroup is not None:
                     z.baseline = max(z.cgroup.memory_usage(), 16 << 20)
-                    z.apply_memory_limit()
+                    z.apply_limits()
                 log.info(
                     "zygote %s ready in %.2f s (preloaded %s%s)",
                     key,
@@ -496,8 +544,9 @@ class SandboxRuntime:
                 box = self._boxes.get(str(msg.get("cid")))
                 if z is not None:
                     z.containers.discard(str(msg.get("cid")))
+                    z.cpus.pop(str(msg.get("cid")), None)
                     if z.reserved.pop(str(msg.get("cid")), None) is not None:
-                        z.apply_memory_limit()
+                        z.apply_limits()
                     if not z.containers:
                         z.idle_since = time.monotonic()
                 if box is not None and box.state != "exited":
@@ -511,6 +560,8 @@ class SandboxRuntime:
                     z.gone = True
                     self._zygotes.pop(key, None)
                     z.relay.close()
+                    if z.uid is not None:
+                        z.uid.release()
                     if z.image_key is not None:
                         self.images.release(z.image_key)
                     for cid in sorted(z.containers):
@@ -581,8 +632,9 @@ class SandboxRuntime:
                 z = self._zygotes.get(box.zygote)
                 if z is not None:
                     z.containers.discard(cid)
+                    z.cpus.pop(cid, None)
                     if z.reserved.pop(cid, None) is not None:
-                        z.apply_memory_limit()
+                        z.apply_limits()
             self._finish(box, None, "start_failed", message)
         self._notify(box)
 

@@ -148,7 +148,9 @@ def register(app: typer.Typer) -> None:
         ),
         agent_dir: Path = typer.Option(None, help="Agent state directory (CRUCIBLE_AGENT_DIR)."),
         runtime: str = typer.Option(
-            None, help="Container runtime: process or bwrap (CRUCIBLE_RUNTIME; docs/sandbox.md)."
+            None,
+            help="Container runtime: auto (bwrap where this machine can sandbox), bwrap, or "
+            "process (owner's code only) (CRUCIBLE_RUNTIME; docs/sandbox.md).",
         ),
     ) -> None:
         """Run a host agent: register this machine and run the containers it is given."""

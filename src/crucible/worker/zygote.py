@@ -20,6 +20,11 @@ so a stop reaches everything it started), ``PR_SET_PDEATHSIG``, its own work dir
 file size, open files, no core dumps), the log file the agent opened as stdout and stderr,
 and an environment built from scratch by the agent.
 
+A container that ends leaves nothing behind: its process group is killed, then every process
+still in its session (children that left the group), and once the sandbox holds no container,
+every process in the sandbox but the zygote (children that left the session too). The
+sandbox's own PID namespace makes "every process" exactly this sandbox's.
+
 CUDA is never initialised here: nothing in this module touches a GPU, and
 :mod:`crucible.sdk._image` documents that preloaded modules must not either. Threads are
 never started here, so ``fork()`` is safe.
@@ -231,10 +236,57 @@ def serve(ctrl: socket.socket) -> int:
             # anything it left in its group first.
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
+            kill_leftovers(pid)  # its session: children that left its process group
             _, status = os.waitpid(pid, 0)
             os.close(r)
+            if not children and _in_own_pid_namespace():
+                kill_leftovers(None)  # no container left: nothing else may live here
             shutil.rmtree(_WORK_ROOT / cid, ignore_errors=True)
             chan.send({"op": "exited", "cid": cid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[3])
+    except (IndexError, ValueError):
+        return None
+
+
+def _in_own_pid_namespace() -> bool:
+    """Whether this zygote runs under bubblewrap's init as pid 1 of its own PID namespace (the
+    only place where killing "every other process" is right)."""
+    try:
+        with open("/proc/1/comm", encoding="utf-8") as f:
+            return os.getppid() == 1 and f.read().strip() == "bwrap"
+    except OSError:
+        return False
+
+
+def kill_leftovers(session: int | None) -> int:
+    """SIGKILL the processes of this PID namespace left by an ended container: those of
+    ``session``, or with ``None`` every process but this one and the namespace's init. Returns
+    how many were signalled."""
+    me = os.getpid()
+    killed = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in (me, 1):
+            continue
+        if session is not None and _session_of(pid) != session:
+            continue
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
 
 
 def _handle(
