@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
+from crucible.protocol.common import Named, Resources, RetryPolicy, Wire, WireInt
 from crucible.protocol.images import ImageSpec
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
@@ -23,9 +23,9 @@ class AppInfo(Wire):
     name: str
     state: str  # running | stopped
     ephemeral: bool
-    created_ms: int
-    stopped_ms: int | None = None
-    functions: int = 0
+    created_ms: WireInt
+    stopped_ms: WireInt | None = None
+    functions: WireInt = 0
 
 
 class CodeRef(Wire):
@@ -108,4 +108,4 @@ class FunctionCreate(Named):
 class FunctionInfo(FunctionCreate):
     id: str
     app_id: str
-    created_ms: int
+    created_ms: WireInt

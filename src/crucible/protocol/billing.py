@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import Wire, WireInt
 
 __all__ = ["BillLine", "BillReport"]
 
@@ -12,14 +12,14 @@ class BillLine(Wire):
     app_name: str
     function_id: str
     function_name: str
-    containers: int
-    container_ms: int
-    cost_micros: int
-    calls: int
-    exec_ms: int
+    containers: WireInt
+    container_ms: WireInt
+    cost_micros: WireInt
+    calls: WireInt
+    exec_ms: WireInt
 
 
 class BillReport(Wire):
     account_id: str
     lines: list[BillLine]
-    total_micros: int
+    total_micros: WireInt

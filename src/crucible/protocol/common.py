@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_WIRE_INT",
     "TERMINAL_STATES",
     "CallState",
     "ErrorBody",
@@ -18,14 +20,25 @@ __all__ = [
     "Resources",
     "RetryPolicy",
     "Wire",
+    "WireInt",
 ]
+
+# The largest magnitude of an integer on the wire: every JSON reader holds it exactly, and it
+# fits a 64-bit store column with room to add. Larger values are refused with 400 (they used
+# to reach the store and fail there with 500).
+MAX_WIRE_INT = 2**53
+# An integer field without a narrower range of its own.
+WireInt = Annotated[int, Field(ge=-MAX_WIRE_INT, le=MAX_WIRE_INT)]
 
 
 class Wire(BaseModel):
-    """Base of every wire model: unknown fields are refused so typos surface as 400."""
+    """Base of every wire model: unknown fields are refused so typos surface as 400, and
+    types are strict: ``true`` is not an integer, ``0`` is not a boolean and ``"1"`` is not a
+    number (a ``{"cap_micros": false}`` once set a $0 cap). Enum fields that must accept
+    their string values from decoded JSON opt out per field (``Field(strict=False)``)."""
 
     # Infinity and NaN are never meaningful on the wire (and JSON stores refuse them).
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Payload(Wire):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import Wire, WireInt
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = [
@@ -117,12 +117,12 @@ class HostInfo(Wire):
     region: str
     state: str  # ready | lost
     inventory: Inventory
-    last_seen_ms: int
-    registered_ms: int
+    last_seen_ms: WireInt
+    registered_ms: WireInt
     allocated_cpu: float = 0.0
-    allocated_memory_mib: int = 0
-    allocated_gpus: list[int] = Field(default_factory=list)
-    containers: int = 0
+    allocated_memory_mib: WireInt = 0
+    allocated_gpus: list[WireInt] = Field(default_factory=list)
+    containers: WireInt = 0
 
 
 class HostSync(Wire):

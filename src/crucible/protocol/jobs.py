@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import ErrorInfo, Wire
+from crucible.protocol.common import ErrorInfo, Wire, WireInt
 
 __all__ = ["JOB_STATES", "JobInput", "JobStatus"]
 
@@ -40,8 +40,8 @@ class JobStatus(Wire):
     status: str  # one of JOB_STATES
     output: Any = None  # the function's JSON result, once succeeded
     error: ErrorInfo | None = None
-    created_ms: int
-    started_ms: int | None = None
-    finished_ms: int | None = None
-    exec_ms: int | None = None
-    cost_micros: int | None = None
+    created_ms: WireInt
+    started_ms: WireInt | None = None
+    finished_ms: WireInt | None = None
+    exec_ms: WireInt | None = None
+    cost_micros: WireInt | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
-from crucible.protocol.common import Wire
+from crucible.protocol.common import Wire, WireInt
 
 __all__ = [
     "BookInfo",
@@ -61,36 +61,36 @@ class HostMarketInfo(Wire):
     state: str
     draining: bool
     reliability: float  # 0..1, published
-    leases_ended: int
-    leases_faulted: int
+    leases_ended: WireInt
+    leases_faulted: WireInt
     energy_source: str
-    carbon_g_per_kwh: int | None
+    carbon_g_per_kwh: WireInt | None
     offers: list[OfferInfo]
 
 
 class LevelInfo(Wire):
-    price_micros: int
-    devices: int
+    price_micros: WireInt
+    devices: WireInt
 
 
 class ClearingInfo(Wire):
-    at_ms: int
+    at_ms: WireInt
     tier: str
-    price_micros: int
-    devices: int
+    price_micros: WireInt
+    devices: WireInt
     host_id: str
 
 
 class BookInfo(Wire):
     device_type: str
-    at_ms: int
+    at_ms: WireInt
     asks: list[LevelInfo]
     interruptible_minimums: list[LevelInfo]
     standing_bids: list[LevelInfo]
     recent: list[ClearingInfo]
-    free_devices: int
-    listed_devices: int
-    leased: dict[str, int]
+    free_devices: WireInt
+    listed_devices: WireInt
+    leased: dict[str, WireInt]
 
 
 class QuoteRequest(Wire):
@@ -110,19 +110,19 @@ class QuoteInfo(Wire):
     available: bool
     model: str | None = None
     tier: str | None = None
-    price_micros: int | None = None  # per device-hour (the highest among the nodes)
-    rate_micros_per_hour: int = 0  # everything asked, per hour
+    price_micros: WireInt | None = None  # per device-hour (the highest among the nodes)
+    rate_micros_per_hour: WireInt = 0  # everything asked, per hour
     hosts: list[str] = Field(default_factory=list)
-    preempts: int = 0
+    preempts: WireInt = 0
     refusal: str | None = None  # stable code (docs/market.md)
     message: str | None = None
-    min_winning_bid_micros: int | None = None
+    min_winning_bid_micros: WireInt | None = None
 
 
 class ReserveCreate(Wire):
     gpu: str = Field(min_length=1, max_length=40)  # "8xH100"
     nodes: int = Field(default=1, ge=1, le=1024)
-    start_ms: int = Field(ge=0)
+    start_ms: WireInt = Field(ge=0)
     hours: float = Field(gt=0, le=366 * 24)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
     region: str | None = Field(default=None, min_length=1, max_length=64)
@@ -133,13 +133,13 @@ class ReserveCreate(Wire):
 class ReservationInfo(Wire):
     id: str
     model: str
-    count: int
-    nodes: int
+    count: WireInt
+    nodes: WireInt
     hosts: list[str]
-    start_ms: int
-    end_ms: int
-    price_micros: int  # per device-hour (highest block)
-    cost_micros: int  # the whole window, charged when reserved
+    start_ms: WireInt
+    end_ms: WireInt
+    price_micros: WireInt  # per device-hour (highest block)
+    cost_micros: WireInt  # the whole window, charged when reserved
 
 
 class CreditGrant(Wire):
@@ -157,9 +157,9 @@ class DailyCap(Wire):
 
 class CreditInfo(Wire):
     account_id: str
-    balance_micros: int
-    spent_today_micros: int
-    daily_cap_micros: int | None
+    balance_micros: WireInt
+    spent_today_micros: WireInt
+    daily_cap_micros: WireInt | None
     ok: bool
     reason: str
 
@@ -169,18 +169,18 @@ class EarningsLine(Wire):
     host_id: str
     device_type: str | None = None
     tier: str | None = None
-    ms: int
-    charged_micros: int
-    fee_micros: int
-    earned_micros: int
+    ms: WireInt
+    charged_micros: WireInt
+    fee_micros: WireInt
+    earned_micros: WireInt
 
 
 class EarningsReport(Wire):
     by: str  # lease | day
     lines: list[EarningsLine]
-    charged_micros: int
-    fee_micros: int
-    earned_micros: int
+    charged_micros: WireInt
+    fee_micros: WireInt
+    earned_micros: WireInt
 
     @model_validator(mode="after")
     def _sums(self) -> EarningsReport:
