@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import Named, Resources, RetryPolicy, Wire, WireInt
+from crucible.protocol.common import JsonValue, Named, Resources, RetryPolicy, Wire, WireInt
 from crucible.protocol.images import ImageSpec
 
 __all__ = ["AppCreate", "AppInfo", "CodeRef", "FunctionCreate", "FunctionInfo", "MarketTerms"]
@@ -72,9 +70,9 @@ class FunctionCreate(Named):
     max_inputs: int = Field(default=1, ge=1, le=1000)
     target_inputs: int | None = Field(default=None, ge=1, le=1000)
     # A web endpoint: {"kind": "fastapi_endpoint"|"asgi_app", "method", "public"}.
-    web: dict[str, Any] | None = None
+    web: dict[str, JsonValue] | None = None
     # An @app.cls() pool: the class's parameters (each input names the method to call).
-    class_params: dict[str, Any] | None = None
+    class_params: dict[str, JsonValue] | None = None
     # @crucible.batched: inputs per call of the function, and how long to wait for them.
     max_batch_size: int = Field(default=1, ge=1, le=1000)
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)

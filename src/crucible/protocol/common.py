@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "MAX_WIRE_INT",
@@ -15,6 +16,7 @@ __all__ = [
     "ErrorBody",
     "ErrorInfo",
     "GpuAsk",
+    "JsonValue",
     "Named",
     "Payload",
     "Resources",
@@ -29,6 +31,21 @@ __all__ = [
 MAX_WIRE_INT = 2**53
 # An integer field without a narrower range of its own.
 WireInt = Annotated[int, Field(ge=-MAX_WIRE_INT, le=MAX_WIRE_INT)]
+
+
+def _json_only(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(
+            f"holds a value JSON cannot carry here ({exc}; integers must fit in 64 bits)"
+        ) from None
+    return value
+
+
+# Free-form JSON (a job's input, a function's web or class parameters): anything JSON holds,
+# within what the server can store and forward.
+JsonValue = Annotated[Any, AfterValidator(_json_only)]
 
 
 class Wire(BaseModel):
