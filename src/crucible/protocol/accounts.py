@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from crucible.protocol.common import Wire, WireInt
+from crucible.protocol.common import PrintableText, Wire, WireInt
 
 __all__ = ["AccountCreate", "AccountInfo", "Scope", "TokenCreate", "TokenCreated", "TokenInfo"]
 
@@ -33,7 +33,7 @@ class AccountInfo(Wire):
 
 class TokenCreate(Wire):
     scope: Scope = Field(default=Scope.USER, strict=False)  # its value, from JSON
-    name: str = Field(default="", max_length=64)
+    name: PrintableText = Field(default="", max_length=64)
     account_id: str | None = Field(
         default=None, description="admin only: create the token for this account"
     )

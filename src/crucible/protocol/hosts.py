@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import Wire, WireInt
+from crucible.protocol.common import HostLabel, PrintableText, Wire, WireInt, Words
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = [
@@ -23,9 +23,9 @@ __all__ = [
 
 class DeviceInfo(Wire):
     index: int = Field(ge=0, le=1023)
-    model: str = Field(min_length=1, max_length=64)
+    model: PrintableText = Field(min_length=1, max_length=64)
     memory_mib: int = Field(ge=0, le=2**40)
-    uuid: str = Field(min_length=1, max_length=128)
+    uuid: PrintableText = Field(min_length=1, max_length=128)
     fake: bool = False
 
 
@@ -99,13 +99,14 @@ class SelfTestResult(Wire):
 
 
 class HostRegister(Wire):
-    name: str = Field(min_length=1, max_length=128)
-    region: str = Field(default="local", max_length=64)
+    # Shown to every account (`crucible hosts`, the market): names, not free text.
+    name: HostLabel
+    region: HostLabel = "local"
     # Declared by the host's operator; None keeps what the host has on record.
-    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    energy_source: Words | None = None
     carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
     inventory: Inventory
-    agent_version: str = Field(default="", max_length=64)
+    agent_version: PrintableText = Field(default="", max_length=64)
     # Measured by the agent; None from an older agent (treated as runtime "process").
     isolation: IsolationReport | None = None
     self_test: list[SelfTestResult] = Field(default_factory=list, max_length=128)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
-from crucible.protocol.common import Wire, WireInt
+from crucible.protocol.common import PrintableText, Wire, WireInt, Words
 
 __all__ = [
     "BookInfo",
@@ -35,7 +35,7 @@ _MODEL = Field(min_length=1, max_length=32)
 class OfferUpdate(Wire):
     """A host's terms for one device type: a GPU model it has, or ``cpu``."""
 
-    device_type: str = _MODEL
+    device_type: PrintableText = _MODEL
     on_demand_micros: int = _PRICE
     interruptible_min_micros: int = _PRICE
     reserved_micros: int = _PRICE
@@ -50,7 +50,7 @@ class OfferInfo(OfferUpdate):
 
 class HostProfileUpdate(Wire):
     draining: bool | None = None
-    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    energy_source: Words | None = None
     carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
 
 
