@@ -11,7 +11,14 @@ from crucible.server.auth import Principal
 from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
 from crucible.server.billing.ledger import MeteredInterval
 from crucible.server.billing.metering import interval_cost, intervals_due
-from crucible.server.store.tables import apps, calls, containers, functions, meter_intervals
+from crucible.server.store.tables import (
+    apps,
+    calls,
+    containers,
+    functions,
+    hosts,
+    meter_intervals,
+)
 
 __all__ = ["bill", "meter_containers"]
 
@@ -41,7 +48,9 @@ def meter_containers(
 
     Metering covers ``[started, end)`` where ``end`` is when the container stopped or, if
     earlier, when its lease ended (preempted, out of credit): a preempted container's grace
-    period is not charged. Only containers with something due are read, and everything is
+    period is not charged. A running container is metered only up to its host's last sync
+    (the last moment it was known alive): a host that goes silent and is then declared lost
+    bills nothing for the silence. Only containers with something due are read, and everything is
     written in batches, so a tick costs what is due, not the fleet. Returns the intervals
     written."""
     begun = func.coalesce(containers.c.metered_until_ms, containers.c.started_ms)
@@ -59,8 +68,10 @@ def meter_containers(
             containers.c.rate_micros_per_hour,
             containers.c.fee_ppm,
             functions.c.app_id,
+            hosts.c.last_seen_ms.label("host_seen_ms"),
         )
         .join(functions, functions.c.id == containers.c.function_id)
+        .join(hosts, hosts.c.id == containers.c.host_id, isouter=True)
         .where(
             containers.c.started_ms.is_not(None),
             or_(
@@ -93,7 +104,8 @@ def meter_containers(
         stop = r.stopped_ms
         if r.lease_end_ms is not None and (stop is None or r.lease_end_ms < stop):
             stop = max(r.lease_end_ms, r.started_ms)
-        due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, stop, max_interval_ms)
+        alive_ms = now_ms if r.host_seen_ms is None else min(now_ms, r.host_seen_ms)
+        due = intervals_due(r.started_ms, r.metered_until_ms, alive_ms, stop, max_interval_ms)
         charged = int(r.metered_cost_micros)
         for start, end in due:
             cost = interval_cost(r.rate_micros_per_hour, r.started_ms, start, end)
