@@ -95,18 +95,23 @@ def test_a_lease_keeps_its_devices_while_the_inventory_shrinks(server: ServerUnd
     host_token = server.tenant("hoster", Scope.HOST).token
     renter = server.tenant("renter").token
     loop = SchedulerLoop(server.state)
-    host_id = _register(server, host_token, 2)
-    fn = _gpu_function(server, renter, 2)
+    host_id = _register(server, host_token, 3)
+    fn = _gpu_function(server, renter, 1)
     server.new_calls(renter, fn)
     loop.tick()
     with server.state.engine.connect() as conn:
         ct = conn.execute(select(containers).where(containers.c.function_id == fn)).one()
     assert ct.host_id == host_id
+    assert _free(server, renter) == (2, 3)
 
-    _register(server, host_token, 1)  # one GPU gone while the lease holds both
+    _register(server, host_token, 1)  # two GPUs gone while a lease holds one of the three
     for _ in range(2):
         loop.tick()
     assert server.state.market.market.get_lease(ct.id).devices == tuple(ct.gpu_indices)
+    # Nothing new is leased on the devices the host no longer reports: it drains.
+    q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})
+    assert not q["available"]
+    assert _free(server, renter) == (0, 0)
     # The host is still known to the market (draining and offers still apply to it).
     owner = server.tenant("hoster").token
     server.ok("PATCH", f"/v1/hosts/{host_id}/profile", token=owner, json={"draining": True})
@@ -120,8 +125,14 @@ def test_a_lease_keeps_its_devices_while_the_inventory_shrinks(server: ServerUnd
     server.ok("PATCH", f"/v1/hosts/{host_id}/profile", token=owner, json={"draining": False})
     loop.tick()
     loop.tick()
-    assert _free(server, renter) == (1, 1)
     assert server.state.market.market.host(host_id).gpus == ((0, "H100"),)
+    # The call (still queued: its container never took it) gets the one GPU there is.
+    assert _free(server, renter) == (0, 1)
+    with server.state.engine.connect() as conn:
+        again = conn.execute(
+            select(containers).where(containers.c.function_id == fn, containers.c.id != ct.id)
+        ).one()
+    assert (again.host_id, again.gpu_indices) == (host_id, [0])
     with server.state.engine.connect() as conn:
         assert check_ledger(conn) == []
 

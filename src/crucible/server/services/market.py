@@ -268,15 +268,18 @@ class LiveMarket:
             self._seen[r.id] = key
             spec = _spec_of_row(r, h.inventory, prior)
             old = self._specs.get(r.id)
+            stale = False  # the market's devices are no longer the host's
             if old is not None and old.gpus != spec.gpus:
                 # Other devices (an agent re-registered with another inventory, more GPUs,
                 # fewer or none): the host leaves the market and comes back with them. While
                 # leases run or reservations hold devices there, they keep what they were
                 # granted: the old devices stay until they end (looked at again every sync),
-                # and the rest of the profile (state, draining, offers) still applies.
+                # the host takes no new lease on them (it drains), and the rest of its
+                # profile (state, offers) still applies.
                 if r.id in m.hosts_busy():
                     self._seen.pop(r.id, None)
                     spec = replace(spec, gpus=old.gpus)
+                    stale = True
                 else:
                     m.remove_host(r.id)
                     self._forget(r.id)
@@ -289,7 +292,7 @@ class LiveMarket:
             elif old != spec:
                 m.update_host(spec)
             self._specs[r.id] = spec
-            state = (r.state == "ready", bool(r.draining))
+            state = (r.state == "ready", bool(r.draining) or stale)
             if self._state.get(r.id) != state:
                 m.set_online(r.id, state[0], now_ms)
                 m.set_draining(r.id, state[1])
