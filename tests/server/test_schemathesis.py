@@ -47,9 +47,12 @@ CHECKS = [
 ]
 
 
+# Read at import: each test runs in a cleaned environment (tests/conftest.py).
+_CAMPAIGN = os.environ.get("CRUCIBLE_SCHEMATHESIS_EXAMPLES", "").strip()
+
+
 def _examples() -> int:
-    raw = os.environ.get("CRUCIBLE_SCHEMATHESIS_EXAMPLES", "")
-    return int(raw) if raw.strip() else EXAMPLES
+    return int(_CAMPAIGN) if _CAMPAIGN else EXAMPLES
 
 
 @pytest.mark.timeout(1800)
