@@ -98,7 +98,8 @@ class Settings:
     host_timeout_s: float = _opt(
         15.0,
         "CRUCIBLE_HOST_TIMEOUT_S",
-        "A host silent this long is lost: its containers end and their calls are requeued.",
+        "A host silent this long is lost: its containers end and their calls are requeued. "
+        "Its containers are billed up to its last sync, not for the silence.",
     )
     unschedulable_grace_s: float = _opt(
         10.0,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crucible.protocol.hosts import IsolationReport
+
 from harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +121,10 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         # Tenancy and the audit log: the local host's isolation is shown; the token made and
         # revoked above and the price set are audited, for the admin token `up` made.
         [local] = json.loads(_crucible(["hosts", "--json"], env))
-        assert local["isolated"] is False  # runtime process: its owner's code only
+        # `crucible up` sandboxes wherever the machine can: the agent's measured report says
+        # whether strangers' code may run here, and the flag follows it.
+        assert local["isolation"]["runtime"] in ("bwrap", "process")
+        assert local["isolated"] is IsolationReport.model_validate(local["isolation"]).full()
         # The agent's self-test ran at registration and the server judged it (a verdict
         # either way: a busy machine may not show all its cores in parallel).
         assert [r["kind"] for r in local["verification"]["results"]] == ["cpu"]

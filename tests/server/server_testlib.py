@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 
 from crucible.protocol.accounts import Scope
 from crucible.protocol.apps import AppCreate, CodeRef, FunctionCreate
@@ -35,7 +35,7 @@ from crucible.server.services.accounts import ensure_account, issue_token
 from crucible.server.services.blobs import grant_blob
 from crucible.server.services.containers import create_containers
 from crucible.server.state import ServerState
-from crucible.server.store.tables import containers, functions
+from crucible.server.store.tables import containers, functions, hosts
 from crucible.settings import load_settings
 
 __all__ = [
@@ -275,6 +275,12 @@ class World:
         with self.engine.begin() as conn:
             made = apps_svc.create_functions(conn, self.principal, self.app_id, [spec], self.now_ms)
         return made[0].id
+
+    def host_synced(self, at_ms: int) -> None:
+        """The host's agent synced at ``at_ms`` (running containers are metered only up to
+        their host's last sync)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(hosts).where(hosts.c.id == self.host_id).values(last_seen_ms=at_ms))
 
     def container(self, function_id: str, *, cpu: float = 1.0, memory_mib: int = 1024) -> str:
         with self.engine.begin() as conn:

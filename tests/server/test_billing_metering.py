@@ -139,6 +139,7 @@ def test_meter_containers_is_idempotent_and_exact(world: World) -> None:
             select(containers.c.rate_micros_per_hour).where(containers.c.id == cid)
         ).scalar_one()
     assert rate == 2 * 40_000 + 2 * 5_000
+    world.host_synced(start + 10**9)  # its host stays alive throughout
 
     def intervals() -> list[tuple[int, int, int]]:
         with world.engine.connect() as conn:
@@ -208,6 +209,7 @@ def test_meter_containers_skips_never_started_and_restarts_cleanly(world: World)
     never = world.container(fid)
     ran = world.container(fid)
     start = world.now_ms
+    world.host_synced(start + 10**9)
     with world.engine.begin() as conn:
         conn.execute(
             update(containers)

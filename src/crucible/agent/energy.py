@@ -186,9 +186,13 @@ class EnergyMeter:
         with self._lock:
             self._containers.pop(container_id, None)
 
-    def annotate(self, reports: list[ContainerReport]) -> list[ContainerReport]:
+    def annotate(
+        self, reports: list[ContainerReport], *, host_pids: bool = True
+    ) -> list[ContainerReport]:
         """Sample now and return the reports with each tracked container's energy so far
-        (an exited container's figure is frozen at its first exited report)."""
+        (an exited container's figure is frozen at its first exited report). ``host_pids``:
+        the reports' pids are the host's (not a sandbox's own PID namespace), so a
+        container's CPU time can be read from the host's /proc."""
         with self._lock:
             rapl_j, busy = self._advance()
             out: list[ContainerReport] = []
@@ -199,7 +203,7 @@ class EnergyMeter:
                     continue
                 if c.final_mwh is None:
                     # An exited process's pid may already belong to another process.
-                    pid = rep.pid if rep.state != "exited" else None
+                    pid = rep.pid if rep.state != "exited" and host_pids else None
                     self._add_cpu(c, pid, rapl_j, busy)
                     mwh = int(self._total_mj(c) // _MJ_PER_MWH)
                     if rep.state == "exited":

@@ -341,7 +341,9 @@ class Agent:
             reports = self.runtime.poll()
             dropped = None
             if self.energy is not None:
-                reports = self.energy.annotate(reports)
+                reports = self.energy.annotate(
+                    reports, host_pids=getattr(self.runtime, "reports_host_pids", True)
+                )
                 dropped = self.energy.dropped
             self._seq += 1
             seq = self._seq
@@ -405,8 +407,16 @@ class Agent:
                     assignment.resources.memory_mib,
                     gpus,
                 )
-                if self.energy is not None:
-                    self.energy.track(cid, assignment.gpu_indices, assignment.resources.cpu)
+                # A sandbox reports its containers' pids inside its own PID namespace, which
+                # the host's /proc does not know: their CPU energy is left to the server's
+                # estimate, and only GPU containers are metered here (through NVML).
+                host_pids = getattr(self.runtime, "reports_host_pids", True)
+                if self.energy is not None and (host_pids or assignment.gpu_indices):
+                    self.energy.track(
+                        cid,
+                        assignment.gpu_indices,
+                        assignment.resources.cpu if host_pids else 0.0,
+                    )
                 self.runtime.start(assignment)
             for cid in reply.stop:
                 grace = reply.grace_s.get(cid)

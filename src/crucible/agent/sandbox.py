@@ -137,6 +137,8 @@ class SandboxConfig:
     env: dict[str, str] = field(default_factory=dict)
     host_uid: int | None = None  # the sandbox's own host uid (agent as root), else None
     gpu_dev_root: str = "/dev"  # where the GPU device nodes are on the host
+    # Volumes bound read-write: (host directory, mount path inside); the worker fills them.
+    volume_mounts: list[tuple[Path, str]] = field(default_factory=list)
     # Holds the relay socket. Unix socket paths are limited to 107 bytes, so it lives in a
     # short private temporary directory rather than under the agent's directory. With a host
     # uid it (and its "-stage" sibling) must be reachable by that uid: keep it under /tmp.
@@ -171,13 +173,15 @@ def python_mounts(python: str) -> list[str]:
 
 def host_binds(cfg: SandboxConfig) -> list[tuple[str, str, str]]:
     """The host paths a sandbox gets beyond the system's own, as (host path, path inside,
-    bwrap option): the interpreter's directories, the image, the code and the GPU nodes."""
+    bwrap option): the interpreter's directories, the image, the code, the GPU nodes and the
+    volumes' mount directories (the only writable ones)."""
     out = [(p, p, "--ro-bind") for p in python_mounts(cfg.python)]
     if cfg.image_root is not None:
         out.append((str(cfg.image_root), str(cfg.image_root), "--ro-bind"))
     out += [(str(host), inside, "--ro-bind") for host, inside in cfg.image_mounts]
     out += [(host, inside, "--dev-bind") for host, inside in gpu_nodes(cfg)]
     out.append((str(cfg.code_dir), "/crucible/code", "--ro-bind"))
+    out += [(str(host), inside, "--bind") for host, inside in cfg.volume_mounts]
     return out
 
 

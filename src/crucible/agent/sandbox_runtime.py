@@ -135,6 +135,9 @@ class _Zygote:
 class SandboxRuntime:
     """Runs containers in bubblewrap sandboxes, forked from per-image zygotes. Thread-safe."""
 
+    # Container pids are the sandbox's own (its PID namespace), not the host's.
+    reports_host_pids = False
+
     def __init__(
         self,
         agent_dir: Path,
@@ -374,7 +377,13 @@ class SandboxRuntime:
         needed. ``failed``: the image did not build; a plain zygote of its own serves the
         containers that report it."""
         ident = "|".join(
-            [a.account_id, a.image.id if a.image else "", str(a.network), repr(a.gpu_indices)]
+            [
+                a.account_id,
+                a.image.id if a.image else "",
+                str(a.network),
+                repr(a.gpu_indices),
+                repr(sorted(a.volumes.items())),
+            ]
         )
         if failed:
             ident += "|image-failed"
@@ -402,6 +411,14 @@ class SandboxRuntime:
         )
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
+        # Volumes: a directory per mount, writable by the sandbox's uid; the worker fills it
+        # with the volume's latest version, and the containers of this sandbox share it.
+        for i, inside in enumerate(sorted(a.volumes)):
+            host_dir = sdir / "volumes" / str(i)
+            host_dir.mkdir(parents=True)
+            if cfg.host_uid is not None:
+                os.chown(host_dir, cfg.host_uid, cfg.host_uid)
+            cfg.volume_mounts.append((host_dir, inside))
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
@@ -505,6 +522,8 @@ class SandboxRuntime:
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             }
         )
+        if a.volumes:  # bound into this container's sandbox (see _zygote_for)
+            env["CRUCIBLE_VOLUMES_BOUND"] = ",".join(sorted(a.volumes))
         return env
 
     # -- zygote events (reader threads) -------------------------------------------------------

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import PrintableText, Wire, WireInt
 
 __all__ = ["AccountCreate", "AccountInfo", "Scope", "TokenCreate", "TokenCreated", "TokenInfo"]
 
@@ -28,12 +28,12 @@ class AccountCreate(Wire):
 class AccountInfo(Wire):
     id: str
     name: str
-    created_ms: int
+    created_ms: WireInt
 
 
 class TokenCreate(Wire):
-    scope: Scope = Scope.USER
-    name: str = Field(default="", max_length=64)
+    scope: Scope = Field(default=Scope.USER, strict=False)  # its value, from JSON
+    name: PrintableText = Field(default="", max_length=64)
     account_id: str | None = Field(
         default=None, description="admin only: create the token for this account"
     )
@@ -42,9 +42,9 @@ class TokenCreate(Wire):
 class TokenInfo(Wire):
     id: str
     account_id: str
-    scope: Scope
+    scope: Scope = Field(strict=False)
     name: str
-    created_ms: int
+    created_ms: WireInt
     revoked: bool
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from crucible.protocol.common import Named, Resources, RetryPolicy, Wire
+from crucible.protocol.common import JsonValue, Named, Resources, RetryPolicy, Wire, WireInt
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.schedules import ScheduleSpec
 from crucible.protocol.volumes import check_mount_path
@@ -36,9 +35,9 @@ class AppInfo(Wire):
     name: str
     state: str  # running | stopped
     ephemeral: bool
-    created_ms: int
-    stopped_ms: int | None = None
-    functions: int = 0
+    created_ms: WireInt
+    stopped_ms: WireInt | None = None
+    functions: WireInt = 0
 
 
 class CodeRef(Wire):
@@ -90,9 +89,9 @@ class FunctionCreate(Named):
     max_inputs: int = Field(default=1, ge=1, le=1000)
     target_inputs: int | None = Field(default=None, ge=1, le=1000)
     # A web endpoint: {"kind": "fastapi_endpoint"|"asgi_app", "method", "public"}.
-    web: dict[str, Any] | None = None
+    web: dict[str, JsonValue] | None = None
     # An @app.cls() pool: the class's parameters (each input names the method to call).
-    class_params: dict[str, Any] | None = None
+    class_params: dict[str, JsonValue] | None = None
     # @crucible.batched: inputs per call of the function, and how long to wait for them.
     max_batch_size: int = Field(default=1, ge=1, le=1000)
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
@@ -174,7 +173,7 @@ def function_kind(spec: FunctionCreate) -> str:
 class FunctionInfo(FunctionCreate):
     id: str
     app_id: str
-    created_ms: int
+    created_ms: WireInt
     # Derived from the spec (see function_kind) whenever the model is built: never trusted
     # from input, so every handle on the function, however it was found, agrees on it.
     kind: str = "function"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import Wire, WireInt
 
 __all__ = ["AuditEntry", "AuditPage"]
 
 
 class AuditEntry(Wire):
-    id: int
-    ts_ms: int
+    id: WireInt
+    ts_ms: WireInt
     # Who acted: an account and its token; both None for the server itself (a verification).
     actor_account_id: str | None = None
     actor_token_id: str | None = None
@@ -25,4 +25,4 @@ class AuditEntry(Wire):
 class AuditPage(Wire):
     entries: list[AuditEntry]
     # Pass as ``before`` for the next (older) page; None when this page is the last.
-    next_before: int | None = None
+    next_before: WireInt | None = None

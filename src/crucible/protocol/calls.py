@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from crucible.protocol.common import ErrorInfo, Payload, Wire
+from crucible.protocol.common import ErrorInfo, Payload, Wire, WireInt
 
 # Positions in a map group are stored as 32-bit integers.
 MAX_INDEX = 2**31 - 1 - 10_000
@@ -49,21 +49,21 @@ class CallInfo(Wire):
     function_id: str
     app_id: str
     state: str
-    attempts: int
-    created_ms: int
-    started_ms: int | None = None
-    finished_ms: int | None = None
+    attempts: WireInt
+    created_ms: WireInt
+    started_ms: WireInt | None = None
+    finished_ms: WireInt | None = None
     group_id: str | None = None
-    index: int = 0
+    index: WireInt = 0
     result: Payload | None = None
     error: ErrorInfo | None = None
-    exec_ms: int | None = None
+    exec_ms: WireInt | None = None
     # Carried across attempts: what preempted attempts ran is included.
-    cost_micros: int | None = None
+    cost_micros: WireInt | None = None
     # Attempts ended by a preemption (requeued; they do not count against retries).
-    preemptions: int = 0
+    preemptions: WireInt = 0
     # The schedule tick that made this call (None: a client submitted it).
-    tick_ms: int | None = None
+    tick_ms: WireInt | None = None
     # A queued call: why it is not running yet, when the scheduler knows (no live host can
     # run it, every host busy, the market's refusal). None otherwise.
     waiting: str | None = None
@@ -74,14 +74,14 @@ class TimelinePhase(Wire):
     (None for phases no container is billed for, such as waiting in the queue)."""
 
     phase: str  # queued | scheduled | starting | waiting | running
-    start_ms: int
-    end_ms: int
-    ms: int
-    cost_micros: int | None = None
+    start_ms: WireInt
+    end_ms: WireInt
+    ms: WireInt
+    cost_micros: WireInt | None = None
     detail: str = ""
     # The attempt the phase leads to or belongs to (1 for the first; a queued phase after a
     # requeue belongs to the next attempt).
-    attempt: int = 1
+    attempt: WireInt = 1
 
 
 class CallAttempt(Wire):
@@ -90,53 +90,53 @@ class CallAttempt(Wire):
     preempted, host_lost, container_exited, stopped (the container was stopped by the
     exchange) for an attempt that ended while the call went on (requeued)."""
 
-    attempt: int
+    attempt: WireInt
     outcome: str
     container_id: str | None
     host_id: str | None
     cold_start: bool  # the container was started for this attempt
-    started_ms: int | None  # handed to the container
-    ended_ms: int | None  # None while running
+    started_ms: WireInt | None  # handed to the container
+    ended_ms: WireInt | None  # None while running
     error: ErrorInfo | None = None
-    exec_ms: int | None = None
-    cost_micros: int | None = None  # so far, while running
+    exec_ms: WireInt | None = None
+    cost_micros: WireInt | None = None  # so far, while running
 
 
 class CallTimeline(Wire):
     call_id: str
     state: str
-    attempts: int
-    preemptions: int
+    attempts: WireInt
+    preemptions: WireInt
     container_id: str | None
     host_id: str | None
     cold_start: bool  # the container was started for this call (not warm already)
     phases: list[TimelinePhase]
-    cost_micros: int | None  # the call's own cost, across attempts
+    cost_micros: WireInt | None  # the call's own cost, across attempts
     # Every attempt, oldest first (the phases above cover them all, each marked with its
     # attempt); container_id, host_id and cold_start above are the latest attempt's.
     history: list[CallAttempt] = Field(default_factory=list)
     # The call's share of its container's metered energy and emissions: its run time at
     # the container's average power and intensity so far (None: nothing metered yet).
-    energy_mwh: int | None = None
-    carbon_mg: int | None = None
+    energy_mwh: WireInt | None = None
+    carbon_mg: WireInt | None = None
 
 
 class ItemsSent(Wire):
     """What a generator call yielded since ``start``: the worker sends them in order."""
 
     call_id: str
-    attempt: int = Field(ge=1)
-    start: int = Field(ge=0)  # the index of items[0]
+    attempt: WireInt = Field(ge=1)
+    start: WireInt = Field(ge=0)  # the index of items[0]
     items: list[Payload] = Field(max_length=1000)
 
 
 class ItemsAck(Wire):
-    consumed: int  # items the caller has taken (the worker keeps at most a window ahead)
+    consumed: WireInt  # items the caller has taken (the worker keeps at most a window ahead)
 
 
 class ItemsPage(Wire):
     items: list[Payload]
-    next: int  # the index of the next item; pass it as ``after`` to read on
+    next: WireInt  # the index of the next item; pass it as ``after`` to read on
     done: bool  # the call ended and every item was read
     call: CallInfo
 
@@ -167,4 +167,4 @@ class GroupResults(Wire):
     of the group's calls are not finished yet."""
 
     results: list[CallInfo]
-    outstanding: int
+    outstanding: WireInt

@@ -3,29 +3,115 @@
 from __future__ import annotations
 
 import base64
+import re
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_WIRE_INT",
     "TERMINAL_STATES",
     "CallState",
     "ErrorBody",
     "ErrorInfo",
     "GpuAsk",
+    "HostLabel",
+    "JsonValue",
     "Named",
     "Payload",
+    "PrintableText",
     "Resources",
     "RetryPolicy",
     "Wire",
+    "WireInt",
+    "Words",
+]
+
+# The largest magnitude of an integer on the wire: every JSON reader holds it exactly, and it
+# fits a 64-bit store column with room to add. Larger values are refused with 400 (they used
+# to reach the store and fail there with 500).
+MAX_WIRE_INT = 2**53
+# An integer field without a narrower range of its own.
+WireInt = Annotated[int, Field(ge=-MAX_WIRE_INT, le=MAX_WIRE_INT)]
+
+
+def _json_only(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(
+            f"holds a value JSON cannot carry here ({exc}; integers must fit in 64 bits)"
+        ) from None
+    return value
+
+
+# Characters that move a terminal's cursor, clear it, change colours or reorder text when a
+# string is printed: C0 and C1 controls (ESC starts escape sequences), and the invisible and
+# bidirectional formatting marks.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def _control_found(value: str) -> str:
+    m = _CONTROL.search(value)
+    if m is None:
+        return ""
+    return f"; it holds the control character U+{ord(m.group()):04X} at position {m.start()}"
+
+
+def _printable(value: str) -> str:
+    found = _control_found(value)
+    if found:
+        raise ValueError(f"must be printable text{found}")
+    return value
+
+
+def _charset(pattern: str, allowed: str) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(f"may hold only {allowed}{_control_found(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+# Text others may see (a GPU's model name, a token's label): printable, no control characters.
+PrintableText = Annotated[str, AfterValidator(_printable)]
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# A name others see in listings (a host's name, its region): a hostname's characters.
+HostLabel = Annotated[
+    str,
+    Field(min_length=1, max_length=128, json_schema_extra={"pattern": _LABEL}),
+    _charset(_LABEL, "letters, digits, '.', '_' and '-', starting with a letter or digit"),
+]
+_WORDS = r"^[A-Za-z0-9][A-Za-z0-9 _.+/\-]*$"
+# A short phrase others see (a host's energy source: "solar", "wind + hydro").
+Words = Annotated[
+    str,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": _WORDS}),
+    _charset(
+        _WORDS,
+        "letters, digits, spaces and '.', '_', '+', '/', '-', starting with a letter or digit",
+    ),
 ]
 
 
+# Free-form JSON (a job's input, a function's web or class parameters): anything JSON holds,
+# within what the server can store and forward.
+JsonValue = Annotated[Any, AfterValidator(_json_only)]
+
+
 class Wire(BaseModel):
-    """Base of every wire model: unknown fields are refused so typos surface as 400."""
+    """Base of every wire model: unknown fields are refused so typos surface as 400, and
+    types are strict: ``true`` is not an integer, ``0`` is not a boolean and ``"1"`` is not a
+    number (a ``{"cap_micros": false}`` once set a $0 cap). Enum fields that must accept
+    their string values from decoded JSON opt out per field (``Field(strict=False)``)."""
 
     # Infinity and NaN are never meaningful on the wire (and JSON stores refuse them).
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Payload(Wire):

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
-from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire
+from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire, WireInt
 from crucible.protocol.images import ImageSpec
 
 __all__ = [
@@ -27,7 +27,7 @@ class ContainerAssignment(Wire):
     app_id: str
     code: CodeRef
     resources: Resources
-    gpu_indices: list[int] = Field(default_factory=list)
+    gpu_indices: list[WireInt] = Field(default_factory=list)
     is_async: bool = False
     max_inputs: int = Field(default=1, ge=1, le=1000)  # inputs it runs at once
     max_batch_size: int = Field(default=1, ge=1, le=1000)  # @crucible.batched
@@ -64,20 +64,20 @@ class ContainerReport(Wire):
 
 class InputAssignment(Wire):
     call_id: str
-    attempt: int
+    attempt: WireInt
     args: Payload
     timeout_s: float
 
 
 class OutputItem(Wire):
     call_id: str
-    attempt: int
+    attempt: WireInt
     status: str = Field(pattern=r"^(succeeded|failed|timed_out)$")
     result: Payload | None = None
     error: ErrorInfo | None = None
     # How long the function ran, in microseconds (stored and billed in milliseconds; the
     # autoscaler needs the finer figure for functions that take less than one).
-    exec_us: int = Field(default=0, ge=0)
+    exec_us: WireInt = Field(default=0, ge=0)
 
     @property
     def exec_ms(self) -> int:

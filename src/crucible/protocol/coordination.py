@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from crucible.protocol.common import Named, Wire
+from crucible.protocol.common import Named, Wire, WireInt
 
 __all__ = [
     "DictEntry",
@@ -36,19 +36,19 @@ class ObjectCreate(Named):
 
 class DictInfo(Wire):
     name: str
-    entries: int
-    bytes: int
-    created_ms: int
-    last_used_ms: int
+    entries: WireInt
+    bytes: WireInt
+    created_ms: WireInt
+    last_used_ms: WireInt
 
 
 class QueueInfo(Wire):
     name: str
-    items: int
-    bytes: int
-    partitions: dict[str, int] = Field(default_factory=dict)
-    created_ms: int
-    last_used_ms: int
+    items: WireInt
+    bytes: WireInt
+    partitions: dict[str, WireInt] = Field(default_factory=dict)
+    created_ms: WireInt
+    last_used_ms: WireInt
 
 
 class DictEntry(Wire):

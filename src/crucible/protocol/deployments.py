@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from crucible.protocol.common import Named, Wire
+from crucible.protocol.common import Named, Wire, WireInt
 
 __all__ = [
     "DeploymentCreate",
@@ -24,14 +24,14 @@ class VersionStarted(Wire):
     deployment_id: str
     name: str
     app_id: str  # register the version's functions on this app, then activate it
-    version: int
+    version: WireInt
 
 
 class DeploymentVersion(Wire):
-    version: int
+    version: WireInt
     app_id: str
     state: str  # deploying | running | retiring | stopped
-    created_ms: int
+    created_ms: WireInt
     functions: list[str] = Field(default_factory=list)
 
 
@@ -40,8 +40,8 @@ class ScheduleInfo(Wire):
 
     function: str
     schedule: str  # e.g. "cron '*/5 * * * *' (UTC)" or "every 300 s"
-    next_run_ms: int
-    last_tick_ms: int | None = None
+    next_run_ms: WireInt
+    last_tick_ms: WireInt | None = None
     last_call_id: str | None = None
 
 
@@ -49,13 +49,13 @@ class DeploymentInfo(Wire):
     id: str
     name: str
     state: str  # running | stopped
-    version: int  # the current version (0: none activated yet)
+    version: WireInt  # the current version (0: none activated yet)
     app_id: str | None
-    created_ms: int
-    updated_ms: int
+    created_ms: WireInt
+    updated_ms: WireInt
     versions: list[DeploymentVersion] = Field(default_factory=list)
     schedules: list[ScheduleInfo] = Field(default_factory=list)
 
 
 class Rollback(Wire):
-    version: int = Field(ge=1)
+    version: WireInt = Field(ge=1)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import HostLabel, PrintableText, Wire, WireInt, Words
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = [
@@ -26,9 +26,9 @@ __all__ = [
 
 class DeviceInfo(Wire):
     index: int = Field(ge=0, le=1023)
-    model: str = Field(min_length=1, max_length=64)
+    model: PrintableText = Field(min_length=1, max_length=64)
     memory_mib: int = Field(ge=0, le=2**40)
-    uuid: str = Field(min_length=1, max_length=128)
+    uuid: PrintableText = Field(min_length=1, max_length=128)
     fake: bool = False
 
 
@@ -140,7 +140,7 @@ class HostVerification(Wire):
 
     verified: bool
     reason: str = Field(max_length=4000)
-    checked_ms: int
+    checked_ms: WireInt
     results: list[SelfTestResult] = Field(default_factory=list, max_length=128)
 
 
@@ -152,13 +152,14 @@ def verification_summary(verified: bool, verification: HostVerification | None) 
 
 
 class HostRegister(Wire):
-    name: str = Field(min_length=1, max_length=128)
-    region: str = Field(default="local", max_length=64)
+    # Shown to every account (`crucible hosts`, the market): names, not free text.
+    name: HostLabel
+    region: HostLabel = "local"
     # Declared by the host's operator; None keeps what the host has on record.
-    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    energy_source: Words | None = None
     carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
     inventory: Inventory
-    agent_version: str = Field(default="", max_length=64)
+    agent_version: PrintableText = Field(default="", max_length=64)
     # Measured by the agent; None from an older agent (treated as runtime "process").
     isolation: IsolationReport | None = None
     self_test: list[SelfTestResult] = Field(default_factory=list, max_length=128)
@@ -170,22 +171,22 @@ class HostInfo(Wire):
     region: str
     state: str  # ready | lost
     inventory: Inventory
-    last_seen_ms: int
-    registered_ms: int
+    last_seen_ms: WireInt
+    registered_ms: WireInt
     allocated_cpu: float = 0.0
-    allocated_memory_mib: int = 0
-    allocated_gpus: list[int] = Field(default_factory=list)
-    containers: int = 0
+    allocated_memory_mib: WireInt = 0
+    allocated_gpus: list[WireInt] = Field(default_factory=list)
+    containers: WireInt = 0
     # Energy and carbon: the declared source and intensity, the intensity in force now (from
     # the operator's grid source for the region, or the declared figure), where it came from
     # ("declared", "grid"), why a grid source was not used (None: nothing to say), and power
     # readings the agent dropped as negative or absurd.
     energy_source: str = "unknown"
-    declared_carbon_g_per_kwh: int | None = None
-    carbon_g_per_kwh: int | None = None
+    declared_carbon_g_per_kwh: WireInt | None = None
+    carbon_g_per_kwh: WireInt | None = None
     carbon_source: str = "declared"
     carbon_note: str | None = None
-    energy_readings_dropped: int = 0
+    energy_readings_dropped: WireInt = 0
     # Tenancy: the agent's measured report (None: an older agent, runtime process); whether
     # it is full (strangers' code may run here); the self-test's verdict.
     isolation: IsolationReport | None = None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from crucible.protocol.common import ErrorInfo, Wire
+from crucible.protocol.common import ErrorInfo, JsonValue, Wire, WireInt
 
 __all__ = ["JOB_STATES", "JobInput", "JobStatus"]
 
@@ -17,9 +17,9 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_ou
 class JobInput(Wire):
     """``input`` is passed as the function's one argument; or give ``args`` and ``kwargs``."""
 
-    input: Any = None
-    args: list[Any] | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: JsonValue = None
+    args: list[JsonValue] | None = None
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict)
     # The same key submits once (a retried request returns the first job).
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
@@ -40,8 +40,8 @@ class JobStatus(Wire):
     status: str  # one of JOB_STATES
     output: Any = None  # the function's JSON result, once succeeded
     error: ErrorInfo | None = None
-    created_ms: int
-    started_ms: int | None = None
-    finished_ms: int | None = None
-    exec_ms: int | None = None
-    cost_micros: int | None = None
+    created_ms: WireInt
+    started_ms: WireInt | None = None
+    finished_ms: WireInt | None = None
+    exec_ms: WireInt | None = None
+    cost_micros: WireInt | None = None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from crucible.protocol.common import Wire
+from crucible.protocol.common import Wire, WireInt
 
 __all__ = ["LogBatch", "LogLine", "LogPage", "LogSent"]
 
 
 class LogSent(Wire):
-    ts_ms: int = Field(ge=0)
+    ts_ms: WireInt = Field(ge=0)
     stream: str = Field(pattern=r"^(stdout|stderr)$")
     call_id: str | None = Field(default=None, max_length=32)
     line: str = Field(max_length=8192)
@@ -21,11 +21,11 @@ class LogBatch(Wire):
 
 
 class LogLine(LogSent):
-    id: int  # increasing: read on from the last one seen
+    id: WireInt  # increasing: read on from the last one seen
     container_id: str
     function_id: str
 
 
 class LogPage(Wire):
     lines: list[LogLine]
-    next_after: int  # pass as ``after`` to read on (``--follow``)
+    next_after: WireInt  # pass as ``after`` to read on (``--follow``)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
-from crucible.protocol.common import Wire
+from crucible.protocol.common import PrintableText, Wire, WireInt, Words
 from crucible.protocol.hosts import HostVerification
 
 __all__ = [
@@ -36,7 +36,7 @@ _MODEL = Field(min_length=1, max_length=32)
 class OfferUpdate(Wire):
     """A host's terms for one device type: a GPU model it has, or ``cpu``."""
 
-    device_type: str = _MODEL
+    device_type: PrintableText = _MODEL
     on_demand_micros: int = _PRICE
     interruptible_min_micros: int = _PRICE
     reserved_micros: int = _PRICE
@@ -51,7 +51,7 @@ class OfferInfo(OfferUpdate):
 
 class HostProfileUpdate(Wire):
     draining: bool | None = None
-    energy_source: str | None = Field(default=None, min_length=1, max_length=64)
+    energy_source: Words | None = None
     carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
 
 
@@ -62,10 +62,10 @@ class HostMarketInfo(Wire):
     state: str
     draining: bool
     reliability: float  # 0..1, published
-    leases_ended: int
-    leases_faulted: int
+    leases_ended: WireInt
+    leases_faulted: WireInt
     energy_source: str
-    carbon_g_per_kwh: int | None
+    carbon_g_per_kwh: WireInt | None
     offers: list[OfferInfo]
     # Tenancy: whether strangers' code may run here (the agent's measured isolation is full),
     # that isolation in one line, and the self-test's verdict (see HostInfo).
@@ -76,28 +76,28 @@ class HostMarketInfo(Wire):
 
 
 class LevelInfo(Wire):
-    price_micros: int
-    devices: int
+    price_micros: WireInt
+    devices: WireInt
 
 
 class ClearingInfo(Wire):
-    at_ms: int
+    at_ms: WireInt
     tier: str
-    price_micros: int
-    devices: int
+    price_micros: WireInt
+    devices: WireInt
     host_id: str
 
 
 class BookInfo(Wire):
     device_type: str
-    at_ms: int
+    at_ms: WireInt
     asks: list[LevelInfo]
     interruptible_minimums: list[LevelInfo]
     standing_bids: list[LevelInfo]
     recent: list[ClearingInfo]
-    free_devices: int
-    listed_devices: int
-    leased: dict[str, int]
+    free_devices: WireInt
+    listed_devices: WireInt
+    leased: dict[str, WireInt]
 
 
 class QuoteRequest(Wire):
@@ -119,19 +119,19 @@ class QuoteInfo(Wire):
     available: bool
     model: str | None = None
     tier: str | None = None
-    price_micros: int | None = None  # per device-hour (the highest among the nodes)
-    rate_micros_per_hour: int = 0  # everything asked, per hour
+    price_micros: WireInt | None = None  # per device-hour (the highest among the nodes)
+    rate_micros_per_hour: WireInt = 0  # everything asked, per hour
     hosts: list[str] = Field(default_factory=list)
-    preempts: int = 0
+    preempts: WireInt = 0
     refusal: str | None = None  # stable code (docs/market.md)
     message: str | None = None
-    min_winning_bid_micros: int | None = None
+    min_winning_bid_micros: WireInt | None = None
 
 
 class ReserveCreate(Wire):
     gpu: str = Field(min_length=1, max_length=40)  # "8xH100"
     nodes: int = Field(default=1, ge=1, le=1024)
-    start_ms: int = Field(ge=0)
+    start_ms: WireInt = Field(ge=0)
     hours: float = Field(gt=0, le=366 * 24)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
     region: str | None = Field(default=None, min_length=1, max_length=64)
@@ -143,13 +143,13 @@ class ReserveCreate(Wire):
 class ReservationInfo(Wire):
     id: str
     model: str
-    count: int
-    nodes: int
+    count: WireInt
+    nodes: WireInt
     hosts: list[str]
-    start_ms: int
-    end_ms: int
-    price_micros: int  # per device-hour (highest block)
-    cost_micros: int  # the whole window, charged when reserved
+    start_ms: WireInt
+    end_ms: WireInt
+    price_micros: WireInt  # per device-hour (highest block)
+    cost_micros: WireInt  # the whole window, charged when reserved
 
 
 class CreditGrant(Wire):
@@ -167,9 +167,9 @@ class DailyCap(Wire):
 
 class CreditInfo(Wire):
     account_id: str
-    balance_micros: int
-    spent_today_micros: int
-    daily_cap_micros: int | None
+    balance_micros: WireInt
+    spent_today_micros: WireInt
+    daily_cap_micros: WireInt | None
     ok: bool
     reason: str
 
@@ -179,22 +179,22 @@ class EarningsLine(Wire):
     host_id: str
     device_type: str | None = None
     tier: str | None = None
-    ms: int
-    charged_micros: int
-    fee_micros: int
-    earned_micros: int
-    energy_mwh: int = 0  # what the metered leases drew (milliwatt-hours)
-    carbon_mg: int = 0  # and emitted (milligrams of CO2)
+    ms: WireInt
+    charged_micros: WireInt
+    fee_micros: WireInt
+    earned_micros: WireInt
+    energy_mwh: WireInt = 0  # what the metered leases drew (milliwatt-hours)
+    carbon_mg: WireInt = 0  # and emitted (milligrams of CO2)
 
 
 class EarningsReport(Wire):
     by: str  # lease | day
     lines: list[EarningsLine]
-    charged_micros: int
-    fee_micros: int
-    earned_micros: int
-    energy_mwh: int = 0
-    carbon_mg: int = 0
+    charged_micros: WireInt
+    fee_micros: WireInt
+    earned_micros: WireInt
+    energy_mwh: WireInt = 0
+    carbon_mg: WireInt = 0
 
     @model_validator(mode="after")
     def _sums(self) -> EarningsReport:

@@ -8,7 +8,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from crucible.protocol.common import Named, Wire
+from crucible.protocol.common import Named, Wire, WireInt
 
 __all__ = ["AppSecretCreate", "SecretCreate", "SecretInfo", "SecretValues", "check_env_key"]
 
@@ -56,8 +56,8 @@ class SecretInfo(Wire):
 
     name: str
     keys: list[str]
-    created_ms: int
-    updated_ms: int
+    created_ms: WireInt
+    updated_ms: WireInt
 
 
 class SecretValues(Wire):

@@ -8,7 +8,7 @@ import posixpath
 
 from pydantic import Field, field_validator
 
-from crucible.protocol.common import Named, Wire
+from crucible.protocol.common import Named, Wire, WireInt
 
 __all__ = [
     "CHUNK_BYTES",
@@ -90,7 +90,7 @@ class FileEntry(Wire):
 
 
 class Manifest(Wire):
-    version: int = Field(ge=0)
+    version: WireInt = Field(ge=0)
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
 
@@ -100,19 +100,19 @@ class VolumeCreate(Named):
 
 class VolumeInfo(Wire):
     name: str
-    version: int  # 0: nothing committed yet
-    files: int
-    size_bytes: int
-    created_ms: int
-    updated_ms: int
+    version: WireInt  # 0: nothing committed yet
+    files: WireInt
+    size_bytes: WireInt
+    created_ms: WireInt
+    updated_ms: WireInt
 
 
 class VolumeVersion(Wire):
-    version: int
-    files: int
-    size_bytes: int
-    changed: int  # paths this commit wrote or removed
-    created_ms: int
+    version: WireInt
+    files: WireInt
+    size_bytes: WireInt
+    changed: WireInt  # paths this commit wrote or removed
+    created_ms: WireInt
     origin: str  # "client" or the container that committed
 
 

@@ -315,15 +315,20 @@ def mount_volumes(client: Client, mounts: dict[str, str], cache: Path | None = N
     """In a container (called by the worker before the function loads): put each volume's
     latest version at its mount path, which the agent bound into the sandbox. ``cache``: the
     host's chunk cache for this account, when the agent provides one."""
+    # The agent names the mount directories it bound into the sandbox: a path that merely
+    # exists on a host (the process runtime has no mounts) is never written to.
+    bound = set(filter(None, os.environ.get("CRUCIBLE_VOLUMES_BOUND", "").split(",")))
     for path, name in mounts.items():
         root = Path(path)
-        if not root.is_dir() or not os.access(root, os.W_OK):
+        if path not in bound or not root.is_dir() or not os.access(root, os.W_OK):
             raise Error(
                 f"volume {name!r} cannot be mounted at {path}: volumes need a sandboxed host "
                 "(the agent's bwrap runtime binds them in); this host runs the process runtime"
             )
         vol = Volume(name, client)
         latest = vol.manifest()
+        here = _local_state(root)  # another container of this sandbox may have filled it
         for rel, entry in latest.files.items():
-            _write_file(client, entry, root / rel, cache)
+            if not _unchanged(entry, here.get(rel)):
+                _write_file(client, entry, root / rel, cache)
         _MOUNTED[name] = _Mount(root, latest, client, cache)

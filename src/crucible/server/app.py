@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crucible import __version__
@@ -38,6 +39,7 @@ from crucible.server.api import (
     volumes,
 )
 from crucible.server.api.deps import Caller
+from crucible.server.api.openapi import install_openapi
 from crucible.server.api.responses import (
     error_response,
     response_for_exception,
@@ -128,6 +130,16 @@ async def _send_error(send: Send, err: Error) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _methods_of(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route of ``app`` takes on the scope's path."""
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def build_state(settings: Settings) -> ServerState:
     """Open the store (migrating it) and the blob store."""
     parse_sources(settings.carbon_sources)  # a malformed setting stops the start, clearly
@@ -185,10 +197,21 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         return error_response(InvalidRequestError(validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
-        body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
-        return JSONResponse(body, status_code=exc.status_code)
+        message = str(exc.detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names the methods of the first route on the path only; a path can
+            # have several (GET and POST /v1/apps): Allow lists them all.
+            allowed = _methods_of(app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; "
+                f"it takes {', '.join(allowed)}"
+            )
+        body: dict[str, Any] = {"error": {"code": code, "message": message}}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def on_other(_: Request, exc: Exception) -> JSONResponse:
@@ -217,6 +240,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         gateway,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
     app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest
     return app

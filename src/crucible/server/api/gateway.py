@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.websockets import WebSocketState
 
-from crucible.errors import Error, NotFoundError
+from crucible.errors import AuthError, Error, NotFoundError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload
@@ -60,26 +60,62 @@ def _limit(state: ServerState, authorization: str | None, client: str) -> None:
 def _endpoint(
     state: ServerState, account: str, deployment: str, function: str, authorization: str | None
 ) -> tuple[Principal, Any]:
-    """The endpoint's owner and function row; the caller's token is checked unless the
-    endpoint is public (another account's token sees nothing: 404)."""
+    """The endpoint's owner and function row.
+
+    Only a builder (or admin) token of the endpoint's account is told what is wrong (no such
+    deployment, version or function; not a web endpoint; the deployment stopped). Everyone
+    else gets one answer for everything that is not a public endpoint, so that nobody learns
+    which accounts, deployments and functions exist: without a valid token, 401 (a private
+    endpoint needs one); with another account's token, 404; the same message either way."""
+    caller = _caller(state, authorization)
+    unseen: Error = NotFoundError(_UNSEEN.format(account, deployment, function))
+    if caller is None:
+        unseen = AuthError(_UNSEEN.format(account, deployment, function))
     with state.engine.connect() as conn:  # one connection for both lookups
         account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == account)).scalar()
         if account_id is None:
-            raise NotFoundError(f"no web endpoint under {account!r}")
+            raise unseen
         owner = Principal(account_id=str(account_id), scope="user")
-        fn = current_function(conn, owner, deployment, function)
+        authorised = (
+            caller is not None
+            and caller.account_id == owner.account_id
+            and caller.scope in ("admin", "user")
+        )
+        try:
+            fn = current_function(conn, owner, deployment, function)
+        except NotFoundError:
+            if authorised:
+                raise
+            raise unseen from None
     web = fn.spec.get("web")
     if not web:
-        raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
-    if not web.get("public"):
-        caller = authenticate(state, authorization)
-        if caller.account_id != owner.account_id or caller.scope not in ("admin", "user"):
-            raise NotFoundError(f"no web endpoint {deployment}/{function} for this token")
+        if authorised:
+            raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
+        raise unseen
+    if not web.get("public") and not authorised:
+        raise unseen
     return owner, fn
 
 
 def _client(address: Any) -> str:
     return str(address.host) if address is not None else "unknown"
+
+
+_UNSEEN = (
+    "no web endpoint at /web/{}/{}/{} that this request may use: check the URL, and send a "
+    "token of the endpoint's account ('Authorization: Bearer <token>') unless it is public"
+)
+
+
+def _caller(state: ServerState, authorization: str | None) -> Principal | None:
+    """The request's token holder; None without a token or with one the server does not
+    know."""
+    if not authorization:
+        return None
+    try:
+        return authenticate(state, authorization)
+    except AuthError:
+        return None
 
 
 def _parts(items: list[Payload]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.server.api.deps import Builder, Container, State
 from crucible.server.auth import Principal
 from crucible.server.services import items as svc
@@ -51,7 +52,7 @@ async def get_items(
     call_id: str,
     who: Builder,
     state: State,
-    after: int = Query(default=0, ge=0),
+    after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     wait_s: float = Query(default=0.0, ge=0, le=60),
 ) -> ItemsPage:
     """Items from index ``after`` on; with ``wait_s``, wait for some (or the end). Reading
@@ -91,7 +92,7 @@ async def get_inbox(
     call_id: str,
     who: Container,
     state: State,
-    after: int = Query(default=0, ge=0),
+    after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     wait_s: float = Query(default=0.0, ge=0, le=60),
 ) -> list[str]:
     """What a WebSocket's client sent (JSON messages) from index ``after``; with

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from crucible.errors import NotFoundError
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.logs import LogBatch, LogPage
 from crucible.server.api.deps import Builder, Container, State
 from crucible.server.services import logs as svc
@@ -34,7 +35,7 @@ async def get_logs(
     who: Builder,
     state: State,
     call_id: str | None = None,
-    after: int = Query(default=0, ge=0),
+    after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     limit: int = Query(default=1000, ge=1, le=10_000),
     wait_s: float = Query(default=0.0, ge=0, le=60),
 ) -> LogPage:

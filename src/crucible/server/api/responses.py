@@ -67,5 +67,12 @@ def response_for_exception(exc: Exception) -> JSONResponse:
         return error_response(
             InvalidRequestError(f"a value in the request cannot be stored: {detail}")
         )
+    if isinstance(exc, OverflowError):
+        # A number past what the store holds that no bound caught first (the wire models
+        # bound every integer; this is the net under them).
+        log.warning("refused a value too large to store", exc_info=exc)
+        return error_response(
+            InvalidRequestError("a number in the request is too large; integers go up to 2**53")
+        )
     log.error("internal error", exc_info=exc)
     return error_response(InternalError(f"internal server error ({type(exc).__name__})"))

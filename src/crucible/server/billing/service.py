@@ -92,7 +92,9 @@ def meter_containers(
 
     Metering covers ``[started, end)`` where ``end`` is when the container stopped or, if
     earlier, when its lease ended (preempted, out of credit): a preempted container's grace
-    period is not charged. Only containers with something due are read, and everything is
+    period is not charged. A running container is metered only up to its host's last sync
+    (the last moment it was known alive): a host that goes silent and is then declared lost
+    bills nothing for the silence. Only containers with something due are read, and everything is
     written in batches, so a tick costs what is due, not the fleet. Returns the intervals
     written."""
     begun = func.coalesce(containers.c.metered_until_ms, containers.c.started_ms)
@@ -119,9 +121,10 @@ def meter_containers(
                 "carbon_g_per_kwh"
             ),
             functions.c.app_id,
+            hosts.c.last_seen_ms.label("host_seen_ms"),
         )
         .join(functions, functions.c.id == containers.c.function_id)
-        .join(hosts, hosts.c.id == containers.c.host_id)
+        .join(hosts, hosts.c.id == containers.c.host_id, isouter=True)
         .where(
             containers.c.started_ms.is_not(None),
             or_(
@@ -154,7 +157,8 @@ def meter_containers(
         stop = r.stopped_ms
         if r.lease_end_ms is not None and (stop is None or r.lease_end_ms < stop):
             stop = max(r.lease_end_ms, r.started_ms)
-        due = intervals_due(r.started_ms, r.metered_until_ms, now_ms, stop, max_interval_ms)
+        alive_ms = now_ms if r.host_seen_ms is None else min(now_ms, r.host_seen_ms)
+        due = intervals_due(r.started_ms, r.metered_until_ms, alive_ms, stop, max_interval_ms)
         charged = int(r.metered_cost_micros)
         energy_done = int(r.metered_energy_mwh)
         # Measured: what the agent reported since the last tick, shared by length; not

@@ -107,6 +107,36 @@ class Market:
             st.book(device_type)
         self._changed()
 
+    def remove_host(self, host_id: str) -> None:
+        """Take a host out of the market (to add it back with other devices, or for good).
+        Refused while a lease runs on it or a reservation holds its devices: they keep
+        the devices they were granted."""
+        st = self._st
+        host = self._host(host_id)
+        if any(pool.leases for pool in host.pools.values()):
+            raise ConflictError(f"host {host_id} has running leases; it leaves when they end")
+        if any(
+            b.host_id == host_id for rs in st.reservations.values() for b in rs.reservation.blocks
+        ):
+            raise ConflictError(f"host {host_id} has reservations; it leaves when they end")
+        for device_type, pool in host.pools.items():
+            pool.offer = None  # unlisted: reindex takes it out of every index and level
+            reindex(st, pool)
+            del st.pools[(host_id, device_type)]
+            by_type = st.pools_by_type.get(device_type, {})
+            by_type.pop(host_id, None)
+        del st.hosts[host_id]
+        self._changed()
+
+    def hosts_busy(self) -> set[str]:
+        """Hosts that :meth:`remove_host` would refuse: a lease runs or a reservation holds
+        devices there."""
+        st = self._st
+        busy = {lease.host_id for lease in st.leases.values()}
+        for rs in st.reservations.values():
+            busy.update(b.host_id for b in rs.reservation.blocks)
+        return busy
+
     def update_host(self, spec: HostSpec) -> None:
         """Change a host's region, reliability score, energy source or carbon intensity.
         Its devices cannot change here (take the host out and add it again)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, insert, or_, select, update
 
 from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
@@ -236,14 +236,22 @@ def end_container(
     crashed: bool,
     max_infra_requeues: int,
     meter_interval_ms: int = 10_000,
+    stopped_ms: int | None = None,
 ) -> list[str]:
-    """Mark a container stopped, meter it to the end, requeue its running calls. Idempotent."""
+    """Mark a container stopped, meter it to the end, requeue its running calls. Idempotent.
+
+    ``stopped_ms`` is when it stopped, if earlier than ``now_ms``: for a lost host, the last
+    moment it was known alive (metering ends there)."""
+    stopped_at = now_ms if stopped_ms is None else min(now_ms, stopped_ms)
     result = conn.execute(
         update(containers)
         .where(containers.c.id == container_id, containers.c.state != "stopped")
         .values(
             state="stopped",
-            stopped_ms=now_ms,
+            # Never before it started (a container placed after the host's last sync).
+            stopped_ms=case(
+                (containers.c.started_ms > stopped_at, containers.c.started_ms), else_=stopped_at
+            ),
             exit_code=exit_code,
             exit_reason=reason,
             exit_message=(message or "")[-4000:] or None,
@@ -439,17 +447,18 @@ def assignments_for_host(
 def mark_lost_hosts(
     conn: Connection, now_ms: int, timeout_ms: int, max_infra_requeues: int
 ) -> list[str]:
-    """Hosts silent for ``timeout_ms`` are lost: their containers end, calls are requeued."""
+    """Hosts silent for ``timeout_ms`` are lost: their containers end (stopped, and metered,
+    as of the host's last sync), calls are requeued."""
     lost = [
-        r.id
+        (r.id, r.last_seen_ms)
         for r in conn.execute(
-            select(hosts.c.id).where(
+            select(hosts.c.id, hosts.c.last_seen_ms).where(
                 hosts.c.state == "ready", hosts.c.last_seen_ms < now_ms - timeout_ms
             )
         )
     ]
     keys: list[str] = []
-    for host_id in lost:
+    for host_id, last_seen_ms in lost:
         conn.execute(update(hosts).where(hosts.c.id == host_id).values(state="lost"))
         for c in conn.execute(
             select(containers.c.id).where(
@@ -465,5 +474,7 @@ def mark_lost_hosts(
                 message=f"host {host_id} stopped heartbeating",
                 crashed=False,
                 max_infra_requeues=max_infra_requeues,
+                # Billed up to the last moment the host was known alive, not to now.
+                stopped_ms=last_seen_ms,
             )
     return keys

@@ -20,7 +20,7 @@ use holds :attr:`LiveMarket.lock`.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -282,25 +282,32 @@ class LiveMarket:
                 continue
             self._seen[r.id] = key
             spec = _spec_of_row(r, h.inventory, prior)
+            old = self._specs.get(r.id)
+            stale = False  # the market's devices are no longer the host's
+            if old is not None and old.gpus != spec.gpus:
+                # Other devices (an agent re-registered with another inventory, more GPUs,
+                # fewer or none): the host leaves the market and comes back with them. While
+                # leases run or reservations hold devices there, they keep what they were
+                # granted: the old devices stay until they end (looked at again every sync),
+                # the host takes no new lease on them (it drains), and the rest of its
+                # profile (state, offers) still applies.
+                if r.id in m.hosts_busy():
+                    self._seen.pop(r.id, None)
+                    spec = replace(spec, gpus=old.gpus)
+                    stale = True
+                else:
+                    m.remove_host(r.id)
+                    self._forget(r.id)
+                    del self._specs[r.id]
+                    old = None
             if not spec.gpus:
                 continue
-            old = self._specs.get(r.id)
             if old is None:
                 m.add_host(spec)
             elif old != spec:
-                if old.gpus != spec.gpus:
-                    # New devices (an agent re-registered with another inventory): only when
-                    # nothing runs there; otherwise keep the old view until it drains.
-                    if any(lease.host_id == r.id for lease in m.running_leases()):
-                        self._seen.pop(r.id, None)
-                        continue
-                    m.set_online(r.id, False, now_ms)
-                    self._forget(r.id)
-                    m.add_host(spec)
-                else:
-                    m.update_host(spec)
+                m.update_host(spec)
             self._specs[r.id] = spec
-            state = (r.state == "ready", bool(r.draining))
+            state = (r.state == "ready", bool(r.draining) or stale)
             if self._state.get(r.id) != state:
                 m.set_online(r.id, state[0], now_ms)
                 m.set_draining(r.id, state[1])
@@ -335,11 +342,19 @@ class LiveMarket:
         for key in [k for k in self._offers if k[0] == host_id]:
             del self._offers[key]
 
+    def _has_devices(self, host_id: str, model: str, devices: list[int]) -> bool:
+        spec = self._specs.get(host_id)
+        have = spec.device_types().get(model, ()) if spec is not None else ()
+        return bool(devices) and all(d in have for d in devices)
+
     def _restore(self, conn: Connection, now_ms: int) -> None:
+        # Hosts may have re-registered with other devices while the server was down: what
+        # the store holds on devices a host no longer has is left out (the market must not
+        # fail to start over it, nor lease devices that are not there).
         rsv = [
             reservation_of_row(r)
             for r in conn.execute(select(reservations).where(reservations.c.end_ms > now_ms))
-            if all(b["host_id"] in self._specs for b in r.blocks)
+            if all(self._has_devices(b["host_id"], r.model, b["devices"]) for b in r.blocks)
         ]
         ends = {r.reservation_id: r.end_ms for r in rsv}
         leases = []
@@ -350,7 +365,7 @@ class LiveMarket:
                 containers.c.lease_end_ms.is_(None),
             )
         ):
-            if r.host_id not in self._specs:
+            if not self._has_devices(r.host_id, r.gpu_model, r.gpu_indices):
                 continue
             leases.append(
                 Lease(

@@ -1,0 +1,55 @@
+"""Volumes mounted into sandboxed containers: the latest version appears at the mount path,
+a commit from inside is a new version everyone sees, a reload brings another container's
+commit, and another account's container never sees the volume."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import crucible
+
+import app_volumes
+from harness import Exchange
+
+
+def test_mount_commit_reload_in_sandboxes(sandboxed: Exchange, tenant: Any) -> None:
+    vol = crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
+    with vol.batch_upload() as up:
+        up.put_directory(_seed_dir(), "/")
+    with app_volumes.app.run(client=tenant):
+        listing = app_volumes.write_and_commit.remote("from the container")
+        assert listing == ["note.txt", "seed.txt"]
+        # A version committed from inside is what everyone reads.
+        assert b"".join(vol.read_file("note.txt")) == b"from the container"
+        assert vol.history()[0].origin.startswith("ct-")
+        # Changed from outside, then reloaded inside.
+        tmp = _seed_dir(note="from the laptop")
+        with vol.batch_upload(force=True) as up:
+            up.put_file(tmp / "note.txt", "note.txt")
+        assert app_volumes.read_note.remote() == "from the laptop"
+
+
+def test_another_account_cannot_mount_the_volume(sandboxed: Exchange, tenant: Any) -> None:
+    crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
+    other = sandboxed.client(sandboxed.new_account(f"other-{uuid.uuid4().hex[:6]}"))
+    try:
+        # Its own account has no volume of that name: the app is refused before anything runs.
+        try:
+            with app_volumes.app.run(client=other):
+                raise AssertionError("the run should have been refused")
+        except crucible.NotFoundError as exc:
+            assert "volume 'scratch' not found" in str(exc)
+    finally:
+        other.close()
+
+
+def _seed_dir(note: str | None = None) -> Any:
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="crucible-vol-"))
+    (d / "seed.txt").write_text("seed")
+    if note is not None:
+        (d / "note.txt").write_text(note)
+    return d

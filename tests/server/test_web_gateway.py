@@ -1,0 +1,75 @@
+"""The web gateway tells nobody but the endpoint's owner which accounts, deployments and
+functions exist: an unknown account, deployment or function, a function that is not a web
+endpoint, a stopped deployment and a private endpoint all get one answer (same status, same
+message) from a caller without the owner's token. (Serving requests is tested end to end in
+tests/e2e/test_web_e2e.py.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crucible.protocol.accounts import Scope
+
+from server_testlib import ServerUnderTest, error_code
+
+
+def _deploy(
+    server: ServerUnderTest, token: str, name: str, functions: list[dict[str, Any]]
+) -> None:
+    started = server.ok("POST", "/v1/deployments", token=token, json={"name": name})
+    bundle = server.put_blob(token)
+    specs = [
+        {"code": {"bundle": bundle, "module": "m", "qualname": f["name"]}, **f} for f in functions
+    ]
+    server.ok(
+        "POST", f"/v1/apps/{started['app_id']}/functions", token=token, json={"functions": specs}
+    )
+    server.ok(
+        "POST", f"/v1/deployments/{name}/activate", token=token, json={"app_id": started["app_id"]}
+    )
+
+
+def test_one_answer_for_everything_a_stranger_may_not_see(server: ServerUnderTest) -> None:
+    owner = server.tenant("webby").token
+    web = {"kind": "fastapi_endpoint", "method": "GET", "public": False}
+    _deploy(server, owner, "site", [{"name": "private", "web": web}, {"name": "plain"}])
+    _deploy(server, owner, "gone", [{"name": "private", "web": web}])
+    server.ok("POST", "/v1/deployments/gone/stop", token=owner)
+    stranger = server.tenant("stranger").token
+    host = server.tenant("webby", Scope.HOST).token  # the owner's, but not a builder token
+
+    probes = [
+        "/web/nobody/site/private/",  # unknown account
+        "/web/webby/nosuch/private/",  # unknown deployment
+        "/web/webby/site/nosuch/",  # unknown function
+        "/web/webby/site/plain/",  # not a web endpoint
+        "/web/webby/gone/private/",  # stopped deployment
+        "/web/webby/site/private/",  # exists, private
+    ]
+    for headers, status in (
+        ({}, 401),
+        ({"authorization": "Bearer cru_not-a-token"}, 401),
+        ({"authorization": f"Bearer {stranger}"}, 404),
+        ({"authorization": f"Bearer {host}"}, 404),
+    ):
+        answers = set()
+        for path in probes:
+            r = server.request("GET", path, headers=headers)
+            assert r.status_code == status, (path, headers, r.status_code, r.text)
+            error_code(r)
+            message = r.json()["error"]["message"]
+            # The same words for all, up to the path the caller sent.
+            answers.add(message.replace(path.rstrip("/"), "<path>"))
+            assert "stopped" not in message and "not a web endpoint" not in message
+        assert len(answers) == 1, answers
+
+    # The owner is told what is wrong.
+    auth = {"authorization": f"Bearer {owner}"}
+    for path, words in (
+        ("/web/webby/nosuch/private/", "nosuch"),
+        ("/web/webby/site/nosuch/", "no function"),
+        ("/web/webby/site/plain/", "not a web endpoint"),
+        ("/web/webby/gone/private/", "stopped"),
+    ):
+        r = server.request("GET", path, headers=auth)
+        assert r.status_code == 404 and words in r.json()["error"]["message"], (path, r.text)
