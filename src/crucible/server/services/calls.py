@@ -19,7 +19,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, null, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, null, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -377,8 +377,16 @@ def list_calls(
     function_id: str | None = None,
     state: str | None = None,
     limit: int = 50,
+    before: tuple[int, str] | None = None,
 ) -> list[CallInfo]:
+    """The account's calls, newest first. ``before`` = (created_ms, id) of the last call of
+    the previous page: the page after it (keyset pagination, one index range per page)."""
     q = select(*_CALL_COLUMNS).where(calls.c.account_id == principal.account_id)
+    if before is not None:
+        b_ms, b_id = before
+        q = q.where(
+            or_(calls.c.created_ms < b_ms, and_(calls.c.created_ms == b_ms, calls.c.id < b_id))
+        )
     if app_id:
         q = q.where(calls.c.app_id == app_id)
     if function_id:

@@ -135,12 +135,15 @@ def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMark
     )
 
 
-def list_host_market(conn: Connection, settings: Settings) -> list[HostMarketInfo]:
-    """Every host's offers and profile: public to renters, as on any marketplace."""
-    return [
-        host_market_info(conn, r, settings)
-        for r in conn.execute(select(hosts).order_by(hosts.c.registered_ms))
-    ]
+def list_host_market(
+    conn: Connection, settings: Settings, owner: str | None = None
+) -> list[HostMarketInfo]:
+    """Every host's offers and profile: public to renters, as on any marketplace (or those of
+    the account ``owner``)."""
+    q = select(hosts).order_by(hosts.c.registered_ms)
+    if owner is not None:
+        q = q.where(hosts.c.account_id == owner)
+    return [host_market_info(conn, r, settings) for r in conn.execute(q)]
 
 
 def earnings(

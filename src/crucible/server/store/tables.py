@@ -30,6 +30,7 @@ __all__ = [
     "call_inbox",
     "call_items",
     "calls",
+    "console_sessions",
     "containers",
     "deployments",
     "functions",
@@ -358,4 +359,17 @@ ledger_postings = Table(
     Column("account", String(48), primary_key=True),  # renter:<id> | host:<id> | platform:fees
     Column("amount_micros", BigInteger, nullable=False),
     Index("ix_ledger_postings_account", "account", "amount_micros"),
+)
+
+# Web console sign-ins (server/console/): the cookie carries a random secret, stored here
+# hashed. A session lives while its API token is not revoked and until it expires or its
+# owner signs out (the row is deleted).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", String(32), ForeignKey("tokens.id"), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),  # the token every form of the session carries
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False, index=True),
 )
