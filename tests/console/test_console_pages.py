@@ -48,6 +48,7 @@ def _pages(w: dict[str, str]) -> list[str]:
         "/calls",
         f"/calls/{w['call_id']}",
         "/bill",
+        "/bill/summary",
         "/hosts",
         f"/hosts/{w['host_id']}",
         "/market",
@@ -212,7 +213,7 @@ def test_names_and_log_lines_are_escaped(server: ServerUnderTest, browser: Brows
         f"/apps/{app_id}": XSS_APP,
         f"/apps/{app_id}/logs": XSS_LINE,
         f"/apps/{app_id}/logs?call_id={call_id}": XSS_LINE,
-        "/bill": XSS_APP,
+        "/bill/summary": XSS_APP,
         "/hosts": XSS_HOST,
         f"/hosts/{host_id}": XSS_HOST,
         "/admin": XSS_HOST,
@@ -238,7 +239,7 @@ def test_a_builder_sees_only_their_account(server: ServerUnderTest, browser: Bro
         f"/hosts/{a['host_id']}",
     ]:
         assert me.get(path).status_code == 404, path
-    for path in ["/", "/calls", "/bill", "/hosts"]:
+    for path in ["/", "/calls", "/bill", "/bill/summary", "/hosts"]:
         html = me.get(path).text
         assert a["app_id"] not in html and a["call_id"] not in html, path
         assert "acme-app" not in html and "acme-host" not in html, path

@@ -4,13 +4,19 @@ ledger entries, paged; CSV downloads)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from crucible.server.billing import statements
 from crucible.server.billing.service import bill
 from crucible.server.console import charts
 from crucible.server.console.format import usd, when
-from crucible.server.console.web import ConsoleRoute, Session, page, state_of
+from crucible.server.console.web import (
+    ConsoleRoute,
+    Session,
+    page,
+    render_fragment,
+    state_of,
+)
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
@@ -36,10 +42,8 @@ def bill_page(
     back, bucket = RANGES[span]
     since = (now - back) // bucket * bucket
     with state.engine.connect() as conn:
-        report = bill(conn, who)
         credit = statements.credit_info(conn, who.account_id, now)
         series = dict(statements.spend_series(conn, who.account_id, since, bucket))
-        per_app = statements.statement(conn, who, "apps")
         entries = statements.recent_entries(conn, who, ENTRIES_PAGE + 1, before)
     # Every bucket of the range, empty ones too, so time runs evenly along the axis.
     points = [(when(t), series.get(t, 0)) for t in range(since, now + 1, bucket)]
@@ -55,15 +59,25 @@ def bill_page(
         request,
         "bill.html",
         title="Bill",
-        bill=report,
         credit=credit,
         chart=chart,
         range=span,
         ranges=list(RANGES),
-        per_app=per_app,
         entries=entries[:ENTRIES_PAGE],
         older=older,
     )
+
+
+@router.get("/bill/summary")
+def bill_summary(request: Request, session: Session) -> Response:
+    """Cost per function and the statement per app: sums over every call and ledger entry
+    of the account, so the bill page loads them after itself (``data-fragment``) rather than
+    making the page wait."""
+    state = state_of(request)
+    with state.engine.connect() as conn:
+        report = bill(conn, session.principal)
+        per_app = statements.statement(conn, session.principal, "apps")
+    return HTMLResponse(render_fragment("_bill_summary.html", bill=report, per_app=per_app))
 
 
 @router.get("/bill/statement.csv")

@@ -84,7 +84,7 @@ def hosts_page(request: Request, session: Session) -> Response:
     with state.engine.connect() as conn:
         mine = hosts_svc.list_hosts(conn, owner)
         market = {m.host_id: m for m in offers.list_host_market(conn, state.settings, owner)}
-        earned = offers.earnings(conn, session.principal, "day") if mine else None
+        earned = offers.daily_earnings(conn, session.principal) if mine else None
     return page(
         request,
         "hosts.html",
@@ -101,7 +101,7 @@ def _host_page(
     state = state_of(request)
     info, market = _host(state, who, host_id)
     with state.engine.connect() as conn:
-        earned = offers.earnings(conn, who, "day", host_id)
+        earned = offers.daily_earnings(conn, who, host_id)
     days = sorted(earned.lines, key=lambda x: x.key)
     chart = charts.bars(
         "Earned per day",

@@ -38,3 +38,15 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live]").forEach(followTable);
   document.querySelectorAll("[data-logs]").forEach(followLogs);
 });
+
+// Parts of a page that take longer to add up (the bill's sums over every call) load after it.
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-fragment]").forEach(async (el) => {
+    try {
+      const response = await fetch(el.dataset.fragment, { credentials: "same-origin" });
+      if (response.ok) el.innerHTML = await response.text();
+    } catch {
+      // The page was left (or the server went away) before the part came: nothing to show.
+    }
+  });
+});
