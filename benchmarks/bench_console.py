@@ -303,6 +303,7 @@ def main() -> None:
                     "/calls",
                     "/calls?state=failed",
                     "/calls?state=timed_out",
+                    "/calls?state=queued",  # none stored: the worst case of a filter
                     f"/calls?app_id=ap-bench&function_id={fn}&state=failed",
                     f"/calls?before={seeded['mid']}:ca-zzzzzzzzzzzzzzzzzzzzzz",
                     f"/calls/{seeded['last_call']}",
