@@ -123,8 +123,14 @@ def test_next_never_leaves_the_site(server: ServerUnderTest, browser: Browser) -
     me = browser()
     form = me.get("/login?next=//evil.example/x")
     assert "evil" not in form.text
-    r = me.post("/login", {"csrf": csrf_of(form.text), "token": w["token"], "next": "//evil"})
-    assert r.headers["location"] == "/"
+    for target in ("//evil", "/\\evil", "/\t/evil", "https://evil", "javascript:alert(1)"):
+        form = me.get("/login")
+        r = me.post("/login", {"csrf": csrf_of(form.text), "token": w["token"], "next": target})
+        assert r.headers["location"] == "/", target
+        me.client.cookies.clear()
+    form = me.get("/login")
+    r = me.post("/login", {"csrf": csrf_of(form.text), "token": w["token"], "next": "/bill"})
+    assert r.headers["location"] == "/bill"
 
 
 def test_sign_out_and_revoking_the_token_end_sessions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 
 from fastapi import APIRouter, Request, Response
@@ -17,9 +18,14 @@ router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 LOGIN_COOKIE = "crucible_login"  # the sign-in form's CSRF token (double-submit)
 
 
+# A path on this server: no scheme or host, no backslash or control character (browsers drop
+# tabs and newlines, so "/\t/evil" would become "//evil", another origin).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+
+
 def _safe_next(target: str | None) -> str:
-    """Only a path on this server (never another origin: ``//evil`` or ``/\\evil``)."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+    """Where to go after signing in: a path on this server, else the console's home."""
+    if not target or len(target) > 2000 or not _LOCAL_PATH.fullmatch(target):
         return "/"
     return target
 
