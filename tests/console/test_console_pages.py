@@ -276,6 +276,23 @@ def test_calls_paginate_newest_first(server: ServerUnderTest, browser: Browser) 
     assert pages == 3
     assert len(seen) == len(set(seen)) == 120
     assert seen[0] == made[-1]  # newest first
+    # Filters read per-function index ranges, merged: the same calls, in the same order, as
+    # the API's listing, across functions and pages.
+    second = server.new_function(w["token"], w["app_id"], server.put_blob(w["token"]), name="g")
+    server.new_calls(w["token"], second, 30)
+    server.new_calls(w["token"], w["function_id"], 10)
+    api = server.ok("GET", f"/v1/calls?app_id={w['app_id']}&limit=1000", token=w["token"])
+    expected = [c["id"] for c in api["calls"]]
+    for query in (f"app_id={w['app_id']}", "state=queued", f"app_id={w['app_id']}&state=queued"):
+        got: list[str] = []
+        path = f"/calls?{query}"
+        while path:
+            html = me.get(path.replace("&amp;", "&")).text
+            got += re.findall(r'<a href="/calls/(ca-[0-9a-z]+)"', html)
+            older = re.search(r'<a href="(/calls\?[^"]+)">Older calls', html)
+            path = older.group(1) if older else None
+        assert got == expected, query
+    assert "No calls match" in me.get("/calls?state=failed").text
     # A malformed cursor is a clear 400, not a 500.
     r = me.get("/calls?before=yesterday")
     assert r.status_code == 400 and "before must be" in r.text

@@ -46,7 +46,7 @@ def _rows(
     state: ServerState, who: Principal, filters: dict[str, str], before: tuple[int, str] | None
 ) -> dict[str, Any]:
     with state.engine.connect() as conn:
-        found = calls_svc.list_calls(
+        found = calls_svc.list_calls_by_range(
             conn,
             who,
             app_id=filters.get("app_id"),
