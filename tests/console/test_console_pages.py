@@ -86,6 +86,9 @@ def test_sign_in_sets_a_safe_cookie_and_pages_render(
         r = me.get(path)
         assert r.status_code == 200, (path, r.text[:500])
         assert r.headers["content-type"].startswith("text/html")
+    # The API never takes the console's cookie (a forged cross-site request gets nothing).
+    assert me.get("/v1/apps").status_code == 401
+    assert me.get("/v1/accounts/me").status_code == 401
 
 
 def test_secure_cookie_over_https(server: ServerUnderTest) -> None:

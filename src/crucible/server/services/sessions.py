@@ -15,6 +15,7 @@ from sqlalchemy import Connection, delete, insert, select
 
 from crucible.errors import AuthError, PermissionDeniedError
 from crucible.server.auth import Principal, hash_token
+from crucible.server.services.accounts import authenticate
 from crucible.server.state import ServerState
 from crucible.server.store.tables import console_sessions, tokens
 
@@ -39,8 +40,6 @@ def sign_in(
 ) -> tuple[str, ConsoleSession]:
     """A new session for a valid user or admin token: (the cookie's secret, the session).
     Raises AuthError for an unknown or revoked token, PermissionDenied for other scopes."""
-    from crucible.server.services.accounts import authenticate
-
     token = token.strip()
     if not token:
         raise AuthError("paste an API token (create one with `crucible token create`)")
