@@ -32,6 +32,8 @@ def duration(ms: int | float | None) -> str:
     if ms is None:
         return "-"
     ms = float(ms)
+    if ms < 10:
+        return f"{ms:.1f} ms" if ms else "0 ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     s = ms / 1000

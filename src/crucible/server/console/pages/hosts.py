@@ -13,6 +13,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from crucible.errors import InvalidRequestError, NotFoundError
+from crucible.protocol.apps import MAX_PRICE_MICROS
 from crucible.protocol.hosts import HostInfo
 from crucible.protocol.market import HostMarketInfo, OfferUpdate
 from crucible.server.api.responses import validation_message
@@ -142,6 +143,10 @@ def usd_to_micros(text: str, what: str) -> int:
         ) from None
     if not value.is_finite() or value < 0:
         raise InvalidRequestError(f"{what}: a price is zero or more dollars")
+    if value > MAX_PRICE_MICROS // 1_000_000:  # checked before the conversion: 1e999999 is short
+        raise InvalidRequestError(
+            f"{what}: at most ${MAX_PRICE_MICROS // 1_000_000:,} an hour (is it a typo?)"
+        )
     micros = value * 1_000_000
     if micros != micros.to_integral_value():
         raise InvalidRequestError(f"{what}: at most six decimals (a micro-dollar)")
