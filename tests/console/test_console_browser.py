@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -163,11 +162,13 @@ def gpu_exchange(tmp_path: Path) -> Iterator[Exchange]:
         ex.close()
 
 
-def test_console_in_a_browser(gpu_exchange: Exchange, page: Callable[[str], Page]) -> None:
+def test_console_in_a_browser(
+    gpu_exchange: Exchange, page: Callable[[str], Page], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ex = gpu_exchange
     token = (ex.home / "admin-token").read_text().strip()
     client = Client(ex.url, token)
-    sys.path.insert(0, str(ROOT / "examples"))
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
     import app_console
     import hello
 
