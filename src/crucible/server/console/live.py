@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from crucible.server.console.web import COOKIE, state_of
 from crucible.server.services.sessions import read_session
@@ -66,7 +67,7 @@ async def table_stream(request: Request, render: Callable[[], str]) -> AsyncIter
                 yield event("signed out", "end")
                 return
             checked = now
-        html = render()
+        html = await run_in_threadpool(render)  # store reads off the event loop
         if html != last:
             yield event(html, "html")
             last = html

@@ -350,8 +350,6 @@ ledger_entries = Table(
     Column("end_ms", BigInteger),
     Column("cost_micros", BigInteger),
     Column("reverses", String(160)),
-    # The console's cost-over-time chart: one renter's charges in a time window.
-    Index("ix_ledger_entries_renter_at", "renter", "at_ms"),
 )
 
 ledger_postings = Table(

@@ -1,4 +1,4 @@
-"""console_sessions (the web console's sign-ins); ledger entries by renter and time
+"""console_sessions (the web console's sign-ins)
 
 Revision ID: 0012
 Revises: 0005
@@ -30,9 +30,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_console_sessions_token_id", "console_sessions", ["token_id"])
     op.create_index("ix_console_sessions_expires_ms", "console_sessions", ["expires_ms"])
-    op.create_index("ix_ledger_entries_renter_at", "ledger_entries", ["renter", "at_ms"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_ledger_entries_renter_at", "ledger_entries")
     op.drop_table("console_sessions")
