@@ -223,6 +223,7 @@ def test_names_and_log_lines_are_escaped(server: ServerUnderTest, browser: Brows
         f"/apps/{app_id}/logs": XSS_LINE,
         f"/apps/{app_id}/logs?call_id={call_id}": XSS_LINE,
         "/bill/summary": XSS_APP,
+        "/calls": XSS_APP,  # the function's name
         "/hosts": XSS_HOST,
         f"/hosts/{host_id}": XSS_HOST,
         "/admin": XSS_HOST,

@@ -55,13 +55,14 @@ def _rows(
             limit=PAGE + 1,
             before=before,
         )
+        names = apps.function_names(conn, who, {c.function_id for c in found})
     more = len(found) > PAGE
     found = found[:PAGE]
     older = None
     if more:
         last = found[-1]
         older = "/calls?" + urlencode({**filters, "before": f"{last.created_ms}:{last.id}"})
-    return {"calls": found, "older": older}
+    return {"calls": found, "older": older, "names": names}
 
 
 
