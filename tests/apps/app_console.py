@@ -15,3 +15,11 @@ def say(text: str) -> str:
     print(text)
     print(f"stderr: {text}", file=sys.stderr)
     return text
+
+
+@app.function(gpu="H100", timeout=60)
+def on_gpu() -> str:
+    """Leases an H100 (a fake one in the test): the market records a clearing price."""
+    import os
+
+    return os.environ["CRUCIBLE_CONTAINER_ID"]

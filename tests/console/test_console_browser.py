@@ -249,6 +249,14 @@ def test_console_in_a_browser(
     p.wait_text("Saved the prices of H100")
     p.open("/market?gpu=H100")
     p.wait_text("$4.75")
+    # A lease at the new price: the clearing-price chart gets its point.
+    with app_console.app.run(client=client):
+        assert app_console.on_gpu.remote().startswith("ct-")
+    p.open("/market?gpu=H100")
+    assert p.d.find_elements("css selector", "svg.chart circle.dot")
+    assert "$4.75" in p.d.find_element("css selector", "svg.chart circle.dot title").get_attribute(
+        "textContent"
+    )
     p.shot("07-market")
 
     # -- the bill ---------------------------------------------------------------------------
