@@ -144,6 +144,12 @@ class Settings:
         "Most log lines stored per container (what a function prints); past it, lines are "
         "dropped and one line says so, so a chatty or hostile function cannot fill the store.",
     )
+    console_session_hours: float = _opt(
+        12.0,
+        "CRUCIBLE_CONSOLE_SESSION_HOURS",
+        "How long a web console sign-in lasts. Signing out, or revoking the token that signed "
+        "in, ends a session sooner.",
+    )
     crash_loop_limit: int = _opt(
         5,
         "CRUCIBLE_CRASH_LOOP_LIMIT",
@@ -464,6 +470,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_VOLUME_METER_INTERVAL_S": (1, None),
     "CRUCIBLE_SUBMIT_BURST": (1, None),
     "CRUCIBLE_QUOTE_BURST": (1, None),
+    "CRUCIBLE_CONSOLE_SESSION_HOURS": (0.01, 24 * 366),
 }
 
 

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-__all__ = ["new_id"]
+__all__ = ["first_id_at", "new_id"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case: sorts like ASCII
 # Two characters per 10 bits: an id is 11 table lookups.
@@ -32,5 +32,13 @@ def new_id(prefix: str) -> str:
         _last[0], _last[1] = ms, rand
     # 50 bits of time then 60 of randomness, most significant first (so ids sort by time).
     value = (ms << 60) | rand
+    chars = [_PAIRS[(value >> shift) & 1023] for shift in range(100, -10, -10)]
+    return f"{prefix}-{''.join(chars)}"
+
+
+def first_id_at(prefix: str, ms: int) -> str:
+    """The smallest id ``new_id(prefix)`` can make at or after epoch millisecond ``ms``: ids
+    compare against it to select what was created since then, by index range."""
+    value = max(0, ms) << 60
     chars = [_PAIRS[(value >> shift) & 1023] for shift in range(100, -10, -10)]
     return f"{prefix}-{''.join(chars)}"

@@ -47,6 +47,7 @@ from crucible.server.api.responses import (
 )
 from crucible.server.billing.grid_carbon import parse_sources
 from crucible.server.blobs import open_blob_store
+from crucible.server.console import router as console_router
 from crucible.server.hotpath import HotPath
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
@@ -240,6 +241,9 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         gateway,
     ):
         app.include_router(module.router)
+    # The web console (server/console/): pages at /, its own session cookie; the API's
+    # routes above keep their token authentication.
+    app.include_router(console_router)
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
     app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest

@@ -70,6 +70,24 @@ class Metrics:
             self.cold_starts += 1
             self.start_seconds.observe(seconds)
 
+    def summary(self, conn: Connection) -> dict[str, object]:
+        """The key figures (the console's operator page): the gauges, read from the store,
+        and this process's counters."""
+        queued, live, host_states = gauges(conn)
+        with self._lock:
+            return {
+                "calls_queued": queued.get("queued", 0),
+                "calls_running": queued.get("running", 0),
+                "containers": live,
+                "hosts": host_states,
+                "calls_accepted": self.calls_accepted,
+                "attempts": dict(self.outputs),
+                "errors": dict(self.errors),
+                "cold_starts": self.cold_starts,
+                "mean_start_s": self.start_seconds.sum / max(1, sum(self.start_seconds.counts)),
+                "mean_exec_s": self.exec_seconds.sum / max(1, sum(self.exec_seconds.counts)),
+            }
+
     def render(self, conn: Connection) -> str:
         out: list[str] = []
 
@@ -81,40 +99,19 @@ class Metrics:
             for key, n in sorted(values.items()):
                 out.append(f'{name}{{{label}="{key}"}} {n}')
 
-        queued: dict[str, int] = {
-            str(k): int(v)
-            for k, v in conn.execute(
-                select(calls.c.state, func.count())
-                .where(calls.c.state.in_(("queued", "running")))
-                .group_by(calls.c.state)
-            ).all()
-        }
+        queued, live, host_states = gauges(conn)
         family("crucible_calls_in_flight", "gauge", "Calls queued or running, by state.")
         by_label(
             "crucible_calls_in_flight",
             "state",
             {s: queued.get(s, 0) for s in ("queued", "running")},
         )
-        live: dict[str, int] = {
-            str(k): int(v)
-            for k, v in conn.execute(
-                select(containers.c.state, func.count())
-                .where(containers.c.state != "stopped")
-                .group_by(containers.c.state)
-            ).all()
-        }
         family("crucible_containers", "gauge", "Live containers, by state.")
         by_label(
             "crucible_containers",
             "state",
             {s: live.get(s, 0) for s in ("pending", "starting", "running", "stopping")},
         )
-        host_states: dict[str, int] = {
-            str(k): int(v)
-            for k, v in conn.execute(
-                select(hosts.c.state, func.count()).group_by(hosts.c.state)
-            ).all()
-        }
         family("crucible_hosts", "gauge", "Registered hosts, by state.")
         by_label("crucible_hosts", "state", host_states)
         with self._lock:
@@ -135,3 +132,28 @@ class Metrics:
             )
             out.extend(self.start_seconds.lines("crucible_container_start_seconds", ""))
         return "\n".join(out) + "\n"
+
+
+def gauges(conn: Connection) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Calls queued/running, live containers by state, hosts by state: from the store."""
+    queued: dict[str, int] = {
+        str(k): int(v)
+        for k, v in conn.execute(
+            select(calls.c.state, func.count())
+            .where(calls.c.state.in_(("queued", "running")))
+            .group_by(calls.c.state)
+        ).all()
+    }
+    live: dict[str, int] = {
+        str(k): int(v)
+        for k, v in conn.execute(
+            select(containers.c.state, func.count())
+            .where(containers.c.state != "stopped")
+            .group_by(containers.c.state)
+        ).all()
+    }
+    host_states: dict[str, int] = {
+        str(k): int(v)
+        for k, v in conn.execute(select(hosts.c.state, func.count()).group_by(hosts.c.state)).all()
+    }
+    return queued, live, host_states

@@ -29,7 +29,9 @@ __all__ = [
     "credit_info",
     "credit_refusal",
     "grant",
+    "recent_entries",
     "set_daily_cap",
+    "spend_series",
     "statement",
     "to_csv",
 ]
@@ -242,3 +244,47 @@ def to_csv(lines: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(lines)
     return out.getvalue()
+
+
+def spend_series(
+    conn: Connection, account_id: str, since_ms: int, bucket_ms: int
+) -> list[tuple[int, int]]:
+    """What the account was charged per time bucket since ``since_ms``: (bucket start ms,
+    micro-dollars), oldest first, only buckets with charges (one grouped query)."""
+    if bucket_ms <= 0:
+        raise InvalidRequestError("a bucket is a positive number of milliseconds")
+    bucket = (ledger_entries.c.at_ms // bucket_ms).label("bucket")
+    rows = conn.execute(
+        select(bucket, func.sum(ledger_entries.c.cost_micros))
+        .where(
+            ledger_entries.c.renter == account_id,
+            ledger_entries.c.kind == "charge",
+            ledger_entries.c.at_ms >= since_ms,
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    ).all()
+    return [(int(b) * bucket_ms, int(total or 0)) for b, total in rows]
+
+
+def recent_entries(
+    conn: Connection, principal: Principal, limit: int = 50, before_seq: int | None = None
+) -> list[dict[str, Any]]:
+    """A page of the caller's ledger entries, newest first (``before_seq``: the page after
+    the entry with that sequence number)."""
+    q = select(
+        ledger_entries.c.seq,
+        ledger_entries.c.kind,
+        ledger_entries.c.at_ms,
+        ledger_entries.c.app_id,
+        ledger_entries.c.meter,
+        ledger_entries.c.host_id,
+        ledger_entries.c.start_ms,
+        ledger_entries.c.end_ms,
+        ledger_entries.c.cost_micros,
+        ledger_entries.c.memo,
+    ).where(ledger_entries.c.renter == principal.account_id)
+    if before_seq is not None:
+        q = q.where(ledger_entries.c.seq < before_seq)
+    rows = conn.execute(q.order_by(ledger_entries.c.seq.desc()).limit(limit))
+    return [dict(r._mapping) for r in rows]

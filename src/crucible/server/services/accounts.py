@@ -20,6 +20,8 @@ __all__ = [
     "create_token",
     "ensure_account",
     "get_account",
+    "list_accounts",
+    "list_all_tokens",
     "list_tokens",
     "revoke_token",
 ]
@@ -114,6 +116,32 @@ def list_tokens(conn: Connection, principal: Principal) -> list[TokenInfo]:
     rows = conn.execute(
         select(tokens).where(tokens.c.account_id == principal.account_id).order_by(tokens.c.id)
     )
+    return [
+        TokenInfo(
+            id=r.id,
+            account_id=r.account_id,
+            scope=Scope(r.scope),
+            name=r.name,
+            created_ms=r.created_ms,
+            revoked=r.revoked,
+        )
+        for r in rows
+    ]
+
+
+def list_accounts(conn: Connection, principal: Principal, limit: int = 500) -> list[AccountInfo]:
+    """Every account, newest first (the operator's view)."""
+    if not principal.is_admin:
+        raise PermissionDeniedError("only an admin token can list accounts")
+    rows = conn.execute(select(accounts).order_by(accounts.c.created_ms.desc()).limit(limit))
+    return [AccountInfo(id=r.id, name=r.name, created_ms=r.created_ms) for r in rows]
+
+
+def list_all_tokens(conn: Connection, principal: Principal, limit: int = 500) -> list[TokenInfo]:
+    """Every account's tokens (never their secrets: only hashes are stored), newest first."""
+    if not principal.is_admin:
+        raise PermissionDeniedError("only an admin token can list every account's tokens")
+    rows = conn.execute(select(tokens).order_by(tokens.c.created_ms.desc()).limit(limit))
     return [
         TokenInfo(
             id=r.id,

@@ -20,6 +20,7 @@ from crucible.server.store.tables import apps, functions
 __all__ = [
     "create_app",
     "create_functions",
+    "function_names",
     "get_app",
     "get_function_row",
     "heartbeat_app",
@@ -227,3 +228,15 @@ def get_function_row(conn: Connection, principal: Principal, function_id: str) -
     if row is None:
         raise NotFoundError(f"function {function_id} not found")
     return row
+
+
+def function_names(conn: Connection, principal: Principal, ids: set[str]) -> dict[str, str]:
+    """Names of the caller's functions among ``ids`` (others' are left out)."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(functions.c.id, functions.c.name).where(
+            functions.c.id.in_(ids), functions.c.account_id == principal.account_id
+        )
+    )
+    return {r.id: r.name for r in rows}

@@ -19,7 +19,18 @@ import binascii
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, null, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -32,7 +43,7 @@ from crucible.errors import (
     PayloadTooLargeError,
 )
 from crucible.protocol.calls import CallInfo, CallsCreate, GroupResults
-from crucible.protocol.common import TERMINAL_STATES, ErrorInfo, Payload
+from crucible.protocol.common import TERMINAL_STATES, CallState, ErrorInfo, Payload
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
@@ -53,6 +64,7 @@ __all__ = [
     "get_call",
     "group_results",
     "list_calls",
+    "list_calls_by_range",
     "record_outputs",
     "record_timeout",
     "requeue_calls_of_container",
@@ -380,8 +392,18 @@ def list_calls(
     function_id: str | None = None,
     state: str | None = None,
     limit: int = 50,
+    before: tuple[int, str] | None = None,
 ) -> list[CallInfo]:
+    """The account's calls, newest first. ``before`` = (created_ms, id) of the last call of
+    the previous page: the page after it (keyset pagination, one index range per page)."""
     q = select(*_CALL_COLUMNS).where(calls.c.account_id == principal.account_id)
+    if before is not None:
+        b_ms, b_id = before
+        # The first term bounds the index range; the second breaks ties in one millisecond.
+        q = q.where(
+            calls.c.created_ms <= b_ms,
+            or_(calls.c.created_ms < b_ms, calls.c.id < b_id),
+        )
     if app_id:
         q = q.where(calls.c.app_id == app_id)
     if function_id:
@@ -393,6 +415,67 @@ def list_calls(
     for r in rows:
         info = call_info(r)
         info.result = None  # listings carry states and costs, not payloads
+        infos.append(info)
+    return infos
+
+
+# Past this many functions in a filter, the merge of per-function ranges costs more than
+# walking the account's calls by time (list_calls).
+_MERGE_MAX_FUNCTIONS = 100
+
+
+def list_calls_by_range(
+    conn: Connection,
+    principal: Principal,
+    *,
+    app_id: str | None = None,
+    function_id: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    before: tuple[int, str] | None = None,
+) -> list[CallInfo]:
+    """Like :func:`list_calls` (newest first, ``before`` a cursor), for filtered listings of
+    a large account: a filter by app, function or state reads the (function, state, id)
+    index, one range per function and state, each already in creation order (ids sort by
+    creation time) and cut at ``limit``, merged by the store. A rare or absent state, or a
+    small app among millions of calls, costs no scan of the account's other calls."""
+    if not (app_id or function_id or state):
+        return list_calls(conn, principal, limit=limit, before=before)
+    fq = select(functions.c.id).where(functions.c.account_id == principal.account_id)
+    if app_id:
+        fq = fq.where(functions.c.app_id == app_id)
+    if function_id:
+        fq = fq.where(functions.c.id == function_id)
+    fns = list(conn.execute(fq.limit(_MERGE_MAX_FUNCTIONS + 1)).scalars())
+    if len(fns) > _MERGE_MAX_FUNCTIONS:
+        return list_calls(
+            conn,
+            principal,
+            app_id=app_id,
+            function_id=function_id,
+            state=state,
+            limit=limit,
+            before=before,
+        )
+    if not fns:
+        return []
+    ranges = []
+    for fn_id in fns:
+        for st in [state] if state else [s.value for s in CallState]:
+            q = select(*_CALL_COLUMNS).where(
+                calls.c.function_id == fn_id,
+                calls.c.state == st,
+                calls.c.account_id == principal.account_id,
+            )
+            if before is not None:
+                q = q.where(calls.c.id < before[1])
+            ranges.append(select(q.order_by(calls.c.id.desc()).limit(limit).subquery()))
+    merged = union_all(*ranges).subquery()
+    rows = conn.execute(select(merged).order_by(merged.c.id.desc()).limit(limit))
+    infos = []
+    for r in rows:
+        info = call_info(r)
+        info.result = None
         infos.append(info)
     return infos
 

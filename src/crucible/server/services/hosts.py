@@ -218,10 +218,14 @@ def require_host(conn: Connection, principal: Principal, host_id: str) -> HostIn
     return host_info(row)
 
 
-def list_hosts(conn: Connection) -> list[HostInfo]:
-    """Every host of the exchange (hosts are public: renters choose among them)."""
-    usage = host_usage(conn)
-    rows = conn.execute(select(hosts).order_by(hosts.c.registered_ms))
+def list_hosts(conn: Connection, owner: str | None = None) -> list[HostInfo]:
+    """Every host of the exchange (hosts are public: renters choose among them), or those of
+    the account ``owner``."""
+    q = select(hosts).order_by(hosts.c.registered_ms)
+    if owner is not None:
+        q = q.where(hosts.c.account_id == owner)
+    rows = list(conn.execute(q))
+    usage = host_usage(conn, [r.id for r in rows] if owner is not None else None)
     return [host_info(r, usage.get(r.id)) for r in rows]
 
 

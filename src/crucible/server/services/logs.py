@@ -11,7 +11,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.apps import get_app
 from crucible.server.store.tables import calls, containers, functions, log_lines
 
-__all__ = ["read_logs", "within_cap", "write_logs"]
+__all__ = ["read_logs", "tail_after", "within_cap", "write_logs"]
 
 
 def within_cap(batch: LogBatch, counts: dict[str, int], container_id: str, cap: int) -> LogBatch:
@@ -120,3 +120,16 @@ def read_logs(
         for r in conn.execute(q)
     ]
     return LogPage(lines=lines, next_after=lines[-1].id if lines else after)
+
+
+def tail_after(
+    conn: Connection, principal: Principal, app_id: str, lines: int, call_id: str | None = None
+) -> int:
+    """The ``after`` from which :func:`read_logs` returns the last ``lines`` lines of an app
+    (or of one call of it): one step back along the (app, id) or (call, id) index."""
+    get_app(conn, principal, app_id)
+    q = select(log_lines.c.id).where(log_lines.c.app_id == app_id)
+    if call_id is not None:
+        q = q.where(log_lines.c.call_id == call_id)
+    found = conn.execute(q.order_by(log_lines.c.id.desc()).offset(lines).limit(1)).scalar()
+    return int(found) if found is not None else 0

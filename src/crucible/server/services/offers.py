@@ -35,7 +35,14 @@ from crucible.server.store.tables import (
 )
 from crucible.settings import Settings
 
-__all__ = ["earnings", "host_market_info", "list_host_market", "set_offer", "set_profile"]
+__all__ = [
+    "daily_earnings",
+    "earnings",
+    "host_market_info",
+    "list_host_market",
+    "set_offer",
+    "set_profile",
+]
 
 
 def _owned_host(conn: Connection, principal: Principal, host_id: str) -> Any:
@@ -162,12 +169,15 @@ def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMark
     )
 
 
-def list_host_market(conn: Connection, settings: Settings) -> list[HostMarketInfo]:
-    """Every host's offers and profile: public to renters, as on any marketplace."""
-    return [
-        host_market_info(conn, r, settings)
-        for r in conn.execute(select(hosts).order_by(hosts.c.registered_ms))
-    ]
+def list_host_market(
+    conn: Connection, settings: Settings, owner: str | None = None
+) -> list[HostMarketInfo]:
+    """Every host's offers and profile: public to renters, as on any marketplace (or those of
+    the account ``owner``)."""
+    q = select(hosts).order_by(hosts.c.registered_ms)
+    if owner is not None:
+        q = q.where(hosts.c.account_id == owner)
+    return [host_market_info(conn, r, settings) for r in conn.execute(q)]
 
 
 def earnings(
@@ -177,14 +187,7 @@ def earnings(
     platform fee withheld, and the host's share (all from the ledger's charge entries)."""
     if by not in ("lease", "day"):
         raise InvalidRequestError("by must be 'lease' or 'day'")
-    q = select(hosts.c.id)
-    if not principal.is_admin:
-        q = q.where(hosts.c.account_id == principal.account_id)
-    if host_id is not None:
-        q = q.where(hosts.c.id == host_id)
-    owned = list(conn.execute(q).scalars())
-    if host_id is not None and not owned:
-        raise NotFoundError(f"host {host_id} not found among your hosts")
+    owned = _owned_host_ids(conn, principal, host_id)
     fee = (
         select(ledger_postings.c.amount_micros)
         .where(
@@ -251,6 +254,65 @@ def earnings(
         earned_micros=sum(x.earned_micros for x in out),
         energy_mwh=sum(x.energy_mwh for x in out),
         carbon_mg=sum(x.carbon_mg for x in out),
+    )
+
+
+def _owned_host_ids(conn: Connection, principal: Principal, host_id: str | None) -> list[str]:
+    q = select(hosts.c.id)
+    if not principal.is_admin:
+        q = q.where(hosts.c.account_id == principal.account_id)
+    if host_id is not None:
+        q = q.where(hosts.c.id == host_id)
+    owned = list(conn.execute(q).scalars())
+    if host_id is not None and not owned:
+        raise NotFoundError(f"host {host_id} not found among your hosts")
+    return owned
+
+
+def daily_earnings(
+    conn: Connection, principal: Principal, host_id: str | None = None
+) -> EarningsReport:
+    """:func:`earnings` by UTC day, summed by the store (one grouped query over the
+    ledger's charge entries, however many there are): what the console charts."""
+    owned = _owned_host_ids(conn, principal, host_id)
+    day = (ledger_entries.c.start_ms // MS_PER_DAY).label("day")
+    fee = func.coalesce(func.sum(ledger_postings.c.amount_micros), 0)
+    rows = conn.execute(
+        select(
+            day,
+            ledger_entries.c.host_id,
+            func.sum(ledger_entries.c.end_ms - ledger_entries.c.start_ms).label("ms"),
+            func.sum(ledger_entries.c.cost_micros).label("charged"),
+            fee.label("fee"),
+        )
+        .select_from(
+            ledger_entries.outerjoin(
+                ledger_postings,
+                (ledger_postings.c.entry_key == ledger_entries.c.key)
+                & (ledger_postings.c.account == str(PLATFORM_FEES)),
+            )
+        )
+        .where(ledger_entries.c.kind == "charge", ledger_entries.c.host_id.in_(owned))
+        .group_by(day, ledger_entries.c.host_id)
+        .order_by(day, ledger_entries.c.host_id)
+    ).all()
+    out = [
+        EarningsLine(
+            key=_day(int(r.day) * MS_PER_DAY),
+            host_id=r.host_id,
+            ms=int(r.ms or 0),
+            charged_micros=int(r.charged or 0),
+            fee_micros=int(r.fee or 0),
+            earned_micros=int(r.charged or 0) - int(r.fee or 0),
+        )
+        for r in rows
+    ]
+    return EarningsReport(
+        by="day",
+        lines=out,
+        charged_micros=sum(x.charged_micros for x in out),
+        fee_micros=sum(x.fee_micros for x in out),
+        earned_micros=sum(x.earned_micros for x in out),
     )
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "call_inbox",
     "call_items",
     "calls",
+    "console_sessions",
     "containers",
     "deployments",
     "dict_entries",
@@ -542,4 +543,17 @@ audit_log = Table(
     Column("detail", JSON, nullable=False),
     Index("ix_audit_log_action", "action", "id"),
     Index("ix_audit_log_ts", "ts_ms"),
+)
+
+# Web console sign-ins (server/console/): the cookie carries a random secret, stored here
+# hashed. A session lives while its API token is not revoked and until it expires or its
+# owner signs out (the row is deleted).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", String(32), ForeignKey("tokens.id"), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),  # the token every form of the session carries
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False, index=True),
 )

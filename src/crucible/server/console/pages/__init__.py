@@ -1,0 +1,1 @@
+"""One router per console section, each thin over the services the API uses."""
