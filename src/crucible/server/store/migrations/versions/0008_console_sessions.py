@@ -1,7 +1,7 @@
 """console_sessions (the web console's sign-ins)
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """energy and carbon beside cost: per metered interval, per container, per host
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """secrets, schedules, dicts, queues and volumes; calls.tick_ms
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0010
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """multi-tenant safety: each host's isolation report and verification; the audit log
 
-Revision ID: 0011
-Revises: 0009
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0009"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
