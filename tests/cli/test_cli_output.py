@@ -13,12 +13,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import app_hostile
 import pytest
 
 from crucible.errors import Error
 from crucible.protocol.transport import Transport
 
+import app_terminal_escapes
 from harness import Exchange, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +45,10 @@ def tenant(exchange: Exchange) -> dict[str, str]:
     token = exchange.tenant_token("tenant")
     client = exchange.client(token)
     try:
-        with app_hostile.app.run(client=client):
-            call = app_hostile.shout.spawn(3)
+        with app_terminal_escapes.app.run(client=client):
+            call = app_terminal_escapes.shout.spawn(3)
             assert call.get(timeout=120) == 3
-            failing = app_hostile.explode.spawn()
+            failing = app_terminal_escapes.explode.spawn()
             with pytest.raises(ValueError, match="boom"):
                 failing.get(timeout=120)
         app_id = client.get_call(call.object_id).app_id

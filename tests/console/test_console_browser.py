@@ -118,6 +118,13 @@ class Page:
     def text(self) -> str:
         return str(self.d.find_element("tag name", "body").text)
 
+    def wait_url(self, part: str, timeout_s: float = 30) -> None:
+        """Until the browser is at a URL holding ``part`` (a click's navigation may still be
+        on its way when the old page's readyState is complete)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.d, timeout_s).until(lambda d: part in d.current_url)
+
     def wait_text(self, needle: str, timeout_s: float = 30) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -288,8 +295,7 @@ def test_console_in_a_browser(
     p.d.set_window_size(1280, 900)
     p.open("/")
     p.d.find_element("css selector", "form.signout button").click()
-    p.settle()
-    assert "/login" in p.d.current_url
+    p.wait_url("/login")
     p.open("/bill")
-    assert "/login" in p.d.current_url
+    p.wait_url("/login")
     client.transport.close()

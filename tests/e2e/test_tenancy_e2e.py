@@ -21,7 +21,7 @@ def test_a_strangers_call_is_not_placed_on_a_process_host_the_owners_is(
     stranger = exchange.client(exchange.new_account("stranger"))
     try:
         [host] = exchange.hosts()
-        assert host["isolated"] is False and host["isolation"] is None  # no report: process
+        assert host["isolated"] is False and host["isolation"]["runtime"] == "process"
         with (
             app_basic.app.run(client=stranger),
             pytest.raises(

@@ -4,6 +4,8 @@ raises, and a clear 404 for its owner once the deployment is stopped."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -16,6 +18,13 @@ from harness import Exchange
 def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
     token = exchange.owner_token("webby")
     builder = exchange.client(token)
+    try:
+        _endpoints_through_the_gateway(exchange, token, builder)
+    finally:
+        builder.close()
+
+
+def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any) -> None:
     app_web.app.deploy(client=builder)
     base = f"{exchange.url}/web/operator/web"
     auth = {"authorization": f"Bearer {token}"}
@@ -60,5 +69,4 @@ def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
         assert r.status_code == 401 and "stopped" not in r.text
         other = http.get(f"{exchange.url}/web/nobody/web/api/count")
         assert other.status_code == 401
-        assert other.text.replace("/nobody/", "/webby/") == r.text  # the same words
-    builder.close()
+        assert other.text.replace("/nobody/", "/operator/") == r.text  # the same words
