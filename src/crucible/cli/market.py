@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
             return
         table(
             f"Earnings by {rep.by}",
-            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned", "kWh", "gCO2"],
+            [rep.by, "host", "device, tier", "time", "charged", "fee", "earned"],
             [
                 (
                     x.key,
@@ -233,8 +233,6 @@ def register(app: typer.Typer) -> None:
                     fmt_usd(x.charged_micros),
                     fmt_usd(x.fee_micros),
                     fmt_usd(x.earned_micros),
-                    fmt_kwh(x.energy_mwh, unit=False),
-                    fmt_co2(x.carbon_mg, unit=False),
                 )
                 for x in rep.lines
             ],

@@ -330,7 +330,7 @@ def register(app: typer.Typer) -> None:
             return
         table(
             "Bill",
-            [*_BILL_COLUMNS, "kWh", "gCO2"],
+            _BILL_COLUMNS,
             [
                 (
                     line.app_name,
@@ -341,6 +341,20 @@ def register(app: typer.Typer) -> None:
                     line.calls,
                     fmt_ms(line.exec_ms),
                     fmt_usd(line.cost_micros),
+                )
+                for line in report.lines
+            ],
+            ids=("app id",),
+        )
+        # Energy and emissions in a table of their own: the bill's columns already fill 80.
+        table(
+            "Energy and emissions (* estimated)",
+            ["app", "app id", "function", "kWh", "gCO2"],
+            [
+                (
+                    line.app_name,
+                    line.app_id,
+                    line.function_name,
                     fmt_kwh(line.energy_mwh, unit=False) + ("*" if line.energy_estimated else ""),
                     fmt_co2(line.carbon_mg, unit=False),
                 )
