@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# The project's copy of the openb trace (shared/ beside the checkout; not in the product).
+OPENB_TRACE = REPO.parent / "shared" / "data" / "traces" / "alibaba-openb-2023"
 sys.path.insert(0, str(REPO / "src"))
 
 from crucible.server.scheduler.placement import (  # noqa: E402
@@ -53,7 +55,6 @@ from crucible.server.scheduler.placement import (  # noqa: E402
     make_policy,
 )
 from crucible.sim.trace import (  # noqa: E402
-    DEFAULT_OPENB_DIR,
     gpu_count,
     load_nodes,
     load_pods,
@@ -203,7 +204,7 @@ def bench_size(args: argparse.Namespace, gpus: int, reqs: list[Request]) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trace", default=str(DEFAULT_OPENB_DIR))
+    ap.add_argument("--trace", default=str(OPENB_TRACE))
     ap.add_argument("--gpus", default="100000,250000", help="fleet sizes, comma-separated")
     ap.add_argument("--sites", type=int, default=32)
     ap.add_argument("--n", type=int, default=30_000, help="timed events per indexed policy")

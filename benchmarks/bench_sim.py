@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# The project's copy of the openb trace (shared/ beside the checkout; not in the product).
+OPENB_TRACE = REPO.parent / "shared" / "data" / "traces" / "alibaba-openb-2023"
 sys.path.insert(0, str(REPO / "src"))
 
 from crucible.sim.engine import run  # noqa: E402
@@ -135,6 +138,7 @@ def speed(market_gpus: int, cases: list[str]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    os.environ.setdefault("CRUCIBLE_OPENB_TRACE_DIR", str(OPENB_TRACE))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="quality,speed")
     ap.add_argument("--seeds", type=int, default=10, help="quality: seeds 42, 43, ...")

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from crucible.testing import LocalExchange, free_port, wait_for
 
-__all__ = ["FAST", "Exchange", "free_port", "wait_for"]
+__all__ = ["FAST", "OPENB_TRACE", "Exchange", "free_port", "wait_for"]
+
+# The Alibaba openb trace, for tests and benchmarks: the project keeps a copy in shared/
+# beside the checkout (the product does not ship it; CRUCIBLE_OPENB_TRACE_DIR names it).
+OPENB_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data/traces/alibaba-openb-2023"
 
 FAST = {
     "CRUCIBLE_SCHEDULER_INTERVAL_S": "0.1",

@@ -214,6 +214,12 @@ class Settings:
         "Volumes' storage is charged in intervals of about this length (and at every commit, "
         "so a size change is charged exactly).",
     )
+    openb_trace_dir: str = _opt(
+        "",
+        "CRUCIBLE_OPENB_TRACE_DIR",
+        "Folder of Alibaba's GPU cluster trace 2023 (openb CSV files) for the simulator's openb "
+        "scenarios (a scenario's trace_dir wins). Not shipped with Crucible; empty: none.",
+    )
     # -- market and ledger ------------------------------------------------------------------
     price_cpu_core_hour_usd: float = _opt(
         0.04,

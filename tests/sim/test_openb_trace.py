@@ -8,7 +8,6 @@ import pytest
 
 from crucible.server.scheduler.placement import Cluster, FragmentationAware, NodeSpec
 from crucible.sim.trace import (
-    DEFAULT_OPENB_DIR,
     gpu_count,
     load_nodes,
     load_pods,
@@ -16,18 +15,20 @@ from crucible.sim.trace import (
     workload_classes,
 )
 
+from harness import OPENB_TRACE
+
 pytestmark = pytest.mark.skipif(
-    not (DEFAULT_OPENB_DIR / "openb_node_list_all_node.csv").exists(),
+    not (OPENB_TRACE / "openb_node_list_all_node.csv").exists(),
     reason="openb trace not present",
 )
 
 
 def test_node_lists() -> None:
-    nodes = load_nodes()
+    nodes = load_nodes(OPENB_TRACE)
     assert len(nodes) == 1523
     gpu_nodes = [n for n in nodes if n.gpu_count]
     assert len(gpu_nodes) == 1213 and gpu_count(nodes) == 6212
-    only = load_nodes(gpu_only=True)
+    only = load_nodes(OPENB_TRACE, gpu_only=True)
     assert len(only) == 1213 and gpu_count(only) == 6212
 
     def shape(n: NodeSpec) -> tuple[int, int, int, str]:
@@ -41,7 +42,7 @@ def test_node_lists() -> None:
 
 
 def test_default_pods() -> None:
-    pods = load_pods()
+    pods = load_pods(OPENB_TRACE)
     assert len(pods) == 8152
     kinds = Counter(
         "cpu" if p.request.num_gpu == 0 else "share" if p.request.shared else "whole" for p in pods
@@ -52,7 +53,7 @@ def test_default_pods() -> None:
 
 
 def test_gpuspec_constraints_parsed() -> None:
-    pods = load_pods(name="gpuspec33")
+    pods = load_pods(OPENB_TRACE, name="gpuspec33")
     constrained = [p for p in pods if p.request.models]
     assert constrained, "gpuspec33 has type-constrained tasks"
     known = {"A10", "G2", "G3", "P100", "T4", "V100M16", "V100M32"}
@@ -62,7 +63,7 @@ def test_gpuspec_constraints_parsed() -> None:
 
 @pytest.mark.parametrize("target", [100_000, 250_000])
 def test_replicate(target: int) -> None:
-    nodes = load_nodes()
+    nodes = load_nodes(OPENB_TRACE)
     fleet = replicate(nodes, target)
     assert target <= gpu_count(fleet) < target + 8
     assert len({n.id for n in fleet}) == len(fleet)
@@ -70,21 +71,21 @@ def test_replicate(target: int) -> None:
 
 
 def test_replay_default_trace_places_most_tasks() -> None:
-    nodes = load_nodes()
+    nodes = load_nodes(OPENB_TRACE)
     c = Cluster.from_nodes(nodes, "best-fit")
-    placed = sum(1 for p in load_pods() if c.place(p.request) is not None)
+    placed = sum(1 for p in load_pods(OPENB_TRACE) if c.place(p.request) is not None)
     # arrivals only (no departures): the cluster fills; most tasks still fit
     assert placed > 0.5 * 8152
     assert 0 < c.gpu_allocated_milli() <= 6212 * 1000
 
 
 def test_workload_classes_drive_fgd() -> None:
-    pods = load_pods()
+    pods = load_pods(OPENB_TRACE)
     w = workload_classes([p.request for p in pods], max_classes=12)
     assert 1 <= len(w) <= 12
     assert abs(sum(p for _, p in w) - 1) < 1e-9
     assert all(r.num_gpu > 0 for r, _ in w)
     assert [p for _, p in w] == sorted((p for _, p in w), reverse=True)
-    c = Cluster.from_nodes(load_nodes(), FragmentationAware(workload=w))
+    c = Cluster.from_nodes(load_nodes(OPENB_TRACE), FragmentationAware(workload=w))
     placed = sum(1 for p in pods[:2000] if c.place(p.request) is not None)
     assert placed > 1500

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from crucible.server.market import HostSpec, Market, Offer
 from crucible.server.scheduler.placement import NodeSpec
+from crucible.settings import load_settings
 from crucible.sim.scenario import ProviderSpec, Scenario, ScenarioError
-from crucible.sim.trace import DEFAULT_OPENB_DIR, gpu_count, load_nodes, replicate
+from crucible.sim.trace import gpu_count, load_nodes, replicate
 
 __all__ = ["Host", "NodeLoader", "add_to_market", "build_fleet", "openb_dir", "to_nodes"]
 
@@ -51,8 +52,17 @@ class Host:
 
 
 def openb_dir(configured: str) -> Path:
-    """The trace folder a scenario names (``""``: the project's shared copy)."""
-    return Path(configured) if configured else DEFAULT_OPENB_DIR
+    """The trace folder a scenario names; ``""``: the ``CRUCIBLE_OPENB_TRACE_DIR`` setting.
+    The trace is public but not shipped with Crucible: with neither, a clear error."""
+    where = configured or load_settings().openb_trace_dir
+    if not where:
+        raise ScenarioError(
+            "the openb scenarios replay Alibaba's GPU cluster trace 2023 (\"openb\", "
+            "cluster-trace-gpu-v2023 in Alibaba's clusterdata repository), which Crucible "
+            "does not ship: put its CSV files in a folder and set CRUCIBLE_OPENB_TRACE_DIR to "
+            "it, or trace_dir in the scenario"
+        )
+    return Path(where).expanduser()
 
 
 def _site_carbon(p: ProviderSpec, rng: random.Random) -> list[int | None]:

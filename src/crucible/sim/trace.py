@@ -1,7 +1,8 @@
 """Load the Alibaba GPU cluster trace 2023 ("openb") into placement-core types.
 
-Pure apart from reading the CSV files it is pointed at. The directory is a parameter
-(:data:`DEFAULT_OPENB_DIR` is where this project keeps it).
+Pure apart from reading the CSV files it is pointed at. The directory is a parameter: the
+trace is not shipped with Crucible (scenarios name it with ``trace_dir`` or the
+``CRUCIBLE_OPENB_TRACE_DIR`` setting, see :func:`crucible.sim.fleet.openb_dir`).
 
 * :func:`load_nodes` reads ``openb_node_list_all_node.csv`` (or ``..._gpu_node.csv``): one
   :class:`~crucible.server.scheduler.placement.NodeSpec` per row, GPU model as written
@@ -24,7 +25,6 @@ from pathlib import Path
 from crucible.server.scheduler.placement import NodeSpec, Request
 
 __all__ = [
-    "DEFAULT_OPENB_DIR",
     "TracePod",
     "gpu_count",
     "load_nodes",
@@ -33,10 +33,6 @@ __all__ = [
     "workload_classes",
 ]
 
-_TRACE = Path("data/traces/alibaba-openb-2023")
-# The project keeps its data in shared/ beside the checkout (src/crucible/sim/ is 3 levels
-# below the checkout's root).
-DEFAULT_OPENB_DIR = Path(__file__).resolve().parents[3].parent / "shared" / _TRACE
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ def _int(text: str) -> int | None:
 
 
 def load_nodes(
-    directory: Path | str = DEFAULT_OPENB_DIR, *, gpu_only: bool = False
+    directory: Path | str, *, gpu_only: bool = False
 ) -> list[NodeSpec]:
     """The trace's nodes in file order. ``gpu_only`` reads the 1,213-node GPU list."""
     name = "openb_node_list_gpu_node.csv" if gpu_only else "openb_node_list_all_node.csv"
@@ -78,7 +74,7 @@ def load_nodes(
     return out
 
 
-def load_pods(directory: Path | str = DEFAULT_OPENB_DIR, name: str = "default") -> list[TracePod]:
+def load_pods(directory: Path | str, name: str = "default") -> list[TracePod]:
     """The tasks of ``openb_pod_list_<name>.csv`` in file order (creation order)."""
     out: list[TracePod] = []
     with open(Path(directory) / f"openb_pod_list_{name}.csv", newline="") as f:
