@@ -149,6 +149,8 @@ class MarketDriver:
         self._ask(job, now)
 
     def _gave_up(self, job: Job, n: int = 1) -> None:
+        if job.started_ms is None:  # a censored wait: it never started
+            self.rec.gave_up(job.deadline_ms, job.arrival_ms)
         self.counts["gave_up"] += n
         self.tiers.jobs[job.tier]["gave_up"] += n
         reason = self.tiers.last_refusal.pop(job.id, "never_granted")
@@ -399,9 +401,14 @@ class MarketDriver:
         return cap
 
     def close(self, now: int) -> None:
-        """End the run: leases still running are metered up to ``now`` (not released)."""
+        """End the run: leases still running are metered up to ``now`` (not released); jobs
+        still waiting that never started count their waits until ``now`` (censored)."""
         for lease in self.m.running_leases():
             self._account(lease.ended(now, EndReason.RELEASED))
+        for q in self.parked.values():
+            for job in q:
+                if job.started_ms is None:
+                    self.rec.still_waiting(now, job.arrival_ms)
 
     # ------------------------------------------------------------------ report
 
