@@ -1,6 +1,6 @@
 """Generate the small trace samples in examples/sim/traces/ (the generic trace format).
 
-    python examples/sim/make_trace_samples.py
+    python examples/sim/make_trace_samples.py [OUT_DIR]   # default: examples/sim/traces
 
 Provenance: every row is synthetic, drawn from the seeded distributions below (seed 2026),
 so running this again writes the same files byte for byte. No public trace is copied. The
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import random
+import sys
 from pathlib import Path
 
 from crucible.sim.trace_format import TraceTask, task_request, write_tasks
@@ -85,21 +86,21 @@ def memory_heavy(rng: random.Random) -> list[TraceTask]:
     return tasks
 
 
-def main() -> None:
-    HERE.mkdir(exist_ok=True)
+def main(out: Path = HERE) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(2026)
     _nodes(
-        HERE / "lab-nodes.csv",
+        out / "lab-nodes.csv",
         [
             ("a100", 8, "A100", 64000, 1024 * GIB, 16),
             ("t4", 4, "T4", 32000, 256 * GIB, 8),
             ("cpu", 0, "", 96000, 512 * GIB, 4),
         ],
     )
-    write_tasks(mixed(rng), HERE / "mixed-tasks.csv")
-    _nodes(HERE / "memory-nodes.csv", [("a100", 8, "A100", 64000, 1024 * GIB, 8)])
-    write_tasks(memory_heavy(rng), HERE / "memory-heavy-tasks.csv")
+    write_tasks(mixed(rng), out / "mixed-tasks.csv")
+    _nodes(out / "memory-nodes.csv", [("a100", 8, "A100", 64000, 1024 * GIB, 8)])
+    write_tasks(memory_heavy(rng), out / "memory-heavy-tasks.csv")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

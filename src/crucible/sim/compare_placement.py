@@ -4,11 +4,12 @@ change against the baseline, and the policies ranked on each figure (pure; no I/
 Figures per policy (the mean over seeds; lowest and highest seed beside the headline ones):
 GPU allocation over the run (the exact time average over one horizon for every run, the
 longest run's: a replay that drains earlier counts 0 after its end, so a policy is not
-flattered by finishing its last task sooner), the GPU-hours allocated, the allocation when the arrived demand first
-equals the fleet's GPUs (FGD's comparison point), FGD's fragmentation sampled during the run,
-the share of tasks that started and that gave up (of the tasks that could run at all), the
-waits of every task with the censored waits of those that gave up or still wait, and the
-impossible tasks (the same for every policy: they depend on the fleet only).
+flattered by finishing its last task sooner), the GPU-hours allocated, the allocation when
+the arrived demand first equals the fleet's GPUs (FGD's comparison point), FGD's
+fragmentation sampled during the run, the share of tasks that started and that gave up (of
+the tasks that could run at all), the waits of every task with the censored waits of those
+that gave up or still wait, and the impossible tasks (the same for every policy: they depend
+on the fleet only).
 
 The ranking is per workload, on each figure separately; no single score is made up of them,
 so a policy that wins on allocation and loses on waits shows both.
