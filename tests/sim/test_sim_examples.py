@@ -100,3 +100,32 @@ def test_compare_on_the_memory_heavy_sample_writes_one_report(tmp_path: Path) ->
     page = (rep / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
     assert re.search(r"gave up counts the time from its arrival until it gave up", page)
+
+
+def test_plots_come_with_the_default_install() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("matplotlib") for d in project["dependencies"])
+
+
+def test_without_matplotlib_the_run_says_so_and_writes_the_rest(tmp_path: Path) -> None:
+    # a matplotlib that cannot be imported, ahead of the real one on the path
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env["CRUCIBLE_HOME"] = str(tmp_path / "home")
+    env["PYTHONPATH"] = str(tmp_path / "fake")
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "sim", str(SIM / "memory-heavy.toml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "plots skipped: matplotlib is not installed" in out.stdout
+    rep = tmp_path / "sim-out" / "memory-heavy"
+    assert {p.name for p in rep.iterdir()} == {"summary.json", "report.html"}

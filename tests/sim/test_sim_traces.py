@@ -11,7 +11,7 @@ import pytest
 
 from crucible.sim.engine import SimResult, run
 from crucible.sim.scenario import ScenarioError, load_scenario
-from crucible.sim.trace_format import read_tasks, write_tasks
+from crucible.sim.trace_format import read_nodes, read_tasks, write_tasks
 from crucible.sim.trace_pai import read_pai_nodes, read_pai_tasks
 
 NODES = """id,gpus,gpu_model,cpu_milli,memory_mib,count
@@ -315,3 +315,66 @@ def test_scenario_keys_for_traces_are_checked(tmp_path: Path) -> None:
     path.write_text(text.replace('source = "nodes"\n', ""))
     with pytest.raises(ScenarioError, match=r"fleet\[0\].path: is for source = 'nodes'"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (TASK_HEADER + "x,0,inf,1,1,1000,0,0,,\n", "duration_s must be a finite number"),
+        (TASK_HEADER + "x,-5,60,1,1,1000,0,0,,\n", "submit_s must be a finite number >= 0"),
+        (TASK_HEADER + "x,0,60,1,1,0,0,0,,\n", "gpu_milli must be within 1..1000"),
+        (TASK_HEADER + "x,0,60,0,1,1000,0,0,,\n", "nodes must be >= 1"),
+        ("name,when\nx,0\n", "no column 'id'"),
+        (b"id,submit_s,duration_s\n\xff\xfe,0,1\n", "not a UTF-8 CSV file"),
+    ],
+)
+def test_hostile_task_files_get_a_clear_error(
+    tmp_path: Path, content: str | bytes, message: str
+) -> None:
+    path = tmp_path / "t.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ScenarioError, match=message):
+        read_tasks(path)
+
+
+def test_hostile_pai_files_get_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "pai_task_table.csv"
+    path.write_text("j,w,1,Terminated,0,10\n")
+    with pytest.raises(ScenarioError, match=r"line 1: 6 columns; the PAI 2020 layout has 10"):
+        read_pai_tasks(path)
+    path.write_text("j,w,inf,Terminated,0,10,100,1,100,T4\n")
+    with pytest.raises(ScenarioError, match=r"inst_num must be finite"):
+        read_pai_tasks(path)
+    path.write_text("j,w,1,Running,0,,100,1,100,T4\n")
+    with pytest.raises(ScenarioError, match=r"no task with a start and an end time"):
+        read_pai_tasks(path)
+    with pytest.raises(ScenarioError, match=r"no such file"):
+        read_pai_nodes(tmp_path / "pai_machine_spec.csv")
+
+
+def test_a_node_file_that_would_not_fit_in_memory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    path.write_text("id,gpus,gpu_model,count\nn,8,A100,100000000\n")
+    with pytest.raises(ScenarioError, match=r"more than 1,000,000 nodes"):
+        read_nodes(path)
+
+
+def test_the_cli_reports_a_bad_trace_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = scenario(tmp_path, "x,0,sixty,1,1,1000,0,0,,\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env["CRUCIBLE_HOME"] = str(tmp_path / "home")
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "sim", str(path), "--no-plots"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    err = "".join(out.stderr.split())  # the terminal wraps long lines
+    assert "tasks.csv:line2:duration_smustbeanumber,not'sixty'" in err
+    assert "Traceback" not in out.stderr

@@ -87,6 +87,8 @@ def read_node_file(path: Path, fmt: str) -> list[NodeSpec]:
             raise ScenarioError(f"{path}: no such node file") from None
         except KeyError as exc:
             raise ScenarioError(f"{path}: not an openb node list (no column {exc})") from None
+        except (ValueError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise ScenarioError(f"{path}: not a readable openb node list ({exc})") from None
     return read_nodes(path)
 
 

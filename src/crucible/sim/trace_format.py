@@ -31,6 +31,7 @@ and the column. Pure apart from reading (and, for the sample generator, writing)
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ TASK_COLUMNS = (
     "models", "patience_s",
 )  # fmt: skip
 NODE_COLUMNS = ("id", "gpus", "gpu_model", "cpu_milli", "memory_mib", "count")
+MAX_NODES = 1_000_000  # a node file larger than this is a mistake, not a fleet
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,27 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
                 "or write the trace as CSV"
             ) from None
-        table = pq.read_table(path).to_pylist()
+        try:
+            table = pq.read_table(path).to_pylist()
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such trace file") from None
+        except Exception as exc:  # pyarrow raises several types for a file it cannot read
+            raise ScenarioError(f"{path}: not a readable Parquet file ({exc})") from None
         for i, rec in enumerate(table, start=1):
             yield i, {k: "" if v is None else str(v) for k, v in rec.items()}
         return
     try:
-        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such trace file") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot be read ({exc.strerror})") from None
     with f:
-        for i, row in enumerate(csv.DictReader(f), start=2):
-            yield i, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        try:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                yield i, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
 
 
 def _number(
@@ -106,8 +118,10 @@ def _number(
         v = float(text)
     except ValueError:
         raise ScenarioError(f"{path}: line {line}: {col} must be a number, not {text!r}") from None
-    if v < 0 or v != v:
-        raise ScenarioError(f"{path}: line {line}: {col} must be >= 0, not {text!r}")
+    if not math.isfinite(v) or v < 0:
+        raise ScenarioError(
+            f"{path}: line {line}: {col} must be a finite number >= 0, not {text!r}"
+        )
     return v
 
 
@@ -197,6 +211,11 @@ def read_nodes(path: Path) -> list[NodeSpec]:
         if gpus and not model:
             raise ScenarioError(f"{path}: line {line}: gpu_model is required when gpus > 0")
         count = int(_number(path, line, row, "count", 1))
+        if len(out) + count > MAX_NODES:
+            raise ScenarioError(
+                f"{path}: line {line}: more than {MAX_NODES:,} nodes in all; the simulator is "
+                "sized for fleets up to about 250,000 GPUs"
+            )
         for k in range(count):
             out.append(
                 NodeSpec(

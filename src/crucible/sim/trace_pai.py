@@ -46,19 +46,24 @@ MACHINE_COLUMNS = ("machine", "gpu_type", "cap_cpu", "cap_mem", "cap_gpu")
 
 def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     try:
-        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such file (the PAI 2020 trace's {path.name})") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot be read ({exc.strerror})") from None
     with f:
-        for i, raw in enumerate(csv.reader(f), start=1):
-            if not raw or (i == 1 and raw[0].strip() == columns[0]):
-                continue  # a header row, where someone added one
-            if len(raw) < len(columns):
-                raise ScenarioError(
-                    f"{path}: line {i}: {len(raw)} columns; the PAI 2020 layout has "
-                    f"{len(columns)}: {', '.join(columns)}"
-                )
-            yield i, {c: raw[k].strip() for k, c in enumerate(columns)}
+        try:
+            for i, raw in enumerate(csv.reader(f), start=1):
+                if not raw or (i == 1 and raw[0].strip() == columns[0]):
+                    continue  # a header row, where someone added one
+                if len(raw) < len(columns):
+                    raise ScenarioError(
+                        f"{path}: line {i}: {len(raw)} columns; the PAI 2020 layout has "
+                        f"{len(columns)}: {', '.join(columns)}"
+                    )
+                yield i, {c: raw[k].strip() for k, c in enumerate(columns)}
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
 
 
 def _float(path: Path, line: int, row: dict[str, str], col: str) -> float | None:
@@ -69,7 +74,11 @@ def _float(path: Path, line: int, row: dict[str, str], col: str) -> float | None
         v = float(text)
     except ValueError:
         raise ScenarioError(f"{path}: line {line}: {col} must be a number, not {text!r}") from None
-    return None if math.isnan(v) else v
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        raise ScenarioError(f"{path}: line {line}: {col} must be finite, not {text!r}")
+    return v
 
 
 def read_pai_tasks(path: Path) -> tuple[list[TraceTask], dict[str, int]]:

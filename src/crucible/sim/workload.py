@@ -240,6 +240,8 @@ def load_task_trace(path: Path, fmt: str) -> tuple[list[TraceTask], dict[str, in
             raise ScenarioError(f"{path}: no such trace file") from None
         except KeyError as exc:
             raise ScenarioError(f"{path}: not an openb pod list (no column {exc})") from None
+        except (ValueError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise ScenarioError(f"{path}: not a readable openb pod list ({exc})") from None
         tasks = openb_tasks(pods)
         left = len(pods) - len(tasks)
         return tasks, ({"no deletion time": left} if left else {})
