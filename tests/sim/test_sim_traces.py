@@ -203,6 +203,9 @@ def test_parquet_tasks_read_like_csv(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "t.parquet")
     (t,) = read_tasks(tmp_path / "t.parquet")
     assert t.nodes == 2 and t.request.num_gpu == 4 and t.submit_ms == 3000
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ScenarioError, match=r"bad.parquet: not a readable Parquet file"):
+        read_tasks(tmp_path / "bad.parquet")
 
 
 # Alibaba PAI 2020, as published: no header row; plan_cpu in % of a core, plan_mem in GB,
