@@ -381,3 +381,45 @@ def test_the_cli_reports_a_bad_trace_without_a_traceback(tmp_path: Path) -> None
     err = "".join(out.stderr.split())  # the terminal wraps long lines
     assert "tasks.csv:line2:duration_smustbeanumber,not'sixty'" in err
     assert "Traceback" not in out.stderr
+
+
+def test_market_jobs_no_host_could_serve_are_impossible_not_gave_up() -> None:
+    from crucible.sim.scenario import parse_scenario
+
+    s = parse_scenario(
+        """
+name = "m"
+kind = "market"
+duration_hours = 72
+[[fleet]]
+name = "c"
+gpus = 32
+mix = { H100 = 1 }
+prices = { H100 = 2.0 }
+[workload]
+[[workload.classes]]
+name = "fine"
+load = 0.3
+gpus = [4]
+models = ["H100"]
+[[workload.classes]]
+name = "sixteen"
+load = 0.2
+gpus = [16]
+models = ["H100"]
+[[workload.classes]]
+name = "huge-gang"
+load = 0.2
+gpus = [8]
+nodes = [5]
+models = ["H100"]
+"""
+    )
+    m = run(s).summary["market"]
+    imp = m["impossible"]
+    assert set(imp["by_reason"]) == {"too_many_gpus", "gang_too_large"}
+    assert imp["count"] == m["jobs"]["impossible"] > 0
+    assert {x["class"] for x in imp["listed"]} == {"sixteen", "huge-gang"}
+    assert m["jobs"]["gave_up"] == 0 or all(
+        not k.endswith("never_granted") for k in m["gave_up_by_reason"]
+    )

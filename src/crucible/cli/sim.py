@@ -41,10 +41,10 @@ def _plots_or_say_why(plots: bool) -> bool:
     return plots and why is None
 
 
-def _without_list(placement: Any) -> Any:
-    """The placement summary for the terminal: impossible tasks counted, not listed."""
-    imp = placement["impossible"]
-    return placement | {"impossible": {k: v for k, v in imp.items() if k != "listed"}}
+def _without_list(part: Any) -> Any:
+    """A kind's summary for the terminal: impossible tasks counted, not listed."""
+    imp = part["impossible"]
+    return part | {"impossible": {k: v for k, v in imp.items() if k != "listed"}}
 
 
 def register(app: typer.Typer) -> None:
@@ -171,20 +171,17 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json({"summary": result.summary, "timing": timing})
         else:
-            imp = result.summary.get("placement", {}).get("impossible")
-            if imp and imp["count"]:
+            kind = result.summary["kind"]
+            imp = result.summary[kind]["impossible"]
+            if imp["count"]:
                 why = ", ".join(f"{k} {v}" for k, v in imp["by_reason"].items())
                 console.print(
                     f"{imp['count']:,} tasks could never run on this fleet ({why}); they are "
-                    "listed in summary.json (placement.impossible), not counted as gave up",
+                    f"listed in summary.json ({kind}.impossible), not counted as gave up",
                     markup=False,
                     highlight=False,
                 )
-            rows = flatten(
-                {k: v for k, v in result.summary.items() if k != "placement"}
-                | {"placement": _without_list(result.summary.get("placement"))}
-                if "placement" in result.summary
-                else result.summary
-            ) + flatten(timing, "timing.")
+            shown = result.summary | {kind: _without_list(result.summary[kind])}
+            rows = flatten(shown) + flatten(timing, "timing.")
             table(f"crucible sim: {s.name}", ["metric", "value"], rows)
             console.print("wrote " + ", ".join(str(p) for p in written.values()))

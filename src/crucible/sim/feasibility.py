@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from crucible.server.scheduler.placement import NodeSpec, Request
 
-__all__ = ["IMPOSSIBLE_REASONS", "Feasibility"]
+__all__ = ["IMPOSSIBLE_LISTED", "IMPOSSIBLE_REASONS", "Feasibility", "ImpossibleLog"]
+
+IMPOSSIBLE_LISTED = 50  # impossible tasks listed one by one in a report (all are counted)
 
 IMPOSSIBLE_REASONS: dict[str, str] = {
     "unknown_gpu_model": "asks for a GPU model that no node of the fleet has",
@@ -76,3 +79,29 @@ class Feasibility:
         if fitting < members:
             return "gang_too_large"
         return None
+
+
+class ImpossibleLog:
+    """The impossible tasks of a run: counted by reason, the first
+    :data:`IMPOSSIBLE_LISTED` listed with what they asked for."""
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self.listed: list[dict[str, Any]] = []
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_reason.values())
+
+    def add(self, reason: str, task: dict[str, Any]) -> None:
+        self.by_reason[reason] += 1
+        if len(self.listed) < IMPOSSIBLE_LISTED:
+            self.listed.append({"task": task.pop("task"), "reason": reason, **task})
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "by_reason": dict(sorted(self.by_reason.items())),
+            "reasons": {k: IMPOSSIBLE_REASONS[k] for k in sorted(self.by_reason)},
+            "listed": self.listed,
+        }

@@ -17,7 +17,7 @@ the run.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 from crucible.server.scheduler.placement import (
@@ -28,7 +28,7 @@ from crucible.server.scheduler.placement import (
     node_fragmentation,
 )
 from crucible.sim.events import EventQueue, Finish
-from crucible.sim.feasibility import IMPOSSIBLE_REASONS, Feasibility
+from crucible.sim.feasibility import Feasibility, ImpossibleLog
 from crucible.sim.metrics import Recorder
 from crucible.sim.workload import Job
 
@@ -36,8 +36,6 @@ __all__ = ["GAUGES", "PlacementDriver"]
 
 GAUGES = ("gpu_allocation", "fragmented_gpus", "fragmentation_of_free")
 """The series a placement run samples (see :meth:`PlacementDriver.gauges`)."""
-
-IMPOSSIBLE_LISTED = 50  # impossible tasks listed one by one in the report (all are counted)
 
 
 class PlacementDriver:
@@ -60,8 +58,7 @@ class PlacementDriver:
         self.alloc_at_full: float | None = None
         self.classes: tuple[tuple[Request, float], ...] = ()
         self.feasibility = Feasibility(cluster.nodes)
-        self.impossible_by: Counter[str] = Counter()
-        self.impossible_listed: list[dict[str, Any]] = []
+        self.impossible = ImpossibleLog()
         self._frag_memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
         self._frag_samples: list[tuple[float, float]] = []
 
@@ -112,23 +109,21 @@ class PlacementDriver:
 
     def _impossible(self, job: Job, why: str) -> None:
         self.counts["impossible"] += 1
-        self.impossible_by[why] += 1
-        if len(self.impossible_listed) < IMPOSSIBLE_LISTED:
-            r = job.request
-            self.impossible_listed.append(
-                {
-                    "task": job.name or str(job.id),
-                    "class": job.cls,
-                    "reason": why,
-                    "arrival_s": job.arrival_ms / 1000,
-                    "nodes": job.nodes,
-                    "gpus": r.num_gpu,
-                    "gpu_milli": r.gpu_milli,
-                    "cpu_milli": r.cpu_milli,
-                    "memory_mib": r.memory_mib,
-                    "models": sorted(r.models),
-                }
-            )
+        r = job.request
+        self.impossible.add(
+            why,
+            {
+                "task": job.name or str(job.id),
+                "class": job.cls,
+                "arrival_s": job.arrival_ms / 1000,
+                "nodes": job.nodes,
+                "gpus": r.num_gpu,
+                "gpu_milli": r.gpu_milli,
+                "cpu_milli": r.cpu_milli,
+                "memory_mib": r.memory_mib,
+                "models": sorted(r.models),
+            },
+        )
 
     def _gave_up(self, job: Job, now: int) -> None:
         self.counts["gave_up"] += 1
@@ -201,12 +196,7 @@ class PlacementDriver:
         frag, free = self.fragmentation()
         sampled = self._frag_samples
         return {
-            "impossible": {
-                "count": self.counts["impossible"],
-                "by_reason": dict(sorted(self.impossible_by.items())),
-                "reasons": {k: IMPOSSIBLE_REASONS[k] for k in sorted(self.impossible_by)},
-                "listed": self.impossible_listed,
-            },
+            "impossible": self.impossible.summary(),
             **{k: v for k, v in self.counts.items() if k != "impossible"},
             "still_running": len(self.running),
             "still_waiting": len(self.waiting),
