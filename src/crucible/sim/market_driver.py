@@ -435,7 +435,7 @@ class MarketDriver:
         for q in self.parked.values():
             for job in q:
                 if job.started_ms is None:
-                    self.rec.still_waiting(now, job.arrival_ms)
+                    self.rec.still_waiting(min(now, job.deadline_ms), job.arrival_ms)
 
     # ------------------------------------------------------------------ report
 

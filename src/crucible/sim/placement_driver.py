@@ -130,9 +130,12 @@ class PlacementDriver:
         self.rec.gave_up(min(now, max(job.deadline_ms, job.arrival_ms)), job.arrival_ms)
 
     def close(self, end_ms: int) -> None:
-        """The run ended: jobs still waiting count their waits until ``end_ms`` (censored)."""
+        """The run ended: jobs still waiting count their waits until ``end_ms``, or until
+        their deadline where it passed since the last check (censored)."""
         for job in self.waiting:
-            self.rec.still_waiting(end_ms, job.arrival_ms)
+            self.rec.still_waiting(
+                min(end_ms, max(job.deadline_ms, job.arrival_ms)), job.arrival_ms
+            )
 
     def finish(self, job: Job, now: int) -> None:
         placements = self.running.pop(job.id)
