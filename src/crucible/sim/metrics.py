@@ -30,7 +30,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 CENSORING = (
     "a task that gave up counts the time from its arrival until it gave up; a task still "
-    "waiting at the end of the run counts the time until the end"
+    "waiting at the end of the run counts the time until the end (at most until its deadline)"
 )
 
 
