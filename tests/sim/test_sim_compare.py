@@ -15,7 +15,7 @@ from crucible.sim.compare import compare
 from crucible.sim.compare_report import write_compare_report
 from crucible.sim.engine import list_prices, run
 from crucible.sim.fleet import build_fleet
-from crucible.sim.scenario import ScenarioError, parse_scenario
+from crucible.sim.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,8 +175,81 @@ def test_the_compare_command_writes_one_report(tmp_path: Path) -> None:
     out = _crucible(str(f), "--no-plots", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "tiers" in json.loads(out.stdout)["summary"]["market"]
-    # a placement scenario cannot be compared: a clear error, no traceback
+    # an openb scenario without the trace: a clear error, no traceback
     placement = ROOT / "examples" / "sim" / "openb.toml"
     out = _crucible("compare", str(placement), "--policy", "best-fit", cwd=tmp_path)
-    assert out.returncode == 1 and "compares market" in out.stderr and "placement" in out.stderr
+    assert out.returncode == 1 and "CRUCIBLE_OPENB_TRACE_DIR" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+PLACEMENT = """
+name = "two <i>racks</i>"
+kind = "placement"
+duration_hours = 12
+sample_minutes = 30
+
+[[fleet]]
+name = "dc"
+gpus = 64
+memory_gib_per_host = 512
+mix = { A100 = 1 }
+prices = { A100 = 1.29 }
+
+[workload]
+[[workload.classes]]
+name = "mem"
+load = 1.2
+gpus = [1, 2, 4]
+memory_gib = 200
+models = ["A100"]
+duration_hours = 2
+patience_hours = 2
+
+[[workload.classes]]
+name = "h100"
+load = 0.05
+gpus = [1]
+models = ["H100", "A100"]
+"""
+
+
+def test_compare_placement_policies_side_by_side(tmp_path: Path) -> None:
+    s = parse_scenario(PLACEMENT)
+    c = compare(s, ["best-fit", "spread", "fgd"], [1, 2])
+    assert c["kind"] == "placement" and c["baseline"] == "best-fit"
+    f = c["policies"]["spread"]
+    for key in ("gpu_allocation_mean", "started_share", "wait_all_mean_s"):
+        assert f[key]["min"] <= f[key]["mean"] <= f[key]["max"]
+    # waits of every task (gave-up ones censored) are at least those of the started ones
+    assert f["wait_all_mean_s"]["mean"] >= f["wait_started_mean_s"]["mean"]
+    assert f["gave_up_share"]["mean"] > 0
+    # the same horizon for every policy: allocation = GPU-hours / (horizon x GPUs)
+    assert f["gpu_allocation_mean"]["mean"] == pytest.approx(
+        f["gpu_hours_allocated"]["mean"] / (c["simulated_hours"] * c["gpus"]), abs=1e-3
+    )
+    assert c["versus_baseline"]["spread"]["started_share"] == pytest.approx(
+        f["started_share"]["mean"] - c["policies"]["best-fit"]["started_share"]["mean"],
+        abs=1e-4,
+    )
+    # each figure ranks every policy once; a tier holds equal figures
+    for key, tiers in c["ranking"].items():
+        assert sorted(p for t in tiers for p in t) == ["best-fit", "fgd", "spread"], key
+        means = [c["policies"][t[0]][key]["mean"] for t in tiers]
+        assert len(set(means)) == len(means)
+    assert len(f["series"]["gpu_allocation"]) == len(f["series"]["t_hours"]) == 24
+    written = write_compare_report(c, {"wall_s": 1.0}, tmp_path / "rep")
+    page = written["html"].read_text()
+    assert "two &lt;i&gt;racks&lt;/i&gt;" in page and "<i>racks" not in page
+    assert page.count("data:image/png;base64,") == 3
+
+
+def test_compare_placement_refuses_gpus_without_generated_providers(tmp_path: Path) -> None:
+    (tmp_path / "n.csv").write_text("id,gpus,gpu_model,cpu_milli,memory_mib\nn,8,A100,1,1\n")
+    (tmp_path / "t.csv").write_text("id,submit_s,duration_s,gpus\nt,0,60,1\n")
+    (tmp_path / "s.toml").write_text(
+        'name = "n"\nkind = "placement"\n[[fleet]]\nname = "n"\nsource = "nodes"\n'
+        'path = "n.csv"\n[workload]\nsource = "trace"\npath = "t.csv"\n'
+    )
+    s = load_scenario(tmp_path / "s.toml")
+    with pytest.raises(ScenarioError, match="--gpus rescales generated providers"):
+        compare(s, ["best-fit"], [1], gpus=100)

@@ -3,7 +3,7 @@ discrete-event simulator over the real placement and market cores, print a summa
 write the report (JSON, PNG plots, HTML).
 
 `crucible sim compare SCENARIO --policy A --policy B --seeds N`: run several policies over
-several seeds of a market scenario and write one side-by-side report."""
+several seeds of a placement or market scenario and write one side-by-side report."""
 
 from __future__ import annotations
 
@@ -31,22 +31,40 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+def _plots_or_say_why(plots: bool) -> bool:
+    """Plots stay on unless matplotlib is missing; then say so once and go on without."""
+    from crucible.sim.report import plots_missing
+
+    why = plots_missing() if plots else None
+    if why:
+        console.print(why, markup=False, highlight=False)
+    return plots and why is None
+
+
+def _without_list(part: Any) -> Any:
+    """A kind's summary for the terminal: impossible tasks counted, not listed."""
+    imp = part["impossible"]
+    return part | {"impossible": {k: v for k, v in imp.items() if k != "listed"}}
+
+
 def register(app: typer.Typer) -> None:
     sim_app = typer.Typer(
         cls=_RunByDefault,
         help="Simulate a fleet and its workload on a virtual clock (`crucible sim SCENARIO`), "
-        "or compare market policies (`crucible sim compare SCENARIO`).",
+        "or compare policies side by side (`crucible sim compare SCENARIO`).",
     )
     app.add_typer(sim_app, name="sim")
 
     @sim_app.command("compare")
     def sim_compare(
-        scenario: Path = typer.Argument(..., help="a market scenario file (.toml)"),
+        scenario: Path = typer.Argument(..., help="a scenario file (.toml); see examples/sim/"),
         policy: list[str] = typer.Option(
             ...,
             "--policy",
-            help="a market policy; repeat to compare (the first is the baseline): cost-first, "
-            "carbon-first, green-interruptible, carbon-capped",
+            help="a policy; repeat to compare (the first is the baseline). Placement: "
+            "best-fit, spread, fgd, cost-first, carbon-first; market: cost-first, "
+            "carbon-first, green-interruptible, green-capped-interruptible, carbon-capped, "
+            "reserve-price",
         ),
         seeds: int = typer.Option(3, help="how many seeds per policy (1..N)"),
         gpus: int | None = typer.Option(
@@ -58,9 +76,14 @@ def register(app: typer.Typer) -> None:
         plots: bool = typer.Option(True, help="write PNG plots"),
         json_out: bool = typer.Option(False, "--json", help="print the comparison as JSON"),
     ) -> None:
-        """Run several market policies over several seeds; one side-by-side report (table,
-        JSON, HTML with plots) with the goals judged."""
+        """Run several policies over several seeds; one side-by-side report (table, JSON,
+        HTML with plots): placement figures ranked per figure, or market goals judged."""
         from crucible.sim.compare import compare
+        from crucible.sim.compare_placement_report import (
+            impossible_lines,
+            placement_rows,
+            ranking_rows,
+        )
         from crucible.sim.compare_report import (
             goal_lines,
             headline_rows,
@@ -73,6 +96,7 @@ def register(app: typer.Typer) -> None:
         if seeds < 1 or seeds > 100:
             raise ScenarioError(f"--seeds must be 1..100, not {seeds}")
         s = load_scenario(scenario)
+        plots = _plots_or_say_why(plots)
         t0 = time.perf_counter()
         result: dict[str, Any] = compare(s, policy, [s.seed + i for i in range(seeds)], gpus=gpus)
         timing = {"wall_s": round(time.perf_counter() - t0, 1), "runs": len(policy) * seeds}
@@ -80,6 +104,18 @@ def register(app: typer.Typer) -> None:
         written = write_compare_report(result, timing, folder, plots=plots)
         if json_out:
             print_json({k: v for k, v in result.items() if k != "runs"} | {"timing": timing})
+            return
+        if result["kind"] == "placement":
+            for line in impossible_lines(result):
+                console.print(line, markup=False, highlight=False)
+            table(
+                f"Placement: {s.name} ({result['gpus']:,} GPUs, {len(result['seeds'])} seeds)",
+                *placement_rows(result),
+            )
+            table("Ranking on this workload", *ranking_rows(result))
+            console.print(f"waits: {result['waits_censoring']}", markup=False, highlight=False)
+            console.print(f"{timing['runs']} runs in {timing['wall_s']} s")
+            console.print("wrote " + ", ".join(str(p) for p in written.values()))
             return
         cols, rows = headline_rows(result)
         table(f"Prices: {s.name} ({result['gpus']:,} GPUs, paid/list = price / list)", cols, rows)
@@ -120,6 +156,7 @@ def register(app: typer.Typer) -> None:
         from crucible.sim.scenario import load_scenario
 
         s = load_scenario(scenario)
+        plots = _plots_or_say_why(plots)
         t0 = time.perf_counter()
         result = run(s, seed=seed, policy=policy)
         wall = time.perf_counter() - t0
@@ -134,6 +171,17 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json({"summary": result.summary, "timing": timing})
         else:
-            rows = flatten(result.summary) + flatten(timing, "timing.")
+            kind = result.summary["kind"]
+            imp = result.summary[kind]["impossible"]
+            if imp["count"]:
+                why = ", ".join(f"{k} {v}" for k, v in imp["by_reason"].items())
+                console.print(
+                    f"{imp['count']:,} tasks could never run on this fleet ({why}); they are "
+                    f"listed in summary.json ({kind}.impossible), not counted as gave up",
+                    markup=False,
+                    highlight=False,
+                )
+            shown = result.summary | {kind: _without_list(result.summary[kind])}
+            rows = flatten(shown) + flatten(timing, "timing.")
             table(f"crucible sim: {s.name}", ["metric", "value"], rows)
             console.print("wrote " + ", ".join(str(p) for p in written.values()))

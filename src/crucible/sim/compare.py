@@ -1,4 +1,8 @@
-"""Several policies over several seeds of one market scenario, side by side.
+"""Several policies over several seeds of one scenario, side by side.
+
+A placement scenario's runs are folded by :mod:`crucible.sim.compare_placement` (allocation,
+fragmentation, waits, impossible tasks, and the policies ranked on each figure); a market
+scenario's as follows.
 
 :func:`compare` runs every (policy, seed) pair through :func:`crucible.sim.engine.run` and
 folds the runs of each policy into one set of figures (the mean over seeds, with the lowest
@@ -20,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from crucible.sim.compare_placement import fold_placement, rank_placement, versus_placement
 from crucible.sim.engine import SimResult, run
 from crucible.sim.scenario import Scenario, ScenarioError, check_policy
 
@@ -51,10 +56,6 @@ def compare(
 ) -> dict[str, Any]:
     """Run ``policies`` x ``seeds`` on ``s`` (rescaled to ``gpus`` when given) and compare
     them. The first policy is the baseline the others are measured against."""
-    if s.kind != "market":
-        raise ScenarioError(
-            f"{s.source}: `sim compare` compares market scenarios; this one is kind = {s.kind!r}"
-        )
     if not policies:
         raise ScenarioError("name at least one --policy (e.g. cost-first)")
     if len(set(policies)) != len(policies):
@@ -66,14 +67,22 @@ def compare(
     if gpus is not None:
         if gpus <= 0:
             raise ScenarioError(f"--gpus must be > 0, not {gpus}")
+        if s.kind == "placement" and all(p.source != "generated" for p in s.providers):
+            raise ScenarioError(
+                f"{s.source}: --gpus rescales generated providers; this fleet has none "
+                "(an openb provider takes `gpus` in the scenario file)"
+            )
         s = dataclasses.replace(s, gpus=gpus)
     runs: dict[str, list[SimResult]] = {p: [runner(s, seed, p) for seed in seeds] for p in policies}
+    if s.kind == "placement":
+        return _compare_placement(s, runs, list(seeds))
     figures = {p: _fold(rs) for p, rs in runs.items()}
     base = policies[0]
     versus = {p: _versus(figures[p], figures[base]) for p in policies[1:]}
     first = runs[base][0].summary
     return {
         "scenario": s.name,
+        "kind": s.kind,
         "gpus": first["fleet"]["gpus"],
         "simulated_hours": first["simulated_hours"],
         "seeds": list(seeds),
@@ -81,6 +90,30 @@ def compare(
         "policies": figures,
         "versus_baseline": versus,
         "goals": _goals(figures, versus),
+        "runs": {p: [r.summary for r in rs] for p, rs in runs.items()},
+    }
+
+
+def _compare_placement(
+    s: Scenario, runs: dict[str, list[SimResult]], seeds: list[int]
+) -> dict[str, Any]:
+    horizon = max(r.summary["simulated_hours"] for rs in runs.values() for r in rs)
+    figures = {p: fold_placement(rs, horizon) for p, rs in runs.items()}
+    base = next(iter(runs))
+    first = runs[base][0].summary
+    return {
+        "scenario": s.name,
+        "kind": s.kind,
+        "gpus": first["fleet"]["gpus"],
+        "simulated_hours": horizon,
+        "seeds": seeds,
+        "baseline": base,
+        "policies": figures,
+        "versus_baseline": {
+            p: versus_placement(figures[p], figures[base]) for p in list(runs)[1:]
+        },
+        "ranking": rank_placement(figures),
+        "waits_censoring": first["waits"]["censoring"],
         "runs": {p: [r.summary for r in rs] for p, rs in runs.items()},
     }
 

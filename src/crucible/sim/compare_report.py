@@ -1,4 +1,5 @@
-"""The side-by-side market report: terminal rows, ``comparison.json``, PNG plots and a
+"""The side-by-side market report (a placement comparison is written by
+:mod:`crucible.sim.compare_placement_report`): terminal rows, ``comparison.json``, PNG plots and a
 self-contained ``report.html`` (plots embedded, every scenario-chosen string escaped).
 
 Plots keep honest axes: ratios and shares start at zero, each axis names its unit, and a
@@ -14,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crucible.errors import Error
+from crucible.sim.compare_placement_report import write_placement_compare_report
+from crucible.sim.report import load_pyplot
 
 __all__ = ["goal_lines", "headline_rows", "versus_rows", "work_rows", "write_compare_report"]
 
@@ -138,15 +140,7 @@ def goal_lines(c: Mapping[str, Any]) -> list[str]:
 
 
 def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise Error(
-            "plots need matplotlib (a dependency: run ./scripts/setup again), or pass --no-plots"
-        ) from None
+    plt = load_pyplot()
     policies = list(c["policies"])
     sub = f"{c['scenario']}, {c['gpus']:,} GPUs, {len(c['seeds'])} seed(s)"
     written: list[Path] = []
@@ -252,7 +246,9 @@ def write_compare_report(
     c: Mapping[str, Any], timing: Mapping[str, Any], out: Path, *, plots: bool = True
 ) -> dict[str, Path]:
     """Write ``comparison.json``, the PNGs (with ``plots``) and ``report.html`` into
-    ``out``."""
+    ``out`` (a placement comparison: :mod:`crucible.sim.compare_placement_report`)."""
+    if c.get("kind") == "placement":
+        return write_placement_compare_report(c, timing, out, plots=plots)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     path = out / "comparison.json"

@@ -24,20 +24,32 @@ from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
 from crucible.sim.fleet import Host, NodeLoader, add_to_market, build_fleet, openb_dir, to_nodes
 from crucible.sim.market_driver import MarketDriver
 from crucible.sim.metrics import Recorder
-from crucible.sim.placement_driver import PlacementDriver
+from crucible.sim.placement_driver import GAUGES, PlacementDriver
 from crucible.sim.scenario import Scenario, ScenarioError, check_policy
 from crucible.sim.trace import TracePod, load_nodes, load_pods, workload_classes
+from crucible.sim.trace_format import TraceTask
 from crucible.sim.workload import (
     MS_PER_HOUR,
     ClassSource,
     InflateSource,
     JobSource,
+    TaskSource,
     TraceSource,
+    load_task_trace,
 )
 
-__all__ = ["MARKET_POLICIES", "MarketPolicy", "PodLoader", "SimResult", "list_prices", "run"]
+__all__ = [
+    "MARKET_POLICIES",
+    "MarketPolicy",
+    "PodLoader",
+    "SimResult",
+    "TaskLoader",
+    "list_prices",
+    "run",
+]
 
 PodLoader = Callable[[Path, str], list[TracePod]]
+TaskLoader = Callable[[Path, str], tuple[list[TraceTask], dict[str, int]]]
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,13 @@ def list_prices(hosts: Sequence[Host]) -> dict[str, int]:
     return out
 
 
+def _sample(rec: Recorder, driver: PlacementDriver | MarketDriver, now: int) -> None:
+    if isinstance(driver, PlacementDriver):
+        rec.sample(now, driver.queued, driver.gauges())
+    else:
+        rec.sample(now, driver.waiting)
+
+
 def run(
     s: Scenario,
     *,
@@ -110,6 +129,7 @@ def run(
     policy: str | None = None,
     nodes_loader: NodeLoader = lambda d: load_nodes(d),
     pods_loader: PodLoader = lambda d, name: load_pods(d, name),
+    tasks_loader: TaskLoader = load_task_trace,
 ) -> SimResult:
     """Simulate ``s`` (``seed`` and ``policy`` default to the scenario's)."""
     seed = s.seed if seed is None else seed
@@ -122,7 +142,15 @@ def run(
     end_ms = round(s.duration_hours * MS_PER_HOUR) if s.duration_hours > 0 else None
     sources: list[JobSource] = []
     fgd_classes: tuple[tuple[Request, float], ...] = ()
-    if s.trace is not None:
+    skipped: dict[str, int] = {}
+    if s.tasks is not None:
+        tasks, skipped = tasks_loader(s.resolve(s.tasks.path), s.tasks.format)
+        if not tasks:
+            raise ScenarioError(f"{s.source}: workload.path: the trace has no tasks to replay")
+        patience = round(s.tasks.patience_hours * MS_PER_HOUR)
+        sources.append(TaskSource(tasks, patience, end_ms))
+        fgd_classes = workload_classes([t.request for t in tasks], max_classes=12)
+    elif s.trace is not None:
         where = openb_dir(s.trace.trace_dir)
         try:
             pods = pods_loader(where, s.trace.pods)
@@ -161,7 +189,7 @@ def run(
         )
 
     q = EventQueue()
-    rec = Recorder(float(fleet_gpus))
+    rec = Recorder(float(fleet_gpus), GAUGES if s.kind == "placement" else ())
     driver: PlacementDriver | MarketDriver
     if s.kind == "placement":
         kw: dict[str, Any] = {"workload": fgd_classes} if policy == "fgd" else {}
@@ -218,18 +246,14 @@ def run(
             driver.arrive(ev.job, now)
         else:
             driver.expire(now)
-            rec.sample(
-                now, driver.queued if isinstance(driver, PlacementDriver) else driver.waiting
-            )
+            _sample(rec, driver, now)
             if len(q) and (end_ms is None or now + step <= end_ms):
                 q.push(now + step, Sample())
     end = end_ms if end_ms is not None else q.now_ms
     last = rec.series["t_hours"][-1] if rec.series["t_hours"] else None
     if last is None or last * MS_PER_HOUR < end:
-        waiting = driver.queued if isinstance(driver, PlacementDriver) else driver.waiting
-        rec.sample(end, waiting)
-    if isinstance(driver, MarketDriver):
-        driver.close(end)
+        _sample(rec, driver, end)
+    driver.close(end)
 
     providers: dict[str, dict[str, Any]] = {}
     for h in hosts:
@@ -254,6 +278,9 @@ def run(
         "events": q.processed,
         "gpu_utilisation_mean": round(rec.mean_utilisation(end), 4),
         "queueing_delay": rec.delay_summary(),
+        "waits": rec.wait_summary(),
     }
     summary[s.kind] = driver.summary()
+    if s.tasks is not None:
+        summary[s.kind]["trace_rows_skipped"] = skipped
     return SimResult(summary, rec.series)

@@ -10,7 +10,8 @@ A generated provider spreads ``gpus / gpus_per_host`` hosts round-robin over its
 (one region per site, named ``<provider>-<site>``) and gives each host one model, in the
 proportions of ``mix`` (largest remainder, so the mix is exact to one host). An ``openb``
 provider takes the trace's node list (replicated to ``gpus`` when given) and spreads it over
-its sites the same way.
+its sites the same way; so does a ``nodes`` provider, from a node file in one of the trace
+formats (the generic one, openb's node list or PAI 2020's machine spec).
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ from crucible.server.market import HostSpec, Market, Offer
 from crucible.server.scheduler.placement import NodeSpec
 from crucible.settings import load_settings
 from crucible.sim.scenario import ProviderSpec, Scenario, ScenarioError
-from crucible.sim.trace import gpu_count, load_nodes, replicate
+from crucible.sim.trace import gpu_count, load_nodes, read_openb_nodes, replicate
+from crucible.sim.trace_format import read_nodes
+from crucible.sim.trace_pai import read_pai_nodes
 
-__all__ = ["Host", "NodeLoader", "add_to_market", "build_fleet", "openb_dir", "to_nodes"]
+__all__ = [
+    "Host",
+    "NodeLoader",
+    "add_to_market",
+    "build_fleet",
+    "openb_dir",
+    "read_node_file",
+    "to_nodes",
+]
 
 NodeLoader = Callable[[Path], list[NodeSpec]]
 """Reads a trace's node list (the shell's I/O, injected so tests can hand nodes in)."""
@@ -63,6 +74,22 @@ def openb_dir(configured: str) -> Path:
             "it, or trace_dir in the scenario"
         )
     return Path(where).expanduser()
+
+
+def read_node_file(path: Path, fmt: str) -> list[NodeSpec]:
+    """The nodes of a node file in trace format ``fmt`` (see scenario.TRACE_FORMATS)."""
+    if fmt == "pai":
+        return read_pai_nodes(path)
+    if fmt == "openb":
+        try:
+            return read_openb_nodes(path)
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such node file") from None
+        except KeyError as exc:
+            raise ScenarioError(f"{path}: not an openb node list (no column {exc})") from None
+        except (ValueError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise ScenarioError(f"{path}: not a readable openb node list ({exc})") from None
+    return read_nodes(path)
 
 
 def _site_carbon(p: ProviderSpec, rng: random.Random) -> list[int | None]:
@@ -141,15 +168,18 @@ def build_fleet(
     for p in s.providers:
         carbon = _site_carbon(p, rng)
 
-        if p.source == "openb":
-            where = openb_dir(p.trace_dir)
-            try:
-                nodes = load(where)
-            except FileNotFoundError:
-                raise ScenarioError(
-                    f"{s.source}: fleet {p.name!r}: the openb trace is not in {where}; "
-                    "put the data set there or set trace_dir"
-                ) from None
+        if p.source in ("openb", "nodes"):
+            if p.source == "nodes":
+                nodes = read_node_file(s.resolve(p.path), p.format)
+            else:
+                where = openb_dir(p.trace_dir)
+                try:
+                    nodes = load(where)
+                except FileNotFoundError:
+                    raise ScenarioError(
+                        f"{s.source}: fleet {p.name!r}: the openb trace is not in {where}; "
+                        "put the data set there or set trace_dir"
+                    ) from None
             per = gpu_count(nodes)
             if p.gpus:
                 nodes = replicate(nodes, p.gpus)

@@ -9,6 +9,9 @@ work is done, and the preemptions the market decides carried out.
   devices at its prices ask again (at most ``wake`` asks per ended lease, looking at most
   ``wake`` jobs deep; a job the host cannot serve goes to the back of its queue), until
   their patience runs out (then they give up). Refusals are counted by the market's code.
+- Impossible: a job that no host could ever serve (its models absent, more GPUs per lease
+  than any host of them has, or more leases than such hosts) is reported with its reason
+  when it arrives (:mod:`crucible.sim.feasibility`), never asked for and never queued.
 - Not asking in vain: a job does not ask (and waits as if refused) while the market could
   not possibly grant it: for each of its models, no host has a node's worth of devices
   free, and either no running interruptible lease of the model bids strictly less than the
@@ -56,7 +59,9 @@ from crucible.server.market import (
     Tier,
     lease_intervals,
 )
+from crucible.server.scheduler.placement import FULL, NodeSpec, Request
 from crucible.sim.events import Arrive, EventQueue, Finish
+from crucible.sim.feasibility import Feasibility, ImpossibleLog
 from crucible.sim.fleet import Host
 from crucible.sim.metrics import Recorder
 from crucible.sim.workload import MS_PER_HOUR, Job
@@ -139,16 +144,40 @@ class MarketDriver:
         self.carbon_g = 0.0
         self.prices: dict[str, list[int]] = defaultdict(list)  # by tier, per GPU granted
         self.waiting = 0
+        # jobs no host could ever serve: whole GPUs of their models, one host per lease
+        self.feasibility = Feasibility(
+            [NodeSpec(h.id, 0, 0, h.gpus, h.model) for h in hosts.values() if h.gpus]
+        )
+        self.impossible = ImpossibleLog()
 
     # ------------------------------------------------------------------ requests
 
     def arrive(self, job: Job, now: int) -> None:
         if job.attempts == 0 and job.started_ms is None:
             self.counts["arrived"] += 1
+            why = self.feasibility.reason(
+                Request(0, 0, job.gpus, FULL, frozenset(job.models)), job.nodes
+            )
+            if why is not None:  # never asked, never queued: reported with its reason
+                self.counts["impossible"] += 1
+                self.impossible.add(
+                    why,
+                    {
+                        "task": str(job.id),
+                        "class": job.cls,
+                        "arrival_s": job.arrival_ms / 1000,
+                        "nodes": job.nodes,
+                        "gpus": job.gpus,
+                        "models": list(job.models),
+                    },
+                )
+                return
             self.tiers.jobs[job.tier]["arrived"] += 1
         self._ask(job, now)
 
     def _gave_up(self, job: Job, n: int = 1) -> None:
+        if job.started_ms is None:  # a censored wait: it never started
+            self.rec.gave_up(job.deadline_ms, job.arrival_ms)
         self.counts["gave_up"] += n
         self.tiers.jobs[job.tier]["gave_up"] += n
         reason = self.tiers.last_refusal.pop(job.id, "never_granted")
@@ -399,9 +428,14 @@ class MarketDriver:
         return cap
 
     def close(self, now: int) -> None:
-        """End the run: leases still running are metered up to ``now`` (not released)."""
+        """End the run: leases still running are metered up to ``now`` (not released); jobs
+        still waiting that never started count their waits until ``now`` (censored)."""
         for lease in self.m.running_leases():
             self._account(lease.ended(now, EndReason.RELEASED))
+        for q in self.parked.values():
+            for job in q:
+                if job.started_ms is None:
+                    self.rec.still_waiting(min(now, job.deadline_ms), job.arrival_ms)
 
     # ------------------------------------------------------------------ report
 
@@ -427,10 +461,12 @@ class MarketDriver:
                     "restarted",
                     "finished",
                     "gave_up",
+                    "impossible",
                     "preemptions",
                     "asks_skipped",
                 )
             },
+            "impossible": self.impossible.summary(),
             "refusals": dict(sorted(self.refusals.items())),
             "clearing_prices_per_gpu_hour": prices,
             "renters": {

@@ -1,5 +1,13 @@
 """What a run measures over virtual time: utilisation (exact time average of busy GPUs),
-queueing delay, queue length and clearing prices, in windows of ``sample_ms``.
+queueing delay, queue length and clearing prices, in windows of ``sample_ms``; and gauges
+the driver reads at each sample (the placement kind: GPU allocation and fragmentation).
+
+Waits are counted two ways. ``queueing_delay`` is the wait of the tasks that started.
+``waits`` adds the *censored* waits of the tasks that never started: a task that gave up
+counts the time from its arrival until it gave up (its deadline), and a task still waiting
+when the run ends counts the time until the end. A run where half the tasks gave up thus
+shows their waits, not 0 s. Tasks that no node could ever run are not counted: they never
+wait (see :mod:`crucible.sim.feasibility`).
 
 Pure bookkeeping: the drivers tell it what happened and when.
 """
@@ -9,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Recorder", "percentile"]
+__all__ = ["CENSORING", "Recorder", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -20,9 +28,16 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+CENSORING = (
+    "a task that gave up counts the time from its arrival until it gave up; a task still "
+    "waiting at the end of the run counts the time until the end (at most until its deadline)"
+)
+
+
 @dataclass
 class Recorder:
     capacity_gpus: float
+    gauges: tuple[str, ...] = ()  # extra series the driver reads at each sample
     busy: float = 0.0  # GPUs in use now (shares count as fractions)
     _last_ms: int = 0
     _area: float = 0.0  # GPU-ms since the run started
@@ -30,7 +45,10 @@ class Recorder:
     _win_start: int = 0
     _win_delay: list[float] = field(default_factory=lambda: [0.0, 0.0])
     _win_price: dict[str, list[float]] = field(default_factory=dict)
+    _win_all: list[float] = field(default_factory=lambda: [0.0, 0.0])
     delays_ms: list[int] = field(default_factory=list)
+    gave_up_ms: list[int] = field(default_factory=list)  # censored waits: until giving up
+    unfinished_ms: list[int] = field(default_factory=list)  # censored waits: until the end
     series: dict[str, list[float | None]] = field(
         default_factory=lambda: {
             k: []
@@ -39,11 +57,16 @@ class Recorder:
                 "utilisation",
                 "queued",
                 "queue_delay_s",
+                "wait_with_gave_up_s",
                 "price_on_demand",
                 "price_interruptible",
             )
         }
     )
+
+    def __post_init__(self) -> None:
+        for g in self.gauges:
+            self.series[g] = []
 
     def advance(self, now_ms: int) -> None:
         dt = now_ms - self._last_ms
@@ -62,6 +85,19 @@ class Recorder:
         self.delays_ms.append(d)
         self._win_delay[0] += d
         self._win_delay[1] += 1
+        self._win_all[0] += d
+        self._win_all[1] += 1
+
+    def gave_up(self, at_ms: int, arrival_ms: int) -> None:
+        """A task that never started gave up at ``at_ms``: a wait censored there."""
+        d = max(0, at_ms - arrival_ms)
+        self.gave_up_ms.append(d)
+        self._win_all[0] += d
+        self._win_all[1] += 1
+
+    def still_waiting(self, end_ms: int, arrival_ms: int) -> None:
+        """A task still waiting when the run ends: a wait censored at ``end_ms``."""
+        self.unfinished_ms.append(max(0, end_ms - arrival_ms))
 
     def cleared(self, tier: str, price_micros: int, gpus: int) -> None:
         """A grant of ``gpus`` GPUs at ``price_micros`` per GPU-hour."""
@@ -69,8 +105,10 @@ class Recorder:
         acc[0] += price_micros * gpus
         acc[1] += gpus
 
-    def sample(self, now_ms: int, queued: int) -> None:
-        """Close the window ending at ``now_ms``."""
+    def sample(
+        self, now_ms: int, queued: int, gauges: dict[str, float | None] | None = None
+    ) -> None:
+        """Close the window ending at ``now_ms``; ``gauges`` holds a value per gauge."""
         self.advance(now_ms)
         span = now_ms - self._win_start
         util = self._win_area / (span * self.capacity_gpus) if span and self.capacity_gpus else 0.0
@@ -80,11 +118,17 @@ class Recorder:
         s["queued"].append(float(queued))
         n = self._win_delay[1]
         s["queue_delay_s"].append(round(self._win_delay[0] / n / 1000, 3) if n else None)
+        m = self._win_all[1]
+        s["wait_with_gave_up_s"].append(round(self._win_all[0] / m / 1000, 3) if m else None)
+        for g in self.gauges:
+            v = (gauges or {}).get(g)
+            s[g].append(None if v is None else round(v, 6))
         for tier in ("on_demand", "interruptible"):
             acc = self._win_price.get(tier)
             s[f"price_{tier}"].append(round(acc[0] / acc[1] / 1e6, 6) if acc and acc[1] else None)
         self._win_area, self._win_start = 0.0, now_ms
         self._win_delay = [0.0, 0.0]
+        self._win_all = [0.0, 0.0]
         self._win_price = {}
 
     def mean_utilisation(self, now_ms: int) -> float:
@@ -99,6 +143,27 @@ class Recorder:
             "p50_s": _s(percentile(d, 0.5)),
             "p99_s": _s(percentile(d, 0.99)),
             "waited_share": round(sum(1 for x in d if x > 0) / len(d), 4) if d else None,
+        }
+
+    def wait_summary(self) -> dict[str, object]:
+        """Waits of every task that arrived and could run, censored ones included."""
+        every = [*self.delays_ms, *self.gave_up_ms, *self.unfinished_ms]
+
+        def stats(d: Sequence[int]) -> dict[str, float | None]:
+            return {
+                "count": len(d),
+                "mean_s": round(sum(d) / len(d) / 1000, 3) if d else None,
+                "p50_s": _s(percentile(d, 0.5)),
+                "p99_s": _s(percentile(d, 0.99)),
+            }
+
+        return {
+            "all": stats(every),
+            "started": stats(self.delays_ms),
+            "gave_up": stats(self.gave_up_ms),
+            "still_waiting_at_end": stats(self.unfinished_ms),
+            "censored_share": round(1 - len(self.delays_ms) / len(every), 4) if every else None,
+            "censoring": CENSORING,
         }
 
 

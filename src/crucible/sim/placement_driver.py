@@ -7,6 +7,12 @@ Each time capacity is released, up to ``backfill`` waiting jobs are tried from t
 later job that fits may start before an earlier one that does not, as Kubernetes' scheduler
 retries unschedulable pods). A waiting job gives up at its deadline. A gang (``nodes > 1``)
 starts all its members at once or none (:meth:`Cluster.place_gang`).
+
+A job that no node could ever run (:class:`~crucible.sim.feasibility.Feasibility`) is not
+queued: it is counted as impossible, with its reason, when it arrives. At each sample the
+driver gives the recorder the GPU allocation and FGD's fragmentation of that moment
+(:meth:`PlacementDriver.gauges`), so a replay that drains still shows what happened during
+the run.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from crucible.server.scheduler.placement import (
     node_fragmentation,
 )
 from crucible.sim.events import EventQueue, Finish
+from crucible.sim.feasibility import Feasibility, ImpossibleLog
 from crucible.sim.metrics import Recorder
 from crucible.sim.workload import Job
 
-__all__ = ["PlacementDriver"]
+__all__ = ["GAUGES", "PlacementDriver"]
+
+GAUGES = ("gpu_allocation", "fragmented_gpus", "fragmentation_of_free")
+"""The series a placement run samples (see :meth:`PlacementDriver.gauges`)."""
 
 
 class PlacementDriver:
@@ -38,6 +48,7 @@ class PlacementDriver:
             "started": 0,
             "finished": 0,
             "gave_up": 0,
+            "impossible": 0,
             "gangs_started": 0,
             "attempts_refused": 0,
         }
@@ -46,6 +57,10 @@ class PlacementDriver:
         self.arrived_milli = 0
         self.alloc_at_full: float | None = None
         self.classes: tuple[tuple[Request, float], ...] = ()
+        self.feasibility = Feasibility(cluster.nodes)
+        self.impossible = ImpossibleLog()
+        self._frag_memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
+        self._frag_samples: list[tuple[float, float]] = []
 
     @property
     def queued(self) -> int:
@@ -82,11 +97,45 @@ class PlacementDriver:
             # FGD's comparison point: GPUs allocated when the demand that arrived equals the
             # fleet's GPUs (before this arrival is placed)
             self.alloc_at_full = self.cluster.gpu_allocated_milli() / self.capacity_milli
+        why = self.feasibility.reason(job.request, job.nodes)
+        if why is not None:
+            self._impossible(job, why)
+            return
         if not self._try(job, now):
             if job.deadline_ms <= now:
-                self.counts["gave_up"] += 1
+                self._gave_up(job, now)
             else:
                 self.waiting.append(job)
+
+    def _impossible(self, job: Job, why: str) -> None:
+        self.counts["impossible"] += 1
+        r = job.request
+        self.impossible.add(
+            why,
+            {
+                "task": job.name or str(job.id),
+                "class": job.cls,
+                "arrival_s": job.arrival_ms / 1000,
+                "nodes": job.nodes,
+                "gpus": r.num_gpu,
+                "gpu_milli": r.gpu_milli,
+                "cpu_milli": r.cpu_milli,
+                "memory_mib": r.memory_mib,
+                "models": sorted(r.models),
+            },
+        )
+
+    def _gave_up(self, job: Job, now: int) -> None:
+        self.counts["gave_up"] += 1
+        self.rec.gave_up(min(now, max(job.deadline_ms, job.arrival_ms)), job.arrival_ms)
+
+    def close(self, end_ms: int) -> None:
+        """The run ended: jobs still waiting count their waits until ``end_ms``, or until
+        their deadline where it passed since the last check (censored)."""
+        for job in self.waiting:
+            self.rec.still_waiting(
+                min(end_ms, max(job.deadline_ms, job.arrival_ms)), job.arrival_ms
+            )
 
     def finish(self, job: Job, now: int) -> None:
         placements = self.running.pop(job.id)
@@ -103,7 +152,7 @@ class PlacementDriver:
         while self.waiting and tried < self.backfill:
             job = self.waiting.popleft()
             if job.deadline_ms <= now:
-                self.counts["gave_up"] += 1
+                self._gave_up(job, now)
                 continue
             tried += 1
             if not self._try(job, now):
@@ -113,15 +162,16 @@ class PlacementDriver:
     def expire(self, now: int) -> None:
         """Drop every waiting job past its deadline (called at each sample)."""
         if any(j.deadline_ms <= now for j in self.waiting):
-            left = deque(j for j in self.waiting if j.deadline_ms > now)
-            self.counts["gave_up"] += len(self.waiting) - len(left)
-            self.waiting = left
+            for j in self.waiting:
+                if j.deadline_ms <= now:
+                    self._gave_up(j, now)
+            self.waiting = deque(j for j in self.waiting if j.deadline_ms > now)
 
     def fragmentation(self) -> tuple[float, float]:
         """FGD's fleet fragmentation now, for ``classes``: (fragmented GPUs, free GPUs)."""
         c = self.cluster
         frag = 0.0
-        memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
+        memo = self._frag_memo  # a node state's fragmentation never changes: keep it
         for i, n in enumerate(c.nodes):
             if not n.gpu_count:
                 continue
@@ -133,11 +183,24 @@ class PlacementDriver:
         free = sum(sum(g) for g in c.gpu_free)
         return frag / FULL, free / FULL
 
+    def gauges(self) -> dict[str, float | None]:
+        """GPU allocation (share of the GPUs) and FGD's fragmentation now (fragmented GPUs,
+        and their share of the free GPUs), for the sample series."""
+        frag, free = self.fragmentation()
+        self._frag_samples.append((frag, frag / free if free else 0.0))
+        return {
+            "gpu_allocation": self.cluster.gpu_allocated_milli() / self.capacity_milli,
+            "fragmented_gpus": frag,
+            "fragmentation_of_free": frag / free if free else 0.0,
+        }
+
     def summary(self) -> dict[str, Any]:
         c = self.cluster
         frag, free = self.fragmentation()
+        sampled = self._frag_samples
         return {
-            **self.counts,
+            "impossible": self.impossible.summary(),
+            **{k: v for k, v in self.counts.items() if k != "impossible"},
             "still_running": len(self.running),
             "still_waiting": len(self.waiting),
             "arrived_gpu_demand_over_capacity": round(self.arrived_milli / self.capacity_milli, 4),
@@ -148,4 +211,12 @@ class PlacementDriver:
             "gpu_allocation_at_end": round(c.gpu_allocated_milli() / self.capacity_milli, 4),
             "fragmented_gpus_at_end": round(frag, 1),
             "fragmentation_of_free_at_end": round(frag / free, 4) if free else 0.0,
+            # sampled during the run (every sample window), not only the final state
+            "fragmented_gpus_mean": round(sum(f for f, _ in sampled) / len(sampled), 1)
+            if sampled
+            else None,
+            "fragmented_gpus_max": round(max(f for f, _ in sampled), 1) if sampled else None,
+            "fragmentation_of_free_mean": round(sum(x for _, x in sampled) / len(sampled), 4)
+            if sampled
+            else None,
         }

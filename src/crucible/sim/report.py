@@ -1,8 +1,10 @@
 """A run's report: rows for the terminal table, ``summary.json``, PNG plots (matplotlib) of
-utilisation, queueing and prices over time, and ``report.html`` embedding them.
+utilisation, GPU allocation and fragmentation, queueing and waits, and prices over time, and
+``report.html`` embedding them.
 
 This is the shell side of the simulator: it writes files. matplotlib is imported only when
-plots are asked for (it is a dependency of the default install).
+plots are asked for (it is a dependency of the default install); where it is missing anyway,
+:func:`plots_missing` says so and the commands write everything but the plots.
 """
 
 from __future__ import annotations
@@ -17,7 +19,42 @@ from typing import Any
 from crucible.errors import Error
 from crucible.sim.engine import SimResult
 
-__all__ = ["flatten", "write_html", "write_json", "write_plots", "write_report"]
+__all__ = [
+    "flatten",
+    "load_pyplot",
+    "plots_missing",
+    "write_html",
+    "write_json",
+    "write_plots",
+    "write_report",
+]
+
+_NO_MATPLOTLIB = (
+    "plots skipped: matplotlib is not installed (the default install includes it: run "
+    "./scripts/setup again, or pip install matplotlib); --no-plots silences this"
+)
+
+
+def plots_missing() -> str | None:
+    """Why plots cannot be drawn here (matplotlib missing), or ``None`` when they can."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return _NO_MATPLOTLIB
+    return None
+
+
+def load_pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend; an :class:`Error` saying how to install
+    it when it is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise Error(_NO_MATPLOTLIB) from None
+    return plt
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -39,11 +76,28 @@ def write_json(result: SimResult, timing: Mapping[str, Any], path: Path) -> Path
 
 
 _PLOTS = (
-    ("utilisation.png", "GPU utilisation", [("utilisation", "utilisation (share of GPUs)")]),
+    (
+        "utilisation.png",
+        "GPU utilisation",
+        [("utilisation", "GPUs in use, window mean (share)")],
+    ),
+    (
+        "allocation.png",
+        "GPU allocation and fragmentation (sampled)",
+        [
+            ("gpu_allocation", "GPUs allocated (share)"),
+            ("fragmented_gpus", "fragmented GPUs (FGD, GPUs)"),
+            ("fragmentation_of_free", "fragmented / free GPUs (share)"),
+        ],
+    ),
     (
         "queueing.png",
         "Queueing",
-        [("queue_delay_s", "mean queueing delay of jobs started (s)"), ("queued", "jobs waiting")],
+        [
+            ("queue_delay_s", "mean wait of jobs started (s)"),
+            ("wait_with_gave_up_s", "mean wait incl. gave up (s)"),
+            ("queued", "jobs waiting"),
+        ],
     ),
     (
         "prices.png",
@@ -57,16 +111,9 @@ _PLOTS = (
 
 
 def write_plots(result: SimResult, out: Path) -> list[Path]:
-    """One PNG per plot that has data (prices only for market runs)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise Error(
-            "plots need matplotlib, a dependency: run ./scripts/setup again (or pass --no-plots)"
-        ) from None
+    """One PNG per plot that has data (prices only for market runs; allocation and
+    fragmentation only for placement runs). Every axis starts at zero."""
+    plt = load_pyplot()
     s = result.series
     t = s["t_hours"]
     title = (
@@ -74,7 +121,9 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
     )
     written: list[Path] = []
     for name, heading, lines in _PLOTS:
-        present = [(k, label) for k, label in lines if any(v is not None for v in s[k])]
+        present = [
+            (k, label) for k, label in lines if any(v is not None for v in s.get(k, []))
+        ]
         if not present:
             continue
         fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.6 * len(present)), sharex=True)
@@ -82,7 +131,9 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
         for ax, (k, label) in zip(axes_list, present, strict=True):
             pts = [(x, y) for x, y in zip(t, s[k], strict=True) if y is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=label)
+            ax.set_ylim(bottom=0)
+            ax.set_xlim(left=0)
             ax.set_ylabel(label, fontsize=8)
             ax.grid(alpha=0.3)
         axes_list[0].set_title(f"{heading}: {title}", fontsize=10)

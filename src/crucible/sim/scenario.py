@@ -30,10 +30,12 @@ from crucible.errors import InvalidRequestError
 from crucible.server.scheduler.placement import POLICIES
 
 __all__ = [
+    "TRACE_FORMATS",
     "ClassSpec",
     "ProviderSpec",
     "Scenario",
     "ScenarioError",
+    "TaskTrace",
     "TraceWorkload",
     "load_scenario",
     "parse_scenario",
@@ -59,6 +61,12 @@ cost-first, and interruptible work pays each host's posted minimum (its reserve 
 instead of its own bid."""
 
 
+TRACE_FORMATS = ("generic", "openb", "pai")
+"""Trace layouts a ``source = "trace"`` workload or a ``source = "nodes"`` provider reads:
+the generic format (:mod:`crucible.sim.trace_format`), openb's pod and node lists, and
+Alibaba PAI 2020's task table and machine spec (:mod:`crucible.sim.trace_pai`)."""
+
+
 class ScenarioError(InvalidRequestError):
     """A scenario file that cannot be run: the message names the file, the key and the fix."""
 
@@ -68,7 +76,7 @@ class ProviderSpec:
     """One seller of GPUs. Prices are dollars per GPU-hour (on-demand reference by model)."""
 
     name: str
-    source: str = "generated"  # "generated" or "openb"
+    source: str = "generated"  # "generated", "openb" or "nodes" (a node file)
     gpus: int = 0  # generated: GPUs in all; openb: replicate the node list to this (0: as is)
     sites: int = 1
     gpus_per_host: int = 8
@@ -82,7 +90,9 @@ class ProviderSpec:
     reliability: float = 0.99
     carbon_g_per_kwh: tuple[int, int] | None = None  # (low, high) across sites; None: undeclared
     energy_source: str = "grid"
-    trace_dir: str = ""  # openb: the trace folder ("" = the project's shared/ copy)
+    trace_dir: str = ""  # openb: the trace folder ("": the CRUCIBLE_OPENB_TRACE_DIR setting)
+    path: str = ""  # nodes: the node file (relative to the scenario file's folder)
+    format: str = "generic"  # nodes: its layout, one of TRACE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -127,12 +137,24 @@ class TraceWorkload:
 
 
 @dataclass(frozen=True)
+class TaskTrace:
+    """A task trace file replayed as recorded: ``path`` (relative to the scenario file's
+    folder) in ``format``; tasks without their own patience give up after
+    ``patience_hours``."""
+
+    path: str
+    format: str = "generic"
+    patience_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     kind: str
     providers: tuple[ProviderSpec, ...]
     classes: tuple[ClassSpec, ...] = ()
     trace: TraceWorkload | None = None
+    tasks: TaskTrace | None = None
     duration_hours: float = 0.0  # 0: until the workload is done (placement kind only)
     sample_minutes: float = 60.0
     seed: int = 1
@@ -143,6 +165,12 @@ class Scenario:
     default_carbon_g_per_kwh: int = 400  # carbon accounting for hosts that declare none
     power_watts: Mapping[str, int] = field(default_factory=dict)  # per GPU, by model
     source: str = "<string>"
+    base_dir: str = ""  # relative trace and node paths are read from here ("": the cwd)
+
+    def resolve(self, path: str) -> Path:
+        """A path the scenario names, relative to the scenario file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or not self.base_dir else Path(self.base_dir) / p
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -232,7 +260,10 @@ _TOP_KEYS = (
 )  # fmt: skip
 _PROVIDER_KEYS = tuple(f for f in ProviderSpec.__dataclass_fields__)
 _CLASS_KEYS = tuple(f for f in ClassSpec.__dataclass_fields__)
-_WORKLOAD_KEYS = ("source", "classes", *TraceWorkload.__dataclass_fields__)
+_WORKLOAD_KEYS = (
+    "source", "classes", *TraceWorkload.__dataclass_fields__,
+    *(k for k in TaskTrace.__dataclass_fields__ if k not in TraceWorkload.__dataclass_fields__),
+)  # fmt: skip
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -250,8 +281,8 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
     r = _Reader(data, f"fleet[{i}]", source, _PROVIDER_KEYS)
     name = r.get("name", str)
     src = r.get("source", str, "generated")
-    if src not in ("generated", "openb"):
-        raise r.fail("source", f"must be 'generated' or 'openb', not {src!r}")
+    if src not in ("generated", "openb", "nodes"):
+        raise r.fail("source", f"must be 'generated', 'openb' or 'nodes', not {src!r}")
     mix = r.table("mix")
     prices = r.table("prices")
     carbon = r.pair("carbon_g_per_kwh", 0, 5000)
@@ -272,7 +303,15 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
         carbon_g_per_kwh=None if carbon is None else (int(carbon[0]), int(carbon[1])),
         energy_source=r.get("energy_source", str, "grid"),
         trace_dir=r.get("trace_dir", str, ""),
+        path=r.get("path", str, ""),
+        format=r.get("format", str, "generic"),
     )
+    if p.format not in TRACE_FORMATS:
+        raise r.fail("format", f"must be one of {list(TRACE_FORMATS)}, not {p.format!r}")
+    if src == "nodes" and not p.path:
+        raise r.fail("path", "a 'nodes' provider names its node file, e.g. path = 'nodes.csv'")
+    if src != "nodes" and (p.path or "format" in data):
+        raise r.fail("path" if p.path else "format", "is for source = 'nodes'")
     if src == "generated":
         if p.gpus < 1:
             raise r.fail("gpus", "a generated provider needs gpus >= 1")
@@ -321,8 +360,9 @@ def _class(data: Any, i: int, kind: str, source: str) -> ClassSpec:
     return c
 
 
-def parse_scenario(text: str, source: str = "<string>") -> Scenario:
-    """The scenario in ``text`` (TOML), validated. ``source`` names it in errors."""
+def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> Scenario:
+    """The scenario in ``text`` (TOML), validated. ``source`` names it in errors; relative
+    trace and node paths are read from ``base_dir`` (default: the working directory)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -340,6 +380,7 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     workload = r.get("workload", dict)
     w = _Reader(workload, "workload", source, _WORKLOAD_KEYS)
     trace: TraceWorkload | None = None
+    tasks: TaskTrace | None = None
     wsrc = w.get("source", str, "classes")
     if wsrc == "openb":
         if kind != "placement":
@@ -359,8 +400,23 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         if not raw:
             raise w.fail("classes", "needs at least one [[workload.classes]] table")
         classes = tuple(_class(c, i, kind, source) for i, c in enumerate(raw))
+    elif wsrc == "trace":
+        if kind != "placement":
+            raise w.fail("source", "a task trace drives the placement kind only")
+        tasks = TaskTrace(
+            path=w.get("path", str),
+            format=w.get("format", str, "generic"),
+            patience_hours=w.number("patience_hours", 24.0),
+        )
+        if tasks.format not in TRACE_FORMATS:
+            raise w.fail("format", f"must be one of {list(TRACE_FORMATS)}, not {tasks.format!r}")
+        classes = ()
     else:
-        raise w.fail("source", f"must be 'openb' or 'classes', not {wsrc!r}")
+        raise w.fail("source", f"must be 'openb', 'trace' or 'classes', not {wsrc!r}")
+    if wsrc != "trace":
+        for key in ("path", "format", "patience_hours"):
+            if key in workload:
+                raise w.fail(key, "is for source = 'trace'")
     power = r.get("power_watts", dict, {})
     for k, v in power.items():
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -372,6 +428,7 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         providers=providers,
         classes=classes,
         trace=trace,
+        tasks=tasks,
         duration_hours=r.number("duration_hours", 0.0),
         sample_minutes=r.number("sample_minutes", 60.0, 1e-3),
         seed=r.integer("seed", 1),
@@ -382,15 +439,17 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         default_carbon_g_per_kwh=r.integer("default_carbon_g_per_kwh", 400),
         power_watts=dict(power),
         source=source,
+        base_dir=base_dir,
     )
     check_policy(s, s.policy)
     if kind == "market":
         if s.duration_hours <= 0:
             raise r.fail("duration_hours", "a market scenario needs a duration > 0 (e.g. 168)")
-        if any(p.source == "openb" for p in providers):
+        if any(p.source != "generated" for p in providers):
             raise r.fail(
                 "fleet",
-                "the market kind needs generated providers (source = 'openb' nodes have no prices)",
+                "the market kind needs generated providers (openb and node-file nodes have no "
+                "prices)",
             )
     return s
 
@@ -411,4 +470,4 @@ def load_scenario(path: Path | str) -> Scenario:
         raise ScenarioError(f"{p}: no such scenario file (see examples/sim/ for working ones)")
     if p.suffix != ".toml":
         raise ScenarioError(f"{p}: a scenario is a .toml file")
-    return parse_scenario(p.read_text(encoding="utf-8"), str(p))
+    return parse_scenario(p.read_text(encoding="utf-8"), str(p), str(p.parent))

@@ -12,6 +12,9 @@ trace is not shipped with Crucible (scenarios name it with ``trace_dir`` or the
   its :class:`~crucible.server.scheduler.placement.Request` (``gpu_spec`` split on ``|``
   into the acceptable models) and its times in seconds.
 * :func:`replicate` copies a node list until it holds at least a target number of GPUs.
+* :func:`openb_tasks` is the adapter to the generic trace format
+  (:mod:`crucible.sim.trace_format`): a pod arrives at its creation time, runs until its
+  deletion time once started, and gives up at its deletion time if it has not started.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from crucible.server.scheduler.placement import NodeSpec, Request
+from crucible.sim.trace_format import TraceTask
 
 __all__ = [
     "TracePod",
     "gpu_count",
     "load_nodes",
     "load_pods",
+    "openb_tasks",
+    "read_openb_nodes",
+    "read_openb_pods",
     "replicate",
     "workload_classes",
 ]
@@ -58,8 +65,13 @@ def load_nodes(
 ) -> list[NodeSpec]:
     """The trace's nodes in file order. ``gpu_only`` reads the 1,213-node GPU list."""
     name = "openb_node_list_gpu_node.csv" if gpu_only else "openb_node_list_all_node.csv"
+    return read_openb_nodes(Path(directory) / name)
+
+
+def read_openb_nodes(path: Path) -> list[NodeSpec]:
+    """The nodes of one openb node list file, in file order."""
     out: list[NodeSpec] = []
-    with open(Path(directory) / name, newline="") as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             gpus = _int(row["gpu"]) or 0
             out.append(
@@ -76,8 +88,13 @@ def load_nodes(
 
 def load_pods(directory: Path | str, name: str = "default") -> list[TracePod]:
     """The tasks of ``openb_pod_list_<name>.csv`` in file order (creation order)."""
+    return read_openb_pods(Path(directory) / f"openb_pod_list_{name}.csv")
+
+
+def read_openb_pods(path: Path) -> list[TracePod]:
+    """The tasks of one openb pod list file, in file order."""
     out: list[TracePod] = []
-    with open(Path(directory) / f"openb_pod_list_{name}.csv", newline="") as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             num_gpu = _int(row["num_gpu"]) or 0
             gpu_milli = _int(row["gpu_milli"]) or 0
@@ -104,6 +121,19 @@ def load_pods(directory: Path | str, name: str = "default") -> list[TracePod]:
                     scheduled_time=_int(row.get("scheduled_time") or ""),
                 )
             )
+    return out
+
+
+def openb_tasks(pods: Sequence[TracePod]) -> list[TraceTask]:
+    """openb pods as generic trace tasks (see the module docstring), in arrival order. A pod
+    without a deletion time ran until the trace was cut: it is left out (no duration)."""
+    out = []
+    for p in pods:
+        if p.deletion_time is None or p.deletion_time <= p.creation_time:
+            continue
+        life = (p.deletion_time - p.creation_time) * 1000
+        out.append(TraceTask(p.name, p.creation_time * 1000, life, p.request, 1, life))
+    out.sort(key=lambda t: t.submit_ms)
     return out
 
 

@@ -14,7 +14,10 @@ workload in memory:
   the fleet's;
 * :class:`TraceSource`: the openb pod list as recorded (arrival at ``creation_time``,
   departure at ``deletion_time``; a pod not started by its deletion time gives up), each pod
-  ``copies`` times when the fleet is the node list replicated.
+  ``copies`` times when the fleet is the node list replicated;
+* :class:`TaskSource`: a task trace in the generic format (or read by an adapter, see
+  :func:`load_task_trace`) as recorded: arrival at ``submit``, ``duration`` once started,
+  gangs kept as gangs, a task not started within its patience gives up.
 """
 
 from __future__ import annotations
@@ -23,18 +26,23 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from crucible.server.scheduler.placement import FULL, Request
-from crucible.sim.scenario import ClassSpec
-from crucible.sim.trace import TracePod
+from crucible.sim.scenario import ClassSpec, ScenarioError
+from crucible.sim.trace import TracePod, openb_tasks, read_openb_pods
+from crucible.sim.trace_format import TraceTask, read_tasks
+from crucible.sim.trace_pai import read_pai_tasks
 
 __all__ = [
     "ClassSource",
     "InflateSource",
     "Job",
     "JobSource",
+    "TaskSource",
     "TraceSource",
     "arrival_rate_per_ms",
+    "load_task_trace",
 ]
 
 MS_PER_HOUR = 3_600_000
@@ -61,6 +69,7 @@ class Job:
     epoch: int = 0  # bumped when a run is cut short, so its pending finish is ignored
     fixed_end: bool = False  # ends at ``deadline_ms`` however late it started (trace pods)
     forever: bool = False  # never ends (the inflation experiment: arrivals only)
+    name: str = ""  # the task's name in its trace ("" for synthetic jobs)
 
     def __post_init__(self) -> None:
         self.remaining_ms = self.duration_ms
@@ -166,6 +175,7 @@ class TraceSource(JobSource):
 
     def pop(self, next_id: int) -> Job:
         pod = self.pods[self.i]
+        copy = self.k
         self.k += 1
         if self.k >= self.copies:
             self.k = 0
@@ -182,6 +192,7 @@ class TraceSource(JobSource):
             gpus=pod.request.num_gpu,
             models=tuple(sorted(pod.request.models)),
             fixed_end=True,
+            name=pod.name if self.copies == 1 else f"{pod.name}-c{copy}",
         )
 
 
@@ -214,4 +225,55 @@ class InflateSource(JobSource):
             gpus=pod.request.num_gpu,
             models=tuple(sorted(pod.request.models)),
             forever=True,
+        )
+
+
+def load_task_trace(path: Path, fmt: str) -> tuple[list[TraceTask], dict[str, int]]:
+    """The tasks of a trace file in format ``fmt`` (scenario.TRACE_FORMATS), in arrival
+    order, and the rows its adapter could not replay, by reason."""
+    if fmt == "pai":
+        return read_pai_tasks(path)
+    if fmt == "openb":
+        try:
+            pods = read_openb_pods(path)
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such trace file") from None
+        except KeyError as exc:
+            raise ScenarioError(f"{path}: not an openb pod list (no column {exc})") from None
+        except (ValueError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise ScenarioError(f"{path}: not a readable openb pod list ({exc})") from None
+        tasks = openb_tasks(pods)
+        left = len(pods) - len(tasks)
+        return tasks, ({"no deletion time": left} if left else {})
+    return read_tasks(path), {}
+
+
+class TaskSource(JobSource):
+    """Trace tasks as recorded (``tasks`` in arrival order), until ``end_ms`` if given."""
+
+    def __init__(self, tasks: Sequence[TraceTask], patience_ms: int, end_ms: int | None) -> None:
+        self.tasks, self.patience_ms, self.end_ms = tasks, patience_ms, end_ms
+        self.i = 0
+
+    def peek(self) -> int | None:
+        if self.i >= len(self.tasks):
+            return None
+        t = self.tasks[self.i].submit_ms
+        return None if self.end_ms is not None and t >= self.end_ms else t
+
+    def pop(self, next_id: int) -> Job:
+        t = self.tasks[self.i]
+        self.i += 1
+        patience = self.patience_ms if t.patience_ms is None else t.patience_ms
+        return Job(
+            id=next_id,
+            cls="trace",
+            arrival_ms=t.submit_ms,
+            duration_ms=t.duration_ms,
+            deadline_ms=t.submit_ms + patience,
+            request=t.request,
+            nodes=t.nodes,
+            gpus=t.request.num_gpu,
+            models=tuple(sorted(t.request.models)),
+            name=t.id,
         )

@@ -1,0 +1,261 @@
+"""The simulator's generic trace format: tasks and nodes as CSV (or Parquet with pyarrow).
+
+Any GPU trace can be replayed once it is written in this format (``docs/simulator.md``
+documents it; :mod:`crucible.sim.trace` and :mod:`crucible.sim.trace_pai` are adapters that
+read openb's and Alibaba PAI 2020's layouts into the same :class:`TraceTask` records).
+
+Tasks, one row each (a header row names the columns; order is free):
+
+========== ======== =================================================================
+column     default  meaning
+========== ======== =================================================================
+id         required the task's name (shown where a task is listed)
+submit_s   required when it arrives, seconds from the start of the trace (>= 0)
+duration_s required how long it runs once started, seconds (> 0)
+nodes      1        gang members: all start at once on distinct nodes, or none does
+gpus       0        GPUs per member (whole GPUs, or 1 with ``gpu_milli`` < 1000)
+gpu_milli  1000     a share of one GPU, 1..1000 (only with gpus = 1)
+cpu_milli  0        CPU per member, thousandths of a core
+memory_mib 0        memory per member, MiB
+models     ""       acceptable GPU models separated by ``|``; empty: any
+patience_s ""       how long it waits before giving up; empty: the scenario's default
+========== ======== =================================================================
+
+Nodes, one row per node shape: ``id``, ``gpus`` (0), ``gpu_model`` (required when
+``gpus`` > 0), ``cpu_milli``, ``memory_mib`` and ``count`` (1: that many nodes of the shape).
+
+Every problem is a :class:`~crucible.sim.scenario.ScenarioError` naming the file, the row
+and the column. Pure apart from reading (and, for the sample generator, writing) files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crucible.server.scheduler.placement import FULL, NodeSpec, Request
+from crucible.sim.scenario import ScenarioError
+
+__all__ = [
+    "NODE_COLUMNS",
+    "TASK_COLUMNS",
+    "TraceTask",
+    "read_nodes",
+    "read_rows",
+    "read_tasks",
+    "task_request",
+    "write_tasks",
+]
+
+TASK_COLUMNS = (
+    "id", "submit_s", "duration_s", "nodes", "gpus", "gpu_milli", "cpu_milli", "memory_mib",
+    "models", "patience_s",
+)  # fmt: skip
+NODE_COLUMNS = ("id", "gpus", "gpu_model", "cpu_milli", "memory_mib", "count")
+MAX_NODES = 1_000_000  # a node file larger than this is a mistake, not a fleet
+
+
+@dataclass(frozen=True)
+class TraceTask:
+    """One task of a trace: ``nodes`` members of ``request`` each, arriving at ``submit_ms``
+    and running ``duration_ms`` once started; ``patience_ms`` ``None``: the scenario's."""
+
+    id: str
+    submit_ms: int
+    duration_ms: int
+    request: Request
+    nodes: int = 1
+    patience_ms: int | None = None
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of a CSV file with a header, or of a Parquet file (needs pyarrow);
+    every value as text ("" for empty)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise ScenarioError(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                "or write the trace as CSV"
+            ) from None
+        try:
+            table = pq.read_table(path).to_pylist()
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such trace file") from None
+        except Exception as exc:  # pyarrow raises several types for a file it cannot read
+            raise ScenarioError(f"{path}: not a readable Parquet file ({exc})") from None
+        for i, rec in enumerate(table, start=1):
+            yield i, {k: "" if v is None else str(v) for k, v in rec.items()}
+        return
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such trace file") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot be read ({exc.strerror})") from None
+    with f:
+        try:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                yield i, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+
+
+def _number(
+    path: Path, line: int, row: Mapping[str, str], col: str, default: float | None
+) -> float:
+    text = row.get(col, "")
+    if text == "":
+        if default is None:
+            raise ScenarioError(f"{path}: line {line}: {col} is required")
+        return default
+    try:
+        v = float(text)
+    except ValueError:
+        raise ScenarioError(f"{path}: line {line}: {col} must be a number, not {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ScenarioError(
+            f"{path}: line {line}: {col} must be a finite number >= 0, not {text!r}"
+        )
+    return v
+
+
+def task_request(
+    gpus: int, gpu_milli: int, cpu_milli: int, memory_mib: int, models: Iterable[str]
+) -> Request:
+    """The placement core's request for one member (``gpu_milli`` counts only when
+    ``gpus`` is 1; whole GPUs otherwise)."""
+    milli = 0 if gpus == 0 else gpu_milli if gpus == 1 else FULL
+    return Request(cpu_milli, memory_mib, gpus, milli, frozenset(m for m in models if m))
+
+
+def read_tasks(path: Path) -> list[TraceTask]:
+    """The tasks of a generic trace file, sorted by arrival (stable for equal times)."""
+    out: list[TraceTask] = []
+    seen_columns = False
+    for line, row in read_rows(path):
+        if not seen_columns:
+            missing = [c for c in ("id", "submit_s", "duration_s") if c not in row]
+            if missing:
+                raise ScenarioError(
+                    f"{path}: no column {missing[0]!r}; a task trace has the columns "
+                    f"{', '.join(TASK_COLUMNS)} (see docs/simulator.md)"
+                )
+            unknown = sorted(set(row) - set(TASK_COLUMNS))
+            if unknown:
+                raise ScenarioError(
+                    f"{path}: column {unknown[0]!r} is not part of the format; known: "
+                    f"{', '.join(TASK_COLUMNS)}"
+                )
+            seen_columns = True
+        n = _number
+        duration = n(path, line, row, "duration_s", None)
+        if duration <= 0:
+            raise ScenarioError(f"{path}: line {line}: duration_s must be > 0")
+        nodes = int(n(path, line, row, "nodes", 1))
+        gpus = int(n(path, line, row, "gpus", 0))
+        milli = int(n(path, line, row, "gpu_milli", FULL))
+        if nodes < 1:
+            raise ScenarioError(f"{path}: line {line}: nodes must be >= 1")
+        if not 1 <= milli <= FULL:
+            raise ScenarioError(f"{path}: line {line}: gpu_milli must be within 1..1000")
+        if milli < FULL and gpus != 1:
+            raise ScenarioError(
+                f"{path}: line {line}: a GPU share (gpu_milli < 1000) needs gpus = 1"
+            )
+        patience = row.get("patience_s", "")
+        out.append(
+            TraceTask(
+                id=row["id"] or f"line-{line}",
+                submit_ms=round(n(path, line, row, "submit_s", None) * 1000),
+                duration_ms=max(1, round(duration * 1000)),
+                request=task_request(
+                    gpus,
+                    milli,
+                    int(n(path, line, row, "cpu_milli", 0)),
+                    int(n(path, line, row, "memory_mib", 0)),
+                    (m.strip() for m in row.get("models", "").split("|")),
+                ),
+                nodes=nodes,
+                patience_ms=None
+                if patience == ""
+                else round(n(path, line, row, "patience_s", None) * 1000),
+            )
+        )
+    out.sort(key=lambda t: t.submit_ms)
+    return out
+
+
+def read_nodes(path: Path) -> list[NodeSpec]:
+    """The nodes of a generic node file, each shape repeated ``count`` times (ids suffixed
+    ``-<k>`` when ``count`` > 1)."""
+    out: list[NodeSpec] = []
+    for line, row in read_rows(path):
+        if "id" not in row:
+            raise ScenarioError(
+                f"{path}: no column 'id'; a node file has the columns {', '.join(NODE_COLUMNS)}"
+            )
+        unknown = sorted(set(row) - set(NODE_COLUMNS))
+        if unknown:
+            raise ScenarioError(
+                f"{path}: column {unknown[0]!r} is not part of the format; known: "
+                f"{', '.join(NODE_COLUMNS)}"
+            )
+        gpus = int(_number(path, line, row, "gpus", 0))
+        model = row.get("gpu_model", "")
+        if gpus and not model:
+            raise ScenarioError(f"{path}: line {line}: gpu_model is required when gpus > 0")
+        count = int(_number(path, line, row, "count", 1))
+        if len(out) + count > MAX_NODES:
+            raise ScenarioError(
+                f"{path}: line {line}: more than {MAX_NODES:,} nodes in all; the simulator is "
+                "sized for fleets up to about 250,000 GPUs"
+            )
+        for k in range(count):
+            out.append(
+                NodeSpec(
+                    id=row["id"] if count == 1 else f"{row['id']}-{k}",
+                    cpu_milli=int(_number(path, line, row, "cpu_milli", 0)),
+                    memory_mib=int(_number(path, line, row, "memory_mib", 0)),
+                    gpu_count=gpus,
+                    gpu_model=model if gpus else "",
+                )
+            )
+    if not out:
+        raise ScenarioError(f"{path}: the node file lists no nodes")
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if x != int(x) else str(int(x))
+
+
+def write_tasks(tasks: Sequence[TraceTask], path: Path) -> Path:
+    """Write ``tasks`` in the generic CSV format (what :func:`read_tasks` reads back)."""
+    rows: list[dict[str, Any]] = []
+    for t in tasks:
+        r = t.request
+        rows.append(
+            {
+                "id": t.id,
+                "submit_s": _fmt(t.submit_ms / 1000),
+                "duration_s": _fmt(t.duration_ms / 1000),
+                "nodes": t.nodes,
+                "gpus": r.num_gpu,
+                "gpu_milli": r.gpu_milli if r.shared else FULL,
+                "cpu_milli": r.cpu_milli,
+                "memory_mib": r.memory_mib,
+                "models": "|".join(sorted(r.models)),
+                "patience_s": "" if t.patience_ms is None else _fmt(t.patience_ms / 1000),
+            }
+        )
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(TASK_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path

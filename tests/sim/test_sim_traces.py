@@ -1,0 +1,425 @@
+"""Trace replays a user can trust: the generic trace format and its adapters (openb, Alibaba
+PAI 2020), impossible tasks reported with their reason, gangs kept whole, fragmentation
+sampled during the run, and the waits of tasks that gave up. Real files in ``tmp_path``,
+the real engine over the real placement core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crucible.sim.engine import SimResult, run
+from crucible.sim.scenario import ScenarioError, load_scenario
+from crucible.sim.trace_format import read_nodes, read_tasks, write_tasks
+from crucible.sim.trace_pai import read_pai_nodes, read_pai_tasks
+
+NODES = """id,gpus,gpu_model,cpu_milli,memory_mib,count
+a100,8,A100,64000,524288,2
+t4,4,T4,32000,131072,1
+cpu,0,,96000,262144,1
+"""
+
+TASK_HEADER = "id,submit_s,duration_s,nodes,gpus,gpu_milli,cpu_milli,memory_mib,models,patience_s\n"
+
+
+def scenario(tmp_path: Path, tasks: str, nodes: str = NODES, extra: str = "") -> Path:
+    (tmp_path / "nodes.csv").write_text(nodes)
+    (tmp_path / "tasks.csv").write_text(TASK_HEADER + tasks)
+    path = tmp_path / "s.toml"
+    path.write_text(
+        f"""
+name = "trace test"
+kind = "placement"
+sample_minutes = 10
+{extra}
+
+[[fleet]]
+name = "lab"
+source = "nodes"
+path = "nodes.csv"
+
+[workload]
+source = "trace"
+path = "tasks.csv"
+patience_hours = 1
+"""
+    )
+    return path
+
+
+def replay(path: Path, policy: str = "best-fit") -> SimResult:
+    return run(load_scenario(path), policy=policy)
+
+
+def test_impossible_tasks_are_reported_with_their_reason_not_counted_as_gave_up(
+    tmp_path: Path,
+) -> None:
+    tasks = (
+        "fine,0,600,1,2,1000,4000,8192,A100,\n"
+        "h100,10,600,1,1,1000,1000,1024,H100,\n"  # no node has an H100
+        "sixteen,20,600,1,16,1000,1000,1024,,\n"  # the largest node has 8 GPUs
+        "t4x8,25,600,1,8,1000,1000,1024,T4,\n"  # T4 nodes have 4
+        "cores,30,600,1,1,1000,128000,1024,,\n"  # 64 cores at most on a GPU node
+        "ram,40,600,1,1,1000,1000,2000000,,\n"  # 512 GiB at most
+        "cpu-ram,45,600,1,0,1000,97000,1024,,\n"  # CPU-only: 96 cores at most
+        "both,50,600,1,4,1000,64000,200000,,\n"  # T4 has the RAM? no; A100 has both: fits
+        "mixed,55,600,1,4,1000,40000,500000,,\n"  # A100: RAM yes, T4: cores no -> fits A100
+        "nope,56,600,1,4,1000,60000,600000,,\n"  # no node has 600,000 MiB
+        "gang3,60,600,3,8,1000,1000,1024,A100,\n"  # only two A100 nodes
+    )
+    r = replay(scenario(tmp_path, tasks))
+    p = r.summary["placement"]
+    imp = p["impossible"]
+    assert imp["by_reason"] == {
+        "unknown_gpu_model": 1,
+        "too_many_gpus": 2,
+        "too_much_cpu": 2,
+        "too_much_memory": 2,
+        "gang_too_large": 1,
+    }
+    assert imp["count"] == 8
+    assert {x["task"]: x["reason"] for x in imp["listed"]}["gang3"] == "gang_too_large"
+    assert all(imp["reasons"][k] for k in imp["by_reason"])  # each reason explained
+    assert p["gave_up"] == 0 and p["still_waiting"] == 0
+    assert p["started"] == 3 and p["finished"] == 3
+    # impossible tasks never wait: they are not in the waits
+    assert r.summary["waits"]["all"]["count"] == 3
+
+
+def test_no_single_node_has_everything_at_once(tmp_path: Path) -> None:
+    nodes = (
+        "id,gpus,gpu_model,cpu_milli,memory_mib\n"
+        "big-cpu,8,A100,128000,1024\nbig-ram,8,A100,1000,1000000\n"
+    )
+    r = replay(scenario(tmp_path, "x,0,60,1,1,1000,64000,65536,,\n", nodes))
+    assert r.summary["placement"]["impossible"]["by_reason"] == {"no_node_fits_all": 1}
+
+
+def test_waits_count_tasks_that_gave_up_until_they_gave_up(tmp_path: Path) -> None:
+    nodes = "id,gpus,gpu_model,cpu_milli,memory_mib\nonly,1,A100,8000,65536\n"
+    tasks = (
+        "long,0,36000,1,1,1000,1000,1024,,\n"  # holds the only GPU for 10 hours
+        "short,0,60,1,1,1000,1000,1024,,\n"  # waits its 1 hour of patience, gives up
+        "patient,0,60,1,1,1000,1000,1024,,7200\n"  # 2 hours, then gives up too
+    )
+    r = replay(scenario(tmp_path, tasks, nodes))
+    p, w = r.summary["placement"], r.summary["waits"]
+    assert p["gave_up"] == 2 and p["started"] == 1
+    # the old figure: only the task that started, which did not wait
+    assert r.summary["queueing_delay"]["mean_s"] == 0
+    assert w["gave_up"]["count"] == 2 and w["gave_up"]["mean_s"] == pytest.approx(5400)
+    assert w["all"]["count"] == 3 and w["all"]["mean_s"] == pytest.approx(3600)
+    assert w["censored_share"] == pytest.approx(2 / 3, abs=1e-3)
+    assert "gave up" in w["censoring"]
+    assert max(v for v in r.series["wait_with_gave_up_s"] if v is not None) >= 3600
+
+
+def test_tasks_still_waiting_at_the_end_count_until_the_end(tmp_path: Path) -> None:
+    nodes = "id,gpus,gpu_model,cpu_milli,memory_mib\nonly,1,A100,8000,65536\n"
+    tasks = "long,0,36000,1,1,1000,1000,1024,,\nlater,600,60,1,1,1000,1000,1024,,99999\n"
+    r = replay(scenario(tmp_path, tasks, nodes, extra="duration_hours = 2"))
+    w = r.summary["waits"]
+    assert w["still_waiting_at_end"]["count"] == 1
+    assert w["still_waiting_at_end"]["mean_s"] == pytest.approx(7200 - 600)
+
+
+def test_a_gang_waits_until_all_its_nodes_are_free_then_starts_whole(tmp_path: Path) -> None:
+    tasks = (
+        "blocker,0,3600,1,1,1000,1000,1024,A100,\n"
+        "gang,10,600,2,8,1000,1000,1024,A100,\n"  # needs both A100 nodes whole
+    )
+    r = replay(scenario(tmp_path, tasks))
+    p = r.summary["placement"]
+    assert p["gangs_started"] == 1 and p["started"] == 2 and p["finished"] == 2
+    # it started when the blocker left (all or nothing: never one member early)
+    assert r.summary["waits"]["started"]["p99_s"] == pytest.approx(3590)
+    assert p["peak_gpu_allocation"] == pytest.approx(16 / 20)
+
+
+def test_fragmentation_is_sampled_during_the_run_not_only_at_the_end(tmp_path: Path) -> None:
+    nodes = "id,gpus,gpu_model,cpu_milli,memory_mib,count\nn,8,A100,64000,524288,2\n"
+    # mostly 4-GPU tasks (FGD's task classes come from the trace), and one node holding
+    # five 1-GPU tasks for a while: its 3 free GPUs cannot take a 4-GPU task
+    rows = [f"one{i},0,7200,1,1,1000,1000,1024,,\n" for i in range(5)]
+    rows += [f"four{i},{7300 + i * 10},600,1,4,1000,1000,1024,,\n" for i in range(12)]
+    r = replay(scenario(tmp_path, "".join(rows), nodes), policy="best-fit")
+    p = r.summary["placement"]
+    assert p["fragmented_gpus_at_end"] == 0  # everything drained
+    # FGD weighs each class: 3 GPUs x the 4-GPU class's share (12 of 17 GPU tasks)
+    assert p["fragmented_gpus_max"] == pytest.approx(3 * 12 / 17, abs=0.1)
+    assert p["fragmented_gpus_mean"] > 0
+    frag = [v for v in r.series["fragmented_gpus"] if v is not None]
+    alloc = [v for v in r.series["gpu_allocation"] if v is not None]
+    assert len(frag) == len(r.series["t_hours"]) and max(frag) > 2
+    assert alloc[0] == pytest.approx(5 / 16) and max(alloc) == 1 and alloc[-1] == 0
+
+
+def test_generic_tasks_round_trip_and_bad_files_name_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        TASK_HEADER + "a,5,60,2,8,1000,1000,2048,A100|H100,30\nb,1,0.5,1,1,250,500,512,,\n"
+    )
+    tasks = read_tasks(path)
+    assert [t.id for t in tasks] == ["b", "a"]  # arrival order
+    a = tasks[1]
+    assert a.nodes == 2 and a.request.num_gpu == 8 and a.request.models == {"A100", "H100"}
+    assert a.patience_ms == 30_000 and tasks[0].request.shared
+    again = read_tasks(write_tasks(tasks, tmp_path / "u.csv"))
+    assert again == tasks
+    bad = tmp_path / "bad.csv"
+    bad.write_text(TASK_HEADER + "x,0,sixty,1,1,1000,0,0,,\n")
+    with pytest.raises(ScenarioError, match=r"bad.csv: line 2: duration_s must be a number"):
+        read_tasks(bad)
+    bad.write_text("id,submit_s,duration_s,gpu\nx,0,1,1\n")
+    with pytest.raises(ScenarioError, match=r"column 'gpu' is not part of the format"):
+        read_tasks(bad)
+    bad.write_text(TASK_HEADER + "x,0,60,1,2,500,0,0,,\n")
+    with pytest.raises(ScenarioError, match=r"line 2: a GPU share .* needs gpus = 1"):
+        read_tasks(bad)
+
+
+def test_a_missing_trace_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = scenario(tmp_path, "")
+    (tmp_path / "tasks.csv").unlink()
+    with pytest.raises(ScenarioError, match=r"tasks.csv: no such trace file"):
+        replay(path)
+
+
+def test_parquet_tasks_read_like_csv(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": ["p"],
+            "submit_s": [3.0],
+            "duration_s": [60.0],
+            "nodes": [2],
+            "gpus": [4],
+            "models": ["A100"],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    (t,) = read_tasks(tmp_path / "t.parquet")
+    assert t.nodes == 2 and t.request.num_gpu == 4 and t.submit_ms == 3000
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ScenarioError, match=r"bad.parquet: not a readable Parquet file"):
+        read_tasks(tmp_path / "bad.parquet")
+
+
+# Alibaba PAI 2020, as published: no header row; plan_cpu in % of a core, plan_mem in GB,
+# plan_gpu in % of a GPU, per instance; inst_num instances per task.
+PAI_TASKS = """\
+j1,worker,1.0,Terminated,1000.0,1600.0,600.0,29.296875,50.0,T4
+j2,tensorflow,1.0,Terminated,1100.0,4700.0,1200.0,64.0,800.0,V100
+j3,worker,4.0,Terminated,1200.0,2000.0,400.0,16.0,100.0,V100
+j3,ps,1.0,Terminated,1200.0,2000.0,800.0,32.0,0.0,
+j4,worker,1.0,Running,1300.0,,600.0,8.0,100.0,T4
+j5,worker,1.0,Failed,1400.0,1400.0,600.0,8.0,100.0,T4
+j6,worker,1.0,Terminated,1500.0,1900.0,600.0,8.0,100.0,P100
+"""
+PAI_JOBS = "j2,i2,u,Terminated,900.0,4700.0\n"
+PAI_MACHINES = """\
+m1,T4,96,512,2
+m2,V100,96,512,8
+m3,V100,96,512,8
+m4,V100,96,512,8
+m5,V100,96,512,8
+m6,CPU,96,512,0
+"""
+
+
+def test_pai_2020_layout_is_read_with_gangs_shares_and_skipped_rows(tmp_path: Path) -> None:
+    (tmp_path / "pai_task_table.csv").write_text(PAI_TASKS)
+    (tmp_path / "pai_job_table.csv").write_text(PAI_JOBS)
+    (tmp_path / "pai_machine_spec.csv").write_text(PAI_MACHINES)
+    tasks, skipped = read_pai_tasks(tmp_path / "pai_task_table.csv")
+    assert skipped == {"no start or end time": 1, "ends before it starts": 1}
+    by = {t.id: t for t in tasks}
+    assert by["j2/tensorflow"].submit_ms == 0  # its job was submitted at 900 s: the origin
+    assert by["j2/tensorflow"].duration_ms == 3_600_000
+    assert by["j2/tensorflow"].request.num_gpu == 8 and not by["j2/tensorflow"].request.shared
+    share = by["j1/worker"].request
+    assert share.shared and share.gpu_milli == 500 and share.cpu_milli == 6000
+    assert share.memory_mib == 30000 and share.models == {"T4"}
+    assert by["j3/worker"].nodes == 4 and by["j3/ps"].request.num_gpu == 0
+    nodes = read_pai_nodes(tmp_path / "pai_machine_spec.csv")
+    assert [n.gpu_count for n in nodes] == [2, 8, 8, 8, 8, 0]
+    assert nodes[1].gpu_model == "V100" and nodes[0].memory_mib == 512 * 1024
+
+
+def test_a_pai_trace_replays_on_its_machines(tmp_path: Path) -> None:
+    (tmp_path / "pai_task_table.csv").write_text(PAI_TASKS)
+    (tmp_path / "pai_machine_spec.csv").write_text(PAI_MACHINES)
+    (tmp_path / "pai.toml").write_text(
+        """
+name = "pai"
+kind = "placement"
+
+[[fleet]]
+name = "pai"
+source = "nodes"
+format = "pai"
+path = "pai_machine_spec.csv"
+
+[workload]
+source = "trace"
+format = "pai"
+path = "pai_task_table.csv"
+"""
+    )
+    r = run(load_scenario(tmp_path / "pai.toml"))
+    p = r.summary["placement"]
+    assert p["trace_rows_skipped"] == {"no start or end time": 1, "ends before it starts": 1}
+    assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1}  # P100: no such machine
+    assert p["gangs_started"] == 1  # j3's four workers, on four V100 machines at once
+    assert p["started"] == 4 and p["gave_up"] == 0
+
+
+def test_openb_layout_through_the_generic_path(tmp_path: Path) -> None:
+    (tmp_path / "pods.csv").write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
+        "deletion_time,scheduled_time\n"
+        "p0,4000,8192,1,500,V100M16|V100M32,LS,Running,0,100,0\n"
+        "p1,4000,8192,2,1000,,LS,Running,10,50,10\n"
+        "p2,4000,8192,1,1000,,LS,Pending,20,,\n"
+    )
+    (tmp_path / "nodes.csv").write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,32000,262144,8,V100M16\n"
+    )
+    (tmp_path / "o.toml").write_text(
+        """
+name = "openb file"
+kind = "placement"
+[[fleet]]
+name = "o"
+source = "nodes"
+format = "openb"
+path = "nodes.csv"
+[workload]
+source = "trace"
+format = "openb"
+path = "pods.csv"
+"""
+    )
+    r = run(load_scenario(tmp_path / "o.toml"))
+    p = r.summary["placement"]
+    assert p["trace_rows_skipped"] == {"no deletion time": 1}
+    assert p["started"] == 2 and p["finished"] == 2
+
+
+def test_scenario_keys_for_traces_are_checked(tmp_path: Path) -> None:
+    path = scenario(tmp_path, "")
+    text = path.read_text()
+    path.write_text(text.replace('path = "tasks.csv"', 'path = "tasks.csv"\nformat = "philly"'))
+    with pytest.raises(ScenarioError, match=r"workload.format: must be one of"):
+        load_scenario(path)
+    path.write_text(text.replace('source = "nodes"\n', ""))
+    with pytest.raises(ScenarioError, match=r"fleet\[0\].path: is for source = 'nodes'"):
+        load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (TASK_HEADER + "x,0,inf,1,1,1000,0,0,,\n", "duration_s must be a finite number"),
+        (TASK_HEADER + "x,-5,60,1,1,1000,0,0,,\n", "submit_s must be a finite number >= 0"),
+        (TASK_HEADER + "x,0,60,1,1,0,0,0,,\n", "gpu_milli must be within 1..1000"),
+        (TASK_HEADER + "x,0,60,0,1,1000,0,0,,\n", "nodes must be >= 1"),
+        ("name,when\nx,0\n", "no column 'id'"),
+        (b"id,submit_s,duration_s\n\xff\xfe,0,1\n", "not a UTF-8 CSV file"),
+    ],
+)
+def test_hostile_task_files_get_a_clear_error(
+    tmp_path: Path, content: str | bytes, message: str
+) -> None:
+    path = tmp_path / "t.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ScenarioError, match=message):
+        read_tasks(path)
+
+
+def test_hostile_pai_files_get_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "pai_task_table.csv"
+    path.write_text("j,w,1,Terminated,0,10\n")
+    with pytest.raises(ScenarioError, match=r"line 1: 6 columns; the PAI 2020 layout has 10"):
+        read_pai_tasks(path)
+    path.write_text("j,w,inf,Terminated,0,10,100,1,100,T4\n")
+    with pytest.raises(ScenarioError, match=r"inst_num must be finite"):
+        read_pai_tasks(path)
+    path.write_text("j,w,1,Running,0,,100,1,100,T4\n")
+    with pytest.raises(ScenarioError, match=r"no task with a start and an end time"):
+        read_pai_tasks(path)
+    with pytest.raises(ScenarioError, match=r"no such file"):
+        read_pai_nodes(tmp_path / "pai_machine_spec.csv")
+
+
+def test_a_node_file_that_would_not_fit_in_memory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    path.write_text("id,gpus,gpu_model,count\nn,8,A100,100000000\n")
+    with pytest.raises(ScenarioError, match=r"more than 1,000,000 nodes"):
+        read_nodes(path)
+
+
+def test_the_cli_reports_a_bad_trace_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = scenario(tmp_path, "x,0,sixty,1,1,1000,0,0,,\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env["CRUCIBLE_HOME"] = str(tmp_path / "home")
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "sim", str(path), "--no-plots"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    err = "".join(out.stderr.split())  # the terminal wraps long lines
+    assert "tasks.csv:line2:duration_smustbeanumber,not'sixty'" in err
+    assert "Traceback" not in out.stderr
+
+
+def test_market_jobs_no_host_could_serve_are_impossible_not_gave_up() -> None:
+    from crucible.sim.scenario import parse_scenario
+
+    s = parse_scenario(
+        """
+name = "m"
+kind = "market"
+duration_hours = 72
+[[fleet]]
+name = "c"
+gpus = 32
+mix = { H100 = 1 }
+prices = { H100 = 2.0 }
+[workload]
+[[workload.classes]]
+name = "fine"
+load = 0.3
+gpus = [4]
+models = ["H100"]
+[[workload.classes]]
+name = "sixteen"
+load = 0.2
+gpus = [16]
+models = ["H100"]
+[[workload.classes]]
+name = "huge-gang"
+load = 0.2
+gpus = [8]
+nodes = [5]
+models = ["H100"]
+"""
+    )
+    m = run(s).summary["market"]
+    imp = m["impossible"]
+    assert set(imp["by_reason"]) == {"too_many_gpus", "gang_too_large"}
+    assert imp["count"] == m["jobs"]["impossible"] > 0
+    assert {x["class"] for x in imp["listed"]} == {"sixteen", "huge-gang"}
+    assert m["jobs"]["gave_up"] == 0 or all(
+        not k.endswith("never_granted") for k in m["gave_up_by_reason"]
+    )
