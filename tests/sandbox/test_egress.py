@@ -78,7 +78,9 @@ def far_network() -> Iterator[None]:
         _run(*inside, "ip", "link", "set", far_if, "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
         # On a dummy interface where the kernel has them, else on the namespace's loopback.
-        dummy = subprocess.run([*inside, "ip", "link", "add", "meta0", "type", "dummy"])
+        dummy = subprocess.run(
+            [*inside, "ip", "link", "add", "meta0", "type", "dummy"], capture_output=True
+        )
         meta_dev = "meta0" if dummy.returncode == 0 else "lo"
         _run(*inside, "ip", "addr", "add", "169.254.169.254/32", "dev", meta_dev)
         _run(*inside, "ip", "link", "set", meta_dev, "up")
