@@ -16,10 +16,10 @@ from crucible.server.market.terms import RefusalCode, Tier
 
 __all__ = [
     "min_winning_bid",
+    "no_egress",
     "not_isolated",
     "refuse_lease",
     "refuse_reservation",
-    "no_egress",
     "unverified",
     "with_winning_bid",
 ]
