@@ -265,9 +265,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is not None
                 and pool.listed
-                and pool.host.spec.admits(
-                    req.account, verified=req.verified, network=req.network
-                )
+                and pool.host.spec.admits(req.account, verified=req.verified, network=req.network)
                 and (req.region is None or pool.host.spec.region == req.region)
                 and pool.host.spec.reliability_ppm >= req.min_reliability_ppm
                 and under_carbon_cap(req.max_carbon_g_per_kwh, pool.host.spec.carbon_g_per_kwh)

@@ -192,9 +192,8 @@ def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
         owner=r.account_id,
         isolated=bool(r.isolated),
         verified=bool(r.verified),
-        egress=bool(r.isolation_text) and bool(
-            (orjson.loads(r.isolation_text) or {}).get("egress_filter")
-        ),
+        egress=bool(r.isolation_text)
+        and bool((orjson.loads(r.isolation_text) or {}).get("egress_filter")),
     )
 
 
