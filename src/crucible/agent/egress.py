@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crucible.agent.groupnet import GROUP_INTERFACE
 from crucible.protocol.egress import NEVER_NETWORKS, EgressTarget, parse_target
 
 __all__ = [
@@ -225,6 +226,8 @@ def ruleset(plan: EgressPlan) -> str:
         "  chain output {",
         "    type filter hook output priority 0; policy drop;",
         '    oifname "lo" accept',
+        # A group's private network (agent/groupnet.py) has its own filter on this interface.
+        f'    oifname "{GROUP_INTERFACE}" accept',
         f"    meta nfproto ipv6 {refuse}",
     ]
     if plan.probe is not None:
