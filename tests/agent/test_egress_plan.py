@@ -45,7 +45,9 @@ def test_refusals_come_before_any_accept_and_cover_host_server_and_metadata() ->
     assert "reject" in rules[never]
     server = next(i for i, line in enumerate(rules) if "127.0.0.1/32" in line)
     assert "th dport 8000" in rules[server] and "reject" in rules[server]
-    first_accept = next(i for i, line in enumerate(rules) if "accept" in line and "lo" not in line)
+    first_accept = next(
+        i for i, line in enumerate(rules) if "accept" in line and "oifname" not in line
+    )
     assert never < first_accept and server < first_accept
     assert "policy drop" in ruleset(plan)
     assert f"nameserver {DNS_ADDRESS}" in plan.resolv_conf()
