@@ -20,7 +20,8 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
 gid 1000 inside), PID, IPC, UTS, cgroup and network (the host's network only for the host
-owner's own code that asked for it). All capabilities are dropped and
+owner's own code that asked for ``network=True``; filtered egress through
+:mod:`crucible.agent.egress` for every other ask). All capabilities are dropped and
 :mod:`crucible.agent.seccomp` filters syscalls.
 
 Per-sandbox host uid: an agent running as root starts each bwrap as its own host uid
