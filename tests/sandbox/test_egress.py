@@ -52,11 +52,22 @@ def _skip_unless_capable() -> None:
     missing = [t for t in ("ip", "slirp4netns", "nft", "nsenter", "bwrap") if not shutil.which(t)]
     if missing:
         pytest.skip(f"egress tests need {', '.join(missing)} (scripts/setup dev installs them)")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun here: slirp4netns cannot create the sandbox's interface")
     probe = f"crxp{uuid.uuid4().hex[:6]}"
     done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {done.stderr.strip()}")
-    _run("ip", "netns", "del", probe)
+    try:
+        nft = subprocess.run(
+            ["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe"],
+            capture_output=True,
+            text=True,
+        )
+        if nft.returncode != 0:
+            pytest.skip(f"nftables does not work in this kernel: {nft.stderr.strip()}")
+    finally:
+        _run("ip", "netns", "del", probe)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +198,21 @@ def test_no_network_asked_reaches_nothing(
 ) -> None:
     seen = e.offline.remote([e.ALLOWED, *_forbidden(sandboxed, host_ports)])
     assert all(v in {"ENETUNREACH", "ECONNREFUSED", "EHOSTUNREACH"} for v in seen.values()), seen
+
+
+def test_the_host_owners_allowlist_is_filtered_too(
+    egress_ok: dict[str, Any], sandboxed: Exchange, host_ports: dict[str, int]
+) -> None:
+    """Only the owner's network=True is the host's own network; an allowlist is an allowlist
+    whoever asks."""
+    token = sandboxed.admin.post("/v1/tokens", {"scope": "user", "name": "owner"})["token"]
+    owner = sandboxed.client(token)
+    try:
+        with e.owners.run(client=owner):
+            forbidden = _forbidden(sandboxed, host_ports)
+            seen = e.owner_allowlisted.remote([e.ALLOWED, *forbidden])
+    finally:
+        owner.close()
+    assert seen[e.ALLOWED] == "connected:far"
+    for target in forbidden:
+        assert not seen[target].startswith("connected"), f"reached {target}: {seen}"
