@@ -121,3 +121,13 @@ ATTACKS = [
     "disk filler",
     "log flood",
 ]
+
+
+# Cold start with filtered egress (an allowlist is filtered even for the host owner's code):
+# the sandbox gets slirp4netns and its nftables filter before its zygote starts.
+neighbour_cold_net = crucible.App("tenancy-neighbour-cold-net")
+
+
+@neighbour_cold_net.function(timeout=60, network=["198.51.100.2:8080"])
+def first_net(i: int) -> int:
+    return i

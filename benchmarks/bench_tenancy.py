@@ -1,5 +1,6 @@
 """A neighbour's latency on a quiet host vs the same host under each attack, side by side in
-one run; and the cold start of the sandbox (the default runtime) vs ``process``.
+one run; the cold start of the sandbox (the default runtime) vs ``process``; and the cold
+start with network egress (an allowlist: slirp4netns and a filter) vs without.
 
 One exchange, one agent on the ``bwrap`` runtime WITHOUT cgroups (``CRUCIBLE_SANDBOX_CGROUPS=0``,
 what a rented VM without delegation has: per-sandbox uids and rlimits only). Two accounts: an
@@ -11,6 +12,10 @@ without a sandbox. Prints tables and writes ``benchmarks/results/bench_tenancy.j
 
     .venv/bin/python benchmarks/bench_tenancy.py            # 30 warm, 5 cold samples per row
     .venv/bin/python benchmarks/bench_tenancy.py --quick    # 10 and 3
+    .venv/bin/python benchmarks/bench_tenancy.py --network-only   # just the egress rows
+
+The egress rows need what filtered egress needs (root, slirp4netns, nftables); elsewhere the
+function with an allowlist is refused and the row says so.
 """
 
 from __future__ import annotations
@@ -49,12 +54,13 @@ def warm_ms(n: int) -> dict[str, float]:
     return summarize_ms(times)
 
 
-def cold_ms(client: Client, n: int) -> dict[str, float]:
+def cold_ms(client: Client, n: int, *, network: bool = False) -> dict[str, float]:
+    app, fn = (t.neighbour_cold_net, t.first_net) if network else (t.neighbour_cold, t.first)
     times = []
     for i in range(n):
-        with t.neighbour_cold.run(client=client):
+        with app.run(client=client):
             t0 = time.perf_counter()
-            assert t.first.remote(i) == i
+            assert fn.remote(i) == i
             times.append(time.perf_counter() - t0)
     return summarize_ms(times)
 
@@ -95,9 +101,25 @@ def bench_runtimes(cold_n: int) -> dict[str, Any]:
     return out
 
 
+def bench_network(cold_n: int) -> dict[str, Any]:
+    """Cold start without and with filtered egress: the first (a new sandbox: for egress,
+    the filter and slirp4netns come up before its zygote), then forks of its zygote."""
+    out: dict[str, Any] = {}
+    with Exchange(env=SANDBOX_ENV) as ex:
+        client = ex.client()
+        for label, network in (("no network", False), ("allowlist (filtered egress)", True)):
+            try:
+                first = cold_ms(client, 1, network=network)
+                out[label] = {"first": first, "forks": cold_ms(client, cold_n, network=network)}
+            except crucible.Error as exc:
+                out[label] = {"error": str(exc)[:300]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--network-only", action="store_true")
     args = parser.parse_args()
     warm_n, cold_n = (10, 3) if args.quick else (30, 5)
     results: dict[str, Any] = {
@@ -106,6 +128,22 @@ def main() -> None:
         "cold_samples": cold_n,
         "settings": SANDBOX_ENV,
     }
+    results["network"] = bench_network(cold_n)
+    net_rows = []
+    for label, row in results["network"].items():
+        if "error" in row:
+            net_rows.append([label, "-", "-", "-", row["error"][:60]])
+        else:
+            f = row["forks"]
+            net_rows.append([label, row["first"]["p50_ms"], f["n"], f["p50_ms"], f["p99_ms"]])
+    print_table(
+        "Cold start with and without network egress (ms; bwrap)",
+        ["network", "new sandbox", "n forks", "fork p50", "fork p99"],
+        net_rows,
+    )
+    if args.network_only:
+        print(f"\nwrote {write_results('bench_tenancy_network', results)}")
+        return
     results["attacks"] = bench_attacks(warm_n, cold_n)
     results["runtimes"] = bench_runtimes(cold_n)
     rows = []

@@ -87,3 +87,25 @@ def test_interruptible_winning_bid_ignores_closed_hosts() -> None:
     assert not q.available and q.refusal is not None
     assert q.refusal.code is RefusalCode.NOT_ISOLATED
     assert q.refusal.min_winning_bid is None
+
+
+def test_network_asks_lease_only_where_egress_is_filtered_or_the_host_is_theirs() -> None:
+    no_egress = dataclasses.replace(
+        owned(gpu_host("sandbox-no-egress", n=1), "acct-a", isolated=True), egress=False
+    )
+    filtered = owned(gpu_host("sandbox-egress", n=1), "acct-c", isolated=True)
+    m = market((no_egress, offer(1)), (filtered, offer(3)))
+    asks = dataclasses.replace(req("acct-b", lease_id="n1"), network=True)
+    assert granted(m.lease(asks, 0)).leases[0].host_id == "sandbox-egress"
+    # The filtering host is full: the other one stays closed to a stranger's network ask,
+    # open to the same stranger without one, and to its owner's network ask.
+    m2 = market((no_egress, offer(1)))
+    r = refused(m2.lease(dataclasses.replace(asks, lease_id="n2"), 0))
+    assert r.code is RefusalCode.NOT_ISOLATED
+    assert "filters network egress" in r.message
+    owner = dataclasses.replace(req("acct-a", lease_id="a1"), network=True)
+    assert granted(m2.lease(owner, 0)).leases[0].host_id == "sandbox-no-egress"
+    m3 = market((no_egress, offer(1)))
+    assert granted(m3.lease(req("acct-b", lease_id="b1"), 0)).leases[0].host_id == (
+        "sandbox-no-egress"
+    )

@@ -16,7 +16,8 @@ import app_hostile as h
 import pytest
 from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
-from crucible.agent.isolation import judge, measure_sandbox, process_report
+from crucible.agent.egress import egress_tools_problem
+from crucible.agent.isolation import judge, judge_egress, measure_sandbox, process_report
 from crucible.agent.runtimes import build_runtime, measure_isolation, resolve_runtime
 from crucible.agent.sandbox import (
     SandboxConfig,
@@ -119,7 +120,7 @@ def test_a_sandbox_sees_only_its_gpus_device_nodes(tmp_path: Path) -> None:
     fd = seccomp_program_fd()
     try:
         with open(tmp_path / "out", "wb") as out:
-            proc = spawn_sandbox(
+            proc, _ = spawn_sandbox(
                 "bwrap",
                 cfg,
                 None,
@@ -169,8 +170,47 @@ def test_a_container_sees_only_its_assigned_gpu(gpu_exchange: Exchange) -> None:
 
 
 def test_network_functions_are_refused_with_a_reason() -> None:
-    assert "network=True is refused" in NETWORK_REFUSED
+    assert "network egress is refused" in NETWORK_REFUSED
     assert "169.254.0.0/16" in NETWORK_REFUSED
+
+
+def test_the_probe_measures_filtered_egress_where_the_host_has_it(tmp_path: Path) -> None:
+    bwrap_or_skip()
+    if not can_switch_uids():
+        pytest.skip("the egress filter needs the agent to run as root")
+    if egress_tools_problem() is not None:
+        pytest.skip(f"no egress tools here: {egress_tools_problem()}")
+    rt = sandbox_runtime(tmp_path, sandbox_cgroups=False)
+    report = measure_sandbox(rt)
+    assert report.egress_filter, report.problems
+    assert rt.egress_problem is None
+    assert "egress filtered" in report.summary()
+
+
+def test_a_host_without_egress_tools_reports_why(tmp_path: Path) -> None:
+    bwrap_or_skip()
+    rt = sandbox_runtime(tmp_path, sandbox_cgroups=False)
+    rt.uids = None  # an agent that is not root cannot install a sandbox's filter
+    report = measure_sandbox(rt)
+    assert not report.egress_filter
+    assert rt.egress_problem is not None
+    assert any(p.startswith("network egress:") for p in report.problems), report.problems
+
+
+def test_judge_egress_fails_when_a_forbidden_target_answered() -> None:
+    must, must_not = [("192.0.2.2", 4000)], [("192.0.2.2", 5000), ("169.254.169.254", 80)]
+    ok = {
+        "interfaces": ["lo", "tap0"],
+        "targets": {
+            "192.0.2.2:4000": "connected",
+            "192.0.2.2:5000": "EHOSTUNREACH",
+            "169.254.169.254:80": "EHOSTUNREACH",
+        },
+    }
+    assert judge_egress(ok, must, must_not) is None
+    leaked = {**ok, "targets": {**ok["targets"], "169.254.169.254:80": "connected"}}
+    assert "169.254.169.254:80" in str(judge_egress(leaked, must, must_not))
+    assert "no user-mode network" in str(judge_egress({**ok, "interfaces": ["lo"]}, must, must_not))
 
 
 def test_agent_logs_its_isolation_at_start(tmp_path: Path) -> None:

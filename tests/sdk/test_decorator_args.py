@@ -28,7 +28,26 @@ FUNCTION_BAD: dict[str, list[Any]] = {
     "max_containers": [0, -1, HUGE, "x", 2.0, True],
     "scaledown_window": [-1, HUGE, "60", True],
     "image": [5, "python:3.11", crucible.Image],
-    "network": [1, "yes", None],
+    "network": [
+        1,
+        "yes",
+        None,
+        "pypi.org:443",  # a string, not a list of them
+        [],
+        ["pypi.org"],  # no port
+        ["pypi.org:0"],
+        ["pypi.org:70000"],
+        ["pypi.org:443-80"],
+        [443],
+        ["localhost:8000"],
+        ["127.0.0.1:8000"],
+        ["169.254.169.254:80"],
+        ["0.0.0.0/0:443"],
+        ["[::1]:80"],
+        ["bad_name!:80"],
+        ["x.internal:80"],
+        [f"h{i}.example.org:443" for i in range(65)],
+    ],
     "name": ["bad name!", "", "a" * 129, 5, "../x", "é", "newline\n"],
     "min_containers": [-1, HUGE, "1", 1.0, True],
     "buffer_containers": [-1, HUGE, "1", None],
@@ -220,7 +239,7 @@ def test_good_arguments_still_pass() -> None:
         retries=crucible.Retries(2, initial_delay=0, backoff_coefficient=1.5, max_delay=3),
         max_containers=3,
         scaledown_window=0,
-        network=True,
+        network=["pypi.org:443", "10.1.2.0/24:5432", "pypi.org:443"],
         name="good.name-1",
         min_containers=1,
         buffer_containers=2,
@@ -231,6 +250,7 @@ def test_good_arguments_still_pass() -> None:
         prefer="greenest",
     )(_f)
     assert fn.name == "good.name-1"
+    assert fn.options["network"] == ["10.1.2.0/24:5432", "pypi.org:443"]  # normalized
     interruptible = app.function(tier="interruptible", bid=0.9, max_price=1.0)(_f)
     assert interruptible.options["market"].bid_micros == 900_000
 

@@ -111,3 +111,20 @@ def test_gpu_functions_follow_the_same_rule_in_the_default_placer() -> None:
     ask = (GpuChoice("H100", 1),)
     p = plan(NOW, [demand("acct-b", gpus=ask)], [host("proc-a", "acct-a", isolated=False)], POLICY)
     assert p.start == [] and "fully isolated" in p.unschedulable[0].message
+
+
+def test_code_asking_for_network_needs_a_host_that_filters_egress_unless_it_owns_it() -> None:
+    asks = dataclasses.replace(demand("acct-b"), network=True)
+    open_box = host("h", "acct-a", isolated=True)
+    no_egress = dataclasses.replace(open_box, egress=False)
+    assert may_run(open_box, asks)
+    assert not may_run(no_egress, asks)
+    assert may_run(no_egress, demand("acct-b"))  # no network asked: full isolation suffices
+    assert may_run(no_egress, dataclasses.replace(demand("acct-a"), network=True))  # its owner
+    # Placed only where egress is filtered; where none is, the call says why.
+    p = plan(NOW, [asks], [no_egress, dataclasses.replace(open_box, id="h2")], POLICY)
+    assert [s.host_id for s in p.start] == ["h2"]
+    p = plan(NOW, [asks], [no_egress], POLICY)
+    assert not p.start
+    [u] = p.unschedulable
+    assert "no host that filters network egress" in u.message

@@ -20,8 +20,10 @@ import sys
 import tempfile
 import urllib.parse
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from crucible.agent.egress import EgressRule, egress_tools_problem, host_addresses, plan_egress
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import (
     SANDBOX_UID,
@@ -36,7 +38,7 @@ from crucible.protocol.hosts import IsolationReport
 if TYPE_CHECKING:
     from crucible.agent.sandbox_runtime import SandboxRuntime
 
-__all__ = ["judge", "measure_sandbox", "process_report"]
+__all__ = ["judge", "judge_egress", "measure_egress", "measure_sandbox", "process_report"]
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +90,21 @@ def _uids_of_tree(root: int) -> set[int]:
     return {uids[p] for p in tree if p in uids}
 
 
-def _run_probe(runtime: SandboxRuntime, cfg: SandboxConfig, ports: list[int]) -> dict[str, Any]:
+def _run_probe(
+    runtime: SandboxRuntime,
+    cfg: SandboxConfig,
+    ports: list[int],
+    targets: list[tuple[str, int]] | None = None,
+) -> dict[str, Any]:
     cgroup = runtime.new_cgroup(cfg.name)
     filter_fd = seccomp_program_fd()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    args = json.dumps({"ports": ports, "fd": theirs.fileno()})
+    args = json.dumps({"ports": ports, "fd": theirs.fileno(), "targets": targets or []})
     command = [cfg.python, "-P", "-m", "crucible.agent.isolation_probe", args]
     try:
         with tempfile.TemporaryFile() as out:
             try:
-                proc = spawn_sandbox(
+                proc, link = spawn_sandbox(
                     runtime.bwrap,
                     cfg,
                     theirs.fileno(),
@@ -125,6 +132,8 @@ def _run_probe(runtime: SandboxRuntime, cfg: SandboxConfig, ports: list[int]) ->
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                if link is not None:
+                    link.close()
             out.seek(0)
             text = out.read().decode("utf-8", "replace")
     finally:
@@ -146,12 +155,33 @@ def _run_probe(runtime: SandboxRuntime, cfg: SandboxConfig, ports: list[int]) ->
 def measure_sandbox(
     runtime: SandboxRuntime, *, gpu_indices: list[int] | None = None
 ) -> IsolationReport:
-    """Build a probe sandbox the way containers' are built and report what held."""
+    """Build a probe sandbox the way containers' are built and report what held; then one
+    with filtered egress (:func:`measure_egress`). Sets ``runtime.egress_problem``."""
+    report = _measure_base(runtime, gpu_indices=gpu_indices)
+    problem = measure_egress(runtime) if report.runtime == "bwrap" else "no sandbox"
+    runtime.egress_problem = problem
+    if problem is None:
+        return report.model_copy(update={"egress_filter": True})
+    log.warning("filtered egress is not available here: %s", problem)
+    return report.model_copy(
+        update={
+            "problems": [
+                *report.problems,
+                f"network egress: {problem}; other accounts' code that asks for network= is "
+                "not placed here (only the host owner's own code may have the host's network)",
+            ][:64]
+        }
+    )
+
+
+def _new_probe_config(
+    runtime: SandboxRuntime, gpu_indices: list[int] | None = None
+) -> SandboxConfig:
     name = f"probe-{uuid.uuid4().hex[:12]}"
     sdir = runtime.sandboxes_dir / name
     (sdir / "code").mkdir(parents=True, exist_ok=True)
     root = _crucible_import_root()
-    cfg = SandboxConfig(
+    return SandboxConfig(
         name=name,
         dir=sdir,
         python=sys.executable,
@@ -161,6 +191,84 @@ def measure_sandbox(
         gpu_indices=list(gpu_indices or [])[:1],
         gpu_dev_root=runtime.limits.gpu_dev_root,
     )
+
+
+def measure_egress(runtime: SandboxRuntime) -> str | None:
+    """Whether this host gives sandboxes filtered egress, measured: a sandbox with
+    ``network=True``'s filter (plus one host port let through for the probe) must reach that
+    port through slirp4netns, and must not reach another port on the same host address, the
+    user-mode gateway (the host), the server's port or 169.254.169.254. None when all of that
+    held, else why not. The refused connections stop at the sandbox's own filter: nothing is
+    sent to a real network."""
+    problem = egress_tools_problem()
+    if problem is not None:
+        return problem
+    if runtime.uids is None:
+        return "the agent is not root, so it cannot install a sandbox's egress filter"
+    addrs = [a for a in host_addresses() if not a.is_loopback]
+    allowed = socket.socket()
+    closed = socket.socket()
+    try:
+        allowed.bind(("0.0.0.0", 0))
+        allowed.listen(8)
+        closed.bind(("0.0.0.0", 0))
+        closed.listen(8)
+        a_port, c_port = allowed.getsockname()[1], closed.getsockname()[1]
+        server_port = _server_ports(runtime.server_url)[0]
+        plan = plan_egress(True, server_url=runtime.server_url, addresses=addrs)
+        must = []
+        if addrs:
+            host = str(addrs[0].network_address)
+            plan = replace(plan, probe=EgressRule(addrs[0], a_port, a_port))
+            must.append((host, a_port))
+        must_not = [(str(a.network_address), c_port) for a in addrs]
+        must_not += [(str(a.network_address), server_port) for a in addrs]
+        must_not += [("10.0.2.2", c_port), ("10.0.2.2", server_port), ("169.254.169.254", 80)]
+        cfg = _new_probe_config(runtime)
+        cfg.egress = plan
+        uid = runtime.uids.acquire()
+        cfg.host_uid = uid.uid
+        try:
+            seen = _run_probe(runtime, cfg, [server_port], must + must_not)
+        finally:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            remove_stage(cfg)
+            shutil.rmtree(cfg.dir, ignore_errors=True)
+            uid.release()
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"the egress probe failed: {exc}"[:600]
+    finally:
+        allowed.close()
+        closed.close()
+    return judge_egress(seen, must, must_not)
+
+
+def judge_egress(
+    seen: dict[str, Any], must: list[tuple[str, int]], must_not: list[tuple[str, int]]
+) -> str | None:
+    """Why the egress probe's observations fall short (None: the filter held)."""
+    results: dict[str, str] = seen.get("targets", {})
+    if "tap0" not in seen.get("interfaces", []):
+        return "the sandbox got no user-mode network interface (slirp4netns)"
+    reached = [t for t in must_not if results.get(f"{t[0]}:{t[1]}") in ("connected", None)]
+    if reached:
+        return "the filter let the sandbox reach " + ", ".join(f"{h}:{p}" for h, p in reached)
+    if any(results.get(f"{h}:{p}") != "connected" for h, p in must):
+        return (
+            "the sandbox could not reach an allowed address through slirp4netns ("
+            + ", ".join(f"{h}:{p} {results.get(f'{h}:{p}')}" for h, p in must)
+            + ")"
+        )
+    if any(v == "connected" for v in seen.get("loopback", {}).values()):
+        return "the sandbox reached the server's port on its loopback"
+    return None
+
+
+def _measure_base(
+    runtime: SandboxRuntime, *, gpu_indices: list[int] | None = None
+) -> IsolationReport:
+    cfg = _new_probe_config(runtime, gpu_indices)
+    sdir = cfg.dir
     uid = runtime.uids.acquire() if runtime.uids is not None else None
     cfg.host_uid = uid.uid if uid is not None else None
     try:
@@ -272,10 +380,6 @@ def judge(seen: dict[str, Any], cfg: SandboxConfig, max_pids: int) -> IsolationR
             + ", ".join(sorted(gpu_seen - expected))
             + ")"
         )
-    problems.append(
-        "network=True: refused for other accounts' code (the agent has no filtered egress for "
-        "sandboxes); only the host owner's own code may have the host's network"
-    )
     return IsolationReport(
         runtime="bwrap",
         namespaces=namespaces,

@@ -42,7 +42,7 @@ def _mounts() -> dict[str, str]:
     return out
 
 
-def observe(ports: list[int]) -> dict[str, Any]:
+def observe(ports: list[int], targets: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """What this process sees of its sandbox."""
     ns = {}
     for name in _NAMESPACES:
@@ -83,12 +83,16 @@ def observe(ports: list[int]) -> dict[str, Any]:
         # Only tried where it cannot leave the machine (no interface but loopback): a probe
         # never sends traffic to a real network.
         "link_local": _connect(*_LINK_LOCAL) if set(interfaces) <= {"lo"} else "not tried",
+        # The egress probe's targets (its sandbox's filter refuses all but one of them
+        # locally, so these tries never leave the machine when the filter holds).
+        "targets": {f"{h}:{p}": _connect(h, int(p)) for h, p in targets or []},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    seen = json.dumps(observe([int(p) for p in args.get("ports", [])])).encode() + b"\n"
+    targets = [(str(h), int(p)) for h, p in args.get("targets", [])]
+    seen = json.dumps(observe([int(p) for p in args.get("ports", [])], targets)).encode() + b"\n"
     with socket.socket(fileno=int(args["fd"])) as ctrl:
         ctrl.sendall(seen)
         while ctrl.recv(4096):

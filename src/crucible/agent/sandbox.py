@@ -20,7 +20,8 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
 gid 1000 inside), PID, IPC, UTS, cgroup and network (the host's network only for the host
-owner's own code that asked for it). All capabilities are dropped and
+owner's own code that asked for ``network=True``; filtered egress through
+:mod:`crucible.agent.egress` for every other ask). All capabilities are dropped and
 :mod:`crucible.agent.seccomp` filters syscalls.
 
 Per-sandbox host uid: an agent running as root starts each bwrap as its own host uid
@@ -58,6 +59,7 @@ from typing import Any
 
 from crucible.agent import seccomp
 from crucible.agent.cgroups import SandboxCgroup
+from crucible.agent.egress import EgressLink, EgressPlan, wait_child_pid
 from crucible.agent.images import host_python_paths
 from crucible.errors import SandboxUnavailableError
 
@@ -131,7 +133,9 @@ class SandboxConfig:
     preload: list[str]
     image_mounts: list[tuple[Path, str]] = field(default_factory=list)  # (host, inside)
     image_root: Path | None = None
-    network: bool = False
+    network: bool = False  # the host's own network (only the host owner's code)
+    # Filtered egress through user-mode networking (agent/egress.py); None: none.
+    egress: EgressPlan | None = None
     gpu_indices: list[int] = field(default_factory=list)
     disk_bytes: int = 1 << 30
     env: dict[str, str] = field(default_factory=dict)
@@ -193,16 +197,21 @@ def bwrap_argv(
     *,
     staged: list[str] | None = None,
     command: list[str] | None = None,
+    sync_fds: tuple[int, int] | None = None,
 ) -> list[str]:
     """The full command line for a sandboxed zygote (or ``command``). ``staged``: where each
     of :func:`host_binds` is reachable for an unprivileged bwrap (by default, its host path)."""
     a = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "crucible"]
-    # A network namespace of its own, except for the host owner's code that asked for network
-    # (the runtime refuses network to every other account).
+    # A network namespace of its own, except for the host owner's code that asked for the
+    # host's network. Filtered egress happens in that namespace: bwrap tells the agent its
+    # first process (--info-fd) and waits (--block-fd) until the filter and slirp4netns are
+    # in place (agent/egress.py).
     if not cfg.network:
         a.append("--unshare-net")
+    if sync_fds is not None:
+        a += ["--info-fd", str(sync_fds[0]), "--block-fd", str(sync_fds[1])]
     # File systems first: binds below may land inside them (an image under the host's /tmp).
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
@@ -215,6 +224,9 @@ def bwrap_argv(
     for p in _ETC + (_ETC_NETWORK if cfg.network else ()):
         if os.path.exists(p):
             a += ["--ro-bind", p, p]
+    if cfg.egress is not None:  # written by spawn_sandbox into the run directory
+        a += ["--ro-bind", str(cfg.run_dir / "hosts"), "/etc/hosts"]
+        a += ["--ro-bind", str(cfg.run_dir / "resolv.conf"), "/etc/resolv.conf"]
     binds = host_binds(cfg)
     sources = staged if staged is not None else [host for host, _, _ in binds]
     for (_, inside, option), source in zip(binds, sources, strict=True):
@@ -346,7 +358,7 @@ class ZygoteProcess:
         filter_fd = seccomp_program_fd()
         try:
             with open(cfg.dir / "zygote.log", "ab") as logf:
-                self.proc = spawn_sandbox(
+                self.proc, self.egress = spawn_sandbox(
                     bwrap,
                     cfg,
                     theirs.fileno(),
@@ -413,6 +425,8 @@ class ZygoteProcess:
             with contextlib.suppress(OSError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             status = self.proc.wait()
+            if self.egress is not None:
+                self.egress.close()
             self.ctrl.close()
             shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
             remove_stage(self.cfg)
@@ -448,10 +462,21 @@ def spawn_sandbox(
     limits: dict[str, int],
     stdout: Any,
     command: list[str] | None = None,
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], EgressLink | None]:
     """Start bwrap for ``cfg``: in the sandbox's cgroups, under ``limits`` (rlimit names →
     values) and, with ``cfg.host_uid``, as that host uid with the host paths it gets staged
-    (see the module docstring). ``ctrl_fd`` and ``filter_fd`` are passed to it."""
+    (see the module docstring). ``ctrl_fd`` and ``filter_fd`` are passed to it. With
+    ``cfg.egress``, the sandbox's network is filtered and connected before anything runs in
+    it; the returned link is closed by the caller when the sandbox ends. Raises
+    :class:`~crucible.agent.egress.EgressError` (the sandbox killed) when that fails."""
+    if cfg.egress is not None:
+        for name, text in (
+            ("hosts", cfg.egress.hosts_file()),
+            ("resolv.conf", cfg.egress.resolv_conf()),
+        ):
+            with open(cfg.run_dir / name, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(cfg.run_dir / name, 0o644)
     staged: list[str] | None = None
     mounts: list[tuple[str, str]] = []
     if cfg.host_uid is not None:
@@ -469,23 +494,63 @@ def spawn_sandbox(
                 point.touch()
             staged.append(str(point))
             mounts.append((host, str(point)))
-    argv = bwrap_argv(bwrap, cfg, ctrl_fd, filter_fd, staged=staged, command=command)
+    sync: tuple[int, int, int, int] | None = None  # info (r, w), block (r, w)
+    if cfg.egress is not None:
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        sync = (info_r, info_w, block_r, block_w)
+    argv = bwrap_argv(
+        bwrap,
+        cfg,
+        ctrl_fd,
+        filter_fd,
+        staged=staged,
+        command=command,
+        sync_fds=(sync[1], sync[2]) if sync is not None else None,
+    )
     procs_fds = cgroup.procs_fds() if cgroup is not None else []
+    fds = [filter_fd] if ctrl_fd is None else [ctrl_fd, filter_fd]
+    if sync is not None:
+        fds += [sync[1], sync[2]]
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             argv,
             env={"PATH": "/usr/bin:/bin"},  # bwrap's own; the sandbox gets --setenv
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.STDOUT,
-            pass_fds=(filter_fd,) if ctrl_fd is None else (ctrl_fd, filter_fd),
+            pass_fds=tuple(fds),
             close_fds=True,
             start_new_session=True,
             preexec_fn=_Preexec(procs_fds, limits, cfg.host_uid, mounts),
         )
+    except BaseException:
+        if sync is not None:
+            for fd in sync:
+                os.close(fd)
+        raise
     finally:
         for fd in procs_fds:
             os.close(fd)
+    if sync is None or cfg.egress is None:
+        return proc, None
+    info_r, info_w, block_r, block_w = sync
+    os.close(info_w)
+    os.close(block_r)
+    link = EgressLink(cfg.egress)
+    try:
+        link.attach(wait_child_pid(info_r))
+        os.write(block_w, b"1")  # the filter holds and the network is up: let it run
+    except BaseException:
+        link.close()
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        os.close(info_r)
+        os.close(block_w)
+    return proc, link
 
 
 def remove_stage(cfg: SandboxConfig) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
+from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.images import BuiltImage, ImageCache
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
@@ -80,12 +82,13 @@ class SandboxLimits:
     gpu_dev_root: str = "/dev"  # where the GPU device nodes are (tests point it elsewhere)
 
 
-# Why another account's function that asks for network is refused (docs/sandbox.md, "Network").
+# Why a function that asks for network is refused where egress is not filtered
+# (docs/sandbox.md, "Network egress"); the measured reason follows.
 NETWORK_REFUSED = (
-    "network=True is refused on this host: it gives network only to its owner's code, because "
-    "the agent offers no egress that keeps a sandbox away from the host's loopback and "
-    "link-local (169.254.0.0/16) addresses. Run the function without network=True (data can "
-    "come in through its arguments or the image), or on a host of your own"
+    "network egress is refused on this host: it gives network only to its owner's code, "
+    "because its agent cannot filter a sandbox's egress (keep it away from the host and the "
+    "link-local 169.254.0.0/16 addresses): {why}. Run the function without network= (data "
+    "can come in through its arguments or the image), or on a host that filters egress"
 )
 
 
@@ -155,6 +158,9 @@ class SandboxRuntime:
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
         self.owner_account: str | None = None
+        # Why this host cannot give sandboxes filtered egress (None: it can), measured by the
+        # isolation probe at start-up; until then nobody's code gets it.
+        self.egress_problem: str | None = "not measured yet"
         self.server_url = server_url
         self.bwrap = bwrap
         self.images = images
@@ -328,10 +334,20 @@ class SandboxRuntime:
             return
         failure = built if isinstance(built, ErrorInfo) else None
         image = built if isinstance(built, BuiltImage) else None
-        if a.network and (self.owner_account is None or a.account_id != self.owner_account):
-            self._fail(cid, NETWORK_REFUSED)
-            return
-        z = self._zygote_for(a, image, failed=failure is not None)
+        egress: EgressPlan | None = None
+        owner = self.owner_account is not None and a.account_id == self.owner_account
+        # The owner's network=True is the host's own network (its machine, its code); every
+        # other ask is filtered egress, where this host can filter it.
+        if a.network and not (a.network is True and owner):
+            if self.egress_problem is not None:
+                self._fail(cid, NETWORK_REFUSED.format(why=self.egress_problem))
+                return
+            try:
+                egress = plan_egress(a.network, server_url=self.server_url)
+            except EgressError as exc:
+                self._fail(cid, str(exc))
+                return
+        z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
         code = self._place_code(a, z)
         env = self._container_env(a)
         if failure is not None:
@@ -371,7 +387,12 @@ class SandboxRuntime:
             self._fail(cid, "the sandbox ended before the container could start")
 
     def _zygote_for(
-        self, a: ContainerAssignment, built: BuiltImage | None, *, failed: bool = False
+        self,
+        a: ContainerAssignment,
+        built: BuiltImage | None,
+        *,
+        failed: bool = False,
+        egress: EgressPlan | None = None,
     ) -> _Zygote:
         """The live zygote for the container's (account, image, network, GPUs), started if
         needed. ``failed``: the image did not build; a plain zygote of its own serves the
@@ -380,7 +401,8 @@ class SandboxRuntime:
             [
                 a.account_id,
                 a.image.id if a.image else "",
-                str(a.network),
+                json.dumps(a.network),
+                egress.key() if egress is not None else "",
                 repr(a.gpu_indices),
                 repr(sorted(a.volumes.items())),
             ]
@@ -403,7 +425,8 @@ class SandboxRuntime:
             preload=list(a.image.preload) if a.image and not failed else [],
             image_mounts=list(built.mounts) if built is not None else [],
             image_root=built.root if built is not None else None,
-            network=a.network,
+            network=a.network is True and egress is None,  # the owner's: the host's network
+            egress=egress,
             gpu_indices=list(a.gpu_indices),
             disk_bytes=self.limits.disk_bytes,
             env={"PYTHONPATH": root} if root else {},
@@ -459,7 +482,13 @@ class SandboxRuntime:
         )
         with self._lock:
             self._zygotes[key] = z
-        log.info("started zygote %s (sandbox pid %d, network %s)", key, proc.pid, a.network)
+        log.info(
+            "started zygote %s (sandbox pid %d, network %s%s)",
+            key,
+            proc.pid,
+            a.network,
+            ", filtered egress" if egress is not None else "",
+        )
         return z
 
     def new_cgroup(self, name: str) -> SandboxCgroup | None:

@@ -26,7 +26,12 @@ from crucible.cli._output import (
 from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallAttempt, CallTimeline
-from crucible.protocol.hosts import HostInfo, isolation_summary, verification_summary
+from crucible.protocol.hosts import (
+    HostInfo,
+    IsolationReport,
+    isolation_summary,
+    verification_summary,
+)
 from crucible.protocol.logs import LogPage
 from crucible.sdk._checks import NAME_PATTERN
 from crucible.sdk._client import Client
@@ -45,6 +50,14 @@ _BILL_COLUMNS = (
     "run time",
     "cost",
 )
+
+
+def _isolation_words(isolated: bool, report: IsolationReport | None) -> str:
+    """``full`` (with whether it filters network egress) or what is missing."""
+    if not isolated:
+        return isolation_summary(report)
+    egress = report is not None and report.egress_filter
+    return "full, egress " + ("filtered" if egress else "refused to other accounts")
 
 
 def _client() -> Client:
@@ -291,7 +304,7 @@ def register(app: typer.Typer) -> None:
         for h in items:
             detail = (
                 f"{shorten_ids(h.id)}: isolation "
-                f"{'full' if h.isolated else isolation_summary(h.isolation)}; verified "
+                f"{_isolation_words(h.isolated, h.isolation)}; verified "
                 f"{verification_summary(h.verified, h.verification)}"
             )
             console.print(clean(detail), markup=False, highlight=False)

@@ -7,6 +7,7 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from crucible.protocol.common import JsonValue, Named, Resources, RetryPolicy, Wire, WireInt
+from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.schedules import ScheduleSpec
 from crucible.protocol.volumes import check_mount_path
@@ -103,9 +104,10 @@ class FunctionCreate(Named):
     is_async: bool = False
     is_generator: bool = False  # its calls stream what it yields (.remote_gen())
     # The environment its containers run in (None: the host's own Python environment), and
-    # whether a sandboxed container may open network connections.
+    # what a sandboxed container may reach on the network: False (nothing), True (every public
+    # IPv4 address) or an allowlist of "HOST:PORT" targets (protocol/egress.py).
     image: ImageSpec | None = None
-    network: bool = False
+    network: NetworkAsk = False
     market: MarketTerms = Field(default_factory=MarketTerms)
     # Names of the account's secrets whose values become environment variables of its
     # containers (later names win on a shared key); never the values themselves.

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire, WireInt
+from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
 
 __all__ = [
@@ -38,7 +39,9 @@ class ContainerAssignment(Wire):
     # account's blobs. The agent passes it to the worker and to nobody else.
     token: str
     image: ImageSpec | None = None
-    network: bool = False
+    # False: no network; True: every public IPv4 address; a list: only those "HOST:PORT"
+    # targets (protocol/egress.py). Enforced by the agent (agent/egress.py).
+    network: NetworkAsk = False
     # The function names secrets: the worker reads their values with its token at start.
     secrets: bool = False
     # Volumes to mount: path -> volume name (the runtime binds a directory at each path, the

@@ -65,6 +65,11 @@ class IsolationReport(Wire):
     network_policy: bool = False  # no network unless asked; egress only through the agent,
     # never the host's loopback, its ports or link-local metadata addresses
     gpu_isolation: bool = False  # a container sees only its assigned GPUs' device nodes
+    # Measured: a sandbox that asks for egress (network=True or an allowlist) gets it through
+    # user-mode networking and a filter that held (no host address, no link-local, nothing
+    # outside the ask). Other accounts' code that asks for network runs only where it is set;
+    # it is not part of full() (code that asks for no network needs none of it).
+    egress_filter: bool = False
     # What is missing, in words a host operator can act on ("no pids cgroup: ...").
     problems: list[str] = Field(default_factory=list, max_length=64)
 
@@ -86,6 +91,10 @@ class IsolationReport(Wire):
             and self.gpu_isolation
         )
 
+    def admits_network(self) -> bool:
+        """Whether other accounts' code that asks for network egress may run here."""
+        return self.full() and self.egress_filter
+
     def missing(self) -> list[str]:
         """What keeps this report from :meth:`full`, in short words ("seccomp", "pids
         limit", ...); empty when it is full."""
@@ -106,10 +115,12 @@ class IsolationReport(Wire):
         return [what for ok, what in checks if not ok]
 
     def summary(self) -> str:
-        """One line for tables: ``bwrap, full`` or ``process: missing sandbox, ...``."""
+        """One line for tables: ``bwrap, full, egress filtered`` (or ``no egress``) or
+        ``process: missing sandbox, ...``."""
         missing = self.missing()
+        egress = "egress filtered" if self.egress_filter else "no egress"
         if not missing:
-            return f"{self.runtime}, full"
+            return f"{self.runtime}, full, {egress}"
         return f"{self.runtime}: missing " + ", ".join(missing)
 
 

@@ -23,6 +23,7 @@ from crucible.sdk._checks import (
     check_choice,
     check_int,
     check_name,
+    check_network,
     check_number,
     check_text,
     from_validation_error,
@@ -128,7 +129,7 @@ class App:
         max_containers: int | None = None,
         scaledown_window: float | None = None,
         image: Image | None = None,
-        network: bool = False,
+        network: bool | Sequence[str] = False,
         name: str | None = None,
         min_containers: int = 0,
         buffer_containers: int = 0,
@@ -150,8 +151,10 @@ class App:
         (fractions allowed). ``memory``: MiB or a string such as ``"512MiB"``. ``timeout``:
         seconds per attempt. ``retries``: extra attempts after a failure (an int, or
         :class:`Retries` for the backoff). ``image``: a :class:`crucible.Image` to run in
-        (default: the host's own environment). ``network``: whether a sandboxed container may
-        open network connections (off by default; the exchange stays reachable).
+        (default: the host's own environment). ``network``: what a sandboxed container may
+        reach: ``False`` (nothing; the default, the exchange stays reachable), ``True`` (every
+        public IPv4 address) or a list of ``"HOST:PORT"`` targets such as
+        ``["pypi.org:443", "10.1.2.0/24:5432"]`` (docs/builders.md#network).
 
         Scaling: ``min_containers`` are kept warm even with no work (and billed),
         ``buffer_containers`` idle ones are kept on top of what the load needs, at most
@@ -199,7 +202,7 @@ class App:
             raise InvalidRequestError(
                 f"image must be a crucible.Image, got {type(image).__name__}"
             )
-        check_bool("network", network)
+        network = check_network(network)
         check_name("name", name, optional=True)
         if not isinstance(secrets, list | tuple) or not all(isinstance(x, Secret) for x in secrets):
             raise InvalidRequestError(

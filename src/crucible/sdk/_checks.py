@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from crucible.errors import InvalidRequestError
+from crucible.protocol import egress
 
 __all__ = [
     "NAME_PATTERN",
@@ -23,6 +24,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_name",
+    "check_network",
     "check_number",
     "check_text",
     "from_validation_error",
@@ -96,6 +98,15 @@ def check_bool(label: str, value: Any) -> bool:
             f"{label} must be True or False, got {_shown(value)} ({_type_name(value)})"
         )
     return value
+
+
+def check_network(value: Any) -> bool | list[str]:
+    """``network=``: True, False or a list of ``"HOST:PORT"`` targets (protocol/egress.py),
+    returned normalized."""
+    try:
+        return egress.check_network(value)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 def check_choice(

@@ -42,11 +42,18 @@ class HostSpec:
     owner: str = ""
     isolated: bool = True
     verified: bool = False
+    egress: bool = True  # filters sandboxes' network egress (IsolationReport.egress_filter)
 
-    def admits(self, account: str, *, verified: bool = False) -> bool:
+    def admits(self, account: str, *, verified: bool = False, network: bool = False) -> bool:
         """Whether ``account``'s code may run here: a host that does not isolate fully runs
-        only its owner's code; a renter asking for ``verified`` hosts gets only those."""
-        return (self.isolated or account == self.owner) and (self.verified or not verified)
+        only its owner's code, and so does one that cannot filter egress for code that asks
+        for ``network``; a renter asking for ``verified`` hosts gets only those."""
+        own = account == self.owner
+        return (
+            (self.isolated or own)
+            and (self.egress or own or not network)
+            and (self.verified or not verified)
+        )
 
     def __post_init__(self) -> None:
         if not self.host_id:

@@ -61,6 +61,8 @@ class LeaseRequest:
     # cap). None: no cap.
     max_carbon_g_per_kwh: int | None = None
     verified: bool = False
+    # The function asks for network egress: another account's host must filter it.
+    network: bool = False
 
     def __post_init__(self) -> None:
         what = "lease request"

@@ -16,6 +16,7 @@ from crucible.server.market.terms import RefusalCode, Tier
 
 __all__ = [
     "min_winning_bid",
+    "no_egress",
     "not_isolated",
     "refuse_lease",
     "refuse_reservation",
@@ -78,6 +79,18 @@ def not_isolated(what: str, nodes: int) -> Refusal:
     )
 
 
+def no_egress(what: str, nodes: int) -> Refusal:
+    """The function asks for network egress, and no host with ``what`` open to the renter
+    filters it (IsolationReport.egress_filter)."""
+    return Refusal(
+        RefusalCode.NOT_ISOLATED,
+        f"no host that filters network egress has {what} for {nodes} node(s): the function "
+        "asks for network=, and the hosts that have them cannot keep a sandbox's egress away "
+        "from the host, so they give network only to their owner's code (`crucible market "
+        "hosts` shows `egress filtered`). Drop network=, or run it on a host of your own.",
+    )
+
+
 def unverified(what: str, nodes: int) -> Refusal:
     """verified=True was asked, and no host with ``what`` open to the renter is verified."""
     return Refusal(
@@ -96,12 +109,13 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
         return _reserved_refusal(st, req, now)
     names = _names(models)
     listed = largest = big_nodes = open_nodes = vetted_nodes = fit_nodes = best_rel = 0
+    net_nodes = 0
     regions: set[str] = set()
     greenest: int | None = None  # the lowest declared intensity among hosts big enough
     cheapest_ask: int | None = None
     lowest_min: int | None = None
     for model in models:
-        big = opened = vetted = fit = 0
+        big = opened = netted = vetted = fit = 0
         for pool in st.pools_by_type.get(model, {}).values():
             units = pool.ix_units  # what the indexes hold: 0 when not listed
             if not units or pool.offer is None:
@@ -116,7 +130,10 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             if not spec.admits(req.account):
                 continue
             opened += 1
-            if not spec.admits(req.account, verified=req.verified):
+            if not spec.admits(req.account, network=req.network):
+                continue
+            netted += 1
+            if not spec.admits(req.account, verified=req.verified, network=req.network):
                 continue
             vetted += 1
             regions.add(spec.region)
@@ -139,6 +156,7 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             lowest_min = low if lowest_min is None else min(lowest_min, low)
         big_nodes, fit_nodes = max(big_nodes, big), max(fit_nodes, fit)
         open_nodes, vetted_nodes = max(open_nodes, opened), max(vetted_nodes, vetted)
+        net_nodes = max(net_nodes, netted)
     if not listed:
         return Refusal(
             RefusalCode.NO_OFFER,
@@ -159,6 +177,8 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
         )
     if open_nodes < req.nodes:
         return not_isolated(f"{req.count} {names}", req.nodes)
+    if net_nodes < req.nodes:
+        return no_egress(f"{req.count} {names}", req.nodes)
     if vetted_nodes < req.nodes:
         return unverified(f"{req.count} {names}", req.nodes)
     if fit_nodes < req.nodes:
@@ -245,7 +265,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is not None
                 and pool.listed
-                and pool.host.spec.admits(req.account, verified=req.verified)
+                and pool.host.spec.admits(req.account, verified=req.verified, network=req.network)
                 and (req.region is None or pool.host.spec.region == req.region)
                 and pool.host.spec.reliability_ppm >= req.min_reliability_ppm
                 and under_carbon_cap(req.max_carbon_g_per_kwh, pool.host.spec.carbon_g_per_kwh)
@@ -268,7 +288,7 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is None
                 or not pool.listed
-                or not spec.admits(req.account, verified=req.verified)
+                or not spec.admits(req.account, verified=req.verified, network=req.network)
                 or (req.region is not None and spec.region != req.region)
                 or spec.reliability_ppm < req.min_reliability_ppm
             ):

@@ -80,6 +80,7 @@ class HostCapacity:
     owner: str = ""
     isolated: bool = True
     verified: bool = False
+    egress: bool = True  # it filters sandboxes' network egress (IsolationReport.egress_filter)
 
     def free_gpus(self, model: str) -> list[int]:
         return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
@@ -128,6 +129,7 @@ class FunctionDemand:
     # GPU containers yield (when idle) only to work of their own account.
     account_id: str = ""
     verified: bool = False  # run only on verified hosts
+    network: bool = False  # asks for network egress (network=True or an allowlist)
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,14 @@ def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, n
 
 def may_run(host: HostCapacity, fn: FunctionDemand) -> bool:
     """Whether ``fn``'s code may run on ``host`` at all: strangers' code only where the host
-    isolates fully, and only on verified hosts when the function asks for them."""
-    return (host.isolated or host.owner == fn.account_id) and (host.verified or not fn.verified)
+    isolates fully (and filters egress, when it asks for network), and only on verified hosts
+    when the function asks for them."""
+    own = host.owner == fn.account_id
+    return (
+        (host.isolated or own)
+        and (host.egress or own or not fn.network)
+        and (host.verified or not fn.verified)
+    )
 
 
 def _place(fn: FunctionDemand, hosts: list[HostCapacity]) -> StartContainer | None:
@@ -419,6 +427,13 @@ def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
             "do not isolate fully (e.g. runtime process), so they run only their owner's "
             "code. Add a fully isolated host (docs/sandbox.md), or run it on a host of your "
             "own account."
+        )
+    if fn.network and not any(h.egress or h.owner == fn.account_id for h in sized):
+        return (
+            f"no host that filters network egress can run this function ({request}): it asks "
+            "for network=, and the hosts big enough cannot keep a sandbox's egress away from "
+            "the host (slirp4netns and nftables, agent as root: docs/hosts.md), so they give "
+            "network only to their owner's code. Drop network=, or add such a host."
         )
     return (
         f"no verified host can run this function ({request}): it asks for verified=True, and "

@@ -526,6 +526,7 @@ class SchedulerLoop:
                     start_ms=self.state.start_stats.get(r.id, 0.0),
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
+                    network=bool(spec.get("network")),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -560,6 +561,7 @@ class SchedulerLoop:
                 owner=h.row.account_id,
                 isolated=bool(h.row.isolated),
                 verified=bool(h.row.verified),
+                egress=h.egress,
             )
             if h.row.id in freeing:
                 cap.freeing_cpu, cap.freeing_memory_mib, cap.freeing_gpus = freeing[h.row.id]

@@ -440,7 +440,7 @@ def assignments_for_host(
                 batch_wait_ms=int(r.spec.get("batch_wait_ms", 0)),
                 token=container_token(secret, r.id),
                 image=r.spec.get("image"),
-                network=bool(r.spec.get("network", False)),
+                network=r.spec.get("network", False),
                 secrets=bool(r.spec.get("secrets")),
                 volumes=dict(r.spec.get("volumes") or {}),
             )

@@ -82,6 +82,7 @@ class MarketTerms:
     prefer: Prefer = Prefer.CHEAPEST
     max_carbon_g_per_kwh: int | None = None
     verified: bool = False
+    network: bool = False  # the function asks for network egress (its spec's ``network``)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
@@ -95,6 +96,7 @@ class MarketTerms:
             prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
             max_carbon_g_per_kwh=m.get("max_carbon_g_per_kwh"),
             verified=bool(m.get("verified", False)),
+            network=bool(spec.get("network")),
         )
 
 
@@ -148,6 +150,12 @@ class HostRow:
     row: Any  # hosts columns of _SEL_HOSTS (inventory as text)
     inventory: dict[str, Any]
 
+    @property
+    def egress(self) -> bool:
+        """Whether its agent measured filtered egress (IsolationReport.egress_filter)."""
+        text = self.row.isolation_text
+        return bool(text) and bool((orjson.loads(text) or {}).get("egress_filter"))
+
 
 _SEL_HOSTS = select(
     hosts.c.id,
@@ -166,6 +174,7 @@ _SEL_HOSTS = select(
     hosts.c.account_id,
     hosts.c.isolated,
     hosts.c.verified,
+    cast(hosts.c.isolation, Text).label("isolation_text"),
 )
 # Offers change only through the API (which calls offers_changed); re-read them anyway this
 # often, in case another process wrote them.
@@ -183,6 +192,8 @@ def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
         owner=r.account_id,
         isolated=bool(r.isolated),
         verified=bool(r.verified),
+        egress=bool(r.isolation_text)
+        and bool((orjson.loads(r.isolation_text) or {}).get("egress_filter")),
     )
 
 
@@ -277,6 +288,7 @@ class LiveMarket:
                 r.leases_faulted,
                 r.isolated,
                 r.verified,
+                r.isolation_text,
             )
             if not reread and self._seen.get(r.id) == key:
                 continue
@@ -414,6 +426,7 @@ class LiveMarket:
             lease_id=lease_id,
             max_carbon_g_per_kwh=terms.max_carbon_g_per_kwh,
             verified=terms.verified,
+            network=terms.network,
         )
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseGranted | Refusal:

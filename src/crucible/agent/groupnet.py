@@ -1,0 +1,153 @@
+"""A private network shared by a group of sandboxes on one host: the primitive pod clusters
+need (each member reachable by the others on a port range, by nobody else).
+
+The group's switch is a Linux bridge in a network namespace of its own (the *hub*), which has
+no other interface: no route to the host, its loopback or anywhere else. Each member sandbox
+(its network namespace, named by the pid of a process in it) gets one end of a veth pair as
+``cg0`` with the next address of the group's /24; the other end is a port of the bridge. An
+nftables table in each member's namespace lets through, on ``cg0``, only connections to and
+from the group's subnet on the group's ports (and their replies); everything else on ``cg0``
+is dropped. The sandbox cannot change any of it (no capabilities, seccomp).
+
+It composes with filtered egress (:mod:`crucible.agent.egress`): that filter accepts traffic
+on ``cg0`` and leaves it to this one. The agent (root) builds it with ``ip`` (iproute2) and
+``nft``. Not wired into the runtime yet: pod clusters will call :meth:`GroupNetwork.join`
+for each member sandbox, between bwrap's ``--info-fd`` and ``--block-fd`` as egress does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+__all__ = ["GROUP_INTERFACE", "GroupNetError", "GroupNetwork", "member_ruleset"]
+
+GROUP_INTERFACE = "cg0"
+_TABLE = "crucible_group"
+_MAX_MEMBERS = 250  # addresses .2 to .251 of the group's /24
+
+
+class GroupNetError(RuntimeError):
+    """The group network could not be built or joined (the message says why)."""
+
+
+def _run(*argv: str, stdin: str | None = None) -> None:
+    done = subprocess.run(
+        argv,
+        input=stdin.encode() if stdin is not None else None,
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
+    if done.returncode != 0:
+        raise GroupNetError(
+            f"{' '.join(argv[:6])} failed: {done.stderr.decode('utf-8', 'replace').strip()[-300:]}"
+        )
+
+
+def member_ruleset(subnet: ipaddress.IPv4Network, port_lo: int, port_hi: int) -> str:
+    """The nftables table of one member's namespace (``nft -f`` input)."""
+    ports = str(port_lo) if port_lo == port_hi else f"{port_lo}-{port_hi}"
+    iface = GROUP_INTERFACE
+    return "\n".join(
+        [
+            f"table inet {_TABLE} {{",
+            "  chain input {",
+            "    type filter hook input priority 0; policy accept;",
+            f'    iifname "{iface}" ct state established,related accept',
+            f'    iifname "{iface}" ip saddr {subnet} meta l4proto {{ tcp, udp }} '
+            f"th dport {ports} accept",
+            f'    iifname "{iface}" drop',
+            "  }",
+            "  chain output {",
+            "    type filter hook output priority 0; policy accept;",
+            f'    oifname "{iface}" ct state established,related accept',
+            f'    oifname "{iface}" ip daddr {subnet} meta l4proto {{ tcp, udp }} '
+            f"th dport {ports} accept",
+            f'    oifname "{iface}" drop',
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+@dataclass
+class GroupNetwork:
+    """One group's private network. ``subnet`` is a /24 the host uses for nothing else;
+    members reach each other on ``[port_lo, port_hi]`` (TCP and UDP). Thread-safe."""
+
+    subnet: ipaddress.IPv4Network
+    port_lo: int
+    port_hi: int
+    hub: str = field(default_factory=lambda: f"crucible-g-{uuid.uuid4().hex[:10]}")
+    members: dict[int, str] = field(default_factory=dict)  # pid → its address
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _next: int = 2
+    _up: bool = False
+
+    def __post_init__(self) -> None:
+        if self.subnet.prefixlen != 24:
+            raise ValueError(f"a group network is a /24, got {self.subnet}")
+        if not 1 <= self.port_lo <= self.port_hi <= 65535:
+            raise ValueError(f"ports run from 1 to 65535, got {self.port_lo}-{self.port_hi}")
+
+    def create(self) -> None:
+        """The hub namespace and its bridge. Raises :class:`GroupNetError`."""
+        _run("ip", "netns", "add", self.hub)
+        self._up = True
+        try:
+            _run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
+            _run("ip", "-n", self.hub, "link", "set", "br0", "up")
+        except GroupNetError:
+            self.close()
+            raise
+
+    def join(self, pid: int) -> str:
+        """Connect the network namespace of ``pid`` (a member sandbox, not yet running its
+        code) to the group; its address on ``cg0``. Raises :class:`GroupNetError`."""
+        with self._lock:
+            if not self._up:
+                raise GroupNetError("the group network is closed")
+            if pid in self.members:
+                return self.members[pid]
+            if self._next > _MAX_MEMBERS + 1:
+                raise GroupNetError(f"a group network holds at most {_MAX_MEMBERS} members")
+            host_part = self._next
+            self._next += 1
+        address = str(self.subnet.network_address + host_part)
+        port = f"p{uuid.uuid4().hex[:10]}"
+        netns = f"/proc/{pid}/ns/net"
+        # Both ends are made in the hub; one then moves into the member's namespace.
+        _run("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "tmp0")
+        _run("ip", "-n", self.hub, "link", "set", "tmp0", "netns", str(pid))
+        _run("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        inside = ["nsenter", f"--net={netns}"]
+        _run(*inside, "ip", "link", "set", "tmp0", "name", GROUP_INTERFACE)
+        _run(
+            *inside, "nft", "-f", "-", stdin=member_ruleset(self.subnet, self.port_lo, self.port_hi)
+        )
+        _run(
+            *inside,
+            "ip",
+            "addr",
+            "add",
+            f"{address}/{self.subnet.prefixlen}",
+            "dev",
+            GROUP_INTERFACE,
+        )
+        _run(*inside, "ip", "link", "set", GROUP_INTERFACE, "up")
+        with self._lock:
+            self.members[pid] = address
+        return address
+
+    def close(self) -> None:
+        """Remove the hub (the members' ``cg0`` ends go with their veth pairs)."""
+        with self._lock:
+            if not self._up:
+                return
+            self._up = False
+        subprocess.run(["ip", "netns", "del", self.hub], capture_output=True, check=False)

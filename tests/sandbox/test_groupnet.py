@@ -1,0 +1,142 @@
+"""A group's private network between real bwrap sandboxes (agent/groupnet.py): members reach
+each other on the group's ports only; another group, the host and other ports do not."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from crucible.agent.egress import wait_child_pid
+from crucible.agent.groupnet import GroupNetwork, member_ruleset
+
+# Serves 7000 (a group port) and 9000 (not one), then tries each target of argv.
+MEMBER = r"""
+import errno, json, socket, sys, threading, time
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(8)
+    while True:
+        c, _ = s.accept(); c.sendall(b"hi"); c.close()
+for port in (7000, 9000):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+out = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.5) as c:
+                out[target] = "connected:" + c.recv(8).decode()
+            break
+        except OSError as exc:
+            out[target] = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            if time.monotonic() > deadline or out[target] != "ECONNREFUSED":
+                break
+            time.sleep(0.1)
+print(json.dumps(out), flush=True)
+time.sleep(1)  # let the others finish trying this member's ports
+"""
+
+
+def _skip_unless_capable() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("group networks need root (network namespaces, veth pairs, nftables)")
+    missing = [t for t in ("ip", "nft", "nsenter", "bwrap") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"group networks need {', '.join(missing)} (scripts/setup dev installs them)")
+
+
+class Member:
+    """A bwrap sandbox with its own network namespace, held before it runs MEMBER."""
+
+    def __init__(self, targets: list[str]) -> None:
+        info_r, info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        argv = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--die-with-parent"]
+        argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        argv += ["--info-fd", str(info_w), "--block-fd", str(self.block_r)]
+        argv += ["--", sys.executable, "-c", MEMBER, *targets]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, pass_fds=(info_w, self.block_r)
+        )
+        os.close(info_w)
+        os.close(self.block_r)
+        try:
+            self.pid = wait_child_pid(info_r)
+        finally:
+            os.close(info_r)
+
+    def start(self) -> None:
+        os.write(self.block_w, b"1")
+        os.close(self.block_w)
+
+    def result(self) -> dict[str, str]:
+        out, _ = self.proc.communicate(timeout=30)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def groups() -> Iterator[tuple[GroupNetwork, GroupNetwork]]:
+    _skip_unless_capable()
+    one = GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 7000, 7010)
+    two = GroupNetwork(ipaddress.IPv4Network("10.77.2.0/24"), 7000, 7010)
+    one.create()
+    two.create()
+    try:
+        yield one, two
+    finally:
+        one.close()
+        two.close()
+
+
+def test_members_reach_each_other_on_the_group_ports_only(
+    groups: tuple[GroupNetwork, GroupNetwork],
+) -> None:
+    one, two = groups
+    a = Member(["10.77.1.3:7000", "10.77.1.3:9000", "10.77.2.2:7000"])
+    b = Member(["10.77.1.2:7000"])
+    c = Member(["10.77.1.2:7000", "10.77.1.3:7000"])  # another group
+    members = [a, b, c]
+    try:
+        assert one.join(a.pid) == "10.77.1.2"
+        assert one.join(b.pid) == "10.77.1.3"
+        assert two.join(c.pid) == "10.77.2.2"
+        for m in members:
+            m.start()
+        seen_a, seen_b, seen_c = (m.result() for m in members)
+    finally:
+        for m in members:
+            m.proc.kill()
+            m.proc.wait()
+    assert seen_a["10.77.1.3:7000"] == "connected:hi"
+    assert seen_b["10.77.1.2:7000"] == "connected:hi"
+    assert not seen_a["10.77.1.3:9000"].startswith("connected"), seen_a  # not a group port
+    assert not seen_a["10.77.2.2:7000"].startswith("connected"), seen_a  # another group
+    assert all(not v.startswith("connected") for v in seen_c.values()), seen_c
+    # The host has no way into the group: no interface of it is on the bridge.
+    probe = subprocess.run(
+        ["ip", "route", "get", "10.77.1.2"], capture_output=True, text=True, check=False
+    )
+    assert "br0" not in probe.stdout and "cg0" not in probe.stdout
+
+
+def test_the_member_ruleset_drops_everything_else_on_the_group_interface() -> None:
+    rules = member_ruleset(ipaddress.IPv4Network("10.77.1.0/24"), 7000, 7010)
+    assert 'iifname "cg0" ip saddr 10.77.1.0/24 meta l4proto { tcp, udp } th dport 7000-7010' in (
+        rules
+    )
+    assert rules.count('"cg0" drop') == 2
+
+
+def test_a_group_is_a_24_with_valid_ports() -> None:
+    with pytest.raises(ValueError, match="/24"):
+        GroupNetwork(ipaddress.IPv4Network("10.77.0.0/16"), 1, 2)
+    with pytest.raises(ValueError, match="ports"):
+        GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 9, 2)
