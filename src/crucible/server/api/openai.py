@@ -1,0 +1,255 @@
+"""The OpenAI API: ``{server}/openai/v1``, with a Crucible token as the API key.
+
+``model`` names a model deployment (``NAME``, ``NAME:ADAPTER``, or another account's public
+``OWNER/NAME[:ADAPTER]``). A request becomes one call of the model's web function, whose
+engine answers it; a streamed answer (``"stream": true``) passes through as the engine
+produces its server-sent events. Every answer's ``usage`` is recorded and charged per token
+(services/models.py); for streams the engine is always asked for the final usage chunk,
+which reaches the client only when it asked for it (``stream_options.include_usage``).
+Errors are in OpenAI's shape (api/openai_errors.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from crucible.errors import InvalidRequestError, PermissionDeniedError
+from crucible.server.api.openai_errors import openai_error
+from crucible.server.api.web_calls import WebCallResponse, call_web_function
+from crucible.server.auth import Principal
+from crucible.server.billing.statements import credit_refusal
+from crucible.server.billing.tokens import TokenUsage
+from crucible.server.services import models as svc
+from crucible.server.services.accounts import authenticate
+from crucible.server.state import ServerState
+
+router = APIRouter(prefix="/openai/v1", tags=["openai"])
+log = logging.getLogger("crucible.openai")
+
+__all__ = ["router"]
+
+_ADAPTER_HEADER = "x-crucible-adapter"
+_ADAPTER_PATH_HEADER = "x-crucible-adapter-path"
+
+
+def _caller(request: Request) -> tuple[ServerState, Principal]:
+    state: ServerState = request.app.state.crucible
+    who = authenticate(state, request.headers.get("authorization"))
+    if who.scope not in ("admin", "user"):
+        raise PermissionDeniedError(
+            f"the OpenAI API needs a user token as its API key, not a {who.scope} token "
+            "(create one with `crucible token create`)"
+        )
+    return state, who
+
+
+def _model_entry(label: str, created_ms: int, owner: str) -> dict[str, Any]:
+    return {"id": label, "object": "model", "created": created_ms // 1000, "owned_by": owner}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The caller's models and other accounts' public ones, each adapter as its own entry
+    (``NAME:ADAPTER``)."""
+    state, who = _caller(request)
+    with state.engine.connect() as conn:
+        infos = svc.list_models(conn, who, public=True)
+        me = svc.account_name(conn, who.account_id)
+    data = []
+    for m in infos:
+        base = m.name if m.owner == me else f"{m.owner}/{m.name}"
+        data.append(_model_entry(base, m.created_ms, m.owner))
+        data.extend(_model_entry(f"{base}:{a.name}", a.created_ms, m.owner) for a in m.adapters)
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    state, who = _caller(request)
+    with state.engine.connect() as conn:
+        r = svc.resolve(conn, who, model)
+        owner = svc.account_name(conn, r.model.account_id)
+    created = r.adapter.created_ms if r.adapter else r.model.created_ms
+    return _model_entry(model, created, owner)
+
+
+def _request_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError(
+            "'model' is required: the name of one of your models (GET /openai/v1/models)"
+        )
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise InvalidRequestError("'stream' must be true or false")
+    return body
+
+
+def _usage(obj: Any) -> TokenUsage | None:
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    i = usage.get("prompt_tokens", 0)
+    o = usage.get("completion_tokens", 0)
+    if not isinstance(i, int) or not isinstance(o, int) or i < 0 or o < 0:
+        return None
+    return TokenUsage(i, o)
+
+
+def _record(
+    state: ServerState, resolved: svc.Resolved, who: Principal, usage: TokenUsage, call_id: str
+) -> None:
+    try:
+        with state.engine.begin() as conn:
+            svc.record_usage(
+                conn,
+                resolved,
+                who,
+                usage,
+                call_id,
+                state.clock.now_ms(),
+                round(state.settings.platform_fee * 1_000_000),
+            )
+    except Exception:  # the answer was delivered; a failed record must not break it
+        log.exception("recording the usage of %s failed", call_id)
+
+
+async def _forward(request: Request, path: str) -> Response:
+    state, who = _caller(request)
+    state.limit(state.submit_limit, who)
+    body = _request_body(await request.body())
+    with state.engine.connect() as conn:
+        resolved = svc.resolve(conn, who, body["model"])
+        if state.settings.require_credits and who.account_id != resolved.owner.account_id:
+            now = state.clock.now_ms()
+            reason = credit_refusal(conn, state.credit_checked, who.account_id, now)
+            if reason is not None:
+                return openai_error(429, reason, "insufficient_quota")
+    stream = bool(body.get("stream"))
+    wants_usage = False
+    if stream:
+        opts = body.get("stream_options")
+        wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    headers = [("content-type", "application/json"), ("accept", "application/json")]
+    if resolved.adapter is not None:
+        body["model"] = resolved.adapter.name
+        headers += [
+            (_ADAPTER_HEADER, resolved.adapter.name),
+            (_ADAPTER_PATH_HEADER, resolved.adapter.path),
+        ]
+    else:
+        body["model"] = resolved.model.name
+    answer = await call_web_function(
+        state, resolved.owner, resolved.function.id, "POST", path, headers, orjson.dumps(body)
+    )
+    if answer.status is None:
+        return _no_answer(answer)
+    if stream and answer.status == 200:
+        return StreamingResponse(
+            _stream(state, resolved, who, answer, wants_usage),
+            media_type="text/event-stream",
+            headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
+        )
+    data = b"".join([part async for part in answer.body])
+    media = dict(answer.headers).get("content-type", "application/json")
+    if answer.status == 200:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        usage = _usage(parsed)
+        if usage is not None:
+            _record(state, resolved, who, usage, answer.call_id)
+        if isinstance(parsed, dict) and "model" in parsed:
+            parsed["model"] = resolved.label  # the name the caller used
+            data = orjson.dumps(parsed)
+    elif answer.status >= 500:
+        log.warning("model %s answered %s (call %s)", resolved.label, answer.status, answer.call_id)
+    return Response(
+        data,
+        status_code=answer.status,
+        media_type=media,
+        headers={"x-crucible-call-id": answer.call_id},
+    )
+
+
+def _no_answer(answer: WebCallResponse) -> JSONResponse:
+    if answer.state == "queued":
+        return openai_error(
+            503,
+            f"the model did not start in time (request {answer.call_id} is still queued); "
+            "retry shortly",
+            "model_not_ready",
+        )
+    return openai_error(
+        502,
+        f"the model's server failed this request (call {answer.call_id} {answer.state}"
+        f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why with "
+        f"`crucible call {answer.call_id}`",
+        "engine_error",
+    )
+
+
+async def _stream(
+    state: ServerState,
+    resolved: svc.Resolved,
+    who: Principal,
+    answer: WebCallResponse,
+    wants_usage: bool,
+) -> AsyncIterator[bytes]:
+    """Server-sent events as the engine produces them, one whole event at a time; the usage
+    chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for."""
+    buffer = b""
+    usage: TokenUsage | None = None
+    try:
+        async for part in answer.body:
+            buffer += part
+            *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            out = []
+            for event in events:
+                if b'"usage"' in event:
+                    data = event.partition(b"data:")[2].strip()
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        chunk = None
+                    found = _usage(chunk)
+                    if found is not None:
+                        usage = found
+                        if not wants_usage and not (chunk or {}).get("choices"):
+                            continue
+                out.append(event + b"\n\n")
+            if out:
+                yield b"".join(out)
+        if buffer.strip():
+            yield buffer
+    finally:
+        if usage is not None:
+            _record(state, resolved, who, usage, answer.call_id)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _forward(request, "/v1/chat/completions")
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _forward(request, "/v1/completions")
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _forward(request, "/v1/embeddings")
