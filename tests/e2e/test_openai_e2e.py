@@ -13,10 +13,11 @@ import asyncio
 from typing import Any
 
 import app_openai
+import httpx
 import openai
 import pytest
 
-from harness import Exchange
+from harness import Exchange, wait_for
 
 
 def _register(client: Any, **extra: Any) -> dict[str, Any]:
@@ -181,15 +182,30 @@ def _billing(exchange: Exchange, owner: Any) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[sql] t s"
     expected += 2 * 1 + 3 * 2  # 2 words in; "[sql] t s" is 3 out (metered though not shown)
 
+    # A client that leaves after the first token is charged for the whole answer all the
+    # same (the engine finished it; its usage is read from the rest of the stream).
+    body = {"model": label, "messages": [{"role": "user", "content": "a b c d e"}], "stream": True}
+    with httpx.stream(
+        "POST",
+        f"{exchange.url}/openai/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {buyer_token}"},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        assert next(r.iter_lines()).startswith("data: ")
+    expected += 5 * 1 + 5 * 2
+
     buyer = exchange.client(buyer_token)
     try:
+        wait_for(lambda: buyer.get("/v1/bill")["tokens"][0]["requests"] == 5, 30, "the charge")
         tokens = buyer.get("/v1/bill")["tokens"]
         assert tokens == [
             {
                 "model": label,
-                "requests": 4,
-                "input_tokens": 3 + 2 + 1 + 2,
-                "output_tokens": 3 + 2 + 1 + 3,
+                "requests": 5,
+                "input_tokens": 3 + 2 + 1 + 2 + 5,
+                "output_tokens": 3 + 2 + 1 + 3 + 5,
                 "cost_micros": expected,
                 "earned_micros": 0,
             }
@@ -202,7 +218,7 @@ def _billing(exchange: Exchange, owner: Any) -> None:
     usage = owner.get("/v1/models/echo/usage")
     assert usage["cost_micros"] == expected
     by_caller = {(u["caller"], u["adapter"]): u for u in usage["lines"]}
-    assert by_caller[("buyer", "")]["requests"] == 3
+    assert by_caller[("buyer", "")]["requests"] == 4
     assert by_caller[("buyer", "sql")]["output_tokens"] == 3
     assert by_caller[(owner_name, "")]["cost_micros"] == 0  # the owner's own calls: no charge
 

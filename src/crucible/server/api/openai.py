@@ -11,6 +11,7 @@ Errors are in OpenAI's shape (api/openai_errors.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -163,6 +164,8 @@ async def _forward(request: Request, path: str) -> Response:
             headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
         )
     data = b"".join([part async for part in answer.body])
+    if answer.state != "succeeded":
+        return _no_answer(answer)  # cut short: what came is not the whole answer
     media = dict(answer.headers).get("content-type", "application/json")
     if answer.status == 200:
         try:
@@ -210,34 +213,87 @@ async def _stream(
     wants_usage: bool,
 ) -> AsyncIterator[bytes]:
     """Server-sent events as the engine produces them, one whole event at a time; the usage
-    chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for."""
+    chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
+    client that leaves before the usage chunk is not charged per token for that request
+    (the owner still paid the container time)."""
     buffer = b""
-    usage: TokenUsage | None = None
+    recorded = False
+    done = False
     try:
         async for part in answer.body:
             buffer += part
             *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
             out = []
             for event in events:
-                if b'"usage"' in event:
-                    data = event.partition(b"data:")[2].strip()
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        chunk = None
-                    found = _usage(chunk)
-                    if found is not None:
-                        usage = found
-                        if not wants_usage and not (chunk or {}).get("choices"):
-                            continue
+                usage, usage_only = _event_usage(event)
+                if usage is not None and not recorded:
+                    # Recorded before the client reads the end of the stream, so a bill
+                    # read right after the answer already shows it.
+                    recorded = True
+                    _record(state, resolved, who, usage, answer.call_id)
+                if usage_only and not wants_usage:
+                    continue
                 out.append(event + b"\n\n")
             if out:
                 yield b"".join(out)
-        if buffer.strip():
-            yield buffer
+        done = True
     finally:
-        if usage is not None:
-            _record(state, resolved, who, usage, answer.call_id)
+        if not done and not recorded:
+            # The client left early: the engine still finishes the answer, so its usage is
+            # read from the rest of the stream and charged all the same.
+            task = asyncio.get_running_loop().create_task(
+                _charge_rest(state, resolved, who, answer)
+            )
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+    if buffer.strip():
+        yield buffer
+    if answer.state != "succeeded":
+        # Cut short (the container died mid-answer): say so in the stream, as OpenAI
+        # does, rather than end it as if complete.
+        message = (
+            f"the model's server failed mid-answer (call {answer.call_id} {answer.state}"
+            f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why "
+            f"with `crucible call {answer.call_id}`"
+        )
+        err = {
+            "error": {
+                "message": message,
+                "type": "server_error",
+                "param": None,
+                "code": "engine_error",
+            }
+        }
+        yield b"data: " + orjson.dumps(err) + b"\n\n"
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
+    """The usage an SSE event carries, and whether it is the usage-only chunk (no choices)."""
+    if b'"usage"' not in event:
+        return None, False
+    try:
+        chunk = orjson.loads(event.partition(b"data:")[2].strip())
+    except orjson.JSONDecodeError:
+        return None, False
+    usage = _usage(chunk)
+    return usage, usage is not None and not chunk.get("choices")
+
+
+async def _charge_rest(
+    state: ServerState, resolved: svc.Resolved, who: Principal, answer: WebCallResponse
+) -> None:
+    buffer = b""
+    async for part in answer.body:
+        buffer += part
+        *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            usage, _ = _event_usage(event)
+            if usage is not None:
+                _record(state, resolved, who, usage, answer.call_id)
+                return
 
 
 @router.post("/chat/completions")

@@ -31,7 +31,8 @@ _NEXT_PART_WAIT_S = 30.0
 @dataclass
 class WebCallResponse:
     """The app's answer: ``status`` None when the call ended without one (``state`` and
-    ``error_code`` say how)."""
+    ``error_code`` say how). Once ``body`` is read to its end, ``state`` is the call's final
+    state: a response cut short by a failed call ends without its rest, and says so there."""
 
     call_id: str
     status: int | None
@@ -79,6 +80,8 @@ async def call_web_function(
         return WebCallResponse(call_id, None, [], nothing(), page.call.state, code)
     parts = _parts(page.items)
     start = parts[0]
+    hdrs = [(str(k), str(v)) for k, v in start.get("headers", [])]
+    answer = WebCallResponse(call_id, int(start["status"]), hdrs, nothing(), "running")
 
     async def rest() -> AsyncIterator[bytes]:
         nonlocal page
@@ -88,9 +91,11 @@ async def call_web_function(
                 if "body" in part:
                     yield base64.b64decode(part["body"])
             if page.done:
+                answer.state = page.call.state
+                answer.error_code = page.call.error.code if page.call.error else None
                 return
             page = await read_page(state, owner, call_id, page.next, _NEXT_PART_WAIT_S)
             pending = _parts(page.items)
 
-    hdrs = [(str(k), str(v)) for k, v in start.get("headers", [])]
-    return WebCallResponse(call_id, int(start["status"]), hdrs, rest())
+    answer.body = rest()
+    return answer
