@@ -66,12 +66,17 @@ def serve():  # type: ignore[no-untyped-def]
         if not body.get("messages"):
             return error(400, "'messages' must be a non-empty list", "messages")
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
+        if prompt == "boom":
+            raise RuntimeError("the engine broke")  # a 500 from the engine
         out, n_in = answer(body, prompt)
         return _reply(body, out, n_in, chat=True)
 
     @web.post("/v1/completions")
     async def completions(request: Request) -> Any:
         body = await request.json()
+        if "prompt" not in body:  # a framework's refusal, not in OpenAI's shape
+            detail = [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]
+            return JSONResponse({"detail": detail}, status_code=422)
         out, n_in = answer(body, str(body.get("prompt", "")))
         return _reply(body, out, n_in, chat=False)
 

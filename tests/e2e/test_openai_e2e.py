@@ -128,6 +128,17 @@ def _sync_client(exchange: Exchange, token: str) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         ai.chat.completions.create(model="echo", messages=[])
     assert bad.value.param == "messages"  # the engine's own 400 passes through
+    with pytest.raises(openai.InternalServerError) as broke:  # the engine's 500: a 502
+        ai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "boom"}])
+    assert broke.value.status_code == 502 and "crucible call" in broke.value.message
+    refused = httpx.post(
+        f"{exchange.url}/openai/v1/completions",
+        json={"model": "echo"},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert refused.status_code == 400, refused.text  # the engine's 422, in OpenAI's shape
+    assert "prompt: Field required" in refused.json()["error"]["message"]
     wrong = openai.OpenAI(base_url=f"{exchange.url}/openai/v1", api_key="cru_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()

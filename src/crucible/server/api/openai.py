@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from crucible.errors import InvalidRequestError, PermissionDeniedError
 from crucible.server.api.openai_errors import openai_error
-from crucible.server.api.web_calls import WebCallResponse, call_web_function
+from crucible.server.api.web_calls import WebCallResponse, body_parts, call_web_function
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_refusal
 from crucible.server.billing.tokens import TokenUsage
@@ -180,12 +180,52 @@ async def _forward(request: Request, path: str) -> Response:
             data = orjson.dumps(parsed)
     elif answer.status >= 500:
         log.warning("model %s answered %s (call %s)", resolved.label, answer.status, answer.call_id)
+        return openai_error(
+            502,
+            f"the model's server answered {answer.status} (call {answer.call_id}); its owner "
+            f"sees why with `crucible logs` and `crucible call {answer.call_id}`",
+            "engine_error",
+        )
+    elif not _openai_shaped(data):
+        # An engine's own refusal in another shape (a framework's 422, plain text): the
+        # same status class in OpenAI's shape, so that its clients read the message.
+        status = 400 if answer.status == 422 else answer.status
+        return openai_error(status, _error_text(data, answer.status), "engine_refused")
     return Response(
         data,
         status_code=answer.status,
         media_type=media,
         headers={"x-crucible-call-id": answer.call_id},
     )
+
+
+def _openai_shaped(data: bytes) -> bool:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _error_text(data: bytes, status: int) -> str:
+    """What an engine's refusal says, as one line (a FastAPI ``detail`` list included)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for d in detail[:5]:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", ()) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', 'invalid')}")
+        text = "; ".join(parts)
+    elif detail is not None:
+        text = str(detail)
+    else:
+        text = data.decode("utf-8", "replace").strip()
+    return f"the model refused the request ({status}): {text[:500] or 'no detail'}"
 
 
 def _no_answer(answer: WebCallResponse) -> JSONResponse:
@@ -286,7 +326,8 @@ async def _charge_rest(
     state: ServerState, resolved: svc.Resolved, who: Principal, answer: WebCallResponse
 ) -> None:
     buffer = b""
-    async for part in answer.body:
+    # Read again from the call's items: the client's reader was cancelled with the client.
+    async for part in body_parts(state, resolved.owner, answer.call_id):
         buffer += part
         *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:

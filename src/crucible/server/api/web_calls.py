@@ -22,7 +22,7 @@ from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
 
-__all__ = ["WebCallResponse", "call_web_function"]
+__all__ = ["WebCallResponse", "body_parts", "call_web_function"]
 
 _FIRST_PART_WAIT_S = 300.0  # a cold start may load a model first
 _NEXT_PART_WAIT_S = 30.0
@@ -99,3 +99,17 @@ async def call_web_function(
 
     answer.body = rest()
     return answer
+
+
+async def body_parts(state: ServerState, owner: Principal, call_id: str) -> AsyncIterator[bytes]:
+    """A web call's response body from its beginning, read again from the call's items
+    (e.g. after the client that was reading it left)."""
+    after = 0
+    while True:
+        page = await read_page(state, owner, call_id, after, _NEXT_PART_WAIT_S)
+        for part in _parts(page.items):
+            if "body" in part:
+                yield base64.b64decode(part["body"])
+        after = page.next
+        if page.done:
+            return
