@@ -152,3 +152,22 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 1 and "--engine must be one of" in done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible.cli.main",
+            "model",
+            "adapter",
+            "add",
+            "tiny",
+            "../up",
+            "--path",
+            str(adapter),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "the adapter's name must be" in done.stderr

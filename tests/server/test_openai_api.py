@@ -188,3 +188,19 @@ def test_usage_is_charged_exactly_through_the_ledger(server: ServerUnderTest) ->
     with engine.begin() as conn:
         mine = svc.resolve(conn, own, "chat")
         assert svc.record_usage(conn, mine, own, TokenUsage(1000, 1000), "o1", 3_000, fee_ppm) == 0
+
+
+def test_a_caller_without_credit_gets_insufficient_quota(make_server: Any) -> None:
+    server = make_server(require_credits=True)
+    alice = server.tenant("alice").token
+    bob = server.tenant("bob").token  # never granted credits
+    _deploy(server, alice, "chat", ASGI)
+    _model(server, alice, public=True, price_input_micros=1_000_000)
+    r = server.request(
+        "POST",
+        "/openai/v1/chat/completions",
+        token=bob,
+        json={"model": "alice/chat", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    err = _openai_error(r, 429)
+    assert err["code"] == "insufficient_quota" and "credit" in err["message"]

@@ -20,6 +20,7 @@ from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage
+from crucible.sdk._checks import check_name
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import Volume
 from crucible.server.billing.tokens import parse_price_per_million
@@ -144,6 +145,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """Deploy a model: an OpenAI-compatible endpoint at {server}/openai/v1."""
+        check_name("the model's name", name)
         if engine not in ENGINES:
             raise InvalidRequestError(
                 f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})"
@@ -273,6 +275,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """Add a LoRA adapter; it serves at once (containers load it on first use)."""
+        check_name("the adapter's name", adapter)
         given = [x for x in (path, volume, container_path) if x is not None]
         if len(given) != 1:
             raise InvalidRequestError(
