@@ -57,8 +57,18 @@ def test_errors_are_in_openais_shape(server: ServerUnderTest) -> None:
     chat = "/openai/v1/chat/completions"
     msg = {"messages": [{"role": "user", "content": "hi"}]}
 
-    err = _openai_error(server.request("GET", "/openai/v1/models"), 401)
-    assert err["type"] == "authentication_error"
+    for method, path in (
+        ("GET", "/openai/v1/models"),
+        ("GET", "/openai/v1/models/chat"),
+        ("POST", chat),
+        ("POST", "/openai/v1/completions"),
+        ("POST", "/openai/v1/embeddings"),
+    ):
+        for headers in ({}, {"authorization": "Bearer cru_never-issued"}, {"authorization": "x"}):
+            r = server.request(method, path, headers=headers, json={"model": "chat", **msg})
+            err = _openai_error(r, 401)
+            assert err["type"] == "authentication_error", (path, err)
+            assert r.headers.get("www-authenticate") == "Bearer"
     r = server.request("POST", chat, token="cru_unknown", json={"model": "chat", **msg})
     assert _openai_error(r, 401)["code"] == "invalid_api_key"
     host = server.tenant("alice", Scope.HOST).token
