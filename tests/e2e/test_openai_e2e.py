@@ -10,6 +10,8 @@ exchange: server, agent and worker processes."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import app_openai
@@ -224,6 +226,22 @@ def _billing(exchange: Exchange, owner: Any) -> None:
         assert buyer.get("/v1/credits")["balance_micros"] == -expected  # the ledger
     finally:
         buyer.close()
+    env = {
+        **exchange.process_env(exchange.root / "buyer-cli"),
+        "CRUCIBLE_SERVER_URL": exchange.url,
+        "CRUCIBLE_TOKEN": buyer_token,
+        "COLUMNS": "120",
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "bill"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Model tokens" in shown.stdout and label in shown.stdout
+    assert f"${expected / 1e6:.6f}" in shown.stdout
     earned = owner.get("/v1/bill")["tokens"]
     assert [(t["model"], t["earned_micros"]) for t in earned] == [(label, expected)]
     usage = owner.get("/v1/models/echo/usage")
