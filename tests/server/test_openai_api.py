@@ -191,6 +191,10 @@ def test_usage_is_charged_exactly_through_the_ledger(server: ServerUnderTest) ->
     assert report.cost_micros == 58
     bill = server.ok("GET", "/v1/bill", token=caller.token)["tokens"]
     assert bill[0]["cost_micros"] == 58 and bill[0]["model"] == "alice/chat"
+    entries = server.ok("GET", "/v1/statement?kind=entries", token=caller.token)
+    tokens = [e for e in entries if str(e["meter"]).startswith("model:")]
+    assert sum(e["cost_micros"] for e in tokens) == 58 and len(tokens) == 40
+    assert "7 input + 3 output tokens" in tokens[0]["memo"]
     earned = server.ok("GET", "/v1/bill", token=owner.token)["tokens"]
     assert earned[0]["earned_micros"] == 58
     # The owner's own requests are recorded, not charged.
