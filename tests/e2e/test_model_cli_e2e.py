@@ -106,6 +106,9 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
 
     usage = _cli(env, "model", "usage", "tiny", "--json")
     assert usage["requests"] == 0  # a failed request uses no tokens
+    assert "0 requests" in _cli(env, "model", "usage", "tiny")
+    text = _cli(env, "model", "show", "tiny")
+    assert "$0.1 in / $0.2 out per million tokens" in text and "/model/adapters/sql" in text
     stopped = _cli(env, "model", "stop", "tiny", "--json")
     assert stopped["state"] == "stopped"
     try:
