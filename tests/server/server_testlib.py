@@ -412,6 +412,12 @@ V1_ROUTES = sorted(
         ("GET", "/v1/volumes/{name}/manifest"),
         ("POST", "/v1/volumes/{name}/commit"),
         ("GET", "/v1/volumes/{name}/history"),
+        ("POST", "/v1/models"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/{name}"),
+        ("POST", "/v1/models/{name}/stop"),
+        ("GET", "/v1/models/{name}/usage"),
+        ("POST", "/v1/models/{name}/adapters"),
     ]
 )
 

@@ -10,6 +10,7 @@ from crucible.cli import (
     audit,
     deploy,
     market,
+    models,
     objects,
     resources,
     run,
@@ -42,6 +43,7 @@ secrets.register(app)
 objects.register(app)
 volumes.register(app)
 audit.register(app)
+models.register(app)
 
 
 @app.command()

@@ -375,6 +375,23 @@ def register(app: typer.Typer) -> None:
             ],
             ids=("app id",),
         )
+        if report.tokens:
+            # Model requests billed per token (crucible model usage NAME has the detail).
+            table(
+                "Model tokens",
+                ["model", "requests", "input", "output", "spent", "earned"],
+                [
+                    (
+                        t.model,
+                        t.requests,
+                        t.input_tokens,
+                        t.output_tokens,
+                        fmt_usd(t.cost_micros),
+                        fmt_usd(t.earned_micros),
+                    )
+                    for t in report.tokens
+                ],
+            )
         console.print(
             f"Total: [bold]{fmt_usd(report.total_micros)}[/], "
             f"{fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"

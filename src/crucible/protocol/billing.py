@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from crucible.protocol.common import Wire, WireInt
 
-__all__ = ["BillLine", "BillReport"]
+__all__ = ["BillLine", "BillReport", "TokenBillLine"]
 
 
 class BillLine(Wire):
@@ -24,9 +26,23 @@ class BillLine(Wire):
     energy_estimated: bool = False
 
 
+class TokenBillLine(Wire):
+    """One model's tokens in a bill: what this account spent as a caller (``cost_micros``)
+    or earned as the owner from other accounts' calls (``earned_micros``)."""
+
+    model: str  # OWNER/NAME
+    requests: WireInt
+    input_tokens: WireInt
+    output_tokens: WireInt
+    cost_micros: WireInt = 0
+    earned_micros: WireInt = 0
+
+
 class BillReport(Wire):
     account_id: str
     lines: list[BillLine]
     total_micros: WireInt
     total_energy_mwh: WireInt = 0
     total_carbon_mg: WireInt = 0
+    # Model requests billed per token (docs/inference.md); not in total_micros.
+    tokens: list[TokenBillLine] = Field(default_factory=list)

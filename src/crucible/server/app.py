@@ -34,11 +34,14 @@ from crucible.server.api import (
     logs,
     market,
     metrics,
+    models,
+    openai,
     queues,
     secrets,
     volumes,
 )
 from crucible.server.api.deps import Caller
+from crucible.server.api.openai_errors import OPENAI_PREFIX, to_openai_shape
 from crucible.server.api.openapi import install_openapi
 from crucible.server.api.responses import (
     error_response,
@@ -189,13 +192,21 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     async def openapi(who: Caller) -> JSONResponse:
         return JSONResponse(app.openapi())
 
+    def shaped(request: Request, response: JSONResponse) -> JSONResponse:
+        """Errors under /openai/ in OpenAI's shape, for its clients (api/openai_errors.py)."""
+        if request.url.path.startswith(OPENAI_PREFIX):
+            return to_openai_shape(response)
+        return response
+
     @app.exception_handler(Error)
-    async def on_error(_: Request, exc: Error) -> JSONResponse:
-        return response_for_exception(exc)
+    async def on_error(request: Request, exc: Error) -> JSONResponse:
+        return shaped(request, response_for_exception(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequestError(validation_message(exc.errors())))
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return shaped(
+            request, error_response(InvalidRequestError(validation_message(exc.errors())))
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -212,11 +223,11 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
                 f"it takes {', '.join(allowed)}"
             )
         body: dict[str, Any] = {"error": {"code": code, "message": message}}
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        return shaped(request, JSONResponse(body, status_code=exc.status_code, headers=headers))
 
     @app.exception_handler(Exception)
-    async def on_other(_: Request, exc: Exception) -> JSONResponse:
-        return response_for_exception(exc)
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        return shaped(request, response_for_exception(exc))
 
     for module in (
         health,
@@ -238,6 +249,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         queues,
         volumes,
         audit,
+        models,
+        openai,
         gateway,
     ):
         app.include_router(module.router)

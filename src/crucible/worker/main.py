@@ -428,7 +428,9 @@ class Worker:
                     payload = self._to_payload(data)
                     with lock:
                         pending.append(payload)
-                        full = len(pending) >= 64
+                        # The first two items (a web response's start and first body part:
+                        # a model's first token) go at once; later ones in batches.
+                        full = len(pending) >= 64 or index < 2
                     if full:
                         flush()
                     else:

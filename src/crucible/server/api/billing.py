@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from crucible.protocol.billing import BillReport
 from crucible.server.api.deps import Builder, State
 from crucible.server.billing.service import bill
+from crucible.server.services.models import token_bill
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -14,4 +15,7 @@ router = APIRouter(prefix="/v1", tags=["billing"])
 @router.get("/bill")
 async def get_bill(who: Builder, state: State, app_id: str | None = None) -> BillReport:
     with state.engine.connect() as conn:
-        return bill(conn, who, app_id)
+        report = bill(conn, who, app_id)
+        if app_id is None:
+            report.tokens = token_bill(conn, who)  # model requests billed per token
+        return report

@@ -45,6 +45,9 @@ __all__ = [
     "log_lines",
     "metadata",
     "meter_intervals",
+    "model_adapters",
+    "model_usage",
+    "models",
     "queue_items",
     "queues",
     "reservations",
@@ -556,4 +559,53 @@ console_sessions = Table(
     Column("csrf", String(64), nullable=False),  # the token every form of the session carries
     Column("created_ms", BigInteger, nullable=False),
     Column("expires_ms", BigInteger, nullable=False, index=True),
+)
+
+
+# Model deployments (docs/inference.md): a deployment whose web function serves the OpenAI
+# protocol. Prices are micro-dollars per million tokens (None: billed by container time only).
+models = Table(
+    "models",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("deployment_id", String(32), ForeignKey("deployments.id"), nullable=False),
+    Column("function", String(128), nullable=False),  # the web function that serves it
+    Column("engine", String(32), nullable=False),
+    Column("weights", Text, nullable=False),  # where the weights came from, for people
+    Column("public", Boolean, nullable=False),
+    Column("price_input_micros", BigInteger),
+    Column("price_output_micros", BigInteger),
+    Column("charged_micros", BigInteger, nullable=False),  # token charges so far (fee rounding)
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "name"),
+)
+
+# LoRA adapters served on top of a model; ``path`` is where containers read it.
+model_adapters = Table(
+    "model_adapters",
+    metadata,
+    Column("model_id", String(32), ForeignKey("models.id"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# Tokens used per (model, caller, adapter, UTC day); ``value_units`` is the exact running
+# value in micro-dollars x 10^-6 (tokens x price per million), charged rounded down.
+model_usage = Table(
+    "model_usage",
+    metadata,
+    Column("model_id", String(32), ForeignKey("models.id"), primary_key=True),
+    Column("account_id", String(32), primary_key=True),
+    Column("adapter", String(128), primary_key=True),  # "" for the base model
+    Column("day", Integer, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("value_units", BigInteger, nullable=False),
+    Column("cost_micros", BigInteger, nullable=False),
 )

@@ -1,0 +1,332 @@
+"""`crucible model deploy|list|show|stop|usage` and `crucible model adapter add`.
+
+``model deploy`` writes a small app (one ``@crucible.asgi_app`` function that serves the
+engine, worker/model_serving.py), deploys it like any app, and registers it as a model: its
+containers autoscale, scale to zero, buy their GPUs on the market and are metered like any
+deployment's. Weights come from a local path (uploaded with the deploy into the model's
+volume, ``model-NAME``) or from a volume of yours (``volume:VOL/path``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from crucible.cli._output import console, fmt_time, fmt_usd, print_json, shown, table
+from crucible.cli.resources import JSON, _client
+from crucible.cli.run import import_app_file
+from crucible.errors import InvalidRequestError
+from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage
+from crucible.sdk._checks import check_name
+from crucible.sdk._client import Client
+from crucible.sdk._volumes import Volume
+from crucible.server.billing.tokens import parse_price_per_million
+
+__all__ = ["model_app_source", "register"]
+
+MODEL_MOUNT = "/model"  # the model's own volume: weights/ (when uploaded) and adapters/
+SOURCE_MOUNT = "/weights"  # a volume the weights are read from (volume:VOL/path)
+
+
+def model_volume(name: str) -> str:
+    return f"model-{name}"
+
+
+def model_app_source(
+    name: str,
+    engine: str,
+    weights: str,
+    *,
+    gpu: str | None,
+    cpu: float,
+    memory: str,
+    min_containers: int,
+    max_containers: int,
+    concurrency: int,
+    source_volume: str | None,
+) -> str:
+    """The app ``model deploy`` deploys, as Python source. Every value is written with
+    ``repr``, so names and paths cannot change the code."""
+    volumes = f"{{{MODEL_MOUNT!r}: model_volume"
+    if source_volume:
+        volumes += f", {SOURCE_MOUNT!r}: crucible.Volume.from_name({source_volume!r})"
+    volumes += "}"
+    return f'''"""The model deployment {name!r}, written by `crucible model deploy`."""
+
+import crucible
+from crucible.worker.model_serving import engine_app
+
+app = crucible.App({name!r})
+model_volume = crucible.Volume.from_name({model_volume(name)!r})
+
+
+@app.function(
+    gpu={gpu!r},
+    cpu={cpu!r},
+    memory={memory!r},
+    min_containers={min_containers!r},
+    max_containers={max_containers!r},
+    timeout=600,
+    volumes={volumes},
+)
+@crucible.concurrent(max_inputs={concurrency!r})
+@crucible.asgi_app()
+def serve():
+    return engine_app({engine!r}, {weights!r}, model_volume)
+'''
+
+
+def _weights(client: Client, name: str, weights: str) -> tuple[str, str | None]:
+    """(path the containers read the weights at, the volume to mount for it or None); a
+    local path is uploaded into the model's volume first."""
+    if weights.startswith("volume:"):
+        vol, _, sub = weights.removeprefix("volume:").partition("/")
+        if not vol:
+            raise InvalidRequestError("--weights volume:NAME/path needs a volume name")
+        Volume(vol, client).info()  # a clear 404 now rather than at the first container
+        return f"{SOURCE_MOUNT}/{sub}".rstrip("/"), vol
+    local = Path(weights).expanduser()
+    if not local.exists():
+        raise InvalidRequestError(
+            f"--weights {weights}: no such file or directory; give a local path or volume:NAME/path"
+        )
+    target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
+    with target.batch_upload(force=True) as up:
+        if local.is_dir():
+            up.put_directory(local, "/weights")
+            return f"{MODEL_MOUNT}/weights", None
+        up.put_file(local, f"/weights/{local.name}")
+    return f"{MODEL_MOUNT}/weights/{local.name}", None
+
+
+def _show(info: ModelInfo) -> None:
+    price = (
+        f"${(info.price_input_micros or 0) / 1e6:g} in / ${(info.price_output_micros or 0) / 1e6:g}"
+        " out per million tokens"
+        if (info.price_input_micros or info.price_output_micros)
+        else "container time only"
+    )
+    console.print(
+        f"{shown(info.name)} ({info.id}): {info.state}, engine {shown(info.engine)}, "
+        f"{'public' if info.public else 'private'}, {price}"
+    )
+    console.print(f"weights: {shown(info.weights)}; deployment {shown(info.deployment)}")
+    if info.adapters:
+        table(
+            f"{info.name} adapters",
+            ["adapter", "path", "source", "added (UTC)"],
+            [(a.name, a.path, a.source, fmt_time(a.created_ms)) for a in info.adapters],
+        )
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(help="Model deployments: OpenAI-compatible endpoints, per token.")
+    app.add_typer(model_app, name="model")
+    adapter_app = typer.Typer(help="LoRA adapters served on top of a model.")
+    model_app.add_typer(adapter_app, name="adapter")
+
+    @model_app.command("deploy")
+    def deploy(
+        name: str = typer.Argument(..., help="The model's name (and its deployment's)."),
+        weights: str = typer.Option(..., help="A local file or directory, or volume:VOL/path."),
+        engine: str = typer.Option(..., help="vllm, transformers or llama-cpp."),
+        gpu: str = typer.Option(None, help="A GPU request such as L4 or H100:2 (none: CPU)."),
+        cpu: float = typer.Option(2.0, help="CPU cores per container."),
+        memory: str = typer.Option("8GiB", help="Memory per container."),
+        min_containers: int = typer.Option(0, help="Containers kept warm (0: scale to zero)."),
+        max_containers: int = typer.Option(8, help="At most this many containers."),
+        concurrency: int = typer.Option(32, help="Requests one container serves at once."),
+        price_input: float = typer.Option(None, help="$ per million input tokens."),
+        price_output: float = typer.Option(None, help="$ per million output tokens."),
+        public: bool = typer.Option(False, help="Other accounts may call it (and pay)."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Deploy a model: an OpenAI-compatible endpoint at {server}/openai/v1."""
+        check_name("the model's name", name)
+        if engine not in ENGINES:
+            raise InvalidRequestError(
+                f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})"
+            )
+        prices = (
+            parse_price_per_million("--price-input", price_input),
+            parse_price_per_million("--price-output", price_output),
+        )
+        client = _client()
+        try:
+            path, source_volume = _weights(client, name, weights)
+            source = model_app_source(
+                name,
+                engine,
+                path,
+                gpu=gpu,
+                cpu=cpu,
+                memory=memory,
+                min_containers=min_containers,
+                max_containers=max_containers,
+                concurrency=concurrency,
+                source_volume=source_volume,
+            )
+            Volume.from_name(model_volume(name), create_if_missing=True, client=client)
+            with tempfile.TemporaryDirectory(prefix="crucible-model-") as tmp:
+                file = Path(tmp) / "crucible_model_app.py"
+                file.write_text(source)
+                module = import_app_file(file)
+                module.app.deploy(name=name, client=client)
+            body: dict[str, Any] = {
+                "name": name,
+                "deployment": name,
+                "function": "serve",
+                "engine": engine,
+                "weights": weights,
+                "public": public,
+                "price_input_micros": prices[0],
+                "price_output_micros": prices[1],
+            }
+            info = ModelInfo.model_validate(client.post("/v1/models", body))
+        finally:
+            client.close()
+        if as_json:
+            print_json(info.model_dump())
+            return
+        _show(info)
+        console.print(
+            f"call it with any OpenAI client: base_url={shown(client.server_url)}/openai/v1, "
+            f"api_key=<your crucible token>, model={shown(repr(info.name))}"
+        )
+
+    @model_app.command("list")
+    def list_(as_json: bool = JSON) -> None:
+        """Your models."""
+        infos = [ModelInfo.model_validate(m) for m in _client().get("/v1/models")]
+        if as_json:
+            print_json([m.model_dump() for m in infos])
+            return
+        table(
+            "Models",
+            ["name", "state", "engine", "adapters", "public", "$/M in", "$/M out"],
+            [
+                (
+                    m.name,
+                    m.state,
+                    m.engine,
+                    len(m.adapters),
+                    "yes" if m.public else "no",
+                    fmt_usd(m.price_input_micros),
+                    fmt_usd(m.price_output_micros),
+                )
+                for m in infos
+            ],
+        )
+
+    @model_app.command("show")
+    def show(name: str, as_json: bool = JSON) -> None:
+        """A model: engine, weights, prices, adapters."""
+        info = ModelInfo.model_validate(_client().get(f"/v1/models/{name}"))
+        print_json(info.model_dump()) if as_json else _show(info)
+
+    @model_app.command("stop")
+    def stop(name: str, as_json: bool = JSON) -> None:
+        """Stop serving (containers stop; adapters and usage are kept)."""
+        info = ModelInfo.model_validate(_client().post(f"/v1/models/{name}/stop"))
+        print_json(info.model_dump()) if as_json else _show(info)
+
+    @model_app.command("usage")
+    def usage(name: str, as_json: bool = JSON) -> None:
+        """Tokens per day, caller and adapter, and what they were charged."""
+        report = ModelUsage.model_validate(_client().get(f"/v1/models/{name}/usage"))
+        if as_json:
+            print_json(report.model_dump())
+            return
+        table(
+            f"{report.model} usage",
+            ["day (UTC)", "caller", "adapter", "requests", "input", "output", "charged"],
+            [
+                (
+                    u.day,
+                    u.caller,
+                    u.adapter or "-",
+                    u.requests,
+                    u.input_tokens,
+                    u.output_tokens,
+                    fmt_usd(u.cost_micros),
+                )
+                for u in report.lines
+            ],
+        )
+        console.print(
+            f"Total: {report.requests} requests, {report.input_tokens} input and "
+            f"{report.output_tokens} output tokens; charged per token "
+            f"[bold]{fmt_usd(report.cost_micros)}[/]; container time "
+            f"{fmt_usd(report.container_cost_micros)}"
+        )
+
+    @adapter_app.command("add")
+    def adapter_add(
+        name: str = typer.Argument(..., help="The model."),
+        adapter: str = typer.Argument(..., help="The adapter's name (call it as NAME:ADAPTER)."),
+        path: Path = typer.Option(None, help="A local PEFT adapter directory to upload."),
+        volume: str = typer.Option(None, help="VOL/path: a PEFT adapter in a volume of yours."),
+        container_path: str = typer.Option(
+            None, help="A path the model's containers already see (nothing is copied)."
+        ),
+        as_json: bool = JSON,
+    ) -> None:
+        """Add a LoRA adapter; it serves at once (containers load it on first use)."""
+        check_name("the adapter's name", adapter)
+        given = [x for x in (path, volume, container_path) if x is not None]
+        if len(given) != 1:
+            raise InvalidRequestError(
+                "give exactly one of --path DIR, --volume VOL/path or --container-path PATH"
+            )
+        client = _client()
+        try:
+            if container_path is not None:
+                where, source = container_path, container_path
+            else:
+                where = f"{MODEL_MOUNT}/adapters/{adapter}"
+                source = str(path) if path is not None else f"volume:{volume}"
+                _upload_adapter(client, name, adapter, path, volume)
+            info = ModelInfo.model_validate(
+                client.post(
+                    f"/v1/models/{name}/adapters",
+                    {"name": adapter, "path": where, "source": source},
+                )
+            )
+        finally:
+            client.close()
+        if as_json:
+            print_json(info.model_dump())
+            return
+        label = shown(f"{name}:{adapter}")
+        console.print(f"adapter {shown(adapter)} added: call it as model={label}")
+
+
+def _upload_adapter(
+    client: Client, name: str, adapter: str, path: Path | None, volume: str | None
+) -> None:
+    """Put the adapter's files under adapters/ADAPTER in the model's volume."""
+    client.get(f"/v1/models/{name}")  # the model exists (a clear 404 before uploading)
+    target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
+    with target.batch_upload(force=True) as up:
+        if path is not None:
+            if not path.is_dir():
+                raise InvalidRequestError(f"--path {path}: not a directory of a PEFT adapter")
+            up.put_directory(path, f"/adapters/{adapter}")
+            return
+        vol, _, sub = (volume or "").partition("/")
+        source = Volume(vol, client)
+        sub = "/" + sub.strip("/")
+        with tempfile.TemporaryDirectory(prefix="crucible-adapter-") as tmp:
+            for entry in source.listdir(sub, recursive=True):
+                if entry.type != "file":
+                    continue
+                local = Path(tmp) / entry.path.lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with local.open("wb") as out:
+                    for chunk in source.read_file(entry.path):
+                        out.write(chunk)
+                rel = entry.path[len(sub) :].lstrip("/") if sub != "/" else entry.path.lstrip("/")
+                up.put_file(local, f"/adapters/{adapter}/{rel}")

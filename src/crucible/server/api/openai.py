@@ -1,0 +1,352 @@
+"""The OpenAI API: ``{server}/openai/v1``, with a Crucible token as the API key.
+
+``model`` names a model deployment (``NAME``, ``NAME:ADAPTER``, or another account's public
+``OWNER/NAME[:ADAPTER]``). A request becomes one call of the model's web function, whose
+engine answers it; a streamed answer (``"stream": true``) passes through as the engine
+produces its server-sent events. Every answer's ``usage`` is recorded and charged per token
+(services/models.py); for streams the engine is always asked for the final usage chunk,
+which reaches the client only when it asked for it (``stream_options.include_usage``).
+Errors are in OpenAI's shape (api/openai_errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from crucible.errors import InvalidRequestError, PermissionDeniedError
+from crucible.server.api.openai_errors import openai_error
+from crucible.server.api.web_calls import WebCallResponse, body_parts, call_web_function
+from crucible.server.auth import Principal
+from crucible.server.billing.statements import credit_refusal
+from crucible.server.billing.tokens import TokenUsage
+from crucible.server.services import models as svc
+from crucible.server.services.accounts import authenticate
+from crucible.server.state import ServerState
+
+router = APIRouter(prefix="/openai/v1", tags=["openai"])
+log = logging.getLogger("crucible.openai")
+
+__all__ = ["router"]
+
+_ADAPTER_HEADER = "x-crucible-adapter"
+_ADAPTER_PATH_HEADER = "x-crucible-adapter-path"
+
+
+def _caller(request: Request) -> tuple[ServerState, Principal]:
+    state: ServerState = request.app.state.crucible
+    who = authenticate(state, request.headers.get("authorization"))
+    if who.scope not in ("admin", "user"):
+        raise PermissionDeniedError(
+            f"the OpenAI API needs a user token as its API key, not a {who.scope} token "
+            "(create one with `crucible token create`)"
+        )
+    return state, who
+
+
+def _model_entry(label: str, created_ms: int, owner: str) -> dict[str, Any]:
+    return {"id": label, "object": "model", "created": created_ms // 1000, "owned_by": owner}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The caller's models and other accounts' public ones, each adapter as its own entry
+    (``NAME:ADAPTER``)."""
+    state, who = _caller(request)
+    with state.engine.connect() as conn:
+        infos = svc.list_models(conn, who, public=True)
+        me = svc.account_name(conn, who.account_id)
+    data = []
+    for m in infos:
+        base = m.name if m.owner == me else f"{m.owner}/{m.name}"
+        data.append(_model_entry(base, m.created_ms, m.owner))
+        data.extend(_model_entry(f"{base}:{a.name}", a.created_ms, m.owner) for a in m.adapters)
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    state, who = _caller(request)
+    with state.engine.connect() as conn:
+        r = svc.resolve(conn, who, model)
+        owner = svc.account_name(conn, r.model.account_id)
+    created = r.adapter.created_ms if r.adapter else r.model.created_ms
+    return _model_entry(model, created, owner)
+
+
+def _request_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError(
+            "'model' is required: the name of one of your models (GET /openai/v1/models)"
+        )
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise InvalidRequestError("'stream' must be true or false")
+    return body
+
+
+def _usage(obj: Any) -> TokenUsage | None:
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    i = usage.get("prompt_tokens", 0)
+    o = usage.get("completion_tokens", 0)
+    if not isinstance(i, int) or not isinstance(o, int) or i < 0 or o < 0:
+        return None
+    return TokenUsage(i, o)
+
+
+def _record(
+    state: ServerState, resolved: svc.Resolved, who: Principal, usage: TokenUsage, call_id: str
+) -> None:
+    try:
+        with state.engine.begin() as conn:
+            svc.record_usage(
+                conn,
+                resolved,
+                who,
+                usage,
+                call_id,
+                state.clock.now_ms(),
+                round(state.settings.platform_fee * 1_000_000),
+            )
+    except Exception:  # the answer was delivered; a failed record must not break it
+        log.exception("recording the usage of %s failed", call_id)
+
+
+async def _forward(request: Request, path: str) -> Response:
+    state, who = _caller(request)
+    state.limit(state.submit_limit, who)
+    body = _request_body(await request.body())
+    with state.engine.connect() as conn:
+        resolved = svc.resolve(conn, who, body["model"])
+        if state.settings.require_credits and who.account_id != resolved.owner.account_id:
+            now = state.clock.now_ms()
+            reason = credit_refusal(conn, state.credit_checked, who.account_id, now)
+            if reason is not None:
+                return openai_error(429, reason, "insufficient_quota")
+    stream = bool(body.get("stream"))
+    wants_usage = False
+    if stream:
+        opts = body.get("stream_options")
+        wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    headers = [("content-type", "application/json"), ("accept", "application/json")]
+    if resolved.adapter is not None:
+        body["model"] = resolved.adapter.name
+        headers += [
+            (_ADAPTER_HEADER, resolved.adapter.name),
+            (_ADAPTER_PATH_HEADER, resolved.adapter.path),
+        ]
+    else:
+        body["model"] = resolved.model.name
+    answer = await call_web_function(
+        state, resolved.owner, resolved.function.id, "POST", path, headers, orjson.dumps(body)
+    )
+    if answer.status is None:
+        return _no_answer(answer)
+    if stream and answer.status == 200:
+        return StreamingResponse(
+            _stream(state, resolved, who, answer, wants_usage),
+            media_type="text/event-stream",
+            headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
+        )
+    data = b"".join([part async for part in answer.body])
+    if answer.state != "succeeded":
+        return _no_answer(answer)  # cut short: what came is not the whole answer
+    media = dict(answer.headers).get("content-type", "application/json")
+    if answer.status == 200:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        usage = _usage(parsed)
+        if usage is not None:
+            _record(state, resolved, who, usage, answer.call_id)
+        if isinstance(parsed, dict) and "model" in parsed:
+            parsed["model"] = resolved.label  # the name the caller used
+            data = orjson.dumps(parsed)
+    elif answer.status >= 500:
+        log.warning("model %s answered %s (call %s)", resolved.label, answer.status, answer.call_id)
+        return openai_error(
+            502,
+            f"the model's server answered {answer.status} (call {answer.call_id}); its owner "
+            f"sees why with `crucible logs` and `crucible call {answer.call_id}`",
+            "engine_error",
+        )
+    elif not _openai_shaped(data):
+        # An engine's own refusal in another shape (a framework's 422, plain text): the
+        # same status class in OpenAI's shape, so that its clients read the message.
+        status = 400 if answer.status == 422 else answer.status
+        return openai_error(status, _error_text(data, answer.status), "engine_refused")
+    return Response(
+        data,
+        status_code=answer.status,
+        media_type=media,
+        headers={"x-crucible-call-id": answer.call_id},
+    )
+
+
+def _openai_shaped(data: bytes) -> bool:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _error_text(data: bytes, status: int) -> str:
+    """What an engine's refusal says, as one line (a FastAPI ``detail`` list included)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for d in detail[:5]:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", ()) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', 'invalid')}")
+        text = "; ".join(parts)
+    elif detail is not None:
+        text = str(detail)
+    else:
+        text = data.decode("utf-8", "replace").strip()
+    return f"the model refused the request ({status}): {text[:500] or 'no detail'}"
+
+
+def _no_answer(answer: WebCallResponse) -> JSONResponse:
+    if answer.state == "queued":
+        return openai_error(
+            503,
+            f"the model did not start in time (request {answer.call_id} is still queued); "
+            "retry shortly",
+            "model_not_ready",
+        )
+    return openai_error(
+        502,
+        f"the model's server failed this request (call {answer.call_id} {answer.state}"
+        f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why with "
+        f"`crucible call {answer.call_id}`",
+        "engine_error",
+    )
+
+
+async def _stream(
+    state: ServerState,
+    resolved: svc.Resolved,
+    who: Principal,
+    answer: WebCallResponse,
+    wants_usage: bool,
+) -> AsyncIterator[bytes]:
+    """Server-sent events as the engine produces them, one whole event at a time; the usage
+    chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
+    client that leaves before the usage chunk is not charged per token for that request
+    (the owner still paid the container time)."""
+    buffer = b""
+    recorded = False
+    done = False
+    try:
+        async for part in answer.body:
+            buffer += part
+            *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            out = []
+            for event in events:
+                usage, usage_only = _event_usage(event)
+                if usage is not None and not recorded:
+                    # Recorded before the client reads the end of the stream, so a bill
+                    # read right after the answer already shows it.
+                    recorded = True
+                    _record(state, resolved, who, usage, answer.call_id)
+                if usage_only and not wants_usage:
+                    continue
+                out.append(event + b"\n\n")
+            if out:
+                yield b"".join(out)
+        done = True
+    finally:
+        if not done and not recorded:
+            # The client left early: the engine still finishes the answer, so its usage is
+            # read from the rest of the stream and charged all the same.
+            task = asyncio.get_running_loop().create_task(
+                _charge_rest(state, resolved, who, answer)
+            )
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+    if buffer.strip():
+        yield buffer
+    if answer.state != "succeeded":
+        # Cut short (the container died mid-answer): say so in the stream, as OpenAI
+        # does, rather than end it as if complete.
+        message = (
+            f"the model's server failed mid-answer (call {answer.call_id} {answer.state}"
+            f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why "
+            f"with `crucible call {answer.call_id}`"
+        )
+        err = {
+            "error": {
+                "message": message,
+                "type": "server_error",
+                "param": None,
+                "code": "engine_error",
+            }
+        }
+        yield b"data: " + orjson.dumps(err) + b"\n\n"
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
+    """The usage an SSE event carries, and whether it is the usage-only chunk (no choices)."""
+    if b'"usage"' not in event:
+        return None, False
+    try:
+        chunk = orjson.loads(event.partition(b"data:")[2].strip())
+    except orjson.JSONDecodeError:
+        return None, False
+    usage = _usage(chunk)
+    return usage, usage is not None and not chunk.get("choices")
+
+
+async def _charge_rest(
+    state: ServerState, resolved: svc.Resolved, who: Principal, answer: WebCallResponse
+) -> None:
+    buffer = b""
+    # Read again from the call's items: the client's reader was cancelled with the client.
+    async for part in body_parts(state, resolved.owner, answer.call_id):
+        buffer += part
+        *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            usage, _ = _event_usage(event)
+            if usage is not None:
+                _record(state, resolved, who, usage, answer.call_id)
+                return
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _forward(request, "/v1/chat/completions")
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _forward(request, "/v1/completions")
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _forward(request, "/v1/embeddings")

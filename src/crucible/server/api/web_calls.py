@@ -1,0 +1,115 @@
+"""One HTTP request to a deployed web function, made from inside the control plane.
+
+The request becomes a call of the function (queued, autoscaled, metered and logged like any
+other); the container runs it through the function's ASGI app and what the app sends comes
+back as the call's items: first the response start (status, headers), then body parts as
+they are produced. The OpenAI API (``api/openai.py``) forwards through it; the web gateway
+(``api/gateway.py``) does the same with its own copy of these steps.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from crucible.protocol import json_payload
+from crucible.protocol.calls import CallsCreate, InputItem
+from crucible.protocol.common import Payload
+from crucible.server.api.calls import submit_calls
+from crucible.server.api.items import read_page
+from crucible.server.auth import Principal
+from crucible.server.state import ServerState
+
+__all__ = ["WebCallResponse", "body_parts", "call_web_function"]
+
+_FIRST_PART_WAIT_S = 300.0  # a cold start may load a model first
+_NEXT_PART_WAIT_S = 30.0
+
+
+@dataclass
+class WebCallResponse:
+    """The app's answer: ``status`` None when the call ended without one (``state`` and
+    ``error_code`` say how). Once ``body`` is read to its end, ``state`` is the call's final
+    state: a response cut short by a failed call ends without its rest, and says so there."""
+
+    call_id: str
+    status: int | None
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    state: str = "succeeded"
+    error_code: str | None = None
+
+
+def _parts(items: list[Payload]) -> list[dict[str, Any]]:
+    return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
+
+
+async def call_web_function(
+    state: ServerState,
+    owner: Principal,
+    function_id: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> WebCallResponse:
+    """Submit the request as a call of ``function_id`` on behalf of ``owner`` (the
+    function's account) and wait for the response to start."""
+    http = {
+        "method": method,
+        "path": path,
+        "query": "",
+        "headers": [[k, v] for k, v in headers],
+        "body": base64.b64encode(body).decode("ascii"),
+    }
+    raw = json_payload.encode({"args": [http], "kwargs": {}})
+    created = await submit_calls(
+        function_id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+    )
+    call_id = created.call_ids[0]
+    page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
+
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    if not page.items:
+        code = page.call.error.code if page.call.error else None
+        return WebCallResponse(call_id, None, [], nothing(), page.call.state, code)
+    parts = _parts(page.items)
+    start = parts[0]
+    hdrs = [(str(k), str(v)) for k, v in start.get("headers", [])]
+    answer = WebCallResponse(call_id, int(start["status"]), hdrs, nothing(), "running")
+
+    async def rest() -> AsyncIterator[bytes]:
+        nonlocal page
+        pending = parts[1:]
+        while True:
+            for part in pending:
+                if "body" in part:
+                    yield base64.b64decode(part["body"])
+            if page.done:
+                answer.state = page.call.state
+                answer.error_code = page.call.error.code if page.call.error else None
+                return
+            page = await read_page(state, owner, call_id, page.next, _NEXT_PART_WAIT_S)
+            pending = _parts(page.items)
+
+    answer.body = rest()
+    return answer
+
+
+async def body_parts(state: ServerState, owner: Principal, call_id: str) -> AsyncIterator[bytes]:
+    """A web call's response body from its beginning, read again from the call's items
+    (e.g. after the client that was reading it left)."""
+    after = 0
+    while True:
+        page = await read_page(state, owner, call_id, after, _NEXT_PART_WAIT_S)
+        for part in _parts(page.items):
+            if "body" in part:
+                yield base64.b64decode(part["body"])
+        after = page.next
+        if page.done:
+            return
