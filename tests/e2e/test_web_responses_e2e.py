@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
-import app_web
 from crucible.protocol import json_payload
+
+import app_web
 from harness import Exchange
 
 
