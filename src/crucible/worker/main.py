@@ -455,9 +455,13 @@ class Worker:
                             raw.append(data.removeprefix(json_payload.MAGIC))
                             raw_size += len(data)
                             full = full or raw_size > WEB_HOLD_MAX
+                    # A web response's last body part ends it: nothing waits for a timer.
+                    last = (
+                        hold is not None and isinstance(value, dict) and value.get("more") is False
+                    )
                     if full:
                         flush()
-                    else:
+                    elif not last:
                         soon()
                 finished = True
             finally:
