@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import _bench_app  # noqa: E402
-from _exchange import Exchange, machine_info, print_table  # noqa: E402
+from _exchange import CpuMeter, Exchange, machine_info, print_table  # noqa: E402
 from bench_market import percentile  # noqa: E402
 
 from crucible.testing import free_port, wait_for  # noqa: E402
@@ -101,8 +101,15 @@ def main() -> None:
         url = f"{ex.url}/web/{name}/bench-web/hello/"
         wait_for(lambda: _up(url), 60, "the endpoint")
         measure(url, 100, 1)  # warm-up
-        results["gateway, 1 client"] = measure(url, args.requests, 1)
-        results["gateway, 8 clients"] = measure(url, args.requests, 8)
+        for label, clients in (("gateway, 1 client", 1), ("gateway, 8 clients", 8)):
+            with CpuMeter(ex) as cpu:
+                results[label] = measure(url, args.requests, clients)
+            n = results[label]["requests"]
+            # CPU per request by process: steadier than latency on a shared machine.
+            results[label]["cpu_ms_per_request"] = {
+                role: round(cpu.result.get(role, 0.0) * 1000 / n, 2)
+                for role in ("server", "agent")
+            }
         client.close()
 
     rows = []
@@ -116,11 +123,22 @@ def main() -> None:
                 r["p50_ms"],
                 r["p99_ms"],
                 f"{base['rps'] / r['rps']:.1f}x" if label.startswith("gateway") else "",
+                f"{r['p50_ms'] / base['p50_ms']:.1f}x" if label.startswith("gateway") else "",
+                " / ".join(f"{v:g}" for v in r.get("cpu_ms_per_request", {}).values()),
             )
         )
     print_table(
         "A FastAPI endpoint: through the Crucible gateway vs uvicorn directly (loopback)",
-        ["setup", "requests", "req/s", "p50 ms", "p99 ms", "overhead (rps ratio)"],
+        [
+            "setup",
+            "requests",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "overhead (rps ratio)",
+            "p50 ratio",
+            "CPU ms/request: server / agent",
+        ],
         rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

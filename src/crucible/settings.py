@@ -196,6 +196,38 @@ class Settings:
         "A crucible.Dict or crucible.Queue not read or written for this many days is deleted "
         "(0: never).",
     )
+    retention_calls_days: float = _opt(
+        30.0,
+        "CRUCIBLE_RETENTION_CALLS_DAYS",
+        "Finished calls older than this many days are deleted with their items (what "
+        "generators yielded), WebSocket inboxes and earlier attempts (0: kept forever). "
+        "Queued and running calls are never pruned; the ledger keeps every charge.",
+    )
+    retention_logs_days: float = _opt(
+        30.0,
+        "CRUCIBLE_RETENTION_LOGS_DAYS",
+        "Log lines older than this many days are deleted (0: kept forever).",
+    )
+    retention_meter_days: float = _opt(
+        90.0,
+        "CRUCIBLE_RETENTION_METER_DAYS",
+        "Metered intervals that ended more than this many days ago are deleted once their "
+        "energy and emissions are copied onto their ledger charges, so statements do not "
+        "change (0: kept forever). `crucible bill` sums the intervals still kept.",
+    )
+    retention_batch_rows: int = _opt(
+        1000,
+        "CRUCIBLE_RETENTION_BATCH_ROWS",
+        "Rows (or blobs) retention deletes per transaction; the scheduler's housekeeping "
+        "runs batches for at most about 0.2 s a minute, so pruning never stalls scheduling.",
+    )
+    blob_gc_grace_hours: float = _opt(
+        24.0,
+        "CRUCIBLE_BLOB_GC_GRACE_HOURS",
+        "A blob that nothing references (no call, item, volume, code bundle or image) is "
+        "deleted once its last upload or check (HEAD) is this many hours old, so uploads "
+        "still in flight are never lost (0: blobs are never collected).",
+    )
     volume_quota_gib: float = _opt(
         100.0,
         "CRUCIBLE_VOLUME_QUOTA_GIB",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import WebSocket  # at module level: the annotations below are strings
 
 import crucible
@@ -19,7 +21,7 @@ def hello(name: str = "world") -> dict[str, str]:
 @crucible.asgi_app(public=True)
 def api():  # type: ignore[no-untyped-def]
     from fastapi import FastAPI
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import Response, StreamingResponse
 
     web = FastAPI()
 
@@ -30,6 +32,26 @@ def api():  # type: ignore[no-untyped-def]
     @web.get("/count")
     def count(n: int = 3) -> StreamingResponse:
         return StreamingResponse((f"{i}\n" for i in range(n)), media_type="text/plain")
+
+    @web.get("/cookies")
+    def cookies() -> Response:
+        response = Response("two cookies")
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2")
+        return response
+
+    @web.get("/big")
+    def big(kib: int = 256) -> Response:
+        return Response(b"x" * (kib * 1024), media_type="application/octet-stream")
+
+    @web.get("/slow")
+    def slow(n: int = 3) -> StreamingResponse:
+        def parts():  # type: ignore[no-untyped-def]
+            for i in range(n):
+                time.sleep(0.2)  # longer than the worker holds a response back
+                yield f"{i}\n"
+
+        return StreamingResponse(parts(), media_type="text/plain")
 
     @web.get("/boom")
     def boom() -> None:

@@ -36,6 +36,11 @@ class BlobStore(Protocol):
 
     def size(self, sha: str) -> int: ...
 
+    def delete(self, sha: str) -> None:
+        """Remove a blob (nothing happens when it is not there); only blob collection
+        (services/retention.py) deletes."""
+        ...
+
 
 def _check(data: bytes, expected_sha: str | None) -> str:
     sha = hashlib.sha256(data).hexdigest()
@@ -87,6 +92,9 @@ class LocalBlobStore:
 
     def size(self, sha: str) -> int:
         return self._path(sha).stat().st_size
+
+    def delete(self, sha: str) -> None:
+        self._path(sha).unlink(missing_ok=True)
 
 
 class S3BlobStore:
@@ -156,6 +164,9 @@ class S3BlobStore:
     def size(self, sha: str) -> int:
         head = self._s3.head_object(Bucket=self.bucket, Key=self._key(sha))
         return int(head["ContentLength"])
+
+    def delete(self, sha: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha))
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

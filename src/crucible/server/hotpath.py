@@ -7,8 +7,9 @@ A ``.remote()`` is one ``POST /v1/functions/{id}/calls`` from the SDK and one
 response-model round trip cost about as much server time as the work itself, so this ASGI
 middleware answers those two routes directly: it reads the body (within the same size
 limit), authenticates with the same dependency, validates with the same wire model, and calls
-the very route functions FastAPI would call. Everything else, and the OpenAPI description of
-these routes, stays with FastAPI.
+the very route functions FastAPI would call. The web gateway's HTTP route (every request to
+a web endpoint, ``/web/...``) is called here the same way, after the same body limit.
+Everything else, and the OpenAPI description of these routes, stays with FastAPI.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crucible.errors import PayloadTooLargeError
 from crucible.protocol.calls import CallsCreate, GroupResultsRequest
 from crucible.protocol.containers import Exchange
-from crucible.server.api import calls, containers, deps
+from crucible.server.api import calls, containers, deps, gateway
 from crucible.server.api.responses import response_for_exception
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -57,6 +58,11 @@ _ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Auth, Handler]] = [
 ]
 
 
+# The web gateway's HTTP route (api/gateway.py): every request to a web endpoint.
+_WEB = re.compile(r"^/web/([^/]+)/([^/]+)/([^/]+)/(.*)$", re.DOTALL)
+_WEB_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
+
 class HotPath:
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -64,6 +70,12 @@ class HotPath:
         self.limit = state.settings.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/web/"):
+            web = _WEB.match(scope["path"])
+            if web is not None and scope["method"] in _WEB_METHODS:
+                response = await self._web(scope, receive, web)
+                await response(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             for pattern, model, auth, handler in _ROUTES:
@@ -89,6 +101,25 @@ class HotPath:
             principal = await auth(request)
             req = model.model_validate_json(body or b"{}")
             return await handler(object_id, req, principal, self.state)
+        except Exception as exc:  # every error leaves in the one error shape
+            return response_for_exception(exc)
+
+    async def _web(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Response:
+        """A request to a web endpoint: the gateway's route function, called directly."""
+        try:
+            body = await self._body(receive)
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if replayed:  # then what the client does next (a disconnect)
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            account, deployment, function, path = match.groups()
+            request = Request(scope, replay)
+            return await gateway.gateway(account, deployment, function, path, request)
         except Exception as exc:  # every error leaves in the one error shape
             return response_for_exception(exc)
 

@@ -64,6 +64,10 @@ class ServerState:
     # Submission-time credit checks: account -> (valid until ms, refusal or None).
     credit_checked: dict[str, tuple[int, str | None]] = field(default_factory=dict)
 
+    # The web gateway's resolved endpoints: (account, deployment, function) names ->
+    # (valid until monotonic s, owner account id, function row). Cleared by deployment
+    # changes here; another replica's change is seen within the short TTL.
+    web_endpoints: dict[tuple[str, str, str], tuple[float, str, Any]] = field(default_factory=dict)
     # Generator calls: how many items each caller has read (the worker's back-pressure).
     items_consumed: dict[str, int] = field(default_factory=dict)
     # Log lines stored per container since this server started (for the per-container cap).

@@ -47,6 +47,7 @@ from crucible.protocol.containers import (
 )
 from crucible.protocol.secrets import SecretValues
 from crucible.protocol.transport import Transport
+from crucible.protocol.web import encode_response
 from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
@@ -66,6 +67,9 @@ __all__ = ["SNAPSHOT_DONE", "Worker", "main", "run_enter_hooks"]
 log = logging.getLogger("crucible.worker")
 
 _INLINE_MAX = 2 * 1024 * 1024
+# A web response up to this size that is complete before its first part was sent goes back
+# with the call's output instead of as items (see Worker._stream).
+WEB_HOLD_MAX = 64 * 1024
 _WAIT_S = 20.0
 # Size batches so one takes about this long: long enough to amortise a round trip, short
 # enough that other containers are not starved of inputs.
@@ -283,11 +287,20 @@ class Worker:
                     count = self._stream(
                         item, (), {}, source=lambda: ws_parts(asgi, request, inbox), as_json=True
                     )
+                    result = self._to_payload(serialize(count))
                 else:
+                    held: list[bytes] = []
                     count = self._stream(
-                        item, (), {}, source=lambda: http_parts(asgi, request), as_json=True
+                        item,
+                        (),
+                        {},
+                        source=lambda: http_parts(asgi, request),
+                        as_json=True,
+                        hold=held,
                     )
-                result = self._to_payload(serialize(count))
+                    # A response that was whole before anything was sent travels with the
+                    # output (one round trip, no items); the gateway reads it from the result.
+                    result = self._to_payload(encode_response(held) if held else serialize(count))
             else:
                 # A job API call is JSON in, JSON out; the SDK's calls are pickles.
                 args, kwargs, is_json = _decode_input(raw)
@@ -376,14 +389,23 @@ class Worker:
         *,
         source: Callable[[], Iterator[Any]] | None = None,
         as_json: bool = False,
+        hold: list[bytes] | None = None,
     ) -> int:
         """Run a generator function, sending what it yields in order: at once in batches of
         64, or within 50 ms when it yields less often (a timer thread sends what waits).
         The server holds a send while the caller is too far behind (back-pressure). Returns
-        how many items were yielded."""
+        how many items were yielded.
+
+        With ``hold`` (a web request's response), items that are all still unsent when the
+        generator ends, and fit in :data:`WEB_HOLD_MAX` bytes together, are not sent: they
+        are put in ``hold`` (encoded) for the caller to return with the output, and 0 is
+        returned. A slow or large response streams as items as before."""
         assert self.fn is not None
         lock = threading.Lock()
         pending: list[Payload] = []
+        raw: list[bytes] = []  # pending's encoded items while nothing was sent (for hold)
+        raw_size = 0
+        finished = False
         sent = 0
         timer: threading.Timer | None = None
         path = f"/v1/containers/{self.container_id}/items"
@@ -428,18 +450,40 @@ class Worker:
                     payload = self._to_payload(data)
                     with lock:
                         pending.append(payload)
-                        # The first two items (a web response's start and first body part:
-                        # a model's first token) go at once; later ones in batches.
-                        full = len(pending) >= 64 or index < 2
+                        full = len(pending) >= 64
+                        if hold is not None and sent == 0:
+                            raw.append(data.removeprefix(json_payload.MAGIC))
+                            raw_size += len(data)
+                            full = full or raw_size > WEB_HOLD_MAX
+                    # A web response's last body part ends it: nothing waits for a timer.
+                    last = (
+                        hold is not None and isinstance(value, dict) and value.get("more") is False
+                    )
+                    # The first items of a response that goes on (a web response's start and
+                    # first body part: a model's first token) go at once; later ones in
+                    # batches. A whole small web response is held for the output instead.
+                    if index < 2 and not last and (hold is None or index == 1):
+                        full = True
                     if full:
                         flush()
-                    else:
+                    elif not last:
                         soon()
+                finished = True
             finally:
                 if timer is not None:
                     timer.cancel()
                     if timer.is_alive():
                         timer.join()
+                held = (
+                    finished
+                    and hold is not None
+                    and sent == 0
+                    and raw_size <= WEB_HOLD_MAX
+                    and len(raw) == len(pending)
+                )
+                if held and hold is not None:
+                    hold.extend(raw)
+                    pending = []
                 flush()  # what was yielded before an error still reaches the caller
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from crucible.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from crucible.server.api.deps import BlobReader, State
-from crucible.server.services.blobs import grant_blob, has_blob
+from crucible.server.services.blobs import grant_blob, has_blob, touch_blob
 
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
 
@@ -43,10 +43,14 @@ async def put_blob(sha: str, request: Request, who: BlobReader, state: State) ->
             raise InvalidRequestError(f"the uploaded bytes hash to {digest.hexdigest()}, not {sha}")
         if not state.blobs.exists(sha):
             state.blobs.adopt(Path(tmp), sha)
+        with state.engine.begin() as conn:
+            grant_blob(conn, who.account_id, sha, size, state.clock.now_ms())
+        if not state.blobs.exists(sha) and Path(tmp).exists():
+            # Collected (services/retention.py) between the check above and the grant: the
+            # grant now keeps it, so store it again.
+            state.blobs.adopt(Path(tmp), sha)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    with state.engine.begin() as conn:
-        grant_blob(conn, who.account_id, sha, size, state.clock.now_ms())
     return {"sha256": sha, "size": size}
 
 
@@ -63,6 +67,8 @@ async def get_blob(sha: str, who: BlobReader, state: State) -> Response:
 @router.head("/{sha}")
 async def head_blob(sha: str, who: BlobReader, state: State) -> Response:
     _check_sha(sha)
-    with state.engine.connect() as conn:
+    with state.engine.begin() as conn:
         allowed = has_blob(conn, who.account_id, sha)
+        if allowed:  # a client checks a blob before it uses it: collection waits a grace
+            touch_blob(conn, who.account_id, sha, state.clock.now_ms())
     return Response(status_code=200 if allowed and state.blobs.exists(sha) else 404)

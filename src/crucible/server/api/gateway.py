@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,8 +27,9 @@ from starlette.websockets import WebSocketState
 
 from crucible.errors import AuthError, Error, NotFoundError
 from crucible.protocol import json_payload
-from crucible.protocol.calls import CallsCreate, InputItem
+from crucible.protocol.calls import CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
+from crucible.protocol.web import decode_response
 from crucible.server.api.calls import submit_calls
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
@@ -42,6 +44,10 @@ log = logging.getLogger("crucible.gateway")
 
 _HOP = {"authorization", "host", "connection", "content-length", "transfer-encoding"}
 _FIRST_PART_WAIT_S = 300.0
+# A resolved endpoint is reused this long: a deployment changed through this server is seen
+# at once (the routes clear the cache), one changed through another replica within this.
+_ENDPOINT_TTL_S = 1.0
+_ENDPOINTS_MAX = 10_000
 
 
 def _limit(state: ServerState, authorization: str | None, client: str) -> None:
@@ -68,25 +74,15 @@ def _endpoint(
     which accounts, deployments and functions exist: without a valid token, 401 (a private
     endpoint needs one); with another account's token, 404; the same message either way."""
     caller = _caller(state, authorization)
-    unseen: Error = NotFoundError(_UNSEEN.format(account, deployment, function))
-    if caller is None:
-        unseen = AuthError(_UNSEEN.format(account, deployment, function))
-    with state.engine.connect() as conn:  # one connection for both lookups
-        account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == account)).scalar()
-        if account_id is None:
-            raise unseen
-        owner = Principal(account_id=str(account_id), scope="user")
-        authorised = (
-            caller is not None
-            and caller.account_id == owner.account_id
-            and caller.scope in ("admin", "user")
-        )
-        try:
-            fn = current_function(conn, owner, deployment, function)
-        except NotFoundError:
-            if authorised:
-                raise
-            raise unseen from None
+    unseen = _unseen(caller, account, deployment, function)
+    key = (account, deployment, function)
+    known = state.web_endpoints.get(key)
+    if known is not None and known[0] > time.monotonic():
+        owner = Principal(account_id=known[1], scope="user")
+        fn = known[2]
+    else:
+        owner, fn = _resolve(state, caller, unseen, account, deployment, function)
+    authorised = _authorised(caller, owner)
     web = fn.spec.get("web")
     if not web:
         if authorised:
@@ -94,7 +90,48 @@ def _endpoint(
         raise unseen
     if not web.get("public") and not authorised:
         raise unseen
+    if known is None or known[2] is not fn:
+        if len(state.web_endpoints) >= _ENDPOINTS_MAX:
+            state.web_endpoints.clear()
+        state.web_endpoints[key] = (time.monotonic() + _ENDPOINT_TTL_S, owner.account_id, fn)
     return owner, fn
+
+
+def _unseen(caller: Principal | None, account: str, deployment: str, function: str) -> Error:
+    """The one answer for an endpoint this caller may not use or learn about."""
+    message = _UNSEEN.format(account, deployment, function)
+    return AuthError(message) if caller is None else NotFoundError(message)
+
+
+def _authorised(caller: Principal | None, owner: Principal) -> bool:
+    """Whether ``caller`` is told what is wrong with the owner's endpoints."""
+    return (
+        caller is not None
+        and caller.account_id == owner.account_id
+        and caller.scope in ("admin", "user")
+    )
+
+
+def _resolve(
+    state: ServerState,
+    caller: Principal | None,
+    unseen: Error,
+    account: str,
+    deployment: str,
+    function: str,
+) -> tuple[Principal, Any]:
+    """The endpoint's owner and its current function row, read from the store."""
+    with state.engine.connect() as conn:  # one connection for both lookups
+        account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == account)).scalar()
+        if account_id is None:
+            raise unseen
+        owner = Principal(account_id=str(account_id), scope="user")
+        try:
+            return owner, current_function(conn, owner, deployment, function)
+        except NotFoundError:
+            if _authorised(caller, owner):
+                raise
+            raise unseen from None
 
 
 def _client(address: Any) -> str:
@@ -145,12 +182,14 @@ async def gateway(
         "body": base64.b64encode(body).decode("ascii"),
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
-    created = await submit_calls(
-        fn.id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+    call_id = await _submit(
+        state, owner, fn, raw, (account, deployment, function), request.headers.get("authorization")
     )
-    call_id = created.call_ids[0]
-    page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
-    if not page.items:
+    page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S, submitted=True)
+    whole = _held_response(page) if page.done and not page.items else None
+    if whole is not None and request.method != "HEAD":
+        return _plain_response(whole, call_id)
+    if not page.items and whole is None:
         code = page.call.error.code if page.call.error else "endpoint_error"
         return JSONResponse(
             {
@@ -163,7 +202,7 @@ async def gateway(
             status_code=500 if page.call.state != "queued" else 504,
             headers={"x-crucible-call-id": call_id},
         )
-    parts = _parts(page.items)
+    parts = whole if whole is not None else _parts(page.items)
     start = parts[0]
     headers = {k: v for k, v in start["headers"] if k.lower() not in ("content-length",)}
     headers["x-crucible-call-id"] = call_id
@@ -181,6 +220,55 @@ async def gateway(
             pending = _parts(page.items)
 
     return StreamingResponse(stream(), status_code=int(start["status"]), headers=headers)
+
+
+async def _submit(
+    state: ServerState,
+    owner: Principal,
+    fn: Any,
+    raw: bytes,
+    names: tuple[str, str, str],
+    authorization: str | None,
+) -> str:
+    """Submit the request as a call of ``fn``; its id. A function that went away since it
+    was resolved (a cached endpoint, changed through another replica) is resolved afresh, so
+    the caller gets the answer :func:`_endpoint` gives."""
+    req = CallsCreate(inputs=[InputItem(args=Payload.inline(raw))])
+    try:
+        return (await submit_calls(fn.id, req, owner, state)).call_ids[0]
+    except NotFoundError:
+        state.web_endpoints.pop(names, None)
+        owner, fresh = _endpoint(state, *names, authorization)
+        if fresh.id == fn.id:
+            caller = _caller(state, authorization)
+            if _authorised(caller, owner):
+                raise
+            raise _unseen(caller, *names) from None
+        return (await submit_calls(fresh.id, req, owner, state)).call_ids[0]
+
+
+def _held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
+    """The response a finished call carries in its output (see protocol/web.py), if any."""
+    result = page.call.result
+    if page.call.state != "succeeded" or result is None or result.data is None:
+        return None
+    parts = decode_response(base64.b64decode(result.data))
+    return parts or None
+
+
+def _plain_response(parts: list[dict[str, Any]], call_id: str) -> Response:
+    """A whole response in one piece, with its length; every header the app set is kept
+    (repeated ones too), but its length, which the gateway sets itself."""
+    start = parts[0]
+    body = b"".join(base64.b64decode(p["body"]) for p in parts[1:] if "body" in p)
+    response = Response(body, status_code=int(start["status"]))
+    response.raw_headers.extend(
+        (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
+        for k, v in start["headers"]
+        if str(k).lower() != "content-length"
+    )
+    response.raw_headers.append((b"x-crucible-call-id", call_id.encode("ascii")))
+    return response
 
 
 @router.websocket("/web/{account}/{deployment}/{function}/{path:path}")

@@ -39,6 +39,7 @@ __all__ = [
 STATEMENT_KINDS = ("entries", "apps", "calls")
 
 # A metering charge's interval (its energy and emissions): the entry's meter is the container.
+# Once retention pruned the interval, the entry holds its energy and emissions itself.
 _INTERVAL_OF_ENTRY = (
     meter_intervals,
     (meter_intervals.c.container_id == ledger_entries.c.meter)
@@ -152,8 +153,12 @@ def statement(
                 ledger_entries.c.start_ms,
                 ledger_entries.c.end_ms,
                 ledger_entries.c.cost_micros,
-                func.coalesce(meter_intervals.c.energy_mwh, 0).label("energy_mwh"),
-                func.coalesce(meter_intervals.c.carbon_mg, 0).label("carbon_mg"),
+                func.coalesce(meter_intervals.c.energy_mwh, ledger_entries.c.energy_mwh, 0).label(
+                    "energy_mwh"
+                ),
+                func.coalesce(meter_intervals.c.carbon_mg, ledger_entries.c.carbon_mg, 0).label(
+                    "carbon_mg"
+                ),
                 ledger_entries.c.memo,
             )
             .join(*_INTERVAL_OF_ENTRY, isouter=True)
@@ -171,8 +176,18 @@ def statement(
                 func.count().label("intervals"),
                 func.sum(ledger_entries.c.end_ms - ledger_entries.c.start_ms).label("ms"),
                 func.sum(ledger_entries.c.cost_micros).label("cost_micros"),
-                func.coalesce(func.sum(meter_intervals.c.energy_mwh), 0).label("energy_mwh"),
-                func.coalesce(func.sum(meter_intervals.c.carbon_mg), 0).label("carbon_mg"),
+                func.coalesce(
+                    func.sum(
+                        func.coalesce(meter_intervals.c.energy_mwh, ledger_entries.c.energy_mwh)
+                    ),
+                    0,
+                ).label("energy_mwh"),
+                func.coalesce(
+                    func.sum(
+                        func.coalesce(meter_intervals.c.carbon_mg, ledger_entries.c.carbon_mg)
+                    ),
+                    0,
+                ).label("carbon_mg"),
             )
             .join(apps, apps.c.id == ledger_entries.c.app_id, isouter=True)
             .join(*_INTERVAL_OF_ENTRY, isouter=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -59,6 +61,14 @@ from crucible.server.services.market import (
     live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
+from crucible.server.services.retention import (
+    Pruned,
+    RetentionPolicy,
+    collect_blobs,
+    prune_calls,
+    prune_intervals,
+    prune_logs,
+)
 from crucible.server.services.schedules import fire_due_schedules
 from crucible.server.services.secrets import drop_secrets_of_stopped_apps
 from crucible.server.services.volumes import meter_volumes
@@ -84,6 +94,8 @@ _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
 _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once a minute
+# Retention's share of each housekeeping: a backlog is worked off a bit every minute.
+_RETENTION_BUDGET_S = 0.2
 # Room made for queued work by stopping idle containers is kept for it this long at most.
 _PROMISE_MS = 60_000
 
@@ -95,6 +107,7 @@ class SchedulerLoop:
         self._stopping = False
         self._last_meter_ms = 0
         self._last_housekeeping_ms = 0
+        self._blob_cursor = ""  # blob collection sweeps the blobs in hash order, in batches
         self._scales: dict[str, int] = {}  # last logged autoscaler answer per function
         self._started_seen: set[str] = set()  # containers whose start time was recorded
         self.crash_loops: dict[str, CrashLoop] = {}
@@ -231,11 +244,67 @@ class SchedulerLoop:
 
     def _housekeeping_now(self) -> None:
         """Slow chores, once a minute: volumes' storage is charged; secrets of stopped apps
-        (Secret.from_dict) go; idle dicts and queues expire."""
+        (Secret.from_dict) go; idle dicts and queues expire; retention prunes what is old."""
         now = self.state.clock.now_ms()
         with self.state.engine.begin() as conn:
             self._housekeeping(conn, now)
+        self.retention(now)
         self._last_housekeeping_ms = now
+
+    def retention(self, now: int, budget_s: float = _RETENTION_BUDGET_S) -> Pruned:
+        """Old calls, log lines and metered intervals go, and unreferenced blobs are
+        collected (services/retention.py): batches of ``retention_batch_rows``, each in its
+        own transaction, taking turns until nothing old is left or ``budget_s`` is spent
+        (the rest waits for the next housekeeping), so a backlog never stalls scheduling."""
+        s = self.state.settings
+        policy = RetentionPolicy.at(
+            now,
+            calls_days=s.retention_calls_days,
+            logs_days=s.retention_logs_days,
+            meter_days=s.retention_meter_days,
+            blob_grace_hours=s.blob_gc_grace_hours,
+            batch=s.retention_batch_rows,
+        )
+        work: dict[str, tuple[int, Callable[[Connection, int, int], Pruned]]] = {}
+        if policy.calls_before_ms is not None:
+            work["calls"] = (policy.calls_before_ms, prune_calls)
+        if policy.logs_before_ms is not None:
+            work["logs"] = (policy.logs_before_ms, prune_logs)
+        if policy.meter_before_ms is not None:
+            work["intervals"] = (policy.meter_before_ms, prune_intervals)
+        deadline = time.monotonic() + budget_s
+        done = Pruned()
+        while work and time.monotonic() < deadline:
+            for kind, (before, prune) in list(work.items()):
+                with self.state.engine.begin() as conn:
+                    got = prune(conn, before, policy.batch)
+                done.add(got)
+                if kind not in got.more:
+                    del work[kind]
+        if policy.blobs_before_ms is not None:
+            while time.monotonic() < deadline:
+                got, self._blob_cursor = collect_blobs(
+                    self.state.engine,
+                    self.state.blobs,
+                    policy.blobs_before_ms,
+                    policy.batch,
+                    self._blob_cursor,
+                )
+                done.add(got)
+                if not self._blob_cursor:
+                    break  # one sweep to the end per housekeeping at most
+        if done.total:
+            log.info(
+                "retention deleted %d call(s), %d item(s), %d log line(s), %d metered "
+                "interval(s), %d blob(s) (%d bytes)",
+                done.calls,
+                done.items,
+                done.logs,
+                done.intervals,
+                done.blobs,
+                done.blob_bytes,
+            )
+        return done
 
     def _housekeeping(self, conn: Connection, now: int) -> None:
         s = self.state.settings

@@ -204,8 +204,12 @@ def earnings(
             ledger_entries.c.end_ms,
             ledger_entries.c.cost_micros,
             func.coalesce(fee, 0).label("fee"),
-            func.coalesce(meter_intervals.c.energy_mwh, 0).label("energy_mwh"),
-            func.coalesce(meter_intervals.c.carbon_mg, 0).label("carbon_mg"),
+            func.coalesce(meter_intervals.c.energy_mwh, ledger_entries.c.energy_mwh, 0).label(
+                "energy_mwh"
+            ),
+            func.coalesce(meter_intervals.c.carbon_mg, ledger_entries.c.carbon_mg, 0).label(
+                "carbon_mg"
+            ),
         )
         .join(
             meter_intervals,

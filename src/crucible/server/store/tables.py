@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 __all__ = [
@@ -244,6 +245,13 @@ call_items = Table(
     Column("data", LargeBinary),
     Column("ref", String(64)),
     Column("size", BigInteger, nullable=False),
+    # Blob collection (services/retention.py) looks blobs up by reference.
+    Index(
+        "ix_call_items_ref",
+        "ref",
+        sqlite_where=text("ref IS NOT NULL"),
+        postgresql_where=text("ref IS NOT NULL"),
+    ),
 )
 
 # What a WebSocket's client sent, in order, for the container serving it to read.
@@ -358,6 +366,20 @@ calls = Table(
     Index("ix_calls_container", "container_id", "state"),
     Index("ix_calls_state_deadline", "state", "deadline_ms"),
     Index("ix_calls_account_function_exec", "account_id", "function_id", "exec_ms"),
+    # Retention finds finished calls by age, and blob collection finds blobs by reference.
+    Index("ix_calls_finished", "finished_ms"),
+    Index(
+        "ix_calls_input_ref",
+        "input_ref",
+        sqlite_where=text("input_ref IS NOT NULL"),
+        postgresql_where=text("input_ref IS NOT NULL"),
+    ),
+    Index(
+        "ix_calls_output_ref",
+        "output_ref",
+        sqlite_where=text("output_ref IS NOT NULL"),
+        postgresql_where=text("output_ref IS NOT NULL"),
+    ),
     Index(
         "uq_calls_account_idempotency",
         "account_id",
@@ -385,6 +407,7 @@ meter_intervals = Table(
     Column("carbon_g_per_kwh", Integer),
     Column("energy_estimated", Boolean, nullable=False, default=False),
     Index("ix_meter_intervals_account", "account_id", "app_id"),
+    Index("ix_meter_intervals_end", "end_ms"),  # retention finds old intervals
 )
 
 # The double-entry ledger (see billing.ledger): entries are immutable and keyed for
@@ -407,6 +430,10 @@ ledger_entries = Table(
     Column("end_ms", BigInteger),
     Column("cost_micros", BigInteger),
     Column("reverses", String(160)),
+    # A charge's energy and emissions, copied from its metered interval when retention
+    # pruned the interval (None while the interval is kept: statements read it there).
+    Column("energy_mwh", BigInteger),
+    Column("carbon_mg", BigInteger),
 )
 
 ledger_postings = Table(
