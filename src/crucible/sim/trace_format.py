@@ -77,7 +77,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     every value as text ("" for empty)."""
     if path.suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]
         except ImportError:
             raise ScenarioError(
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "

@@ -186,7 +186,7 @@ async def gateway(
         state, owner, fn, raw, (account, deployment, function), request.headers.get("authorization")
     )
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S, submitted=True)
-    whole = _held_response(page) if page.done and not page.items else None
+    whole = held_response(page) if page.done and not page.items else None
     if whole is not None and request.method != "HEAD":
         return _plain_response(whole, call_id)
     if not page.items and whole is None:
@@ -247,7 +247,7 @@ async def _submit(
         return (await submit_calls(fresh.id, req, owner, state)).call_ids[0]
 
 
-def _held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
+def held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
     """The response a finished call carries in its output (see protocol/web.py), if any."""
     result = page.call.result
     if page.call.state != "succeeded" or result is None or result.data is None:

@@ -18,6 +18,7 @@ from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
+from crucible.server.api.gateway import held_response
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -75,10 +76,11 @@ async def call_web_function(
         return
         yield b""
 
-    if not page.items:
+    whole = held_response(page) if page.done and not page.items else None
+    if not page.items and whole is None:
         code = page.call.error.code if page.call.error else None
         return WebCallResponse(call_id, None, [], nothing(), page.call.state, code)
-    parts = _parts(page.items)
+    parts = whole if whole is not None else _parts(page.items)
     start = parts[0]
     hdrs = [(str(k), str(v)) for k, v in start.get("headers", [])]
     answer = WebCallResponse(call_id, int(start["status"]), hdrs, nothing(), "running")
@@ -107,7 +109,8 @@ async def body_parts(state: ServerState, owner: Principal, call_id: str) -> Asyn
     after = 0
     while True:
         page = await read_page(state, owner, call_id, after, _NEXT_PART_WAIT_S)
-        for part in _parts(page.items):
+        whole = held_response(page) if page.done and not page.items and after == 0 else None
+        for part in whole if whole is not None else _parts(page.items):
             if "body" in part:
                 yield base64.b64decode(part["body"])
         after = page.next
