@@ -299,7 +299,7 @@ def test_clear_errors(tmp_path: Path, registry: Registry) -> None:
         images.prepare(f"{registry.host}/tiny/app:nope")
     with pytest.raises(ImagePullError, match="unreachable"):
         cache(tmp_path, "127.0.0.1:9").prepare("127.0.0.1:9/tiny/app:v1")
-    with pytest.raises(ImagePullError, match="is not an image reference"):
+    with pytest.raises(ImagePullError, match="must be lowercase"):
         images.prepare("Not A Ref")
     push_image(registry, "big/app", "v1", [layer([Entry("big", os.urandom(200_000))])])
     small = cache(tmp_path / "small", registry.host, max_image_bytes=100_000)
