@@ -154,6 +154,8 @@ class QuotaExceededError(Error):
 
     code = "quota_exceeded"
     http_status = 413
+
+
 class RateLimitedError(Error):
     """Too many requests with this token: wait ``retry_after_s`` seconds (the response's
     Retry-After header) and send again. The SDK does so by itself for submits that are safe

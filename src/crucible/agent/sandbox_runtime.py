@@ -43,6 +43,10 @@ from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.oci.cache import OciImages, ensure_mount_point
+from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
+from crucible.agent.oci.python import WorkerDeps
+from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
@@ -113,6 +117,7 @@ class _Zygote:
     relay: Relay
     image_key: str | None
     containers: set[str] = field(default_factory=set)
+    oci_digest: str | None = None  # the OCI image it runs on (held in the OCI cache)
     idle_since: float = field(default_factory=time.monotonic)
     warmed: set[str] = field(default_factory=set)
     gone: bool = False
@@ -149,8 +154,13 @@ class SandboxRuntime:
         stop_grace_s: float = 5.0,
         on_exit: Callable[[ContainerReport], None] | None = None,
         uids: UidPool | None = None,
+        oci: OciImages | None = None,
+        worker_deps: WorkerDeps | None = None,
     ) -> None:
         self.agent_dir = Path(agent_dir)
+        # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
+        self.oci = oci or OciImages(self.agent_dir / "oci")
+        self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
@@ -299,6 +309,11 @@ class SandboxRuntime:
     def _prepare(self, a: ContainerAssignment) -> None:
         if self._cancelled(a.container_id):
             return
+        if a.image is not None and a.image.registry is not None:
+            threading.Thread(
+                target=self._pull, args=(a,), name=f"crucible-pull-{a.container_id}", daemon=True
+            ).start()
+            return
         if a.image is None or not a.image.steps:
             self._launch(a, None)
             return
@@ -322,18 +337,46 @@ class SandboxRuntime:
 
         threading.Thread(target=build, name=f"crucible-build-{a.container_id}", daemon=True).start()
 
-    def _launch(self, a: ContainerAssignment, built: BuiltImage | ErrorInfo | None) -> None:
+    def _pull(self, a: ContainerAssignment) -> None:
+        """Pull the container's OCI image (a build thread), then queue its launch; a failure
+        starts it without the image, so that its worker fails the calls with the error."""
+        assert a.image is not None and a.image.registry is not None
+        transport = Transport(self.server_url, a.token, retry_for_s=10.0)
+        try:
+            auth = None
+            if a.image.registry_secret:
+                values = transport.request(
+                    "GET", f"/v1/containers/{a.container_id}/registry-auth"
+                ).get("env", {})
+                if values.get("REGISTRY_USERNAME") is not None:
+                    auth = RegistryAuth(
+                        str(values["REGISTRY_USERNAME"]), str(values.get("REGISTRY_PASSWORD", ""))
+                    )
+            ready = prepare_function_image(self.oci, self.worker_deps, a.image.registry, auth)
+        except Exception as exc:
+            log.warning("image of container %s was not pulled: %s", a.container_id, exc)
+            code = exc.code if isinstance(exc, Error) else ImageBuildError.code
+            text = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            self._queue.put(("built", (a, ErrorInfo(code=code, message=text))))
+            return
+        finally:
+            transport.close()
+        self._queue.put(("built", (a, ready)))
+
+    def _launch(
+        self, a: ContainerAssignment, built: BuiltImage | FunctionImage | ErrorInfo | None
+    ) -> None:
         cid = a.container_id
         if self._cancelled(cid):
             return
         failure = built if isinstance(built, ErrorInfo) else None
-        image = built if isinstance(built, BuiltImage) else None
+        image = built if isinstance(built, BuiltImage | FunctionImage) else None
         if a.network and (self.owner_account is None or a.account_id != self.owner_account):
             self._fail(cid, NETWORK_REFUSED)
             return
         z = self._zygote_for(a, image, failed=failure is not None)
         code = self._place_code(a, z)
-        env = self._container_env(a)
+        env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -352,6 +395,8 @@ class SandboxRuntime:
             # Import the user's module in the zygote once this code has run here before.
             "warm": {"sha": a.code.bundle, "module": a.code.module} if code in z.warmed else None,
         }
+        if isinstance(image, FunctionImage):
+            msg["workdir"] = image.image.workdir
         with self._lock:
             box = self._boxes.get(cid)
             if box is None or box.state == "exited":
@@ -371,7 +416,11 @@ class SandboxRuntime:
             self._fail(cid, "the sandbox ended before the container could start")
 
     def _zygote_for(
-        self, a: ContainerAssignment, built: BuiltImage | None, *, failed: bool = False
+        self,
+        a: ContainerAssignment,
+        built: BuiltImage | FunctionImage | None,
+        *,
+        failed: bool = False,
     ) -> _Zygote:
         """The live zygote for the container's (account, image, network, GPUs), started if
         needed. ``failed``: the image did not build; a plain zygote of its own serves the
@@ -396,19 +445,26 @@ class SandboxRuntime:
         shutil.rmtree(sdir, ignore_errors=True)
         (sdir / "code").mkdir(parents=True)
         root = _crucible_import_root()
+        oci = built if isinstance(built, FunctionImage) else None
+        uv_built = built if isinstance(built, BuiltImage) else None
         cfg = SandboxConfig(
             name=key,
             dir=sdir,
-            python=str(built.python) if built is not None else sys.executable,
+            python=oci.python.path if oci else str(uv_built.python) if uv_built else sys.executable,
             preload=list(a.image.preload) if a.image and not failed else [],
-            image_mounts=list(built.mounts) if built is not None else [],
-            image_root=built.root if built is not None else None,
+            image_mounts=list(uv_built.mounts) if uv_built is not None else [],
+            image_root=uv_built.root if uv_built is not None else None,
             network=a.network,
             gpu_indices=list(a.gpu_indices),
             disk_bytes=self.limits.disk_bytes,
-            env={"PYTHONPATH": root} if root else {},
+            env={"PYTHONPATH": root} if root and oci is None else {},
             gpu_dev_root=self.limits.gpu_dev_root,
         )
+        if oci is not None:
+            cfg.rootfs = oci.image.rootfs
+            cfg.lib_mounts = oci.lib_mounts
+            cfg.uid, cfg.gid = oci.uid, oci.gid
+            cfg.env.update(oci.env)
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
         # Volumes: a directory per mount, writable by the sandbox's uid; the worker fills it
@@ -419,6 +475,8 @@ class SandboxRuntime:
             if cfg.host_uid is not None:
                 os.chown(host_dir, cfg.host_uid, cfg.host_uid)
             cfg.volume_mounts.append((host_dir, inside))
+            if oci is not None:  # its mount point, in the (read-only) image
+                ensure_mount_point(oci.image.rootfs, inside)
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
@@ -428,8 +486,10 @@ class SandboxRuntime:
             raise
         cgroup = self.new_cgroup(key)
         rlimits = self.rlimits(cgroup)
-        if built is not None:
-            self.images.acquire(built.key)
+        if uv_built is not None:
+            self.images.acquire(uv_built.key)
+        if oci is not None:
+            self.oci.acquire(oci.image.digest)
         try:
             proc = ZygoteProcess(
                 self.bwrap,
@@ -441,8 +501,10 @@ class SandboxRuntime:
         except BaseException:
             relay.close()
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
-            if built is not None:
-                self.images.release(built.key)
+            if uv_built is not None:
+                self.images.release(uv_built.key)
+            if oci is not None:
+                self.oci.release(oci.image.digest)
             if cgroup is not None:
                 cgroup.remove()
             if uid is not None:
@@ -452,7 +514,8 @@ class SandboxRuntime:
             key,
             proc,
             relay,
-            built.key if built is not None else None,
+            uv_built.key if uv_built is not None else None,
+            oci_digest=oci.image.digest if oci is not None else None,
             cgroup=cgroup,
             baseline=self.limits.zygote_start_memory,
             uid=uid,
@@ -501,13 +564,19 @@ class SandboxRuntime:
         os.rename(tmp, target)
         return sha
 
-    def _container_env(self, a: ContainerAssignment) -> dict[str, str]:
-        """The container's environment, built from scratch (never the agent's own)."""
+    def _container_env(
+        self, a: ContainerAssignment, oci: FunctionImage | None = None
+    ) -> dict[str, str]:
+        """The container's environment, built from scratch (never the agent's own): an OCI
+        image's ENV (its PATH too), the image spec's env, then Crucible's."""
         devices = ",".join(str(i) for i in a.gpu_indices)
-        env = dict(a.image.env) if a.image else {}
+        env = dict(oci.env) if oci is not None else {}
+        env.update(a.image.env if a.image else {})
         env.update(
             {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "PATH": env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+                if oci is not None
+                else "/usr/local/bin:/usr/bin:/bin",
                 "LANG": "C.UTF-8",
                 "PYTHONUNBUFFERED": "1",
                 "CRUCIBLE_SERVER_URL": self.server_url,
@@ -583,6 +652,8 @@ class SandboxRuntime:
                         z.uid.release()
                     if z.image_key is not None:
                         self.images.release(z.image_key)
+                    if z.oci_digest is not None:
+                        self.oci.release(z.oci_digest)
                     for cid in sorted(z.containers):
                         box = self._boxes.get(cid)
                         if box is not None and box.state != "exited":

@@ -42,10 +42,10 @@ from crucible.agent.oci.manifests import (
 )
 from crucible.agent.oci.registry import RegistryAuth, RegistryClient, RegistryConfig
 from crucible.agent.oci.unpack import LayerInfo, assemble_rootfs, unpack_layer
-from crucible.errors import ImagePullError, ImageTooLargeError
+from crucible.errors import ImagePullError, ImageTooLargeError, ImageUnsupportedError
 from crucible.protocol.image_refs import ImageRef, parse_image_ref
 
-__all__ = ["MOUNT_POINTS", "OciImages", "PreparedImage"]
+__all__ = ["MOUNT_POINTS", "OciImages", "PreparedImage", "ensure_mount_point"]
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class OciImages:
             rootfs.mkdir(parents=True)
             assemble_rootfs(layers, rootfs)
             for m in MOUNT_POINTS:
-                _mount_point(rootfs, m)
+                ensure_mount_point(rootfs, m, replace=True)
             meta = {
                 "ref": str(ref),
                 "digest": digest,
@@ -376,13 +376,21 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
-def _mount_point(rootfs: Path, rel: str) -> None:
-    """Create ``rootfs/rel`` as a directory, replacing what the image has there only when it
-    is not a directory (never following a link)."""
+def ensure_mount_point(rootfs: Path, inside: str, *, replace: bool = False) -> None:
+    """Create the directory ``inside`` (an absolute path in the image) under ``rootfs``,
+    never following a link. What the image has on the way that is not a directory is
+    replaced with ``replace`` (the rootfs's own mount points), else refused."""
     cur = rootfs
-    for part in rel.split("/"):
+    for part in [p for p in inside.split("/") if p and p != "."]:
+        if part == "..":
+            raise ImageUnsupportedError(f"mount path {inside!r} holds '..'")
         cur = cur / part
         if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+            if not replace:
+                raise ImageUnsupportedError(
+                    f"cannot mount at {inside}: the image has a file or link at "
+                    f"/{cur.relative_to(rootfs)}"
+                )
             cur.unlink()
         if not cur.exists():
             cur.mkdir(mode=0o755)
