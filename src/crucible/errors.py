@@ -46,6 +46,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "IMAGE_ERROR_CODES",
     "AuthError",
     "CallCancelledError",
     "ConflictError",
@@ -277,6 +278,21 @@ class ImageUnsupportedError(ImagePullError):
 
     code = "image_unsupported"
     http_status = 422
+
+
+# The codes a container whose image did not pull ends with (the agent reports it, the server
+# fails the function's queued calls with it).
+IMAGE_ERROR_CODES = frozenset(
+    c.code
+    for c in (
+        ImagePullError,
+        ImageNotFoundError,
+        ImageDigestError,
+        ImageTooLargeError,
+        ImageUnsupportedError,
+        ImageBuildError,
+    )
+)
 
 
 class SandboxUnavailableError(Error):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 import sysconfig
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,16 @@ def test_clear_errors_for_bad_images(app_oci: Any, tenant: Any) -> None:
             app_oci.never_runs_without_python.remote()
         with pytest.raises(crucible.ImageNotFoundError, match="no-such-tag"):
             app_oci.never_runs_missing.remote()
+
+    # Nothing is charged for containers whose image did not pull: they end by themselves
+    # once they failed the calls, at their start, so no metered time remains on the bill.
+    # (Before the fix ~1 s of each was billed, for good.)
+    names = ("never_runs_without_python", "never_runs_missing")
+    deadline = time.monotonic() + 30
+    while True:
+        bill = tenant.transport.request("GET", "/v1/bill")["lines"]
+        costs = [line["cost_micros"] for line in bill if line["function_name"] in names]
+        if not any(costs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not any(costs)

@@ -50,7 +50,7 @@ from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
-from crucible.errors import Error, ImageBuildError
+from crucible.errors import IMAGE_ERROR_CODES, Error, ImageBuildError, ImagePullError
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.transport import Transport
@@ -108,6 +108,10 @@ class _Box:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    # Pulling its OCI image: not reported to the server yet, so that the pull (and a pull that
+    # fails) is never metered; the container counts as started once the image is ready.
+    pulling: bool = False
+    error_code: str | None = None  # why its image did not pull (reason "image_failed")
 
 
 @dataclass
@@ -224,8 +228,10 @@ class SandboxRuntime:
         self._queue.put(("start", assignment))
 
     def poll(self) -> list[ContainerReport]:
+        """Every container's state, except those still pulling their OCI image (the server
+        keeps them pending, so the pull is not metered)."""
         with self._lock:
-            return [self._report(b) for b in self._boxes.values()]
+            return [self._report(b) for b in self._boxes.values() if not b.pulling]
 
     def stop(self, container_id: str, grace_s: float | None = None, why: str = "") -> bool:
         """SIGTERM the container's process group, SIGKILL ``grace_s`` later (default: the
@@ -310,6 +316,10 @@ class SandboxRuntime:
         if self._cancelled(a.container_id):
             return
         if a.image is not None and a.image.registry is not None:
+            with self._lock:
+                box = self._boxes.get(a.container_id)
+                if box is not None:
+                    box.pulling = True
             threading.Thread(
                 target=self._pull, args=(a,), name=f"crucible-pull-{a.container_id}", daemon=True
             ).start()
@@ -355,12 +365,25 @@ class SandboxRuntime:
             ready = prepare_function_image(self.oci, self.worker_deps, a.image.registry, auth)
         except Exception as exc:
             log.warning("image of container %s was not pulled: %s", a.container_id, exc)
-            code = exc.code if isinstance(exc, Error) else ImageBuildError.code
+            code = exc.code if isinstance(exc, Error) else ImagePullError.code
             text = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
-            self._queue.put(("built", (a, ErrorInfo(code=code, message=text))))
+            with self._lock:
+                box = self._boxes.get(a.container_id)
+                if box is None or box.state == "exited":
+                    return
+                # It never ran: the server fails the function's queued calls with this error
+                # and charges nothing.
+                box.pulling = False
+                box.error_code = code if code in IMAGE_ERROR_CODES else ImagePullError.code
+                self._finish(box, None, "image_failed", text)
+            self._notify(box)
             return
         finally:
             transport.close()
+        with self._lock:
+            box = self._boxes.get(a.container_id)
+            if box is not None:
+                box.pulling = False
         self._queue.put(("built", (a, ready)))
 
     def _launch(
@@ -754,6 +777,7 @@ class SandboxRuntime:
 
     def _finish(self, box: _Box, rc: int | None, reason: str, message: str | None) -> None:
         box.state = "exited"
+        box.pulling = False
         box.exit_code = rc
         box.reason = reason
         box.message = message[-_MESSAGE_MAX_CHARS:] if message else message
@@ -788,6 +812,7 @@ class SandboxRuntime:
                 exit_code=b.exit_code,
                 reason=b.reason,
                 message=b.message,
+                error_code=b.error_code,
             )
         return ContainerReport(container_id=b.container_id, state=b.state, pid=b.pid)
 
