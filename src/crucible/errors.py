@@ -46,7 +46,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "IMAGE_ERROR_CODES",
     "AuthError",
     "CallCancelledError",
     "ConflictError",
