@@ -116,6 +116,7 @@ class _Response:
         return data
 
     def close(self) -> None:
+        self.resp.close()  # the response holds the socket too: close both
         self.conn.close()
 
 
@@ -320,6 +321,7 @@ class RegistryClient:
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
                 url = urllib.parse.urljoin(url, resp.headers["Location"])
                 resp.read()
+                resp.close()
                 conn.close()
                 continue
             return _Response(conn, resp)
