@@ -127,7 +127,7 @@ def main() -> None:
                 f"{r['unpacked_mib']:.1f}",
                 f"{r['cold_s']:.2f}",
                 f"{r['cold_mib_per_s']:.1f}",
-                f"{r['shared_mib']:.3f} / {r['shared_s'] * 1000:.0f}",
+                f"{r['shared_mib'] * 1024:.1f} / {r['shared_s'] * 1000:.0f}",
                 f"{r['warm_tag_p50_ms']:.2f} / {r['warm_tag_p99_ms']:.2f}",
                 f"{r['warm_digest_p50_ms']:.3f} / {r['warm_digest_p99_ms']:.3f}",
             ]
@@ -140,7 +140,7 @@ def main() -> None:
             "MiB unpacked",
             "cold s",
             "cold MiB/s",
-            "shared base: MiB / ms",
+            "shared base: KiB / ms",
             "warm by tag p50/p99 ms",
             "warm by digest p50/p99 ms",
         ],
