@@ -321,3 +321,13 @@ def test_python_check(tmp_path: Path) -> None:
     (root / "usr/bin/python3.13").symlink_to("/usr/local/bin/nowhere")  # dangling: ignored
     found = require_python(root, "x")
     assert (found.path, found.version) == ("/usr/local/bin/python3.12", (3, 12))
+
+
+def test_docker_hub_short_names_through_a_mirror(tmp_path: Path, registry: Registry) -> None:
+    """``hubby:v1`` is docker.io/library/hubby:v1; with a mirror for docker.io the agent pulls
+    it from the mirror (here the loopback registry), never from the internet."""
+    digest = push_image(registry, "library/hubby", "v1", [BASE])
+    config = RegistryConfig.parse(f"docker.io={registry.url}")
+    images = OciImages(tmp_path / "oci", registries=config)
+    img = images.prepare("hubby:v1")
+    assert img.digest == digest and img.ref == "docker.io/library/hubby:v1"
