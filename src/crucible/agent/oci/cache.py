@@ -122,6 +122,10 @@ class OciImages:
         digest that is cached needs no registry at all; a tag is resolved at the registry each
         time (one small request). ``emit`` receives progress lines (never credentials).
 
+        Whoever runs the image calls :meth:`acquire` with its digest (and :meth:`release`
+        when done) so that eviction spares it; until then it is the most recently used image,
+        evicted only by pulls that need its room.
+
         Raises :class:`~crucible.errors.ImagePullError` or one of its subclasses."""
         say = emit or _noop
         try:
