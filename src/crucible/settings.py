@@ -363,7 +363,8 @@ class Settings:
         20480,
         "CRUCIBLE_OCI_IMAGE_MAX_MIB",
         "Largest OCI image the agent pulls (its layers, compressed, as the manifest declares "
-        "them, and as they arrive); a larger one fails with `image_too_large`.",
+        "them, and as they arrive; unpacked, 4 times this); a larger one fails with "
+        "`image_too_large`.",
     )
     oci_registry_mirrors: str = _opt(
         "",

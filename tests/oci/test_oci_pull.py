@@ -331,3 +331,12 @@ def test_docker_hub_short_names_through_a_mirror(tmp_path: Path, registry: Regis
     images = OciImages(tmp_path / "oci", registries=config)
     img = images.prepare("hubby:v1")
     assert img.digest == digest and img.ref == "docker.io/library/hubby:v1"
+
+
+def test_gzip_bomb_stops_at_the_unpacked_limit(tmp_path: Path, registry: Registry) -> None:
+    bomb = layer([Entry("zeros", bytes(2_000_000))])  # ~2 KB compressed, 2 MB unpacked
+    push_image(registry, "evil/bomb", "v1", [bomb])
+    images = cache(tmp_path, registry.host, max_image_bytes=200_000)  # unpacked: 800 kB
+    with pytest.raises(ImageTooLargeError, match="unpacks to more than"):
+        images.prepare(f"{registry.host}/evil/bomb:v1")
+    assert images.images() == []

@@ -62,6 +62,7 @@ MOUNT_POINTS = (
     "crucible/volumes",
 )
 _MIB = 1 << 20
+_UNPACKED_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,12 @@ class OciImages:
         )
         config = parse_config(self._small_blob(client, manifest.config_digest), str(ref))
         budget = [self.max_image_bytes - manifest.config_size]
+        # Unpacked, an image may be 4 times its compressed limit (a gzip bomb stops there).
+        unpacked = [self.max_image_bytes * _UNPACKED_FACTOR]
         downloaded_before = self.bytes_downloaded
         layers: list[tuple[Path, LayerInfo]] = []
         for layer in manifest.layers:
-            layers.append(self._layer(client, layer.digest, budget, say))
+            layers.append(self._layer(client, layer.digest, budget, unpacked, say))
         size = sum(info.size_bytes for _, info in layers)
         tmp = self.root / "images" / f".tmp-{_hex(digest)}-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +281,12 @@ class OciImages:
                 tmp.unlink()
 
     def _layer(
-        self, client: RegistryClient, digest: str, budget: list[int], say: Callable[[str], None]
+        self,
+        client: RegistryClient,
+        digest: str,
+        budget: list[int],
+        unpacked: list[int],
+        say: Callable[[str], None],
     ) -> tuple[Path, LayerInfo]:
         hex_ = _hex(digest)
         final = self.root / "layers" / hex_
@@ -300,7 +308,10 @@ class OciImages:
                 shutil.rmtree(work, ignore_errors=True)
                 try:
                     (work / "tree").mkdir(parents=True)
-                    info = unpack_layer(blob, work / "tree", f"layer {digest[:19]}")
+                    info = unpack_layer(
+                        blob, work / "tree", f"layer {digest[:19]}", max_bytes=unpacked[0]
+                    )
+                    unpacked[0] -= info.size_bytes
                     (work / "layer.json").write_text(info.to_json())
                     shutil.rmtree(final, ignore_errors=True)
                     os.rename(work, final)

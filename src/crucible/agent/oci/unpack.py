@@ -28,7 +28,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from crucible.errors import ImageUnsupportedError
+from crucible.errors import ImageTooLargeError, ImageUnsupportedError
 
 __all__ = ["LayerInfo", "assemble_rootfs", "safe_parts", "unpack_layer"]
 
@@ -104,9 +104,13 @@ def _readable(mode: int, is_dir: bool) -> int:
     return mode
 
 
-def unpack_layer(tar_path: Path, target: Path, what: str) -> LayerInfo:
+def unpack_layer(
+    tar_path: Path, target: Path, what: str, *, max_bytes: int | None = None
+) -> LayerInfo:
     """Unpack the layer at ``tar_path`` into ``target`` (an empty directory). Raises
-    :class:`ImageUnsupportedError` for an unreadable archive or an unsafe member."""
+    :class:`ImageUnsupportedError` for an unreadable archive or an unsafe member, and
+    :class:`ImageTooLargeError` when its files add up to more than ``max_bytes`` (a gzip
+    bomb stops there)."""
     info = LayerInfo()
     seen_dirs: list[tuple[Path, tarfile.TarInfo]] = []
     try:
@@ -143,6 +147,11 @@ def unpack_layer(tar_path: Path, target: Path, what: str) -> LayerInfo:
                     continue
                 _remove(dest)
                 if m.isreg():
+                    if max_bytes is not None and info.size_bytes + m.size > max_bytes:
+                        raise ImageTooLargeError(
+                            f"{what} unpacks to more than {max_bytes >> 20} MiB, this host's "
+                            "limit for an unpacked image (4 x CRUCIBLE_OCI_IMAGE_MAX_MIB)"
+                        )
                     src = tf.extractfile(m)
                     assert src is not None
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
