@@ -340,3 +340,18 @@ def test_gzip_bomb_stops_at_the_unpacked_limit(tmp_path: Path, registry: Registr
     with pytest.raises(ImageTooLargeError, match="unpacks to more than"):
         images.prepare(f"{registry.host}/evil/bomb:v1")
     assert images.images() == []
+
+
+def test_leftovers_of_a_dead_pull_are_swept(tmp_path: Path) -> None:
+    root = tmp_path / "oci"
+    OciImages(root)
+    dead = root / "images" / f".tmp-{'a' * 64}-999999999-1"
+    live = root / "layers" / f".tmp-{'b' * 64}-{os.getpid()}-1"
+    evicted = root / "images" / ".tmp-evict-abc-1"
+    blob = root / "blobs" / f".tmp-{'c' * 64}-999999999-1"
+    for d in (dead, live, evicted):
+        (d / "rootfs").mkdir(parents=True)
+    blob.write_bytes(b"partial")
+    OciImages(root)  # an agent starting again on the same cache
+    assert not dead.exists() and not evicted.exists() and not blob.exists()
+    assert live.exists()  # a pull of a live process is left alone

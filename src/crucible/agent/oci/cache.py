@@ -108,6 +108,7 @@ class OciImages:
         self._named_locks: dict[str, threading.Lock] = {}
         self._in_use: dict[str, int] = {}
         self._pulling: set[str] = set()  # layer hexes being unpacked: never collected
+        self._sweep()
         # Counters (tests, benchmarks): blobs and bytes downloaded by this object.
         self.blobs_downloaded = 0
         self.bytes_downloaded = 0
@@ -211,6 +212,24 @@ class OciImages:
                 evicted.append(digest)
             self._collect_layers()
         return evicted
+
+    def _sweep(self) -> None:
+        """Delete what an agent that died mid-pull left (``.tmp-*`` of processes that are
+        gone; evictions interrupted after their rename). Pulls of live processes are kept."""
+        for sub in ("images", "layers", "blobs"):
+            for entry in (self.root / sub).iterdir():
+                name = entry.name
+                if not name.startswith(".tmp-"):
+                    continue
+                if not name.startswith(".tmp-evict-"):
+                    pid = name.split("-")[-2]
+                    if not pid.isdigit() or _alive(int(pid)):
+                        continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
 
     # -- pulling ------------------------------------------------------------------------------
     def _pull(
@@ -385,6 +404,16 @@ class OciImages:
                 yield
             finally:
                 os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _hex(digest: str) -> str:
