@@ -1,7 +1,7 @@
 """OCI images: a cold pull (MB/s from a registry on loopback) against a warm cache start.
 
 A real registry (Debian's ``docker-registry``) on loopback holds a Python image assembled from
-this machine's ``python3.11`` (its standard library and shared libraries, ~50 MB), pushed
+this machine's system ``python3.X`` (its standard library and shared libraries, ~50 MB), pushed
 twice: with uncompressed layers and with gzip layers. For each, through the agent's OCI
 cache (:class:`crucible.agent.oci.OciImages`):
 

@@ -4,7 +4,8 @@ distribution registry), images the tests build themselves, and a token-auth gate
 Nothing comes from the internet: layers are tars built here (:func:`layer`), pushed with the
 registry's own upload API (:func:`push_image`). :class:`TokenGateway` is a token server and
 a bearer-checking front for a registry (and, with ``tamper``, a proxy that corrupts blobs).
-:func:`python_rootfs_layers` assembles a Python image from this machine's ``python3.11``,
+:func:`python_rootfs_layers` assembles a Python image from this machine's system Python of
+the tests' own minor version (``/usr/bin/python3.X``: the worker's compiled dependencies fit it),
 its standard library and the shared libraries it and the worker's compiled dependencies need.
 """
 
@@ -21,6 +22,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -362,7 +364,8 @@ class TokenGateway:
 
 
 # -- a Python image from this machine -------------------------------------------------------
-SYSTEM_PYTHON = "/usr/bin/python3.11"
+PY = f"python3.{sys.version_info[1]}"
+SYSTEM_PYTHON = f"/usr/bin/{PY}"
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo", "pydoc_data"}
 
 
@@ -382,8 +385,9 @@ def _ldd(paths: list[str]) -> set[str]:
 
 
 def python_rootfs_layers(extra_so_roots: list[str]) -> list[bytes]:
-    """Two uncompressed layers: shared libraries, then Python 3.11 and its standard library."""
-    stdlib = Path("/usr/lib/python3.11")
+    """Two uncompressed layers: shared libraries, then the system Python and its standard
+    library."""
+    stdlib = Path(f"/usr/lib/{PY}")
     so_files = [str(p) for p in stdlib.glob("lib-dynload/*.so")]
     for root in extra_so_roots:
         so_files += [str(p) for p in Path(root).rglob("*.so*") if p.is_file()]
@@ -401,8 +405,8 @@ def python_rootfs_layers(extra_so_roots: list[str]) -> list[bytes]:
         lib_entries.append(Entry(name, Path(os.path.realpath(lib)).read_bytes(), mode=0o755))
     py_entries = [
         Entry("usr/bin", kind="dir"),
-        Entry("usr/bin/python3.11", Path(SYSTEM_PYTHON).read_bytes(), mode=0o755),
-        Entry("usr/bin/python3", kind="symlink", target="python3.11"),
+        Entry(f"usr/bin/{PY}", Path(SYSTEM_PYTHON).read_bytes(), mode=0o755),
+        Entry("usr/bin/python3", kind="symlink", target=PY),
         Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234::/home/app:/bin/sh\n"),
         Entry("etc/group", b"root:x:0:\napp:x:1234:\n"),
     ]
@@ -410,7 +414,7 @@ def python_rootfs_layers(extra_so_roots: list[str]) -> list[bytes]:
         rel = path.relative_to(stdlib)
         if rel.parts[0] in _STDLIB_SKIP or rel.parts[0].startswith("config-"):
             continue
-        name = f"usr/lib/python3.11/{rel.as_posix()}"
+        name = f"usr/lib/{PY}/{rel.as_posix()}"
         if path.is_symlink():
             py_entries.append(Entry(name, kind="symlink", target=os.readlink(path)))
         elif path.is_dir():

@@ -1,6 +1,7 @@
 """Functions from OCI images, end to end: a real exchange whose bwrap agent pulls from a real
 registry on loopback (docker-registry) and runs the image as the sandbox's root file system
-with the worker injected. The Python image is assembled from this machine's python3.11."""
+with the worker injected. The Python image is assembled from this machine's system Python of
+the tests' own minor version."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 import crucible
 from oci_testlib import (
+    SYSTEM_PYTHON,
     Entry,
     Registry,
     TokenGateway,
@@ -35,8 +37,8 @@ def oci_world(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Exchange, Registry, TokenGateway]]:
     bwrap_or_skip()
-    if not Path("/usr/bin/python3.11").exists():
-        pytest.skip("the test's Python image is assembled from /usr/bin/python3.11")
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"the test's Python image is assembled from {SYSTEM_PYTHON}")
     root = tmp_path_factory.mktemp("oci")
     with run_registry(root / "registry") as reg:
         site = sysconfig.get_paths()["platlib"]
@@ -97,7 +99,7 @@ def test_function_runs_in_the_image(app_oci: Any, tenant: Any) -> None:
         seen = app_oci.inspect.remote()
         again = app_oci.inspect.remote()
     assert seen["os_release"] == "ID=crucible-test-image\n"  # the image's /etc, not the host's
-    assert seen["executable"] == "/usr/bin/python3.11" and seen["version"] == [3, 11]
+    assert seen["executable"] == SYSTEM_PYTHON and seen["version"] == list(sys.version_info[:2])
     assert seen["uid"] == 1234  # USER app, from the image's /etc/passwd
     assert seen["cwd"] == "/srv"  # WORKDIR
     assert seen["image_var"] == "from-image" and seen["from_spec"] == "spec"  # ENV, then .env()
