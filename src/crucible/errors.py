@@ -25,7 +25,12 @@ Exception tree::
     ├── RemoteError                    remote_error       (the function raised an exception that
     │                                                      cannot be rebuilt on this side)
     ├── ImageBuildError                image_build_failed       ┐ raised by an agent; a call
-    ├── SandboxUnavailableError        sandbox_unavailable      ┘ sees them in its error
+    ├── ImagePullError                 image_pull_failed        │ sees them in its error
+    │   ├── ImageNotFoundError         image_not_found          │ (OCI images: the registry,
+    │   ├── ImageDigestError           image_digest_mismatch    │ a blob's digest, the size
+    │   ├── ImageTooLargeError         image_too_large          │ limit, no usable Python)
+    │   └── ImageUnsupportedError      image_unsupported        │
+    ├── SandboxUnavailableError        sandbox_unavailable      ┘
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
     └── InternalError                  internal           500
 
@@ -48,6 +53,11 @@ __all__ = [
     "Error",
     "FunctionTimeoutError",
     "ImageBuildError",
+    "ImageDigestError",
+    "ImageNotFoundError",
+    "ImagePullError",
+    "ImageTooLargeError",
+    "ImageUnsupportedError",
     "InsufficientCreditError",
     "InternalError",
     "InvalidGpuError",
@@ -144,6 +154,8 @@ class QuotaExceededError(Error):
 
     code = "quota_exceeded"
     http_status = 413
+
+
 class RateLimitedError(Error):
     """Too many requests with this token: wait ``retry_after_s`` seconds (the response's
     Retry-After header) and send again. The SDK does so by itself for submits that are safe
@@ -229,6 +241,59 @@ class ImageBuildError(Error):
     http_status = 500
 
 
+class ImagePullError(Error):
+    """The agent could not pull the function's (or pod's) OCI image: the registry is
+    unreachable or refused the credentials. Registry credentials never appear in the message."""
+
+    code = "image_pull_failed"
+    http_status = 502
+
+
+class ImageNotFoundError(ImagePullError):
+    """The registry has no such repository, tag or digest."""
+
+    code = "image_not_found"
+    http_status = 404
+
+
+class ImageDigestError(ImagePullError):
+    """A blob or manifest the registry sent does not hash to its digest (corruption, or
+    someone tampering on the way). Nothing of it is used."""
+
+    code = "image_digest_mismatch"
+    http_status = 502
+
+
+class ImageTooLargeError(ImagePullError):
+    """The image is larger than this host's limit (CRUCIBLE_OCI_IMAGE_MAX_MIB)."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class ImageUnsupportedError(ImagePullError):
+    """The image cannot run here: no linux/amd64 (or this host's) variant, an unknown
+    manifest or layer type, or (for functions) no Python >= 3.11 inside."""
+
+    code = "image_unsupported"
+    http_status = 422
+
+
+# The codes a container whose image did not pull ends with (the agent reports it, the server
+# fails the function's queued calls with it).
+IMAGE_ERROR_CODES = frozenset(
+    c.code
+    for c in (
+        ImagePullError,
+        ImageNotFoundError,
+        ImageDigestError,
+        ImageTooLargeError,
+        ImageUnsupportedError,
+        ImageBuildError,
+    )
+)
+
+
 class SandboxUnavailableError(Error):
     """The host cannot run a sandboxed container (bubblewrap missing, user namespaces
     disabled, an unsupported CPU architecture). The message says what to install or enable."""
@@ -272,6 +337,11 @@ _BY_CODE: dict[str, type[Error]] = {
         ContainerExitedError,
         RemoteError,
         ImageBuildError,
+        ImagePullError,
+        ImageNotFoundError,
+        ImageDigestError,
+        ImageTooLargeError,
+        ImageUnsupportedError,
         SandboxUnavailableError,
         ServerUnavailableError,
         InternalError,

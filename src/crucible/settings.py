@@ -385,6 +385,36 @@ class Settings:
         "Size of the agent's image cache; least recently used images not in use are deleted "
         "past it (0: no limit).",
     )
+    oci_cache_max_mib: int = _opt(
+        51200,
+        "CRUCIBLE_OCI_CACHE_MAX_MIB",
+        "Size of the agent's OCI image cache (blobs, unpacked layers and root file systems); "
+        "least recently used images not in use are deleted past it (0: no limit).",
+    )
+    oci_image_max_mib: int = _opt(
+        20480,
+        "CRUCIBLE_OCI_IMAGE_MAX_MIB",
+        "Largest OCI image the agent pulls (its layers, compressed, as the manifest declares "
+        "them, and as they arrive; unpacked, 4 times this); a larger one fails with "
+        "`image_too_large`.",
+    )
+    oci_registry_mirrors: str = _opt(
+        "",
+        "CRUCIBLE_OCI_REGISTRY_MIRRORS",
+        "Registry mirrors, `REGISTRY=URL` separated by commas (`docker.io=http://127.0.0.1:5000`): "
+        "the agent pulls that registry's images from the mirror instead.",
+    )
+    oci_insecure_registries: str = _opt(
+        "",
+        "CRUCIBLE_OCI_INSECURE_REGISTRIES",
+        "Registries (`host:port`, commas) the agent reaches over plain HTTP instead of HTTPS; "
+        "meant for a registry on loopback or a trusted private network.",
+    )
+    oci_pull_timeout_s: float = _opt(
+        30.0,
+        "CRUCIBLE_OCI_PULL_TIMEOUT_S",
+        "Connect and read timeout of each request to a registry.",
+    )
     sandbox_disk_mib: int = _opt(
         1024,
         "CRUCIBLE_SANDBOX_DISK_MIB",

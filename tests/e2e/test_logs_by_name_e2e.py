@@ -44,9 +44,7 @@ def test_logs_by_app_name(exchange: Exchange, tmp_path: Path) -> None:
     with app_basic.app.run(client=builder):
         assert app_basic.chatty.remote(3) == 3
         newest = app_basic.app.app_id
-        wait_for(
-            lambda: len(builder.get(f"/v1/apps/{newest}/logs")["lines"]) == 4, 30, "lines"
-        )
+        wait_for(lambda: len(builder.get(f"/v1/apps/{newest}/logs")["lines"]) == 4, 30, "lines")
 
     by_id = _logs(exchange, token, tmp_path / "h1", app_id)
     assert by_id.returncode == 0, by_id.stderr

@@ -389,6 +389,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/secrets/rotate"),
         ("POST", "/v1/apps/{app_id}/secrets"),
         ("GET", "/v1/containers/{container_id}/secrets"),
+        ("GET", "/v1/containers/{container_id}/registry-auth"),
         ("POST", "/v1/dicts"),
         ("GET", "/v1/dicts"),
         ("GET", "/v1/dicts/{name}"),

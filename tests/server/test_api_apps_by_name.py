@@ -37,9 +37,7 @@ def test_function_info_kind(server: ServerUnderTest) -> None:
         {"name": "Model", "code": code, "class_params": {}},
         {"name": "web", "code": code, "web": {"kind": "asgi_app", "method": "*", "public": False}},
     ]
-    made = server.ok(
-        "POST", f"/v1/apps/{app_id}/functions", token=token, json={"functions": specs}
-    )
+    made = server.ok("POST", f"/v1/apps/{app_id}/functions", token=token, json={"functions": specs})
     assert {f["name"]: f["kind"] for f in made} == {
         "plain": "function",
         "gen": "generator",

@@ -227,6 +227,7 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/items"),
             ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
             ("GET", "/v1/containers/{container_id}/secrets"),
+            ("GET", "/v1/containers/{container_id}/registry-auth"),
         }
     },
     "user": {
@@ -243,6 +244,7 @@ ALLOWED = {
             ("POST", "/v1/containers/{container_id}/items"),
             ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
             ("GET", "/v1/containers/{container_id}/secrets"),
+            ("GET", "/v1/containers/{container_id}/registry-auth"),
             ("POST", "/v1/secrets/rotate"),  # operators rotate the secrets key
         }
     },
@@ -261,6 +263,7 @@ ALLOWED = {
         ("POST", "/v1/containers/{container_id}/items"),
         ("GET", "/v1/containers/{container_id}/calls/{call_id}/inbox"),
         ("GET", "/v1/containers/{container_id}/secrets"),
+        ("GET", "/v1/containers/{container_id}/registry-auth"),
         *((m, p) for m, p in V1_ROUTES if p.startswith(("/v1/dicts", "/v1/queues", "/v1/volumes"))),
     },
 }

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible.errors import ImageBuildError
+from crucible.errors import ImageBuildError, ImageUnsupportedError
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
@@ -336,7 +336,13 @@ class ProcessRuntime:
             # first) can differ on hosts with mixed GPUs.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
-        if a.image is not None and a.image.steps:
+        if a.image is not None and a.image.registry is not None:
+            env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(
+                code=ImageUnsupportedError.code,
+                message=f"this host runs the `process` runtime, which cannot run the OCI image "
+                f"{a.image.registry}; run its agent with --runtime bwrap",
+            ).model_dump_json()
+        elif a.image is not None and a.image.steps:
             # Queued calls would wait forever on a container that cannot start: run the worker
             # anyway and let it fail them with the reason.
             env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(

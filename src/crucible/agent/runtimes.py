@@ -79,7 +79,18 @@ def build_runtime(
                 "the agent is not root: its sandboxes share its uid, so process limits count "
                 "across tenants (see docs/hosts.md); this host will not report full isolation"
             )
+        from crucible.agent.oci import OciImages, RegistryConfig
+        from crucible.agent.oci.python import WorkerDeps
+
         mib = 1024 * 1024
+        try:
+            registries = RegistryConfig.parse(
+                settings.oci_registry_mirrors,
+                settings.oci_insecure_registries,
+                settings.oci_pull_timeout_s,
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(f"CRUCIBLE_OCI_REGISTRY_MIRRORS: {exc}") from None
         return SandboxRuntime(
             agent_dir,
             server_url,
@@ -101,6 +112,13 @@ def build_runtime(
             stop_grace_s=settings.stop_grace_s,
             on_exit=on_exit,
             uids=uids,
+            oci=OciImages(
+                agent_dir / "oci",
+                registries=registries,
+                max_bytes=settings.oci_cache_max_mib * mib,
+                max_image_bytes=settings.oci_image_max_mib * mib,
+            ),
+            worker_deps=WorkerDeps(agent_dir / "oci" / "worker-deps", uv_bin=settings.uv_bin),
         )
     raise InvalidRequestError(
         f"unknown runtime {settings.runtime!r}; choose one of: {', '.join(RUNTIMES)}"

@@ -17,6 +17,11 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 ``/dev``                    null, zero, random, urandom, tty, shm, and the container's GPUs
 =========================  ==========================================================
 
+With an OCI image (``Image.from_registry``) the image's root file system is ``/`` instead of
+the host's system directories: none of the host's ``/usr`` or ``/etc`` is seen, the worker's
+code and dependencies are bound read-only under ``/crucible/lib`` and appended to the image
+Python's path, and the sandbox runs as the image's ``USER``.
+
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
 gid 1000 inside), PID, IPC, UTS, cgroup and network (the host's network only for the host
@@ -147,6 +152,12 @@ class SandboxConfig:
     # short private temporary directory rather than under the agent's directory. With a host
     # uid it (and its "-stage" sibling) must be reachable by that uid: keep it under /tmp.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-relay-")))
+    # An OCI image's root file system: bound read-only as /, instead of the host's system
+    # directories; lib_mounts (the worker and its dependencies) are appended to sys.path.
+    rootfs: Path | None = None
+    lib_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    uid: int = SANDBOX_UID
+    gid: int = SANDBOX_UID
 
     @property
     def code_dir(self) -> Path:
@@ -178,7 +189,15 @@ def python_mounts(python: str) -> list[str]:
 def host_binds(cfg: SandboxConfig) -> list[tuple[str, str, str]]:
     """The host paths a sandbox gets beyond the system's own, as (host path, path inside,
     bwrap option): the interpreter's directories, the image, the code, the GPU nodes and the
-    volumes' mount directories (the only writable ones)."""
+    volumes' mount directories (the only writable ones). With an OCI rootfs, it comes first
+    (bound at ``/``) and the worker's libraries replace the interpreter's directories."""
+    if cfg.rootfs is not None:
+        out = [(str(cfg.rootfs), "/", "--ro-bind")]
+        out += [(str(host), inside, "--ro-bind") for host, inside in cfg.lib_mounts]
+        out += [(host, inside, "--dev-bind") for host, inside in gpu_nodes(cfg)]
+        out.append((str(cfg.code_dir), "/crucible/code", "--ro-bind"))
+        out += [(str(host), inside, "--bind") for host, inside in cfg.volume_mounts]
+        return out
     out = [(p, p, "--ro-bind") for p in python_mounts(cfg.python)]
     if cfg.image_root is not None:
         out.append((str(cfg.image_root), str(cfg.image_root), "--ro-bind"))
@@ -203,7 +222,7 @@ def bwrap_argv(
     of :func:`host_binds` is reachable for an unprivileged bwrap (by default, its host path)."""
     a = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "crucible"]
+    a += ["--uid", str(cfg.uid), "--gid", str(cfg.gid), "--hostname", "crucible"]
     # A network namespace of its own, except for the host owner's code that asked for the
     # host's network. Filtered egress happens in that namespace: bwrap tells the agent its
     # first process (--info-fd) and waits (--block-fd) until the filter and slirp4netns are
@@ -212,29 +231,38 @@ def bwrap_argv(
         a.append("--unshare-net")
     if sync_fds is not None:
         a += ["--info-fd", str(sync_fds[0]), "--block-fd", str(sync_fds[1])]
+    binds = host_binds(cfg)
+    sources = staged if staged is not None else [host for host, _, _ in binds]
+    pairs = list(zip(binds, sources, strict=True))
+    if cfg.rootfs is not None:  # the image's root first: everything else lands inside it
+        (_, inside, option), source = pairs.pop(0)
+        a += [option, source, inside]
     # File systems first: binds below may land inside them (an image under the host's /tmp).
     a += ["--proc", "/proc", "--dev", "/dev"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     a += ["--size", str(cfg.disk_bytes), "--perms", "1777", "--tmpfs", WORK_ROOT]
-    for d in _SYSTEM_DIRS:
-        if os.path.islink(d):
-            a += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            a += ["--ro-bind", d, d]
-    for p in _ETC + (_ETC_NETWORK if cfg.network else ()):
-        if os.path.exists(p):
-            a += ["--ro-bind", p, p]
+    if cfg.rootfs is None:
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                a += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                a += ["--ro-bind", d, d]
+        for p in _ETC + (_ETC_NETWORK if cfg.network else ()):
+            if os.path.exists(p):
+                a += ["--ro-bind", p, p]
+    else:  # mount points for the worker's libraries (the rootfs is read-only)
+        a += ["--perms", "0755", "--tmpfs", "/crucible/lib"]
     if cfg.egress is not None:  # written by spawn_sandbox into the run directory
         a += ["--ro-bind", str(cfg.run_dir / "hosts"), "/etc/hosts"]
         a += ["--ro-bind", str(cfg.run_dir / "resolv.conf"), "/etc/resolv.conf"]
-    binds = host_binds(cfg)
-    sources = staged if staged is not None else [host for host, _, _ in binds]
-    for (_, inside, option), source in zip(binds, sources, strict=True):
+    for (_, inside, option), source in pairs:
         a += [option, source, inside]
     a += ["--ro-bind", str(cfg.run_dir), "/crucible/run"]
     a += ["--remount-ro", "/", "--seccomp", str(seccomp_fd), "--clearenv", "--chdir", WORK_ROOT]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
+        # The image's own packages first, then Crucible's worker and its dependencies.
+        **({"CRUCIBLE_LIB_PATH": ":".join(p for _, p in cfg.lib_mounts)} if cfg.rootfs else {}),
         "HOME": WORK_ROOT,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -245,10 +273,21 @@ def bwrap_argv(
     for k, v in env.items():
         a += ["--setenv", k, v]
     # -P: the working directory (writable) is not put on sys.path.
-    if command is None:
+    if command is None and cfg.rootfs is not None:
+        command = [cfg.python, "-P", "-c", _OCI_BOOT, "--ctrl-fd", str(ctrl_fd)]
+    elif command is None:
         command = [cfg.python, "-P", "-m", ZYGOTE_MODULE, "--ctrl-fd", str(ctrl_fd)]
     a += ["--", *command]
     return a
+
+
+# The zygote's start in an OCI image: the worker's libraries go after the image's own
+# site-packages (PYTHONPATH would put them first and shadow the image's packages).
+_OCI_BOOT = (
+    "import os, runpy, sys; "
+    "sys.path.extend(p for p in os.environ.pop('CRUCIBLE_LIB_PATH', '').split(':') if p); "
+    f"runpy.run_module({ZYGOTE_MODULE!r}, run_name='__main__', alter_sys=True)"
+)
 
 
 def gpu_nodes(cfg: SandboxConfig) -> list[tuple[str, str]]:

@@ -45,10 +45,14 @@ from typing import Any
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.oci.cache import OciImages, ensure_mount_point
+from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
+from crucible.agent.oci.python import WorkerDeps
+from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
-from crucible.errors import Error, ImageBuildError
+from crucible.errors import IMAGE_ERROR_CODES, Error, ImageBuildError, ImagePullError
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.transport import Transport
@@ -107,6 +111,10 @@ class _Box:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    # Pulling its OCI image: not reported to the server yet, so that the pull (and a pull that
+    # fails) is never metered; the container counts as started once the image is ready.
+    pulling: bool = False
+    error_code: str | None = None  # why its image did not pull (reason "image_failed")
 
 
 @dataclass
@@ -116,6 +124,7 @@ class _Zygote:
     relay: Relay
     image_key: str | None
     containers: set[str] = field(default_factory=set)
+    oci_digest: str | None = None  # the OCI image it runs on (held in the OCI cache)
     idle_since: float = field(default_factory=time.monotonic)
     warmed: set[str] = field(default_factory=set)
     gone: bool = False
@@ -152,8 +161,13 @@ class SandboxRuntime:
         stop_grace_s: float = 5.0,
         on_exit: Callable[[ContainerReport], None] | None = None,
         uids: UidPool | None = None,
+        oci: OciImages | None = None,
+        worker_deps: WorkerDeps | None = None,
     ) -> None:
         self.agent_dir = Path(agent_dir)
+        # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
+        self.oci = oci or OciImages(self.agent_dir / "oci")
+        self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
@@ -220,8 +234,10 @@ class SandboxRuntime:
         self._queue.put(("start", assignment))
 
     def poll(self) -> list[ContainerReport]:
+        """Every container's state, except those still pulling their OCI image (the server
+        keeps them pending, so the pull is not metered)."""
         with self._lock:
-            return [self._report(b) for b in self._boxes.values()]
+            return [self._report(b) for b in self._boxes.values() if not b.pulling]
 
     def stop(self, container_id: str, grace_s: float | None = None, why: str = "") -> bool:
         """SIGTERM the container's process group, SIGKILL ``grace_s`` later (default: the
@@ -305,6 +321,15 @@ class SandboxRuntime:
     def _prepare(self, a: ContainerAssignment) -> None:
         if self._cancelled(a.container_id):
             return
+        if a.image is not None and a.image.registry is not None:
+            with self._lock:
+                box = self._boxes.get(a.container_id)
+                if box is not None:
+                    box.pulling = True
+            threading.Thread(
+                target=self._pull, args=(a,), name=f"crucible-pull-{a.container_id}", daemon=True
+            ).start()
+            return
         if a.image is None or not a.image.steps:
             self._launch(a, None)
             return
@@ -328,12 +353,53 @@ class SandboxRuntime:
 
         threading.Thread(target=build, name=f"crucible-build-{a.container_id}", daemon=True).start()
 
-    def _launch(self, a: ContainerAssignment, built: BuiltImage | ErrorInfo | None) -> None:
+    def _pull(self, a: ContainerAssignment) -> None:
+        """Pull the container's OCI image (a build thread), then queue its launch; a failure
+        starts it without the image, so that its worker fails the calls with the error."""
+        assert a.image is not None and a.image.registry is not None
+        transport = Transport(self.server_url, a.token, retry_for_s=10.0)
+        try:
+            auth = None
+            if a.image.registry_secret:
+                values = transport.request(
+                    "GET", f"/v1/containers/{a.container_id}/registry-auth"
+                ).get("env", {})
+                if values.get("REGISTRY_USERNAME") is not None:
+                    auth = RegistryAuth(
+                        str(values["REGISTRY_USERNAME"]), str(values.get("REGISTRY_PASSWORD", ""))
+                    )
+            ready = prepare_function_image(self.oci, self.worker_deps, a.image.registry, auth)
+        except Exception as exc:
+            log.warning("image of container %s was not pulled: %s", a.container_id, exc)
+            code = exc.code if isinstance(exc, Error) else ImagePullError.code
+            text = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                box = self._boxes.get(a.container_id)
+                if box is None or box.state == "exited":
+                    return
+                # It never ran: the server fails the function's queued calls with this error
+                # and charges nothing.
+                box.pulling = False
+                box.error_code = code if code in IMAGE_ERROR_CODES else ImagePullError.code
+                self._finish(box, None, "image_failed", text)
+            self._notify(box)
+            return
+        finally:
+            transport.close()
+        with self._lock:
+            box = self._boxes.get(a.container_id)
+            if box is not None:
+                box.pulling = False
+        self._queue.put(("built", (a, ready)))
+
+    def _launch(
+        self, a: ContainerAssignment, built: BuiltImage | FunctionImage | ErrorInfo | None
+    ) -> None:
         cid = a.container_id
         if self._cancelled(cid):
             return
         failure = built if isinstance(built, ErrorInfo) else None
-        image = built if isinstance(built, BuiltImage) else None
+        image = built if isinstance(built, BuiltImage | FunctionImage) else None
         egress: EgressPlan | None = None
         owner = self.owner_account is not None and a.account_id == self.owner_account
         # The owner's network=True is the host's own network (its machine, its code); every
@@ -349,7 +415,7 @@ class SandboxRuntime:
                 return
         z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
         code = self._place_code(a, z)
-        env = self._container_env(a)
+        env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -368,6 +434,8 @@ class SandboxRuntime:
             # Import the user's module in the zygote once this code has run here before.
             "warm": {"sha": a.code.bundle, "module": a.code.module} if code in z.warmed else None,
         }
+        if isinstance(image, FunctionImage):
+            msg["workdir"] = image.image.workdir
         with self._lock:
             box = self._boxes.get(cid)
             if box is None or box.state == "exited":
@@ -389,7 +457,7 @@ class SandboxRuntime:
     def _zygote_for(
         self,
         a: ContainerAssignment,
-        built: BuiltImage | None,
+        built: BuiltImage | FunctionImage | None,
         *,
         failed: bool = False,
         egress: EgressPlan | None = None,
@@ -418,20 +486,27 @@ class SandboxRuntime:
         shutil.rmtree(sdir, ignore_errors=True)
         (sdir / "code").mkdir(parents=True)
         root = _crucible_import_root()
+        oci = built if isinstance(built, FunctionImage) else None
+        uv_built = built if isinstance(built, BuiltImage) else None
         cfg = SandboxConfig(
             name=key,
             dir=sdir,
-            python=str(built.python) if built is not None else sys.executable,
+            python=oci.python.path if oci else str(uv_built.python) if uv_built else sys.executable,
             preload=list(a.image.preload) if a.image and not failed else [],
-            image_mounts=list(built.mounts) if built is not None else [],
-            image_root=built.root if built is not None else None,
+            image_mounts=list(uv_built.mounts) if uv_built is not None else [],
+            image_root=uv_built.root if uv_built is not None else None,
             network=a.network is True and egress is None,  # the owner's: the host's network
             egress=egress,
             gpu_indices=list(a.gpu_indices),
             disk_bytes=self.limits.disk_bytes,
-            env={"PYTHONPATH": root} if root else {},
+            env={"PYTHONPATH": root} if root and oci is None else {},
             gpu_dev_root=self.limits.gpu_dev_root,
         )
+        if oci is not None:
+            cfg.rootfs = oci.image.rootfs
+            cfg.lib_mounts = oci.lib_mounts
+            cfg.uid, cfg.gid = oci.uid, oci.gid
+            cfg.env.update(oci.env)
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
         # Volumes: a directory per mount, writable by the sandbox's uid; the worker fills it
@@ -442,6 +517,8 @@ class SandboxRuntime:
             if cfg.host_uid is not None:
                 os.chown(host_dir, cfg.host_uid, cfg.host_uid)
             cfg.volume_mounts.append((host_dir, inside))
+            if oci is not None:  # its mount point, in the (read-only) image
+                ensure_mount_point(oci.image.rootfs, inside)
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
@@ -451,8 +528,10 @@ class SandboxRuntime:
             raise
         cgroup = self.new_cgroup(key)
         rlimits = self.rlimits(cgroup)
-        if built is not None:
-            self.images.acquire(built.key)
+        if uv_built is not None:
+            self.images.acquire(uv_built.key)
+        if oci is not None:
+            self.oci.acquire(oci.image.digest)
         try:
             proc = ZygoteProcess(
                 self.bwrap,
@@ -464,8 +543,10 @@ class SandboxRuntime:
         except BaseException:
             relay.close()
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
-            if built is not None:
-                self.images.release(built.key)
+            if uv_built is not None:
+                self.images.release(uv_built.key)
+            if oci is not None:
+                self.oci.release(oci.image.digest)
             if cgroup is not None:
                 cgroup.remove()
             if uid is not None:
@@ -475,7 +556,8 @@ class SandboxRuntime:
             key,
             proc,
             relay,
-            built.key if built is not None else None,
+            uv_built.key if uv_built is not None else None,
+            oci_digest=oci.image.digest if oci is not None else None,
             cgroup=cgroup,
             baseline=self.limits.zygote_start_memory,
             uid=uid,
@@ -530,13 +612,19 @@ class SandboxRuntime:
         os.rename(tmp, target)
         return sha
 
-    def _container_env(self, a: ContainerAssignment) -> dict[str, str]:
-        """The container's environment, built from scratch (never the agent's own)."""
+    def _container_env(
+        self, a: ContainerAssignment, oci: FunctionImage | None = None
+    ) -> dict[str, str]:
+        """The container's environment, built from scratch (never the agent's own): an OCI
+        image's ENV (its PATH too), the image spec's env, then Crucible's."""
         devices = ",".join(str(i) for i in a.gpu_indices)
-        env = dict(a.image.env) if a.image else {}
+        env = dict(oci.env) if oci is not None else {}
+        env.update(a.image.env if a.image else {})
         env.update(
             {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "PATH": env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+                if oci is not None
+                else "/usr/local/bin:/usr/bin:/bin",
                 "LANG": "C.UTF-8",
                 "PYTHONUNBUFFERED": "1",
                 "CRUCIBLE_SERVER_URL": self.server_url,
@@ -612,6 +700,8 @@ class SandboxRuntime:
                         z.uid.release()
                     if z.image_key is not None:
                         self.images.release(z.image_key)
+                    if z.oci_digest is not None:
+                        self.oci.release(z.oci_digest)
                     for cid in sorted(z.containers):
                         box = self._boxes.get(cid)
                         if box is not None and box.state != "exited":
@@ -712,6 +802,7 @@ class SandboxRuntime:
 
     def _finish(self, box: _Box, rc: int | None, reason: str, message: str | None) -> None:
         box.state = "exited"
+        box.pulling = False
         box.exit_code = rc
         box.reason = reason
         box.message = message[-_MESSAGE_MAX_CHARS:] if message else message
@@ -746,6 +837,7 @@ class SandboxRuntime:
                 exit_code=b.exit_code,
                 reason=b.reason,
                 message=b.message,
+                error_code=b.error_code,
             )
         return ContainerReport(container_id=b.container_id, state=b.state, pid=b.pid)
 

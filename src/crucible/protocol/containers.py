@@ -55,9 +55,11 @@ class ContainerReport(Wire):
     pid: int | None = Field(default=None, ge=0, le=2**31)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     # Why it exited: "exited" (worker returned), "killed" (signal), "stopped" (asked to),
-    # "start_failed", "oom".
+    # "start_failed", "oom", "image_failed" (its image did not pull: it never ran, and the
+    # function's queued calls fail with ``error_code``, one of the image error codes).
     reason: str | None = Field(default=None, max_length=32)
     message: str | None = Field(default=None, max_length=100_000)
+    error_code: str | None = Field(default=None, pattern=r"^image_[a-z_]{1,40}$")
     # Energy the container used since it started (GPUs and its share of the CPUs), in
     # milliwatt-hours, as the agent measured it (NVML, RAPL) or estimated it from the
     # catalog's power figures (``energy_estimated``). None: an agent that does not meter.

@@ -2,7 +2,10 @@
 
 An image is a list of build steps (packages installed with ``uv``, local files shipped as
 blobs) plus what containers see at run time (environment variables, modules a zygote imports
-before it forks). The SDK computes :attr:`ImageSpec.id` and the agent checks it, so an image
+before it forks). Or it is an OCI image from a registry (``registry``: a reference such as
+``python:3.12-slim``, with the name of the account's secret holding the registry's
+credentials), which the agent pulls and runs as the sandbox's root file system.
+The SDK computes :attr:`ImageSpec.id` and the agent checks it, so an image
 is built once per host whoever asks for it.
 """
 
@@ -16,6 +19,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from crucible.protocol.common import Wire
+from crucible.protocol.image_refs import parse_image_ref
 
 __all__ = ["BuildStep", "ImageSpec"]
 
@@ -57,6 +61,11 @@ class ImageSpec(Wire):
     env: dict[str, str] = Field(default_factory=dict, max_length=256)
     # Imported by the zygote before it forks containers (e.g. "torch").
     preload: list[str] = Field(default_factory=list, max_length=64)
+    # An OCI image reference (Image.from_registry): the agent pulls it and runs containers
+    # with it as their root file system. None: the host's own Python with the build steps.
+    registry: str | None = Field(default=None, max_length=512)
+    # The name of the account's secret with REGISTRY_USERNAME and REGISTRY_PASSWORD.
+    registry_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
     # sha256 of the canonical JSON of everything above; the SDK sets it, the server checks it.
     id: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
@@ -68,6 +77,15 @@ class ImageSpec(Wire):
         for m in self.preload:
             if not re.match(_MODULE, m):
                 raise ValueError(f"{m!r} is not a module name")
+        if self.registry is not None:
+            parse_image_ref(self.registry)  # ValueError names what is wrong
+            if self.steps:
+                raise ValueError(
+                    "an image from a registry takes no build steps (pip installs, local files): "
+                    "put them in the image itself, or ship code with the app"
+                )
+        elif self.registry_secret is not None:
+            raise ValueError("registry_secret is only for an image from a registry")
         expected = self.content_hash()
         if not self.id:
             self.id = expected
@@ -77,7 +95,11 @@ class ImageSpec(Wire):
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the whole spec (id excluded)."""
-        body = self.model_dump(mode="json", exclude={"id"})
+        body = self.model_dump(mode="json", exclude={"id", "registry", "registry_secret"})
+        # Added only when set, so the ids of images without a registry did not change.
+        if self.registry is not None:
+            body["registry"] = self.registry
+            body["registry_secret"] = self.registry_secret
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def build_hash(self) -> str:

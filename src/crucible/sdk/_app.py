@@ -199,9 +199,7 @@ class App:
             check_int("retries", retries, 0, 100)
             policy = Retries(max_retries=retries)
         if image is not None and not isinstance(image, Image):
-            raise InvalidRequestError(
-                f"image must be a crucible.Image, got {type(image).__name__}"
-            )
+            raise InvalidRequestError(f"image must be a crucible.Image, got {type(image).__name__}")
         network = check_network(network)
         check_name("name", name, optional=True)
         if not isinstance(secrets, list | tuple) or not all(isinstance(x, Secret) for x in secrets):
@@ -237,9 +235,7 @@ class App:
         check_int("max_containers", max_containers, 1, 100_000, optional=True)
         check_int("min_containers", min_containers, 0, 100_000)
         check_int("buffer_containers", buffer_containers, 0, 100_000)
-        check_number(
-            "scaledown_window", scaledown_window, 0, 86400, optional=True, unit="seconds"
-        )
+        check_number("scaledown_window", scaledown_window, 0, 86400, optional=True, unit="seconds")
         if max_containers is not None and min_containers > max_containers:
             raise InvalidRequestError(
                 f"min_containers={min_containers} is above max_containers={max_containers}; "
@@ -384,8 +380,7 @@ class App:
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise InvalidRequestError(
-                f"@app.cls() got an unknown argument {unknown[0]!r}; it takes "
-                + ", ".join(allowed)
+                f"@app.cls() got an unknown argument {unknown[0]!r}; it takes " + ", ".join(allowed)
             )
         register = self.function(**options)
 

@@ -44,9 +44,7 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def check_int(
-    label: str, value: Any, lo: int, hi: int, *, optional: bool = False
-) -> int | None:
+def check_int(label: str, value: Any, lo: int, hi: int, *, optional: bool = False) -> int | None:
     """An int (not a bool) in ``[lo, hi]``; None passes when ``optional``."""
     if value is None and optional:
         return None

@@ -14,6 +14,16 @@ shared and extended::
     @app.function(image=image)
     def f(): ...
 
+Or start from any OCI image in a registry (Docker Hub, GHCR, a private registry)::
+
+    image = crucible.Image.from_registry("python:3.12-slim")
+    private = crucible.Image.from_registry(
+        "registry.example.com/team/app:1.4", secret=crucible.Secret.from_name("regcreds")
+    )
+
+The agent pulls it (verifying every blob), runs it as the container's root file system with
+its ENV, WORKDIR and USER, and injects Crucible's worker: the image needs Python >= 3.11.
+
 The agent builds an image once per host, with ``uv``, and reuses it for every container of
 every function and account that asks for the same content. Local files travel as zip blobs
 uploaded when the app starts; their hashes are part of the image's identity.
@@ -83,6 +93,35 @@ class Image:
     _env: tuple[tuple[str, str], ...] = ()
     _preload: tuple[str, ...] = ()
     _zips: dict[str, tuple[str, bytes]] = field(default_factory=dict, compare=False, repr=False)
+    _registry: str | None = None
+    _registry_secret: str | None = None
+
+    @classmethod
+    def from_registry(cls, ref: str, *, secret: Any = None) -> Image:
+        """An OCI image from a registry: ``"python:3.12-slim"`` (Docker Hub),
+        ``"ghcr.io/org/app:tag"``, or pinned ``"...@sha256:..."``. ``secret``: a
+        ``crucible.Secret.from_name(NAME)`` whose secret holds ``REGISTRY_USERNAME`` and
+        ``REGISTRY_PASSWORD`` for a private registry. The image must hold Python >= 3.11 for
+        functions (the worker runs with it). ``.env()`` and ``.preload()`` apply on top."""
+        from crucible.sdk._secrets import Secret
+
+        if not isinstance(ref, str):
+            raise InvalidRequestError(
+                f"Image.from_registry(): ref must be a string such as 'python:3.12-slim', "
+                f"got {type(ref).__name__}"
+            )
+        secret_name: str | None = None
+        if secret is not None:
+            if not isinstance(secret, Secret) or secret.name is None:
+                raise InvalidRequestError(
+                    "Image.from_registry(): secret must be crucible.Secret.from_name(NAME), a "
+                    "secret of your account holding REGISTRY_USERNAME and REGISTRY_PASSWORD "
+                    "(create it with `crucible secret create NAME REGISTRY_USERNAME=... "
+                    "REGISTRY_PASSWORD=...`)"
+                )
+            secret_name = secret.name
+        image = cls(_registry=ref, _registry_secret=secret_name)
+        return cls._check(image, "from_registry")
 
     # -- steps --------------------------------------------------------------------------------
     def pip_install(self, *packages: str | list[str]) -> Image:
@@ -173,7 +212,13 @@ class Image:
                 )
                 for kind, pkgs, source, remote in self._steps
             ]
-            return ImageSpec(steps=steps, env=dict(self._env), preload=list(self._preload))
+            return ImageSpec(
+                steps=steps,
+                env=dict(self._env),
+                preload=list(self._preload),
+                registry=self._registry,
+                registry_secret=self._registry_secret,
+            )
         except ValidationError as exc:
             raise from_validation_error(exc, "the image") from None
 

@@ -86,9 +86,7 @@ def _upload_file(client: Client, local: Path) -> FileEntry:
     )
 
 
-def _write_file(
-    client: Client, entry: FileEntry, target: Path, cache: Path | None = None
-) -> None:
+def _write_file(client: Client, entry: FileEntry, target: Path, cache: Path | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.crucible-tmp")
     with open(tmp, "wb") as f:

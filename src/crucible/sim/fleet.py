@@ -68,7 +68,7 @@ def openb_dir(configured: str) -> Path:
     where = configured or load_settings().openb_trace_dir
     if not where:
         raise ScenarioError(
-            "the openb scenarios replay Alibaba's GPU cluster trace 2023 (\"openb\", "
+            'the openb scenarios replay Alibaba\'s GPU cluster trace 2023 ("openb", '
             "cluster-trace-gpu-v2023 in Alibaba's clusterdata repository), which Crucible "
             "does not ship: put its CSV files in a folder and set CRUCIBLE_OPENB_TRACE_DIR to "
             "it, or trace_dir in the scenario"

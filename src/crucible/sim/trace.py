@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class TracePod:
     """One task of the trace. Times are seconds; ``None`` where the trace leaves them empty."""
@@ -60,9 +59,7 @@ def _int(text: str) -> int | None:
     return int(float(text)) if text else None
 
 
-def load_nodes(
-    directory: Path | str, *, gpu_only: bool = False
-) -> list[NodeSpec]:
+def load_nodes(directory: Path | str, *, gpu_only: bool = False) -> list[NodeSpec]:
     """The trace's nodes in file order. ``gpu_only`` reads the 1,213-node GPU list."""
     name = "openb_node_list_gpu_node.csv" if gpu_only else "openb_node_list_all_node.csv"
     return read_openb_nodes(Path(directory) / name)

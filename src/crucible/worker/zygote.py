@@ -162,6 +162,9 @@ def _child(ctrl: socket.socket, msg: dict[str, Any], log_fd: int, keep: set[int]
         fd = os.open(assignment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(msg["assignment"])
+        workdir = msg.get("workdir")  # an OCI image's WORKDIR (read-only: /tmp is writable)
+        if isinstance(workdir, str) and os.path.isdir(workdir):
+            os.chdir(workdir)
         limits = msg.get("limits", {})
         memory = int(limits.get("memory_bytes", 0))
         if memory > 0:

@@ -73,3 +73,12 @@ def container_secrets(container_id: str, who: Container, state: State) -> Secret
         raise NotFoundError(f"container {container_id} not found")
     with state.engine.connect() as conn:
         return svc.env_for_container(conn, state.secret_box, container_id)
+
+
+@router.get("/containers/{container_id}/registry-auth")
+def container_registry_auth(container_id: str, who: Container, state: State) -> SecretValues:
+    """The registry credentials of the container's image (the agent pulls with them)."""
+    if who.container_id != container_id:  # another container does not exist for this token
+        raise NotFoundError(f"container {container_id} not found")
+    with state.engine.connect() as conn:
+        return svc.registry_auth_for_container(conn, state.secret_box, container_id)

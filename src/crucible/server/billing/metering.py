@@ -87,6 +87,8 @@ def storage_cost(
     if end_ms < start_ms or size_bytes < 0:
         raise ValueError(f"storage interval [{start_ms}, {end_ms}) of {size_bytes} bytes")
     return size_bytes * price_micros_per_gib_month * (end_ms - start_ms) // (GIB * MS_PER_MONTH)
+
+
 def energy_split(total_mwh: int, intervals: list[tuple[int, int]]) -> list[int]:
     """Share ``total_mwh`` among ``intervals`` in proportion to their lengths, in integers
     that add up to exactly ``total_mwh`` (negative totals count as 0)."""

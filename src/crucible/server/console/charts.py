@@ -29,7 +29,7 @@ def _frame(title: str, body: list[str], top_label: str) -> Markup:
     )
     return Markup(
         f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}"'
-        f'><title>{escape(title)}</title>{axis}{"".join(body)}</svg>'
+        f"><title>{escape(title)}</title>{axis}{''.join(body)}</svg>"
     )
 
 

@@ -102,7 +102,6 @@ def host_fits(req: LeaseRequest, pool: PoolState, used: set[str]) -> bool:
     )
 
 
-
 def _memory_price(req: LeaseRequest, offer: Offer) -> int:
     return offer.memory_price(req.tier) if req.models == (CPU,) else 0
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, insert, or_, select, update
 
-from crucible.errors import NotFoundError, PermissionDeniedError
+from crucible.errors import IMAGE_ERROR_CODES, NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -22,7 +22,7 @@ from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, container_token
 from crucible.server.billing.service import meter_containers
 from crucible.server.services import audit
-from crucible.server.services.calls import requeue_calls_of_container
+from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
 from crucible.server.store.tables import containers, functions, hosts
 from crucible.server.verification import verify
 
@@ -347,9 +347,21 @@ def process_reports(
                 continue
             # "stopped": the agent stopped it (asked by us, or shutting down) - not a crash.
             asked = row.state == "stopping" or rep.reason == "stopped"
-            crashed = not asked and (
-                rep.reason in ("killed", "oom", "start_failed") or (rep.exit_code or 0) != 0
+            crashed = (
+                not asked
+                and rep.reason != "image_failed"
+                and (rep.reason in ("killed", "oom", "start_failed") or (rep.exit_code or 0) != 0)
             )
+            # Its image did not pull: it never ran (the agent never reported it started), so
+            # nothing is charged, and the function's queued calls fail with the image's error.
+            unbilled = rep.reason == "image_failed"
+            if unbilled and rep.error_code in IMAGE_ERROR_CODES and not asked:
+                fid = conn.execute(
+                    select(containers.c.function_id).where(containers.c.id == rep.container_id)
+                ).scalar_one()
+                keys += fail_queued_calls(
+                    conn, fid, str(rep.error_code), rep.message or "the image did not pull", now_ms
+                )
             keys += end_container(
                 conn,
                 rep.container_id,
@@ -359,6 +371,7 @@ def process_reports(
                 message=rep.message,
                 crashed=crashed,
                 max_infra_requeues=max_infra_requeues,
+                stopped_ms=0 if unbilled else None,
             )
             continue
         if row is None:

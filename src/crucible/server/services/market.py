@@ -165,9 +165,7 @@ _SEL_HOSTS = select(
     cast(hosts.c.inventory, Text).label("inventory_text"),
     hosts.c.energy_source,
     # The grid's figure where the operator configured a source for the region, else declared.
-    func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
-        "carbon_g_per_kwh"
-    ),
+    func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label("carbon_g_per_kwh"),
     hosts.c.draining,
     hosts.c.leases_ended,
     hosts.c.leases_faulted,

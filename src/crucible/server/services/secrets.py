@@ -213,6 +213,39 @@ def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> Se
     return SecretValues(env=env)
 
 
+def registry_auth_for_container(
+    conn: Connection, box: SecretBox, container_id: str
+) -> SecretValues:
+    """The registry credentials of a running container's image (``Image.from_registry(ref,
+    secret=...)``): ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` of that secret, opened for
+    the container's own account only. Empty when the image names no secret; ``not_found``
+    when the secret is gone (the pull fails and says so)."""
+    row = conn.execute(
+        select(containers.c.account_id, containers.c.state, functions.c.spec)
+        .join(functions, functions.c.id == containers.c.function_id)
+        .where(containers.c.id == container_id)
+    ).first()
+    if row is None or row.state == "stopped":
+        raise NotFoundError(f"container {container_id} is not running")
+    image = (row.spec or {}).get("image") or {}
+    name = image.get("registry_secret")
+    if not name:
+        return SecretValues(env={})
+    found = conn.execute(
+        select(secrets.c.key_id, secrets.c.ciphertext).where(
+            secrets.c.account_id == row.account_id, secrets.c.name == name
+        )
+    ).first()
+    if found is None:
+        raise NotFoundError(
+            f"the image's registry secret {name!r} does not exist; create it with "
+            f"`crucible secret create {name} REGISTRY_USERNAME=... REGISTRY_PASSWORD=...`"
+        )
+    values = json.loads(box.open(found.key_id, found.ciphertext, _context(row.account_id, name)))
+    keep = ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
+    return SecretValues(env={k: str(values[k]) for k in keep if k in values})
+
+
 def drop_secrets_of_stopped_apps(conn: Connection) -> int:
     """Delete ``Secret.from_dict`` secrets whose app has stopped."""
     stopped = select(apps.c.id).where(apps.c.state == "stopped")

@@ -65,8 +65,6 @@ def _rows(
     return {"calls": found, "older": older, "names": names}
 
 
-
-
 @router.get("/calls")
 def calls_page(
     request: Request,

@@ -1,0 +1,149 @@
+"""Functions from OCI images, end to end: a real exchange whose bwrap agent pulls from a real
+registry on loopback (docker-registry) and runs the image as the sandbox's root file system
+with the worker injected. The Python image is assembled from this machine's system Python of
+the tests' own minor version."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import sysconfig
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
+
+import crucible
+from oci_testlib import (
+    SYSTEM_PYTHON,
+    Entry,
+    Registry,
+    TokenGateway,
+    layer,
+    push_image,
+    python_rootfs_layers,
+    run_registry,
+)
+
+from harness import Exchange
+
+
+@pytest.fixture(scope="module")
+def oci_world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Exchange, Registry, TokenGateway]]:
+    bwrap_or_skip()
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"the test's Python image is assembled from {SYSTEM_PYTHON}")
+    root = tmp_path_factory.mktemp("oci")
+    with run_registry(root / "registry") as reg:
+        site = sysconfig.get_paths()["platlib"]
+        base = python_rootfs_layers([site])
+        app_layer = layer(
+            [
+                Entry("etc/os-release", b"ID=crucible-test-image\n"),
+                Entry("srv", kind="dir"),
+            ]
+        )
+        env = ["PATH=/usr/bin:/bin", "IMAGE_VAR=from-image"]
+        push_image(
+            reg, "test/python", "3.11", [*base, app_layer], env=env, workdir="/srv", user="app"
+        )
+        push_image(reg, "private/python", "3.11", [*base, app_layer], env=env)
+        push_image(reg, "test/nopython", "v1", [layer([Entry("etc/os-release", b"ID=x\n")])])
+        gw = TokenGateway(upstream=reg.url).start()
+        ex = Exchange(
+            root,
+            f"sqlite:///{root / 'store.db'}",
+            **SANDBOX_ENV,
+            CRUCIBLE_OCI_INSECURE_REGISTRIES=f"{reg.host},{gw.host}",
+        )
+        try:
+            ex.start_server()
+            ex.start_agent("host-a")
+            yield ex, reg, gw
+        finally:
+            ex.close()
+            gw.stop()
+
+
+@pytest.fixture(scope="module")
+def app_oci(oci_world: tuple[Exchange, Registry, TokenGateway]) -> Iterator[Any]:
+    _, reg, gw = oci_world
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OCI_TEST_PYTHON_REF", f"{reg.host}/test/python:3.11")
+    mp.setenv("OCI_TEST_PRIVATE_REF", f"{gw.host}/private/python:3.11")
+    mp.setenv("OCI_TEST_NOPY_REF", f"{reg.host}/test/nopython:v1")
+    mp.setenv("OCI_TEST_MISSING_REF", f"{reg.host}/test/python:no-such-tag")
+    sys.modules.pop("app_oci", None)
+    module = importlib.import_module("app_oci")
+    yield module
+    mp.undo()
+    sys.modules.pop("app_oci", None)
+
+
+@pytest.fixture(scope="module")
+def tenant(oci_world: tuple[Exchange, Registry, TokenGateway]) -> Iterator[Any]:
+    ex = oci_world[0]
+    client = ex.client(ex.tenant_token(f"oci-{uuid.uuid4().hex[:6]}"))
+    yield client
+    client.close()
+
+
+def test_function_runs_in_the_image(app_oci: Any, tenant: Any) -> None:
+    with app_oci.app.run(client=tenant):
+        seen = app_oci.inspect.remote()
+        again = app_oci.inspect.remote()
+    assert seen["os_release"] == "ID=crucible-test-image\n"  # the image's /etc, not the host's
+    assert seen["executable"] == SYSTEM_PYTHON and seen["version"] == list(sys.version_info[:2])
+    assert seen["uid"] == 1234  # USER app, from the image's /etc/passwd
+    assert seen["cwd"] == "/srv"  # WORKDIR
+    assert seen["image_var"] == "from-image" and seen["from_spec"] == "spec"  # ENV, then .env()
+    assert seen["path"] == "/usr/bin:/bin"
+    assert seen["host_paths_seen"] == []  # nothing of the host's file system
+    assert seen["crucible_file"].startswith("/crucible/lib/")  # the injected worker
+    assert again["os_release"] == seen["os_release"]
+
+
+def test_private_image_through_a_token_server(
+    app_oci: Any, tenant: Any, oci_world: tuple[Exchange, Registry, TokenGateway]
+) -> None:
+    gw = oci_world[2]
+    crucible.Secret.create(
+        "regcreds",
+        {"REGISTRY_USERNAME": gw.user, "REGISTRY_PASSWORD": gw.password},
+        overwrite=True,
+        client=tenant,
+    )
+    with app_oci.app.run(client=tenant):
+        seen = app_oci.inspect_private.remote()
+    assert seen["os_release"] == "ID=crucible-test-image\n"
+    assert any(p.startswith("/token?") for p in gw.paths)
+    ex = oci_world[0]
+    logs = "".join(p.read_text(errors="replace") for p in ex.root.rglob("*.log"))
+    assert gw.password not in logs  # credentials never reach a log
+
+
+def test_clear_errors_for_bad_images(app_oci: Any, tenant: Any) -> None:
+    with app_oci.app.run(client=tenant):
+        with pytest.raises(crucible.ImageUnsupportedError, match=r"no Python.*>= 3\.11"):
+            app_oci.never_runs_without_python.remote()
+        with pytest.raises(crucible.ImageNotFoundError, match="no-such-tag"):
+            app_oci.never_runs_missing.remote()
+
+    # Nothing is charged for containers whose image did not pull: they end by themselves
+    # once they failed the calls, at their start, so no metered time remains on the bill.
+    # (Before the fix ~1 s of each was billed, for good.)
+    names = ("never_runs_without_python", "never_runs_missing")
+    deadline = time.monotonic() + 30
+    while True:
+        bill = tenant.transport.request("GET", "/v1/bill")["lines"]
+        costs = [line["cost_micros"] for line in bill if line["function_name"] in names]
+        if not any(costs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not any(costs)
