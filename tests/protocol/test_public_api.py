@@ -30,6 +30,7 @@ PUBLIC = [
     "PayloadTooLargeError",
     "Period",
     "PermissionDeniedError",
+    "Pod",
     "Queue",
     "QuotaExceededError",
     "RateLimitedError",

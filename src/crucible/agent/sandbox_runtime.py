@@ -43,6 +43,7 @@ from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
@@ -331,9 +332,18 @@ class SandboxRuntime:
         if a.network and (self.owner_account is None or a.account_id != self.owner_account):
             self._fail(cid, NETWORK_REFUSED)
             return
+        if a.pod is not None:
+            try:
+                resolve_pod_image(a.pod.image)
+            except Error as exc:
+                self._fail(cid, exc.message)
+                return
         z = self._zygote_for(a, image, failed=failure is not None)
-        code = self._place_code(a, z)
+        # A pod runs its own command, not a function: there is no code bundle to place.
+        code = a.code.bundle if a.pod is not None else self._place_code(a, z)
         env = self._container_env(a)
+        if a.pod is not None:
+            env["CRUCIBLE_POD_DISK"] = POD_DISK_PATH
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -350,7 +360,9 @@ class SandboxRuntime:
                 "open_files": self.limits.open_files,
             },
             # Import the user's module in the zygote once this code has run here before.
-            "warm": {"sha": a.code.bundle, "module": a.code.module} if code in z.warmed else None,
+            "warm": {"sha": a.code.bundle, "module": a.code.module}
+            if code in z.warmed and a.pod is None
+            else None,
         }
         with self._lock:
             box = self._boxes.get(cid)
@@ -383,6 +395,7 @@ class SandboxRuntime:
                 str(a.network),
                 repr(a.gpu_indices),
                 repr(sorted(a.volumes.items())),
+                a.pod.pod_id if a.pod is not None else "",
             ]
         )
         if failed:
@@ -419,6 +432,12 @@ class SandboxRuntime:
             if cfg.host_uid is not None:
                 os.chown(host_dir, cfg.host_uid, cfg.host_uid)
             cfg.volume_mounts.append((host_dir, inside))
+        if a.pod is not None:
+            # The pod's disk: kept on the host across stop/start, owned by this sandbox's uid.
+            disk = pod_disk_dir(self.agent_dir, a.pod.pod_id)
+            if cfg.host_uid is not None:
+                _chown_tree(disk, cfg.host_uid)
+            cfg.volume_mounts.append((disk, POD_DISK_PATH))
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
@@ -729,6 +748,16 @@ class SandboxRuntime:
             self.on_exit(report)
         except Exception:
             log.exception("on_exit callback failed for container %s", box.container_id)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    """Give a pod's disk to the uid of the sandbox that now runs it (the uid pool may hand a
+    restarted pod another uid)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(dirpath, name), uid, uid)
+    os.chown(root, uid, uid)
 
 
 def _fetch(transport: Transport, sha: str) -> bytes:

@@ -49,6 +49,7 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),
         ),
         "ho": ("host", lambda: (h["id"] for h in client.get("/v1/hosts"))),
+        "pd": ("pod", lambda: (p["id"] for p in client.get("/v1/pods"))),
         "rs": ("reservation", lambda: (r["id"] for r in client.get("/v1/reservations"))),
         "tk": ("token", lambda: (t["id"] for t in client.get("/v1/tokens"))),
     }

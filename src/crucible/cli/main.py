@@ -11,6 +11,7 @@ from crucible.cli import (
     deploy,
     market,
     objects,
+    pods,
     resources,
     run,
     secrets,
@@ -41,6 +42,7 @@ sim.register(app)
 secrets.register(app)
 objects.register(app)
 volumes.register(app)
+pods.register(app)
 audit.register(app)
 
 

@@ -34,6 +34,7 @@ from crucible.server.api import (
     logs,
     market,
     metrics,
+    pods,
     queues,
     secrets,
     volumes,
@@ -237,6 +238,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         dicts,
         queues,
         volumes,
+        pods,
         audit,
         gateway,
     ):

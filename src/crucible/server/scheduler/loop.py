@@ -59,6 +59,7 @@ from crucible.server.services.market import (
     live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
+from crucible.server.services.pods import settle_pods
 from crucible.server.services.schedules import fire_due_schedules
 from crucible.server.services.secrets import drop_secrets_of_stopped_apps
 from crucible.server.services.volumes import meter_volumes
@@ -167,6 +168,8 @@ class SchedulerLoop:
             for app_id in retire_drained_versions(conn, now):
                 log.info("stopped app %s: a superseded version with no calls left", app_id)
             keys += fire_due_schedules(conn, now, s.inline_payload_max_bytes)
+            # Before the snapshot: a pod whose container is going away must not be restarted.
+            keys += settle_pods(conn, now)
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)

@@ -23,6 +23,7 @@ from crucible.server.auth import Principal, container_token
 from crucible.server.billing.service import meter_containers
 from crucible.server.services import audit
 from crucible.server.services.calls import requeue_calls_of_container
+from crucible.server.services.pods import pod_assignments
 from crucible.server.store.tables import containers, functions, hosts
 from crucible.server.verification import verify
 
@@ -414,6 +415,7 @@ def assignments_for_host(
     start: list[ContainerAssignment] = []
     stop: list[str] = []
     grace: dict[str, float] = {}
+    pods = pod_assignments(conn, {r.function_id for r in rows if r.state == "pending"})
     for r in rows:
         if r.state == "stopping":
             stop.append(r.id)
@@ -443,6 +445,7 @@ def assignments_for_host(
                 network=bool(r.spec.get("network", False)),
                 secrets=bool(r.spec.get("secrets")),
                 volumes=dict(r.spec.get("volumes") or {}),
+                pod=pods.get(r.function_id),
             )
         )
     return start, stop, grace

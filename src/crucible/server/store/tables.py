@@ -45,6 +45,7 @@ __all__ = [
     "log_lines",
     "metadata",
     "meter_intervals",
+    "pods",
     "queue_items",
     "queues",
     "reservations",
@@ -556,4 +557,28 @@ console_sessions = Table(
     Column("csrf", String(64), nullable=False),  # the token every form of the session carries
     Column("created_ms", BigInteger, nullable=False),
     Column("expires_ms", BigInteger, nullable=False, index=True),
+)
+
+# Pods (docs/pods.md): a lease held until stopped. Each pod has an app and a function of its
+# own (hidden from app lists) so that its containers are placed, metered and charged like any
+# function's; ``state`` is the pod's wish and last settled outcome (services/pods.py derives
+# the state shown from its current container). ``run_started_ms``: the latest `start`; only
+# containers created since then belong to the current run.
+pods = Table(
+    "pods",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),  # protocol.pods.PodSpec
+    # active (wants to run) | stopping | stopped | preempted | failed | deleted
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("app_id", String(32), ForeignKey("apps.id"), nullable=False),
+    Column("function_id", String(32), ForeignKey("functions.id"), nullable=False, index=True),
+    Column("host_id", String(32)),  # where its disk is (the host of its last container)
+    Column("created_ms", BigInteger, nullable=False),
+    Column("run_started_ms", BigInteger, nullable=False),
+    Column("stopped_ms", BigInteger),
+    Index("ix_pods_account_name", "account_id", "name"),
 )
