@@ -161,6 +161,8 @@ def fmt_clock(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def fmt_kwh(mwh: int | None, *, unit: bool = True) -> str:
     """Milliwatt-hours as kWh (6 decimals: one mWh); bare for a column headed "kWh"."""
     if mwh is None:

@@ -69,8 +69,13 @@ def _show(info: DeploymentInfo) -> None:
             f"{info.name} schedules",
             ["function", "schedule", "next run (UTC)", "last tick (UTC)", "last call"],
             [
-                (s.function, s.schedule, fmt_time(s.next_run_ms), fmt_time(s.last_tick_ms),
-                 s.last_call_id or "-")
+                (
+                    s.function,
+                    s.schedule,
+                    fmt_time(s.next_run_ms),
+                    fmt_time(s.last_tick_ms),
+                    s.last_call_id or "-",
+                )
                 for s in info.schedules
             ],
         )

@@ -8,6 +8,7 @@ import typer
 
 from crucible.cli import (
     audit,
+    clusters,
     deploy,
     market,
     objects,
@@ -43,6 +44,7 @@ secrets.register(app)
 objects.register(app)
 volumes.register(app)
 pods.register(app)
+clusters.register(app)
 audit.register(app)
 
 

@@ -19,7 +19,7 @@ from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env
 from crucible.sdk._client import Client
 from crucible.sdk._pods import Pod, market_terms
 
-__all__ = ["register"]
+__all__ = ["register", "ssh_keys_of", "volumes_of"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
 
@@ -33,7 +33,7 @@ def _path(client: Client, pod: str) -> str:
     return f"/v1/pods/{quote(ref, safe='')}"
 
 
-def _volumes(specs: list[str]) -> dict[str, str]:
+def volumes_of(specs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition(":")
@@ -43,7 +43,7 @@ def _volumes(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def _ssh_keys(files: list[Path]) -> list[str]:
+def ssh_keys_of(files: list[Path]) -> list[str]:
     keys = []
     for f in files:
         try:
@@ -121,8 +121,8 @@ def register(app: typer.Typer) -> None:
             command=command,
             env=parse_env(env),
             ports=port,
-            ssh_keys=_ssh_keys(ssh_key),
-            volumes=_volumes(volume),
+            ssh_keys=ssh_keys_of(ssh_key),
+            volumes=volumes_of(volume),
             tier=market_terms(tier, bid, max_price).tier,
             bid=bid,
             max_price=max_price,

@@ -77,10 +77,14 @@ def resolve_app(client: Client, ref: str) -> str:
     if named:
         return str(named[0]["id"])
     raise missing
+
+
 def _elapsed(a: CallAttempt) -> int | None:
     if a.started_ms is None or a.ended_ms is None:
         return None
     return a.ended_ms - a.started_ms
+
+
 def _apps_by_carbon(report: BillReport) -> list[dict[str, Any]]:
     """The bill's lines summed per app, most emissions first (then cost, then id)."""
     per: dict[str, dict[str, Any]] = {}

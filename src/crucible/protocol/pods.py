@@ -21,8 +21,11 @@ from crucible.protocol.gpus import parse_gpu_request, parse_memory_mib
 from crucible.protocol.volumes import check_mount_path
 
 __all__ = [
+    "MAX_NODES",
     "POD_NAME",
     "POD_STATES",
+    "ClusterCreate",
+    "ClusterInfo",
     "PodAssignment",
     "PodCreate",
     "PodInfo",
@@ -104,6 +107,16 @@ class PodCreate(Wire):
     market: MarketTerms = Field(default_factory=MarketTerms)
 
 
+MAX_NODES = 64
+
+
+class ClusterCreate(PodCreate):
+    """``nodes`` pods of the same spec, placed all at once or not at all; member ``i`` is
+    the pod ``NAME-i`` and is told RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT."""
+
+    nodes: int = Field(ge=2, le=MAX_NODES)
+
+
 class PodSpec(Wire):
     """A parsed, valid pod: what the server stores."""
 
@@ -164,6 +177,24 @@ class PodInfo(Wire):
     created_ms: WireInt
     started_ms: WireInt | None = None
     stopped_ms: WireInt | None = None
+    # A cluster's member: the cluster, the member's rank, and the address it was given.
+    cluster_id: str | None = None
+    rank: WireInt | None = None
+    address: str | None = None
+
+
+class ClusterInfo(Wire):
+    id: str
+    name: str
+    nodes: WireInt
+    state: str
+    reason: str | None = None
+    gpu: str | None = None
+    master_addr: str | None = None
+    master_port: WireInt
+    cost_micros: WireInt = 0
+    created_ms: WireInt
+    members: list[PodInfo] = Field(default_factory=list)
 
 
 def check_pod_name(name: str) -> str:

@@ -23,6 +23,7 @@ from crucible.server.api import (
     billing,
     blobs,
     calls,
+    clusters,
     containers,
     deployments,
     dicts,
@@ -239,6 +240,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         queues,
         volumes,
         pods,
+        clusters,
         audit,
         gateway,
     ):

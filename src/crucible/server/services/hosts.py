@@ -150,6 +150,8 @@ def register_host(
         "isolation": None if req.isolation is None else req.isolation.model_dump(mode="json"),
         "isolated": req.isolation is not None and req.isolation.full(),
     }
+    if req.address is not None:
+        values["address"] = req.address
     if req.energy_source is not None:
         values["energy_source"] = req.energy_source
     if req.carbon_g_per_kwh is not None:

@@ -36,14 +36,22 @@ from crucible.server.store.tables import apps, containers, functions, pods
 
 __all__ = [
     "create_pod",
+    "current_container",
     "delete_pod",
+    "delete_row",
     "get_pod",
+    "insert_pod",
     "list_pods",
     "pod_assignments",
+    "pod_info",
     "pod_logs",
+    "pod_rows_of_cluster",
+    "require_builder",
+    "restart_row",
     "settle_pods",
     "start_pod",
     "stop_pod",
+    "stop_row",
 ]
 
 # The pod's function is never called: its code reference names the pod supervisor, which
@@ -54,7 +62,7 @@ _LIVE = ("pending", "starting", "running")
 _SETTLED = ("stopped", "preempted", "failed", "deleted")
 
 
-def _require_builder(principal: Principal) -> None:
+def require_builder(principal: Principal) -> None:
     if principal.scope not in ("admin", "user"):
         raise PermissionDeniedError(f"a {principal.scope} token cannot manage pods")
 
@@ -78,7 +86,7 @@ def _function_spec(spec: PodSpec) -> dict[str, Any]:
 def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: int) -> PodInfo:
     """Create a pod and ask the market for it (the scheduler places it on its next tick).
     A name already used by a pod of the account that is not deleted is a conflict."""
-    _require_builder(principal)
+    require_builder(principal)
     spec = parse_pod(req)
     for name in spec.volumes.values():
         volume_row(conn, principal, name)  # NotFound naming it
@@ -94,11 +102,26 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
             f"you already have a pod called {spec.name!r}; pick another name, or remove it "
             f"first with `crucible pod rm {spec.name}`"
         )
+    pod_id = insert_pod(conn, principal.account_id, spec, now_ms)
+    return get_pod(conn, principal, pod_id)
+
+
+def insert_pod(
+    conn: Connection,
+    account_id: str,
+    spec: PodSpec,
+    now_ms: int,
+    *,
+    cluster_id: str | None = None,
+    rank: int | None = None,
+) -> str:
+    """Insert a pod with its app and function; returns its id. A cluster's member is
+    placed by the cluster's gang placement, never by the scheduler's plan."""
     pod_id, app_id, fn_id = new_id("pd"), new_id("ap"), new_id("fn")
     conn.execute(
         insert(apps).values(
             id=app_id,
-            account_id=principal.account_id,
+            account_id=account_id,
             name=f"pod:{spec.name}",
             state="running",
             ephemeral=False,
@@ -109,18 +132,18 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
     conn.execute(
         insert(functions).values(
             id=fn_id,
-            account_id=principal.account_id,
+            account_id=account_id,
             app_id=app_id,
             name="pod",
             spec=_function_spec(spec),
-            warm=True,
+            warm=cluster_id is None,
             created_ms=now_ms,
         )
     )
     conn.execute(
         insert(pods).values(
             id=pod_id,
-            account_id=principal.account_id,
+            account_id=account_id,
             name=spec.name,
             spec=spec.model_dump(mode="json"),
             state="active",
@@ -128,9 +151,11 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
             function_id=fn_id,
             created_ms=now_ms,
             run_started_ms=now_ms,
+            cluster_id=cluster_id,
+            rank=rank,
         )
     )
-    return get_pod(conn, principal, pod_id)
+    return pod_id
 
 
 def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool = False) -> Any:
@@ -156,7 +181,7 @@ def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool 
     return row
 
 
-def _current_container(conn: Connection, row: Any) -> Any:
+def current_container(conn: Connection, row: Any) -> Any:
     """The container of the pod's current run (created since its latest start), if any."""
     return conn.execute(
         select(containers)
@@ -175,6 +200,11 @@ def _outcome(row: Any, ct: Any) -> tuple[str, str]:
         return "preempted", (
             "preempted: the market gave its devices to a higher bid or a reservation; "
             "`crucible pod start` asks the market again"
+        )
+    if ct.end_cause == "gang":
+        return "stopped", (
+            "another member of its cluster ended; a cluster stops as a whole "
+            "(`crucible cluster show` says why)"
         )
     if row.state == "stopping":
         return "stopped", "stopped by you"
@@ -215,7 +245,7 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
 
 def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
     spec = PodSpec.model_validate(row.spec)
-    ct = _current_container(conn, row)
+    ct = current_container(conn, row)
     state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
     cost = conn.execute(
         select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
@@ -245,13 +275,28 @@ def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> 
         created_ms=row.created_ms,
         started_ms=ct.started_ms if ct is not None else None,
         stopped_ms=(ct.stopped_ms if ct is not None else None) or row.stopped_ms,
+        cluster_id=row.cluster_id,
+        rank=row.rank,
+        address=(row.cluster_env or {}).get("CRUCIBLE_ADDRESS"),
+    )
+
+
+def pod_info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
+    """The pod of a row of ``pods``, as shown (for the clusters' service)."""
+    return _info(conn, row, waiting)
+
+
+def pod_rows_of_cluster(conn: Connection, cluster_id: str) -> list[Any]:
+    """The cluster's member pods, by rank."""
+    return list(
+        conn.execute(select(pods).where(pods.c.cluster_id == cluster_id).order_by(pods.c.rank))
     )
 
 
 def get_pod(
     conn: Connection, principal: Principal, ref: str, waiting: dict[str, str] | None = None
 ) -> PodInfo:
-    _require_builder(principal)
+    require_builder(principal)
     return _info(conn, _pod_row(conn, principal, ref), waiting)
 
 
@@ -259,7 +304,7 @@ def list_pods(
     conn: Connection, principal: Principal, waiting: dict[str, str] | None = None
 ) -> list[PodInfo]:
     """The account's pods (not deleted ones), newest first."""
-    _require_builder(principal)
+    require_builder(principal)
     rows = conn.execute(
         select(pods)
         .where(pods.c.account_id == principal.account_id, pods.c.state != "deleted")
@@ -275,10 +320,18 @@ def _stop_run(conn: Connection, row: Any, now_ms: int) -> list[str]:
         .where(apps.c.id == row.app_id, apps.c.state != "stopped")
         .values(state="stopped", stopped_ms=now_ms)
     )
-    ct = _current_container(conn, row)
+    ct = current_container(conn, row)
     if ct is not None and ct.state in _LIVE:
         return request_stop(conn, ct.id)
     return []
+
+
+def _not_a_member(row: Any, action: str) -> None:
+    if row.cluster_id is not None:
+        raise ConflictError(
+            f"pod {row.name!r} is member {row.rank} of a cluster, which runs and stops as a "
+            f"whole: `crucible cluster {action}` the cluster instead"
+        )
 
 
 def stop_pod(
@@ -286,12 +339,19 @@ def stop_pod(
 ) -> tuple[PodInfo, list[str]]:
     """Stop a pod: SIGTERM, the grace, SIGKILL; metering ends with its container. Its disk
     stays on the host. Stopping a pod that is not running changes nothing."""
-    _require_builder(principal)
+    require_builder(principal)
     row = _pod_row(conn, principal, ref)
+    _not_a_member(row, "stop")
+    keys = stop_row(conn, row, now_ms)
+    return get_pod(conn, principal, row.id), keys
+
+
+def stop_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """Stop the pod of ``row`` (see :func:`stop_pod`); returns wake-up keys."""
     keys: list[str] = []
     if row.state == "active":
         keys = _stop_run(conn, row, now_ms)
-        ct = _current_container(conn, row)
+        ct = current_container(conn, row)
         if ct is None or ct.state == "stopped":
             # Nothing runs (still pending, or already ended): settled at once.
             state, reason = ("stopped", "stopped by you") if ct is None else _outcome(row, ct)
@@ -304,7 +364,7 @@ def stop_pod(
             )
         else:
             conn.execute(update(pods).where(pods.c.id == row.id).values(state="stopping"))
-    return get_pod(conn, principal, row.id), keys
+    return keys
 
 
 def start_pod(
@@ -312,8 +372,10 @@ def start_pod(
 ) -> tuple[PodInfo, list[str]]:
     """Start a stopped (or preempted, or failed) pod: the market is asked again. Starting a
     pod that runs changes nothing; a stopping one must finish stopping first."""
-    _require_builder(principal)
+    require_builder(principal)
     row = _pod_row(conn, principal, ref, deleted=True)
+    if row.state != "deleted":
+        _not_a_member(row, "start")
     if row.state == "deleted":
         raise ConflictError(
             f"pod {row.name!r} was deleted (its disk with it); create a new pod with "
@@ -324,6 +386,12 @@ def start_pod(
             f"pod {row.name!r} is still stopping; run `crucible pod start {row.name}` again "
             "once `crucible pod show` says stopped"
         )
+    restart_row(conn, row, now_ms)
+    return get_pod(conn, principal, row.id), []
+
+
+def restart_row(conn: Connection, row: Any, now_ms: int) -> None:
+    """A settled pod wants to run again (see :func:`start_pod`)."""
     if row.state in ("stopped", "preempted", "failed"):
         conn.execute(
             update(pods)
@@ -335,13 +403,18 @@ def start_pod(
             .where(apps.c.id == row.app_id)
             .values(state="running", stopped_ms=None, heartbeat_ms=now_ms)
         )
-    return get_pod(conn, principal, row.id), []
 
 
 def delete_pod(conn: Connection, principal: Principal, ref: str, now_ms: int) -> list[str]:
     """Delete a pod: stopped first if it runs. Its name is free again at once."""
-    _require_builder(principal)
+    require_builder(principal)
     row = _pod_row(conn, principal, ref)
+    _not_a_member(row, "rm")
+    return delete_row(conn, row, now_ms)
+
+
+def delete_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """Delete the pod of ``row`` (see :func:`delete_pod`); returns wake-up keys."""
     keys = _stop_run(conn, row, now_ms)
     conn.execute(
         update(pods)
@@ -355,7 +428,7 @@ def pod_logs(
     conn: Connection, principal: Principal, ref: str, after: int = 0, limit: int = 1000
 ) -> LogPage:
     """What the pod's command printed (stdout and stderr), across its runs, oldest first."""
-    _require_builder(principal)
+    require_builder(principal)
     row = _pod_row(conn, principal, ref)
     return read_logs(conn, principal, row.app_id, after=after, limit=limit)
 
@@ -370,7 +443,7 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     keys: list[str] = []
     rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
     for row in rows:
-        ct = _current_container(conn, row)
+        ct = current_container(conn, row)
         if ct is None:
             if row.state == "stopping":
                 conn.execute(
@@ -400,7 +473,7 @@ def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAs
         return {}
     out: dict[str, PodAssignment] = {}
     for r in conn.execute(
-        select(pods.c.id, pods.c.function_id, pods.c.spec).where(
+        select(pods.c.id, pods.c.function_id, pods.c.spec, pods.c.cluster_env).where(
             pods.c.function_id.in_(function_ids)
         )
     ):
@@ -410,7 +483,7 @@ def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAs
             name=spec.name,
             image=spec.image,
             command=spec.command,
-            env=spec.env,
+            env={**spec.env, **(r.cluster_env or {})},
             ports=spec.ports,
             ssh_keys=spec.ssh_keys,
             disk_bytes=spec.disk_bytes,

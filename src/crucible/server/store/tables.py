@@ -32,6 +32,7 @@ __all__ = [
     "call_inbox",
     "call_items",
     "calls",
+    "clusters",
     "console_sessions",
     "containers",
     "deployments",
@@ -132,6 +133,9 @@ hosts = Table(
     # the figures with the reason (protocol HostVerification).
     Column("verified", Boolean, nullable=False, default=False),
     Column("verification", JSON),
+    # Where the host's cluster members reach each other (the agent's own address towards the
+    # control plane, or what its operator set); None: an older agent.
+    Column("address", String(64)),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -580,5 +584,26 @@ pods = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("run_started_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
+    # A member of a cluster (None: a pod of its own): its rank, and what it was told about
+    # the cluster when the gang was placed (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+    Column("cluster_id", String(32), index=True),
+    Column("rank", Integer),
+    Column("cluster_env", JSON),
     Index("ix_pods_account_name", "account_id", "name"),
+)
+
+# Clusters (docs/pods.md): ``nodes`` pods placed all at once or not at all, stopped as one.
+# ``state``: active (wants to run) | stopping | stopped | deleted; ``reason``: why it ended.
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("nodes", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("run_started_ms", BigInteger, nullable=False),
+    Column("stopped_ms", BigInteger),
 )
