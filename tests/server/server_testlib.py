@@ -412,6 +412,19 @@ V1_ROUTES = sorted(
         ("GET", "/v1/volumes/{name}/manifest"),
         ("POST", "/v1/volumes/{name}/commit"),
         ("GET", "/v1/volumes/{name}/history"),
+        ("POST", "/v1/pods"),
+        ("GET", "/v1/pods"),
+        ("GET", "/v1/pods/{pod}"),
+        ("DELETE", "/v1/pods/{pod}"),
+        ("POST", "/v1/pods/{pod}/stop"),
+        ("POST", "/v1/pods/{pod}/start"),
+        ("GET", "/v1/pods/{pod}/logs"),
+        ("POST", "/v1/clusters"),
+        ("GET", "/v1/clusters"),
+        ("GET", "/v1/clusters/{cluster}"),
+        ("DELETE", "/v1/clusters/{cluster}"),
+        ("POST", "/v1/clusters/{cluster}/stop"),
+        ("POST", "/v1/clusters/{cluster}/start"),
     ]
 )
 
@@ -430,6 +443,8 @@ def concrete(path: str) -> str:
         .replace("{function}", "f")
         .replace("{deployment}", "svc")
         .replace("{job_id}", "ca-1")
+        .replace("{pod}", "pd-1")
+        .replace("{cluster}", "cl-1")
     )
 
 

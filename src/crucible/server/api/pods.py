@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import PodCreate, PodInfo
 from crucible.server.api.deps import Builder, State
@@ -66,7 +67,7 @@ def pod_logs(
     pod: str,
     who: Builder,
     state: State,
-    after: int = Query(0, ge=0),
+    after: int = Query(0, ge=0, le=MAX_WIRE_INT),
     limit: int = Query(1000, ge=1, le=1000),
 ) -> LogPage:
     """Lines the pod's command printed, oldest first, after the line id ``after``."""
