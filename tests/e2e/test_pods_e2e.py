@@ -215,3 +215,18 @@ def test_pods_are_private_and_the_cli_escapes_what_they_print(
     assert gone.returncode != 0 and "no pod 'nope'" in gone.stderr
     alice.close()
     mallory.close()
+
+
+def test_a_pod_past_its_disk_size_fails_saying_so(pods_exchange: Exchange) -> None:
+    client = pods_exchange.client(pods_exchange.owner_token("filler"))
+    pod = crucible.Pod.create(
+        "filler",
+        disk="64MiB",
+        command="head -c 100000000 /dev/zero > big; echo written; exec sleep 600",
+        client=client,
+    )
+    info = pod.wait("failed", "stopped", timeout_s=60)
+    assert info.state == "failed", info
+    assert "over its 0.06 GiB" in (info.reason or "") and "larger --disk" in (info.reason or "")
+    pod.delete()
+    client.close()
