@@ -230,3 +230,27 @@ def test_a_pod_past_its_disk_size_fails_saying_so(pods_exchange: Exchange) -> No
     assert "over its 0.06 GiB" in (info.reason or "") and "larger --disk" in (info.reason or "")
     pod.delete()
     client.close()
+
+
+def test_a_pod_no_host_can_take_waits_and_says_why(
+    pods_exchange: Exchange,
+) -> None:
+    client = pods_exchange.client(pods_exchange.owner_token("big"))
+    pod = crucible.Pod.create("big", gpu="H100:8", client=client)
+    info = wait_for(
+        lambda: (i := pod.info()).reason and "no host can ever run" in i.reason and i,
+        30,
+        "the scheduler's reason",
+    )
+    assert info.state == "pending" and "H100" in (info.reason or "")
+    # A bid below every host's minimum: the market's own words.
+    low = crucible.Pod.create("low", gpu="H100", tier="interruptible", bid=0.01, client=client)
+    info = wait_for(
+        lambda: (i := low.info()).reason and i.reason.startswith("the market:") and i,
+        30,
+        "the market's reason",
+    )
+    assert info.state == "pending" and "bid" in (info.reason or "")
+    low.stop()
+    assert pod.stop().state == "stopped"
+    client.close()

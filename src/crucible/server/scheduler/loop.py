@@ -208,8 +208,14 @@ class SchedulerLoop:
                 gangs = place_clusters(conn, live, capacity, now)
             self._log_scales(decided.scales)
             self._publish_waiting(decided.waiting, placer)
-            if gangs.waiting:
-                self.state.waiting = {**self.state.waiting, **gangs.waiting}
+            # Why pods (functions with no calls) wait: the market's own words.
+            refused = {
+                fid: f"the market: {why.message}"
+                for fid, why in placer.refused.items()
+                if fid not in self.state.waiting
+            }
+            if gangs.waiting or refused:
+                self.state.waiting = {**self.state.waiting, **refused, **gangs.waiting}
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(

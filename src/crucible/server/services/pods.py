@@ -231,7 +231,7 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
     if ct is None:
         if row.state == "stopping":
             return "stopping", None
-        return "pending", waiting or "waiting for the market to place it"
+        return "pending", waiting or "no host can take it now; it is placed as soon as one can"
     if ct.state == "stopped":
         return _outcome(row, ct)
     if ct.state == "stopping" or row.state == "stopping":
