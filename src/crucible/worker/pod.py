@@ -4,14 +4,16 @@ The worker's entry point hands over here when its assignment carries a pod
 (``ContainerAssignment.pod``). The supervisor
 
 - starts the pod's command (``sh -c COMMAND``; without one, the default image waits until
-  the pod is stopped) in its own process group, in the pod's disk (``$CRUCIBLE_POD_DISK``,
-  kept by the agent across stop/start) with ``$HOME`` there, and the pod's environment;
+  the pod is stopped) in the container's process group, in the pod's disk
+  (``$CRUCIBLE_POD_DISK``, kept by the agent across stop/start) with ``$HOME`` there, and
+  the pod's environment;
 - tells the control plane the pod runs (one exchange asking for no input: that marks the
   container running, and metering counts from its start);
 - ships every line the command prints to the control plane (``crucible pod logs``) and to
   its own stdout (the agent's log of the container);
-- passes SIGTERM on to the command's process group (the agent's grace, then SIGKILL, bounds
-  the rest), and keeps the disk within its size: past it, the command is killed and the
+- outlives the agent's SIGTERM (which reaches the command too) until the command ends, so
+  its last words are shipped (the agent's grace, then SIGKILL, bounds the rest), and keeps
+  the disk within its size: past it, the command is killed and the
   container fails with a message saying so;
 - exits with the command's status.
 """
@@ -90,7 +92,9 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,
+            # In the supervisor's own process group: the agent's SIGTERM (and its SIGKILL
+            # after the grace) reach the command and everything it started, and the runtime
+            # kills what is left of the group when the supervisor exits.
         )
     except OSError as exc:
         print(f"crucible pod: cannot start the command: {exc}", file=sys.stderr)
@@ -100,8 +104,9 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     done = threading.Event()
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        # The command got the same signal (the agent signals the whole group): wait for it
+        # to end, shipping what it prints meanwhile.
+        return
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -118,7 +123,7 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
                 )
                 full.set()
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.kill(proc.pid, signal.SIGKILL)
                 return
 
     pumps = [
@@ -140,9 +145,6 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     done.set()
     for t in pumps[:2]:
         t.join(timeout=5)
-    # Whatever the command left in its group goes with it.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
     if full.is_set():
         rc = 1
     shipper.close()

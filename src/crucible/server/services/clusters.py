@@ -41,6 +41,7 @@ from crucible.server.services.pods import (
     pod_rows_of_cluster,
     require_builder,
     restart_row,
+    settle_row,
     stop_row,
 )
 from crucible.server.services.volumes import volume_row
@@ -241,6 +242,8 @@ def start_cluster(
         raise ConflictError(
             f"cluster {row.name!r} was deleted; create a new one with `crucible cluster create`"
         )
+    for member in pod_rows_of_cluster(conn, row.id):
+        settle_row(conn, member, now_ms)  # containers that ended since the last tick
     members = pod_rows_of_cluster(conn, row.id)
     if row.state == "active" and all(m.state == "active" for m in members):
         return get_cluster(conn, principal, row.id), []

@@ -49,6 +49,7 @@ __all__ = [
     "require_builder",
     "restart_row",
     "settle_pods",
+    "settle_row",
     "start_pod",
     "stop_pod",
     "stop_row",
@@ -208,10 +209,15 @@ def _outcome(row: Any, ct: Any) -> tuple[str, str]:
         )
     if row.state == "stopping":
         return "stopped", "stopped by you"
-    if ct.exit_reason in ("host_lost", "lost"):
+    if ct.exit_reason == "host_lost":
         return "failed", (
             "its host was lost; `crucible pod start` places it again (on another host its "
             "disk starts empty)"
+        )
+    if ct.exit_reason == "lost":
+        return "failed", (
+            "its host's agent no longer runs it (the agent restarted?); `crucible pod start` "
+            "places it again"
         )
     if ct.end_cause:
         return "stopped", f"its lease ended ({ct.end_cause.replace('_', ' ')})"
@@ -376,6 +382,9 @@ def start_pod(
     row = _pod_row(conn, principal, ref, deleted=True)
     if row.state != "deleted":
         _not_a_member(row, "start")
+        # Its container may have ended since the scheduler's last tick: settle it first.
+        settle_row(conn, row, now_ms)
+        row = _pod_row(conn, principal, row.id)
     if row.state == "deleted":
         raise ConflictError(
             f"pod {row.name!r} was deleted (its disk with it); create a new pod with "
@@ -443,27 +452,36 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     keys: list[str] = []
     rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
     for row in rows:
-        ct = current_container(conn, row)
-        if ct is None:
-            if row.state == "stopping":
-                conn.execute(
-                    update(pods)
-                    .where(pods.c.id == row.id)
-                    .values(state="stopped", reason="stopped by you", stopped_ms=now_ms)
-                )
-            continue
-        if ct.host_id != row.host_id:
-            conn.execute(update(pods).where(pods.c.id == row.id).values(host_id=ct.host_id))
-        if ct.state in _LIVE and row.state == "active":
-            continue
-        keys += _stop_run(conn, row, now_ms)
-        if ct.state == "stopped":
-            state, reason = _outcome(row, ct)
+        keys += settle_row(conn, row, now_ms)
+    return keys
+
+
+def settle_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """:func:`settle_pods` for one pod (also run by ``start``, which must not find a pod
+    whose container has ended still marked as running or stopping)."""
+    if row.state not in ("active", "stopping"):
+        return []
+    ct = current_container(conn, row)
+    if ct is None:
+        if row.state == "stopping":
             conn.execute(
                 update(pods)
                 .where(pods.c.id == row.id)
-                .values(state=state, reason=reason, stopped_ms=ct.stopped_ms or now_ms)
+                .values(state="stopped", reason="stopped by you", stopped_ms=now_ms)
             )
+        return []
+    if ct.host_id != row.host_id:
+        conn.execute(update(pods).where(pods.c.id == row.id).values(host_id=ct.host_id))
+    if ct.state in _LIVE and row.state == "active":
+        return []
+    keys = _stop_run(conn, row, now_ms)
+    if ct.state == "stopped":
+        state, reason = _outcome(row, ct)
+        conn.execute(
+            update(pods)
+            .where(pods.c.id == row.id)
+            .values(state=state, reason=reason, stopped_ms=ct.stopped_ms or now_ms)
+        )
     return keys
 
 
