@@ -4,6 +4,7 @@ reference this agent cannot pull yet fails the pod at start with a message that 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import crucible
@@ -42,4 +43,22 @@ def test_a_pod_with_an_image_fails_clearly_until_oci_pulls_land(
     assert "cannot run OCI image 'python:3.12-slim'" in (info.reason or "")
     assert "without --image" in (info.reason or "")
     assert info.cost_micros == 0
+    pod.delete()
+
+
+def test_a_pods_volume_holds_its_latest_version(
+    sandboxed: Exchange, tenant: Any, tmp_path: Path
+) -> None:
+    vol = crucible.Volume.from_name("pod-data", create_if_missing=True, client=tenant)
+    (tmp_path / "seed.txt").write_text("seeded from the laptop")
+    with vol.batch_upload() as up:
+        up.put_file(tmp_path / "seed.txt", "seed.txt")
+    pod = crucible.Pod.create(
+        "with-volume",
+        volumes={"/data": "pod-data"},
+        command='echo "read: $(cat /data/seed.txt)"; exec sleep 600',
+        client=tenant,
+    )
+    assert pod.wait("running", "failed", timeout_s=90).state == "running", pod.info()
+    wait_for(lambda: "read: seeded from the laptop" in _lines(pod), 30, "the volume's file")
     pod.delete()

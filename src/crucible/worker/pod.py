@@ -7,6 +7,7 @@ The worker's entry point hands over here when its assignment carries a pod
   the pod is stopped) in the container's process group, in the pod's disk
   (``$CRUCIBLE_POD_DISK``, kept by the agent across stop/start) with ``$HOME`` there, and
   the pod's environment;
+- fills the pod's volumes (their latest versions, as for a function);
 - tells the control plane the pod runs (one exchange asking for no input: that marks the
   container running, and metering counts from its start);
 - ships every line the command prints to the control plane (``crucible pod logs``) and to
@@ -30,8 +31,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment
 from crucible.protocol.transport import Transport
+from crucible.sdk._client import Client
+from crucible.sdk._volumes import mount_volumes
 from crucible.worker.logs import LogShipper
 
 __all__ = ["DISK_CHECK_S", "disk_usage_bytes", "supervise"]
@@ -82,6 +86,14 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     argv = ["/bin/sh", "-c", pod.command] if pod.command else _IDLE
     shipper = LogShipper(transport, assignment.container_id)
     shipper.install()
+    if assignment.volumes:
+        # The volumes' latest versions at their mount paths (bound in by a sandboxed agent).
+        try:
+            mount_volumes(Client.in_container(), assignment.volumes)
+        except Error as exc:
+            print(f"crucible pod: {exc.message}", file=sys.stderr)
+            shipper.close()
+            return 1
     out, err = sys.__stdout__, sys.__stderr__
     assert out is not None and err is not None
     try:
