@@ -33,6 +33,11 @@ from server_testlib import ServerUnderTest, error_code
             "invalid_request",
             "public key",
         ),
+        (
+            {"name": "p", "ssh_keys": ['ssh-ed25519 AAAA a@b\ncommand="x" ssh-rsa AAAA']},
+            "invalid_request",
+            "one line",
+        ),
         ({"name": "p", "image": "has space"}, "invalid_request", "not an image reference"),
         ({"name": "p", "volumes": {"/proc": "v"}}, "invalid_request", "system directory"),
         ({"name": "p", "memory": "lots"}, "invalid_resources", "not a size"),

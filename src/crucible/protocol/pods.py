@@ -263,6 +263,10 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
 
 def _check_ssh_key(key: str) -> str:
     parts = key.strip().split()
+    if not key.strip().isprintable():
+        raise InvalidRequestError(
+            "an SSH key must be one line of printable text (one key per --ssh-key line)"
+        )
     if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or len(key) > 16_384:
         raise InvalidRequestError(
             "an SSH key must be a public key line such as 'ssh-ed25519 AAAA... you@host' "
