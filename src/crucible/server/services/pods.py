@@ -183,16 +183,19 @@ def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool 
 
 
 def current_container(conn: Connection, row: Any) -> Any:
-    """The container of the pod's current run (created since its latest start), if any."""
-    return conn.execute(
+    """The container of the pod's current run, if it has one: its latest container, unless
+    that one ended before the latest ``start`` (a previous run's). Not a comparison of
+    creation times: a tick that began just before the request can create the container
+    with an earlier timestamp than the request's."""
+    ct = conn.execute(
         select(containers)
-        .where(
-            containers.c.function_id == row.function_id,
-            containers.c.created_ms >= row.run_started_ms,
-        )
+        .where(containers.c.function_id == row.function_id)
         .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
         .limit(1)
     ).first()
+    if ct is not None and ct.state == "stopped" and (ct.stopped_ms or 0) < row.run_started_ms:
+        return None
+    return ct
 
 
 def _outcome(row: Any, ct: Any) -> tuple[str, str]:

@@ -566,8 +566,8 @@ console_sessions = Table(
 # Pods (docs/pods.md): a lease held until stopped. Each pod has an app and a function of its
 # own (hidden from app lists) so that its containers are placed, metered and charged like any
 # function's; ``state`` is the pod's wish and last settled outcome (services/pods.py derives
-# the state shown from its current container). ``run_started_ms``: the latest `start`; only
-# containers created since then belong to the current run.
+# the state shown from its current container). ``run_started_ms``: the latest `start`; a
+# container that ended before it belongs to a previous run.
 pods = Table(
     "pods",
     metadata,
