@@ -213,6 +213,12 @@ def test_pods_are_private_and_the_cli_escapes_what_they_print(
     assert pod.wait("stopped", timeout_s=30).state == "stopped"
     gone = cli("show", "nope")
     assert gone.returncode != 0 and "no pod 'nope'" in gone.stderr
+    # `logs -f` follows until the pod ends: a command that exits 0 ends it `stopped`.
+    short = crucible.Pod.create("short", command="sleep 1; echo last-words", client=alice)
+    followed = cli("logs", "short", "-f")
+    assert followed.returncode == 0 and "last-words" in followed.stdout
+    ended = short.wait("stopped", "failed", timeout_s=30)
+    assert ended.state == "stopped" and "status 0" in (ended.reason or "")
     alice.close()
     mallory.close()
 
