@@ -54,6 +54,7 @@ from crucible.sdk._dicts import Dict
 from crucible.sdk._functions import Function, FunctionCall, Retries
 from crucible.sdk._hooks import enter
 from crucible.sdk._image import Image
+from crucible.sdk._pods import Pod
 from crucible.sdk._queues import Queue
 from crucible.sdk._schedules import Cron, Period
 from crucible.sdk._secrets import Secret
@@ -92,6 +93,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Period",
     "PermissionDeniedError",
+    "Pod",
     "Queue",
     "QuotaExceededError",
     "RateLimitedError",

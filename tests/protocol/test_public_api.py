@@ -35,6 +35,7 @@ PUBLIC = [
     "PayloadTooLargeError",
     "Period",
     "PermissionDeniedError",
+    "Pod",
     "Queue",
     "QuotaExceededError",
     "RateLimitedError",

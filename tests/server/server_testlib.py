@@ -419,6 +419,19 @@ V1_ROUTES = sorted(
         ("POST", "/v1/models/{name}/stop"),
         ("GET", "/v1/models/{name}/usage"),
         ("POST", "/v1/models/{name}/adapters"),
+        ("POST", "/v1/pods"),
+        ("GET", "/v1/pods"),
+        ("GET", "/v1/pods/{pod}"),
+        ("DELETE", "/v1/pods/{pod}"),
+        ("POST", "/v1/pods/{pod}/stop"),
+        ("POST", "/v1/pods/{pod}/start"),
+        ("GET", "/v1/pods/{pod}/logs"),
+        ("POST", "/v1/clusters"),
+        ("GET", "/v1/clusters"),
+        ("GET", "/v1/clusters/{cluster}"),
+        ("DELETE", "/v1/clusters/{cluster}"),
+        ("POST", "/v1/clusters/{cluster}/stop"),
+        ("POST", "/v1/clusters/{cluster}/start"),
     ]
 )
 
@@ -437,6 +450,8 @@ def concrete(path: str) -> str:
         .replace("{function}", "f")
         .replace("{deployment}", "svc")
         .replace("{job_id}", "ca-1")
+        .replace("{pod}", "pd-1")
+        .replace("{cluster}", "cl-1")
     )
 
 

@@ -32,6 +32,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from crucible.agent.address import own_address
 from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
 from crucible.agent.runtimes import build_runtime, measure_isolation
@@ -233,6 +234,7 @@ class Agent:
                 agent_version=agent_version(),
                 isolation=self.isolation,
                 self_test=self._self_test,
+                address=own_address(self.server_url),
             )
             try:
                 data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
 from crucible.errors import ImageBuildError, ImageUnsupportedError
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -292,6 +293,12 @@ class ProcessRuntime:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(a.model_dump_json())
             env = self._worker_env(a, work, assignment_path)
+            if a.pod is not None:
+                # The pod's image (the default: the host's own root) and its disk, kept
+                # under pods/<pod id>/disk across stop/start (docs/pods.md).
+                resolve_pod_image(a.pod.image)
+                disk = pod_disk_dir(self.agent_dir, a.pod.pod_id)
+                env["CRUCIBLE_POD_DISK"] = str(disk)
             with open(c.dir / "log", "ab") as logf:
                 c.proc = subprocess.Popen(
                     self.worker_argv,
@@ -306,6 +313,9 @@ class ProcessRuntime:
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             self._finish(c, None, "start_failed", f"cannot start the worker: {exc}")
+            return False
+        except ImageBuildError as exc:
+            self._finish(c, None, "start_failed", exc.message)
             return False
         return True
 

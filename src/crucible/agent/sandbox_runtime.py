@@ -49,6 +49,7 @@ from crucible.agent.oci.cache import OciImages, ensure_mount_point
 from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
 from crucible.agent.oci.python import WorkerDeps
 from crucible.agent.oci.registry import RegistryAuth
+from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
@@ -413,9 +414,18 @@ class SandboxRuntime:
             except EgressError as exc:
                 self._fail(cid, str(exc))
                 return
+        if a.pod is not None and not isinstance(image, FunctionImage):
+            try:
+                resolve_pod_image(a.pod.image)
+            except Error as exc:
+                self._fail(cid, exc.message)
+                return
         z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
-        code = self._place_code(a, z)
+        # A pod runs its own command, not a function: there is no code bundle to place.
+        code = a.code.bundle if a.pod is not None else self._place_code(a, z)
         env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
+        if a.pod is not None:
+            env["CRUCIBLE_POD_DISK"] = POD_DISK_PATH
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -432,7 +442,9 @@ class SandboxRuntime:
                 "open_files": self.limits.open_files,
             },
             # Import the user's module in the zygote once this code has run here before.
-            "warm": {"sha": a.code.bundle, "module": a.code.module} if code in z.warmed else None,
+            "warm": {"sha": a.code.bundle, "module": a.code.module}
+            if code in z.warmed and a.pod is None
+            else None,
         }
         if isinstance(image, FunctionImage):
             msg["workdir"] = image.image.workdir
@@ -473,6 +485,7 @@ class SandboxRuntime:
                 egress.key() if egress is not None else "",
                 repr(a.gpu_indices),
                 repr(sorted(a.volumes.items())),
+                a.pod.pod_id if a.pod is not None else "",
             ]
         )
         if failed:
@@ -519,6 +532,14 @@ class SandboxRuntime:
             cfg.volume_mounts.append((host_dir, inside))
             if oci is not None:  # its mount point, in the (read-only) image
                 ensure_mount_point(oci.image.rootfs, inside)
+        if a.pod is not None:
+            # The pod's disk: kept on the host across stop/start, owned by this sandbox's uid.
+            disk = pod_disk_dir(self.agent_dir, a.pod.pod_id)
+            if cfg.host_uid is not None:
+                _chown_tree(disk, cfg.host_uid)
+            cfg.volume_mounts.append((disk, POD_DISK_PATH))
+            if oci is not None:  # its mount point, in the (read-only) image
+                ensure_mount_point(oci.image.rootfs, POD_DISK_PATH)
         try:
             relay = Relay(cfg.run_dir / "server.sock", self.server_url)
         except OSError:
@@ -850,6 +871,16 @@ class SandboxRuntime:
             self.on_exit(report)
         except Exception:
             log.exception("on_exit callback failed for container %s", box.container_id)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    """Give a pod's disk to the uid of the sandbox that now runs it (the uid pool may hand a
+    restarted pod another uid)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(dirpath, name), uid, uid)
+    os.chown(root, uid, uid)
 
 
 def _fetch(transport: Transport, sha: str) -> bytes:

@@ -44,11 +44,13 @@ def shorten_ids(text: str) -> str:
 def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]]]:
     return {
         "ap": ("app", lambda: (a.id for a in client.list_apps())),
+        "cl": ("cluster", lambda: (c["id"] for c in client.get("/v1/clusters"))),
         "ca": (
             f"call (among your {_CALLS_SEARCHED} newest)",
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),
         ),
         "ho": ("host", lambda: (h["id"] for h in client.get("/v1/hosts"))),
+        "pd": ("pod", lambda: (p["id"] for p in client.get("/v1/pods"))),
         "rs": ("reservation", lambda: (r["id"] for r in client.get("/v1/reservations"))),
         "tk": ("token", lambda: (t["id"] for t in client.get("/v1/tokens"))),
     }

@@ -8,10 +8,12 @@ import typer
 
 from crucible.cli import (
     audit,
+    clusters,
     deploy,
     market,
     models,
     objects,
+    pods,
     resources,
     run,
     secrets,
@@ -42,6 +44,8 @@ sim.register(app)
 secrets.register(app)
 objects.register(app)
 volumes.register(app)
+pods.register(app)
+clusters.register(app)
 audit.register(app)
 models.register(app)
 

@@ -10,6 +10,7 @@ from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire, WireInt
 from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
+from crucible.protocol.pods import PodAssignment
 
 __all__ = [
     "ContainerAssignment",
@@ -47,6 +48,9 @@ class ContainerAssignment(Wire):
     # Volumes to mount: path -> volume name (the runtime binds a directory at each path, the
     # worker fills it with the volume's latest version).
     volumes: dict[str, str] = Field(default_factory=dict)
+    # A pod's container (docs/pods.md): it runs the pod's command under the pod supervisor
+    # (crucible.worker.pod) instead of a function. None: a function's container.
+    pod: PodAssignment | None = None
 
 
 class ContainerReport(Wire):

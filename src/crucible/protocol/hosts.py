@@ -174,6 +174,9 @@ class HostRegister(Wire):
     # Measured by the agent; None from an older agent (treated as runtime "process").
     isolation: IsolationReport | None = None
     self_test: list[SelfTestResult] = Field(default_factory=list, max_length=128)
+    # Where this host's cluster members are reached (an IP address or host name); None:
+    # not announced (clusters tell members the control plane's view of nothing then).
+    address: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9.:\-]+$")
 
 
 class HostInfo(Wire):

@@ -689,6 +689,12 @@ def main() -> int:
         retry_for_s=_OUTAGE_RETRY_S,
         unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
     )
+    if assignment.pod is not None:
+        # A pod's container runs the pod's command, not a function (docs/pods.md).
+        from crucible.worker.pod import supervise
+
+        _watch_parent()
+        return supervise(assignment, transport)
     worker = Worker(assignment, transport, cache)
     worker.logs = LogShipper(transport, assignment.container_id)
     worker.logs.install()

@@ -519,7 +519,7 @@ def plan(
             waited = now_ms - (fn.oldest_queued_ms if fn.oldest_queued_ms is not None else now_ms)
             if fn.queued and waited >= policy.unschedulable_grace_ms:
                 result.unschedulable.append(Unschedulable(fn.id, _never_reason(fn, known)))
-            elif fn.queued:
+            elif fn.queued or fn.min_containers:  # a pod waits with no calls queued
                 result.waiting[fn.id] = _never_reason(fn, known)
             continue
         if fn.queued and not any(

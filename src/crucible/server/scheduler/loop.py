@@ -44,6 +44,12 @@ from crucible.server.services.calls import (
     fail_queued_calls,
     record_timeout,
 )
+from crucible.server.services.clusters import (
+    cluster_function_ids,
+    place_clusters,
+    record_cluster_env,
+    settle_clusters,
+)
 from crucible.server.services.containers import (
     carry_out_advance,
     carry_out_preemptions,
@@ -61,6 +67,7 @@ from crucible.server.services.market import (
     live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
+from crucible.server.services.pods import settle_pods
 from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
@@ -180,6 +187,10 @@ class SchedulerLoop:
             for app_id in retire_drained_versions(conn, now):
                 log.info("stopped app %s: a superseded version with no calls left", app_id)
             keys += fire_due_schedules(conn, now, s.inline_payload_max_bytes)
+            # Before the snapshot: a pod whose container is going away must not be restarted,
+            # and a cluster with a member going away goes as a whole.
+            keys += settle_clusters(conn, now)
+            keys += settle_pods(conn, now)
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
@@ -206,8 +217,18 @@ class SchedulerLoop:
                     promised=self._promise(now),
                 )
                 self._keep_promises(decided.made_room, decided.start, now)
+                # Clusters: each gang in one market decision, on what the plan left.
+                gangs = place_clusters(conn, live, capacity, now)
             self._log_scales(decided.scales)
             self._publish_waiting(decided.waiting, placer)
+            # Why pods (functions with no calls) wait: the market's own words.
+            refused = {
+                fid: f"the market: {why.message}"
+                for fid, why in placer.refused.items()
+                if fid not in self.state.waiting
+            }
+            if gangs.waiting or refused:
+                self.state.waiting = {**self.state.waiting, **refused, **gangs.waiting}
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -219,6 +240,18 @@ class SchedulerLoop:
                 conn, decided.start, accounts, live.cpu_offer, round(s.platform_fee * 1e6), now
             )
             keys += carry_out_preemptions(conn, placer.preemptions)
+            if gangs.starts:
+                log.info("placing %d cluster member(s)", len(gangs.starts))
+                record_cluster_env(conn, gangs.env)
+                keys += create_containers(
+                    conn,
+                    gangs.starts,
+                    gangs.accounts,
+                    live.cpu_offer,
+                    round(s.platform_fee * 1e6),
+                    now,
+                )
+                keys += carry_out_preemptions(conn, gangs.preemptions)
             for stop in decided.stop:
                 log.info("stopping container %s (%s)", stop.container_id, stop.reason)
                 keys += request_stop(conn, stop.container_id)
@@ -537,7 +570,8 @@ class SchedulerLoop:
                 .where(functions.c.warm.is_(True), apps.c.state == "running")
             ).scalars()
         )
-        fids = set(work) | set(by_fn) | warm
+        # Cluster members are placed as gangs (services/clusters.py), not one by one.
+        fids = (set(work) | set(by_fn) | warm) - cluster_function_ids(conn)
         if not fids:
             return [], {}, {}
         s = self.state.settings

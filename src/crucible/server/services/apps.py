@@ -15,7 +15,7 @@ from crucible.server.services.blobs import require_blob
 from crucible.server.services.calls import cancel_queued_calls_of_app
 from crucible.server.services.secrets import require_secrets
 from crucible.server.services.volumes import volume_row
-from crucible.server.store.tables import apps, functions
+from crucible.server.store.tables import apps, functions, pods
 
 __all__ = [
     "create_app",
@@ -93,7 +93,7 @@ def list_apps(
     query = (
         select(apps, counts.c.n)
         .outerjoin(counts, counts.c.app_id == apps.c.id)
-        .where(apps.c.account_id == principal.account_id)
+        .where(apps.c.account_id == principal.account_id, apps.c.id.not_in(select(pods.c.app_id)))
     )
     if name is not None:
         query = query.where(apps.c.name == name)

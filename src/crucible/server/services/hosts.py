@@ -23,6 +23,7 @@ from crucible.server.auth import Principal, container_token
 from crucible.server.billing.service import meter_containers
 from crucible.server.services import audit
 from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
+from crucible.server.services.pods import pod_assignments
 from crucible.server.store.tables import containers, functions, hosts
 from crucible.server.verification import verify
 
@@ -149,6 +150,8 @@ def register_host(
         "isolation": None if req.isolation is None else req.isolation.model_dump(mode="json"),
         "isolated": req.isolation is not None and req.isolation.full(),
     }
+    if req.address is not None:
+        values["address"] = req.address
     if req.energy_source is not None:
         values["energy_source"] = req.energy_source
     if req.carbon_g_per_kwh is not None:
@@ -427,6 +430,7 @@ def assignments_for_host(
     start: list[ContainerAssignment] = []
     stop: list[str] = []
     grace: dict[str, float] = {}
+    pods = pod_assignments(conn, {r.function_id for r in rows if r.state == "pending"})
     for r in rows:
         if r.state == "stopping":
             stop.append(r.id)
@@ -456,6 +460,7 @@ def assignments_for_host(
                 network=r.spec.get("network", False),
                 secrets=bool(r.spec.get("secrets")),
                 volumes=dict(r.spec.get("volumes") or {}),
+                pod=pods.get(r.function_id),
             )
         )
     return start, stop, grace

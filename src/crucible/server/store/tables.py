@@ -33,6 +33,7 @@ __all__ = [
     "call_inbox",
     "call_items",
     "calls",
+    "clusters",
     "console_sessions",
     "containers",
     "deployments",
@@ -49,6 +50,7 @@ __all__ = [
     "model_adapters",
     "model_usage",
     "models",
+    "pods",
     "queue_items",
     "queues",
     "reservations",
@@ -135,6 +137,9 @@ hosts = Table(
     # the figures with the reason (protocol HostVerification).
     Column("verified", Boolean, nullable=False, default=False),
     Column("verification", JSON),
+    # Where the host's cluster members reach each other (the agent's own address towards the
+    # control plane, or what its operator set); None: an older agent.
+    Column("address", String(64)),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -635,4 +640,49 @@ model_usage = Table(
     Column("output_tokens", BigInteger, nullable=False),
     Column("value_units", BigInteger, nullable=False),
     Column("cost_micros", BigInteger, nullable=False),
+)
+
+# Pods (docs/pods.md): a lease held until stopped. Each pod has an app and a function of its
+# own (hidden from app lists) so that its containers are placed, metered and charged like any
+# function's; ``state`` is the pod's wish and last settled outcome (services/pods.py derives
+# the state shown from its current container). ``run_started_ms``: the latest `start`; a
+# container that ended before it belongs to a previous run.
+pods = Table(
+    "pods",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),  # protocol.pods.PodSpec
+    # active (wants to run) | stopping | stopped | preempted | failed | deleted
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("app_id", String(32), ForeignKey("apps.id"), nullable=False),
+    Column("function_id", String(32), ForeignKey("functions.id"), nullable=False, index=True),
+    Column("host_id", String(32)),  # where its disk is (the host of its last container)
+    Column("created_ms", BigInteger, nullable=False),
+    Column("run_started_ms", BigInteger, nullable=False),
+    Column("stopped_ms", BigInteger),
+    # A member of a cluster (None: a pod of its own): its rank, and what it was told about
+    # the cluster when the gang was placed (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+    Column("cluster_id", String(32), index=True),
+    Column("rank", Integer),
+    Column("cluster_env", JSON),
+    Index("ix_pods_account_name", "account_id", "name"),
+)
+
+# Clusters (docs/pods.md): ``nodes`` pods placed all at once or not at all, stopped as one.
+# ``state``: active (wants to run) | stopping | stopped | deleted; ``reason``: why it ended.
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("nodes", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("run_started_ms", BigInteger, nullable=False),
+    Column("stopped_ms", BigInteger),
 )

@@ -1,0 +1,228 @@
+"""`crucible pod create|list|show|logs|stop|start|rm`: machines rented until stopped
+(docs/pods.md). Names, commands and log lines are chosen by others (or printed by their
+programs): every one is made inert for the terminal before it is shown."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import typer
+
+from crucible.cli._ids import resolve_id
+from crucible.cli._output import console, fmt_time, fmt_usd, print_json, shown, table
+from crucible.cli.resources import JSON, _client
+from crucible.errors import InvalidRequestError, NotFoundError
+from crucible.protocol.logs import LogPage
+from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env
+from crucible.sdk._client import Client
+from crucible.sdk._pods import Pod, market_terms
+
+__all__ = ["register", "ssh_keys_of", "volumes_of"]
+
+_FINAL = ("stopped", "preempted", "failed", "deleted")
+
+
+def _path(client: Client, pod: str) -> str:
+    """The route of a pod given by name, full id or short id."""
+    try:
+        ref = resolve_id(client, pod)
+    except NotFoundError:
+        ref = pod  # a name that happens to look like a short id
+    return f"/v1/pods/{quote(ref, safe='')}"
+
+
+def volumes_of(specs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition(":")
+        if not sep or not name or not path:
+            raise InvalidRequestError(f"--volume {spec[:80]!r}: write NAME:/path, e.g. data:/data")
+        out[path] = name
+    return out
+
+
+def ssh_keys_of(files: list[Path]) -> list[str]:
+    keys = []
+    for f in files:
+        try:
+            text = f.expanduser().read_text()
+        except OSError as exc:
+            raise InvalidRequestError(f"--ssh-key {f}: cannot read it ({exc.strerror})") from None
+        if "PRIVATE KEY" in text:
+            raise InvalidRequestError(
+                f"--ssh-key {f} is a private key; give the public one ({f}.pub)"
+            )
+        keys += [line for line in text.splitlines() if line.strip()]
+    return keys
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:g} GiB"
+
+
+def _show(info: PodInfo) -> None:
+    rows = [
+        ("id", info.id),
+        ("name", info.name),
+        ("state", info.state + (f" ({info.reason})" if info.reason else "")),
+        ("gpu", info.gpu or "none (CPU pod)"),
+        ("cpu / memory", f"{info.cpu:g} cores / {info.memory_mib} MiB"),
+        ("image", info.image or "the exchange's default image"),
+        ("disk", _gib(info.disk_bytes)),
+        ("command", info.command or "-"),
+        ("env", ", ".join(info.env_keys) or "-"),
+        ("ports", ", ".join(info.ports) or "-"),
+        ("volumes", ", ".join(f"{n}:{p}" for p, n in info.volumes.items()) or "-"),
+        ("tier", info.tier),
+        ("host", info.host_id or "-"),
+        ("container", info.container_id or "-"),
+        ("rate", f"{fmt_usd(info.rate_micros_per_hour)}/h" if info.rate_micros_per_hour else "-"),
+        ("cost so far", fmt_usd(info.cost_micros)),
+        ("created", fmt_time(info.created_ms)),
+        ("started", fmt_time(info.started_ms)),
+        ("stopped", fmt_time(info.stopped_ms)),
+    ]
+    table(f"Pod {info.name}", ["", ""], rows, ids=())
+
+
+def register(app: typer.Typer) -> None:
+    pod_app = typer.Typer(help="Pods: GPU or CPU machines rented until you stop them.")
+    app.add_typer(pod_app, name="pod")
+
+    @pod_app.command("create")
+    def create(
+        name: str = typer.Option(..., "--name", help="1-63 of a-z, 0-9 and '-'."),
+        gpu: str = typer.Option(None, "--gpu", help="MODEL[:COUNT], e.g. H100:8 (none: CPU)."),
+        image: str = typer.Option(None, "--image", help="An OCI image reference."),
+        disk: str = typer.Option(DEFAULT_DISK, "--disk", help="The pod's disk, e.g. 100GiB."),
+        cpu: float = typer.Option(None, "--cpu", help="Cores (default: 1 per GPU, at least 1)."),
+        memory: str = typer.Option(None, "--memory", help="e.g. 64GiB (default: 4 GiB per GPU)."),
+        command: str = typer.Option(None, "--command", help="Run with sh -c (default: wait)."),
+        tier: str = typer.Option("on_demand", "--tier", help="on_demand|interruptible|reserved"),
+        bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
+        max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
+        port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),
+        ssh_key: list[Path] = typer.Option([], "--ssh-key", help="A public key file (repeat)."),
+        env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeat)."),
+        volume: list[str] = typer.Option([], "--volume", help="NAME:/path (repeat)."),
+        as_json: bool = JSON,
+    ) -> None:
+        """Create a pod: the market places it, and it runs (and is billed per ms) until you
+        stop it."""
+        pod = Pod.create(
+            name,
+            gpu=gpu,
+            image=image,
+            disk=disk,
+            cpu=cpu,
+            memory=memory,
+            command=command,
+            env=parse_env(env),
+            ports=port,
+            ssh_keys=ssh_keys_of(ssh_key),
+            volumes=volumes_of(volume),
+            tier=market_terms(tier, bid, max_price).tier,
+            bid=bid,
+            max_price=max_price,
+            client=_client(),
+        )
+        info = pod.info()
+        if as_json:
+            print_json(info.model_dump())
+            return
+        console.print(
+            f"pod {shown(info.name)} ({info.id}): {info.state}; "
+            f"`crucible pod show {shown(info.name)}` follows it"
+        )
+
+    @pod_app.command("list")
+    def list_(as_json: bool = JSON) -> None:
+        """Your pods (deleted ones are gone)."""
+        items = [PodInfo.model_validate(p) for p in _client().get("/v1/pods")]
+        if as_json:
+            print_json([p.model_dump() for p in items])
+            return
+        table(
+            "Pods",
+            ["id", "name", "state", "gpu", "disk", "host", "cost"],
+            [
+                (
+                    p.id,
+                    p.name,
+                    p.state,
+                    p.gpu or "cpu",
+                    _gib(p.disk_bytes),
+                    p.host_id or "-",
+                    fmt_usd(p.cost_micros),
+                )
+                for p in items
+            ],
+            ids=("id", "host"),
+        )
+
+    @pod_app.command("show")
+    def show(pod: str, as_json: bool = JSON) -> None:
+        """One pod: its state (and why), where it runs, what it costs so far."""
+        client = _client()
+        info = PodInfo.model_validate(client.get(_path(client, pod)))
+        if as_json:
+            print_json(info.model_dump())
+        else:
+            _show(info)
+
+    @pod_app.command("logs")
+    def logs(
+        pod: str,
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+        as_json: bool = JSON,
+    ) -> None:
+        """What the pod's command printed (stdout and stderr), oldest first."""
+        client = _client()
+        path = _path(client, pod)
+        after = 0
+        while True:
+            page = LogPage.model_validate(client.get(f"{path}/logs?after={after}"))
+            for x in page.lines:
+                if as_json:
+                    print_json(x.model_dump())
+                else:
+                    stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
+                    typer.echo(f"{fmt_time(x.ts_ms)} {stream} {shown(x.line)}")
+            after = page.next_after
+            if len(page.lines) >= 1000:
+                continue
+            if not follow:
+                return
+            if PodInfo.model_validate(client.get(path)).state in _FINAL:
+                return
+            time.sleep(1.0)
+
+    def _act(pod: str, action: str, as_json: bool) -> None:
+        client = _client()
+        info = PodInfo.model_validate(client.post(f"{_path(client, pod)}/{action}"))
+        if as_json:
+            print_json(info.model_dump())
+        else:
+            reason = f" ({shown(info.reason)})" if info.reason else ""
+            console.print(f"pod {shown(info.name)}: {info.state}{reason}")
+
+    @pod_app.command("stop")
+    def stop(pod: str, as_json: bool = JSON) -> None:
+        """Stop a pod (SIGTERM, the grace, SIGKILL). Billing stops with it; its disk stays
+        on its host for `crucible pod start`."""
+        _act(pod, "stop", as_json)
+
+    @pod_app.command("start")
+    def start(pod: str, as_json: bool = JSON) -> None:
+        """Start a stopped, preempted or failed pod: the market is asked again."""
+        _act(pod, "start", as_json)
+
+    @pod_app.command("rm")
+    def rm(pod: str) -> None:
+        """Delete a pod (stopped first if it runs); its name is free again."""
+        client = _client()
+        path = _path(client, pod)
+        client.transport.delete(path)
+        console.print(f"pod {shown(pod)} deleted")

@@ -1,0 +1,75 @@
+"""Pods: create, list, show, stop, start, delete, and what their command printed
+(docs/pods.md). Thin: each route opens one transaction and calls services/pods.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from crucible.protocol.common import MAX_WIRE_INT
+from crucible.protocol.logs import LogPage
+from crucible.protocol.pods import PodCreate, PodInfo
+from crucible.server.api.deps import Builder, State
+from crucible.server.services import pods as svc
+
+router = APIRouter(prefix="/v1", tags=["pods"])
+
+
+@router.post("/pods", status_code=201)
+def create_pod(req: PodCreate, who: Builder, state: State) -> PodInfo:
+    """Create a pod; the market places it on the scheduler's next tick."""
+    with state.engine.begin() as conn:
+        info = svc.create_pod(conn, who, req, state.clock.now_ms())
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.get("/pods")
+def list_pods(who: Builder, state: State) -> list[PodInfo]:
+    with state.engine.connect() as conn:
+        return svc.list_pods(conn, who, state.waiting)
+
+
+@router.get("/pods/{pod}")
+def get_pod(pod: str, who: Builder, state: State) -> PodInfo:
+    """A pod by id or name (another account's pod is not found)."""
+    with state.engine.connect() as conn:
+        return svc.get_pod(conn, who, pod, state.waiting)
+
+
+@router.post("/pods/{pod}/stop")
+def stop_pod(pod: str, who: Builder, state: State) -> PodInfo:
+    with state.engine.begin() as conn:
+        info, keys = svc.stop_pod(conn, who, pod, state.clock.now_ms())
+    state.wakeups.notify_many(keys)
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.post("/pods/{pod}/start")
+def start_pod(pod: str, who: Builder, state: State) -> PodInfo:
+    with state.engine.begin() as conn:
+        info, keys = svc.start_pod(conn, who, pod, state.clock.now_ms())
+    state.wakeups.notify_many(keys)
+    state.wakeups.kick_scheduler()
+    return info
+
+
+@router.delete("/pods/{pod}", status_code=204)
+def delete_pod(pod: str, who: Builder, state: State) -> None:
+    with state.engine.begin() as conn:
+        keys = svc.delete_pod(conn, who, pod, state.clock.now_ms())
+    state.wakeups.notify_many(keys)
+    state.wakeups.kick_scheduler()
+
+
+@router.get("/pods/{pod}/logs")
+def pod_logs(
+    pod: str,
+    who: Builder,
+    state: State,
+    after: int = Query(0, ge=0, le=MAX_WIRE_INT),
+    limit: int = Query(1000, ge=1, le=1000),
+) -> LogPage:
+    """Lines the pod's command printed, oldest first, after the line id ``after``."""
+    with state.engine.connect() as conn:
+        return svc.pod_logs(conn, who, pod, after, limit)

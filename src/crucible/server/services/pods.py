@@ -1,0 +1,512 @@
+"""Pods: a machine (GPUs, CPU, memory, a disk) rented as a lease held until stopped.
+
+A pod owns an app and a function of its own (hidden from app lists), whose spec asks for
+exactly one container (``min_containers = max_containers = 1``). The scheduler therefore
+places a pod's container through the market like any GPU container (on demand,
+interruptible with bid and max price, reserved), the agent runs it, and metering and the
+ledger charge it per millisecond like any container. What is pod-specific lives here:
+
+- the pod's wish and outcome (``pods.state``): ``active`` (wants to run), ``stopping``, or
+  the settled ``stopped`` / ``preempted`` / ``failed`` / ``deleted``;
+- the state shown (:func:`pod_info`), derived from the pod's current container: pending →
+  starting → running → stopping, then the settled outcome;
+- :func:`settle_pods`, run at the start of each scheduler tick: once a pod's container is
+  stopping or gone, the pod's app is stopped so that nothing restarts it (an interruptible
+  pod that lost its lease ends ``preempted``; ``start`` asks the market again), and the
+  outcome is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from crucible.errors import ConflictError, NotFoundError, PermissionDeniedError
+from crucible.protocol.apps import CodeRef, FunctionCreate
+from crucible.protocol.common import GpuAsk, Resources
+from crucible.protocol.ids import new_id
+from crucible.protocol.logs import LogPage
+from crucible.protocol.pods import PodAssignment, PodCreate, PodInfo, PodSpec, parse_pod
+from crucible.server.auth import Principal
+from crucible.server.services.containers import request_stop
+from crucible.server.services.logs import read_logs
+from crucible.server.services.volumes import volume_row
+from crucible.server.store.tables import apps, containers, functions, pods
+
+__all__ = [
+    "create_pod",
+    "current_container",
+    "delete_pod",
+    "delete_row",
+    "get_pod",
+    "insert_pod",
+    "list_pods",
+    "pod_assignments",
+    "pod_info",
+    "pod_logs",
+    "pod_rows_of_cluster",
+    "require_builder",
+    "restart_row",
+    "settle_pods",
+    "settle_row",
+    "start_pod",
+    "stop_pod",
+    "stop_row",
+]
+
+# The pod's function is never called: its code reference names the pod supervisor, which
+# the worker runs instead of loading a bundle (crucible.worker.pod).
+_POD_CODE = CodeRef(bundle="0" * 64, module="crucible.worker.pod", qualname="supervise")
+_SCALEDOWN_S = 86_400.0  # never idle-stopped: min_containers keeps the one container anyway
+_LIVE = ("pending", "starting", "running")
+_SETTLED = ("stopped", "preempted", "failed", "deleted")
+
+
+def require_builder(principal: Principal) -> None:
+    if principal.scope not in ("admin", "user"):
+        raise PermissionDeniedError(f"a {principal.scope} token cannot manage pods")
+
+
+def _function_spec(spec: PodSpec) -> dict[str, Any]:
+    gpus = [GpuAsk(model=spec.gpu_model, count=spec.gpu_count)] if spec.gpu_model else []
+    fn = FunctionCreate(
+        name="pod",
+        code=_POD_CODE,
+        resources=Resources(cpu=spec.cpu, memory_mib=spec.memory_mib, gpus=gpus),
+        timeout_s=7 * 86400,
+        max_containers=1,
+        min_containers=1,
+        scaledown_window_s=_SCALEDOWN_S,
+        market=spec.market,
+        volumes=spec.volumes,
+    )
+    return fn.model_dump(mode="json")
+
+
+def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: int) -> PodInfo:
+    """Create a pod and ask the market for it (the scheduler places it on its next tick).
+    A name already used by a pod of the account that is not deleted is a conflict."""
+    require_builder(principal)
+    spec = parse_pod(req)
+    for name in spec.volumes.values():
+        volume_row(conn, principal, name)  # NotFound naming it
+    taken = conn.execute(
+        select(pods.c.id).where(
+            pods.c.account_id == principal.account_id,
+            pods.c.name == spec.name,
+            pods.c.state != "deleted",
+        )
+    ).first()
+    if taken is not None:
+        raise ConflictError(
+            f"you already have a pod called {spec.name!r}; pick another name, or remove it "
+            f"first with `crucible pod rm {spec.name}`"
+        )
+    pod_id = insert_pod(conn, principal.account_id, spec, now_ms)
+    return get_pod(conn, principal, pod_id)
+
+
+def insert_pod(
+    conn: Connection,
+    account_id: str,
+    spec: PodSpec,
+    now_ms: int,
+    *,
+    cluster_id: str | None = None,
+    rank: int | None = None,
+) -> str:
+    """Insert a pod with its app and function; returns its id. A cluster's member is
+    placed by the cluster's gang placement, never by the scheduler's plan."""
+    pod_id, app_id, fn_id = new_id("pd"), new_id("ap"), new_id("fn")
+    conn.execute(
+        insert(apps).values(
+            id=app_id,
+            account_id=account_id,
+            name=f"pod:{spec.name}",
+            state="running",
+            ephemeral=False,
+            created_ms=now_ms,
+            heartbeat_ms=now_ms,
+        )
+    )
+    conn.execute(
+        insert(functions).values(
+            id=fn_id,
+            account_id=account_id,
+            app_id=app_id,
+            name="pod",
+            spec=_function_spec(spec),
+            warm=cluster_id is None,
+            created_ms=now_ms,
+        )
+    )
+    conn.execute(
+        insert(pods).values(
+            id=pod_id,
+            account_id=account_id,
+            name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            state="active",
+            app_id=app_id,
+            function_id=fn_id,
+            created_ms=now_ms,
+            run_started_ms=now_ms,
+            cluster_id=cluster_id,
+            rank=rank,
+        )
+    )
+    return pod_id
+
+
+def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool = False) -> Any:
+    """The caller's pod by id or name (a name: the live pod of that name, else, when
+    ``deleted``, the latest deleted one). Another account's pod is not found, as is an
+    unknown one."""
+    mine = pods.c.account_id == principal.account_id
+    row = conn.execute(select(pods).where(mine, pods.c.id == ref)).first()
+    if row is None:
+        row = conn.execute(
+            select(pods)
+            .where(mine, pods.c.name == ref, pods.c.state != "deleted")
+            .order_by(pods.c.created_ms.desc())
+        ).first()
+    if row is None and deleted:
+        row = conn.execute(
+            select(pods).where(mine, pods.c.name == ref).order_by(pods.c.created_ms.desc())
+        ).first()
+    if row is None or (row.state == "deleted" and not deleted):
+        raise NotFoundError(
+            f"no pod {ref[:80]!r} in your account; `crucible pod list` shows your pods"
+        )
+    return row
+
+
+def current_container(conn: Connection, row: Any) -> Any:
+    """The container of the pod's current run, if it has one: its latest container, unless
+    that one ended before the latest ``start`` (a previous run's). Not a comparison of
+    creation times: a tick that began just before the request can create the container
+    with an earlier timestamp than the request's."""
+    ct = conn.execute(
+        select(containers)
+        .where(containers.c.function_id == row.function_id)
+        .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
+        .limit(1)
+    ).first()
+    if ct is not None and ct.state == "stopped" and (ct.stopped_ms or 0) < row.run_started_ms:
+        return None
+    return ct
+
+
+def _outcome(row: Any, ct: Any) -> tuple[str, str]:
+    """How a run ended, from its container: (settled state, reason)."""
+    if ct.end_cause == "preempted":
+        return "preempted", (
+            "preempted: the market gave its devices to a higher bid or a reservation; "
+            "`crucible pod start` asks the market again"
+        )
+    if ct.end_cause == "gang":
+        return "stopped", (
+            "another member of its cluster ended; a cluster stops as a whole "
+            "(`crucible cluster show` says why)"
+        )
+    if row.state == "stopping":
+        return "stopped", "stopped by you"
+    if ct.exit_reason == "host_lost":
+        return "failed", (
+            "its host was lost; `crucible pod start` places it again (on another host its "
+            "disk starts empty)"
+        )
+    if ct.exit_reason == "lost":
+        return "failed", (
+            "its host's agent no longer runs it (the agent restarted?); `crucible pod start` "
+            "places it again"
+        )
+    if ct.end_cause:
+        return "stopped", f"its lease ended ({ct.end_cause.replace('_', ' ')})"
+    if ct.exit_reason == "stopped":
+        return "stopped", "stopped by its host"
+    if ct.exit_code == 0:
+        return "stopped", "its command exited with status 0"
+    message = (ct.exit_message or "").strip()
+    why = f"its container ended ({ct.exit_reason or 'exited'}"
+    why += f", status {ct.exit_code})" if ct.exit_code is not None else ")"
+    return "failed", why + (f": {message[-1500:]}" if message else "")
+
+
+def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | None]:
+    if row.state in _SETTLED:
+        return row.state, row.reason
+    if ct is None:
+        if row.state == "stopping":
+            return "stopping", None
+        return "pending", waiting or "no host can take it now; it is placed as soon as one can"
+    if ct.state == "stopped":
+        return _outcome(row, ct)
+    if ct.state == "stopping" or row.state == "stopping":
+        return "stopping", None
+    if ct.state == "pending":
+        return "pending", None
+    if ct.state == "starting":
+        return "starting", None
+    return "running", None
+
+
+def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
+    spec = PodSpec.model_validate(row.spec)
+    ct = current_container(conn, row)
+    state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
+    cost = conn.execute(
+        select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
+            containers.c.function_id == row.function_id
+        )
+    ).scalar_one()
+    return PodInfo(
+        id=row.id,
+        name=row.name,
+        state=state,
+        reason=reason,
+        gpu=spec.gpu,
+        cpu=spec.cpu,
+        memory_mib=spec.memory_mib,
+        image=spec.image,
+        disk_bytes=spec.disk_bytes,
+        command=spec.command,
+        env_keys=sorted(spec.env),
+        ports=[str(p) for p in spec.ports],
+        volumes=spec.volumes,
+        tier=spec.market.tier,
+        app_id=row.app_id,
+        host_id=ct.host_id if ct is not None else row.host_id,
+        container_id=ct.id if ct is not None else None,
+        rate_micros_per_hour=ct.rate_micros_per_hour if ct is not None else None,
+        cost_micros=int(cost),
+        created_ms=row.created_ms,
+        started_ms=ct.started_ms if ct is not None else None,
+        stopped_ms=(ct.stopped_ms if ct is not None else None) or row.stopped_ms,
+        cluster_id=row.cluster_id,
+        rank=row.rank,
+        address=(row.cluster_env or {}).get("CRUCIBLE_ADDRESS"),
+    )
+
+
+def pod_info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
+    """The pod of a row of ``pods``, as shown (for the clusters' service)."""
+    return _info(conn, row, waiting)
+
+
+def pod_rows_of_cluster(conn: Connection, cluster_id: str) -> list[Any]:
+    """The cluster's member pods, by rank."""
+    return list(
+        conn.execute(select(pods).where(pods.c.cluster_id == cluster_id).order_by(pods.c.rank))
+    )
+
+
+def get_pod(
+    conn: Connection, principal: Principal, ref: str, waiting: dict[str, str] | None = None
+) -> PodInfo:
+    require_builder(principal)
+    return _info(conn, _pod_row(conn, principal, ref), waiting)
+
+
+def list_pods(
+    conn: Connection, principal: Principal, waiting: dict[str, str] | None = None
+) -> list[PodInfo]:
+    """The account's pods (not deleted ones), newest first."""
+    require_builder(principal)
+    rows = conn.execute(
+        select(pods)
+        .where(pods.c.account_id == principal.account_id, pods.c.state != "deleted")
+        .order_by(pods.c.created_ms.desc(), pods.c.id.desc())
+    ).all()
+    return [_info(conn, r, waiting) for r in rows]
+
+
+def _stop_run(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """Stop the app (nothing restarts the pod) and its live container; returns wake-ups."""
+    conn.execute(
+        update(apps)
+        .where(apps.c.id == row.app_id, apps.c.state != "stopped")
+        .values(state="stopped", stopped_ms=now_ms)
+    )
+    ct = current_container(conn, row)
+    if ct is not None and ct.state in _LIVE:
+        return request_stop(conn, ct.id)
+    return []
+
+
+def _not_a_member(row: Any, action: str) -> None:
+    if row.cluster_id is not None:
+        raise ConflictError(
+            f"pod {row.name!r} is member {row.rank} of a cluster, which runs and stops as a "
+            f"whole: `crucible cluster {action}` the cluster instead"
+        )
+
+
+def stop_pod(
+    conn: Connection, principal: Principal, ref: str, now_ms: int
+) -> tuple[PodInfo, list[str]]:
+    """Stop a pod: SIGTERM, the grace, SIGKILL; metering ends with its container. Its disk
+    stays on the host. Stopping a pod that is not running changes nothing."""
+    require_builder(principal)
+    row = _pod_row(conn, principal, ref)
+    _not_a_member(row, "stop")
+    keys = stop_row(conn, row, now_ms)
+    return get_pod(conn, principal, row.id), keys
+
+
+def stop_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """Stop the pod of ``row`` (see :func:`stop_pod`); returns wake-up keys."""
+    keys: list[str] = []
+    if row.state == "active":
+        keys = _stop_run(conn, row, now_ms)
+        ct = current_container(conn, row)
+        if ct is None or ct.state == "stopped":
+            # Nothing runs (still pending, or already ended): settled at once.
+            state, reason = ("stopped", "stopped by you") if ct is None else _outcome(row, ct)
+            if ct is not None and state == "stopped" and ct.exit_code is None:
+                reason = "stopped by you"
+            conn.execute(
+                update(pods)
+                .where(pods.c.id == row.id)
+                .values(state=state, reason=reason, stopped_ms=now_ms)
+            )
+        else:
+            conn.execute(update(pods).where(pods.c.id == row.id).values(state="stopping"))
+    return keys
+
+
+def start_pod(
+    conn: Connection, principal: Principal, ref: str, now_ms: int
+) -> tuple[PodInfo, list[str]]:
+    """Start a stopped (or preempted, or failed) pod: the market is asked again. Starting a
+    pod that runs changes nothing; a stopping one must finish stopping first."""
+    require_builder(principal)
+    row = _pod_row(conn, principal, ref, deleted=True)
+    if row.state != "deleted":
+        _not_a_member(row, "start")
+        # Its container may have ended since the scheduler's last tick: settle it first.
+        settle_row(conn, row, now_ms)
+        row = _pod_row(conn, principal, row.id)
+    if row.state == "deleted":
+        raise ConflictError(
+            f"pod {row.name!r} was deleted (its disk with it); create a new pod with "
+            "`crucible pod create`"
+        )
+    if row.state == "stopping":
+        raise ConflictError(
+            f"pod {row.name!r} is still stopping; run `crucible pod start {row.name}` again "
+            "once `crucible pod show` says stopped"
+        )
+    restart_row(conn, row, now_ms)
+    return get_pod(conn, principal, row.id), []
+
+
+def restart_row(conn: Connection, row: Any, now_ms: int) -> None:
+    """A settled pod wants to run again (see :func:`start_pod`)."""
+    if row.state in ("stopped", "preempted", "failed"):
+        conn.execute(
+            update(pods)
+            .where(pods.c.id == row.id)
+            .values(state="active", reason=None, run_started_ms=now_ms, stopped_ms=None)
+        )
+        conn.execute(
+            update(apps)
+            .where(apps.c.id == row.app_id)
+            .values(state="running", stopped_ms=None, heartbeat_ms=now_ms)
+        )
+
+
+def delete_pod(conn: Connection, principal: Principal, ref: str, now_ms: int) -> list[str]:
+    """Delete a pod: stopped first if it runs. Its name is free again at once."""
+    require_builder(principal)
+    row = _pod_row(conn, principal, ref)
+    _not_a_member(row, "rm")
+    return delete_row(conn, row, now_ms)
+
+
+def delete_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """Delete the pod of ``row`` (see :func:`delete_pod`); returns wake-up keys."""
+    keys = _stop_run(conn, row, now_ms)
+    conn.execute(
+        update(pods)
+        .where(pods.c.id == row.id)
+        .values(state="deleted", reason="deleted by you", stopped_ms=now_ms)
+    )
+    return keys
+
+
+def pod_logs(
+    conn: Connection, principal: Principal, ref: str, after: int = 0, limit: int = 1000
+) -> LogPage:
+    """What the pod's command printed (stdout and stderr), across its runs, oldest first."""
+    require_builder(principal)
+    row = _pod_row(conn, principal, ref)
+    return read_logs(conn, principal, row.app_id, after=after, limit=limit)
+
+
+def settle_pods(conn: Connection, now_ms: int) -> list[str]:
+    """Keep pods and their containers in step; run before each placement.
+
+    A pod whose container is stopping or stopped gets its app stopped, so the scheduler does
+    not start another (a preempted interruptible pod stays down until ``start``). Once the
+    container has stopped, the outcome is recorded (stopped, preempted, failed) with its
+    reason, and the host that holds the pod's disk is remembered."""
+    keys: list[str] = []
+    rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
+    for row in rows:
+        keys += settle_row(conn, row, now_ms)
+    return keys
+
+
+def settle_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+    """:func:`settle_pods` for one pod (also run by ``start``, which must not find a pod
+    whose container has ended still marked as running or stopping)."""
+    if row.state not in ("active", "stopping"):
+        return []
+    ct = current_container(conn, row)
+    if ct is None:
+        if row.state == "stopping":
+            conn.execute(
+                update(pods)
+                .where(pods.c.id == row.id)
+                .values(state="stopped", reason="stopped by you", stopped_ms=now_ms)
+            )
+        return []
+    if ct.host_id != row.host_id:
+        conn.execute(update(pods).where(pods.c.id == row.id).values(host_id=ct.host_id))
+    if ct.state in _LIVE and row.state == "active":
+        return []
+    keys = _stop_run(conn, row, now_ms)
+    if ct.state == "stopped":
+        state, reason = _outcome(row, ct)
+        conn.execute(
+            update(pods)
+            .where(pods.c.id == row.id)
+            .values(state=state, reason=reason, stopped_ms=ct.stopped_ms or now_ms)
+        )
+    return keys
+
+
+def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAssignment]:
+    """For the agent: the pod run by each of ``function_ids`` that belongs to a pod."""
+    if not function_ids:
+        return {}
+    out: dict[str, PodAssignment] = {}
+    for r in conn.execute(
+        select(pods.c.id, pods.c.function_id, pods.c.spec, pods.c.cluster_env).where(
+            pods.c.function_id.in_(function_ids)
+        )
+    ):
+        spec = PodSpec.model_validate(r.spec)
+        out[r.function_id] = PodAssignment(
+            pod_id=r.id,
+            name=spec.name,
+            image=spec.image,
+            command=spec.command,
+            env={**spec.env, **(r.cluster_env or {})},
+            ports=spec.ports,
+            ssh_keys=spec.ssh_keys,
+            disk_bytes=spec.disk_bytes,
+        )
+    return out

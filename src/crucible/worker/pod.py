@@ -1,0 +1,163 @@
+"""The pod supervisor: what a pod's container runs in place of a function's worker.
+
+The worker's entry point hands over here when its assignment carries a pod
+(``ContainerAssignment.pod``). The supervisor
+
+- starts the pod's command (``sh -c COMMAND``; without one, the default image waits until
+  the pod is stopped) in the container's process group, in the pod's disk
+  (``$CRUCIBLE_POD_DISK``, kept by the agent across stop/start) with ``$HOME`` there, and
+  the pod's environment;
+- fills the pod's volumes (their latest versions, as for a function);
+- tells the control plane the pod runs (one exchange asking for no input: that marks the
+  container running, and metering counts from its start);
+- ships every line the command prints to the control plane (``crucible pod logs``) and to
+  its own stdout (the agent's log of the container);
+- outlives the agent's SIGTERM (which reaches the command too) until the command ends, so
+  its last words are shipped (the agent's grace, then SIGKILL, bounds the rest), and keeps
+  the disk within its size: past it, the command is killed and the
+  container fails with a message saying so;
+- exits with the command's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from crucible.errors import Error
+from crucible.protocol.containers import ContainerAssignment
+from crucible.protocol.transport import Transport
+from crucible.sdk._client import Client
+from crucible.sdk._volumes import mount_volumes
+from crucible.worker.logs import LogShipper
+
+__all__ = ["DISK_CHECK_S", "disk_usage_bytes", "supervise"]
+
+DISK_CHECK_S = 2.0
+# The default image's command: nothing to run, wait until stopped (SIGTERM ends it).
+_IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+
+
+def disk_usage_bytes(root: Path) -> int:
+    """Bytes the files under ``root`` occupy (allocated blocks, like ``du``)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda _e: None):
+        for name in filenames + dirnames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                total += st.st_blocks * 512
+    return total
+
+
+def _pump(stream: IO[bytes], name: str, shipper: LogShipper, out: IO[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        shipper.add(name, line)
+        with contextlib.suppress(OSError, ValueError):
+            out.write(line + "\n")
+            out.flush()
+
+
+def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
+    """Run the pod of ``assignment`` until its command ends; returns its exit status."""
+    pod = assignment.pod
+    assert pod is not None
+    disk = Path(os.environ.get("CRUCIBLE_POD_DISK") or os.getcwd())
+    disk.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": str(disk),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "NVIDIA_VISIBLE_DEVICES": os.environ.get("NVIDIA_VISIBLE_DEVICES", ""),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CRUCIBLE_POD_ID": pod.pod_id,
+        "CRUCIBLE_POD_NAME": pod.name,
+        "CRUCIBLE_POD_DISK": str(disk),
+        **pod.env,
+    }
+    argv = ["/bin/sh", "-c", pod.command] if pod.command else _IDLE
+    shipper = LogShipper(transport, assignment.container_id)
+    shipper.install()
+    if assignment.volumes:
+        # The volumes' latest versions at their mount paths (bound in by a sandboxed agent).
+        try:
+            mount_volumes(Client.in_container(), assignment.volumes)
+        except Error as exc:
+            print(f"crucible pod: {exc.message}", file=sys.stderr)
+            shipper.close()
+            return 1
+    out, err = sys.__stdout__, sys.__stderr__
+    assert out is not None and err is not None
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=disk,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # In the supervisor's own process group: the agent's SIGTERM (and its SIGKILL
+            # after the grace) reach the command and everything it started, and the runtime
+            # kills what is left of the group when the supervisor exits.
+        )
+    except OSError as exc:
+        print(f"crucible pod: cannot start the command: {exc}", file=sys.stderr)
+        shipper.close()
+        return 127
+    full = threading.Event()
+    done = threading.Event()
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        # The command got the same signal (the agent signals the whole group): wait for it
+        # to end, shipping what it prints meanwhile.
+        return
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def watch_disk() -> None:
+        while not done.wait(DISK_CHECK_S):
+            used = disk_usage_bytes(disk)
+            if used > pod.disk_bytes:
+                print(
+                    f"crucible pod: the pod's disk holds {used / 2**30:.2f} GiB, over its "
+                    f"{pod.disk_bytes / 2**30:.2f} GiB; the command was stopped. Free space "
+                    "or create the pod with a larger --disk",
+                    file=sys.stderr,
+                )
+                full.set()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                return
+
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, "stdout", shipper, out), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, "stderr", shipper, err), daemon=True),
+        threading.Thread(target=watch_disk, name="crucible-pod-disk", daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    try:
+        # One exchange asking for nothing: the container is running from now on.
+        transport.post(
+            f"/v1/containers/{assignment.container_id}/exchange",
+            {"outputs": [], "want": 0, "wait_s": 0},
+        )
+    except Exception as exc:  # the command runs anyway; the server learns of it on its sync
+        print(f"crucible pod: could not report the start: {exc}", file=sys.stderr)
+    rc = proc.wait()
+    done.set()
+    for t in pumps[:2]:
+        t.join(timeout=5)
+    if full.is_set():
+        rc = 1
+    shipper.close()
+    return rc if rc >= 0 else 128 - rc

@@ -1,0 +1,145 @@
+"""Clusters end to end: two agents on this machine (one fake H100 each), a cluster of two
+members placed as one gang, each member told RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT;
+an all-reduce across them gives the right sum (plain sockets always; torch.distributed with
+gloo where torch is installed). Preempting one member stops the whole gang."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+import crucible
+from crucible.protocol.pods import ClusterInfo
+from crucible.server.store.tables import containers
+from crucible.testing import Transport
+
+from harness import Exchange, wait_for
+
+SCRIPT = Path(__file__).resolve().parents[1] / "apps" / "cluster_allreduce.py"
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[Exchange]:
+    ex = Exchange(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'store.db'}",
+        CRUCIBLE_PREEMPTION_GRACE_S="2",
+        CRUCIBLE_DEFAULT_INTERRUPTIBLE_FRACTION="0.2",
+    )
+    ex.start_server()
+    try:
+        ex.start_agent("gpu-a", fake_gpus="1xH100")
+        ex.start_agent("gpu-b", fake_gpus="1xH100")
+        yield ex
+    finally:
+        ex.close()
+
+
+def _command(mode: str, stay: bool = False) -> str:
+    args = [sys.executable, str(SCRIPT), mode] + (["--stay"] if stay else [])
+    return "exec " + " ".join(shlex.quote(a) for a in args)
+
+
+def _cluster(t: Transport, name: str) -> ClusterInfo:
+    return ClusterInfo.model_validate(t.get(f"/v1/clusters/{name}"))
+
+
+def _lines(client: crucible.Pod) -> list[str]:
+    return [x.line for x in client.logs()]
+
+
+def _all_reduce(ex: Exchange, mode: str) -> None:
+    token = ex.owner_token("team")
+    client = ex.client(token)
+    t = client.transport
+    created = ClusterInfo.model_validate(
+        t.post(
+            "/v1/clusters",
+            {"name": "ring", "nodes": 2, "gpu": "H100", "command": _command(mode, stay=True)},
+        )
+    )
+    assert created.nodes == 2 and [m.name for m in created.members] == ["ring-0", "ring-1"]
+    info = wait_for(
+        lambda: (c := _cluster(t, "ring")).state == "running" and c, 60, "cluster running"
+    )
+    # All at once, each on its own host, each told its rank and the master's address.
+    assert len({m.host_id for m in info.members}) == 2
+    assert [m.rank for m in info.members] == [0, 1]
+    assert info.master_addr == "127.0.0.1" and info.members[1].address == "127.0.0.1"
+    for rank in (0, 1):
+        pod = crucible.Pod.from_name(f"ring-{rank}", client=client)
+        wait_for(lambda p=pod: "sum=3" in _lines(p), 90, f"rank {rank}'s sum")
+        lines = _lines(pod)
+        assert f"rank={rank} world=2 master=127.0.0.1:{info.master_port}" in lines
+    # A member is stopped with its cluster, not by itself.
+    with pytest.raises(crucible.ConflictError, match="crucible cluster stop"):
+        t.post("/v1/pods/ring-0/stop")
+    stopped = ClusterInfo.model_validate(t.post("/v1/clusters/ring/stop"))
+    assert stopped.state in ("stopping", "stopped")
+    wait_for(lambda: _cluster(t, "ring").state == "stopped", 30, "cluster stopped")
+    client.close()
+
+
+def test_cluster_all_reduce_over_plain_sockets(two_hosts: Exchange) -> None:
+    _all_reduce(two_hosts, "plain")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_cluster_all_reduce_with_torch_gloo(two_hosts: Exchange) -> None:
+    _all_reduce(two_hosts, "torch")
+
+
+def test_preempting_one_member_stops_the_gang(two_hosts: Exchange) -> None:
+    ex = two_hosts
+    low = ex.client(ex.owner_token("bargain"))
+    high = ex.client(ex.owner_token("deadline"))
+    t = low.transport
+    t.post(
+        "/v1/clusters",
+        {
+            "name": "cheap",
+            "nodes": 2,
+            "gpu": "H100",
+            "command": "trap 'echo got SIGTERM; exit 0' TERM; echo up; while :; do sleep 0.1; done",
+            "market": {"tier": "interruptible", "bid_micros": 500_000},
+        },
+    )
+    info = wait_for(
+        lambda: (c := _cluster(t, "cheap")).state == "running" and c, 60, "cluster running"
+    )
+    members = {m.name: m.container_id for m in info.members}
+    # A third renter's on-demand pod needs one H100: one member is preempted, and the other
+    # is stopped with it (the gang ends as one), each after its SIGTERM grace.
+    urgent = crucible.Pod.create("urgent", gpu="H100", client=high)
+    ended = wait_for(
+        lambda: (c := _cluster(t, "cheap")).state not in ("running", "stopping") and c,
+        60,
+        "the gang ended",
+    )
+    states = sorted(m.state for m in ended.members)
+    assert states == ["preempted", "stopped"], ended
+    assert ended.reason and "preempted" in ended.reason and "as a whole" in ended.reason
+    assert urgent.wait("running", timeout_s=60).state == "running"
+    for name in members:
+        pod = crucible.Pod.from_name(name, client=low)
+        wait_for(lambda p=pod: "got SIGTERM" in _lines(p), 30, f"{name}'s trap")
+    engine = create_engine(ex.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(containers.c.id, containers.c.end_cause, containers.c.lease_end_ms).where(
+                containers.c.id.in_(list(members.values()))
+            )
+        ).all()
+        assert sorted(r.end_cause for r in rows) == ["gang", "preempted"]
+        assert all(r.lease_end_ms is not None for r in rows)  # metering ended for both
+    # Nothing restarts the gang until it is started again.
+    assert _cluster(t, "cheap").state in ("stopped", "preempted")
+    urgent.stop()
+    low.close()
+    high.close()

@@ -1,0 +1,147 @@
+"""Pods and clusters through the API, in-process on SQLite and PostgreSQL: bad input gets a
+clear 4xx naming the problem (never a 500), another account's pod is not found, a deleted
+pod cannot be started, pod apps stay out of app lists, and the store keeps one live pod per
+name."""
+
+from __future__ import annotations
+
+import pytest
+
+from crucible.protocol.accounts import Scope
+
+from server_testlib import ServerUnderTest, error_code
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        ({"name": "Bad_Name"}, "invalid_request", "pod name 'Bad_Name' is not valid"),
+        ({"name": "-x"}, "invalid_request", "pod name"),
+        ({"name": "a" * 64}, "invalid_request", "1-63"),
+        ({"name": "p", "gpu": "H900"}, "invalid_gpu", "unknown GPU model 'H900'"),
+        ({"name": "p", "gpu": "H100:0"}, "invalid_gpu", "positive integer"),
+        ({"name": "p", "gpu": "H100:x"}, "invalid_gpu", "H100:2"),
+        ({"name": "p", "disk": "lots"}, "invalid_resources", "disk 'lots' is not a size"),
+        ({"name": "p", "disk": "1KiB"}, "invalid_resources", "64MiB to 64TiB"),
+        ({"name": "p", "ports": ["99999/http"]}, "invalid_request", "port '99999/http'"),
+        ({"name": "p", "ports": ["22/udp"]}, "invalid_request", "PORT/tcp"),
+        ({"name": "p", "ports": ["80", "80/tcp"]}, "invalid_request", "given twice"),
+        ({"name": "p", "env": {"1BAD": "x"}}, "invalid_request", "not a variable name"),
+        ({"name": "p", "env": {"CRUCIBLE_TOKEN": "x"}}, "invalid_request", "reserved"),
+        (
+            {"name": "p", "ssh_keys": ["-----BEGIN OPENSSH PRIVATE KEY-----"]},
+            "invalid_request",
+            "public key",
+        ),
+        (
+            {"name": "p", "ssh_keys": ['ssh-ed25519 AAAA a@b\ncommand="x" ssh-rsa AAAA']},
+            "invalid_request",
+            "one line",
+        ),
+        ({"name": "p", "image": "has space"}, "invalid_request", "not an image reference"),
+        ({"name": "p", "volumes": {"/proc": "v"}}, "invalid_request", "system directory"),
+        ({"name": "p", "memory": "lots"}, "invalid_resources", "not a size"),
+        ({"name": "p", "market": {"tier": "on_demand", "bid_micros": 5}}, "invalid_request", "bid"),
+        ({"name": "p", "surprise": 1}, "invalid_request", "surprise"),
+    ],
+)
+def test_bad_pod_requests_are_refused_clearly(
+    server: ServerUnderTest, body: dict[str, object], code: str, words: str
+) -> None:
+    alice = server.tenant("alice")
+    r = server.request("POST", "/v1/pods", token=alice.token, json=body)
+    assert r.status_code in (400, 422), r.text
+    assert error_code(r) == code, r.text
+    assert words in r.json()["error"]["message"], r.text
+    assert server.ok("GET", "/v1/pods", token=alice.token) == []
+
+
+def test_pods_belong_to_their_account(server: ServerUnderTest) -> None:
+    alice, bob = server.tenant("alice"), server.tenant("bob")
+    made = server.ok(
+        "POST",
+        "/v1/pods",
+        token=alice.token,
+        json={"name": "box", "gpu": "H100:2", "image": "python:3.12-slim", "disk": "20GiB"},
+    )
+    assert made["state"] == "pending" and made["gpu"] == "H100:2" and made["cpu"] == 2
+    assert made["image"] == "python:3.12-slim" and made["disk_bytes"] == 20 * 2**30
+    assert made["memory_mib"] == 8192 and made["tier"] == "on_demand"
+    for path in ("/v1/pods/box", f"/v1/pods/{made['id']}", f"/v1/pods/{made['id']}/logs"):
+        r = server.request("GET", path, token=bob.token)
+        assert r.status_code == 404 and error_code(r) == "not_found"
+        assert "no pod" in r.json()["error"]["message"]
+    for action in ("stop", "start"):
+        r = server.request("POST", f"/v1/pods/{made['id']}/{action}", token=bob.token)
+        assert r.status_code == 404
+    assert server.request("DELETE", f"/v1/pods/{made['id']}", token=bob.token).status_code == 404
+    assert server.ok("GET", "/v1/pods", token=bob.token) == []
+    # Bob may use the same name: names are per account.
+    assert server.ok("POST", "/v1/pods", token=bob.token, json={"name": "box"})["name"] == "box"
+    # A second live pod of the same name is a conflict naming what to do.
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "box"})
+    assert r.status_code == 409 and "crucible pod rm box" in r.json()["error"]["message"]
+    # The pod's app is not among the account's apps.
+    assert all(
+        not a["name"].startswith("pod:") for a in server.ok("GET", "/v1/apps", token=alice.token)
+    )
+    # A host token cannot manage pods.
+    host = server.tenant("alice", scope=Scope.HOST)
+    assert server.request("GET", "/v1/pods", token=host.token).status_code == 403
+
+
+def test_stop_start_and_delete_a_pending_pod(server: ServerUnderTest) -> None:
+    alice = server.tenant("alice")
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "box"})
+    stopped = server.ok("POST", "/v1/pods/box/stop", token=alice.token)
+    assert stopped["state"] == "stopped" and stopped["reason"] == "stopped by you"
+    assert server.ok("POST", "/v1/pods/box/stop", token=alice.token)["state"] == "stopped"
+    assert server.ok("POST", "/v1/pods/box/start", token=alice.token)["state"] == "pending"
+    r = server.request("DELETE", "/v1/pods/box", token=alice.token)
+    assert r.status_code == 204
+    r = server.request("GET", "/v1/pods/box", token=alice.token)
+    assert r.status_code == 404
+    r = server.request("POST", "/v1/pods/box/start", token=alice.token)
+    assert r.status_code == 409 and error_code(r) == "conflict"
+    assert "was deleted" in r.json()["error"]["message"]
+    assert "crucible pod create" in r.json()["error"]["message"]
+    # The name is free again.
+    assert (
+        server.ok("POST", "/v1/pods", token=alice.token, json={"name": "box"})["state"] == "pending"
+    )
+
+
+def test_clusters_validate_and_belong_to_their_account(server: ServerUnderTest) -> None:
+    alice, bob = server.tenant("alice"), server.tenant("bob")
+    for body, words in [
+        ({"name": "ring", "nodes": 2}, "give --gpu"),
+        ({"name": "ring", "nodes": 1, "gpu": "H100"}, "nodes"),
+        ({"name": "ring", "nodes": 65, "gpu": "H100"}, "nodes"),
+        ({"name": "Ring", "nodes": 2, "gpu": "H100"}, "pod name"),
+        ({"name": "r" * 61, "nodes": 2, "gpu": "H100"}, "at most 60"),
+    ]:
+        r = server.request("POST", "/v1/clusters", token=alice.token, json=body)
+        assert r.status_code == 400, r.text
+        assert words in r.json()["error"]["message"], r.text
+    made = server.ok(
+        "POST",
+        "/v1/clusters",
+        token=alice.token,
+        json={"name": "ring", "nodes": 3, "gpu": "H100:8"},
+    )
+    assert [m["name"] for m in made["members"]] == ["ring-0", "ring-1", "ring-2"]
+    assert [m["rank"] for m in made["members"]] == [0, 1, 2]
+    assert made["state"] == "pending" and 29500 <= made["master_port"] < 31500
+    r = server.request("GET", "/v1/clusters/ring", token=bob.token)
+    assert r.status_code == 404 and "no cluster" in r.json()["error"]["message"]
+    # Members are pods, stopped with their cluster only.
+    r = server.request("POST", "/v1/pods/ring-1/stop", token=alice.token)
+    assert r.status_code == 409 and "crucible cluster stop" in r.json()["error"]["message"]
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "ring-0"})
+    assert r.status_code == 409
+    stopped = server.ok("POST", "/v1/clusters/ring/stop", token=alice.token)
+    assert stopped["state"] == "stopped"
+    assert server.request("DELETE", "/v1/clusters/ring", token=alice.token).status_code == 204
+    assert server.ok("GET", "/v1/pods", token=alice.token) == []
+    r = server.request("POST", "/v1/clusters/ring/start", token=alice.token)
+    assert r.status_code == 409 and "was deleted" in r.json()["error"]["message"]
