@@ -8,6 +8,7 @@ import typer
 
 from crucible.cli import (
     audit,
+    containers,
     deploy,
     market,
     objects,
@@ -16,6 +17,7 @@ from crucible.cli import (
     secrets,
     serve,
     sim,
+    ssh_keys,
     up,
     volumes,
 )
@@ -42,6 +44,8 @@ secrets.register(app)
 objects.register(app)
 volumes.register(app)
 audit.register(app)
+containers.register(app)
+ssh_keys.register(app)
 
 
 @app.command()

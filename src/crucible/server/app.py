@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crucible import __version__
 from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import (
+    access,
     accounts,
     apps,
     audit,
@@ -36,6 +37,7 @@ from crucible.server.api import (
     metrics,
     queues,
     secrets,
+    ssh_keys,
     volumes,
 )
 from crucible.server.api.deps import Caller
@@ -238,6 +240,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         queues,
         volumes,
         audit,
+        ssh_keys,
+        access,
         gateway,
     ):
         app.include_router(module.router)

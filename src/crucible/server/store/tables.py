@@ -50,6 +50,7 @@ __all__ = [
     "reservations",
     "schedules",
     "secrets",
+    "ssh_keys",
     "tokens",
     "volume_versions",
     "volumes",
@@ -556,4 +557,18 @@ console_sessions = Table(
     Column("csrf", String(64), nullable=False),  # the token every form of the session carries
     Column("created_ms", BigInteger, nullable=False),
     Column("expires_ms", BigInteger, nullable=False, index=True),
+)
+
+# Accounts' SSH public keys: the SSH server of every container of the account accepts them.
+ssh_keys = Table(
+    "ssh_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("key_type", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # SHA256:... (ssh-keygen -l)
+    Column("public_key", Text, nullable=False),  # "TYPE BASE64" (the comment is the name)
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "fingerprint"),
 )
