@@ -120,7 +120,7 @@ class AccessDialer:
             open_timeout=10,
             max_size=_CHUNK + 1024,
             compression=None,
-        )
+        ).__enter__()  # entered: websockets >= 17.1 warns about a connection used bare
 
 
 class _Session:
@@ -130,6 +130,7 @@ class _Session:
         self.ws: ClientConnection | None = None
         self.proc: ExecProcess | None = None
         self.sock: socket.socket | None = None
+        self._stdin_sock: socket.socket | None = None  # ssh: stdin and stdout are a socket
         self._send_lock = threading.Lock()
         self._ended = threading.Event()
 
@@ -207,6 +208,15 @@ class _Session:
             child = (slave, slave, slave)
             stdin_w = master
             outputs = [(master, CHANNEL_OUT)]
+        elif o.kind == "ssh":
+            # An SSH server in inetd mode insists on a socket (getpeername) for its stdio.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            err_r, err_w = os.pipe()
+            self._stdin_sock = ours
+            stdin_w = os.dup(ours.fileno())
+            shared = theirs.detach()
+            child = (shared, shared, err_w)
+            outputs = [(ours.detach(), CHANNEL_OUT), (err_r, CHANNEL_ERR)]
         else:
             in_r, stdin_w = os.pipe()
             out_r, out_w = os.pipe()
@@ -271,6 +281,9 @@ class _Session:
                 kind = control.get("type")
                 if kind == "eof" and master is None and stdin_open:
                     stdin_open = False
+                    if self._stdin_sock is not None:  # its read side stays open
+                        with contextlib.suppress(OSError):
+                            socket.socket(fileno=os.dup(stdin_w)).shutdown(socket.SHUT_WR)
                     os.close(stdin_w)
                 elif kind == "resize" and master is not None:
                     rows, cols = _size(control)

@@ -59,7 +59,7 @@ class AccessSession:
                 open_timeout=30,
                 max_size=_CHUNK + 1024,
                 compression=None,
-            )
+            ).__enter__()  # entered: websockets >= 17.1 warns about a connection used bare
         except InvalidStatus as exc:
             raise ServerUnavailableError(
                 f"{server_url} refused the access WebSocket ({exc.response.status_code}); "
@@ -68,7 +68,10 @@ class AccessSession:
         except OSError as exc:
             raise ServerUnavailableError(f"cannot reach {server_url}: {exc}") from None
         self._send_lock = threading.Lock()
-        self.ws.send(request.model_dump_json())
+        # A refused session (bad token) is answered before the request is read: its error
+        # message is then waiting below, after the socket closed.
+        with contextlib.suppress(ConnectionClosed):
+            self.ws.send(request.model_dump_json())
         for event in self.events():  # until "ready" (or an error, raised)
             if isinstance(event, dict) and event.get("type") == "ready":
                 return

@@ -96,9 +96,9 @@ def main() -> int:
         "NSS_WRAPPER_PASSWD": str(state / "passwd"),
         "NSS_WRAPPER_GROUP": str(state / "group"),
     }
-    # -i: inetd mode (the session is stdin/stdout); -s: keys only; -E: log to stderr;
+    # -i: inetd mode (the session is stdin/stdout; it logs to syslog only); -s: keys only;
     # -m: no motd; -R: make the host key if dropbearkey could not.
-    argv = [dropbear, "-i", "-s", "-E", "-m", "-R", "-r", str(hostkey)]
+    argv = [dropbear, "-i", "-s", "-m", "-R", "-r", str(hostkey)]
     os.execve(dropbear, argv, env)
     return 1  # not reached
 
