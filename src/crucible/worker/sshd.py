@@ -47,6 +47,20 @@ def _fail(message: str) -> int:
     return 127
 
 
+def _login_shell() -> str:
+    """$SHELL, else bash, else sh: the first that dropbear accepts (it refuses a shell not in
+    /etc/shells, and without that file knows only /bin/sh and /bin/csh) and that exists."""
+    try:
+        with open("/etc/shells", encoding="utf-8") as f:
+            valid = {line.strip() for line in f if line.startswith("/")}
+    except OSError:
+        valid = {"/bin/sh", "/bin/csh"}
+    for shell in (os.environ.get("SHELL", ""), "/bin/bash", "/usr/bin/bash", "/bin/sh"):
+        if shell in valid and os.access(shell, os.X_OK):
+            return shell
+    return "/bin/sh"
+
+
 def main() -> int:
     keys = os.environ.pop("CRUCIBLE_SSH_KEYS", "")
     login = os.environ.pop("CRUCIBLE_SSH_USER", "crucible")
@@ -71,9 +85,7 @@ def main() -> int:
     tmp.write_text(keys.strip() + "\n", encoding="utf-8")
     tmp.chmod(0o600)
     tmp.replace(authorized)
-    shell = os.environ.get("SHELL") or next(
-        (s for s in ("/bin/bash", "/bin/sh") if os.access(s, os.X_OK)), "/bin/sh"
-    )
+    shell = _login_shell()
     names = dict.fromkeys([login, "crucible", "root"])
     (state / "passwd").write_text(
         "".join(f"{n}:x:{uid}:{gid}:crucible:{home}:{shell}\n" for n in names),
