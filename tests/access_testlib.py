@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,3 +82,22 @@ def ssh_argv(key: Path, known_hosts: Path) -> list[str]:
         "-o", "LogLevel=ERROR",
         "-i", str(key),
     ]  # fmt: skip
+
+
+_NSS_WRAPPER = "/usr/lib/libnss_wrapper.so"
+
+
+def ssh_available() -> bool:
+    """Whether this machine has what SSH sessions need (scripts/setup dev installs it)."""
+    import glob
+
+    return (
+        all(shutil.which(c) for c in ("ssh", "scp", "ssh-keygen"))
+        and any(os.path.exists(p) for p in ("/usr/sbin/dropbear", "/usr/bin/dropbear"))
+        and bool(
+            glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so")
+        )
+    )
+
+
+NEEDS_SSH = "needs dropbear-bin, libnss-wrapper and the OpenSSH client (scripts/setup dev)"

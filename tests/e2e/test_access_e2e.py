@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 import crucible
-from access_testlib import make_key, run_exec, running_container, ssh_argv, ssh_env
+from access_testlib import (
+    NEEDS_SSH,
+    make_key,
+    run_exec,
+    running_container,
+    ssh_argv,
+    ssh_available,
+    ssh_env,
+)
 from crucible.protocol.access import AccessOpen
 from crucible.sdk import _tunnels
 from crucible.testing import free_port
@@ -180,10 +188,7 @@ def test_ssh_keys_are_validated(ex: Exchange, owner: Any, tmp_path: Path) -> Non
             client.transport.post("/v1/ssh-keys", {"public_key": bad})
 
 
-@pytest.mark.skipif(
-    shutil.which("dropbear") is None and not Path("/usr/sbin/dropbear").exists(),
-    reason="dropbear (dropbear-bin) is not installed; scripts/setup dev installs it",
-)
+@pytest.mark.skipif(not ssh_available(), reason=NEEDS_SSH)
 def test_ssh_scp_and_rsync_through_the_proxy_with_the_accounts_keys(
     ex: Exchange, owner: Any, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ the proxy, and the exec'd process never sees a token."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -15,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from access_testlib import make_key, run_exec, running_container, ssh_argv, ssh_env
+from access_testlib import (
+    NEEDS_SSH,
+    make_key,
+    run_exec,
+    running_container,
+    ssh_argv,
+    ssh_available,
+    ssh_env,
+)
 from crucible.sdk import _tunnels
 from crucible.testing import free_port
 
@@ -80,10 +87,7 @@ def test_port_forward_reaches_the_sandboxs_own_network(sandboxed: Exchange, boxe
         t.join(5)
 
 
-@pytest.mark.skipif(
-    shutil.which("dropbear") is None and not Path("/usr/sbin/dropbear").exists(),
-    reason="dropbear (dropbear-bin) is not installed; scripts/setup dev installs it",
-)
+@pytest.mark.skipif(not ssh_available(), reason=NEEDS_SSH)
 def test_ssh_into_the_sandbox(sandboxed: Exchange, boxed: Any, tmp_path: Path) -> None:
     token, client, cid, _port = boxed
     key = make_key(tmp_path, "box")
