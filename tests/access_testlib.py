@@ -23,10 +23,21 @@ from harness import Exchange
 
 
 @contextmanager
-def running_container(client: Any, seconds: float = 120, echo_port: int = 0) -> Iterator[str]:
-    """A running container of ``client``'s account (app_access.hold), by id."""
-    with app_access.app.run(client=client):
-        call = app_access.hold.spawn(seconds, echo_port)
+def running_container(
+    client: Any, seconds: float = 120, echo_port: int = 0, *, other: bool = False
+) -> Iterator[str]:
+    """A running container of ``client``'s account (app_access.hold), by id; ``other``: of
+    the second app (while the first is held by another fixture)."""
+    app, fn = (
+        (app_access.other, app_access.hold_other)
+        if other
+        else (
+            app_access.app,
+            app_access.hold,
+        )
+    )
+    with app.run(client=client):
+        call = fn.spawn(seconds, echo_port)
 
         def container() -> str | None:
             info = client.transport.get(f"/v1/calls/{call.object_id}/timeline")

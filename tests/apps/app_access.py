@@ -32,3 +32,12 @@ def hold(seconds: float, echo_port: int = 0) -> str:
         threading.Thread(target=_serve, args=(echo_port,), daemon=True).start()
     time.sleep(seconds)
     return "done"
+
+
+# A second app, so a test can run its own container while a module fixture holds `app`.
+other = crucible.App("access-other")
+
+
+@other.function(timeout=300)
+def hold_other(seconds: float, echo_port: int = 0) -> str:
+    return hold.local(seconds, echo_port)

@@ -135,7 +135,9 @@ def test_port_forward_reaches_a_port_inside_the_container(ex: Exchange, owner: A
     t.start()
     try:
         assert ready.wait(10)
-        payload = b"x" * (1 << 20)
+        # 16 MiB both ways at once: more than the socket buffers on the path hold, so a relay
+        # whose ends stop reading while they send would deadlock here.
+        payload = b"x" * (16 << 20)
         with socket.create_connection(("127.0.0.1", bound[0]), timeout=30) as conn:
             got = b""
             sender = threading.Thread(target=conn.sendall, args=(payload,))
@@ -284,7 +286,7 @@ def test_sessions_end_when_the_container_ends(ex: Exchange) -> None:
             outcome.append(exc)
 
     try:
-        with running_container(client, seconds=300) as cid:
+        with running_container(client, seconds=300, other=True) as cid:
             t = threading.Thread(target=long_exec, args=(cid,), daemon=True)
             t.start()
             time.sleep(1.0)  # the session is open (not a timing assertion)

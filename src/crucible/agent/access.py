@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from crucible.agent.exec_process import ExecProcess
 from crucible.agent.runtimes import Runtime
@@ -42,6 +41,7 @@ from crucible.protocol.access import (
     AccessRequest,
     websocket_url,
 )
+from crucible.protocol.websocket import ThreadedWebSocket
 
 __all__ = ["AccessDialer", "set_window_size"]
 
@@ -108,26 +108,25 @@ class AccessDialer:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    def _dial(self, session_id: str) -> ClientConnection:
+    def _dial(self, session_id: str) -> ThreadedWebSocket:
         host_id = self._host_id()
         if host_id is None:
             raise NotFoundError("not registered")
         url = websocket_url(self.server_url, f"/v1/hosts/{host_id}/access/{session_id}")
-        return connect(
+        return ThreadedWebSocket(
             url,
-            additional_headers={"Authorization": f"Bearer {self._token}"},
-            user_agent_header=self._user_agent,
-            open_timeout=10,
+            {"Authorization": f"Bearer {self._token}"},
             max_size=_CHUNK + 1024,
-            compression=None,
-        ).__enter__()  # entered: websockets >= 17.1 warns about a connection used bare
+            open_timeout_s=10,
+            user_agent=self._user_agent,
+        )
 
 
 class _Session:
     def __init__(self, dialer: AccessDialer, req: AccessRequest) -> None:
         self.dialer = dialer
         self.req = req
-        self.ws: ClientConnection | None = None
+        self.ws: ThreadedWebSocket | None = None
         self.proc: ExecProcess | None = None
         self.sock: socket.socket | None = None
         self._stdin_sock: socket.socket | None = None  # ssh: stdin and stdout are a socket

@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 
 from crucible.errors import Error, ServerUnavailableError, error_from_wire
 from crucible.protocol.access import (
@@ -32,6 +31,7 @@ from crucible.protocol.access import (
     AccessOpen,
     websocket_url,
 )
+from crucible.protocol.websocket import ThreadedWebSocket
 
 __all__ = [
     "AccessSession",
@@ -53,19 +53,18 @@ class AccessSession:
     def __init__(self, server_url: str, token: str, container_id: str, request: AccessOpen) -> None:
         url = websocket_url(server_url, f"/v1/containers/{quote(container_id, safe='')}/access")
         try:
-            self.ws: ClientConnection = connect(
+            self.ws = ThreadedWebSocket(
                 url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                open_timeout=30,
+                {"Authorization": f"Bearer {token}"},
                 max_size=_CHUNK + 1024,
-                compression=None,
-            ).__enter__()  # entered: websockets >= 17.1 warns about a connection used bare
+                open_timeout_s=30,
+            )
         except InvalidStatus as exc:
             raise ServerUnavailableError(
                 f"{server_url} refused the access WebSocket ({exc.response.status_code}); "
                 "is it a Crucible control plane with access sessions?"
             ) from None
-        except OSError as exc:
+        except (OSError, TimeoutError) as exc:
             raise ServerUnavailableError(f"cannot reach {server_url}: {exc}") from None
         self._send_lock = threading.Lock()
         # A refused session (bad token) is answered before the request is read: its error
