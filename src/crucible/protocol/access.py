@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from crucible.protocol.common import PrintableText, Wire
+from crucible.protocol.common import PrintableText, Wire, WireInt
 
 __all__ = [
     "CHANNEL_ERR",
@@ -116,7 +116,7 @@ class SshKeyInfo(Wire):
     type: str
     fingerprint: str  # SHA256:... as ssh-keygen -l prints it
     public_key: str
-    created_ms: int
+    created_ms: WireInt
 
 
 def parse_public_key(line: str) -> tuple[str, str, str]:
