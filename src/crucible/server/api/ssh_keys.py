@@ -24,8 +24,8 @@ def list_ssh_keys(who: Builder, state: State) -> list[SshKeyInfo]:
         return svc.list_keys(conn, who)
 
 
-@router.delete("/ssh-keys/{key}", status_code=204)
+@router.delete("/ssh-keys/{key:path}", status_code=204)
 def remove_ssh_key(key: str, who: Builder, state: State) -> None:
-    """Remove a key by id, fingerprint or name."""
+    """Remove a key by id, fingerprint (SHA256:..., slashes and all) or name."""
     with state.engine.begin() as conn:
         svc.remove_key(conn, who, key)
