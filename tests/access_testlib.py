@@ -24,7 +24,12 @@ from harness import Exchange
 
 @contextmanager
 def running_container(
-    client: Any, seconds: float = 120, echo_port: int = 0, *, other: bool = False
+    client: Any,
+    seconds: float = 120,
+    echo_port: int = 0,
+    *,
+    other: bool = False,
+    http_port: int = 0,
 ) -> Iterator[str]:
     """A running container of ``client``'s account (app_access.hold), by id; ``other``: of
     the second app (while the first is held by another fixture)."""
@@ -37,7 +42,9 @@ def running_container(
         )
     )
     with app.run(client=client):
-        call = fn.spawn(seconds, echo_port)
+        call = (
+            fn.spawn(seconds, echo_port, http_port) if http_port else fn.spawn(seconds, echo_port)
+        )
 
         def container() -> str | None:
             info = client.transport.get(f"/v1/calls/{call.object_id}/timeline")

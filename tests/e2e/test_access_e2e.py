@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import crucible
@@ -47,12 +48,13 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
 
 @pytest.fixture(scope="module")
 def owner(ex: Exchange) -> Iterator[tuple[str, Any, str, int]]:
-    """The host owner's token and client, and a running container serving an echo port."""
+    """The host owner's token and client, and a running container serving an echo port
+    (and HTTP on the next port)."""
     token = ex.owner_token("owner")
     client = ex.client(token)
     port = free_port()
     try:
-        with running_container(client, seconds=240, echo_port=port) as cid:
+        with running_container(client, seconds=240, echo_port=port, http_port=port + 1) as cid:
             yield token, client, cid, port
     finally:
         client.close()
@@ -300,3 +302,41 @@ def test_sessions_end_when_the_container_ends(ex: Exchange) -> None:
             run_exec(ex, token, cid, ["true"])
     finally:
         client.close()
+
+
+def test_http_ports_are_published_behind_the_token_or_a_secret_link(
+    ex: Exchange, owner: Any
+) -> None:
+    token, _client, cid, port = owner
+    http_port = port + 1
+    code, _out, err = run_exec(ex, token, cid, ["sh", "-c", "echo hi from the container > hi.txt"])
+    assert code == 0, err
+    url = f"{ex.url}/ports/{cid}/{http_port}/hi.txt"
+    with httpx.Client(timeout=30) as web:
+        r = web.get(url, headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.text == "hi from the container\n"
+        r = web.get(url)
+        assert r.status_code == 401
+        stranger = ex.new_account("web-stranger")
+        theirs = web.get(url, headers={"authorization": f"Bearer {stranger}"})
+        unknown = web.get(
+            f"{ex.url}/ports/ct-{'0' * 22}/{http_port}/hi.txt",
+            headers={"authorization": f"Bearer {stranger}"},
+        )
+        assert theirs.status_code == unknown.status_code == 404
+        link = web.get(
+            f"{ex.url}/v1/containers/{cid}/ports/{http_port}/link",
+            headers={"authorization": f"Bearer {token}"},
+        ).json()
+        assert link["url"].endswith(f"/ports/{cid}/{http_port}/?crucible_key={link['key']}")
+        r = web.get(f"{ex.url}/ports/{cid}/{http_port}/hi.txt?crucible_key={link['key']}")
+        assert r.status_code == 200 and r.text.startswith("hi from")
+        r = web.get(url)  # the link's cookie now carries the key, for this port only
+        assert r.status_code == 200
+        web.cookies.clear()
+        r = web.get(f"{ex.url}/ports/{cid}/{http_port}/hi.txt?crucible_key={'0' * 32}")
+        assert r.status_code == 404
+        r = web.get(
+            f"{ex.url}/ports/{cid}/{free_port()}/", headers={"authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 400 and "nothing accepts connections" in r.text

@@ -35,6 +35,7 @@ from crucible.server.api import (
     logs,
     market,
     metrics,
+    ports,
     queues,
     secrets,
     ssh_keys,
@@ -242,6 +243,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         audit,
         ssh_keys,
         access,
+        ports,
         gateway,
     ):
         app.include_router(module.router)

@@ -26,6 +26,7 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.protocol.access import AccessOpen, AccessRequest
+from crucible.server.auth import Principal
 from crucible.server.relay import AccessRelay, AccessSession
 from crucible.server.services import access as svc
 from crucible.server.services.accounts import authenticate
@@ -53,29 +54,7 @@ async def container_access(websocket: WebSocket, container_id: str) -> None:
                 f"reaching a container needs a user token, not a {who.scope} token"
             )
         req = await _first_message(websocket)
-        with state.engine.connect() as conn:
-            target = svc.access_target(conn, who, container_id, req)
-        request = AccessRequest(
-            session_id=AccessRelay.new_id(),
-            container_id=target.container_id,
-            open=req,
-            ssh_keys=target.ssh_keys,
-        )
-        session = state.access.open(
-            who.account_id,
-            target.host_id,
-            request,
-            max_per_account=state.settings.access_max_sessions,
-        )
-        state.wakeups.notify(f"host:{target.host_id}")
-        timeout_s = state.settings.access_dial_timeout_s
-        try:
-            agent = await asyncio.wait_for(asyncio.shield(session.agent), timeout=timeout_s)
-        except TimeoutError:
-            raise ServerUnavailableError(
-                f"the host of container {container_id} did not answer within {timeout_s:g} s "
-                "(its agent may be down or restarting); try again"
-            ) from None
+        session, agent = await open_session(state, who, container_id, req)
         await _splice(websocket, agent, session)
     except Error as exc:
         await _send_error(websocket, exc)
@@ -103,6 +82,41 @@ async def agent_access(websocket: WebSocket, host_id: str, session_id: str) -> N
         return
     await session.done.wait()  # the client's route splices; returning closes this socket
     await _close(websocket)
+
+
+async def open_session(
+    state: ServerState, who: Principal, container_id: str, req: AccessOpen
+) -> tuple[AccessSession, WebSocket]:
+    """Check the caller may reach the container, ask its agent to dial back, and wait for
+    it: the session (close it with ``state.access.close``) and the agent's WebSocket."""
+    with state.engine.connect() as conn:
+        target = svc.access_target(conn, who, container_id, req)
+    request = AccessRequest(
+        session_id=AccessRelay.new_id(),
+        container_id=target.container_id,
+        open=req,
+        ssh_keys=target.ssh_keys,
+    )
+    session = state.access.open(
+        who.account_id,
+        target.host_id,
+        request,
+        max_per_account=state.settings.access_max_sessions,
+    )
+    state.wakeups.notify(f"host:{target.host_id}")
+    timeout_s = state.settings.access_dial_timeout_s
+    try:
+        agent = await asyncio.wait_for(asyncio.shield(session.agent), timeout=timeout_s)
+    except TimeoutError:
+        state.access.close(session.id)
+        raise ServerUnavailableError(
+            f"the host of container {container_id} did not answer within {timeout_s:g} s "
+            "(its agent may be down or restarting); try again"
+        ) from None
+    except BaseException:
+        state.access.close(session.id)
+        raise
+    return session, agent
 
 
 async def _first_message(websocket: WebSocket) -> AccessOpen:

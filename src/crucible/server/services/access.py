@@ -12,7 +12,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.ssh_keys import account_keys
 from crucible.server.store.tables import containers
 
-__all__ = ["AccessTarget", "access_target"]
+__all__ = ["AccessTarget", "access_target", "container_account"]
 
 _LIVE = ("starting", "running")
 _SHORT = re.compile(r"^ct-[0-9a-z]{8}$")
@@ -71,3 +71,13 @@ def access_target(
                 "`crucible ssh-key add ~/.ssh/id_ed25519.pub`"
             )
     return AccessTarget(row.id, row.host_id, keys)
+
+
+def container_account(conn: Connection, container_id: str) -> str | None:
+    """The account of a running container, or None."""
+    row = conn.execute(
+        select(containers.c.account_id).where(
+            containers.c.id == container_id, containers.c.state.in_(_LIVE)
+        )
+    ).first()
+    return None if row is None else str(row.account_id)
