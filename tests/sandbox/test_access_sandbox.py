@@ -23,6 +23,7 @@ from access_testlib import (
     ssh_available,
     ssh_env,
 )
+from crucible.protocol.access import AccessOpen
 from crucible.sdk import _tunnels
 from crucible.testing import free_port
 
@@ -102,3 +103,33 @@ def test_ssh_into_the_sandbox(sandboxed: Exchange, boxed: Any, tmp_path: Path) -
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1000", f"/crucible/work/{cid}"]
+
+
+def test_a_terminal_in_the_sandbox_has_a_controlling_tty(sandboxed: Exchange, boxed: Any) -> None:
+    token, _client, cid, _port = boxed
+    script = (
+        'trap "echo GOT-INT; exit 4" INT; stty size; tty; echo ready; while :; do sleep 0.05; done'
+    )
+    session = _tunnels.AccessSession(
+        sandboxed.url,
+        token,
+        cid,
+        AccessOpen(kind="exec", argv=["sh", "-c", script], tty=True, rows=40, cols=120),
+    )
+    seen, code, sent = b"", None, False
+    try:
+        for event in session.events():
+            if isinstance(event, tuple):
+                seen += event[1]
+                if b"ready" in seen and not sent:
+                    session.send(b"\x03")
+                    sent = True
+            elif event.get("type") == "exit":
+                code = event["code"]
+                break
+    finally:
+        session.close()
+    # The terminal is the agent's (the host's devpts): `tty` cannot name it inside the
+    # sandbox, but it is the process's controlling terminal, with the window's size.
+    assert b"40 120" in seen
+    assert b"GOT-INT" in seen and code == 4
