@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -340,3 +341,41 @@ def test_http_ports_are_published_behind_the_token_or_a_secret_link(
             f"{ex.url}/ports/{cid}/{free_port()}/", headers={"authorization": f"Bearer {token}"}
         )
         assert r.status_code == 400 and "nothing accepts connections" in r.text
+
+
+def _cli(ex: Exchange, token: str, tmp: Path, *args: str, stdin: str = "") -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", *args],
+        env=ssh_env(ex, token, tmp / "cli-home"),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_execs_and_manages_ssh_keys(ex: Exchange, owner: Any, tmp_path: Path) -> None:
+    token, _client, cid, _port = owner
+    run = _cli(ex, token, tmp_path, "container", "exec", cid, "--", "sh", "-c", "echo hi; exit 3")
+    assert run.returncode == 3 and run.stdout == "hi\n", run.stderr
+    run = _cli(ex, token, tmp_path, "container", "exec", "-i", cid, "--", "wc", "-c", stdin="abc")
+    assert run.returncode == 0 and run.stdout.strip() == "3", run.stderr
+    short = f"ct-{cid[-8:]}"  # the short form tables print
+    run = _cli(ex, token, tmp_path, "container", "exec", short, "--", "true")
+    assert run.returncode == 0, run.stderr
+    run = _cli(ex, token, tmp_path, "container", "exec", cid)
+    assert run.returncode == 1 and "give the command after --" in run.stderr
+    run = _cli(ex, token, tmp_path, "container", "port-forward", cid, "http")
+    assert run.returncode == 1 and "is not a port" in run.stderr
+
+    make_key(tmp_path, "cli")
+    run = _cli(ex, token, tmp_path, "ssh-key", "add", str(tmp_path / "cli"))  # the private key
+    assert run.returncode == 1 and "PRIVATE key" in run.stderr
+    run = _cli(ex, token, tmp_path, "ssh-key", "add", str(tmp_path / "cli.pub"), "--name", "ci")
+    assert run.returncode == 0 and "SHA256:" in run.stdout, run.stderr
+    run = _cli(ex, token, tmp_path, "ssh-key", "list")
+    assert run.returncode == 0 and "ci" in run.stdout
+    run = _cli(ex, token, tmp_path, "ssh-key", "rm", "ci")
+    assert run.returncode == 0, run.stderr
+    run = _cli(ex, token, tmp_path, "ssh-key", "rm", "ci")
+    assert run.returncode == 1 and "no SSH key 'ci'" in run.stderr
