@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.access import SshKeyInfo
@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(info.model_dump())
         else:
-            console.print(f"added {info.type} key {info.fingerprint} ({info.name})", markup=False)
+            console.print(
+                f"added {info.type} key {info.fingerprint} ({clean(info.name)})", markup=False
+            )
 
     @key_app.command("list")
     def list_(as_json: bool = JSON) -> None:

@@ -153,8 +153,8 @@ def parse_public_key(line: str) -> tuple[str, str, str]:
         raise ValueError(
             f"the key's data does not match its type {kind!r} (a truncated or edited key?)"
         )
-    if any(c in comment for c in "\x00\n\r"):
-        raise ValueError("the key's comment holds control characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in comment):
+        raise ValueError("the key's comment holds control characters (terminal escapes?)")
     return kind, blob, comment
 
 
