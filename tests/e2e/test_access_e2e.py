@@ -257,6 +257,11 @@ def test_ssh_scp_and_rsync_through_the_proxy_with_the_accounts_keys(
             code, out, _ = run_exec(ex, token, cid, ["cmp", "copied.bin", "rsynced.bin"])
             assert code == 0, out
 
+        cli = _cli(
+            ex, token, tmp_path, "container", "ssh", cid, "-i", str(good), "--", "echo", "hi"
+        )
+        assert cli.returncode == 0 and cli.stdout == "hi\n", cli.stderr
+
         refused = subprocess.run(
             ["ssh", *ssh_argv(wrong, known), f"crucible@{cid}", "true"],
             env=env,

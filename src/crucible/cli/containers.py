@@ -103,15 +103,20 @@ def register(app: typer.Typer) -> None:
     @container_app.command("ssh", context_settings=_PASSTHROUGH)
     def ssh(
         container: str = typer.Argument(..., help="The container's id."),
-        args: list[str] = typer.Argument(None, help="ssh options or a command, after --."),
+        command: list[str] = typer.Argument(None, help="A command to run, after --."),
+        identity: str = typer.Option(
+            None, "-i", "--identity", help="The private key (default: ssh's own choice)."
+        ),
     ) -> None:
         """SSH into the container with your registered keys (`crucible ssh-key add`), via
-        OpenSSH and `crucible container proxy`."""
+        OpenSSH and `crucible container proxy`: a login shell, or `-- CMD`."""
         settings = load_settings()
         ensure_running(settings)
         known = settings.home_path / "known_hosts"
         known.parent.mkdir(parents=True, exist_ok=True)
-        argv = _tunnels.ssh_command(container, list(args or []), known_hosts=str(known))
+        argv = _tunnels.ssh_command(
+            container, list(command or []), known_hosts=str(known), identity=identity
+        )
         try:
             code = subprocess.call(argv, env=os.environ.copy())
         except FileNotFoundError:

@@ -277,13 +277,19 @@ def _local_user(get: Callable[[], str]) -> str:
 
 
 def ssh_command(
-    container_id: str, extra: list[str], *, known_hosts: str, crucible: list[str] | None = None
+    container_id: str,
+    command: list[str],
+    *,
+    known_hosts: str,
+    identity: str | None = None,
+    crucible: list[str] | None = None,
 ) -> list[str]:
     """The ``ssh`` command line that reaches ``container_id`` through ``crucible container
-    proxy`` (``crucible`` is how to run this CLI; default: this interpreter)."""
+    proxy`` and runs ``command`` there (none: a login shell). ``crucible`` is how to run
+    this CLI (default: this interpreter)."""
     runner = crucible or [sys.executable, "-m", "crucible.cli.main"]
     proxy_command = " ".join(shlex.quote(a) for a in runner) + " container proxy %h"
-    return [
+    argv = [
         "ssh",
         "-o",
         f"ProxyCommand={proxy_command}",
@@ -291,11 +297,12 @@ def ssh_command(
         "StrictHostKeyChecking=accept-new",
         "-o",
         f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        "User=crucible",
-        *extra,
-        container_id,
     ]
+    if identity:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", identity]
+    if not command:
+        argv.append("-t")
+    return [*argv, f"crucible@{container_id}", *command]
 
 
 def parse_forward(spec: str) -> tuple[int, int]:
