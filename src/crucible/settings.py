@@ -359,6 +359,17 @@ class Settings:
     heartbeat_interval_s: float = _opt(
         1.0, "CRUCIBLE_HEARTBEAT_INTERVAL_S", "How often an idle agent reports to the server."
     )
+    access_max_sessions: int = _opt(
+        16,
+        "CRUCIBLE_ACCESS_MAX_SESSIONS",
+        "Most access sessions (exec, port-forward connections, SSH) one account may hold at "
+        "once on a server.",
+    )
+    access_dial_timeout_s: float = _opt(
+        15.0,
+        "CRUCIBLE_ACCESS_DIAL_TIMEOUT_S",
+        "How long an access session waits for the container's agent to dial back.",
+    )
     stop_grace_s: float = _opt(
         5.0,
         "CRUCIBLE_STOP_GRACE_S",

@@ -32,6 +32,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from crucible.agent.access import AccessDialer
 from crucible.agent.address import own_address
 from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
@@ -122,6 +123,14 @@ class Agent:
         )
         self.runtime = build_runtime(
             settings, self.agent_dir, server_url, worker_argv=worker_argv, on_exit=self._on_exit
+        )
+        # Exec, tunnels and SSH into this host's containers, dialled back on request.
+        self.access = AccessDialer(
+            server_url,
+            token,
+            self.runtime,
+            lambda: self.host_id,
+            user_agent=f"crucible-agent/{agent_version()}",
         )
         self._interval = min(max(settings.heartbeat_interval_s, 0.0), 60.0)
         self._lock = threading.Lock()  # guards _host_id, _tombstones, _stopping
@@ -323,7 +332,7 @@ class Agent:
                 continue
             backoff = _BACKOFF_START_S
             self._interval = min(max(reply.heartbeat_interval_s, 0.0), 60.0)
-            if not reply.start and not reply.stop:
+            if not reply.start and not reply.stop and not reply.access:
                 elapsed = time.monotonic() - started
                 floor = min(wait_s, _MIN_EMPTY_SYNC_PERIOD_S)
                 if elapsed < floor:
@@ -420,6 +429,7 @@ class Agent:
                         assignment.resources.cpu if host_pids else 0.0,
                     )
                 self.runtime.start(assignment)
+            self.access.handle(reply.access)
             for cid in reply.stop:
                 grace = reply.grace_s.get(cid)
                 if self.runtime.stop(cid, grace_s=grace):
@@ -440,6 +450,7 @@ class Agent:
             detail,
             f": {first_line}" if first_line else "",
         )
+        self.access.container_ended(report.container_id)
         self._exited.set()
 
     def _exit_report_loop(self) -> None:
@@ -467,6 +478,7 @@ class Agent:
         with self._lock:
             self._stopping = True  # replies that still arrive start nothing
         self._stop.set()
+        self.access.close_all()
         running = [r for r in self.runtime.poll() if r.state != "exited"]
         if running:
             log.info("shutting down: stopping %d container(s)", len(running))

@@ -31,16 +31,24 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from crucible.agent.exec_process import PopenExec, exec_env
+from crucible.agent.exec_process import take_ctty as _take_ctty
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
-from crucible.errors import ImageBuildError, ImageUnsupportedError
+from crucible.errors import (
+    ImageBuildError,
+    ImageUnsupportedError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
@@ -111,6 +119,7 @@ class _Container:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the worker's (exec sessions start from it)
 
     @property
     def exited(self) -> bool:
@@ -283,6 +292,66 @@ class ProcessRuntime:
         self.poll()  # records exits a watcher has not yet taken the lock for
 
     # -- internals (callers hold self._lock unless stated) -------------------------------------
+    # -- access sessions (agent/access.py) --------------------------------------------------------
+    def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        tty: bool,
+        fds: tuple[int, int, int],
+        module: str | None = None,
+    ) -> PopenExec:
+        """Start ``argv`` (or ``python -m module``) beside a running container: its work
+        directory and environment (without its token) plus ``env``, stdio on ``fds``, a
+        session of its own (``tty``: fds[0] becomes its controlling terminal). Raises
+        NotFoundError when the container is not running here, InvalidRequestError when the
+        program does not exist."""
+        with self._lock:
+            c = self._containers.get(container_id)
+            if c is None or c.exited or c.proc is None or c.dir is None:
+                raise NotFoundError(f"container {container_id} is not running on this host")
+            base = exec_env(c.env)
+            cwd = c.dir / "work"
+        if module is not None:
+            argv = [sys.executable, "-m", module]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=base | env,
+                stdin=fds[0],
+                stdout=fds[1],
+                stderr=fds[2],
+                start_new_session=True,
+                preexec_fn=_take_ctty if tty else None,
+                close_fds=True,
+            )
+        except FileNotFoundError:
+            raise InvalidRequestError(
+                f"no program {argv[0]!r} in container {container_id}; an image without it "
+                "(e.g. without a shell) cannot run it: name a program the image has"
+            ) from None
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        return PopenExec(proc)
+
+    def connect(self, container_id: str, port: int) -> socket.socket:
+        """A TCP connection to ``port`` of a running container (the host's network: a
+        process container has no namespace of its own)."""
+        with self._lock:
+            c = self._containers.get(container_id)
+            if c is None or c.exited:
+                raise NotFoundError(f"container {container_id} is not running on this host")
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"nothing accepts connections on port {port} inside the container "
+                f"({exc.strerror or exc})"
+            ) from None
+
     def _spawn(self, c: _Container, a: ContainerAssignment) -> bool:
         assert c.dir is not None
         try:
@@ -299,6 +368,7 @@ class ProcessRuntime:
                 resolve_pod_image(a.pod.image)
                 disk = pod_disk_dir(self.agent_dir, a.pod.pod_id)
                 env["CRUCIBLE_POD_DISK"] = str(disk)
+            c.env = env
             with open(c.dir / "log", "ab") as logf:
                 c.proc = subprocess.Popen(
                     self.worker_argv,

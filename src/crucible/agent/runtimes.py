@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from crucible.agent.exec_process import ExecProcess
 from crucible.errors import InvalidRequestError, SandboxUnavailableError
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import IsolationReport
@@ -36,6 +38,18 @@ class Runtime(Protocol):
     def stop(self, container_id: str, grace_s: float | None = None) -> bool: ...
     def forget(self, container_id: str) -> bool: ...
     def stop_all(self, timeout_s: float | None = None) -> None: ...
+    # Access sessions (agent/access.py): a process or a TCP connection inside a container.
+    def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        tty: bool,
+        fds: tuple[int, int, int],
+        module: str | None = None,
+    ) -> ExecProcess: ...
+    def connect(self, container_id: str, port: int) -> socket.socket: ...
 
 
 def build_runtime(

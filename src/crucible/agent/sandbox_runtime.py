@@ -34,6 +34,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
+from crucible.agent.exec_process import ZygoteExec, exec_env
 from crucible.agent.images import BuiltImage, ImageCache
 from crucible.agent.oci.cache import OciImages, ensure_mount_point
 from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
@@ -53,7 +55,14 @@ from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_i
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.uids import SandboxUid, UidPool
-from crucible.errors import IMAGE_ERROR_CODES, Error, ImageBuildError, ImagePullError
+from crucible.errors import (
+    IMAGE_ERROR_CODES,
+    Error,
+    ImageBuildError,
+    ImagePullError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.transport import Transport
@@ -184,6 +193,7 @@ class SandboxRuntime:
         self.on_exit = on_exit
         self._boxes: dict[str, _Box] = {}
         self._zygotes: dict[str, _Zygote] = {}
+        self._execs: dict[str, tuple[str, ZygoteExec]] = {}  # session → (zygote key, handle)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -264,6 +274,78 @@ class SandboxRuntime:
         if notify:
             self._notify(box)
         return True
+
+    # -- access sessions (agent/access.py) --------------------------------------------------------
+    def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        tty: bool,
+        fds: tuple[int, int, int],
+        module: str | None = None,
+    ) -> ZygoteExec:
+        """Start ``argv`` (or ``python -m module``) inside the container's sandbox, forked by
+        its zygote: same namespaces, uid, mounts, cgroup and seccomp filter; the container's
+        environment without its token, plus ``env``. A missing program exits 127 with a line
+        on stderr. Raises NotFoundError when the container is not running here."""
+        z, box = self._running(container_id)
+        assert box.assignment is not None
+        sid = "x" + os.urandom(8).hex()
+        handle = ZygoteExec(sid, lambda: z.proc.send({"op": "kill-exec", "sid": sid}))
+        with self._lock:
+            self._execs[sid] = (z.key, handle)
+        full_env = exec_env(self._container_env(box.assignment)) | env
+        msg = {
+            "op": "exec",
+            "cid": container_id,
+            "sid": sid,
+            "argv": argv,
+            "module": module,
+            "env": full_env,
+            "tty": tty,
+        }
+        if not z.proc.send(msg, fds=list(fds)):
+            with self._lock:
+                self._execs.pop(sid, None)
+            raise NotFoundError(f"container {container_id} is not running on this host")
+        return handle
+
+    def connect(self, container_id: str, port: int) -> socket.socket:
+        """A connection to ``port`` on the loopback of the container's own network namespace
+        (which exists with the network off too), made by a process the zygote forks."""
+        z, _box = self._running(container_id)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sid = "c" + os.urandom(8).hex()
+        handle = ZygoteExec(sid, None)
+        with self._lock:
+            self._execs[sid] = (z.key, handle)
+        try:
+            msg = {"op": "connect", "cid": container_id, "sid": sid, "port": port}
+            if not z.proc.send(msg, fds=[theirs.fileno()]):
+                raise NotFoundError(f"container {container_id} is not running on this host")
+        finally:
+            theirs.close()
+        ours.settimeout(10)
+        try:
+            status = ours.recv(1)  # one byte: what follows may already be the port's data
+            if status == b"\x00":
+                ours.settimeout(None)
+                return ours
+            reason = ours.recv(4096).decode("utf-8", "replace") if status else ""
+        except OSError:
+            reason = ""
+        ours.close()
+        raise InvalidRequestError(reason or "the container's sandbox did not answer")
+
+    def _running(self, container_id: str) -> tuple[_Zygote, _Box]:
+        with self._lock:
+            box = self._boxes.get(container_id)
+            z = self._zygotes.get(box.zygote) if box is not None and box.zygote else None
+            if box is None or box.state != "running" or z is None or z.gone:
+                raise NotFoundError(f"container {container_id} is not running on this host")
+            return z, box
 
     def forget(self, container_id: str) -> bool:
         with self._lock:
@@ -712,7 +794,15 @@ class SandboxRuntime:
                     else:
                         self._record_exit(box, int(msg.get("status", 1)), z)
                     ended.append(box)
+            elif op == "exec-exited":
+                entry = self._execs.pop(str(msg.get("sid")), None)
+                if entry is not None:
+                    entry[1].finish(int(msg.get("status", 1)), msg.get("error"))
             elif op == "gone":
+                for sid, (zkey, handle) in list(self._execs.items()):
+                    if zkey == key:
+                        del self._execs[sid]
+                        handle.finish(-signal.SIGKILL, "the container's sandbox ended")
                 if z is not None:
                     z.gone = True
                     self._zygotes.pop(key, None)

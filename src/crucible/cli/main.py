@@ -9,6 +9,7 @@ import typer
 from crucible.cli import (
     audit,
     clusters,
+    containers,
     deploy,
     market,
     models,
@@ -19,6 +20,7 @@ from crucible.cli import (
     secrets,
     serve,
     sim,
+    ssh_keys,
     up,
     volumes,
 )
@@ -48,6 +50,8 @@ pods.register(app)
 clusters.register(app)
 audit.register(app)
 models.register(app)
+containers.register(app)
+ssh_keys.register(app)
 
 
 @app.command()

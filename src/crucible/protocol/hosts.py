@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from crucible.protocol.access import AccessRequest
 from crucible.protocol.common import HostLabel, PrintableText, Wire, WireInt, Words
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
@@ -232,3 +233,5 @@ class HostSyncReply(Wire):
     # SIGTERM→SIGKILL grace of stops that have their own (a preemption's), else the agent's.
     grace_s: dict[str, float] = Field(default_factory=dict)
     heartbeat_interval_s: float = 1.0
+    # Access sessions (exec, tunnels, SSH) the agent is to dial back for (protocol/access.py).
+    access: list[AccessRequest] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crucible import __version__
 from crucible.errors import Error, InvalidRequestError, PayloadTooLargeError
 from crucible.server.api import (
+    access,
     accounts,
     apps,
     audit,
@@ -38,8 +39,10 @@ from crucible.server.api import (
     models,
     openai,
     pods,
+    ports,
     queues,
     secrets,
+    ssh_keys,
     volumes,
 )
 from crucible.server.api.deps import Caller
@@ -255,6 +258,9 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         audit,
         models,
         openai,
+        ssh_keys,
+        access,
+        ports,
         gateway,
     ):
         app.include_router(module.router)

@@ -16,6 +16,7 @@ from crucible.server.blobs import BlobStore
 from crucible.server.dispatch import Dispatcher
 from crucible.server.metrics import Metrics
 from crucible.server.ratelimit import RateLimiter
+from crucible.server.relay import AccessRelay
 from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
@@ -42,6 +43,8 @@ class ServerState:
     secret: str
     clock: Clock = field(default_factory=SystemClock)
     wakeups: Wakeups = field(default_factory=Wakeups)
+    # Access sessions waiting for their agent or spliced (exec, tunnels, SSH).
+    access: AccessRelay = field(default_factory=AccessRelay)
     # account of each container ever verified: containers never change account.
     container_accounts: dict[str, str] = field(default_factory=dict)
     # token hash -> (principal tuple, expiry monotonic); short TTL so revocation bites fast.

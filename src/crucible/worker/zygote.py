@@ -10,9 +10,20 @@ stream socket to the agent carrying one JSON object per line, plus file descript
 
     agent → zygote  {"op": "fork", "cid", "env", "assignment", "limits", "warm"}  + log fd
                     {"op": "signal", "cid", "sig"}
+                    {"op": "exec", "cid", "sid", "argv", "module", "env", "tty"}
+                                                          + stdin, stdout, stderr fds
+                    {"op": "connect", "cid", "sid", "port"} + one end of a socket pair
+                    {"op": "kill-exec", "sid"}
     zygote → agent  {"op": "ready", "pid", "preloaded", "failed", "import_s"}
                     {"op": "started", "cid", "pid"}
                     {"op": "exited", "cid", "status"}      (status as in subprocess)
+                    {"op": "exec-exited", "sid", "status"}
+
+An ``exec`` (``crucible container exec``, an SSH server) or ``connect`` (a TCP tunnel to a
+port of the sandbox's network namespace) is forked from here too, so it runs exactly where
+the container runs: same namespaces, uid, mounts, cgroup and seccomp filter. It gets its own
+session (a terminal's controlling tty with ``tty``), the container's work directory, and ends
+when its container ends.
 
 What a forked child does before it runs the worker: a new session (its own process group,
 so a stop reaches everything it started), ``PR_SET_PDEATHSIG``, its own work directory
@@ -36,6 +47,8 @@ import argparse
 import array
 import contextlib
 import ctypes
+import errno
+import fcntl
 import importlib
 import json
 import os
@@ -45,6 +58,7 @@ import shutil
 import signal
 import socket
 import sys
+import termios
 import time
 import traceback
 from pathlib import Path
@@ -219,8 +233,9 @@ def serve(ctrl: socket.socket) -> int:
     )
     children: dict[int, tuple[str, int]] = {}  # pidfd → (cid, pid)
     by_cid: dict[str, int] = {}
+    execs: dict[int, tuple[str, int, str]] = {}  # pidfd → (sid, pid, cid): exec and connect
     while True:
-        watched: list[int] = [ctrl.fileno(), *children]
+        watched: list[int] = [ctrl.fileno(), *children, *execs]
         readable, _, _ = select.select(watched, [], [])
         for r in readable:
             if r == ctrl.fileno():
@@ -231,9 +246,32 @@ def serve(ctrl: socket.socket) -> int:
                             os.killpg(pid, signal.SIGKILL)
                     return 0
                 for msg in msgs:
-                    _handle(ctrl, chan, msg, children, by_cid)
+                    if msg.get("op") in ("exec", "connect"):
+                        _handle_exec(ctrl, chan, msg, children, execs)
+                    elif msg.get("op") == "kill-exec":
+                        for sid, exec_pid, _cid in execs.values():
+                            if sid == msg.get("sid"):
+                                with contextlib.suppress(OSError):
+                                    os.killpg(exec_pid, signal.SIGKILL)
+                    else:
+                        _handle(ctrl, chan, msg, children, by_cid)
+                continue
+            if r in execs:
+                sid, pid, _cid = execs.pop(r)
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                os.close(r)
+                _EXEC_FDS.discard(r)
+                chan.send(
+                    {"op": "exec-exited", "sid": sid, "status": os.waitstatus_to_exitcode(status)}
+                )
                 continue
             cid, pid = children.pop(r)
+            for _sid, exec_pid, exec_cid in execs.values():
+                if exec_cid == cid:  # a session ends with its container
+                    with contextlib.suppress(OSError):
+                        os.killpg(exec_pid, signal.SIGKILL)
             by_cid.pop(cid, None)
             # The child is a zombie until reaped, which pins its process-group id: clear out
             # anything it left in its group first.
@@ -315,7 +353,7 @@ def _handle(
     warm = msg.get("warm")
     if warm:
         _warm(str(warm["sha"]), str(warm["module"]))
-    keep = {*children, *chan.fds}
+    keep = {*children, *chan.fds, *_EXEC_FDS}
     try:
         pid = os.fork()
     except OSError as exc:  # the sandbox's process limit: this container fails, we go on
@@ -330,6 +368,146 @@ def _handle(
     children[pidfd] = (msg["cid"], pid)
     by_cid[msg["cid"]] = pid
     chan.send({"op": "started", "cid": msg["cid"], "pid": pid})
+
+
+_EXEC_FDS: set[int] = set()  # pidfds of exec children, closed in every forked child
+
+
+def _handle_exec(
+    ctrl: socket.socket,
+    chan: _Channel,
+    msg: dict[str, Any],
+    children: dict[int, tuple[str, int]],
+    execs: dict[int, tuple[str, int, str]],
+) -> None:
+    """Fork an exec (three fds: stdin, stdout, stderr) or a connect (one socket)."""
+    sid, cid = str(msg.get("sid")), str(msg.get("cid"))
+    want = 3 if msg["op"] == "exec" else 1
+    if len(chan.fds) < want:
+        chan.send({"op": "exec-exited", "sid": sid, "status": 2, "error": "fds missing"})
+        return
+    fds = [chan.fds.pop(0) for _ in range(want)]
+    if cid not in {c for c, _ in children.values()}:
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        chan.send({"op": "exec-exited", "sid": sid, "status": 2, "error": "no such container"})
+        return
+    keep = {*children, *execs, *chan.fds}
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        chan.send({"op": "exec-exited", "sid": sid, "status": 1, "error": exc.strerror})
+        return
+    if pid == 0:
+        if msg["op"] == "exec":
+            _exec_child(ctrl, msg, fds, keep)
+        _connect_child(ctrl, msg, fds[0], keep)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    execs[pidfd] = (sid, pid, cid)
+    _EXEC_FDS.add(pidfd)
+
+
+def _become_session(ctrl: socket.socket, keep: set[int]) -> None:
+    ctrl.close()
+    for fd in keep:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _exec_child(ctrl: socket.socket, msg: dict[str, Any], fds: list[int], keep: set[int]) -> None:
+    """In the forked child: become the session's process in the container. Never returns;
+    a program that does not exist exits 127 with a line on stderr saying so."""
+    argv: list[str] = list(msg.get("argv") or [])
+    try:
+        _become_session(ctrl, keep)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in set(fds):
+            if fd > 2:
+                os.close(fd)
+        if msg.get("tty"):
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        work = _WORK_ROOT / str(msg["cid"])
+        os.chdir(work if work.is_dir() else _WORK_ROOT)
+        env = {str(k): str(v) for k, v in dict(msg.get("env") or {}).items()}
+        env["HOME"] = str(work)
+        if msg.get("module"):
+            argv = [sys.executable, "-m", str(msg["module"])]
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            text = (
+                f"crucible: no program {argv[0]!r} in this container; an image without "
+                "it (e.g. without a shell) cannot run it: name a program the image has\n"
+            )
+            rc = 127
+        else:
+            text = f"crucible: cannot run {argv[:1]!r} in this container: {exc.strerror}\n"
+            rc = 126
+        with contextlib.suppress(OSError):
+            os.write(2, text.encode())
+        os._exit(rc)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(126)
+
+
+def _connect_child(ctrl: socket.socket, msg: dict[str, Any], fd: int, keep: set[int]) -> None:
+    """In the forked child: connect to ``port`` on the sandbox's loopback and pipe it to the
+    agent's socket. The first byte says whether it connected (0) or not (1 + a reason)."""
+    rc = 0
+    try:
+        _become_session(ctrl, keep)
+        agent = socket.socket(fileno=fd)
+        port = int(msg["port"])
+        try:
+            inner = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError as exc:
+            agent.sendall(
+                b"\x01nothing accepts connections on port %d inside the container (%s)"
+                % (port, (exc.strerror or str(exc)).encode())
+            )
+            os._exit(1)
+        inner.settimeout(None)
+        agent.sendall(b"\x00")
+        _pipe(agent, inner)
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    os._exit(rc)
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy both ways until both directions are closed (half-closes passed on)."""
+    open_ = {a: b, b: a}
+    while open_:
+        readable, _, _ = select.select(list(open_), [], [])
+        for src in readable:
+            dst = open_[src]
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                data = b""
+            if data:
+                try:
+                    dst.sendall(data)
+                    continue
+                except OSError:
+                    return
+            open_.pop(src, None)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
 
 
 def main(argv: list[str] | None = None) -> int:

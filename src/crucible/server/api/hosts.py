@@ -48,6 +48,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             state.market.offers_changed()
     if fresh and req.seq:
         state.host_seq[host_id] = req.seq
+    for report in req.containers:
+        if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
+            state.access.end_container(report.container_id)
     state.wakeups.notify_many(keys)
     if keys:
         state.wakeups.kick_scheduler()
@@ -60,10 +63,12 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             )
         start = [a for a in start if a.container_id not in known]
         to_stop = sorted(set(stop) | {c for c in stopping if c in known})
-        if start or to_stop:
+        access = state.access.take_requests(host_id)
+        if start or to_stop or access:
             return HostSyncReply(
                 start=start,
                 stop=to_stop,
+                access=access,
                 grace_s={c: g for c, g in grace.items() if c in to_stop},
                 heartbeat_interval_s=s.heartbeat_interval_s,
             )

@@ -686,3 +686,17 @@ clusters = Table(
     Column("run_started_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
 )
+
+# Accounts' SSH public keys: the SSH server of every container of the account accepts them.
+ssh_keys = Table(
+    "ssh_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("key_type", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # SHA256:... (ssh-keygen -l)
+    Column("public_key", Text, nullable=False),  # "TYPE BASE64" (the comment is the name)
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "fingerprint"),
+)

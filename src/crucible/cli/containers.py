@@ -1,0 +1,126 @@
+"""`crucible container exec|port-forward|proxy|ssh`: reach a running container of your
+account through the control plane (hosts only dial out; docs/access.md). The commands are
+thin: the work is in :mod:`crucible.sdk._tunnels`, which pod commands call too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import typer
+
+from crucible.cli._embedded import ensure_running
+from crucible.cli._output import console
+from crucible.errors import InvalidRequestError
+from crucible.sdk import _tunnels
+from crucible.settings import load_settings
+
+__all__ = ["register"]
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def register(app: typer.Typer) -> None:
+    container_app = typer.Typer(
+        help="Reach a running container: exec, port-forward, SSH.", no_args_is_help=True
+    )
+    app.add_typer(container_app, name="container")
+
+    @container_app.command("exec", context_settings=_PASSTHROUGH)
+    def exec_(
+        container: str = typer.Argument(..., help="The container's id."),
+        command: list[str] = typer.Argument(None, help="The command, after --."),
+        interactive: bool = typer.Option(
+            False, "-i", "--interactive", help="Send this terminal's input (stdin)."
+        ),
+        tty: bool = typer.Option(False, "-t", "--tty", help="A terminal (with -i: -it)."),
+    ) -> None:
+        """Run a command inside the container: `crucible container exec ID -- CMD ARGS`.
+        Streams stdin (-i), stdout and stderr; exits with the command's status. `-it` gives
+        a terminal: keys, Ctrl-C and window resizes reach the process."""
+        argv = list(command or [])
+        if not argv:
+            if not tty:
+                raise InvalidRequestError(
+                    "give the command after --: crucible container exec ID -- ls -la "
+                    "(or -it for a shell)"
+                )
+            argv = ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']
+        config = ensure_running(load_settings())
+        if tty:
+            code = _tunnels.exec_interactive(config.server_url, config.token, container, argv)
+        else:
+            code = _tunnels.exec_command(
+                config.server_url,
+                config.token,
+                container,
+                argv,
+                stdin=sys.stdin.buffer if interactive else None,
+            )
+        raise typer.Exit(code)
+
+    @container_app.command("port-forward")
+    def port_forward(
+        container: str = typer.Argument(..., help="The container's id."),
+        ports: str = typer.Argument(..., help="LOCAL[:REMOTE], e.g. 8888 or 8080:80."),
+        address: str = typer.Option("127.0.0.1", "--address", help="Local address to listen on."),
+    ) -> None:
+        """Forward a local TCP port to a port inside the container (its own network
+        namespace: this works with the container's network off)."""
+        try:
+            local, remote = _tunnels.parse_forward(ports)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        config = ensure_running(load_settings())
+
+        def listening(port: int) -> None:
+            console.print(
+                f"Forwarding {address}:{port} -> {container}:{remote} (Ctrl-C to stop)",
+                markup=False,
+            )
+
+        _tunnels.port_forward(
+            config.server_url,
+            config.token,
+            container,
+            local,
+            remote,
+            bind=address,
+            on_listening=listening,
+        )
+
+    @container_app.command("proxy")
+    def proxy(
+        container: str = typer.Argument(..., help="The container's id (OpenSSH's %h)."),
+        user: str = typer.Option(None, "--user", help="The login name ssh will send."),
+    ) -> None:
+        """Connect stdin/stdout to the container's SSH server, for OpenSSH:
+        `ssh -o ProxyCommand='crucible container proxy %h' crucible@ID`."""
+        config = ensure_running(load_settings())
+        raise typer.Exit(_tunnels.proxy(config.server_url, config.token, container, user=user))
+
+    @container_app.command("ssh", context_settings=_PASSTHROUGH)
+    def ssh(
+        container: str = typer.Argument(..., help="The container's id."),
+        command: list[str] = typer.Argument(None, help="A command to run, after --."),
+        identity: str = typer.Option(
+            None, "-i", "--identity", help="The private key (default: ssh's own choice)."
+        ),
+    ) -> None:
+        """SSH into the container with your registered keys (`crucible ssh-key add`), via
+        OpenSSH and `crucible container proxy`: a login shell, or `-- CMD`."""
+        settings = load_settings()
+        ensure_running(settings)
+        known = settings.home_path / "known_hosts"
+        known.parent.mkdir(parents=True, exist_ok=True)
+        argv = _tunnels.ssh_command(
+            container, list(command or []), known_hosts=str(known), identity=identity
+        )
+        try:
+            code = subprocess.call(argv, env=os.environ.copy())
+        except FileNotFoundError:
+            raise InvalidRequestError(
+                "no `ssh` command here: install OpenSSH's client (apt-get install openssh-client)"
+            ) from None
+        raise typer.Exit(code)
