@@ -54,6 +54,20 @@ def oci_world(
             reg, "test/python", "3.11", [*base, app_layer], env=env, workdir="/srv", user="app"
         )
         push_image(reg, "private/python", "3.11", [*base, app_layer], env=env)
+        # A pod's image: no shell, its own ENTRYPOINT and CMD.
+        pod_cmd = (
+            "import os, time; print('image-cmd', open('/etc/os-release').read().strip(), "
+            "os.environ.get('IMAGE_VAR'), os.getcwd(), flush=True); time.sleep(600)"
+        )
+        push_image(
+            reg,
+            "test/pod",
+            "v1",
+            [*base, app_layer],
+            env=env,
+            entrypoint=[SYSTEM_PYTHON, "-c"],
+            cmd=[pod_cmd],
+        )
         push_image(reg, "test/nopython", "v1", [layer([Entry("etc/os-release", b"ID=x\n")])])
         gw = TokenGateway(upstream=reg.url).start()
         ex = Exchange(
@@ -147,3 +161,24 @@ def test_clear_errors_for_bad_images(app_oci: Any, tenant: Any) -> None:
             break
         time.sleep(0.5)
     assert not any(costs)
+
+
+def test_a_pod_runs_its_images_entrypoint(
+    tenant: Any, oci_world: tuple[Exchange, Registry, TokenGateway]
+) -> None:
+    reg = oci_world[1]
+    pod = crucible.Pod.create("from-image", image=f"{reg.host}/test/pod:v1", client=tenant)
+    try:
+        info = pod.wait("running", "failed", timeout_s=120)
+        assert info.state == "running", info
+        expected = "image-cmd ID=crucible-test-image from-image /pod"
+
+        def printed() -> bool:
+            return any(expected in x.line for x in pod.logs())
+
+        deadline = time.monotonic() + 60
+        while not printed() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert printed(), [x.line for x in pod.logs()]
+    finally:
+        pod.delete()

@@ -1,10 +1,11 @@
-"""Which root filesystem a pod runs: the one seam between pods and OCI images.
+"""Which root filesystem a pod runs, where the runtime does not pull it itself.
 
-:func:`resolve_pod_image` is the only place the agent's runtimes ask what a pod's ``image``
-means. Today a pod without an image runs the exchange's default image (the host's own
-Python and shell, in the runtime's sandbox); a pod with an OCI reference is refused with a
-clear message until OCI pulls land in the agent (``agent/oci/``: ``OciImages.prepare``), at
-which point this function routes the reference there and returns the prepared root.
+A pod without an image runs the exchange's default image (the host's own Python and shell,
+in the runtime's sandbox). A pod with an OCI reference carries it as its function's
+``ImageSpec.registry``: the ``bwrap`` runtime pulls it (``agent/oci/``) and runs the pod
+supervisor in it like a function's worker, with the image's ENTRYPOINT and CMD as the
+command when the pod names none. :func:`resolve_pod_image` answers for runtimes that cannot
+(``process``): the default image only.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def resolve_pod_image(ref: str | None) -> PodImage:
     if ref is None:
         return DEFAULT_POD_IMAGE
     raise ImageBuildError(
-        f"this host cannot run OCI image {ref!r}: OCI image pulls are not available in this "
-        "agent yet; create the pod without --image to run the exchange's default image"
+        f"this host runs the `process` runtime, which cannot run the OCI image {ref!r}: "
+        "pods with --image need a host on the bwrap runtime; create the pod without --image "
+        "to run the exchange's default image"
     )
 
 

@@ -313,7 +313,11 @@ class ProcessRuntime:
             if c is None or c.exited or c.proc is None or c.dir is None:
                 raise NotFoundError(f"container {container_id} is not running on this host")
             base = exec_env(c.env)
-            cwd = c.dir / "work"
+            # A pod's sessions start in its disk, as its command does; a function's in its work.
+            pod_disk = c.env.get("CRUCIBLE_POD_DISK")
+            cwd = Path(pod_disk) if pod_disk else c.dir / "work"
+            if pod_disk:
+                base["HOME"] = pod_disk
         if module is not None:
             argv = [sys.executable, "-m", module]
         try:

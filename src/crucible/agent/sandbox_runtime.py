@@ -506,8 +506,11 @@ class SandboxRuntime:
         # A pod runs its own command, not a function: there is no code bundle to place.
         code = a.code.bundle if a.pod is not None else self._place_code(a, z)
         env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
-        if a.pod is not None:
-            env["CRUCIBLE_POD_DISK"] = POD_DISK_PATH
+        if a.pod is not None and isinstance(image, FunctionImage):
+            # The image's own command (if the pod names none) and environment.
+            argv = image.image.entrypoint + image.image.cmd
+            env["CRUCIBLE_POD_IMAGE_ARGV"] = json.dumps(argv)
+            env["CRUCIBLE_POD_IMAGE_ENV"] = json.dumps(image.env)
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -744,6 +747,8 @@ class SandboxRuntime:
         )
         if a.volumes:  # bound into this container's sandbox (see _zygote_for)
             env["CRUCIBLE_VOLUMES_BOUND"] = ",".join(sorted(a.volumes))
+        if a.pod is not None:  # the pod's disk: its command's (and its sessions') home
+            env["CRUCIBLE_POD_DISK"] = POD_DISK_PATH
         return env
 
     # -- zygote events (reader threads) -------------------------------------------------------

@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import typer
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._output import console
+from crucible.cli._output import clean, console
 from crucible.errors import InvalidRequestError
 from crucible.sdk import _tunnels
 from crucible.settings import load_settings
 
-__all__ = ["register"]
+__all__ = ["exec_in", "port_forward_to", "proxy_to", "register", "ssh_to"]
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -39,26 +40,7 @@ def register(app: typer.Typer) -> None:
         """Run a command inside the container: `crucible container exec ID -- CMD ARGS`.
         Streams stdin (-i), stdout and stderr; exits with the command's status. `-it` gives
         a terminal: keys, Ctrl-C and window resizes reach the process."""
-        argv = list(command or [])
-        if not argv:
-            if not tty:
-                raise InvalidRequestError(
-                    "give the command after --: crucible container exec ID -- ls -la "
-                    "(or -it for a shell)"
-                )
-            argv = ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']
-        config = ensure_running(load_settings())
-        if tty:
-            code = _tunnels.exec_interactive(config.server_url, config.token, container, argv)
-        else:
-            code = _tunnels.exec_command(
-                config.server_url,
-                config.token,
-                container,
-                argv,
-                stdin=sys.stdin.buffer if interactive else None,
-            )
-        raise typer.Exit(code)
+        exec_in(lambda: container, command, interactive=interactive, tty=tty, what="container")
 
     @container_app.command("port-forward")
     def port_forward(
@@ -68,27 +50,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Forward a local TCP port to a port inside the container (its own network
         namespace: this works with the container's network off)."""
-        try:
-            local, remote = _tunnels.parse_forward(ports)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        config = ensure_running(load_settings())
-
-        def listening(port: int) -> None:
-            console.print(
-                f"Forwarding {address}:{port} -> {container}:{remote} (Ctrl-C to stop)",
-                markup=False,
-            )
-
-        _tunnels.port_forward(
-            config.server_url,
-            config.token,
-            container,
-            local,
-            remote,
-            bind=address,
-            on_listening=listening,
-        )
+        port_forward_to(lambda: container, container, ports, address)
 
     @container_app.command("proxy")
     def proxy(
@@ -97,8 +59,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Connect stdin/stdout to the container's SSH server, for OpenSSH:
         `ssh -o ProxyCommand='crucible container proxy %h' crucible@ID`."""
-        config = ensure_running(load_settings())
-        raise typer.Exit(_tunnels.proxy(config.server_url, config.token, container, user=user))
+        proxy_to(lambda: container, user)
 
     @container_app.command("ssh", context_settings=_PASSTHROUGH)
     def ssh(
@@ -110,17 +71,86 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SSH into the container with your registered keys (`crucible ssh-key add`), via
         OpenSSH and `crucible container proxy`: a login shell, or `-- CMD`."""
-        settings = load_settings()
-        ensure_running(settings)
-        known = settings.home_path / "known_hosts"
-        known.parent.mkdir(parents=True, exist_ok=True)
-        argv = _tunnels.ssh_command(
-            container, list(command or []), known_hosts=str(known), identity=identity
-        )
-        try:
-            code = subprocess.call(argv, env=os.environ.copy())
-        except FileNotFoundError:
+        ssh_to(lambda: container, command, identity)
+
+
+# The commands' work, shared with `crucible pod exec|port-forward|proxy|ssh`: ``target``
+# names the container once the exchange runs (a pod resolves to its current container).
+
+
+def exec_in(
+    target: Callable[[], str],
+    command: list[str] | None,
+    *,
+    interactive: bool,
+    tty: bool,
+    what: str,
+) -> None:
+    argv = list(command or [])
+    if not argv:
+        if not tty:
             raise InvalidRequestError(
-                "no `ssh` command here: install OpenSSH's client (apt-get install openssh-client)"
-            ) from None
-        raise typer.Exit(code)
+                f"give the command after --: crucible {what} exec NAME -- ls -la "
+                "(or -it for a shell)"
+            )
+        argv = ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']
+    config = ensure_running(load_settings())
+    container = target()
+    if tty:
+        code = _tunnels.exec_interactive(config.server_url, config.token, container, argv)
+    else:
+        code = _tunnels.exec_command(
+            config.server_url,
+            config.token,
+            container,
+            argv,
+            stdin=sys.stdin.buffer if interactive else None,
+        )
+    raise typer.Exit(code)
+
+
+def port_forward_to(target: Callable[[], str], name: str, ports: str, address: str) -> None:
+    try:
+        local, remote = _tunnels.parse_forward(ports)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    config = ensure_running(load_settings())
+    container = target()
+
+    def listening(port: int) -> None:
+        console.print(
+            f"Forwarding {address}:{port} -> {clean(name)}:{remote} (Ctrl-C to stop)",
+            markup=False,
+        )
+
+    _tunnels.port_forward(
+        config.server_url,
+        config.token,
+        container,
+        local,
+        remote,
+        bind=address,
+        on_listening=listening,
+    )
+
+
+def proxy_to(target: Callable[[], str], user: str | None) -> None:
+    config = ensure_running(load_settings())
+    raise typer.Exit(_tunnels.proxy(config.server_url, config.token, target(), user=user))
+
+
+def ssh_to(target: Callable[[], str], command: list[str] | None, identity: str | None) -> None:
+    settings = load_settings()
+    ensure_running(settings)
+    known = settings.home_path / "known_hosts"
+    known.parent.mkdir(parents=True, exist_ok=True)
+    argv = _tunnels.ssh_command(
+        target(), list(command or []), known_hosts=str(known), identity=identity
+    )
+    try:
+        code = subprocess.call(argv, env=os.environ.copy())
+    except FileNotFoundError:
+        raise InvalidRequestError(
+            "no `ssh` command here: install OpenSSH's client (apt-get install openssh-client)"
+        ) from None
+    raise typer.Exit(code)

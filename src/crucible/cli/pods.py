@@ -11,9 +11,10 @@ from urllib.parse import quote
 import typer
 
 from crucible.cli._ids import resolve_id
-from crucible.cli._output import console, fmt_time, fmt_usd, print_json, shown, table
+from crucible.cli._output import clean, console, fmt_time, fmt_usd, print_json, shown, table
+from crucible.cli.containers import exec_in, port_forward_to, proxy_to, ssh_to
 from crucible.cli.resources import JSON, _client
-from crucible.errors import InvalidRequestError, NotFoundError
+from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env
 from crucible.sdk._client import Client
@@ -22,6 +23,7 @@ from crucible.sdk._pods import Pod, market_terms
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _path(client: Client, pod: str) -> str:
@@ -218,6 +220,60 @@ def register(app: typer.Typer) -> None:
     def start(pod: str, as_json: bool = JSON) -> None:
         """Start a stopped, preempted or failed pod: the market is asked again."""
         _act(pod, "start", as_json)
+
+    def _container_of(pod: str) -> str:
+        """The pod's running container, which access sessions reach."""
+        client = _client()
+        info = PodInfo.model_validate(client.get(_path(client, pod)))
+        if info.state != "running" or info.container_id is None:
+            raise ConflictError(
+                f"pod {clean(info.name)} is {info.state}, not running: only a running pod can "
+                f"be reached (start it with `crucible pod start {clean(info.name)}`)"
+            )
+        return info.container_id
+
+    @pod_app.command("exec", context_settings=_PASSTHROUGH)
+    def exec_(
+        pod: str = typer.Argument(..., help="The pod's name or id."),
+        command: list[str] = typer.Argument(None, help="The command, after --."),
+        interactive: bool = typer.Option(
+            False, "-i", "--interactive", help="Send this terminal's input (stdin)."
+        ),
+        tty: bool = typer.Option(False, "-t", "--tty", help="A terminal (with -i: -it)."),
+    ) -> None:
+        """Run a command in the pod: `crucible pod exec POD -- CMD ARGS` (streams stdin with
+        -i, stdout and stderr; exits with its status); `-it POD` for a shell."""
+        exec_in(lambda: _container_of(pod), command, interactive=interactive, tty=tty, what="pod")
+
+    @pod_app.command("port-forward")
+    def port_forward(
+        pod: str = typer.Argument(..., help="The pod's name or id."),
+        ports: str = typer.Argument(..., help="LOCAL[:REMOTE], e.g. 8888 or 8080:80."),
+        address: str = typer.Option("127.0.0.1", "--address", help="Local address to listen on."),
+    ) -> None:
+        """Forward a local TCP port to a port inside the pod (relayed by the control plane)."""
+        port_forward_to(lambda: _container_of(pod), pod, ports, address)
+
+    @pod_app.command("proxy")
+    def proxy(
+        pod: str = typer.Argument(..., help="The pod's name or id (OpenSSH's %h)."),
+        user: str = typer.Option(None, "--user", help="The login name ssh will send."),
+    ) -> None:
+        """Connect stdin/stdout to the pod's SSH server, for OpenSSH, scp, rsync and VS Code:
+        `ssh -o ProxyCommand='crucible pod proxy %h' crucible@POD`."""
+        proxy_to(lambda: _container_of(pod), user)
+
+    @pod_app.command("ssh", context_settings=_PASSTHROUGH)
+    def ssh(
+        pod: str = typer.Argument(..., help="The pod's name or id."),
+        command: list[str] = typer.Argument(None, help="A command to run, after --."),
+        identity: str = typer.Option(
+            None, "-i", "--identity", help="The private key (default: ssh's own choice)."
+        ),
+    ) -> None:
+        """SSH into the pod with your account's keys (`crucible ssh-key add`) or the pod's
+        own (`--ssh-key` at create): a login shell, or `-- CMD`."""
+        ssh_to(lambda: _container_of(pod), command, identity)
 
     @pod_app.command("rm")
     def rm(pod: str) -> None:

@@ -22,6 +22,7 @@ The worker's entry point hands over here when its assignment carries a pod
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -71,7 +72,10 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     assert pod is not None
     disk = Path(os.environ.get("CRUCIBLE_POD_DISK") or os.getcwd())
     disk.mkdir(parents=True, exist_ok=True)
+    # An OCI image's ENV first (its PATH among them), then the exchange's, then the pod's.
+    image_env = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ENV") or "{}")
     env = {
+        **{str(k): str(v) for k, v in image_env.items()},
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "HOME": str(disk),
@@ -83,7 +87,9 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
         "CRUCIBLE_POD_DISK": str(disk),
         **pod.env,
     }
-    argv = ["/bin/sh", "-c", pod.command] if pod.command else _IDLE
+    # The pod's command, else its OCI image's ENTRYPOINT + CMD, else wait until stopped.
+    image_argv = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ARGV") or "[]")
+    argv = ["/bin/sh", "-c", pod.command] if pod.command else [str(x) for x in image_argv] or _IDLE
     shipper = LogShipper(transport, assignment.container_id)
     shipper.install()
     if assignment.volumes:

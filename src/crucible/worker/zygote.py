@@ -438,9 +438,10 @@ def _exec_child(ctrl: socket.socket, msg: dict[str, Any], fds: list[int], keep: 
                 os.close(fd)
         if msg.get("tty"):
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        work = _WORK_ROOT / str(msg["cid"])
-        os.chdir(work if work.is_dir() else _WORK_ROOT)
         env = {str(k): str(v) for k, v in dict(msg.get("env") or {}).items()}
+        # A pod's sessions start in its disk, as its command does; a function's in its work.
+        work = Path(env.get("CRUCIBLE_POD_DISK") or _WORK_ROOT / str(msg["cid"]))
+        os.chdir(work if work.is_dir() else _WORK_ROOT)
         env["HOME"] = str(work)
         if msg.get("module"):
             argv = [sys.executable, "-m", str(msg["module"])]

@@ -8,9 +8,10 @@ from sqlalchemy import Connection, select
 
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.access import AccessOpen
+from crucible.protocol.pods import PodSpec
 from crucible.server.auth import Principal
 from crucible.server.services.ssh_keys import account_keys
-from crucible.server.store.tables import containers
+from crucible.server.store.tables import containers, pods
 
 __all__ = ["AccessTarget", "access_target", "container_account"]
 
@@ -33,7 +34,13 @@ def access_target(
     Raises NotFoundError for an unknown container and for another account's (the same
     message: nothing tells them apart), ConflictError when it is not running,
     InvalidRequestError for a request that cannot work (no command, no SSH key)."""
-    cols = (containers.c.id, containers.c.account_id, containers.c.host_id, containers.c.state)
+    cols = (
+        containers.c.id,
+        containers.c.account_id,
+        containers.c.host_id,
+        containers.c.state,
+        containers.c.function_id,
+    )
     row = conn.execute(select(*cols).where(containers.c.id == container_id)).first()
     if row is None and _SHORT.match(container_id):  # the short form the CLI prints
         rows = conn.execute(
@@ -64,13 +71,19 @@ def access_target(
         raise InvalidRequestError("a tunnel needs the port inside the container")
     keys: list[str] = []
     if req.kind == "ssh":
-        keys = account_keys(conn, who.account_id)
+        keys = account_keys(conn, who.account_id) + _pod_keys(conn, row.function_id)
         if not keys:
             raise InvalidRequestError(
                 "your account has no SSH key: add one with "
                 "`crucible ssh-key add ~/.ssh/id_ed25519.pub`"
             )
     return AccessTarget(row.id, row.host_id, keys)
+
+
+def _pod_keys(conn: Connection, function_id: str) -> list[str]:
+    """The keys a pod was created with (``--ssh-key``), when the container is a pod's."""
+    spec = conn.execute(select(pods.c.spec).where(pods.c.function_id == function_id)).scalar()
+    return list(PodSpec.model_validate(spec).ssh_keys) if spec is not None else []
 
 
 def container_account(conn: Connection, container_id: str) -> str | None:

@@ -22,10 +22,17 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from crucible.errors import ConflictError, NotFoundError, PermissionDeniedError
+from crucible.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from crucible.protocol.apps import CodeRef, FunctionCreate
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.ids import new_id
+from crucible.protocol.image_refs import parse_image_ref
+from crucible.protocol.images import ImageSpec
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import PodAssignment, PodCreate, PodInfo, PodSpec, parse_pod
 from crucible.server.auth import Principal
@@ -80,8 +87,21 @@ def _function_spec(spec: PodSpec) -> dict[str, Any]:
         scaledown_window_s=_SCALEDOWN_S,
         market=spec.market,
         volumes=spec.volumes,
+        image=_pod_image(spec.image),
     )
     return fn.model_dump(mode="json")
+
+
+def _pod_image(ref: str | None) -> ImageSpec | None:
+    """The OCI image a pod runs (the agent pulls it like a function's
+    ``Image.from_registry``); None: the exchange's default image."""
+    if ref is None:
+        return None
+    try:
+        parse_image_ref(ref)
+    except ValueError as exc:
+        raise InvalidRequestError(f"--image {ref[:200]!r}: {exc}") from None
+    return ImageSpec(registry=ref)  # its id is the hash of its content
 
 
 def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: int) -> PodInfo:
