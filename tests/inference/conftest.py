@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
-from inference_testlib import build_random_lora, build_tiny_llama  # noqa: E402
+from inference_testlib import build_random_lora, build_tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,7 @@ class TransformersEngine(Engine):
     # lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="crucible-batcher",
                                             daemon=True)
             self._thread.start()
