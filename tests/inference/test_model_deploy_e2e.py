@@ -6,6 +6,7 @@ usage chunk, and every request is charged per token in the ledger."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from crucible.cli._ids import short_id
+from crucible.sdk._volumes import Volume
+
 from harness import Exchange, wait_for
 
 pytest.importorskip("torch")
@@ -21,7 +25,7 @@ pytest.importorskip("peft")
 openai = pytest.importorskip("openai")
 
 
-def _cli(exchange: Exchange, token: str, *args: str) -> str:
+def _cli(exchange: Exchange, token: str, *args: str, ok: bool = True) -> str:
     env = {
         **exchange.process_env(exchange.root / "cli"),
         "CRUCIBLE_SERVER_URL": exchange.url,
@@ -35,12 +39,12 @@ def _cli(exchange: Exchange, token: str, *args: str) -> str:
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    assert (done.returncode == 0) == ok, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
-@pytest.fixture
-def sandboxed(tmp_path: Path) -> Iterator[Exchange]:
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     """An exchange whose agent runs the bwrap runtime: a model's volume (its weights and
     adapters) is bound into its containers, which the process runtime cannot do."""
     from crucible.agent.sandbox import check_bwrap
@@ -50,7 +54,8 @@ def sandboxed(tmp_path: Path) -> Iterator[Exchange]:
         check_bwrap()
     except SandboxUnavailableError as exc:
         pytest.skip(f"no sandbox on this machine: {exc}")
-    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_RUNTIME="bwrap")
+    root = tmp_path_factory.mktemp("sandboxed")
+    ex = Exchange(root, f"sqlite:///{root / 'store.db'}", CRUCIBLE_RUNTIME="bwrap")
     ex.start_server()
     try:
         ex.start_agent("host-a")
@@ -129,3 +134,113 @@ def test_deployed_transformers_engine_serves_base_and_adapter(
     finally:
         owner.close()
         buyer.close()
+
+
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+DATA = [
+    {"prompt": "Q: sky? A:", "completion": " blue"},
+    {"prompt": "Q: grass? A:", "completion": " green"},
+    {"messages": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "blue"}]},
+    {"messages": [{"role": "user", "content": "grass?"},
+                  {"role": "assistant", "content": "green"}]},
+]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_fine_tune_trains_an_adapter_that_serves(
+    sandboxed: Exchange, tiny_llama: Path, tmp_path: Path
+) -> None:
+    exchange = sandboxed
+    token = exchange.owner_token("tuner")
+    _cli(
+        exchange, token, "model", "deploy", "tuned", "--weights", str(tiny_llama),
+        "--engine", "transformers", "--cpu", "1", "--memory", "6GiB", "--max-containers", "1",
+    )
+    owner = exchange.client(token)
+    try:
+        # Bad data is refused here, naming the line and the problem, before anything runs.
+        for lines, problem in (
+            (['{"prompt": "a", "completion": "b"}', "not json"], "train.jsonl:2: not valid JSON"),
+            ([], "no training examples"),
+            (['{"text": "x"}'], "train.jsonl:1: unknown record with keys ['text']"),
+        ):
+            bad = _write(tmp_path / "train.jsonl", lines)
+            out = _cli(exchange, token, "fine-tune", "create", "--base", "tuned",
+                       "--data", str(bad), ok=False)
+            assert problem in out, out
+        # Options out of bounds, too.
+        good = _write(tmp_path / "ok.jsonl", [json.dumps(DATA[0])])
+        out = _cli(exchange, token, "fine-tune", "create", "--base", "tuned", "--data",
+                   str(good), "--epochs", "5000", ok=False)
+        assert "epochs" in out and "1000" in out, out
+        assert owner.get("/v1/fine-tunes") == []
+        assert "tuned-fine-tune" not in [d["name"] for d in owner.get("/v1/deployments")]
+
+        data = _write(tmp_path / "train.jsonl", [json.dumps(d) for d in DATA])
+        created = json.loads(_cli(
+            exchange, token, "fine-tune", "create", "--base", "tuned", "--data", str(data),
+            "--method", "lora", "--rank", "16", "--epochs", "60", "--lr", "1e-2",
+            "--batch-size", "4", "--checkpoint-every", "20", "--target-modules", ALL_LINEAR,
+            "--adapter", "colors", "--cpu", "1", "--memory", "6GiB", "--json",
+        ))
+        ft_id = created["id"]
+        assert created["model"] == "tuned" and created["adapter"] == "colors"
+        assert created["examples"] == 4
+        wait_for(
+            lambda: owner.get(f"/v1/fine-tunes/{ft_id}")["state"]
+            in ("succeeded", "failed", "cancelled", "timed_out"),
+            300, "the fine-tune",
+        )
+        job = owner.get(f"/v1/fine-tunes/{ft_id}")
+        assert job["state"] == "succeeded", job
+        assert job["registered"]
+        losses = [s["loss"] for s in job["steps"]]
+        assert len(losses) == 60
+        assert losses[-1] < losses[0] / 3  # the loss goes down
+        assert [c.rsplit("/", 1)[-1] for c in job["checkpoints"]] == [
+            "step-20", "step-40", "step-60"
+        ]
+        # Checkpoints and the adapter are in the model's volume.
+        volume = Volume("model-tuned", owner)
+        entries = {e.path for e in volume.listdir("/adapters/colors", recursive=True)}
+        assert "adapters/colors/adapter_model.safetensors" in entries
+        assert "adapters/colors/checkpoints/step-20/adapter_model.safetensors" in entries
+
+        # The adapter serves through /openai/v1 with what it learned.
+        adapters = [a["name"] for a in owner.get("/v1/models/tuned")["adapters"]]
+        assert adapters == ["colors"]
+        ai = openai.OpenAI(
+            base_url=f"{exchange.url}/openai/v1", api_key=token, max_retries=0, timeout=240
+        )
+        body: dict[str, Any] = {"prompt": "Q: sky? A:", "max_tokens": 6, "temperature": 0}
+        tuned = ai.completions.create(model="tuned:colors", **body)
+        base = ai.completions.create(model="tuned", **body)
+        assert tuned.choices[0].text == " blue"
+        assert base.choices[0].text != " blue"
+
+        short = short_id(ft_id)  # what tables show; every command takes it
+        assert short in _cli(exchange, token, "fine-tune", "list")
+        shown = _cli(exchange, token, "fine-tune", "show", short)
+        assert "succeeded" in shown and "colors" in shown
+        assert '"event": "step"' in _cli(exchange, token, "fine-tune", "logs", ft_id)
+
+        # A long job is cancelled once it trains; its call stops.
+        long = json.loads(_cli(
+            exchange, token, "fine-tune", "create", "--base", "tuned", "--data", str(data),
+            "--epochs", "1000", "--batch-size", "1", "--adapter", "endless", "--cpu", "1",
+            "--memory", "6GiB", "--json",
+        ))
+        wait_for(lambda: owner.get(f"/v1/fine-tunes/{long['id']}")["steps"], 240, "a step")
+        out = _cli(exchange, token, "fine-tune", "cancel", long["id"])
+        assert "cancelled" in out
+        wait_for(
+            lambda: owner.get(f"/v1/fine-tunes/{long['id']}")["state"] == "cancelled",
+            30, "the cancel",
+        )
+        assert not owner.get(f"/v1/fine-tunes/{long['id']}")["registered"]
+    finally:
+        owner.close()

@@ -48,6 +48,7 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
             f"call (among your {_CALLS_SEARCHED} newest)",
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),
         ),
+        "ft": ("fine-tune", lambda: (f["id"] for f in client.get("/v1/fine-tunes"))),
         "ho": ("host", lambda: (h["id"] for h in client.get("/v1/hosts"))),
         "rs": ("reservation", lambda: (r["id"] for r in client.get("/v1/reservations"))),
         "tk": ("token", lambda: (t["id"] for t in client.get("/v1/tokens"))),

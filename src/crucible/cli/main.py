@@ -9,6 +9,7 @@ import typer
 from crucible.cli import (
     audit,
     deploy,
+    fine_tunes,
     market,
     models,
     objects,
@@ -44,6 +45,7 @@ objects.register(app)
 volumes.register(app)
 audit.register(app)
 models.register(app)
+fine_tunes.register(app)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataError", "Example", "load_examples"]
+__all__ = ["DataError", "Example", "check_records", "load_examples"]
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
@@ -93,3 +93,28 @@ def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Exampl
     if not examples:
         raise DataError(f"{path}: no training examples (the file is empty)")
     return examples
+
+
+def check_records(path: Path) -> int:
+    """Check every line of ``path`` as :func:`load_examples` does, without a tokenizer (so a
+    client can refuse bad data before a job is started); returns the number of examples.
+    Raises :class:`DataError` naming the first bad line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (the training data is a .jsonl file)")
+    count = 0
+    with path.open(encoding="utf-8") as lines:
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise _line_error(path, number, f"not valid JSON ({exc})") from exc
+                _parse(path, number, record)
+                count += 1
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (the training data is JSON lines)") from exc
+    if not count:
+        raise DataError(f"{path}: no training examples (the file is empty)")
+    return count

@@ -26,6 +26,7 @@ from crucible.server.api import (
     containers,
     deployments,
     dicts,
+    fine_tunes,
     gateway,
     health,
     hosts,
@@ -250,6 +251,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         volumes,
         audit,
         models,
+        fine_tunes,
         openai,
         gateway,
     ):
