@@ -418,6 +418,10 @@ V1_ROUTES = sorted(
         ("POST", "/v1/models/{name}/stop"),
         ("GET", "/v1/models/{name}/usage"),
         ("POST", "/v1/models/{name}/adapters"),
+        ("POST", "/v1/fine-tunes"),
+        ("GET", "/v1/fine-tunes"),
+        ("GET", "/v1/fine-tunes/{ft_id}"),
+        ("POST", "/v1/fine-tunes/{ft_id}/cancel"),
     ]
 )
 
