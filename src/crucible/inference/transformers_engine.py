@@ -159,7 +159,7 @@ class TransformersEngine(Engine):
         if request.adapter is not None:
             self.lora.acquire(request.adapter)
         torch = self._torch
-        generator = torch.Generator(device="cpu")
+        generator = torch.Generator(device=self.config.device)  # beside the logits
         seed = request.params.seed
         generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6)))
         seq = _Sequence(request=request, loop=asyncio.get_running_loop(),
