@@ -114,6 +114,8 @@ def test_stop_n_seed_and_logprobs(client: TestClient) -> None:
      "invalid_value"),
     ("/v1/completions", {"model": "tiny", "prompt": [5, 10**6]}, 400, "prompt",
      "invalid_value"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": list("abcde")}, 400, "stop",
+     "invalid_value"),
     ("/v1/chat/completions", {"model": "tiny", "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      400, "messages", "invalid_value"),
