@@ -112,6 +112,13 @@ def test_stop_n_seed_and_logprobs(client: TestClient) -> None:
      "context_length_exceeded"),
     ("/v1/completions", {"model": "tiny", "prompt": [[1, -4]]}, 400, "prompt",
      "invalid_value"),
+    ("/v1/completions", {"model": "tiny", "prompt": [5, 10**6]}, 400, "prompt",
+     "invalid_value"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": list("abcde")}, 400, "stop",
+     "invalid_value"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "messages", "invalid_value"),
     ("/v1/chat/completions", {"model": "tiny", "messages": USER, "response_format": {
         "type": "json_schema", "json_schema": {"schema": {"type": 12}}}}, 400,
      "response_format", "invalid_value"),

@@ -300,9 +300,11 @@ def _completion_jobs(state: ServerState, body: CompletionRequest
                      ) -> tuple[list[list[int]], str | None, list[tuple[int, GenerationRequest]]]:
     adapter = state.adapter_for(body.model)
     prompts = _prompts(state, body.prompt)
-    vocab_ok = all(all(isinstance(t, int) and t >= 0 for t in p) for p in prompts)
-    if not vocab_ok:
-        raise bad_request("prompt token ids must be non-negative integers", param="prompt")
+    top = state.engine.vocab_size
+    if any(t < 0 or (top is not None and t >= top) for p in prompts for t in p):
+        raise bad_request(f"prompt token ids must be in [0, {top}) for this model"
+                          if top is not None else "prompt token ids must be non-negative",
+                          param="prompt")
     jobs = []
     for p_index, prompt in enumerate(prompts):
         if not prompt:

@@ -62,6 +62,8 @@ class Engine(abc.ABC):
 
     name: str = "engine"
     context_length: int = 2048
+    #: token ids a prompt may hold are 0 .. vocab_size - 1 (None: not checked)
+    vocab_size: int | None = None
     eos_token_ids: frozenset[int] = frozenset()
 
     async def start(self) -> None:  # noqa: B027 - optional hook

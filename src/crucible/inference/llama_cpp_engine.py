@@ -48,6 +48,7 @@ class LlamaCppEngine(Engine):
                                         logits_all=False, verbose=False)
         self.context_length = int(self.llm.n_ctx())
         self.eos_token_ids = frozenset({int(self.llm.token_eos())})
+        self.vocab_size = int(self.llm.n_vocab())
         self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
@@ -66,7 +67,11 @@ class LlamaCppEngine(Engine):
         eos = self.llm.detokenize([self.llm.token_eos()]).decode(errors="replace")
         bos = self.llm.detokenize([self.llm.token_bos()]).decode(errors="replace")
         formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+        try:
+            prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception as exc:  # the template's own checks (roles, order) raise here
+            raise bad_request(f"the model's chat template refused these messages: {exc}",
+                              param="messages") from exc
         return list(self.llm.tokenize(prompt.encode(), add_bos=False, special=True))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:

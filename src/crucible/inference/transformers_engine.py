@@ -79,6 +79,7 @@ class TransformersEngine(Engine):
         self.context_length = min(
             config.max_model_len,
             int(getattr(self.model.config, "max_position_embeddings", config.max_model_len)))
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         eos = self.model.config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         if self.tokenizer.eos_token_id is not None:
@@ -110,8 +111,12 @@ class TransformersEngine(Engine):
         if not getattr(self.tokenizer, "chat_template", None):
             raise bad_request("this model has no chat template; use /v1/completions",
                               param="messages", code="no_chat_template")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as exc:  # the template's own checks (roles, order) raise here
+            raise bad_request(f"the model's chat template refused these messages: {exc}",
+                              param="messages") from exc
         return self.encode(str(text))
 
     # adapters ----------------------------------------------------------------------------
@@ -154,7 +159,7 @@ class TransformersEngine(Engine):
         if request.adapter is not None:
             self.lora.acquire(request.adapter)
         torch = self._torch
-        generator = torch.Generator(device="cpu")
+        generator = torch.Generator(device=self.config.device)  # beside the logits
         seed = request.params.seed
         generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6)))
         seq = _Sequence(request=request, loop=asyncio.get_running_loop(),
