@@ -5,7 +5,8 @@ benchmark writes beside it, which names the engine).
 ``stub``: an OpenAI-compatible streaming server with a fixed time to first token and a fixed
 time per token (asyncio sleeps, so concurrent streams do not slow each other, as with an
 engine that batches them). It isolates what the exchange adds. Any other engine name serves
-``crucible.inference.server.create_app(engine=..., weights=...)``.
+``crucible.worker.model_serving.engine_app`` (what ``crucible model deploy`` serves) over that
+engine, its served name ``bench``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def make_engine() -> Any:
         return stub_app()
     from crucible.worker.model_serving import engine_app
 
-    return engine_app(engine, config.WEIGHTS if config else "")
+    return engine_app(engine, config.WEIGHTS if config else "", name="bench")
 
 
 @app.function(cpu=1, min_containers=1, max_containers=1)

@@ -7,11 +7,17 @@ token and 5 ms per token, so what differs between the two columns is what Crucib
 request becomes a call; the engine's events come back through the call's items). With
 ``--engine transformers|llama-cpp|vllm --weights DIR`` it serves that engine
 (crucible.inference, from the ``inference`` extra) both ways instead. Prints a table and
-writes ``benchmarks/results/bench_inference.json``::
+writes ``benchmarks/results/bench_inference.json`` (``bench_inference_ENGINE.json`` for a real
+engine)::
 
     .venv/bin/python benchmarks/bench_inference.py                 # stub engine
     .venv/bin/python benchmarks/bench_inference.py --requests 64 --tokens 32
     .venv/bin/python benchmarks/bench_inference.py --engine llama-cpp --weights model.gguf
+    .venv/bin/python benchmarks/bench_inference.py --engine transformers --weights tiny
+
+``--weights tiny`` builds the tests' tiny random Llama (tests/inference/inference_testlib.py)
+in a temporary directory: the real transformers engine, continuous batching and all, on a
+model small enough that the figures show the serving path rather than the matrix products.
 
 Goal (issue 14): Crucible adds at most 20% to the time to first token at one stream.
 """
@@ -47,16 +53,19 @@ CONCURRENCY = (1, 8, 32)
 async def one_stream(
     http: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, tokens: int
 ) -> tuple[float, int]:
-    """(time to the first content token in ms, content tokens received)."""
+    """(time to the first content token in ms, output tokens: the final usage chunk's count,
+    else the content chunks; a real model may end its answer before ``tokens``)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "benchmark"}],
         "max_tokens": tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,  # the same answer every time (a random model's samples vary)
     }
     t0 = time.perf_counter()
     ttft = None
-    n = 0
+    n = used = 0
     async with http.stream("POST", url, json=body, headers=headers) as r:
         assert r.status_code == 200, (r.status_code, await r.aread())
         async for line in r.aiter_lines():
@@ -68,8 +77,11 @@ async def one_stream(
                     if ttft is None:
                         ttft = (time.perf_counter() - t0) * 1000
                     n += 1
-    assert ttft is not None and n == tokens, (ttft, n)
-    return ttft, n
+            if chunk.get("usage"):
+                used = int(chunk["usage"]["completion_tokens"])
+    used = used or n
+    assert ttft is not None and 0 < used <= tokens, (ttft, n, used)
+    return ttft, used
 
 
 async def measure(
@@ -118,6 +130,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="streams per measurement")
     ap.add_argument("--tokens", type=int, default=32, help="output tokens per stream")
     args = ap.parse_args()
+    if args.engine == "transformers" and args.weights == "tiny":
+        args.weights = _tiny_llama()
     CONFIG.write_text(f"ENGINE = {args.engine!r}\nWEIGHTS = {args.weights!r}\n")
     try:
         results = {"direct": _direct(args), "crucible": _through_crucible(args)}
@@ -153,8 +167,8 @@ def main() -> None:
         ],
         rows,
     )
-    path = write_results(
-        "bench_inference",
+    path = write_results(  # one file per engine: the stub's figures stay beside a real one's
+        "bench_inference" if args.engine == "stub" else f"bench_inference_{args.engine}",
         {
             "benchmark": "inference",
             "engine": args.engine,
@@ -209,6 +223,16 @@ def _through_crucible(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         base = f"{ex.url}/openai/v1"
         wait_for(lambda: _ready(base, headers), 120, "the model")
         return run_all(base, headers, "bench", args)
+
+
+def _tiny_llama() -> str:
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "tests" / "inference"))
+    from inference_testlib import build_tiny_llama
+
+    root = Path(tempfile.mkdtemp(prefix="crucible-bench-tiny-"))
+    return str(build_tiny_llama(root / "tiny-llama"))
 
 
 def _up(url: str) -> bool:

@@ -436,6 +436,10 @@ V1_ROUTES = sorted(
         ("DELETE", "/v1/clusters/{cluster}"),
         ("POST", "/v1/clusters/{cluster}/stop"),
         ("POST", "/v1/clusters/{cluster}/start"),
+        ("POST", "/v1/fine-tunes"),
+        ("GET", "/v1/fine-tunes"),
+        ("GET", "/v1/fine-tunes/{ft_id}"),
+        ("POST", "/v1/fine-tunes/{ft_id}/cancel"),
     ]
 )
 

@@ -49,6 +49,7 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
             f"call (among your {_CALLS_SEARCHED} newest)",
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),
         ),
+        "ft": ("fine-tune", lambda: (f["id"] for f in client.get("/v1/fine-tunes"))),
         "ho": ("host", lambda: (h["id"] for h in client.get("/v1/hosts"))),
         "pd": ("pod", lambda: (p["id"] for p in client.get("/v1/pods"))),
         "rs": ("reservation", lambda: (r["id"] for r in client.get("/v1/reservations"))),

@@ -11,6 +11,7 @@ from crucible.cli import (
     clusters,
     containers,
     deploy,
+    fine_tunes,
     market,
     models,
     objects,
@@ -52,6 +53,7 @@ audit.register(app)
 models.register(app)
 containers.register(app)
 ssh_keys.register(app)
+fine_tunes.register(app)
 
 
 @app.command()

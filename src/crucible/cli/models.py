@@ -75,7 +75,7 @@ model_volume = crucible.Volume.from_name({model_volume(name)!r})
 @crucible.concurrent(max_inputs={concurrency!r})
 @crucible.asgi_app()
 def serve():
-    return engine_app({engine!r}, {weights!r}, model_volume)
+    return engine_app({engine!r}, {weights!r}, model_volume, name={name!r})
 '''
 
 

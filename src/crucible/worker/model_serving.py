@@ -10,6 +10,10 @@ the container started is there) and registers the adapter with the engine
 (``POST /v1/adapters {"name", "path"}``); an engine that refuses it (a rank over its limit,
 target modules that do not match the base) answers that request with its 400. The engine
 keeps loaded adapters within its memory budget and evicts the least recently used.
+
+The worker serves an ``@crucible.asgi_app`` without ASGI lifespan events, so
+:class:`AdapterLoader` runs the wrapped app's lifespan startup itself before the first request
+(the transformers engine starts its batching thread there).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -81,13 +86,52 @@ class AdapterLoader:
     (the model volume's ``reload``), so adapters added after the container started are
     found."""
 
-    def __init__(self, app: ASGIApp, reload: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, reload: Callable[[], Any] | None = None, *, lifespan: bool = False
+    ) -> None:
         self.app = app
         self.reload = reload
         self.loaded: set[str] = set()
         self._lock = asyncio.Lock()
+        self._lifespan = lifespan
+        self._started: asyncio.Future[None] | None = None
+        self._lifespan_task: asyncio.Task[None] | None = None
+
+    async def _startup(self) -> None:
+        """Run the wrapped app's lifespan startup once (concurrent first requests wait for
+        it); a failed startup fails every request with its error."""
+        if self._started is None:
+            loop = asyncio.get_running_loop()
+            started: asyncio.Future[None] = loop.create_future()
+            self._started = started
+            events: asyncio.Queue[Message] = asyncio.Queue()
+            await events.put({"type": "lifespan.startup"})
+
+            async def receive() -> Message:
+                return await events.get()  # shutdown never comes: the container just exits
+
+            async def send(message: Message) -> None:
+                if message["type"] == "lifespan.startup.complete" and not started.done():
+                    started.set_result(None)
+                elif message["type"] == "lifespan.startup.failed" and not started.done():
+                    started.set_exception(RuntimeError(message.get("message") or "startup failed"))
+
+            async def run() -> None:
+                try:
+                    await self.app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+                except BaseException as exc:  # the app's startup raised
+                    if not started.done():
+                        started.set_exception(exc)
+                    raise
+                if not started.done():  # an app without lifespan support returned at once
+                    started.set_result(None)
+
+            self._lifespan_task = loop.create_task(run())
+        await asyncio.shield(self._started)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._lifespan and scope["type"] in ("http", "websocket"):
+            await self._startup()
         if scope["type"] == "http":
             headers = dict(scope.get("headers") or [])
             name = headers.get(ADAPTER_HEADER, b"").decode()
@@ -122,16 +166,38 @@ class AdapterLoader:
             return None
 
 
-def engine_app(engine: str, weights: str, volume: Any = None) -> ASGIApp:
+def _device(engine: str) -> str:
+    """``cuda`` where the container sees a GPU and the engine runs on torch, else ``cpu``
+    (llama-cpp picks its own backend)."""
+    if engine not in ("transformers", "vllm"):
+        return "cpu"
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def engine_app(engine: str, weights: str, volume: Any = None, *, name: str = "") -> ASGIApp:
     """The engine's OpenAI-compatible app for ``weights`` (a directory or file as the
     container sees it), wrapped by :class:`AdapterLoader`. ``volume`` is the model's
-    :class:`crucible.Volume` (adapters live under its ``adapters/``)."""
+    :class:`crucible.Volume` (adapters live under its ``adapters/``); ``name`` is the model's
+    name, which the control plane sends as ``model`` for base requests."""
     try:
         server = importlib.import_module("crucible.inference.server")
+        config_module = importlib.import_module("crucible.inference.config")
     except ImportError as exc:
         raise RuntimeError(
             "this host cannot serve models: the inference engines are not installed "
             "(pip install 'crucible[inference]' in the host's environment or the image)"
         ) from exc
-    app: ASGIApp = server.create_app(engine=engine, weights=weights)
-    return AdapterLoader(app, volume.reload if volume is not None else None)
+    device = _device(engine)
+    config = config_module.EngineConfig(
+        weights=Path(weights),
+        engine=engine,
+        model_name=name,
+        device=device,
+        dtype="float16" if device == "cuda" else "float32",
+    )
+    app: ASGIApp = server.create_app(config)
+    return AdapterLoader(app, volume.reload if volume is not None else None, lifespan=True)

