@@ -68,7 +68,7 @@ class LlamaCppEngine(Engine):
         bos = self.llm.detokenize([self.llm.token_bos()]).decode(errors="replace")
         formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         try:
-            prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+            prompt = formatter(messages=messages).prompt  # type: ignore[arg-type,unused-ignore]
         except Exception as exc:  # the template's own checks (roles, order) raise here
             raise bad_request(f"the model's chat template refused these messages: {exc}",
                               param="messages") from exc
