@@ -55,7 +55,7 @@ def owner(ex: Exchange) -> Iterator[tuple[str, Any, str, int]]:
     client = ex.client(token)
     port = free_port()
     try:
-        with running_container(client, seconds=240, echo_port=port, http_port=port + 1) as cid:
+        with running_container(client, seconds=600, echo_port=port, http_port=port + 1) as cid:
             yield token, client, cid, port
     finally:
         client.close()

@@ -36,7 +36,7 @@ def boxed(sandboxed: Exchange) -> Iterator[tuple[str, Any, str, int]]:
     client = sandboxed.client(token)
     port = free_port()
     try:
-        with running_container(client, seconds=240, echo_port=port) as cid:
+        with running_container(client, seconds=600, echo_port=port) as cid:
             yield token, client, cid, port
     finally:
         client.close()

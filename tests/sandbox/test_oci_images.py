@@ -18,6 +18,8 @@ import pytest
 from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 import crucible
+from crucible.protocol.access import AccessOpen
+from crucible.sdk import _tunnels
 from oci_testlib import (
     SYSTEM_PYTHON,
     Entry,
@@ -180,5 +182,10 @@ def test_a_pod_runs_its_images_entrypoint(
         while not printed() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert printed(), [x.line for x in pod.logs()]
+        # SSH into an OCI image is refused with the way out, not a broken handshake.
+        token = tenant.transport._headers["Authorization"].removeprefix("Bearer ")
+        ex = oci_world[0]
+        with pytest.raises(crucible.InvalidRequestError, match="exec -it"):
+            _tunnels.AccessSession(ex.url, token, info.container_id, AccessOpen(kind="ssh"))
     finally:
         pod.delete()

@@ -29,7 +29,8 @@ class Seeded:
         [self.call] = server.new_calls(self.user, self.fn)
 
     def token_for(self, path: str) -> str:
-        if path.startswith("/v1/containers/"):
+        # The worker's routes take its container token; a container's port links are a builder's.
+        if path.startswith("/v1/containers/") and "/ports/" not in path:
             return self.ctoken
         return self.admin
 

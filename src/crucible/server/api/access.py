@@ -185,6 +185,7 @@ async def _send_error(websocket: WebSocket, exc: Error) -> None:
 
 
 async def _close(websocket: WebSocket) -> None:
-    with contextlib.suppress(RuntimeError, OSError):
+    # A peer that left already (a dropped SSH client) needs no close: nothing to report.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         if websocket.application_state == WebSocketState.CONNECTED:
             await websocket.close(code=1000)

@@ -21,11 +21,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 import h11
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
@@ -71,6 +71,9 @@ class PortLink(Wire):
     key: str = Field(description="the per-port secret in the link")
 
 
+_Port = Annotated[int, Path(ge=1, le=65535, description="a TCP port inside the container")]
+
+
 def port_key(secret: str, container_id: str, port: int) -> str:
     msg = f"port:{container_id}:{port}".encode()
     return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()[:32]
@@ -78,7 +81,7 @@ def port_key(secret: str, container_id: str, port: int) -> str:
 
 @router.get("/v1/containers/{container_id}/ports/{port}/link")
 def port_link(
-    container_id: str, port: int, request: Request, who: Builder, state: State
+    container_id: str, port: _Port, request: Request, who: Builder, state: State
 ) -> PortLink:
     """A secret link to HTTP ``port`` of a running container of the caller's account:
     whoever has it reaches that port (and only it) while the container runs."""
@@ -95,7 +98,9 @@ def port_link(
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     include_in_schema=False,  # what is under it is the container's own server
 )
-async def published_port(container_id: str, port: int, path: str, request: Request) -> Response:
+async def published_port(
+    container_id: str, port: _Port, path: str, request: Request
+) -> Response:
     state: ServerState = request.app.state.crucible
     _check_port(port)
     who, via_key = _caller(state, request, container_id, port)
