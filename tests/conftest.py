@@ -34,6 +34,28 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "home"))
 
 
+@pytest.fixture(autouse=True)
+def _close_openai_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every official `openai` client a test makes is closed when the test ends, so that its
+    pooled connections are not left for the garbage collector to report in a later test."""
+    try:
+        import openai
+    except ImportError:
+        yield
+        return
+    made: list[Any] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in made:
+        client.close()
+
+
 def _postgres_database() -> Iterator[str]:
     if not PG_URL:
         if REQUIRE_PG:

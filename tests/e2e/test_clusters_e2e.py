@@ -118,8 +118,10 @@ def test_preempting_one_member_stops_the_gang(two_hosts: Exchange) -> None:
     # is stopped with it (the gang ends as one), each after its SIGTERM grace.
     urgent = crucible.Pod.create("urgent", gpu="H100", client=high)
     ended = wait_for(
-        lambda: (c := _cluster(t, "cheap")).state not in ("running", "stopping") and c,
-        60,
+        # Settled: between the preemption and the scheduler's next tick the gang may show
+        # a member preempted while the other still runs.
+        lambda: (c := _cluster(t, "cheap")).state in ("stopped", "preempted", "failed") and c,
+        90,
         "the gang ended",
     )
     states = sorted(m.state for m in ended.members)

@@ -25,13 +25,13 @@ class FineTuneCreate(Wire):
     rank: int = Field(default=16, ge=1, le=1024)
     epochs: int = Field(default=3, ge=1, le=1000)
     lr: float = Field(default=2e-4, gt=0, le=1.0)
-    examples: int = Field(default=0, ge=0)
+    examples: int = Field(default=0, ge=0, le=2**53)
     data: str = Field(default="", max_length=1024)  # the training file, for people
 
 
 class FineTuneStep(Wire):
-    step: int
-    epoch: int
+    step: WireInt
+    epoch: WireInt
     loss: float
 
 
@@ -46,10 +46,10 @@ class FineTuneInfo(Wire):
     app_id: str
     state: str
     method: str
-    rank: int
-    epochs: int
+    rank: WireInt
+    epochs: WireInt
     lr: float
-    examples: int
+    examples: WireInt
     data: str
     created_ms: WireInt
     finished_ms: WireInt | None = None
