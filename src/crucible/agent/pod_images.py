@@ -10,38 +10,22 @@ command when the pod names none. :func:`resolve_pod_image` answers for runtimes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from crucible.errors import ImageBuildError
 
-__all__ = ["DEFAULT_POD_IMAGE", "POD_DISK_PATH", "PodImage", "pod_disk_dir", "resolve_pod_image"]
+__all__ = ["POD_DISK_PATH", "pod_disk_dir", "resolve_pod_image"]
 
 
-@dataclass(frozen=True)
-class PodImage:
-    """A pod's image, ready to run. ``rootfs`` None: the host's own root (the default)."""
-
-    ref: str | None
-    rootfs: Path | None = None
-    digest: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    workdir: str | None = None
-    user: str | None = None
-    entrypoint: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-
-
-DEFAULT_POD_IMAGE = PodImage(ref=None)
 # Where a sandboxed pod sees its disk (the process runtime uses the host path itself).
 POD_DISK_PATH = "/pod"
 
 
-def resolve_pod_image(ref: str | None) -> PodImage:
-    """The image a pod runs. Raises :class:`ImageBuildError` (the message names what to do)
-    when this agent cannot provide ``ref``."""
+def resolve_pod_image(ref: str | None) -> None:
+    """Check that a runtime that pulls no images can run the pod: only the default image.
+    Raises :class:`ImageBuildError` (the message names what to do) for an OCI ``ref``."""
     if ref is None:
-        return DEFAULT_POD_IMAGE
+        return
     raise ImageBuildError(
         f"this host runs the `process` runtime, which cannot run the OCI image {ref!r}: "
         "pods with --image need a host on the bwrap runtime; create the pod without --image "

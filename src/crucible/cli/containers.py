@@ -17,9 +17,10 @@ from crucible.errors import InvalidRequestError
 from crucible.sdk import _tunnels
 from crucible.settings import load_settings
 
-__all__ = ["exec_in", "port_forward_to", "proxy_to", "register", "ssh_to"]
+__all__ = ["PASSTHROUGH", "exec_in", "port_forward_to", "proxy_to", "register", "ssh_to"]
 
-_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+# Commands that take `-- CMD ARGS`: options after -- belong to the command.
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(container_app, name="container")
 
-    @container_app.command("exec", context_settings=_PASSTHROUGH)
+    @container_app.command("exec", context_settings=PASSTHROUGH)
     def exec_(
         container: str = typer.Argument(..., help="The container's id."),
         command: list[str] = typer.Argument(None, help="The command, after --."),
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
         `ssh -o ProxyCommand='crucible container proxy %h' crucible@ID`."""
         proxy_to(lambda: container, user)
 
-    @container_app.command("ssh", context_settings=_PASSTHROUGH)
+    @container_app.command("ssh", context_settings=PASSTHROUGH)
     def ssh(
         container: str = typer.Argument(..., help="The container's id."),
         command: list[str] = typer.Argument(None, help="A command to run, after --."),

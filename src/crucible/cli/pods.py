@@ -12,7 +12,7 @@ import typer
 
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import clean, console, fmt_time, fmt_usd, print_json, shown, table
-from crucible.cli.containers import exec_in, port_forward_to, proxy_to, ssh_to
+from crucible.cli.containers import PASSTHROUGH, exec_in, port_forward_to, proxy_to, ssh_to
 from crucible.cli.resources import JSON, _client
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
@@ -23,7 +23,6 @@ from crucible.sdk._pods import Pod, market_terms
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
-_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _path(client: Client, pod: str) -> str:
@@ -232,7 +231,7 @@ def register(app: typer.Typer) -> None:
             )
         return info.container_id
 
-    @pod_app.command("exec", context_settings=_PASSTHROUGH)
+    @pod_app.command("exec", context_settings=PASSTHROUGH)
     def exec_(
         pod: str = typer.Argument(..., help="The pod's name or id."),
         command: list[str] = typer.Argument(None, help="The command, after --."),
@@ -263,7 +262,7 @@ def register(app: typer.Typer) -> None:
         `ssh -o ProxyCommand='crucible pod proxy %h' crucible@POD`."""
         proxy_to(lambda: _container_of(pod), user)
 
-    @pod_app.command("ssh", context_settings=_PASSTHROUGH)
+    @pod_app.command("ssh", context_settings=PASSTHROUGH)
     def ssh(
         pod: str = typer.Argument(..., help="The pod's name or id."),
         command: list[str] = typer.Argument(None, help="A command to run, after --."),

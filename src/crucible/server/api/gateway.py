@@ -155,7 +155,8 @@ def _caller(state: ServerState, authorization: str | None) -> Principal | None:
         return None
 
 
-def _parts(items: list[Payload]) -> list[dict[str, Any]]:
+def response_parts(items: list[Payload]) -> list[dict[str, Any]]:
+    """A web call's items decoded: the response's start, then its body parts."""
     return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
 
 
@@ -202,7 +203,7 @@ async def gateway(
             status_code=500 if page.call.state != "queued" else 504,
             headers={"x-crucible-call-id": call_id},
         )
-    parts = whole if whole is not None else _parts(page.items)
+    parts = whole if whole is not None else response_parts(page.items)
     start = parts[0]
     headers = {k: v for k, v in start["headers"] if k.lower() not in ("content-length",)}
     headers["x-crucible-call-id"] = call_id
@@ -217,7 +218,7 @@ async def gateway(
             if page.done:
                 return
             page = await read_page(state, owner, call_id, page.next, 30.0)
-            pending = _parts(page.items)
+            pending = response_parts(page.items)
 
     return StreamingResponse(stream(), status_code=int(start["status"]), headers=headers)
 
@@ -321,7 +322,7 @@ async def gateway_websocket(
         while True:
             page = await read_page(state, owner, call_id, after, 30.0)
             after = page.next
-            for part in _parts(page.items):
+            for part in response_parts(page.items):
                 kind = part.get("ws")
                 if kind == "accept" and not accepted:
                     await websocket.accept(headers=[(b"x-crucible-call-id", call_id.encode())])

@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
-from crucible.server.api.gateway import held_response
+from crucible.server.api.gateway import held_response, response_parts
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -41,10 +40,6 @@ class WebCallResponse:
     body: AsyncIterator[bytes]
     state: str = "succeeded"
     error_code: str | None = None
-
-
-def _parts(items: list[Payload]) -> list[dict[str, Any]]:
-    return [json_payload.decode(base64.b64decode(p.data or "")) for p in items]
 
 
 async def call_web_function(
@@ -80,7 +75,7 @@ async def call_web_function(
     if not page.items and whole is None:
         code = page.call.error.code if page.call.error else None
         return WebCallResponse(call_id, None, [], nothing(), page.call.state, code)
-    parts = whole if whole is not None else _parts(page.items)
+    parts = whole if whole is not None else response_parts(page.items)
     start = parts[0]
     hdrs = [(str(k), str(v)) for k, v in start.get("headers", [])]
     answer = WebCallResponse(call_id, int(start["status"]), hdrs, nothing(), "running")
@@ -97,7 +92,7 @@ async def call_web_function(
                 answer.error_code = page.call.error.code if page.call.error else None
                 return
             page = await read_page(state, owner, call_id, page.next, _NEXT_PART_WAIT_S)
-            pending = _parts(page.items)
+            pending = response_parts(page.items)
 
     answer.body = rest()
     return answer
@@ -110,7 +105,7 @@ async def body_parts(state: ServerState, owner: Principal, call_id: str) -> Asyn
     while True:
         page = await read_page(state, owner, call_id, after, _NEXT_PART_WAIT_S)
         whole = held_response(page) if page.done and not page.items and after == 0 else None
-        for part in whole if whole is not None else _parts(page.items):
+        for part in whole if whole is not None else response_parts(page.items):
             if "body" in part:
                 yield base64.b64decode(part["body"])
         after = page.next
