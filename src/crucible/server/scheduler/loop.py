@@ -17,6 +17,17 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from crucible.core.autoscaler import Scale
+from crucible.core.market import RefusalCode
+from crucible.core.scheduling import (
+    ContainerView,
+    FunctionDemand,
+    GpuChoice,
+    HostCapacity,
+    Policy,
+    StartContainer,
+    plan,
+)
 from crucible.errors import (
     ContainerExitedError,
     FunctionTimeoutError,
@@ -28,17 +39,6 @@ from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
 from crucible.server.billing.service import meter_containers, record_grid_readings
-from crucible.server.market import RefusalCode
-from crucible.server.scheduler.autoscaler import Scale
-from crucible.server.scheduler.core import (
-    ContainerView,
-    FunctionDemand,
-    GpuChoice,
-    HostCapacity,
-    Policy,
-    StartContainer,
-    plan,
-)
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,

@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from crucible.core.market import Preemption, Refusal
+from crucible.core.scheduling import HostCapacity, LeaseTerms, StartContainer
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.ids import new_id
 from crucible.protocol.pods import (
@@ -29,8 +31,6 @@ from crucible.protocol.pods import (
     parse_pod,
 )
 from crucible.server.auth import Principal
-from crucible.server.market import Preemption, Refusal
-from crucible.server.scheduler.core import HostCapacity, LeaseTerms, StartContainer
 from crucible.server.services.containers import stop_for_market
 from crucible.server.services.market import LiveMarket, MarketTerms
 from crucible.server.services.pods import (

@@ -1,4 +1,4 @@
-"""The live market: the server's one :class:`~crucible.server.market.Market`, kept in step
+"""The live market: the server's one :class:`~crucible.core.market.Market`, kept in step
 with the store.
 
 The market core is pure and in memory. This shell builds it from the store when the server
@@ -26,9 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Text, cast, func, select
 
-from crucible.protocol.gpus import GPU_CATALOG
-from crucible.protocol.ids import new_id
-from crucible.server.market import (
+from crucible.core.market import (
     CPU,
     HostSpec,
     Lease,
@@ -44,13 +42,15 @@ from crucible.server.market import (
     ReservedBlock,
     Tier,
 )
-from crucible.server.market.rules import PPM
-from crucible.server.scheduler.core import (
+from crucible.core.market.rules import PPM
+from crucible.core.scheduling import (
     FunctionDemand,
     HostCapacity,
     LeaseTerms,
     StartContainer,
 )
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.protocol.ids import new_id
 from crucible.server.store.tables import containers, host_offers, hosts, reservations
 from crucible.settings import Settings
 
