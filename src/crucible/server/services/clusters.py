@@ -27,6 +27,7 @@ from crucible.protocol.pods import (
     ClusterInfo,
     PodCreate,
     PodInfo,
+    PodSpec,
     check_pod_name,
     parse_pod,
 )
@@ -344,9 +345,11 @@ def place_clusters(
             continue
         if any(current_container(conn, m) is not None for m in members):
             continue
-        spec = members[0].spec
-        model, count = spec["gpu_model"], int(spec["gpu_count"])
-        terms = MarketTerms.from_spec({"market": spec["market"]})
+        spec = PodSpec.model_validate(members[0].spec)  # read once, typed
+        model, count = spec.gpu_model, spec.gpu_count
+        if model is None:  # create_cluster refuses a cluster without --gpu
+            continue
+        terms = MarketTerms.of(spec.market)
         request = dataclasses.replace(
             live.request(row.account_id, model, count, terms, new_id("ct")), nodes=len(members)
         )
@@ -357,7 +360,7 @@ def place_clusters(
                 out.waiting[m.function_id] = f"the market: {decision.message}"
             continue
         leases = list(decision.leases)
-        cpu, mem = float(spec["cpu"]), int(spec["memory_mib"])
+        cpu, mem = spec.cpu, spec.memory_mib
         short = [
             lease.host_id
             for lease in leases
