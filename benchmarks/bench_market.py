@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _exchange import machine_info, print_table  # noqa: E402
 
-from crucible.server.market import (  # noqa: E402
+from crucible.core.market import (  # noqa: E402
     HostSpec,
     LeaseGranted,
     LeaseRequest,

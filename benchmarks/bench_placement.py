@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 OPENB_TRACE = REPO.parent / "shared" / "data" / "traces" / "alibaba-openb-2023"
 sys.path.insert(0, str(REPO / "src"))
 
-from crucible.server.scheduler.placement import (  # noqa: E402
+from crucible.core.placement import (  # noqa: E402
     Cluster,
     NodeSpec,
     Placement,

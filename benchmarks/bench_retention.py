@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _exchange import machine_info, print_table, write_results  # noqa: E402
 
+from crucible.core.scheduling import StartContainer  # noqa: E402
 from crucible.protocol.accounts import Scope  # noqa: E402
 from crucible.server.app import build_state, create_app  # noqa: E402
 from crucible.server.auth import container_token  # noqa: E402
 from crucible.server.billing.service import meter_containers  # noqa: E402
-from crucible.server.scheduler.core import StartContainer  # noqa: E402
 from crucible.server.scheduler.loop import SchedulerLoop  # noqa: E402
 from crucible.server.services.accounts import ensure_account, issue_token  # noqa: E402
 from crucible.server.services.containers import create_containers  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.server.market import (
+from crucible.core.market import (
     HostSpec,
     LeaseDecision,
     LeaseGranted,

@@ -17,8 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
-from crucible.server.billing.ledger import (
+from crucible.core.ledger import (
     CREDITS_ISSUED,
     MS_PER_DAY,
     PLATFORM_FEES,
@@ -33,6 +32,7 @@ from crucible.server.billing.ledger import (
     host_account,
     renter_account,
 )
+from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 
 
 def interval(

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import crucible.server.market as market_api
-from crucible.server.market import Tier
-from crucible.server.market.index import BidIndex, Levels, RankIndex, price_band
+import crucible.core.market as market_api
+from crucible.core.market import Tier
+from crucible.core.market.index import BidIndex, Levels, RankIndex, price_band
 
 from market_testlib import bid, gpu_host, granted, market, offer, req, usd
 
@@ -59,7 +59,7 @@ def test_book_excludes_draining_and_offline_hosts_and_unknown_types_are_empty() 
 
 
 def test_clearing_history_is_bounded() -> None:
-    from crucible.server.market import MarketRules
+    from crucible.core.market import MarketRules
 
     m = market((gpu_host("a", n=8), offer(1.0)), rules=MarketRules(clearing_history=3))
     for i in range(6):

@@ -8,15 +8,15 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crucible.server.billing.ledger import PLATFORM_FEES, Ledger, host_account, renter_account
-from crucible.server.billing.metering import interval_cost
-from crucible.server.market import (
+from crucible.core.ledger import PLATFORM_FEES, Ledger, host_account, renter_account
+from crucible.core.market import (
     EndReason,
     Lease,
     Tier,
     lease_intervals,
     reservation_intervals,
 )
+from crucible.core.metering import interval_cost
 
 from market_testlib import (
     GRACE,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
-from crucible.server.market import (
+from crucible.core.market import (
     CPU,
     EndReason,
     HostSpec,
@@ -18,6 +17,7 @@ from crucible.server.market import (
     Tier,
     effective_price,
 )
+from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 
 from market_testlib import GRACE, PPM, bid, gpu_host, granted, market, offer, refused, req, usd
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from crucible.core.market import CPU, EndReason, HostSpec, PreemptCause, Tier
 from crucible.errors import ConflictError, InvalidRequestError
-from crucible.server.market import CPU, EndReason, HostSpec, PreemptCause, Tier
 
 from market_testlib import (
     GRACE,

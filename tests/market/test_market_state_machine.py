@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from crucible.server.billing.ledger import Ledger, renter_account
-from crucible.server.billing.metering import interval_cost
-from crucible.server.market import (
+from crucible.core.ledger import Ledger, renter_account
+from crucible.core.market import (
     CPU,
     HostSpec,
     Lease,
@@ -44,6 +43,7 @@ from crucible.server.market import (
     lease_intervals,
     reservation_intervals,
 )
+from crucible.core.metering import interval_cost
 
 GRACE = 30_000
 METER_MS = 600_000

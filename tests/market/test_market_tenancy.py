@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from crucible.server.market import HostSpec, RefusalCode, Tier
+from crucible.core.market import HostSpec, RefusalCode, Tier
 
 from market_testlib import (
     HOUR,

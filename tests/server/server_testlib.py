@@ -19,6 +19,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import Connection, Engine, select, update
 
+from crucible.core.market import Offer
+from crucible.core.scheduling import StartContainer
 from crucible.protocol.accounts import Scope
 from crucible.protocol.apps import AppCreate, CodeRef, FunctionCreate
 from crucible.protocol.calls import CallsCreate, InputItem
@@ -26,8 +28,6 @@ from crucible.protocol.common import Payload, Resources, RetryPolicy
 from crucible.protocol.hosts import DeviceInfo, HostRegister, Inventory, IsolationReport
 from crucible.server.app import build_state, create_app
 from crucible.server.auth import Principal, container_token
-from crucible.server.market import Offer
-from crucible.server.scheduler.core import StartContainer
 from crucible.server.services import apps as apps_svc
 from crucible.server.services import calls as calls_svc
 from crucible.server.services import hosts as hosts_svc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crucible.server.scheduler.autoscaler import ArrivalRate, Load, ScalingPolicy, decide
+from crucible.core.autoscaler import ArrivalRate, Load, ScalingPolicy, decide
 
 POLICY = ScalingPolicy(max_containers=50, target_drain_ms=2_000)
 

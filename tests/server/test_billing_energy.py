@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from crucible.protocol.accounts import Scope
-from crucible.server.billing.metering import (
+from crucible.core.metering import (
     carbon_mg,
     energy_split,
     estimated_energy_mwh,
     estimated_watts,
 )
+from crucible.protocol.accounts import Scope
 from crucible.server.store.tables import meter_intervals
 
 from server_testlib import MakeServer, ServerUnderTest

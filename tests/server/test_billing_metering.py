@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from crucible.server.auth import Principal
-from crucible.server.billing.metering import (
+from crucible.core.market import CPU
+from crucible.core.metering import (
     MS_PER_HOUR,
     interval_cost,
     intervals_due,
 )
+from crucible.server.auth import Principal
 from crucible.server.billing.service import bill, meter_containers
-from crucible.server.market import CPU
 from crucible.server.services.market import default_offer
 from crucible.server.store.tables import containers, meter_intervals
 from crucible.settings import load_settings

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crucible.errors import InvalidRequestError
-from crucible.server.billing.ledger import PLATFORM_FEES, renter_account
-from crucible.server.billing.tokens import (
+from crucible.core.ledger import PLATFORM_FEES, renter_account
+from crucible.core.token_pricing import (
     UNITS_PER_MICRO,
     TokenPrices,
     TokenUsage,
@@ -17,6 +16,7 @@ from crucible.server.billing.tokens import (
     token_charge_micros,
     token_postings,
 )
+from crucible.errors import InvalidRequestError
 
 
 @given(

@@ -7,8 +7,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from test_calls_lifecycle import claim, failed, ok, record
 
+from crucible.core.metering import MS_PER_HOUR
 from crucible.protocol.common import ErrorInfo
-from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.services import calls as svc
 from crucible.server.services.timeline import call_timeline
 from crucible.server.store.tables import containers

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, func, select, text
 
+from crucible.core.metering import MS_PER_HOUR
 from crucible.errors import NotFoundError
 from crucible.protocol.common import ErrorInfo, Payload
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.server.auth import Principal
-from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.services import calls as svc
 from crucible.server.store.tables import calls, containers, functions
 

@@ -1,6 +1,6 @@
 """The ledger in the store agrees with the pure ledger: random grants and metered charges,
 retried ones included, leave the same balances in SQLite as in
-:class:`~crucible.server.billing.ledger.Ledger`, every entry balances and the whole ledger sums
+:class:`~crucible.core.ledger.Ledger`, every entry balances and the whole ledger sums
 to zero."""
 
 from __future__ import annotations
@@ -9,20 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from crucible.server.billing.entries import (
-    account_balance,
-    charge_entry,
-    check_ledger,
-    grant_credits,
-    post_entries,
-)
-from crucible.server.billing.ledger import (
+from crucible.core.ledger import (
     CREDITS_ISSUED,
     PLATFORM_FEES,
     Ledger,
     MeteredInterval,
     host_account,
     renter_account,
+)
+from crucible.server.billing.entries import (
+    account_balance,
+    charge_entry,
+    check_ledger,
+    grant_credits,
+    post_entries,
 )
 from crucible.server.store.db import create_store_engine, migrate
 from crucible.server.store.tables import accounts, ledger_entries

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from crucible.core.ledger import PLATFORM_FEES, renter_account
+from crucible.core.token_pricing import TokenUsage
 from crucible.protocol.accounts import Scope
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_balance, check_ledger
-from crucible.server.billing.ledger import PLATFORM_FEES, renter_account
-from crucible.server.billing.tokens import TokenUsage
 from crucible.server.services import models as svc
 
 from server_testlib import ServerUnderTest

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crucible.server.scheduler.core import (
+from crucible.core.scheduling import (
     ContainerView,
     FunctionDemand,
     GpuChoice,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from crucible.server.scheduler.core import (
+from crucible.core.scheduling import (
     FunctionDemand,
     GpuChoice,
     HostCapacity,

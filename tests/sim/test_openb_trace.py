@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from crucible.server.scheduler.placement import Cluster, FragmentationAware, NodeSpec
+from crucible.core.placement import Cluster, FragmentationAware, NodeSpec
 from crucible.sim.trace import (
     gpu_count,
     load_nodes,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crucible.server.scheduler.placement import (
+from crucible.core.placement import (
     FULL,
     POLICIES,
     Cluster,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.server.scheduler.placement import FULL, NodeSpec, Request
+from crucible.core.placement import FULL, NodeSpec, Request
 from crucible.sim.engine import SimResult, run
 from crucible.sim.events import EventQueue, Sample
 from crucible.sim.scenario import ScenarioError, parse_scenario

@@ -18,12 +18,12 @@ import typer
 from crucible.cli._output import console, fmt_time, fmt_usd, print_json, shown, table
 from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
+from crucible.core.token_pricing import parse_price_per_million
 from crucible.errors import InvalidRequestError
 from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage
 from crucible.sdk._checks import check_name
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import Volume
-from crucible.server.billing.tokens import parse_price_per_million
 
 __all__ = ["model_app_source", "register"]
 

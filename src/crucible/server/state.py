@@ -11,13 +11,13 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
+from crucible.core.autoscaler import ArrivalRate
 from crucible.server.auth import Principal
 from crucible.server.blobs import BlobStore
 from crucible.server.dispatch import Dispatcher
 from crucible.server.metrics import Metrics
 from crucible.server.ratelimit import RateLimiter
 from crucible.server.relay import AccessRelay
-from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crucible.core.market import Market, MarketRules, Prefer
+from crucible.core.placement import Cluster, Request, make_policy
 from crucible.protocol.gpus import GPU_CATALOG
-from crucible.server.market import Market, MarketRules, Prefer
-from crucible.server.scheduler.placement import Cluster, Request, make_policy
 from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
 from crucible.sim.fleet import Host, NodeLoader, add_to_market, build_fleet, openb_dir, to_nodes
 from crucible.sim.market_driver import MarketDriver

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from crucible.server.scheduler.placement import NodeSpec, Request
+from crucible.core.placement import NodeSpec, Request
 
 __all__ = ["IMPOSSIBLE_LISTED", "IMPOSSIBLE_REASONS", "Feasibility", "ImpossibleLog"]
 

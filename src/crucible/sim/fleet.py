@@ -2,9 +2,9 @@
 
 :func:`build_fleet` turns the ``[[fleet]]`` providers into :class:`Host` records (seeded:
 price jitter and site carbon are drawn from the scenario's seed). :func:`to_nodes` gives the
-placement core's :class:`~crucible.server.scheduler.placement.NodeSpec` list and
+placement core's :class:`~crucible.core.placement.NodeSpec` list and
 :func:`add_to_market` registers the hosts and their offers with a
-:class:`~crucible.server.market.Market`.
+:class:`~crucible.core.market.Market`.
 
 A generated provider spreads ``gpus / gpus_per_host`` hosts round-robin over its ``sites``
 (one region per site, named ``<provider>-<site>``) and gives each host one model, in the
@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible.server.market import HostSpec, Market, Offer
-from crucible.server.scheduler.placement import NodeSpec
+from crucible.core.market import HostSpec, Market, Offer
+from crucible.core.placement import NodeSpec
 from crucible.settings import load_settings
 from crucible.sim.scenario import ProviderSpec, Scenario, ScenarioError
 from crucible.sim.trace import gpu_count, load_nodes, read_openb_nodes, replicate

@@ -1,4 +1,4 @@
-"""Drives the market core (:class:`~crucible.server.market.Market`) with the simulator's
+"""Drives the market core (:class:`~crucible.core.market.Market`) with the simulator's
 demand, as the server would: ``advance`` then ``lease`` at each request, ``release`` when
 work is done, and the preemptions the market decides carried out.
 
@@ -49,7 +49,7 @@ import heapq
 from collections import Counter, defaultdict, deque
 from typing import Any
 
-from crucible.server.market import (
+from crucible.core.market import (
     EndReason,
     Lease,
     LeaseGranted,
@@ -59,7 +59,7 @@ from crucible.server.market import (
     Tier,
     lease_intervals,
 )
-from crucible.server.scheduler.placement import FULL, NodeSpec, Request
+from crucible.core.placement import FULL, NodeSpec, Request
 from crucible.sim.events import Arrive, EventQueue, Finish
 from crucible.sim.feasibility import Feasibility, ImpossibleLog
 from crucible.sim.fleet import Host

@@ -1,4 +1,4 @@
-"""Drives the placement core (:class:`~crucible.server.scheduler.placement.Cluster`) with
+"""Drives the placement core (:class:`~crucible.core.placement.Cluster`) with
 the simulator's jobs: the code that decides is the scheduler's own, called as the server
 calls it.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from crucible.server.scheduler.placement import (
+from crucible.core.placement import (
     FULL,
     Cluster,
     Placement,

@@ -6,11 +6,11 @@ format is documented in ``docs/simulator.md``; ``examples/sim/`` holds working f
 
 Two kinds:
 
-* ``kind = "placement"``: the placement core (:class:`~crucible.server.scheduler.placement.
+* ``kind = "placement"``: the placement core (:class:`~crucible.core.placement.
   Cluster`) places tasks with a policy; the workload is the openb trace replayed as recorded
   (``[workload] source = "openb"``) or synthetic task classes (``[[workload.classes]]``),
   which may be gangs (``nodes > 1``, all or nothing).
-* ``kind = "market"``: the market core (:class:`~crucible.server.market.Market`) leases
+* ``kind = "market"``: the market core (:class:`~crucible.core.market.Market`) leases
   whole GPUs to on-demand and interruptible demand (synthetic classes), with preemptions.
 
 The fleet is a list of providers (``[[fleet]]``): either the openb node list (``source =
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crucible.core.placement import POLICIES
 from crucible.errors import InvalidRequestError
-from crucible.server.scheduler.placement import POLICIES
 
 __all__ = [
     "TRACE_FORMATS",

@@ -5,11 +5,11 @@ trace is not shipped with Crucible (scenarios name it with ``trace_dir`` or the
 ``CRUCIBLE_OPENB_TRACE_DIR`` setting, see :func:`crucible.sim.fleet.openb_dir`).
 
 * :func:`load_nodes` reads ``openb_node_list_all_node.csv`` (or ``..._gpu_node.csv``): one
-  :class:`~crucible.server.scheduler.placement.NodeSpec` per row, GPU model as written
+  :class:`~crucible.core.placement.NodeSpec` per row, GPU model as written
   (``G1``..``G3`` are undisclosed internal types and are kept as those names; ``""`` when
   the node has no GPU).
 * :func:`load_pods` reads ``openb_pod_list_<name>.csv``: one :class:`TracePod` per row with
-  its :class:`~crucible.server.scheduler.placement.Request` (``gpu_spec`` split on ``|``
+  its :class:`~crucible.core.placement.Request` (``gpu_spec`` split on ``|``
   into the acceptable models) and its times in seconds.
 * :func:`replicate` copies a node list until it holds at least a target number of GPUs.
 * :func:`openb_tasks` is the adapter to the generic trace format
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from crucible.server.scheduler.placement import NodeSpec, Request
+from crucible.core.placement import NodeSpec, Request
 from crucible.sim.trace_format import TraceTask
 
 __all__ = [

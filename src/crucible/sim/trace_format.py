@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crucible.server.scheduler.placement import FULL, NodeSpec, Request
+from crucible.core.placement import FULL, NodeSpec, Request
 from crucible.sim.scenario import ScenarioError
 
 __all__ = [

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from crucible.server.scheduler.placement import FULL, NodeSpec
+from crucible.core.placement import FULL, NodeSpec
 from crucible.sim.scenario import ScenarioError
 from crucible.sim.trace_format import TraceTask, task_request
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible.server.scheduler.placement import FULL, Request
+from crucible.core.placement import FULL, Request
 from crucible.sim.scenario import ClassSpec, ScenarioError
 from crucible.sim.trace import TracePod, openb_tasks, read_openb_pods
 from crucible.sim.trace_format import TraceTask, read_tasks

@@ -20,12 +20,12 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from crucible.core.token_pricing import TokenUsage
 from crucible.errors import InvalidRequestError, PermissionDeniedError
 from crucible.server.api.openai_errors import openai_error
 from crucible.server.api.web_calls import WebCallResponse, body_parts, call_web_function
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_refusal
-from crucible.server.billing.tokens import TokenUsage
 from crucible.server.services import models as svc
 from crucible.server.services.accounts import authenticate
 from crucible.server.state import ServerState

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from crucible.core.metering import GIB
 from crucible.protocol.volumes import (
     Manifest,
     VolumeCommit,
@@ -12,7 +13,6 @@ from crucible.protocol.volumes import (
     VolumeVersion,
 )
 from crucible.server.api.deps import Member, State
-from crucible.server.billing.metering import GIB
 from crucible.server.services import volumes as svc
 
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])

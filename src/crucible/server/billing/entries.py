@@ -1,4 +1,4 @@
-"""The ledger in the store: the shell around :mod:`crucible.server.billing.ledger`.
+"""The ledger in the store: the shell around :mod:`crucible.core.ledger`.
 
 One row per entry (``ledger_entries``, keyed for idempotency) and one per posting
 (``ledger_postings``). Entries are written in the same transaction as whatever caused them
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crucible.server.billing.ledger import (
+from crucible.core.ledger import (
     CREDITS_ISSUED,
     MS_PER_DAY,
     CreditStatus,

@@ -8,13 +8,8 @@ from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, upd
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crucible.protocol.billing import BillLine, BillReport
-from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
-from crucible.server.auth import Principal
-from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
-from crucible.server.billing.grid_carbon import GridReading
-from crucible.server.billing.ledger import MeteredInterval
-from crucible.server.billing.metering import (
+from crucible.core.ledger import MeteredInterval
+from crucible.core.metering import (
     carbon_mg,
     energy_split,
     estimated_energy_mwh,
@@ -22,6 +17,11 @@ from crucible.server.billing.metering import (
     interval_cost,
     intervals_due,
 )
+from crucible.protocol.billing import BillLine, BillReport
+from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
+from crucible.server.auth import Principal
+from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
+from crucible.server.billing.grid_carbon import GridReading
 from crucible.server.store.tables import (
     apps,
     calls,

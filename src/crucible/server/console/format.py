@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from crucible.server.billing.ledger import format_usd
+from crucible.core.ledger import format_usd
 
 __all__ = ["ago", "dollars", "duration", "rate", "usd", "when"]
 

@@ -17,20 +17,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from crucible.errors import (
-    ContainerExitedError,
-    FunctionTimeoutError,
-    InsufficientCreditError,
-    MarketRefusedError,
-    ResourcesUnsatisfiableError,
-)
-from crucible.protocol.common import ErrorInfo
-from crucible.server.billing.entries import account_credit
-from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
-from crucible.server.billing.service import meter_containers, record_grid_readings
-from crucible.server.market import RefusalCode
-from crucible.server.scheduler.autoscaler import Scale
-from crucible.server.scheduler.core import (
+from crucible.core.autoscaler import Scale
+from crucible.core.market import RefusalCode
+from crucible.core.scheduling import (
     ContainerView,
     FunctionDemand,
     GpuChoice,
@@ -39,6 +28,18 @@ from crucible.server.scheduler.core import (
     StartContainer,
     plan,
 )
+from crucible.errors import (
+    ContainerExitedError,
+    FunctionTimeoutError,
+    InsufficientCreditError,
+    MarketRefusedError,
+    ResourcesUnsatisfiableError,
+)
+from crucible.protocol.apps import FunctionCreate
+from crucible.protocol.common import ErrorInfo
+from crucible.server.billing.entries import account_credit
+from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
+from crucible.server.billing.service import meter_containers, record_grid_readings
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -589,47 +590,45 @@ class SchedulerLoop:
             .join(apps, apps.c.id == functions.c.app_id)
             .where(functions.c.id.in_(fids))
         ):
-            spec = r.spec
+            spec = FunctionCreate.model_validate(r.spec)  # read once, typed
             queued = work[r.id].get("queued")
             running = work[r.id].get("running")
-            res = spec["resources"]
+            res = spec.resources
             accounts[r.id] = r.account_id
-            terms[r.id] = MarketTerms.from_spec(spec)
-            window = spec.get("scaledown_window_s")
+            terms[r.id] = MarketTerms.of(spec.market, network=bool(spec.network))
+            window = spec.scaledown_window_s
             demands.append(
                 FunctionDemand(
                     id=r.id,
-                    cpu=float(res["cpu"]),
-                    memory_mib=int(res["memory_mib"]),
-                    gpus=tuple(GpuChoice(g["model"], int(g["count"])) for g in res["gpus"]),
+                    cpu=res.cpu,
+                    memory_mib=res.memory_mib,
+                    gpus=tuple(GpuChoice(g.model, g.count) for g in res.gpus),
                     queued=queued.n if queued else 0,
                     running=running.n if running else 0,
                     oldest_queued_ms=queued.oldest if queued else None,
                     oldest_running_started_ms=running.oldest_start if running else None,
                     avg_exec_ms=self.state.exec_stats.get(r.id),
                     containers=tuple(by_fn.get(r.id, ())),
-                    max_containers=spec.get("max_containers") or s.max_containers,
+                    max_containers=spec.max_containers or s.max_containers,
                     scaledown_window_ms=int(
                         (window if window is not None else s.scaledown_window_s) * 1000
                     ),
                     # A retiring version (superseded by a redeploy) still serves its calls.
                     active=r.app_state in ("running", "retiring"),
-                    min_containers=int(spec.get("min_containers", 0))
+                    min_containers=spec.min_containers
                     if r.app_state == "running"
                     else 0,
-                    buffer_containers=int(spec.get("buffer_containers", 0))
+                    buffer_containers=spec.buffer_containers
                     if r.app_state == "running"
                     else 0,
                     arrivals_per_s=self._arrivals(r.id, now),
-                    inputs_per_container=int(
-                        spec.get("target_inputs")
-                        or spec.get("max_inputs", 1) * spec.get("max_batch_size", 1)
-                    ),
+                    inputs_per_container=spec.target_inputs
+                    or spec.max_inputs * spec.max_batch_size,
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
                     start_ms=self.state.start_stats.get(r.id, 0.0),
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
-                    network=bool(spec.get("network")),
+                    network=bool(spec.network),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first

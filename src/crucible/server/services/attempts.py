@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from crucible.server.billing.metering import MS_PER_HOUR
+from crucible.core.metering import MS_PER_HOUR
 from crucible.server.store.tables import call_attempts, containers
 
 __all__ = ["attempt_cost", "container_rate", "record_ended_attempt"]

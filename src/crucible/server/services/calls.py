@@ -34,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crucible.core.metering import MS_PER_HOUR
+from crucible.core.scheduling import retry_delay_ms
 from crucible.errors import (
     ConflictError,
     ContainerExitedError,
@@ -47,8 +49,6 @@ from crucible.protocol.common import TERMINAL_STATES, CallState, ErrorInfo, Payl
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
-from crucible.server.billing.metering import MS_PER_HOUR
-from crucible.server.scheduler.core import retry_delay_ms
 from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
 from crucible.server.services.blobs import require_blob
 from crucible.server.store.bulk import execute_many

@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from crucible.core.market import Preemption, Refusal
+from crucible.core.scheduling import HostCapacity, LeaseTerms, StartContainer
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.ids import new_id
 from crucible.protocol.pods import (
@@ -25,12 +27,11 @@ from crucible.protocol.pods import (
     ClusterInfo,
     PodCreate,
     PodInfo,
+    PodSpec,
     check_pod_name,
     parse_pod,
 )
 from crucible.server.auth import Principal
-from crucible.server.market import Preemption, Refusal
-from crucible.server.scheduler.core import HostCapacity, LeaseTerms, StartContainer
 from crucible.server.services.containers import stop_for_market
 from crucible.server.services.market import LiveMarket, MarketTerms
 from crucible.server.services.pods import (
@@ -344,9 +345,11 @@ def place_clusters(
             continue
         if any(current_container(conn, m) is not None for m in members):
             continue
-        spec = members[0].spec
-        model, count = spec["gpu_model"], int(spec["gpu_count"])
-        terms = MarketTerms.from_spec({"market": spec["market"]})
+        spec = PodSpec.model_validate(members[0].spec)  # read once, typed
+        model, count = spec.gpu_model, spec.gpu_count
+        if model is None:  # create_cluster refuses a cluster without --gpu
+            continue
+        terms = MarketTerms.of(spec.market)
         request = dataclasses.replace(
             live.request(row.account_id, model, count, terms, new_id("ct")), nodes=len(members)
         )
@@ -357,7 +360,7 @@ def place_clusters(
                 out.waiting[m.function_id] = f"the market: {decision.message}"
             continue
         leases = list(decision.leases)
-        cpu, mem = float(spec["cpu"]), int(spec["memory_mib"])
+        cpu, mem = spec.cpu, spec.memory_mib
         short = [
             lease.host_id
             for lease in leases

@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from crucible.core.ledger import format_usd
+from crucible.core.market import Advanced, Offer, Preemption
+from crucible.core.scheduling import LeaseTerms, StartContainer
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallInfo
 from crucible.protocol.containers import ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
-from crucible.server.billing.ledger import format_usd
-from crucible.server.market import Advanced, Offer, Preemption
-from crucible.server.scheduler.core import LeaseTerms, StartContainer
 from crucible.server.services import calls as calls_svc
 from crucible.server.services.calls import (
     claim_inputs,

@@ -1,4 +1,4 @@
-"""The live market: the server's one :class:`~crucible.server.market.Market`, kept in step
+"""The live market: the server's one :class:`~crucible.core.market.Market`, kept in step
 with the store.
 
 The market core is pure and in memory. This shell builds it from the store when the server
@@ -26,9 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Text, cast, func, select
 
-from crucible.protocol.gpus import GPU_CATALOG
-from crucible.protocol.ids import new_id
-from crucible.server.market import (
+from crucible.core.market import (
     CPU,
     HostSpec,
     Lease,
@@ -44,13 +42,16 @@ from crucible.server.market import (
     ReservedBlock,
     Tier,
 )
-from crucible.server.market.rules import PPM
-from crucible.server.scheduler.core import (
+from crucible.core.market.rules import PPM
+from crucible.core.scheduling import (
     FunctionDemand,
     HostCapacity,
     LeaseTerms,
     StartContainer,
 )
+from crucible.protocol.apps import MarketTerms as MarketAsk
+from crucible.protocol.gpus import GPU_CATALOG
+from crucible.protocol.ids import new_id
 from crucible.server.store.tables import containers, host_offers, hosts, reservations
 from crucible.settings import Settings
 
@@ -85,18 +86,19 @@ class MarketTerms:
     network: bool = False  # the function asks for network egress (its spec's ``network``)
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> MarketTerms:
-        m = spec.get("market") or {}
+    def of(cls, market: MarketAsk, *, network: bool = False) -> MarketTerms:
+        """The terms of a function's (or pod's) validated ``market`` part; ``network``: its
+        spec asks for network egress."""
         return cls(
-            tier=Tier(m.get("tier", Tier.ON_DEMAND.value)),
-            bid=m.get("bid_micros"),
-            max_price=m.get("max_price_micros"),
-            region=m.get("region"),
-            min_reliability_ppm=int(m.get("min_reliability_ppm", 0)),
-            prefer=Prefer(m.get("prefer", Prefer.CHEAPEST.value)),
-            max_carbon_g_per_kwh=m.get("max_carbon_g_per_kwh"),
-            verified=bool(m.get("verified", False)),
-            network=bool(spec.get("network")),
+            tier=Tier(market.tier),
+            bid=market.bid_micros,
+            max_price=market.max_price_micros,
+            region=market.region,
+            min_reliability_ppm=market.min_reliability_ppm,
+            prefer=Prefer(market.prefer),
+            max_carbon_g_per_kwh=market.max_carbon_g_per_kwh,
+            verified=market.verified,
+            network=network,
         )
 
 

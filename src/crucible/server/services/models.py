@@ -4,7 +4,7 @@ OpenAI protocol), their LoRA adapters, who may call them, and their token usage.
 A model belongs to one account. Its owner calls it as ``NAME`` (or ``NAME:ADAPTER``); other
 accounts see it only when the owner made it public, as ``OWNER/NAME[:ADAPTER]``. Usage is
 recorded per (model, caller, adapter, UTC day); a caller other than the owner is charged per
-token through the ledger at the model's prices (:mod:`crucible.server.billing.tokens`), the
+token through the ledger at the model's prices (:mod:`crucible.core.token_pricing`), the
 owner credited less the platform fee. The owner's own requests are recorded but not charged
 per token: the owner already pays the deployment's container time.
 """
@@ -19,6 +19,13 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crucible.core.ledger import MS_PER_DAY, EntryKind
+from crucible.core.token_pricing import (
+    TokenPrices,
+    TokenUsage,
+    token_charge_micros,
+    token_postings,
+)
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.billing import TokenBillLine
 from crucible.protocol.ids import new_id
@@ -32,13 +39,6 @@ from crucible.protocol.models import (
 )
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
-from crucible.server.billing.ledger import MS_PER_DAY, EntryKind
-from crucible.server.billing.tokens import (
-    TokenPrices,
-    TokenUsage,
-    token_charge_micros,
-    token_postings,
-)
 from crucible.server.services.deployments import current_function, stop_deployment
 from crucible.server.services.fine_tunes import succeeded_adapter
 from crucible.server.store.tables import (

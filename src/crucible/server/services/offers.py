@@ -10,6 +10,8 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crucible.core.ledger import MS_PER_DAY, PLATFORM_FEES
+from crucible.core.market import CPU
 from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
 from crucible.protocol.market import (
@@ -21,8 +23,6 @@ from crucible.protocol.market import (
     OfferUpdate,
 )
 from crucible.server.auth import Principal
-from crucible.server.billing.ledger import MS_PER_DAY, PLATFORM_FEES
-from crucible.server.market import CPU
 from crucible.server.services import audit
 from crucible.server.services.market import default_offer, host_reliability_ppm, offer_of_row
 from crucible.server.store.tables import (

@@ -8,6 +8,23 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, select
 
+from crucible.core.ledger import (
+    EntryKind,
+    MeteredInterval,
+    charge_postings,
+    format_usd,
+)
+from crucible.core.market import (
+    CPU,
+    LeaseRequest,
+    Prefer,
+    Refusal,
+    Reservation,
+    ReservationGranted,
+    ReserveRequest,
+    Tier,
+)
+from crucible.core.metering import interval_cost
 from crucible.errors import InsufficientCreditError, InvalidRequestError, MarketRefusedError
 from crucible.protocol.gpus import parse_gpu_request
 from crucible.protocol.ids import new_id
@@ -22,23 +39,6 @@ from crucible.protocol.market import (
 )
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, account_credit, post_entry
-from crucible.server.billing.ledger import (
-    EntryKind,
-    MeteredInterval,
-    charge_postings,
-    format_usd,
-)
-from crucible.server.billing.metering import interval_cost
-from crucible.server.market import (
-    CPU,
-    LeaseRequest,
-    Prefer,
-    Refusal,
-    Reservation,
-    ReservationGranted,
-    ReserveRequest,
-    Tier,
-)
 from crucible.server.services.containers import carry_out_advance, carry_out_preemptions
 from crucible.server.services.market import LiveMarket, reservation_of_row
 from crucible.server.store.tables import reservations

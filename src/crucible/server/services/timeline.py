@@ -10,11 +10,11 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from crucible.core.metering import MS_PER_HOUR
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallAttempt, CallTimeline, TimelinePhase
 from crucible.protocol.common import ErrorInfo
 from crucible.server.auth import Principal
-from crucible.server.billing.metering import MS_PER_HOUR
 from crucible.server.store.tables import call_attempts, calls, containers, meter_intervals
 
 __all__ = ["call_timeline"]

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from crucible.core.ledger import PLATFORM_FEES, EntryKind, Posting, renter_account
+from crucible.core.metering import GIB, storage_cost
 from crucible.errors import NotFoundError, PermissionDeniedError, QuotaExceededError
 from crucible.protocol.ids import new_id
 from crucible.protocol.volumes import (
@@ -26,8 +28,6 @@ from crucible.protocol.volumes import (
 )
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
-from crucible.server.billing.ledger import PLATFORM_FEES, EntryKind, Posting, renter_account
-from crucible.server.billing.metering import GIB, storage_cost
 from crucible.server.blobs import BlobStore
 from crucible.server.services.blobs import grant_blob
 from crucible.server.store.tables import blobs, volume_versions, volumes

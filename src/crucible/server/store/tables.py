@@ -77,7 +77,7 @@ accounts = Table(
     Column("id", String(32), primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_ms", BigInteger, nullable=False),
-    # Spend cap per UTC day in micro-dollars (None: no cap); see billing.ledger.
+    # Spend cap per UTC day in micro-dollars (None: no cap); see core.ledger.
     Column("daily_cap_micros", BigInteger),
 )
 
@@ -416,7 +416,7 @@ meter_intervals = Table(
     Index("ix_meter_intervals_end", "end_ms"),  # retention finds old intervals
 )
 
-# The double-entry ledger (see billing.ledger): entries are immutable and keyed for
+# The double-entry ledger (see core.ledger): entries are immutable and keyed for
 # idempotency; every balance is the sum of an account's postings. ``renter``, ``host_id``,
 # ``app_id``, ``function_id`` and ``meter`` say what an entry concerns, for statements.
 ledger_entries = Table(

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from crucible.server.market.leases import Lease, Reservation
-from crucible.server.market.orders import LeaseRequest
-from crucible.server.market.terms import PreemptCause, RefusalCode, Tier
+from crucible.core.market.leases import Lease, Reservation
+from crucible.core.market.orders import LeaseRequest
+from crucible.core.market.terms import PreemptCause, RefusalCode, Tier
 
 __all__ = [
     "Advanced",
@@ -61,7 +61,7 @@ class Refusal:
 class LeaseGranted:
     """New leases (one per node) and the leases preempted to make room for them.
     ``version`` ties the decision to the market state it was computed from (see
-    :meth:`~crucible.server.market.book.Market.apply`)."""
+    :meth:`~crucible.core.market.book.Market.apply`)."""
 
     leases: tuple[Lease, ...]
     preemptions: tuple[Preemption, ...]
@@ -76,7 +76,7 @@ LeaseDecision = LeaseGranted | Refusal
 class ReservationGranted:
     """A reservation, and the interruptible leases on its devices that are preempted at once
     because its window starts within one grace period (leases preempted later, at the window's
-    notice time, are reported by :meth:`~crucible.server.market.book.Market.advance`)."""
+    notice time, are reported by :meth:`~crucible.core.market.book.Market.advance`)."""
 
     reservation: Reservation
     preemptions: tuple[Preemption, ...]

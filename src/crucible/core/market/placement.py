@@ -6,7 +6,7 @@ host, all nodes of one device type):
 1. free capacity, trying the device types in the request's order (``fastest``: fastest
    first). Each node first takes devices of the renter's own active reservations of that
    type, then the best-ranked fitting offer with enough free devices (see
-   :mod:`~crucible.server.market.rules` for the ranking);
+   :mod:`~crucible.core.market.rules` for the ranking);
 2. only then, preemption, again type by type: a node that finds no free capacity preempts
    running interruptible leases whose bid is *strictly below* the price it would pay (the
    host's ask for on-demand, its bid for interruptible). It takes the host where the highest
@@ -25,22 +25,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crucible.errors import ConflictError
-from crucible.server.market.decisions import LeaseDecision, LeaseGranted, Preemption
-from crucible.server.market.index import RankKey, price_band
-from crucible.server.market.leases import Lease, Reservation
-from crucible.server.market.offers import Offer
-from crucible.server.market.orders import LeaseRequest
-from crucible.server.market.refusals import refuse_lease
-from crucible.server.market.rules import effective_price, under_carbon_cap
-from crucible.server.market.state import (
+from crucible.core.market.decisions import LeaseDecision, LeaseGranted, Preemption
+from crucible.core.market.index import RankKey, price_band
+from crucible.core.market.leases import Lease, Reservation
+from crucible.core.market.offers import Offer
+from crucible.core.market.orders import LeaseRequest
+from crucible.core.market.refusals import refuse_lease
+from crucible.core.market.rules import effective_price, under_carbon_cap
+from crucible.core.market.state import (
     BANDED_KINDS,
     MarketState,
     PoolState,
     add_lease,
     end_lease,
 )
-from crucible.server.market.terms import CPU, EndReason, PreemptCause, Prefer, Tier
+from crucible.core.market.terms import CPU, EndReason, PreemptCause, Prefer, Tier
+from crucible.errors import ConflictError
 
 __all__ = ["apply_lease", "decide_lease", "model_order", "rank_kind", "unit_price"]
 

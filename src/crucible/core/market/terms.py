@@ -31,7 +31,7 @@ class EndReason(StrEnum):
 
 
 class Prefer(StrEnum):
-    """How a renter ranks fitting offers (see :mod:`crucible.server.market.rules`)."""
+    """How a renter ranks fitting offers (see :mod:`crucible.core.market.rules`)."""
 
     CHEAPEST = "cheapest"
     GREENEST = "greenest"

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import heapq
 
-from crucible.errors import ConflictError, InvalidRequestError
-from crucible.server.market.decisions import (
+from crucible.core.market.decisions import (
     Advanced,
     Preemption,
     Refusal,
     ReservationDecision,
     ReservationGranted,
 )
-from crucible.server.market.leases import Lease, Reservation, ReservedBlock
-from crucible.server.market.orders import ReserveRequest
-from crucible.server.market.refusals import refuse_reservation
-from crucible.server.market.state import (
+from crucible.core.market.leases import Lease, Reservation, ReservedBlock
+from crucible.core.market.orders import ReserveRequest
+from crucible.core.market.refusals import refuse_reservation
+from crucible.core.market.state import (
     EV_END,
     EV_HOT,
     EV_START,
@@ -47,7 +46,8 @@ from crucible.server.market.state import (
     end_lease,
     reindex,
 )
-from crucible.server.market.terms import CPU, EndReason, PreemptCause, Prefer, RefusalCode, Tier
+from crucible.core.market.terms import CPU, EndReason, PreemptCause, Prefer, RefusalCode, Tier
+from crucible.errors import ConflictError, InvalidRequestError
 
 __all__ = ["advance", "apply_reservation", "decide_reservation"]
 

@@ -21,9 +21,9 @@ milliseconds passed in by the caller; nothing here does I/O.
 
 from __future__ import annotations
 
-from crucible.server.market.book import Market
-from crucible.server.market.charges import lease_intervals, reservation_intervals
-from crucible.server.market.decisions import (
+from crucible.core.market.book import Market
+from crucible.core.market.charges import lease_intervals, reservation_intervals
+from crucible.core.market.decisions import (
     Advanced,
     BookView,
     ClearingPrice,
@@ -37,11 +37,11 @@ from crucible.server.market.decisions import (
     ReservationDecision,
     ReservationGranted,
 )
-from crucible.server.market.leases import Lease, Reservation, ReservedBlock
-from crucible.server.market.offers import HostSpec, Offer
-from crucible.server.market.orders import LeaseRequest, ReserveRequest
-from crucible.server.market.rules import MarketRules, effective_price
-from crucible.server.market.terms import (
+from crucible.core.market.leases import Lease, Reservation, ReservedBlock
+from crucible.core.market.offers import HostSpec, Offer
+from crucible.core.market.orders import LeaseRequest, ReserveRequest
+from crucible.core.market.rules import MarketRules, effective_price
+from crucible.core.market.terms import (
     CPU,
     EndReason,
     PreemptCause,

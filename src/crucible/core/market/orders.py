@@ -2,15 +2,15 @@
 (:class:`ReserveRequest`). Prices are integer micro-dollars per device-hour (per core-hour
 for CPU-only capacity). A malformed request raises
 :class:`~crucible.errors.InvalidRequestError` when it is built; a well-formed request the
-market cannot serve is refused with a :class:`~crucible.server.market.decisions.Refusal`."""
+market cannot serve is refused with a :class:`~crucible.core.market.decisions.Refusal`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crucible.core.market.rules import PPM
+from crucible.core.market.terms import CPU, Prefer, Tier
 from crucible.errors import InvalidRequestError
-from crucible.server.market.rules import PPM
-from crucible.server.market.terms import CPU, Prefer, Tier
 
 __all__ = ["LeaseRequest", "ReserveRequest"]
 

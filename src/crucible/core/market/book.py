@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
-from crucible.server.market.audit import audit
-from crucible.server.market.decisions import (
+from crucible.core.market.audit import audit
+from crucible.core.market.decisions import (
     Advanced,
     BookView,
     HostWentOffline,
@@ -37,14 +36,14 @@ from crucible.server.market.decisions import (
     ReservationDecision,
     ReservationGranted,
 )
-from crucible.server.market.leases import Lease, Reservation
-from crucible.server.market.offers import HostSpec, Offer
-from crucible.server.market.orders import LeaseRequest, ReserveRequest
-from crucible.server.market.placement import apply_lease, decide_lease, model_order
-from crucible.server.market.refusals import with_winning_bid
-from crucible.server.market.reservations import advance, apply_reservation, decide_reservation
-from crucible.server.market.rules import MarketRules
-from crucible.server.market.state import (
+from crucible.core.market.leases import Lease, Reservation
+from crucible.core.market.offers import HostSpec, Offer
+from crucible.core.market.orders import LeaseRequest, ReserveRequest
+from crucible.core.market.placement import apply_lease, decide_lease, model_order
+from crucible.core.market.refusals import with_winning_bid
+from crucible.core.market.reservations import advance, apply_reservation, decide_reservation
+from crucible.core.market.rules import MarketRules
+from crucible.core.market.state import (
     HostState,
     MarketState,
     PoolState,
@@ -53,7 +52,8 @@ from crucible.server.market.state import (
     reindex,
     set_underwater,
 )
-from crucible.server.market.terms import CPU, EndReason, Tier
+from crucible.core.market.terms import CPU, EndReason, Tier
+from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 
 __all__ = ["Market"]
 

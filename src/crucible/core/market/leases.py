@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from crucible.server.billing.metering import interval_cost
-from crucible.server.market.terms import EndReason, Tier
+from crucible.core.market.terms import EndReason, Tier
+from crucible.core.metering import interval_cost
 
 __all__ = ["Lease", "Reservation", "ReservedBlock"]
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from crucible.server.market.index import price_band
-from crucible.server.market.state import (
+from crucible.core.market.index import price_band
+from crucible.core.market.state import (
     BANDED_KINDS,
     FREE_KINDS,
     UNIT_KINDS,
     MarketState,
     pool_keys,
 )
-from crucible.server.market.terms import Tier
+from crucible.core.market.terms import Tier
 
 __all__ = ["audit"]
 

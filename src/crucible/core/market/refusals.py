@@ -7,12 +7,12 @@ the region or reliability asked, the price, the bid, or capacity).
 
 from __future__ import annotations
 
-from crucible.server.billing.ledger import format_usd
-from crucible.server.market.decisions import Refusal
-from crucible.server.market.orders import LeaseRequest, ReserveRequest
-from crucible.server.market.rules import under_carbon_cap
-from crucible.server.market.state import MarketState, PoolState
-from crucible.server.market.terms import RefusalCode, Tier
+from crucible.core.ledger import format_usd
+from crucible.core.market.decisions import Refusal
+from crucible.core.market.orders import LeaseRequest, ReserveRequest
+from crucible.core.market.rules import under_carbon_cap
+from crucible.core.market.state import MarketState, PoolState
+from crucible.core.market.terms import RefusalCode, Tier
 
 __all__ = [
     "min_winning_bid",

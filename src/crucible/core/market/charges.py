@@ -11,9 +11,9 @@ metering the same interval twice posts nothing new.
 
 from __future__ import annotations
 
-from crucible.server.billing.ledger import MeteredInterval
-from crucible.server.billing.metering import interval_cost, intervals_due
-from crucible.server.market.leases import Lease, Reservation
+from crucible.core.ledger import MeteredInterval
+from crucible.core.market.leases import Lease, Reservation
+from crucible.core.metering import interval_cost, intervals_due
 
 __all__ = ["lease_intervals", "reservation_intervals"]
 

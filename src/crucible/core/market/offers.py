@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crucible.core.market.rules import PPM
+from crucible.core.market.terms import CPU, Tier
 from crucible.errors import InvalidRequestError
-from crucible.server.market.rules import PPM
-from crucible.server.market.terms import CPU, Tier
 
 __all__ = ["HostSpec", "Offer"]
 

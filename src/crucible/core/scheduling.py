@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
-from crucible.server.scheduler.autoscaler import Load, Scale, ScalingPolicy, decide
+from crucible.core.autoscaler import Load, Scale, ScalingPolicy, decide
 
 __all__ = [
     "ContainerView",

@@ -11,7 +11,7 @@ exactly ``floor(total value)``, however the tokens were split.
 
 The charge moves money from the caller (``renter:<caller>``) to the model's owner
 (``renter:<owner>``), less the platform fee, rounded on the model's running total with the
-ledger's fee rule (:func:`~crucible.server.billing.ledger.fee_share`). Hosts are paid by
+ledger's fee rule (:func:`~crucible.core.ledger.fee_share`). Hosts are paid by
 the container-time metering of the deployment's containers, as for any function; that time
 is charged to the owner.
 """
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crucible.errors import InvalidRequestError
-from crucible.server.billing.ledger import (
+from crucible.core.ledger import (
     PLATFORM_FEES,
     Posting,
     fee_share,
     renter_account,
 )
+from crucible.errors import InvalidRequestError
 
 __all__ = [
     "UNITS_PER_MICRO",

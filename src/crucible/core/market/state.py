@@ -1,6 +1,6 @@
 """The market's in-memory state and the primitives that keep its indexes in step with it.
 
-Private to the market package: :class:`~crucible.server.market.book.Market` is the way in.
+Private to the market package: :class:`~crucible.core.market.book.Market` is the way in.
 Every change to a pool (its leases, pins, offer, its host's profile or status) ends with
 :func:`reindex`, which moves the pool between index lists and book price levels by comparing
 what the indexes hold for it (``PoolState.ix_*``) with what they should hold now.
@@ -12,8 +12,8 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from crucible.server.market.decisions import ClearingPrice
-from crucible.server.market.index import (
+from crucible.core.market.decisions import ClearingPrice
+from crucible.core.market.index import (
     BandedRankIndex,
     BidIndex,
     Levels,
@@ -21,10 +21,10 @@ from crucible.server.market.index import (
     RankKey,
     price_band,
 )
-from crucible.server.market.leases import Lease, Reservation
-from crucible.server.market.offers import HostSpec, Offer
-from crucible.server.market.rules import MarketRules, carbon_key, effective_price
-from crucible.server.market.terms import EndReason, Tier
+from crucible.core.market.leases import Lease, Reservation
+from crucible.core.market.offers import HostSpec, Offer
+from crucible.core.market.rules import MarketRules, carbon_key, effective_price
+from crucible.core.market.terms import EndReason, Tier
 
 # Rankings indexed by free units. "od"/"int"/"rel" serve cheapest (and fastest) requests:
 # on-demand by effective ask, interruptible at the hosts' minimum by effective minimum, and
