@@ -95,6 +95,20 @@ class Settings:
         "CRUCIBLE_SCHEDULER_INTERVAL_S",
         "Period of the scheduler loop (it also runs at once when new work arrives).",
     )
+    leader_lease_s: float = _opt(
+        5.0,
+        "CRUCIBLE_LEADER_LEASE_S",
+        "Replicas on one PostgreSQL elect one scheduler leader through a lease row: a leader "
+        "that has not renewed for this long is replaced (its epoch is fenced off, so it can "
+        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S "
+        "and above the replicas' clock skew.",
+    )
+    leader_renew_s: float = _opt(
+        1.0,
+        "CRUCIBLE_LEADER_RENEW_S",
+        "How often each replica renews (leader) or tries to take (follower) the scheduler "
+        "lease; a dead leader is replaced within about leader_lease_s + leader_renew_s.",
+    )
     host_timeout_s: float = _opt(
         15.0,
         "CRUCIBLE_HOST_TIMEOUT_S",

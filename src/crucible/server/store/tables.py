@@ -43,6 +43,7 @@ __all__ = [
     "functions",
     "host_offers",
     "hosts",
+    "leadership",
     "ledger_entries",
     "ledger_postings",
     "log_lines",
@@ -718,4 +719,16 @@ ssh_keys = Table(
     Column("public_key", Text, nullable=False),  # "TYPE BASE64" (the comment is the name)
     Column("created_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "fingerprint"),
+)
+
+# The scheduler's leader among replicas (server/leadership.py): one row per role. ``epoch``
+# grows by one at every change of holder; every write of the leader checks it (the fence),
+# so a deposed leader cannot commit. ``expires_ms``: the holder's lease, renewed while alive.
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("holder", String(64), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
 )

@@ -1,0 +1,30 @@
+"""scheduler leadership: leadership (a lease row with a fencing epoch)
+
+Revision ID: 0016
+Revises: 0015
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0016"
+down_revision = "0015"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "leadership",
+        sa.Column("name", sa.String(32), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.Column("holder", sa.String(64), nullable=False),
+        sa.Column("expires_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("leadership")
