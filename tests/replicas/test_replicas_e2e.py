@@ -1,0 +1,83 @@
+"""Several real `crucible server` processes on one PostgreSQL store, one real agent.
+
+Calls submitted to any replica run wherever the agent's workers are parked (the hand-off
+crosses replicas through the store and LISTEN/NOTIFY); the scheduler leader is elected; a
+SIGKILLed leader is replaced within a few seconds and queued calls still run, once each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import app_basic
+from conftest import _postgres_database
+from harness import Exchange, wait_for
+from replicas_testlib import Replica, call_attempts, leadership, start_replica
+
+pytestmark = pytest.mark.postgres
+
+# Short leases so a takeover fits a test; production defaults are 5 s / 1 s.
+LEASE = {"CRUCIBLE_LEADER_LEASE_S": "2", "CRUCIBLE_LEADER_RENEW_S": "0.5"}
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[Exchange, Replica]]:
+    """Replica 0 (the exchange's own server, started first, so the leader) and replica 1,
+    which the agent and the admin talk to."""
+    for url in _postgres_database():
+        ex = Exchange(tmp_path, url, **LEASE)
+        extra: Replica | None = None
+        try:
+            ex.start_server()
+            wait_for(lambda: leadership(url) is not None, 30, "a scheduler leader")
+            extra = start_replica(ex, 1)
+            ex.url = extra.url  # the agent and the admin client use replica 1
+            ex.start_agent("host-a")
+            yield ex, extra
+        finally:
+            ex.close()
+            if extra is not None:
+                extra.stop()
+
+
+def test_calls_cross_replicas_and_survive_the_leaders_death(
+    replicated: tuple[Exchange, Replica],
+) -> None:
+    ex, replica1 = replicated
+    first = leadership(ex.database_url)
+    assert first is not None
+    token = ex.owner_token("replicas")
+    via_leader = ex.client(token)
+    via_leader.transport = type(via_leader.transport)(
+        f"http://127.0.0.1:{ex.port}", token, user_agent="crucible-sdk"
+    )
+    via_follower = ex.client(token)
+    try:
+        # The agent syncs with replica 1; a call through either replica runs.
+        with app_basic.app.run(client=via_leader):
+            assert app_basic.square.remote(8) == 64
+            assert list(app_basic.square.map(range(20))) == [x * x for x in range(20)]
+        with app_basic.app.run(client=via_follower):
+            assert app_basic.square.remote(7) == 49
+            pending = [app_basic.nap.spawn(0.5) for _ in range(3)]
+            ex.stop_server(kill=True)  # SIGKILL the leader (replica 0)
+            killed_at = time.monotonic()
+
+            def new_leader() -> bool:
+                row = leadership(ex.database_url)
+                return row is not None and row["epoch"] > first["epoch"]
+
+            wait_for(new_leader, 20, "another replica to take the scheduler over")
+            took_s = time.monotonic() - killed_at
+            assert took_s < 15, f"takeover took {took_s:.1f} s"
+            assert all(p.get(timeout=60) for p in pending)
+            later = [app_basic.square.spawn(x) for x in range(5)]
+            assert [p.get(timeout=60) for p in later] == [x * x for x in range(5)]
+        attempts = call_attempts(ex.database_url)
+        assert attempts and all(n == 1 for n in attempts.values()), attempts
+    finally:
+        via_leader.close()
+        via_follower.close()
