@@ -14,6 +14,7 @@ import psycopg
 
 from crucible.protocol.transport import Transport
 from crucible.testing import free_port, wait_for
+
 from harness import Exchange
 
 

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from replicas_testlib import Replica, call_attempts, leadership, start_replica
+
+from conftest import _postgres_database
 
 import app_basic
-from conftest import _postgres_database
 from harness import Exchange, wait_for
-from replicas_testlib import Replica, call_attempts, leadership, start_replica
 
 pytestmark = pytest.mark.postgres
 
@@ -32,7 +33,7 @@ def replicated(tmp_path: Path) -> Iterator[tuple[Exchange, Replica]]:
         extra: Replica | None = None
         try:
             ex.start_server()
-            wait_for(lambda: leadership(url) is not None, 30, "a scheduler leader")
+            wait_for(lambda u=url: leadership(u) is not None, 30, "a scheduler leader")
             extra = start_replica(ex, 1)
             ex.url = extra.url  # the agent and the admin client use replica 1
             ex.start_agent("host-a")
@@ -46,7 +47,7 @@ def replicated(tmp_path: Path) -> Iterator[tuple[Exchange, Replica]]:
 def test_calls_cross_replicas_and_survive_the_leaders_death(
     replicated: tuple[Exchange, Replica],
 ) -> None:
-    ex, replica1 = replicated
+    ex, _ = replicated
     first = leadership(ex.database_url)
     assert first is not None
     token = ex.owner_token("replicas")
