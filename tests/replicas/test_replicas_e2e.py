@@ -14,6 +14,7 @@ import pytest
 from replicas_testlib import Replica, call_attempts, leadership, start_replica
 
 from conftest import _postgres_database
+from crucible.sdk._client import Client
 
 import app_basic
 from harness import Exchange, wait_for
@@ -51,10 +52,8 @@ def test_calls_cross_replicas_and_survive_the_leaders_death(
     first = leadership(ex.database_url)
     assert first is not None
     token = ex.owner_token("replicas")
-    via_leader = ex.client(token)
-    via_leader.transport = type(via_leader.transport)(
-        f"http://127.0.0.1:{ex.port}", token, user_agent="crucible-sdk"
-    )
+    # A client given both replicas' URLs talks to the first (the leader) until it dies.
+    via_leader = Client(f"http://127.0.0.1:{ex.port},{ex.url}", token)
     via_follower = ex.client(token)
     try:
         # The agent syncs with replica 1; a call through either replica runs.
@@ -77,6 +76,10 @@ def test_calls_cross_replicas_and_survive_the_leaders_death(
             assert all(p.get(timeout=60) for p in pending)
             later = [app_basic.square.spawn(x) for x in range(5)]
             assert [p.get(timeout=60) for p in later] == [x * x for x in range(5)]
+        # The two-URL client fails over to the surviving replica.
+        with app_basic.app.run(client=via_leader):
+            assert app_basic.square.remote(9) == 81
+        assert via_leader.transport.base_url == ex.url
         attempts = call_attempts(ex.database_url)
         assert attempts and all(n == 1 for n in attempts.values()), attempts
     finally:

@@ -165,8 +165,9 @@ def fingerprint(blob: str) -> str:
 
 
 def websocket_url(server_url: str, path: str) -> str:
-    """``ws://`` (or ``wss://`` for https) + the server's address + ``path``."""
-    base = server_url.rstrip("/")
+    """``ws://`` (or ``wss://`` for https) + the server's address + ``path``. Of a list of
+    replicas' URLs (comma-separated), the first."""
+    base = server_url.split(",")[0].strip().rstrip("/")
     if base.startswith("https://"):
         return "wss://" + base[len("https://") :] + path
     if base.startswith("http://"):
