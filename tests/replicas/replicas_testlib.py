@@ -6,11 +6,14 @@ are in production (docs/operators.md, "Running replicas")."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from crucible.protocol.transport import Transport
 from crucible.testing import free_port, wait_for
@@ -86,3 +89,60 @@ def call_attempts(database_url: str) -> dict[str, int]:
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url) as conn:
         return {r[0]: r[1] for r in conn.execute("SELECT id, attempts FROM calls")}
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    # Long polls hold a request up to a minute; access sessions are tunnels.
+    timeout client 120s
+    timeout server 120s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend api
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /healthz
+{servers}
+"""
+
+
+def start_haproxy(root: Path, ports: list[int]) -> tuple[subprocess.Popen[bytes], str]:
+    """haproxy on a free loopback port over the replicas at ``ports``; returns it and its
+    URL once it answers /healthz."""
+    exe = shutil.which("haproxy")
+    if exe is None:
+        pytest.skip("haproxy is not installed (scripts/setup dev installs it when root)")
+    port = free_port()
+    servers = "\n".join(
+        f"    server r{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 1"
+        for i, p in enumerate(ports)
+    )
+    cfg = root / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+    with open(root / "haproxy.log", "ab") as log:
+        proc = subprocess.Popen(
+            [exe, "-db", "-f", str(cfg)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+    url = f"http://127.0.0.1:{port}"
+    probe = Transport(url, None, retry_for_s=0)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"haproxy exited: {(root / 'haproxy.log').read_text()[-2000:]}")
+        try:
+            return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
+        except Exception:
+            return False
+
+    try:
+        wait_for(healthy, 30, "haproxy to answer /healthz")
+    finally:
+        probe.close()
+    return proc, url
