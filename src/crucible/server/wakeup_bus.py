@@ -105,29 +105,32 @@ class PgWakeupBus:
 
     async def _publish(self) -> None:
         conn: psycopg.AsyncConnection[object] | None = None
-        while not self._closing:
-            await self._flush.wait()
-            self._flush.clear()
-            with self._lock:
-                keys, self._pending = self._pending, set()
-            if not keys:
-                continue
-            try:
-                if conn is None or conn.closed:
-                    conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-                await conn.execute(
-                    "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                    (CHANNEL, pack(self.origin, keys)),
-                )
-            except (psycopg.Error, OSError):
-                log.warning("could not publish wake-ups; other replicas see them late")
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                conn = None
-                await asyncio.sleep(_RECONNECT_S)
-        if conn is not None:
-            await conn.close()
+        try:
+            while not self._closing:
+                await self._flush.wait()
+                self._flush.clear()
+                with self._lock:
+                    keys, self._pending = self._pending, set()
+                if not keys:
+                    continue
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                    await conn.execute(
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                        (CHANNEL, pack(self.origin, keys)),
+                    )
+                except (psycopg.Error, OSError):
+                    log.warning("could not publish wake-ups; other replicas see them late")
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                    await asyncio.sleep(_RECONNECT_S)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     async def _listen(self) -> None:
         while not self._closing:
