@@ -162,6 +162,10 @@ class SchedulerLoop:
             self._task = None
         if self.epoch is not None:
             self.state.market.leading = False
+            # What only the leader keeps current: a follower must not refuse submissions on
+            # a deposed leader's old word (its own ledger check applies instead).
+            self.state.credit_blocked = {}
+            self.state.waiting = {}
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:

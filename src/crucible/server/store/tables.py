@@ -131,6 +131,9 @@ hosts = Table(
     Column("carbon_now_g_per_kwh", Integer),
     Column("carbon_note", String(300)),
     Column("energy_readings_dropped", BigInteger, nullable=False, default=0),
+    # Registrations of this host so far: each agent process numbers its syncs from 1, and
+    # every replica tells a new process's syncs from the last one's by this.
+    Column("agent_session", BigInteger, nullable=False, default=0, server_default="0"),
     # What the host's agent measured it enforces (protocol IsolationReport; NULL: an older
     # agent, treated as runtime "process"): strangers' code runs only where it is full.
     Column("isolation", JSON),

@@ -1,4 +1,4 @@
-"""scheduler leadership: leadership (a lease row with a fencing epoch)
+"""replicas: leadership (the scheduler's lease row with a fencing epoch); hosts.agent_session
 
 Revision ID: 0016
 Revises: 0015
@@ -24,7 +24,12 @@ def upgrade() -> None:
         sa.Column("expires_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.add_column(
+        "hosts",
+        sa.Column("agent_session", sa.BigInteger(), nullable=False, server_default="0"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("hosts", "agent_session")
     op.drop_table("leadership")

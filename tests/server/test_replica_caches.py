@@ -1,0 +1,38 @@
+"""Per-process caches that must stay right when an agent's requests land on several replicas
+(two in-process servers on one store: SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from crucible.protocol.accounts import Scope
+from crucible.server.store.tables import containers
+
+from server_testlib import MakeServer
+
+
+def test_an_agent_restarted_through_another_replica_is_not_taken_for_a_stale_one(
+    make_server: MakeServer,
+) -> None:
+    """Replica B saw the old agent process's syncs up to seq 50. The agent restarts and
+    registers through replica A; its first sync (seq 1) reaches B, which must apply it: the
+    container the new process does not run is gone. (B used to keep the old process's seq
+    and ignore the new one's reports until they passed 50.)"""
+    a, b = make_server(), make_server()
+    host_token = a.tenant("hoster", Scope.HOST).token
+    renter = a.tenant("renter").token
+    host_id = a.register_host(host_token, "box")
+    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
+    cid, _ = a.place_container(fn, host_id)
+    running = {"containers": [{"container_id": cid, "state": "running"}], "seq": 50}
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=running)
+    with b.state.engine.connect() as conn:
+        assert conn.execute(select(containers.c.state).where(containers.c.id == cid)).scalar() in (
+            "starting",
+            "running",
+        )
+    assert a.register_host(host_token, "box") == host_id  # the agent restarted, via A
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 1})
+    with b.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.id == cid)).one()
+    assert (ct.state, ct.exit_reason) == ("stopped", "lost")
