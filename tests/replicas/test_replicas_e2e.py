@@ -60,6 +60,10 @@ def test_calls_cross_replicas_and_survive_the_leaders_death(
         with app_basic.app.run(client=via_leader):
             assert app_basic.square.remote(8) == 64
             assert list(app_basic.square.map(range(20))) == [x * x for x in range(20)]
+            # A generator read through replica 0 while its worker sends through replica 1:
+            # the caller's progress reaches the worker's replica (else back-pressure would
+            # hold each batch past the window for its full 10 s, beyond the call's timeout).
+            assert list(app_basic.count_up.remote_gen(3000)) == list(range(3000))
         with app_basic.app.run(client=via_follower):
             assert app_basic.square.remote(7) == 49
             pending = [app_basic.nap.spawn(0.5) for _ in range(3)]

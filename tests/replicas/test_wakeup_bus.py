@@ -53,6 +53,14 @@ def test_a_notify_on_one_replica_wakes_a_waiter_on_another(pg_url: str) -> None:
             a.kick_scheduler()
             await asyncio.wait_for(b.scheduler.wait(), timeout=10)
             assert bus_a.received == 0
+            # A value for a handler (a generator caller's read count) crosses too.
+            got: list[str] = []
+            b.on_remote("consumed=", got.append)
+            with b.listen("marker") as marker:
+                a.share("consumed=", "ca-1:300")
+                a.notify("marker")
+                await asyncio.wait_for(marker.wait(), timeout=10)
+            assert got == ["ca-1:300"]
         finally:
             await bus_a.stop()
             await bus_b.stop()

@@ -214,6 +214,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.crucible = state
+    items.share_consumption(state)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(who: Caller) -> JSONResponse:

@@ -35,6 +35,8 @@ class Wakeups:
         # Sends keys to the other replicas (after the commit that made them true); None in
         # one process. Called on the event loop; it must not block.
         self.publish: Callable[[Collection[str]], None] | None = None
+        # Keys that carry a value from another replica ("prefix" + value) -> who applies it.
+        self._handlers: dict[str, Callable[[str], None]] = {}
 
     def notify(self, key: str) -> None:
         for event in self._waiters.get(key, ()):
@@ -48,12 +50,29 @@ class Wakeups:
         if self.publish is not None and unique:
             self.publish(unique)
 
+    def on_remote(self, prefix: str, handler: Callable[[str], None]) -> None:
+        """Another replica's keys that start with ``prefix`` (sent with :meth:`share`) are
+        handed to ``handler`` without the prefix, instead of waking anyone."""
+        self._handlers[prefix] = handler
+
+    def share(self, prefix: str, value: str) -> None:
+        """Tell the other replicas ``value`` (a small string) for their ``prefix`` handler;
+        nothing in one process."""
+        if self.publish is not None:
+            self.publish((prefix + value,))
+
     def notify_local(self, keys: Iterable[str]) -> None:
         """Wake this process's waiters on ``keys`` (another replica's wake-ups land here)."""
         for key in keys:
             if key == SCHEDULER_KEY:
                 self.scheduler.set()
                 continue
+            if self._handlers and "=" in key:
+                prefix = key[: key.index("=") + 1]
+                handler = self._handlers.get(prefix)
+                if handler is not None:
+                    handler(key[len(prefix) :])
+                    continue
             for event in self._waiters.get(key, ()):
                 event.set()
 
