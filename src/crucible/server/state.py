@@ -1,4 +1,22 @@
-"""What every request handler and background loop of one server process shares."""
+"""What every request handler and background loop of one server process shares.
+
+With replicas (several processes on one PostgreSQL store) every field here is one process's;
+the store is the truth. Each cache below says who owns it and how stale it may be on the
+other replicas (docs/operators.md, "Running replicas"):
+
+- request side, any replica, correct: ``container_accounts``, ``container_facts`` and
+  ``claim_groups`` (facts that never change; a miss reads the store), ``host_seq`` (keyed
+  by the agent process's registration), ``touched_ms`` (a write-rate limit);
+- request side, bounded-stale by a TTL: ``token_cache`` (5 s), ``credit_checked`` (2 s),
+  ``web_endpoints`` (1 s);
+- shared over the wake-up bus: ``items_consumed`` (a generator caller's progress);
+- the scheduler leader's, empty or partial elsewhere: ``credit_blocked``, ``waiting``,
+  ``exec_stats``, ``start_stats``, ``arrivals`` (followers' submissions reach the leader as
+  queued calls in the store), and the market's decisions (``market``: a follower's copy is
+  re-read from the store when stale, for quotes and the book);
+- this process only, by nature: ``wakeups``, ``dispatcher`` (hand-off to workers parked
+  here), ``access`` (sessions whose client is connected here), ``metrics``, ``log_counts``.
+"""
 
 from __future__ import annotations
 
