@@ -109,6 +109,15 @@ class Settings:
         "How often each replica renews (leader) or tries to take (follower) the scheduler "
         "lease; a dead leader is replaced within about leader_lease_s + leader_renew_s.",
     )
+    advertise_url: str = _opt(
+        "",
+        "CRUCIBLE_ADVERTISE_URL",
+        "This replica's own URL as agents reach it directly (not the balancer's), e.g. "
+        "http://10.0.0.10:8745. Set on every replica: an exec, SSH or port session is then "
+        "handed to the host's agent through the store, whichever replica its syncs reach, "
+        "and the agent dials this URL back. Empty: sessions are handed over in memory (one "
+        "replica, or the agents' syncs routed to the replica of the session).",
+    )
     host_timeout_s: float = _opt(
         15.0,
         "CRUCIBLE_HOST_TIMEOUT_S",

@@ -50,6 +50,8 @@ def start_replica(ex: Exchange, index: int) -> Replica:
     env = ex.process_env(ex.home)
     env["CRUCIBLE_DATABASE_URL"] = ex.database_url
     env["CRUCIBLE_PORT"] = str(port)
+    # Its own URL, which agents dial back for access sessions opened here.
+    env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
     with open(ex.root / f"replica-{index}.log", "ab") as log:
         proc = subprocess.Popen(
             ex.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL

@@ -6,6 +6,7 @@ SIGKILLed leader is replaced within a few seconds and queued calls still run, on
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 from replicas_testlib import Replica, call_attempts, leadership, start_replica
 
+from access_testlib import running_container
 from conftest import _postgres_database
+from crucible.sdk import _tunnels
 from crucible.sdk._client import Client
 
 import app_basic
@@ -31,6 +34,7 @@ def replicated(tmp_path: Path) -> Iterator[tuple[Exchange, Replica]]:
     which the agent and the admin talk to."""
     for url in _postgres_database():
         ex = Exchange(tmp_path, url, **LEASE)
+        ex.env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{ex.port}"
         extra: Replica | None = None
         try:
             ex.start_server()
@@ -89,3 +93,23 @@ def test_calls_cross_replicas_and_survive_the_leaders_death(
     finally:
         via_leader.close()
         via_follower.close()
+
+
+def test_an_exec_session_whose_client_and_agent_are_on_different_replicas(
+    replicated: tuple[Exchange, Replica],
+) -> None:
+    """The client's WebSocket lands on replica 0, the agent syncs with replica 1: the
+    request reaches the agent through the store, and the agent dials replica 0 back."""
+    ex, replica1 = replicated
+    token = ex.owner_token("access")
+    client = ex.client(token)
+    try:
+        with running_container(client) as cid:
+            for url in (f"http://127.0.0.1:{ex.port}", replica1.url):
+                out, err = io.BytesIO(), io.BytesIO()
+                code = _tunnels.exec_command(
+                    url, token, cid, ["sh", "-c", "echo hi; exit 3"], stdout=out, stderr=err
+                )
+                assert (code, out.getvalue()) == (3, b"hi\n"), err.getvalue()
+    finally:
+        client.close()

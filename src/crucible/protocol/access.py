@@ -101,6 +101,9 @@ class AccessRequest(Wire):
     open: AccessOpen
     # ssh: the account's public keys, one OpenSSH line each (public keys, not secrets).
     ssh_keys: list[str] = Field(default_factory=list, max_length=256)
+    # Where to dial back: the URL of the replica that holds the client's side (its
+    # CRUCIBLE_ADVERTISE_URL). None: the agent's own server URL.
+    dial_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
 
 
 class SshKeyCreate(Wire):

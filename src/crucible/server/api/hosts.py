@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
 from crucible.server.api.deps import Caller, HostAgent, State
+from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.wakeups import long_poll
 
@@ -70,6 +71,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         start = [a for a in start if a.container_id not in known]
         to_stop = sorted(set(stop) | {c for c in stopping if c in known})
         access = state.access.take_requests(host_id)
+        if s.advertise_url:  # replicas: sessions opened on any of them (access_handoff)
+            with state.engine.begin() as conn:
+                access += handoff.take_requests(conn, host_id)
         if start or to_stop or access:
             return HostSyncReply(
                 start=start,

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "access_requests",
     "accounts",
     "apps",
     "audit_log",
@@ -734,4 +735,17 @@ leadership = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("holder", String(64), nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
+)
+
+# Access sessions (exec, SSH, ports) waiting to be handed to their host's agent, when replicas
+# advertise their own URLs (CRUCIBLE_ADVERTISE_URL): the replica holding the client writes
+# the request; whichever replica the agent's sync reaches takes it (deleting it) and hands it
+# over; the agent dials ``dial_url`` back. Rows live seconds.
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("host_id", String(32), nullable=False, index=True),
+    Column("request", Text, nullable=False),  # AccessRequest as JSON
+    Column("created_ms", BigInteger, nullable=False),
 )

@@ -1,4 +1,5 @@
-"""replicas: leadership (the scheduler's lease row with a fencing epoch); hosts.agent_session
+"""replicas: leadership (the scheduler's lease row with a fencing epoch); hosts.agent_session;
+access_requests (access sessions handed to agents across replicas)
 
 Revision ID: 0016
 Revises: 0015
@@ -24,6 +25,15 @@ def upgrade() -> None:
         sa.Column("expires_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_table(
+        "access_requests",
+        sa.Column("session_id", sa.String(64), nullable=False),
+        sa.Column("host_id", sa.String(32), nullable=False),
+        sa.Column("request", sa.Text(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("session_id"),
+    )
+    op.create_index("ix_access_requests_host_id", "access_requests", ["host_id"])
     op.add_column(
         "hosts",
         sa.Column("agent_session", sa.BigInteger(), nullable=False, server_default="0"),
@@ -32,4 +42,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("hosts", "agent_session")
+    op.drop_index("ix_access_requests_host_id", table_name="access_requests")
+    op.drop_table("access_requests")
     op.drop_table("leadership")
