@@ -115,8 +115,10 @@ class Settings:
         "This replica's own URL as agents reach it directly (not the balancer's), e.g. "
         "http://10.0.0.10:8745. Set on every replica: an exec, SSH or port session is then "
         "handed to the host's agent through the store, whichever replica its syncs reach, "
-        "and the agent dials this URL back. Empty: sessions are handed over in memory (one "
-        "replica, or the agents' syncs routed to the replica of the session).",
+        "and the agent dials this URL back; replicas that do not lead forward reservations "
+        "to the leader's. Empty: sessions are handed over in memory (one replica, or the "
+        "agents' syncs routed to the replica of the session) and each replica decides "
+        "reservations on its own copy of the market.",
     )
     host_timeout_s: float = _opt(
         15.0,

@@ -12,8 +12,6 @@ from subprocess import Popen
 import pytest
 from replicas_testlib import Replica, call_attempts, leadership, start_haproxy, start_replica
 
-from conftest import _postgres_database
-
 import app_basic
 from harness import Exchange, wait_for
 
@@ -23,25 +21,25 @@ LEASE = {"CRUCIBLE_LEADER_LEASE_S": "2", "CRUCIBLE_LEADER_RENEW_S": "0.5"}
 
 
 @pytest.fixture
-def balanced(tmp_path: Path) -> Iterator[tuple[Exchange, list[Replica]]]:
-    for url in _postgres_database():
-        ex = Exchange(tmp_path, url, **LEASE)
-        extra: list[Replica] = []
-        balancer: Popen[bytes] | None = None
-        try:
-            ex.start_server()
-            wait_for(lambda u=url: leadership(u) is not None, 30, "a scheduler leader")
-            extra = [start_replica(ex, 1), start_replica(ex, 2)]
-            balancer, ex.url = start_haproxy(tmp_path, [ex.port, *(r.port for r in extra)])
-            ex.start_agent("host-a")
-            yield ex, extra
-        finally:
-            ex.close()
-            for r in extra:
-                r.stop()
-            if balancer is not None:
-                balancer.send_signal(signal.SIGTERM)
-                balancer.wait(10)
+def balanced(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Exchange, list[Replica]]]:
+    url = postgres_url
+    ex = Exchange(tmp_path, url, **LEASE)
+    extra: list[Replica] = []
+    balancer: Popen[bytes] | None = None
+    try:
+        ex.start_server()
+        wait_for(lambda: leadership(url) is not None, 30, "a scheduler leader")
+        extra = [start_replica(ex, 1), start_replica(ex, 2)]
+        balancer, ex.url = start_haproxy(tmp_path, [ex.port, *(r.port for r in extra)])
+        ex.start_agent("host-a")
+        yield ex, extra
+    finally:
+        ex.close()
+        for r in extra:
+            r.stop()
+        if balancer is not None:
+            balancer.send_signal(signal.SIGTERM)
+            balancer.wait(10)
 
 
 def test_calls_through_the_balancer_and_a_leader_killed(

@@ -15,7 +15,8 @@ import pytest
 from replicas_testlib import Replica, call_attempts, leadership, start_replica
 
 from access_testlib import running_container
-from conftest import _postgres_database
+from crucible.errors import MarketRefusedError
+from crucible.protocol.transport import Transport
 from crucible.sdk import _tunnels
 from crucible.sdk._client import Client
 
@@ -29,24 +30,24 @@ LEASE = {"CRUCIBLE_LEADER_LEASE_S": "2", "CRUCIBLE_LEADER_RENEW_S": "0.5"}
 
 
 @pytest.fixture
-def replicated(tmp_path: Path) -> Iterator[tuple[Exchange, Replica]]:
+def replicated(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Exchange, Replica]]:
     """Replica 0 (the exchange's own server, started first, so the leader) and replica 1,
     which the agent and the admin talk to."""
-    for url in _postgres_database():
-        ex = Exchange(tmp_path, url, **LEASE)
-        ex.env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{ex.port}"
-        extra: Replica | None = None
-        try:
-            ex.start_server()
-            wait_for(lambda u=url: leadership(u) is not None, 30, "a scheduler leader")
-            extra = start_replica(ex, 1)
-            ex.url = extra.url  # the agent and the admin client use replica 1
-            ex.start_agent("host-a")
-            yield ex, extra
-        finally:
-            ex.close()
-            if extra is not None:
-                extra.stop()
+    url = postgres_url
+    ex = Exchange(tmp_path, url, **LEASE)
+    ex.env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{ex.port}"
+    extra: Replica | None = None
+    try:
+        ex.start_server()
+        wait_for(lambda: leadership(url) is not None, 30, "a scheduler leader")
+        extra = start_replica(ex, 1)
+        ex.url = extra.url  # the agent and the admin client use replica 1
+        ex.start_agent("host-a")
+        yield ex, extra
+    finally:
+        ex.close()
+        if extra is not None:
+            extra.stop()
 
 
 def test_calls_cross_replicas_and_survive_the_leaders_death(
@@ -113,3 +114,29 @@ def test_an_exec_session_whose_client_and_agent_are_on_different_replicas(
                 assert (code, out.getvalue()) == (3, b"hi\n"), err.getvalue()
     finally:
         client.close()
+
+
+def test_reservations_through_any_replica_are_decided_by_the_leader(
+    replicated: tuple[Exchange, Replica],
+) -> None:
+    """Two reservations of the same two GPUs for the same hour, one through each replica:
+    the follower forwards its one to the leader's market, which refuses the overlap (each
+    replica deciding on its own copy of the market granted both)."""
+    ex, replica1 = replicated
+    ex.start_agent("gpu-a", fake_gpus="2xH100")
+    token = ex.owner_token("reserver")
+    start = int(time.time() * 1000) + 600_000
+    body = {"gpu": "2xH100", "start_ms": start, "hours": 1}
+    leader = Transport(f"http://127.0.0.1:{ex.port}", token)
+    follower = Transport(replica1.url, token)
+    try:
+        first = follower.post("/v1/reservations", body)
+        assert first["count"] == 2
+        with pytest.raises(MarketRefusedError):
+            leader.post("/v1/reservations", body)
+        with pytest.raises(MarketRefusedError):
+            follower.post("/v1/reservations", body)
+        assert [r["id"] for r in leader.get("/v1/reservations")] == [first["id"]]
+    finally:
+        leader.close()
+        follower.close()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
-from conftest import _postgres_database
 from crucible.server.store.db import create_store_engine
 from crucible.server.wakeup_bus import MAX_PAYLOAD_BYTES, PgWakeupBus, pack
 from crucible.server.wakeups import Wakeups
@@ -24,14 +22,9 @@ def test_batches_are_split_under_the_payload_limit() -> None:
     assert pack("r-1", []) == []
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from _postgres_database()
-
-
 @pytest.mark.postgres
-def test_a_notify_on_one_replica_wakes_a_waiter_on_another(pg_url: str) -> None:
-    engine = create_store_engine(pg_url)
+def test_a_notify_on_one_replica_wakes_a_waiter_on_another(postgres_url: str) -> None:
+    engine = create_store_engine(postgres_url)
 
     async def scenario() -> None:
         a, b = Wakeups(), Wakeups()

@@ -183,6 +183,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
             lease_s=s.leader_lease_s,
             renew_s=s.leader_renew_s,
             holder=None if postgres else "embedded",
+            url=s.advertise_url,
         )
         app.state.elector = elector
         bus = PgWakeupBus(state.engine, state.wakeups, elector.holder) if postgres else None
@@ -190,6 +191,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         if bus is not None:
             await bus.start()
         if run_scheduler:
+            # Not the market of record until elected (SchedulerLoop.start says so).
+            state.market.leading = False
             elector.start()
         try:
             yield

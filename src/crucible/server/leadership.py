@@ -30,7 +30,15 @@ from sqlalchemy.exc import IntegrityError
 
 from crucible.server.store.tables import leadership
 
-__all__ = ["SCHEDULER", "Deposed", "Elector", "claim", "fence", "new_replica_id"]
+__all__ = [
+    "SCHEDULER",
+    "Deposed",
+    "Elector",
+    "claim",
+    "fence",
+    "leader_url",
+    "new_replica_id",
+]
 
 log = logging.getLogger("crucible.leadership")
 
@@ -51,7 +59,13 @@ def new_replica_id() -> str:
 
 
 def claim(
-    conn: Connection, holder: str, now_ms: int, lease_ms: int, role: str = SCHEDULER
+    conn: Connection,
+    holder: str,
+    now_ms: int,
+    lease_ms: int,
+    role: str = SCHEDULER,
+    *,
+    url: str = "",
 ) -> int | None:
     """Renew ``holder``'s lease on ``role``, or take it when the current one lapsed (or none
     exists); returns the epoch ``holder`` now leads with, or None when another replica holds
@@ -66,13 +80,19 @@ def claim(
         try:
             with conn.begin_nested():
                 conn.execute(
-                    insert(leadership).values(name=role, epoch=1, holder=holder, expires_ms=expires)
+                    insert(leadership).values(
+                        name=role, epoch=1, holder=holder, expires_ms=expires, url=url
+                    )
                 )
         except IntegrityError:
             return None  # another replica made the row first; it leads
         return 1
     if row.holder == holder:
-        conn.execute(update(leadership).where(leadership.c.name == role).values(expires_ms=expires))
+        conn.execute(
+            update(leadership)
+            .where(leadership.c.name == role)
+            .values(expires_ms=expires, url=url)
+        )
         return int(row.epoch)
     if row.expires_ms >= now_ms:
         return None
@@ -80,7 +100,7 @@ def claim(
     conn.execute(
         update(leadership)
         .where(leadership.c.name == role, leadership.c.epoch == row.epoch)
-        .values(epoch=epoch, holder=holder, expires_ms=expires)
+        .values(epoch=epoch, holder=holder, expires_ms=expires, url=url)
     )
     return epoch
 
@@ -94,6 +114,17 @@ def fence(conn: Connection, epoch: int, role: str = SCHEDULER) -> None:
     ).scalar_one_or_none()
     if current != epoch:
         raise Deposed(f"epoch {epoch} no longer leads {role} (the store says {current})")
+
+
+def leader_url(conn: Connection, now_ms: int, role: str = SCHEDULER) -> str | None:
+    """The advertised URL of the replica whose lease on ``role`` is live; None when there
+    is none, or it advertises no URL."""
+    row = conn.execute(
+        select(leadership.c.url, leadership.c.expires_ms).where(leadership.c.name == role)
+    ).first()
+    if row is None or row.expires_ms < now_ms or not row.url:
+        return None
+    return str(row.url)
 
 
 class Leader(Protocol):
@@ -122,8 +153,10 @@ class Elector:
         lease_s: float,
         renew_s: float,
         holder: str | None = None,
+        url: str = "",
     ) -> None:
         self.engine = engine
+        self.url = url.rstrip("/")
         self.leader = leader
         self.now_ms = now_ms
         self.lease_ms = max(1, round(lease_s * 1000))
@@ -151,7 +184,7 @@ class Elector:
 
     def _claim(self) -> int | None:
         with self.engine.begin() as conn:
-            return claim(conn, self.holder, self.now_ms(), self.lease_ms)
+            return claim(conn, self.holder, self.now_ms(), self.lease_ms, url=self.url)
 
     def _release(self, epoch: int) -> None:
         with self.engine.begin() as conn:

@@ -735,6 +735,9 @@ leadership = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("holder", String(64), nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
+    # The holder's CRUCIBLE_ADVERTISE_URL ('' when none): where other replicas forward what
+    # only the leader may decide (reservations).
+    Column("url", Text, nullable=False, default="", server_default=""),
 )
 
 # Access sessions (exec, SSH, ports) waiting to be handed to their host's agent, when replicas

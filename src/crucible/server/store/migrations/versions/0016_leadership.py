@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("holder", sa.String(64), nullable=False),
         sa.Column("expires_ms", sa.BigInteger(), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False, server_default=""),
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
