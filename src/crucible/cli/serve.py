@@ -156,6 +156,11 @@ def register(app: typer.Typer) -> None:
         """Run a host agent: register this machine and run the containers it is given."""
         from crucible.agent.main import Agent
 
+        if "," in server:
+            raise Error(
+                f"--server {server!r}: the agent takes one server URL; with several "
+                "replicas, give it the load balancer's (docs/operators.md, Running replicas)"
+            )
         if token_file is not None:
             token = token_file.read_text().strip()
         if not token:
