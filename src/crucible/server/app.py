@@ -175,13 +175,14 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         s = state.settings
         postgres = state.engine.dialect.name == "postgresql"
         # The embedded (SQLite) server is the only process on its store: it always leads,
-        # under a fixed name, so a restart takes the lease back at once.
+        # under a fixed name, so a restart takes the lease back at once, and it renews
+        # rarely (nothing can take the lease; an idle store is not written every second).
         elector = Elector(
             state.engine,
             scheduler,
             state.clock.now_ms,
             lease_s=s.leader_lease_s,
-            renew_s=s.leader_renew_s,
+            renew_s=s.leader_renew_s if postgres else 60.0,
             holder=None if postgres else "embedded",
             url=s.advertise_url,
         )
