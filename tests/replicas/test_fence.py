@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from crucible.server.leadership import Deposed, claim, fence
+from crucible.server.leadership import Deposed, claim, fence, others_alive
 from crucible.server.store.db import create_store_engine, migrate
 from crucible.server.store.tables import accounts, leadership
 
@@ -91,3 +91,15 @@ def test_a_takeover_waits_for_the_old_leaders_open_transaction(database_url: str
         assert _account_names(eng) == {"in-flight"}
     finally:
         eng.dispose()
+
+
+def test_each_replica_counts_the_others_alive(engine: Engine) -> None:
+    """The wake-up bus publishes only when another replica is alive."""
+    with engine.begin() as conn:
+        assert others_alive(conn, "a", "http://a", 1_000, LEASE_MS) == 0
+    with engine.begin() as conn:
+        assert others_alive(conn, "b", "", 2_000, LEASE_MS) == 1
+    with engine.begin() as conn:
+        assert others_alive(conn, "a", "http://a", 3_000, LEASE_MS) == 1
+    with engine.begin() as conn:  # b stopped renewing: after the lease it no longer counts
+        assert others_alive(conn, "a", "http://a", 2_000 + LEASE_MS + 1, LEASE_MS) == 0

@@ -190,6 +190,13 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         bus = PgWakeupBus(state.engine, state.wakeups, elector.holder) if postgres else None
         app.state.wakeup_bus = bus
         if bus is not None:
+
+            def others_changed(n: int) -> None:
+                bus.others = n > 0
+                log.info("%d other replica(s) on this store", n)
+
+            elector.on_others = others_changed
+        if bus is not None:
             await bus.start()
         if run_scheduler:
             # Not the market of record until elected (SchedulerLoop.start says so).

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from crucible.server.store.tables import leadership
+from crucible.server.store.tables import leadership, replicas
 
 __all__ = [
     "SCHEDULER",
@@ -38,7 +38,11 @@ __all__ = [
     "fence",
     "leader_url",
     "new_replica_id",
+    "others_alive",
 ]
+
+# A replica's row not renewed for this long is forgotten (it is long dead).
+_FORGET_MS = 3_600_000
 
 log = logging.getLogger("crucible.leadership")
 
@@ -127,6 +131,24 @@ def leader_url(conn: Connection, now_ms: int, role: str = SCHEDULER) -> str | No
     return str(row.url)
 
 
+def others_alive(conn: Connection, me: str, url: str, now_ms: int, lease_ms: int) -> int:
+    """Renew this replica's row; returns how many other replicas renewed theirs within
+    ``lease_ms``. Long-dead rows are deleted on the way."""
+    found = conn.execute(
+        update(replicas).where(replicas.c.id == me).values(url=url, seen_ms=now_ms)
+    ).rowcount
+    if not found:
+        conn.execute(insert(replicas).values(id=me, url=url, seen_ms=now_ms))
+    conn.execute(delete(replicas).where(replicas.c.seen_ms < now_ms - _FORGET_MS))
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(replicas)
+            .where(replicas.c.id != me, replicas.c.seen_ms >= now_ms - lease_ms)
+        ).scalar_one()
+    )
+
+
 class Leader(Protocol):
     """What the elector starts on election and stops when deposed (the scheduler loop)."""
 
@@ -163,6 +185,10 @@ class Elector:
         self.renew_s = renew_s
         self.holder = holder or new_replica_id()
         self.epoch: int | None = None
+        # Other replicas alive as of the last claim (None: not known yet), and who wants to
+        # hear of changes (the wake-up bus publishes only when there are some).
+        self.others: int | None = None
+        self.on_others: Callable[[int], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -175,19 +201,24 @@ class Elector:
             await self._task
         if self.leader.running:
             await self.leader.stop()
-        if self.epoch is not None:
-            # Hand the lease over now rather than after it lapses: a graceful stop (a rolling
-            # restart) costs the fleet no scheduling pause.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._release, self.epoch)
-            self.epoch = None
+        # Hand the lease over now rather than after it lapses: a graceful stop (a rolling
+        # restart) costs the fleet no scheduling pause. The replica's row goes too.
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._release, self.epoch)
+        self.epoch = None
 
-    def _claim(self) -> int | None:
+    def _claim(self) -> tuple[int | None, int]:
+        now = self.now_ms()
         with self.engine.begin() as conn:
-            return claim(conn, self.holder, self.now_ms(), self.lease_ms, url=self.url)
+            others = others_alive(conn, self.holder, self.url, now, self.lease_ms)
+        with self.engine.begin() as conn:
+            return claim(conn, self.holder, now, self.lease_ms, url=self.url), others
 
-    def _release(self, epoch: int) -> None:
+    def _release(self, epoch: int | None) -> None:
         with self.engine.begin() as conn:
+            conn.execute(delete(replicas).where(replicas.c.id == self.holder))
+            if epoch is None:
+                return
             conn.execute(
                 update(leadership)
                 .where(
@@ -201,10 +232,14 @@ class Elector:
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                epoch = await asyncio.to_thread(self._claim)
+                epoch, others = await asyncio.to_thread(self._claim)
             except Exception:
                 log.warning("could not claim the scheduler lease; trying again", exc_info=True)
             else:
+                if others != self.others:
+                    self.others = others
+                    if self.on_others is not None:
+                        self.on_others(others)
                 await self._apply(epoch)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.renew_s)

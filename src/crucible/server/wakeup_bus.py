@@ -69,6 +69,9 @@ class PgWakeupBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.received = 0  # notifications from other replicas (for tests and metrics)
+        # Whether another replica is alive (the elector says, server/leadership.py): alone,
+        # a replica publishes nothing, and one server on PostgreSQL pays nothing for this.
+        self.others = True
         self._listening = asyncio.Event()
 
     async def start(self) -> None:
@@ -94,6 +97,8 @@ class PgWakeupBus:
 
     def publish(self, keys: Collection[str]) -> None:
         """Queue ``keys`` for the other replicas (any thread; never blocks)."""
+        if not self.others:
+            return
         with self._lock:
             first = not self._pending
             self._pending.update(keys)

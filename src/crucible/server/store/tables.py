@@ -56,6 +56,7 @@ __all__ = [
     "pods",
     "queue_items",
     "queues",
+    "replicas",
     "reservations",
     "schedules",
     "secrets",
@@ -751,4 +752,14 @@ access_requests = Table(
     Column("host_id", String(32), nullable=False, index=True),
     Column("request", Text, nullable=False),  # AccessRequest as JSON
     Column("created_ms", BigInteger, nullable=False),
+)
+
+# The server processes on this store, each renewing its row with its lease claims
+# (server/leadership.py): a replica that sees no other alive skips publishing wake-ups.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),  # its CRUCIBLE_ADVERTISE_URL ('' when none)
+    Column("seen_ms", BigInteger, nullable=False),
 )

@@ -1,5 +1,5 @@
 """replicas: leadership (the scheduler's lease row with a fencing epoch); hosts.agent_session;
-access_requests (access sessions handed to agents across replicas)
+access_requests (access sessions handed to agents across replicas); replicas (who is alive)
 
 Revision ID: 0016
 Revises: 0015
@@ -27,6 +27,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
+        "replicas",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("seen_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
         "access_requests",
         sa.Column("session_id", sa.String(64), nullable=False),
         sa.Column("host_id", sa.String(32), nullable=False),
@@ -45,4 +52,5 @@ def downgrade() -> None:
     op.drop_column("hosts", "agent_session")
     op.drop_index("ix_access_requests_host_id", table_name="access_requests")
     op.drop_table("access_requests")
+    op.drop_table("replicas")
     op.drop_table("leadership")
