@@ -100,8 +100,9 @@ class Settings:
         "CRUCIBLE_LEADER_LEASE_S",
         "Replicas on one PostgreSQL elect one scheduler leader through a lease row: a leader "
         "that has not renewed for this long is replaced (its epoch is fenced off, so it can "
-        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S "
-        "and above the replicas' clock skew.",
+        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S, "
+        "above the replicas' clock skew and above the longest scheduler tick (a tick holds "
+        "the lease row, so the leader renews after it).",
     )
     leader_renew_s: float = _opt(
         1.0,
