@@ -36,3 +36,18 @@ def test_an_agent_restarted_through_another_replica_is_not_taken_for_a_stale_one
     with b.state.engine.connect() as conn:
         ct = conn.execute(select(containers).where(containers.c.id == cid)).one()
     assert (ct.state, ct.exit_reason) == ("stopped", "lost")
+
+
+def test_the_autoscalers_observations_reach_the_other_replicas(make_server: MakeServer) -> None:
+    """Arrivals and execution times observed on one replica are the leader's inputs too (a
+    loopback stands in for the PostgreSQL bus, tested in tests/replicas/)."""
+    a, b = make_server(), make_server()
+    a.state.wakeups.publish = b.state.wakeups.notify_local
+    now = a.state.clock.now_ms()
+    a.state.observe_arrivals("fn-1", 5, now)
+    a.state.observe_exec("fn-1", [10.0, 30.0])
+    assert "fn-1" in b.state.arrivals
+    assert b.state.exec_stats["fn-1"] == 20.0
+    # Nothing is shared in one process: no publisher, nothing formatted.
+    b.state.observe_arrivals("fn-2", 1, now)
+    assert "fn-2" not in a.state.arrivals

@@ -226,6 +226,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     )
     app.state.crucible = state
     items.share_consumption(state)
+    state.share_observations()
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(who: Caller) -> JSONResponse:
