@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from crucible.protocol.accounts import Scope
+from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers
 
 from server_testlib import MakeServer
@@ -51,3 +52,16 @@ def test_the_autoscalers_observations_reach_the_other_replicas(make_server: Make
     # Nothing is shared in one process: no publisher, nothing formatted.
     b.state.observe_arrivals("fn-2", 1, now)
     assert "fn-2" not in a.state.arrivals
+
+
+def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> None:
+    """The leader's reasons (shown on queued calls, pods and clusters) as they change."""
+    leader, other = make_server(), make_server()
+    leader.state.wakeups.publish = other.state.wakeups.notify_local
+    loop = SchedulerLoop(leader.state)
+    leader.state.waiting = {"fn-1": "no host has\nan H100 free", "fn-2": "busy"}
+    loop._share_waiting()
+    assert other.state.waiting == {"fn-1": "no host has an H100 free", "fn-2": "busy"}
+    leader.state.waiting = {"fn-2": "still busy"}
+    loop._share_waiting()
+    assert other.state.waiting == {"fn-2": "still busy"}

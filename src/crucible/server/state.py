@@ -12,9 +12,10 @@ other replicas (docs/operators.md, "Running replicas"):
 - shared over the wake-up bus: ``items_consumed`` (a generator caller's progress);
 - shared over the wake-up bus too: ``arrivals`` and ``exec_stats`` (the autoscaler's
   inputs, observed where calls are submitted and outputs recorded);
-- the scheduler leader's, empty or partial elsewhere: ``credit_blocked``, ``waiting``,
-  ``start_stats``, and the market's decisions (``market``: a follower's copy is re-read
-  from the store when stale, for quotes and the book);
+- the scheduler leader's, shared as it changes: ``waiting`` (why work waits);
+- the scheduler leader's, empty or partial elsewhere: ``credit_blocked``, ``start_stats``,
+  and the market's decisions (``market``: a follower's copy is re-read from the store when
+  stale, for quotes and the book);
 - this process only, by nature: ``wakeups``, ``dispatcher`` (hand-off to workers parked
   here), ``access`` (sessions whose client is connected here), ``metrics``, ``log_counts``.
 """
@@ -48,6 +49,7 @@ __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
 # Wake-up keys that carry autoscaler observations to the other replicas (Wakeups.share).
 _ARRIVALS = "arrivals="
 _EXEC = "exec="
+_WAITING = "waiting="  # the scheduler leader's (scheduler/loop.py WAITING_PREFIX)
 
 
 class Clock(Protocol):
@@ -141,7 +143,8 @@ class ServerState:
 
     def share_observations(self) -> None:
         """Take in other replicas' arrivals and execution times (the autoscaler's inputs,
-        observed wherever calls are submitted and outputs recorded)."""
+        observed wherever calls are submitted and outputs recorded), and the leader's
+        reasons why work waits."""
 
         def arrived(value: str) -> None:
             function_id, _, n = value.rpartition(":")
@@ -155,6 +158,14 @@ class ServerState:
                     mean = float(parts[1])
                     self._executed(parts[0], [mean] * min(int(parts[2]), 1_000))
 
+        def waiting(value: str) -> None:
+            function_id, _, why = value.partition("\t")
+            if why:
+                self.waiting = {**self.waiting, function_id: why}
+            elif function_id in self.waiting:
+                self.waiting = {k: v for k, v in self.waiting.items() if k != function_id}
+
+        self.wakeups.on_remote(_WAITING, waiting)
         self.wakeups.on_remote(_ARRIVALS, arrived)
         self.wakeups.on_remote(_EXEC, executed)
 

@@ -94,7 +94,11 @@ from crucible.server.store.tables import (
     queues,
 )
 
-__all__ = ["SchedulerLoop"]
+__all__ = ["WAITING_PREFIX", "SchedulerLoop"]
+
+# Wake-up keys that carry a change of why a function's work waits to the other replicas:
+# "waiting=FUNCTION\tREASON" (an empty reason: it no longer waits).
+WAITING_PREFIX = "waiting="
 
 log = logging.getLogger("crucible.scheduler")
 
@@ -131,6 +135,7 @@ class SchedulerLoop:
         )
         # Functions idle containers were stopped for -> until when the room stays theirs.
         self._promised: dict[str, int] = {}
+        self._shared_waiting: dict[str, str] = {}  # as last told to the other replicas
 
     @property
     def policy(self) -> Policy:
@@ -203,6 +208,7 @@ class SchedulerLoop:
                 # it on the event loop would stall every request meanwhile.
                 keys = await asyncio.to_thread(self.tick)
                 self.state.wakeups.notify_many(set(keys))
+                self._share_waiting()
             except Deposed as exc:
                 # Another replica leads now: nothing of this tick was committed, and the
                 # elector stops (or later restarts) this loop.
@@ -505,6 +511,20 @@ class SchedulerLoop:
             self._promised[fid] = now + _PROMISE_MS
         for start in started:
             self._promised.pop(start.function_id, None)
+
+    def _share_waiting(self) -> None:
+        """Tell the other replicas what changed in why calls wait (pods, clusters and
+        queued calls read through them show it too); nothing in one process."""
+        wakeups = self.state.wakeups
+        if wakeups.publish is None:
+            return
+        now, before = self.state.waiting, self._shared_waiting
+        for fid, why in now.items():
+            if before.get(fid) != why:
+                wakeups.share(WAITING_PREFIX, f"{fid}\t{' '.join(why.split())}")
+        for fid in before.keys() - now.keys():
+            wakeups.share(WAITING_PREFIX, f"{fid}\t")
+        self._shared_waiting = now
 
     def _publish_waiting(self, waiting: dict[str, str], placer: MarketPlacer) -> None:
         """Why queued calls wait, for their CallInfo: the core's reason, or the market's own
