@@ -20,6 +20,8 @@ def test_batches_are_split_under_the_payload_limit() -> None:
     assert sorted(got) == sorted(keys)
     assert all(p.startswith("r-1\n") for p in payloads)
     assert pack("r-1", []) == []
+    # A key PostgreSQL would refuse is left out rather than failing the batch.
+    assert pack("r-1", ["x" * 8_000, "call:a", "bad\nkey"]) == ["r-1\ncall:a"]
 
 
 @pytest.mark.postgres

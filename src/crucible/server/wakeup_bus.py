@@ -35,12 +35,16 @@ _RECONNECT_S = 1.0
 
 
 def pack(origin: str, keys: Collection[str], limit: int = MAX_PAYLOAD_BYTES) -> list[str]:
-    """Payloads ``origin\\nkey\\nkey...``, each at most ``limit`` bytes (keys are ids and
-    short prefixes, far under the limit each)."""
+    """Payloads ``origin\\nkey\\nkey...``, each at most ``limit`` bytes. Keys are ids and
+    short values, far under the limit each; one that is not (or holds a newline) is left
+    out, since PostgreSQL would refuse the whole statement."""
     payloads: list[str] = []
     head = origin
     current = head
     for key in sorted(keys):
+        if "\n" in key or len(head) + 1 + len(key.encode()) > limit:
+            log.warning("wake-up key of %d bytes not sent to other replicas", len(key))
+            continue
         if len(current) + 1 + len(key.encode()) > limit and current != head:
             payloads.append(current)
             current = head
