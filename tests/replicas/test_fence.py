@@ -103,3 +103,32 @@ def test_each_replica_counts_the_others_alive(engine: Engine) -> None:
         assert others_alive(conn, "a", "http://a", 3_000, LEASE_MS) == 1
     with engine.begin() as conn:  # b stopped renewing: after the lease it no longer counts
         assert others_alive(conn, "a", "http://a", 2_000 + LEASE_MS + 1, LEASE_MS) == 0
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_migrate_one_after_another(database_url: str) -> None:
+    """Several servers started at once on an empty store all come up (the schema upgrade
+    takes turns) instead of racing to create the same tables."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("one process per SQLite store")
+    engines = [create_store_engine(database_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def run(eng: Engine) -> None:
+        try:
+            migrate(eng)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert errors == []
+        with engines[0].connect() as conn:
+            assert conn.execute(select(leadership)).all() == []  # the newest table is there
+    finally:
+        for e in engines:
+            e.dispose()
