@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.sdk._client import Client
-from crucible.testing import LocalExchange, wait_for
+from crucible.testing import LocalExchange, Replica, start_haproxy, wait_for
 
 __all__ = [
     "CpuMeter",
@@ -89,9 +89,35 @@ class Exchange(LocalExchange):
     """
 
     def __init__(
-        self, env: dict[str, str] | None = None, keep: bool = False, probe: bool = False
+        self,
+        env: dict[str, str] | None = None,
+        keep: bool = False,
+        probe: bool = False,
+        *,
+        postgres_url: str | None = None,
+        replicas: int = 1,
     ) -> None:
+        """``postgres_url``: a PostgreSQL server (an admin URL, postgresql://...) on which a
+        fresh database is made for this exchange and dropped on close; ``replicas`` > 1
+        (needs it): that many servers behind haproxy, the agent and clients on its URL."""
         root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
+        self.replica_count = replicas
+        self.replicas: list[Replica] = []
+        self.balancer: subprocess.Popen[bytes] | None = None
+        self._pg_admin: str | None = None
+        self._pg_db: str | None = None
+        database_url = None
+        if postgres_url:
+            import psycopg
+
+            self._pg_admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+            self._pg_db = f"crucible_bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(self._pg_admin, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self._pg_db}"')
+            base = self._pg_admin.rsplit("/", 1)[0]
+            database_url = f"{base}/{self._pg_db}".replace("postgresql://", "postgresql+psycopg://")
+        elif replicas > 1:
+            raise SystemExit("--replicas needs PostgreSQL: pass --postgres-url")
         # probe: run the server under _server_probe.py (request and SQL statement counters)
         self.probe_out = root / "server-probe.json" if probe else None
         env = dict(env or {})
@@ -99,7 +125,7 @@ class Exchange(LocalExchange):
         if self.probe_out is not None:
             env["CRUCIBLE_BENCH_PROBE_OUT"] = str(self.probe_out)
             argv = [sys.executable, str(BENCH_DIR / "_server_probe.py"), "server"]
-        super().__init__(root, env=env, server_argv=argv)
+        super().__init__(root, database_url, env=env, server_argv=argv)
         self.db_path = root / "store.db"
         self.keep = keep
         self.account_id: str | None = None
@@ -111,6 +137,10 @@ class Exchange(LocalExchange):
     def __enter__(self) -> Exchange:
         try:
             self.start_server()
+            if self.replica_count > 1:
+                self.replicas = [self.start_replica(i) for i in range(1, self.replica_count)]
+                ports = [self.port, *(r.port for r in self.replicas)]
+                self.balancer, self.url = start_haproxy(self.root, ports)
             self.start_agent("bench-host")
         except BaseException:
             self.close()
@@ -129,6 +159,18 @@ class Exchange(LocalExchange):
 
     def close(self) -> None:
         super().close()
+        for r in self.replicas:
+            r.stop()
+        if self.balancer is not None:
+            self.balancer.terminate()
+            self.balancer.wait(10)
+            self.balancer = None
+        if self._pg_admin is not None and self._pg_db is not None:
+            import psycopg
+
+            with psycopg.connect(self._pg_admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_db}" WITH (FORCE)')
+            self._pg_db = None
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 

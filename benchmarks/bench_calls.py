@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_calls.py            # everything, full sizes
     .venv/bin/python benchmarks/bench_calls.py --quick    # smoke sizes (CI-like)
     .venv/bin/python benchmarks/bench_calls.py --only roundtrip,map --no-ray
+    .venv/bin/python benchmarks/bench_calls.py --only roundtrip --no-ray \
+        --postgres-url postgresql://postgres@127.0.0.1:54329/postgres --replicas 2
 
 Benchmarks (see benchmarks/README.md):
 
@@ -237,9 +239,17 @@ def crucible_cold(ex: Exchange, client: Any, runs: int) -> dict[str, Any]:
 def run_crucible(args: argparse.Namespace, which: set[str], env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     log("crucible: starting an exchange")
-    with Exchange(env, keep=args.keep) as ex:
+    with Exchange(
+        env, keep=args.keep, postgres_url=args.postgres_url, replicas=args.replicas
+    ) as ex:
         client = ex.client()
-        out["exchange"] = {"url": ex.url, "root": str(ex.root), "env": env}
+        out["exchange"] = {
+            "url": ex.url,
+            "root": str(ex.root),
+            "env": env,
+            "store": "postgresql" if args.postgres_url else "sqlite",
+            "replicas": args.replicas,
+        }
         if which & {"roundtrip", "map"}:
             with _bench_app.app.run(client=client):
                 if "roundtrip" in which:
@@ -770,6 +780,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for the exchange, e.g. CRUCIBLE_SCHEDULER_INTERVAL_S=0.1",
+    )
+    p.add_argument(
+        "--postgres-url",
+        metavar="URL",
+        help="run the Crucible exchange on a fresh database of this PostgreSQL server "
+        "(default: SQLite, one process)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N `crucible server` replicas behind haproxy (needs --postgres-url); the agent "
+        "and the client talk to the balancer",
     )
     p.add_argument("--name", help="results file name (default bench_calls, or bench_calls-quick)")
     p.add_argument("--keep", action="store_true", help="keep the exchanges' temp dirs and logs")

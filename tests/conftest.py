@@ -85,6 +85,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (skips without a server), dropped afterwards."""
+    yield from _postgres_database()
+
+
+@pytest.fixture
 def exchange(tmp_path: Path) -> Iterator[Exchange]:
     """A running control plane (SQLite) with one agent, host-a."""
     from harness import Exchange

@@ -95,6 +95,32 @@ class Settings:
         "CRUCIBLE_SCHEDULER_INTERVAL_S",
         "Period of the scheduler loop (it also runs at once when new work arrives).",
     )
+    leader_lease_s: float = _opt(
+        5.0,
+        "CRUCIBLE_LEADER_LEASE_S",
+        "Replicas on one PostgreSQL elect one scheduler leader through a lease row: a leader "
+        "that has not renewed for this long is replaced (its epoch is fenced off, so it can "
+        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S, "
+        "above the replicas' clock skew and above the longest scheduler tick (a tick holds "
+        "the lease row, so the leader renews after it).",
+    )
+    leader_renew_s: float = _opt(
+        1.0,
+        "CRUCIBLE_LEADER_RENEW_S",
+        "How often each replica renews (leader) or tries to take (follower) the scheduler "
+        "lease; a dead leader is replaced within about leader_lease_s + leader_renew_s.",
+    )
+    advertise_url: str = _opt(
+        "",
+        "CRUCIBLE_ADVERTISE_URL",
+        "This replica's own URL as agents reach it directly (not the balancer's), e.g. "
+        "http://10.0.0.10:8745. Set on every replica: an exec, SSH or port session is then "
+        "handed to the host's agent through the store, whichever replica its syncs reach, "
+        "and the agent dials this URL back; replicas that do not lead forward reservations "
+        "to the leader's. Empty: sessions are handed over in memory (one replica, or the "
+        "agents' syncs routed to the replica of the session) and each replica decides "
+        "reservations on its own copy of the market.",
+    )
     host_timeout_s: float = _opt(
         15.0,
         "CRUCIBLE_HOST_TIMEOUT_S",

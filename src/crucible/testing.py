@@ -17,6 +17,14 @@ makes). A fresh tenant from :meth:`LocalExchange.new_account` sees its calls ref
 with a reason that says so; it needs a fully isolated host (docs/sandbox.md).
 
 Settings are passed as environment variables (``env``), e.g. short timeouts for fault tests.
+
+Replicas (on a PostgreSQL ``database_url``): :meth:`LocalExchange.start_replica` starts one
+more ``crucible server`` on the same store and home, and :func:`start_haproxy` puts a load
+balancer in front of them (docs/operators.md, "Running replicas")::
+
+    with LocalExchange(tmp_path, "postgresql+psycopg://...") as ex:   # replica 0, the leader
+        r1 = ex.start_replica(1)
+        balancer, ex.url = start_haproxy(tmp_path, [ex.port, r1.port])
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import Any, TypeVar
 from crucible.protocol.transport import Transport
 from crucible.sdk._client import Client
 
-__all__ = ["LocalExchange", "free_port", "wait_for"]
+__all__ = ["LocalExchange", "Replica", "free_port", "start_haproxy", "wait_for"]
 
 T = TypeVar("T")
 
@@ -65,6 +73,96 @@ def _stop(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class Replica:
+    """One more ``crucible server`` of a :class:`LocalExchange` (see
+    :meth:`LocalExchange.start_replica`)."""
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.index = index
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing handed over."""
+        _stop(self.proc, signal.SIGKILL, 10)
+
+    def stop(self) -> None:
+        """SIGTERM (it hands its scheduler lease over at once), SIGKILL after 20 s."""
+        if self.proc.poll() is None:
+            _stop(self.proc, signal.SIGTERM, 20)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    probe = Transport(url, None, retry_for_s=0)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise AssertionError(f"{what} exited: {tail}")
+        try:
+            return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
+        except Exception:
+            return False
+
+    try:
+        wait_for(healthy, 60, f"{what} to answer /healthz")
+    finally:
+        probe.close()
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    # Long polls hold a request up to a minute; access sessions are WebSocket tunnels.
+    timeout client 120s
+    timeout server 120s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend api
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /healthz
+{servers}
+"""
+
+
+def start_haproxy(root: Path, ports: list[int]) -> tuple[subprocess.Popen[bytes], str]:
+    """haproxy on a free loopback port in front of the replicas listening on ``ports``;
+    returns the process and its URL once it answers /healthz (log: ``root/haproxy.log``).
+    Raises FileNotFoundError when haproxy is not installed (``apt-get install haproxy``)."""
+    import shutil
+
+    exe = shutil.which("haproxy")
+    if exe is None:
+        raise FileNotFoundError("haproxy is not installed (apt-get install haproxy)")
+    port = free_port()
+    servers = "\n".join(
+        f"    server r{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 1"
+        for i, p in enumerate(ports)
+    )
+    cfg = root / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+    log_path = root / "haproxy.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [exe, "-db", "-f", str(cfg)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, "haproxy", log_path)
+    except BaseException:
+        _stop(proc, signal.SIGTERM, 10)
+        raise
+    return proc, url
 
 
 class LocalExchange:
@@ -148,6 +246,30 @@ class LocalExchange:
         finally:
             probe.close()
         return time.perf_counter() - started
+
+    def start_replica(self, index: int) -> Replica:
+        """One more ``crucible server`` on this exchange's store (PostgreSQL) and home, on
+        a free port; returns once it answers. Each replica advertises its own URL
+        (CRUCIBLE_ADVERTISE_URL) for access sessions and reservations. Log:
+        ``root/replica-<index>.log``. Start the exchange's own server first: it creates the
+        home's secret, keys and admin token, and leads."""
+        port = free_port()
+        env = self.process_env(self.home)
+        env["CRUCIBLE_DATABASE_URL"] = self.database_url
+        env["CRUCIBLE_PORT"] = str(port)
+        env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
+        log_path = self.root / f"replica-{index}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                self.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        replica = Replica(index, proc, port)
+        try:
+            _wait_healthy(replica.url, proc, f"replica {index}", log_path)
+        except BaseException:
+            replica.stop()
+            raise
+        return replica
 
     def stop_server(self, *, kill: bool = False) -> None:
         """Stop the control plane: gracefully, or with SIGKILL (a crash)."""

@@ -162,3 +162,27 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 1 and "host token" in out.stderr
+
+
+def test_the_agent_refuses_a_list_of_servers_with_the_way_out(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env["CRUCIBLE_HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible.cli.main",
+            "agent",
+            "--server",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--token",
+            "x",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    said = " ".join(out.stderr.split())  # the terminal wraps long lines
+    assert "takes one server URL" in said and "load balancer" in said

@@ -108,11 +108,13 @@ class AccessDialer:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    def _dial(self, session_id: str) -> ThreadedWebSocket:
+    def _dial(self, session_id: str, dial_url: str | None = None) -> ThreadedWebSocket:
+        """Dial the server back for ``session_id``: at ``dial_url`` (the replica holding the
+        client's side) when the request names one, else at the agent's server URL."""
         host_id = self._host_id()
         if host_id is None:
             raise NotFoundError("not registered")
-        url = websocket_url(self.server_url, f"/v1/hosts/{host_id}/access/{session_id}")
+        url = websocket_url(dial_url or self.server_url, f"/v1/hosts/{host_id}/access/{session_id}")
         return ThreadedWebSocket(
             url,
             {"Authorization": f"Bearer {self._token}"},
@@ -136,7 +138,7 @@ class _Session:
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self.ws = self.dialer._dial(self.req.session_id)
+            self.ws = self.dialer._dial(self.req.session_id, self.req.dial_url)
         except Exception as exc:
             log.warning("access session %s: cannot dial back (%s)", self.req.session_id, exc)
             self.dialer._forget(self.req.session_id)

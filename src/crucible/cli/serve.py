@@ -64,6 +64,7 @@ def _bootstrap_admin(settings: Settings) -> None:
     import time
 
     from sqlalchemy import func, select
+    from sqlalchemy.exc import IntegrityError
 
     from crucible.protocol.accounts import Scope
     from crucible.server.services.accounts import ensure_account, issue_token
@@ -73,12 +74,15 @@ def _bootstrap_admin(settings: Settings) -> None:
     engine = create_store_engine(settings.effective_database_url)
     try:
         migrate(engine)
-        with engine.begin() as conn:
-            if conn.execute(select(func.count()).select_from(accounts)).scalar_one():
-                return
-            now = time.time_ns() // 1_000_000
-            account = ensure_account(conn, "operator", now)
-            token = issue_token(conn, account, Scope.ADMIN, "bootstrap", now).token
+        try:
+            with engine.begin() as conn:
+                if conn.execute(select(func.count()).select_from(accounts)).scalar_one():
+                    return
+                now = time.time_ns() // 1_000_000
+                account = ensure_account(conn, "operator", now)
+                token = issue_token(conn, account, Scope.ADMIN, "bootstrap", now).token
+        except IntegrityError:
+            return  # another replica starting at the same moment made the operator account
         path = settings.home_path / "admin-token"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(token)
@@ -156,6 +160,11 @@ def register(app: typer.Typer) -> None:
         """Run a host agent: register this machine and run the containers it is given."""
         from crucible.agent.main import Agent
 
+        if "," in server:
+            raise Error(
+                f"--server {server!r}: the agent takes one server URL; with several "
+                "replicas, give it the load balancer's (docs/operators.md, Running replicas)"
+            )
         if token_file is not None:
             token = token_file.read_text().strip()
         if not token:

@@ -2,7 +2,7 @@
 
 A container is charged from the moment its agent started it until it stopped (or its lease
 ended, if sooner), in whole milliseconds, at a rate fixed when it was placed: its lease's price
-(micro-dollars per hour, see :mod:`crucible.server.market`). Running containers
+(micro-dollars per hour, see :mod:`crucible.core.market`). Running containers
 are metered in closed intervals so a crash loses at most the open interval's bookkeeping,
 never money already recorded; intervals are keyed by (container, start) so metering one twice
 is a no-op.

@@ -101,6 +101,9 @@ class AccessRequest(Wire):
     open: AccessOpen
     # ssh: the account's public keys, one OpenSSH line each (public keys, not secrets).
     ssh_keys: list[str] = Field(default_factory=list, max_length=256)
+    # Where to dial back: the URL of the replica that holds the client's side (its
+    # CRUCIBLE_ADVERTISE_URL). None: the agent's own server URL.
+    dial_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
 
 
 class SshKeyCreate(Wire):
@@ -165,8 +168,9 @@ def fingerprint(blob: str) -> str:
 
 
 def websocket_url(server_url: str, path: str) -> str:
-    """``ws://`` (or ``wss://`` for https) + the server's address + ``path``."""
-    base = server_url.rstrip("/")
+    """``ws://`` (or ``wss://`` for https) + the server's address + ``path``. Of a list of
+    replicas' URLs (comma-separated), the first."""
+    base = server_url.split(",")[0].strip().rstrip("/")
     if base.startswith("https://"):
         return "wss://" + base[len("https://") :] + path
     if base.startswith("http://"):

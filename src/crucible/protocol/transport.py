@@ -8,6 +8,10 @@ One :class:`Transport` may be shared by threads: each thread gets its own connec
 Connection failures are retried with backoff for ``retry_for_s`` seconds (a restarting control
 plane is a normal event); HTTP errors are raised as the :mod:`crucible.errors` class their
 code names.
+
+The server URL may be a comma-separated list of replicas' URLs (or one load balancer's): a
+connection failure moves to the next one at once, and backoff starts only after every URL
+failed in turn.
 """
 
 from __future__ import annotations
@@ -29,9 +33,34 @@ from crucible.errors import (
     error_from_wire,
 )
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "server_urls"]
 
 _RETRYABLE = (ConnectionError, http.client.HTTPException, socket.timeout, OSError)
+
+
+def server_urls(value: str) -> list[str]:
+    """The URLs of a server setting: one URL, or several separated by commas (replicas)."""
+    urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise Error(
+                f"server URL {url!r} must look like http://127.0.0.1:8745 (several replicas: "
+                "comma-separated, http://a:8745,http://b:8745)"
+            )
+    if not urls:
+        raise Error("no server URL given; it must look like http://127.0.0.1:8745")
+    return urls
+
+
+class _Server:
+    def __init__(self, url: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.url = url
+        self.https = parsed.scheme == "https"
+        self.host = parsed.hostname or ""
+        self.port = parsed.port or (443 if self.https else 80)
+        self.prefix = parsed.path.rstrip("/")
 
 
 class Transport:
@@ -48,14 +77,8 @@ class Transport:
         """``unix_socket``: connect through this Unix socket instead of the URL's host and port
         (a sandboxed worker reaches the control plane through its agent's relay); requests
         still name the URL's host, and an https URL still speaks TLS to it."""
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise Error(f"server URL {base_url!r} must look like http://127.0.0.1:8745")
-        self.base_url = base_url.rstrip("/")
-        self._https = parsed.scheme == "https"
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if self._https else 80)
-        self._prefix = parsed.path.rstrip("/")
+        self._servers = [_Server(u) for u in server_urls(base_url)]
+        self._current = 0  # the server new connections go to; moves on connection failures
         self._unix_socket = unix_socket
         self._timeout = timeout_s
         self.retry_for_s = retry_for_s
@@ -66,18 +89,36 @@ class Transport:
         self._all: set[http.client.HTTPConnection] = set()
         self._all_lock = threading.Lock()
 
+    @property
+    def base_url(self) -> str:
+        """The URL of the server requests go to now (the first of a list until it fails)."""
+        return self._servers[self._current].url
+
+    @property
+    def urls(self) -> list[str]:
+        """Every server URL this transport may use, in order."""
+        return [s.url for s in self._servers]
+
+    def _fail_over(self, index: int) -> None:
+        """The server at ``index`` did not answer: new connections go to the next one."""
+        if self._current == index:
+            self._current = (index + 1) % len(self._servers)
+
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
+            index = self._current
+            server = self._servers[index]
             if self._unix_socket is not None:
-                conn = _unix_connection(self._https, self._unix_socket)(
-                    self._host, self._port, timeout=self._timeout
+                conn = _unix_connection(server.https, self._unix_socket)(
+                    server.host, server.port, timeout=self._timeout
                 )
             else:
-                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = cls(self._host, self._port, timeout=self._timeout)
+                cls = http.client.HTTPSConnection if server.https else http.client.HTTPConnection
+                conn = cls(server.host, server.port, timeout=self._timeout)
             self._local.conn = conn
+            self._local.index = index
             with self._all_lock:
                 self._all.add(conn)
         return conn
@@ -120,11 +161,12 @@ class Transport:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = content_type
-        url = self._prefix + path
         deadline = time.monotonic() + (self.retry_for_s if retry else 0.0)
         delay = 0.05
+        failed_in_turn = 0  # servers that failed since the last backoff
         while True:
             conn = self._conn()
+            url = self._servers[self._local.index].prefix + path
             try:
                 if timeout_s is not None:
                     conn.timeout = timeout_s
@@ -143,12 +185,19 @@ class Transport:
                         continue
                 return resp.status, data
             except _RETRYABLE as exc:
+                failed = self._servers[self._local.index].url
+                self._fail_over(self._local.index)
                 self._drop()
+                failed_in_turn += 1
+                if retry and failed_in_turn < len(self._servers):
+                    continue  # another replica next, at once
                 if time.monotonic() + delay > deadline:
+                    where = failed if len(self._servers) == 1 else ", ".join(self.urls)
                     raise ServerUnavailableError(
-                        f"cannot reach the Crucible server at {self.base_url} ({exc}); "
+                        f"cannot reach the Crucible server at {where} ({exc}); "
                         "is it running? Start one with `crucible up`."
                     ) from exc
+                failed_in_turn = 0
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             finally:

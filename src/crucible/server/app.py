@@ -58,9 +58,11 @@ from crucible.server.billing.grid_carbon import parse_sources
 from crucible.server.blobs import open_blob_store
 from crucible.server.console import router as console_router
 from crucible.server.hotpath import HotPath
+from crucible.server.leadership import Elector
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
 from crucible.server.store.db import create_store_engine, migrate
+from crucible.server.wakeup_bus import PgWakeupBus
 from crucible.settings import Settings
 
 __all__ = ["build_state", "create_app"]
@@ -170,13 +172,43 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = SchedulerLoop(state)
         app.state.scheduler = scheduler
+        s = state.settings
+        postgres = state.engine.dialect.name == "postgresql"
+        # The embedded (SQLite) server is the only process on its store: it always leads,
+        # under a fixed name, so a restart takes the lease back at once, and it renews
+        # rarely (nothing can take the lease; an idle store is not written every second).
+        elector = Elector(
+            state.engine,
+            scheduler,
+            state.clock.now_ms,
+            lease_s=s.leader_lease_s,
+            renew_s=s.leader_renew_s if postgres else 60.0,
+            holder=None if postgres else "embedded",
+            url=s.advertise_url,
+        )
+        app.state.elector = elector
+        bus = PgWakeupBus(state.engine, state.wakeups, elector.holder) if postgres else None
+        app.state.wakeup_bus = bus
+        if bus is not None:
+
+            def others_changed(n: int) -> None:
+                bus.others = n > 0
+                log.info("%d other replica(s) on this store", n)
+
+            elector.on_others = others_changed
+        if bus is not None:
+            await bus.start()
         if run_scheduler:
-            scheduler.start()
+            # Not the market of record until elected (SchedulerLoop.start says so).
+            state.market.leading = False
+            elector.start()
         try:
             yield
         finally:
             if run_scheduler:
-                await scheduler.stop()
+                await elector.stop()
+            if bus is not None:
+                await bus.stop()
 
     app = FastAPI(
         title="Crucible control plane",
@@ -193,6 +225,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.crucible = state
+    items.share_consumption(state)
+    state.share_observations()
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(who: Caller) -> JSONResponse:

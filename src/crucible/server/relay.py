@@ -6,8 +6,10 @@ WebSocket over and both are spliced by :mod:`crucible.server.api.access`. The ag
 a waiting session from its sync reply (:meth:`AccessRelay.take_requests`), woken through
 ``host:<host_id>``.
 
-Sessions live in the process that accepted the client, so with several API replicas an agent
-must reach the same replica as the client (sticky routing, or one replica for access).
+Sessions live in the process that accepted the client. With several replicas, each sets
+CRUCIBLE_ADVERTISE_URL: the request then goes to the agent through the store
+(services/access_handoff.py), whichever replica its syncs reach, and names this replica's URL
+for the dial-back. Without it, the agent must reach the same replica as the client.
 Limits: at most ``max_per_account`` sessions per account at once, waiting or live.
 """
 

@@ -1,7 +1,28 @@
-"""What every request handler and background loop of one server process shares."""
+"""What every request handler and background loop of one server process shares.
+
+With replicas (several processes on one PostgreSQL store) every field here is one process's;
+the store is the truth. Each cache below says who owns it and how stale it may be on the
+other replicas (docs/operators.md, "Running replicas"):
+
+- request side, any replica, correct: ``container_accounts``, ``container_facts`` and
+  ``claim_groups`` (facts that never change; a miss reads the store), ``host_seq`` (keyed
+  by the agent process's registration), ``touched_ms`` (a write-rate limit);
+- request side, bounded-stale by a TTL: ``token_cache`` (5 s), ``credit_checked`` (2 s),
+  ``web_endpoints`` (1 s);
+- shared over the wake-up bus: ``items_consumed`` (a generator caller's progress);
+- shared over the wake-up bus too: ``arrivals`` and ``exec_stats`` (the autoscaler's
+  inputs, observed where calls are submitted and outputs recorded);
+- the scheduler leader's, shared as it changes: ``waiting`` (why work waits);
+- the scheduler leader's, empty or partial elsewhere: ``credit_blocked``, ``start_stats``,
+  and the market's decisions (``market``: a follower's copy is re-read from the store when
+  stale, for quotes and the book);
+- this process only, by nature: ``wakeups``, ``dispatcher`` (hand-off to workers parked
+  here), ``access`` (sessions whose client is connected here), ``metrics``, ``log_counts``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -24,6 +45,11 @@ from crucible.server.wakeups import Wakeups
 from crucible.settings import Settings
 
 __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
+
+# Wake-up keys that carry autoscaler observations to the other replicas (Wakeups.share).
+_ARRIVALS = "arrivals="
+_EXEC = "exec="
+_WAITING = "waiting="  # the scheduler leader's (scheduler/loop.py WAITING_PREFIX)
 
 
 class Clock(Protocol):
@@ -84,11 +110,17 @@ class ServerState:
     waiting: dict[str, str] = field(default_factory=dict)
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
+        self._arrived(function_id, n, now_ms)
+        self.metrics.accepted(n)
+        # The scheduler leader may be another replica: its autoscaler needs every arrival.
+        if self.wakeups.publish is not None:
+            self.wakeups.share(_ARRIVALS, f"{function_id}:{n}")
+
+    def _arrived(self, function_id: str, n: int, now_ms: int) -> None:
         rate = self.arrivals.get(function_id)
         if rate is None:
             rate = self.arrivals[function_id] = ArrivalRate()
         rate.observe(n, now_ms)
-        self.metrics.accepted(n)
 
     def observe_start(self, function_id: str, ms: float) -> None:
         self.metrics.cold_start(ms / 1000)
@@ -96,11 +128,46 @@ class ServerState:
         self.start_stats[function_id] = ms if avg is None else 0.8 * avg + 0.2 * ms
 
     def observe_exec(self, function_id: str, exec_ms: list[float]) -> None:
+        self._executed(function_id, exec_ms)
+        if exec_ms and self.wakeups.publish is not None:
+            # As (mean, count): a batch of a thousand outputs is one short key.
+            mean = sum(exec_ms) / len(exec_ms)
+            self.wakeups.share(_EXEC, f"{function_id}:{mean:.3f}:{len(exec_ms)}")
+
+    def _executed(self, function_id: str, exec_ms: list[float]) -> None:
         avg = self.exec_stats.get(function_id)
         for ms in exec_ms:
             avg = float(ms) if avg is None else 0.8 * avg + 0.2 * ms
         if avg is not None:
             self.exec_stats[function_id] = avg
+
+    def share_observations(self) -> None:
+        """Take in other replicas' arrivals and execution times (the autoscaler's inputs,
+        observed wherever calls are submitted and outputs recorded), and the leader's
+        reasons why work waits."""
+
+        def arrived(value: str) -> None:
+            function_id, _, n = value.rpartition(":")
+            if n.isdigit() and function_id:
+                self._arrived(function_id, int(n), self.clock.now_ms())
+
+        def executed(value: str) -> None:
+            parts = value.rsplit(":", 2)
+            if len(parts) == 3 and parts[2].isdigit():
+                with contextlib.suppress(ValueError):
+                    mean = float(parts[1])
+                    self._executed(parts[0], [mean] * min(int(parts[2]), 1_000))
+
+        def waiting(value: str) -> None:
+            function_id, _, why = value.partition("\t")
+            if why:
+                self.waiting = {**self.waiting, function_id: why}
+            elif function_id in self.waiting:
+                self.waiting = {k: v for k, v in self.waiting.items() if k != function_id}
+
+        self.wakeups.on_remote(_WAITING, waiting)
+        self.wakeups.on_remote(_ARRIVALS, arrived)
+        self.wakeups.on_remote(_EXEC, executed)
 
     @cached_property
     def secret_box(self) -> SecretBox:

@@ -1,23 +1,29 @@
 """In-process wake-ups for long polls.
 
-The database is the truth; these only cut latency. A waiter that is not woken (another
-replica made the change) still re-reads the database after at most :data:`RECHECK_S`, so every
-long poll is a loop of short waits. Keys are opaque strings: ``fn:<function_id>`` (inputs
-queued), ``call:<call_id>`` (a call finished), ``group:<group_id>``, ``host:<host_id>`` (work
-for an agent), ``container:<container_id>`` (a container should stop).
+The database is the truth; these only cut latency. A waiter that is not woken (a wake-up was
+lost) still re-reads the database after at most :data:`RECHECK_S`, so every long poll is a
+loop of short waits. With replicas on PostgreSQL, :attr:`Wakeups.publish` is set
+(server/wakeup_bus.py): every wake-up is also sent to the other replicas through
+LISTEN/NOTIFY, and theirs arrive through :meth:`Wakeups.notify_local`.
+
+Keys are opaque strings: ``fn:<function_id>`` (inputs queued), ``call:<call_id>`` (a call
+finished), ``group:<group_id>``, ``host:<host_id>`` (work for an agent),
+``container:<container_id>`` (a container should stop), and ``scheduler`` (look now).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-__all__ = ["RECHECK_S", "Wakeups", "long_poll"]
+__all__ = ["RECHECK_S", "SCHEDULER_KEY", "Wakeups", "long_poll"]
 
 RECHECK_S = 1.0
+# The key that kicks the scheduler on the replica that leads it.
+SCHEDULER_KEY = "scheduler"
 
 T = TypeVar("T")
 
@@ -26,17 +32,58 @@ class Wakeups:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self.scheduler = asyncio.Event()
+        # Sends keys to the other replicas (after the commit that made them true); None in
+        # one process. Called on the event loop; it must not block.
+        self.publish: Callable[[Collection[str]], None] | None = None
+        # Keys that carry a value from another replica ("prefix" + value) -> who applies it.
+        self._handlers: dict[str, Callable[[str], None]] = {}
 
     def notify(self, key: str) -> None:
         for event in self._waiters.get(key, ()):
             event.set()
+        if self.publish is not None:
+            self.publish((key,))
 
     def notify_many(self, keys: Iterable[str]) -> None:
-        for key in set(keys):
-            self.notify(key)
+        unique = set(keys)
+        self.notify_local(unique)
+        if self.publish is not None and unique:
+            self.publish(unique)
+
+    def on_remote(self, prefix: str, handler: Callable[[str], None]) -> None:
+        """Another replica's keys that start with ``prefix`` (sent with :meth:`share`) are
+        handed to ``handler`` without the prefix, instead of waking anyone."""
+        self._handlers[prefix] = handler
+
+    def share(self, prefix: str, value: str) -> None:
+        """Tell the other replicas ``value`` (a small string) for their ``prefix`` handler;
+        nothing in one process."""
+        if self.publish is not None:
+            self.publish((prefix + value,))
+
+    def notify_local(self, keys: Iterable[str]) -> None:
+        """Wake this process's waiters on ``keys`` (another replica's wake-ups land here)."""
+        for key in keys:
+            if key == SCHEDULER_KEY:
+                self.scheduler.set()
+                continue
+            if self._handlers and "=" in key:
+                prefix = key[: key.index("=") + 1]
+                handler = self._handlers.get(prefix)
+                if handler is not None:
+                    handler(key[len(prefix) :])
+                    continue
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    def waiting_keys(self) -> list[str]:
+        """Every key someone waits on here, and the scheduler's."""
+        return [*self._waiters, SCHEDULER_KEY]
 
     def kick_scheduler(self) -> None:
         self.scheduler.set()
+        if self.publish is not None:
+            self.publish((SCHEDULER_KEY,))
 
     def has_waiters(self, key: str) -> bool:
         return bool(self._waiters.get(key))
@@ -46,9 +93,14 @@ class Wakeups:
         waiting, the scheduler must look now (a cold start) rather than at its next tick."""
         key = f"fn:{function_id}"
         if self.has_waiters(key):
-            self.notify(key)
-        else:
+            for event in self._waiters.get(key, ()):
+                event.set()
+        elif self.publish is None:
             self.scheduler.set()
+        else:
+            # Another replica may hold the parked containers, and another the scheduler.
+            self.scheduler.set()
+            self.publish((key, SCHEDULER_KEY))
 
     @contextmanager
     def listen(self, *keys: str) -> Iterator[asyncio.Event]:

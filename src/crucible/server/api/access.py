@@ -29,6 +29,7 @@ from crucible.protocol.access import AccessOpen, AccessRequest
 from crucible.server.auth import Principal
 from crucible.server.relay import AccessRelay, AccessSession
 from crucible.server.services import access as svc
+from crucible.server.services import access_handoff as handoff
 from crucible.server.services.accounts import authenticate
 from crucible.server.services.hosts import require_host
 from crucible.server.state import ServerState
@@ -97,26 +98,43 @@ async def open_session(
         open=req,
         ssh_keys=target.ssh_keys,
     )
+    advertised = state.settings.advertise_url
+    if advertised:
+        request.dial_url = advertised.rstrip("/")
     session = state.access.open(
         who.account_id,
         target.host_id,
         request,
         max_per_account=state.settings.access_max_sessions,
     )
+    if advertised:
+        # Replicas: the agent may sync with another one; it takes the request from the
+        # store and dials this replica back (services/access_handoff.py).
+        session.delivered = True
+        with state.engine.begin() as conn:
+            handoff.put_request(conn, target.host_id, request, state.clock.now_ms())
     state.wakeups.notify(f"host:{target.host_id}")
     timeout_s = state.settings.access_dial_timeout_s
     try:
         agent = await asyncio.wait_for(asyncio.shield(session.agent), timeout=timeout_s)
     except TimeoutError:
-        state.access.close(session.id)
+        _forget(state, session)
         raise ServerUnavailableError(
             f"the host of container {container_id} did not answer within {timeout_s:g} s "
             "(its agent may be down or restarting); try again"
         ) from None
     except BaseException:
-        state.access.close(session.id)
+        _forget(state, session)
         raise
     return session, agent
+
+
+def _forget(state: ServerState, session: AccessSession) -> None:
+    """End a session no agent dialled back for, and its request in the store if any."""
+    state.access.close(session.id)
+    if session.request.dial_url is not None:
+        with state.engine.begin() as conn:
+            handoff.drop_request(conn, session.id)
 
 
 async def _first_message(websocket: WebSocket) -> AccessOpen:

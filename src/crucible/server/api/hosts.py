@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
 from crucible.server.api.deps import Caller, HostAgent, State
+from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.wakeups import long_poll
 
@@ -18,7 +19,10 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
         info = svc.register_host(
             conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
         )
-    state.host_seq.pop(info.id, None)  # a new agent process numbers its syncs from 1 again
+    # A new agent process numbers its syncs from 1 again, under a new agent_session: the
+    # previous processes' numbers are of no more use here.
+    for key in [k for k in state.host_seq if k.startswith(f"{info.id}#")]:
+        del state.host_seq[key]
     # Its isolation or verification may have changed: market reads sync before answering.
     state.market.offers_changed()
     state.wakeups.kick_scheduler()
@@ -31,9 +35,12 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     container reports, then answers with containers to start and stop, at once when there
     are any, otherwise after up to ``wait_s``."""
     s = state.settings
-    fresh = req.seq == 0 or req.seq > state.host_seq.get(host_id, 0)
     with state.engine.begin() as conn:
         svc.require_host(conn, who, host_id)
+        # Keyed by the agent process (its registration), not by what this replica saw last:
+        # an agent that re-registered through another replica numbers its syncs from 1.
+        seq_key = f"{host_id}#{svc.agent_session(conn, host_id)}"
+        fresh = req.seq == 0 or req.seq > state.host_seq.get(seq_key, 0)
         stop, keys = svc.process_reports(
             conn,
             host_id,
@@ -47,7 +54,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             svc.apply_self_test(conn, host_id, None, req.self_test, state.clock.now_ms())
             state.market.offers_changed()
     if fresh and req.seq:
-        state.host_seq[host_id] = req.seq
+        state.host_seq[seq_key] = req.seq
     for report in req.containers:
         if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
             state.access.end_container(report.container_id)
@@ -64,6 +71,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         start = [a for a in start if a.container_id not in known]
         to_stop = sorted(set(stop) | {c for c in stopping if c in known})
         access = state.access.take_requests(host_id)
+        if s.advertise_url:  # replicas: sessions opened on any of them (access_handoff)
+            with state.engine.begin() as conn:
+                access += handoff.take_requests(conn, host_id)
         if start or to_stop or access:
             return HostSyncReply(
                 start=start,

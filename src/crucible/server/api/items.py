@@ -20,6 +20,30 @@ from crucible.server.wakeups import long_poll
 router = APIRouter(prefix="/v1", tags=["calls"])
 
 WINDOW = 256
+# Wake-up keys that carry a caller's read count to the other replicas: "consumed=CALL:N".
+CONSUMED_PREFIX = "consumed="
+# Counts learnt from other replicas are kept for this many calls at most (oldest go first):
+# the replica the caller reads through forgets a call when it ends, the others cannot tell.
+_SHARED_MAX = 100_000
+
+
+def share_consumption(state: ServerState) -> None:
+    """Take in what callers read through other replicas (:func:`read_page` shares it), so
+    a worker sending through this one is held back, or let go, by the real count."""
+
+    def apply(value: str) -> None:
+        call_id, _, after = value.rpartition(":")
+        if not after.isdigit():
+            return
+        n = int(after)
+        consumed = state.items_consumed
+        if n > consumed.get(call_id, 0):
+            if call_id not in consumed and len(consumed) >= _SHARED_MAX:
+                del consumed[next(iter(consumed))]
+            consumed[call_id] = n
+            state.wakeups.notify_local([f"consumed:{call_id}"])
+
+    state.wakeups.on_remote(CONSUMED_PREFIX, apply)
 
 
 @router.post("/containers/{container_id}/items")
@@ -76,7 +100,9 @@ async def read_page(
     at once (a read less per request)."""
     if after > state.items_consumed.get(call_id, 0):
         state.items_consumed[call_id] = after
-        state.wakeups.notify_many([f"consumed:{call_id}"])
+        state.wakeups.notify_local([f"consumed:{call_id}"])
+        # The worker may be sending through another replica: it needs the count itself.
+        state.wakeups.share(CONSUMED_PREFIX, f"{call_id}:{after}")
 
     def read() -> ItemsPage:
         with state.engine.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
@@ -26,6 +26,7 @@ from crucible.protocol.market import (
 )
 from crucible.server.api.deps import Builder, State
 from crucible.server.billing import statements
+from crucible.server.forward import to_leader
 from crucible.server.services import offers, orders
 from crucible.server.store.tables import hosts
 
@@ -88,7 +89,12 @@ def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
 
 
 @router.post("/reservations")
-def post_reservation(req: ReserveCreate, who: Builder, state: State) -> ReservationInfo:
+def post_reservation(
+    req: ReserveCreate, who: Builder, state: State, request: Request
+) -> ReservationInfo:
+    forwarded = to_leader(state, request.headers.get("authorization"), req)
+    if forwarded is not None:
+        return forwarded
     with state.engine.begin() as conn:
         info, keys = orders.reserve(
             conn, state.market, state.settings, who, req, state.clock.now_ms()

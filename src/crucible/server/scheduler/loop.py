@@ -1,8 +1,9 @@
 """The imperative shell around the scheduler core: snapshot → plan → apply, on a timer and
 whenever new work arrives. It also sweeps timeouts, loses silent hosts and meters containers.
 
-Only one scheduler may run per store (the embedded server runs exactly one; several API
-replicas will elect a leader through the database, see docs/architecture.md).
+Only one scheduler may run per store: replicas elect its leader through the store
+(server/leadership.py), and every transaction this loop writes in starts with the leader's
+fence, so a deposed leader's tick rolls back instead of committing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -40,6 +42,7 @@ from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
 from crucible.server.billing.service import meter_containers, record_grid_readings
+from crucible.server.leadership import Deposed, fence
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -92,7 +95,11 @@ from crucible.server.store.tables import (
     queues,
 )
 
-__all__ = ["SchedulerLoop"]
+__all__ = ["WAITING_PREFIX", "SchedulerLoop"]
+
+# Wake-up keys that carry a change of why a function's work waits to the other replicas:
+# "waiting=FUNCTION\tREASON" (an empty reason: it no longer waits).
+WAITING_PREFIX = "waiting="
 
 log = logging.getLogger("crucible.scheduler")
 
@@ -113,6 +120,9 @@ class SchedulerLoop:
         self.state = state
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # The leader's fencing epoch (server/leadership.py); None when nothing elects this
+        # loop (a test driving tick() by hand): its transactions are then not fenced.
+        self.epoch: int | None = None
         self._last_meter_ms = 0
         self._last_housekeeping_ms = 0
         self._blob_cursor = ""  # blob collection sweeps the blobs in hash order, in batches
@@ -126,6 +136,7 @@ class SchedulerLoop:
         )
         # Functions idle containers were stopped for -> until when the room stays theirs.
         self._promised: dict[str, int] = {}
+        self._shared_waiting: dict[str, str] = {}  # as last told to the other replicas
 
     @property
     def policy(self) -> Policy:
@@ -135,14 +146,45 @@ class SchedulerLoop:
             container_start_timeout_ms=int(s.container_start_timeout_s * 1000),
         )
 
-    def start(self) -> None:
+    def start(self, epoch: int | None = None) -> None:
+        """Run the loop, fenced by ``epoch`` when given (the elector passes its own)."""
+        self.epoch = epoch
+        self._stopping = False
+        if epoch is not None:
+            # Elected: decide on the store's market, not on a follower's stale view.
+            self.state.market.reload()
+            self.state.market.leading = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         self._stopping = True
-        self.state.wakeups.kick_scheduler()
+        self.state.wakeups.scheduler.set()
         if self._task is not None:
             await self._task
+            self._task = None
+        if self.epoch is not None:
+            self.state.market.leading = False
+            # What only the leader keeps current: a follower must not refuse submissions on
+            # a deposed leader's old word (its own ledger check applies instead).
+            self.state.credit_blocked = {}
+            self.state.waiting = {}
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction of the leader: fenced first, so it commits only while this
+        replica's epoch still leads (else :class:`Deposed` rolls it back)."""
+        with self.state.engine.begin() as conn:
+            if self.epoch is not None:
+                fence(conn, self.epoch)
+            yield conn
+
+    def _fence(self, conn: Connection) -> None:
+        if self.epoch is not None:
+            fence(conn, self.epoch)
 
     async def _run(self) -> None:
         kick = self.state.wakeups.scheduler
@@ -167,6 +209,12 @@ class SchedulerLoop:
                 # it on the event loop would stall every request meanwhile.
                 keys = await asyncio.to_thread(self.tick)
                 self.state.wakeups.notify_many(set(keys))
+                self._share_waiting()
+            except Deposed as exc:
+                # Another replica leads now: nothing of this tick was committed, and the
+                # elector stops (or later restarts) this loop.
+                log.warning("scheduler stopped: %s", exc)
+                break
             except Exception:
                 # The loop must outlive one bad tick (e.g. the database briefly away).
                 log.exception("scheduler tick failed")
@@ -180,7 +228,7 @@ class SchedulerLoop:
         now = st.clock.now_ms()
         keys: list[str] = []
         live = st.market
-        with st.engine.begin() as conn:
+        with self._begin() as conn:
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
@@ -269,7 +317,7 @@ class SchedulerLoop:
             readings = self.grid.read(now) if self.grid.due(now) else None
             # Its own transaction: metering is idempotent, and a long one (many containers
             # due at once) should not hold back the placements above.
-            with st.engine.begin() as conn:
+            with self._begin() as conn:
                 if readings is not None:
                     record_grid_readings(conn, readings)
                 meter_containers(conn, now, int(s.meter_interval_s * 1000))
@@ -280,7 +328,7 @@ class SchedulerLoop:
         """Slow chores, once a minute: volumes' storage is charged; secrets of stopped apps
         (Secret.from_dict) go; idle dicts and queues expire; retention prunes what is old."""
         now = self.state.clock.now_ms()
-        with self.state.engine.begin() as conn:
+        with self._begin() as conn:
             self._housekeeping(conn, now)
         self.retention(now)
         self._last_housekeeping_ms = now
@@ -310,7 +358,7 @@ class SchedulerLoop:
         done = Pruned()
         while work and time.monotonic() < deadline:
             for kind, (before, prune) in list(work.items()):
-                with self.state.engine.begin() as conn:
+                with self._begin() as conn:
                     got = prune(conn, before, policy.batch)
                 done.add(got)
                 if kind not in got.more:
@@ -323,6 +371,7 @@ class SchedulerLoop:
                     policy.blobs_before_ms,
                     policy.batch,
                     self._blob_cursor,
+                    fence=self._fence,
                 )
                 done.add(got)
                 if not self._blob_cursor:
@@ -463,6 +512,20 @@ class SchedulerLoop:
             self._promised[fid] = now + _PROMISE_MS
         for start in started:
             self._promised.pop(start.function_id, None)
+
+    def _share_waiting(self) -> None:
+        """Tell the other replicas what changed in why calls wait (pods, clusters and
+        queued calls read through them show it too); nothing in one process."""
+        wakeups = self.state.wakeups
+        if wakeups.publish is None:
+            return
+        now, before = self.state.waiting, self._shared_waiting
+        for fid, why in now.items():
+            if before.get(fid) != why:
+                wakeups.share(WAITING_PREFIX, f"{fid}\t{' '.join(why.split())}")
+        for fid in before.keys() - now.keys():
+            wakeups.share(WAITING_PREFIX, f"{fid}\t")
+        self._shared_waiting = now
 
     def _publish_waiting(self, waiting: dict[str, str], placer: MarketPlacer) -> None:
         """Why queued calls wait, for their CallInfo: the core's reason, or the market's own

@@ -29,6 +29,7 @@ from crucible.server.verification import verify
 
 __all__ = [
     "LIVE_CONTAINER_STATES",
+    "agent_session",
     "apply_self_test",
     "assignments_for_host",
     "end_container",
@@ -164,12 +165,17 @@ def register_host(
                 account_id=principal.account_id,
                 name=req.name,
                 registered_ms=now_ms,
+                agent_session=1,
                 **values,
             )
         )
     else:
         host_id = row.id
-        conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+        conn.execute(
+            update(hosts)
+            .where(hosts.c.id == host_id)
+            .values(agent_session=hosts.c.agent_session + 1, **values)
+        )
     apply_self_test(conn, host_id, req.inventory, req.self_test, now_ms)
     return require_host(conn, principal, host_id)
 
@@ -208,6 +214,13 @@ def apply_self_test(
             reason=verdict.reason,
         )
     return verdict
+
+
+def agent_session(conn: Connection, host_id: str) -> int:
+    """How many times the host registered: which agent process its syncs come from."""
+    return int(
+        conn.execute(select(hosts.c.agent_session).where(hosts.c.id == host_id)).scalar_one()
+    )
 
 
 def require_host(conn: Connection, principal: Principal, host_id: str) -> HostInfo:

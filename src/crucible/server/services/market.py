@@ -226,6 +226,27 @@ class LiveMarket:
         self._priced: dict[tuple[str, str], Offer] = {}  # offers hosts set, as last read
         self._offers_dirty = True
         self._offers_read_ms: int | None = None
+        # Whether this process's scheduler decides with this market (it leads, or it is the
+        # only process). A follower replica's market is only read (quotes, the book): it
+        # is rebuilt from the store whenever it is stale, since the leader's decisions
+        # reach it through the store only.
+        self.leading = True
+
+    def reload(self) -> None:
+        """Forget everything and read the store again at the next :meth:`sync` (a replica
+        that was a follower becomes the leader, or a follower's view is stale)."""
+        with self.lock:
+            self.market = Market(self.rules(self.settings))
+            self._loaded = False
+            self._specs.clear()
+            self._state.clear()
+            self._offers.clear()
+            self._cpu_offers.clear()
+            self._synced_ms = None
+            self._seen.clear()
+            self._priced.clear()
+            self._offers_dirty = True
+            self._offers_read_ms = None
 
     @staticmethod
     def rules(settings: Settings) -> MarketRules:
@@ -343,6 +364,8 @@ class LiveMarket:
         """:meth:`sync` unless the scheduler did within ``max_age_ms`` (API reads: with the
         scheduler running in this process they never pay for a sync)."""
         if self._synced_ms is None or now_ms - self._synced_ms > max_age_ms:
+            if not self.leading:
+                self.reload()  # leases and reservations too: the leader changed them
             self.sync(conn, now_ms)
 
     def cpu_offer(self, host_id: str) -> Offer:

@@ -16,6 +16,7 @@ an upload in flight is never lost.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, bindparam, cast, delete, func, select, update
@@ -200,11 +201,19 @@ def prune_intervals(conn: Connection, before_ms: int, batch: int) -> Pruned:
 
 
 def collect_blobs(
-    engine: Engine, store: BlobStore, before_ms: int, batch: int, after: str = ""
+    engine: Engine,
+    store: BlobStore,
+    before_ms: int,
+    batch: int,
+    after: str = "",
+    *,
+    fence: Callable[[Connection], None] | None = None,
 ) -> tuple[Pruned, str]:
     """Collect unreferenced blobs among up to ``batch`` blob hashes after ``after`` (in hash
     order) whose every grant is older than ``before_ms``. Returns what was deleted and the
-    hash to continue after ('' once the end was reached: start again from the beginning)."""
+    hash to continue after ('' once the end was reached: start again from the beginning).
+    ``fence`` runs first in every deleting transaction (the scheduler leader's epoch check,
+    server/leadership.py)."""
     with engine.connect() as conn:
         found = conn.execute(
             select(blobs.c.sha256, func.max(blobs.c.size).label("size"))
@@ -223,6 +232,8 @@ def collect_blobs(
     out = Pruned()
     for sha, size in candidates.items():
         with engine.begin() as conn:
+            if fence is not None:
+                fence(conn)
             # Only grants still old enough go: one renewed meanwhile keeps the blob.
             conn.execute(delete(blobs).where(blobs.c.sha256 == sha, blobs.c.created_ms < before_ms))
             if conn.execute(select(blobs.c.sha256).where(blobs.c.sha256 == sha)).first():

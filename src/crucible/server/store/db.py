@@ -12,11 +12,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 __all__ = ["create_store_engine", "is_sqlite", "migrate"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock key of schema upgrades: replicas starting at once on one store
+# upgrade it one after another (the later ones find it current).
+_MIGRATE_LOCK = 0x63727563  # "cruc"
 
 
 def is_sqlite(url: str) -> bool:
@@ -55,8 +58,12 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent). On PostgreSQL, concurrent
+    callers (replicas starting together) take turns: the upgrade holds an advisory lock
+    until its transaction ends."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "access_requests",
     "accounts",
     "apps",
     "audit_log",
@@ -43,6 +44,7 @@ __all__ = [
     "functions",
     "host_offers",
     "hosts",
+    "leadership",
     "ledger_entries",
     "ledger_postings",
     "log_lines",
@@ -54,6 +56,7 @@ __all__ = [
     "pods",
     "queue_items",
     "queues",
+    "replicas",
     "reservations",
     "schedules",
     "secrets",
@@ -130,6 +133,9 @@ hosts = Table(
     Column("carbon_now_g_per_kwh", Integer),
     Column("carbon_note", String(300)),
     Column("energy_readings_dropped", BigInteger, nullable=False, default=0),
+    # Registrations of this host so far: each agent process numbers its syncs from 1, and
+    # every replica tells a new process's syncs from the last one's by this.
+    Column("agent_session", BigInteger, nullable=False, default=0, server_default="0"),
     # What the host's agent measured it enforces (protocol IsolationReport; NULL: an older
     # agent, treated as runtime "process"): strangers' code runs only where it is full.
     Column("isolation", JSON),
@@ -718,4 +724,42 @@ ssh_keys = Table(
     Column("public_key", Text, nullable=False),  # "TYPE BASE64" (the comment is the name)
     Column("created_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "fingerprint"),
+)
+
+# The scheduler's leader among replicas (server/leadership.py): one row per role. ``epoch``
+# grows by one at every change of holder; every write of the leader checks it (the fence),
+# so a deposed leader cannot commit. ``expires_ms``: the holder's lease, renewed while alive.
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("holder", String(64), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    # The holder's CRUCIBLE_ADVERTISE_URL ('' when none): where other replicas forward what
+    # only the leader may decide (reservations).
+    Column("url", Text, nullable=False, default="", server_default=""),
+)
+
+# Access sessions (exec, SSH, ports) waiting to be handed to their host's agent, when replicas
+# advertise their own URLs (CRUCIBLE_ADVERTISE_URL): the replica holding the client writes
+# the request; whichever replica the agent's sync reaches takes it (deleting it) and hands it
+# over; the agent dials ``dial_url`` back. Rows live seconds.
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("host_id", String(32), nullable=False, index=True),
+    Column("request", Text, nullable=False),  # AccessRequest as JSON
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# The server processes on this store, each renewing its row with its lease claims
+# (server/leadership.py): a replica that sees no other alive skips publishing wake-ups.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),  # its CRUCIBLE_ADVERTISE_URL ('' when none)
+    Column("seen_ms", BigInteger, nullable=False),
 )

@@ -1,0 +1,48 @@
+"""What only the scheduler leader may decide, sent to it by the other replicas.
+
+A reservation is decided on the market held in memory; with replicas only the leader's is
+the market of record (the others' copies are re-read from the store when stale). A replica
+that does not lead forwards ``POST /v1/reservations`` to the leader's advertised URL
+(CRUCIBLE_ADVERTISE_URL, kept in the lease row) with the caller's own token, and answers
+with the leader's answer. Without advertised URLs every replica decides for itself (the
+limit docs/operators.md states).
+"""
+
+from __future__ import annotations
+
+from crucible.errors import ServerUnavailableError
+from crucible.protocol.market import ReservationInfo, ReserveCreate
+from crucible.protocol.transport import Transport
+from crucible.server.leadership import leader_url
+from crucible.server.state import ServerState
+
+__all__ = ["to_leader"]
+
+_TIMEOUT_S = 30.0
+
+
+def to_leader(
+    state: ServerState, authorization: str | None, req: ReserveCreate
+) -> ReservationInfo | None:
+    """The leader's answer to ``req`` when another replica leads; None when this replica
+    should decide (it leads, or no leader advertises a URL). Blocking: call it from a
+    worker thread (a sync route)."""
+    own = state.settings.advertise_url.rstrip("/")
+    if state.market.leading or not own or not authorization:
+        return None
+    with state.engine.connect() as conn:
+        url = leader_url(conn, state.clock.now_ms())
+    if url is None or url == own:
+        return None
+    token = authorization.split(" ", 1)[-1].strip()
+    transport = Transport(url, token, timeout_s=_TIMEOUT_S, retry_for_s=0)
+    try:
+        got = transport.post("/v1/reservations", req.model_dump(mode="json"))
+    except ServerUnavailableError:
+        raise ServerUnavailableError(
+            "the scheduler leader, which decides reservations, did not answer (it may be "
+            "changing); try again in a few seconds"
+        ) from None
+    finally:
+        transport.close()
+    return ReservationInfo.model_validate(got)

@@ -1,0 +1,67 @@
+"""Per-process caches that must stay right when an agent's requests land on several replicas
+(two in-process servers on one store: SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from crucible.protocol.accounts import Scope
+from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.store.tables import containers
+
+from server_testlib import MakeServer
+
+
+def test_an_agent_restarted_through_another_replica_is_not_taken_for_a_stale_one(
+    make_server: MakeServer,
+) -> None:
+    """Replica B saw the old agent process's syncs up to seq 50. The agent restarts and
+    registers through replica A; its first sync (seq 1) reaches B, which must apply it: the
+    container the new process does not run is gone. (B used to keep the old process's seq
+    and ignore the new one's reports until they passed 50.)"""
+    a, b = make_server(), make_server()
+    host_token = a.tenant("hoster", Scope.HOST).token
+    renter = a.tenant("renter").token
+    host_id = a.register_host(host_token, "box")
+    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
+    cid, _ = a.place_container(fn, host_id)
+    running = {"containers": [{"container_id": cid, "state": "running"}], "seq": 50}
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=running)
+    with b.state.engine.connect() as conn:
+        assert conn.execute(select(containers.c.state).where(containers.c.id == cid)).scalar() in (
+            "starting",
+            "running",
+        )
+    assert a.register_host(host_token, "box") == host_id  # the agent restarted, via A
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 1})
+    with b.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.id == cid)).one()
+    assert (ct.state, ct.exit_reason) == ("stopped", "lost")
+
+
+def test_the_autoscalers_observations_reach_the_other_replicas(make_server: MakeServer) -> None:
+    """Arrivals and execution times observed on one replica are the leader's inputs too (a
+    loopback stands in for the PostgreSQL bus, tested in tests/replicas/)."""
+    a, b = make_server(), make_server()
+    a.state.wakeups.publish = b.state.wakeups.notify_local
+    now = a.state.clock.now_ms()
+    a.state.observe_arrivals("fn-1", 5, now)
+    a.state.observe_exec("fn-1", [10.0, 30.0])
+    assert "fn-1" in b.state.arrivals
+    assert b.state.exec_stats["fn-1"] == 20.0
+    # Nothing is shared in one process: no publisher, nothing formatted.
+    b.state.observe_arrivals("fn-2", 1, now)
+    assert "fn-2" not in a.state.arrivals
+
+
+def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> None:
+    """The leader's reasons (shown on queued calls, pods and clusters) as they change."""
+    leader, other = make_server(), make_server()
+    leader.state.wakeups.publish = other.state.wakeups.notify_local
+    loop = SchedulerLoop(leader.state)
+    leader.state.waiting = {"fn-1": "no host has\nan H100 free", "fn-2": "busy"}
+    loop._share_waiting()
+    assert other.state.waiting == {"fn-1": "no host has an H100 free", "fn-2": "busy"}
+    leader.state.waiting = {"fn-2": "still busy"}
+    loop._share_waiting()
+    assert other.state.waiting == {"fn-2": "still busy"}
