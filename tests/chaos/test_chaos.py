@@ -40,6 +40,8 @@ def pg_url() -> Iterator[str]:
     yield from _postgres_database()
 
 
+# The CI size ends well inside the default limit; a full-size run gets time in proportion.
+@pytest.mark.timeout(max(120, 60 + CALLS // 10))
 @pytest.mark.parametrize(
     "replicas",
     [
@@ -108,6 +110,7 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
                     )
                 )
             }
+            assert metered, "no priced usage was metered: the charge check would be empty"
             assert charged == metered
             # Each container's running total is the sum of its intervals.
             sums = dict(
