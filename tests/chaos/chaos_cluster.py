@@ -2,10 +2,12 @@
 database and several agents, and a bounded loop that SIGKILLs a server or an agent at
 random moments (a seeded RNG; every event is logged) and restarts it.
 
-Agents and clients talk to replica 0; the loop may kill any replica (with N = 1, the single
-server, which is then also the scheduler). Replicas other than 0 listen on ports of their
-own. A second server on the same database is safe only once replicas elect one scheduler
-(issue 15, branch i15-replicas): :func:`replicas_supported` says whether this tree has that.
+Agents and clients talk to member 0 (the exchange's own server); the loop may kill any
+member, and with N > 1 it also aims at the elected scheduler leader, read from the store's
+``leadership`` table (with N = 1 the single server is the scheduler). Members other than 0
+listen on ports of their own and advertise their URL. A second server on the same database
+is safe only once replicas elect one scheduler (issue 15, branch i15-replicas):
+:func:`replicas_supported` says whether this tree has that.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, create_engine, text
 
 from crucible.protocol.transport import Transport
 from crucible.server.store import tables
@@ -42,11 +44,17 @@ class ChaosExchange(Exchange):
         self.replica_ports = [free_port() for _ in range(replicas - 1)]
         self.replica_procs: dict[int, subprocess.Popen[bytes]] = {}
 
+    def process_env(self, home: Path) -> dict[str, str]:
+        env = super().process_env(home)
+        if home == self.home and self.replicas > 1:  # member 0; others replace it
+            env["CRUCIBLE_ADVERTISE_URL"] = self.url
+        return env
+
     @property
     def replicas(self) -> int:
         return 1 + len(self.replica_ports)
 
-    def start_replica(self, index: int) -> None:
+    def start_member(self, index: int) -> None:
         """Start replica ``index`` (0 is the exchange's own server)."""
         if index == 0:
             self.start_server()
@@ -55,6 +63,7 @@ class ChaosExchange(Exchange):
         env = self.process_env(self.home)  # the same home: the same admin token
         env["CRUCIBLE_DATABASE_URL"] = self.database_url
         env["CRUCIBLE_PORT"] = str(port)
+        env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
         with open(self.root / f"server-{index}.log", "ab") as log:
             proc = subprocess.Popen(
                 self.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
@@ -75,7 +84,25 @@ class ChaosExchange(Exchange):
         finally:
             probe.close()
 
-    def kill_replica(self, index: int) -> None:
+    def leader(self) -> int | None:
+        """The member that holds the scheduler's leadership now, by its advertised URL
+        (None when no member leads or the store has no leadership table)."""
+        if not replicas_supported():
+            return None
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                urls = [str(u) for u in conn.execute(text("SELECT url FROM leadership")).scalars()]
+        finally:
+            engine.dispose()
+        ports = [self.port, *self.replica_ports]
+        for url in urls:
+            for index, port in enumerate(ports):
+                if url.rstrip("/").endswith(f":{port}"):
+                    return index
+        return None
+
+    def kill_member(self, index: int) -> None:
         """SIGKILL replica ``index`` (a crash: no graceful shutdown)."""
         if index == 0:
             self.stop_server(kill=True)
@@ -87,7 +114,7 @@ class ChaosExchange(Exchange):
     def start_all(self, agents: list[str]) -> None:
         self.start_server()
         for index in range(1, self.replicas):
-            self.start_replica(index)
+            self.start_member(index)
         for name in agents:
             self.start_agent(name)
 
@@ -148,14 +175,19 @@ class ChaosLoop(threading.Thread):
                 if self._stop_event.wait(self.rng.uniform(0.2, self.max_pause_s)):
                     return
                 targets = [f"server-{i}" for i in range(self.exchange.replicas)] + self.agents
+                if self.exchange.replicas > 1:
+                    targets.append("leader")
                 target = self.rng.choice(targets)
+                if target == "leader":
+                    leader = self.exchange.leader()
+                    target = f"server-{leader if leader is not None else 0}"
                 pause_s = self.rng.uniform(0.0, self.max_pause_s)
                 self._log(f"event {n}: SIGKILL {target}, restart after {pause_s:.2f} s")
                 if target.startswith("server-"):
                     index = int(target.removeprefix("server-"))
-                    self.exchange.kill_replica(index)
+                    self.exchange.kill_member(index)
                     time.sleep(pause_s)
-                    self.exchange.start_replica(index)
+                    self.exchange.start_member(index)
                 else:
                     self.exchange.kill_agent(target)
                     time.sleep(pause_s)
