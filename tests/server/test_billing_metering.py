@@ -204,6 +204,57 @@ def test_meter_containers_is_idempotent_and_exact(world: World) -> None:
     assert report.total_micros == total
 
 
+def test_a_tick_during_a_stop_leaves_intervals_and_total_in_step(world: World) -> None:
+    """Found by tests/chaos: the loop's metering tick and a container's stop (which meters it
+    in the request's transaction) ran over one container at once on PostgreSQL; both cut
+    intervals from the same start, the conflicting ones were dropped and the last writer's
+    running total did not match the intervals kept. Now the tick skips a container another
+    transaction holds (it never waits on a request), and the stop meters it whole."""
+    if world.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: the two cannot overlap")
+    fid = world.function()
+    cid = world.container(fid, cpu=2.0, memory_mib=2048)
+    start = world.now_ms
+    world.host_synced(start + 10**9)
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(containers)
+            .where(containers.c.id == cid)
+            .values(state="running", started_ms=start)
+        )
+    stop = start + 15_500
+    with world.engine.connect() as stopping:
+        stopping.begin()
+        stopping.execute(
+            update(containers)
+            .where(containers.c.id == cid)
+            .values(state="stopped", stopped_ms=stop)
+        )
+        with world.engine.begin() as tick:
+            # Without the fix the tick waits for the stop's row lock (here: an error, not a hang).
+            tick.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            assert meter_containers(tick, start + 25_000, 10_000) == 0
+        assert meter_containers(stopping, start + 25_000, 10_000, container_id=cid) == 2
+        stopping.commit()
+    with world.engine.begin() as conn:
+        assert meter_containers(conn, start + 60_000, 10_000) == 0
+        rows = conn.execute(
+            select(
+                meter_intervals.c.start_ms, meter_intervals.c.end_ms, meter_intervals.c.cost_micros
+            )
+            .where(meter_intervals.c.container_id == cid)
+            .order_by(meter_intervals.c.start_ms)
+        ).all()
+        total = conn.execute(
+            select(containers.c.metered_cost_micros).where(containers.c.id == cid)
+        ).scalar_one()
+    assert [(r.start_ms, r.end_ms) for r in rows] == [
+        (start, start + 10_000),
+        (start + 10_000, stop),
+    ]
+    assert total == sum(r.cost_micros for r in rows) > 0
+
+
 def test_meter_containers_skips_never_started_and_restarts_cleanly(world: World) -> None:
     fid = world.function()
     never = world.container(fid)

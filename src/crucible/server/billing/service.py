@@ -149,6 +149,13 @@ def meter_containers(
     )
     if container_id is not None:
         q = q.where(containers.c.id == container_id)
+    # Metering reads a container's progress (metered_until_ms, metered_cost_micros) and writes
+    # it back: two passes over one container at once (the loop's tick and a stop, which meters
+    # its container in its own transaction) would each cut intervals from the same start and
+    # the last writer's total would not match the intervals kept. So the rows are locked; the
+    # loop skips a container another transaction holds (that one meters it), which also keeps
+    # the loop from ever waiting on, or deadlocking with, a request. SQLite has one writer.
+    q = q.with_for_update(of=containers, skip_locked=container_id is None)
     rows = conn.execute(q).all()
     intervals: list[dict[str, object]] = []
     entries: list[NewEntry] = []
