@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
+from crucible.agent.clusternet import ClusterNetworks, free_udp_port
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.exec_process import ZygoteExec, exec_env
 from crucible.agent.images import BuiltImage, ImageCache
@@ -173,8 +174,13 @@ class SandboxRuntime:
         uids: UidPool | None = None,
         oci: OciImages | None = None,
         worker_deps: WorkerDeps | None = None,
+        cluster_net_port: int = 0,
     ) -> None:
         self.agent_dir = Path(agent_dir)
+        # Pod clusters' private networks (agent/clusternet.py), on this UDP port (0: a free
+        # one); why this host cannot build them (None: it can), measured at start-up.
+        self.cluster_nets = ClusterNetworks(cluster_net_port or free_udp_port())
+        self.cluster_net_problem: str | None = "not measured yet"
         # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
         self.oci = oci or OciImages(self.agent_dir / "oci")
         self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
@@ -375,6 +381,7 @@ class SandboxRuntime:
             z.proc.terminate()
         for z in zygotes:  # their cgroups and relay directories are removed on the way out
             z.proc.done.wait(timeout=3.0)
+        self.cluster_nets.close()
 
     # -- observability (benchmarks, tests) ----------------------------------------------------
     def zygote_pids(self) -> dict[str, int]:
@@ -496,6 +503,13 @@ class SandboxRuntime:
             except EgressError as exc:
                 self._fail(cid, str(exc))
                 return
+        if a.pod is not None and a.pod.network is not None and self.cluster_net_problem:
+            self._fail(
+                cid,
+                "this host cannot build the cluster's private network "
+                f"({self.cluster_net_problem}); the cluster is placed again elsewhere",
+            )
+            return
         if a.pod is not None and not isinstance(image, FunctionImage):
             try:
                 resolve_pod_image(a.pod.image)
@@ -600,6 +614,10 @@ class SandboxRuntime:
             env={"PYTHONPATH": root} if root and oci is None else {},
             gpu_dev_root=self.limits.gpu_dev_root,
         )
+        plan = a.pod.network if a.pod is not None else None
+        if plan is not None and not cfg.network:
+            # A cluster member: its sandbox joins the cluster's network before it runs.
+            cfg.join_network = lambda pid: self.cluster_nets.join(plan, key, pid)
         if oci is not None:
             cfg.rootfs = oci.image.rootfs
             cfg.lib_mounts = oci.lib_mounts
@@ -647,6 +665,7 @@ class SandboxRuntime:
                 limits=rlimits,
             )
         except BaseException:
+            self.cluster_nets.leave(key)
             relay.close()
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
             if uv_built is not None:
@@ -812,6 +831,7 @@ class SandboxRuntime:
                     z.gone = True
                     self._zygotes.pop(key, None)
                     z.relay.close()
+                    self.cluster_nets.leave(key)
                     if z.uid is not None:
                         z.uid.release()
                     if z.image_key is not None:

@@ -687,6 +687,9 @@ pods = Table(
     Column("cluster_id", String(32), index=True),
     Column("rank", Integer),
     Column("cluster_env", JSON),
+    # Its place on the cluster's private network (protocol ClusterNetPlan); None: the
+    # members use their hosts' network.
+    Column("cluster_net", JSON),
     Index("ix_pods_account_name", "account_id", "name"),
 )
 

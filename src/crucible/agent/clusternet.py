@@ -1,0 +1,137 @@
+"""The private networks of pod clusters on this host: one group network per cluster run
+(:mod:`crucible.agent.groupnet`), shared by the cluster's members on this host and linked by
+VXLAN to the members' other hosts, built when its first member's sandbox starts and removed
+when its last one ends.
+
+The server hands each member its plan (:class:`~crucible.protocol.pods.ClusterNetPlan`): the
+cluster's subnet, VNI and port range, the member's own address, and where the other members'
+hosts listen. The agent announces where it listens (its UDP port, ``CRUCIBLE_CLUSTER_NET_PORT``
+or a free one chosen at start-up) in its isolation report, once :func:`measure` has shown it
+can build such a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from crucible.agent.groupnet import GroupNetError, GroupNetwork
+from crucible.protocol.pods import ClusterNetPlan
+
+__all__ = ["ClusterNetworks", "cluster_net_tools_problem", "free_udp_port", "measure"]
+
+
+def cluster_net_tools_problem() -> str | None:
+    """Why this host cannot build cluster networks before trying (None: it may)."""
+    missing = [t for t in ("ip", "bridge", "nft", "nsenter") if shutil.which(t) is None]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not found: install them (apt-get install iproute2 "
+            "nftables util-linux)"
+        )
+    if os.geteuid() != 0:
+        return "the agent is not root, so it cannot build network namespaces and bridges"
+    return None
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing on this host listens on now (for the VXLAN socket)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def measure(port: int) -> str | None:
+    """Whether this host builds cluster networks, measured: a group network with a VXLAN
+    link on ``port`` and one member namespace joined to it. None when all of that held, else
+    what failed."""
+    problem = cluster_net_tools_problem()
+    if problem is not None:
+        return problem
+    net = GroupNetwork(ipaddress.IPv4Network("10.254.254.0/24"), 1024, 65535)
+    ns = f"crucible-probe-{uuid.uuid4().hex[:10]}"
+    holder: subprocess.Popen[bytes] | None = None
+    try:
+        net.create()
+        net.link_peers(1, port, [])
+        subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=True, timeout=10)
+        # A process in that namespace stands in for a member sandbox.
+        holder = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "sleep", "30"], stdin=subprocess.DEVNULL
+        )
+        net.join(holder.pid, "10.254.254.2")
+    except (GroupNetError, OSError, subprocess.SubprocessError) as exc:
+        return f"could not build a cluster network: {exc}"
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        net.close()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    return None
+
+
+@dataclass
+class _Net:
+    group: GroupNetwork
+    users: set[str] = field(default_factory=set)  # sandbox keys of its members here
+
+
+class ClusterNetworks:
+    """This host's cluster networks, by cluster run. Thread-safe."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._nets: dict[str, _Net] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(plan: ClusterNetPlan) -> str:
+        peers = ",".join(f"{p.address}:{p.port}" for p in plan.peers)
+        return f"{plan.cluster_id}|{plan.vni}|{plan.subnet}|{peers}"
+
+    def join(self, plan: ClusterNetPlan, user: str, pid: int) -> str:
+        """Put the sandbox ``pid`` (held before its code runs; ``user`` names it) on its
+        cluster's network at its address, building the network first if it is the first
+        member here. Raises :class:`GroupNetError`."""
+        key = self._key(plan)
+        with self._lock:
+            net = self._nets.get(key)
+            if net is None:
+                group = GroupNetwork(ipaddress.IPv4Network(plan.subnet), plan.port_lo, plan.port_hi)
+                group.create()
+                try:
+                    group.link_peers(plan.vni, self.port, [(p.address, p.port) for p in plan.peers])
+                except BaseException:
+                    group.close()
+                    raise
+                net = self._nets[key] = _Net(group)
+            net.users.add(user)
+        return net.group.join(pid, plan.address)
+
+    def leave(self, user: str) -> None:
+        """``user``'s sandbox ended: remove every network it was the last member of."""
+        gone: list[GroupNetwork] = []
+        with self._lock:
+            for key, net in list(self._nets.items()):
+                net.users.discard(user)
+                if not net.users:
+                    gone.append(net.group)
+                    del self._nets[key]
+        for group in gone:
+            with contextlib.suppress(Exception):
+                group.close()
+
+    def close(self) -> None:
+        with self._lock:
+            nets, self._nets = list(self._nets.values()), {}
+        for net in nets:
+            with contextlib.suppress(Exception):
+                net.group.close()
