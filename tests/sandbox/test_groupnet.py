@@ -140,3 +140,60 @@ def test_a_group_is_a_24_with_valid_ports() -> None:
         GroupNetwork(ipaddress.IPv4Network("10.77.0.0/16"), 1, 2)
     with pytest.raises(ValueError, match="ports"):
         GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 9, 2)
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_groups_on_two_hosts_are_one_network_through_vxlan() -> None:
+    """Two hubs (as two hosts' agents build them) linked by VXLAN over loopback, each with
+    its own UDP port: their members reach each other at the addresses they were given. A
+    third hub on the same subnet with another VNI hears nothing of them."""
+    _skip_unless_capable()
+    subnet = ipaddress.IPv4Network("10.78.1.0/24")
+    here, there, other = (GroupNetwork(subnet, 7000, 7010) for _ in range(3))
+    ports = [_free_udp_port() for _ in range(3)]
+    for g in (here, there, other):
+        g.create()
+    members: list[Member] = []
+    try:
+        here.link_peers(4242, ports[0], [("127.0.0.1", ports[1])])
+        there.link_peers(4242, ports[1], [("127.0.0.1", ports[0])])
+        other.link_peers(4243, ports[2], [("127.0.0.1", ports[0]), ("127.0.0.1", ports[1])])
+        a = Member(["10.78.1.5:7000", "10.78.1.5:9000"])
+        b = Member(["10.78.1.2:7000"])
+        c = Member(["10.78.1.2:7000", "10.78.1.5:7000"])
+        members = [a, b, c]
+        assert here.join(a.pid, "10.78.1.2") == "10.78.1.2"
+        assert there.join(b.pid, "10.78.1.5") == "10.78.1.5"
+        assert other.join(c.pid, "10.78.1.3") == "10.78.1.3"
+        for m in members:
+            m.start()
+        seen_a, seen_b, seen_c = (m.result() for m in members)
+    finally:
+        for m in members:
+            m.proc.kill()
+            m.proc.wait()
+        for g in (here, there, other):
+            g.close()
+    assert seen_a["10.78.1.5:7000"] == "connected:hi"
+    assert seen_b["10.78.1.2:7000"] == "connected:hi"
+    assert not seen_a["10.78.1.5:9000"].startswith("connected"), seen_a  # not a group port
+    assert all(not v.startswith("connected") for v in seen_c.values()), seen_c
+    # Closing the hubs removed their VXLAN devices too.
+    left = subprocess.run(
+        ["ip", "-d", "link", "show", "type", "vxlan"], capture_output=True, text=True, check=False
+    )
+    assert "vxlan id 4242 " not in left.stdout
+
+
+def test_a_member_address_must_be_in_the_group() -> None:
+    group = GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 7000, 7010)
+    for bad in ("10.77.2.2", "10.77.1.0", "10.77.1.255"):
+        with pytest.raises(ValueError, match="not a member address"):
+            group.join(1, bad)
