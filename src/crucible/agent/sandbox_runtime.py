@@ -122,8 +122,8 @@ class _Box:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
-    # Pulling its OCI image: not reported to the server yet, so that the pull (and a pull that
-    # fails) is never metered; the container counts as started once the image is ready.
+    # Pulling its OCI image: reported "pulling", which the server does not meter (nor a pull
+    # that fails); the container counts as started once the image is ready.
     pulling: bool = False
     error_code: str | None = None  # why its image did not pull (reason "image_failed")
 
@@ -243,6 +243,8 @@ class SandboxRuntime:
                 failed = True
             else:
                 box = _Box(cid, self.containers_dir / cid, assignment)
+                # From the first report on: the pull is never metered as a start.
+                box.pulling = assignment.image is not None and assignment.image.registry is not None
                 self._boxes[cid] = box
                 failed = False
         if failed:
@@ -251,10 +253,10 @@ class SandboxRuntime:
         self._queue.put(("start", assignment))
 
     def poll(self) -> list[ContainerReport]:
-        """Every container's state, except those still pulling their OCI image (the server
-        keeps them pending, so the pull is not metered)."""
+        """Every container's state; ``pulling`` for those still pulling their OCI image (the
+        server keeps them pending, so the pull is not metered)."""
         with self._lock:
-            return [self._report(b) for b in self._boxes.values() if not b.pulling]
+            return [self._report(b) for b in self._boxes.values()]
 
     def stop(self, container_id: str, grace_s: float | None = None, why: str = "") -> bool:
         """SIGTERM the container's process group, SIGKILL ``grace_s`` later (default: the
@@ -975,7 +977,8 @@ class SandboxRuntime:
                 message=b.message,
                 error_code=b.error_code,
             )
-        return ContainerReport(container_id=b.container_id, state=b.state, pid=b.pid)
+        state = "pulling" if b.pulling and b.state == "starting" else b.state
+        return ContainerReport(container_id=b.container_id, state=state, pid=b.pid)
 
     def _notify(self, box: _Box) -> None:
         if self.on_exit is None:

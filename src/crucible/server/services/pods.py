@@ -273,7 +273,8 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
     if ct.state == "stopping" or row.state == "stopping":
         return "stopping", None
     if ct.state == "pending":
-        return "pending", None
+        # Its host reported that it is pulling the pod's image.
+        return ("pulling" if ct.pulling_ms is not None else "pending"), None
     if ct.state == "starting":
         return "starting", None
     return "running", None

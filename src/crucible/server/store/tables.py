@@ -195,6 +195,8 @@ containers = Table(
     Column("rate_micros_per_hour", BigInteger, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("started_ms", BigInteger),
+    # When its host first reported it pulling its OCI image (a pending container; docs/pods.md).
+    Column("pulling_ms", BigInteger),
     Column("ready_ms", BigInteger),
     Column("last_active_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
