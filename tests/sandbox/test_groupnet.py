@@ -197,3 +197,22 @@ def test_a_member_address_must_be_in_the_group() -> None:
     for bad in ("10.77.2.2", "10.77.1.0", "10.77.1.255"):
         with pytest.raises(ValueError, match="not a member address"):
             group.join(1, bad)
+
+
+def test_an_agent_removes_the_hubs_its_killed_predecessor_left(tmp_path: object) -> None:
+    _skip_unless_capable()
+    from crucible.agent.clusternet import ClusterNetworks
+
+    first = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+    left = GroupNetwork(ipaddress.IPv4Network("10.79.1.0/24"), 7000, 7010, hub=first.prefix + "x1")
+    left.create()  # as if the agent had been killed with this network up
+    other = GroupNetwork(ipaddress.IPv4Network("10.79.2.0/24"), 7000, 7010)  # another agent's
+    other.create()
+    try:
+        again = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+        hubs = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert left.hub not in hubs and other.hub in hubs
+        assert again.remove_stale() == []
+    finally:
+        left.close()
+        other.close()

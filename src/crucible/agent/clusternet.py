@@ -13,6 +13,7 @@ can build such a network.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -84,13 +85,32 @@ class _Net:
     users: set[str] = field(default_factory=set)  # sandbox keys of its members here
 
 
-class ClusterNetworks:
-    """This host's cluster networks, by cluster run. Thread-safe."""
+_NETNS_DIR = "/run/netns"
 
-    def __init__(self, port: int) -> None:
+
+class ClusterNetworks:
+    """This host's cluster networks, by cluster run. Thread-safe.
+
+    ``owner`` tags the hub namespaces of this agent (several agents may share a machine): at
+    start, hubs an earlier run of the same agent left behind (it was killed) are removed."""
+
+    def __init__(self, port: int, owner: str = "") -> None:
         self.port = port
+        self.prefix = f"crucible-g-{hashlib.sha256(owner.encode()).hexdigest()[:8]}-"
         self._nets: dict[str, _Net] = {}
         self._lock = threading.Lock()
+        if owner:
+            self.remove_stale()
+
+    def remove_stale(self) -> list[str]:
+        """Delete this agent's hub namespaces left by an earlier run; their names."""
+        try:
+            names = [n for n in os.listdir(_NETNS_DIR) if n.startswith(self.prefix)]
+        except OSError:
+            return []
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        return names
 
     @staticmethod
     def _key(plan: ClusterNetPlan) -> str:
@@ -105,7 +125,12 @@ class ClusterNetworks:
         with self._lock:
             net = self._nets.get(key)
             if net is None:
-                group = GroupNetwork(ipaddress.IPv4Network(plan.subnet), plan.port_lo, plan.port_hi)
+                group = GroupNetwork(
+                    ipaddress.IPv4Network(plan.subnet),
+                    plan.port_lo,
+                    plan.port_hi,
+                    hub=self.prefix + uuid.uuid4().hex[:10],
+                )
                 group.create()
                 try:
                     group.link_peers(plan.vni, self.port, [(p.address, p.port) for p in plan.peers])

@@ -179,7 +179,9 @@ class SandboxRuntime:
         self.agent_dir = Path(agent_dir)
         # Pod clusters' private networks (agent/clusternet.py), on this UDP port (0: a free
         # one); why this host cannot build them (None: it can), measured at start-up.
-        self.cluster_nets = ClusterNetworks(cluster_net_port or free_udp_port())
+        self.cluster_nets = ClusterNetworks(
+            cluster_net_port or free_udp_port(), owner=str(self.agent_dir.resolve())
+        )
         self.cluster_net_problem: str | None = "not measured yet"
         # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
         self.oci = oci or OciImages(self.agent_dir / "oci")
