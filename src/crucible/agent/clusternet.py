@@ -88,6 +88,14 @@ class _Net:
 _NETNS_DIR = "/run/netns"
 
 
+def _ip_of(address: str) -> str:
+    """A peer host's IPv4 address (hosts may announce a name). Raises GroupNetError."""
+    try:
+        return socket.gethostbyname(address)
+    except OSError as exc:
+        raise GroupNetError(f"cluster peer {address!r} does not resolve here: {exc}") from None
+
+
 class ClusterNetworks:
     """This host's cluster networks, by cluster run. Thread-safe.
 
@@ -133,7 +141,8 @@ class ClusterNetworks:
                 )
                 group.create()
                 try:
-                    group.link_peers(plan.vni, self.port, [(p.address, p.port) for p in plan.peers])
+                    peers = [(_ip_of(p.address), p.port) for p in plan.peers]
+                    group.link_peers(plan.vni, self.port, peers)
                 except BaseException:
                     group.close()
                     raise

@@ -589,6 +589,9 @@ class SandboxRuntime:
                 repr(a.gpu_indices),
                 repr(sorted(a.volumes.items())),
                 a.pod.pod_id if a.pod is not None else "",
+                # A cluster member's sandbox is on one network at one address: a new plan
+                # (the gang placed again elsewhere) needs a new sandbox.
+                a.pod.network.model_dump_json() if a.pod and a.pod.network else "",
             ]
         )
         if failed:
