@@ -31,7 +31,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from crucible.agent.clusternet import cluster_net_tools_problem, free_udp_port
+from crucible.agent.clusternet import (
+    cluster_net_tools_problem,
+    free_udp_port,
+    wait_netns_entered,
+)
 from crucible.agent.groupnet import GroupNetwork
 
 PORT = 7100
@@ -140,6 +144,8 @@ def measure(
         procs.append(server)
         holder = b.run("import time; time.sleep(600)")
         procs.append(holder)
+        wait_netns_entered(server.pid)
+        wait_netns_entered(holder.pid)
         addr, _ = setup(server.pid, holder.pid)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         client = b.run(CLIENT, addr, str(PORT), str(mib), str(n))

@@ -216,3 +216,60 @@ def test_an_agent_removes_the_hubs_its_killed_predecessor_left(tmp_path: object)
     finally:
         left.close()
         other.close()
+
+
+def test_the_cluster_port_takes_frames_only_from_the_clusters_hosts(tmp_path: object) -> None:
+    """VXLAN has no authentication: while an agent has cluster networks, the host drops UDP
+    to its cluster port from any address that is not one of their hosts'."""
+    _skip_unless_capable()
+    import re
+    import socket
+
+    from crucible.agent.clusternet import ClusterNetworks, wait_netns_entered
+    from crucible.protocol.pods import ClusterNetPlan, ClusterPeer
+
+    nets = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+    holder_ns = f"crucible-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", holder_ns], check=True)
+    holder = subprocess.Popen(["ip", "netns", "exec", holder_ns, "sleep", "60"])
+    plan = ClusterNetPlan(
+        cluster_id="cl-guard",
+        subnet="10.79.3.0/24",
+        address="10.79.3.2",
+        vni=4244,
+        port_lo=1024,
+        port_hi=65535,
+        peers=[ClusterPeer(address="127.0.0.1", port=_free_udp_port())],
+    )
+
+    def dropped() -> int:
+        table = subprocess.run(
+            ["nft", "list", "table", "inet", nets.guard_table], capture_output=True, text=True
+        ).stdout
+        last = [line for line in table.splitlines() if "drop" in line][-1]
+        found = re.search(r"packets (\d+)", last)
+        return int(found.group(1)) if found else -1
+
+    def send_from(source: str) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((source, 0))
+            s.sendto(b"\x08\x00\x00\x00\x00\x10\x94\x00" + b"\x00" * 60, ("127.0.0.1", nets.port))
+
+    try:
+        wait_netns_entered(holder.pid)
+        assert nets.join(plan, "sandbox-1", holder.pid) == "10.79.3.2"
+        before = dropped()
+        send_from("127.0.0.1")  # a cluster host's address: let through
+        assert dropped() == before
+        send_from("127.0.0.2")  # anyone else: dropped
+        assert dropped() == before + 1
+        nets.leave("sandbox-1")  # the last network here: the guard goes with it
+        gone = subprocess.run(
+            ["nft", "list", "table", "inet", nets.guard_table], capture_output=True
+        )
+        assert gone.returncode != 0
+    finally:
+        holder.kill()
+        holder.wait()
+        nets.close()
+        subprocess.run(["ip", "netns", "del", holder_ns], check=False)

@@ -20,13 +20,21 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
 from crucible.agent.groupnet import GroupNetError, GroupNetwork
 from crucible.protocol.pods import ClusterNetPlan
 
-__all__ = ["ClusterNetworks", "cluster_net_tools_problem", "free_udp_port", "measure"]
+__all__ = [
+    "ClusterNetworks",
+    "cluster_net_tools_problem",
+    "free_udp_port",
+    "measure",
+    "port_guard_ruleset",
+    "wait_netns_entered",
+]
 
 
 def cluster_net_tools_problem() -> str | None:
@@ -49,6 +57,17 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_netns_entered(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until ``pid`` (started by ``ip netns exec``) is in a network namespace other than
+    this process's: joining it before would put the group's interface on the host."""
+    own = os.readlink("/proc/self/ns/net")
+    deadline = time.monotonic() + timeout_s
+    while os.readlink(f"/proc/{pid}/ns/net") == own:
+        if time.monotonic() > deadline:
+            raise GroupNetError(f"process {pid} did not enter its network namespace")
+        time.sleep(0.01)
+
+
 def measure(port: int) -> str | None:
     """Whether this host builds cluster networks, measured: a group network with a VXLAN
     link on ``port`` and one member namespace joined to it. None when all of that held, else
@@ -67,6 +86,7 @@ def measure(port: int) -> str | None:
         holder = subprocess.Popen(
             ["ip", "netns", "exec", ns, "sleep", "30"], stdin=subprocess.DEVNULL
         )
+        wait_netns_entered(holder.pid)
         net.join(holder.pid, "10.254.254.2")
     except (GroupNetError, OSError, subprocess.SubprocessError) as exc:
         return f"could not build a cluster network: {exc}"
@@ -83,9 +103,28 @@ def measure(port: int) -> str | None:
 class _Net:
     group: GroupNetwork
     users: set[str] = field(default_factory=set)  # sandbox keys of its members here
+    peers: frozenset[str] = frozenset()  # the other hosts' addresses
 
 
 _NETNS_DIR = "/run/netns"
+
+
+def port_guard_ruleset(table: str, port: int, peers: set[str]) -> str:
+    """The host's nftables table (``nft -f`` input) that drops UDP to this agent's cluster
+    port unless it comes from a host of one of its clusters (replaces the table)."""
+    allowed = ", ".join(sorted(peers))
+    lines = [
+        f"table inet {table} {{}}",
+        f"delete table inet {table}",
+        f"table inet {table} {{",
+        "  chain input {",
+        "    type filter hook input priority -10; policy accept;",
+        f"    meta nfproto ipv6 udp dport {port} counter drop",
+    ]
+    if allowed:
+        lines.append(f"    udp dport {port} ip saddr {{ {allowed} }} accept")
+    lines += [f"    udp dport {port} counter drop", "  }", "}", ""]
+    return "\n".join(lines)
 
 
 def _ip_of(address: str) -> str:
@@ -100,15 +139,46 @@ class ClusterNetworks:
     """This host's cluster networks, by cluster run. Thread-safe.
 
     ``owner`` tags the hub namespaces of this agent (several agents may share a machine): at
-    start, hubs an earlier run of the same agent left behind (it was killed) are removed."""
+    start, hubs an earlier run of the same agent left behind (it was killed) are removed.
+
+    While it has networks, a table of the host's nftables (:func:`port_guard_ruleset`)
+    accepts UDP on ``port`` only from their peers' addresses: VXLAN carries no
+    authentication, so frames from anywhere else are dropped before they reach a bridge."""
 
     def __init__(self, port: int, owner: str = "") -> None:
         self.port = port
-        self.prefix = f"crucible-g-{hashlib.sha256(owner.encode()).hexdigest()[:8]}-"
+        tag = hashlib.sha256(owner.encode()).hexdigest()[:8]
+        self.prefix = f"crucible-g-{tag}-"
+        self.guard_table = f"crucible_cluster_port_{tag}"
         self._nets: dict[str, _Net] = {}
         self._lock = threading.Lock()
         if owner:
             self.remove_stale()
+
+    def _guard(self) -> None:
+        """Bring the host's port guard in line with the networks (hold the lock)."""
+        if not self._nets:
+            subprocess.run(
+                ["nft", "delete", "table", "inet", self.guard_table],
+                capture_output=True,
+                check=False,
+            )
+            return
+        peers: set[str] = set()
+        for net in self._nets.values():
+            peers |= net.peers
+        done = subprocess.run(
+            ["nft", "-f", "-"],
+            input=port_guard_ruleset(self.guard_table, self.port, peers).encode(),
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
+        if done.returncode != 0:
+            raise GroupNetError(
+                "could not guard the cluster port: "
+                + done.stderr.decode("utf-8", "replace").strip()[-300:]
+            )
 
     def remove_stale(self) -> list[str]:
         """Delete this agent's hub namespaces left by an earlier run; their names."""
@@ -118,6 +188,9 @@ class ClusterNetworks:
             return []
         for name in names:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        with self._lock:
+            if not self._nets:
+                self._guard()
         return names
 
     @staticmethod
@@ -130,9 +203,17 @@ class ClusterNetworks:
         cluster's network at its address, building the network first if it is the first
         member here. Raises :class:`GroupNetError`."""
         key = self._key(plan)
+        stale: list[GroupNetwork] = []
         with self._lock:
             net = self._nets.get(key)
             if net is None:
+                # An earlier run of this cluster (placed otherwise: a cluster runs once at a
+                # time) gives way: its VNI on this port, and its addresses, are the new run's.
+                for old in [k for k in self._nets if k.split("|", 1)[0] == plan.cluster_id]:
+                    stale.append(self._nets.pop(old).group)
+                for group in stale:
+                    with contextlib.suppress(Exception):
+                        group.close()
                 group = GroupNetwork(
                     ipaddress.IPv4Network(plan.subnet),
                     plan.port_lo,
@@ -142,11 +223,14 @@ class ClusterNetworks:
                 group.create()
                 try:
                     peers = [(_ip_of(p.address), p.port) for p in plan.peers]
+                    net = self._nets[key] = _Net(group, peers=frozenset(a for a, _ in peers))
+                    self._guard()  # before the link can carry anything
                     group.link_peers(plan.vni, self.port, peers)
                 except BaseException:
+                    self._nets.pop(key, None)
                     group.close()
+                    self._guard()
                     raise
-                net = self._nets[key] = _Net(group)
             net.users.add(user)
         return net.group.join(pid, plan.address)
 
@@ -159,6 +243,9 @@ class ClusterNetworks:
                 if not net.users:
                     gone.append(net.group)
                     del self._nets[key]
+            if gone:
+                with contextlib.suppress(Exception):
+                    self._guard()
         for group in gone:
             with contextlib.suppress(Exception):
                 group.close()
@@ -166,6 +253,8 @@ class ClusterNetworks:
     def close(self) -> None:
         with self._lock:
             nets, self._nets = list(self._nets.values()), {}
+            with contextlib.suppress(Exception):
+                self._guard()
         for net in nets:
             with contextlib.suppress(Exception):
                 net.group.close()

@@ -145,6 +145,7 @@ class _Zygote:
     cpus: dict[str, float] = field(default_factory=dict)  # container → its CPU cores
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
     uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
+    cluster: bool = False  # on a cluster's private network
 
     def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
@@ -693,6 +694,7 @@ class SandboxRuntime:
             cgroup=cgroup,
             baseline=self.limits.zygote_start_memory,
             uid=uid,
+            cluster=cfg.join_network is not None,
         )
         with self._lock:
             self._zygotes[key] = z
@@ -937,7 +939,9 @@ class SandboxRuntime:
             idle = [
                 z
                 for z in self._zygotes.values()
-                if not z.containers and now - z.idle_since > self.limits.zygote_idle_s
+                if not z.containers
+                # A cluster member's sandbox is not kept warm: it holds its network.
+                and (z.cluster or now - z.idle_since > self.limits.zygote_idle_s)
             ]
         for z in idle:
             log.info("ending idle zygote %s", z.key)
