@@ -282,7 +282,9 @@ def _auth_headers(reg: Registry) -> dict[str, str]:
 @dataclass
 class TokenGateway:
     """Serves ``/token`` (basic credentials → a bearer token) and forwards ``/v2/...`` to the
-    registry only with a valid bearer token; ``tamper`` flips a byte of every blob it relays.
+    registry only with a valid bearer token; ``tamper`` flips a byte of every blob it relays;
+    while ``hold`` is set and not released, blobs trickle out a byte at a time (a pull in
+    progress).
     Records every Authorization header it saw and the paths asked."""
 
     upstream: str
@@ -290,6 +292,7 @@ class TokenGateway:
     password: str = "s3cret-pw"
     tamper: bool = False
     require_token: bool = True
+    hold: threading.Event | None = None
     tokens: set[str] = field(default_factory=set)
     paths: list[str] = field(default_factory=list)
     url: str = ""
@@ -327,6 +330,14 @@ class TokenGateway:
                     self.send_header("Content-Type", hdrs["content-type"])
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                hold = gw.hold
+                if hold is not None and "/blobs/" in self.path:
+                    # A byte now and then (the puller's read timeout never fires) until
+                    # released: the pull is in progress for as long as the test wants.
+                    while body and not hold.wait(0.5):
+                        self.wfile.write(body[:1])
+                        self.wfile.flush()
+                        body = body[1:]
                 self.wfile.write(body)
                 return None
 

@@ -473,6 +473,13 @@ class Settings:
         "CRUCIBLE_ZYGOTE_IDLE_S",
         "A zygote (warm per-image process) with no container is ended after this long.",
     )
+    cluster_net_port: int = _opt(
+        0,
+        "CRUCIBLE_CLUSTER_NET_PORT",
+        "UDP port this host's cluster networks listen on (VXLAN between the members' hosts; "
+        "let it through between your hosts, and from nowhere else). 0: a free port chosen "
+        "when the agent starts.",
+    )
     sandbox_uid_base: int = _opt(
         2_000_000_000,
         "CRUCIBLE_SANDBOX_UID_BASE",

@@ -2,7 +2,9 @@
 cluster, from the environment a cluster gives each member (RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT). ``plain``: over TCP sockets (rank 0 gathers, sums and answers); ``torch``:
 torch.distributed with the gloo backend. Prints ``sum=N`` and exits 0, then sleeps when
-``--stay`` is given (a pod that stays up)."""
+``--stay`` is given (a pod that stays up). With ``--serve`` it then also answers
+``member RANK`` on MASTER_PORT + 1, and every other rank prints what rank 0 answered there
+(``reached rank 0: member 0``)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,32 @@ def with_torch(rank: int, world: int) -> int:
     return int(t.item())
 
 
+def serve(rank: int, addr: str, port: int) -> None:
+    import threading
+
+    srv = socket.create_server(("", port))
+
+    def answer() -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(f"member {rank}\n".encode())
+
+    threading.Thread(target=answer, daemon=True).start()
+    if rank == 0:
+        return
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=5) as conn:
+                print(f"reached rank 0: {conn.makefile().readline().strip()}", flush=True)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def main() -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -59,6 +87,8 @@ def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "plain"
     total = with_torch(rank, world) if mode == "torch" else plain(rank, world, addr, port)
     print(f"sum={total}", flush=True)
+    if "--serve" in sys.argv:
+        serve(rank, addr, port + 1)
     if "--stay" in sys.argv:
         while True:
             time.sleep(1)

@@ -6,7 +6,11 @@ gloo where torch is installed). Preempting one member stops the whole gang."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shlex
+import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from crucible.testing import Transport
 from harness import Exchange, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[1] / "apps" / "cluster_allreduce.py"
+OUTSIDER = Path(__file__).resolve().parents[1] / "apps" / "cluster_outsider.py"
 
 
 @pytest.fixture
@@ -145,3 +150,124 @@ def test_preempting_one_member_stops_the_gang(two_hosts: Exchange) -> None:
     urgent.stop()
     low.close()
     high.close()
+
+
+# -- the private network: members in bwrap sandboxes, of an account that does not own the hosts
+
+
+@pytest.fixture
+def two_sandboxed_hosts(tmp_path: Path) -> Iterator[Exchange]:
+    if os.geteuid() != 0:
+        pytest.skip("cluster networks need root (namespaces, bridges, VXLAN, nftables)")
+    missing = [t for t in ("bwrap", "ip", "bridge", "nft", "nsenter") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"cluster networks need {', '.join(missing)} (scripts/setup dev)")
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_RUNTIME="bwrap")
+    ex.start_server()
+    try:
+        for name in ("gpu-a", "gpu-b"):
+            ex.start_agent(name, fake_gpus="1xH100")
+            info = ex.host(name) or {}
+            if not info.get("isolated"):
+                pytest.skip(f"this machine's sandbox does not isolate fully: {info}")
+            assert (info.get("isolation") or {}).get("cluster_network"), info
+        yield ex
+    finally:
+        ex.close()
+
+
+def _inline(path: Path, *args: str) -> str:
+    """A command running ``path`` (a host file the sandbox cannot see) by its source."""
+    argv = [sys.executable, "-c", path.read_text(encoding="utf-8"), *args]
+    return "exec " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _answer(target: str) -> str:
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as conn:
+            conn.settimeout(2)
+            return conn.recv(64).decode("utf-8", "replace")
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def _private_all_reduce(ex: Exchange, mode: str, *, again: bool = False) -> None:
+    team = ex.client(ex.new_account("team"))
+    outsider = ex.client(ex.new_account("outsider"))
+    t = team.transport
+    try:
+        t.post(
+            "/v1/clusters",
+            {
+                "name": "ring",
+                "nodes": 2,
+                "gpu": "H100",
+                "command": _inline(SCRIPT, mode, "--serve", "--stay"),
+            },
+        )
+        info = wait_for(
+            lambda: (c := _cluster(t, "ring")).state == "running" and c, 90, "cluster running"
+        )
+        assert len({m.host_id for m in info.members}) == 2
+        # Members are told their private addresses, not their hosts'.
+        addrs = [m.address or "" for m in info.members]
+        assert all(a.startswith("10.201.") for a in addrs), addrs
+        assert info.master_addr == addrs[0] and addrs[0] != addrs[1]
+        serve_port = info.master_port + 1
+        for rank in (0, 1):
+            pod = crucible.Pod.from_name(f"ring-{rank}", client=team)
+            wait_for(lambda p=pod: "sum=3" in _lines(p), 180, f"rank {rank}'s sum")
+            assert f"rank={rank} world=2 master={addrs[0]}:{info.master_port}" in _lines(pod)
+        ring1 = crucible.Pod.from_name("ring-1", client=team)
+        wait_for(lambda: "reached rank 0: member 0" in _lines(ring1), 60, "rank 1 reached rank 0")
+
+        # Another account's sandbox on the same hosts reaches neither member, by its private
+        # address or by the host's.
+        targets = [f"{a}:{serve_port}" for a in addrs] + [f"127.0.0.1:{serve_port}"]
+        probe = crucible.Pod.create(
+            "probe", command=_inline(OUTSIDER, *targets) + "; sleep 600", client=outsider
+        )
+        line = wait_for(
+            lambda: next((x for x in _lines(probe) if x.startswith("outsider ")), None),
+            90,
+            "the outsider's attempts",
+        )
+        seen = json.loads(line.removeprefix("outsider "))
+        assert set(seen) == set(targets), seen
+        assert not any(v.startswith("connected") for v in seen.values()), seen
+        # Nor does the host itself: the members' ports are on their private network only.
+        # (Where the host's default route leads to a proxy that accepts any connection, a
+        # connection may open: it must not be answered by a member.)
+        for target in targets:
+            assert "member" not in _answer(target), target
+        probe.stop()
+        t.post("/v1/clusters/ring/stop")
+        wait_for(lambda: _cluster(t, "ring").state == "stopped", 60, "cluster stopped")
+        if again:
+            # Started again (its ranks may land on the other hosts): a new run on the network.
+            t.post("/v1/clusters/ring/start")
+            wait_for(lambda: _cluster(t, "ring").state == "running", 90, "cluster running again")
+            for rank in (0, 1):
+                pod = crucible.Pod.from_name(f"ring-{rank}", client=team)
+                wait_for(
+                    lambda p=pod: _lines(p).count("sum=3") == 2, 180, f"rank {rank}'s second sum"
+                )
+            t.post("/v1/clusters/ring/stop")
+            wait_for(lambda: _cluster(t, "ring").state == "stopped", 60, "cluster stopped")
+    except BaseException:
+        for name in ("server", "agent-gpu-a", "agent-gpu-b"):
+            print(ex.log(name)[-6000:])
+        raise
+    finally:
+        team.close()
+        outsider.close()
+
+
+def test_private_network_all_reduce_over_plain_sockets(two_sandboxed_hosts: Exchange) -> None:
+    _private_all_reduce(two_sandboxed_hosts, "plain", again=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_private_network_all_reduce_with_torch_gloo(two_sandboxed_hosts: Exchange) -> None:
+    _private_all_reduce(two_sandboxed_hosts, "torch")

@@ -109,3 +109,28 @@ def test_network_asks_lease_only_where_egress_is_filtered_or_the_host_is_theirs(
     assert granted(m3.lease(req("acct-b", lease_id="b1"), 0)).leases[0].host_id == (
         "sandbox-no-egress"
     )
+
+
+def test_a_strangers_cluster_leases_only_hosts_that_build_its_private_network() -> None:
+    plain = dataclasses.replace(
+        owned(gpu_host("sandbox-no-clusternet", n=1), "acct-a", isolated=True),
+        cluster_net=False,
+    )
+    able = [owned(gpu_host(f"sandbox-net-{i}", n=1), "acct-c", isolated=True) for i in (1, 2)]
+    gang = dataclasses.replace(req("acct-b", lease_id="g1"), nodes=2, cluster=True)
+    m = market((plain, offer(1)), (able[0], offer(3)), (able[1], offer(3)))
+    hosts = {lease.host_id for lease in granted(m.lease(gang, 0)).leases}
+    assert hosts == {"sandbox-net-1", "sandbox-net-2"}  # not the cheaper one
+    # One able host is not enough for two nodes: refused, saying why.
+    m2 = market((plain, offer(1)), (able[0], offer(3)))
+    r = refused(m2.lease(dataclasses.replace(gang, lease_id="g2"), 0))
+    assert r.code is RefusalCode.NOT_ISOLATED
+    assert "private network" in r.message
+    # The same stranger's single pod, and the host owner's own cluster, may use it.
+    assert granted(m2.lease(req("acct-b", lease_id="b1"), 0)).leases
+    m3 = market((plain, offer(1)), (able[0], offer(3)))
+    own = dataclasses.replace(req("acct-a", lease_id="a1"), nodes=2, cluster=True)
+    assert {lease.host_id for lease in granted(m3.lease(own, 0)).leases} == {
+        "sandbox-no-clusternet",
+        "sandbox-net-1",
+    }

@@ -140,3 +140,136 @@ def test_a_group_is_a_24_with_valid_ports() -> None:
         GroupNetwork(ipaddress.IPv4Network("10.77.0.0/16"), 1, 2)
     with pytest.raises(ValueError, match="ports"):
         GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 9, 2)
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_groups_on_two_hosts_are_one_network_through_vxlan() -> None:
+    """Two hubs (as two hosts' agents build them) linked by VXLAN over loopback, each with
+    its own UDP port: their members reach each other at the addresses they were given. A
+    third hub on the same subnet with another VNI hears nothing of them."""
+    _skip_unless_capable()
+    subnet = ipaddress.IPv4Network("10.78.1.0/24")
+    here, there, other = (GroupNetwork(subnet, 7000, 7010) for _ in range(3))
+    ports = [_free_udp_port() for _ in range(3)]
+    for g in (here, there, other):
+        g.create()
+    members: list[Member] = []
+    try:
+        here.link_peers(4242, ports[0], [("127.0.0.1", ports[1])])
+        there.link_peers(4242, ports[1], [("127.0.0.1", ports[0])])
+        other.link_peers(4243, ports[2], [("127.0.0.1", ports[0]), ("127.0.0.1", ports[1])])
+        a = Member(["10.78.1.5:7000", "10.78.1.5:9000"])
+        b = Member(["10.78.1.2:7000"])
+        c = Member(["10.78.1.2:7000", "10.78.1.5:7000"])
+        members = [a, b, c]
+        assert here.join(a.pid, "10.78.1.2") == "10.78.1.2"
+        assert there.join(b.pid, "10.78.1.5") == "10.78.1.5"
+        assert other.join(c.pid, "10.78.1.3") == "10.78.1.3"
+        for m in members:
+            m.start()
+        seen_a, seen_b, seen_c = (m.result() for m in members)
+    finally:
+        for m in members:
+            m.proc.kill()
+            m.proc.wait()
+        for g in (here, there, other):
+            g.close()
+    assert seen_a["10.78.1.5:7000"] == "connected:hi"
+    assert seen_b["10.78.1.2:7000"] == "connected:hi"
+    assert not seen_a["10.78.1.5:9000"].startswith("connected"), seen_a  # not a group port
+    assert all(not v.startswith("connected") for v in seen_c.values()), seen_c
+    # Closing the hubs removed their VXLAN devices too.
+    left = subprocess.run(
+        ["ip", "-d", "link", "show", "type", "vxlan"], capture_output=True, text=True, check=False
+    )
+    assert "vxlan id 4242 " not in left.stdout
+
+
+def test_a_member_address_must_be_in_the_group() -> None:
+    group = GroupNetwork(ipaddress.IPv4Network("10.77.1.0/24"), 7000, 7010)
+    for bad in ("10.77.2.2", "10.77.1.0", "10.77.1.255"):
+        with pytest.raises(ValueError, match="not a member address"):
+            group.join(1, bad)
+
+
+def test_an_agent_removes_the_hubs_its_killed_predecessor_left(tmp_path: object) -> None:
+    _skip_unless_capable()
+    from crucible.agent.clusternet import ClusterNetworks
+
+    first = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+    left = GroupNetwork(ipaddress.IPv4Network("10.79.1.0/24"), 7000, 7010, hub=first.prefix + "x1")
+    left.create()  # as if the agent had been killed with this network up
+    other = GroupNetwork(ipaddress.IPv4Network("10.79.2.0/24"), 7000, 7010)  # another agent's
+    other.create()
+    try:
+        again = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+        hubs = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert left.hub not in hubs and other.hub in hubs
+        assert again.remove_stale() == []
+    finally:
+        left.close()
+        other.close()
+
+
+def test_the_cluster_port_takes_frames_only_from_the_clusters_hosts(tmp_path: object) -> None:
+    """VXLAN has no authentication: while an agent has cluster networks, the host drops UDP
+    to its cluster port from any address that is not one of their hosts'."""
+    _skip_unless_capable()
+    import re
+    import socket
+
+    from crucible.agent.clusternet import ClusterNetworks, wait_netns_entered
+    from crucible.protocol.pods import ClusterNetPlan, ClusterPeer
+
+    nets = ClusterNetworks(_free_udp_port(), owner=f"/agent/{tmp_path}")
+    holder_ns = f"crucible-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", holder_ns], check=True)
+    holder = subprocess.Popen(["ip", "netns", "exec", holder_ns, "sleep", "60"])
+    plan = ClusterNetPlan(
+        cluster_id="cl-guard",
+        subnet="10.79.3.0/24",
+        address="10.79.3.2",
+        vni=4244,
+        port_lo=1024,
+        port_hi=65535,
+        peers=[ClusterPeer(address="127.0.0.1", port=_free_udp_port())],
+    )
+
+    def dropped() -> int:
+        table = subprocess.run(
+            ["nft", "list", "table", "inet", nets.guard_table], capture_output=True, text=True
+        ).stdout
+        last = [line for line in table.splitlines() if "drop" in line][-1]
+        found = re.search(r"packets (\d+)", last)
+        return int(found.group(1)) if found else -1
+
+    def send_from(source: str) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((source, 0))
+            s.sendto(b"\x08\x00\x00\x00\x00\x10\x94\x00" + b"\x00" * 60, ("127.0.0.1", nets.port))
+
+    try:
+        wait_netns_entered(holder.pid)
+        assert nets.join(plan, "sandbox-1", holder.pid) == "10.79.3.2"
+        before = dropped()
+        send_from("127.0.0.1")  # a cluster host's address: let through
+        assert dropped() == before
+        send_from("127.0.0.2")  # anyone else: dropped
+        assert dropped() == before + 1
+        nets.leave("sandbox-1")  # the last network here: the guard goes with it
+        gone = subprocess.run(
+            ["nft", "list", "table", "inet", nets.guard_table], capture_output=True
+        )
+        assert gone.returncode != 0
+    finally:
+        holder.kill()
+        holder.wait()
+        nets.close()
+        subprocess.run(["ip", "netns", "del", holder_ns], check=False)

@@ -185,6 +185,12 @@ def test_the_probe_measures_filtered_egress_where_the_host_has_it(tmp_path: Path
     assert report.egress_filter, report.problems
     assert rt.egress_problem is None
     assert "egress filtered" in report.summary()
+    # The same host builds clusters' private networks (measured: a bridge, a VXLAN link on
+    # the port it announces, a member namespace joined).
+    assert report.cluster_network, report.problems
+    assert report.cluster_net_port == rt.cluster_nets.port
+    assert rt.cluster_net_problem is None
+    assert "cluster network" in report.summary()
 
 
 def test_a_host_without_egress_tools_reports_why(tmp_path: Path) -> None:
@@ -234,3 +240,17 @@ def test_agent_logs_its_isolation_at_start(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert "isolation (bwrap): full" in text or "isolation (bwrap): not full" in text
+
+
+def test_a_host_that_cannot_build_cluster_networks_reports_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bwrap_or_skip()
+    from crucible.agent import clusternet
+
+    rt = sandbox_runtime(tmp_path, sandbox_cgroups=False)
+    monkeypatch.setattr(clusternet.shutil, "which", lambda name: None)  # no iproute2 here
+    report = measure_sandbox(rt)
+    assert not report.cluster_network and report.cluster_net_port is None
+    assert rt.cluster_net_problem and "not found" in rt.cluster_net_problem
+    assert any(p.startswith("cluster network:") for p in report.problems), report.problems

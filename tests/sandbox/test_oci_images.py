@@ -6,8 +6,11 @@ the tests' own minor version."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,6 +74,11 @@ def oci_world(
             cmd=[pod_cmd],
         )
         push_image(reg, "test/nopython", "v1", [layer([Entry("etc/os-release", b"ID=x\n")])])
+        # Pushed now, pulled only by the pulling test: its config blob is not in any cache.
+        push_image(
+            reg, "test/pulled", "v1", [*base, app_layer], env=[*env, "PULLED=1"],
+            entrypoint=[SYSTEM_PYTHON, "-c"], cmd=["import time; time.sleep(600)"],
+        )  # fmt: skip
         gw = TokenGateway(upstream=reg.url).start()
         ex = Exchange(
             root,
@@ -188,4 +196,47 @@ def test_a_pod_runs_its_images_entrypoint(
         with pytest.raises(crucible.InvalidRequestError, match="exec -it"):
             _tunnels.AccessSession(ex.url, token, info.container_id, AccessOpen(kind="ssh"))
     finally:
+        pod.delete()
+
+
+def test_a_pod_shows_pulling_while_its_image_is_pulled(
+    tenant: Any, oci_world: tuple[Exchange, Registry, TokenGateway], tmp_path: Path
+) -> None:
+    """pending → pulling (its host reported the pull) → starting → running; the pull is not
+    metered: the container has no start until the image is there."""
+    gw = oci_world[2]
+    gw.hold, gw.require_token = threading.Event(), False
+    seen: list[str] = []
+    pod = crucible.Pod.create("pulled", image=f"{gw.host}/test/pulled:v1", client=tenant)
+    try:
+        pulling = pod.wait("pulling", "running", "failed", timeout_s=60)
+        assert pulling.state == "pulling", pulling.reason
+        assert pulling.cost_micros == 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+        env.update(
+            CRUCIBLE_HOME=str(tmp_path / "cli-home"),
+            CRUCIBLE_SERVER_URL=oci_world[0].url,
+            CRUCIBLE_TOKEN=tenant.transport._headers["Authorization"].removeprefix("Bearer "),
+            COLUMNS="120",
+        )
+        shown = subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", "pod", "show", "pulled"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert "pulling" in shown.stdout, shown.stdout + shown.stderr
+        gw.hold.set()
+        deadline = time.monotonic() + 120
+        while (state := pod.info().state) != "running" and time.monotonic() < deadline:
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            time.sleep(0.05)
+        assert state == "running", seen
+        assert set(seen) <= {"pulling", "starting"}, seen
+    finally:
+        gw.hold.set()
+        gw.hold, gw.require_token = None, True
         pod.delete()

@@ -9,10 +9,19 @@ nftables table in each member's namespace lets through, on ``cg0``, only connect
 from the group's subnet on the group's ports (and their replies); everything else on ``cg0``
 is dropped. The sandbox cannot change any of it (no capabilities, seccomp).
 
+Across hosts (:meth:`GroupNetwork.link_peers`), the bridge gets one more port: a VXLAN
+device (the group's VNI) whose UDP socket lives in the host's namespace, on the port this
+host announced, and which floods the group's frames to the other members' hosts (their
+address and announced port). The hub still has no address and no route: frames from a peer
+reach only the bridge, and each member's filter still admits only the group's subnet and
+ports. VXLAN neither encrypts nor authenticates: it is meant for a network between hosts
+that outsiders cannot send UDP into (docs/pods.md, "The cluster network").
+
 It composes with filtered egress (:mod:`crucible.agent.egress`): that filter accepts traffic
-on ``cg0`` and leaves it to this one. The agent (root) builds it with ``ip`` (iproute2) and
-``nft``. Not wired into the runtime yet: pod clusters will call :meth:`GroupNetwork.join`
-for each member sandbox, between bwrap's ``--info-fd`` and ``--block-fd`` as egress does.
+on ``cg0`` and leaves it to this one. The agent (root) builds it with ``ip`` (iproute2),
+``bridge`` and ``nft``. Pod clusters (:mod:`crucible.agent.clusternet`) call
+:meth:`GroupNetwork.join` for each member sandbox, between bwrap's ``--info-fd`` and
+``--block-fd`` as egress does.
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-__all__ = ["GROUP_INTERFACE", "GroupNetError", "GroupNetwork", "member_ruleset"]
+__all__ = ["GROUP_INTERFACE", "GROUP_MTU", "GroupNetError", "GroupNetwork", "member_ruleset"]
 
 GROUP_INTERFACE = "cg0"
 _TABLE = "crucible_group"
 _MAX_MEMBERS = 250  # addresses .2 to .251 of the group's /24
+# The MTU of every link of a group: VXLAN adds 50 bytes to each frame, and 1400 leaves room
+# for that on a 1500-byte underlay (and for a tunnel under it).
+GROUP_MTU = 1400
 
 
 class GroupNetError(RuntimeError):
@@ -106,25 +118,58 @@ class GroupNetwork:
             self.close()
             raise
 
-    def join(self, pid: int) -> str:
+    def link_peers(self, vni: int, local_port: int, peers: list[tuple[str, int]]) -> None:
+        """Extend the bridge to other hosts: a VXLAN device with ``vni`` listening on UDP
+        ``local_port`` of this host, flooding to each ``(address, port)`` of ``peers`` (the
+        other members' hosts). Raises :class:`GroupNetError`."""
+        if not 1 <= vni < 1 << 24:
+            raise ValueError(f"a VNI runs from 1 to {(1 << 24) - 1}, got {vni}")
+        name = f"v{uuid.uuid4().hex[:12]}"
+        # Made in the host's namespace (its socket stays there), then moved into the hub.
+        _run(
+            "ip", "link", "add", name, "type", "vxlan", "id", str(vni),
+            "dstport", str(local_port), "nolearning",
+        )  # fmt: skip
+        try:
+            _run("ip", "link", "set", name, "netns", self.hub)
+        except GroupNetError:
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+            raise
+        _run("ip", "-n", self.hub, "link", "set", name, "master", "br0", "mtu", str(GROUP_MTU))
+        for address, port in peers:
+            _run(
+                "bridge", "-n", self.hub, "fdb", "append", "00:00:00:00:00:00",
+                "dev", name, "dst", address, "port", str(port),
+            )  # fmt: skip
+        _run("ip", "-n", self.hub, "link", "set", name, "up")
+
+    def join(self, pid: int, address: str | None = None) -> str:
         """Connect the network namespace of ``pid`` (a member sandbox, not yet running its
-        code) to the group; its address on ``cg0``. Raises :class:`GroupNetError`."""
+        code) to the group, at ``address`` (one of the subnet's; default: the next free);
+        its address on ``cg0``. Raises :class:`GroupNetError`."""
+        if address is not None and (
+            ipaddress.IPv4Address(address) not in self.subnet
+            or address in (str(self.subnet.network_address), str(self.subnet.broadcast_address))
+        ):
+            raise ValueError(f"{address} is not a member address of {self.subnet}")
         with self._lock:
             if not self._up:
                 raise GroupNetError("the group network is closed")
             if pid in self.members:
                 return self.members[pid]
-            if self._next > _MAX_MEMBERS + 1:
-                raise GroupNetError(f"a group network holds at most {_MAX_MEMBERS} members")
-            host_part = self._next
-            self._next += 1
-        address = str(self.subnet.network_address + host_part)
+            if address is None:
+                if self._next > _MAX_MEMBERS + 1:
+                    raise GroupNetError(f"a group network holds at most {_MAX_MEMBERS} members")
+                address = str(self.subnet.network_address + self._next)
+                self._next += 1
         port = f"p{uuid.uuid4().hex[:10]}"
         netns = f"/proc/{pid}/ns/net"
         # Both ends are made in the hub; one then moves into the member's namespace.
         _run("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "tmp0")
         _run("ip", "-n", self.hub, "link", "set", "tmp0", "netns", str(pid))
-        _run("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        _run(
+            "ip", "-n", self.hub, "link", "set", port, "master", "br0", "mtu", str(GROUP_MTU), "up"
+        )  # fmt: skip
         inside = ["nsenter", f"--net={netns}"]
         _run(*inside, "ip", "link", "set", "tmp0", "name", GROUP_INTERFACE)
         _run(
@@ -139,7 +184,7 @@ class GroupNetwork:
             "dev",
             GROUP_INTERFACE,
         )
-        _run(*inside, "ip", "link", "set", GROUP_INTERFACE, "up")
+        _run(*inside, "ip", "link", "set", GROUP_INTERFACE, "mtu", str(GROUP_MTU), "up")
         with self._lock:
             self.members[pid] = address
         return address

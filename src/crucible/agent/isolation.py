@@ -23,6 +23,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from crucible.agent import clusternet
 from crucible.agent.egress import EgressRule, egress_tools_problem, host_addresses, plan_egress
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import (
@@ -158,6 +159,7 @@ def measure_sandbox(
     """Build a probe sandbox the way containers' are built and report what held; then one
     with filtered egress (:func:`measure_egress`). Sets ``runtime.egress_problem``."""
     report = _measure_base(runtime, gpu_indices=gpu_indices)
+    report = _with_cluster_network(runtime, report)
     problem = measure_egress(runtime) if report.runtime == "bwrap" else "no sandbox"
     runtime.egress_problem = problem
     if problem is None:
@@ -169,6 +171,25 @@ def measure_sandbox(
                 *report.problems,
                 f"network egress: {problem}; other accounts' code that asks for network= is "
                 "not placed here (only the host owner's own code may have the host's network)",
+            ][:64]
+        }
+    )
+
+
+def _with_cluster_network(runtime: SandboxRuntime, report: IsolationReport) -> IsolationReport:
+    """``report`` with what :func:`crucible.agent.clusternet.measure` found (and sets
+    ``runtime.cluster_net_problem``)."""
+    port = runtime.cluster_nets.port
+    problem = clusternet.measure(port) if report.runtime == "bwrap" else "no sandbox"
+    runtime.cluster_net_problem = problem
+    if problem is None:
+        return report.model_copy(update={"cluster_network": True, "cluster_net_port": port})
+    log.warning("cluster networks cannot be built here: %s", problem)
+    return report.model_copy(
+        update={
+            "problems": [
+                *report.problems,
+                f"cluster network: {problem}; other accounts' clusters are not placed here",
             ][:64]
         }
     )

@@ -133,6 +133,7 @@ def build_runtime(
                 max_image_bytes=settings.oci_image_max_mib * mib,
             ),
             worker_deps=WorkerDeps(agent_dir / "oci" / "worker-deps", uv_bin=settings.uv_bin),
+            cluster_net_port=settings.cluster_net_port,
         )
     raise InvalidRequestError(
         f"unknown runtime {settings.runtime!r}; choose one of: {', '.join(RUNTIMES)}"

@@ -141,6 +141,9 @@ class SandboxConfig:
     network: bool = False  # the host's own network (only the host owner's code)
     # Filtered egress through user-mode networking (agent/egress.py); None: none.
     egress: EgressPlan | None = None
+    # Called with the sandbox's first process before anything runs in it: puts its network
+    # namespace on a cluster's private network (agent/clusternet.py). None: no cluster.
+    join_network: Callable[[int], object] | None = None
     gpu_indices: list[int] = field(default_factory=list)
     disk_bytes: int = 1 << 30
     env: dict[str, str] = field(default_factory=dict)
@@ -506,8 +509,10 @@ def spawn_sandbox(
     values) and, with ``cfg.host_uid``, as that host uid with the host paths it gets staged
     (see the module docstring). ``ctrl_fd`` and ``filter_fd`` are passed to it. With
     ``cfg.egress``, the sandbox's network is filtered and connected before anything runs in
-    it; the returned link is closed by the caller when the sandbox ends. Raises
-    :class:`~crucible.agent.egress.EgressError` (the sandbox killed) when that fails."""
+    it; the returned link is closed by the caller when the sandbox ends. With
+    ``cfg.join_network``, the sandbox joins its cluster's network before anything runs in it.
+    Raises :class:`~crucible.agent.egress.EgressError` or
+    :class:`~crucible.agent.groupnet.GroupNetError` (the sandbox killed) when that fails."""
     if cfg.egress is not None:
         for name, text in (
             ("hosts", cfg.egress.hosts_file()),
@@ -534,7 +539,7 @@ def spawn_sandbox(
             staged.append(str(point))
             mounts.append((host, str(point)))
     sync: tuple[int, int, int, int] | None = None  # info (r, w), block (r, w)
-    if cfg.egress is not None:
+    if cfg.egress is not None or cfg.join_network is not None:
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         sync = (info_r, info_w, block_r, block_w)
@@ -571,17 +576,22 @@ def spawn_sandbox(
     finally:
         for fd in procs_fds:
             os.close(fd)
-    if sync is None or cfg.egress is None:
+    if sync is None:
         return proc, None
     info_r, info_w, block_r, block_w = sync
     os.close(info_w)
     os.close(block_r)
-    link = EgressLink(cfg.egress)
+    link = EgressLink(cfg.egress) if cfg.egress is not None else None
     try:
-        link.attach(wait_child_pid(info_r))
+        pid = wait_child_pid(info_r)
+        if link is not None:
+            link.attach(pid)
+        if cfg.join_network is not None:
+            cfg.join_network(pid)
         os.write(block_w, b"1")  # the filter holds and the network is up: let it run
     except BaseException:
-        link.close()
+        if link is not None:
+            link.close()
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
+from crucible.agent.clusternet import ClusterNetworks, free_udp_port
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.exec_process import ZygoteExec, exec_env
 from crucible.agent.images import BuiltImage, ImageCache
@@ -121,8 +122,8 @@ class _Box:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
-    # Pulling its OCI image: not reported to the server yet, so that the pull (and a pull that
-    # fails) is never metered; the container counts as started once the image is ready.
+    # Pulling its OCI image: reported "pulling", which the server does not meter (nor a pull
+    # that fails); the container counts as started once the image is ready.
     pulling: bool = False
     error_code: str | None = None  # why its image did not pull (reason "image_failed")
 
@@ -144,6 +145,7 @@ class _Zygote:
     cpus: dict[str, float] = field(default_factory=dict)  # container → its CPU cores
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
     uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
+    cluster: bool = False  # on a cluster's private network
 
     def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
@@ -173,8 +175,15 @@ class SandboxRuntime:
         uids: UidPool | None = None,
         oci: OciImages | None = None,
         worker_deps: WorkerDeps | None = None,
+        cluster_net_port: int = 0,
     ) -> None:
         self.agent_dir = Path(agent_dir)
+        # Pod clusters' private networks (agent/clusternet.py), on this UDP port (0: a free
+        # one); why this host cannot build them (None: it can), measured at start-up.
+        self.cluster_nets = ClusterNetworks(
+            cluster_net_port or free_udp_port(), owner=str(self.agent_dir.resolve())
+        )
+        self.cluster_net_problem: str | None = "not measured yet"
         # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
         self.oci = oci or OciImages(self.agent_dir / "oci")
         self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
@@ -237,6 +246,8 @@ class SandboxRuntime:
                 failed = True
             else:
                 box = _Box(cid, self.containers_dir / cid, assignment)
+                # From the first report on: the pull is never metered as a start.
+                box.pulling = assignment.image is not None and assignment.image.registry is not None
                 self._boxes[cid] = box
                 failed = False
         if failed:
@@ -245,10 +256,10 @@ class SandboxRuntime:
         self._queue.put(("start", assignment))
 
     def poll(self) -> list[ContainerReport]:
-        """Every container's state, except those still pulling their OCI image (the server
-        keeps them pending, so the pull is not metered)."""
+        """Every container's state; ``pulling`` for those still pulling their OCI image (the
+        server keeps them pending, so the pull is not metered)."""
         with self._lock:
-            return [self._report(b) for b in self._boxes.values() if not b.pulling]
+            return [self._report(b) for b in self._boxes.values()]
 
     def stop(self, container_id: str, grace_s: float | None = None, why: str = "") -> bool:
         """SIGTERM the container's process group, SIGKILL ``grace_s`` later (default: the
@@ -375,6 +386,7 @@ class SandboxRuntime:
             z.proc.terminate()
         for z in zygotes:  # their cgroups and relay directories are removed on the way out
             z.proc.done.wait(timeout=3.0)
+        self.cluster_nets.close()
 
     # -- observability (benchmarks, tests) ----------------------------------------------------
     def zygote_pids(self) -> dict[str, int]:
@@ -496,6 +508,13 @@ class SandboxRuntime:
             except EgressError as exc:
                 self._fail(cid, str(exc))
                 return
+        if a.pod is not None and a.pod.network is not None and self.cluster_net_problem:
+            self._fail(
+                cid,
+                "this host cannot build the cluster's private network "
+                f"({self.cluster_net_problem}); the cluster is placed again elsewhere",
+            )
+            return
         if a.pod is not None and not isinstance(image, FunctionImage):
             try:
                 resolve_pod_image(a.pod.image)
@@ -571,6 +590,9 @@ class SandboxRuntime:
                 repr(a.gpu_indices),
                 repr(sorted(a.volumes.items())),
                 a.pod.pod_id if a.pod is not None else "",
+                # A cluster member's sandbox is on one network at one address: a new plan
+                # (the gang placed again elsewhere) needs a new sandbox.
+                a.pod.network.model_dump_json() if a.pod and a.pod.network else "",
             ]
         )
         if failed:
@@ -600,6 +622,10 @@ class SandboxRuntime:
             env={"PYTHONPATH": root} if root and oci is None else {},
             gpu_dev_root=self.limits.gpu_dev_root,
         )
+        plan = a.pod.network if a.pod is not None else None
+        if plan is not None and not cfg.network:
+            # A cluster member: its sandbox joins the cluster's network before it runs.
+            cfg.join_network = lambda pid: self.cluster_nets.join(plan, key, pid)
         if oci is not None:
             cfg.rootfs = oci.image.rootfs
             cfg.lib_mounts = oci.lib_mounts
@@ -647,6 +673,7 @@ class SandboxRuntime:
                 limits=rlimits,
             )
         except BaseException:
+            self.cluster_nets.leave(key)
             relay.close()
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
             if uv_built is not None:
@@ -667,6 +694,7 @@ class SandboxRuntime:
             cgroup=cgroup,
             baseline=self.limits.zygote_start_memory,
             uid=uid,
+            cluster=cfg.join_network is not None,
         )
         with self._lock:
             self._zygotes[key] = z
@@ -812,6 +840,7 @@ class SandboxRuntime:
                     z.gone = True
                     self._zygotes.pop(key, None)
                     z.relay.close()
+                    self.cluster_nets.leave(key)
                     if z.uid is not None:
                         z.uid.release()
                     if z.image_key is not None:
@@ -910,7 +939,9 @@ class SandboxRuntime:
             idle = [
                 z
                 for z in self._zygotes.values()
-                if not z.containers and now - z.idle_since > self.limits.zygote_idle_s
+                if not z.containers
+                # A cluster member's sandbox is not kept warm: it holds its network.
+                and (z.cluster or now - z.idle_since > self.limits.zygote_idle_s)
             ]
         for z in idle:
             log.info("ending idle zygote %s", z.key)
@@ -955,7 +986,8 @@ class SandboxRuntime:
                 message=b.message,
                 error_code=b.error_code,
             )
-        return ContainerReport(container_id=b.container_id, state=b.state, pid=b.pid)
+        state = "pulling" if b.pulling and b.state == "starting" else b.state
+        return ContainerReport(container_id=b.container_id, state=state, pid=b.pid)
 
     def _notify(self, box: _Box) -> None:
         if self.on_exit is None:

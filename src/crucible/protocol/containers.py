@@ -55,7 +55,8 @@ class ContainerAssignment(Wire):
 
 class ContainerReport(Wire):
     container_id: str = Field(max_length=64)
-    state: str = Field(pattern=r"^(starting|running|exited)$")
+    # "pulling": its OCI image is being pulled (it has not started: nothing is metered).
+    state: str = Field(pattern=r"^(pulling|starting|running|exited)$")
     pid: int | None = Field(default=None, ge=0, le=2**31)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     # Why it exited: "exited" (worker returned), "killed" (signal), "stopped" (asked to),

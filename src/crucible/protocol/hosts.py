@@ -71,6 +71,11 @@ class IsolationReport(Wire):
     # outside the ask). Other accounts' code that asks for network runs only where it is set;
     # it is not part of full() (code that asks for no network needs none of it).
     egress_filter: bool = False
+    # Measured: the agent built a cluster's private network (a bridge in a namespace of its
+    # own, linked to other hosts by VXLAN on ``cluster_net_port``, UDP). Other accounts'
+    # clusters are placed only where it is set; not part of full().
+    cluster_network: bool = False
+    cluster_net_port: int | None = Field(default=None, ge=1, le=65535)
     # What is missing, in words a host operator can act on ("no pids cgroup: ...").
     problems: list[str] = Field(default_factory=list, max_length=64)
 
@@ -120,6 +125,8 @@ class IsolationReport(Wire):
         ``process: missing sandbox, ...``."""
         missing = self.missing()
         egress = "egress filtered" if self.egress_filter else "no egress"
+        if self.cluster_network:
+            egress += ", cluster network"
         if not missing:
             return f"{self.runtime}, full, {egress}"
         return f"{self.runtime}: missing " + ", ".join(missing)

@@ -26,6 +26,8 @@ __all__ = [
     "POD_STATES",
     "ClusterCreate",
     "ClusterInfo",
+    "ClusterNetPlan",
+    "ClusterPeer",
     "PodAssignment",
     "PodCreate",
     "PodInfo",
@@ -141,6 +143,27 @@ class PodSpec(Wire):
         return f"{self.gpu_model}:{self.gpu_count}"
 
 
+class ClusterPeer(Wire):
+    """Where another member's host receives its cluster networks' traffic (VXLAN, UDP)."""
+
+    address: str = Field(max_length=64, pattern=r"^[A-Za-z0-9.:\-]+$")
+    port: int = Field(ge=1, le=65535)
+
+
+class ClusterNetPlan(Wire):
+    """A cluster member's place on its cluster's private network (docs/pods.md): the
+    cluster's /24, its VXLAN id and port range, the member's own address, and the other
+    members' hosts (one entry per host, this one excluded)."""
+
+    cluster_id: str = Field(max_length=64)
+    subnet: str = Field(max_length=18)
+    address: str = Field(max_length=15)
+    vni: int = Field(ge=1, le=(1 << 24) - 1)
+    port_lo: int = Field(ge=1, le=65535)
+    port_hi: int = Field(ge=1, le=65535)
+    peers: list[ClusterPeer] = Field(default_factory=list, max_length=MAX_NODES)
+
+
 class PodAssignment(Wire):
     """What the agent needs to run a pod's container (inside ``ContainerAssignment.pod``)."""
 
@@ -152,6 +175,9 @@ class PodAssignment(Wire):
     ports: list[PodPort] = Field(default_factory=list)
     ssh_keys: list[str] = Field(default_factory=list)
     disk_bytes: WireInt
+    # A cluster member on a private network (None: not a member, or its hosts cannot build
+    # one and it uses theirs).
+    network: ClusterNetPlan | None = None
 
 
 class PodInfo(Wire):

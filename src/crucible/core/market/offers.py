@@ -43,15 +43,21 @@ class HostSpec:
     isolated: bool = True
     verified: bool = False
     egress: bool = True  # filters sandboxes' network egress (IsolationReport.egress_filter)
+    # builds clusters' private networks (IsolationReport.cluster_network)
+    cluster_net: bool = True
 
-    def admits(self, account: str, *, verified: bool = False, network: bool = False) -> bool:
+    def admits(
+        self, account: str, *, verified: bool = False, network: bool = False, cluster: bool = False
+    ) -> bool:
         """Whether ``account``'s code may run here: a host that does not isolate fully runs
         only its owner's code, and so does one that cannot filter egress for code that asks
-        for ``network``; a renter asking for ``verified`` hosts gets only those."""
+        for ``network`` or cannot build a private network for a ``cluster`` member; a renter
+        asking for ``verified`` hosts gets only those."""
         own = account == self.owner
         return (
             (self.isolated or own)
             and (self.egress or own or not network)
+            and (self.cluster_net or own or not cluster)
             and (self.verified or not verified)
         )
 

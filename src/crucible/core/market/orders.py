@@ -63,6 +63,9 @@ class LeaseRequest:
     verified: bool = False
     # The function asks for network egress: another account's host must filter it.
     network: bool = False
+    # A cluster member (a gang of ``nodes``): another account's host must build the
+    # cluster's private network.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         what = "lease request"

@@ -98,7 +98,9 @@ def host_fits(req: LeaseRequest, pool: PoolState, used: set[str]) -> bool:
         and (req.region is None or spec.region == req.region)
         and spec.reliability_ppm >= req.min_reliability_ppm
         and under_carbon_cap(req.max_carbon_g_per_kwh, spec.carbon_g_per_kwh)
-        and spec.admits(req.account, verified=req.verified, network=req.network)
+        and spec.admits(
+            req.account, verified=req.verified, network=req.network, cluster=req.cluster
+        )
     )
 
 

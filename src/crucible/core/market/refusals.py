@@ -16,6 +16,7 @@ from crucible.core.market.terms import RefusalCode, Tier
 
 __all__ = [
     "min_winning_bid",
+    "no_cluster_net",
     "no_egress",
     "not_isolated",
     "refuse_lease",
@@ -91,6 +92,18 @@ def no_egress(what: str, nodes: int) -> Refusal:
     )
 
 
+def no_cluster_net(what: str, nodes: int) -> Refusal:
+    """A cluster's members need hosts that build its private network, and fewer than
+    ``nodes`` hosts with ``what`` open to the renter do (IsolationReport.cluster_network)."""
+    return Refusal(
+        RefusalCode.NOT_ISOLATED,
+        f"fewer than {nodes} hosts that build a cluster's private network have {what}: the "
+        "other hosts cannot keep a cluster's traffic away from other sandboxes, so they run "
+        "only their owner's clusters (`crucible market hosts` shows `cluster network`). Use "
+        "fewer nodes, or run it on hosts of your own.",
+    )
+
+
 def unverified(what: str, nodes: int) -> Refusal:
     """verified=True was asked, and no host with ``what`` open to the renter is verified."""
     return Refusal(
@@ -130,10 +143,12 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
             if not spec.admits(req.account):
                 continue
             opened += 1
-            if not spec.admits(req.account, network=req.network):
+            if not spec.admits(req.account, network=req.network, cluster=req.cluster):
                 continue
             netted += 1
-            if not spec.admits(req.account, verified=req.verified, network=req.network):
+            if not spec.admits(
+                req.account, verified=req.verified, network=req.network, cluster=req.cluster
+            ):
                 continue
             vetted += 1
             regions.add(spec.region)
@@ -177,6 +192,8 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
         )
     if open_nodes < req.nodes:
         return not_isolated(f"{req.count} {names}", req.nodes)
+    if net_nodes < req.nodes and req.cluster:
+        return no_cluster_net(f"{req.count} {names}", req.nodes)
     if net_nodes < req.nodes:
         return no_egress(f"{req.count} {names}", req.nodes)
     if vetted_nodes < req.nodes:
@@ -265,7 +282,9 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is not None
                 and pool.listed
-                and pool.host.spec.admits(req.account, verified=req.verified, network=req.network)
+                and pool.host.spec.admits(
+                    req.account, verified=req.verified, network=req.network, cluster=req.cluster
+                )
                 and (req.region is None or pool.host.spec.region == req.region)
                 and pool.host.spec.reliability_ppm >= req.min_reliability_ppm
                 and under_carbon_cap(req.max_carbon_g_per_kwh, pool.host.spec.carbon_g_per_kwh)
@@ -288,7 +307,9 @@ def min_winning_bid(st: MarketState, req: LeaseRequest, models: list[str]) -> in
             if (
                 pool.offer is None
                 or not pool.listed
-                or not spec.admits(req.account, verified=req.verified, network=req.network)
+                or not spec.admits(
+                    req.account, verified=req.verified, network=req.network, cluster=req.cluster
+                )
                 or (req.region is not None and spec.region != req.region)
                 or spec.reliability_ppm < req.min_reliability_ppm
             ):

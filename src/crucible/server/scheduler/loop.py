@@ -291,7 +291,7 @@ class SchedulerLoop:
             keys += carry_out_preemptions(conn, placer.preemptions)
             if gangs.starts:
                 log.info("placing %d cluster member(s)", len(gangs.starts))
-                record_cluster_env(conn, gangs.env)
+                record_cluster_env(conn, gangs.env, gangs.nets)
                 keys += create_containers(
                     conn,
                     gangs.starts,

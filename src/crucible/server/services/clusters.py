@@ -4,7 +4,10 @@ A cluster's members are pods (``NAME-0`` … ``NAME-(n-1)``) whose functions the
 plan leaves alone: :func:`place_clusters` asks the market for one multi-node lease request
 (every node on a different host, all granted in one decision or none), creates the members'
 containers together and tells each member ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT`` and the members' addresses (``CRUCIBLE_CLUSTER_ADDRS``, by rank).
+``MASTER_PORT`` and the members' addresses (``CRUCIBLE_CLUSTER_ADDRS``, by rank). Where every
+chosen host measured that it builds cluster networks (``IsolationReport.cluster_network``),
+those are the members' addresses on the cluster's private network (:func:`network_plans`),
+else their hosts' announced addresses.
 :func:`settle_clusters` stops the whole gang, with the grace of the member that ended
 first (a preemption's grace), as soon as one member's container is stopping or gone.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,8 @@ from crucible.protocol.ids import new_id
 from crucible.protocol.pods import (
     ClusterCreate,
     ClusterInfo,
+    ClusterNetPlan,
+    ClusterPeer,
     PodCreate,
     PodInfo,
     PodSpec,
@@ -56,6 +62,7 @@ __all__ = [
     "get_cluster",
     "list_clusters",
     "master_port",
+    "network_plans",
     "place_clusters",
     "record_cluster_env",
     "settle_clusters",
@@ -66,6 +73,50 @@ __all__ = [
 _LIVE = ("pending", "starting", "running")
 _MASTER_PORT_BASE = 29500  # torch.distributed's customary port, then a spread per cluster
 _MASTER_PORT_SPREAD = 2000
+
+
+# Private networks: a /24 of 10.201.0.0/16 per cluster (each cluster's network is a world of
+# its own, so two clusters sharing a /24 would still not meet), members at .2, .3, ... by
+# rank; every unprivileged port between members (gloo and NCCL listen on ephemeral ports).
+_NET_PREFIX = ipaddress.IPv4Network("10.201.0.0/16")
+_NET_PORTS = (1024, 65535)
+_NET_IFNAME = "cg0"  # a member's interface on it (agent/groupnet.py's GROUP_INTERFACE)
+
+
+def _digest(cluster_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"net:" + cluster_id.encode()).digest()[:8], "big")
+
+
+def network_plans(cluster_id: str, endpoints: list[tuple[str, int]]) -> list[ClusterNetPlan]:
+    """Each member's place on the cluster's private network, by rank; ``endpoints``: where
+    each member's host receives cluster traffic (its announced address and UDP port). Its
+    subnet and VXLAN id are fixed by the cluster's id."""
+    digest = _digest(cluster_id)
+    subnet = ipaddress.IPv4Network((int(_NET_PREFIX.network_address) + (digest % 256 << 8), 24))
+    vni = 1 + (digest >> 8) % ((1 << 24) - 1)
+    plans = []
+    for rank, own in enumerate(endpoints):
+        peers = sorted({e for e in endpoints if e != own})
+        plans.append(
+            ClusterNetPlan(
+                cluster_id=cluster_id,
+                subnet=str(subnet),
+                address=str(subnet.network_address + 2 + rank),
+                vni=vni,
+                port_lo=_NET_PORTS[0],
+                port_hi=_NET_PORTS[1],
+                peers=[ClusterPeer(address=a, port=p) for a, p in peers],
+            )
+        )
+    return plans
+
+
+def _net_port(isolation: Any) -> int | None:
+    """The UDP port of a host's cluster networks, if it measured that it builds them."""
+    if not isinstance(isolation, dict) or not isolation.get("cluster_network"):
+        return None
+    port = isolation.get("cluster_net_port")
+    return port if isinstance(port, int) and 1 <= port <= 65535 else None
 
 
 def master_port(cluster_id: str) -> int:
@@ -327,6 +378,7 @@ class ClusterPlacement:
     accounts: dict[str, str] = field(default_factory=dict)  # function id -> account
     preemptions: list[Preemption] = field(default_factory=list)
     env: dict[str, dict[str, str]] = field(default_factory=dict)  # pod id -> cluster env
+    nets: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # pod id -> its plan
     waiting: dict[str, str] = field(default_factory=dict)  # function id -> why it waits
 
 
@@ -338,7 +390,9 @@ def place_clusters(
     CPU and memory. Hold the market's lock; ``capacity`` is updated for what is placed."""
     out = ClusterPlacement()
     by_id = {h.id: h for h in capacity}
-    addresses = {r.id: r.address for r in conn.execute(select(hosts.c.id, hosts.c.address))}
+    host_rows = conn.execute(select(hosts.c.id, hosts.c.address, hosts.c.isolation)).all()
+    addresses = {r.id: r.address for r in host_rows}
+    net_ports = {r.id: _net_port(r.isolation) for r in host_rows}
     for row in conn.execute(select(clusters).where(clusters.c.state == "active")).all():
         members = pod_rows_of_cluster(conn, row.id)
         if not members or any(m.state != "active" for m in members):
@@ -351,7 +405,9 @@ def place_clusters(
             continue
         terms = MarketTerms.of(spec.market)
         request = dataclasses.replace(
-            live.request(row.account_id, model, count, terms, new_id("ct")), nodes=len(members)
+            live.request(row.account_id, model, count, terms, new_id("ct")),
+            nodes=len(members),
+            cluster=True,
         )
         market = live.market
         decision = market.decide_lease(request, max(now_ms, market.now_ms))
@@ -377,6 +433,11 @@ def place_clusters(
         market.apply(decision)
         out.preemptions.extend(decision.preemptions)
         addrs = [addresses.get(lease.host_id) or "" for lease in leases]
+        ports = [net_ports.get(lease.host_id) for lease in leases]
+        plans: list[ClusterNetPlan] | None = None
+        if all(addrs) and all(p is not None for p in ports):
+            plans = network_plans(row.id, [(a, p or 0) for a, p in zip(addrs, ports, strict=True)])
+            addrs = [p.address for p in plans]
         port = master_port(row.id)
         for rank, (m, lease) in enumerate(zip(members, leases, strict=True)):
             h = by_id[lease.host_id]
@@ -414,10 +475,25 @@ def place_clusters(
                 "CRUCIBLE_CLUSTER_ADDRS": ",".join(addrs),
                 "CRUCIBLE_ADDRESS": addrs[rank],
             }
+            if plans is not None:
+                # gloo and NCCL pick their interface by the host name otherwise, which does
+                # not resolve in a sandbox (they fall back to loopback).
+                out.env[m.id].update(
+                    {"GLOO_SOCKET_IFNAME": _NET_IFNAME, "NCCL_SOCKET_IFNAME": _NET_IFNAME}
+                )
+            out.nets[m.id] = plans[rank].model_dump() if plans is not None else None
     return out
 
 
-def record_cluster_env(conn: Connection, env: dict[str, dict[str, str]]) -> None:
-    """Keep what each placed member is told (the agent reads it with the assignment)."""
+def record_cluster_env(
+    conn: Connection,
+    env: dict[str, dict[str, str]],
+    nets: dict[str, dict[str, Any] | None] | None = None,
+) -> None:
+    """Keep what each placed member is told and its place on the cluster's network (the
+    agent reads both with the assignment)."""
     for pod_id, values in env.items():
-        conn.execute(update(pods).where(pods.c.id == pod_id).values(cluster_env=values))
+        net = (nets or {}).get(pod_id)
+        conn.execute(
+            update(pods).where(pods.c.id == pod_id).values(cluster_env=values, cluster_net=net)
+        )

@@ -387,11 +387,26 @@ def process_reports(
                 message=rep.message,
                 crashed=crashed,
                 max_infra_requeues=max_infra_requeues,
-                stopped_ms=0 if unbilled else None,
+                # Never started (it was pulling): it ends now, with nothing to meter.
+                stopped_ms=0 if unbilled and row.state != "pending" else None,
             )
             continue
         if row is None:
             stop.append(rep.container_id)  # unknown to us, or already ended: it must go
+        elif rep.state == "pulling":
+            # Still pending (a pull is not metered); shown as pulling until it starts.
+            if row.state == "pending":
+                conn.execute(
+                    update(containers)
+                    .where(
+                        containers.c.id == rep.container_id,
+                        containers.c.state == "pending",
+                        containers.c.pulling_ms.is_(None),
+                    )
+                    .values(pulling_ms=now_ms)
+                )
+            elif row.state == "stopping":
+                stop.append(rep.container_id)
         elif row.state == "pending":
             conn.execute(
                 update(containers)

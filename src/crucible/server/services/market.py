@@ -194,6 +194,8 @@ def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
         verified=bool(r.verified),
         egress=bool(r.isolation_text)
         and bool((orjson.loads(r.isolation_text) or {}).get("egress_filter")),
+        cluster_net=bool(r.isolation_text)
+        and bool((orjson.loads(r.isolation_text) or {}).get("cluster_network")),
     )
 
 

@@ -34,7 +34,14 @@ from crucible.protocol.ids import new_id
 from crucible.protocol.image_refs import parse_image_ref
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.logs import LogPage
-from crucible.protocol.pods import PodAssignment, PodCreate, PodInfo, PodSpec, parse_pod
+from crucible.protocol.pods import (
+    ClusterNetPlan,
+    PodAssignment,
+    PodCreate,
+    PodInfo,
+    PodSpec,
+    parse_pod,
+)
 from crucible.server.auth import Principal
 from crucible.server.services.containers import request_stop
 from crucible.server.services.logs import read_logs
@@ -266,7 +273,8 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
     if ct.state == "stopping" or row.state == "stopping":
         return "stopping", None
     if ct.state == "pending":
-        return "pending", None
+        # Its host reported that it is pulling the pod's image.
+        return ("pulling" if ct.pulling_ms is not None else "pending"), None
     if ct.state == "starting":
         return "starting", None
     return "running", None
@@ -514,9 +522,9 @@ def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAs
         return {}
     out: dict[str, PodAssignment] = {}
     for r in conn.execute(
-        select(pods.c.id, pods.c.function_id, pods.c.spec, pods.c.cluster_env).where(
-            pods.c.function_id.in_(function_ids)
-        )
+        select(
+            pods.c.id, pods.c.function_id, pods.c.spec, pods.c.cluster_env, pods.c.cluster_net
+        ).where(pods.c.function_id.in_(function_ids))
     ):
         spec = PodSpec.model_validate(r.spec)
         out[r.function_id] = PodAssignment(
@@ -528,5 +536,6 @@ def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAs
             ports=spec.ports,
             ssh_keys=spec.ssh_keys,
             disk_bytes=spec.disk_bytes,
+            network=ClusterNetPlan.model_validate(r.cluster_net) if r.cluster_net else None,
         )
     return out

@@ -201,6 +201,8 @@ containers = Table(
     Column("rate_micros_per_hour", BigInteger, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("started_ms", BigInteger),
+    # When its host first reported it pulling its OCI image (a pending container; docs/pods.md).
+    Column("pulling_ms", BigInteger),
     Column("ready_ms", BigInteger),
     Column("last_active_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
@@ -693,6 +695,9 @@ pods = Table(
     Column("cluster_id", String(32), index=True),
     Column("rank", Integer),
     Column("cluster_env", JSON),
+    # Its place on the cluster's private network (protocol ClusterNetPlan); None: the
+    # members use their hosts' network.
+    Column("cluster_net", JSON),
     Index("ix_pods_account_name", "account_id", "name"),
 )
 
