@@ -321,7 +321,12 @@ def test_http_ports_are_published_behind_the_token_or_a_secret_link(
     assert code == 0, err
     url = f"{ex.url}/ports/{cid}/{http_port}/hi.txt"
     with httpx.Client(timeout=30) as web:
-        r = web.get(url, headers={"authorization": f"Bearer {token}"})
+        # The container's HTTP server starts with it: wait until it listens.
+        def served() -> httpx.Response | None:
+            r = web.get(url, headers={"authorization": f"Bearer {token}"})
+            return None if r.status_code == 400 else r
+
+        r = wait_for(served, timeout_s=60, what="the container's HTTP server")
         assert r.status_code == 200 and r.text == "hi from the container\n"
         r = web.get(url)
         assert r.status_code == 401
