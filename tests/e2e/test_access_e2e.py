@@ -5,6 +5,8 @@ sessions. The sandbox's own suite (tests/sandbox/test_access_sandbox.py) runs th
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -30,7 +32,7 @@ from access_testlib import (
 )
 from crucible.protocol.access import AccessOpen
 from crucible.sdk import _tunnels
-from crucible.testing import free_port
+from crucible.testing import free_port, wait_for
 
 from harness import Exchange
 
@@ -319,7 +321,12 @@ def test_http_ports_are_published_behind_the_token_or_a_secret_link(
     assert code == 0, err
     url = f"{ex.url}/ports/{cid}/{http_port}/hi.txt"
     with httpx.Client(timeout=30) as web:
-        r = web.get(url, headers={"authorization": f"Bearer {token}"})
+        # The container's HTTP server starts with it: wait until it listens.
+        def served() -> httpx.Response | None:
+            r = web.get(url, headers={"authorization": f"Bearer {token}"})
+            return None if r.status_code == 400 else r
+
+        r = wait_for(served, timeout_s=60, what="the container's HTTP server")
         assert r.status_code == 200 and r.text == "hi from the container\n"
         r = web.get(url)
         assert r.status_code == 401
@@ -384,3 +391,179 @@ def test_the_cli_execs_and_manages_ssh_keys(ex: Exchange, owner: Any, tmp_path: 
     assert run.returncode == 0, run.stderr
     run = _cli(ex, token, tmp_path, "ssh-key", "rm", "ci")
     assert run.returncode == 1 and "no SSH key 'ci'" in run.stderr
+
+
+# A WebSocket server run inside the container (by exec): echoes text and binary, pings the
+# client on "ping-me", closes with 4001 on "close-me", answers "path?" with the request path.
+_WS_SERVER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def handler(ws):
+    async for msg in ws:
+        if msg == "path?":
+            await ws.send(ws.request.path + " " + str(ws.subprotocol))
+        elif msg == "ping-me":
+            await (await ws.ping(b"hello"))
+            await ws.send("pong-ok")
+        elif msg == "close-me":
+            await ws.close(4001, "bye")
+        elif isinstance(msg, bytes):
+            await ws.send(msg[::-1])
+        else:
+            await ws.send("text:" + msg)
+
+async def main():
+    async with serve(handler, "127.0.0.1", int(sys.argv[1]), subprotocols=["chat.v1"],
+                     max_size=None):
+        await asyncio.sleep(float(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+def test_websockets_are_relayed_through_a_published_port(ex: Exchange, owner: Any) -> None:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    token, _client, cid, port = owner
+    ws_port = free_port()
+
+    def serve() -> None:
+        with contextlib.suppress(crucible.Error):  # the container may end first
+            run_exec(ex, token, cid, [sys.executable, "-c", _WS_SERVER, str(ws_port), "120"])
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    base = ex.url.replace("http://", "ws://") + f"/ports/{cid}/{ws_port}"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def up() -> bool:
+        try:
+            with connect(
+                f"{base}/", additional_headers=auth, subprotocols=["chat.v1"], open_timeout=10
+            ):
+                return True
+        except InvalidStatus:
+            return False
+
+    wait_for(up, timeout_s=60, what="the websocket server in the container")
+    with connect(
+        f"{base}/chat?room=1", additional_headers=auth, subprotocols=["chat.v1"], max_size=None
+    ) as ws:
+        assert ws.subprotocol == "chat.v1"
+        ws.send("path?")
+        assert ws.recv(timeout=30) == "/chat?room=1 chat.v1"
+        ws.send("héllo")
+        assert ws.recv(timeout=30) == "text:héllo"
+        blob = bytes(range(256)) * 4096  # 1 MiB, more than one frame of the tcp session
+        ws.send(blob)
+        assert ws.recv(timeout=30) == blob[::-1]
+        ws.send("ping-me")  # the container's ping is answered through the relay
+        assert ws.recv(timeout=30) == "pong-ok"
+        ws.ping(b"from-client").wait(timeout=30)
+        ws.send("close-me")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "bye")
+
+    with httpx.Client(timeout=30) as web:
+        link = web.get(f"{ex.url}/v1/containers/{cid}/ports/{ws_port}/link", headers=auth).json()
+    with connect(
+        f"{base}/?crucible_key={link['key']}", subprotocols=["chat.v1"], open_timeout=30
+    ) as ws:
+        ws.send("path?")
+        assert ws.recv(timeout=30) == "/ chat.v1"  # the key is not passed on
+    stranger = ex.new_account("ws-stranger")
+    refusals = {
+        "no credentials": ({}, f"{base}/", 401),
+        "another tenant": ({"Authorization": f"Bearer {stranger}"}, f"{base}/", 404),
+        "a wrong key": ({}, f"{base}/?crucible_key={'0' * 32}", 404),
+        "nobody listens": (
+            auth,
+            ex.url.replace("http", "ws") + f"/ports/{cid}/{free_port()}/",
+            400,
+        ),
+    }
+    for what, (headers, url, status) in refusals.items():
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers=headers, open_timeout=30)
+        assert refused.value.response.status_code == status, what
+    with pytest.raises(InvalidStatus) as refused:
+        connect(base.replace(str(ws_port), str(port + 1)) + "/", additional_headers=auth)
+    # An HTTP server that does not upgrade answers with its own status.
+    assert refused.value.response.status_code != 101
+
+
+@pytest.mark.timeout(300)
+def test_jupyter_runs_a_cell_through_a_published_port(ex: Exchange, owner: Any) -> None:
+    """Jupyter Server through a published port: a kernel started over HTTP and one cell run
+    over the kernel's WebSocket, all through /ports/... (examples/jupyter_pod.py's wiring)."""
+    pytest.importorskip("jupyter_server")
+    pytest.importorskip("ipykernel")
+    import json
+    import uuid
+
+    from websockets.sync.client import connect
+
+    token, _client, cid, _port = owner
+    port = free_port()
+    example = Path(__file__).parents[2] / "examples" / "jupyter_pod.py"
+    spec = importlib.util.spec_from_file_location("jupyter_pod", example)
+    assert spec is not None and spec.loader is not None
+    jupyter_pod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jupyter_pod)
+    argv = [sys.executable, *jupyter_pod.jupyter_argv(port)]
+
+    ended: list[Any] = []
+
+    def serve() -> None:
+        with contextlib.suppress(crucible.Error):  # the container may end first
+            ended.append(run_exec(ex, token, cid, argv))
+
+    threading.Thread(target=serve, daemon=True).start()
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"{ex.url}/ports/{cid}/{port}"
+    with httpx.Client(timeout=60, headers=auth) as web:
+        wait_for(
+            lambda: ended or web.get(f"{base}/api/status").status_code == 200,
+            timeout_s=120,
+            what="Jupyter Server in the container",
+        )
+        assert not ended, f"Jupyter Server ended: {ended}"
+        kernel = web.post(f"{base}/api/kernels", json={"name": "python3"})
+        assert kernel.status_code == 201, kernel.text
+        kernel_id = kernel.json()["id"]
+        try:
+            ws_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+            with connect(ws_url, additional_headers=auth, open_timeout=60) as ws:
+                msg_id = uuid.uuid4().hex
+                ws.send(
+                    json.dumps(
+                        {
+                            "header": {
+                                "msg_id": msg_id,
+                                "msg_type": "execute_request",
+                                "username": "test",
+                                "session": uuid.uuid4().hex,
+                                "version": "5.3",
+                            },
+                            "parent_header": {},
+                            "metadata": {},
+                            "content": {"code": "print(6 * 7)", "silent": False},
+                            "channel": "shell",
+                        }
+                    )
+                )
+                while True:  # the kernel's messages until our cell's output
+                    reply = json.loads(ws.recv(timeout=120))
+                    if (
+                        reply.get("parent_header", {}).get("msg_id") == msg_id
+                        and reply["msg_type"] == "stream"
+                    ):
+                        assert reply["content"]["text"] == "42\n"
+                        break
+        finally:
+            web.delete(f"{base}/api/kernels/{kernel_id}")
+            web.post(f"{base}/api/shutdown")

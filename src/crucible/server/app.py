@@ -41,6 +41,7 @@ from crucible.server.api import (
     openai,
     pods,
     ports,
+    ports_ws,
     queues,
     secrets,
     ssh_keys,
@@ -297,6 +298,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         ssh_keys,
         access,
         ports,
+        ports_ws,
         gateway,
     ):
         app.include_router(module.router)

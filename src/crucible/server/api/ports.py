@@ -28,6 +28,7 @@ import h11
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from starlette.requests import HTTPConnection
 
 from crucible.errors import (
     AuthError,
@@ -48,8 +49,8 @@ from crucible.server.state import ServerState
 
 router = APIRouter(tags=["access"])
 
-_KEY_PARAM = "crucible_key"
-_COOKIE = "crucible_port_key"
+KEY_PARAM = "crucible_key"
+COOKIE = "crucible_port_key"
 # Hop-by-hop headers and the exchange's own credentials stay here.
 _DROP = {
     "authorization",
@@ -85,12 +86,12 @@ def port_link(
 ) -> PortLink:
     """A secret link to HTTP ``port`` of a running container of the caller's account:
     whoever has it reaches that port (and only it) while the container runs."""
-    _check_port(port)
+    check_port(port)
     with state.engine.connect() as conn:
         target = svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
     key = port_key(state.secret, target.container_id, port)
     base = str(request.base_url).rstrip("/")
-    return PortLink(url=f"{base}/ports/{target.container_id}/{port}/?{_KEY_PARAM}={key}", key=key)
+    return PortLink(url=f"{base}/ports/{target.container_id}/{port}/?{KEY_PARAM}={key}", key=key)
 
 
 @router.api_route(
@@ -98,15 +99,13 @@ def port_link(
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     include_in_schema=False,  # what is under it is the container's own server
 )
-async def published_port(
-    container_id: str, port: _Port, path: str, request: Request
-) -> Response:
+async def published_port(container_id: str, port: _Port, path: str, request: Request) -> Response:
     state: ServerState = request.app.state.crucible
-    _check_port(port)
-    who, via_key = _caller(state, request, container_id, port)
+    check_port(port)
+    who, via_key = caller(state, request, container_id, port)
     body = await request.body()
     query = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)]
-    query = [(k, v) for k, v in query if k != _KEY_PARAM]
+    query = [(k, v) for k, v in query if k != KEY_PARAM]
     target = "/" + path + (f"?{urlencode(query)}" if query else "")
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
     headers += [("host", f"127.0.0.1:{port}"), ("connection", "close")]
@@ -119,7 +118,7 @@ async def published_port(
 
     session, agent = await open_session(state, who, container_id, AccessOpen(kind="tcp", port=port))
     try:
-        await _await_ready(agent)
+        await await_ready(agent)
         await agent.send_bytes(bytes((CHANNEL_IN,)) + raw)
         response = await _next_event(conn, agent)
         if not isinstance(response, h11.Response):
@@ -152,7 +151,7 @@ async def published_port(
             result.headers.append(k, v)
     if via_key:
         result.set_cookie(
-            _COOKIE,
+            COOKIE,
             port_key(state.secret, container_id, port),
             path=f"/ports/{container_id}/{port}/",
             httponly=True,
@@ -161,16 +160,17 @@ async def published_port(
     return result
 
 
-def _check_port(port: int) -> None:
+def check_port(port: int) -> None:
     if not 1 <= port <= 65535:
         raise InvalidRequestError(f"port {port} is out of range (1-65535)")
 
 
-def _caller(
-    state: ServerState, request: Request, container_id: str, port: int
+def caller(
+    state: ServerState, request: HTTPConnection, container_id: str, port: int
 ) -> tuple[Principal, bool]:
-    """The account the request acts for, and whether it came with the port's key."""
-    key = request.query_params.get(_KEY_PARAM) or request.cookies.get(_COOKIE)
+    """The account a request (or a WebSocket upgrade) acts for, and whether it came with
+    the port's key."""
+    key = request.query_params.get(KEY_PARAM) or request.cookies.get(COOKIE)
     if key is None or request.headers.get("authorization"):
         who = authenticate(state, request.headers.get("authorization"))
         if who.scope not in ("admin", "user"):
@@ -183,7 +183,7 @@ def _caller(
     return Principal(account_id=account, scope="user"), True
 
 
-async def _await_ready(agent: Any) -> None:
+async def await_ready(agent: Any) -> None:
     msg = await agent.receive()
     text = msg.get("text")
     if msg["type"] == "websocket.disconnect" or text is None:
