@@ -21,6 +21,7 @@ from crucible.server.scheduler.autoscaler import ArrivalRate
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
+from crucible.server.web_relay import WebRelay
 from crucible.settings import Settings
 
 __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
@@ -71,6 +72,8 @@ class ServerState:
     # (valid until monotonic s, owner account id, function row). Cleared by deployment
     # changes here; another replica's change is seen within the short TTL.
     web_endpoints: dict[tuple[str, str, str], tuple[float, str, Any]] = field(default_factory=dict)
+    # Web requests handed to a parked container in memory, with no call row (web_relay.py).
+    web_relay: WebRelay = field(default_factory=WebRelay)
     # Generator calls: how many items each caller has read (the worker's back-pressure).
     items_consumed: dict[str, int] = field(default_factory=dict)
     # Log lines stored per container since this server started (for the per-container cap).
