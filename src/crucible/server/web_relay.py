@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from crucible.errors import ContainerExitedError
 from crucible.protocol import json_payload
 from crucible.protocol.common import Payload
 from crucible.protocol.containers import InputAssignment
@@ -180,7 +181,7 @@ class WebRelay:
     def _sweep(self) -> None:
         now = time.monotonic()
         for relayed in [r for r in self._by_id.values() if r.deadline <= now]:
-            self.finish(relayed, Ended("lost", error_code="container_lost"))
+            self.finish(relayed, Ended("lost", error_code=ContainerExitedError.code))
 
 
 @dataclass
@@ -265,7 +266,7 @@ async def _parts(relayed: Relayed) -> AsyncIterator[dict[str, Any]]:
         try:
             got = await asyncio.wait_for(relayed.queue.get(), max(remaining, 0.001))
         except TimeoutError:
-            relayed.ended = Ended("lost", error_code="container_lost")
+            relayed.ended = Ended("lost", error_code=ContainerExitedError.code)
             return
         if isinstance(got, Ended):
             relayed.ended = got
