@@ -16,6 +16,7 @@ table with the overhead ratio and writes ``benchmarks/results/bench_web.json``::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def main() -> None:
             name = client.get("/v1/accounts/me")["name"]
             _bench_app.web_app.deploy(client=client)
             url = f"{ex.url}/web/{name}/bench-web/hello/"
-            wait_for(lambda url=url: _up(url), 60, "the endpoint")
+            wait_for(functools.partial(_up, url), 60, "the endpoint")
             measure(url, 100, 1)  # warm-up
             for clients in (1, 8):
                 label = f"{setup}, {clients} client{'s' if clients > 1 else ''}"
