@@ -14,7 +14,7 @@ import pytest
 from crucible.errors import NotFoundError
 
 import app_web
-from harness import Exchange
+from harness import Exchange, wait_for
 
 
 def test_requests_are_relayed_to_a_warm_container(exchange: Exchange) -> None:
@@ -27,7 +27,7 @@ def test_requests_are_relayed_to_a_warm_container(exchange: Exchange) -> None:
 
 
 def _relayed(exchange: Exchange, builder: Any, token: str) -> None:
-    app_web.app.deploy(client=builder)
+    deployed = app_web.app.deploy(client=builder)
     base = f"{exchange.url}/web/operator/web"
     auth = {"authorization": f"Bearer {token}"}
     with httpx.Client(timeout=120) as http:
@@ -73,6 +73,14 @@ def _relayed(exchange: Exchange, builder: Any, token: str) -> None:
         r = http.get(f"{api}/boom")
         assert r.status_code == 500 and r.headers["x-crucible-call-id"].startswith("rq-")
         assert "the endpoint broke" not in r.text
+        # The owner finds its error and traceback in the logs by the request's id.
+        rid = r.headers["x-crucible-call-id"]
+        path = f"/v1/apps/{deployed.app_id}/logs?call_id={rid}&wait_s=0"
+        wait_for(
+            lambda: any("the endpoint broke" in x["line"] for x in builder.get(path)["lines"]),
+            30,
+            "the relayed request's log lines",
+        )
         assert http.get(f"{api}/nowhere").status_code == 404
 
         # The container busy with a slow response: the next request does not wait for it

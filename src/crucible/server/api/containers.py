@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, update
 
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
+from crucible.protocol.logs import LogBatch, LogSent
 from crucible.server.api.deps import Container, State
 from crucible.server.api.items import relay_bytes
 from crucible.server.api.responses import model_response
@@ -19,6 +20,7 @@ from crucible.server.services.containers import (
     exchange_step,
     load_container_facts,
 )
+from crucible.server.services.logs import write_logs
 from crucible.server.store.tables import calls
 from crucible.server.wakeups import RECHECK_S
 from crucible.server.web_relay import Ended
@@ -67,9 +69,26 @@ def _relayed_outputs(state: State, facts: ContainerFacts, outputs: list[OutputIt
         if out.result is not None:
             result = relay_bytes(state, facts.account_id, out.result)
         relay.finish(relayed, Ended(out.status, result, out.error.code if out.error else None))
+        if out.error is not None:
+            _log_failure(state, facts, out)
     if found:
         outputs[:] = kept
     return found
+
+
+def _log_failure(state: State, facts: ContainerFacts, out: OutputItem) -> None:
+    """A failed relayed request has no call to keep its error: its owner reads it in the
+    app's logs, under the request's id (``crucible logs APP --call rq-...``)."""
+    assert out.error is not None
+    text = f"{out.error.code}: {out.error.message}\n{out.error.traceback or ''}".rstrip()
+    lines = [
+        LogSent(ts_ms=state.clock.now_ms(), stream="stderr", call_id=out.call_id, line=line[:8192])
+        for line in text.splitlines()[:200]
+    ]
+    with state.engine.begin() as conn:
+        app_id = write_logs(conn, facts.id, LogBatch(lines=lines))
+    if app_id is not None:
+        state.wakeups.notify_many([f"logs:{app_id}"])
 
 
 def _step(
