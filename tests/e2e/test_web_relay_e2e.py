@@ -105,3 +105,11 @@ def _relayed(exchange: Exchange, builder: Any, token: str) -> None:
         assert r.status_code == 200 and r.json() == {"got": {"y": 2}}
         thread.join(60)
         assert finished.is_set()
+
+        # The container dies mid-request: the answer comes when its agent reports the exit,
+        # not at the function's timeout (300 s), and says what happened.
+        http.post(f"{api}/echo", json={"warm": True})
+        r = http.get(f"{api}/die", timeout=120)
+        assert r.headers["x-crucible-call-id"].startswith("rq-")
+        assert r.status_code == 504, r.text
+        assert r.json()["error"]["code"] == "container_exited"

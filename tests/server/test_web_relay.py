@@ -134,3 +134,19 @@ def test_a_worker_far_ahead_of_its_reader_waits_and_an_abandoned_one_does_not() 
         assert tail[-1] == b"y" and len(tail) == web_relay.WINDOW + 10 - 20 + 1
 
     asyncio.run(go())
+
+
+def test_a_container_that_exits_ends_its_relayed_requests() -> None:
+    async def go() -> None:
+        relay, dispatcher = WebRelay(), Dispatcher()
+        _park(dispatcher)
+        relayed = relay.hand(dispatcher, "fn-1", "acct", b"raw", 300.0)
+        assert relayed is not None
+        relay.end_container("co-other")
+        assert relay.in_flight() == {"fn-1": 1}
+        relay.end_container("co-1")
+        answer = await relayed_response(relayed)
+        assert answer is not None and answer.status is None and answer.state == "lost"
+        assert answer.error_code == "container_exited" and relay.in_flight() == {}
+
+    asyncio.run(go())

@@ -13,7 +13,9 @@ What stays the same: the request id has the form of a call id (``rq-...``) and i
 requests as running calls of their function and their containers as busy
 (scheduler/loop.py), so autoscaling and scale-down see the load; metering is by container
 time as for every call. What a relayed request lacks is a row: ``crucible call`` does not
-know it, and a worker that dies mid-request ends it with an error instead of a retry.
+know it (a failed one's error goes to the app's logs under its id), and a container that
+exits mid-request ends it with an error (when its agent reports the exit, or at the
+function's timeout) instead of a retry.
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ class WebRelay:
             else:
                 self.finish(relayed, Ended("undelivered"))
         return calls
+
+    def end_container(self, container_id: str) -> None:
+        """The container exited (its agent said so): what it was running ends now, as
+        lost, instead of at its deadline."""
+        for relayed in [r for r in self._by_id.values() if r.container_id == container_id]:
+            self.finish(relayed, Ended("lost", error_code=ContainerExitedError.code))
 
     def abandon(self, relayed: Relayed) -> None:
         """Nobody reads the response any more (the client left): drop what comes."""
