@@ -129,6 +129,13 @@ def main() -> None:
     ap.add_argument("--weights", default="", help="the weights, for a real engine")
     ap.add_argument("--requests", type=int, default=64, help="streams per measurement")
     ap.add_argument("--tokens", type=int, default=32, help="output tokens per stream")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the exchange (e.g. CRUCIBLE_WEB_RELAY=false: every request a call)",
+    )
     args = ap.parse_args()
     if args.engine == "transformers" and args.weights == "tiny":
         args.weights = _tiny_llama()
@@ -211,6 +218,7 @@ def _through_crucible(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     # The process runtime: the direct side runs unsandboxed too, and a sandbox's thread
     # limit stops a container streaming 32 answers at once (see docs/inference.md).
     env = {"CRUCIBLE_SCALEDOWN_WINDOW_S": "300", "CRUCIBLE_RUNTIME": "process"}
+    env.update(kv.split("=", 1) for kv in args.env)
     with Exchange(env=env) as ex:
         token = ex.owner_token(f"bench-{uuid.uuid4().hex[:8]}")
         client = Client(ex.url, token)

@@ -3,9 +3,11 @@ side by side in one run.
 
 The endpoint (``_bench_app.hello``, ``@crucible.fastapi_endpoint``, public, one warm
 container) is deployed on a throwaway exchange; the baseline serves the same handler with
-uvicorn directly. Each is measured with one client (sequential requests: latency) and with
-8 concurrent clients (throughput). Prints a table with the overhead ratio and writes
-``benchmarks/results/bench_web.json``::
+uvicorn directly. The gateway is measured twice: with its fast path (a request relayed in
+memory to the waiting container, server/web_relay.py) and with every request a durable call
+(``CRUCIBLE_WEB_RELAY=false``, the gateway before the fast path). Each is measured with one
+client (sequential requests: latency) and with 8 concurrent clients (throughput). Prints a
+table with the overhead ratio and writes ``benchmarks/results/bench_web.json``::
 
     .venv/bin/python benchmarks/bench_web.py              # 1,000 requests per measurement
     .venv/bin/python benchmarks/bench_web.py --requests 200
@@ -14,6 +16,7 @@ uvicorn directly. Each is measured with one client (sequential requests: latency
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -94,23 +97,26 @@ def main() -> None:
         uvicorn.terminate()
         uvicorn.wait()
 
-    with Exchange(env={"CRUCIBLE_SCALEDOWN_WINDOW_S": "300"}) as ex:
-        client = ex.client()
-        name = client.get("/v1/accounts/me")["name"]
-        _bench_app.web_app.deploy(client=client)
-        url = f"{ex.url}/web/{name}/bench-web/hello/"
-        wait_for(lambda: _up(url), 60, "the endpoint")
-        measure(url, 100, 1)  # warm-up
-        for label, clients in (("gateway, 1 client", 1), ("gateway, 8 clients", 8)):
-            with CpuMeter(ex) as cpu:
-                results[label] = measure(url, args.requests, clients)
-            n = results[label]["requests"]
-            # CPU per request by process: steadier than latency on a shared machine.
-            results[label]["cpu_ms_per_request"] = {
-                role: round(cpu.result.get(role, 0.0) * 1000 / n, 2)
-                for role in ("server", "agent")
-            }
-        client.close()
+    for setup, relay in (("gateway", "true"), ("gateway durable", "false")):
+        env = {"CRUCIBLE_SCALEDOWN_WINDOW_S": "300", "CRUCIBLE_WEB_RELAY": relay}
+        with Exchange(env=env) as ex:
+            client = ex.client()
+            name = client.get("/v1/accounts/me")["name"]
+            _bench_app.web_app.deploy(client=client)
+            url = f"{ex.url}/web/{name}/bench-web/hello/"
+            wait_for(functools.partial(_up, url), 60, "the endpoint")
+            measure(url, 100, 1)  # warm-up
+            for clients in (1, 8):
+                label = f"{setup}, {clients} client{'s' if clients > 1 else ''}"
+                with CpuMeter(ex) as cpu:
+                    results[label] = measure(url, args.requests, clients)
+                n = results[label]["requests"]
+                # CPU per request by process: steadier than latency on a shared machine.
+                results[label]["cpu_ms_per_request"] = {
+                    role: round(cpu.result.get(role, 0.0) * 1000 / n, 2)
+                    for role in ("server", "agent")
+                }
+            client.close()
 
     rows = []
     for label, r in results.items():

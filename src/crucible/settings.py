@@ -354,6 +354,13 @@ class Settings:
         "Submit requests a token may send at once above the sustained rate (the token "
         "bucket's size).",
     )
+    web_relay: bool = _opt(
+        True,
+        "CRUCIBLE_WEB_RELAY",
+        "Hand a web endpoint's HTTP request straight to a container of it that waits for work, "
+        "in memory, with no call row (the gateway's fast path); false: every request is a "
+        "durable call.",
+    )
     quote_rate_per_s: float = _opt(
         2000.0,
         "CRUCIBLE_QUOTE_RATE_PER_S",

@@ -53,6 +53,12 @@ def api():  # type: ignore[no-untyped-def]
 
         return StreamingResponse(parts(), media_type="text/plain")
 
+    @web.get("/die")
+    def die() -> None:
+        import os
+
+        os._exit(3)  # the container dies mid-request
+
     @web.get("/boom")
     def boom() -> None:
         raise RuntimeError("the endpoint broke")

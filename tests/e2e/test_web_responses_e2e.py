@@ -1,4 +1,5 @@
-"""How a response travels back through the gateway, with real processes: a small response
+"""How a response travels back through the gateway on its durable path (every request a
+call; the fast path is tests/e2e/test_web_relay_e2e.py), with real processes: a small response
 that is whole at once rides in its call's output (no items stored: one exchange), every
 header the app set is kept, and a slow or large response still streams as the call's items
 and arrives intact."""
@@ -6,6 +7,7 @@ and arrives intact."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,13 +18,20 @@ import app_web
 from harness import Exchange
 
 
-def test_responses_through_the_gateway(exchange: Exchange) -> None:
-    token = exchange.owner_token("webfast")
-    builder = exchange.client(token)
+def test_responses_through_the_gateway(tmp_path: Path) -> None:
+    # The durable path (every request a call): the fast path (server/web_relay.py) off.
+    exchange = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_WEB_RELAY="false")
+    exchange.start_server()
     try:
-        _responses(exchange, builder)
+        exchange.start_agent("host-a")
+        token = exchange.owner_token("webfast")
+        builder = exchange.client(token)
+        try:
+            _responses(exchange, builder)
+        finally:
+            builder.close()
     finally:
-        builder.close()
+        exchange.close()
 
 
 def _items(builder: Any, call_id: str) -> list[Any]:

@@ -73,3 +73,34 @@ def test_one_answer_for_everything_a_stranger_may_not_see(server: ServerUnderTes
     ):
         r = server.request("GET", path, headers=auth)
         assert r.status_code == 404 and words in r.json()["error"]["message"], (path, r.text)
+
+
+def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTest) -> None:
+    """A request relayed in memory (server/web_relay.py) has no call row; the scheduler's
+    view of the function's load counts it all the same, and its container as busy."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from crucible.server.dispatch import Parked
+    from crucible.server.scheduler.loop import SchedulerLoop
+    from crucible.server.store.tables import functions
+
+    owner = server.tenant("relayer").token
+    web = {"kind": "fastapi_endpoint", "method": "GET", "public": True}
+    _deploy(server, owner, "site", [{"name": "hello", "web": web}])
+    with server.state.engine.connect() as conn:
+        fid = conn.execute(select(functions.c.id).where(functions.c.name == "hello")).scalar()
+    assert fid is not None
+    loop = SchedulerLoop(server.state)
+
+    def running() -> int:
+        with server.state.engine.connect() as conn:
+            demands, _, _ = loop._demands(conn, server.state.clock.now_ms())
+        return sum(d.running for d in demands if d.id == fid)
+
+    assert running() == 0
+    server.state.dispatcher.park(Parked("co-warm", fid, 1, asyncio.Event()))
+    relayed = server.state.web_relay.hand(server.state.dispatcher, fid, "acct", b"{}", 60.0)
+    assert relayed is not None
+    assert running() == 1 and server.state.web_relay.busy() == {"co-warm"}

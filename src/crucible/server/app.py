@@ -194,6 +194,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
 
             def others_changed(n: int) -> None:
                 bus.others = n > 0
+                state.other_replicas = n
                 log.info("%d other replica(s) on this store", n)
 
             elector.on_others = others_changed

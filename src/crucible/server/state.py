@@ -42,6 +42,7 @@ from crucible.server.relay import AccessRelay
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
+from crucible.server.web_relay import WebRelay
 from crucible.settings import Settings
 
 __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
@@ -97,6 +98,8 @@ class ServerState:
     # (valid until monotonic s, owner account id, function row). Cleared by deployment
     # changes here; another replica's change is seen within the short TTL.
     web_endpoints: dict[tuple[str, str, str], tuple[float, str, Any]] = field(default_factory=dict)
+    # Web requests handed to a parked container in memory, with no call row (web_relay.py).
+    web_relay: WebRelay = field(default_factory=WebRelay)
     # Generator calls: how many items each caller has read (the worker's back-pressure).
     items_consumed: dict[str, int] = field(default_factory=dict)
     # Log lines stored per container since this server started (for the per-container cap).
@@ -104,6 +107,10 @@ class ServerState:
     # Calls per second per function (for the autoscaler), and container start times.
     arrivals: dict[str, ArrivalRate] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # Other replicas alive on this store (the elector counts them, server/leadership.py). The
+    # web gateway's in-memory fast path (server/web_relay.py) runs only while this is 0: a
+    # container's next requests may reach another replica behind a balancer.
+    other_replicas: int = 0
     start_stats: dict[str, float] = field(default_factory=dict)
     # Why a function's queued calls are not placed, as of the last scheduler tick (function
     # id -> reason; replaced whole each tick). Shown on queued calls' CallInfo.waiting.

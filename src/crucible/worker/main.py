@@ -459,10 +459,13 @@ class Worker:
                     last = (
                         hold is not None and isinstance(value, dict) and value.get("more") is False
                     )
-                    # The first items of a response that goes on (a web response's start and
-                    # first body part: a model's first token) go at once; later ones in
-                    # batches. A whole small web response is held for the output instead.
-                    if index < 2 and not last and (hold is None or index == 1):
+                    # The first items of a response that goes on go at once, later ones in
+                    # batches: a generator's first two; a web response's start with its first
+                    # three body parts (a model's stream opens with a role-only chunk, then
+                    # its first token: neither may wait for the batch timer). A whole small
+                    # web response is held for the output instead.
+                    prompt = 2 if hold is None else 4
+                    if index < prompt and not last and (hold is None or index >= 1):
                         full = True
                     if full:
                         flush()

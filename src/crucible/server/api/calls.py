@@ -50,18 +50,23 @@ async def create_calls(
     return model_response(created, 201)  # type: ignore[return-value]
 
 
+def check_credit(state: ServerState, who: Principal, now_ms: int) -> None:
+    """Refuse new work of an account without credit (when credits are required)."""
+    if state.settings.require_credits:
+        blocked = state.credit_blocked.get(who.account_id)
+        if blocked is None:
+            with state.engine.connect() as conn:
+                blocked = credit_refusal(conn, state.credit_checked, who.account_id, now_ms)
+        if blocked is not None:
+            raise InsufficientCreditError(blocked)
+
+
 async def submit_calls(
     function_id: str, req: CallsCreate, who: Principal, state: ServerState
 ) -> CallsCreated:
     """What ``POST /functions/{id}/calls`` does (the job API submits through it too)."""
     now = state.clock.now_ms()
-    if state.settings.require_credits:
-        blocked = state.credit_blocked.get(who.account_id)
-        if blocked is None:
-            with state.engine.connect() as conn:
-                blocked = credit_refusal(conn, state.credit_checked, who.account_id, now)
-        if blocked is not None:
-            raise InsufficientCreditError(blocked)
+    check_credit(state, who, now)
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))
     handed: dict[str, list[InputAssignment]] = {}

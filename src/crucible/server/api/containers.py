@@ -10,7 +10,9 @@ from sqlalchemy import bindparam, update
 
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
+from crucible.protocol.logs import LogBatch, LogSent
 from crucible.server.api.deps import Container, State
+from crucible.server.api.items import relay_bytes
 from crucible.server.api.responses import model_response
 from crucible.server.dispatch import Parked
 from crucible.server.services.containers import (
@@ -18,8 +20,10 @@ from crucible.server.services.containers import (
     exchange_step,
     load_container_facts,
 )
+from crucible.server.services.logs import write_logs
 from crucible.server.store.tables import calls
 from crucible.server.wakeups import RECHECK_S
+from crucible.server.web_relay import Ended
 
 router = APIRouter(prefix="/v1/containers", tags=["containers"])
 
@@ -49,8 +53,50 @@ def _facts(state: State, container_id: str) -> ContainerFacts:
     return facts
 
 
+def _relayed_outputs(state: State, facts: ContainerFacts, outputs: list[OutputItem]) -> bool:
+    """Deliver the outputs of relayed web requests (server/web_relay.py) to their readers and
+    take them out of ``outputs`` (they have no rows); whether there were any."""
+    relay = state.web_relay
+    kept: list[OutputItem] = []
+    found = False
+    for out in outputs:
+        relayed = relay.get(out.call_id, facts.id)
+        if relayed is None:
+            kept.append(out)
+            continue
+        found = True
+        result = None
+        if out.result is not None:
+            result = relay_bytes(state, facts.account_id, out.result)
+        relay.finish(relayed, Ended(out.status, result, out.error.code if out.error else None))
+        if out.error is not None:
+            _log_failure(state, facts, out)
+    if found:
+        outputs[:] = kept
+    return found
+
+
+def _log_failure(state: State, facts: ContainerFacts, out: OutputItem) -> None:
+    """A failed relayed request has no call to keep its error: its owner reads it in the
+    app's logs, under the request's id (``crucible logs APP --call rq-...``)."""
+    assert out.error is not None
+    text = f"{out.error.code}: {out.error.message}\n{out.error.traceback or ''}".rstrip()
+    lines = [
+        LogSent(ts_ms=state.clock.now_ms(), stream="stderr", call_id=out.call_id, line=line[:8192])
+        for line in text.splitlines()[:200]
+    ]
+    with state.engine.begin() as conn:
+        app_id = write_logs(conn, facts.id, LogBatch(lines=lines))
+    if app_id is not None:
+        state.wakeups.notify_many([f"logs:{app_id}"])
+
+
 def _step(
-    state: State, facts: ContainerFacts, outputs: list[OutputItem], want: int
+    state: State,
+    facts: ContainerFacts,
+    outputs: list[OutputItem],
+    want: int,
+    active: bool = False,
 ) -> ExchangeReply:
     s = state.settings
     with state.engine.begin() as conn:
@@ -64,6 +110,7 @@ def _step(
             skip_locked=state.engine.dialect.name == "postgresql",
             groups=state.claim_groups,
             touched_ms=state.touched_ms,
+            active=active,
         )
     if keys:
         state.wakeups.notify_many(keys)
@@ -80,10 +127,12 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
     facts = _facts(state, container_id)
-    reply = _step(state, facts, req.outputs, req.want)
-    if req.outputs:
-        state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in req.outputs])
-        for o in req.outputs:
+    finished = list(req.outputs)
+    relayed = _relayed_outputs(state, facts, req.outputs)
+    reply = _step(state, facts, req.outputs, req.want, active=relayed)
+    if finished:
+        state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
+        for o in finished:
             state.metrics.finished(o.status, o.exec_us / 1e6, o.error.code if o.error else None)
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
         return model_response(reply)  # type: ignore[return-value]
@@ -113,9 +162,9 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
         finally:
             state.dispatcher.unpark(parked)
             if parked.handed and not delivered:
-                with state.engine.begin() as conn:
-                    conn.execute(
-                        _UNCLAIM,
-                        {"b_ids": [a.call_id for a in parked.handed], "b_container": container_id},
-                    )
-                state.wakeups.work_queued(facts.function_id)
+                ids = [a.call_id for a in parked.handed]
+                ids = state.web_relay.undelivered(container_id, ids)  # relayed: taken back
+                if ids:
+                    with state.engine.begin() as conn:
+                        conn.execute(_UNCLAIM, {"b_ids": ids, "b_container": container_id})
+                    state.wakeups.work_queued(facts.function_id)

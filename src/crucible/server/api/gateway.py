@@ -1,12 +1,15 @@
 """The web gateway: ``/web/{account}/{deployment}/{function}/...`` serves a deployed web
 endpoint (``@crucible.fastapi_endpoint`` / ``@crucible.asgi_app``).
 
-Each request becomes a call of the deployment's current version (queued, autoscaled,
-metered and logged like any other); the container runs it through the function's ASGI app
-and the response streams back as it is produced. Unless the endpoint is public, the request
+An HTTP request goes straight to a warm container of the deployment's current version when
+one is waiting for work (server/web_relay.py: in memory, no call row); otherwise (scale from
+zero, every container busy) it becomes a call (queued, autoscaled, metered and logged like
+any other). Either way the container runs it through the function's ASGI app and the
+response streams back as it is produced. Unless the endpoint is public, the request
 needs a token of the deployment's account (``Authorization: Bearer``), which is not passed
 on to the app. Every response carries ``x-crucible-call-id``: the error id an endpoint's
-owner looks up (``crucible call``, ``crucible logs``) when it answers 500.
+owner looks up (``crucible logs``; ``crucible call`` for a call, ``ca-...``; a relayed
+request's id is ``rq-...``) when it answers 500.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
 from crucible.protocol.web import decode_response
-from crucible.server.api.calls import submit_calls
+from crucible.server.api.calls import check_credit, submit_calls
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.services import items as items_svc
@@ -38,6 +41,7 @@ from crucible.server.services.accounts import authenticate
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
+from crucible.server.web_relay import RelayedResponse, relayed_response
 
 router = APIRouter(tags=["web"])
 log = logging.getLogger("crucible.gateway")
@@ -183,13 +187,18 @@ async def gateway(
         "body": base64.b64encode(body).decode("ascii"),
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
+    relayed = await relay(state, owner, fn, raw)
+    if relayed is not None:
+        return _relayed(state, relayed, request.method)
     call_id = await _submit(
         state, owner, fn, raw, (account, deployment, function), request.headers.get("authorization")
     )
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S, submitted=True)
     whole = held_response(page) if page.done and not page.items else None
     if whole is not None and request.method != "HEAD":
-        return _plain_response(whole, call_id)
+        start = whole[0]
+        body = b"".join(base64.b64decode(p["body"]) for p in whole[1:] if "body" in p)
+        return _plain_response(int(start["status"]), start["headers"], body, call_id)
     if not page.items and whole is None:
         code = page.call.error.code if page.call.error else "endpoint_error"
         return JSONResponse(
@@ -257,19 +266,80 @@ def held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
     return parts or None
 
 
-def _plain_response(parts: list[dict[str, Any]], call_id: str) -> Response:
+def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Response:
     """A whole response in one piece, with its length; every header the app set is kept
     (repeated ones too), but its length, which the gateway sets itself."""
-    start = parts[0]
-    body = b"".join(base64.b64decode(p["body"]) for p in parts[1:] if "body" in p)
-    response = Response(body, status_code=int(start["status"]))
+    response = Response(body, status_code=status)
     response.raw_headers.extend(
         (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
-        for k, v in start["headers"]
+        for k, v in headers
         if str(k).lower() != "content-length"
     )
     response.raw_headers.append((b"x-crucible-call-id", call_id.encode("ascii")))
     return response
+
+
+async def relay(
+    state: ServerState, owner: Principal, fn: Any, raw: bytes
+) -> RelayedResponse | None:
+    """The fast path (server/web_relay.py): the request (``raw``, the input's JSON payload)
+    handed to a container of ``fn`` that waits for work, and the start of its answer. None
+    when no container waits, or the one taken went away before it took the request: then
+    the caller submits a call. The owner's credit is checked as for a call."""
+    if not state.settings.web_relay or state.other_replicas:
+        return None  # off, or replicas: the container's next requests may reach another
+    if getattr(fn, "app_state", "running") != "running":
+        return None  # a superseded version: a call is forwarded to the current one
+    if len(raw) > state.settings.inline_payload_max_bytes:
+        return None  # a call stores it as a blob
+    now = state.clock.now_ms()
+    check_credit(state, owner, now)
+    timeout_s = float(fn.spec["timeout_s"])
+    relayed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
+    if relayed is None:
+        return None
+    state.observe_arrivals(fn.id, 1, now)
+    return await relayed_response(relayed)
+
+
+def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Response:
+    """The gateway's response to a relayed request."""
+    rid = answer.call_id
+    if answer.status is None:
+        lost = answer.state == "lost"
+        why = (
+            "no answer from its container within the function's timeout"
+            if lost
+            else f"request {answer.state}"
+        )
+        return JSONResponse(
+            {
+                "error": {
+                    "code": answer.error_code or "endpoint_error",
+                    "message": f"the endpoint did not answer ({why}); its owner sees why with "
+                    f"`crucible logs` (request {rid})",
+                }
+            },
+            status_code=504 if lost else 500,
+            headers={"x-crucible-call-id": rid},
+        )
+    if answer.whole is not None and method != "HEAD":
+        return _plain_response(answer.status, answer.headers, answer.whole, rid)
+    headers = {k: v for k, v in answer.headers if k.lower() != "content-length"}
+    headers["x-crucible-call-id"] = rid
+    relayed = answer.relayed
+
+    async def stream() -> AsyncIterator[bytes]:
+        done = False
+        try:
+            async for chunk in answer.body:
+                yield chunk
+            done = True
+        finally:
+            if not done and relayed is not None:  # the client left: drop the rest
+                state.web_relay.abandon(relayed)
+
+    return StreamingResponse(stream(), status_code=answer.status, headers=headers)
 
 
 @router.websocket("/web/{account}/{deployment}/{function}/{path:path}")

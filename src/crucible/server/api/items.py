@@ -6,14 +6,18 @@ Back-pressure: a worker that is more than :data:`WINDOW` items ahead of its call
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from fastapi import APIRouter, Query
 
-from crucible.errors import NotFoundError
+from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
-from crucible.protocol.common import MAX_WIRE_INT
+from crucible.protocol.common import MAX_WIRE_INT, Payload
 from crucible.server.api.deps import Builder, Container, State
 from crucible.server.auth import Principal
 from crucible.server.services import items as svc
+from crucible.server.services.blobs import require_blob
 from crucible.server.state import ServerState
 from crucible.server.wakeups import long_poll
 
@@ -50,6 +54,11 @@ def share_consumption(state: ServerState) -> None:
 async def post_items(container_id: str, req: ItemsSent, who: Container, state: State) -> ItemsAck:
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
+    relayed = state.web_relay.get(req.call_id, container_id)
+    if relayed is not None:  # a relayed web request's response: in memory, no rows
+        data = [relay_bytes(state, who.account_id, p) for p in req.items]
+        state.web_relay.items(relayed, req.start, data)
+        return ItemsAck(consumed=await state.web_relay.caught_up(relayed, 10.0))
     with state.engine.begin() as conn:
         svc.store_items(
             conn,
@@ -69,6 +78,21 @@ async def post_items(container_id: str, req: ItemsSent, who: Container, state: S
     if consumed is None:
         consumed = await long_poll(state.wakeups, [f"consumed:{req.call_id}"], caught_up, 10.0)
     return ItemsAck(consumed=consumed if consumed is not None else -1)
+
+
+def relay_bytes(state: ServerState, account_id: str, payload: Payload) -> bytes:
+    """What a worker's payload for a relayed web request holds: inline, or a blob of the
+    worker's account (a blob of anyone else is refused as for a call's items)."""
+    if payload.ref is not None:
+        with state.engine.connect() as conn:
+            require_blob(conn, account_id, payload.ref)
+        return state.blobs.get(payload.ref)
+    if payload.data is None:
+        raise InvalidRequestError("a payload needs 'data' (base64) or 'ref' (a blob's sha256)")
+    try:
+        return base64.b64decode(payload.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError("payload 'data' is not valid base64") from None
 
 
 @router.get("/calls/{call_id}/items")

@@ -326,8 +326,9 @@ async def _charge_rest(
     state: ServerState, resolved: svc.Resolved, who: Principal, answer: WebCallResponse
 ) -> None:
     buffer = b""
-    # Read again from the call's items: the client's reader was cancelled with the client.
-    async for part in body_parts(state, resolved.owner, answer.call_id):
+    # Read again from the call's items (a relayed request: on from where the client's reader
+    # stopped): the client's reader was cancelled with the client.
+    async for part in body_parts(state, resolved.owner, answer.call_id, answer.relayed):
         buffer += part
         *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:

@@ -1,10 +1,12 @@
 """One HTTP request to a deployed web function, made from inside the control plane.
 
-The request becomes a call of the function (queued, autoscaled, metered and logged like any
-other); the container runs it through the function's ASGI app and what the app sends comes
-back as the call's items: first the response start (status, headers), then body parts as
-they are produced. The OpenAI API (``api/openai.py``) forwards through it; the web gateway
-(``api/gateway.py``) does the same with its own copy of these steps.
+The request goes to a warm container in memory when one waits for work (the gateway's fast
+path, server/web_relay.py), and otherwise becomes a call of the function (queued,
+autoscaled, metered and logged like any other); the container runs it through the
+function's ASGI app and what the app sends comes back as the call's items: first the
+response start (status, headers), then body parts as they are produced. The OpenAI API
+(``api/openai.py``) forwards through it; the web gateway (``api/gateway.py``) does the same
+with its own copy of these steps.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
 
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
-from crucible.server.api.gateway import held_response, response_parts
+from crucible.server.api.gateway import held_response, relay, response_parts
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
+from crucible.server.store.tables import apps, functions
+from crucible.server.web_relay import Relayed, rest_of
 
 __all__ = ["WebCallResponse", "body_parts", "call_web_function"]
 
@@ -40,6 +47,7 @@ class WebCallResponse:
     body: AsyncIterator[bytes]
     state: str = "succeeded"
     error_code: str | None = None
+    relayed: Relayed | None = None  # a relayed request (no call row): read on with body_parts
 
 
 async def call_web_function(
@@ -61,6 +69,24 @@ async def call_web_function(
         "body": base64.b64encode(body).decode("ascii"),
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
+    fn = _function(state, function_id)
+    relayed = await relay(state, owner, fn, raw) if fn is not None else None
+    if relayed is not None:
+        hdrs = relayed.headers
+        answer = WebCallResponse(relayed.call_id, relayed.status, hdrs, relayed.body)
+        answer.relayed = relayed.relayed
+        if relayed.status is None:
+            answer.state, answer.error_code = relayed.state, relayed.error_code
+            return answer
+
+        async def relayed_body() -> AsyncIterator[bytes]:
+            async for chunk in relayed.body:
+                yield chunk
+            answer.state, answer.error_code = relayed.state, relayed.error_code
+
+        answer.state = "running" if relayed.whole is None else relayed.state
+        answer.body = relayed_body()
+        return answer
     created = await submit_calls(
         function_id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
     )
@@ -98,9 +124,26 @@ async def call_web_function(
     return answer
 
 
-async def body_parts(state: ServerState, owner: Principal, call_id: str) -> AsyncIterator[bytes]:
+def _function(state: ServerState, function_id: str) -> Any:
+    """The function's row (its spec, and its app's state for :func:`relay`)."""
+    with state.engine.connect() as conn:
+        return conn.execute(
+            select(functions.c.id, functions.c.spec, apps.c.state.label("app_state"))
+            .join(apps, apps.c.id == functions.c.app_id)
+            .where(functions.c.id == function_id)
+        ).first()
+
+
+async def body_parts(
+    state: ServerState, owner: Principal, call_id: str, relayed: Relayed | None = None
+) -> AsyncIterator[bytes]:
     """A web call's response body from its beginning, read again from the call's items
-    (e.g. after the client that was reading it left)."""
+    (e.g. after the client that was reading it left). For a relayed request (no items
+    stored): what is left of it, read on from where its reader stopped."""
+    if relayed is not None:
+        async for chunk in rest_of(state.web_relay, relayed):
+            yield chunk
+        return
     after = 0
     while True:
         page = await read_page(state, owner, call_id, after, _NEXT_PART_WAIT_S)

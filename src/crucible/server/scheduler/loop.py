@@ -594,6 +594,9 @@ class SchedulerLoop:
                 select(calls.c.container_id).where(calls.c.state == "running").distinct()
             )
         }
+        # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
+        relayed = self.state.web_relay.in_flight()
+        busy |= self.state.web_relay.busy()
         by_fn: dict[str, list[ContainerView]] = defaultdict(list)
         for r in conn.execute(
             select(
@@ -635,7 +638,7 @@ class SchedulerLoop:
             ).scalars()
         )
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
-        fids = (set(work) | set(by_fn) | warm) - cluster_function_ids(conn)
+        fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         if not fids:
             return [], {}, {}
         s = self.state.settings
@@ -667,7 +670,7 @@ class SchedulerLoop:
                     memory_mib=res.memory_mib,
                     gpus=tuple(GpuChoice(g.model, g.count) for g in res.gpus),
                     queued=queued.n if queued else 0,
-                    running=running.n if running else 0,
+                    running=(running.n if running else 0) + relayed.get(r.id, 0),
                     oldest_queued_ms=queued.oldest if queued else None,
                     oldest_running_started_ms=running.oldest_start if running else None,
                     avg_exec_ms=self.state.exec_stats.get(r.id),

@@ -231,12 +231,14 @@ def exchange_step(
     skip_locked: bool,
     groups: dict[str, str | None],
     touched_ms: dict[str, int],
+    active: bool = False,
 ) -> tuple[ExchangeReply, list[str]]:
     """One pass of a worker's exchange: record outputs, then claim inputs. Returns the reply
     and the wake-up keys to notify after commit.
 
     ``groups`` is the server's memory of claimed calls' groups (read and extended here);
-    ``touched_ms`` rate-limits writes of the container's last activity."""
+    ``touched_ms`` rate-limits writes of the container's last activity; ``active``: the
+    worker also finished work that has no row (relayed web requests, server/web_relay.py)."""
     cid = facts.id
     state = conn.execute(_SEL_STATE, {"b_id": cid}).scalar_one_or_none()
     if state is None:
@@ -271,7 +273,7 @@ def exchange_step(
         skip_locked=skip_locked,
         groups=groups,
     )
-    if (outputs or inputs) and now_ms - touched_ms.get(cid, 0) >= _TOUCH_EVERY_MS:
+    if (outputs or inputs or active) and now_ms - touched_ms.get(cid, 0) >= _TOUCH_EVERY_MS:
         conn.execute(_TOUCH, {"b_id": cid, "b_now": now_ms})
         touched_ms[cid] = now_ms
     return ExchangeReply(inputs=inputs), keys

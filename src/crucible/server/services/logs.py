@@ -41,7 +41,9 @@ def within_cap(batch: LogBatch, counts: dict[str, int], container_id: str, cap: 
 
 def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | None:
     """Store a container's lines; returns its app id (to wake followers), None if unknown.
-    A call id must be one of this container's account's calls, or it is dropped."""
+    A call id must be one of this container's account's calls, or it is dropped; a relayed
+    web request's id (``rq-...``, no row: server/web_relay.py) is kept, as it only labels
+    this container's own lines."""
     row = conn.execute(
         select(containers.c.account_id, containers.c.function_id, functions.c.app_id)
         .join(functions, functions.c.id == containers.c.function_id)
@@ -49,7 +51,7 @@ def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | No
     ).first()
     if row is None or not batch.lines:
         return None
-    call_ids = {x.call_id for x in batch.lines if x.call_id}
+    call_ids = {x.call_id for x in batch.lines if x.call_id and not x.call_id.startswith("rq-")}
     known = (
         set(
             conn.execute(
@@ -61,6 +63,7 @@ def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | No
         if call_ids
         else set()
     )
+    known |= {x.call_id for x in batch.lines if x.call_id and x.call_id.startswith("rq-")}
     conn.execute(
         insert(log_lines),
         [
@@ -96,7 +99,11 @@ def read_logs(
         .order_by(log_lines.c.id)
         .limit(limit)
     )
-    if call_id is not None:
+    if call_id is not None and call_id.startswith("rq-"):
+        # A web request relayed to a warm container (server/web_relay.py) has no call row;
+        # its lines are this app's (checked above) that carry its id.
+        q = q.where(log_lines.c.call_id == call_id)
+    elif call_id is not None:
         found = conn.execute(
             select(calls.c.id).where(
                 calls.c.id == call_id,
