@@ -171,7 +171,7 @@ class Host:
 
 
 async def run_host(
-    client: httpx.AsyncClient, host: Host, stop_at: float, rec: dict[str, Any]
+    client: httpx.AsyncClient, host: Host, stop: asyncio.Event, rec: dict[str, Any]
 ) -> None:
     for _ in range(20):
         r = await client.post("/v1/hosts/register", json=host.register_body())
@@ -183,7 +183,7 @@ async def run_host(
     else:
         return
     wait_s = 1.0
-    while time.monotonic() < stop_at:
+    while not stop.is_set():
         reports, sent_exits = host.reports(time.monotonic())
         host.seq += 1
         body = {"containers": reports, "wait_s": wait_s, "seq": host.seq}
@@ -226,15 +226,17 @@ async def agents_main(cfg: dict[str, Any]) -> dict[str, Any]:
         httpx.AsyncClient(base_url=u, headers=headers, timeout=120.0, limits=limits) for u in urls
     ]
     hosts = [Host(h["name"], h["shape"], cfg["model"]) for h in cfg["hosts"]]
-    stop_at = time.monotonic() + cfg["run_s"]
-    sem = asyncio.Semaphore(32)  # registrations at once (the run starts when all are in)
+    stop = asyncio.Event()
+    stop_file = Path(cfg["stop_file"])
 
-    async def one(i: int, h: Host) -> None:
-        async with sem:
-            await asyncio.sleep(0)
-        await run_host(clients[i % len(clients)], h, stop_at, rec)
+    async def watch() -> None:  # the driver creates the stop file when the run is over
+        while not stop_file.exists():
+            await asyncio.sleep(0.2)
+        stop.set()
 
-    await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts)))
+    await asyncio.gather(
+        watch(), *(run_host(clients[i % len(clients)], h, stop, rec) for i, h in enumerate(hosts))
+    )
     for c in clients:
         await c.aclose()
     rec["errors"] = rec["errors"][:50]
@@ -398,6 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "CRUCIBLE_SCHEDULER_INTERVAL_S": str(args.scheduler_interval),
         "CRUCIBLE_HOST_TIMEOUT_S": "60",
         "CRUCIBLE_LOG_LEVEL": "warning",
+        "CRUCIBLE_HEARTBEAT_INTERVAL_S": str(args.heartbeat),
     }
     ex = LocalExchange(tmp, db_url, env=env)
     agent_procs: list[subprocess.Popen[bytes]] = []
@@ -407,8 +410,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         urls, replica_procs = start_replicas(ex, args.replicas)
         host_token, user_token = ex.host_token, ex.owner_token("bench-fleet")
         store_url = ex.database_url
-        settle_s = 5.0 + len(shapes) / 400  # registration before the first submit
-        run_s = settle_s + args.duration + args.drain
+        stop_file = tmp / "stop"
         per = -(-len(shapes) // args.agent_procs)
         for k in range(args.agent_procs):
             chunk = shapes[k * per : (k + 1) * per]
@@ -416,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "urls": urls,
                 "token": host_token,
                 "model": args.model,
-                "run_s": run_s,
+                "stop_file": str(stop_file),
                 "hosts": [{"name": f"h{k}-{i}", "shape": s} for i, s in enumerate(chunk)],
             }
             path = tmp / f"agents-{k}.json"
@@ -432,14 +434,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return sum(1 for h in ex.hosts() if h["state"] == "ready") >= len(shapes)
 
         t_reg = time.perf_counter()
-        wait_for(all_ready, settle_s * 4 + 60, "every emulated host to register")
+        wait_for(all_ready, 60 + len(shapes), "every emulated host to register")
         reg_s = time.perf_counter() - t_reg
+        t_run = time.perf_counter()
         db0, t_db0 = db_bytes(store_url), time.perf_counter()
         out = asyncio.run(submit_and_probe(urls, user_token, pods, args))
         time.sleep(args.drain)
         db1, t_db1 = db_bytes(store_url), time.perf_counter()
+        run_s = time.perf_counter() - t_run
+        stop_file.touch()
         for p in agent_procs:
-            p.wait(timeout=run_s + 120)
+            p.wait(timeout=args.heartbeat + 120)
         recs = [
             json.loads((tmp / f"agents-{k}.json.out").read_text()) for k in range(args.agent_procs)
         ]
@@ -477,6 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "workload": {"pods": n_pods, "rate": args.rate, "source": work_src},
         "registration_s": round(reg_s, 2),
+        "registrations_per_s": round(len(shapes) / reg_s, 1),
         "submitted": len(submitted),
         "assigned": len(latency),
         "placements_per_s": round(len(latency) / span, 1) if span else 0.0,
@@ -501,6 +507,7 @@ def report(r: dict[str, Any]) -> None:
     rows = [
         ["fleet", f"{f['hosts']:,} hosts, {f['gpus']:,} GPUs ({f['source']}), {f['database']}"
          f", {f['replicas']} server(s)"],
+        ["registration", f"{r['registration_s']:,} s ({r['registrations_per_s']:,} hosts/s)"],
         ["submitted / assigned", f"{r['submitted']:,} / {r['assigned']:,}"],
         ["placements/s (end to end)", f"{r['placements_per_s']:,}"],
         ["submit→assignment p50 / p99", f"{s2a['p50_ms']:,.0f} / {s2a['p99_ms']:,.0f} ms"],
@@ -530,6 +537,7 @@ def main() -> None:
     ap.add_argument("--agent-procs", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=32, help="submits in flight")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="GET probes per second")
+    ap.add_argument("--heartbeat", type=float, default=1.0, help="hosts' sync interval, s")
     ap.add_argument("--scheduler-interval", type=float, default=0.1)
     ap.add_argument("--model", default="H100", help="the fake GPUs' catalog model")
     ap.add_argument("--trace", type=Path, default=default_trace())
@@ -548,7 +556,7 @@ def main() -> None:
         args.gpus, args.hosts = 400, args.hosts or 50
         args.duration, args.rate, args.run_s, args.drain = 10.0, 20.0, 2.0, 3.0
         args.agent_procs = 1
-    for flag in ("gpus", "rate", "duration", "replicas", "agent_procs", "concurrency"):
+    for flag in ("gpus", "rate", "heartbeat", "duration", "replicas", "agent_procs", "concurrency"):
         if getattr(args, flag) <= 0:
             ap.error(f"--{flag.replace('_', '-')} must be positive")
     result = run(args)
