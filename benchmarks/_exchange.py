@@ -89,7 +89,11 @@ class Exchange(LocalExchange):
     """
 
     def __init__(
-        self, env: dict[str, str] | None = None, keep: bool = False, probe: bool = False
+        self,
+        env: dict[str, str] | None = None,
+        keep: bool = False,
+        probe: bool = False,
+        fake_gpus: str | None = None,
     ) -> None:
         root = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
         # probe: run the server under _server_probe.py (request and SQL statement counters)
@@ -102,6 +106,7 @@ class Exchange(LocalExchange):
         super().__init__(root, env=env, server_argv=argv)
         self.db_path = root / "store.db"
         self.keep = keep
+        self.fake_gpus = fake_gpus  # the agent declares these ("1xH200"); None: real NVML
         self.account_id: str | None = None
 
     @property
@@ -111,7 +116,7 @@ class Exchange(LocalExchange):
     def __enter__(self) -> Exchange:
         try:
             self.start_server()
-            self.start_agent("bench-host")
+            self.start_agent("bench-host", fake_gpus=self.fake_gpus)
         except BaseException:
             self.close()
             raise
