@@ -15,6 +15,13 @@ engine)::
     .venv/bin/python benchmarks/bench_inference.py --engine llama-cpp --weights model.gguf
     .venv/bin/python benchmarks/bench_inference.py --engine transformers --weights tiny
 
+On a GPU machine, ``--gpu H200`` makes the exchange's function ask for that GPU (the engine
+runs on CUDA on both sides) and ``--hidden/--layers/--heads`` size the random Llama (writes
+``bench_inference_ENGINE_GPU.json``; scripts/gpu-check runs it)::
+
+    python3 benchmarks/bench_inference.py --engine transformers --weights tiny \
+        --hidden 1024 --layers 24 --heads 16 --gpu H200
+
 ``--weights tiny`` builds the tests' tiny random Llama (tests/inference/inference_testlib.py)
 in a temporary directory: the real transformers engine, continuous batching and all, on a
 model small enough that the figures show the serving path rather than the matrix products.
