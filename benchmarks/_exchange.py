@@ -96,6 +96,7 @@ class Exchange(LocalExchange):
         *,
         postgres_url: str | None = None,
         replicas: int = 1,
+        fake_gpus: str | None = None,
     ) -> None:
         """``postgres_url``: a PostgreSQL server (an admin URL, postgresql://...) on which a
         fresh database is made for this exchange and dropped on close; ``replicas`` > 1
@@ -128,6 +129,7 @@ class Exchange(LocalExchange):
         super().__init__(root, database_url, env=env, server_argv=argv)
         self.db_path = root / "store.db"
         self.keep = keep
+        self.fake_gpus = fake_gpus  # the agent declares these ("1xH200"); None: real NVML
         self.account_id: str | None = None
 
     @property
@@ -141,7 +143,7 @@ class Exchange(LocalExchange):
                 self.replicas = [self.start_replica(i) for i in range(1, self.replica_count)]
                 ports = [self.port, *(r.port for r in self.replicas)]
                 self.balancer, self.url = start_haproxy(self.root, ports)
-            self.start_agent("bench-host")
+            self.start_agent("bench-host", fake_gpus=self.fake_gpus)
         except BaseException:
             self.close()
             raise

@@ -89,7 +89,12 @@ def make_engine() -> Any:
     return engine_app(engine, config.WEIGHTS if config else "", name="bench")
 
 
-@app.function(cpu=1, min_containers=1, max_containers=1)
+# --gpu MODEL: the container asks for that GPU (without one, CUDA_VISIBLE_DEVICES is empty
+# there and the engine runs on the CPU while the direct side has the GPU).
+GPU = getattr(config, "GPU", None) if config else None
+
+
+@app.function(cpu=1, gpu=GPU, min_containers=1, max_containers=1)
 @crucible.concurrent(max_inputs=64)
 @crucible.asgi_app()
 def serve() -> Any:

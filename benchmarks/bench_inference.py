@@ -15,6 +15,13 @@ engine)::
     .venv/bin/python benchmarks/bench_inference.py --engine llama-cpp --weights model.gguf
     .venv/bin/python benchmarks/bench_inference.py --engine transformers --weights tiny
 
+On a GPU machine, ``--gpu H200`` makes the exchange's function ask for that GPU (the engine
+runs on CUDA on both sides) and ``--hidden/--layers/--heads`` size the random Llama (writes
+``bench_inference_ENGINE_GPU.json``; scripts/gpu-check runs it)::
+
+    python3 benchmarks/bench_inference.py --engine transformers --weights tiny \
+        --hidden 1024 --layers 24 --heads 16 --gpu H200
+
 ``--weights tiny`` builds the tests' tiny random Llama (tests/inference/inference_testlib.py)
 in a temporary directory: the real transformers engine, continuous batching and all, on a
 model small enough that the figures show the serving path rather than the matrix products.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import subprocess
 import sys
 import time
@@ -136,10 +144,23 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a setting for the exchange (e.g. CRUCIBLE_WEB_RELAY=false: every request a call)",
     )
+    ap.add_argument(
+        "--gpu", default=None,
+        help="the model's function asks for this GPU (e.g. H200); the engine then runs on CUDA "
+        "on both sides (the direct server sees every GPU of the machine)",
+    )
+    ap.add_argument("--hidden", type=int, default=32, help="--weights tiny: hidden size")
+    ap.add_argument("--layers", type=int, default=2, help="--weights tiny: decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="--weights tiny: attention heads")
     args = ap.parse_args()
+    model: dict[str, Any] = {"weights": args.weights}
     if args.engine == "transformers" and args.weights == "tiny":
-        args.weights = _tiny_llama()
-    CONFIG.write_text(f"ENGINE = {args.engine!r}\nWEIGHTS = {args.weights!r}\n")
+        args.weights = _tiny_llama(args.hidden, args.layers, args.heads)
+        model = {"weights": "random Llama", "hidden": args.hidden, "layers": args.layers,
+                 "heads": args.heads, "params": _params(args.weights)}
+    CONFIG.write_text(
+        f"ENGINE = {args.engine!r}\nWEIGHTS = {args.weights!r}\nGPU = {args.gpu!r}\n"
+    )
     try:
         results = {"direct": _direct(args), "crucible": _through_crucible(args)}
     finally:
@@ -174,11 +195,17 @@ def main() -> None:
         ],
         rows,
     )
-    path = write_results(  # one file per engine: the stub's figures stay beside a real one's
-        "bench_inference" if args.engine == "stub" else f"bench_inference_{args.engine}",
+    name = "bench_inference" if args.engine == "stub" else f"bench_inference_{args.engine}"
+    if args.gpu:
+        name += f"_{args.gpu.lower()}"
+    path = write_results(  # one file per engine (and GPU): the stub's stay beside a real one's
+        name,
         {
             "benchmark": "inference",
             "engine": args.engine,
+            "gpu": args.gpu,
+            "device": _device_name(),
+            "model": model,
             "tokens_per_stream": args.tokens,
             "results": {k: {str(c): v for c, v in r.items()} for k, r in results.items()},
             "machine": machine_info(),
@@ -233,14 +260,37 @@ def _through_crucible(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         return run_all(base, headers, "bench", args)
 
 
-def _tiny_llama() -> str:
+def _tiny_llama(hidden: int, layers: int, heads: int) -> str:
     import tempfile
 
     sys.path.insert(0, str(REPO / "tests" / "inference"))
     from inference_testlib import build_tiny_llama
 
     root = Path(tempfile.mkdtemp(prefix="crucible-bench-tiny-"))
-    return str(build_tiny_llama(root / "tiny-llama"))
+    return str(
+        build_tiny_llama(root / "tiny-llama", hidden=hidden, layers=layers, heads=heads)
+    )
+
+
+def _params(weights: str) -> int:
+    """Parameters in the safetensors files of ``weights``."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(weights).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(st.get_slice(key).get_shape())
+    return total
+
+
+def _device_name() -> str:
+    """The GPU the engine ran on (``cpu`` without one): torch's name for CUDA device 0."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def _up(url: str) -> bool:

@@ -10,6 +10,24 @@ import pytest
 from inference_testlib import build_random_lora, build_tiny_llama
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> str:
+    """The device the engine under test runs on: ``cpu`` always, ``cuda`` where torch sees a
+    GPU (skipped elsewhere). Goldens stay on the CPU, so a cuda run compares the GPU path
+    with the CPU reference."""
+    if request.param == "cuda" and not _cuda_available():
+        pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

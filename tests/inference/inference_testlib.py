@@ -39,8 +39,11 @@ def build_tokenizer(out: Path) -> Any:
     return fast
 
 
-def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """Write a tiny random Llama (config, safetensors weights, tokenizer) to ``out``."""
+def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2,
+                     heads: int = 4) -> Path:
+    """Write a tiny random Llama (config, safetensors weights, tokenizer) to ``out``; with a
+    larger ``hidden``, ``layers`` and ``heads`` (key/value heads: half of them) it is a random
+    model big enough for a GPU to matter (benchmarks/bench_inference.py)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -49,7 +52,7 @@ def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 32, layers: int 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         tie_word_embeddings=False,
     )

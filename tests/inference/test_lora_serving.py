@@ -1,5 +1,6 @@
 """Multi-LoRA serving: mixed batches of base and adapter requests give the same tokens as
-PEFT gives each request alone (greedy), adapters are evicted and reloaded within the memory
+PEFT gives each request alone (greedy; the engine on the CPU, and on CUDA where there is a
+GPU, against CPU goldens), adapters are evicted and reloaded within the memory
 budget, and adapters that cannot serve are a 400 naming the problem."""
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ async def run_mixed(engine: TransformersEngine,
         await engine.stop()
 
 
-def test_mixed_batch_matches_peft_alone(tiny_llama: Path, lora_dirs: dict[str, Path]) -> None:
+def test_mixed_batch_matches_peft_alone(tiny_llama: Path, lora_dirs: dict[str, Path],
+                                        device: str) -> None:
     engine = TransformersEngine(EngineConfig(weights=tiny_llama, max_batch_size=8,
-                                             adapters=dict(lora_dirs)))
+                                             adapters=dict(lora_dirs), device=device))
     names: list[str | None] = [None, "alpha", "beta", "gamma"]
     jobs = [(engine.encode(p), names[(i + j) % 4]) for i, p in enumerate(PROMPTS)
             for j in range(2)]
@@ -71,7 +73,8 @@ def test_mixed_batch_matches_peft_alone(tiny_llama: Path, lora_dirs: dict[str, P
     assert len({tuple(v) for v in outs.values()}) == 4
 
 
-def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path]) -> None:
+def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path],
+                                    device: str) -> None:
     sizes = {}
     probe = TransformersEngine(EngineConfig(weights=tiny_llama, adapters=dict(lora_dirs)))
     for info in probe.adapters():
@@ -80,7 +83,7 @@ def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path]
     budget = sorted(sizes.values())[-1] + sorted(sizes.values())[-2]
     assert budget < sum(sizes.values())
     engine = TransformersEngine(EngineConfig(weights=tiny_llama, lora_budget_bytes=budget,
-                                             adapters=dict(lora_dirs)))
+                                             adapters=dict(lora_dirs), device=device))
     ids = engine.encode("evict me")
     order = ["alpha", "beta", "gamma", "alpha", None, "beta", "gamma"]
     results = [asyncio.run(run_mixed(engine, [(ids, a)]))[0] for a in order]
@@ -90,7 +93,8 @@ def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path]
         assert tokens == peft_golden(tiny_llama, lora_dirs[adapter] if adapter else None, ids)
     # all three in one batch when the budget allows it, after the evictions
     mixed = asyncio.run(run_mixed(TransformersEngine(EngineConfig(
-        weights=tiny_llama, adapters=dict(lora_dirs))), [(ids, a) for a in order[:3]]))
+        weights=tiny_llama, adapters=dict(lora_dirs), device=device)),
+        [(ids, a) for a in order[:3]]))
     assert mixed == results[:3]
 
 
