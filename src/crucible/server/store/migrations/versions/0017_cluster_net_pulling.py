@@ -1,7 +1,7 @@
 """cluster members' private network: pods.cluster_net; containers.pulling_ms
 
-Revision ID: 0019
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
-down_revision = "0015"  # the lead re-chains migrations at merge
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
