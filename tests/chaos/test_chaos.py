@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import app_chaos
@@ -33,13 +32,6 @@ AGENTS = ["host-a", "host-b"]
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    from conftest import _postgres_database
-
-    yield from _postgres_database()
-
-
 # The CI size ends well inside the default limit; a full-size run gets time in proportion.
 @pytest.mark.timeout(max(120, 60 + CALLS // 10))
 @pytest.mark.parametrize(
@@ -55,10 +47,10 @@ def pg_url() -> Iterator[str]:
     ],
 )
 def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
-    pg_url: str, tmp_path: Path, replicas: int
+    postgres_url: str, tmp_path: Path, replicas: int
 ) -> None:
     journal = tmp_path / "journal"
-    ex = ChaosExchange(tmp_path, pg_url, replicas=replicas)
+    ex = ChaosExchange(tmp_path, postgres_url, replicas=replicas)
     loop: ChaosLoop | None = None
     try:
         ex.start_all(AGENTS)
@@ -91,7 +83,7 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
     over = {x: (ran[x], infos[x].attempts) for x in ran if ran[x] > infos[x].attempts}
     assert not over, f"bodies ran more often than attempts (runs, attempts): {over}"
 
-    engine = create_engine(pg_url)
+    engine = create_engine(postgres_url)
     try:
         with engine.connect() as conn:
             # Balanced: each entry's postings sum to 0, and so does the whole ledger.

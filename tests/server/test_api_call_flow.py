@@ -92,6 +92,42 @@ def test_call_round_trip_through_the_exchange(server: ServerUnderTest) -> None:
     assert {c["id"]: c["state"] for c in listed["calls"]} == {first: "succeeded", second: "failed"}
 
 
+def test_a_hand_off_lost_on_the_way_is_queued_again(server: ServerUnderTest) -> None:
+    """A server that dies after committing a claim, before its reply reaches the worker,
+    leaves the call running on a container that never got it. The worker's next request for
+    inputs says what it holds, and the call it never received is handed out again, once, as
+    the same attempt (its body never ran)."""
+    alice = server.tenant("alice")
+    host = server.tenant("alice", Scope.HOST)
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(alice.token, app_id, server.put_blob(alice.token))
+    host_id = server.register_host(host.token)
+    cid, ctok = server.place_container(fn, host_id)
+    made = server.ok(
+        "POST",
+        f"/v1/functions/{fn}/calls",
+        token=alice.token,
+        json={"inputs": [{"args": {"data": b64(b"a")}}, {"args": {"data": b64(b"b")}}]},
+    )
+    first, second = made["call_ids"]
+    exchange = f"/v1/containers/{cid}/exchange"
+    # The reply carrying both is "lost": the worker never saw it.
+    lost = server.ok("POST", exchange, token=ctok, json={"want": 8})["inputs"]
+    assert [i["call_id"] for i in lost] == [first, second]
+    # The output reporter's requests (no `held`) reconcile nothing.
+    server.ok("POST", exchange, token=ctok, json={"want": 0})
+    assert server.ok("GET", f"/v1/calls/{first}", token=alice.token)["state"] == "running"
+    # The worker holds the second only (say it received it by a later reply): the first
+    # comes back to it as attempt 1 again; the second stays where it is.
+    again = server.ok("POST", exchange, token=ctok, json={"want": 8, "held": [second]})["inputs"]
+    assert [(i["call_id"], i["attempt"]) for i in again] == [(first, 1)]
+    # Holding both: nothing is taken back, nothing handed twice.
+    held = [first, second]
+    assert server.ok("POST", exchange, token=ctok, json={"want": 8, "held": held})["inputs"] == []
+    info = server.ok("GET", f"/v1/calls/{first}", token=alice.token)
+    assert info["state"] == "running" and info["attempts"] == 1
+
+
 def test_stopping_an_app_cancels_its_queued_calls(server: ServerUnderTest) -> None:
     alice = server.tenant("alice")
     app_id = server.new_app(alice.token)

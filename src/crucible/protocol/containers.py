@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -101,6 +101,13 @@ class Exchange(Wire):
     outputs: list[OutputItem] = Field(default_factory=list, max_length=10_000)
     want: int = Field(default=1, ge=0, le=10_000)
     wait_s: float = Field(default=0.0, ge=0, le=60)
+    # The calls the worker has in hand (received, output not yet acknowledged), sent by its
+    # one input-asking loop. A call running on the container and missing here never reached
+    # the worker (its reply was lost with a server or a connection) and is queued again.
+    # None (older workers, the output reporter): nothing is reconciled.
+    held: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=10_000
+    )
 
 
 class ExchangeReply(Wire):

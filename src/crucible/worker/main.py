@@ -125,6 +125,10 @@ class Worker:
         self.assignment = assignment
         self.transport = transport
         self.code_cache = code_cache
+        # Calls received and not yet acknowledged as finished: told to the server with each
+        # request for inputs, so a reply lost on the way is noticed (Exchange.held).
+        self._in_hand: set[str] = set()
+        self._in_hand_lock = threading.Lock()
         self.container_id = assignment.container_id
         self.stopping = False
         self.fn: Callable[..., Any] | None = None
@@ -590,15 +594,25 @@ class Worker:
         reporter.close()
 
     def exchange(self, outputs: list[OutputItem], want: int, wait_s: float) -> ExchangeReply:
-        body = {
+        """Report ``outputs`` and ask for up to ``want`` inputs. Only one request asking for
+        inputs is in flight at a time (the serving loop's), and it says which calls the worker
+        holds; the output reporter's requests (``want`` 0) say nothing."""
+        body: dict[str, Any] = {
             "outputs": [o.model_dump(mode="json", exclude_none=True) for o in outputs],
             "want": want,
             "wait_s": wait_s,
         }
+        if want > 0:
+            with self._in_hand_lock:
+                body["held"] = sorted(self._in_hand)
         data = self.transport.post(
             f"/v1/containers/{self.container_id}/exchange", body, timeout_s=wait_s + 30
         )
-        return ExchangeReply.model_validate(data)
+        reply = ExchangeReply.model_validate(data)
+        with self._in_hand_lock:
+            self._in_hand.difference_update(o.call_id for o in outputs)
+            self._in_hand.update(a.call_id for a in reply.inputs)
+        return reply
 
     def serve(self) -> None:
         if self.assignment.max_batch_size > 1 and self.init_error is None:

@@ -97,6 +97,7 @@ def _step(
     outputs: list[OutputItem],
     want: int,
     active: bool = False,
+    held: list[str] | None = None,
 ) -> ExchangeReply:
     s = state.settings
     with state.engine.begin() as conn:
@@ -111,6 +112,7 @@ def _step(
             groups=state.claim_groups,
             touched_ms=state.touched_ms,
             active=active,
+            held=held,
         )
     if keys:
         state.wakeups.notify_many(keys)
@@ -129,7 +131,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     facts = _facts(state, container_id)
     finished = list(req.outputs)
     relayed = _relayed_outputs(state, facts, req.outputs)
-    reply = _step(state, facts, req.outputs, req.want, active=relayed)
+    reply = _step(state, facts, req.outputs, req.want, active=relayed, held=req.held)
     if finished:
         state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
         for o in finished:

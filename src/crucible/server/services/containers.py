@@ -23,7 +23,7 @@ from crucible.server.services.calls import (
     record_outputs,
     requeue_preempted_calls,
 )
-from crucible.server.store.tables import containers, functions
+from crucible.server.store.tables import calls, containers, functions
 
 __all__ = [
     "ContainerFacts",
@@ -232,13 +232,16 @@ def exchange_step(
     groups: dict[str, str | None],
     touched_ms: dict[str, int],
     active: bool = False,
+    held: Sequence[str] | None = None,
 ) -> tuple[ExchangeReply, list[str]]:
     """One pass of a worker's exchange: record outputs, then claim inputs. Returns the reply
     and the wake-up keys to notify after commit.
 
     ``groups`` is the server's memory of claimed calls' groups (read and extended here);
     ``touched_ms`` rate-limits writes of the container's last activity; ``active``: the
-    worker also finished work that has no row (relayed web requests, server/web_relay.py)."""
+    worker also finished work that has no row (relayed web requests, server/web_relay.py);
+    ``held``: the calls the worker has in hand, when it says (the others running here are
+    queued again: their hand-off was lost with a server or a connection)."""
     cid = facts.id
     state = conn.execute(_SEL_STATE, {"b_id": cid}).scalar_one_or_none()
     if state is None:
@@ -261,6 +264,8 @@ def exchange_step(
         )
         for out in outputs:
             groups.pop(out.call_id, None)
+    if held is not None:
+        keys += _requeue_lost(conn, facts, {*held, *(o.call_id for o in outputs)}, groups)
     if state in ("stopping", "stopped"):
         return ExchangeReply(stop=True), keys
     inputs = claim_inputs(
@@ -277,3 +282,34 @@ def exchange_step(
         conn.execute(_TOUCH, {"b_id": cid, "b_now": now_ms})
         touched_ms[cid] = now_ms
     return ExchangeReply(inputs=inputs), keys
+
+
+_RUNNING_HERE = select(calls.c.id).where(
+    calls.c.container_id == bindparam("b_container"), calls.c.state == "running"
+)
+_REQUEUE = (
+    update(calls)
+    .where(
+        calls.c.id.in_(bindparam("b_ids", expanding=True)),
+        calls.c.container_id == bindparam("b_container"),
+        calls.c.state == "running",
+    )
+    .values(state="queued", container_id=None, attempts=calls.c.attempts - 1, deadline_ms=None)
+)
+
+
+def _requeue_lost(
+    conn: Connection, facts: ContainerFacts, held: set[str], groups: dict[str, str | None]
+) -> list[str]:
+    """Queue again the calls running on this container that its worker does not hold: they
+    were claimed for it, but the reply carrying them never arrived (the server died after
+    committing, or the connection broke). Not an attempt: the body never ran."""
+    running = conn.execute(_RUNNING_HERE, {"b_container": facts.id}).scalars().all()
+    lost = [cid for cid in running if cid not in held]
+    if not lost:
+        return []
+    conn.execute(_REQUEUE, {"b_ids": lost, "b_container": facts.id})
+    for cid in lost:
+        groups.pop(cid, None)
+    log.warning("container %s: %d call(s) never reached it, queued again", facts.id, len(lost))
+    return [f"fn:{facts.function_id}"]
