@@ -220,9 +220,32 @@ def current_container(conn: Connection, row: Any) -> Any:
         .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
         .limit(1)
     ).first()
+    return _of_current_run(row, ct)
+
+
+def _of_current_run(row: Any, ct: Any) -> Any:
+    """``ct`` (the pod's latest container) unless it ended before the latest ``start``."""
     if ct is not None and ct.state == "stopped" and (ct.stopped_ms or 0) < row.run_started_ms:
         return None
     return ct
+
+
+def _latest_containers(conn: Connection, function_ids: list[str]) -> dict[str, Any]:
+    """The latest container of each of ``function_ids`` (pods' functions), in one query per
+    thousand pods rather than one per pod: the scheduler settles every active pod each tick."""
+    out: dict[str, Any] = {}
+    order = (containers.c.created_ms.desc(), containers.c.id.desc())
+    rank = func.row_number().over(partition_by=containers.c.function_id, order_by=order)
+    for i in range(0, len(function_ids), 1000):
+        chunk = function_ids[i : i + 1000]
+        ranked = (
+            select(containers, rank.label("rank"))
+            .where(containers.c.function_id.in_(chunk))
+            .subquery()
+        )
+        for r in conn.execute(select(ranked).where(ranked.c.rank == 1)):
+            out[r.function_id] = r
+    return out
 
 
 def _outcome(row: Any, ct: Any) -> tuple[str, str]:
@@ -482,17 +505,23 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     reason, and the host that holds the pod's disk is remembered."""
     keys: list[str] = []
     rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
+    latest = _latest_containers(conn, [r.function_id for r in rows])
     for row in rows:
-        keys += settle_row(conn, row, now_ms)
+        keys += settle_row(conn, row, now_ms, _of_current_run(row, latest.get(row.function_id)))
     return keys
 
 
-def settle_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
+_UNREAD: Any = object()
+
+
+def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any = _UNREAD) -> list[str]:
     """:func:`settle_pods` for one pod (also run by ``start``, which must not find a pod
-    whose container has ended still marked as running or stopping)."""
+    whose container has ended still marked as running or stopping). ``ct``: its current
+    container, when the caller read it already."""
     if row.state not in ("active", "stopping"):
         return []
-    ct = current_container(conn, row)
+    if ct is _UNREAD:
+        ct = current_container(conn, row)
     if ct is None:
         if row.state == "stopping":
             conn.execute(
