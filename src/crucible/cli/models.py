@@ -75,7 +75,9 @@ model_volume = crucible.Volume.from_name({model_volume(name)!r})
 @crucible.concurrent(max_inputs={concurrency!r})
 @crucible.asgi_app()
 def serve():
-    return engine_app({engine!r}, {weights!r}, model_volume, name={name!r})
+    return engine_app(
+        {engine!r}, {weights!r}, model_volume, name={name!r}, max_batch_size={concurrency!r}
+    )
 '''
 
 

@@ -178,11 +178,15 @@ def _device(engine: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def engine_app(engine: str, weights: str, volume: Any = None, *, name: str = "") -> ASGIApp:
+def engine_app(
+    engine: str, weights: str, volume: Any = None, *, name: str = "", max_batch_size: int = 8
+) -> ASGIApp:
     """The engine's OpenAI-compatible app for ``weights`` (a directory or file as the
     container sees it), wrapped by :class:`AdapterLoader`. ``volume`` is the model's
     :class:`crucible.Volume` (adapters live under its ``adapters/``); ``name`` is the model's
-    name, which the control plane sends as ``model`` for base requests."""
+    name, which the control plane sends as ``model`` for base requests; ``max_batch_size``:
+    the sequences the engine decodes together (``model deploy`` passes its concurrency, so a
+    container's requests are batched rather than queued behind a batch of 8)."""
     try:
         server = importlib.import_module("crucible.inference.server")
         config_module = importlib.import_module("crucible.inference.config")
@@ -198,6 +202,7 @@ def engine_app(engine: str, weights: str, volume: Any = None, *, name: str = "")
         model_name=name,
         device=device,
         dtype="float16" if device == "cuda" else "float32",
+        max_batch_size=max_batch_size,
     )
     app: ASGIApp = server.create_app(config)
     return AdapterLoader(app, volume.reload if volume is not None else None, lifespan=True)
