@@ -392,6 +392,12 @@ class Settings:
     heartbeat_interval_s: float = _opt(
         1.0, "CRUCIBLE_HEARTBEAT_INTERVAL_S", "How often an idle agent reports to the server."
     )
+    pod_disk_prune_s: float = _opt(
+        600.0,
+        "CRUCIBLE_POD_DISK_PRUNE_S",
+        "How often an agent asks which pod disks it holds are no longer needed (deleted pods, "
+        "pods moved to another host) and removes them; 0: never.",
+    )
     access_max_sessions: int = _opt(
         16,
         "CRUCIBLE_ACCESS_MAX_SESSIONS",

@@ -260,3 +260,41 @@ def test_a_pod_no_host_can_take_waits_and_says_why(
     low.stop()
     assert pod.stop().state == "stopped"
     client.close()
+
+
+def test_the_disks_of_deleted_pods_are_removed_and_a_stopped_pods_kept(tmp_path: Path) -> None:
+    ex = Exchange(
+        tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_POD_DISK_PRUNE_S="0.5"
+    )
+    ex.start_server()
+    try:
+        ex.start_agent("disk-host")
+        client = ex.client(ex.owner_token("tidy"))
+        made = []
+        for name in ("kept", "gone"):
+            pod = crucible.Pod.create(name, disk="1GiB", command="exec sleep 600", client=client)
+            pod.wait("running", timeout_s=60)
+            made.append(pod)
+        kept, gone = made
+
+        def disk(pod: crucible.Pod) -> list[Path]:
+            return list((tmp_path / "agent-disk-host").glob(f"**/pods/{pod.id}"))
+
+        wait_for(lambda: bool(disk(kept)) and bool(disk(gone)), 30, "both pods' disks")
+        # A stray directory no pod owns (say, left by a crash) is removed too.
+        stray = disk(kept)[0].parent / "pd-stray"
+        (stray / "disk").mkdir(parents=True)
+        kept.stop()
+        kept.wait("stopped", timeout_s=30)
+        gone.delete()
+        wait_for(lambda: not disk(gone) and not stray.exists(), 30, "the deleted pod's disk gone")
+        # The stopped pod's disk stays for its next `start`, through several passes.
+        log = (tmp_path / "agent-disk-host.log").read_text()
+        assert f"removed the disk of pod {gone.id}" in log
+        assert disk(kept) and f"removed the disk of pod {kept.id}" not in log
+        kept.start()
+        kept.wait("running", timeout_s=60)
+        assert disk(kept)
+        client.close()
+    finally:
+        ex.close()

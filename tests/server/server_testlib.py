@@ -349,6 +349,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/groups/{group_id}/results"),
         ("POST", "/v1/hosts/register"),
         ("POST", "/v1/hosts/{host_id}/sync"),
+        ("POST", "/v1/hosts/{host_id}/pod-disks"),
         ("GET", "/v1/hosts"),
         ("POST", "/v1/containers/{container_id}/exchange"),
         ("GET", "/v1/bill"),

@@ -239,6 +239,7 @@ ALLOWED = {
             ("GET", "/v1/audit"),  # and read the audit log
             ("POST", "/v1/hosts/register"),
             ("POST", "/v1/hosts/{host_id}/sync"),
+            ("POST", "/v1/hosts/{host_id}/pod-disks"),
             ("POST", "/v1/containers/{container_id}/exchange"),
             ("POST", "/v1/containers/{container_id}/logs"),
             ("POST", "/v1/containers/{container_id}/items"),
@@ -252,6 +253,7 @@ ALLOWED = {
         ("GET", "/v1/accounts/me"),
         ("POST", "/v1/hosts/register"),
         ("POST", "/v1/hosts/{host_id}/sync"),
+        ("POST", "/v1/hosts/{host_id}/pod-disks"),
         ("GET", "/v1/hosts"),
     },
     "container": {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import shutil
 import signal
 import socket
 import threading
@@ -55,6 +56,8 @@ from crucible.protocol.hosts import (
     HostSyncReply,
     Inventory,
     IsolationReport,
+    PodDisks,
+    PodDisksReply,
     SelfTestResult,
 )
 from crucible.protocol.transport import Transport
@@ -133,6 +136,9 @@ class Agent:
             user_agent=f"crucible-agent/{agent_version()}",
         )
         self._interval = min(max(settings.heartbeat_interval_s, 0.0), 60.0)
+        # The first pass over pod disks comes one period after start (pods/ may be shared by
+        # a previous agent process whose containers are still being reported).
+        self._next_prune = time.monotonic() + settings.pod_disk_prune_s
         self._lock = threading.Lock()  # guards _host_id, _tombstones, _stopping
         self._apply_lock = threading.Lock()  # one reply applied at a time
         # Taken around "snapshot the reports + number the sync", so sequence numbers follow the
@@ -332,11 +338,39 @@ class Agent:
                 continue
             backoff = _BACKOFF_START_S
             self._interval = min(max(reply.heartbeat_interval_s, 0.0), 60.0)
+            self._maybe_prune_pod_disks()
             if not reply.start and not reply.stop and not reply.access:
                 elapsed = time.monotonic() - started
                 floor = min(wait_s, _MIN_EMPTY_SYNC_PERIOD_S)
                 if elapsed < floor:
                     self._stop.wait(floor - elapsed)
+
+    def _maybe_prune_pod_disks(self) -> None:
+        """Every ``pod_disk_prune_s``, ask the server which pod disks on this host nobody will
+        use again, and remove them. Never fatal: a failed pass is tried at the next period."""
+        period = self.settings.pod_disk_prune_s
+        now = time.monotonic()
+        if period <= 0 or now < self._next_prune:
+            return
+        self._next_prune = now + period
+        root = self.agent_dir / "pods"
+        try:
+            held = sorted(p.name for p in root.iterdir() if p.is_dir())[:10_000]
+        except FileNotFoundError:
+            return
+        if not held:
+            return
+        try:
+            data = self._transport.post(
+                f"/v1/hosts/{self.host_id}/pod-disks", PodDisks(pod_ids=held).model_dump()
+            )
+            prune = PodDisksReply.model_validate(data).prune
+        except (Error, ValidationError) as exc:
+            log.warning("could not ask which pod disks to remove (%s)", _brief(exc))
+            return
+        for pod_id in set(prune) & set(held):  # only names read from our own directory
+            shutil.rmtree(root / pod_id, ignore_errors=True)
+            log.info("removed the disk of pod %s (deleted, or moved to another host)", pod_id)
 
     def _sync(self, wait_s: float, *, retry: bool) -> HostSyncReply:
         """One sync: report, apply the reply, forget exits the server has now heard of.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,8 @@ __all__ = [
     "HostVerification",
     "Inventory",
     "IsolationReport",
+    "PodDisks",
+    "PodDisksReply",
     "SelfTestResult",
     "isolation_summary",
     "verification_summary",
@@ -232,6 +234,19 @@ class HostSync(Wire):
     # Power readings the agent dropped since it started (negative, or beyond what the
     # devices can draw); shown in the host's status.
     energy_readings_dropped: int | None = Field(default=None, ge=0, le=2**53)
+
+
+class PodDisks(Wire):
+    """The pod disks an agent holds (``<agent dir>/pods/<pod id>``), asked about now and then
+    so that disks nobody will use again are removed."""
+
+    pod_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=10_000)
+
+
+class PodDisksReply(Wire):
+    # Of the pods asked about, those whose disks this host is to remove: deleted pods, pods
+    # that never ran here, and pods that moved to another host and run nothing here.
+    prune: list[str] = Field(default_factory=list)
 
 
 class HostSyncReply(Wire):

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from crucible.protocol.hosts import HostInfo, HostRegister, HostSync, HostSyncReply
+from crucible.protocol.hosts import (
+    HostInfo,
+    HostRegister,
+    HostSync,
+    HostSyncReply,
+    PodDisks,
+    PodDisksReply,
+)
 from crucible.server.api.deps import Caller, HostAgent, State
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
+from crucible.server.services.pods import disks_to_prune
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -87,6 +95,15 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
 
     reply = await long_poll(state.wakeups, [f"host:{host_id}"], commands, req.wait_s)
     return reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
+
+
+@router.post("/{host_id}/pod-disks")
+async def pod_disks(host_id: str, req: PodDisks, who: HostAgent, state: State) -> PodDisksReply:
+    """Which of the pod disks the agent holds it should remove (deleted pods, pods that never
+    ran there or moved away); the agent asks every ``CRUCIBLE_POD_DISK_PRUNE_S``."""
+    with state.engine.connect() as conn:
+        svc.require_host(conn, who, host_id)
+        return PodDisksReply(prune=disks_to_prune(conn, host_id, req.pod_ids))
 
 
 @router.get("")

@@ -568,3 +568,36 @@ def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAs
             network=ClusterNetPlan.model_validate(r.cluster_net) if r.cluster_net else None,
         )
     return out
+
+
+def disks_to_prune(conn: Connection, host_id: str, pod_ids: list[str]) -> list[str]:
+    """Of the pod disks ``host_id`` holds, those nobody will use again: the pod was deleted
+    (or is unknown), it never ran on this host, or it moved to another host and nothing of
+    it runs here. A stopped pod's disk on the host that holds it is kept: ``start`` finds it."""
+    if not pod_ids:
+        return []
+    found = {
+        r.id: r
+        for r in conn.execute(
+            select(pods.c.id, pods.c.state, pods.c.host_id, pods.c.function_id).where(
+                pods.c.id.in_(pod_ids)
+            )
+        )
+    }
+    ran_here: dict[str, bool] = {}  # function id -> whether a container of it is still live
+    fids = [r.function_id for r in found.values()]
+    if fids:
+        for fid, state in conn.execute(
+            select(containers.c.function_id, containers.c.state).where(
+                containers.c.host_id == host_id, containers.c.function_id.in_(fids)
+            )
+        ):
+            ran_here[fid] = ran_here.get(fid, False) or state != "stopped"
+    def unused(pid: str) -> bool:
+        row = found.get(pid)
+        if row is None or row.state == "deleted" or row.function_id not in ran_here:
+            return True
+        moved = row.host_id not in (None, host_id)
+        return moved and not ran_here[row.function_id]
+
+    return [pid for pid in pod_ids if unused(pid)]
