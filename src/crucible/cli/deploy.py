@@ -148,6 +148,9 @@ def register(app: typer.Typer) -> None:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, interrupted)  # stopped by a supervisor: clean up too
+        # And Ctrl-C even where this process was started with SIGINT ignored (a background
+        # job of a script inherits that, and Python then never raises KeyboardInterrupt).
+        signal.signal(signal.SIGINT, interrupted)
         deploy_now()
         seen = snapshot()
         try:
