@@ -16,14 +16,16 @@ Limits: at most ``max_per_account`` sessions per account at once, waiting or liv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crucible.errors import NotFoundError, RateLimitedError
 from crucible.protocol.access import AccessRequest
 
-__all__ = ["AccessRelay", "AccessSession"]
+__all__ = ["AccessRelay", "AccessSession", "until_first_ends"]
 
 
 @dataclass
@@ -118,3 +120,17 @@ class AccessRelay:
             s.ended_by_container = True
             self.close(s.id)
         return len(ended)
+
+
+async def until_first_ends(*steps: Awaitable[Any]) -> None:
+    """Run ``steps`` (a session's pumps, and its ``done`` event) until the first of them
+    ends, then cancel the others and wait for them: how every relayed session is spliced."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t

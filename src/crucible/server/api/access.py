@@ -27,7 +27,7 @@ from crucible.errors import (
 )
 from crucible.protocol.access import AccessOpen, AccessRequest
 from crucible.server.auth import Principal
-from crucible.server.relay import AccessRelay, AccessSession
+from crucible.server.relay import AccessRelay, AccessSession, until_first_ends
 from crucible.server.services import access as svc
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services.accounts import authenticate
@@ -160,19 +160,7 @@ async def _first_message(websocket: WebSocket) -> AccessOpen:
 async def _splice(client: WebSocket, agent: WebSocket, session: AccessSession) -> None:
     """Forward messages both ways until either side closes or the session is ended (its
     container stopped). One message in flight per direction: a slow side slows the other."""
-    tasks = [
-        asyncio.create_task(_pump(agent, client)),
-        asyncio.create_task(_pump(client, agent)),
-        asyncio.create_task(session.done.wait()),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+    await until_first_ends(_pump(agent, client), _pump(client, agent), session.done.wait())
     if session.ended_by_container:
         await _send_error(
             client,

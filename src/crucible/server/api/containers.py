@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 from fastapi import APIRouter
-from sqlalchemy import bindparam, update
 
 from crucible.errors import NotFoundError
 from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
@@ -19,9 +18,9 @@ from crucible.server.services.containers import (
     ContainerFacts,
     exchange_step,
     load_container_facts,
+    unclaim,
 )
 from crucible.server.services.logs import write_logs
-from crucible.server.store.tables import calls
 from crucible.server.wakeups import RECHECK_S
 from crucible.server.web_relay import Ended
 
@@ -31,17 +30,6 @@ _FACTS_CACHE_MAX = 100_000
 
 # Inputs handed to a worker whose request then vanished (it died mid-poll) go back to the
 # queue as if never claimed.
-_UNCLAIM = (
-    update(calls)
-    .where(
-        calls.c.id.in_(bindparam("b_ids", expanding=True)),
-        calls.c.container_id == bindparam("b_container"),
-        calls.c.state == "running",
-    )
-    .values(state="queued", container_id=None, attempts=calls.c.attempts - 1, deadline_ms=None)
-)
-
-
 def _facts(state: State, container_id: str) -> ContainerFacts:
     facts: ContainerFacts | None = state.container_facts.get(container_id)
     if facts is None:
@@ -168,5 +156,5 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                 ids = state.web_relay.undelivered(container_id, ids)  # relayed: taken back
                 if ids:
                     with state.engine.begin() as conn:
-                        conn.execute(_UNCLAIM, {"b_ids": ids, "b_container": container_id})
+                        unclaim(conn, container_id, ids)
                     state.wakeups.work_queued(facts.function_id)

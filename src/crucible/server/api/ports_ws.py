@@ -36,7 +36,7 @@ from crucible.errors import Error, ServerUnavailableError
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.server.api.access import open_session
 from crucible.server.api.ports import COOKIE, KEY_PARAM, await_ready, caller, check_port
-from crucible.server.relay import AccessSession
+from crucible.server.relay import AccessSession, until_first_ends
 from crucible.server.state import ServerState
 
 router = APIRouter(tags=["access"])
@@ -147,19 +147,11 @@ async def _relay(
     client: WebSocket, agent: Any, protocol: ClientProtocol, session: AccessSession
 ) -> None:
     lock = asyncio.Lock()  # one writer of the protocol's bytes at a time, in order
-    tasks = [
-        asyncio.create_task(_to_container(client, agent, protocol, lock)),
-        asyncio.create_task(_to_client(client, agent, protocol, lock)),
-        asyncio.create_task(session.done.wait()),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+    await until_first_ends(
+        _to_container(client, agent, protocol, lock),
+        _to_client(client, agent, protocol, lock),
+        session.done.wait(),
+    )
 
 
 async def _to_container(

@@ -295,7 +295,8 @@ def start_cluster(
             f"cluster {row.name!r} was deleted; create a new one with `crucible cluster create`"
         )
     for member in pod_rows_of_cluster(conn, row.id):
-        settle_row(conn, member, now_ms)  # containers that ended since the last tick
+        # containers that ended since the last tick
+        settle_row(conn, member, now_ms, current_container(conn, member))
     members = pod_rows_of_cluster(conn, row.id)
     if row.state == "active" and all(m.state == "active" for m in members):
         return get_cluster(conn, principal, row.id), []

@@ -298,6 +298,12 @@ _REQUEUE = (
 )
 
 
+def unclaim(conn: Connection, container_id: str, call_ids: list[str]) -> None:
+    """Queue again calls claimed for ``container_id`` that it never received (a hand-off
+    that was not delivered, a reply lost on the way). Not an attempt: the body never ran."""
+    conn.execute(_REQUEUE, {"b_ids": call_ids, "b_container": container_id})
+
+
 def _requeue_lost(
     conn: Connection, facts: ContainerFacts, held: set[str], groups: dict[str, str | None]
 ) -> list[str]:
@@ -308,7 +314,7 @@ def _requeue_lost(
     lost = [cid for cid in running if cid not in held]
     if not lost:
         return []
-    conn.execute(_REQUEUE, {"b_ids": lost, "b_container": facts.id})
+    unclaim(conn, facts.id, lost)
     for cid in lost:
         groups.pop(cid, None)
     log.warning("container %s: %d call(s) never reached it, queued again", facts.id, len(lost))

@@ -437,7 +437,7 @@ def start_pod(
     if row.state != "deleted":
         _not_a_member(row, "start")
         # Its container may have ended since the scheduler's last tick: settle it first.
-        settle_row(conn, row, now_ms)
+        settle_row(conn, row, now_ms, current_container(conn, row))
         row = _pod_row(conn, principal, row.id)
     if row.state == "deleted":
         raise ConflictError(
@@ -511,17 +511,12 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     return keys
 
 
-_UNREAD: Any = object()
-
-
-def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any = _UNREAD) -> list[str]:
+def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
     """:func:`settle_pods` for one pod (also run by ``start``, which must not find a pod
-    whose container has ended still marked as running or stopping). ``ct``: its current
-    container, when the caller read it already."""
+    whose container has ended still marked as running or stopping); ``ct`` is its
+    :func:`current_container`."""
     if row.state not in ("active", "stopping"):
         return []
-    if ct is _UNREAD:
-        ct = current_container(conn, row)
     if ct is None:
         if row.state == "stopping":
             conn.execute(
