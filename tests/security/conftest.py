@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
 
-from server_testlib import ServerUnderTest  # noqa: E402
+from server_testlib import ServerUnderTest
 
 
 @pytest.fixture

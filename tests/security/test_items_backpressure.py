@@ -43,7 +43,9 @@ def test_unknown_call_ids_leave_nothing_behind(server: ServerUnderTest) -> None:
     bob = server.tenant("bob")
     for i in range(50):
         r = server.request(
-            "GET", f"/v1/calls/ca-made-up-{i}{'x' * 500}/items", token=bob.token,
+            "GET",
+            f"/v1/calls/ca-made-up-{i}{'x' * 500}/items",
+            token=bob.token,
             params={"after": 1},
         )
         assert r.status_code == 404 and error_code(r) == "not_found"
