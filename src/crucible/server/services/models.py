@@ -66,6 +66,11 @@ __all__ = [
 ]
 
 
+# Adapters one model may register: every one is listed by GET /openai/v1/models and read on
+# each request naming it; far beyond what one base model's engine keeps loaded at once.
+MAX_ADAPTERS_PER_MODEL = 1000
+
+
 def account_name(conn: Connection, account_id: str) -> str:
     name = conn.execute(select(accounts.c.name).where(accounts.c.id == account_id)).scalar()
     return str(name or account_id)
@@ -182,11 +187,30 @@ def stop_model(conn: Connection, principal: Principal, name: str, now_ms: int) -
 
 
 def add_adapter(
-    conn: Connection, principal: Principal, model: str, req: AdapterCreate, now_ms: int
+    conn: Connection,
+    principal: Principal,
+    model: str,
+    req: AdapterCreate,
+    now_ms: int,
+    *,
+    capped: bool = True,
 ) -> ModelInfo:
     """Register (or re-point) an adapter; it serves at once as ``MODEL:ADAPTER``: the
-    model's containers load it on its first request."""
+    model's containers load it on its first request. A new name past
+    :data:`MAX_ADAPTERS_PER_MODEL` is refused unless ``capped`` is False (a fine-tune that
+    succeeded registers what it trained: one per call, which the account paid for)."""
     row = _owned(conn, principal, model)
+    names = set(
+        conn.execute(
+            select(model_adapters.c.name).where(model_adapters.c.model_id == row.id)
+        ).scalars()
+    )
+    if capped and req.name not in names and len(names) >= MAX_ADAPTERS_PER_MODEL:
+        raise InvalidRequestError(
+            f"model {model!r} already has {len(names)} adapters, the most allowed; re-point an "
+            "existing one (`crucible model adapter add` with its name) or serve the others "
+            "from another model"
+        )
     values = {"path": req.path, "source": req.source or req.path, "created_ms": now_ms}
     ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(
