@@ -55,8 +55,10 @@ __all__ = [
     "Resolved",
     "account_name",
     "add_adapter",
+    "billable_usage",
     "get_model",
     "list_models",
+    "max_output_tokens",
     "model_usage_report",
     "record_usage",
     "register_model",
@@ -288,6 +290,35 @@ def resolve(conn: Connection, caller: Principal, name: str) -> Resolved:
 
 def _day(ms: int) -> int:
     return ms // MS_PER_DAY
+
+
+def max_output_tokens(path: str, body: dict[str, Any]) -> int | None:
+    """The most output tokens a request asked for, as OpenAI bills them: ``max_tokens`` (or
+    ``max_completion_tokens``) times the sequences generated (``n``, or ``best_of`` when
+    larger); none for embeddings. None when the request sets no bound (the model's context
+    then bounds the answer)."""
+    if path.endswith("/embeddings"):
+        return 0
+
+    def count(key: str, default: int | None) -> int | None:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return default
+
+    most = count("max_completion_tokens", None) or count("max_tokens", None)
+    if most is None:
+        return None
+    return most * max(count("n", 1) or 1, count("best_of", 1) or 1)
+
+
+def billable_usage(reported: TokenUsage, max_output: int | None) -> TokenUsage:
+    """What a caller is charged for: the engine's reported usage (the model's owner runs
+    the engine, so its figures are the owner's word), with output tokens never above what the
+    request allowed (:func:`max_output_tokens`)."""
+    if max_output is None or reported.output_tokens <= max_output:
+        return reported
+    return TokenUsage(reported.input_tokens, max_output)
 
 
 def record_usage(
