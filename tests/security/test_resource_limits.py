@@ -1,5 +1,6 @@
-"""Counts one account can grow without bound are bounded: live API tokens, adapters of a
-model, console sessions of a token. Each limit is a module constant, lowered here so the
+"""Counts one account could grow without bound are bounded: live API tokens, adapters of a
+model, console sessions of a token, dicts and queues. Each limit is a module constant, lowered
+here so the
 test reaches it quickly; past it the answer names the limit and what to do."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 
 from crucible.server.services import accounts as accounts_svc
 from crucible.server.services import models as models_svc
+from crucible.server.services import named_objects
 from crucible.server.services import sessions as sessions_svc
 from crucible.server.store.tables import console_sessions
 
@@ -98,3 +100,22 @@ def test_signing_in_again_and_again_keeps_a_bounded_number_of_sessions(
     finally:
         for b in browsers:
             b.close()
+
+
+def test_an_account_holds_a_bounded_number_of_dicts_and_queues(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(named_objects, "MAX_PER_ACCOUNT", 3)
+    alice = server.tenant("alice").token
+    for kind in ("dicts", "queues"):
+        for i in range(3):
+            server.ok("POST", f"/v1/{kind}", token=alice, json={"name": f"n{i}"})
+        r = server.request("POST", f"/v1/{kind}", token=alice, json={"name": "n3"})
+        assert r.status_code == 413 and error_code(r) == "quota_exceeded"
+        assert f"3 {kind}" in r.json()["error"]["message"]
+        # The ones it has are still found; deleting one makes room.
+        server.ok("POST", f"/v1/{kind}", token=alice, json={"name": "n1"})
+        server.ok("DELETE", f"/v1/{kind}/n0", token=alice)
+        server.ok("POST", f"/v1/{kind}", token=alice, json={"name": "n3"})
+    # Another account is not affected by Alice's count.
+    server.ok("POST", "/v1/dicts", token=server.tenant("bob").token, json={"name": "n9"})
