@@ -1,7 +1,6 @@
 """Counts one account could grow without bound are bounded: live API tokens, adapters of a
 model, console sessions of a token, dicts and queues. Each limit is a module constant, lowered
-here so the
-test reaches it quickly; past it the answer names the limit and what to do."""
+here so the test reaches it quickly; past it the answer names the limit and what to do."""
 
 from __future__ import annotations
 
