@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from crucible.server.services import accounts as accounts_svc
 from crucible.server.services import models as models_svc
 from crucible.server.services import named_objects
+from crucible.server.services import secrets as secrets_svc
 from crucible.server.services import sessions as sessions_svc
 from crucible.server.store.tables import console_sessions
 
@@ -118,3 +119,30 @@ def test_an_account_holds_a_bounded_number_of_dicts_and_queues(
         server.ok("POST", f"/v1/{kind}", token=alice, json={"name": "n3"})
     # Another account is not affected by Alice's count.
     server.ok("POST", "/v1/dicts", token=server.tenant("bob").token, json={"name": "n9"})
+
+
+def test_an_account_and_an_app_hold_a_bounded_number_of_secrets(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(secrets_svc, "MAX_SECRETS", 2)
+    alice = server.tenant("alice").token
+    for name in ("s0", "s1"):
+        server.ok("POST", "/v1/secrets", token=alice, json={"name": name, "values": {"K": "v"}})
+    r = server.request(
+        "POST", "/v1/secrets", token=alice, json={"name": "s2", "values": {"K": "v"}}
+    )
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded"
+    assert "2 secrets" in r.json()["error"]["message"] and "hunter2" not in r.text
+    # Replacing the values of one it has is not a new secret.
+    body = {"name": "s1", "values": {"K": "w"}, "overwrite": True}
+    server.ok("POST", "/v1/secrets", token=alice, json=body)
+    # An app's Secret.from_dict secrets are counted per app, apart from the named ones.
+    app_id = server.new_app(alice)
+    for _ in range(2):
+        server.ok("POST", f"/v1/apps/{app_id}/secrets", token=alice, json={"values": {"A": "b"}})
+    r = server.request(
+        "POST", f"/v1/apps/{app_id}/secrets", token=alice, json={"values": {"A": "b"}}
+    )
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded"
+    other = server.new_app(alice, "other")
+    server.ok("POST", f"/v1/apps/{other}/secrets", token=alice, json={"values": {"A": "b"}})
