@@ -122,11 +122,13 @@ async def read_page(
     ``submitted``: the caller created the call just now without yielding to the event loop
     since, so nothing can have been sent yet: the first read is skipped and the wait starts
     at once (a read less per request)."""
-    if after > state.items_consumed.get(call_id, 0):
-        state.items_consumed[call_id] = after
-        state.wakeups.notify_local([f"consumed:{call_id}"])
-        # The worker may be sending through another replica: it needs the count itself.
-        state.wakeups.share(CONSUMED_PREFIX, f"{call_id}:{after}")
+
+    def consumed() -> None:
+        if after > state.items_consumed.get(call_id, 0):
+            state.items_consumed[call_id] = after
+            state.wakeups.notify_local([f"consumed:{call_id}"])
+            # The worker may be sending through another replica: it needs the count itself.
+            state.wakeups.share(CONSUMED_PREFIX, f"{call_id}:{after}")
 
     def read() -> ItemsPage:
         with state.engine.connect() as conn:
@@ -138,10 +140,14 @@ async def read_page(
 
     keys = [f"items:{call_id}", f"call:{call_id}"]
     if submitted and wait_s > 0:
+        consumed()  # the caller made this call just now: it is the caller's
         found = await long_poll(state.wakeups, keys, fresh, wait_s, checked=True)
         page = found or read()
     else:
+        # Read first: another account's call (or an id nobody has) is not found before its
+        # worker is told anything, and no count is kept for an id the caller does not own.
         page = read()
+        consumed()
         if not (page.items or page.done or wait_s <= 0):
             page = await long_poll(state.wakeups, keys, fresh, wait_s) or page
     if page.done:

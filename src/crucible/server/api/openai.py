@@ -109,8 +109,24 @@ def _usage(obj: Any) -> TokenUsage | None:
 
 
 def _record(
-    state: ServerState, resolved: svc.Resolved, who: Principal, usage: TokenUsage, call_id: str
+    state: ServerState,
+    resolved: svc.Resolved,
+    who: Principal,
+    usage: TokenUsage,
+    call_id: str,
+    max_output: int | None,
 ) -> None:
+    billed = svc.billable_usage(usage, max_output)
+    if billed != usage:
+        log.warning(
+            "model %s reported %d output tokens for request %s, which allowed %d: charged %d",
+            resolved.label,
+            usage.output_tokens,
+            call_id,
+            max_output,
+            billed.output_tokens,
+        )
+    usage = billed
     try:
         with state.engine.begin() as conn:
             svc.record_usage(
@@ -137,6 +153,7 @@ async def _forward(request: Request, path: str) -> Response:
             reason = credit_refusal(conn, state.credit_checked, who.account_id, now)
             if reason is not None:
                 return openai_error(429, reason, "insufficient_quota")
+    max_output = svc.max_output_tokens(path, body)
     stream = bool(body.get("stream"))
     wants_usage = False
     if stream:
@@ -159,7 +176,7 @@ async def _forward(request: Request, path: str) -> Response:
         return _no_answer(answer)
     if stream and answer.status == 200:
         return StreamingResponse(
-            _stream(state, resolved, who, answer, wants_usage),
+            _stream(state, resolved, who, answer, wants_usage, max_output),
             media_type="text/event-stream",
             headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
         )
@@ -174,7 +191,7 @@ async def _forward(request: Request, path: str) -> Response:
             parsed = None
         usage = _usage(parsed)
         if usage is not None:
-            _record(state, resolved, who, usage, answer.call_id)
+            _record(state, resolved, who, usage, answer.call_id, max_output)
         if isinstance(parsed, dict) and "model" in parsed:
             parsed["model"] = resolved.label  # the name the caller used
             data = orjson.dumps(parsed)
@@ -251,6 +268,7 @@ async def _stream(
     who: Principal,
     answer: WebCallResponse,
     wants_usage: bool,
+    max_output: int | None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events as the engine produces them, one whole event at a time; the usage
     chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
@@ -270,7 +288,7 @@ async def _stream(
                     # Recorded before the client reads the end of the stream, so a bill
                     # read right after the answer already shows it.
                     recorded = True
-                    _record(state, resolved, who, usage, answer.call_id)
+                    _record(state, resolved, who, usage, answer.call_id, max_output)
                 if usage_only and not wants_usage:
                     continue
                 out.append(event + b"\n\n")
@@ -282,7 +300,7 @@ async def _stream(
             # The client left early: the engine still finishes the answer, so its usage is
             # read from the rest of the stream and charged all the same.
             task = asyncio.get_running_loop().create_task(
-                _charge_rest(state, resolved, who, answer)
+                _charge_rest(state, resolved, who, answer, max_output)
             )
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -323,7 +341,11 @@ def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
 
 
 async def _charge_rest(
-    state: ServerState, resolved: svc.Resolved, who: Principal, answer: WebCallResponse
+    state: ServerState,
+    resolved: svc.Resolved,
+    who: Principal,
+    answer: WebCallResponse,
+    max_output: int | None,
 ) -> None:
     buffer = b""
     # Read again from the call's items (a relayed request: on from where the client's reader
@@ -334,7 +356,7 @@ async def _charge_rest(
         for event in events:
             usage, _ = _event_usage(event)
             if usage is not None:
-                _record(state, resolved, who, usage, answer.call_id)
+                _record(state, resolved, who, usage, answer.call_id, max_output)
                 return
 
 

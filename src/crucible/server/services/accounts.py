@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
-from crucible.errors import AuthError, ConflictError, NotFoundError, PermissionDeniedError
+from crucible.errors import (
+    AuthError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from crucible.protocol.accounts import AccountInfo, Scope, TokenCreate, TokenCreated, TokenInfo
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, hash_token, new_api_token, verify_container_token
@@ -27,6 +33,10 @@ __all__ = [
 ]
 
 _TOKEN_CACHE_TTL_S = 5.0  # a revoked token stops working within this time
+# Live (not revoked) tokens a user token may hold for its account: far more than every
+# person, host and CI job of a team needs, and a bound on what one leaked token can mint
+# (each is a row read at authentication). Admin tokens are not limited.
+MAX_TOKENS_PER_ACCOUNT = 1000
 
 
 def ensure_account(conn: Connection, name: str, now_ms: int) -> str:
@@ -98,6 +108,17 @@ def create_token(
         raise PermissionDeniedError("only an admin token can create admin tokens")
     if principal.scope not in (Scope.ADMIN, Scope.USER):
         raise PermissionDeniedError("host and container tokens cannot create tokens")
+    if not principal.is_admin:
+        live = conn.execute(
+            select(func.count())
+            .select_from(tokens)
+            .where(tokens.c.account_id == account_id, tokens.c.revoked.is_(False))
+        ).scalar_one()
+        if live >= MAX_TOKENS_PER_ACCOUNT:
+            raise InvalidRequestError(
+                f"your account already has {live} live tokens, the most allowed; revoke "
+                "unused ones with `crucible token revoke tk-...` (`crucible token list`)"
+            )
     made = issue_token(conn, account_id, req.scope, req.name, now_ms)
     audit.record(
         conn,

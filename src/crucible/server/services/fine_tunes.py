@@ -134,6 +134,7 @@ def _register(conn: Connection, row: Any, now_ms: int) -> None:
             name=row.adapter, path=adapter_path(row.adapter), source=f"fine-tune {row.id}"
         ),
         now_ms,
+        capped=False,
     )
     conn.execute(update(fine_tunes).where(fine_tunes.c.id == row.id).values(registered=True))
 

@@ -55,8 +55,10 @@ __all__ = [
     "Resolved",
     "account_name",
     "add_adapter",
+    "billable_usage",
     "get_model",
     "list_models",
+    "max_output_tokens",
     "model_usage_report",
     "record_usage",
     "register_model",
@@ -64,6 +66,11 @@ __all__ = [
     "stop_model",
     "token_bill",
 ]
+
+
+# Adapters one model may register: every one is listed by GET /openai/v1/models and read on
+# each request naming it; far beyond what one base model's engine keeps loaded at once.
+MAX_ADAPTERS_PER_MODEL = 1000
 
 
 def account_name(conn: Connection, account_id: str) -> str:
@@ -182,11 +189,30 @@ def stop_model(conn: Connection, principal: Principal, name: str, now_ms: int) -
 
 
 def add_adapter(
-    conn: Connection, principal: Principal, model: str, req: AdapterCreate, now_ms: int
+    conn: Connection,
+    principal: Principal,
+    model: str,
+    req: AdapterCreate,
+    now_ms: int,
+    *,
+    capped: bool = True,
 ) -> ModelInfo:
     """Register (or re-point) an adapter; it serves at once as ``MODEL:ADAPTER``: the
-    model's containers load it on its first request."""
+    model's containers load it on its first request. A new name past
+    :data:`MAX_ADAPTERS_PER_MODEL` is refused unless ``capped`` is False (a fine-tune that
+    succeeded registers what it trained: one per call, which the account paid for)."""
     row = _owned(conn, principal, model)
+    names = set(
+        conn.execute(
+            select(model_adapters.c.name).where(model_adapters.c.model_id == row.id)
+        ).scalars()
+    )
+    if capped and req.name not in names and len(names) >= MAX_ADAPTERS_PER_MODEL:
+        raise InvalidRequestError(
+            f"model {model!r} already has {len(names)} adapters, the most allowed; re-point an "
+            "existing one (`crucible model adapter add` with its name) or serve the others "
+            "from another model"
+        )
     values = {"path": req.path, "source": req.source or req.path, "created_ms": now_ms}
     ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(
@@ -264,6 +290,35 @@ def resolve(conn: Connection, caller: Principal, name: str) -> Resolved:
 
 def _day(ms: int) -> int:
     return ms // MS_PER_DAY
+
+
+def max_output_tokens(path: str, body: dict[str, Any]) -> int | None:
+    """The most output tokens a request asked for, as OpenAI bills them: ``max_tokens`` (or
+    ``max_completion_tokens``) times the sequences generated (``n``, or ``best_of`` when
+    larger); none for embeddings. None when the request sets no bound (the model's context
+    then bounds the answer)."""
+    if path.endswith("/embeddings"):
+        return 0
+
+    def count(key: str, default: int | None) -> int | None:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return default
+
+    most = count("max_completion_tokens", None) or count("max_tokens", None)
+    if most is None:
+        return None
+    return most * max(count("n", 1) or 1, count("best_of", 1) or 1)
+
+
+def billable_usage(reported: TokenUsage, max_output: int | None) -> TokenUsage:
+    """What a caller is charged for: the engine's reported usage (the model's owner runs
+    the engine, so its figures are the owner's word), with output tokens never above what the
+    request allowed (:func:`max_output_tokens`)."""
+    if max_output is None or reported.output_tokens <= max_output:
+        return reported
+    return TokenUsage(reported.input_tokens, max_output)
 
 
 def record_usage(

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from crucible.errors import NotFoundError, PermissionDeniedError
+from crucible.errors import NotFoundError, PermissionDeniedError, QuotaExceededError
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 
-__all__ = ["delete_object", "expire_idle", "find_object", "object_row"]
+__all__ = ["MAX_PER_ACCOUNT", "delete_object", "expire_idle", "find_object", "object_row"]
+
+# Dicts (and, apart, queues) one account may hold: each is bounded in entries, so this bounds
+# what an account stores in them; far beyond what an application names.
+MAX_PER_ACCOUNT = 10_000
 
 
 def _account(principal: Principal) -> str:
@@ -29,6 +33,7 @@ def object_row(
     account = _account(principal)
     row = find_object(conn, table, account, name)
     if row is None and create:
+        _check_room(conn, table, account)
         prefix = "di" if table.name == "dicts" else "qu"
         values = {
             "id": new_id(prefix),
@@ -52,6 +57,18 @@ def object_row(
     if now_ms - row.last_used_ms > 60_000:  # touched at most once a minute
         conn.execute(update(table).where(table.c.id == row.id).values(last_used_ms=now_ms))
     return row
+
+
+def _check_room(conn: Connection, table: Table, account_id: str) -> None:
+    held = conn.execute(
+        select(func.count()).select_from(table).where(table.c.account_id == account_id)
+    ).scalar_one()
+    if held >= MAX_PER_ACCOUNT:
+        kind = "dicts" if table.name == "dicts" else "queues"
+        raise QuotaExceededError(
+            f"your account already has {held} {kind}, the most allowed; delete unused ones "
+            f"(`crucible {kind[:-1]} delete NAME`; idle ones expire by themselves)"
+        )
 
 
 def find_object(conn: Connection, table: Table, account_id: str, name: str) -> Any:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
-from crucible.errors import ConflictError, NotFoundError, PermissionDeniedError
+from crucible.errors import ConflictError, NotFoundError, PermissionDeniedError, QuotaExceededError
 from crucible.protocol.ids import new_id
 from crucible.protocol.secrets import SecretCreate, SecretInfo, SecretValues
 from crucible.server.auth import Principal
@@ -26,6 +26,10 @@ __all__ = [
     "require_secrets",
     "reseal_all",
 ]
+
+# Named secrets per account, and Secret.from_dict secrets per running app: each is a sealed
+# row read when a container starts; far beyond what a team or one app uses.
+MAX_SECRETS = 1000
 
 
 def _require_builder(principal: Principal) -> None:
@@ -45,6 +49,21 @@ def _info(row: Any) -> SecretInfo:
 
 def _seal(box: SecretBox, account_id: str, name: str, values: dict[str, str]) -> tuple[str, bytes]:
     return box.seal(json.dumps(values, sort_keys=True).encode(), _context(account_id, name))
+
+
+def _check_room(conn: Connection, owner: Any, kind: Any, whose: str) -> None:
+    """QuotaExceeded when the account (named secrets) or the app (``Secret.from_dict``) already
+    holds :data:`MAX_SECRETS` secrets."""
+    held = conn.execute(select(func.count()).select_from(secrets).where(owner, kind)).scalar_one()
+    if held >= MAX_SECRETS:
+        what = (
+            "delete unused ones with `crucible secret delete NAME`"
+            if whose == "account"
+            else "pass values through fewer Secret.from_dict() calls"
+        )
+        raise QuotaExceededError(
+            f"this {whose} already has {held} secrets, the most allowed; {what}"
+        )
 
 
 def put_secret(
@@ -74,6 +93,7 @@ def put_secret(
         )
         created = False
     else:
+        _check_room(conn, secrets.c.account_id == account, secrets.c.app_id.is_(None), "account")
         conn.execute(
             insert(secrets).values(
                 id=new_id("se"),
@@ -112,6 +132,7 @@ def create_app_secret(
         raise NotFoundError(f"app {app_id} not found")
     if app.state == "stopped":
         raise NotFoundError(f"app {app_id} is stopped; start a new run")
+    _check_room(conn, secrets.c.app_id == app_id, secrets.c.app_id.is_not(None), "app")
     name = f"app.{app_id}.{new_id('se')[3:]}"
     key_id, sealed = _seal(box, principal.account_id, name, values)
     conn.execute(

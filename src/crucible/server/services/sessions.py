@@ -23,6 +23,9 @@ __all__ = ["ConsoleSession", "end_session", "read_session", "sign_in"]
 
 # Scopes that may sign in: builders and operators. Host and container tokens are machines'.
 _SIGN_IN_SCOPES = ("admin", "user")
+# Live console sessions per API token (browsers and devices of one person): the oldest ends
+# when one more signs in.
+MAX_SESSIONS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,20 @@ def sign_in(
         )
     # Expired sessions are swept here, at sign-in, rather than by a background task.
     conn.execute(delete(console_sessions).where(console_sessions.c.expires_ms <= now_ms))
+    # A token keeps its newest sessions only: signing in again and again (a script, or
+    # someone holding a leaked token) ends the oldest instead of growing the table.
+    oldest = (
+        conn.execute(
+            select(console_sessions.c.id_hash)
+            .where(console_sessions.c.token_id == principal.token_id)
+            .order_by(console_sessions.c.created_ms.desc(), console_sessions.c.id_hash)
+            .offset(MAX_SESSIONS_PER_TOKEN - 1)
+        )
+        .scalars()
+        .all()
+    )
+    if oldest:
+        conn.execute(delete(console_sessions).where(console_sessions.c.id_hash.in_(oldest)))
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(24)
     expires = now_ms + lifetime_ms
