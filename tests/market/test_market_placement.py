@@ -52,19 +52,22 @@ def test_carbon_breaks_price_ties_undeclared_last() -> None:
     assert hosts == ["h-clean", "h-dirty", "h-undeclared"]
 
 
-def test_locality_breaks_remaining_ties_same_host_then_same_region_then_host_id() -> None:
+def test_locality_then_packing_then_host_id_break_remaining_ties() -> None:
     m = market(
         (gpu_host("h-1", n=2, region="us"), offer(2)),
         (gpu_host("h-2", n=2, region="eu"), offer(2)),
         (gpu_host("h-3", n=2, region="eu"), offer(2)),
+        (gpu_host("h-4", n=2, region="us"), offer(2)),
     )
     assert granted(m.lease(req("q", region="eu", lease_id="q1"), 0)).leases[0].host_id == "h-2"
     assert granted(m.lease(req("q", lease_id="q2"), 0)).leases[0].host_id == "h-2"  # own host
     assert granted(m.lease(req("q", lease_id="q3"), 0)).leases[0].host_id == "h-3"  # own region
-    assert granted(m.lease(req("z", lease_id="z1"), 0)).leases[0].host_id == "h-1"  # id order
+    # packing (the placement engine's best-fit): the host with the fewest free devices left
+    assert granted(m.lease(req("z", lease_id="z1"), 0)).leases[0].host_id == "h-3"
+    assert granted(m.lease(req("y", lease_id="y1"), 0)).leases[0].host_id == "h-1"  # id order
     # locality never beats price
-    m.set_offer("h-3", "H100", offer(2.01))
-    assert granted(m.lease(req("q", lease_id="q4"), 0)).leases[0].host_id == "h-1"
+    m.set_offer("h-1", "H100", offer(2.01))
+    assert granted(m.lease(req("y", lease_id="y2"), 0)).leases[0].host_id == "h-4"
 
 
 def test_greenest_puts_carbon_first_within_max_price() -> None:

@@ -218,7 +218,7 @@ def _free(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> Nod
             and own.free_memory >= req.memory_gib
         ):
             candidates.append(own)
-    best = min(candidates, key=lambda p: (st.locality(req.account, p.host), p.host_id))
+    best = min(candidates, key=lambda p: (st.locality(req.account, p.host), p.ix_free, p.host_id))
     assert best.offer is not None
     price = unit_price(req, best.offer)
     assert price is not None
