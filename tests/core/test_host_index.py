@@ -58,7 +58,9 @@ def test_plan_places_cpu_and_gpu_containers_through_the_engine(
         return real(self, req, exclude)  # type: ignore[arg-type]
 
     monkeypatch.setattr(placement.Cluster, "place", spy)
-    hosts = [host("ho-a", gpus=((0, "H100"),)), host("ho-b", cpu=8.0)]
+    # CPU work goes to the host without GPUs though it has more cores left (best-fit's first
+    # key is free GPUs left, as in the simulator), GPU work to the host with the GPU.
+    hosts = [host("ho-a", gpus=((0, "H100"),)), host("ho-b", cpu=32.0)]
     p = plan(0, [demand("fn-cpu"), demand("fn-gpu", gpus=(GpuChoice("H100", 1),))], hosts, Policy())
     assert {(s.function_id, s.host_id) for s in p.start} == {
         ("fn-cpu", "ho-b"),
@@ -156,7 +158,9 @@ def test_the_choice_is_the_tightest_fit(
     model, count = gpu or (None, 0)
 
     def free_of(h: HostCapacity) -> list[int]:
-        return [i for i, m in h.gpus if m == model and i not in h.used_gpus]
+        """Free GPUs of the model (of any model for CPU-only work: best-fit keeps hosts
+        with free GPUs for GPU work)."""
+        return [i for i, m in h.gpus if (m == model or not model) and i not in h.used_gpus]
 
     fitting = [h for h in before if h.cpu - h.used_cpu >= cpu and len(free_of(h)) >= count]
     placed = HostIndex(hosts).place(cpu, 1024, model, count)
@@ -169,3 +173,46 @@ def test_the_choice_is_the_tightest_fit(
     assert chosen.id == best.id
     assert devices == tuple(free_of(best)[:count])
     assert chosen.used_cpu == best.used_cpu + cpu
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 32), st.sampled_from(("", *MODELS)), st.integers(1, 8)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(
+        st.tuples(st.integers(1, 16), st.none() | st.sampled_from(MODELS), st.integers(1, 4)),
+        max_size=10,
+    ),
+)
+def test_plan_chooses_as_the_simulator_engine_does(
+    fleet: list[tuple[int, str, int]], work: list[tuple[int, str | None, int]]
+) -> None:
+    """The live scheduler's plan and the simulator's use of the engine (NodeSpec per host,
+    one Request per container, best-fit) place the same containers on the same hosts."""
+    hosts = [
+        host(f"ho-{i}", cpu=float(c), gpus=tuple((j, m) for j in range(n)) if m else ())
+        for i, (c, m, n) in enumerate(fleet)
+    ]
+    sim = Cluster.from_nodes(
+        [
+            NodeSpec(h.id, int(h.cpu) * 1000, h.memory_mib, len(h.gpus), m)
+            for h, (_, m, _) in zip(hosts, fleet, strict=True)
+        ],
+        "best-fit",
+    )
+    demands = [
+        demand(f"fn-{k}", float(c), (GpuChoice(m, n),) if m else ())
+        for k, (c, m, n) in enumerate(work)
+    ]
+    expected = []
+    for d in demands:
+        count = d.gpus[0].count if d.gpus else 0
+        models = frozenset({d.gpus[0].model}) if d.gpus else frozenset()
+        p = sim.place(Request(int(d.cpu) * 1000, d.memory_mib, count, FULL if count else 0, models))
+        if p is not None:
+            expected.append((d.id, sim.nodes[p.node].id))
+    got = [(s.function_id, s.host_id) for s in plan(0, demands, hosts, Policy()).start]
+    assert got == expected

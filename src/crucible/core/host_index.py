@@ -4,14 +4,16 @@
 market places them) through :class:`~crucible.core.placement.Cluster`, the engine the
 simulator drives, so the simulator's placement figures describe the scheduler's own choices.
 
-Model. The scheduler's :class:`~crucible.core.scheduling.HostCapacity` has fractional cores
-and may hold GPUs of several models; a :class:`Cluster` node has milli-cores and GPUs of one
-model. So the index keeps one *view* (a cluster over every host) per GPU model asked, whose
-nodes carry only that model's GPUs, and one view for CPU-only requests, whose nodes carry no
-GPUs. Views are built on first use; every host is one node in each, in host id order (the
-engine breaks ties by node, so ties go to the lower host id). CPU is converted to milli-cores
-conservatively: a host's free CPU rounds down and a request rounds up, so a placement never
-oversubscribes the host's cores.
+Model. The scheduler's :class:`~crucible.core.scheduling.HostCapacity` has fractional cores and
+may hold GPUs of several models; a :class:`Cluster` node has milli-cores and GPUs of one model.
+So the index keeps one *view* (a cluster over every host) per GPU model asked, whose nodes
+carry only that model's GPUs, and one view for CPU-only requests, whose nodes carry every GPU
+of their host under one stand-in model (a CPU-only request ignores models, and the policy still
+sees how many GPUs a host has free: ``best-fit`` sends CPU work to hosts with the fewest free
+GPUs, GPU-less ones first, as in the simulator). Views are built on first use; every host is
+one node in each, in host id order (the engine breaks ties by node, so ties go to the lower
+host id). CPU is converted to milli-cores conservatively: a host's free CPU rounds down and a
+request rounds up, so a placement never oversubscribes the host's cores.
 
 Ranking: the placement policy's (``best-fit`` by default: fewest free GPUs of the model left,
 then least free CPU), searched through the engine's indexes (at most ``max_candidates``
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from crucible.core.scheduling import HostCapacity
 
 __all__ = ["HostIndex"]
+
+# The CPU-only view's model for every GPU of a host (models do not matter to CPU work).
+_ANY_MODEL = "*"
 
 # Slack for float sums of cores (e.g. 0.1 + 0.2): a request of exactly the free CPU fits.
 _CPU_EPS = 1e-6
@@ -125,14 +130,14 @@ class HostIndex:
         view = self._views.get(model)
         if view is not None:
             return view
-        devices = [tuple(i for i, m in h.gpus if m == model) if model else () for h in self._hosts]
+        devices = [tuple(i for i, m in h.gpus if m == model or not model) for h in self._hosts]
         nodes = [
             NodeSpec(
                 id=h.id,
                 cpu_milli=_milli_down(h.cpu),
                 memory_mib=max(0, h.memory_mib),
                 gpu_count=len(devs),
-                gpu_model=model if devs else "",
+                gpu_model=(model or _ANY_MODEL) if devs else "",
             )
             for h, devs in zip(self._hosts, devices, strict=True)
         ]

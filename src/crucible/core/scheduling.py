@@ -17,7 +17,8 @@ other container goes through the indexed placement engine the simulator drives
 (:class:`~crucible.core.host_index.HostIndex` over :class:`~crucible.core.placement.Cluster`),
 whose ``best-fit`` policy takes the tightest fit (fewest free GPUs of that model left, then
 least free CPU, ties to the lower host id), which packs work and keeps large hosts free for
-large requests.
+large requests; CPU-only work goes to the hosts with the fewest free GPUs (GPU-less ones
+first), so it does not take the cores GPU work needs.
 
 Idle containers yield to queued work: a container its function no longer wants (idle, no
 input in flight, only waiting out its scale-down window) is stopped early when queued work of
