@@ -102,6 +102,12 @@ def test_fractional_cores_never_oversubscribe_and_exact_fits_fit() -> None:
     assert index.place(0.001, 16) is None
 
 
+def test_a_host_with_more_memory_than_the_index_holds_still_takes_work() -> None:
+    huge = host("ho-huge", memory_mib=2**40, used_memory_mib=2**39)  # the wire's bound
+    placed = HostIndex([huge]).place(1.0, 1 << 20)
+    assert placed is not None and huge.used_memory_mib == 2**39 + (1 << 20)
+
+
 def test_excluded_hosts_are_skipped_and_ties_go_to_the_lower_id() -> None:
     index = HostIndex([host("ho-b"), host("ho-a"), host("ho-c")])
     placed = index.place(1.0, 1024, exclude={"ho-a"})

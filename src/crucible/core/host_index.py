@@ -31,7 +31,15 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from crucible.core.placement import FULL, Cluster, NodeSpec, PlacementPolicy, Request, make_policy
+from crucible.core.placement import (
+    FULL,
+    MEM_LEVELS,
+    Cluster,
+    NodeSpec,
+    PlacementPolicy,
+    Request,
+    make_policy,
+)
 
 if TYPE_CHECKING:
     from crucible.core.scheduling import HostCapacity
@@ -40,6 +48,11 @@ __all__ = ["HostIndex"]
 
 # The CPU-only view's model for every GPU of a host (models do not matter to CPU work).
 _ANY_MODEL = "*"
+
+# The engine indexes memory up to 2**31 MiB; a host may report up to 2**40 (the wire's bound).
+# More than 2 PiB is as good as unlimited for a container, so a host's memory is capped here
+# rather than letting one odd inventory fail every scheduler tick.
+_MAX_MEMORY_MIB = 2 ** (MEM_LEVELS - 1) - 1
 
 # Slack for float sums of cores (e.g. 0.1 + 0.2): a request of exactly the free CPU fits.
 _CPU_EPS = 1e-6
@@ -135,7 +148,7 @@ class HostIndex:
             NodeSpec(
                 id=h.id,
                 cpu_milli=_milli_down(h.cpu),
-                memory_mib=max(0, h.memory_mib),
+                memory_mib=min(_MAX_MEMORY_MIB, max(0, h.memory_mib)),
                 gpu_count=len(devs),
                 gpu_model=(model or _ANY_MODEL) if devs else "",
             )
