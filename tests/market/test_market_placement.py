@@ -52,19 +52,35 @@ def test_carbon_breaks_price_ties_undeclared_last() -> None:
     assert hosts == ["h-clean", "h-dirty", "h-undeclared"]
 
 
-def test_locality_breaks_remaining_ties_same_host_then_same_region_then_host_id() -> None:
+def test_locality_then_packing_then_host_id_break_remaining_ties() -> None:
     m = market(
         (gpu_host("h-1", n=2, region="us"), offer(2)),
         (gpu_host("h-2", n=2, region="eu"), offer(2)),
         (gpu_host("h-3", n=2, region="eu"), offer(2)),
+        (gpu_host("h-4", n=2, region="us"), offer(2)),
     )
     assert granted(m.lease(req("q", region="eu", lease_id="q1"), 0)).leases[0].host_id == "h-2"
     assert granted(m.lease(req("q", lease_id="q2"), 0)).leases[0].host_id == "h-2"  # own host
     assert granted(m.lease(req("q", lease_id="q3"), 0)).leases[0].host_id == "h-3"  # own region
-    assert granted(m.lease(req("z", lease_id="z1"), 0)).leases[0].host_id == "h-1"  # id order
+    # packing (the placement engine's best-fit): the host with the fewest free devices left
+    assert granted(m.lease(req("z", lease_id="z1"), 0)).leases[0].host_id == "h-3"
+    assert granted(m.lease(req("y", lease_id="y1"), 0)).leases[0].host_id == "h-1"  # id order
     # locality never beats price
-    m.set_offer("h-3", "H100", offer(2.01))
-    assert granted(m.lease(req("q", lease_id="q4"), 0)).leases[0].host_id == "h-1"
+    m.set_offer("h-1", "H100", offer(2.01))
+    assert granted(m.lease(req("y", lease_id="y2"), 0)).leases[0].host_id == "h-4"
+
+
+def test_avoided_hosts_get_no_node_free_or_by_preemption() -> None:
+    """decide_lease(avoid=...): the scheduler's hosts that lack a container's CPU or memory."""
+    m = market((gpu_host("h-1", n=1), offer(1)), (gpu_host("h-2", n=1), offer(2)))
+    d = m.decide_lease(req(lease_id="x"), 0, avoid=["h-1"])
+    assert granted(d).leases[0].host_id == "h-2"  # the dearer host, not the avoided one
+    granted(m.lease(bid("low", 1.0, lease_id="b1"), 0))  # the cheaper minimum: h-1
+    granted(m.lease(bid("low", 1.5, lease_id="b2"), 0))  # h-2
+    # A higher bid would preempt the lowest (on h-1), but h-1 is avoided: it takes b2's.
+    d = m.decide_lease(bid("high", 3.0, lease_id="hi"), 0, avoid={"h-1"})
+    assert [p.lease.lease_id for p in granted(d).preemptions] == ["b2"]
+    refused(m.decide_lease(bid("high", 3.0, lease_id="hi"), 0, avoid={"h-1", "h-2"}))
 
 
 def test_greenest_puts_carbon_first_within_max_price() -> None:

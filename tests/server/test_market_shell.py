@@ -16,7 +16,7 @@ from crucible.server.billing.service import meter_containers
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import calls, containers
 
-from server_testlib import MakeServer, ServerUnderTest
+from server_testlib import FULL_ISOLATION, MakeServer, ServerUnderTest
 
 H100 = [
     {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
@@ -224,3 +224,75 @@ def test_prefer_fastest_tries_the_fallback_list_fastest_model_first(
             ).scalar_one()
     # The list's order for cheapest; the H100 (faster) first for fastest.
     assert placed == {"cheapest": "L4", "fastest": "H100"}
+
+
+def test_a_gpu_lease_goes_to_a_host_that_also_has_the_cpu(server: ServerUnderTest) -> None:
+    """The market's cheapest host has the GPU but too few cores for the container: the lease
+    goes to the next host that has both (it used to be refused on every tick instead)."""
+    hoster = server.tenant("hoster", Scope.HOST).token
+    offers = {"cheap-small": 1_000_000, "dear-big": 3_000_000}
+    for name, price in offers.items():
+        host_id = server.register_host(
+            hoster, name, gpus=H100[:1], cpu_cores=2 if name == "cheap-small" else 16
+        )
+        server.ok(
+            "PUT",
+            f"/v1/hosts/{host_id}/offers",
+            token=server.tenant("hoster").token,
+            json={
+                "device_type": "H100",
+                "on_demand_micros": price,
+                "interruptible_min_micros": price // 4,
+                "reserved_micros": price,
+            },
+        )
+        offers[name] = host_id  # type: ignore[assignment]
+    renter = server.tenant("renter").token
+    fn = server.new_function(
+        renter,
+        server.new_app(renter),
+        server.put_blob(renter),
+        resources={"cpu": 4, "memory_mib": 1024, "gpus": [{"model": "H100", "count": 1}]},
+    )
+    server.new_calls(renter, fn)
+    SchedulerLoop(server.state).tick()
+    with server.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.function_id == fn)).one()
+    assert (ct.host_id, ct.unit_price_micros) == (offers["dear-big"], 3_000_000)
+
+
+def test_a_cluster_skips_hosts_without_the_cpu_for_a_member(server: ServerUnderTest) -> None:
+    """Two members of 4 cores each; the cheapest host has its GPU but 2 cores: the gang goes
+    to the two hosts that have both (it used to wait on every tick instead)."""
+    hoster = server.tenant("hoster", Scope.HOST).token
+    ids = {}
+    for name, price, cores in (("a-cheap", 1, 2), ("b-mid", 2, 16), ("c-dear", 3, 16)):
+        ids[name] = server.register_host(
+            hoster,
+            name,
+            isolation=FULL_ISOLATION.model_copy(update={"cluster_network": True}),
+            gpus=H100[:1],
+            cpu_cores=cores,
+        )
+        server.ok(
+            "PUT",
+            f"/v1/hosts/{ids[name]}/offers",
+            token=server.tenant("hoster").token,
+            json={
+                "device_type": "H100",
+                "on_demand_micros": price * 1_000_000,
+                "interruptible_min_micros": price * 250_000,
+                "reserved_micros": price * 1_000_000,
+            },
+        )
+    renter = server.tenant("renter").token
+    server.ok(
+        "POST",
+        "/v1/clusters",
+        token=renter,
+        json={"name": "ring", "nodes": 2, "gpu": "H100:1", "cpu": 4},
+    )
+    SchedulerLoop(server.state).tick()
+    with server.state.engine.connect() as conn:
+        placed = set(conn.execute(select(containers.c.host_id)).scalars())
+    assert placed == {ids["b-mid"], ids["c-dear"]}, server.state.waiting

@@ -393,6 +393,24 @@ class Cluster:
             self.gpu_free[p.node][j] += m
         self._reindex(p.node)
 
+    def set_free(self, node: int, cpu_milli: int, memory_mib: int, gpu_free: Sequence[int]) -> None:
+        """Set what is free on ``node`` and re-key it in the indexes: for a driver whose nodes
+        also change outside this cluster (the live scheduler's hosts, where the market places
+        GPU leases too). Raises ``ValueError`` (state unchanged) when a value is negative, above
+        the node's capacity, or ``gpu_free`` does not have one share per GPU."""
+        spec = self.nodes[node]
+        if (
+            not 0 <= cpu_milli <= spec.cpu_milli
+            or not 0 <= memory_mib <= spec.memory_mib
+            or len(gpu_free) != spec.gpu_count
+            or any(not 0 <= f <= FULL for f in gpu_free)
+        ):
+            raise ValueError(f"free capacity out of range on node {spec.id}")
+        self.free_cpu[node] = cpu_milli
+        self.free_mem[node] = memory_mib
+        self.gpu_free[node] = list(gpu_free)
+        self._reindex(node)
+
     # ----------------------------------------------------------------- indexes
 
     def _reindex(self, i: int) -> None:

@@ -10,10 +10,15 @@ arrival rate, start time, ``min_containers``, ``buffer_containers``, ``max_conta
 Containers above that number that have been idle for the function's scale-down window are
 stopped, so a function scales back to zero (or to its ``min_containers``).
 
-Placement (v0): a container's request is a CPU share, memory, and optionally a GPU model and
-count in fallback order; the first GPU choice that fits anywhere wins, and among fitting hosts
-the tightest fit (fewest free GPUs of that model left, then least free CPU) is taken, which
-packs work and keeps large hosts free for large requests.
+Placement: a container's request is a CPU share, memory, and optionally a GPU model and
+count in fallback order; the first GPU choice that fits anywhere wins. GPU containers are
+placed by the ``gpu_placer`` the server passes (the market: price, tiers, preemption); every
+other container goes through the indexed placement engine the simulator drives
+(:class:`~crucible.core.host_index.HostIndex` over :class:`~crucible.core.placement.Cluster`),
+whose ``best-fit`` policy takes the tightest fit (fewest free GPUs of that model left, then
+least free CPU, ties to the lower host id), which packs work and keeps large hosts free for
+large requests; CPU-only work goes to the hosts with the fewest free GPUs (GPU-less ones
+first), so it does not take the cores GPU work needs.
 
 Idle containers yield to queued work: a container its function no longer wants (idle, no
 input in flight, only waiting out its scale-down window) is stopped early when queued work of
@@ -37,6 +42,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from crucible.core.autoscaler import Load, Scale, ScalingPolicy, decide
+from crucible.core.host_index import HostIndex
 
 __all__ = [
     "ContainerView",
@@ -168,7 +174,8 @@ class LeaseTerms:
 
 
 # Places one container of a GPU function on live hosts (updating their usage), or returns
-# None when it cannot now. The server passes the market; the default is _place below.
+# None when it cannot now. The server passes the market; without one, GPU containers go
+# through the placement engine like the others (_place below).
 GpuPlacer = Callable[[FunctionDemand, list[HostCapacity]], StartContainer | None]
 
 
@@ -261,25 +268,20 @@ def may_run(host: HostCapacity, fn: FunctionDemand) -> bool:
     )
 
 
-def _place(fn: FunctionDemand, hosts: list[HostCapacity]) -> StartContainer | None:
+def _place(index: HostIndex, fn: FunctionDemand, barred: Collection[str]) -> StartContainer | None:
+    """One container of ``fn`` through the placement engine: the first GPU choice (in the
+    function's order) that fits a host ``fn`` may run on, not in ``barred``."""
     for choice in _choices(fn):
-        fitting = [h for h in hosts if may_run(h, fn) and _fits(h, fn, choice, now=True)]
-        if not fitting:
+        placed = index.place(
+            fn.cpu,
+            fn.memory_mib,
+            choice.model if choice else None,
+            choice.count if choice else 0,
+            exclude=barred,
+        )
+        if placed is None:
             continue
-
-        def tightness(
-            h: HostCapacity, choice: GpuChoice | None = choice
-        ) -> tuple[float, float, str]:
-            gpu_left = len(h.free_gpus(choice.model)) - choice.count if choice else 0
-            return (gpu_left, h.cpu - h.used_cpu - fn.cpu, h.id)
-
-        host = min(fitting, key=tightness)
-        indices: tuple[int, ...] = ()
-        if choice is not None:
-            indices = tuple(host.free_gpus(choice.model)[: choice.count])
-            host.used_gpus.update(indices)
-        host.used_cpu += fn.cpu
-        host.used_memory_mib += fn.memory_mib
+        host, indices = placed
         return StartContainer(
             function_id=fn.id,
             host_id=host.id,
@@ -509,6 +511,8 @@ def plan(
                 _mark_freeing(by_host[c.host_id], c)
 
     wanting.sort(key=lambda w: w[0].id not in promised)  # stable: otherwise oldest work first
+    index = HostIndex(hosts)  # its views are built on first use
+    barred_for: dict[tuple[str, bool, bool], frozenset[str]] = {}
     for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
@@ -537,9 +541,21 @@ def plan(
                 f"{lost} host(s) that could have stopped answering (their agents are down "
                 "or unreachable). The calls wait for one to come back; check `crucible hosts`."
             )
-        place = gpu_placer if gpu_placer is not None and fn.gpus else _place
+        by_market = gpu_placer is not None and bool(fn.gpus)
+        barred: Collection[str] = ()
+        if not by_market:
+            # Hosts fn may not run on; may_run depends only on these three of fn's fields.
+            who = (fn.account_id, fn.verified, fn.network)
+            if who not in barred_for:
+                barred_for[who] = frozenset(h.id for h in hosts if not may_run(h, fn))
+            barred = barred_for[who]
         for n in range(missing):
-            start = place(fn, hosts)
+            if gpu_placer is not None and by_market:
+                start = gpu_placer(fn, hosts)
+                if start is not None:
+                    index.refresh(start.host_id)  # the market changed the host's usage
+            else:
+                start = _place(index, fn, barred)
             if start is not None:
                 result.start.append(start)
                 continue

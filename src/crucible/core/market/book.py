@@ -21,7 +21,7 @@ with the current time before deciding anything; a decision with events still due
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from crucible.core.market.audit import audit
 from crucible.core.market.decisions import (
@@ -224,9 +224,11 @@ class Market:
 
     # -- leases ----------------------------------------------------------------------------
 
-    def decide_lease(self, request: LeaseRequest, now_ms: int) -> LeaseDecision:
-        """What :meth:`lease` would do now, without doing it."""
-        return decide_lease(self._st, request, now_ms)
+    def decide_lease(
+        self, request: LeaseRequest, now_ms: int, *, avoid: Collection[str] = ()
+    ) -> LeaseDecision:
+        """What :meth:`lease` would do now, without doing it; no node on a host in ``avoid``."""
+        return decide_lease(self._st, request, now_ms, avoid)
 
     def lease(self, request: LeaseRequest, now_ms: int) -> LeaseDecision:
         """Decide and, if granted, apply."""

@@ -22,7 +22,7 @@ free capacity it accepts. Preempted leases stop being metered at once; the new l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from crucible.core.market.decisions import LeaseDecision, LeaseGranted, Preemption
@@ -218,7 +218,7 @@ def _free(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> Nod
             and own.free_memory >= req.memory_gib
         ):
             candidates.append(own)
-    best = min(candidates, key=lambda p: (st.locality(req.account, p.host), p.host_id))
+    best = min(candidates, key=lambda p: (st.locality(req.account, p.host), p.ix_free, p.host_id))
     assert best.offer is not None
     price = unit_price(req, best.offer)
     assert price is not None
@@ -315,9 +315,9 @@ def _preempt(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> 
 
 
 def _place_nodes(
-    st: MarketState, req: LeaseRequest, model: str, allow_preempt: bool
+    st: MarketState, req: LeaseRequest, model: str, allow_preempt: bool, avoid: Collection[str]
 ) -> list[NodePlan] | None:
-    used: set[str] = set()
+    used: set[str] = set(avoid)  # a host serves one node, and none of the avoided ones
     plans: list[NodePlan] = []
     for _ in range(req.nodes):
         plan = _from_reservations(st, req, model, used)
@@ -374,8 +374,12 @@ def _grant(st: MarketState, req: LeaseRequest, plans: list[NodePlan], now: int) 
     return LeaseGranted(tuple(leases), tuple(preemptions), now, st.version)
 
 
-def decide_lease(st: MarketState, req: LeaseRequest, now: int) -> LeaseDecision:
-    """Decide a lease request against the current state without changing it."""
+def decide_lease(
+    st: MarketState, req: LeaseRequest, now: int, avoid: Collection[str] = ()
+) -> LeaseDecision:
+    """Decide a lease request against the current state without changing it. No node goes to
+    a host in ``avoid`` (host ids the caller cannot use: the scheduler passes the hosts that
+    lack the container's CPU or memory), by free capacity, reservation or preemption."""
     st.check_no_events_due(now)
     for lease_id in req.lease_ids():
         if lease_id and lease_id in st.leases:
@@ -385,7 +389,7 @@ def decide_lease(st: MarketState, req: LeaseRequest, now: int) -> LeaseDecision:
         if allow_preempt and req.tier is Tier.RESERVED:
             break
         for model in models:
-            plans = _place_nodes(st, req, model, allow_preempt)
+            plans = _place_nodes(st, req, model, allow_preempt, avoid)
             if plans is not None:
                 return _grant(st, req, plans, now)
     return refuse_lease(st, req, models, now)

@@ -19,7 +19,9 @@ region asked, at or above ``min_reliability``, at or under ``max_price``):
   instead of in the order given; within a type, as ``cheapest``.
 
 Locality is 0 when the renter already holds a running lease on the host, 1 when it holds one
-in the host's region, 2 otherwise; ties after that go to the smaller host id.
+in the host's region, 2 otherwise; ties after that go to the host with the fewest free
+devices of the type (packing, as the placement engine's best-fit: whole hosts stay free for
+large and multi-node leases), then to the smaller host id.
 """
 
 from __future__ import annotations

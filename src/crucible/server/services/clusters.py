@@ -411,24 +411,24 @@ def place_clusters(
             cluster=True,
         )
         market = live.market
-        decision = market.decide_lease(request, max(now_ms, market.now_ms))
+        cpu, mem = spec.cpu, spec.memory_mib
+        # No member on a host that lacks its CPU or memory (the gang goes where all fit).
+        cramped = [
+            h.id
+            for h in capacity
+            if cpu > h.cpu - h.used_cpu + 1e-9 or mem > h.memory_mib - h.used_memory_mib
+        ]
+        decision = market.decide_lease(request, max(now_ms, market.now_ms), avoid=cramped)
         if isinstance(decision, Refusal):
             for m in members:
                 out.waiting[m.function_id] = f"the market: {decision.message}"
             continue
         leases = list(decision.leases)
-        cpu, mem = spec.cpu, spec.memory_mib
-        short = [
-            lease.host_id
-            for lease in leases
-            if (h := by_id.get(lease.host_id)) is None
-            or cpu > h.cpu - h.used_cpu + 1e-9
-            or mem > h.memory_mib - h.used_memory_mib
-        ]
+        short = [lease.host_id for lease in leases if lease.host_id not in by_id]
         if short:
             for m in members:
                 out.waiting[m.function_id] = (
-                    f"host {short[0]} has the GPUs but not the CPU or memory for a member"
+                    f"host {short[0]} has the GPUs but is not ready to start containers"
                 )
             continue
         market.apply(decision)

@@ -493,22 +493,32 @@ class MarketPlacer:
             # types); models of equal speed keep the order given.
             speed = market.rules.model_speed
             choices.sort(key=lambda g: -speed.get(g.model, -1))
+        # The market leases no GPU on a host that lacks the container's CPU or memory: it
+        # takes the best host that has both, rather than refusing because the best one by
+        # price is short of cores.
+        cramped = [h.id for h in hosts_now if not _room(h, fn)]
         for choice in choices:
             cid = new_id("ct")
             request = self.live.request(
                 self.accounts[fn.id], choice.model, choice.count, terms, cid
             )
             now = max(self.now_ms, market.now_ms)
-            decision = market.decide_lease(request, now)
+            decision = market.decide_lease(request, now, avoid=cramped)
             if isinstance(decision, Refusal):
-                self.refused[fn.id] = Refused(decision.code.value, decision.message)
+                if cramped and not isinstance(market.decide_lease(request, now), Refusal):
+                    self.refused[fn.id] = Refused(
+                        "no_capacity",
+                        f"the hosts that have the {choice.model} GPUs for it lack the CPU or "
+                        f"memory asked (cpu={fn.cpu:g}, memory={fn.memory_mib} MiB)",
+                    )
+                else:
+                    self.refused[fn.id] = Refused(decision.code.value, decision.message)
                 continue
             lease = decision.leases[0]
             host = by_id.get(lease.host_id)
-            if host is None or not _room(host, fn):
+            if host is None:
                 self.refused[fn.id] = Refused(
-                    "no_capacity",
-                    f"host {lease.host_id} has the GPUs but not the CPU or memory asked",
+                    "no_capacity", f"host {lease.host_id} is not ready to start containers"
                 )
                 continue
             market.apply(decision)
