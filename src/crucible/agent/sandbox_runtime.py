@@ -54,7 +54,8 @@ from crucible.agent.oci.python import WorkerDeps
 from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
 from crucible.agent.runtime import _crucible_import_root
-from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.sandbox import SOCKET_PATH, WORK_ROOT, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.ssh_bundle import BUNDLE_PATH, STATE_PATH, SshBundle, SshSandbox, SshServer
 from crucible.agent.uids import SandboxUid, UidPool
 from crucible.errors import (
     IMAGE_ERROR_CODES,
@@ -146,6 +147,8 @@ class _Zygote:
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
     uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
     cluster: bool = False  # on a cluster's private network
+    oci: FunctionImage | None = None  # the OCI image it runs on
+    ssh: SshSandbox | None = None  # its SSH server (OCI images: agent/ssh_bundle.py)
 
     def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
@@ -187,6 +190,8 @@ class SandboxRuntime:
         # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
         self.oci = oci or OciImages(self.agent_dir / "oci")
         self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
+        # The SSH server brought into OCI sandboxes (the host's dropbear and its libraries).
+        self.ssh_bundle = SshBundle(self.agent_dir / "ssh-bundle")
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
@@ -307,7 +312,7 @@ class SandboxRuntime:
         handle = ZygoteExec(sid, lambda: z.proc.send({"op": "kill-exec", "sid": sid}))
         with self._lock:
             self._execs[sid] = (z.key, handle)
-        full_env = exec_env(self._container_env(box.assignment)) | env
+        full_env = exec_env(self._container_env(box.assignment, z.oci)) | env
         msg = {
             "op": "exec",
             "cid": container_id,
@@ -322,6 +327,21 @@ class SandboxRuntime:
                 self._execs.pop(sid, None)
             raise NotFoundError(f"container {container_id} is not running on this host")
         return handle
+
+    def ssh_server(
+        self, container_id: str, session_id: str, keys: list[str], login: str
+    ) -> SshServer | None:
+        """The SSH server for a session into a container from an OCI image (the agent's own,
+        see :mod:`crucible.agent.ssh_bundle`); None for the default image, whose sessions run
+        ``python -m crucible.worker.sshd``. Raises NotFoundError when the container is not
+        running here, and an :class:`Error` saying what to do when it cannot serve SSH."""
+        z, box = self._running(container_id)
+        if z.ssh is None or z.oci is None:
+            return None
+        assert box.assignment is not None
+        home = POD_DISK_PATH if box.assignment.pod is not None else f"{WORK_ROOT}/{container_id}"
+        path = self._container_env(box.assignment, z.oci)["PATH"]
+        return z.ssh.server(session_id, keys, login, home, path)
 
     def connect(self, container_id: str, port: int) -> socket.socket:
         """A connection to ``port`` on the loopback of the container's own network namespace
@@ -633,6 +653,25 @@ class SandboxRuntime:
             cfg.env.update(oci.env)
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
+        ssh: SshSandbox | None = None
+        if oci is not None and a.image is not None:
+            bundle, problem = self.ssh_bundle.ensure()
+            state = sdir / "ssh"
+            state.mkdir(mode=0o755)
+            ssh = SshSandbox(
+                bundle=bundle,
+                problem=problem,
+                state=state,
+                rootfs=oci.image.rootfs,
+                ref=a.image.registry or "",
+                workdir=oci.image.workdir,
+                uid=oci.uid,
+                gid=oci.gid,
+                host_uid=cfg.host_uid,
+            )
+            cfg.ssh_mounts = ssh.mounts()
+            for inside in (BUNDLE_PATH, STATE_PATH):  # an image cached before they existed
+                ensure_mount_point(oci.image.rootfs, inside, replace=True)
         # Volumes: a directory per mount, writable by the sandbox's uid; the worker fills it
         # with the volume's latest version, and the containers of this sandbox share it.
         for i, inside in enumerate(sorted(a.volumes)):
@@ -695,6 +734,8 @@ class SandboxRuntime:
             baseline=self.limits.zygote_start_memory,
             uid=uid,
             cluster=cfg.join_network is not None,
+            oci=oci,
+            ssh=ssh,
         )
         with self._lock:
             self._zygotes[key] = z
