@@ -140,9 +140,10 @@ class Tenant:
             "-i", str(key or self.key),
         ]  # fmt: skip
 
-    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             argv,
+            input=stdin,
             env=ssh_env(self.ex, self.token, self.tmp / "cli-home"),
             capture_output=True,
             text=True,
@@ -190,6 +191,18 @@ def test_ssh_into_a_busybox_image(world: tuple[Exchange, Registry], tenant: Tena
         assert "home=/pod" in lines, run.stdout  # the pod's disk
         assert "hello-from-image-path" in lines, run.stdout
         assert "no-leak" in lines, run.stdout
+
+        # A login without a command: the image's shell reads the session's input.
+        login = tenant.run(
+            ["ssh", *tenant.ssh_opts(), "-T", "crucible@busy"],
+            stdin='echo "login-$IMAGE_VAR"; exit 5\n',
+        )
+        assert login.returncode == 5 and "login-from-image" in login.stdout, login.stderr
+        # A terminal made inside the sandbox (ssh -t), with the client's TERM.
+        tty = tenant.run(
+            ["ssh", *tenant.ssh_opts(), "-tt", "crucible@busy", 'echo "t=$TERM"; exit 4']
+        )
+        assert tty.returncode == 4 and "t=" in tty.stdout, tty.stderr
 
         data = os.urandom(300_000)
         (tenant.tmp / "up.bin").write_bytes(data)
