@@ -150,7 +150,10 @@ class SshBundle:
         names the Debian package to install)."""
         with self._lock:
             if self._built is None:
-                self._built = self._build()
+                built = self._build()
+                if built[0] is None:  # not kept: packages installed later are found
+                    return built
+                self._built = built
             return self._built
 
     def _build(self) -> tuple[Path | None, str | None]:
