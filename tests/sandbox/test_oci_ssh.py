@@ -8,7 +8,9 @@ Images (each with the Python the pod supervisor needs, assembled from this machi
 - a busybox image: only Debian's static busybox as its shell, a numeric USER that its
   /etc/passwd does not name, an ENV with its own PATH, a WORKDIR;
 - a glibc image running as root with bash and rsync (and /etc/shells listing bash);
-- an image with no shell at all."""
+- an image with no shell at all;
+- a busybox image with no Python at all: a pod from it runs its supervisor with the agent's
+  own interpreter (agent/python_bundle.py), and its command with the image's environment."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ import pytest
 from sandbox_testlib import SANDBOX_ENV, bwrap_or_skip
 
 import crucible
-from access_testlib import NEEDS_SSH, make_key, ssh_available, ssh_env
+from access_testlib import NEEDS_SSH, make_key, run_exec, ssh_available, ssh_env
 from crucible.protocol.access import AccessOpen
 from crucible.sdk import _tunnels
 from oci_testlib import (
@@ -95,6 +98,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchange, 
                 env=["PATH=/opt/tools:/usr/bin:/bin", "IMAGE_VAR=from-image"],
                 workdir="/srv", user="4321", entrypoint=entry, cmd=_SLEEP,
             )  # fmt: skip
+            # No Python, no libc: only the static busybox.
+            push_image(
+                reg, "test/nopython", "v1", [layer(box)],
+                env=["PATH=/opt/tools:/usr/bin:/bin", "IMAGE_VAR=no-python"],
+                workdir="/srv", user="4321", entrypoint=["/bin/sh", "-c"],
+                cmd=['echo "cmd-ran $IMAGE_VAR $(pwd) $(id -u)"; exec sleep 900'],
+            )  # fmt: skip
         tools = ["/bin/bash"] + ([shutil.which("rsync") or ""] if shutil.which("rsync") else [])
         libs = [lib for t in tools for lib in _ldd(t)]
         shells = Entry("etc/shells", b"/bin/sh\n/bin/bash\n/usr/bin/bash\n")
@@ -154,8 +164,8 @@ class Tenant:
     def ssh(self, pod: str, command: str, key: Path | None = None) -> Any:
         return self.run(["ssh", *self.ssh_opts(key), f"crucible@{pod}", command])
 
-    def pod(self, name: str, image: str) -> Any:
-        pod = crucible.Pod.create(name, image=image, client=self.client)
+    def pod(self, name: str, image: str, command: str | None = None) -> Any:
+        pod = crucible.Pod.create(name, image=image, command=command, client=self.client)
         info = pod.wait("running", "failed", timeout_s=180)
         assert info.state == "running", info
         return pod
@@ -280,5 +290,78 @@ def test_ssh_into_an_image_without_a_shell_says_so(
         run = tenant.ssh("bare", "true")
         assert run.returncode == 255
         assert "has no shell" in run.stderr and "crucible pod exec" in run.stderr, run.stderr
+    finally:
+        pod.delete()
+
+
+def _log_lines(pod: Any) -> list[str]:
+    return [x.line for x in pod.logs()]
+
+
+def _wait_logs(pod: Any, wanted: str, count: int = 1) -> list[str]:
+    deadline = time.monotonic() + 60
+    while (lines := _log_lines(pod)).count(wanted) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lines.count(wanted) >= count, lines
+    return lines
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs Debian's busybox-static (scripts/setup dev)")
+def test_a_pod_from_an_image_without_python_runs_its_command(
+    world: tuple[Exchange, Registry], tenant: Tenant
+) -> None:
+    """The image holds only a static busybox: the command runs in the image's WORKDIR with
+    its ENV and USER, sees none of the supervisor's PYTHON*/LD_* or private CRUCIBLE_*
+    variables, and the pod ends with the command's exit status."""
+    reg = world[1]
+    pod = crucible.Pod.create(
+        "nopy-cmd",
+        image=f"{reg.host}/test/nopython:v1",
+        command='echo hi; env; echo "pwd=$(pwd) uid=$(id -u)"; exit 3',
+        client=tenant.client,
+    )
+    try:
+        info = pod.wait("failed", "stopped", timeout_s=180)
+        assert info.state == "failed" and "status 3" in (info.reason or ""), info
+        lines = _wait_logs(pod, "pwd=/srv uid=4321")
+        assert "hi" in lines, lines
+        assert "IMAGE_VAR=no-python" in lines and "PATH=/opt/tools:/usr/bin:/bin" in lines, lines
+        assert "HOME=/pod" in lines, lines
+        names = {x.split("=", 1)[0] for x in lines if "=" in x and not x.startswith("pwd=")}
+        leaked = {n for n in names if n.startswith(("PYTHON", "LD_"))}
+        assert not leaked, lines
+        crucible_vars = {n for n in names if n.startswith("CRUCIBLE_")}
+        assert crucible_vars <= {"CRUCIBLE_POD_ID", "CRUCIBLE_POD_NAME", "CRUCIBLE_POD_DISK"}
+    finally:
+        pod.delete()
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs Debian's busybox-static (scripts/setup dev)")
+def test_a_pod_from_an_image_without_python_runs_its_entrypoint_and_serves_sessions(
+    world: tuple[Exchange, Registry], tenant: Tenant
+) -> None:
+    """ENTRYPOINT + CMD of an image with no Python; `pod exec` and `pod ssh` into it; stop
+    ends it with the grace, start runs it again on its disk."""
+    ex, reg = world
+    pod = tenant.pod("nopy", f"{reg.host}/test/nopython:v1")
+    try:
+        _wait_logs(pod, "cmd-ran no-python /srv 4321")
+        token = tenant.token
+        code, out, err = run_exec(
+            ex, token, pod.info().container_id, ["sh", "-c", 'echo "exec-$IMAGE_VAR"; exit 4']
+        )
+        assert code == 4 and out.decode().split() == ["exec-no-python"], err
+        run = tenant.ssh("nopy", 'echo "ssh-$IMAGE_VAR $(pwd)"; echo kept > /pod/k; exit 6')
+        assert run.returncode == 6 and "ssh-no-python /srv" in run.stdout, run.stderr
+
+        pod.stop()
+        stopped = pod.wait("stopped", "failed", timeout_s=120)
+        assert stopped.state == "stopped", stopped
+        pod.start()
+        again = pod.wait("running", "failed", timeout_s=180)
+        assert again.state == "running", again
+        _wait_logs(pod, "cmd-ran no-python /srv 4321", count=2)
+        run = tenant.ssh("nopy", "cat /pod/k")
+        assert run.stdout.strip() == "kept", run.stderr
     finally:
         pod.delete()

@@ -165,6 +165,11 @@ class SandboxConfig:
     # With an OCI rootfs: the agent's SSH server and its state (agent/ssh_bundle.py), bound
     # read-only: (host directory, path inside).
     ssh_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    # With an OCI rootfs: the agent's own interpreter when the zygote runs with it (a pod;
+    # agent/python_bundle.py): its folders, bound read-only in this order, and the loader
+    # command line that starts ``python``.
+    python_bundle_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    python_prefix: list[str] = field(default_factory=list)
     uid: int = SANDBOX_UID
     gid: int = SANDBOX_UID
 
@@ -204,6 +209,7 @@ def host_binds(cfg: SandboxConfig) -> list[tuple[str, str, str]]:
         out = [(str(cfg.rootfs), "/", "--ro-bind")]
         out += [(str(host), inside, "--ro-bind") for host, inside in cfg.lib_mounts]
         out += [(str(host), inside, "--ro-bind") for host, inside in cfg.ssh_mounts]
+        out += [(str(host), inside, "--ro-bind") for host, inside in cfg.python_bundle_mounts]
         out += [(host, inside, "--dev-bind") for host, inside in gpu_nodes(cfg)]
         out.append((str(cfg.code_dir), "/crucible/code", "--ro-bind"))
         out += [(str(host), inside, "--bind") for host, inside in cfg.volume_mounts]
@@ -284,7 +290,8 @@ def bwrap_argv(
         a += ["--setenv", k, v]
     # -P: the working directory (writable) is not put on sys.path.
     if command is None and cfg.rootfs is not None:
-        command = [cfg.python, "-P", "-c", _OCI_BOOT, "--ctrl-fd", str(ctrl_fd)]
+        boot = [cfg.python, "-P", "-c", _OCI_BOOT, "--ctrl-fd", str(ctrl_fd)]
+        command = [*cfg.python_prefix, *boot]
     elif command is None:
         command = [cfg.python, "-P", "-m", ZYGOTE_MODULE, "--ctrl-fd", str(ctrl_fd)]
     a += ["--", *command]

@@ -47,12 +47,13 @@ from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.clusternet import ClusterNetworks, free_udp_port
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.exec_process import ZygoteExec, exec_env
-from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.images import BuiltImage, ImageCache, host_python_paths
 from crucible.agent.oci.cache import OciImages, ensure_mount_point
 from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
 from crucible.agent.oci.python import WorkerDeps
 from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
+from crucible.agent.python_bundle import PYTHON_HOME, PythonBundle
 from crucible.agent.runtime import _crucible_import_root
 from crucible.agent.sandbox import SOCKET_PATH, WORK_ROOT, Relay, SandboxConfig, ZygoteProcess
 from crucible.agent.ssh_bundle import BUNDLE_PATH, STATE_PATH, SshBundle, SshSandbox, SshServer
@@ -192,6 +193,7 @@ class SandboxRuntime:
         self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
         # The SSH server brought into OCI sandboxes (the host's dropbear and its libraries).
         self.ssh_bundle = SshBundle(self.agent_dir / "ssh-bundle")
+        self.python_bundle = PythonBundle(self.agent_dir / "python-bundle", host_python_paths())
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
@@ -483,7 +485,9 @@ class SandboxRuntime:
                     auth = RegistryAuth(
                         str(values["REGISTRY_USERNAME"]), str(values.get("REGISTRY_PASSWORD", ""))
                     )
-            ready = prepare_function_image(self.oci, self.worker_deps, a.image.registry, auth)
+            ready = prepare_function_image(
+                self.oci, self.worker_deps, a.image.registry, auth, pod=a.pod is not None
+            )
         except Exception as exc:
             log.warning("image of container %s was not pulled: %s", a.container_id, exc)
             code = exc.code if isinstance(exc, Error) else ImagePullError.code
@@ -541,7 +545,11 @@ class SandboxRuntime:
             except Error as exc:
                 self._fail(cid, exc.message)
                 return
-        z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
+        try:
+            z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
+        except Error as exc:  # e.g. this host cannot bring its Python into the image
+            self._fail(cid, exc.message)
+            return
         # A pod runs its own command, not a function: there is no code bundle to place.
         code = a.code.bundle if a.pod is not None else self._place_code(a, z)
         env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
@@ -550,6 +558,7 @@ class SandboxRuntime:
             argv = image.image.entrypoint + image.image.cmd
             env["CRUCIBLE_POD_IMAGE_ARGV"] = json.dumps(argv)
             env["CRUCIBLE_POD_IMAGE_ENV"] = json.dumps(image.env)
+            env["CRUCIBLE_POD_IMAGE_WORKDIR"] = image.image.workdir
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -631,7 +640,7 @@ class SandboxRuntime:
         cfg = SandboxConfig(
             name=key,
             dir=sdir,
-            python=oci.python.path if oci else str(uv_built.python) if uv_built else sys.executable,
+            python=str(uv_built.python) if uv_built else sys.executable,
             preload=list(a.image.preload) if a.image and not failed else [],
             image_mounts=list(uv_built.mounts) if uv_built is not None else [],
             image_root=uv_built.root if uv_built is not None else None,
@@ -651,6 +660,17 @@ class SandboxRuntime:
             cfg.lib_mounts = oci.lib_mounts
             cfg.uid, cfg.gid = oci.uid, oci.gid
             cfg.env.update(oci.env)
+            if oci.python is not None:
+                cfg.python = oci.python.path
+            else:
+                # A pod: the agent's own interpreter, whatever the image holds. The image's
+                # PYTHON* and LD_* are not the zygote's (its command still gets them).
+                runtime = self.python_bundle.ensure()
+                cfg.env = {k: v for k, v in cfg.env.items() if not k.startswith(("PYTHON", "LD_"))}
+                cfg.env.update(runtime.env, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+                *cfg.python_prefix, cfg.python = runtime.argv
+                cfg.python_bundle_mounts = runtime.mounts
+                ensure_mount_point(oci.image.rootfs, PYTHON_HOME, replace=True)
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
         ssh: SshSandbox | None = None

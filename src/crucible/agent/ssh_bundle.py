@@ -33,8 +33,6 @@ message saying so and what to do.
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
 import os
 import re
 import shutil
@@ -44,6 +42,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crucible.agent.host_bundle import build_bundle, ldd_closure
+from crucible.agent.host_bundle import find_file as _find
 from crucible.agent.oci.python import resolve_in_rootfs
 from crucible.errors import InvalidRequestError, SandboxUnavailableError
 
@@ -81,7 +81,6 @@ _UID_WRAPPER = (
     "/usr/lib/libuid_wrapper.so",
 )
 _SHELLS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/sh", "/bin/ash")
-_LDD_LINE = re.compile(r"^\s*(?:(\S+)\s+=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)\s*$")
 
 # Sourced by the image's login shell as dropbear's forced command (``-c``). POSIX sh only:
 # dash, bash and busybox's ash run it. The SFTP subsystem arrives as dropbear's compiled-in
@@ -110,31 +109,6 @@ NO_DROPBEAR = (
     "this host cannot serve SSH into OCI images: it lacks dropbear (apt-get install "
     "dropbear-bin on the host)"
 )
-
-
-def _find(candidates: tuple[str, ...]) -> str | None:
-    for pattern in candidates:
-        for path in sorted(glob.glob(pattern)):
-            if os.access(path, os.R_OK):
-                return path
-    return None
-
-
-def _ldd(path: str) -> tuple[str | None, list[str]]:
-    """(the dynamic loader, the shared libraries) ``path`` needs, from the host's ``ldd``."""
-    out = subprocess.run(
-        ["ldd", path], capture_output=True, text=True, check=False, timeout=30
-    ).stdout
-    loader, libs = None, []
-    for line in out.splitlines():
-        m = _LDD_LINE.match(line)
-        if m is None:
-            continue
-        if m.group(1) is None:
-            loader = m.group(2)
-        else:
-            libs.append(m.group(2))
-    return loader, libs
 
 
 class SshBundle:
@@ -173,44 +147,16 @@ class SshBundle:
                 "and sftp need (apt-get install openssh-sftp-server on the host)"
             )
         programs = {"dropbear": dropbear, "sftp-server": sftp}
-        loader: str | None = None
         libs: dict[str, str] = {"libnss_wrapper.so": nss}
         uid_wrapper = _find(_UID_WRAPPER)  # for images that run as root (see server())
         if uid_wrapper is not None:
             libs["libuid_wrapper.so"] = uid_wrapper
-        for path in (dropbear, sftp, *libs.values()):
-            found, needed = _ldd(path)
-            loader = loader or found
-            for lib in needed:
-                libs.setdefault(os.path.basename(lib), lib)
+        loader = ldd_closure([dropbear, sftp, *libs.values()], libs)
         if loader is None:
             why = f"no dynamic loader found for {dropbear}"
             return None, f"this host cannot serve SSH into OCI images: {why}"
         files = {**programs, "ld.so": loader, **{f"lib/{n}": p for n, p in libs.items()}}
-        digest = hashlib.sha256(SESSION_SCRIPT.encode())
-        for name, path in sorted(files.items()):
-            st = os.stat(path)
-            digest.update(
-                f"{name}\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
-            )
-        dest = self.root / digest.hexdigest()[:16]
-        if dest.is_dir():
-            return dest, None
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{dest.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "lib").mkdir(parents=True)
-        for name, path in files.items():
-            shutil.copyfile(path, tmp / name)
-            (tmp / name).chmod(0o755)
-        (tmp / "session").write_text(SESSION_SCRIPT, encoding="utf-8")
-        (tmp / "session").chmod(0o644)
-        for d in (tmp, tmp / "lib"):
-            d.chmod(0o755)
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # built meanwhile by another agent sharing the directory
-            shutil.rmtree(tmp, ignore_errors=True)
+        dest = build_bundle(self.root, files, texts={"session": SESSION_SCRIPT}, dirs=["lib"])
         return dest, None
 
 
