@@ -105,6 +105,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchange, 
                 workdir="/srv", user="4321", entrypoint=["/bin/sh", "-c"],
                 cmd=['echo "cmd-ran $IMAGE_VAR $(pwd) $(id -u)"; exec sleep 900'],
             )  # fmt: skip
+            # Nothing to run: the pod waits until stopped.
+            push_image(reg, "test/idle", "v1", [layer(box)], env=["IMAGE_VAR=idle"])
         tools = ["/bin/bash"] + ([shutil.which("rsync") or ""] if shutil.which("rsync") else [])
         libs = [lib for t in tools for lib in _ldd(t)]
         shells = Entry("etc/shells", b"/bin/sh\n/bin/bash\n/usr/bin/bash\n")
@@ -363,5 +365,24 @@ def test_a_pod_from_an_image_without_python_runs_its_entrypoint_and_serves_sessi
         _wait_logs(pod, "cmd-ran no-python /srv 4321", count=2)
         run = tenant.ssh("nopy", "cat /pod/k")
         assert run.stdout.strip() == "kept", run.stderr
+    finally:
+        pod.delete()
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs Debian's busybox-static (scripts/setup dev)")
+def test_a_pod_from_an_image_without_python_nor_a_command_waits_until_stopped(
+    world: tuple[Exchange, Registry], tenant: Tenant
+) -> None:
+    ex, reg = world
+    pod = tenant.pod("idle", f"{reg.host}/test/idle:v1")
+    try:
+        code, out, err = run_exec(
+            ex, tenant.token, pod.info().container_id, ["sh", "-c", 'echo "up-$IMAGE_VAR"']
+        )
+        assert code == 0 and out.decode().strip() == "up-idle", err
+        assert pod.info().state == "running"
+        pod.stop()
+        stopped = pod.wait("stopped", "failed", timeout_s=120)
+        assert stopped.state == "stopped", stopped
     finally:
         pod.delete()

@@ -7,8 +7,9 @@ a musl libc or no libc at all, so the agent brings its own server, independent o
 - :class:`SshBundle` copies, once per agent, the host's ``dropbear`` (Debian's
   ``dropbear-bin``), OpenSSH's ``sftp-server`` (``openssh-sftp-server``), ``libnss_wrapper``
   (``libnss-wrapper``), every shared library they need (``ldd``) and the host's dynamic loader
-  into ``<agent_dir>/ssh-bundle/<hash>``, which each such sandbox sees read-only at
-  :data:`BUNDLE_PATH`. Its programs run through the bundled loader with ``--library-path``
+  into ``<agent_dir>/ssh-bundle/<hash>`` (:mod:`crucible.agent.host_bundle`, which also
+  brings a pod's Python), which each such sandbox sees read-only at :data:`BUNDLE_PATH`.
+  Its programs run through the bundled loader with ``--library-path``
   and ``--preload``, so no ``LD_LIBRARY_PATH`` or ``LD_PRELOAD`` is ever set: the image's own
   programs (the user's shell, an Alpine busybox) load with the image's own libc.
 - Each sandbox has a state directory (its host key, made once with ``dropbearkey``; one
