@@ -3,7 +3,9 @@
 One exchange (server and one agent, subprocesses on loopback, the ``bwrap`` runtime where
 bwrap works) and a real registry (Debian's ``docker-registry``) on loopback holding a Python
 image assembled from this machine's system Python (:mod:`oci_testlib`, as
-``bench_images.py``). Side by side, in one run:
+``bench_images.py``) plus Debian's static busybox as its shell (SSH into an OCI image runs the
+agent's own SSH server, agent/ssh_bundle.py, and needs a shell in the image). Side by side, in
+one run:
 
 * **create → SSH-ready**: from ``crucible.Pod.create`` until
   ``ssh -o ProxyCommand='crucible pod proxy %h' crucible@POD true`` succeeds (the pod's own
@@ -198,7 +200,7 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=32, help="MiB echoed per throughput run.")
     parser.add_argument("--repeat", type=int, default=2, help="Throughput runs of each path.")
     parser.add_argument(
-        "--image-ssh-timeout", type=float, default=8, help="Seconds to try SSH on an image pod."
+        "--image-ssh-timeout", type=float, default=120, help="Seconds to try SSH on an image pod."
     )
     args = parser.parse_args()
 
@@ -221,11 +223,38 @@ def main() -> int:
         ref = None
         reg = None
         if runtime == "bwrap":
-            from oci_testlib import SYSTEM_PYTHON, push_image, python_rootfs_layers, run_registry
+            from oci_testlib import (
+                SYSTEM_PYTHON,
+                Entry,
+                layer,
+                push_image,
+                python_rootfs_layers,
+                run_registry,
+            )
 
             if shutil.which("docker-registry") and Path(SYSTEM_PYTHON).exists():
                 reg = stack.enter_context(run_registry(tmp / "registry"))
                 layers = python_rootfs_layers([sysconfig.get_paths()["platlib"]])
+                # A shell for SSH sessions (the agent brings the SSH server itself): Debian's
+                # static busybox as /bin/sh, where this machine has it.
+                busybox = next(
+                    (b for b in ("/bin/busybox", "/usr/bin/busybox") if Path(b).exists()), None
+                )
+                if busybox is not None:
+                    layers.append(
+                        layer(
+                            [
+                                Entry("bin", kind="dir"),
+                                Entry("bin/busybox", Path(busybox).read_bytes(), mode=0o755),
+                                Entry("bin/sh", kind="symlink", target="busybox"),
+                                Entry("bin/true", kind="symlink", target="busybox"),
+                            ]
+                        )
+                    )
+                else:
+                    notes.append(
+                        "no busybox (busybox-static): the image pods have no shell for SSH"
+                    )
                 push_image(
                     reg,
                     "bench/pod",

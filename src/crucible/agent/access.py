@@ -7,8 +7,10 @@ to what the session reaches, in one thread per session:
 - ``exec``: a process the runtime starts in the container (inside its sandbox), on pipes or,
   with ``tty``, on a pseudo-terminal whose size follows the client's window;
 - ``tcp``: a connection to a port of the container's own network namespace;
-- ``ssh``: ``python -m crucible.worker.sshd`` in the container: an SSH server (dropbear in
-  inetd mode) speaking over the session, accepting the account's registered keys.
+- ``ssh``: an SSH server (dropbear in inetd mode) speaking over the session, accepting the
+  account's registered keys: ``python -m crucible.worker.sshd`` in a container of the default
+  image, the agent's own bundled server in one from an OCI image
+  (:mod:`crucible.agent.ssh_bundle`).
 
 Flow control: each direction moves one message at a time, and a write to the process or the
 connection blocks until it takes the data, so a slow side slows the other end down instead
@@ -33,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crucible.agent.exec_process import ExecProcess
 from crucible.agent.runtimes import Runtime
+from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import Error, NotFoundError
 from crucible.protocol.access import (
     CHANNEL_ERR,
@@ -132,6 +135,7 @@ class _Session:
         self.proc: ExecProcess | None = None
         self.sock: socket.socket | None = None
         self._stdin_sock: socket.socket | None = None  # ssh: stdin and stdout are a socket
+        self.ssh_server: SshServer | None = None  # ssh into an OCI image: its session files
         self._send_lock = threading.Lock()
         self._ended = threading.Event()
 
@@ -174,6 +178,8 @@ class _Session:
     def _cleanup(self) -> None:
         if self.proc is not None:
             self.proc.kill()
+        if self.ssh_server is not None:
+            self.ssh_server.close()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -199,9 +205,17 @@ class _Session:
         env: dict[str, str] = {"TERM": o.term} if o.tty else {}
         argv, module = list(o.argv), None
         if o.kind == "ssh":
-            argv, module = [], SSH_MODULE
-            env["CRUCIBLE_SSH_KEYS"] = "\n".join(self.req.ssh_keys)
-            env["CRUCIBLE_SSH_USER"] = o.user
+            server = self.dialer.runtime.ssh_server(
+                self.req.container_id, self.req.session_id, list(self.req.ssh_keys), o.user
+            )
+            if server is None:  # the default image: the host's /usr is there
+                argv, module = [], SSH_MODULE
+                env["CRUCIBLE_SSH_KEYS"] = "\n".join(self.req.ssh_keys)
+                env["CRUCIBLE_SSH_USER"] = o.user
+            else:  # an OCI image: the agent's own server (agent/ssh_bundle.py)
+                self.ssh_server = server
+                argv = server.argv
+                env.update(server.env)
         master: int | None = None
         if o.tty:
             master, slave = os.openpty()

@@ -43,6 +43,7 @@ from pathlib import Path
 from crucible.agent.exec_process import PopenExec, exec_env
 from crucible.agent.exec_process import take_ctty as _take_ctty
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
+from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import (
     ImageBuildError,
     ImageUnsupportedError,
@@ -340,6 +341,13 @@ class ProcessRuntime:
         except OSError as exc:
             raise InvalidRequestError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
         return PopenExec(proc)
+
+    def ssh_server(
+        self, container_id: str, session_id: str, keys: list[str], login: str
+    ) -> SshServer | None:
+        """None: a process container runs no OCI image, and its SSH sessions run
+        ``python -m crucible.worker.sshd`` with the host's dropbear."""
+        return None
 
     def connect(self, container_id: str, port: int) -> socket.socket:
         """A TCP connection to ``port`` of a running container (the host's network: a

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from crucible.agent.exec_process import ExecProcess
+from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import InvalidRequestError, SandboxUnavailableError
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import IsolationReport
@@ -50,6 +51,12 @@ class Runtime(Protocol):
         module: str | None = None,
     ) -> ExecProcess: ...
     def connect(self, container_id: str, port: int) -> socket.socket: ...
+
+    # SSH: the agent's own server for a container from an OCI image; None: the container runs
+    # ``python -m crucible.worker.sshd`` (the default image).
+    def ssh_server(
+        self, container_id: str, session_id: str, keys: list[str], login: str
+    ) -> SshServer | None: ...
 
 
 def build_runtime(

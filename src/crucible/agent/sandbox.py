@@ -20,7 +20,10 @@ the image                   ``<agent_dir>/images/<key>`` read-only, at its host 
 With an OCI image (``Image.from_registry``) the image's root file system is ``/`` instead of
 the host's system directories: none of the host's ``/usr`` or ``/etc`` is seen, the worker's
 code and dependencies are bound read-only under ``/crucible/lib`` and appended to the image
-Python's path, and the sandbox runs as the image's ``USER``.
+Python's path, and the sandbox runs as the image's ``USER``. The agent's own SSH server for
+such a sandbox (the host's dropbear, its libraries and loader:
+:mod:`crucible.agent.ssh_bundle`) is bound read-only at ``/crucible/ssh``, its keys and user
+files at ``/crucible/sshd``.
 
 Nothing else of the host's file system exists inside: not the agent's directory, its token,
 the host's home directories or other sandboxes. Namespaces: user (the sandbox runs as uid and
@@ -159,6 +162,14 @@ class SandboxConfig:
     # directories; lib_mounts (the worker and its dependencies) are appended to sys.path.
     rootfs: Path | None = None
     lib_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    # With an OCI rootfs: the agent's SSH server and its state (agent/ssh_bundle.py), bound
+    # read-only: (host directory, path inside).
+    ssh_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    # With an OCI rootfs: the agent's own interpreter when the zygote runs with it (a pod;
+    # agent/python_bundle.py): its folders, bound read-only in this order, and the loader
+    # command line that starts ``python``.
+    python_bundle_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    python_prefix: list[str] = field(default_factory=list)
     uid: int = SANDBOX_UID
     gid: int = SANDBOX_UID
 
@@ -197,6 +208,8 @@ def host_binds(cfg: SandboxConfig) -> list[tuple[str, str, str]]:
     if cfg.rootfs is not None:
         out = [(str(cfg.rootfs), "/", "--ro-bind")]
         out += [(str(host), inside, "--ro-bind") for host, inside in cfg.lib_mounts]
+        out += [(str(host), inside, "--ro-bind") for host, inside in cfg.ssh_mounts]
+        out += [(str(host), inside, "--ro-bind") for host, inside in cfg.python_bundle_mounts]
         out += [(host, inside, "--dev-bind") for host, inside in gpu_nodes(cfg)]
         out.append((str(cfg.code_dir), "/crucible/code", "--ro-bind"))
         out += [(str(host), inside, "--bind") for host, inside in cfg.volume_mounts]
@@ -277,7 +290,8 @@ def bwrap_argv(
         a += ["--setenv", k, v]
     # -P: the working directory (writable) is not put on sys.path.
     if command is None and cfg.rootfs is not None:
-        command = [cfg.python, "-P", "-c", _OCI_BOOT, "--ctrl-fd", str(ctrl_fd)]
+        boot = [cfg.python, "-P", "-c", _OCI_BOOT, "--ctrl-fd", str(ctrl_fd)]
+        command = [*cfg.python_prefix, *boot]
     elif command is None:
         command = [cfg.python, "-P", "-m", ZYGOTE_MODULE, "--ctrl-fd", str(ctrl_fd)]
     a += ["--", *command]

@@ -47,14 +47,16 @@ from crucible.agent.cgroups import SandboxCgroup, sandbox_cgroup
 from crucible.agent.clusternet import ClusterNetworks, free_udp_port
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.exec_process import ZygoteExec, exec_env
-from crucible.agent.images import BuiltImage, ImageCache
+from crucible.agent.images import BuiltImage, ImageCache, host_python_paths
 from crucible.agent.oci.cache import OciImages, ensure_mount_point
 from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
 from crucible.agent.oci.python import WorkerDeps
 from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
+from crucible.agent.python_bundle import PYTHON_HOME, PythonBundle
 from crucible.agent.runtime import _crucible_import_root
-from crucible.agent.sandbox import SOCKET_PATH, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.sandbox import SOCKET_PATH, WORK_ROOT, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.ssh_bundle import BUNDLE_PATH, STATE_PATH, SshBundle, SshSandbox, SshServer
 from crucible.agent.uids import SandboxUid, UidPool
 from crucible.errors import (
     IMAGE_ERROR_CODES,
@@ -146,6 +148,8 @@ class _Zygote:
     oom_kills: int = 0  # the memory cgroup's OOM kills already attributed
     uid: SandboxUid | None = None  # the sandbox's own host uid (agent as root)
     cluster: bool = False  # on a cluster's private network
+    oci: FunctionImage | None = None  # the OCI image it runs on
+    ssh: SshSandbox | None = None  # its SSH server (OCI images: agent/ssh_bundle.py)
 
     def apply_limits(self) -> None:
         if self.cgroup is not None and self.cgroup.memory_file is not None:
@@ -187,6 +191,9 @@ class SandboxRuntime:
         # OCI images (Image.from_registry): pulled into <agent_dir>/oci unless given.
         self.oci = oci or OciImages(self.agent_dir / "oci")
         self.worker_deps = worker_deps or WorkerDeps(self.agent_dir / "oci" / "worker-deps")
+        # The SSH server brought into OCI sandboxes (the host's dropbear and its libraries).
+        self.ssh_bundle = SshBundle(self.agent_dir / "ssh-bundle")
+        self.python_bundle = PythonBundle(self.agent_dir / "python-bundle", host_python_paths())
         self.uids = uids  # None: sandboxes share the agent's uid (it is not root)
         # The account that owns this host (the agent sets it once registered): only its code
         # may have the host's network (network=True). None: nobody's.
@@ -307,7 +314,7 @@ class SandboxRuntime:
         handle = ZygoteExec(sid, lambda: z.proc.send({"op": "kill-exec", "sid": sid}))
         with self._lock:
             self._execs[sid] = (z.key, handle)
-        full_env = exec_env(self._container_env(box.assignment)) | env
+        full_env = exec_env(self._container_env(box.assignment, z.oci)) | env
         msg = {
             "op": "exec",
             "cid": container_id,
@@ -322,6 +329,21 @@ class SandboxRuntime:
                 self._execs.pop(sid, None)
             raise NotFoundError(f"container {container_id} is not running on this host")
         return handle
+
+    def ssh_server(
+        self, container_id: str, session_id: str, keys: list[str], login: str
+    ) -> SshServer | None:
+        """The SSH server for a session into a container from an OCI image (the agent's own,
+        see :mod:`crucible.agent.ssh_bundle`); None for the default image, whose sessions run
+        ``python -m crucible.worker.sshd``. Raises NotFoundError when the container is not
+        running here, and an :class:`Error` saying what to do when it cannot serve SSH."""
+        z, box = self._running(container_id)
+        if z.ssh is None or z.oci is None:
+            return None
+        assert box.assignment is not None
+        home = POD_DISK_PATH if box.assignment.pod is not None else f"{WORK_ROOT}/{container_id}"
+        path = self._container_env(box.assignment, z.oci)["PATH"]
+        return z.ssh.server(session_id, keys, login, home, path)
 
     def connect(self, container_id: str, port: int) -> socket.socket:
         """A connection to ``port`` on the loopback of the container's own network namespace
@@ -463,7 +485,9 @@ class SandboxRuntime:
                     auth = RegistryAuth(
                         str(values["REGISTRY_USERNAME"]), str(values.get("REGISTRY_PASSWORD", ""))
                     )
-            ready = prepare_function_image(self.oci, self.worker_deps, a.image.registry, auth)
+            ready = prepare_function_image(
+                self.oci, self.worker_deps, a.image.registry, auth, pod=a.pod is not None
+            )
         except Exception as exc:
             log.warning("image of container %s was not pulled: %s", a.container_id, exc)
             code = exc.code if isinstance(exc, Error) else ImagePullError.code
@@ -521,7 +545,11 @@ class SandboxRuntime:
             except Error as exc:
                 self._fail(cid, exc.message)
                 return
-        z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
+        try:
+            z = self._zygote_for(a, image, failed=failure is not None, egress=egress)
+        except Error as exc:  # e.g. this host cannot bring its Python into the image
+            self._fail(cid, exc.message)
+            return
         # A pod runs its own command, not a function: there is no code bundle to place.
         code = a.code.bundle if a.pod is not None else self._place_code(a, z)
         env = self._container_env(a, image if isinstance(image, FunctionImage) else None)
@@ -530,6 +558,7 @@ class SandboxRuntime:
             argv = image.image.entrypoint + image.image.cmd
             env["CRUCIBLE_POD_IMAGE_ARGV"] = json.dumps(argv)
             env["CRUCIBLE_POD_IMAGE_ENV"] = json.dumps(image.env)
+            env["CRUCIBLE_POD_IMAGE_WORKDIR"] = image.image.workdir
         if failure is not None:
             env["CRUCIBLE_INIT_ERROR"] = failure.model_dump_json()
         box_dir = self.containers_dir / cid
@@ -611,7 +640,7 @@ class SandboxRuntime:
         cfg = SandboxConfig(
             name=key,
             dir=sdir,
-            python=oci.python.path if oci else str(uv_built.python) if uv_built else sys.executable,
+            python=str(uv_built.python) if uv_built else sys.executable,
             preload=list(a.image.preload) if a.image and not failed else [],
             image_mounts=list(uv_built.mounts) if uv_built is not None else [],
             image_root=uv_built.root if uv_built is not None else None,
@@ -631,8 +660,38 @@ class SandboxRuntime:
             cfg.lib_mounts = oci.lib_mounts
             cfg.uid, cfg.gid = oci.uid, oci.gid
             cfg.env.update(oci.env)
+            if oci.python is not None:
+                cfg.python = oci.python.path
+            else:
+                # A pod: the agent's own interpreter, whatever the image holds. The image's
+                # PYTHON* and LD_* are not the zygote's (its command still gets them).
+                runtime = self.python_bundle.ensure()
+                cfg.env = {k: v for k, v in cfg.env.items() if not k.startswith(("PYTHON", "LD_"))}
+                cfg.env.update(runtime.env, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+                *cfg.python_prefix, cfg.python = runtime.argv
+                cfg.python_bundle_mounts = runtime.mounts
+                ensure_mount_point(oci.image.rootfs, PYTHON_HOME, replace=True)
         uid = self.uids.acquire() if self.uids is not None else None
         cfg.host_uid = uid.uid if uid is not None else None
+        ssh: SshSandbox | None = None
+        if oci is not None and a.image is not None:
+            bundle, problem = self.ssh_bundle.ensure()
+            state = sdir / "ssh"
+            state.mkdir(mode=0o755)
+            ssh = SshSandbox(
+                bundle=bundle,
+                problem=problem,
+                state=state,
+                rootfs=oci.image.rootfs,
+                ref=a.image.registry or "",
+                workdir=oci.image.workdir,
+                uid=oci.uid,
+                gid=oci.gid,
+                host_uid=cfg.host_uid,
+            )
+            cfg.ssh_mounts = ssh.mounts()
+            for inside in (BUNDLE_PATH, STATE_PATH):  # an image cached before they existed
+                ensure_mount_point(oci.image.rootfs, inside, replace=True)
         # Volumes: a directory per mount, writable by the sandbox's uid; the worker fills it
         # with the volume's latest version, and the containers of this sandbox share it.
         for i, inside in enumerate(sorted(a.volumes)):
@@ -695,6 +754,8 @@ class SandboxRuntime:
             baseline=self.limits.zygote_start_memory,
             uid=uid,
             cluster=cfg.join_network is not None,
+            oci=oci,
+            ssh=ssh,
         )
         with self._lock:
             self._zygotes[key] = z

@@ -3,10 +3,13 @@
 The worker's entry point hands over here when its assignment carries a pod
 (``ContainerAssignment.pod``). The supervisor
 
-- starts the pod's command (``sh -c COMMAND``; without one, the default image waits until
-  the pod is stopped) in the container's process group, in the pod's disk
-  (``$CRUCIBLE_POD_DISK``, kept by the agent across stop/start) with ``$HOME`` there, and
-  the pod's environment;
+- starts the pod's command (``sh -c COMMAND``; without one, an OCI image's ENTRYPOINT and
+  CMD; without either, waits until the pod is stopped) in the container's process group, in
+  the OCI image's WORKDIR or else the pod's disk (``$CRUCIBLE_POD_DISK``, kept by the agent
+  across stop/start) with ``$HOME`` there, and the pod's environment (built from scratch:
+  the image's ENV, then the exchange's, then the pod's; never the supervisor's own, so no
+  ``PYTHONHOME`` of the agent's interpreter that an OCI pod's supervisor runs with,
+  :mod:`crucible.agent.python_bundle`);
 - fills the pod's volumes (their latest versions, as for a function);
 - tells the control plane the pod runs (one exchange asking for no input: that marks the
   container running, and metering counts from its start);
@@ -32,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from crucible.agent.python_bundle import PYTHON_HOME, python_argv
 from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment
 from crucible.protocol.transport import Transport
@@ -42,8 +46,16 @@ from crucible.worker.logs import LogShipper
 __all__ = ["DISK_CHECK_S", "disk_usage_bytes", "supervise"]
 
 DISK_CHECK_S = 2.0
-# The default image's command: nothing to run, wait until stopped (SIGTERM ends it).
-_IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+# Nothing to run: wait until stopped (SIGTERM ends it).
+_IDLE = ["-c", "import signal; signal.pause()"]
+
+
+def _idle() -> tuple[list[str], dict[str, str]]:
+    """The command that waits until stopped, and its own environment: this interpreter's,
+    started through the bundled loader when it is the agent's brought into an OCI image."""
+    if sys.executable.startswith(PYTHON_HOME + "/"):
+        return [*python_argv(), *_IDLE], {"PYTHONHOME": PYTHON_HOME}
+    return [sys.executable, *_IDLE], {}
 
 
 def disk_usage_bytes(root: Path) -> int:
@@ -89,7 +101,14 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     }
     # The pod's command, else its OCI image's ENTRYPOINT + CMD, else wait until stopped.
     image_argv = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ARGV") or "[]")
-    argv = ["/bin/sh", "-c", pod.command] if pod.command else [str(x) for x in image_argv] or _IDLE
+    argv = ["/bin/sh", "-c", pod.command] if pod.command else [str(x) for x in image_argv]
+    if not argv:
+        argv, own = _idle()
+        env = {**env, **own}
+    # An OCI image's WORKDIR, as docker run starts there; without one ("/", what an image
+    # that sets none reports), the pod's disk.
+    workdir = os.environ.get("CRUCIBLE_POD_IMAGE_WORKDIR") or "/"
+    cwd = workdir if workdir != "/" and os.path.isdir(workdir) else str(disk)
     shipper = LogShipper(transport, assignment.container_id)
     shipper.install()
     if assignment.volumes:
@@ -105,7 +124,7 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=disk,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

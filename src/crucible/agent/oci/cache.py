@@ -60,6 +60,8 @@ MOUNT_POINTS = (
     "crucible/code",
     "crucible/lib",
     "crucible/volumes",
+    "crucible/ssh",
+    "crucible/sshd",
 )
 _MIB = 1 << 20
 _UNPACKED_FACTOR = 4

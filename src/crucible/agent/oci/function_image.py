@@ -5,7 +5,9 @@ dependency directories, the user to run as.
 container whose image came from ``Image.from_registry``: it pulls through :class:`OciImages`,
 checks the image's Python (>= 3.11, else ``image_unsupported`` saying so), finds the worker's
 dependencies for that Python version, and resolves the image's ``USER`` against its own
-``/etc/passwd`` and ``/etc/group``.
+``/etc/passwd`` and ``/etc/group``. A pod's image needs no Python: its supervisor runs with
+the agent's own interpreter (``python`` None; :mod:`crucible.agent.python_bundle`) and the
+agent's own site-packages.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crucible.agent.images import host_python_paths
 from crucible.agent.oci.cache import OciImages, PreparedImage
 from crucible.agent.oci.python import ImagePython, WorkerDeps, require_python
 from crucible.agent.oci.registry import RegistryAuth
@@ -30,7 +33,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class FunctionImage:
     image: PreparedImage
-    python: ImagePython
+    python: ImagePython | None  # None: the agent's own (a pod; agent/python_bundle.py)
     lib_dirs: list[str]  # host directories, bound read-only at /crucible/lib/<i>
     uid: int
     gid: int
@@ -51,8 +54,15 @@ def prepare_function_image(
     ref: str,
     auth: RegistryAuth | None,
     emit: Callable[[str], None] | None = None,
+    *,
+    pod: bool = False,
 ) -> FunctionImage:
+    """``pod``: for a pod, whose image may hold no Python (nor a libc)."""
     image = oci.prepare(ref, auth, emit)
+    if pod:
+        uid, gid = resolve_user(image.rootfs, image.user, ref)
+        paths = host_python_paths()
+        return FunctionImage(image=image, python=None, lib_dirs=paths, uid=uid, gid=gid)
     python = require_python(image.rootfs, ref)
     uid, gid = resolve_user(image.rootfs, image.user, ref)
     return FunctionImage(

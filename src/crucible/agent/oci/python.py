@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from crucible.agent.images import find_uv, host_python_paths
 from crucible.errors import ImageBuildError, ImageUnsupportedError
 
-__all__ = ["MIN_PYTHON", "ImagePython", "WorkerDeps", "find_python"]
+__all__ = ["MIN_PYTHON", "ImagePython", "WorkerDeps", "find_python", "resolve_in_rootfs"]
 
 MIN_PYTHON = (3, 11)
 _BIN_DIRS = ("usr/local/bin", "usr/bin", "bin", "opt/conda/bin", "usr/local/sbin")
@@ -48,7 +48,7 @@ class ImagePython:
         return f"{self.version[0]}.{self.version[1]}"
 
 
-def _resolve(rootfs: Path, inside: str) -> str | None:
+def resolve_in_rootfs(rootfs: Path, inside: str) -> str | None:
     """Follow symlinks of ``inside`` within ``rootfs`` (never outside it); the final path
     inside the image of a regular file, else None."""
     path = PurePosixPath(inside)
@@ -88,7 +88,7 @@ def find_python(rootfs: Path) -> ImagePython | None:
             m = _NAME.match(name)
             if not m:
                 continue
-            resolved = _resolve(rootfs, f"/{d}/{name}")
+            resolved = resolve_in_rootfs(rootfs, f"/{d}/{name}")
             if resolved is None:
                 continue
             version = (int(m.group(1)), int(m.group(2)))

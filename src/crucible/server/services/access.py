@@ -11,7 +11,7 @@ from crucible.protocol.access import AccessOpen
 from crucible.protocol.pods import PodSpec
 from crucible.server.auth import Principal
 from crucible.server.services.ssh_keys import account_keys
-from crucible.server.store.tables import containers, functions, pods
+from crucible.server.store.tables import containers, pods
 
 __all__ = ["AccessTarget", "access_target", "container_account"]
 
@@ -70,12 +70,6 @@ def access_target(
     if req.kind == "tcp" and req.port is None:
         raise InvalidRequestError("a tunnel needs the port inside the container")
     keys: list[str] = []
-    if req.kind == "ssh" and _from_registry(conn, row.function_id):
-        raise InvalidRequestError(
-            f"container {row.id} runs an OCI image, and SSH into OCI images is not supported "
-            "yet (the SSH server comes from the host's default image): use "
-            "`crucible pod exec -it POD` (or `crucible container exec -it ID`) for a shell"
-        )
     if req.kind == "ssh":
         keys = account_keys(conn, who.account_id) + _pod_keys(conn, row.function_id)
         if not keys:
@@ -84,13 +78,6 @@ def access_target(
                 "`crucible ssh-key add ~/.ssh/id_ed25519.pub`"
             )
     return AccessTarget(row.id, row.host_id, keys)
-
-
-def _from_registry(conn: Connection, function_id: str) -> bool:
-    """Whether the function's containers run an OCI image (Image.from_registry, --image)."""
-    spec = conn.execute(select(functions.c.spec).where(functions.c.id == function_id)).scalar()
-    image = (spec or {}).get("image") if isinstance(spec, dict) else None
-    return isinstance(image, dict) and image.get("registry") is not None
 
 
 def _pod_keys(conn: Connection, function_id: str) -> list[str]:
