@@ -46,7 +46,7 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.secrets import SecretValues
-from crucible.protocol.transport import Transport
+from crucible.protocol.transport import Transport, server_urls
 from crucible.protocol.web import encode_response
 from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
@@ -724,10 +724,26 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, _alarm)
     _watch_parent()
+    channel: Any = None
     try:
         worker.load()
+        if worker.asgi is not None and worker.init_error is None:
+            # A web endpoint's requests come on its channel while the exchange brings calls
+            # (imported here: other containers need not load ``websockets``).
+            from crucible.worker.web_channel import WebChannel, channel_url
+
+            channel = WebChannel(
+                worker.asgi,
+                channel_url(server_urls(url)[0], assignment.container_id, assignment.max_inputs),
+                token,
+                unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
+                name=assignment.code.qualname,
+            )
+            channel.start()
         worker.serve()
     finally:
+        if channel is not None:
+            channel.close()
         for hook in worker.exit_hooks:
             try:
                 hook()

@@ -184,12 +184,11 @@ async def gateway(
         "path": "/" + path,
         "query": request.url.query,
         "headers": [[k, v] for k, v in request.headers.items() if k.lower() not in _HOP],
-        "body": base64.b64encode(body).decode("ascii"),
     }
-    raw = json_payload.encode({"args": [http], "kwargs": {}})
-    relayed = await relay(state, owner, fn, raw)
+    relayed = await relay(state, owner, fn, http, body)
     if relayed is not None:
         return _relayed(state, relayed, request.method)
+    raw = request_payload(http, body)
     call_id = await _submit(
         state, owner, fn, raw, (account, deployment, function), request.headers.get("authorization")
     )
@@ -279,25 +278,43 @@ def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Res
     return response
 
 
+def request_payload(http: dict[str, Any], body: bytes) -> bytes:
+    """A web request as a call's input (JSON payload): ``http`` with its body in base64."""
+    whole = {**http, "body": base64.b64encode(body).decode("ascii")}
+    return json_payload.encode({"args": [whole], "kwargs": {}})
+
+
 async def relay(
-    state: ServerState, owner: Principal, fn: Any, raw: bytes
+    state: ServerState, owner: Principal, fn: Any, http: dict[str, Any], body: bytes
 ) -> RelayedResponse | None:
-    """The fast path (server/web_relay.py): the request (``raw``, the input's JSON payload)
-    handed to a container of ``fn`` that waits for work, and the start of its answer. None
-    when no container waits, or the one taken went away before it took the request: then
-    the caller submits a call. The owner's credit is checked as for a call."""
+    """The fast path (server/web_relay.py): the request (``http``: method, path, query,
+    headers; and its ``body``) handed to a warm container of ``fn`` on its web channel
+    (server/web_channel.py) when one has a free slot, else to one parked on its exchange,
+    and the start of its answer. None when no container is free, or the one taken went away
+    before it took the request: then the caller submits a call. The owner's credit is
+    checked as for a call."""
     if not state.settings.web_relay or state.other_replicas:
         return None  # off, or replicas: the container's next requests may reach another
     if getattr(fn, "app_state", "running") != "running":
         return None  # a superseded version: a call is forwarded to the current one
-    if len(raw) > state.settings.inline_payload_max_bytes:
-        return None  # a call stores it as a blob
-    now = state.clock.now_ms()
-    check_credit(state, owner, now)
     timeout_s = float(fn.spec["timeout_s"])
-    relayed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
-    if relayed is None:
-        return None
+    channels = state.web_channels
+    channel = channels.free(fn.id)
+    now = state.clock.now_ms()
+    if channel is not None:
+        check_credit(state, owner, now)
+        relayed = await channels.hand(channel, owner.account_id, http, body, timeout_s)
+    elif channels.serves(fn.id):
+        return None  # every channel is full: a call waits for the first free container
+    else:
+        raw = request_payload(http, body)
+        if len(raw) > state.settings.inline_payload_max_bytes:
+            return None  # a call stores it as a blob
+        check_credit(state, owner, now)
+        handed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
+        if handed is None:
+            return None
+        relayed = handed
     state.observe_arrivals(fn.id, 1, now)
     return await relayed_response(relayed)
 
