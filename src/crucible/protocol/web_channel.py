@@ -2,7 +2,7 @@
 by the worker to ``/v1/containers/{id}/channel``, on which the server pushes the gateway's
 requests and the worker pushes their responses, many requests at once, each frame naming its
 request. One message each way for a plain request, instead of a long poll answered and an
-output posted (docs/inference.md, "The web channel").
+output posted (the route: docs/reference/api.md).
 
 A frame is one binary WebSocket message: a JSON header, a newline, then raw bytes (a body
 part; empty when the frame has none). Headers, by ``t``:
