@@ -1,11 +1,12 @@
 """Web requests relayed to a warm container in memory: the gateway's fast path.
 
 A synchronous HTTP request need not be durable the way ``.spawn()`` is: if the server dies,
-the client's connection dies with it. So when a container of the endpoint is parked on its
-exchange (server/dispatch.py), the gateway hands it the request directly and writes no call
-row. The worker runs it like any input; the response's parts (its items) and its output come
-back through the same container routes (``/items``, ``/exchange``), which deliver them here,
-in memory, instead of to the store. With no parked container (scale from zero, every
+the client's connection dies with it. So when a warm container of the endpoint has a free
+slot on its web channel (server/web_channel.py: one WebSocket per container, the response's
+parts come back on it as frames), or is parked on its exchange (server/dispatch.py: the
+parts come back through ``/items`` and ``/exchange``), the gateway hands it the request
+directly and writes no call row; either way the parts are delivered here, in memory, instead
+of to the store. With no parked container (scale from zero, every
 container busy) the request takes the durable path: a call, as before.
 
 What stays the same: the request id has the form of a call id (``rq-...``) and is what

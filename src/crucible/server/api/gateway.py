@@ -2,7 +2,8 @@
 endpoint (``@crucible.fastapi_endpoint`` / ``@crucible.asgi_app``).
 
 An HTTP request goes straight to a warm container of the deployment's current version when
-one is waiting for work (server/web_relay.py: in memory, no call row); otherwise (scale from
+one has a free slot on its web channel or is waiting for work (server/web_channel.py,
+server/web_relay.py: in memory, no call row); otherwise (scale from
 zero, every container busy) it becomes a call (queued, autoscaled, metered and logged like
 any other). Either way the container runs it through the function's ASGI app and the
 response streams back as it is produced. Unless the endpoint is public, the request
