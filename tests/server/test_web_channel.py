@@ -9,7 +9,7 @@ import asyncio
 
 from crucible.protocol.web_channel import ACK_EVERY, decode_frame, encode_frame
 from crucible.server.web_channel import Channel, WebChannels
-from crucible.server.web_relay import WebRelay, relayed_response
+from crucible.server.web_relay import WebRelay, relayed_response, rest_of
 
 
 class _Wire:
@@ -175,5 +175,32 @@ def test_an_abandoned_response_is_acknowledged_as_it_comes() -> None:
         await asyncio.sleep(0)
         acks = [h["n"] for h, _ in wire.frames if h["t"] == "ack"]
         assert acks and acks[-1] >= 2 * ACK_EVERY  # the worker is never held back
+
+    asyncio.run(go())
+
+
+def test_reading_on_after_the_client_left() -> None:
+    """The OpenAI API reads on from where the client's reader stopped, for the usage at the
+    end of the stream (api/openai.py): the rest of the frames reach it."""
+
+    async def go() -> None:
+        relay = WebRelay()
+        channels = WebChannels(relay)
+        _channel(channels)
+        channel = channels.free("fn-1")
+        assert channel is not None
+        http = {"method": "POST", "path": "/v1/chat/completions", "query": "", "headers": []}
+        relayed = await channels.hand(channel, "acct", http, b"{}", 5.0)
+        start = {"t": "start", "id": relayed.id, "status": 200, "headers": [], "more": True}
+        channels.received(channel, encode_frame(start, b"token 1"))
+        answer = await relayed_response(relayed)
+        assert answer is not None and await anext(answer.body) == b"token 1"
+        relay.abandon(relayed)
+        rest = rest_of(relay, relayed)
+        for part, more in ((b"token 2", True), (b"usage", False)):
+            frame = encode_frame({"t": "body", "id": relayed.id, "more": more}, part)
+            channels.received(channel, frame)
+        assert [chunk async for chunk in rest] == [b"token 2", b"usage"]
+        assert not channel.running
 
     asyncio.run(go())
