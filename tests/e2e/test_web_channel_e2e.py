@@ -63,11 +63,13 @@ def _channel(exchange: Exchange, builder: Any, token: str) -> None:
     deployed = app_web_channel.app.deploy(client=builder)
     api = f"{exchange.url}/web/operator/webchan/api"
     with httpx.Client(timeout=120) as http:
-        http.get(f"{api}/produced", params={"key": "warm"})  # the container starts
-        # A request body over the inline limit (2 MiB) rides the channel whole; on the old
-        # fast path it became a call (its body a blob).
+        # A request body over the inline limit (2 MiB): cold, it is a call whose input is a
+        # blob; warm, it rides the channel whole.
         body = os.urandom(5 * 1024 * 1024)
         want = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        r = http.post(f"{api}/echo", content=body)  # the container starts
+        assert r.status_code == 200 and r.json() == want, r.text
+        assert r.headers["x-crucible-call-id"].startswith("ca-")
 
         def relayed_large() -> bool:
             r = http.post(f"{api}/echo", content=body)
@@ -127,18 +129,19 @@ def _channel(exchange: Exchange, builder: Any, token: str) -> None:
 
         # Only the container opens its channel: no token, a user token of its own account,
         # another container's token, a forged one: each refused with a reason.
-        [mine] = _containers(exchange, "api")
+        mine, *others = _containers(exchange, "api")
         url = exchange.url.replace("http://", "ws://") + f"/v1/containers/{mine}/channel"
         secret = (Path(exchange.home) / "secret").read_text().strip()
-        other = f"co-{uuid.uuid4().hex[:12]}"
+        others.append(f"co-{uuid.uuid4().hex[:12]}")  # and one that does not exist
         stranger = exchange.new_account("chan-stranger")
-        for headers in (
+        refused = [
             {},
             {"authorization": f"Bearer {token}"},
             {"authorization": f"Bearer {stranger}"},
-            {"authorization": f"Bearer {container_token(secret, other)}"},
             {"authorization": f"Bearer {container_token('not-the-secret', mine)}"},
-        ):
+        ]
+        refused += [{"authorization": f"Bearer {container_token(secret, o)}"} for o in others]
+        for headers in refused:
             code, reason = _refusal(url, headers)
             assert code == 1008 and reason, (headers, code, reason)
         r = http.post(f"{api}/echo", content=b"still mine")  # the channel still serves

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
+from crucible.server.services.blobs import grant_blob
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
@@ -243,7 +245,7 @@ async def _submit(
     """Submit the request as a call of ``fn``; its id. A function that went away since it
     was resolved (a cached endpoint, changed through another replica) is resolved afresh, so
     the caller gets the answer :func:`_endpoint` gives."""
-    req = CallsCreate(inputs=[InputItem(args=Payload.inline(raw))])
+    req = CallsCreate(inputs=[InputItem(args=await request_input(state, owner, raw))])
     try:
         return (await submit_calls(fn.id, req, owner, state)).call_ids[0]
     except NotFoundError:
@@ -277,6 +279,19 @@ def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Res
     )
     response.raw_headers.append((b"x-crucible-call-id", call_id.encode("ascii")))
     return response
+
+
+async def request_input(state: ServerState, owner: Principal, raw: bytes) -> Payload:
+    """A web request's input (``raw``, from :func:`request_payload`) for a call: inline, or
+    over the inline limit a blob of the endpoint owner's (granted first, so that blob
+    collection keeps it), as the SDK sends large arguments."""
+    if len(raw) <= state.settings.inline_payload_max_bytes:
+        return Payload.inline(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    with state.engine.begin() as conn:
+        grant_blob(conn, owner.account_id, sha, len(raw), state.clock.now_ms())
+    await asyncio.to_thread(state.blobs.put, raw, sha)
+    return Payload(ref=sha, size=len(raw))
 
 
 def request_payload(http: dict[str, Any], body: bytes) -> bytes:

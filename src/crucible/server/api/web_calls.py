@@ -19,9 +19,14 @@ from typing import Any
 from sqlalchemy import select
 
 from crucible.protocol.calls import CallsCreate, InputItem
-from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
-from crucible.server.api.gateway import held_response, relay, request_payload, response_parts
+from crucible.server.api.gateway import (
+    held_response,
+    relay,
+    request_input,
+    request_payload,
+    response_parts,
+)
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -84,9 +89,9 @@ async def call_web_function(
         answer.state = "running" if relayed.whole is None else relayed.state
         answer.body = relayed_body()
         return answer
-    raw = request_payload(http, body)
+    args = await request_input(state, owner, request_payload(http, body))
     created = await submit_calls(
-        function_id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+        function_id, CallsCreate(inputs=[InputItem(args=args)]), owner, state
     )
     call_id = created.call_ids[0]
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
