@@ -69,3 +69,27 @@ def api():  # type: ignore[no-untyped-def]
         os._exit(3)
 
     return web
+
+
+@app.function()
+@crucible.asgi_app(public=True)
+def single():  # type: ignore[no-untyped-def]
+    """One request at a time (``max_inputs`` 1): says how many it ever ran at once."""
+    import asyncio
+
+    from fastapi import FastAPI
+
+    web = FastAPI()
+    running = {"now": 0, "peak": 0}
+
+    @web.get("/hold")
+    async def hold(s: float = 0.0) -> dict[str, int]:
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        try:
+            await asyncio.sleep(s)
+        finally:
+            running["now"] -= 1
+        return running
+
+    return web

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,40 @@ def _channel(exchange: Exchange, builder: Any, token: str) -> None:
         assert r.headers["x-crucible-call-id"].startswith("rq-")
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "container_exited"
+
+
+def test_a_full_channel_takes_no_calls_besides(exchange: Exchange) -> None:
+    """A container that takes one request at a time, busy with one on its channel: the next
+    request becomes a call, which waits for the container instead of running beside it."""
+    token = exchange.owner_token("webchan-single")
+    builder = exchange.client(token)
+    try:
+        app_web_channel.app.deploy(client=builder)
+        single = f"{exchange.url}/web/operator/webchan/single"
+        with httpx.Client(timeout=120) as http:
+
+            def warm() -> bool:
+                r = http.get(f"{single}/hold")
+                return r.headers["x-crucible-call-id"].startswith("rq-")
+
+            wait_for(warm, 60, "the channel to serve")
+            first: dict[str, Any] = {}
+
+            def hold() -> None:
+                with httpx.Client(timeout=120) as other:
+                    first["r"] = other.get(f"{single}/hold", params={"s": 3})
+
+            thread = threading.Thread(target=hold)
+            thread.start()
+            wait_for(
+                lambda: http.get(f"{single}/hold").headers["x-crucible-call-id"].startswith("ca-"),
+                30,
+                "a request that finds the channel full",
+            )
+            thread.join(60)
+            assert first["r"].status_code == 200
+            assert first["r"].headers["x-crucible-call-id"].startswith("rq-")
+            r = http.get(f"{single}/hold")
+            assert r.status_code == 200 and r.json()["peak"] == 1, r.json()
+    finally:
+        builder.close()

@@ -119,8 +119,14 @@ class ServerState:
 
     @cached_property
     def web_channels(self) -> WebChannels:
-        """Warm web containers' channels to this process (web_channel.py)."""
-        return WebChannels(self.web_relay)
+        """Warm web containers' channels to this process (web_channel.py). A container whose
+        channel is full is handed no calls; when it frees a slot, its exchange looks again."""
+        channels = WebChannels(self.web_relay)
+        self.dispatcher.saturated = channels.saturated
+        channels.on_free = lambda container_id: self.wakeups.notify_many(
+            [f"container:{container_id}"]
+        )
+        return channels
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
         self._arrived(function_id, n, now_ms)

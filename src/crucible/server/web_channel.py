@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,10 @@ class WebChannels:
     def __init__(self, relay: WebRelay) -> None:
         self._relay = relay
         self._by_function: dict[str, dict[str, Channel]] = {}
+        self._by_container: dict[str, Channel] = {}
+        # Told a container's id when its channel, full until now, frees a slot (its parked
+        # exchange may take queued calls again).
+        self.on_free: Callable[[str], None] = lambda _container_id: None
 
     def attach(self, channel: Channel) -> None:
         """Register an open channel (a reconnecting container replaces its older one)."""
@@ -76,6 +81,7 @@ class WebChannels:
         if old is not None:
             self.detach(old)
         self._by_function.setdefault(channel.function_id, {})[channel.container_id] = channel
+        self._by_container[channel.container_id] = channel
 
     def detach(self, channel: Channel) -> None:
         """The channel closed: what it was running ends now, as lost (504)."""
@@ -85,6 +91,8 @@ class WebChannels:
             del mine[channel.container_id]
             if not mine:
                 del self._by_function[channel.function_id]
+        if self._by_container.get(channel.container_id) is channel:
+            del self._by_container[channel.container_id]
         for relayed in list(channel.running.values()):
             self._relay.finish(relayed, Ended("lost", error_code=ContainerExitedError.code))
         channel.running.clear()
@@ -106,6 +114,12 @@ class WebChannels:
                 if not load:
                     break
         return best
+
+    def saturated(self, container_id: str) -> bool:
+        """Whether the container's channel runs as many requests as it takes at once: then
+        its exchange is given no calls (it would run more than its function allows)."""
+        channel = self._by_container.get(container_id)
+        return channel is not None and channel.open and len(channel.running) >= channel.slots
 
     def serves(self, function_id: str) -> bool:
         """Whether any container of the function has a channel open here (then requests go
@@ -139,8 +153,11 @@ class WebChannels:
                 channel.later(frame)
 
         def on_end() -> None:
+            full = len(channel.running) >= channel.slots
             channel.running.pop(relayed.id, None)
             channel.acked.pop(relayed.id, None)
+            if full and channel.open:
+                self.on_free(channel.container_id)
 
         relayed.on_read = on_read
         relayed.on_end = on_end
