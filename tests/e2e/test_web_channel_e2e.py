@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,26 @@ def test_a_full_channel_takes_no_calls_besides(exchange: Exchange) -> None:
             )
             thread.join(60)
             assert first["r"].status_code == 200
-            assert first["r"].headers["x-crucible-call-id"].startswith("rq-")
+
+            # The other way round: a call from its exchange runs (it queued behind a
+            # request on the channel); requests meanwhile find the container busy.
+            second: dict[str, Any] = {}
+
+            def queued() -> None:
+                with httpx.Client(timeout=120) as other:
+                    second["r"] = other.get(f"{single}/hold", params={"s": 3})
+
+            thread = threading.Thread(target=hold)
+            thread.start()
+            # Nothing can look inside while it holds (one request at a time): give it a moment.
+            time.sleep(1.0)
+            behind = threading.Thread(target=queued)
+            behind.start()
+            thread.join(60)
+            for _ in range(10):  # while the queued call runs
+                assert http.get(f"{single}/hold", params={"s": 0.1}).status_code == 200
+            behind.join(60)
+            assert second["r"].status_code == 200
             r = http.get(f"{single}/hold")
             assert r.status_code == 200 and r.json()["peak"] == 1, r.json()
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from crucible.protocol.web_channel import ACK_EVERY, decode_frame, encode_frame
+from crucible.protocol.web_channel import ACK_EVERY, BUSY, decode_frame, encode_frame
 from crucible.server.web_channel import Channel, WebChannels
 from crucible.server.web_relay import WebRelay, relayed_response, rest_of
 
@@ -202,5 +202,22 @@ def test_reading_on_after_the_client_left() -> None:
             channels.received(channel, frame)
         assert [chunk async for chunk in rest] == [b"token 2", b"usage"]
         assert not channel.running
+
+    asyncio.run(go())
+
+
+def test_a_request_the_worker_sends_back_busy_becomes_a_call() -> None:
+    async def go() -> None:
+        relay = WebRelay()
+        channels = WebChannels(relay)
+        _channel(channels, slots=1)
+        channel = channels.free("fn-1")
+        assert channel is not None
+        http = {"method": "GET", "path": "/", "query": "", "headers": []}
+        relayed = await channels.hand(channel, "acct", http, b"", 5.0)
+        busy = {"t": "error", "id": relayed.id, "code": BUSY, "message": "busy"}
+        channels.received(channel, encode_frame(busy))
+        assert await relayed_response(relayed) is None  # the gateway makes it a call
+        assert channels.free("fn-1") is channel and relay.in_flight() == {}
 
     asyncio.run(go())

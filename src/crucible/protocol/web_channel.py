@@ -17,7 +17,11 @@ worker to server
     ``start`` ``id``, ``status``, ``headers``, ``more``: the response begins, with its first
               body part in the bytes (``more`` false: that was all of it).
     ``body``  ``id``, ``more``: a further body part.
-    ``error`` ``id``, ``code``, ``message``: the app failed (before or while answering).
+    ``error`` ``id``, ``code``, ``message``: the app failed (before or while answering); with
+              the code :data:`BUSY` the request was not run (the container is running as
+              many inputs as it may, calls from its exchange included): the gateway makes it
+              a call.
+    ``drain`` the worker is stopping: no new requests.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ACK_EVERY", "FRAME_BODY_MAX", "WINDOW", "decode_frame", "encode_frame"]
+__all__ = ["ACK_EVERY", "BUSY", "FRAME_BODY_MAX", "WINDOW", "decode_frame", "encode_frame"]
+
+# The error code of a request the worker sent back unrun.
+BUSY = "busy"
 
 # Frames of one response the worker may send beyond what the gateway's reader acknowledged.
 WINDOW = 64

@@ -24,7 +24,7 @@ from typing import Any
 
 from crucible.errors import ContainerExitedError
 from crucible.protocol.ids import new_id
-from crucible.protocol.web_channel import ACK_EVERY, decode_frame, encode_frame
+from crucible.protocol.web_channel import ACK_EVERY, BUSY, decode_frame, encode_frame
 from crucible.server.web_relay import GRACE_S, Ended, Relayed, WebRelay
 
 __all__ = ["Channel", "WebChannels"]
@@ -189,6 +189,9 @@ class WebChannels:
                 self._relay.part(relayed, {"status": status, "headers": headers, "whole": data})
         elif kind == "body":
             self._relay.part(relayed, {"data": data, "more": more})
+        elif kind == "error" and header.get("code") == BUSY:  # not run: it becomes a call
+            self._relay.finish(relayed, Ended("undelivered"))
+            return
         elif kind == "error":
             more = False
             code = str(header.get("code") or "endpoint_error")

@@ -139,6 +139,7 @@ class Worker:
         self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
         self.is_generator = False
         self.asgi: Any = None  # a web endpoint's ASGI app
+        self._web_inputs = 0  # its inputs from the exchange not yet run to their end
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -332,6 +333,9 @@ class Worker:
                 raise
             status, result = "failed", None
             error = error_info_from_exception(exc, self._name(args))
+        if self.asgi is not None:
+            with self._in_hand_lock:
+                self._web_inputs -= 1
         # Hooks the function registered while handling this input were for this input (with
         # several inputs at once there is no telling whose a hook is: they stay).
         if not concurrent:
@@ -593,6 +597,11 @@ class Worker:
                     done.wait()
         reporter.close()
 
+    def held_calls(self) -> int:
+        """A web endpoint's inputs from the exchange that are running or waiting to (safe
+        from any thread): its channel takes requests only beside fewer than ``max_inputs``."""
+        return self._web_inputs
+
     def exchange(self, outputs: list[OutputItem], want: int, wait_s: float) -> ExchangeReply:
         """Report ``outputs`` and ask for up to ``want`` inputs. Only one request asking for
         inputs is in flight at a time (the serving loop's), and it says which calls the worker
@@ -612,6 +621,8 @@ class Worker:
         with self._in_hand_lock:
             self._in_hand.difference_update(o.call_id for o in outputs)
             self._in_hand.update(a.call_id for a in reply.inputs)
+            if self.asgi is not None and self.init_error is None:  # see run_input
+                self._web_inputs += len(reply.inputs)
         return reply
 
     def serve(self) -> None:
@@ -738,6 +749,8 @@ def main() -> int:
                 token,
                 unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
                 name=assignment.code.qualname,
+                slots=assignment.max_inputs,
+                held=worker.held_calls,
             )
             channel.start()
         worker.serve()

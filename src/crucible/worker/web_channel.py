@@ -24,7 +24,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from crucible.errors import FunctionTimeoutError
-from crucible.protocol.web_channel import FRAME_BODY_MAX, WINDOW, decode_frame, encode_frame
+from crucible.protocol.web_channel import (
+    BUSY,
+    FRAME_BODY_MAX,
+    WINDOW,
+    decode_frame,
+    encode_frame,
+)
 from crucible.sdk._serialization import error_info_from_exception
 from crucible.worker.logs import CALL_ID
 from crucible.worker.web import app_loop, http_scope
@@ -131,8 +137,15 @@ class WebChannel:
         *,
         unix_socket: str | None = None,
         name: str = "the endpoint",
+        slots: int = 1,
+        held: Callable[[], int] = lambda: 0,
     ) -> None:
         self.app = app
+        self.slots = slots
+        # How many calls the worker's exchange gave it that are not done: with the channel's
+        # requests, never more than ``slots`` at once (a request beyond is sent back "busy"
+        # and the gateway makes it a call, which waits for this container or another).
+        self._held = held
         self.url = url
         self._headers = {"Authorization": f"Bearer {token}"}
         self._unix_socket = unix_socket
@@ -217,6 +230,10 @@ class WebChannel:
 
     async def _handle(self, ws: ClientConnection, header: dict[str, Any], body: bytes) -> None:
         request_id = str(header["id"])
+        if len(self._responses) + self._held() >= self.slots:
+            frame = {"t": "error", "id": request_id, "code": BUSY, "message": "busy"}
+            await ws.send(encode_frame(frame))
+            return
         CALL_ID.set(request_id)  # this task's prints go to the logs under the request's id
         response = self._responses[request_id] = _Response(self, ws, request_id)
         given = False
