@@ -4,7 +4,8 @@ output tokens per second at 1, 8 and 32 concurrent streams.
 
 The default engine is ``stub`` (benchmarks/_inference_app.py): a fixed 20 ms to the first
 token and 5 ms per token, so what differs between the two columns is what Crucible adds (the
-request becomes a call; the engine's events come back through the call's items). With
+OpenAI API's work, and the request handed to the warm container on its web channel, the
+engine's events coming back on it; server/web_channel.py). With
 ``--engine transformers|llama-cpp|vllm --weights DIR`` it serves that engine
 (crucible.inference, from the ``inference`` extra) both ways instead. Prints a table and
 writes ``benchmarks/results/bench_inference.json`` (``bench_inference_ENGINE.json`` for a real

@@ -4,10 +4,11 @@ side by side in one run.
 The endpoint (``_bench_app.hello``, ``@crucible.fastapi_endpoint``, public, one warm
 container) is deployed on a throwaway exchange; the baseline serves the same handler with
 uvicorn directly. The gateway is measured twice: with its fast path (a request relayed in
-memory to the waiting container, server/web_relay.py) and with every request a durable call
-(``CRUCIBLE_WEB_RELAY=false``, the gateway before the fast path). Each is measured with one
-client (sequential requests: latency) and with 8 concurrent clients (throughput). Prints a
-table with the overhead ratio and writes ``benchmarks/results/bench_web.json``::
+memory to the warm container on its web channel, server/web_channel.py) and with every
+request a durable call (``CRUCIBLE_WEB_RELAY=false``, the gateway before the fast path).
+Each is measured with one client (sequential requests: latency) and with 8 concurrent
+clients (throughput). Prints a table with the overhead ratio and writes
+``benchmarks/results/bench_web.json``::
 
     .venv/bin/python benchmarks/bench_web.py              # 1,000 requests per measurement
     .venv/bin/python benchmarks/bench_web.py --requests 200

@@ -46,6 +46,7 @@ from crucible.server.api import (
     secrets,
     ssh_keys,
     volumes,
+    web_channel,
 )
 from crucible.server.api.deps import Caller
 from crucible.server.api.openai_errors import OPENAI_PREFIX, to_openai_shape
@@ -301,6 +302,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         ports,
         ports_ws,
         gateway,
+        web_channel,
     ):
         app.include_router(module.router)
     # The web console (server/console/): pages at /, its own session cookie; the API's

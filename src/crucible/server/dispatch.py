@@ -12,6 +12,7 @@ is never handed anything still finds queued inputs when its long poll re-reads t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from crucible.protocol.containers import InputAssignment
@@ -31,6 +32,9 @@ class Parked:
 class Dispatcher:
     def __init__(self) -> None:
         self._idle: dict[str, dict[str, Parked]] = {}
+        # Containers that must not be handed more now although parked: those whose web
+        # channel runs as many requests as they take at once (server/web_channel.py).
+        self.saturated: Callable[[str], bool] = lambda _container_id: False
 
     def park(self, parked: Parked) -> None:
         self._idle.setdefault(parked.function_id, {})[parked.container_id] = parked
@@ -43,13 +47,20 @@ class Dispatcher:
                 del self._idle[parked.function_id]
 
     def take(self, function_id: str, inputs: int) -> list[Parked]:
-        """Remove and return parked containers of a function, enough to want ``inputs``."""
+        """Remove and return parked containers of a function, enough to want ``inputs``
+        (never one that is :attr:`saturated`)."""
         idle = self._idle.get(function_id)
         taken: list[Parked] = []
-        while idle and inputs > 0:
-            _, parked = idle.popitem()
+        if not idle:
+            return taken
+        for container_id in reversed(list(idle)):  # the last parked first, as before
+            if inputs <= 0:
+                break
+            if self.saturated(container_id):
+                continue
+            parked = idle.pop(container_id)
             taken.append(parked)
             inputs -= parked.want
-        if idle is not None and not idle:
+        if not idle:
             del self._idle[function_id]
         return taken

@@ -42,6 +42,7 @@ from crucible.server.relay import AccessRelay
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
 from crucible.server.wakeups import Wakeups
+from crucible.server.web_channel import WebChannels
 from crucible.server.web_relay import WebRelay
 from crucible.settings import Settings
 
@@ -115,6 +116,17 @@ class ServerState:
     # Why a function's queued calls are not placed, as of the last scheduler tick (function
     # id -> reason; replaced whole each tick). Shown on queued calls' CallInfo.waiting.
     waiting: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def web_channels(self) -> WebChannels:
+        """Warm web containers' channels to this process (web_channel.py). A container whose
+        channel is full is handed no calls; when it frees a slot, its exchange looks again."""
+        channels = WebChannels(self.web_relay)
+        self.dispatcher.saturated = channels.saturated
+        channels.on_free = lambda container_id: self.wakeups.notify_many(
+            [f"container:{container_id}"]
+        )
+        return channels
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
         self._arrived(function_id, n, now_ms)

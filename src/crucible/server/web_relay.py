@@ -1,11 +1,12 @@
 """Web requests relayed to a warm container in memory: the gateway's fast path.
 
 A synchronous HTTP request need not be durable the way ``.spawn()`` is: if the server dies,
-the client's connection dies with it. So when a container of the endpoint is parked on its
-exchange (server/dispatch.py), the gateway hands it the request directly and writes no call
-row. The worker runs it like any input; the response's parts (its items) and its output come
-back through the same container routes (``/items``, ``/exchange``), which deliver them here,
-in memory, instead of to the store. With no parked container (scale from zero, every
+the client's connection dies with it. So when a warm container of the endpoint has a free
+slot on its web channel (server/web_channel.py: one WebSocket per container, the response's
+parts come back on it as frames), or is parked on its exchange (server/dispatch.py: the
+parts come back through ``/items`` and ``/exchange``), the gateway hands it the request
+directly and writes no call row; either way the parts are delivered here, in memory, instead
+of to the store. With no parked container (scale from zero, every
 container busy) the request takes the durable path: a call, as before.
 
 What stays the same: the request id has the form of a call id (``rq-...``) and is what
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +63,17 @@ class Relayed:
     container_id: str
     account_id: str
     deadline: float  # monotonic s
-    queue: asyncio.Queue[bytes | Ended] = field(default_factory=asyncio.Queue)
+    # The response's parts: encoded items (from /items) or decoded ones (from a channel).
+    queue: asyncio.Queue[bytes | dict[str, Any] | Ended] = field(default_factory=asyncio.Queue)
     received: int = 0  # items the worker sent
     consumed: int = 0  # items the reader took
     read: asyncio.Event = field(default_factory=asyncio.Event)
     abandoned: bool = False  # nobody reads it any more: the worker's items are dropped
     ended: Ended | None = None
+    # Set by a web channel (server/web_channel.py): told how many parts the reader took, and
+    # that the request ended.
+    on_read: Callable[[int], None] | None = None
+    on_end: Callable[[], None] | None = None
 
 
 class WebRelay:
@@ -107,6 +113,21 @@ class WebRelay:
         parked.event.set()
         return relayed
 
+    def track(self, relayed: Relayed) -> None:
+        """Count a request handed some other way (a web channel) as relayed."""
+        self._sweep()
+        self._by_id[relayed.id] = relayed
+
+    def part(self, relayed: Relayed, part: dict[str, Any]) -> None:
+        """One decoded part of the response (from a web channel) for its reader."""
+        relayed.received += 1
+        if relayed.abandoned:
+            relayed.consumed = relayed.received
+            if relayed.on_read is not None:
+                relayed.on_read(relayed.consumed)
+            return
+        relayed.queue.put_nowait(part)
+
     def get(self, request_id: str, container_id: str) -> Relayed | None:
         """The relayed request ``request_id`` if ``container_id`` runs it."""
         relayed = self._by_id.get(request_id)
@@ -144,6 +165,8 @@ class WebRelay:
         """The request ended (its output, or never delivered): the reader gets ``ended``."""
         if self._by_id.get(relayed.id) is relayed:
             del self._by_id[relayed.id]
+        if relayed.on_end is not None:
+            relayed.on_end()
         relayed.queue.put_nowait(ended)
         relayed.read.set()
 
@@ -170,6 +193,8 @@ class WebRelay:
         relayed.abandoned = True
         relayed.consumed = relayed.received
         relayed.read.set()
+        if relayed.on_read is not None:
+            relayed.on_read(relayed.consumed)
 
     def in_flight(self) -> dict[str, int]:
         """Relayed requests running now, per function (the scheduler counts them). Safe to
@@ -227,19 +252,26 @@ async def relayed_response(relayed: Relayed) -> RelayedResponse | None:
     headers = [(str(k), str(v)) for k, v in start.get("headers", [])]
     answer = RelayedResponse(relayed.id, int(start["status"]), headers, _nothing())
     answer.relayed = relayed
-    held = relayed.ended is not None  # the whole response rode in the output
-    if held:
+    if "whole" in start:  # a channel's response in one frame
+        answer.whole = start["whole"]
+        async for _ in parts:  # its end
+            pass
+        answer.state = _state(relayed)
+    elif relayed.ended is not None:  # the whole response rode in the output
         rest = [p async for p in parts]
-        answer.whole = b"".join(base64.b64decode(p["body"]) for p in rest if "body" in p)
+        answer.whole = b"".join(_data(p) or b"" for p in rest)
         answer.state = _state(relayed)
 
     async def body() -> AsyncIterator[bytes]:
         if answer.whole is not None:
             yield answer.whole
             return
+        if start.get("data"):
+            yield start["data"]
         async for part in parts:
-            if "body" in part:
-                yield base64.b64decode(part["body"])
+            data = _data(part)
+            if data is not None:
+                yield data
         answer.state = _state(relayed)
         answer.error_code = relayed.ended.error_code if relayed.ended else None
 
@@ -255,12 +287,23 @@ def rest_of(relay: WebRelay, relayed: Relayed) -> AsyncIterator[bytes]:
     async def body() -> AsyncIterator[bytes]:
         try:
             async for part in _parts(relayed):
-                if "body" in part:
-                    yield base64.b64decode(part["body"])
+                data = _data(part)
+                if data is not None:
+                    yield data
         finally:
             relay.abandon(relayed)
 
     return body()
+
+
+def _data(part: dict[str, Any]) -> bytes | None:
+    """A body part's bytes (raw from a channel, base64 in an item); None for a start."""
+    if "data" in part and "status" not in part:
+        data: bytes = part["data"]
+        return data
+    if "body" in part:
+        return base64.b64decode(part["body"])
+    return None
 
 
 def _state(relayed: Relayed) -> str:
@@ -284,7 +327,9 @@ async def _parts(relayed: Relayed) -> AsyncIterator[dict[str, Any]]:
             return
         relayed.consumed += 1
         relayed.read.set()
-        yield json_payload.decode(got)
+        if relayed.on_read is not None:
+            relayed.on_read(relayed.consumed)
+        yield got if isinstance(got, dict) else json_payload.decode(got)
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -13,11 +13,16 @@ import io
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 from crucible.protocol.transport import Transport
 
-__all__ = ["LogShipper"]
+__all__ = ["CALL_ID", "LogShipper"]
+
+# The call or web request an asyncio task is handling (several share the app's event loop,
+# worker/web_channel.py): lines printed from a task carry it when its thread names none.
+CALL_ID: ContextVar[str | None] = ContextVar("crucible_call_id", default=None)
 
 MAX_LINE = 8192
 MAX_BUFFERED = 10_000
@@ -82,7 +87,7 @@ class LogShipper:
     def call_id(self) -> str | None:
         """The call the current thread is handling (set by the worker)."""
         value: str | None = getattr(self._local, "call_id", None)
-        return value
+        return value if value is not None else CALL_ID.get()
 
     @call_id.setter
     def call_id(self, value: str | None) -> None:

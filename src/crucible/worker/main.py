@@ -46,7 +46,7 @@ from crucible.protocol.containers import (
     OutputItem,
 )
 from crucible.protocol.secrets import SecretValues
-from crucible.protocol.transport import Transport
+from crucible.protocol.transport import Transport, server_urls
 from crucible.protocol.web import encode_response
 from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
@@ -139,6 +139,7 @@ class Worker:
         self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
         self.is_generator = False
         self.asgi: Any = None  # a web endpoint's ASGI app
+        self._web_inputs = 0  # its inputs from the exchange not yet run to their end
 
     # -- loading ------------------------------------------------------------------------------
     def _bundle_dir(self) -> Path:
@@ -332,6 +333,9 @@ class Worker:
                 raise
             status, result = "failed", None
             error = error_info_from_exception(exc, self._name(args))
+        if self.asgi is not None:
+            with self._in_hand_lock:
+                self._web_inputs -= 1
         # Hooks the function registered while handling this input were for this input (with
         # several inputs at once there is no telling whose a hook is: they stay).
         if not concurrent:
@@ -593,6 +597,11 @@ class Worker:
                     done.wait()
         reporter.close()
 
+    def held_calls(self) -> int:
+        """A web endpoint's inputs from the exchange that are running or waiting to (safe
+        from any thread): its channel takes requests only beside fewer than ``max_inputs``."""
+        return self._web_inputs
+
     def exchange(self, outputs: list[OutputItem], want: int, wait_s: float) -> ExchangeReply:
         """Report ``outputs`` and ask for up to ``want`` inputs. Only one request asking for
         inputs is in flight at a time (the serving loop's), and it says which calls the worker
@@ -612,6 +621,8 @@ class Worker:
         with self._in_hand_lock:
             self._in_hand.difference_update(o.call_id for o in outputs)
             self._in_hand.update(a.call_id for a in reply.inputs)
+            if self.asgi is not None and self.init_error is None:  # see run_input
+                self._web_inputs += len(reply.inputs)
         return reply
 
     def serve(self) -> None:
@@ -724,10 +735,28 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, _alarm)
     _watch_parent()
+    channel: Any = None
     try:
         worker.load()
+        if worker.asgi is not None and worker.init_error is None:
+            # A web endpoint's requests come on its channel while the exchange brings calls
+            # (imported here: other containers need not load ``websockets``).
+            from crucible.worker.web_channel import WebChannel, channel_url
+
+            channel = WebChannel(
+                worker.asgi,
+                channel_url(server_urls(url)[0], assignment.container_id, assignment.max_inputs),
+                token,
+                unix_socket=os.environ.get("CRUCIBLE_SERVER_SOCKET") or None,
+                name=assignment.code.qualname,
+                slots=assignment.max_inputs,
+                held=worker.held_calls,
+            )
+            channel.start()
         worker.serve()
     finally:
+        if channel is not None:
+            channel.close()
         for hook in worker.exit_hooks:
             try:
                 hook()

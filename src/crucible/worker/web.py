@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["build_asgi_app", "http_parts", "ws_parts"]
+__all__ = ["app_loop", "build_asgi_app", "http_parts", "http_scope", "ws_parts"]
 
 ASGIApp = Callable[..., Any]
 
@@ -51,6 +51,29 @@ class _AppLoop:
             return cls._loop
 
 
+def app_loop() -> asyncio.AbstractEventLoop:
+    """The container's event loop for its web app (started on first use)."""
+    return _AppLoop.get()
+
+
+def http_scope(request: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI scope of a gateway request (method, path, query, headers)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": request["method"],
+        "scheme": "http",
+        "path": request["path"],
+        "raw_path": request["path"].encode(),
+        "query_string": request.get("query", "").encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in request.get("headers", [])],
+        "client": ("127.0.0.1", 0),
+        "server": ("crucible", 80),
+    }
+
+
 def _run_app(
     app: ASGIApp,
     scope: dict[str, Any],
@@ -83,20 +106,7 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
     response's parts as they come."""
     parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
     body = base64.b64decode(request.get("body", ""))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": request["method"],
-        "scheme": "http",
-        "path": request["path"],
-        "raw_path": request["path"].encode(),
-        "query_string": request.get("query", "").encode(),
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in request.get("headers", [])],
-        "client": ("127.0.0.1", 0),
-        "server": ("crucible", 80),
-    }
+    scope = http_scope(request)
     sent_body = False
 
     async def receive() -> dict[str, Any]:

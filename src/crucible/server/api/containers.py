@@ -119,7 +119,9 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     facts = _facts(state, container_id)
     finished = list(req.outputs)
     relayed = _relayed_outputs(state, facts, req.outputs)
-    reply = _step(state, facts, req.outputs, req.want, active=relayed, held=req.held)
+    # A container whose web channel is full takes no calls now (web_channel.py).
+    want = 0 if state.web_channels.saturated(container_id) else req.want
+    reply = _step(state, facts, req.outputs, want, active=relayed, held=req.held)
     if finished:
         state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
         for o in finished:
@@ -146,7 +148,8 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                     delivered = True
                     return model_response(ExchangeReply(inputs=parked.handed))  # type: ignore[return-value]
                 # Woken by queued work or a stop, or the periodic re-read of the store.
-                again = _step(state, facts, [], req.want)
+                want = 0 if state.web_channels.saturated(container_id) else req.want
+                again = _step(state, facts, [], want)
                 if again.inputs or again.stop:
                     return model_response(again)  # type: ignore[return-value]
         finally:

@@ -2,7 +2,8 @@
 endpoint (``@crucible.fastapi_endpoint`` / ``@crucible.asgi_app``).
 
 An HTTP request goes straight to a warm container of the deployment's current version when
-one is waiting for work (server/web_relay.py: in memory, no call row); otherwise (scale from
+one has a free slot on its web channel or is waiting for work (server/web_channel.py,
+server/web_relay.py: in memory, no call row); otherwise (scale from
 zero, every container busy) it becomes a call (queued, autoscaled, metered and logged like
 any other). Either way the container runs it through the function's ASGI app and the
 response streams back as it is produced. Unless the endpoint is public, the request
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +40,7 @@ from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
+from crucible.server.services.blobs import grant_blob
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
@@ -184,12 +187,11 @@ async def gateway(
         "path": "/" + path,
         "query": request.url.query,
         "headers": [[k, v] for k, v in request.headers.items() if k.lower() not in _HOP],
-        "body": base64.b64encode(body).decode("ascii"),
     }
-    raw = json_payload.encode({"args": [http], "kwargs": {}})
-    relayed = await relay(state, owner, fn, raw)
+    relayed = await relay(state, owner, fn, http, body)
     if relayed is not None:
         return _relayed(state, relayed, request.method)
+    raw = request_payload(http, body)
     call_id = await _submit(
         state, owner, fn, raw, (account, deployment, function), request.headers.get("authorization")
     )
@@ -243,7 +245,7 @@ async def _submit(
     """Submit the request as a call of ``fn``; its id. A function that went away since it
     was resolved (a cached endpoint, changed through another replica) is resolved afresh, so
     the caller gets the answer :func:`_endpoint` gives."""
-    req = CallsCreate(inputs=[InputItem(args=Payload.inline(raw))])
+    req = CallsCreate(inputs=[InputItem(args=await request_input(state, owner, raw))])
     try:
         return (await submit_calls(fn.id, req, owner, state)).call_ids[0]
     except NotFoundError:
@@ -279,25 +281,56 @@ def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Res
     return response
 
 
+async def request_input(state: ServerState, owner: Principal, raw: bytes) -> Payload:
+    """A web request's input (``raw``, from :func:`request_payload`) for a call: inline, or
+    over the inline limit a blob of the endpoint owner's (granted first, so that blob
+    collection keeps it), as the SDK sends large arguments."""
+    if len(raw) <= state.settings.inline_payload_max_bytes:
+        return Payload.inline(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    with state.engine.begin() as conn:
+        grant_blob(conn, owner.account_id, sha, len(raw), state.clock.now_ms())
+    await asyncio.to_thread(state.blobs.put, raw, sha)
+    return Payload(ref=sha, size=len(raw))
+
+
+def request_payload(http: dict[str, Any], body: bytes) -> bytes:
+    """A web request as a call's input (JSON payload): ``http`` with its body in base64."""
+    whole = {**http, "body": base64.b64encode(body).decode("ascii")}
+    return json_payload.encode({"args": [whole], "kwargs": {}})
+
+
 async def relay(
-    state: ServerState, owner: Principal, fn: Any, raw: bytes
+    state: ServerState, owner: Principal, fn: Any, http: dict[str, Any], body: bytes
 ) -> RelayedResponse | None:
-    """The fast path (server/web_relay.py): the request (``raw``, the input's JSON payload)
-    handed to a container of ``fn`` that waits for work, and the start of its answer. None
-    when no container waits, or the one taken went away before it took the request: then
-    the caller submits a call. The owner's credit is checked as for a call."""
+    """The fast path (server/web_relay.py): the request (``http``: method, path, query,
+    headers; and its ``body``) handed to a warm container of ``fn`` on its web channel
+    (server/web_channel.py) when one has a free slot, else to one parked on its exchange,
+    and the start of its answer. None when no container is free, or the one taken went away
+    before it took the request: then the caller submits a call. The owner's credit is
+    checked as for a call."""
     if not state.settings.web_relay or state.other_replicas:
         return None  # off, or replicas: the container's next requests may reach another
     if getattr(fn, "app_state", "running") != "running":
         return None  # a superseded version: a call is forwarded to the current one
-    if len(raw) > state.settings.inline_payload_max_bytes:
-        return None  # a call stores it as a blob
-    now = state.clock.now_ms()
-    check_credit(state, owner, now)
     timeout_s = float(fn.spec["timeout_s"])
-    relayed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
-    if relayed is None:
-        return None
+    channels = state.web_channels
+    channel = channels.free(fn.id)
+    now = state.clock.now_ms()
+    if channel is not None:
+        check_credit(state, owner, now)
+        relayed = await channels.hand(channel, owner.account_id, http, body, timeout_s)
+    elif channels.serves(fn.id):
+        return None  # every channel is full: a call waits for the first free container
+    else:
+        raw = request_payload(http, body)
+        if len(raw) > state.settings.inline_payload_max_bytes:
+            return None  # a call stores it as a blob
+        check_credit(state, owner, now)
+        handed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
+        if handed is None:
+            return None
+        relayed = handed
     state.observe_arrivals(fn.id, 1, now)
     return await relayed_response(relayed)
 

@@ -67,6 +67,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
             state.access.end_container(report.container_id)
             state.web_relay.end_container(report.container_id)  # its relayed web requests
+            state.web_channels.close_container(report.container_id)
     state.wakeups.notify_many(keys)
     if keys:
         state.wakeups.kick_scheduler()

@@ -18,11 +18,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem
-from crucible.protocol.common import Payload
 from crucible.server.api.calls import submit_calls
-from crucible.server.api.gateway import held_response, relay, response_parts
+from crucible.server.api.gateway import (
+    held_response,
+    relay,
+    request_input,
+    request_payload,
+    response_parts,
+)
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -61,16 +65,14 @@ async def call_web_function(
 ) -> WebCallResponse:
     """Submit the request as a call of ``function_id`` on behalf of ``owner`` (the
     function's account) and wait for the response to start."""
-    http = {
+    http: dict[str, Any] = {
         "method": method,
         "path": path,
         "query": "",
         "headers": [[k, v] for k, v in headers],
-        "body": base64.b64encode(body).decode("ascii"),
     }
-    raw = json_payload.encode({"args": [http], "kwargs": {}})
     fn = _function(state, function_id)
-    relayed = await relay(state, owner, fn, raw) if fn is not None else None
+    relayed = await relay(state, owner, fn, http, body) if fn is not None else None
     if relayed is not None:
         hdrs = relayed.headers
         answer = WebCallResponse(relayed.call_id, relayed.status, hdrs, relayed.body)
@@ -87,8 +89,9 @@ async def call_web_function(
         answer.state = "running" if relayed.whole is None else relayed.state
         answer.body = relayed_body()
         return answer
+    args = await request_input(state, owner, request_payload(http, body))
     created = await submit_calls(
-        function_id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+        function_id, CallsCreate(inputs=[InputItem(args=args)]), owner, state
     )
     call_id = created.call_ids[0]
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
