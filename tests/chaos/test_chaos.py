@@ -53,7 +53,10 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
     ex = ChaosExchange(tmp_path, postgres_url, replicas=replicas)
     loop: ChaosLoop | None = None
     try:
-        ex.start_all(AGENTS)
+        try:
+            ex.start_all(AGENTS)
+        except FileNotFoundError as exc:  # haproxy, for N > 1
+            pytest.skip(f"{exc}; scripts/setup dev installs it when run as root")
         client = ex.client(ex.owner_token("chaos"))
         try:
             with app_chaos.app.run(client=client):
