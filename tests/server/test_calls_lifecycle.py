@@ -468,3 +468,29 @@ def test_concurrent_requests_with_one_idempotency_key(world: World, database_url
         tx.commit()
     other.join(30)
     assert outcome.get("ids") == [mine], outcome.get("error")
+
+
+def test_a_claim_hands_out_the_oldest_inputs_with_a_deadline_for_the_batch(
+    world: World,
+) -> None:
+    """PostgreSQL claims in one UPDATE ... RETURNING (SQLite: a SELECT, then an UPDATE): the
+    oldest queued inputs, in order, their attempt numbers, and a server-side deadline that
+    allows for each input claimed (not for each one wanted)."""
+    fid = world.function()
+    c1 = world.container(fid)
+    with world.engine.begin() as conn:
+        ids = world.submit(conn, fid, 3)
+        timeout_ms = int(float(container_row(conn, c1).spec["timeout_s"]) * 1000)
+    with world.engine.begin() as conn:
+        got = claim(conn, c1, 2, world.now_ms)
+    assert [(a.call_id, a.attempt) for a in got] == [(ids[0], 1), (ids[1], 1)]
+    with world.engine.begin() as conn:
+        last = claim(conn, c1, 5, world.now_ms)  # wants 5, one is left
+        assert claim(conn, c1, 5, world.now_ms) == []
+    assert [(a.call_id, a.attempt) for a in last] == [(ids[2], 1)]
+    with world.engine.connect() as conn:
+        rows = {i: row(conn, i) for i in ids}
+    assert {r.state for r in rows.values()} == {"running"}
+    assert {r.attempts for r in rows.values()} == {1}
+    assert rows[ids[0]].deadline_ms == world.now_ms + 2 * timeout_ms
+    assert rows[ids[2]].deadline_ms == world.now_ms + timeout_ms
