@@ -52,7 +52,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
 from crucible.server.services.blobs import require_blob
 from crucible.server.store.bulk import execute_many
-from crucible.server.store.tables import calls, functions
+from crucible.server.store.tables import calls, containers, functions
 
 __all__ = [
     "call_info",
@@ -209,6 +209,13 @@ _SUCCEED = (
         error=null(),
     )
 )
+# Containers that may still be handed inputs: running ones. Read FOR SHARE on PostgreSQL, so a
+# concurrent end of one (which requeues its running calls) waits for the hand-off to commit
+# and then requeues the handed calls too, instead of missing them.
+_SEL_LIVE = select(containers.c.id).where(
+    containers.c.id.in_(bindparam("b_ids", expanding=True)), containers.c.state == "running"
+)
+_SEL_LIVE_LOCKED = _SEL_LIVE.with_for_update(read=True)
 _SEL_GROUPS = select(calls.c.id, calls.c.group_id).where(
     calls.c.id.in_(bindparam("b_ids", expanding=True))
 )
@@ -309,6 +316,13 @@ def create_calls(
     rows: list[dict[str, Any]] = []
     keyed: list[int] = []  # positions in rows of inputs with an idempotency key
     seen: dict[str, str] = {}  # keys met earlier in this request
+    if handoff and handed is not None:
+        # A worker parks for up to its long poll and may die meanwhile (its agent killed):
+        # its container is ended as lost, its running calls requeued once. A call handed to it
+        # after that would stay running on a stopped container until its timeout.
+        sel = _SEL_LIVE_LOCKED if conn.dialect.name == "postgresql" else _SEL_LIVE
+        live = set(conn.execute(sel, {"b_ids": [cid for cid, _ in handoff]}).scalars())
+        handoff = [(cid, want) for cid, want in handoff if cid in live]
     slots = [cid for cid, want in handoff for _ in range(want)]
     deadline = now_ms + int(timeout_s * 1000)
     for offset, item in enumerate(req.inputs):
