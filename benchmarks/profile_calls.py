@@ -4,10 +4,14 @@ cProfile on the SDK side, while a workload of bench_calls runs.
     .venv/bin/pip install py-spy
     .venv/bin/python benchmarks/profile_calls.py --workload roundtrip --seconds 15
     .venv/bin/python benchmarks/profile_calls.py --workload map --seconds 15
+    .venv/bin/python benchmarks/profile_calls.py --workload roundtrip \
+        --postgres-url postgresql://postgres@127.0.0.1:54329/postgres --replicas 2
 
 Writes py-spy's collapsed stacks (``--format raw``; feed them to flamegraph.pl or
 speedscope) and a summary of the hottest functions (self and inclusive share of samples) to
-benchmarks/results/profile/<workload>-<process>.txt, and prints the summary.
+benchmarks/results/profile/<workload>[-<store>]-<process>.txt (store: ``pg`` on PostgreSQL,
+``pgN`` with N replicas behind haproxy, each replica profiled as ``replicaI``), and prints
+the summary.
 """
 
 from __future__ import annotations
@@ -204,13 +208,30 @@ def main() -> int:
         help="with --workload sql: also cProfile the server's event loop thread",
     )
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--postgres-url",
+        metavar="URL",
+        help="the exchange on a fresh database of this PostgreSQL server (default: SQLite)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N `crucible server` replicas behind haproxy (needs --postgres-url)",
+    )
     a = p.parse_args()
+    tag = a.workload
+    if a.postgres_url:
+        tag += "-pg" + (str(a.replicas) if a.replicas > 1 else "")
     exe = py_spy()
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(kv.split("=", 1) for kv in a.env)
     if a.workload == "sql" and a.cprofile:
         env["CRUCIBLE_BENCH_PROBE_CPROFILE"] = "1"
-    with Exchange(env, probe=a.workload == "sql") as ex:
+    with Exchange(
+        env, probe=a.workload == "sql", postgres_url=a.postgres_url, replicas=a.replicas
+    ) as ex:
         client = ex.client()
         with _bench_app.app.run(client=client):
             # warm: a container up, code cached, connections open
@@ -230,11 +251,13 @@ def main() -> int:
             if a.workload == "map":
                 list(_bench_app.ident.map(range(5000)))
             targets = {"server": ex.server.pid, "agent": ex.agent.pid}  # type: ignore[union-attr]
+            for r in ex.replicas:
+                targets[f"replica{r.index}"] = r.proc.pid
             for i, pid in enumerate(ex.workers()[:4]):
                 targets[f"worker{i}"] = pid
             spies = {}
             for name, pid in targets.items():
-                raw = OUT / f"{a.workload}-{name}.raw"
+                raw = OUT / f"{tag}-{name}.raw"
                 spies[name] = (
                     raw,
                     subprocess.Popen(
@@ -285,11 +308,11 @@ def main() -> int:
             print(f"\n== {name}: no profile ({why})")
             continue
         text = summarize(raw, a.top)
-        (OUT / f"{a.workload}-{name}.txt").write_text(text)
+        (OUT / f"{tag}-{name}.txt").write_text(text)
         print(f"\n== {name} (py-spy, on-CPU samples)\n{text}")
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(a.top)
-    (OUT / f"{a.workload}-sdk.txt").write_text(s.getvalue())
+    (OUT / f"{tag}-sdk.txt").write_text(s.getvalue())
     print(f"\n== sdk (cProfile, tottime)\n{s.getvalue()}")
     return 0
 

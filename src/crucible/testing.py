@@ -230,7 +230,8 @@ class LocalExchange:
             self.server = subprocess.Popen(
                 self.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
-        probe = Transport(self.url, None, retry_for_s=0)
+        # Its own port, not self.url: that may be a balancer other replicas answer behind.
+        probe = Transport(f"http://127.0.0.1:{self.port}", None, retry_for_s=0)
 
         def healthy() -> bool:
             assert self.server is not None
@@ -247,13 +248,14 @@ class LocalExchange:
             probe.close()
         return time.perf_counter() - started
 
-    def start_replica(self, index: int) -> Replica:
+    def start_replica(self, index: int, port: int | None = None) -> Replica:
         """One more ``crucible server`` on this exchange's store (PostgreSQL) and home, on
-        a free port; returns once it answers. Each replica advertises its own URL
+        ``port`` (a free one when None; pass a dead replica's port to restart it where a
+        balancer expects it); returns once it answers. Each replica advertises its own URL
         (CRUCIBLE_ADVERTISE_URL) for access sessions and reservations. Log:
         ``root/replica-<index>.log``. Start the exchange's own server first: it creates the
         home's secret, keys and admin token, and leads."""
-        port = free_port()
+        port = port or free_port()
         env = self.process_env(self.home)
         env["CRUCIBLE_DATABASE_URL"] = self.database_url
         env["CRUCIBLE_PORT"] = str(port)

@@ -2,18 +2,19 @@
 database and several agents, and a bounded loop that SIGKILLs a server or an agent at
 random moments (a seeded RNG; every event is logged) and restarts it.
 
-Agents and clients talk to member 0 (the exchange's own server); the loop may kill any
-member, and with N > 1 it also aims at the elected scheduler leader, read from the store's
-``leadership`` table (with N = 1 the single server is the scheduler). Members other than 0
-listen on ports of their own and advertise their URL. A second server on the same database
-is safe only once replicas elect one scheduler (issue 15, branch i15-replicas):
-:func:`replicas_supported` says whether this tree has that.
+With N = 1 agents and clients talk to the one server; with N > 1 they talk to haproxy in
+front of every member (crucible.testing's start_replica and start_haproxy), so calls are
+submitted, claimed and finished on whichever replica the balancer picks. The loop may kill
+any member, and with N > 1 it also aims at the elected scheduler leader, read from the
+store's ``leadership`` table (with N = 1 the single server is the scheduler). Every member
+listens on a port of its own, keeps it across restarts and advertises its URL.
+:func:`replicas_supported` says whether this tree elects one scheduler (what makes a second
+server on the same database safe).
 """
 
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -21,9 +22,8 @@ from pathlib import Path
 
 from sqlalchemy import MetaData, create_engine, text
 
-from crucible.protocol.transport import Transport
 from crucible.server.store import tables
-from crucible.testing import free_port, wait_for
+from crucible.testing import Replica, free_port, start_haproxy
 
 from harness import Exchange
 
@@ -37,17 +37,22 @@ def replicas_supported(metadata: MetaData = tables.metadata) -> bool:
 
 
 class ChaosExchange(Exchange):
-    """An :class:`Exchange` with ``replicas`` servers on one database."""
+    """An :class:`Exchange` with ``replicas`` servers on one database: member 0 is the
+    exchange's own server, the others are :meth:`~crucible.testing.LocalExchange.start_replica`
+    replicas, and with more than one, agents and clients reach them all through
+    :func:`~crucible.testing.start_haproxy` (the project's one way to run replicas). A killed
+    member restarts on its own port, where the balancer expects it."""
 
     def __init__(self, root: Path, database_url: str, replicas: int = 1, **env: str) -> None:
         super().__init__(root, database_url, **env)
         self.replica_ports = [free_port() for _ in range(replicas - 1)]
-        self.replica_procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.members: dict[int, Replica] = {}
+        self.balancer: subprocess.Popen[bytes] | None = None
 
     def process_env(self, home: Path) -> dict[str, str]:
         env = super().process_env(home)
-        if home == self.home and self.replicas > 1:  # member 0; others replace it
-            env["CRUCIBLE_ADVERTISE_URL"] = self.url
+        if home == self.home and self.replicas > 1:  # member 0; start_replica replaces it
+            env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{self.port}"
         return env
 
     @property
@@ -55,34 +60,11 @@ class ChaosExchange(Exchange):
         return 1 + len(self.replica_ports)
 
     def start_member(self, index: int) -> None:
-        """Start replica ``index`` (0 is the exchange's own server)."""
+        """Start replica ``index`` (0 is the exchange's own server) on its port."""
         if index == 0:
             self.start_server()
             return
-        port = self.replica_ports[index - 1]
-        env = self.process_env(self.home)  # the same home: the same admin token
-        env["CRUCIBLE_DATABASE_URL"] = self.database_url
-        env["CRUCIBLE_PORT"] = str(port)
-        env["CRUCIBLE_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
-        with open(self.root / f"server-{index}.log", "ab") as log:
-            proc = subprocess.Popen(
-                self.server_argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-        self.replica_procs[index] = proc
-        probe = Transport(f"http://127.0.0.1:{port}", None, retry_for_s=0)
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"replica {index} exited: {self.log(f'server-{index}')}")
-            try:
-                return probe.request_raw("GET", "/healthz", retry=False)[0] == 200
-            except Exception:
-                return False
-
-        try:
-            wait_for(healthy, 60, f"replica {index} to answer /healthz")
-        finally:
-            probe.close()
+        self.members[index] = self.start_replica(index, port=self.replica_ports[index - 1])
 
     def leader(self) -> int | None:
         """The member that holds the scheduler's leadership now, by its advertised URL
@@ -107,27 +89,25 @@ class ChaosExchange(Exchange):
         if index == 0:
             self.stop_server(kill=True)
             return
-        proc = self.replica_procs.pop(index)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        self.members.pop(index).kill()
 
     def start_all(self, agents: list[str]) -> None:
         self.start_server()
         for index in range(1, self.replicas):
             self.start_member(index)
+        if self.replicas > 1:
+            self.balancer, self.url = start_haproxy(self.root, [self.port, *self.replica_ports])
         for name in agents:
             self.start_agent(name)
 
     def close(self) -> None:
         super().close()
-        for index in list(self.replica_procs):
-            proc = self.replica_procs.pop(index)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for index in list(self.members):
+            self.members.pop(index).stop()
+        if self.balancer is not None:
+            self.balancer.terminate()
+            self.balancer.wait(10)
+            self.balancer = None
 
 
 class ChaosLoop(threading.Thread):

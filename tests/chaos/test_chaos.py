@@ -20,6 +20,7 @@ import pytest
 from chaos_cluster import ChaosExchange, ChaosLoop, replicas_supported
 from sqlalchemy import create_engine, func, select
 
+import crucible
 from crucible.server.billing.entries import check_ledger
 from crucible.server.store.tables import containers, ledger_entries, meter_intervals
 
@@ -32,8 +33,10 @@ AGENTS = ["host-a", "host-b"]
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 
 
-# The CI size ends well inside the default limit; a full-size run gets time in proportion.
-@pytest.mark.timeout(max(120, 60 + CALLS // 10))
+# The CI size ends well inside the default limit; a full-size run gets time in proportion,
+# with room for a shared machine (10,000 calls took 4 minutes on a quiet one; at a load
+# average of 18 they went 6 times slower).
+@pytest.mark.timeout(max(120, 60 + CALLS // 4))
 @pytest.mark.parametrize(
     "replicas",
     [
@@ -53,7 +56,10 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
     ex = ChaosExchange(tmp_path, postgres_url, replicas=replicas)
     loop: ChaosLoop | None = None
     try:
-        ex.start_all(AGENTS)
+        try:
+            ex.start_all(AGENTS)
+        except FileNotFoundError as exc:  # haproxy, for N > 1
+            pytest.skip(f"{exc}; scripts/setup dev installs it when run as root")
         client = ex.client(ex.owner_token("chaos"))
         try:
             with app_chaos.app.run(client=client):
@@ -62,7 +68,14 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
                 )
                 loop.start()
                 handles = [app_chaos.record.spawn(str(journal), x) for x in range(CALLS)]
-                results = [h.get(timeout=300) for h in handles]
+                results: list[int | None] = []
+                failed: dict[str, str] = {}  # call id -> the error its result raised
+                for h in handles:
+                    try:
+                        results.append(h.get(timeout=300))
+                    except crucible.Error as exc:  # reported below with every other one
+                        results.append(None)
+                        failed[h.object_id] = f"{type(exc).__name__}: {exc}"
                 loop.stop()
                 loop = None
                 infos = [client.get_call(h.object_id) for h in handles]
@@ -74,6 +87,7 @@ def test_no_call_is_lost_or_duplicated_and_the_ledger_balances(
         ex.close()
 
     # 0 lost: every accepted call ended once, in success, with its own input back.
+    assert not failed, f"seed {SEED}: calls that did not succeed: {failed}"
     assert [i.state for i in infos] == ["succeeded"] * CALLS
     assert results == list(range(CALLS))
     assert len({h.object_id for h in handles}) == CALLS

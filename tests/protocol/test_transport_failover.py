@@ -72,3 +72,74 @@ def test_a_bad_url_in_the_list_is_named() -> None:
 
 def test_tunnels_use_the_first_replica() -> None:
     assert websocket_url("http://a:1,http://b:2", "/x") == "ws://a:1/x"
+
+
+class _Balancer(http.server.BaseHTTPRequestHandler):
+    """A load balancer whose replicas are all down for the first ``down`` requests (haproxy's
+    own 503 page), then one answers; or a replica that answers its own 503 error."""
+
+    down = 2
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.seen.append(self.path)
+        if self.path == "/own-503":
+            status, body = 503, b'{"error": {"code": "server_unavailable", "message": "busy"}}'
+        elif len(self.seen) <= self.down:
+            status, body = 503, b"<html><body><h1>503 Service Unavailable</h1></body></html>"
+        else:
+            status, body = 200, b'{"who": "replica"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def balancer_url() -> Iterator[str]:
+    _Balancer.seen = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Balancer)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_a_balancer_with_no_replica_up_is_retried(balancer_url: str) -> None:
+    """Found by the chaos test: haproxy answered 503 while both replicas restarted, and the
+    SDK raised it (stopping the app run) instead of waiting as for a refused connection."""
+    t = Transport(balancer_url, "tok", retry_for_s=5)
+    try:
+        assert t.post("/v1/x", {}) == {"who": "replica"}
+        assert len(_Balancer.seen) == 3
+    finally:
+        t.close()
+
+
+def test_a_balancer_down_past_the_retry_window_is_named(balancer_url: str) -> None:
+    _Balancer.down = 10_000
+    t = Transport(balancer_url, "tok", retry_for_s=0.2)
+    try:
+        with pytest.raises(ServerUnavailableError, match="load balancer answered HTTP 503"):
+            t.post("/v1/x", {})
+    finally:
+        _Balancer.down = 2
+        t.close()
+
+
+def test_a_replicas_own_503_is_its_error_not_a_retry(balancer_url: str) -> None:
+    t = Transport(balancer_url, "tok", retry_for_s=5)
+    try:
+        with pytest.raises(ServerUnavailableError, match="busy"):
+            t.post("/own-503", {})
+        assert _Balancer.seen == ["/own-503"]
+    finally:
+        t.close()

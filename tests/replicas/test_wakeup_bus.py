@@ -64,3 +64,34 @@ def test_a_notify_on_one_replica_wakes_a_waiter_on_another(postgres_url: str) ->
         asyncio.run(scenario())
     finally:
         engine.dispose()
+
+
+def test_work_for_a_function_with_live_workers_elsewhere_does_not_kick_the_scheduler() -> None:
+    """Through a balancer, a call lands on one replica and the function's idle worker waits on
+    another: the key goes to every replica, and the leader's scheduler is kicked only when no
+    worker of the function was seen lately (a cold start). It was kicked for every such call,
+    a full scheduler pass per call on the leader."""
+    now = [100.0]
+    w = Wakeups(now_s=lambda: now[0])
+    sent: list[set[str]] = []
+    w.publish = lambda keys: sent.append(set(keys))
+    w.work_queued("fn-1")  # nobody seen: a cold start
+    assert sent == [{"fn:fn-1", "scheduler"}]
+    assert w.scheduler.is_set()
+    w.scheduler.clear()
+    w.worker_seen("fn-1")  # its worker exchanged here, then parked on another replica
+    now[0] += 1.0
+    w.work_queued("fn-1")
+    assert sent[-1] == {"fn:fn-1"}
+    assert not w.scheduler.is_set()
+    now[0] += 5.0  # no worker seen since: it may be gone
+    w.work_queued("fn-1")
+    assert sent[-1] == {"fn:fn-1", "scheduler"}
+    assert w.scheduler.is_set()
+
+
+def test_one_process_kicks_its_scheduler_when_no_worker_waits() -> None:
+    w = Wakeups(now_s=lambda: 0.0)
+    w.worker_seen("fn-1")  # alive but busy: no replica to hand it to, the scheduler looks
+    w.work_queued("fn-1")
+    assert w.scheduler.is_set()

@@ -7,14 +7,18 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select, text, update
 
 from crucible.core.metering import MS_PER_HOUR
 from crucible.errors import NotFoundError
+from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.protocol.common import ErrorInfo, Payload
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.server.auth import Principal
 from crucible.server.services import calls as svc
+from crucible.server.services.apps import get_function_row
+from crucible.server.services.containers import exchange_step, load_container_facts
+from crucible.server.services.hosts import end_container
 from crucible.server.store.tables import calls, containers, functions
 
 from server_testlib import World
@@ -468,3 +472,133 @@ def test_concurrent_requests_with_one_idempotency_key(world: World, database_url
         tx.commit()
     other.join(30)
     assert outcome.get("ids") == [mine], outcome.get("error")
+
+
+def test_a_claim_hands_out_the_oldest_inputs_with_a_deadline_for_the_batch(
+    world: World,
+) -> None:
+    """PostgreSQL claims in one UPDATE ... RETURNING (SQLite: a SELECT, then an UPDATE): the
+    oldest queued inputs, in order, their attempt numbers, and a server-side deadline that
+    allows for each input claimed (not for each one wanted)."""
+    fid = world.function()
+    c1 = world.container(fid)
+    with world.engine.begin() as conn:
+        ids = world.submit(conn, fid, 3)
+        timeout_ms = int(float(container_row(conn, c1).spec["timeout_s"]) * 1000)
+    with world.engine.begin() as conn:
+        got = claim(conn, c1, 2, world.now_ms)
+    assert [(a.call_id, a.attempt) for a in got] == [(ids[0], 1), (ids[1], 1)]
+    with world.engine.begin() as conn:
+        last = claim(conn, c1, 5, world.now_ms)  # wants 5, one is left
+        assert claim(conn, c1, 5, world.now_ms) == []
+    assert [(a.call_id, a.attempt) for a in last] == [(ids[2], 1)]
+    with world.engine.connect() as conn:
+        rows = {i: row(conn, i) for i in ids}
+    assert {r.state for r in rows.values()} == {"running"}
+    assert {r.attempts for r in rows.values()} == {1}
+    assert rows[ids[0]].deadline_ms == world.now_ms + 2 * timeout_ms
+    assert rows[ids[2]].deadline_ms == world.now_ms + timeout_ms
+
+
+def test_inputs_are_not_handed_to_a_container_that_ended_while_its_worker_waited(
+    world: World,
+) -> None:
+    """Found by the 10,000-call chaos run: a worker parked on a replica died with its SIGKILLed
+    agent; the restarted agent's report ended its container (requeueing its calls), and a call
+    then handed to the dead worker's still-parked request stayed running on the stopped
+    container until its timeout (the call failed with function_timeout)."""
+    fid = world.function()
+    gone, live = world.container(fid), world.container(fid)
+    with world.engine.begin() as conn:
+        conn.execute(update(containers).where(containers.c.id == gone).values(state="stopped"))
+        conn.execute(update(containers).where(containers.c.id == live).values(state="running"))
+    handed: dict[str, list[InputAssignment]] = {}
+    with world.engine.begin() as conn:
+        fn = get_function_row(conn, world.principal, fid)
+        req = CallsCreate(inputs=[InputItem(args=Payload.inline(b"x")) for _ in range(3)])
+        ids = svc.create_calls(
+            conn,
+            world.principal,
+            fn,
+            req,
+            world.now_ms,
+            1 << 20,
+            handoff=[(gone, 2), (live, 1)],
+            timeout_s=60.0,
+            handed=handed,
+        )
+    assert {c: [a.call_id for a in got] for c, got in handed.items()} == {live: [ids[0]]}
+    with world.engine.connect() as conn:
+        got = [(row(conn, i).state, row(conn, i).container_id) for i in ids]
+    assert got == [("running", live), ("queued", None), ("queued", None)]
+
+
+def test_a_container_ended_during_an_exchange_gets_back_what_that_exchange_claimed(
+    world: World, database_url: str
+) -> None:
+    """The agent's report ends a container (requeueing its running calls) while the worker's
+    exchange is claiming inputs for it: the end waits for the claim to commit and requeues
+    the claimed call too. Without the exchange's lock on the container row, the end saw no
+    running call and the claimed one stayed running on a stopped container until its
+    timeout."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises writers; the race needs concurrent transactions")
+    fid = world.function()
+    cid = world.container(fid)
+    with world.engine.begin() as conn:
+        conn.execute(update(containers).where(containers.c.id == cid).values(state="running"))
+        [call_id] = world.submit(conn, fid, 1)
+        facts = load_container_facts(conn, cid)
+    outcome: dict[str, Any] = {}
+
+    def agent_report_ends_it() -> None:
+        try:
+            with world.engine.begin() as conn:
+                outcome["keys"] = end_container(
+                    conn,
+                    cid,
+                    world.now_ms,
+                    exit_code=None,
+                    reason="lost",
+                    message="the agent no longer runs this container",
+                    crashed=False,
+                    max_infra_requeues=3,
+                )
+        except Exception as exc:
+            outcome["error"] = exc
+
+    with world.engine.connect() as first:
+        tx = first.begin()
+        reply, _ = exchange_step(
+            first,
+            facts,
+            [],
+            1,
+            world.now_ms,
+            inline_max=1 << 20,
+            skip_locked=True,
+            groups={},
+            touched_ms={cid: world.now_ms},
+        )
+        assert [a.call_id for a in reply.inputs] == [call_id]
+        other = threading.Thread(target=agent_report_ends_it)
+        other.start()
+        # Commit the claim once the end waits on it (or has already finished without waiting).
+        with world.engine.connect() as watch:
+            for _ in range(1000):
+                waiting = watch.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE containers%'"
+                    )
+                ).scalar_one()
+                watch.rollback()
+                if waiting or not other.is_alive():
+                    break
+                threading.Event().wait(0.01)
+        tx.commit()
+    other.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    with world.engine.connect() as conn:
+        r = row(conn, call_id)
+    assert (r.state, r.container_id) == ("queued", None)

@@ -6,7 +6,8 @@ connection costs a fraction of a general-purpose client's overhead and import ti
 
 One :class:`Transport` may be shared by threads: each thread gets its own connection.
 Connection failures are retried with backoff for ``retry_for_s`` seconds (a restarting control
-plane is a normal event); HTTP errors are raised as the :mod:`crucible.errors` class their
+plane is a normal event), and so is a load balancer's own 502/503/504 (every replica behind
+it restarting); HTTP errors are raised as the :mod:`crucible.errors` class their
 code names.
 
 The server URL may be a comma-separated list of replicas' URLs (or one load balancer's): a
@@ -35,7 +36,24 @@ from crucible.errors import (
 
 __all__ = ["Transport", "server_urls"]
 
+
+class _GatewayUnavailable(ConnectionError):
+    """A load balancer in front of the replicas answered 502, 503 or 504 itself (no Crucible
+    error in the body): no replica took the request, as when every one is restarting. It is
+    retried like a refused connection."""
+
+
 _RETRYABLE = (ConnectionError, http.client.HTTPException, socket.timeout, OSError)
+_GATEWAY_STATUSES = (502, 503, 504)
+
+
+def _from_gateway(data: bytes) -> bool:
+    """Whether a 502/503/504 body came from a balancer, not a Crucible server (whose errors
+    are always ``{"error": {...}}``)."""
+    try:
+        return not (isinstance(err := orjson.loads(data), dict) and "error" in err)
+    except orjson.JSONDecodeError:
+        return True
 
 
 def server_urls(value: str) -> list[str]:
@@ -177,6 +195,11 @@ class Transport:
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
+                if resp.status in _GATEWAY_STATUSES and _from_gateway(data):
+                    raise _GatewayUnavailable(
+                        f"the load balancer answered HTTP {resp.status}: no replica behind it "
+                        "took the request"
+                    )
                 if resp.status == 429:
                     wait = _retry_after_s(resp.getheader("Retry-After"))
                     self._local.retry_after_s = wait

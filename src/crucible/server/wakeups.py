@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -22,6 +23,10 @@ from typing import TypeVar
 __all__ = ["RECHECK_S", "SCHEDULER_KEY", "Wakeups", "long_poll"]
 
 RECHECK_S = 1.0
+# A function whose workers exchanged with this replica this recently has live containers (see
+# Wakeups.work_queued): twice the exchange's long poll would be too long to notice a cold start;
+# a worker parked elsewhere through a balancer shows up here every few calls.
+WORKERS_SEEN_S = 2.0
 # The key that kicks the scheduler on the replica that leads it.
 SCHEDULER_KEY = "scheduler"
 
@@ -29,8 +34,11 @@ T = TypeVar("T")
 
 
 class Wakeups:
-    def __init__(self) -> None:
+    def __init__(self, now_s: Callable[[], float] = time.monotonic) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._now_s = now_s
+        # function id -> when one of its workers last exchanged with this replica
+        self._workers_seen: dict[str, float] = {}
         self.scheduler = asyncio.Event()
         # Sends keys to the other replicas (after the commit that made them true); None in
         # one process. Called on the event loop; it must not block.
@@ -88,9 +96,19 @@ class Wakeups:
     def has_waiters(self, key: str) -> bool:
         return bool(self._waiters.get(key))
 
+    def worker_seen(self, function_id: str) -> None:
+        """A container of the function exchanged with this replica just now (it is alive)."""
+        self._workers_seen[function_id] = self._now_s()
+
     def work_queued(self, function_id: str) -> None:
         """Inputs of a function became claimable: wake its idle containers; when none is
-        waiting, the scheduler must look now (a cold start) rather than at its next tick."""
+        waiting, the scheduler must look now (a cold start) rather than at its next tick.
+
+        With replicas, the containers may wait on another one: the key goes to all of them.
+        The scheduler is kicked too unless the function's workers exchanged with this replica
+        within :data:`WORKERS_SEEN_S`: then it has live containers, one parked elsewhere
+        takes the work, and a tick per call (the leader's most expensive pass) would be
+        wasted; the scheduler's own period still scales a busy function up."""
         key = f"fn:{function_id}"
         if self.has_waiters(key):
             for event in self._waiters.get(key, ()):
@@ -98,6 +116,11 @@ class Wakeups:
         elif self.publish is None:
             self.scheduler.set()
         else:
+            seen = self._workers_seen.get(function_id)
+            if seen is not None and self._now_s() - seen < WORKERS_SEEN_S:
+                self.publish((key,))
+                return
+            self._workers_seen.pop(function_id, None)
             # Another replica may hold the parked containers, and another the scheduler.
             self.scheduler.set()
             self.publish((key, SCHEDULER_KEY))

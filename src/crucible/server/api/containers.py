@@ -117,6 +117,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
     facts = _facts(state, container_id)
+    state.wakeups.worker_seen(facts.function_id)
     finished = list(req.outputs)
     relayed = _relayed_outputs(state, facts, req.outputs)
     # A container whose web channel is full takes no calls now (web_channel.py).

@@ -52,7 +52,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
 from crucible.server.services.blobs import require_blob
 from crucible.server.store.bulk import execute_many
-from crucible.server.store.tables import calls, functions
+from crucible.server.store.tables import calls, containers, functions
 
 __all__ = [
     "call_info",
@@ -143,7 +143,41 @@ _SEL_CLAIMABLE = (
     .order_by(calls.c.id)
     .limit(bindparam("b_n"))
 )
-_SEL_CLAIMABLE_LOCKED = _SEL_CLAIMABLE.with_for_update(skip_locked=True)
+# PostgreSQL claims in one statement (one round trip instead of a SELECT and an UPDATE): the
+# oldest queued rows nobody else holds are locked and updated, and come back by RETURNING. The
+# server-side deadline allows for the whole batch the worker will run one after another.
+_PICKED = (
+    select(calls.c.id)
+    .where(
+        calls.c.function_id == bindparam("b_fn"),
+        calls.c.state == "queued",
+        calls.c.next_attempt_ms <= bindparam("b_now"),
+    )
+    .order_by(calls.c.id)
+    .limit(bindparam("b_n"))
+    .with_for_update(skip_locked=True)
+    .cte("picked")
+)
+_CLAIM_RETURNING = (
+    update(calls)
+    .where(calls.c.id == _PICKED.c.id)
+    .values(
+        state="running",
+        container_id=bindparam("b_container"),
+        attempts=calls.c.attempts + 1,
+        started_ms=bindparam("b_now"),
+        deadline_ms=bindparam("b_now")
+        + bindparam("b_timeout_ms") * select(func.count()).select_from(_PICKED).scalar_subquery(),
+    )
+    .returning(
+        calls.c.id,
+        calls.c.attempts,
+        calls.c.input,
+        calls.c.input_ref,
+        calls.c.input_size,
+        calls.c.group_id,
+    )
+)
 _CLAIM = (
     update(calls)
     .where(calls.c.id.in_(bindparam("b_ids", expanding=True)), calls.c.state == "queued")
@@ -175,6 +209,13 @@ _SUCCEED = (
         error=null(),
     )
 )
+# Containers that may still be handed inputs: running ones. Read FOR SHARE on PostgreSQL, so a
+# concurrent end of one (which requeues its running calls) waits for the hand-off to commit
+# and then requeues the handed calls too, instead of missing them.
+_SEL_LIVE = select(containers.c.id).where(
+    containers.c.id.in_(bindparam("b_ids", expanding=True)), containers.c.state == "running"
+)
+_SEL_LIVE_LOCKED = _SEL_LIVE.with_for_update(read=True)
 _SEL_GROUPS = select(calls.c.id, calls.c.group_id).where(
     calls.c.id.in_(bindparam("b_ids", expanding=True))
 )
@@ -275,6 +316,13 @@ def create_calls(
     rows: list[dict[str, Any]] = []
     keyed: list[int] = []  # positions in rows of inputs with an idempotency key
     seen: dict[str, str] = {}  # keys met earlier in this request
+    if handoff and handed is not None:
+        # A worker parks for up to its long poll and may die meanwhile (its agent killed):
+        # its container is ended as lost, its running calls requeued once. A call handed to it
+        # after that would stay running on a stopped container until its timeout.
+        sel = _SEL_LIVE_LOCKED if conn.dialect.name == "postgresql" else _SEL_LIVE
+        live = set(conn.execute(sel, {"b_ids": [cid for cid, _ in handoff]}).scalars())
+        handoff = [(cid, want) for cid, want in handoff if cid in live]
     slots = [cid for cid, want in handoff for _ in range(want)]
     deadline = now_ms + int(timeout_s * 1000)
     for offset, item in enumerate(req.inputs):
@@ -605,25 +653,39 @@ def claim_inputs(
     needs no extra read."""
     if want <= 0:
         return []
-    rows = conn.execute(
-        _SEL_CLAIMABLE_LOCKED if skip_locked else _SEL_CLAIMABLE,
-        {"b_fn": function_id, "b_now": now_ms, "b_n": want},
-    ).all()
-    if not rows:
-        return []
-    conn.execute(
-        _CLAIM,
-        {
-            "b_ids": [r.id for r in rows],
-            "b_container": container_id,
-            "b_now": now_ms,
-            # The worker runs a batch one input after another and times each out itself;
-            # this server-side backstop must allow for the whole batch.
-            "b_deadline": now_ms + int(timeout_s * 1000) * len(rows),
-        },
-    )
+    if skip_locked:  # PostgreSQL: one statement; its rows carry the new attempt number
+        claimed = conn.execute(
+            _CLAIM_RETURNING,
+            {
+                "b_fn": function_id,
+                "b_now": now_ms,
+                "b_n": want,
+                "b_container": container_id,
+                "b_timeout_ms": int(timeout_s * 1000),
+            },
+        ).all()
+        # RETURNING follows no order; ids sort by creation time, oldest first.
+        rows = [(r, r.attempts) for r in sorted(claimed, key=lambda r: r.id)]
+    else:
+        selected = conn.execute(
+            _SEL_CLAIMABLE, {"b_fn": function_id, "b_now": now_ms, "b_n": want}
+        ).all()
+        if not selected:
+            return []
+        conn.execute(
+            _CLAIM,
+            {
+                "b_ids": [r.id for r in selected],
+                "b_container": container_id,
+                "b_now": now_ms,
+                # The worker runs a batch one input after another and times each out itself;
+                # this server-side backstop must allow for the whole batch.
+                "b_deadline": now_ms + int(timeout_s * 1000) * len(selected),
+            },
+        )
+        rows = [(r, r.attempts + 1) for r in selected]
     out = []
-    for r in rows:
+    for r, attempt in rows:
         if groups is not None:
             groups[r.id] = r.group_id
         if r.input_ref:
@@ -632,7 +694,7 @@ def claim_inputs(
             args = {"data": base64.b64encode(r.input or b"").decode(), "size": r.input_size}
         out.append(
             InputAssignment.model_validate(
-                {"call_id": r.id, "attempt": r.attempts + 1, "args": args, "timeout_s": timeout_s}
+                {"call_id": r.id, "attempt": attempt, "args": args, "timeout_s": timeout_s}
             )
         )
     return out

@@ -67,6 +67,12 @@ _SEL_FACTS = (
     .where(containers.c.id == bindparam("b_id"))
 )
 _SEL_STATE = select(containers.c.state).where(containers.c.id == bindparam("b_id"))
+# PostgreSQL: the container's row is locked for the exchange's transaction (FOR NO KEY
+# UPDATE: the exchange may update the row itself, and two exchanges of one container must not
+# both hold a share lock and upgrade it), so a concurrent end of the container (end_container
+# requeues its running calls) waits for the claim to commit and requeues what it claimed,
+# instead of leaving it running on a stopped container until its timeout.
+_SEL_STATE_LOCKED = _SEL_STATE.with_for_update(key_share=True)
 _MARK_READY = (
     update(containers)
     .where(containers.c.id == bindparam("b_id"), containers.c.state.in_(("pending", "starting")))
@@ -243,7 +249,9 @@ def exchange_step(
     ``held``: the calls the worker has in hand, when it says (the others running here are
     queued again: their hand-off was lost with a server or a connection)."""
     cid = facts.id
-    state = conn.execute(_SEL_STATE, {"b_id": cid}).scalar_one_or_none()
+    state = conn.execute(
+        _SEL_STATE_LOCKED if skip_locked else _SEL_STATE, {"b_id": cid}
+    ).scalar_one_or_none()
     if state is None:
         raise NotFoundError(f"container {cid} not found")
     if state in ("pending", "starting"):

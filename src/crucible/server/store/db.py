@@ -7,12 +7,13 @@ chosen by a ``postgresql+psycopg://`` URL.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 
 __all__ = ["create_store_engine", "is_sqlite", "migrate"]
 
@@ -47,7 +48,36 @@ def create_store_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=8, max_overflow=8)
+    _ping_after_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection idle at least this long is pinged before it is handed out;
+# one returned more recently is not. SQLAlchemy's pool_pre_ping pings every checkout: one more
+# round trip in front of every transaction of the hot path (a call costs several).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling (SQLAlchemy's checkout-event recipe), for connections
+    that sat idle: a restarted or failed-over PostgreSQL, or one that closed idle sessions,
+    costs no request an error; the whole pool is replaced, as pool_pre_ping would. A connection
+    that dies within the window fails its one transaction, and the pool drops it."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_s"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("returned_s")
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_S:
+            return  # just connected, or just used
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as e:
+            raise exc.InvalidatePoolError(f"a pooled connection was closed: {e}") from e
 
 
 def alembic_config(url: str) -> Config:
