@@ -63,7 +63,7 @@ from crucible.server.services.containers import (
 )
 from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
-from crucible.server.services.hosts import host_usage, mark_lost_hosts
+from crucible.server.services.hosts import flush_heartbeats, host_usage, mark_lost_hosts
 from crucible.server.services.market import (
     HostRow,
     MarketPlacer,
@@ -229,6 +229,9 @@ class SchedulerLoop:
         keys: list[str] = []
         live = st.market
         with self._begin() as conn:
+            # Syncs' heartbeats are written in batches: those seen here count before any
+            # host is declared lost or any container metered up to its host's last sync.
+            flush_heartbeats(conn, st.heartbeats)
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
