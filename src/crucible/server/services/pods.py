@@ -18,6 +18,7 @@ ledger charge it per millisecond like any container. What is pod-specific lives 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -130,8 +131,10 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
             f"you already have a pod called {spec.name!r}; pick another name, or remove it "
             f"first with `crucible pod rm {spec.name}`"
         )
-    pod_id = insert_pod(conn, principal.account_id, spec, now_ms)
-    return get_pod(conn, principal, pod_id)
+    row = _insert(conn, principal.account_id, spec, now_ms)
+    # Shown from what was just written (no container, nothing metered): reading it back
+    # took three more queries on the submit path.
+    return _info_of(row, spec, None, 0, None)
 
 
 def insert_pod(
@@ -145,6 +148,19 @@ def insert_pod(
 ) -> str:
     """Insert a pod with its app and function; returns its id. A cluster's member is
     placed by the cluster's gang placement, never by the scheduler's plan."""
+    return str(_insert(conn, account_id, spec, now_ms, cluster_id=cluster_id, rank=rank).id)
+
+
+def _insert(
+    conn: Connection,
+    account_id: str,
+    spec: PodSpec,
+    now_ms: int,
+    *,
+    cluster_id: str | None = None,
+    rank: int | None = None,
+) -> Any:
+    """:func:`insert_pod`; returns the pod's row as written (a namespace of its columns)."""
     pod_id, app_id, fn_id = new_id("pd"), new_id("ap"), new_id("fn")
     conn.execute(
         insert(apps).values(
@@ -168,22 +184,24 @@ def insert_pod(
             created_ms=now_ms,
         )
     )
-    conn.execute(
-        insert(pods).values(
-            id=pod_id,
-            account_id=account_id,
-            name=spec.name,
-            spec=spec.model_dump(mode="json"),
-            state="active",
-            app_id=app_id,
-            function_id=fn_id,
-            created_ms=now_ms,
-            run_started_ms=now_ms,
-            cluster_id=cluster_id,
-            rank=rank,
-        )
+    values: dict[str, Any] = {
+        "id": pod_id,
+        "account_id": account_id,
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "state": "active",
+        "app_id": app_id,
+        "function_id": fn_id,
+        "created_ms": now_ms,
+        "run_started_ms": now_ms,
+        "cluster_id": cluster_id,
+        "rank": rank,
+    }
+    conn.execute(insert(pods).values(**values))
+    # The columns it did not set, as the store defaults them.
+    return SimpleNamespace(
+        **values, reason=None, host_id=None, stopped_ms=None, cluster_env=None, cluster_net=None
     )
-    return pod_id
 
 
 def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool = False) -> Any:
@@ -306,12 +324,19 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
 def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
     spec = PodSpec.model_validate(row.spec)
     ct = current_container(conn, row)
-    state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
     cost = conn.execute(
         select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
             containers.c.function_id == row.function_id
         )
     ).scalar_one()
+    return _info_of(row, spec, ct, int(cost), waiting)
+
+
+def _info_of(
+    row: Any, spec: PodSpec, ct: Any, cost: int, waiting: dict[str, str] | None
+) -> PodInfo:
+    """The pod as shown, from its row, its spec, its current container and its cost."""
+    state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
     return PodInfo(
         id=row.id,
         name=row.name,
@@ -331,7 +356,7 @@ def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> 
         host_id=ct.host_id if ct is not None else row.host_id,
         container_id=ct.id if ct is not None else None,
         rate_micros_per_hour=ct.rate_micros_per_hour if ct is not None else None,
-        cost_micros=int(cost),
+        cost_micros=cost,
         created_ms=row.created_ms,
         started_ms=ct.started_ms if ct is not None else None,
         stopped_ms=(ct.stopped_ms if ct is not None else None) or row.stopped_ms,
