@@ -362,6 +362,21 @@ def pg_drop(url: str, db_url: str) -> None:
         conn.execute(f"drop database if exists {db} with (force)")
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far (Linux /proc;
+    0 elsewhere). On a shared machine, the server's CPU per placement is a steadier figure
+    than placements per wall-clock second."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 # -- the run -------------------------------------------------------------------------------------
 def start_replicas(ex: LocalExchange, n: int) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     urls, procs = [ex.url], []
@@ -431,17 +446,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         def all_ready() -> bool:
+            # Listing thousands of hosts is not free: look twice a second, not 20 times (the
+            # server served little else while the fleet registered).
+            time.sleep(0.5)
             return sum(1 for h in ex.hosts() if h["state"] == "ready") >= len(shapes)
 
         t_reg = time.perf_counter()
         wait_for(all_ready, 60 + len(shapes), "every emulated host to register")
         reg_s = time.perf_counter() - t_reg
+        server_pids = [p.pid for p in [ex.server, *replica_procs] if p is not None]
         t_run = time.perf_counter()
+        cpu0 = cpu_s(server_pids)
         db0, t_db0 = db_bytes(store_url), time.perf_counter()
         out = asyncio.run(submit_and_probe(urls, user_token, pods, args))
         time.sleep(args.drain)
         db1, t_db1 = db_bytes(store_url), time.perf_counter()
         run_s = time.perf_counter() - t_run
+        server_cpu_s = cpu_s(server_pids) - cpu0
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         stop_file.touch()
         for p in agent_procs:
             p.wait(timeout=args.heartbeat + 120)
@@ -491,6 +513,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "api_probe_get_pod": summarize_ms(out["probe_s"]),
         "sync_with_work": summarize_ms([s for r in recs for s in r["early_sync_s"]]),
         "syncs_per_s": round(syncs / run_s, 1),
+        # The server process(es)' CPU over the run (submits, syncs, ticks), per placement:
+        # what the wall-clock figures would be on an otherwise idle machine's one core.
+        "server_cpu_s": round(server_cpu_s, 2),
+        "server_cpu_ms_per_placement": (
+            round(server_cpu_s * 1000 / len(latency), 2) if latency else None
+        ),
+        "run_s": round(run_s, 2),
+        "load_average_1m": None if load is None else round(load, 2),
         "db_bytes_start": db0,
         "db_bytes_end": db1,
         "db_bytes_per_hour": round((db1 - db0) / (t_db1 - t_db0) * 3600),
@@ -516,6 +546,9 @@ def report(r: dict[str, Any]) -> None:
         ["GET /v1/pods/{name} p50 / p99",
          f"{r['api_probe_get_pod']['p50_ms']:,.0f} / {r['api_probe_get_pod']['p99_ms']:,.0f} ms"],
         ["syncs/s (hosts' load)", f"{r['syncs_per_s']:,}"],
+        ["server CPU per placement", f"{r['server_cpu_ms_per_placement'] or 0:,.2f} ms"
+         f" ({r['server_cpu_s']:,} s over {r['run_s']:,} s)"],
+        ["machine load (1 min)", f"{r['load_average_1m']}"],
         ["database growth", f"{r['db_bytes_per_hour'] / 2**20:,.1f} MiB/hour"],
         ["errors", str(len(r["errors"]))],
     ]  # fmt: skip

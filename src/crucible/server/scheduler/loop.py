@@ -228,6 +228,10 @@ class SchedulerLoop:
         now = st.clock.now_ms()
         keys: list[str] = []
         live = st.market
+        # The chores before the snapshot commit on their own: on SQLite a transaction holds
+        # the store's write lock from its first write, and settling pods writes in most
+        # ticks of a busy exchange, so one transaction for the whole tick held every pod
+        # submission and agent report back through the whole placement.
         with self._begin() as conn:
             # Syncs' heartbeats are written in batches: those seen here count before any
             # host is declared lost or any container metered up to its host's last sync.
@@ -243,6 +247,7 @@ class SchedulerLoop:
             # and a cluster with a member going away goes as a whole.
             keys += settle_clusters(conn, now)
             keys += settle_pods(conn, now)
+        with self._begin() as conn:
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
