@@ -23,6 +23,7 @@ other replicas (docs/operators.md, "Running replicas"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -53,6 +54,8 @@ __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
 _ARRIVALS = "arrivals="
 _EXEC = "exec="
 _WAITING = "waiting="  # the scheduler leader's (scheduler/loop.py WAITING_PREFIX)
+# As many as the SQLite engine's pool has connections: more only wait for the store.
+_REGISTERING_AT_ONCE = 4
 
 
 class Clock(Protocol):
@@ -119,6 +122,12 @@ class ServerState:
     # Why a function's queued calls are not placed, as of the last scheduler tick (function
     # id -> reason; replaced whole each tick). Shown on queued calls' CallInfo.waiting.
     waiting: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def registrations(self) -> asyncio.Semaphore:
+        """Hosts' registrations in progress at once (api/hosts.py register); made on the
+        event loop at first use."""
+        return asyncio.Semaphore(_REGISTERING_AT_ONCE)
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
         self._arrived(function_id, n, now_ms)

@@ -42,7 +42,12 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
                 conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
             )
 
-    info = await run_in_threadpool(write)
+    # A few at a time: when a whole fleet registers at once (a restart of the exchange),
+    # registrations waiting on the store would otherwise take every worker thread, and the
+    # syncs of the hosts already registered would wait behind them until the hosts were
+    # declared lost.
+    async with state.registrations:
+        info = await run_in_threadpool(write)
     # A new agent process numbers its syncs from 1 again, under a new agent_session: the
     # previous processes' numbers are of no more use here.
     for key in [k for k in state.host_seq if k.startswith(f"{info.id}#")]:

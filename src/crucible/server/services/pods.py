@@ -21,7 +21,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 
 from crucible.errors import (
     ConflictError,
@@ -521,6 +521,48 @@ def pod_logs(
     return read_logs(conn, principal, row.app_id, after=after, limit=limit)
 
 
+# The pods :func:`settle_row` may have something to do for, found by the store, so that a
+# tick does not read (and parse the spec of) every running pod: those stopping, and the
+# active ones with a container of their current run stopping or stopped, or live on
+# another host than the one recorded. Only the columns settling uses.
+_of_pod = containers.c.function_id == pods.c.function_id
+_TO_SETTLE = select(
+    pods.c.id,
+    pods.c.state,
+    pods.c.app_id,
+    pods.c.function_id,
+    pods.c.host_id,
+    pods.c.run_started_ms,
+).where(
+    or_(
+        pods.c.state == "stopping",
+        and_(
+            pods.c.state == "active",
+            exists().where(
+                _of_pod,
+                or_(
+                    and_(
+                        or_(containers.c.state == "stopping", containers.c.state == "stopped"),
+                        or_(
+                            containers.c.stopped_ms.is_(None),
+                            containers.c.stopped_ms >= pods.c.run_started_ms,
+                        ),
+                    ),
+                    and_(
+                        or_(
+                            containers.c.state == "pending",
+                            containers.c.state == "starting",
+                            containers.c.state == "running",
+                        ),
+                        or_(pods.c.host_id.is_(None), containers.c.host_id != pods.c.host_id),
+                    ),
+                ),
+            ),
+        ),
+    )
+)
+
+
 def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     """Keep pods and their containers in step; run before each placement.
 
@@ -529,7 +571,7 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     container has stopped, the outcome is recorded (stopped, preempted, failed) with its
     reason, and the host that holds the pod's disk is remembered."""
     keys: list[str] = []
-    rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
+    rows = conn.execute(_TO_SETTLE).all()
     latest = _latest_containers(conn, [r.function_id for r in rows])
     for row in rows:
         keys += settle_row(conn, row, now_ms, _of_current_run(row, latest.get(row.function_id)))
