@@ -174,7 +174,14 @@ async def run_host(
     client: httpx.AsyncClient, host: Host, stop: asyncio.Event, rec: dict[str, Any]
 ) -> None:
     for _ in range(20):
-        r = await client.post("/v1/hosts/register", json=host.register_body())
+        try:
+            r = await client.post("/v1/hosts/register", json=host.register_body())
+        except httpx.HTTPError as exc:
+            # As the real agent does: try again. (An exception here once ended the whole
+            # emulator process, and its hundreds of hosts were then declared lost.)
+            rec["errors"].append(f"register: {type(exc).__name__}")
+            await asyncio.sleep(0.5)
+            continue
         if r.status_code == 200:
             host.id = r.json()["id"]
             break
