@@ -166,3 +166,61 @@ def test_a_wake_up_from_a_worker_thread_wakes_the_loop() -> None:
             return wakeups.scheduler.is_set(), woken.is_set()
 
     assert asyncio.run(main()) == (True, True)
+
+
+def test_a_pods_runs_settle_through_ticks_and_syncs(make_server: MakeServer) -> None:
+    """The scheduler settles only the pods it has something to do for (found by the store):
+    a pod placed, running, exited, started again and stopped still ends each run right."""
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    gpus = [
+        {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+        for i in range(2)
+    ]
+    clock = ManualClock(T0)
+    server.state.clock = clock
+    host_id = server.register_host(host_token, "box", gpus=gpus)
+    loop = SchedulerLoop(server.state)
+
+    def sync(*reports: dict[str, Any]) -> dict[str, Any]:
+        body = {"containers": list(reports), "wait_s": 0}
+        reply: dict[str, Any] = server.ok(
+            "POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=body
+        )
+        return reply
+
+    def pod() -> dict[str, Any]:
+        shown: dict[str, Any] = server.ok("GET", "/v1/pods/box", token=renter)
+        return shown
+
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "box", "gpu": "H100:1"})
+    loop.tick()
+    [start] = sync()["start"]
+    assert start["pod"]["name"] == "box" and pod()["host_id"] == host_id
+    first = start["container_id"]
+    running = {"container_id": first, "state": "running"}
+    assert sync(running)["start"] == []
+    loop.tick()
+    loop.tick()
+    assert pod()["state"] == "starting" and pod()["container_id"] == first  # its worker is not up
+    sync({"container_id": first, "state": "exited", "exit_code": 0, "reason": "exited"})
+    loop.tick()
+    assert (pod()["state"], pod()["reason"]) == ("stopped", "its command exited with status 0")
+    loop.tick()
+    assert sync()["start"] == []  # nothing restarts a pod whose run ended
+    clock.now += 1_000
+    assert server.ok("POST", "/v1/pods/box/start", token=renter)["state"] == "pending"
+    clock.now += 60_000  # past the crash-loop backoff (its run ended before it was ready)
+    sync()
+    loop.tick()
+    [again] = sync()["start"]
+    second = again["container_id"]
+    assert second != first
+    sync({"container_id": second, "state": "running"})
+    loop.tick()
+    assert server.ok("POST", "/v1/pods/box/stop", token=renter)["state"] == "stopping"
+    assert sync({"container_id": second, "state": "running"})["stop"] == [second]
+    sync({"container_id": second, "state": "exited", "exit_code": 143, "reason": "stopped"})
+    loop.tick()
+    assert (pod()["state"], pod()["reason"]) == ("stopped", "stopped by you")
