@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from crucible.protocol.containers import ContainerAssignment
@@ -24,6 +26,7 @@ from crucible.server.services.pods import disks_to_prune
 from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+log = logging.getLogger("crucible.hosts")
 
 # A sync's applied reports: (containers the agent must stop, wake-up keys, whether the
 # report is fresh, its sequence key); and what the store holds for the host: (containers
@@ -97,8 +100,13 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             if req.self_test is not None:  # a periodic self-test's fresh figures
                 svc.apply_self_test(conn, host_id, None, req.self_test, now)
         if state.heartbeats.due(now):
-            with state.engine.begin() as conn:
-                svc.flush_heartbeats(conn, state.heartbeats)
+            try:
+                with state.engine.begin() as conn:
+                    svc.flush_heartbeats(conn, state.heartbeats)
+            except SQLAlchemyError:
+                # Kept for the next write (flush_heartbeats gives them back); this sync's own
+                # reports are committed, and its agent is owed its answer.
+                log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
         return (stop, keys, fresh, seq_key), read_commands()
 
     def read_commands() -> _Commands:
