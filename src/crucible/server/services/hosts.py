@@ -24,7 +24,7 @@ from crucible.server.billing.service import meter_containers
 from crucible.server.heartbeats import Heartbeats
 from crucible.server.services import audit
 from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
-from crucible.server.services.pods import pod_assignments
+from crucible.server.services.pods import pod_assignments, settle_pod_of
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import containers, functions, hosts
 from crucible.server.verification import verify
@@ -368,6 +368,10 @@ def end_container(
         max_infra_requeues=max_infra_requeues,
         reason=reason,
     )
+    fid = conn.execute(
+        select(containers.c.function_id).where(containers.c.id == container_id)
+    ).scalar_one()
+    keys += settle_pod_of(conn, fid, now_ms)  # a pod's run ends with its container
     return [*keys, f"container:{container_id}"]
 
 

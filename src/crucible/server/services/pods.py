@@ -21,7 +21,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 
 from crucible.errors import (
     ConflictError,
@@ -63,6 +63,7 @@ __all__ = [
     "pod_rows_of_cluster",
     "require_builder",
     "restart_row",
+    "settle_pod_of",
     "settle_pods",
     "settle_row",
     "start_pod",
@@ -576,6 +577,32 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     for row in rows:
         keys += settle_row(conn, row, now_ms, _of_current_run(row, latest.get(row.function_id)))
     return keys
+
+
+def settle_pod_of(conn: Connection, function_id: str, now_ms: int) -> list[str]:
+    """A container of ``function_id`` just ended: if it runs a pod of its own (not a cluster
+    member: its cluster settles as a whole), settle that pod now, in the same transaction,
+    rather than at the scheduler's next tick. Until then a tick that read the pod's function
+    between the end and the settling would start another container for the ended run (a
+    pod's function asks for one container)."""
+    row = conn.execute(_POD_OF_FUNCTION, {"b_fn": function_id}).first()
+    if row is None:
+        return []
+    return settle_row(conn, row, now_ms, current_container(conn, row))
+
+
+_POD_OF_FUNCTION = select(
+    pods.c.id,
+    pods.c.state,
+    pods.c.app_id,
+    pods.c.function_id,
+    pods.c.host_id,
+    pods.c.run_started_ms,
+).where(
+    pods.c.function_id == bindparam("b_fn"),
+    pods.c.cluster_id.is_(None),
+    or_(pods.c.state == "active", pods.c.state == "stopping"),
+)
 
 
 def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
