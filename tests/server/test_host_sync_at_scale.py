@@ -15,7 +15,7 @@ from sqlalchemy import event, select
 from crucible.protocol.accounts import Scope
 from crucible.server.heartbeats import Heartbeats
 from crucible.server.scheduler.loop import SchedulerLoop
-from crucible.server.store.tables import hosts
+from crucible.server.store.tables import apps, hosts, pods
 from crucible.server.wakeups import Wakeups
 
 from server_testlib import MakeServer, ServerUnderTest
@@ -205,6 +205,15 @@ def test_a_pods_runs_settle_through_ticks_and_syncs(make_server: MakeServer) -> 
     loop.tick()
     assert pod()["state"] == "starting" and pod()["container_id"] == first  # its worker is not up
     sync({"container_id": first, "state": "exited", "exit_code": 0, "reason": "exited"})
+    # Settled by the sync that ended its container, before any tick: a tick reading the pod's
+    # function in between would otherwise start a second container for the ended run.
+    with server.state.engine.connect() as conn:
+        settled = conn.execute(
+            select(pods.c.state, apps.c.state.label("app"))
+            .join(apps, apps.c.id == pods.c.app_id)
+            .where(pods.c.name == "box")
+        ).one()
+    assert (settled.state, settled.app) == ("stopped", "stopped")
     loop.tick()
     assert (pod()["state"], pod()["reason"]) == ("stopped", "its command exited with status 0")
     loop.tick()
