@@ -23,7 +23,9 @@ Figures: placements/s end to end (assignments seen by the hosts per second of th
 window), submit→assignment latency p50/p99 (client submit to host receipt, wall clocks of
 one machine), API latency p50/p99 under the hosts' sync load (the submits themselves and a
 probe reading ``GET /v1/pods/{name}``), sync latency of syncs the server answered early
-(with work), and database growth extrapolated to bytes/hour. Prints a table and writes
+(with work), the server process(es)' CPU per placement over the run (with the machine's
+load average: on a shared machine the wall-clock rates follow the other work), and database
+growth extrapolated to bytes/hour. Prints a table and writes
 ``benchmarks/results/bench_fleet.json`` (``--out`` to write elsewhere)::
 
     .venv/bin/python benchmarks/bench_fleet.py --quick          # < 1 min
