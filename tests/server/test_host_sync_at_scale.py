@@ -233,3 +233,31 @@ def test_a_pods_runs_settle_through_ticks_and_syncs(make_server: MakeServer) -> 
     sync({"container_id": second, "state": "exited", "exit_code": 143, "reason": "stopped"})
     loop.tick()
     assert (pod()["state"], pod()["reason"]) == ("stopped", "stopped by you")
+
+
+def test_a_waiting_sync_is_answered_with_work_placed_while_it_waits(
+    server: ServerUnderTest,
+) -> None:
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box")
+    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
+    placed: list[str] = []
+
+    async def scenario() -> Any:
+        waiting = asyncio.ensure_future(
+            server._client.post(
+                f"/v1/hosts/{host_id}/sync",
+                json={"containers": [], "wait_s": 30},
+                headers={"authorization": f"Bearer {host_token}"},
+            )
+        )
+        await asyncio.sleep(0.2)  # it has read the store (nothing) and waits
+        cid, _ = server.place_container(fn, host_id)
+        placed.append(cid)
+        server.state.wakeups.notify_many([f"host:{host_id}"])
+        return await asyncio.wait_for(waiting, timeout=25)
+
+    r = server._loop.run_until_complete(scenario())
+    assert r.status_code == 200, r.text
+    assert [a["container_id"] for a in r.json()["start"]] == placed

@@ -145,16 +145,19 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         state.wakeups.notify_many(keys)
         if keys:
             state.wakeups.kick_scheduler()
-        while (reply := reply_of(found, stop)) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            woken.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout=min(remaining, RECHECK_S))
-            if not woken.is_set() and loop.time() >= deadline:
-                break  # nothing for it: its next sync looks first thing
+        reply = reply_of(found, stop)
+        while reply is None:
+            if not woken.is_set():  # nothing came since the store was read: wait
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=min(remaining, RECHECK_S))
+                if not woken.is_set() and loop.time() >= deadline:
+                    break  # nothing for it: its next sync looks first thing
+            woken.clear()  # before the read: a wake-up during it is seen at the next turn
             found = await run_in_threadpool(read_commands)
+            reply = reply_of(found, stop)
     return reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
 
 
