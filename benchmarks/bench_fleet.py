@@ -23,7 +23,9 @@ Figures: placements/s end to end (assignments seen by the hosts per second of th
 window), submit→assignment latency p50/p99 (client submit to host receipt, wall clocks of
 one machine), API latency p50/p99 under the hosts' sync load (the submits themselves and a
 probe reading ``GET /v1/pods/{name}``), sync latency of syncs the server answered early
-(with work), and database growth extrapolated to bytes/hour. Prints a table and writes
+(with work), the server process(es)' CPU per placement over the run (with the machine's
+load average: on a shared machine the wall-clock rates follow the other work), and database
+growth extrapolated to bytes/hour. Prints a table and writes
 ``benchmarks/results/bench_fleet.json`` (``--out`` to write elsewhere)::
 
     .venv/bin/python benchmarks/bench_fleet.py --quick          # < 1 min
@@ -174,7 +176,14 @@ async def run_host(
     client: httpx.AsyncClient, host: Host, stop: asyncio.Event, rec: dict[str, Any]
 ) -> None:
     for _ in range(20):
-        r = await client.post("/v1/hosts/register", json=host.register_body())
+        try:
+            r = await client.post("/v1/hosts/register", json=host.register_body())
+        except httpx.HTTPError as exc:
+            # As the real agent does: try again. (An exception here once ended the whole
+            # emulator process, and its hundreds of hosts were then declared lost.)
+            rec["errors"].append(f"register: {type(exc).__name__}")
+            await asyncio.sleep(0.5)
+            continue
         if r.status_code == 200:
             host.id = r.json()["id"]
             break
@@ -362,6 +371,21 @@ def pg_drop(url: str, db_url: str) -> None:
         conn.execute(f"drop database if exists {db} with (force)")
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far (Linux /proc;
+    0 elsewhere). On a shared machine, the server's CPU per placement is a steadier figure
+    than placements per wall-clock second."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 # -- the run -------------------------------------------------------------------------------------
 def start_replicas(ex: LocalExchange, n: int) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     urls, procs = [ex.url], []
@@ -430,18 +454,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
 
+        admin_token = (ex.home / "admin-token").read_text().strip()
+
         def all_ready() -> bool:
-            return sum(1 for h in ex.hosts() if h["state"] == "ready") >= len(shapes)
+            # The hosts' count by state from /metrics, twice a second: listing thousands of
+            # hosts 20 times a second (GET /v1/hosts) was most of what the server did while
+            # the fleet registered.
+            time.sleep(0.5)
+            try:
+                r = httpx.get(
+                    f"{ex.url}/metrics",
+                    headers={"Authorization": f"Bearer {admin_token}"},
+                    timeout=60,
+                )
+            except httpx.HTTPError:
+                return False
+            for line in r.text.splitlines():
+                if line.startswith('crucible_hosts{state="ready"}'):
+                    return int(float(line.split()[-1])) >= len(shapes)
+            return False
 
         t_reg = time.perf_counter()
         wait_for(all_ready, 60 + len(shapes), "every emulated host to register")
         reg_s = time.perf_counter() - t_reg
+        server_pids = [p.pid for p in [ex.server, *replica_procs] if p is not None]
         t_run = time.perf_counter()
+        cpu0 = cpu_s(server_pids)
         db0, t_db0 = db_bytes(store_url), time.perf_counter()
         out = asyncio.run(submit_and_probe(urls, user_token, pods, args))
         time.sleep(args.drain)
         db1, t_db1 = db_bytes(store_url), time.perf_counter()
         run_s = time.perf_counter() - t_run
+        server_cpu_s = cpu_s(server_pids) - cpu0
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         stop_file.touch()
         for p in agent_procs:
             p.wait(timeout=args.heartbeat + 120)
@@ -491,6 +536,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "api_probe_get_pod": summarize_ms(out["probe_s"]),
         "sync_with_work": summarize_ms([s for r in recs for s in r["early_sync_s"]]),
         "syncs_per_s": round(syncs / run_s, 1),
+        # The server process(es)' CPU over the run (submits, syncs, ticks), per placement:
+        # what the wall-clock figures would be on an otherwise idle machine's one core.
+        "server_cpu_s": round(server_cpu_s, 2),
+        "server_cpu_ms_per_placement": (
+            round(server_cpu_s * 1000 / len(latency), 2) if latency else None
+        ),
+        "run_s": round(run_s, 2),
+        "load_average_1m": None if load is None else round(load, 2),
         "db_bytes_start": db0,
         "db_bytes_end": db1,
         "db_bytes_per_hour": round((db1 - db0) / (t_db1 - t_db0) * 3600),
@@ -516,6 +569,9 @@ def report(r: dict[str, Any]) -> None:
         ["GET /v1/pods/{name} p50 / p99",
          f"{r['api_probe_get_pod']['p50_ms']:,.0f} / {r['api_probe_get_pod']['p99_ms']:,.0f} ms"],
         ["syncs/s (hosts' load)", f"{r['syncs_per_s']:,}"],
+        ["server CPU per placement", f"{r['server_cpu_ms_per_placement'] or 0:,.2f} ms"
+         f" ({r['server_cpu_s']:,} s over {r['run_s']:,} s)"],
+        ["machine load (1 min)", f"{r['load_average_1m']}"],
         ["database growth", f"{r['db_bytes_per_hour'] / 2**20:,.1f} MiB/hour"],
         ["errors", str(len(r["errors"]))],
     ]  # fmt: skip

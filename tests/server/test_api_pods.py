@@ -90,6 +90,30 @@ def test_pods_belong_to_their_account(server: ServerUnderTest) -> None:
     assert server.request("GET", "/v1/pods", token=host.token).status_code == 403
 
 
+def test_a_created_pod_is_shown_as_it_is_read_back(server: ServerUnderTest) -> None:
+    """Creation answers from what it wrote (it no longer reads the pod back): the answer is
+    the pod exactly as GET shows it, every field."""
+    alice = server.tenant("alice")
+    body = {
+        "name": "box",
+        "gpu": "H100:2",
+        "cpu": 3,
+        "memory": "2GiB",
+        "command": "sleep infinity",
+        "env": {"B": "1", "A": "2"},
+        "ports": ["8080/http"],
+        "market": {"tier": "interruptible", "bid_micros": 2_000_000},
+    }
+    created = server.ok("POST", "/v1/pods", token=alice.token, json=body)
+    assert created == server.ok("GET", "/v1/pods/box", token=alice.token)
+    assert (created["state"], created["cost_micros"], created["container_id"]) == (
+        "pending",
+        0,
+        None,
+    )
+    assert created["env_keys"] == ["A", "B"] and created["tier"] == "interruptible"
+
+
 def test_stop_start_and_delete_a_pending_pod(server: ServerUnderTest) -> None:
     alice = server.tenant("alice")
     server.ok("POST", "/v1/pods", token=alice.token, json={"name": "box"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -174,6 +175,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = SchedulerLoop(state)
         app.state.scheduler = scheduler
+        state.wakeups.bind(asyncio.get_running_loop())  # wake-ups from worker threads
         s = state.settings
         postgres = state.engine.dialect.name == "postgresql"
         # The embedded (SQLite) server is the only process on its store: it always leads,

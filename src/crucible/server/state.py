@@ -6,7 +6,8 @@ other replicas (docs/operators.md, "Running replicas"):
 
 - request side, any replica, correct: ``container_accounts``, ``container_facts`` and
   ``claim_groups`` (facts that never change; a miss reads the store), ``host_seq`` (keyed
-  by the agent process's registration), ``touched_ms`` (a write-rate limit);
+  by the agent process's registration), ``touched_ms`` (a write-rate limit),
+  ``heartbeats`` (hosts' syncs not yet written: at most a second, server/heartbeats.py);
 - request side, bounded-stale by a TTL: ``token_cache`` (5 s), ``credit_checked`` (2 s),
   ``web_endpoints`` (1 s);
 - shared over the wake-up bus: ``items_consumed`` (a generator caller's progress);
@@ -22,6 +23,7 @@ other replicas (docs/operators.md, "Running replicas"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -36,6 +38,7 @@ from crucible.core.autoscaler import ArrivalRate
 from crucible.server.auth import Principal
 from crucible.server.blobs import BlobStore
 from crucible.server.dispatch import Dispatcher
+from crucible.server.heartbeats import Heartbeats
 from crucible.server.metrics import Metrics
 from crucible.server.ratelimit import RateLimiter
 from crucible.server.relay import AccessRelay
@@ -52,6 +55,8 @@ __all__ = ["Clock", "ServerState", "SystemClock", "load_or_create_secret"]
 _ARRIVALS = "arrivals="
 _EXEC = "exec="
 _WAITING = "waiting="  # the scheduler leader's (scheduler/loop.py WAITING_PREFIX)
+# As many as the SQLite engine's pool has connections: more only wait for the store.
+_REGISTERING_AT_ONCE = 4
 
 
 class Clock(Protocol):
@@ -82,6 +87,8 @@ class ServerState:
     exec_stats: dict[str, float] = field(default_factory=dict)
     # Newest sync sequence number applied per host (see protocol.hosts.HostSync.seq).
     host_seq: dict[str, int] = field(default_factory=dict)
+    # Hosts' syncs seen here, written to the store in batches (server/heartbeats.py).
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
     dispatcher: Dispatcher = field(default_factory=Dispatcher)
     # What never changes about a container (account, function, rate, timeout, retries).
     container_facts: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +134,12 @@ class ServerState:
             [f"container:{container_id}"]
         )
         return channels
+
+    @cached_property
+    def registrations(self) -> asyncio.Semaphore:
+        """Hosts' registrations in progress at once (api/hosts.py register); made on the
+        event loop at first use."""
+        return asyncio.Semaphore(_REGISTERING_AT_ONCE)
 
     def observe_arrivals(self, function_id: str, n: int, now_ms: int) -> None:
         self._arrived(function_id, n, now_ms)

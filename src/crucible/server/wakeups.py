@@ -45,8 +45,30 @@ class Wakeups:
         self.publish: Callable[[Collection[str]], None] | None = None
         # Keys that carry a value from another replica ("prefix" + value) -> who applies it.
         self._handlers: dict[str, Callable[[str], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # see bind()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the waiters run on (the server's, from its start). Wake-ups sent
+        from a worker thread (routes declared ``def`` run in one: a pod's creation kicks the
+        scheduler) are then handed to that loop, which wakes at once; an asyncio event set
+        from another thread wakes nobody until the loop's next turn."""
+        self._loop = loop
+
+    def _off_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The bound loop, when called from another thread than the loop's."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        return None if running is loop else loop
 
     def notify(self, key: str) -> None:
+        if (loop := self._off_loop()) is not None:
+            loop.call_soon_threadsafe(self.notify, key)
+            return
         for event in self._waiters.get(key, ()):
             event.set()
         if self.publish is not None:
@@ -54,6 +76,10 @@ class Wakeups:
 
     def notify_many(self, keys: Iterable[str]) -> None:
         unique = set(keys)
+        if (loop := self._off_loop()) is not None:
+            if unique:
+                loop.call_soon_threadsafe(self.notify_many, unique)
+            return
         self.notify_local(unique)
         if self.publish is not None and unique:
             self.publish(unique)
@@ -89,6 +115,9 @@ class Wakeups:
         return [*self._waiters, SCHEDULER_KEY]
 
     def kick_scheduler(self) -> None:
+        if (loop := self._off_loop()) is not None:
+            loop.call_soon_threadsafe(self.kick_scheduler)
+            return
         self.scheduler.set()
         if self.publish is not None:
             self.publish((SCHEDULER_KEY,))

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+import logging
 
+from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from crucible.protocol.containers import ContainerAssignment
 from crucible.protocol.hosts import (
     HostInfo,
     HostRegister,
@@ -16,17 +23,34 @@ from crucible.server.api.deps import Caller, HostAgent, State
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.services.pods import disks_to_prune
-from crucible.server.wakeups import long_poll
+from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+log = logging.getLogger("crucible.hosts")
+
+# A sync's applied reports: (containers the agent must stop, wake-up keys, whether the
+# report is fresh, its sequence key); and what the store holds for the host: (containers
+# to start, to stop, their stop grace).
+_Applied = tuple[list[str], list[str], bool, str]
+_Commands = tuple[list[ContainerAssignment], list[str], dict[str, float]]
 
 
 @router.post("/register")
 async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
-    with state.engine.begin() as conn:
-        info = svc.register_host(
-            conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
-        )
+    def write() -> HostInfo:
+        # In a worker thread: a fleet registering at once must not stall the event loop
+        # (and with it every other agent's sync) on the store.
+        with state.engine.begin() as conn:
+            return svc.register_host(
+                conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode
+            )
+
+    # A few at a time: when a whole fleet registers at once (a restart of the exchange),
+    # registrations waiting on the store would otherwise take every worker thread, and the
+    # syncs of the hosts already registered would wait behind them until the hosts were
+    # declared lost.
+    async with state.registrations:
+        info = await run_in_threadpool(write)
     # A new agent process numbers its syncs from 1 again, under a new agent_session: the
     # previous processes' numbers are of no more use here.
     for key in [k for k in state.host_seq if k.startswith(f"{info.id}#")]:
@@ -41,43 +65,56 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
 async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> HostSyncReply:
     """The agent's heartbeat and command channel (hosts only dial out). Applies the agent's
     container reports, then answers with containers to start and stop, at once when there
-    are any, otherwise after up to ``wait_s``."""
-    s = state.settings
-    with state.engine.begin() as conn:
-        svc.require_host(conn, who, host_id)
-        # Keyed by the agent process (its registration), not by what this replica saw last:
-        # an agent that re-registered through another replica numbers its syncs from 1.
-        seq_key = f"{host_id}#{svc.agent_session(conn, host_id)}"
-        fresh = req.seq == 0 or req.seq > state.host_seq.get(seq_key, 0)
-        stop, keys = svc.process_reports(
-            conn,
-            host_id,
-            req.containers,
-            state.clock.now_ms(),
-            fresh=fresh,
-            max_infra_requeues=s.max_infra_requeues,
-            energy_readings_dropped=req.energy_readings_dropped,
-        )
-        if req.self_test is not None:  # a periodic self-test's fresh figures
-            svc.apply_self_test(conn, host_id, None, req.self_test, state.clock.now_ms())
-            state.market.offers_changed()
-    if fresh and req.seq:
-        state.host_seq[seq_key] = req.seq
-    for report in req.containers:
-        if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
-            state.access.end_container(report.container_id)
-            state.web_relay.end_container(report.container_id)  # its relayed web requests
-            state.web_channels.close_container(report.container_id)
-    state.wakeups.notify_many(keys)
-    if keys:
-        state.wakeups.kick_scheduler()
-    known = {c.container_id for c in req.containers}
+    are any, otherwise after up to ``wait_s``.
 
-    def commands() -> HostSyncReply | None:
-        with state.engine.connect() as conn:
-            start, stopping, grace = svc.assignments_for_host(
-                conn, host_id, state.secret, state.clock.now_ms()
+    The store is read and written in a worker thread (a write may wait for the scheduler's
+    transaction; the event loop serves the other agents meanwhile). An idle sync reads the
+    store once: the heartbeat is written later with other hosts' (server/heartbeats.py),
+    and while it waits the sync looks again only when woken for its host, or every
+    ``RECHECK_S`` in a long wait; the next sync looks first thing anyway."""
+    s = state.settings
+    known = {c.container_id for c in req.containers}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + req.wait_s
+
+    def apply() -> tuple[_Applied, _Commands]:
+        now = state.clock.now_ms()
+        with state.engine.begin() as conn:
+            host = svc.host_for_sync(conn, who, host_id)
+            # Keyed by the agent process (its registration), not by what this replica saw
+            # last: an agent that re-registered through another replica numbers its syncs
+            # from 1.
+            seq_key = f"{host_id}#{host.agent_session}"
+            fresh = req.seq == 0 or req.seq > state.host_seq.get(seq_key, 0)
+            stop, keys = svc.process_reports(
+                conn,
+                host_id,
+                req.containers,
+                now,
+                fresh=fresh,
+                max_infra_requeues=s.max_infra_requeues,
+                energy_readings_dropped=req.energy_readings_dropped,
+                host=host,
+                heartbeats=state.heartbeats,
             )
+            if req.self_test is not None:  # a periodic self-test's fresh figures
+                svc.apply_self_test(conn, host_id, None, req.self_test, now)
+        if state.heartbeats.due(now):
+            try:
+                with state.engine.begin() as conn:
+                    svc.flush_heartbeats(conn, state.heartbeats)
+            except SQLAlchemyError:
+                # Kept for the next write (flush_heartbeats gives them back); this sync's own
+                # reports are committed, and its agent is owed its answer.
+                log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
+        return (stop, keys, fresh, seq_key), read_commands()
+
+    def read_commands() -> _Commands:
+        with state.engine.connect() as conn:
+            return svc.assignments_for_host(conn, host_id, state.secret, state.clock.now_ms())
+
+    def reply_of(found: _Commands, stop: list[str]) -> HostSyncReply | None:
+        start, stopping, grace = found
         start = [a for a in start if a.container_id not in known]
         to_stop = sorted(set(stop) | {c for c in stopping if c in known})
         access = state.access.take_requests(host_id)
@@ -94,7 +131,34 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             )
         return None
 
-    reply = await long_poll(state.wakeups, [f"host:{host_id}"], commands, req.wait_s)
+    # Listening before the first look: a wake-up that comes meanwhile is not missed.
+    with state.wakeups.listen(f"host:{host_id}") as woken:
+        (stop, keys, fresh, seq_key), found = await run_in_threadpool(apply)
+        if req.self_test is not None:
+            state.market.offers_changed()
+        if fresh and req.seq:
+            state.host_seq[seq_key] = req.seq
+        for report in req.containers:
+            if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
+                state.access.end_container(report.container_id)
+                state.web_relay.end_container(report.container_id)  # its relayed requests
+                state.web_channels.close_container(report.container_id)
+        state.wakeups.notify_many(keys)
+        if keys:
+            state.wakeups.kick_scheduler()
+        reply = reply_of(found, stop)
+        while reply is None:
+            if not woken.is_set():  # nothing came since the store was read: wait
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=min(remaining, RECHECK_S))
+                if not woken.is_set() and loop.time() >= deadline:
+                    break  # nothing for it: its next sync looks first thing
+            woken.clear()  # before the read: a wake-up during it is seen at the next turn
+            found = await run_in_threadpool(read_commands)
+            reply = reply_of(found, stop)
     return reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
 
 
@@ -108,6 +172,7 @@ async def pod_disks(host_id: str, req: PodDisks, who: HostAgent, state: State) -
 
 
 @router.get("")
-async def list_hosts(who: Caller, state: State) -> list[HostInfo]:
+def list_hosts(who: Caller, state: State) -> list[HostInfo]:
+    """Every host (in a worker thread: thousands of hosts take a while to list)."""
     with state.engine.connect() as conn:
         return svc.list_hosts(conn)

@@ -63,7 +63,7 @@ from crucible.server.services.containers import (
 )
 from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
-from crucible.server.services.hosts import host_usage, mark_lost_hosts
+from crucible.server.services.hosts import flush_heartbeats, host_usage, mark_lost_hosts
 from crucible.server.services.market import (
     HostRow,
     MarketPlacer,
@@ -228,7 +228,14 @@ class SchedulerLoop:
         now = st.clock.now_ms()
         keys: list[str] = []
         live = st.market
+        # The chores before the snapshot commit on their own: on SQLite a transaction holds
+        # the store's write lock from its first write, and settling pods writes in most
+        # ticks of a busy exchange, so one transaction for the whole tick held every pod
+        # submission and agent report back through the whole placement.
         with self._begin() as conn:
+            # Syncs' heartbeats are written in batches: those seen here count before any
+            # host is declared lost or any container metered up to its host's last sync.
+            flush_heartbeats(conn, st.heartbeats)
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
@@ -240,6 +247,7 @@ class SchedulerLoop:
             # and a cluster with a member going away goes as a whole.
             keys += settle_clusters(conn, now)
             keys += settle_pods(conn, now)
+        with self._begin() as conn:
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)

@@ -18,9 +18,10 @@ ledger charge it per millisecond like any container. What is pod-specific lives 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 
 from crucible.errors import (
     ConflictError,
@@ -62,6 +63,7 @@ __all__ = [
     "pod_rows_of_cluster",
     "require_builder",
     "restart_row",
+    "settle_pod_of",
     "settle_pods",
     "settle_row",
     "start_pod",
@@ -130,8 +132,10 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
             f"you already have a pod called {spec.name!r}; pick another name, or remove it "
             f"first with `crucible pod rm {spec.name}`"
         )
-    pod_id = insert_pod(conn, principal.account_id, spec, now_ms)
-    return get_pod(conn, principal, pod_id)
+    row = _insert(conn, principal.account_id, spec, now_ms)
+    # Shown from what was just written (no container, nothing metered): reading it back
+    # took three more queries on the submit path.
+    return _info_of(row, spec, None, 0, None)
 
 
 def insert_pod(
@@ -145,6 +149,19 @@ def insert_pod(
 ) -> str:
     """Insert a pod with its app and function; returns its id. A cluster's member is
     placed by the cluster's gang placement, never by the scheduler's plan."""
+    return str(_insert(conn, account_id, spec, now_ms, cluster_id=cluster_id, rank=rank).id)
+
+
+def _insert(
+    conn: Connection,
+    account_id: str,
+    spec: PodSpec,
+    now_ms: int,
+    *,
+    cluster_id: str | None = None,
+    rank: int | None = None,
+) -> Any:
+    """:func:`insert_pod`; returns the pod's row as written (a namespace of its columns)."""
     pod_id, app_id, fn_id = new_id("pd"), new_id("ap"), new_id("fn")
     conn.execute(
         insert(apps).values(
@@ -168,22 +185,24 @@ def insert_pod(
             created_ms=now_ms,
         )
     )
-    conn.execute(
-        insert(pods).values(
-            id=pod_id,
-            account_id=account_id,
-            name=spec.name,
-            spec=spec.model_dump(mode="json"),
-            state="active",
-            app_id=app_id,
-            function_id=fn_id,
-            created_ms=now_ms,
-            run_started_ms=now_ms,
-            cluster_id=cluster_id,
-            rank=rank,
-        )
+    values: dict[str, Any] = {
+        "id": pod_id,
+        "account_id": account_id,
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "state": "active",
+        "app_id": app_id,
+        "function_id": fn_id,
+        "created_ms": now_ms,
+        "run_started_ms": now_ms,
+        "cluster_id": cluster_id,
+        "rank": rank,
+    }
+    conn.execute(insert(pods).values(**values))
+    # The columns it did not set, as the store defaults them.
+    return SimpleNamespace(
+        **values, reason=None, host_id=None, stopped_ms=None, cluster_env=None, cluster_net=None
     )
-    return pod_id
 
 
 def _pod_row(conn: Connection, principal: Principal, ref: str, *, deleted: bool = False) -> Any:
@@ -306,12 +325,19 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
 def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
     spec = PodSpec.model_validate(row.spec)
     ct = current_container(conn, row)
-    state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
     cost = conn.execute(
         select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
             containers.c.function_id == row.function_id
         )
     ).scalar_one()
+    return _info_of(row, spec, ct, int(cost), waiting)
+
+
+def _info_of(
+    row: Any, spec: PodSpec, ct: Any, cost: int, waiting: dict[str, str] | None
+) -> PodInfo:
+    """The pod as shown, from its row, its spec, its current container and its cost."""
+    state, reason = _shown_state(row, ct, (waiting or {}).get(row.function_id))
     return PodInfo(
         id=row.id,
         name=row.name,
@@ -331,7 +357,7 @@ def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> 
         host_id=ct.host_id if ct is not None else row.host_id,
         container_id=ct.id if ct is not None else None,
         rate_micros_per_hour=ct.rate_micros_per_hour if ct is not None else None,
-        cost_micros=int(cost),
+        cost_micros=cost,
         created_ms=row.created_ms,
         started_ms=ct.started_ms if ct is not None else None,
         stopped_ms=(ct.stopped_ms if ct is not None else None) or row.stopped_ms,
@@ -496,6 +522,48 @@ def pod_logs(
     return read_logs(conn, principal, row.app_id, after=after, limit=limit)
 
 
+# The pods :func:`settle_row` may have something to do for, found by the store, so that a
+# tick does not read (and parse the spec of) every running pod: those stopping, and the
+# active ones with a container of their current run stopping or stopped, or live on
+# another host than the one recorded. Only the columns settling uses.
+_of_pod = containers.c.function_id == pods.c.function_id
+_TO_SETTLE = select(
+    pods.c.id,
+    pods.c.state,
+    pods.c.app_id,
+    pods.c.function_id,
+    pods.c.host_id,
+    pods.c.run_started_ms,
+).where(
+    or_(
+        pods.c.state == "stopping",
+        and_(
+            pods.c.state == "active",
+            exists().where(
+                _of_pod,
+                or_(
+                    and_(
+                        or_(containers.c.state == "stopping", containers.c.state == "stopped"),
+                        or_(
+                            containers.c.stopped_ms.is_(None),
+                            containers.c.stopped_ms >= pods.c.run_started_ms,
+                        ),
+                    ),
+                    and_(
+                        or_(
+                            containers.c.state == "pending",
+                            containers.c.state == "starting",
+                            containers.c.state == "running",
+                        ),
+                        or_(pods.c.host_id.is_(None), containers.c.host_id != pods.c.host_id),
+                    ),
+                ),
+            ),
+        ),
+    )
+)
+
+
 def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     """Keep pods and their containers in step; run before each placement.
 
@@ -504,11 +572,37 @@ def settle_pods(conn: Connection, now_ms: int) -> list[str]:
     container has stopped, the outcome is recorded (stopped, preempted, failed) with its
     reason, and the host that holds the pod's disk is remembered."""
     keys: list[str] = []
-    rows = conn.execute(select(pods).where(pods.c.state.in_(("active", "stopping")))).all()
+    rows = conn.execute(_TO_SETTLE).all()
     latest = _latest_containers(conn, [r.function_id for r in rows])
     for row in rows:
         keys += settle_row(conn, row, now_ms, _of_current_run(row, latest.get(row.function_id)))
     return keys
+
+
+def settle_pod_of(conn: Connection, function_id: str, now_ms: int) -> list[str]:
+    """A container of ``function_id`` just ended: if it runs a pod of its own (not a cluster
+    member: its cluster settles as a whole), settle that pod now, in the same transaction,
+    rather than at the scheduler's next tick. Until then a tick that read the pod's function
+    between the end and the settling would start another container for the ended run (a
+    pod's function asks for one container)."""
+    row = conn.execute(_POD_OF_FUNCTION, {"b_fn": function_id}).first()
+    if row is None:
+        return []
+    return settle_row(conn, row, now_ms, current_container(conn, row))
+
+
+_POD_OF_FUNCTION = select(
+    pods.c.id,
+    pods.c.state,
+    pods.c.app_id,
+    pods.c.function_id,
+    pods.c.host_id,
+    pods.c.run_started_ms,
+).where(
+    pods.c.function_id == bindparam("b_fn"),
+    pods.c.cluster_id.is_(None),
+    or_(pods.c.state == "active", pods.c.state == "stopping"),
+)
 
 
 def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:

@@ -699,6 +699,7 @@ pods = Table(
     # members use their hosts' network.
     Column("cluster_net", JSON),
     Index("ix_pods_account_name", "account_id", "name"),
+    Index("ix_pods_state", "state"),  # the scheduler settles active and stopping pods
 )
 
 # Clusters (docs/pods.md): ``nodes`` pods placed all at once or not at all, stopped as one.
