@@ -29,11 +29,11 @@ import shlex
 PORT = 8888
 
 
-def jupyter_command(port: int = PORT) -> str:
+def jupyter_command(port: int = PORT, python: str = "python") -> str:
     """The pod's command: JupyterLab on ``port``, under the path the exchange publishes it
     at (``$CRUCIBLE_PORT_{port}_PATH``, set in the pod for each ``PORT/http``)."""
     argv = [
-        "python",
+        python,
         "-m",
         "jupyterlab",
         "--no-browser",
