@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 import crucible
+from access_testlib import ssh_env
 from crucible.testing import free_port, wait_for
 
 from harness import Exchange
@@ -243,3 +247,23 @@ def test_the_url_and_the_link_survive_stop_and_start(ex: Exchange, web: Any) -> 
     assert pod.port_link(port) == link
     _wait_serving(link, {})
     assert _seen(httpx.get(link, timeout=30))["path"] == f"/pods/{pod.id}/ports/{port}/"
+
+
+def test_the_cli_prints_the_url_and_the_link(ex: Exchange, web: Any, tmp_path: Path) -> None:
+    token, pod, port, tcp_port = web
+    env = {**ssh_env(ex, token, tmp_path / "cli-home"), "COLUMNS": "250"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "crucible.cli.main", *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
+
+    show = cli("pod", "show", "web")
+    assert show.returncode == 0, show.stderr
+    assert f"  {port}  {pod.port_url(port)}" in show.stdout, show.stdout
+    assert f"  {tcp_port}  " not in show.stdout  # a tcp port has no URL
+    assert "crucible_key" not in show.stdout  # the secret is printed only when asked
+    link = cli("pod", "link", "web")
+    assert link.returncode == 0, link.stderr
+    assert link.stdout.strip() == f"{port}: {pod.port_link(port)}"
+    wrong = cli("pod", "link", "web", str(tcp_port))
+    assert wrong.returncode != 0 and "port-forward" in wrong.stderr + wrong.stdout

@@ -68,7 +68,7 @@ def _port_urls(server_url: str, info: PodInfo) -> list[tuple[str, str]]:
     a link that opens it without one)."""
     base = server_url.split(",")[0].rstrip("/")
     return [
-        (f"url {p.split('/')[0]}", base + port_path(info.id, int(p.split("/")[0])))
+        (p.split("/")[0], base + port_path(info.id, int(p.split("/")[0])))
         for p in info.ports
         if p.endswith("/http")
     ]
@@ -86,7 +86,6 @@ def _show(info: PodInfo, server_url: str) -> None:
         ("command", info.command or "-"),
         ("env", ", ".join(info.env_keys) or "-"),
         ("ports", ", ".join(info.ports) or "-"),
-        *_port_urls(server_url, info),
         ("volumes", ", ".join(f"{n}:{p}" for p, n in info.volumes.items()) or "-"),
         ("tier", info.tier),
         ("host", info.host_id or "-"),
@@ -98,6 +97,15 @@ def _show(info: PodInfo, server_url: str) -> None:
         ("stopped", fmt_time(info.stopped_ms)),
     ]
     table(f"Pod {info.name}", ["", ""], rows, ids=())
+    urls = _port_urls(server_url, info)
+    if urls:  # whole, after the table (which shows ids short)
+        console.print(
+            f"\nHTTP ports (your token opens them; `crucible pod link {clean(info.name)}` "
+            "prints links that need none):",
+            soft_wrap=True,
+        )
+        for port, url in urls:
+            console.print(f"  {port}  {clean(url)}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
