@@ -42,6 +42,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Set-Cookie", "app_session=abc; Path=/; HttpOnly")
+        self.send_header("Set-Cookie", "crucible_session=planted; Path=/")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -126,7 +127,8 @@ def test_the_pod_url_forwards_the_full_path_host_and_cookies_but_ours(
     assert headers["x-forwarded-proto"] == "http"
     # The pod learns its prefix from the environment.
     assert seen["env"] == {f"CRUCIBLE_PORT_{port}_PATH": prefix}
-    assert "app_session=abc" in r.headers["set-cookie"]  # the app's cookie comes back
+    # The app's cookie comes back; one in the exchange's name does not.
+    assert r.headers.get_list("set-cookie") == ["app_session=abc; Path=/; HttpOnly"]
 
 
 def test_the_secret_link_opens_the_port_and_its_cookie_the_rest(ex: Exchange, web: Any) -> None:
@@ -186,6 +188,15 @@ def test_refusals(ex: Exchange, web: Any) -> None:
         timeout=30,
     )
     assert r.status_code == 404, r.text
+    # Nonsense is a client's mistake, never a 500.
+    for url in (
+        f"{ex.url}/pods/{pod.id}/ports/0/",
+        f"{ex.url}/pods/{pod.id}/ports/70000/x",
+        f"{ex.url}/v1/pods/{pod.id}/ports/99999/link",
+        f"{ex.url}/pods/{'x' * 5000}/ports/{port}/",
+    ):
+        r = httpx.get(url, headers=auth, timeout=30)
+        assert 400 <= r.status_code < 500, (url[:80], r.status_code, r.text)
     # Without the last slash: redirected to it (after the credentials are checked).
     r = httpx.get(f"{ex.url}/pods/{pod.id}/ports/{port}?x=1", headers=auth, timeout=30)
     assert r.status_code == 307 and r.headers["location"] == f"/pods/{pod.id}/ports/{port}/?x=1"

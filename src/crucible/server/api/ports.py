@@ -268,8 +268,11 @@ async def _forward(state: ServerState, request: Request, up: Upstream) -> Respon
 
     result = StreamingResponse(stream(), status_code=response.status_code)
     for k, v in out_headers:
-        if k.lower() != "content-length" or request.method != "HEAD":
-            result.headers.append(k, v)
+        if k.lower() == "content-length" and request.method == "HEAD":
+            continue
+        if k.lower() == "set-cookie" and _cookie_name(v) in _OUR_COOKIES:
+            continue  # a container may not set (or clear) the exchange's cookies
+        result.headers.append(k, v)
     if up.cookie is not None:
         result.set_cookie(
             COOKIE,
@@ -298,6 +301,10 @@ def raw_path(request: HTTPConnection) -> str:
     """The request's path as the client sent it (still percent-encoded)."""
     raw = request.scope.get("raw_path")
     return raw.decode("latin-1") if raw else quote(request.url.path)
+
+
+def _cookie_name(set_cookie: str) -> str:
+    return set_cookie.split(";", 1)[0].split("=", 1)[0].strip()
 
 
 def cookies_but_ours(header: str | None) -> str:
