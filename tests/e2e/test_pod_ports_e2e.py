@@ -201,6 +201,9 @@ def test_refusals(ex: Exchange, web: Any) -> None:
     r = httpx.get(f"{ex.url}/pods/{pod.id}/ports/{port}?x=1", headers=auth, timeout=30)
     assert r.status_code == 307 and r.headers["location"] == f"/pods/{pod.id}/ports/{port}/?x=1"
     assert httpx.get(f"{ex.url}/pods/{pod.id}/ports/{port}", timeout=30).status_code == 401
+    stranger_auth = {"Authorization": f"Bearer {stranger}"}
+    r = httpx.get(f"{ex.url}/pods/{pod.id}/ports/{port}", headers=stranger_auth, timeout=30)
+    assert r.status_code == 404
 
 
 def test_websockets_on_the_pod_url_are_refused_the_same_way(ex: Exchange, web: Any) -> None:

@@ -51,7 +51,6 @@ from crucible.errors import (
 )
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.protocol.common import Wire
-from crucible.protocol.pods import port_path
 from crucible.server.api.access import open_session
 from crucible.server.api.deps import Builder, State
 from crucible.server.auth import Principal
@@ -165,9 +164,11 @@ async def pod_port_root(pod_id: str, port: _Port, request: Request) -> Response:
     """The port's URL without its last slash: the same URL with it (a relative link on
     the app's first page, and the link's cookie scoped to the path, need it)."""
     state: ServerState = request.app.state.crucible
-    pod_caller(state, request, pod_id, port)  # 401/404 before anything else
+    who, _via_key = pod_caller(state, request, pod_id, port)  # 401/404 first, as below
+    with state.engine.connect() as conn:
+        target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
     query = f"?{request.url.query}" if request.url.query else ""
-    return RedirectResponse(f"{port_path(quote(pod_id, safe=''), port)}{query}", 307)
+    return RedirectResponse(f"{target.path}{query}", 307)
 
 
 @router.api_route(
