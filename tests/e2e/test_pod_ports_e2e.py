@@ -162,6 +162,7 @@ def test_refusals(ex: Exchange, web: Any) -> None:
         "no credentials": ({}, prefix, 401),
         "another account": ({"Authorization": f"Bearer {stranger}"}, prefix, 404),
         "a wrong key": ({}, prefix + "?crucible_key=" + "0" * 32, 404),
+        "a key that is not ASCII": ({}, prefix + "?crucible_key=%C3%A9t%C3%A9", 404),
         "an unknown pod": (
             {"Authorization": f"Bearer {token}"},
             f"{ex.url}/pods/pd-nope/ports/{port}/",

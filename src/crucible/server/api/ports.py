@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -39,6 +39,7 @@ import h11
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import Field
+from sqlalchemy import Connection
 from starlette.requests import HTTPConnection
 
 from crucible.errors import (
@@ -323,25 +324,39 @@ def check_port(port: int) -> None:
 def caller(
     state: ServerState, request: HTTPConnection, container_id: str, port: int
 ) -> tuple[Principal, bool]:
-    """The account a request (or a WebSocket upgrade) acts for, and whether it came with
-    the port's key."""
-    key = request.query_params.get(KEY_PARAM) or request.cookies.get(COOKIE)
-    if key is None or request.headers.get("authorization"):
-        who = authenticate(state, request.headers.get("authorization"))
-        if who.scope not in ("admin", "user"):
-            raise AuthError("a published port needs a user token or its secret link")
-        return who, False
-    with state.engine.connect() as conn:
-        account = svc.container_account(conn, container_id)
-    if account is None or not hmac.compare_digest(key, port_key(state.secret, container_id, port)):
-        raise NotFoundError(f"no published port {port} of container {container_id!r}")
-    return Principal(account_id=account, scope="user"), True
+    """The account a request (or a WebSocket upgrade) to a container's port acts for, and
+    whether it came with the port's key."""
+    return _token_or_key(
+        state,
+        request,
+        lambda conn: svc.container_account(conn, container_id),
+        port_key(state.secret, container_id, port),
+        f"no published port {port} of container {container_id[:80]!r}",
+    )
 
 
 def pod_caller(
     state: ServerState, request: HTTPConnection, pod_id: str, port: int
 ) -> tuple[Principal, bool]:
     """As :func:`caller`, for a pod's URL: the key is the pod's (``pod_port_key``)."""
+    return _token_or_key(
+        state,
+        request,
+        lambda conn: pod_ports.pod_account(conn, pod_id),
+        pod_port_key(state.secret, pod_id, port),
+        f"no published port {port} of pod {pod_id[:80]!r}",
+    )
+
+
+def _token_or_key(
+    state: ServerState,
+    request: HTTPConnection,
+    account_of: Callable[[Connection], str | None],
+    expected_key: str,
+    unknown: str,
+) -> tuple[Principal, bool]:
+    """A user token (``Authorization``, which wins), else the port's key (``?crucible_key=``
+    or its cookie): one ``404`` (``unknown``) for a wrong key and a target that is gone."""
     key = request.query_params.get(KEY_PARAM) or request.cookies.get(COOKIE)
     if key is None or request.headers.get("authorization"):
         who = authenticate(state, request.headers.get("authorization"))
@@ -349,9 +364,10 @@ def pod_caller(
             raise AuthError("a published port needs a user token or its secret link")
         return who, False
     with state.engine.connect() as conn:
-        account = pod_ports.pod_account(conn, pod_id)
-    if account is None or not hmac.compare_digest(key, pod_port_key(state.secret, pod_id, port)):
-        raise NotFoundError(f"no published port {port} of pod {pod_id[:80]!r}")
+        account = account_of(conn)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
+    if account is None or not hmac.compare_digest(key.encode(), expected_key.encode()):
+        raise NotFoundError(unknown)
     return Principal(account_id=account, scope="user"), True
 
 
