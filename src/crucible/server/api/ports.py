@@ -52,6 +52,7 @@ from crucible.errors import (
 )
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.protocol.common import Wire
+from crucible.server.api import ports_origin
 from crucible.server.api.access import open_session
 from crucible.server.api.deps import Builder, State
 from crucible.server.auth import Principal
@@ -86,7 +87,7 @@ _DROP = {
 }
 # The exchange's cookies: never passed to a container.
 _OUR_COOKIES = {COOKIE, CONSOLE_COOKIE, LOGIN_COOKIE}
-_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 class PortLink(Wire):
@@ -130,13 +131,19 @@ def pod_port_link(pod: str, port: _Port, request: Request, who: Builder, state: 
     with state.engine.connect() as conn:
         target = pod_ports.pod_port(conn, who, pod, port, by_name=True)
     key = pod_port_key(state.secret, target.pod_id, port)
+    domain = state.settings.ports_domain
+    if domain:  # the port's own origin (api/ports_host.py)
+        origin = ports_origin.host_origin(
+            request, ports_origin.check_domain(domain), target.pod_id, port
+        )
+        return PortLink(url=f"{origin}{target.path}?{KEY_PARAM}={key}", key=key)
     base = str(request.base_url).rstrip("/")
     return PortLink(url=f"{base}{target.path}?{KEY_PARAM}={key}", key=key)
 
 
 @router.api_route(
     "/ports/{container_id}/{port}/{path:path}",
-    methods=_METHODS,
+    methods=METHODS,
     include_in_schema=False,  # what is under it is the container's own server
 )
 async def published_port(container_id: str, port: _Port, path: str, request: Request) -> Response:
@@ -145,7 +152,7 @@ async def published_port(container_id: str, port: _Port, path: str, request: Req
     check_port(port)
     who, via_key = caller(state, request, container_id, port)
     cookie = port_key(state.secret, container_id, port) if via_key else None
-    return await _forward(
+    return await forward(
         state,
         request,
         Upstream(
@@ -160,7 +167,7 @@ async def published_port(container_id: str, port: _Port, path: str, request: Req
     )
 
 
-@router.api_route("/pods/{pod_id}/ports/{port}", methods=_METHODS, include_in_schema=False)
+@router.api_route("/pods/{pod_id}/ports/{port}", methods=METHODS, include_in_schema=False)
 async def pod_port_root(pod_id: str, port: _Port, request: Request) -> Response:
     """The port's URL without its last slash: the same URL with it (a relative link on
     the app's first page, and the link's cookie scoped to the path, need it)."""
@@ -169,11 +176,11 @@ async def pod_port_root(pod_id: str, port: _Port, request: Request) -> Response:
     with state.engine.connect() as conn:
         target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
     query = f"?{request.url.query}" if request.url.query else ""
-    return RedirectResponse(f"{target.path}{query}", 307)
+    return RedirectResponse(f"{own_origin(state, request, pod_id, port)}{target.path}{query}", 307)
 
 
 @router.api_route(
-    "/pods/{pod_id}/ports/{port}/{path:path}", methods=_METHODS, include_in_schema=False
+    "/pods/{pod_id}/ports/{port}/{path:path}", methods=METHODS, include_in_schema=False
 )
 async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Response:
     """The pod's published HTTP port, at a URL that survives stop/start; the full path goes
@@ -183,8 +190,12 @@ async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Res
     who, via_key = pod_caller(state, request, pod_id, port)
     with state.engine.connect() as conn:
         target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
+        if state.settings.ports_domain:  # the port has its own origin: go there
+            query = f"?{request.url.query}" if request.url.query else ""
+            origin = own_origin(state, request, pod_id, port)
+            return RedirectResponse(f"{origin}{raw_path(request)}{query}", 307)
         container_id = pod_ports.running_container(conn, target)
-    return await _forward(
+    return await forward(
         state,
         request,
         Upstream(
@@ -198,6 +209,15 @@ async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Res
             forwarded=forwarded_headers(request, target.path),
         ),
     )
+
+
+def own_origin(state: ServerState, request: HTTPConnection, pod_id: str, port: int) -> str:
+    """Where a pod's port lives: its own origin with ``CRUCIBLE_PORTS_DOMAIN`` set, else
+    "" (this exchange's origin, a path under it)."""
+    domain = state.settings.ports_domain
+    if not domain:
+        return ""
+    return ports_origin.host_origin(request, ports_origin.check_domain(domain), pod_id, port)
 
 
 @dataclass(frozen=True)
@@ -214,7 +234,7 @@ class Upstream:
     forwarded: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def _forward(state: ServerState, request: Request, up: Upstream) -> Response:
+async def forward(state: ServerState, request: Request, up: Upstream) -> Response:
     """Send the request to the container's port over a ``tcp`` session and stream the
     response back."""
     body = await request.body()
@@ -291,12 +311,13 @@ def forwarded_headers(request: HTTPConnection, prefix: str) -> list[tuple[str, s
     """What a reverse proxy tells the app behind it: the client's scheme, host and address,
     and the prefix it is served under."""
     client = request.client.host if request.client is not None else ""
-    return [
+    out = [
         ("x-forwarded-proto", request.url.scheme.replace("ws", "http")),
         ("x-forwarded-host", request.headers.get("host", "")),
         ("x-forwarded-for", client),
-        ("x-forwarded-prefix", prefix.rstrip("/")),
     ]
+    # On its own host (api/ports_host.py) the port is served at the root: no prefix.
+    return [*out, ("x-forwarded-prefix", prefix.rstrip("/"))] if prefix else out
 
 
 def raw_path(request: HTTPConnection) -> str:

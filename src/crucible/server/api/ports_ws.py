@@ -35,7 +35,7 @@ from websockets.http11 import Response as WsResponse
 from websockets.protocol import State as WsState
 from websockets.uri import parse_uri
 
-from crucible.errors import Error, ServerUnavailableError
+from crucible.errors import Error, InvalidRequestError, ServerUnavailableError
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.server.api.access import open_session
 from crucible.server.api.ports import (
@@ -45,6 +45,7 @@ from crucible.server.api.ports import (
     check_port,
     cookies_but_ours,
     forwarded_headers,
+    own_origin,
     pod_caller,
     raw_path,
 )
@@ -103,7 +104,14 @@ async def published_port_websocket(
 @router.websocket("/pods/{pod_id}/ports/{port}/{path:path}")
 async def pod_port_websocket(websocket: WebSocket, pod_id: str, port: int, path: str) -> None:
     """Relay a WebSocket to a pod's published HTTP ``port`` (the pod sees the full path,
-    the client's ``Host`` and ``Origin``, and ``X-Forwarded-*``)."""
+    the client's ``Host`` and ``Origin``, and ``X-Forwarded-*``). With
+    ``CRUCIBLE_PORTS_DOMAIN`` set the port lives on its own host only: refused here."""
+    await serve_pod(websocket, pod_id, port, own_host=False)
+
+
+async def serve_pod(websocket: WebSocket, pod_id: str, port: int, *, own_host: bool) -> None:
+    """Relay a WebSocket to a pod's port: at its path URL (``own_host`` False) or on its
+    own host (api/ports_host.py: no prefix, ``X-Forwarded-Prefix`` empty)."""
     state: ServerState = websocket.app.state.crucible
 
     def target() -> _Target:
@@ -111,6 +119,12 @@ async def pod_port_websocket(websocket: WebSocket, pod_id: str, port: int, path:
         who, _via_key = pod_caller(state, websocket, pod_id, port)
         with state.engine.connect() as conn:
             found = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
+            if state.settings.ports_domain and not own_host:
+                origin = own_origin(state, websocket, pod_id, port)
+                raise InvalidRequestError(
+                    f"pod {found.name}'s port {port} is served on its own host: connect to "
+                    f"{origin.replace('http', 'ws', 1)}{raw_path(websocket)}"
+                )
             container_id = pod_ports.running_container(conn, found)
         return _Target(
             who,
@@ -118,7 +132,7 @@ async def pod_port_websocket(websocket: WebSocket, pod_id: str, port: int, path:
             port,
             raw_path(websocket),
             websocket.headers.get("host"),
-            forwarded_headers(websocket, found.path),
+            forwarded_headers(websocket, "" if own_host else found.path),
         )
 
     await _serve(websocket, target)
@@ -150,7 +164,7 @@ async def _serve(websocket: WebSocket, resolve: Callable[[], _Target]) -> None:
         await websocket.accept(subprotocol=response.headers.get("Sec-WebSocket-Protocol"))
         await _relay(websocket, agent, protocol, session)
     except Error as exc:
-        await _deny(websocket, exc)
+        await deny(websocket, exc)
     except WebSocketDisconnect:
         pass
     finally:
@@ -290,7 +304,7 @@ async def _flush(protocol: ClientProtocol, agent: Any, lock: asyncio.Lock) -> No
                 await agent.send_bytes(bytes((CHANNEL_IN,)) + chunk[at : at + _PIECE])
 
 
-async def _deny(websocket: WebSocket, exc: Error) -> None:
+async def deny(websocket: WebSocket, exc: Error) -> None:
     """Answer the upgrade with the error's HTTP status and body (or, once accepted, close
     with its message)."""
     body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
@@ -311,7 +325,7 @@ async def _deny_upstream(
             f"port {port} of container {container_id} closed the connection during the "
             "WebSocket handshake"
         )
-        await _deny(websocket, exc)
+        await deny(websocket, exc)
         return
     media = response.headers.get("Content-Type", "text/plain")
     await _send_denial(websocket, response.status_code, bytes(response.body or b""), media)
