@@ -220,3 +220,16 @@ def test_the_console_session_cookie_is_host_only(ex: Exchange, web: Any) -> None
         assert r.status_code in (302, 303), r.text
         session = [c for c in r.headers.get_list("set-cookie") if c.startswith("crucible_session=")]
         assert session and "domain" not in session[0].lower(), session
+
+
+def test_a_websocket_on_the_path_url_is_sent_to_the_ports_host(ex: Exchange, web: Any) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    token, pod, port, _tcp = web
+    url = ex.url.replace("http", "ws") + f"/pods/{pod.id}/ports/{port}/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=30)
+    response = refused.value.response
+    assert response.status_code == 400
+    assert f"ws://{host(ex, pod.id, port)}/pods/{pod.id}/ports/{port}/ws" in response.body.decode()
