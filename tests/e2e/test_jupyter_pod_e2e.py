@@ -5,6 +5,10 @@ processes, ``process`` runtime), served under the pod's URL ``/pods/{pod}/ports/
   which renders; a notebook's cell runs ``print(6 * 7)`` and shows ``42``. Every resource
   the page loaded came from under the pod's URL, and the page's scripts cannot read the
   link's key (its cookie is HttpOnly) but can read Jupyter's ``_xsrf``.
+- With ``CRUCIBLE_PORTS_DOMAIN=ports.localhost``, in the same browser: the link opens
+  JupyterLab on the port's own origin ``{pod}-{port}.ports.localhost`` and a cell runs; the
+  page's ``fetch('/v1/...')`` reaches the pod, not the API, and it cannot read the console
+  on the exchange's origin although the browser holds a console session.
 - Without a browser: the page's HTML, then every asset it references, answer 200 through
   the URL; a kernel started over REST (with Jupyter's XSRF check on, as a browser passes
   it) runs a cell over its WebSocket.
@@ -60,8 +64,24 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchang
     """The exchange, the owner's token, and a running pod serving JupyterLab the way
     examples/jupyter_pod.py does (on a free port: the process runtime shares the host's
     network)."""
-    root = tmp_path_factory.mktemp("jupyter-pod")
-    ex = Exchange(root, f"sqlite:///{root / 'store.db'}")
+    yield from _notebook(tmp_path_factory.mktemp("jupyter-pod"))
+
+
+@pytest.fixture(scope="module")
+def notebook_on_host(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Exchange, str, Any, int]]:
+    """The same, on an exchange with ``CRUCIBLE_PORTS_DOMAIN=ports.localhost``: the port
+    on its own origin, ``{pod}-{port}.ports.localhost``."""
+    yield from _notebook(tmp_path_factory.mktemp("jupyter-pod-host"), PORTS_DOMAIN)
+
+
+PORTS_DOMAIN = "ports.localhost"
+
+
+def _notebook(root: Path, domain: str = "") -> Iterator[tuple[Exchange, str, Any, int]]:
+    env = {"CRUCIBLE_PORTS_DOMAIN": domain} if domain else {}
+    ex = Exchange(root, f"sqlite:///{root / 'store.db'}", **env)
     ex.start_server()
     try:
         ex.start_agent("host-a")
@@ -76,12 +96,15 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchang
         )
         assert pod.wait("running", "failed", timeout_s=120).state == "running", pod.info()
         auth = {"Authorization": f"Bearer {token}"}
+        if domain:  # the ports host, named in Host (Python does not resolve *.localhost)
+            auth["Host"] = f"{pod.id}-{port}.{domain}:{ex.url.rsplit(':', 1)[1]}"
+        status = ex.url + f"/pods/{pod.id}/ports/{port}/api/status"
 
         def serving() -> bool:
             if pod.info().state != "running":
                 raise AssertionError(_logs(pod))
             try:
-                r = httpx.get(pod.port_url(port) + "api/status", headers=auth, timeout=30)
+                r = httpx.get(status, headers=auth, timeout=30)
             except httpx.HTTPError:
                 return False
             return r.status_code == 200
@@ -188,6 +211,78 @@ def test_jupyterlab_opens_in_a_browser_and_runs_a_cell(
         # The link's key is out of the page's reach; Jupyter's own XSRF cookie is not.
         cookies = str(d.execute_script("return document.cookie"))
         assert "_xsrf=" in cookies and "crucible_port_key" not in cookies
+
+
+@pytest.mark.timeout(600)
+def test_jupyterlab_on_its_own_origin_in_a_browser(
+    notebook_on_host: tuple[Exchange, str, Any, int], tmp_path: Path
+) -> None:
+    """With CRUCIBLE_PORTS_DOMAIN=ports.localhost (Chromium resolves *.localhost to
+    loopback): the link opens JupyterLab on ``{pod}-{port}.ports.localhost``, a cell runs
+    over its WebSocket there, and the page can reach neither the exchange's API on its own
+    origin (the pod answers there) nor, cross-origin, the console."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ex, token, pod, port = notebook_on_host
+    origin = f"http://{pod.id}-{port}.{PORTS_DOMAIN}:{ex.url.rsplit(':', 1)[1]}"
+    link = pod.port_link(port)
+    assert link.startswith(origin + f"/pods/{pod.id}/ports/{port}/?crucible_key="), link
+    with headless_chromium(tmp_path / "chromium") as d:
+        # A console session in this browser first: the pod's page must not be able to use it.
+        d.get(ex.url + "/login")
+        d.find_element(By.ID, "token").send_keys(token)
+        d.find_element(By.ID, "token").submit()
+        WebDriverWait(d, 60).until(lambda d: "/login" not in d.current_url)
+        assert any(c["name"] == "crucible_session" for c in d.get_cookies())
+        wait = WebDriverWait(d, 240)
+        d.get(link)
+        try:
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, LAUNCHER_NOTEBOOK))
+            assert d.current_url.startswith(origin + f"/pods/{pod.id}/ports/{port}/lab")
+            d.find_element(By.CSS_SELECTOR, LAUNCHER_NOTEBOOK).click()
+            wait.until(
+                lambda d: "| Idle" in d.find_element(By.CSS_SELECTOR, ".jp-StatusBar-Widget").text
+            )
+            editor = wait.until(lambda d: _visible(d, CELL_EDITOR))
+            ActionChains(d).click(editor).send_keys("print(6 * 7)").key_down(Keys.SHIFT).send_keys(
+                Keys.ENTER
+            ).key_up(Keys.SHIFT).perform()
+            wait.until(
+                lambda d: any(
+                    o.text.strip() == "42" for o in d.find_elements(By.CSS_SELECTOR, OUTPUT)
+                )
+            )
+            d.save_screenshot(str(_artifacts() / "jupyterlab-own-origin.png"))
+        except Exception as exc:
+            d.save_screenshot(str(_artifacts() / "jupyterlab-own-origin-failed.png"))
+            raise AssertionError(f"{exc!r}; browser: {d.get_log('browser')}; {_logs(pod)}") from exc
+        loaded = d.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        outside = [u for u in loaded if u.startswith("http") and not u.startswith(origin + "/")]
+        assert not outside, outside
+        assert "crucible_session" not in str(d.execute_script("return document.cookie"))
+        # What a hostile page would try: the API by a relative URL (the pod answers, not the
+        # exchange), and the console on the exchange's origin (the browser refuses to read).
+        probe = d.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const out = {};
+            fetch('/v1/accounts/me', {credentials: 'include'})
+              .then(r => r.text().then(t => { out.api = [r.status, t.slice(0, 200)]; }))
+              .catch(e => { out.api = ['error', String(e)]; })
+              .then(() => fetch(arguments[0] + '/', {credentials: 'include'}))
+              .then(r => r.text().then(t => { out.console = [r.status, t.slice(0, 200)]; }))
+              .catch(e => { out.console = ['error', String(e)]; })
+              .then(() => done(out));
+            """,
+            ex.url,
+        )
+        assert probe["api"][0] == 404 and '"ac-' not in probe["api"][1], probe
+        assert probe["console"][0] == "error", probe  # cross-origin, no CORS: unreadable
 
 
 def _visible(d: Any, selector: str) -> Any:
