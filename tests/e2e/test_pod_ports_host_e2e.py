@@ -233,3 +233,31 @@ def test_a_websocket_on_the_path_url_is_sent_to_the_ports_host(ex: Exchange, web
     response = refused.value.response
     assert response.status_code == 400
     assert f"ws://{host(ex, pod.id, port)}/pods/{pod.id}/ports/{port}/ws" in response.body.decode()
+
+
+def test_a_containers_port_has_its_own_host_too(ex: Exchange, web: Any) -> None:
+    """Else a pod owner could share its container's port link, still on the exchange's
+    origin, and the same page would read the console."""
+    token, pod, port, _tcp = web
+    auth = {"Authorization": f"Bearer {token}"}
+    cid = pod.info().container_id
+    at = host(ex, cid, port)
+    r = _get(ex, at, "/x/y?z=1", auth)
+    assert r.status_code == 200 and r.json()["path"] == "/x/y?z=1", r.text
+    link = ex.client(token).get(f"/v1/containers/{cid}/ports/{port}/link")
+    assert link["url"] == f"http://{at}/?crucible_key={link['key']}", link
+    r = _get(ex, at, f"/?crucible_key={link['key']}")
+    assert r.status_code == 200 and "domain" not in r.headers["set-cookie"].lower()
+    assert "Path=/;" in r.headers["set-cookie"] or r.headers["set-cookie"].endswith("Path=/")
+    # The path URL checks, then redirects to the host with the rest of the path.
+    r = httpx.get(f"{ex.url}/ports/{cid}/{port}/a%20b?c=1", headers=auth, timeout=30)
+    assert r.status_code == 307 and r.headers["location"] == f"http://{at}/a%20b?c=1"
+    assert httpx.get(f"{ex.url}/ports/{cid}/{port}/", timeout=30).status_code == 401
+    # Another account: 404 on its host and at its path URL; no key, no entry.
+    stranger = {"Authorization": f"Bearer {ex.new_account('stranger-ct')}"}
+    assert _get(ex, at, "/", stranger).status_code == 404
+    assert (
+        httpx.get(f"{ex.url}/ports/{cid}/{port}/", headers=stranger, timeout=30).status_code == 404
+    )
+    assert _get(ex, at, "/?crucible_key=" + "0" * 32).status_code == 404
+    assert _get(ex, host(ex, "ct-unknown", port), "/", auth).status_code == 404

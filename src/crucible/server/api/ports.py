@@ -119,6 +119,9 @@ def port_link(
     with state.engine.connect() as conn:
         target = svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
     key = port_key(state.secret, target.container_id, port)
+    origin = own_origin(state, request, target.container_id, port)
+    if origin:  # the port's own origin (api/ports_host.py), served at its root
+        return PortLink(url=f"{origin}/?{KEY_PARAM}={key}", key=key)
     base = str(request.base_url).rstrip("/")
     return PortLink(url=f"{base}/ports/{target.container_id}/{port}/?{KEY_PARAM}={key}", key=key)
 
@@ -151,6 +154,13 @@ async def published_port(container_id: str, port: _Port, path: str, request: Req
     state: ServerState = request.app.state.crucible
     check_port(port)
     who, via_key = caller(state, request, container_id, port)
+    if state.settings.ports_domain:  # the port has its own origin: go there
+        with state.engine.connect() as conn:  # another account's container: 404, as there
+            svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
+        origin = own_origin(state, request, container_id, port)
+        rest = raw_path(request).split("/", 4)[-1]
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"{origin}/{rest}{query}", 307)
     cookie = port_key(state.secret, container_id, port) if via_key else None
     return await forward(
         state,
@@ -211,13 +221,13 @@ async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Res
     )
 
 
-def own_origin(state: ServerState, request: HTTPConnection, pod_id: str, port: int) -> str:
-    """Where a pod's port lives: its own origin with ``CRUCIBLE_PORTS_DOMAIN`` set, else
-    "" (this exchange's origin, a path under it)."""
+def own_origin(state: ServerState, request: HTTPConnection, owner_id: str, port: int) -> str:
+    """Where a pod's or a container's port lives: its own origin with
+    ``CRUCIBLE_PORTS_DOMAIN`` set, else "" (this exchange's origin, a path under it)."""
     domain = state.settings.ports_domain
     if not domain:
         return ""
-    return ports_origin.host_origin(request, ports_origin.check_domain(domain), pod_id, port)
+    return ports_origin.host_origin(request, ports_origin.check_domain(domain), owner_id, port)
 
 
 @dataclass(frozen=True)

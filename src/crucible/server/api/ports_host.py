@@ -1,4 +1,5 @@
-"""Published ports on their own origin: ``{pod_id}-{port}.{CRUCIBLE_PORTS_DOMAIN}``.
+"""Published ports on their own origin: ``{pod_id}-{port}.{CRUCIBLE_PORTS_DOMAIN}`` (a
+container's port, ``/v1/containers/{id}/ports/{port}/link``: ``{container_id}-{port}...``).
 
 With ``CRUCIBLE_PORTS_DOMAIN`` set, every request whose ``Host`` is under that domain goes
 to :class:`PortsHost` ahead of all routing: the host's first label names the pod and the
@@ -77,6 +78,8 @@ class PortsHost:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise PayloadTooLargeError(f"the request body is over {limit} bytes")
+        if not pod_id.startswith(_POD):
+            return await self._container(request, pod_id, port)
         who, via_key = ports.pod_caller(state, request, pod_id, port)
         with state.engine.connect() as conn:
             target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
@@ -96,6 +99,25 @@ class PortsHost:
             ),
         )
 
+    async def _container(self, request: Request, container_id: str, port: int) -> Response:
+        """A container's port (``/v1/containers/{id}/ports/{port}/link``): the path as
+        sent, the Host it has at its path URL."""
+        state = self.state
+        who, via_key = ports.caller(state, request, container_id, port)
+        return await ports.forward(
+            state,
+            request,
+            ports.Upstream(
+                who=who,
+                container_id=container_id,
+                port=port,
+                path=ports.raw_path(request),
+                host=f"127.0.0.1:{port}",
+                cookie_path="/",
+                cookie=ports.port_key(state.secret, container_id, port) if via_key else None,
+            ),
+        )
+
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, found: tuple[str, int] | bool
     ) -> None:
@@ -103,10 +125,14 @@ class PortsHost:
         if found is True or found is False:
             await ports_ws.deny(websocket, NotFoundError(_NO_PORT))
             return
-        pod_id, port = found
-        await ports_ws.serve_pod(websocket, pod_id, port, own_host=True)
+        owner, port = found
+        if owner.startswith(_POD):
+            await ports_ws.serve_pod(websocket, owner, port, own_host=True)
+        else:
+            await ports_ws.serve_container(websocket, owner, port)
 
 
+_POD = "pd-"  # a pod's id (protocol/ids.py); any other label names a container
 _NO_PORT = (
     "this host names no published port: a pod's port is at {pod_id}-{port}.<ports domain> "
     "(`crucible pod show NAME` lists its URLs)"

@@ -96,7 +96,26 @@ async def published_port_websocket(
     def target() -> _Target:
         check_port(port)
         who, _via_key = caller(state, websocket, container_id, port)
+        if state.settings.ports_domain:
+            origin = own_origin(state, websocket, container_id, port)
+            raise InvalidRequestError(
+                f"port {port} of container {container_id} is served on its own host: "
+                f"connect to {origin.replace('http', 'ws', 1)}/{path}"
+            )
         return _Target(who, container_id, port, "/" + path, None, [])
+
+    await _serve(websocket, target)
+
+
+async def serve_container(websocket: WebSocket, container_id: str, port: int) -> None:
+    """Relay a WebSocket to a container's port on its own host (api/ports_host.py): the
+    path as sent."""
+    state: ServerState = websocket.app.state.crucible
+
+    def target() -> _Target:
+        check_port(port)
+        who, _via_key = caller(state, websocket, container_id, port)
+        return _Target(who, container_id, port, raw_path(websocket), None, [])
 
     await _serve(websocket, target)
 
