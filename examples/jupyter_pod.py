@@ -1,73 +1,70 @@
-"""Jupyter in a pod, reached through the exchange's published port (kernels included).
+"""JupyterLab in a pod, opened in your browser through the exchange.
 
-    python examples/jupyter_pod.py            # creates the pod `notebook`, prints the link
+    python examples/jupyter_pod.py            # creates the pod `notebook`, prints its link
+    crucible pod link notebook                # the link again, later
     crucible pod rm notebook                  # when done (or: crucible pod stop notebook)
 
-The pod runs Jupyter Server on port 8888 inside it, published by the exchange at
-``/ports/CONTAINER/8888/``. The exchange guards that URL (your token, or the port's secret
-link, which this prints), so Jupyter's own token is off. Jupyter's REST API and its kernels'
-WebSockets work through it: a program with the link (or your token) starts kernels and runs
-cells (see the test below). The exchange strips ``/ports/CONTAINER/8888`` before the request
-reaches the pod, so Jupyter serves at ``/`` and its browser pages, whose links are absolute,
-do not load under the prefix yet: for the browser UI use
-``crucible pod port-forward notebook 8888`` and open http://localhost:8888/.
+The pod publishes port 8888 (``--port 8888/http``), so the exchange serves it at the pod's
+own URL, ``/pods/POD/ports/8888/``, which stays the same when the pod is stopped and started
+again. The pod learns that path from ``$CRUCIBLE_PORT_8888_PATH`` and JupyterLab serves
+under it (``--ServerApp.base_url``), so its pages, assets, REST API and kernels' WebSockets
+all work through the exchange. The exchange guards the URL (your token, or the port's secret
+link, which this prints: open it in a browser), so Jupyter's own token is off; Jupyter's
+XSRF and origin checks stay on (the exchange passes Jupyter's cookies and the browser's
+``Host``).
 
-Nothing is downloaded when the pod starts: ``jupyter_server`` and ``ipykernel`` must be in
-the pod's Python (the host's environment on the ``process`` runtime, or an image of yours:
+Nothing is downloaded when the pod starts: ``jupyterlab`` and ``ipykernel`` must be in the
+pod's Python (the host's environment on the ``process`` runtime, or an image of yours:
 ``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``).
 
-tests/e2e/test_access_e2e.py runs the same arguments in a container and one cell through
-the kernel's WebSocket over the published port.
+tests/e2e/test_jupyter_pod_e2e.py runs this pod, opens the link in Chromium, runs a cell
+and reads its output.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import time
 
 PORT = 8888
 
 
-def jupyter_argv(port: int = PORT) -> list[str]:
-    """The Python arguments that serve Jupyter on ``port`` for the exchange to publish."""
-    return [
+def jupyter_command(port: int = PORT, python: str = "python") -> str:
+    """The pod's command: JupyterLab on ``port``, under the path the exchange publishes it
+    at (``$CRUCIBLE_PORT_{port}_PATH``, set in the pod for each ``PORT/http``)."""
+    argv = [
+        python,
         "-m",
-        "jupyter_server",
+        "jupyterlab",
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         "--ServerApp.port_retries=0",
         # The exchange authenticates every request (token or secret link): Jupyter's own
-        # token would be a second login. Its origin and XSRF checks see the exchange's
-        # host, not the browser's, so they are off too.
+        # token would be a second login.
         "--IdentityProvider.token=",
-        "--ServerApp.allow_origin=*",
-        "--ServerApp.disable_check_xsrf=True",
+        # Requests arrive with the browser's Host (the exchange's name), not localhost.
+        "--ServerApp.allow_remote_access=True",
         "--allow-root",  # a sandbox's user is its own; the process runtime may be root
     ]
+    base_url = f'--ServerApp.base_url="$CRUCIBLE_PORT_{port}_PATH"'
+    return "exec " + " ".join(shlex.quote(a) for a in argv) + " " + base_url
 
 
 def main() -> None:
     import crucible
 
-    command = "exec python " + " ".join(shlex.quote(a) for a in jupyter_argv())
     pod = crucible.Pod.create(
         "notebook",
         image=os.environ.get("IMAGE"),
-        command=command,
+        command=jupyter_command(),
         ports=[f"{PORT}/http"],
     )
-    while (info := pod.info()).state not in ("running", "failed", "stopped", "preempted"):
-        time.sleep(0.5)
-    if info.state != "running" or info.container_id is None:
+    info = pod.wait()
+    if info.state != "running":
         raise SystemExit(f"pod {pod.name} is {info.state}: {info.reason}; see crucible pod logs")
-    from crucible.sdk._client import Client
-
-    link = Client.from_settings().transport.get(
-        f"/v1/containers/{info.container_id}/ports/{PORT}/link"
-    )
-    print(f"Jupyter (give it a few seconds to start): {link['url']}")
+    print(f"JupyterLab (give it a few seconds to start): {pod.port_link(PORT)}")
+    print(f"with your token (Authorization: Bearer ...): {pod.port_url(PORT)}")
 
 
 if __name__ == "__main__":

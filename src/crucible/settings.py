@@ -77,6 +77,15 @@ class Settings:
     # -- server ------------------------------------------------------------------------------
     bind_host: str = _opt("127.0.0.1", "CRUCIBLE_BIND_HOST", "Address the server listens on.")
     port: int = _opt(8745, "CRUCIBLE_PORT", "Port the server listens on.")
+    ports_domain: str = _opt(
+        "",
+        "CRUCIBLE_PORTS_DOMAIN",
+        "Domain under which each pod's published HTTP port gets its own origin: "
+        "http(s)://{pod_id}-{port}.{domain}/ (needs wildcard DNS, and a wildcard TLS "
+        "certificate, for *.{domain}; ports.localhost works on a laptop). Empty: ports are "
+        "served under the exchange's own origin at /pods/{pod_id}/ports/{port}/, where a "
+        "pod's page can read the console of whoever opens it (docs/access.md).",
+    )
     max_request_bytes: int = _opt(
         16 * 1024 * 1024,
         "CRUCIBLE_MAX_REQUEST_BYTES",

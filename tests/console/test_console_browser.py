@@ -15,7 +15,6 @@ that is a failure: `./scripts/setup dev` installs them (apt, as root).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,16 +24,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, update
 
+from browser_testlib import headless_chromium
 from crucible.sdk._client import Client
 from crucible.server.store.tables import apps, hosts
 
 from harness import Exchange
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = "1" in (
-    os.environ.get("CRUCIBLE_REQUIRE_BROWSER"),
-    os.environ.get("CRUCIBLE_REQUIRE_POSTGRES"),
-)
 XSS_APP = "<script>alert('app')</script>"
 XSS_HOST = '"><img src=x onerror=alert(1)>'
 XSS_LINE = "<script>alert('log')</script> \"><img src=x onerror=alert(2)>"
@@ -51,31 +47,6 @@ for (const el of document.querySelectorAll("body *")) {
 }
 return out.slice(0, 5);
 """
-
-
-def _browser_or_skip() -> tuple[Any, str, str]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium.webdriver as webdriver
-    except ImportError:
-        webdriver = None
-    missing = [
-        what
-        for what, found in (
-            ("selenium", webdriver),
-            ("chromium", chromium),
-            ("chromedriver", driver),
-        )
-        if not found
-    ]
-    if missing:
-        why = f"the browser tests need {', '.join(missing)} (./scripts/setup dev installs them)"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    assert chromium and driver
-    return webdriver, chromium, driver
 
 
 def _artifacts() -> Path:
@@ -141,21 +112,8 @@ class Page:
 
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Callable[[str], Page]]:
-    webdriver, chromium, driver_path = _browser_or_skip()
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver_path), options=options)
-    drv.set_page_load_timeout(30)
-    try:
+    with headless_chromium(tmp_path / "chromium") as drv:
         yield lambda base: Page(drv, base, _artifacts())
-    finally:
-        drv.quit()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ sessions. The sandbox's own suite (tests/sandbox/test_access_sandbox.py) runs th
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import socket
 import subprocess
@@ -494,76 +493,3 @@ def test_websockets_are_relayed_through_a_published_port(ex: Exchange, owner: An
         connect(base.replace(str(ws_port), str(port + 1)) + "/", additional_headers=auth)
     # An HTTP server that does not upgrade answers with its own status.
     assert refused.value.response.status_code != 101
-
-
-@pytest.mark.timeout(300)
-def test_jupyter_runs_a_cell_through_a_published_port(ex: Exchange, owner: Any) -> None:
-    """Jupyter Server through a published port: a kernel started over HTTP and one cell run
-    over the kernel's WebSocket, all through /ports/... (examples/jupyter_pod.py's wiring)."""
-    pytest.importorskip("jupyter_server")
-    pytest.importorskip("ipykernel")
-    import json
-    import uuid
-
-    from websockets.sync.client import connect
-
-    token, _client, cid, _port = owner
-    port = free_port()
-    example = Path(__file__).parents[2] / "examples" / "jupyter_pod.py"
-    spec = importlib.util.spec_from_file_location("jupyter_pod", example)
-    assert spec is not None and spec.loader is not None
-    jupyter_pod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(jupyter_pod)
-    argv = [sys.executable, *jupyter_pod.jupyter_argv(port)]
-
-    ended: list[Any] = []
-
-    def serve() -> None:
-        with contextlib.suppress(crucible.Error):  # the container may end first
-            ended.append(run_exec(ex, token, cid, argv))
-
-    threading.Thread(target=serve, daemon=True).start()
-    auth = {"Authorization": f"Bearer {token}"}
-    base = f"{ex.url}/ports/{cid}/{port}"
-    with httpx.Client(timeout=60, headers=auth) as web:
-        wait_for(
-            lambda: ended or web.get(f"{base}/api/status").status_code == 200,
-            timeout_s=120,
-            what="Jupyter Server in the container",
-        )
-        assert not ended, f"Jupyter Server ended: {ended}"
-        kernel = web.post(f"{base}/api/kernels", json={"name": "python3"})
-        assert kernel.status_code == 201, kernel.text
-        kernel_id = kernel.json()["id"]
-        try:
-            ws_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
-            with connect(ws_url, additional_headers=auth, open_timeout=60) as ws:
-                msg_id = uuid.uuid4().hex
-                ws.send(
-                    json.dumps(
-                        {
-                            "header": {
-                                "msg_id": msg_id,
-                                "msg_type": "execute_request",
-                                "username": "test",
-                                "session": uuid.uuid4().hex,
-                                "version": "5.3",
-                            },
-                            "parent_header": {},
-                            "metadata": {},
-                            "content": {"code": "print(6 * 7)", "silent": False},
-                            "channel": "shell",
-                        }
-                    )
-                )
-                while True:  # the kernel's messages until our cell's output
-                    reply = json.loads(ws.recv(timeout=120))
-                    if (
-                        reply.get("parent_header", {}).get("msg_id") == msg_id
-                        and reply["msg_type"] == "stream"
-                    ):
-                        assert reply["content"]["text"] == "42\n"
-                        break
-        finally:
-            web.delete(f"{base}/api/kernels/{kernel_id}")
-            web.post(f"{base}/api/shutdown")

@@ -5,6 +5,7 @@ image that cannot be pulled fails the pod with a message that says so, and costs
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,45 @@ def test_a_session_in_a_sandboxed_pod_starts_in_its_disk(sandboxed: Exchange) ->
         assert code == 0, err
         lines = out.decode().split()
         assert lines[0] == "/pod" and lines[1] != "0", out  # its disk, not root
+    finally:
+        pod.delete()
+        client.close()
+
+
+def test_a_sandboxed_pods_published_port_at_its_url(sandboxed: Exchange) -> None:
+    """A stranger's pod in bwrap serves HTTP in its own network namespace; the pod's URL
+    reaches it with the full path, and the pod knows that path from its environment."""
+    import httpx
+
+    token = sandboxed.tenant_token(f"web-{uuid.uuid4().hex[:6]}")
+    app = (
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = (self.path + ' ' + os.environ['CRUCIBLE_PORT_8888_PATH']).encode()\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Length', str(len(body)))\n"
+        "        self.end_headers()\n"
+        "        self.wfile.write(body)\n"
+        "http.server.HTTPServer(('127.0.0.1', 8888), H).serve_forever()\n"
+    )
+    client = sandboxed.client(token)
+    pod = crucible.Pod.create(
+        "sandboxed-web",
+        command=f"exec python3 -c {shlex.quote(app)}",
+        ports=["8888/http"],
+        client=client,
+    )
+    try:
+        assert pod.wait("running", "failed", timeout_s=90).state == "running", pod.info()
+        prefix = f"/pods/{pod.id}/ports/8888/"
+
+        def answer() -> str:
+            r = httpx.get(pod.port_link(8888).replace("/?", "/x?"), timeout=30)
+            return r.text if r.status_code == 200 else ""
+
+        seen = wait_for(answer, 60, "the pod's web server")
+        assert seen == f"{prefix}x {prefix}"
     finally:
         pod.delete()
         client.close()

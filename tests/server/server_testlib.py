@@ -386,6 +386,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/secrets"),
         ("POST", "/v1/ssh-keys"),
         ("GET", "/v1/containers/{container_id}/ports/{port}/link"),
+        ("GET", "/v1/pods/{pod}/ports/{port}/link"),
         ("GET", "/v1/ssh-keys"),
         ("DELETE", "/v1/ssh-keys/{key}"),
         ("GET", "/v1/secrets"),

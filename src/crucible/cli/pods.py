@@ -16,7 +16,7 @@ from crucible.cli.containers import PASSTHROUGH, exec_in, port_forward_to, proxy
 from crucible.cli.resources import JSON, _client
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
-from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env
+from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env, port_path
 from crucible.sdk._client import Client
 from crucible.sdk._pods import Pod, market_terms
 
@@ -63,7 +63,18 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:g} GiB"
 
 
-def _show(info: PodInfo) -> None:
+def _port_urls(server_url: str, info: PodInfo) -> list[tuple[str, str]]:
+    """The URL of each published HTTP port (the token opens it; `crucible pod link` prints
+    a link that opens it without one)."""
+    base = server_url.split(",")[0].rstrip("/")
+    return [
+        (p.split("/")[0], base + port_path(info.id, int(p.split("/")[0])))
+        for p in info.ports
+        if p.endswith("/http")
+    ]
+
+
+def _show(info: PodInfo, server_url: str) -> None:
     rows = [
         ("id", info.id),
         ("name", info.name),
@@ -86,6 +97,15 @@ def _show(info: PodInfo) -> None:
         ("stopped", fmt_time(info.stopped_ms)),
     ]
     table(f"Pod {info.name}", ["", ""], rows, ids=())
+    urls = _port_urls(server_url, info)
+    if urls:  # whole, after the table (which shows ids short)
+        console.print(
+            f"\nHTTP ports (your token opens them; `crucible pod link {clean(info.name)}` "
+            "prints links that need none):",
+            soft_wrap=True,
+        )
+        for port, url in urls:
+            console.print(f"  {port}  {clean(url)}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -171,7 +191,29 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(info.model_dump())
         else:
-            _show(info)
+            _show(info, client.server_url)
+
+    @pod_app.command("link")
+    def link(
+        pod: str = typer.Argument(..., help="The pod's name or id."),
+        port: int = typer.Argument(None, help="A published HTTP port (default: all of them)."),
+    ) -> None:
+        """The secret link to each published HTTP port: whoever has it opens that port in a
+        browser, without a token, across stop/start, until the pod is deleted."""
+        client = _client()
+        info = PodInfo.model_validate(client.get(_path(client, pod)))
+        ports = (
+            [port]
+            if port is not None
+            else [int(p.split("/")[0]) for p in info.ports if p.endswith("/http")]
+        )
+        if not ports:
+            raise InvalidRequestError(
+                f"pod {clean(info.name)} publishes no HTTP port (create it with --port PORT/http)"
+            )
+        for p in ports:
+            got = client.get(f"/v1/pods/{quote(info.id, safe='')}/ports/{p}/link")
+            console.print(f"{p}: {clean(str(got['url']))}", soft_wrap=True)
 
     @pod_app.command("logs")
     def logs(

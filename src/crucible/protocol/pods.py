@@ -38,6 +38,8 @@ __all__ = [
     "parse_env",
     "parse_pod",
     "parse_port",
+    "port_env",
+    "port_path",
 ]
 
 # A pod's name becomes a host name inside a cluster: DNS-label-like, 1-63 characters.
@@ -90,6 +92,22 @@ class PodPort(Wire):
 
     def __str__(self) -> str:
         return f"{self.port}/{self.protocol}"
+
+
+def port_path(pod_id: str, port: int) -> str:
+    """The path at which the exchange publishes HTTP ``port`` of pod ``pod_id``: the same
+    for the pod's whole life (stop/start included), unlike its container's id."""
+    return f"/pods/{pod_id}/ports/{port}/"
+
+
+def port_env(pod_id: str, ports: list[PodPort]) -> dict[str, str]:
+    """``CRUCIBLE_PORT_{N}_PATH`` for each published HTTP port: the prefix a web app must
+    serve under (Jupyter's ``--ServerApp.base_url``, TensorBoard's ``--path_prefix``)."""
+    return {
+        f"CRUCIBLE_PORT_{p.port}_PATH": port_path(pod_id, p.port)
+        for p in ports
+        if p.protocol == "http"
+    }
 
 
 class PodCreate(Wire):

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from crucible.errors import InvalidRequestError
 from crucible.protocol.apps import MarketTerms
 from crucible.protocol.logs import LogLine, LogPage
-from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod
+from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
 from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
 
@@ -144,6 +144,17 @@ class Pod:
     def delete(self) -> None:
         """Stop it if it runs and remove it; its name is free again."""
         self._client.transport.delete(f"/v1/pods/{self.id}")
+
+    def port_url(self, port: int) -> str:
+        """The URL of published HTTP ``port`` (your token opens it; the same across
+        stop/start)."""
+        return self._client.server_url.split(",")[0].rstrip("/") + port_path(self.id, port)
+
+    def port_link(self, port: int) -> str:
+        """A secret link to published HTTP ``port``: whoever has it opens the port (and only
+        it) without a token, until the pod is deleted. Open it in a browser."""
+        got = self._client.get(f"/v1/pods/{_ref(self.id)}/ports/{int(port)}/link")
+        return str(got["url"])
 
     def wait(self, *states: str, timeout_s: float = 120.0) -> PodInfo:
         """Poll until the pod is in one of ``states`` (default: running or a final state)."""

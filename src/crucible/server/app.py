@@ -52,6 +52,8 @@ from crucible.server.api import (
 from crucible.server.api.deps import Caller
 from crucible.server.api.openai_errors import OPENAI_PREFIX, to_openai_shape
 from crucible.server.api.openapi import install_openapi
+from crucible.server.api.ports_host import PortsHost
+from crucible.server.api.ports_origin import check_domain
 from crucible.server.api.responses import (
     error_response,
     response_for_exception,
@@ -312,5 +314,9 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(console_router)
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
-    app.add_middleware(HotPath, state=state)  # outermost: the two hot routes skip the rest
+    app.add_middleware(HotPath, state=state)  # the two hot routes skip the rest
+    if state.settings.ports_domain:
+        # Outermost: a ports host ({pod}-{port}.DOMAIN) reaches its pod's port, nothing else.
+        check_domain(state.settings.ports_domain)  # now: middleware is built on first request
+        app.add_middleware(PortsHost, state=state)
     return app

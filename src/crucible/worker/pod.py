@@ -38,6 +38,7 @@ from typing import IO
 from crucible.agent.python_bundle import PYTHON_HOME, python_argv
 from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment
+from crucible.protocol.pods import port_env
 from crucible.protocol.transport import Transport
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import mount_volumes
@@ -97,6 +98,7 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
         "CRUCIBLE_POD_ID": pod.pod_id,
         "CRUCIBLE_POD_NAME": pod.name,
         "CRUCIBLE_POD_DISK": str(disk),
+        **port_env(pod.pod_id, pod.ports),  # where the exchange publishes its HTTP ports
         **pod.env,
     }
     # The pod's command, else its OCI image's ENTRYPOINT + CMD, else wait until stopped.

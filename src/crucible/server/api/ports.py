@@ -1,18 +1,28 @@
-"""HTTP ports of running containers, published through the control plane.
+"""HTTP ports of running containers and pods, published through the control plane.
 
-``/ports/{container}/{port}/{path}`` forwards an HTTP request to ``port`` inside the
-container (its own network namespace) over an access session (a ``tcp`` session the agent
-dials back for, as ``crucible container port-forward`` uses) and streams the response back.
+Two URLs forward an HTTP request to a port inside a container (its own network namespace)
+over an access session (a ``tcp`` session the agent dials back for, as
+``crucible container port-forward`` uses) and stream the response back:
+
+- ``/pods/{pod}/ports/{port}/{path}``: a pod's published HTTP port (``--port PORT/http``),
+  stable across stop/start (it reaches the pod's current container). The full path goes to
+  the pod, whose app serves under it (the pod's ``$CRUCIBLE_PORT_{port}_PATH``), with the
+  client's ``Host`` and ``X-Forwarded-*``: what a web app behind a reverse proxy expects.
+- ``/ports/{container}/{port}/{path}``: any port of a running container, with the prefix
+  stripped (the container sees ``/{path}``).
+
 Two ways in:
 
 - the account's token (``Authorization: Bearer``), like every route;
-- a per-port secret link from ``GET /v1/containers/{id}/ports/{port}/link``: its ``key``
-  (an HMAC of the container and port under the server's secret, so nothing is stored and it
-  dies with the container) in the query (``?crucible_key=``), after which a cookie scoped to
-  the port's path carries it, so a browser's next requests (a notebook's assets) work.
+- a per-port secret link (``GET /v1/pods/{pod}/ports/{port}/link``,
+  ``GET /v1/containers/{id}/ports/{port}/link``): its ``key`` (an HMAC of the pod or
+  container and the port under the server's secret, so nothing is stored; it dies with the
+  pod or container) in the query (``?crucible_key=``), after which a cookie scoped to the
+  port's path carries it, so a browser's next requests (a notebook's assets) work.
 
-Anything else is one answer: ``404`` for an unknown container, another account's, or a wrong
-key. The caller's token and the link's key are not passed to the container.
+Anything else is one answer: ``404`` for an unknown pod or container, another account's, or
+a wrong key; ``401`` without credentials. The caller's token, the link's key and the
+exchange's cookies are not passed to the container; the client's other cookies are.
 """
 
 from __future__ import annotations
@@ -20,14 +30,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import h11
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import Field
+from sqlalchemy import Connection
 from starlette.requests import HTTPConnection
 
 from crucible.errors import (
@@ -40,10 +52,14 @@ from crucible.errors import (
 )
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.protocol.common import Wire
+from crucible.server.api import ports_origin
 from crucible.server.api.access import open_session
 from crucible.server.api.deps import Builder, State
 from crucible.server.auth import Principal
+from crucible.server.console.pages.auth import LOGIN_COOKIE
+from crucible.server.console.web import COOKIE as CONSOLE_COOKIE
 from crucible.server.services import access as svc
+from crucible.server.services import pod_ports
 from crucible.server.services.accounts import authenticate
 from crucible.server.state import ServerState
 
@@ -63,8 +79,15 @@ _DROP = {
     "upgrade",
     "host",
     "content-length",
-    "cookie",
+    "cookie",  # passed on without the exchange's own cookies (cookies_but_ours)
+    "x-forwarded-proto",  # a pod's URL sets these itself
+    "x-forwarded-host",
+    "x-forwarded-for",
+    "x-forwarded-prefix",
 }
+# The exchange's cookies: never passed to a container.
+_OUR_COOKIES = {COOKIE, CONSOLE_COOKIE, LOGIN_COOKIE}
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 class PortLink(Wire):
@@ -80,6 +103,12 @@ def port_key(secret: str, container_id: str, port: int) -> str:
     return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()[:32]
 
 
+def pod_port_key(secret: str, pod_id: str, port: int) -> str:
+    """A pod's port key: of the pod, not its container, so a link survives stop/start."""
+    msg = f"pod-port:{pod_id}:{port}".encode()
+    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()[:32]
+
+
 @router.get("/v1/containers/{container_id}/ports/{port}/link")
 def port_link(
     container_id: str, port: _Port, request: Request, who: Builder, state: State
@@ -90,33 +119,157 @@ def port_link(
     with state.engine.connect() as conn:
         target = svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
     key = port_key(state.secret, target.container_id, port)
+    origin = own_origin(state, request, target.container_id, port)
+    if origin:  # the port's own origin (api/ports_host.py), served at its root
+        return PortLink(url=f"{origin}/?{KEY_PARAM}={key}", key=key)
     base = str(request.base_url).rstrip("/")
     return PortLink(url=f"{base}/ports/{target.container_id}/{port}/?{KEY_PARAM}={key}", key=key)
 
 
+@router.get("/v1/pods/{pod}/ports/{port}/link")
+def pod_port_link(pod: str, port: _Port, request: Request, who: Builder, state: State) -> PortLink:
+    """A secret link to published HTTP ``port`` of a pod of the caller's account (by id or
+    name), at the pod's own URL: it stays valid across stop/start, until the pod is
+    deleted."""
+    with state.engine.connect() as conn:
+        target = pod_ports.pod_port(conn, who, pod, port, by_name=True)
+    key = pod_port_key(state.secret, target.pod_id, port)
+    domain = state.settings.ports_domain
+    if domain:  # the port's own origin (api/ports_host.py)
+        origin = ports_origin.host_origin(
+            request, ports_origin.check_domain(domain), target.pod_id, port
+        )
+        return PortLink(url=f"{origin}{target.path}?{KEY_PARAM}={key}", key=key)
+    base = str(request.base_url).rstrip("/")
+    return PortLink(url=f"{base}{target.path}?{KEY_PARAM}={key}", key=key)
+
+
 @router.api_route(
     "/ports/{container_id}/{port}/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    methods=METHODS,
     include_in_schema=False,  # what is under it is the container's own server
 )
 async def published_port(container_id: str, port: _Port, path: str, request: Request) -> Response:
+    """The container's port with the prefix stripped: the container sees ``/PATH``."""
     state: ServerState = request.app.state.crucible
     check_port(port)
     who, via_key = caller(state, request, container_id, port)
+    if state.settings.ports_domain:  # the port has its own origin: go there
+        with state.engine.connect() as conn:  # another account's container: 404, as there
+            svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
+        origin = own_origin(state, request, container_id, port)
+        rest = raw_path(request).split("/", 4)[-1]
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"{origin}/{rest}{query}", 307)
+    cookie = port_key(state.secret, container_id, port) if via_key else None
+    return await forward(
+        state,
+        request,
+        Upstream(
+            who=who,
+            container_id=container_id,
+            port=port,
+            path="/" + path,
+            host=f"127.0.0.1:{port}",
+            cookie_path=f"/ports/{container_id}/{port}/",
+            cookie=cookie,
+        ),
+    )
+
+
+@router.api_route("/pods/{pod_id}/ports/{port}", methods=METHODS, include_in_schema=False)
+async def pod_port_root(pod_id: str, port: _Port, request: Request) -> Response:
+    """The port's URL without its last slash: the same URL with it (a relative link on
+    the app's first page, and the link's cookie scoped to the path, need it)."""
+    state: ServerState = request.app.state.crucible
+    who, _via_key = pod_caller(state, request, pod_id, port)  # 401/404 first, as below
+    with state.engine.connect() as conn:
+        target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(f"{own_origin(state, request, pod_id, port)}{target.path}{query}", 307)
+
+
+@router.api_route(
+    "/pods/{pod_id}/ports/{port}/{path:path}", methods=METHODS, include_in_schema=False
+)
+async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Response:
+    """The pod's published HTTP port, at a URL that survives stop/start; the full path goes
+    to the pod (its app serves under ``$CRUCIBLE_PORT_{port}_PATH``), with the client's
+    ``Host`` and ``X-Forwarded-*`` so its redirects and origin checks see the browser's."""
+    state: ServerState = request.app.state.crucible
+    who, via_key = pod_caller(state, request, pod_id, port)
+    with state.engine.connect() as conn:
+        target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
+        if state.settings.ports_domain:  # the port has its own origin: go there
+            query = f"?{request.url.query}" if request.url.query else ""
+            origin = own_origin(state, request, pod_id, port)
+            return RedirectResponse(f"{origin}{raw_path(request)}{query}", 307)
+        container_id = pod_ports.running_container(conn, target)
+    return await forward(
+        state,
+        request,
+        Upstream(
+            who=who,
+            container_id=container_id,
+            port=port,
+            path=raw_path(request),
+            host=request.headers.get("host") or f"127.0.0.1:{port}",
+            cookie_path=target.path,
+            cookie=pod_port_key(state.secret, pod_id, port) if via_key else None,
+            forwarded=forwarded_headers(request, target.path),
+        ),
+    )
+
+
+def own_origin(state: ServerState, request: HTTPConnection, owner_id: str, port: int) -> str:
+    """Where a pod's or a container's port lives: its own origin with
+    ``CRUCIBLE_PORTS_DOMAIN`` set, else "" (this exchange's origin, a path under it)."""
+    domain = state.settings.ports_domain
+    if not domain:
+        return ""
+    return ports_origin.host_origin(request, ports_origin.check_domain(domain), owner_id, port)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a relayed request goes and how it is presented there."""
+
+    who: Principal
+    container_id: str
+    port: int
+    path: str  # the path the container's server sees
+    host: str  # the Host header it sees
+    cookie_path: str  # the scope of the link's cookie
+    cookie: str | None  # the link's key, set as a cookie on the response (None: a token)
+    forwarded: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def forward(state: ServerState, request: Request, up: Upstream) -> Response:
+    """Send the request to the container's port over a ``tcp`` session and stream the
+    response back."""
     body = await request.body()
     query = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)]
     query = [(k, v) for k, v in query if k != KEY_PARAM]
-    target = "/" + path + (f"?{urlencode(query)}" if query else "")
+    target = up.path + (f"?{urlencode(query)}" if query else "")
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
-    headers += [("host", f"127.0.0.1:{port}"), ("connection", "close")]
+    cookie = cookies_but_ours(request.headers.get("cookie"))
+    if cookie:
+        headers.append(("cookie", cookie))
+    headers += [*up.forwarded, ("host", up.host), ("connection", "close")]
     if body or request.method in ("POST", "PUT", "PATCH"):
         headers.append(("content-length", str(len(body))))
     conn = h11.Connection(our_role=h11.CLIENT)
-    raw = conn.send(h11.Request(method=request.method, target=target, headers=headers))
+    try:
+        raw = conn.send(h11.Request(method=request.method, target=target, headers=headers))
+    except h11.LocalProtocolError as exc:
+        raise InvalidRequestError(f"this request cannot be relayed as HTTP/1.1: {exc}") from exc
     raw = (raw or b"") + (conn.send(h11.Data(data=body)) or b"") if body else raw or b""
     raw += conn.send(h11.EndOfMessage()) or b""
 
-    session, agent = await open_session(state, who, container_id, AccessOpen(kind="tcp", port=port))
+    port, container_id = up.port, up.container_id
+    session, agent = await open_session(
+        state, up.who, container_id, AccessOpen(kind="tcp", port=port)
+    )
     try:
         await await_ready(agent)
         await agent.send_bytes(bytes((CHANNEL_IN,)) + raw)
@@ -147,17 +300,51 @@ async def published_port(container_id: str, port: _Port, path: str, request: Req
 
     result = StreamingResponse(stream(), status_code=response.status_code)
     for k, v in out_headers:
-        if k.lower() != "content-length" or request.method != "HEAD":
-            result.headers.append(k, v)
-    if via_key:
+        if k.lower() == "content-length" and request.method == "HEAD":
+            continue
+        if k.lower() == "set-cookie" and _cookie_name(v) in _OUR_COOKIES:
+            continue  # a container may not set (or clear) the exchange's cookies
+        result.headers.append(k, v)
+    if up.cookie is not None:
         result.set_cookie(
             COOKIE,
-            port_key(state.secret, container_id, port),
-            path=f"/ports/{container_id}/{port}/",
+            up.cookie,
+            path=up.cookie_path,
             httponly=True,
             samesite="lax",
+            secure=request.url.scheme == "https",
         )
     return result
+
+
+def forwarded_headers(request: HTTPConnection, prefix: str) -> list[tuple[str, str]]:
+    """What a reverse proxy tells the app behind it: the client's scheme, host and address,
+    and the prefix it is served under."""
+    client = request.client.host if request.client is not None else ""
+    out = [
+        ("x-forwarded-proto", request.url.scheme.replace("ws", "http")),
+        ("x-forwarded-host", request.headers.get("host", "")),
+        ("x-forwarded-for", client),
+    ]
+    # On its own host (api/ports_host.py) the port is served at the root: no prefix.
+    return [*out, ("x-forwarded-prefix", prefix.rstrip("/"))] if prefix else out
+
+
+def raw_path(request: HTTPConnection) -> str:
+    """The request's path as the client sent it (still percent-encoded)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(request.url.path)
+
+
+def _cookie_name(set_cookie: str) -> str:
+    return set_cookie.split(";", 1)[0].split("=", 1)[0].strip()
+
+
+def cookies_but_ours(header: str | None) -> str:
+    """The client's Cookie header without the exchange's own cookies (the port link's, the
+    console's session): the container's own cookies (a notebook's ``_xsrf``) pass."""
+    parts = [p.strip() for p in (header or "").split(";") if p.strip()]
+    return "; ".join(p for p in parts if p.split("=", 1)[0].strip() not in _OUR_COOKIES)
 
 
 def check_port(port: int) -> None:
@@ -168,8 +355,39 @@ def check_port(port: int) -> None:
 def caller(
     state: ServerState, request: HTTPConnection, container_id: str, port: int
 ) -> tuple[Principal, bool]:
-    """The account a request (or a WebSocket upgrade) acts for, and whether it came with
-    the port's key."""
+    """The account a request (or a WebSocket upgrade) to a container's port acts for, and
+    whether it came with the port's key."""
+    return _token_or_key(
+        state,
+        request,
+        lambda conn: svc.container_account(conn, container_id),
+        port_key(state.secret, container_id, port),
+        f"no published port {port} of container {container_id[:80]!r}",
+    )
+
+
+def pod_caller(
+    state: ServerState, request: HTTPConnection, pod_id: str, port: int
+) -> tuple[Principal, bool]:
+    """As :func:`caller`, for a pod's URL: the key is the pod's (``pod_port_key``)."""
+    return _token_or_key(
+        state,
+        request,
+        lambda conn: pod_ports.pod_account(conn, pod_id),
+        pod_port_key(state.secret, pod_id, port),
+        f"no published port {port} of pod {pod_id[:80]!r}",
+    )
+
+
+def _token_or_key(
+    state: ServerState,
+    request: HTTPConnection,
+    account_of: Callable[[Connection], str | None],
+    expected_key: str,
+    unknown: str,
+) -> tuple[Principal, bool]:
+    """A user token (``Authorization``, which wins), else the port's key (``?crucible_key=``
+    or its cookie): one ``404`` (``unknown``) for a wrong key and a target that is gone."""
     key = request.query_params.get(KEY_PARAM) or request.cookies.get(COOKIE)
     if key is None or request.headers.get("authorization"):
         who = authenticate(state, request.headers.get("authorization"))
@@ -177,9 +395,10 @@ def caller(
             raise AuthError("a published port needs a user token or its secret link")
         return who, False
     with state.engine.connect() as conn:
-        account = svc.container_account(conn, container_id)
-    if account is None or not hmac.compare_digest(key, port_key(state.secret, container_id, port)):
-        raise NotFoundError(f"no published port {port} of container {container_id!r}")
+        account = account_of(conn)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
+    if account is None or not hmac.compare_digest(key.encode(), expected_key.encode()):
+        raise NotFoundError(unknown)
     return Principal(account_id=account, scope="user"), True
 
 

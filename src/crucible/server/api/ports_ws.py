@@ -1,14 +1,15 @@
-"""WebSockets through a published HTTP port (``/ports/{container}/{port}/{path}``).
+"""WebSockets through a published HTTP port (``/pods/{pod}/ports/{port}/{path}`` and
+``/ports/{container}/{port}/{path}``).
 
-The same URL as :mod:`crucible.server.api.ports`, upgraded: behind the same credentials (the
+The same URLs as :mod:`crucible.server.api.ports`, upgraded: behind the same credentials (the
 account's token, or the port's secret link, as ``?crucible_key=`` or its cookie), only to
-the caller's own running containers. The server opens a ``tcp`` access session to the port
-(the agent dials back, as for every session), performs the WebSocket handshake with the
-container's server over it (``websockets``' sans-I/O client), and only then accepts the
-client's WebSocket, with the subprotocol the container chose. From there every message is
-relayed both ways, text as text and binary as binary; the container's pings are answered
-(the ASGI server answers the client's); a close from either side closes the other with its
-code and reason.
+the caller's own running containers (a pod's URL: its current container). The server opens
+a ``tcp`` access session to the port (the agent dials back, as for every session), performs
+the WebSocket handshake with the container's server over it (``websockets``' sans-I/O
+client), and only then accepts the client's WebSocket, with the subprotocol the container
+chose. From there every message is relayed both ways, text as text and binary as binary;
+the container's pings are answered (the ASGI server answers the client's); a close from
+either side closes the other with its code and reason.
 
 A refusal before the upgrade is an HTTP answer with the usual error body (``401``, ``404``,
 ``400`` for a port nobody listens on); a container server that refuses the upgrade gives its
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -32,11 +35,23 @@ from websockets.http11 import Response as WsResponse
 from websockets.protocol import State as WsState
 from websockets.uri import parse_uri
 
-from crucible.errors import Error, ServerUnavailableError
+from crucible.errors import Error, InvalidRequestError, ServerUnavailableError
 from crucible.protocol.access import CHANNEL_IN, CHANNEL_OUT, AccessOpen
 from crucible.server.api.access import open_session
-from crucible.server.api.ports import COOKIE, KEY_PARAM, await_ready, caller, check_port
+from crucible.server.api.ports import (
+    KEY_PARAM,
+    await_ready,
+    caller,
+    check_port,
+    cookies_but_ours,
+    forwarded_headers,
+    own_origin,
+    pod_caller,
+    raw_path,
+)
+from crucible.server.auth import Principal
 from crucible.server.relay import AccessSession, until_first_ends
+from crucible.server.services import pod_ports
 from crucible.server.state import ServerState
 
 router = APIRouter(tags=["access"])
@@ -57,6 +72,10 @@ _OWN = {
     "sec-websocket-accept",
     "content-length",
     "transfer-encoding",
+    "x-forwarded-proto",  # a pod's URL sets these itself
+    "x-forwarded-host",
+    "x-forwarded-for",
+    "x-forwarded-prefix",
 }
 # The agent accepts session messages of up to 64 KiB of data (agent/access.py's _CHUNK):
 # a larger WebSocket frame goes to it in pieces.
@@ -70,24 +89,101 @@ _GONE = 1001
 async def published_port_websocket(
     websocket: WebSocket, container_id: str, port: int, path: str
 ) -> None:
-    """Relay a WebSocket to ``port`` inside the caller's running container."""
+    """Relay a WebSocket to ``port`` inside the caller's running container (the container
+    sees ``/{path}``)."""
+    state: ServerState = websocket.app.state.crucible
+
+    def target() -> _Target:
+        check_port(port)
+        who, _via_key = caller(state, websocket, container_id, port)
+        if state.settings.ports_domain:
+            origin = own_origin(state, websocket, container_id, port)
+            raise InvalidRequestError(
+                f"port {port} of container {container_id} is served on its own host: "
+                f"connect to {origin.replace('http', 'ws', 1)}/{path}"
+            )
+        return _Target(who, container_id, port, "/" + path, None, [])
+
+    await _serve(websocket, target)
+
+
+async def serve_container(websocket: WebSocket, container_id: str, port: int) -> None:
+    """Relay a WebSocket to a container's port on its own host (api/ports_host.py): the
+    path as sent."""
+    state: ServerState = websocket.app.state.crucible
+
+    def target() -> _Target:
+        check_port(port)
+        who, _via_key = caller(state, websocket, container_id, port)
+        return _Target(who, container_id, port, raw_path(websocket), None, [])
+
+    await _serve(websocket, target)
+
+
+@router.websocket("/pods/{pod_id}/ports/{port}/{path:path}")
+async def pod_port_websocket(websocket: WebSocket, pod_id: str, port: int, path: str) -> None:
+    """Relay a WebSocket to a pod's published HTTP ``port`` (the pod sees the full path,
+    the client's ``Host`` and ``Origin``, and ``X-Forwarded-*``). With
+    ``CRUCIBLE_PORTS_DOMAIN`` set the port lives on its own host only: refused here."""
+    await serve_pod(websocket, pod_id, port, own_host=False)
+
+
+async def serve_pod(websocket: WebSocket, pod_id: str, port: int, *, own_host: bool) -> None:
+    """Relay a WebSocket to a pod's port: at its path URL (``own_host`` False) or on its
+    own host (api/ports_host.py: no prefix, ``X-Forwarded-Prefix`` empty)."""
+    state: ServerState = websocket.app.state.crucible
+
+    def target() -> _Target:
+        check_port(port)
+        who, _via_key = pod_caller(state, websocket, pod_id, port)
+        with state.engine.connect() as conn:
+            found = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
+            if state.settings.ports_domain and not own_host:
+                origin = own_origin(state, websocket, pod_id, port)
+                raise InvalidRequestError(
+                    f"pod {found.name}'s port {port} is served on its own host: connect to "
+                    f"{origin.replace('http', 'ws', 1)}{raw_path(websocket)}"
+                )
+            container_id = pod_ports.running_container(conn, found)
+        return _Target(
+            who,
+            container_id,
+            port,
+            raw_path(websocket),
+            websocket.headers.get("host"),
+            forwarded_headers(websocket, "" if own_host else found.path),
+        )
+
+    await _serve(websocket, target)
+
+
+@dataclass(frozen=True)
+class _Target:
+    who: Principal
+    container_id: str
+    port: int
+    path: str  # the path the container's server sees, as sent on the wire
+    host: str | None  # its Host header (None: 127.0.0.1:PORT)
+    forwarded: list[tuple[str, str]]
+
+
+async def _serve(websocket: WebSocket, resolve: Callable[[], _Target]) -> None:
     state: ServerState = websocket.app.state.crucible
     session: AccessSession | None = None
     try:
-        check_port(port)
-        who, _via_key = caller(state, websocket, container_id, port)
+        to = resolve()
         session, agent = await open_session(
-            state, who, container_id, AccessOpen(kind="tcp", port=port)
+            state, to.who, to.container_id, AccessOpen(kind="tcp", port=to.port)
         )
         await await_ready(agent)
-        protocol, response = await _handshake(websocket, agent, port, path)
+        protocol, response = await _handshake(websocket, agent, to)
         if response is None or protocol.state is not WsState.OPEN:
-            await _deny_upstream(websocket, port, container_id, response)
+            await _deny_upstream(websocket, to.port, to.container_id, response)
             return
         await websocket.accept(subprotocol=response.headers.get("Sec-WebSocket-Protocol"))
         await _relay(websocket, agent, protocol, session)
     except Error as exc:
-        await _deny(websocket, exc)
+        await deny(websocket, exc)
     except WebSocketDisconnect:
         pass
     finally:
@@ -99,14 +195,14 @@ async def published_port_websocket(
 
 
 async def _handshake(
-    websocket: WebSocket, agent: Any, port: int, path: str
+    websocket: WebSocket, agent: Any, to: _Target
 ) -> tuple[ClientProtocol, WsResponse | None]:
     """The WebSocket handshake with the container's server over the session: the protocol
     and the server's response (None when the connection ended before one)."""
     query = [
         (k, v) for k, v in parse_qsl(websocket.url.query, keep_blank_values=True) if k != KEY_PARAM
     ]
-    target = f"ws://127.0.0.1:{port}/{path}" + (f"?{urlencode(query)}" if query else "")
+    target = f"ws://127.0.0.1:{to.port}{to.path}" + (f"?{urlencode(query)}" if query else "")
     offered = [
         p.strip()
         for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
@@ -118,10 +214,15 @@ async def _handshake(
         max_size=_MAX_MESSAGE_BYTES,
     )
     request = protocol.connect()
+    if to.host:
+        del request.headers["Host"]
+        request.headers["Host"] = to.host
     for name, value in websocket.headers.items():
         if name.lower() not in _OWN:
             request.headers[name] = value
-    cookie = _cookies_but_ours(websocket.headers.get("cookie"))
+    for name, value in to.forwarded:
+        request.headers[name] = value
+    cookie = cookies_but_ours(websocket.headers.get("cookie"))
     if cookie:
         request.headers["Cookie"] = cookie
     protocol.send_request(request)
@@ -134,13 +235,6 @@ async def _handshake(
         if data is None:
             return protocol, None
         protocol.receive_data(data)
-
-
-def _cookies_but_ours(header: str | None) -> str:
-    """The client's Cookie header without the port key's cookie (the container's own
-    cookies, e.g. a notebook's login, pass)."""
-    parts = [p.strip() for p in (header or "").split(";") if p.strip()]
-    return "; ".join(p for p in parts if p.split("=", 1)[0].strip() != COOKIE)
 
 
 async def _relay(
@@ -229,7 +323,7 @@ async def _flush(protocol: ClientProtocol, agent: Any, lock: asyncio.Lock) -> No
                 await agent.send_bytes(bytes((CHANNEL_IN,)) + chunk[at : at + _PIECE])
 
 
-async def _deny(websocket: WebSocket, exc: Error) -> None:
+async def deny(websocket: WebSocket, exc: Error) -> None:
     """Answer the upgrade with the error's HTTP status and body (or, once accepted, close
     with its message)."""
     body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
@@ -250,7 +344,7 @@ async def _deny_upstream(
             f"port {port} of container {container_id} closed the connection during the "
             "WebSocket handshake"
         )
-        await _deny(websocket, exc)
+        await deny(websocket, exc)
         return
     media = response.headers.get("Content-Type", "text/plain")
     await _send_denial(websocket, response.status_code, bytes(response.body or b""), media)

@@ -1,0 +1,52 @@
+"""The origin of a pod's published port with ``CRUCIBLE_PORTS_DOMAIN`` set:
+``{pod_id}-{port}.{domain}`` (api/ports_host.py serves it), and reading a request's host
+back into a pod and port."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import HTTPConnection
+
+__all__ = ["check_domain", "host_origin", "ports_target"]
+
+_LABEL = re.compile(r"^([a-z0-9][a-z0-9-]*)-([0-9]{1,5})$")
+_PART = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,200}}$)({_PART}\.)*{_PART}$")
+
+
+def check_domain(domain: str) -> str:
+    """``CRUCIBLE_PORTS_DOMAIN`` normalised (lower case, no leading dot or trailing dot);
+    ValueError naming the problem when it is not a DNS name."""
+    name = domain.strip().lower().strip(".")
+    if not _DOMAIN.match(name):
+        raise ValueError(
+            f"CRUCIBLE_PORTS_DOMAIN={domain!r} is not a DNS name: set it to a domain whose "
+            "subdomains resolve to this exchange (ports.example.com, or ports.localhost on a "
+            "laptop), or leave it empty"
+        )
+    return name
+
+
+def ports_target(hostname: str, domain: str) -> tuple[str, int] | bool | None:
+    """For a request's host name: ``(pod_id, port)`` on a ports host, ``True`` for a host
+    under the domain that names no port (the domain itself, a malformed label), ``None``
+    for any other host (the exchange's)."""
+    if hostname == domain:
+        return True
+    if not hostname.endswith("." + domain):
+        return None
+    label = hostname[: -len(domain) - 1]
+    m = _LABEL.match(label)
+    if m is None or "." in label:
+        return True
+    port = int(m.group(2))
+    return (m.group(1), port) if 1 <= port <= 65535 else True
+
+
+def host_origin(request: HTTPConnection, domain: str, pod_id: str, port: int) -> str:
+    """The origin of a pod's port on its own host, with the scheme and port the client used
+    to reach the exchange (``http://pd-...-8888.ports.localhost:8745``)."""
+    scheme = "https" if request.url.scheme in ("https", "wss") else "http"
+    at = request.url.port
+    return f"{scheme}://{pod_id}-{port}.{domain}" + (f":{at}" if at else "")
