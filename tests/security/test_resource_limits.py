@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from crucible.server.services import accounts as accounts_svc
 from crucible.server.services import models as models_svc
 from crucible.server.services import named_objects
+from crucible.server.services import pods as pods_svc
 from crucible.server.services import secrets as secrets_svc
 from crucible.server.services import sessions as sessions_svc
 from crucible.server.store.tables import console_sessions
@@ -146,3 +147,32 @@ def test_an_account_and_an_app_hold_a_bounded_number_of_secrets(
     assert r.status_code == 413 and error_code(r) == "quota_exceeded"
     other = server.new_app(alice, "other")
     server.ok("POST", f"/v1/apps/{other}/secrets", token=alice, json={"values": {"A": "b"}})
+
+
+def test_an_account_holds_a_bounded_number_of_pods(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pods_svc, "MAX_PODS", 3)
+    alice = server.tenant("alice")
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "a"})
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "b"})
+    # A cluster's members count one each: two more would be four.
+    r = server.request(
+        "POST", "/v1/clusters", token=alice.token, json={"name": "ring", "nodes": 2, "gpu": "H100"}
+    )
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded", r.text
+    assert "at most 3" in r.json()["error"]["message"]
+    assert server.ok("GET", "/v1/clusters", token=alice.token) == []
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "c"})
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "d"})
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded", r.text
+    assert "crucible pod rm" in r.json()["error"]["message"]
+    # A stopped pod still counts; a removed one makes room.
+    server.ok("POST", "/v1/pods/a/stop", token=alice.token)
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "d"})
+    assert r.status_code == 413
+    server.ok("DELETE", "/v1/pods/a", token=alice.token)
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "d"})
+    # Another account is not affected by Alice's count.
+    bob = server.tenant("bob")
+    server.ok("POST", "/v1/pods", token=bob.token, json={"name": "a"})

@@ -47,6 +47,7 @@ from crucible.server.services.pods import (
     pod_info,
     pod_rows_of_cluster,
     require_builder,
+    require_room,
     restart_row,
     settle_row,
     stop_row,
@@ -169,6 +170,7 @@ def create_cluster(
             f"you already have a pod called {taken.name!r}, a name this cluster's members "
             "need; pick another cluster name"
         )
+    require_room(conn, principal.account_id, len(specs))
     cluster_id = new_id("cl")
     conn.execute(
         insert(clusters).values(

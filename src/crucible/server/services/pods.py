@@ -28,6 +28,7 @@ from crucible.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
 )
 from crucible.protocol.apps import CodeRef, FunctionCreate
 from crucible.protocol.common import GpuAsk, Resources
@@ -76,6 +77,9 @@ __all__ = [
 _POD_CODE = CodeRef(bundle="0" * 64, module="crucible.worker.pod", qualname="supervise")
 _SCALEDOWN_S = 86_400.0  # never idle-stopped: min_containers keeps the one container anyway
 _LIVE = ("pending", "starting", "running")
+# Pods an account may hold that are not deleted (pending ones cost nothing, yet the
+# scheduler weighs each of them on every tick; stopped ones keep a disk on a host).
+MAX_PODS = 1000
 _SETTLED = ("stopped", "preempted", "failed", "deleted")
 
 
@@ -113,6 +117,21 @@ def _pod_image(ref: str | None) -> ImageSpec | None:
     return ImageSpec(registry=ref)  # its id is the hash of its content
 
 
+def require_room(conn: Connection, account_id: str, adding: int) -> None:
+    """QuotaExceeded when ``adding`` more pods would take the account past :data:`MAX_PODS`
+    pods that are not deleted (a cluster's members count one each)."""
+    held = conn.execute(
+        select(func.count())
+        .select_from(pods)
+        .where(pods.c.account_id == account_id, pods.c.state != "deleted")
+    ).scalar_one()
+    if held + adding > MAX_PODS:
+        raise QuotaExceededError(
+            f"this account already has {held} pods (stopped ones included), and at most "
+            f"{MAX_PODS} are allowed; remove ones you no longer need with `crucible pod rm POD`"
+        )
+
+
 def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: int) -> PodInfo:
     """Create a pod and ask the market for it (the scheduler places it on its next tick).
     A name already used by a pod of the account that is not deleted is a conflict."""
@@ -132,6 +151,7 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
             f"you already have a pod called {spec.name!r}; pick another name, or remove it "
             f"first with `crucible pod rm {spec.name}`"
         )
+    require_room(conn, principal.account_id, 1)
     row = _insert(conn, principal.account_id, spec, now_ms)
     # Shown from what was just written (no container, nothing metered): reading it back
     # took three more queries on the submit path.
