@@ -13,8 +13,10 @@ do not load under the prefix yet: for the browser UI use
 ``crucible pod port-forward notebook 8888`` and open http://localhost:8888/.
 
 Nothing is downloaded when the pod starts: ``jupyter_server`` and ``ipykernel`` must be in
-the pod's Python (the host's environment on the ``process`` runtime, or an image of yours:
-``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``).
+the pod's Python. Without an image that is the Python running this script (the pod sees the
+host's files, and on an exchange of this machine, ``crucible up``, that Python is the
+agent's; ``PYTHON=/path/to/python`` names another, as the host sees it); with an image of
+yours, its ``python``: ``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``.
 
 tests/e2e/test_access_e2e.py runs the same arguments in a container and one cell through
 the kernel's WebSocket over the published port.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 
 PORT = 8888
@@ -48,13 +51,24 @@ def jupyter_argv(port: int = PORT) -> list[str]:
     ]
 
 
+def pod_python(image: str | None) -> str:
+    """The pod's Python: ``$PYTHON`` when set; in an image, its ``python``; else the one
+    running this script. A pod without an image sees the host's files, but its PATH is the
+    system's (``/usr/bin/python3``, without Jupyter as a rule): on an exchange of this machine
+    (``crucible up``) the interpreter running this script is the agent's too."""
+    return os.environ.get("PYTHON") or ("python" if image else sys.executable)
+
+
 def main() -> None:
     import crucible
 
-    command = "exec python " + " ".join(shlex.quote(a) for a in jupyter_argv())
+    image = os.environ.get("IMAGE")
+    command = f"exec {shlex.quote(pod_python(image))} " + " ".join(
+        shlex.quote(a) for a in jupyter_argv()
+    )
     pod = crucible.Pod.create(
         "notebook",
-        image=os.environ.get("IMAGE"),
+        image=image,
         command=command,
         ports=[f"{PORT}/http"],
     )

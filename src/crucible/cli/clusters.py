@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         cpu: float = typer.Option(None, "--cpu", help="Cores per member."),
         memory: str = typer.Option(None, "--memory", help="Memory per member, e.g. 64GiB."),
         command: str = typer.Option(None, "--command", help="Run in every member (sh -c)."),
-        tier: str = typer.Option("on_demand", "--tier", help="on_demand|interruptible|reserved"),
+        tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
         port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         cpu: float = typer.Option(None, "--cpu", help="Cores (default: 1 per GPU, at least 1)."),
         memory: str = typer.Option(None, "--memory", help="e.g. 64GiB (default: 4 GiB per GPU)."),
         command: str = typer.Option(None, "--command", help="Run with sh -c (default: wait)."),
-        tier: str = typer.Option("on_demand", "--tier", help="on_demand|interruptible|reserved"),
+        tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
         port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),

