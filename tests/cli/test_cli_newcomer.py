@@ -161,3 +161,44 @@ def test_jupyter_example_uses_a_python_the_pod_can_run() -> None:
     finally:
         if env is not None:
             os.environ["PYTHON"] = env
+
+
+def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> None:
+    """`crucible volume put/get/rm` with a path that is not there: one line, exit 1; a
+    download of a missing file leaves no empty local file; a directory as LOCAL receives
+    the file under its own name, as cp does."""
+    token = exchange.new_account("volumes")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("volume", *args, server=exchange.url, token=token)
+
+    assert run("create", "data").returncode == 0
+    refused(run("put", "data", str(tmp_path / "missing.txt"), "/a.txt"),
+            "missing.txt: no such file or directory to upload")
+    src = tmp_path / "train.jsonl"
+    src.write_text('{"prompt": "2+2?", "completion": " 4"}\n')
+    assert run("put", "data", str(src), "/sets/train.jsonl").returncode == 0
+
+    refused(run("get", "data", "/nope.txt", str(tmp_path / "out.txt")),
+            "/nope.txt is not in volume 'data'")
+    assert not (tmp_path / "out.txt").exists()
+    into = tmp_path / "downloads"
+    into.mkdir()
+    assert run("get", "data", "/sets/train.jsonl", str(into)).returncode == 0
+    assert (into / "train.jsonl").read_text() == src.read_text()
+    refused(run("rm", "data", "/nope.txt"), "/nope.txt is not in volume 'data'")
+
+
+def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchange) -> None:
+    """Every `crucible dict|queue` command says what it does in `--help`; a name no dict
+    or queue can have is named as such (it used to reach another route: "Not Found")."""
+    for group in ("dict", "queue"):
+        listing = cli(group, "--help", columns=200).stdout
+        for command in ("list", "clear", "delete"):
+            row = next(line for line in listing.splitlines() if re.match(rf"^│ {command}\s", line))
+            assert len(row.strip("│ ").split()) > 2, listing
+    token = exchange.new_account("objects")
+    refused(cli("queue", "delete", "a/b", server=exchange.url, token=token),
+            "'a/b' is not a queue name", "crucible queue list")
+    refused(cli("dict", "clear", "nope", server=exchange.url, token=token),
+            "dict 'nope' not found")

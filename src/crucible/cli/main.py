@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 
 import typer
@@ -95,6 +96,12 @@ def main() -> None:
     try:
         app()
     except Error as exc:
+        err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
+        sys.exit(1)
+    except BrokenPipeError:  # `crucible calls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:  # a local file the command was given: missing, a directory, ...
         err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
         sys.exit(1)
     except KeyboardInterrupt:
