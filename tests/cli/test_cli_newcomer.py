@@ -202,3 +202,30 @@ def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchang
             "'a/b' is not a queue name", "crucible queue list")
     refused(cli("dict", "clear", "nope", server=exchange.url, token=token),
             "dict 'nope' not found")
+
+
+def test_credits_say_whether_the_exchange_requires_them(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """A new account on an exchange that does not require credits (the default, and what
+    `crucible up` runs) is not told its work is refused; on one that requires them it is."""
+    token = exchange.new_account("spender")
+    out = cli("credits", server=exchange.url, token=token)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "does not require credits" in text and "refused" not in text, text
+    info = json.loads(cli("credits", "--json", server=exchange.url, token=token).stdout)
+    assert info["ok"] is False and info["required"] is False
+
+    strict = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}",
+                      CRUCIBLE_REQUIRE_CREDITS="1")
+    strict.start_server()
+    try:
+        token = strict.new_account("spender")
+        out = cli("credits", server=strict.url, token=token)
+        text = " ".join(out.stdout.split())
+        assert "refused" in text and "does not require" not in text, text
+        info = json.loads(cli("credits", "--json", server=strict.url, token=token).stdout)
+        assert info["ok"] is False and info["required"] is True
+    finally:
+        strict.close()

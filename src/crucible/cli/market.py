@@ -420,8 +420,14 @@ def register(app: typer.Typer) -> None:
             f"{c.account_id}: balance [bold]{fmt_usd(c.balance_micros)}[/], spent today "
             f"{fmt_usd(c.spent_today_micros)}, daily cap {cap}"
         )
-        if not c.ok:
+        if not c.ok and c.required:
             console.print(f"[red]{shown(c.reason)}[/]")
+        elif not c.ok:
+            console.print(
+                "this exchange does not require credits (CRUCIBLE_REQUIRE_CREDITS is off): "
+                "work still runs, and the balance may go below zero",
+                markup=False,
+            )
 
     @credits_app.callback()
     def credits(
