@@ -229,3 +229,31 @@ def test_credits_say_whether_the_exchange_requires_them(
         assert info["ok"] is False and info["required"] is True
     finally:
         strict.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"CRUCIBLE_PORT": "abc"}, "CRUCIBLE_PORT='abc': expected an integer"),
+        ({"CRUCIBLE_PLATFORM_FEE": "5"}, "CRUCIBLE_PLATFORM_FEE='5': must be between 0 and 1"),
+        ({"CRUCIBLE_DATABASE_URL": "garbage"}, "CRUCIBLE_DATABASE_URL='garbage' is not a "
+                                               "database URL"),
+        ({"CRUCIBLE_DATABASE_URL": "mysql://u:hunter2@h/db"},
+         "the store is SQLite or PostgreSQL, not 'mysql'"),
+        ({"CRUCIBLE_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db"},
+         "cannot open the store at postgresql://u:***@127.0.0.1:1/db"),
+    ],
+)
+def test_server_with_a_bad_setting_says_which(
+    env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    """`crucible server` (and every command) with a setting it cannot use: one line naming
+    the variable (a password in a URL masked), exit 1, no traceback."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "server", "--port", str(free_port())],
+        env={**base, "CRUCIBLE_HOME": str(tmp_path), "COLUMNS": "200", **env},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    text = refused(out, says)
+    assert "hunter2" not in text

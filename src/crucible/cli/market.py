@@ -194,7 +194,9 @@ def register(app: typer.Typer) -> None:
     def host_profile(
         host_id: str,
         energy_source: str = typer.Option(None, "--energy-source", help="e.g. hydro, solar."),
-        carbon: int = typer.Option(None, "--carbon", help="Carbon intensity, gCO2/kWh."),
+        carbon: int = typer.Option(
+            None, "--carbon", min=0, max=5000, help="Carbon intensity, gCO2/kWh (0-5000)."
+        ),
     ) -> None:
         """Declare a host's energy source and carbon intensity (shown in its offers)."""
         body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
