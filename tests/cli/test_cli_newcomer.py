@@ -257,3 +257,48 @@ def test_server_with_a_bad_setting_says_which(
     )
     text = refused(out, says)
     assert "hunter2" not in text
+
+
+def test_an_app_file_that_fails_shows_its_own_traceback(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """`crucible run`/`deploy` of a file that does not import (a syntax error, a missing
+    module, an exception in a module it imports), or whose entrypoint raises: the traceback
+    starts in the user's code, as `python FILE` would print it (no CLI, typer or importlib
+    frames), then one error line; exit 1."""
+    (tmp_path / "syntax.py").write_text("import crucible\ndef f(:\n")
+    (tmp_path / "helper.py").write_text("def g():\n    return 1 / 0\nx = g()\n")
+    (tmp_path / "uses.py").write_text("import helper\n")
+    (tmp_path / "raises.py").write_text(
+        "import crucible\napp = crucible.App('raises')\n"
+        "@app.local_entrypoint()\ndef main():\n    raise KeyError('not here')\n"
+    )
+    token = exchange.owner_token("importer")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+        env.update(CRUCIBLE_HOME=str(tmp_path / "home"), CRUCIBLE_SERVER_URL=exchange.url,
+                   CRUCIBLE_TOKEN=token, COLUMNS="200")
+        return subprocess.run([sys.executable, "-m", "crucible.cli.main", *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    for command in ("run", "deploy"):
+        out = run(command, "syntax.py")
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "syntax.py\", line 2" in out.stderr and "SyntaxError" in out.stderr
+        assert "syntax.py raised SyntaxError while it was imported" in out.stderr
+
+    out = run("run", "uses.py")
+    assert out.returncode == 1
+    assert out.stderr.startswith("Traceback (most recent call last):\n  File \"" +
+                                 str(tmp_path / "uses.py")), out.stderr
+    assert "helper.py\", line 2, in g" in out.stderr and "ZeroDivisionError" in out.stderr
+    for internal in ("typer", "importlib", "crucible/cli"):
+        assert internal not in out.stderr, out.stderr
+
+    out = run("run", "raises.py")
+    assert out.returncode == 1
+    assert out.stderr.startswith("Traceback (most recent call last):\n  File \"" +
+                                 str(tmp_path / "raises.py")), out.stderr
+    assert "KeyError: 'not here'" in out.stderr and "typer" not in out.stderr
