@@ -302,3 +302,10 @@ def test_an_app_file_that_fails_shows_its_own_traceback(
     assert out.stderr.startswith("Traceback (most recent call last):\n  File \"" +
                                  str(tmp_path / "raises.py")), out.stderr
     assert "KeyError: 'not here'" in out.stderr and "typer" not in out.stderr
+
+
+def test_agent_with_a_missing_token_file_says_how_to_make_one(tmp_path: Path) -> None:
+    out = cli("agent", "--server", "http://127.0.0.1:9", "--token-file",
+              str(tmp_path / "host-token"))
+    refused(out, f"--token-file {tmp_path / 'host-token'}: cannot read it",
+            "crucible token create --scope host")

@@ -198,7 +198,13 @@ def register(app: typer.Typer) -> None:
                 "replicas, give it the load balancer's (docs/operators.md, Running replicas)"
             )
         if token_file is not None:
-            token = token_file.read_text().strip()
+            try:
+                token = token_file.read_text().strip()
+            except OSError as exc:
+                raise Error(
+                    f"--token-file {token_file}: cannot read it ({exc.strerror}); write the "
+                    "host token there (`crucible token create --scope host`, docs/hosts.md)"
+                ) from None
         if not token:
             raise Error("the agent needs a host token: --token, --token-file or CRUCIBLE_TOKEN")
         overrides: dict[str, Any] = {}
