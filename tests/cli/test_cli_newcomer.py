@@ -309,3 +309,14 @@ def test_agent_with_a_missing_token_file_says_how_to_make_one(tmp_path: Path) ->
               str(tmp_path / "host-token"))
     refused(out, f"--token-file {tmp_path / 'host-token'}: cannot read it",
             "crucible token create --scope host")
+
+
+def test_port_forward_to_a_container_that_is_not_there_fails_at_once(
+    exchange: Exchange,
+) -> None:
+    """`crucible container port-forward` used to listen anyway and report the unknown
+    container only at the first connection; it exits 1 before listening now."""
+    token = exchange.new_account("forwarder")
+    refused(cli("container", "port-forward", "ct-01m91nosuchcontainer0", "18899",
+                server=exchange.url, token=token),
+            "no container 'ct-01m91nosuchcontainer0' in your account")
