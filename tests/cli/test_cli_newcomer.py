@@ -320,3 +320,13 @@ def test_port_forward_to_a_container_that_is_not_there_fails_at_once(
     refused(cli("container", "port-forward", "ct-01m91nosuchcontainer0", "18899",
                 server=exchange.url, token=token),
             "no container 'ct-01m91nosuchcontainer0' in your account")
+
+
+def test_calls_with_a_state_that_does_not_exist_is_refused(exchange: Exchange) -> None:
+    """`crucible calls --state weird` listed nothing (a typo looked like no calls); the API
+    refuses the state with the ones there are."""
+    token = exchange.new_account("lister")
+    refused(cli("calls", "--state", "weird", server=exchange.url, token=token),
+            "'queued'", "'timed_out'")
+    out = cli("calls", "--state", "succeeded", "--json", server=exchange.url, token=token)
+    assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
