@@ -330,3 +330,18 @@ def test_calls_with_a_state_that_does_not_exist_is_refused(exchange: Exchange) -
             "'queued'", "'timed_out'")
     out = cli("calls", "--state", "succeeded", "--json", server=exchange.url, token=token)
     assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
+
+
+@pytest.mark.parametrize("spec", ["lots", "2xH999", "0xH100"])
+def test_up_with_fake_gpus_it_cannot_declare_fails_at_once(spec: str, tmp_path: Path) -> None:
+    """`crucible up --detach --fake-gpus lots` waited forever for an agent that refused the
+    GPUs and was restarted again and again; it says what is wrong before starting anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "up", "--detach", "--fake-gpus", spec],
+        env={**env, "CRUCIBLE_HOME": str(tmp_path), "CRUCIBLE_PORT": str(free_port()),
+             "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    refused(out, f"--fake-gpus '{spec}':", "write e.g. 2xH100")
+    assert not (tmp_path / "crucible.db").exists()  # nothing was started
