@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         gpu: str = typer.Option(..., "--gpu", help="Per member: MODEL[:COUNT], e.g. H100:8."),
         image: str = typer.Option(None, "--image", help="An OCI image reference."),
         disk: str = typer.Option(DEFAULT_DISK, "--disk", help="Each member's disk."),
-        cpu: float = typer.Option(None, "--cpu", help="Cores per member."),
+        cpu: float = typer.Option(None, "--cpu", min=0.01, help="Cores per member."),
         memory: str = typer.Option(None, "--memory", help="Memory per member, e.g. 64GiB."),
         command: str = typer.Option(None, "--command", help="Run in every member (sh -c)."),
         tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
