@@ -368,3 +368,12 @@ def test_a_default_pod_runs_python_as_the_host_has_it(tmp_path: Path) -> None:
         assert str(Path(sys.executable).parent / "python") in logs, logs
     finally:
         ex.close()
+
+
+def test_a_validators_message_reaches_the_user_without_pydantics_prefix(
+    exchange: Exchange,
+) -> None:
+    token = exchange.new_account("secretive")
+    text = refused(cli("secret", "create", "creds", "1A=x", server=exchange.url, token=token),
+                   "secret key '1A' is not a valid environment variable name")
+    assert "Value error" not in text
