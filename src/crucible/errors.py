@@ -32,6 +32,9 @@ Exception tree::
     │   └── ImageUnsupportedError      image_unsupported        │
     ├── SandboxUnavailableError        sandbox_unavailable      ┘
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
+    ├── SettingError                   invalid_setting    (a process's own settings, at
+    │                                                      start: never on the wire; also
+    │                                                      a ValueError)
     └── InternalError                  internal           500
 
 The server answers every error as ``{"error": {"code": ..., "message": ...}}``; the SDK turns
@@ -74,6 +77,7 @@ __all__ = [
     "SandboxUnavailableError",
     "SerializationError",
     "ServerUnavailableError",
+    "SettingError",
     "error_from_wire",
 ]
 
@@ -309,6 +313,15 @@ class ServerUnavailableError(Error):
     http_status = 503
 
 
+class SettingError(Error, ValueError):
+    """A setting (its environment variable, e.g. CRUCIBLE_PORT, or CRUCIBLE_DATABASE_URL)
+    holds a value this process cannot use: raised when settings are read or the store is
+    opened, never sent on the wire. The message names the variable and what it takes."""
+
+    code = "invalid_setting"
+    http_status = 500
+
+
 class InternalError(Error):
     code = "internal"
     http_status = 500
@@ -344,6 +357,7 @@ _BY_CODE: dict[str, type[Error]] = {
         ImageUnsupportedError,
         SandboxUnavailableError,
         ServerUnavailableError,
+        SettingError,
         InternalError,
     )
 }

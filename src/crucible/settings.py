@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crucible.errors import SettingError
+
 __all__ = ["SETTINGS_TABLE", "Settings", "load_settings"]
 
 
@@ -559,26 +561,26 @@ def _parse(value: str, kind: Any, env: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off", ""):
             return False
-        raise ValueError(f"{env}={value!r}: expected true or false")
+        raise SettingError(f"{env}={value!r}: expected true or false")
     number: float
     if kind in (int, "int"):
         try:
             number = int(value)
         except ValueError:
-            raise ValueError(f"{env}={value!r}: expected an integer") from None
+            raise SettingError(f"{env}={value!r}: expected an integer") from None
     elif kind in (float, "float"):
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(f"{env}={value!r}: expected a number") from None
+            raise SettingError(f"{env}={value!r}: expected a number") from None
         if not math.isfinite(number):
-            raise ValueError(f"{env}={value!r}: expected a finite number")
+            raise SettingError(f"{env}={value!r}: expected a finite number")
     else:
         return value
     low, high = _RANGES.get(env, (0, None))
     if number < low or (high is not None and number > high):
         bound = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"{env}={value!r}: must be {bound}")
+        raise SettingError(f"{env}={value!r}: must be {bound}")
     return number
 
 

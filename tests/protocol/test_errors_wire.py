@@ -39,6 +39,7 @@ CODES = {
     "ImageUnsupportedError": ("image_unsupported", 422),
     "SandboxUnavailableError": ("sandbox_unavailable", 500),
     "ServerUnavailableError": ("server_unavailable", 503),
+    "SettingError": ("invalid_setting", 500),
     "InternalError": ("internal", 500),
 }
 

@@ -46,6 +46,7 @@ PUBLIC = [
     "Secret",
     "SerializationError",
     "ServerUnavailableError",
+    "SettingError",
     "Volume",
     "__version__",
     "asgi_app",

@@ -13,7 +13,15 @@ import typer
 
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import clean, console
-from crucible.errors import InvalidRequestError
+from crucible.errors import (
+    AuthError,
+    ConflictError,
+    Error,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from crucible.protocol.access import AccessOpen
 from crucible.sdk import _tunnels
 from crucible.settings import load_settings
 
@@ -117,6 +125,7 @@ def port_forward_to(target: Callable[[], str], name: str, ports: str, address: s
         raise InvalidRequestError(str(exc)) from None
     config = ensure_running(load_settings())
     container = target()
+    _check_reachable(config.server_url, config.token, container, remote)
 
     def listening(port: int) -> None:
         console.print(
@@ -133,6 +142,19 @@ def port_forward_to(target: Callable[[], str], name: str, ports: str, address: s
         bind=address,
         on_listening=listening,
     )
+
+
+def _check_reachable(server_url: str, token: str, container: str, port: int) -> None:
+    """Fail now, not at the first connection, when the container is not yours or not running:
+    one session to the port, closed at once. Nothing listening there yet is fine (the
+    forward is often opened before the server inside starts)."""
+    try:
+        probe = AccessOpen(kind="tcp", port=port)
+        _tunnels.AccessSession(server_url, token, container, probe).close()
+    except (NotFoundError, ConflictError, AuthError, PermissionDeniedError):
+        raise
+    except Error:
+        pass
 
 
 def proxy_to(target: Callable[[], str], user: str | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 
 import typer
@@ -56,6 +58,19 @@ ssh_keys.register(app)
 fine_tunes.register(app)
 
 
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Give every command a one-line summary for the command lists of ``--help``: the first
+    paragraph of its docstring with the docstring's own line breaks joined (Rich help keeps
+    them, which broke each summary mid-sentence in the lists)."""
+    for info in group.registered_commands:
+        if info.short_help is None:
+            doc = info.help or inspect.getdoc(info.callback) or ""
+            info.short_help = " ".join(doc.split("\n\n")[0].split()) or None
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
 @app.command()
 def settings() -> None:
     """Print every setting: its environment variable, default and meaning."""
@@ -70,13 +85,23 @@ def settings() -> None:
             (f.metadata["env"], getattr(current, f.name), f.default, f.metadata["doc"])
             for f in SETTINGS_TABLE
         ],
+        ids=["environment variable"],  # a name folded mid-word would be copied wrong
     )
+
+
+_one_line_summaries(app)
 
 
 def main() -> None:
     try:
         app()
     except Error as exc:
+        err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
+        sys.exit(1)
+    except BrokenPipeError:  # `crucible calls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:  # a local file the command was given: missing, a directory, ...
         err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
         sys.exit(1)
     except KeyboardInterrupt:

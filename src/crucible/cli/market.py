@@ -194,7 +194,9 @@ def register(app: typer.Typer) -> None:
     def host_profile(
         host_id: str,
         energy_source: str = typer.Option(None, "--energy-source", help="e.g. hydro, solar."),
-        carbon: int = typer.Option(None, "--carbon", help="Carbon intensity, gCO2/kWh."),
+        carbon: int = typer.Option(
+            None, "--carbon", min=0, max=5000, help="Carbon intensity, gCO2/kWh (0-5000)."
+        ),
     ) -> None:
         """Declare a host's energy source and carbon intensity (shown in its offers)."""
         body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
@@ -420,8 +422,14 @@ def register(app: typer.Typer) -> None:
             f"{c.account_id}: balance [bold]{fmt_usd(c.balance_micros)}[/], spent today "
             f"{fmt_usd(c.spent_today_micros)}, daily cap {cap}"
         )
-        if not c.ok:
+        if not c.ok and c.required:
             console.print(f"[red]{shown(c.reason)}[/]")
+        elif not c.ok:
+            console.print(
+                "this exchange does not require credits (CRUCIBLE_REQUIRE_CREDITS is off): "
+                "work still runs, and the balance may go below zero",
+                markup=False,
+            )
 
     @credits_app.callback()
     def credits(

@@ -283,6 +283,8 @@ def register(app: typer.Typer) -> None:
             raise InvalidRequestError(
                 "give exactly one of --path DIR, --volume VOL/path or --container-path PATH"
             )
+        if path is not None:
+            _check_adapter_dir(path)
         client = _client()
         try:
             if container_path is not None:
@@ -306,6 +308,23 @@ def register(app: typer.Typer) -> None:
         console.print(f"adapter {shown(adapter)} added: call it as model={label}")
 
 
+def _check_adapter_dir(path: Path) -> None:
+    """A local PEFT LoRA directory has its config and its weights; anything else (a model
+    directory, a checkpoint) is refused here rather than by every container that loads it."""
+    if not path.is_dir():
+        raise InvalidRequestError(
+            f"--path {path}: not a directory; give a PEFT adapter directory "
+            "(adapter_config.json and adapter_model.safetensors)"
+        )
+    for needed in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (path / needed).is_file():
+            raise InvalidRequestError(
+                f"--path {path}: no {needed}, so it is not a PEFT LoRA adapter directory "
+                "(save one with peft's save_pretrained, or use the adapter a "
+                "`crucible fine-tune` job wrote)"
+            )
+
+
 def _upload_adapter(
     client: Client, name: str, adapter: str, path: Path | None, volume: str | None
 ) -> None:
@@ -314,8 +333,6 @@ def _upload_adapter(
     target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
     with target.batch_upload(force=True) as up:
         if path is not None:
-            if not path.is_dir():
-                raise InvalidRequestError(f"--path {path}: not a directory of a PEFT adapter")
             up.put_directory(path, f"/adapters/{adapter}")
             return
         vol, _, sub = (volume or "").partition("/")

@@ -1,14 +1,20 @@
-"""`crucible dict|queue list|show|clear|delete`: the account's shared dicts and queues."""
+"""`crucible dict|queue list|clear|delete`: the account's shared dicts and queues."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import typer
+from pydantic import ValidationError
 
 from crucible.cli._output import console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
+from crucible.errors import InvalidRequestError
+from crucible.protocol.common import Named
 from crucible.protocol.coordination import DictInfo, QueueInfo
 
 __all__ = ["register"]
+
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +25,7 @@ def register(app: typer.Typer) -> None:
 
     @dict_app.command("list")
     def dict_list(as_json: bool = JSON) -> None:
+        """Your dicts: entries, size and when each was last used."""
         items = [DictInfo.model_validate(d) for d in _client().get("/v1/dicts")]
         if as_json:
             print_json([d.model_dump() for d in items])
@@ -31,16 +38,19 @@ def register(app: typer.Typer) -> None:
 
     @dict_app.command("clear")
     def dict_clear(name: str) -> None:
-        _client().transport.request("POST", f"/v1/dicts/{name}/clear")
+        """Remove every entry of a dict (it stays, empty)."""
+        _client().transport.request("POST", f"/v1/dicts/{_path('dict', name)}/clear")
         console.print(f"cleared dict {name}", markup=False)
 
     @dict_app.command("delete")
     def dict_delete(name: str) -> None:
-        _client().transport.request("DELETE", f"/v1/dicts/{name}")
+        """Delete a dict and its entries."""
+        _client().transport.request("DELETE", f"/v1/dicts/{_path('dict', name)}")
         console.print(f"deleted dict {name}", markup=False)
 
     @queue_app.command("list")
     def queue_list(as_json: bool = JSON) -> None:
+        """Your queues: items per partition and when each was last used."""
         items = [QueueInfo.model_validate(q) for q in _client().get("/v1/queues")]
         if as_json:
             print_json([q.model_dump() for q in items])
@@ -65,10 +75,26 @@ def register(app: typer.Typer) -> None:
         partition: str = typer.Option("", help="One partition (default: the default one)."),
         all_: bool = typer.Option(False, "--all", help="Every partition."),
     ) -> None:
-        _client().post(f"/v1/queues/{name}/clear", {"partition": partition, "all": all_})
+        """Remove the items of a queue's partition (or of all of them with --all)."""
+        body = {"partition": partition, "all": all_}
+        _client().post(f"/v1/queues/{_path('queue', name)}/clear", body)
         console.print(f"cleared queue {name}", markup=False)
 
     @queue_app.command("delete")
     def queue_delete(name: str) -> None:
-        _client().transport.request("DELETE", f"/v1/queues/{name}")
+        """Delete a queue and its items."""
+        _client().transport.request("DELETE", f"/v1/queues/{_path('queue', name)}")
         console.print(f"deleted queue {name}", markup=False)
+
+
+def _path(kind: str, name: str) -> str:
+    """``name`` as a path segment, once it is a name a dict or queue can have (a '/' in it
+    would reach another route, which answers a bare "Not Found")."""
+    try:
+        Named(name=name)  # the rule every dict and queue name was created under
+    except ValidationError:
+        raise InvalidRequestError(
+            f"{name!r} is not a {kind} name (1-128 letters, digits, '_', '.' or '-'); "
+            f"`crucible {kind} list` shows yours"
+        ) from None
+    return quote(name, safe="")

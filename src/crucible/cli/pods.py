@@ -80,7 +80,7 @@ def _show(info: PodInfo, server_url: str) -> None:
         ("name", info.name),
         ("state", info.state + (f" ({info.reason})" if info.reason else "")),
         ("gpu", info.gpu or "none (CPU pod)"),
-        ("cpu / memory", f"{info.cpu:g} cores / {info.memory_mib} MiB"),
+        ("cpu / memory", _cores(info.cpu) + f" / {info.memory_mib} MiB"),
         ("image", info.image or "the exchange's default image"),
         ("disk", _gib(info.disk_bytes)),
         ("command", info.command or "-"),
@@ -118,10 +118,12 @@ def register(app: typer.Typer) -> None:
         gpu: str = typer.Option(None, "--gpu", help="MODEL[:COUNT], e.g. H100:8 (none: CPU)."),
         image: str = typer.Option(None, "--image", help="An OCI image reference."),
         disk: str = typer.Option(DEFAULT_DISK, "--disk", help="The pod's disk, e.g. 100GiB."),
-        cpu: float = typer.Option(None, "--cpu", help="Cores (default: 1 per GPU, at least 1)."),
+        cpu: float = typer.Option(
+            None, "--cpu", min=0.01, help="Cores (default: 1 per GPU, at least 1)."
+        ),
         memory: str = typer.Option(None, "--memory", help="e.g. 64GiB (default: 4 GiB per GPU)."),
         command: str = typer.Option(None, "--command", help="Run with sh -c (default: wait)."),
-        tier: str = typer.Option("on_demand", "--tier", help="on_demand|interruptible|reserved"),
+        tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
         port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),
@@ -323,3 +325,7 @@ def register(app: typer.Typer) -> None:
         path = _path(client, pod)
         client.transport.delete(path)
         console.print(f"pod {shown(pod)} deleted")
+
+
+def _cores(n: float) -> str:
+    return f"{n:g} core" + ("" if n == 1 else "s")

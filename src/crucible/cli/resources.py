@@ -148,7 +148,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def calls(
         app_id: str = typer.Option(None, "--app", help="Only this app's calls."),
-        state: str = typer.Option(None, help="Only calls in this state."),
+        state: str = typer.Option(
+            None,
+            help="Only calls in this state: queued, running, succeeded, failed, cancelled, "
+            "timed_out.",
+        ),
         limit: int = typer.Option(20, help="How many (newest first)."),
         as_json: bool = JSON,
     ) -> None:

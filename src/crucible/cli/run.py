@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +43,34 @@ def import_app_file(path: Path) -> Any:
         raise InvalidRequestError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (Error, KeyboardInterrupt, SystemExit):
+        raise  # Crucible's own errors (a misused decorator) say what to do already
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        _print_user_traceback(exc, file)
+        raise InvalidRequestError(
+            f"{path} raised {type(exc).__name__} while it was imported (its traceback is "
+            "above): fix it and run the command again"
+        ) from None
     return module
+
+
+def _print_user_traceback(exc: BaseException, file: Path) -> None:
+    """The traceback of an exception raised in the user's ``file`` (importing it, or its
+    local entrypoint), from its first frame in that file on, as ``python FILE`` would show
+    it: the CLI's, typer's and importlib's frames left out. A SyntaxError has no such frame:
+    its own lines point at the code."""
+    tb = exc.__traceback__
+    while tb is not None and Path(tb.tb_frame.f_code.co_filename) != file:
+        tb = tb.tb_next
+    if tb is None and isinstance(exc, SyntaxError):
+        lines = traceback.format_exception_only(type(exc), exc)
+    else:
+        lines = traceback.format_exception(type(exc), exc, tb or exc.__traceback__)
+    sys.stderr.write("".join(lines))
+    sys.stderr.flush()
 
 
 def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
@@ -135,7 +162,10 @@ def register(app: typer.Typer) -> None:
                 result = entry(**kwargs)
             if result is not None:
                 typer.echo(clean(result, lines=True))
-        except Error:
+        except (Error, KeyboardInterrupt):
             raise
+        except Exception as exc:  # the entrypoint's own (or its remote calls') exception
+            _print_user_traceback(exc, Path(file).resolve())
+            raise SystemExit(1) from None
         finally:
             client.close()

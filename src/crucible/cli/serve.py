@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from crucible.errors import Error
+from crucible.errors import Error, SettingError
 from crucible.settings import Settings, load_settings
 
 __all__ = ["register", "run_server"]
@@ -57,6 +58,35 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def _open_store(settings: Settings) -> None:
+    """:func:`_bootstrap_admin`, with a store URL that cannot be opened said in one line
+    (SettingError) instead of SQLAlchemy's traceback."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    url = settings.effective_database_url
+    shown_url = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)  # never print a password
+    scheme = url.partition(":")[0].partition("+")[0]
+    if "://" in url and scheme not in ("sqlite", "postgresql"):
+        raise SettingError(
+            f"CRUCIBLE_DATABASE_URL={shown_url!r}: the store is SQLite or PostgreSQL, not "
+            f"{scheme!r}; write sqlite:////path/to/crucible.db or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB"
+        )
+    try:
+        _bootstrap_admin(settings)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise SettingError(
+            f"CRUCIBLE_DATABASE_URL={shown_url!r} is not a database URL ({exc}); write "
+            "sqlite:////path/to/crucible.db or postgresql://USER:PASSWORD@HOST:PORT/DB"
+        ) from None
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise SettingError(
+            f"cannot open the store at {shown_url} ({reason}); is the database running, and "
+            "is CRUCIBLE_DATABASE_URL (or --database-url) right?"
+        ) from None
 
 
 def _bootstrap_admin(settings: Settings) -> None:
@@ -124,7 +154,9 @@ def register(app: typer.Typer) -> None:
                     command="crucible server",
                 )
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-            _bootstrap_admin(settings)
+            # alembic announces each of its plugins at INFO on every start: noise, not news
+            logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+            _open_store(settings)
             typer.echo(f"Crucible control plane on {url}")
             run_server(settings)
         finally:
@@ -166,7 +198,13 @@ def register(app: typer.Typer) -> None:
                 "replicas, give it the load balancer's (docs/operators.md, Running replicas)"
             )
         if token_file is not None:
-            token = token_file.read_text().strip()
+            try:
+                token = token_file.read_text().strip()
+            except OSError as exc:
+                raise Error(
+                    f"--token-file {token_file}: cannot read it ({exc.strerror}); write the "
+                    "host token there (`crucible token create --scope host`, docs/hosts.md)"
+                ) from None
         if not token:
             raise Error("the agent needs a host token: --token, --token-file or CRUCIBLE_TOKEN")
         overrides: dict[str, Any] = {}

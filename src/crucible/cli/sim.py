@@ -183,5 +183,5 @@ def register(app: typer.Typer) -> None:
                 )
             shown = result.summary | {kind: _without_list(result.summary[kind])}
             rows = flatten(shown) + flatten(timing, "timing.")
-            table(f"crucible sim: {s.name}", ["metric", "value"], rows)
+            table(f"crucible sim: {s.name}", ["metric", "value"], rows, ids=["metric"])
             console.print("wrote " + ", ".join(str(p) for p in written.values()))

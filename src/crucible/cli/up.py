@@ -23,7 +23,8 @@ from crucible.cli._home_lock import HomeLock, running_exchange
 from crucible.cli._output import console
 from crucible.cli._ports import port_free, port_taken_error
 from crucible.cli._supervisor import ProcessSupervisor
-from crucible.errors import Error
+from crucible.errors import Error, InvalidGpuError
+from crucible.protocol.gpus import parse_fake_gpus
 from crucible.settings import Settings, load_settings
 
 __all__ = ["register"]
@@ -83,6 +84,15 @@ def register(app: typer.Typer) -> None:
         """Start an embedded exchange: control plane (SQLite in $CRUCIBLE_HOME) and an agent
         for this machine, each restarted if it dies. One exchange per $CRUCIBLE_HOME. Builders can
         use it at once (`crucible run app.py`)."""
+        if fake_gpus:
+            # Checked here: the agent would refuse them and be restarted forever while this
+            # command waits for it to register.
+            try:
+                parse_fake_gpus(fake_gpus)
+            except InvalidGpuError as exc:
+                raise InvalidGpuError(
+                    f"--fake-gpus {fake_gpus!r}: {exc.message}; write e.g. 2xH100"
+                ) from None
         # A one-machine exchange is a development exchange: fake GPUs may register.
         settings = load_settings(port=port, dev_mode=True)
         url = local_url(settings)

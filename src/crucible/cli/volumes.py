@@ -9,6 +9,7 @@ import typer
 
 from crucible.cli._output import console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
+from crucible.errors import InvalidRequestError
 from crucible.protocol.volumes import VolumeInfo
 from crucible.sdk._volumes import Volume
 
@@ -85,6 +86,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing files."),
     ) -> None:
         """Upload a file or a directory, as one new version."""
+        if not local.exists():
+            raise InvalidRequestError(f"{local}: no such file or directory to upload")
         v = vol(name)
         with v.batch_upload(force=force) as up:
             if local.is_dir():
@@ -99,16 +102,24 @@ def register(app: typer.Typer) -> None:
     def get(
         name: str,
         remote: str,
-        local: str = typer.Argument("-", help="A file, or - for standard output."),
+        local: str = typer.Argument(
+            "-", help="A file, a directory to put it in, or - for standard output."
+        ),
     ) -> None:
         """Download a file (streamed chunk by chunk)."""
-        chunks = vol(name).read_file(remote)
+        chunks = iter(vol(name).read_file(remote))
+        first = next(chunks, b"")  # a missing file fails here, before LOCAL is written
         if local == "-":
+            sys.stdout.buffer.write(first)
             for c in chunks:
                 sys.stdout.buffer.write(c)
             sys.stdout.buffer.flush()
             return
-        with open(local, "wb") as f:
+        target = Path(local)
+        if target.is_dir():
+            target = target / remote.rstrip("/").rsplit("/", 1)[-1]
+        with target.open("wb") as f:
+            f.write(first)
             for c in chunks:
                 f.write(c)
 

@@ -172,6 +172,9 @@ class CreditInfo(Wire):
     daily_cap_micros: WireInt | None
     ok: bool
     reason: str
+    # Whether this exchange refuses work without credit (CRUCIBLE_REQUIRE_CREDITS); when it
+    # does not, ``ok`` False only means the balance is spent, and work still runs.
+    required: bool = True
 
 
 class EarningsLine(Wire):

@@ -17,7 +17,7 @@ from crucible.errors import InvalidRequestError
 from crucible.protocol.apps import MarketTerms
 from crucible.protocol.logs import LogLine, LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
-from crucible.sdk._checks import from_validation_error
+from crucible.sdk._checks import check_choice, from_validation_error
 from crucible.sdk._client import Client
 
 __all__ = ["Pod", "market_terms"]
@@ -28,7 +28,11 @@ _FINAL = ("stopped", "preempted", "failed", "deleted")
 def market_terms(
     tier: str = "on_demand", bid: float | None = None, max_price: float | None = None
 ) -> MarketTerms:
-    """Dollars per device-hour → the wire's micro-dollars, with the market's own checks."""
+    """Dollars per device-hour → the wire's micro-dollars, with the market's own checks.
+
+    ``tier`` is spelled as for functions: ``on-demand`` (or ``on_demand``), ``interruptible``
+    or ``reserved``."""
+    check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
     for label, value in (("bid", bid), ("max_price", max_price)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequestError(f"{label} must be dollars per GPU-hour, e.g. 1.20")
@@ -36,7 +40,7 @@ def market_terms(
             raise InvalidRequestError(f"{label} must not be negative")
     try:
         return MarketTerms(
-            tier=tier,
+            tier=tier.replace("-", "_"),
             bid_micros=round(bid * 1_000_000) if bid is not None else None,
             max_price_micros=round(max_price * 1_000_000) if max_price is not None else None,
         )

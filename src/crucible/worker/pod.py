@@ -87,9 +87,17 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     disk.mkdir(parents=True, exist_ok=True)
     # An OCI image's ENV first (its PATH among them), then the exchange's, then the pod's.
     image_env = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ENV") or "{}")
+    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if "CRUCIBLE_POD_IMAGE_ENV" not in os.environ:
+        # The default image is the host's own environment (docs/pods.md): its Python, the one
+        # running this supervisor (the agent's), comes first, so `python train.py` finds it
+        # (a sandbox's PATH is the system's, where there is often no `python` at all).
+        here = os.path.dirname(sys.executable)
+        if here and here not in path.split(os.pathsep):
+            path = here + os.pathsep + path
     env = {
         **{str(k): str(v) for k, v in image_env.items()},
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "PATH": path,
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "HOME": str(disk),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),

@@ -17,6 +17,7 @@ from crucible.protocol.calls import (
     GroupResults,
     GroupResultsRequest,
 )
+from crucible.protocol.common import CallState
 from crucible.protocol.containers import InputAssignment
 from crucible.server.api.deps import Builder, State
 from crucible.server.api.responses import model_response
@@ -159,13 +160,18 @@ async def list_calls(
     state: State,
     app_id: str | None = None,
     function_id: str | None = None,
-    call_state: str | None = Query(default=None, alias="state"),
+    call_state: CallState | None = Query(default=None, alias="state"),
     limit: int = Query(default=50, ge=1, le=1000),
 ) -> CallList:
     with state.engine.connect() as conn:
         return CallList(
             calls=svc.list_calls(
-                conn, who, app_id=app_id, function_id=function_id, state=call_state, limit=limit
+                conn,
+                who,
+                app_id=app_id,
+                function_id=function_id,
+                state=call_state.value if call_state else None,  # a plain str for the driver
+                limit=limit,
             )
         )
 

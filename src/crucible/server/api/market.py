@@ -119,13 +119,13 @@ def post_grant(req: CreditGrant, who: Builder, state: State) -> CreditInfo:
         state.credit_checked.pop(info.account_id, None)
         state.credit_blocked.pop(info.account_id, None)
     state.wakeups.kick_scheduler()
-    return info
+    return _as_enforced(info, state)
 
 
 @router.put("/credits/cap")
 def put_cap(req: DailyCap, who: Builder, state: State) -> CreditInfo:
     with state.engine.begin() as conn:
-        return statements.set_daily_cap(conn, who, req, state.clock.now_ms())
+        return _as_enforced(statements.set_daily_cap(conn, who, req, state.clock.now_ms()), state)
 
 
 @router.get("/credits")
@@ -136,7 +136,14 @@ def get_credits(who: Builder, state: State, account: str | None = None) -> Credi
             if not who.is_admin:
                 raise NotFoundError(f"no account {account!r}")
             account_id = statements.account_id_of(conn, account)
-        return statements.credit_info(conn, account_id, state.clock.now_ms())
+        return statements.credit_info(
+            conn, account_id, state.clock.now_ms(), required=state.settings.require_credits
+        )
+
+
+def _as_enforced(info: CreditInfo, state: State) -> CreditInfo:
+    """``info`` saying whether this exchange refuses work without credit."""
+    return info.model_copy(update={"required": state.settings.require_credits})
 
 
 @router.get("/statement", response_model=None)

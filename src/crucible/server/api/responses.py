@@ -49,7 +49,11 @@ def validation_message(errors: Sequence[Any]) -> str:
     parts = []
     for e in list(errors)[:5]:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+        msg = str(e.get("msg", "invalid"))
+        # pydantic prefixes a validator's own words ("Value error, secret key '1A' is ..."):
+        # the reader wants only the words.
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        parts.append(f"{loc or 'body'}: {msg}")
     more = len(errors) - 5
     return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

@@ -118,7 +118,11 @@ def credit_refusal(
     return reason
 
 
-def credit_info(conn: Connection, account_id: str, now_ms: int) -> CreditInfo:
+def credit_info(
+    conn: Connection, account_id: str, now_ms: int, *, required: bool = True
+) -> CreditInfo:
+    """The account's credit; ``required``: whether the exchange refuses work without it
+    (settings.require_credits), which is what ``ok`` False means to the reader."""
     s = account_credit(conn, account_id, now_ms)
     return CreditInfo(
         account_id=account_id,
@@ -127,6 +131,7 @@ def credit_info(conn: Connection, account_id: str, now_ms: int) -> CreditInfo:
         daily_cap_micros=s.daily_cap,
         ok=s.ok,
         reason=s.reason,
+        required=required,
     )
 
 

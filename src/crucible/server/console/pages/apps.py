@@ -38,7 +38,9 @@ def overview(request: Request, session: Session) -> Response:
     with state.engine.connect() as conn:
         app_list = apps.list_apps(conn, who)
         deps = deployments.list_deployments(conn, who)
-        credit = credit_info(conn, who.account_id, state.clock.now_ms())
+        credit = credit_info(
+            conn, who.account_id, state.clock.now_ms(), required=state.settings.require_credits
+        )
     return page(request, "apps.html", title="Apps", apps=app_list, deployments=deps, credit=credit)
 
 

@@ -42,7 +42,9 @@ def bill_page(
     back, bucket = RANGES[span]
     since = (now - back) // bucket * bucket
     with state.engine.connect() as conn:
-        credit = statements.credit_info(conn, who.account_id, now)
+        credit = statements.credit_info(
+            conn, who.account_id, now, required=state.settings.require_credits
+        )
         series = dict(statements.spend_series(conn, who.account_id, since, bucket))
         entries = statements.recent_entries(conn, who, ENTRIES_PAGE + 1, before)
     # Every bucket of the range, empty ones too, so time runs evenly along the axis.
