@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 __all__ = ["ThreadedWebSocket"]
 
@@ -54,12 +54,18 @@ class ThreadedWebSocket:
             raise
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: another thread closed this WebSocket
+            coro.close()  # never run, and not left to warn that it was never awaited
+            raise ConnectionClosedError(None, None) from None
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError("the WebSocket did not answer in time") from None
+        except concurrent.futures.CancelledError:  # closed under a send or recv in progress
+            raise ConnectionClosedError(None, None) from None
 
     def send(self, message: bytes | str) -> None:
         self._call(self._ws.send(message))
@@ -84,11 +90,23 @@ class ThreadedWebSocket:
         self._stop_loop()
 
     def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop the loop once what runs on it (another thread's recv or send, the
+        connection's own tasks) is cancelled and finished, so nothing is left pending on a
+        closed loop (a warning when collected)."""
+        with contextlib.suppress(RuntimeError):  # already closed
+            asyncio.run_coroutine_threadsafe(_cancel_all_then_stop(), self._loop)
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
             if not self._thread.is_alive():
                 self._loop.close()
+
+
+async def _cancel_all_then_stop() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    asyncio.get_running_loop().stop()
 
 
 async def _open(
