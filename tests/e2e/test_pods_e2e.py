@@ -249,6 +249,8 @@ def test_a_pod_no_host_can_take_waits_and_says_why(
         "the scheduler's reason",
     )
     assert info.state == "pending" and "H100" in (info.reason or "")
+    assert "this pod" in (info.reason or "") and "function" not in (info.reason or "")
+    assert "--gpu" in (info.reason or "")
     # A bid below every host's minimum: the market's own words.
     low = crucible.Pod.create("low", gpu="H100", tier="interruptible", bid=0.01, client=client)
     info = wait_for(
