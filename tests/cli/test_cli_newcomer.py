@@ -354,7 +354,8 @@ def test_a_default_pod_runs_python_as_the_host_has_it(tmp_path: Path) -> None:
         ex.start_agent("host-a")
         token = ex.owner_token("podder")
         out = cli("pod", "create", "--name", "py", "--command",
-                  'python -c "import crucible, sys; print(sys.executable)"',
+                  'python -c "import crucible, sys; print(sys.executable)"'
+                  " && echo '[bold]as written[/bold]'",
                   server=ex.url, token=token)
         assert out.returncode == 0, out.stderr
         client = ex.client(token)
@@ -366,6 +367,8 @@ def test_a_default_pod_runs_python_as_the_host_has_it(tmp_path: Path) -> None:
         finally:
             client.close()
         assert str(Path(sys.executable).parent / "python") in logs, logs
+        # A log line is printed as the pod wrote it: no Rich markup escape in plain output.
+        assert "[bold]as written[/bold]" in logs and "\\[bold]" not in logs, logs
     finally:
         ex.close()
 

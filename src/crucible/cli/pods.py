@@ -234,7 +234,7 @@ def register(app: typer.Typer) -> None:
                     print_json(x.model_dump())
                 else:
                     stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
-                    typer.echo(f"{fmt_time(x.ts_ms)} {stream} {shown(x.line)}")
+                    typer.echo(f"{fmt_time(x.ts_ms)} {stream} {clean(x.line)}")
             after = page.next_after
             if len(page.lines) >= 1000:
                 continue
