@@ -46,6 +46,7 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
     adapter = tmp_path / "sql-adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 100)
 
     info = _cli(
         env,
