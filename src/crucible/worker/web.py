@@ -10,7 +10,7 @@ import base64
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 __all__ = ["app_loop", "build_asgi_app", "http_parts", "http_scope", "ws_parts"]
@@ -58,12 +58,15 @@ def app_loop() -> asyncio.AbstractEventLoop:
 
 def http_scope(request: dict[str, Any]) -> dict[str, Any]:
     """The ASGI scope of a gateway request (method, path, query, headers)."""
+    return {"type": "http", "method": request["method"], "scheme": "http", **_scope(request)}
+
+
+def _scope(request: dict[str, Any]) -> dict[str, Any]:
+    """What an HTTP and a WebSocket scope share: the path, query and headers the gateway
+    passed (a WebSocket request has no method)."""
     return {
-        "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": request["method"],
-        "scheme": "http",
         "path": request["path"],
         "raw_path": request["path"].encode(),
         "query_string": request.get("query", "").encode(),
@@ -72,6 +75,22 @@ def http_scope(request: dict[str, Any]) -> dict[str, Any]:
         "client": ("127.0.0.1", 0),
         "server": ("crucible", 80),
     }
+
+
+def body_once(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` for a request whose whole body came at once: the body, then
+    nothing (the gateway does not tell a worker of a client that left mid-request)."""
+    given = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _run_app(
@@ -107,15 +126,7 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
     parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
     body = base64.b64decode(request.get("body", ""))
     scope = http_scope(request)
-    sent_body = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent_body
-        if not sent_body:
-            sent_body = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # the client never disconnects mid-request here
-        return {"type": "http.disconnect"}
+    receive = body_once(body)
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -146,20 +157,7 @@ def ws_parts(
     ``inbox(after)`` (the gateway stores them), what the app sends is yielded as parts:
     ``{"ws": "accept"}``, ``{"ws": "send", "text"|"bytes"}``, ``{"ws": "close", "code"}``."""
     parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "scheme": "ws",
-        "path": request["path"],
-        "raw_path": request["path"].encode(),
-        "query_string": request.get("query", "").encode(),
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in request.get("headers", [])],
-        "client": ("127.0.0.1", 0),
-        "server": ("crucible", 80),
-        "subprotocols": [],
-    }
+    scope = {"type": "websocket", "scheme": "ws", "subprotocols": [], **_scope(request)}
     pending: list[dict[str, Any]] = [{"type": "connect"}]
     read = 0
 

@@ -33,7 +33,7 @@ from crucible.protocol.web_channel import (
 )
 from crucible.sdk._serialization import error_info_from_exception
 from crucible.worker.logs import CALL_ID
-from crucible.worker.web import app_loop, http_scope
+from crucible.worker.web import app_loop, body_once, http_scope
 
 __all__ = ["WebChannel", "channel_url"]
 
@@ -236,15 +236,7 @@ class WebChannel:
             return
         CALL_ID.set(request_id)  # this task's prints go to the logs under the request's id
         response = self._responses[request_id] = _Response(self, ws, request_id)
-        given = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal given
-            if not given:
-                given = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # as under the exchange: no disconnect mid-request
-            return {"type": "http.disconnect"}
+        receive = body_once(body)
 
         timeout_s = float(header.get("timeout_s", 300.0))
         try:

@@ -157,10 +157,8 @@ async def published_port(container_id: str, port: _Port, path: str, request: Req
     if state.settings.ports_domain:  # the port has its own origin: go there
         with state.engine.connect() as conn:  # another account's container: 404, as there
             svc.access_target(conn, who, container_id, AccessOpen(kind="tcp", port=port))
-        origin = own_origin(state, request, container_id, port)
         rest = raw_path(request).split("/", 4)[-1]
-        query = f"?{request.url.query}" if request.url.query else ""
-        return RedirectResponse(f"{origin}/{rest}{query}", 307)
+        return to_own_origin(state, request, container_id, port, "/" + rest)
     cookie = port_key(state.secret, container_id, port) if via_key else None
     return await forward(
         state,
@@ -185,8 +183,7 @@ async def pod_port_root(pod_id: str, port: _Port, request: Request) -> Response:
     who, _via_key = pod_caller(state, request, pod_id, port)  # 401/404 first, as below
     with state.engine.connect() as conn:
         target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
-    query = f"?{request.url.query}" if request.url.query else ""
-    return RedirectResponse(f"{own_origin(state, request, pod_id, port)}{target.path}{query}", 307)
+    return to_own_origin(state, request, pod_id, port, target.path)
 
 
 @router.api_route(
@@ -201,23 +198,12 @@ async def pod_port(pod_id: str, port: _Port, path: str, request: Request) -> Res
     with state.engine.connect() as conn:
         target = pod_ports.pod_port(conn, who, pod_id, port, by_name=False)
         if state.settings.ports_domain:  # the port has its own origin: go there
-            query = f"?{request.url.query}" if request.url.query else ""
-            origin = own_origin(state, request, pod_id, port)
-            return RedirectResponse(f"{origin}{raw_path(request)}{query}", 307)
+            return to_own_origin(state, request, pod_id, port, raw_path(request))
         container_id = pod_ports.running_container(conn, target)
     return await forward(
         state,
         request,
-        Upstream(
-            who=who,
-            container_id=container_id,
-            port=port,
-            path=raw_path(request),
-            host=request.headers.get("host") or f"127.0.0.1:{port}",
-            cookie_path=target.path,
-            cookie=pod_port_key(state.secret, pod_id, port) if via_key else None,
-            forwarded=forwarded_headers(request, target.path),
-        ),
+        pod_upstream(state, request, who, via_key, pod_id, port, container_id, target.path),
     )
 
 
@@ -228,6 +214,15 @@ def own_origin(state: ServerState, request: HTTPConnection, owner_id: str, port:
     if not domain:
         return ""
     return ports_origin.host_origin(request, ports_origin.check_domain(domain), owner_id, port)
+
+
+def to_own_origin(
+    state: ServerState, request: HTTPConnection, owner_id: str, port: int, path: str
+) -> RedirectResponse:
+    """307 to ``path`` (and the request's query) on the port's own host
+    (``CRUCIBLE_PORTS_DOMAIN``)."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(f"{own_origin(state, request, owner_id, port)}{path}{query}", 307)
 
 
 @dataclass(frozen=True)
@@ -242,6 +237,31 @@ class Upstream:
     cookie_path: str  # the scope of the link's cookie
     cookie: str | None  # the link's key, set as a cookie on the response (None: a token)
     forwarded: list[tuple[str, str]] = field(default_factory=list)
+
+
+def pod_upstream(
+    state: ServerState,
+    request: HTTPConnection,
+    who: Principal,
+    via_key: bool,
+    pod_id: str,
+    port: int,
+    container_id: str,
+    prefix: str,
+) -> Upstream:
+    """A pod's port as both its URLs present it: the path as sent, the browser's Host and
+    ``X-Forwarded-*``, the link's cookie scoped to ``prefix`` (the path URL's; ``""`` on the
+    port's own host: all of it)."""
+    return Upstream(
+        who=who,
+        container_id=container_id,
+        port=port,
+        path=raw_path(request),
+        host=request.headers.get("host") or f"127.0.0.1:{port}",
+        cookie_path=prefix or "/",
+        cookie=pod_port_key(state.secret, pod_id, port) if via_key else None,
+        forwarded=forwarded_headers(request, prefix),
+    )
 
 
 async def forward(state: ServerState, request: Request, up: Upstream) -> Response:

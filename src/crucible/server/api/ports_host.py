@@ -87,16 +87,7 @@ class PortsHost:
         return await ports.forward(
             state,
             request,
-            ports.Upstream(
-                who=who,
-                container_id=container_id,
-                port=port,
-                path=ports.raw_path(request),
-                host=request.headers.get("host") or f"127.0.0.1:{port}",
-                cookie_path="/",
-                cookie=ports.pod_port_key(state.secret, pod_id, port) if via_key else None,
-                forwarded=ports.forwarded_headers(request, ""),
-            ),
+            ports.pod_upstream(state, request, who, via_key, pod_id, port, container_id, ""),
         )
 
     async def _container(self, request: Request, container_id: str, port: int) -> Response:
