@@ -136,6 +136,9 @@ class FunctionDemand:
     account_id: str = ""
     verified: bool = False  # run only on verified hosts
     network: bool = False  # asks for network egress (network=True or an allowlist)
+    # What the builder made it as, for the reasons shown to them: "function", or "pod" (a
+    # pod is one warm container of a function of its own, and has no gpu=[...] fallbacks).
+    noun: str = "function"
 
 
 @dataclass(frozen=True)
@@ -414,31 +417,37 @@ def _make_room(
     return True
 
 
+def _another_gpu(fn: FunctionDemand) -> str:
+    if fn.noun == "pod":
+        return "ask for another GPU model (--gpu)"
+    return "add a fallback with gpu=[...]"
+
+
 def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
     """Why no known host may ever run ``fn``, in words the builder can act on."""
     request = _describe_request(fn)
     sized = [h for h in known if any(_fits(h, fn, ch, now=False) for ch in _choices(fn))]
     if not sized:
         return (
-            f"no host can ever run this function ({request}): {_describe_largest(known)}. "
-            "Lower the request, add a fallback with gpu=[...], or add a host that has it."
+            f"no host can ever run this {fn.noun} ({request}): {_describe_largest(known)}. "
+            f"Lower the request, {_another_gpu(fn)}, or add a host that has it."
         )
     if not any(h.isolated or h.owner == fn.account_id for h in sized):
         return (
-            f"no fully isolated host can run this function ({request}): the hosts big enough "
+            f"no fully isolated host can run this {fn.noun} ({request}): the hosts big enough "
             "do not isolate fully (e.g. runtime process), so they run only their owner's "
             "code. Add a fully isolated host (docs/sandbox.md), or run it on a host of your "
             "own account."
         )
     if fn.network and not any(h.egress or h.owner == fn.account_id for h in sized):
         return (
-            f"no host that filters network egress can run this function ({request}): it asks "
+            f"no host that filters network egress can run this {fn.noun} ({request}): it asks "
             "for network=, and the hosts big enough cannot keep a sandbox's egress away from "
             "the host (slirp4netns and nftables, agent as root: docs/hosts.md), so they give "
             "network only to their owner's code. Drop network=, or add such a host."
         )
     return (
-        f"no verified host can run this function ({request}): it asks for verified=True, and "
+        f"no verified host can run this {fn.noun} ({request}): it asks for verified=True, and "
         "the hosts big enough did not pass the self-test against the GPU catalog "
         "(`crucible hosts` shows why). Drop verified=True, or add a verified host."
     )
@@ -537,7 +546,7 @@ def plan(
                 and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
             )
             result.waiting[fn.id] = (
-                f"no live host can run this function ({_describe_request(fn)}): "
+                f"no live host can run this {fn.noun} ({_describe_request(fn)}): "
                 f"{lost} host(s) that could have stopped answering (their agents are down "
                 "or unreachable). The calls wait for one to come back; check `crucible hosts`."
             )

@@ -71,7 +71,7 @@ from crucible.server.services.market import (
     live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
-from crucible.server.services.pods import settle_pods
+from crucible.server.services.pods import is_pod_function, settle_pods
 from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
@@ -703,6 +703,7 @@ class SchedulerLoop:
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
                     network=bool(spec.network),
+                    noun="pod" if is_pod_function(spec) else "function",
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first

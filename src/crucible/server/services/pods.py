@@ -83,6 +83,12 @@ MAX_PODS = 1000
 _SETTLED = ("stopped", "preempted", "failed", "deleted")
 
 
+def is_pod_function(spec: FunctionCreate) -> bool:
+    """Whether a function is a pod's (its code is the pod supervisor): the scheduler's
+    reasons then speak of a pod."""
+    return spec.code == _POD_CODE
+
+
 def require_builder(principal: Principal) -> None:
     if principal.scope not in ("admin", "user"):
         raise PermissionDeniedError(f"a {principal.scope} token cannot manage pods")
@@ -323,23 +329,13 @@ def _outcome(row: Any, ct: Any) -> tuple[str, str]:
     return "failed", why + (f": {message[-1500:]}" if message else "")
 
 
-def _about_a_pod(reason: str) -> str:
-    """The scheduler's reason, which speaks of functions, in a pod's words (a pod is a
-    function's container to the scheduler, and has no ``gpu=[...]`` fallbacks)."""
-    return reason.replace("this function", "this pod").replace(
-        "add a fallback with gpu=[...]", "ask for another GPU model (--gpu)"
-    )
-
-
 def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | None]:
     if row.state in _SETTLED:
         return row.state, row.reason
     if ct is None:
         if row.state == "stopping":
             return "stopping", None
-        if waiting is None:
-            return "pending", "no host can take it now; it is placed as soon as one can"
-        return "pending", _about_a_pod(waiting)
+        return "pending", waiting or "no host can take it now; it is placed as soon as one can"
     if ct.state == "stopped":
         return _outcome(row, ct)
     if ct.state == "stopping" or row.state == "stopping":
