@@ -81,6 +81,22 @@ def test_pod_tier_is_spelled_as_for_functions(exchange: Exchange) -> None:
                 "--tier", "spot"), "tier must be one of", "'spot'")
 
 
+def test_pod_create_takes_its_name_as_every_other_pod_command_does(exchange: Exchange) -> None:
+    """`crucible pod create NAME` as `pod show NAME`, `pod logs NAME`...; --name still works;
+    no name, or two different ones, is refused before anything is sent."""
+    token = exchange.new_account("podname")
+    out = cli("pod", "create", "bare", "--json", server=exchange.url, token=token)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["name"] == "bare"
+    shown = cli("pod", "show", "bare", "--json", server=exchange.url, token=token)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "bare", shown.stderr
+    for args, needle in ((["pod", "create"], "a pod needs a name"),
+                         (["pod", "create", "a", "--name", "b"], "two names given")):
+        out = cli(*args, server=exchange.url, token=token)
+        assert out.returncode == 2 and needle in " ".join(out.stderr.split()), out.stderr
+        assert "Traceback" not in out.stderr
+
+
 def test_adapter_add_refuses_a_directory_that_is_not_an_adapter(tmp_path: Path) -> None:
     """A model directory (or any directory without adapter_config.json) given to `model
     adapter add --path` is refused on the user's machine, instead of registering an adapter

@@ -114,7 +114,8 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("create")
     def create(
-        name: str = typer.Option(..., "--name", help="1-63 of a-z, 0-9 and '-'."),
+        name_arg: str = typer.Argument(None, metavar="NAME", help="Same as --name."),
+        name: str = typer.Option(None, "--name", help="1-63 of a-z, 0-9 and '-'."),
         gpu: str = typer.Option(None, "--gpu", help="MODEL[:COUNT], e.g. H100:8 (none: CPU)."),
         image: str = typer.Option(None, "--image", help="An OCI image reference."),
         disk: str = typer.Option(DEFAULT_DISK, "--disk", help="The pod's disk, e.g. 100GiB."),
@@ -134,6 +135,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a pod: the market places it, and it runs (and is billed per ms) until you
         stop it."""
+        if name_arg and name and name_arg != name:
+            raise typer.BadParameter(
+                f"two names given ({name_arg!r} and --name {name!r}); give one", param_hint="NAME"
+            )
+        name = name or name_arg
+        if not name:
+            raise typer.BadParameter(
+                "a pod needs a name: `crucible pod create NAME` (or --name NAME)",
+                param_hint="NAME",
+            )
         pod = Pod.create(
             name,
             gpu=gpu,
