@@ -49,7 +49,7 @@ def test_unknown_call_ids_leave_nothing_behind(server: ServerUnderTest) -> None:
             params={"after": 1},
         )
         assert r.status_code == 404 and error_code(r) == "not_found"
-    assert server.state.items_consumed == {}
+    assert server.state.calls.items_consumed == {}
 
 
 def test_the_owner_still_moves_its_own_worker_on(server: ServerUnderTest) -> None:
@@ -59,4 +59,4 @@ def test_the_owner_still_moves_its_own_worker_on(server: ServerUnderTest) -> Non
     [call_id] = server.new_calls(alice.token, fn)
     page = server.ok("GET", f"/v1/calls/{call_id}/items", token=alice.token, params={"after": 3})
     assert page["items"] == [] and not page["done"]
-    assert server.state.items_consumed[call_id] == 3
+    assert server.state.calls.items_consumed[call_id] == 3

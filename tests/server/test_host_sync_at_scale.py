@@ -93,7 +93,7 @@ def test_idle_syncs_write_nothing_and_their_heartbeats_land_in_one_batch(
     sync(b)
     SchedulerLoop(server.state).tick()
     assert _stored_seen(server, b) == (T0 + 1_200, "ready")
-    assert len(server.state.heartbeats) == 0
+    assert len(server.state.hosts.heartbeats) == 0
 
 
 def test_a_lost_host_that_syncs_is_ready_again_at_once(make_server: MakeServer) -> None:

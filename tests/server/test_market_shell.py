@@ -295,4 +295,4 @@ def test_a_cluster_skips_hosts_without_the_cpu_for_a_member(server: ServerUnderT
     SchedulerLoop(server.state).tick()
     with server.state.engine.connect() as conn:
         placed = set(conn.execute(select(containers.c.host_id)).scalars())
-    assert placed == {ids["b-mid"], ids["c-dear"]}, server.state.waiting
+    assert placed == {ids["b-mid"], ids["c-dear"]}, server.state.leader.waiting

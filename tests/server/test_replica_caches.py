@@ -45,13 +45,13 @@ def test_the_autoscalers_observations_reach_the_other_replicas(make_server: Make
     a, b = make_server(), make_server()
     a.state.wakeups.publish = b.state.wakeups.notify_local
     now = a.state.clock.now_ms()
-    a.state.observe_arrivals("fn-1", 5, now)
-    a.state.observe_exec("fn-1", [10.0, 30.0])
-    assert "fn-1" in b.state.arrivals
-    assert b.state.exec_stats["fn-1"] == 20.0
+    a.state.observations.observe_arrivals("fn-1", 5, now)
+    a.state.observations.observe_exec("fn-1", [10.0, 30.0])
+    assert "fn-1" in b.state.observations.arrivals
+    assert b.state.observations.exec_stats["fn-1"] == 20.0
     # Nothing is shared in one process: no publisher, nothing formatted.
-    b.state.observe_arrivals("fn-2", 1, now)
-    assert "fn-2" not in a.state.arrivals
+    b.state.observations.observe_arrivals("fn-2", 1, now)
+    assert "fn-2" not in a.state.observations.arrivals
 
 
 def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> None:
@@ -59,9 +59,9 @@ def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> N
     leader, other = make_server(), make_server()
     leader.state.wakeups.publish = other.state.wakeups.notify_local
     loop = SchedulerLoop(leader.state)
-    leader.state.waiting = {"fn-1": "no host has\nan H100 free", "fn-2": "busy"}
+    leader.state.leader.waiting = {"fn-1": "no host has\nan H100 free", "fn-2": "busy"}
     loop._share_waiting()
-    assert other.state.waiting == {"fn-1": "no host has an H100 free", "fn-2": "busy"}
-    leader.state.waiting = {"fn-2": "still busy"}
+    assert other.state.leader.waiting == {"fn-1": "no host has an H100 free", "fn-2": "busy"}
+    leader.state.leader.waiting = {"fn-2": "still busy"}
     loop._share_waiting()
-    assert other.state.waiting == {"fn-2": "still busy"}
+    assert other.state.leader.waiting == {"fn-2": "still busy"}

@@ -101,6 +101,6 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
 
     assert running() == 0
     server.state.dispatcher.park(Parked("co-warm", fid, 1, asyncio.Event()))
-    relayed = server.state.web_relay.hand(server.state.dispatcher, fid, "acct", b"{}", 60.0)
+    relayed = server.state.web.relay.hand(server.state.dispatcher, fid, "acct", b"{}", 60.0)
     assert relayed is not None
-    assert running() == 1 and server.state.web_relay.busy() == {"co-warm"}
+    assert running() == 1 and server.state.web.relay.busy() == {"co-warm"}

@@ -199,7 +199,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
 
             def others_changed(n: int) -> None:
                 bus.others = n > 0
-                state.other_replicas = n
+                state.web.other_replicas = n
                 log.info("%d other replica(s) on this store", n)
 
             elector.on_others = others_changed
@@ -233,7 +233,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     )
     app.state.crucible = state
     items.share_consumption(state)
-    state.share_observations()
+    state.observations.share()
+    state.leader.share(state.wakeups)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(who: Caller) -> JSONResponse:

@@ -11,11 +11,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crucible.protocol.accounts import Scope
 
-__all__ = ["Principal", "container_token", "hash_token", "new_api_token", "verify_container_token"]
+__all__ = [
+    "AuthCache",
+    "Principal",
+    "container_token",
+    "hash_token",
+    "new_api_token",
+    "verify_container_token",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,20 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.scope == Scope.ADMIN
+
+
+@dataclass
+class AuthCache:
+    """What authentication remembers in this process (services/accounts.py authenticate),
+    written and read by every request's authentication on any replica. ``container_accounts``
+    never goes stale (containers never change account; a miss reads the store);
+    ``token_cache`` is stale for at most its TTL (5 s) anywhere: a revoked token stops
+    working within it, and at once on the replica that revoked it."""
+
+    # account of each container ever verified: containers never change account.
+    container_accounts: dict[str, str] = field(default_factory=dict)
+    # token hash -> (principal tuple, expiry monotonic); short TTL so revocation bites fast.
+    token_cache: dict[str, tuple[tuple[str, str, str], float]] = field(default_factory=dict)
 
 
 def new_api_token() -> str:

@@ -11,11 +11,15 @@ only tokens active within the last ``burst / rate_per_s`` seconds.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from crucible.errors import RateLimitedError
+from crucible.server.auth import Principal
+from crucible.settings import Settings
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limits", "RateLimiter"]
 
 # Forget full buckets when the table grows past this (a sweep is O(buckets)).
 _SWEEP_AT = 10_000
@@ -68,3 +72,32 @@ class RateLimiter:
         full_after_ms = self.burst / self.rate_per_s * 1000
         for key in [k for k, b in self._buckets.items() if now_ms - b.at_ms >= full_after_ms]:
             del self._buckets[key]
+
+
+@dataclass
+class Limits:
+    """This process's per-token request limits, from the settings. Taken by the routes they
+    limit (calls, jobs, the web gateway, OpenAI-compatible endpoints, market quotes); each
+    replica enforces its own share, and nothing is shared between replicas."""
+
+    settings: Settings
+    now_ms: Callable[[], int]  # the server's clock, read at each use (tests replace it)
+
+    @cached_property
+    def submit(self) -> RateLimiter:
+        """Per-token limit of submit requests (calls, job runs, web endpoint requests)."""
+        s = self.settings
+        return RateLimiter(
+            "submit requests", s.submit_rate_per_s, s.submit_burst, "CRUCIBLE_SUBMIT_RATE_PER_S"
+        )
+
+    @cached_property
+    def quote(self) -> RateLimiter:
+        """Per-token limit of market quotes."""
+        s = self.settings
+        return RateLimiter("quotes", s.quote_rate_per_s, s.quote_burst, "CRUCIBLE_QUOTE_RATE_PER_S")
+
+    def take(self, limiter: RateLimiter, principal: Principal) -> None:
+        """Count one request of the principal's token against ``limiter`` (429 past it)."""
+        key = principal.token_id or f"{principal.scope}:{principal.account_id}"
+        limiter.take(key, self.now_ms())

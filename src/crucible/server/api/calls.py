@@ -46,7 +46,7 @@ async def create_calls(
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
     input, wait up to that long for the result."""
-    state.limit(state.submit_limit, who)
+    state.limits.take(state.limits.submit, who)
     created = await submit_calls(function_id, req, who, state)
     return model_response(created, 201)  # type: ignore[return-value]
 
@@ -54,10 +54,10 @@ async def create_calls(
 def check_credit(state: ServerState, who: Principal, now_ms: int) -> None:
     """Refuse new work of an account without credit (when credits are required)."""
     if state.settings.require_credits:
-        blocked = state.credit_blocked.get(who.account_id)
+        blocked = state.leader.credit_blocked.get(who.account_id)
         if blocked is None:
             with state.engine.connect() as conn:
-                blocked = credit_refusal(conn, state.credit_checked, who.account_id, now_ms)
+                blocked = credit_refusal(conn, state.credit.checked, who.account_id, now_ms)
         if blocked is not None:
             raise InsufficientCreditError(blocked)
 
@@ -99,8 +99,8 @@ async def submit_calls(
     for assignments in handed.values():
         n_handed += len(assignments)
         for a in assignments:
-            state.claim_groups[a.call_id] = req.group_id
-    state.observe_arrivals(fn.id, len(ids), now)
+            state.calls.claim_groups[a.call_id] = req.group_id
+    state.observations.observe_arrivals(fn.id, len(ids), now)
     if len(ids) > n_handed:
         state.wakeups.work_queued(fn.id)
     result = None
@@ -140,7 +140,7 @@ async def get_call(
             return model_response(done)  # type: ignore[return-value]
     with state.engine.connect() as conn:
         info = svc.get_call(conn, who, call_id)
-    why = state.waiting.get(info.function_id) if info.state == "queued" else None
+    why = state.leader.waiting.get(info.function_id) if info.state == "queued" else None
     if why is not None:
         info = info.model_copy(update={"waiting": why})
     return model_response(info)  # type: ignore[return-value]

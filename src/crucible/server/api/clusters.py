@@ -24,14 +24,14 @@ def create_cluster(req: ClusterCreate, who: Builder, state: State) -> ClusterInf
 @router.get("/clusters")
 def list_clusters(who: Builder, state: State) -> list[ClusterInfo]:
     with state.engine.connect() as conn:
-        return svc.list_clusters(conn, who, state.waiting)
+        return svc.list_clusters(conn, who, state.leader.waiting)
 
 
 @router.get("/clusters/{cluster}")
 def get_cluster(cluster: str, who: Builder, state: State) -> ClusterInfo:
     """A cluster by id or name, with its members (another account's is not found)."""
     with state.engine.connect() as conn:
-        return svc.get_cluster(conn, who, cluster, state.waiting)
+        return svc.get_cluster(conn, who, cluster, state.leader.waiting)
 
 
 @router.post("/clusters/{cluster}/stop")

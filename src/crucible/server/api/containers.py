@@ -31,20 +31,20 @@ _FACTS_CACHE_MAX = 100_000
 # Inputs handed to a worker whose request then vanished (it died mid-poll) go back to the
 # queue as if never claimed.
 def _facts(state: State, container_id: str) -> ContainerFacts:
-    facts: ContainerFacts | None = state.container_facts.get(container_id)
+    facts: ContainerFacts | None = state.containers.facts.get(container_id)
     if facts is None:
         with state.engine.connect() as conn:
             facts = load_container_facts(conn, container_id)
-        if len(state.container_facts) >= _FACTS_CACHE_MAX:
-            state.container_facts.clear()
-        state.container_facts[container_id] = facts
+        if len(state.containers.facts) >= _FACTS_CACHE_MAX:
+            state.containers.facts.clear()
+        state.containers.facts[container_id] = facts
     return facts
 
 
 def _relayed_outputs(state: State, facts: ContainerFacts, outputs: list[OutputItem]) -> bool:
     """Deliver the outputs of relayed web requests (server/web_relay.py) to their readers and
     take them out of ``outputs`` (they have no rows); whether there were any."""
-    relay = state.web_relay
+    relay = state.web.relay
     kept: list[OutputItem] = []
     found = False
     for out in outputs:
@@ -97,8 +97,8 @@ def _step(
             state.clock.now_ms(),
             inline_max=s.inline_payload_max_bytes,
             skip_locked=state.engine.dialect.name == "postgresql",
-            groups=state.claim_groups,
-            touched_ms=state.touched_ms,
+            groups=state.calls.claim_groups,
+            touched_ms=state.containers.touched_ms,
             active=active,
             held=held,
         )
@@ -121,10 +121,10 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     finished = list(req.outputs)
     relayed = _relayed_outputs(state, facts, req.outputs)
     # A container whose web channel is full takes no calls now (web_channel.py).
-    want = 0 if state.web_channels.saturated(container_id) else req.want
+    want = 0 if state.web.channels.saturated(container_id) else req.want
     reply = _step(state, facts, req.outputs, want, active=relayed, held=req.held)
     if finished:
-        state.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
+        state.observations.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
         for o in finished:
             state.metrics.finished(o.status, o.exec_us / 1e6, o.error.code if o.error else None)
     if reply.inputs or reply.stop or req.wait_s <= 0 or req.want <= 0:
@@ -149,7 +149,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                     delivered = True
                     return model_response(ExchangeReply(inputs=parked.handed))  # type: ignore[return-value]
                 # Woken by queued work or a stop, or the periodic re-read of the store.
-                want = 0 if state.web_channels.saturated(container_id) else req.want
+                want = 0 if state.web.channels.saturated(container_id) else req.want
                 again = _step(state, facts, [], want)
                 if again.inputs or again.stop:
                     return model_response(again)  # type: ignore[return-value]
@@ -157,7 +157,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
             state.dispatcher.unpark(parked)
             if parked.handed and not delivered:
                 ids = [a.call_id for a in parked.handed]
-                ids = state.web_relay.undelivered(container_id, ids)  # relayed: taken back
+                ids = state.web.relay.undelivered(container_id, ids)  # relayed: taken back
                 if ids:
                     with state.engine.begin() as conn:
                         unclaim(conn, container_id, ids)

@@ -33,7 +33,7 @@ def start_version(req: DeploymentCreate, who: Builder, state: State) -> VersionS
 def activate(name: str, req: Activate, who: Builder, state: State) -> DeploymentInfo:
     with state.engine.begin() as conn:
         info = svc.activate(conn, who, name, req.app_id, state.clock.now_ms())
-    state.web_endpoints.clear()  # the gateway resolves its endpoints afresh
+    state.web.endpoints.clear()  # the gateway resolves its endpoints afresh
     state.wakeups.kick_scheduler()
     return info
 
@@ -54,7 +54,7 @@ def get_deployment(name: str, who: Builder, state: State) -> DeploymentInfo:
 def stop(name: str, who: Builder, state: State) -> DeploymentInfo:
     with state.engine.begin() as conn:
         info = svc.stop_deployment(conn, who, name, state.clock.now_ms())
-    state.web_endpoints.clear()  # the gateway resolves its endpoints afresh
+    state.web.endpoints.clear()  # the gateway resolves its endpoints afresh
     state.wakeups.kick_scheduler()
     return info
 
@@ -63,7 +63,7 @@ def stop(name: str, who: Builder, state: State) -> DeploymentInfo:
 def rollback(name: str, req: Rollback, who: Builder, state: State) -> DeploymentInfo:
     with state.engine.begin() as conn:
         info = svc.rollback(conn, who, name, req.version, state.clock.now_ms())
-    state.web_endpoints.clear()  # the gateway resolves its endpoints afresh
+    state.web.endpoints.clear()  # the gateway resolves its endpoints afresh
     state.wakeups.kick_scheduler()
     return info
 

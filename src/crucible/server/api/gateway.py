@@ -67,7 +67,7 @@ def _limit(state: ServerState, authorization: str | None, client: str) -> None:
             caller = authenticate(state, authorization)
     if caller is None:
         caller = Principal(account_id=f"anonymous@{client}", scope="anonymous")
-    state.limit(state.submit_limit, caller)
+    state.limits.take(state.limits.submit, caller)
 
 
 def _endpoint(
@@ -83,7 +83,7 @@ def _endpoint(
     caller = _caller(state, authorization)
     unseen = _unseen(caller, account, deployment, function)
     key = (account, deployment, function)
-    known = state.web_endpoints.get(key)
+    known = state.web.endpoints.get(key)
     if known is not None and known[0] > time.monotonic():
         owner = Principal(account_id=known[1], scope="user")
         fn = known[2]
@@ -98,9 +98,9 @@ def _endpoint(
     if not web.get("public") and not authorised:
         raise unseen
     if known is None or known[2] is not fn:
-        if len(state.web_endpoints) >= _ENDPOINTS_MAX:
-            state.web_endpoints.clear()
-        state.web_endpoints[key] = (time.monotonic() + _ENDPOINT_TTL_S, owner.account_id, fn)
+        if len(state.web.endpoints) >= _ENDPOINTS_MAX:
+            state.web.endpoints.clear()
+        state.web.endpoints[key] = (time.monotonic() + _ENDPOINT_TTL_S, owner.account_id, fn)
     return owner, fn
 
 
@@ -249,7 +249,7 @@ async def _submit(
     try:
         return (await submit_calls(fn.id, req, owner, state)).call_ids[0]
     except NotFoundError:
-        state.web_endpoints.pop(names, None)
+        state.web.endpoints.pop(names, None)
         owner, fresh = _endpoint(state, *names, authorization)
         if fresh.id == fn.id:
             caller = _caller(state, authorization)
@@ -309,12 +309,12 @@ async def relay(
     and the start of its answer. None when no container is free, or the one taken went away
     before it took the request: then the caller submits a call. The owner's credit is
     checked as for a call."""
-    if not state.settings.web_relay or state.other_replicas:
+    if not state.settings.web_relay or state.web.other_replicas:
         return None  # off, or replicas: the container's next requests may reach another
     if getattr(fn, "app_state", "running") != "running":
         return None  # a superseded version: a call is forwarded to the current one
     timeout_s = float(fn.spec["timeout_s"])
-    channels = state.web_channels
+    channels = state.web.channels
     channel = channels.free(fn.id)
     now = state.clock.now_ms()
     if channel is not None:
@@ -327,11 +327,11 @@ async def relay(
         if len(raw) > state.settings.inline_payload_max_bytes:
             return None  # a call stores it as a blob
         check_credit(state, owner, now)
-        handed = state.web_relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
+        handed = state.web.relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
         if handed is None:
             return None
         relayed = handed
-    state.observe_arrivals(fn.id, 1, now)
+    state.observations.observe_arrivals(fn.id, 1, now)
     return await relayed_response(relayed)
 
 
@@ -370,7 +370,7 @@ def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Respon
             done = True
         finally:
             if not done and relayed is not None:  # the client left: drop the rest
-                state.web_relay.abandon(relayed)
+                state.web.relay.abandon(relayed)
 
     return StreamingResponse(stream(), status_code=answer.status, headers=headers)
 

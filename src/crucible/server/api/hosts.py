@@ -49,12 +49,12 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
     # registrations waiting on the store would otherwise take every worker thread, and the
     # syncs of the hosts already registered would wait behind them until the hosts were
     # declared lost.
-    async with state.registrations:
+    async with state.hosts.registrations:
         info = await run_in_threadpool(write)
     # A new agent process numbers its syncs from 1 again, under a new agent_session: the
     # previous processes' numbers are of no more use here.
-    for key in [k for k in state.host_seq if k.startswith(f"{info.id}#")]:
-        del state.host_seq[key]
+    for key in [k for k in state.hosts.seq if k.startswith(f"{info.id}#")]:
+        del state.hosts.seq[key]
     # Its isolation or verification may have changed: market reads sync before answering.
     state.market.offers_changed()
     state.wakeups.kick_scheduler()
@@ -85,7 +85,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             # last: an agent that re-registered through another replica numbers its syncs
             # from 1.
             seq_key = f"{host_id}#{host.agent_session}"
-            fresh = req.seq == 0 or req.seq > state.host_seq.get(seq_key, 0)
+            fresh = req.seq == 0 or req.seq > state.hosts.seq.get(seq_key, 0)
             stop, keys = svc.process_reports(
                 conn,
                 host_id,
@@ -95,14 +95,14 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 max_infra_requeues=s.max_infra_requeues,
                 energy_readings_dropped=req.energy_readings_dropped,
                 host=host,
-                heartbeats=state.heartbeats,
+                heartbeats=state.hosts.heartbeats,
             )
             if req.self_test is not None:  # a periodic self-test's fresh figures
                 svc.apply_self_test(conn, host_id, None, req.self_test, now)
-        if state.heartbeats.due(now):
+        if state.hosts.heartbeats.due(now):
             try:
                 with state.engine.begin() as conn:
-                    svc.flush_heartbeats(conn, state.heartbeats)
+                    svc.flush_heartbeats(conn, state.hosts.heartbeats)
             except SQLAlchemyError:
                 # Kept for the next write (flush_heartbeats gives them back); this sync's own
                 # reports are committed, and its agent is owed its answer.
@@ -137,12 +137,12 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
         if req.self_test is not None:
             state.market.offers_changed()
         if fresh and req.seq:
-            state.host_seq[seq_key] = req.seq
+            state.hosts.seq[seq_key] = req.seq
         for report in req.containers:
             if report.state == "exited":  # its exec, tunnel and SSH sessions end with it
                 state.access.end_container(report.container_id)
-                state.web_relay.end_container(report.container_id)  # its relayed requests
-                state.web_channels.close_container(report.container_id)
+                state.web.relay.end_container(report.container_id)  # its relayed requests
+                state.web.channels.close_container(report.container_id)
         state.wakeups.notify_many(keys)
         if keys:
             state.wakeups.kick_scheduler()

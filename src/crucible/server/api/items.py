@@ -40,7 +40,7 @@ def share_consumption(state: ServerState) -> None:
         if not after.isdigit():
             return
         n = int(after)
-        consumed = state.items_consumed
+        consumed = state.calls.items_consumed
         if n > consumed.get(call_id, 0):
             if call_id not in consumed and len(consumed) >= _SHARED_MAX:
                 del consumed[next(iter(consumed))]
@@ -54,11 +54,11 @@ def share_consumption(state: ServerState) -> None:
 async def post_items(container_id: str, req: ItemsSent, who: Container, state: State) -> ItemsAck:
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
-    relayed = state.web_relay.get(req.call_id, container_id)
+    relayed = state.web.relay.get(req.call_id, container_id)
     if relayed is not None:  # a relayed web request's response: in memory, no rows
         data = [relay_bytes(state, who.account_id, p) for p in req.items]
-        state.web_relay.items(relayed, req.start, data)
-        return ItemsAck(consumed=await state.web_relay.caught_up(relayed, 10.0))
+        state.web.relay.items(relayed, req.start, data)
+        return ItemsAck(consumed=await state.web.relay.caught_up(relayed, 10.0))
     with state.engine.begin() as conn:
         svc.store_items(
             conn,
@@ -71,7 +71,7 @@ async def post_items(container_id: str, req: ItemsSent, who: Container, state: S
     sent = req.start + len(req.items)
 
     def caught_up() -> int | None:
-        consumed = state.items_consumed.get(req.call_id, 0)
+        consumed = state.calls.items_consumed.get(req.call_id, 0)
         return consumed if sent - consumed <= WINDOW else None
 
     consumed = caught_up()
@@ -124,8 +124,8 @@ async def read_page(
     at once (a read less per request)."""
 
     def consumed() -> None:
-        if after > state.items_consumed.get(call_id, 0):
-            state.items_consumed[call_id] = after
+        if after > state.calls.items_consumed.get(call_id, 0):
+            state.calls.items_consumed[call_id] = after
             state.wakeups.notify_local([f"consumed:{call_id}"])
             # The worker may be sending through another replica: it needs the count itself.
             state.wakeups.share(CONSUMED_PREFIX, f"{call_id}:{after}")
@@ -151,7 +151,7 @@ async def read_page(
         if not (page.items or page.done or wait_s <= 0):
             page = await long_poll(state.wakeups, keys, fresh, wait_s) or page
     if page.done:
-        state.items_consumed.pop(call_id, None)
+        state.calls.items_consumed.pop(call_id, None)
     return page
 
 

@@ -72,7 +72,7 @@ def _get(state: ServerState, who: Principal, job_id: str) -> CallInfo:
 async def _submit(
     deployment: str, function: str, req: JobInput, who: Principal, state: ServerState, wait: float
 ) -> JobStatus:
-    state.limit(state.submit_limit, who)
+    state.limits.take(state.limits.submit, who)
     with state.engine.connect() as conn:
         fn = current_function(conn, who, deployment, function)
     try:

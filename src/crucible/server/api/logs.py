@@ -19,7 +19,7 @@ def post_logs(container_id: str, batch: LogBatch, who: Container, state: State) 
     if who.container_id != container_id:
         raise NotFoundError(f"container {container_id} not found")
     batch = svc.within_cap(
-        batch, state.log_counts, container_id, state.settings.log_lines_per_container
+        batch, state.containers.log_counts, container_id, state.settings.log_lines_per_container
     )
     if not batch.lines:
         return

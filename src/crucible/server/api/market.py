@@ -81,7 +81,7 @@ def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInf
 
 @router.post("/market/quote")
 def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
-    state.limit(state.quote_limit, who)
+    state.limits.take(state.limits.quote, who)
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, now)
@@ -116,8 +116,8 @@ def post_grant(req: CreditGrant, who: Builder, state: State) -> CreditInfo:
     with state.engine.begin() as conn:
         info = statements.grant(conn, who, req, state.clock.now_ms())
     if info.ok:  # let the account back in now rather than at the next check
-        state.credit_checked.pop(info.account_id, None)
-        state.credit_blocked.pop(info.account_id, None)
+        state.credit.checked.pop(info.account_id, None)
+        state.leader.credit_blocked.pop(info.account_id, None)
     state.wakeups.kick_scheduler()
     return _as_enforced(info, state)
 

@@ -144,13 +144,13 @@ def _record(
 
 async def _forward(request: Request, path: str) -> Response:
     state, who = _caller(request)
-    state.limit(state.submit_limit, who)
+    state.limits.take(state.limits.submit, who)
     body = _request_body(await request.body())
     with state.engine.connect() as conn:
         resolved = svc.resolve(conn, who, body["model"])
         if state.settings.require_credits and who.account_id != resolved.owner.account_id:
             now = state.clock.now_ms()
-            reason = credit_refusal(conn, state.credit_checked, who.account_id, now)
+            reason = credit_refusal(conn, state.credit.checked, who.account_id, now)
             if reason is not None:
                 return openai_error(429, reason, "insufficient_quota")
     max_output = svc.max_output_tokens(path, body)

@@ -26,14 +26,14 @@ def create_pod(req: PodCreate, who: Builder, state: State) -> PodInfo:
 @router.get("/pods")
 def list_pods(who: Builder, state: State) -> list[PodInfo]:
     with state.engine.connect() as conn:
-        return svc.list_pods(conn, who, state.waiting)
+        return svc.list_pods(conn, who, state.leader.waiting)
 
 
 @router.get("/pods/{pod}")
 def get_pod(pod: str, who: Builder, state: State) -> PodInfo:
     """A pod by id or name (another account's pod is not found)."""
     with state.engine.connect() as conn:
-        return svc.get_pod(conn, who, pod, state.waiting)
+        return svc.get_pod(conn, who, pod, state.leader.waiting)
 
 
 @router.post("/pods/{pod}/stop")

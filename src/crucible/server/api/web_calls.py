@@ -144,7 +144,7 @@ async def body_parts(
     (e.g. after the client that was reading it left). For a relayed request (no items
     stored): what is left of it, read on from where its reader stopped."""
     if relayed is not None:
-        async for chunk in rest_of(state.web_relay, relayed):
+        async for chunk in rest_of(state.web.relay, relayed):
             yield chunk
         return
     after = 0

@@ -64,7 +64,7 @@ async def web_channel(websocket: WebSocket, container_id: str) -> None:
         return
     await websocket.accept()
     channel = Channel(container_id, function_id, slots, websocket.send_bytes)
-    state.web_channels.attach(channel)
+    state.web.channels.attach(channel)
     try:
         while True:
             message = await websocket.receive()
@@ -74,10 +74,10 @@ async def web_channel(websocket: WebSocket, container_id: str) -> None:
             if data is None:
                 continue
             try:
-                state.web_channels.received(channel, data)
+                state.web.channels.received(channel, data)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("web channel %s sent a bad frame: %s", container_id, exc)
     except WebSocketDisconnect:
         return
     finally:
-        state.web_channels.detach(channel)
+        state.web.channels.detach(channel)

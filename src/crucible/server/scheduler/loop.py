@@ -170,8 +170,8 @@ class SchedulerLoop:
             self.state.market.leading = False
             # What only the leader keeps current: a follower must not refuse submissions on
             # a deposed leader's old word (its own ledger check applies instead).
-            self.state.credit_blocked = {}
-            self.state.waiting = {}
+            self.state.leader.credit_blocked = {}
+            self.state.leader.waiting = {}
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -235,7 +235,7 @@ class SchedulerLoop:
         with self._begin() as conn:
             # Syncs' heartbeats are written in batches: those seen here count before any
             # host is declared lost or any container metered up to its host's last sync.
-            flush_heartbeats(conn, st.heartbeats)
+            flush_heartbeats(conn, st.hosts.heartbeats)
             keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
@@ -262,7 +262,7 @@ class SchedulerLoop:
                 keys += carry_out_advance(conn, live.market.advance(now), now)
                 if s.require_credits:
                     keys += self._enforce_credit(conn, now)
-                demands = [d for d in demands if accounts.get(d.id) not in st.credit_blocked]
+                demands = [d for d in demands if accounts.get(d.id) not in st.leader.credit_blocked]
                 placer = MarketPlacer(live, accounts, terms, now)
                 decided = plan(
                     now,
@@ -282,10 +282,11 @@ class SchedulerLoop:
             refused = {
                 fid: f"the market: {why.message}"
                 for fid, why in placer.refused.items()
-                if fid not in self.state.waiting
+                if fid not in self.state.leader.waiting
             }
             if gangs.waiting or refused:
-                self.state.waiting = {**self.state.waiting, **refused, **gangs.waiting}
+                view = self.state.leader
+                view.waiting = {**view.waiting, **refused, **gangs.waiting}
             for u in decided.unschedulable:
                 log.warning("function %s unschedulable: %s", u.function_id, u.message)
                 keys += fail_queued_calls(
@@ -439,12 +440,12 @@ class SchedulerLoop:
         }
         keys: list[str] = []
         blocked: dict[str, str] = {}
-        for account in sorted(active | set(st.credit_blocked)):
+        for account in sorted(active | set(st.leader.credit_blocked)):
             status = account_credit(conn, account, now)
             if status.ok:
                 continue
             blocked[account] = status.reason
-            if account not in st.credit_blocked:
+            if account not in st.leader.credit_blocked:
                 log.warning("account %s refused new work: %s", account, status.reason)
             for lease in st.market.market.end_account(account, now):
                 keys += stop_for_market(conn, lease.lease_id, now, "out_of_credit", None)
@@ -463,7 +464,7 @@ class SchedulerLoop:
                 keys += fail_queued_calls(
                     conn, r.function_id, InsufficientCreditError.code, status.reason, now
                 )
-        st.credit_blocked = blocked  # one assignment: readers see the old or the new set
+        st.leader.credit_blocked = blocked  # one assignment: readers see the old or the new set
         return keys
 
     def _refused(
@@ -527,7 +528,7 @@ class SchedulerLoop:
         wakeups = self.state.wakeups
         if wakeups.publish is None:
             return
-        now, before = self.state.waiting, self._shared_waiting
+        now, before = self.state.leader.waiting, self._shared_waiting
         for fid, why in now.items():
             if before.get(fid) != why:
                 wakeups.share(WAITING_PREFIX, f"{fid}\t{' '.join(why.split())}")
@@ -544,9 +545,9 @@ class SchedulerLoop:
             # The market's words are more precise than "busy", not than "no live host".
             busy = why.startswith("every live host") and "being stopped" not in why
             out[fid] = f"the market: {refused.message}" if refused and busy else why
-            if self.state.waiting.get(fid) != out[fid]:
+            if self.state.leader.waiting.get(fid) != out[fid]:
                 log.info("function %s waits: %s", fid, out[fid])
-        self.state.waiting = out  # one assignment: readers see the old or the new map
+        self.state.leader.waiting = out  # one assignment: readers see the old or the new map
 
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
@@ -603,8 +604,8 @@ class SchedulerLoop:
             )
         }
         # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
-        relayed = self.state.web_relay.in_flight()
-        busy |= self.state.web_relay.busy()
+        relayed = self.state.web.relay.in_flight()
+        busy |= self.state.web.relay.busy()
         by_fn: dict[str, list[ContainerView]] = defaultdict(list)
         for r in conn.execute(
             select(
@@ -622,7 +623,8 @@ class SchedulerLoop:
         ):
             if r.ready_ms is not None and r.id not in self._started_seen:
                 self._started_seen.add(r.id)
-                self.state.observe_start(r.function_id, float(r.ready_ms - r.created_ms))
+                start_ms = float(r.ready_ms - r.created_ms)
+                self.state.observations.observe_start(r.function_id, start_ms)
             by_fn[r.function_id].append(
                 ContainerView(
                     id=r.id,
@@ -681,7 +683,7 @@ class SchedulerLoop:
                     running=(running.n if running else 0) + relayed.get(r.id, 0),
                     oldest_queued_ms=queued.oldest if queued else None,
                     oldest_running_started_ms=running.oldest_start if running else None,
-                    avg_exec_ms=self.state.exec_stats.get(r.id),
+                    avg_exec_ms=self.state.observations.exec_stats.get(r.id),
                     containers=tuple(by_fn.get(r.id, ())),
                     max_containers=spec.max_containers or s.max_containers,
                     scaledown_window_ms=int(
@@ -699,7 +701,7 @@ class SchedulerLoop:
                     inputs_per_container=spec.target_inputs
                     or spec.max_inputs * spec.max_batch_size,
                     start_not_before_ms=loops[r.id].retry_at_ms if r.id in loops else 0,
-                    start_ms=self.state.start_stats.get(r.id, 0.0),
+                    start_ms=self.state.observations.start_stats.get(r.id, 0.0),
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
                     network=bool(spec.network),
@@ -711,7 +713,7 @@ class SchedulerLoop:
         return demands, accounts, terms
 
     def _arrivals(self, function_id: str, now: int) -> float:
-        rate = self.state.arrivals.get(function_id)
+        rate = self.state.observations.arrivals.get(function_id)
         return 0.0 if rate is None else rate.per_s(now)
 
     def _capacity(

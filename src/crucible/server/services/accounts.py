@@ -192,7 +192,7 @@ def revoke_token(conn: Connection, state: ServerState, principal: Principal, tok
         state.clock.now_ms(),
         account_id=principal.account_id,
     )
-    state.token_cache.clear()
+    state.auth.token_cache.clear()
 
 
 def authenticate(state: ServerState, header: str | None) -> Principal:
@@ -207,7 +207,7 @@ def authenticate(state: ServerState, header: str | None) -> Principal:
         container_id = verify_container_token(state.secret, token)
         if container_id is None:
             raise AuthError("the container token's signature is wrong")
-        account_id = state.container_accounts.get(container_id)
+        account_id = state.auth.container_accounts.get(container_id)
         if account_id is None:
             with state.engine.connect() as conn:
                 row = conn.execute(
@@ -216,10 +216,10 @@ def authenticate(state: ServerState, header: str | None) -> Principal:
             if row is None:
                 raise AuthError("the container token names an unknown container")
             account_id = str(row.account_id)
-            state.container_accounts[container_id] = account_id
+            state.auth.container_accounts[container_id] = account_id
         return Principal(account_id, "container", container_id=container_id)
     digest = hash_token(token)
-    cached = state.token_cache.get(digest)
+    cached = state.auth.token_cache.get(digest)
     now = time.monotonic()
     if cached is not None and cached[1] > now:
         account_id, scope, token_id = cached[0]
@@ -232,7 +232,7 @@ def authenticate(state: ServerState, header: str | None) -> Principal:
         ).first()
     if row is None or row.revoked:
         raise AuthError("the token is not valid (unknown or revoked); check CRUCIBLE_TOKEN")
-    if len(state.token_cache) > 10_000:
-        state.token_cache.clear()
-    state.token_cache[digest] = ((row.account_id, row.scope, row.id), now + _TOKEN_CACHE_TTL_S)
+    if len(state.auth.token_cache) > 10_000:
+        state.auth.token_cache.clear()
+    state.auth.token_cache[digest] = ((row.account_id, row.scope, row.id), now + _TOKEN_CACHE_TTL_S)
     return Principal(row.account_id, row.scope, token_id=row.id)

@@ -50,7 +50,9 @@ def _activity(state: ServerState, who: Principal, app_id: str) -> dict[str, Any]
         rows = activity.app_activity(conn, who, app_id, now - ACTIVITY_WINDOW_MS)
     rates = {
         r.function_id: (
-            state.arrivals[r.function_id].per_s(now) if r.function_id in state.arrivals else 0.0
+            state.observations.arrivals[r.function_id].per_s(now)
+            if r.function_id in state.observations.arrivals
+            else 0.0
         )
         for r in rows
     }
