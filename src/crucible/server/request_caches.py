@@ -1,8 +1,8 @@
 """Request handlers' caches of what the store already holds, so a hot request reads nothing.
 
-Each is this process's own, filled by request handlers on any replica; a miss reads the
-store, so a replica that never saw an entry is correct, only slower. Each class says who
-writes it, who reads it and how stale it may be (docs/operators.md, "Running replicas").
+Each is this process's own, filled by request handlers on any replica. Each class says who
+writes it, who reads it and how stale it may be on other replicas (docs/operators.md,
+"Running replicas").
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ __all__ = ["CallCaches", "ContainerCaches", "CreditChecks"]
 @dataclass
 class ContainerCaches:
     """Per container. Written and read by the container routes (api/containers.py) and the
-    log route (api/logs.py). ``facts`` never change, so they are never stale; ``touched_ms``
-    only limits how often a container's last activity is written; ``log_counts`` count
-    lines stored through this process (each replica enforces its own share of the cap)."""
+    log route (api/logs.py). ``facts`` never change, so they are never stale (a miss reads
+    the store); ``touched_ms`` only limits how often a container's last activity is written;
+    ``log_counts`` count lines stored through this process since it started (each replica
+    enforces the per-container cap on what reaches it)."""
 
     # What never changes about a container (account, function, rate, timeout, retries).
     facts: dict[str, Any] = field(default_factory=dict)
