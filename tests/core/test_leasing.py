@@ -33,6 +33,10 @@ def _cap(host_id: str, model: str, gpus: int, cpu: float = 16.0) -> HostCapacity
     return HostCapacity(host_id, cpu, 65_536, tuple((g, model) for g in range(gpus)))
 
 
+def _by_id(*hosts: HostCapacity) -> dict[str, HostCapacity]:
+    return {h.id: h for h in hosts}
+
+
 def test_choices_of_one_count_are_one_request_in_order() -> None:
     choices = (GpuChoice("H100", 1), GpuChoice("A100", 1), GpuChoice("L4", 2), GpuChoice("T4", 1))
     assert choice_runs(choices, Prefer.CHEAPEST) == [
@@ -48,19 +52,20 @@ def test_choices_of_one_count_are_one_request_in_order() -> None:
 
 def test_a_grant_avoids_hosts_short_of_cpu_and_charges_the_host() -> None:
     m = _market(("ho-a", "H100", 1, 1 * USD), ("ho-b", "H100", 1, 2 * USD))
-    hosts = [_cap("ho-a", "H100", 1, cpu=1.0), _cap("ho-b", "H100", 1)]
+    hosts = _by_id(_cap("ho-a", "H100", 1, cpu=1.0), _cap("ho-b", "H100", 1))
     req = LeaseRequest(account="acct", models=("H100",), count=1, lease_id="ct-1")
     got = lease_on_hosts(m, req, 0, hosts=hosts, cpu=4.0, memory_mib=1024)
     assert isinstance(got, LeaseGranted)
     assert got.leases[0].host_id == "ho-b"  # the cheaper host lacks the cores
-    assert hosts[1].used_cpu == 4.0 and hosts[1].used_memory_mib == 1024
-    assert hosts[1].used_gpus == {0}
+    b = hosts["ho-b"]
+    assert b.used_cpu == 4.0 and b.used_memory_mib == 1024 and b.used_gpus == {0}
+    assert hosts["ho-a"].used_cpu == 0.0
     assert [x.lease_id for x in m.running_leases()] == ["ct-1"]
 
 
 def test_a_refusal_says_when_cpu_not_gpus_is_short() -> None:
     m = _market(("ho-a", "H100", 1, 1 * USD))
-    hosts = [_cap("ho-a", "H100", 1, cpu=1.0)]
+    hosts = _by_id(_cap("ho-a", "H100", 1, cpu=1.0))
     req = LeaseRequest(account="acct", models=("H100",), count=1, lease_id="ct-1")
     got = lease_on_hosts(m, req, 0, hosts=hosts, cpu=4.0, memory_mib=1024)
     assert isinstance(got, NotLeased) and got.code == "no_capacity"
@@ -71,7 +76,7 @@ def test_a_refusal_says_when_cpu_not_gpus_is_short() -> None:
 def test_a_grant_on_a_host_not_ready_is_not_applied() -> None:
     m = _market(("ho-a", "H100", 2, 1 * USD), ("ho-b", "H100", 2, 2 * USD))
     req = LeaseRequest(account="acct", models=("H100",), count=1, nodes=2, lease_id="ct-1")
-    got = lease_on_hosts(m, req, 0, hosts=[_cap("ho-a", "H100", 2)], cpu=1.0, memory_mib=1)
+    got = lease_on_hosts(m, req, 0, hosts=_by_id(_cap("ho-a", "H100", 2)), cpu=1.0, memory_mib=1)
     assert isinstance(got, NotLeased)
     assert "ho-b" in got.message and "not ready" in got.message
     assert m.running_leases() == []  # all or nothing: the gang's first member was not kept
@@ -112,3 +117,26 @@ def test_the_scheduler_takes_a_free_fallback_model_before_preempting() -> None:
     assert [(s.host_id, s.gpu_model) for s in started] == [("ho-a", "A100")]
     assert placer.preemptions == []
     assert {x.account for x in m.running_leases()} == {"other", "me"}
+
+
+def test_the_market_asks_avoid_per_host_and_never_lists_it() -> None:
+    """``decide_lease`` only asks ``host in avoid``: the scheduler's view of hosts short of
+    room answers per host instead of listing a fleet of 100,000 GPUs for every container."""
+
+    class Asked:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def __contains__(self, host_id: object) -> bool:
+            self.asked.append(str(host_id))
+            return host_id == "ho-a"
+
+        def __iter__(self) -> object:
+            raise AssertionError("avoid was listed")
+
+    m = _market(("ho-a", "H100", 1, 1 * USD), ("ho-b", "H100", 1, 2 * USD))
+    avoid = Asked()
+    req = LeaseRequest(account="acct", models=("H100",), count=1, lease_id="ct-1")
+    got = m.decide_lease(req, 0, avoid=avoid)
+    assert isinstance(got, LeaseGranted) and got.leases[0].host_id == "ho-b"
+    assert "ho-a" in avoid.asked

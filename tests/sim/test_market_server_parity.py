@@ -127,9 +127,8 @@ def _server_asks(live: LiveMarket, hosts: list[Host], job: Job) -> None:
     terms = MarketTerms(tier=tier, bid=job.bid_micros, prefer=Prefer.CHEAPEST)
     capacity = _capacity(hosts, live.market)
     if job.nodes > 1:
-        lease_gang(
-            live, account, job.models[0], job.gpus, terms, job.nodes, capacity, 1.0, 1024, now
-        )
+        by_id = {h.id: h for h in capacity}
+        lease_gang(live, account, job.models[0], job.gpus, terms, job.nodes, by_id, 1.0, 1024, now)
         return
     fn = FunctionDemand(
         id=f"fn-{job.id}",

@@ -68,12 +68,25 @@ def choice_runs(
     return [(tuple(models), count) for count, models in runs]
 
 
-def _cramped(hosts: Sequence[HostCapacity], cpu: float, memory_mib: int) -> list[str]:
-    return [
-        h.id
-        for h in hosts
-        if cpu > h.cpu - h.used_cpu + _CPU_EPS or memory_mib > h.memory_mib - h.used_memory_mib
-    ]
+class _ShortOfRoom:
+    """The hosts that lack ``cpu`` cores or ``memory_mib`` now, answered per host when the
+    market asks (``host_id in view``), so a decision costs what the market looks at, not
+    the size of the fleet."""
+
+    __slots__ = ("cpu", "hosts", "memory_mib")
+
+    def __init__(self, hosts: Mapping[str, HostCapacity], cpu: float, memory_mib: int) -> None:
+        self.hosts, self.cpu, self.memory_mib = hosts, cpu, memory_mib
+
+    def __contains__(self, host_id: object) -> bool:
+        h = self.hosts.get(host_id) if isinstance(host_id, str) else None
+        return h is not None and (
+            self.cpu > h.cpu - h.used_cpu + _CPU_EPS
+            or self.memory_mib > h.memory_mib - h.used_memory_mib
+        )
+
+    def any(self) -> bool:
+        return any(h in self for h in self.hosts)
 
 
 def lease_on_hosts(
@@ -81,13 +94,13 @@ def lease_on_hosts(
     request: LeaseRequest,
     now_ms: int,
     *,
-    hosts: Sequence[HostCapacity] | None = None,
+    hosts: Mapping[str, HostCapacity] | None = None,
     cpu: float = 0.0,
     memory_mib: int = 0,
 ) -> LeaseGranted | NotLeased:
     """Decide ``request`` and, when granted, apply it to ``market`` and charge ``hosts``.
 
-    ``hosts`` are the hosts ready to start containers, with their current usage (``None``:
+    ``hosts`` are the hosts ready to start containers by id, with their current usage (``None``:
     the caller runs no containers on them, as the simulator's market runs, and every market
     host counts as ready with room). No lease goes to a host that lacks ``cpu`` cores or
     ``memory_mib`` for each of its containers: the market takes the best host that has both
@@ -97,10 +110,14 @@ def lease_on_hosts(
     the request for going back in time.
     """
     now = max(now_ms, market.now_ms)
-    cramped = [] if hosts is None else _cramped(hosts, cpu, memory_mib)
-    decision = market.decide_lease(request, now, avoid=cramped)
+    short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib)
+    decision = market.decide_lease(request, now, avoid=() if short is None else short)
     if isinstance(decision, Refusal):
-        if cramped and not isinstance(market.decide_lease(request, now), Refusal):
+        if (
+            short is not None
+            and short.any()
+            and not isinstance(market.decide_lease(request, now), Refusal)
+        ):
             models = " or ".join(request.models)
             return NotLeased(
                 "no_capacity",
@@ -108,18 +125,17 @@ def lease_on_hosts(
                 f"(cpu={cpu:g}, memory={memory_mib} MiB)",
             )
         return NotLeased(decision.code.value, decision.message)
-    by_id = {h.id: h for h in hosts} if hosts is not None else None
-    if by_id is not None:
+    if hosts is not None:
         for lease in decision.leases:
-            if lease.host_id not in by_id:
+            if lease.host_id not in hosts:
                 return NotLeased(
                     "no_capacity",
                     f"host {lease.host_id} has the GPUs but is not ready to start containers",
                 )
     market.apply(decision)
-    if by_id is not None:
+    if hosts is not None:
         for lease in decision.leases:
-            h = by_id[lease.host_id]
+            h = hosts[lease.host_id]
             h.used_cpu += cpu
             h.used_memory_mib += memory_mib
             h.used_gpus.update(lease.devices)

@@ -394,7 +394,7 @@ def lease_gang(
     count: int,
     terms: MarketTerms,
     nodes: int,
-    capacity: list[HostCapacity],
+    capacity: dict[str, HostCapacity],
     cpu: float,
     memory_mib: int,
     now_ms: int,
@@ -403,7 +403,7 @@ def lease_gang(
     ``model`` GPUs, each on its own host that builds clusters' networks), through the lease
     path the simulator runs too (:func:`~crucible.core.leasing.lease_on_hosts`): no member
     on a host that lacks its CPU or memory, so the gang goes where all fit. Applied and
-    charged to ``capacity`` when granted. Hold the market's lock."""
+    charged to ``capacity`` (the live hosts by id) when granted. Hold the market's lock."""
     request = dataclasses.replace(
         live.request(account_id, model, count, terms, new_id("ct")), nodes=nodes, cluster=True
     )
@@ -419,6 +419,7 @@ def place_clusters(
     gang (each node on a different host), applied only when every node's host also has the
     CPU and memory. Hold the market's lock; ``capacity`` is updated for what is placed."""
     out = ClusterPlacement()
+    by_id = {h.id: h for h in capacity}
     host_rows = conn.execute(select(hosts.c.id, hosts.c.address, hosts.c.isolation)).all()
     addresses = {r.id: r.address for r in host_rows}
     net_ports = {r.id: _net_port(r.isolation) for r in host_rows}
@@ -439,7 +440,7 @@ def place_clusters(
             count,
             MarketTerms.of(spec.market),
             len(members),
-            capacity,
+            by_id,
             spec.cpu,
             spec.memory_mib,
             now_ms,

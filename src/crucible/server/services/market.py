@@ -483,10 +483,15 @@ class MarketPlacer:
         self.now_ms = now_ms
         self.preemptions: list[Preemption] = []
         self.refused: dict[str, Refused] = {}  # function id -> why its last try failed
+        # The tick's live hosts by id: plan() passes the same list to every call.
+        self._hosts: list[HostCapacity] | None = None
+        self._by_id: dict[str, HostCapacity] = {}
 
     def __call__(self, fn: FunctionDemand, hosts_now: list[HostCapacity]) -> StartContainer | None:
         market = self.live.market
         terms = self.terms.get(fn.id, MarketTerms())
+        if hosts_now is not self._hosts:
+            self._hosts, self._by_id = hosts_now, {h.id: h for h in hosts_now}
         # The function's GPU choices in fallback order (choices asking the same count are
         # one request, so no lease is preempted while another of those models is free),
         # through the lease path the simulator's market runs too (core/leasing.py).
@@ -497,7 +502,7 @@ class MarketPlacer:
                 market,
                 replace(request, models=models),
                 self.now_ms,
-                hosts=hosts_now,
+                hosts=self._by_id,
                 cpu=fn.cpu,
                 memory_mib=fn.memory_mib,
             )
