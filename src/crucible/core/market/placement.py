@@ -92,8 +92,8 @@ def unit_price(req: LeaseRequest, offer: Offer) -> int | None:
 
 
 class _Barred:
-    """Hosts a request's next node may not use: those its earlier nodes took, and the
-    caller's ``avoid`` (asked with ``in`` only, never iterated)."""
+    """Hosts a request's next node may not use: those its earlier nodes took, and a caller's
+    ``avoid`` that is not a plain collection (asked with ``in`` only, never iterated)."""
 
     __slots__ = ("avoid", "taken")
 
@@ -108,7 +108,17 @@ class _Barred:
         self.taken.add(host_id)
 
 
-def host_fits(req: LeaseRequest, pool: PoolState, used: _Barred) -> bool:
+# A plain set when ``avoid`` is one (membership stays a C lookup on the hot path).
+_Used = set[str] | _Barred
+
+
+def _barred(avoid: Container[str]) -> _Used:
+    if isinstance(avoid, (set, frozenset, list, tuple)):
+        return set(avoid)
+    return _Barred(avoid)
+
+
+def host_fits(req: LeaseRequest, pool: PoolState, used: _Used) -> bool:
     spec = pool.host.spec
     return (
         spec.host_id not in used
@@ -126,7 +136,7 @@ def _memory_price(req: LeaseRequest, offer: Offer) -> int:
 
 
 def _from_reservations(
-    st: MarketState, req: LeaseRequest, model: str, used: _Barred
+    st: MarketState, req: LeaseRequest, model: str, used: _Used
 ) -> NodePlan | None:
     """Devices of the renter's active reservations of ``model`` (they are paid for anyway,
     so ``max_price``, region and reliability do not apply)."""
@@ -171,7 +181,7 @@ def _scan(
     model: str,
     kind: str,
     keys: Sequence[RankKey],
-    used: _Barred,
+    used: _Used,
 ) -> tuple[tuple[int, int] | None, list[PoolState]]:
     """The best rank among fitting pools of one sorted list, and the pools sharing it (at
     most ``locality_scan`` of them)."""
@@ -198,7 +208,7 @@ def _scan(
     return best_rank, candidates
 
 
-def _free(st: MarketState, req: LeaseRequest, model: str, used: _Barred) -> NodePlan | None:
+def _free(st: MarketState, req: LeaseRequest, model: str, used: _Used) -> NodePlan | None:
     book = st.books.get(model)
     if book is None:
         return None
@@ -256,7 +266,7 @@ class _Progress:
     done: bool = False
 
 
-def _preempt(st: MarketState, req: LeaseRequest, model: str, used: _Barred) -> NodePlan | None:
+def _preempt(st: MarketState, req: LeaseRequest, model: str, used: _Used) -> NodePlan | None:
     book = st.books.get(model)
     if book is None:
         return None
@@ -334,7 +344,7 @@ def _preempt(st: MarketState, req: LeaseRequest, model: str, used: _Barred) -> N
 def _place_nodes(
     st: MarketState, req: LeaseRequest, model: str, allow_preempt: bool, avoid: Container[str]
 ) -> list[NodePlan] | None:
-    used = _Barred(avoid)  # a host serves one node, and none of the avoided ones
+    used = _barred(avoid)  # a host serves one node, and none of the avoided ones
     plans: list[NodePlan] = []
     for _ in range(req.nodes):
         plan = _from_reservations(st, req, model, used)
@@ -397,14 +407,13 @@ def decide_lease(
     """Decide a lease request against the current state without changing it. No node goes to
     a host in ``avoid`` (host ids the caller cannot use: the scheduler passes the hosts that
     lack the container's CPU or memory), by free capacity, reservation or preemption.
-    ``avoid`` is only asked ``host_id in avoid`` (a list or tuple is copied into a set first),
-    so a caller may pass a view that answers from its own state without listing the fleet."""
+    ``avoid`` is only asked ``host_id in avoid`` (a set, list or tuple is copied into a set
+    first), so a caller may pass a view that answers from its own state without listing the
+    fleet."""
     st.check_no_events_due(now)
     for lease_id in req.lease_ids():
         if lease_id and lease_id in st.leases:
             raise ConflictError(f"lease {lease_id} already exists")
-    if isinstance(avoid, (list, tuple)):
-        avoid = set(avoid)
     models = model_order(st, req)
     for allow_preempt in (False, True):
         if allow_preempt and req.tier is Tier.RESERVED:
