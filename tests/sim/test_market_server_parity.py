@@ -6,6 +6,9 @@ objects (the scheduler core's ``plan`` with the ``MarketPlacer`` the loop passes
 simulator's ``MarketDriver`` (``arrive`` as a scenario run calls it). After every request
 the two markets must hold the same running leases (account, host, devices, tier, price,
 start): the same grants, on the same devices, at the same prices, and the same preemptions.
+Requests are on-demand or interruptible (with a bid or at the hosts' minimum), for one model
+or a fallback of two, single or gangs of 2-3 nodes; a seed's renters prefer the cheapest,
+the greenest or the fastest offer.
 """
 
 from __future__ import annotations
@@ -118,13 +121,13 @@ def _capacity(hosts: list[Host], market: Market) -> list[HostCapacity]:
     ]
 
 
-def _server_asks(live: LiveMarket, hosts: list[Host], job: Job) -> None:
+def _server_asks(live: LiveMarket, hosts: list[Host], job: Job, prefer: Prefer) -> None:
     """What the scheduler loop does for this work at its arrival (one tick)."""
     now = job.arrival_ms
     live.market.advance(now)
     account = f"renter-{job.cls}"
     tier = Tier.INTERRUPTIBLE if job.tier == "interruptible" else Tier.ON_DEMAND
-    terms = MarketTerms(tier=tier, bid=job.bid_micros, prefer=Prefer.CHEAPEST)
+    terms = MarketTerms(tier=tier, bid=job.bid_micros, prefer=prefer)
     capacity = _capacity(hosts, live.market)
     if job.nodes > 1:
         by_id = {h.id: h for h in capacity}
@@ -152,6 +155,7 @@ def _server_asks(live: LiveMarket, hosts: list[Host], job: Job) -> None:
 @pytest.mark.parametrize("seed", range(24))
 def test_server_and_simulator_make_the_same_lease_decisions(seed: int) -> None:
     rng = random.Random(seed)
+    prefer = (Prefer.CHEAPEST, Prefer.GREENEST, Prefer.FASTEST)[seed % 3]
     hosts = _fleet(rng)
     settings = load_settings({})
     live = LiveMarket(settings)
@@ -163,7 +167,7 @@ def test_server_and_simulator_make_the_same_lease_decisions(seed: int) -> None:
         {h.id: h for h in hosts},
         Recorder(float(sum(h.gpus for h in hosts))),
         EventQueue(),
-        prefer=Prefer.CHEAPEST,
+        prefer=prefer,
         platform_fee=0.0,
         default_carbon=400,
         power_watts={},
@@ -174,7 +178,7 @@ def test_server_and_simulator_make_the_same_lease_decisions(seed: int) -> None:
     preempted = 0
     for job in _jobs(rng, 40):
         before = {x.lease_id for x in live.market.running_leases()}
-        _server_asks(live, hosts, job)
+        _server_asks(live, hosts, job, prefer)
         driver.arrive(job, job.arrival_ms)
         after = {x.lease_id for x in live.market.running_leases()}
         granted += bool(after - before)
