@@ -6,9 +6,10 @@ with on-demand and interruptible leases, then measures, one operation at a time:
 
 - quote:   ``Market.quote`` of a random request (1/2/4/8 x model, on-demand or interruptible,
            mixed preferences, some with a region or max_price);
-- lease:   ``Market.lease`` (decide + apply) of such a request; each is followed by the
+- lease:   ``lease_on_hosts`` (core/leasing.py: decide + apply, the path the scheduler and
+           the simulator's market runs take) of such a request; each is followed by the
            release of a random running lease (not timed) so utilisation stays put;
-- preempt: with every H100 leased to interruptible bids, ``Market.lease`` of on-demand or
+- preempt: with every H100 leased to interruptible bids, ``lease_on_hosts`` of on-demand or
            higher-bid requests; latency over the operations that preempted (those that
            found devices freed by an earlier preemption, or were refused once the low bids
            were gone, are counted apart);
@@ -44,6 +45,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _exchange import machine_info, print_table  # noqa: E402
 
+from crucible.core.leasing import lease_on_hosts  # noqa: E402
 from crucible.core.market import (  # noqa: E402
     HostSpec,
     LeaseGranted,
@@ -269,7 +271,7 @@ def main() -> None:
     for _ in range(args.ops):
         now += 1
         request = random_request(rng, ids)
-        d = timed(partial(m.lease, request, now), lat)
+        d = timed(partial(lease_on_hosts, m, request, now), lat)
         if isinstance(d, LeaseGranted):
             granted += 1
             preempting += bool(d.preemptions)
@@ -320,7 +322,7 @@ def main() -> None:
                 bid=micros(2.50) + i,
                 lease_id=ids(),
             )
-        d = timed(partial(m.lease, request, now), lat)
+        d = timed(partial(lease_on_hosts, m, request, now), lat)
         if isinstance(d, LeaseGranted):
             granted += 1
             preempted += len(d.preemptions)

@@ -1,6 +1,8 @@
 """Drives the market core (:class:`~crucible.core.market.Market`) with the simulator's
-demand, as the server would: ``advance`` then ``lease`` at each request, ``release`` when
-work is done, and the preemptions the market decides carried out.
+demand, as the server does: ``advance``, then at each request the server's own lease path
+(:func:`crucible.core.leasing.lease_on_hosts`, which the scheduler's market placer and
+cluster placement call), ``release`` when work is done, and the preemptions the market
+decides carried out.
 
 - A job asks for ``nodes`` leases of ``gpus`` GPUs, in its tier, for its models in fallback
   order, preferring the cheapest or the greenest offer (the policy).
@@ -49,10 +51,10 @@ import heapq
 from collections import Counter, defaultdict, deque
 from typing import Any
 
+from crucible.core.leasing import NotLeased, lease_on_hosts
 from crucible.core.market import (
     EndReason,
     Lease,
-    LeaseGranted,
     LeaseRequest,
     Market,
     Prefer,
@@ -316,10 +318,12 @@ class MarketDriver:
             max_carbon_g_per_kwh=self.int_max_carbon if tier is Tier.INTERRUPTIBLE else None,
             lease_id=f"j{job.id}-{job.attempts}",
         )
-        d = self.m.lease(req, now)
-        if not isinstance(d, LeaseGranted):
-            self.refusals[d.code.value] += 1
-            self.tiers.last_refusal[job.id] = d.code.value
+        # The lease path the server's scheduler runs (core/leasing.py); the simulated jobs
+        # hold only GPUs, so no host is short of CPU or memory for them.
+        d = lease_on_hosts(self.m, req, now)
+        if isinstance(d, NotLeased):
+            self.refusals[d.code] += 1
+            self.tiers.last_refusal[job.id] = d.code
             if park:
                 self._park(job, now)
             return False

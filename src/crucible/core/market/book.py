@@ -21,7 +21,7 @@ with the current time before deciding anything; a decision with events still due
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Container, Iterable
 
 from crucible.core.market.audit import audit
 from crucible.core.market.decisions import (
@@ -225,7 +225,7 @@ class Market:
     # -- leases ----------------------------------------------------------------------------
 
     def decide_lease(
-        self, request: LeaseRequest, now_ms: int, *, avoid: Collection[str] = ()
+        self, request: LeaseRequest, now_ms: int, *, avoid: Container[str] = ()
     ) -> LeaseDecision:
         """What :meth:`lease` would do now, without doing it; no node on a host in ``avoid``."""
         return decide_lease(self._st, request, now_ms, avoid)

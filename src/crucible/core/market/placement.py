@@ -22,7 +22,7 @@ free capacity it accepts. Preempted leases stop being metered at once; the new l
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from crucible.core.market.decisions import LeaseDecision, LeaseGranted, Preemption
@@ -91,7 +91,34 @@ def unit_price(req: LeaseRequest, offer: Offer) -> int | None:
     return price
 
 
-def host_fits(req: LeaseRequest, pool: PoolState, used: set[str]) -> bool:
+class _Barred:
+    """Hosts a request's next node may not use: those its earlier nodes took, and a caller's
+    ``avoid`` that is not a plain collection (asked with ``in`` only, never iterated)."""
+
+    __slots__ = ("avoid", "taken")
+
+    def __init__(self, avoid: Container[str]) -> None:
+        self.taken: set[str] = set()
+        self.avoid = avoid
+
+    def __contains__(self, host_id: str) -> bool:
+        return host_id in self.taken or host_id in self.avoid
+
+    def add(self, host_id: str) -> None:
+        self.taken.add(host_id)
+
+
+# A plain set when ``avoid`` is one (membership stays a C lookup on the hot path).
+_Used = set[str] | _Barred
+
+
+def _barred(avoid: Container[str]) -> _Used:
+    if isinstance(avoid, (set, frozenset, list, tuple)):
+        return set(avoid)
+    return _Barred(avoid)
+
+
+def host_fits(req: LeaseRequest, pool: PoolState, used: _Used) -> bool:
     spec = pool.host.spec
     return (
         spec.host_id not in used
@@ -109,7 +136,7 @@ def _memory_price(req: LeaseRequest, offer: Offer) -> int:
 
 
 def _from_reservations(
-    st: MarketState, req: LeaseRequest, model: str, used: set[str]
+    st: MarketState, req: LeaseRequest, model: str, used: _Used
 ) -> NodePlan | None:
     """Devices of the renter's active reservations of ``model`` (they are paid for anyway,
     so ``max_price``, region and reliability do not apply)."""
@@ -154,7 +181,7 @@ def _scan(
     model: str,
     kind: str,
     keys: Sequence[RankKey],
-    used: set[str],
+    used: _Used,
 ) -> tuple[tuple[int, int] | None, list[PoolState]]:
     """The best rank among fitting pools of one sorted list, and the pools sharing it (at
     most ``locality_scan`` of them)."""
@@ -181,7 +208,7 @@ def _scan(
     return best_rank, candidates
 
 
-def _free(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> NodePlan | None:
+def _free(st: MarketState, req: LeaseRequest, model: str, used: _Used) -> NodePlan | None:
     book = st.books.get(model)
     if book is None:
         return None
@@ -239,7 +266,7 @@ class _Progress:
     done: bool = False
 
 
-def _preempt(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> NodePlan | None:
+def _preempt(st: MarketState, req: LeaseRequest, model: str, used: _Used) -> NodePlan | None:
     book = st.books.get(model)
     if book is None:
         return None
@@ -315,9 +342,9 @@ def _preempt(st: MarketState, req: LeaseRequest, model: str, used: set[str]) -> 
 
 
 def _place_nodes(
-    st: MarketState, req: LeaseRequest, model: str, allow_preempt: bool, avoid: Collection[str]
+    st: MarketState, req: LeaseRequest, model: str, allow_preempt: bool, avoid: Container[str]
 ) -> list[NodePlan] | None:
-    used: set[str] = set(avoid)  # a host serves one node, and none of the avoided ones
+    used = _barred(avoid)  # a host serves one node, and none of the avoided ones
     plans: list[NodePlan] = []
     for _ in range(req.nodes):
         plan = _from_reservations(st, req, model, used)
@@ -375,11 +402,14 @@ def _grant(st: MarketState, req: LeaseRequest, plans: list[NodePlan], now: int) 
 
 
 def decide_lease(
-    st: MarketState, req: LeaseRequest, now: int, avoid: Collection[str] = ()
+    st: MarketState, req: LeaseRequest, now: int, avoid: Container[str] = ()
 ) -> LeaseDecision:
     """Decide a lease request against the current state without changing it. No node goes to
     a host in ``avoid`` (host ids the caller cannot use: the scheduler passes the hosts that
-    lack the container's CPU or memory), by free capacity, reservation or preemption."""
+    lack the container's CPU or memory), by free capacity, reservation or preemption.
+    ``avoid`` is only asked ``host_id in avoid`` (a set, list or tuple is copied into a set
+    first), so a caller may pass a view that answers from its own state without listing the
+    fleet."""
     st.check_no_events_due(now)
     for lease_id in req.lease_ids():
         if lease_id and lease_id in st.leases:

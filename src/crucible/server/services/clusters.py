@@ -22,7 +22,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from crucible.core.market import Preemption, Refusal
+from crucible.core.leasing import NotLeased, lease_on_hosts
+from crucible.core.market import LeaseGranted, Preemption
 from crucible.core.scheduling import HostCapacity, LeaseTerms, StartContainer
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.ids import new_id
@@ -61,6 +62,7 @@ __all__ = [
     "create_cluster",
     "delete_cluster",
     "get_cluster",
+    "lease_gang",
     "list_clusters",
     "master_port",
     "network_plans",
@@ -385,6 +387,31 @@ class ClusterPlacement:
     waiting: dict[str, str] = field(default_factory=dict)  # function id -> why it waits
 
 
+def lease_gang(
+    live: LiveMarket,
+    account_id: str,
+    model: str,
+    count: int,
+    terms: MarketTerms,
+    nodes: int,
+    capacity: dict[str, HostCapacity],
+    cpu: float,
+    memory_mib: int,
+    now_ms: int,
+) -> LeaseGranted | NotLeased:
+    """One market decision for a cluster's whole gang (``nodes`` leases of ``count``
+    ``model`` GPUs, each on its own host that builds clusters' networks), through the lease
+    path the simulator runs too (:func:`~crucible.core.leasing.lease_on_hosts`): no member
+    on a host that lacks its CPU or memory, so the gang goes where all fit. Applied and
+    charged to ``capacity`` (the live hosts by id) when granted. Hold the market's lock."""
+    request = dataclasses.replace(
+        live.request(account_id, model, count, terms, new_id("ct")), nodes=nodes, cluster=True
+    )
+    return lease_on_hosts(
+        live.market, request, now_ms, hosts=capacity, cpu=cpu, memory_mib=memory_mib
+    )
+
+
 def place_clusters(
     conn: Connection, live: LiveMarket, capacity: list[HostCapacity], now_ms: int
 ) -> ClusterPlacement:
@@ -406,35 +433,24 @@ def place_clusters(
         model, count = spec.gpu_model, spec.gpu_count
         if model is None:  # create_cluster refuses a cluster without --gpu
             continue
-        terms = MarketTerms.of(spec.market)
-        request = dataclasses.replace(
-            live.request(row.account_id, model, count, terms, new_id("ct")),
-            nodes=len(members),
-            cluster=True,
+        outcome = lease_gang(
+            live,
+            row.account_id,
+            model,
+            count,
+            MarketTerms.of(spec.market),
+            len(members),
+            by_id,
+            spec.cpu,
+            spec.memory_mib,
+            now_ms,
         )
-        market = live.market
-        cpu, mem = spec.cpu, spec.memory_mib
-        # No member on a host that lacks its CPU or memory (the gang goes where all fit).
-        cramped = [
-            h.id
-            for h in capacity
-            if cpu > h.cpu - h.used_cpu + 1e-9 or mem > h.memory_mib - h.used_memory_mib
-        ]
-        decision = market.decide_lease(request, max(now_ms, market.now_ms), avoid=cramped)
-        if isinstance(decision, Refusal):
+        if isinstance(outcome, NotLeased):
             for m in members:
-                out.waiting[m.function_id] = f"the market: {decision.message}"
+                out.waiting[m.function_id] = f"the market: {outcome.message}"
             continue
-        leases = list(decision.leases)
-        short = [lease.host_id for lease in leases if lease.host_id not in by_id]
-        if short:
-            for m in members:
-                out.waiting[m.function_id] = (
-                    f"host {short[0]} has the GPUs but is not ready to start containers"
-                )
-            continue
-        market.apply(decision)
-        out.preemptions.extend(decision.preemptions)
+        leases = list(outcome.leases)
+        out.preemptions.extend(outcome.preemptions)
         addrs = [addresses.get(lease.host_id) or "" for lease in leases]
         ports = [net_ports.get(lease.host_id) for lease in leases]
         plans: list[ClusterNetPlan] | None = None
@@ -443,17 +459,13 @@ def place_clusters(
             addrs = [p.address for p in plans]
         port = master_port(row.id)
         for rank, (m, lease) in enumerate(zip(members, leases, strict=True)):
-            h = by_id[lease.host_id]
-            h.used_cpu += cpu
-            h.used_memory_mib += mem
-            h.used_gpus.update(lease.devices)
             out.accounts[m.function_id] = row.account_id
             out.starts.append(
                 StartContainer(
                     function_id=m.function_id,
                     host_id=lease.host_id,
-                    cpu=cpu,
-                    memory_mib=mem,
+                    cpu=spec.cpu,
+                    memory_mib=spec.memory_mib,
                     gpu_model=lease.device_type,
                     gpu_indices=lease.devices,
                     lease=LeaseTerms(

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Text, cast, func, select
 
+from crucible.core.leasing import NotLeased, choice_runs, lease_on_hosts
 from crucible.core.market import (
     CPU,
     HostSpec,
@@ -482,51 +483,35 @@ class MarketPlacer:
         self.now_ms = now_ms
         self.preemptions: list[Preemption] = []
         self.refused: dict[str, Refused] = {}  # function id -> why its last try failed
+        # The tick's live hosts by id: plan() passes the same list to every call.
+        self._hosts: list[HostCapacity] | None = None
+        self._by_id: dict[str, HostCapacity] = {}
 
     def __call__(self, fn: FunctionDemand, hosts_now: list[HostCapacity]) -> StartContainer | None:
         market = self.live.market
-        by_id = {h.id: h for h in hosts_now}
         terms = self.terms.get(fn.id, MarketTerms())
-        choices = list(fn.gpus)
-        if terms.prefer is Prefer.FASTEST:
-            # The fallback list, fastest model first (as the market orders one request's
-            # types); models of equal speed keep the order given.
-            speed = market.rules.model_speed
-            choices.sort(key=lambda g: -speed.get(g.model, -1))
-        # The market leases no GPU on a host that lacks the container's CPU or memory: it
-        # takes the best host that has both, rather than refusing because the best one by
-        # price is short of cores.
-        cramped = [h.id for h in hosts_now if not _room(h, fn)]
-        for choice in choices:
+        if hosts_now is not self._hosts:
+            self._hosts, self._by_id = hosts_now, {h.id: h for h in hosts_now}
+        # The function's GPU choices in fallback order (choices asking the same count are
+        # one request, so no lease is preempted while another of those models is free),
+        # through the lease path the simulator's market runs too (core/leasing.py).
+        for models, count in choice_runs(fn.gpus, terms.prefer, market.rules.model_speed):
             cid = new_id("ct")
-            request = self.live.request(
-                self.accounts[fn.id], choice.model, choice.count, terms, cid
+            request = self.live.request(self.accounts[fn.id], models[0], count, terms, cid)
+            outcome = lease_on_hosts(
+                market,
+                replace(request, models=models),
+                self.now_ms,
+                hosts=self._by_id,
+                cpu=fn.cpu,
+                memory_mib=fn.memory_mib,
             )
-            now = max(self.now_ms, market.now_ms)
-            decision = market.decide_lease(request, now, avoid=cramped)
-            if isinstance(decision, Refusal):
-                if cramped and not isinstance(market.decide_lease(request, now), Refusal):
-                    self.refused[fn.id] = Refused(
-                        "no_capacity",
-                        f"the hosts that have the {choice.model} GPUs for it lack the CPU or "
-                        f"memory asked (cpu={fn.cpu:g}, memory={fn.memory_mib} MiB)",
-                    )
-                else:
-                    self.refused[fn.id] = Refused(decision.code.value, decision.message)
+            if isinstance(outcome, NotLeased):
+                self.refused[fn.id] = Refused(outcome.code, outcome.message)
                 continue
-            lease = decision.leases[0]
-            host = by_id.get(lease.host_id)
-            if host is None:
-                self.refused[fn.id] = Refused(
-                    "no_capacity", f"host {lease.host_id} is not ready to start containers"
-                )
-                continue
-            market.apply(decision)
-            self.preemptions.extend(decision.preemptions)
+            lease = outcome.leases[0]
+            self.preemptions.extend(outcome.preemptions)
             self.refused.pop(fn.id, None)
-            host.used_cpu += fn.cpu
-            host.used_memory_mib += fn.memory_mib
-            host.used_gpus.update(lease.devices)
             return StartContainer(
                 function_id=fn.id,
                 host_id=lease.host_id,
@@ -544,13 +529,6 @@ class MarketPlacer:
                 ),
             )
         return None
-
-
-def _room(host: HostCapacity, fn: FunctionDemand) -> bool:
-    return (
-        fn.cpu <= host.cpu - host.used_cpu + 1e-9
-        and fn.memory_mib <= host.memory_mib - host.used_memory_mib
-    )
 
 
 def live_lease_ids(conn: Connection) -> set[str]:

@@ -1,0 +1,142 @@
+"""GPU leases for containers and gangs: the one code path the scheduler and the simulator run.
+
+The live scheduler (``server/services/market.py`` ``MarketPlacer`` for a function's
+containers, ``server/services/clusters.py`` for a cluster's gang) and the simulator's market
+runs (``sim/market_driver.py``) lease GPUs through these functions, so the simulator's market
+figures describe the server's own decisions (a test drives both on the same random fleets
+and requests and compares every grant and preemption).
+
+- :func:`choice_runs` turns a container's GPU choices (model and count, in fallback
+  order) into market requests: consecutive choices with the same count become *one* request
+  for all their models, so the market's rule holds for them: no running lease is preempted
+  while any of those models has free capacity the request accepts. (Asked one model at a
+  time, a request would preempt on its first model before trying free devices of the next.)
+- :func:`lease_on_hosts` decides one request (a single lease or a gang: ``nodes`` leases,
+  each on its own host) against the market, avoiding hosts that lack the container's CPU or
+  memory, and applies it only when every lease's host is among the hosts ready to start
+  containers. It then charges each host's CPU, memory and devices, so the same tick's
+  indexed placement (:class:`~crucible.core.host_index.HostIndex`) sees them.
+
+Ranking, tiers, bids, reservations and preemption are the market core's
+(:mod:`crucible.core.market.placement`); CPU-only containers and GPU containers no market
+prices go through the indexed engine (:mod:`crucible.core.placement`) instead.
+
+Pure: no I/O; the caller passes the time (``now_ms``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from crucible.core.market import LeaseGranted, LeaseRequest, Market, Prefer, Refusal
+from crucible.core.scheduling import GpuChoice, HostCapacity
+
+__all__ = ["NotLeased", "choice_runs", "lease_on_hosts"]
+
+# Slack for float sums of cores (e.g. 0.1 + 0.2): a request of exactly the free CPU fits.
+_CPU_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class NotLeased:
+    """Why a request got no lease: the market's refusal code (``no_capacity``, ...) and a
+    sentence for the renter."""
+
+    code: str
+    message: str
+
+
+def choice_runs(
+    choices: Sequence[GpuChoice], prefer: Prefer, model_speed: Mapping[str, int] | None = None
+) -> list[tuple[tuple[str, ...], int]]:
+    """The market requests for GPU ``choices``, in the order they are tried, as (models,
+    count): one per run of consecutive choices asking the same count. With ``prefer=fastest``
+    the choices are first sorted fastest first by ``model_speed`` (as the market orders one
+    request's models; equal speeds keep the order given)."""
+    ordered = list(choices)
+    if prefer is Prefer.FASTEST:
+        speed = model_speed or {}
+        ordered.sort(key=lambda g: -speed.get(g.model, -1))
+    runs: list[tuple[int, list[str]]] = []
+    for choice in ordered:
+        if runs and runs[-1][0] == choice.count:
+            if choice.model not in runs[-1][1]:
+                runs[-1][1].append(choice.model)
+        else:
+            runs.append((choice.count, [choice.model]))
+    return [(tuple(models), count) for count, models in runs]
+
+
+class _ShortOfRoom:
+    """The hosts that lack ``cpu`` cores or ``memory_mib`` now, answered per host when the
+    market asks (``host_id in view``), so a decision costs what the market looks at, not
+    the size of the fleet."""
+
+    __slots__ = ("cpu", "hosts", "memory_mib")
+
+    def __init__(self, hosts: Mapping[str, HostCapacity], cpu: float, memory_mib: int) -> None:
+        self.hosts, self.cpu, self.memory_mib = hosts, cpu, memory_mib
+
+    def __contains__(self, host_id: object) -> bool:
+        h = self.hosts.get(host_id) if isinstance(host_id, str) else None
+        return h is not None and (
+            self.cpu > h.cpu - h.used_cpu + _CPU_EPS
+            or self.memory_mib > h.memory_mib - h.used_memory_mib
+        )
+
+    def any(self) -> bool:
+        return any(h in self for h in self.hosts)
+
+
+def lease_on_hosts(
+    market: Market,
+    request: LeaseRequest,
+    now_ms: int,
+    *,
+    hosts: Mapping[str, HostCapacity] | None = None,
+    cpu: float = 0.0,
+    memory_mib: int = 0,
+) -> LeaseGranted | NotLeased:
+    """Decide ``request`` and, when granted, apply it to ``market`` and charge ``hosts``.
+
+    ``hosts`` are the hosts ready to start containers by id, with their current usage (``None``:
+    the caller runs no containers on them, as the simulator's market runs, and every market
+    host counts as ready with room). No lease goes to a host that lacks ``cpu`` cores or
+    ``memory_mib`` for each of its containers: the market takes the best host that has both
+    rather than refusing because the best one by price is short of cores. A grant whose
+    hosts are not all ready is not applied (the market is unchanged). The time is
+    ``max(now_ms, market.now_ms)``, so a market that has seen a later time does not refuse
+    the request for going back in time.
+    """
+    now = max(now_ms, market.now_ms)
+    short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib)
+    decision = market.decide_lease(request, now, avoid=() if short is None else short)
+    if isinstance(decision, Refusal):
+        if (
+            short is not None
+            and short.any()
+            and not isinstance(market.decide_lease(request, now), Refusal)
+        ):
+            models = " or ".join(request.models)
+            return NotLeased(
+                "no_capacity",
+                f"the hosts that have the {models} GPUs for it lack the CPU or memory asked "
+                f"(cpu={cpu:g}, memory={memory_mib} MiB)",
+            )
+        return NotLeased(decision.code.value, decision.message)
+    if hosts is not None:
+        for lease in decision.leases:
+            if lease.host_id not in hosts:
+                return NotLeased(
+                    "no_capacity",
+                    f"host {lease.host_id} has the GPUs but is not ready to start containers",
+                )
+    market.apply(decision)
+    if hosts is not None:
+        for lease in decision.leases:
+            h = hosts[lease.host_id]
+            h.used_cpu += cpu
+            h.used_memory_mib += memory_mib
+            h.used_gpus.update(lease.devices)
+    return decision
