@@ -70,12 +70,8 @@ class HotPath:
         self.limit = state.settings.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/web/"):
-            web = _WEB.match(scope["path"])
-            if web is not None and scope["method"] in _WEB_METHODS:
-                response = await self._web(scope, receive, web)
-                await response(scope, receive, send)
-                return
+        if await self.web(scope, receive, send):
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             for pattern, model, auth, handler in _ROUTES:
@@ -85,6 +81,18 @@ class HotPath:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    async def web(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve ``scope`` if it is an HTTP request to a web endpoint (``/web/...``);
+        False, having done nothing, when it is not one."""
+        if scope["type"] != "http" or not scope["path"].startswith("/web/"):
+            return False
+        web = _WEB.match(scope["path"])
+        if web is None or scope["method"] not in _WEB_METHODS:
+            return False
+        response = await self._web(scope, receive, web)
+        await response(scope, receive, send)
+        return True
 
     async def _serve(
         self,
