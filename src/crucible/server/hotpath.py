@@ -115,21 +115,27 @@ class HotPath:
     async def _web(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Response:
         """A request to a web endpoint: the gateway's route function, called directly."""
         try:
-            body = await self._body(receive)
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if replayed:  # then what the client does next (a disconnect)
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
+            request = await self.request(scope, receive)
             account, deployment, function, path = match.groups()
-            request = Request(scope, replay)
             return await gateway.gateway(account, deployment, function, path, request)
         except Exception as exc:  # every error leaves in the one error shape
             return response_for_exception(exc)
+
+    async def request(self, scope: Scope, receive: Receive) -> Request:
+        """The request, its body read first (within the size limit), for a route function
+        that takes a ``Request``: it reads the body from memory, then what the client does
+        next (a disconnect)."""
+        body = await self._body(receive)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return Request(scope, replay)
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
