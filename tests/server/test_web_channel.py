@@ -221,3 +221,35 @@ def test_a_request_the_worker_sends_back_busy_becomes_a_call() -> None:
         assert channels.free("fn-1") is channel and relay.in_flight() == {}
 
     asyncio.run(go())
+
+
+def test_a_freed_slot_wakes_the_exchange_only_when_work_was_turned_away() -> None:
+    """A full channel's container is handed no calls; its exchange is told when a slot
+    frees only if work was turned away meanwhile (else each request cost it a store read)."""
+
+    async def go() -> None:
+        relay = WebRelay()
+        channels = WebChannels(relay)
+        woken: list[str] = []
+        channels.on_free = woken.append
+        _channel(channels, "co-1", slots=1)
+        http = {"method": "GET", "path": "/", "query": "", "headers": []}
+
+        async def one(turn_away: bool) -> None:
+            channel = channels.free("fn-1")
+            assert channel is not None
+            relayed = await channels.hand(channel, "acct", http, b"", 5.0)
+            if turn_away:  # a call came meanwhile: the dispatcher asked, and passed it by
+                assert channels.saturated("co-1")
+            frame = {"t": "start", "id": relayed.id, "status": 200, "headers": [], "more": False}
+            channels.received(channel, encode_frame(frame, b"ok"))
+
+        await one(turn_away=False)
+        assert woken == []
+        await one(turn_away=True)
+        assert woken == ["co-1"]
+        await one(turn_away=False)
+        assert woken == ["co-1"]
+        assert not channels.saturated("co-1")
+
+    asyncio.run(go())

@@ -62,6 +62,7 @@ from crucible.server.api.responses import (
 from crucible.server.billing.grid_carbon import parse_sources
 from crucible.server.blobs import open_blob_store
 from crucible.server.console import router as console_router
+from crucible.server.front import FrontedAPI
 from crucible.server.hotpath import HotPath
 from crucible.server.leadership import Elector
 from crucible.server.scheduler.loop import SchedulerLoop
@@ -217,7 +218,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
             if bus is not None:
                 await bus.stop()
 
-    app = FastAPI(
+    app = FrontedAPI(
         title="Crucible control plane",
         version=__version__,
         description="GPU compute exchange with a serverless Python runtime. Every route but "
@@ -320,4 +321,6 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         # Outermost: a ports host ({pod}-{port}.DOMAIN) reaches its pod's port, nothing else.
         check_domain(state.settings.ports_domain)  # now: middleware is built on first request
         app.add_middleware(PortsHost, state=state)
+    else:  # the gateway's requests before FastAPI's middleware (front.py)
+        app.front = HotPath(app, state)
     return app

@@ -70,12 +70,8 @@ class HotPath:
         self.limit = state.settings.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/web/"):
-            web = _WEB.match(scope["path"])
-            if web is not None and scope["method"] in _WEB_METHODS:
-                response = await self._web(scope, receive, web)
-                await response(scope, receive, send)
-                return
+        if await self.web(scope, receive, send):
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             for pattern, model, auth, handler in _ROUTES:
@@ -85,6 +81,18 @@ class HotPath:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    async def web(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve ``scope`` if it is an HTTP request to a web endpoint (``/web/...``);
+        False, having done nothing, when it is not one."""
+        if scope["type"] != "http" or not scope["path"].startswith("/web/"):
+            return False
+        web = _WEB.match(scope["path"])
+        if web is None or scope["method"] not in _WEB_METHODS:
+            return False
+        response = await self._web(scope, receive, web)
+        await response(scope, receive, send)
+        return True
 
     async def _serve(
         self,
@@ -107,21 +115,27 @@ class HotPath:
     async def _web(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Response:
         """A request to a web endpoint: the gateway's route function, called directly."""
         try:
-            body = await self._body(receive)
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if replayed:  # then what the client does next (a disconnect)
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
+            request = await self.request(scope, receive)
             account, deployment, function, path = match.groups()
-            request = Request(scope, replay)
             return await gateway.gateway(account, deployment, function, path, request)
         except Exception as exc:  # every error leaves in the one error shape
             return response_for_exception(exc)
+
+    async def request(self, scope: Scope, receive: Receive) -> Request:
+        """The request, its body read first (within the size limit), for a route function
+        that takes a ``Request``: it reads the body from memory, then what the client does
+        next (a disconnect)."""
+        body = await self._body(receive)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return Request(scope, replay)
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

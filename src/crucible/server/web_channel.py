@@ -43,6 +43,9 @@ class Channel:
     running: dict[str, Relayed] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
     open: bool = True
+    # Whether work was turned away from the container's exchange while the channel was full
+    # (then its exchange looks again when a slot frees; else nothing waits on it).
+    turned_away: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -117,9 +120,13 @@ class WebChannels:
 
     def saturated(self, container_id: str) -> bool:
         """Whether the container's channel runs as many requests as it takes at once: then
-        its exchange is given no calls (it would run more than its function allows)."""
+        its exchange is given no calls (it would run more than its function allows), and is
+        woken when a slot frees."""
         channel = self._by_container.get(container_id)
-        return channel is not None and channel.open and len(channel.running) >= channel.slots
+        if channel is None or not channel.open or len(channel.running) < channel.slots:
+            return False
+        channel.turned_away = True
+        return True
 
     def serves(self, function_id: str) -> bool:
         """Whether any container of the function has a channel open here (then requests go
@@ -156,7 +163,10 @@ class WebChannels:
             full = len(channel.running) >= channel.slots
             channel.running.pop(relayed.id, None)
             channel.acked.pop(relayed.id, None)
-            if full and channel.open:
+            # The exchange looks again only when work was turned away from it meanwhile: a
+            # database read per request otherwise, for a slot nobody was waiting for.
+            if full and channel.open and channel.turned_away:
+                channel.turned_away = False
                 self.on_free(channel.container_id)
 
         relayed.on_read = on_read

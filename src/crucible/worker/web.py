@@ -45,10 +45,36 @@ class _AppLoop:
     def get(cls) -> asyncio.AbstractEventLoop:
         with cls._lock:
             if cls._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="crucible-asgi", daemon=True).start()
+                loop = _new_loop()
+                threading.Thread(
+                    target=_serve, args=(loop,), name="crucible-asgi", daemon=True
+                ).start()
                 cls._loop = loop
             return cls._loop
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (as ``uvicorn`` would run the app), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """Run ``loop`` for good, under one root task that never ends (not ``run_forever``).
+
+    AnyIO, which runs a FastAPI app's plain ``def`` routes in worker threads, ties each of
+    its threads to the loop's root task, found as the task ``run_until_complete`` waits on;
+    without one it takes the request's own task and stops the thread when the request ends,
+    so every request to a plain ``def`` route started a thread of its own."""
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(_forever())
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
 
 
 def app_loop() -> asyncio.AbstractEventLoop:
