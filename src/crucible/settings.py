@@ -93,6 +93,13 @@ class Settings:
         "CRUCIBLE_MAX_REQUEST_BYTES",
         "Largest JSON request body accepted; larger ones get 413 payload_too_large.",
     )
+    openai_max_request_bytes: int = _opt(
+        4 * 1024 * 1024,
+        "CRUCIBLE_OPENAI_MAX_REQUEST_BYTES",
+        "Largest request body of the OpenAI API (/openai/v1): a bigger prompt is refused "
+        "with 400 request_too_large before any engine work. 4 MiB holds a full 128k-token "
+        "context as text; each model's context length bounds its prompts in tokens.",
+    )
     max_blob_bytes: int = _opt(
         2 * 1024**3, "CRUCIBLE_MAX_BLOB_BYTES", "Largest blob (code bundle, big argument) accepted."
     )
