@@ -70,11 +70,16 @@ async def _serve_one(server: ServerUnderTest, container: str, ctr_token: str) ->
 
 
 def _served(
-    server: ServerUnderTest, container: str, ctr_token: str, path: str, headers: dict[str, str]
+    server: ServerUnderTest,
+    container: str,
+    ctr_token: str,
+    path: str,
+    headers: dict[str, str],
+    method: str = "GET",
 ) -> Any:
     async def both() -> Any:
         worker = asyncio.create_task(_serve_one(server, container, ctr_token))
-        r = await server._client.get(path, headers=headers)
+        r = await server._client.request(method, path, headers=headers)
         await worker
         return r
 
@@ -117,6 +122,10 @@ def test_endpoints_are_served_on_their_own_host(make_server: MakeServer) -> None
     r = server.request("POST", "/web/webby/site/pub/form", content=b"x=1")
     assert r.status_code == 307 and r.headers["location"] == f"http://{own_host}/form"
 
+    # A CORS preflight (which never carries the token its request will) is not redirected.
+    preflight = {"origin": "http://app.example", "access-control-request-method": "POST"}
+    r = _served(server, container, ctr_token, "/web/webby/site/pub/form", preflight, "OPTIONS")
+    assert r.status_code == 200 and r.json()["path"] == "/form"
     # The host serves the endpoint: the app sees the path as sent.
     r = _served(server, container, ctr_token, "/a/b?q=1", {"host": own_host})
     assert r.status_code == 200, r.text

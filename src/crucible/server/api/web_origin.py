@@ -17,9 +17,10 @@ ones):
 - a request to that host is the gateway's request for that endpoint, path and query as
   sent, with the gateway's own checks (a private endpoint still needs the account's token);
 - on the exchange's origin, ``/web/...`` answers a request that carries a token
-  (``Authorization``: an API client, which a browser cannot be made to send) as before; any
-  other request, a browser's, is redirected (307: method and body kept) to the endpoint's
-  host, and a WebSocket without a token is refused, naming the host URL.
+  (``Authorization``: an API client, which a browser cannot be made to send) as before, and
+  a CORS preflight for such a request; any other request, a browser's, is redirected (307:
+  method and body kept) to the endpoint's host, and a WebSocket without a token is refused,
+  naming the host URL.
 
 The API and the CLI give the endpoint's URL (``FunctionInfo.web_url``): the host URL with the
 domain set, else the path URL.
@@ -108,6 +109,8 @@ def to_own_host(state: ServerState, request: Request, fn: Any, path: str) -> Res
     already, or no domain)."""
     if OWN_HOST in request.scope or "authorization" in request.headers:
         return None
+    if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+        return None  # a CORS preflight (never with a token) for a request that will carry one
     deployment_id = _deployment_id(state, fn)
     if deployment_id is None:
         return None
