@@ -81,11 +81,18 @@ def _client(server: ServerUnderTest, token: str) -> openai.AsyncOpenAI:
 
 
 async def _answer(
-    server: ServerUnderTest, container: str, ctr_token: str, usage: tuple[int, int]
+    server: ServerUnderTest,
+    container: str,
+    ctr_token: str,
+    usage: tuple[int, int],
+    *,
+    status: int = 200,
+    stream: bool = False,
 ) -> None:
-    """Serve one request as the model's worker, reporting ``usage`` (input, output)."""
+    """Serve one request as the model's worker, reporting ``usage`` (input, output): a chat
+    completion, or its stream of server-sent events, or (``status`` not 200) a refusal."""
     client = server._client
-    answer = {
+    answer: dict[str, Any] = {
         "id": "x",
         "object": "chat.completion",
         "created": 0,
@@ -103,13 +110,25 @@ async def _answer(
             "total_tokens": sum(usage),
         },
     }
+    body = orjson.dumps(answer)
+    media = "application/json"
+    if stream:
+        delta = {**answer, "object": "chat.completion.chunk", "usage": None}
+        delta["choices"] = [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]
+        last = {**answer, "object": "chat.completion.chunk", "choices": []}
+        body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in (delta, last))
+        body += b"data: [DONE]\n\n"
+        media = "text/event-stream"
+    elif status != 200:
+        error = {"message": "no", "type": "invalid_request_error", "param": None, "code": None}
+        body = orjson.dumps({"error": error})
     headers = {"authorization": f"Bearer {ctr_token}"}
     url = f"/v1/containers/{container}/exchange"
     got = await client.post(url, headers=headers, json={"want": 1, "wait_s": 30})
     [taken] = got.json()["inputs"]
     parts = [
-        orjson.dumps({"status": 200, "headers": [["content-type", "application/json"]]}),
-        orjson.dumps({"body": base64.b64encode(orjson.dumps(answer)).decode(), "more": False}),
+        orjson.dumps({"status": status, "headers": [["content-type", media]]}),
+        orjson.dumps({"body": base64.b64encode(body).decode(), "more": False}),
     ]
     output = {
         "call_id": taken["call_id"],
@@ -225,6 +244,25 @@ def test_a_caller_holds_its_most_and_never_goes_below_zero(make_server: Any) -> 
         await _answer(server, container, ctr_token, (10**6, 10**6))
         await second
         assert balance() == 85 - 83 == 2
+        more = {"account": "bob", "amount_micros": 100, "key": "g3"}
+        granted = await server._client.post(
+            "/v1/credits/grants", headers={"authorization": f"Bearer {admin}"}, json=more
+        )
+        assert granted.status_code < 300, granted.text
+        start = balance()
+        # A refusal by the engine is not charged, and its hold is released.
+        third = asyncio.create_task(
+            ai.chat.completions.create(model="alice/chat", messages=HI, max_tokens=5)  # type: ignore[arg-type]
+        )
+        await _answer(server, container, ctr_token, (10, 5), status=400)
+        with pytest.raises(openai.BadRequestError):
+            await third
+        assert balance() == start
+        # A stream is settled at its usage chunk, and its hold released with the charge.
+        streamed = asyncio.create_task(_stream(ai))
+        await _answer(server, container, ctr_token, (7, 3), stream=True)
+        assert await streamed == "hi"
+        assert balance() == start - 10
         await ai.close()
 
     server._loop.run_until_complete(check())
@@ -232,6 +270,16 @@ def test_a_caller_holds_its_most_and_never_goes_below_zero(make_server: Any) -> 
         assert conn.execute(select(func.count()).select_from(token_holds)).scalar() == 0
         assert check_ledger(conn) == []
     assert balance() >= 0
+
+
+async def _stream(ai: openai.AsyncOpenAI) -> str:
+    got = await ai.chat.completions.create(
+        model="alice/chat",
+        messages=HI,  # type: ignore[arg-type]
+        max_tokens=5,
+        stream=True,
+    )
+    return "".join([c.choices[0].delta.content or "" async for c in got if c.choices])
 
 
 def test_a_crashed_requests_hold_lapses(server: ServerUnderTest) -> None:
