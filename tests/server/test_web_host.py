@@ -11,12 +11,15 @@ import base64
 from typing import Any
 
 import orjson
+from starlette.websockets import WebSocket
 
 from crucible.protocol import json_payload
 from crucible.protocol.accounts import Scope
 from crucible.protocol.web import encode_response
 from crucible.server.api.ports_origin import ports_target
-from crucible.server.api.web_origin import parse_label, web_label
+from crucible.server.api.web_origin import OWN_HOST, own_host_reason, parse_label, web_label
+from crucible.server.auth import Principal
+from crucible.server.services.deployments import current_function
 
 from server_testlib import MakeServer, ServerUnderTest
 
@@ -156,3 +159,39 @@ def test_without_the_domain_the_path_url_serves_as_before(server: ServerUnderTes
     assert info["web_url"] == "http://test/web/webby/site/pub/"
     r = server.request("GET", "/web/webby/site/priv/x")
     assert r.status_code == 401  # no redirect: the gateway's own answer
+
+
+def test_a_websocket_without_a_token_is_refused_at_the_path_url(make_server: MakeServer) -> None:
+    server = make_server(ports_domain=DOMAIN)
+    owner = server.tenant("webby")
+    _deploy(server, owner.token)
+    with server.state.engine.connect() as conn:
+        fn = current_function(conn, owner_of(owner.account_id), "site", "pub")
+    url = server.ok("GET", "/v1/deployments/site/functions/pub", token=owner.token)["web_url"]
+
+    def socket(headers: list[tuple[bytes, bytes]], **scope: Any) -> WebSocket:
+        whole = {
+            "type": "websocket",
+            "path": "/web/webby/site/pub/ws",
+            "headers": [(b"host", b"test"), *headers],
+            "scheme": "ws",
+            "server": ("test", 80),
+            "query_string": b"",
+            **scope,
+        }
+        return WebSocket(whole, _never, _never)
+
+    reason = own_host_reason(server.state, socket([]), fn, "ws")
+    assert reason is not None and url.replace("http://", "ws://") + "ws" in reason
+    assert len(reason) <= 123  # a close reason's limit
+    token = [(b"authorization", f"Bearer {owner.token}".encode())]
+    assert own_host_reason(server.state, socket(token), fn, "ws") is None
+    assert own_host_reason(server.state, socket([], **{OWN_HOST: "w"}), fn, "ws") is None
+
+
+async def _never(*_: Any) -> Any:
+    raise AssertionError("not used")
+
+
+def owner_of(account_id: str) -> Principal:
+    return Principal(account_id=account_id, scope="user")
