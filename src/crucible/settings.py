@@ -82,16 +82,24 @@ class Settings:
     ports_domain: str = _opt(
         "",
         "CRUCIBLE_PORTS_DOMAIN",
-        "Domain under which each pod's published HTTP port gets its own origin: "
-        "http(s)://{pod_id}-{port}.{domain}/ (needs wildcard DNS, and a wildcard TLS "
-        "certificate, for *.{domain}; ports.localhost works on a laptop). Empty: ports are "
-        "served under the exchange's own origin at /pods/{pod_id}/ports/{port}/, where a "
-        "pod's page can read the console of whoever opens it (docs/access.md).",
+        "Domain for user content, each on its own origin: a pod's published HTTP port at "
+        "http(s)://{pod_id}-{port}.{domain}/ and a web endpoint at http(s)://{label}.{domain}/ "
+        "(the URL `crucible deploy` prints; browsers at /web/... are redirected there). Needs "
+        "wildcard DNS, and a wildcard TLS certificate, for *.{domain}; ports.localhost works "
+        "on a laptop. Empty: both are served under the exchange's own origin, where their "
+        "pages can read the console of whoever opens them (docs/access.md).",
     )
     max_request_bytes: int = _opt(
         16 * 1024 * 1024,
         "CRUCIBLE_MAX_REQUEST_BYTES",
         "Largest JSON request body accepted; larger ones get 413 payload_too_large.",
+    )
+    openai_max_request_bytes: int = _opt(
+        4 * 1024 * 1024,
+        "CRUCIBLE_OPENAI_MAX_REQUEST_BYTES",
+        "Largest request body of the OpenAI API (/openai/v1): a bigger prompt is refused "
+        "with 400 request_too_large before any engine work. 4 MiB holds a full 128k-token "
+        "context as text; each model's context length bounds its prompts in tokens.",
     )
     max_blob_bytes: int = _opt(
         2 * 1024**3, "CRUCIBLE_MAX_BLOB_BYTES", "Largest blob (code bundle, big argument) accepted."

@@ -129,7 +129,7 @@ def _sync_client(exchange: Exchange, token: str) -> None:
         ai.chat.completions.create(model="echo:nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError) as bad:
         ai.chat.completions.create(model="echo", messages=[])
-    assert bad.value.param == "messages"  # the engine's own 400 passes through
+    assert bad.value.param == "messages"  # refused by the exchange, before the engine
     with pytest.raises(openai.InternalServerError) as broke:  # the engine's 500: a 502
         ai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "boom"}])
     assert broke.value.status_code == 502 and "crucible call" in broke.value.message
@@ -139,8 +139,9 @@ def _sync_client(exchange: Exchange, token: str) -> None:
         headers={"authorization": f"Bearer {token}"},
         timeout=60,
     )
-    assert refused.status_code == 400, refused.text  # the engine's 422, in OpenAI's shape
-    assert "prompt: Field required" in refused.json()["error"]["message"]
+    assert refused.status_code == 400, refused.text  # refused before any engine work
+    assert refused.json()["error"]["param"] == "prompt"
+    assert "'prompt' is required" in refused.json()["error"]["message"]
     wrong = openai.OpenAI(base_url=f"{exchange.url}/openai/v1", api_key="cru_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()

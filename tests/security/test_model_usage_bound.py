@@ -1,6 +1,7 @@
 """A model's owner runs its engine, so the token usage it reports is the owner's word: a
 caller of another account's public model is never charged for more output tokens than its
-request allowed (``max_tokens`` times ``n``), however many the engine claims. Through the
+request allowed (``max_tokens`` times ``n``, or the model's context without one), however
+many the engine claims. Through the
 real OpenAI route, with this test as the model's worker (its container's exchange)."""
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ def test_a_caller_pays_at_most_the_output_tokens_it_allowed(server: ServerUnderT
     with server.state.engine.connect() as conn:
         assert account_balance(conn, renter_account(bob.account_id)) == -15 - (10 + 12)
 
-    # A request without a bound pays what the engine reports (the model's context bounds it).
+    # A request without a bound pays at most what the model's context leaves after the
+    # prompt (2048 tokens, the default window: at least one is the prompt's).
     assert _ask(server, container, ctr_token, bob.token, {"messages": messages}).status_code == 200
     with server.state.engine.connect() as conn:
-        assert account_balance(conn, renter_account(bob.account_id)) == -37 - 1_000_010
+        assert account_balance(conn, renter_account(bob.account_id)) == -37 - (10 + 2047)
         charged = conn.execute(select(models.c.charged_micros)).scalar_one()
-    assert charged == 37 + 1_000_010
+    assert charged == 37 + 2057

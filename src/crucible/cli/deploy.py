@@ -42,13 +42,16 @@ def _pick_app(module: Any, wanted: str | None) -> App:
 
 
 def _web_functions(client: Any, info: DeploymentInfo) -> list[tuple[str, str]]:
-    """(function, path hint) of the current version's web endpoints."""
+    """(function, URL) of the current version's web endpoints: the URL the exchange gives
+    (the endpoint's own host when it serves user content on its own domain), with ``...``
+    after an ASGI app's (any path under it)."""
     current = next((v for v in info.versions if v.app_id == info.app_id), None)
     out = []
     for fn in current.functions if current else []:
         spec = client.get(f"/v1/deployments/{info.name}/functions/{fn}")
         if spec.get("web"):
-            out.append((fn, "" if spec["web"]["kind"] == "fastapi_endpoint" else "..."))
+            tail = "" if spec["web"]["kind"] == "fastapi_endpoint" else "..."
+            out.append((fn, f"{spec.get('web_url') or ''}{tail}"))
     return out
 
 
@@ -105,6 +108,12 @@ def register(app: typer.Typer) -> None:
             f"deployed {shown(info.name)} version {info.version}; call it with "
             f"crucible.Function.from_name({shown(repr(info.name))}, ...)"
         )
+        client = _client()
+        try:
+            for fn, url in _web_functions(client, info):
+                console.print(f"  web endpoint {shown(fn)}: {shown(url)}")
+        finally:
+            client.close()
 
     @app.command()
     def serve(
@@ -119,7 +128,6 @@ def register(app: typer.Typer) -> None:
         chosen = _pick_app(import_app_file(file), target.partition("::")[2] or None)
         dep_name = name or f"{chosen.name}-dev"
         client = _client()
-        account = client.get("/v1/accounts/me")["name"]
         watched = file.resolve().parent
 
         def snapshot() -> dict[Path, float]:
@@ -136,10 +144,8 @@ def register(app: typer.Typer) -> None:
             if done.returncode == 0:
                 info = DeploymentInfo.model_validate(client.get(f"/v1/deployments/{dep_name}"))
                 console.print(f"serving {shown(dep_name)} version {info.version}")
-                for fn, spec in _web_functions(client, info):
-                    console.print(
-                        shown(f"  {client.transport.base_url}/web/{account}/{dep_name}/{fn}/{spec}")
-                    )
+                for fn, url in _web_functions(client, info):
+                    console.print(f"  {shown(fn)}: {shown(url)}")
             else:
                 console.print("[red]deploy failed; the previous version keeps serving:[/]")
                 console.print(shown((done.stderr or done.stdout).strip()[-2000:], lines=True))

@@ -47,6 +47,7 @@ def model_app_source(
     max_containers: int,
     concurrency: int,
     source_volume: str | None,
+    context_length: int = 2048,
 ) -> str:
     """The app ``model deploy`` deploys, as Python source. Every value is written with
     ``repr``, so names and paths cannot change the code."""
@@ -76,7 +77,8 @@ model_volume = crucible.Volume.from_name({model_volume(name)!r})
 @crucible.asgi_app()
 def serve():
     return engine_app(
-        {engine!r}, {weights!r}, model_volume, name={name!r}, max_batch_size={concurrency!r}
+        {engine!r}, {weights!r}, model_volume, name={name!r}, max_batch_size={concurrency!r},
+        max_model_len={context_length!r},
     )
 '''
 
@@ -143,6 +145,12 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(32, help="Requests one container serves at once."),
         price_input: float = typer.Option(None, help="$ per million input tokens."),
         price_output: float = typer.Option(None, help="$ per million output tokens."),
+        context_length: int = typer.Option(
+            2048,
+            min=16,
+            help="The context window in tokens; longer requests are refused, and no request "
+            "is charged for more tokens than it allows.",
+        ),
         public: bool = typer.Option(False, help="Other accounts may call it (and pay)."),
         as_json: bool = JSON,
     ) -> None:
@@ -170,6 +178,7 @@ def register(app: typer.Typer) -> None:
                 max_containers=max_containers,
                 concurrency=concurrency,
                 source_volume=source_volume,
+                context_length=context_length,
             )
             Volume.from_name(model_volume(name), create_if_missing=True, client=client)
             with tempfile.TemporaryDirectory(prefix="crucible-model-") as tmp:
@@ -186,6 +195,7 @@ def register(app: typer.Typer) -> None:
                 "public": public,
                 "price_input_micros": prices[0],
                 "price_output_micros": prices[1],
+                "context_length": context_length,
             }
             info = ModelInfo.model_validate(client.post("/v1/models", body))
         finally:

@@ -176,6 +176,9 @@ class FunctionInfo(FunctionCreate):
     id: str
     app_id: str
     created_ms: WireInt
+    # A web endpoint's URL: its own host with CRUCIBLE_PORTS_DOMAIN set, else its path on the
+    # exchange (filled where the server knows the request's origin; "" elsewhere).
+    web_url: str = ""
     # Derived from the spec (see function_kind) whenever the model is built: never trusted
     # from input, so every handle on the function, however it was found, agrees on it.
     kind: str = "function"

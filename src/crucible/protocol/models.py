@@ -35,6 +35,10 @@ class ModelCreate(Named):
     public: bool = False
     price_input_micros: WireInt | None = Field(default=None, ge=0, le=1_000_000_000)
     price_output_micros: WireInt | None = Field(default=None, ge=0, le=1_000_000_000)
+    # The engine's window in tokens (2048: the engines' default --max-model-len). It bounds
+    # every request: max_tokens past it is refused, and a caller is never charged for more
+    # tokens than a request of this window could produce.
+    context_length: WireInt = Field(default=2048, ge=16, le=16_777_216)
 
 
 class AdapterCreate(Named):
@@ -65,6 +69,7 @@ class ModelInfo(Wire):
     price_input_micros: WireInt | None
     price_output_micros: WireInt | None
     created_ms: WireInt
+    context_length: WireInt = 2048
     adapters: list[AdapterInfo] = Field(default_factory=list)
 
 

@@ -308,7 +308,8 @@ class Function(Generic[P, R]):
             where = self._deployment or self.app.name
             raise InvalidRequestError(
                 f"{self.name} is a web endpoint: call it over HTTP at "
-                f"{{server}}/web/{{account}}/{where}/{self.name}/ (`crucible deploy` prints "
+                f"{{server}}/web/{{account}}/{where}/{self.name}/, or its own host where the "
+                f"exchange serves user content on a domain of its own (`crucible deploy` prints "
                 f"the URL), not with .{how}()"
             )
         if kind == "class" and self._deployment is not None and not self._through_cls:

@@ -179,14 +179,22 @@ def _device(engine: str) -> str:
 
 
 def engine_app(
-    engine: str, weights: str, volume: Any = None, *, name: str = "", max_batch_size: int = 8
+    engine: str,
+    weights: str,
+    volume: Any = None,
+    *,
+    name: str = "",
+    max_batch_size: int = 8,
+    max_model_len: int = 2048,
 ) -> ASGIApp:
     """The engine's OpenAI-compatible app for ``weights`` (a directory or file as the
     container sees it), wrapped by :class:`AdapterLoader`. ``volume`` is the model's
     :class:`crucible.Volume` (adapters live under its ``adapters/``); ``name`` is the model's
     name, which the control plane sends as ``model`` for base requests; ``max_batch_size``:
     the sequences the engine decodes together (``model deploy`` passes its concurrency, so a
-    container's requests are batched rather than queued behind a batch of 8)."""
+    container's requests are batched rather than queued behind a batch of 8);
+    ``max_model_len``: the context window in tokens (the model's registered
+    ``context_length``, which bounds what a request may be charged)."""
     try:
         server = importlib.import_module("crucible.inference.server")
         config_module = importlib.import_module("crucible.inference.config")
@@ -203,6 +211,7 @@ def engine_app(
         device=device,
         dtype="float16" if device == "cuda" else "float32",
         max_batch_size=max_batch_size,
+        max_model_len=max_model_len,
     )
     app: ASGIApp = server.create_app(config)
     return AdapterLoader(app, volume.reload if volume is not None else None, lifespan=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import Field
 
 from crucible.protocol.apps import FunctionInfo
@@ -14,6 +14,7 @@ from crucible.protocol.deployments import (
     VersionStarted,
 )
 from crucible.server.api.deps import Builder, State
+from crucible.server.api.web_origin import endpoint_url
 from crucible.server.services import deployments as svc
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
@@ -69,7 +70,10 @@ def rollback(name: str, req: Rollback, who: Builder, state: State) -> Deployment
 
 
 @router.get("/deployments/{name}/functions/{function}")
-def lookup(name: str, function: str, who: Builder, state: State) -> FunctionInfo:
+def lookup(name: str, function: str, who: Builder, state: State, request: Request) -> FunctionInfo:
     with state.engine.connect() as conn:
         row = svc.current_function(conn, who, name, function)
-    return FunctionInfo(id=row.id, app_id=row.app_id, created_ms=row.created_ms, **row.spec)
+        url = endpoint_url(state, request, conn, who.account_id, row) if row.spec.get("web") else ""
+    return FunctionInfo(
+        id=row.id, app_id=row.app_id, created_ms=row.created_ms, web_url=url, **row.spec
+    )

@@ -37,6 +37,7 @@ from crucible.protocol.common import Payload
 from crucible.protocol.web import decode_response
 from crucible.server.api.calls import check_credit, submit_calls
 from crucible.server.api.items import read_page
+from crucible.server.api.web_origin import own_host_reason, to_own_host
 from crucible.server.auth import Principal
 from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
@@ -181,6 +182,10 @@ async def gateway(
     owner, fn = _endpoint(
         state, account, deployment, function, request.headers.get("authorization")
     )
+    if state.settings.ports_domain:  # a browser's request goes to the endpoint's own host
+        moved = to_own_host(state, request, fn, path)
+        if moved is not None:
+            return moved
     body = await request.body()
     http = {
         "method": request.method,
@@ -387,6 +392,10 @@ async def gateway_websocket(
         owner, fn = _endpoint(
             state, account, deployment, function, websocket.headers.get("authorization")
         )
+        elsewhere = own_host_reason(state, websocket, fn, path)
+        if elsewhere is not None:
+            await websocket.close(code=1008, reason=elsewhere)
+            return
     except Error as exc:
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
         await websocket.close(code=1008, reason=exc.message[:120])

@@ -14,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from crucible.core.token_bounds import RequestBounds
 from crucible.core.token_pricing import TokenUsage
-from crucible.errors import InvalidRequestError, PermissionDeniedError
+from crucible.errors import InsufficientCreditError, InvalidRequestError, PermissionDeniedError
+from crucible.protocol.ids import new_id
 from crucible.server.api.openai_errors import openai_error
 from crucible.server.api.web_calls import WebCallResponse, body_parts, call_web_function
 from crucible.server.auth import Principal
+from crucible.server.billing.holds import place_hold, release_hold
 from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import models as svc
 from crucible.server.services.accounts import authenticate
@@ -108,52 +112,127 @@ def _usage(obj: Any) -> TokenUsage | None:
     return TokenUsage(i, o)
 
 
-def _record(
-    state: ServerState,
-    resolved: svc.Resolved,
-    who: Principal,
-    usage: TokenUsage,
-    call_id: str,
-    max_output: int | None,
-) -> None:
-    billed = svc.billable_usage(usage, max_output)
+@dataclass(frozen=True, slots=True)
+class _Metered:
+    """One request's metering: who pays, its most (``bounds``) and its credit ``hold``."""
+
+    resolved: svc.Resolved
+    who: Principal
+    bounds: RequestBounds
+    hold: str | None
+
+
+def _record(state: ServerState, m: _Metered, usage: TokenUsage, call_id: str) -> None:
+    billed = m.bounds.cap(usage)
     if billed != usage:
         log.warning(
-            "model %s reported %d output tokens for request %s, which allowed %d: charged %d",
-            resolved.label,
+            "model %s reported %d input + %d output tokens for request %s, which allowed at "
+            "most %d + %d: charged %d + %d",
+            m.resolved.label,
+            usage.input_tokens,
             usage.output_tokens,
             call_id,
-            max_output,
+            m.bounds.max_input_tokens,
+            m.bounds.max_output_tokens,
+            billed.input_tokens,
             billed.output_tokens,
         )
-    usage = billed
     try:
         with state.engine.begin() as conn:
             svc.record_usage(
                 conn,
-                resolved,
-                who,
-                usage,
+                m.resolved,
+                m.who,
+                billed,
                 call_id,
                 state.clock.now_ms(),
                 round(state.settings.platform_fee * 1_000_000),
+                hold=m.hold,
             )
     except Exception:  # the answer was delivered; a failed record must not break it
         log.exception("recording the usage of %s failed", call_id)
 
 
+def _release(state: ServerState, m: _Metered) -> None:
+    """Drop the request's hold (it ended without a charge, or was charged already)."""
+    if m.hold is None:
+        return
+    try:
+        with state.engine.begin() as conn:
+            release_hold(conn, m.hold)
+    except Exception:  # the hold lapses by itself (billing/holds.HOLD_TTL_MS)
+        log.exception("releasing the hold %s failed", m.hold)
+
+
+_PROMPT_PARAM = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+
+
+def _meter(
+    state: ServerState, who: Principal, resolved: svc.Resolved, path: str, body: dict[str, Any]
+) -> _Metered:
+    """The request's bounds, and where credits are required its hold: the most it may cost,
+    reserved from the caller's credit before any engine work."""
+    bounds = svc.request_bounds(resolved, path, body)
+    if not state.settings.require_credits or who.account_id == resolved.owner.account_id:
+        return _Metered(resolved, who, bounds, None)
+    now = state.clock.now_ms()
+    most = bounds.max_charge_micros(svc.prices_of(resolved))
+    if most == 0:  # not priced per token: only the account's standing matters
+        with state.engine.connect() as conn:
+            reason = credit_refusal(conn, state.credit.checked, who.account_id, now)
+        if reason is not None:
+            raise InsufficientCreditError(reason)
+        return _Metered(resolved, who, bounds, None)
+    hold = new_id("th")
+    what = (
+        f"at most {bounds.max_input_tokens} input and {bounds.max_output_tokens} output "
+        f"tokens on {resolved.label}"
+    )
+    with state.engine.begin() as conn:
+        place_hold(conn, who.account_id, hold, most, now, what)
+    return _Metered(resolved, who, bounds, hold)
+
+
 async def _forward(request: Request, path: str) -> Response:
     state, who = _caller(request)
     state.limits.take(state.limits.submit, who)
-    body = _request_body(await request.body())
+    raw = await request.body()
+    limit = state.settings.openai_max_request_bytes
+    if len(raw) > limit:
+        return openai_error(
+            400,
+            f"the request body is {len(raw)} bytes; this exchange accepts at most {limit} "
+            "bytes per model request (CRUCIBLE_OPENAI_MAX_REQUEST_BYTES): send a shorter "
+            "prompt",
+            "request_too_large",
+            _PROMPT_PARAM[path],
+        )
+    body = _request_body(raw)
     with state.engine.connect() as conn:
         resolved = svc.resolve(conn, who, body["model"])
-        if state.settings.require_credits and who.account_id != resolved.owner.account_id:
-            now = state.clock.now_ms()
-            reason = credit_refusal(conn, state.credit.checked, who.account_id, now)
-            if reason is not None:
-                return openai_error(429, reason, "insufficient_quota")
-    max_output = svc.max_output_tokens(path, body)
+    try:
+        metered = _meter(state, who, resolved, path, body)
+    except svc.TokenBoundError as exc:
+        r = exc.refusal
+        return openai_error(400, r.message, r.code, r.param)
+    streaming = False
+    try:
+        response, streaming = await _run(state, metered, path, body)
+        return response
+    finally:
+        if not streaming:
+            _release(state, metered)
+
+
+async def _run(
+    state: ServerState, metered: _Metered, path: str, body: dict[str, Any]
+) -> tuple[Response, bool]:
+    """The request's answer, and whether it streams (the stream then settles the hold)."""
+    resolved = metered.resolved
     stream = bool(body.get("stream"))
     wants_usage = False
     if stream:
@@ -173,16 +252,16 @@ async def _forward(request: Request, path: str) -> Response:
         state, resolved.owner, resolved.function.id, "POST", path, headers, orjson.dumps(body)
     )
     if answer.status is None:
-        return _no_answer(answer)
+        return _no_answer(answer), False
     if stream and answer.status == 200:
         return StreamingResponse(
-            _stream(state, resolved, who, answer, wants_usage, max_output),
+            _stream(state, metered, answer, wants_usage),
             media_type="text/event-stream",
             headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
-        )
+        ), True
     data = b"".join([part async for part in answer.body])
     if answer.state != "succeeded":
-        return _no_answer(answer)  # cut short: what came is not the whole answer
+        return _no_answer(answer), False  # cut short: what came is not the whole answer
     media = dict(answer.headers).get("content-type", "application/json")
     if answer.status == 200:
         try:
@@ -191,7 +270,7 @@ async def _forward(request: Request, path: str) -> Response:
             parsed = None
         usage = _usage(parsed)
         if usage is not None:
-            _record(state, resolved, who, usage, answer.call_id, max_output)
+            _record(state, metered, usage, answer.call_id)
         if isinstance(parsed, dict) and "model" in parsed:
             parsed["model"] = resolved.label  # the name the caller used
             data = orjson.dumps(parsed)
@@ -202,18 +281,18 @@ async def _forward(request: Request, path: str) -> Response:
             f"the model's server answered {answer.status} (call {answer.call_id}); its owner "
             f"sees why with `crucible logs` and `crucible call {answer.call_id}`",
             "engine_error",
-        )
+        ), False
     elif not _openai_shaped(data):
         # An engine's own refusal in another shape (a framework's 422, plain text): the
         # same status class in OpenAI's shape, so that its clients read the message.
         status = 400 if answer.status == 422 else answer.status
-        return openai_error(status, _error_text(data, answer.status), "engine_refused")
+        return openai_error(status, _error_text(data, answer.status), "engine_refused"), False
     return Response(
         data,
         status_code=answer.status,
         media_type=media,
         headers={"x-crucible-call-id": answer.call_id},
-    )
+    ), False
 
 
 def _openai_shaped(data: bytes) -> bool:
@@ -263,12 +342,7 @@ def _no_answer(answer: WebCallResponse) -> JSONResponse:
 
 
 async def _stream(
-    state: ServerState,
-    resolved: svc.Resolved,
-    who: Principal,
-    answer: WebCallResponse,
-    wants_usage: bool,
-    max_output: int | None,
+    state: ServerState, metered: _Metered, answer: WebCallResponse, wants_usage: bool
 ) -> AsyncIterator[bytes]:
     """Server-sent events as the engine produces them, one whole event at a time; the usage
     chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
@@ -288,7 +362,7 @@ async def _stream(
                     # Recorded before the client reads the end of the stream, so a bill
                     # read right after the answer already shows it.
                     recorded = True
-                    _record(state, resolved, who, usage, answer.call_id, max_output)
+                    _record(state, metered, usage, answer.call_id)
                 if usage_only and not wants_usage:
                     continue
                 out.append(event + b"\n\n")
@@ -299,11 +373,11 @@ async def _stream(
         if not done and not recorded:
             # The client left early: the engine still finishes the answer, so its usage is
             # read from the rest of the stream and charged all the same.
-            task = asyncio.get_running_loop().create_task(
-                _charge_rest(state, resolved, who, answer, max_output)
-            )
+            task = asyncio.get_running_loop().create_task(_charge_rest(state, metered, answer))
             _background.add(task)
             task.add_done_callback(_background.discard)
+        elif not recorded:
+            _release(state, metered)  # the answer carried no usage: nothing to charge
     if buffer.strip():
         yield buffer
     if answer.state != "succeeded":
@@ -340,24 +414,22 @@ def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
     return usage, usage is not None and not chunk.get("choices")
 
 
-async def _charge_rest(
-    state: ServerState,
-    resolved: svc.Resolved,
-    who: Principal,
-    answer: WebCallResponse,
-    max_output: int | None,
-) -> None:
+async def _charge_rest(state: ServerState, metered: _Metered, answer: WebCallResponse) -> None:
     buffer = b""
     # Read again from the call's items (a relayed request: on from where the client's reader
     # stopped): the client's reader was cancelled with the client.
-    async for part in body_parts(state, resolved.owner, answer.call_id, answer.relayed):
-        buffer += part
-        *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-        for event in events:
-            usage, _ = _event_usage(event)
-            if usage is not None:
-                _record(state, resolved, who, usage, answer.call_id, max_output)
-                return
+    try:
+        parts = body_parts(state, metered.resolved.owner, answer.call_id, answer.relayed)
+        async for part in parts:
+            buffer += part
+            *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            for event in events:
+                usage, _ = _event_usage(event)
+                if usage is not None:
+                    _record(state, metered, usage, answer.call_id)
+                    return
+    finally:
+        _release(state, metered)
 
 
 @router.post("/chat/completions")

@@ -1,5 +1,6 @@
-"""Published ports on their own origin: ``{pod_id}-{port}.{CRUCIBLE_PORTS_DOMAIN}`` (a
-container's port, ``/v1/containers/{id}/ports/{port}/link``: ``{container_id}-{port}...``).
+"""User content on its own origin: published ports at ``{pod_id}-{port}.{CRUCIBLE_PORTS_DOMAIN}``
+(a container's port, ``/v1/containers/{id}/ports/{port}/link``: ``{container_id}-{port}...``),
+and web endpoints at ``{label}.{CRUCIBLE_PORTS_DOMAIN}`` (handed to api/web_host.py).
 
 With ``CRUCIBLE_PORTS_DOMAIN`` set, every request whose ``Host`` is under that domain goes
 to :class:`PortsHost` ahead of all routing: the host's first label names the pod and the
@@ -23,8 +24,10 @@ from starlette.websockets import WebSocket
 
 from crucible.errors import NotFoundError, PayloadTooLargeError
 from crucible.server.api import ports, ports_ws
-from crucible.server.api.ports_origin import check_domain, ports_target
+from crucible.server.api.ports_origin import check_domain, host_label, ports_target
 from crucible.server.api.responses import response_for_exception
+from crucible.server.api.web_host import WebHosts
+from crucible.server.api.web_origin import parse_label
 from crucible.server.services import pod_ports
 from crucible.server.state import ServerState
 
@@ -49,12 +52,18 @@ class PortsHost:
         self.app = app
         self.state = state
         self.domain = check_domain(state.settings.ports_domain)
+        self.web = WebHosts(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        found = ports_target(_hostname(scope), self.domain)
+        hostname = _hostname(scope)
+        label = host_label(hostname, self.domain)
+        if label is not None and parse_label(label) is not None:  # a web endpoint's host
+            await self.web.serve(scope, receive, send, label)
+            return
+        found = ports_target(hostname, self.domain)
         if found is None:
             await self.app(scope, receive, send)
             return

@@ -8,7 +8,7 @@ import re
 
 from starlette.requests import HTTPConnection
 
-__all__ = ["check_domain", "host_origin", "ports_target"]
+__all__ = ["check_domain", "host_label", "host_origin", "origin_of", "ports_target"]
 
 _LABEL = re.compile(r"^([a-z0-9][a-z0-9-]*)-([0-9]{1,5})$")
 _PART = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -26,6 +26,14 @@ def check_domain(domain: str) -> str:
             "laptop), or leave it empty"
         )
     return name
+
+
+def host_label(hostname: str, domain: str) -> str | None:
+    """The first label of a host under the domain (``pd-x-8888`` of
+    ``pd-x-8888.ports.localhost``); None for the domain itself or any other host."""
+    if not hostname.endswith("." + domain):
+        return None
+    return hostname[: -len(domain) - 1]
 
 
 def ports_target(hostname: str, domain: str) -> tuple[str, int] | bool | None:
@@ -47,6 +55,12 @@ def ports_target(hostname: str, domain: str) -> tuple[str, int] | bool | None:
 def host_origin(request: HTTPConnection, domain: str, pod_id: str, port: int) -> str:
     """The origin of a pod's port on its own host, with the scheme and port the client used
     to reach the exchange (``http://pd-...-8888.ports.localhost:8745``)."""
+    return origin_of(request, domain, f"{pod_id}-{port}")
+
+
+def origin_of(request: HTTPConnection, domain: str, label: str) -> str:
+    """The origin of the user-content host ``{label}.{domain}``, with the scheme and port
+    the client used to reach the exchange."""
     scheme = "https" if request.url.scheme in ("https", "wss") else "http"
     at = request.url.port
-    return f"{scheme}://{pod_id}-{port}.{domain}" + (f":{at}" if at else "")
+    return f"{scheme}://{label}.{domain}" + (f":{at}" if at else "")

@@ -19,7 +19,9 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crucible.core import token_bounds
 from crucible.core.ledger import MS_PER_DAY, EntryKind
+from crucible.core.token_bounds import BoundRefusal, Endpoint, RequestBounds
 from crucible.core.token_pricing import (
     TokenPrices,
     TokenUsage,
@@ -39,6 +41,7 @@ from crucible.protocol.models import (
 )
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
+from crucible.server.billing.holds import release_hold
 from crucible.server.services.deployments import current_function, stop_deployment
 from crucible.server.services.fine_tunes import succeeded_adapter
 from crucible.server.store.tables import (
@@ -53,15 +56,16 @@ from crucible.server.store.tables import (
 
 __all__ = [
     "Resolved",
+    "TokenBoundError",
     "account_name",
     "add_adapter",
-    "billable_usage",
     "get_model",
     "list_models",
-    "max_output_tokens",
     "model_usage_report",
+    "prices_of",
     "record_usage",
     "register_model",
+    "request_bounds",
     "resolve",
     "stop_model",
     "token_bill",
@@ -111,6 +115,7 @@ def register_model(
         "public": req.public,
         "price_input_micros": req.price_input_micros,
         "price_output_micros": req.price_output_micros,
+        "context_length": req.context_length,
         "updated_ms": now_ms,
     }
     existing = conn.execute(
@@ -160,6 +165,7 @@ def _info(conn: Connection, row: Any) -> ModelInfo:
         price_input_micros=row.price_input_micros,
         price_output_micros=row.price_output_micros,
         created_ms=row.created_ms,
+        context_length=row.context_length,
         adapters=adapters,
     )
 
@@ -292,33 +298,35 @@ def _day(ms: int) -> int:
     return ms // MS_PER_DAY
 
 
-def max_output_tokens(path: str, body: dict[str, Any]) -> int | None:
-    """The most output tokens a request asked for, as OpenAI bills them: ``max_tokens`` (or
-    ``max_completion_tokens``) times the sequences generated (``n``, or ``best_of`` when
-    larger); none for embeddings. None when the request sets no bound (the model's context
-    then bounds the answer)."""
-    if path.endswith("/embeddings"):
-        return 0
-
-    def count(key: str, default: int | None) -> int | None:
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        return default
-
-    most = count("max_completion_tokens", None) or count("max_tokens", None)
-    if most is None:
-        return None
-    return most * max(count("n", 1) or 1, count("best_of", 1) or 1)
+def request_bounds(resolved: Resolved, path: str, body: dict[str, Any]) -> RequestBounds:
+    """The most ``body`` may be charged for on this model (core/token_bounds); a request no
+    engine should be asked (``max_tokens`` past the context, ``n`` out of range, ...) raises
+    :class:`TokenBoundError`."""
+    endpoint: Endpoint = (
+        "embeddings"
+        if path.endswith("/embeddings")
+        else "completions"
+        if path.endswith("/v1/completions")
+        else "chat"
+    )
+    bounds = token_bounds.request_bounds(endpoint, body, int(resolved.model.context_length))
+    if isinstance(bounds, BoundRefusal):
+        raise TokenBoundError(bounds)
+    return bounds
 
 
-def billable_usage(reported: TokenUsage, max_output: int | None) -> TokenUsage:
-    """What a caller is charged for: the engine's reported usage (the model's owner runs
-    the engine, so its figures are the owner's word), with output tokens never above what the
-    request allowed (:func:`max_output_tokens`)."""
-    if max_output is None or reported.output_tokens <= max_output:
-        return reported
-    return TokenUsage(reported.input_tokens, max_output)
+class TokenBoundError(InvalidRequestError):
+    """A request refused by :func:`request_bounds`; ``refusal`` has its OpenAI ``param`` and
+    ``code``."""
+
+    def __init__(self, refusal: BoundRefusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def prices_of(resolved: Resolved) -> TokenPrices:
+    m = resolved.model
+    return TokenPrices(int(m.price_input_micros or 0), int(m.price_output_micros or 0))
 
 
 def record_usage(
@@ -329,11 +337,15 @@ def record_usage(
     request_id: str,
     now_ms: int,
     fee_ppm: int,
+    hold: str | None = None,
 ) -> int:
     """Record one request's tokens and charge them; returns the micro-dollars charged.
-    Idempotent per ``request_id`` for the ledger (its key is ``tokens:<request_id>``)."""
+    Idempotent per ``request_id`` for the ledger (its key is ``tokens:<request_id>``). The
+    request's ``hold`` (billing/holds), if any, is released in the same transaction."""
     m = resolved.model
-    prices = TokenPrices(int(m.price_input_micros or 0), int(m.price_output_micros or 0))
+    prices = prices_of(resolved)
+    if hold is not None:
+        release_hold(conn, hold)
     own = caller.account_id == m.account_id
     value = 0 if own else usage.value_units(prices)
     adapter = resolved.adapter.name if resolved.adapter else ""

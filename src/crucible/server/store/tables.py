@@ -60,6 +60,7 @@ __all__ = [
     "reservations",
     "schedules",
     "secrets",
+    "token_holds",
     "tokens",
     "volume_versions",
     "volumes",
@@ -619,6 +620,8 @@ models = Table(
     Column("price_input_micros", BigInteger),
     Column("price_output_micros", BigInteger),
     Column("charged_micros", BigInteger, nullable=False),  # token charges so far (fee rounding)
+    # The engine's window in tokens: bounds what one request may be charged (core/token_bounds).
+    Column("context_length", Integer, nullable=False, server_default="2048"),
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "name"),
@@ -655,6 +658,17 @@ fine_tunes = Table(
 
 # Tokens used per (model, caller, adapter, UTC day); ``value_units`` is the exact running
 # value in micro-dollars x 10^-6 (tokens x price per million), charged rounded down.
+# What metered model requests in flight may still cost their callers (server/billing/holds):
+# a hold is placed before the request runs and removed when its charge is posted.
+token_holds = Table(
+    "token_holds",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("account_id", String(32), nullable=False, index=True),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
 model_usage = Table(
     "model_usage",
     metadata,

@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
 
+from crucible.server.api.web_origin import endpoint_url
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_info
 from crucible.server.console.format import when
@@ -23,6 +25,7 @@ from crucible.server.console.live import (
 from crucible.server.console.web import ConsoleRoute, Session, page, render_fragment, state_of
 from crucible.server.services import activity, apps, deployments, logs
 from crucible.server.state import ServerState
+from crucible.server.store.tables import functions
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -62,14 +65,25 @@ def _activity(state: ServerState, who: Principal, app_id: str) -> dict[str, Any]
 @router.get("/apps/{app_id}")
 def app_page(app_id: str, request: Request, session: Session) -> Response:
     state = state_of(request)
+    who = session.principal
     with state.engine.connect() as conn:
-        info = apps.get_app(conn, session.principal, app_id)
+        info = apps.get_app(conn, who, app_id)
+        endpoints = [
+            (fn.name, endpoint_url(state, request, conn, who.account_id, fn))
+            for fn in conn.execute(
+                select(functions.c.name, functions.c.app_id, functions.c.spec)
+                .where(functions.c.app_id == app_id, functions.c.account_id == who.account_id)
+                .order_by(functions.c.name)
+            )
+            if (fn.spec or {}).get("web")
+        ]
     return page(
         request,
         "app.html",
         title=f"App {info.name}",
         app=info,
-        **_activity(state, session.principal, app_id),
+        web_endpoints=[(name, url) for name, url in endpoints if url],
+        **_activity(state, who, app_id),
     )
 
 
