@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,7 +37,6 @@ from crucible.errors import (
     MarketRefusedError,
     ResourcesUnsatisfiableError,
 )
-from crucible.protocol.apps import FunctionCreate
 from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
@@ -63,15 +62,19 @@ from crucible.server.services.containers import (
 )
 from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
-from crucible.server.services.hosts import flush_heartbeats, host_usage, mark_lost_hosts
+from crucible.server.services.function_specs import SPECS
+from crucible.server.services.hosts import (
+    LIVE_CONTAINER_STATES,
+    flush_heartbeats,
+    mark_lost_hosts,
+)
 from crucible.server.services.market import (
     HostRow,
     MarketPlacer,
     MarketTerms,
-    live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
-from crucible.server.services.pods import is_pod_function, settle_pods
+from crucible.server.services.pods import settle_pods
 from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
@@ -251,9 +254,13 @@ class SchedulerLoop:
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
-            lease_ids = live_lease_ids(conn)
-            demands, accounts, terms = self._demands(conn, now)
-            capacity, known = self._capacity(conn, now, host_rows)
+            # Live containers are read once, for the leases, the demands and the usage.
+            live_rows = conn.execute(_SEL_LIVE_CONTAINERS).all()
+            lease_ids = {
+                r.id for r in live_rows if r.gpu_model is not None and r.lease_end_ms is None
+            }
+            demands, accounts, terms = self._demands(conn, now, live_rows)
+            capacity, known = self._capacity(now, host_rows, live_rows)
             with live.lock:
                 # The market: in step with hosts, offers and containers; due window events.
                 live.sync(conn, now, host_rows)
@@ -581,7 +588,7 @@ class SchedulerLoop:
         return keys
 
     def _demands(
-        self, conn: Connection, now: int
+        self, conn: Connection, now: int, live_rows: Sequence[Any]
     ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
         for r in conn.execute(
@@ -606,20 +613,9 @@ class SchedulerLoop:
         relayed = self.state.web_relay.in_flight()
         busy |= self.state.web_relay.busy()
         by_fn: dict[str, list[ContainerView]] = defaultdict(list)
-        for r in conn.execute(
-            select(
-                containers.c.id,
-                containers.c.function_id,
-                containers.c.host_id,
-                containers.c.state,
-                containers.c.created_ms,
-                containers.c.last_active_ms,
-                containers.c.ready_ms,
-                containers.c.cpu,
-                containers.c.memory_mib,
-                containers.c.gpu_indices,
-            ).where(containers.c.state.in_(("pending", "starting", "running")))
-        ):
+        for r in live_rows:
+            if r.state == "stopping":
+                continue
             if r.ready_ms is not None and r.id not in self._started_seen:
                 self._started_seen.add(r.id)
                 self.state.observe_start(r.function_id, float(r.ready_ms - r.created_ms))
@@ -654,22 +650,29 @@ class SchedulerLoop:
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
         loops = crash_loops(conn, fids, now)
-        for r in conn.execute(
+        rows = conn.execute(
             select(
                 functions.c.id,
                 functions.c.account_id,
-                functions.c.spec,
+                functions.c.spec_rev,
                 apps.c.state.label("app_state"),
             )
             .join(apps, apps.c.id == functions.c.app_id)
             .where(functions.c.id.in_(fids))
-        ):
-            spec = FunctionCreate.model_validate(r.spec)  # read once, typed
+        ).all()
+        # Each spec is parsed once per version (services/function_specs.py): a tick reads the
+        # JSON only of functions it has not seen at their current version.
+        specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in rows})
+        for r in rows:
+            parsed = specs.get(r.id)
+            if parsed is None:  # deleted between the two reads
+                continue
+            spec = parsed.spec
             queued = work[r.id].get("queued")
             running = work[r.id].get("running")
             res = spec.resources
             accounts[r.id] = r.account_id
-            terms[r.id] = MarketTerms.of(spec.market, network=bool(spec.network))
+            terms[r.id] = parsed.terms
             window = spec.scaledown_window_s
             demands.append(
                 FunctionDemand(
@@ -703,7 +706,7 @@ class SchedulerLoop:
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
                     network=bool(spec.network),
-                    noun="pod" if is_pod_function(spec) else "function",
+                    noun="pod" if parsed.pod else "function",
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -715,26 +718,26 @@ class SchedulerLoop:
         return 0.0 if rate is None else rate.per_s(now)
 
     def _capacity(
-        self, conn: Connection, now: int, host_rows: list[HostRow]
+        self, now: int, host_rows: list[HostRow], live_rows: Sequence[Any]
     ) -> tuple[list[HostCapacity], list[HostCapacity]]:
-        """Live hosts with their usage, and every host seen within the last hour (for
-        deciding whether a request could ever be met)."""
+        """Live hosts with their usage (from the tick's live containers), and every host seen
+        within the last hour (for deciding whether a request could ever be met)."""
         rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
-        usage = host_usage(conn, [h.row.id for h in rows if h.row.state == "ready"])
-        freeing = _stopping_usage(conn)
+        usage = _usage(live_rows)
+        freeing = _stopping_usage(live_rows)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
             inv = h.inventory
-            u = usage.get(h.row.id, {})
+            u = usage.get(h.row.id, _NO_USE) if h.row.state == "ready" else _NO_USE
             cap = HostCapacity(
                 id=h.row.id,
                 cpu=float(inv["cpu_cores"]),
                 memory_mib=int(inv["memory_mib"]),
                 gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
-                used_cpu=u.get("cpu", 0.0),
-                used_memory_mib=u.get("memory_mib", 0),
-                used_gpus=set(u.get("gpus", set())),
+                used_cpu=u[0],
+                used_memory_mib=u[1],
+                used_gpus=set(u[2]),
                 owner=h.row.account_id,
                 isolated=bool(h.row.isolated),
                 verified=bool(h.row.verified),
@@ -748,18 +751,36 @@ class SchedulerLoop:
         return live, known
 
 
-def _stopping_usage(conn: Connection) -> dict[str, tuple[float, int, set[int]]]:
-    """Per host, what containers told to stop still hold (counted in its usage until they
-    end): room the core counts on instead of stopping more idle containers."""
-    out: dict[str, tuple[float, int, set[int]]] = {}
-    for r in conn.execute(
-        select(
-            containers.c.host_id,
-            containers.c.cpu,
-            containers.c.memory_mib,
-            containers.c.gpu_indices,
-        ).where(containers.c.state == "stopping")
-    ):
-        cpu, mem, gpus = out.get(r.host_id, (0.0, 0, set()))
+# Live containers as a tick reads them (hosts' usage: services/hosts.LIVE_CONTAINER_STATES).
+_SEL_LIVE_CONTAINERS = select(
+    containers.c.id,
+    containers.c.function_id,
+    containers.c.host_id,
+    containers.c.state,
+    containers.c.created_ms,
+    containers.c.last_active_ms,
+    containers.c.ready_ms,
+    containers.c.cpu,
+    containers.c.memory_mib,
+    containers.c.gpu_indices,
+    containers.c.gpu_model,
+    containers.c.lease_end_ms,
+).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
+
+_Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
+_NO_USE: _Use = (0.0, 0, set())
+
+
+def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
+    """Per host, what its live containers hold (stopping ones included, until they end)."""
+    out: dict[str, _Use] = {}
+    for r in live_rows:
+        cpu, mem, gpus = out.get(r.host_id, _NO_USE)
         out[r.host_id] = (cpu + r.cpu, mem + r.memory_mib, gpus | set(r.gpu_indices or ()))
     return out
+
+
+def _stopping_usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
+    """Per host, what containers told to stop still hold (counted in its usage until they
+    end): room the core counts on instead of stopping more idle containers."""
+    return _usage([r for r in live_rows if r.state == "stopping"])
