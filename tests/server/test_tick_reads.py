@@ -98,9 +98,7 @@ def test_a_function_redefined_through_another_replica_is_placed_with_its_new_spe
     loop.tick()
     with leader.state.engine.connect() as conn:
         made = conn.execute(
-            select(containers.c.cpu, containers.c.memory_mib).where(
-                containers.c.function_id == fn
-            )
+            select(containers.c.cpu, containers.c.memory_mib).where(containers.c.function_id == fn)
         ).all()
     assert sorted((r.cpu, r.memory_mib) for r in made) == [(1.0, 1024), (2.0, 2048)]
     reply = leader.ok(
@@ -149,3 +147,77 @@ def test_the_spec_cache_keeps_its_bound(make_server: MakeServer) -> None:
     assert sorted(got) == sorted(ids) and cache.parsed == 3
     assert cache.cached(ids[0], 1) is None  # the least recently used went
     assert cache.cached(ids[2], 1) is not None and cache.cached(ids[2], 2) is None
+
+
+class ManualClock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def _containers(server: ServerUnderTest, fn: str) -> list[tuple[str, str]]:
+    with server.state.engine.connect() as conn:
+        rows = conn.execute(
+            select(containers.c.id, containers.c.state).where(containers.c.function_id == fn)
+        ).all()
+    return sorted((r.id, r.state) for r in rows)
+
+
+def test_a_settled_function_is_left_out_until_its_rows_or_its_start_timeout_change(
+    make_server: MakeServer,
+) -> None:
+    """A warm function with the container it wants is left out of later plans; calls
+    submitted for it through another replica bring it back at the next tick."""
+    leader, replica = make_server(), make_server()
+    clock = ManualClock(1_800_000_000_000)
+    leader.state.clock = clock
+    leader.register_host(leader.tenant("hoster", Scope.HOST).token, "box")
+    renter = leader.tenant("renter").token
+    fn = leader.new_function(renter, leader.new_app(renter), leader.put_blob(renter))
+    warm = leader.new_function(
+        renter,
+        leader.new_app(renter, "warm"),
+        leader.put_blob(renter),
+        min_containers=1,
+        resources={"cpu": 0.5, "memory_mib": 512},
+    )
+    loop = SchedulerLoop(leader.state)
+    loop.tick()  # starts the warm container
+    [(first, _)] = _containers(leader, warm)
+    loop.tick()  # nothing to do: settled
+    loop.tick()
+    assert warm in loop.left_out
+    assert _containers(leader, warm) == [(first, "pending")]
+    # Work for another function does not bring the settled one back.
+    replica.new_calls(renter, fn, 1)
+    loop.tick()
+    assert warm in loop.left_out and fn not in loop.left_out
+    # Calls for it, through the other replica: planned again.
+    replica.new_calls(renter, warm, 3)
+    loop.tick()
+    assert warm not in loop.left_out
+
+
+def test_a_settled_container_that_never_starts_is_still_replaced(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    server.register_host(server.tenant("hoster", Scope.HOST).token, "box")
+    renter = server.tenant("renter").token
+    warm = server.new_function(
+        renter, server.new_app(renter), server.put_blob(renter), min_containers=1
+    )
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    loop.tick()
+    loop.tick()
+    assert warm in loop.left_out
+    [(first, _)] = _containers(server, warm)
+    clock.now += int(server.state.settings.container_start_timeout_s * 1000) + 1
+    loop.tick()
+    assert warm not in loop.left_out
+    assert dict(_containers(server, warm))[first] in ("stopping", "stopped")

@@ -26,6 +26,7 @@ from crucible.core.scheduling import (
     FunctionDemand,
     GpuChoice,
     HostCapacity,
+    Plan,
     Policy,
     StartContainer,
     plan,
@@ -116,6 +117,7 @@ _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once 
 _RETENTION_BUDGET_S = 0.2
 # Room made for queued work by stopping idle containers is kept for it this long at most.
 _PROMISE_MS = 60_000
+_NOT_STARTED = ("pending", "starting")  # replaced when not ready within the start timeout
 
 
 class SchedulerLoop:
@@ -140,6 +142,16 @@ class SchedulerLoop:
         # Functions idle containers were stopped for -> until when the room stays theirs.
         self._promised: dict[str, int] = {}
         self._shared_waiting: dict[str, str] = {}  # as last told to the other replicas
+        # Functions the last plans had nothing to do for (no work, every container wanted,
+        # none starting late): function -> (what the store showed of it, when that stops
+        # holding). While its rows read the same, a tick leaves it out of the plan
+        # (_demands): the tick's cost follows the functions that changed, not every running
+        # pod. Derived from the store's rows each tick, so another replica's change to one
+        # of them (a call, a container, a redeploy, its app stopped) is seen at once.
+        self._settled: dict[str, tuple[tuple[Any, ...], float]] = {}
+        # This tick's (rows, due) of the planned functions that had no work.
+        self._signatures: dict[str, tuple[tuple[Any, ...], float]] = {}
+        self._skipped: set[str] = set()  # left out of this tick's plan as settled
 
     @property
     def policy(self) -> Policy:
@@ -153,11 +165,17 @@ class SchedulerLoop:
         """Run the loop, fenced by ``epoch`` when given (the elector passes its own)."""
         self.epoch = epoch
         self._stopping = False
+        self._settled = {}  # a new term decides everything afresh
         if epoch is not None:
             # Elected: decide on the store's market, not on a follower's stale view.
             self.state.market.reload()
             self.state.market.leading = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    @property
+    def left_out(self) -> frozenset[str]:
+        """Functions the last tick left out of its plan as settled (nothing had changed)."""
+        return frozenset(self._skipped)
 
     @property
     def running(self) -> bool:
@@ -281,6 +299,7 @@ class SchedulerLoop:
                     promised=self._promise(now),
                 )
                 self._keep_promises(decided.made_room, decided.start, now)
+                self._note_settled(demands, decided, placer)
                 # Clusters: each gang in one market decision, on what the plan left.
                 gangs = place_clusters(conn, live, capacity, now)
             self._log_scales(decided.scales)
@@ -555,6 +574,33 @@ class SchedulerLoop:
                 log.info("function %s waits: %s", fid, out[fid])
         self.state.waiting = out  # one assignment: readers see the old or the new map
 
+    def _note_settled(
+        self, demands: list[FunctionDemand], decided: Plan, placer: MarketPlacer
+    ) -> None:
+        """Functions this plan had nothing to do for (no work, as many containers as the
+        autoscaler wants, nothing started, stopped, waiting or refused) are left out of the
+        next plans while the store shows them the same (see ``_settled``)."""
+        touched = {x.function_id for x in decided.start} | set(decided.waiting)
+        touched |= {u.function_id for u in decided.unschedulable} | decided.made_room
+        touched |= set(placer.refused) | set(self.crash_loops)
+        stops = {x.container_id for x in decided.stop}
+        for d in demands:
+            seen = self._signatures.get(d.id)
+            scale = decided.scales.get(d.id)
+            if (
+                seen is None
+                or scale is None
+                or d.queued
+                or d.running
+                or d.arrivals_per_s > 0
+                or not d.active
+                or d.id in touched
+                or scale.containers != len(d.containers)
+                or any(c.id in stops for c in d.containers)
+            ):
+                continue
+            self._settled[d.id] = seen
+
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
         for fid, scale in scales.items():
@@ -563,7 +609,7 @@ class SchedulerLoop:
                     "function %s wants %d container(s): %s", fid, scale.containers, scale.reason
                 )
                 self._scales[fid] = scale.containers
-        for fid in [f for f in self._scales if f not in scales]:
+        for fid in [f for f in self._scales if f not in scales and f not in self._skipped]:
             del self._scales[fid]
 
     def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
@@ -612,27 +658,16 @@ class SchedulerLoop:
         # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
         relayed = self.state.web_relay.in_flight()
         busy |= self.state.web_relay.busy()
-        by_fn: dict[str, list[ContainerView]] = defaultdict(list)
+        by_fn: dict[str, list[Any]] = defaultdict(list)  # live container rows
         for r in live_rows:
             if r.state == "stopping":
                 continue
             if r.ready_ms is not None and r.id not in self._started_seen:
                 self._started_seen.add(r.id)
                 self.state.observe_start(r.function_id, float(r.ready_ms - r.created_ms))
-            by_fn[r.function_id].append(
-                ContainerView(
-                    id=r.id,
-                    host_id=r.host_id,
-                    state=r.state,
-                    created_ms=r.created_ms,
-                    last_active_ms=r.last_active_ms,
-                    busy=r.id in busy,
-                    cpu=r.cpu,
-                    memory_mib=r.memory_mib,
-                    gpu_indices=tuple(r.gpu_indices or ()),
-                )
-            )
+            by_fn[r.function_id].append(r)
         self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
+        start_timeout_ms = self.policy.container_start_timeout_ms
         # Functions that keep warm containers count even with no calls and no containers.
         warm = set(
             conn.execute(
@@ -643,13 +678,14 @@ class SchedulerLoop:
         )
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
+        self._signatures, self._skipped = {}, set()
+        self._settled = {f: v for f, v in self._settled.items() if f in fids}
         if not fids:
             return [], {}, {}
         s = self.state.settings
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
-        loops = crash_loops(conn, fids, now)
         rows = conn.execute(
             select(
                 functions.c.id,
@@ -660,6 +696,32 @@ class SchedulerLoop:
             .join(apps, apps.c.id == functions.c.app_id)
             .where(functions.c.id.in_(fids))
         ).all()
+        planned = []
+        for r in rows:
+            if r.id in work or r.id in relayed or r.id in self._promised:
+                planned.append(r)
+                continue
+            cs = by_fn.get(r.id, ())
+            sig = (
+                r.spec_rev,
+                r.app_state,
+                r.account_id,
+                *sorted((c.id, c.state, c.id in busy) for c in cs),  # rows come in any order
+            )
+            last = self._settled.get(r.id)
+            if last is not None and last[0] == sig and now < last[1]:
+                self._skipped.add(r.id)
+                continue
+            # Until a container that has not started yet would be replaced (start timeout).
+            due = min(
+                (c.created_ms + start_timeout_ms for c in cs if c.state in _NOT_STARTED),
+                default=float("inf"),
+            )
+            self._settled.pop(r.id, None)
+            self._signatures[r.id] = (sig, due)
+            planned.append(r)
+        rows = planned
+        loops = crash_loops(conn, {r.id for r in rows}, now)
         # Each spec is parsed once per version (services/function_specs.py): a tick reads the
         # JSON only of functions it has not seen at their current version.
         specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in rows})
@@ -685,7 +747,20 @@ class SchedulerLoop:
                     oldest_queued_ms=queued.oldest if queued else None,
                     oldest_running_started_ms=running.oldest_start if running else None,
                     avg_exec_ms=self.state.exec_stats.get(r.id),
-                    containers=tuple(by_fn.get(r.id, ())),
+                    containers=tuple(
+                        ContainerView(
+                            id=c.id,
+                            host_id=c.host_id,
+                            state=c.state,
+                            created_ms=c.created_ms,
+                            last_active_ms=c.last_active_ms,
+                            busy=c.id in busy,
+                            cpu=c.cpu,
+                            memory_mib=c.memory_mib,
+                            gpu_indices=tuple(c.gpu_indices or ()),
+                        )
+                        for c in by_fn.get(r.id, ())
+                    ),
                     max_containers=spec.max_containers or s.max_containers,
                     scaledown_window_ms=int(
                         (window if window is not None else s.scaledown_window_s) * 1000
@@ -734,7 +809,7 @@ class SchedulerLoop:
                 id=h.row.id,
                 cpu=float(inv["cpu_cores"]),
                 memory_mib=int(inv["memory_mib"]),
-                gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
+                gpus=h.devices.gpus,
                 used_cpu=u[0],
                 used_memory_mib=u[1],
                 used_gpus=set(u[2]),
@@ -773,11 +848,15 @@ _NO_USE: _Use = (0.0, 0, set())
 
 def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
     """Per host, what its live containers hold (stopping ones included, until they end)."""
-    out: dict[str, _Use] = {}
+    cpu: dict[str, float] = defaultdict(float)
+    mem: dict[str, int] = defaultdict(int)
+    gpus: dict[str, set[int]] = defaultdict(set)
     for r in live_rows:
-        cpu, mem, gpus = out.get(r.host_id, _NO_USE)
-        out[r.host_id] = (cpu + r.cpu, mem + r.memory_mib, gpus | set(r.gpu_indices or ()))
-    return out
+        cpu[r.host_id] += r.cpu
+        mem[r.host_id] += r.memory_mib
+        if r.gpu_indices:
+            gpus[r.host_id].update(r.gpu_indices)
+    return {h: (cpu[h], mem[h], gpus.get(h, set())) for h in cpu}
 
 
 def _stopping_usage(live_rows: Sequence[Any]) -> dict[str, _Use]:

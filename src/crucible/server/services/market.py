@@ -160,14 +160,17 @@ class HostDevices:
     isolation_text: str | None
     egress: bool  # its agent measured filtered egress (IsolationReport.egress_filter)
     cluster_net: bool  # it can join a cluster's private network
+    gpus: tuple[tuple[int, str], ...]  # (index, model) of each GPU
 
     @classmethod
     def of(cls, agent_session: int, inventory_text: str, isolation_text: str | None) -> HostDevices:
         isolation = (orjson.loads(isolation_text) or {}) if isolation_text else {}
+        inventory = orjson.loads(inventory_text)
         return cls(
             agent_session=agent_session,
             inventory_text=inventory_text,
-            inventory=orjson.loads(inventory_text),
+            inventory=inventory,
+            gpus=tuple((int(g["index"]), str(g["model"])) for g in inventory.get("gpus", [])),
             isolation_text=isolation_text,
             egress=bool(isolation.get("egress_filter")),
             cluster_net=bool(isolation.get("cluster_network")),
@@ -222,9 +225,7 @@ def _spec_of_row(r: Any, devices: HostDevices, prior: int) -> HostSpec:
     return HostSpec(
         host_id=r.id,
         region=r.region,
-        gpus=tuple(
-            (int(g["index"]), str(g["model"])) for g in devices.inventory.get("gpus", [])
-        ),
+        gpus=devices.gpus,
         reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
         energy_source=r.energy_source,
         carbon_g_per_kwh=r.carbon_g_per_kwh,
