@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -17,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+import orjson
+from sqlalchemy import Connection, Text, cast, func, select
 
 from crucible.core.autoscaler import Scale
 from crucible.core.market import RefusalCode
@@ -706,7 +708,12 @@ class SchedulerLoop:
                 r.spec_rev,
                 r.app_state,
                 r.account_id,
-                *sorted((c.id, c.state, c.id in busy) for c in cs),  # rows come in any order
+                # Rows come in any order: sorted (most functions have one container).
+                *(
+                    sorted((c.id, c.state, c.id in busy) for c in cs)
+                    if len(cs) > 1
+                    else [(c.id, c.state, c.id in busy) for c in cs]
+                ),
             )
             last = self._settled.get(r.id)
             if last is not None and last[0] == sig and now < last[1]:
@@ -757,7 +764,7 @@ class SchedulerLoop:
                             busy=c.id in busy,
                             cpu=c.cpu,
                             memory_mib=c.memory_mib,
-                            gpu_indices=tuple(c.gpu_indices or ()),
+                            gpu_indices=_indices(c.gpu_indices_text),
                         )
                         for c in by_fn.get(r.id, ())
                     ),
@@ -837,13 +844,20 @@ _SEL_LIVE_CONTAINERS = select(
     containers.c.ready_ms,
     containers.c.cpu,
     containers.c.memory_mib,
-    containers.c.gpu_indices,
+    # As text, parsed through _indices: a few distinct lists ("[0]", "[1, 2]") for any fleet.
+    cast(containers.c.gpu_indices, Text).label("gpu_indices_text"),
     containers.c.gpu_model,
     containers.c.lease_end_ms,
 ).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
 
 _Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
 _NO_USE: _Use = (0.0, 0, set())
+
+
+@functools.lru_cache(maxsize=4096)
+def _indices(text: str | None) -> tuple[int, ...]:
+    """A container's GPU indices from their stored JSON text (None or "null": none)."""
+    return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
 
 
 def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
@@ -854,8 +868,8 @@ def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
     for r in live_rows:
         cpu[r.host_id] += r.cpu
         mem[r.host_id] += r.memory_mib
-        if r.gpu_indices:
-            gpus[r.host_id].update(r.gpu_indices)
+        if r.gpu_indices_text:
+            gpus[r.host_id].update(_indices(r.gpu_indices_text))
     return {h: (cpu[h], mem[h], gpus.get(h, set())) for h in cpu}
 
 
