@@ -56,8 +56,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import httpx  # noqa: E402
 from _exchange import machine_info, print_table, summarize_ms, write_results  # noqa: E402
 
+from crucible.protocol.hosts import IsolationReport  # noqa: E402
+from crucible.server.services.pods import MAX_PODS  # noqa: E402
 from crucible.testing import LocalExchange, free_port, wait_for  # noqa: E402
 
+# What an agent measures on a host that may run any tenant's code (bwrap, cgroups, seccomp).
+FULL_ISOLATION = IsolationReport(
+    runtime="bwrap",
+    namespaces=True,
+    seccomp=True,
+    per_sandbox_uid=True,
+    pids_limit="cgroup",
+    memory_limit="cgroup",
+    cpu_limit="cgroup",
+    disk_limit="tmpfs",
+    network_policy=True,
+    gpu_isolation=True,
+).model_dump(mode="json")
+PODS_PER_RENTER = MAX_PODS  # an account holds at most this many pods (stopped ones included)
 _TRACE_TAIL = Path("shared") / "data" / "traces" / "alibaba-openb-2023"
 
 
@@ -157,7 +173,14 @@ class Host:
             "disk_mib": 1 << 22,
             "gpus": gpus,
         }
-        return {"name": self.name, "inventory": inventory, "agent_version": "bench-fleet"}
+        return {
+            "name": self.name,
+            "inventory": inventory,
+            "agent_version": "bench-fleet",
+            # Fully isolated, as a host that takes any tenant's pods: the workload is spread
+            # over several renter accounts (an account holds at most MAX_PODS pods).
+            "isolation": FULL_ISOLATION,
+        }
 
     def reports(self, now: float) -> tuple[list[dict[str, Any]], list[str]]:
         done = [cid for cid, end in self.running.items() if end <= now]
@@ -254,13 +277,15 @@ async def agents_main(cfg: dict[str, Any]) -> dict[str, Any]:
 
 # -- the client side -----------------------------------------------------------------------------
 async def submit_and_probe(
-    urls: list[str], token: str, pods: list[tuple[int, float]], args: argparse.Namespace
+    urls: list[str], tokens: list[str], pods: list[tuple[int, float]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
+    """Pod i is submitted (and probed) by renter ``i // PODS_PER_RENTER``."""
     limits = httpx.Limits(max_connections=args.concurrency * 2)
-    clients = [
-        httpx.AsyncClient(base_url=u, headers=headers, timeout=60.0, limits=limits) for u in urls
-    ]
+    clients = [httpx.AsyncClient(base_url=u, timeout=60.0, limits=limits) for u in urls]
+
+    def auth(i: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[i // PODS_PER_RENTER]}"}
+
     submitted: dict[str, float] = {}
     submit_s: list[float] = []
     probe_s: list[float] = []
@@ -292,7 +317,7 @@ async def submit_and_probe(
             }
             t_wall, t0 = time.time(), time.perf_counter()
             try:
-                r = await clients[i % len(clients)].post("/v1/pods", json=body)
+                r = await clients[i % len(clients)].post("/v1/pods", json=body, headers=auth(i))
             except httpx.HTTPError as exc:
                 errors.append(f"submit: {type(exc).__name__}")
                 continue
@@ -308,11 +333,12 @@ async def submit_and_probe(
             await asyncio.sleep(1 / args.probe_rate)
             if not submitted:
                 continue
-            name = f"fleet-{k % max(1, len(submitted))}"
+            i = k % max(1, len(submitted))
+            name = f"fleet-{i}"
             k += 1
             t0 = time.perf_counter()
             try:
-                r = await clients[k % len(clients)].get(f"/v1/pods/{name}")
+                r = await clients[k % len(clients)].get(f"/v1/pods/{name}", headers=auth(i))
             except httpx.HTTPError:
                 continue
             if r.status_code == 200:
@@ -432,7 +458,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ex.start_server()
         urls, replica_procs = start_replicas(ex, args.replicas)
-        host_token, user_token = ex.host_token, ex.owner_token("bench-fleet")
+        host_token = ex.host_token
+        renters = [
+            ex.new_account(f"bench-fleet-{k}")
+            for k in range(max(1, -(-len(pods) // PODS_PER_RENTER)))
+        ]
         store_url = ex.database_url
         stop_file = tmp / "stop"
         per = -(-len(shapes) // args.agent_procs)
@@ -481,7 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t_run = time.perf_counter()
         cpu0 = cpu_s(server_pids)
         db0, t_db0 = db_bytes(store_url), time.perf_counter()
-        out = asyncio.run(submit_and_probe(urls, user_token, pods, args))
+        out = asyncio.run(submit_and_probe(urls, renters, pods, args))
         time.sleep(args.drain)
         db1, t_db1 = db_bytes(store_url), time.perf_counter()
         run_s = time.perf_counter() - t_run

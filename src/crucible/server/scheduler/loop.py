@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+import orjson
+from sqlalchemy import Connection, Text, cast, func, select
 
 from crucible.core.autoscaler import Scale
 from crucible.core.market import RefusalCode
@@ -26,6 +28,7 @@ from crucible.core.scheduling import (
     FunctionDemand,
     GpuChoice,
     HostCapacity,
+    Plan,
     Policy,
     StartContainer,
     plan,
@@ -37,7 +40,6 @@ from crucible.errors import (
     MarketRefusedError,
     ResourcesUnsatisfiableError,
 )
-from crucible.protocol.apps import FunctionCreate
 from crucible.protocol.common import ErrorInfo
 from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
@@ -63,15 +65,19 @@ from crucible.server.services.containers import (
 )
 from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
-from crucible.server.services.hosts import flush_heartbeats, host_usage, mark_lost_hosts
+from crucible.server.services.function_specs import SPECS
+from crucible.server.services.hosts import (
+    LIVE_CONTAINER_STATES,
+    flush_heartbeats,
+    mark_lost_hosts,
+)
 from crucible.server.services.market import (
     HostRow,
     MarketPlacer,
     MarketTerms,
-    live_lease_ids,
 )
 from crucible.server.services.named_objects import expire_idle
-from crucible.server.services.pods import is_pod_function, settle_pods
+from crucible.server.services.pods import settle_pods
 from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
@@ -113,6 +119,7 @@ _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once 
 _RETENTION_BUDGET_S = 0.2
 # Room made for queued work by stopping idle containers is kept for it this long at most.
 _PROMISE_MS = 60_000
+_NOT_STARTED = ("pending", "starting")  # replaced when not ready within the start timeout
 
 
 class SchedulerLoop:
@@ -137,6 +144,16 @@ class SchedulerLoop:
         # Functions idle containers were stopped for -> until when the room stays theirs.
         self._promised: dict[str, int] = {}
         self._shared_waiting: dict[str, str] = {}  # as last told to the other replicas
+        # Functions the last plans had nothing to do for (no work, every container wanted,
+        # none starting late): function -> (what the store showed of it, when that stops
+        # holding). While its rows read the same, a tick leaves it out of the plan
+        # (_demands): the tick's cost follows the functions that changed, not every running
+        # pod. Derived from the store's rows each tick, so another replica's change to one
+        # of them (a call, a container, a redeploy, its app stopped) is seen at once.
+        self._settled: dict[str, tuple[tuple[Any, ...], float]] = {}
+        # This tick's (rows, due) of the planned functions that had no work.
+        self._signatures: dict[str, tuple[tuple[Any, ...], float]] = {}
+        self._skipped: set[str] = set()  # left out of this tick's plan as settled
 
     @property
     def policy(self) -> Policy:
@@ -150,11 +167,17 @@ class SchedulerLoop:
         """Run the loop, fenced by ``epoch`` when given (the elector passes its own)."""
         self.epoch = epoch
         self._stopping = False
+        self._settled = {}  # a new term decides everything afresh
         if epoch is not None:
             # Elected: decide on the store's market, not on a follower's stale view.
             self.state.market.reload()
             self.state.market.leading = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    @property
+    def left_out(self) -> frozenset[str]:
+        """Functions the last tick left out of its plan as settled (nothing had changed)."""
+        return frozenset(self._skipped)
 
     @property
     def running(self) -> bool:
@@ -251,9 +274,13 @@ class SchedulerLoop:
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
             host_rows = live.read_hosts(conn)
-            lease_ids = live_lease_ids(conn)
-            demands, accounts, terms = self._demands(conn, now)
-            capacity, known = self._capacity(conn, now, host_rows)
+            # Live containers are read once, for the leases, the demands and the usage.
+            live_rows = conn.execute(_SEL_LIVE_CONTAINERS).all()
+            lease_ids = {
+                r.id for r in live_rows if r.gpu_model is not None and r.lease_end_ms is None
+            }
+            demands, accounts, terms = self._demands(conn, now, live_rows)
+            capacity, known = self._capacity(now, host_rows, live_rows)
             with live.lock:
                 # The market: in step with hosts, offers and containers; due window events.
                 live.sync(conn, now, host_rows)
@@ -274,6 +301,7 @@ class SchedulerLoop:
                     promised=self._promise(now),
                 )
                 self._keep_promises(decided.made_room, decided.start, now)
+                self._note_settled(demands, decided, placer)
                 # Clusters: each gang in one market decision, on what the plan left.
                 gangs = place_clusters(conn, live, capacity, now)
             self._log_scales(decided.scales)
@@ -549,6 +577,33 @@ class SchedulerLoop:
                 log.info("function %s waits: %s", fid, out[fid])
         self.state.leader.waiting = out  # one assignment: readers see the old or the new map
 
+    def _note_settled(
+        self, demands: list[FunctionDemand], decided: Plan, placer: MarketPlacer
+    ) -> None:
+        """Functions this plan had nothing to do for (no work, as many containers as the
+        autoscaler wants, nothing started, stopped, waiting or refused) are left out of the
+        next plans while the store shows them the same (see ``_settled``)."""
+        touched = {x.function_id for x in decided.start} | set(decided.waiting)
+        touched |= {u.function_id for u in decided.unschedulable} | decided.made_room
+        touched |= set(placer.refused) | set(self.crash_loops)
+        stops = {x.container_id for x in decided.stop}
+        for d in demands:
+            seen = self._signatures.get(d.id)
+            scale = decided.scales.get(d.id)
+            if (
+                seen is None
+                or scale is None
+                or d.queued
+                or d.running
+                or d.arrivals_per_s > 0
+                or not d.active
+                or d.id in touched
+                or scale.containers != len(d.containers)
+                or any(c.id in stops for c in d.containers)
+            ):
+                continue
+            self._settled[d.id] = seen
+
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
         for fid, scale in scales.items():
@@ -557,7 +612,7 @@ class SchedulerLoop:
                     "function %s wants %d container(s): %s", fid, scale.containers, scale.reason
                 )
                 self._scales[fid] = scale.containers
-        for fid in [f for f in self._scales if f not in scales]:
+        for fid in [f for f in self._scales if f not in scales and f not in self._skipped]:
             del self._scales[fid]
 
     def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
@@ -582,7 +637,7 @@ class SchedulerLoop:
         return keys
 
     def _demands(
-        self, conn: Connection, now: int
+        self, conn: Connection, now: int, live_rows: Sequence[Any]
     ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
         for r in conn.execute(
@@ -606,39 +661,17 @@ class SchedulerLoop:
         # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
         relayed = self.state.web.relay.in_flight()
         busy |= self.state.web.relay.busy()
-        by_fn: dict[str, list[ContainerView]] = defaultdict(list)
-        for r in conn.execute(
-            select(
-                containers.c.id,
-                containers.c.function_id,
-                containers.c.host_id,
-                containers.c.state,
-                containers.c.created_ms,
-                containers.c.last_active_ms,
-                containers.c.ready_ms,
-                containers.c.cpu,
-                containers.c.memory_mib,
-                containers.c.gpu_indices,
-            ).where(containers.c.state.in_(("pending", "starting", "running")))
-        ):
+        by_fn: dict[str, list[Any]] = defaultdict(list)  # live container rows
+        for r in live_rows:
+            if r.state == "stopping":
+                continue
             if r.ready_ms is not None and r.id not in self._started_seen:
                 self._started_seen.add(r.id)
                 start_ms = float(r.ready_ms - r.created_ms)
                 self.state.observations.observe_start(r.function_id, start_ms)
-            by_fn[r.function_id].append(
-                ContainerView(
-                    id=r.id,
-                    host_id=r.host_id,
-                    state=r.state,
-                    created_ms=r.created_ms,
-                    last_active_ms=r.last_active_ms,
-                    busy=r.id in busy,
-                    cpu=r.cpu,
-                    memory_mib=r.memory_mib,
-                    gpu_indices=tuple(r.gpu_indices or ()),
-                )
-            )
+            by_fn[r.function_id].append(r)
         self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
+        start_timeout_ms = self.policy.container_start_timeout_ms
         # Functions that keep warm containers count even with no calls and no containers.
         warm = set(
             conn.execute(
@@ -649,29 +682,68 @@ class SchedulerLoop:
         )
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
+        self._signatures, self._skipped = {}, set()
+        self._settled = {f: v for f, v in self._settled.items() if f in fids}
         if not fids:
             return [], {}, {}
         s = self.state.settings
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
-        loops = crash_loops(conn, fids, now)
-        for r in conn.execute(
+        rows = conn.execute(
             select(
                 functions.c.id,
                 functions.c.account_id,
-                functions.c.spec,
+                functions.c.spec_rev,
                 apps.c.state.label("app_state"),
             )
             .join(apps, apps.c.id == functions.c.app_id)
             .where(functions.c.id.in_(fids))
-        ):
-            spec = FunctionCreate.model_validate(r.spec)  # read once, typed
+        ).all()
+        planned = []
+        for r in rows:
+            if r.id in work or r.id in relayed or r.id in self._promised:
+                planned.append(r)
+                continue
+            cs = by_fn.get(r.id, ())
+            sig = (
+                r.spec_rev,
+                r.app_state,
+                r.account_id,
+                # Rows come in any order: sorted (most functions have one container).
+                *(
+                    sorted((c.id, c.state, c.id in busy) for c in cs)
+                    if len(cs) > 1
+                    else [(c.id, c.state, c.id in busy) for c in cs]
+                ),
+            )
+            last = self._settled.get(r.id)
+            if last is not None and last[0] == sig and now < last[1]:
+                self._skipped.add(r.id)
+                continue
+            # Until a container that has not started yet would be replaced (start timeout).
+            due = min(
+                (c.created_ms + start_timeout_ms for c in cs if c.state in _NOT_STARTED),
+                default=float("inf"),
+            )
+            self._settled.pop(r.id, None)
+            self._signatures[r.id] = (sig, due)
+            planned.append(r)
+        rows = planned
+        loops = crash_loops(conn, {r.id for r in rows}, now)
+        # Each spec is parsed once per version (services/function_specs.py): a tick reads the
+        # JSON only of functions it has not seen at their current version.
+        specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in rows})
+        for r in rows:
+            parsed = specs.get(r.id)
+            if parsed is None:  # deleted between the two reads
+                continue
+            spec = parsed.spec
             queued = work[r.id].get("queued")
             running = work[r.id].get("running")
             res = spec.resources
             accounts[r.id] = r.account_id
-            terms[r.id] = MarketTerms.of(spec.market, network=bool(spec.network))
+            terms[r.id] = parsed.terms
             window = spec.scaledown_window_s
             demands.append(
                 FunctionDemand(
@@ -684,7 +756,20 @@ class SchedulerLoop:
                     oldest_queued_ms=queued.oldest if queued else None,
                     oldest_running_started_ms=running.oldest_start if running else None,
                     avg_exec_ms=self.state.observations.exec_stats.get(r.id),
-                    containers=tuple(by_fn.get(r.id, ())),
+                    containers=tuple(
+                        ContainerView(
+                            id=c.id,
+                            host_id=c.host_id,
+                            state=c.state,
+                            created_ms=c.created_ms,
+                            last_active_ms=c.last_active_ms,
+                            busy=c.id in busy,
+                            cpu=c.cpu,
+                            memory_mib=c.memory_mib,
+                            gpu_indices=_indices(c.gpu_indices_text),
+                        )
+                        for c in by_fn.get(r.id, ())
+                    ),
                     max_containers=spec.max_containers or s.max_containers,
                     scaledown_window_ms=int(
                         (window if window is not None else s.scaledown_window_s) * 1000
@@ -705,7 +790,7 @@ class SchedulerLoop:
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
                     network=bool(spec.network),
-                    noun="pod" if is_pod_function(spec) else "function",
+                    noun="pod" if parsed.pod else "function",
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first
@@ -717,26 +802,26 @@ class SchedulerLoop:
         return 0.0 if rate is None else rate.per_s(now)
 
     def _capacity(
-        self, conn: Connection, now: int, host_rows: list[HostRow]
+        self, now: int, host_rows: list[HostRow], live_rows: Sequence[Any]
     ) -> tuple[list[HostCapacity], list[HostCapacity]]:
-        """Live hosts with their usage, and every host seen within the last hour (for
-        deciding whether a request could ever be met)."""
+        """Live hosts with their usage (from the tick's live containers), and every host seen
+        within the last hour (for deciding whether a request could ever be met)."""
         rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
-        usage = host_usage(conn, [h.row.id for h in rows if h.row.state == "ready"])
-        freeing = _stopping_usage(conn)
+        usage = _usage(live_rows)
+        freeing = _stopping_usage(live_rows)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
             inv = h.inventory
-            u = usage.get(h.row.id, {})
+            u = usage.get(h.row.id, _NO_USE) if h.row.state == "ready" else _NO_USE
             cap = HostCapacity(
                 id=h.row.id,
                 cpu=float(inv["cpu_cores"]),
                 memory_mib=int(inv["memory_mib"]),
-                gpus=tuple((int(g["index"]), str(g["model"])) for g in inv["gpus"]),
-                used_cpu=u.get("cpu", 0.0),
-                used_memory_mib=u.get("memory_mib", 0),
-                used_gpus=set(u.get("gpus", set())),
+                gpus=h.devices.gpus,
+                used_cpu=u[0],
+                used_memory_mib=u[1],
+                used_gpus=set(u[2]),
                 owner=h.row.account_id,
                 isolated=bool(h.row.isolated),
                 verified=bool(h.row.verified),
@@ -750,18 +835,47 @@ class SchedulerLoop:
         return live, known
 
 
-def _stopping_usage(conn: Connection) -> dict[str, tuple[float, int, set[int]]]:
+# Live containers as a tick reads them (hosts' usage: services/hosts.LIVE_CONTAINER_STATES).
+_SEL_LIVE_CONTAINERS = select(
+    containers.c.id,
+    containers.c.function_id,
+    containers.c.host_id,
+    containers.c.state,
+    containers.c.created_ms,
+    containers.c.last_active_ms,
+    containers.c.ready_ms,
+    containers.c.cpu,
+    containers.c.memory_mib,
+    # As text, parsed through _indices: a few distinct lists ("[0]", "[1, 2]") for any fleet.
+    cast(containers.c.gpu_indices, Text).label("gpu_indices_text"),
+    containers.c.gpu_model,
+    containers.c.lease_end_ms,
+).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
+
+_Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
+_NO_USE: _Use = (0.0, 0, set())
+
+
+@functools.lru_cache(maxsize=4096)
+def _indices(text: str | None) -> tuple[int, ...]:
+    """A container's GPU indices from their stored JSON text (None or "null": none)."""
+    return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
+
+
+def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
+    """Per host, what its live containers hold (stopping ones included, until they end)."""
+    cpu: dict[str, float] = defaultdict(float)
+    mem: dict[str, int] = defaultdict(int)
+    gpus: dict[str, set[int]] = defaultdict(set)
+    for r in live_rows:
+        cpu[r.host_id] += r.cpu
+        mem[r.host_id] += r.memory_mib
+        if r.gpu_indices_text:
+            gpus[r.host_id].update(_indices(r.gpu_indices_text))
+    return {h: (cpu[h], mem[h], gpus.get(h, set())) for h in cpu}
+
+
+def _stopping_usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
     """Per host, what containers told to stop still hold (counted in its usage until they
     end): room the core counts on instead of stopping more idle containers."""
-    out: dict[str, tuple[float, int, set[int]]] = {}
-    for r in conn.execute(
-        select(
-            containers.c.host_id,
-            containers.c.cpu,
-            containers.c.memory_mib,
-            containers.c.gpu_indices,
-        ).where(containers.c.state == "stopping")
-    ):
-        cpu, mem, gpus = out.get(r.host_id, (0.0, 0, set()))
-        out[r.host_id] = (cpu + r.cpu, mem + r.memory_mib, gpus | set(r.gpu_indices or ()))
-    return out
+    return _usage([r for r in live_rows if r.state == "stopping"])

@@ -186,7 +186,11 @@ def create_functions(
         if existing is not None:
             fid = str(existing.id)
             conn.execute(
-                update(functions).where(functions.c.id == fid).values(spec=payload, warm=warm)
+                update(functions)
+                .where(functions.c.id == fid)
+                # A new version: cached parses of the old spec (services/function_specs.py)
+                # are not used again, in this process or another replica.
+                .values(spec=payload, warm=warm, spec_rev=functions.c.spec_rev + 1)
             )
         else:
             fid = new_id("fn")

@@ -420,9 +420,6 @@ def place_clusters(
     CPU and memory. Hold the market's lock; ``capacity`` is updated for what is placed."""
     out = ClusterPlacement()
     by_id = {h.id: h for h in capacity}
-    host_rows = conn.execute(select(hosts.c.id, hosts.c.address, hosts.c.isolation)).all()
-    addresses = {r.id: r.address for r in host_rows}
-    net_ports = {r.id: _net_port(r.isolation) for r in host_rows}
     for row in conn.execute(select(clusters).where(clusters.c.state == "active")).all():
         members = pod_rows_of_cluster(conn, row.id)
         if not members or any(m.state != "active" for m in members):
@@ -451,6 +448,14 @@ def place_clusters(
             continue
         leases = list(outcome.leases)
         out.preemptions.extend(outcome.preemptions)
+        # The gang's hosts only (a tick used to read every host's isolation report here).
+        host_rows = conn.execute(
+            select(hosts.c.id, hosts.c.address, hosts.c.isolation).where(
+                hosts.c.id.in_({lease.host_id for lease in leases})
+            )
+        ).all()
+        addresses = {r.id: r.address for r in host_rows}
+        net_ports = {r.id: _net_port(r.isolation) for r in host_rows}
         addrs = [addresses.get(lease.host_id) or "" for lease in leases]
         ports = [net_ports.get(lease.host_id) for lease in leases]
         plans: list[ClusterNetPlan] | None = None

@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, case, insert, or_, select, update
 
 from crucible.errors import IMAGE_ERROR_CODES, NotFoundError, PermissionDeniedError
-from crucible.protocol.apps import CodeRef
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import (
@@ -24,6 +23,7 @@ from crucible.server.billing.service import meter_containers
 from crucible.server.heartbeats import Heartbeats
 from crucible.server.services import audit
 from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
+from crucible.server.services.function_specs import SPECS
 from crucible.server.services.pods import pod_assignments, settle_pod_of
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import containers, functions, hosts
@@ -534,7 +534,7 @@ _TO_START_OR_STOP = (
         containers.c.start_after_ms,
         containers.c.stop_grace_ms,
         functions.c.app_id,
-        functions.c.spec,
+        functions.c.spec_rev,
     )
     .join(functions, functions.c.id == containers.c.function_id)
     .where(
@@ -555,6 +555,8 @@ def assignments_for_host(
     stop: list[str] = []
     grace: dict[str, float] = {}
     pods = pod_assignments(conn, {r.function_id for r in rows if r.state == "pending"})
+    # Typed, and parsed once per function version (not per assignment).
+    specs = SPECS.get_many(conn, {r.function_id: r.spec_rev for r in rows if r.state == "pending"})
     for r in rows:
         if r.state == "stopping":
             stop.append(r.id)
@@ -564,26 +566,27 @@ def assignments_for_host(
         if r.start_after_ms > now_ms:
             continue
         gpus = [GpuAsk(model=r.gpu_model, count=len(r.gpu_indices))] if r.gpu_model else []
+        f = specs[r.function_id].spec
         start.append(
             ContainerAssignment(
                 container_id=r.id,
                 function_id=r.function_id,
                 account_id=r.account_id,
                 app_id=r.app_id,
-                code=CodeRef.model_validate(r.spec["code"]),
+                code=f.code,
                 resources=Resources(cpu=r.cpu, memory_mib=r.memory_mib, gpus=gpus),
                 gpu_indices=list(r.gpu_indices or []),
-                is_async=bool(r.spec.get("is_async", False)),
-                max_inputs=int(r.spec.get("max_inputs", 1)),
-                max_batch_size=int(r.spec.get("max_batch_size", 1)),
-                class_params=r.spec.get("class_params"),
-                web=r.spec.get("web"),
-                batch_wait_ms=int(r.spec.get("batch_wait_ms", 0)),
+                is_async=f.is_async,
+                max_inputs=f.max_inputs,
+                max_batch_size=f.max_batch_size,
+                class_params=f.class_params,
+                web=f.web,
+                batch_wait_ms=f.batch_wait_ms,
                 token=container_token(secret, r.id),
-                image=r.spec.get("image"),
-                network=r.spec.get("network", False),
-                secrets=bool(r.spec.get("secrets")),
-                volumes=dict(r.spec.get("volumes") or {}),
+                image=f.image,
+                network=f.network,
+                secrets=bool(f.secrets),
+                volumes=dict(f.volumes),
                 pod=pods.get(r.function_id),
             )
         )

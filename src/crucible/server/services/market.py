@@ -58,6 +58,7 @@ from crucible.settings import Settings
 
 __all__ = [
     "LIVE_LEASE_STATES",
+    "HostDevices",
     "HostRow",
     "LiveMarket",
     "MarketPlacer",
@@ -149,23 +150,57 @@ def host_reliability_ppm(ended: int, faulted: int, prior: int) -> int:
 
 
 @dataclass(frozen=True)
-class HostRow:
-    row: Any  # hosts columns of _SEL_HOSTS (inventory as text)
+class HostDevices:
+    """What a host's agent declared when it registered (its inventory and isolation report),
+    parsed once per registration: both are written only by a (re-)registration, which bumps
+    ``hosts.agent_session``, so the pair (host id, agent_session) names one version."""
+
+    agent_session: int
+    inventory_text: str
     inventory: dict[str, Any]
+    isolation_text: str | None
+    egress: bool  # its agent measured filtered egress (IsolationReport.egress_filter)
+    cluster_net: bool  # it can join a cluster's private network
+    gpus: tuple[tuple[int, str], ...]  # (index, model) of each GPU
+
+    @classmethod
+    def of(cls, agent_session: int, inventory_text: str, isolation_text: str | None) -> HostDevices:
+        isolation = (orjson.loads(isolation_text) or {}) if isolation_text else {}
+        inventory = orjson.loads(inventory_text)
+        return cls(
+            agent_session=agent_session,
+            inventory_text=inventory_text,
+            inventory=inventory,
+            gpus=tuple((int(g["index"]), str(g["model"])) for g in inventory.get("gpus", [])),
+            isolation_text=isolation_text,
+            egress=bool(isolation.get("egress_filter")),
+            cluster_net=bool(isolation.get("cluster_network")),
+        )
+
+
+@dataclass(frozen=True)
+class HostRow:
+    row: Any  # hosts columns of _SEL_HOSTS (no inventory: see devices)
+    devices: HostDevices
+
+    @property
+    def inventory(self) -> dict[str, Any]:
+        return self.devices.inventory
 
     @property
     def egress(self) -> bool:
         """Whether its agent measured filtered egress (IsolationReport.egress_filter)."""
-        text = self.row.isolation_text
-        return bool(text) and bool((orjson.loads(text) or {}).get("egress_filter"))
+        return self.devices.egress
 
 
+# A tick reads every host's small columns; the inventory and isolation report (kilobytes of
+# JSON per host) only for hosts that registered again since the last read (_SEL_DEVICES).
 _SEL_HOSTS = select(
     hosts.c.id,
     hosts.c.region,
     hosts.c.state,
     hosts.c.last_seen_ms,
-    cast(hosts.c.inventory, Text).label("inventory_text"),
+    hosts.c.agent_session,
     hosts.c.energy_source,
     # The grid's figure where the operator configured a source for the region, else declared.
     func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label("carbon_g_per_kwh"),
@@ -175,6 +210,11 @@ _SEL_HOSTS = select(
     hosts.c.account_id,
     hosts.c.isolated,
     hosts.c.verified,
+)
+_SEL_DEVICES = select(
+    hosts.c.id,
+    hosts.c.agent_session,
+    cast(hosts.c.inventory, Text).label("inventory_text"),
     cast(hosts.c.isolation, Text).label("isolation_text"),
 )
 # Offers change only through the API (which calls offers_changed); re-read them anyway this
@@ -182,21 +222,19 @@ _SEL_HOSTS = select(
 _OFFERS_REREAD_MS = 5_000
 
 
-def _spec_of_row(r: Any, inventory: dict[str, Any], prior: int) -> HostSpec:
+def _spec_of_row(r: Any, devices: HostDevices, prior: int) -> HostSpec:
     return HostSpec(
         host_id=r.id,
         region=r.region,
-        gpus=tuple((int(g["index"]), str(g["model"])) for g in inventory.get("gpus", [])),
+        gpus=devices.gpus,
         reliability_ppm=host_reliability_ppm(r.leases_ended, r.leases_faulted, prior),
         energy_source=r.energy_source,
         carbon_g_per_kwh=r.carbon_g_per_kwh,
         owner=r.account_id,
         isolated=bool(r.isolated),
         verified=bool(r.verified),
-        egress=bool(r.isolation_text)
-        and bool((orjson.loads(r.isolation_text) or {}).get("egress_filter")),
-        cluster_net=bool(r.isolation_text)
-        and bool((orjson.loads(r.isolation_text) or {}).get("cluster_network")),
+        egress=devices.egress,
+        cluster_net=devices.cluster_net,
     )
 
 
@@ -224,7 +262,8 @@ class LiveMarket:
         self._offers: dict[tuple[str, str], Offer] = {}
         self._cpu_offers: dict[str, Offer] = {}
         self._synced_ms: int | None = None
-        self._inventories: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Hosts' parsed inventories and isolation reports, by host, as of an agent_session.
+        self._devices: dict[str, HostDevices] = {}
         self._seen: dict[str, tuple[Any, ...]] = {}  # host -> its profile at the last sync
         self._priced: dict[tuple[str, str], Offer] = {}  # offers hosts set, as last read
         self._offers_dirty = True
@@ -263,16 +302,24 @@ class LiveMarket:
 
     def read_hosts(self, conn: Connection) -> list[HostRow]:
         """Every host with its parsed inventory, read once per tick for the market and the
-        scheduler. Inventories are parsed only when their text changed."""
-        out = []
-        cache = self._inventories
-        for r in conn.execute(_SEL_HOSTS):
-            cached = cache.get(r.id)
-            if cached is None or cached[0] != r.inventory_text:
-                cached = (r.inventory_text, orjson.loads(r.inventory_text))
-                cache[r.id] = cached
-            out.append(HostRow(r, cached[1]))
-        return out
+        scheduler. A host's inventory and isolation report are read and parsed only when its
+        ``agent_session`` moved (it registered again, here or through another replica) since
+        they were last read; the rest of its row is read every time."""
+        rows = conn.execute(_SEL_HOSTS).all()
+        cache = self._devices
+        stale = [
+            r.id
+            for r in rows
+            if (d := cache.get(r.id)) is None or d.agent_session != r.agent_session
+        ]
+        for i in range(0, len(stale), 500):
+            for x in conn.execute(_SEL_DEVICES.where(hosts.c.id.in_(stale[i : i + 500]))):
+                cache[x.id] = HostDevices.of(x.agent_session, x.inventory_text, x.isolation_text)
+        if len(cache) > len(rows):  # hosts deleted: forget them
+            ids = {r.id for r in rows}
+            for gone in [h for h in cache if h not in ids]:
+                del cache[gone]
+        return [HostRow(r, cache[r.id]) for r in rows if r.id in cache]
 
     def sync(self, conn: Connection, now_ms: int, rows: list[HostRow] | None = None) -> None:
         """Bring hosts and offers up to date (and on the first call, leases and reservations
@@ -304,7 +351,7 @@ class LiveMarket:
             key = (
                 r.region,
                 r.state,
-                r.inventory_text,
+                h.devices.inventory_text,
                 r.energy_source,
                 r.carbon_g_per_kwh,
                 r.draining,
@@ -312,12 +359,12 @@ class LiveMarket:
                 r.leases_faulted,
                 r.isolated,
                 r.verified,
-                r.isolation_text,
+                h.devices.isolation_text,
             )
             if not reread and self._seen.get(r.id) == key:
                 continue
             self._seen[r.id] = key
-            spec = _spec_of_row(r, h.inventory, prior)
+            spec = _spec_of_row(r, h.devices, prior)
             old = self._specs.get(r.id)
             stale = False  # the market's devices are no longer the host's
             if old is not None and old.gpus != spec.gpus:

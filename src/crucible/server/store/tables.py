@@ -178,6 +178,9 @@ functions = Table(
     Column("app_id", String(32), ForeignKey("apps.id"), nullable=False, index=True),
     Column("name", String(128), nullable=False),
     Column("spec", JSON, nullable=False),  # protocol.apps.FunctionCreate
+    # Bumped by every write of spec: the parsed spec is cached by (id, spec_rev)
+    # (services/function_specs.py).
+    Column("spec_rev", Integer, nullable=False, default=1, server_default="1"),
     # Keeps containers without work (min_containers or buffer_containers > 0): the scheduler
     # looks at such functions of running apps even when they have no calls.
     Column("warm", Boolean, nullable=False, default=False),

@@ -1,0 +1,124 @@
+"""A function's spec, read once per version into one typed object.
+
+``functions.spec`` is stored as JSON (protocol.apps.FunctionCreate) and every write of it
+bumps ``functions.spec_rev``. :class:`SpecCache` keeps the :class:`FunctionSpec` parsed for
+each (function id, spec_rev): a reader selects the small ``spec_rev`` column with its rows,
+and only a function it has not seen at that version costs a read and a validation of the
+JSON. A redeploy that rewrites a function's spec moves its version, so a cached spec is never
+served after the spec changed, in this process or any other replica.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+
+from crucible.protocol.apps import FunctionCreate
+from crucible.server.services.market import MarketTerms
+from crucible.server.services.pods import is_pod_function
+from crucible.server.store.tables import functions
+
+__all__ = ["SPECS", "FunctionSpec", "SpecCache"]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One version of a function's spec, validated, with what is derived from it."""
+
+    id: str
+    rev: int
+    spec: FunctionCreate
+    terms: MarketTerms  # how it buys GPUs (its market part, its network egress)
+    pod: bool  # a pod's function (the pod supervisor), named a pod in reasons
+
+    @classmethod
+    def parse(cls, function_id: str, rev: int, raw: object) -> FunctionSpec:
+        spec = FunctionCreate.model_validate(raw)
+        return cls(
+            id=function_id,
+            rev=rev,
+            spec=spec,
+            terms=MarketTerms.of(spec.market, network=bool(spec.network)),
+            pod=is_pod_function(spec),
+        )
+
+
+class SpecCache:
+    """Parsed specs by (function id, spec_rev), the least recently used dropped past
+    ``max_entries``. Thread-safe: the scheduler's thread and API handlers share it."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._specs: OrderedDict[str, FunctionSpec] = OrderedDict()
+        self._lock = threading.Lock()
+        self.parsed = 0  # specs read and validated since start (a measure of misses)
+
+    def cached(self, function_id: str, rev: int) -> FunctionSpec | None:
+        with self._lock:
+            hit = self._specs.get(function_id)
+            if hit is None or hit.rev != rev:
+                return None
+            self._specs.move_to_end(function_id)
+            return hit
+
+    def put(self, spec: FunctionSpec) -> FunctionSpec:
+        with self._lock:
+            self._specs[spec.id] = spec
+            self._specs.move_to_end(spec.id)
+            while len(self._specs) > self.max_entries:
+                self._specs.popitem(last=False)
+            self.parsed += 1
+        return spec
+
+    def of_row(self, function_id: str, rev: int, raw: object) -> FunctionSpec:
+        """The spec of a row that was read with its JSON (parsed only if not cached)."""
+        hit = self.cached(function_id, rev)
+        return hit if hit is not None else self.put(FunctionSpec.parse(function_id, rev, raw))
+
+    def get_many(self, conn: Connection, revs: dict[str, int]) -> dict[str, FunctionSpec]:
+        """The specs of functions whose current versions are ``revs`` (id -> spec_rev, as
+        selected with the caller's rows): the JSON of those not cached at that version is read
+        in one query. A function deleted meanwhile is left out."""
+        out: dict[str, FunctionSpec] = {}
+        missing: list[str] = []
+        for fid, rev in revs.items():
+            hit = self.cached(fid, rev)
+            if hit is None:
+                missing.append(fid)
+            else:
+                out[fid] = hit
+        for chunk in _chunks(missing, 500):
+            for r in conn.execute(
+                select(functions.c.id, functions.c.spec_rev, functions.c.spec).where(
+                    functions.c.id.in_(chunk)
+                )
+            ):
+                # The row as read now: a newer version than the caller saw is the truth.
+                out[r.id] = self.put(FunctionSpec.parse(r.id, r.spec_rev, r.spec))
+        return out
+
+    def get(self, conn: Connection, function_id: str) -> FunctionSpec | None:
+        """One function's current spec (its version read from the store), or None."""
+        rev = conn.execute(
+            select(functions.c.spec_rev).where(functions.c.id == function_id)
+        ).scalar()
+        if rev is None:
+            return None
+        return self.get_many(conn, {function_id: int(rev)}).get(function_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._specs.clear()
+
+
+def _chunks(ids: list[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(ids), n):
+        yield ids[i : i + n]
+
+
+# The process's one cache (keys are globally unique function ids with their version).
+SPECS = SpecCache()

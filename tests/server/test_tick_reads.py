@@ -1,0 +1,223 @@
+"""What a scheduler tick reads (issue 15, items 2 and 3): a function's spec is parsed once per
+version and a host's inventory once per registration, yet a change made through any replica
+(two in-process servers on one store: SQLite and PostgreSQL) is seen by the next placement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, select
+
+from crucible.protocol.accounts import Scope
+from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.services.function_specs import SPECS, SpecCache
+from crucible.server.store.tables import containers, functions
+
+from server_testlib import MakeServer, ServerUnderTest
+
+
+def _gpus(n: int) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+        for i in range(n)
+    ]
+
+
+class Statements:
+    """SQL statements the store's engine runs while the block runs."""
+
+    def __init__(self, server: ServerUnderTest) -> None:
+        self.engine = server.state.engine
+        self.seen: list[str] = []
+
+    def _note(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.seen.append(statement)
+
+    def __enter__(self) -> Statements:
+        event.listen(self.engine, "before_cursor_execute", self._note)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._note)
+
+    def reading(self, column: str) -> list[str]:
+        return [s for s in self.seen if s.lstrip().upper().startswith("SELECT") and column in s]
+
+
+def test_a_tick_reads_inventories_only_of_hosts_that_registered_again(
+    make_server: MakeServer,
+) -> None:
+    """Tick after tick the hosts' inventories are not read again; a host that re-registers
+    through another replica with more GPUs is read once, and the next placement uses them."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box", gpus=_gpus(1))
+    leader.register_host(host_token, "other", gpus=_gpus(1))
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    with Statements(leader) as quiet:
+        loop.tick()
+    assert quiet.reading("inventory") == []
+    # The agent restarts with two GPUs and registers through the other replica.
+    assert replica.register_host(host_token, "box", gpus=_gpus(2)) == host_id
+    leader.ok("POST", "/v1/pods", token=renter, json={"name": "pair", "gpu": "H100:2"})
+    with Statements(leader) as after:
+        loop.tick()
+    assert len(after.reading("inventory")) == 1  # that host's, once
+    with leader.state.engine.connect() as conn:
+        placed = conn.execute(
+            select(containers.c.host_id, containers.c.gpu_indices).where(
+                containers.c.state == "pending"
+            )
+        ).one()
+    assert placed.host_id == host_id and sorted(placed.gpu_indices) == [0, 1]
+
+
+def test_a_function_redefined_through_another_replica_is_placed_with_its_new_spec(
+    make_server: MakeServer,
+) -> None:
+    """The leader parsed version 1 of a warm function; another replica registers the name
+    again with other resources and more warm containers. The leader's next tick starts a
+    container of version 2 (its CPU, its memory), not of the version it had cached, and the
+    agent's assignment carries version 2's settings."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box")
+    app = leader.new_app(renter)
+    blob = leader.put_blob(renter)
+    v1 = {"min_containers": 1, "resources": {"cpu": 1, "memory_mib": 1024}}
+    fn = leader.new_function(renter, app, blob, **v1)
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    v2 = {"min_containers": 2, "resources": {"cpu": 2, "memory_mib": 2048}, "max_inputs": 3}
+    assert replica.new_function(renter, app, blob, **v2) == fn
+    with leader.state.engine.connect() as conn:
+        assert conn.execute(select(functions.c.spec_rev).where(functions.c.id == fn)).scalar() == 2
+    loop.tick()
+    with leader.state.engine.connect() as conn:
+        made = conn.execute(
+            select(containers.c.cpu, containers.c.memory_mib).where(containers.c.function_id == fn)
+        ).all()
+    assert sorted((r.cpu, r.memory_mib) for r in made) == [(1.0, 1024), (2.0, 2048)]
+    reply = leader.ok(
+        "POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": []}
+    )
+    assert {s["max_inputs"] for s in reply["start"]} == {3}  # both start as version 2 now
+
+
+def test_specs_are_parsed_once_per_version(make_server: MakeServer) -> None:
+    """Ticks over the same work parse no spec again; a new version is parsed once."""
+    server = make_server()
+    server.register_host(server.tenant("hoster", Scope.HOST).token, "box")
+    renter = server.tenant("renter").token
+    app, blob = server.new_app(renter), server.put_blob(renter)
+    fn = server.new_function(renter, app, blob, min_containers=1)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    before = SPECS.parsed
+    for _ in range(3):
+        loop.tick()
+    assert SPECS.parsed == before
+    server.new_function(renter, app, blob, min_containers=1, max_inputs=2)
+    loop.tick()
+    loop.tick()
+    assert SPECS.parsed == before + 1
+    with server.state.engine.connect() as conn:
+        spec = SPECS.get(conn, fn)
+        assert spec is not None and (spec.rev, spec.spec.max_inputs) == (2, 2)
+        assert SPECS.get(conn, "fn-none") is None
+
+
+def test_the_spec_cache_keeps_its_bound(make_server: MakeServer) -> None:
+    server = make_server()
+    renter = server.tenant("renter").token
+    app, blob = server.new_app(renter), server.put_blob(renter)
+    ids = []
+    for name in ("a", "b", "c"):
+        body = {"name": name, "code": {"bundle": blob, "module": "m", "qualname": name}}
+        made = server.ok(
+            "POST", f"/v1/apps/{app}/functions", token=renter, json={"functions": [body]}
+        )
+        ids.append(made[0]["id"])
+    cache = SpecCache(max_entries=2)
+    with server.state.engine.connect() as conn:
+        got = cache.get_many(conn, dict.fromkeys(ids, 1))
+    assert sorted(got) == sorted(ids) and cache.parsed == 3
+    assert cache.cached(ids[0], 1) is None  # the least recently used went
+    assert cache.cached(ids[2], 1) is not None and cache.cached(ids[2], 2) is None
+
+
+class ManualClock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def _containers(server: ServerUnderTest, fn: str) -> list[tuple[str, str]]:
+    with server.state.engine.connect() as conn:
+        rows = conn.execute(
+            select(containers.c.id, containers.c.state).where(containers.c.function_id == fn)
+        ).all()
+    return sorted((r.id, r.state) for r in rows)
+
+
+def test_a_settled_function_is_left_out_until_its_rows_or_its_start_timeout_change(
+    make_server: MakeServer,
+) -> None:
+    """A warm function with the container it wants is left out of later plans; calls
+    submitted for it through another replica bring it back at the next tick."""
+    leader, replica = make_server(), make_server()
+    clock = ManualClock(1_800_000_000_000)
+    leader.state.clock = clock
+    leader.register_host(leader.tenant("hoster", Scope.HOST).token, "box")
+    renter = leader.tenant("renter").token
+    fn = leader.new_function(renter, leader.new_app(renter), leader.put_blob(renter))
+    warm = leader.new_function(
+        renter,
+        leader.new_app(renter, "warm"),
+        leader.put_blob(renter),
+        min_containers=1,
+        resources={"cpu": 0.5, "memory_mib": 512},
+    )
+    loop = SchedulerLoop(leader.state)
+    loop.tick()  # starts the warm container
+    [(first, _)] = _containers(leader, warm)
+    loop.tick()  # nothing to do: settled
+    loop.tick()
+    assert warm in loop.left_out
+    assert _containers(leader, warm) == [(first, "pending")]
+    # Work for another function does not bring the settled one back.
+    replica.new_calls(renter, fn, 1)
+    loop.tick()
+    assert warm in loop.left_out and fn not in loop.left_out
+    # Calls for it, through the other replica: planned again.
+    replica.new_calls(renter, warm, 3)
+    loop.tick()
+    assert warm not in loop.left_out
+
+
+def test_a_settled_container_that_never_starts_is_still_replaced(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    server.register_host(server.tenant("hoster", Scope.HOST).token, "box")
+    renter = server.tenant("renter").token
+    warm = server.new_function(
+        renter, server.new_app(renter), server.put_blob(renter), min_containers=1
+    )
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    loop.tick()
+    loop.tick()
+    assert warm in loop.left_out
+    [(first, _)] = _containers(server, warm)
+    clock.now += int(server.state.settings.container_start_timeout_s * 1000) + 1
+    loop.tick()
+    assert warm not in loop.left_out
+    assert dict(_containers(server, warm))[first] in ("stopping", "stopped")
