@@ -142,7 +142,11 @@ class LlamaContext:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = _threads()
+        # half the cores (llama-cpp-python's default for generation): ggml's threads wait
+        # for each other by spinning, and on cores shared with the server, the client and
+        # other work a step stalls whenever one is descheduled. On 2 busy cores, 2 threads
+        # took 2.8-5.6 s to the first token of a 38-token prompt, 1 thread 0.4-1 s.
+        params.n_threads = params.n_threads_batch = max(1, _threads() // 2)
         params.no_perf = True
         # off, as llama-cpp-python has it: its "auto" picks a kernel whose rounding differs
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
