@@ -144,10 +144,17 @@ def test_gguf_lora_file_is_served_as_is(client: TestClient, adapters: dict[str, 
     # a directory holding one GGUF LoRA, as `crucible model adapter add --path X.gguf` puts it
     r = client.post("/v1/adapters", json={"name": "g2", "path": str(tmp_path / "up")})
     assert r.status_code == 200, r.text
+    converted = Path(engine._workdir.name)
     client.post("/v1/adapters", json={"name": "a1", "path": str(adapters["a1"])})
+    files = len(list(converted.iterdir()))
+    # a1 again: its newly converted file replaces the old one
+    r = client.post("/v1/adapters", json={"name": "a1", "path": str(adapters["a1"])})
+    assert r.status_code == 200, r.text
+    assert len(list(converted.iterdir())) == files
     assert complete(client, "smol:g1") == complete(client, "smol:a1") == \
         complete(client, "smol:g2")
     assert client.delete("/v1/adapters/g1").status_code == 200
+    assert dest.is_file()  # the user's own file is never deleted
     assert client.post("/v1/completions", json={
         "model": "smol:g1", "prompt": "x", "max_tokens": 1}).status_code == 404
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible.inference.api_errors import bad_request, not_found
+from crucible.inference.api_errors import OpenAIError, bad_request, not_found
 from crucible.inference.engine import AdapterInfo
 from crucible.inference.gguf_lora import BaseTensors, check_gguf_lora, convert_peft
 from crucible.inference.llama_cpp_native import LlamaAdapter, LlamaModel
@@ -65,29 +65,42 @@ class GgufLoraRegistry:
         else:
             raise bad_request(f"adapter at {source}: neither a PEFT adapter directory nor a "
                               "GGUF LoRA file (.gguf)", param="path", code="invalid_adapter")
-        if size > self.budget_bytes:
-            raise bad_request(
-                f"adapter {name!r} needs {size} bytes, over this engine's LoRA memory budget "
-                f"of {self.budget_bytes} bytes (--lora-budget-mb)", param="path",
-                code="adapter_too_large")
-        self._unload(name)
-        self._registered[name] = _Registered(str(source), gguf_path, rank, size)
         try:
-            self.acquire(name)
-        except ValueError as exc:  # llama.cpp refused the file
-            del self._registered[name]
-            raise bad_request(f"adapter {name!r}: {exc}", param="path",
-                              code="adapter_mismatch") from exc
+            if size > self.budget_bytes:
+                raise bad_request(
+                    f"adapter {name!r} needs {size} bytes, over this engine's LoRA memory "
+                    f"budget of {self.budget_bytes} bytes (--lora-budget-mb)", param="path",
+                    code="adapter_too_large")
+            self._make_room(size, keep=name)
+            try:
+                adapter = LlamaAdapter(self._model, gguf_path)
+            except ValueError as exc:  # llama.cpp refused the file
+                raise bad_request(f"adapter {name!r}: {exc}", param="path",
+                                  code="adapter_mismatch") from exc
+        except OpenAIError:
+            self._discard(gguf_path)
+            raise
+        # the adapter of that name it replaces, if any, goes only now that this one loaded
+        old = self._registered.pop(name, None)
+        self._unload(name)
+        if old is not None and old.gguf != gguf_path:
+            self._discard(old.gguf)
+        self._registered[name] = _Registered(str(source), gguf_path, rank, size)
+        self._loaded[name] = adapter
+        self.loads += 1
         return self.info(name)
+
+    def _discard(self, gguf_path: Path) -> None:
+        """Delete a GGUF file this registry converted (never one a user gave)."""
+        if gguf_path.parent == self._workdir:
+            gguf_path.unlink(missing_ok=True)
 
     def unregister(self, name: str) -> None:
         if name not in self._registered:
             raise not_found(f"no adapter named {name!r} is registered", param="name",
                             code="adapter_not_found")
         self._unload(name)
-        entry = self._registered.pop(name)
-        if entry.gguf.parent == self._workdir:
-            entry.gguf.unlink(missing_ok=True)
+        self._discard(self._registered.pop(name).gguf)
 
     def infos(self) -> list[AdapterInfo]:
         """All registered adapters. Safe to call while another thread loads or evicts: it
@@ -116,18 +129,24 @@ class GgufLoraRegistry:
                             code="model_not_found")
         adapter = self._loaded.get(name)
         if adapter is None:
-            used = sum(self._registered[n].size_bytes for n in self._loaded)
-            for victim in list(self._loaded):
-                if used + entry.size_bytes <= self.budget_bytes:
-                    break
-                used -= self._registered[victim].size_bytes
-                self._unload(victim)
-                self.evictions += 1
+            self._make_room(entry.size_bytes, keep=name)
             adapter = LlamaAdapter(self._model, entry.gguf)
             self._loaded[name] = adapter
             self.loads += 1
         self._loaded.move_to_end(name)
         return adapter
+
+    def _make_room(self, size: int, keep: str) -> None:
+        """Evict the least recently used adapters (not ``keep``) until ``size`` bytes fit."""
+        used = sum(self._registered[n].size_bytes for n in self._loaded if n != keep)
+        for victim in list(self._loaded):
+            if used + size <= self.budget_bytes:
+                break
+            if victim == keep:
+                continue
+            used -= self._registered[victim].size_bytes
+            self._unload(victim)
+            self.evictions += 1
 
     def _unload(self, name: str) -> None:
         adapter = self._loaded.pop(name, None)
