@@ -27,6 +27,8 @@ from crucible.inference.config import EngineConfig
 from crucible.inference.llama_cpp_engine import packaged_smollm2
 from crucible.inference.server import create_app
 
+from inference_testlib import smollm2_lora as make_adapter
+
 GGUF = packaged_smollm2()
 _MISSING = [what for what, absent in (
     ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
@@ -37,38 +39,8 @@ if _MISSING and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")
                 "installed (./scripts/setup dev installs the gguf extra)", pytrace=False)
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"{_MISSING} not installed")
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj")
 PROMPT = "The capital of France is"
 N_TOKENS = 16
-
-
-def make_adapter(path: Path, seed: int, *, rank: int = 8, alpha: int = 16,
-                 targets: tuple[str, ...] = TARGETS, layers: int = 30) -> Path:
-    """A PEFT LoRA adapter for SmolLM2-135M with random A and B (B is zero when PEFT makes
-    one, which would change nothing)."""
-    import torch
-    from safetensors.torch import save_file
-
-    gen = torch.Generator().manual_seed(seed)
-    dims = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192),
-            "o_proj": (576, 576), "up_proj": (576, 1536), "gate_proj": (576, 1536),
-            "down_proj": (1536, 576)}
-    tensors = {}
-    for layer in range(layers):
-        for target in targets:
-            part = "mlp" if target.endswith(("up_proj", "gate_proj", "down_proj")) \
-                else "self_attn"
-            in_f, out_f = dims[target]
-            key = f"base_model.model.model.layers.{layer}.{part}.{target}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * 0.05
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 0.05
-    path.mkdir(parents=True)
-    save_file(tensors, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
-        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": "SmolLM2-135M-Instruct"}))
-    return path
 
 
 @pytest.fixture(scope="module")
