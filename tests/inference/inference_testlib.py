@@ -85,3 +85,35 @@ def build_random_lora(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+SMOLLM2_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj")
+
+
+def smollm2_lora(path: Path, seed: int, *, rank: int = 8, alpha: int = 16,
+                 targets: tuple[str, ...] = SMOLLM2_TARGETS, layers: int = 30) -> Path:
+    """A PEFT LoRA adapter for SmolLM2-135M (its layer shapes) with random A and B (B is
+    zero when PEFT makes one, which would change nothing)."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    dims = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192),
+            "o_proj": (576, 576), "up_proj": (576, 1536), "gate_proj": (576, 1536),
+            "down_proj": (1536, 576)}
+    tensors = {}
+    for layer in range(layers):
+        for target in targets:
+            part = "mlp" if target.endswith(("up_proj", "gate_proj", "down_proj")) \
+                else "self_attn"
+            in_f, out_f = dims[target]
+            key = f"base_model.model.model.layers.{layer}.{part}.{target}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * 0.05
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 0.05
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
+        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": "SmolLM2-135M-Instruct"}))
+    return path

