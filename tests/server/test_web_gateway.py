@@ -83,7 +83,7 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
     from sqlalchemy import select
 
     from crucible.server.dispatch import Parked
-    from crucible.server.scheduler.loop import SchedulerLoop
+    from crucible.server.scheduler.loop import _SEL_LIVE_CONTAINERS, SchedulerLoop
     from crucible.server.store.tables import functions
 
     owner = server.tenant("relayer").token
@@ -96,7 +96,8 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
 
     def running() -> int:
         with server.state.engine.connect() as conn:
-            demands, _, _ = loop._demands(conn, server.state.clock.now_ms())
+            live = conn.execute(_SEL_LIVE_CONTAINERS).all()
+            demands, _, _ = loop._demands(conn, server.state.clock.now_ms(), live)
         return sum(d.running for d in demands if d.id == fid)
 
     assert running() == 0
