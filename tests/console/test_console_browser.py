@@ -96,6 +96,11 @@ class Page:
 
         WebDriverWait(self.d, timeout_s).until(lambda d: part in d.current_url)
 
+    def wait_url_not(self, part: str, timeout_s: float = 30) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.d, timeout_s).until(lambda d: part not in d.current_url)
+
     def wait_text(self, needle: str, timeout_s: float = 30) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -105,9 +110,19 @@ class Page:
     def shot(self, name: str) -> None:
         self.d.save_screenshot(str(self.shots / f"{name}.png"))
 
-    def click_link(self, text: str) -> None:
-        self.d.find_element("partial link text", text).click()
+    def follow(self, element: Any) -> None:
+        """Click ``element`` and wait for the page it leads to: the old document must go
+        first (right after a click, the old page's readyState is still complete)."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = self.d.find_element("tag name", "html")
+        element.click()
+        WebDriverWait(self.d, 30).until(expected_conditions.staleness_of(old))
         self.settle()
+
+    def click_link(self, text: str) -> None:
+        self.follow(self.d.find_element("partial link text", text))
 
 
 @pytest.fixture
@@ -143,8 +158,8 @@ def test_console_in_a_browser(
     assert "/login" in p.d.current_url
     p.shot("01-login")
     p.d.find_element("id", "token").send_keys(token)
-    p.d.find_element("css selector", "form button[type=submit]").click()
-    p.settle()
+    p.follow(p.d.find_element("css selector", "form button[type=submit]"))
+    p.wait_url_not("/login")
     assert p.d.current_url.rstrip("/") == ex.url
     assert "Apps" in p.text()
     # Keyboard: the first Tab reaches the skip link.
@@ -164,8 +179,7 @@ def test_console_in_a_browser(
         p.click_link("Calls")
         p.wait_text("succeeded")
         p.shot("03-calls")
-        p.d.find_element("css selector", "tbody a[href^='/calls/ca-']").click()
-        p.settle()
+        p.follow(p.d.find_element("css selector", "tbody a[href^='/calls/ca-']"))
         p.wait_text("Timeline")
         assert "running" in p.text()
         p.shot("04-call-timeline")
