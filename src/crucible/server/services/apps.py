@@ -215,7 +215,8 @@ def create_functions(
 @dataclass(frozen=True)
 class FunctionRow:
     """A function as the API and the services use it: its row, its app's state, and its
-    spec typed (read once per version through services/function_specs.SPECS)."""
+    spec typed (read once per version through services/function_specs.SPECS; shared with the
+    cache, so never mutated)."""
 
     id: str
     app_id: str
