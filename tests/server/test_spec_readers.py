@@ -46,9 +46,9 @@ def _is_spec(node: ast.AST) -> bool:
 
 
 def raw_spec_reads(source: str) -> list[str]:
-    """What in ``source`` reads a function's spec JSON by hand: ``functions.c.spec``
-    selected, ``x.spec[...]`` or ``x.spec.get(...)``, ``**x.spec``, or
-    ``FunctionCreate.model_validate*`` (a spec validated outside SPECS)."""
+    """What in ``source`` reads a function's spec JSON by hand: ``functions.c.spec`` or the
+    whole row (``select(functions)``) selected, ``x.spec[...]`` or ``x.spec.get(...)``,
+    ``**x.spec``, or ``FunctionCreate.model_validate*`` (a spec validated outside SPECS)."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         where = f"line {getattr(node, 'lineno', '?')}"
@@ -61,6 +61,13 @@ def raw_spec_reads(source: str) -> list[str]:
             and node.value.value.id == "functions"
         ):
             found.append(f"{where}: functions.c.spec selected")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "select"
+            and any(isinstance(a, ast.Name) and a.id == "functions" for a in node.args)
+        ):
+            found.append(f"{where}: select(functions) (its spec JSON too)")
         elif isinstance(node, ast.Subscript) and _is_spec(node.value):
             found.append(f"{where}: spec[...]")
         elif (
@@ -85,15 +92,18 @@ def raw_spec_reads(source: str) -> list[str]:
 def test_the_scan_finds_each_way_of_reading_the_json_by_hand() -> None:
     source = """
 rows = select(functions.c.id, functions.c.spec)
+every = select(functions).where(functions.c.app_id == a)
 t = float(row.spec["timeout_s"])
 web = fn.spec.get("web")
 names = (row.spec or {}).get("secrets")
 info = FunctionInfo(**row.spec)
 spec = FunctionCreate.model_validate(raw)
 fine = [schedules.c.spec, fn.spec.timeout_s, PodSpec.model_validate(row.spec)]
+count = select(func.count()).select_from(functions)
 """
     assert [f.split(": ", 1)[1] for f in raw_spec_reads(source)] == [
         "functions.c.spec selected",
+        "select(functions) (its spec JSON too)",
         "spec[...]",
         "spec.get(...)",
         "spec.get(...)",
