@@ -26,7 +26,11 @@ from crucible.server.services.blobs import grant_blob
 from crucible.server.services.containers import load_container_facts
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.retention import _referenced
-from crucible.server.services.secrets import env_for_container, put_secret
+from crucible.server.services.secrets import (
+    env_for_container,
+    put_secret,
+    registry_auth_for_container,
+)
 from crucible.server.store.tables import functions
 
 from server_testlib import MakeServer, World
@@ -153,6 +157,8 @@ def test_a_new_version_is_seen_by_each_reader_and_an_unchanged_one_is_not_parsed
     other_bundle = "b" * 64
     with world.engine.begin() as conn:
         put_secret(conn, box, world.principal, SecretCreate(name="tok", values={"K": "v"}), 1)
+        login = {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"}
+        put_secret(conn, box, world.principal, SecretCreate(name="reg", values=login), 1)
         grant_blob(conn, world.account_id, other_bundle, 1, world.now_ms)
         call_id = world.submit(conn, fid, 1)[0]
         calls_svc.claim_inputs(conn, cid, fid, 1, 60.0, world.now_ms, skip_locked=False)
@@ -163,6 +169,7 @@ def test_a_new_version_is_seen_by_each_reader_and_an_unchanged_one_is_not_parsed
             "timeout_s": get_function_row(conn, world.principal, fid).spec.timeout_s,
             "facts": (facts.timeout_s, facts.retries.max_retries),
             "secrets": env_for_container(conn, box, cid).env,
+            "registry": registry_auth_for_container(conn, box, cid).env,
             "blobs": _referenced(conn, store, [world.bundle, other_bundle]),
         }
 
@@ -174,6 +181,7 @@ def test_a_new_version_is_seen_by_each_reader_and_an_unchanged_one_is_not_parsed
         "timeout_s": 60.0,
         "facts": (60.0, 0),
         "secrets": {},
+        "registry": {},
         "blobs": {world.bundle},
     }
     with world.engine.begin() as conn:
@@ -185,12 +193,14 @@ def test_a_new_version_is_seen_by_each_reader_and_an_unchanged_one_is_not_parsed
             retries={"max_retries": 2, "initial_delay_s": 1.0},
             secrets=["tok"],
             code=code,
+            image={"registry": "docker.io/library/python:3.12-slim", "registry_secret": "reg"},
         )
     with world.engine.begin() as conn:
         assert read_all(conn) == {
             "timeout_s": 120.0,
             "facts": (120.0, 2),
             "secrets": {"K": "v"},
+            "registry": login,
             "blobs": {other_bundle},
         }
         assert SPECS.parsed == parsed + 1  # the new version, once
