@@ -19,23 +19,9 @@ from crucible.server.services import calls as svc
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.containers import exchange_step, load_container_facts
 from crucible.server.services.hosts import end_container
-from crucible.server.store.tables import calls, containers, functions
+from crucible.server.store.tables import calls, containers
 
 from server_testlib import World
-
-
-def container_row(conn: Connection, container_id: str) -> Any:
-    return conn.execute(
-        select(
-            containers.c.function_id,
-            containers.c.account_id,
-            containers.c.rate_micros_per_hour,
-            functions.c.spec,
-        )
-        .join(functions, functions.c.id == containers.c.function_id)
-        .where(containers.c.id == container_id)
-    ).one()
-
 
 # Like the server, remember the group of each claimed call so recording reads nothing more.
 CLAIMED_GROUPS: dict[str, str | None] = {}
@@ -48,13 +34,13 @@ def _fresh_claim_memory() -> None:
 
 def claim(conn: Connection, container_id: str, want: int, now_ms: int) -> list[InputAssignment]:
     """What a worker's exchange does to get inputs."""
-    c = container_row(conn, container_id)
+    facts = load_container_facts(conn, container_id)
     return svc.claim_inputs(
         conn,
         container_id,
-        c.function_id,
+        facts.function_id,
         want,
-        float(c.spec["timeout_s"]),
+        facts.timeout_s,
         now_ms,
         skip_locked=conn.dialect.name == "postgresql",
         groups=CLAIMED_GROUPS,
@@ -71,16 +57,16 @@ def record(
 ) -> list[str]:
     """What a worker's exchange does with finished inputs (``remember=False``: as a server
     that did not hand them out, e.g. after a restart)."""
-    c = container_row(conn, container_id)
+    facts = load_container_facts(conn, container_id)  # the function's retries, typed
     return svc.record_outputs(
         conn,
         container_id,
         outputs,
-        c.rate_micros_per_hour,
-        c.spec["retries"],
+        facts.rate_micros_per_hour,
+        facts.retries,
         now_ms,
         1 << 20,
-        c.account_id,
+        facts.account_id,
         groups=CLAIMED_GROUPS if remember else None,
     )
 
@@ -142,7 +128,7 @@ def test_happy_path_and_group_delivery(world: World) -> None:
             ],
             t + 2000,
         )
-        rate = container_row(conn, cid).rate_micros_per_hour
+        rate = load_container_facts(conn, cid).rate_micros_per_hour
     assert set(keys) == {f"call:{i}" for i in ids} | {"group:g"}
     with world.engine.connect() as conn:
         done = {i: svc.get_call(conn, world.principal, i) for i in ids}
@@ -484,7 +470,7 @@ def test_a_claim_hands_out_the_oldest_inputs_with_a_deadline_for_the_batch(
     c1 = world.container(fid)
     with world.engine.begin() as conn:
         ids = world.submit(conn, fid, 3)
-        timeout_ms = int(float(container_row(conn, c1).spec["timeout_s"]) * 1000)
+        timeout_ms = int(load_container_facts(conn, c1).timeout_s * 1000)
     with world.engine.begin() as conn:
         got = claim(conn, c1, 2, world.now_ms)
     assert [(a.call_id, a.attempt) for a in got] == [(ids[0], 1), (ids[1], 1)]

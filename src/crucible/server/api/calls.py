@@ -86,7 +86,7 @@ async def submit_calls(
                 now,
                 state.settings.inline_payload_max_bytes,
                 handoff=[(p.container_id, p.want) for p in taken if fn.id == function_id],
-                timeout_s=float(fn.spec["timeout_s"]),
+                timeout_s=fn.spec.timeout_s,
                 handed=handed,
             )
         committed = True

@@ -73,7 +73,11 @@ def rollback(name: str, req: Rollback, who: Builder, state: State) -> Deployment
 def lookup(name: str, function: str, who: Builder, state: State, request: Request) -> FunctionInfo:
     with state.engine.connect() as conn:
         row = svc.current_function(conn, who, name, function)
-        url = endpoint_url(state, request, conn, who.account_id, row) if row.spec.get("web") else ""
+        url = endpoint_url(state, request, conn, who.account_id, row) if row.spec.web else ""
     return FunctionInfo(
-        id=row.id, app_id=row.app_id, created_ms=row.created_ms, web_url=url, **row.spec
+        id=row.id,
+        app_id=row.app_id,
+        created_ms=row.created_ms,
+        web_url=url,
+        **row.spec.model_dump(),
     )

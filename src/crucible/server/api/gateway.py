@@ -91,7 +91,7 @@ def _endpoint(
     else:
         owner, fn = _resolve(state, caller, unseen, account, deployment, function)
     authorised = _authorised(caller, owner)
-    web = fn.spec.get("web")
+    web = fn.spec.web
     if not web:
         if authorised:
             raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
@@ -318,7 +318,7 @@ async def relay(
         return None  # off, or replicas: the container's next requests may reach another
     if getattr(fn, "app_state", "running") != "running":
         return None  # a superseded version: a call is forwarded to the current one
-    timeout_s = float(fn.spec["timeout_s"])
+    timeout_s = fn.spec.timeout_s
     channels = state.web.channels
     channel = channels.free(fn.id)
     now = state.clock.now_ms()

@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
+from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallsCreate, InputItem
 from crucible.server.api.calls import submit_calls
 from crucible.server.api.gateway import (
@@ -29,8 +28,8 @@ from crucible.server.api.gateway import (
 )
 from crucible.server.api.items import read_page
 from crucible.server.auth import Principal
+from crucible.server.services.apps import FunctionRow, get_function_row
 from crucible.server.state import ServerState
-from crucible.server.store.tables import apps, functions
 from crucible.server.web_relay import Relayed, rest_of
 
 __all__ = ["WebCallResponse", "body_parts", "call_web_function"]
@@ -71,7 +70,7 @@ async def call_web_function(
         "query": "",
         "headers": [[k, v] for k, v in headers],
     }
-    fn = _function(state, function_id)
+    fn = _function(state, owner, function_id)
     relayed = await relay(state, owner, fn, http, body) if fn is not None else None
     if relayed is not None:
         hdrs = relayed.headers
@@ -127,14 +126,13 @@ async def call_web_function(
     return answer
 
 
-def _function(state: ServerState, function_id: str) -> Any:
-    """The function's row (its spec, and its app's state for :func:`relay`)."""
+def _function(state: ServerState, owner: Principal, function_id: str) -> FunctionRow | None:
+    """The owner's function (its typed spec, and its app's state for :func:`relay`)."""
     with state.engine.connect() as conn:
-        return conn.execute(
-            select(functions.c.id, functions.c.spec, apps.c.state.label("app_state"))
-            .join(apps, apps.c.id == functions.c.app_id)
-            .where(functions.c.id == function_id)
-        ).first()
+        try:
+            return get_function_row(conn, owner, function_id)
+        except NotFoundError:
+            return None
 
 
 async def body_parts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
@@ -13,11 +14,13 @@ from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.blobs import require_blob
 from crucible.server.services.calls import cancel_queued_calls_of_app
+from crucible.server.services.function_specs import SPECS
 from crucible.server.services.secrets import require_secrets
 from crucible.server.services.volumes import volume_row
 from crucible.server.store.tables import apps, functions, pods
 
 __all__ = [
+    "FunctionRow",
     "create_app",
     "create_functions",
     "function_names",
@@ -209,13 +212,29 @@ def create_functions(
     return out
 
 
+@dataclass(frozen=True)
+class FunctionRow:
+    """A function as the API and the services use it: its row, its app's state, and its
+    spec typed (read once per version through services/function_specs.SPECS; shared with the
+    cache, so never mutated)."""
+
+    id: str
+    app_id: str
+    account_id: str
+    name: str
+    created_ms: int
+    app_state: str
+    rev: int  # functions.spec_rev of ``spec``
+    spec: FunctionCreate
+
+
 _SEL_FUNCTION = (
     select(
         functions.c.id,
         functions.c.app_id,
         functions.c.account_id,
         functions.c.name,
-        functions.c.spec,
+        functions.c.spec_rev,
         functions.c.created_ms,
         apps.c.state.label("app_state"),
     )
@@ -224,14 +243,24 @@ _SEL_FUNCTION = (
 )
 
 
-def get_function_row(conn: Connection, principal: Principal, function_id: str) -> Any:
-    """The function row joined with its app's state; NotFound for other accounts."""
+def get_function_row(conn: Connection, principal: Principal, function_id: str) -> FunctionRow:
+    """The function with its app's state and its typed spec; NotFound for other accounts."""
     row = conn.execute(
         _SEL_FUNCTION, {"b_id": function_id, "b_account": principal.account_id}
     ).first()
     if row is None:
         raise NotFoundError(f"function {function_id} not found")
-    return row
+    parsed = SPECS.at(conn, row.id, row.spec_rev)
+    return FunctionRow(
+        id=row.id,
+        app_id=row.app_id,
+        account_id=row.account_id,
+        name=row.name,
+        created_ms=row.created_ms,
+        app_state=row.app_state,
+        rev=parsed.rev,
+        spec=parsed.spec,
+    )
 
 
 def function_names(conn: Connection, principal: Principal, ids: set[str]) -> dict[str, str]:

@@ -45,12 +45,13 @@ from crucible.errors import (
     PayloadTooLargeError,
 )
 from crucible.protocol.calls import CallInfo, CallsCreate, GroupResults
-from crucible.protocol.common import TERMINAL_STATES, CallState, ErrorInfo, Payload
+from crucible.protocol.common import TERMINAL_STATES, CallState, ErrorInfo, Payload, RetryPolicy
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
 from crucible.server.services.blobs import require_blob
+from crucible.server.services.function_specs import SPECS
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import calls, containers, functions
 
@@ -701,17 +702,17 @@ def claim_inputs(
 
 
 def _failure(
-    row: Any, retries: dict[str, Any], error: ErrorInfo, terminal_state: str, now_ms: int
+    row: Any, retries: RetryPolicy, error: ErrorInfo, terminal_state: str, now_ms: int
 ) -> dict[str, Any]:
     """The update for a failed attempt: requeue with backoff while retries last."""
     # Requeues after host loss and preemptions are not the function's failures.
     failures = row.attempts - row.infra_requeues - row.preemptions
-    if failures <= retries["max_retries"]:
+    if failures <= retries.max_retries:
         delay = retry_delay_ms(
             failures,
-            retries["initial_delay_s"],
-            retries["backoff_coefficient"],
-            retries["max_delay_s"],
+            retries.initial_delay_s,
+            retries.backoff_coefficient,
+            retries.max_delay_s,
         )
         return {
             "state": "queued",
@@ -732,7 +733,7 @@ def record_outputs(
     container_id: str,
     outputs: Iterable[OutputItem],
     rate_micros_per_hour: int,
-    retries: dict[str, Any],
+    retries: RetryPolicy,
     now_ms: int,
     inline_max: int,
     account_id: str,
@@ -869,7 +870,7 @@ def requeue_calls_of_container(
             calls.c.preemptions,
             calls.c.container_id,
             calls.c.started_ms,
-            functions.c.spec,
+            functions.c.spec_rev,
         )
         .join(functions, functions.c.id == calls.c.function_id)
         .where(calls.c.container_id == container_id, calls.c.state == "running")
@@ -886,7 +887,8 @@ def requeue_calls_of_container(
     for r in rows:
         spent = attempt_cost(rate, r.started_ms, now_ms, None)
         if crashed:
-            values = _failure(r, r.spec["retries"], error, "failed", now_ms)
+            retries = SPECS.at(conn, r.function_id, r.spec_rev).spec.retries
+            values = _failure(r, retries, error, "failed", now_ms)
         elif r.infra_requeues + 1 > max_infra_requeues:
             values = {"state": "failed", "finished_ms": now_ms, "error": error.model_dump()}
         else:
@@ -961,14 +963,15 @@ def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int
             calls.c.function_id,
             calls.c.container_id,
             calls.c.started_ms,
-            functions.c.spec,
+            functions.c.spec_rev,
         )
         .join(functions, functions.c.id == calls.c.function_id)
         .where(calls.c.id == call_id)
     ).first()
     if row is None or row.state != "running":
         return []
-    values = _failure(row, row.spec["retries"], error, "timed_out", now_ms)
+    retries = SPECS.at(conn, row.function_id, row.spec_rev).spec.retries
+    values = _failure(row, retries, error, "timed_out", now_ms)
     spent = attempt_cost(container_rate(conn, row.container_id), row.started_ms, now_ms, None)
     values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
     conn.execute(update(calls).where(calls.c.id == call_id).values(**values))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
@@ -14,6 +13,7 @@ from crucible.core.market import Advanced, Offer, Preemption
 from crucible.core.scheduling import LeaseTerms, StartContainer
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallInfo
+from crucible.protocol.common import RetryPolicy
 from crucible.protocol.containers import ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
@@ -23,6 +23,7 @@ from crucible.server.services.calls import (
     record_outputs,
     requeue_preempted_calls,
 )
+from crucible.server.services.function_specs import SPECS
 from crucible.server.store.tables import calls, containers, functions
 
 __all__ = [
@@ -52,7 +53,7 @@ class ContainerFacts:
     function_id: str
     rate_micros_per_hour: int
     timeout_s: float
-    retries: dict[str, Any]
+    retries: RetryPolicy
 
 
 _SEL_FACTS = (
@@ -61,7 +62,7 @@ _SEL_FACTS = (
         containers.c.account_id,
         containers.c.function_id,
         containers.c.rate_micros_per_hour,
-        functions.c.spec,
+        functions.c.spec_rev,
     )
     .join(functions, functions.c.id == containers.c.function_id)
     .where(containers.c.id == bindparam("b_id"))
@@ -216,13 +217,14 @@ def load_container_facts(conn: Connection, container_id: str) -> ContainerFacts:
     row = conn.execute(_SEL_FACTS, {"b_id": container_id}).first()
     if row is None:
         raise NotFoundError(f"container {container_id} not found")
+    spec = SPECS.at(conn, row.function_id, row.spec_rev).spec
     return ContainerFacts(
         id=row.id,
         account_id=row.account_id,
         function_id=row.function_id,
         rate_micros_per_hour=row.rate_micros_per_hour,
-        timeout_s=float(row.spec["timeout_s"]),
-        retries=row.spec["retries"],
+        timeout_s=spec.timeout_s,
+        retries=spec.retries,
     )
 
 

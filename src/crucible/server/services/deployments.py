@@ -19,7 +19,7 @@ from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.deployments import DeploymentInfo, DeploymentVersion, VersionStarted
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
-from crucible.server.services.apps import get_function_row, stop_app
+from crucible.server.services.apps import FunctionRow, get_function_row, stop_app
 from crucible.server.services.schedules import drop_schedules, schedule_infos, sync_schedules
 from crucible.server.store.tables import apps, calls, deployments, functions
 
@@ -212,7 +212,7 @@ def list_deployments(conn: Connection, principal: Principal) -> list[DeploymentI
     return [_info(conn, r) for r in rows]
 
 
-def current_function(conn: Connection, principal: Principal, name: str, fn: str) -> Any:
+def current_function(conn: Connection, principal: Principal, name: str, fn: str) -> FunctionRow:
     """The function ``fn`` of the deployment's current version (as get_function_row)."""
     dep = _deployment(conn, principal, name)
     if dep.state != "running" or dep.current_app_id is None:
@@ -230,7 +230,9 @@ def current_function(conn: Connection, principal: Principal, name: str, fn: str)
     return get_function_row(conn, principal, str(fid))
 
 
-def forward_call_target(conn: Connection, principal: Principal, fn: Any) -> Any | None:
+def forward_call_target(
+    conn: Connection, principal: Principal, fn: FunctionRow
+) -> FunctionRow | None:
     """For a call to a function of a superseded version: the current version's function of
     the same name (None when the app is not a deployment's, or nothing replaces it)."""
     row = conn.execute(

@@ -10,19 +10,23 @@ served after the spec changed, in this process or any other replica.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import Connection, select
 
+from crucible.errors import NotFoundError
 from crucible.protocol.apps import FunctionCreate
 from crucible.server.services.market import MarketTerms
-from crucible.server.services.pods import is_pod_function
 from crucible.server.store.tables import functions
 
 __all__ = ["SPECS", "FunctionSpec", "SpecCache"]
+
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,17 @@ class FunctionSpec:
     terms: MarketTerms  # how it buys GPUs (its market part, its network egress)
     pod: bool  # a pod's function (the pod supervisor), named a pod in reasons
 
+    @cached_property
+    def blob_refs(self) -> frozenset[str]:
+        """Every sha256 the spec names (its code bundle, its image's files, ...): blobs that
+        retention must keep. Any 64-hex string counts, so a field added later is covered."""
+        return frozenset(_SHA.findall(self.spec.model_dump_json()))
+
     @classmethod
     def parse(cls, function_id: str, rev: int, raw: object) -> FunctionSpec:
+        # Imported here: pods -> containers -> calls read specs through this module.
+        from crucible.server.services.pods import is_pod_function
+
         spec = FunctionCreate.model_validate(raw)
         return cls(
             id=function_id,
@@ -100,6 +113,18 @@ class SpecCache:
                 # The row as read now: a newer version than the caller saw is the truth.
                 out[r.id] = self.put(FunctionSpec.parse(r.id, r.spec_rev, r.spec))
         return out
+
+    def at(self, conn: Connection, function_id: str, rev: int) -> FunctionSpec:
+        """The spec of one function whose version ``rev`` was selected with the caller's row
+        (read from the store only if not cached at that version). NotFound when the function
+        was deleted meanwhile."""
+        hit = self.cached(function_id, rev)
+        if hit is not None:
+            return hit
+        found = self.get_many(conn, {function_id: rev}).get(function_id)
+        if found is None:
+            raise NotFoundError(f"function {function_id} not found")
+        return found
 
     def get(self, conn: Connection, function_id: str) -> FunctionSpec | None:
         """One function's current spec (its version read from the store), or None."""

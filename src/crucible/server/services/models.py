@@ -100,7 +100,7 @@ def register_model(
     usage). The deployment must be the caller's, running, with a web function
     ``req.function`` of kind ``asgi_app``."""
     fn = current_function(conn, principal, req.deployment, req.function)
-    web = fn.spec.get("web") or {}
+    web = fn.spec.web or {}
     if web.get("kind") != "asgi_app":
         raise InvalidRequestError(
             f"{req.deployment}.{req.function} is not an @crucible.asgi_app() web function; a "

@@ -15,16 +15,15 @@ an upload in flight is never lost.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, bindparam, cast, delete, func, select, update
-from sqlalchemy.types import Text
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
 from crucible.protocol.common import TERMINAL_STATES
 from crucible.protocol.volumes import Manifest
 from crucible.server.blobs import BlobStore
+from crucible.server.services.function_specs import SPECS
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import (
     blobs,
@@ -50,7 +49,6 @@ __all__ = [
 ]
 
 _DAY_MS = 86_400_000
-_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -259,11 +257,12 @@ def _referenced(conn: Connection, store: BlobStore, shas: list[str]) -> set[str]
     if not holders:
         return found
     wanted = set(shas)
-    # Code bundles and image files are named in the function's spec (JSON).
-    for spec in conn.execute(
-        select(cast(functions.c.spec, Text)).where(functions.c.account_id.in_(holders))
-    ).scalars():
-        found.update(wanted.intersection(_SHA.findall(spec or "")))
+    # Code bundles and image files are named in the function's spec.
+    revs = conn.execute(
+        select(functions.c.id, functions.c.spec_rev).where(functions.c.account_id.in_(holders))
+    ).all()
+    for spec in SPECS.get_many(conn, {r.id: r.spec_rev for r in revs}).values():
+        found.update(wanted.intersection(spec.blob_refs))
     # Volume chunks are listed in the manifests of the holders' volume versions.
     manifests = conn.execute(
         select(volume_versions.c.manifest_ref)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, select, update
 
@@ -24,6 +23,7 @@ from crucible.protocol.schedules import ScheduleSpec, next_tick_ms
 from crucible.server.auth import Principal
 from crucible.server.services.apps import get_function_row
 from crucible.server.services.calls import create_calls
+from crucible.server.services.function_specs import SPECS
 from crucible.server.store.tables import apps, calls, deployments, functions, schedules
 
 __all__ = ["drop_schedules", "fire_due_schedules", "schedule_infos", "sync_schedules"]
@@ -44,16 +44,19 @@ def sync_schedules(conn: Connection, deployment_id: str, app_id: str, now_ms: in
     """After ``app_id`` became the current version: one row per scheduled function of it.
     An unchanged schedule keeps its next run (a redeploy neither skips nor repeats a tick);
     a new or changed one starts from now; functions no longer scheduled lose theirs."""
-    wanted: dict[str, dict[str, Any]] = {}
+    wanted: dict[str, ScheduleSpec] = {}
     account = ""
-    for r in conn.execute(
-        select(functions.c.name, functions.c.spec, functions.c.account_id).where(
-            functions.c.app_id == app_id
-        )
-    ):
+    rows = conn.execute(
+        select(
+            functions.c.id, functions.c.name, functions.c.spec_rev, functions.c.account_id
+        ).where(functions.c.app_id == app_id)
+    ).all()
+    specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in rows})
+    for r in rows:
         account = r.account_id
-        if (r.spec or {}).get("schedule"):
-            wanted[r.name] = r.spec["schedule"]
+        scheduled = specs[r.id].spec.schedule if r.id in specs else None
+        if scheduled is not None:
+            wanted[r.name] = scheduled
     have = {
         r.function_name: r
         for r in conn.execute(select(schedules).where(schedules.c.deployment_id == deployment_id))
@@ -65,8 +68,7 @@ def sync_schedules(conn: Connection, deployment_id: str, app_id: str, now_ms: in
                     schedules.c.deployment_id == deployment_id, schedules.c.function_name == name
                 )
             )
-    for name, raw in wanted.items():
-        spec = ScheduleSpec.model_validate(raw)
+    for name, spec in wanted.items():
         row = have.get(name)
         if row is not None and ScheduleSpec.model_validate(row.spec) == spec:
             continue

@@ -14,6 +14,7 @@ from crucible.protocol.ids import new_id
 from crucible.protocol.secrets import SecretCreate, SecretInfo, SecretValues
 from crucible.server.auth import Principal
 from crucible.server.secretbox import SecretBox
+from crucible.server.services.function_specs import SPECS
 from crucible.server.store.tables import apps, containers, functions, secrets
 
 __all__ = [
@@ -207,13 +208,18 @@ def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> Se
     """The environment of a running container: the values of its function's secrets, opened
     for its own account only. A secret deleted since the function was registered is skipped."""
     row = conn.execute(
-        select(containers.c.account_id, containers.c.state, functions.c.spec)
+        select(
+            containers.c.account_id,
+            containers.c.state,
+            containers.c.function_id,
+            functions.c.spec_rev,
+        )
         .join(functions, functions.c.id == containers.c.function_id)
         .where(containers.c.id == container_id)
     ).first()
     if row is None or row.state == "stopped":
         raise NotFoundError(f"container {container_id} is not running")
-    names: list[str] = list((row.spec or {}).get("secrets") or [])
+    names = SPECS.at(conn, row.function_id, row.spec_rev).spec.secrets
     env: dict[str, str] = {}
     if not names:
         return SecretValues(env=env)
@@ -242,14 +248,19 @@ def registry_auth_for_container(
     the container's own account only. Empty when the image names no secret; ``not_found``
     when the secret is gone (the pull fails and says so)."""
     row = conn.execute(
-        select(containers.c.account_id, containers.c.state, functions.c.spec)
+        select(
+            containers.c.account_id,
+            containers.c.state,
+            containers.c.function_id,
+            functions.c.spec_rev,
+        )
         .join(functions, functions.c.id == containers.c.function_id)
         .where(containers.c.id == container_id)
     ).first()
     if row is None or row.state == "stopped":
         raise NotFoundError(f"container {container_id} is not running")
-    image = (row.spec or {}).get("image") or {}
-    name = image.get("registry_secret")
+    image = SPECS.at(conn, row.function_id, row.spec_rev).spec.image
+    name = image.registry_secret if image is not None else None
     if not name:
         return SecretValues(env={})
     found = conn.execute(

@@ -24,6 +24,7 @@ from crucible.server.console.live import (
 )
 from crucible.server.console.web import ConsoleRoute, Session, page, render_fragment, state_of
 from crucible.server.services import activity, apps, deployments, logs
+from crucible.server.services.function_specs import SPECS
 from crucible.server.state import ServerState
 from crucible.server.store.tables import functions
 from crucible.server.wakeups import long_poll
@@ -68,14 +69,16 @@ def app_page(app_id: str, request: Request, session: Session) -> Response:
     who = session.principal
     with state.engine.connect() as conn:
         info = apps.get_app(conn, who, app_id)
+        rows = conn.execute(
+            select(functions.c.id, functions.c.name, functions.c.app_id, functions.c.spec_rev)
+            .where(functions.c.app_id == app_id, functions.c.account_id == who.account_id)
+            .order_by(functions.c.name)
+        ).all()
+        specs = SPECS.get_many(conn, {fn.id: fn.spec_rev for fn in rows})
         endpoints = [
             (fn.name, endpoint_url(state, request, conn, who.account_id, fn))
-            for fn in conn.execute(
-                select(functions.c.name, functions.c.app_id, functions.c.spec)
-                .where(functions.c.app_id == app_id, functions.c.account_id == who.account_id)
-                .order_by(functions.c.name)
-            )
-            if (fn.spec or {}).get("web")
+            for fn in rows
+            if fn.id in specs and specs[fn.id].spec.web
         ]
     return page(
         request,
