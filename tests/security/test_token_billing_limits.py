@@ -25,6 +25,7 @@ import openai
 import orjson
 import pytest
 from sqlalchemy import func, select
+from starlette.requests import ClientDisconnect
 
 from crucible.core.ledger import renter_account
 from crucible.errors import InsufficientCreditError
@@ -303,3 +304,76 @@ def test_a_crashed_requests_hold_lapses(server: ServerUnderTest) -> None:
     with server.state.engine.connect() as conn:
         keys = conn.execute(select(token_holds.c.key)).scalars().all()
     assert keys == ["th-next"]  # the lapsed one was cleared by the next hold
+
+
+def test_a_stream_nobody_reads_is_settled_at_once(make_server: Any) -> None:
+    """The client's socket fails before the streamed response begins (its events are never
+    read): the hold does not wait an hour to lapse; the usage the engine reports is charged
+    and the hold released, as for a client that leaves mid-stream."""
+    server: ServerUnderTest = make_server(require_credits=True)
+    alice = server.tenant("alice")
+    bob = server.tenant("bob")
+    admin = server.tenant("op", Scope.ADMIN).token
+    fn = _model(server, alice.token)
+    host = server.register_host(server.tenant("alice", Scope.HOST).token)
+    container, ctr_token = server.place_container(fn, host)
+    for account, amount in (("bob", 1_000), ("alice", 10**9)):
+        grant = {"account": account, "amount_micros": amount, "key": f"g-{account}"}
+        server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+
+    def balance() -> int:
+        with server.state.engine.connect() as conn:
+            return account_balance(conn, renter_account(bob.account_id))
+
+    def holds() -> int:
+        with server.state.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(token_holds)).scalar() or 0)
+
+    body = orjson.dumps({"model": "alice/chat", "messages": HI, "max_tokens": 5, "stream": True})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/openai/v1/chat/completions",
+        "raw_path": b"/openai/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"t"),
+            (b"authorization", f"Bearer {bob.token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        if not sent:
+            sent.append("request")
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the client's socket is gone")
+
+    async def check() -> None:
+        start = balance()
+        request = asyncio.create_task(server.app(scope, receive, send))
+        await _answer(server, container, ctr_token, (7, 3), stream=True)
+        with pytest.raises((OSError, ClientDisconnect)):  # Starlette says which
+            await request
+        for _ in range(1000):  # charged in the background from the rest of the answer
+            if holds() == 0 and balance() != start:
+                break
+            await asyncio.sleep(0.01)
+        assert holds() == 0
+        assert balance() == start - 10
+
+    server._loop.run_until_complete(check())
+    with server.state.engine.connect() as conn:
+        assert check_ledger(conn) == []

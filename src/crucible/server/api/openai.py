@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from crucible.core.token_bounds import RequestBounds
 from crucible.core.token_pricing import TokenUsage
@@ -254,10 +255,12 @@ async def _run(
     if answer.status is None:
         return _no_answer(answer), False
     if stream and answer.status == 200:
-        return StreamingResponse(
-            _stream(state, metered, answer, wants_usage),
-            media_type="text/event-stream",
-            headers={"x-crucible-call-id": answer.call_id, "cache-control": "no-cache"},
+        progress = _Progress()
+        return _SettledStream(
+            _stream(state, metered, answer, wants_usage, progress),
+            answer.call_id,
+            lambda: _settle_rest(state, metered, answer, answer.body),
+            progress,
         ), True
     data = b"".join([part async for part in answer.body])
     if answer.state != "succeeded":
@@ -341,13 +344,69 @@ def _no_answer(answer: WebCallResponse) -> JSONResponse:
     )
 
 
+class _Progress:
+    """Whether a stream's generator has begun (its ``finally`` settles the hold only then)."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+class _SettledStream(StreamingResponse):
+    """A streamed answer whose hold is settled even when its events are never read: the
+    client left (or its socket failed) before the response began. The engine still finishes
+    the answer, so, as for a client that leaves mid-stream, its usage is read from the rest
+    of it and charged, and the hold released; never left to lapse an hour later."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        call_id: str,
+        settle: Callable[[], None],
+        progress: _Progress,
+    ) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"x-crucible-call-id": call_id, "cache-control": "no-cache"},
+        )
+        self._settle = settle
+        self._progress = progress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._progress.started:
+                self._settle()
+
+
+def _settle_rest(
+    state: ServerState,
+    metered: _Metered,
+    answer: WebCallResponse,
+    parts: AsyncIterator[bytes] | None = None,
+) -> None:
+    """Charge what the engine reports for an answer nobody reads, in the background: from
+    ``parts`` (the answer's own body, never read), else read again from the call."""
+    task = asyncio.get_running_loop().create_task(_charge_rest(state, metered, answer, parts))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 async def _stream(
-    state: ServerState, metered: _Metered, answer: WebCallResponse, wants_usage: bool
+    state: ServerState,
+    metered: _Metered,
+    answer: WebCallResponse,
+    wants_usage: bool,
+    progress: _Progress,
 ) -> AsyncIterator[bytes]:
     """Server-sent events as the engine produces them, one whole event at a time; the usage
     chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
-    client that leaves before the usage chunk is not charged per token for that request
-    (the owner still paid the container time)."""
+    client that leaves before the usage chunk is still charged the usage the rest of the
+    answer reports (read on in the background); its hold is released either way."""
+    progress.started = True
     buffer = b""
     recorded = False
     done = False
@@ -373,9 +432,7 @@ async def _stream(
         if not done and not recorded:
             # The client left early: the engine still finishes the answer, so its usage is
             # read from the rest of the stream and charged all the same.
-            task = asyncio.get_running_loop().create_task(_charge_rest(state, metered, answer))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            _settle_rest(state, metered, answer)
         elif not recorded:
             _release(state, metered)  # the answer carried no usage: nothing to charge
     if buffer.strip():
@@ -414,12 +471,18 @@ def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
     return usage, usage is not None and not chunk.get("choices")
 
 
-async def _charge_rest(state: ServerState, metered: _Metered, answer: WebCallResponse) -> None:
+async def _charge_rest(
+    state: ServerState,
+    metered: _Metered,
+    answer: WebCallResponse,
+    parts: AsyncIterator[bytes] | None,
+) -> None:
     buffer = b""
-    # Read again from the call's items (a relayed request: on from where the client's reader
-    # stopped): the client's reader was cancelled with the client.
-    try:
+    # Without ``parts``, read again from the call's items (a relayed request: on from where
+    # the client's reader stopped): the client's reader was cancelled with the client.
+    if parts is None:
         parts = body_parts(state, metered.resolved.owner, answer.call_id, answer.relayed)
+    try:
         async for part in parts:
             buffer += part
             *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
@@ -430,6 +493,9 @@ async def _charge_rest(state: ServerState, metered: _Metered, answer: WebCallRes
                     return
     finally:
         _release(state, metered)
+        aclose = getattr(parts, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @router.post("/chat/completions")
