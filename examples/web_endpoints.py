@@ -51,6 +51,9 @@ def main():
     account = http.get("/v1/accounts/me")["name"]
     base = f"/web/{account}/web-demo"
     try:
+        # Where each endpoint is served (its own host when the exchange has a domain for
+        # user content, else its path on the exchange).
+        print("api is served at", crucible.Function.from_name("web-demo", "api").get_web_url())
         print(http.get(f"{base}/hello/?name=Ada"))  # needs the account's token
         print(http.get(f"{base}/api/square/12", token=False))  # public
         print(http.post(f"{base}/api/echo", {"x": 1}, token=False))

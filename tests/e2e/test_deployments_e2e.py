@@ -24,6 +24,7 @@ def test_deploy_redeploy_rollback_stop(exchange: Exchange, tmp_path: Path) -> No
     assert (info.name, info.version) == ("svc", 1)
     version = crucible.Function.from_name("svc", "version", client=builder)
     assert version.remote() == "v1"
+    assert version.get_web_url() is None  # not a web endpoint
     slow = crucible.Function.from_name("svc", "slow", client=builder)
     in_flight = slow.spawn(4)
     wait_for(lambda: builder.get_call(in_flight.object_id).state == "running", 30, "running")

@@ -103,6 +103,7 @@ def test_job_api(exchange: Exchange, tmp_path: Path) -> None:
 
 def test_web_endpoints(exchange: Exchange, tmp_path: Path) -> None:
     out = _run(exchange, tmp_path, "web_endpoints.py")
+    assert f"api is served at {exchange.url}/web/" in out and "/web-demo/api/" in out
     assert "{'hello': 'Ada'}" in out
     assert "{'x': 12, 'square': 144}" in out
     assert "{'you sent': {'x': 1}}" in out

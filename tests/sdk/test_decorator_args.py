@@ -287,3 +287,23 @@ def test_crucible_run_prints_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in text and "ValidationError" not in text
     assert text.count("\n") == 0, text
     assert "scaledown_window must be >= 0" in text
+
+
+_WEB_APP = crucible.App("not-deployed")
+
+
+@_WEB_APP.function()
+@crucible.fastapi_endpoint()
+def _page() -> dict[str, str]:
+    return {}
+
+
+@_WEB_APP.function()
+def _plain() -> None:
+    return None
+
+
+def test_web_url_of_a_function_not_deployed() -> None:
+    assert _plain.get_web_url() is None  # not a web endpoint: no URL, deployed or not
+    with pytest.raises(crucible.Error, match=r"deploy.*Function.from_name\('not-deployed'"):
+        _page.get_web_url()

@@ -203,6 +203,27 @@ class Function(Generic[P, R]):
     def get_raw_f(self) -> Callable[P, R]:
         return self.raw_f
 
+    def get_web_url(self) -> str | None:
+        """The public URL of this web endpoint (``@crucible.fastapi_endpoint`` or
+        ``@crucible.asgi_app``) in the deployment it was looked up in
+        (:meth:`from_name`): its own host when the exchange serves user content on a
+        domain of its own (``CRUCIBLE_PORTS_DOMAIN``), else its ``/web/...`` path on the
+        exchange. None for a function that is not a web endpoint. Asked again, it reads the
+        deployment's current version (a redeploy may have made it a web endpoint or not)."""
+        if self._deployment is None:
+            if self.kind != "web_endpoint":
+                return None
+            raise Error(
+                f"{self.name}.get_web_url(): web endpoints are served for deployed apps: "
+                f"deploy it (`crucible deploy`, or app.deploy()) and look it up with "
+                f"crucible.Function.from_name({self.app.name!r}, {self.name!r})"
+            )
+        client = self._client or Client.from_settings()
+        info = client.lookup_function(self._deployment, self.name)
+        if info.web is None:
+            return None
+        return info.web_url or None
+
     def _serialize_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """The call's pickled arguments; one that cannot be pickled is named in the error."""
         if self.options.get("class_params") is not None and args:
