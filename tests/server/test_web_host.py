@@ -57,7 +57,7 @@ async def _serve_one(server: ServerUnderTest, container: str, ctr_token: str) ->
     [taken] = got.json()["inputs"]
     raw = base64.b64decode(taken["args"]["data"])
     [http] = json_payload.decode(raw)["args"]
-    seen = {"path": http["path"]}
+    seen = {"path": http["path"], "headers": http["headers"]}
     parts = [
         orjson.dumps({"status": 200, "headers": [["content-type", "application/json"]]}),
         orjson.dumps({"body": base64.b64encode(orjson.dumps(seen)).decode(), "more": False}),
@@ -195,3 +195,36 @@ async def _never(*_: Any) -> Any:
 
 def owner_of(account_id: str) -> Principal:
     return Principal(account_id=account_id, scope="user")
+
+
+def test_the_app_sees_the_request_as_a_reverse_proxy_passes_it(make_server: MakeServer) -> None:
+    """The Host the client used and X-Forwarded-* written by the gateway (what a client sent
+    under those names is replaced, its X-Forwarded-For appended to); never the token."""
+    server = make_server(ports_domain=DOMAIN, web_relay=False)
+    owner = server.tenant("webby")
+    ids = _deploy(server, owner.token)
+    host = server.register_host(server.tenant("webby", Scope.HOST).token)
+    container, ctr_token = server.place_container(ids["pub"], host)
+    forged = {
+        "x-forwarded-host": "evil.example",
+        "x-forwarded-prefix": "/evil",
+        "x-forwarded-for": "10.9.9.9",
+    }
+    auth = {"authorization": f"Bearer {owner.token}"}
+    r = _served(server, container, ctr_token, "/web/webby/site/pub/p", {**auth, **forged})
+    assert r.status_code == 200, r.text
+    seen = dict(map(tuple, r.json()["headers"]))
+    assert "authorization" not in seen
+    assert seen["host"] == "test" and seen["x-forwarded-host"] == "test"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-prefix"] == "/web/webby/site/pub"
+    assert seen["x-forwarded-for"].startswith("10.9.9.9, ")
+    assert [k for k, _ in r.json()["headers"]].count("x-forwarded-host") == 1
+
+    # On the endpoint's own host the app is at the root: no prefix.
+    url = server.ok("GET", "/v1/deployments/site/functions/pub", token=owner.token)["web_url"]
+    own_host = url.removeprefix("http://").rstrip("/")
+    r = _served(server, container, ctr_token, "/q", {"host": own_host, **forged})
+    seen = dict(map(tuple, r.json()["headers"]))
+    assert seen["host"] == own_host and seen["x-forwarded-host"] == own_host
+    assert "x-forwarded-prefix" not in seen

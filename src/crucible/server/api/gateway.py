@@ -28,6 +28,7 @@ import orjson
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketState
 
 from crucible.errors import AuthError, Error, NotFoundError
@@ -37,7 +38,7 @@ from crucible.protocol.common import Payload
 from crucible.protocol.web import decode_response
 from crucible.server.api.calls import check_credit, submit_calls
 from crucible.server.api.items import read_page
-from crucible.server.api.web_origin import own_host_reason, to_own_host
+from crucible.server.api.web_origin import OWN_HOST, own_host_reason, to_own_host
 from crucible.server.auth import Principal
 from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
@@ -50,7 +51,17 @@ from crucible.server.web_relay import RelayedResponse, relayed_response
 router = APIRouter(tags=["web"])
 log = logging.getLogger("crucible.gateway")
 
-_HOP = {"authorization", "host", "connection", "content-length", "transfer-encoding"}
+# Not passed to the app: the caller's token, hop-by-hop headers, and forwarding headers the
+# client sent (the gateway writes its own, so an app can trust them).
+_HOP = {
+    "authorization",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+}
 _FIRST_PART_WAIT_S = 300.0
 # A resolved endpoint is reused this long: a deployment changed through this server is seen
 # at once (the routes clear the cache), one changed through another replica within this.
@@ -146,6 +157,28 @@ def _client(address: Any) -> str:
     return str(address.host) if address is not None else "unknown"
 
 
+def forwarded_headers(
+    conn: HTTPConnection, account: str, deployment: str, function: str
+) -> list[list[str]]:
+    """The request's headers as the app sees them, as a reverse proxy passes them: the
+    ``Host`` the client used, and ``X-Forwarded-For`` (the client's address appended),
+    ``-Host``, ``-Proto`` and, when served at the exchange's path, ``-Prefix`` (the path
+    the app is mounted at, ``/web/{account}/{deployment}/{function}``), so that the app can
+    build its own public URLs. Never the caller's token."""
+    out = [[k, v] for k, v in conn.headers.items() if k not in _HOP and k != "x-forwarded-for"]
+    prior = conn.headers.get("x-forwarded-for")
+    client = _client(conn.client)
+    out.append(["x-forwarded-for", f"{prior}, {client}" if prior else client])
+    host = conn.headers.get("host")
+    if host:
+        out.append(["x-forwarded-host", host])
+    scheme = conn.url.scheme
+    out.append(["x-forwarded-proto", {"ws": "http", "wss": "https"}.get(scheme, scheme)])
+    if OWN_HOST not in conn.scope:
+        out.append(["x-forwarded-prefix", f"/web/{account}/{deployment}/{function}"])
+    return out
+
+
 _UNSEEN = (
     "no web endpoint at /web/{}/{}/{} that this request may use: check the URL, and send a "
     "token of the endpoint's account ('Authorization: Bearer <token>') unless it is public"
@@ -191,7 +224,7 @@ async def gateway(
         "method": request.method,
         "path": "/" + path,
         "query": request.url.query,
-        "headers": [[k, v] for k, v in request.headers.items() if k.lower() not in _HOP],
+        "headers": forwarded_headers(request, account, deployment, function),
     }
     relayed = await relay(state, owner, fn, http, body)
     if relayed is not None:
@@ -404,7 +437,7 @@ async def gateway_websocket(
         "type": "websocket",
         "path": "/" + path,
         "query": websocket.url.query,
-        "headers": [[k, v] for k, v in websocket.headers.items() if k.lower() not in _HOP],
+        "headers": forwarded_headers(websocket, account, deployment, function),
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
     created = await submit_calls(
