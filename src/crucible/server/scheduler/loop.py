@@ -277,7 +277,7 @@ class SchedulerLoop:
             # Live containers are read once, for the leases, the demands and the usage.
             live_rows = conn.execute(_SEL_LIVE_CONTAINERS).all()
             lease_ids = {
-                r.id for r in live_rows if r.gpu_model is not None and r.lease_end_ms is None
+                r[_ID] for r in live_rows if r[_MODEL] is not None and r[_LEASE_END] is None
             }
             demands, accounts, terms = self._demands(conn, now, live_rows)
             capacity, known = self._capacity(now, host_rows, live_rows)
@@ -709,25 +709,27 @@ class SchedulerLoop:
             .where(functions.c.id.in_(fids))
         ).all()
         planned = []
-        for r in rows:
-            if r.id in work or r.id in relayed or r.id in self._promised:
+        settled, skipped, promised = self._settled, self._skipped, self._promised
+        for r in rows:  # every function with live containers: by position, locals only
+            fid = r[0]
+            if fid in work or fid in relayed or fid in promised:
                 planned.append(r)
                 continue
-            cs = by_fn.get(r.id, ())
+            cs = by_fn.get(fid, ())
             sig = (
-                r.spec_rev,
-                r.app_state,
-                r.account_id,
+                r[2],  # spec_rev
+                r[3],  # app_state
+                r[1],  # account_id
                 # Rows come in any order: sorted (most functions have one container).
                 *(
-                    sorted((c.id, c.state, c.id in busy) for c in cs)
+                    sorted((c[_ID], c[_STATE], c[_ID] in busy) for c in cs)
                     if len(cs) > 1
-                    else [(c.id, c.state, c.id in busy) for c in cs]
+                    else [(c[_ID], c[_STATE], c[_ID] in busy) for c in cs]
                 ),
             )
-            last = self._settled.get(r.id)
+            last = settled.get(fid)
             if last is not None and last[0] == sig and now < last[1]:
-                self._skipped.add(r.id)
+                skipped.add(fid)
                 continue
             # Until a container that has not started yet would be replaced (start timeout).
             due = min(
@@ -860,7 +862,7 @@ _SEL_LIVE_CONTAINERS = select(
 ).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
 
 # Positions in _SEL_LIVE_CONTAINERS's rows, for the loops that run over every live container.
-_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED = (
+_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED, _MODEL, _LEASE_END = (
     list(_SEL_LIVE_CONTAINERS.selected_columns.keys()).index(k)
     for k in (
         "id",
@@ -872,6 +874,8 @@ _ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED = (
         "gpu_indices_text",
         "ready_ms",
         "created_ms",
+        "gpu_model",
+        "lease_end_ms",
     )
 )
 _Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
