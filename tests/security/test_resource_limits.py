@@ -176,3 +176,22 @@ def test_an_account_holds_a_bounded_number_of_pods(
     # Another account is not affected by Alice's count.
     bob = server.tenant("bob")
     server.ok("POST", "/v1/pods", token=bob.token, json={"name": "a"})
+
+
+def test_a_full_account_reusing_a_live_pods_name_is_told_of_the_name_first(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name check and the count are one statement on the submit path: the conflict is
+    # still reported before the quota, and another account's pod of that name is neither.
+    monkeypatch.setattr(pods_svc, "MAX_PODS", 2)
+    alice, bob = server.tenant("alice"), server.tenant("bob")
+    server.ok("POST", "/v1/pods", token=bob.token, json={"name": "a"})
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "a"})
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "b"})
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "a"})
+    assert r.status_code == 409 and error_code(r) == "conflict", r.text
+    r = server.request("POST", "/v1/pods", token=alice.token, json={"name": "c"})
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded", r.text
+    # A deleted pod's name is free again and its room too.
+    server.ok("DELETE", "/v1/pods/a", token=alice.token)
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "a"})

@@ -221,3 +221,41 @@ def test_a_settled_container_that_never_starts_is_still_replaced(
     loop.tick()
     assert warm not in loop.left_out
     assert dict(_containers(server, warm))[first] in ("stopping", "stopped")
+
+
+def test_a_gpu_held_by_a_stopping_container_is_placed_again_only_once_it_ends(
+    make_server: MakeServer,
+) -> None:
+    """A GPU pod's container told to stop keeps its GPU (the tick's usage and the market's
+    lease) until its host reports it ended; then the next tick places the waiting pod there."""
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box", gpus=_gpus(1))
+    loop = SchedulerLoop(server.state)
+    sync = f"/v1/hosts/{host_id}/sync"
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "a", "gpu": "H100:1"})
+    loop.tick()
+    [first] = server.ok("POST", sync, token=host_token, json={"containers": [], "wait_s": 0})[
+        "start"
+    ]
+    running = {"container_id": first["container_id"], "state": "running"}
+    server.ok("POST", sync, token=host_token, json={"containers": [running], "wait_s": 0})
+    server.ok("POST", "/v1/pods/a/stop", token=renter)
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "b", "gpu": "H100:1"})
+    loop.tick()
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        rows = conn.execute(select(containers.c.id, containers.c.state)).all()
+    assert [r.state for r in rows if r.id != first["container_id"]] == []
+    # The host reports it ended: the next tick places the new pod on that GPU.
+    exited = {"container_id": first["container_id"], "state": "exited", "exit_code": 0}
+    server.ok("POST", sync, token=host_token, json={"containers": [exited], "wait_s": 0})
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        placed = conn.execute(
+            select(containers.c.host_id, containers.c.gpu_indices).where(
+                containers.c.id != first["container_id"]
+            )
+        ).all()
+    assert [(p.host_id, list(p.gpu_indices)) for p in placed] == [(host_id, [0])]

@@ -277,7 +277,7 @@ class SchedulerLoop:
             # Live containers are read once, for the leases, the demands and the usage.
             live_rows = conn.execute(_SEL_LIVE_CONTAINERS).all()
             lease_ids = {
-                r.id for r in live_rows if r.gpu_model is not None and r.lease_end_ms is None
+                r[_ID] for r in live_rows if r[_MODEL] is not None and r[_LEASE_END] is None
             }
             demands, accounts, terms = self._demands(conn, now, live_rows)
             capacity, known = self._capacity(now, host_rows, live_rows)
@@ -661,16 +661,24 @@ class SchedulerLoop:
         # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
         relayed = self.state.web.relay.in_flight()
         busy |= self.state.web.relay.busy()
-        by_fn: dict[str, list[Any]] = defaultdict(list)  # live container rows
-        for r in live_rows:
-            if r.state == "stopping":
+        by_fn: dict[str, list[Any]] = {}  # live container rows
+        seen, started = self._started_seen, set[str]()
+        for r in live_rows:  # by position: every live container, every tick
+            if r[_STATE] == "stopping":
                 continue
-            if r.ready_ms is not None and r.id not in self._started_seen:
-                self._started_seen.add(r.id)
-                start_ms = float(r.ready_ms - r.created_ms)
-                self.state.observations.observe_start(r.function_id, start_ms)
-            by_fn[r.function_id].append(r)
-        self._started_seen &= {c.id for cs in by_fn.values() for c in cs}
+            cid, fid = r[_ID], r[_FN]
+            if r[_READY] is not None:
+                started.add(cid)
+                if cid not in seen:
+                    start_ms = float(r[_READY] - r[_CREATED])
+                    self.state.observations.observe_start(fid, start_ms)
+            group = by_fn.get(fid)
+            if group is None:
+                by_fn[fid] = [r]
+            else:
+                group.append(r)
+        # Those still live that were seen started (a container only ever starts once).
+        self._started_seen = started
         start_timeout_ms = self.policy.container_start_timeout_ms
         # Functions that keep warm containers count even with no calls and no containers.
         warm = set(
@@ -701,25 +709,27 @@ class SchedulerLoop:
             .where(functions.c.id.in_(fids))
         ).all()
         planned = []
-        for r in rows:
-            if r.id in work or r.id in relayed or r.id in self._promised:
+        settled, skipped, promised = self._settled, self._skipped, self._promised
+        for r in rows:  # every function with live containers: by position, locals only
+            fid = r[0]
+            if fid in work or fid in relayed or fid in promised:
                 planned.append(r)
                 continue
-            cs = by_fn.get(r.id, ())
+            cs = by_fn.get(fid, ())
             sig = (
-                r.spec_rev,
-                r.app_state,
-                r.account_id,
+                r[2],  # spec_rev
+                r[3],  # app_state
+                r[1],  # account_id
                 # Rows come in any order: sorted (most functions have one container).
                 *(
-                    sorted((c.id, c.state, c.id in busy) for c in cs)
+                    sorted((c[_ID], c[_STATE], c[_ID] in busy) for c in cs)
                     if len(cs) > 1
-                    else [(c.id, c.state, c.id in busy) for c in cs]
+                    else [(c[_ID], c[_STATE], c[_ID] in busy) for c in cs]
                 ),
             )
-            last = self._settled.get(r.id)
+            last = settled.get(fid)
             if last is not None and last[0] == sig and now < last[1]:
-                self._skipped.add(r.id)
+                skipped.add(fid)
                 continue
             # Until a container that has not started yet would be replaced (start timeout).
             due = min(
@@ -807,8 +817,7 @@ class SchedulerLoop:
         """Live hosts with their usage (from the tick's live containers), and every host seen
         within the last hour (for deciding whether a request could ever be met)."""
         rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
-        usage = _usage(live_rows)
-        freeing = _stopping_usage(live_rows)
+        usage, freeing = _usages(live_rows)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
@@ -852,6 +861,23 @@ _SEL_LIVE_CONTAINERS = select(
     containers.c.lease_end_ms,
 ).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
 
+# Positions in _SEL_LIVE_CONTAINERS's rows, for the loops that run over every live container.
+_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED, _MODEL, _LEASE_END = (
+    list(_SEL_LIVE_CONTAINERS.selected_columns.keys()).index(k)
+    for k in (
+        "id",
+        "function_id",
+        "state",
+        "host_id",
+        "cpu",
+        "memory_mib",
+        "gpu_indices_text",
+        "ready_ms",
+        "created_ms",
+        "gpu_model",
+        "lease_end_ms",
+    )
+)
 _Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
 _NO_USE: _Use = (0.0, 0, set())
 
@@ -862,20 +888,26 @@ def _indices(text: str | None) -> tuple[int, ...]:
     return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
 
 
-def _usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
-    """Per host, what its live containers hold (stopping ones included, until they end)."""
-    cpu: dict[str, float] = defaultdict(float)
-    mem: dict[str, int] = defaultdict(int)
-    gpus: dict[str, set[int]] = defaultdict(set)
+def _usages(live_rows: Sequence[Any]) -> tuple[dict[str, _Use], dict[str, _Use]]:
+    """Per host, what its live containers hold (stopping ones included, until they end), and
+    what containers told to stop still hold (room the core counts on instead of stopping
+    more idle containers). One pass over the tick's rows, read by position: at fleet size
+    this runs over every live container each tick."""
+    held: dict[str, tuple[float, int, set[int]]] = {}
+    freeing: dict[str, tuple[float, int, set[int]]] = {}
     for r in live_rows:
-        cpu[r.host_id] += r.cpu
-        mem[r.host_id] += r.memory_mib
-        if r.gpu_indices_text:
-            gpus[r.host_id].update(_indices(r.gpu_indices_text))
-    return {h: (cpu[h], mem[h], gpus.get(h, set())) for h in cpu}
-
-
-def _stopping_usage(live_rows: Sequence[Any]) -> dict[str, _Use]:
-    """Per host, what containers told to stop still hold (counted in its usage until they
-    end): room the core counts on instead of stopping more idle containers."""
-    return _usage([r for r in live_rows if r.state == "stopping"])
+        host, cpu, mem, text = r[_HOST], r[_CPU], r[_MEM], r[_GPUS]
+        u = held.get(host)
+        held[host] = u = (
+            (0.0 + cpu, mem, set()) if u is None else (u[0] + cpu, u[1] + mem, u[2])
+        )
+        if text:
+            u[2].update(_indices(text))
+        if r[_STATE] == "stopping":
+            f = freeing.get(host)
+            freeing[host] = f = (
+                (0.0 + cpu, mem, set()) if f is None else (f[0] + cpu, f[1] + mem, f[2])
+            )
+            if text:
+                f[2].update(_indices(text))
+    return held, freeing

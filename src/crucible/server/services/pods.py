@@ -21,7 +21,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, or_, select, update
 
 from crucible.errors import (
     ConflictError,
@@ -131,6 +131,10 @@ def require_room(conn: Connection, account_id: str, adding: int) -> None:
         .select_from(pods)
         .where(pods.c.account_id == account_id, pods.c.state != "deleted")
     ).scalar_one()
+    _check_room(held, adding)
+
+
+def _check_room(held: int, adding: int) -> None:
     if held + adding > MAX_PODS:
         raise QuotaExceededError(
             f"this account already has {held} pods (stopped ones included), and at most "
@@ -145,19 +149,20 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
     spec = parse_pod(req)
     for name in spec.volumes.values():
         volume_row(conn, principal, name)  # NotFound naming it
-    taken = conn.execute(
-        select(pods.c.id).where(
-            pods.c.account_id == principal.account_id,
-            pods.c.name == spec.name,
-            pods.c.state != "deleted",
-        )
-    ).first()
-    if taken is not None:
+    # The account's pods that are not deleted, and how many of them have this name, in one
+    # statement (the submit path's reads: a name conflict first, then the quota).
+    held, taken = conn.execute(
+        select(
+            func.count(),
+            func.count(case((pods.c.name == spec.name, 1))),
+        ).where(pods.c.account_id == principal.account_id, pods.c.state != "deleted")
+    ).one()
+    if taken:
         raise ConflictError(
             f"you already have a pod called {spec.name!r}; pick another name, or remove it "
             f"first with `crucible pod rm {spec.name}`"
         )
-    require_room(conn, principal.account_id, 1)
+    _check_room(held, 1)
     row = _insert(conn, principal.account_id, spec, now_ms)
     # Shown from what was just written (no container, nothing metered): reading it back
     # took three more queries on the submit path.
