@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         ex.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
