@@ -70,6 +70,22 @@ def _model(server: ServerUnderTest, token: str) -> str:
     return str(made[0]["id"])
 
 
+def _serving(server: ServerUnderTest, bob_credit: int) -> tuple[Any, str, str, str]:
+    """Alice's model served by one container; Bob, its caller, granted ``bob_credit``
+    micro-dollars; Alice (who pays her containers' time) plenty. Bob, the operator's token,
+    the container and its token."""
+    alice = server.tenant("alice")
+    bob = server.tenant("bob")
+    admin = server.tenant("op", Scope.ADMIN).token
+    fn = _model(server, alice.token)
+    host = server.register_host(server.tenant("alice", Scope.HOST).token)
+    container, ctr_token = server.place_container(fn, host)
+    for account, amount in (("bob", bob_credit), ("alice", 10**9)):
+        grant = {"account": account, "amount_micros": amount, "key": f"g-{account}"}
+        server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    return bob, admin, container, ctr_token
+
+
 def _client(server: ServerUnderTest, token: str) -> openai.AsyncOpenAI:
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), base_url="http://t")
     return openai.AsyncOpenAI(
@@ -195,17 +211,7 @@ def test_limits_are_refused_before_any_engine_work(make_server: Any) -> None:
 
 def test_a_caller_holds_its_most_and_never_goes_below_zero(make_server: Any) -> None:
     server: ServerUnderTest = make_server(require_credits=True)
-    alice = server.tenant("alice")
-    bob = server.tenant("bob")
-    admin = server.tenant("op", Scope.ADMIN).token
-    fn = _model(server, alice.token)
-    host = server.register_host(server.tenant("alice", Scope.HOST).token)
-    container, ctr_token = server.place_container(fn, host)
-    grant = {"account": "bob", "amount_micros": 100, "key": "g1"}
-    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
-    # The owner pays its containers' time, so it needs credit of its own.
-    grant = {"account": "alice", "amount_micros": 10**9, "key": "g2"}
-    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    bob, admin, container, ctr_token = _serving(server, 100)
     ai = _client(server, bob.token)
 
     def balance() -> int:
@@ -311,15 +317,7 @@ def test_a_stream_nobody_reads_is_settled_at_once(make_server: Any) -> None:
     read): the hold does not wait an hour to lapse; the usage the engine reports is charged
     and the hold released, as for a client that leaves mid-stream."""
     server: ServerUnderTest = make_server(require_credits=True)
-    alice = server.tenant("alice")
-    bob = server.tenant("bob")
-    admin = server.tenant("op", Scope.ADMIN).token
-    fn = _model(server, alice.token)
-    host = server.register_host(server.tenant("alice", Scope.HOST).token)
-    container, ctr_token = server.place_container(fn, host)
-    for account, amount in (("bob", 1_000), ("alice", 10**9)):
-        grant = {"account": account, "amount_micros": amount, "key": f"g-{account}"}
-        server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    bob, _, container, ctr_token = _serving(server, 1_000)
 
     def balance() -> int:
         with server.state.engine.connect() as conn:

@@ -710,16 +710,16 @@ class SchedulerLoop:
         ).all()
         planned = []
         settled, skipped, promised = self._settled, self._skipped, self._promised
-        for r in rows:  # every function with live containers: by position, locals only
-            fid = r[0]
+        for r in rows:  # every function with live containers: locals only
+            fid, account_id, spec_rev, app_state = r
             if fid in work or fid in relayed or fid in promised:
                 planned.append(r)
                 continue
             cs = by_fn.get(fid, ())
             sig = (
-                r[2],  # spec_rev
-                r[3],  # app_state
-                r[1],  # account_id
+                spec_rev,
+                app_state,
+                account_id,
                 # Rows come in any order: sorted (most functions have one container).
                 *(
                     sorted((c[_ID], c[_STATE], c[_ID] in busy) for c in cs)
@@ -888,26 +888,24 @@ def _indices(text: str | None) -> tuple[int, ...]:
     return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
 
 
+def _add_use(into: dict[str, _Use], host: str, cpu: float, mem: int, gpus: tuple[int, ...]) -> None:
+    u = into.get(host)
+    into[host] = u = (0.0 + cpu, mem, set()) if u is None else (u[0] + cpu, u[1] + mem, u[2])
+    if gpus:
+        u[2].update(gpus)
+
+
 def _usages(live_rows: Sequence[Any]) -> tuple[dict[str, _Use], dict[str, _Use]]:
     """Per host, what its live containers hold (stopping ones included, until they end), and
     what containers told to stop still hold (room the core counts on instead of stopping
     more idle containers). One pass over the tick's rows, read by position: at fleet size
     this runs over every live container each tick."""
-    held: dict[str, tuple[float, int, set[int]]] = {}
-    freeing: dict[str, tuple[float, int, set[int]]] = {}
+    held: dict[str, _Use] = {}
+    freeing: dict[str, _Use] = {}
     for r in live_rows:
         host, cpu, mem, text = r[_HOST], r[_CPU], r[_MEM], r[_GPUS]
-        u = held.get(host)
-        held[host] = u = (
-            (0.0 + cpu, mem, set()) if u is None else (u[0] + cpu, u[1] + mem, u[2])
-        )
-        if text:
-            u[2].update(_indices(text))
+        gpus = _indices(text) if text else ()
+        _add_use(held, host, cpu, mem, gpus)
         if r[_STATE] == "stopping":
-            f = freeing.get(host)
-            freeing[host] = f = (
-                (0.0 + cpu, mem, set()) if f is None else (f[0] + cpu, f[1] + mem, f[2])
-            )
-            if text:
-                f[2].update(_indices(text))
+            _add_use(freeing, host, cpu, mem, gpus)
     return held, freeing

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from crucible.errors import ConflictError, NotFoundError, PermissionDeniedError, QuotaExceededError
+from crucible.protocol.apps import FunctionCreate
 from crucible.protocol.ids import new_id
 from crucible.protocol.secrets import SecretCreate, SecretInfo, SecretValues
 from crucible.server.auth import Principal
@@ -204,9 +205,8 @@ def require_secrets(conn: Connection, account_id: str, names: list[str]) -> None
         )
 
 
-def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> SecretValues:
-    """The environment of a running container: the values of its function's secrets, opened
-    for its own account only. A secret deleted since the function was registered is skipped."""
+def _running_spec(conn: Connection, container_id: str) -> tuple[str, FunctionCreate]:
+    """A running container's account and its function's spec; NotFound once it stopped."""
     row = conn.execute(
         select(
             containers.c.account_id,
@@ -219,7 +219,14 @@ def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> Se
     ).first()
     if row is None or row.state == "stopped":
         raise NotFoundError(f"container {container_id} is not running")
-    names = SPECS.at(conn, row.function_id, row.spec_rev).spec.secrets
+    return row.account_id, SPECS.at(conn, row.function_id, row.spec_rev).spec
+
+
+def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> SecretValues:
+    """The environment of a running container: the values of its function's secrets, opened
+    for its own account only. A secret deleted since the function was registered is skipped."""
+    account_id, spec = _running_spec(conn, container_id)
+    names = spec.secrets
     env: dict[str, str] = {}
     if not names:
         return SecretValues(env=env)
@@ -227,7 +234,7 @@ def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> Se
         r.name: r
         for r in conn.execute(
             select(secrets.c.name, secrets.c.key_id, secrets.c.ciphertext).where(
-                secrets.c.account_id == row.account_id, secrets.c.name.in_(names)
+                secrets.c.account_id == account_id, secrets.c.name.in_(names)
             )
         )
     }
@@ -235,7 +242,7 @@ def env_for_container(conn: Connection, box: SecretBox, container_id: str) -> Se
         found = sealed.get(name)
         if found is None:
             continue
-        plain = box.open(found.key_id, found.ciphertext, _context(row.account_id, name))
+        plain = box.open(found.key_id, found.ciphertext, _context(account_id, name))
         env.update(json.loads(plain))
     return SecretValues(env=env)
 
@@ -247,25 +254,14 @@ def registry_auth_for_container(
     secret=...)``): ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` of that secret, opened for
     the container's own account only. Empty when the image names no secret; ``not_found``
     when the secret is gone (the pull fails and says so)."""
-    row = conn.execute(
-        select(
-            containers.c.account_id,
-            containers.c.state,
-            containers.c.function_id,
-            functions.c.spec_rev,
-        )
-        .join(functions, functions.c.id == containers.c.function_id)
-        .where(containers.c.id == container_id)
-    ).first()
-    if row is None or row.state == "stopped":
-        raise NotFoundError(f"container {container_id} is not running")
-    image = SPECS.at(conn, row.function_id, row.spec_rev).spec.image
+    account_id, spec = _running_spec(conn, container_id)
+    image = spec.image
     name = image.registry_secret if image is not None else None
     if not name:
         return SecretValues(env={})
     found = conn.execute(
         select(secrets.c.key_id, secrets.c.ciphertext).where(
-            secrets.c.account_id == row.account_id, secrets.c.name == name
+            secrets.c.account_id == account_id, secrets.c.name == name
         )
     ).first()
     if found is None:
@@ -273,7 +269,7 @@ def registry_auth_for_container(
             f"the image's registry secret {name!r} does not exist; create it with "
             f"`crucible secret create {name} REGISTRY_USERNAME=... REGISTRY_PASSWORD=...`"
         )
-    values = json.loads(box.open(found.key_id, found.ciphertext, _context(row.account_id, name)))
+    values = json.loads(box.open(found.key_id, found.ciphertext, _context(account_id, name)))
     keep = ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
     return SecretValues(env={k: str(values[k]) for k in keep if k in values})
 
