@@ -312,13 +312,17 @@ def _state(relayed: Relayed) -> str:
 
 async def _parts(relayed: Relayed) -> AsyncIterator[dict[str, Any]]:
     """The response's parts as the worker sends them; ``relayed.ended`` is set at the end."""
+    queue = relayed.queue
     while relayed.ended is None:
-        remaining = relayed.deadline - time.monotonic()
-        try:
-            got = await asyncio.wait_for(relayed.queue.get(), max(remaining, 0.001))
-        except TimeoutError:
-            relayed.ended = Ended("lost", error_code=ContainerExitedError.code)
-            return
+        if queue.empty():  # else no timer: a part that is here already is taken at once
+            try:
+                async with asyncio.timeout_at(_loop_deadline(relayed.deadline)):
+                    got = await queue.get()
+            except TimeoutError:
+                relayed.ended = Ended("lost", error_code=ContainerExitedError.code)
+                return
+        else:
+            got = queue.get_nowait()
         if isinstance(got, Ended):
             relayed.ended = got
             held = decode_response(got.result) if got.result is not None else None
@@ -330,6 +334,12 @@ async def _parts(relayed: Relayed) -> AsyncIterator[dict[str, Any]]:
         if relayed.on_read is not None:
             relayed.on_read(relayed.consumed)
         yield got if isinstance(got, dict) else json_payload.decode(got)
+
+
+def _loop_deadline(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running loop's clock (at least a little ahead)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + max(deadline - time.monotonic(), 0.001)
 
 
 async def _nothing() -> AsyncIterator[bytes]:

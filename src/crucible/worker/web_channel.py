@@ -242,7 +242,8 @@ class WebChannel:
         try:
             try:
                 scope = http_scope(header["http"])
-                await asyncio.wait_for(self.app(scope, receive, response.send), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self.app(scope, receive, response.send)
                 await response.finish()
             except TimeoutError:
                 message = f"the request ran past its timeout of {timeout_s:g} s"

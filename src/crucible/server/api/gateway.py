@@ -93,22 +93,21 @@ def _endpoint(
     which accounts, deployments and functions exist: without a valid token, 401 (a private
     endpoint needs one); with another account's token, 404; the same message either way."""
     caller = _caller(state, authorization)
-    unseen = _unseen(caller, account, deployment, function)
     key = (account, deployment, function)
     known = state.web.endpoints.get(key)
     if known is not None and known[0] > time.monotonic():
         owner = Principal(account_id=known[1], scope="user")
         fn = known[2]
     else:
-        owner, fn = _resolve(state, caller, unseen, account, deployment, function)
+        owner, fn = _resolve(state, caller, account, deployment, function)
     authorised = _authorised(caller, owner)
     web = fn.spec.web
     if not web:
         if authorised:
             raise NotFoundError(f"{deployment}.{function} is not a web endpoint")
-        raise unseen
+        raise _unseen(caller, *key)
     if not web.get("public") and not authorised:
-        raise unseen
+        raise _unseen(caller, *key)
     if known is None or known[2] is not fn:
         if len(state.web.endpoints) >= _ENDPOINTS_MAX:
             state.web.endpoints.clear()
@@ -134,7 +133,6 @@ def _authorised(caller: Principal | None, owner: Principal) -> bool:
 def _resolve(
     state: ServerState,
     caller: Principal | None,
-    unseen: Error,
     account: str,
     deployment: str,
     function: str,
@@ -143,14 +141,14 @@ def _resolve(
     with state.engine.connect() as conn:  # one connection for both lookups
         account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == account)).scalar()
         if account_id is None:
-            raise unseen
+            raise _unseen(caller, account, deployment, function)
         owner = Principal(account_id=str(account_id), scope="user")
         try:
             return owner, current_function(conn, owner, deployment, function)
         except NotFoundError:
             if _authorised(caller, owner):
                 raise
-            raise unseen from None
+            raise _unseen(caller, account, deployment, function) from None
 
 
 def _client(address: Any) -> str:
@@ -172,7 +170,7 @@ def forwarded_headers(
     host = conn.headers.get("host")
     if host:
         out.append(["x-forwarded-host", host])
-    scheme = conn.url.scheme
+    scheme = str(conn.scope.get("scheme", "http"))
     out.append(["x-forwarded-proto", {"ws": "http", "wss": "https"}.get(scheme, scheme)])
     if OWN_HOST not in conn.scope:
         out.append(["x-forwarded-prefix", f"/web/{account}/{deployment}/{function}"])
@@ -223,7 +221,7 @@ async def gateway(
     http = {
         "method": request.method,
         "path": "/" + path,
-        "query": request.url.query,
+        "query": request.scope["query_string"].decode("latin-1"),
         "headers": forwarded_headers(request, account, deployment, function),
     }
     relayed = await relay(state, owner, fn, http, body)
