@@ -7,7 +7,9 @@ uvicorn directly. The gateway is measured twice: with its fast path (a request r
 memory to the warm container on its web channel, server/web_channel.py) and with every
 request a durable call (``CRUCIBLE_WEB_RELAY=false``, the gateway before the fast path).
 Each is measured with one client (sequential requests: latency) and with 8 concurrent
-clients (throughput). Prints a table with the overhead ratio and writes
+clients (throughput). The fast path is measured once more, at one client, with the container
+a plain process (``CRUCIBLE_RUNTIME=process``) instead of a sandbox: the difference is what
+the sandbox costs a request on this machine. Prints a table with the overhead ratio and writes
 ``benchmarks/results/bench_web.json``::
 
     .venv/bin/python benchmarks/bench_web.py              # 1,000 requests per measurement
@@ -98,8 +100,19 @@ def main() -> None:
         uvicorn.terminate()
         uvicorn.wait()
 
-    for setup, relay in (("gateway", "true"), ("gateway durable", "false")):
-        env = {"CRUCIBLE_SCALEDOWN_WINDOW_S": "300", "CRUCIBLE_WEB_RELAY": relay}
+    setups = (
+        ("gateway", {"CRUCIBLE_WEB_RELAY": "true"}, (1, 8)),
+        ("gateway durable", {"CRUCIBLE_WEB_RELAY": "false"}, (1, 8)),
+        # The fast path with the container as a plain process instead of a sandbox: what
+        # the sandbox (namespaces, seccomp, the relay socket) adds on this machine.
+        (
+            "gateway, no sandbox",
+            {"CRUCIBLE_WEB_RELAY": "true", "CRUCIBLE_RUNTIME": "process"},
+            (1,),
+        ),
+    )
+    for setup, extra, client_counts in setups:
+        env = {"CRUCIBLE_SCALEDOWN_WINDOW_S": "300", **extra}
         with Exchange(env=env) as ex:
             client = ex.client()
             name = client.get("/v1/accounts/me")["name"]
@@ -107,7 +120,7 @@ def main() -> None:
             url = f"{ex.url}/web/{name}/bench-web/hello/"
             wait_for(functools.partial(_up, url), 60, "the endpoint")
             measure(url, 100, 1)  # warm-up
-            for clients in (1, 8):
+            for clients in client_counts:
                 label = f"{setup}, {clients} client{'s' if clients > 1 else ''}"
                 with CpuMeter(ex) as cpu:
                     results[label] = measure(url, args.requests, clients)
@@ -121,7 +134,7 @@ def main() -> None:
 
     rows = []
     for label, r in results.items():
-        base = results["uvicorn, " + label.split(", ")[1]]
+        base = results["uvicorn, " + label.rsplit(", ", 1)[1]]
         rows.append(
             (
                 label,
