@@ -1,4 +1,4 @@
-"""The server's response writes: one socket write per loop step, nothing lost on close."""
+"""The server's response writes: a head and its body in one socket write, a lone write at the\nend of its loop step, nothing lost on close."""
 
 from __future__ import annotations
 
@@ -31,10 +31,15 @@ def test_writes_of_one_step_go_out_together_and_close_flushes() -> None:
         raw = _Recorder()
         t = _CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        t.write(b"body")
-        assert raw.writes == []  # nothing before the step ends
-        await asyncio.sleep(0)
+        assert raw.writes == []  # a lone write waits for the step's end
+        t.write(b"body")  # the second goes at once, with the first: one write
         assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        await asyncio.sleep(0)
+        assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]  # nothing more at the end
+        t.write(b"chunk")
+        assert raw.writes[-1] != b"chunk"
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"chunk"  # a lone write goes at the end of its step
         assert t.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is delegated
         t.write(b"last")
         t.close()  # a response that ends with a close is still sent whole
