@@ -1,0 +1,135 @@
+"""The scheduler's view of hosts and live containers, kept in memory across ticks.
+
+Owned by the scheduler loop (scheduler/loop.py). Each tick brings it up to date with one
+indexed read of the rows changed since the last one: the store bumps ``change_seq`` on every
+write of a column placement reads (triggers of migration 0028, whoever writes: an agent's
+report, another replica's API, the tick itself), so a quiet tick reads what changed, not the
+fleet. It is rebuilt whole from the store when the loop starts leading, after a tick failed
+(in doubt), and once a minute (rows deleted outright leave no change behind).
+
+Never ahead of the store: what a tick plans on is what the store had committed when it
+read. On PostgreSQL, numbers are handed out before their transactions commit, so a read
+first takes :data:`CHANGES_LOCK` exclusively for an instant (every writer of a watched
+column holds it shared until it commits): the numbers handed out by then all belong to
+finished transactions, and the next read starts from there. On SQLite writers take turns,
+so the counters read in the tick's own transaction are exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Text, cast, select, text
+
+from crucible.server.services.hosts import LIVE_CONTAINER_STATES
+from crucible.server.services.market import HOST_COLUMNS, HostRow, LiveMarket
+from crucible.server.store.tables import change_counters, containers, hosts
+
+__all__ = ["CHANGES_LOCK", "CONTAINER_COLUMNS", "FleetView"]
+
+log = logging.getLogger("crucible.scheduler")
+
+# The advisory lock between writers of watched columns (shared, in the triggers of migration
+# 0028) and a view's read (exclusive, an instant): the same number as there.
+CHANGES_LOCK = 0x6372_7563_7669_6577
+# How long a read waits for writers in flight to commit before it reads everything instead.
+_LOCK_WAIT = "500ms"
+_REBUILD_MS = 60_000  # a full read this often: a row deleted outright leaves no change
+
+# A container as the tick reads it (live ones: services/hosts.LIVE_CONTAINER_STATES).
+CONTAINER_COLUMNS = select(
+    containers.c.id,
+    containers.c.function_id,
+    containers.c.host_id,
+    containers.c.state,
+    containers.c.created_ms,
+    containers.c.last_active_ms,
+    containers.c.ready_ms,
+    containers.c.cpu,
+    containers.c.memory_mib,
+    # As text, parsed through loop._indices: a few distinct lists ("[0]", "[1, 2]").
+    cast(containers.c.gpu_indices, Text).label("gpu_indices_text"),
+    containers.c.gpu_model,
+    containers.c.lease_end_ms,
+)
+_LIVE = frozenset(LIVE_CONTAINER_STATES)
+_STATE = list(CONTAINER_COLUMNS.selected_columns.keys()).index("state")
+
+_PG_MARKS = text(
+    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM hosts_change_seq),"
+    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM containers_change_seq)"
+)
+
+
+@dataclass
+class FleetView:
+    """Hosts (with their parsed inventories) and live containers as the store had them at
+    the last :meth:`refresh`."""
+
+    hosts: dict[str, HostRow] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)  # container id -> CONTAINER_COLUMNS row
+    # The change numbers read up to (hosts, containers); None: read everything next time.
+    _marks: tuple[int, int] | None = None
+    _built_ms: int = 0
+    # What the last refresh read: rows of hosts and of containers (a full read counts all).
+    read_rows: tuple[int, int] = (0, 0)
+
+    def invalidate(self) -> None:
+        """Read everything again at the next refresh (a new term, or a failed tick)."""
+        self._marks = None
+
+    def barrier(self, engine: Engine) -> tuple[int, int] | None:
+        """On PostgreSQL: the change numbers every one of which belongs to a finished
+        transaction, in a transaction of its own, before the tick's reading one begins.
+        None elsewhere, or when writers did not finish in time (the next refresh then reads
+        everything and keeps its marks)."""
+        if engine.dialect.name != "postgresql":
+            return None
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'"))
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGES_LOCK})
+                h, c = conn.execute(_PG_MARKS).one()
+                return int(h), int(c)
+        except Exception as exc:  # lock timeout: writers in flight; read everything instead
+            log.info("fleet view: no barrier this tick (%s); reading the whole fleet", exc)
+            return None
+
+    def refresh(
+        self, conn: Connection, market: LiveMarket, now_ms: int, barrier: tuple[int, int] | None
+    ) -> None:
+        """Bring the view up to the store's committed state, in the tick's transaction."""
+        if conn.dialect.name == "postgresql":
+            upto = barrier
+        else:
+            counts = dict(conn.execute(select(change_counters.c.name, change_counters.c.n)).all())
+            upto = (int(counts.get("hosts", 0)), int(counts.get("containers", 0)))
+        marks = self._marks
+        if marks is None or upto is None or now_ms - self._built_ms >= _REBUILD_MS:
+            self._read_all(conn, market)
+            if upto is not None:
+                self._marks, self._built_ms = upto, now_ms
+            return
+        host_rows = conn.execute(HOST_COLUMNS.where(hosts.c.change_seq > marks[0])).all()
+        for h in market.with_devices(conn, host_rows):
+            self.hosts[h.row.id] = h
+        live = self.live
+        container_rows = conn.execute(
+            CONTAINER_COLUMNS.where(containers.c.change_seq > marks[1])
+        ).all()
+        for r in container_rows:
+            if r[_STATE] in _LIVE:
+                live[r[0]] = r
+            else:
+                live.pop(r[0], None)
+        self._marks = upto
+        self.read_rows = (len(host_rows), len(container_rows))
+
+    def _read_all(self, conn: Connection, market: LiveMarket) -> None:
+        self.hosts = {h.row.id: h for h in market.read_hosts(conn)}
+        self.live = {
+            r[0]: r for r in conn.execute(CONTAINER_COLUMNS.where(containers.c.state.in_(_LIVE)))
+        }
+        self.read_rows = (len(self.hosts), len(self.live))
