@@ -178,3 +178,27 @@ def test_a_deposed_then_reelected_leader_reads_the_whole_fleet_again(
     loop.tick()
     assert loop.fleet.read_rows == (2, 0)
     assert [r.host_id for r in _live(server)] == [host_ids[1]]
+
+
+def test_an_app_stopped_through_another_replica_gets_no_new_container(
+    make_server: MakeServer,
+) -> None:
+    """The view keeps the rows of the functions it plans (their app's state among them): an
+    app stopped through another replica gets no replacement for its warm container."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box")
+    app = leader.new_app(renter)
+    fn = leader.new_function(renter, app, leader.put_blob(renter), min_containers=1)
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    [first] = _start(leader, host_id, host_token)
+    loop.tick()
+    loop.tick()
+    replica.ok("POST", f"/v1/apps/{app}/stop", token=renter)
+    loop.tick()
+    loop.tick()
+    with leader.state.engine.connect() as conn:
+        made = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).all()
+    assert [r.id for r in made] == [first]

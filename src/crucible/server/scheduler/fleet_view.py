@@ -1,4 +1,5 @@
-"""The scheduler's view of hosts and live containers, kept in memory across ticks.
+"""The scheduler's view of hosts, live containers and the functions it plans, kept in
+memory across ticks.
 
 Owned by the scheduler loop (scheduler/loop.py). Each tick brings it up to date with one
 indexed read of the rows changed since the last one: the store bumps ``change_seq`` on every
@@ -18,14 +19,15 @@ so the counters read in the tick's own transaction are exact.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text
 
 from crucible.server.services.hosts import LIVE_CONTAINER_STATES
 from crucible.server.services.market import HOST_COLUMNS, HostRow, LiveMarket
-from crucible.server.store.tables import change_counters, containers, hosts
+from crucible.server.store.tables import apps, change_counters, containers, functions, hosts
 
 __all__ = ["CHANGES_LOCK", "CONTAINER_COLUMNS", "FleetView"]
 
@@ -57,10 +59,29 @@ CONTAINER_COLUMNS = select(
 _LIVE = frozenset(LIVE_CONTAINER_STATES)
 _STATE = list(CONTAINER_COLUMNS.selected_columns.keys()).index("state")
 
+# The tables whose change_seq the view follows, in the order of its marks.
+_TABLES = ("hosts", "containers", "functions", "apps")
 _PG_MARKS = text(
-    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM hosts_change_seq),"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM containers_change_seq)"
+    "SELECT "
+    + ", ".join(
+        f"(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {t}_change_seq)"
+        for t in _TABLES
+    )
 )
+_FUNCTION_COLUMNS = select(
+    functions.c.id, functions.c.account_id, functions.c.spec_rev, functions.c.app_id
+)
+_APP_COLUMNS = select(apps.c.id, apps.c.state)
+_Marks = tuple[int, int, int, int]
+
+
+class FunctionRow(NamedTuple):
+    """What a tick reads of a function: its owner, its spec's version, its app's state."""
+
+    id: str
+    account_id: str
+    spec_rev: int
+    app_state: str
 
 
 @dataclass
@@ -70,8 +91,12 @@ class FleetView:
 
     hosts: dict[str, HostRow] = field(default_factory=dict)
     live: dict[str, Any] = field(default_factory=dict)  # container id -> CONTAINER_COLUMNS row
-    # The change numbers read up to (hosts, containers); None: read everything next time.
-    _marks: tuple[int, int] | None = None
+    # Functions asked for (:meth:`functions_of`): id -> (account, spec_rev, app), and the
+    # states of their apps.
+    _functions: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    _apps: dict[str, str] = field(default_factory=dict)
+    # The change numbers read up to (_TABLES); None: read everything next time.
+    _marks: _Marks | None = None
     _built_ms: int = 0
     # What the last refresh read: rows of hosts and of containers (a full read counts all).
     read_rows: tuple[int, int] = (0, 0)
@@ -80,7 +105,7 @@ class FleetView:
         """Read everything again at the next refresh (a new term, or a failed tick)."""
         self._marks = None
 
-    def barrier(self, engine: Engine) -> tuple[int, int] | None:
+    def barrier(self, engine: Engine) -> _Marks | None:
         """On PostgreSQL: the change numbers every one of which belongs to a finished
         transaction, in a transaction of its own, before the tick's reading one begins.
         None elsewhere, or when writers did not finish in time (the next refresh then reads
@@ -91,21 +116,22 @@ class FleetView:
             with engine.begin() as conn:
                 conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'"))
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGES_LOCK})
-                h, c = conn.execute(_PG_MARKS).one()
-                return int(h), int(c)
+                h, c, f, a = conn.execute(_PG_MARKS).one()
+                return int(h), int(c), int(f), int(a)
         except Exception as exc:  # lock timeout: writers in flight; read everything instead
             log.info("fleet view: no barrier this tick (%s); reading the whole fleet", exc)
             return None
 
     def refresh(
-        self, conn: Connection, market: LiveMarket, now_ms: int, barrier: tuple[int, int] | None
+        self, conn: Connection, market: LiveMarket, now_ms: int, barrier: _Marks | None
     ) -> None:
         """Bring the view up to the store's committed state, in the tick's transaction."""
         if conn.dialect.name == "postgresql":
             upto = barrier
         else:
             counts = dict(conn.execute(select(change_counters.c.name, change_counters.c.n)).all())
-            upto = (int(counts.get("hosts", 0)), int(counts.get("containers", 0)))
+            n_hosts, n_containers, n_functions, n_apps = (int(counts.get(t, 0)) for t in _TABLES)
+            upto = (n_hosts, n_containers, n_functions, n_apps)
         marks = self._marks
         if marks is None or upto is None or now_ms - self._built_ms >= _REBUILD_MS:
             self._read_all(conn, market)
@@ -124,10 +150,47 @@ class FleetView:
                 live[r[0]] = r
             else:
                 live.pop(r[0], None)
+        cached = self._functions
+        for fid, account_id, spec_rev, app_id in conn.execute(
+            _FUNCTION_COLUMNS.where(functions.c.change_seq > marks[2])
+        ):
+            if fid in cached:
+                cached[fid] = (account_id, spec_rev, app_id)
+                if app_id not in self._apps:
+                    self._read_apps(conn, [app_id])
+        for app_id, state in conn.execute(_APP_COLUMNS.where(apps.c.change_seq > marks[3])):
+            if app_id in self._apps:
+                self._apps[app_id] = state
         self._marks = upto
         self.read_rows = (len(host_rows), len(container_rows))
 
+    def functions_of(self, conn: Connection, ids: Collection[str]) -> list[FunctionRow]:
+        """The rows of functions ``ids`` (those that exist), read from the store only for
+        functions the view has not kept since the last full read."""
+        cached = self._functions
+        missing = [f for f in ids if f not in cached]
+        for i in range(0, len(missing), 500):
+            found = conn.execute(_FUNCTION_COLUMNS.where(functions.c.id.in_(missing[i : i + 500])))
+            for fid, account_id, spec_rev, app_id in found:
+                cached[fid] = (account_id, spec_rev, app_id)
+        self._read_apps(conn, {cached[f][2] for f in missing if f in cached} - set(self._apps))
+        out = []
+        for fid in ids:
+            row = cached.get(fid)
+            if row is not None:
+                out.append(FunctionRow(fid, row[0], row[1], self._apps.get(row[2], "stopped")))
+        return out
+
+    def _read_apps(self, conn: Connection, ids: Collection[str]) -> None:
+        wanted = list(ids)
+        for i in range(0, len(wanted), 500):
+            for app_id, state in conn.execute(
+                _APP_COLUMNS.where(apps.c.id.in_(wanted[i : i + 500]))
+            ):
+                self._apps[app_id] = state
+
     def _read_all(self, conn: Connection, market: LiveMarket) -> None:
+        self._functions, self._apps = {}, {}  # read again as asked for
         self.hosts = {h.row.id: h for h in market.read_hosts(conn)}
         self.live = {
             r[0]: r for r in conn.execute(CONTAINER_COLUMNS.where(containers.c.state.in_(_LIVE)))

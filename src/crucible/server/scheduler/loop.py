@@ -45,7 +45,7 @@ from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
 from crucible.server.billing.service import meter_containers, record_grid_readings
 from crucible.server.leadership import Deposed, fence
-from crucible.server.scheduler.fleet_view import CONTAINER_COLUMNS, FleetView
+from crucible.server.scheduler.fleet_view import CONTAINER_COLUMNS, FleetView, FunctionRow
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -656,7 +656,7 @@ class SchedulerLoop:
         self, conn: Connection, now: int, live_rows: Sequence[Any]
     ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
-        for r in conn.execute(
+        for w in conn.execute(
             select(
                 calls.c.function_id,
                 calls.c.state,
@@ -667,7 +667,7 @@ class SchedulerLoop:
             .where(calls.c.state.in_(("queued", "running")))
             .group_by(calls.c.function_id, calls.c.state)
         ):
-            work[r.function_id][r.state] = r
+            work[w.function_id][w.state] = w
         busy = {
             r.container_id
             for r in conn.execute(
@@ -714,17 +714,9 @@ class SchedulerLoop:
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
-        rows = conn.execute(
-            select(
-                functions.c.id,
-                functions.c.account_id,
-                functions.c.spec_rev,
-                apps.c.state.label("app_state"),
-            )
-            .join(apps, apps.c.id == functions.c.app_id)
-            .where(functions.c.id.in_(fids))
-        ).all()
-        planned = []
+        # Kept by the view across ticks: read only for functions it has not seen.
+        rows = self.fleet.functions_of(conn, fids)
+        planned: list[FunctionRow] = []
         settled, skipped, promised = self._settled, self._skipped, self._promised
         for r in rows:  # every function with live containers: locals only
             fid, account_id, spec_rev, app_state = r

@@ -174,6 +174,9 @@ apps = Table(
     # retiring (superseded: serves the calls it already has) -> stopped.
     Column("deployment_id", String(32), index=True),
     Column("version", Integer),
+    # Bumped by the store at every write of state (migration 0028): the scheduler's view.
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
+    Index("ix_apps_change_seq", "change_seq"),
 )
 
 functions = Table(
@@ -191,7 +194,11 @@ functions = Table(
     # looks at such functions of running apps even when they have no calls.
     Column("warm", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # Bumped by the store at every write of app_id, account_id or spec_rev (migration 0028):
+    # the scheduler's view keeps the rows of the functions it plans.
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     UniqueConstraint("app_id", "name"),
+    Index("ix_functions_change_seq", "change_seq"),
 )
 
 containers = Table(
@@ -248,8 +255,8 @@ containers = Table(
     Index("ix_containers_change_seq", "change_seq"),
 )
 
-# The change counters behind hosts.change_seq and containers.change_seq on SQLite (one row
-# per table; PostgreSQL uses sequences of the same names, see migration 0028).
+# The change counters behind the change_seq columns on SQLite (one row per table;
+# PostgreSQL uses sequences of the same names, see migration 0028).
 change_counters = Table(
     "change_counters",
     metadata,

@@ -1,4 +1,5 @@
-"""hosts.change_seq, containers.change_seq: what changed since the scheduler last read
+"""change_seq on hosts, containers, functions and apps: what changed since the scheduler
+last read
 
 Revision ID: 0028
 Revises: 0027
@@ -47,6 +48,8 @@ WATCHED = {
         "gpu_model",
         "lease_end_ms",
     ),
+    "functions": ("account_id", "app_id", "spec_rev"),
+    "apps": ("state",),
 }
 # Held shared by every writer of a watched column until it commits, taken exclusively for
 # an instant by the scheduler's view (fleet_view.CHANGES_LOCK): once it has it, every
