@@ -202,3 +202,26 @@ def test_an_app_stopped_through_another_replica_gets_no_new_container(
     with leader.state.engine.connect() as conn:
         made = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).all()
     assert [r.id for r in made] == [first]
+
+
+def test_a_warm_function_made_through_another_replica_gets_its_container(
+    make_server: MakeServer,
+) -> None:
+    """Functions that keep warm containers are followed by the view too: one registered
+    through another replica after the leader built its view is started by the next tick."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box")
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    app = replica.new_app(renter)
+    fn = replica.new_function(renter, app, replica.put_blob(renter), min_containers=1)
+    assert fn not in loop.fleet.warm  # made after the view's last read
+    loop.tick()
+    assert fn in loop.fleet.warm
+    with leader.state.engine.connect() as conn:
+        made = conn.execute(
+            select(containers.c.host_id).where(containers.c.function_id == fn)
+        ).all()
+    assert [r.host_id for r in made] == [host_id]

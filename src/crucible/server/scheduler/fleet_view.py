@@ -72,6 +72,11 @@ _FUNCTION_COLUMNS = select(
     functions.c.id, functions.c.account_id, functions.c.spec_rev, functions.c.app_id
 )
 _APP_COLUMNS = select(apps.c.id, apps.c.state)
+# Functions that keep warm containers (min or buffer containers) in running apps.
+_WARM = select(functions.c.id, (functions.c.warm.is_(True) & (apps.c.state == "running"))).join(
+    apps, apps.c.id == functions.c.app_id
+)
+_WARM_DELTA_MAX = 500  # more functions or apps changed at once: read every warm one again
 _Marks = tuple[int, int, int, int]
 
 
@@ -95,6 +100,8 @@ class FleetView:
     # states of their apps.
     _functions: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     _apps: dict[str, str] = field(default_factory=dict)
+    # Functions that keep warm containers in running apps (planned even with no work).
+    warm: set[str] = field(default_factory=set)
     # The change numbers read up to (_TABLES); None: read everything next time.
     _marks: _Marks | None = None
     _built_ms: int = 0
@@ -151,16 +158,33 @@ class FleetView:
             else:
                 live.pop(r[0], None)
         cached = self._functions
+        changed_functions = []
         for fid, account_id, spec_rev, app_id in conn.execute(
             _FUNCTION_COLUMNS.where(functions.c.change_seq > marks[2])
         ):
+            changed_functions.append(fid)
             if fid in cached:
                 cached[fid] = (account_id, spec_rev, app_id)
                 if app_id not in self._apps:
                     self._read_apps(conn, [app_id])
+        changed_apps = []
         for app_id, state in conn.execute(_APP_COLUMNS.where(apps.c.change_seq > marks[3])):
+            changed_apps.append(app_id)
             if app_id in self._apps:
                 self._apps[app_id] = state
+        if len(changed_functions) + len(changed_apps) > _WARM_DELTA_MAX:
+            self._read_warm(conn)
+        elif changed_functions or changed_apps:
+            # Whether each changed function, and each function of a changed app, is warm now.
+            for fid, is_warm in conn.execute(
+                _WARM.where(
+                    functions.c.id.in_(changed_functions) | functions.c.app_id.in_(changed_apps)
+                )
+            ):
+                if is_warm:
+                    self.warm.add(fid)
+                else:
+                    self.warm.discard(fid)
         self._marks = upto
         self.read_rows = (len(host_rows), len(container_rows))
 
@@ -189,8 +213,19 @@ class FleetView:
             ):
                 self._apps[app_id] = state
 
+    def _read_warm(self, conn: Connection) -> None:
+        self.warm = {
+            fid
+            for fid in conn.execute(
+                select(functions.c.id)
+                .join(apps, apps.c.id == functions.c.app_id)
+                .where(functions.c.warm.is_(True), apps.c.state == "running")
+            ).scalars()
+        }
+
     def _read_all(self, conn: Connection, market: LiveMarket) -> None:
         self._functions, self._apps = {}, {}  # read again as asked for
+        self._read_warm(conn)
         self.hosts = {h.row.id: h for h in market.read_hosts(conn)}
         self.live = {
             r[0]: r for r in conn.execute(CONTAINER_COLUMNS.where(containers.c.state.in_(_LIVE)))

@@ -91,12 +91,10 @@ from crucible.server.services.secrets import drop_secrets_of_stopped_apps
 from crucible.server.services.volumes import meter_volumes
 from crucible.server.state import ServerState
 from crucible.server.store.tables import (
-    apps,
     calls,
     containers,
     dict_entries,
     dicts,
-    functions,
     queue_items,
     queues,
 )
@@ -696,14 +694,9 @@ class SchedulerLoop:
         # Those still live that were seen started (a container only ever starts once).
         self._started_seen = started
         start_timeout_ms = self.policy.container_start_timeout_ms
-        # Functions that keep warm containers count even with no calls and no containers.
-        warm = set(
-            conn.execute(
-                select(functions.c.id)
-                .join(apps, apps.c.id == functions.c.app_id)
-                .where(functions.c.warm.is_(True), apps.c.state == "running")
-            ).scalars()
-        )
+        # Functions that keep warm containers count even with no calls and no containers
+        # (kept by the fleet view, followed by functions' and apps' changes).
+        warm = self.fleet.warm
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         self._signatures, self._skipped = {}, set()

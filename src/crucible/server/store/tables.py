@@ -194,7 +194,7 @@ functions = Table(
     # looks at such functions of running apps even when they have no calls.
     Column("warm", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
-    # Bumped by the store at every write of app_id, account_id or spec_rev (migration 0028):
+    # Bumped by the store at every write of app_id, account_id, spec_rev or warm (migration 0028):
     # the scheduler's view keeps the rows of the functions it plans.
     Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     UniqueConstraint("app_id", "name"),

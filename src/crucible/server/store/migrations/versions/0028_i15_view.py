@@ -48,7 +48,7 @@ WATCHED = {
         "gpu_model",
         "lease_end_ms",
     ),
-    "functions": ("account_id", "app_id", "spec_rev"),
+    "functions": ("account_id", "app_id", "spec_rev", "warm"),
     "apps": ("state",),
 }
 # Held shared by every writer of a watched column until it commits, taken exclusively for
