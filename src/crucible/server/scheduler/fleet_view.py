@@ -37,7 +37,8 @@ log = logging.getLogger("crucible.scheduler")
 # 0028) and a view's read (exclusive, an instant): the same number as there.
 CHANGES_LOCK = 0x6372_7563_7669_6577
 # How long a read waits for writers in flight to commit before it reads everything instead.
-_LOCK_WAIT = "500ms"
+# Writers that come meanwhile queue behind the waiting read, so this bounds their stall too.
+_LOCK_WAIT = "200ms"
 _REBUILD_MS = 60_000  # a full read this often: a row deleted outright leaves no change
 
 # A container as the tick reads it (live ones: services/hosts.LIVE_CONTAINER_STATES).
