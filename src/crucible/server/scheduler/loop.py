@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Text, cast, func, select
+from sqlalchemy import Connection, func, select
 
 from crucible.core.autoscaler import Scale
 from crucible.core.market import RefusalCode
@@ -45,6 +45,7 @@ from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
 from crucible.server.billing.service import meter_containers, record_grid_readings
 from crucible.server.leadership import Deposed, fence
+from crucible.server.scheduler.fleet_view import CONTAINER_COLUMNS, FleetView, FunctionRow
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -67,7 +68,6 @@ from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.hosts import (
-    LIVE_CONTAINER_STATES,
     flush_heartbeats,
     mark_lost_hosts,
 )
@@ -91,12 +91,10 @@ from crucible.server.services.secrets import drop_secrets_of_stopped_apps
 from crucible.server.services.volumes import meter_volumes
 from crucible.server.state import ServerState
 from crucible.server.store.tables import (
-    apps,
     calls,
     containers,
     dict_entries,
     dicts,
-    functions,
     queue_items,
     queues,
 )
@@ -154,6 +152,8 @@ class SchedulerLoop:
         # This tick's (rows, due) of the planned functions that had no work.
         self._signatures: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._skipped: set[str] = set()  # left out of this tick's plan as settled
+        # Hosts and live containers, kept across ticks and updated from what changed.
+        self.fleet = FleetView()
 
     @property
     def policy(self) -> Policy:
@@ -168,6 +168,7 @@ class SchedulerLoop:
         self.epoch = epoch
         self._stopping = False
         self._settled = {}  # a new term decides everything afresh
+        self.fleet.invalidate()  # and reads the whole fleet afresh
         if epoch is not None:
             # Elected: decide on the store's market, not on a follower's stale view.
             self.state.market.reload()
@@ -246,6 +247,15 @@ class SchedulerLoop:
     # -- one tick ---------------------------------------------------------------------------
     def tick(self) -> list[str]:
         """Run one scheduling round; returns wake-up keys to notify (after commit)."""
+        try:
+            return self._tick()
+        except BaseException:
+            # In doubt (deposed, the database away, a bug): the next tick reads the whole
+            # fleet again rather than trust what this one may have half taken in.
+            self.fleet.invalidate()
+            raise
+
+    def _tick(self) -> list[str]:
         st = self.state
         s = st.settings
         now = st.clock.now_ms()
@@ -270,12 +280,16 @@ class SchedulerLoop:
             # and a cluster with a member going away goes as a whole.
             keys += settle_clusters(conn, now)
             keys += settle_pods(conn, now)
+        fleet = self.fleet
+        barrier = fleet.barrier(st.engine)
         with self._begin() as conn:
             # Snapshots first; the market's lock is held only while the market is used, so
             # quotes and reservations wait for the placement, not for the whole tick.
-            host_rows = live.read_hosts(conn)
-            # Live containers are read once, for the leases, the demands and the usage.
-            live_rows = conn.execute(_SEL_LIVE_CONTAINERS).all()
+            # Hosts and live containers: the view kept across ticks, brought up to date with
+            # what changed since the last tick (scheduler/fleet_view.py).
+            fleet.refresh(conn, live, now, barrier)
+            host_rows = list(fleet.hosts.values())
+            live_rows = list(fleet.live.values())
             lease_ids = {
                 r[_ID] for r in live_rows if r[_MODEL] is not None and r[_LEASE_END] is None
             }
@@ -640,7 +654,7 @@ class SchedulerLoop:
         self, conn: Connection, now: int, live_rows: Sequence[Any]
     ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
-        for r in conn.execute(
+        for w in conn.execute(
             select(
                 calls.c.function_id,
                 calls.c.state,
@@ -651,7 +665,7 @@ class SchedulerLoop:
             .where(calls.c.state.in_(("queued", "running")))
             .group_by(calls.c.function_id, calls.c.state)
         ):
-            work[r.function_id][r.state] = r
+            work[w.function_id][w.state] = w
         busy = {
             r.container_id
             for r in conn.execute(
@@ -680,14 +694,9 @@ class SchedulerLoop:
         # Those still live that were seen started (a container only ever starts once).
         self._started_seen = started
         start_timeout_ms = self.policy.container_start_timeout_ms
-        # Functions that keep warm containers count even with no calls and no containers.
-        warm = set(
-            conn.execute(
-                select(functions.c.id)
-                .join(apps, apps.c.id == functions.c.app_id)
-                .where(functions.c.warm.is_(True), apps.c.state == "running")
-            ).scalars()
-        )
+        # Functions that keep warm containers count even with no calls and no containers
+        # (kept by the fleet view, followed by functions' and apps' changes).
+        warm = self.fleet.warm
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         self._signatures, self._skipped = {}, set()
@@ -698,17 +707,9 @@ class SchedulerLoop:
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
-        rows = conn.execute(
-            select(
-                functions.c.id,
-                functions.c.account_id,
-                functions.c.spec_rev,
-                apps.c.state.label("app_state"),
-            )
-            .join(apps, apps.c.id == functions.c.app_id)
-            .where(functions.c.id.in_(fids))
-        ).all()
-        planned = []
+        # Kept by the view across ticks: read only for functions it has not seen.
+        rows = self.fleet.functions_of(conn, fids)
+        planned: list[FunctionRow] = []
         settled, skipped, promised = self._settled, self._skipped, self._promised
         for r in rows:  # every function with live containers: locals only
             fid, account_id, spec_rev, app_state = r
@@ -816,7 +817,14 @@ class SchedulerLoop:
     ) -> tuple[list[HostCapacity], list[HostCapacity]]:
         """Live hosts with their usage (from the tick's live containers), and every host seen
         within the last hour (for deciding whether a request could ever be met)."""
-        rows = [h for h in host_rows if h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS]
+        # A ready host was seen within the host timeout (lost hosts are marked before the
+        # snapshot); the view's last_seen_ms is as of the host's last change, not its last
+        # heartbeat, which matters only for hosts no longer heartbeating (lost ones).
+        rows = [
+            h
+            for h in host_rows
+            if h.row.state == "ready" or h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS
+        ]
         usage, freeing = _usages(live_rows)
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
@@ -844,26 +852,10 @@ class SchedulerLoop:
         return live, known
 
 
-# Live containers as a tick reads them (hosts' usage: services/hosts.LIVE_CONTAINER_STATES).
-_SEL_LIVE_CONTAINERS = select(
-    containers.c.id,
-    containers.c.function_id,
-    containers.c.host_id,
-    containers.c.state,
-    containers.c.created_ms,
-    containers.c.last_active_ms,
-    containers.c.ready_ms,
-    containers.c.cpu,
-    containers.c.memory_mib,
-    # As text, parsed through _indices: a few distinct lists ("[0]", "[1, 2]") for any fleet.
-    cast(containers.c.gpu_indices, Text).label("gpu_indices_text"),
-    containers.c.gpu_model,
-    containers.c.lease_end_ms,
-).where(containers.c.state.in_(LIVE_CONTAINER_STATES))
-
-# Positions in _SEL_LIVE_CONTAINERS's rows, for the loops that run over every live container.
+# Positions in CONTAINER_COLUMNS's rows (the fleet view's live containers), for the loops
+# that run over every live container.
 _ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED, _MODEL, _LEASE_END = (
-    list(_SEL_LIVE_CONTAINERS.selected_columns.keys()).index(k)
+    list(CONTAINER_COLUMNS.selected_columns.keys()).index(k)
     for k in (
         "id",
         "function_id",

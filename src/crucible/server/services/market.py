@@ -20,6 +20,7 @@ use holds :attr:`LiveMarket.lock`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,6 +58,7 @@ from crucible.server.store.tables import containers, host_offers, hosts, reserva
 from crucible.settings import Settings
 
 __all__ = [
+    "HOST_COLUMNS",
     "LIVE_LEASE_STATES",
     "HostDevices",
     "HostRow",
@@ -180,7 +182,7 @@ class HostDevices:
 
 @dataclass(frozen=True)
 class HostRow:
-    row: Any  # hosts columns of _SEL_HOSTS (no inventory: see devices)
+    row: Any  # hosts columns of HOST_COLUMNS (no inventory: see devices)
     devices: HostDevices
 
     @property
@@ -195,7 +197,7 @@ class HostRow:
 
 # A tick reads every host's small columns; the inventory and isolation report (kilobytes of
 # JSON per host) only for hosts that registered again since the last read (_SEL_DEVICES).
-_SEL_HOSTS = select(
+HOST_COLUMNS = select(
     hosts.c.id,
     hosts.c.region,
     hosts.c.state,
@@ -305,7 +307,18 @@ class LiveMarket:
         scheduler. A host's inventory and isolation report are read and parsed only when its
         ``agent_session`` moved (it registered again, here or through another replica) since
         they were last read; the rest of its row is read every time."""
-        rows = conn.execute(_SEL_HOSTS).all()
+        rows = conn.execute(HOST_COLUMNS).all()
+        cache = self._devices
+        found = self.with_devices(conn, rows)
+        if len(cache) > len(rows):  # hosts deleted: forget them
+            ids = {r.id for r in rows}
+            for gone in [h for h in cache if h not in ids]:
+                del cache[gone]
+        return found
+
+    def with_devices(self, conn: Connection, rows: Sequence[Any]) -> list[HostRow]:
+        """``rows`` (of :data:`HOST_COLUMNS`) with their parsed inventories, read only for
+        hosts whose ``agent_session`` moved since last read."""
         cache = self._devices
         stale = [
             r.id
@@ -315,10 +328,6 @@ class LiveMarket:
         for i in range(0, len(stale), 500):
             for x in conn.execute(_SEL_DEVICES.where(hosts.c.id.in_(stale[i : i + 500]))):
                 cache[x.id] = HostDevices.of(x.agent_session, x.inventory_text, x.isolation_text)
-        if len(cache) > len(rows):  # hosts deleted: forget them
-            ids = {r.id for r in rows}
-            for gone in [h for h in cache if h not in ids]:
-                del cache[gone]
         return [HostRow(r, cache[r.id]) for r in rows if r.id in cache]
 
     def sync(self, conn: Connection, now_ms: int, rows: list[HostRow] | None = None) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "call_inbox",
     "call_items",
     "calls",
+    "change_counters",
     "clusters",
     "console_sessions",
     "containers",
@@ -148,7 +149,12 @@ hosts = Table(
     # Where the host's cluster members reach each other (the agent's own address towards the
     # control plane, or what its operator set); None: an older agent.
     Column("address", String(64)),
+    # Bumped by the store (a trigger, migration 0028) at every write of a column placement
+    # reads (not last_seen_ms): the scheduler's view re-reads only hosts changed since it last
+    # read (server/scheduler/fleet_view.py).
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     UniqueConstraint("account_id", "name"),
+    Index("ix_hosts_change_seq", "change_seq"),
 )
 
 apps = Table(
@@ -168,6 +174,9 @@ apps = Table(
     # retiring (superseded: serves the calls it already has) -> stopped.
     Column("deployment_id", String(32), index=True),
     Column("version", Integer),
+    # Bumped by the store at every write of state (migration 0028): the scheduler's view.
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
+    Index("ix_apps_change_seq", "change_seq"),
 )
 
 functions = Table(
@@ -185,7 +194,11 @@ functions = Table(
     # looks at such functions of running apps even when they have no calls.
     Column("warm", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # Bumped by the store at every write of app_id, account_id, spec_rev or warm (migration 0028):
+    # the scheduler's view keeps the rows of the functions it plans.
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     UniqueConstraint("app_id", "name"),
+    Index("ix_functions_change_seq", "change_seq"),
 )
 
 containers = Table(
@@ -235,7 +248,20 @@ containers = Table(
     Column("energy_mwh", BigInteger),
     Column("energy_estimated", Boolean, nullable=False, default=False),
     Column("metered_energy_mwh", BigInteger, nullable=False, default=0),
+    # Bumped by the store (a trigger, migration 0028) at every write of a column the
+    # scheduler's tick reads: its view re-reads only containers changed since it last read.
+    Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_containers_state", "state"),
+    Index("ix_containers_change_seq", "change_seq"),
+)
+
+# The change counters behind the change_seq columns on SQLite (one row per table;
+# PostgreSQL uses sequences of the same names, see migration 0028).
+change_counters = Table(
+    "change_counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )
 
 # Named, versioned apps that outlive their client (`crucible deploy`). Calls by name go to

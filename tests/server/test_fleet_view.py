@@ -1,0 +1,227 @@
+"""The scheduler's in-memory view of hosts and live containers (issue 15 item 3): a quiet
+tick reads only what changed, yet a change made through another replica (a host drained, a
+container ended by its agent, a pod created) is seen by the next tick, and a leader deposed
+and elected again reads the whole fleet afresh. Two in-process servers on one store, SQLite
+and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from crucible.protocol.accounts import Scope
+from crucible.server.leadership import Deposed, claim
+from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.store.tables import containers, hosts
+
+from server_testlib import MakeServer, ServerUnderTest
+
+
+def _gpus(n: int) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+        for i in range(n)
+    ]
+
+
+def _live(server: ServerUnderTest) -> list[Any]:
+    with server.state.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(containers.c.id, containers.c.host_id, containers.c.state).where(
+                    containers.c.state.in_(("pending", "starting", "running", "stopping"))
+                )
+            ).all()
+        )
+
+
+def _start(server: ServerUnderTest, host_id: str, host_token: str) -> list[str]:
+    """The host's agent takes what it was told to start and reports it running."""
+    sync = f"/v1/hosts/{host_id}/sync"
+    started = server.ok("POST", sync, token=host_token, json={"containers": [], "wait_s": 0})
+    ids = [s["container_id"] for s in started["start"]]
+    running = [{"container_id": c, "state": "running"} for c in ids]
+    server.ok("POST", sync, token=host_token, json={"containers": running, "wait_s": 0})
+    return ids
+
+
+def test_a_quiet_tick_reads_no_host_and_no_container_row(make_server: MakeServer) -> None:
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_ids = [server.register_host(host_token, f"box{i}", gpus=_gpus(2)) for i in range(3)]
+    for i in range(4):
+        server.ok("POST", "/v1/pods", token=renter, json={"name": f"p{i}", "gpu": "H100:1"})
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    assert loop.fleet.read_rows == (3, 0)  # the first tick reads the whole fleet
+    running = {h: _start(server, h, host_token) for h in host_ids}
+    loop.tick()
+    assert loop.fleet.read_rows[1] == 4  # the four containers the agents reported running
+    loop.tick()
+    assert loop.fleet.read_rows == (0, 0)
+    assert len(loop.fleet.live) == 4 and set(loop.fleet.hosts) == set(host_ids)
+    # The heartbeats of syncs that report nothing new are not a change placement reads.
+    for h, ids in running.items():
+        report = [{"container_id": c, "state": "running"} for c in ids]
+        server.ok("POST", f"/v1/hosts/{h}/sync", token=host_token, json={"containers": report})
+    loop.tick()
+    assert loop.fleet.read_rows == (0, 0)
+
+
+def test_a_host_drained_through_another_replica_takes_no_new_pod(make_server: MakeServer) -> None:
+    leader, replica = make_server(), make_server()
+    owner = leader.tenant("hoster")
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    first = leader.register_host(host_token, "first", gpus=_gpus(1))
+    second = leader.register_host(host_token, "second", gpus=_gpus(1))
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    loop.tick()
+    replica.ok("PATCH", f"/v1/hosts/{first}/profile", token=owner.token, json={"draining": True})
+    replica.ok("POST", "/v1/pods", token=renter, json={"name": "a", "gpu": "H100:1"})
+    loop.tick()
+    assert loop.fleet.read_rows[0] == 1  # the drained host, alone
+    assert [r.host_id for r in _live(leader)] == [second]
+    # Drained no longer: the next pod goes to the first host, the only GPU left.
+    replica.ok("PATCH", f"/v1/hosts/{first}/profile", token=owner.token, json={"draining": False})
+    replica.ok("POST", "/v1/pods", token=renter, json={"name": "b", "gpu": "H100:1"})
+    loop.tick()
+    assert sorted(r.host_id for r in _live(leader)) == sorted([first, second])
+
+
+def test_a_container_ended_by_its_agent_through_another_replica_frees_its_gpu(
+    make_server: MakeServer,
+) -> None:
+    """The one GPU is held by a running pod; the pod is stopped and its agent reports the
+    container ended through the other replica: the leader's next tick places the waiting pod
+    on that GPU (and not before)."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box", gpus=_gpus(1))
+    loop = SchedulerLoop(leader.state)
+    replica.ok("POST", "/v1/pods", token=renter, json={"name": "a", "gpu": "H100:1"})
+    loop.tick()
+    [first] = _start(replica, host_id, host_token)
+    loop.tick()
+    replica.ok("POST", "/v1/pods/a/stop", token=renter)
+    replica.ok("POST", "/v1/pods", token=renter, json={"name": "b", "gpu": "H100:1"})
+    loop.tick()
+    loop.tick()
+    assert [r.id for r in _live(leader)] == [first]
+    exited = {"container_id": first, "state": "exited", "exit_code": 0}
+    sync = f"/v1/hosts/{host_id}/sync"
+    replica.ok("POST", sync, token=host_token, json={"containers": [exited], "wait_s": 0})
+    loop.tick()
+    assert first not in loop.fleet.live
+    [placed] = _live(leader)
+    assert placed.id != first and placed.host_id == host_id
+
+
+def test_a_pod_created_through_another_replica_is_placed_by_the_next_tick(
+    make_server: MakeServer,
+) -> None:
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = replica.register_host(host_token, "box", gpus=_gpus(1))
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    assert set(loop.fleet.hosts) == {host_id}
+    replica.ok("POST", "/v1/pods", token=renter, json={"name": "a", "gpu": "H100:1"})
+    loop.tick()
+    [placed] = _live(leader)
+    assert placed.host_id == host_id
+    loop.tick()
+    assert set(loop.fleet.live) == {placed.id}
+
+
+def test_a_deposed_then_reelected_leader_reads_the_whole_fleet_again(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_ids = [server.register_host(host_token, f"box{i}", gpus=_gpus(1)) for i in range(2)]
+    engine = server.state.engine
+    with engine.begin() as conn:
+        epoch = claim(conn, "me", 0, 1_000)
+    assert epoch is not None
+    loop = SchedulerLoop(server.state)
+    loop.epoch = epoch
+    loop.tick()
+    loop.tick()
+    assert loop.fleet.read_rows == (0, 0)
+    # Another replica takes over (this one's lease lapsed) and drains a host meanwhile.
+    with engine.begin() as conn:
+        assert claim(conn, "other", 10_000, 1_000) == epoch + 1
+        conn.execute(update(hosts).where(hosts.c.id == host_ids[0]).values(draining=True))
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "a", "gpu": "H100:1"})
+    with pytest.raises(Deposed):
+        loop.tick()
+    assert _live(server) == []  # the deposed tick committed nothing
+    # Elected again: the loop starts under its new epoch and reads everything afresh.
+    with engine.begin() as conn:
+        again = claim(conn, "me", 20_000, 1_000)
+    assert again == epoch + 2
+
+    async def lead() -> None:
+        loop.start(again)
+        await loop.stop()
+
+    asyncio.run(lead())
+    loop.tick()
+    assert loop.fleet.read_rows == (2, 0)
+    assert [r.host_id for r in _live(server)] == [host_ids[1]]
+
+
+def test_an_app_stopped_through_another_replica_gets_no_new_container(
+    make_server: MakeServer,
+) -> None:
+    """The view keeps the rows of the functions it plans (their app's state among them): an
+    app stopped through another replica gets no replacement for its warm container."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box")
+    app = leader.new_app(renter)
+    fn = leader.new_function(renter, app, leader.put_blob(renter), min_containers=1)
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    [first] = _start(leader, host_id, host_token)
+    loop.tick()
+    loop.tick()
+    replica.ok("POST", f"/v1/apps/{app}/stop", token=renter)
+    loop.tick()
+    loop.tick()
+    with leader.state.engine.connect() as conn:
+        made = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).all()
+    assert [r.id for r in made] == [first]
+
+
+def test_a_warm_function_made_through_another_replica_gets_its_container(
+    make_server: MakeServer,
+) -> None:
+    """Functions that keep warm containers are followed by the view too: one registered
+    through another replica after the leader built its view is started by the next tick."""
+    leader, replica = make_server(), make_server()
+    host_token = leader.tenant("hoster", Scope.HOST).token
+    renter = leader.tenant("renter").token
+    host_id = leader.register_host(host_token, "box")
+    loop = SchedulerLoop(leader.state)
+    loop.tick()
+    app = replica.new_app(renter)
+    fn = replica.new_function(renter, app, replica.put_blob(renter), min_containers=1)
+    assert fn not in loop.fleet.warm  # made after the view's last read
+    loop.tick()
+    assert fn in loop.fleet.warm
+    with leader.state.engine.connect() as conn:
+        made = conn.execute(
+            select(containers.c.host_id).where(containers.c.function_id == fn)
+        ).all()
+    assert [r.host_id for r in made] == [host_id]
