@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, event, func, select, text, update
 
 from crucible.core.metering import MS_PER_HOUR
 from crucible.errors import NotFoundError
@@ -177,6 +177,42 @@ def test_idempotency_keys_return_the_same_call(world: World) -> None:
     with world.engine.begin() as conn:
         assert world.submit(conn, fid, keys=["a"]) == [first[0]]
         assert svc.get_call(conn, world.principal, first[0]).state == "succeeded"
+
+
+def test_a_keyed_input_is_inserted_without_reading_its_key_first(world: World) -> None:
+    """Issue 15: a keyed input costs one statement (the insert, whose conflict finds a known
+    key), not a read of the key and then the insert; a retry still gets the earlier call,
+    repeats of a known key in one request too, and so does a retry whose payload no longer
+    decodes (its blob is gone)."""
+    fid = world.function()
+    with world.engine.begin() as conn:
+        [first] = world.submit(conn, fid, keys=["k"])
+    seen: list[str] = []
+
+    def note(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        seen.append(statement)
+
+    event.listen(world.engine, "before_cursor_execute", note)
+    try:
+        with world.engine.begin() as conn:
+            fresh = world.submit(conn, fid, keys=["new"])
+    finally:
+        event.remove(world.engine, "before_cursor_execute", note)
+    key_reads = [
+        s for s in seen if s.lstrip().upper().startswith("SELECT") and "idempotency_key" in s
+    ]
+    assert key_reads == [] and fresh != [first]
+    with world.engine.begin() as conn:
+        assert world.submit(conn, fid, keys=["k", None, "k"])[::2] == [first, first]
+        fn = get_function_row(conn, world.principal, fid)
+        gone = Payload(ref="0" * 64, size=10)
+        req = CallsCreate(inputs=[InputItem(args=gone, idempotency_key="k")])
+        assert svc.create_calls(conn, world.principal, fn, req, world.now_ms, 1 << 20) == [first]
+        req = CallsCreate(inputs=[InputItem(args=gone, idempotency_key="unknown")])
+        with pytest.raises(NotFoundError):
+            svc.create_calls(conn, world.principal, fn, req, world.now_ms, 1 << 20)
+    with world.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(calls)).scalar_one() == 3
 
 
 def test_stale_outputs_are_dropped(world: World) -> None:

@@ -328,12 +328,20 @@ def create_calls(
     deadline = now_ms + int(timeout_s * 1000)
     for offset, item in enumerate(req.inputs):
         key = item.idempotency_key
-        if key is not None:
-            earlier = seen.get(key) or _known_key(conn, account, key)
-            if earlier is not None:
-                ids.append(earlier)
-                continue
-        data, ref, size = decode_payload(conn, principal.account_id, item.args, inline_max)
+        # A key seen in an earlier request is found by the insert's conflict below (one
+        # statement instead of a read before every keyed insert); only a payload that no
+        # longer decodes looks the key up first, so a retry still gets its earlier call.
+        earlier = seen.get(key) if key is not None else None
+        if earlier is not None:
+            ids.append(earlier)
+            continue
+        try:
+            data, ref, size = decode_payload(conn, principal.account_id, item.args, inline_max)
+        except (InvalidRequestError, PayloadTooLargeError, NotFoundError):
+            if key is None or (earlier := _known_key(conn, account, key)) is None:
+                raise
+            ids.append(earlier)
+            continue
         call_id = new_id("ca")
         ids.append(call_id)
         container = slots.pop(0) if slots and handed is not None else None
@@ -370,8 +378,8 @@ def create_calls(
         if key is not None:
             seen[key] = call_id
             keyed.append(len(rows) - 1)
-    # Keyed inputs first, one at a time and without failing on a duplicate: a concurrent
-    # request with the same key (a retry whose first attempt is still running) may have won.
+    # Keyed inputs first, one at a time and without failing on a duplicate: an earlier request
+    # with the same key (a retry), or a concurrent one still running, may have won.
     for row in (rows[i] for i in keyed):
         if conn.execute(_INSERT_KEYED[conn.dialect.name], row).first() is not None:
             continue
@@ -384,7 +392,7 @@ def create_calls(
             raise ConflictError(
                 f"idempotency key {row['idempotency_key']!r} is being used concurrently; retry"
             )
-        ids[ids.index(row["id"])] = winner
+        ids = [winner if i == row["id"] else i for i in ids]  # repeats of the key too
         container = row["container_id"]
         if handed is not None and container:
             handed[container] = [a for a in handed[container] if a.call_id != row["id"]]
