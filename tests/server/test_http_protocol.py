@@ -1,4 +1,5 @@
-"""The server's response writes: a head and its body in one socket write, a lone write at the\nend of its loop step, nothing lost on close."""
+"""The server's response writes: a head and its body in one socket write, a lone write at the
+end of its loop step, nothing lost on close."""
 
 from __future__ import annotations
 
