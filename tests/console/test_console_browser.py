@@ -102,9 +102,13 @@ class Page:
         WebDriverWait(self.d, timeout_s).until(lambda d: part not in d.current_url)
 
     def wait_text(self, needle: str, timeout_s: float = 30) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        WebDriverWait(self.d, timeout_s).until(lambda d: needle in self.text())
+        # The body read may be the old page's, gone mid-read when a navigation lands.
+        WebDriverWait(self.d, timeout_s, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: needle in self.text()
+        )
         self.check()
 
     def shot(self, name: str) -> None:
@@ -228,8 +232,7 @@ def test_console_in_a_browser(
     price = p.d.find_element("id", "od-H100")
     price.clear()
     price.send_keys("4.75")
-    p.d.find_element("css selector", "form[aria-label='Prices of H100'] button").click()
-    p.settle()
+    p.follow(p.d.find_element("css selector", "form[aria-label='Prices of H100'] button"))
     p.wait_text("Saved the prices of H100")
     p.open("/market?gpu=H100")
     p.wait_text("$4.75")

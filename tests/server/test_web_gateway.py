@@ -83,7 +83,7 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
     from sqlalchemy import select
 
     from crucible.server.dispatch import Parked
-    from crucible.server.scheduler.loop import _SEL_LIVE_CONTAINERS, SchedulerLoop
+    from crucible.server.scheduler.loop import SchedulerLoop
     from crucible.server.store.tables import functions
 
     owner = server.tenant("relayer").token
@@ -95,9 +95,13 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
     loop = SchedulerLoop(server.state)
 
     def running() -> int:
-        with server.state.engine.connect() as conn:
-            live = conn.execute(_SEL_LIVE_CONTAINERS).all()
-            demands, _, _ = loop._demands(conn, server.state.clock.now_ms(), live)
+        # As a tick reads it: the fleet view brought up to date, then the demands.
+        state, fleet = server.state, loop.fleet
+        barrier = fleet.barrier(state.engine)
+        with state.engine.begin() as conn:
+            now = state.clock.now_ms()
+            fleet.refresh(conn, state.market, now, barrier)
+            demands, _, _ = loop._demands(conn, now, list(fleet.live.values()))
         return sum(d.running for d in demands if d.id == fid)
 
     assert running() == 0
