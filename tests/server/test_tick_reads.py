@@ -11,7 +11,7 @@ from sqlalchemy import event, select
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.services.function_specs import SPECS, SpecCache
-from crucible.server.store.tables import containers, functions
+from crucible.server.store.tables import calls, containers, functions
 
 from server_testlib import MakeServer, ServerUnderTest
 
@@ -259,3 +259,37 @@ def test_a_gpu_held_by_a_stopping_container_is_placed_again_only_once_it_ends(
             )
         ).all()
     assert [(p.host_id, list(p.gpu_indices)) for p in placed] == [(host_id, [0])]
+
+
+def test_a_call_made_while_a_tick_ran_its_chores_is_a_cold_start(make_server: MakeServer) -> None:
+    """A call committed after a tick began but before it read the queue: the container the
+    tick starts for it is dated no earlier than the call, so the call's timeline counts it a
+    cold start (services/timeline.py: a container created after the call began waiting)."""
+    server = make_server()
+    clock = ManualClock(1_800_000_000_000)
+    t0 = clock.now
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    server.register_host(host_token, "box")
+    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    made: list[str] = []
+    barrier = loop.fleet.barrier
+
+    def submit_meanwhile(engine: Any) -> Any:
+        # Between the tick's chores and its snapshot, as an API request on another thread.
+        clock.now += 5
+        made.extend(server.new_calls(renter, fn))
+        return barrier(engine)
+
+    loop.fleet.barrier = submit_meanwhile  # type: ignore[method-assign]
+    loop.tick()
+    [call_id] = made
+    with server.state.engine.connect() as conn:
+        call_made = conn.execute(select(calls.c.created_ms).where(calls.c.id == call_id)).scalar()
+        [started] = conn.execute(
+            select(containers.c.created_ms).where(containers.c.function_id == fn)
+        ).scalars()
+    assert call_made == t0 + 5 and started >= call_made

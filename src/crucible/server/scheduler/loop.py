@@ -294,6 +294,10 @@ class SchedulerLoop:
                 r[_ID] for r in live_rows if r[_MODEL] is not None and r[_LEASE_END] is None
             }
             demands, accounts, terms = self._demands(conn, now, live_rows)
+            # The tick's time from here: after the read of the queue, so that no call it saw
+            # was made later than a container it starts for it (a call committed while the
+            # chores ran would otherwise look as if it found that container already there).
+            now = max(now, st.clock.now_ms())
             capacity, known = self._capacity(now, host_rows, live_rows)
             with live.lock:
                 # The market: in step with hosts, offers and containers; due window events.
