@@ -8,8 +8,11 @@ from __future__ import annotations
 import pytest
 
 from crucible.protocol.accounts import Scope
+from crucible.protocol.pods import PodInfo
+from crucible.sdk._client import Client
+from crucible.sdk._pods import Pod
 
-from server_testlib import ServerUnderTest, error_code
+from server_testlib import MakeServer, ServerUnderTest, error_code
 
 
 @pytest.mark.parametrize(
@@ -169,3 +172,39 @@ def test_clusters_validate_and_belong_to_their_account(server: ServerUnderTest) 
     assert server.ok("GET", "/v1/pods", token=alice.token) == []
     r = server.request("POST", "/v1/clusters/ring/start", token=alice.token)
     assert r.status_code == 409 and "was deleted" in r.json()["error"]["message"]
+
+
+def test_with_a_ports_domain_a_pod_names_each_http_ports_own_url(make_server: MakeServer) -> None:
+    """With CRUCIBLE_PORTS_DOMAIN, a published HTTP port lives on its own host, and the
+    exchange's URL of it is a redirect there (which drops an Authorization header): the pod
+    says where, the SDK and the CLI use it. Without a domain the field stays empty."""
+    server = make_server(ports_domain="Ports.Example.Test")
+    alice = server.tenant("alice")
+    body = {"name": "nb", "ports": ["8888/http", "22/tcp", "6006/http"]}
+    created = server.ok("POST", "/v1/pods", token=alice.token, json=body)
+    pod_id = created["id"]
+    expected = {
+        str(p): f"http://{pod_id}-{p}.ports.example.test/pods/{pod_id}/ports/{p}/"
+        for p in (8888, 6006)
+    }
+    assert created["port_urls"] == expected
+    assert server.ok("GET", "/v1/pods/nb", token=alice.token)["port_urls"] == expected
+    [listed] = server.ok("GET", "/v1/pods", token=alice.token)
+    assert listed["port_urls"] == expected
+    assert server.ok("POST", "/v1/pods/nb/stop", token=alice.token)["port_urls"] == expected
+    client = Client("http://exchange.example.test:8745", alice.token)
+    try:
+        pod = Pod(PodInfo.model_validate(created), client)
+        assert pod.port_url(8888) == expected["8888"]
+    finally:
+        client.close()
+    plain = make_server()
+    bob = plain.tenant("bob")
+    made = plain.ok("POST", "/v1/pods", token=bob.token, json=body)
+    assert made["port_urls"] == {}
+    client = Client("http://exchange.example.test:8745", bob.token)
+    try:
+        url = Pod(PodInfo.model_validate(made), client).port_url(8888)
+    finally:
+        client.close()
+    assert url == f"http://exchange.example.test:8745/pods/{made['id']}/ports/8888/"

@@ -67,11 +67,13 @@ def _port_urls(server_url: str, info: PodInfo) -> list[tuple[str, str]]:
     """The URL of each published HTTP port (the token opens it; `crucible pod link` prints
     a link that opens it without one)."""
     base = server_url.split(",")[0].rstrip("/")
-    return [
-        (p.split("/")[0], base + port_path(info.id, int(p.split("/")[0])))
-        for p in info.ports
-        if p.endswith("/http")
-    ]
+    out = []
+    for published in info.ports:
+        number, _, protocol = published.partition("/")
+        if protocol == "http":
+            own = info.port_urls.get(number)  # on its own host (the exchange's ports domain)
+            out.append((number, own or base + port_path(info.id, int(number))))
+    return out
 
 
 def _show(info: PodInfo, server_url: str) -> None:

@@ -211,6 +211,10 @@ class PodInfo(Wire):
     command: str | None = None
     env_keys: list[str] = Field(default_factory=list)  # values are not echoed back
     ports: list[str] = Field(default_factory=list)
+    # With CRUCIBLE_PORTS_DOMAIN set, each published HTTP port is served on its own host:
+    # port -> that URL (a token sent to the exchange's own URL of the port would be dropped
+    # by the redirect there). Empty otherwise: the port is at {server}/pods/{id}/ports/{N}/.
+    port_urls: dict[str, str] = Field(default_factory=dict)
     volumes: dict[str, str] = Field(default_factory=dict)
     tier: str = "on_demand"
     app_id: str

@@ -151,7 +151,11 @@ class Pod:
 
     def port_url(self, port: int) -> str:
         """The URL of published HTTP ``port`` (your token opens it; the same across
-        stop/start)."""
+        stop/start): on the port's own host when the exchange has a ports domain, else
+        under the exchange's URL."""
+        own = self._info.port_urls.get(str(int(port)))
+        if own is not None:
+            return own
         return self._client.server_url.split(",")[0].rstrip("/") + port_path(self.id, port)
 
     def port_link(self, port: int) -> str:

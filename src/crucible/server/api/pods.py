@@ -3,55 +3,76 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from starlette.requests import HTTPConnection
 
 from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.logs import LogPage
-from crucible.protocol.pods import PodCreate, PodInfo
+from crucible.protocol.pods import PodCreate, PodInfo, port_path
+from crucible.server.api import ports_origin
 from crucible.server.api.deps import Builder, State
 from crucible.server.services import pods as svc
+from crucible.server.state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["pods"])
 
 
+def with_port_urls(state: ServerState, request: HTTPConnection, info: PodInfo) -> PodInfo:
+    """The pod with the own-host URL of each published HTTP port, when the exchange serves
+    them on hosts of their own (``CRUCIBLE_PORTS_DOMAIN``; api/ports_host.py)."""
+    if not state.settings.ports_domain:
+        return info
+    domain = ports_origin.check_domain(state.settings.ports_domain)
+    urls = {}
+    for published in info.ports:
+        number, _, protocol = published.partition("/")
+        if protocol == "http":
+            port = int(number)
+            origin = ports_origin.host_origin(request, domain, info.id, port)
+            urls[number] = origin + port_path(info.id, port)
+    return info.model_copy(update={"port_urls": urls})
+
+
 @router.post("/pods", status_code=201)
-def create_pod(req: PodCreate, who: Builder, state: State) -> PodInfo:
+def create_pod(req: PodCreate, request: Request, who: Builder, state: State) -> PodInfo:
     """Create a pod; the market places it on the scheduler's next tick."""
     with state.engine.begin() as conn:
         info = svc.create_pod(conn, who, req, state.clock.now_ms())
     state.wakeups.kick_scheduler()
-    return info
+    return with_port_urls(state, request, info)
 
 
 @router.get("/pods")
-def list_pods(who: Builder, state: State) -> list[PodInfo]:
+def list_pods(request: Request, who: Builder, state: State) -> list[PodInfo]:
     with state.engine.connect() as conn:
-        return svc.list_pods(conn, who, state.leader.waiting)
+        pods = svc.list_pods(conn, who, state.leader.waiting)
+    return [with_port_urls(state, request, p) for p in pods]
 
 
 @router.get("/pods/{pod}")
-def get_pod(pod: str, who: Builder, state: State) -> PodInfo:
+def get_pod(pod: str, request: Request, who: Builder, state: State) -> PodInfo:
     """A pod by id or name (another account's pod is not found)."""
     with state.engine.connect() as conn:
-        return svc.get_pod(conn, who, pod, state.leader.waiting)
+        info = svc.get_pod(conn, who, pod, state.leader.waiting)
+    return with_port_urls(state, request, info)
 
 
 @router.post("/pods/{pod}/stop")
-def stop_pod(pod: str, who: Builder, state: State) -> PodInfo:
+def stop_pod(pod: str, request: Request, who: Builder, state: State) -> PodInfo:
     with state.engine.begin() as conn:
         info, keys = svc.stop_pod(conn, who, pod, state.clock.now_ms())
     state.wakeups.notify_many(keys)
     state.wakeups.kick_scheduler()
-    return info
+    return with_port_urls(state, request, info)
 
 
 @router.post("/pods/{pod}/start")
-def start_pod(pod: str, who: Builder, state: State) -> PodInfo:
+def start_pod(pod: str, request: Request, who: Builder, state: State) -> PodInfo:
     with state.engine.begin() as conn:
         info, keys = svc.start_pod(conn, who, pod, state.clock.now_ms())
     state.wakeups.notify_many(keys)
     state.wakeups.kick_scheduler()
-    return info
+    return with_port_urls(state, request, info)
 
 
 @router.delete("/pods/{pod}", status_code=204)
