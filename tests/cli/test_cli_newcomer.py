@@ -97,6 +97,23 @@ def test_pod_create_takes_its_name_as_every_other_pod_command_does(exchange: Exc
         assert "Traceback" not in out.stderr
 
 
+def test_delete_and_rm_both_remove_a_pod(exchange: Exchange) -> None:
+    """`crucible pod delete` (the API's verb, Pod.delete()) works as `pod rm` does, and
+    `secret rm` as `secret delete`: a newcomer's first guess is not "No such command"."""
+    token = exchange.new_account("deleter")
+    for name, verb in (("gone1", "rm"), ("gone2", "delete")):
+        made = cli("pod", "create", name, "--json", server=exchange.url, token=token)
+        assert made.returncode == 0, made.stderr
+        out = cli("pod", verb, name, server=exchange.url, token=token)
+        assert out.returncode == 0 and f"pod {name} deleted" in out.stdout, out.stderr
+        shown = cli("pod", "show", name, server=exchange.url, token=token)
+        assert shown.returncode != 0 and f"no pod {name!r}" in shown.stderr, shown.stderr
+    made = cli("secret", "create", "s1", "A=1", server=exchange.url, token=token)
+    assert made.returncode == 0, made.stderr
+    out = cli("secret", "rm", "s1", server=exchange.url, token=token)
+    assert out.returncode == 0 and "deleted secret s1" in out.stdout, out.stderr
+
+
 def test_adapter_add_refuses_a_directory_that_is_not_an_adapter(tmp_path: Path) -> None:
     """A model directory (or any directory without adapter_config.json) given to `model
     adapter add --path` is refused on the user's machine, instead of registering an adapter

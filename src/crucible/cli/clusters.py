@@ -152,3 +152,5 @@ def register(app: typer.Typer) -> None:
         client = _client()
         client.transport.delete(_path(client, cluster))
         console.print(f"cluster {shown(cluster)} deleted")
+
+    cluster_app.command("delete", hidden=True)(rm)

@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         _client().transport.request("DELETE", f"/v1/dicts/{_path('dict', name)}")
         console.print(f"deleted dict {name}", markup=False)
 
+    dict_app.command("rm", hidden=True)(dict_delete)
+
     @queue_app.command("list")
     def queue_list(as_json: bool = JSON) -> None:
         """Your queues: items per partition and when each was last used."""
@@ -85,6 +87,8 @@ def register(app: typer.Typer) -> None:
         """Delete a queue and its items."""
         _client().transport.request("DELETE", f"/v1/queues/{_path('queue', name)}")
         console.print(f"deleted queue {name}", markup=False)
+
+    queue_app.command("rm", hidden=True)(queue_delete)
 
 
 def _path(kind: str, name: str) -> str:

@@ -339,6 +339,8 @@ def register(app: typer.Typer) -> None:
         client.transport.delete(path)
         console.print(f"pod {shown(pod)} deleted")
 
+    pod_app.command("delete", hidden=True)(rm)  # the verb of the API and of Pod.delete()
+
 
 def _cores(n: float) -> str:
     return f"{n:g} core" + ("" if n == 1 else "s")

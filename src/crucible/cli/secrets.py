@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
         _client().transport.request("DELETE", f"/v1/secrets/{name}")
         console.print(f"deleted secret {name}", markup=False)
 
+    secret_app.command("rm", hidden=True)(delete)
+
     @secret_app.command("rotate")
     def rotate(as_json: bool = JSON) -> None:
         """Re-encrypt every secret with the first key of CRUCIBLE_SECRETS_KEYS (admin)."""

@@ -73,3 +73,5 @@ def register(app: typer.Typer) -> None:
 
         _client().transport.delete(f"/v1/ssh-keys/{quote(key, safe='')}")
         console.print(f"removed SSH key {key}", markup=False)
+
+    key_app.command("delete", hidden=True)(rm)
