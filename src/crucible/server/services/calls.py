@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -54,6 +54,9 @@ from crucible.server.services.blobs import require_blob
 from crucible.server.services.function_specs import SPECS
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import calls, containers, functions
+
+if TYPE_CHECKING:  # services/apps.py imports this module
+    from crucible.server.services.apps import FunctionRow
 
 __all__ = [
     "call_info",
@@ -286,7 +289,7 @@ def decode_payload(
 def create_calls(
     conn: Connection,
     principal: Principal,
-    fn: Any,
+    fn: FunctionRow,
     req: CallsCreate,
     now_ms: int,
     inline_max: int,
