@@ -308,9 +308,11 @@ def kill_everyone() -> str:
     return "survived"
 
 
-@app.function(timeout=30)
+@app.function(timeout=180)
 def snoop(marker: str) -> dict[str, Any]:
-    """Look for another tenant's files: /crucible/work, /tmp and through /proc."""
+    """Look for another tenant's files: /crucible/work, /tmp and through /proc. It reads
+    every file it can reach, each sandbox directory once per process that sees it: on a
+    loaded machine that took over 30 s (a CI run), hence the long timeout."""
     found = []
     roots = ["/crucible/work", "/tmp"]
     roots += [f"/proc/{p}/root/crucible/work" for p in os.listdir("/proc") if p.isdigit()]
