@@ -1,12 +1,24 @@
 """The server's response writes: a head and its body in one socket write, a lone write at the
-end of its loop step, nothing lost on close."""
+end of its loop step, nothing lost on close. What a client may hold before its head is
+complete: a bounded size and time (a real uvicorn server on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from crucible.server.http_protocol import _CoalescingTransport
+import uvicorn
+
+from crucible.server.http_protocol import (
+    MAX_HEAD_BYTES,
+    CoalescingHttpToolsProtocol,
+    _CoalescingTransport,
+)
 
 
 class _Recorder:
@@ -48,3 +60,99 @@ def test_writes_of_one_step_go_out_together_and_close_flushes() -> None:
         return raw
 
     asyncio.run(scenario())
+
+
+class _QuickHead(CoalescingHttpToolsProtocol):
+    head_timeout_s = 0.5
+
+
+async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@contextlib.contextmanager
+def _serving() -> Iterator[int]:
+    """A real uvicorn server with the protocol on a free loopback port, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(_hello, http=_QuickHead, log_level="critical", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    conn.settimeout(10)
+    out = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := conn.recv(65536):
+            out += chunk
+    return out
+
+
+def _get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return _read_all(conn)
+
+
+def test_a_head_without_end_is_refused_not_buffered() -> None:
+    """A header line that never ends (or a head of many headers) past MAX_HEAD_BYTES: 431 in
+    the error envelope, the connection closed, the server still answering others."""
+    with _serving() as port:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            with contextlib.suppress(OSError):  # the server may close while we still send
+                for _ in range(2 * MAX_HEAD_BYTES // 4096 + 2):
+                    conn.sendall(b"a" * 4096)
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert b'"code": "payload_too_large"' in answer and b"KiB" in answer
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            many = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(1000))
+            with contextlib.suppress(OSError):
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+            assert _read_all(conn).startswith(b"HTTP/1.1 431 ")
+        # A head within the limit, and a large body after it, are served as before.
+        assert _get(port).endswith(b"hello")
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            big = b"y" * (4 * MAX_HEAD_BYTES)
+            head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(big) + big)
+            assert _read_all(conn).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_that_never_completes_does_not_hold_its_connection() -> None:
+    """Slowloris: a head trickled or stalled gets 408 and the connection closes once the head
+    timeout passes; a connection that sends nothing is closed quietly."""
+    with _serving() as port:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"invalid_request" in answer
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            assert _read_all(conn) == b""  # closed by the server, not by the read's timeout
+        # A keep-alive connection's second request is timed from its own first bytes.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.settimeout(10)
+            first = conn.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"hello")
+            time.sleep(0.8)  # longer than the head timeout: idle between requests is allowed
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(conn).startswith(b"HTTP/1.1 200 ")

@@ -7,16 +7,32 @@ round trip). A response's first write (its head) waits for the end of the loop s
 next write (its body, most often in the same step) sends both at once, without waiting for
 the step to end; a write with nothing before it waits again. Nothing waits longer than the
 step it was written in.
+
+It also bounds what a client may hold before its request's head is complete, which uvicorn
+does not: a head (request line and headers) of more than :data:`MAX_HEAD_BYTES` is answered
+``431`` and the connection closed (llhttp would keep buffering one header line without
+end: 200 MiB of one header grew the server by as much), and a connection whose head is not
+complete :data:`HEAD_TIMEOUT_S` after it opened or after the head's first bytes arrived is
+closed (``408`` when some of it came): a client trickling a head, or opening connections and
+sending nothing, cannot keep sockets forever. Between requests uvicorn's keep-alive timeout
+applies, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol"]
+__all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "CoalescingHttpToolsProtocol"]
+
+# As nginx's and Node's defaults are of that order (8-32 KiB, 16 KiB): a request's head
+# holds a token, cookies and a few headers; anything this long is a mistake or an attack.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_S = 30.0
+_LINGER_S = 2.0  # after a refusal, how long the client's further bytes are read and dropped
 
 
 class _CoalescingTransport:
@@ -54,11 +70,121 @@ class _CoalescingTransport:
         self._flush()
         self._transport.close()
 
+    def finish(self, linger_s: float) -> None:
+        """Send what is pending and end the writing side, then close after ``linger_s`` (or
+        when the client closes first): closing with the client's bytes still unread would
+        reset the connection, and the client could lose the answer before reading it."""
+        self._flush()
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+            self._loop.call_later(linger_s, self._transport.close)
+        else:
+            self._transport.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
 
+def _refusal(status: bytes, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+    )
+    return head + body
+
+
+_TOO_LARGE = _refusal(
+    b"431 Request Header Fields Too Large",
+    "payload_too_large",
+    f"the request's line and headers exceed {MAX_HEAD_BYTES // 1024} KiB; send less in "
+    "headers (large data goes in the body)",
+)
+_TIMED_OUT = _refusal(
+    b"408 Request Timeout",
+    "invalid_request",
+    f"the request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s",
+)
+
+
+class _HeadTooLarge(Exception):
+    """Raised from the parser's callback to stop it; the refusal is already written."""
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    max_head_bytes = MAX_HEAD_BYTES
+    head_timeout_s = HEAD_TIMEOUT_S
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        # Waiting for a request's head: bytes of it seen so far, and its deadline.
+        self._head_open = True
+        self._head_bytes = 0  # bytes received while the head was open
+        self._head_seen = 0  # the head's URL and headers as parsed
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.head_timeout_s, self._head_timed_out
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_timer is None:  # the head's first bytes after a keep-alive wait
+                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        super().data_received(data)
+        if self._head_open and self._head_bytes > self.max_head_bytes:
+            self._refuse(_TOO_LARGE)
+
+    def on_url(self, url: bytes) -> None:
+        self._head_seen += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_seen += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._stop_head_timer()
+        if self._head_seen > self.max_head_bytes:  # a whole head, in one read, too large
+            self._refuse(_TOO_LARGE)
+            raise _HeadTooLarge  # stops the parser: the request never reaches the app
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # The next request's head, when it comes.
+        self._head_open, self._head_bytes, self._head_seen = True, 0, 0
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_open or self.transport.is_closing():
+            return
+        if self._head_bytes:
+            self._refuse(_TIMED_OUT)
+        else:  # nothing was asked: close quietly, as for an idle keep-alive connection
+            self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        self._head_open = False
+        self._refused = True  # what the client still sends is read and dropped
+        self._stop_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.finish(_LINGER_S)  # type: ignore[attr-defined]
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # after a refusal the parser's error is ours: answered already
+            super().send_400_response(msg)
