@@ -154,5 +154,7 @@ def test_a_head_that_never_completes_does_not_hold_its_connection() -> None:
             first = conn.recv(65536)
             assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"hello")
             time.sleep(0.8)  # longer than the head timeout: idle between requests is allowed
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert _read_all(conn).startswith(b"HTTP/1.1 200 ")
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a third head, stalled
+            assert _read_all(conn).startswith(b"HTTP/1.1 408 ")
