@@ -95,3 +95,14 @@ def test_requests_no_engine_should_run_are_refused(
     refusal = _refusal(endpoint, body)
     assert (refusal.param, refusal.code) == (param, code), refusal
     assert refusal.message
+
+
+def test_a_prompt_of_the_wrong_type_is_named_as_such() -> None:
+    """A missing or empty prompt is "required"; one of a type no engine reads (an object, a
+    number) says what it must be and what it was, rather than that it is missing."""
+    assert "is required" in _refusal("embeddings", {"input": []}).message
+    assert "is required" in _refusal("completions", {}).message
+    wrong = _refusal("embeddings", {"input": {"a": 1}})
+    assert wrong.param == "input" and "must be a string" in wrong.message
+    assert "got dict" in wrong.message and "is required" not in wrong.message
+    assert "got int" in _refusal("completions", {"prompt": 5}).message

@@ -84,7 +84,7 @@ def test_errors_are_in_openais_shape(server: ServerUnderTest) -> None:
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"messages": []}', "'model' is required"),
-        (b'{"model": 7}', "'model' is required"),
+        (b'{"model": 7}', "'model' must be a string"),
         (b'{"model": "chat", "stream": "yes"}', "'stream'"),
     ):
         r = server.request(

@@ -148,7 +148,15 @@ def _prompts(endpoint: Endpoint, body: Mapping[str, Any]) -> tuple[str, list[int
                     )
                 )
         return param, counts
-    raise _Refused(BoundRefusal(f"'{param}' is required: the text to {_verb(endpoint)}", param))
+    if value is None or value in ("", []):
+        raise _Refused(BoundRefusal(f"'{param}' is required: the text to {_verb(endpoint)}", param))
+    raise _Refused(
+        BoundRefusal(
+            f"'{param}' must be a string, a list of strings, a list of token ids or a list of "
+            f"such lists (got {type(value).__name__}): the text to {_verb(endpoint)}",
+            param,
+        )
+    )
 
 
 def _verb(endpoint: Endpoint) -> str:

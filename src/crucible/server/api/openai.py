@@ -94,8 +94,9 @@ def _request_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
+        what = "is required" if model in (None, "") else "must be a string"
         raise InvalidRequestError(
-            "'model' is required: the name of one of your models (GET /openai/v1/models)"
+            f"'model' {what}: the name of one of your models (GET /openai/v1/models)"
         )
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise InvalidRequestError("'stream' must be true or false")
