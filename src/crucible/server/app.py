@@ -50,7 +50,7 @@ from crucible.server.api import (
     web_channel,
 )
 from crucible.server.api.deps import Caller
-from crucible.server.api.openai_errors import OPENAI_PREFIX, to_openai_shape
+from crucible.server.api.openai_errors import OPENAI_PREFIX, openai_error, to_openai_shape
 from crucible.server.api.openapi import install_openapi
 from crucible.server.api.ports_host import PortsHost
 from crucible.server.api.ports_origin import check_domain
@@ -271,6 +271,20 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
                 f"{request.method} is not allowed on {request.url.path}; "
                 f"it takes {', '.join(allowed)}"
             )
+        elif exc.status_code == 404 and message == "Not Found" and "endpoint" not in request.scope:
+            # No route has this path (the router's own answer, before any route ran): say
+            # which, and where the routes are, instead of a bare "Not Found". Under /openai/
+            # it is OpenAI's "Invalid URL" (code null), not a model that does not exist.
+            message = (
+                f"no route {request.method} {request.url.path}: the API's routes are in "
+                "docs/reference/api.md (or GET /openapi.json)"
+            )
+            if request.url.path.startswith(OPENAI_PREFIX):
+                return openai_error(
+                    404,
+                    f"Invalid URL ({request.method} {request.url.path}): the OpenAI API here "
+                    "is under /openai/v1 (models, chat/completions, completions, embeddings)",
+                )
         body: dict[str, Any] = {"error": {"code": code, "message": message}}
         return shaped(request, JSONResponse(body, status_code=exc.status_code, headers=headers))
 
