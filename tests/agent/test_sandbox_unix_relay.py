@@ -1,5 +1,5 @@
 """The agent's Relay (agent/sandbox.py): a sandbox's Unix socket piped to the control plane's
-TCP address, with many connections on one selector thread."""
+TCP address, byte for byte and both ways, each connection on its own pair of threads."""
 
 from __future__ import annotations
 

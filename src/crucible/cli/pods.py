@@ -67,13 +67,11 @@ def _port_urls(server_url: str, info: PodInfo) -> list[tuple[str, str]]:
     """The URL of each published HTTP port (the token opens it; `crucible pod link` prints
     a link that opens it without one)."""
     base = server_url.split(",")[0].rstrip("/")
-    out = []
-    for published in info.ports:
-        number, _, protocol = published.partition("/")
-        if protocol == "http":
-            own = info.port_urls.get(number)  # on its own host (the exchange's ports domain)
-            out.append((number, own or base + port_path(info.id, int(number))))
-    return out
+    return [
+        # On its own host when the exchange has a ports domain, else under the exchange's URL.
+        (str(port), info.port_urls.get(str(port)) or base + port_path(info.id, port))
+        for port in info.http_ports()
+    ]
 
 
 def _show(info: PodInfo, server_url: str) -> None:
@@ -217,11 +215,7 @@ def register(app: typer.Typer) -> None:
         browser, without a token, across stop/start, until the pod is deleted."""
         client = _client()
         info = PodInfo.model_validate(client.get(_path(client, pod)))
-        ports = (
-            [port]
-            if port is not None
-            else [int(p.split("/")[0]) for p in info.ports if p.endswith("/http")]
-        )
+        ports = [port] if port is not None else info.http_ports()
         if not ports:
             raise InvalidRequestError(
                 f"pod {clean(info.name)} publishes no HTTP port (create it with --port PORT/http)"

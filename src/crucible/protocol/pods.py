@@ -230,6 +230,10 @@ class PodInfo(Wire):
     rank: WireInt | None = None
     address: str | None = None
 
+    def http_ports(self) -> list[int]:
+        """The ports it publishes as HTTP (``ports`` reads ``"8888/http"``, ``"22/tcp"``)."""
+        return [int(p.partition("/")[0]) for p in self.ports if p.endswith("/http")]
+
 
 class ClusterInfo(Wire):
     id: str

@@ -12,7 +12,7 @@ It also bounds what a client may hold before its request's head is complete, whi
 does not: a head (request line and headers) of more than :data:`MAX_HEAD_BYTES` is answered
 ``431`` and the connection closed (llhttp would keep buffering one header line without
 end: 200 MiB of one header grew the server by as much), and a connection whose head is not
-complete :data:`HEAD_TIMEOUT_S` after it opened or after the head's first bytes arrived is
+complete :data:`HEAD_TIMEOUT_S` after it opened or after a read left it incomplete is
 closed (``408`` when some of it came): a client trickling a head, or opening connections and
 sending nothing, cannot keep sockets forever. Between requests uvicorn's keep-alive timeout
 applies, as before.
@@ -25,6 +25,8 @@ import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from crucible.errors import InvalidRequestError, PayloadTooLargeError
 
 __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "CoalescingHttpToolsProtocol"]
 
@@ -96,13 +98,13 @@ def _refusal(status: bytes, code: str, message: str) -> bytes:
 
 _TOO_LARGE = _refusal(
     b"431 Request Header Fields Too Large",
-    "payload_too_large",
+    PayloadTooLargeError.code,
     f"the request's line and headers exceed {MAX_HEAD_BYTES // 1024} KiB; send less in "
     "headers (large data goes in the body)",
 )
 _TIMED_OUT = _refusal(
     b"408 Request Timeout",
-    "invalid_request",
+    InvalidRequestError.code,
     f"the request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s",
 )
 
@@ -132,11 +134,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._head_open:
             self._head_bytes += len(data)
-            if self._head_timer is None:  # the head's first bytes after a keep-alive wait
-                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
         super().data_received(data)
-        if self._head_open and self._head_bytes > self.max_head_bytes:
-            self._refuse(_TOO_LARGE)
+        if self._head_open and self._head_bytes:  # a head begun in this read, not complete
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(_TOO_LARGE)
+            elif self._head_timer is None:
+                # Timed from its first bytes. A head that comes whole in one read (most do)
+                # never arms a timer: nothing is added to a request's path.
+                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._head_seen += len(url)

@@ -9,8 +9,8 @@ from starlette.requests import HTTPConnection
 from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import PodCreate, PodInfo, port_path
-from crucible.server.api import ports_origin
 from crucible.server.api.deps import Builder, State
+from crucible.server.api.ports import own_origin
 from crucible.server.services import pods as svc
 from crucible.server.state import ServerState
 
@@ -22,14 +22,10 @@ def with_port_urls(state: ServerState, request: HTTPConnection, info: PodInfo) -
     them on hosts of their own (``CRUCIBLE_PORTS_DOMAIN``; api/ports_host.py)."""
     if not state.settings.ports_domain:
         return info
-    domain = ports_origin.check_domain(state.settings.ports_domain)
-    urls = {}
-    for published in info.ports:
-        number, _, protocol = published.partition("/")
-        if protocol == "http":
-            port = int(number)
-            origin = ports_origin.host_origin(request, domain, info.id, port)
-            urls[number] = origin + port_path(info.id, port)
+    urls = {
+        str(port): own_origin(state, request, info.id, port) + port_path(info.id, port)
+        for port in info.http_ports()
+    }
     return info.model_copy(update={"port_urls": urls})
 
 
