@@ -98,6 +98,7 @@ def test_an_idle_gpu_lease_yields_to_its_own_account_only(tmp_path: Path) -> Non
             assert stranger.get_call(waiting.object_id).state == "queued"
     except BaseException:
         print(ex.log("server"))
+        print(ex.log("agent-gpu-a"))  # what the agent started, stopped and reported
         raise
     finally:
         owner.close()

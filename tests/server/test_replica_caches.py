@@ -65,3 +65,46 @@ def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> N
     leader.state.leader.waiting = {"fn-2": "still busy"}
     loop._share_waiting()
     assert other.state.leader.waiting == {"fn-2": "still busy"}
+
+
+def test_an_older_sync_applied_after_a_newer_one_does_not_lose_a_started_container(
+    make_server: MakeServer,
+) -> None:
+    """An agent's loop and its exit reporter sync at once: the reporter's snapshot (seq 5,
+    taken before the container started) can be applied after the loop's (seq 6, which
+    reported it starting), on another replica or on this one while both were in flight. It
+    must not end the container as lost: that gave its GPU to another account's older call
+    while the container's own call went back to the queue (a CI failure of
+    tests/e2e/test_idle_yield_e2e.py). A later sync that does not report it still does."""
+    a, b = make_server(), make_server()
+    host_token = a.tenant("hoster", Scope.HOST).token
+    renter = a.tenant("renter").token
+    host_id = a.register_host(host_token, "box")
+    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
+    cid, _ = a.place_container(fn, host_id)
+
+    def state() -> tuple[str, str | None]:
+        with a.state.engine.connect() as conn:
+            row = conn.execute(
+                select(containers.c.state, containers.c.exit_reason).where(containers.c.id == cid)
+            ).one()
+        return row.state, row.exit_reason
+
+    starting = {"containers": [{"container_id": cid, "state": "starting"}], "seq": 6}
+    a.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=starting)
+    assert state() == ("starting", None)
+    # B has seen none of this agent's syncs: by its memory alone the older one is fresh.
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 5})
+    assert state() == ("starting", None)
+    # The same through A, whose memory says stale: the store agrees.
+    a.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 4})
+    assert state() == ("starting", None)
+    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 7})
+    assert state() == ("stopped", "lost")
+
+
+def test_syncs_of_a_restarted_agent_come_after_the_old_ones() -> None:
+    from crucible.server.services.hosts import sync_mark
+
+    assert sync_mark(2, 1) > sync_mark(1, 10**6) > sync_mark(1, 5)
+    assert sync_mark(1, 2**53) < sync_mark(2, 1)  # a huge number stays in its session

@@ -93,6 +93,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 now,
                 fresh=fresh,
                 max_infra_requeues=s.max_infra_requeues,
+                seq=req.seq,
                 energy_readings_dropped=req.energy_readings_dropped,
                 host=host,
                 heartbeats=state.hosts.heartbeats,

@@ -30,7 +30,6 @@ from crucible.core.scheduling import (
     HostCapacity,
     Plan,
     Policy,
-    StartContainer,
     plan,
 )
 from crucible.errors import (
@@ -316,9 +315,9 @@ class SchedulerLoop:
                     self.policy,
                     known,
                     gpu_placer=placer,
-                    promised=self._promise(now),
+                    promised=self._promise(now, demands),
                 )
-                self._keep_promises(decided.made_room, decided.start, now)
+                self._keep_promises(decided.made_room, now)
                 self._note_settled(demands, decided, placer)
                 # Clusters: each gang in one market decision, on what the plan left.
                 gangs = place_clusters(conn, live, capacity, now)
@@ -556,17 +555,23 @@ class SchedulerLoop:
                 )
         return keys
 
-    def _promise(self, now: int) -> set[str]:
-        self._promised = {f: until for f, until in self._promised.items() if until > now}
+    def _promise(self, now: int, demands: list[FunctionDemand]) -> set[str]:
+        """The functions room was made for that still have calls queued. A promise is kept
+        until its calls are taken, not only until a container is started for them: one that
+        ends before it takes a call (lost with its host, failed to start) would otherwise
+        leave the room to another account's older work. A minute at most: the stops it
+        waited for are long done by then."""
+        queued = {d.id for d in demands if d.queued}
+        self._promised = {
+            f: until for f, until in self._promised.items() if until > now and f in queued
+        }
         return set(self._promised)
 
-    def _keep_promises(self, made_room: set[str], started: list[StartContainer], now: int) -> None:
-        """Room made by stopping idle containers stays promised to the function it was made
-        for until that function is placed (or a minute passes: the stops are long done)."""
+    def _keep_promises(self, made_room: set[str], now: int) -> None:
+        """Room made by stopping idle containers is promised to the function it was made for
+        (see :meth:`_promise`)."""
         for fid in made_room:
             self._promised[fid] = now + _PROMISE_MS
-        for start in started:
-            self._promised.pop(start.function_id, None)
 
     def _share_waiting(self) -> None:
         """Tell the other replicas what changed in why calls wait (pods, clusters and

@@ -43,6 +43,7 @@ __all__ = [
     "process_reports",
     "register_host",
     "require_host",
+    "sync_mark",
 ]
 
 LIVE_CONTAINER_STATES = ("pending", "starting", "running", "stopping")
@@ -388,9 +389,17 @@ def _count_lease_end(conn: Connection, container_id: str, *, faulted: bool) -> N
     conn.execute(update(hosts).where(hosts.c.id == row.host_id).values(**values))
 
 
-_UNSTOPPED_ON_HOST = select(containers.c.id, containers.c.state).where(
+_UNSTOPPED_ON_HOST = select(containers.c.id, containers.c.state, containers.c.seen_in_sync).where(
     containers.c.host_id == bindparam("b_host"), containers.c.state != "stopped"
 )
+# A sync's mark: the agent's session (bumped at each registration) over its sync number.
+_SESSION_SHIFT = 32
+
+
+def sync_mark(agent_session: int, seq: int) -> int:
+    """Orders an agent's syncs across its restarts: every sync of a later agent process comes
+    after every sync of an earlier one (a new process numbers its syncs from 1 again)."""
+    return (agent_session << _SESSION_SHIFT) + min(seq, (1 << _SESSION_SHIFT) - 1)
 
 
 def process_reports(
@@ -401,6 +410,7 @@ def process_reports(
     *,
     fresh: bool,
     max_infra_requeues: int,
+    seq: int = 0,
     energy_readings_dropped: int | None = None,
     host: Any = None,
     heartbeats: Heartbeats | None = None,
@@ -412,8 +422,13 @@ def process_reports(
     in this transaction; without them (or for a host that was lost) it is written here.
 
     ``fresh`` is False for a report older than one already applied: it may still record exits
-    but must not conclude that an unreported container is gone. Reported energy is recorded
-    before exits are metered, so a container's last interval carries its last figure.
+    but must not conclude that an unreported container is gone. ``seq`` (the sync's number,
+    0 for an agent that does not number them) decides the same in the store, per container:
+    an unreported container is gone only if this sync is later than the one that first
+    reported it started. ``fresh`` alone cannot: it is this replica's memory, and two syncs of
+    one agent (its loop and its exit reporter) may be applied out of order here or reach two
+    replicas. Reported energy is recorded before exits are metered, so a container's last
+    interval carries its last figure.
     """
     seen: dict[str, Any] = {}
     if heartbeats is None or host is None or host.state != "ready":
@@ -441,6 +456,10 @@ def process_reports(
     if energy:
         conn.execute(_SET_ENERGY, energy)
     rows = {r.id: r for r in conn.execute(_UNSTOPPED_ON_HOST, {"b_host": host_id})}
+    mark = None
+    if seq:
+        session = host.agent_session if host is not None else agent_session(conn, host_id)
+        mark = sync_mark(int(session), seq)
     stop: list[str] = []
     keys: list[str] = []
     reported: set[str] = set()
@@ -500,13 +519,19 @@ def process_reports(
             conn.execute(
                 update(containers)
                 .where(containers.c.id == rep.container_id, containers.c.state == "pending")
-                .values(state="starting", started_ms=now_ms, last_active_ms=now_ms)
+                .values(
+                    state="starting", started_ms=now_ms, last_active_ms=now_ms, seen_in_sync=mark
+                )
             )
         elif row.state == "stopping":
             stop.append(rep.container_id)
     if fresh:
         for cid, row in rows.items():
-            if cid not in reported and row.state in ("starting", "running", "stopping"):
+            if (
+                cid not in reported
+                and row.state in ("starting", "running", "stopping")
+                and (not seq or row.seen_in_sync is None or mark > row.seen_in_sync)
+            ):
                 keys += end_container(
                     conn,
                     cid,

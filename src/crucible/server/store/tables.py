@@ -248,6 +248,10 @@ containers = Table(
     Column("energy_mwh", BigInteger),
     Column("energy_estimated", Boolean, nullable=False, default=False),
     Column("metered_energy_mwh", BigInteger, nullable=False, default=0),
+    # The agent sync that first reported it started: agent session * 2**32 + the sync's seq
+    # (services/hosts.sync_mark). A sync that does not report it concludes it is gone only
+    # if it is later than this one (two syncs of one agent may be applied out of order).
+    Column("seen_in_sync", BigInteger),
     # Bumped by the store (a trigger, migration 0028) at every write of a column the
     # scheduler's tick reads: its view re-reads only containers changed since it last read.
     Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
