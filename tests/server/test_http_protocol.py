@@ -64,10 +64,31 @@ def test_writes_of_one_step_go_out_together_and_close_flushes() -> None:
 
 class _QuickHead(CoalescingHttpToolsProtocol):
     head_timeout_s = 0.5
+    body_timeout_s = 0.5
+
+
+# What the application saw of bodies that never completed (the body tests).
+_DISCONNECTS: list[int] = []
 
 
 async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    """Says hello; on POST /echo, reads the whole body first and answers its length."""
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/echo":
+        got = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                _DISCONNECTS.append(got)
+                return
+            got += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = str(got).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
         return
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
@@ -158,3 +179,36 @@ def test_a_head_that_never_completes_does_not_hold_its_connection() -> None:
             assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a third head, stalled
             assert _read_all(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_that_stops_arriving_does_not_hold_its_request() -> None:
+    """A body announced and then stalled gets 408 after the body timeout, and the application
+    reading it is told the client left; a slow body that keeps coming is served whole."""
+    _DISCONNECTS.clear()
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    with _serving() as port:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(head + b"Content-Length: 100\r\n\r\n" + b"z" * 10)
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"body stopped arriving" in answer
+        # A chunked body stalled between chunks: the same.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            assert _read_all(conn).startswith(b"HTTP/1.1 408 ")
+        deadline = time.monotonic() + 5
+        while len(_DISCONNECTS) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(_DISCONNECTS) == [5, 10]
+        # Slow but steady: longer in all than the timeout, never silent that long.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(head + b"Content-Length: 60\r\n\r\n")
+            for _ in range(6):
+                time.sleep(0.2)
+                conn.sendall(b"s" * 10)
+            assert _read_all(conn).endswith(b"\r\n\r\n60")
+        # Answered before its body came (the app did not read it), then stalled: closed.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
+        assert _get(port).endswith(b"hello")  # and the server answers others throughout

@@ -15,7 +15,12 @@ end: 200 MiB of one header grew the server by as much), and a connection whose h
 complete :data:`HEAD_TIMEOUT_S` after it opened or after a read left it incomplete is
 closed (``408`` when some of it came): a client trickling a head, or opening connections and
 sending nothing, cannot keep sockets forever. Between requests uvicorn's keep-alive timeout
-applies, as before.
+applies, as before. A request's body is bounded in time the same way, as nginx's
+``client_body_timeout`` does: a body that stops arriving for :data:`BODY_TIMEOUT_S` before it
+is complete is answered ``408`` (or its connection closed, when the answer has begun) and the
+application is told the client left. The time a client is not sent data because the server
+stopped reading (its buffer is full, or it has not asked for a ``100 Continue`` body yet)
+does not count.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from crucible.errors import InvalidRequestError, PayloadTooLargeError
 
-__all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "CoalescingHttpToolsProtocol"]
+__all__ = ["BODY_TIMEOUT_S", "HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "CoalescingHttpToolsProtocol"]
 
 # As nginx's and Node's defaults are of that order (8-32 KiB, 16 KiB): a request's head
 # holds a token, cookies and a few headers; anything this long is a mistake or an attack.
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
+BODY_TIMEOUT_S = 60.0  # the longest silence within a body (nginx's client_body_timeout)
 _LINGER_S = 2.0  # after a refusal, how long the client's further bytes are read and dropped
 
 
@@ -107,6 +113,12 @@ _TIMED_OUT = _refusal(
     InvalidRequestError.code,
     f"the request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s",
 )
+_BODY_TIMED_OUT = _refusal(
+    b"408 Request Timeout",
+    InvalidRequestError.code,
+    f"the request's body stopped arriving: nothing came for {BODY_TIMEOUT_S:g} s before it "
+    "was complete (send the whole body it announced)",
+)
 
 
 class _HeadTooLarge(Exception):
@@ -116,6 +128,7 @@ class _HeadTooLarge(Exception):
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_s = HEAD_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -128,6 +141,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.head_timeout_s, self._head_timed_out
         )
+        # A request whose head is complete and whose body is not: when its last bytes came.
+        self._in_body = False
+        self._body_seen_at = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -142,6 +159,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 # Timed from its first bytes. A head that comes whole in one read (most do)
                 # never arms a timer: nothing is added to a request's path.
                 self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        elif self._in_body:  # a body begun or continued in this read, not complete
+            self._body_seen_at = self.loop.time()
+            if self._body_timer is None:  # a body that comes whole with its head arms none
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_idle)
 
     def on_url(self, url: bytes) -> None:
         self._head_seen += len(url)
@@ -158,15 +179,48 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_TOO_LARGE)
             raise _HeadTooLarge  # stops the parser: the request never reaches the app
         super().on_headers_complete()
+        # Until its message completes (a WebSocket upgrade is not a body: another protocol).
+        self._in_body = not (self.parser.should_upgrade() and self._should_upgrade())
 
     def on_message_complete(self) -> None:
         # The next request's head, when it comes.
         self._head_open, self._head_bytes, self._head_seen = True, 0, 0
+        self._in_body = False
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_idle(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self._refused or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            # Not the client's silence: we are not reading, or it waits for our go-ahead.
+            self._body_seen_at = now
+        idle = now - self._body_seen_at
+        if idle < self.body_timeout_s:
+            self._body_timer = self.loop.call_later(self.body_timeout_s - idle, self._body_idle)
+            return
+        self._in_body = False
+        answered = cycle is None or cycle.response_started
+        if cycle is not None and not cycle.response_complete:
+            # The application's receive() gets http.disconnect, and what it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if answered:
+            self.transport.close()
+        else:
+            self._refuse(_BODY_TIMED_OUT)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
