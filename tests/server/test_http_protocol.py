@@ -212,3 +212,23 @@ def test_a_body_that_stops_arriving_does_not_hold_its_request() -> None:
             answer = _read_all(conn)
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
         assert _get(port).endswith(b"hello")  # and the server answers others throughout
+
+
+def test_a_request_that_does_not_parse_gets_the_error_envelope() -> None:
+    """Malformed requests (smuggling attempts among them) get 400 with the error envelope and
+    the connection closed; the server keeps answering others."""
+    bad = [
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    with _serving() as port:
+        for request in bad:
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(request)
+                answer = _read_all(conn)
+            assert answer.startswith(b"HTTP/1.1 400 "), (request, answer)
+            assert b"application/json" in answer and b'"code": "invalid_request"' in answer
+            assert b"not valid HTTP/1.1" in answer
+        assert _get(port).endswith(b"hello")

@@ -20,7 +20,8 @@ applies, as before. A request's body is bounded in time the same way, as nginx's
 is complete is answered ``408`` (or its connection closed, when the answer has begun) and the
 application is told the client left. The time a client is not sent data because the server
 stopped reading (its buffer is full, or it has not asked for a ``100 Continue`` body yet)
-does not count.
+does not count. A request that does not parse gets ``400`` in the error envelope, not
+uvicorn's plain text.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ _TIMED_OUT = _refusal(
     b"408 Request Timeout",
     InvalidRequestError.code,
     f"the request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s",
+)
+_MALFORMED = _refusal(
+    b"400 Bad Request",
+    InvalidRequestError.code,
+    "the request is not valid HTTP/1.1: its request line, headers or chunked body could not "
+    "be parsed; send a well-formed request (CRLF line ends, a percent-encoded path, one "
+    "Content-Length or Transfer-Encoding: chunked, not both)",
 )
 _BODY_TIMED_OUT = _refusal(
     b"408 Request Timeout",
@@ -245,5 +253,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.finish(_LINGER_S)  # type: ignore[attr-defined]
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # after a refusal the parser's error is ours: answered already
-            super().send_400_response(msg)
+        """A request llhttp could not parse: uvicorn answers it in plain text; here it gets
+        the error envelope every other refusal has (and a lingering close)."""
+        if self._refused:  # after a refusal the parser's error is ours: answered already
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A request already handed to the application (its chunked body went bad): it
+            # is told the client left, and what it still sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self._refused = True
+                self.transport.close()
+                return
+        self._refuse(_MALFORMED)
