@@ -192,6 +192,16 @@ def test_with_a_ports_domain_a_pod_names_each_http_ports_own_url(make_server: Ma
     [listed] = server.ok("GET", "/v1/pods", token=alice.token)
     assert listed["port_urls"] == expected
     assert server.ok("POST", "/v1/pods/nb/stop", token=alice.token)["port_urls"] == expected
+    # A cluster's members are pods: each names its own.
+    ring = {"name": "ring", "nodes": 2, "gpu": "H100", "ports": ["8888/http"]}
+    members = server.ok("POST", "/v1/clusters", token=alice.token, json=ring)["members"]
+    shown = server.ok("GET", "/v1/clusters/ring", token=alice.token)["members"]
+    [listed_ring] = server.ok("GET", "/v1/clusters", token=alice.token)
+    for seen in (members, shown, listed_ring["members"]):
+        assert [m["port_urls"] for m in seen] == [
+            {"8888": f"http://{m['id']}-8888.ports.example.test/pods/{m['id']}/ports/8888/"}
+            for m in members
+        ]
     client = Client("http://exchange.example.test:8745", alice.token)
     try:
         pod = Pod(PodInfo.model_validate(created), client)
