@@ -48,8 +48,9 @@ async def _stream(engine: TransformersEngine, prompt: list[int], n: int) -> tupl
     return first, count
 
 
-async def _measure(weights: Path, batch: int, streams: list[int], tokens: int
-                   ) -> list[dict[str, Any]]:
+async def _measure(
+    weights: Path, batch: int, streams: list[int], tokens: int
+) -> list[dict[str, Any]]:
     engine = TransformersEngine(EngineConfig(weights=weights, max_batch_size=batch))
     prompt = engine.encode("Continuous batching lets requests join and leave each step.")
     await engine.start()
@@ -58,14 +59,18 @@ async def _measure(weights: Path, batch: int, streams: list[int], tokens: int
         await _stream(engine, prompt, 4)  # warm-up
         for conc in streams:
             start = time.perf_counter()
-            done = await asyncio.gather(*[_stream(engine, prompt, tokens)
-                                          for _ in range(conc)])
+            done = await asyncio.gather(*[_stream(engine, prompt, tokens) for _ in range(conc)])
             wall = time.perf_counter() - start
             ttft = [d[0] * 1000 for d in done]
-            rows.append({"max_batch_size": batch, "streams": conc,
-                         "tokens_per_s": round(sum(d[1] for d in done) / wall, 1),
-                         "ttft_p50_ms": round(statistics.median(ttft), 2),
-                         "ttft_p99_ms": round(_pct(ttft, 0.99), 2)})
+            rows.append(
+                {
+                    "max_batch_size": batch,
+                    "streams": conc,
+                    "tokens_per_s": round(sum(d[1] for d in done) / wall, 1),
+                    "ttft_p50_ms": round(statistics.median(ttft), 2),
+                    "ttft_p99_ms": round(_pct(ttft, 0.99), 2),
+                }
+            )
     finally:
         await engine.stop()
     return rows
@@ -93,11 +98,18 @@ def main() -> int:
             rows += asyncio.run(_measure(weights, batch, streams, args.tokens))
     print(f"{'batch':>6} {'streams':>8} {'tokens/s':>10} {'TTFT p50 ms':>12} {'p99 ms':>8}")
     for r in rows:
-        print(f"{r['max_batch_size']:>6} {r['streams']:>8} {r['tokens_per_s']:>10} "
-              f"{r['ttft_p50_ms']:>12} {r['ttft_p99_ms']:>8}")
-    path = write_results("bench_engine_batching", {
-        "weights": "tiny random Llama" if args.tiny else str(weights),
-        "tokens_per_stream": args.tokens, "rows": rows})
+        print(
+            f"{r['max_batch_size']:>6} {r['streams']:>8} {r['tokens_per_s']:>10} "
+            f"{r['ttft_p50_ms']:>12} {r['ttft_p99_ms']:>8}"
+        )
+    path = write_results(
+        "bench_engine_batching",
+        {
+            "weights": "tiny random Llama" if args.tiny else str(weights),
+            "tokens_per_stream": args.tokens,
+            "rows": rows,
+        },
+    )
     print(f"wrote {path}")
     return 0
 

@@ -146,7 +146,8 @@ def main() -> None:
         help="a setting for the exchange (e.g. CRUCIBLE_WEB_RELAY=false: every request a call)",
     )
     ap.add_argument(
-        "--gpu", default=None,
+        "--gpu",
+        default=None,
         help="the model's function asks for this GPU (e.g. H200); the engine then runs on CUDA "
         "on both sides (the direct server sees every GPU of the machine)",
     )
@@ -157,11 +158,14 @@ def main() -> None:
     model: dict[str, Any] = {"weights": args.weights}
     if args.engine == "transformers" and args.weights == "tiny":
         args.weights = _tiny_llama(args.hidden, args.layers, args.heads)
-        model = {"weights": "random Llama", "hidden": args.hidden, "layers": args.layers,
-                 "heads": args.heads, "params": _params(args.weights)}
-    CONFIG.write_text(
-        f"ENGINE = {args.engine!r}\nWEIGHTS = {args.weights!r}\nGPU = {args.gpu!r}\n"
-    )
+        model = {
+            "weights": "random Llama",
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "heads": args.heads,
+            "params": _params(args.weights),
+        }
+    CONFIG.write_text(f"ENGINE = {args.engine!r}\nWEIGHTS = {args.weights!r}\nGPU = {args.gpu!r}\n")
     try:
         results = {"direct": _direct(args), "crucible": _through_crucible(args)}
     finally:
@@ -268,9 +272,7 @@ def _tiny_llama(hidden: int, layers: int, heads: int) -> str:
     from inference_testlib import build_tiny_llama
 
     root = Path(tempfile.mkdtemp(prefix="crucible-bench-tiny-"))
-    return str(
-        build_tiny_llama(root / "tiny-llama", hidden=hidden, layers=layers, heads=heads)
-    )
+    return str(build_tiny_llama(root / "tiny-llama", hidden=hidden, layers=layers, heads=heads))
 
 
 def _params(weights: str) -> int:

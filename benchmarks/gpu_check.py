@@ -60,7 +60,9 @@ def nvml_names() -> list[str]:
 def check_inventory(model: str, report: dict[str, Any], failures: list[str]) -> Any:
     names = nvml_names()
     inventory = detect_inventory(
-        fake_gpus=None, allow_fake=False, disk_path=Path(tempfile.gettempdir()),
+        fake_gpus=None,
+        allow_fake=False,
+        disk_path=Path(tempfile.gettempdir()),
         host_name="gpu-check",
     )
     report["inventory"] = {
@@ -93,8 +95,11 @@ def check_self_test(inventory: Any, report: dict[str, Any], failures: list[str])
         "verified": verdict.verified,
         "reason": verdict.reason,
         "catalog": {
-            m.name: {"matmul_tflops": m.matmul_tflops, "mem_bandwidth_gbs": m.mem_bandwidth_gbs,
-                     "memory_gib": m.memory_gib}
+            m.name: {
+                "matmul_tflops": m.matmul_tflops,
+                "mem_bandwidth_gbs": m.mem_bandwidth_gbs,
+                "memory_gib": m.memory_gib,
+            }
             for m in {GPU_CATALOG[d.model] for d in inventory.gpus if d.model in GPU_CATALOG}
         },
     }
@@ -148,7 +153,8 @@ def main() -> None:
     ap.add_argument("--out", default="", help="write the JSON here instead of benchmarks/results")
     ap.add_argument("--skip-exchange", action="store_true", help="inventory and self-test only")
     ap.add_argument(
-        "--fake-gpus", default=None,
+        "--fake-gpus",
+        default=None,
         help="the exchange's agent declares these (e.g. 1xH200): a dry run of the plumbing on a "
         "machine without a GPU (the GPU checks then fail, as they should)",
     )

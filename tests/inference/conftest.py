@@ -38,8 +38,18 @@ def lora_dirs(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     root = tmp_path_factory.mktemp("adapters")
     return {
         "alpha": build_random_lora(tiny_llama, root / "alpha", rank=4, seed=1),
-        "beta": build_random_lora(tiny_llama, root / "beta", rank=8, seed=2,
-                                  targets=("q_proj", "k_proj", "v_proj", "o_proj")),
-        "gamma": build_random_lora(tiny_llama, root / "gamma", rank=4, seed=3,
-                                   targets=("gate_proj", "up_proj", "down_proj")),
+        "beta": build_random_lora(
+            tiny_llama,
+            root / "beta",
+            rank=8,
+            seed=2,
+            targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+        ),
+        "gamma": build_random_lora(
+            tiny_llama,
+            root / "gamma",
+            rank=4,
+            seed=3,
+            targets=("gate_proj", "up_proj", "down_proj"),
+        ),
     }

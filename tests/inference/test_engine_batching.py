@@ -30,8 +30,10 @@ def greedy(n: int) -> SamplingParams:
 
 
 async def tokens(engine: TransformersEngine, prompt: str, n: int) -> list[int]:
-    return [s.token_id async for s in engine.generate(
-        GenerationRequest(engine.encode(prompt), greedy(n)))]
+    return [
+        s.token_id
+        async for s in engine.generate(GenerationRequest(engine.encode(prompt), greedy(n)))
+    ]
 
 
 def test_requests_join_and_leave_within_the_batch_size(tiny_llama: Path) -> None:
@@ -73,8 +75,7 @@ def test_closing_a_stream_leaves_the_batch(tiny_llama: Path) -> None:
 
 
 def test_a_full_queue_is_429(tiny_llama: Path) -> None:
-    engine = TransformersEngine(EngineConfig(weights=tiny_llama, max_batch_size=1,
-                                             max_queued=1))
+    engine = TransformersEngine(EngineConfig(weights=tiny_llama, max_batch_size=1, max_queued=1))
 
     async def main() -> None:
         await engine.start()
@@ -95,11 +96,14 @@ def test_a_full_queue_is_429(tiny_llama: Path) -> None:
 
 
 def test_import_crucible_loads_no_engine_library() -> None:
-    code = ("import sys, crucible, crucible.inference.server, crucible.inference.serve; "
-            "print([m for m in ('torch', 'transformers', 'peft', 'llama_cpp', 'vllm') "
-            "if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
+    code = (
+        "import sys, crucible, crucible.inference.server, crucible.inference.serve; "
+        "print([m for m in ('torch', 'transformers', 'peft', 'llama_cpp', 'vllm') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -107,9 +111,24 @@ def test_serve_command_on_loopback(tiny_llama: Path) -> None:
     port = free_port()
     env = {**os.environ, "TEST_KEY": "k-123"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crucible.inference.serve", "--weights", str(tiny_llama),
-         "--model-name", "tiny", "--port", str(port), "--api-key-env", "TEST_KEY"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "crucible.inference.serve",
+            "--weights",
+            str(tiny_llama),
+            "--model-name",
+            "tiny",
+            "--port",
+            str(port),
+            "--api-key-env",
+            "TEST_KEY",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -123,10 +142,18 @@ def test_serve_command_on_loopback(tiny_llama: Path) -> None:
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.2)
         req = urllib.request.Request(
-            base + "/v1/chat/completions", method="POST",
-            data=json.dumps({"model": "tiny", "max_tokens": 3, "temperature": 0,
-                             "messages": [{"role": "user", "content": "hi"}]}).encode(),
-            headers={"Authorization": "Bearer k-123", "Content-Type": "application/json"})
+            base + "/v1/chat/completions",
+            method="POST",
+            data=json.dumps(
+                {
+                    "model": "tiny",
+                    "max_tokens": 3,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            ).encode(),
+            headers={"Authorization": "Bearer k-123", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             assert json.load(r)["usage"]["completion_tokens"] == 3
     finally:
@@ -135,11 +162,35 @@ def test_serve_command_on_loopback(tiny_llama: Path) -> None:
 
 
 def test_serve_command_rejects_bad_arguments(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "crucible.inference.serve", "--weights",
-                          str(tmp_path), "--port", "1"], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible.inference.serve",
+            "--weights",
+            str(tmp_path),
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 2 and "not a transformers model directory" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "crucible.inference.serve", "--weights",
-                          str(tmp_path), "--adapter", "nopath"], capture_output=True,
-                         text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible.inference.serve",
+            "--weights",
+            str(tmp_path),
+            "--adapter",
+            "nopath",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 2 and "--adapter wants NAME=DIR" in out.stderr

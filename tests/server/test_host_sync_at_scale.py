@@ -116,13 +116,9 @@ def test_a_host_registered_again_is_listed_with_its_new_inventory(
 ) -> None:
     token = server.tenant("hoster", Scope.HOST).token
     server.register_host(token, "box", cpu_cores=8)
-    assert [h["inventory"]["cpu_cores"] for h in server.ok("GET", "/v1/hosts", token=token)] == [
-        8
-    ]
+    assert [h["inventory"]["cpu_cores"] for h in server.ok("GET", "/v1/hosts", token=token)] == [8]
     server.register_host(token, "box", cpu_cores=32)  # inventories are cached per session
-    assert [h["inventory"]["cpu_cores"] for h in server.ok("GET", "/v1/hosts", token=token)] == [
-        32
-    ]
+    assert [h["inventory"]["cpu_cores"] for h in server.ok("GET", "/v1/hosts", token=token)] == [32]
 
 
 def test_a_sync_of_an_unknown_or_foreign_host_is_not_found(server: ServerUnderTest) -> None:

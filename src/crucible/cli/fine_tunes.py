@@ -84,8 +84,8 @@ def check_data(data: Path) -> int:
         return check_records(data)
     except DataError as exc:
         raise InvalidRequestError(
-            f"--data: {exc}. Each line is {{\"messages\": [..., {{\"role\": \"assistant\", "
-            "\"content\": ...}]} or {\"prompt\": ..., \"completion\": ...}"
+            f'--data: {exc}. Each line is {{"messages": [..., {{"role": "assistant", '
+            '"content": ...}]} or {"prompt": ..., "completion": ...}'
         ) from None
 
 
@@ -148,11 +148,16 @@ def register(app: typer.Typer) -> None:
         name = adapter or f"ft-{uuid.uuid4().hex[:6]}"
         check_name("the adapter's name", name)
         examples = check_data(data)  # before anything is started or charged
-        body = {"method": "lora", "rank": rank, "epochs": epochs, "lr": lr,
-                "examples": examples, "data": str(data)}
+        body = {
+            "method": "lora",
+            "rank": rank,
+            "epochs": epochs,
+            "lr": lr,
+            "examples": examples,
+            "data": str(data),
+        }
         try:  # the server's bounds, checked before the job is started
-            FineTuneCreate.model_validate({**body, "model": base, "adapter": name,
-                                           "call_id": "-"})
+            FineTuneCreate.model_validate({**body, "model": base, "adapter": name, "call_id": "-"})
         except ValidationError as exc:
             raise from_validation_error(
                 exc, "crucible fine-tune create", {"batch_size": "--batch-size"}
@@ -166,16 +171,33 @@ def register(app: typer.Typer) -> None:
                     "transformers (or vllm) model directory as its base"
                 )
             trainer = [
-                "--method", "lora",
-                "--rank", str(rank),
-                "--epochs", str(epochs),
-                "--lr", repr(lr),
-                "--batch-size", str(batch_size),
-                "--checkpoint-every", str(checkpoint_every),
-                "--target-modules", target_modules,
+                "--method",
+                "lora",
+                "--rank",
+                str(rank),
+                "--epochs",
+                str(epochs),
+                "--lr",
+                repr(lr),
+                "--batch-size",
+                str(batch_size),
+                "--checkpoint-every",
+                str(checkpoint_every),
+                "--target-modules",
+                target_modules,
             ]
-            job = _start(client, model, data, name, trainer, body, gpu=gpu, cpu=cpu,
-                         memory=memory, timeout=timeout)
+            job = _start(
+                client,
+                model,
+                data,
+                name,
+                trainer,
+                body,
+                gpu=gpu,
+                cpu=cpu,
+                memory=memory,
+                timeout=timeout,
+            )
         finally:
             client.close()
         if as_json:
@@ -273,7 +295,12 @@ def _start(
     base, source_volume = base_weights(model.weights)
     app_name = f"{model.name}-fine-tune"
     source = trainer_app_source(
-        app_name, model.name, gpu=gpu, cpu=cpu, memory=memory, timeout=timeout,
+        app_name,
+        model.name,
+        gpu=gpu,
+        cpu=cpu,
+        memory=memory,
+        timeout=timeout,
         source_volume=source_volume,
     )
     with tempfile.TemporaryDirectory(prefix="crucible-fine-tune-") as tmp:
@@ -282,9 +309,12 @@ def _start(
         module = import_app_file(file)
         module.app.deploy(name=app_name, client=client)
     args = [
-        "--base", base,
-        "--data", f"{MODEL_MOUNT}/{job_dir}/train.jsonl",
-        "--out", f"{MODEL_MOUNT}/adapters/{adapter}",
+        "--base",
+        base,
+        "--data",
+        f"{MODEL_MOUNT}/{job_dir}/train.jsonl",
+        "--out",
+        f"{MODEL_MOUNT}/adapters/{adapter}",
         *trainer,
     ]
     call = Function.from_name(app_name, "train", client=client).spawn(args)

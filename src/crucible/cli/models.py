@@ -280,8 +280,9 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="The model."),
         adapter: str = typer.Argument(..., help="The adapter's name (call it as NAME:ADAPTER)."),
         path: Path = typer.Option(
-            None, help="A local PEFT adapter directory to upload (or, for a llama-cpp model, "
-            "a GGUF LoRA file)."
+            None,
+            help="A local PEFT adapter directory to upload (or, for a llama-cpp model, "
+            "a GGUF LoRA file).",
         ),
         volume: str = typer.Option(None, help="VOL/path: a PEFT adapter in a volume of yours."),
         container_path: str = typer.Option(

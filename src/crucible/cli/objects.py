@@ -16,7 +16,6 @@ from crucible.protocol.coordination import DictInfo, QueueInfo
 __all__ = ["register"]
 
 
-
 def register(app: typer.Typer) -> None:
     dict_app = typer.Typer(help="crucible.Dict objects of your account.")
     queue_app = typer.Typer(help="crucible.Queue objects of your account.")

@@ -15,8 +15,15 @@ __all__ = ["OpenAIError", "bad_request", "not_found", "overloaded"]
 class OpenAIError(Exception):
     """An error the model server answers with ``status`` and OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -25,17 +32,25 @@ class OpenAIError(Exception):
         self.code = code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
-def bad_request(message: str, *, param: str | None = None,
-                code: str = "invalid_value") -> OpenAIError:
+def bad_request(
+    message: str, *, param: str | None = None, code: str = "invalid_value"
+) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
 
 
-def not_found(message: str, *, param: str | None = None,
-              code: str = "model_not_found") -> OpenAIError:
+def not_found(
+    message: str, *, param: str | None = None, code: str = "model_not_found"
+) -> OpenAIError:
     return OpenAIError(404, message, param=param, code=code)
 
 

@@ -38,9 +38,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(
-                f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}"
-            )
+            raise ValueError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_lora_rank < 1:

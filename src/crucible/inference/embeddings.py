@@ -50,18 +50,22 @@ class EmbeddingModel:
         vectors: list[list[float]] = []
         tokens = 0
         for start in range(0, len(inputs), _BATCH):
-            chunk = inputs[start:start + _BATCH]
+            chunk = inputs[start : start + _BATCH]
             if all(isinstance(x, str) for x in chunk):
-                batch = self.tokenizer(list(chunk), padding=True, truncation=True,
-                                       max_length=self.max_tokens, return_tensors="pt")
+                batch = self.tokenizer(
+                    list(chunk),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                )
             else:
                 ids: list[list[int]] = [[int(t) for t in x] for x in chunk]
                 vocab = self.tokenizer.vocab_size
                 if any(not 0 <= t < vocab for x in ids for t in x):
                     raise bad_request(f"input token ids must be in [0, {vocab})", param="input")
                 if any(len(x) > self.max_tokens for x in ids):
-                    raise bad_request(f"an input is over {self.max_tokens} tokens",
-                                      param="input")
+                    raise bad_request(f"an input is over {self.max_tokens} tokens", param="input")
                 batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
             batch = {k: v.to(self._device) for k, v in batch.items()}
             with torch.inference_mode():

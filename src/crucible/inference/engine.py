@@ -95,9 +95,13 @@ class Engine(abc.ABC):
         return False
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
-        raise not_found(f"the {self.name} engine does not serve LoRA adapters",
-                        param="name", code="adapters_unsupported")
+        raise not_found(
+            f"the {self.name} engine does not serve LoRA adapters",
+            param="name",
+            code="adapters_unsupported",
+        )
 
     def unload_adapter(self, name: str) -> None:
-        raise not_found(f"no adapter named {name!r} is loaded", param="name",
-                        code="adapter_not_found")
+        raise not_found(
+            f"no adapter named {name!r} is loaded", param="name", code="adapter_not_found"
+        )

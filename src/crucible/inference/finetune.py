@@ -32,21 +32,30 @@ def _emit(event: str, **fields: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m crucible.inference.finetune",
-                                description="Fine-tune a LoRA adapter on a local model.")
+    p = argparse.ArgumentParser(
+        prog="python -m crucible.inference.finetune",
+        description="Fine-tune a LoRA adapter on a local model.",
+    )
     p.add_argument("--base", required=True, type=Path, help="base model directory")
     p.add_argument("--data", required=True, type=Path, help="training data (.jsonl)")
     p.add_argument("--method", default="lora", help="only 'lora'")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
-    p.add_argument("--target-modules", default=DEFAULT_TARGETS,
-                   help="comma-separated linear layer names to adapt")
+    p.add_argument(
+        "--target-modules",
+        default=DEFAULT_TARGETS,
+        help="comma-separated linear layer names to adapt",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="save a checkpoint every N steps (0: at the end of each epoch)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save a checkpoint every N steps (0: at the end of each epoch)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, type=Path, help="where the adapter is written")
@@ -75,7 +84,7 @@ def _batch(examples: list[Example], pad_id: int) -> tuple[Any, Any, Any]:
     for row, e in enumerate(examples):
         seq = e.prompt_ids + e.answer_ids
         ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, len(e.prompt_ids): len(seq)] = torch.tensor(e.answer_ids)
+        labels[row, len(e.prompt_ids) : len(seq)] = torch.tensor(e.answer_ids)
         mask[row, : len(seq)] = 1
     return ids, labels, mask
 
@@ -96,22 +105,37 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     model: Any = AutoModelForCausalLM.from_pretrained(str(args.base), local_files_only=True)
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()]
-    present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear)}
+    present = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
     missing = [t for t in targets if t not in present]
     if missing:
-        raise DataError(f"--target-modules {','.join(missing)} not in the base model; its "
-                        f"linear layers are {','.join(sorted(present))}")
-    peft_model = get_peft_model(model, LoraConfig(
-        r=args.rank, lora_alpha=args.alpha or 2 * args.rank, target_modules=targets,
-        lora_dropout=0.0, bias="none"))
+        raise DataError(
+            f"--target-modules {','.join(missing)} not in the base model; its "
+            f"linear layers are {','.join(sorted(present))}"
+        )
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=args.rank,
+            lora_alpha=args.alpha or 2 * args.rank,
+            target_modules=targets,
+            lora_dropout=0.0,
+            bias="none",
+        ),
+    )
     peft_model.to(args.device).train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps_per_epoch = -(-len(examples) // args.batch_size)
-    _emit("start", examples=len(examples), epochs=args.epochs, steps=steps_per_epoch *
-          args.epochs, trainable_parameters=sum(p.numel() for p in trainable))
+    _emit(
+        "start",
+        examples=len(examples),
+        epochs=args.epochs,
+        steps=steps_per_epoch * args.epochs,
+        trainable_parameters=sum(p.numel() for p in trainable),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     step = 0
     loss_value = float("nan")
@@ -120,16 +144,25 @@ def train(args: argparse.Namespace) -> Path:
         order = list(examples)
         random.shuffle(order)
         for start in range(0, len(order), args.batch_size):
-            ids, labels, mask = _batch(order[start:start + args.batch_size], pad_id)
-            out = peft_model(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
-                             labels=labels.to(args.device))
+            ids, labels, mask = _batch(order[start : start + args.batch_size], pad_id)
+            out = peft_model(
+                input_ids=ids.to(args.device),
+                attention_mask=mask.to(args.device),
+                labels=labels.to(args.device),
+            )
             optimizer.zero_grad()
             out.loss.backward()
             optimizer.step()
             step += 1
             loss_value = float(out.loss.item())
-            _emit("step", step=step, epoch=epoch, loss=round(loss_value, 6), lr=args.lr,
-                  elapsed_s=round(time.monotonic() - started, 3))
+            _emit(
+                "step",
+                step=step,
+                epoch=epoch,
+                loss=round(loss_value, 6),
+                lr=args.lr,
+                elapsed_s=round(time.monotonic() - started, 3),
+            )
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 _checkpoint(peft_model, args.out, step)
         if not args.checkpoint_every:

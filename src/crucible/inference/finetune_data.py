@@ -33,30 +33,51 @@ def _line_error(path: Path, number: int, problem: str) -> DataError:
 
 def _parse(path: Path, number: int, record: Any) -> tuple[list[dict[str, str]] | str, str]:
     if not isinstance(record, dict):
-        raise _line_error(path, number, "each line must be a JSON object with 'messages', or "
-                                        "'prompt' and 'completion'")
+        raise _line_error(
+            path,
+            number,
+            "each line must be a JSON object with 'messages', or 'prompt' and 'completion'",
+        )
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or len(messages) < 2:
-            raise _line_error(path, number, "'messages' must be a list of at least two "
-                                            "messages (a prompt and the assistant's answer)")
+            raise _line_error(
+                path,
+                number,
+                "'messages' must be a list of at least two "
+                "messages (a prompt and the assistant's answer)",
+            )
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in _ROLES or \
-                    not isinstance(m.get("content"), str):
-                raise _line_error(path, number, f"messages[{i}] must be {{'role': one of "
-                                                f"{sorted(_ROLES)}, 'content': a string}}")
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in _ROLES
+                or not isinstance(m.get("content"), str)
+            ):
+                raise _line_error(
+                    path,
+                    number,
+                    f"messages[{i}] must be {{'role': one of "
+                    f"{sorted(_ROLES)}, 'content': a string}}",
+                )
         if messages[-1]["role"] != "assistant":
             raise _line_error(path, number, "the last message must be the assistant's answer")
-        return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], \
-            messages[-1]["content"]
+        return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1][
+            "content"
+        ]
     if "prompt" in record or "completion" in record:
         prompt, completion = record.get("prompt"), record.get("completion")
         if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
-            raise _line_error(path, number, "'prompt' and 'completion' must both be strings "
-                                            "(the completion not empty)")
+            raise _line_error(
+                path,
+                number,
+                "'prompt' and 'completion' must both be strings (the completion not empty)",
+            )
         return prompt, completion
-    raise _line_error(path, number, f"unknown record with keys {sorted(record)}: use "
-                                    "'messages', or 'prompt' and 'completion'")
+    raise _line_error(
+        path,
+        number,
+        f"unknown record with keys {sorted(record)}: use 'messages', or 'prompt' and 'completion'",
+    )
 
 
 def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Example]:
@@ -76,10 +97,15 @@ def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Exampl
             context, answer = _parse(path, number, record)
             if isinstance(context, list):
                 if not getattr(tokenizer, "chat_template", None):
-                    raise _line_error(path, number, "chat records need a base model with a "
-                                                    "chat template; use prompt/completion")
-                text = tokenizer.apply_chat_template(context, add_generation_prompt=True,
-                                                     tokenize=False)
+                    raise _line_error(
+                        path,
+                        number,
+                        "chat records need a base model with a "
+                        "chat template; use prompt/completion",
+                    )
+                text = tokenizer.apply_chat_template(
+                    context, add_generation_prompt=True, tokenize=False
+                )
                 prompt_ids = list(tokenizer.encode(str(text), add_special_tokens=False))
             else:
                 prompt_ids = list(tokenizer.encode(context, add_special_tokens=False))
@@ -87,8 +113,11 @@ def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Exampl
             if eos is not None:
                 answer_ids.append(int(eos))
             if len(prompt_ids) + len(answer_ids) > max_length:
-                raise _line_error(path, number, f"{len(prompt_ids) + len(answer_ids)} tokens, "
-                                                f"over --max-length {max_length}")
+                raise _line_error(
+                    path,
+                    number,
+                    f"{len(prompt_ids) + len(answer_ids)} tokens, over --max-length {max_length}",
+                )
             examples.append(Example(prompt_ids, answer_ids))
     if not examples:
         raise DataError(f"{path}: no training examples (the file is empty)")

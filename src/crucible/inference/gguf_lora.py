@@ -52,10 +52,15 @@ class BaseTensors:
             return int(field.contents()) if field is not None else default
 
         n_head = number("attention.head_count", 0)
-        shapes = {t.name: (int(t.shape[0]), int(t.shape[1]))
-                  for t in reader.tensors if len(t.shape) == 2}
-        return cls(arch=arch, n_head=n_head,
-                   n_head_kv=number("attention.head_count_kv", n_head), shapes=shapes)
+        shapes = {
+            t.name: (int(t.shape[0]), int(t.shape[1])) for t in reader.tensors if len(t.shape) == 2
+        }
+        return cls(
+            arch=arch,
+            n_head=n_head,
+            n_head_kv=number("attention.head_count_kv", n_head),
+            shapes=shapes,
+        )
 
     def peft_names(self) -> dict[str, str]:
         """PEFT module name ("model.layers.0.self_attn.q_proj") -> GGUF weight name, for
@@ -66,11 +71,15 @@ class BaseTensors:
         archs = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
         if self.arch not in archs:
             return {}
-        blocks = 1 + max((int(n.split(".")[1]) for n in self.shapes if n.startswith("blk.")),
-                         default=-1)
+        blocks = 1 + max(
+            (int(n.split(".")[1]) for n in self.shapes if n.startswith("blk.")), default=-1
+        )
         table = gguf.get_tensor_name_map(archs[self.arch], blocks)
-        return {hf: f"{name}.weight" for hf, (_kind, name) in table.mapping.items()
-                if f"{name}.weight" in self.shapes}
+        return {
+            hf: f"{name}.weight"
+            for hf, (_kind, name) in table.mapping.items()
+            if f"{name}.weight" in self.shapes
+        }
 
 
 def _error(path: Path, problem: str, code: str = "invalid_adapter") -> OpenAIError:
@@ -92,12 +101,17 @@ def check_gguf_lora(name: str, path: Path, base: BaseTensors, max_rank: int) -> 
         return None if field is None else str(field.contents())
 
     if text("general.type") != "adapter" or text("adapter.type") != "lora":
-        raise _error(path, "this GGUF file is not a LoRA adapter (general.type 'adapter', "
-                           "adapter.type 'lora')")
+        raise _error(
+            path,
+            "this GGUF file is not a LoRA adapter (general.type 'adapter', adapter.type 'lora')",
+        )
     if text("general.architecture") != base.arch:
-        raise bad_request(f"adapter {name!r} is for architecture "
-                          f"{text('general.architecture')!r}, the base model is {base.arch!r}",
-                          param="path", code="adapter_mismatch")
+        raise bad_request(
+            f"adapter {name!r} is for architecture "
+            f"{text('general.architecture')!r}, the base model is {base.arch!r}",
+            param="path",
+            code="adapter_mismatch",
+        )
     tensors = {t.name: t for t in reader.tensors}
     rank = 0
     size = 0
@@ -111,9 +125,12 @@ def check_gguf_lora(name: str, path: Path, base: BaseTensors, max_rank: int) -> 
         if b is None:
             raise _error(path, f"{weight!r} has lora_a but no lora_b")
         if weight not in base.shapes:
-            raise bad_request(f"adapter {name!r}: target {weight!r} does not match the base "
-                              "model (it has no such weight)", param="path",
-                              code="adapter_mismatch")
+            raise bad_request(
+                f"adapter {name!r}: target {weight!r} does not match the base "
+                "model (it has no such weight)",
+                param="path",
+                code="adapter_mismatch",
+            )
         in_f, out_f = base.shapes[weight]
         r = int(a.shape[1])
         if int(a.shape[0]) != in_f or int(b.shape[1]) != out_f or int(b.shape[0]) != r:
@@ -121,7 +138,9 @@ def check_gguf_lora(name: str, path: Path, base: BaseTensors, max_rank: int) -> 
                 f"adapter {name!r}: target {weight!r} does not match the base model: the base "
                 f"maps {in_f} -> {out_f} features, the adapter's lora_a is "
                 f"{list(a.shape)} and lora_b {list(b.shape)} (GGUF order)",
-                param="path", code="adapter_mismatch")
+                param="path",
+                code="adapter_mismatch",
+            )
         rank = max(rank, r)
         size += int(a.n_bytes) + int(b.n_bytes)
     if rank == 0:
@@ -130,18 +149,24 @@ def check_gguf_lora(name: str, path: Path, base: BaseTensors, max_rank: int) -> 
         raise bad_request(
             f"adapter {name!r} has rank {rank}, over this engine's limit of {max_rank} "
             "(start the server with a larger --max-lora-rank, or train with a smaller --rank)",
-            param="path", code="adapter_rank_too_large")
+            param="path",
+            code="adapter_rank_too_large",
+        )
     return rank, size
 
 
 def _permute_rows(b: Any, n_head: int) -> Any:
     """llama.cpp's ``LlamaModel.permute`` on the output rows of a (out, r) matrix."""
-    return (b.reshape(n_head, 2, b.shape[0] // n_head // 2, *b.shape[1:])
-            .swapaxes(1, 2).reshape(b.shape))
+    return (
+        b.reshape(n_head, 2, b.shape[0] // n_head // 2, *b.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(b.shape)
+    )
 
 
-def convert_peft(name: str, peft_dir: Path, base: BaseTensors, max_rank: int,
-                 dest: Path) -> tuple[int, int]:
+def convert_peft(
+    name: str, peft_dir: Path, base: BaseTensors, max_rank: int, dest: Path
+) -> tuple[int, int]:
     """Write the PEFT adapter in ``peft_dir`` as a GGUF LoRA at ``dest`` for ``base``; return
     (rank, size in bytes). A 400 names what does not fit (rank, target modules, format)."""
     import gguf
@@ -154,14 +179,19 @@ def convert_peft(name: str, peft_dir: Path, base: BaseTensors, max_rank: int,
         raise bad_request(
             f"adapter {name!r}: PEFT adapters are converted for {sorted(_CONVERTIBLE)} models "
             f"only, this base is {base.arch!r}; convert it with llama.cpp's "
-            "convert_lora_to_gguf.py and add the .gguf file", param="path",
-            code="adapter_mismatch")
+            "convert_lora_to_gguf.py and add the .gguf file",
+            param="path",
+            code="adapter_mismatch",
+        )
     shapes = {hf: base.shapes[gguf_name] for hf, gguf_name in names.items()}
     try:
         adapter = read_adapter(name, peft_dir, shapes, max_rank)
     except ImportError as exc:
-        raise _error(peft_dir, "reading a PEFT adapter needs torch and safetensors here; "
-                               "install them, or add the adapter as a GGUF LoRA") from exc
+        raise _error(
+            peft_dir,
+            "reading a PEFT adapter needs torch and safetensors here; "
+            "install them, or add the adapter as a GGUF LoRA",
+        ) from exc
     writer = gguf.GGUFWriter(str(dest), base.arch)
     writer.add_type("adapter")
     writer.add_string("adapter.type", "lora")

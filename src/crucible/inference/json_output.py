@@ -26,8 +26,10 @@ def schema_of(fmt: ResponseFormat) -> dict[str, Any] | None:
         return None
     spec = fmt.json_schema
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-        raise bad_request("response_format.json_schema must be an object with a 'schema' "
-                          "object", param="response_format")
+        raise bad_request(
+            "response_format.json_schema must be an object with a 'schema' object",
+            param="response_format",
+        )
     schema: dict[str, Any] = spec.get("schema", {})
     try:
         import jsonschema
@@ -36,8 +38,11 @@ def schema_of(fmt: ResponseFormat) -> dict[str, Any] | None:
     except ImportError:  # pragma: no cover - jsonschema ships with the inference extra
         pass
     except Exception as exc:
-        raise bad_request(f"response_format.json_schema.schema is not a valid JSON schema: "
-                          f"{getattr(exc, 'message', exc)}", param="response_format") from exc
+        raise bad_request(
+            f"response_format.json_schema.schema is not a valid JSON schema: "
+            f"{getattr(exc, 'message', exc)}",
+            param="response_format",
+        ) from exc
     return schema
 
 

@@ -44,8 +44,7 @@ def packaged_smollm2() -> Path | None:
     return found[0] if found else None
 
 
-def _render_template(template: str, messages: list[dict[str, str]], bos: str,
-                     eos: str) -> str:
+def _render_template(template: str, messages: list[dict[str, str]], bos: str, eos: str) -> str:
     """A Hugging Face chat template (Jinja2, sandboxed) applied to ``messages``."""
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -55,8 +54,9 @@ def _render_template(template: str, messages: list[dict[str, str]], bos: str,
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
-                                            add_generation_prompt=True)
+    return env.from_string(template).render(
+        messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True
+    )
 
 
 class LlamaCppEngine(Engine):
@@ -67,8 +67,10 @@ class LlamaCppEngine(Engine):
 
         path = Path(config.weights)
         if not path.is_file() or path.suffix != ".gguf":
-            raise ValueError(f"{path} is not a .gguf file: the llama-cpp engine loads one "
-                             "GGUF file (--weights FILE.gguf)")
+            raise ValueError(
+                f"{path} is not a .gguf file: the llama-cpp engine loads one "
+                "GGUF file (--weights FILE.gguf)"
+            )
         try:
             self.model = LlamaModel(path)
         except ImportError as exc:
@@ -76,8 +78,7 @@ class LlamaCppEngine(Engine):
         self.ctx = LlamaContext(self.model, config.max_model_len)
         self.context_length = self.ctx.n_ctx
         self.vocab_size = self.model.n_vocab
-        self.eos_token_ids = frozenset(t for t in range(self.model.n_vocab)
-                                       if self.model.is_eog(t))
+        self.eos_token_ids = frozenset(t for t in range(self.model.n_vocab) if self.model.is_eog(t))
         self._lock = threading.Lock()
         self._workdir = tempfile.TemporaryDirectory(prefix="crucible-gguf-lora-")
         self._lora: Any = None
@@ -103,15 +104,19 @@ class LlamaCppEngine(Engine):
 
         template = self.model.chat_template()
         if not template:
-            raise bad_request("this model has no chat template; use /v1/completions",
-                              param="messages", code="no_chat_template")
+            raise bad_request(
+                "this model has no chat template; use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
         bos = self.model.piece(self.model.bos).decode(errors="replace")
         eos = self.model.piece(self.model.eos).decode(errors="replace")
         try:
             prompt = _render_template(template, messages, bos, eos)
         except TemplateError as exc:  # the template's own checks (roles, order)
-            raise bad_request(f"the model's chat template refused these messages: {exc}",
-                              param="messages") from exc
+            raise bad_request(
+                f"the model's chat template refused these messages: {exc}", param="messages"
+            ) from exc
         return self.model.tokenize(prompt, special=True)
 
     # adapters ----------------------------------------------------------------------------
@@ -119,9 +124,12 @@ class LlamaCppEngine(Engine):
         if self._lora is None:
             from crucible.inference.llama_cpp_lora import GgufLoraRegistry
 
-            self._lora = GgufLoraRegistry(self.model, Path(self._workdir.name),
-                                          max_rank=self._config.max_lora_rank,
-                                          budget_bytes=self._config.lora_budget_bytes)
+            self._lora = GgufLoraRegistry(
+                self.model,
+                Path(self._workdir.name),
+                max_rank=self._config.max_lora_rank,
+                budget_bytes=self._config.lora_budget_bytes,
+            )
         return self._lora
 
     def adapters(self) -> list[AdapterInfo]:
@@ -143,13 +151,16 @@ class LlamaCppEngine(Engine):
     # generation --------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
         if len(request.prompt_ids) >= self.context_length:
-            raise bad_request(f"the prompt is over this model's context of "
-                              f"{self.context_length} tokens", code="context_length_exceeded")
+            raise bad_request(
+                f"the prompt is over this model's context of {self.context_length} tokens",
+                code="context_length_exceeded",
+            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
-        thread = threading.Thread(target=self._run, args=(request, loop, queue, cancelled),
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(request, loop, queue, cancelled), daemon=True
+        )
         thread.start()
         try:
             while True:
@@ -162,26 +173,33 @@ class LlamaCppEngine(Engine):
         finally:
             cancelled.set()
 
-    def _run(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
-             queue: asyncio.Queue[TokenStep | BaseException], cancelled: threading.Event
-             ) -> None:
+    def _run(
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[TokenStep | BaseException],
+        cancelled: threading.Event,
+    ) -> None:
         def emit(item: TokenStep | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         with self._lock:
             try:
-                adapter = (None if request.adapter is None
-                           else self._registry().acquire(request.adapter))
+                adapter = (
+                    None if request.adapter is None else self._registry().acquire(request.adapter)
+                )
                 self.ctx.set_adapter(adapter)
                 self._sequence(request, emit, cancelled)
             except OpenAIError as exc:
                 emit(exc)
             except Exception as exc:
-                emit(OpenAIError(500, f"the engine failed: {exc}", type="server_error",
-                                 code="engine_error"))
+                emit(
+                    OpenAIError(
+                        500, f"the engine failed: {exc}", type="server_error", code="engine_error"
+                    )
+                )
 
-    def _sequence(self, request: GenerationRequest, emit: Any,
-                  cancelled: threading.Event) -> None:
+    def _sequence(self, request: GenerationRequest, emit: Any, cancelled: threading.Event) -> None:
         """Run one sequence on the context (the lock held), emitting each token."""
         import numpy as np
 

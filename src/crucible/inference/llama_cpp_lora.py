@@ -33,8 +33,9 @@ class _Registered:
 
 
 class GgufLoraRegistry:
-    def __init__(self, model: LlamaModel, workdir: Path, *, max_rank: int,
-                 budget_bytes: int) -> None:
+    def __init__(
+        self, model: LlamaModel, workdir: Path, *, max_rank: int, budget_bytes: int
+    ) -> None:
         self._model = model
         self._base = BaseTensors.read(model.path)
         self._workdir = workdir
@@ -63,20 +64,27 @@ class GgufLoraRegistry:
             gguf_path = self._workdir / f"adapter-{self._serial}.gguf"
             rank, size = convert_peft(name, source, self._base, self.max_rank, gguf_path)
         else:
-            raise bad_request(f"adapter at {source}: neither a PEFT adapter directory nor a "
-                              "GGUF LoRA file (.gguf)", param="path", code="invalid_adapter")
+            raise bad_request(
+                f"adapter at {source}: neither a PEFT adapter directory nor a "
+                "GGUF LoRA file (.gguf)",
+                param="path",
+                code="invalid_adapter",
+            )
         try:
             if size > self.budget_bytes:
                 raise bad_request(
                     f"adapter {name!r} needs {size} bytes, over this engine's LoRA memory "
-                    f"budget of {self.budget_bytes} bytes (--lora-budget-mb)", param="path",
-                    code="adapter_too_large")
+                    f"budget of {self.budget_bytes} bytes (--lora-budget-mb)",
+                    param="path",
+                    code="adapter_too_large",
+                )
             self._make_room(size, keep=name)
             try:
                 adapter = LlamaAdapter(self._model, gguf_path)
             except ValueError as exc:  # llama.cpp refused the file
-                raise bad_request(f"adapter {name!r}: {exc}", param="path",
-                                  code="adapter_mismatch") from exc
+                raise bad_request(
+                    f"adapter {name!r}: {exc}", param="path", code="adapter_mismatch"
+                ) from exc
         except OpenAIError:
             self._discard(gguf_path)
             raise
@@ -97,8 +105,9 @@ class GgufLoraRegistry:
 
     def unregister(self, name: str) -> None:
         if name not in self._registered:
-            raise not_found(f"no adapter named {name!r} is registered", param="name",
-                            code="adapter_not_found")
+            raise not_found(
+                f"no adapter named {name!r} is registered", param="name", code="adapter_not_found"
+            )
         self._unload(name)
         self._discard(self._registered.pop(name).gguf)
 
@@ -113,8 +122,13 @@ class GgufLoraRegistry:
 
     @staticmethod
     def _info(name: str, entry: _Registered, loaded: bool) -> AdapterInfo:
-        return AdapterInfo(name=name, path=entry.source, rank=entry.rank if loaded else 0,
-                           loaded=loaded, size_bytes=entry.size_bytes if loaded else 0)
+        return AdapterInfo(
+            name=name,
+            path=entry.source,
+            rank=entry.rank if loaded else 0,
+            loaded=loaded,
+            size_bytes=entry.size_bytes if loaded else 0,
+        )
 
     def loaded_names(self) -> list[str]:
         """Loaded adapters, least recently used first."""
@@ -125,8 +139,7 @@ class GgufLoraRegistry:
         ones past the budget) if it is not."""
         entry = self._registered.get(name)
         if entry is None:
-            raise not_found(f"no adapter named {name!r}", param="model",
-                            code="model_not_found")
+            raise not_found(f"no adapter named {name!r}", param="model", code="model_not_found")
         adapter = self._loaded.get(name)
         if adapter is None:
             self._make_room(entry.size_bytes, keep=name)

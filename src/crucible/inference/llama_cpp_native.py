@@ -33,9 +33,10 @@ def load_bindings() -> Any:
             try:
                 import llama_cpp.llama_cpp as lib
             except ImportError as exc:
-                raise ImportError("the llama-cpp engine needs llama.cpp's Python bindings: "
-                                  "pip install 'crucible[gguf]' (or ./scripts/setup gguf)"
-                                  ) from exc
+                raise ImportError(
+                    "the llama-cpp engine needs llama.cpp's Python bindings: "
+                    "pip install 'crucible[gguf]' (or ./scripts/setup gguf)"
+                ) from exc
             # llama.cpp prints every tensor it loads to stderr; a model server's log is for
             # its requests. The callback object must stay alive as long as the library.
             _log_callback = lib.llama_log_callback(lambda level, text, data: None)
@@ -122,8 +123,10 @@ class LlamaAdapter:
         self.model = model
         self.ptr = model.lib.llama_adapter_lora_init(model.ptr, str(path).encode())
         if not self.ptr:
-            raise ValueError(f"llama.cpp refused the LoRA adapter {path} (a GGUF LoRA "
-                             "made for another base model or architecture?)")
+            raise ValueError(
+                f"llama.cpp refused the LoRA adapter {path} (a GGUF LoRA "
+                "made for another base model or architecture?)"
+            )
 
     def close(self) -> None:
         if self.ptr:
@@ -168,7 +171,8 @@ class LlamaContext:
             rc = lib.llama_set_adapters_lora(self.ptr, None, 0, None)
         else:
             ptrs = (lib.llama_adapter_lora_p_ctypes * 1)(
-                ctypes.cast(adapter.ptr, lib.llama_adapter_lora_p_ctypes))
+                ctypes.cast(adapter.ptr, lib.llama_adapter_lora_p_ctypes)
+            )
             rc = lib.llama_set_adapters_lora(self.ptr, ptrs, 1, (ctypes.c_float * 1)(scale))
         if rc != 0:
             raise RuntimeError(f"llama_set_adapters_lora failed ({rc})")
@@ -181,7 +185,7 @@ class LlamaContext:
         """Feed ``tokens`` at positions ``n_past...``; logits are kept for the last one."""
         lib = self.lib
         for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
+            chunk = tokens[start : start + self.n_batch]
             batch = lib.llama_batch_init(len(chunk), 0, 1)
             try:
                 batch.n_tokens = len(chunk)
@@ -235,7 +239,6 @@ def quantize(source: Path, dest: Path, ftype: int) -> None:
     params.ftype = ftype
     params.allow_requantize = True
     params.nthread = _threads()
-    rc = lib.llama_model_quantize(str(source).encode(), str(dest).encode(),
-                                  ctypes.byref(params))
+    rc = lib.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed ({rc}) for {source}")

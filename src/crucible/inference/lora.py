@@ -45,8 +45,14 @@ def _adapter_error(path: Path, problem: str) -> OpenAIError:
     return bad_request(f"adapter at {path}: {problem}", param="path", code="invalid_adapter")
 
 
-def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]],
-                 max_rank: int, device: str = "cpu", dtype: Any = None) -> LoraAdapter:
+def read_adapter(
+    name: str,
+    path: Path,
+    linear_shapes: dict[str, tuple[int, int]],
+    max_rank: int,
+    device: str = "cpu",
+    dtype: Any = None,
+) -> LoraAdapter:
     """Read and check a PEFT LoRA adapter; raise a 400 naming the problem if it cannot serve.
 
     ``linear_shapes`` maps the base model's linear modules to (in_features, out_features).
@@ -54,8 +60,11 @@ def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]
     from safetensors.torch import load_file
 
     if not path.is_dir():
-        raise _adapter_error(path, "not a directory (a PEFT adapter directory holds "
-                                   "adapter_config.json and adapter_model.safetensors)")
+        raise _adapter_error(
+            path,
+            "not a directory (a PEFT adapter directory holds "
+            "adapter_config.json and adapter_model.safetensors)",
+        )
     config_path = path / "adapter_config.json"
     if not config_path.is_file():
         raise _adapter_error(path, "no adapter_config.json (is this a PEFT adapter directory?)")
@@ -66,21 +75,29 @@ def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]
     if not isinstance(config, dict):
         raise _adapter_error(path, "adapter_config.json must hold a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
-        raise _adapter_error(path, f"peft_type {config.get('peft_type')!r} is not served; "
-                                   "only LoRA adapters are")
+        raise _adapter_error(
+            path, f"peft_type {config.get('peft_type')!r} is not served; only LoRA adapters are"
+        )
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out layers")):
         if config.get(flag):
             raise _adapter_error(path, f"{what} adapters are not served")
     if config.get("modules_to_save"):
-        raise _adapter_error(path, "modules_to_save (fully trained modules) are not served; "
-                                   "only LoRA matrices are")
+        raise _adapter_error(
+            path, "modules_to_save (fully trained modules) are not served; only LoRA matrices are"
+        )
     rank = config.get("r")
     if not isinstance(rank, int) or rank < 1:
         raise _adapter_error(path, "adapter_config.json has no positive integer rank 'r'")
     weights_path = path / "adapter_model.safetensors"
     if not weights_path.is_file():
-        hint = (" (adapter_model.bin is a pickle and is not loaded: re-save the adapter with "
-                "safe_serialization=True)") if (path / "adapter_model.bin").exists() else ""
+        hint = (
+            (
+                " (adapter_model.bin is a pickle and is not loaded: re-save the adapter with "
+                "safe_serialization=True)"
+            )
+            if (path / "adapter_model.bin").exists()
+            else ""
+        )
         raise _adapter_error(path, f"no adapter_model.safetensors{hint}")
     try:
         tensors = load_file(str(weights_path))
@@ -114,7 +131,9 @@ def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]
             raise bad_request(
                 f"adapter {name!r}: target module {module!r} does not match the base model "
                 f"(target_modules {targets!r}; the base has no linear layer of that name)",
-                param="path", code="adapter_mismatch")
+                param="path",
+                code="adapter_mismatch",
+            )
         in_f, out_f = linear_shapes[module]
         r = int(a.shape[0])
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_f or b.shape != (out_f, r):
@@ -122,7 +141,9 @@ def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]
                 f"adapter {name!r}: target module {module!r} does not match the base model: "
                 f"the base layer maps {in_f} -> {out_f} features, the adapter's matrices are "
                 f"A {tuple(a.shape)} and B {tuple(b.shape)}",
-                param="path", code="adapter_mismatch")
+                param="path",
+                code="adapter_mismatch",
+            )
         max_seen = max(max_seen, r)
         mod_alpha = alpha
         for pattern, value in alpha_pattern.items():
@@ -137,9 +158,13 @@ def read_adapter(name: str, path: Path, linear_shapes: dict[str, tuple[int, int]
         raise bad_request(
             f"adapter {name!r} has rank {max(rank, max_seen)}, over this engine's limit of "
             f"{max_rank} (start the server with a larger --max-lora-rank, or train with a "
-            "smaller --rank)", param="path", code="adapter_rank_too_large")
-    return LoraAdapter(name=name, path=str(path), rank=max(rank, max_seen), modules=modules,
-                       size_bytes=size)
+            "smaller --rank)",
+            param="path",
+            code="adapter_rank_too_large",
+        )
+    return LoraAdapter(
+        name=name, path=str(path), rank=max(rank, max_seen), modules=modules, size_bytes=size
+    )
 
 
 class LoraRegistry:
@@ -149,8 +174,15 @@ class LoraRegistry:
     reads :attr:`rows` and the loaded weights.
     """
 
-    def __init__(self, model: Any, *, max_rank: int, budget_bytes: int, device: str = "cpu",
-                 dtype: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_rank: int,
+        budget_bytes: int,
+        device: str = "cpu",
+        dtype: Any = None,
+    ) -> None:
         import torch
 
         self._model = model
@@ -179,10 +211,15 @@ class LoraRegistry:
         """Register ``name`` at ``path`` and load it now, so that a bad adapter is a 400 here."""
         with self._lock:
             if name in self._pins and self._pins[name] > 0:
-                raise OpenAIError(409, f"adapter {name!r} is serving requests; unload it "
-                                       "when they finish", param="name", code="adapter_in_use")
-            adapter = read_adapter(name, Path(path), self._shapes(), self.max_rank,
-                                   self._device, self._dtype)
+                raise OpenAIError(
+                    409,
+                    f"adapter {name!r} is serving requests; unload it when they finish",
+                    param="name",
+                    code="adapter_in_use",
+                )
+            adapter = read_adapter(
+                name, Path(path), self._shapes(), self.max_rank, self._device, self._dtype
+            )
             self._paths[name] = path
             self._loaded.pop(name, None)
             self._insert(adapter)
@@ -191,11 +228,18 @@ class LoraRegistry:
     def unregister(self, name: str) -> None:
         with self._lock:
             if name not in self._paths:
-                raise not_found(f"no adapter named {name!r} is registered", param="name",
-                                code="adapter_not_found")
+                raise not_found(
+                    f"no adapter named {name!r} is registered",
+                    param="name",
+                    code="adapter_not_found",
+                )
             if self._pins.get(name, 0) > 0:
-                raise OpenAIError(409, f"adapter {name!r} is serving requests; unload it "
-                                       "when they finish", param="name", code="adapter_in_use")
+                raise OpenAIError(
+                    409,
+                    f"adapter {name!r} is serving requests; unload it when they finish",
+                    param="name",
+                    code="adapter_in_use",
+                )
             del self._paths[name]
             self._loaded.pop(name, None)
 
@@ -213,9 +257,13 @@ class LoraRegistry:
 
     def _info(self, name: str) -> AdapterInfo:
         loaded = self._loaded.get(name)
-        return AdapterInfo(name=name, path=self._paths[name],
-                           rank=loaded.rank if loaded else 0, loaded=loaded is not None,
-                           size_bytes=loaded.size_bytes if loaded else 0)
+        return AdapterInfo(
+            name=name,
+            path=self._paths[name],
+            rank=loaded.rank if loaded else 0,
+            loaded=loaded is not None,
+            size_bytes=loaded.size_bytes if loaded else 0,
+        )
 
     # LRU ---------------------------------------------------------------------------------
     def _insert(self, adapter: LoraAdapter) -> None:
@@ -223,7 +271,10 @@ class LoraRegistry:
             raise bad_request(
                 f"adapter {adapter.name!r} needs {adapter.size_bytes} bytes, over this "
                 f"engine's LoRA memory budget of {self.budget_bytes} bytes "
-                "(--lora-budget-mb)", param="path", code="adapter_too_large")
+                "(--lora-budget-mb)",
+                param="path",
+                code="adapter_too_large",
+            )
         used = sum(a.size_bytes for a in self._loaded.values())
         for victim in list(self._loaded):
             if used + adapter.size_bytes <= self.budget_bytes:
@@ -235,7 +286,9 @@ class LoraRegistry:
         if used + adapter.size_bytes > self.budget_bytes:
             raise overloaded(
                 f"the LoRA memory budget is full of adapters serving requests; retry adapter "
-                f"{adapter.name!r} shortly", code="adapter_budget_full")
+                f"{adapter.name!r} shortly",
+                code="adapter_budget_full",
+            )
         for module in adapter.modules:
             self._hook(module)
         self._loaded[adapter.name] = adapter
@@ -245,12 +298,17 @@ class LoraRegistry:
         """Pin ``name`` for one sequence, loading it (and evicting the LRU) if it is not."""
         with self._lock:
             if name not in self._paths:
-                raise not_found(f"no adapter named {name!r}", param="model",
-                                code="model_not_found")
+                raise not_found(f"no adapter named {name!r}", param="model", code="model_not_found")
             adapter = self._loaded.get(name)
             if adapter is None:
-                adapter = read_adapter(name, Path(self._paths[name]), self._shapes(),
-                                       self.max_rank, self._device, self._dtype)
+                adapter = read_adapter(
+                    name,
+                    Path(self._paths[name]),
+                    self._shapes(),
+                    self.max_rank,
+                    self._device,
+                    self._dtype,
+                )
                 self._insert(adapter)
             self._loaded.move_to_end(name)
             self._pins[name] = self._pins.get(name, 0) + 1

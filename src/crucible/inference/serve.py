@@ -27,40 +27,69 @@ def _adapter(text: str) -> tuple[str, Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EngineConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m crucible.inference.serve",
-                                     description="An OpenAI-compatible model server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m crucible.inference.serve", description="An OpenAI-compatible model server."
+    )
     parser.add_argument("--engine", choices=ENGINES, default="transformers")
-    parser.add_argument("--weights", required=True, type=Path,
-                        help="model directory (transformers, vllm) or .gguf file (llama-cpp)")
-    parser.add_argument("--model-name", default="", help="the id clients pass as 'model' "
-                        "(default: the weights' name)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        type=Path,
+        help="model directory (transformers, vllm) or .gguf file (llama-cpp)",
+    )
+    parser.add_argument(
+        "--model-name",
+        default="",
+        help="the id clients pass as 'model' (default: the weights' name)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    parser.add_argument("--dtype", default="float32",
-                        choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-lora-rank", type=int, default=64)
-    parser.add_argument("--lora-budget-mb", type=float, default=256.0,
-                        help="memory for loaded LoRA adapters; the least recently used is "
-                        "evicted past it")
-    parser.add_argument("--adapter", action="append", type=_adapter, default=[],
-                        metavar="NAME=DIR", help="register a PEFT LoRA adapter (repeatable; "
-                        "llama-cpp also takes a GGUF LoRA file)")
-    parser.add_argument("--embeddings", type=Path, default=None,
-                        help="an embeddings model directory served at /v1/embeddings")
-    parser.add_argument("--api-key-env", default="CRUCIBLE_INFERENCE_API_KEY",
-                        help="environment variable holding the bearer token every route but "
-                        "/health requires (unset: no token needed)")
+    parser.add_argument(
+        "--lora-budget-mb",
+        type=float,
+        default=256.0,
+        help="memory for loaded LoRA adapters; the least recently used is evicted past it",
+    )
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        type=_adapter,
+        default=[],
+        metavar="NAME=DIR",
+        help="register a PEFT LoRA adapter (repeatable; llama-cpp also takes a GGUF LoRA file)",
+    )
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="an embeddings model directory served at /v1/embeddings",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="CRUCIBLE_INFERENCE_API_KEY",
+        help="environment variable holding the bearer token every route but "
+        "/health requires (unset: no token needed)",
+    )
     args = parser.parse_args(argv)
     try:
         config = EngineConfig(
-            weights=args.weights, engine=args.engine, model_name=args.model_name,
-            device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
-            max_model_len=args.max_model_len, max_lora_rank=args.max_lora_rank,
+            weights=args.weights,
+            engine=args.engine,
+            model_name=args.model_name,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_size=args.max_batch_size,
+            max_model_len=args.max_model_len,
+            max_lora_rank=args.max_lora_rank,
             lora_budget_bytes=int(args.lora_budget_mb * 1024 * 1024),
-            adapters=dict(args.adapter), embeddings=args.embeddings)
+            adapters=dict(args.adapter),
+            embeddings=args.embeddings,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     return config, args

@@ -55,8 +55,9 @@ def _error(exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def create_app(config: EngineConfig, *, engine: Engine | None = None,
-               api_key: str | None = None) -> FastAPI:
+def create_app(
+    config: EngineConfig, *, engine: Engine | None = None, api_key: str | None = None
+) -> FastAPI:
     """The model server's app. ``engine`` defaults to the one ``config`` names; the
     embeddings model (``config.embeddings``) is loaded on first use."""
     state = completions.ServerState(config=config, engine=engine or load_engine(config))
@@ -69,8 +70,7 @@ def create_app(config: EngineConfig, *, engine: Engine | None = None,
         finally:
             await state.engine.stop()
 
-    app = FastAPI(title="Crucible model server", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+    app = FastAPI(title="Crucible model server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.inference = state
 
     @app.exception_handler(OpenAIError)
@@ -96,19 +96,30 @@ def create_app(config: EngineConfig, *, engine: Engine | None = None,
 
     @app.exception_handler(Exception)
     async def _crash(_request: Request, exc: Exception) -> JSONResponse:
-        return _error(OpenAIError(500, f"internal error: {type(exc).__name__}",
-                                  type="server_error", code="internal_error"))
+        return _error(
+            OpenAIError(
+                500,
+                f"internal error: {type(exc).__name__}",
+                type="server_error",
+                code="internal_error",
+            )
+        )
 
     @app.middleware("http")
-    async def _auth(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return _error(OpenAIError(401, "a valid API key is required: send "
-                                               "'Authorization: Bearer KEY'",
-                                          code="invalid_api_key"))
+                return _error(
+                    OpenAIError(
+                        401,
+                        "a valid API key is required: send 'Authorization: Bearer KEY'",
+                        code="invalid_api_key",
+                    )
+                )
         return await call_next(request)
 
     @app.get("/health")
@@ -118,15 +129,33 @@ def create_app(config: EngineConfig, *, engine: Engine | None = None,
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         created = state.created
-        data = [{"id": config.served_name, "object": "model", "created": created,
-                 "owned_by": "crucible"}]
+        data = [
+            {
+                "id": config.served_name,
+                "object": "model",
+                "created": created,
+                "owned_by": "crucible",
+            }
+        ]
         for info in state.engine.adapters():
-            data.append({"id": f"{config.served_name}:{info.name}", "object": "model",
-                         "created": created, "owned_by": "crucible",
-                         "parent": config.served_name})
+            data.append(
+                {
+                    "id": f"{config.served_name}:{info.name}",
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "crucible",
+                    "parent": config.served_name,
+                }
+            )
         if config.embeddings is not None:
-            data.append({"id": state.embeddings_name, "object": "model", "created": created,
-                         "owned_by": "crucible"})
+            data.append(
+                {
+                    "id": state.embeddings_name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "crucible",
+                }
+            )
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{model_id:path}")
@@ -158,8 +187,10 @@ def create_app(config: EngineConfig, *, engine: Engine | None = None,
 
     @app.get("/v1/adapters")
     async def adapters() -> dict[str, Any]:
-        return {"object": "list",
-                "data": [completions.adapter_json(i) for i in state.engine.adapters()]}
+        return {
+            "object": "list",
+            "data": [completions.adapter_json(i) for i in state.engine.adapters()],
+        }
 
     @app.post("/v1/adapters")
     async def load_adapter(body: AdapterLoad) -> dict[str, Any]:
@@ -188,8 +219,7 @@ async def _first(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None
         return None
 
 
-def _sse(first: dict[str, Any] | None,
-         stream: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def _sse(first: dict[str, Any] | None, stream: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         try:
             if first is not None:
@@ -202,6 +232,6 @@ def _sse(first: dict[str, Any] | None,
             await stream.aclose()  # type: ignore[attr-defined]
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
-
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

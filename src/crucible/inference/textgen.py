@@ -35,8 +35,9 @@ def _held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-async def run_choice(engine: Engine, request: GenerationRequest,
-                     stops: list[str]) -> AsyncIterator[TextDelta]:
+async def run_choice(
+    engine: Engine, request: GenerationRequest, stops: list[str]
+) -> AsyncIterator[TextDelta]:
     ids: list[int] = []
     sent = 0
     produced = 0
@@ -49,8 +50,10 @@ async def run_choice(engine: Engine, request: GenerationRequest,
             if step.finish_reason is None or step.token_id not in engine.eos_token_ids:
                 ids.append(step.token_id)
             text = engine.decode(ids)
-            cut = min((i for i in (text.find(s, max(0, sent - len(s))) for s in stops)
-                       if i >= 0), default=-1)
+            cut = min(
+                (i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0),
+                default=-1,
+            )
             if cut >= 0:
                 yield TextDelta(text[sent:cut], pending, "stop", produced)
                 return

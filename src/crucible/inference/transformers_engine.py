@@ -68,26 +68,34 @@ class TransformersEngine(Engine):
         self.config = config
         weights = Path(config.weights)
         if not (weights / "config.json").is_file():
-            raise ValueError(f"{weights} is not a transformers model directory "
-                             "(no config.json): pass --weights DIR saved with save_pretrained")
+            raise ValueError(
+                f"{weights} is not a transformers model directory "
+                "(no config.json): pass --weights DIR saved with save_pretrained"
+            )
         dtype = getattr(torch, config.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(weights), local_files_only=True)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            str(weights), local_files_only=True, dtype=dtype)
+            str(weights), local_files_only=True, dtype=dtype
+        )
         self.model = model.to(config.device)
         self.model.eval()
         self.context_length = min(
             config.max_model_len,
-            int(getattr(self.model.config, "max_position_embeddings", config.max_model_len)))
+            int(getattr(self.model.config, "max_position_embeddings", config.max_model_len)),
+        )
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         eos = self.model.config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         if self.tokenizer.eos_token_id is not None:
             eos_ids.append(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(int(e) for e in eos_ids if e is not None)
-        self.lora = LoraRegistry(self.model, max_rank=config.max_lora_rank,
-                                 budget_bytes=config.lora_budget_bytes, device=config.device,
-                                 dtype=dtype)
+        self.lora = LoraRegistry(
+            self.model,
+            max_rank=config.max_lora_rank,
+            budget_bytes=config.lora_budget_bytes,
+            device=config.device,
+            dtype=dtype,
+        )
         for name, path in config.adapters.items():
             self.lora.register(name, str(path))
         params = inspect.signature(self.model.forward).parameters
@@ -109,14 +117,19 @@ class TransformersEngine(Engine):
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
-            raise bad_request("this model has no chat template; use /v1/completions",
-                              param="messages", code="no_chat_template")
+            raise bad_request(
+                "this model has no chat template; use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
         except Exception as exc:  # the template's own checks (roles, order) raise here
-            raise bad_request(f"the model's chat template refused these messages: {exc}",
-                              param="messages") from exc
+            raise bad_request(
+                f"the model's chat template refused these messages: {exc}", param="messages"
+            ) from exc
         return self.encode(str(text))
 
     # adapters ----------------------------------------------------------------------------
@@ -136,8 +149,7 @@ class TransformersEngine(Engine):
     async def start(self) -> None:
         if self._thread is None:
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="crucible-batcher",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="crucible-batcher", daemon=True)
             self._thread.start()
 
     async def stop(self) -> None:
@@ -155,20 +167,28 @@ class TransformersEngine(Engine):
         if len(request.prompt_ids) >= self.context_length:
             raise bad_request(
                 f"the prompt has {len(request.prompt_ids)} tokens; this model's context is "
-                f"{self.context_length} tokens", param="messages", code="context_length_exceeded")
+                f"{self.context_length} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
         if request.adapter is not None:
             self.lora.acquire(request.adapter)
         torch = self._torch
         generator = torch.Generator(device=self.config.device)  # beside the logits
         seed = request.params.seed
         generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6)))
-        seq = _Sequence(request=request, loop=asyncio.get_running_loop(),
-                        queue=asyncio.Queue(), generator=generator)
+        seq = _Sequence(
+            request=request,
+            loop=asyncio.get_running_loop(),
+            queue=asyncio.Queue(),
+            generator=generator,
+        )
         try:
             with self._cond:
                 if len(self._waiting) >= self.config.max_queued:
-                    raise overloaded(f"{len(self._waiting)} requests are already waiting; "
-                                     "retry shortly")
+                    raise overloaded(
+                        f"{len(self._waiting)} requests are already waiting; retry shortly"
+                    )
                 self._waiting.append(seq)
                 self._cond.notify_all()
             if self._thread is None:
@@ -195,13 +215,21 @@ class TransformersEngine(Engine):
                     self._cond.wait()
                 if self._stopping:
                     for seq in [*self._waiting, *self._running]:
-                        seq.emit(OpenAIError(503, "the model server is stopping",
-                                             type="server_error", code="server_stopping"))
+                        seq.emit(
+                            OpenAIError(
+                                503,
+                                "the model server is stopping",
+                                type="server_error",
+                                code="server_stopping",
+                            )
+                        )
                     return
                 self._running = [s for s in self._running if not s.cancelled]
                 admitted: list[_Sequence] = []
-                while self._waiting and len(self._running) + len(admitted) < \
-                        self.config.max_batch_size:
+                while (
+                    self._waiting
+                    and len(self._running) + len(admitted) < self.config.max_batch_size
+                ):
                     seq = self._waiting.popleft()
                     if not seq.cancelled:
                         admitted.append(seq)
@@ -216,8 +244,9 @@ class TransformersEngine(Engine):
                         self._decode(batch)
                     self._running = [s for s in batch if not self._finished(s)]
             except Exception as exc:  # a failure of the model fails the sequences it ran
-                failure = OpenAIError(500, f"the engine failed: {exc}", type="server_error",
-                                      code="engine_error")
+                failure = OpenAIError(
+                    500, f"the engine failed: {exc}", type="server_error", code="engine_error"
+                )
                 for seq in [*admitted, *self._running]:
                     seq.emit(failure)
                     seq.cancelled = True
@@ -241,8 +270,11 @@ class TransformersEngine(Engine):
     def _prefill(self, seq: _Sequence) -> None:
         torch = self._torch
         ids = torch.tensor([seq.request.prompt_ids], device=self.config.device)
-        rows = {} if seq.request.adapter is None else {
-            seq.request.adapter: torch.tensor([0], device=self.config.device)}
+        rows = (
+            {}
+            if seq.request.adapter is None
+            else {seq.request.adapter: torch.tensor([0], device=self.config.device)}
+        )
         out = self._forward(ids, rows)
         cache = self._cache_of(out)
         seq.cache = [(layer.keys, layer.values) for layer in cache.layers]
@@ -269,22 +301,28 @@ class TransformersEngine(Engine):
             cache.update(torch.cat(keys), torch.cat(values), layer)
         mask = torch.zeros((len(batch), longest + 1), dtype=torch.long, device=device)
         for i, seq in enumerate(batch):
-            mask[i, longest - seq.length:] = 1
+            mask[i, longest - seq.length :] = 1
         ids = torch.tensor([[s.last_token] for s in batch], device=device)
         positions = torch.tensor([[s.length] for s in batch], device=device)
         rows: dict[str, list[int]] = {}
         for i, seq in enumerate(batch):
             if seq.request.adapter is not None:
                 rows.setdefault(seq.request.adapter, []).append(i)
-        out = self._forward(ids, {n: torch.tensor(r, device=device) for n, r in rows.items()},
-                            attention_mask=mask, position_ids=positions,
-                            **{self._cache_kw: cache})
+        out = self._forward(
+            ids,
+            {n: torch.tensor(r, device=device) for n, r in rows.items()},
+            attention_mask=mask,
+            position_ids=positions,
+            **{self._cache_kw: cache},
+        )
         new = self._cache_of(out)
         self.batch_sizes.append(len(batch))
         for i, seq in enumerate(batch):
             start = longest - seq.length
-            seq.cache = [(layer.keys[i:i + 1, :, start:], layer.values[i:i + 1, :, start:])
-                         for layer in new.layers]
+            seq.cache = [
+                (layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:])
+                for layer in new.layers
+            ]
             seq.length += 1
             self._accept(seq, out.logits[i, -1])
 

@@ -105,9 +105,7 @@ class Exchange(Wire):
     # one input-asking loop. A call running on the container and missing here never reached
     # the worker (its reply was lost with a server or a connection) and is queued again.
     # None (older workers, the output reporter): nothing is reconciled.
-    held: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        default=None, max_length=10_000
-    )
+    held: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=10_000)
 
 
 class ExchangeReply(Wire):

@@ -93,9 +93,7 @@ def claim(
         return 1
     if row.holder == holder:
         conn.execute(
-            update(leadership)
-            .where(leadership.c.name == role)
-            .values(expires_ms=expires, url=url)
+            update(leadership).where(leadership.c.name == role).values(expires_ms=expires, url=url)
         )
         return int(row.epoch)
     if row.expires_ms >= now_ms:

@@ -109,9 +109,7 @@ def _compare_placement(
         "seeds": seeds,
         "baseline": base,
         "policies": figures,
-        "versus_baseline": {
-            p: versus_placement(figures[p], figures[base]) for p in list(runs)[1:]
-        },
+        "versus_baseline": {p: versus_placement(figures[p], figures[base]) for p in list(runs)[1:]},
         "ranking": rank_placement(figures),
         "waits_censoring": first["waits"]["censoring"],
         "runs": {p: [r.summary for r in rs] for p, rs in runs.items()},

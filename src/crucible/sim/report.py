@@ -121,9 +121,7 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
     )
     written: list[Path] = []
     for name, heading, lines in _PLOTS:
-        present = [
-            (k, label) for k, label in lines if any(v is not None for v in s.get(k, []))
-        ]
+        present = [(k, label) for k, label in lines if any(v is not None for v in s.get(k, []))]
         if not present:
             continue
         fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.6 * len(present)), sharex=True)

@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/containers", tags=["containers"])
 
 _FACTS_CACHE_MAX = 100_000
 
+
 # Inputs handed to a worker whose request then vanished (it died mid-poll) go back to the
 # queue as if never claimed.
 def _facts(state: State, container_id: str) -> ContainerFacts:

@@ -796,12 +796,8 @@ class SchedulerLoop:
                     ),
                     # A retiring version (superseded by a redeploy) still serves its calls.
                     active=r.app_state in ("running", "retiring"),
-                    min_containers=spec.min_containers
-                    if r.app_state == "running"
-                    else 0,
-                    buffer_containers=spec.buffer_containers
-                    if r.app_state == "running"
-                    else 0,
+                    min_containers=spec.min_containers if r.app_state == "running" else 0,
+                    buffer_containers=spec.buffer_containers if r.app_state == "running" else 0,
                     arrivals_per_s=self._arrivals(r.id, now),
                     inputs_per_container=spec.target_inputs
                     or spec.max_inputs * spec.max_batch_size,

@@ -66,9 +66,7 @@ def create_fine_tune(
     ).first()
     if call is None:
         raise NotFoundError(f"call {req.call_id} not found (the fine-tune's call is yours)")
-    taken = conn.execute(
-        select(fine_tunes.c.id).where(fine_tunes.c.call_id == req.call_id)
-    ).first()
+    taken = conn.execute(select(fine_tunes.c.id).where(fine_tunes.c.call_id == req.call_id)).first()
     if taken is not None:
         raise InvalidRequestError(f"call {req.call_id} already runs fine-tune {taken.id}")
     params = req.model_dump(exclude={"model", "adapter", "call_id"})
@@ -193,9 +191,7 @@ def _info(conn: Connection, row: Any, now_ms: int) -> FineTuneInfo:
     )
 
 
-def get_fine_tune(
-    conn: Connection, principal: Principal, ft_id: str, now_ms: int
-) -> FineTuneInfo:
+def get_fine_tune(conn: Connection, principal: Principal, ft_id: str, now_ms: int) -> FineTuneInfo:
     """The job, its loss so far; registers its adapter if its call has succeeded (so run
     this in a transaction)."""
     return _info(conn, _row(conn, principal, ft_id), now_ms)

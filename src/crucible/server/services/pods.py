@@ -713,6 +713,7 @@ def disks_to_prune(conn: Connection, host_id: str, pod_ids: list[str]) -> list[s
             )
         ):
             ran_here[fid] = ran_here.get(fid, False) or state != "stopped"
+
     def unused(pid: str) -> bool:
         row = found.get(pid)
         if row is None or row.state == "deleted" or row.function_id not in ran_here:
