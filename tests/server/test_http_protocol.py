@@ -211,6 +211,24 @@ def test_a_body_that_stops_arriving_does_not_hold_its_request() -> None:
             conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
             answer = _read_all(conn)
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
+        # Expect: 100-continue: waiting for the go-ahead is not a stall; once answered
+        # without it, a body that never comes does not keep the connection.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n"
+            )
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Connection: close\r\nContent-Length: 4\r\n\r\n"
+            )
+            conn.settimeout(10)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 100 ")
+            time.sleep(0.2)
+            conn.sendall(b"abcd")
+            assert _read_all(conn).endswith(b"\r\n\r\n4")
         assert _get(port).endswith(b"hello")  # and the server answers others throughout
 
 

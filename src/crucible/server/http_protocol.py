@@ -212,8 +212,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         cycle = self.cycle
-        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-            # Not the client's silence: we are not reading, or it waits for our go-ahead.
+        waiting = cycle is not None and not cycle.response_started
+        if self.flow.read_paused or (waiting and cycle.waiting_for_100_continue):
+            # Not the client's silence: we are not reading, or it waits for our go-ahead
+            # (once answered, it has none to wait for: the body is owed or the socket goes).
             self._body_seen_at = now
         idle = now - self._body_seen_at
         if idle < self.body_timeout_s:
