@@ -336,7 +336,7 @@ def end_container(
     ``stopped_ms`` is when it stopped, if earlier than ``now_ms``: for a lost host, the last
     moment it was known alive (metering ends there)."""
     stopped_at = now_ms if stopped_ms is None else min(now_ms, stopped_ms)
-    result = conn.execute(
+    ended = conn.execute(
         update(containers)
         .where(containers.c.id == container_id, containers.c.state != "stopped")
         .values(
@@ -349,10 +349,12 @@ def end_container(
             exit_reason=reason,
             exit_message=(message or "")[-4000:] or None,
         )
-    )
-    if result.rowcount == 0:
+        .returning(containers.c.function_id, containers.c.host_id, containers.c.gpu_model)
+    ).first()
+    if ended is None:
         return []
-    _count_lease_end(conn, container_id, faulted=reason in ("host_lost", "lost"))
+    if ended.gpu_model is not None:  # a GPU container (a market lease) ended
+        _count_lease_end(conn, ended.host_id, faulted=reason in ("host_lost", "lost"))
     # Meter the container's last interval now, so a bill read right after shows it whole.
     meter_containers(conn, now_ms, meter_interval_ms, container_id=container_id)
     detail = f"the container exited ({reason}" + (
@@ -369,24 +371,16 @@ def end_container(
         max_infra_requeues=max_infra_requeues,
         reason=reason,
     )
-    fid = conn.execute(
-        select(containers.c.function_id).where(containers.c.id == container_id)
-    ).scalar_one()
-    keys += settle_pod_of(conn, fid, now_ms)  # a pod's run ends with its container
+    keys += settle_pod_of(conn, ended.function_id, now_ms)  # a pod's run ends with it
     return [*keys, f"container:{container_id}"]
 
 
-def _count_lease_end(conn: Connection, container_id: str, *, faulted: bool) -> None:
+def _count_lease_end(conn: Connection, host_id: str, *, faulted: bool) -> None:
     """A GPU container (a market lease) ended: count it towards its host's reliability."""
-    row = conn.execute(
-        select(containers.c.host_id, containers.c.gpu_model).where(containers.c.id == container_id)
-    ).first()
-    if row is None or row.gpu_model is None:
-        return
     values: dict[str, Any] = {"leases_ended": hosts.c.leases_ended + 1}
     if faulted:
         values["leases_faulted"] = hosts.c.leases_faulted + 1
-    conn.execute(update(hosts).where(hosts.c.id == row.host_id).values(**values))
+    conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
 
 
 _UNSTOPPED_ON_HOST = select(containers.c.id, containers.c.state, containers.c.seen_in_sync).where(
