@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
@@ -108,3 +108,50 @@ def test_syncs_of_a_restarted_agent_come_after_the_old_ones() -> None:
 
     assert sync_mark(2, 1) > sync_mark(1, 10**6) > sync_mark(1, 5)
     assert sync_mark(1, 2**53) < sync_mark(2, 1)  # a huge number stays in its session
+
+
+def test_a_container_whose_worker_came_first_is_not_lost_to_an_older_sync(
+    make_server: MakeServer,
+) -> None:
+    """The worker can reach the server before its agent reports the start (pending → running
+    without any sync). A sync taken before the start and applied after it leaves the
+    container alone for a grace; once a sync reported it, only a later sync ends it; a
+    container no sync ever reported is ended once the grace has passed."""
+    a, b = make_server(), make_server()
+    host_token = a.tenant("hoster", Scope.HOST).token
+    renter = a.tenant("renter").token
+    host_id = a.register_host(host_token, "box")
+    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
+    cid, _ = a.place_container(fn, host_id)
+    old, _ = a.place_container(fn, host_id)
+
+    def ready(container_id: str, started_ms: int) -> None:  # as the worker's first request
+        with a.state.engine.begin() as conn:
+            conn.execute(
+                update(containers)
+                .where(containers.c.id == container_id)
+                .values(state="running", started_ms=started_ms, ready_ms=started_ms)
+            )
+
+    def state(container_id: str) -> tuple[str, str | None]:
+        with a.state.engine.connect() as conn:
+            row = conn.execute(
+                select(containers.c.state, containers.c.exit_reason).where(
+                    containers.c.id == container_id
+                )
+            ).one()
+        return row.state, row.exit_reason
+
+    now = a.state.clock.now_ms()
+    ready(cid, now)
+    ready(old, now - 60_000)  # a minute ago, and never reported since
+    path = f"/v1/hosts/{host_id}/sync"
+    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 5})
+    assert state(cid) == ("running", None)
+    assert state(old) == ("stopped", "lost")
+    running = {"containers": [{"container_id": cid, "state": "running"}], "seq": 6}
+    a.ok("POST", path, token=host_token, json=running)
+    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 6})  # no later
+    assert state(cid) == ("running", None)
+    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 7})
+    assert state(cid) == ("stopped", "lost")

@@ -383,9 +383,13 @@ def _count_lease_end(conn: Connection, host_id: str, *, faulted: bool) -> None:
     conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
 
 
-_UNSTOPPED_ON_HOST = select(containers.c.id, containers.c.state, containers.c.seen_in_sync).where(
-    containers.c.host_id == bindparam("b_host"), containers.c.state != "stopped"
-)
+_UNSTOPPED_ON_HOST = select(
+    containers.c.id, containers.c.state, containers.c.started_ms, containers.c.seen_in_sync
+).where(containers.c.host_id == bindparam("b_host"), containers.c.state != "stopped")
+# A container no sync has reported yet (its worker reached the server first) is taken for
+# gone by a sync that does not report it only this long after it started: that sync may
+# have been taken before the agent started it.
+_UNREPORTED_GRACE_MS = 10_000
 # A sync's mark: the agent's session (bumped at each registration) over its sync number.
 _SESSION_SHIFT = 32
 
@@ -517,14 +521,22 @@ def process_reports(
                     state="starting", started_ms=now_ms, last_active_ms=now_ms, seen_in_sync=mark
                 )
             )
-        elif row.state == "stopping":
-            stop.append(rep.container_id)
+        else:
+            if row.state == "stopping":
+                stop.append(rep.container_id)
+            if mark is not None and row.seen_in_sync is None:
+                # Ready before any sync reported it (its worker reached us first).
+                conn.execute(
+                    update(containers)
+                    .where(containers.c.id == rep.container_id, containers.c.seen_in_sync.is_(None))
+                    .values(seen_in_sync=mark)
+                )
     if fresh:
         for cid, row in rows.items():
             if (
                 cid not in reported
                 and row.state in ("starting", "running", "stopping")
-                and (not seq or row.seen_in_sync is None or mark > row.seen_in_sync)
+                and _gone_unreported(row, mark, now_ms)
             ):
                 keys += end_container(
                     conn,
@@ -537,6 +549,17 @@ def process_reports(
                     max_infra_requeues=max_infra_requeues,
                 )
     return stop, keys
+
+
+def _gone_unreported(row: Any, mark: int | None, now_ms: int) -> bool:
+    """Whether a sync (of ``mark``) that does not report the live container ``row`` shows
+    that its agent no longer runs it, rather than that the sync was taken before it started
+    (two syncs of one agent may be applied out of order)."""
+    if mark is None:  # an agent that does not number its syncs
+        return True
+    if row.seen_in_sync is not None:
+        return bool(mark > row.seen_in_sync)
+    return row.started_ms is None or now_ms - row.started_ms >= _UNREPORTED_GRACE_MS
 
 
 # Built once: every sync's long poll runs it at least once a second.
