@@ -101,3 +101,30 @@ def test_room_made_for_a_function_is_its_own_until_its_calls_are_taken(
     loop.tick()
     assert [r.gpu_model for r in _live(server, second)] == ["H100"]
     assert _live(server, theirs) == []
+
+
+def test_a_promise_ends_once_the_room_is_in_use(make_server: MakeServer) -> None:
+    """Kept while the function's calls wait and no container of its became ready since the
+    room was made (a started one may still be lost); over once a new one is ready, its calls
+    are taken, or a minute has passed, so a function with a long backlog does not go before
+    others' older work for longer than its room needed."""
+    from crucible.core.scheduling import ContainerView, FunctionDemand
+
+    loop = SchedulerLoop(make_server().state)
+
+    def demand(queued: int, *states: str) -> FunctionDemand:
+        views = tuple(
+            ContainerView(f"ct-{i}", "ho-1", s, 0, 0, busy=s == "running")
+            for i, s in enumerate(states)
+        )
+        return FunctionDemand("fn-b", 1.0, 256, (), queued, 0, 0, None, None, views, 10, 60_000)
+
+    loop._keep_promises({"fn-b"}, [demand(5, "running")], 1_000)  # one was ready already
+    assert loop._promise(2_000, [demand(5, "running", "pending")]) == {"fn-b"}  # started
+    assert loop._promise(3_000, [demand(5, "running")]) == {"fn-b"}  # lost before ready
+    assert loop._promise(4_000, [demand(4, "running", "running")]) == set()  # in use
+    loop._keep_promises({"fn-b"}, [demand(5)], 5_000)
+    assert loop._promise(6_000, [demand(0, "pending")]) == set()  # its calls were taken
+    loop._keep_promises({"fn-b"}, [demand(5)], 7_000)
+    assert loop._promise(7_000 + 59_999, [demand(5, "pending")]) == {"fn-b"}
+    assert loop._promise(7_000 + 60_000, [demand(5, "pending")]) == set()  # a minute

@@ -138,8 +138,9 @@ class SchedulerLoop:
         self.grid = GridIntensity(
             parse_sources(s.carbon_sources), max(1, int(s.carbon_refresh_s * 1000))
         )
-        # Functions idle containers were stopped for -> until when the room stays theirs.
-        self._promised: dict[str, int] = {}
+        # Functions idle containers were stopped for: until when the room stays theirs, and
+        # how many of their containers were ready then (a new one ready uses the room).
+        self._promised: dict[str, tuple[int, int]] = {}
         self._shared_waiting: dict[str, str] = {}  # as last told to the other replicas
         # Functions the last plans had nothing to do for (no work, every container wanted,
         # none starting late): function -> (what the store showed of it, when that stops
@@ -317,7 +318,7 @@ class SchedulerLoop:
                     gpu_placer=placer,
                     promised=self._promise(now, demands),
                 )
-                self._keep_promises(decided.made_room, now)
+                self._keep_promises(decided.made_room, demands, now)
                 self._note_settled(demands, decided, placer)
                 # Clusters: each gang in one market decision, on what the plan left.
                 gangs = place_clusters(conn, live, capacity, now)
@@ -556,22 +557,25 @@ class SchedulerLoop:
         return keys
 
     def _promise(self, now: int, demands: list[FunctionDemand]) -> set[str]:
-        """The functions room was made for that still have calls queued. A promise is kept
-        until its calls are taken, not only until a container is started for them: one that
-        ends before it takes a call (lost with its host, failed to start) would otherwise
-        leave the room to another account's older work. A minute at most: the stops it
-        waited for are long done by then."""
-        queued = {d.id for d in demands if d.queued}
-        self._promised = {
-            f: until for f, until in self._promised.items() if until > now and f in queued
-        }
-        return set(self._promised)
+        """The functions room was made for that have not used it yet: calls still queued and
+        no container of theirs ready since. A promise is kept until then, not only until a
+        container is started for them: one that ends before it is ready (lost with its host,
+        failed to start) would otherwise leave the room to another account's older work. A
+        minute at most: the stops it waited for are long done by then."""
+        kept: dict[str, tuple[int, int]] = {}
+        for d in demands:
+            promise = self._promised.get(d.id)
+            if promise is not None and promise[0] > now and d.queued and _ready(d) <= promise[1]:
+                kept[d.id] = promise
+        self._promised = kept
+        return set(kept)
 
-    def _keep_promises(self, made_room: set[str], now: int) -> None:
+    def _keep_promises(self, made_room: set[str], demands: list[FunctionDemand], now: int) -> None:
         """Room made by stopping idle containers is promised to the function it was made for
         (see :meth:`_promise`)."""
-        for fid in made_room:
-            self._promised[fid] = now + _PROMISE_MS
+        for d in demands:
+            if d.id in made_room:
+                self._promised[d.id] = (now + _PROMISE_MS, _ready(d))
 
     def _share_waiting(self) -> None:
         """Tell the other replicas what changed in why calls wait (pods, clusters and
@@ -906,3 +910,8 @@ def _usages(live_rows: Sequence[Any]) -> tuple[dict[str, _Use], dict[str, _Use]]
         if r[_STATE] == "stopping":
             _add_use(freeing, host, cpu, mem, gpus)
     return held, freeing
+
+
+def _ready(d: FunctionDemand) -> int:
+    """How many of the function's containers are ready (running)."""
+    return sum(1 for c in d.containers if c.state == "running")
