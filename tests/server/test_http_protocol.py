@@ -249,4 +249,12 @@ def test_a_request_that_does_not_parse_gets_the_error_envelope() -> None:
             assert answer.startswith(b"HTTP/1.1 400 "), (request, answer)
             assert b"application/json" in answer and b'"code": "invalid_request"' in answer
             assert b"not valid HTTP/1.1" in answer
+        # On a kept-alive connection, after a request answered in full: the same.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.settimeout(10)
+            assert conn.recv(65536).endswith(b"hello")
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b'"code": "invalid_request"' in answer
         assert _get(port).endswith(b"hello")

@@ -45,14 +45,14 @@ def test_room_made_for_a_function_is_its_own_until_its_calls_are_taken(
     loop = SchedulerLoop(server.state)
     seq = 0
 
-    def sync(*reports: tuple[str, str]) -> None:
+    def sync(*reports: dict[str, Any]) -> None:
         nonlocal seq
         seq += 1
-        body = {
-            "containers": [{"container_id": c, "state": s} for c, s in reports],
-            "seq": seq,
-        }
+        body = {"containers": list(reports), "seq": seq}
         server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=body)
+
+    def report(container_id: str, state: str, **more: Any) -> dict[str, Any]:
+        return {"container_id": container_id, "state": state, **more}
 
     # The owner's first function keeps a container on the host's one H100, idle for an hour.
     first_app = server.new_app(owner, "first")
@@ -62,7 +62,7 @@ def test_room_made_for_a_function_is_its_own_until_its_calls_are_taken(
     loop.tick()
     [(kept, _, model)] = _live(server, first)
     assert model == "H100"
-    sync((kept, "running"))
+    sync(report(kept, "running"))
     with server.state.engine.begin() as conn:  # its worker connected: it is ready
         now = clock.now_ms()
         conn.execute(
@@ -83,19 +83,12 @@ def test_room_made_for_a_function_is_its_own_until_its_calls_are_taken(
     server.new_calls(owner, second)
     loop.tick()
     assert [r.state for r in _live(server, first)] == ["stopping"]
-    sync((kept, "running"))  # told to stop it
-    body = {"container_id": kept, "state": "exited", "reason": "stopped", "exit_code": 0}
-    seq += 1
-    server.ok(
-        "POST",
-        f"/v1/hosts/{host_id}/sync",
-        token=host_token,
-        json={"containers": [body], "seq": seq},
-    )
+    sync(report(kept, "running"))  # told to stop it
+    sync(report(kept, "exited", reason="stopped", exit_code=0))
     loop.tick()
     [(started, _, _)] = _live(server, second)
     # Its container is lost before it takes the call (the agent no longer runs it).
-    sync((started, "starting"))
+    sync(report(started, "starting"))
     sync()
     assert _live(server, second) == []
     loop.tick()

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select, update
 
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers
 
-from server_testlib import MakeServer
+from server_testlib import MakeServer, ServerUnderTest
 
 
 def test_an_agent_restarted_through_another_replica_is_not_taken_for_a_stale_one(
@@ -67,6 +69,45 @@ def test_why_work_waits_reaches_the_other_replicas(make_server: MakeServer) -> N
     assert other.state.leader.waiting == {"fn-2": "still busy"}
 
 
+@dataclass
+class _OneHost:
+    """Two replicas on one store, a host registered and a function of a renter's to place
+    containers of on it; the host's agent syncs through either replica."""
+
+    a: ServerUnderTest
+    b: ServerUnderTest
+    host_token: str
+    host_id: str
+    function_id: str
+
+    @classmethod
+    def make(cls, make_server: MakeServer) -> _OneHost:
+        a, b = make_server(), make_server()
+        host_token = a.tenant("hoster", Scope.HOST).token
+        renter = a.tenant("renter").token
+        host_id = a.register_host(host_token, "box")
+        fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
+        return cls(a, b, host_token, host_id, fn)
+
+    def place(self) -> str:
+        return self.a.place_container(self.function_id, self.host_id)[0]
+
+    def sync(self, via: ServerUnderTest, seq: int, **states: str) -> None:
+        """A sync numbered ``seq`` reporting containers (id=state), through replica ``via``."""
+        reports = [{"container_id": c, "state": st} for c, st in states.items()]
+        body = {"containers": reports, "seq": seq}
+        via.ok("POST", f"/v1/hosts/{self.host_id}/sync", token=self.host_token, json=body)
+
+    def state(self, container_id: str) -> tuple[str, str | None]:
+        with self.a.state.engine.connect() as conn:
+            row = conn.execute(
+                select(containers.c.state, containers.c.exit_reason).where(
+                    containers.c.id == container_id
+                )
+            ).one()
+        return row.state, row.exit_reason
+
+
 def test_an_older_sync_applied_after_a_newer_one_does_not_lose_a_started_container(
     make_server: MakeServer,
 ) -> None:
@@ -76,31 +117,18 @@ def test_an_older_sync_applied_after_a_newer_one_does_not_lose_a_started_contain
     must not end the container as lost: that gave its GPU to another account's older call
     while the container's own call went back to the queue (a CI failure of
     tests/e2e/test_idle_yield_e2e.py). A later sync that does not report it still does."""
-    a, b = make_server(), make_server()
-    host_token = a.tenant("hoster", Scope.HOST).token
-    renter = a.tenant("renter").token
-    host_id = a.register_host(host_token, "box")
-    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
-    cid, _ = a.place_container(fn, host_id)
-
-    def state() -> tuple[str, str | None]:
-        with a.state.engine.connect() as conn:
-            row = conn.execute(
-                select(containers.c.state, containers.c.exit_reason).where(containers.c.id == cid)
-            ).one()
-        return row.state, row.exit_reason
-
-    starting = {"containers": [{"container_id": cid, "state": "starting"}], "seq": 6}
-    a.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=starting)
-    assert state() == ("starting", None)
+    one = _OneHost.make(make_server)
+    cid = one.place()
+    one.sync(one.a, 6, **{cid: "starting"})
+    assert one.state(cid) == ("starting", None)
     # B has seen none of this agent's syncs: by its memory alone the older one is fresh.
-    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 5})
-    assert state() == ("starting", None)
+    one.sync(one.b, 5)
+    assert one.state(cid) == ("starting", None)
     # The same through A, whose memory says stale: the store agrees.
-    a.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 4})
-    assert state() == ("starting", None)
-    b.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [], "seq": 7})
-    assert state() == ("stopped", "lost")
+    one.sync(one.a, 4)
+    assert one.state(cid) == ("starting", None)
+    one.sync(one.b, 7)
+    assert one.state(cid) == ("stopped", "lost")
 
 
 def test_syncs_of_a_restarted_agent_come_after_the_old_ones() -> None:
@@ -117,41 +145,25 @@ def test_a_container_whose_worker_came_first_is_not_lost_to_an_older_sync(
     without any sync). A sync taken before the start and applied after it leaves the
     container alone for a grace; once a sync reported it, only a later sync ends it; a
     container no sync ever reported is ended once the grace has passed."""
-    a, b = make_server(), make_server()
-    host_token = a.tenant("hoster", Scope.HOST).token
-    renter = a.tenant("renter").token
-    host_id = a.register_host(host_token, "box")
-    fn = a.new_function(renter, a.new_app(renter), a.put_blob(renter))
-    cid, _ = a.place_container(fn, host_id)
-    old, _ = a.place_container(fn, host_id)
+    one = _OneHost.make(make_server)
+    cid, old = one.place(), one.place()
 
     def ready(container_id: str, started_ms: int) -> None:  # as the worker's first request
-        with a.state.engine.begin() as conn:
+        with one.a.state.engine.begin() as conn:
             conn.execute(
                 update(containers)
                 .where(containers.c.id == container_id)
                 .values(state="running", started_ms=started_ms, ready_ms=started_ms)
             )
 
-    def state(container_id: str) -> tuple[str, str | None]:
-        with a.state.engine.connect() as conn:
-            row = conn.execute(
-                select(containers.c.state, containers.c.exit_reason).where(
-                    containers.c.id == container_id
-                )
-            ).one()
-        return row.state, row.exit_reason
-
-    now = a.state.clock.now_ms()
+    now = one.a.state.clock.now_ms()
     ready(cid, now)
     ready(old, now - 60_000)  # a minute ago, and never reported since
-    path = f"/v1/hosts/{host_id}/sync"
-    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 5})
-    assert state(cid) == ("running", None)
-    assert state(old) == ("stopped", "lost")
-    running = {"containers": [{"container_id": cid, "state": "running"}], "seq": 6}
-    a.ok("POST", path, token=host_token, json=running)
-    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 6})  # no later
-    assert state(cid) == ("running", None)
-    b.ok("POST", path, token=host_token, json={"containers": [], "seq": 7})
-    assert state(cid) == ("stopped", "lost")
+    one.sync(one.b, 5)
+    assert one.state(cid) == ("running", None)
+    assert one.state(old) == ("stopped", "lost")
+    one.sync(one.a, 6, **{cid: "running"})
+    one.sync(one.b, 6)  # no later
+    assert one.state(cid) == ("running", None)
+    one.sync(one.b, 7)
+    assert one.state(cid) == ("stopped", "lost")

@@ -222,15 +222,26 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = self.loop.call_later(self.body_timeout_s - idle, self._body_idle)
             return
         self._in_body = False
-        answered = cycle is None or cycle.response_started
-        if cycle is not None and not cycle.response_complete:
-            # The application's receive() gets http.disconnect, and what it sends is dropped.
-            cycle.disconnected = True
-            cycle.message_event.set()
-        if answered:
+        if cycle is not None and cycle.response_complete:
+            self.transport.close()  # answered without reading it: nothing more to say
+        else:
+            self._abandon(_BODY_TIMED_OUT)
+
+    def _abandon(self, refusal: bytes) -> None:
+        """End the request in progress: its application's receive() gets http.disconnect and
+        what it still sends is dropped; the client gets ``refusal``, or only the closed
+        connection once an answer has begun."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # none in progress (a keep-alive's last)
+            self._refuse(refusal)
+            return
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if cycle.response_started:
+            self._refused = True
             self.transport.close()
         else:
-            self._refuse(_BODY_TIMED_OUT)
+            self._refuse(refusal)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -257,16 +268,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """A request llhttp could not parse: uvicorn answers it in plain text; here it gets
         the error envelope every other refusal has (and a lingering close)."""
-        if self._refused:  # after a refusal the parser's error is ours: answered already
-            return
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # A request already handed to the application (its chunked body went bad): it
-            # is told the client left, and what it still sends is dropped.
-            cycle.disconnected = True
-            cycle.message_event.set()
-            if cycle.response_started:
-                self._refused = True
-                self.transport.close()
-                return
-        self._refuse(_MALFORMED)
+        if not self._refused:  # after a refusal the parser's error is ours: answered already
+            # Also a request already handed to the application (its chunked body went bad).
+            self._abandon(_MALFORMED)
