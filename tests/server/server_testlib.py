@@ -43,6 +43,7 @@ __all__ = [
     "PROCESS_ISOLATION",
     "V1_ROUTES",
     "MakeServer",
+    "ManualClock",
     "ServerUnderTest",
     "Tenant",
     "World",
@@ -53,6 +54,16 @@ __all__ = [
 ]
 
 BUNDLE = b"PK\x05\x06" + b"\0" * 18  # an empty zip: the server never opens bundles
+
+
+class ManualClock:
+    """A clock a test moves by hand (``clock.now += ms``): set it as ``state.clock``."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
 
 
 def sha256(data: bytes) -> str:

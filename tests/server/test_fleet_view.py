@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import select, update
 
 from crucible.protocol.accounts import Scope
+from crucible.server.auth import container_token
 from crucible.server.leadership import Deposed, claim
+from crucible.server.scheduler.fleet_view import FleetView, HostUse
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers, hosts
 
@@ -225,3 +227,100 @@ def test_a_warm_function_made_through_another_replica_gets_its_container(
             select(containers.c.host_id).where(containers.c.function_id == fn)
         ).all()
     assert [r.host_id for r in made] == [host_id]
+
+
+def _derived(view: FleetView) -> dict[str, Any]:
+    """What the view derives from its live containers, in plain values."""
+
+    def uses(by_host: dict[str, HostUse]) -> dict[str, Any]:
+        return {h: (u.milli_cpu, u.memory_mib, dict(u.gpus)) for h, u in by_host.items()}
+
+    return {
+        "held": uses(view.held),
+        "freeing": uses(view.freeing),
+        "by_function": {f: set(g) for f, g in view.by_function.items()},
+        "lease_ids": set(view.lease_ids),
+    }
+
+
+def _fresh(server: ServerUnderTest, view: FleetView | None = None) -> FleetView:
+    """``view`` brought up to the store's state now (a new one: read whole)."""
+    view = view or FleetView()
+    engine = server.state.engine
+    barrier = view.barrier(engine)
+    with engine.begin() as conn:
+        view.refresh(conn, server.state.market, server.state.clock.now_ms(), barrier)
+    return view
+
+
+def test_what_the_view_derives_follows_each_change_as_a_whole_read_would(
+    make_server: MakeServer,
+) -> None:
+    """Per host use, what stopping containers free, each function's containers and the open
+    GPU leases are kept as rows change (a quiet tick passes over no container): after pods
+    are placed, started, stopped and ended, and a host is lost, they equal what a whole read
+    of the store derives. Each container's start time is observed once, a rebuild included."""
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_ids = [server.register_host(host_token, f"box{i}", gpus=_gpus(2)) for i in range(3)]
+    starts: list[str] = []
+    observe = server.state.observations.observe_start
+    server.state.observations.observe_start = lambda fid, ms: (  # type: ignore[method-assign]
+        starts.append(fid),
+        observe(fid, ms),
+    )[1]
+    loop = SchedulerLoop(server.state)
+
+    def check() -> None:
+        loop.tick()  # what it placed or stopped, its view sees at the next refresh
+        assert _derived(_fresh(server, loop.fleet)) == _derived(_fresh(server))
+
+    for i in range(5):
+        server.ok("POST", "/v1/pods", token=renter, json={"name": f"p{i}", "gpu": "H100:1"})
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "cpu", "cpu": 0.3})
+    check()
+    assert len(loop.fleet.lease_ids) == 5 and len(loop.fleet.by_function) == 6
+    # A function that keeps two warm containers, whose workers come up (ready).
+    app = server.new_app(renter)
+    fn = server.new_function(renter, app, server.put_blob(renter), min_containers=2)
+    check()
+    for h in host_ids:
+        _start(server, h, host_token)
+    for r in _live(server):
+        if r.id in loop.fleet.live and loop.fleet.live[r.id].function_id == fn:
+            ctok = container_token(server.state.secret, r.id)
+            server.ok("POST", f"/v1/containers/{r.id}/exchange", token=ctok, json={"want": 0})
+    check()
+    assert loop.fleet.freeing == {}
+    assert starts == [fn, fn]  # each container's start once
+    loop.fleet.invalidate()  # the next tick reads the whole fleet again
+    check()
+    assert starts == [fn, fn]
+    server.ok("POST", "/v1/pods/p0/stop", token=renter)
+    server.ok("POST", "/v1/pods/cpu/stop", token=renter)
+    check()
+    assert sum(len(u.gpus) for u in loop.fleet.freeing.values()) == 1
+    # The agents report the stopped containers ended (and the others still running).
+    for h in host_ids:
+        report = [
+            {"container_id": r.id, "state": "exited", "exit_code": 0}
+            if r.state == "stopping"
+            else {"container_id": r.id, "state": "running"}
+            for r in _live(server)
+            if r.host_id == h
+        ]
+        server.ok("POST", f"/v1/hosts/{h}/sync", token=host_token, json={"containers": report})
+    check()
+    assert loop.fleet.freeing == {} and len(loop.fleet.lease_ids) == 4
+    # A host lost: its containers end with it.
+    with server.state.engine.begin() as conn:
+        conn.execute(update(hosts).where(hosts.c.id == host_ids[0]).values(state="lost"))
+        conn.execute(
+            update(containers)
+            .where(containers.c.host_id == host_ids[0], containers.c.state == "running")
+            .values(state="lost")
+        )
+    check()
+    loop.fleet.invalidate()
+    check()

@@ -16,7 +16,7 @@ from crucible.server.billing.entries import check_ledger
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers
 
-from server_testlib import MakeServer, ServerUnderTest
+from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
 
 def _gpus(n: int, model: str) -> list[dict[str, object]]:
@@ -135,6 +135,38 @@ def test_a_lease_keeps_its_devices_while_the_inventory_shrinks(server: ServerUnd
     assert (again.host_id, again.gpu_indices) == (host_id, [0])
     with server.state.engine.connect() as conn:
         assert check_ledger(conn) == []
+
+
+def test_a_host_held_back_by_a_lease_returns_with_its_new_devices_once_the_lease_ends(
+    server: ServerUnderTest,
+) -> None:
+    """The host's row does not change when the lease on its old devices ends: the market
+    looks at such a host at every tick (not only at rows that changed, nor only when offers
+    are re-read every few seconds), so the next tick sells what it has now."""
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    loop = SchedulerLoop(server.state)
+    host_id = _register(server, host_token, 2)
+    fn = _gpu_function(server, renter, 1)
+    server.new_calls(renter, fn)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        ct = conn.execute(select(containers).where(containers.c.function_id == fn)).one()
+    _register(server, host_token, 1)  # one GPU gone while a lease holds one of the two
+    loop.tick()
+    loop.tick()
+    assert _free(server, renter) == (0, 0)
+    with server.state.engine.begin() as conn:
+        conn.execute(
+            update(containers).where(containers.c.id == ct.id).values(state="stopped", stopped_ms=1)
+        )
+    clock.now += 100  # well within the offers' re-read period
+    loop.tick()
+    clock.now += 100
+    loop.tick()
+    assert server.state.market.market.host(host_id).gpus == ((0, "H100"),)
 
 
 def test_a_restart_rebuilds_the_market_when_leases_hold_devices_that_are_gone(

@@ -18,17 +18,9 @@ from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import apps, hosts, pods
 from crucible.server.wakeups import Wakeups
 
-from server_testlib import MakeServer, ServerUnderTest
+from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
 T0 = 1_800_000_000_000
-
-
-class ManualClock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
 
 
 def _stored_seen(server: ServerUnderTest, host_id: str) -> tuple[int, str]:

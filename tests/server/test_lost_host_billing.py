@@ -11,17 +11,9 @@ from crucible.server.billing.entries import check_ledger
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers, meter_intervals
 
-from server_testlib import MakeServer
+from server_testlib import MakeServer, ManualClock
 
 T0 = 1_800_000_000_000
-
-
-class ManualClock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
 
 
 def test_a_lost_hosts_containers_are_billed_to_its_last_sync(make_server: MakeServer) -> None:

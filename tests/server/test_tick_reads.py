@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.services.function_specs import SPECS, SpecCache
 from crucible.server.store.tables import calls, containers, functions
 
-from server_testlib import MakeServer, ServerUnderTest
+from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
 
 def _gpus(n: int) -> list[dict[str, Any]]:
@@ -149,14 +149,6 @@ def test_the_spec_cache_keeps_its_bound(make_server: MakeServer) -> None:
     assert cache.cached(ids[2], 1) is not None and cache.cached(ids[2], 2) is None
 
 
-class ManualClock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
-
-
 def _containers(server: ServerUnderTest, fn: str) -> list[tuple[str, str]]:
     with server.state.engine.connect() as conn:
         rows = conn.execute(
@@ -198,6 +190,37 @@ def test_a_settled_function_is_left_out_until_its_rows_or_its_start_timeout_chan
     replica.new_calls(renter, warm, 3)
     loop.tick()
     assert warm not in loop.left_out
+
+
+def test_a_settled_function_whose_container_or_app_changed_elsewhere_is_planned_again(
+    make_server: MakeServer,
+) -> None:
+    """A settled function is left out without being read while nothing of it changes; a
+    change to its container or its app, written by another replica or an agent's report,
+    brings it back into the next plan: a container gone is replaced, an app stopped has its
+    container stopped."""
+    leader, replica = make_server(), make_server()
+    leader.register_host(leader.tenant("hoster", Scope.HOST).token, "box")
+    renter = leader.tenant("renter").token
+    apps = [leader.new_app(renter, f"warm{i}") for i in range(3)]
+    fns = [
+        leader.new_function(
+            renter, a, leader.put_blob(renter), min_containers=1, resources={"cpu": 0.5}
+        )
+        for a in apps
+    ]
+    loop = SchedulerLoop(leader.state)
+    for _ in range(3):
+        loop.tick()
+    assert set(fns) <= loop.left_out
+    [(gone, _)] = _containers(leader, fns[0])
+    with replica.state.engine.begin() as conn:  # another writer: its agent lost it
+        conn.execute(update(containers).where(containers.c.id == gone).values(state="lost"))
+    replica.ok("POST", f"/v1/apps/{apps[1]}/stop", token=renter)
+    loop.tick()
+    assert fns[2] in loop.left_out and not {fns[0], fns[1]} & loop.left_out
+    assert [s for c, s in _containers(leader, fns[0]) if c != gone] == ["pending"]
+    assert [s for _, s in _containers(leader, fns[1])] in (["stopping"], ["stopped"])
 
 
 def test_a_settled_container_that_never_starts_is_still_replaced(

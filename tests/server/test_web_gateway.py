@@ -101,7 +101,7 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
         with state.engine.begin() as conn:
             now = state.clock.now_ms()
             fleet.refresh(conn, state.market, now, barrier)
-            demands, _, _ = loop._demands(conn, now, list(fleet.live.values()))
+            demands, _, _ = loop._demands(conn, now)
         return sum(d.running for d in demands if d.id == fid)
 
     assert running() == 0

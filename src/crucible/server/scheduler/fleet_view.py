@@ -14,22 +14,31 @@ first takes :data:`CHANGES_LOCK` exclusively for an instant (every writer of a w
 column holds it shared until it commits): the numbers handed out by then all belong to
 finished transactions, and the next read starts from there. On SQLite writers take turns,
 so the counters read in the tick's own transaction are exact.
+
+What the tick derives from the live containers is kept here too, changed row by row as the
+rows change: each host's use (what its live containers hold, and what those told to stop
+still hold), each function's containers, the GPU leases, and the containers that became
+ready. A quiet tick then passes over no container at all; its cost follows the functions it
+plans and the hosts it offers, not the containers the fleet runs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, Engine, Text, cast, select, text
 
 from crucible.server.services.hosts import LIVE_CONTAINER_STATES
 from crucible.server.services.market import HOST_COLUMNS, HostRow, LiveMarket
 from crucible.server.store.tables import apps, change_counters, containers, functions, hosts
 
-__all__ = ["CHANGES_LOCK", "CONTAINER_COLUMNS", "FleetView"]
+__all__ = ["CHANGES_LOCK", "CONTAINER_COLUMNS", "FleetView", "HostUse", "gpu_indices"]
 
 log = logging.getLogger("crucible.scheduler")
 
@@ -58,7 +67,62 @@ CONTAINER_COLUMNS = select(
     containers.c.lease_end_ms,
 )
 _LIVE = frozenset(LIVE_CONTAINER_STATES)
-_STATE = list(CONTAINER_COLUMNS.selected_columns.keys()).index("state")
+# Positions in CONTAINER_COLUMNS's rows: the loops over containers read them by position.
+_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _MODEL, _LEASE_END = (
+    list(CONTAINER_COLUMNS.selected_columns.keys()).index(k)
+    for k in (
+        "id",
+        "function_id",
+        "state",
+        "host_id",
+        "cpu",
+        "memory_mib",
+        "gpu_indices_text",
+        "ready_ms",
+        "gpu_model",
+        "lease_end_ms",
+    )
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def gpu_indices(text: str | None) -> tuple[int, ...]:
+    """A container's GPU indices from their stored JSON text (None or "null": none)."""
+    return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
+
+
+@dataclass
+class HostUse:
+    """What some containers on one host hold. CPU is counted in thousandths of a core, so
+    that adding and taking back containers for as long as the view lives leaves no rounding
+    behind; a GPU is held while any of the containers holds it."""
+
+    milli_cpu: int = 0
+    memory_mib: int = 0
+    gpus: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def cpu(self) -> float:
+        return self.milli_cpu / 1000
+
+    def add(self, row: Any, sign: int) -> None:
+        """Count the container ``row`` in (``sign`` 1) or out (-1)."""
+        self.milli_cpu += sign * round(float(row[_CPU] or 0) * 1000)
+        self.memory_mib += sign * int(row[_MEM] or 0)
+        text = row[_GPUS]
+        if text:
+            gpus = self.gpus
+            for i in gpu_indices(text):
+                n = gpus[i] + sign
+                if n > 0:
+                    gpus[i] = n
+                else:
+                    del gpus[i]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.milli_cpu or self.memory_mib or self.gpus)
+
 
 # The tables whose change_seq the view follows, in the order of its marks.
 _TABLES = ("hosts", "containers", "functions", "apps")
@@ -97,6 +161,22 @@ class FleetView:
 
     hosts: dict[str, HostRow] = field(default_factory=dict)
     live: dict[str, Any] = field(default_factory=dict)  # container id -> CONTAINER_COLUMNS row
+    # Derived from ``live``, kept as its rows change:
+    # per host, what its live containers hold (stopping ones included, until they end), and
+    # what the stopping ones hold (room the plan counts on instead of stopping more);
+    held: dict[str, HostUse] = field(default_factory=dict)
+    freeing: dict[str, HostUse] = field(default_factory=dict)
+    # per function, its live containers but those stopping (id -> row);
+    by_function: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the containers that hold a GPU lease still open (the market reconciles its leases);
+    lease_ids: set[str] = field(default_factory=set)
+    # the containers that became ready (and are not stopping) since the last take_ready().
+    _became_ready: list[Any] = field(default_factory=list)
+    # Functions whose containers, row or app changed since the last take_changed(); None:
+    # every function (the view was read whole).
+    _changed: set[str] | None = None
+    # Hosts whose rows changed since the last take_changed_hosts(); None: every host.
+    _changed_hosts: set[str] | None = None
     # Functions asked for (:meth:`functions_of`): id -> (account, spec_rev, app), and the
     # states of their apps.
     _functions: dict[str, tuple[str, int, str]] = field(default_factory=dict)
@@ -149,21 +229,31 @@ class FleetView:
         host_rows = conn.execute(HOST_COLUMNS.where(hosts.c.change_seq > marks[0])).all()
         for h in market.with_devices(conn, host_rows):
             self.hosts[h.row.id] = h
+        if self._changed_hosts is not None:
+            self._changed_hosts.update(r.id for r in host_rows)
         live = self.live
         container_rows = conn.execute(
             CONTAINER_COLUMNS.where(containers.c.change_seq > marks[1])
         ).all()
+        changed = self._changed
         for r in container_rows:
+            old = live.pop(r[_ID], None)
+            if changed is not None:
+                changed.add(r[_FN])
+            if old is not None:
+                self._count(old, -1)
             if r[_STATE] in _LIVE:
-                live[r[0]] = r
-            else:
-                live.pop(r[0], None)
+                live[r[_ID]] = r
+                self._count(r, 1)
+                self._note_ready(old, r)
         cached = self._functions
         changed_functions = []
         for fid, account_id, spec_rev, app_id in conn.execute(
             _FUNCTION_COLUMNS.where(functions.c.change_seq > marks[2])
         ):
             changed_functions.append(fid)
+            if changed is not None:
+                changed.add(fid)
             if fid in cached:
                 cached[fid] = (account_id, spec_rev, app_id)
                 if app_id not in self._apps:
@@ -173,6 +263,9 @@ class FleetView:
             changed_apps.append(app_id)
             if app_id in self._apps:
                 self._apps[app_id] = state
+        if changed_apps and changed is not None:
+            of_apps = set(changed_apps)
+            changed.update(f for f, row in cached.items() if row[2] in of_apps)
         if len(changed_functions) + len(changed_apps) > _WARM_DELTA_MAX:
             self._read_warm(conn)
         elif changed_functions or changed_apps:
@@ -188,6 +281,64 @@ class FleetView:
                     self.warm.discard(fid)
         self._marks = upto
         self.read_rows = (len(host_rows), len(container_rows))
+
+    def take_changed(self) -> set[str] | None:
+        """The functions whose containers, row or app changed since the last call; None when
+        that is not known (the view was read whole since): take every function as changed."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def take_changed_hosts(self) -> set[str] | None:
+        """The hosts whose rows changed since the last call; None: every host may have."""
+        changed, self._changed_hosts = self._changed_hosts, set()
+        return changed
+
+    def take_ready(self) -> list[Any]:
+        """The containers that became ready since the last call (each once)."""
+        ready, self._became_ready = self._became_ready, []
+        return ready
+
+    def _count(self, row: Any, sign: int) -> None:
+        """Count a live container's row into (1) or out of (-1) what is derived from it."""
+        host, cid, stopping = row[_HOST], row[_ID], row[_STATE] == "stopping"
+        use = self.held.get(host)
+        if use is None:
+            use = self.held[host] = HostUse()
+        use.add(row, sign)
+        if use.empty:
+            del self.held[host]
+        if stopping:
+            use = self.freeing.get(host)
+            if use is None:
+                use = self.freeing[host] = HostUse()
+            use.add(row, sign)
+            if use.empty:
+                del self.freeing[host]
+        else:
+            fid = row[_FN]
+            group = self.by_function.get(fid)
+            if sign > 0:
+                if group is None:
+                    self.by_function[fid] = {cid: row}
+                else:
+                    group[cid] = row
+            elif group is not None:
+                group.pop(cid, None)
+                if not group:
+                    del self.by_function[fid]
+        if row[_MODEL] is not None and row[_LEASE_END] is None:
+            if sign > 0:
+                self.lease_ids.add(cid)
+            else:
+                self.lease_ids.discard(cid)
+
+    def _note_ready(self, old: Any, new: Any) -> None:
+        """``new`` became ready if it is ready and not stopping, and ``old`` (its row before,
+        if any) was not."""
+        if new[_READY] is None or new[_STATE] == "stopping":
+            return
+        if old is None or old[_READY] is None or old[_STATE] == "stopping":
+            self._became_ready.append(new)
 
     def functions_of(self, conn: Connection, ids: Collection[str]) -> list[FunctionRow]:
         """The rows of functions ``ids`` (those that exist), read from the store only for
@@ -228,7 +379,12 @@ class FleetView:
         self._functions, self._apps = {}, {}  # read again as asked for
         self._read_warm(conn)
         self.hosts = {h.row.id: h for h in market.read_hosts(conn)}
-        self.live = {
-            r[0]: r for r in conn.execute(CONTAINER_COLUMNS.where(containers.c.state.in_(_LIVE)))
-        }
+        before = self.live
+        self._changed = self._changed_hosts = None  # until taken: every one
+        self.live, self.held, self.freeing, self.by_function = {}, {}, {}, {}
+        self.lease_ids = set()
+        for r in conn.execute(CONTAINER_COLUMNS.where(containers.c.state.in_(_LIVE))):
+            self.live[r[_ID]] = r
+            self._count(r, 1)
+            self._note_ready(before.get(r[_ID]), r)
         self.read_rows = (len(self.hosts), len(self.live))

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, func, select
 
 from crucible.core.autoscaler import Scale
@@ -44,7 +42,13 @@ from crucible.server.billing.entries import account_credit
 from crucible.server.billing.grid_carbon import GridIntensity, parse_sources
 from crucible.server.billing.service import meter_containers, record_grid_readings
 from crucible.server.leadership import Deposed, fence
-from crucible.server.scheduler.fleet_view import CONTAINER_COLUMNS, FleetView, FunctionRow
+from crucible.server.scheduler.fleet_view import (
+    CONTAINER_COLUMNS,
+    FleetView,
+    FunctionRow,
+    HostUse,
+    gpu_indices,
+)
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -52,6 +56,7 @@ from crucible.server.services.calls import (
 )
 from crucible.server.services.clusters import (
     cluster_function_ids,
+    has_active_clusters,
     place_clusters,
     record_cluster_env,
     settle_clusters,
@@ -131,7 +136,6 @@ class SchedulerLoop:
         self._last_housekeeping_ms = 0
         self._blob_cursor = ""  # blob collection sweeps the blobs in hash order, in batches
         self._scales: dict[str, int] = {}  # last logged autoscaler answer per function
-        self._started_seen: set[str] = set()  # containers whose start time was recorded
         self.crash_loops: dict[str, CrashLoop] = {}
         self._loop_logged: dict[str, int] = {}
         s = state.settings
@@ -288,21 +292,23 @@ class SchedulerLoop:
             # Hosts and live containers: the view kept across ticks, brought up to date with
             # what changed since the last tick (scheduler/fleet_view.py).
             fleet.refresh(conn, live, now, barrier)
+            for r in fleet.take_ready():  # how long containers take to start, by function
+                self.state.observations.observe_start(r[_FN], float(r[_READY] - r[_CREATED]))
             host_rows = list(fleet.hosts.values())
-            live_rows = list(fleet.live.values())
-            lease_ids = {
-                r[_ID] for r in live_rows if r[_MODEL] is not None and r[_LEASE_END] is None
-            }
-            demands, accounts, terms = self._demands(conn, now, live_rows)
+            demands, accounts, terms = self._demands(conn, now)
             # The tick's time from here: after the read of the queue, so that no call it saw
             # was made later than a container it starts for it (a call committed while the
             # chores ran would otherwise look as if it found that container already there).
             now = max(now, st.clock.now_ms())
-            capacity, known = self._capacity(now, host_rows, live_rows)
+            # A quiet tick (nothing to plan, no gang to place) needs no host's capacity.
+            if demands or has_active_clusters(conn):
+                capacity, known = self._capacity(now, host_rows)
+            else:
+                capacity, known = [], []
             with live.lock:
                 # The market: in step with hosts, offers and containers; due window events.
-                live.sync(conn, now, host_rows)
-                live.reconcile(lease_ids, now)
+                live.sync(conn, now, host_rows, fleet.take_changed_hosts())
+                live.reconcile(fleet.lease_ids, now)
                 now = max(now, live.market.now_ms)
                 keys += carry_out_advance(conn, live.market.advance(now), now)
                 if s.require_credits:
@@ -664,7 +670,7 @@ class SchedulerLoop:
         return keys
 
     def _demands(
-        self, conn: Connection, now: int, live_rows: Sequence[Any]
+        self, conn: Connection, now: int
     ) -> tuple[list[FunctionDemand], dict[str, str], dict[str, MarketTerms]]:
         work: dict[str, dict[str, Any]] = defaultdict(dict)
         for w in conn.execute(
@@ -688,24 +694,8 @@ class SchedulerLoop:
         # Web requests relayed in memory (server/web_relay.py) are running calls without rows.
         relayed = self.state.web.relay.in_flight()
         busy |= self.state.web.relay.busy()
-        by_fn: dict[str, list[Any]] = {}  # live container rows
-        seen, started = self._started_seen, set[str]()
-        for r in live_rows:  # by position: every live container, every tick
-            if r[_STATE] == "stopping":
-                continue
-            cid, fid = r[_ID], r[_FN]
-            if r[_READY] is not None:
-                started.add(cid)
-                if cid not in seen:
-                    start_ms = float(r[_READY] - r[_CREATED])
-                    self.state.observations.observe_start(fid, start_ms)
-            group = by_fn.get(fid)
-            if group is None:
-                by_fn[fid] = [r]
-            else:
-                group.append(r)
-        # Those still live that were seen started (a container only ever starts once).
-        self._started_seen = started
+        # Each function's live containers but those stopping: kept by the fleet view.
+        by_fn = self.fleet.by_function
         start_timeout_ms = self.policy.container_start_timeout_ms
         # Functions that keep warm containers count even with no calls and no containers
         # (kept by the fleet view, followed by functions' and apps' changes).
@@ -714,22 +704,41 @@ class SchedulerLoop:
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         self._signatures, self._skipped = {}, set()
         self._settled = {f: v for f, v in self._settled.items() if f in fids}
+        changed = self.fleet.take_changed()  # None: every function
         if not fids:
             return [], {}, {}
         s = self.state.settings
         demands: list[FunctionDemand] = []
         accounts: dict[str, str] = {}
         terms: dict[str, MarketTerms] = {}
+        settled, skipped, promised = self._settled, self._skipped, self._promised
+        # A settled function with no work, nothing of which changed since the last tick (its
+        # containers, its row, its app: the view says), reads the same as when it settled:
+        # left out without reading it. Its containers are not busy (it had nothing running
+        # when it settled, and a call or a relayed request since puts it in the work).
+        if changed is not None and settled:
+            quiet = [
+                f
+                for f in fids
+                if f in settled
+                and f not in changed
+                and f not in work
+                and f not in relayed
+                and f not in promised
+                and now < settled[f][1]
+            ]
+            skipped.update(quiet)
+            fids -= skipped
         # Kept by the view across ticks: read only for functions it has not seen.
         rows = self.fleet.functions_of(conn, fids)
         planned: list[FunctionRow] = []
-        settled, skipped, promised = self._settled, self._skipped, self._promised
         for r in rows:  # every function with live containers: locals only
             fid, account_id, spec_rev, app_state = r
             if fid in work or fid in relayed or fid in promised:
                 planned.append(r)
                 continue
-            cs = by_fn.get(fid, ())
+            group = by_fn.get(fid)
+            cs = group.values() if group is not None else ()
             sig = (
                 spec_rev,
                 app_state,
@@ -790,9 +799,9 @@ class SchedulerLoop:
                             busy=c.id in busy,
                             cpu=c.cpu,
                             memory_mib=c.memory_mib,
-                            gpu_indices=_indices(c.gpu_indices_text),
+                            gpu_indices=gpu_indices(c.gpu_indices_text),
                         )
-                        for c in by_fn.get(r.id, ())
+                        for c in by_fn.get(r.id, {}).values()
                     ),
                     max_containers=spec.max_containers or s.max_containers,
                     scaledown_window_ms=int(
@@ -822,10 +831,11 @@ class SchedulerLoop:
         return 0.0 if rate is None else rate.per_s(now)
 
     def _capacity(
-        self, now: int, host_rows: list[HostRow], live_rows: Sequence[Any]
+        self, now: int, host_rows: list[HostRow]
     ) -> tuple[list[HostCapacity], list[HostCapacity]]:
-        """Live hosts with their usage (from the tick's live containers), and every host seen
-        within the last hour (for deciding whether a request could ever be met)."""
+        """Live hosts with their usage (what the fleet view counts their live containers
+        hold), and every host seen within the last hour (for deciding whether a request
+        could ever be met)."""
         # A ready host was seen within the host timeout (lost hosts are marked before the
         # snapshot); the view's last_seen_ms is as of the host's last change, not its last
         # heartbeat, which matters only for hosts no longer heartbeating (lost ones).
@@ -834,7 +844,7 @@ class SchedulerLoop:
             for h in host_rows
             if h.row.state == "ready" or h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS
         ]
-        usage, freeing = _usages(live_rows)
+        usage, freeing = self.fleet.held, self.fleet.freeing
         live: list[HostCapacity] = []
         known: list[HostCapacity] = []
         for h in rows:
@@ -845,71 +855,30 @@ class SchedulerLoop:
                 cpu=float(inv["cpu_cores"]),
                 memory_mib=int(inv["memory_mib"]),
                 gpus=h.devices.gpus,
-                used_cpu=u[0],
-                used_memory_mib=u[1],
-                used_gpus=set(u[2]),
+                used_cpu=u.cpu,
+                used_memory_mib=u.memory_mib,
+                used_gpus=set(u.gpus),
                 owner=h.row.account_id,
                 isolated=bool(h.row.isolated),
                 verified=bool(h.row.verified),
                 egress=h.egress,
             )
-            if h.row.id in freeing:
-                cap.freeing_cpu, cap.freeing_memory_mib, cap.freeing_gpus = freeing[h.row.id]
+            f = freeing.get(h.row.id)
+            if f is not None:
+                cap.freeing_cpu, cap.freeing_memory_mib = f.cpu, f.memory_mib
+                cap.freeing_gpus = set(f.gpus)
             known.append(cap)
             if h.row.state == "ready":
                 live.append(cap)
         return live, known
 
 
-# Positions in CONTAINER_COLUMNS's rows (the fleet view's live containers), for the loops
-# that run over every live container.
-_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED, _MODEL, _LEASE_END = (
+# Positions in CONTAINER_COLUMNS's rows (the fleet view's live containers).
+_ID, _FN, _STATE, _READY, _CREATED = (
     list(CONTAINER_COLUMNS.selected_columns.keys()).index(k)
-    for k in (
-        "id",
-        "function_id",
-        "state",
-        "host_id",
-        "cpu",
-        "memory_mib",
-        "gpu_indices_text",
-        "ready_ms",
-        "created_ms",
-        "gpu_model",
-        "lease_end_ms",
-    )
+    for k in ("id", "function_id", "state", "ready_ms", "created_ms")
 )
-_Use = tuple[float, int, set[int]]  # cpu, memory MiB, GPU indices
-_NO_USE: _Use = (0.0, 0, set())
-
-
-@functools.lru_cache(maxsize=4096)
-def _indices(text: str | None) -> tuple[int, ...]:
-    """A container's GPU indices from their stored JSON text (None or "null": none)."""
-    return tuple(int(i) for i in orjson.loads(text) or ()) if text else ()
-
-
-def _add_use(into: dict[str, _Use], host: str, cpu: float, mem: int, gpus: tuple[int, ...]) -> None:
-    u = into.get(host)
-    into[host] = u = (0.0 + cpu, mem, set()) if u is None else (u[0] + cpu, u[1] + mem, u[2])
-    if gpus:
-        u[2].update(gpus)
-
-
-def _usages(live_rows: Sequence[Any]) -> tuple[dict[str, _Use], dict[str, _Use]]:
-    """Per host, what its live containers hold (stopping ones included, until they end), and
-    what containers told to stop still hold (room the core counts on instead of stopping
-    more idle containers). One pass over the tick's rows, read by position: at fleet size
-    this runs over every live container each tick."""
-    held: dict[str, _Use] = {}
-    freeing: dict[str, _Use] = {}
-    for r in live_rows:
-        host, cpu, mem, text = r[_HOST], r[_CPU], r[_MEM], r[_GPUS]
-        gpus = _indices(text) if text else ()
-        _add_use(held, host, cpu, mem, gpus)
-        if r[_STATE] == "stopping":
-            _add_use(freeing, host, cpu, mem, gpus)
-    return held, freeing
+_NO_USE = HostUse()  # a host with no live container (never changed)
 
 
 def _ready(d: FunctionDemand) -> int:

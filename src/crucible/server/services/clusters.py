@@ -62,6 +62,7 @@ __all__ = [
     "create_cluster",
     "delete_cluster",
     "get_cluster",
+    "has_active_clusters",
     "lease_gang",
     "list_clusters",
     "master_port",
@@ -332,6 +333,12 @@ def delete_cluster(conn: Connection, principal: Principal, ref: str, now_ms: int
         .values(state="deleted", reason="deleted by you", stopped_ms=now_ms)
     )
     return keys
+
+
+def has_active_clusters(conn: Connection) -> bool:
+    """Whether any cluster is active (its gang may wait for :func:`place_clusters`)."""
+    found = conn.execute(select(clusters.c.id).where(clusters.c.state == "active").limit(1))
+    return found.first() is not None
 
 
 def cluster_function_ids(conn: Connection) -> set[str]:

@@ -20,7 +20,7 @@ use holds :attr:`LiveMarket.lock`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -267,6 +267,9 @@ class LiveMarket:
         # Hosts' parsed inventories and isolation reports, by host, as of an agent_session.
         self._devices: dict[str, HostDevices] = {}
         self._seen: dict[str, tuple[Any, ...]] = {}  # host -> its profile at the last sync
+        # Hosts looked at again at every sync though their rows did not change (their
+        # devices changed while leases still held the old ones).
+        self._recheck: set[str] = set()
         self._priced: dict[tuple[str, str], Offer] = {}  # offers hosts set, as last read
         self._offers_dirty = True
         self._offers_read_ms: int | None = None
@@ -288,6 +291,7 @@ class LiveMarket:
             self._cpu_offers.clear()
             self._synced_ms = None
             self._seen.clear()
+            self._recheck.clear()
             self._priced.clear()
             self._offers_dirty = True
             self._offers_read_ms = None
@@ -330,11 +334,19 @@ class LiveMarket:
                 cache[x.id] = HostDevices.of(x.agent_session, x.inventory_text, x.isolation_text)
         return [HostRow(r, cache[r.id]) for r in rows if r.id in cache]
 
-    def sync(self, conn: Connection, now_ms: int, rows: list[HostRow] | None = None) -> None:
+    def sync(
+        self,
+        conn: Connection,
+        now_ms: int,
+        rows: list[HostRow] | None = None,
+        changed: Collection[str] | None = None,
+    ) -> None:
         """Bring hosts and offers up to date (and on the first call, leases and reservations
         too). Hosts whose market profile did not change since the last sync cost a tuple
         comparison; offers are re-read when :meth:`offers_changed` was called, or every
-        few seconds. Hold :attr:`lock`."""
+        few seconds. ``changed``: the ids of the hosts among ``rows`` whose rows changed
+        since the last sync (the scheduler's fleet view knows); the others are not looked
+        at, but when offers are re-read. Hold :attr:`lock`."""
         now_ms = max(now_ms, self.market.now_ms)
         prior = self.settings.reliability_prior_leases
         rows = self.read_hosts(conn) if rows is None else rows
@@ -343,6 +355,9 @@ class LiveMarket:
             or self._offers_read_ms is None
             or now_ms - self._offers_read_ms >= _OFFERS_REREAD_MS
         )
+        if not reread and self._loaded and changed is not None:
+            wanted = self._recheck.union(changed)
+            rows = [h for h in rows if h.row.id in wanted]
         if reread:
             self._priced = {
                 (r.host_id, r.device_type): offer_of_row(r)
@@ -373,6 +388,7 @@ class LiveMarket:
             if not reread and self._seen.get(r.id) == key:
                 continue
             self._seen[r.id] = key
+            self._recheck.discard(r.id)
             spec = _spec_of_row(r, h.devices, prior)
             old = self._specs.get(r.id)
             stale = False  # the market's devices are no longer the host's
@@ -385,6 +401,7 @@ class LiveMarket:
                 # profile (state, offers) still applies.
                 if r.id in m.hosts_busy():
                     self._seen.pop(r.id, None)
+                    self._recheck.add(r.id)
                     spec = replace(spec, gpus=old.gpus)
                     stale = True
                 else:
