@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ _MAX_MEMBERS = 250  # addresses .2 to .251 of the group's /24
 # The MTU of every link of a group: VXLAN adds 50 bytes to each frame, and 1400 leaves room
 # for that on a 1500-byte underlay (and for a tunnel under it).
 GROUP_MTU = 1400
+# How long a VNI that another network here held may take to be freed (see link_peers).
+_VNI_FREED_WITHIN_S = 5.0
 
 
 class GroupNetError(RuntimeError):
@@ -126,10 +129,21 @@ class GroupNetwork:
             raise ValueError(f"a VNI runs from 1 to {(1 << 24) - 1}, got {vni}")
         name = f"v{uuid.uuid4().hex[:12]}"
         # Made in the host's namespace (its socket stays there), then moved into the hub.
-        _run(
-            "ip", "link", "add", name, "type", "vxlan", "id", str(vni),
-            "dstport", str(local_port), "nolearning",
-        )  # fmt: skip
+        # The last run of the same cluster here (stopped and started again at once) may
+        # still hold the VNI for a moment: the kernel frees a deleted namespace's devices
+        # in the background. Wait for it, a few seconds at most.
+        deadline = time.monotonic() + _VNI_FREED_WITHIN_S
+        while True:
+            try:
+                _run(
+                    "ip", "link", "add", name, "type", "vxlan", "id", str(vni),
+                    "dstport", str(local_port), "nolearning",
+                )  # fmt: skip
+                break
+            except GroupNetError as exc:
+                if "already exists" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         try:
             _run("ip", "link", "set", name, "netns", self.hub)
         except GroupNetError:

@@ -629,8 +629,17 @@ class SandboxRuntime:
         key = hashlib.sha256(ident.encode()).hexdigest()[:24]
         with self._lock:
             z = self._zygotes.get(key)
-            if z is not None and not z.gone:
+            if z is not None and not z.gone and not (z.cluster and not z.containers):
                 return z
+        if z is not None and not z.gone:
+            # A cluster member's sandbox serves one run and is ended once idle
+            # (_end_idle_zygotes). A next run on the same plan and hosts (the cluster
+            # stopped and started again) that comes before the reaper must not be handed to
+            # it (it never started there): end it, and start afresh once it is gone (it has
+            # this key). Starts and the reaper both run on this thread.
+            log.info("ending zygote %s of a cluster member's last run", key)
+            z.proc.terminate()
+            z.proc.done.wait(10)
         sdir = self.sandboxes_dir / key
         shutil.rmtree(sdir, ignore_errors=True)
         (sdir / "code").mkdir(parents=True)
