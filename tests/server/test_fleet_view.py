@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from crucible.protocol.accounts import Scope
 from crucible.server.auth import container_token
 from crucible.server.leadership import Deposed, claim
-from crucible.server.scheduler.fleet_view import FleetView, HostUse
+from crucible.server.scheduler.fleet_view import CONTAINER_COLUMNS, FleetView, HostUse
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers, hosts
 
@@ -324,3 +324,25 @@ def test_what_the_view_derives_follows_each_change_as_a_whole_read_would(
     check()
     loop.fleet.invalidate()
     check()
+
+
+def test_a_hosts_use_counts_each_container_at_no_less_than_it_asked_and_returns_to_nothing() -> (
+    None
+):
+    """CPU is kept in thousandths of a core: a tenth three times is 0.3 exactly, a sliver
+    counts as a whole thousandth (never less than asked), and taking every container back
+    leaves nothing behind, whatever the order."""
+    columns = list(CONTAINER_COLUMNS.selected_columns.keys())
+
+    def row(cpu: float, gpus: str | None = None) -> tuple[Any, ...]:
+        values = {"cpu": cpu, "memory_mib": 512, "gpu_indices_text": gpus}
+        return tuple(values.get(c) for c in columns)
+
+    rows = [row(0.1), row(0.1), row(0.1, "[0]"), row(0.0004, "[0, 1]")]
+    use = HostUse()
+    for r in rows:
+        use.add(r, 1)
+    assert (use.milli_cpu, use.memory_mib, dict(use.gpus)) == (301, 2048, {0: 2, 1: 1})
+    for r in reversed(rows):
+        use.add(r, -1)
+    assert use.empty and use.cpu == 0.0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ CONTAINER_COLUMNS = select(
 )
 _LIVE = frozenset(LIVE_CONTAINER_STATES)
 # Positions in CONTAINER_COLUMNS's rows: the loops over containers read them by position.
-_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _MODEL, _LEASE_END = (
+_ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _CREATED, _MODEL, _LEASE_END = (
     list(CONTAINER_COLUMNS.selected_columns.keys()).index(k)
     for k in (
         "id",
@@ -79,6 +80,7 @@ _ID, _FN, _STATE, _HOST, _CPU, _MEM, _GPUS, _READY, _MODEL, _LEASE_END = (
         "memory_mib",
         "gpu_indices_text",
         "ready_ms",
+        "created_ms",
         "gpu_model",
         "lease_end_ms",
     )
@@ -106,8 +108,9 @@ class HostUse:
         return self.milli_cpu / 1000
 
     def add(self, row: Any, sign: int) -> None:
-        """Count the container ``row`` in (``sign`` 1) or out (-1)."""
-        self.milli_cpu += sign * round(float(row[_CPU] or 0) * 1000)
+        """Count the container ``row`` in (``sign`` 1) or out (-1). A container is counted
+        at no less than the CPU it asked for (a part of a thousandth rounds up)."""
+        self.milli_cpu += sign * math.ceil(round(float(row[_CPU] or 0) * 1000, 6))
         self.memory_mib += sign * int(row[_MEM] or 0)
         text = row[_GPUS]
         if text:
@@ -122,6 +125,18 @@ class HostUse:
     @property
     def empty(self) -> bool:
         return not (self.milli_cpu or self.memory_mib or self.gpus)
+
+
+def _add_use(by_host: dict[str, HostUse], row: Any, sign: int) -> None:
+    """Count the container ``row`` into (1) or out of (-1) its host's entry of ``by_host``;
+    a host left holding nothing has no entry."""
+    host = row[_HOST]
+    use = by_host.get(host)
+    if use is None:
+        use = by_host[host] = HostUse()
+    use.add(row, sign)
+    if use.empty:
+        del by_host[host]
 
 
 # The tables whose change_seq the view follows, in the order of its marks.
@@ -170,8 +185,9 @@ class FleetView:
     by_function: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the containers that hold a GPU lease still open (the market reconciles its leases);
     lease_ids: set[str] = field(default_factory=set)
-    # the containers that became ready (and are not stopping) since the last take_ready().
-    _became_ready: list[Any] = field(default_factory=list)
+    # (function, start time in ms) of the containers that became ready (and are not
+    # stopping) since the last take_started().
+    _started: list[tuple[str, float]] = field(default_factory=list)
     # Functions whose containers, row or app changed since the last take_changed(); None:
     # every function (the view was read whole).
     _changed: set[str] | None = None
@@ -293,27 +309,18 @@ class FleetView:
         changed, self._changed_hosts = self._changed_hosts, set()
         return changed
 
-    def take_ready(self) -> list[Any]:
-        """The containers that became ready since the last call (each once)."""
-        ready, self._became_ready = self._became_ready, []
-        return ready
+    def take_started(self) -> list[tuple[str, float]]:
+        """(function, how long it took to become ready in ms) of each container that became
+        ready since the last call, each once."""
+        started, self._started = self._started, []
+        return started
 
     def _count(self, row: Any, sign: int) -> None:
         """Count a live container's row into (1) or out of (-1) what is derived from it."""
-        host, cid, stopping = row[_HOST], row[_ID], row[_STATE] == "stopping"
-        use = self.held.get(host)
-        if use is None:
-            use = self.held[host] = HostUse()
-        use.add(row, sign)
-        if use.empty:
-            del self.held[host]
-        if stopping:
-            use = self.freeing.get(host)
-            if use is None:
-                use = self.freeing[host] = HostUse()
-            use.add(row, sign)
-            if use.empty:
-                del self.freeing[host]
+        cid = row[_ID]
+        _add_use(self.held, row, sign)
+        if row[_STATE] == "stopping":
+            _add_use(self.freeing, row, sign)
         else:
             fid = row[_FN]
             group = self.by_function.get(fid)
@@ -338,7 +345,7 @@ class FleetView:
         if new[_READY] is None or new[_STATE] == "stopping":
             return
         if old is None or old[_READY] is None or old[_STATE] == "stopping":
-            self._became_ready.append(new)
+            self._started.append((new[_FN], float(new[_READY] - new[_CREATED])))
 
     def functions_of(self, conn: Connection, ids: Collection[str]) -> list[FunctionRow]:
         """The rows of functions ``ids`` (those that exist), read from the store only for

@@ -292,8 +292,8 @@ class SchedulerLoop:
             # Hosts and live containers: the view kept across ticks, brought up to date with
             # what changed since the last tick (scheduler/fleet_view.py).
             fleet.refresh(conn, live, now, barrier)
-            for r in fleet.take_ready():  # how long containers take to start, by function
-                self.state.observations.observe_start(r[_FN], float(r[_READY] - r[_CREATED]))
+            for fid, start_ms in fleet.take_started():  # how long containers take to start
+                self.state.observations.observe_start(fid, start_ms)
             host_rows = list(fleet.hosts.values())
             demands, accounts, terms = self._demands(conn, now)
             # The tick's time from here: after the read of the queue, so that no call it saw
@@ -874,10 +874,7 @@ class SchedulerLoop:
 
 
 # Positions in CONTAINER_COLUMNS's rows (the fleet view's live containers).
-_ID, _FN, _STATE, _READY, _CREATED = (
-    list(CONTAINER_COLUMNS.selected_columns.keys()).index(k)
-    for k in ("id", "function_id", "state", "ready_ms", "created_ms")
-)
+_ID, _STATE = (list(CONTAINER_COLUMNS.selected_columns.keys()).index(k) for k in ("id", "state"))
 _NO_USE = HostUse()  # a host with no live container (never changed)
 
 
