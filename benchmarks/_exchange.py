@@ -3,6 +3,10 @@
 :class:`Exchange` starts ``crucible server`` and ``crucible agent`` as subprocesses on
 loopback, in a temporary CRUCIBLE_HOME with a free port (the pattern of tests/harness.py),
 with the product's default settings unless ``env`` overrides some. Nothing here is timed.
+
+A benchmark that imports this module ends on SIGTERM (``kill``, a CI timeout, a supervisor)
+as it does on Ctrl-C: its ``finally`` blocks and context managers run and stop the servers,
+agents and balancers it started, instead of leaving them running without a parent.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -43,6 +48,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: every cleanup on the way runs
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 # -- /proc probes ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, select
 
 import crucible
 from crucible.protocol.pods import ClusterInfo
-from crucible.server.store.tables import containers
+from crucible.server.store.tables import containers, pods
 from crucible.testing import Transport
 
 from harness import Exchange, wait_for
@@ -53,6 +53,35 @@ def _command(mode: str, stay: bool = False) -> str:
 
 def _cluster(t: Transport, name: str) -> ClusterInfo:
     return ClusterInfo.model_validate(t.get(f"/v1/clusters/{name}"))
+
+
+def _wait_running(ex: Exchange, t: Transport, name: str, timeout_s: float, what: str) -> None:
+    """Wait for the cluster to run; on a timeout, say what its members wait for and what
+    the store holds of their containers (a gang that is not placed leaves no other trace)."""
+    try:
+        wait_for(lambda: _cluster(t, name).state == "running", timeout_s, what)
+    except AssertionError as e:
+        info = _cluster(t, name)
+        engine = create_engine(ex.database_url)
+        try:
+            with engine.connect() as conn:
+                fns = select(pods.c.function_id).where(pods.c.cluster_id == info.id)
+                rows = conn.execute(
+                    select(
+                        containers.c.id,
+                        containers.c.function_id,
+                        containers.c.host_id,
+                        containers.c.state,
+                        containers.c.stopped_ms,
+                        containers.c.lease_end_ms,
+                    ).where(containers.c.function_id.in_(fns))
+                ).all()
+        finally:
+            engine.dispose()
+        raise AssertionError(
+            f"{e}; the cluster: {info.model_dump_json()}; its containers: "
+            f"{[tuple(r) for r in rows]}; the server's log: {ex.log('server')[-3000:]}"
+        ) from None
 
 
 def _lines(client: crucible.Pod) -> list[str]:
@@ -247,7 +276,7 @@ def _private_all_reduce(ex: Exchange, mode: str, *, again: bool = False) -> None
         if again:
             # Started again (its ranks may land on the other hosts): a new run on the network.
             t.post("/v1/clusters/ring/start")
-            wait_for(lambda: _cluster(t, "ring").state == "running", 90, "cluster running again")
+            _wait_running(ex, t, "ring", 90, "cluster running again")
             for rank in (0, 1):
                 pod = crucible.Pod.from_name(f"ring-{rank}", client=team)
                 wait_for(

@@ -29,6 +29,7 @@ from crucible.core.ledger import (
     credit_status,
     renter_account,
 )
+from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.tables import accounts, ledger_entries, ledger_postings
 
 __all__ = [
@@ -92,6 +93,10 @@ def _entry_row(e: NewEntry) -> dict[str, object]:
     }
 
 
+_INSERT_ENTRIES = InsertSkipping(ledger_entries, "key")
+_INSERT_POSTINGS = InsertSkipping(ledger_postings, "entry_key", "account")
+
+
 def post_entries(conn: Connection, entries: Sequence[NewEntry]) -> None:
     """Write entries and their postings in two batched statements. A key already in the
     ledger is skipped (entry and postings alike: both are keyed), so posting the same entries
@@ -99,13 +104,9 @@ def post_entries(conn: Connection, entries: Sequence[NewEntry]) -> None:
     metered interval of a container); :func:`post_entry` says whether it wrote."""
     if not entries:
         return
-    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(_INSERT_ENTRIES.on(conn), [_entry_row(e) for e in entries])
     conn.execute(
-        ins(ledger_entries).on_conflict_do_nothing(index_elements=["key"]),
-        [_entry_row(e) for e in entries],
-    )
-    conn.execute(
-        ins(ledger_postings).on_conflict_do_nothing(index_elements=["entry_key", "account"]),
+        _INSERT_POSTINGS.on(conn),
         [
             {"entry_key": e.key, "account": str(p.account), "amount_micros": p.amount}
             for e in entries

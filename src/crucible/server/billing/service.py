@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.core.ledger import MeteredInterval
 from crucible.core.metering import (
@@ -22,6 +20,7 @@ from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
 from crucible.server.billing.grid_carbon import GridReading
+from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.tables import (
     apps,
     calls,
@@ -34,13 +33,13 @@ from crucible.server.store.tables import (
 __all__ = ["bill", "meter_containers", "record_grid_readings"]
 
 
+_INSERT_INTERVALS = InsertSkipping(meter_intervals)
+
+
 def _insert_ignore(conn: Connection, rows: list[dict[str, object]]) -> None:
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        conn.execute(pg_insert(meter_intervals).on_conflict_do_nothing(), rows)
-    else:
-        conn.execute(sqlite_insert(meter_intervals).on_conflict_do_nothing(), rows)
+    conn.execute(_INSERT_INTERVALS.on(conn), rows)
 
 
 _SET_METERED = (
@@ -83,6 +82,68 @@ def record_grid_readings(conn: Connection, readings: dict[str, GridReading]) -> 
         )
 
 
+# What metering reads: every container with a closed interval due (built once; building
+# it costs more than running it on a quiet store).
+_begun = func.coalesce(containers.c.metered_until_ms, containers.c.started_ms)
+_DUE_ROWS = (
+    select(
+        containers.c.id,
+        containers.c.account_id,
+        containers.c.function_id,
+        containers.c.host_id,
+        containers.c.started_ms,
+        containers.c.stopped_ms,
+        containers.c.lease_end_ms,
+        containers.c.metered_until_ms,
+        containers.c.metered_cost_micros,
+        containers.c.rate_micros_per_hour,
+        containers.c.fee_ppm,
+        containers.c.gpu_model,
+        containers.c.gpu_indices,
+        containers.c.cpu,
+        containers.c.energy_mwh,
+        containers.c.energy_estimated,
+        containers.c.metered_energy_mwh,
+        func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
+            "carbon_g_per_kwh"
+        ),
+        functions.c.app_id,
+        hosts.c.last_seen_ms.label("host_seen_ms"),
+    )
+    .join(functions, functions.c.id == containers.c.function_id)
+    .join(hosts, hosts.c.id == containers.c.host_id, isouter=True)
+    .where(
+        containers.c.started_ms.is_not(None),
+        or_(
+            # stopped, not yet accounted to its stop
+            and_(
+                containers.c.stopped_ms.is_not(None),
+                or_(
+                    containers.c.metered_until_ms.is_(None),
+                    containers.c.metered_until_ms < containers.c.stopped_ms,
+                ),
+            ),
+            # running past the end of its lease (preempted, in its grace period)
+            and_(
+                containers.c.stopped_ms.is_(None),
+                containers.c.lease_end_ms.is_not(None),
+                _begun < containers.c.lease_end_ms,
+            ),
+            # running, a whole interval due
+            and_(containers.c.stopped_ms.is_(None), _begun <= bindparam("b_due_before")),
+        ),
+    )
+)
+# Metering reads a container's progress (metered_until_ms, metered_cost_micros) and writes it
+# back: two passes over one container at once (the loop's tick and a stop, which meters its
+# container in its own transaction) would each cut intervals from the same start and the last
+# writer's total would not match the intervals kept. So the rows are locked; the loop skips a
+# container another transaction holds (that one meters it), which also keeps the loop from
+# ever waiting on, or deadlocking with, a request. SQLite has one writer.
+_DUE = _DUE_ROWS.with_for_update(of=containers, skip_locked=True)
+_DUE_OF_ONE = _DUE_ROWS.where(containers.c.id == bindparam("b_id")).with_for_update(of=containers)
+
+
 def meter_containers(
     conn: Connection, now_ms: int, max_interval_ms: int, *, container_id: str | None = None
 ) -> int:
@@ -97,66 +158,11 @@ def meter_containers(
     bills nothing for the silence. Only containers with something due are read, and everything is
     written in batches, so a tick costs what is due, not the fleet. Returns the intervals
     written."""
-    begun = func.coalesce(containers.c.metered_until_ms, containers.c.started_ms)
-    q = (
-        select(
-            containers.c.id,
-            containers.c.account_id,
-            containers.c.function_id,
-            containers.c.host_id,
-            containers.c.started_ms,
-            containers.c.stopped_ms,
-            containers.c.lease_end_ms,
-            containers.c.metered_until_ms,
-            containers.c.metered_cost_micros,
-            containers.c.rate_micros_per_hour,
-            containers.c.fee_ppm,
-            containers.c.gpu_model,
-            containers.c.gpu_indices,
-            containers.c.cpu,
-            containers.c.energy_mwh,
-            containers.c.energy_estimated,
-            containers.c.metered_energy_mwh,
-            func.coalesce(hosts.c.carbon_now_g_per_kwh, hosts.c.carbon_g_per_kwh).label(
-                "carbon_g_per_kwh"
-            ),
-            functions.c.app_id,
-            hosts.c.last_seen_ms.label("host_seen_ms"),
-        )
-        .join(functions, functions.c.id == containers.c.function_id)
-        .join(hosts, hosts.c.id == containers.c.host_id, isouter=True)
-        .where(
-            containers.c.started_ms.is_not(None),
-            or_(
-                # stopped, not yet accounted to its stop
-                and_(
-                    containers.c.stopped_ms.is_not(None),
-                    or_(
-                        containers.c.metered_until_ms.is_(None),
-                        containers.c.metered_until_ms < containers.c.stopped_ms,
-                    ),
-                ),
-                # running past the end of its lease (preempted, in its grace period)
-                and_(
-                    containers.c.stopped_ms.is_(None),
-                    containers.c.lease_end_ms.is_not(None),
-                    begun < containers.c.lease_end_ms,
-                ),
-                # running, a whole interval due
-                and_(containers.c.stopped_ms.is_(None), begun <= now_ms - max_interval_ms),
-            ),
-        )
-    )
-    if container_id is not None:
-        q = q.where(containers.c.id == container_id)
-    # Metering reads a container's progress (metered_until_ms, metered_cost_micros) and writes
-    # it back: two passes over one container at once (the loop's tick and a stop, which meters
-    # its container in its own transaction) would each cut intervals from the same start and
-    # the last writer's total would not match the intervals kept. So the rows are locked; the
-    # loop skips a container another transaction holds (that one meters it), which also keeps
-    # the loop from ever waiting on, or deadlocking with, a request. SQLite has one writer.
-    q = q.with_for_update(of=containers, skip_locked=container_id is None)
-    rows = conn.execute(q).all()
+    due_before = now_ms - max_interval_ms
+    if container_id is None:
+        rows = conn.execute(_DUE, {"b_due_before": due_before}).all()
+    else:
+        rows = conn.execute(_DUE_OF_ONE, {"b_due_before": due_before, "b_id": container_id}).all()
     intervals: list[dict[str, object]] = []
     entries: list[NewEntry] = []
     marks: list[dict[str, object]] = []

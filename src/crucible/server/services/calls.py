@@ -854,6 +854,24 @@ def record_outputs(
     return keys
 
 
+# The calls a container was running (built once: every container's end reads them).
+_RUNNING_IN = (
+    select(
+        calls.c.id,
+        calls.c.function_id,
+        calls.c.group_id,
+        calls.c.attempts,
+        calls.c.infra_requeues,
+        calls.c.preemptions,
+        calls.c.container_id,
+        calls.c.started_ms,
+        functions.c.spec_rev,
+    )
+    .join(functions, functions.c.id == calls.c.function_id)
+    .where(calls.c.container_id == bindparam("b_ct"), calls.c.state == "running")
+)
+
+
 def requeue_calls_of_container(
     conn: Connection,
     container_id: str,
@@ -871,21 +889,7 @@ def requeue_calls_of_container(
     lost, stopped by the exchange) the requeue is free, up to ``max_infra_requeues``.
     ``reason`` is why the container ended (``host_lost`` names the attempt's outcome).
     """
-    rows = conn.execute(
-        select(
-            calls.c.id,
-            calls.c.function_id,
-            calls.c.group_id,
-            calls.c.attempts,
-            calls.c.infra_requeues,
-            calls.c.preemptions,
-            calls.c.container_id,
-            calls.c.started_ms,
-            functions.c.spec_rev,
-        )
-        .join(functions, functions.c.id == calls.c.function_id)
-        .where(calls.c.container_id == container_id, calls.c.state == "running")
-    ).all()
+    rows = conn.execute(_RUNNING_IN, {"b_ct": container_id}).all()
     keys: list[str] = []
     error = ErrorInfo(code=ContainerExitedError.code, message=message)
     rate = container_rate(conn, container_id) if rows else 0

@@ -337,19 +337,14 @@ def end_container(
     moment it was known alive (metering ends there)."""
     stopped_at = now_ms if stopped_ms is None else min(now_ms, stopped_ms)
     ended = conn.execute(
-        update(containers)
-        .where(containers.c.id == container_id, containers.c.state != "stopped")
-        .values(
-            state="stopped",
-            # Never before it started (a container placed after the host's last sync).
-            stopped_ms=case(
-                (containers.c.started_ms > stopped_at, containers.c.started_ms), else_=stopped_at
-            ),
-            exit_code=exit_code,
-            exit_reason=reason,
-            exit_message=(message or "")[-4000:] or None,
-        )
-        .returning(containers.c.function_id, containers.c.host_id, containers.c.gpu_model)
+        _END_CONTAINER,
+        {
+            "b_id": container_id,
+            "b_at": stopped_at,
+            "b_code": exit_code,
+            "b_reason": reason,
+            "b_message": (message or "")[-4000:] or None,
+        },
     ).first()
     if ended is None:
         return []
@@ -375,17 +370,51 @@ def end_container(
     return [*keys, f"container:{container_id}"]
 
 
+# Built once (every container's end runs them): building a statement with a CASE costs
+# several times what SQLite takes to run it.
+_END_CONTAINER = (
+    update(containers)
+    .where(containers.c.id == bindparam("b_id"), containers.c.state != "stopped")
+    .values(
+        state="stopped",
+        # Never before it started (a container placed after the host's last sync).
+        stopped_ms=case(
+            (containers.c.started_ms > bindparam("b_at"), containers.c.started_ms),
+            else_=bindparam("b_at"),
+        ),
+        exit_code=bindparam("b_code"),
+        exit_reason=bindparam("b_reason"),
+        exit_message=bindparam("b_message"),
+    )
+    .returning(containers.c.function_id, containers.c.host_id, containers.c.gpu_model)
+)
+_LEASE_ENDED = (
+    update(hosts)
+    .where(hosts.c.id == bindparam("b_id"))
+    .values(leases_ended=hosts.c.leases_ended + 1)
+)
+_LEASE_FAULTED = _LEASE_ENDED.values(leases_faulted=hosts.c.leases_faulted + 1)
+
+
 def _count_lease_end(conn: Connection, host_id: str, *, faulted: bool) -> None:
     """A GPU container (a market lease) ended: count it towards its host's reliability."""
-    values: dict[str, Any] = {"leases_ended": hosts.c.leases_ended + 1}
-    if faulted:
-        values["leases_faulted"] = hosts.c.leases_faulted + 1
-    conn.execute(update(hosts).where(hosts.c.id == host_id).values(**values))
+    conn.execute(_LEASE_FAULTED if faulted else _LEASE_ENDED, {"b_id": host_id})
 
 
 _UNSTOPPED_ON_HOST = select(
     containers.c.id, containers.c.state, containers.c.started_ms, containers.c.seen_in_sync
 ).where(containers.c.host_id == bindparam("b_host"), containers.c.state != "stopped")
+# A pending container its agent reports started (every placement's first sync).
+_STARTED = (
+    update(containers)
+    .where(containers.c.id == bindparam("b_id"), containers.c.state == "pending")
+    .values(
+        state="starting",
+        started_ms=bindparam("b_now"),
+        last_active_ms=bindparam("b_now"),
+        seen_in_sync=bindparam("b_mark"),
+    )
+)
 # A container no sync has reported yet (its worker reached the server first) is taken for
 # gone by a sync that does not report it only this long after it started: that sync may
 # have been taken before the agent started it.
@@ -514,13 +543,7 @@ def process_reports(
             elif row.state == "stopping":
                 stop.append(rep.container_id)
         elif row.state == "pending":
-            conn.execute(
-                update(containers)
-                .where(containers.c.id == rep.container_id, containers.c.state == "pending")
-                .values(
-                    state="starting", started_ms=now_ms, last_active_ms=now_ms, seen_in_sync=mark
-                )
-            )
+            conn.execute(_STARTED, {"b_id": rep.container_id, "b_now": now_ms, "b_mark": mark})
         else:
             if row.state == "stopping":
                 stop.append(rep.container_id)

@@ -6,19 +6,21 @@ from __future__ import annotations
 import base64
 
 from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import ItemsPage, ItemsSent
 from crucible.protocol.common import Payload
 from crucible.server.auth import Principal
 from crucible.server.services.calls import decode_payload, get_call
+from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.tables import call_inbox, call_items, calls
 
 __all__ = ["append_inbox", "read_inbox", "read_items", "store_items"]
 
 PAGE = 1000
+
+
+_INSERT_ITEMS = InsertSkipping(call_items)
 
 
 def store_items(
@@ -40,8 +42,7 @@ def store_items(
             {"call_id": req.call_id, "idx": req.start + i, "data": data, "ref": ref, "size": size}
         )
     if rows:
-        ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(ins(call_items).on_conflict_do_nothing(), rows)
+        conn.execute(_INSERT_ITEMS.on(conn), rows)
 
 
 def read_items(conn: Connection, principal: Principal, call_id: str, after: int) -> ItemsPage:

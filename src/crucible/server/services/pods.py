@@ -142,6 +142,12 @@ def _check_room(held: int, adding: int) -> None:
         )
 
 
+_HELD_AND_NAMED = select(
+    func.count(),
+    func.count(case((pods.c.name == bindparam("b_name"), 1))),
+).where(pods.c.account_id == bindparam("b_account"), pods.c.state != "deleted")
+
+
 def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: int) -> PodInfo:
     """Create a pod and ask the market for it (the scheduler places it on its next tick).
     A name already used by a pod of the account that is not deleted is a conflict."""
@@ -152,10 +158,7 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
     # The account's pods that are not deleted, and how many of them have this name, in one
     # statement (the submit path's reads: a name conflict first, then the quota).
     held, taken = conn.execute(
-        select(
-            func.count(),
-            func.count(case((pods.c.name == spec.name, 1))),
-        ).where(pods.c.account_id == principal.account_id, pods.c.state != "deleted")
+        _HELD_AND_NAMED, {"b_account": principal.account_id, "b_name": spec.name}
     ).one()
     if taken:
         raise ConflictError(
@@ -183,6 +186,12 @@ def insert_pod(
     return str(_insert(conn, account_id, spec, now_ms, cluster_id=cluster_id, rank=rank).id)
 
 
+# Built once: a pod's submission writes these three rows.
+_INSERT_APP = insert(apps)
+_INSERT_FUNCTION = insert(functions)
+_INSERT_POD = insert(pods)
+
+
 def _insert(
     conn: Connection,
     account_id: str,
@@ -195,26 +204,28 @@ def _insert(
     """:func:`insert_pod`; returns the pod's row as written (a namespace of its columns)."""
     pod_id, app_id, fn_id = new_id("pd"), new_id("ap"), new_id("fn")
     conn.execute(
-        insert(apps).values(
-            id=app_id,
-            account_id=account_id,
-            name=f"pod:{spec.name}",
-            state="running",
-            ephemeral=False,
-            created_ms=now_ms,
-            heartbeat_ms=now_ms,
-        )
+        _INSERT_APP,
+        {
+            "id": app_id,
+            "account_id": account_id,
+            "name": f"pod:{spec.name}",
+            "state": "running",
+            "ephemeral": False,
+            "created_ms": now_ms,
+            "heartbeat_ms": now_ms,
+        },
     )
     conn.execute(
-        insert(functions).values(
-            id=fn_id,
-            account_id=account_id,
-            app_id=app_id,
-            name="pod",
-            spec=_function_spec(spec),
-            warm=cluster_id is None,
-            created_ms=now_ms,
-        )
+        _INSERT_FUNCTION,
+        {
+            "id": fn_id,
+            "account_id": account_id,
+            "app_id": app_id,
+            "name": "pod",
+            "spec": _function_spec(spec),
+            "warm": cluster_id is None,
+            "created_ms": now_ms,
+        },
     )
     values: dict[str, Any] = {
         "id": pod_id,
@@ -229,7 +240,7 @@ def _insert(
         "cluster_id": cluster_id,
         "rank": rank,
     }
-    conn.execute(insert(pods).values(**values))
+    conn.execute(_INSERT_POD, values)
     # The columns it did not set, as the store defaults them.
     return SimpleNamespace(
         **values, reason=None, host_id=None, stopped_ms=None, cluster_env=None, cluster_net=None
@@ -264,13 +275,16 @@ def current_container(conn: Connection, row: Any) -> Any:
     that one ended before the latest ``start`` (a previous run's). Not a comparison of
     creation times: a tick that began just before the request can create the container
     with an earlier timestamp than the request's."""
-    ct = conn.execute(
-        select(containers)
-        .where(containers.c.function_id == row.function_id)
-        .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
-        .limit(1)
-    ).first()
+    ct = conn.execute(_LATEST_CONTAINER, {"b_fn": row.function_id}).first()
     return _of_current_run(row, ct)
+
+
+_LATEST_CONTAINER = (
+    select(containers)
+    .where(containers.c.function_id == bindparam("b_fn"))
+    .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
+    .limit(1)
+)
 
 
 def _of_current_run(row: Any, ct: Any) -> Any:
@@ -430,14 +444,17 @@ def list_pods(
     return [_info(conn, r, waiting) for r in rows]
 
 
-def _stop_run(conn: Connection, row: Any, now_ms: int) -> list[str]:
-    """Stop the app (nothing restarts the pod) and its live container; returns wake-ups."""
-    conn.execute(
-        update(apps)
-        .where(apps.c.id == row.app_id, apps.c.state != "stopped")
-        .values(state="stopped", stopped_ms=now_ms)
-    )
-    ct = current_container(conn, row)
+_STOP_APP = (
+    update(apps)
+    .where(apps.c.id == bindparam("b_id"), apps.c.state != "stopped")
+    .values(state="stopped", stopped_ms=bindparam("b_now"))
+)
+
+
+def _stop_run(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
+    """Stop the app (nothing restarts the pod) and its live container ``ct`` (its
+    :func:`current_container`); returns wake-ups."""
+    conn.execute(_STOP_APP, {"b_id": row.app_id, "b_now": now_ms})
     if ct is not None and ct.state in _LIVE:
         return request_stop(conn, ct.id)
     return []
@@ -467,7 +484,7 @@ def stop_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
     """Stop the pod of ``row`` (see :func:`stop_pod`); returns wake-up keys."""
     keys: list[str] = []
     if row.state == "active":
-        keys = _stop_run(conn, row, now_ms)
+        keys = _stop_run(conn, row, now_ms, current_container(conn, row))
         ct = current_container(conn, row)
         if ct is None or ct.state == "stopped":
             # Nothing runs (still pending, or already ended): settled at once.
@@ -535,7 +552,7 @@ def delete_pod(conn: Connection, principal: Principal, ref: str, now_ms: int) ->
 
 def delete_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
     """Delete the pod of ``row`` (see :func:`delete_pod`); returns wake-up keys."""
-    keys = _stop_run(conn, row, now_ms)
+    keys = _stop_run(conn, row, now_ms, current_container(conn, row))
     conn.execute(
         update(pods)
         .where(pods.c.id == row.id)
@@ -636,6 +653,13 @@ _POD_OF_FUNCTION = select(
 )
 
 
+_RECORD_OUTCOME = (
+    update(pods)
+    .where(pods.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), reason=bindparam("b_reason"), stopped_ms=bindparam("b_at"))
+)
+
+
 def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
     """:func:`settle_pods` for one pod (also run by ``start``, which must not find a pod
     whose container has ended still marked as running or stopping); ``ct`` is its
@@ -654,13 +678,12 @@ def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
         conn.execute(update(pods).where(pods.c.id == row.id).values(host_id=ct.host_id))
     if ct.state in _LIVE and row.state == "active":
         return []
-    keys = _stop_run(conn, row, now_ms)
+    keys = _stop_run(conn, row, now_ms, ct)
     if ct.state == "stopped":
         state, reason = _outcome(row, ct)
         conn.execute(
-            update(pods)
-            .where(pods.c.id == row.id)
-            .values(state=state, reason=reason, stopped_ms=ct.stopped_ms or now_ms)
+            _RECORD_OUTCOME,
+            {"b_id": row.id, "b_state": state, "b_reason": reason, "b_at": ct.stopped_ms or now_ms},
         )
     return keys
 

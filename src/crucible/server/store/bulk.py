@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert
 
-__all__ = ["execute_many"]
+__all__ = ["InsertSkipping", "execute_many"]
 
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any], bool]
 _compiled: dict[tuple[int, str], _Compiled] = {}
@@ -51,3 +54,20 @@ def execute_many(conn: Connection, stmt: ClauseElement, rows: Sequence[Mapping[s
     else:
         params = [{n: row[n] if n in row else literals[n] for n in names} for row in rows]
     conn.exec_driver_sql(sql, params)
+
+
+class InsertSkipping:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``table``, built once per dialect (a module
+    constant): building the statement at each use costs more than the insert itself on a
+    hot path. ``index_elements`` names the unique key the conflict is on (any, if empty)."""
+
+    def __init__(self, table: Table, *index_elements: str) -> None:
+        keys = list(index_elements) or None
+        self._by_dialect: dict[str, Insert] = {
+            "postgresql": pg_insert(table).on_conflict_do_nothing(index_elements=keys),
+            "sqlite": sqlite_insert(table).on_conflict_do_nothing(index_elements=keys),
+        }
+
+    def on(self, conn: Connection) -> Insert:
+        """The statement for ``conn``'s database."""
+        return self._by_dialect[conn.dialect.name]
