@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from crucible.core.ledger import format_usd
 from crucible.core.market import Advanced, Offer, Preemption
@@ -24,7 +24,8 @@ from crucible.server.services.calls import (
     requeue_preempted_calls,
 )
 from crucible.server.services.function_specs import SPECS
-from crucible.server.store.tables import calls, containers, functions
+from crucible.server.store.bulk import execute_many
+from crucible.server.store.tables import calls, containers, functions, pods
 
 __all__ = [
     "ContainerFacts",
@@ -145,7 +146,23 @@ def create_containers(
         keys.append(f"host:{s.host_id}")
     if rows:
         conn.execute(insert(containers), rows)
+        # A pod's disk will be where its container runs: noted now rather than when the
+        # scheduler next settles pods (a no-op for functions that are not pods).
+        execute_many(
+            conn, _POD_ON_HOST, [{"b_fn": s.function_id, "b_host": s.host_id} for s in starts]
+        )
     return keys
+
+
+_POD_ON_HOST = (
+    update(pods)
+    .where(
+        pods.c.function_id == bindparam("b_fn"),
+        pods.c.state == "active",
+        or_(pods.c.host_id.is_(None), pods.c.host_id != bindparam("b_host")),
+    )
+    .values(host_id=bindparam("b_host"))
+)
 
 
 def stop_for_market(

@@ -747,6 +747,9 @@ pods = Table(
     Column("cluster_net", JSON),
     Index("ix_pods_account_name", "account_id", "name"),
     Index("ix_pods_state", "state"),  # the scheduler settles active and stopping pods
+    # A submission counts the account's pods and those of its name from the index alone
+    # (migration 0030), not from up to MAX_PODS rows.
+    Index("ix_pods_account_state_name", "account_id", "state", "name"),
 )
 
 # Clusters (docs/pods.md): ``nodes`` pods placed all at once or not at all, stopped as one.
