@@ -6,7 +6,10 @@ with the product's default settings unless ``env`` overrides some. Nothing here 
 
 A benchmark that imports this module ends on SIGTERM (``kill``, a CI timeout, a supervisor)
 as it does on Ctrl-C: its ``finally`` blocks and context managers run and stop the servers,
-agents and balancers it started, instead of leaving them running without a parent.
+agents and balancers it started, instead of leaving them running without a parent. The
+processes it starts import the same source as the benchmark (its ``src`` first on
+PYTHONPATH), so a benchmark run from a snapshot of an older commit measures that commit's
+exchange.
 """
 
 from __future__ import annotations
@@ -56,6 +59,15 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
 
 if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+# The exchange's processes (servers, agents, workers) import the source this benchmark runs
+# from, as the benchmark does: run from a snapshot of another commit, the whole exchange is
+# that commit's, not the ``crucible`` the virtual environment installed.
+_SRC = str(REPO / "src")
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _SRC:
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
+    )
 
 
 # -- /proc probes ------------------------------------------------------------------------------

@@ -13,15 +13,7 @@ from crucible.server.billing.entries import check_ledger
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import ledger_entries
 
-from server_testlib import MakeServer, ServerUnderTest, error_code
-
-
-class ManualClock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def now_ms(self) -> int:
-        return self.t
+from server_testlib import MakeServer, ManualClock, ServerUnderTest, error_code
 
 
 def entry(server: ServerUnderTest, token: str, data: bytes) -> dict[str, Any]:
@@ -107,7 +99,7 @@ def test_storage_is_charged_per_gib_month(server: ServerUnderTest) -> None:
     chunk = entry(server, alice.token, b"z" * 1024 * 1024)
     gib = {"size": 1024**3, "mode": 420, "mtime_ms": 1, "chunks": chunk["chunks"] * 1024}
     assert commit(server, alice.token, "v", 0, {"g": gib}).status_code == 201
-    clock.t += 30 * 24 * 3_600_000  # a storage month
+    clock.now += 30 * 24 * 3_600_000  # a storage month
     SchedulerLoop(server.state)._housekeeping_now()
     with server.state.engine.connect() as conn:
         charges = (

@@ -11,17 +11,9 @@ from sqlalchemy import select
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import calls
 
-from server_testlib import MakeServer, ServerUnderTest
+from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
 T0 = 1_800_000_000_000  # ms; far from any real clock
-
-
-class ManualClock:
-    def __init__(self, now_ms: int) -> None:
-        self.t = now_ms
-
-    def now_ms(self) -> int:
-        return self.t
 
 
 def deploy(server: ServerUnderTest, token: str, bundle: str, **spec: Any) -> dict[str, Any]:
@@ -59,7 +51,7 @@ def test_one_call_per_tick_and_missed_ticks_run_once(server: ServerUnderTest) ->
 
     loop.tick()
     assert scheduled_calls(server) == []  # not due yet
-    clock.t = T0 + 60_000
+    clock.now = T0 + 60_000
     loop.tick()
     loop.tick()  # the same instant again: nothing more
     [first] = scheduled_calls(server)
@@ -68,7 +60,7 @@ def test_one_call_per_tick_and_missed_ticks_run_once(server: ServerUnderTest) ->
     assert shown["tick_ms"] == T0 + 60_000
 
     # The exchange was down for an hour: one call for the missed ticks, then the grid resumes.
-    clock.t = T0 + 3_660_000 + 5
+    clock.now = T0 + 3_660_000 + 5
     loop.tick()
     assert len(scheduled_calls(server)) == 2
     info = server.ok("GET", "/v1/deployments/cron", token=alice.token)
@@ -83,7 +75,7 @@ def test_two_schedulers_on_one_store_make_one_call_per_tick(make_server: MakeSer
     alice = a.tenant("alice")
     deploy(a, alice.token, a.put_blob(alice.token), **EVERY_MINUTE)
     for step in range(1, 6):
-        clock.t = T0 + step * 60_000
+        clock.now = T0 + step * 60_000
         SchedulerLoop(a.state).tick()
         SchedulerLoop(b.state).tick()
     ticks = [c.tick_ms for c in scheduled_calls(a)]
@@ -98,10 +90,10 @@ def test_redeploy_keeps_the_phase_a_change_restarts_it_stop_ends_it(
     alice = server.tenant("alice")
     bundle = server.put_blob(alice.token)
     deploy(server, alice.token, bundle, **EVERY_MINUTE)
-    clock.t = T0 + 30_000
+    clock.now = T0 + 30_000
     info = deploy(server, alice.token, bundle, **EVERY_MINUTE)
     assert info["version"] == 2 and info["schedules"][0]["next_run_ms"] == T0 + 60_000
-    clock.t = T0 + 40_000
+    clock.now = T0 + 40_000
     info = deploy(server, alice.token, bundle, schedule={"kind": "cron", "cron": "0 * * * *"})
     assert info["schedules"][0]["schedule"] == "cron '0 * * * *' (UTC)"
     assert info["schedules"][0]["next_run_ms"] % 3_600_000 == 0
@@ -109,7 +101,7 @@ def test_redeploy_keeps_the_phase_a_change_restarts_it_stop_ends_it(
     assert info["schedules"] == []
     deploy(server, alice.token, bundle, **EVERY_MINUTE)
     server.ok("POST", "/v1/deployments/cron/stop", token=alice.token)
-    clock.t = T0 + 86_400_000
+    clock.now = T0 + 86_400_000
     SchedulerLoop(server.state).tick()
     assert scheduled_calls(server) == []
 

@@ -11,7 +11,7 @@ from sqlalchemy import event, select, update
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.services.function_specs import SPECS, SpecCache
-from crucible.server.store.tables import calls, containers, functions
+from crucible.server.store.tables import calls, containers, functions, pods
 
 from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
@@ -316,3 +316,26 @@ def test_a_call_made_while_a_tick_ran_its_chores_is_a_cold_start(make_server: Ma
             select(containers.c.created_ms).where(containers.c.function_id == fn)
         ).scalars()
     assert call_made == t0 + 5 and started >= call_made
+
+
+def test_a_placed_pods_host_is_noted_with_its_container_and_not_settled_again(
+    make_server: MakeServer,
+) -> None:
+    """A pod's disk is where its container runs: the tick that places a pod notes its host in
+    the same transaction, so the next tick finds no pod to settle (it wrote nothing, where it
+    once read each new pod's latest container to note the host then)."""
+    server = make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box", gpus=_gpus(1))
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    server.ok("POST", "/v1/pods", token=renter, json={"name": "solo", "gpu": "H100"})
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        noted = conn.execute(select(pods.c.host_id).where(pods.c.name == "solo")).scalar_one()
+    assert noted == host_id
+    with Statements(server) as after:
+        loop.tick()
+    wrote = [s for s in after.seen if s.lstrip().upper().startswith(("UPDATE", "INSERT"))]
+    assert not [s for s in wrote if "pods" in s.split("SET")[0]], wrote
