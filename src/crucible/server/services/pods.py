@@ -484,8 +484,10 @@ def stop_row(conn: Connection, row: Any, now_ms: int) -> list[str]:
     """Stop the pod of ``row`` (see :func:`stop_pod`); returns wake-up keys."""
     keys: list[str] = []
     if row.state == "active":
-        keys = _stop_run(conn, row, now_ms, current_container(conn, row))
+        # Read once: stopping a live container leaves it live (stopping), an ended one
+        # ended, so what is decided below is the same before the stop as after it.
         ct = current_container(conn, row)
+        keys = _stop_run(conn, row, now_ms, ct)
         if ct is None or ct.state == "stopped":
             # Nothing runs (still pending, or already ended): settled at once.
             state, reason = ("stopped", "stopped by you") if ct is None else _outcome(row, ct)
