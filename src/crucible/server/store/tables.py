@@ -725,7 +725,8 @@ pods = Table(
     "pods",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    # Read by account through ix_pods_account_name and ix_pods_account_state_name.
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
     Column("name", String(64), nullable=False),
     Column("spec", JSON, nullable=False),  # protocol.pods.PodSpec
     # active (wants to run) | stopping | stopped | preempted | failed | deleted
