@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from crucible.agent import groupnet
 from crucible.agent.egress import wait_child_pid
 from crucible.agent.groupnet import GroupNetwork, member_ruleset
 
@@ -190,6 +191,23 @@ def test_groups_on_two_hosts_are_one_network_through_vxlan() -> None:
         ["ip", "-d", "link", "show", "type", "vxlan"], capture_output=True, text=True, check=False
     )
     assert "vxlan id 4242 " not in left.stdout
+
+
+def test_a_closed_groups_vni_is_free_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster stopped and started again on the same host builds its network with the same
+    VNI and port right after the old one closed: closing deleted the VXLAN device itself, so
+    the VNI is free when close() returns (no waiting for the kernel to free the namespace)."""
+    _skip_unless_capable()
+    monkeypatch.setattr(groupnet, "_VNI_FREED_WITHIN_S", 0.0)  # no retry: free, or fail
+    subnet = ipaddress.IPv4Network("10.79.1.0/24")
+    port = _free_udp_port()
+    for _ in range(3):
+        g = GroupNetwork(subnet, 7000, 7010)
+        g.create()
+        try:
+            g.link_peers(4244, port, [("127.0.0.1", _free_udp_port())])
+        finally:
+            g.close()
 
 
 def test_a_member_address_must_be_in_the_group() -> None:

@@ -103,6 +103,7 @@ class GroupNetwork:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _next: int = 2
     _up: bool = False
+    _vxlans: list[str] = field(default_factory=list)  # in the hub (link_peers)
 
     def __post_init__(self) -> None:
         if self.subnet.prefixlen != 24:
@@ -129,9 +130,9 @@ class GroupNetwork:
             raise ValueError(f"a VNI runs from 1 to {(1 << 24) - 1}, got {vni}")
         name = f"v{uuid.uuid4().hex[:12]}"
         # Made in the host's namespace (its socket stays there), then moved into the hub.
-        # The last run of the same cluster here (stopped and started again at once) may
-        # still hold the VNI for a moment: the kernel frees a deleted namespace's devices
-        # in the background. Wait for it, a few seconds at most.
+        # close() deletes it before the hub, which frees its VNI at once; a network that
+        # was never closed (the agent killed) leaves it to the kernel, which frees a deleted
+        # namespace's devices in the background: wait for that, a few seconds at most.
         deadline = time.monotonic() + _VNI_FREED_WITHIN_S
         while True:
             try:
@@ -149,6 +150,8 @@ class GroupNetwork:
         except GroupNetError:
             subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
             raise
+        with self._lock:
+            self._vxlans.append(name)
         _run("ip", "-n", self.hub, "link", "set", name, "master", "br0", "mtu", str(GROUP_MTU))
         for address, port in peers:
             _run(
@@ -204,9 +207,17 @@ class GroupNetwork:
         return address
 
     def close(self) -> None:
-        """Remove the hub (the members' ``cg0`` ends go with their veth pairs)."""
+        """Remove the hub (the members' ``cg0`` ends go with their veth pairs). Its VXLAN
+        devices are deleted first: then their VNIs are free when this returns (the same
+        cluster started again here at once reuses its VNI); a deleted namespace's devices
+        are freed by the kernel in the background."""
         with self._lock:
             if not self._up:
                 return
             self._up = False
+            vxlans, self._vxlans = self._vxlans, []
+        for name in vxlans:
+            subprocess.run(
+                ["ip", "-n", self.hub, "link", "del", name], capture_output=True, check=False
+            )
         subprocess.run(["ip", "netns", "del", self.hub], capture_output=True, check=False)

@@ -65,6 +65,7 @@ from crucible.errors import (
     ImagePullError,
     InvalidRequestError,
     NotFoundError,
+    SandboxUnavailableError,
 )
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
@@ -639,7 +640,13 @@ class SandboxRuntime:
             # this key). Starts and the reaper both run on this thread.
             log.info("ending zygote %s of a cluster member's last run", key)
             z.proc.terminate()
-            z.proc.done.wait(10)
+            if not z.proc.done.wait(10):
+                # Its directory is still in use: never remove it under a running sandbox.
+                # The container fails, and the cluster is placed again.
+                raise SandboxUnavailableError(
+                    "the cluster member's sandbox from its last run has not ended yet; "
+                    "the cluster is placed again"
+                )
         sdir = self.sandboxes_dir / key
         shutil.rmtree(sdir, ignore_errors=True)
         (sdir / "code").mkdir(parents=True)
