@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 
 __all__ = ["create_store_engine", "is_sqlite", "migrate"]
 
@@ -27,6 +27,9 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+_SQLITE_CONNECTIONS = 14
+
+
 def create_store_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -34,8 +37,16 @@ def create_store_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Connections are kept, never opened for one request and closed after it: a new
+        # one runs the pragmas below and parses the whole schema at its first statement,
+        # which under load (hundreds of agents' syncs a second, more at once than the pool
+        # kept) cost more than the syncs' own statements. At most _SQLITE_CONNECTIONS in
+        # use, as before (then 4 kept and 10 more opened as needed); a thread beyond waits.
+        pool: dict[str, Any] = {"pool_size": _SQLITE_CONNECTIONS}
+        if make_url(url).database not in (None, "", ":memory:"):  # a file: a QueuePool
+            pool["max_overflow"] = 0
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=4
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
         )
 
         @event.listens_for(engine, "connect")
