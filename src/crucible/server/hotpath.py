@@ -1,15 +1,16 @@
-"""The hot path: the two routes every call crosses, served without the framework's per-request
-machinery.
+"""The hot path: the routes every call and every host agent cross, served without the
+framework's per-request machinery.
 
 A ``.remote()`` is one ``POST /v1/functions/{id}/calls`` from the SDK and one
 ``POST /v1/containers/{id}/exchange`` from the worker; a ``.map()`` adds
-``POST /v1/groups/{id}/results``. Routing, dependency injection and the
-response-model round trip cost about as much server time as the work itself, so this ASGI
-middleware answers those two routes directly: it reads the body (within the same size
-limit), authenticates with the same dependency, validates with the same wire model, and calls
-the very route functions FastAPI would call. The web gateway's HTTP route (every request to
-a web endpoint, ``/web/...``) is called here the same way, after the same body limit.
-Everything else, and the OpenAPI description of these routes, stays with FastAPI.
+``POST /v1/groups/{id}/results``; every host agent sends ``POST /v1/hosts/{id}/sync`` once
+a second. Routing, dependency injection and the response-model round trip cost about as much
+server time as the work itself, so this ASGI middleware answers those routes directly: it
+reads the body (within the same size limit), authenticates with the same dependency,
+validates with the same wire model, and calls the very route functions FastAPI would call.
+The web gateway's HTTP route (every request to a web endpoint, ``/web/...``) is called here
+the same way, after the same body limit. Everything else, and the OpenAPI description of
+these routes, stays with FastAPI.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crucible.errors import PayloadTooLargeError
 from crucible.protocol.calls import CallsCreate, GroupResultsRequest
 from crucible.protocol.containers import Exchange
-from crucible.server.api import calls, containers, deps, gateway
+from crucible.protocol.hosts import HostSync
+from crucible.server.api import calls, containers, deps, gateway, hosts
 from crucible.server.api.responses import response_for_exception
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -54,6 +56,13 @@ _ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Auth, Handler]] = [
         Exchange,
         deps.container,
         containers.exchange,  # type: ignore[list-item]
+    ),
+    # Every host agent's heartbeat and command channel: once a second per host.
+    (
+        re.compile(r"^/v1/hosts/([^/]+)/sync$"),
+        HostSync,
+        deps.host_agent,
+        hosts.sync,  # type: ignore[list-item]
     ),
 ]
 
