@@ -34,8 +34,9 @@ def create_store_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if is_sqlite(url):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(url).database or ""
+        on_disk = path not in ("", ":memory:")
+        if on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Connections are kept, never opened for one request and closed after it: a new
         # one runs the pragmas below and parses the whole schema at its first statement,
@@ -43,7 +44,7 @@ def create_store_engine(url: str) -> Engine:
         # kept) cost more than the syncs' own statements. At most _SQLITE_CONNECTIONS in
         # use, as before (then 4 kept and 10 more opened as needed); a thread beyond waits.
         pool: dict[str, Any] = {"pool_size": _SQLITE_CONNECTIONS}
-        if make_url(url).database not in (None, "", ":memory:"):  # a file: a QueuePool
+        if on_disk:  # a QueuePool (in memory: one connection per thread)
             pool["max_overflow"] = 0
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
