@@ -18,12 +18,13 @@ def resumable(workdir: str, seconds: float) -> dict[str, str]:
     at once. Its stop hook writes the checkpoint."""
     checkpoint = Path(workdir) / "checkpoint"
     me = os.environ["CRUCIBLE_CONTAINER_ID"]
-    Path(workdir, f"started-{me}").write_text(str(time.time()))
 
     def save() -> None:
         checkpoint.write_text(me)
 
+    # The hook first: the test preempts as soon as the marker exists.
     crucible.on_stop(save)
+    Path(workdir, f"started-{me}").write_text(str(time.time()))
     if checkpoint.exists():
         return {"container": me, "resumed_from": checkpoint.read_text()}
     time.sleep(seconds)

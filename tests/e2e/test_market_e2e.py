@@ -53,7 +53,10 @@ def test_preempted_call_checkpoints_and_completes_elsewhere(
     with app_market.app.run(client=low):
         call = app_market.resumable.spawn(str(work), 120)
         wait_for(lambda: low.get_call(call.object_id).state == "running", 60, "call running")
-        first = next(work.glob("started-*")).name.removeprefix("started-")
+        # "running" is set when the worker takes the call, a moment before the function's
+        # first line writes its marker (and registers its stop hook).
+        started = wait_for(lambda: next(work.glob("started-*"), None), 30, "function started")
+        first = started.name.removeprefix("started-")
 
         with app_market.rush.run(client=high):
             # The only H100 is leased at a $0.50 bid; $1.89 on demand preempts it.
