@@ -12,7 +12,8 @@ speak the real agent protocol over HTTP, and the openb workload as GPU pods.
   spreads the GPUs evenly over N hosts. ``--agent-procs`` processes each run an asyncio
   client (httpx) per host: ``POST /v1/hosts/register``, then ``POST /v1/hosts/{id}/sync``
   long-polls with the server's heartbeat interval, reporting each assigned container
-  ``running`` and, after its sampled duration, ``exited`` (exit code 0), as the real agent
+  ``running`` and, after its sampled duration, ``exited`` (exit code 0), each with its energy
+  so far (700 W a GPU; ``--no-energy`` leaves the figures out), as the real agent
   (``crucible.agent.main``) does.
 * **Workload**: the openb pod list's GPU pods (``num_gpu`` ≥ 1; fractional GPUs ask for
   one), submitted open-loop at ``--rate`` pods/s for ``--duration`` s through
@@ -74,6 +75,9 @@ FULL_ISOLATION = IsolationReport(
     gpu_isolation=True,
 ).model_dump(mode="json")
 PODS_PER_RENTER = MAX_PODS  # an account holds at most this many pods (stopped ones included)
+# What an emulated GPU draws while its pod runs (an H100 SXM's board limit), for the energy
+# figures that hosts report with every sync.
+_GPU_WATTS = 700
 _TRACE_TAIL = Path("shared") / "data" / "traces" / "alibaba-openb-2023"
 
 
@@ -147,14 +151,27 @@ def workload(n: int, run_s: float, trace: Path, seed: int) -> tuple[list[tuple[i
 
 # -- emulated agents (one process holds many hosts) ----------------------------------------------
 class Host:
-    def __init__(self, name: str, shape: dict[str, Any], model: str) -> None:
+    def __init__(self, name: str, shape: dict[str, Any], model: str, energy: bool) -> None:
         self.name = name
         self.shape = shape
         self.model = model
+        self.energy = energy
         self.id: str | None = None
         self.seq = 0
         self.running: dict[str, float] = {}  # container id -> exit time (monotonic)
         self.exited: list[str] = []  # reported exits not yet answered with 200
+        self.started: dict[str, tuple[float, int]] = {}  # container id -> (start, GPUs)
+        self.final_mwh: dict[str, int] = {}  # an exited container's frozen energy
+
+    def started_now(self, cid: str, now: float, run_s: float, gpus: int) -> None:
+        self.running[cid] = now + run_s
+        self.started[cid] = (now, gpus)
+
+    def mwh(self, cid: str, now: float) -> int:
+        if cid in self.final_mwh:
+            return self.final_mwh[cid]
+        start, gpus = self.started.get(cid, (now, 0))
+        return int((now - start) * gpus * _GPU_WATTS / 3.6)  # W·s -> mWh
 
     def register_body(self) -> dict[str, Any]:
         gpus = [
@@ -186,13 +203,24 @@ class Host:
         done = [cid for cid, end in self.running.items() if end <= now]
         for cid in done:
             del self.running[cid]
+            self.final_mwh[cid] = self.mwh(cid, now)
         self.exited.extend(done)
-        out = [{"container_id": c, "state": "running"} for c in self.running]
+        out: list[dict[str, Any]] = [{"container_id": c, "state": "running"} for c in self.running]
         out += [
             {"container_id": c, "state": "exited", "exit_code": 0, "reason": "exited"}
             for c in self.exited
         ]
+        if self.energy:  # as the real agent (agent/energy.py): every tracked container's
+            for r in out:  # energy so far, estimated for fake GPUs
+                r["energy_mwh"] = self.mwh(r["container_id"], now)
+                r["energy_estimated"] = True
         return out, list(self.exited)
+
+    def forget(self, cid: str) -> None:
+        """An exit the server has acknowledged."""
+        self.exited.remove(cid)
+        self.started.pop(cid, None)
+        self.final_mwh.pop(cid, None)
 
 
 async def run_host(
@@ -234,7 +262,7 @@ async def run_host(
         rec["syncs"] += 1
         now_wall, now = time.time(), time.monotonic()
         for cid in sent_exits:
-            host.exited.remove(cid)
+            host.forget(cid)
         reply = r.json()
         wait_s = float(reply.get("heartbeat_interval_s", 1.0))
         if reply["start"]:
@@ -242,10 +270,12 @@ async def run_host(
         for a in reply["start"]:
             pod = a.get("pod") or {}
             run_s = float((pod.get("env") or {}).get("BENCH_RUN_S", "1"))
-            host.running[a["container_id"]] = now + run_s
+            gpus = sum(int(g["count"]) for g in a["resources"].get("gpus") or [])
+            host.started_now(a["container_id"], now, run_s, gpus)
             rec["assigned"].append([pod.get("name", a["container_id"]), now_wall])
         for cid in reply["stop"]:
             if host.running.pop(cid, None) is not None:
+                host.final_mwh[cid] = host.mwh(cid, now)
                 host.exited.append(cid)
 
 
@@ -253,7 +283,7 @@ async def agents_main(cfg: dict[str, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {"syncs": 0, "errors": [], "assigned": [], "early_sync_s": []}
     urls: list[str] = cfg["urls"]
     headers = {"Authorization": f"Bearer {cfg['token']}"}
-    hosts = [Host(h["name"], h["shape"], cfg["model"]) for h in cfg["hosts"]]
+    hosts = [Host(h["name"], h["shape"], cfg["model"], cfg["energy"]) for h in cfg["hosts"]]
     # A client (its own connection) per host, as each real agent has: in one shared pool,
     # httpcore looks through every connection for each request, and with hundreds of hosts
     # that took 83% of this process's CPU, so that assignments waited for the emulator
@@ -476,6 +506,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "urls": urls,
                 "token": host_token,
                 "model": args.model,
+                "energy": not args.no_energy,
                 "stop_file": str(stop_file),
                 "hosts": [{"name": f"h{k}-{i}", "shape": s} for i, s in enumerate(chunk)],
             }
@@ -630,6 +661,11 @@ def main() -> None:
     ap.add_argument("--heartbeat", type=float, default=1.0, help="hosts' sync interval, s")
     ap.add_argument("--scheduler-interval", type=float, default=0.1)
     ap.add_argument("--model", default="H100", help="the fake GPUs' catalog model")
+    ap.add_argument(
+        "--no-energy",
+        action="store_true",
+        help="hosts report no energy figures (the real agent reports them on every sync)",
+    )
     ap.add_argument("--trace", type=Path, default=default_trace())
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="a small run (< 1 min)")
