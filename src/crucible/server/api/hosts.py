@@ -24,6 +24,7 @@ from crucible.server.api.responses import model_response
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.services.pods import disks_to_prune
+from crucible.server.store.db import WriteRefused, refuse_writes
 from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -68,19 +69,28 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     container reports, then answers with containers to start and stop, at once when there
     are any, otherwise after up to ``wait_s``.
 
-    The store is read and written in a worker thread (a write may wait for the scheduler's
-    transaction; the event loop serves the other agents meanwhile). An idle sync reads the
-    store once: the heartbeat is written later with other hosts' (server/heartbeats.py),
-    and while it waits the sync looks again only when woken for its host, or every
-    ``RECHECK_S`` in a long wait; the next sync looks first thing anyway."""
+    On SQLite a sync that writes nothing (an idle host's, or one whose containers are as the
+    store has them) runs on the event loop: its reads do not wait for writers in WAL mode,
+    and the hop to a worker thread cost more than the reads. It is tried there refusing
+    writes (store/db.refuse_writes); one that would write (a container started or exited,
+    energy figures, a self-test) is rolled back and applied in a worker thread instead, as
+    every sync is on PostgreSQL, where each read is a round trip that would hold up the
+    loop. A write may wait for the scheduler's transaction; the loop serves the other
+    agents meanwhile. An idle sync reads the store once: the heartbeat is written later
+    with other hosts' (server/heartbeats.py), and while it waits the sync looks again only
+    when woken for its host, or every ``RECHECK_S`` in a long wait; the next sync looks
+    first thing anyway."""
     s = state.settings
     known = {c.container_id for c in req.containers}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + req.wait_s
+    on_loop = state.engine.dialect.name == "sqlite"
 
-    def apply() -> tuple[_Applied, _Commands]:
+    def apply(read_only: bool) -> tuple[_Applied, _Commands]:
         now = state.clock.now_ms()
         with state.engine.begin() as conn:
+            if read_only:
+                refuse_writes(conn)
             host = svc.host_for_sync(conn, who, host_id)
             # Keyed by the agent process (its registration), not by what this replica saw
             # last: an agent that re-registered through another replica numbers its syncs
@@ -101,15 +111,26 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             )
             if req.self_test is not None:  # a periodic self-test's fresh figures
                 svc.apply_self_test(conn, host_id, None, req.self_test, now)
-        if state.hosts.heartbeats.due(now):
-            try:
-                with state.engine.begin() as conn:
-                    svc.flush_heartbeats(conn, state.hosts.heartbeats)
-            except SQLAlchemyError:
-                # Kept for the next write (flush_heartbeats gives them back); this sync's own
-                # reports are committed, and its agent is owed its answer.
-                log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
-        return (stop, keys, fresh, seq_key), read_commands()
+            # Read in the same connection and transaction, after the reports (which it
+            # sees): one checkout per sync rather than two.
+            found = svc.assignments_for_host(conn, host_id, state.secret, now)
+        return (stop, keys, fresh, seq_key), found
+
+    def flush_heartbeats() -> None:
+        try:
+            with state.engine.begin() as conn:
+                svc.flush_heartbeats(conn, state.hosts.heartbeats)
+        except SQLAlchemyError:
+            # Kept for the next write (flush_heartbeats gives them back); this sync's own
+            # reports are committed, and its agent is owed its answer.
+            log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
+
+    async def apply_anywhere() -> tuple[_Applied, _Commands]:
+        # Reports that always write are not tried read-only: energy figures, a self-test.
+        if on_loop and req.self_test is None and all(r.energy_mwh is None for r in req.containers):
+            with contextlib.suppress(WriteRefused):
+                return apply(read_only=True)
+        return await run_in_threadpool(apply, False)
 
     def read_commands() -> _Commands:
         with state.engine.connect() as conn:
@@ -135,7 +156,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
 
     # Listening before the first look: a wake-up that comes meanwhile is not missed.
     with state.wakeups.listen(f"host:{host_id}") as woken:
-        (stop, keys, fresh, seq_key), found = await run_in_threadpool(apply)
+        (stop, keys, fresh, seq_key), found = await apply_anywhere()
+        if state.hosts.heartbeats.due(state.clock.now_ms()):
+            await run_in_threadpool(flush_heartbeats)
         if req.self_test is not None:
             state.market.offers_changed()
         if fresh and req.seq:
@@ -159,7 +182,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 if not woken.is_set() and loop.time() >= deadline:
                     break  # nothing for it: its next sync looks first thing
             woken.clear()  # before the read: a wake-up during it is seen at the next turn
-            found = await run_in_threadpool(read_commands)
+            found = read_commands() if on_loop else await run_in_threadpool(read_commands)
             reply = reply_of(found, stop)
     reply = reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
     # Serialized here, as the other hot routes do: server/hotpath.py serves this route

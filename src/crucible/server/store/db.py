@@ -13,9 +13,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
 
-__all__ = ["create_store_engine", "is_sqlite", "migrate"]
+__all__ = ["WriteRefused", "create_store_engine", "is_sqlite", "migrate", "refuse_writes"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock key of schema upgrades: replicas starting at once on one store
@@ -28,6 +28,34 @@ def is_sqlite(url: str) -> bool:
 
 
 _SQLITE_CONNECTIONS = 14
+
+
+class WriteRefused(Exception):
+    """A statement other than a SELECT on a connection that :func:`refuse_writes` marked."""
+
+
+_READ_ONLY = "crucible_read_only"
+
+
+def refuse_writes(conn: Connection) -> Connection:
+    """Mark ``conn`` (for the rest of its ``with`` block) to refuse any statement but a
+    SELECT: such a statement raises :class:`WriteRefused` before it reaches the database,
+    and the block's transaction rolls back. For work tried where it must not wait for a
+    writer's lock (on the event loop) and redone elsewhere when it turns out to write."""
+    return conn.execution_options(**{_READ_ONLY: True})
+
+
+def _refuse_marked_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        if (
+            context is not None
+            and context.execution_options.get(_READ_ONLY)
+            and (context.is_crud or not statement.lstrip()[:6].upper() == "SELECT")
+        ):
+            raise WriteRefused(statement.split(None, 1)[0])
 
 
 def create_store_engine(url: str) -> Engine:
@@ -59,9 +87,11 @@ def create_store_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        _refuse_marked_writes(engine)
         return engine
     engine = create_engine(url, pool_size=8, max_overflow=8)
     _ping_after_idle(engine)
+    _refuse_marked_writes(engine)
     return engine
 
 
