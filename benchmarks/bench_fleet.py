@@ -161,16 +161,22 @@ class Host:
         self.running: dict[str, float] = {}  # container id -> exit time (monotonic)
         self.exited: list[str] = []  # reported exits not yet answered with 200
         self.started: dict[str, tuple[float, int]] = {}  # container id -> (start, GPUs)
-        self.final_mwh: dict[str, int] = {}  # an exited container's frozen energy
+        self.final_mwh: dict[str, int] = {}  # an exited container's energy, frozen
 
-    def started_now(self, cid: str, now: float, run_s: float, gpus: int) -> None:
+    def start(self, cid: str, now: float, run_s: float, gpus: int) -> None:
         self.running[cid] = now + run_s
         self.started[cid] = (now, gpus)
+
+    def end(self, cid: str, now: float) -> None:
+        """The container exits (its time is up, or the server stopped it)."""
+        if self.running.pop(cid, None) is not None:
+            self.final_mwh[cid] = self.mwh(cid, now)
+            self.exited.append(cid)
 
     def mwh(self, cid: str, now: float) -> int:
         if cid in self.final_mwh:
             return self.final_mwh[cid]
-        start, gpus = self.started.get(cid, (now, 0))
+        start, gpus = self.started[cid]
         return int((now - start) * gpus * _GPU_WATTS / 3.6)  # W·s -> mWh
 
     def register_body(self) -> dict[str, Any]:
@@ -200,11 +206,8 @@ class Host:
         }
 
     def reports(self, now: float) -> tuple[list[dict[str, Any]], list[str]]:
-        done = [cid for cid, end in self.running.items() if end <= now]
-        for cid in done:
-            del self.running[cid]
-            self.final_mwh[cid] = self.mwh(cid, now)
-        self.exited.extend(done)
+        for cid in [cid for cid, end in self.running.items() if end <= now]:
+            self.end(cid, now)
         out: list[dict[str, Any]] = [{"container_id": c, "state": "running"} for c in self.running]
         out += [
             {"container_id": c, "state": "exited", "exit_code": 0, "reason": "exited"}
@@ -271,12 +274,10 @@ async def run_host(
             pod = a.get("pod") or {}
             run_s = float((pod.get("env") or {}).get("BENCH_RUN_S", "1"))
             gpus = sum(int(g["count"]) for g in a["resources"].get("gpus") or [])
-            host.started_now(a["container_id"], now, run_s, gpus)
+            host.start(a["container_id"], now, run_s, gpus)
             rec["assigned"].append([pod.get("name", a["container_id"]), now_wall])
         for cid in reply["stop"]:
-            if host.running.pop(cid, None) is not None:
-                host.final_mwh[cid] = host.mwh(cid, now)
-                host.exited.append(cid)
+            host.end(cid, now)
 
 
 async def agents_main(cfg: dict[str, Any]) -> dict[str, Any]:

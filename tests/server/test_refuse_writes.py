@@ -1,7 +1,7 @@
-"""A connection marked with ``refuse_writes`` runs SELECTs and refuses every other statement
-before it reaches the database, so that work tried read-only (a host's sync on the event loop)
-leaves nothing behind when it turns out to write; an unmarked connection of the same pool
-writes as before."""
+"""A connection of a ``read_only`` engine reads, and every statement that would change the
+store fails with WriteRefused before it reaches the database, so that work tried read-only (a
+host's sync on the event loop) leaves nothing behind when it turns out to write; the engine it
+was made from, on the same pool, writes as before."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, column, delete, insert, table, text, update
 
-from crucible.server.store.db import WriteRefused, create_store_engine, refuse_writes
+from crucible.server.store.db import WriteRefused, create_store_engine, read_only
 
 _T = table("t", column("a"))
 
@@ -45,25 +45,23 @@ def _values(engine: Engine) -> list[int]:
     ids=["insert", "update", "delete", "text-insert", "text-update", "ddl"],
 )
 def test_a_marked_connection_reads_and_refuses_writes(engine: Engine, write: object) -> None:
-    with pytest.raises(WriteRefused), engine.begin() as conn:
-        refuse_writes(conn)
+    with pytest.raises(WriteRefused), read_only(engine).begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
         conn.execute(write)  # type: ignore[call-overload]
     assert _values(engine) == [1]  # nothing reached the store
 
 
-def test_a_write_before_the_refused_one_is_rolled_back(engine: Engine) -> None:
-    with pytest.raises(WriteRefused), engine.begin() as conn:
-        conn.execute(insert(_T).values(a=7))  # before the mark: allowed
-        refuse_writes(conn)
-        conn.execute(update(_T).values(a=8))
+def test_a_write_as_driver_sql_is_refused_and_rolled_back(engine: Engine) -> None:
+    # The path of store/bulk.execute_many: SQL text straight to the driver.
+    with pytest.raises(WriteRefused), read_only(engine).begin() as conn:
+        conn.execute(text("SELECT a FROM t")).all()
+        conn.exec_driver_sql("UPDATE t SET a = 8")
     assert _values(engine) == [1]  # the whole transaction rolled back
 
 
-def test_the_mark_ends_with_its_connection(engine: Engine) -> None:
+def test_the_engine_it_was_made_from_still_writes(engine: Engine) -> None:
     for _ in range(3):  # the same pooled connection, handed out again
-        with engine.begin() as conn:
-            refuse_writes(conn)
+        with read_only(engine).begin() as conn:
             conn.execute(text("SELECT 1"))
         with engine.begin() as conn:
             conn.execute(insert(_T).values(a=2))

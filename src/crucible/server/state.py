@@ -47,6 +47,7 @@ from crucible.server.request_caches import CallCaches, ContainerCaches, CreditCh
 from crucible.server.scheduler.view import LeaderView
 from crucible.server.secretbox import SecretBox, load_secret_box
 from crucible.server.services.market import LiveMarket
+from crucible.server.store.db import read_only
 from crucible.server.wakeups import Wakeups
 from crucible.server.web_path import WebPath
 from crucible.settings import Settings
@@ -99,6 +100,11 @@ class ServerState:
     def secret_box(self) -> SecretBox:
         """The keyring that seals secrets at rest (server.secretbox)."""
         return load_secret_box(self.settings)
+
+    @cached_property
+    def read_engine(self) -> Engine:
+        """``engine``'s pool, for work that may only read (store/db.read_only)."""
+        return read_only(self.engine)
 
     @cached_property
     def market(self) -> LiveMarket:

@@ -24,7 +24,7 @@ from crucible.server.api.responses import model_response
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.services.pods import disks_to_prune
-from crucible.server.store.db import WriteRefused, refuse_writes
+from crucible.server.store.db import WriteRefused
 from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -69,28 +69,30 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     container reports, then answers with containers to start and stop, at once when there
     are any, otherwise after up to ``wait_s``.
 
-    On SQLite a sync that writes nothing (an idle host's, or one whose containers are as the
-    store has them) runs on the event loop: its reads do not wait for writers in WAL mode,
-    and the hop to a worker thread cost more than the reads. It is tried there refusing
-    writes (store/db.refuse_writes); one that would write (a container started or exited,
-    energy figures, a self-test) is rolled back and applied in a worker thread instead, as
-    every sync is on PostgreSQL, where each read is a round trip that would hold up the
-    loop. A write may wait for the scheduler's transaction; the loop serves the other
-    agents meanwhile. An idle sync reads the store once: the heartbeat is written later
-    with other hosts' (server/heartbeats.py), and while it waits the sync looks again only
-    when woken for its host, or every ``RECHECK_S`` in a long wait; the next sync looks
-    first thing anyway."""
+    Where the store is read and written: a write may wait for the scheduler's transaction,
+    so it is made in a worker thread (the event loop serves the other agents meanwhile).
+    On SQLite, a sync that carries nothing that must be written (no energy figure, exit or
+    self-test: an idle host's) is first tried on the event loop with writes refused
+    (store/db.read_only), since WAL reads wait for no writer and the hop to a thread
+    cost more than the reads; should it turn out to write (a container started, or gone),
+    it is rolled back and applied in a worker thread. On PostgreSQL every sync uses a worker
+    thread: each read is a round trip that would hold up the loop.
+
+    An idle sync reads the store once: the heartbeat is written later with other hosts'
+    (server/heartbeats.py), and while it waits the sync looks again only when woken for its
+    host, or every ``RECHECK_S`` in a long wait; the next sync looks first thing anyway."""
     s = state.settings
     known = {c.container_id for c in req.containers}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + req.wait_s
     on_loop = state.engine.dialect.name == "sqlite"
+    always_writes = req.self_test is not None or any(
+        r.energy_mwh is not None or r.state == "exited" for r in req.containers
+    )
 
     def apply(read_only: bool) -> tuple[_Applied, _Commands]:
         now = state.clock.now_ms()
-        with state.engine.begin() as conn:
-            if read_only:
-                refuse_writes(conn)
+        with (state.read_engine if read_only else state.engine).begin() as conn:
             host = svc.host_for_sync(conn, who, host_id)
             # Keyed by the agent process (its registration), not by what this replica saw
             # last: an agent that re-registered through another replica numbers its syncs
@@ -126,8 +128,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
 
     async def apply_anywhere() -> tuple[_Applied, _Commands]:
-        # Reports that always write are not tried read-only: energy figures, a self-test.
-        if on_loop and req.self_test is None and all(r.energy_mwh is None for r in req.containers):
+        if on_loop and not always_writes:
             with contextlib.suppress(WriteRefused):
                 return apply(read_only=True)
         return await run_in_threadpool(apply, False)
