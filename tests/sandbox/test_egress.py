@@ -27,16 +27,17 @@ from harness import Exchange
 
 FAR_SERVER = r"""
 import socket, sys, threading
-def serve(addr, port, name):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port)); s.listen(16)
+def serve(s, name):
     while True:
         c, _ = s.accept(); c.sendall(name.encode() + b"\n"); c.close()
+# Every socket listens before "ready" is printed: the test connects as soon as it reads it.
 for addr, port, name in [
     ("198.51.100.2", 8080, "far"), ("198.51.100.2", 9090, "far-other-port"),
     ("198.51.100.3", 8080, "not-allowed"), ("169.254.169.254", 80, "metadata"),
 ]:
-    threading.Thread(target=serve, args=(addr, port, name), daemon=True).start()
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(16)
+    threading.Thread(target=serve, args=(s, name), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
 """

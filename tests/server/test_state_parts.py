@@ -1,7 +1,8 @@
-"""ServerState holds the process's settings, engine, blob store, secret and clock, and
-otherwise only parts: objects of a class that says who writes it, who reads it and how stale
-it may be on other replicas (server/state.py). A plain dict, number or string added to it is
-state with no owner; this test names the class to put it in instead."""
+"""ServerState holds the process's settings, engine (and its read-only view), blob store,
+secret and clock, and otherwise only parts: objects of a class that says who writes it, who
+reads it and how stale it may be on other replicas (server/state.py). A plain dict, number
+or string added to it is state with no owner; this test names the class to put it in
+instead."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from crucible.server.state import ServerState
 
 from server_testlib import ServerUnderTest
 
-# The process's own plain fields; anything else is a part.
-_BASE = {"settings", "engine", "blobs", "secret", "clock"}
+# The process's own plain fields; anything else is a part. read_engine is the engine itself,
+# seen through a write check (same pool, no state of its own).
+_BASE = {"settings", "engine", "read_engine", "blobs", "secret", "clock"}
 # Behaviour belongs to the part that owns the data (state.observations.observe_exec(...)).
 _OWN_METHODS = {"_now_ms"}
 

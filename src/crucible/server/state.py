@@ -1,10 +1,11 @@
 """What every request handler and background loop of one server process shares.
 
-``ServerState`` holds the process's settings, store engine, blob store, secret and clock,
-and composes parts, each with one owner, defined in the module of the concern it serves and
-saying there who writes it, who reads it and how stale it may be on other replicas
-(docs/operators.md, "Running replicas"). With replicas (several processes on one PostgreSQL
-store) every part is one process's; the store is the truth.
+``ServerState`` holds the process's settings, store engine (and ``read_engine``, the same
+pool behind a write check), blob store, secret and clock, and composes parts, each with one
+owner, defined in the module of the concern it serves and saying there who writes it, who
+reads it and how stale it may be on other replicas (docs/operators.md, "Running replicas").
+With replicas (several processes on one PostgreSQL store) every part is one process's; the
+store is the truth.
 
 - request side, any replica, correct: ``auth`` (server/auth.py), ``containers`` and
   ``calls`` (server/request_caches.py), ``hosts`` (server/host_intake.py);
