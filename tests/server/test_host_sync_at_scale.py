@@ -15,6 +15,7 @@ from sqlalchemy import event, select
 from crucible.protocol.accounts import Scope
 from crucible.server.heartbeats import Heartbeats
 from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.store.db import connection_at_hand
 from crucible.server.store.tables import apps, hosts, pods
 from crucible.server.wakeups import Wakeups
 
@@ -249,3 +250,43 @@ def test_a_waiting_sync_is_answered_with_work_placed_while_it_waits(
     r = server._loop.run_until_complete(scenario())
     assert r.status_code == 200, r.text
     assert [a["container_id"] for a in r.json()["start"]] == placed
+
+
+def test_a_sync_or_health_check_that_finds_the_pool_in_use_waits_off_the_event_loop(
+    server: ServerUnderTest,
+) -> None:
+    """On SQLite an idle sync is read on the event loop, but only with a connection at hand:
+    waiting there for one would hold up every other request until a thread gave one back.
+    The health check reads the store in a thread for the same reason."""
+    engine = server.state.engine
+    host_token = server.tenant("hoster", Scope.HOST).token
+    host_id = server.register_host(host_token, "box")
+    held = []
+    while connection_at_hand(engine):  # other work holds every connection the pool has
+        held.append(engine.connect())
+
+    async def scenario() -> Any:
+        sync = asyncio.ensure_future(
+            server._client.post(
+                f"/v1/hosts/{host_id}/sync",
+                json={"containers": [], "wait_s": 0},
+                headers={"authorization": f"Bearer {host_token}"},
+            )
+        )
+        health = asyncio.ensure_future(server._client.get("/healthz"))
+        # Were either waiting on the loop, this coroutine would not run again until the
+        # pool's timeout, and they would have failed by then.
+        await asyncio.sleep(0.3)
+        assert not sync.done() and not health.done()
+        for conn in held:  # the other work ends
+            conn.close()
+        return await asyncio.wait_for(asyncio.gather(sync, health), timeout=25)
+
+    try:
+        synced, healthy = server._loop.run_until_complete(scenario())
+    finally:
+        for conn in held:
+            conn.close()
+    assert synced.status_code == 200, synced.text
+    assert synced.json()["start"] == []
+    assert healthy.json() == {"status": "ok"}

@@ -24,7 +24,7 @@ from crucible.server.api.responses import model_response
 from crucible.server.services import access_handoff as handoff
 from crucible.server.services import hosts as svc
 from crucible.server.services.pods import disks_to_prune
-from crucible.server.store.db import WriteRefused
+from crucible.server.store.db import WriteRefused, connection_at_hand
 from crucible.server.wakeups import RECHECK_S
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -75,8 +75,10 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     self-test: an idle host's) is first tried on the event loop with writes refused
     (store/db.read_only), since WAL reads wait for no writer and the hop to a thread
     cost more than the reads; should it turn out to write (a container started, or gone),
-    it is rolled back and applied in a worker thread. On PostgreSQL every sync uses a worker
-    thread: each read is a round trip that would hold up the loop.
+    it is rolled back and applied in a worker thread. Only while the pool has a connection
+    at hand (store/db.connection_at_hand): waiting for one on the loop would stall every
+    request. On PostgreSQL every sync uses a worker thread: each read is a round trip that
+    would hold up the loop.
 
     An idle sync reads the store once: the heartbeat is written later with other hosts'
     (server/heartbeats.py), and while it waits the sync looks again only when woken for its
@@ -128,7 +130,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
 
     async def apply_anywhere() -> tuple[_Applied, _Commands]:
-        if on_loop and not always_writes:
+        if on_loop and not always_writes and connection_at_hand(state.engine):
             with contextlib.suppress(WriteRefused):
                 return apply(read_only=True)
         return await run_in_threadpool(apply, False)
@@ -183,7 +185,10 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 if not woken.is_set() and loop.time() >= deadline:
                     break  # nothing for it: its next sync looks first thing
             woken.clear()  # before the read: a wake-up during it is seen at the next turn
-            found = read_commands() if on_loop else await run_in_threadpool(read_commands)
+            if on_loop and connection_at_hand(state.engine):
+                found = read_commands()
+            else:
+                found = await run_in_threadpool(read_commands)
             reply = reply_of(found, stop)
     reply = reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
     # Serialized here, as the other hot routes do: server/hotpath.py serves this route

@@ -13,9 +13,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
+from sqlalchemy import Connection, Engine, QueuePool, create_engine, event, exc, make_url, text
 
-__all__ = ["WriteRefused", "create_store_engine", "is_sqlite", "migrate", "read_only"]
+__all__ = [
+    "WriteRefused",
+    "connection_at_hand",
+    "create_store_engine",
+    "is_sqlite",
+    "migrate",
+    "read_only",
+]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock key of schema upgrades: replicas starting at once on one store
@@ -48,6 +55,19 @@ def read_only(engine: Engine) -> Engine:
     ro = engine.execution_options()
     event.listen(ro, "before_cursor_execute", _refuse_writes)
     return ro
+
+
+def connection_at_hand(engine: Engine) -> bool:
+    """Whether a checkout from ``engine``'s pool now would not wait for another thread to
+    give a connection back: one is idle, or the pool has room to open one. For work done on
+    the event loop, where such a wait would hold up every request (up to the pool's 30 s
+    timeout): without one at hand, do the work in a worker thread. Only a worker thread can
+    take it between the look and the checkout, and it gives it back at the end of its
+    transaction. Pools that never make a checkout wait (in-memory SQLite's, one connection
+    per thread) say True."""
+    pool = engine.pool
+    # overflow() < 0: fewer connections opened than the pool keeps
+    return not isinstance(pool, QueuePool) or pool.checkedin() > 0 or pool.overflow() < 0
 
 
 def _refuse_writes(
