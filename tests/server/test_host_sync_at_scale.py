@@ -10,6 +10,7 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 
 from crucible.protocol.accounts import Scope
@@ -259,6 +260,8 @@ def test_a_sync_or_health_check_that_finds_the_pool_in_use_waits_off_the_event_l
     waiting there for one would hold up every other request until a thread gave one back.
     The health check reads the store in a thread for the same reason."""
     engine = server.state.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("on PostgreSQL every sync reads in a thread (and its pool overflows)")
     host_token = server.tenant("hoster", Scope.HOST).token
     host_id = server.register_host(host_token, "box")
     held = []
