@@ -339,3 +339,56 @@ def test_a_placed_pods_host_is_noted_with_its_container_and_not_settled_again(
         loop.tick()
     wrote = [s for s in after.seen if s.lstrip().upper().startswith(("UPDATE", "INSERT"))]
     assert not [s for s in wrote if "pods" in s.split("SET")[0]], wrote
+
+
+def test_a_tick_settles_only_pods_whose_containers_changed_and_misses_none(
+    make_server: MakeServer, monkeypatch: Any
+) -> None:
+    """After the first tick, settling looks only at pods whose containers changed since
+    (and stopping ones), not at every running pod; a container stopped by another replica
+    (or a preemption) is still settled by the next tick, before anything replaces it."""
+    import crucible.server.scheduler.loop as loop_module
+
+    server, replica = make_server(), make_server()
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    server.register_host(host_token, "box", gpus=_gpus(2))
+    loop = SchedulerLoop(server.state)
+    for name in ("kept", "ended"):
+        server.ok("POST", "/v1/pods", token=renter, json={"name": name, "gpu": "H100"})
+    loop.tick()
+    loop.tick()  # on PostgreSQL the marks come from the last tick's barrier
+    seen: list[int | None] = []
+    real = loop_module.settle_pods
+
+    def settle(conn: Any, now_ms: int, since: int | None = None) -> list[str]:
+        seen.append(since)
+        return real(conn, now_ms, since)
+
+    monkeypatch.setattr(loop_module, "settle_pods", settle)
+    loop.tick()
+    assert seen and seen[-1] is not None  # only what changed was looked at
+
+    def container_of(name: str) -> Any:
+        with server.state.engine.connect() as conn:
+            return conn.execute(
+                select(containers.c.id, containers.c.state)
+                .join(pods, pods.c.function_id == containers.c.function_id)
+                .where(pods.c.name == name)
+            ).all()
+
+    (ended,) = container_of("ended")
+    with replica.state.engine.begin() as conn:  # another replica stops it
+        conn.execute(update(containers).where(containers.c.id == ended.id).values(state="stopping"))
+    loop.tick()
+    assert seen[-1] is not None
+    assert [c.state for c in container_of("ended")] == ["stopping"]  # nothing replaced it
+    with replica.state.engine.begin() as conn:
+        conn.execute(
+            update(containers)
+            .where(containers.c.id == ended.id)
+            .values(state="stopped", stopped_ms=server.state.clock.now_ms(), exit_code=0)
+        )
+    loop.tick()
+    shown = {p["name"]: p["state"] for p in server.ok("GET", "/v1/pods", token=renter)}
+    assert shown == {"kept": "pending", "ended": "stopped"}, shown

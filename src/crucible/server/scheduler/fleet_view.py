@@ -204,6 +204,8 @@ class FleetView:
     _built_ms: int = 0
     # What the last refresh read: rows of hosts and of containers (a full read counts all).
     read_rows: tuple[int, int] = (0, 0)
+    # PostgreSQL: the last barrier's marks (None: none taken, or it timed out).
+    _last_barrier: _Marks | None = None
 
     def invalidate(self) -> None:
         """Read everything again at the next refresh (a new term, or a failed tick)."""
@@ -216,15 +218,30 @@ class FleetView:
         everything and keeps its marks)."""
         if engine.dialect.name != "postgresql":
             return None
+        self._last_barrier = None
         try:
             with engine.begin() as conn:
                 conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'"))
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGES_LOCK})
                 h, c, f, a = conn.execute(_PG_MARKS).one()
-                return int(h), int(c), int(f), int(a)
+                self._last_barrier = int(h), int(c), int(f), int(a)
+                return self._last_barrier
         except Exception as exc:  # lock timeout: writers in flight; read everything instead
             log.info("fleet view: no barrier this tick (%s); reading the whole fleet", exc)
             return None
+
+    def containers_seen(self, conn: Connection) -> int | None:
+        """A containers' change number such that ``conn``'s transaction, begun after the
+        last tick, sees every container change up to it: on SQLite the counter now (numbers
+        are handed out in commit order; read it before what it vouches for), on PostgreSQL
+        the last barrier's (each of its numbers committed before the last tick's reading
+        transaction began). None when there is none to go on."""
+        if conn.dialect.name == "postgresql":
+            return None if self._last_barrier is None else self._last_barrier[1]
+        n = conn.execute(
+            select(change_counters.c.n).where(change_counters.c.name == "containers")
+        ).scalar_one_or_none()
+        return None if n is None else int(n)
 
     def refresh(
         self, conn: Connection, market: LiveMarket, now_ms: int, barrier: _Marks | None

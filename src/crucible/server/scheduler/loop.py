@@ -132,6 +132,7 @@ def tick_gap_s(last_took_s: float) -> float:
 _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
+_SETTLE_ALL_MS = 10_000  # every pod settled at least this often (else only changed ones)
 _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once a minute
 # Retention's share of each housekeeping: a backlog is worked off a bit every minute.
 _RETENTION_BUDGET_S = 0.2
@@ -174,6 +175,11 @@ class SchedulerLoop:
         self._skipped: set[str] = set()  # left out of this tick's plan as settled
         # Hosts and live containers, kept across ticks and updated from what changed.
         self.fleet = FleetView()
+        # Pods were settled with every container change up to this change number in view
+        # (settle_pods: a tick then looks only at pods whose containers changed since);
+        # None: look at every pod. Every pod is looked at every _SETTLE_ALL_MS regardless.
+        self._pods_settled_upto: int | None = None
+        self._pods_all_ms = 0
 
     @property
     def policy(self) -> Policy:
@@ -189,6 +195,7 @@ class SchedulerLoop:
         self._stopping = False
         self._settled = {}  # a new term decides everything afresh
         self.fleet.invalidate()  # and reads the whole fleet afresh
+        self._pods_settled_upto = None  # and settles every pod
         if epoch is not None:
             # Elected: decide on the store's market, not on a follower's stale view.
             self.state.market.reload()
@@ -300,7 +307,14 @@ class SchedulerLoop:
             # Before the snapshot: a pod whose container is going away must not be restarted,
             # and a cluster with a member going away goes as a whole.
             keys += settle_clusters(conn, now)
-            keys += settle_pods(conn, now)
+            upto = self.fleet.containers_seen(conn)  # before the pods are read
+            since = self._pods_settled_upto
+            if upto is None or now - self._pods_all_ms >= _SETTLE_ALL_MS:
+                since = None
+            keys += settle_pods(conn, now, since)
+        self._pods_settled_upto = upto  # committed
+        if since is None:
+            self._pods_all_ms = now
         fleet = self.fleet
         barrier = fleet.barrier(st.engine)
         with self._begin() as conn:

@@ -614,15 +614,41 @@ _TO_SETTLE = select(
 )
 
 
-def settle_pods(conn: Connection, now_ms: int) -> list[str]:
+# Functions with a container changed after a containers' change number (change_seq).
+_CHANGED_FUNCTIONS = (
+    select(containers.c.function_id)
+    .where(containers.c.change_seq > bindparam("b_since"))
+    .distinct()
+)
+# More functions changed at once than this: every pod is looked at instead.
+_SETTLE_DELTA_MAX = 500
+
+
+def settle_pods(conn: Connection, now_ms: int, since: int | None = None) -> list[str]:
     """Keep pods and their containers in step; run before each placement.
 
     A pod whose container is stopping or stopped gets its app stopped, so the scheduler does
     not start another (a preempted interruptible pod stays down until ``start``). Once the
     container has stopped, the outcome is recorded (stopped, preempted, failed) with its
-    reason, and the host that holds the pod's disk is remembered."""
+    reason, and the host that holds the pod's disk is remembered.
+
+    ``since``: a containers' change number (``containers.change_seq``) such that the pods
+    were settled with every container change up to it in view; then only the stopping pods
+    and the pods of functions with a container changed after it are looked at (an active
+    pod needs settling only when one of its containers changed: it stopped, or went live on
+    another host). None: every pod, as a tick with nothing to go on must."""
     keys: list[str] = []
-    rows = conn.execute(_TO_SETTLE).all()
+    rows: list[Any] | None = None
+    if since is not None:
+        fids = list(conn.scalars(_CHANGED_FUNCTIONS, {"b_since": since}))
+        if len(fids) <= _SETTLE_DELTA_MAX:
+            found = {r.id: r for r in conn.execute(_TO_SETTLE.where(pods.c.state == "stopping"))}
+            if fids:
+                q = _TO_SETTLE.where(pods.c.function_id.in_(fids))
+                found.update((r.id, r) for r in conn.execute(q))
+            rows = list(found.values())
+    if rows is None:
+        rows = list(conn.execute(_TO_SETTLE))
     latest = _latest_containers(conn, [r.function_id for r in rows])
     for row in rows:
         keys += settle_row(conn, row, now_ms, _of_current_run(row, latest.get(row.function_id)))
