@@ -225,6 +225,19 @@ def test_a_pods_runs_settle_through_ticks_and_syncs(make_server: MakeServer) -> 
     assert (pod()["state"], pod()["reason"]) == ("stopped", "stopped by you")
 
 
+def _sync_in_background(
+    server: ServerUnderTest, host_id: str, host_token: str, *, wait_s: float
+) -> asyncio.Future[Any]:
+    """An idle host's sync, sent on the server's loop; the caller awaits its response."""
+    return asyncio.ensure_future(
+        server._client.post(
+            f"/v1/hosts/{host_id}/sync",
+            json={"containers": [], "wait_s": wait_s},
+            headers={"authorization": f"Bearer {host_token}"},
+        )
+    )
+
+
 def test_a_waiting_sync_is_answered_with_work_placed_while_it_waits(
     server: ServerUnderTest,
 ) -> None:
@@ -235,13 +248,7 @@ def test_a_waiting_sync_is_answered_with_work_placed_while_it_waits(
     placed: list[str] = []
 
     async def scenario() -> Any:
-        waiting = asyncio.ensure_future(
-            server._client.post(
-                f"/v1/hosts/{host_id}/sync",
-                json={"containers": [], "wait_s": 30},
-                headers={"authorization": f"Bearer {host_token}"},
-            )
-        )
+        waiting = _sync_in_background(server, host_id, host_token, wait_s=30)
         await asyncio.sleep(0.2)  # it has read the store (nothing) and waits
         cid, _ = server.place_container(fn, host_id)
         placed.append(cid)
@@ -269,13 +276,7 @@ def test_a_sync_or_health_check_that_finds_the_pool_in_use_waits_off_the_event_l
         held.append(engine.connect())
 
     async def scenario() -> Any:
-        sync = asyncio.ensure_future(
-            server._client.post(
-                f"/v1/hosts/{host_id}/sync",
-                json={"containers": [], "wait_s": 0},
-                headers={"authorization": f"Bearer {host_token}"},
-            )
-        )
+        sync = _sync_in_background(server, host_id, host_token, wait_s=0)
         health = asyncio.ensure_future(server._client.get("/healthz"))
         # Were either waiting on the loop, this coroutine would not run again until the
         # pool's timeout, and they would have failed by then.

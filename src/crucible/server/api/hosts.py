@@ -87,7 +87,11 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     known = {c.container_id for c in req.containers}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + req.wait_s
-    on_loop = state.engine.dialect.name == "sqlite"
+    sqlite = state.engine.dialect.name == "sqlite"
+
+    def read_on_loop() -> bool:
+        return sqlite and connection_at_hand(state.engine)
+
     always_writes = req.self_test is not None or any(
         r.energy_mwh is not None or r.state == "exited" for r in req.containers
     )
@@ -130,7 +134,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             log.warning("writing hosts' heartbeats failed; retried", exc_info=True)
 
     async def apply_anywhere() -> tuple[_Applied, _Commands]:
-        if on_loop and not always_writes and connection_at_hand(state.engine):
+        if not always_writes and read_on_loop():
             with contextlib.suppress(WriteRefused):
                 return apply(read_only=True)
         return await run_in_threadpool(apply, False)
@@ -185,10 +189,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 if not woken.is_set() and loop.time() >= deadline:
                     break  # nothing for it: its next sync looks first thing
             woken.clear()  # before the read: a wake-up during it is seen at the next turn
-            if on_loop and connection_at_hand(state.engine):
-                found = read_commands()
-            else:
-                found = await run_in_threadpool(read_commands)
+            found = read_commands() if read_on_loop() else await run_in_threadpool(read_commands)
             reply = reply_of(found, stop)
     reply = reply or HostSyncReply(heartbeat_interval_s=s.heartbeat_interval_s)
     # Serialized here, as the other hot routes do: server/hotpath.py serves this route
