@@ -21,7 +21,7 @@ with the current time before deciding anything; a decision with events still due
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, KeysView
 
 from crucible.core.market.audit import audit
 from crucible.core.market.decisions import (
@@ -298,6 +298,10 @@ class Market:
             return self._st.leases[lease_id]
         except KeyError:
             raise NotFoundError(f"no running lease {lease_id}") from None
+
+    def lease_ids(self) -> KeysView[str]:
+        """The running leases' ids, as a live read-only view (set operations run in C)."""
+        return self._st.leases.keys()
 
     def running_leases(self, account: str | None = None) -> list[Lease]:
         st = self._st

@@ -676,7 +676,7 @@ class SchedulerLoop:
                     "function %s wants %d container(s): %s", fid, scale.containers, scale.reason
                 )
                 self._scales[fid] = scale.containers
-        for fid in [f for f in self._scales if f not in scales and f not in self._skipped]:
+        for fid in self._scales.keys() - scales.keys() - self._skipped:
             del self._scales[fid]
 
     def _sweep_timeouts(self, conn: Connection, now: int) -> list[str]:
@@ -734,7 +734,10 @@ class SchedulerLoop:
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         self._signatures, self._skipped = {}, set()
-        self._settled = {f: v for f, v in self._settled.items() if f in fids}
+        # Set operations (run in C) instead of a Python test per function: a quiet tick
+        # walks every function the exchange holds here and below.
+        for gone in self._settled.keys() - fids:
+            del self._settled[gone]
         changed = self.fleet.take_changed()  # None: every function
         if not fids:
             return [], {}, {}
@@ -748,17 +751,8 @@ class SchedulerLoop:
         # left out without reading it. Its containers are not busy (it had nothing running
         # when it settled, and a call or a relayed request since puts it in the work).
         if changed is not None and settled:
-            quiet = [
-                f
-                for f in fids
-                if f in settled
-                and f not in changed
-                and f not in work
-                and f not in relayed
-                and f not in promised
-                and now < settled[f][1]
-            ]
-            skipped.update(quiet)
+            unchanged = (fids & settled.keys()).difference(changed, work, relayed, promised)
+            skipped.update([f for f in unchanged if now < settled[f][1]])
             fids -= skipped
         # Kept by the view across ticks: read only for functions it has not seen.
         rows = self.fleet.functions_of(conn, fids)

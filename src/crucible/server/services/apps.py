@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, true, update
 
 from crucible.errors import ConflictError, InvalidGpuError, NotFoundError, PermissionDeniedError
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
@@ -130,7 +130,7 @@ def stop_abandoned_apps(conn: Connection, now_ms: int, timeout_ms: int) -> list[
         for r in conn.execute(
             select(apps.c.id).where(
                 apps.c.state == "running",
-                apps.c.ephemeral.is_(True),
+                apps.c.ephemeral == true(),  # "=", not "IS": the index serves it
                 apps.c.heartbeat_ms < now_ms - timeout_ms,
             )
         )

@@ -498,9 +498,8 @@ class LiveMarket:
     def reconcile(self, live_lease_ids: set[str], now_ms: int) -> None:
         """Release market leases whose container is gone (stopped, lost, or preempted and
         already released). Hold :attr:`lock`."""
-        for lease in self.market.running_leases():
-            if lease.lease_id not in live_lease_ids:
-                self.market.release(lease.lease_id, max(now_ms, self.market.now_ms))
+        for lease_id in sorted(self.market.lease_ids() - live_lease_ids):
+            self.market.release(lease_id, max(now_ms, self.market.now_ms))
 
     # -- requests -----------------------------------------------------------------------------
 

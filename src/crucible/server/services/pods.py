@@ -614,11 +614,11 @@ _TO_SETTLE = select(
 )
 
 
-# Functions with a container changed after a containers' change number (change_seq).
-_CHANGED_FUNCTIONS = (
-    select(containers.c.function_id)
-    .where(containers.c.change_seq > bindparam("b_since"))
-    .distinct()
+# Functions with a container changed after a containers' change number (change_seq), once
+# per change: made distinct by the caller (SQLite makes a DISTINCT read every container in
+# function order instead of the few past the mark in change_seq's index).
+_CHANGED_FUNCTIONS = select(containers.c.function_id).where(
+    containers.c.change_seq > bindparam("b_since")
 )
 # More functions changed at once than this: every pod is looked at instead.
 _SETTLE_DELTA_MAX = 500
@@ -640,7 +640,7 @@ def settle_pods(conn: Connection, now_ms: int, since: int | None = None) -> list
     keys: list[str] = []
     rows: list[Any] | None = None
     if since is not None:
-        fids = list(conn.scalars(_CHANGED_FUNCTIONS, {"b_since": since}))
+        fids = list(set(conn.scalars(_CHANGED_FUNCTIONS, {"b_since": since})))
         if len(fids) <= _SETTLE_DELTA_MAX:
             found = {r.id: r for r in conn.execute(_TO_SETTLE.where(pods.c.state == "stopping"))}
             if fids:

@@ -177,6 +177,8 @@ apps = Table(
     # Bumped by the store at every write of state (migration 0028): the scheduler's view.
     Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_apps_change_seq", "change_seq"),
+    # The scheduler's chores each tick: versions retiring, ephemeral apps gone silent.
+    Index("ix_apps_state_ephemeral_heartbeat", "state", "ephemeral", "heartbeat_ms"),
 )
 
 functions = Table(
@@ -767,6 +769,7 @@ clusters = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("run_started_ms", BigInteger, nullable=False),
     Column("stopped_ms", BigInteger),
+    Index("ix_clusters_state", "state"),  # each tick reads the active ones
 )
 
 # Accounts' SSH public keys: the SSH server of every container of the account accepts them.
