@@ -38,10 +38,12 @@ __all__ = [
     "CpuMeter",
     "Exchange",
     "cpu_seconds",
+    "drop_database",
     "machine_info",
     "percentile",
     "print_table",
     "rss_kib",
+    "scratch_database",
     "summarize_ms",
     "wait_quiet",
     "write_results",
@@ -106,6 +108,29 @@ def children_of(pid: int) -> list[int]:
 
 
 # -- the exchange ------------------------------------------------------------------------------
+def scratch_database(admin_url: str) -> tuple[str, str]:
+    """A fresh database on the PostgreSQL server of ``admin_url`` (postgresql://...): its
+    store URL and its name (for :func:`drop_database`). A benchmark run never finds an
+    earlier run's rows."""
+    import psycopg
+
+    admin = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    name = f"crucible_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rsplit("/", 1)[0]
+    return f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://"), name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop a database made by :func:`scratch_database` (its connections closed first)."""
+    import psycopg
+
+    admin = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 class Exchange(LocalExchange):
     """A control plane and one agent (host ``bench-host``) as subprocesses, in a temporary
     directory removed on close unless ``keep`` (or the run failed).
@@ -134,14 +159,8 @@ class Exchange(LocalExchange):
         self._pg_db: str | None = None
         database_url = None
         if postgres_url:
-            import psycopg
-
-            self._pg_admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
-            self._pg_db = f"crucible_bench_{uuid.uuid4().hex[:10]}"
-            with psycopg.connect(self._pg_admin, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{self._pg_db}"')
-            base = self._pg_admin.rsplit("/", 1)[0]
-            database_url = f"{base}/{self._pg_db}".replace("postgresql://", "postgresql+psycopg://")
+            self._pg_admin = postgres_url
+            database_url, self._pg_db = scratch_database(postgres_url)
         elif replicas > 1:
             raise SystemExit("--replicas needs PostgreSQL: pass --postgres-url")
         # probe: run the server under _server_probe.py (request and SQL statement counters)
@@ -193,10 +212,7 @@ class Exchange(LocalExchange):
             self.balancer.wait(10)
             self.balancer = None
         if self._pg_admin is not None and self._pg_db is not None:
-            import psycopg
-
-            with psycopg.connect(self._pg_admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_db}" WITH (FORCE)')
+            drop_database(self._pg_admin, self._pg_db)
             self._pg_db = None
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)

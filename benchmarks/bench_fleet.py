@@ -55,7 +55,14 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import httpx  # noqa: E402
-from _exchange import machine_info, print_table, summarize_ms, write_results  # noqa: E402
+from _exchange import (  # noqa: E402
+    drop_database,
+    machine_info,
+    print_table,
+    scratch_database,
+    summarize_ms,
+    write_results,
+)
 
 from crucible.protocol.hosts import IsolationReport  # noqa: E402
 from crucible.server.services.pods import MAX_PODS  # noqa: E402
@@ -409,29 +416,6 @@ def _pg_plain(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def _pg_with_db(url: str, db: str) -> str:
-    base, _, _ = _pg_plain(url).rpartition("/")
-    return f"{base}/{db}"
-
-
-def pg_create(url: str) -> str:
-    import psycopg
-
-    db = f"bench_fleet_{os.getpid()}"
-    with psycopg.connect(_pg_plain(url), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {db}")
-        conn.execute(f"create database {db}")
-    return _pg_with_db(url, db)
-
-
-def pg_drop(url: str, db_url: str) -> None:
-    import psycopg
-
-    db = db_url.rpartition("/")[2]
-    with psycopg.connect(_pg_plain(url), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {db} with (force)")
-
-
 def cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) the processes ``pids`` have used so far (Linux /proc;
     0 elsewhere). On a shared machine, the server's CPU per placement is a steadier figure
@@ -480,7 +464,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         file=sys.stderr,
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    db_url = pg_create(args.database_url) if args.database_url else None
+    scratch = scratch_database(args.database_url) if args.database_url else None
+    db_url = scratch[0] if scratch else None
     env = {
         "CRUCIBLE_SCHEDULER_INTERVAL_S": str(args.scheduler_interval),
         "CRUCIBLE_HOST_TIMEOUT_S": "60",
@@ -568,8 +553,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
         ex.close()
-        if args.database_url and db_url:
-            pg_drop(args.database_url, db_url)
+        if args.database_url and scratch:
+            drop_database(args.database_url, scratch[1])
         if not args.keep:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
 

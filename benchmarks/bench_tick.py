@@ -28,7 +28,13 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import httpx  # noqa: E402
-from _exchange import machine_info, print_table, write_results  # noqa: E402
+from _exchange import (  # noqa: E402
+    drop_database,
+    machine_info,
+    print_table,
+    scratch_database,
+    write_results,
+)
 
 from crucible.protocol.accounts import Scope  # noqa: E402
 from crucible.server.app import build_state, create_app  # noqa: E402
@@ -100,7 +106,8 @@ def cpu_ms(fn: Any, n: int = 1) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-tick-"))
-    url = args.database_url or f"sqlite:///{tmp / 'store.db'}"
+    scratch = scratch_database(args.database_url) if args.database_url else None
+    url = scratch[0] if scratch else f"sqlite:///{tmp / 'store.db'}"
     ex = InProcess(tmp, url)
     try:
         host_token = ex.token("hoster", Scope.HOST)
@@ -155,6 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         ex.close()
+        if scratch:
+            drop_database(args.database_url, scratch[1])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -165,7 +174,12 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=2000, help="one-GPU pods placed and started")
     ap.add_argument("--new-pods", type=int, default=20, help="placed by the measured tick")
     ap.add_argument("--ticks", type=int, default=10, help="quiet ticks averaged")
-    ap.add_argument("--database-url", default=None, help="PostgreSQL (default SQLite)")
+    ap.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server (postgresql://...): a fresh database is made on it for the "
+        "run and dropped after (default SQLite)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     for flag in ("hosts", "gpus_per_host", "pods", "new_pods", "ticks"):

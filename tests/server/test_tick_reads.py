@@ -224,10 +224,9 @@ def test_a_settled_function_whose_container_or_app_changed_elsewhere_is_planned_
     assert [s for _, s in _containers(leader, fns[1])] in (["stopping"], ["stopped"])
 
 
-def test_a_settled_container_that_never_starts_is_still_replaced(
-    make_server: MakeServer,
-) -> None:
-    server = make_server()
+def _settled_warm_function(server: ServerUnderTest) -> tuple[SchedulerLoop, ManualClock, str]:
+    """A function kept warm whose container never starts, settled by three ticks on a
+    manual clock: the loop, the clock, the function."""
     clock = ManualClock(1_800_000_000_000)
     server.state.clock = clock
     server.register_host(server.tenant("hoster", Scope.HOST).token, "box")
@@ -236,12 +235,37 @@ def test_a_settled_container_that_never_starts_is_still_replaced(
         renter, server.new_app(renter), server.put_blob(renter), min_containers=1
     )
     loop = SchedulerLoop(server.state)
-    loop.tick()
-    loop.tick()
-    loop.tick()
+    for _ in range(3):
+        loop.tick()
     assert warm in loop.left_out
+    return loop, clock, warm
+
+
+def test_a_settled_container_that_never_starts_is_still_replaced(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    loop, clock, warm = _settled_warm_function(server)
     [(first, _)] = _containers(server, warm)
     clock.now += int(server.state.settings.container_start_timeout_s * 1000) + 1
+    loop.tick()
+    assert warm not in loop.left_out
+    assert dict(_containers(server, warm))[first] in ("stopping", "stopped")
+
+
+def test_a_settled_container_that_never_starts_is_replaced_between_full_reads(
+    make_server: MakeServer,
+) -> None:
+    """The same with a start timeout shorter than the view's full re-reads: the function
+    is settled and nothing of it changes, yet once its container's start timeout is due the
+    next tick plans it again and replaces the container."""
+    server = make_server(container_start_timeout_s=5)
+    loop, clock, warm = _settled_warm_function(server)
+    [(first, _)] = _containers(server, warm)
+    clock.now += 4_000  # before the timeout: still left out
+    loop.tick()
+    assert warm in loop.left_out
+    clock.now += 1_001
     loop.tick()
     assert warm not in loop.left_out
     assert dict(_containers(server, warm))[first] in ("stopping", "stopped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -170,6 +171,9 @@ class SchedulerLoop:
         # pod. Derived from the store's rows each tick, so another replica's change to one
         # of them (a call, a container, a redeploy, its app stopped) is seen at once.
         self._settled: dict[str, tuple[tuple[Any, ...], float]] = {}
+        # No entry of _settled holds past this time (at most the earliest one's end): until
+        # then no tick needs to look for entries that ended.
+        self._settled_until = math.inf
         # This tick's (rows, due) of the planned functions that had no work.
         self._signatures: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._skipped: set[str] = set()  # left out of this tick's plan as settled
@@ -667,6 +671,7 @@ class SchedulerLoop:
             ):
                 continue
             self._settled[d.id] = seen
+            self._settled_until = min(self._settled_until, seen[1])
 
     def _log_scales(self, scales: dict[str, Scale]) -> None:
         """The autoscaler's decisions, explained, each time a function's number changes."""
@@ -734,10 +739,14 @@ class SchedulerLoop:
         # Cluster members are placed as gangs (services/clusters.py), not one by one.
         fids = (set(work) | set(relayed) | set(by_fn) | warm) - cluster_function_ids(conn)
         self._signatures, self._skipped = {}, set()
-        # Set operations (run in C) instead of a Python test per function: a quiet tick
-        # walks every function the exchange holds here and below.
+        # Over every function the exchange holds, each tick: set operations (run in C),
+        # not a Python test per function.
         for gone in self._settled.keys() - fids:
             del self._settled[gone]
+        if now >= self._settled_until:  # an entry ended (a container's start timeout is due)
+            for ended in [f for f, (_sig, until) in self._settled.items() if now >= until]:
+                del self._settled[ended]  # as if never settled: it is planned again
+            self._settled_until = min((v[1] for v in self._settled.values()), default=math.inf)
         changed = self.fleet.take_changed()  # None: every function
         if not fids:
             return [], {}, {}
@@ -751,8 +760,8 @@ class SchedulerLoop:
         # left out without reading it. Its containers are not busy (it had nothing running
         # when it settled, and a call or a relayed request since puts it in the work).
         if changed is not None and settled:
-            unchanged = (fids & settled.keys()).difference(changed, work, relayed, promised)
-            skipped.update([f for f in unchanged if now < settled[f][1]])
+            # Every entry left holds now (those that ended were dropped above).
+            skipped.update((fids & settled.keys()).difference(changed, work, relayed, promised))
             fids -= skipped
         # Kept by the view across ticks: read only for functions it has not seen.
         rows = self.fleet.functions_of(conn, fids)

@@ -357,7 +357,7 @@ class LiveMarket:
         )
         if not reread and self._loaded and changed is not None:
             wanted = self._recheck.union(changed)
-            rows = [h for h in rows if h.row.id in wanted]
+            rows = [h for h in rows if h.row.id in wanted] if wanted else []
         if reread:
             self._priced = {
                 (r.host_id, r.device_type): offer_of_row(r)
@@ -498,7 +498,10 @@ class LiveMarket:
     def reconcile(self, live_lease_ids: set[str], now_ms: int) -> None:
         """Release market leases whose container is gone (stopped, lost, or preempted and
         already released). Hold :attr:`lock`."""
-        for lease_id in sorted(self.market.lease_ids() - live_lease_ids):
+        running = self.market.lease_ids()
+        if running <= live_lease_ids:  # most ticks: nothing to release (no set is built)
+            return
+        for lease_id in sorted(running - live_lease_ids):
             self.market.release(lease_id, max(now_ms, self.market.now_ms))
 
     # -- requests -----------------------------------------------------------------------------
