@@ -253,3 +253,24 @@ def test_a_freed_slot_wakes_the_exchange_only_when_work_was_turned_away() -> Non
         assert not channels.saturated("co-1")
 
     asyncio.run(go())
+
+
+def test_calls_handed_to_the_exchange_take_slots_until_the_worker_reports_them_done() -> None:
+    """A container that takes one input at a time, handed a call on its exchange: from that
+    moment (before its worker knows of it) no request goes on its channel, and its exchange
+    takes no second call; once the worker says it holds none, both are free again."""
+    channels = WebChannels(WebRelay())
+    _channel(channels, slots=1)
+    assert channels.free("fn-1") is not None and not channels.saturated("co-1")
+    channels.calls_given("co-1", 1)  # handed by a submission, not yet received
+    assert channels.free("fn-1") is None and channels.saturated("co-1")
+    channels.calls_held("co-1", 1)  # the worker's exchange: it holds it, running
+    assert channels.free("fn-1") is None
+    channels.calls_given("co-1", -1)  # its output reported (the reporter says no more)
+    assert channels.free("fn-1") is not None and not channels.saturated("co-1")
+    channels.calls_given("co-1", 1)
+    channels.calls_held("co-1", 0)  # the next ask: nothing in hand
+    assert channels.free("fn-1") is not None
+    channels.calls_given("co-1", -3)  # never below none
+    assert channels.free("fn-1") is not None
+    channels.calls_given("co-other", 1)  # no channel: nothing to count

@@ -42,12 +42,21 @@ class Channel:
     send: Any  # Callable[[bytes], Awaitable[None]]
     running: dict[str, Relayed] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
+    # Calls the container's exchange was given and has not finished (the worker's own count
+    # at its last exchange, plus what was handed since): they take slots as requests do.
+    # Counted here when handed, before the worker knows of them: a request on the channel in
+    # between would otherwise find the worker idle and run beside the call.
+    calls: int = 0
     open: bool = True
     # Whether work was turned away from the container's exchange while the channel was full
     # (then its exchange looks again when a slot frees; else nothing waits on it).
     turned_away: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def load(self) -> int:
+        """Slots taken: requests on the channel and calls from the exchange."""
+        return len(self.running) + self.calls
 
     async def write(self, frame: bytes) -> None:
         """Send one frame; a channel that went away is marked closed (its reader ends the
@@ -110,10 +119,11 @@ class WebChannels:
     def free(self, function_id: str) -> Channel | None:
         """An open channel of the function with a free slot, the least loaded first."""
         best: Channel | None = None
+        best_load = 0
         for channel in self._by_function.get(function_id, {}).values():
-            load = len(channel.running)
-            if channel.open and load < channel.slots and (best is None or load < len(best.running)):
-                best = channel
+            load = channel.load()
+            if channel.open and load < channel.slots and (best is None or load < best_load):
+                best, best_load = channel, load
                 if not load:
                     break
         return best
@@ -123,10 +133,24 @@ class WebChannels:
         its exchange is given no calls (it would run more than its function allows), and is
         woken when a slot frees."""
         channel = self._by_container.get(container_id)
-        if channel is None or not channel.open or len(channel.running) < channel.slots:
+        if channel is None or not channel.open or channel.load() < channel.slots:
             return False
         channel.turned_away = True
         return True
+
+    def calls_held(self, container_id: str, count: int) -> None:
+        """The container's exchange says it holds ``count`` calls not finished (those it
+        reports finished left out)."""
+        channel = self._by_container.get(container_id)
+        if channel is not None:
+            channel.calls = max(0, count)
+
+    def calls_given(self, container_id: str, count: int) -> None:
+        """``count`` calls were handed to the container's exchange (``count`` < 0: that
+        many it reported finished)."""
+        channel = self._by_container.get(container_id)
+        if channel is not None and count:
+            channel.calls = max(0, channel.calls + count)
 
     def serves(self, function_id: str) -> bool:
         """Whether any container of the function has a channel open here (then requests go
@@ -160,7 +184,7 @@ class WebChannels:
                 channel.later(frame)
 
         def on_end() -> None:
-            full = len(channel.running) >= channel.slots
+            full = channel.load() >= channel.slots
             channel.running.pop(relayed.id, None)
             channel.acked.pop(relayed.id, None)
             # The exchange looks again only when work was turned away from it meanwhile: a

@@ -93,7 +93,10 @@ async def submit_calls(
     finally:
         for parked in taken:  # woken either way: with inputs, or to re-read the store
             if committed:
-                parked.handed.extend(handed.get(parked.container_id, ()))
+                given = handed.get(parked.container_id, ())
+                parked.handed.extend(given)
+                # Slots of its web channel from now, before the worker hears of them.
+                state.web.channels.calls_given(parked.container_id, len(given))
             parked.event.set()
     n_handed = 0
     for assignments in handed.values():

@@ -121,9 +121,17 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
     state.wakeups.worker_seen(facts.function_id)
     finished = list(req.outputs)
     relayed = _relayed_outputs(state, facts, req.outputs)
-    # A container whose web channel is full takes no calls now (web_channel.py).
-    want = 0 if state.web.channels.saturated(container_id) else req.want
+    channels = state.web.channels
+    # The calls the container holds take its web channel's slots (web_channel.py).
+    if req.held is not None:
+        done = {o.call_id for o in req.outputs}
+        channels.calls_held(container_id, len(set(req.held) - done))
+    else:
+        channels.calls_given(container_id, -len(req.outputs))
+    # A container whose web channel is full takes no calls now.
+    want = 0 if channels.saturated(container_id) else req.want
     reply = _step(state, facts, req.outputs, want, active=relayed, held=req.held)
+    channels.calls_given(container_id, len(reply.inputs))
     if finished:
         state.observations.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
         for o in finished:
@@ -150,8 +158,9 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                     delivered = True
                     return model_response(ExchangeReply(inputs=parked.handed))  # type: ignore[return-value]
                 # Woken by queued work or a stop, or the periodic re-read of the store.
-                want = 0 if state.web.channels.saturated(container_id) else req.want
+                want = 0 if channels.saturated(container_id) else req.want
                 again = _step(state, facts, [], want)
+                channels.calls_given(container_id, len(again.inputs))
                 if again.inputs or again.stop:
                     return model_response(again)  # type: ignore[return-value]
         finally:
@@ -159,6 +168,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
             if parked.handed and not delivered:
                 ids = [a.call_id for a in parked.handed]
                 ids = state.web.relay.undelivered(container_id, ids)  # relayed: taken back
+                channels.calls_given(container_id, -len(ids))
                 if ids:
                     with state.engine.begin() as conn:
                         unclaim(conn, container_id, ids)
