@@ -268,9 +268,14 @@ def test_calls_handed_to_the_exchange_take_slots_until_the_worker_reports_them_d
     assert channels.free("fn-1") is None
     channels.calls_given("co-1", -1)  # its output reported (the reporter says no more)
     assert channels.free("fn-1") is not None and not channels.saturated("co-1")
+    freed: list[str] = []
+    channels.on_free = freed.append
     channels.calls_given("co-1", 1)
+    assert channels.saturated("co-1")  # the exchange is turned away meanwhile
+    channels.calls_held("co-1", 2)  # a count behind its reporter's outputs raises nothing
     channels.calls_held("co-1", 0)  # the next ask: nothing in hand
     assert channels.free("fn-1") is not None
+    assert freed == ["co-1"]  # the exchange turned away looks again
     channels.calls_given("co-1", -3)  # never below none
     assert channels.free("fn-1") is not None
     channels.calls_given("co-other", 1)  # no channel: nothing to count

@@ -140,17 +140,27 @@ class WebChannels:
 
     def calls_held(self, container_id: str, count: int) -> None:
         """The container's exchange says it holds ``count`` calls not finished (those it
-        reports finished left out)."""
+        reports finished left out). Its count may be behind (an output its reporter sent
+        meanwhile), never short of one on the wire (none is handed while it asks): it only
+        lowers this one."""
         channel = self._by_container.get(container_id)
-        if channel is not None:
-            channel.calls = max(0, count)
+        if channel is not None and count < channel.calls:
+            self._set_calls(channel, max(0, count))
 
     def calls_given(self, container_id: str, count: int) -> None:
         """``count`` calls were handed to the container's exchange (``count`` < 0: that
         many it reported finished)."""
         channel = self._by_container.get(container_id)
         if channel is not None and count:
-            channel.calls = max(0, channel.calls + count)
+            self._set_calls(channel, max(0, channel.calls + count))
+
+    def _set_calls(self, channel: Channel, calls: int) -> None:
+        full = channel.load() >= channel.slots
+        channel.calls = calls
+        # A slot freed while the exchange was turned away: it looks again now.
+        if full and channel.load() < channel.slots and channel.open and channel.turned_away:
+            channel.turned_away = False
+            self.on_free(channel.container_id)
 
     def serves(self, function_id: str) -> bool:
         """Whether any container of the function has a channel open here (then requests go
