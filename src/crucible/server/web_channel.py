@@ -42,10 +42,10 @@ class Channel:
     send: Any  # Callable[[bytes], Awaitable[None]]
     running: dict[str, Relayed] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
-    # Calls the container's exchange was given and has not finished (the worker's own count
-    # at its last exchange, plus what was handed since): they take slots as requests do.
-    # Counted here when handed, before the worker knows of them: a request on the channel in
-    # between would otherwise find the worker idle and run beside the call.
+    # Calls the container's exchange was given and has not finished: they take slots as
+    # requests do. Counted here when handed, before the worker knows of them (a request on
+    # the channel in between would otherwise find the worker idle and run beside the call),
+    # less the outputs it reports; the worker's own count at each exchange only lowers it.
     calls: int = 0
     open: bool = True
     # Whether work was turned away from the container's exchange while the channel was full
@@ -157,8 +157,13 @@ class WebChannels:
     def _set_calls(self, channel: Channel, calls: int) -> None:
         full = channel.load() >= channel.slots
         channel.calls = calls
-        # A slot freed while the exchange was turned away: it looks again now.
-        if full and channel.load() < channel.slots and channel.open and channel.turned_away:
+        self._maybe_freed(channel, full)
+
+    def _maybe_freed(self, channel: Channel, was_full: bool) -> None:
+        """A slot of a channel that was full freed (a request or a call ended): its
+        exchange looks again, but only when work was turned away from it meanwhile (a
+        database read otherwise, for a slot nobody was waiting for)."""
+        if was_full and channel.load() < channel.slots and channel.open and channel.turned_away:
             channel.turned_away = False
             self.on_free(channel.container_id)
 
@@ -197,11 +202,7 @@ class WebChannels:
             full = channel.load() >= channel.slots
             channel.running.pop(relayed.id, None)
             channel.acked.pop(relayed.id, None)
-            # The exchange looks again only when work was turned away from it meanwhile: a
-            # database read per request otherwise, for a slot nobody was waiting for.
-            if full and channel.open and channel.turned_away:
-                channel.turned_away = False
-                self.on_free(channel.container_id)
+            self._maybe_freed(channel, full)
 
         relayed.on_read = on_read
         relayed.on_end = on_end
