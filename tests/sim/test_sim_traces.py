@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from crucible.sim import engine
 from crucible.sim.engine import SimResult, run
 from crucible.sim.scenario import ScenarioError, load_scenario
 from crucible.sim.trace_format import read_nodes, read_tasks, write_tasks
@@ -328,6 +329,12 @@ def test_scenario_keys_for_traces_are_checked(tmp_path: Path) -> None:
         (TASK_HEADER + "x,0,60,1,1,0,0,0,,\n", "gpu_milli must be within 1..1000"),
         (TASK_HEADER + "x,0,60,0,1,1000,0,0,,\n", "nodes must be >= 1"),
         ("name,when\nx,0\n", "no column 'id'"),
+        (TASK_HEADER + "x,0,1e308,1,1,1000,0,0,,\n", "duration_s must be at most 10,000,000,000"),
+        (TASK_HEADER + "x,1e20,60,1,1,1000,0,0,,\n", "submit_s must be at most"),
+        (TASK_HEADER + "x,0,60,1,1.5,1000,0,0,,\n", "line 2: gpus must be a whole number"),
+        (TASK_HEADER + "x,0,60,1,1,1000,0,0\n", r"line 2: 8 values, but the header names 10"),
+        (TASK_HEADER + "x,0,60,1,1,1000,0,0,,,7\n", r"line 2: 11 values, but the header"),
+        ("id,submit_s,duration_s,gpus,gpus\nx,0,60,1,2\n", "line 1: column 'gpus' is named twice"),
         (b"id,submit_s,duration_s\n\xff\xfe,0,1\n", "not a UTF-8 CSV file"),
     ],
 )
@@ -351,11 +358,50 @@ def test_hostile_pai_files_get_a_clear_error(tmp_path: Path) -> None:
     path.write_text("j,w,inf,Terminated,0,10,100,1,100,T4\n")
     with pytest.raises(ScenarioError, match=r"inst_num must be finite"):
         read_pai_tasks(path)
+    path.write_text("j,w,1,Terminated,0,1e300,100,1,100,T4\n")
+    with pytest.raises(ScenarioError, match=r"line 1: its run \(end_time - start_time\) is"):
+        read_pai_tasks(path)
     path.write_text("j,w,1,Running,0,,100,1,100,T4\n")
     with pytest.raises(ScenarioError, match=r"no task with a start and an end time"):
         read_pai_tasks(path)
     with pytest.raises(ScenarioError, match=r"no such file"):
         read_pai_nodes(tmp_path / "pai_machine_spec.csv")
+
+
+def test_a_trace_that_spans_decades_is_sampled_in_bounded_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task at a Unix timestamp after one at 0: the quiet stretch between them is one
+    # window, not a sample every 10 minutes of 54 years (which never finished).
+    r = replay(scenario(tmp_path, "a,0,600,1,1,1000,0,0,,\nb,1700000000,600,1,1,1000,0,0,,\n"))
+    assert r.summary["placement"]["finished"] == 2
+    t = r.series["t_hours"]
+    assert len(t) < 20 and t == sorted(t)
+    assert max(u for u in r.series["utilisation"] if u is not None) > 0
+    # A task that runs a century (5.3 million 10-minute windows) is sampled in windows that
+    # double each time as many samples again were taken (from 1,000 here; 100,000 as built).
+    monkeypatch.setattr(engine, "MAX_SAMPLES", 1_000)
+    r = replay(scenario(tmp_path, "a,0,3153600000,1,1,1000,0,0,,\n"))
+    assert r.summary["placement"]["finished"] == 1
+    assert 12_000 < len(r.series["t_hours"]) < 16_000
+    assert r.series["utilisation"][-2] == pytest.approx(1 / 20)  # 1 of the lab's 20 GPUs
+
+
+def test_openb_files_with_bad_values_name_file_and_line(tmp_path: Path) -> None:
+    from crucible.sim.trace import read_openb_nodes, read_openb_pods
+
+    pods = tmp_path / "pods.csv"
+    header = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time\n"
+    pods.write_text(header + "p0,4000,8192,1,500,,LS,Running,0\np1,4000,8192,x,1000,,LS,,0\n")
+    with pytest.raises(ScenarioError, match=r"pods.csv: line 3: could not convert string"):
+        read_openb_pods(pods)
+    pods.write_text(header + "p0,4000,8192,1,500,,LS,Running,inf\n")
+    with pytest.raises(ScenarioError, match=r"line 2: 'inf' is not a number within"):
+        read_openb_pods(pods)
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("sn,cpu_milli,memory_mib,model\nn0,32000,262144,V100M16\n")
+    with pytest.raises(ScenarioError, match=r"nodes.csv: line 2: no column 'gpu'"):
+        read_openb_nodes(nodes)
 
 
 def test_a_node_file_that_would_not_fit_in_memory_is_refused(tmp_path: Path) -> None:

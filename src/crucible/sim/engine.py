@@ -89,6 +89,13 @@ class MarketPolicy:
 # The lower quarter of the grid intensities the market scenario draws (200-600 gCO2/kWh).
 GREEN_CAP_G_PER_KWH = 300
 
+# A quiet stretch (nothing running or waiting) longer than this many sample windows is
+# sampled as one window; a run doubles its window each time it has taken MAX_SAMPLES more
+# samples, so a trace that spans decades cannot stall the loop on samples (their number
+# grows with the logarithm of the run's length past MAX_SAMPLES windows).
+IDLE_SKIP_STEPS = 1_000
+MAX_SAMPLES = 100_000
+
 MARKET_POLICIES: dict[str, MarketPolicy] = {
     "cost-first": MarketPolicy(),
     "carbon-first": MarketPolicy(Prefer.GREENEST, Prefer.GREENEST),
@@ -223,6 +230,8 @@ def run(
         if t is not None:
             q.push(t, NextArrival(i))
     step = max(1, round(s.sample_minutes * 60_000))
+    samples, cap = 0, MAX_SAMPLES
+    max_samples = cap
     q.push(step, Sample())
     next_id = 0
     while len(q):
@@ -247,8 +256,20 @@ def run(
         else:
             driver.expire(now)
             _sample(rec, driver, now)
-            if len(q) and (end_ms is None or now + step <= end_ms):
-                q.push(now + step, Sample())
+            samples += 1
+            if samples >= max_samples:  # a long run: coarser windows from here on
+                step, max_samples = step * 2, max_samples + cap
+            nxt = q.peek_ms()
+            if nxt is not None and (end_ms is None or now + step <= end_ms):
+                at_ms = now + step
+                if driver.idle and nxt - now > IDLE_SKIP_STEPS * step:
+                    # Nothing runs or waits until the next event, far off: one window over
+                    # the quiet stretch, ending on the grid just before it, not a sample
+                    # per step of it (a trace may start at a Unix timestamp).
+                    at_ms = now + (nxt - now) // step * step
+                    if end_ms is not None:
+                        at_ms = min(at_ms, now + (end_ms - now) // step * step)
+                q.push(at_ms, Sample())
     end = end_ms if end_ms is not None else q.now_ms
     last = rec.series["t_hours"][-1] if rec.series["t_hours"] else None
     if last is None or last * MS_PER_HOUR < end:

@@ -283,6 +283,11 @@ class MarketDriver:
                     self._park(job, now, front=True)
                     break
 
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting: every sample until the next event is alike."""
+        return not self.waiting and not self.leases
+
     def expire(self, now: int) -> None:
         """Waiting jobs past their patience give up (called at each sample)."""
         for key, q in self.parked.items():

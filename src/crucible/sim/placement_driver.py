@@ -66,6 +66,11 @@ class PlacementDriver:
     def queued(self) -> int:
         return len(self.waiting)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting: every sample until the next event is alike."""
+        return not self.waiting and not self.running
+
     def _gpus(self, job: Job) -> float:
         return job.request.gpu_demand_milli * job.nodes / FULL
 

@@ -20,13 +20,18 @@ trace is not shipped with Crucible (scenarios name it with ``trace_dir`` or the
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from crucible.core.placement import NodeSpec, Request
-from crucible.sim.trace_format import TraceTask
+from crucible.sim.scenario import ScenarioError
+from crucible.sim.trace_format import MAX_COUNT, MAX_SECONDS, TraceTask
+
+_T = TypeVar("_T")
 
 __all__ = [
     "TracePod",
@@ -54,9 +59,36 @@ class TracePod:
     scheduled_time: int | None
 
 
-def _int(text: str) -> int | None:
+def _int(text: str, most: float = MAX_COUNT) -> int | None:
     text = text.strip()
-    return int(float(text)) if text else None
+    if not text:
+        return None
+    v = float(text)  # ValueError names a value that is not a number
+    if not math.isfinite(v) or abs(v) > most:
+        raise ValueError(f"{text!r} is not a number within ±{most:,.0f}")
+    return int(v)
+
+
+def _read(path: Path, convert: Callable[[dict[str, str]], _T]) -> list[_T]:
+    """``convert`` of each row of an openb CSV file, in file order; a row it cannot convert
+    (a missing column, a value that is not a number) stops the run naming file and line."""
+    out: list[_T] = []
+    with open(path, newline="", encoding="utf-8-sig") as f:  # callers name a missing file
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                try:
+                    out.append(convert(row))
+                except KeyError as exc:
+                    raise ScenarioError(
+                        f"{path}: line {reader.line_num}: no column {exc.args[0]!r} (an openb "
+                        "file has a header row naming its columns)"
+                    ) from None
+                except (AttributeError, ValueError) as exc:  # a short row's None, a bad value
+                    raise ScenarioError(f"{path}: line {reader.line_num}: {exc}") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+    return out
 
 
 def load_nodes(directory: Path | str, *, gpu_only: bool = False) -> list[NodeSpec]:
@@ -67,20 +99,18 @@ def load_nodes(directory: Path | str, *, gpu_only: bool = False) -> list[NodeSpe
 
 def read_openb_nodes(path: Path) -> list[NodeSpec]:
     """The nodes of one openb node list file, in file order."""
-    out: list[NodeSpec] = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            gpus = _int(row["gpu"]) or 0
-            out.append(
-                NodeSpec(
-                    id=row["sn"],
-                    cpu_milli=_int(row["cpu_milli"]) or 0,
-                    memory_mib=_int(row["memory_mib"]) or 0,
-                    gpu_count=gpus,
-                    gpu_model=(row.get("model") or "").strip() if gpus else "",
-                )
-            )
-    return out
+
+    def node(row: dict[str, str]) -> NodeSpec:
+        gpus = _int(row["gpu"]) or 0
+        return NodeSpec(
+            id=row["sn"],
+            cpu_milli=_int(row["cpu_milli"]) or 0,
+            memory_mib=_int(row["memory_mib"]) or 0,
+            gpu_count=gpus,
+            gpu_model=(row.get("model") or "").strip() if gpus else "",
+        )
+
+    return _read(path, node)
 
 
 def load_pods(directory: Path | str, name: str = "default") -> list[TracePod]:
@@ -90,35 +120,33 @@ def load_pods(directory: Path | str, name: str = "default") -> list[TracePod]:
 
 def read_openb_pods(path: Path) -> list[TracePod]:
     """The tasks of one openb pod list file, in file order."""
-    out: list[TracePod] = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            num_gpu = _int(row["num_gpu"]) or 0
-            gpu_milli = _int(row["gpu_milli"]) or 0
-            if num_gpu == 0:
-                gpu_milli = 0
-            elif num_gpu > 1 or gpu_milli <= 0:
-                gpu_milli = 1000
-            spec = (row.get("gpu_spec") or "").strip()
-            models = frozenset(m.strip() for m in spec.split("|") if m.strip())
-            out.append(
-                TracePod(
-                    name=row["name"],
-                    request=Request(
-                        cpu_milli=_int(row["cpu_milli"]) or 0,
-                        memory_mib=_int(row["memory_mib"]) or 0,
-                        num_gpu=num_gpu,
-                        gpu_milli=gpu_milli,
-                        models=models,
-                    ),
-                    qos=row.get("qos") or "",
-                    phase=row.get("pod_phase") or "",
-                    creation_time=_int(row["creation_time"]) or 0,
-                    deletion_time=_int(row.get("deletion_time") or ""),
-                    scheduled_time=_int(row.get("scheduled_time") or ""),
-                )
-            )
-    return out
+
+    def pod(row: dict[str, str]) -> TracePod:
+        num_gpu = _int(row["num_gpu"]) or 0
+        gpu_milli = _int(row["gpu_milli"]) or 0
+        if num_gpu == 0:
+            gpu_milli = 0
+        elif num_gpu > 1 or gpu_milli <= 0:
+            gpu_milli = 1000
+        spec = (row.get("gpu_spec") or "").strip()
+        models = frozenset(m.strip() for m in spec.split("|") if m.strip())
+        return TracePod(
+            name=row["name"],
+            request=Request(
+                cpu_milli=_int(row["cpu_milli"]) or 0,
+                memory_mib=_int(row["memory_mib"]) or 0,
+                num_gpu=num_gpu,
+                gpu_milli=gpu_milli,
+                models=models,
+            ),
+            qos=row.get("qos") or "",
+            phase=row.get("pod_phase") or "",
+            creation_time=_int(row["creation_time"], MAX_SECONDS) or 0,
+            deletion_time=_int(row.get("deletion_time") or "", MAX_SECONDS),
+            scheduled_time=_int(row.get("scheduled_time") or "", MAX_SECONDS),
+        )
+
+    return _read(path, pod)
 
 
 def openb_tasks(pods: Sequence[TracePod]) -> list[TraceTask]:

@@ -57,6 +57,11 @@ TASK_COLUMNS = (
 )  # fmt: skip
 NODE_COLUMNS = ("id", "gpus", "gpu_model", "cpu_milli", "memory_mib", "count")
 MAX_NODES = 1_000_000  # a node file larger than this is a mistake, not a fleet
+# Times (submit_s, duration_s, patience_s) up to about 317 years: a Unix timestamp fits,
+# a typo of a few extra digits does not. Counts and sizes (nodes, gpus, cpu_milli, ...)
+# up to 10**15: larger is a mistake, and would overflow the core's arithmetic.
+MAX_SECONDS = 1e10
+MAX_COUNT = 1e15
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,32 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         raise ScenarioError(f"{path}: cannot be read ({exc.strerror})") from None
     with f:
         try:
-            for i, row in enumerate(csv.DictReader(f), start=2):
-                yield i, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            twice = sorted({h for h in header if header.count(h) > 1})
+            if twice:
+                raise ScenarioError(f"{path}: line 1: column {twice[0]!r} is named twice")
+            for values in reader:
+                line = reader.line_num
+                if not values:  # a blank line
+                    continue
+                if len(values) != len(header):
+                    raise ScenarioError(
+                        f"{path}: line {line}: {len(values)} values, but the header names "
+                        f"{len(header)} columns (a value with a comma must be quoted)"
+                    )
+                yield line, {k: v.strip() for k, v in zip(header, values, strict=True)}
         except (UnicodeDecodeError, csv.Error) as exc:
             raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
 
 
 def _number(
-    path: Path, line: int, row: Mapping[str, str], col: str, default: float | None
+    path: Path,
+    line: int,
+    row: Mapping[str, str],
+    col: str,
+    default: float | None,
+    most: float = MAX_SECONDS,
 ) -> float:
     text = row.get(col, "")
     if text == "":
@@ -122,7 +145,18 @@ def _number(
         raise ScenarioError(
             f"{path}: line {line}: {col} must be a finite number >= 0, not {text!r}"
         )
+    if v > most:
+        raise ScenarioError(f"{path}: line {line}: {col} must be at most {most:,.0f}, not {text}")
     return v
+
+
+def _whole(
+    path: Path, line: int, row: Mapping[str, str], col: str, default: int, most: float = MAX_COUNT
+) -> int:
+    v = _number(path, line, row, col, default, most)
+    if v != int(v):
+        raise ScenarioError(f"{path}: line {line}: {col} must be a whole number, not {row[col]}")
+    return int(v)
 
 
 def task_request(
@@ -157,9 +191,9 @@ def read_tasks(path: Path) -> list[TraceTask]:
         duration = n(path, line, row, "duration_s", None)
         if duration <= 0:
             raise ScenarioError(f"{path}: line {line}: duration_s must be > 0")
-        nodes = int(n(path, line, row, "nodes", 1))
-        gpus = int(n(path, line, row, "gpus", 0))
-        milli = int(n(path, line, row, "gpu_milli", FULL))
+        nodes = _whole(path, line, row, "nodes", 1, MAX_NODES)
+        gpus = _whole(path, line, row, "gpus", 0)
+        milli = _whole(path, line, row, "gpu_milli", FULL)
         if nodes < 1:
             raise ScenarioError(f"{path}: line {line}: nodes must be >= 1")
         if not 1 <= milli <= FULL:
@@ -177,8 +211,8 @@ def read_tasks(path: Path) -> list[TraceTask]:
                 request=task_request(
                     gpus,
                     milli,
-                    int(n(path, line, row, "cpu_milli", 0)),
-                    int(n(path, line, row, "memory_mib", 0)),
+                    _whole(path, line, row, "cpu_milli", 0),
+                    _whole(path, line, row, "memory_mib", 0),
                     (m.strip() for m in row.get("models", "").split("|")),
                 ),
                 nodes=nodes,
@@ -206,11 +240,11 @@ def read_nodes(path: Path) -> list[NodeSpec]:
                 f"{path}: column {unknown[0]!r} is not part of the format; known: "
                 f"{', '.join(NODE_COLUMNS)}"
             )
-        gpus = int(_number(path, line, row, "gpus", 0))
+        gpus = _whole(path, line, row, "gpus", 0)
         model = row.get("gpu_model", "")
         if gpus and not model:
             raise ScenarioError(f"{path}: line {line}: gpu_model is required when gpus > 0")
-        count = int(_number(path, line, row, "count", 1))
+        count = _whole(path, line, row, "count", 1)
         if len(out) + count > MAX_NODES:
             raise ScenarioError(
                 f"{path}: line {line}: more than {MAX_NODES:,} nodes in all; the simulator is "
@@ -220,8 +254,8 @@ def read_nodes(path: Path) -> list[NodeSpec]:
             out.append(
                 NodeSpec(
                     id=row["id"] if count == 1 else f"{row['id']}-{k}",
-                    cpu_milli=int(_number(path, line, row, "cpu_milli", 0)),
-                    memory_mib=int(_number(path, line, row, "memory_mib", 0)),
+                    cpu_milli=_whole(path, line, row, "cpu_milli", 0),
+                    memory_mib=_whole(path, line, row, "memory_mib", 0),
                     gpu_count=gpus,
                     gpu_model=model if gpus else "",
                 )

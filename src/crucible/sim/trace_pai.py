@@ -32,7 +32,7 @@ from pathlib import Path
 
 from crucible.core.placement import FULL, NodeSpec
 from crucible.sim.scenario import ScenarioError
-from crucible.sim.trace_format import TraceTask, task_request
+from crucible.sim.trace_format import MAX_SECONDS, TraceTask, task_request
 
 __all__ = ["JOB_COLUMNS", "MACHINE_COLUMNS", "TASK_COLUMNS", "read_pai_nodes", "read_pai_tasks"]
 
@@ -109,6 +109,15 @@ def read_pai_tasks(path: Path) -> tuple[list[TraceTask], dict[str, int]]:
     t0 = min(r[0] for r in raw)
     out: list[TraceTask] = []
     for arrival, duration, name, row, line in raw:
+        for what, seconds in (
+            ("its run (end_time - start_time)", duration),
+            ("its arrival after the first", arrival - t0),
+        ):
+            if seconds > MAX_SECONDS:
+                raise ScenarioError(
+                    f"{path}: line {line}: {what} is {seconds:,.0f} s, over the "
+                    f"{MAX_SECONDS:,.0f} s a trace may span"
+                )
         plan_gpu = _float(path, line, row, "plan_gpu") or 0.0
         if plan_gpu <= 0:
             gpus, milli = 0, 0
