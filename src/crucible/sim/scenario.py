@@ -65,6 +65,9 @@ TRACE_FORMATS = ("generic", "openb", "pai")
 """Trace layouts a ``source = "trace"`` workload or a ``source = "nodes"`` provider reads:
 the generic format (:mod:`crucible.sim.trace_format`), openb's pod and node lists, and
 Alibaba PAI 2020's task table and machine spec (:mod:`crucible.sim.trace_pai`)."""
+# Durations and patience at most 10 years of simulated time: a market run is an event per
+# arrival, so a longer one would run for days; a trace replay may span more (its own times).
+MAX_HOURS = 87_600.0
 
 
 class ScenarioError(InvalidRequestError):
@@ -341,8 +344,8 @@ def _class(data: Any, i: int, kind: str, source: str) -> ClassSpec:
         cpu=r.integer("cpu", 4),
         memory_gib=r.integer("memory_gib", 16),
         models=r.strs("models"),
-        duration_hours=r.number("duration_hours", 1.0, 1e-6),
-        patience_hours=r.number("patience_hours", 24.0),
+        duration_hours=r.number("duration_hours", 1.0, 1e-6, MAX_HOURS),
+        patience_hours=r.number("patience_hours", 24.0, 0.0, MAX_HOURS),
         tier=tier,
         bid=r.pair("bid", 0.0, 10.0),
     )
@@ -406,7 +409,7 @@ def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> S
         tasks = TaskTrace(
             path=w.get("path", str),
             format=w.get("format", str, "generic"),
-            patience_hours=w.number("patience_hours", 24.0),
+            patience_hours=w.number("patience_hours", 24.0, 0.0, MAX_HOURS),
         )
         if tasks.format not in TRACE_FORMATS:
             raise w.fail("format", f"must be one of {list(TRACE_FORMATS)}, not {tasks.format!r}")
@@ -429,7 +432,7 @@ def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> S
         classes=classes,
         trace=trace,
         tasks=tasks,
-        duration_hours=r.number("duration_hours", 0.0),
+        duration_hours=r.number("duration_hours", 0.0, 0.0, MAX_HOURS),
         sample_minutes=r.number("sample_minutes", 60.0, 1e-3),
         seed=r.integer("seed", 1),
         policy=policy,
