@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from crucible.errors import InvalidRequestError
+from crucible.sim.engine import run
 from crucible.sim.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +97,19 @@ def test_missing_and_wrong_files(tmp_path: Path) -> None:
     other.write_text(MARKET)
     with pytest.raises(ScenarioError, match=r"is a \.toml file"):
         load_scenario(other)
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"\xff\xfename = 'x'\n")
+    with pytest.raises(ScenarioError, match=r"b.toml: not a UTF-8 text file"):
+        load_scenario(binary)
+
+
+@pytest.mark.parametrize("where", ["/dev/zero", "."])
+def test_a_trace_path_that_is_not_a_file_is_refused(tmp_path: Path, where: str) -> None:
+    # Reading /dev/zero as a node file never ended (and grew without bound).
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "x"\nkind = "placement"\n[[fleet]]\nname = "a"\nsource = "nodes"\n'
+        f'path = "{where}"\n[workload]\nsource = "trace"\npath = "tasks.csv"\n'
+    )
+    with pytest.raises(ScenarioError, match=r"not a file \(a trace is a CSV or Parquet file\)"):
+        run(load_scenario(path))

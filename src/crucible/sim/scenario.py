@@ -173,7 +173,10 @@ class Scenario:
     def resolve(self, path: str) -> Path:
         """A path the scenario names, relative to the scenario file's folder."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() or not self.base_dir else Path(self.base_dir) / p
+        p = p if p.is_absolute() or not self.base_dir else Path(self.base_dir) / p
+        if p.exists() and not p.is_file():  # a folder, or a device such as /dev/zero
+            raise ScenarioError(f"{p}: not a file (a trace is a CSV or Parquet file)")
+        return p
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -473,4 +476,10 @@ def load_scenario(path: Path | str) -> Scenario:
         raise ScenarioError(f"{p}: no such scenario file (see examples/sim/ for working ones)")
     if p.suffix != ".toml":
         raise ScenarioError(f"{p}: a scenario is a .toml file")
-    return parse_scenario(p.read_text(encoding="utf-8"), str(p), str(p.parent))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
+        ) from None
+    return parse_scenario(text, str(p), str(p.parent))
