@@ -98,6 +98,34 @@ def test_pod_tier_is_spelled_as_for_functions(exchange: Exchange) -> None:
     )
 
 
+def test_pod_prices_and_key_files_that_are_not_what_they_should_be_are_named(
+    tmp_path: Path,
+) -> None:
+    """`--bid nan`, `--max-price inf` and `market quote --min-reliability nan` raised a
+    traceback; a file that is not a public key (/etc/passwd) was read as 31 keys and refused
+    as "at most 16"."""
+    refused(
+        cli("pod", "create", "x", "--tier", "interruptible", "--bid", "nan"),
+        "bid must be a number of dollars per GPU-hour in [0, 1000], got nan",
+    )
+    refused(cli("pod", "create", "x", "--max-price", "inf"), "max_price must be <= 1000")
+    refused(
+        cli("cluster", "create", "--name", "c", "--nodes", "2", "--gpu", "H100", "--max-price",
+            "inf"),
+        "max_price must be <= 1000",
+    )  # fmt: skip
+    refused(
+        cli("market", "quote", "H100", "--min-reliability", "nan"),
+        "--min-reliability must be a number in [0, 1], got nan",
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("# my keys\n\nroot:x:0:0:root:/root:/bin/bash\n")
+    refused(
+        cli("pod", "create", "x", "--ssh-key", str(notes)),
+        f"--ssh-key {notes}: line 3: an SSH key must be a public key line",
+    )
+
+
 def test_pod_create_takes_its_name_as_every_other_pod_command_does(exchange: Exchange) -> None:
     """`crucible pod create NAME` as `pod show NAME`, `pod logs NAME`...; --name still works;
     no name, or two different ones, is refused before anything is sent."""

@@ -35,6 +35,7 @@ from crucible.protocol.market import (
     QuoteInfo,
     ReservationInfo,
 )
+from crucible.sdk._checks import check_number
 
 __all__ = ["register"]
 
@@ -318,7 +319,9 @@ def register(app: typer.Typer) -> None:
             "bid_micros": _micros(bid, "--bid"),
             "max_price_micros": _micros(max_price, "--max-price"),
             "region": region,
-            "min_reliability_ppm": round(min_reliability * 1_000_000),
+            "min_reliability_ppm": round(
+                (check_number("--min-reliability", min_reliability, 0, 1) or 0.0) * 1_000_000
+            ),
             "prefer": prefer,
         }
         q = QuoteInfo.model_validate(

@@ -16,7 +16,7 @@ from crucible.cli.containers import PASSTHROUGH, exec_in, port_forward_to, proxy
 from crucible.cli.resources import JSON, _client
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
-from crucible.protocol.pods import DEFAULT_DISK, PodInfo, parse_env, port_path
+from crucible.protocol.pods import DEFAULT_DISK, PodInfo, check_ssh_key, parse_env, port_path
 from crucible.sdk._client import Client
 from crucible.sdk._pods import Pod, market_terms
 
@@ -55,7 +55,13 @@ def ssh_keys_of(files: list[Path]) -> list[str]:
             raise InvalidRequestError(
                 f"--ssh-key {f} is a private key; give the public one ({f}.pub)"
             )
-        keys += [line for line in text.splitlines() if line.strip()]
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                keys.append(check_ssh_key(line))
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"--ssh-key {f}: line {n}: {exc.message}") from None
     return keys
 
 

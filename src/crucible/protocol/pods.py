@@ -34,6 +34,7 @@ __all__ = [
     "PodPort",
     "PodSpec",
     "check_pod_name",
+    "check_ssh_key",
     "parse_disk_bytes",
     "parse_env",
     "parse_pod",
@@ -313,7 +314,7 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return dict(env)
 
 
-def _check_ssh_key(key: str) -> str:
+def check_ssh_key(key: str) -> str:
     parts = key.strip().split()
     if not key.strip().isprintable():
         raise InvalidRequestError(
@@ -379,7 +380,7 @@ def parse_pod(req: PodCreate) -> PodSpec:
         command=req.command or None,
         env=_check_env(req.env),
         ports=ports,
-        ssh_keys=[_check_ssh_key(k) for k in req.ssh_keys],
+        ssh_keys=[check_ssh_key(k) for k in req.ssh_keys],
         volumes=volumes,
         market=req.market,
     )

@@ -21,6 +21,7 @@ from crucible.protocol.volumes import check_mount_path
 from crucible.sdk._checks import (
     check_bool,
     check_choice,
+    check_dollars,
     check_int,
     check_name,
     check_network,
@@ -496,11 +497,6 @@ def _function_create(
     )
 
 
-def _dollars(name: str, value: float | None) -> int | None:
-    dollars = check_number(name, value, 0, 1000, optional=True, unit="dollars per GPU-hour")
-    return None if dollars is None else round(dollars * 1_000_000)
-
-
 def _market_terms(
     tier: str,
     bid: float | None,
@@ -521,7 +517,7 @@ def _market_terms(
     reliability = check_number("min_reliability", min_reliability, 0, 1)
     assert reliability is not None
     check_int("max_carbon_g_per_kwh", max_carbon_g_per_kwh, 0, 5000, optional=True)
-    bid_m, max_m = _dollars("bid", bid), _dollars("max_price", max_price)
+    bid_m, max_m = check_dollars("bid", bid), check_dollars("max_price", max_price)
     if bid_m is not None and max_m is not None and bid_m > max_m:
         raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
     try:

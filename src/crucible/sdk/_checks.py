@@ -90,6 +90,12 @@ def check_number(
     return float(value)
 
 
+def check_dollars(label: str, value: Any) -> int | None:
+    """Dollars per GPU-hour (``None``, or a number in [0, 1000]) as micro-dollars."""
+    dollars = check_number(label, value, 0, 1000, optional=True, unit="dollars per GPU-hour")
+    return None if dollars is None else round(dollars * 1_000_000)
+
+
 def check_bool(label: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequestError(

@@ -17,7 +17,7 @@ from crucible.errors import InvalidRequestError
 from crucible.protocol.apps import MarketTerms
 from crucible.protocol.logs import LogLine, LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
-from crucible.sdk._checks import check_choice, from_validation_error
+from crucible.sdk._checks import check_choice, check_dollars, from_validation_error
 from crucible.sdk._client import Client
 
 __all__ = ["Pod", "market_terms"]
@@ -33,16 +33,11 @@ def market_terms(
     ``tier`` is spelled as for functions: ``on-demand`` (or ``on_demand``), ``interruptible``
     or ``reserved``."""
     check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
-    for label, value in (("bid", bid), ("max_price", max_price)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise InvalidRequestError(f"{label} must be dollars per GPU-hour, e.g. 1.20")
-        if value is not None and value < 0:
-            raise InvalidRequestError(f"{label} must not be negative")
     try:
         return MarketTerms(
             tier=tier.replace("-", "_"),
-            bid_micros=round(bid * 1_000_000) if bid is not None else None,
-            max_price_micros=round(max_price * 1_000_000) if max_price is not None else None,
+            bid_micros=check_dollars("bid", bid),
+            max_price_micros=check_dollars("max_price", max_price),
         )
     except ValidationError as exc:
         raise from_validation_error(
