@@ -175,3 +175,29 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 1 and "the adapter's name must be" in done.stderr
+
+    # Weights the engine could not load are refused before anything is uploaded: a file (or
+    # a folder without config.json) for transformers, a file that is not GGUF for llama-cpp;
+    # and containers' bounds that cannot hold.
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 a zip")
+    for args, needle in (
+        ([str(weights / "config.json"), "--engine", "transformers"], "with a config.json"),
+        ([str(adapter), "--engine", "vllm"], "a folder without one"),
+        ([str(not_gguf), "--engine", "llama-cpp"], "not a GGUF file"),
+        ([str(weights), "--engine", "llama-cpp"], "no .gguf file in this folder"),
+        (
+            [str(weights), "--engine", "transformers", "--min-containers", "3",
+             "--max-containers", "2"],
+            "need 0 <= min <= max",
+        ),
+    ):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", "model", "deploy", "y", "--weights", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and needle in " ".join(done.stderr.split()), done.stderr
+    assert "y" not in [m["name"] for m in _cli(env, "model", "list", "--json")]

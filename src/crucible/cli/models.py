@@ -83,7 +83,32 @@ def serve():
 '''
 
 
-def _weights(client: Client, name: str, weights: str) -> tuple[str, str | None]:
+def check_local_weights(local: Path, engine: str) -> None:
+    """Refuse, before anything is uploaded, weights the engine could not load: a folder
+    saved with ``save_pretrained`` (config.json) for transformers and vllm, a GGUF file (or
+    a folder holding one) for llama-cpp."""
+    if engine == "llama-cpp":
+        files = sorted(local.glob("*.gguf")) if local.is_dir() else [local]
+        if not files:
+            raise InvalidRequestError(
+                f"--weights {local}: no .gguf file in this folder; llama-cpp serves a GGUF file"
+            )
+        with open(files[0], "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InvalidRequestError(
+                    f"--weights {files[0]}: not a GGUF file; llama-cpp serves a GGUF file "
+                    "(convert a Hugging Face model with llama.cpp's convert_hf_to_gguf.py)"
+                )
+        return
+    if not (local / "config.json").is_file():
+        raise InvalidRequestError(
+            f"--weights {local}: {engine} serves a model folder with a config.json (as "
+            "save_pretrained writes it); this is "
+            + ("a folder without one" if local.is_dir() else "a file")
+        )
+
+
+def _weights(client: Client, name: str, weights: str, engine: str) -> tuple[str, str | None]:
     """(path the containers read the weights at, the volume to mount for it or None); a
     local path is uploaded into the model's volume first."""
     if weights.startswith("volume:"):
@@ -97,6 +122,7 @@ def _weights(client: Client, name: str, weights: str) -> tuple[str, str | None]:
         raise InvalidRequestError(
             f"--weights {weights}: no such file or directory; give a local path or volume:NAME/path"
         )
+    check_local_weights(local, engine)
     target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
     with target.batch_upload(force=True) as up:
         if local.is_dir():
@@ -166,7 +192,12 @@ def register(app: typer.Typer) -> None:
         )
         client = _client()
         try:
-            path, source_volume = _weights(client, name, weights)
+            if min_containers < 0 or max_containers < max(1, min_containers):
+                raise InvalidRequestError(
+                    f"--min-containers {min_containers} and --max-containers {max_containers}: "
+                    "need 0 <= min <= max and max >= 1"
+                )
+            path, source_volume = _weights(client, name, weights, engine)
             source = model_app_source(
                 name,
                 engine,
