@@ -54,6 +54,15 @@ def test_upload_list_read_remove_history(builder: Client, tmp_path: Path) -> Non
         list(vol.read_file("nope"))
     # An old version still reads.
     assert b"".join(vol.read_file("llm/sub/config.json", version=1)) == b'{"layers": 2}'
+    # A path outside the volume, or its root, is the caller's mistake (it was a ValueError,
+    # a traceback in the CLI), named with what to write instead.
+    for bad, why in (("../../escape", "leaves the volume"), ("/", "is the volume's root")):
+        with pytest.raises(crucible.InvalidRequestError, match=f"{why}.*give a path inside"):
+            vol.remove_file(bad, recursive=True)
+        with pytest.raises(crucible.InvalidRequestError, match=why), vol.batch_upload() as up:
+            up.put_file(src / "weights.bin", bad)
+    with pytest.raises(crucible.InvalidRequestError, match="leaves the volume"):
+        list(vol.read_file("a/../../b"))
     crucible.Volume.delete("models", client=builder)
     with pytest.raises(crucible.NotFoundError):
         vol.info()

@@ -52,11 +52,14 @@ def check_volume_path(path: str) -> str:
     """A file's path inside a volume: relative, normalized, no '..', no NUL."""
     if not path or len(path) > 4096 or "\x00" in path:
         raise ValueError("a volume path must be 1-4096 characters without NUL")
+    given = path
     if path.startswith("/"):
         path = path.lstrip("/")
-    norm = posixpath.normpath(path)
-    if norm in (".", "") or norm.startswith("../") or norm == ".." or "/../" in f"/{norm}/":
-        raise ValueError(f"volume path {path[:200]!r} leaves the volume")
+    norm = posixpath.normpath(path) if path else "."
+    if norm == ".":
+        raise ValueError(f"volume path {given[:200]!r} is the volume's root, not a file in it")
+    if norm.startswith("../") or norm == ".." or "/../" in f"/{norm}/":
+        raise ValueError(f"volume path {given[:200]!r} leaves the volume")
     return norm
 
 

@@ -32,6 +32,17 @@ from crucible.sdk._client import Client
 __all__ = ["FileInfo", "Volume", "mount_volumes"]
 
 
+def _path(path: str) -> str:
+    """A file's path in a volume, as :func:`check_volume_path` reads it; a path that is not
+    one is the caller's mistake (InvalidRequestError), with what to write instead."""
+    try:
+        return check_volume_path(path)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"{exc}: give a path inside the volume, such as /data/train.jsonl"
+        ) from None
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
@@ -167,7 +178,7 @@ class Volume:
     # -- reading ----------------------------------------------------------------------------
     def listdir(self, path: str = "/", *, recursive: bool = False) -> list[FileInfo]:
         """Files and directories under ``path`` (all of them with ``recursive``)."""
-        prefix = "" if path.strip("/") == "" else check_volume_path(path) + "/"
+        prefix = "" if path.strip("/") == "" else _path(path) + "/"
         out: dict[str, FileInfo] = {}
         files = self.manifest().files
         if prefix and prefix[:-1] in files:
@@ -188,7 +199,7 @@ class Volume:
 
     def read_file(self, path: str, *, version: int | None = None) -> Iterator[bytes]:
         """The file's bytes, a chunk (4 MiB) at a time."""
-        entry = self.manifest(version).files.get(check_volume_path(path))
+        entry = self.manifest(version).files.get(_path(path))
         if entry is None:
             raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
         client = self.client
@@ -202,7 +213,7 @@ class Volume:
         return _BatchUpload(self, force)
 
     def remove_file(self, path: str, *, recursive: bool = False) -> VolumeVersion:
-        target = check_volume_path(path)
+        target = _path(path)
         files = self.manifest().files
         gone = [p for p in files if p == target or (recursive and p.startswith(target + "/"))]
         if not gone:
@@ -279,7 +290,7 @@ class _BatchUpload:
         path = Path(local)
         if not path.is_file():
             raise FileNotFoundError(f"{local} is not a file")
-        self._changes[check_volume_path(remote)] = _upload_file(self.volume.client, path)
+        self._changes[_path(remote)] = _upload_file(self.volume.client, path)
 
     def put_directory(self, local: str | os.PathLike[str], remote: str) -> None:
         root = Path(local)
