@@ -136,6 +136,15 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert audit["entries"][1]["target"] == made["id"]
         wide = {**env, "COLUMNS": "200"}
         assert "host.offer" in _crucible(["audit", "--action", "host.offer"], wide)
+        # A function by name, as `modal run FILE::FUNCTION` does: its parameters as flags.
+        fns = tmp_path / "fns.py"
+        fns.write_text(
+            "import crucible\napp = crucible.App('fns')\n"
+            "@app.function()\ndef double(x: int, tag: str = 'a'):\n    return [x * 2, tag]\n"
+            "@app.function()\ndef count(n: int):\n    yield from range(n)\n"
+        )
+        assert _crucible(["run", f"{fns}::double", "--x", "21"], env).split() == ["[42,", "'a']"]
+        assert _crucible(["run", f"{fns}::count", "--n", "3"], env).strip() == "[0, 1, 2]"
     finally:
         subprocess.run(
             [sys.executable, "-m", "crucible.cli.main", "down"], env=env, timeout=60, check=False

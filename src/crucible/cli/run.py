@@ -3,6 +3,7 @@ live on the exchange."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import signal
@@ -20,6 +21,7 @@ from crucible.cli._output import clean
 from crucible.errors import Error, InvalidRequestError
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._client import Client
+from crucible.sdk._functions import Function
 from crucible.sdk._packaging import _package_root
 from crucible.settings import load_settings
 
@@ -79,23 +81,55 @@ def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
         if isinstance(value, App):
             entries.update(value.entrypoints)
     if wanted:
-        if wanted not in entries:
-            raise InvalidRequestError(
-                f"no local entrypoint {wanted!r} in {module.__name__}; found: "
-                + (", ".join(sorted(entries)) or "none")
-            )
-        return entries[wanted]
+        if wanted in entries:
+            return entries[wanted]
+        functions = {
+            n: f
+            for v in vars(module).values()
+            if isinstance(v, App)
+            for n, f in v.functions.items()
+        }
+        if wanted in functions:
+            return _function_entrypoint(functions[wanted])
+        raise InvalidRequestError(
+            f"no local entrypoint or function {wanted!r} in {module.__name__}; found: "
+            + (", ".join(sorted({*entries, *functions})) or "none")
+        )
     if len(entries) == 1:
         return next(iter(entries.values()))
     if not entries:
+        names = sorted(n for v in vars(module).values() if isinstance(v, App) for n in v.functions)
         raise InvalidRequestError(
-            f"{module.__name__} has no @app.local_entrypoint(); add one, or run "
-            "FILE::NAME to pick one"
+            f"{module.__name__} has no @app.local_entrypoint(); add one, or run one of its "
+            f"functions with FILE::NAME ({', '.join(names) or 'it has none'})"
         )
     raise InvalidRequestError(
         f"{module.__name__} has several entrypoints ({', '.join(sorted(entries))}); "
         "pick one with FILE::NAME"
     )
+
+
+def _function_entrypoint(fn: Function[Any, Any]) -> LocalEntrypoint:
+    """``crucible run FILE::FUNCTION --x 1``: the function called once in a container with
+    ``x=1``, its result printed (a generator's values as a list), as Modal's ``modal run``
+    does for a function."""
+    if fn.kind in ("web_endpoint", "class"):
+        what = (
+            "a web endpoint (deploy it and call it over HTTP)"
+            if fn.kind == "web_endpoint"
+            else ("a class (call its methods from a local entrypoint)")
+        )
+        raise InvalidRequestError(
+            f"{fn.name} is {what}; `crucible run FILE::NAME` runs a function or a local entrypoint"
+        )
+
+    @functools.wraps(fn.raw_f)  # the function's parameters: --name value, converted as such
+    def call(**kwargs: Any) -> Any:
+        if fn.kind == "generator":
+            return list(fn.remote_gen(**kwargs))
+        return fn.remote(**kwargs)
+
+    return LocalEntrypoint(fn.app, call, fn.name)
 
 
 def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
