@@ -63,6 +63,9 @@ def test_upload_list_read_remove_history(builder: Client, tmp_path: Path) -> Non
             up.put_file(src / "weights.bin", bad)
     with pytest.raises(crucible.InvalidRequestError, match="leaves the volume"):
         list(vol.read_file("a/../../b"))
+    for name in ("..", "../v", ""):  # refused before any request, as Secret.from_name does
+        with pytest.raises(crucible.InvalidRequestError, match="volume name"):
+            crucible.Volume.from_name(name, client=builder)
     crucible.Volume.delete("models", client=builder)
     with pytest.raises(crucible.NotFoundError):
         vol.info()

@@ -88,6 +88,12 @@ def test_bad_commits_change_nothing(make_server: MakeServer) -> None:
     assert server.ok("GET", "/v1/volumes/v", token=alice.token)["version"] == 0
     r = server.request("POST", "/v1/volumes", token=alice.token, json={"name": "bad name!"})
     assert r.status_code == 400
+    # "." and ".." name nothing a URL can reach (/v1/volumes/.. is /v1/): refused, for every
+    # named object (volumes, secrets, dicts, apps...), not only volumes.
+    for route, extra in (("/v1/volumes", {}), ("/v1/secrets", {"values": {"A": "1"}})):
+        for name in (".", ".."):
+            r = server.request("POST", route, token=alice.token, json={"name": name, **extra})
+            assert r.status_code == 400 and "only dots" in r.json()["error"]["message"], r.text
 
 
 def test_storage_is_charged_per_gib_month(server: ServerUnderTest) -> None:

@@ -23,7 +23,7 @@ __all__ = [
     "function_kind",
 ]
 
-SECRET_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+SECRET_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.\-]{1,128}$")  # not "." or ".."
 MAX_PRICE_MICROS = 1_000_000_000  # $1,000 per device-hour: anything above is a typo
 
 

@@ -183,6 +183,18 @@ class CallState(StrEnum):
 TERMINAL_STATES = tuple(s.value for s in CallState if s.terminal)
 
 
+def _not_only_dots(name: str) -> str:
+    if set(name) == {"."}:
+        raise ValueError(
+            f"{name!r} is only dots, which a URL path reads as a folder; add a letter or digit"
+        )
+    return name
+
+
 class Named(Wire):
-    # The pattern also rules out blank names.
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # The pattern also rules out blank names; "." and ".." would name no object in a URL.
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"),
+        AfterValidator(_not_only_dots),
+    ]

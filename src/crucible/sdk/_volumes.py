@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.apps import SECRET_NAME
 from crucible.protocol.volumes import (
     CHUNK_BYTES,
     FileEntry,
@@ -134,6 +135,10 @@ class Volume:
     """A handle on the volume ``name`` of your account."""
 
     def __init__(self, name: str, client: Client | None) -> None:
+        if not isinstance(name, str) or not SECRET_NAME.match(name):
+            raise InvalidRequestError(
+                f"volume name {str(name)[:80]!r} must be 1-128 letters, digits, '_', '.' or '-'"
+            )
         self.name = name
         self._client = client
 
