@@ -79,6 +79,16 @@ def test_sim_errors_are_clear(tmp_path: Path) -> None:
     assert "workload.classes[0].bid: a bid is for tier = 'interruptible'" in out.stderr
     out = crucible(str(tmp_path / "bad.toml"), "--policy", "spread", cwd=tmp_path)
     assert out.returncode == 1
+    # A report folder that cannot be one is named before the run (it was an OSError's
+    # "[Errno 17] File exists" after it).
+    good = tmp_path / "tiny.toml"
+    good.write_text(TINY)
+    (tmp_path / "a-file").write_text("")
+    for args in ([str(good)], ["compare", str(good), "--policy", "cost-first", "--seeds", "1"]):
+        out = crucible(*args, "--out", str(tmp_path / "a-file"), "--no-plots", cwd=tmp_path)
+        assert out.returncode == 1, out.stderr
+        assert "is a file; give a folder" in " ".join(out.stderr.split()), out.stderr
+        assert "Traceback" not in out.stderr
 
 
 def test_example_market_scenario_states_its_public_figures() -> None:

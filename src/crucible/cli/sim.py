@@ -41,6 +41,19 @@ def _plots_or_say_why(plots: bool) -> bool:
     return plots and why is None
 
 
+def _folder(out: Path) -> Path:
+    """The report folder, made now: a path that cannot be one is said before the run."""
+    from crucible.sim.scenario import ScenarioError
+
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(f"--out {out}: is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScenarioError(f"--out {out}: cannot make this folder ({exc.strerror})") from None
+    return out
+
+
 def _without_list(part: Any) -> Any:
     """A kind's summary for the terminal: impossible tasks counted, not listed."""
     imp = part["impossible"]
@@ -96,11 +109,11 @@ def register(app: typer.Typer) -> None:
         if seeds < 1 or seeds > 100:
             raise ScenarioError(f"--seeds must be 1..100, not {seeds}")
         s = load_scenario(scenario)
+        folder = _folder(out or Path("sim-out") / f"{scenario.stem}-compare")
         plots = _plots_or_say_why(plots)
         t0 = time.perf_counter()
         result: dict[str, Any] = compare(s, policy, [s.seed + i for i in range(seeds)], gpus=gpus)
         timing = {"wall_s": round(time.perf_counter() - t0, 1), "runs": len(policy) * seeds}
-        folder = out or Path("sim-out") / f"{scenario.stem}-compare"
         written = write_compare_report(result, timing, folder, plots=plots)
         if json_out:
             print_json({k: v for k, v in result.items() if k != "runs"} | {"timing": timing})
@@ -156,6 +169,7 @@ def register(app: typer.Typer) -> None:
         from crucible.sim.scenario import load_scenario
 
         s = load_scenario(scenario)
+        folder = _folder(out or Path("sim-out") / scenario.stem)
         plots = _plots_or_say_why(plots)
         t0 = time.perf_counter()
         result = run(s, seed=seed, policy=policy)
@@ -166,7 +180,6 @@ def register(app: typer.Typer) -> None:
             "simulated_s_per_wall_s": round(sim_s / wall) if wall > 0 else None,
             "events_per_wall_s": round(result.summary["events"] / wall) if wall > 0 else None,
         }
-        folder = out or Path("sim-out") / scenario.stem
         written = write_report(result, timing, folder, plots=plots)
         if json_out:
             print_json({"summary": result.summary, "timing": timing})
