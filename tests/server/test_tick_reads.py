@@ -12,7 +12,7 @@ from sqlalchemy import event, select, update
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.services.function_specs import SPECS, SpecCache
-from crucible.server.store.tables import calls, containers, functions, pods
+from crucible.server.store.tables import calls, containers, functions, hosts, pods
 
 from server_testlib import MakeServer, ManualClock, ServerUnderTest
 
@@ -468,3 +468,53 @@ def test_a_quiet_tick_reads_the_growing_tables_only_through_indexes(
     finally:
         raw.close()
     assert scans == [], "\n".join(scans)
+
+
+def test_silent_hosts_are_looked_for_only_once_one_could_be_silent(
+    make_server: MakeServer,
+) -> None:
+    """A tick reads every host's row to find silent ones only once the oldest last sync of a
+    ready host could be past the host timeout (or 5 s since the last look): the quiet
+    ticks between read no host row for it, and a host that falls silent is still lost at
+    its timeout, and one made silent behind the loop's back within 5 s."""
+    server = make_server(host_timeout_s=12)
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    quiet = server.register_host(host_token, "quiet")
+    chatty = server.register_host(host_token, "chatty")
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    looks: list[int] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM hosts" in statement and "hosts.last_seen_ms <" in statement:
+            looks.append(clock.now)  # mark_lost_hosts' read of every ready host's row
+
+    def state(host_id: str) -> str:
+        with server.state.engine.connect() as conn:
+            return str(conn.execute(select(hosts.c.state).where(hosts.c.id == host_id)).scalar())
+
+    event.listen(server.state.engine, "before_cursor_execute", note)
+    try:
+        start = clock.now
+        for _ in range(160):  # up to 16 s of 100 ms ticks; only "chatty" syncs
+            clock.now += 100
+            if clock.now % 1_000 == 0:
+                server.ok("POST", f"/v1/hosts/{chatty}/sync", token=host_token, json={})
+            loop.tick()
+            if state(quiet) == "lost":
+                break
+        # Looked at 5 s and 10 s (the recheck), then at the first tick past the timeout,
+        # when it was lost; no tick between read the hosts for it.
+        assert [t - start for t in looks] == [5_000, 10_000, 12_100]
+        assert (state(quiet), state(chatty)) == ("lost", "ready")
+        # A host made silent in the store itself (not by the clock) is found within 5 s.
+        with server.state.engine.begin() as conn:
+            conn.execute(update(hosts).where(hosts.c.id == chatty).values(last_seen_ms=0))
+        for _ in range(50):
+            clock.now += 100
+            loop.tick()
+        assert state(chatty) == "lost"
+    finally:
+        event.remove(server.state.engine, "before_cursor_execute", note)

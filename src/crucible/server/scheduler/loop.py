@@ -75,6 +75,7 @@ from crucible.server.services.function_specs import SPECS
 from crucible.server.services.hosts import (
     flush_heartbeats,
     mark_lost_hosts,
+    oldest_ready_sync,
 )
 from crucible.server.services.market import (
     HostRow,
@@ -134,6 +135,7 @@ _WAITING_REFUSALS = {RefusalCode.NO_CAPACITY.value, RefusalCode.TOO_LARGE.value}
 # A host lost within this window may come back: requests it could run wait for it.
 _KNOWN_HOST_WINDOW_MS = 3_600_000
 _SETTLE_ALL_MS = 10_000  # every pod settled at least this often (else only changed ones)
+_LOST_RECHECK_MS = 5_000  # hosts looked at for silence at least this often (see _lost_check_ms)
 _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once a minute
 # Retention's share of each housekeeping: a backlog is worked off a bit every minute.
 _RETENTION_BUDGET_S = 0.2
@@ -183,6 +185,12 @@ class SchedulerLoop:
         # (settle_pods: a tick then looks only at pods whose containers changed since);
         # None: look at every pod. Every pod is looked at every _SETTLE_ALL_MS regardless.
         self._pods_settled_upto: int | None = None
+        # No ready host can have been silent for the host timeout before this time: the
+        # oldest last sync of a ready host, at the last look, plus the timeout (a host's
+        # last sync only moves forward, and a host becomes ready only with a sync of now).
+        # Until then a tick does not read every host's row to find silent ones; it looks at
+        # least every _LOST_RECHECK_MS anyway (a store edited by hand, replicas' clocks).
+        self._lost_check_ms = -math.inf
         self._pods_all_ms = 0
 
     @property
@@ -285,6 +293,7 @@ class SchedulerLoop:
             # In doubt (deposed, the database away, a bug): the next tick reads the whole
             # fleet again rather than trust what this one may have half taken in.
             self.fleet.invalidate()
+            self._lost_check_ms = -math.inf
             raise
 
     def _tick(self) -> list[str]:
@@ -301,7 +310,13 @@ class SchedulerLoop:
             # Syncs' heartbeats are written in batches: those seen here count before any
             # host is declared lost or any container metered up to its host's last sync.
             flush_heartbeats(conn, st.hosts.heartbeats)
-            keys += mark_lost_hosts(conn, now, int(s.host_timeout_s * 1000), s.max_infra_requeues)
+            if now >= self._lost_check_ms:
+                timeout_ms = int(s.host_timeout_s * 1000)
+                keys += mark_lost_hosts(conn, now, timeout_ms, s.max_infra_requeues)
+                oldest = oldest_ready_sync(conn)
+                self._lost_check_ms = min(  # lost once *more* than the timeout silent
+                    now + _LOST_RECHECK_MS, (now if oldest is None else oldest) + timeout_ms + 1
+                )
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)

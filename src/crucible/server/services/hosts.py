@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
 from crucible.errors import IMAGE_ERROR_CODES, NotFoundError, PermissionDeniedError
 from crucible.protocol.common import GpuAsk, Resources
@@ -40,6 +40,7 @@ __all__ = [
     "host_info",
     "list_hosts",
     "mark_lost_hosts",
+    "oldest_ready_sync",
     "process_reports",
     "register_host",
     "require_host",
@@ -656,6 +657,13 @@ def assignments_for_host(
             )
         )
     return start, stop, grace
+
+
+def oldest_ready_sync(conn: Connection) -> int | None:
+    """The earliest last sync of any ready host (None: no host is ready)."""
+    return conn.execute(
+        select(func.min(hosts.c.last_seen_ms)).where(hosts.c.state == "ready")
+    ).scalar()
 
 
 def mark_lost_hosts(
