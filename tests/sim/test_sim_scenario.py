@@ -63,6 +63,10 @@ def test_a_valid_market_scenario() -> None:
             lambda t: t.replace("duration_hours = 2", "duration_hours = 1e12"),
             "duration_hours: must be within 0.0..87600.0",
         ),
+        (
+            lambda t: t.replace("gpus = 16", "gpus = 1000000000000"),
+            "fleet[0].gpus: must be within 0..2,000,000",
+        ),
         (lambda t: t.replace("load = 0.5", "lod = 0.5"), "classes[0].lod: is not a known key"),
         (lambda t: t.replace("load = 0.5", "load = -1"), "load: must be within"),
         (lambda t: t.replace("prices = { H100 = 1.89 }", "prices = {}"), "no price for ['H100']"),

@@ -387,6 +387,20 @@ def test_a_trace_that_spans_decades_is_sampled_in_bounded_windows(
     assert r.series["utilisation"][-2] == pytest.approx(1 / 20)  # 1 of the lab's 20 GPUs
 
 
+def test_a_fleet_that_would_not_fit_in_memory_is_refused_before_it_is_built(
+    tmp_path: Path,
+) -> None:
+    # A node of a billion GPUs (a typo) raised MemoryError after minutes of allocating.
+    one = scenario(tmp_path, "a,0,60,1,1,1000,0,0,,\n", nodes="id,gpus,gpu_model\nn,1e9,A100\n")
+    with pytest.raises(ScenarioError, match=r"node 'n' has 1,000,000,000 GPUs; a node holds"):
+        replay(one)
+    many = scenario(
+        tmp_path, "a,0,60,1,1,1000,0,0,,\n", nodes="id,gpus,gpu_model,count\nn,1000,A100,5000\n"
+    )
+    with pytest.raises(ScenarioError, match=r"the fleet has 5,000,000 GPUs; the simulator holds"):
+        replay(many)
+
+
 def test_openb_files_with_bad_values_name_file_and_line(tmp_path: Path) -> None:
     from crucible.sim.trace import read_openb_nodes, read_openb_pods
 

@@ -24,7 +24,13 @@ from pathlib import Path
 from crucible.core.market import HostSpec, Market, Offer
 from crucible.core.placement import NodeSpec
 from crucible.settings import load_settings
-from crucible.sim.scenario import ProviderSpec, Scenario, ScenarioError
+from crucible.sim.scenario import (
+    MAX_FLEET_GPUS,
+    MAX_GPUS_PER_NODE,
+    ProviderSpec,
+    Scenario,
+    ScenarioError,
+)
 from crucible.sim.trace import gpu_count, load_nodes, read_openb_nodes, replicate
 from crucible.sim.trace_format import read_nodes
 from crucible.sim.trace_pai import read_pai_nodes
@@ -180,6 +186,12 @@ def build_fleet(
                         f"{s.source}: fleet {p.name!r}: the openb trace is not in {where}; "
                         "put the data set there or set trace_dir"
                     ) from None
+            big = next((n for n in nodes if n.gpu_count > MAX_GPUS_PER_NODE), None)
+            if big is not None:
+                raise ScenarioError(
+                    f"{s.source}: fleet {p.name!r}: node {big.id!r} has {big.gpu_count:,} GPUs; "
+                    f"a node holds at most {MAX_GPUS_PER_NODE:,}"
+                )
             per = gpu_count(nodes)
             if p.gpus:
                 nodes = replicate(nodes, p.gpus)
@@ -206,6 +218,12 @@ def build_fleet(
                     rng,
                 )
             )
+    total = sum(h.gpus for h in hosts)
+    if total > MAX_FLEET_GPUS:
+        raise ScenarioError(
+            f"{s.source}: the fleet has {total:,} GPUs; the simulator holds at most "
+            f"{MAX_FLEET_GPUS:,} (set gpus to scale it down)"
+        )
     return hosts, copies
 
 

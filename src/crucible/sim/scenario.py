@@ -68,6 +68,11 @@ Alibaba PAI 2020's task table and machine spec (:mod:`crucible.sim.trace_pai`)."
 # Durations and patience at most 10 years of simulated time: a market run is an event per
 # arrival, so a longer one would run for days; a trace replay may span more (its own times).
 MAX_HOURS = 87_600.0
+# A fleet the simulator can hold in memory (it is sized for about 250,000 GPUs; a node of
+# more GPUs than any machine has, or billions in all, is a typo that would exhaust memory).
+MAX_FLEET_GPUS = 2_000_000
+MAX_GPUS_PER_NODE = 1_024
+MAX_SITES = 100_000
 
 
 class ScenarioError(InvalidRequestError):
@@ -220,10 +225,11 @@ class _Reader:
             raise self.fail(key, f"must be {rng}, not {v}")
         return v
 
-    def integer(self, key: str, default: int, lo: int = 0) -> int:
+    def integer(self, key: str, default: int, lo: int = 0, hi: int | None = None) -> int:
         v = int(self.get(key, int, default))
-        if v < lo:
-            raise self.fail(key, f"must be >= {lo}, not {v}")
+        if v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"within {lo:,}..{hi:,}"
+            raise self.fail(key, f"must be {rng}, not {v:,}")
         return v
 
     def ints(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -295,9 +301,9 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
     p = ProviderSpec(
         name=name,
         source=src,
-        gpus=r.integer("gpus", 0),
-        sites=r.integer("sites", 1, lo=1),
-        gpus_per_host=r.integer("gpus_per_host", 8, lo=1),
+        gpus=r.integer("gpus", 0, hi=MAX_FLEET_GPUS),
+        sites=r.integer("sites", 1, lo=1, hi=MAX_SITES),
+        gpus_per_host=r.integer("gpus_per_host", 8, lo=1, hi=MAX_GPUS_PER_NODE),
         cpu_per_host=r.integer("cpu_per_host", 96, lo=1),
         memory_gib_per_host=r.integer("memory_gib_per_host", 1024, lo=1),
         mix=mix,
@@ -439,7 +445,7 @@ def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> S
         sample_minutes=r.number("sample_minutes", 60.0, 1e-3),
         seed=r.integer("seed", 1),
         policy=policy,
-        gpus=r.integer("gpus", 0),
+        gpus=r.integer("gpus", 0, hi=MAX_FLEET_GPUS),
         platform_fee=r.number("platform_fee", 0.10, 0.0, 1.0),
         grace_seconds=r.number("grace_seconds", 30.0),
         default_carbon_g_per_kwh=r.integer("default_carbon_g_per_kwh", 400),
