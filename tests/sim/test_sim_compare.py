@@ -141,8 +141,9 @@ def test_compare_refuses_what_it_cannot_compare() -> None:
         compare(s, ["cost-first", "spread"], [1])
     with pytest.raises(ScenarioError, match="at least one --policy"):
         compare(s, [], [1])
-    with pytest.raises(ScenarioError, match="--gpus must be > 0"):
-        compare(s, ["cost-first"], [1], gpus=0)
+    for gpus in (0, 10**12):  # 10**12 built hosts without end
+        with pytest.raises(ScenarioError, match=r"--gpus must be within 1\.\.2,000,000"):
+            compare(s, ["cost-first"], [1], gpus=gpus)
 
 
 def _crucible(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from crucible.sim.compare_placement import fold_placement, rank_placement, versus_placement
 from crucible.sim.engine import SimResult, run
-from crucible.sim.scenario import Scenario, ScenarioError, check_policy
+from crucible.sim.scenario import MAX_FLEET_GPUS, Scenario, ScenarioError, check_policy
 
 __all__ = ["GOALS", "compare"]
 
@@ -65,8 +65,8 @@ def compare(
     for p in policies:
         check_policy(s, p)
     if gpus is not None:
-        if gpus <= 0:
-            raise ScenarioError(f"--gpus must be > 0, not {gpus}")
+        if not 0 < gpus <= MAX_FLEET_GPUS:
+            raise ScenarioError(f"--gpus must be within 1..{MAX_FLEET_GPUS:,}, not {gpus:,}")
         if s.kind == "placement" and all(p.source != "generated" for p in s.providers):
             raise ScenarioError(
                 f"{s.source}: --gpus rescales generated providers; this fleet has none "
