@@ -184,8 +184,8 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
     for args, needle in (
         ([str(weights / "config.json"), "--engine", "transformers"], "with a config.json"),
         ([str(adapter), "--engine", "vllm"], "a folder without one"),
-        ([str(not_gguf), "--engine", "llama-cpp"], "not a GGUF file"),
-        ([str(weights), "--engine", "llama-cpp"], "no .gguf file in this folder"),
+        ([str(not_gguf), "--engine", "llama-cpp"], "not a .gguf file"),
+        ([str(weights), "--engine", "llama-cpp"], "a folder; llama-cpp serves one .gguf file"),
         (
             [str(weights), "--engine", "transformers", "--min-containers", "3",
              "--max-containers", "2"],

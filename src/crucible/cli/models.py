@@ -85,18 +85,19 @@ def serve():
 
 def check_local_weights(local: Path, engine: str) -> None:
     """Refuse, before anything is uploaded, weights the engine could not load: a folder
-    saved with ``save_pretrained`` (config.json) for transformers and vllm, a GGUF file (or
-    a folder holding one) for llama-cpp."""
+    saved with ``save_pretrained`` (config.json) for transformers and vllm, one ``.gguf``
+    file for llama-cpp."""
     if engine == "llama-cpp":
-        files = sorted(local.glob("*.gguf")) if local.is_dir() else [local]
-        if not files:
+        if local.is_dir():
+            found = ", ".join(p.name for p in sorted(local.glob("*.gguf"))[:3])
             raise InvalidRequestError(
-                f"--weights {local}: no .gguf file in this folder; llama-cpp serves a GGUF file"
+                f"--weights {local}: a folder; llama-cpp serves one .gguf file: give the file "
+                + (f"({found})" if found else "(this folder holds none)")
             )
-        with open(files[0], "rb") as f:
-            if f.read(4) != b"GGUF":
+        with open(local, "rb") as f:
+            if local.suffix != ".gguf" or f.read(4) != b"GGUF":
                 raise InvalidRequestError(
-                    f"--weights {files[0]}: not a GGUF file; llama-cpp serves a GGUF file "
+                    f"--weights {local}: not a .gguf file; llama-cpp serves a GGUF file "
                     "(convert a Hugging Face model with llama.cpp's convert_hf_to_gguf.py)"
                 )
         return
