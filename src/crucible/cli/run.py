@@ -181,10 +181,12 @@ def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def run(
         ctx: typer.Context,
-        target: str = typer.Argument(..., help="FILE.py or FILE.py::entrypoint"),
+        target: str = typer.Argument(
+            ..., help="FILE.py, or FILE.py::NAME (a local entrypoint, or a function to call once)"
+        ),
     ) -> None:
-        """Run an app's local entrypoint; its functions run in containers on the exchange
-        (an embedded one is started if none is configured)."""
+        """Run an app's local entrypoint (or one function, by name); its functions run in
+        containers on the exchange (an embedded one is started if none is configured)."""
         file, _, wanted = target.partition("::")
         module = import_app_file(Path(file))
         entry = _find_entrypoint(module, wanted or None)
