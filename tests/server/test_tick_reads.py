@@ -488,8 +488,14 @@ def test_silent_hosts_are_looked_for_only_once_one_could_be_silent(
     looks: list[int] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM hosts" in statement and "hosts.last_seen_ms <" in statement:
-            looks.append(clock.now)  # mark_lost_hosts' read of every ready host's row
+        # A read of every ready host's last sync (the oldest, or the silent ones): once a tick.
+        if (
+            "FROM hosts" in statement
+            and "last_seen_ms" in statement
+            and "WHERE hosts.state" in statement
+        ):
+            if not looks or looks[-1] != clock.now:
+                looks.append(clock.now)
 
     def state(host_id: str) -> str:
         with server.state.engine.connect() as conn:

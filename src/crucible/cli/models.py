@@ -94,12 +94,18 @@ def check_local_weights(local: Path, engine: str) -> None:
                 f"--weights {local}: a folder; llama-cpp serves one .gguf file: give the file "
                 + (f"({found})" if found else "(this folder holds none)")
             )
-        with open(local, "rb") as f:
-            if local.suffix != ".gguf" or f.read(4) != b"GGUF":
-                raise InvalidRequestError(
-                    f"--weights {local}: not a .gguf file; llama-cpp serves a GGUF file "
-                    "(convert a Hugging Face model with llama.cpp's convert_hf_to_gguf.py)"
-                )
+        try:
+            with open(local, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"--weights {local}: cannot be read ({exc.strerror})"
+            ) from None
+        if local.suffix != ".gguf" or magic != b"GGUF":
+            raise InvalidRequestError(
+                f"--weights {local}: not a .gguf file; llama-cpp serves a GGUF file "
+                "(convert a Hugging Face model with llama.cpp's convert_hf_to_gguf.py)"
+            )
         return
     if not (local / "config.json").is_file():
         raise InvalidRequestError(

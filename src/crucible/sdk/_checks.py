@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol import egress
+from crucible.protocol.apps import SECRET_NAME
 
 __all__ = [
     "NAME_PATTERN",
@@ -94,6 +95,16 @@ def check_dollars(label: str, value: Any) -> int | None:
     """Dollars per GPU-hour (``None``, or a number in [0, 1000]) as micro-dollars."""
     dollars = check_number(label, value, 0, 1000, optional=True, unit="dollars per GPU-hour")
     return None if dollars is None else round(dollars * 1_000_000)
+
+
+def check_object_name(kind: str, name: Any) -> str:
+    """The name of a volume, secret, dict or queue: 1-128 letters, digits, '_', '.' or '-',
+    not only dots (the server's rule, checked before any request)."""
+    if not isinstance(name, str) or not SECRET_NAME.match(name):
+        raise InvalidRequestError(
+            f"{kind} name {str(name)[:80]!r} must be 1-128 letters, digits, '_', '.' or '-'"
+        )
+    return name
 
 
 def check_bool(label: str, value: Any) -> bool:

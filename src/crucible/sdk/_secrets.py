@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from crucible.errors import InvalidRequestError
-from crucible.protocol.apps import SECRET_NAME
 from crucible.protocol.secrets import MAX_SECRET_KEYS, SecretInfo, check_env_key
+from crucible.sdk._checks import check_object_name
 from crucible.sdk._client import Client
 
 __all__ = ["Secret", "parse_dotenv"]
@@ -71,11 +71,7 @@ class Secret:
 
     @classmethod
     def from_name(cls, name: str) -> Secret:
-        if not isinstance(name, str) or not SECRET_NAME.match(name):
-            raise InvalidRequestError(
-                f"secret name {name!r} must be 1-128 letters, digits, '_', '.' or '-'"
-            )
-        return cls(name=name)
+        return cls(name=check_object_name("secret", name))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, str]) -> Secret:

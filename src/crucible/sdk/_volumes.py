@@ -19,7 +19,6 @@ from pathlib import Path
 from types import TracebackType
 
 from crucible.errors import Error, InvalidRequestError
-from crucible.protocol.apps import SECRET_NAME
 from crucible.protocol.volumes import (
     CHUNK_BYTES,
     FileEntry,
@@ -28,6 +27,7 @@ from crucible.protocol.volumes import (
     VolumeVersion,
     check_volume_path,
 )
+from crucible.sdk._checks import check_object_name
 from crucible.sdk._client import Client
 
 __all__ = ["FileInfo", "Volume", "mount_volumes"]
@@ -135,11 +135,7 @@ class Volume:
     """A handle on the volume ``name`` of your account."""
 
     def __init__(self, name: str, client: Client | None) -> None:
-        if not isinstance(name, str) or not SECRET_NAME.match(name):
-            raise InvalidRequestError(
-                f"volume name {str(name)[:80]!r} must be 1-128 letters, digits, '_', '.' or '-'"
-            )
-        self.name = name
+        self.name = check_object_name("volume", name)
         self._client = client
 
     def __repr__(self) -> str:

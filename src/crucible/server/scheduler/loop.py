@@ -312,8 +312,10 @@ class SchedulerLoop:
             flush_heartbeats(conn, st.hosts.heartbeats)
             if now >= self._lost_check_ms:
                 timeout_ms = int(s.host_timeout_s * 1000)
-                keys += mark_lost_hosts(conn, now, timeout_ms, s.max_infra_requeues)
                 oldest = oldest_ready_sync(conn)
+                if oldest is not None and oldest < now - timeout_ms:  # some host is lost
+                    keys += mark_lost_hosts(conn, now, timeout_ms, s.max_infra_requeues)
+                    oldest = oldest_ready_sync(conn)
                 self._lost_check_ms = min(  # lost once *more* than the timeout silent
                     now + _LOST_RECHECK_MS, (now if oldest is None else oldest) + timeout_ms + 1
                 )
