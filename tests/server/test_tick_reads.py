@@ -489,13 +489,9 @@ def test_silent_hosts_are_looked_for_only_once_one_could_be_silent(
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         # A read of every ready host's last sync (the oldest, or the silent ones): once a tick.
-        if (
-            "FROM hosts" in statement
-            and "last_seen_ms" in statement
-            and "WHERE hosts.state" in statement
-        ):
-            if not looks or looks[-1] != clock.now:
-                looks.append(clock.now)
+        read = "FROM hosts" in statement and "WHERE hosts.state" in statement
+        if read and "last_seen_ms" in statement and (not looks or looks[-1] != clock.now):
+            looks.append(clock.now)
 
     def state(host_id: str) -> str:
         with server.state.engine.connect() as conn:
