@@ -142,6 +142,7 @@ class _Zygote:
     idle_since: float = field(default_factory=time.monotonic)
     warmed: set[str] = field(default_factory=set)
     gone: bool = False
+    ending: bool = False  # the reaper ended it: nothing new may start in it
     cgroup: SandboxCgroup | None = None
     baseline: int = 0  # the zygote's own memory (the start allowance until it is ready)
     reserved: dict[str, int] = field(default_factory=dict)  # container → its memory
@@ -630,22 +631,30 @@ class SandboxRuntime:
         key = hashlib.sha256(ident.encode()).hexdigest()[:24]
         with self._lock:
             z = self._zygotes.get(key)
-            if z is not None and not z.gone and not (z.cluster and not z.containers):
+            if (
+                z is not None
+                and not z.gone
+                and not z.ending
+                and not (z.cluster and not z.containers)
+            ):
                 return z
+            if z is not None and not z.gone:
+                z.ending = True
         if z is not None and not z.gone:
-            # A cluster member's sandbox serves one run and is ended once idle
-            # (_end_idle_zygotes). A next run on the same plan and hosts (the cluster
-            # stopped and started again) that comes before the reaper must not be handed to
-            # it (it never started there): end it, and start afresh once it is gone (it has
-            # this key). Starts and the reaper both run on this thread.
-            log.info("ending zygote %s of a cluster member's last run", key)
+            # Not to be handed a container: a sandbox the reaper ended, whose end its reader
+            # has not seen yet (the container would fail to start in it), or a cluster
+            # member's sandbox, which serves one run and is ended once idle
+            # (_end_idle_zygotes); a next run on the same plan and hosts (the cluster stopped
+            # and started again) that comes before the reaper never started there. End it,
+            # and start afresh once it is gone (it has this key). Starts and the reaper both
+            # run on this thread.
+            log.info("waiting for zygote %s to end before starting it afresh", key)
             z.proc.terminate()
             if not z.proc.done.wait(10):
                 # Its directory is still in use: never remove it under a running sandbox.
-                # The container fails, and the cluster is placed again.
                 raise SandboxUnavailableError(
-                    "the cluster member's sandbox from its last run has not ended yet; "
-                    "the cluster is placed again"
+                    "the host's last sandbox for this container (same account, image and "
+                    "network) has not ended yet"
                 )
         sdir = self.sandboxes_dir / key
         shutil.rmtree(sdir, ignore_errors=True)
@@ -1020,6 +1029,8 @@ class SandboxRuntime:
                 # A cluster member's sandbox is not kept warm: it holds its network.
                 and (z.cluster or now - z.idle_since > self.limits.zygote_idle_s)
             ]
+            for z in idle:
+                z.ending = True
         for z in idle:
             log.info("ending idle zygote %s", z.key)
             z.proc.terminate()
