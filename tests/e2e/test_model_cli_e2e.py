@@ -189,7 +189,7 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
         (
             [str(weights), "--engine", "transformers", "--min-containers", "3",
              "--max-containers", "2"],
-            "need 0 <= min <= max",
+            "--min-containers=3 is above --max-containers=2",
         ),
     ):  # fmt: skip
         done = subprocess.run(

@@ -21,7 +21,7 @@ from crucible.cli.run import import_app_file
 from crucible.core.token_pricing import parse_price_per_million
 from crucible.errors import InvalidRequestError
 from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage
-from crucible.sdk._checks import check_name
+from crucible.sdk._checks import check_name, check_scaling
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import Volume
 
@@ -199,11 +199,9 @@ def register(app: typer.Typer) -> None:
         )
         client = _client()
         try:
-            if min_containers < 0 or max_containers < max(1, min_containers):
-                raise InvalidRequestError(
-                    f"--min-containers {min_containers} and --max-containers {max_containers}: "
-                    "need 0 <= min <= max and max >= 1"
-                )
+            check_scaling(
+                min_containers, max_containers, names=("--min-containers", "--max-containers")
+            )
             path, source_volume = _weights(client, name, weights, engine)
             source = model_app_source(
                 name,

@@ -26,6 +26,7 @@ from crucible.sdk._checks import (
     check_name,
     check_network,
     check_number,
+    check_scaling,
     check_text,
     from_validation_error,
 )
@@ -233,15 +234,9 @@ class App:
         )
         check_bool("verified", verified)
         market = market.model_copy(update={"verified": verified})
-        check_int("max_containers", max_containers, 1, 100_000, optional=True)
-        check_int("min_containers", min_containers, 0, 100_000)
+        check_scaling(min_containers, max_containers)
         check_int("buffer_containers", buffer_containers, 0, 100_000)
         check_number("scaledown_window", scaledown_window, 0, 86400, optional=True, unit="seconds")
-        if max_containers is not None and min_containers > max_containers:
-            raise InvalidRequestError(
-                f"min_containers={min_containers} is above max_containers={max_containers}; "
-                "lower min_containers or raise max_containers"
-            )
 
         def decorate(f: Callable[P, R]) -> Function[P, R]:
             if isinstance(f, Function):

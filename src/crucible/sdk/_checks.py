@@ -60,6 +60,24 @@ def check_int(label: str, value: Any, lo: int, hi: int, *, optional: bool = Fals
     return value
 
 
+def check_scaling(
+    min_containers: Any,
+    max_containers: Any,
+    *,
+    names: tuple[str, str] = ("min_containers", "max_containers"),
+) -> None:
+    """Containers kept warm (0..100,000) and the most at once (1..100,000, None: no cap),
+    the warm ones no more than the cap. ``names`` as the caller's user wrote them."""
+    lo_name, hi_name = names
+    check_int(hi_name, max_containers, 1, 100_000, optional=True)
+    check_int(lo_name, min_containers, 0, 100_000)
+    if max_containers is not None and min_containers > max_containers:
+        raise InvalidRequestError(
+            f"{lo_name}={min_containers} is above {hi_name}={max_containers}; "
+            f"lower {lo_name} or raise {hi_name}"
+        )
+
+
 def check_number(
     label: str,
     value: Any,
