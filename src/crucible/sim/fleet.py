@@ -171,6 +171,7 @@ def build_fleet(
     scale = s.gpus / generated if s.gpus and generated else 1.0
     hosts: list[Host] = []
     copies = 0
+    total = 0
     for p in s.providers:
         carbon = _site_carbon(p, rng)
 
@@ -196,6 +197,7 @@ def build_fleet(
             if p.gpus:
                 nodes = replicate(nodes, p.gpus)
             copies = max(1, round(gpu_count(nodes) / per)) if per else 1
+            total = _within_bound(s, total + gpu_count(nodes))
             for k, n in enumerate(nodes):
                 hosts.append(
                     _host(
@@ -204,6 +206,7 @@ def build_fleet(
                 )
             continue
         n_hosts = max(1, round(p.gpus * scale / p.gpus_per_host))
+        total = _within_bound(s, total + n_hosts * p.gpus_per_host)
         for k, model in enumerate(_models_by_share(dict(p.mix), n_hosts)):
             hosts.append(
                 _host(
@@ -218,13 +221,18 @@ def build_fleet(
                     rng,
                 )
             )
-    total = sum(h.gpus for h in hosts)
+    return hosts, copies
+
+
+def _within_bound(s: Scenario, total: int) -> int:
+    """``total``, the fleet's GPUs so far, refused before its hosts are built when it is more
+    than the simulator holds."""
     if total > MAX_FLEET_GPUS:
         raise ScenarioError(
             f"{s.source}: the fleet has {total:,} GPUs; the simulator holds at most "
             f"{MAX_FLEET_GPUS:,} (set gpus to scale it down)"
         )
-    return hosts, copies
+    return total
 
 
 def to_nodes(hosts: Sequence[Host]) -> list[NodeSpec]:
