@@ -332,10 +332,6 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = JSON,
     ) -> None:
-        """What your apps cost: container time metered to the millisecond."""
-        client = _client()
-        path = "/v1/bill" + (f"?app_id={resolve_id(client, app_id)}" if app_id else "")
-        report = BillReport.model_validate(client.get(path))
         """What your apps cost: container time metered to the millisecond, with the energy it
         drew and the CO2 it emitted (* marks estimates where the host could not measure)."""
         if by not in ("function", "carbon"):
