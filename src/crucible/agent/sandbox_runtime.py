@@ -1026,14 +1026,17 @@ class SandboxRuntime:
                 z
                 for z in self._zygotes.values()
                 if not z.containers
+                and not z.ending
                 # A cluster member's sandbox is not kept warm: it holds its network.
                 and (z.cluster or now - z.idle_since > self.limits.zygote_idle_s)
             ]
             for z in idle:
                 z.ending = True
         for z in idle:
+            # In a thread of its own: its end may take seconds (SIGKILL after a grace), and
+            # starts wait on this thread; a start for an ending zygote waits for its end.
             log.info("ending idle zygote %s", z.key)
-            z.proc.terminate()
+            threading.Thread(target=z.proc.terminate, name=f"end-{z.key[:12]}", daemon=True).start()
 
     def _finish(self, box: _Box, rc: int | None, reason: str, message: str | None) -> None:
         box.state = "exited"
