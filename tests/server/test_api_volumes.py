@@ -85,7 +85,28 @@ def test_bad_commits_change_nothing(make_server: MakeServer) -> None:
     assert "Nothing was committed" in r.json()["error"]["message"]
     r = commit(server, alice.token, "v", 7, {"a": None})
     assert r.status_code == 404
+    # A size that is not what the chunks hold (the quota and the storage charge count it).
+    five = entry(server, alice.token, b"12345")
+    for size in (0, 14, 16):
+        lie = five | {"size": size, "chunks": five["chunks"] * 3}
+        r = commit(server, alice.token, "v", 0, {"zero.txt": lie})
+        assert r.status_code == 400, r.text
+        assert "its chunks hold 15" in r.json()["error"]["message"], r.text
     assert server.ok("GET", "/v1/volumes/v", token=alice.token)["version"] == 0
+    # A path that is a file and a folder at once: no container could mount the volume.
+    assert commit(server, alice.token, "v", 0, {"a.txt": five, "d/e/f": five}).status_code == 201
+    for changes, words in (
+        ({"a.txt/child": five}, "under 'a.txt', which is a file"),
+        ({"d/e": five}, "'d/e' is a folder"),
+        ({"d": five}, "'d' is a folder"),
+        ({"x": five, "x/y": five}, "'x' is a folder"),
+    ):
+        r = commit(server, alice.token, "v", 1, changes)
+        assert r.status_code == 409 and words in r.json()["error"]["message"], r.text
+    assert server.ok("GET", "/v1/volumes/v", token=alice.token)["version"] == 1
+    # Removed in the same commit, the file may become a folder.
+    r = commit(server, alice.token, "v", 1, {"a.txt": None, "a.txt/child": five})
+    assert r.status_code == 201, r.text
     r = server.request("POST", "/v1/volumes", token=alice.token, json={"name": "bad name!"})
     assert r.status_code == 400
     # "." and ".." name nothing a URL can reach (/v1/volumes/.. is /v1/): refused, for every

@@ -17,7 +17,13 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from crucible.core.ledger import PLATFORM_FEES, EntryKind, Posting, renter_account
 from crucible.core.metering import GIB, storage_cost
-from crucible.errors import NotFoundError, PermissionDeniedError, QuotaExceededError
+from crucible.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+)
 from crucible.protocol.ids import new_id
 from crucible.protocol.volumes import (
     FileEntry,
@@ -162,6 +168,36 @@ def meter_volumes(conn: Connection, now_ms: int, interval_ms: int, price_micros:
     return len(rows)
 
 
+def _check_tree(files: dict[str, FileEntry], written: list[str]) -> None:
+    """Refuses a written path that is also a folder of the volume's files (``a`` beside
+    ``a/b``): no container could mount both."""
+    if not written:
+        return
+    folders: set[str] = set()
+    for f in files:
+        d = f
+        while "/" in d:
+            d = d.rsplit("/", 1)[0]
+            if d in folders:
+                break  # and so are the folders above it
+            folders.add(d)
+    for path in written:
+        if path in folders:
+            raise ConflictError(
+                f"{path!r} is a folder of this volume's files, so it cannot be a file too: "
+                "remove the files under it in the same commit, or pick another path. "
+                "Nothing was committed."
+            )
+        parts = path.split("/")
+        for k in range(1, len(parts)):
+            above = "/".join(parts[:k])
+            if above in files:
+                raise ConflictError(
+                    f"{path!r} is under {above!r}, which is a file: remove {above!r} in the "
+                    "same commit, or pick another path. Nothing was committed."
+                )
+
+
 def commit(
     conn: Connection,
     store: BlobStore,
@@ -181,20 +217,26 @@ def commit(
         raise NotFoundError(f"volume {name!r} has no version {req.base_version} yet")
     account = row.account_id
     wanted = {sha for e in req.changes.values() if e is not None for sha in e.chunks}
-    have = set()
+    sizes: dict[str, int] = {}
     for batch in _batches(sorted(wanted), 500):
-        have |= set(
-            conn.execute(
-                select(blobs.c.sha256).where(
-                    blobs.c.account_id == account, blobs.c.sha256.in_(batch)
-                )
-            ).scalars()
-        )
-    if wanted - have:
-        missing = sorted(wanted - have)[0]
+        for r in conn.execute(
+            select(blobs.c.sha256, blobs.c.size).where(
+                blobs.c.account_id == account, blobs.c.sha256.in_(batch)
+            )
+        ):
+            sizes[r.sha256] = int(r.size)
+    if wanted - sizes.keys():
+        missing = sorted(wanted - sizes.keys())[0]
         raise NotFoundError(
             f"chunk {missing} is not uploaded; upload every chunk before committing"
         )
+    for path, entry in req.changes.items():
+        # The quota and the storage charge count a file's size: it must be what its chunks hold.
+        if entry is not None and entry.size != (held := sum(sizes[c] for c in entry.chunks)):
+            raise InvalidRequestError(
+                f"file {path!r} gives its size as {entry.size:,} bytes, but its chunks hold "
+                f"{held:,}; a file's size is the sum of its chunks' sizes. Nothing was committed."
+            )
     current = _load(store, row.manifest_ref, row.version)
     files: dict[str, FileEntry] = dict(current.files)
     for path, entry in req.changes.items():
@@ -202,6 +244,7 @@ def commit(
             files.pop(path, None)
         else:
             files[path] = entry
+    _check_tree(files, [p for p, e in req.changes.items() if e is not None])
     size = sum(e.size for e in files.values())
     others = conn.execute(
         select(func.coalesce(func.sum(volumes.c.size_bytes), 0)).where(
