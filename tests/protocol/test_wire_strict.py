@@ -17,9 +17,11 @@ import types
 import typing
 from typing import Any, get_args, get_origin
 
+import annotated_types
 import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 import crucible.protocol
 from crucible.protocol.common import MAX_WIRE_INT, Wire
@@ -125,3 +127,56 @@ def test_every_integer_has_a_bound_in_the_schema(
     schema = orjson.dumps(model.model_json_schema()["properties"][name])
     text = schema.decode()
     assert '"maximum"' in text or '"exclusiveMaximum"' in text, (model.__name__, name, text)
+
+
+def _narrowest(field: Any) -> tuple[int | None, int | None]:
+    """The field's range: the narrowest of every bound declared on it or on its type."""
+    lo: list[int] = []
+    hi: list[int] = []
+
+    def walk(items: Any) -> None:
+        for m in items:
+            if isinstance(m, annotated_types.Ge):
+                lo.append(int(m.ge))
+            elif isinstance(m, annotated_types.Gt):
+                lo.append(int(m.gt) + 1)
+            elif isinstance(m, annotated_types.Le):
+                hi.append(int(m.le))
+            elif isinstance(m, annotated_types.Lt):
+                hi.append(int(m.lt) - 1)
+            elif isinstance(m, FieldInfo):
+                walk(m.metadata)
+
+    walk(field.metadata)
+    annotation = field.annotation
+    if get_origin(annotation) is typing.Annotated:
+        walk(get_args(annotation)[1:])
+    return (max(lo) if lo else None, min(hi) if hi else None)
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "scalar", "wrap"),
+    [c for c in CASES if c.values[2] is int],
+)
+def test_each_integer_holds_its_narrowest_range(
+    model: type[BaseModel], name: str, scalar: Any, wrap: Any
+) -> None:
+    """One past a field's own range is refused, and the schema shows that range: the wide
+    wire bound of ``WireInt`` used to replace a field's own (``WireInt = Field(ge=16)``), in
+    validation and in the schema (``context_length: -5`` was accepted)."""
+    field = model.model_fields[name]
+    if wrap(0) != 0:  # inside a list or a dict: the bounds are the item type's
+        return
+    lo, hi = _narrowest(field)
+    prop = model.model_json_schema()["properties"][name]
+    option = next(o for o in prop.get("anyOf", [prop]) if o.get("type") == "integer")
+    shown = {
+        "minimum": option.get("minimum", option.get("exclusiveMinimum", -(2**70)) + 1),
+        "maximum": option.get("maximum", option.get("exclusiveMaximum", 2**70) - 1),
+    }
+    for bound, key, step in ((lo, "minimum", -1), (hi, "maximum", 1)):
+        if bound is None:
+            continue
+        assert shown[key] == bound, (model.__name__, name, key, option)
+        for errors in _field_errors(model, name, {name: bound + step}):
+            assert errors, f"{model.__name__}.{name} accepted {bound + step} ({key} {bound})"

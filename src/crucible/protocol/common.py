@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "MAX_WIRE_INT",
@@ -16,6 +16,7 @@ __all__ = [
     "CallState",
     "ErrorBody",
     "ErrorInfo",
+    "FlatText",
     "GpuAsk",
     "HostLabel",
     "JsonValue",
@@ -33,8 +34,23 @@ __all__ = [
 # fits a 64-bit store column with room to add. Larger values are refused with 400 (they used
 # to reach the store and fail there with 500).
 MAX_WIRE_INT = 2**53
-# An integer field without a narrower range of its own.
-WireInt = Annotated[int, Field(ge=-MAX_WIRE_INT, le=MAX_WIRE_INT)]
+
+
+def _within_wire(value: int) -> int:
+    if not -MAX_WIRE_INT <= value <= MAX_WIRE_INT:
+        raise ValueError(f"must be within -2**53..2**53 ({MAX_WIRE_INT:,}), got {value:,}")
+    return value
+
+
+def _wire_bounds(schema: dict[str, Any]) -> None:
+    schema.setdefault("minimum", -MAX_WIRE_INT)
+    schema.setdefault("maximum", MAX_WIRE_INT)
+
+
+# An integer on the wire. A validator, not Field(ge=, le=): a field's own narrower range
+# (``WireInt = Field(ge=16)``) must hold too, and pydantic keeps only the last bound of each
+# kind (the type's wide one replaced the field's). The schema shows the narrower bound.
+WireInt = Annotated[int, AfterValidator(_within_wire), Field(json_schema_extra=_wire_bounds)]
 
 
 def _json_only(value: Any) -> Any:
@@ -80,6 +96,16 @@ def _charset(pattern: str, allowed: str) -> Any:
 
 # Text others may see (a GPU's model name, a token's label): printable, no control characters.
 PrintableText = Annotated[str, AfterValidator(_printable)]
+
+
+def _flattened(value: Any) -> Any:
+    return _CONTROL.sub(" ", value) if isinstance(value, str) else value
+
+
+# A diagnostic others may see, written by a program rather than typed (an agent's isolation
+# problem, a self-test's error, which may quote a tool's multi-line output): every control
+# character becomes a space instead of refusing the whole report.
+FlatText = Annotated[str, BeforeValidator(_flattened)]
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 # A name others see in listings (a host's name, its region): a hostname's characters.
 HostLabel = Annotated[

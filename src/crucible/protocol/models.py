@@ -3,6 +3,8 @@ the exchange at ``{server}/openai/v1`` and billed per token (docs/inference.md).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from crucible.protocol.common import Named, Wire, WireInt
@@ -21,6 +23,10 @@ ENGINES = ("vllm", "transformers", "llama-cpp")
 _NAME = r"^[A-Za-z0-9_.\-]+$"
 
 
+# Dollars per million tokens, in micro-dollars ($1,000 at most).
+TokenPrice = Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
 class ModelCreate(Named):
     """Register (or update) the model ``name``: the deployment ``deployment`` whose web
     function ``function`` serves it. ``crucible model deploy`` deploys the engine app and then
@@ -33,8 +39,8 @@ class ModelCreate(Named):
     engine: str = Field(default="custom", min_length=1, max_length=32, pattern=_NAME)
     weights: str = Field(default="", max_length=1024)
     public: bool = False
-    price_input_micros: WireInt | None = Field(default=None, ge=0, le=1_000_000_000)
-    price_output_micros: WireInt | None = Field(default=None, ge=0, le=1_000_000_000)
+    price_input_micros: TokenPrice | None = None
+    price_output_micros: TokenPrice | None = None
     # The engine's window in tokens (2048: the engines' default --max-model-len). It bounds
     # every request: max_tokens past it is refused, and a caller is never charged for more
     # tokens than a request of this window could produce.
