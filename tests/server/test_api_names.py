@@ -5,6 +5,7 @@ escape or any other control character gets a clear 400, never a place in another
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -92,3 +93,31 @@ def test_names_of_accounts_apps_deployments_and_functions(
     _expect_400(r, "name")
     r = server.request("POST", "/v1/tokens", token=user, json={"name": "t\x1b[31m"})
     _expect_400(r, "name")
+
+
+def test_a_hosts_isolation_problems_and_self_test_are_text_others_can_print(
+    server: ServerUnderTest,
+) -> None:
+    # A host's isolation problems and self-test results reach every tenant (`crucible hosts`,
+    # `crucible market hosts`): a title-setting, screen-clearing error went through as is.
+    host = server.tenant("hoster", Scope.HOST).token
+    cpu = {"kind": "cpu", "model": "cpu", "measured_ms": 1}
+    for bad, field in (
+        ({"model": "cpu\x1b[5m"}, "model"),
+        ({"figures": {"\x1b[31mkey": 1.0}}, "figures"),
+        ({"figures": {"cores": 1e308}}, "figures.cores"),
+    ):
+        r = _register(server, host, self_test=[cpu | bad])
+        _expect_400(r, field)
+    # Diagnostics the agent writes (which may quote a tool's output): their control
+    # characters become spaces.
+    evil = "\x1b]0;pwned\x07\x1b[2J<script>x</script>\u202e"
+    isolation = {"runtime": "bwrap", "problems": [f"no seccomp: {evil}"]}
+    made = _register(server, host, isolation=isolation, self_test=[cpu | {"error": evil}])
+    assert made.status_code == 200, made.text
+    user = server.tenant("someone").token
+    [seen] = server.ok("GET", "/v1/hosts", token=user)
+    shown = json.dumps(seen, ensure_ascii=False)
+    assert "pwned" in shown and "no seccomp" in shown
+    assert not any(c in shown for c in "\x1b\x07\u202e"), shown
+    assert "<script>x</script>" in seen["verification"]["reason"]  # text, escaped in HTML

@@ -96,6 +96,14 @@ def test_cpu_hosts_need_their_cores_in_parallel_and_memory_bandwidth() -> None:
     assert not v.verified and "3.0 cores measured in parallel of 8 declared" in v.reason
     v = verify(inventory(cores=8), [cpu(bandwidth=0.1)], NOW)
     assert not v.verified and "0.10 GB/s" in v.reason
+    # More than the test can measure (one worker per declared core), or than any memory
+    # copies: absurd figures do not verify a host (1e300 cores verified one, and every
+    # tenant saw its 309 digits; the wire now bounds figures at 1e9).
+    v = verify(inventory(cores=4), [cpu(cores=1e9)], NOW)
+    assert not v.verified and "more than the test can measure" in v.reason, v.reason
+    assert verify(inventory(cores=3.5), [cpu(cores=4.0)], NOW).verified  # 4 workers ran
+    v = verify(inventory(cores=8), [cpu(bandwidth=1e9)], NOW)
+    assert not v.verified and "more than any machine's memory" in v.reason, v.reason
 
 
 def test_fake_gpus_are_never_verified() -> None:

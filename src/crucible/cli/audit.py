@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import typer
-from rich.markup import escape
 
 from crucible.cli._output import fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
@@ -49,11 +48,11 @@ def register(app: typer.Typer) -> None:
                     e.id,
                     fmt_time(e.ts_ms),
                     e.action,
-                    escape(e.target),
+                    e.target,
                     e.account_id or "-",
                     e.actor_account_id or "server",
-                    # Values others chose (names, memos): shown as text, not markup.
-                    escape(", ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))),
+                    # Values others chose (names, memos): table() shows cells as plain text.
+                    ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items())),
                 )
                 for e in page.entries
             ],

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import (
@@ -78,8 +77,8 @@ def _print_host(h: HostMarketInfo) -> None:
     )
     # The agent's and the server's own words: printed as text, never as markup.
     owner_only = "" if h.isolated else " (runs only its owner's code)"
-    console.print(f"  isolation: {escape(h.isolation or 'unknown')}{owner_only}")
-    console.print(f"  verified: {escape(verification_summary(h.verified, h.verification))}")
+    console.print(f"  isolation: {shown(h.isolation or 'unknown')}{owner_only}")
+    console.print(f"  verified: {shown(verification_summary(h.verified, h.verification))}")
     table(
         "Offers ($/device-hour; cpu: $/core-hour + $/GiB-hour)",
         ["device", "on-demand", "interruptible min", "reserved", "priced by host"],

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from crucible.protocol.access import AccessRequest
-from crucible.protocol.common import HostLabel, PrintableText, Wire, WireInt, Words
+from crucible.protocol.common import FlatText, HostLabel, PrintableText, Wire, WireInt, Words
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 
 __all__ = [
@@ -79,7 +79,9 @@ class IsolationReport(Wire):
     cluster_network: bool = False
     cluster_net_port: int | None = Field(default=None, ge=1, le=65535)
     # What is missing, in words a host operator can act on ("no pids cgroup: ...").
-    problems: list[str] = Field(default_factory=list, max_length=64)
+    problems: list[Annotated[FlatText, Field(max_length=2000)]] = Field(
+        default_factory=list, max_length=64
+    )
 
     def full(self) -> bool:
         """Whether strangers' code may run here: every protection in place. A CPU quota is
@@ -141,18 +143,24 @@ def isolation_summary(report: IsolationReport | None) -> str:
     return report.summary()
 
 
+# A self-test figure's name ("matmul_tflops") and value: a measurement, finite and at most a
+# billion (no machine measures more cores, TFLOPS or GB/s than that).
+FigureName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+Figure = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
 class SelfTestResult(Wire):
     """One figure set of the agent's self-test: per GPU (a matmul's throughput and the memory
     bandwidth, through the real CUDA/NVML path) or for the CPUs (cores and memory)."""
 
     kind: Literal["gpu", "cpu"]
     device_index: int | None = Field(default=None, ge=0, le=1023)  # for kind == "gpu"
-    model: str = Field(min_length=1, max_length=64)  # catalog GPU model, or "cpu"
+    model: PrintableText = Field(min_length=1, max_length=64)  # catalog GPU model, or "cpu"
     # e.g. {"matmul_tflops": ..., "mem_bandwidth_gbs": ...} or {"cores": ..., "gflops": ...}
-    figures: dict[str, float] = Field(default_factory=dict, max_length=32)
+    figures: dict[FigureName, Figure] = Field(default_factory=dict, max_length=32)
     fake: bool = False  # measured on a declared fake device: never verifies a host
     measured_ms: int = Field(ge=0, le=2**53)
-    error: str | None = Field(default=None, max_length=2000)
+    error: FlatText | None = Field(default=None, max_length=2000)
 
 
 class HostVerification(Wire):

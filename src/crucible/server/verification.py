@@ -10,8 +10,9 @@ model's, and the CPU check found the cores and memory bandwidth it declares:
   :data:`MAX_FRACTION` (more than the sheet means the figures or the model are wrong);
 - memory (NVML): at least :data:`MIN_MEMORY_FRACTION` of the catalog's (NVML reports a bit
   less than the marketed size);
-- CPU: the cores measured in parallel reach :data:`MIN_CORE_FRACTION` of the cores declared,
-  and memory copies reach :data:`MIN_CPU_BANDWIDTH_GBS`.
+- CPU: the cores measured in parallel reach :data:`MIN_CORE_FRACTION` of the cores declared
+  (and no more than the test can measure: one worker per declared core), and memory copies
+  reach :data:`MIN_CPU_BANDWIDTH_GBS` (and no more than :data:`MAX_CPU_BANDWIDTH_GBS`).
 
 Declared fake GPUs are never verified. Nothing here does I/O: the server calls
 :func:`verify` at registration and whenever an agent sends fresh results.
@@ -23,6 +24,7 @@ from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.hosts import HostVerification, Inventory, SelfTestResult
 
 __all__ = [
+    "MAX_CPU_BANDWIDTH_GBS",
     "MAX_FRACTION",
     "MIN_CORE_FRACTION",
     "MIN_CPU_BANDWIDTH_GBS",
@@ -36,6 +38,7 @@ MAX_FRACTION = 1.5
 MIN_MEMORY_FRACTION = 0.9
 MIN_CORE_FRACTION = 0.5
 MIN_CPU_BANDWIDTH_GBS = 0.5
+MAX_CPU_BANDWIDTH_GBS = 5_000
 
 
 def _gpu_problem(
@@ -92,8 +95,21 @@ def _cpu_problem(result: SelfTestResult | None, declared: float) -> tuple[str | 
             f"{MIN_CORE_FRACTION:.0%}; is the machine oversubscribed?)",
             "",
         )
+    if cores > max(1, round(declared)) + 0.01:
+        # The self-test runs one worker per declared core: it cannot measure more.
+        return (
+            f"CPU: {cores:g} cores measured of {declared:g} declared: more than the test "
+            "can measure; the self-test's figures are not believable",
+            "",
+        )
     if bandwidth < MIN_CPU_BANDWIDTH_GBS:
         return f"CPU: memory copies at {bandwidth:.2f} GB/s", ""
+    if bandwidth > MAX_CPU_BANDWIDTH_GBS:
+        return (
+            f"CPU: memory copies at {bandwidth:,.0f} GB/s, more than any machine's memory "
+            f"(accepted: up to {MAX_CPU_BANDWIDTH_GBS:,} GB/s); the figures are not believable",
+            "",
+        )
     return None, f"CPU: {cores:.1f} of {declared:g} cores, {bandwidth:.1f} GB/s"
 
 
