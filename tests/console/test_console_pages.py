@@ -342,6 +342,10 @@ def test_price_form_changes_the_book(server: ServerUnderTest, browser: Browser) 
         "/market?quote=ZZZ999",
         "/market?quote=H100&nodes=0",
         "/market?quote=H100&bid=lots",
+        "/market?gpu=bogus",
+        # Digits that are not ASCII ("²" passes str.isdigit(), not int()): these were 500s.
+        "/market?quote=H100&nodes=%C2%B2",
+        "/calls?before=%C2%B2:ca-x",
         "/apps/ap-missing",
         "/calls/ca-missing",
         "/hosts/ho-missing",

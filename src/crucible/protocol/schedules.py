@@ -56,7 +56,7 @@ def _value(token: str, name: str, low: int, high: int, names: list[str]) -> int:
     lowered = token.lower()
     if names and lowered in names:
         return low + names.index(lowered) if name != "day of week" else names.index(lowered)
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise ValueError(f"cron {name} {token!r} is not a number in {low}-{high}")
     value = int(token)
     if not low <= value <= high:
@@ -72,7 +72,7 @@ def _field(text: str, name: str, low: int, high: int, names: list[str]) -> froze
         base, _, step_text = part.partition("/")
         step = 1
         if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise ValueError(f"cron {name} step {step_text!r} must be a positive number")
             step = int(step_text)
         if base == "*":

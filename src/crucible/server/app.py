@@ -102,7 +102,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # The HTTP server reads exactly this many bytes, so checking it is enough.
-                if value.isdigit() and int(value) > self.limit:
+                if value.isascii() and value.isdigit() and int(value) > self.limit:
                     await _send_error(send, PayloadTooLargeError(self._message()))
                     return
                 await self.app(scope, receive, send)

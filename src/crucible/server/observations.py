@@ -79,12 +79,12 @@ class Observations:
 
         def arrived(value: str) -> None:
             function_id, _, n = value.rpartition(":")
-            if n.isdigit() and function_id:
+            if n.isascii() and n.isdigit() and function_id:
                 self._arrived(function_id, int(n), self.now_ms())
 
         def executed(value: str) -> None:
             parts = value.rsplit(":", 2)
-            if len(parts) == 3 and parts[2].isdigit():
+            if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit():
                 with contextlib.suppress(ValueError):
                     mean = float(parts[1])
                     self._executed(parts[0], [mean] * min(int(parts[2]), 1_000))

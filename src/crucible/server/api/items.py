@@ -37,7 +37,7 @@ def share_consumption(state: ServerState) -> None:
 
     def apply(value: str) -> None:
         call_id, _, after = value.rpartition(":")
-        if not after.isdigit():
+        if not (after.isascii() and after.isdigit()):
             return
         n = int(after)
         consumed = state.calls.items_consumed

@@ -85,7 +85,7 @@ class PortsHost:
             raise NotFoundError(f"{request.method} is not relayed to a published port")
         limit = state.settings.max_request_bytes
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        if length.isascii() and length.isdigit() and int(length) > limit:
             raise PayloadTooLargeError(f"the request body is over {limit} bytes")
         if not pod_id.startswith(_POD):
             return await self._container(request, pod_id, port)

@@ -85,7 +85,7 @@ class WebHosts:
                 raise NotFoundError(_NO_ENDPOINT)
             limit = self.state.settings.max_request_bytes
             length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > limit:
+            if length.isascii() and length.isdigit() and int(length) > limit:
                 raise PayloadTooLargeError(f"the request body is over {limit} bytes")
             if request.method not in _METHODS:
                 raise NotFoundError(f"{request.method} is not served by a web endpoint")

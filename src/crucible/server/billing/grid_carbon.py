@@ -53,7 +53,7 @@ def _valid(value: object, where: str) -> int:
 
 def _time_ms(text: str) -> int:
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    if text.isascii() and text.lstrip("-").isdigit():
         return int(text)
     at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if at.tzinfo is None:

@@ -142,7 +142,7 @@ async def logs_stream(
     state = state_of(request)
     who = session.principal
     resume = request.headers.get("last-event-id", "")
-    if resume.isdigit():
+    if resume.isascii() and resume.isdigit():
         after = max(after, int(resume))
     with state.engine.connect() as conn:
         logs.read_logs(conn, who, app_id, call_id=call_id, after=after, limit=1)  # NotFound now

@@ -28,7 +28,7 @@ def _before(text: str | None) -> tuple[int, str] | None:
     if not text:
         return None
     ms, _, call_id = text.partition(":")
-    if not ms.isdigit() or not call_id or len(call_id) > 64:
+    if not (ms.isascii() and ms.isdigit()) or not call_id or len(call_id) > 64:
         raise InvalidRequestError(
             "before must be <created_ms>:<call id>, as in the list's 'Older' link"
         )

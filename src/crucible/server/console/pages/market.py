@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
 from crucible.errors import Error
+from crucible.protocol.gpus import parse_gpu_request
 from crucible.protocol.market import QuoteInfo, QuoteRequest
 from crucible.server.api.responses import validation_message
 from crucible.server.console import charts
@@ -37,6 +38,8 @@ def market_page(
     prefer: str | None = Query(default=None, max_length=64),
 ) -> Response:
     state = state_of(request)
+    if gpu:
+        parse_gpu_request(gpu)  # a model the catalog does not know: a 400 that names it
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, now)
@@ -68,7 +71,9 @@ def market_page(
         try:
             req = QuoteRequest(
                 gpu=quote,
-                nodes=int(asked["nodes"]) if str(asked["nodes"]).isdigit() else 0,
+                nodes=int(asked["nodes"])
+                if str(asked["nodes"]).isascii() and str(asked["nodes"]).isdigit()
+                else 0,
                 tier=asked["tier"],
                 bid_micros=usd_to_micros(bid, "bid") if bid else None,
                 max_price_micros=usd_to_micros(max_price, "max price") if max_price else None,
