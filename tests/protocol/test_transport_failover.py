@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from crucible.errors import Error, ServerUnavailableError
+from crucible.errors import Error, InvalidRequestError, ServerUnavailableError
 from crucible.protocol.access import websocket_url
 from crucible.protocol.transport import Transport, server_urls
 from crucible.testing import free_port
@@ -143,3 +143,10 @@ def test_a_replicas_own_503_is_its_error_not_a_retry(balancer_url: str) -> None:
         assert _Balancer.seen == ["/own-503"]
     finally:
         t.close()
+
+
+def test_an_integer_past_64_bits_is_named_before_anything_is_sent() -> None:
+    # `crucible reserve H100 --nodes 99999999999999999999999` printed orjson's traceback.
+    t = Transport(f"http://127.0.0.1:{free_port()}", "tok", retry_for_s=0)
+    with pytest.raises(InvalidRequestError, match=r"/v1/reservations holds a value JSON cannot"):
+        t.request("POST", "/v1/reservations", {"nodes": 10**23})

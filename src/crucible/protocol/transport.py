@@ -29,6 +29,7 @@ import orjson
 from crucible.errors import (
     AuthError,
     Error,
+    InvalidRequestError,
     RateLimitedError,
     ServerUnavailableError,
     error_from_wire,
@@ -237,7 +238,13 @@ class Transport:
         retry: bool = True,
         retry_rate_limited: bool = False,
     ) -> Any:
-        body = None if json is None else orjson.dumps(json)
+        try:
+            body = None if json is None else orjson.dumps(json)
+        except TypeError as exc:  # an int past 64 bits (a typo), or a value JSON cannot hold
+            raise InvalidRequestError(
+                f"the request to {path} holds a value JSON cannot carry ({exc}); integers must "
+                "fit in 64 bits (the server takes at most 2**53)"
+            ) from None
         status, data = self.request_raw(
             method,
             path,
