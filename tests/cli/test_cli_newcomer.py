@@ -530,3 +530,28 @@ def test_a_validators_message_reaches_the_user_without_pydantics_prefix(
         "secret key '1A' is not a valid environment variable name",
     )
     assert "Value error" not in text
+
+
+def test_files_and_numbers_that_are_not_what_they_should_be_are_named(tmp_path: Path) -> None:
+    """Found by a newcomer's walk: a .env file that is a device was read until the machine
+    ran out of memory, one that is not UTF-8 printed a traceback, fine-tune options were
+    written unchecked into the trainer's generated app (nan is no Python literal), and an
+    integer past 64 bits printed orjson's traceback. Each is refused before anything is sent
+    (the server here is a dead port)."""
+    binary = tmp_path / "bin.env"
+    binary.write_bytes(b"A=\x8f\xff\n")
+    refused(cli("secret", "create", "e", "--from-dotenv", "/dev/zero"), "not a regular file")
+    refused(cli("secret", "create", "e", "--from-dotenv", str(tmp_path)), "is a folder")
+    refused(cli("secret", "create", "e", "--from-dotenv", str(binary)), "not UTF-8 text")
+    refused(cli("pod", "create", "p", "--ssh-key", str(binary)), "not UTF-8 text")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    tune = ("fine-tune", "create", "--base", "m", "--data")
+    refused(cli(*tune, "/dev/zero"), "/dev/zero: is not a regular file")
+    refused(cli(*tune, str(tmp_path)), "is a folder")
+    refused(cli(*tune, str(data), "--cpu", "nan"), "--cpu")
+    refused(cli(*tune, str(data), "--cpu", "inf"), "--cpu")
+    refused(cli(*tune, str(data), "--target-modules", ",,,"), "--target-modules")
+    refused(cli(*tune, str(data), "--batch-size", "99999999999999999999"), "--batch-size")
+    big = "99999999999999999999999"
+    refused(cli("market", "quote", "H100", "--nodes", big), "JSON cannot carry")

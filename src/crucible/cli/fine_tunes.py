@@ -10,6 +10,7 @@ call succeeds: it serves at once as ``MODEL:ADAPTER``.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.fine_tunes import FINE_TUNE_METHODS, FineTuneCreate, FineTuneInfo
 from crucible.protocol.models import ModelInfo
-from crucible.sdk._checks import check_name, from_validation_error
+from crucible.sdk._checks import check_int, check_name, check_number, from_validation_error
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function
 from crucible.sdk._volumes import Volume
@@ -33,6 +34,9 @@ from crucible.sdk._volumes import Volume
 __all__ = ["register", "trainer_app_source"]
 
 TRAINABLE_ENGINES = ("transformers", "vllm")  # a base model directory the trainer can load
+
+# A linear layer's name in a model (q_proj, model.layers.0.mlp.up_proj).
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
 
 def trainer_app_source(
@@ -143,8 +147,18 @@ def register(app: typer.Typer) -> None:
                 raise InvalidRequestError(f"{label} must be at least 1 (got {value})")
         if not 0 < lr <= 1:
             raise InvalidRequestError(f"--lr must be in (0, 1] (got {lr})")
-        if checkpoint_every < 0:
-            raise InvalidRequestError("--checkpoint-every must be 0 or more")
+        check_int("--batch-size", batch_size, 1, 65_536)
+        check_int("--checkpoint-every", checkpoint_every, 0, 1_000_000_000)
+        # The trainer's own options, checked as @app.function checks them (before the data is
+        # uploaded: nan became a bare name in the generated app and failed there).
+        check_number("--cpu", cpu, 0, 1024, lo_open=True, unit="cores")
+        check_int("--timeout", timeout, 1, 7 * 86400)
+        modules = [m.strip() for m in target_modules.split(",")]
+        if not all(_MODULE.match(m) for m in modules):
+            raise InvalidRequestError(
+                f"--target-modules {target_modules!r}: give comma-separated layer names, "
+                "such as q_proj,v_proj"
+            )
         name = adapter or f"ft-{uuid.uuid4().hex[:6]}"
         check_name("the adapter's name", name)
         examples = check_data(data)  # before anything is started or charged
@@ -184,7 +198,7 @@ def register(app: typer.Typer) -> None:
                 "--checkpoint-every",
                 str(checkpoint_every),
                 "--target-modules",
-                target_modules,
+                ",".join(modules),
             ]
             job = _start(
                 client,

@@ -18,6 +18,7 @@ from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodInfo, check_ssh_key, parse_env, port_path
 from crucible.sdk._client import Client
+from crucible.sdk._local_files import read_text_file
 from crucible.sdk._pods import Pod, market_terms
 
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
@@ -47,10 +48,7 @@ def volumes_of(specs: list[str]) -> dict[str, str]:
 def ssh_keys_of(files: list[Path]) -> list[str]:
     keys = []
     for f in files:
-        try:
-            text = f.expanduser().read_text()
-        except OSError as exc:
-            raise InvalidRequestError(f"--ssh-key {f}: cannot read it ({exc.strerror})") from None
+        text = read_text_file(f, "--ssh-key", 1 << 20)
         if "PRIVATE KEY" in text:
             raise InvalidRequestError(
                 f"--ssh-key {f} is a private key; give the public one ({f}.pub)"

@@ -80,10 +80,21 @@ def _parse(path: Path, number: int, record: Any) -> tuple[list[dict[str, str]] |
     )
 
 
+def _need_file(path: Path) -> None:
+    if not path.is_file():
+        what = (
+            "is a folder"
+            if path.is_dir()
+            else "is not a regular file (a device or a pipe)"
+            if path.exists()
+            else "no such file"
+        )
+        raise DataError(f"{path}: {what} (the training data is a .jsonl file)")
+
+
 def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Example]:
     """Read and tokenize ``path``; raise :class:`DataError` on the first bad line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (the training data is a .jsonl file)")
+    _need_file(path)
     examples: list[Example] = []
     eos = tokenizer.eos_token_id
     with path.open(encoding="utf-8") as lines:
@@ -128,8 +139,7 @@ def check_records(path: Path) -> int:
     """Check every line of ``path`` as :func:`load_examples` does, without a tokenizer (so a
     client can refuse bad data before a job is started); returns the number of examples.
     Raises :class:`DataError` naming the first bad line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (the training data is a .jsonl file)")
+    _need_file(path)
     count = 0
     with path.open(encoding="utf-8") as lines:
         try:

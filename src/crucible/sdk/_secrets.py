@@ -10,6 +10,7 @@ from crucible.errors import InvalidRequestError
 from crucible.protocol.secrets import MAX_SECRET_KEYS, SecretInfo, check_env_key
 from crucible.sdk._checks import check_object_name
 from crucible.sdk._client import Client
+from crucible.sdk._local_files import read_text_file
 
 __all__ = ["Secret", "parse_dotenv"]
 
@@ -31,10 +32,14 @@ def _check_values(values: Mapping[str, str], where: str) -> dict[str, str]:
     return out
 
 
+_DOTENV_MAX_BYTES = 1 << 20  # a secret holds at most 64 KiB per value, 256 keys
+
+
 def parse_dotenv(path: str | Path) -> dict[str, str]:
     """KEY=VALUE lines of a .env file (``export`` allowed, # comments, optional quotes)."""
     values: dict[str, str] = {}
-    for n, raw in enumerate(Path(path).read_text().splitlines(), 1):
+    text = read_text_file(path, "the .env file", _DOTENV_MAX_BYTES)
+    for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
