@@ -307,3 +307,29 @@ def test_web_url_of_a_function_not_deployed() -> None:
     assert _plain.get_web_url() is None  # not a web endpoint: no URL, deployed or not
     with pytest.raises(crucible.Error, match=r"deploy.*Function.from_name\('not-deployed'"):
         _page.get_web_url()
+
+
+def _g(x: int) -> int:
+    return -x
+
+
+class _Model:
+    @crucible.method()
+    def run(self) -> int:
+        return 1
+
+
+def test_two_functions_of_one_name_are_refused_not_replaced() -> None:
+    # `@app.function() def f` then `@app.function(name="f") def g`: g replaced f silently,
+    # and `f.remote()` then said the app was not running.
+    app = crucible.App("dups")
+    app.function()(_f)
+    exc = _raises(lambda: app.function(name="_f")(_g))
+    assert isinstance(exc, crucible.InvalidRequestError)
+    assert "already has a function named '_f'" in str(exc) and "_g" in str(exc), exc
+    app.function()(_f)  # the same function again (a re-run notebook cell): still one
+    assert list(app.functions) == ["_f"]
+    # A class and a function of one name are one name too.
+    app.cls()(_Model)
+    exc = _raises(lambda: app.function(name="_Model")(_g))
+    assert "already has a function named '_Model'" in str(exc), exc

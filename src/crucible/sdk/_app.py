@@ -286,6 +286,16 @@ class App:
             except ValidationError as exc:
                 where = f"@app.function() on {fname}"
                 raise from_validation_error(exc, where, _WIRE_NAMES) from None
+            taken = self.functions.get(fname)
+            before = (
+                taken.raw_f if taken is not None else getattr(self.classes.get(fname), "cls", None)
+            )
+            if before is not None and _where(before) != _where(f):
+                # The later one would replace the earlier one silently, in every container.
+                raise InvalidRequestError(
+                    f"app {self.name!r} already has a function named {fname!r} "
+                    f"({_where(before)}); give this one ({_where(f)}) another name with name=..."
+                )
             fn = Function(self, f, options)
             self.functions[fname] = fn
             return fn
@@ -385,6 +395,12 @@ class App:
                 raise InvalidRequestError("@app.cls() decorates a class")
             template = register(c)  # validates and builds the options; not registered as is
             del self.functions[template.name]
+            before = self.classes.get(c.__name__)
+            if before is not None and _where(before.cls) != _where(c):
+                raise InvalidRequestError(
+                    f"app {self.name!r} already has a class named {c.__name__!r} "
+                    f"({_where(before.cls)}); rename one of them"
+                )
             owner = Cls(self, c, template.options)
             self.classes[c.__name__] = owner
             return owner
@@ -527,3 +543,8 @@ def _market_terms(
         )
     except ValidationError as exc:
         raise from_validation_error(exc, "@app.function()", _WIRE_NAMES) from None
+
+
+def _where(obj: Any) -> str:
+    """Where a function or class is defined: ``module.qualname``."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
