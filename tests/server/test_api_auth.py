@@ -146,6 +146,38 @@ def test_admin_creates_accounts_and_their_tokens(server: ServerUnderTest) -> Non
     assert server.ok("GET", "/v1/accounts/me", token=tok["token"]) == carol
     r = server.request("POST", "/v1/tokens", token=admin.token, json={"account_id": "ac-nobody"})
     assert r.status_code == 404 and error_code(r) == "not_found"
+    # By its name too: `crucible account create carol` then `token create --account carol`.
+    tok = server.ok("POST", "/v1/tokens", token=admin.token, json={"account_id": "carol"})
+    assert tok["account_id"] == carol["id"]
+    # A name that looks like an id could be another account's id (grants and caps take
+    # either): refused.
+    r = server.request("POST", "/v1/accounts", token=admin.token, json={"name": carol["id"]})
+    assert r.status_code == 400 and "starts account ids" in r.text, r.text
+
+
+def test_an_account_is_named_by_id_or_name_and_others_are_not_told_apart(
+    server: ServerUnderTest,
+) -> None:
+    alice = server.tenant("alice")
+    bob = server.tenant("bob")
+    # Bob names his own account by name or id, for reading and for his cap.
+    for me in ("bob", bob.account_id):
+        assert server.ok("GET", f"/v1/credits?account={me}", token=bob.token)
+        body = {"account": me, "cap_micros": 5}
+        assert server.ok("PUT", "/v1/credits/cap", token=bob.token, json=body)
+    # Alice's account (by name or id) reads as one that does not exist, in the same words.
+    answers = set()
+    for other in ("alice", alice.account_id, "zed", "ac-nobody"):
+        for r in (
+            server.request("GET", f"/v1/credits?account={other}", token=bob.token),
+            server.request(
+                "PUT", "/v1/credits/cap", token=bob.token, json={"account": other, "cap_micros": 0}
+            ),
+        ):
+            assert r.status_code == 404, r.text
+            answers.add(r.json()["error"]["message"].replace(repr(other), "X"))
+    assert len(answers) == 1, answers
+    assert "crucible account list" not in answers.pop()  # no such command
 
 
 def test_container_tokens_only_exchange_and_read_blobs(server: ServerUnderTest) -> None:

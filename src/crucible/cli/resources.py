@@ -430,7 +430,9 @@ def register(app: typer.Typer) -> None:
     def token_create(
         scope: str = typer.Option("user", help="user, host or admin."),
         name: str = typer.Option("", help="A label."),
-        account: str = typer.Option(None, help="Admin: the account to create it for."),
+        account: str = typer.Option(
+            None, help="Admin: the account to create it for (its id or name)."
+        ),
         as_json: bool = JSON,
     ) -> None:
         """Create a token; the secret is printed once."""

@@ -35,7 +35,9 @@ class TokenCreate(Wire):
     scope: Scope = Field(default=Scope.USER, strict=False)  # its value, from JSON
     name: PrintableText = Field(default="", max_length=64)
     account_id: str | None = Field(
-        default=None, description="admin only: create the token for this account"
+        default=None,
+        max_length=64,
+        description="admin only: create the token for this account (its id or its name)",
     )
 
 

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from crucible.errors import NotFoundError
 from crucible.protocol.market import (
     BookInfo,
     CreditGrant,
@@ -28,6 +27,7 @@ from crucible.server.api.deps import Builder, State
 from crucible.server.billing import statements
 from crucible.server.forward import to_leader
 from crucible.server.services import offers, orders
+from crucible.server.services.accounts import own_account
 from crucible.server.store.tables import hosts
 
 router = APIRouter(prefix="/v1", tags=["market"])
@@ -131,11 +131,7 @@ def put_cap(req: DailyCap, who: Builder, state: State) -> CreditInfo:
 @router.get("/credits")
 def get_credits(who: Builder, state: State, account: str | None = None) -> CreditInfo:
     with state.engine.connect() as conn:
-        account_id = who.account_id
-        if account is not None and account != who.account_id:
-            if not who.is_admin:
-                raise NotFoundError(f"no account {account!r}")
-            account_id = statements.account_id_of(conn, account)
+        account_id = who.account_id if account is None else own_account(conn, who, account)
         return statements.credit_info(
             conn, account_id, state.clock.now_ms(), required=state.settings.require_credits
         )

@@ -7,13 +7,14 @@ import csv
 import io
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, func, select, update
 
-from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.errors import InvalidRequestError, PermissionDeniedError
 from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_credit, grant_credits
 from crucible.server.services import audit
+from crucible.server.services.accounts import account_id_of, own_account
 from crucible.server.store.tables import (
     accounts,
     apps,
@@ -25,7 +26,6 @@ from crucible.server.store.tables import (
 
 __all__ = [
     "STATEMENT_KINDS",
-    "account_id_of",
     "credit_info",
     "credit_refusal",
     "grant",
@@ -52,15 +52,6 @@ def _require_admin(principal: Principal, what: str) -> None:
         raise PermissionDeniedError(f"only the exchange's operator (an admin token) can {what}")
 
 
-def account_id_of(conn: Connection, name_or_id: str) -> str:
-    found = conn.execute(
-        select(accounts.c.id).where(or_(accounts.c.id == name_or_id, accounts.c.name == name_or_id))
-    ).scalar()
-    if found is None:
-        raise NotFoundError(f"no account named {name_or_id!r} (`crucible account list`)")
-    return str(found)
-
-
 def grant(conn: Connection, principal: Principal, req: CreditGrant, now_ms: int) -> CreditInfo:
     _require_admin(principal, "grant credits")
     account_id = account_id_of(conn, req.account)
@@ -81,9 +72,7 @@ def grant(conn: Connection, principal: Principal, req: CreditGrant, now_ms: int)
 
 
 def set_daily_cap(conn: Connection, principal: Principal, req: DailyCap, now_ms: int) -> CreditInfo:
-    account_id = account_id_of(conn, req.account)
-    if not principal.is_admin and account_id != principal.account_id:
-        raise NotFoundError(f"no account named {req.account!r}")
+    account_id = own_account(conn, principal, req.account)
     conn.execute(
         update(accounts).where(accounts.c.id == account_id).values(daily_cap_micros=req.cap_micros)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from crucible.errors import (
     AuthError,
@@ -54,6 +54,12 @@ def create_account(conn: Connection, principal: Principal, name: str, now_ms: in
         raise PermissionDeniedError("only an admin token can create accounts")
     if conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
         raise ConflictError(f"an account named {name!r} exists; pick another name")
+    if name.startswith("ac-"):
+        # Accounts are named by id or name alike (grants, caps, tokens): a name that looks
+        # like an id could be another account's id.
+        raise InvalidRequestError(
+            f"account name {name!r}: 'ac-' starts account ids; pick a name without it"
+        )
     account_id = ensure_account(conn, name, now_ms)
     audit.record(
         conn, principal, "account.create", account_id, now_ms, account_id=account_id, name=name
@@ -102,8 +108,9 @@ def create_token(
     if req.account_id is not None and req.account_id != principal.account_id:
         if not principal.is_admin:
             raise PermissionDeniedError("only an admin token can create tokens for other accounts")
-        get_account(conn, req.account_id)
-        account_id = req.account_id
+        # The account's id or its name (the admin just made it with `crucible account
+        # create NAME`, which prints both).
+        account_id = account_id_of(conn, req.account_id)
     if req.scope == Scope.ADMIN and not principal.is_admin:
         raise PermissionDeniedError("only an admin token can create admin tokens")
     if principal.scope not in (Scope.ADMIN, Scope.USER):
@@ -236,3 +243,28 @@ def authenticate(state: ServerState, header: str | None) -> Principal:
         state.auth.token_cache.clear()
     state.auth.token_cache[digest] = ((row.account_id, row.scope, row.id), now + _TOKEN_CACHE_TTL_S)
     return Principal(row.account_id, row.scope, token_id=row.id)
+
+
+def account_id_of(conn: Connection, name_or_id: str) -> str:
+    """The id of the account with this id or name (an admin naming an account)."""
+    found = conn.execute(
+        select(accounts.c.id).where(or_(accounts.c.id == name_or_id, accounts.c.name == name_or_id))
+    ).scalar()
+    if found is None:
+        raise NotFoundError(f"no account {name_or_id!r} (give its id, ac-..., or its name)")
+    return str(found)
+
+
+def own_account(conn: Connection, principal: Principal, name_or_id: str) -> str:
+    """The id of the account a builder names, which must be its own (by id or name); any
+    other is "no account", whether or not it exists (no existence oracle). Admins may name
+    any account."""
+    if principal.is_admin:
+        return account_id_of(conn, name_or_id)
+    if name_or_id != principal.account_id:
+        name = conn.execute(
+            select(accounts.c.name).where(accounts.c.id == principal.account_id)
+        ).scalar()
+        if name_or_id != name:
+            raise NotFoundError(f"no account {name_or_id!r} (give its id, ac-..., or its name)")
+    return principal.account_id
