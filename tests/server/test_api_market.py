@@ -219,6 +219,15 @@ def test_credits_are_granted_by_operators_and_capped_per_day(server: ServerUnder
         server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]
         == 25_000_000
     )
+    # Another grant under a used key is refused, not lost silently (the audit log listed a
+    # $7 grant that never happened), and is not audited.
+    r = server.request(
+        "POST", "/v1/credits/grants", token=admin, json=body | {"amount_micros": 7_000_000}
+    )
+    assert r.status_code == 409 and "was used for another grant" in r.text, r.text
+    assert server.ok("GET", "/v1/credits", token=renter.token)["balance_micros"] == 25_000_000
+    audited = server.ok("GET", "/v1/audit?action=credits.grant", token=admin)["entries"]
+    assert [e["detail"]["amount_micros"] for e in audited] == [25_000_000]
     r = server.request(
         "POST", "/v1/credits/grants", token=admin, json={"account": "nobody", "amount_micros": 1}
     )

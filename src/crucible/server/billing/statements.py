@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from crucible.errors import InvalidRequestError, PermissionDeniedError
+from crucible.core.ledger import renter_account
+from crucible.errors import ConflictError, InvalidRequestError, PermissionDeniedError
 from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_credit, grant_credits
@@ -21,6 +22,7 @@ from crucible.server.store.tables import (
     calls,
     functions,
     ledger_entries,
+    ledger_postings,
     meter_intervals,
 )
 
@@ -56,7 +58,23 @@ def grant(conn: Connection, principal: Principal, req: CreditGrant, now_ms: int)
     _require_admin(principal, "grant credits")
     account_id = account_id_of(conn, req.account)
     key = f"grant:{req.key}" if req.key else f"grant:{account_id}:{now_ms}:{req.amount_micros}"
-    grant_credits(conn, key, account_id, req.amount_micros, now_ms, req.memo)
+    if not grant_credits(conn, key, account_id, req.amount_micros, now_ms, req.memo):
+        # The key was used before: the same grant again is a replay (nothing more is
+        # granted); another grant under it would be silently lost.
+        before = conn.execute(
+            select(ledger_entries.c.renter, ledger_postings.c.amount_micros)
+            .join(ledger_postings, ledger_postings.c.entry_key == ledger_entries.c.key)
+            .where(
+                ledger_entries.c.key == key,
+                ledger_postings.c.account == str(renter_account(account_id)),
+            )
+        ).first()
+        if before is None or int(before.amount_micros) != req.amount_micros:
+            raise ConflictError(
+                f"the key {req.key!r} was used for another grant; nothing was granted now: "
+                "give this grant a key of its own"
+            )
+        return credit_info(conn, account_id, now_ms)
     audit.record(
         conn,
         principal,
