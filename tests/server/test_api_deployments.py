@@ -112,3 +112,19 @@ def test_deployments_are_per_account_and_checked(server: ServerUnderTest) -> Non
     assert r.status_code == 400 and "no functions" in r.text
     r = server.request("POST", "/v1/deployments", token=bob, json={"name": "bad name!"})
     assert r.status_code == 400
+
+
+def test_the_app_serving_a_deployment_is_stopped_through_the_deployment(
+    server: ServerUnderTest,
+) -> None:
+    # `crucible apps stop` on a deployment's app left it "running" with a stopped version:
+    # every call then failed with "belongs to a stopped app; start a new run".
+    token = server.tenant("alice").token
+    v1, _ = _version(server, token)
+    server.ok("POST", "/v1/deployments/svc/activate", token=token, json={"app_id": v1})
+    r = server.request("POST", f"/v1/apps/{v1}/stop", token=token)
+    assert r.status_code == 409 and error_code(r) == "conflict"
+    assert "crucible deployments stop svc" in r.text, r.text
+    assert _app_state(server, v1) == "running"
+    server.ok("POST", "/v1/deployments/svc/stop", token=token)
+    assert server.ok("POST", f"/v1/apps/{v1}/stop", token=token)["state"] == "stopped"

@@ -23,7 +23,7 @@ from crucible.cli._output import (
     shown,
     table,
 )
-from crucible.cli.resources import JSON, _client
+from crucible.cli.resources import JSON, _client, resolve_app
 from crucible.errors import InvalidRequestError
 from crucible.protocol.hosts import verification_summary
 from crucible.protocol.market import (
@@ -482,13 +482,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def statement(
         kind: str = typer.Option("entries", help="entries, apps or calls."),
-        app_id: str = typer.Option(None, "--app", help="Only this app."),
+        app_id: str = typer.Option(
+            None, "--app", help="Only this app (an app id, short id or name)."
+        ),
         as_csv: bool = typer.Option(False, "--csv", help="CSV on standard output."),
     ) -> None:
         """Your statement: ledger entries, charges per app, or cost per call (carried across
         retries and preemptions)."""
         client = _client()
-        app_id = resolve_id(client, app_id) if app_id else app_id
+        app_id = resolve_app(client, app_id) if app_id else app_id
         path = f"/v1/statement?kind={kind}" + (f"&app_id={app_id}" if app_id else "")
         if as_csv:
             status, data = client.transport.request_raw("GET", path + "&format=csv")

@@ -147,7 +147,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def calls(
-        app_id: str = typer.Option(None, "--app", help="Only this app's calls."),
+        app_id: str = typer.Option(
+            None, "--app", help="Only this app's calls (an app id, short id or name)."
+        ),
         state: str = typer.Option(
             None,
             help="Only calls in this state: queued, running, succeeded, failed, cancelled, "
@@ -158,7 +160,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List recent calls with their state, run time and cost."""
         client = _client()
-        app_id = resolve_id(client, app_id) if app_id else app_id
+        app_id = resolve_app(client, app_id) if app_id else app_id
         items = client.list_calls(app_id=app_id, state=state, limit=limit)
         if as_json:
             print_json([c.model_dump() for c in items])
@@ -326,7 +328,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def bill(
-        app_id: str = typer.Option(None, "--app", help="Only this app."),
+        app_id: str = typer.Option(
+            None, "--app", help="Only this app (an app id, short id or name)."
+        ),
         by: str = typer.Option(
             "function", "--by", help="function (the default), or carbon: apps by emissions."
         ),
@@ -337,7 +341,7 @@ def register(app: typer.Typer) -> None:
         if by not in ("function", "carbon"):
             raise typer.BadParameter(f"--by is 'function' or 'carbon', not {by!r}")
         client = _client()
-        path = "/v1/bill" + (f"?app_id={resolve_id(client, app_id)}" if app_id else "")
+        path = "/v1/bill" + (f"?app_id={resolve_app(client, app_id)}" if app_id else "")
         report = BillReport.model_validate(client.get(path))
         if by == "carbon":
             _bill_by_carbon(report, as_json)

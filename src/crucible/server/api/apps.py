@@ -47,6 +47,7 @@ async def get_app(app_id: str, who: Builder, state: State) -> AppInfo:
 @router.post("/{app_id}/stop")
 async def stop_app(app_id: str, who: Builder, state: State) -> AppInfo:
     with state.engine.begin() as conn:
+        svc.refuse_serving_version(conn, who, app_id)
         info = svc.stop_app(conn, who, app_id, state.clock.now_ms())
     state.wakeups.kick_scheduler()
     return info

@@ -17,7 +17,7 @@ from crucible.server.services.calls import cancel_queued_calls_of_app
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.secrets import require_secrets
 from crucible.server.services.volumes import volume_row
-from crucible.server.store.tables import apps, functions, pods
+from crucible.server.store.tables import apps, deployments, functions, pods
 
 __all__ = [
     "FunctionRow",
@@ -28,6 +28,7 @@ __all__ = [
     "get_function_row",
     "heartbeat_app",
     "list_apps",
+    "refuse_serving_version",
     "stop_abandoned_apps",
     "stop_app",
 ]
@@ -114,6 +115,22 @@ def stop_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -
         )
         cancel_queued_calls_of_app(conn, app_id, now_ms)
     return get_app(conn, principal, app_id)
+
+
+def refuse_serving_version(conn: Connection, principal: Principal, app_id: str) -> None:
+    """A builder stops a deployment, not the app that serves it: stopping only its app left
+    the deployment listed as running with nothing to serve its calls."""
+    _app_row(conn, principal, app_id)
+    name = conn.execute(
+        select(deployments.c.name).where(
+            deployments.c.current_app_id == app_id, deployments.c.state == "running"
+        )
+    ).scalar()
+    if name is not None:
+        raise ConflictError(
+            f"app {app_id} serves deployment {name!r}: stop the deployment instead "
+            f"(`crucible deployments stop {name}`), or roll it back to another version first"
+        )
 
 
 def heartbeat_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -> AppInfo:
