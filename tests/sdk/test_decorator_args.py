@@ -333,3 +333,17 @@ def test_two_functions_of_one_name_are_refused_not_replaced() -> None:
     app.cls()(_Model)
     exc = _raises(lambda: app.function(name="_Model")(_g))
     assert "already has a function named '_Model'" in str(exc), exc
+
+
+def test_a_scheduled_function_must_run_with_no_arguments() -> None:
+    # Deployed, it then failed on every tick: "missing 1 required positional argument".
+    app = crucible.App("sched")
+    exc = _raises(lambda: app.function(schedule=crucible.Period(seconds=60))(_f))
+    assert isinstance(exc, crucible.InvalidRequestError)
+    assert "calls it with no arguments, but it needs x" in str(exc), exc
+
+    def ok(x: int = 1, *rest: int, **more: int) -> int:
+        return x
+
+    ok.__qualname__ = "ok"  # module level, as a real app's
+    app.function(schedule=crucible.Period(seconds=60))(ok)

@@ -255,6 +255,19 @@ class App:
                     f"{fname} is defined inside another function; define functions at module "
                     "level so containers can import them"
                 )
+            if schedule is not None and inspect.isfunction(f):
+                # Each tick calls it with no arguments: one it needs fails every tick.
+                needed = [
+                    p.name
+                    for p in inspect.signature(f).parameters.values()
+                    if p.default is inspect.Parameter.empty
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                ]
+                if needed:
+                    raise InvalidRequestError(
+                        f"{fname} runs on a schedule, which calls it with no arguments, but it "
+                        f"needs {', '.join(needed)}: give them defaults"
+                    )
             try:
                 options = {
                     "name": fname,
