@@ -555,3 +555,19 @@ def test_files_and_numbers_that_are_not_what_they_should_be_are_named(tmp_path: 
     refused(cli(*tune, str(data), "--batch-size", "99999999999999999999"), "--batch-size")
     big = "99999999999999999999999"
     refused(cli("market", "quote", "H100", "--nodes", big), "JSON cannot carry")
+
+
+def test_app_files_that_exit_or_names_that_cannot_be_served_are_named(tmp_path: Path) -> None:
+    """`sys.exit(0)` at the end of an app file made deploy and serve end silently with
+    status 0, having done nothing; `serve --name 'bad name'` said the previous version keeps
+    serving (there was none) and went on watching."""
+    exits = tmp_path / "exits.py"
+    exits.write_text(
+        "import sys\nimport crucible\napp = crucible.App('x')\n\n\n"
+        "@app.function()\ndef f() -> int:\n    return 1\n\n\nsys.exit(0)\n"
+    )
+    for command in ("deploy", "serve", "run"):
+        refused(cli(command, str(exits)), "called sys.exit(0) while it was imported")
+    fine = tmp_path / "fine.py"
+    fine.write_text(exits.read_text().replace("sys.exit(0)\n", ""))
+    refused(cli("serve", str(fine), "--name", "bad name"), "--name")

@@ -18,6 +18,7 @@ from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.sdk._app import App
+from crucible.sdk._checks import check_name
 
 __all__ = ["register"]
 
@@ -127,6 +128,7 @@ def register(app: typer.Typer) -> None:
         file = Path(target.partition("::")[0])
         chosen = _pick_app(import_app_file(file), target.partition("::")[2] or None)
         dep_name = name or f"{chosen.name}-dev"
+        check_name("the deployment's name (--name)", dep_name)
         client = _client()
         watched = file.resolve().parent
 
@@ -137,7 +139,7 @@ def register(app: typer.Typer) -> None:
                 if not any(part.startswith(".") for part in p.relative_to(watched).parts)
             }
 
-        def deploy_now() -> None:
+        def deploy_now(first: bool = False) -> bool:
             # A fresh interpreter imports the code as it is now, packaged as `deploy` does.
             cmd = [sys.executable, "-m", "crucible.cli.main", "deploy", target, "--name", dep_name]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,9 +148,13 @@ def register(app: typer.Typer) -> None:
                 console.print(f"serving {shown(dep_name)} version {info.version}")
                 for fn, url in _web_functions(client, info):
                     console.print(f"  {shown(fn)}: {shown(url)}")
+                return True
+            if first:
+                console.print("[red]deploy failed; nothing is served:[/]")
             else:
                 console.print("[red]deploy failed; the previous version keeps serving:[/]")
-                console.print(shown((done.stderr or done.stdout).strip()[-2000:], lines=True))
+            console.print(shown((done.stderr or done.stdout).strip()[-2000:], lines=True))
+            return False
 
         def interrupted(_signum: int, _frame: Any) -> None:
             raise KeyboardInterrupt
@@ -157,7 +163,9 @@ def register(app: typer.Typer) -> None:
         # And Ctrl-C even where this process was started with SIGINT ignored (a background
         # job of a script inherits that, and Python then never raises KeyboardInterrupt).
         signal.signal(signal.SIGINT, interrupted)
-        deploy_now()
+        if not deploy_now(first=True):
+            client.close()
+            raise typer.Exit(1)  # a name or an app the exchange refuses: fix it first
         seen = snapshot()
         try:
             while True:

@@ -47,8 +47,16 @@ def import_app_file(path: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except (Error, KeyboardInterrupt, SystemExit):
+    except (Error, KeyboardInterrupt):
         raise  # Crucible's own errors (a misused decorator) say what to do already
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        # A script's own sys.exit() ran at import: the command would end silently (with
+        # status 0 for sys.exit(0)) having done nothing.
+        raise InvalidRequestError(
+            f"{path} called sys.exit({exc.code!r}) while it was imported, so nothing was run "
+            'or deployed: put script code under `if __name__ == "__main__":`'
+        ) from None
     except Exception as exc:
         sys.modules.pop(name, None)
         _print_user_traceback(exc, file)
