@@ -124,6 +124,19 @@ def chatty(n: int) -> int:
     return n
 
 
+@app.function()
+def chatty_children() -> int:
+    """Output that does not go through Python's sys.stdout: a subprocess's, and a write to
+    the descriptor itself (a C library's)."""
+    import subprocess
+
+    print("from python")
+    subprocess.run(["sh", "-c", "echo child-out; echo child-err >&2"], check=True)
+    subprocess.run(["sh", "-c", "echo given-stdout"], stdout=sys.stdout, check=True)
+    os.write(1, b"raw-fd-one\n")
+    return 0
+
+
 @app.function(max_containers=1, timeout=60)
 @crucible.concurrent(max_inputs=6)
 def overlap(seconds: float) -> tuple[float, float, str]:

@@ -166,6 +166,28 @@ def test_what_a_function_prints_is_stored_per_call_and_followed(builder) -> None
         builder.get("/v1/apps/ap-not-mine/logs")
 
 
+def test_what_subprocesses_print_is_stored_with_the_call(builder) -> None:
+    # A subprocess's output (a trainer's traceback, a shell command's) was never shipped:
+    # only Python's sys.stdout and sys.stderr were.
+    with app_basic.app.run(client=builder):
+        call = app_basic.chatty_children.spawn()
+        assert call.get(timeout=60) == 0
+        app_id = builder.get(f"/v1/calls/{call.object_id}")["app_id"]
+        want = {
+            ("stdout", "from python"),
+            ("stdout", "child-out"),
+            ("stderr", "child-err"),
+            ("stdout", "given-stdout"),
+            ("stdout", "raw-fd-one"),
+        }
+
+        def lines() -> set[tuple[str, str]]:
+            page = builder.get(f"/v1/apps/{app_id}/logs?call_id={call.object_id}&wait_s=5")
+            return {(x["stream"], x["line"]) for x in page["lines"]}
+
+        wait_for(lambda: want <= lines(), 30, "every line, each with its call")
+
+
 @pytest.mark.parametrize("fn", ["overlap", "overlap_async"])
 def test_concurrent_inputs_share_one_container(builder, fn: str) -> None:
     with app_basic.app.run(client=builder):
