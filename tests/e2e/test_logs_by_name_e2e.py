@@ -49,6 +49,9 @@ def test_logs_by_app_name(exchange: Exchange, tmp_path: Path) -> None:
     by_id = _logs(exchange, token, tmp_path / "h1", app_id)
     assert by_id.returncode == 0, by_id.stderr
     assert "line 1 of 2" in by_id.stdout
+    # Following an app that has stopped prints its lines and ends (it waited forever).
+    followed = _logs(exchange, token, tmp_path / "h1f", app_id, "-f")
+    assert followed.returncode == 0 and "line 1 of 2" in followed.stdout, followed.stderr
 
     by_name = _logs(exchange, token, tmp_path / "h2", "basic", "--json")
     assert by_name.returncode == 0, by_name.stderr

@@ -254,10 +254,15 @@ def register(app: typer.Typer) -> None:
         client = _client()
         app_id = resolve_app(client, app)
         after = 0
+        wait_s = 20
+        if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
+            wait_s = 3
         while True:
             query = f"after={after}" + (f"&call_id={call_id}" if call_id else "")
             page = LogPage.model_validate(
-                client.get(f"/v1/apps/{app_id}/logs?{query}" + ("&wait_s=20" if follow else ""))
+                client.get(
+                    f"/v1/apps/{app_id}/logs?{query}" + (f"&wait_s={wait_s}" if follow else "")
+                )
             )
             for x in page.lines:
                 if as_json:
@@ -267,8 +272,16 @@ def register(app: typer.Typer) -> None:
                     stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
                     typer.echo(f"{fmt_time(x.ts_ms)} {where} {stream} {clean(x.line)}")
             after = page.next_after
-            if not follow and len(page.lines) < 1000:
+            if len(page.lines) >= 1000:
+                continue
+            if not follow:
                 return
+            # Following an app that has stopped: its last lines come within moments (its
+            # containers send what they still hold); then there is nothing more to follow.
+            if wait_s < 20 and not page.lines:
+                return
+            if wait_s == 20 and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
+                wait_s = 3
 
     @app.command()
     def hosts(as_json: bool = JSON) -> None:
