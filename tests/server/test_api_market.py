@@ -194,6 +194,11 @@ def test_a_reservation_is_charged_up_front_and_the_ledger_balances(
     ]
     bad = server.request("GET", "/v1/statement?kind=everything", token=renter)
     assert bad.status_code == 400
+    bad = server.request("GET", "/v1/statement?format=xml", token=renter)
+    assert bad.status_code == 400 and "format must be json or csv" in bad.text
+    # Each entry says what it did to the balance (a grant's amount was nowhere).
+    [entry] = server.ok("GET", "/v1/statement?kind=entries", token=renter)
+    assert entry["amount_micros"] == -6_000_000 == -entry["cost_micros"]
 
 
 def test_credits_are_granted_by_operators_and_capped_per_day(server: ServerUnderTest) -> None:
@@ -214,6 +219,8 @@ def test_credits_are_granted_by_operators_and_capped_per_day(server: ServerUnder
         server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]
         == 25_000_000
     )
+    [grant] = server.ok("GET", "/v1/statement", token=renter.token)
+    assert (grant["kind"], grant["amount_micros"]) == ("grant", 25_000_000)
     # Idempotent: the same key grants once.
     assert (
         server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]

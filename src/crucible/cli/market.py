@@ -13,6 +13,7 @@ import typer
 
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import (
+    clean,
     console,
     fmt_co2,
     fmt_kwh,
@@ -106,6 +107,16 @@ def _span(line: dict[str, Any]) -> str:
 
 
 # What `crucible statement` shows of each kind in a terminal (the CSV has every field).
+def _entry_cost(x: dict[str, Any]) -> str:
+    """A charge's cost, or what another entry added to the balance (a grant: +$5.00)."""
+    if x.get("cost_micros") is not None:
+        return fmt_usd(x["cost_micros"])
+    amount = x.get("amount_micros")
+    if not amount:
+        return "-"
+    return f"+{fmt_usd(amount)}" if amount > 0 else fmt_usd(-amount)
+
+
 _STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] = {
     "entries": [
         ("seq", lambda x: x.get("seq")),
@@ -114,7 +125,7 @@ _STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] =
         ("app", lambda x: x.get("app_id")),
         ("meter", lambda x: x.get("meter")),
         ("time", _span),
-        ("cost", lambda x: fmt_usd(x.get("cost_micros"))),
+        ("cost", _entry_cost),
         # A charge's memo repeats its meter and interval: shown for grants and the like.
         ("memo", lambda x: "" if x.get("kind") == "charge" else x.get("memo")),
     ],
@@ -496,7 +507,10 @@ def register(app: typer.Typer) -> None:
             status, data = client.transport.request_raw("GET", path + "&format=csv")
             if status >= 300:
                 client.transport._decode(status, data)  # raises the server's error
-            sys.stdout.write(data.decode())
+            text = data.decode("utf-8", "replace")
+            # To a terminal, others' words (a grant's memo) must not act on it; to a file or a
+            # pipe, the data as it is.
+            sys.stdout.write(clean(text, lines=True) if sys.stdout.isatty() else text)
             return
         lines = client.get(path)
         if not lines:

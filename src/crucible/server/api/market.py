@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from crucible.errors import InvalidRequestError
 from crucible.protocol.market import (
     BookInfo,
     CreditGrant,
@@ -150,6 +151,8 @@ def get_statement(
     app_id: str | None = None,
     format: str = "json",
 ) -> Any:
+    if format not in ("json", "csv"):
+        raise InvalidRequestError(f"format must be json or csv, not {format[:40]!r}")
     with state.engine.connect() as conn:
         lines = statements.statement(conn, who, kind, app_id)
     if format == "csv":

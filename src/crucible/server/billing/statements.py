@@ -172,8 +172,17 @@ def statement(
                     "carbon_mg"
                 ),
                 ledger_entries.c.memo,
+                # What the entry did to the account's balance: a grant's amount (+), a
+                # charge's cost (-).
+                ledger_postings.c.amount_micros,
             )
             .join(*_INTERVAL_OF_ENTRY, isouter=True)
+            .join(
+                ledger_postings,
+                (ledger_postings.c.entry_key == ledger_entries.c.key)
+                & (ledger_postings.c.account == str(renter_account(acc))),
+                isouter=True,
+            )
             .where(ledger_entries.c.renter == acc)
             .order_by(ledger_entries.c.seq)
         )
