@@ -261,3 +261,12 @@ def test_bad_reservations_get_400(server: ServerUnderTest, body: dict[str, objec
     renter = server.tenant("renter").token
     r = server.request("POST", "/v1/reservations", token=renter, json=body)
     assert r.status_code == 400 and error_code(r) == "invalid_request"
+
+
+def test_a_reservation_in_the_past_says_so(server: ServerUnderTest) -> None:
+    # It said "the window must end after it starts", which it did.
+    renter = server.tenant("renter").token
+    body = {"gpu": "H100", "start_ms": 946_684_800_000, "hours": 1}  # 2000-01-01
+    r = server.request("POST", "/v1/reservations", token=renter, json=body)
+    assert r.status_code == 400, r.text
+    assert "ended at 2000-01-01 01:00 UTC, in the past" in r.json()["error"]["message"], r.text

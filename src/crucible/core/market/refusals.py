@@ -7,6 +7,8 @@ the region or reliability asked, the price, the bid, or capacity).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from crucible.core.ledger import format_usd
 from crucible.core.market.decisions import Refusal
 from crucible.core.market.orders import LeaseRequest, ReserveRequest
@@ -28,6 +30,10 @@ __all__ = [
 
 def _names(models: list[str] | tuple[str, ...]) -> str:
     return " or ".join(models)
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _per_hour(micros: int) -> str:
@@ -352,8 +358,8 @@ def refuse_reservation(st: MarketState, req: ReserveRequest) -> Refusal:
         return Refusal(
             RefusalCode.FILTERED,
             f"fewer than {req.nodes} hosts with {req.count} {req.model} match "
-            f"{_filters(req.region, req.min_reliability_ppm)}. Widen the region or lower "
-            "min_reliability.",
+            f"{_filters(req.region, req.min_reliability_ppm)}. Widen the region"
+            + (" or lower min_reliability." if req.min_reliability_ppm else "."),
         )
     prices = sorted(p.offer.reserved for p in fit if p.offer is not None)
     if req.max_price is not None and prices[req.nodes - 1] > req.max_price:
@@ -366,6 +372,6 @@ def refuse_reservation(st: MarketState, req: ReserveRequest) -> Refusal:
     return Refusal(
         RefusalCode.NO_CAPACITY,
         f"not enough {req.model} are free of on-demand leases, higher bids and other "
-        f"reservations over [{req.start_ms}, {req.end_ms}) for {req.nodes} block(s) of "
+        f"reservations from {_utc(req.start_ms)} to {_utc(req.end_ms)} for {req.nodes} block(s) of "
         f"{req.count}. Try another window or fewer devices.",
     )

@@ -6,6 +6,8 @@ any interruptible leases it preempts at once) in one transaction."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import Connection, select
 
 from crucible.core.ledger import (
@@ -168,6 +170,11 @@ def reserve(
     """Buy a reserved block; returns it and wake-up keys (containers it preempted)."""
     model, count = _model_and_count(req.gpu)
     end_ms = req.start_ms + round(req.hours * MS_PER_HOUR)
+    if end_ms <= now_ms:
+        ended = dt.datetime.fromtimestamp(end_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        raise InvalidRequestError(
+            f"the reservation's window ended at {ended}, in the past: start it now or later"
+        )
     rid = new_id("rs")
     rreq = ReserveRequest(
         reservation_id=rid,
@@ -183,8 +190,6 @@ def reserve(
         prefer=Prefer(req.prefer),
         verified=req.verified,
     )
-    if rreq.end_ms <= rreq.start_ms:
-        raise InvalidRequestError("the reservation's window has already ended; start it later")
     keys: list[str] = []
     with live.lock:
         live.sync_if_stale(conn, now_ms, _FRESH_MS)
