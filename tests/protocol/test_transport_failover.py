@@ -150,3 +150,11 @@ def test_an_integer_past_64_bits_is_named_before_anything_is_sent() -> None:
     t = Transport(f"http://127.0.0.1:{free_port()}", "tok", retry_for_s=0)
     with pytest.raises(InvalidRequestError, match=r"/v1/reservations holds a value JSON cannot"):
         t.request("POST", "/v1/reservations", {"nodes": 10**23})
+
+
+def test_an_empty_id_is_named_before_anything_is_sent() -> None:
+    # `crucible secret delete ''` answered "server answered HTTP 307".
+    t = Transport(f"http://127.0.0.1:{free_port()}", "tok", retry_for_s=0)
+    for path in ("/v1/secrets/", "/v1/apps//stop", "/v1/calls/?x=1"):
+        with pytest.raises(InvalidRequestError, match="a name or an id in it is empty"):
+            t.request("DELETE", path)

@@ -177,6 +177,11 @@ class Transport:
         """Send a request; return (status, body). Retries connection failures, and with
         ``retry_rate_limited`` (a request safe to repeat) a 429 after its Retry-After, both
         within ``retry_for_s``."""
+        route = path.split("?", 1)[0]
+        if "//" in route or (route.endswith("/") and route != "/"):
+            # An empty id or name ('' on the command line) leaves an empty path segment,
+            # which no route has (the server would answer a redirect or "no route").
+            raise InvalidRequestError(f"{method} {route}: a name or an id in it is empty; give one")
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = content_type
