@@ -79,7 +79,8 @@ def _print_user_traceback(exc: BaseException, file: Path) -> None:
         lines = traceback.format_exception_only(type(exc), exc)
     else:
         lines = traceback.format_exception(type(exc), exc, tb or exc.__traceback__)
-    sys.stderr.write("".join(lines))
+    # A remote exception's message is text its function chose: shown, never acted on.
+    sys.stderr.write(clean("".join(lines), lines=True))
     sys.stderr.flush()
 
 
