@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from crucible.errors import Error, InvalidRequestError
 from crucible.server.blobs import BlobStore, LocalBlobStore, open_blob_store
 from crucible.settings import load_settings
 
-from server_testlib import MakeServer
+from server_testlib import MakeServer, ServerUnderTest
 
 KEYS = {"s3_access_key_id": "test", "s3_secret_access_key": "test", "s3_region": "us-east-1"}
 
@@ -105,3 +107,47 @@ def test_the_blob_routes_on_s3(make_server: MakeServer, s3_endpoint: str, tmp_pa
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="blobs", Prefix="exchange/")["Contents"]]
     assert keys == [f"exchange/{sha[:2]}/{sha}"]
     assert not list((tmp_path).rglob(".upload-*"))  # nothing left staged
+
+
+def test_an_upload_cut_short_is_the_clients_fault_not_an_internal_error(
+    server: ServerUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that closed the connection mid-body was logged as an internal error with a
+    # traceback (starlette's ClientDisconnect).
+    token = server.tenant("alice").token
+    sha = hashlib.sha256(b"x" * 1000).hexdigest()
+    sent: list[dict[str, Any]] = []
+    parts = [
+        {"type": "http.request", "body": b"x" * 7, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": f"/v1/blobs/{sha}",
+        "raw_path": f"/v1/blobs/{sha}".encode(),
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-length", b"1000"),
+            (b"content-type", b"application/octet-stream"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    with caplog.at_level(logging.INFO):
+        asyncio.run(server.app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert server.request("HEAD", f"/v1/blobs/{sha}", token=token).status_code == 404

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
 from crucible.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from crucible.server.api.deps import BlobReader, State
@@ -31,12 +32,18 @@ async def put_blob(sha: str, request: Request, who: BlobReader, state: State) ->
     fd, tmp = tempfile.mkstemp(dir=state.blobs.staging, prefix=".upload-")
     try:
         with os.fdopen(fd, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"blob is larger than the {limit}-byte limit")
-                digest.update(chunk)
-                f.write(chunk)
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLargeError(f"blob is larger than the {limit}-byte limit")
+                    digest.update(chunk)
+                    f.write(chunk)
+            except ClientDisconnect:
+                # Gone before its whole body came: nothing is stored (not a server fault).
+                raise InvalidRequestError(
+                    f"the connection closed after {size:,} bytes of the blob; nothing was stored"
+                ) from None
             f.flush()
             os.fsync(f.fileno())  # acknowledged blobs survive a crash, like every other write
         if digest.hexdigest() != sha:

@@ -20,6 +20,7 @@ from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError
+from starlette.requests import ClientDisconnect
 
 from crucible.errors import Error, InternalError, InvalidRequestError, RateLimitedError
 
@@ -77,6 +78,13 @@ def response_for_exception(exc: Exception) -> JSONResponse:
         log.warning("refused a value too large to store", exc_info=exc)
         return error_response(
             InvalidRequestError("a number in the request is too large; integers go up to 2**53")
+        )
+    if isinstance(exc, ClientDisconnect):
+        # The client went away before its body was sent: nothing of ours failed, and no one
+        # reads the answer.
+        log.info("the client closed the connection before sending its whole body")
+        return error_response(
+            InvalidRequestError("the connection closed before the request's body was sent")
         )
     log.error("internal error", exc_info=exc)
     return error_response(InternalError(f"internal server error ({type(exc).__name__})"))
