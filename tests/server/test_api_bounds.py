@@ -142,3 +142,10 @@ def test_overflowing_integers_in_bodies_never_reach_the_store(
         r = server.request(method, path, token=s.admin, json=body)
         assert r.status_code == 400, (path, r.status_code, r.text)
         error_code(r)
+
+
+def test_a_wait_that_is_not_a_number_is_named_as_such(server: ServerUnderTest) -> None:
+    # `?wait_s=nan` said "Input should be less than or equal to 60".
+    token = server.tenant("alice").token
+    r = server.request("GET", "/v1/calls/ca-x?wait_s=nan", token=token)
+    assert r.status_code == 400 and "finite number" in r.text, r.text

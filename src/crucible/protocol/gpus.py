@@ -238,6 +238,7 @@ def parse_gpu_request(text: str) -> GpuRequest:
         raise InvalidGpuError(
             f"a GPU request must be a string like 'H100' or 'H100:2', got {text!r}"
         )
+    given = text
     times = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*(.+)", text)
     if times and ":" not in text:
         text = f"{times.group(2)}:{times.group(1)}"
@@ -246,11 +247,11 @@ def parse_gpu_request(text: str) -> GpuRequest:
     if colon:
         if not re.fullmatch(r"[0-9]+", count_text.strip()) or int(count_text) < 1:
             raise InvalidGpuError(
-                f"GPU count in {text!r} must be a positive integer, as in 'H100:2'"
+                f"GPU count in {given!r} must be a positive integer, as in 'H100:2' or '2xH100'"
             )
         count = int(count_text)
     if count > 64:
-        raise InvalidGpuError(f"{text!r} asks for {count} GPUs on one node; the most is 64")
+        raise InvalidGpuError(f"{given!r} asks for {count} GPUs on one node; the most is 64")
     return GpuRequest(_canonical_model(name), count)
 
 

@@ -131,7 +131,7 @@ async def get_call(
     call_id: str,
     who: Builder,
     state: State,
-    wait_s: float = Query(default=0.0, ge=0, le=60),
+    wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> CallInfo:
     """A call's state, and its result or error when finished. With ``wait_s``, wait up to
     that long for it to finish."""

@@ -101,7 +101,7 @@ async def get_items(
     who: Builder,
     state: State,
     after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
-    wait_s: float = Query(default=0.0, ge=0, le=60),
+    wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> ItemsPage:
     """Items from index ``after`` on; with ``wait_s``, wait for some (or the end). Reading
     from ``after`` tells the worker the caller has everything before it."""
@@ -162,7 +162,7 @@ async def get_inbox(
     who: Container,
     state: State,
     after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
-    wait_s: float = Query(default=0.0, ge=0, le=60),
+    wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> list[str]:
     """What a WebSocket's client sent (JSON messages) from index ``after``; with
     ``wait_s``, wait for some."""

@@ -112,7 +112,7 @@ async def runsync(
     req: JobInput,
     who: Builder,
     state: State,
-    wait_s: float = Query(default=60.0, gt=0, le=300),
+    wait_s: float = Query(default=60.0, gt=0, le=300, allow_inf_nan=False),
 ) -> JobStatus:
     """Run a job and wait for it up to ``wait_s``; a job still going comes back with its
     status (poll ``GET /v1/jobs/{id}``)."""
@@ -137,7 +137,7 @@ async def status(
     job_id: str,
     who: Builder,
     state: State,
-    wait_s: float = Query(default=0.0, ge=0, le=60),
+    wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> JobStatus:
     """Where the job is; with ``wait_s``, wait up to that long for it to end."""
     info = await _wait(state, who, job_id, wait_s) if wait_s else _get(state, who, job_id)

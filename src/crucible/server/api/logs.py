@@ -37,7 +37,7 @@ async def get_logs(
     call_id: str | None = None,
     after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     limit: int = Query(default=1000, ge=1, le=10_000),
-    wait_s: float = Query(default=0.0, ge=0, le=60),
+    wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> LogPage:
     """Lines after ``after`` (an id), oldest first; with ``wait_s``, wait up to that long for
     new ones (how ``crucible logs --follow`` reads)."""
