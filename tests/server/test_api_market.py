@@ -116,6 +116,14 @@ def test_quotes_say_what_a_request_costs_or_why_not(server: ServerUnderTest) -> 
         "POST", "/v1/market/quote", token=renter, json={"gpu": "H100", "tier": "spot"}
     )
     assert r.status_code == 400
+    # A bid with the on-demand tier was dropped in silence; and prices are in dollars.
+    r = server.request(
+        "POST", "/v1/market/quote", token=renter, json={"gpu": "H100", "bid_micros": 1}
+    )
+    assert r.status_code == 400 and "a bid is for tier=interruptible" in r.text, r.text
+    body = {"gpu": "H100", "tier": "interruptible", "bid_micros": 2_000_000, "max_price_micros": 1}
+    r = server.request("POST", "/v1/market/quote", token=renter, json=body)
+    assert r.status_code == 400 and "the bid ($2.00" in r.text, r.text
 
     server.ok("PATCH", f"/v1/hosts/{host_id}/profile", token=owner, json={"draining": True})
     q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crucible.core.ledger import format_usd
 from crucible.core.market.rules import PPM
 from crucible.core.market.terms import CPU, Prefer, Tier
 from crucible.errors import InvalidRequestError
@@ -92,8 +93,8 @@ class LeaseRequest:
                 raise InvalidRequestError(f"{what}: a bid cannot be negative")
             if self.max_price is not None and self.bid > self.max_price:
                 raise InvalidRequestError(
-                    f"{what}: the bid ({self.bid}) is above max_price ({self.max_price}); "
-                    "raise max_price or lower the bid"
+                    f"{what}: the bid ({format_usd(self.bid)}/device-hour) is above max_price "
+                    f"({format_usd(self.max_price)}/device-hour); raise max_price or lower the bid"
                 )
 
     def lease_ids(self) -> list[str]:

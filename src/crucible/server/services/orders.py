@@ -80,7 +80,7 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         count=count,
         nodes=req.nodes,
         tier=Tier(req.tier),
-        bid=req.bid_micros if req.tier == Tier.INTERRUPTIBLE.value else None,
+        bid=req.bid_micros,  # with another tier: refused, not dropped in silence
         max_price=req.max_price_micros,
         region=req.region,
         min_reliability_ppm=req.min_reliability_ppm,
