@@ -118,6 +118,11 @@ def test_one_supervised_exchange_per_home(tmp_path: Path) -> None:
         assert down.returncode == 0 and f"pid {pid}" in down.stdout, down.stdout + down.stderr
         assert not _alive(pid) and not _alive(agent) and not _alive(server)
         assert "No exchange was running" in _crucible(["down"], _env(home)).stdout
+
+        # Started again with fake GPUs: what it reports is this run's agent, not the last
+        # run's host as the store still held it ("no GPUs" was printed).
+        up = _crucible(["up", "--detach", "--fake-gpus", "2xH100"], env)
+        assert up.returncode == 0 and "2 GPU(s)" in up.stdout, up.stdout + up.stderr
     finally:
         _crucible(["down"], _env(home))
 

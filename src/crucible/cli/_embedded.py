@@ -139,6 +139,7 @@ def start_detached(
     log = log_path(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
+    started_ms = int(time.time() * 1000)
     cmd = [sys.executable, "-m", "crucible.cli.main", "up", "--foreground"]
     if fake_gpus:
         cmd += ["--fake-gpus", fake_gpus]
@@ -160,7 +161,7 @@ def start_detached(
                 "\nFix the cause and run `crucible up --detach` again."
             )
         healthy = healthy or is_healthy(url)
-        if healthy and _agent_ready(settings, url):
+        if healthy and _agent_ready(settings, url, started_ms):
             return url
         time.sleep(0.1)
     _stop_pid(proc.pid, settings, timeout_s=settings.stop_grace_s + 10)
@@ -191,8 +192,14 @@ def _wait_running(settings: Settings, running: RunningExchange, wait_s: float) -
     )
 
 
-def _agent_ready(settings: Settings, url: str) -> bool:
-    return any(h.get("state") == "ready" for h in _hosts(settings, url) or [])
+def _agent_ready(settings: Settings, url: str, since_ms: int = 0) -> bool:
+    """Whether an agent is ready: one that has registered or synced since ``since_ms`` (a
+    restarted exchange's store still holds its last run's host as ready, with that run's
+    inventory)."""
+    return any(
+        h.get("state") == "ready" and int(h.get("last_seen_ms") or 0) >= since_ms
+        for h in _hosts(settings, url) or []
+    )
 
 
 def _hosts(settings: Settings, url: str) -> list[dict[str, Any]] | None:
