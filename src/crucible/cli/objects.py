@@ -7,7 +7,7 @@ from urllib.parse import quote
 import typer
 from pydantic import ValidationError
 
-from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.common import Named
@@ -79,7 +79,14 @@ def register(app: typer.Typer) -> None:
         """Remove the items of a queue's partition (or of all of them with --all)."""
         body = {"partition": partition, "all": all_}
         _client().post(f"/v1/queues/{_path('queue', name)}/clear", body)
-        console.print(f"cleared queue {name}", markup=False)
+        what = (
+            "every partition of"
+            if all_
+            else f"partition {partition!r} of"
+            if partition
+            else "the default partition of"
+        )
+        console.print(f"cleared {what} queue {clean(name)}", markup=False)
 
     @queue_app.command("delete")
     def queue_delete(name: str) -> None:
