@@ -140,7 +140,7 @@ def get_credits(who: Builder, state: State, account: str | None = None) -> Credi
 
 def _as_enforced(info: CreditInfo, state: State) -> CreditInfo:
     """``info`` saying whether this exchange refuses work without credit."""
-    return info.model_copy(update={"required": state.settings.require_credits})
+    return statements.enforced(info, state.settings.require_credits)
 
 
 @router.get("/statement", response_model=None)

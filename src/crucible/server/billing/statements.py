@@ -30,6 +30,7 @@ __all__ = [
     "STATEMENT_KINDS",
     "credit_info",
     "credit_refusal",
+    "enforced",
     "grant",
     "recent_entries",
     "set_daily_cap",
@@ -131,14 +132,30 @@ def credit_info(
     """The account's credit; ``required``: whether the exchange refuses work without it
     (settings.require_credits), which is what ``ok`` False means to the reader."""
     s = account_credit(conn, account_id, now_ms)
-    return CreditInfo(
+    info = CreditInfo(
         account_id=account_id,
         balance_micros=s.balance,
         spent_today_micros=s.spent_today,
         daily_cap_micros=s.daily_cap,
         ok=s.ok,
         reason=s.reason,
-        required=required,
+        required=True,
+    )
+    return enforced(info, required)
+
+
+def enforced(info: CreditInfo, required: bool) -> CreditInfo:
+    """``info`` on an exchange that does (``required``) or does not refuse work without
+    credit: where it does not, the reason says that work still runs."""
+    if required or info.ok or not info.required:
+        return info.model_copy(update={"required": required})
+    what = info.reason.split(": new leases", 1)[0]
+    return info.model_copy(
+        update={
+            "required": False,
+            "reason": f"{what}; this exchange does not require credit "
+            "(CRUCIBLE_REQUIRE_CREDITS is off), so work still runs",
+        }
     )
 
 
