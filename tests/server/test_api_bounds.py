@@ -149,3 +149,17 @@ def test_a_wait_that_is_not_a_number_is_named_as_such(server: ServerUnderTest) -
     token = server.tenant("alice").token
     r = server.request("GET", "/v1/calls/ca-x?wait_s=nan", token=token)
     assert r.status_code == 400 and "finite number" in r.text, r.text
+
+
+def test_a_json_body_sent_as_text_is_told_to_be_json(server: ServerUnderTest) -> None:
+    # It said "body: Input should be a valid dictionary", hiding the content type.
+    token = server.tenant("alice").token
+    r = server.request(
+        "POST",
+        "/v1/dicts",
+        token=token,
+        content=b'{"name": "d1"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert r.status_code == 400, r.text
+    assert "Content-Type: application/json, not text/plain" in r.text, r.text

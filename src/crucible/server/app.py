@@ -253,9 +253,16 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return shaped(
-            request, error_response(InvalidRequestError(validation_message(exc.errors())))
-        )
+        message = validation_message(exc.errors())
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_error = any(e.get("loc", ())[:1] == ("body",) for e in exc.errors())
+        if body_error and kind != "application/json":
+            # A JSON body sent as text/plain (or a form) is not read as JSON: say so first.
+            sent = kind[:60] or "none"
+            message = (
+                f"send the body as JSON (Content-Type: application/json, not {sent}); {message}"
+            )
+        return shaped(request, error_response(InvalidRequestError(message)))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
