@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from crucible.protocol.common import ErrorInfo, Payload, Wire, WireInt
+from crucible.protocol.common import MAX_WIRE_INT, ErrorInfo, Payload, Wire, WireInt
 
 # Positions in a map group are stored as 32-bit integers.
 MAX_INDEX = 2**31 - 1 - 10_000
@@ -125,8 +125,8 @@ class ItemsSent(Wire):
     """What a generator call yielded since ``start``: the worker sends them in order."""
 
     call_id: str
-    attempt: WireInt = Field(ge=1)
-    start: WireInt = Field(ge=0)  # the index of items[0]
+    attempt: int = Field(ge=1, le=MAX_WIRE_INT)
+    start: int = Field(ge=0, le=MAX_WIRE_INT)  # the index of items[0]
     items: list[Payload] = Field(max_length=1000)
 
 

@@ -35,22 +35,10 @@ __all__ = [
 # to reach the store and fail there with 500).
 MAX_WIRE_INT = 2**53
 
-
-def _within_wire(value: int) -> int:
-    if not -MAX_WIRE_INT <= value <= MAX_WIRE_INT:
-        raise ValueError(f"must be within -2**53..2**53 ({MAX_WIRE_INT:,}), got {value:,}")
-    return value
-
-
-def _wire_bounds(schema: dict[str, Any]) -> None:
-    schema.setdefault("minimum", -MAX_WIRE_INT)
-    schema.setdefault("maximum", MAX_WIRE_INT)
-
-
-# An integer on the wire. A validator, not Field(ge=, le=): a field's own narrower range
-# (``WireInt = Field(ge=16)``) must hold too, and pydantic keeps only the last bound of each
-# kind (the type's wide one replaced the field's). The schema shows the narrower bound.
-WireInt = Annotated[int, AfterValidator(_within_wire), Field(json_schema_extra=_wire_bounds)]
+# An integer field without a narrower range of its own. A field with one is a plain ``int``
+# with both bounds (``Field(ge=16, le=...)``): on ``WireInt`` pydantic keeps only the last
+# bound of each kind, the type's wide one (tests/protocol/test_wire_strict.py checks).
+WireInt = Annotated[int, Field(ge=-MAX_WIRE_INT, le=MAX_WIRE_INT)]
 
 
 def _json_only(value: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
-from crucible.protocol.common import ErrorInfo, Payload, Resources, Wire, WireInt
+from crucible.protocol.common import MAX_WIRE_INT, ErrorInfo, Payload, Resources, Wire, WireInt
 from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.pods import PodAssignment
@@ -87,7 +87,7 @@ class OutputItem(Wire):
     error: ErrorInfo | None = None
     # How long the function ran, in microseconds (stored and billed in milliseconds; the
     # autoscaler needs the finer figure for functions that take less than one).
-    exec_us: WireInt = Field(default=0, ge=0)
+    exec_us: int = Field(default=0, ge=0, le=MAX_WIRE_INT)
 
     @property
     def exec_ms(self) -> int:

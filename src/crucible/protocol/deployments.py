@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from crucible.protocol.common import Named, Wire, WireInt
+from crucible.protocol.common import MAX_WIRE_INT, Named, Wire, WireInt
 
 __all__ = [
     "DeploymentCreate",
@@ -58,4 +58,4 @@ class DeploymentInfo(Wire):
 
 
 class Rollback(Wire):
-    version: WireInt = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_WIRE_INT)

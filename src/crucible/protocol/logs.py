@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from crucible.protocol.common import Wire, WireInt
+from crucible.protocol.common import MAX_WIRE_INT, Wire, WireInt
 
 __all__ = ["LogBatch", "LogLine", "LogPage", "LogSent"]
 
 
 class LogSent(Wire):
-    ts_ms: WireInt = Field(ge=0)
+    ts_ms: int = Field(ge=0, le=MAX_WIRE_INT)
     stream: str = Field(pattern=r"^(stdout|stderr)$")
     call_id: str | None = Field(default=None, max_length=32)
     line: str = Field(max_length=8192)

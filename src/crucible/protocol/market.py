@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
-from crucible.protocol.common import PrintableText, Wire, WireInt, Words
+from crucible.protocol.common import MAX_WIRE_INT, PrintableText, Wire, WireInt, Words
 from crucible.protocol.hosts import HostVerification
 
 __all__ = [
@@ -131,7 +131,7 @@ class QuoteInfo(Wire):
 class ReserveCreate(Wire):
     gpu: str = Field(min_length=1, max_length=40)  # "8xH100"
     nodes: int = Field(default=1, ge=1, le=1024)
-    start_ms: WireInt = Field(ge=0)
+    start_ms: int = Field(ge=0, le=MAX_WIRE_INT)
     hours: float = Field(gt=0, le=366 * 24)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
     region: str | None = Field(default=None, min_length=1, max_length=64)

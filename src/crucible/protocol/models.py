@@ -44,7 +44,7 @@ class ModelCreate(Named):
     # The engine's window in tokens (2048: the engines' default --max-model-len). It bounds
     # every request: max_tokens past it is refused, and a caller is never charged for more
     # tokens than a request of this window could produce.
-    context_length: WireInt = Field(default=2048, ge=16, le=16_777_216)
+    context_length: int = Field(default=2048, ge=16, le=16_777_216)
 
 
 class AdapterCreate(Named):

@@ -8,7 +8,7 @@ import posixpath
 
 from pydantic import Field, field_validator
 
-from crucible.protocol.common import Named, Wire, WireInt
+from crucible.protocol.common import MAX_WIRE_INT, Named, Wire, WireInt
 
 __all__ = [
     "CHUNK_BYTES",
@@ -93,7 +93,7 @@ class FileEntry(Wire):
 
 
 class Manifest(Wire):
-    version: WireInt = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_WIRE_INT)
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
 
