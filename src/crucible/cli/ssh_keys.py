@@ -10,6 +10,7 @@ from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.access import SshKeyInfo
+from crucible.sdk._local_files import read_text_file
 
 __all__ = ["register"]
 
@@ -32,8 +33,8 @@ def register(app: typer.Typer) -> None:
         path = Path(key).expanduser()
         if key.startswith(("ssh-", "ecdsa-", "sk-")):
             line = key
-        elif path.is_file():
-            line = path.read_text(encoding="utf-8", errors="replace")
+        elif path.exists():
+            line = read_text_file(path, "the key file", 1 << 20)
         else:
             raise InvalidRequestError(
                 f"{key!r} is neither a file nor a public key line: give the .pub file "
