@@ -73,6 +73,8 @@ def test_pod_lifecycle_disk_logs_and_billing(pods_exchange: Exchange) -> None:
     again = pod.wait("running", timeout_s=60)
     assert again.container_id != first_container and again.host_id == info.host_id
     wait_for(lambda: "runs=2 rank=seven" in _lines(pod), 30, "the second run's line")
+    # Each line once (the supervisor's pump and a tap of its own descriptors shipped it twice).
+    assert _lines(pod).count("runs=1 rank=seven") == 1, _lines(pod)
     from_name = crucible.Pod.from_name("train", client=client)
     assert from_name.id == pod.id
     pod.delete()

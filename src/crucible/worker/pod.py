@@ -120,7 +120,7 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     workdir = os.environ.get("CRUCIBLE_POD_IMAGE_WORKDIR") or "/"
     cwd = workdir if workdir != "/" and os.path.isdir(workdir) else str(disk)
     shipper = LogShipper(transport, assignment.container_id)
-    shipper.install()
+    shipper.install(descriptors=False)  # the command's output is pumped below (_pump)
     if assignment.volumes:
         # The volumes' latest versions at their mount paths (bound in by a sandboxed agent).
         try:
