@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 from crucible.errors import (
     AuthError,
+    BadGatewayError,
     CallCancelledError,
     ConflictError,
     ContainerExitedError,
@@ -66,6 +67,7 @@ from crucible.sdk._web import asgi_app, fastapi_endpoint
 __all__ = [
     "App",
     "AuthError",
+    "BadGatewayError",
     "CallCancelledError",
     "Cls",
     "ConflictError",

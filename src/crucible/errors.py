@@ -32,6 +32,8 @@ Exception tree::
     │   └── ImageUnsupportedError      image_unsupported        │
     ├── SandboxUnavailableError        sandbox_unavailable      ┘
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
+    ├── BadGatewayError                bad_gateway        502 (a web endpoint's app answered
+    │                                                      what HTTP cannot carry)
     ├── SettingError                   invalid_setting    (a process's own settings, at
     │                                                      start: never on the wire; also
     │                                                      a ValueError)
@@ -50,6 +52,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthError",
+    "BadGatewayError",
     "CallCancelledError",
     "ConflictError",
     "ContainerExitedError",
@@ -313,6 +316,14 @@ class ServerUnavailableError(Error):
     http_status = 503
 
 
+class BadGatewayError(Error):
+    """A web endpoint's app answered what no HTTP response can carry (a status outside
+    200..599, a header name or value with CR, LF or NUL): the gateway answers this instead."""
+
+    code = "bad_gateway"
+    http_status = 502
+
+
 class SettingError(Error, ValueError):
     """A setting (its environment variable, e.g. CRUCIBLE_PORT, or CRUCIBLE_DATABASE_URL)
     holds a value this process cannot use: raised when settings are read or the store is
@@ -357,6 +368,7 @@ _BY_CODE: dict[str, type[Error]] = {
         ImageUnsupportedError,
         SandboxUnavailableError,
         ServerUnavailableError,
+        BadGatewayError,
         SettingError,
         InternalError,
     )

@@ -79,6 +79,14 @@ class Settings:
     # -- server ------------------------------------------------------------------------------
     bind_host: str = _opt("127.0.0.1", "CRUCIBLE_BIND_HOST", "Address the server listens on.")
     port: int = _opt(8745, "CRUCIBLE_PORT", "Port the server listens on.")
+    trusted_proxies: str = _opt(
+        "",
+        "CRUCIBLE_TRUSTED_PROXIES",
+        "Comma-separated addresses of the reverse proxies (load balancers) in front of the "
+        "server, whose X-Forwarded-For and X-Forwarded-Proto name the client; empty: no "
+        "proxy is trusted, and the connection's peer is the client (what per-client rate "
+        "limits and web endpoints' X-Forwarded-For see).",
+    )
     ports_domain: str = _opt(
         "",
         "CRUCIBLE_PORTS_DOMAIN",

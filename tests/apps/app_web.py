@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import WebSocket  # at module level: the annotations below are strings
+from fastapi import Request, WebSocket  # at module level: the annotations are strings
 
 import crucible
 
@@ -62,6 +62,28 @@ def api():  # type: ignore[no-untyped-def]
     @web.get("/boom")
     def boom() -> None:
         raise RuntimeError("the endpoint broke")
+
+    @web.get("/seen")
+    def seen(request: Request) -> dict[str, object]:
+        """The request headers as the app got them."""
+        return {"headers": [[k, v] for k, v in request.headers.items()]}
+
+    @web.get("/hostile")
+    def hostile(kind: str) -> Response:
+        """Responses a hostile or broken app makes."""
+        if kind == "cookies":
+            response = Response("cookies")
+            response.set_cookie("crucible_session", "pwned")
+            response.set_cookie("crucible_login", "pwned")
+            response.set_cookie("mine", "kept")
+            return response
+        if kind == "crlf":
+            return Response("x", headers={"x-bad": "a\r\nset-cookie: crucible_session=pwned"})
+        if kind == "status":
+            return Response("x", status_code=99)
+        if kind == "framing":
+            return Response("ok", headers={"transfer-encoding": "chunked"})
+        return Response("empty?", status_code=204)
 
     @web.websocket("/shout")
     async def shout(ws: WebSocket) -> None:

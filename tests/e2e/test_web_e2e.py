@@ -50,6 +50,31 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
         r = http.get(f"{base}/api/nowhere")
         assert r.status_code == 404  # the app's own 404
 
+        # The exchange's cookies never reach a tenant's app (a console session would let it
+        # act as the visitor), nor can it set them; the client's X-Forwarded-* are replaced.
+        spoof = {
+            "cookie": "crucible_session=secret; crucible_login=nonce; app=ok",
+            "x-forwarded-for": "1.2.3.4",
+            "x-forwarded-proto": "gopher",
+        }
+        r = http.get(f"{base}/api/seen", headers=spoof)
+        assert r.status_code == 200, r.text
+        seen = dict(r.json()["headers"])
+        assert seen["cookie"] == "app=ok", seen
+        assert "1.2.3.4" not in seen["x-forwarded-for"] and seen["x-forwarded-proto"] == "http"
+        r = http.get(f"{base}/api/hostile", params={"kind": "cookies"})
+        set_cookies = r.headers.get_list("set-cookie")
+        assert [c.split("=")[0] for c in set_cookies] == ["mine"], set_cookies
+        # A response HTTP cannot carry is a 502 in the error shape, not a dropped connection.
+        for kind in ("crlf", "status"):
+            r = http.get(f"{base}/api/hostile", params={"kind": kind})
+            assert r.status_code == 502 and r.json()["error"]["code"] == "bad_gateway", r.text
+        r = http.get(f"{base}/api/hostile", params={"kind": "framing"})
+        assert r.status_code == 200 and r.text == "ok"
+        assert "transfer-encoding" not in r.headers, r.headers
+        r = http.get(f"{base}/api/hostile", params={"kind": "empty"})
+        assert r.status_code == 204 and r.content == b""
+
         # A WebSocket: each message to the app and back through the exchange.
         ws_url = f"{base.replace('http://', 'ws://')}/api/shout"
         with connect(ws_url, open_timeout=60) as ws:

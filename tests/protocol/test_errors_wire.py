@@ -38,6 +38,7 @@ CODES = {
     "ImageTooLargeError": ("image_too_large", 413),
     "ImageUnsupportedError": ("image_unsupported", 422),
     "SandboxUnavailableError": ("sandbox_unavailable", 500),
+    "BadGatewayError": ("bad_gateway", 502),
     "ServerUnavailableError": ("server_unavailable", 503),
     "SettingError": ("invalid_setting", 500),
     "InternalError": ("internal", 500),

@@ -34,6 +34,10 @@ def run_server(settings: Settings, *, on_ready: object = None) -> None:
         loop="uvloop" if _has("uvloop") else "asyncio",
         http=_http_protocol(),
         timeout_keep_alive=75,
+        # Only a trusted proxy's X-Forwarded-* name the client (uvicorn trusts 127.0.0.1 by
+        # default: every local client could then claim any address).
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
     server = uvicorn.Server(config)
     # Everything built so far (modules, the app, its models) lives as long as the process:

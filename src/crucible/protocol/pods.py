@@ -45,6 +45,7 @@ __all__ = [
 
 # A pod's name becomes a host name inside a cluster: DNS-label-like, 1-63 characters.
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ID_SHAPED = re.compile(r"^[a-z]{2}-([0-9a-z]{8}|[0-9a-z]{22})$")  # a full or short id
 # pending → pulling → starting → running → stopping → stopped; or preempted / failed; and
 # deleted (kept so that ``start`` on a deleted pod can say so).
 POD_STATES = (
@@ -250,12 +251,20 @@ class ClusterInfo(Wire):
     members: list[PodInfo] = Field(default_factory=list)
 
 
-def check_pod_name(name: str) -> str:
+def check_pod_name(name: str, what: str = "pod") -> str:
+    """A pod's (or a cluster's, ``what``) name: a DNS label that is not shaped like an id.
+    Commands take a name or an id (``pd-n1dsrye7``); a pod named like another's short id
+    made `pod rm NAME` delete the other pod."""
     if not isinstance(name, str) or not POD_NAME.match(name):
         shown = name[:80] if isinstance(name, str) else name
         raise InvalidRequestError(
-            f"pod name {shown!r} is not valid: use 1-63 lowercase letters, digits and '-', "
+            f"{what} name {shown!r} is not valid: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (e.g. 'train-1')"
+        )
+    if _ID_SHAPED.match(name):
+        raise InvalidRequestError(
+            f"{what} name {name!r} has the shape of an id (two letters, '-', then 8 or 22 "
+            "letters and digits), which commands read as one: pick another name"
         )
     return name
 

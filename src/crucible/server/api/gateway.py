@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +32,7 @@ from sqlalchemy import select
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketState
 
-from crucible.errors import AuthError, Error, NotFoundError
+from crucible.errors import AuthError, BadGatewayError, Error, NotFoundError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
@@ -40,6 +41,7 @@ from crucible.server.api.calls import check_credit, submit_calls
 from crucible.server.api.items import read_page
 from crucible.server.api.web_origin import OWN_HOST, own_host_reason, to_own_host
 from crucible.server.auth import Principal
+from crucible.server.own_cookies import OWN_COOKIES, cookie_name, cookies_but_ours
 from crucible.server.services import items as items_svc
 from crucible.server.services.accounts import authenticate
 from crucible.server.services.blobs import grant_blob
@@ -58,10 +60,16 @@ _HOP = {
     "connection",
     "content-length",
     "transfer-encoding",
+    "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-prefix",
 }
+# Framing headers an app's response may not set: the gateway frames the body itself (an
+# app's Transfer-Encoding beside the gateway's Content-Length is a smuggling risk).
+_FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # a header name (lowercased)
+_NO_BODY = (204, 304)
 _FIRST_PART_WAIT_S = 300.0
 # A resolved endpoint is reused this long: a deployment changed through this server is seen
 # at once (the routes clear the cache), one changed through another replica within this.
@@ -163,10 +171,13 @@ def forwarded_headers(
     ``-Host``, ``-Proto`` and, when served at the exchange's path, ``-Prefix`` (the path
     the app is mounted at, ``/web/{account}/{deployment}/{function}``), so that the app can
     build its own public URLs. Never the caller's token."""
-    out = [[k, v] for k, v in conn.headers.items() if k not in _HOP and k != "x-forwarded-for"]
-    prior = conn.headers.get("x-forwarded-for")
-    client = _client(conn.client)
-    out.append(["x-forwarded-for", f"{prior}, {client}" if prior else client])
+    out = [[k, v] for k, v in conn.headers.items() if k not in _HOP and k != "cookie"]
+    # The visitor's cookies for the app, never the exchange's own (the console's session:
+    # the app would act as the visitor with it).
+    cookie = cookies_but_ours(conn.headers.get("cookie"))
+    if cookie:
+        out.append(["cookie", cookie])
+    out.append(["x-forwarded-for", _client(conn.client)])
     host = conn.headers.get("host")
     if host:
         out.append(["x-forwarded-host", host])
@@ -252,8 +263,6 @@ async def gateway(
         )
     parts = whole if whole is not None else response_parts(page.items)
     start = parts[0]
-    headers = {k: v for k, v in start["headers"] if k.lower() not in ("content-length",)}
-    headers["x-crucible-call-id"] = call_id
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal page, parts
@@ -267,7 +276,7 @@ async def gateway(
             page = await read_page(state, owner, call_id, page.next, 30.0)
             pending = response_parts(page.items)
 
-    return StreamingResponse(stream(), status_code=int(start["status"]), headers=headers)
+    return _streamed_response(start["status"], start["headers"], call_id, stream())
 
 
 async def _submit(
@@ -306,15 +315,60 @@ def held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
 
 def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Response:
     """A whole response in one piece, with its length; every header the app set is kept
-    (repeated ones too), but its length, which the gateway sets itself."""
-    response = Response(body, status_code=status)
-    response.raw_headers.extend(
-        (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
-        for k, v in headers
-        if str(k).lower() != "content-length"
-    )
-    response.raw_headers.append((b"x-crucible-call-id", call_id.encode("ascii")))
+    (repeated ones too), but those :func:`app_headers` leaves out."""
+    status = app_status(status)
+    response = Response(b"" if status in _NO_BODY else body, status_code=status)
+    response.raw_headers.extend(app_headers(headers, call_id))
     return response
+
+
+def _streamed_response(
+    status: int, headers: Any, call_id: str, body: AsyncIterator[bytes]
+) -> Response:
+    """A response whose body comes in parts (chunked), with the app's headers as
+    :func:`app_headers` keeps them."""
+    status = app_status(status)
+    if status in _NO_BODY:
+        return _plain_response(status, headers, b"", call_id)
+    response = StreamingResponse(body, status_code=status)
+    response.raw_headers.extend(app_headers(headers, call_id))
+    return response
+
+
+def app_status(status: Any) -> int:
+    """The app's status code, when an HTTP response can carry it."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise BadGatewayError(
+            f"the endpoint's app answered with status {str(status)[:20]!r}; a response's "
+            "status is from 200 to 599"
+        )
+    return status
+
+
+def app_headers(headers: Any, call_id: str) -> list[tuple[bytes, bytes]]:
+    """The app's response headers as the gateway passes them on: its framing headers
+    (``Content-Length``, ``Transfer-Encoding``...) left out, since the gateway frames the
+    body itself; a ``Set-Cookie`` of the exchange's own cookies left out; and the call's id
+    added. A name or value HTTP cannot carry (CR, LF, NUL) is a :class:`BadGatewayError`."""
+    out: list[tuple[bytes, bytes]] = []
+    for k, v in headers:
+        name, value = str(k), str(v)
+        low = name.lower()
+        if low in _FRAMING or (low == "set-cookie" and cookie_name(value) in OWN_COOKIES):
+            continue
+        try:
+            raw = (low.encode("latin-1"), value.encode("latin-1"))
+        except UnicodeEncodeError:
+            raw = (b"", b"")
+        if not _TOKEN.match(raw[0]) or any(c in raw[1] for c in (0, 10, 13)):
+            raise BadGatewayError(
+                f"the endpoint's app answered a header HTTP cannot carry ({name[:40]!r}: a "
+                "name of letters, digits and !#$%&'*+-.^_`|~, a value without CR, LF or NUL, "
+                "both in Latin-1)"
+            )
+        out.append(raw)
+    out.append((b"x-crucible-call-id", call_id.encode("ascii")))
+    return out
 
 
 async def request_input(state: ServerState, owner: Principal, raw: bytes) -> Payload:
@@ -394,8 +448,6 @@ def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Respon
         )
     if answer.whole is not None and method != "HEAD":
         return _plain_response(answer.status, answer.headers, answer.whole, rid)
-    headers = {k: v for k, v in answer.headers if k.lower() != "content-length"}
-    headers["x-crucible-call-id"] = rid
     relayed = answer.relayed
 
     async def stream() -> AsyncIterator[bytes]:
@@ -408,7 +460,7 @@ def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Respon
             if not done and relayed is not None:  # the client left: drop the rest
                 state.web.relay.abandon(relayed)
 
-    return StreamingResponse(stream(), status_code=answer.status, headers=headers)
+    return _streamed_response(answer.status, answer.headers, rid, stream())
 
 
 @router.websocket("/web/{account}/{deployment}/{function}/{path:path}")

@@ -56,8 +56,7 @@ from crucible.server.api import ports_origin
 from crucible.server.api.access import open_session
 from crucible.server.api.deps import Builder, State
 from crucible.server.auth import Principal
-from crucible.server.console.pages.auth import LOGIN_COOKIE
-from crucible.server.console.web import COOKIE as CONSOLE_COOKIE
+from crucible.server.own_cookies import OWN_COOKIES, PORT_COOKIE, cookie_name, cookies_but_ours
 from crucible.server.services import access as svc
 from crucible.server.services import pod_ports
 from crucible.server.services.accounts import authenticate
@@ -66,7 +65,7 @@ from crucible.server.state import ServerState
 router = APIRouter(tags=["access"])
 
 KEY_PARAM = "crucible_key"
-COOKIE = "crucible_port_key"
+COOKIE = PORT_COOKIE
 # Hop-by-hop headers and the exchange's own credentials stay here.
 _DROP = {
     "authorization",
@@ -85,8 +84,6 @@ _DROP = {
     "x-forwarded-for",
     "x-forwarded-prefix",
 }
-# The exchange's cookies: never passed to a container.
-_OUR_COOKIES = {COOKIE, CONSOLE_COOKIE, LOGIN_COOKIE}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -322,7 +319,7 @@ async def forward(state: ServerState, request: Request, up: Upstream) -> Respons
     for k, v in out_headers:
         if k.lower() == "content-length" and request.method == "HEAD":
             continue
-        if k.lower() == "set-cookie" and _cookie_name(v) in _OUR_COOKIES:
+        if k.lower() == "set-cookie" and cookie_name(v) in OWN_COOKIES:
             continue  # a container may not set (or clear) the exchange's cookies
         result.headers.append(k, v)
     if up.cookie is not None:
@@ -354,17 +351,6 @@ def raw_path(request: HTTPConnection) -> str:
     """The request's path as the client sent it (still percent-encoded)."""
     raw = request.scope.get("raw_path")
     return raw.decode("latin-1") if raw else quote(request.url.path)
-
-
-def _cookie_name(set_cookie: str) -> str:
-    return set_cookie.split(";", 1)[0].split("=", 1)[0].strip()
-
-
-def cookies_but_ours(header: str | None) -> str:
-    """The client's Cookie header without the exchange's own cookies (the port link's, the
-    console's session): the container's own cookies (a notebook's ``_xsrf``) pass."""
-    parts = [p.strip() for p in (header or "").split(";") if p.strip()]
-    return "; ".join(p for p in parts if p.split("=", 1)[0].strip() not in _OUR_COOKIES)
 
 
 def check_port(port: int) -> None:

@@ -43,13 +43,13 @@ from crucible.server.api.ports import (
     await_ready,
     caller,
     check_port,
-    cookies_but_ours,
     forwarded_headers,
     own_origin,
     pod_caller,
     raw_path,
 )
 from crucible.server.auth import Principal
+from crucible.server.own_cookies import cookies_but_ours
 from crucible.server.relay import AccessSession, until_first_ends
 from crucible.server.services import pod_ports
 from crucible.server.state import ServerState

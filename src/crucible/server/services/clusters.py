@@ -135,7 +135,7 @@ def create_cluster(
 ) -> ClusterInfo:
     """Create a cluster and its members; the scheduler places the gang on its next tick."""
     require_builder(principal)
-    check_pod_name(req.name)
+    check_pod_name(req.name, "cluster")
     if len(req.name) > 60:
         raise InvalidRequestError(
             f"cluster name {req.name!r} is too long: members are NAME-RANK, at most 63 "
