@@ -66,7 +66,11 @@ def api():  # type: ignore[no-untyped-def]
     @web.get("/seen")
     def seen(request: Request) -> dict[str, object]:
         """The request headers as the app got them."""
-        return {"headers": [[k, v] for k, v in request.headers.items()]}
+        return {
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "raw_path": request.scope["raw_path"].decode("latin-1"),
+            "utf": request.headers.get("x-utf", ""),
+        }
 
     @web.get("/hostile")
     def hostile(kind: str) -> Response:

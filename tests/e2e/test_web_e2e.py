@@ -62,6 +62,11 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
         seen = dict(r.json()["headers"])
         assert seen["cookie"] == "app=ok", seen
         assert "1.2.3.4" not in seen["x-forwarded-for"] and seen["x-forwarded-proto"] == "http"
+        # Bytes reach the app as the client sent them: a UTF-8 header value, a raw path with
+        # its escapes (they were encoded twice, and the path unescaped).
+        r = http.get(f"{base}/api/se%65n", headers={"x-utf": "café".encode()})
+        assert r.status_code == 200 and r.json()["raw_path"] == "/se%65n", r.text
+        assert r.json()["utf"].encode("latin-1") == "café".encode(), r.json()
         r = http.get(f"{base}/api/hostile", params={"kind": "cookies"})
         set_cookies = r.headers.get_list("set-cookie")
         assert [c.split("=")[0] for c in set_cookies] == ["mine"], set_cookies

@@ -94,10 +94,16 @@ def _scope(request: dict[str, Any]) -> dict[str, Any]:
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "path": request["path"],
-        "raw_path": request["path"].encode(),
-        "query_string": request.get("query", "").encode(),
+        # The bytes the client sent: the gateway passes them as Latin-1 text (HTTP's own).
+        "raw_path": request["raw_path"].encode("latin-1", "replace")
+        if request.get("raw_path")
+        else request["path"].encode(),
+        "query_string": request.get("query", "").encode("latin-1", "replace"),
         "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in request.get("headers", [])],
+        "headers": [
+            (k.lower().encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+            for k, v in request.get("headers", [])
+        ],
         "client": ("127.0.0.1", 0),
         "server": ("crucible", 80),
     }

@@ -163,6 +163,19 @@ def _client(address: Any) -> str:
     return str(address.host) if address is not None else "unknown"
 
 
+def raw_tail(conn: HTTPConnection, path: str) -> str:
+    """The request's path as the client wrote it (percent-escapes kept, as ASGI's
+    ``raw_path``), from where the app is mounted, as Latin-1 text; ``/`` + ``path`` when the
+    server has no raw path."""
+    raw: bytes | None = conn.scope.get("raw_path")
+    if not raw:
+        return "/" + path
+    if OWN_HOST not in conn.scope and raw.startswith(b"/web/"):
+        parts = raw.split(b"/", 5)  # "", "web", account, deployment, function, the rest
+        raw = b"/" + (parts[5] if len(parts) > 5 else b"")
+    return raw.decode("latin-1")
+
+
 def forwarded_headers(
     conn: HTTPConnection, account: str, deployment: str, function: str
 ) -> list[list[str]]:
@@ -232,6 +245,7 @@ async def gateway(
     http = {
         "method": request.method,
         "path": "/" + path,
+        "raw_path": raw_tail(request, path),
         "query": request.scope["query_string"].decode("latin-1"),
         "headers": forwarded_headers(request, account, deployment, function),
     }
@@ -486,6 +500,7 @@ async def gateway_websocket(
     http = {
         "type": "websocket",
         "path": "/" + path,
+        "raw_path": raw_tail(websocket, path),
         "query": websocket.url.query,
         "headers": forwarded_headers(websocket, account, deployment, function),
     }
