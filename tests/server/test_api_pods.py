@@ -20,6 +20,8 @@ from server_testlib import MakeServer, ServerUnderTest, error_code
     [
         ({"name": "Bad_Name"}, "invalid_request", "pod name 'Bad_Name' is not valid"),
         ({"name": "-x"}, "invalid_request", "pod name"),
+        # Commands take a name or an id: a pod named like another's short id was the other.
+        ({"name": "pd-n1dsrye7"}, "invalid_request", "the shape of an id"),
         ({"name": "a" * 64}, "invalid_request", "1-63"),
         ({"name": "p", "gpu": "H900"}, "invalid_gpu", "unknown GPU model 'H900'"),
         ({"name": "p", "gpu": "H100:0"}, "invalid_gpu", "positive integer"),
@@ -144,7 +146,8 @@ def test_clusters_validate_and_belong_to_their_account(server: ServerUnderTest) 
         ({"name": "ring", "nodes": 2}, "give --gpu"),
         ({"name": "ring", "nodes": 1, "gpu": "H100"}, "nodes"),
         ({"name": "ring", "nodes": 65, "gpu": "H100"}, "nodes"),
-        ({"name": "Ring", "nodes": 2, "gpu": "H100"}, "pod name"),
+        ({"name": "Ring", "nodes": 2, "gpu": "H100"}, "cluster name 'Ring'"),
+        ({"name": "cl-n1dsrye7", "nodes": 2, "gpu": "H100"}, "the shape of an id"),
         ({"name": "r" * 61, "nodes": 2, "gpu": "H100"}, "at most 60"),
     ]:
         r = server.request("POST", "/v1/clusters", token=alice.token, json=body)
