@@ -571,3 +571,11 @@ def test_app_files_that_exit_or_names_that_cannot_be_served_are_named(tmp_path: 
     fine = tmp_path / "fine.py"
     fine.write_text(exits.read_text().replace("sys.exit(0)\n", ""))
     refused(cli("serve", str(fine), "--name", "bad name"), "--name")
+
+
+def test_an_agents_declared_values_are_checked_before_it_starts() -> None:
+    # `--carbon 9999` (documented as 0..5000) printed a pydantic traceback from inside the
+    # agent's registration loop.
+    for flag, value in (("--carbon", "9999"), ("--name", "Bad Name!"), ("--region", "")):
+        out = cli("agent", "--server", "http://127.0.0.1:9", "--token", "x", flag, value)
+        refused(out, f"crucible agent: {flag}")

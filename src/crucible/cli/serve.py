@@ -219,12 +219,36 @@ def register(app: typer.Typer) -> None:
         if runtime is not None:
             overrides["runtime"] = runtime
         settings = load_settings(**overrides)
+        from pydantic import ValidationError
+
+        from crucible.protocol.hosts import HostRegister
+        from crucible.sdk._checks import from_validation_error
+
+        host_name = name or socket.gethostname()
+        try:  # what the registration will declare, checked now (not as a traceback later)
+            HostRegister.model_validate(
+                {
+                    "name": host_name,
+                    "region": region,
+                    "energy_source": energy_source,
+                    "carbon_g_per_kwh": carbon,
+                    "inventory": {"cpu_cores": 1, "memory_mib": 1, "disk_mib": 0},
+                }
+            )
+        except ValidationError as exc:
+            flags = {
+                "name": "--name",
+                "region": "--region",
+                "energy_source": "--energy-source",
+                "carbon_g_per_kwh": "--carbon",
+            }
+            raise from_validation_error(exc, "crucible agent", flags) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         Agent(
             settings,
             server_url=server,
             token=token,
-            name=name or socket.gethostname(),
+            name=host_name,
             region=region,
             energy_source=energy_source,
             carbon_g_per_kwh=carbon,
