@@ -22,6 +22,11 @@ from server_testlib import MakeServer, ServerUnderTest, error_code
         ({"name": "-x"}, "invalid_request", "pod name"),
         # Commands take a name or an id: a pod named like another's short id was the other.
         ({"name": "pd-n1dsrye7"}, "invalid_request", "the shape of an id"),
+        (
+            {"name": "p", "market": {"tier": "interruptible"}},
+            "invalid_request",
+            "--tier interruptible is for GPU pods",
+        ),
         ({"name": "a" * 64}, "invalid_request", "1-63"),
         ({"name": "p", "gpu": "H900"}, "invalid_gpu", "unknown GPU model 'H900'"),
         ({"name": "p", "gpu": "H100:0"}, "invalid_gpu", "positive integer"),

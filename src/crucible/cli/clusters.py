@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         try:
             req = _request(
                 name=name,
-                nodes=max(0, nodes),
+                nodes=nodes,
                 gpu=gpu,
                 image=image,
                 disk=disk,

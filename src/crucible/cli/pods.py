@@ -82,7 +82,11 @@ def _show(info: PodInfo, server_url: str) -> None:
     rows = [
         ("id", info.id),
         ("name", info.name),
-        ("state", info.state + (f" ({info.reason})" if info.reason else "")),
+        # A failure's reason may end with its log's last lines: one line in a table cell.
+        (
+            "state",
+            info.state + (f" ({' | '.join(info.reason.splitlines())})" if info.reason else ""),
+        ),
         ("gpu", info.gpu or "none (CPU pod)"),
         ("cpu / memory", _cores(info.cpu) + f" / {info.memory_mib} MiB"),
         ("image", info.image or "the exchange's default image"),

@@ -348,6 +348,13 @@ def parse_pod(req: PodCreate) -> PodSpec:
         except InvalidGpuError as exc:
             raise InvalidGpuError(f"--gpu: {exc.message}; write e.g. 'H100:8'") from None
         gpu_model, gpu_count = ask.model, ask.count
+    if gpu_model is None and req.market.tier != "on_demand":
+        # The scheduler places CPU pods at the host's on-demand price: such a pod was shown
+        # as interruptible and charged on demand.
+        raise InvalidRequestError(
+            f"--tier {req.market.tier.replace('_', '-')} is for GPU pods (give --gpu): a CPU "
+            "pod is placed by the scheduler, at its host's on-demand price"
+        )
     cpu = req.cpu if req.cpu is not None else float(max(1, gpu_count))
     memory_mib = parse_memory_mib(req.memory, default=4096 * max(1, gpu_count))
     image = req.image.strip() if req.image else None
