@@ -342,8 +342,10 @@ def register(app: typer.Typer) -> None:
             return
         if q.available:
             console.print(
-                f"{shown(gpu)} {q.tier}: {fmt_usd(q.price_micros)}/GPU-hour on "
-                f"{shown(', '.join(q.hosts))}; "
+                f"{shown(gpu)} {q.tier}: "
+                # Several hosts: the price is the highest of theirs.
+                + ("up to " if len(q.hosts) > 1 else "")
+                + f"{fmt_usd(q.price_micros)}/GPU-hour on {shown(', '.join(q.hosts))}; "
                 f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
                 + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
             )
