@@ -13,7 +13,7 @@ from crucible.cli._ids import resolve_id
 from crucible.cli._output import console, fmt_usd, print_json, shown, table
 from crucible.cli.pods import ssh_keys_of, volumes_of
 from crucible.cli.resources import JSON, _client
-from crucible.errors import NotFoundError
+from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.pods import DEFAULT_DISK, ClusterCreate, ClusterInfo, parse_env
 from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
@@ -57,7 +57,9 @@ def register(app: typer.Typer) -> None:
     def create(
         name: str = typer.Option(..., "--name", help="Members are NAME-0, NAME-1, ..."),
         nodes: int = typer.Option(..., "--nodes", help="How many members (2-64)."),
-        gpu: str = typer.Option(..., "--gpu", help="Per member: MODEL[:COUNT], e.g. H100:8."),
+        gpus: list[str] = typer.Option(
+            ..., "--gpu", metavar="MODEL[:COUNT]", help="Per member, e.g. H100:8 (once)."
+        ),
         image: str = typer.Option(None, "--image", help="An OCI image reference."),
         disk: str = typer.Option(DEFAULT_DISK, "--disk", help="Each member's disk."),
         cpu: float = typer.Option(None, "--cpu", min=0.01, help="Cores per member."),
@@ -74,6 +76,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a cluster: every member is placed at once, or none is; each is told RANK,
         WORLD_SIZE, MASTER_ADDR and MASTER_PORT."""
+        if len(gpus) > 1:
+            # Click keeps the last of a repeated option: a second --gpu replaced the first.
+            raise InvalidRequestError(
+                f"--gpu is given {len(gpus)} times ({', '.join(gpus)}): every member of a "
+                "cluster has the same GPUs; give --gpu once"
+            )
+        gpu = gpus[0]
         try:
             req = _request(
                 name=name,
