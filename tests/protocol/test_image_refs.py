@@ -40,6 +40,9 @@ def test_references_normalise(text: str, expected: str) -> None:
         ("python:" + "t" * 200, "tag"),
         ("a/../b", "lowercase"),
         (" python", "spaces"),
+        # It failed later, in the agent, with "ValueError: Port out of range 0-65535".
+        ("localhost:99999/x", "the registry's port '99999' is not a port"),
+        ("127.0.0.1:0/x", "is not a port"),
     ],
 )
 def test_bad_references_say_why(text: str, why: str) -> None:

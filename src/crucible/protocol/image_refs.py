@@ -65,6 +65,9 @@ def parse_image_ref(text: str) -> ImageRef:
     if remainder and ("." in first or ":" in first or first == "localhost"):
         if not _REGISTRY.match(first):
             raise ValueError(f"{text!r}: {first!r} is not a registry host[:port]")
+        port = first.rpartition(":")[2] if ":" in first and not first.endswith("]") else ""
+        if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+            raise ValueError(f"{text!r}: the registry's port {port!r} is not a port (1-65535)")
         registry, rest = first, remainder
     tag = None
     slash = rest.rfind("/")

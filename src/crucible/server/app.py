@@ -103,7 +103,7 @@ class BodyLimit:
             if name == b"content-length":
                 # The HTTP server reads exactly this many bytes, so checking it is enough.
                 if value.isascii() and value.isdigit() and int(value) > self.limit:
-                    await _send_error(send, PayloadTooLargeError(self._message()))
+                    await _send_error(send, PayloadTooLargeError(self._message(scope)))
                     return
                 await self.app(scope, receive, send)
                 return
@@ -117,7 +117,7 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.limit:
-                await _send_error(send, PayloadTooLargeError(self._message()))
+                await _send_error(send, PayloadTooLargeError(self._message(scope)))
                 return
             if not message.get("more_body", False):
                 break
@@ -127,7 +127,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _message(self) -> str:
+    def _message(self, scope: Scope) -> str:
+        if not scope["path"].startswith("/v1/"):  # a web endpoint's, a port's, the console's
+            return f"request body is over the {self.limit:,}-byte limit"
         return (
             f"request body is over the {self.limit}-byte limit; send fewer inputs per request "
             "or pass large values as blobs"
