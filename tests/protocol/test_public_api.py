@@ -7,6 +7,7 @@ import crucible
 PUBLIC = [
     "App",
     "AuthError",
+    "BadGatewayError",
     "CallCancelledError",
     "Cls",
     "ConflictError",
