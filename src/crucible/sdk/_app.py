@@ -407,13 +407,7 @@ class App:
             if not isinstance(c, type):
                 raise InvalidRequestError("@app.cls() decorates a class")
             template = register(c)  # validates and builds the options; not registered as is
-            del self.functions[template.name]
-            before = self.classes.get(c.__name__)
-            if before is not None and _where(before.cls) != _where(c):
-                raise InvalidRequestError(
-                    f"app {self.name!r} already has a class named {c.__name__!r} "
-                    f"({_where(before.cls)}); rename one of them"
-                )
+            del self.functions[template.name]  # register() refused a name already taken
             owner = Cls(self, c, template.options)
             self.classes[c.__name__] = owner
             return owner

@@ -359,6 +359,13 @@ def app_status(status: Any) -> int:
     return status
 
 
+def _unfit(name: str) -> BadGatewayError:
+    return BadGatewayError(
+        f"the endpoint's app answered a header HTTP cannot carry ({name[:40]!r}: a name of "
+        "letters, digits and !#$%&'*+-.^_`|~, a value without CR, LF or NUL, both in Latin-1)"
+    )
+
+
 def app_headers(headers: Any, call_id: str) -> list[tuple[bytes, bytes]]:
     """The app's response headers as the gateway passes them on: its framing headers
     (``Content-Length``, ``Transfer-Encoding``...) left out, since the gateway frames the
@@ -373,13 +380,9 @@ def app_headers(headers: Any, call_id: str) -> list[tuple[bytes, bytes]]:
         try:
             raw = (low.encode("latin-1"), value.encode("latin-1"))
         except UnicodeEncodeError:
-            raw = (b"", b"")
+            raise _unfit(name) from None
         if not _TOKEN.match(raw[0]) or any(c in raw[1] for c in (0, 10, 13)):
-            raise BadGatewayError(
-                f"the endpoint's app answered a header HTTP cannot carry ({name[:40]!r}: a "
-                "name of letters, digits and !#$%&'*+-.^_`|~, a value without CR, LF or NUL, "
-                "both in Latin-1)"
-            )
+            raise _unfit(name)
         out.append(raw)
     out.append((b"x-crucible-call-id", call_id.encode("ascii")))
     return out
