@@ -14,6 +14,8 @@ Exception tree::
     ├── PermissionDeniedError          forbidden          403
     ├── NotFoundError                  not_found          404
     ├── ConflictError                  conflict           409
+    │   └── HostSupersededError        host_superseded    409 (a host's agent process that
+    │                                                      another registration replaced)
     ├── QuotaExceededError             quota_exceeded     413
     ├── RateLimitedError               rate_limited       429 (with Retry-After)
     ├── InsufficientCreditError        insufficient_credit 402 (also why queued calls failed)
@@ -58,6 +60,7 @@ __all__ = [
     "ContainerExitedError",
     "Error",
     "FunctionTimeoutError",
+    "HostSupersededError",
     "ImageBuildError",
     "ImageDigestError",
     "ImageNotFoundError",
@@ -154,6 +157,14 @@ class NotFoundError(Error):
 class ConflictError(Error):
     code = "conflict"
     http_status = 409
+
+
+class HostSupersededError(ConflictError):
+    """A host's sync came from an agent process that is no longer the host's: another agent
+    registered under the same name (and account) since. Only the newest agent may sync; the
+    older one stops (each agent needs its own ``--name``)."""
+
+    code = "host_superseded"
 
 
 class QuotaExceededError(Error):
@@ -351,6 +362,7 @@ _BY_CODE: dict[str, type[Error]] = {
         PermissionDeniedError,
         NotFoundError,
         ConflictError,
+        HostSupersededError,
         QuotaExceededError,
         RateLimitedError,
         InsufficientCreditError,

@@ -22,6 +22,7 @@ CODES = {
     "PermissionDeniedError": ("forbidden", 403),
     "NotFoundError": ("not_found", 404),
     "ConflictError": ("conflict", 409),
+    "HostSupersededError": ("host_superseded", 409),
     "QuotaExceededError": ("quota_exceeded", 413),
     "RateLimitedError": ("rate_limited", 429),
     "InsufficientCreditError": ("insufficient_credit", 402),

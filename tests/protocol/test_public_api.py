@@ -18,6 +18,7 @@ PUBLIC = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "HostSupersededError",
     "Image",
     "ImageBuildError",
     "ImageDigestError",

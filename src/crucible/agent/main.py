@@ -42,6 +42,7 @@ from crucible.agent.selftest import run_self_test
 from crucible.errors import (
     AuthError,
     Error,
+    HostSupersededError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -146,6 +147,10 @@ class Agent:
         self._report_lock = threading.Lock()
         self._seq = 0  # HostSync.seq of the last sync numbered since the last registration
         self._host_id: str | None = None
+        # The registration this process holds (HostInfo.agent_session; 0: an older server).
+        self._agent_session = 0
+        # Another agent registered under this host's name: it runs the host now.
+        self._superseded = False
         self.energy: EnergyMeter | None = None  # set at the first registration
         self.isolation: IsolationReport | None = None  # measured once, at the start of run()
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -270,6 +275,7 @@ class Agent:
                 if self.energy is None:
                     self.energy = self._energy_meter(info.inventory)
                 self._host_id = info.id
+                self._agent_session = info.agent_session
                 self._seq = 0  # the server numbers a registered agent's syncs from 1 again
             self._learn_owner()
             inv = info.inventory
@@ -313,6 +319,13 @@ class Agent:
             started = time.monotonic()
             try:
                 reply = self._sync(wait_s, retry=True)
+            except HostSupersededError as exc:
+                self._superseded = True
+                raise Error(
+                    f"another agent registered as host {self.name!r} on {self.server_url} after "
+                    "this one: it runs this host's containers now, so this agent stops its own "
+                    "and exits. Give each agent its own --name (or stop the other one)"
+                ) from exc
             except NotFoundError:
                 log.warning(
                     "the server does not know host %s (it lost its state?); registering again",
@@ -392,6 +405,7 @@ class Agent:
                 dropped = self.energy.dropped
             self._seq += 1
             seq = self._seq
+            session = self._agent_session or None
             fresh_test, self._fresh_self_test = self._fresh_self_test, None
         body = HostSync(
             containers=reports,
@@ -399,6 +413,7 @@ class Agent:
             seq=seq,
             self_test=fresh_test,
             energy_readings_dropped=dropped,
+            agent_session=session,
         ).model_dump(mode="json")
         try:
             data = self._transport.post(
@@ -519,7 +534,7 @@ class Agent:
         self.runtime.stop_all()
 
     def _final_report(self) -> None:
-        if self.host_id is None:
+        if self.host_id is None or self._superseded:  # the host is another agent's now
             return
         try:
             # Best effort: tell the server now rather than let it time the host out.

@@ -225,6 +225,9 @@ class HostInfo(Wire):
     isolated: bool = False
     verified: bool = False
     verification: HostVerification | None = None
+    # How many times an agent registered this host: the newest registration's number, which
+    # that agent sends with its syncs (HostSync.agent_session).
+    agent_session: WireInt = 0
 
 
 class HostSync(Wire):
@@ -242,6 +245,10 @@ class HostSync(Wire):
     # Power readings the agent dropped since it started (negative, or beyond what the
     # devices can draw); shown in the host's status.
     energy_readings_dropped: int | None = Field(default=None, ge=0, le=2**53)
+    # The registration this agent process holds (HostInfo.agent_session). A sync from an
+    # older registration (another agent took the host's name since) is refused with
+    # host_superseded. None: an older agent, not checked.
+    agent_session: int | None = Field(default=None, ge=1, le=2**53)
 
 
 class PodDisks(Wire):

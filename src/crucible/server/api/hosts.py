@@ -99,7 +99,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     def apply(read_only: bool) -> tuple[_Applied, _Commands]:
         now = state.clock.now_ms()
         with (state.read_engine if read_only else state.engine).begin() as conn:
-            host = svc.host_for_sync(conn, who, host_id)
+            host = svc.host_for_sync(conn, who, host_id, req.agent_session)
             # Keyed by the agent process (its registration), not by what this replica saw
             # last: an agent that re-registered through another replica numbers its syncs
             # from 1.

@@ -6,7 +6,12 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
-from crucible.errors import IMAGE_ERROR_CODES, NotFoundError, PermissionDeniedError
+from crucible.errors import (
+    IMAGE_ERROR_CODES,
+    HostSupersededError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from crucible.protocol.common import GpuAsk, Resources
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
 from crucible.protocol.hosts import (
@@ -107,6 +112,7 @@ def host_info(row: Any, usage: dict[str, Any] | None = None) -> HostInfo:
         verification=(
             None if verification is None else HostVerification.model_validate(verification)
         ),
+        agent_session=row.agent_session,
     )
 
 
@@ -259,14 +265,26 @@ _HOST_FOR_SYNC = select(
 ).where(hosts.c.id == bindparam("b_id"))
 
 
-def host_for_sync(conn: Connection, principal: Principal, host_id: str) -> Any:
+def host_for_sync(
+    conn: Connection, principal: Principal, host_id: str, agent_session: int | None = None
+) -> Any:
     """The host ``host_id`` of the token's account (any, for an admin token) as a sync needs
     it: id, account, state, agent session, energy readings dropped. NotFound otherwise, as
-    :func:`require_host`, without reading and parsing the whole host."""
+    :func:`require_host`, without reading and parsing the whole host.
+
+    ``agent_session``: the registration the syncing agent holds (None: an older agent, not
+    checked). Another agent registered the host since: :class:`HostSupersededError`, so two
+    agents under one name never both run the host's containers."""
     _require_host_scope(principal)
     row = conn.execute(_HOST_FOR_SYNC, {"b_id": host_id}).first()
     if row is None or (not principal.is_admin and row.account_id != principal.account_id):
         raise NotFoundError(f"host {host_id} not found; register again")
+    if agent_session is not None and agent_session != row.agent_session:
+        raise HostSupersededError(
+            f"another agent registered as host {host_id} after this one (registration "
+            f"{row.agent_session}; this agent holds {agent_session}): only the newest agent "
+            "of a host syncs. Give each agent its own --name, or stop the other one"
+        )
     return row
 
 
