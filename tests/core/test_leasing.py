@@ -73,6 +73,22 @@ def test_a_refusal_says_when_cpu_not_gpus_is_short() -> None:
     assert m.running_leases() == []
 
 
+def test_a_pods_disk_goes_only_to_a_host_with_that_much_free_disk() -> None:
+    m = _market(("ho-a", "H100", 1, 1 * USD), ("ho-b", "H100", 1, 2 * USD))
+    small, big = _cap("ho-a", "H100", 1), _cap("ho-b", "H100", 1)
+    small.disk_mib, big.disk_mib = 100 * 1024, 500 * 1024
+    req = LeaseRequest(account="acct", models=("H100",), count=1, lease_id="ct-1")
+    hosts = _by_id(small, big)
+    got = lease_on_hosts(m, req, 0, hosts=hosts, cpu=1.0, memory_mib=1, disk_mib=200 * 1024)
+    assert isinstance(got, LeaseGranted) and got.leases[0].host_id == "ho-b"
+    # No host has the disk: said so, and nothing is leased.
+    req2 = LeaseRequest(account="acct", models=("H100",), count=1, lease_id="ct-2")
+    got = lease_on_hosts(m, req2, 0, hosts=hosts, cpu=1.0, memory_mib=1, disk_mib=600 * 1024)
+    assert isinstance(got, NotLeased) and "free disk asked" in got.message
+    assert "disk=600 GiB" in got.message
+    assert [x.lease_id for x in m.running_leases()] == ["ct-1"]
+
+
 def test_a_grant_on_a_host_not_ready_is_not_applied() -> None:
     m = _market(("ho-a", "H100", 2, 1 * USD), ("ho-b", "H100", 2, 2 * USD))
     req = LeaseRequest(account="acct", models=("H100",), count=1, nodes=2, lease_id="ct-1")

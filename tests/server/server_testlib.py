@@ -191,7 +191,7 @@ class ServerUnderTest:
     ) -> str:
         """Register a host; by default a fully isolated one (any account's code may run
         there). ``isolation=None`` is an older agent's registration (runtime process)."""
-        inv = {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 0, **inventory}
+        inv = {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 1 << 20, **inventory}
         body: dict[str, Any] = {"name": name, "inventory": inv}
         if isolation is not None:
             body["isolation"] = isolation.model_dump(mode="json")

@@ -675,6 +675,27 @@ def test_waiting_work_says_why() -> None:
     assert plan(NOW, [queued], [host()], POLICY).waiting == {}
 
 
+def test_a_pods_disk_is_placed_only_where_that_much_disk_is_free() -> None:
+    small, big = host("ho-1"), host("ho-2")
+    small.disk_mib, big.disk_mib = 100 * 1024, 500 * 1024
+    pod = replace(fn("fn-pod", queued=1), disk_mib=200 * 1024, noun="pod")
+    p = plan(NOW, [pod], [small, big], POLICY)
+    assert [s.host_id for s in p.start] == ["ho-2"]  # ho-1 would win a tie, but lacks disk
+    # More than any host has: never placed, and the reason names the disk.
+    huge = replace(pod, disk_mib=1000 * 1024)
+    p = plan(NOW, [huge], [host("ho-1"), host("ho-2")], POLICY)  # hosts that did not say
+    assert [s.host_id for s in p.start] == ["ho-1"]
+    p = plan(NOW, [huge], [small, big], POLICY)
+    assert p.start == []
+    reason = p.waiting["fn-pod"]
+    assert reason.startswith("no host can ever run this pod") and "disk=1000 GiB" in reason
+    assert "free disk: 500 GiB at most" in reason
+    # Work that asks for no disk runs on a host that reported none free.
+    full = host("ho-3")
+    full.disk_mib = 0
+    assert [s.host_id for s in plan(NOW, [fn(queued=1)], [full], POLICY).start] == ["ho-3"]
+
+
 def test_room_made_by_a_yield_goes_to_the_work_it_was_made_for() -> None:
     gpu_idle = held("ct-gpu", last_active_ms=NOW - 5_000, gpu_indices=(0,))
     warm = owned(fn("fn-b", containers=(gpu_idle,), scaledown_window_ms=3_600_000), "acct-1")

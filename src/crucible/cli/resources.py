@@ -304,6 +304,7 @@ def register(app: typer.Typer) -> None:
                     f"{h.allocated_cpu:g}/{h.inventory.cpu_cores:g}",
                     f"{h.allocated_memory_mib}/{h.inventory.memory_mib}",
                     gpus or "-",
+                    f"{h.inventory.disk_mib / 1024:.0f} GiB",
                     h.containers,
                 )
             )
@@ -317,6 +318,7 @@ def register(app: typer.Typer) -> None:
                 "cpu used",
                 "MiB used",
                 "GPUs",
+                "disk free",
                 "containers",
             ],
             rows,

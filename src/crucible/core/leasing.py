@@ -69,20 +69,23 @@ def choice_runs(
 
 
 class _ShortOfRoom:
-    """The hosts that lack ``cpu`` cores or ``memory_mib`` now, answered per host when the
-    market asks (``host_id in view``), so a decision costs what the market looks at, not
-    the size of the fleet."""
+    """The hosts that lack ``cpu`` cores or ``memory_mib`` now, or ``disk_mib`` of free disk,
+    answered per host when the market asks (``host_id in view``), so a decision costs what
+    the market looks at, not the size of the fleet."""
 
-    __slots__ = ("cpu", "hosts", "memory_mib")
+    __slots__ = ("cpu", "disk_mib", "hosts", "memory_mib")
 
-    def __init__(self, hosts: Mapping[str, HostCapacity], cpu: float, memory_mib: int) -> None:
-        self.hosts, self.cpu, self.memory_mib = hosts, cpu, memory_mib
+    def __init__(
+        self, hosts: Mapping[str, HostCapacity], cpu: float, memory_mib: int, disk_mib: int
+    ) -> None:
+        self.hosts, self.cpu, self.memory_mib, self.disk_mib = hosts, cpu, memory_mib, disk_mib
 
     def __contains__(self, host_id: object) -> bool:
         h = self.hosts.get(host_id) if isinstance(host_id, str) else None
         return h is not None and (
             self.cpu > h.cpu - h.used_cpu + _CPU_EPS
             or self.memory_mib > h.memory_mib - h.used_memory_mib
+            or (self.disk_mib > 0 and h.disk_mib is not None and self.disk_mib > h.disk_mib)
         )
 
     def any(self) -> bool:
@@ -97,20 +100,22 @@ def lease_on_hosts(
     hosts: Mapping[str, HostCapacity] | None = None,
     cpu: float = 0.0,
     memory_mib: int = 0,
+    disk_mib: int = 0,
 ) -> LeaseGranted | NotLeased:
     """Decide ``request`` and, when granted, apply it to ``market`` and charge ``hosts``.
 
     ``hosts`` are the hosts ready to start containers by id, with their current usage (``None``:
     the caller runs no containers on them, as the simulator's market runs, and every market
     host counts as ready with room). No lease goes to a host that lacks ``cpu`` cores or
-    ``memory_mib`` for each of its containers: the market takes the best host that has both
-    rather than refusing because the best one by price is short of cores. A grant whose
+    ``memory_mib`` for each of its containers, or ``disk_mib`` of free disk: the market takes
+    the best host that has them rather than refusing because the best one by price is short
+    of cores. A grant whose
     hosts are not all ready is not applied (the market is unchanged). The time is
     ``max(now_ms, market.now_ms)``, so a market that has seen a later time does not refuse
     the request for going back in time.
     """
     now = max(now_ms, market.now_ms)
-    short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib)
+    short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib, disk_mib)
     decision = market.decide_lease(request, now, avoid=() if short is None else short)
     if isinstance(decision, Refusal):
         if (
@@ -122,7 +127,11 @@ def lease_on_hosts(
             return NotLeased(
                 "no_capacity",
                 f"the hosts that have the {models} GPUs for it lack the CPU or memory asked "
-                f"(cpu={cpu:g}, memory={memory_mib} MiB)",
+                f"(cpu={cpu:g}, memory={memory_mib} MiB)"
+                if not disk_mib
+                else f"the hosts that have the {models} GPUs for it lack the CPU, memory or "
+                f"free disk asked (cpu={cpu:g}, memory={memory_mib} MiB, "
+                f"disk={disk_mib / 1024:.4g} GiB)",
             )
         return NotLeased(decision.code.value, decision.message)
     if hosts is not None:

@@ -74,6 +74,9 @@ class HostCapacity:
     cpu: float
     memory_mib: int
     gpus: tuple[tuple[int, str], ...]  # (device index, model)
+    # Free disk its agent measured when it registered (None: not known, not checked). Only
+    # work that asks for disk (a pod's) is held to it.
+    disk_mib: int | None = None
     used_cpu: float = 0.0
     used_memory_mib: int = 0
     used_gpus: set[int] = field(default_factory=set)
@@ -139,6 +142,8 @@ class FunctionDemand:
     # What the builder made it as, for the reasons shown to them: "function", or "pod" (a
     # pod is one warm container of a function of its own, and has no gpu=[...] fallbacks).
     noun: str = "function"
+    # Disk on the host's filesystem (a pod's disk): only hosts with that much free run it.
+    disk_mib: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,14 @@ def _choices(fn: FunctionDemand) -> tuple[GpuChoice | None, ...]:
     return fn.gpus if fn.gpus else (None,)
 
 
+def _disk_short(host: HostCapacity, disk_mib: int) -> bool:
+    """Whether ``host`` lacks ``disk_mib`` of free disk (a host that did not say has room)."""
+    return disk_mib > 0 and host.disk_mib is not None and disk_mib > host.disk_mib
+
+
 def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, now: bool) -> bool:
+    if _disk_short(host, fn.disk_mib):
+        return False
     cpu_free = host.cpu - (host.used_cpu if now else 0.0)
     mem_free = host.memory_mib - (host.used_memory_mib if now else 0)
     if fn.cpu > cpu_free + 1e-9 or fn.memory_mib > mem_free:
@@ -300,10 +312,17 @@ def _describe_request(fn: FunctionDemand) -> str:
     parts = [f"cpu={fn.cpu:g}", f"memory={fn.memory_mib} MiB"]
     if fn.gpus:
         parts.append("gpu=" + " or ".join(f"{g.model}:{g.count}" for g in fn.gpus))
+    if fn.disk_mib:
+        parts.append(f"disk={_gib(fn.disk_mib)}")
     return ", ".join(parts)
 
 
-def _describe_largest(hosts: list[HostCapacity]) -> str:
+def _gib(mib: int) -> str:
+    return f"{mib / 1024:.4g} GiB"
+
+
+def _describe_largest(hosts: list[HostCapacity], *, disk: bool = False) -> str:
+    """The largest host's cores, memory and GPUs per model (and free disk, with ``disk``)."""
     if not hosts:
         return "no host is registered"
     cpu = max(h.cpu for h in hosts)
@@ -313,7 +332,11 @@ def _describe_largest(hosts: list[HostCapacity]) -> str:
         for _, m in h.gpus:
             models[m] = max(models.get(m, 0), h.total_gpus(m))
     gpus = ", ".join(f"{n}x{m}" for m, n in sorted(models.items())) or "none"
-    return f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
+    text = f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
+    disks = [h.disk_mib for h in hosts if h.disk_mib is not None]
+    if disk and disks:
+        text += f"; free disk: {_gib(max(disks))} at most"
+    return text
 
 
 @dataclass(frozen=True)
@@ -429,7 +452,8 @@ def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
     sized = [h for h in known if any(_fits(h, fn, ch, now=False) for ch in _choices(fn))]
     if not sized:
         return (
-            f"no host can ever run this {fn.noun} ({request}): {_describe_largest(known)}. "
+            f"no host can ever run this {fn.noun} ({request}): "
+            f"{_describe_largest(known, disk=fn.disk_mib > 0)}. "
             f"Lower the request, {_another_gpu(fn)}, or add a host that has it."
         )
     if not any(h.isolated or h.owner == fn.account_id for h in sized):
@@ -521,7 +545,7 @@ def plan(
 
     wanting.sort(key=lambda w: w[0].id not in promised)  # stable: otherwise oldest work first
     index = HostIndex(hosts)  # its views are built on first use
-    barred_for: dict[tuple[str, bool, bool], frozenset[str]] = {}
+    barred_for: dict[tuple[str, bool, bool, int], frozenset[str]] = {}
     for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
@@ -553,10 +577,12 @@ def plan(
         by_market = gpu_placer is not None and bool(fn.gpus)
         barred: Collection[str] = ()
         if not by_market:
-            # Hosts fn may not run on; may_run depends only on these three of fn's fields.
-            who = (fn.account_id, fn.verified, fn.network)
+            # Hosts fn may not run on (may_run and the disk depend only on these fields).
+            who = (fn.account_id, fn.verified, fn.network, fn.disk_mib)
             if who not in barred_for:
-                barred_for[who] = frozenset(h.id for h in hosts if not may_run(h, fn))
+                barred_for[who] = frozenset(
+                    h.id for h in hosts if not may_run(h, fn) or _disk_short(h, fn.disk_mib)
+                )
             barred = barred_for[who]
         for n in range(missing):
             if gpu_placer is not None and by_market:

@@ -172,6 +172,9 @@ class Resources(Wire):
     memory_mib: int = Field(default=512, ge=16, le=16 * 1024 * 1024)
     # Fallback order: the first that fits wins. Empty: no GPU.
     gpus: list[GpuAsk] = Field(default_factory=list, max_length=16)
+    # Disk on the host's own filesystem (a pod's disk): only hosts whose agent measured at
+    # least this much free space run it. 0: none beyond the sandbox's scratch space.
+    disk_mib: int = Field(default=0, ge=0, le=64 * 1024 * 1024)
 
 
 class RetryPolicy(Wire):

@@ -580,6 +580,7 @@ class MarketPlacer:
                 hosts=self._by_id,
                 cpu=fn.cpu,
                 memory_mib=fn.memory_mib,
+                disk_mib=fn.disk_mib,
             )
             if isinstance(outcome, NotLeased):
                 self.refused[fn.id] = Refused(outcome.code, outcome.message)

@@ -99,7 +99,12 @@ def _function_spec(spec: PodSpec) -> dict[str, Any]:
     fn = FunctionCreate(
         name="pod",
         code=_POD_CODE,
-        resources=Resources(cpu=spec.cpu, memory_mib=spec.memory_mib, gpus=gpus),
+        resources=Resources(
+            cpu=spec.cpu,
+            memory_mib=spec.memory_mib,
+            gpus=gpus,
+            disk_mib=-(-spec.disk_bytes // (1 << 20)),  # whole MiB, rounded up
+        ),
         timeout_s=7 * 86400,
         max_containers=1,
         min_containers=1,
