@@ -431,6 +431,25 @@ def test_agent_with_a_missing_token_file_says_how_to_make_one(tmp_path: Path) ->
     )
 
 
+def test_agent_with_a_refused_token_file_names_the_file(exchange: Exchange, tmp_path: Path) -> None:
+    """The server's words say CRUCIBLE_TOKEN; a token read from --token-file is named as such."""
+    token_file = tmp_path / "host-token"
+    token_file.write_text("not-a-token\n")
+    out = cli(
+        "agent",
+        "--server",
+        exchange.url,
+        "--token-file",
+        str(token_file),
+        "--name",
+        "x",
+        "--agent-dir",
+        str(tmp_path / "agent"),
+    )
+    text = refused(out, f"--token-file {token_file}", "crucible token create --scope host")
+    assert "CRUCIBLE_TOKEN" not in text
+
+
 def test_port_forward_to_a_container_that_is_not_there_fails_at_once(
     exchange: Exchange,
 ) -> None:

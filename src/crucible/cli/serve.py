@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from crucible.errors import Error, SettingError
+from crucible.errors import AuthError, Error, SettingError
 from crucible.settings import Settings, load_settings
 
 __all__ = ["register", "run_server"]
@@ -244,13 +244,22 @@ def register(app: typer.Typer) -> None:
             }
             raise from_validation_error(exc, "crucible agent", flags) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        Agent(
-            settings,
-            server_url=server,
-            token=token,
-            name=host_name,
-            region=region,
-            energy_source=energy_source,
-            carbon_g_per_kwh=carbon,
-            fake_gpus=fake_gpus,
-        ).run()
+        try:
+            Agent(
+                settings,
+                server_url=server,
+                token=token,
+                name=host_name,
+                region=region,
+                energy_source=energy_source,
+                carbon_g_per_kwh=carbon,
+                fake_gpus=fake_gpus,
+            ).run()
+        except AuthError as exc:
+            # The server's words name CRUCIBLE_TOKEN; say where this token came from.
+            source = f"--token-file {token_file}" if token_file is not None else "--token"
+            reason = exc.message.split(";")[0]
+            raise AuthError(
+                f"the server refused the host token from {source} ({reason}): make one with "
+                "`crucible token create --scope host` (docs/hosts.md) and give it to the agent"
+            ) from None
