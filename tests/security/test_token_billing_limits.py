@@ -289,6 +289,27 @@ async def _stream(ai: openai.AsyncOpenAI) -> str:
     return "".join([c.choices[0].delta.content or "" async for c in got if c.choices])
 
 
+def test_an_owner_without_credit_is_not_shown_to_its_models_callers(make_server: Any) -> None:
+    """The model's owner has no credit: its caller is refused without the owner's account
+    or balance (they were in the owner's own refusal), and holds nothing."""
+    server: ServerUnderTest = make_server(require_credits=True)
+    alice, bob = server.tenant("alice"), server.tenant("bob")
+    admin = server.tenant("op", Scope.ADMIN).token
+    _model(server, alice.token)
+    grant = {"account": "bob", "amount_micros": 10**6, "key": "g-bob"}
+    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    body = {"model": "alice/chat", "messages": HI, "max_tokens": 2}
+    r = server.request("POST", "/openai/v1/chat/completions", token=bob.token, json=body)
+    assert r.status_code == 429, r.text
+    err = r.json()["error"]
+    assert err["code"] == "insufficient_quota"
+    assert "owner of this endpoint has no credit" in err["message"]
+    assert alice.account_id not in err["message"] and "balance" not in err["message"]
+    with server.state.engine.connect() as conn:
+        assert held_micros(conn, bob.account_id, server.state.clock.now_ms()) == 0
+        assert account_balance(conn, renter_account(bob.account_id)) == 10**6
+
+
 def test_a_crashed_requests_hold_lapses(server: ServerUnderTest) -> None:
     bob = server.tenant("bob")
     admin = server.tenant("op", Scope.ADMIN).token

@@ -109,3 +109,20 @@ def test_the_scheduler_counts_relayed_requests_as_running(server: ServerUnderTes
     relayed = server.state.web.relay.hand(server.state.dispatcher, fid, "acct", b"{}", 60.0)
     assert relayed is not None
     assert running() == 1 and server.state.web.relay.busy() == {"co-warm"}
+
+
+def test_a_public_endpoint_whose_owner_has_no_credit_says_so_without_the_owners_account(
+    make_server: Any,
+) -> None:
+    """The owner's refusal names its account and balance: a stranger calling its public
+    endpoint is told only that the owner cannot run it now (and is not charged)."""
+    server: ServerUnderTest = make_server(require_credits=True)
+    owner = server.tenant("broke")
+    web = {"kind": "fastapi_endpoint", "method": "GET", "public": True}
+    _deploy(server, owner.token, "site", [{"name": "hello", "web": web}])
+    for headers in ({}, {"authorization": f"Bearer {server.tenant('visitor').token}"}):
+        r = server.request("GET", "/web/broke/site/hello/", headers=headers)
+        assert r.status_code == 402 and error_code(r) == "insufficient_credit", r.text
+        message = r.json()["error"]["message"]
+        assert "owner of this endpoint has no credit" in message
+        assert owner.account_id not in message and "balance" not in message

@@ -51,23 +51,41 @@ async def create_calls(
     return model_response(created, 201)  # type: ignore[return-value]
 
 
-def check_credit(state: ServerState, who: Principal, now_ms: int) -> None:
-    """Refuse new work of an account without credit (when credits are required)."""
+# A refusal for work sent to another account's endpoint or model: the owner's own refusal
+# names its account and balance, which are not its callers' business.
+_OWNER_WITHOUT_CREDIT = (
+    "the owner of this endpoint has no credit left to run it, so requests are refused until "
+    "the exchange's operator grants it credit; nothing was charged to you"
+)
+
+
+def check_credit(
+    state: ServerState, who: Principal, now_ms: int, *, on_behalf: bool = False
+) -> None:
+    """Refuse new work of an account without credit (when credits are required).
+    ``on_behalf``: the work is a request that anyone may have sent to ``who``'s web endpoint
+    or model, and the refusal does not describe ``who``'s account."""
     if state.settings.require_credits:
         blocked = state.leader.credit_blocked.get(who.account_id)
         if blocked is None:
             with state.engine.connect() as conn:
                 blocked = credit_refusal(conn, state.credit.checked, who.account_id, now_ms)
         if blocked is not None:
-            raise InsufficientCreditError(blocked)
+            raise InsufficientCreditError(_OWNER_WITHOUT_CREDIT if on_behalf else blocked)
 
 
 async def submit_calls(
-    function_id: str, req: CallsCreate, who: Principal, state: ServerState
+    function_id: str,
+    req: CallsCreate,
+    who: Principal,
+    state: ServerState,
+    *,
+    on_behalf: bool = False,
 ) -> CallsCreated:
-    """What ``POST /functions/{id}/calls`` does (the job API submits through it too)."""
+    """What ``POST /functions/{id}/calls`` does (the job API and web requests submit through
+    it too; ``on_behalf``: a web request to ``who``'s endpoint, see :func:`check_credit`)."""
     now = state.clock.now_ms()
-    check_credit(state, who, now)
+    check_credit(state, who, now, on_behalf=on_behalf)
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))
     handed: dict[str, list[InputAssignment]] = {}

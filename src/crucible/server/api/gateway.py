@@ -306,7 +306,7 @@ async def _submit(
     the caller gets the answer :func:`_endpoint` gives."""
     req = CallsCreate(inputs=[InputItem(args=await request_input(state, owner, raw))])
     try:
-        return (await submit_calls(fn.id, req, owner, state)).call_ids[0]
+        return (await submit_calls(fn.id, req, owner, state, on_behalf=True)).call_ids[0]
     except NotFoundError:
         state.web.endpoints.pop(names, None)
         owner, fresh = _endpoint(state, *names, authorization)
@@ -315,7 +315,7 @@ async def _submit(
             if _authorised(caller, owner):
                 raise
             raise _unseen(caller, *names) from None
-        return (await submit_calls(fresh.id, req, owner, state)).call_ids[0]
+        return (await submit_calls(fresh.id, req, owner, state, on_behalf=True)).call_ids[0]
 
 
 def held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
@@ -425,7 +425,7 @@ async def relay(
     channel = channels.free(fn.id)
     now = state.clock.now_ms()
     if channel is not None:
-        check_credit(state, owner, now)
+        check_credit(state, owner, now, on_behalf=True)
         relayed = await channels.hand(channel, owner.account_id, http, body, timeout_s)
     elif channels.serves(fn.id):
         return None  # every channel is full: a call waits for the first free container
@@ -433,7 +433,7 @@ async def relay(
         raw = request_payload(http, body)
         if len(raw) > state.settings.inline_payload_max_bytes:
             return None  # a call stores it as a blob
-        check_credit(state, owner, now)
+        check_credit(state, owner, now, on_behalf=True)
         handed = state.web.relay.hand(state.dispatcher, fn.id, owner.account_id, raw, timeout_s)
         if handed is None:
             return None
@@ -509,7 +509,11 @@ async def gateway_websocket(
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
     created = await submit_calls(
-        fn.id, CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]), owner, state
+        fn.id,
+        CallsCreate(inputs=[InputItem(args=Payload.inline(raw))]),
+        owner,
+        state,
+        on_behalf=True,
     )
     call_id = created.call_ids[0]
 

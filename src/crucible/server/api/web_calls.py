@@ -90,7 +90,7 @@ async def call_web_function(
         return answer
     args = await request_input(state, owner, request_payload(http, body))
     created = await submit_calls(
-        function_id, CallsCreate(inputs=[InputItem(args=args)]), owner, state
+        function_id, CallsCreate(inputs=[InputItem(args=args)]), owner, state, on_behalf=True
     )
     call_id = created.call_ids[0]
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S)
