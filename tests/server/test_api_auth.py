@@ -57,6 +57,18 @@ def test_every_v1_route_answers_401_without_a_valid_token(server: ServerUnderTes
                 assert error_code(r) == "unauthorized", (method, path, r.text)
 
 
+def test_the_bearer_scheme_is_case_insensitive(server: ServerUnderTest) -> None:
+    """RFC 9110: a scheme is case-insensitive (some clients send ``bearer``)."""
+    user = server.tenant("alice")
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        r = server.request(
+            "GET", "/v1/accounts/me", headers={"authorization": f"{scheme} {user.token}"}
+        )
+        assert r.status_code == 200, (scheme, r.text)
+    r = server.request("GET", "/v1/accounts/me", headers={"authorization": f"Token {user.token}"})
+    assert r.status_code == 401 and "scheme is not Bearer" in r.json()["error"]["message"]
+
+
 def test_a_revoked_token_stops_working(server: ServerUnderTest) -> None:
     alice = server.tenant("alice")
     made = server.ok("POST", "/v1/tokens", token=alice.token, json={"name": "ci"})

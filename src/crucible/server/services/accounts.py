@@ -203,13 +203,18 @@ def revoke_token(conn: Connection, state: ServerState, principal: Principal, tok
 
 
 def authenticate(state: ServerState, header: str | None) -> Principal:
-    """The principal behind an ``Authorization: Bearer`` header, or AuthError."""
-    if not header or not header.startswith("Bearer "):
+    """The principal behind an ``Authorization: Bearer`` header, or AuthError. The scheme's
+    case does not matter (RFC 9110: ``bearer`` is ``Bearer``)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
         raise AuthError(
             "this route needs a token: send 'Authorization: Bearer <token>' "
             "(create one with `crucible token create`)"
+            if not header
+            else "the Authorization header's scheme is not Bearer: send 'Authorization: "
+            "Bearer <token>' (create one with `crucible token create`)"
         )
-    token = header[7:].strip()
+    token = token.strip()
     if token.startswith("ctr_"):
         container_id = verify_container_token(state.secret, token)
         if container_id is None:
