@@ -310,6 +310,20 @@ def test_an_owner_without_credit_is_not_shown_to_its_models_callers(make_server:
         assert account_balance(conn, renter_account(bob.account_id)) == 10**6
 
 
+def test_a_hold_past_the_daily_cap_says_how_to_raise_it(make_server: Any) -> None:
+    server: ServerUnderTest = make_server(require_credits=True)
+    bob = server.tenant("bob")
+    admin = server.tenant("op", Scope.ADMIN).token
+    grant = {"account": "bob", "amount_micros": 10**6, "key": "g-bob"}
+    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    server.ok("PUT", "/v1/credits/cap", token=bob.token, json={"account": "bob", "cap_micros": 200})
+    now = server.state.clock.now_ms()
+    with server.state.engine.begin() as conn, pytest.raises(InsufficientCreditError) as caught:
+        place_hold(conn, bob.account_id, "k1", 205, now, "at most 204 input and 1 output tokens")
+    message = caught.value.message
+    assert "daily spend cap of $0.0002" in message and "`crucible credits cap`" in message
+
+
 def test_a_crashed_requests_hold_lapses(server: ServerUnderTest) -> None:
     bob = server.tenant("bob")
     admin = server.tenant("op", Scope.ADMIN).token

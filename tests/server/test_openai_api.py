@@ -197,6 +197,16 @@ def test_usage_is_charged_exactly_through_the_ledger(server: ServerUnderTest) ->
     assert "7 input + 3 output tokens" in tokens[0]["memo"]
     earned = server.ok("GET", "/v1/bill", token=owner.token)["tokens"]
     assert earned[0]["earned_micros"] == 58
+    # The owner's statement holds what moved its balance: each request's earning after the
+    # fee, without the caller's cost; its entries add up to its balance.
+    mine = server.ok("GET", "/v1/statement?kind=entries", token=owner.token)
+    earnings = [e for e in mine if e["kind"] == "earning"]
+    # (A request whose share rounds to nothing moves nothing, and is not listed.)
+    assert 30 < len(earnings) <= 40 and all(e["cost_micros"] is None for e in earnings)
+    assert sum(e["amount_micros"] for e in earnings) == 58 - fee
+    assert sum(e["amount_micros"] or 0 for e in mine) == 58 - fee
+    assert "7 input + 3 output tokens" in earnings[0]["memo"]
+    assert caller.account_id not in str(mine)
     # The owner's own requests are recorded, not charged.
     own = Principal(account_id=owner.account_id, scope="user")
     with engine.begin() as conn:

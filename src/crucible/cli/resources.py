@@ -402,7 +402,7 @@ def register(app: typer.Typer) -> None:
             # Model requests billed per token (crucible model usage NAME has the detail).
             table(
                 "Model tokens",
-                ["model", "requests", "input", "output", "spent", "earned"],
+                ["model", "requests", "input", "output", "spent", "earned (before fee)"],
                 [
                     (
                         t.model,
@@ -415,9 +415,15 @@ def register(app: typer.Typer) -> None:
                     for t in report.tokens
                 ],
             )
+        total = f"Total: [bold]{fmt_usd(report.total_micros)}[/]"
+        if report.tokens:  # total_micros is container time; the tokens spent are added here
+            spent = sum(t.cost_micros for t in report.tokens)
+            total = (
+                f"Total: [bold]{fmt_usd(report.total_micros + spent)}[/] "
+                f"({fmt_usd(report.total_micros)} container time + {fmt_usd(spent)} model tokens)"
+            )
         console.print(
-            f"Total: [bold]{fmt_usd(report.total_micros)}[/], "
-            f"{fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"
+            f"{total}, {fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"
         )
 
     def _bill_by_carbon(report: BillReport, as_json: bool) -> None:

@@ -75,8 +75,8 @@ def place_hold(
         raise InsufficientCreditError(
             f"this request may cost up to {format_usd(amount_micros)} ({what}), which would "
             f"pass your daily spend cap of {format_usd(cap)} (spent today: "
-            f"{format_usd(credit.spent_today)}, held: {format_usd(held)}): set a lower "
-            "max_tokens or wait for the next UTC day"
+            f"{format_usd(credit.spent_today)}, held: {format_usd(held)}): raise the cap "
+            "(`crucible credits cap`), set a lower max_tokens, or wait for the next UTC day"
         )
     conn.execute(
         token_holds.insert().values(

@@ -7,7 +7,7 @@ import csv
 import io
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, or_, select, update
 
 from crucible.core.ledger import renter_account
 from crucible.errors import ConflictError, InvalidRequestError, PermissionDeniedError
@@ -164,13 +164,20 @@ def statement(
 ) -> list[dict[str, Any]]:
     """The caller's statement lines: every ledger entry that concerns it (``entries``),
     charges per app (``apps``), or each call with its cost carried across retries and
-    preemptions (``calls``)."""
+    preemptions (``calls``).
+
+    An entry concerns the account when it is the entry's renter, or when the entry moved its
+    balance: what others paid for its model's tokens. Such an entry is shown as the account
+    sees it: kind ``earning``, what it added to the balance (``amount_micros``, after the
+    platform fee) and no cost (the caller's cost is the caller's business)."""
     if kind not in STATEMENT_KINDS:
         raise InvalidRequestError(f"a statement is one of {', '.join(STATEMENT_KINDS)}")
     acc = principal.account_id
     if kind == "entries":
+        balance = str(renter_account(acc))
         q = (
             select(
+                ledger_entries.c.renter,
                 ledger_entries.c.seq,
                 ledger_entries.c.key,
                 ledger_entries.c.kind,
@@ -197,15 +204,30 @@ def statement(
             .join(
                 ledger_postings,
                 (ledger_postings.c.entry_key == ledger_entries.c.key)
-                & (ledger_postings.c.account == str(renter_account(acc))),
+                & (ledger_postings.c.account == balance),
                 isouter=True,
             )
-            .where(ledger_entries.c.renter == acc)
+            .where(
+                or_(
+                    ledger_entries.c.renter == acc,
+                    ledger_entries.c.key.in_(
+                        select(ledger_postings.c.entry_key).where(
+                            ledger_postings.c.account == balance
+                        )
+                    ),
+                )
+            )
             .order_by(ledger_entries.c.seq)
         )
         if app_id:
             q = q.where(ledger_entries.c.app_id == app_id)
-        return [dict(r._mapping) for r in conn.execute(q)]
+        lines = []
+        for r in conn.execute(q):
+            line = dict(r._mapping)
+            if line.pop("renter") != acc:
+                line.update(kind="earning", cost_micros=None)
+            lines.append(line)
+        return lines
     if kind == "apps":
         q = (
             select(
