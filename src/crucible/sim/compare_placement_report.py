@@ -21,6 +21,7 @@ __all__ = [
     "impossible_lines",
     "placement_rows",
     "ranking_rows",
+    "waits_figure",
     "write_placement_compare_report",
 ]
 
@@ -130,8 +131,18 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
         "compare_fragmentation.png",
     )
 
-    # waits (censored included) and the share of tasks that gave up, per policy
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.5 * len(policies) + 1.8), sharey=True)
+    fig = waits_figure(plt, c, f"Waits and give-ups by policy: {sub}")
+    written.append(_save(fig, plt, out / "compare_waits.png"))
+    return written
+
+
+def waits_figure(plt: Any, c: Mapping[str, Any], title: str) -> Any:
+    """Mean waits (censored included, and of the tasks that started) and the share of tasks
+    that gave up, a row per policy. The legend sits below the axes, clear of every bar."""
+    policies = list(c["policies"])
+    fig, (a1, a2) = plt.subplots(
+        1, 2, figsize=(10, 0.5 * len(policies) + 2.2), sharey=True, layout="constrained"
+    )
     ys = list(range(len(policies)))
     h = 0.38
     allw = [(c["policies"][p]["wait_all_mean_s"]["mean"] or 0) / 3600 for p in policies]
@@ -143,22 +154,21 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     a1.set_xlim(left=0)
     a1.set_xlabel("mean wait (hours)")
     a1.set_title("waits", fontsize=9)
-    a1.legend(fontsize=7, loc="lower right")
     gave = [(c["policies"][p]["gave_up_share"]["mean"] or 0) * 100 for p in policies]
     a2.barh(ys, gave, color="tab:red", label="gave up")
     a2.set_xlim(left=0)
     a2.set_xlabel("tasks that gave up (% of those that could run)")
     a2.set_title("gave up", fontsize=9)
-    a2.legend(fontsize=7, loc="lower right")
     for a in (a1, a2):
         a.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"Waits and give-ups by policy: {sub}", fontsize=10)
-    written.append(_save(fig, plt, out / "compare_waits.png"))
-    return written
+    fig.legend(fontsize=7, loc="outside lower center", ncol=3)
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out as it was made keeps its layout
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -7,7 +7,8 @@ core for ``kind = "market"`` (:class:`~crucible.sim.market_driver.MarketDriver`)
 reads a clock or draws unseeded randomness, so the same scenario, seed and policy give the
 same result. The only I/O is reading the trace, through loaders the caller may replace.
 
-A run ends at ``duration_hours`` or, without one (placement kind), when no work is left.
+A run ends at ``duration_hours`` or, without one (placement kind), at its last event
+(arrival or finish): the last sample window is then shorter than the others.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from crucible.core.market import Market, MarketRules, Prefer
 from crucible.core.placement import Cluster, Request, make_policy
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.sim.events import Arrive, EventQueue, Finish, NextArrival, Sample
+from crucible.sim.feasibility import Feasibility
 from crucible.sim.fleet import Host, NodeLoader, add_to_market, build_fleet, openb_dir, to_nodes
 from crucible.sim.market_driver import MarketDriver
 from crucible.sim.metrics import Recorder
@@ -147,6 +149,11 @@ def run(
     if fleet_gpus <= 0:
         raise ScenarioError(f"{s.source}: the fleet has no GPUs")
     end_ms = round(s.duration_hours * MS_PER_HOUR) if s.duration_hours > 0 else None
+    nodes = to_nodes(hosts)
+    # FGD's task classes from a trace (the fgd policy's and the fragmentation figures')
+    # leave out the tasks no node could ever run: they never take a GPU, so no free GPU is
+    # lost to them
+    feasible = Feasibility(nodes)
     sources: list[JobSource] = []
     fgd_classes: tuple[tuple[Request, float], ...] = ()
     skipped: dict[str, int] = {}
@@ -156,7 +163,10 @@ def run(
             raise ScenarioError(f"{s.source}: workload.path: the trace has no tasks to replay")
         patience = round(s.tasks.patience_hours * MS_PER_HOUR)
         sources.append(TaskSource(tasks, patience, end_ms))
-        fgd_classes = workload_classes([t.request for t in tasks], max_classes=12)
+        fgd_classes = workload_classes(
+            [t.request for t in tasks if feasible.reason(t.request, t.nodes) is None],
+            max_classes=12,
+        )
     elif s.trace is not None:
         where = openb_dir(s.trace.trace_dir)
         try:
@@ -170,7 +180,9 @@ def run(
             sources.append(InflateSource(pods, fleet_gpus, s.trace.inflate_to, seed))
         else:
             sources.append(TraceSource(pods, copies if s.trace.scale_with_fleet else 1, end_ms))
-        fgd_classes = workload_classes([p.request for p in pods], max_classes=12)
+        fgd_classes = workload_classes(
+            [p.request for p in pods if feasible.reason(p.request) is None], max_classes=12
+        )
     else:
         if end_ms is None:
             raise ScenarioError(
@@ -200,7 +212,7 @@ def run(
     driver: PlacementDriver | MarketDriver
     if s.kind == "placement":
         kw: dict[str, Any] = {"workload": fgd_classes} if policy == "fgd" else {}
-        cluster = Cluster.from_nodes(to_nodes(hosts), make_policy(policy, **kw))
+        cluster = Cluster.from_nodes(nodes, make_policy(policy, **kw))
         driver = PlacementDriver(cluster, rec, q)
         driver.classes = fgd_classes
     else:
@@ -238,6 +250,8 @@ def run(
         at = q.peek_ms()
         if end_ms is not None and at is not None and at > end_ms:
             break
+        if end_ms is None and len(q) == 1 and isinstance(q.peek(), Sample):
+            break  # no work left: the run ends at its last event, not on the sample grid
         ev = q.pop()
         now = q.now_ms
         if isinstance(ev, NextArrival):
@@ -271,6 +285,7 @@ def run(
                         at_ms = min(at_ms, now + (end_ms - now) // step * step)
                 q.push(at_ms, Sample())
     end = end_ms if end_ms is not None else q.now_ms
+    driver.expire(end)  # a deadline since the last sample: that job gave up, not waiting
     last = rec.series["t_hours"][-1] if rec.series["t_hours"] else None
     if last is None or last * MS_PER_HOUR < end:
         _sample(rec, driver, end)

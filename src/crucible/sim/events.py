@@ -66,6 +66,10 @@ class EventQueue:
     def peek_ms(self) -> int | None:
         return self._heap[0][0] if self._heap else None
 
+    def peek(self) -> Event | None:
+        """The next event, left in the queue (``None`` when none is pending)."""
+        return self._heap[0][2] if self._heap else None
+
     def pop(self) -> Event:
         """The next event; the clock moves to its time."""
         at, _, event = heapq.heappop(self._heap)

@@ -97,15 +97,15 @@ class PlacementDriver:
 
     def arrive(self, job: Job, now: int) -> None:
         self.counts["arrived"] += 1
+        why = self.feasibility.reason(job.request, job.nodes)
+        if why is not None:  # never demand: it could not take a GPU in any state
+            self._impossible(job, why)
+            return
         self.arrived_milli += job.request.gpu_demand_milli * job.nodes
         if self.alloc_at_full is None and self.arrived_milli >= self.capacity_milli:
             # FGD's comparison point: GPUs allocated when the demand that arrived equals the
             # fleet's GPUs (before this arrival is placed)
             self.alloc_at_full = self.cluster.gpu_allocated_milli() / self.capacity_milli
-        why = self.feasibility.reason(job.request, job.nodes)
-        if why is not None:
-            self._impossible(job, why)
-            return
         if not self._try(job, now):
             if job.deadline_ms <= now:
                 self._gave_up(job, now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from crucible.errors import Error
 from crucible.sim.engine import SimResult
 
 __all__ = [
+    "draw_series",
     "flatten",
     "load_pyplot",
     "plots_missing",
@@ -110,9 +112,37 @@ _PLOTS = (
 )
 
 
+def draw_series(
+    plt: Any, t: list[float | None], panels: list[tuple[list[float | None], str]], title: str
+) -> Any:
+    """One figure of stacked panels over the time points ``t``, one per ``(values, label)``.
+    Every panel spans the whole run (0 to the last point), whatever points it has; a window
+    without a value (``None``) is a break in the line, not a straight line across it, and
+    a series with such breaks marks its points (so a lone one between breaks shows)."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True)
+    axes_list = [axes] if len(panels) == 1 else list(axes)
+    xs = [math.nan if x is None else x for x in t]
+    for ax, (values, label) in zip(axes_list, panels, strict=True):
+        ys = [math.nan if y is None else y for y in values]
+        gaps = any(y is None for y in values)
+        ax.plot(xs, ys, linewidth=1, label=label, marker="." if gaps else None, markersize=3)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    end = max((x for x in t if x is not None), default=0.0)
+    # after every panel is drawn: the axes share x, and a limit set from one panel's own
+    # points would cut the others off
+    axes_list[-1].set_xlim(0, end if end > 0 else None)
+    axes_list[0].set_title(title, fontsize=10)
+    axes_list[-1].set_xlabel("simulated time (hours)")
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(result: SimResult, out: Path) -> list[Path]:
     """One PNG per plot that has data (prices only for market runs; allocation and
-    fragmentation only for placement runs). Every axis starts at zero."""
+    fragmentation only for placement runs). Every axis starts at zero, and every panel
+    spans the whole run."""
     plt = load_pyplot()
     s = result.series
     t = s["t_hours"]
@@ -121,22 +151,10 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
     )
     written: list[Path] = []
     for name, heading, lines in _PLOTS:
-        present = [(k, label) for k, label in lines if any(v is not None for v in s.get(k, []))]
+        present = [(s[k], label) for k, label in lines if any(v is not None for v in s.get(k, []))]
         if not present:
             continue
-        fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.6 * len(present)), sharex=True)
-        axes_list = [axes] if len(present) == 1 else list(axes)
-        for ax, (k, label) in zip(axes_list, present, strict=True):
-            pts = [(x, y) for x, y in zip(t, s[k], strict=True) if y is not None]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=label)
-            ax.set_ylim(bottom=0)
-            ax.set_xlim(left=0)
-            ax.set_ylabel(label, fontsize=8)
-            ax.grid(alpha=0.3)
-        axes_list[0].set_title(f"{heading}: {title}", fontsize=10)
-        axes_list[-1].set_xlabel("simulated time (hours)")
-        fig.tight_layout()
+        fig = draw_series(plt, t, present, f"{heading}: {title}")
         path = out / name
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -20,6 +20,7 @@ gpus_per_host`` hosts over ``sites``) with a model mix and prices per GPU-hour i
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -220,8 +221,10 @@ class _Reader:
         self, key: str, default: float | None, lo: float = 0.0, hi: float | None = None
     ) -> float:
         v = float(self.get(key, (int, float), default))
+        rng = f">= {lo}" if hi is None else f"within {lo}..{hi}"
+        if not math.isfinite(v):  # NaN passes every comparison; inf every lower bound
+            raise self.fail(key, f"must be a finite number {rng}, not {v}")
         if v < lo or (hi is not None and v > hi):
-            rng = f">= {lo}" if hi is None else f"within {lo}..{hi}"
             raise self.fail(key, f"must be {rng}, not {v}")
         return v
 
@@ -261,8 +264,13 @@ class _Reader:
     def table(self, key: str) -> dict[str, float]:
         v = self.get(key, dict, {})
         for k, x in v.items():
-            if isinstance(x, bool) or not isinstance(x, int | float) or x < 0:
-                raise self.fail(f"{key}.{k}", f"must be a number >= 0, not {x!r}")
+            if (
+                isinstance(x, bool)
+                or not isinstance(x, int | float)
+                or not math.isfinite(x)
+                or x < 0
+            ):
+                raise self.fail(f"{key}.{k}", f"must be a finite number >= 0, not {x!r}")
         return {k: float(x) for k, x in v.items()}
 
 
@@ -442,12 +450,12 @@ def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> S
         trace=trace,
         tasks=tasks,
         duration_hours=r.number("duration_hours", 0.0, 0.0, MAX_HOURS),
-        sample_minutes=r.number("sample_minutes", 60.0, 1e-3),
+        sample_minutes=r.number("sample_minutes", 60.0, 1e-3, MAX_HOURS * 60),
         seed=r.integer("seed", 1),
         policy=policy,
         gpus=r.integer("gpus", 0, hi=MAX_FLEET_GPUS),
         platform_fee=r.number("platform_fee", 0.10, 0.0, 1.0),
-        grace_seconds=r.number("grace_seconds", 30.0),
+        grace_seconds=r.number("grace_seconds", 30.0, 0.0, MAX_HOURS * 3600),
         default_carbon_g_per_kwh=r.integer("default_carbon_g_per_kwh", 400),
         power_watts=dict(power),
         source=source,

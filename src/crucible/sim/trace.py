@@ -59,13 +59,17 @@ class TracePod:
     scheduled_time: int | None
 
 
-def _int(text: str, most: float = MAX_COUNT) -> int | None:
+def _int(text: str, most: float = MAX_COUNT, *, count: str = "") -> int | None:
+    """The number in ``text`` (``None`` when empty), truncated to a whole one; a ``count``
+    (named by the column) must be whole already: 1.7 GPUs is a mistake, not 1 GPU."""
     text = text.strip()
     if not text:
         return None
     v = float(text)  # ValueError names a value that is not a number
     if not math.isfinite(v) or abs(v) > most:
         raise ValueError(f"{text!r} is not a number within ±{most:,.0f}")
+    if count and v != int(v):
+        raise ValueError(f"{count} must be a whole number, not {text!r}")
     return int(v)
 
 
@@ -101,7 +105,7 @@ def read_openb_nodes(path: Path) -> list[NodeSpec]:
     """The nodes of one openb node list file, in file order."""
 
     def node(row: dict[str, str]) -> NodeSpec:
-        gpus = _int(row["gpu"]) or 0
+        gpus = _int(row["gpu"], count="gpu") or 0
         return NodeSpec(
             id=row["sn"],
             cpu_milli=_int(row["cpu_milli"]) or 0,
@@ -122,7 +126,7 @@ def read_openb_pods(path: Path) -> list[TracePod]:
     """The tasks of one openb pod list file, in file order."""
 
     def pod(row: dict[str, str]) -> TracePod:
-        num_gpu = _int(row["num_gpu"]) or 0
+        num_gpu = _int(row["num_gpu"], count="num_gpu") or 0
         gpu_milli = _int(row["gpu_milli"]) or 0
         if num_gpu == 0:
             gpu_milli = 0

@@ -172,6 +172,7 @@ def read_tasks(path: Path) -> list[TraceTask]:
     """The tasks of a generic trace file, sorted by arrival (stable for equal times)."""
     out: list[TraceTask] = []
     seen_columns = False
+    ids: dict[str, int] = {}  # id -> its line: a trace pasted in twice is a mistake
     for line, row in read_rows(path):
         if not seen_columns:
             missing = [c for c in ("id", "submit_s", "duration_s") if c not in row]
@@ -203,9 +204,11 @@ def read_tasks(path: Path) -> list[TraceTask]:
                 f"{path}: line {line}: a GPU share (gpu_milli < 1000) needs gpus = 1"
             )
         patience = row.get("patience_s", "")
+        task_id = row["id"] or f"line-{line}"
+        _unique(path, line, "task", task_id, ids)
         out.append(
             TraceTask(
-                id=row["id"] or f"line-{line}",
+                id=task_id,
                 submit_ms=round(n(path, line, row, "submit_s", None) * 1000),
                 duration_ms=max(1, round(duration * 1000)),
                 request=task_request(
@@ -225,10 +228,21 @@ def read_tasks(path: Path) -> list[TraceTask]:
     return out
 
 
+def _unique(path: Path, line: int, what: str, key: str, seen: dict[str, int]) -> None:
+    """Note that ``key`` is on ``line``; a :class:`ScenarioError` if an earlier line had it."""
+    if key in seen:
+        raise ScenarioError(
+            f"{path}: line {line}: {what} id {key!r} is also on line {seen[key]}; "
+            f"{what} ids must be unique"
+        )
+    seen[key] = line
+
+
 def read_nodes(path: Path) -> list[NodeSpec]:
     """The nodes of a generic node file, each shape repeated ``count`` times (ids suffixed
-    ``-<k>`` when ``count`` > 1)."""
+    ``-<k>`` when ``count`` > 1); node ids that are not empty must be unique."""
     out: list[NodeSpec] = []
+    ids: dict[str, int] = {}
     for line, row in read_rows(path):
         if "id" not in row:
             raise ScenarioError(
@@ -251,9 +265,12 @@ def read_nodes(path: Path) -> list[NodeSpec]:
                 "sized for fleets up to about 250,000 GPUs"
             )
         for k in range(count):
+            node_id = row["id"] if count == 1 else f"{row['id']}-{k}"
+            if node_id:  # an empty id names no node: nothing to confuse it with
+                _unique(path, line, "node", node_id, ids)
             out.append(
                 NodeSpec(
-                    id=row["id"] if count == 1 else f"{row['id']}-{k}",
+                    id=node_id,
                     cpu_milli=_whole(path, line, row, "cpu_milli", 0),
                     memory_mib=_whole(path, line, row, "memory_mib", 0),
                     gpu_count=gpus,

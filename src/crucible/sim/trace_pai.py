@@ -32,7 +32,7 @@ from pathlib import Path
 
 from crucible.core.placement import FULL, NodeSpec
 from crucible.sim.scenario import ScenarioError
-from crucible.sim.trace_format import MAX_SECONDS, TraceTask, task_request
+from crucible.sim.trace_format import MAX_NODES, MAX_SECONDS, TraceTask, task_request
 
 __all__ = ["JOB_COLUMNS", "MACHINE_COLUMNS", "TASK_COLUMNS", "read_pai_nodes", "read_pai_tasks"]
 
@@ -138,11 +138,22 @@ def read_pai_tasks(path: Path) -> tuple[list[TraceTask], dict[str, int]]:
                     max(0, round((_float(path, line, row, "plan_mem") or 0.0) * 1024)),
                     (model,) if gpus and model else (),
                 ),
-                nodes=max(1, round(_float(path, line, row, "inst_num") or 1)),
+                nodes=_instances(path, line, row),
             )
         )
     out.sort(key=lambda t: t.submit_ms)
     return out, dict(skipped)
+
+
+def _instances(path: Path, line: int, row: dict[str, str]) -> int:
+    """A task's ``inst_num``: its gang's members (1 when empty or below 1), at most
+    :data:`~crucible.sim.trace_format.MAX_NODES`, as the generic format's ``nodes``."""
+    n = max(1, round(_float(path, line, row, "inst_num") or 1))
+    if n > MAX_NODES:
+        raise ScenarioError(
+            f"{path}: line {line}: inst_num must be at most {MAX_NODES:,}, not {row['inst_num']}"
+        )
+    return n
 
 
 def read_pai_nodes(path: Path) -> list[NodeSpec]:
