@@ -84,3 +84,22 @@ def test_pod_exec_and_ssh_by_name(ex: Exchange, tmp_path: Path) -> None:
     finally:
         pod.delete()
         client.close()
+
+
+def test_pod_ssh_without_any_key_says_so_before_starting_ssh(ex: Exchange, tmp_path: Path) -> None:
+    """The server would refuse the session, and ssh would bury that under its own errors:
+    `crucible pod ssh` says what is missing and does not start ssh."""
+    token = ex.owner_token("keyless")
+    client = ex.client(token)
+    pod = crucible.Pod.create("keyless", command="exec sleep 600", client=client)
+    try:
+        assert pod.wait("running", "failed", timeout_s=90).state == "running", pod.info()
+        assert pod.info().ssh_key_count == 0
+        run = _cli(ex, token, tmp_path, "pod", "ssh", "keyless", "--", "true")
+        assert run.returncode == 1, run.stderr
+        text = " ".join(run.stderr.split())
+        assert "no SSH key can open pod keyless" in text and "crucible ssh-key add" in text
+        assert "kex_exchange" not in text and "Connection closed" not in text
+    finally:
+        pod.delete()
+        client.close()

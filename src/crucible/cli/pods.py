@@ -279,16 +279,18 @@ def register(app: typer.Typer) -> None:
         """Start a stopped, preempted or failed pod: the market is asked again."""
         _act(pod, "start", as_json)
 
-    def _container_of(pod: str) -> str:
-        """The pod's running container, which access sessions reach."""
-        client = _client()
+    def _running(client: Client, pod: str) -> tuple[PodInfo, str]:
+        """The pod and its running container, which access sessions reach."""
         info = PodInfo.model_validate(client.get(_path(client, pod)))
         if info.state != "running" or info.container_id is None:
             raise ConflictError(
                 f"pod {clean(info.name)} is {info.state}, not running: only a running pod can "
                 f"be reached (start it with `crucible pod start {clean(info.name)}`)"
             )
-        return info.container_id
+        return info, info.container_id
+
+    def _container_of(pod: str) -> str:
+        return _running(_client(), pod)[1]
 
     @pod_app.command("exec", context_settings=PASSTHROUGH)
     def exec_(
@@ -331,7 +333,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SSH into the pod with your account's keys (`crucible ssh-key add`) or the pod's
         own (`--ssh-key` at create): a login shell, or `-- CMD`."""
-        ssh_to(lambda: _container_of(pod), command, identity)
+
+        def target() -> str:
+            client = _client()
+            info, container = _running(client, pod)
+            # Checked before ssh starts: the server would refuse the session, and ssh would
+            # then bury that refusal under its own connection errors.
+            if info.ssh_key_count == 0 and not client.get("/v1/ssh-keys"):
+                raise InvalidRequestError(
+                    f"no SSH key can open pod {clean(info.name)}: your account has none and "
+                    "the pod was created without --ssh-key. Add yours with `crucible ssh-key "
+                    "add ~/.ssh/id_ed25519.pub` (ssh-keygen -t ed25519 makes one)"
+                )
+            return container
+
+        ssh_to(target, command, identity)
 
     @pod_app.command("rm")
     def rm(pod: str) -> None:

@@ -212,6 +212,7 @@ class PodInfo(Wire):
     disk_bytes: WireInt
     command: str | None = None
     env_keys: list[str] = Field(default_factory=list)  # values are not echoed back
+    ssh_key_count: WireInt = 0  # public keys it was created with (--ssh-key)
     ports: list[str] = Field(default_factory=list)
     # With CRUCIBLE_PORTS_DOMAIN set, each published HTTP port is served on its own host:
     # port -> that URL (a token sent to the exchange's own URL of the port would be dropped

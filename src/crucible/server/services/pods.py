@@ -400,6 +400,7 @@ def _info_of(
         disk_bytes=spec.disk_bytes,
         command=spec.command,
         env_keys=sorted(spec.env),
+        ssh_key_count=len(spec.ssh_keys),
         ports=[str(p) for p in spec.ports],
         volumes=spec.volumes,
         tier=spec.market.tier,
