@@ -49,6 +49,7 @@ from crucible.errors import (
     ServerUnavailableError,
 )
 from crucible.protocol.accounts import AccountInfo
+from crucible.protocol.common import read_tolerant
 from crucible.protocol.containers import ContainerReport
 from crucible.protocol.hosts import (
     HostInfo,
@@ -258,7 +259,7 @@ class Agent:
             )
             try:
                 data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))
-                info = HostInfo.model_validate(data)
+                info = read_tolerant(HostInfo, data)  # a newer server's fields are dropped
             except _FATAL:
                 raise
             except NotFoundError as exc:
@@ -424,7 +425,7 @@ class Agent:
                 with self._report_lock:  # send them with the next sync instead
                     self._fresh_self_test = self._fresh_self_test or fresh_test
             raise
-        reply = HostSyncReply.model_validate(data)
+        reply = read_tolerant(HostSyncReply, data)  # as from a newer server
         for report in reports:
             if report.state == "exited" and self.runtime.forget(report.container_id):
                 if self.energy is not None:

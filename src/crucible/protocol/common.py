@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import base64
+import copy
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 __all__ = [
     "MAX_WIRE_INT",
@@ -28,6 +36,7 @@ __all__ = [
     "Wire",
     "WireInt",
     "Words",
+    "read_tolerant",
 ]
 
 # The largest magnitude of an integer on the wire: every JSON reader holds it exactly, and it
@@ -126,6 +135,31 @@ class Wire(BaseModel):
 
     # Infinity and NaN are never meaningful on the wire (and JSON stores refuse them).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+_W = TypeVar("_W", bound=BaseModel)
+
+
+def read_tolerant(model: type[_W], raw: object) -> _W:
+    """``raw`` validated as ``model``, except that fields this version does not know are
+    dropped instead of refused: for what a *newer* peer wrote (a spec a newer replica stored
+    during a rolling upgrade, a newer server's reply to an older agent). Every other rule
+    still holds, and a client's request is still read strictly (a typo there is a 400)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not all(e["type"] == "extra_forbidden" for e in errors):
+            raise
+        pruned = copy.deepcopy(raw)
+        for e in errors:
+            *path, key = e["loc"]
+            node: Any = pruned
+            for step in path:
+                node = node[step]
+            if isinstance(node, dict):
+                node.pop(key, None)
+        return model.model_validate(pruned)
 
 
 class Payload(Wire):

@@ -10,6 +10,7 @@ served after the spec changed, in this process or any other replica.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -17,14 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+import orjson
+from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
-from crucible.errors import NotFoundError
+from crucible.errors import InternalError, NotFoundError
 from crucible.protocol.apps import FunctionCreate
+from crucible.protocol.common import read_tolerant
 from crucible.server.services.market import MarketTerms
 from crucible.server.store.tables import functions
 
-__all__ = ["SPECS", "FunctionSpec", "SpecCache"]
+__all__ = ["SPECS", "FunctionSpec", "SpecCache", "blob_refs_of_raw"]
+
+log = logging.getLogger("crucible.specs")
 
 _SHA = re.compile(r"[0-9a-f]{64}")
 
@@ -50,7 +56,8 @@ class FunctionSpec:
         # Imported here: pods -> containers -> calls read specs through this module.
         from crucible.server.services.pods import is_pod_function
 
-        spec = FunctionCreate.model_validate(raw)
+        # Tolerant: a newer replica may have stored a field this version does not know.
+        spec = read_tolerant(FunctionCreate, raw)
         return cls(
             id=function_id,
             rev=rev,
@@ -58,6 +65,12 @@ class FunctionSpec:
             terms=MarketTerms.of(spec.market, network=bool(spec.network)),
             pod=is_pod_function(spec),
         )
+
+
+def blob_refs_of_raw(raw: object) -> frozenset[str]:
+    """Every sha256 a stored spec names, read from its JSON without parsing it (for a spec
+    this version cannot read: its blobs are kept all the same)."""
+    return frozenset(_SHA.findall(orjson.dumps(raw).decode()))
 
 
 class SpecCache:
@@ -69,6 +82,9 @@ class SpecCache:
         self._specs: OrderedDict[str, FunctionSpec] = OrderedDict()
         self._lock = threading.Lock()
         self.parsed = 0  # specs read and validated since start (a measure of misses)
+        # Functions whose stored spec this version cannot read, at the revision that failed
+        # (logged once each): left out of get_many, so one bad row stops nobody else's work.
+        self.unreadable: dict[str, int] = {}
 
     def cached(self, function_id: str, rev: int) -> FunctionSpec | None:
         with self._lock:
@@ -111,8 +127,27 @@ class SpecCache:
                 )
             ):
                 # The row as read now: a newer version than the caller saw is the truth.
-                out[r.id] = self.put(FunctionSpec.parse(r.id, r.spec_rev, r.spec))
+                try:
+                    spec = FunctionSpec.parse(r.id, r.spec_rev, r.spec)
+                except ValidationError as exc:
+                    self._unreadable(r.id, r.spec_rev, exc)
+                    continue
+                out[r.id] = self.put(spec)
         return out
+
+    def _unreadable(self, function_id: str, rev: int, exc: ValidationError) -> None:
+        with self._lock:
+            if self.unreadable.get(function_id) == rev:
+                return
+            self.unreadable[function_id] = rev
+        log.error(
+            "function %s: its stored spec (revision %d) cannot be read by this version, so it "
+            "is left out (scheduling, retention) until it can: was it written by a newer one? "
+            "Upgrade every replica. %s",
+            function_id,
+            rev,
+            str(exc).splitlines()[0:3],
+        )
 
     def at(self, conn: Connection, function_id: str, rev: int) -> FunctionSpec:
         """The spec of one function whose version ``rev`` was selected with the caller's row
@@ -123,6 +158,11 @@ class SpecCache:
             return hit
         found = self.get_many(conn, {function_id: rev}).get(function_id)
         if found is None:
+            if function_id in self.unreadable:
+                raise InternalError(
+                    f"function {function_id}'s stored spec cannot be read by this server's "
+                    "version (written by a newer one?); the operator's log says more"
+                )
             raise NotFoundError(f"function {function_id} not found")
         return found
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, select, upda
 from crucible.protocol.common import TERMINAL_STATES
 from crucible.protocol.volumes import Manifest
 from crucible.server.blobs import BlobStore
-from crucible.server.services.function_specs import SPECS
+from crucible.server.services.function_specs import SPECS, blob_refs_of_raw
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import (
     blobs,
@@ -261,8 +261,13 @@ def _referenced(conn: Connection, store: BlobStore, shas: list[str]) -> set[str]
     revs = conn.execute(
         select(functions.c.id, functions.c.spec_rev).where(functions.c.account_id.in_(holders))
     ).all()
-    for spec in SPECS.get_many(conn, {r.id: r.spec_rev for r in revs}).values():
+    specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in revs})
+    for spec in specs.values():
         found.update(wanted.intersection(spec.blob_refs))
+    unread = [r.id for r in revs if r.id not in specs]  # specs this version cannot read
+    if unread:
+        for raw in conn.execute(select(functions.c.spec).where(functions.c.id.in_(unread))):
+            found.update(wanted.intersection(blob_refs_of_raw(raw.spec)))
     # Volume chunks are listed in the manifests of the holders' volume versions.
     manifests = conn.execute(
         select(volume_versions.c.manifest_ref)
