@@ -49,6 +49,7 @@ from crucible.errors import (
     SerializationError,
     ServerUnavailableError,
     SettingError,
+    StoreUnavailableError,
 )
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._cls import Cls, exit, method
@@ -110,6 +111,7 @@ __all__ = [
     "SerializationError",
     "ServerUnavailableError",
     "SettingError",
+    "StoreUnavailableError",
     "Volume",
     "__version__",
     "asgi_app",

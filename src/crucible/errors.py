@@ -34,6 +34,7 @@ Exception tree::
     │   └── ImageUnsupportedError      image_unsupported        │
     ├── SandboxUnavailableError        sandbox_unavailable      ┘
     ├── ServerUnavailableError         server_unavailable 503 / connection refused
+    │   └── StoreUnavailableError      store_unavailable  503 (its database, for a moment)
     ├── BadGatewayError                bad_gateway        502 (a web endpoint's app answered
     │                                                      what HTTP cannot carry)
     ├── SettingError                   invalid_setting    (a process's own settings, at
@@ -84,6 +85,7 @@ __all__ = [
     "SerializationError",
     "ServerUnavailableError",
     "SettingError",
+    "StoreUnavailableError",
     "error_from_wire",
 ]
 
@@ -327,6 +329,14 @@ class ServerUnavailableError(Error):
     http_status = 503
 
 
+class StoreUnavailableError(ServerUnavailableError):
+    """The control plane is up but its database is not answering for a moment (restarting,
+    failing over, out of connections). Nothing the client did: the SDK, CLI and agent retry
+    it within their retry window as they retry a refused connection."""
+
+    code = "store_unavailable"
+
+
 class BadGatewayError(Error):
     """A web endpoint's app answered what no HTTP response can carry (a status outside
     200..599, a header name or value with CR, LF or NUL): the gateway answers this instead."""
@@ -380,6 +390,7 @@ _BY_CODE: dict[str, type[Error]] = {
         ImageUnsupportedError,
         SandboxUnavailableError,
         ServerUnavailableError,
+        StoreUnavailableError,
         BadGatewayError,
         SettingError,
         InternalError,

@@ -41,6 +41,7 @@ CODES = {
     "SandboxUnavailableError": ("sandbox_unavailable", 500),
     "BadGatewayError": ("bad_gateway", 502),
     "ServerUnavailableError": ("server_unavailable", 503),
+    "StoreUnavailableError": ("store_unavailable", 503),
     "SettingError": ("invalid_setting", 500),
     "InternalError": ("internal", 500),
 }

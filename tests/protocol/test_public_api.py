@@ -49,6 +49,7 @@ PUBLIC = [
     "SerializationError",
     "ServerUnavailableError",
     "SettingError",
+    "StoreUnavailableError",
     "Volume",
     "__version__",
     "asgi_app",

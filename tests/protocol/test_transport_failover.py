@@ -86,6 +86,8 @@ class _Balancer(http.server.BaseHTTPRequestHandler):
         self.seen.append(self.path)
         if self.path == "/own-503":
             status, body = 503, b'{"error": {"code": "server_unavailable", "message": "busy"}}'
+        elif self.path == "/store-down" and len(self.seen) <= self.down:
+            status, body = 503, b'{"error": {"code": "store_unavailable", "message": "db"}}'
         elif len(self.seen) <= self.down:
             status, body = 503, b"<html><body><h1>503 Service Unavailable</h1></body></html>"
         else:
@@ -141,6 +143,16 @@ def test_a_replicas_own_503_is_its_error_not_a_retry(balancer_url: str) -> None:
         with pytest.raises(ServerUnavailableError, match="busy"):
             t.post("/own-503", {})
         assert _Balancer.seen == ["/own-503"]
+    finally:
+        t.close()
+
+
+def test_a_replica_whose_database_is_down_for_a_moment_is_retried(balancer_url: str) -> None:
+    """A PostgreSQL restart used to end a running `crucible run` with a 500."""
+    t = Transport(balancer_url, "tok", retry_for_s=5)
+    try:
+        assert t.post("/store-down", {}) == {"who": "replica"}
+        assert _Balancer.seen == ["/store-down"] * 3
     finally:
         t.close()
 

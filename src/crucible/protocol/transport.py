@@ -32,6 +32,7 @@ from crucible.errors import (
     InvalidRequestError,
     RateLimitedError,
     ServerUnavailableError,
+    StoreUnavailableError,
     error_from_wire,
 )
 
@@ -50,11 +51,16 @@ _GATEWAY_STATUSES = (502, 503, 504)
 
 def _from_gateway(data: bytes) -> bool:
     """Whether a 502/503/504 body came from a balancer, not a Crucible server (whose errors
-    are always ``{"error": {...}}``)."""
+    are always ``{"error": {...}}``), or from a Crucible server whose store is not answering
+    for a moment (``store_unavailable``): either is retried like a refused connection."""
     try:
-        return not (isinstance(err := orjson.loads(data), dict) and "error" in err)
+        err = orjson.loads(data)
     except orjson.JSONDecodeError:
         return True
+    if not (isinstance(err, dict) and "error" in err):
+        return True
+    inner = err["error"]
+    return isinstance(inner, dict) and inner.get("code") == StoreUnavailableError.code
 
 
 def server_urls(value: str) -> list[str]:
@@ -203,8 +209,8 @@ class Transport:
                     self._drop()
                 if resp.status in _GATEWAY_STATUSES and _from_gateway(data):
                     raise _GatewayUnavailable(
-                        f"the load balancer answered HTTP {resp.status}: no replica behind it "
-                        "took the request"
+                        f"the load balancer answered HTTP {resp.status} (no replica behind it "
+                        "took the request), or a replica whose database is not answering did"
                     )
                 if resp.status == 429:
                     wait = _retry_after_s(resp.getheader("Retry-After"))

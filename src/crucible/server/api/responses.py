@@ -19,10 +19,18 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.requests import ClientDisconnect
 
-from crucible.errors import Error, InternalError, InvalidRequestError, RateLimitedError
+from crucible.errors import (
+    Error,
+    InternalError,
+    InvalidRequestError,
+    RateLimitedError,
+    ServerUnavailableError,
+    StoreUnavailableError,
+)
 
 __all__ = ["error_response", "model_response", "response_for_exception", "validation_message"]
 
@@ -42,7 +50,14 @@ def error_response(err: Error) -> JSONResponse:
     if isinstance(err, RateLimitedError):
         # Whole seconds (RFC 9110), rounded up so a client that waits them is let in.
         headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
+    elif isinstance(err, ServerUnavailableError):
+        headers = {"Retry-After": "1"}
     return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
+
+
+# The store cannot be reached (restarting, failing over, out of connections): nothing the
+# client did, and a retry a moment later may well succeed.
+_STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
 
 
 def validation_message(errors: Sequence[Any]) -> str:
@@ -78,6 +93,14 @@ def response_for_exception(exc: Exception) -> JSONResponse:
         log.warning("refused a value too large to store", exc_info=exc)
         return error_response(
             InvalidRequestError("a number in the request is too large; integers go up to 2**53")
+        )
+    if isinstance(exc, _STORE_DOWN):
+        log.warning("the store did not answer (%s); answered 503", str(exc).splitlines()[0][:200])
+        return error_response(
+            StoreUnavailableError(
+                "the exchange's database is not answering right now (restarting or failing "
+                "over?); retry in a moment"
+            )
         )
     if isinstance(exc, ClientDisconnect):
         # The client went away before its body was sent: nothing of ours failed, and no one
