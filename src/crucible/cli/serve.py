@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import socket
 from pathlib import Path
@@ -93,6 +94,23 @@ def _open_store(settings: Settings) -> None:
         ) from None
 
 
+def _write_new_secret(folder: Path, name: str, text: str) -> Path:
+    """Write ``text`` to a new file ``folder/name`` readable by its owner only from the
+    start, never over an existing one (it may hold the only copy of another store's token):
+    then ``name.2``, ``name.3``... Returns the file written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = folder / (name if n == 1 else f"{name}.{n}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    raise Error(f"{folder}: {name} and 998 numbered copies exist; move some away")
+
+
 def _bootstrap_admin(settings: Settings) -> None:
     """On an empty store, create the operator account and print its admin token once."""
     import time
@@ -117,11 +135,13 @@ def _bootstrap_admin(settings: Settings) -> None:
                 token = issue_token(conn, account, Scope.ADMIN, "bootstrap", now).token
         except IntegrityError:
             return  # another replica starting at the same moment made the operator account
-        path = settings.home_path / "admin-token"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(token)
-        path.chmod(0o600)
+        path = _write_new_secret(settings.home_path, "admin-token", token)
         typer.echo(f"Created the operator account; its admin token is in {path}")
+        if path.name != "admin-token":
+            typer.echo(
+                f"({settings.home_path / 'admin-token'} was kept: it holds the admin token of "
+                "the store this home was used with before, perhaps its only copy)"
+            )
     finally:
         engine.dispose()
 
