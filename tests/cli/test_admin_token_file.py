@@ -11,9 +11,7 @@ from crucible.cli.serve import _bootstrap_admin
 from crucible.settings import load_settings
 
 
-def test_a_second_empty_store_does_not_overwrite_the_admin_token(
-    tmp_path: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_empty_store_does_not_overwrite_the_admin_token(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     first = load_settings(home=str(home), database_url=f"sqlite:///{tmp_path / 'a.db'}")
     _bootstrap_admin(first)
