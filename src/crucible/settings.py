@@ -11,18 +11,36 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crucible.errors import SettingError
 
-__all__ = ["SETTINGS_TABLE", "Settings", "load_settings"]
+__all__ = ["SETTINGS_TABLE", "Settings", "load_settings", "shown_value", "without_password"]
 
 
-def _opt(default: Any, env: str, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _opt(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
+    """One setting: its default, environment variable and meaning. ``secret``: its value is
+    never printed (`crucible settings` says only whether it is set)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+
+
+def without_password(url: str) -> str:
+    """A store URL fit to print: its password, if any, as ``***``."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+def shown_value(f: Field[Any], value: Any) -> Any:
+    """A setting's value as `crucible settings` prints it: a secret's only as whether it
+    is set, a store URL without its password."""
+    if f.metadata.get("secret"):
+        return "(set)" if value else ""
+    if f.name == "database_url" and isinstance(value, str):
+        return without_password(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -61,13 +79,17 @@ class Settings:
         "S3 access key. Empty: boto3's usual chain (AWS_* environment, instance role).",
     )
     s3_secret_access_key: str = _opt(
-        "", "CRUCIBLE_S3_SECRET_ACCESS_KEY", "S3 secret key (with CRUCIBLE_S3_ACCESS_KEY_ID)."
+        "",
+        "CRUCIBLE_S3_SECRET_ACCESS_KEY",
+        "S3 secret key (with CRUCIBLE_S3_ACCESS_KEY_ID).",
+        secret=True,
     )
     secret: str = _opt(
         "",
         "CRUCIBLE_SECRET",
         "Server secret that signs container tokens; every replica needs the same one. "
         "Empty: generated once into $CRUCIBLE_HOME/secret.",
+        secret=True,
     )
     secrets_keys: str = _opt(
         "",
@@ -75,6 +97,7 @@ class Settings:
         "Keys that encrypt secrets at rest: base64 of 32 random bytes each, comma-separated; "
         "the first encrypts, every one decrypts (rotation: see docs/operators.md). Every "
         "replica needs the same. Empty: generated once into $CRUCIBLE_HOME/secrets.key.",
+        secret=True,
     )
     # -- server ------------------------------------------------------------------------------
     bind_host: str = _opt("127.0.0.1", "CRUCIBLE_BIND_HOST", "Address the server listens on.")
@@ -403,7 +426,10 @@ class Settings:
         "Control plane the SDK and CLI talk to. Empty: the one in $CRUCIBLE_HOME/client.json.",
     )
     token: str = _opt(
-        "", "CRUCIBLE_TOKEN", "API token. Empty: the one in $CRUCIBLE_HOME/client.json."
+        "",
+        "CRUCIBLE_TOKEN",
+        "API token. Empty: the one in $CRUCIBLE_HOME/client.json.",
+        secret=True,
     )
     # -- agent -------------------------------------------------------------------------------
     agent_dir: str = _opt(

@@ -213,6 +213,38 @@ def test_settings_show_every_variable_name_whole() -> None:
     assert {f.metadata["env"] for f in SETTINGS_TABLE} <= names
 
 
+def test_settings_never_print_a_secret(tmp_path: Path) -> None:
+    """What an operator pastes into a ticket: secrets say only that they are set, and the
+    store URL hides its password."""
+    secrets = {
+        "CRUCIBLE_SECRET": "topsecretvalue",
+        "CRUCIBLE_SECRETS_KEYS": "c2VjcmV0a2V5",
+        "CRUCIBLE_S3_SECRET_ACCESS_KEY": "s3secretkey",
+        "CRUCIBLE_DATABASE_URL": "postgresql://u:dbpassw0rd@h/db",
+        "CRUCIBLE_TOKEN": "cru_mytoken",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(secrets, CRUCIBLE_HOME=str(tmp_path / "home"), COLUMNS="250")
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "settings"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    for value in secrets.values():
+        assert value not in out.stdout, value
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in out.stdout.splitlines()
+        if line.startswith("CRUCIBLE_")
+    }
+    assert rows["CRUCIBLE_SECRET"] == rows["CRUCIBLE_TOKEN"] == "(set)"
+    assert rows["CRUCIBLE_DATABASE_URL"] == "postgresql://u:***@h/db"
+
+
 def test_sim_metric_names_are_not_folded(tmp_path: Path) -> None:
     """The shipped trace sample's table at 80 columns names every metric on one line, as in
     summary.json."""

@@ -75,14 +75,19 @@ def _one_line_summaries(group: typer.Typer) -> None:
 def settings() -> None:
     """Print every setting: its environment variable, default and meaning."""
     from crucible.cli._output import table
-    from crucible.settings import SETTINGS_TABLE, load_settings
+    from crucible.settings import SETTINGS_TABLE, load_settings, shown_value
 
     current = load_settings()
     table(
         "Settings",
         ["environment variable", "value", "default", "meaning"],
         [
-            (f.metadata["env"], getattr(current, f.name), f.default, f.metadata["doc"])
+            (
+                f.metadata["env"],
+                shown_value(f, getattr(current, f.name)),  # secrets: only whether set
+                f.default,
+                f.metadata["doc"],
+            )
             for f in SETTINGS_TABLE
         ],
         ids=["environment variable"],  # a name folded mid-word would be copied wrong

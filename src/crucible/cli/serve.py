@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import typer
 
 from crucible.errors import AuthError, Error, SettingError
-from crucible.settings import Settings, load_settings
+from crucible.settings import Settings, load_settings, without_password
 
 __all__ = ["register", "run_server"]
 
@@ -71,7 +70,7 @@ def _open_store(settings: Settings) -> None:
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     url = settings.effective_database_url
-    shown_url = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)  # never print a password
+    shown_url = without_password(url)
     scheme = url.partition(":")[0].partition("+")[0]
     if "://" in url and scheme not in ("sqlite", "postgresql"):
         raise SettingError(
