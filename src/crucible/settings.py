@@ -150,7 +150,8 @@ class Settings:
         "CRUCIBLE_LEADER_LEASE_S",
         "Replicas on one PostgreSQL elect one scheduler leader through a lease row: a leader "
         "that has not renewed for this long is replaced (its epoch is fenced off, so it can "
-        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S, "
+        "no longer commit scheduler writes). Keep it several times CRUCIBLE_LEADER_RENEW_S "
+        "(at least twice: checked at start), "
         "above the replicas' clock skew and above the longest scheduler tick (a tick holds "
         "the lease row, so the leader renews after it).",
     )
@@ -649,6 +650,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_SUBMIT_BURST": (1, None),
     "CRUCIBLE_QUOTE_BURST": (1, None),
     "CRUCIBLE_CONSOLE_SESSION_HOURS": (0.01, 24 * 366),
+    "CRUCIBLE_LEADER_LEASE_S": (0.1, None),
+    "CRUCIBLE_LEADER_RENEW_S": (0.05, None),
 }
 
 
@@ -661,4 +664,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if name in env:
             values[f.name] = _parse(env[name], f.type, name)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.leader_lease_s < 2 * settings.leader_renew_s:
+        # A lease shorter than two renewals lapses between them: leadership would flap.
+        raise SettingError(
+            f"CRUCIBLE_LEADER_LEASE_S={settings.leader_lease_s:g} must be at least twice "
+            f"CRUCIBLE_LEADER_RENEW_S={settings.leader_renew_s:g} (the defaults are 5 and 1)"
+        )
+    return settings

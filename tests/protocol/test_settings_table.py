@@ -47,11 +47,14 @@ def test_every_option_is_read_from_its_env_var() -> None:
         f.metadata["env"]: "0.25" if f.name in FRACTIONS else FIELD_TYPES[str(f.type)]
         for f in SETTINGS_TABLE
     }
+    environ["CRUCIBLE_LEADER_RENEW_S"] = "1.25"  # the lease (2.5) must be two renewals long
     s = load_settings(environ=environ)
     for f in SETTINGS_TABLE:
         expected = {"str": "text", "int": 7, "float": 2.5, "bool": True}[str(f.type)]
         if f.name in FRACTIONS:
             expected = 0.25
+        if f.name == "leader_renew_s":
+            expected = 1.25
         got = getattr(s, f.name)
         assert got == expected and type(got) is type(expected), f.name
 
@@ -126,6 +129,8 @@ def test_bad_values_name_the_variable(env: str, value: str, says: str) -> None:
         ("CRUCIBLE_HOST_TIMEOUT_S", "-5"),
         ("CRUCIBLE_SCHEDULER_INTERVAL_S", "nan"),
         ("CRUCIBLE_METER_INTERVAL_S", "inf"),
+        ("CRUCIBLE_LEADER_LEASE_S", "0"),
+        ("CRUCIBLE_LEADER_RENEW_S", "0"),
     ],
 )
 def test_out_of_range_values_name_the_variable(env: str, value: str) -> None:
@@ -138,3 +143,10 @@ def test_settings_are_immutable_and_replaceable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     assert s.replace(port=1).port == 1 and s.port == 8745
+
+
+def test_the_leader_lease_is_at_least_two_renewals() -> None:
+    """A lease that lapses between two renewals would hand leadership back and forth."""
+    with pytest.raises(ValueError, match="CRUCIBLE_LEADER_LEASE_S=1 must be at least twice"):
+        load_settings(environ={"CRUCIBLE_LEADER_LEASE_S": "1", "CRUCIBLE_LEADER_RENEW_S": "1"})
+    assert load_settings(environ={"CRUCIBLE_LEADER_LEASE_S": "2"}).leader_renew_s == 1.0
