@@ -87,6 +87,17 @@ def test_one_supervised_exchange_per_home(tmp_path: Path) -> None:
             assert second.returncode == 1, second.stdout + second.stderr
             assert f"pid {pid}" in second.stderr and f":{port}" in second.stderr, second.stderr
             assert "crucible down" in second.stderr
+        # A server given the same SQLite store by URL, from this home or another: refused
+        # (it would schedule beside the running one and run calls twice).
+        for other_home in (home, tmp_path / "elsewhere"):
+            db = f"sqlite:///{home / 'crucible.db'}"
+            server = _crucible(
+                ["server", "--database-url", db, "--port", str(other_port)], _env(other_home)
+            )
+            assert server.returncode == 1, server.stdout + server.stderr
+            text = " ".join(server.stderr.split())
+            assert f"a server is already running on the SQLite store {home}" in text, text
+            assert f":{port}" in text and "Traceback" not in text
         # Same home and port: already up, and says so.
         again = _crucible(["up", "--detach"], env)
         assert again.returncode == 0 and "already up" in again.stdout, again.stdout

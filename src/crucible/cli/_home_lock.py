@@ -21,7 +21,14 @@ from typing import IO
 from crucible.errors import Error
 from crucible.settings import Settings
 
-__all__ = ["HomeLock", "RunningExchange", "lock_path", "running_exchange", "running_exchange_at"]
+__all__ = [
+    "HomeLock",
+    "RunningExchange",
+    "StoreLock",
+    "lock_path",
+    "running_exchange",
+    "running_exchange_at",
+]
 
 
 @dataclass(frozen=True)
@@ -90,28 +97,34 @@ def _lock_exclusive(f: IO[str], tries: int = 10) -> bool:
 
 
 class HomeLock:
-    """The running exchange's hold on its home; released when closed or when the process
-    ends."""
+    """The running exchange's hold on its home (or a server's on its SQLite store, see
+    :class:`StoreLock`); released when closed or when the process ends."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.path = lock_path(settings)
+        self._hold(url, settings.home_path)
+
+    def _hold(self, url: str, home: Path) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = open(self.path, "a+")  # noqa: SIM115 (held while running)
         if not _lock_exclusive(self._file):
             self._file.close()
             self._file = None
-            other = _read(self.path, settings.home_path)
+            other = _read(self.path, home)
             who = f"pid {other.pid}, {other.url}" if other else "starting"
-            raise Error(
-                f"an exchange is already running from {settings.home_path} ({who}); use it, "
-                f"or {RunningExchange(0, '', settings.home_path).stop_hint()}. "
-                "One exchange per home: give another one its own CRUCIBLE_HOME."
-            ) from None
+            raise Error(self._refusal(who, home)) from None
         os.set_inheritable(self._file.fileno(), False)
         self._file.seek(0)
         self._file.truncate()
         self._file.write(json.dumps({"pid": os.getpid(), "url": url}))
         self._file.flush()
+
+    def _refusal(self, who: str, home: Path) -> str:
+        return (
+            f"an exchange is already running from {home} ({who}); use it, "
+            f"or {RunningExchange(0, '', home).stop_hint()}. "
+            "One exchange per home: give another one its own CRUCIBLE_HOME."
+        )
 
     def close(self) -> None:
         if self._file is None:
@@ -121,3 +134,22 @@ class HomeLock:
             self._file.truncate()
         self._file.close()  # closing the only descriptor releases the lock
         self._file = None
+
+
+class StoreLock(HomeLock):
+    """A server's hold on a SQLite store file (``<store>.server.lock`` beside it), whatever
+    its home: two servers on one SQLite file would both schedule, and run calls twice
+    (SQLite has no leader election; replicas need PostgreSQL)."""
+
+    def __init__(self, store: Path, url: str) -> None:
+        self.path = store.with_name(store.name + ".server.lock")
+        self.store = store
+        self._hold(url, store.parent)
+
+    def _refusal(self, who: str, home: Path) -> str:
+        return (
+            f"a server is already running on the SQLite store {self.store} ({who}): one "
+            "server per SQLite store (two would both schedule, and run calls twice). Use it, "
+            "stop it, or give this one another CRUCIBLE_DATABASE_URL (replicas need "
+            "PostgreSQL)."
+        )

@@ -93,6 +93,23 @@ def _open_store(settings: Settings) -> None:
         ) from None
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL (resolved, so two spellings of one file match), or None
+    (another database, or SQLite in memory)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None  # said by _open_store, in its words
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
+
+
 def _write_new_secret(folder: Path, name: str, text: str) -> Path:
     """Write ``text`` to a new file ``folder/name`` readable by its owner only from the
     start, never over an existing one (it may hold the only copy of another store's token):
@@ -158,7 +175,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the control plane (API, scheduler, metering)."""
-        from crucible.cli._home_lock import HomeLock
+        from crucible.cli._home_lock import HomeLock, StoreLock
         from crucible.cli._ports import port_free, port_taken_error
 
         settings = load_settings(
@@ -168,6 +185,14 @@ def register(app: typer.Typer) -> None:
         # On the home's own SQLite store, one exchange per home (as `crucible up`): a second
         # scheduler on the same store would run calls twice.
         lock = None if settings.database_url else HomeLock(settings, url)
+        store = _sqlite_file(settings.effective_database_url)
+        try:
+            # And one server per SQLite file, whatever its home or URL spelling.
+            store_lock = None if store is None else StoreLock(store, url)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
         try:
             if not port_free(settings.bind_host, settings.port):
                 raise port_taken_error(
@@ -183,6 +208,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"Crucible control plane on {url}")
             run_server(settings)
         finally:
+            if store_lock is not None:
+                store_lock.close()
             if lock is not None:
                 lock.close()
 
