@@ -201,3 +201,92 @@ def test_model_commands(exchange: Exchange, tmp_path: Path) -> None:
         )
         assert done.returncode == 1 and needle in " ".join(done.stderr.split()), done.stderr
     assert "y" not in [m["name"] for m in _cli(env, "model", "list", "--json")]
+
+
+def _fails(env: dict[str, str], *args: str) -> str:
+    """The CLI's error (stderr, one line) for a command that must fail."""
+    done = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, (args, done.stdout, done.stderr)
+    return " ".join(done.stderr.split())
+
+
+def test_model_rules_checked_before_upload_or_training(exchange: Exchange, tmp_path: Path) -> None:
+    """Adapter names and ranks the engine would refuse, and container options that cannot
+    hold, are refused by the CLI before anything is uploaded, trained or charged; a redeploy
+    keeps the prices and visibility it does not set, and says so."""
+    token = exchange.owner_token("ranker")
+    env = {
+        **exchange.process_env(tmp_path / "cli-home"),
+        "CRUCIBLE_SERVER_URL": exchange.url,
+        "CRUCIBLE_TOKEN": token,
+        "COLUMNS": "200",
+    }
+    weights = tmp_path / "tiny"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"model_type": "llama"}')
+    (weights / "model.safetensors").write_bytes(b"\0" * 1000)
+    big = tmp_path / "big-adapter"
+    big.mkdir()
+    (big / "adapter_config.json").write_text('{"r": 128}')
+    (big / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    deploy = ["model", "deploy", "tiny", "--weights", str(weights), "--engine", "transformers"]
+    _cli(env, *deploy, "--price-input", "0.10", "--price-output", "0.20", "--public", "--json")
+    client = exchange.client(token)
+    try:
+        # Bad container options: refused before the weights are uploaded (no volume).
+        for option, value, needle in (
+            ("--memory", "lots", "memory"),
+            ("--gpu", "Z9000", "Z9000"),
+            ("--concurrency", "0", "max_inputs"),
+        ):
+            err = _fails(
+                env, "model", "deploy", "bad", "--weights", str(weights), "--engine",
+                "transformers", option, value,
+            )  # fmt: skip
+            assert needle in err, err
+        volumes = [v["name"] for v in client.get("/v1/volumes")]
+        assert "model-bad" not in volumes, volumes
+
+        # Names the engine refuses are refused here, with the rule.
+        for name in (".dot", "a" * 65):
+            err = _fails(env, "model", "adapter", "add", "tiny", name, "--path", str(big))
+            assert "starting with a letter or digit" in err, err
+        err = _fails(
+            env, "fine-tune", "create", "--base", "tiny", "--data", str(data), "--adapter", ".x"
+        )
+        assert "--adapter must be" in err and "starting with a letter or digit" in err, err
+
+        # A rank over what the engine serves (64 by default): refused before upload/training.
+        err = _fails(env, "model", "adapter", "add", "tiny", "big", "--path", str(big))
+        assert "rank 128" in err and "--max-lora-rank 128" in err, err
+        err = _fails(
+            env, "fine-tune", "create", "--base", "tiny", "--data", str(data), "--rank", "128"
+        )
+        assert "rank 128" in err and "--max-lora-rank 128" in err, err
+        files = client.get("/v1/volumes/model-tiny/manifest")["files"]
+        assert not any(p.startswith(("adapters/", "fine-tunes/")) for p in files), files
+        assert client.get("/v1/fine-tunes") == []
+
+        # A redeploy without prices or --public keeps them, and says so; --max-lora-rank
+        # raises what its engine serves.
+        text = _cli(env, *deploy, "--max-lora-rank", "128")
+        assert "prices and visibility unchanged" in text, text
+        info = _cli(env, "model", "show", "tiny", "--json")
+        assert (info["price_input_micros"], info["price_output_micros"], info["public"]) == (
+            100_000,
+            200_000,
+            True,
+        )
+        _cli(env, "model", "adapter", "add", "tiny", "big", "--path", str(big))
+        text = _cli(env, *deploy, "--price-output", "0.30", "--private")
+        assert "0.2 out" in text and "0.3 out" in text and "now private" in text, text
+    finally:
+        client.close()

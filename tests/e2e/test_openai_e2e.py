@@ -94,6 +94,19 @@ def _sync_client(exchange: Exchange, token: str) -> None:
         )
     )
     assert all(c.usage is None for c in plain) and plain[-1].choices
+    # Every chunk names the model as the caller did (the engine knows the adapter's bare name).
+    for model in ("echo", "echo:sql"):
+        named = list(
+            ai.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "a b"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert len(named) > 2 and {c.model for c in named} == {model}
+    streamed_sql = list(ai.completions.create(model="echo:sql", prompt="p q", stream=True))
+    assert streamed_sql and {c.model for c in streamed_sql} == {"echo:sql"}
 
     done = ai.completions.create(model="echo", prompt="alpha beta")
     assert done.choices[0].text == "beta alpha"

@@ -20,13 +20,13 @@ from pydantic import ValidationError
 
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import clean, console, fmt_time, print_json, shown, table
-from crucible.cli.models import MODEL_MOUNT, SOURCE_MOUNT, model_volume
+from crucible.cli.models import MODEL_MOUNT, SOURCE_MOUNT, check_adapter_rank, model_volume
 from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.fine_tunes import FINE_TUNE_METHODS, FineTuneCreate, FineTuneInfo
-from crucible.protocol.models import ModelInfo
-from crucible.sdk._checks import check_int, check_name, check_number, from_validation_error
+from crucible.protocol.models import ModelInfo, check_adapter_name
+from crucible.sdk._checks import check_int, check_number, from_validation_error
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function
 from crucible.sdk._volumes import Volume
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 "such as q_proj,v_proj"
             )
         name = adapter or f"ft-{uuid.uuid4().hex[:6]}"
-        check_name("the adapter's name", name)
+        check_adapter_name("--adapter", name)
         examples = check_data(data)  # before anything is started or charged
         body = {
             "method": "lora",
@@ -184,6 +184,7 @@ def register(app: typer.Typer) -> None:
                     f"model {base!r} runs the {model.engine} engine: fine-tuning needs a "
                     "transformers (or vllm) model directory as its base"
                 )
+            check_adapter_rank(model, rank, "the adapter to train (--rank)")
             trainer = [
                 "--method",
                 "lora",

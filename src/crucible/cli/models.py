@@ -9,6 +9,7 @@ volume, ``model-NAME``) or from a volume of yours (``volume:VOL/path``).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,18 @@ from crucible.cli._output import console, fmt_time, fmt_usd, print_json, shown, 
 from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.core.token_pricing import parse_price_per_million
-from crucible.errors import InvalidRequestError
-from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage
-from crucible.sdk._checks import check_name, check_scaling
+from crucible.errors import InvalidRequestError, NotFoundError
+from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage, check_adapter_name
+from crucible.sdk._checks import check_int, check_name, check_scaling
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import Volume
 
-__all__ = ["model_app_source", "register"]
+__all__ = ["check_adapter_rank", "model_app_source", "register", "served_max_lora_rank"]
 
 MODEL_MOUNT = "/model"  # the model's own volume: weights/ (when uploaded) and adapters/
 SOURCE_MOUNT = "/weights"  # a volume the weights are read from (volume:VOL/path)
+DEFAULT_MAX_LORA_RANK = 64  # the engines' default (inference/config.py EngineConfig)
+MAX_LORA_RANK = 1024  # the highest --rank a fine-tune may ask for (protocol/fine_tunes.py)
 
 
 def model_volume(name: str) -> str:
@@ -48,6 +51,7 @@ def model_app_source(
     concurrency: int,
     source_volume: str | None,
     context_length: int = 2048,
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
 ) -> str:
     """The app ``model deploy`` deploys, as Python source. Every value is written with
     ``repr``, so names and paths cannot change the code."""
@@ -78,7 +82,7 @@ model_volume = crucible.Volume.from_name({model_volume(name)!r})
 def serve():
     return engine_app(
         {engine!r}, {weights!r}, model_volume, name={name!r}, max_batch_size={concurrency!r},
-        max_model_len={context_length!r},
+        max_model_len={context_length!r}, max_lora_rank={max_lora_rank!r},
     )
 '''
 
@@ -115,37 +119,96 @@ def check_local_weights(local: Path, engine: str) -> None:
         )
 
 
-def _weights(client: Client, name: str, weights: str, engine: str) -> tuple[str, str | None]:
-    """(path the containers read the weights at, the volume to mount for it or None); a
-    local path is uploaded into the model's volume first."""
+def _weights(client: Client, weights: str, engine: str) -> tuple[str, str | None, Path | None]:
+    """(path the containers read the weights at, the volume to mount for it or None, the
+    local file or directory to upload into the model's volume or None), checked; nothing is
+    uploaded yet (:func:`_upload_weights`)."""
     if weights.startswith("volume:"):
         vol, _, sub = weights.removeprefix("volume:").partition("/")
         if not vol:
             raise InvalidRequestError("--weights volume:NAME/path needs a volume name")
         Volume(vol, client).info()  # a clear 404 now rather than at the first container
-        return f"{SOURCE_MOUNT}/{sub}".rstrip("/"), vol
+        return f"{SOURCE_MOUNT}/{sub}".rstrip("/"), vol, None
     local = Path(weights).expanduser()
     if not local.exists():
         raise InvalidRequestError(
             f"--weights {weights}: no such file or directory; give a local path or volume:NAME/path"
         )
     check_local_weights(local, engine)
+    if local.is_dir():
+        return f"{MODEL_MOUNT}/weights", None, local
+    return f"{MODEL_MOUNT}/weights/{local.name}", None, local
+
+
+def _upload_weights(client: Client, name: str, local: Path) -> None:
     target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
     with target.batch_upload(force=True) as up:
         if local.is_dir():
             up.put_directory(local, "/weights")
-            return f"{MODEL_MOUNT}/weights", None
-        up.put_file(local, f"/weights/{local.name}")
-    return f"{MODEL_MOUNT}/weights/{local.name}", None
+        else:
+            up.put_file(local, f"/weights/{local.name}")
+
+
+def served_max_lora_rank(model: ModelInfo) -> int | None:
+    """The highest adapter rank the model's engine serves (its ``--max-lora-rank``, recorded
+    with the model), or None for a model whose engine is not one of ours (``custom``)."""
+    return model.max_lora_rank if model.engine in ENGINES else None
+
+
+def check_adapter_rank(model: ModelInfo, rank: int, what: str) -> None:
+    """Refuse ``rank`` over what the model's engine serves, before anything is uploaded or
+    trained (every request naming the adapter would be refused)."""
+    limit = served_max_lora_rank(model)
+    if limit is not None and rank > limit:
+        raise InvalidRequestError(
+            f"{what} has rank {rank}, over the largest rank model {model.name!r} serves "
+            f"({limit}): use a rank of at most {limit}, or redeploy the model with "
+            f"`crucible model deploy {model.name} ... --max-lora-rank {rank}`"
+        )
+
+
+def _peft_rank(config: bytes) -> int | None:
+    """The rank ``r`` of a PEFT adapter_config.json, or None (the engine names the fault)."""
+    try:
+        rank = json.loads(config).get("r")
+    except (ValueError, AttributeError):
+        return None
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
+
+
+def _current(client: Client, name: str) -> ModelInfo | None:
+    """The model ``name`` as registered now, or None (a first deploy)."""
+    try:
+        return ModelInfo.model_validate(client.get(f"/v1/models/{name}"))
+    except NotFoundError:
+        return None
+
+
+def _price_text(info: ModelInfo) -> str:
+    if not (info.price_input_micros or info.price_output_micros):
+        return "container time only"
+    return (
+        f"${(info.price_input_micros or 0) / 1e6:g} in / ${(info.price_output_micros or 0) / 1e6:g}"
+        " out per million tokens"
+    )
+
+
+def _changes(before: ModelInfo, after: ModelInfo) -> str:
+    """What a redeploy changed in what callers see and pay."""
+    changed = []
+    if _price_text(before) != _price_text(after):
+        changed.append(f"prices {_price_text(before)} -> {_price_text(after)}")
+    if before.public != after.public:
+        changed.append("now public" if after.public else "now private")
+    if before.context_length != after.context_length:
+        changed.append(f"context {before.context_length} -> {after.context_length} tokens")
+    if not changed:
+        return "redeployed: prices and visibility unchanged"
+    return "redeployed; changed: " + "; ".join(changed)
 
 
 def _show(info: ModelInfo) -> None:
-    price = (
-        f"${(info.price_input_micros or 0) / 1e6:g} in / ${(info.price_output_micros or 0) / 1e6:g}"
-        " out per million tokens"
-        if (info.price_input_micros or info.price_output_micros)
-        else "container time only"
-    )
+    price = _price_text(info)
     console.print(
         f"{shown(info.name)} ({info.id}): {info.state}, engine {shown(info.engine)}, "
         f"{'public' if info.public else 'private'}, {price}"
@@ -176,15 +239,29 @@ def register(app: typer.Typer) -> None:
         min_containers: int = typer.Option(0, help="Containers kept warm (0: scale to zero)."),
         max_containers: int = typer.Option(8, help="At most this many containers."),
         concurrency: int = typer.Option(32, help="Requests one container serves at once."),
-        price_input: float = typer.Option(None, help="$ per million input tokens."),
-        price_output: float = typer.Option(None, help="$ per million output tokens."),
+        price_input: float = typer.Option(
+            None, help="$ per million input tokens (a redeploy keeps the current price)."
+        ),
+        price_output: float = typer.Option(
+            None, help="$ per million output tokens (a redeploy keeps the current price)."
+        ),
         context_length: int = typer.Option(
             2048,
             min=16,
             help="The context window in tokens; longer requests are refused, and no request "
             "is charged for more tokens than it allows.",
         ),
-        public: bool = typer.Option(False, help="Other accounts may call it (and pay)."),
+        max_lora_rank: int = typer.Option(
+            DEFAULT_MAX_LORA_RANK,
+            help="The highest LoRA rank its adapters may have (adapters and fine-tunes of a "
+            "higher --rank are refused); a higher one reserves more memory on vllm.",
+        ),
+        public: bool = typer.Option(
+            None,
+            "--public/--private",
+            help="Other accounts may call it (and pay), or only you; a redeploy keeps the "
+            "current setting (a new model: private).",
+        ),
         as_json: bool = JSON,
     ) -> None:
         """Deploy a model: an OpenAI-compatible endpoint at {server}/openai/v1."""
@@ -193,6 +270,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidRequestError(
                 f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})"
             )
+        check_int("--max-lora-rank", max_lora_rank, 1, MAX_LORA_RANK)
         prices = (
             parse_price_per_million("--price-input", price_input),
             parse_price_per_million("--price-output", price_output),
@@ -202,7 +280,8 @@ def register(app: typer.Typer) -> None:
             check_scaling(
                 min_containers, max_containers, names=("--min-containers", "--max-containers")
             )
-            path, source_volume = _weights(client, name, weights, engine)
+            before = _current(client, name)
+            path, source_volume, local = _weights(client, weights, engine)
             source = model_app_source(
                 name,
                 engine,
@@ -215,12 +294,18 @@ def register(app: typer.Typer) -> None:
                 concurrency=concurrency,
                 source_volume=source_volume,
                 context_length=context_length,
+                max_lora_rank=max_lora_rank,
             )
-            Volume.from_name(model_volume(name), create_if_missing=True, client=client)
             with tempfile.TemporaryDirectory(prefix="crucible-model-") as tmp:
                 file = Path(tmp) / "crucible_model_app.py"
                 file.write_text(source)
+                # Importing runs the app's decorators, which check --gpu, --memory, --cpu and
+                # --concurrency: a bad one is refused before the weights are uploaded.
                 module = import_app_file(file)
+                if local is not None:
+                    _upload_weights(client, name, local)
+                else:  # the model's volume holds its adapters even when weights come from one
+                    Volume.from_name(model_volume(name), create_if_missing=True, client=client)
                 module.app.deploy(name=name, client=client)
             body: dict[str, Any] = {
                 "name": name,
@@ -228,11 +313,17 @@ def register(app: typer.Typer) -> None:
                 "function": "serve",
                 "engine": engine,
                 "weights": weights,
-                "public": public,
-                "price_input_micros": prices[0],
-                "price_output_micros": prices[1],
                 "context_length": context_length,
+                "max_lora_rank": max_lora_rank,
             }
+            # Left out, the model's current prices and visibility are kept (a new model:
+            # private, container time only).
+            if public is not None:
+                body["public"] = public
+            if price_input is not None:
+                body["price_input_micros"] = prices[0]
+            if price_output is not None:
+                body["price_output_micros"] = prices[1]
             info = ModelInfo.model_validate(client.post("/v1/models", body))
         finally:
             client.close()
@@ -240,6 +331,8 @@ def register(app: typer.Typer) -> None:
             print_json(info.model_dump())
             return
         _show(info)
+        if before is not None:
+            console.print(_changes(before, info))
         console.print(
             f"call it with any OpenAI client: base_url={shown(client.server_url)}/openai/v1, "
             f"api_key=<your crucible token>, model={shown(repr(info.name))}"
@@ -327,7 +420,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """Add a LoRA adapter; it serves at once (containers load it on first use)."""
-        check_name("the adapter's name", adapter)
+        check_adapter_name("the adapter's name", adapter)
         given = [x for x in (path, volume, container_path) if x is not None]
         if len(given) != 1:
             raise InvalidRequestError(
@@ -337,6 +430,10 @@ def register(app: typer.Typer) -> None:
             _check_adapter_dir(path)
         client = _client()
         try:
+            model = ModelInfo.model_validate(client.get(f"/v1/models/{name}"))
+            rank = _adapter_rank(client, path, volume)
+            if rank is not None:
+                check_adapter_rank(model, rank, f"adapter {adapter!r}")
             if container_path is not None:
                 where, source = container_path, container_path
             else:
@@ -346,7 +443,7 @@ def register(app: typer.Typer) -> None:
             info = ModelInfo.model_validate(
                 client.post(
                     f"/v1/models/{name}/adapters",
-                    {"name": adapter, "path": where, "source": source},
+                    {"name": adapter, "path": where, "source": source, "rank": rank},
                 )
             )
         finally:
@@ -378,6 +475,23 @@ def _check_adapter_dir(path: Path) -> None:
                 "(save one with peft's save_pretrained, or use the adapter a "
                 "`crucible fine-tune` job wrote)"
             )
+
+
+def _adapter_rank(client: Client, path: Path | None, volume: str | None) -> int | None:
+    """The rank of a PEFT adapter given by ``--path`` or ``--volume``, read from its
+    adapter_config.json; None where it cannot be read here (a GGUF file, a container path:
+    the engine checks those when it loads them)."""
+    if path is not None:
+        config = path / "adapter_config.json"
+        return _peft_rank(config.read_bytes()) if config.is_file() else None
+    if volume is None:
+        return None
+    vol, _, sub = volume.partition("/")
+    try:
+        raw = b"".join(Volume(vol, client).read_file(f"/{sub.strip('/')}/adapter_config.json"))
+    except FileNotFoundError:
+        return None
+    return _peft_rank(raw)
 
 
 def _upload_adapter(

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OpenAIError", "bad_request", "not_found", "overloaded"]
+__all__ = ["RANK_HINT", "OpenAIError", "bad_request", "not_found", "overloaded"]
+
+# What a user can do about an adapter over the engine's rank limit (every engine says it).
+RANK_HINT = (
+    "(serve the model with a larger --max-lora-rank: `crucible model deploy NAME ... "
+    "--max-lora-rank N`, or `python -m crucible.inference.serve ... --max-lora-rank N`; or "
+    "train the adapter with a smaller --rank)"
+)
 
 
 class OpenAIError(Exception):

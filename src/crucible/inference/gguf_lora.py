@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crucible.inference.api_errors import OpenAIError, bad_request
+from crucible.inference.api_errors import RANK_HINT, OpenAIError, bad_request
 
 __all__ = ["BaseTensors", "check_gguf_lora", "convert_peft"]
 
@@ -148,7 +148,7 @@ def check_gguf_lora(name: str, path: Path, base: BaseTensors, max_rank: int) -> 
     if rank > max_rank:
         raise bad_request(
             f"adapter {name!r} has rank {rank}, over this engine's limit of {max_rank} "
-            "(start the server with a larger --max-lora-rank, or train with a smaller --rank)",
+            + RANK_HINT,
             param="path",
             code="adapter_rank_too_large",
         )

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crucible.inference.api_errors import OpenAIError, bad_request, not_found, overloaded
+from crucible.inference.api_errors import (
+    RANK_HINT,
+    OpenAIError,
+    bad_request,
+    not_found,
+    overloaded,
+)
 from crucible.inference.engine import AdapterInfo
 
 __all__ = ["LoraAdapter", "LoraRegistry", "read_adapter"]
@@ -157,8 +163,7 @@ def read_adapter(
     if max(rank, max_seen) > max_rank:
         raise bad_request(
             f"adapter {name!r} has rank {max(rank, max_seen)}, over this engine's limit of "
-            f"{max_rank} (start the server with a larger --max-lora-rank, or train with a "
-            "smaller --rank)",
+            f"{max_rank} {RANK_HINT}",
             param="path",
             code="adapter_rank_too_large",
         )

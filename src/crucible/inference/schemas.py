@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from crucible.protocol.models import ADAPTER_NAME_MAX, ADAPTER_NAME_PATTERN
+
 __all__ = [
     "AdapterLoad",
     "ChatCompletionRequest",
@@ -100,5 +102,6 @@ class EmbeddingRequest(_Body):
 
 
 class AdapterLoad(_Body):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The exchange registers adapters under the same rule (protocol/models.py).
+    name: str = Field(min_length=1, max_length=ADAPTER_NAME_MAX, pattern=ADAPTER_NAME_PATTERN)
     path: str = Field(min_length=1)

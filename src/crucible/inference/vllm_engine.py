@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from crucible.inference.api_errors import bad_request, not_found
+from crucible.inference.api_errors import RANK_HINT, bad_request, not_found
 from crucible.inference.config import EngineConfig
 from crucible.inference.engine import AdapterInfo, Engine, GenerationRequest, TokenStep
 
@@ -86,7 +86,8 @@ class VllmEngine(Engine):
         rank = int(json.loads(config_path.read_text()).get("r", 0))
         if rank > self._max_rank:
             raise bad_request(
-                f"adapter {name!r} has rank {rank}, over this engine's limit of {self._max_rank}",
+                f"adapter {name!r} has rank {rank}, over this engine's limit of "
+                f"{self._max_rank} {RANK_HINT}",
                 param="path",
                 code="adapter_rank_too_large",
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from crucible.protocol.common import Wire, WireInt
+from crucible.protocol.models import AdapterName
 
 __all__ = ["FINE_TUNE_METHODS", "FineTuneCreate", "FineTuneInfo", "FineTuneStep"]
 
@@ -19,7 +20,7 @@ class FineTuneCreate(Wire):
     first). The adapter is registered under ``adapter`` when the call succeeds."""
 
     model: str = Field(min_length=1, max_length=128, pattern=_NAME)
-    adapter: str = Field(min_length=1, max_length=128, pattern=_NAME)
+    adapter: AdapterName
     call_id: str = Field(min_length=1, max_length=32)
     method: str = Field(default="lora", pattern=r"^lora$")
     rank: int = Field(default=16, ge=1, le=1024)

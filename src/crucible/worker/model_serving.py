@@ -186,6 +186,7 @@ def engine_app(
     name: str = "",
     max_batch_size: int = 8,
     max_model_len: int = 2048,
+    max_lora_rank: int = 64,
 ) -> ASGIApp:
     """The engine's OpenAI-compatible app for ``weights`` (a directory or file as the
     container sees it), wrapped by :class:`AdapterLoader`. ``volume`` is the model's
@@ -194,7 +195,8 @@ def engine_app(
     the sequences the engine decodes together (``model deploy`` passes its concurrency, so a
     container's requests are batched rather than queued behind a batch of 8);
     ``max_model_len``: the context window in tokens (the model's registered
-    ``context_length``, which bounds what a request may be charged)."""
+    ``context_length``, which bounds what a request may be charged); ``max_lora_rank``: the
+    highest adapter rank served (``model deploy --max-lora-rank``)."""
     try:
         server = importlib.import_module("crucible.inference.server")
         config_module = importlib.import_module("crucible.inference.config")
@@ -212,6 +214,7 @@ def engine_app(
         dtype="float16" if device == "cuda" else "float32",
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
+        max_lora_rank=max_lora_rank,
     )
     app: ASGIApp = server.create_app(config)
     return AdapterLoader(app, volume.reload if volume is not None else None, lifespan=True)

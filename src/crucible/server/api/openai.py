@@ -403,7 +403,8 @@ async def _stream(
     wants_usage: bool,
     progress: _Progress,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events as the engine produces them, one whole event at a time; the usage
+    """Server-sent events as the engine produces them, one whole event at a time, each
+    chunk's ``model`` the name the caller used (as in a non-streamed answer); the usage
     chunk (empty ``choices`` and a ``usage``) is recorded, and dropped unless asked for. A
     client that leaves before the usage chunk is still charged the usage the rest of the
     answer reports (read on in the background); its hold is released either way."""
@@ -425,7 +426,7 @@ async def _stream(
                     _record(state, metered, usage, answer.call_id)
                 if usage_only and not wants_usage:
                     continue
-                out.append(event + b"\n\n")
+                out.append(_relabel(event, metered.resolved.label) + b"\n\n")
             if out:
                 yield b"".join(out)
         done = True
@@ -458,6 +459,27 @@ async def _stream(
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _relabel(event: bytes, label: str) -> bytes:
+    """An SSE event whose JSON chunk names the engine's model (the model's or the adapter's
+    bare name), naming ``label`` instead; any other event as it is."""
+    if b'"model"' not in event:
+        return event
+    lines = event.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            chunk = orjson.loads(line[5:].strip())
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(chunk, dict) or "model" not in chunk:
+            return event
+        chunk["model"] = label
+        lines[i] = b"data: " + orjson.dumps(chunk)
+        return b"\n".join(lines)
+    return event
 
 
 def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:

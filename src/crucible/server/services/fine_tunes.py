@@ -124,13 +124,16 @@ def _register(conn: Connection, row: Any, now_ms: int) -> None:
     from crucible.server.services.models import add_adapter  # models resolves through us
 
     owner = Principal(account_id=row.account_id, scope="user")
+    # Not validated again: the name was checked when the job was recorded, and a job
+    # recorded under an older, looser rule must still register (not break every read).
+    adapter = AdapterCreate.model_construct(
+        name=row.adapter, path=adapter_path(row.adapter), source=f"fine-tune {row.id}"
+    )
     add_adapter(
         conn,
         owner,
         row.model_name,
-        AdapterCreate(
-            name=row.adapter, path=adapter_path(row.adapter), source=f"fine-tune {row.id}"
-        ),
+        adapter,
         now_ms,
         capped=False,
     )

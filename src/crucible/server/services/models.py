@@ -32,6 +32,7 @@ from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.billing import TokenBillLine
 from crucible.protocol.ids import new_id
 from crucible.protocol.models import (
+    ENGINES,
     AdapterCreate,
     AdapterInfo,
     ModelCreate,
@@ -97,8 +98,8 @@ def register_model(
     conn: Connection, principal: Principal, req: ModelCreate, now_ms: int
 ) -> ModelInfo:
     """Register the model ``req.name`` (or update it: a redeploy keeps its adapters and
-    usage). The deployment must be the caller's, running, with a web function
-    ``req.function`` of kind ``asgi_app``."""
+    usage, and its prices and visibility unless the request sets them). The deployment must
+    be the caller's, running, with a web function ``req.function`` of kind ``asgi_app``."""
     fn = current_function(conn, principal, req.deployment, req.function)
     web = fn.spec.web or {}
     if web.get("kind") != "asgi_app":
@@ -116,6 +117,7 @@ def register_model(
         "price_input_micros": req.price_input_micros,
         "price_output_micros": req.price_output_micros,
         "context_length": req.context_length,
+        "max_lora_rank": req.max_lora_rank,
         "updated_ms": now_ms,
     }
     existing = conn.execute(
@@ -135,8 +137,15 @@ def register_model(
             )
         )
     else:
+        # What callers pay and whether they may call it change only when the request says
+        # so: a redeploy that leaves them out keeps them (a new model: private, no prices).
+        for kept in _KEPT_UNLESS_SET - req.model_fields_set:
+            del values[kept]
         conn.execute(update(models).where(models.c.id == existing).values(**values))
     return get_model(conn, principal, req.name)
+
+
+_KEPT_UNLESS_SET = frozenset({"public", "price_input_micros", "price_output_micros"})
 
 
 def _info(conn: Connection, row: Any) -> ModelInfo:
@@ -166,6 +175,7 @@ def _info(conn: Connection, row: Any) -> ModelInfo:
         price_output_micros=row.price_output_micros,
         created_ms=row.created_ms,
         context_length=row.context_length,
+        max_lora_rank=row.max_lora_rank,
         adapters=adapters,
     )
 
@@ -208,6 +218,12 @@ def add_adapter(
     :data:`MAX_ADAPTERS_PER_MODEL` is refused unless ``capped`` is False (a fine-tune that
     succeeded registers what it trained: one per call, which the account paid for)."""
     row = _owned(conn, principal, model)
+    if req.rank is not None and row.engine in ENGINES and req.rank > row.max_lora_rank:
+        raise InvalidRequestError(
+            f"adapter {req.name!r} has rank {req.rank}, over the largest rank model {model!r} "
+            f"serves ({row.max_lora_rank}): use a smaller rank, or redeploy the model with "
+            f"`crucible model deploy {model} ... --max-lora-rank {req.rank}`"
+        )
     names = set(
         conn.execute(
             select(model_adapters.c.name).where(model_adapters.c.model_id == row.id)
@@ -246,12 +262,14 @@ def resolve(conn: Connection, caller: Principal, name: str) -> Resolved:
     """``NAME``, ``NAME:ADAPTER``, ``OWNER/NAME`` or ``OWNER/NAME:ADAPTER``. Another
     account's model is found only when public; otherwise the answer is the same "no such
     model" as for a name that does not exist."""
-    base, _, adapter_name = name.partition(":")
+    base, colon, adapter_name = name.partition(":")
     owner_name, slash, model_name = base.rpartition("/")
     missing = NotFoundError(
         f"The model '{name}' does not exist or you do not have access to it; list yours "
         "with GET /openai/v1/models (or `crucible model list`)"
     )
+    if colon and not adapter_name:  # "chat:" names no adapter, and is not the base model
+        raise missing
     q = select(models).where(models.c.name == (model_name if slash else base))
     if slash:
         q = q.join(accounts, accounts.c.id == models.c.account_id).where(

@@ -657,6 +657,8 @@ models = Table(
     Column("charged_micros", BigInteger, nullable=False),  # token charges so far (fee rounding)
     # The engine's window in tokens: bounds what one request may be charged (core/token_bounds).
     Column("context_length", Integer, nullable=False, server_default="2048"),
+    # The highest LoRA rank its engine serves (`crucible model deploy --max-lora-rank`).
+    Column("max_lora_rank", Integer, nullable=False, server_default="64"),
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "name"),
