@@ -127,6 +127,30 @@ def _write_new_secret(folder: Path, name: str, text: str) -> Path:
     raise Error(f"{folder}: {name} and 998 numbered copies exist; move some away")
 
 
+def _refuse_other_settings(engine: Any, settings: Settings) -> None:
+    """A replica whose secret or secrets key differ from the running replicas' would sign
+    container tokens the others refuse: it is not started (SettingError)."""
+    import time
+
+    from crucible.server.leadership import differing_replicas, settings_check
+    from crucible.server.secretbox import load_secret_box
+    from crucible.server.state import load_or_create_secret
+
+    if engine.dialect.name != "postgresql":
+        return  # one server per SQLite store
+    check = settings_check(load_or_create_secret(settings), load_secret_box(settings).current)
+    now = time.time_ns() // 1_000_000
+    with engine.connect() as conn:
+        differing = differing_replicas(conn, "", check, now, round(settings.leader_lease_s * 1000))
+    if differing:
+        raise SettingError(
+            f"the replicas running on this store ({', '.join(differing)}) have another "
+            "CRUCIBLE_SECRET or CRUCIBLE_SECRETS_KEYS than this server: containers placed by "
+            "one would be refused by the other. Give every replica the same values (or the "
+            "same CRUCIBLE_HOME's secret and secrets.key files), then start it again"
+        )
+
+
 def _bootstrap_admin(settings: Settings) -> None:
     """On an empty store, create the operator account and print its admin token once."""
     import time
@@ -142,6 +166,7 @@ def _bootstrap_admin(settings: Settings) -> None:
     engine = create_store_engine(settings.effective_database_url)
     try:
         migrate(engine)
+        _refuse_other_settings(engine, settings)
         try:
             with engine.begin() as conn:
                 if conn.execute(select(func.count()).select_from(accounts)).scalar_one():

@@ -64,7 +64,7 @@ from crucible.server.blobs import open_blob_store
 from crucible.server.console import router as console_router
 from crucible.server.front import FrontedAPI
 from crucible.server.hotpath import HotPath
-from crucible.server.leadership import Elector
+from crucible.server.leadership import Elector, settings_check
 from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.state import ServerState, load_or_create_secret
 from crucible.server.store.db import create_store_engine, migrate
@@ -194,6 +194,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
             renew_s=s.leader_renew_s if postgres else 60.0,
             holder=None if postgres else "embedded",
             url=s.advertise_url,
+            check=settings_check(state.secret, state.secret_box.current),
         )
         app.state.elector = elector
         bus = PgWakeupBus(state.engine, state.wakeups, elector.holder) if postgres else None

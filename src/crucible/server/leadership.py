@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import uuid
 from collections.abc import Callable
@@ -129,14 +131,42 @@ def leader_url(conn: Connection, now_ms: int, role: str = SCHEDULER) -> str | No
     return str(row.url)
 
 
-def others_alive(conn: Connection, me: str, url: str, now_ms: int, lease_ms: int) -> int:
+def settings_check(secret: str, sealing_key: str) -> str:
+    """A fingerprint of what every replica of one exchange must share: the secret that signs
+    container tokens (a token signed by one replica is refused by another) and the key that
+    seals new secrets (``SecretBox.current``, itself a fingerprint). It reveals neither."""
+    signed = hmac.new(secret.encode(), b"crucible replica settings", hashlib.sha256)
+    return f"{signed.hexdigest()[:16]}:{sealing_key[:16]}"
+
+
+def differing_replicas(
+    conn: Connection, me: str, check: str, now_ms: int, lease_ms: int
+) -> list[str]:
+    """Other replicas alive within ``lease_ms`` whose settings check is not ``check``."""
+    return list(
+        conn.execute(
+            select(replicas.c.id).where(
+                replicas.c.id != me,
+                replicas.c.seen_ms >= now_ms - lease_ms,
+                replicas.c.settings_check != "",
+                replicas.c.settings_check != check,
+            )
+        ).scalars()
+    )
+
+
+def others_alive(
+    conn: Connection, me: str, url: str, now_ms: int, lease_ms: int, check: str = ""
+) -> int:
     """Renew this replica's row; returns how many other replicas renewed theirs within
     ``lease_ms``. Long-dead rows are deleted on the way."""
     found = conn.execute(
-        update(replicas).where(replicas.c.id == me).values(url=url, seen_ms=now_ms)
+        update(replicas)
+        .where(replicas.c.id == me)
+        .values(url=url, seen_ms=now_ms, settings_check=check)
     ).rowcount
     if not found:
-        conn.execute(insert(replicas).values(id=me, url=url, seen_ms=now_ms))
+        conn.execute(insert(replicas).values(id=me, url=url, seen_ms=now_ms, settings_check=check))
     conn.execute(delete(replicas).where(replicas.c.seen_ms < now_ms - _FORGET_MS))
     return int(
         conn.execute(
@@ -174,9 +204,13 @@ class Elector:
         renew_s: float,
         holder: str | None = None,
         url: str = "",
+        check: str = "",
     ) -> None:
         self.engine = engine
         self.url = url.rstrip("/")
+        # settings_check of this replica; replicas that differ are logged (once per set).
+        self.check = check
+        self.differing: list[str] = []
         self.leader = leader
         self.now_ms = now_ms
         self.lease_ms = max(1, round(lease_s * 1000))
@@ -208,7 +242,22 @@ class Elector:
     def _claim(self) -> tuple[int | None, int]:
         now = self.now_ms()
         with self.engine.begin() as conn:
-            others = others_alive(conn, self.holder, self.url, now, self.lease_ms)
+            others = others_alive(conn, self.holder, self.url, now, self.lease_ms, self.check)
+            differing = (
+                differing_replicas(conn, self.holder, self.check, now, self.lease_ms)
+                if others and self.check
+                else []
+            )
+        if differing != self.differing:
+            self.differing = differing
+            if differing:
+                log.error(
+                    "replica(s) %s run with another CRUCIBLE_SECRET or CRUCIBLE_SECRETS_KEYS "
+                    "than this one: containers placed by one are refused by the other (their "
+                    "calls fail with 'the container token's signature is wrong'). Give every "
+                    "replica the same values (docs/operators.md, Running replicas)",
+                    ", ".join(differing),
+                )
         with self.engine.begin() as conn:
             return claim(conn, self.holder, now, self.lease_ms, url=self.url), others
 

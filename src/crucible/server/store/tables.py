@@ -824,4 +824,6 @@ replicas = Table(
     Column("id", String(64), primary_key=True),
     Column("url", Text, nullable=False),  # its CRUCIBLE_ADVERTISE_URL ('' when none)
     Column("seen_ms", BigInteger, nullable=False),
+    # What every replica must share, fingerprinted (leadership.settings_check); '' unknown.
+    Column("settings_check", String(64), nullable=False, default="", server_default=""),
 )
