@@ -232,6 +232,22 @@ def test_a_body_that_stops_arriving_does_not_hold_its_request() -> None:
         assert _get(port).endswith(b"hello")  # and the server answers others throughout
 
 
+def test_an_unknown_method_is_named() -> None:
+    """A well-formed request with a method no server knows was answered "not valid
+    HTTP/1.1"; it is a 501 that names the method (a malformed line stays a 400)."""
+    with _serving() as port:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"FOO /v1/apps HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 501 "), answer
+        assert b"FOO is not an HTTP method this server knows" in answer
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET /a path with spaces HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"not valid HTTP/1.1" in answer
+        assert _get(port).endswith(b"hello")
+
+
 def test_a_request_that_does_not_parse_gets_the_error_envelope() -> None:
     """Malformed requests (smuggling attempts among them) get 400 with the error envelope and
     the connection closed; the server keeps answering others."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -129,6 +130,29 @@ _BODY_TIMED_OUT = _refusal(
 )
 
 
+def _unknown_method(method: bytes) -> bytes:
+    """501 for a request whose method is a well-formed token no server knows (``FOO``)."""
+    return _refusal(
+        b"501 Not Implemented",
+        InvalidRequestError.code,
+        f"{method.decode()} is not an HTTP method this server knows; the API takes GET, "
+        "HEAD, POST, PUT, PATCH, DELETE and OPTIONS",
+    )
+
+
+# A well-formed request line, its method an upper-case token (RFC 9110 allows any token;
+# llhttp parses a list of them).
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) [!-~]+ HTTP/1\.[01]\r?\n")
+# What llhttp parses (HTTP, WebDAV, RTSP...): a request with one of these that fails to
+# parse failed for another reason (its path, its headers), and is answered as malformed.
+_PARSED_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE NOTIFY SUBSCRIBE "
+    b"UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI DESCRIBE ANNOUNCE SETUP "
+    b"PLAY PAUSE TEARDOWN RECORD REDIRECT FLUSH".split()
+)
+
+
 class _HeadTooLarge(Exception):
     """Raised from the parser's callback to stop it; the refusal is already written."""
 
@@ -144,6 +168,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # Waiting for a request's head: bytes of it seen so far, and its deadline.
         self._head_open = True
         self._head_bytes = 0  # bytes received while the head was open
+        self._method = b""  # the method of a well-formed request line, else b""
         self._head_seen = 0  # the head's URL and headers as parsed
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -158,6 +183,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._head_open:
+            if not self._head_bytes:  # a request's first bytes: its method, for refusals
+                line = _REQUEST_LINE.match(data)
+                self._method = line.group(1) if line else b""
             self._head_bytes += len(data)
         super().data_received(data)
         if self._head_open and self._head_bytes:  # a head begun in this read, not complete
@@ -269,5 +297,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         """A request llhttp could not parse: uvicorn answers it in plain text; here it gets
         the error envelope every other refusal has (and a lingering close)."""
         if not self._refused:  # after a refusal the parser's error is ours: answered already
+            method = self._method
+            if self.cycle is None and method and method not in _PARSED_METHODS:
+                # a well-formed request line whose method llhttp does not know
+                self._abandon(_unknown_method(method))
+                return
             # Also a request already handed to the application (its chunked body went bad).
             self._abandon(_MALFORMED)
