@@ -237,6 +237,31 @@ def test_names_and_log_lines_are_escaped(server: ServerUnderTest, browser: Brows
         assert "&lt;script&gt;" in html or "&lt;img" in html, (path, text)
 
 
+def test_a_hosts_self_test_is_shown_in_words(server: ServerUnderTest, browser: Browser) -> None:
+    """The verification's results were printed as Python's repr of dicts and lists."""
+    admin = server.tenant("acme", Scope.ADMIN)
+    result = {
+        "kind": "gpu",
+        "device_index": 0,
+        "model": "H100",
+        "figures": {"matmul_tflops": 612.5, "mem_bandwidth_gbs": 2900.0},
+        "measured_ms": 1,
+    }
+    body = {
+        "name": "tested",
+        "inventory": {"cpu_cores": 8, "memory_mib": 16384, "disk_mib": 1024, "gpus": H100},
+        "self_test": [result],
+    }
+    made = server.ok(
+        "POST", "/v1/hosts/register", token=server.tenant("acme", Scope.HOST).token, json=body
+    )
+    me = browser()
+    me.sign_in(admin.token)
+    html = me.get(f"/hosts/{made['id']}").text
+    assert "matmul tflops: 612.5" in html and "mem bandwidth gbs: 2900.0" in html, html
+    assert "{&#39;" not in html and "[{" not in html and "{'" not in html
+
+
 def test_a_builder_sees_only_their_account(server: ServerUnderTest, browser: Browser) -> None:
     a = _world(server, "acme", "acme-app")
     b = server.tenant("other", Scope.USER)

@@ -46,17 +46,31 @@ PRICE_FIELDS = ("on_demand", "interruptible_min", "reserved")
 MEMORY_FIELDS = ("memory_on_demand", "memory_interruptible", "memory_reserved")
 
 
+def _words(value: Any) -> Any:
+    """A nested value (a self-test's figures, a list of reports) as one line of words,
+    ``name: value`` pairs, instead of Python's repr of dicts and lists."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')}: {_words(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(str(_words(v)) for v in value) or "-"
+    return "-" if value is None else value
+
+
 def extras(host: HostInfo) -> list[tuple[str, Any]]:
-    """The host's fields beyond the base ones, as (label, value) to show."""
+    """The host's fields beyond the base ones, as (label, value) to show: a mapping's
+    entries and a list's items one tag each, anything nested inside them in words."""
     out = []
     for name in type(host).model_fields:
         if name in _BASE_FIELDS:
             continue
         value = getattr(host, name)
         if hasattr(value, "model_dump"):
-            value = value.model_dump(mode="json")
+            value = {k: _words(v) for k, v in value.model_dump(mode="json").items()}
         elif isinstance(value, list):
-            value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+            value = [
+                _words(v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+                for v in value
+            ]
         out.append((name.replace("_", " "), value))
     return out
 
