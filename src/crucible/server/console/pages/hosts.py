@@ -68,8 +68,7 @@ def extras(host: HostInfo) -> list[tuple[str, Any]]:
             value = {k: _words(v) for k, v in value.model_dump(mode="json").items()}
         elif isinstance(value, list):
             value = [
-                _words(v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
-                for v in value
+                _words(v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for v in value
             ]
         out.append((name.replace("_", " "), value))
     return out
