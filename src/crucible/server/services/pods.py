@@ -359,7 +359,9 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
     if ct is None:
         if row.state == "stopping":
             return "stopping", None
-        return "pending", waiting or "no host can take it now; it is placed as soon as one can"
+        # No reason from the scheduler: it has not looked yet, or every host that could
+        # take the pod is busy.
+        return "pending", waiting or "not placed yet: it goes to a host as soon as one can take it"
     if ct.state == "stopped":
         return _outcome(row, ct)
     if ct.state == "stopping" or row.state == "stopping":
