@@ -54,7 +54,7 @@ FUNCTION_BAD: dict[str, list[Any]] = {
     "tier": ["spot", "", 5, None],
     "bid": [-1, HUGE, "1", True],
     "max_price": [-1, HUGE, "1", True],
-    "region": ["", 5, "r" * 65],
+    "region": ["", 5, "r" * 129, "eu\x1b[2J", "eu west", "-eu"],
     "min_reliability": [-0.1, 1.5, HUGE, "high", None, True],
     "prefer": ["fast", "", 5, None],
     "secrets": ["hf", [5], crucible.Secret.from_name("hf"), None],

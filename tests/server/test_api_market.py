@@ -110,6 +110,11 @@ def test_quotes_say_what_a_request_costs_or_why_not(server: ServerUnderTest) -> 
 
     r = server.request("POST", "/v1/market/quote", token=renter, json={"gpu": "Z9000"})
     assert r.status_code == 400 and error_code(r) == "invalid_gpu"
+    # A region is named as hosts name theirs: one no host could have is refused, not matched
+    # against nothing.
+    body = {"gpu": "H100", "region": "eu\x1b[2J"}
+    r = server.request("POST", "/v1/market/quote", token=renter, json=body)
+    assert r.status_code == 400 and "region" in r.text and "control character" in r.text
     r = server.request("POST", "/v1/market/quote", token=renter, json={"gpu": "cpu"})
     assert r.status_code == 400 and "CPU-only capacity" in r.text
     r = server.request(

@@ -6,7 +6,15 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from crucible.protocol.common import JsonValue, Named, Resources, RetryPolicy, Wire, WireInt
+from crucible.protocol.common import (
+    HostLabel,
+    JsonValue,
+    Named,
+    Resources,
+    RetryPolicy,
+    Wire,
+    WireInt,
+)
 from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.schedules import ScheduleSpec
@@ -57,7 +65,7 @@ class MarketTerms(Wire):
     tier: str = Field(default="on_demand", pattern=r"^(on_demand|interruptible|reserved)$")
     bid_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
-    region: str | None = Field(default=None, min_length=1, max_length=64)
+    region: HostLabel | None = None  # as hosts name theirs
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
     # Only hosts at or below this carbon intensity (gCO2/kWh); hosts that declare none are

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "LABEL_RULE",
     "MAX_WIRE_INT",
     "TERMINAL_STATES",
     "CallState",
@@ -36,6 +37,7 @@ __all__ = [
     "Wire",
     "WireInt",
     "Words",
+    "is_host_label",
     "read_tolerant",
 ]
 
@@ -104,6 +106,14 @@ def _flattened(value: Any) -> Any:
 # character becomes a space instead of refusing the whole report.
 FlatText = Annotated[str, BeforeValidator(_flattened)]
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+LABEL_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_host_label(value: object) -> bool:
+    """Whether ``value`` is a :data:`HostLabel` (a host's name or region)."""
+    return isinstance(value, str) and len(value) <= 128 and re.match(_LABEL, value) is not None
+
+
 # A name others see in listings (a host's name, its region): a hostname's characters.
 HostLabel = Annotated[
     str,

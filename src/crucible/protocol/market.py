@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from crucible.protocol.apps import MAX_PRICE_MICROS
-from crucible.protocol.common import MAX_WIRE_INT, PrintableText, Wire, WireInt, Words
+from crucible.protocol.common import MAX_WIRE_INT, HostLabel, PrintableText, Wire, WireInt, Words
 from crucible.protocol.hosts import HostVerification
 
 __all__ = [
@@ -108,7 +108,7 @@ class QuoteRequest(Wire):
     tier: str = Field(default="on_demand", pattern=r"^(on_demand|interruptible|reserved)$")
     bid_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
-    region: str | None = Field(default=None, min_length=1, max_length=64)
+    region: HostLabel | None = None  # as hosts name theirs
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
     max_carbon_g_per_kwh: int | None = Field(default=None, ge=0, le=5000)
@@ -134,7 +134,7 @@ class ReserveCreate(Wire):
     start_ms: int = Field(ge=0, le=MAX_WIRE_INT)
     hours: float = Field(gt=0, le=366 * 24)
     max_price_micros: int | None = Field(default=None, ge=0, le=MAX_PRICE_MICROS)
-    region: str | None = Field(default=None, min_length=1, max_length=64)
+    region: HostLabel | None = None  # as hosts name theirs
     min_reliability_ppm: int = Field(default=0, ge=0, le=1_000_000)
     prefer: str = Field(default="cheapest", pattern=r"^(cheapest|greenest|fastest)$")
     verified: bool = False  # only hosts whose self-test matched the GPU catalog

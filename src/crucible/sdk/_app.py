@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from crucible.errors import Error, InvalidGpuError, InvalidRequestError, InvalidResourcesError
 from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
-from crucible.protocol.common import GpuAsk, Resources, RetryPolicy
+from crucible.protocol.common import (
+    LABEL_RULE,
+    GpuAsk,
+    Resources,
+    RetryPolicy,
+    is_host_label,
+)
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.protocol.volumes import check_mount_path
@@ -27,7 +33,6 @@ from crucible.sdk._checks import (
     check_network,
     check_number,
     check_scaling,
-    check_text,
     from_validation_error,
 )
 from crucible.sdk._client import Client
@@ -531,7 +536,8 @@ def _market_terms(
             f"bid= is for tier='interruptible'; tier={tier!r} pays the host's price"
         )
     check_choice("prefer", prefer, ("cheapest", "greenest", "fastest"))
-    check_text("region", region, 64, optional=True)
+    if region is not None and not is_host_label(region):  # as hosts name theirs
+        raise InvalidRequestError(f"region must be {LABEL_RULE}, got {str(region)[:80]!r}")
     reliability = check_number("min_reliability", min_reliability, 0, 1)
     assert reliability is not None
     check_int("max_carbon_g_per_kwh", max_carbon_g_per_kwh, 0, 5000, optional=True)
