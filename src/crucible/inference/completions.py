@@ -514,7 +514,8 @@ async def completion_stream(
 async def embed(state: ServerState, body: EmbeddingRequest) -> dict[str, Any]:
     if state.config.embeddings is None:
         raise not_found(
-            "this server has no embeddings model (start it with --embeddings DIR)", param="model"
+            "this model serves no embeddings (its engine was started without --embeddings DIR)",
+            param="model",
         )
     if body.model not in (state.embeddings_name, state.config.served_name):
         raise not_found(

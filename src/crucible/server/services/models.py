@@ -185,14 +185,16 @@ def get_model(conn: Connection, principal: Principal, name: str) -> ModelInfo:
 
 
 def list_models(conn: Connection, principal: Principal, *, public: bool = False) -> list[ModelInfo]:
-    """The caller's models, by name; with ``public``, then other accounts' public ones."""
+    """The caller's models, by name; with ``public``, then other accounts' public ones that
+    run (a stopped one answers nobody: its owner still sees it)."""
     q = select(models).where(models.c.account_id == principal.account_id)
     if public:
         q = select(models).where(
             (models.c.account_id == principal.account_id) | models.c.public.is_(True)
         )
     rows = conn.execute(q.order_by(models.c.account_id != principal.account_id, models.c.name))
-    return [_info(conn, r) for r in rows]
+    infos = [(r.account_id, _info(conn, r)) for r in rows]
+    return [i for owner, i in infos if owner == principal.account_id or i.state == "running"]
 
 
 def stop_model(conn: Connection, principal: Principal, name: str, now_ms: int) -> ModelInfo:
