@@ -195,6 +195,35 @@ def test_stop_n_seed_and_logprobs(client: TestClient) -> None:
             "invalid_value",
         ),
         ("/v1/embeddings", {"model": "tiny", "input": ""}, 400, "input", "invalid_value"),
+        # What no engine here applies is refused, not ignored (an answer without it is wrong).
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": USER, "tools": [{"type": "function"}]},
+            400,
+            "tools",
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": USER, "frequency_penalty": 0.5},
+            400,
+            "frequency_penalty",
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "presence_penalty": "x"},
+            400,
+            "presence_penalty",
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "logit_bias": {"5": 10}},
+            400,
+            "logit_bias",
+            "invalid_value",
+        ),
     ],
 )
 def test_errors_in_openai_shape(

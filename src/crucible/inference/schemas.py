@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible API (the fields this server reads).
 
 Unknown fields are accepted and ignored, as OpenAI's own clients send fields a server may
-not know; known fields are checked and a bad value is a 400 naming the field.
+not know; known fields are checked and a bad value is a 400 naming the field. What no engine
+here applies (tools, penalties, logit_bias) is refused when asked for, not ignored.
 """
 
 from __future__ import annotations
@@ -63,6 +64,25 @@ class _Sampling(_Body):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Read only to refuse what no engine here applies: an answer made without them, to a
+    # request that relies on them, would be wrong without a word (0 and empty: fine).
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float) -> float:
+        if value:
+            raise ValueError("this engine applies no penalties: leave it out, or 0")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("this engine applies no logit_bias: leave it out, or {}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -85,6 +105,20 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    # No model served here calls tools: a request that offers some is refused rather than
+    # answered in plain text as if it had not (an empty list is fine).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError(
+                "this model does not call tools: send the request without tools (the answer "
+                "would ignore them)"
+            )
+        return value
 
 
 class CompletionRequest(_Sampling):
