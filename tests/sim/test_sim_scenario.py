@@ -97,6 +97,9 @@ def test_bad_scenarios_name_the_problem(edit: object, message: str) -> None:
 def test_missing_and_wrong_files(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="no such scenario file"):
         load_scenario(tmp_path / "nope.toml")
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(ScenarioError, match="a directory, not a scenario file"):
+        load_scenario(tmp_path / "d.toml")
     other = tmp_path / "s.yaml"
     other.write_text(MARKET)
     with pytest.raises(ScenarioError, match=r"is a \.toml file"):

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             "carbon-first, green-interruptible, green-capped-interruptible, carbon-capped, "
             "reserve-price",
         ),
-        seeds: int = typer.Option(3, help="how many seeds per policy (1..N)"),
+        seeds: int = typer.Option(3, help="how many seeds per policy (1..100)"),
         gpus: int | None = typer.Option(
             None, help="rescale the fleet to this many GPUs (default: the scenario's)"
         ),

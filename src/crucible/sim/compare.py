@@ -70,7 +70,7 @@ def compare(
         if s.kind == "placement" and all(p.source != "generated" for p in s.providers):
             raise ScenarioError(
                 f"{s.source}: --gpus rescales generated providers; this fleet has none "
-                "(an openb provider takes `gpus` in the scenario file)"
+                "(an openb or nodes provider takes `gpus` in the scenario file)"
             )
         s = dataclasses.replace(s, gpus=gpus)
     runs: dict[str, list[SimResult]] = {p: [runner(s, seed, p) for seed in seeds] for p in policies}

@@ -486,6 +486,8 @@ def check_policy(s: Scenario, policy: str) -> None:
 def load_scenario(path: Path | str) -> Scenario:
     """Read and validate a scenario file."""
     p = Path(path)
+    if p.is_dir():
+        raise ScenarioError(f"{p}: a directory, not a scenario file; give the .toml file in it")
     if not p.is_file():
         raise ScenarioError(f"{p}: no such scenario file (see examples/sim/ for working ones)")
     if p.suffix != ".toml":
