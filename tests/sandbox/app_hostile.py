@@ -121,6 +121,19 @@ def fork_bomb() -> dict[str, Any]:
     return {"forked": len(children), "error": error}
 
 
+@app.function(timeout=60)
+def start_threads(n: int) -> int:
+    """Not hostile: many threads at the default memory= (each reserves address space)."""
+    import threading
+
+    threads = [threading.Thread(target=time.sleep, args=(0.2,)) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n
+
+
 @app.function(timeout=60, memory="256MiB")
 def memory_bomb() -> int:
     """Allocate 64 MiB at a time until something stops it."""

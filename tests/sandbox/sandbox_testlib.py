@@ -3,8 +3,11 @@ cannot sandbox."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+import crucible
 from crucible.errors import SandboxUnavailableError
 
 # Small limits so the attacks hit them quickly.
@@ -24,3 +27,14 @@ def bwrap_or_skip() -> None:
         check_bwrap()
     except SandboxUnavailableError as exc:
         pytest.skip(f"no sandbox on this machine: {exc}")
+
+
+def stopped_by_memory(call: Any) -> None:
+    """Where the sandbox has a memory cgroup the kernel stops a memory bomb at its limit
+    (reason oom); without one, its address space runs out first (MemoryError)."""
+    with pytest.raises((MemoryError, crucible.ContainerExitedError)) as caught:
+        call.get(timeout=60)
+    if isinstance(caught.value, crucible.ContainerExitedError):
+        assert "out of memory: killed by the kernel" in str(caught.value)
+        limit = int(str(caught.value).split("memory limit (")[1].split(" MiB")[0])
+        assert limit >= 256, caught.value  # the bomb's own memory= is part of the limit

@@ -900,10 +900,12 @@ class SandboxRuntime:
                         self._signal(box, signal.SIGTERM)
             elif op == "exited":
                 box = self._boxes.get(str(msg.get("cid")))
+                held = 0  # its memory, part of the sandbox's limit when it ended
                 if z is not None:
                     z.containers.discard(str(msg.get("cid")))
                     z.cpus.pop(str(msg.get("cid")), None)
-                    if z.reserved.pop(str(msg.get("cid")), None) is not None:
+                    held = z.reserved.pop(str(msg.get("cid")), 0)
+                    if held:
                         z.apply_limits()
                     if not z.containers:
                         z.idle_since = time.monotonic()
@@ -911,7 +913,7 @@ class SandboxRuntime:
                     if msg.get("error"):  # the zygote could not fork it
                         self._finish(box, None, "start_failed", str(msg["error"]))
                     else:
-                        self._record_exit(box, int(msg.get("status", 1)), z)
+                        self._record_exit(box, int(msg.get("status", 1)), z, held)
                     ended.append(box)
             elif op == "exec-exited":
                 entry = self._execs.pop(str(msg.get("sid")), None)
@@ -949,12 +951,14 @@ class SandboxRuntime:
         for box in ended:
             self._notify(box)
 
-    def _record_exit(self, box: _Box, rc: int, z: _Zygote | None) -> None:
+    def _record_exit(self, box: _Box, rc: int, z: _Zygote | None, held: int = 0) -> None:
+        """``held``: the memory the container held, no longer in ``z.reserved``."""
         oom = z.cgroup.oom_kills() if z is not None and z.cgroup is not None else 0
         if z is not None and oom > z.oom_kills:
             z.oom_kills = oom
             if rc == -signal.SIGKILL and not box.stop_requested:
-                limit = (z.baseline + sum(z.reserved.values()) + _SLACK) >> 20
+                # The limit when the kernel killed it: its own memory was still counted.
+                limit = (z.baseline + sum(z.reserved.values()) + held + _SLACK) >> 20
                 self._finish(
                     box,
                     rc,

@@ -138,6 +138,21 @@ def _warm(sha: str, module_name: str) -> None:
             sys.path.remove(path)
 
 
+# Address space is not memory: each thread reserves its stack, and shared libraries map far
+# more than they use (torch's CPU build: about 600 MiB). Where RLIMIT_AS is the only memory
+# bound (no memory cgroup), a container gets this much address space on top of its memory=,
+# and glibc's malloc keeps at most two arenas (each reserves 64 MiB of address space; one
+# per thread, by default, made 8 threads fail at the default 512 MiB).
+_ADDRESS_HEADROOM = 512 * 1024 * 1024
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+_MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to limit
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
+
+
 def _vm_size_bytes() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -184,7 +199,8 @@ def _child(ctrl: socket.socket, msg: dict[str, Any], log_fd: int, keep: set[int]
         if memory > 0:
             # The zygote's own mappings (the preloaded modules) are shared, not the child's:
             # count only what the container adds on top of them.
-            cap = _vm_size_bytes() + memory
+            _limit_malloc_arenas()
+            cap = _vm_size_bytes() + memory + _ADDRESS_HEADROOM
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         for name, value in (
             ("RLIMIT_FSIZE", limits.get("file_bytes")),
