@@ -41,6 +41,13 @@ def boom(x: int) -> int:
 
 
 @app.function()
+def quits(code: int) -> int:
+    import sys
+
+    sys.exit(code)
+
+
+@app.function()
 def fails_on_odd(x: int) -> int:
     if x % 2:
         raise ValueError(f"{x} is odd")

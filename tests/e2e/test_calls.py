@@ -40,6 +40,12 @@ def test_exception_reaches_caller_with_remote_traceback(builder) -> None:
         assert all(isinstance(r, ValueError) for r in results[1::2])
         with pytest.raises(ValueError, match="1 is odd"):
             list(app_basic.fails_on_odd.map(range(6)))
+        # sys.exit() in the function is its own affair: raised here as SystemExit it ended
+        # the caller's process without a word.
+        with pytest.raises(crucible.RemoteError, match=r"the function called sys.exit\(2\)"):
+            app_basic.quits.remote(2)
+        (quit_error,) = app_basic.quits.map([3], return_exceptions=True)
+        assert isinstance(quit_error, crucible.RemoteError) and "SystemExit" in quit_error.exc_type
 
 
 def test_large_payloads_travel_as_blobs(builder) -> None:
@@ -240,6 +246,18 @@ def test_generators_stream_with_back_pressure(builder, tmp_path: Path) -> None:
         time.sleep(2)  # a free-running producer would be done by now
         assert int(progress.read_text()) < 1000
         assert list(numbers) == list(range(1, 5000))
+
+        # Leaving the loop early cancels the call: the producer stops.
+        early = app_basic.count_up.remote_gen(100_000, progress=str(progress))
+        assert next(early) == 0
+        early.close()
+        fid = app_basic.count_up._function_id
+
+        def newest_state() -> str:
+            calls = builder.get(f"/v1/calls?function_id={fid}&limit=1")["calls"]
+            return str(calls[0]["state"])
+
+        wait_for(lambda: newest_state() == "cancelled", 30, "the call to be cancelled")
 
         # An error after some items: the items, then the error.
         got = []

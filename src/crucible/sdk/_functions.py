@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import threading
@@ -343,7 +344,9 @@ class Function(Generic[P, R]):
     def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         """Run a generator function in a container and iterate over what it yields, as it
         yields it. The container pauses when it gets far ahead of this loop (back-pressure);
-        an error raised inside the function is raised here after the items before it."""
+        an error raised inside the function is raised here after the items before it.
+        Leaving the loop early (``break``, ``close()``, the iterator collected) cancels the
+        call: the function stops and is not billed further."""
         self._callable_as("remote_gen")
         if not self.is_generator:
             raise InvalidRequestError(
@@ -357,19 +360,27 @@ class Function(Generic[P, R]):
         )
         call_id = created.call_ids[0]
         after = 0
-        while True:
-            page = ItemsPage.model_validate(
-                client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
-            )
-            for item in page.items:
-                what = f"item {after} yielded by {self.name} (call {call_id})"
-                yield deserialize_value(client.payload_bytes(item), what, "here")
-                after += 1
-            after = page.next
-            if page.done:
-                if page.call.state != "succeeded":
-                    _result(client, page.call)  # raises the call's error
-                return
+        done = False
+        try:
+            while True:
+                page = ItemsPage.model_validate(
+                    client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
+                )
+                for item in page.items:
+                    what = f"item {after} yielded by {self.name} (call {call_id})"
+                    yield deserialize_value(client.payload_bytes(item), what, "here")
+                    after += 1
+                after = page.next
+                if page.done:
+                    done = True
+                    if page.call.state != "succeeded":
+                        _result(client, page.call)  # raises the call's error
+                    return
+        finally:
+            if not done:  # the caller left the loop early (or it failed): stop the function
+                # Best effort, and possibly from the garbage collector: nothing may escape.
+                with contextlib.suppress(Exception):
+                    client.cancel_call(call_id)
 
 
 def _check_map_options(

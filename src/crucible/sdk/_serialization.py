@@ -144,7 +144,10 @@ def error_info_from_exception(exc: BaseException, function: str | None = None) -
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     pickled: Payload | None = None
-    message = str(exc)[:10_000]
+    if isinstance(exc, SystemExit):
+        message = f"the function called sys.exit({exc.code!r})"
+    else:  # MemoryError() and KeyboardInterrupt() say nothing: their type does
+        message = str(exc)[:10_000] or type(exc).__name__
     try:
         data = serialize(exc)
         if len(data) < 1024 * 1024:
@@ -175,7 +178,10 @@ def exception_from_error(info: ErrorInfo) -> BaseException:
     if info.exception is not None and info.exception.data is not None:
         try:
             exc = deserialize(info.exception.raw())
-            if isinstance(exc, BaseException):
+            # SystemExit, KeyboardInterrupt and the like are the container's own affair:
+            # raised here they would end the caller's process without a word (a `sys.exit(2)`
+            # in the function exited `crucible run` with status 2, printing nothing).
+            if isinstance(exc, Exception):
                 if info.traceback:
                     exc.add_note(f"\nRemote traceback:\n{info.traceback}")
                 return exc
