@@ -160,3 +160,35 @@ def test_cancel_over_http(server: ServerUnderTest) -> None:
         server.ok("GET", f"/v1/calls/{call_id}", token=alice.token, params={"wait_s": 30})["state"]
         == "cancelled"
     )  # finished: no waiting
+
+
+def test_a_claims_deadline_counts_the_inputs_only_when_they_run_one_after_another(
+    server: ServerUnderTest,
+) -> None:
+    """The server's backstop: a sequential worker runs its claim's inputs in turn, so their
+    deadline is one timeout each; a concurrent one runs them at once, so one timeout in all
+    (it was multiplied there too: timeout=3 let a call of a claim of 8 run 15 s)."""
+    from sqlalchemy import select
+
+    from crucible.server.store.tables import calls
+
+    alice = server.tenant("alice")
+    host_id = server.register_host(server.tenant("alice", Scope.HOST).token)
+    bundle = server.put_blob(alice.token)
+    for extra, per_input in (({}, True), ({"max_inputs": 8}, False)):
+        app_id = server.new_app(alice.token, f"app-{per_input}")
+        fn = server.new_function(alice.token, app_id, bundle, timeout_s=3, **extra)
+        server.new_calls(alice.token, fn, 4)
+        cid, ctok = server.place_container(fn, host_id)
+        now = server.state.clock.now_ms()
+        got = server.ok("POST", f"/v1/containers/{cid}/exchange", token=ctok, json={"want": 8})
+        assert len(got["inputs"]) == 4
+        with server.state.engine.connect() as conn:
+            deadlines = set(
+                conn.execute(select(calls.c.deadline_ms).where(calls.c.function_id == fn))
+                .scalars()
+                .all()
+            )
+        (deadline,) = deadlines
+        expected = 4 * 3_000 if per_input else 3_000
+        assert expected <= deadline - now < expected + 2_000, (extra, deadline - now)

@@ -170,8 +170,13 @@ _CLAIM_RETURNING = (
         container_id=bindparam("b_container"),
         attempts=calls.c.attempts + 1,
         started_ms=bindparam("b_now"),
+        # One timeout per input for a sequential worker (b_seq 1), one for all otherwise.
         deadline_ms=bindparam("b_now")
-        + bindparam("b_timeout_ms") * select(func.count()).select_from(_PICKED).scalar_subquery(),
+        + bindparam("b_timeout_ms")
+        * (
+            bindparam("b_seq") * (select(func.count()).select_from(_PICKED).scalar_subquery() - 1)
+            + 1
+        ),
     )
     .returning(
         calls.c.id,
@@ -659,10 +664,13 @@ def claim_inputs(
     *,
     skip_locked: bool,
     groups: dict[str, str | None] | None = None,
+    sequential: bool = True,
 ) -> list[InputAssignment]:
     """Hand up to ``want`` queued inputs of the function to the container, oldest first.
     ``groups`` (optional) receives each claimed call's group id, so recording its output
-    needs no extra read."""
+    needs no extra read. The server-side deadline of each is its timeout from now, times
+    the inputs claimed when the worker runs them one after another (``sequential``): a
+    concurrent or batched worker runs them at once."""
     if want <= 0:
         return []
     if skip_locked:  # PostgreSQL: one statement; its rows carry the new attempt number
@@ -674,6 +682,7 @@ def claim_inputs(
                 "b_n": want,
                 "b_container": container_id,
                 "b_timeout_ms": int(timeout_s * 1000),
+                "b_seq": int(sequential),
             },
         ).all()
         # RETURNING follows no order; ids sort by creation time, oldest first.
@@ -690,9 +699,9 @@ def claim_inputs(
                 "b_ids": [r.id for r in selected],
                 "b_container": container_id,
                 "b_now": now_ms,
-                # The worker runs a batch one input after another and times each out itself;
-                # this server-side backstop must allow for the whole batch.
-                "b_deadline": now_ms + int(timeout_s * 1000) * len(selected),
+                # A sequential worker runs the inputs one after another and times each out
+                # itself; this server-side backstop must allow for all of them.
+                "b_deadline": now_ms + int(timeout_s * 1000) * (len(selected) if sequential else 1),
             },
         )
         rows = [(r, r.attempts + 1) for r in selected]

@@ -55,6 +55,9 @@ class ContainerFacts:
     rate_micros_per_hour: int
     timeout_s: float
     retries: RetryPolicy
+    # Its worker runs the inputs it claims one after another (not @crucible.concurrent, not
+    # @crucible.batched): a claim's deadline then allows for each of them in turn.
+    sequential: bool = True
 
 
 _SEL_FACTS = (
@@ -242,6 +245,7 @@ def load_container_facts(conn: Connection, container_id: str) -> ContainerFacts:
         rate_micros_per_hour=row.rate_micros_per_hour,
         timeout_s=spec.timeout_s,
         retries=spec.retries,
+        sequential=spec.max_inputs <= 1 and spec.max_batch_size <= 1,
     )
 
 
@@ -304,6 +308,7 @@ def exchange_step(
         now_ms,
         skip_locked=skip_locked,
         groups=groups,
+        sequential=facts.sequential,
     )
     if (outputs or inputs or active) and now_ms - touched_ms.get(cid, 0) >= _TOUCH_EVERY_MS:
         conn.execute(_TOUCH, {"b_id": cid, "b_now": now_ms})
