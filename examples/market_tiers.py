@@ -73,8 +73,9 @@ def main():
     print(on_demand.remote())
     print(interruptible.remote())
 
-    # A reservation: one H100 from now for six minutes, paid in full when it is made.
+    # A reservation: one H100 from now for an hour (the shortest window), paid in full when
+    # it is made.
     start_ms = int(time.time() * 1000)
-    booked = http.post("/v1/reservations", {"gpu": "1xH100", "start_ms": start_ms, "hours": 0.1})
+    booked = http.post("/v1/reservations", {"gpu": "1xH100", "start_ms": start_ms, "hours": 1})
     print(f"reserved {booked['count']}x{booked['model']} for ${booked['cost_micros'] / 1e6:.4f}")
     print(reserved.remote())

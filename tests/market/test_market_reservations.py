@@ -39,7 +39,7 @@ def test_a_reservation_takes_the_cheapest_reserved_price_and_costs_its_whole_win
 
 def test_reserved_devices_take_no_new_lease_from_others_even_before_the_window() -> None:
     m = market((gpu_host("h", n=2), offer(2.0)))
-    reserved(m.reserve(reserve_req("r1", "acme", 1, 10 * HOUR, 11 * HOUR), 0))
+    reserved(m.reserve(reserve_req("r1", "acme", 1, 10 * HOUR, 20 * HOUR), 0))
     granted(m.lease(req("x", lease_id="x1"), 1))
     assert refused(m.decide_lease(req("y"), 2)).code == "no_capacity"
     assert refused(m.decide_lease(bid("y", 100.0), 2)).code == "no_capacity"
@@ -82,7 +82,7 @@ def test_interruptible_leases_under_a_reservation_get_notice_one_grace_before_st
     m = market((gpu_host("h", n=2), offer(2.0, minimum=0.2, reserved=1.0)))
     granted(m.lease(bid("spot", 0.5, count=2, lease_id="s"), 0))
     start = 10 * HOUR
-    g = reserved(m.reserve(reserve_req("r1", "acme", 2, start, start + HOUR), 1))
+    g = reserved(m.reserve(reserve_req("r1", "acme", 2, start, start + 10 * HOUR), 1))
     assert g.preemptions == ()  # far from the window: not yet
     assert m.get_lease("s").running
     assert m.next_event_ms() == start - GRACE
@@ -129,7 +129,7 @@ def test_windows_may_share_devices_when_they_do_not_overlap() -> None:
     assert refused(m.reserve(reserve_req("r2", "b", 1, HOUR + 1, 3 * HOUR), 0)).code == (
         "no_capacity"
     )
-    reserved(m.reserve(reserve_req("r2", "b", 1, 2 * HOUR, 3 * HOUR), 0))
+    reserved(m.reserve(reserve_req("r2", "b", 1, 2 * HOUR, 4 * HOUR), 0))
     reserved(m.reserve(reserve_req("r0", "c", 1, 0, HOUR), 0))
     m.advance(0)
     granted(m.lease(req("c", tier=Tier.RESERVED, lease_id="c"), 0))
@@ -178,9 +178,15 @@ def test_reservation_refusals_and_validation() -> None:
         m.reserve(reserve_req("r", "a", 1, 400 * 24 * HOUR, 401 * 24 * HOUR), 5)
     with pytest.raises(InvalidRequestError, match="must end after"):
         reserve_req("r", "a", 1, HOUR, HOUR)
-    reserved(m.reserve(reserve_req("r", "a", 1, 10, HOUR), 5))
+    # At least an hour, and no farther ahead than it lasts: a 4 ms window 29 days ahead held
+    # the devices from everyone for 29 days at the price of 4 ms.
+    with pytest.raises(InvalidRequestError, match="at least 1 h"):
+        m.reserve(reserve_req("r", "a", 1, 10, 10 + HOUR - 1), 5)
+    with pytest.raises(InvalidRequestError, match="as far ahead as it lasts"):
+        m.reserve(reserve_req("r", "a", 1, 29 * 24 * HOUR, 29 * 24 * HOUR + HOUR), 5)
+    reserved(m.reserve(reserve_req("r", "a", 1, 10, 10 + HOUR), 5))
     with pytest.raises(ConflictError):
-        m.reserve(reserve_req("r", "a", 1, 10, HOUR), 5)
+        m.reserve(reserve_req("r", "a", 1, 10, 10 + HOUR), 5)
 
 
 def test_draining_hosts_take_no_reservations_but_honour_existing_ones() -> None:

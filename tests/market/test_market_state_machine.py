@@ -535,7 +535,7 @@ class MarketMachine(RuleBasedStateMachine):
         count=st.sampled_from([1, 1, 2, 3]),
         nodes=st.sampled_from([1, 1, 2]),
         lead=st.sampled_from([0, 0, 10_000, GRACE, 120_000, 3_600_000]),
-        length=st.sampled_from([60_000, 3_600_000]),
+        length=st.sampled_from([3_600_000, 7_200_000]),  # the market's shortest window: 1 h
         max_price=st.none() | st.sampled_from(PRICES),
     )
     def reserve(

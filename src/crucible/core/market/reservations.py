@@ -103,6 +103,10 @@ def _price_of(r: Reservation, host_id: str) -> int:
     return next(b.price_micros_per_device_hour for b in r.blocks if b.host_id == host_id)
 
 
+def _hours(ms: int) -> str:
+    return f"{ms / 3_600_000:.4g}"
+
+
 def decide_reservation(st: MarketState, req: ReserveRequest, now: int) -> ReservationDecision:
     """Decide a reservation against the current state without changing it."""
     st.check_no_events_due(now)
@@ -120,10 +124,24 @@ def decide_reservation(st: MarketState, req: ReserveRequest, now: int) -> Reserv
         raise InvalidRequestError(
             f"a reservation window may last at most {rules.max_reservation_ms // 3_600_000} h"
         )
+    window = req.end_ms - req.start_ms
+    if window < rules.min_reservation_ms:
+        raise InvalidRequestError(
+            f"a reservation window lasts at least {_hours(rules.min_reservation_ms)} h; "
+            "for less, lease on demand"
+        )
     if req.start_ms - now > rules.max_reservation_lead_ms:
         raise InvalidRequestError(
             "a reservation may start at most "
             f"{rules.max_reservation_lead_ms // 86_400_000} days ahead"
+        )
+    if req.start_ms - now > max(window, rules.min_reservation_ms):
+        # Its devices are held from now on: an unpaid wait longer than the paid window would
+        # let a cheap, far-off reservation keep a host's GPUs from everyone.
+        raise InvalidRequestError(
+            f"a reservation may start at most as far ahead as it lasts: this one lasts "
+            f"{_hours(window)} h and starts in {_hours(req.start_ms - now)} h (its devices are "
+            "held for you from now on); start it sooner, or make it longer"
         )
     book = st.books.get(req.model)
     blocks: list[ReservedBlock] = []

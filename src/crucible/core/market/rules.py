@@ -77,6 +77,10 @@ class MarketRules:
     - ``max_reservation_ms`` / ``max_reservation_lead_ms``: the longest window, and how far
       ahead a window may start (reserved devices take no other new lease from the moment
       they are reserved, so a far-off window would idle them).
+    - ``min_reservation_ms``: the shortest window. And a window may start at most as far
+      ahead as it lasts (or this minimum): the renter pays for the window only, while the
+      devices are held from the purchase; a 4 ms window 29 days ahead held a host's GPUs for
+      29 days for a few micro-dollars.
     """
 
     grace_ms: int = DEFAULT_GRACE_MS
@@ -85,6 +89,7 @@ class MarketRules:
     model_speed: Mapping[str, int] = field(default_factory=dict)
     max_reservation_ms: int = 366 * 86_400_000
     max_reservation_lead_ms: int = 30 * 86_400_000
+    min_reservation_ms: int = 3_600_000
 
     def __post_init__(self) -> None:
         if self.grace_ms < 0 or self.clearing_history < 0 or self.locality_scan < 1:

@@ -175,6 +175,8 @@ def reserve(
         raise InvalidRequestError(
             f"the reservation's window ended at {ended}, in the past: start it now or later"
         )
+    if req.start_ms < now_ms:  # "now" as the client's clock read it: the hours from now
+        end_ms = now_ms + round(req.hours * MS_PER_HOUR)
     rid = new_id("rs")
     rreq = ReserveRequest(
         reservation_id=rid,
