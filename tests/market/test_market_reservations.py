@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crucible.core.market import CPU, EndReason, HostSpec, PreemptCause, Tier
+from crucible.core.market import CPU, EndReason, HostSpec, LeaseGranted, PreemptCause, Tier
 from crucible.errors import ConflictError, InvalidRequestError
 
 from market_testlib import (
@@ -63,6 +63,24 @@ def test_the_owner_uses_its_reservation_first_and_only_inside_the_window() -> No
     assert spill.tier is Tier.ON_DEMAND and spill.devices == (3,)
     r = refused(m.decide_lease(req("acme", tier=Tier.RESERVED), 1002))
     assert r.code == "no_reservation" and "no active H100 reservation" in r.message
+
+
+def test_a_reservation_is_used_only_where_the_lease_may_run() -> None:
+    """Price, region and reliability do not apply inside one's own reservation (it is paid
+    for); a carbon cap and verified hosts, which say where the code may run, do."""
+    m = market((gpu_host("h", n=2, carbon=50), offer(2.0, reserved=1.5)))
+    reserved(m.reserve(reserve_req("r1", "acme", 1, 0, HOUR), 0))
+    m.advance(0)
+    for ask in ({"max_carbon_g_per_kwh": 10}, {"verified": True}):
+        r = refused(m.decide_lease(req("acme", tier=Tier.RESERVED, **ask), 1))
+        assert r.code == "no_reservation", ask
+        decided = m.decide_lease(req("acme", **ask), 1)
+        assert not isinstance(decided, LeaseGranted) or decided.leases[0].tier is not (
+            Tier.RESERVED
+        ), ask
+    assert granted(m.lease(req("acme", tier=Tier.RESERVED, lease_id="in"), 1)).leases[0].tier is (
+        Tier.RESERVED
+    )
 
 
 def test_window_end_expires_the_leases_inside_and_frees_the_devices() -> None:

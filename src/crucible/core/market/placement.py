@@ -139,7 +139,8 @@ def _from_reservations(
     st: MarketState, req: LeaseRequest, model: str, used: _Used
 ) -> NodePlan | None:
     """Devices of the renter's active reservations of ``model`` (they are paid for anyway,
-    so ``max_price``, region and reliability do not apply)."""
+    so ``max_price``, region and reliability do not apply; what the code may run on does:
+    the carbon cap, verified hosts, network and cluster needs)."""
     for rid in st.account_reservations.get(req.account, ()):
         rs = st.reservations[rid]
         r = rs.reservation
@@ -150,7 +151,14 @@ def _from_reservations(
                 continue
             pool = st.pools[(block.host_id, model)]
             # A host that stopped isolating fully since the reservation runs its owner only.
-            if not pool.host.online or not pool.host.spec.admits(req.account):
+            spec = pool.host.spec
+            if (
+                not pool.host.online
+                or not spec.admits(
+                    req.account, verified=req.verified, network=req.network, cluster=req.cluster
+                )
+                or not under_carbon_cap(req.max_carbon_g_per_kwh, spec.carbon_g_per_kwh)
+            ):
                 continue
             avail = [u for u in block.devices if u not in pool.held]
             if len(avail) >= req.count:
