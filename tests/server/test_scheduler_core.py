@@ -688,8 +688,10 @@ def test_a_pods_disk_is_placed_only_where_that_much_disk_is_free() -> None:
     p = plan(NOW, [huge], [small, big], POLICY)
     assert p.start == []
     reason = p.waiting["fn-pod"]
-    assert reason.startswith("no host can ever run this pod") and "disk=1000 GiB" in reason
+    assert reason.startswith("no host can ever run this pod") and "disk=1,000 GiB" in reason
     assert "free disk: 500 GiB at most" in reason
+    tiny = replace(pod, disk_mib=64 * 1024 * 1024)  # 64 TiB: in words, not 6.554e+04
+    assert "disk=65,536 GiB" in plan(NOW, [tiny], [small, big], POLICY).waiting["fn-pod"]
     # Work that asks for no disk runs on a host that reported none free.
     full = host("ho-3")
     full.disk_mib = 0

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from crucible.core.market import LeaseGranted, LeaseRequest, Market, Prefer, Refusal
-from crucible.core.scheduling import GpuChoice, HostCapacity
+from crucible.core.scheduling import GpuChoice, HostCapacity, gib_text
 
 __all__ = ["NotLeased", "choice_runs", "lease_on_hosts"]
 
@@ -131,7 +131,7 @@ def lease_on_hosts(
                 if not disk_mib
                 else f"the hosts that have the {models} GPUs for it lack the CPU, memory or "
                 f"free disk asked (cpu={cpu:g}, memory={memory_mib} MiB, "
-                f"disk={disk_mib / 1024:.4g} GiB)",
+                f"disk={gib_text(disk_mib)})",
             )
         return NotLeased(decision.code.value, decision.message)
     if hosts is not None:

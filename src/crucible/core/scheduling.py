@@ -56,6 +56,7 @@ __all__ = [
     "StartContainer",
     "StopContainer",
     "Unschedulable",
+    "gib_text",
     "may_run",
     "plan",
     "retry_delay_ms",
@@ -313,12 +314,14 @@ def _describe_request(fn: FunctionDemand) -> str:
     if fn.gpus:
         parts.append("gpu=" + " or ".join(f"{g.model}:{g.count}" for g in fn.gpus))
     if fn.disk_mib:
-        parts.append(f"disk={_gib(fn.disk_mib)}")
+        parts.append(f"disk={gib_text(fn.disk_mib)}")
     return ", ".join(parts)
 
 
-def _gib(mib: int) -> str:
-    return f"{mib / 1024:.4g} GiB"
+def gib_text(mib: int) -> str:
+    """MiB in GiB for people: ``0.5 GiB``, ``100 GiB``, ``61,440 GiB`` (never 6.144e+04)."""
+    gib = mib / 1024
+    return f"{gib:,.0f} GiB" if gib >= 100 else f"{gib:.3g} GiB"
 
 
 def _describe_largest(hosts: list[HostCapacity], *, disk: bool = False) -> str:
@@ -335,7 +338,7 @@ def _describe_largest(hosts: list[HostCapacity], *, disk: bool = False) -> str:
     text = f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
     disks = [h.disk_mib for h in hosts if h.disk_mib is not None]
     if disk and disks:
-        text += f"; free disk: {_gib(max(disks))} at most"
+        text += f"; free disk: {gib_text(max(disks))} at most"
     return text
 
 
