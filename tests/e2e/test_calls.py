@@ -111,9 +111,15 @@ def test_get_timeout_raises_builtin_timeout(builder) -> None:
         call.cancel()
 
 
-def test_remote_outside_a_running_app_is_a_clear_error() -> None:
+def test_remote_outside_a_running_app_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(crucible.Error, match=r"app\.run"):
         app_basic.square.remote(1)
+    # Inside a function's container `with app.run()` is no advice: nested calls are not
+    # supported yet, and the message says so and what to do instead.
+    monkeypatch.setenv("CRUCIBLE_CONTAINER_ID", "ct-x")
+    with pytest.raises(crucible.Error, match="from inside a function") as caught:
+        app_basic.square.remote(1)
+    assert "app.run" not in str(caught.value) and "crucible.Queue" in str(caught.value)
 
 
 def test_worker_cannot_see_agent_token(builder) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import sys
 import threading
 import time
@@ -240,6 +241,12 @@ class Function(Generic[P, R]):
 
     def _bound(self) -> tuple[Client, str]:
         if self._client is None or self._function_id is None:
+            if os.environ.get("CRUCIBLE_CONTAINER_ID"):  # inside a function's container
+                raise Error(
+                    f"{self.name}.remote() from inside a function: calling another function "
+                    "from a container is not supported yet. Return the inputs to the caller "
+                    "and call it from there, or pass the work through a crucible.Queue"
+                )
             raise Error(
                 f"{self.name}.remote() needs a running app: call it inside `with app.run():` "
                 "or from a @app.local_entrypoint() run by `crucible run`"
