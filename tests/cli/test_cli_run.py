@@ -171,6 +171,23 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 1 and "host token" in out.stderr
+    # A function run by name without a parameter it needs: said before anything starts (it
+    # was a container's TypeError under a traceback of Crucible's own frames).
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import crucible\napp = crucible.App('needs')\n\n"
+        "@app.function()\ndef square(x: int, *, power: int = 2) -> int:\n    return x**power\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "run", f"{app}::square", "--power", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "square() needs --x VALUE" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "home" / "up.lock").exists()  # no exchange was started for it
 
 
 def test_the_agent_refuses_a_list_of_servers_with_the_way_out(tmp_path: Path) -> None:

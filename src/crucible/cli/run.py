@@ -165,6 +165,18 @@ def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
         except ValueError:
             raise InvalidRequestError(f"{flag}={raw!r} is not a valid {conv.__name__}") from None
         i += 2
+    missing = [
+        name
+        for name, p in sig.parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and name not in out
+    ]
+    if missing:  # said before anything starts, not by a container's TypeError
+        flags = " ".join(f"--{name.replace('_', '-')} VALUE" for name in missing)
+        raise InvalidRequestError(
+            f"{entry.name}() needs {flags} (it takes: {', '.join(sig.parameters)})"
+        )
     return out
 
 
