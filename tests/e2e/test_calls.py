@@ -232,6 +232,18 @@ def test_batched_inputs_run_as_one_call(builder) -> None:
 def test_batched_options_are_checked() -> None:
     with pytest.raises(crucible.InvalidRequestError, match="max_batch_size must be >= 1"):
         crucible.batched(max_batch_size=0, wait_ms=10)
+
+    def f(x: list[int]) -> list[int]:
+        return x
+
+    # Not both, in either order.
+    for outer, inner in (
+        (crucible.concurrent(max_inputs=2), crucible.batched(max_batch_size=2, wait_ms=1)),
+        (crucible.batched(max_batch_size=2, wait_ms=1), crucible.concurrent(max_inputs=2)),
+    ):
+        g = type(f)(f.__code__, f.__globals__, "f")  # fresh: the markers are attributes
+        with pytest.raises(crucible.InvalidRequestError, match=r"either @crucible\.batched"):
+            outer(inner(g))
     with pytest.raises(crucible.InvalidRequestError, match=r"below @app\.function"):
         crucible.batched(max_batch_size=4, wait_ms=10)(app_basic.square)
 

@@ -41,6 +41,8 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
             raise InvalidRequestError(
                 "put @crucible.concurrent(...) below @app.function(...), next to the def"
             )
+        if hasattr(f, BATCHING_ATTR):  # in either order
+            raise InvalidRequestError("a function is either @crucible.batched or @concurrent")
         setattr(f, CONCURRENCY_ATTR, (max_inputs, target_inputs))
         return f
 
