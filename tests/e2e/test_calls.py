@@ -48,6 +48,34 @@ def test_exception_reaches_caller_with_remote_traceback(builder) -> None:
         assert isinstance(quit_error, crucible.RemoteError) and "SystemExit" in quit_error.exc_type
 
 
+def test_a_map_draws_its_inputs_no_faster_than_its_results_are_taken(
+    builder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `break` out of a map over an endless generator left 50,000 calls made in 10 s:
+    submission stays a bounded distance ahead of the results taken, and stops when the
+    caller leaves."""
+    import itertools
+
+    from crucible.sdk import _functions
+
+    monkeypatch.setattr(_functions, "_MAX_AHEAD", 40)
+    with app_basic.app.run(client=builder):
+        for i, value in enumerate(app_basic.square.map(itertools.count())):
+            assert value == i * i
+            if i == 4:
+                break
+        fid = app_basic.square._function_id
+
+        def made() -> int:
+            return len(builder.get(f"/v1/calls?function_id={fid}&limit=1000")["calls"])
+
+        time.sleep(2)
+        count = made()
+        assert 5 <= count <= 45, count
+        time.sleep(1)
+        assert made() == count  # nothing more was submitted after the break
+
+
 def test_large_payloads_travel_as_blobs(builder) -> None:
     three_mib = 3 * 1024 * 1024
     with app_basic.app.run(client=builder):

@@ -36,6 +36,10 @@ R = TypeVar("R")
 
 # Inputs are sent in batches of at most this many, or this many bytes.
 _BATCH_INPUTS = 2000
+# How far submission may run ahead of the results the caller has taken: inputs from a
+# generator are drawn no faster than that, and a caller that stops reading leaves at most
+# this many calls behind (50,000 were made in 10 s after a `break` out of an endless map).
+_MAX_AHEAD = 10_000
 _BATCH_BYTES = 4 * 1024 * 1024
 # An inline payload above this goes to the blob store (the server's default limit).
 _INLINE_MAX = 2 * 1024 * 1024
@@ -447,6 +451,8 @@ class _MapRun:
         self.return_exceptions = return_exceptions
         self.group_id = uuid.uuid4().hex
         self.submitted = 0
+        self.taken = 0  # results the caller has taken (submission stays _MAX_AHEAD ahead)
+        self.abandoned = threading.Event()  # the caller left before the last result
         self.done_submitting = threading.Event()
         self.submit_error: BaseException | None = None
         self.last_batch_call: str | None = None  # a call to ask why the map waits
@@ -457,6 +463,15 @@ class _MapRun:
             size = 0
             start = 0
             for args in self.args:
+                while start + len(batch) - self.taken >= _MAX_AHEAD:
+                    if batch:  # what is drawn goes out before waiting
+                        self._send(batch, start)
+                        start += len(batch)
+                        batch, size = [], 0
+                    if self.abandoned.wait(0.05):
+                        return
+                if self.abandoned.is_set():
+                    return
                 payload = _payload(self.client, self.function._serialize_args(args, self.kwargs))
                 batch.append(InputItem(args=payload))
                 size += len(payload.data or "")
@@ -490,6 +505,18 @@ class _MapRun:
         next_index = 0
         last_result = time.monotonic()
         shown: str | None = None
+        finished = False
+        try:
+            yield from self._results(ready, next_index, last_result, shown)
+            finished = True
+        finally:
+            if not finished:  # the caller left (break, an error): draw and submit no more
+                self.abandoned.set()
+        submitter.join()
+
+    def _results(
+        self, ready: dict[int, CallInfo], next_index: int, last_result: float, shown: str | None
+    ) -> Iterator[Any]:
         with _progress(self.name) as progress:
             while True:
                 done = self.done_submitting.is_set()
@@ -520,6 +547,7 @@ class _MapRun:
                 while next_index in ready:
                     info = ready.pop(next_index)
                     next_index += 1
+                    self.taken = next_index
                     progress(next_index, self.submitted if done else None)
                     try:
                         value = _result(self.client, info, self.name)
@@ -528,7 +556,6 @@ class _MapRun:
                             raise
                         value = exc
                     yield value
-        submitter.join()
 
 
 class _progress:
