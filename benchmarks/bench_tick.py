@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"G{i}", "fake": True}
             for i in range(args.gpus_per_host)
         ]
-        inv = {"cpu_cores": 256, "memory_mib": 4_000_000, "disk_mib": 0, "gpus": gpus}
+        inv = {"cpu_cores": 256, "memory_mib": 4_000_000, "disk_mib": 1 << 30, "gpus": gpus}
         host_ids = [
             ex.post(
                 "/v1/hosts/register",
