@@ -226,3 +226,30 @@ def test_with_a_ports_domain_a_pod_names_each_http_ports_own_url(make_server: Ma
     finally:
         client.close()
     assert url == f"http://exchange.example.test:8745/pods/{made['id']}/ports/8888/"
+
+
+def test_a_pod_placed_over_a_preempted_lease_says_it_waits_out_the_grace(
+    server: ServerUnderTest,
+) -> None:
+    """Placed, its container held back by the grace of the interruptible lease it
+    preempted: the pod said only `pending`, without a reason."""
+    from sqlalchemy import select, update
+
+    from crucible.server.store.tables import containers, pods
+
+    alice = server.tenant("alice")
+    host_id = server.register_host(server.tenant("alice", Scope.HOST).token)
+    server.ok("POST", "/v1/pods", token=alice.token, json={"name": "box"})
+    with server.state.engine.connect() as conn:
+        fid = conn.execute(select(pods.c.function_id).where(pods.c.name == "box")).scalar_one()
+    cid, _ = server.place_container(fid, host_id)
+    with server.state.engine.begin() as conn:
+        created = conn.execute(
+            select(containers.c.created_ms).where(containers.c.id == cid)
+        ).scalar_one()
+        conn.execute(
+            update(containers).where(containers.c.id == cid).values(start_after_ms=created + 30_000)
+        )
+    shown = server.ok("GET", "/v1/pods/box", token=alice.token)
+    assert shown["state"] == "pending"
+    assert "placed; it starts at" in shown["reason"] and "grace" in shown["reason"]

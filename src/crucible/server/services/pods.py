@@ -18,6 +18,7 @@ ledger charge it per millisecond like any container. What is pod-specific lives 
 
 from __future__ import annotations
 
+import datetime as dt
 from types import SimpleNamespace
 from typing import Any
 
@@ -368,7 +369,16 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
         return "stopping", None
     if ct.state == "pending":
         # Its host reported that it is pulling the pod's image.
-        return ("pulling" if ct.pulling_ms is not None else "pending"), None
+        if ct.pulling_ms is not None:
+            return "pulling", None
+        after = getattr(ct, "start_after_ms", None)
+        if after and after > ct.created_ms:  # placed over a preempted lease, in its grace
+            at = dt.datetime.fromtimestamp(after / 1000, dt.UTC).strftime("%H:%M:%S UTC")
+            return "pending", (
+                f"placed; it starts at {at}, when the interruptible lease it preempted on "
+                "its host has had its grace period to stop"
+            )
+        return "pending", None
     if ct.state == "starting":
         return "starting", None
     return "running", None
