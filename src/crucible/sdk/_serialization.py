@@ -73,6 +73,13 @@ def serialize_value(
     (e.g. "the return value of function f"), which part could not be pickled, and why."""
     try:
         return serialize(value)
+    except MemoryError:
+        # Not the value's type: a copy of it did not fit (in a container, its memory=).
+        raise SerializationError(
+            f"{what} cannot be pickled: a {type(value).__name__}: out of memory while copying "
+            "it; give the function more memory= (a result needs room for a copy of itself), "
+            "or return less"
+        ) from None
     except Exception as exc:
         where, part = _culprit(value, name)
         inside = "" if where == name else f" (at {where}, a {type(part).__name__})"
