@@ -28,7 +28,7 @@ from crucible.protocol.common import read_tolerant
 from crucible.server.services.market import MarketTerms
 from crucible.server.store.tables import functions
 
-__all__ = ["SPECS", "FunctionSpec", "SpecCache", "blob_refs_of_raw"]
+__all__ = ["SPECS", "FunctionSpec", "SpecCache", "unparsed_blob_refs"]
 
 log = logging.getLogger("crucible.specs")
 
@@ -67,10 +67,14 @@ class FunctionSpec:
         )
 
 
-def blob_refs_of_raw(raw: object) -> frozenset[str]:
-    """Every sha256 a stored spec names, read from its JSON without parsing it (for a spec
-    this version cannot read: its blobs are kept all the same)."""
-    return frozenset(_SHA.findall(orjson.dumps(raw).decode()))
+def unparsed_blob_refs(conn: Connection, function_ids: list[str]) -> set[str]:
+    """Every sha256 the stored specs of ``function_ids`` name, read from their JSON without
+    parsing it: for specs this version cannot read (their blobs are kept all the same)."""
+    found: set[str] = set()
+    for chunk in _chunks(function_ids, 500):
+        for raw in conn.execute(select(functions.c.spec).where(functions.c.id.in_(chunk))):
+            found.update(_SHA.findall(orjson.dumps(raw.spec).decode()))
+    return found
 
 
 class SpecCache:

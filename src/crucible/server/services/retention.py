@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, select, upda
 from crucible.protocol.common import TERMINAL_STATES
 from crucible.protocol.volumes import Manifest
 from crucible.server.blobs import BlobStore
-from crucible.server.services.function_specs import SPECS, blob_refs_of_raw
+from crucible.server.services.function_specs import SPECS, unparsed_blob_refs
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import (
     blobs,
@@ -266,8 +266,7 @@ def _referenced(conn: Connection, store: BlobStore, shas: list[str]) -> set[str]
         found.update(wanted.intersection(spec.blob_refs))
     unread = [r.id for r in revs if r.id not in specs]  # specs this version cannot read
     if unread:
-        for raw in conn.execute(select(functions.c.spec).where(functions.c.id.in_(unread))):
-            found.update(wanted.intersection(blob_refs_of_raw(raw.spec)))
+        found.update(wanted.intersection(unparsed_blob_refs(conn, unread)))
     # Volume chunks are listed in the manifests of the holders' volume versions.
     manifests = conn.execute(
         select(volume_versions.c.manifest_ref)
