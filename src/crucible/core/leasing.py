@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from crucible.core.market import LeaseGranted, LeaseRequest, Market, Prefer, Refusal
-from crucible.core.scheduling import GpuChoice, HostCapacity, gib_text
+from crucible.core.scheduling import GpuChoice, HostCapacity, disk_short, gib_text
 
 __all__ = ["NotLeased", "choice_runs", "lease_on_hosts"]
 
@@ -85,7 +85,7 @@ class _ShortOfRoom:
         return h is not None and (
             self.cpu > h.cpu - h.used_cpu + _CPU_EPS
             or self.memory_mib > h.memory_mib - h.used_memory_mib
-            or (self.disk_mib > 0 and h.disk_mib is not None and self.disk_mib > h.disk_mib)
+            or disk_short(h, self.disk_mib)
         )
 
     def any(self) -> bool:

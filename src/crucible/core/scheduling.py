@@ -56,6 +56,7 @@ __all__ = [
     "StartContainer",
     "StopContainer",
     "Unschedulable",
+    "disk_short",
     "gib_text",
     "may_run",
     "plan",
@@ -254,13 +255,13 @@ def _choices(fn: FunctionDemand) -> tuple[GpuChoice | None, ...]:
     return fn.gpus if fn.gpus else (None,)
 
 
-def _disk_short(host: HostCapacity, disk_mib: int) -> bool:
+def disk_short(host: HostCapacity, disk_mib: int) -> bool:
     """Whether ``host`` lacks ``disk_mib`` of free disk (a host that did not say has room)."""
     return disk_mib > 0 and host.disk_mib is not None and disk_mib > host.disk_mib
 
 
 def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, now: bool) -> bool:
-    if _disk_short(host, fn.disk_mib):
+    if disk_short(host, fn.disk_mib):
         return False
     cpu_free = host.cpu - (host.used_cpu if now else 0.0)
     mem_free = host.memory_mib - (host.used_memory_mib if now else 0)
@@ -584,7 +585,7 @@ def plan(
             who = (fn.account_id, fn.verified, fn.network, fn.disk_mib)
             if who not in barred_for:
                 barred_for[who] = frozenset(
-                    h.id for h in hosts if not may_run(h, fn) or _disk_short(h, fn.disk_mib)
+                    h.id for h in hosts if not may_run(h, fn) or disk_short(h, fn.disk_mib)
                 )
             barred = barred_for[who]
         for n in range(missing):
