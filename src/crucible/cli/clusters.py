@@ -12,12 +12,20 @@ from pydantic import ValidationError
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import console, fmt_usd, print_json, shown, table
 from crucible.cli.pods import ssh_keys_of, volumes_of
-from crucible.cli.resources import JSON, _client
+from crucible.cli.resources import (
+    JSON,
+    MAX_CARBON,
+    MIN_RELIABILITY,
+    PREFER,
+    REGION,
+    VERIFIED,
+    _client,
+)
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.pods import DEFAULT_DISK, ClusterCreate, ClusterInfo, parse_env
 from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
-from crucible.sdk._pods import market_terms
+from crucible.sdk._market_terms import market_terms
 
 __all__ = ["register"]
 
@@ -68,6 +76,11 @@ def register(app: typer.Typer) -> None:
         tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
+        region: str = REGION,
+        min_reliability: float = MIN_RELIABILITY,
+        prefer: str = PREFER,
+        max_carbon: int = MAX_CARBON,
+        verified: bool = VERIFIED,
         port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),
         ssh_key: list[Path] = typer.Option([], "--ssh-key", help="A public key file (repeat)."),
         env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeat)."),
@@ -97,7 +110,17 @@ def register(app: typer.Typer) -> None:
                 ports=port,
                 ssh_keys=ssh_keys_of(ssh_key),
                 volumes=volumes_of(volume),
-                market=market_terms(tier, bid, max_price),
+                market=market_terms(
+                    tier,
+                    bid,
+                    max_price,
+                    region=region,
+                    min_reliability=min_reliability,
+                    prefer=prefer,
+                    max_carbon_g_per_kwh=max_carbon,
+                    verified=verified,
+                    where="crucible cluster create",
+                ),
             )
         except ValidationError as exc:
             raise from_validation_error(

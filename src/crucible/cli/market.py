@@ -24,7 +24,16 @@ from crucible.cli._output import (
     shown,
     table,
 )
-from crucible.cli.resources import JSON, _client, resolve_app
+from crucible.cli.resources import (
+    JSON,
+    MAX_CARBON,
+    MIN_RELIABILITY,
+    PREFER,
+    REGION,
+    VERIFIED,
+    _client,
+    resolve_app,
+)
 from crucible.errors import InvalidRequestError
 from crucible.protocol.hosts import verification_summary
 from crucible.protocol.market import (
@@ -316,9 +325,11 @@ def register(app: typer.Typer) -> None:
         bid: float = typer.Option(None, help="interruptible: your bid, $/GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$/GPU-hour at most."),
         nodes: int = typer.Option(1, help="Nodes (hosts) of this size, all or nothing."),
-        region: str = typer.Option(None),
-        min_reliability: float = typer.Option(0.0, "--min-reliability", help="0..1."),
-        prefer: str = typer.Option("cheapest", help="cheapest, greenest or fastest."),
+        region: str = REGION,
+        min_reliability: float = MIN_RELIABILITY,
+        prefer: str = PREFER,
+        max_carbon: int = MAX_CARBON,
+        verified: bool = VERIFIED,
         as_json: bool = JSON,
     ) -> None:
         """What a request would cost now (nothing is leased)."""
@@ -333,6 +344,8 @@ def register(app: typer.Typer) -> None:
                 (check_number("--min-reliability", min_reliability, 0, 1) or 0.0) * 1_000_000
             ),
             "prefer": prefer,
+            "max_carbon_g_per_kwh": max_carbon,
+            "verified": verified,
         }
         q = QuoteInfo.model_validate(
             _client().post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
@@ -373,7 +386,10 @@ def register(app: typer.Typer) -> None:
         hours: float = typer.Option(..., help="Length of the window."),
         nodes: int = typer.Option(1, help="Nodes (one block per host)."),
         max_price: float = typer.Option(None, "--max-price", help="$/GPU-hour at most."),
-        region: str = typer.Option(None),
+        region: str = REGION,
+        min_reliability: float = MIN_RELIABILITY,
+        prefer: str = PREFER,
+        verified: bool = VERIFIED,
         as_json: bool = JSON,
     ) -> None:
         """Reserve a block at the reserved price, paid now for the whole window."""
@@ -384,6 +400,11 @@ def register(app: typer.Typer) -> None:
             "hours": hours,
             "max_price_micros": _micros(max_price, "--max-price"),
             "region": region,
+            "min_reliability_ppm": round(
+                (check_number("--min-reliability", min_reliability, 0, 1) or 0.0) * 1_000_000
+            ),
+            "prefer": prefer,
+            "verified": verified,
         }
         r = ReservationInfo.model_validate(
             _client().post("/v1/reservations", {k: v for k, v in body.items() if v is not None})

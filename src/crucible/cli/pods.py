@@ -13,13 +13,21 @@ import typer
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import clean, console, fmt_time, fmt_usd, print_json, shown, table
 from crucible.cli.containers import PASSTHROUGH, exec_in, port_forward_to, proxy_to, ssh_to
-from crucible.cli.resources import JSON, _client
+from crucible.cli.resources import (
+    JSON,
+    MAX_CARBON,
+    MIN_RELIABILITY,
+    PREFER,
+    REGION,
+    VERIFIED,
+    _client,
+)
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodInfo, check_ssh_key, parse_env, port_path
 from crucible.sdk._client import Client
 from crucible.sdk._local_files import read_text_file
-from crucible.sdk._pods import Pod, market_terms
+from crucible.sdk._pods import Pod
 
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
 
@@ -135,6 +143,11 @@ def register(app: typer.Typer) -> None:
         tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
+        region: str = REGION,
+        min_reliability: float = MIN_RELIABILITY,
+        prefer: str = PREFER,
+        max_carbon: int = MAX_CARBON,
+        verified: bool = VERIFIED,
         port: list[str] = typer.Option([], "--port", help="PORT/http or PORT/tcp (repeat)."),
         ssh_key: list[Path] = typer.Option([], "--ssh-key", help="A public key file (repeat)."),
         env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeat)."),
@@ -165,9 +178,14 @@ def register(app: typer.Typer) -> None:
             ports=port,
             ssh_keys=ssh_keys_of(ssh_key),
             volumes=volumes_of(volume),
-            tier=market_terms(tier, bid, max_price).tier,
+            tier=tier,
             bid=bid,
             max_price=max_price,
+            region=region,
+            min_reliability=min_reliability,
+            prefer=prefer,
+            max_carbon_g_per_kwh=max_carbon,
+            verified=verified,
             client=_client(),
         )
         info = pod.info()

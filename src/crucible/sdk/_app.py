@@ -13,21 +13,16 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic import ValidationError
 
 from crucible.errors import Error, InvalidGpuError, InvalidRequestError, InvalidResourcesError
-from crucible.protocol.apps import CodeRef, FunctionCreate, MarketTerms
+from crucible.protocol.apps import CodeRef, FunctionCreate
 from crucible.protocol.common import (
-    LABEL_RULE,
     GpuAsk,
     Resources,
     RetryPolicy,
-    is_host_label,
 )
 from crucible.protocol.deployments import DeploymentInfo
 from crucible.protocol.gpus import parse_gpu_spec, parse_memory_mib
 from crucible.protocol.volumes import check_mount_path
 from crucible.sdk._checks import (
-    check_bool,
-    check_choice,
-    check_dollars,
     check_int,
     check_name,
     check_network,
@@ -40,6 +35,7 @@ from crucible.sdk._cls import Cls
 from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
 from crucible.sdk._image import Image
+from crucible.sdk._market_terms import MARKET_WIRE_NAMES, market_terms
 from crucible.sdk._packaging import bundle_for_module
 from crucible.sdk._schedules import Schedule
 from crucible.sdk._secrets import Secret
@@ -64,9 +60,7 @@ _WIRE_NAMES = {
     "memory_mib": "memory",
     "timeout_s": "timeout",
     "scaledown_window_s": "scaledown_window",
-    "bid_micros": "bid",
-    "max_price_micros": "max_price",
-    "min_reliability_ppm": "min_reliability",
+    **MARKET_WIRE_NAMES,
     "gpus": "gpu",
     "retries": "retries",
     "max_retries": "retries",
@@ -234,11 +228,16 @@ class App:
                 f"got {type(schedule).__name__}"
             )
 
-        market = _market_terms(
-            tier, bid, max_price, region, min_reliability, prefer, max_carbon_g_per_kwh
+        market = market_terms(
+            tier,
+            bid,
+            max_price,
+            region=region,
+            min_reliability=min_reliability,
+            prefer=prefer,
+            max_carbon_g_per_kwh=max_carbon_g_per_kwh,
+            verified=verified,
         )
-        check_bool("verified", verified)
-        market = market.model_copy(update={"verified": verified})
         check_scaling(min_containers, max_containers)
         check_int("buffer_containers", buffer_containers, 0, 100_000)
         check_number("scaledown_window", scaledown_window, 0, 86400, optional=True, unit="seconds")
@@ -518,44 +517,6 @@ def _function_create(
         schedule=options.get("schedule"),
         volumes=options.get("volumes") or {},
     )
-
-
-def _market_terms(
-    tier: str,
-    bid: float | None,
-    max_price: float | None,
-    region: str | None,
-    min_reliability: float,
-    prefer: str,
-    max_carbon_g_per_kwh: int | None = None,
-) -> MarketTerms:
-    check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
-    wire_tier = tier.replace("-", "_")
-    if bid is not None and wire_tier != "interruptible":
-        raise InvalidRequestError(
-            f"bid= is for tier='interruptible'; tier={tier!r} pays the host's price"
-        )
-    check_choice("prefer", prefer, ("cheapest", "greenest", "fastest"))
-    if region is not None and not is_host_label(region):  # as hosts name theirs
-        raise InvalidRequestError(f"region must be {LABEL_RULE}, got {str(region)[:80]!r}")
-    reliability = check_number("min_reliability", min_reliability, 0, 1)
-    assert reliability is not None
-    check_int("max_carbon_g_per_kwh", max_carbon_g_per_kwh, 0, 5000, optional=True)
-    bid_m, max_m = check_dollars("bid", bid), check_dollars("max_price", max_price)
-    if bid_m is not None and max_m is not None and bid_m > max_m:
-        raise InvalidRequestError(f"bid={bid} is above max_price={max_price}; lower the bid")
-    try:
-        return MarketTerms(
-            tier=wire_tier,
-            bid_micros=bid_m,
-            max_price_micros=max_m,
-            region=region,
-            min_reliability_ppm=round(reliability * 1_000_000),
-            prefer=prefer,
-            max_carbon_g_per_kwh=max_carbon_g_per_kwh,
-        )
-    except ValidationError as exc:
-        raise from_validation_error(exc, "@app.function()", _WIRE_NAMES) from None
 
 
 def _where(obj: Any) -> str:

@@ -14,35 +14,15 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from crucible.errors import InvalidRequestError
-from crucible.protocol.apps import MarketTerms
 from crucible.protocol.logs import LogLine, LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
-from crucible.sdk._checks import check_choice, check_dollars, from_validation_error
+from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
+from crucible.sdk._market_terms import market_terms
 
-__all__ = ["Pod", "market_terms"]
+__all__ = ["Pod"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
-
-
-def market_terms(
-    tier: str = "on_demand", bid: float | None = None, max_price: float | None = None
-) -> MarketTerms:
-    """Dollars per device-hour → the wire's micro-dollars, with the market's own checks.
-
-    ``tier`` is spelled as for functions: ``on-demand`` (or ``on_demand``), ``interruptible``
-    or ``reserved``."""
-    check_choice("tier", tier, ("on-demand", "interruptible", "reserved"), aliases=("on_demand",))
-    try:
-        return MarketTerms(
-            tier=tier.replace("-", "_"),
-            bid_micros=check_dollars("bid", bid),
-            max_price_micros=check_dollars("max_price", max_price),
-        )
-    except ValidationError as exc:
-        raise from_validation_error(
-            exc, "pod", {"bid_micros": "bid", "max_price_micros": "max_price"}
-        ) from None
 
 
 class Pod:
@@ -86,11 +66,18 @@ class Pod:
         tier: str = "on_demand",
         bid: float | None = None,
         max_price: float | None = None,
+        region: str | None = None,
+        min_reliability: float = 0.0,
+        prefer: str = "cheapest",
+        max_carbon_g_per_kwh: int | None = None,
+        verified: bool = False,
         client: Client | None = None,
     ) -> Pod:
         """Create a pod and ask the market for it: ``gpu="H100:8"`` (None: a CPU pod),
         ``disk="100GiB"``, ``ports=["8888/http"]``, ``volumes={"/data": "my-volume"}``;
-        ``tier="interruptible"`` with ``bid`` (and ``max_price``) in dollars per GPU-hour.
+        ``tier="interruptible"`` with ``bid`` (and ``max_price``) in dollars per GPU-hour;
+        ``region``, ``min_reliability`` (0..1), ``prefer``, ``max_carbon_g_per_kwh`` and
+        ``verified`` choose hosts as they do for functions (docs/market.md).
         ``command`` runs with ``sh -c`` (None: the image's; the default image waits)."""
         try:
             req = PodCreate(
@@ -105,7 +92,17 @@ class Pod:
                 ports=list(ports),
                 ssh_keys=list(ssh_keys),
                 volumes=dict(volumes or {}),
-                market=market_terms(tier, bid, max_price),
+                market=market_terms(
+                    tier,
+                    bid,
+                    max_price,
+                    region=region,
+                    min_reliability=min_reliability,
+                    prefer=prefer,
+                    max_carbon_g_per_kwh=max_carbon_g_per_kwh,
+                    verified=verified,
+                    where="Pod.create()",
+                ),
             )
         except ValidationError as exc:
             raise from_validation_error(exc, "Pod.create()") from None

@@ -1,0 +1,145 @@
+"""The CLI takes every market term the API takes: `market quote`, `reserve`, `pod create` and
+`cluster create` choose hosts by region, reliability, carbon and verification as functions
+do (the quote's carbon cap and `--verified`, and the pod's region, reliability and carbon cap,
+could only be set through the HTTP API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import Exchange, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+H100 = [
+    {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
+    for i in range(2)
+]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchange, str]]:
+    """A server (no agent) with one host of 2 H100 at 50 gCO2/kWh, in region eu-north;
+    yields the exchange and its owner's token (who may rent it: no isolation is needed)."""
+    root = tmp_path_factory.mktemp("market-terms")
+    # The host is registered by hand and never syncs: it stays alive for the module.
+    ex = Exchange(root, f"sqlite:///{root / 'store.db'}", CRUCIBLE_HOST_TIMEOUT_S="600")
+    ex.start_server()
+    try:
+        owner = ex.owner_token()
+        with httpx.Client(base_url=ex.url, timeout=30) as http:
+            made = http.post(
+                "/v1/hosts/register",
+                headers={"Authorization": f"Bearer {ex.host_token}"},
+                json={
+                    "name": "green-ish",
+                    "region": "eu-north",
+                    "inventory": {
+                        "cpu_cores": 8,
+                        "memory_mib": 16384,
+                        "disk_mib": 1 << 20,
+                        "gpus": H100,
+                    },
+                },
+            )
+            assert made.status_code == 200, made.text
+            host_id = made.json()["id"]
+            auth = {"Authorization": f"Bearer {owner}"}
+            offers = {
+                "device_type": "H100",
+                "on_demand_micros": 2_000_000,
+                "interruptible_min_micros": 800_000,
+                "reserved_micros": 1_500_000,
+            }
+            r = http.put(f"/v1/hosts/{host_id}/offers", headers=auth, json=offers)
+            assert r.status_code == 200, r.text
+            r = http.patch(
+                f"/v1/hosts/{host_id}/profile", headers=auth, json={"carbon_g_per_kwh": 50}
+            )
+            assert r.status_code == 200, r.text
+        yield ex, owner
+    finally:
+        ex.close()
+
+
+def cli(ex: Exchange, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env.update(
+        CRUCIBLE_HOME=str(ex.root / "cli-home"),
+        CRUCIBLE_SERVER_URL=ex.url,
+        CRUCIBLE_TOKEN=token,
+        COLUMNS="200",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def quote(ex: Exchange, token: str, *args: str) -> dict[str, Any]:
+    out = cli(ex, token, "market", "quote", "H100", "--json", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_a_quote_takes_a_carbon_cap_and_verified(market: tuple[Exchange, str]) -> None:
+    ex, owner = market
+    assert quote(ex, owner)["available"]
+    assert quote(ex, owner, "--max-carbon", "100", "--region", "eu-north")["available"]
+    capped = quote(ex, owner, "--max-carbon", "10")
+    assert not capped["available"] and "carbon" in capped["message"], capped
+    unverified = quote(ex, owner, "--verified")
+    assert not unverified["available"] and "verif" in unverified["message"], unverified
+    assert not quote(ex, owner, "--min-reliability", "1", "--region", "us-east")["available"]
+
+    out = cli(ex, owner, "market", "quote", "H100", "--max-carbon", "-1")
+    assert out.returncode == 2 and "--max-carbon" in out.stderr, out.stderr
+    out = cli(ex, owner, "market", "quote", "H100", "--min-reliability", "2")
+    assert out.returncode == 2 and "--min-reliability" in out.stderr, out.stderr
+
+
+def test_a_pod_and_a_cluster_take_the_market_terms(market: tuple[Exchange, str]) -> None:
+    ex, owner = market
+    out = cli(ex, owner, "pod", "create", "clean", "--gpu", "H100", "--max-carbon", "10")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = cli(ex, owner, "pod", "create", "far", "--gpu", "H100", "--region", "us-east")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = cli(ex, owner, "pod", "create", "any", "--gpu", "H100", "--max-carbon", "60")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def pod(name: str) -> dict[str, Any]:
+        shown = cli(ex, owner, "pod", "show", name, "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        return dict(json.loads(shown.stdout))
+
+    # The pod whose cap the host meets is placed; the others wait, saying why.
+    wait_for(lambda: pod("any")["host_id"] is not None, 30)
+    clean, far = pod("clean"), pod("far")
+    assert clean["state"] == "pending" and clean["host_id"] is None
+    assert "carbon" in (clean["reason"] or ""), clean
+    assert far["state"] == "pending" and far["host_id"] is None, far
+
+    out = cli(ex, owner, "pod", "create", "bad", "--prefer", "greener")
+    assert out.returncode == 1 and "prefer" in out.stderr and "greenest" in out.stderr
+    out = cli(
+        ex,
+        owner,
+        *("cluster", "create", "--name", "ring", "--nodes", "2", "--gpu", "H100"),
+        *("--max-carbon", "10", "--verified"),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("clean", "far", "any", "ring-0", "ring-1"):
+        cli(ex, owner, "pod", "delete", name)
