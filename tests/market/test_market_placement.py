@@ -245,6 +245,11 @@ def test_on_demand_preempts_bids_below_the_ask_only() -> None:
     assert g.preemptions[0].cause is PreemptCause.ON_DEMAND
     r = refused(m.decide_lease(req("d"), 6))
     assert r.code == "no_capacity" and "on-demand" in r.message
+    # On-demand pays the ask and outbids nothing: a higher max_price cannot help where none
+    # was set (it was advised all the same).
+    assert "max_price" not in r.message
+    r = refused(m.decide_lease(req("d", max_price=1_000_000_000), 6))
+    assert r.code == "no_capacity" and "raise max_price" in r.message
 
 
 def test_on_demand_and_reserved_leases_are_never_preempted() -> None:

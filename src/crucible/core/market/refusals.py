@@ -230,11 +230,13 @@ def refuse_lease(st: MarketState, req: LeaseRequest, models: list[str], now: int
                 f"above your max_price of {_per_hour(req.max_price)}. Raise max_price, or bid "
                 "for interruptible capacity.",
             )
+        # A higher max_price helps only where it left out a dearer host (on-demand pays
+        # the ask: it never outbids anything).
         return Refusal(
             RefusalCode.NO_CAPACITY,
             f"every {names} that fits is leased on-demand, reserved, or to interruptible bids "
-            "at or above the ask, for the nodes asked. Try again later, add a fallback type, "
-            "or raise max_price.",
+            "at or above the ask, for the nodes asked. Try again later, add a fallback type"
+            + (", or raise max_price." if req.max_price is not None else "."),
         )
     if req.bid is not None and req.bid < lowest_min:
         return Refusal(
