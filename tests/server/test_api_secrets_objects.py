@@ -10,7 +10,7 @@ from sqlalchemy import select
 from crucible.protocol.accounts import Scope
 from crucible.server.store.tables import secrets
 
-from server_testlib import ServerUnderTest, error_code
+from server_testlib import ManualClock, ServerUnderTest, error_code
 
 PLAINTEXT = "s3cr3t-VALUE-7f1d9c"
 
@@ -246,3 +246,26 @@ def test_containers_use_their_accounts_objects_only(server: ServerUnderTest) -> 
     assert server.request("GET", "/v1/queues/bobs", token=ctok).status_code == 404
     r = server.request("GET", "/v1/queues/q", token=host.token)
     assert r.status_code == 403
+
+
+def test_listing_dicts_and_queues_is_not_a_use(server: ServerUnderTest) -> None:
+    """`crucible dict list` and `queue list` showed every object as last used now, and
+    renewed every object's idle expiry: looking at them kept them alive for ever."""
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    alice = server.tenant("alice")
+    for kind in ("dicts", "queues"):
+        server.ok("POST", f"/v1/{kind}", token=alice.token, json={"name": "old"})
+    made = clock.now
+    clock.now += 3_600_000  # an hour idle
+    for kind in ("dicts", "queues"):
+        [listed] = server.ok("GET", f"/v1/{kind}", token=alice.token)
+        assert listed["last_used_ms"] == made, listed
+        [again] = server.ok("GET", f"/v1/{kind}", token=alice.token)
+        assert again["last_used_ms"] == made  # the listing did not touch it
+    # A use is a use: the SDK's from_name and info() renew it.
+    for kind in ("dicts", "queues"):
+        used = server.ok("POST", f"/v1/{kind}", token=alice.token, json={"name": "old"})
+        assert used["last_used_ms"] == clock.now
+        [listed] = server.ok("GET", f"/v1/{kind}", token=alice.token)
+        assert listed["last_used_ms"] == clock.now

@@ -45,9 +45,15 @@ def _hash(key: bytes) -> str:
 
 
 def dict_info(
-    conn: Connection, principal: Principal, name: str, now_ms: int, *, create: bool = False
+    conn: Connection,
+    principal: Principal,
+    name: str,
+    now_ms: int,
+    *,
+    create: bool = False,
+    touch: bool = True,
 ) -> DictInfo:
-    row = object_row(conn, dicts, principal, name, create=create, now_ms=now_ms)
+    row = object_row(conn, dicts, principal, name, create=create, now_ms=now_ms, touch=touch)
     n, size = conn.execute(
         select(func.count(), func.coalesce(func.sum(func.length(dict_entries.c.value)), 0)).where(
             dict_entries.c.dict_id == row.id
@@ -58,7 +64,7 @@ def dict_info(
         entries=int(n),
         bytes=int(size),
         created_ms=row.created_ms,
-        last_used_ms=max(row.last_used_ms, now_ms),
+        last_used_ms=max(row.last_used_ms, now_ms) if touch else row.last_used_ms,
     )
 
 
@@ -68,7 +74,7 @@ def list_dicts(conn: Connection, principal: Principal, now_ms: int) -> list[Dict
         .where(dicts.c.account_id == principal.account_id)
         .order_by(dicts.c.name)
     ).scalars()
-    return [dict_info(conn, principal, n, now_ms) for n in names]
+    return [dict_info(conn, principal, n, now_ms, touch=False) for n in names]
 
 
 def put_entries(

@@ -26,10 +26,18 @@ def _account(principal: Principal) -> str:
 
 
 def object_row(
-    conn: Connection, table: Table, principal: Principal, name: str, *, create: bool, now_ms: int
+    conn: Connection,
+    table: Table,
+    principal: Principal,
+    name: str,
+    *,
+    create: bool,
+    now_ms: int,
+    touch: bool = True,
 ) -> Any:
     """The row of ``name`` for the caller's account (a builder or one of its running
-    containers), created when missing and ``create``; NotFound otherwise."""
+    containers), created when missing and ``create``; NotFound otherwise. ``touch``: this is
+    a use, which postpones the object's idle expiry (looking at it is not)."""
     account = _account(principal)
     row = find_object(conn, table, account, name)
     if row is None and create:
@@ -54,7 +62,7 @@ def object_row(
             f"{kind} {name!r} not found; create it with crucible.{kind.capitalize()}"
             f".from_name({name!r}, create_if_missing=True)"
         )
-    if now_ms - row.last_used_ms > 60_000:  # touched at most once a minute
+    if touch and now_ms - row.last_used_ms > 60_000:  # touched at most once a minute
         conn.execute(update(table).where(table.c.id == row.id).values(last_used_ms=now_ms))
     return row
 

@@ -33,9 +33,15 @@ def queue_id(
 
 
 def queue_info(
-    conn: Connection, principal: Principal, name: str, now_ms: int, *, create: bool = False
+    conn: Connection,
+    principal: Principal,
+    name: str,
+    now_ms: int,
+    *,
+    create: bool = False,
+    touch: bool = True,
 ) -> QueueInfo:
-    row = object_row(conn, queues, principal, name, create=create, now_ms=now_ms)
+    row = object_row(conn, queues, principal, name, create=create, now_ms=now_ms, touch=touch)
     parts = conn.execute(
         select(
             queue_items.c.partition,
@@ -51,7 +57,7 @@ def queue_info(
         bytes=sum(int(p[2]) for p in parts),
         partitions={p[0]: int(p[1]) for p in parts},
         created_ms=row.created_ms,
-        last_used_ms=max(row.last_used_ms, now_ms),
+        last_used_ms=max(row.last_used_ms, now_ms) if touch else row.last_used_ms,
     )
 
 
@@ -61,7 +67,7 @@ def list_queues(conn: Connection, principal: Principal, now_ms: int) -> list[Que
         .where(queues.c.account_id == principal.account_id)
         .order_by(queues.c.name)
     ).scalars()
-    return [queue_info(conn, principal, n, now_ms) for n in names]
+    return [queue_info(conn, principal, n, now_ms, touch=False) for n in names]
 
 
 def put_items(
