@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,18 +111,21 @@ def _write_file(client: Client, entry: FileEntry, target: Path, cache: Path | No
     os.replace(tmp, target)
 
 
-def _local_state(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ms) of every file under a mount."""
+def _local_state(root: Path, others: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ms) of every regular file under a mount; the paths of anything else a
+    volume cannot hold (symlinks, sockets, fifos) are added to ``others``."""
     out: dict[str, tuple[int, int]] = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
+    for dirpath, dirs, names in os.walk(root):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
             if name.endswith(".crucible-tmp"):
                 continue
             full = Path(dirpath) / name
             st = full.lstat()
+            rel = full.relative_to(root).as_posix()
             if stat.S_ISREG(st.st_mode):
-                rel = full.relative_to(root).as_posix()
                 out[rel] = (st.st_size, int(st.st_mtime * 1000))
+            elif others is not None:
+                others.append(rel)
     return out
 
 
@@ -245,9 +249,18 @@ class Volume:
 
     def commit(self) -> VolumeVersion | None:
         """Publish this container's changes under the mount as a new version (None when
-        nothing changed). Files others committed meanwhile are kept."""
+        nothing changed). Files others committed meanwhile are kept. A volume holds regular
+        files: symlinks (and sockets, fifos) are left out, with a warning naming them."""
         mount = self._mount()
-        local = _local_state(mount.path)
+        others: list[str] = []
+        local = _local_state(mount.path, others)
+        if others:
+            shown = ", ".join(sorted(others)[:5]) + (", ..." if len(others) > 5 else "")
+            warnings.warn(
+                f"volume {self.name!r}: {len(others)} path(s) not committed, since a volume "
+                f"holds regular files only (symlinks, sockets and fifos are left out): {shown}",
+                stacklevel=2,
+            )
         changes: dict[str, FileEntry | None] = {}
         for rel, state in local.items():
             if not _unchanged(mount.base.files.get(rel), state):
