@@ -109,6 +109,8 @@ def test_wrong_tokens_are_refused_with_a_reason(server: ServerUnderTest, browser
     me = browser()
     r = me.sign_in("cru_not-a-token")
     assert r.status_code == 401 and "not valid" in r.text
+    # The token was pasted into the form: the API's hint (an environment variable) is wrong.
+    assert "CRUCIBLE_TOKEN" not in r.text and "crucible token create" in r.text
     r = me.sign_in(host.token)
     assert r.status_code == 403 and "cannot sign in" in r.text
     r = me.sign_in("")
@@ -371,6 +373,11 @@ def test_price_form_changes_the_book(server: ServerUnderTest, browser: Browser) 
         # Digits that are not ASCII ("²" passes str.isdigit(), not int()): these were 500s.
         "/market?quote=H100&nodes=%C2%B2",
         "/calls?before=%C2%B2:ca-x",
+        # Past what a store column holds: these were 500s (an integer overflow in SQLite).
+        "/bill?before=99999999999999999999999",
+        "/bill?before=9223372036854775808",
+        "/calls?before=99999999999999999999999:ca-x",
+        "/calls?before=9223372036854775808:x",
         "/apps/ap-missing",
         "/calls/ca-missing",
         "/hosts/ho-missing",
@@ -386,3 +393,27 @@ def test_bad_input_is_a_clear_4xx_page(
     me.sign_in(w["token"])
     r = me.get(path)
     assert 400 <= r.status_code < 500, (path, r.status_code)
+
+
+def test_a_browser_asking_for_a_path_no_page_has_gets_a_console_page(
+    server: ServerUnderTest,
+) -> None:
+    """A console URL trimmed by hand (`/apps/`) or a method no page takes answered the
+    API's JSON, without the console's headers (framing, caching)."""
+    html = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    for method, path, status in (
+        ("GET", "/apps/", 404),
+        ("GET", "/no-such-page", 404),
+        ("POST", "/calls", 405),
+        ("DELETE", "/", 405),
+    ):
+        r = server.request(method, path, headers=html)
+        assert r.status_code == status, (path, r.status_code)
+        assert r.headers["content-type"].startswith("text/html"), (path, r.text)
+        assert r.headers["x-frame-options"] == "DENY" and "no-store" in r.headers["cache-control"]
+        if status == 405:
+            assert "GET" in r.headers["allow"]
+    # The API's clients and paths keep the API's JSON.
+    assert server.request("GET", "/apps/").headers["content-type"] == "application/json"
+    r = server.request("GET", "/v1/no-such-route", headers=html)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"

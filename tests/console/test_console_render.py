@@ -45,7 +45,7 @@ def test_formats() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "micros"), [("2.5", 2_500_000), ("$0.40", 400_000), ("1,000", 10**9), ("0", 0)]
+    ("text", "micros"), [("2.5", 2_500_000), ("$0.40", 400_000), ("1000", 10**9), ("0", 0)]
 )
 def test_prices_parse(text: str, micros: int) -> None:
     assert usd_to_micros(text, "on demand") == micros
@@ -57,3 +57,24 @@ def test_prices_parse(text: str, micros: int) -> None:
 def test_bad_prices_say_why(text: str) -> None:
     with pytest.raises(InvalidRequestError, match="on demand"):
         usd_to_micros(text, "on demand")
+
+
+@pytest.mark.parametrize("text", ["2,10", "0,90", "1,000", "$1,5"])
+def test_a_comma_in_a_price_is_never_guessed(text: str) -> None:
+    """ "2,10" was saved as $210 (the comma dropped as a thousands separator), where much of
+    the world writes 2.10 so."""
+    with pytest.raises(InvalidRequestError, match="has a comma"):
+        usd_to_micros(text, "on demand")
+
+
+def test_an_event_keeps_every_line_end_inside_its_data() -> None:
+    """A call's error message with bare CRs (a stranger's input) ended the live table's
+    event early and added fields of its own (`event: end` closed the browser's stream)."""
+    from crucible.server.console.live import event
+
+    sent = event("<td>AAA\r\rdata: x\revent: end\rid: 42\r\nB\nC</td>", "html", 7)
+    lines = sent.split("\n")
+    assert "\r" not in sent
+    assert lines[:2] == ["id: 7", "event: html"]
+    assert all(line.startswith("data: ") for line in lines[2:-2]), lines
+    assert lines[-2:] == ["", ""]  # one blank line ends the one event

@@ -39,6 +39,7 @@ __all__ = [
     "Words",
     "is_host_label",
     "read_tolerant",
+    "wire_count",
 ]
 
 # The largest magnitude of an integer on the wire: every JSON reader holds it exactly, and it
@@ -107,6 +108,16 @@ def _flattened(value: Any) -> Any:
 FlatText = Annotated[str, BeforeValidator(_flattened)]
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 LABEL_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def wire_count(text: str) -> int | None:
+    """``text`` as a count or a cursor when it is plain ASCII digits within
+    :data:`MAX_WIRE_INT` (what a store column holds); None otherwise. For values read from
+    headers, paths and cursors, where a larger number reached the store and failed there."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:
+        return None
+    n = int(text)
+    return n if n <= MAX_WIRE_INT else None
 
 
 def is_host_label(value: object) -> bool:

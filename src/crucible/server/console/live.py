@@ -9,6 +9,7 @@ and log streams resume after the last line sent (``Last-Event-ID``).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -24,16 +25,19 @@ __all__ = ["MAX_STREAM_S", "event", "session_alive", "sse_response", "table_stre
 MAX_STREAM_S = 300.0  # then the browser reconnects (and a dead session is noticed there)
 TABLE_REFRESH_S = 1.0
 KEEPALIVE_S = 15.0
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 
 def event(data: str, name: str | None = None, event_id: int | None = None) -> str:
-    """One SSE event; multi-line data becomes one ``data:`` field per line."""
+    """One SSE event; multi-line data becomes one ``data:`` field per line. Every line end
+    SSE knows (CRLF, a lone CR, LF) is split on: a CR left in the data (from a message a
+    stranger chose) would end the field there and start fields of its own."""
     head = ""
     if event_id is not None:
         head += f"id: {event_id}\n"
     if name:
         head += f"event: {name}\n"
-    body = "".join(f"data: {line}\n" for line in data.split("\n"))
+    body = "".join(f"data: {line}\n" for line in _LINE_ENDS.split(data))
     return head + body + "\n"
 
 

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
+from crucible.protocol.common import MAX_WIRE_INT, wire_count
 from crucible.server.api.web_origin import endpoint_url
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_info
@@ -134,16 +135,16 @@ async def logs_stream(
     app_id: str,
     request: Request,
     session: Session,
-    after: int = Query(default=0, ge=0),
+    after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     call_id: str | None = Query(default=None, max_length=64),
 ) -> Response:
     """New log lines as ``line`` events (JSON: ts, stream, line, call_id), each with its id
     so a reconnecting browser resumes after the last one it got."""
     state = state_of(request)
     who = session.principal
-    resume = request.headers.get("last-event-id", "")
-    if resume.isascii() and resume.isdigit():
-        after = max(after, int(resume))
+    resume = wire_count(request.headers.get("last-event-id", ""))
+    if resume is not None:
+        after = max(after, resume)
     with state.engine.connect() as conn:
         logs.read_logs(conn, who, app_id, call_id=call_id, after=after, limit=1)  # NotFound now
 

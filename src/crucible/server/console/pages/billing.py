@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.server.billing import statements
 from crucible.server.billing.service import bill
 from crucible.server.console import charts
@@ -34,7 +35,7 @@ def bill_page(
     request: Request,
     session: Session,
     span: str = Query(default="day", alias="range", pattern="^(hour|day|month)$"),
-    before: int | None = Query(default=None, ge=0),
+    before: int | None = Query(default=None, ge=0, le=MAX_WIRE_INT),
 ) -> Response:
     state = state_of(request)
     who = session.principal

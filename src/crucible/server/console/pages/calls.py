@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request, Response
 
 from crucible.errors import InvalidRequestError
+from crucible.protocol.common import wire_count
 from crucible.server.auth import Principal
 from crucible.server.console.charts import timeline_bar
 from crucible.server.console.live import sse_response, table_stream
@@ -27,12 +28,13 @@ PAGE = 50
 def _before(text: str | None) -> tuple[int, str] | None:
     if not text:
         return None
-    ms, _, call_id = text.partition(":")
-    if not (ms.isascii() and ms.isdigit()) or not call_id or len(call_id) > 64:
+    ms_text, _, call_id = text.partition(":")
+    ms = wire_count(ms_text)
+    if ms is None or not call_id or len(call_id) > 64:
         raise InvalidRequestError(
             "before must be <created_ms>:<call id>, as in the list's 'Older' link"
         )
-    return int(ms), call_id
+    return ms, call_id
 
 
 def _filters(app_id: str | None, function_id: str | None, state: str | None) -> dict[str, str]:
