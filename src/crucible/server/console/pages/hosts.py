@@ -147,7 +147,13 @@ def host_page(host_id: str, request: Request, session: Session) -> Response:
 
 def usd_to_micros(text: str, what: str) -> int:
     """Dollars as typed ("2.5", "$0.40") to micro-dollars; a clear error otherwise."""
-    cleaned = text.strip().removeprefix("$").replace(",", "")
+    cleaned = text.strip().removeprefix("$")
+    if "," in cleaned:
+        # "2,10" is 2.10 in much of the world and 210 in the rest: never guessed.
+        raise InvalidRequestError(
+            f"{what}: {text!r} has a comma; write dollars with a dot for the cents and no "
+            "thousands separator (like 2.50 or 1500)"
+        )
     try:
         value = Decimal(cleaned)
     except InvalidOperation:
