@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,6 +62,7 @@ from crucible.server.api.responses import (
 from crucible.server.billing.grid_carbon import parse_sources
 from crucible.server.blobs import open_blob_store
 from crucible.server.console import router as console_router
+from crucible.server.console.web import browser_error
 from crucible.server.front import FrontedAPI
 from crucible.server.hotpath import HotPath
 from crucible.server.leadership import Elector, settings_check
@@ -268,7 +269,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         return shaped(request, error_response(InvalidRequestError(message)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = str(exc.detail)
         headers = dict(exc.headers or {})
@@ -295,6 +296,11 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
                     f"Invalid URL ({request.method} {request.url.path}): the OpenAI API here "
                     "is under /openai/v1 (models, chat/completions, completions, embeddings)",
                 )
+        if exc.status_code == 405 or (exc.status_code == 404 and "endpoint" not in request.scope):
+            shown = browser_error(request, exc.status_code, message)
+            if shown is not None:
+                shown.headers.update(headers)
+                return shown
         body: dict[str, Any] = {"error": {"code": code, "message": message}}
         return shaped(request, JSONResponse(body, status_code=exc.status_code, headers=headers))
 

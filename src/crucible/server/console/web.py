@@ -38,6 +38,7 @@ __all__ = [
     "ConsoleRoute",
     "Session",
     "SignInRequired",
+    "browser_error",
     "form_data",
     "get_session",
     "page",
@@ -165,6 +166,19 @@ def _login_redirect(request: Request) -> Response:
 
 def _error_page(request: Request, status: int, title: str, message: str) -> Response:
     return page(request, "error.html", status_code=status, title=title, message=message)
+
+
+def browser_error(request: Request, status: int, message: str) -> Response | None:
+    """A console page for a browser's request that no route answered (a path trimmed from
+    a console URL, a method a page does not take), with the console's headers; None for
+    the API's clients (JSON) and the API's and the OpenAI API's paths."""
+    path = request.url.path
+    if path.startswith(("/v1/", "/openai/")) or "text/html" not in request.headers.get(
+        "accept", ""
+    ):
+        return None
+    title = "not_found" if status == 404 else "method_not_allowed"
+    return _with_headers(_error_page(request, status, title, message))
 
 
 class ConsoleRoute(APIRoute):

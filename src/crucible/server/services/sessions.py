@@ -46,7 +46,14 @@ def sign_in(
     token = token.strip()
     if not token:
         raise AuthError("paste an API token (create one with `crucible token create`)")
-    principal = authenticate(state, f"Bearer {token}")
+    try:
+        principal = authenticate(state, f"Bearer {token}")
+    except AuthError:
+        # The API's wording names CRUCIBLE_TOKEN; here the token was pasted into a form.
+        raise AuthError(
+            "that token is not valid (unknown or revoked): paste a current one, or create "
+            "one with `crucible token create`"
+        ) from None
     if principal.scope not in _SIGN_IN_SCOPES or principal.token_id is None:
         raise PermissionDeniedError(
             f"a {principal.scope} token cannot sign in to the console; use a user or admin "
