@@ -143,3 +143,12 @@ def test_a_pod_and_a_cluster_take_the_market_terms(market: tuple[Exchange, str])
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("clean", "far", "any", "ring-0", "ring-1"):
         cli(ex, owner, "pod", "delete", name)
+
+
+def test_hosts_show_the_carbon_intensity_in_force(market: tuple[Exchange, str]) -> None:
+    """docs/market.md says `crucible hosts` shows the intensity in force and its source; it
+    showed neither (only `--json` had them)."""
+    ex, owner = market
+    out = cli(ex, owner, "hosts")
+    assert out.returncode == 0, out.stderr
+    assert "gCO2/kWh" in out.stdout and "50 (declared)" in out.stdout, out.stdout

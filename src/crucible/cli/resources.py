@@ -318,6 +318,10 @@ def register(app: typer.Typer) -> None:
                     gpus or "-",
                     f"{h.inventory.disk_mib / 1024:.0f} GiB",
                     h.containers,
+                    # The intensity in force and where it came from (declared, a grid source).
+                    "-"
+                    if h.carbon_g_per_kwh is None
+                    else f"{h.carbon_g_per_kwh} ({clean(h.carbon_source)})",
                 )
             )
         table(
@@ -332,6 +336,7 @@ def register(app: typer.Typer) -> None:
                 "GPUs",
                 "disk free",
                 "containers",
+                "gCO2/kWh",
             ],
             rows,
             ids=("id",),
