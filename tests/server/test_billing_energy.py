@@ -294,3 +294,34 @@ def test_a_host_cannot_bill_more_energy_than_its_devices_can_draw(make_server: M
     # A CPU-only container, counted at 8 cores x 10 W, twice over: 160 W for 36 s = 1.6 Wh.
     assert line["energy_mwh"] == 1_600
     assert 640 <= line["carbon_mg"] <= 644  # 0.64 g, rounded half up in each of 4 intervals
+
+
+def test_a_host_cannot_report_less_energy_than_its_gpus_draw_idle(
+    make_server: MakeServer,
+) -> None:
+    """A host reporting 0 energy for a GPU container zeroed the renter's emissions (and its
+    own) on every bill and statement: a GPU held by a container draws at least its idle
+    power, half of which is the floor."""
+    from sqlalchemy import update
+
+    from crucible.server.store.tables import containers
+
+    server = make_server()
+    clock = FakeClock()
+    server.state.clock = clock
+    renter, host_token, host_id, _fid, cid = _setup(server, carbon=400)
+    with server.state.engine.begin() as conn:
+        conn.execute(
+            update(containers)
+            .where(containers.c.id == cid)
+            .values(gpu_model="H100", gpu_indices=[0, 1])
+        )
+    t0 = clock.ms
+    _sync(server, host_token, host_id, 1, {"container_id": cid, "state": "running", "pid": 1})
+    clock.ms = t0 + 36_000
+    exited = {"container_id": cid, "state": "exited", "exit_code": 0, "reason": "exited"}
+    _sync(server, host_token, host_id, 2, {**exited, "energy_mwh": 0})
+    [line] = server.ok("GET", "/v1/bill", token=renter)["lines"]
+    # Two H100 at half their 80 W idle: 80 W for 36 s = 0.8 Wh, at 400 g/kWh 0.32 g.
+    assert line["energy_mwh"] == 800
+    assert 320 <= line["carbon_mg"] <= 324

@@ -62,6 +62,9 @@ def _estimated_watts(gpu_model: str | None, gpus: int, cpu: float) -> float:
 # counts at least this many, and twice the devices' maximum power (TDP; unknown models 1 kW).
 _CAP_MIN_CORES = 8.0
 _CAP_FACTOR = 2.0
+# A host cannot deflate them either: a GPU held by a container draws at least its idle power
+# (half of the catalog's figure is counted, for the spread between boards).
+_FLOOR_FACTOR = 0.5
 
 
 def _plausible_watts(r: Any) -> float:
@@ -69,6 +72,14 @@ def _plausible_watts(r: Any) -> float:
     tdp = GPU_CATALOG[r.gpu_model].tdp_watts if r.gpu_model in GPU_CATALOG else 1000
     cores = max(float(r.cpu), _CAP_MIN_CORES)
     return _CAP_FACTOR * estimated_watts(tdp, gpus, cores, CPU_CORE_WATTS)
+
+
+def _floor_watts(r: Any) -> float:
+    """The least a container's GPUs draw while they are its own: half their catalog idle
+    power (unknown models: none). Reported energy below it is raised to it."""
+    if r.gpu_model not in GPU_CATALOG:
+        return 0.0
+    return _FLOOR_FACTOR * GPU_CATALOG[r.gpu_model].idle_watts * len(r.gpu_indices or [])
 
 
 def record_grid_readings(conn: Connection, readings: dict[str, GridReading]) -> None:
@@ -183,7 +194,8 @@ def meter_containers(
             # above twice their maximum power over the time it covers is dropped.
             span = (stop if stop is not None else now_ms) - due[0][0]
             cap = estimated_energy_mwh(_plausible_watts(r), 0, 0, max(0, span))
-            energies = energy_split(min(reported, cap), due)
+            floor = estimated_energy_mwh(_floor_watts(r), 0, 0, max(0, span))
+            energies = energy_split(max(min(reported, cap), floor), due)
             energy_done = max(energy_done, int(r.energy_mwh)) - sum(energies)
         elif measured:
             energies = []
