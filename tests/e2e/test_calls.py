@@ -34,6 +34,11 @@ def test_exception_reaches_caller_with_remote_traceback(builder) -> None:
             app_basic.boom.remote(3)
         notes = "\n".join(getattr(info.value, "__notes__", []))
         assert "Remote traceback" in notes and "in boom" in notes
+        # The traceback starts at the builder's code: the worker's own frames above it
+        # (crucible/worker/...) told the builder nothing.
+        remote = notes.split("Remote traceback:", 1)[1]
+        assert "crucible/worker" not in remote and "crucible/sdk" not in remote, remote
+        assert remote.lstrip().startswith("Traceback (most recent call last):")
 
         results = list(app_basic.fails_on_odd.map(range(6), return_exceptions=True))
         assert results[0::2] == [0, 2, 4]

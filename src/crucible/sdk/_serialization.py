@@ -6,8 +6,10 @@ The control plane never unpickles: it stores these bytes and forwards them.
 from __future__ import annotations
 
 import inspect
+import os
 import traceback
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import cloudpickle
@@ -142,13 +144,27 @@ def deserialize_value(data: bytes, what: str, where: str) -> Any:
         ) from None
 
 
+# Where Crucible's own modules live: their frames above the builder's code (the worker's
+# call machinery) say nothing to the builder.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _from_user_code(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from the first frame outside Crucible's package; all of it when every frame
+    is Crucible's (the failure is the worker's own, and its frames are the story)."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
 def error_info_from_exception(exc: BaseException, function: str | None = None) -> ErrorInfo:
     """What the worker sends when the user's function raised (``function``: its name, for
     the message when the exception itself cannot be pickled). A :class:`SerializationError`
     (a result or item that cannot be pickled) keeps its own code."""
     if isinstance(exc, SerializationError):
         return ErrorInfo(code=exc.code, message=exc.message[:10_000])
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = "".join(traceback.format_exception(type(exc), exc, _from_user_code(exc.__traceback__)))
     exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     pickled: Payload | None = None
     if isinstance(exc, SystemExit):
