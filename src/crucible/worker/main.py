@@ -90,6 +90,31 @@ def run_enter_hooks(module: Any) -> None:
         hook()
 
 
+def forget_other_bundles(cache: Path, mine: Path) -> None:
+    """Drop the modules imported from another code bundle than ``mine`` (and its place on
+    ``sys.path``): a zygote warms the code it last ran, and a container forked from it for
+    another version of that code (a redeploy, `crucible serve`'s reload, the next
+    `crucible run`) would otherwise import the old module from ``sys.modules``."""
+    root = os.path.abspath(cache) + os.sep
+    own = os.path.abspath(mine) + os.sep
+    stale = [
+        name
+        for name, module in list(sys.modules.items())
+        if (f := getattr(module, "__file__", None)) is not None
+        and str(f).startswith(root)
+        and not str(f).startswith(own)
+    ]
+    for name in stale:
+        del sys.modules[name]
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if not (os.path.abspath(p) + os.sep).startswith(root) or os.path.abspath(p) + os.sep == own
+    ]
+    if stale:
+        importlib.invalidate_caches()
+
+
 class _Timeout(BaseException):
     """Raised by the alarm inside user code; a BaseException so `except Exception` in user
     code does not swallow it."""
@@ -187,6 +212,7 @@ class Worker:
             if self.assignment.volumes:
                 mount_volumes(Client.in_container(), self.assignment.volumes)
             src = self._bundle_dir()
+            forget_other_bundles(self.code_cache, src)
             sys.path.insert(0, str(src))
             module = importlib.import_module(self.assignment.code.module)
             obj: Any = module

@@ -119,10 +119,13 @@ def _warm(sha: str, module_name: str) -> None:
     later container of this code starts with both done. Failures are left for the child to
     meet (and report) on its own import."""
     from crucible.sdk._hooks import enter_hooks
-    from crucible.worker.main import SNAPSHOT_DONE
+    from crucible.worker.main import SNAPSHOT_DONE, forget_other_bundles
 
     path = str(_CODE_ROOT / sha)
-    if module_name in sys.modules or not Path(path).is_dir():
+    if not Path(path).is_dir():
+        return
+    forget_other_bundles(_CODE_ROOT, Path(path))  # another version warmed before this one
+    if module_name in sys.modules:
         return
     sys.path.insert(0, path)
     try:
