@@ -106,9 +106,11 @@ def test_a_quote_takes_a_carbon_cap_and_verified(market: tuple[Exchange, str]) -
     assert not quote(ex, owner, "--min-reliability", "1", "--region", "us-east")["available"]
 
     out = cli(ex, owner, "market", "quote", "H100", "--max-carbon", "-1")
-    assert out.returncode == 2 and "--max-carbon" in out.stderr, out.stderr
+    assert out.returncode == 1 and "max_carbon" in out.stderr, out.stderr
     out = cli(ex, owner, "market", "quote", "H100", "--min-reliability", "2")
-    assert out.returncode == 2 and "--min-reliability" in out.stderr, out.stderr
+    assert out.returncode == 1 and "--min-reliability must be" in out.stderr, out.stderr
+    out = cli(ex, owner, "pod", "create", "bad", "--max-carbon", "9999")
+    assert out.returncode == 1 and "max_carbon_g_per_kwh" in out.stderr, out.stderr
 
 
 def test_a_pod_and_a_cluster_take_the_market_terms(market: tuple[Exchange, str]) -> None:

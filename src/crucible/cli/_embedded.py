@@ -273,14 +273,22 @@ def stop_detached(settings: Settings, timeout_s: float | None = None) -> Running
     return running
 
 
-def ensure_running(settings: Settings) -> ClientConfig:
-    """The configured exchange; an embedded one is started here when none is configured or
-    the configured local one is down."""
+def ensure_running(
+    settings: Settings, *, start: bool = True, command: str = "crucible run ..."
+) -> ClientConfig:
+    """The configured exchange. With ``start`` (``command`` runs work: `crucible run`,
+    `deploy`, `serve`), an embedded one is started here when none is configured or the
+    configured local one is down, and left running; without it (a command that only reads
+    or changes what an exchange holds), that is an error that says how to start one."""
     config = read_client_config(settings)
     if config is not None and (settings.server_url or is_healthy(config.server_url)):
         return config
     if settings.server_url:
-        raise Error(f"CRUCIBLE_SERVER_URL={settings.server_url} is set but no token is configured")
+        raise Error(
+            f"CRUCIBLE_SERVER_URL={settings.server_url} is set but no token is configured for "
+            "it: set CRUCIBLE_TOKEN (the token in client.json is sent only to the server it "
+            "came from)"
+        )
     local = local_url(settings)
     running = running_exchange(settings)
     if config is not None and config.server_url != local and running is None:
@@ -291,17 +299,24 @@ def ensure_running(settings: Settings) -> ClientConfig:
     from crucible.cli._output import err_console
 
     if running is None:
+        if not start:
+            raise Error(
+                f"no exchange is running for {settings.home_path}: start one with "
+                "`crucible up --detach` (`crucible run FILE` also starts one), or point "
+                "CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN at a shared exchange"
+            )
         if not port_free(settings.bind_host, settings.port):
             raise port_taken_error(
                 settings.bind_host,
                 settings.port,
                 crucible_answers=is_healthy(local),
-                command="crucible run ...",
+                command=command,
             )
         err_console.print(
-            f"[dim]Starting an embedded exchange at {local} (state in {settings.home_path})…[/]"
+            f"[dim]Starting an embedded exchange at {local} (state in {settings.home_path}); "
+            "it keeps running after this command: `crucible down` stops it…[/]"
         )
-    start_detached(settings, command="crucible run ...")
+    start_detached(settings, command=command)
     config = read_client_config(settings)
     if config is None:
         raise Error(

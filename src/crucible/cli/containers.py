@@ -103,7 +103,7 @@ def exec_in(
                 "(or -it for a shell)"
             )
         argv = ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']
-    config = ensure_running(load_settings())
+    config = ensure_running(load_settings(), start=False)
     container = target()
     if tty:
         code = _tunnels.exec_interactive(config.server_url, config.token, container, argv)
@@ -123,7 +123,7 @@ def port_forward_to(target: Callable[[], str], name: str, ports: str, address: s
         local, remote = _tunnels.parse_forward(ports)
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from None
-    config = ensure_running(load_settings())
+    config = ensure_running(load_settings(), start=False)
     container = target()
     _check_reachable(config.server_url, config.token, container, remote)
 
@@ -158,13 +158,13 @@ def _check_reachable(server_url: str, token: str, container: str, port: int) -> 
 
 
 def proxy_to(target: Callable[[], str], user: str | None) -> None:
-    config = ensure_running(load_settings())
+    config = ensure_running(load_settings(), start=False)
     raise typer.Exit(_tunnels.proxy(config.server_url, config.token, target(), user=user))
 
 
 def ssh_to(target: Callable[[], str], command: list[str] | None, identity: str | None) -> None:
     settings = load_settings()
-    ensure_running(settings)
+    ensure_running(settings, start=False)
     known = settings.home_path / "known_hosts"
     known.parent.mkdir(parents=True, exist_ok=True)
     argv = _tunnels.ssh_command(

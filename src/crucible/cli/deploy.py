@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         serving."""
         file, _, wanted = target.partition("::")
         chosen = _pick_app(import_app_file(Path(file)), wanted or None)
-        client = _client()
+        client = _client(start="crucible deploy ...")
         try:
             info = chosen.deploy(name=name, client=client)
         finally:
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         chosen = _pick_app(import_app_file(file), target.partition("::")[2] or None)
         dep_name = name or f"{chosen.name}-dev"
         check_name("the deployment's name (--name)", dep_name)
-        client = _client()
+        client = _client(start="crucible serve ...")
         watched = file.resolve().parent
 
         def snapshot() -> dict[Path, float]:

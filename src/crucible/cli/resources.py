@@ -43,12 +43,10 @@ JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 # Which hosts the market may use, as for functions (docs/market.md).
 REGION = typer.Option(None, "--region", help="Only hosts in this region.")
 MIN_RELIABILITY = typer.Option(
-    0.0, "--min-reliability", min=0, max=1, help="Only hosts at least this reliable (0..1)."
+    0.0, "--min-reliability", help="Only hosts at least this reliable (0..1)."
 )
 PREFER = typer.Option("cheapest", "--prefer", help="cheapest, greenest or fastest.")
-MAX_CARBON = typer.Option(
-    None, "--max-carbon", min=0, max=5000, help="Only hosts at most this gCO2/kWh."
-)
+MAX_CARBON = typer.Option(None, "--max-carbon", help="Only hosts at most this gCO2/kWh (0..5000).")
 VERIFIED = typer.Option(
     False, "--verified", help="Only hosts whose self-test matched the GPU catalog."
 )
@@ -72,8 +70,15 @@ def _isolation_words(isolated: bool, report: IsolationReport | None) -> str:
     return "full, egress " + ("filtered" if egress else "refused to other accounts")
 
 
-def _client() -> Client:
-    config = ensure_running(load_settings())
+def _client(*, start: str | None = None) -> Client:
+    """A client of the configured exchange. ``start``: the command (`crucible deploy ...`),
+    which runs work and so starts an embedded exchange when none runs; the others only read
+    or change what an exchange holds, and say how to start one."""
+    settings = load_settings()
+    if start is None:
+        config = ensure_running(settings, start=False)
+    else:
+        config = ensure_running(settings, command=start)
     return Client(config.server_url, config.token)
 
 

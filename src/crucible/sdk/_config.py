@@ -28,8 +28,12 @@ def read_client_config(settings: Settings) -> ClientConfig | None:
     path = client_config_path(settings)
     if (not url or not token) and path.exists():
         data = json.loads(path.read_text())
-        url = url or data.get("server_url", "")
-        token = token or data.get("token", "")
+        saved_url = str(data.get("server_url", ""))
+        url = url or saved_url
+        # The saved token belongs to the saved server: it is never sent to another URL (one
+        # set in CRUCIBLE_SERVER_URL without CRUCIBLE_TOKEN would have received it).
+        if not token and url.rstrip("/") == saved_url.rstrip("/"):
+            token = data.get("token", "")
     if not url or not token:
         return None
     return ClientConfig(url, token)
