@@ -41,6 +41,9 @@ class CallCaches:
     claim_groups: dict[str, str | None] = field(default_factory=dict)
     # Generator calls: how many items each caller has read (the worker's back-pressure).
     items_consumed: dict[str, int] = field(default_factory=dict)
+    # WebSocket calls: how far the worker has read the client's inbox (the gateway stops
+    # reading from a client that is this far ahead; shared like items_consumed).
+    inbox_read: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import orjson
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketState
 
@@ -48,6 +49,7 @@ from crucible.server.services.blobs import grant_blob
 from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
+from crucible.server.wakeups import long_poll
 from crucible.server.web_relay import RelayedResponse, relayed_response
 
 router = APIRouter(tags=["web"])
@@ -71,6 +73,10 @@ _FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # a header name (lowercased)
 _NO_BODY = (204, 304)
 _FIRST_PART_WAIT_S = 300.0
+# A WebSocket client's message is at most this big (websockets' own default; larger ones
+# close the connection with 1009), and it may be at most this many messages ahead of the app.
+WS_MESSAGE_MAX_BYTES = 1024 * 1024
+WS_INBOX_WINDOW = 64
 # A resolved endpoint is reused this long: a deployment changed through this server is seen
 # at once (the routes clear the cache), one changed through another replica within this.
 _ENDPOINT_TTL_S = 1.0
@@ -517,21 +523,40 @@ async def gateway_websocket(
     )
     call_id = created.call_ids[0]
 
+    posted = 0  # messages in the inbox
+
     def post(message: dict[str, Any]) -> None:
+        nonlocal posted
         with state.engine.begin() as conn:
-            items_svc.append_inbox(conn, call_id, [orjson.dumps(message).decode()])
+            posted = items_svc.append_inbox(conn, call_id, [orjson.dumps(message).decode()])
         state.wakeups.notify_many([f"inbox:{call_id}"])
+
+    def caught_up() -> bool | None:
+        return True if posted - state.calls.inbox_read.get(call_id, 0) < WS_INBOX_WINDOW else None
 
     async def from_client() -> None:
         while True:
+            # Back-pressure: a client far ahead of the app is not read (TCP holds it back)
+            # until the worker has taken its messages; the store holds a window, not a flood.
+            while not caught_up():
+                await long_poll(state.wakeups, [f"inboxread:{call_id}"], caught_up, 30.0)
             msg = await websocket.receive()
             if msg["type"] == "websocket.disconnect":
-                post({"type": "disconnect", "code": msg.get("code", 1000)})
+                await run_in_threadpool(post, {"type": "disconnect", "code": msg.get("code", 1000)})
                 return
-            if msg.get("bytes") is not None:
-                post({"type": "receive", "bytes": base64.b64encode(msg["bytes"]).decode()})
+            data = msg.get("bytes")
+            text = msg.get("text") or ""
+            if len(data if data is not None else text.encode()) > WS_MESSAGE_MAX_BYTES:
+                await run_in_threadpool(post, {"type": "disconnect", "code": 1009})
+                await websocket.close(
+                    code=1009, reason=f"a message is at most {WS_MESSAGE_MAX_BYTES} bytes"
+                )
+                return
+            if data is not None:
+                part = {"type": "receive", "bytes": base64.b64encode(data).decode()}
             else:
-                post({"type": "receive", "text": msg.get("text") or ""})
+                part = {"type": "receive", "text": text}
+            await run_in_threadpool(post, part)
 
     async def to_client() -> None:
         after = 0

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
-from crucible.protocol.common import MAX_WIRE_INT, Payload
+from crucible.protocol.common import MAX_WIRE_INT, Payload, wire_count
 from crucible.server.api.deps import Builder, Container, State
 from crucible.server.auth import Principal
 from crucible.server.services import items as svc
@@ -26,6 +26,8 @@ router = APIRouter(prefix="/v1", tags=["calls"])
 WINDOW = 256
 # Wake-up keys that carry a caller's read count to the other replicas: "consumed=CALL:N".
 CONSUMED_PREFIX = "consumed="
+# And a worker's read position in a WebSocket's inbox: "inboxread=CALL:N".
+INBOX_READ_PREFIX = "inboxread="
 # Counts learnt from other replicas are kept for this many calls at most (oldest go first):
 # the replica the caller reads through forgets a call when it ends, the others cannot tell.
 _SHARED_MAX = 100_000
@@ -33,21 +35,34 @@ _SHARED_MAX = 100_000
 
 def share_consumption(state: ServerState) -> None:
     """Take in what callers read through other replicas (:func:`read_page` shares it), so
-    a worker sending through this one is held back, or let go, by the real count."""
+    a worker sending through this one is held back, or let go, by the real count; and how
+    far workers read WebSocket inboxes (:func:`get_inbox`), for the gateway's clients."""
 
     def apply(value: str) -> None:
         call_id, _, after = value.rpartition(":")
-        if not (after.isascii() and after.isdigit()):
-            return
-        n = int(after)
-        consumed = state.calls.items_consumed
-        if n > consumed.get(call_id, 0):
-            if call_id not in consumed and len(consumed) >= _SHARED_MAX:
-                del consumed[next(iter(consumed))]
-            consumed[call_id] = n
+        n = wire_count(after)
+        if n is not None and note_progress(state.calls.items_consumed, call_id, n):
             state.wakeups.notify_local([f"consumed:{call_id}"])
 
+    def apply_inbox(value: str) -> None:
+        call_id, _, after = value.rpartition(":")
+        n = wire_count(after)
+        if n is not None and note_progress(state.calls.inbox_read, call_id, n):
+            state.wakeups.notify_local([f"inboxread:{call_id}"])
+
     state.wakeups.on_remote(CONSUMED_PREFIX, apply)
+    state.wakeups.on_remote(INBOX_READ_PREFIX, apply_inbox)
+
+
+def note_progress(counts: dict[str, int], call_id: str, n: int) -> bool:
+    """Raise ``counts[call_id]`` to ``n`` (never lower it), keeping at most
+    :data:`_SHARED_MAX` calls; whether it rose."""
+    if n <= counts.get(call_id, 0):
+        return False
+    if call_id not in counts and len(counts) >= _SHARED_MAX:
+        del counts[next(iter(counts))]
+    counts[call_id] = n
+    return True
 
 
 @router.post("/containers/{container_id}/items")
@@ -175,6 +190,11 @@ async def get_inbox(
         return found or None
 
     got = read()
+    # Asking from ``after`` says everything before it was taken: the gateway may read more
+    # from the client (it may be another replica's).
+    if note_progress(state.calls.inbox_read, call_id, after):
+        state.wakeups.notify_local([f"inboxread:{call_id}"])
+        state.wakeups.share(INBOX_READ_PREFIX, f"{call_id}:{after}")
     if got is None and wait_s > 0:
         got = await long_poll(state.wakeups, [f"inbox:{call_id}"], read, wait_s)
     return got or []

@@ -18,6 +18,7 @@ from crucible.server.store.tables import call_inbox, call_items, calls
 __all__ = ["append_inbox", "read_inbox", "read_items", "store_items"]
 
 PAGE = 1000
+INBOX_PAGE_BYTES = 8 * 1024 * 1024
 
 
 _INSERT_ITEMS = InsertSkipping(call_items)
@@ -89,12 +90,18 @@ def read_inbox(conn: Connection, container_id: str, call_id: str, after: int) ->
     row = conn.execute(select(calls.c.container_id).where(calls.c.id == call_id)).first()
     if row is None or row.container_id != container_id:
         raise NotFoundError(f"call {call_id} is not running in container {container_id}")
-    return [
-        r.message
-        for r in conn.execute(
-            select(call_inbox.c.message)
-            .where(call_inbox.c.call_id == call_id, call_inbox.c.idx >= after)
-            .order_by(call_inbox.c.idx)
-            .limit(PAGE)
-        )
-    ]
+    page: list[str] = []
+    size = 0
+    for r in conn.execute(
+        select(call_inbox.c.message)
+        .where(call_inbox.c.call_id == call_id, call_inbox.c.idx >= after)
+        .order_by(call_inbox.c.idx)
+        .limit(PAGE)
+    ):
+        # A page is bounded in bytes too: the worker holds it whole (1,000 messages of a
+        # few MB ran a container out of memory).
+        if page and size + len(r.message) > INBOX_PAGE_BYTES:
+            break
+        page.append(r.message)
+        size += len(r.message)
+    return page
