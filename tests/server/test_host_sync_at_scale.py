@@ -96,8 +96,10 @@ def test_a_lost_host_that_syncs_is_ready_again_at_once(make_server: MakeServer) 
     server.state.clock = clock
     token = server.tenant("hoster", Scope.HOST).token
     host_id = server.register_host(token, "box")
+    loop = SchedulerLoop(server.state)
+    loop.tick()  # the scheduler runs from T0: the host's silence counts
     clock.now = T0 + 20_000
-    SchedulerLoop(server.state).tick()
+    loop.tick()
     assert _stored_seen(server, host_id) == (T0, "lost")
     server.ok("POST", f"/v1/hosts/{host_id}/sync", token=token, json={"wait_s": 0})
     assert _stored_seen(server, host_id) == (T0 + 20_000, "ready")  # not a second later
@@ -294,3 +296,44 @@ def test_a_sync_or_health_check_that_finds_the_pool_in_use_waits_off_the_event_l
     assert synced.status_code == 200, synced.text
     assert synced.json()["start"] == []
     assert healthy.json() == {"status": "ok"}
+
+
+def test_an_exchange_back_from_an_outage_waits_for_its_hosts(make_server: MakeServer) -> None:
+    """A server down (or cut off from its store) longer than the host timeout marked every
+    host lost at its first tick back, ending their containers and calls, though the agents
+    had been retrying all along: they could not reach it. Silence counts from when the
+    scheduler has the store."""
+    server = make_server(host_timeout_s=15)
+    clock = ManualClock(T0)
+    server.state.clock = clock
+    token = server.tenant("hoster", Scope.HOST).token
+    host_id = server.register_host(token, "box")
+    clock.now = T0 + 60_000  # the server was away for a minute
+    loop = SchedulerLoop(server.state)  # a restart
+    loop.tick()
+    clock.now += 10_000
+    loop.tick()
+    assert _stored_seen(server, host_id) == (T0, "ready")
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=token, json={"wait_s": 0})
+    clock.now += 14_000
+    loop.tick()
+    assert _stored_seen(server, host_id)[1] == "ready"
+    # A host that stays silent for the timeout after the exchange is back is lost.
+    clock.now += 16_000
+    loop.tick()
+    assert _stored_seen(server, host_id)[1] == "lost"
+
+    # The same after the store was away: a failed tick starts the count again.
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=token, json={"wait_s": 0})
+    real = loop._tick
+
+    def away() -> list[str]:
+        raise OSError("the store is away")
+
+    loop._tick = away  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        loop.tick()
+    loop._tick = real  # type: ignore[method-assign]
+    clock.now += 60_000
+    loop.tick()
+    assert _stored_seen(server, host_id)[1] == "ready"

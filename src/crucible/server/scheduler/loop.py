@@ -192,6 +192,10 @@ class SchedulerLoop:
         # least every _LOST_RECHECK_MS anyway (a store edited by hand, replicas' clocks).
         self._lost_check_ms = -math.inf
         self._pods_all_ms = 0
+        # Since when this scheduler has had the store (its first tick, or the first after a
+        # failed one): hosts could not reach an exchange that was down or cut off from its
+        # store, so their silence counts from here (a 20 s restart lost every host).
+        self._heard_since_ms: int | None = None
 
     @property
     def policy(self) -> Policy:
@@ -294,6 +298,7 @@ class SchedulerLoop:
             # fleet again rather than trust what this one may have half taken in.
             self.fleet.invalidate()
             self._lost_check_ms = -math.inf
+            self._heard_since_ms = None
             raise
 
     def _tick(self) -> list[str]:
@@ -310,8 +315,10 @@ class SchedulerLoop:
             # Syncs' heartbeats are written in batches: those seen here count before any
             # host is declared lost or any container metered up to its host's last sync.
             flush_heartbeats(conn, st.hosts.heartbeats)
-            if now >= self._lost_check_ms:
-                timeout_ms = int(s.host_timeout_s * 1000)
+            if self._heard_since_ms is None:
+                self._heard_since_ms = now
+            timeout_ms = int(s.host_timeout_s * 1000)
+            if now >= self._lost_check_ms and now - timeout_ms > self._heard_since_ms:
                 oldest = oldest_ready_sync(conn)
                 if oldest is not None and oldest < now - timeout_ms:  # some host is lost
                     keys += mark_lost_hosts(conn, now, timeout_ms, s.max_infra_requeues)
