@@ -170,3 +170,75 @@ def test_an_empty_id_is_named_before_anything_is_sent() -> None:
     for path in ("/v1/secrets/", "/v1/apps//stop", "/v1/calls/?x=1"):
         with pytest.raises(InvalidRequestError, match="a name or an id in it is empty"):
             t.request("DELETE", path)
+
+
+def test_the_retry_window_opens_at_the_failure_not_at_the_request() -> None:
+    """A long poll that waited 1.5 s before the server went away was given up at once with a
+    1 s window (the window was counted from the request): the SDK gave up on a 21 s outage
+    although it promises 30 s."""
+    seen: list[int] = []
+
+    class _DropsTheFirst(_Hello):
+        def do_GET(self) -> None:
+            seen.append(1)
+            if len(seen) == 1:  # the long poll: waits, then the server goes away
+                threading.Event().wait(1.5)
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            super().do_GET()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsTheFirst)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    t = Transport(f"http://127.0.0.1:{srv.server_address[1]}", "tok", retry_for_s=1.0)
+    try:
+        assert t.get("/v1/calls/ca-1?wait_s=25") == {"who": "live"}
+        assert len(seen) == 2
+    finally:
+        t.close()
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_a_remote_server_that_does_not_answer_is_not_told_to_crucible_up() -> None:
+    far = Transport("http://exchange.invalid:9", None, timeout_s=0.5, retry_for_s=0.1)
+    near = Transport(f"http://127.0.0.1:{free_port()}", None, retry_for_s=0.1)
+    try:
+        with pytest.raises(ServerUnavailableError) as remote:
+            far.get("/v1/anything")
+        assert "crucible up" not in str(remote.value) and "URL" in str(remote.value)
+        with pytest.raises(ServerUnavailableError, match="crucible up"):
+            near.get("/v1/anything")
+    finally:
+        far.close()
+        near.close()
+
+
+def test_a_full_store_is_named_to_the_client() -> None:
+    class _Full(_Hello):
+        def do_GET(self) -> None:
+            body = (
+                b'{"error": {"code": "store_unavailable", "message": "the exchange\'s '
+                b'database or its disk is full"}}'
+            )
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Full)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    t = Transport(f"http://127.0.0.1:{srv.server_address[1]}", "tok", retry_for_s=0.2)
+    try:
+        with pytest.raises(ServerUnavailableError) as err:
+            t.get("/v1/anything")
+        assert "disk is full" in str(err.value) and "crucible up" not in str(err.value)
+    finally:
+        t.close()
+        srv.shutdown()
+        srv.server_close()
+        thread.join()

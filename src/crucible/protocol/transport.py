@@ -63,6 +63,17 @@ def _from_gateway(data: bytes) -> bool:
     return isinstance(inner, dict) and inner.get("code") == StoreUnavailableError.code
 
 
+def _store_message(data: bytes) -> str:
+    """A Crucible server's own words for its store being away or full (empty otherwise)."""
+    try:
+        err = orjson.loads(data)["error"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ""
+    if not isinstance(err, dict) or err.get("code") != StoreUnavailableError.code:
+        return ""
+    return str(err.get("message", ""))[:300]
+
+
 def server_urls(value: str) -> list[str]:
     """The URLs of a server setting: one URL, or several separated by commas (replicas)."""
     urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
@@ -86,6 +97,18 @@ class _Server:
         self.host = parsed.hostname or ""
         self.port = parsed.port or (443 if self.https else 80)
         self.prefix = parsed.path.rstrip("/")
+
+
+def _unreachable_advice(urls: list[str], exc: BaseException) -> str:
+    """What to do about a server that does not answer: an embedded exchange on this machine
+    is started with `crucible up`; another one is its operator's to run; one that answers
+    but cannot use its store is up already."""
+    if isinstance(exc, _GatewayUnavailable) and str(exc).startswith("the server answered"):
+        return "it runs, but cannot use its store: retry later, or tell its operator."
+    hosts = {urllib.parse.urlsplit(u).hostname or "" for u in urls}
+    if hosts <= {"127.0.0.1", "localhost", "::1"}:
+        return "is it running? Start one with `crucible up`."
+    return "is it running, and is the URL right? (CRUCIBLE_SERVER_URL, or --server)"
 
 
 class Transport:
@@ -191,7 +214,10 @@ class Transport:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = content_type
-        deadline = time.monotonic() + (self.retry_for_s if retry else 0.0)
+        window = self.retry_for_s if retry else 0.0
+        # The retry window opens at the first failure: time a long poll spent waiting
+        # before the server went away is not taken from it.
+        deadline: float | None = None
         delay = 0.05
         failed_in_turn = 0  # servers that failed since the last backoff
         while True:
@@ -208,13 +234,18 @@ class Transport:
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
                 if resp.status in _GATEWAY_STATUSES and _from_gateway(data):
+                    said = _store_message(data)
                     raise _GatewayUnavailable(
-                        f"the load balancer answered HTTP {resp.status} (no replica behind it "
-                        "took the request), or a replica whose database is not answering did"
+                        f"the server answered HTTP {resp.status}: {said}"
+                        if said
+                        else f"the load balancer answered HTTP {resp.status} (no replica behind "
+                        "it took the request), or a replica whose database is not answering did"
                     )
                 if resp.status == 429:
                     wait = _retry_after_s(resp.getheader("Retry-After"))
                     self._local.retry_after_s = wait
+                    if deadline is None:
+                        deadline = time.monotonic() + window
                     if retry_rate_limited and time.monotonic() + wait <= deadline:
                         time.sleep(wait)
                         continue
@@ -226,11 +257,13 @@ class Transport:
                 failed_in_turn += 1
                 if retry and failed_in_turn < len(self._servers):
                     continue  # another replica next, at once
+                if deadline is None:
+                    deadline = time.monotonic() + window
                 if time.monotonic() + delay > deadline:
                     where = failed if len(self._servers) == 1 else ", ".join(self.urls)
                     raise ServerUnavailableError(
                         f"cannot reach the Crucible server at {where} ({exc}); "
-                        "is it running? Start one with `crucible up`."
+                        + _unreachable_advice(self.urls, exc)
                     ) from exc
                 failed_in_turn = 0
                 time.sleep(delay)
