@@ -31,3 +31,18 @@ def test_a_store_that_does_not_answer_is_a_retryable_503(
         assert "database is not answering" in r.json()["error"]["message"]
     monkeypatch.undo()
     assert server.request("GET", "/healthz").status_code == 200
+
+
+def test_a_full_store_says_so(server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk was answered as a store "restarting or failing over?", and the SDK said
+    "start one with `crucible up`": only the server's log had the cause."""
+    token = server.tenant("alice").token
+    server.new_app(token)
+
+    def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(server.state.engine, "begin", full)
+    r = server.request("POST", "/v1/apps", token=token, json={"name": "x"})
+    assert r.status_code == 503 and error_code(r) == "store_unavailable"
+    assert "disk is full" in r.json()["error"]["message"], r.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,8 @@ def error_response(err: Error) -> JSONResponse:
 # The store cannot be reached (restarting, failing over, out of connections): nothing the
 # client did, and a retry a moment later may well succeed.
 _STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+# ... except a store that is full (SQLite's words, PostgreSQL's): that waits for its operator.
+_FULL = re.compile(r"database or disk is full|No space left on device|DiskFull", re.IGNORECASE)
 
 
 def validation_message(errors: Sequence[Any]) -> str:
@@ -95,7 +98,17 @@ def response_for_exception(exc: Exception) -> JSONResponse:
             InvalidRequestError("a number in the request is too large; integers go up to 2**53")
         )
     if isinstance(exc, _STORE_DOWN):
-        log.warning("the store did not answer (%s); answered 503", str(exc).splitlines()[0][:200])
+        first = str(exc).splitlines()[0][:200]
+        if _FULL.search(first):
+            # Not an outage that passes by itself: the operator must make room.
+            log.error("the store is full (%s); answered 503: free disk space", first)
+            return error_response(
+                StoreUnavailableError(
+                    "the exchange's database or its disk is full, so nothing can be written; "
+                    "its operator must free space (reads still work)"
+                )
+            )
+        log.warning("the store did not answer (%s); answered 503", first)
         return error_response(
             StoreUnavailableError(
                 "the exchange's database is not answering right now (restarting or failing "
