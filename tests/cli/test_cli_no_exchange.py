@@ -70,3 +70,17 @@ def test_a_saved_token_goes_only_to_its_own_server(tmp_path: Path) -> None:
 
     out = _cli(home, "calls", CRUCIBLE_SERVER_URL=f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 1 and "set CRUCIBLE_TOKEN" in out.stderr, out.stderr
+
+
+def test_a_client_json_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    """A client.json cut short (a full disk) or edited by hand crashed every command with a
+    JSONDecodeError or an AttributeError that did not name the file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for text in ('{"server_url": "http://127.0.0.1:19310", "tok', "", "[]", '{"token": 5}'):
+        (home / "client.json").write_text(text)
+        out = _cli(home, "calls")
+        assert out.returncode == 1, (text, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr
+        said = " ".join(out.stderr.split())
+        assert "client.json" in said and "delete it" in said, out.stderr

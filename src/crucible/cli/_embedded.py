@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ __all__ = [
     "start_detached",
     "stop_detached",
 ]
+
+log = logging.getLogger("crucible.cli")
 
 
 def log_path(settings: Settings) -> Path:
@@ -67,7 +70,11 @@ def bootstrap_tokens(settings: Settings, url: str) -> tuple[str, str]:
     from crucible.server.store.db import create_store_engine, migrate
     from crucible.server.store.tables import tokens
 
-    config = read_client_config(settings.replace(server_url="", token=""))
+    try:
+        config = read_client_config(settings.replace(server_url="", token=""))
+    except Error as exc:  # unreadable (a full disk cut it short): a new token replaces it
+        log.warning("%s; writing a new one with a new token", exc.message)
+        config = None
     agent_file = agent_token_path(settings)
     engine = create_store_engine(settings.effective_database_url)
     try:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from crucible.errors import Error
 from crucible.settings import Settings
 
 __all__ = ["ClientConfig", "client_config_path", "read_client_config", "write_client_config"]
@@ -27,16 +28,36 @@ def read_client_config(settings: Settings) -> ClientConfig | None:
     url, token = settings.server_url, settings.token
     path = client_config_path(settings)
     if (not url or not token) and path.exists():
-        data = json.loads(path.read_text())
-        saved_url = str(data.get("server_url", ""))
+        saved_url, saved_token = _read_saved(path)
         url = url or saved_url
         # The saved token belongs to the saved server: it is never sent to another URL (one
         # set in CRUCIBLE_SERVER_URL without CRUCIBLE_TOKEN would have received it).
         if not token and url.rstrip("/") == saved_url.rstrip("/"):
-            token = data.get("token", "")
+            token = saved_token
     if not url or not token:
         return None
     return ClientConfig(url, token)
+
+
+def _read_saved(path: Path) -> tuple[str, str]:
+    """(server URL, token) of a client.json; an error naming the file when it is not one
+    (cut short by a full disk, edited by hand)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data, why = None, str(exc)
+    else:
+        why = 'it must be {"server_url": "...", "token": "..."}'
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("server_url", ""), str)
+        and isinstance(data.get("token", ""), str)
+    ):
+        return data.get("server_url", ""), data.get("token", "")
+    raise Error(
+        f"cannot read {path} ({why}): fix it, or delete it (`crucible up` writes a new one; "
+        "CRUCIBLE_SERVER_URL and CRUCIBLE_TOKEN can stand in for it)"
+    )
 
 
 def write_client_config(settings: Settings, config: ClientConfig) -> Path:
