@@ -13,7 +13,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, QueuePool, create_engine, event, exc, make_url, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    QueuePool,
+    create_engine,
+    event,
+    exc,
+    inspect,
+    make_url,
+    text,
+)
 
 __all__ = [
     "WriteRefused",
@@ -151,8 +161,35 @@ def migrate(engine: Engine) -> None:
     callers (replicas starting together) take turns: the upgrade holds an advisory lock
     until its transaction ends."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    if engine.dialect.name == "sqlite":
+        _clear_unfinished_first_migration(engine)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def _clear_unfinished_first_migration(engine: Engine) -> None:
+    """SQLite runs each migration's DDL outside a transaction: a server killed during the
+    very first migrations left tables without a version stamp, and every later start failed
+    on "table accounts already exists". Such a store never held anything (no server runs
+    before its migrations end): its tables, all Crucible's and with no account in them, are
+    dropped and the migrations start again. Anything else is left for the operator."""
+    from crucible.server.store.tables import metadata
+
+    with engine.begin() as conn:
+        names = set(inspect(conn).get_table_names())
+        if not names - {"alembic_version"}:
+            return
+        if (
+            "alembic_version" in names
+            and conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one()
+        ):
+            return  # stamped: a real store
+        if not names <= set(metadata.tables) | {"alembic_version"}:
+            return  # tables Crucible does not make: not ours to drop
+        if "accounts" in names and conn.execute(text("SELECT count(*) FROM accounts")).scalar():
+            return
+        for name in names:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
