@@ -45,7 +45,11 @@ class Exchange:
             headers["authorization"] = f"Bearer {self.token}"
         if self.echo:
             auth = ' -H "authorization: Bearer $TOKEN"' if token else ""
-            sent = f" -d '{json.dumps(body)}'" if body is not None else ""
+            sent = (
+                f" -H 'content-type: application/json' -d '{json.dumps(body)}'"
+                if body is not None
+                else ""
+            )
             print(f'$ curl -s -X {method}{auth}{sent} "$SERVER{path}"')
         req = urllib.request.Request(
             self.server_url + path, data=data, method=method, headers=headers

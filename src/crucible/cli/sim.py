@@ -63,8 +63,10 @@ def _without_list(part: Any) -> Any:
 def register(app: typer.Typer) -> None:
     sim_app = typer.Typer(
         cls=_RunByDefault,
-        help="Simulate a fleet and its workload on a virtual clock (`crucible sim SCENARIO`), "
-        "or compare policies side by side (`crucible sim compare SCENARIO`).",
+        help="Simulate a fleet and its workload on a virtual clock (`crucible sim SCENARIO`, "
+        "the same as `crucible sim run SCENARIO`: see `crucible sim run --help` for --seed, "
+        "--policy, --out, --no-plots and --json), or compare policies side by side "
+        "(`crucible sim compare SCENARIO`).",
     )
     app.add_typer(sim_app, name="sim")
 
