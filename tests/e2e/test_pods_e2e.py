@@ -75,6 +75,10 @@ def test_pod_lifecycle_disk_logs_and_billing(pods_exchange: Exchange) -> None:
     wait_for(lambda: "runs=2 rank=seven" in _lines(pod), 30, "the second run's line")
     # Each line once (the supervisor's pump and a tap of its own descriptors shipped it twice).
     assert _lines(pod).count("runs=1 rank=seven") == 1, _lines(pod)
+    # docs/pods.md's sequence, stop() then start() at once: start() waits out the stop (it
+    # was refused as "still stopping").
+    pod.stop()
+    assert pod.start().state in ("pending", "running")
     from_name = crucible.Pod.from_name("train", client=client)
     assert from_name.id == pod.id
     pod.delete()

@@ -132,8 +132,11 @@ class Pod:
         self._info = PodInfo.model_validate(self._client.post(f"/v1/pods/{self.id}/stop"))
         return self._info
 
-    def start(self) -> PodInfo:
-        """Start it again: the market places it anew."""
+    def start(self, *, timeout_s: float = 120.0) -> PodInfo:
+        """Start it again: the market places it anew. A pod still stopping (``stop()`` returns
+        at once) is waited for first, up to ``timeout_s``."""
+        if self.info().state == "stopping":
+            self.wait("stopped", *_FINAL, timeout_s=timeout_s)
         self._info = PodInfo.model_validate(self._client.post(f"/v1/pods/{self.id}/start"))
         return self._info
 
