@@ -316,6 +316,10 @@ def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> 
     into.mkdir()
     assert run("get", "data", "/sets/train.jsonl", str(into)).returncode == 0
     assert (into / "train.jsonl").read_text() == src.read_text()
+    # A trailing slash means a directory, made when missing (it was written as a file).
+    got = run("get", "data", "/sets/train.jsonl", str(tmp_path / "new-dir") + "/")
+    assert got.returncode == 0 and "wrote" in got.stderr, got.stderr
+    assert (tmp_path / "new-dir" / "train.jsonl").read_text() == src.read_text()
     refused(run("rm", "data", "/nope.txt"), "/nope.txt is not in volume 'data'")
 
 

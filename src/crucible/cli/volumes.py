@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import typer
 
-from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli._output import console, err_console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.volumes import VolumeInfo
@@ -116,12 +117,18 @@ def register(app: typer.Typer) -> None:
             sys.stdout.buffer.flush()
             return
         target = Path(local)
+        if local.endswith(("/", os.sep)) and not target.is_dir():
+            # A trailing slash says a directory was meant (it was written as a file).
+            target.mkdir(parents=True)
         if target.is_dir():
             target = target / remote.rstrip("/").rsplit("/", 1)[-1]
+        size = len(first)
         with target.open("wb") as f:
             f.write(first)
             for c in chunks:
                 f.write(c)
+                size += len(c)
+        err_console.print(f"wrote {target} ({size} bytes)", markup=False, highlight=False)
 
     @vol_app.command("rm")
     def rm(
