@@ -48,6 +48,7 @@ def test_pod_exec_and_ssh_by_name(ex: Exchange, tmp_path: Path) -> None:
         "reachable",
         command='echo ready > "$CRUCIBLE_POD_DISK/flag"; exec sleep 600',
         ssh_keys=[(tmp_path / "podkey.pub").read_text()],
+        env={"MY_VAR": "hello"},
         client=client,
     )
     try:
@@ -55,6 +56,14 @@ def test_pod_exec_and_ssh_by_name(ex: Exchange, tmp_path: Path) -> None:
         run = _cli(ex, token, tmp_path, "pod", "exec", "reachable", "--", "sh", "-c", "pwd; exit 4")
         assert run.returncode == 4, run.stderr
         assert run.stdout.strip().endswith("/disk"), run.stdout  # the pod's disk
+        # A session sees what the pod's command sees: its --env, its name, its python
+        # (`pod exec train -- python ...` answered "python: not found").
+        shown = 'echo "$MY_VAR $CRUCIBLE_POD_NAME $HOME"; command -v python'
+        run = _cli(ex, token, tmp_path, "pod", "exec", "reachable", "--", "sh", "-c", shown)
+        assert run.returncode == 0, run.stderr
+        said, python = run.stdout.strip().splitlines()
+        assert said.startswith("hello reachable ") and said.endswith("/disk"), said
+        assert python == str(Path(sys.executable).parent / "python"), python
 
         if ssh_available():
             proxy = f"{sys.executable} -m crucible.cli.main pod proxy %h"

@@ -71,7 +71,9 @@ def test_a_pods_volume_holds_its_latest_version(
 def test_a_session_in_a_sandboxed_pod_starts_in_its_disk(sandboxed: Exchange) -> None:
     token = sandboxed.tenant_token(f"pod-exec-{uuid.uuid4().hex[:6]}")
     client = sandboxed.client(token)
-    pod = crucible.Pod.create("reach-me", command="exec sleep 600", client=client)
+    pod = crucible.Pod.create(
+        "reach-me", command="exec sleep 600", env={"MY_VAR": "hello"}, client=client
+    )
     try:
         info = pod.wait("running", "failed", timeout_s=90)
         assert info.state == "running" and info.container_id, info
@@ -79,6 +81,13 @@ def test_a_session_in_a_sandboxed_pod_starts_in_its_disk(sandboxed: Exchange) ->
         assert code == 0, err
         lines = out.decode().split()
         assert lines[0] == "/pod" and lines[1] != "0", out  # its disk, not root
+        # It sees what the pod's command sees: its --env, its name, its python.
+        shown = 'echo "$MY_VAR $CRUCIBLE_POD_NAME $HOME"; command -v python'
+        code, out, err = run_exec(sandboxed, token, info.container_id, ["sh", "-c", shown])
+        assert code == 0, err
+        said, python = out.decode().strip().splitlines()
+        assert said == "hello reach-me /pod", said
+        assert python.endswith("/python"), python
     finally:
         pod.delete()
         client.close()

@@ -52,6 +52,7 @@ from crucible.errors import (
 )
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
+from crucible.protocol.pods import PodAssignment, pod_env
 
 __all__ = ["ProcessRuntime"]
 
@@ -121,6 +122,7 @@ class _Container:
     reason: str | None = None
     message: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # the worker's (exec sessions start from it)
+    pod: PodAssignment | None = None  # a pod's: its sessions get the pod's environment
 
     @property
     def exited(self) -> bool:
@@ -314,10 +316,15 @@ class ProcessRuntime:
             if c is None or c.exited or c.proc is None or c.dir is None:
                 raise NotFoundError(f"container {container_id} is not running on this host")
             base = exec_env(c.env)
-            # A pod's sessions start in its disk, as its command does; a function's in its work.
+            # A pod's sessions start in its disk, as its command does, and see what it sees
+            # (its --env, its ports' paths, its python first on PATH); a function's in its work.
             pod_disk = c.env.get("CRUCIBLE_POD_DISK")
             cwd = Path(pod_disk) if pod_disk else c.dir / "work"
-            if pod_disk:
+            if pod_disk and c.pod is not None:
+                base |= pod_env(
+                    c.pod, c.env, disk=pod_disk, python_dir=os.path.dirname(sys.executable)
+                )
+            elif pod_disk:
                 base["HOME"] = pod_disk
         if module is not None:
             argv = [sys.executable, "-m", module]
@@ -381,6 +388,7 @@ class ProcessRuntime:
                 disk = pod_disk_dir(self.agent_dir, a.pod.pod_id)
                 env["CRUCIBLE_POD_DISK"] = str(disk)
             c.env = env
+            c.pod = a.pod
             with open(c.dir / "log", "ab") as logf:
                 c.proc = subprocess.Popen(
                     self.worker_argv,

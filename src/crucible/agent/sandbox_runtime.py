@@ -69,6 +69,7 @@ from crucible.errors import (
 )
 from crucible.protocol.common import ErrorInfo
 from crucible.protocol.containers import ContainerAssignment, ContainerReport
+from crucible.protocol.pods import pod_env
 from crucible.protocol.transport import Transport
 
 __all__ = ["SandboxLimits", "SandboxRuntime"]
@@ -129,6 +130,7 @@ class _Box:
     # that fails); the container counts as started once the image is ready.
     pulling: bool = False
     error_code: str | None = None  # why its image did not pull (reason "image_failed")
+    env: dict[str, str] = field(default_factory=dict)  # what it was forked with (for exec)
 
 
 @dataclass
@@ -316,7 +318,17 @@ class SandboxRuntime:
         handle = ZygoteExec(sid, lambda: z.proc.send({"op": "kill-exec", "sid": sid}))
         with self._lock:
             self._execs[sid] = (z.key, handle)
-        full_env = exec_env(self._container_env(box.assignment, z.oci)) | env
+        forked = box.env or self._container_env(box.assignment, z.oci)
+        full_env = exec_env(forked)
+        pod = box.assignment.pod
+        if pod is not None:  # its sessions see what its command sees
+            full_env |= pod_env(
+                pod,
+                forked,
+                disk=forked.get("CRUCIBLE_POD_DISK", POD_DISK_PATH),
+                python_dir=os.path.dirname(sys.executable),
+            )
+        full_env |= env
         msg = {
             "op": "exec",
             "cid": container_id,
@@ -589,6 +601,7 @@ class SandboxRuntime:
                 os.close(log_fd)
                 return
             box.zygote = z.key
+            box.env = env
             z.containers.add(cid)
             z.reserved[cid] = a.resources.memory_mib * 1024 * 1024
             z.cpus[cid] = float(a.resources.cpu)

@@ -10,7 +10,10 @@ server, so a typo is caught before anything is sent and again by the server.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Mapping
 
 from pydantic import Field
 
@@ -39,6 +42,7 @@ __all__ = [
     "parse_env",
     "parse_pod",
     "parse_port",
+    "pod_env",
     "port_env",
     "port_path",
 ]
@@ -401,3 +405,32 @@ def parse_pod(req: PodCreate) -> PodSpec:
         volumes=volumes,
         market=req.market,
     )
+
+
+def pod_env(
+    pod: PodAssignment, container_env: Mapping[str, str], *, disk: str, python_dir: str
+) -> dict[str, str]:
+    """What a pod's command sees, and every session in it (`pod exec`, `pod ssh`): its OCI
+    image's ENV (its PATH among them), else the host's environment with ``python_dir`` (the
+    agent's interpreter, the default image's `python`) first on PATH; its disk as HOME;
+    its id, name and published ports' paths; then its own ``--env``. ``container_env`` is
+    the container's (what the agent gives its worker)."""
+    image_env = json.loads(container_env.get("CRUCIBLE_POD_IMAGE_ENV") or "{}")
+    path = container_env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    default_image = "CRUCIBLE_POD_IMAGE_ENV" not in container_env
+    if default_image and python_dir and python_dir not in path.split(os.pathsep):
+        path = python_dir + os.pathsep + path
+    return {
+        **{str(k): str(v) for k, v in image_env.items()},
+        "PATH": path,
+        "LANG": container_env.get("LANG", "C.UTF-8"),
+        "HOME": disk,
+        "CUDA_VISIBLE_DEVICES": container_env.get("CUDA_VISIBLE_DEVICES", ""),
+        "NVIDIA_VISIBLE_DEVICES": container_env.get("NVIDIA_VISIBLE_DEVICES", ""),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CRUCIBLE_POD_ID": pod.pod_id,
+        "CRUCIBLE_POD_NAME": pod.name,
+        "CRUCIBLE_POD_DISK": disk,
+        **port_env(pod.pod_id, pod.ports),  # where the exchange publishes its HTTP ports
+        **pod.env,
+    }

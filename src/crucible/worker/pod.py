@@ -38,7 +38,7 @@ from typing import IO
 from crucible.agent.python_bundle import PYTHON_HOME, python_argv
 from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment
-from crucible.protocol.pods import port_env
+from crucible.protocol.pods import pod_env
 from crucible.protocol.transport import Transport
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import mount_volumes
@@ -85,30 +85,9 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
     assert pod is not None
     disk = Path(os.environ.get("CRUCIBLE_POD_DISK") or os.getcwd())
     disk.mkdir(parents=True, exist_ok=True)
-    # An OCI image's ENV first (its PATH among them), then the exchange's, then the pod's.
-    image_env = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ENV") or "{}")
-    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if "CRUCIBLE_POD_IMAGE_ENV" not in os.environ:
-        # The default image is the host's own environment (docs/pods.md): its Python, the one
-        # running this supervisor (the agent's), comes first, so `python train.py` finds it
-        # (a sandbox's PATH is the system's, where there is often no `python` at all).
-        here = os.path.dirname(sys.executable)
-        if here and here not in path.split(os.pathsep):
-            path = here + os.pathsep + path
-    env = {
-        **{str(k): str(v) for k, v in image_env.items()},
-        "PATH": path,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "HOME": str(disk),
-        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "NVIDIA_VISIBLE_DEVICES": os.environ.get("NVIDIA_VISIBLE_DEVICES", ""),
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        "CRUCIBLE_POD_ID": pod.pod_id,
-        "CRUCIBLE_POD_NAME": pod.name,
-        "CRUCIBLE_POD_DISK": str(disk),
-        **port_env(pod.pod_id, pod.ports),  # where the exchange publishes its HTTP ports
-        **pod.env,
-    }
+    # An OCI image's ENV first (its PATH among them), then the exchange's, then the pod's
+    # (the same as its sessions get: protocol/pods.pod_env).
+    env = pod_env(pod, os.environ, disk=str(disk), python_dir=os.path.dirname(sys.executable))
     # The pod's command, else its OCI image's ENTRYPOINT + CMD, else wait until stopped.
     image_argv = json.loads(os.environ.get("CRUCIBLE_POD_IMAGE_ARGV") or "[]")
     argv = ["/bin/sh", "-c", pod.command] if pod.command else [str(x) for x in image_argv]
