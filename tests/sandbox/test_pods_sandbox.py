@@ -88,6 +88,15 @@ def test_a_session_in_a_sandboxed_pod_starts_in_its_disk(sandboxed: Exchange) ->
         said, python = out.decode().strip().splitlines()
         assert said == "hello reach-me /pod", said
         assert python.endswith("/python"), python
+        # What a session starts itself imports the agent's Crucible, even from a source tree
+        # on PYTHONPATH (ssh sessions and fine-tune trainers failed: "No module named
+        # 'crucible'").
+        source = Path(crucible.__file__).resolve().parents[1]
+        if source.name not in ("site-packages", "dist-packages"):
+            code, out, err = run_exec(
+                sandboxed, token, info.container_id, ["sh", "-c", 'echo "$PYTHONPATH"']
+            )
+            assert out.decode().strip() == str(source), (out, err)
     finally:
         pod.delete()
         client.close()

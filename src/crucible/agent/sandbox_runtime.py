@@ -872,6 +872,12 @@ class SandboxRuntime:
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             }
         )
+        root = _crucible_import_root()
+        if root and oci is None:
+            # Crucible from a source tree (a checkout on PYTHONPATH): the zygote has it, and
+            # so must what the container starts itself (`python -m crucible...`: ssh
+            # sessions, a fine-tune's trainer).
+            env["PYTHONPATH"] = root
         if a.volumes:  # bound into this container's sandbox (see _zygote_for)
             env["CRUCIBLE_VOLUMES_BOUND"] = ",".join(sorted(a.volumes))
         if a.pod is not None:  # the pod's disk: its command's (and its sessions') home
