@@ -23,8 +23,6 @@ Exit statuses follow :mod:`subprocess`: ``exit_code`` is the status a process re
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -42,6 +40,7 @@ from pathlib import Path
 
 from crucible.agent.exec_process import PopenExec, exec_env
 from crucible.agent.exec_process import take_ctty as _take_ctty
+from crucible.agent.parent_death import die_with_parent, load_prctl
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
 from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import (
@@ -63,7 +62,6 @@ _LOG_TAIL_BYTES = 64 * 1024
 _MESSAGE_MAX_CHARS = 8000
 # Container ids become directory names: refuse anything that could escape containers/.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_PR_SET_PDEATHSIG = 1
 
 
 def _signal_name(signum: int) -> str:
@@ -73,26 +71,24 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    # Loaded once in the parent: a preexec function runs between fork and exec, where loading
-    # a library (which takes locks another thread may have held at fork time) could deadlock.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        prctl: Callable[..., int] = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
+_GROUP_FILE = "group"  # a container's process group and id, for the next agent
 
 
-def _preexec(prctl: Callable[..., int] | None, parent_pid: int) -> None:
-    """Runs in the child between fork and exec: no imports, no locks."""
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    # The agent may have died before prctl took effect; then nobody would ever stop us.
-    if os.getppid() != parent_pid:
-        os._exit(1)
+def _group_carries(pgid: int, marker: bytes) -> bool:
+    """Whether a live process of group ``pgid`` has ``marker`` in its environment."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after it.
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
 
 
 def _crucible_import_root() -> str | None:
@@ -166,13 +162,28 @@ class ProcessRuntime:
         self._containers: dict[str, _Container] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._prctl = _load_prctl()
+        self._prctl = load_prctl()
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.code_cache_dir.mkdir(parents=True, exist_ok=True)
         # Container dirs hold container tokens and builders' files: keep other users out.
         # (Only the dir we own outright; agent_dir itself may be shared.)
         with contextlib.suppress(OSError):
             self.containers_dir.chmod(0o700)
+        self._end_left_behind()
+
+    def _end_left_behind(self) -> None:
+        """Kill what a previous agent on this directory left running: the process groups of
+        its containers (recorded at start), when a process of the group still carries that
+        container's id (a pid reused since is someone else's, and is left alone)."""
+        for record in self.containers_dir.glob(f"*/{_GROUP_FILE}"):
+            with contextlib.suppress(OSError, ValueError):
+                pgid_text, cid = record.read_text().split()
+                pgid = int(pgid_text)
+                if _group_carries(pgid, f"CRUCIBLE_CONTAINER_ID={cid}".encode()):
+                    log.warning("ending container %s's processes left by the last agent", cid)
+                    os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                record.unlink()
 
     @property
     def containers_dir(self) -> Path:
@@ -398,9 +409,12 @@ class ProcessRuntime:
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: stop() signals the whole tree
-                    preexec_fn=functools.partial(_preexec, self._prctl, os.getpid()),
+                    preexec_fn=functools.partial(die_with_parent, self._prctl, os.getpid()),
                     close_fds=True,
                 )
+            # The group outlives a killed agent when a pod's command left children behind
+            # (the worker dies with the agent, they do not): the next agent ends it.
+            (c.dir / _GROUP_FILE).write_text(f"{c.proc.pid} {a.container_id}\n")
         except (OSError, subprocess.SubprocessError) as exc:
             self._finish(c, None, "start_failed", f"cannot start the worker: {exc}")
             return False

@@ -25,6 +25,7 @@ The worker's entry point hands over here when its assignment carries a pod
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from crucible.agent.parent_death import die_with_parent, load_prctl
 from crucible.agent.python_bundle import PYTHON_HOME, python_argv
 from crucible.errors import Error
 from crucible.protocol.containers import ContainerAssignment
@@ -120,7 +122,10 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
             stderr=subprocess.PIPE,
             # In the supervisor's own process group: the agent's SIGTERM (and its SIGKILL
             # after the grace) reach the command and everything it started, and the runtime
-            # kills what is left of the group when the supervisor exits.
+            # kills what is left of the group when the supervisor exits. The command dies
+            # with the supervisor (which dies with the agent); what it started is ended by
+            # the next agent (runtime.py: _end_left_behind).
+            preexec_fn=functools.partial(die_with_parent, load_prctl(), os.getpid()),
         )
     except OSError as exc:
         print(f"crucible pod: cannot start the command: {exc}", file=sys.stderr)
