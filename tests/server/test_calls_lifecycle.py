@@ -264,7 +264,10 @@ def test_failures_retry_with_backoff_then_fail(world: World) -> None:
     with world.engine.begin() as conn:
         [call_id] = world.submit(conn, fid, 1)
         [a] = claim(conn, cid, 1, t)
-        assert record(conn, cid, [failed(call_id, a.attempt, "first")], t + 100) == [f"fn:{fid}"]
+        assert record(conn, cid, [failed(call_id, a.attempt, "first")], t + 100) == [
+            f"fn:{fid}",
+            f"retry:{fid}:1000",  # its containers are woken again when the delay ends
+        ]
         r = row(conn, call_id)
         assert (r.state, r.container_id, r.next_attempt_ms) == ("queued", None, t + 100 + 1000)
         assert claim(conn, cid, 1, t + 1099) == []  # still backing off
@@ -320,7 +323,8 @@ def test_crashed_containers_use_up_retries(world: World) -> None:
         keys = svc.requeue_calls_of_container(
             conn, c1, t + 10, crashed=True, message="killed by OOM", max_infra_requeues=5
         )
-        assert keys == [f"fn:{fid}"]
+        # Its idle containers are woken when the retry's delay ends (1 s) too.
+        assert keys == [f"fn:{fid}", f"retry:{fid}:1000"]
         r = row(conn, call_id)
         assert (r.state, r.next_attempt_ms, r.infra_requeues) == ("queued", t + 1010, 0)
         assert r.error["code"] == "container_exited" and r.error["message"] == "killed by OOM"

@@ -8,7 +8,9 @@ LISTEN/NOTIFY, and theirs arrive through :meth:`Wakeups.notify_local`.
 
 Keys are opaque strings: ``fn:<function_id>`` (inputs queued), ``call:<call_id>`` (a call
 finished), ``group:<group_id>``, ``host:<host_id>`` (work for an agent),
-``container:<container_id>`` (a container should stop), and ``scheduler`` (look now).
+``container:<container_id>`` (a container should stop), ``retry:<function_id>:<ms>`` (a
+retry becomes due then: its function's waiters are woken at that time), and ``scheduler``
+(look now).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import TypeVar
 __all__ = ["RECHECK_S", "SCHEDULER_KEY", "Wakeups", "long_poll"]
 
 RECHECK_S = 1.0
+# "retry:FN:MS": a retry of FN's becomes due in MS ms (services/calls.py).
+RETRY_PREFIX = "retry:"
 # A function whose workers exchanged with this replica this recently has live containers (see
 # Wakeups.work_queued): twice the exchange's long poll would be too long to notice a cold start;
 # a worker parked elsewhere through a balancer shows up here every few calls.
@@ -101,6 +105,9 @@ class Wakeups:
             if key == SCHEDULER_KEY:
                 self.scheduler.set()
                 continue
+            if key.startswith(RETRY_PREFIX):
+                self._wake_later(key)
+                continue
             if self._handlers and "=" in key:
                 prefix = key[: key.index("=") + 1]
                 handler = self._handlers.get(prefix)
@@ -109,6 +116,31 @@ class Wakeups:
                     continue
             for event in self._waiters.get(key, ()):
                 event.set()
+
+    def _wake_later(self, key: str) -> None:
+        """``retry:FN:MS``: the function's calls become claimable in MS milliseconds (a retry
+        after its delay): its idle containers are woken then (each replica wakes its own)."""
+        function_id, _, delay = key[len(RETRY_PREFIX) :].rpartition(":")
+        if not function_id or not (delay.isascii() and delay.isdigit()):
+            return
+        loop: asyncio.AbstractEventLoop | None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # no loop to wait on: the recheck finds the call
+        key = f"fn:{function_id}"
+
+        def wake() -> None:
+            if self.has_waiters(key):
+                for event in self._waiters.get(key, ()):
+                    event.set()
+            else:  # no idle container here: the scheduler (where it leads) looks now
+                self.scheduler.set()
+
+        # + a little: the call must be due when the woken container looks.
+        loop.call_later(int(delay) / 1000 + 0.005, wake)
 
     def waiting_keys(self) -> list[str]:
         """Every key someone waits on here, and the scheduler's."""

@@ -721,6 +721,17 @@ def claim_inputs(
     return out
 
 
+def _requeued(function_id: str, values: dict[str, Any], now_ms: int) -> list[str]:
+    """The wake-ups of a call queued again: its function's now, and, for a retry after a
+    delay, its function's again when the delay ends (``retry:FN:MS``, server/wakeups.py):
+    idle containers would otherwise look only at their next recheck (a second)."""
+    keys = [f"fn:{function_id}"]
+    delay = int(values.get("next_attempt_ms", now_ms)) - now_ms
+    if delay > 0:
+        keys.append(f"retry:{function_id}:{delay}")
+    return keys
+
+
 def _failure(
     row: Any, retries: RetryPolicy, error: ErrorInfo, terminal_state: str, now_ms: int
 ) -> dict[str, Any]:
@@ -859,7 +870,7 @@ def record_outputs(
         if values["state"] != "queued":
             keys.extend(_keys_for_finished(out.call_id, row.group_id))
         else:
-            keys.append(f"fn:{row.function_id}")
+            keys.extend(_requeued(row.function_id, values, now_ms))
     return keys
 
 
@@ -929,7 +940,7 @@ def requeue_calls_of_container(
             record_ended_attempt(
                 conn, r, outcome, now_ms, cost_micros=spent, error=error.model_dump(mode="json")
             )
-            keys.append(f"fn:{r.function_id}")
+            keys.extend(_requeued(r.function_id, values, now_ms))
         else:
             keys.extend(_keys_for_finished(r.id, r.group_id))
     return keys
@@ -1004,5 +1015,5 @@ def record_timeout(conn: Connection, call_id: str, error: ErrorInfo, now_ms: int
             conn, row, "timed_out", now_ms, cost_micros=spent, error=values["error"]
         )
     if values["state"] == "queued":
-        return [f"fn:{row.function_id}"]
+        return _requeued(row.function_id, values, now_ms)
     return _keys_for_finished(call_id, row.group_id)
