@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,18 @@ def _show(info: DeploymentInfo) -> None:
         )
 
 
+# `crucible deploy`'s advice when the file does not import (wherever its output wrapped the
+# line); `crucible serve` runs it for each change but keeps watching, so its user only has
+# to save a fix.
+_RUN_AGAIN = re.compile(r"fix\s+it\s+and\s+run\s+the\s+command\s+again")
+
+
+def _still_watching(failure: str) -> str:
+    """A failed redeploy's output as `crucible serve` shows it: without the advice to run
+    the command again (serve redeploys by itself when the file changes)."""
+    return _RUN_AGAIN.sub("fix it and save the file", failure)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
@@ -149,11 +162,17 @@ def register(app: typer.Typer) -> None:
                 for fn, url in _web_functions(client, info):
                     console.print(f"  {shown(fn)}: {shown(url)}")
                 return True
+            failure = (done.stderr or done.stdout).strip()[-2000:]
             if first:
                 console.print("[red]deploy failed; nothing is served:[/]")
-            else:
-                console.print("[red]deploy failed; the previous version keeps serving:[/]")
-            console.print(shown((done.stderr or done.stdout).strip()[-2000:], lines=True))
+                console.print(shown(failure, lines=True))
+                return False
+            console.print("[red]deploy failed; the previous version keeps serving:[/]")
+            console.print(shown(_still_watching(failure), lines=True))
+            console.print(
+                f"still watching {shown(str(watched))}: saving a fix to a .py file there "
+                "redeploys it"
+            )
             return False
 
         def interrupted(_signum: int, _frame: Any) -> None:

@@ -124,17 +124,17 @@ class HotPath:
     async def _web(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Response:
         """A request to a web endpoint: the gateway's route function, called directly."""
         try:
-            request = await self.request(scope, receive)
+            request = await self.request(scope, receive, web=True)
             account, deployment, function, path = match.groups()
             return await gateway.gateway(account, deployment, function, path, request)
         except Exception as exc:  # every error leaves in the one error shape
             return response_for_exception(exc)
 
-    async def request(self, scope: Scope, receive: Receive) -> Request:
-        """The request, its body read first (within the size limit), for a route function
-        that takes a ``Request``: it reads the body from memory, then what the client does
-        next (a disconnect)."""
-        body = await self._body(receive)
+    async def request(self, scope: Scope, receive: Receive, *, web: bool = False) -> Request:
+        """The request, its body read first (within the size limit; ``web``: a web
+        endpoint's, whose 413 says so), for a route function that takes a ``Request``: it
+        reads the body from memory, then what the client does next (a disconnect)."""
+        body = await self._body(receive, web=web)
         replayed = False
 
         async def replay() -> Message:
@@ -146,7 +146,7 @@ class HotPath:
 
         return Request(scope, replay)
 
-    async def _body(self, receive: Receive) -> bytes:
+    async def _body(self, receive: Receive, *, web: bool = False) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -156,11 +156,20 @@ class HotPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                raise PayloadTooLargeError(
-                    f"request body is over the {self.limit}-byte limit; send fewer inputs per "
-                    "request or pass large values as blobs"
-                )
+                raise PayloadTooLargeError(self._too_large(web))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    def _too_large(self, web: bool) -> str:
+        """The 413's message: the JSON API's advice is for its own requests only."""
+        if web:
+            return (
+                f"request body is over the {self.limit:,}-byte limit of a web endpoint's "
+                "request; send a smaller body"
+            )
+        return (
+            f"request body is over the {self.limit}-byte limit; send fewer inputs per request "
+            "or pass large values as blobs"
+        )

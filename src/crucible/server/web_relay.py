@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crucible.errors import ContainerExitedError
+from crucible.errors import BadGatewayError, ContainerExitedError
 from crucible.protocol import json_payload
 from crucible.protocol.common import Payload
 from crucible.protocol.containers import InputAssignment
@@ -36,13 +36,28 @@ from crucible.protocol.ids import new_id
 from crucible.protocol.web import decode_response
 from crucible.server.dispatch import Dispatcher
 
-__all__ = ["Ended", "Relayed", "RelayedResponse", "WebRelay", "relayed_response", "rest_of"]
+__all__ = [
+    "BODY_BEFORE_START",
+    "NO_RESPONSE",
+    "NO_VALID_RESPONSE",
+    "Ended",
+    "Relayed",
+    "RelayedResponse",
+    "WebRelay",
+    "relayed_response",
+    "rest_of",
+]
 
 # Items a worker may be ahead of the gateway's reader (the same window as generator calls).
 WINDOW = 256
 # How long past its function's timeout a relayed request waits for its worker's answer
 # before it ends as lost (the worker died, or its container was stopped under it).
 GRACE_S = 30.0
+# What an app did instead of answering, for its 502 (the gateway says "the endpoint's app
+# ..."; a web channel's worker reports only that it did one or the other).
+NO_RESPONSE = "returned without sending a response (no `http.response.start`)"
+BODY_BEFORE_START = "sent a response body before its start (`http.response.start`)"
+NO_VALID_RESPONSE = "sent no valid response (none at all, or a body before its start)"
 
 
 @dataclass(frozen=True)
@@ -232,22 +247,28 @@ class RelayedResponse:
     state: str = "running"
     error_code: str | None = None
     relayed: Relayed | None = None
+    reason: str | None = None  # with ``error_code`` bad_gateway: what the app did
 
 
 async def relayed_response(relayed: Relayed) -> RelayedResponse | None:
     """Wait for the response to start; None when the request was never delivered (nothing
     ran: the caller takes the durable path instead). A reader that stops reading ``body``
-    early calls :meth:`WebRelay.abandon` (or reads on with :func:`rest_of`)."""
+    early calls :meth:`WebRelay.abandon` (or reads on with :func:`rest_of`). An app that
+    returned without a response, or sent a body first, is an answer without a status, failed
+    with the code ``bad_gateway`` (the gateway's 502)."""
     parts = _parts(relayed)
     first = await anext(parts, None)
     if first is None:
         ended = relayed.ended or Ended("lost")
         if ended.status == "undelivered":
             return None
-        state = "failed" if ended.status == "succeeded" else ended.status
+        if ended.status == "succeeded":  # the app returned, having sent nothing
+            return _unanswered(relayed, NO_RESPONSE)
         return RelayedResponse(
-            relayed.id, None, [], _nothing(), None, state, ended.error_code, relayed
+            relayed.id, None, [], _nothing(), None, ended.status, ended.error_code, relayed
         )
+    if "status" not in first:
+        return _unanswered(relayed, BODY_BEFORE_START)
     start = first
     headers = [(str(k), str(v)) for k, v in start.get("headers", [])]
     answer = RelayedResponse(relayed.id, int(start["status"]), headers, _nothing())
@@ -277,6 +298,12 @@ async def relayed_response(relayed: Relayed) -> RelayedResponse | None:
 
     answer.body = body()
     return answer
+
+
+def _unanswered(relayed: Relayed, reason: str) -> RelayedResponse:
+    """The answer for a request whose app sent no valid response (``reason``: what it did)."""
+    code = BadGatewayError.code
+    return RelayedResponse(relayed.id, None, [], _nothing(), None, "failed", code, relayed, reason)
 
 
 def rest_of(relay: WebRelay, relayed: Relayed) -> AsyncIterator[bytes]:

@@ -9,13 +9,40 @@ import asyncio
 import base64
 import json
 import queue
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-__all__ = ["app_loop", "build_asgi_app", "http_parts", "http_scope", "ws_parts"]
+__all__ = [
+    "BODY_BEFORE_START",
+    "NO_RESPONSE",
+    "app_loop",
+    "build_asgi_app",
+    "http_parts",
+    "http_scope",
+    "report",
+    "ws_parts",
+]
 
 ASGIApp = Callable[..., Any]
+
+# What the owner reads in the app's logs when its app did not answer a request as ASGI
+# says (the client gets the gateway's 502 bad_gateway).
+NO_RESPONSE = (
+    "the web app returned without sending a response ('http.response.start'); the client "
+    "was answered 502 bad_gateway: send a response on every path, e.g. a 404 for a route "
+    "the app does not serve"
+)
+BODY_BEFORE_START = (
+    "the web app sent 'http.response.body' before 'http.response.start'; the client was "
+    "answered 502 bad_gateway: send the response's start (status, headers) first"
+)
+
+
+def report(message: str) -> None:
+    """Write ``message`` to the app's logs (under the request being handled)."""
+    print(f"bad_gateway: {message}", file=sys.stderr, flush=True)
 
 
 def build_asgi_app(fn: Callable[..., Any], web: dict[str, Any]) -> ASGIApp:
@@ -154,7 +181,8 @@ def _run_app(
 
 def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Run one request through ``app`` (in a thread with its own event loop) and yield the
-    response's parts as they come."""
+    response's parts as they come. An app that sends no start, or a body before it, is
+    reported in its logs (the gateway answers 502 for it)."""
     parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
     body = base64.b64decode(request.get("body", ""))
     scope = http_scope(request)
@@ -179,7 +207,14 @@ def http_parts(app: ASGIApp, request: dict[str, Any]) -> Iterator[dict[str, Any]
                 }
             )
 
-    yield from _run_app(app, scope, receive, send, parts)
+    started = False
+    for part in _run_app(app, scope, receive, send, parts):
+        if not started and "status" not in part:
+            report(BODY_BEFORE_START)
+        started = True
+        yield part
+    if not started:
+        report(NO_RESPONSE)
 
 
 def ws_parts(
@@ -187,9 +222,12 @@ def ws_parts(
 ) -> Iterator[dict[str, Any]]:
     """Run a WebSocket connection through ``app``: the client's messages come from
     ``inbox(after)`` (the gateway stores them), what the app sends is yielded as parts:
-    ``{"ws": "accept"}``, ``{"ws": "send", "text"|"bytes"}``, ``{"ws": "close", "code"}``."""
+    ``{"ws": "accept", "subprotocol"}``, ``{"ws": "send", "text"|"bytes"}``,
+    ``{"ws": "close", "code", "reason"}``. The scope's ``subprotocols`` are those the client
+    offered."""
     parts: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
-    scope = {"type": "websocket", "scheme": "ws", "subprotocols": [], **_scope(request)}
+    offered = [str(p) for p in request.get("subprotocols") or []]
+    scope = {"type": "websocket", "scheme": "ws", "subprotocols": offered, **_scope(request)}
     pending: list[dict[str, Any]] = [{"type": "connect"}]
     read = 0
 
@@ -203,7 +241,8 @@ def ws_parts(
         if m["type"] == "connect":
             return {"type": "websocket.connect"}
         if m["type"] == "disconnect":
-            return {"type": "websocket.disconnect", "code": int(m.get("code", 1000))}
+            code = int(m.get("code", 1000))
+            return {"type": "websocket.disconnect", "code": code, "reason": m.get("reason", "")}
         if "bytes" in m:
             return {"type": "websocket.receive", "bytes": base64.b64decode(m["bytes"])}
         return {"type": "websocket.receive", "text": m.get("text", "")}
@@ -211,7 +250,7 @@ def ws_parts(
     async def send(message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "websocket.accept":
-            parts.put({"ws": "accept"})
+            parts.put({"ws": "accept", "subprotocol": message.get("subprotocol")})
         elif kind == "websocket.send":
             if message.get("bytes") is not None:
                 data = base64.b64encode(message["bytes"]).decode("ascii")
@@ -219,6 +258,7 @@ def ws_parts(
             else:
                 parts.put({"ws": "send", "text": message.get("text", "")})
         elif kind == "websocket.close":
-            parts.put({"ws": "close", "code": int(message.get("code", 1000))})
+            code = int(message.get("code", 1000))
+            parts.put({"ws": "close", "code": code, "reason": str(message.get("reason") or "")})
 
     yield from _run_app(app, scope, receive, send, parts)

@@ -23,7 +23,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
-from crucible.errors import FunctionTimeoutError
+from crucible.errors import BadGatewayError, FunctionTimeoutError
 from crucible.protocol.web_channel import (
     BUSY,
     FRAME_BODY_MAX,
@@ -33,7 +33,14 @@ from crucible.protocol.web_channel import (
 )
 from crucible.sdk._serialization import error_info_from_exception
 from crucible.worker.logs import CALL_ID
-from crucible.worker.web import app_loop, body_once, http_scope
+from crucible.worker.web import (
+    BODY_BEFORE_START,
+    NO_RESPONSE,
+    app_loop,
+    body_once,
+    http_scope,
+    report,
+)
 
 __all__ = ["WebChannel", "channel_url"]
 
@@ -84,6 +91,9 @@ class _Response:
             return
         if kind != "http.response.body":
             return
+        if self.start is None:  # no status to send it with: the gateway answers 502
+            await self._invalid(BODY_BEFORE_START)
+            return
         body: bytes = message.get("body", b"")
         more = bool(message.get("more_body", False))
         pieces = [body[i : i + FRAME_BODY_MAX] for i in range(0, len(body), FRAME_BODY_MAX)]
@@ -92,7 +102,8 @@ class _Response:
 
     async def _part(self, data: bytes, more: bool) -> None:
         if not self.started:
-            start = self.start or {"status": 500, "headers": []}
+            start = self.start
+            assert start is not None  # send and finish come here only once it was sent
             header = {
                 "t": "start",
                 "id": self.id,
@@ -113,9 +124,15 @@ class _Response:
         if self.done:
             return
         if self.start is None:
-            await self.fail("endpoint_error", "the app returned without sending a response")
+            await self._invalid(NO_RESPONSE)
             return
         await self._part(b"", False)
+
+    async def _invalid(self, message: str) -> None:
+        """The app broke ASGI's order (``message`` says how): its owner reads it in the
+        app's logs, and the gateway answers 502 bad_gateway."""
+        report(message)
+        await self.fail(BadGatewayError.code, message)
 
     async def fail(self, code: str, message: str) -> None:
         if self.done:

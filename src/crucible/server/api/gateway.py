@@ -40,6 +40,7 @@ from crucible.protocol.common import Payload
 from crucible.protocol.web import decode_response
 from crucible.server.api.calls import check_credit, submit_calls
 from crucible.server.api.items import read_page
+from crucible.server.api.responses import error_response
 from crucible.server.api.web_origin import OWN_HOST, own_host_reason, to_own_host
 from crucible.server.auth import Principal
 from crucible.server.own_cookies import OWN_COOKIES, cookie_name, cookies_but_ours
@@ -50,23 +51,31 @@ from crucible.server.services.deployments import current_function
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts
 from crucible.server.wakeups import long_poll
-from crucible.server.web_relay import RelayedResponse, relayed_response
+from crucible.server.web_relay import (
+    BODY_BEFORE_START,
+    NO_RESPONSE,
+    NO_VALID_RESPONSE,
+    RelayedResponse,
+    relayed_response,
+)
 
 router = APIRouter(tags=["web"])
 log = logging.getLogger("crucible.gateway")
 
 # Not passed to the app: the caller's token, hop-by-hop headers, and forwarding headers the
-# client sent (the gateway writes its own, so an app can trust them).
+# client sent (the gateway writes its own, so an app can trust them). Names are compared
+# with ``_`` read as ``-``: a WSGI app behind an ASGI adapter sees ``X_Forwarded_For`` and
+# ``X-Forwarded-For`` as the same ``HTTP_X_FORWARDED_FOR``. Every ``X-Forwarded-*`` goes,
+# and RFC 7239's ``Forwarded`` and ``X-Real-IP``, which frameworks read as well.
 _HOP = {
     "authorization",
     "connection",
     "content-length",
     "transfer-encoding",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-prefix",
+    "forwarded",
+    "x-real-ip",
 }
+_FORWARDING = "x-forwarded-"
 # Framing headers an app's response may not set: the gateway frames the body itself (an
 # app's Transfer-Encoding beside the gateway's Content-Length is a smuggling risk).
 _FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
@@ -165,6 +174,13 @@ def _resolve(
             raise _unseen(caller, account, deployment, function) from None
 
 
+def _from_client(name: str) -> bool:
+    """Whether the client's header ``name`` (lowercased) reaches the app: not one of
+    :data:`_HOP` nor a forwarding header, in any spelling."""
+    canonical = name.replace("_", "-")
+    return canonical not in _HOP and not canonical.startswith(_FORWARDING)
+
+
 def _client(address: Any) -> str:
     return str(address.host) if address is not None else "unknown"
 
@@ -186,11 +202,12 @@ def forwarded_headers(
     conn: HTTPConnection, account: str, deployment: str, function: str
 ) -> list[list[str]]:
     """The request's headers as the app sees them, as a reverse proxy passes them: the
-    ``Host`` the client used, and ``X-Forwarded-For`` (the client's address appended),
+    ``Host`` the client used, and ``X-Forwarded-For`` (the client's address),
     ``-Host``, ``-Proto`` and, when served at the exchange's path, ``-Prefix`` (the path
     the app is mounted at, ``/web/{account}/{deployment}/{function}``), so that the app can
-    build its own public URLs. Never the caller's token."""
-    out = [[k, v] for k, v in conn.headers.items() if k not in _HOP and k != "cookie"]
+    build its own public URLs. Never the caller's token, nor a forwarding header the client
+    sent (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, spelt with ``-`` or ``_``)."""
+    out = [[k, v] for k, v in conn.headers.items() if _from_client(k) and k != "cookie"]
     # The visitor's cookies for the app, never the exchange's own (the console's session:
     # the app would act as the visitor with it).
     cookie = cookies_but_ours(conn.headers.get("cookie"))
@@ -264,10 +281,14 @@ async def gateway(
     )
     page = await read_page(state, owner, call_id, 0, _FIRST_PART_WAIT_S, submitted=True)
     whole = held_response(page) if page.done and not page.items else None
+    if whole is not None and "status" not in whole[0]:
+        return _no_response(BODY_BEFORE_START, call_id)
     if whole is not None and request.method != "HEAD":
         start = whole[0]
         body = b"".join(base64.b64decode(p["body"]) for p in whole[1:] if "body" in p)
-        return _plain_response(int(start["status"]), start["headers"], body, call_id)
+        return _plain_response(start["status"], start["headers"], body, call_id)
+    if not page.items and whole is None and page.call.state == "succeeded":
+        return _no_response(NO_RESPONSE, call_id)  # the app returned, having sent nothing
     if not page.items and whole is None:
         code = page.call.error.code if page.call.error else "endpoint_error"
         return JSONResponse(
@@ -283,6 +304,8 @@ async def gateway(
         )
     parts = whole if whole is not None else response_parts(page.items)
     start = parts[0]
+    if "status" not in start:
+        return _no_response(BODY_BEFORE_START, call_id)
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal page, parts
@@ -333,26 +356,55 @@ def held_response(page: ItemsPage) -> list[dict[str, Any]] | None:
     return parts or None
 
 
-def _plain_response(status: int, headers: Any, body: bytes, call_id: str) -> Response:
+def _plain_response(status: Any, headers: Any, body: bytes, call_id: str) -> Response:
     """A whole response in one piece, with its length; every header the app set is kept
-    (repeated ones too), but those :func:`app_headers` leaves out."""
-    status = app_status(status)
+    (repeated ones too), but those :func:`app_headers` leaves out. A 502 (with the call's
+    id) when HTTP cannot carry the app's status or headers."""
+    try:
+        status, raw_headers = app_status(status), app_headers(headers, call_id)
+    except BadGatewayError as exc:
+        return _bad_gateway(exc, call_id)
     response = Response(b"" if status in _NO_BODY else body, status_code=status)
-    response.raw_headers.extend(app_headers(headers, call_id))
+    response.raw_headers.extend(raw_headers)
     return response
 
 
 def _streamed_response(
-    status: int, headers: Any, call_id: str, body: AsyncIterator[bytes]
+    status: Any, headers: Any, call_id: str, body: AsyncIterator[bytes]
 ) -> Response:
     """A response whose body comes in parts (chunked), with the app's headers as
-    :func:`app_headers` keeps them."""
-    status = app_status(status)
+    :func:`app_headers` keeps them; a 502 as :func:`_plain_response` says (``body`` is
+    then not read: a caller that must drop its rest checks with :func:`app_status` and
+    :func:`app_headers` first)."""
+    try:
+        status, raw_headers = app_status(status), app_headers(headers, call_id)
+    except BadGatewayError as exc:
+        return _bad_gateway(exc, call_id)
     if status in _NO_BODY:
         return _plain_response(status, headers, b"", call_id)
     response = StreamingResponse(body, status_code=status)
-    response.raw_headers.extend(app_headers(headers, call_id))
+    response.raw_headers.extend(raw_headers)
     return response
+
+
+def _bad_gateway(exc: BadGatewayError, call_id: str) -> Response:
+    """The 502 for an answer of the app's that no HTTP response can carry, with the id its
+    owner looks up, as every answer of the endpoint has."""
+    response = error_response(exc)
+    response.headers["x-crucible-call-id"] = call_id
+    return response
+
+
+def _no_response(why: str, call_id: str) -> Response:
+    """The 502 for an app that sent no valid response (``why``: what it did instead; the
+    worker wrote the same to the app's logs)."""
+    return _bad_gateway(
+        BadGatewayError(
+            f"the endpoint's app {why}, so there is no response to pass on; its owner sees "
+            f"this in `crucible logs` ({call_id})"
+        ),
+        call_id,
+    )
 
 
 def app_status(status: Any) -> int:
@@ -451,6 +503,10 @@ async def relay(
 def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Response:
     """The gateway's response to a relayed request."""
     rid = answer.call_id
+    if answer.status is None and answer.error_code == BadGatewayError.code:
+        if answer.relayed is not None:  # what the app sends after it is dropped
+            state.web.relay.abandon(answer.relayed)
+        return _no_response(answer.reason or NO_VALID_RESPONSE, rid)
     if answer.status is None:
         lost = answer.state == "lost"
         why = (
@@ -472,6 +528,13 @@ def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Respon
     if answer.whole is not None and method != "HEAD":
         return _plain_response(answer.status, answer.headers, answer.whole, rid)
     relayed = answer.relayed
+    try:
+        app_status(answer.status)
+        app_headers(answer.headers, rid)
+    except BadGatewayError as exc:  # the body will not be read: drop what comes
+        if relayed is not None:
+            state.web.relay.abandon(relayed)
+        return _bad_gateway(exc, rid)
 
     async def stream() -> AsyncIterator[bytes]:
         done = False
@@ -506,12 +569,14 @@ async def gateway_websocket(
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
         await websocket.close(code=1008, reason=exc.message[:120])
         return
+    offered = [str(p) for p in websocket.scope.get("subprotocols", [])]
     http = {
         "type": "websocket",
         "path": "/" + path,
         "raw_path": raw_tail(websocket, path),
         "query": websocket.url.query,
         "headers": forwarded_headers(websocket, account, deployment, function),
+        "subprotocols": offered,  # the client's Sec-WebSocket-Protocol, for the app's scope
     }
     raw = json_payload.encode({"args": [http], "kwargs": {}})
     created = await submit_calls(
@@ -542,7 +607,8 @@ async def gateway_websocket(
                 await long_poll(state.wakeups, [f"inboxread:{call_id}"], caught_up, 30.0)
             msg = await websocket.receive()
             if msg["type"] == "websocket.disconnect":
-                await run_in_threadpool(post, {"type": "disconnect", "code": msg.get("code", 1000)})
+                gone = {"code": msg.get("code", 1000), "reason": msg.get("reason") or ""}
+                await run_in_threadpool(post, {"type": "disconnect", **gone})
                 return
             data = msg.get("bytes")
             text = msg.get("text") or ""
@@ -567,7 +633,10 @@ async def gateway_websocket(
             for part in response_parts(page.items):
                 kind = part.get("ws")
                 if kind == "accept" and not accepted:
-                    await websocket.accept(headers=[(b"x-crucible-call-id", call_id.encode())])
+                    await websocket.accept(
+                        subprotocol=_chosen(part.get("subprotocol"), offered, call_id),
+                        headers=[(b"x-crucible-call-id", call_id.encode())],
+                    )
                     accepted = True
                 elif kind == "send" and accepted:
                     if "bytes" in part:
@@ -575,7 +644,8 @@ async def gateway_websocket(
                     else:
                         await websocket.send_text(part.get("text", ""))
                 elif kind == "close":
-                    await websocket.close(code=int(part.get("code", 1000)))
+                    reason = _close_reason(part.get("reason"))
+                    await websocket.close(code=int(part.get("code", 1000)), reason=reason)
                     return
             if page.done:
                 await websocket.close(code=1011 if page.call.state != "succeeded" else 1000)
@@ -597,3 +667,27 @@ async def gateway_websocket(
             await asyncio.wait_for(outgoing, 5.0)
     for task in pending:
         task.cancel()
+
+
+def _chosen(subprotocol: Any, offered: list[str], call_id: str) -> str | None:
+    """The subprotocol the app accepted the WebSocket with, for the handshake's answer: one
+    the client offered (a client fails a handshake that names another), else none."""
+    if subprotocol is None:
+        return None
+    if subprotocol in offered:
+        return str(subprotocol)
+    log.info(
+        "websocket %s: the app chose subprotocol %r, which the client did not offer (%s); "
+        "answered without one",
+        call_id,
+        str(subprotocol)[:60],
+        ", ".join(offered) or "none",
+    )
+    return None
+
+
+def _close_reason(reason: Any) -> str | None:
+    """The app's close reason as a close frame carries it: at most 123 bytes of UTF-8."""
+    if not isinstance(reason, str) or not reason:
+        return None
+    return reason.encode("utf-8")[:123].decode("utf-8", "ignore")
