@@ -63,6 +63,11 @@ def test_a_saved_token_goes_only_to_its_own_server(tmp_path: Path) -> None:
         "http://127.0.0.1:8745/",
         "cru_local-admin",
     )
+    assert config(CRUCIBLE_SERVER_URL="http://localhost:8745") == (
+        "http://localhost:8745",
+        "cru_local-admin",
+    )  # the same machine, named another way
+    assert config(CRUCIBLE_SERVER_URL="http://127.0.0.1:9999") is None  # another port
     assert config(CRUCIBLE_SERVER_URL="http://exchange.example.test") is None
     assert config(
         CRUCIBLE_SERVER_URL="http://exchange.example.test", CRUCIBLE_TOKEN="cru_mine"

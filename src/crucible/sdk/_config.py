@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,34 @@ def read_client_config(settings: Settings) -> ClientConfig | None:
         url = url or saved_url
         # The saved token belongs to the saved server: it is never sent to another URL (one
         # set in CRUCIBLE_SERVER_URL without CRUCIBLE_TOKEN would have received it).
-        if not token and url.rstrip("/") == saved_url.rstrip("/"):
+        if not token and _same_server(url, saved_url):
             token = saved_token
     if not url or not token:
         return None
     return ClientConfig(url, token)
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two URLs name one server (``localhost`` and ``127.0.0.1`` alike)."""
+
+    def key(url: str) -> tuple[str, str, int | None, str]:
+        parts = urllib.parse.urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return (
+            parts.scheme.lower(),
+            "loopback" if host in _LOOPBACK else host,
+            port,
+            parts.path.rstrip("/"),
+        )
+
+    return key(a) == key(b)
 
 
 def _read_saved(path: Path) -> tuple[str, str]:
