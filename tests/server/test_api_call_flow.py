@@ -162,6 +162,32 @@ def test_cancel_over_http(server: ServerUnderTest) -> None:
     )  # finished: no waiting
 
 
+def test_cancelling_one_input_of_a_concurrent_container_requeues_the_others_at_once(
+    server: ServerUnderTest,
+) -> None:
+    """A cancel stops the call's container (a Python function cannot be interrupted); its
+    other inputs (a concurrent function's) kept running there until the stop's SIGKILL, and
+    were queued again only then, or timed out there."""
+    alice = server.tenant("alice")
+    host_id = server.register_host(server.tenant("alice", Scope.HOST).token)
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(alice.token, app_id, server.put_blob(alice.token), max_inputs=3)
+    made = server.new_calls(alice.token, fn, 3)
+    cid, ctok = server.place_container(fn, host_id)
+    got = server.ok("POST", f"/v1/containers/{cid}/exchange", token=ctok, json={"want": 3})
+    assert sorted(i["call_id"] for i in got["inputs"]) == sorted(made)
+    victim, *others = made
+    assert server.ok("POST", f"/v1/calls/{victim}/cancel", token=alice.token)["state"] == (
+        "cancelled"
+    )
+    for call_id in others:
+        shown = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
+        assert shown["state"] == "queued", shown  # at once, for free
+    # The stopping container takes no more work; their next attempt goes elsewhere.
+    again = server.ok("POST", f"/v1/containers/{cid}/exchange", token=ctok, json={"want": 3})
+    assert again["inputs"] == [] and again["stop"] is True
+
+
 def test_a_claims_deadline_counts_the_inputs_only_when_they_run_one_after_another(
     server: ServerUnderTest,
 ) -> None:

@@ -170,7 +170,9 @@ async def get_call(
 @router.post("/calls/{call_id}/cancel")
 async def cancel_call(call_id: str, who: Builder, state: State) -> CallInfo:
     with state.engine.begin() as conn:
-        info, keys = cancel_and_stop(conn, who, call_id, state.clock.now_ms())
+        info, keys = cancel_and_stop(
+            conn, who, call_id, state.clock.now_ms(), state.settings.max_infra_requeues
+        )
     state.wakeups.notify_many(keys)
     return info
 

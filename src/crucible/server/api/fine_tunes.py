@@ -39,6 +39,6 @@ def cancel(ft_id: str, who: Builder, state: State) -> FineTuneInfo:
     with state.engine.begin() as conn:
         job = svc.get_fine_tune(conn, who, ft_id, now)
         if job.state in ("queued", "running"):
-            _, keys = cancel_call(conn, who, job.call_id, now)
+            _, keys = cancel_call(conn, who, job.call_id, now, state.settings.max_infra_requeues)
             state.wakeups.notify_many(keys)
         return svc.get_fine_tune(conn, who, ft_id, now)

@@ -173,6 +173,8 @@ async def stream(job_id: str, who: Builder, state: State) -> StreamingResponse:
 @router.post("/{job_id}/cancel")
 async def cancel(job_id: str, who: Builder, state: State) -> JobStatus:
     with state.engine.begin() as conn:
-        info, keys = cancel_and_stop(conn, who, job_id, state.clock.now_ms())
+        info, keys = cancel_and_stop(
+            conn, who, job_id, state.clock.now_ms(), state.settings.max_infra_requeues
+        )
     state.wakeups.notify_many(keys)
     return _status(state, info)

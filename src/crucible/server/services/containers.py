@@ -211,13 +211,23 @@ def carry_out_advance(conn: Connection, advanced: Advanced, now_ms: int) -> list
 
 
 def cancel_call(
-    conn: Connection, principal: Principal, call_id: str, now_ms: int
+    conn: Connection, principal: Principal, call_id: str, now_ms: int, max_infra_requeues: int
 ) -> tuple[CallInfo, list[str]]:
     """Cancel a call; a running one's container is stopped (a Python function cannot be
-    interrupted from outside). Returns its info and the wake-up keys."""
+    interrupted from outside), and the other calls it runs (a concurrent function's) are
+    queued again at once, for free, rather than when the stop ends them. Returns its info
+    and the wake-up keys."""
     info, keys, container = calls_svc.cancel_call(conn, principal, call_id, now_ms)
     if container is not None:
         keys += request_stop(conn, container)
+        keys += calls_svc.requeue_calls_of_container(
+            conn,
+            container,
+            now_ms,
+            crashed=False,
+            message="another call its container ran was cancelled, which stopped the container",
+            max_infra_requeues=max_infra_requeues,
+        )
     return info, keys
 
 
