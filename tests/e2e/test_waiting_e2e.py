@@ -46,10 +46,13 @@ def test_the_sdk_prints_why_a_call_waits(exchange: Exchange) -> None:
         with app_basic.app.run(client=client):
             call = app_basic.square.spawn(5)
             try:
-                call.get(timeout=8)
+                call.get(timeout=3)
             except TimeoutError:
                 print("still waiting", flush=True)
             import threading, time
+            # Waiting with no timeout: it says why within seconds (it said so only after
+            # a whole 25 s long poll, so a 13 s wait printed nothing).
+            threading.Thread(target=call.get, daemon=True).start()
             mapping = lambda: list(app_basic.square.map(range(3)))
             threading.Thread(target=mapping, daemon=True).start()
             time.sleep(16)  # the map gets no result: after 10 s it says why
@@ -68,6 +71,6 @@ def test_the_sdk_prints_why_a_call_waits(exchange: Exchange) -> None:
     )
     assert "still waiting" in out.stdout, out.stdout + out.stderr
     assert "is waiting: no live host can run this function" in out.stderr, out.stderr
-    assert out.stderr.count("is waiting:") == 2, out.stderr
-    # Once per reason and per waiter, not once per poll: the call, then the map.
+    assert out.stderr.count("is waiting:") == 3, out.stderr
+    # Once per reason and per waiter, not once per poll: the call's two get()s, the map.
     assert "square.map is waiting: no live host can run this function" in out.stderr

@@ -113,10 +113,12 @@ class FunctionCall(Generic[R]):
         check_number("get() timeout", timeout, 0, 366 * 86400, optional=True, unit="seconds")
         deadline = None if timeout is None else time.monotonic() + timeout
         shown: str | None = None
+        # The first look is short, like .remote()'s first wait: a call still queued after it
+        # says why on stderr within seconds, not after a whole long poll.
+        poll = _FIRST_WAIT_S
         while True:
-            wait = (
-                _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
-            )
+            wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            poll = _POLL_S
             info = self._client.get_call(self.object_id, wait_s=wait)
             if info.state not in ("queued", "running"):
                 return _result(self._client, info)  # type: ignore[no-any-return]
