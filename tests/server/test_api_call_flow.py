@@ -218,3 +218,28 @@ def test_a_claims_deadline_counts_the_inputs_only_when_they_run_one_after_anothe
         (deadline,) = deadlines
         expected = 4 * 3_000 if per_input else 3_000
         assert expected <= deadline - now < expected + 2_000, (extra, deadline - now)
+
+
+def test_the_servers_timeout_backstop_names_the_timeout(server: ServerUnderTest) -> None:
+    """A call the worker could not interrupt ended with "the call exceeded its timeout and
+    its container was stopped", without the limit the builder set."""
+    from crucible.server.scheduler.loop import SchedulerLoop
+
+    from server_testlib import ManualClock
+
+    clock = ManualClock(1_800_000_000_000)
+    server.state.clock = clock
+    alice = server.tenant("alice")
+    host_id = server.register_host(server.tenant("alice", Scope.HOST).token)
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(alice.token, app_id, server.put_blob(alice.token), timeout_s=3)
+    [call_id] = server.new_calls(alice.token, fn)
+    cid, ctok = server.place_container(fn, host_id)
+    got = server.ok("POST", f"/v1/containers/{cid}/exchange", token=ctok, json={"want": 1})
+    assert [i["call_id"] for i in got["inputs"]] == [call_id]
+    clock.now += 60_000  # far past its deadline and the grace: stuck in C code, say
+    with server.state.engine.begin() as conn:
+        SchedulerLoop(server.state)._sweep_timeouts(conn, clock.now)
+    shown = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
+    assert shown["state"] == "timed_out", shown
+    assert "timeout of 3 s" in shown["error"]["message"], shown["error"]

@@ -219,11 +219,14 @@ class LogShipper:
             os.close(r)
 
     def add(self, stream: str, line: str, *, call_id: str | None = None) -> None:
+        if len(line) > MAX_LINE:  # said, not cut in silence
+            note = f" [... line cut: {len(line):,} characters, at most {MAX_LINE:,} are kept]"
+            line = line[: MAX_LINE - len(note)] + note
         entry = {
             "ts_ms": time.time_ns() // 1_000_000,
             "stream": stream,
             "call_id": call_id if call_id is not None else self.call_id,
-            "line": line[:MAX_LINE],
+            "line": line,
         }
         with self._lock:
             self._lines.append(entry)

@@ -101,6 +101,7 @@ from crucible.server.store.tables import (
     containers,
     dict_entries,
     dicts,
+    functions,
     queue_items,
     queues,
 )
@@ -714,15 +715,18 @@ class SchedulerLoop:
         stopped."""
         grace = int(self.state.settings.timeout_grace_s * 1000)
         rows = conn.execute(
-            select(calls.c.id, calls.c.container_id).where(
-                calls.c.state == "running", calls.c.deadline_ms < now - grace
-            )
+            select(calls.c.id, calls.c.container_id, calls.c.function_id, functions.c.spec_rev)
+            .join(functions, functions.c.id == calls.c.function_id)
+            .where(calls.c.state == "running", calls.c.deadline_ms < now - grace)
         ).all()
         keys: list[str] = []
         for r in rows:
+            timeout_s = SPECS.at(conn, r.function_id, r.spec_rev).spec.timeout_s
             err = ErrorInfo(
                 code=FunctionTimeoutError.code,
-                message="the call exceeded its timeout and its container was stopped",
+                message=f"the call ran past its timeout of {timeout_s:g} s (it could not be "
+                "interrupted where it was, in C code or a concurrent input) and its container "
+                "was stopped",
             )
             keys += record_timeout(conn, r.id, err, now)
             if r.container_id:
