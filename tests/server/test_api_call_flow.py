@@ -162,6 +162,16 @@ def test_cancel_over_http(server: ServerUnderTest) -> None:
     )  # finished: no waiting
 
 
+class _Later:
+    """A clock ``ms`` ahead of another."""
+
+    def __init__(self, clock: object, ms: int) -> None:
+        self._clock, self._ms = clock, ms
+
+    def now_ms(self) -> int:
+        return int(self._clock.now_ms()) + self._ms  # type: ignore[attr-defined]
+
+
 def test_cancelling_one_input_of_a_concurrent_container_requeues_the_others_at_once(
     server: ServerUnderTest,
 ) -> None:
@@ -177,9 +187,11 @@ def test_cancelling_one_input_of_a_concurrent_container_requeues_the_others_at_o
     got = server.ok("POST", f"/v1/containers/{cid}/exchange", token=ctok, json={"want": 3})
     assert sorted(i["call_id"] for i in got["inputs"]) == sorted(made)
     victim, *others = made
-    assert server.ok("POST", f"/v1/calls/{victim}/cancel", token=alice.token)["state"] == (
-        "cancelled"
-    )
+    server.state.clock = _Later(server.state.clock, 60_000)  # they ran a minute
+    cancelled = server.ok("POST", f"/v1/calls/{victim}/cancel", token=alice.token)
+    assert cancelled["state"] == "cancelled"
+    # Its attempt's time is billed with its container's: the call's cost says so.
+    assert cancelled["cost_micros"] > 0, cancelled
     for call_id in others:
         shown = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
         assert shown["state"] == "queued", shown  # at once, for free

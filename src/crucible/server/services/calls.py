@@ -601,7 +601,7 @@ def cancel_call(
     container is stopped; the container's other calls are requeued). Cancelling a finished
     call changes nothing."""
     row = conn.execute(
-        select(calls.c.state, calls.c.container_id, calls.c.group_id).where(
+        select(calls.c.state, calls.c.container_id, calls.c.group_id, calls.c.started_ms).where(
             calls.c.id == call_id, calls.c.account_id == principal.account_id
         )
     ).first()
@@ -611,11 +611,19 @@ def cancel_call(
     stop: str | None = None
     if row.state in ("queued", "running"):
         err = ErrorInfo(code="call_cancelled", message="the call was cancelled")
-        conn.execute(
-            update(calls)
-            .where(calls.c.id == call_id)
-            .values(state="cancelled", finished_ms=now_ms, error=err.model_dump(mode="json"))
-        )
+        values: dict[str, Any] = {
+            "state": "cancelled",
+            "finished_ms": now_ms,
+            "error": err.model_dump(mode="json"),
+        }
+        if row.state == "running" and row.container_id and row.started_ms is not None:
+            # The attempt ran until now, and its container's time is billed: the call's
+            # cost says so (it showed "-" beside a bill that charged it).
+            spent = attempt_cost(
+                container_rate(conn, row.container_id), row.started_ms, now_ms, None
+            )
+            values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
+        conn.execute(update(calls).where(calls.c.id == call_id).values(**values))
         keys = _keys_for_finished(call_id, row.group_id)
         if row.state == "running":
             stop = row.container_id
