@@ -74,6 +74,16 @@ def _signal_name(signum: int) -> str:
 _GROUP_FILE = "group"  # a container's process group and id, for the next agent
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _group_carries(pgid: int, marker: bytes) -> bool:
     """Whether a live process of group ``pgid`` has ``marker`` in its environment."""
     for proc in Path("/proc").iterdir():
@@ -173,12 +183,16 @@ class ProcessRuntime:
 
     def _end_left_behind(self) -> None:
         """Kill what a previous agent on this directory left running: the process groups of
-        its containers (recorded at start), when a process of the group still carries that
-        container's id (a pid reused since is someone else's, and is left alone)."""
+        its containers (recorded at start, with the agent's pid), when that agent is gone
+        (another agent started on the same directory is not robbed of its containers) and a
+        process of the group still carries the container's id (a pid reused since is
+        someone else's, and is left alone)."""
         for record in self.containers_dir.glob(f"*/{_GROUP_FILE}"):
             with contextlib.suppress(OSError, ValueError):
-                pgid_text, cid = record.read_text().split()
-                pgid = int(pgid_text)
+                pgid_text, cid, agent_text = record.read_text().split()
+                pgid, agent = int(pgid_text), int(agent_text)
+                if agent != os.getpid() and _alive(agent):
+                    continue  # another agent on this directory runs it: not left behind
                 if _group_carries(pgid, f"CRUCIBLE_CONTAINER_ID={cid}".encode()):
                     log.warning("ending container %s's processes left by the last agent", cid)
                     os.killpg(pgid, signal.SIGKILL)
@@ -414,7 +428,7 @@ class ProcessRuntime:
                 )
             # The group outlives a killed agent when a pod's command left children behind
             # (the worker dies with the agent, they do not): the next agent ends it.
-            (c.dir / _GROUP_FILE).write_text(f"{c.proc.pid} {a.container_id}\n")
+            (c.dir / _GROUP_FILE).write_text(f"{c.proc.pid} {a.container_id} {os.getpid()}\n")
         except (OSError, subprocess.SubprocessError) as exc:
             self._finish(c, None, "start_failed", f"cannot start the worker: {exc}")
             return False
