@@ -71,7 +71,7 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-_GROUP_FILE = "group"  # a container's process group and id, for the next agent
+_GROUP_FILE = "group"  # a container's process group, agent and marker, for the next agent
 
 
 def _alive(pid: int) -> bool:
@@ -185,16 +185,20 @@ class ProcessRuntime:
         """Kill what a previous agent on this directory left running: the process groups of
         its containers (recorded at start, with the agent's pid), when that agent is gone
         (another agent started on the same directory is not robbed of its containers) and a
-        process of the group still carries the container's id (a pid reused since is
-        someone else's, and is left alone)."""
+        process of the group still carries the container's id, or its pod's (a pid reused
+        since is someone else's, and is left alone)."""
         for record in self.containers_dir.glob(f"*/{_GROUP_FILE}"):
             with contextlib.suppress(OSError, ValueError):
-                pgid_text, cid, agent_text = record.read_text().split()
+                pgid_text, agent_text, marker = record.read_text().split()
                 pgid, agent = int(pgid_text), int(agent_text)
                 if agent != os.getpid() and _alive(agent):
                     continue  # another agent on this directory runs it: not left behind
-                if _group_carries(pgid, f"CRUCIBLE_CONTAINER_ID={cid}".encode()):
-                    log.warning("ending container %s's processes left by the last agent", cid)
+                if _group_carries(pgid, marker.encode()):
+                    log.warning(
+                        "ending the processes container %s left (%s) when its agent died",
+                        record.parent.name,
+                        marker,
+                    )
                     os.killpg(pgid, signal.SIGKILL)
             with contextlib.suppress(OSError):
                 record.unlink()
@@ -428,7 +432,13 @@ class ProcessRuntime:
                 )
             # The group outlives a killed agent when a pod's command left children behind
             # (the worker dies with the agent, they do not): the next agent ends it.
-            (c.dir / _GROUP_FILE).write_text(f"{c.proc.pid} {a.container_id} {os.getpid()}\n")
+            # A pod's processes carry its id (not the container's) in their environment.
+            marker = (
+                f"CRUCIBLE_POD_ID={a.pod.pod_id}"
+                if a.pod is not None
+                else f"CRUCIBLE_CONTAINER_ID={a.container_id}"
+            )
+            (c.dir / _GROUP_FILE).write_text(f"{c.proc.pid} {os.getpid()} {marker}\n")
         except (OSError, subprocess.SubprocessError) as exc:
             self._finish(c, None, "start_failed", f"cannot start the worker: {exc}")
             return False

@@ -428,9 +428,6 @@ def pod_env(
         "CUDA_VISIBLE_DEVICES": container_env.get("CUDA_VISIBLE_DEVICES", ""),
         "NVIDIA_VISIBLE_DEVICES": container_env.get("NVIDIA_VISIBLE_DEVICES", ""),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        # Which container this is (not its token): how a restarted agent knows the
-        # processes a killed one left behind.
-        "CRUCIBLE_CONTAINER_ID": container_env.get("CRUCIBLE_CONTAINER_ID", ""),
         "CRUCIBLE_POD_ID": pod.pod_id,
         "CRUCIBLE_POD_NAME": pod.name,
         "CRUCIBLE_POD_DISK": disk,
