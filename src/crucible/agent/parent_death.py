@@ -1,5 +1,6 @@
 """Children that die with their parent: ``PR_SET_PDEATHSIG`` set between fork and exec (a
-worker dies with its agent, a pod's command with its supervisor)."""
+worker dies with its agent, a pod's command with its supervisor); and whether a process is
+still alive."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with_parent", "load_prctl"]
+__all__ = ["die_with_parent", "load_prctl", "pid_alive"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,3 +36,14 @@ def die_with_parent(prctl: Callable[..., int] | None, parent_pid: int) -> None:
     # The agent may have died before prctl took effect; then nobody would ever stop us.
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

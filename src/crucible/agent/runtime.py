@@ -40,7 +40,7 @@ from pathlib import Path
 
 from crucible.agent.exec_process import PopenExec, exec_env
 from crucible.agent.exec_process import take_ctty as _take_ctty
-from crucible.agent.parent_death import die_with_parent, load_prctl
+from crucible.agent.parent_death import die_with_parent, load_prctl, pid_alive
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
 from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import (
@@ -74,30 +74,27 @@ def _signal_name(signum: int) -> str:
 _GROUP_FILE = "group"  # a container's process group, agent and marker, for the next agent
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_carries(pgid: int, marker: bytes) -> bool:
-    """Whether a live process of group ``pgid`` has ``marker`` in its environment."""
+def _live_groups() -> dict[int, list[Path]]:
+    """The /proc entries of every live process, by process group (one pass over /proc)."""
+    groups: dict[int, list[Path]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
             # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after it.
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                return True
+            groups.setdefault(int(stat.rsplit(")", 1)[1].split()[2]), []).append(proc)
         except (OSError, ValueError, IndexError):
             continue
+    return groups
+
+
+def _carries(procs: list[Path], marker: bytes) -> bool:
+    """Whether one of these processes has ``marker`` in its environment."""
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                return True
     return False
 
 
@@ -187,13 +184,15 @@ class ProcessRuntime:
         (another agent started on the same directory is not robbed of its containers) and a
         process of the group still carries the container's id, or its pod's (a pid reused
         since is someone else's, and is left alone)."""
-        for record in self.containers_dir.glob(f"*/{_GROUP_FILE}"):
+        records = list(self.containers_dir.glob(f"*/{_GROUP_FILE}"))
+        groups = _live_groups() if records else {}
+        for record in records:
             with contextlib.suppress(OSError, ValueError):
                 pgid_text, agent_text, marker = record.read_text().split()
                 pgid, agent = int(pgid_text), int(agent_text)
-                if agent != os.getpid() and _alive(agent):
+                if agent != os.getpid() and pid_alive(agent):
                     continue  # another agent on this directory runs it: not left behind
-                if _group_carries(pgid, marker.encode()):
+                if _carries(groups.get(pgid, []), marker.encode()):
                     log.warning(
                         "ending the processes container %s left (%s) when its agent died",
                         record.parent.name,

@@ -42,6 +42,7 @@ from crucible.agent.oci.manifests import (
 )
 from crucible.agent.oci.registry import RegistryAuth, RegistryClient, RegistryConfig
 from crucible.agent.oci.unpack import LayerInfo, assemble_rootfs, unpack_layer
+from crucible.agent.parent_death import pid_alive
 from crucible.errors import ImagePullError, ImageTooLargeError, ImageUnsupportedError
 from crucible.protocol.image_refs import ImageRef, parse_image_ref
 
@@ -225,7 +226,7 @@ class OciImages:
                     continue
                 if not name.startswith(".tmp-evict-"):
                     pid = name.split("-")[-2]
-                    if not pid.isdigit() or _alive(int(pid)):
+                    if not pid.isdigit() or pid_alive(int(pid)):
                         continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
@@ -406,16 +407,6 @@ class OciImages:
                 yield
             finally:
                 os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _hex(digest: str) -> str:

@@ -139,8 +139,7 @@ async def read_page(
     at once (a read less per request)."""
 
     def consumed() -> None:
-        if after > state.calls.items_consumed.get(call_id, 0):
-            state.calls.items_consumed[call_id] = after
+        if note_progress(state.calls.items_consumed, call_id, after):
             state.wakeups.notify_local([f"consumed:{call_id}"])
             # The worker may be sending through another replica: it needs the count itself.
             state.wakeups.share(CONSUMED_PREFIX, f"{call_id}:{after}")
