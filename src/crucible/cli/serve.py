@@ -227,8 +227,9 @@ def register(app: typer.Typer) -> None:
                     command="crucible server",
                 )
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-            # alembic announces each of its plugins at INFO on every start: noise, not news
-            logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+            # Alembic announces each of its plugins and each migration at INFO: noise, not
+            # news (the store logs one line for a whole upgrade).
+            logging.getLogger("alembic.runtime").setLevel(logging.WARNING)
             _open_store(settings)
             typer.echo(f"Crucible control plane on {url}")
             run_server(settings)

@@ -7,12 +7,15 @@ chosen by a ``postgresql+psycopg://`` URL.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     Engine,
@@ -34,6 +37,7 @@ __all__ = [
     "read_only",
 ]
 
+_log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock key of schema upgrades: replicas starting at once on one store
 # upgrade it one after another (the later ones find it current).
@@ -167,7 +171,20 @@ def migrate(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
         cfg.attributes["connection"] = conn
+        before = MigrationContext.configure(conn).get_current_revision()
         command.upgrade(cfg, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:
+        # One line for the whole upgrade: Alembic's own INFO line per migration (dozens on
+        # a new store) is silenced where the server sets up its logging.
+        steps = len(list(ScriptDirectory.from_config(cfg).iterate_revisions(after, before)))
+        _log.info(
+            "store schema %s: %d migration%s, now at %s",
+            "created" if before is None else f"upgraded from {before}",
+            steps,
+            "" if steps == 1 else "s",
+            after,
+        )
 
 
 def _clear_unfinished_first_migration(engine: Engine) -> None:
