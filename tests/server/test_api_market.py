@@ -75,6 +75,24 @@ def test_offers_are_public_and_priced_by_their_owner_only(server: ServerUnderTes
         "PUT", f"/v1/hosts/{host_id}/offers", token=owner, json={**body, "on_demand_micros": -1}
     )
     assert r.status_code == 400 and error_code(r) == "invalid_request"
+    # A minimum bid above the ask is a typo (interruptible sells at or below on-demand).
+    r = server.request(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=owner,
+        json={**body, "on_demand_micros": 900_000, "interruptible_min_micros": 2_100_000},
+    )
+    assert r.status_code == 400 and error_code(r) == "invalid_request"
+    assert "interruptible minimum ($2.10) is above the on-demand price ($0.90)" in r.text
+    cpu_body = {**body, "device_type": "cpu", "memory_on_demand_micros": 5_000}
+    r = server.request(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=owner,
+        json={**cpu_body, "memory_interruptible_micros": 6_000},
+    )
+    assert r.status_code == 400 and "memory's interruptible minimum" in r.text
+    server.ok("PUT", f"/v1/hosts/{host_id}/offers", token=owner, json=cpu_body)
 
     prof = server.ok(
         "PATCH",

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crucible.core.ledger import MS_PER_DAY, PLATFORM_FEES
+from crucible.core.ledger import MS_PER_DAY, PLATFORM_FEES, format_usd
 from crucible.core.market import CPU
 from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
@@ -80,6 +80,17 @@ def set_offer(
             "memory is priced separately only for CPU-only capacity (device type 'cpu'); a "
             "GPU's price includes its share of the host's memory"
         )
+    for what, floor, ask in (
+        ("", req.interruptible_min_micros, req.on_demand_micros),
+        ("memory's ", req.memory_interruptible_micros, req.memory_on_demand_micros),
+    ):
+        if floor > ask:
+            raise InvalidRequestError(
+                f"the {what}interruptible minimum ({format_usd(floor)}) is above the {what}"
+                f"on-demand price ({format_usd(ask)}): interruptible capacity can be taken "
+                "back at any moment, so it sells at or below on-demand; lower the one or "
+                "raise the other"
+            )
     values = {
         "on_demand": req.on_demand_micros,
         "interruptible_min": req.interruptible_min_micros,
