@@ -29,8 +29,8 @@ class Counter:
             Path(self.marker_dir, f"exited-{self.container}").write_text(str(self.count))
 
     @crucible.method()
-    def bump(self, by: int = 1) -> tuple[int, str, float]:
-        self.count += by
+    def bump(self, by: int = 1, times: int = 1) -> tuple[int, str, float]:
+        self.count += by * times
         return self.count, self.container, self.loaded_at
 
     @crucible.method()

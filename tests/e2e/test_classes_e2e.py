@@ -27,7 +27,11 @@ def test_a_class_keeps_one_instance_per_container(builder, tmp_path: Path) -> No
         other = app_classes.Counter(start=100, marker_dir=marker).bump.remote()
         assert other[0] == 101 and other[1] != first[1]
         assert app_classes.Counter().describe.remote() == "counter from 0"
-        assert [x[0] for x in app_classes.Counter(start=5).bump.map([1, 1, 1])] == [6, 7, 8]
+        five = app_classes.Counter(start=5)
+        assert [x[0] for x in five.bump.map([1, 1, 1])] == [6, 7, 8]
+        assert [x[0] for x in five.bump.starmap([(1,), (2,)])] == [9, 11]
+        assert [x[0] for x in five.bump.map([1, 2], kwargs={"times": 10})] == [21, 41]
+        assert [x[0] for x in five.bump.starmap([()], kwargs={"by": 1})] == [42]
     # The app stopped: the containers ran their exit hooks.
     wait_for(lambda: len(list(tmp_path.glob("exited-*"))) >= 2, 30, "exit hooks")
     assert (tmp_path / f"exited-{first[1]}").read_text() == "11"
@@ -44,6 +48,10 @@ def test_class_misuse_is_refused_clearly(builder) -> None:
         app_classes.Counter().reset  # noqa: B018
     with pytest.raises(crucible.Error, match="needs a running app"):
         app_classes.Counter().bump.remote()
+    with pytest.raises(crucible.InvalidRequestError, match=r"Counter\.bump\.map\(\) needs"):
+        app_classes.Counter().bump.map()
+    with pytest.raises(crucible.InvalidRequestError, match="kwargs must be a dict"):
+        app_classes.Counter().bump.starmap([(1,)], kwargs=[("by", 1)])  # type: ignore[arg-type]
     assert app_classes.Counter(start=2).bump.local() == (3, "local", pytest.approx(0, abs=1e12))
 
 

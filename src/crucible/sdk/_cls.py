@@ -37,7 +37,7 @@ import orjson
 
 from crucible.errors import Error, InvalidRequestError, NotFoundError
 from crucible.sdk._client import Client
-from crucible.sdk._functions import Function, FunctionCall
+from crucible.sdk._functions import Function, FunctionCall, _check_map_options
 
 if TYPE_CHECKING:
     from crucible.sdk._app import App
@@ -230,10 +230,39 @@ class MethodHandle:
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
         return self._fn().spawn(self._name, *args, **kwargs)
 
-    def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:
-        fn = self._fn()
-        rows = zip(*iterables, strict=False)
-        return fn._map(((self._name, *row) for row in rows), {}, return_exceptions)
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Call the method once per element (zipped across ``iterables``), as
+        :meth:`Function.map`: results in input order, ``kwargs`` passed to every call."""
+        label = f"{self._owner.name}.{self._name}"
+        if not iterables:
+            raise InvalidRequestError(f"{label}.map() needs at least one iterable")
+        _check_map_options(label, "map", kwargs, return_exceptions)
+        return self._map(zip(*iterables, strict=False), kwargs, return_exceptions)
+
+    def starmap(
+        self,
+        iterable: Iterable[Iterable[Any]],
+        kwargs: dict[str, Any] | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Like :meth:`map` but each element is an argument tuple."""
+        _check_map_options(f"{self._owner.name}.{self._name}", "starmap", kwargs, return_exceptions)
+        return self._map((tuple(a) for a in iterable), kwargs, return_exceptions)
+
+    def _map(
+        self,
+        rows: Iterator[tuple[Any, ...]],
+        kwargs: dict[str, Any] | None,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
+        return self._fn()._map(
+            ((self._name, *row) for row in rows), kwargs or {}, return_exceptions
+        )
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Make an instance here (running its enter hooks) and call the method."""
