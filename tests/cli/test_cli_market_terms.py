@@ -105,12 +105,19 @@ def test_a_quote_takes_a_carbon_cap_and_verified(market: tuple[Exchange, str]) -
     assert not unverified["available"] and "verif" in unverified["message"], unverified
     assert not quote(ex, owner, "--min-reliability", "1", "--region", "us-east")["available"]
 
-    out = cli(ex, owner, "market", "quote", "H100", "--max-carbon", "-1")
-    assert out.returncode == 1 and "max_carbon" in out.stderr, out.stderr
-    out = cli(ex, owner, "market", "quote", "H100", "--min-reliability", "2")
-    assert out.returncode == 1 and "--min-reliability must be" in out.stderr, out.stderr
-    out = cli(ex, owner, "pod", "create", "bad", "--max-carbon", "9999")
-    assert out.returncode == 1 and "max_carbon_g_per_kwh" in out.stderr, out.stderr
+    # A value out of range is refused by the CLI, naming the option typed (not the SDK's
+    # argument, max_carbon_g_per_kwh).
+    for args in (
+        ("market", "quote", "H100", "--max-carbon", "-1"),
+        ("market", "quote", "H100", "--min-reliability", "2"),
+        ("pod", "create", "bad", "--max-carbon", "9999"),
+        ("cluster", "create", "bad", "--nodes", "2", "--min-reliability", "-0.5"),
+        ("reserve", "H100", "--hours", "1", "--min-reliability", "1.5"),
+    ):
+        out = cli(ex, owner, *args)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"Invalid value for '{args[-2]}'" in out.stderr, out.stderr
+        assert "max_carbon_g_per_kwh" not in out.stderr and "min_reliability" not in out.stderr
 
 
 def test_a_pod_and_a_cluster_take_the_market_terms(market: tuple[Exchange, str]) -> None:

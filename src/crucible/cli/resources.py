@@ -42,11 +42,15 @@ __all__ = ["register"]
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 # Which hosts the market may use, as for functions (docs/market.md).
 REGION = typer.Option(None, "--region", help="Only hosts in this region.")
+# Ranges checked by the CLI itself, so a mistake names the option typed (the SDK's own
+# check would name its argument, ``min_reliability``).
 MIN_RELIABILITY = typer.Option(
-    0.0, "--min-reliability", help="Only hosts at least this reliable (0..1)."
+    0.0, "--min-reliability", min=0.0, max=1.0, help="Only hosts at least this reliable (0..1)."
 )
 PREFER = typer.Option("cheapest", "--prefer", help="cheapest, greenest or fastest.")
-MAX_CARBON = typer.Option(None, "--max-carbon", help="Only hosts at most this gCO2/kWh (0..5000).")
+MAX_CARBON = typer.Option(
+    None, "--max-carbon", min=0, max=5000, help="Only hosts at most this gCO2/kWh (0..5000)."
+)
 VERIFIED = typer.Option(
     False, "--verified", help="Only hosts whose self-test matched the GPU catalog."
 )
