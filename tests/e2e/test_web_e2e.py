@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import app_web
@@ -101,6 +102,21 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=60)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+        # A refused WebSocket gets the same status and error body as a plain request
+        # (it was a bare 403, whatever the reason).
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{base.replace('http://', 'ws://')}/hello/", open_timeout=60)
+        assert refused.value.response.status_code == 401
+        body = orjson.loads(refused.value.response.body or b"{}")
+        assert body["error"]["code"] == "unauthorized", body
+        with pytest.raises(InvalidStatus) as refused:
+            connect(
+                f"{base.replace('http://', 'ws://')}/hello/",
+                open_timeout=60,
+                additional_headers={"authorization": f"Bearer {stranger}"},
+            )
+        assert refused.value.response.status_code == 404
 
         builder.post("/v1/deployments/web/stop")
         r = http.get(f"{base}/api/count", headers=auth)  # the owner learns why

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -567,7 +567,7 @@ async def gateway_websocket(
             return
     except Error as exc:
         log.info("websocket to %s/%s refused: %s", deployment, function, exc.message)
-        await websocket.close(code=1008, reason=exc.message[:120])
+        await _refuse(websocket, exc)
         return
     offered = [str(p) for p in websocket.scope.get("subprotocols", [])]
     http = {
@@ -651,6 +651,18 @@ async def gateway_websocket(
                 await websocket.close(code=1011 if page.call.state != "succeeded" else 1000)
                 return
 
+    try:
+        await _relay_websocket(websocket, call_id, to_client, from_client)
+    finally:
+        state.calls.inbox_read.pop(call_id, None)
+
+
+async def _relay_websocket(
+    websocket: WebSocket,
+    call_id: str,
+    to_client: Callable[[], Awaitable[None]],
+    from_client: Callable[[], Awaitable[None]],
+) -> None:
     outgoing = asyncio.ensure_future(to_client())
     # The client's messages are read only once the app accepted the connection.
     while not outgoing.done() and websocket.application_state != WebSocketState.CONNECTED:
@@ -667,6 +679,16 @@ async def gateway_websocket(
             await asyncio.wait_for(outgoing, 5.0)
     for task in pending:
         task.cancel()
+
+
+async def _refuse(websocket: WebSocket, exc: Error) -> None:
+    """Refuse a WebSocket before its handshake with the API's error (its status and JSON
+    body, as a plain request to the same URL gets), where the server can send one; else
+    close it, which the client sees as a bare 403."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(exc))
+    else:
+        await websocket.close(code=1008, reason=exc.message[:120])
 
 
 def _chosen(subprotocol: Any, offered: list[str], call_id: str) -> str | None:
