@@ -40,6 +40,7 @@ from pathlib import Path
 
 from crucible.agent.exec_process import PopenExec, exec_env
 from crucible.agent.exec_process import take_ctty as _take_ctty
+from crucible.agent.log_tail import read_log_tail
 from crucible.agent.parent_death import die_with_parent, load_prctl, pid_alive
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
 from crucible.agent.ssh_bundle import SshServer
@@ -57,8 +58,6 @@ __all__ = ["ProcessRuntime"]
 
 log = logging.getLogger(__name__)
 
-_LOG_TAIL_LINES = 20
-_LOG_TAIL_BYTES = 64 * 1024
 _MESSAGE_MAX_CHARS = 8000
 # Container ids become directory names: refuse anything that could escape containers/.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -124,6 +123,7 @@ class _Container:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    log_tail: list[str] | None = None  # its last lines, when it crashed
     env: dict[str, str] = field(default_factory=dict)  # the worker's (exec sessions start from it)
     pod: PodAssignment | None = None  # a pod's: its sessions get the pod's environment
 
@@ -560,18 +560,9 @@ class ProcessRuntime:
         self._changed.notify_all()
 
     def _log_tail(self, c: _Container) -> str:
-        if c.dir is None:
-            return ""
-        try:
-            with open(c.dir / "log", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - _LOG_TAIL_BYTES))
-                data = f.read()
-        except OSError:
-            return ""
-        lines = data.decode("utf-8", "replace").splitlines()
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
+        """The container's last lines, for its crash message; kept for its exit report."""
+        c.log_tail = read_log_tail(c.dir) or None
+        return "\n".join(c.log_tail or ())
 
     @staticmethod
     def _report(c: _Container) -> ContainerReport:
@@ -583,6 +574,7 @@ class ProcessRuntime:
                 exit_code=c.exit_code,
                 reason=c.reason,
                 message=c.message,
+                log_tail=c.log_tail,
             )
         return ContainerReport(container_id=c.container_id, state="running", pid=c.pid)
 

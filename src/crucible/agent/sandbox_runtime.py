@@ -48,6 +48,7 @@ from crucible.agent.clusternet import ClusterNetworks, free_udp_port
 from crucible.agent.egress import EgressError, EgressPlan, plan_egress
 from crucible.agent.exec_process import ZygoteExec, exec_env
 from crucible.agent.images import BuiltImage, ImageCache, host_python_paths
+from crucible.agent.log_tail import read_log_tail
 from crucible.agent.oci.cache import OciImages, ensure_mount_point
 from crucible.agent.oci.function_image import FunctionImage, prepare_function_image
 from crucible.agent.oci.python import WorkerDeps
@@ -77,8 +78,6 @@ __all__ = ["SandboxLimits", "SandboxRuntime"]
 log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_LOG_TAIL_LINES = 20
-_LOG_TAIL_BYTES = 64 * 1024
 _MESSAGE_MAX_CHARS = 8000
 # Above the zygote's footprint and its containers' memory: page cache and kernel slack.
 _SLACK = 64 << 20
@@ -126,6 +125,7 @@ class _Box:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    log_tail: list[str] | None = None  # its last lines, when it crashed
     # Pulling its OCI image: reported "pulling", which the server does not meter (nor a pull
     # that fails); the container counts as started once the image is ready.
     pulling: bool = False
@@ -1072,21 +1072,10 @@ class SandboxRuntime:
         self._changed.notify_all()
 
     def _tail_suffix(self, box: _Box) -> str:
-        tail = self._log_tail(box)
+        """The container's last lines as its crash message's end; kept for its exit report."""
+        box.log_tail = read_log_tail(box.dir) or None
+        tail = "\n".join(box.log_tail or ())
         return f"; last lines of its log:\n{tail}" if tail else ""
-
-    @staticmethod
-    def _log_tail(box: _Box) -> str:
-        if box.dir is None:
-            return ""
-        try:
-            with open(box.dir / "log", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
-                data = f.read()
-        except OSError:
-            return ""
-        return "\n".join(data.decode("utf-8", "replace").splitlines()[-_LOG_TAIL_LINES:])
 
     @staticmethod
     def _report(b: _Box) -> ContainerReport:
@@ -1099,6 +1088,7 @@ class SandboxRuntime:
                 reason=b.reason,
                 message=b.message,
                 error_code=b.error_code,
+                log_tail=b.log_tail,
             )
         state = "pulling" if b.pulling and b.state == "starting" else b.state
         return ContainerReport(container_id=b.container_id, state=state, pid=b.pid)

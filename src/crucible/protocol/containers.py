@@ -70,6 +70,12 @@ class ContainerReport(Wire):
     # catalog's power figures (``energy_estimated``). None: an agent that does not meter.
     energy_mwh: int | None = Field(default=None, ge=0, le=2**53)
     energy_estimated: bool = False
+    # A crashed container's last lines of stdout and stderr (oldest first): the worker
+    # ships its lines about every half second, so those printed just before a crash are
+    # stored from here (the server adds the ones it does not have yet).
+    log_tail: list[Annotated[str, Field(max_length=8192)]] | None = Field(
+        default=None, max_length=20
+    )
 
 
 class InputAssignment(Wire):

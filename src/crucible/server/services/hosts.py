@@ -29,6 +29,7 @@ from crucible.server.heartbeats import Heartbeats
 from crucible.server.services import audit
 from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
 from crucible.server.services.function_specs import SPECS
+from crucible.server.services.logs import add_exit_tail
 from crucible.server.services.pods import pod_assignments, settle_pod_of
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import containers, functions, hosts
@@ -532,6 +533,8 @@ def process_reports(
                 keys += fail_queued_calls(
                     conn, fid, str(rep.error_code), rep.message or "the image did not pull", now_ms
                 )
+            if rep.log_tail and not asked:  # before its calls are ended: they name it
+                keys += add_exit_tail(conn, rep.container_id, rep.log_tail, now_ms)
             keys += end_container(
                 conn,
                 rep.container_id,

@@ -3,7 +3,7 @@ container and call, read back by the app's owner."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from crucible.errors import NotFoundError
 from crucible.protocol.logs import LogBatch, LogLine, LogPage, LogSent
@@ -11,7 +11,7 @@ from crucible.server.auth import Principal
 from crucible.server.services.apps import get_app
 from crucible.server.store.tables import calls, containers, functions, log_lines
 
-__all__ = ["read_logs", "tail_after", "within_cap", "write_logs"]
+__all__ = ["add_exit_tail", "read_logs", "tail_after", "within_cap", "write_logs"]
 
 
 def within_cap(batch: LogBatch, counts: dict[str, int], container_id: str, cap: int) -> LogBatch:
@@ -81,6 +81,65 @@ def write_logs(conn: Connection, container_id: str, batch: LogBatch) -> str | No
         ],
     )
     return str(row.app_id)
+
+
+# How far back (in the app's lines) a crashed container's last stored lines are looked for.
+_TAIL_SCAN_LINES = 5000
+
+
+def add_exit_tail(conn: Connection, container_id: str, tail: list[str], now_ms: int) -> list[str]:
+    """Store the lines of a crashed container's last output (``tail``, as its agent read
+    them) that its worker did not send before it died: the worker sends every half second,
+    so what it printed just before a segfault or ``os._exit`` (the lines that explain the
+    crash) never arrived. The lines already stored, the end of the container's log, are
+    matched against the start of ``tail``; the rest is added, tied to the call the
+    container was running if it ran one. Returns the wake-up key of the app's log followers
+    when lines were added."""
+    row = conn.execute(
+        select(functions.c.app_id)
+        .join(containers, containers.c.function_id == functions.c.id)
+        .where(containers.c.id == container_id)
+    ).first()
+    if row is None or not tail:
+        return []
+    newest = conn.execute(
+        select(func.max(log_lines.c.id)).where(log_lines.c.app_id == row.app_id)
+    ).scalar()
+    stored: list[str] = []
+    if newest is not None:
+        stored = list(
+            conn.execute(
+                select(log_lines.c.line)
+                .where(
+                    log_lines.c.app_id == row.app_id,
+                    log_lines.c.id > newest - _TAIL_SCAN_LINES,
+                    log_lines.c.container_id == container_id,
+                )
+                .order_by(log_lines.c.id.desc())
+                .limit(len(tail))
+            ).scalars()
+        )[::-1]
+    sent = next(
+        (k for k in range(min(len(stored), len(tail)), 0, -1) if stored[-k:] == tail[:k]), 0
+    )
+    missing = tail[sent:]
+    if not missing:
+        return []
+    running = (
+        conn.execute(
+            select(calls.c.id).where(
+                calls.c.container_id == container_id, calls.c.state == "running"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    call_id = running[0] if len(running) == 1 else None
+    batch = LogBatch(
+        lines=[LogSent(ts_ms=now_ms, stream="stderr", call_id=call_id, line=x) for x in missing]
+    )
+    write_logs(conn, container_id, batch)
+    return [f"logs:{row.app_id}"]
 
 
 def read_logs(
