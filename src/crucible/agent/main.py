@@ -386,7 +386,7 @@ class Agent:
             shutil.rmtree(root / pod_id, ignore_errors=True)
             log.info("removed the disk of pod %s (deleted, or moved to another host)", pod_id)
 
-    def _sync(self, wait_s: float, *, retry: bool) -> HostSyncReply:
+    def _sync(self, wait_s: float, *, retry: bool, leaving: bool = False) -> HostSyncReply:
         """One sync: report, apply the reply, forget exits the server has now heard of.
 
         Raises what the transport raises; nothing is forgotten unless the server answered 200.
@@ -415,6 +415,7 @@ class Agent:
             self_test=fresh_test,
             energy_readings_dropped=dropped,
             agent_session=session,
+            leaving=leaving,
         ).model_dump(mode="json")
         try:
             data = self._transport.post(
@@ -538,8 +539,9 @@ class Agent:
         if self.host_id is None or self._superseded:  # the host is another agent's now
             return
         try:
-            # Best effort: tell the server now rather than let it time the host out.
-            self._sync(0.0, retry=False)
+            # Best effort: tell the server now rather than let it time the host out (it
+            # would place work here until then).
+            self._sync(0.0, retry=False, leaving=True)
         except ServerUnavailableError:
             # Normal when the control plane shuts down first (`crucible up`); it times the
             # host out and requeues what ran here.

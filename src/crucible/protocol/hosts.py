@@ -201,7 +201,7 @@ class HostInfo(Wire):
     id: str
     name: str
     region: str
-    state: str  # ready | lost
+    state: str  # ready | lost | offline (its agent stopped and said so)
     inventory: Inventory
     last_seen_ms: WireInt
     registered_ms: WireInt
@@ -249,6 +249,10 @@ class HostSync(Wire):
     # older registration (another agent took the host's name since) is refused with
     # host_superseded. None: an older agent, not checked.
     agent_session: int | None = Field(default=None, ge=1, le=2**53)
+    # The agent is stopping: its containers have ended (this sync reports them) and the
+    # host takes no more work until an agent registers it again (it is ``offline`` now,
+    # instead of being placed on until the host timeout finds it silent).
+    leaving: bool = False
 
 
 class PodDisks(Wire):

@@ -92,8 +92,10 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
     def read_on_loop() -> bool:
         return sqlite and connection_at_hand(state.engine)
 
-    always_writes = req.self_test is not None or any(
-        r.energy_mwh is not None or r.state == "exited" for r in req.containers
+    always_writes = (
+        req.leaving
+        or req.self_test is not None
+        or any(r.energy_mwh is not None or r.state == "exited" for r in req.containers)
     )
 
     def apply(read_only: bool) -> tuple[_Applied, _Commands]:
@@ -119,6 +121,8 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             )
             if req.self_test is not None:  # a periodic self-test's fresh figures
                 svc.apply_self_test(conn, host_id, None, req.self_test, now)
+            if req.leaving and fresh:  # its agent stopped: place nothing more here
+                keys += svc.host_left(conn, host_id, now, s.max_infra_requeues)
             # Read in the same connection and transaction, after the reports (which it
             # sees): one checkout per sync rather than two.
             found = svc.assignments_for_host(conn, host_id, state.secret, now)
@@ -176,7 +180,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 state.web.relay.end_container(report.container_id)  # its relayed requests
                 state.web.channels.close_container(report.container_id)
         state.wakeups.notify_many(keys)
-        if keys:
+        if keys or req.leaving:
             state.wakeups.kick_scheduler()
         reply = reply_of(found, stop)
         while reply is None:

@@ -478,7 +478,9 @@ def process_reports(
     interval carries its last figure.
     """
     seen: dict[str, Any] = {}
-    if heartbeats is None or host is None or host.state != "ready":
+    if host is not None and host.state == "offline" and not fresh:
+        pass  # a report older than the agent's last (it left): the host stays offline
+    elif heartbeats is None or host is None or host.state != "ready":
         seen = {"last_seen_ms": now_ms, "state": "ready"}  # a lost host is back at once
     else:
         heartbeats.seen(host_id, now_ms)  # written with other hosts' (flush_heartbeats)
@@ -685,6 +687,33 @@ def oldest_ready_sync(conn: Connection) -> int | None:
     return conn.execute(
         select(func.min(hosts.c.last_seen_ms)).where(hosts.c.state == "ready")
     ).scalar()
+
+
+def host_left(conn: Connection, host_id: str, now_ms: int, max_infra_requeues: int) -> list[str]:
+    """A host whose agent stopped and said so (its last sync, ``leaving``) is ``offline``:
+    no work is placed there until an agent registers it again. Its containers were reported
+    ended by that sync; any it did not report (assigned, not started yet) end now and their
+    calls are requeued. Returns wake-up keys."""
+    conn.execute(
+        update(hosts).where(hosts.c.id == host_id, hosts.c.state == "ready").values(state="offline")
+    )
+    keys: list[str] = []
+    for c in conn.execute(
+        select(containers.c.id).where(
+            containers.c.host_id == host_id, containers.c.state != "stopped"
+        )
+    ).all():
+        keys += end_container(
+            conn,
+            c.id,
+            now_ms,
+            exit_code=None,
+            reason="lost",
+            message=f"host {host_id}'s agent stopped",
+            crashed=False,
+            max_infra_requeues=max_infra_requeues,
+        )
+    return keys
 
 
 def mark_lost_hosts(
