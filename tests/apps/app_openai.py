@@ -43,9 +43,12 @@ def serve():  # type: ignore[no-untyped-def]
         }
         return JSONResponse(body, status_code=status)
 
-    def answer(body: dict[str, Any], prompt: str) -> tuple[list[str], int]:
+    def answer(body: dict[str, Any], prompt: str, chat: bool) -> tuple[list[str], int]:
         words = prompt.split()
-        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+        # As OpenAI's and vLLM's servers: chat prefers max_completion_tokens, text
+        # completions know only max_tokens.
+        wanted = body.get("max_completion_tokens") if chat else None
+        limit = wanted or body.get("max_tokens") or 16
         out = list(reversed(words))[:limit]
         model = body["model"]
         if model in adapters:
@@ -68,7 +71,7 @@ def serve():  # type: ignore[no-untyped-def]
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
         if prompt == "boom":
             raise RuntimeError("the engine broke")  # a 500 from the engine
-        out, n_in = answer(body, prompt)
+        out, n_in = answer(body, prompt, chat=True)
         return _reply(body, out, n_in, chat=True)
 
     @web.post("/v1/completions")
@@ -77,7 +80,7 @@ def serve():  # type: ignore[no-untyped-def]
         if "prompt" not in body:  # a framework's refusal, not in OpenAI's shape
             detail = [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]
             return JSONResponse({"detail": detail}, status_code=422)
-        out, n_in = answer(body, str(body.get("prompt", "")))
+        out, n_in = answer(body, str(body.get("prompt", "")), chat=False)
         return _reply(body, out, n_in, chat=False)
 
     def _reply(body: dict[str, Any], out: list[str], n_in: int, chat: bool) -> Any:
@@ -104,6 +107,11 @@ def serve():  # type: ignore[no-untyped-def]
                 "usage": usage,
             }
 
+        options = body.get("stream_options") or {}
+        # vLLM's continuous_usage_stats (or a prompt starting with "running"): a running
+        # usage in every chunk; the latter also sends no usage-only chunk at the end.
+        running = bool(options.get("continuous_usage_stats")) or (out[-1:] == ["running"])
+
         def events() -> Any:
             for i, word in enumerate(out):
                 piece = word if i == 0 else " " + word
@@ -119,6 +127,12 @@ def serve():  # type: ignore[no-untyped-def]
                     "model": body["model"],
                     "choices": [delta],
                 }
+                if running:
+                    chunk["usage"] = {
+                        "prompt_tokens": n_in,
+                        "completion_tokens": i + 1,
+                        "total_tokens": n_in + i + 1,
+                    }
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             last: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
             if chat:
@@ -138,7 +152,7 @@ def serve():  # type: ignore[no-untyped-def]
                 )
                 + b"\n\n"
             )
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if options.get("include_usage") and out[-1:] != ["running"]:
                 yield (
                     b"data: "
                     + orjson.dumps(

@@ -48,6 +48,18 @@ def test_each_request_is_bounded_by_what_it_could_produce() -> None:
     assert _bounds("completions", {"prompt": "x", "max_tokens": 5, "best_of": 4, "n": 2}) == (
         RequestBounds(99, 20)
     )
+    # Both limits given: the larger bounds the charge, whichever the engine honours
+    # (/completions knows only max_tokens: 1 and 400 generated up to 400, charged 1).
+    both = {"max_completion_tokens": 1, "max_tokens": 40}
+    assert _bounds("completions", {"prompt": "x", **both}) == RequestBounds(99, 40)
+    assert _bounds("chat", {"messages": HI, **both}) == RequestBounds(99, 40)
+    assert _bounds("completions", {"prompt": "x", "max_completion_tokens": 1}) == (
+        RequestBounds(99, COMPLETIONS_DEFAULT_MAX_TOKENS)
+    )
+    too_many = _refusal("chat", {"messages": HI, "max_completion_tokens": 5, "max_tokens": 200})
+    assert too_many.param == "max_tokens" and "ask for at most 99" in too_many.message
+    wrong = _refusal("chat", {"messages": HI, "max_tokens": "ten"})
+    assert wrong.message == "'max_tokens' must be an integer of at least 1", wrong
     assert _bounds("embeddings", {"input": ["a", "b"]}) == RequestBounds(198, 0)
     assert _bounds("embeddings", {"input": [1, 2, 3]}) == RequestBounds(3, 0)
 

@@ -223,16 +223,47 @@ def _billing(exchange: Exchange, owner: Any) -> None:
         assert next(r.iter_lines()).startswith("data: ")
     expected += 5 * 1 + 5 * 2
 
+    # What a caller adds to its request never lowers what it is charged:
+    def post(path: str, extra: dict[str, Any]) -> httpx.Response:
+        return httpx.post(
+            f"{exchange.url}/openai/v1/{path}",
+            json={"model": label, **extra},
+            headers={"authorization": f"Bearer {buyer_token}"},
+            timeout=120,
+        )
+
+    # vLLM's continuous_usage_stats is not passed on: each chunk would carry a running
+    # usage, and the first (1 output token) was charged.
+    user = [{"role": "user", "content": "p q r s"}]
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    r = post("chat/completions", {"messages": user, "stream": True, "stream_options": opts})
+    assert r.status_code == 200 and '"completion_tokens":4' in r.text, r.text
+    expected += 4 * 1 + 4 * 2
+    # An engine that reports only running figures is charged the last one.
+    user = [{"role": "user", "content": "running x y"}]
+    r = post("chat/completions", {"messages": user, "stream": True})
+    assert r.status_code == 200 and "running" in r.text, r.text
+    expected += 3 * 1 + 3 * 2
+    # /completions honours max_tokens only: the larger of the two limits bounds the charge
+    # (max_completion_tokens 1 and max_tokens 3 made 3 tokens, charged as 1).
+    r = post("completions", {"prompt": "u v w", "max_completion_tokens": 1, "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    expected += 3 * 1 + 3 * 2
+    # "stream" means nothing to embeddings: the answer is charged (it was served for free).
+    r = post("embeddings", {"input": "e f", "stream": True})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2, r.text
+    expected += 2 * 1
+
     buyer = exchange.client(buyer_token)
     try:
-        wait_for(lambda: buyer.get("/v1/bill")["tokens"][0]["requests"] == 5, 30, "the charge")
+        wait_for(lambda: buyer.get("/v1/bill")["tokens"][0]["requests"] == 9, 30, "the charge")
         tokens = buyer.get("/v1/bill")["tokens"]
         assert tokens == [
             {
                 "model": label,
-                "requests": 5,
-                "input_tokens": 3 + 2 + 1 + 2 + 5,
-                "output_tokens": 3 + 2 + 1 + 3 + 5,
+                "requests": 9,
+                "input_tokens": 3 + 2 + 1 + 2 + 5 + 4 + 3 + 3 + 2,
+                "output_tokens": 3 + 2 + 1 + 3 + 5 + 4 + 3 + 3,
                 "cost_micros": expected,
                 "earned_micros": 0,
             }
@@ -261,7 +292,7 @@ def _billing(exchange: Exchange, owner: Any) -> None:
     usage = owner.get("/v1/models/echo/usage")
     assert usage["cost_micros"] == expected
     by_caller = {(u["caller"], u["adapter"]): u for u in usage["lines"]}
-    assert by_caller[("buyer", "")]["requests"] == 4
+    assert by_caller[("buyer", "")]["requests"] == 8
     assert by_caller[("buyer", "sql")]["output_tokens"] == 3
     assert by_caller[(owner_name, "")]["cost_micros"] == 0  # the owner's own calls: no charge
 

@@ -97,7 +97,8 @@ def _count(body: Mapping[str, Any], key: str, default: int, low: int, high: int)
     if value is None:
         return default
     if not _int(value) or not low <= value <= high:
-        raise _Refused(BoundRefusal(f"'{key}' must be an integer from {low} to {high}", key))
+        limit = f"from {low} to {high}" if high < 1 << 53 else f"of at least {low}"
+        raise _Refused(BoundRefusal(f"'{key}' must be an integer {limit}", key))
     return int(value)
 
 
@@ -223,21 +224,28 @@ def _bounds(endpoint: Endpoint, body: Mapping[str, Any], context: int) -> Reques
     best_of = _count(body, "best_of", 1, 1, MAX_N) if endpoint == "completions" else 1
     _check_stop(body)
     _check_logprobs(endpoint, body)
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    asked = _count(body, key, 0, 1, 1 << 62)
+    # Both limits are read, and the larger bounds the answer: engines differ in which one
+    # they honour (OpenAI's chat prefers max_completion_tokens; /completions knows only
+    # max_tokens, and a caller sending both must not be charged by the one it ignores).
+    given = {
+        key: _count(body, key, 0, 1, 1 << 62)
+        for key in ("max_completion_tokens", "max_tokens")
+        if body.get(key) is not None
+    }
     shortest = min(1 if t is None else t for t in prompts)
-    if asked > context - shortest:
-        raise _exceeded(
-            f"this model's maximum context length is {context} tokens; you requested "
-            f"{asked} output tokens ('{key}') with a prompt of at least {shortest} token"
-            f"{'s' if shortest != 1 else ''}: ask for at most {context - shortest}",
-            key,
-        )
+    for key, asked in given.items():
+        if asked > context - shortest:
+            raise _exceeded(
+                f"this model's maximum context length is {context} tokens; you requested "
+                f"{asked} output tokens ('{key}') with a prompt of at least {shortest} token"
+                f"{'s' if shortest != 1 else ''}: ask for at most {context - shortest}",
+                key,
+            )
+    if endpoint == "completions" and "max_tokens" not in body:
+        given["max_tokens"] = COMPLETIONS_DEFAULT_MAX_TOKENS  # what the engine then makes
     sequences = max(n, best_of)
-    if asked:
-        per_prompt = [asked] * len(prompts)
-    elif endpoint == "completions" and key not in body:
-        per_prompt = [COMPLETIONS_DEFAULT_MAX_TOKENS] * len(prompts)
+    if given:
+        per_prompt = [min(max(given.values()), context - shortest)] * len(prompts)
     else:
         per_prompt = [context - (1 if t is None else t) for t in prompts]
     return RequestBounds(max_input, sequences * sum(per_prompt))

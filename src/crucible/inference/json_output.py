@@ -64,5 +64,5 @@ def json_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     try:
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as exc:
-        return f"does not match the schema ({exc.message})"
+        return f"not what the schema asks ({exc.message})"
     return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,12 +235,20 @@ async def _run(
 ) -> tuple[Response, bool]:
     """The request's answer, and whether it streams (the stream then settles the hold)."""
     resolved = metered.resolved
+    if path == "/v1/embeddings":
+        # Not an embeddings parameter: an engine answers JSON whatever it says, and that
+        # answer is charged like any other.
+        body.pop("stream", None)
+        body.pop("stream_options", None)
     stream = bool(body.get("stream"))
     wants_usage = False
     if stream:
         opts = body.get("stream_options")
         wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+        # Only the usage chunk is asked of the engine: another option the caller chose
+        # (vLLM's continuous_usage_stats puts a running usage in every chunk) would change
+        # what the stream reports, and so what it is charged.
+        body["stream_options"] = {"include_usage": True}
     headers = [("content-type", "application/json"), ("accept", "application/json")]
     if resolved.adapter is not None:
         body["model"] = resolved.adapter.name
@@ -255,7 +263,7 @@ async def _run(
     )
     if answer.status is None:
         return _no_answer(answer), False
-    if stream and answer.status == 200:
+    if stream and answer.status == 200 and _is_event_stream(answer.headers):
         progress = _Progress()
         return _SettledStream(
             _stream(state, metered, answer, wants_usage, progress),
@@ -388,10 +396,13 @@ def _settle_rest(
     metered: _Metered,
     answer: WebCallResponse,
     parts: AsyncIterator[bytes] | None = None,
+    *,
+    last: TokenUsage | None = None,
 ) -> None:
     """Charge what the engine reports for an answer nobody reads, in the background: from
-    ``parts`` (the answer's own body, never read), else read again from the call."""
-    task = asyncio.get_running_loop().create_task(_charge_rest(state, metered, answer, parts))
+    ``parts`` (the answer's own body, never read), else read again from the call; ``last``
+    is the running usage the part already read reported, if the rest reports none."""
+    task = asyncio.get_running_loop().create_task(_charge_rest(state, metered, answer, parts, last))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -411,6 +422,7 @@ async def _stream(
     progress.started = True
     buffer = b""
     recorded = False
+    last: TokenUsage | None = None  # the latest usage a chunk with choices carried
     done = False
     try:
         async for part in answer.body:
@@ -419,11 +431,13 @@ async def _stream(
             out = []
             for event in events:
                 usage, usage_only = _event_usage(event)
-                if usage is not None and not recorded:
-                    # Recorded before the client reads the end of the stream, so a bill
-                    # read right after the answer already shows it.
+                if usage_only and usage is not None and not recorded:
+                    # The usage chunk, the whole answer's: recorded before the client reads
+                    # the end of the stream, so a bill read right after it shows the charge.
                     recorded = True
                     _record(state, metered, usage, answer.call_id)
+                elif usage is not None:
+                    last = usage  # a running figure: the stream's last one counts
                 if usage_only and not wants_usage:
                     continue
                 out.append(_relabel(event, metered.resolved.label) + b"\n\n")
@@ -434,7 +448,9 @@ async def _stream(
         if not done and not recorded:
             # The client left early: the engine still finishes the answer, so its usage is
             # read from the rest of the stream and charged all the same.
-            _settle_rest(state, metered, answer)
+            _settle_rest(state, metered, answer, last=last)
+        elif not recorded and last is not None:
+            _record(state, metered, last, answer.call_id)
         elif not recorded:
             _release(state, metered)  # the answer carried no usage: nothing to charge
     if buffer.strip():
@@ -482,6 +498,15 @@ def _relabel(event: bytes, label: str) -> bytes:
     return event
 
 
+def _is_event_stream(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether an engine's answer is server-sent events (an engine that ignores ``stream``
+    answers one JSON document, charged as such)."""
+    return any(
+        k.lower() == "content-type" and v.lower().startswith("text/event-stream")
+        for k, v in headers
+    )
+
+
 def _event_usage(event: bytes) -> tuple[TokenUsage | None, bool]:
     """The usage an SSE event carries, and whether it is the usage-only chunk (no choices)."""
     if b'"usage"' not in event:
@@ -499,7 +524,9 @@ async def _charge_rest(
     metered: _Metered,
     answer: WebCallResponse,
     parts: AsyncIterator[bytes] | None,
+    last: TokenUsage | None = None,
 ) -> None:
+    """Charge the usage chunk of the rest of a stream, else the last running usage seen."""
     buffer = b""
     # Without ``parts``, read again from the call's items (a relayed request: on from where
     # the client's reader stopped): the client's reader was cancelled with the client.
@@ -510,10 +537,13 @@ async def _charge_rest(
             buffer += part
             *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
             for event in events:
-                usage, _ = _event_usage(event)
-                if usage is not None:
+                usage, usage_only = _event_usage(event)
+                if usage is not None and usage_only:
                     _record(state, metered, usage, answer.call_id)
                     return
+                last = usage or last
+        if last is not None:
+            _record(state, metered, last, answer.call_id)
     finally:
         _release(state, metered)
         aclose = getattr(parts, "aclose", None)
