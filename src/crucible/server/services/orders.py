@@ -11,6 +11,7 @@ import datetime as dt
 from sqlalchemy import Connection, select
 
 from crucible.core.ledger import (
+    MS_PER_DAY,
     EntryKind,
     MeteredInterval,
     charge_postings,
@@ -40,7 +41,12 @@ from crucible.protocol.market import (
     ReserveCreate,
 )
 from crucible.server.auth import Principal
-from crucible.server.billing.entries import EntryContext, account_credit, post_entry
+from crucible.server.billing.entries import (
+    EntryContext,
+    account_credit,
+    post_entry,
+    spent_on_day,
+)
 from crucible.server.services.containers import carry_out_advance, carry_out_preemptions
 from crucible.server.services.market import LiveMarket, reservation_of_row
 from crucible.server.store.tables import reservations
@@ -169,33 +175,38 @@ def reserve(
 ) -> tuple[ReservationInfo, list[str]]:
     """Buy a reserved block; returns it and wake-up keys (containers it preempted)."""
     model, count = _model_and_count(req.gpu)
-    end_ms = req.start_ms + round(req.hours * MS_PER_HOUR)
-    if end_ms <= now_ms:
-        ended = dt.datetime.fromtimestamp(end_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        raise InvalidRequestError(
-            f"the reservation's window ended at {ended}, in the past: start it now or later"
-        )
-    if req.start_ms < now_ms:  # "now" as the client's clock read it: the hours from now
-        end_ms = now_ms + round(req.hours * MS_PER_HOUR)
+    length_ms = round(req.hours * MS_PER_HOUR)
+    if length_ms <= 0:
+        raise InvalidRequestError(f"a reservation's window must last longer than {req.hours} h")
     rid = new_id("rs")
-    rreq = ReserveRequest(
-        reservation_id=rid,
-        account=principal.account_id,
-        model=model,
-        count=count,
-        start_ms=max(req.start_ms, now_ms),
-        end_ms=end_ms,
-        nodes=req.nodes,
-        max_price=req.max_price_micros,
-        region=req.region,
-        min_reliability_ppm=req.min_reliability_ppm,
-        prefer=Prefer(req.prefer),
-        verified=req.verified,
-    )
     keys: list[str] = []
     with live.lock:
         live.sync_if_stale(conn, now_ms, _FRESH_MS)
+        # "Now" once the lock is held: a request that waited behind another (or a tick)
+        # must not find its own "start now" in the past.
         now = max(now_ms, live.market.now_ms)
+        end_ms = req.start_ms + length_ms
+        if end_ms <= now:
+            ended = dt.datetime.fromtimestamp(end_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            raise InvalidRequestError(
+                f"the reservation's window ended at {ended}, in the past: start it now or later"
+            )
+        if req.start_ms < now:  # "now" as the client's clock read it: the hours from now
+            end_ms = now + length_ms
+        rreq = ReserveRequest(
+            reservation_id=rid,
+            account=principal.account_id,
+            model=model,
+            count=count,
+            start_ms=max(req.start_ms, now),
+            end_ms=end_ms,
+            nodes=req.nodes,
+            max_price=req.max_price_micros,
+            region=req.region,
+            min_reliability_ppm=req.min_reliability_ppm,
+            prefer=Prefer(req.prefer),
+            verified=req.verified,
+        )
         # Due window events first (decisions need them processed); act on them here, since
         # advancing takes them off the market's queue.
         keys += carry_out_advance(conn, live.market.advance(now), now)
@@ -205,12 +216,7 @@ def reserve(
         assert isinstance(decision, ReservationGranted)
         r = decision.reservation
         if settings.require_credits:
-            credit = account_credit(conn, principal.account_id, now)
-            if not credit.ok or credit.balance < r.cost_micros:
-                raise InsufficientCreditError(
-                    f"the reservation costs {format_usd(r.cost_micros)} and the balance is "
-                    f"{format_usd(credit.balance)}; ask the operator for credits"
-                )
+            _check_credit_for(conn, principal.account_id, r.cost_micros, r.start_ms, now)
         conn.execute(
             reservations.insert().values(
                 id=rid,
@@ -265,6 +271,34 @@ def reserve(
         live.market.apply(decision)
         keys += carry_out_preemptions(conn, decision.preemptions)
     return _info(r), keys
+
+
+def _check_credit_for(
+    conn: Connection, account_id: str, cost: int, start_ms: int, now_ms: int
+) -> None:
+    """Refuse a reservation the balance does not cover, or that takes the spend of the day
+    its window starts (the day its charge counts toward) past the account's daily cap."""
+    credit = account_credit(conn, account_id, now_ms)
+    if not credit.ok or credit.balance < cost:
+        raise InsufficientCreditError(
+            f"the reservation costs {format_usd(cost)} and the balance is "
+            f"{format_usd(credit.balance)}; ask the operator for credits"
+        )
+    if credit.daily_cap is None:
+        return
+    day = start_ms // MS_PER_DAY
+    spent = (
+        credit.spent_today if day == now_ms // MS_PER_DAY else spent_on_day(conn, account_id, day)
+    )
+    if spent + cost > credit.daily_cap:
+        date = dt.datetime.fromtimestamp(day * MS_PER_DAY / 1000, dt.UTC)
+        raise InsufficientCreditError(
+            f"the reservation costs {format_usd(cost)}, which would take the spend of "
+            f"{date:%Y-%m-%d} (UTC, the day its window starts) to "
+            f"{format_usd(spent + cost)}, past the daily cap of "
+            f"{format_usd(credit.daily_cap)}: raise the cap (`crucible credits cap`) or "
+            "reserve less"
+        )
 
 
 def list_reservations(conn: Connection, principal: Principal, now_ms: int) -> list[ReservationInfo]:
