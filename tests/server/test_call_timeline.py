@@ -10,6 +10,7 @@ from test_calls_lifecycle import claim, failed, ok, record
 from crucible.core.metering import MS_PER_HOUR
 from crucible.protocol.common import ErrorInfo
 from crucible.server.services import calls as svc
+from crucible.server.services.hosts import end_container
 from crucible.server.services.timeline import call_timeline
 from crucible.server.store.tables import containers
 
@@ -144,3 +145,32 @@ def test_a_call_that_ran_once_has_one_attempt(world: World) -> None:
     assert queued.history == [] and [p.phase for p in queued.phases] == ["queued"]
     assert [(h.attempt, h.outcome, h.exec_ms) for h in tl.history] == [(1, "succeeded", 50)]
     assert tl.phases[-1].phase == "running" and tl.phases[-1].detail == "ran 50 ms"
+
+
+def test_an_attempt_on_a_lost_host_ends_and_is_costed_at_its_last_sync(world: World) -> None:
+    """The container is metered up to the host's last sync, not to when the host was found
+    silent; its running call's attempt ends, and costs, there too (it showed 2-3 times what
+    the ledger charged: the silence before the loss)."""
+    fid = world.function()
+    cid = world.container(fid)
+    rate = rate_of(world, cid)
+    t = world.now_ms
+    with world.engine.begin() as conn:
+        [call_id] = world.submit(conn, fid, 1)
+        claim(conn, cid, 1, t)
+        end_container(
+            conn,
+            cid,
+            t + 20_000,  # found silent 15 s after its last sync
+            exit_code=None,
+            reason="host_lost",
+            message="host stopped heartbeating",
+            crashed=False,
+            max_infra_requeues=5,
+            stopped_ms=t + 5_000,
+        )
+        tl = call_timeline(conn, world.principal, call_id, t + 21_000)
+    [lost] = tl.history
+    assert (lost.outcome, lost.ended_ms) == ("host_lost", t + 5_000)
+    assert lost.cost_micros == rate * 5_000 // MS_PER_HOUR > 0
+    assert tl.cost_micros == lost.cost_micros

@@ -909,6 +909,7 @@ def requeue_calls_of_container(
     message: str,
     max_infra_requeues: int,
     reason: str = "",
+    ended_ms: int | None = None,
 ) -> list[str]:
     """The container is gone: its running calls go back to the queue.
 
@@ -916,8 +917,11 @@ def requeue_calls_of_container(
     send): the attempt counts as a failure against the function's retries. Otherwise (host
     lost, stopped by the exchange) the requeue is free, up to ``max_infra_requeues``.
     ``reason`` is why the container ended (``host_lost`` names the attempt's outcome).
+    ``ended_ms``: when the container stopped, if before ``now_ms`` (a lost host's last sync,
+    where its metering ends): the attempts end, and are costed, there too.
     """
     rows = conn.execute(_RUNNING_IN, {"b_ct": container_id}).all()
+    ended = now_ms if ended_ms is None else min(now_ms, ended_ms)
     keys: list[str] = []
     error = ErrorInfo(code=ContainerExitedError.code, message=message)
     rate = container_rate(conn, container_id) if rows else 0
@@ -928,7 +932,7 @@ def requeue_calls_of_container(
     else:
         outcome = "stopped"
     for r in rows:
-        spent = attempt_cost(rate, r.started_ms, now_ms, None)
+        spent = attempt_cost(rate, r.started_ms, ended, None)
         if crashed:
             retries = SPECS.at(conn, r.function_id, r.spec_rev).spec.retries
             values = _failure(r, retries, error, "failed", now_ms)
@@ -946,7 +950,12 @@ def requeue_calls_of_container(
         conn.execute(update(calls).where(calls.c.id == r.id).values(**values))
         if values["state"] == "queued":
             record_ended_attempt(
-                conn, r, outcome, now_ms, cost_micros=spent, error=error.model_dump(mode="json")
+                conn,
+                r,
+                outcome,
+                max(ended, r.started_ms or ended),
+                cost_micros=spent,
+                error=error.model_dump(mode="json"),
             )
             keys.extend(_requeued(r.function_id, values, now_ms))
         else:

@@ -385,6 +385,7 @@ def end_container(
         message=detail,
         max_infra_requeues=max_infra_requeues,
         reason=reason,
+        ended_ms=stopped_at,
     )
     keys += settle_pod_of(conn, ended.function_id, now_ms)  # a pod's run ends with it
     return [*keys, f"container:{container_id}"]
