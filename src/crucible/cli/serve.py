@@ -316,6 +316,11 @@ def register(app: typer.Typer) -> None:
             }
             raise from_validation_error(exc, "crucible agent", flags) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # What the agent shares with its sandboxes (code bundles, relay sockets, images) must
+        # be readable by their users whatever the operator's shell had (`umask 077` before
+        # writing a token file made every container fail on its code); what is private is
+        # created with its own mode.
+        os.umask(0o022)
         try:
             Agent(
                 settings,
