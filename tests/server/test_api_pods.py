@@ -253,3 +253,16 @@ def test_a_pod_placed_over_a_preempted_lease_says_it_waits_out_the_grace(
     shown = server.ok("GET", "/v1/pods/box", token=alice.token)
     assert shown["state"] == "pending"
     assert "placed; it starts at" in shown["reason"] and "grace" in shown["reason"]
+
+
+def test_a_pod_whose_volume_was_deleted_is_not_started(server: ServerUnderTest) -> None:
+    """As at create: the start was accepted, placed and billed, then failed on the host."""
+    alice = server.tenant("alice").token
+    server.ok("POST", "/v1/volumes", token=alice, json={"name": "data"})
+    body = {"name": "box", "volumes": {"/data": "data"}}
+    server.ok("POST", "/v1/pods", token=alice, json=body)
+    server.ok("POST", "/v1/pods/box/stop", token=alice)
+    assert server.request("DELETE", "/v1/volumes/data", token=alice).status_code == 204
+    r = server.request("POST", "/v1/pods/box/start", token=alice)
+    assert r.status_code == 404 and "volume 'data'" in r.text, r.text
+    assert server.ok("GET", "/v1/pods/box", token=alice)["state"] == "stopped"

@@ -103,11 +103,13 @@ class HostIndex:
         gpu_model: str | None = None,
         gpu_count: int = 0,
         exclude: Collection[str] = (),
+        prefer: str | None = None,
     ) -> tuple[HostCapacity, tuple[int, ...]] | None:
         """Place one container on a host not in ``exclude`` (host ids): ``cpu`` cores,
-        ``memory_mib`` and ``gpu_count`` whole free GPUs of ``gpu_model``. Returns the host
-        (its ``used_*`` updated) and the device indices taken, or ``None`` (nothing changed)
-        when no such host has the room now."""
+        ``memory_mib`` and ``gpu_count`` whole free GPUs of ``gpu_model``; on ``prefer``
+        when that host has the room. Returns the host (its ``used_*`` updated) and the
+        device indices taken, or ``None`` (nothing changed) when no such host has the room
+        now."""
         model = gpu_model or ""
         count = gpu_count if model else 0
         view = self._view(model if count else "")
@@ -119,7 +121,12 @@ class HostIndex:
             models=frozenset({view.model}) if count else frozenset(),
         )
         barred = {self._node[h] for h in exclude if h in self._node}
-        p = view.cluster.place(req, barred)
+        p = None
+        home = self._node.get(prefer) if prefer is not None else None
+        if home is not None and home not in barred:  # a node is the same host in every view
+            p = view.cluster.place_on(home, req)
+        if p is None:
+            p = view.cluster.place(req, barred)
         if p is None:
             return None
         host = self._hosts[p.node]

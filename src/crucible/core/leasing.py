@@ -92,6 +92,19 @@ class _ShortOfRoom:
         return any(h in self for h in self.hosts)
 
 
+class _AllBut:
+    """Every host but ``home`` (and ``home`` too when it is short of room), to the market's
+    ``avoid``."""
+
+    __slots__ = ("home", "short")
+
+    def __init__(self, home: str, short: _ShortOfRoom | None) -> None:
+        self.home, self.short = home, short
+
+    def __contains__(self, host_id: object) -> bool:
+        return host_id != self.home or (self.short is not None and host_id in self.short)
+
+
 def lease_on_hosts(
     market: Market,
     request: LeaseRequest,
@@ -101,6 +114,7 @@ def lease_on_hosts(
     cpu: float = 0.0,
     memory_mib: int = 0,
     disk_mib: int = 0,
+    home: str | None = None,
 ) -> LeaseGranted | NotLeased:
     """Decide ``request`` and, when granted, apply it to ``market`` and charge ``hosts``.
 
@@ -112,11 +126,18 @@ def lease_on_hosts(
     of cores. A grant whose
     hosts are not all ready is not applied (the market is unchanged). The time is
     ``max(now_ms, market.now_ms)``, so a market that has seen a later time does not refuse
-    the request for going back in time.
+    the request for going back in time. ``home``: a host the request belongs on (a pod's,
+    which holds its disk), taken when the market grants it there without preempting anyone.
     """
     now = max(now_ms, market.now_ms)
     short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib, disk_mib)
-    decision = market.decide_lease(request, now, avoid=() if short is None else short)
+    decision: LeaseGranted | Refusal | None = None
+    if home is not None and (hosts is None or home in hosts):
+        there = market.decide_lease(request, now, avoid=_AllBut(home, short))
+        if isinstance(there, LeaseGranted) and not there.preemptions:
+            decision = there
+    if decision is None:
+        decision = market.decide_lease(request, now, avoid=() if short is None else short)
     if isinstance(decision, Refusal):
         if (
             short is not None

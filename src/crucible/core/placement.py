@@ -350,6 +350,16 @@ class Cluster:
         if best is None:
             return None
         _, i, gpus = best
+        return self._take(i, req, gpus)
+
+    def place_on(self, node: int, req: Request) -> Placement | None:
+        """Place ``req`` on ``node`` if it fits there (the policy is not asked), else return
+        ``None`` (state unchanged): for work that belongs on one node, as a pod on the host
+        that holds its disk."""
+        gpus = self.fits(node, req)
+        return None if gpus is None else self._take(node, req, gpus)
+
+    def _take(self, i: int, req: Request, gpus: tuple[tuple[int, int], ...]) -> Placement:
         self.free_cpu[i] -= req.cpu_milli
         self.free_mem[i] -= req.memory_mib
         for j, m in gpus:

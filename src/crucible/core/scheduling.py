@@ -146,6 +146,9 @@ class FunctionDemand:
     noun: str = "function"
     # Disk on the host's filesystem (a pod's disk): only hosts with that much free run it.
     disk_mib: int = 0
+    # The host that holds a pod's disk from an earlier run: placed there when it has the
+    # room (and may run it), so a restarted pod finds its files.
+    home_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,7 @@ def _place(index: HostIndex, fn: FunctionDemand, barred: Collection[str]) -> Sta
             choice.model if choice else None,
             choice.count if choice else 0,
             exclude=barred,
+            prefer=fn.home_host,
         )
         if placed is None:
             continue

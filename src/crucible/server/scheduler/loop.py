@@ -83,7 +83,7 @@ from crucible.server.services.market import (
     MarketTerms,
 )
 from crucible.server.services.named_objects import expire_idle
-from crucible.server.services.pods import settle_pods
+from crucible.server.services.pods import pod_homes, settle_pods
 from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
@@ -829,6 +829,7 @@ class SchedulerLoop:
         # Each spec is parsed once per version (services/function_specs.py): a tick reads the
         # JSON only of functions it has not seen at their current version.
         specs = SPECS.get_many(conn, {r.id: r.spec_rev for r in rows})
+        homes = pod_homes(conn, [fid for fid, parsed in specs.items() if parsed.pod])
         for r in rows:
             parsed = specs.get(r.id)
             if parsed is None:  # deleted between the two reads
@@ -883,6 +884,7 @@ class SchedulerLoop:
                     verified=terms[r.id].verified,
                     network=bool(spec.network),
                     noun="pod" if parsed.pod else "function",
+                    home_host=homes.get(r.id),
                 )
             )
         demands.sort(key=lambda d: d.oldest_queued_ms or now)  # oldest work first

@@ -581,6 +581,7 @@ class MarketPlacer:
                 cpu=fn.cpu,
                 memory_mib=fn.memory_mib,
                 disk_mib=fn.disk_mib,
+                home=fn.home_host,
             )
             if isinstance(outcome, NotLeased):
                 self.refused[fn.id] = Refused(outcome.code, outcome.message)

@@ -19,6 +19,7 @@ ledger charge it per millisecond like any container. What is pod-specific lives 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "insert_pod",
     "list_pods",
     "pod_assignments",
+    "pod_homes",
     "pod_info",
     "pod_logs",
     "pod_rows_of_cluster",
@@ -543,6 +545,9 @@ def start_pod(
             f"pod {row.name!r} is still stopping; run `crucible pod start {row.name}` again "
             "once `crucible pod show` says stopped"
         )
+    if row.state in ("stopped", "preempted", "failed"):
+        for name in PodSpec.model_validate(row.spec).volumes.values():
+            volume_row(conn, principal, name)  # deleted since: NotFound naming it, as at create
     restart_row(conn, row, now_ms)
     return get_pod(conn, principal, row.id), []
 
@@ -732,6 +737,21 @@ def settle_row(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
             {"b_id": row.id, "b_state": state, "b_reason": reason, "b_at": ct.stopped_ms or now_ms},
         )
     return keys
+
+
+def pod_homes(conn: Connection, function_ids: Collection[str]) -> dict[str, str]:
+    """The host each of these pod functions' disk is on (its last run's), by function id:
+    the scheduler places a pod's next run there when that host has the room."""
+    if not function_ids:
+        return {}
+    return {
+        r.function_id: r.host_id
+        for r in conn.execute(
+            select(pods.c.function_id, pods.c.host_id).where(
+                pods.c.function_id.in_(list(function_ids)), pods.c.host_id.is_not(None)
+            )
+        )
+    }
 
 
 def pod_assignments(conn: Connection, function_ids: set[str]) -> dict[str, PodAssignment]:
