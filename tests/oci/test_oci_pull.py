@@ -355,3 +355,34 @@ def test_leftovers_of_a_dead_pull_are_swept(tmp_path: Path) -> None:
     OciImages(root)  # an agent starting again on the same cache
     assert not dead.exists() and not evicted.exists() and not blob.exists()
     assert live.exists()  # a pull of a live process is left alone
+
+
+def test_a_cached_private_image_is_not_served_by_digest_without_credentials(
+    tmp_path: Path,
+) -> None:
+    """One tenant's private image, cached on the host, ran for any other tenant that named
+    its digest under any registry name (no registry was asked). A digest reference uses the
+    cache without a registry only where that registry and repository served it without
+    credentials; otherwise the registry is asked, with the caller's credentials."""
+    with run_registry(tmp_path / "reg", htpasswd=("bob", "hunter2-pw")) as reg:
+        digest = push_image(reg, "private/app", "v1", [BASE])
+        images = cache(tmp_path / "c", reg.host)
+        owner = RegistryAuth("bob", "hunter2-pw")
+        images.prepare(f"{reg.host}/private/app:v1", owner)  # the owner's pull: cached
+        for ref in (f"{reg.host}/private/app@{digest}", f"private.invalid/x@{digest}"):
+            with pytest.raises(ImagePullError):
+                images.prepare(ref)  # another tenant, no credentials
+        # The owner, with its credentials, still gets the cached copy by digest.
+        assert (images.prepare(f"{reg.host}/private/app@{digest}", owner).rootfs / "a/x").exists()
+
+
+def test_a_public_image_by_digest_needs_no_registry_once_cached(tmp_path: Path) -> None:
+    with run_registry(tmp_path / "reg") as reg:
+        digest = push_image(reg, "open/app", "v1", [BASE])
+        ref = f"{reg.host}/open/app@{digest}"
+        images = cache(tmp_path / "c", reg.host)
+        images.prepare(ref)  # served without credentials: public
+    # The registry is gone: the cached copy serves that name, and only that name.
+    assert (images.prepare(ref).rootfs / "a/x").exists()
+    with pytest.raises(ImagePullError):
+        images.prepare(f"{reg.host}/other/app@{digest}")

@@ -8,6 +8,7 @@ Layout under ``cache_dir``::
     images/<hex>/rootfs/        an image's root file system: its layers applied in order,
                                 files hard-linked from layers/ (so shared layers cost nothing)
     images/<hex>/image.json     written last: reference, config, layers, size; the LRU clock
+    images/<hex>/open-to        registry/repository names that served it without credentials
     locks/                      one lock file per image and per layer being pulled
     .tmp-*                      work in progress, renamed into place when complete
 
@@ -65,6 +66,7 @@ MOUNT_POINTS = (
     "crucible/sshd",
 )
 _MIB = 1 << 20
+_OPEN_SOURCES = "open-to"
 _UNPACKED_FACTOR = 4
 
 
@@ -124,8 +126,10 @@ class OciImages:
         emit: Callable[[str], None] | None = None,
     ) -> PreparedImage:
         """The image ``ref`` ready to run, pulling what this host lacks. A reference pinned by
-        digest that is cached needs no registry at all; a tag is resolved at the registry each
-        time (one small request). ``emit`` receives progress lines (never credentials).
+        digest that is cached needs no registry at all when that registry and repository
+        served it without credentials before (a public image); otherwise, and for a tag, the
+        registry is asked each time with ``auth`` (one small request), so a tenant never runs
+        a private image it could not pull. ``emit`` receives progress lines (never credentials).
 
         Whoever runs the image calls :meth:`acquire` with its digest (and :meth:`release`
         when done) so that eviction spares it; until then it is the most recently used image,
@@ -137,27 +141,41 @@ class OciImages:
             parsed = parse_image_ref(ref)
         except ValueError as exc:
             raise ImagePullError(str(exc)) from None
+        source = f"{parsed.registry}/{parsed.repository}"
         if parsed.digest:
             found = self._load(parsed.digest)
-            if found is not None:
+            if found is not None and self._open_to(parsed.digest, source):
                 return self._touch(found)
+            # Cached, but this repository never served it without credentials: the image
+            # may be someone's private one, so the registry is asked with this caller's
+            # credentials (a digest alone, under any name, got any tenant the files).
         client = RegistryClient(parsed, self.registries, auth)
+        found = self._from_registry(parsed, client, say)
+        if auth is None and parsed.digest:
+            self._mark_open(parsed.digest, source)  # served without credentials: public
+        return self._touch(found)
+
+    def _from_registry(
+        self, parsed: ImageRef, client: RegistryClient, say: Callable[[str], None]
+    ) -> PreparedImage:
+        """The image as the registry names it now (the caller may read it there), from the
+        cache when this host has it, else pulled."""
         body, media, digest = client.manifest(parsed.reference)
         if is_index(media, body):
             digest = pick_platform(body, str(parsed))
             found = self._load(digest)
             if found is not None:
-                return self._touch(found)
+                return found
             body, media, digest = client.manifest(digest)
         found = self._load(digest)
         if found is not None:
-            return self._touch(found)
+            return found
         with self._named("image-" + _hex(digest)):
             found = self._load(digest)
             if found is None:
                 found = self._pull(parsed, client, body, digest, say)
                 self.evict(keep=digest)
-        return self._touch(found)
+        return found
 
     def acquire(self, digest: str) -> None:
         """Mark an image in use (a sandbox or pod runs on it): never evicted meanwhile."""
@@ -370,6 +388,22 @@ class OciImages:
             size_bytes=int(meta["size_bytes"]),
             layers=list(meta["layers"]),
         )
+
+    def _open_to(self, digest: str, source: str) -> bool:
+        """Whether ``source`` (registry/repository) served ``digest`` without credentials
+        before: then its cached copy needs no registry at all."""
+        try:
+            text = (self.root / "images" / _hex(digest) / _OPEN_SOURCES).read_text()
+        except OSError:
+            return False
+        return source in text.splitlines()
+
+    def _mark_open(self, digest: str, source: str) -> None:
+        d = self.root / "images" / _hex(digest)
+        if not d.is_dir() or self._open_to(digest, source):
+            return
+        with contextlib.suppress(OSError), open(d / _OPEN_SOURCES, "a") as f:
+            f.write(source + "\n")  # one short append: lines never interleave
 
     def _touch(self, image: PreparedImage) -> PreparedImage:
         with contextlib.suppress(OSError):
