@@ -11,6 +11,7 @@ import pytest
 
 import crucible
 from crucible.sdk._client import Client
+from crucible.sdk._volumes import _MOUNTED, mount_volumes
 
 import app_volumes
 from harness import Exchange
@@ -23,7 +24,9 @@ def builder(exchange: Exchange) -> Iterator[Client]:
     client.close()
 
 
-def test_upload_list_read_remove_history(builder: Client, tmp_path: Path) -> None:
+def test_upload_list_read_remove_history(
+    builder: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "model"
     (src / "sub").mkdir(parents=True)
     big = os.urandom(9 * 1024 * 1024 + 123)  # three chunks
@@ -63,6 +66,20 @@ def test_upload_list_read_remove_history(builder: Client, tmp_path: Path) -> Non
             up.put_file(src / "weights.bin", bad)
     with pytest.raises(crucible.InvalidRequestError, match="leaves the volume"):
         list(vol.read_file("a/../../b"))
+    # A name no file system holds (it was accepted, then broke every mount of the volume).
+    too_long = pytest.raises(crucible.InvalidRequestError, match="at most 255 bytes")
+    with too_long, vol.batch_upload() as up:
+        up.put_file(src / "weights.bin", "dir/" + "x" * 256)
+    with vol.batch_upload() as up:  # 255 bytes: held, and mounted (a short temporary name)
+        up.put_file(src / "weights.bin", "y" * 255)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    monkeypatch.setenv("CRUCIBLE_VOLUMES_BOUND", str(mnt))  # as the agent names its mounts
+    try:
+        mount_volumes(builder, {str(mnt): "models"})
+    finally:
+        _MOUNTED.pop("models", None)
+    assert (mnt / ("y" * 255)).read_bytes() == (src / "weights.bin").read_bytes()
     for name in ("..", "../v", ""):  # refused before any request, as Secret.from_name does
         with pytest.raises(crucible.InvalidRequestError, match="volume name"):
             crucible.Volume.from_name(name, client=builder)

@@ -48,6 +48,10 @@ _RESERVED_MOUNTS = (
 )
 
 
+# The longest file name Linux file systems hold (NAME_MAX).
+NAME_MAX_BYTES = 255
+
+
 def check_volume_path(path: str) -> str:
     """A file's path inside a volume: relative, normalized, no '..', no NUL."""
     if not path or len(path) > 4096 or "\x00" in path:
@@ -60,6 +64,13 @@ def check_volume_path(path: str) -> str:
         raise ValueError(f"volume path {given[:200]!r} is the volume's root, not a file in it")
     if norm.startswith("../") or norm == ".." or "/../" in f"/{norm}/":
         raise ValueError(f"volume path {given[:200]!r} leaves the volume")
+    for part in norm.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+            raise ValueError(
+                f"a file or directory name in a volume is at most {NAME_MAX_BYTES} bytes (what "
+                f"file systems hold, so that it can be mounted); {part[:40]!r}... is "
+                f"{len(part.encode('utf-8', 'surrogatepass'))}: shorten it"
+            )
     return norm
 
 

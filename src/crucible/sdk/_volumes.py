@@ -10,6 +10,7 @@ latest committed version; writes stay in the container until ``vol.commit()``;
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import stat
@@ -101,7 +102,10 @@ def _upload_file(client: Client, local: Path) -> FileEntry:
 
 def _write_file(client: Client, entry: FileEntry, target: Path, cache: Path | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.crucible-tmp")
+    # A short name of its own: the file's name with a suffix would pass the file system's
+    # 255-byte limit for a name the volume holds.
+    short = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16]
+    tmp = target.with_name(f".{short}.crucible-tmp")
     with open(tmp, "wb") as f:
         for sha in entry.chunks:
             f.write(_chunk(client, sha, cache))

@@ -106,8 +106,9 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
         # The volumes' latest versions at their mount paths (bound in by a sandboxed agent).
         try:
             mount_volumes(Client.in_container(), assignment.volumes)
-        except Error as exc:
-            print(f"crucible pod: {exc.message}", file=sys.stderr)
+        except (Error, OSError) as exc:
+            why = exc.message if isinstance(exc, Error) else f"could not mount its volumes: {exc}"
+            print(f"crucible pod: {why}", file=sys.stderr)
             shipper.close()
             return 1
     out, err = sys.__stdout__, sys.__stderr__
