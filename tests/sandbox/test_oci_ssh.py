@@ -247,10 +247,11 @@ def test_ssh_into_a_glibc_image_as_root_with_rsync(
     reg = world[1]
     pod = tenant.pod("bashy", f"{reg.host}/test/bash:v1")
     try:
-        run = tenant.ssh("bashy", 'echo "$SHELL $IMAGE_VAR $UID $BASH_VERSION" ; exit 7')
+        run = tenant.ssh("bashy", 'echo "$SHELL $IMAGE_VAR $UID $(pwd) $BASH_VERSION" ; exit 7')
         assert run.returncode == 7, run.stderr
-        shell, var, uid, version = run.stdout.split()
+        shell, var, uid, cwd, version = run.stdout.split()
         assert (shell, var, uid) == ("/bin/bash", "bash-image", "0") and version, run.stdout
+        assert cwd == "/pod", run.stdout  # no WORKDIR in the image: the pod's disk, not /
 
         # Another account's pod does not exist for this one.
         stranger = Tenant(world[0], tenant.tmp / "stranger")

@@ -213,7 +213,7 @@ class SshSandbox:
     state: Path  # host directory seen at STATE_PATH
     rootfs: Path
     ref: str  # the image's reference (for messages)
-    workdir: str  # the image's WORKDIR ("" when it sets none)
+    workdir: str  # the image's WORKDIR ("" or "/" when it sets none)
     uid: int  # the sandbox's uid and gid inside
     gid: int
     host_uid: int | None  # the sandbox's own host uid (agent as root), which owns the state
@@ -291,7 +291,9 @@ class SshSandbox:
             "NSS_WRAPPER_GROUP": f"{inside}/group",
             "CRUCIBLE_SSH_PATH": path,
             "CRUCIBLE_SSH_HOME": home,
-            "CRUCIBLE_SSH_CWD": self.workdir or home,
+            # An image that sets no WORKDIR reads as "/" (as the pod's command takes it):
+            # the session starts in the pod's disk then, as exec sessions do.
+            "CRUCIBLE_SSH_CWD": self.workdir if self.workdir not in ("", "/") else home,
         }
         if self.uid == 0:
             env["UID_WRAPPER"] = "1"
