@@ -321,6 +321,10 @@ def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> 
     assert got.returncode == 0 and "wrote" in got.stderr, got.stderr
     assert (tmp_path / "new-dir" / "train.jsonl").read_text() == src.read_text()
     refused(run("rm", "data", "/nope.txt"), "/nope.txt is not in volume 'data'")
+    # A directory is named as one, with the command that does what was meant.
+    refused(run("get", "data", "/sets", "-"), "/sets is a directory in volume 'data'")
+    refused(run("rm", "data", "/sets"), "crucible volume rm -r")
+    refused(run("put", "data", str(src), "/sets/train.jsonl"), "crucible volume put --force")
 
 
 def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchange) -> None:

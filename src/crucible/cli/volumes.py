@@ -86,7 +86,8 @@ def register(app: typer.Typer) -> None:
         remote: str = typer.Argument("/", help="Where in the volume (a directory ends in /)."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing files."),
     ) -> None:
-        """Upload a file or a directory, as one new version."""
+        """Upload a file, or a directory's contents (under REMOTE, as `cp -r DIR/. REMOTE`),
+        as one new version."""
         if not local.exists():
             raise InvalidRequestError(f"{local}: no such file or directory to upload")
         v = vol(name)

@@ -208,8 +208,15 @@ class Volume:
 
     def read_file(self, path: str, *, version: int | None = None) -> Iterator[bytes]:
         """The file's bytes, a chunk (4 MiB) at a time."""
-        entry = self.manifest(version).files.get(_path(path))
+        files = self.manifest(version).files
+        entry = files.get(_path(path))
         if entry is None:
+            inside = _path(path) + "/"
+            if any(p.startswith(inside) for p in files):
+                raise InvalidRequestError(
+                    f"{path} is a directory in volume {self.name!r}, not a file: its files are "
+                    f"listed by list_files() (`crucible volume ls {self.name} {path}`)"
+                )
             raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
         client = self.client
         for sha in entry.chunks:
@@ -227,7 +234,9 @@ class Volume:
         gone = [p for p in files if p == target or (recursive and p.startswith(target + "/"))]
         if not gone:
             if any(p.startswith(target + "/") for p in files):
-                raise InvalidRequestError(f"{path} is a directory: pass recursive=True")
+                raise InvalidRequestError(
+                    f"{path} is a directory: pass recursive=True (`crucible volume rm -r`)"
+                )
             raise FileNotFoundError(f"{path} is not in volume {self.name!r}")
         return self._commit({p: None for p in gone}, self.info().version)
 
@@ -333,7 +342,7 @@ class _BatchUpload:
             if clash:
                 raise InvalidRequestError(
                     f"{clash[0]} already exists in volume {self.volume.name!r}: "
-                    "use batch_upload(force=True) to overwrite"
+                    "use batch_upload(force=True) (`crucible volume put --force`) to overwrite"
                 )
         self.volume._commit(dict(self._changes), info.version)
 
