@@ -177,6 +177,10 @@ def test_a_reservation_is_charged_up_front_and_the_ledger_balances(
     assert r["hosts"] == [host_id] and r["price_micros"] == 1_500_000
     assert r["cost_micros"] == 2 * 2 * 1_500_000  # 2 devices x 2 hours
     assert [x["id"] for x in server.ok("GET", "/v1/reservations", token=renter)] == [r["id"]]
+    # The bill counts container time; what reservations cost is beside it, not lost.
+    bill = server.ok("GET", "/v1/bill", token=renter)
+    assert (bill["total_micros"], bill["reservations_micros"]) == (0, 6_000_000)
+    assert server.ok("GET", "/v1/bill", token=owner)["reservations_micros"] == 0
 
     # Its devices are pinned: nothing else can be had now.
     q = server.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "H100"})

@@ -364,7 +364,7 @@ def register(app: typer.Typer) -> None:
             )
         else:
             console.print(f"[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}")
-            if q.min_winning_bid_micros is not None:
+            if q.min_winning_bid_micros is not None and "would win now" not in (q.message or ""):
                 console.print(
                     f"a bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
                 )

@@ -442,11 +442,17 @@ def register(app: typer.Typer) -> None:
                 ],
             )
         total = f"Total: [bold]{fmt_usd(report.total_micros)}[/]"
-        if report.tokens:  # total_micros is container time; the tokens spent are added here
-            spent = sum(t.cost_micros for t in report.tokens)
+        # total_micros is container time; tokens spent and reservations bought are added here.
+        parts = [(report.total_micros, "container time")]
+        if report.tokens:
+            parts.append((sum(t.cost_micros for t in report.tokens), "model tokens"))
+        if report.reservations_micros:
+            parts.append((report.reservations_micros, "reservations, paid up front"))
+        if len(parts) > 1:
             total = (
-                f"Total: [bold]{fmt_usd(report.total_micros + spent)}[/] "
-                f"({fmt_usd(report.total_micros)} container time + {fmt_usd(spent)} model tokens)"
+                f"Total: [bold]{fmt_usd(sum(m for m, _ in parts))}[/] ("
+                + " + ".join(f"{fmt_usd(m)} {what}" for m, what in parts)
+                + ")"
             )
         console.print(
             f"{total}, {fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"

@@ -46,3 +46,5 @@ class BillReport(Wire):
     total_carbon_mg: WireInt = 0
     # Model requests billed per token (docs/inference.md); not in total_micros.
     tokens: list[TokenBillLine] = Field(default_factory=list)
+    # Reservations bought (paid up front, used or not); not in total_micros either.
+    reservations_micros: WireInt = 0

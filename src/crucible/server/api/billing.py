@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from crucible.protocol.billing import BillReport
 from crucible.server.api.deps import Builder, State
+from crucible.server.billing.entries import reservation_spend
 from crucible.server.billing.service import bill
 from crucible.server.services.models import token_bill
 
@@ -18,4 +19,5 @@ async def get_bill(who: Builder, state: State, app_id: str | None = None) -> Bil
         report = bill(conn, who, app_id)
         if app_id is None:
             report.tokens = token_bill(conn, who)  # model requests billed per token
+            report.reservations_micros = reservation_spend(conn, who.account_id)
         return report

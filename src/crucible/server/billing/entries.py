@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -42,6 +43,8 @@ __all__ = [
     "grant_credits",
     "post_entries",
     "post_entry",
+    "reservation_spend",
+    "spent_on_day",
 ]
 
 
@@ -207,9 +210,8 @@ def account_balance(conn: Connection, account: LedgerAccount) -> int:
     return int(total or 0)
 
 
-def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
-    """What the renter was charged for intervals starting on UTC day ``day``, net of
-    reversed charges."""
+def _charged(conn: Connection, account_id: str, *where: Any) -> int:
+    """The renter's charges that match ``where``, net of reversed ones."""
     reversed_keys = select(ledger_entries.c.reverses).where(
         ledger_entries.c.kind == EntryKind.REVERSAL.value,
         ledger_entries.c.renter == account_id,
@@ -219,12 +221,27 @@ def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
         select(func.coalesce(func.sum(ledger_entries.c.cost_micros), 0)).where(
             ledger_entries.c.renter == account_id,
             ledger_entries.c.kind == EntryKind.CHARGE.value,
-            ledger_entries.c.start_ms >= day * MS_PER_DAY,
-            ledger_entries.c.start_ms < (day + 1) * MS_PER_DAY,
             ledger_entries.c.key.not_in(reversed_keys),
+            *where,
         )
     ).scalar()
     return int(total or 0)
+
+
+def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
+    """What the renter was charged for intervals starting on UTC day ``day``, net of
+    reversed charges."""
+    return _charged(
+        conn,
+        account_id,
+        ledger_entries.c.start_ms >= day * MS_PER_DAY,
+        ledger_entries.c.start_ms < (day + 1) * MS_PER_DAY,
+    )
+
+
+def reservation_spend(conn: Connection, account_id: str) -> int:
+    """What the renter paid for reservations (their charges are keyed ``rs:``)."""
+    return _charged(conn, account_id, ledger_entries.c.key.like("rs:%"))
 
 
 def account_credit(conn: Connection, account_id: str, now_ms: int) -> CreditStatus:
