@@ -35,7 +35,7 @@ def create_cluster(req: ClusterCreate, request: Request, who: Builder, state: St
 @router.get("/clusters")
 def list_clusters(request: Request, who: Builder, state: State) -> list[ClusterInfo]:
     with state.engine.connect() as conn:
-        found = svc.list_clusters(conn, who, state.leader.waiting)
+        found = svc.list_clusters(conn, who, state.leader.waiting, state.clock.now_ms())
     return [_with_port_urls(state, request, c) for c in found]
 
 
@@ -43,7 +43,7 @@ def list_clusters(request: Request, who: Builder, state: State) -> list[ClusterI
 def get_cluster(cluster: str, request: Request, who: Builder, state: State) -> ClusterInfo:
     """A cluster by id or name, with its members (another account's is not found)."""
     with state.engine.connect() as conn:
-        info = svc.get_cluster(conn, who, cluster, state.leader.waiting)
+        info = svc.get_cluster(conn, who, cluster, state.leader.waiting, state.clock.now_ms())
     return _with_port_urls(state, request, info)
 
 

@@ -41,7 +41,7 @@ def create_pod(req: PodCreate, request: Request, who: Builder, state: State) -> 
 @router.get("/pods")
 def list_pods(request: Request, who: Builder, state: State) -> list[PodInfo]:
     with state.engine.connect() as conn:
-        pods = svc.list_pods(conn, who, state.leader.waiting)
+        pods = svc.list_pods(conn, who, state.leader.waiting, state.clock.now_ms())
     return [with_port_urls(state, request, p) for p in pods]
 
 
@@ -49,7 +49,7 @@ def list_pods(request: Request, who: Builder, state: State) -> list[PodInfo]:
 def get_pod(pod: str, request: Request, who: Builder, state: State) -> PodInfo:
     """A pod by id or name (another account's pod is not found)."""
     with state.engine.connect() as conn:
-        info = svc.get_pod(conn, who, pod, state.leader.waiting)
+        info = svc.get_pod(conn, who, pod, state.leader.waiting, state.clock.now_ms())
     return with_port_urls(state, request, info)
 
 

@@ -231,8 +231,10 @@ def _state(row: Any, members: list[PodInfo]) -> str:
     return "starting"
 
 
-def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> ClusterInfo:
-    members = [pod_info(conn, r, waiting) for r in pod_rows_of_cluster(conn, row.id)]
+def _info(
+    conn: Connection, row: Any, waiting: dict[str, str] | None = None, now_ms: int | None = None
+) -> ClusterInfo:
+    members = [pod_info(conn, r, waiting, now_ms) for r in pod_rows_of_cluster(conn, row.id)]
     state = _state(row, members)
     reason = row.reason
     if reason is None and state == "pending":
@@ -253,14 +255,21 @@ def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> 
 
 
 def get_cluster(
-    conn: Connection, principal: Principal, ref: str, waiting: dict[str, str] | None = None
+    conn: Connection,
+    principal: Principal,
+    ref: str,
+    waiting: dict[str, str] | None = None,
+    now_ms: int | None = None,
 ) -> ClusterInfo:
     require_builder(principal)
-    return _info(conn, _cluster_row(conn, principal, ref), waiting)
+    return _info(conn, _cluster_row(conn, principal, ref), waiting, now_ms)
 
 
 def list_clusters(
-    conn: Connection, principal: Principal, waiting: dict[str, str] | None = None
+    conn: Connection,
+    principal: Principal,
+    waiting: dict[str, str] | None = None,
+    now_ms: int | None = None,
 ) -> list[ClusterInfo]:
     require_builder(principal)
     rows = conn.execute(
@@ -268,7 +277,7 @@ def list_clusters(
         .where(clusters.c.account_id == principal.account_id, clusters.c.state != "deleted")
         .order_by(clusters.c.created_ms.desc(), clusters.c.id.desc())
     ).all()
-    return [_info(conn, r, waiting) for r in rows]
+    return [_info(conn, r, waiting, now_ms) for r in rows]
 
 
 def stop_cluster(

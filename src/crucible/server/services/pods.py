@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, or_, select, update
 
+from crucible.core.metering import interval_cost
 from crucible.errors import (
     ConflictError,
     InvalidRequestError,
@@ -386,15 +387,24 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
     return "running", None
 
 
-def _info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
+def _info(
+    conn: Connection, row: Any, waiting: dict[str, str] | None = None, now_ms: int | None = None
+) -> PodInfo:
+    """The pod as shown; with ``now_ms``, its cost so far includes the running container's
+    time since it was last metered (metering closes an interval every 30 s or so)."""
     spec = PodSpec.model_validate(row.spec)
     ct = current_container(conn, row)
-    cost = conn.execute(
-        select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
-            containers.c.function_id == row.function_id
-        )
-    ).scalar_one()
-    return _info_of(row, spec, ct, int(cost), waiting)
+    cost = int(
+        conn.execute(
+            select(func.coalesce(func.sum(containers.c.metered_cost_micros), 0)).where(
+                containers.c.function_id == row.function_id
+            )
+        ).scalar_one()
+    )
+    if now_ms is not None and ct is not None and ct.started_ms and ct.stopped_ms is None:
+        since = max(ct.metered_until_ms or ct.started_ms, ct.started_ms)
+        cost += interval_cost(ct.rate_micros_per_hour, ct.started_ms, since, max(since, now_ms))
+    return _info_of(row, spec, ct, cost, waiting)
 
 
 def _info_of(
@@ -432,9 +442,11 @@ def _info_of(
     )
 
 
-def pod_info(conn: Connection, row: Any, waiting: dict[str, str] | None = None) -> PodInfo:
+def pod_info(
+    conn: Connection, row: Any, waiting: dict[str, str] | None = None, now_ms: int | None = None
+) -> PodInfo:
     """The pod of a row of ``pods``, as shown (for the clusters' service)."""
-    return _info(conn, row, waiting)
+    return _info(conn, row, waiting, now_ms)
 
 
 def pod_rows_of_cluster(conn: Connection, cluster_id: str) -> list[Any]:
@@ -445,14 +457,21 @@ def pod_rows_of_cluster(conn: Connection, cluster_id: str) -> list[Any]:
 
 
 def get_pod(
-    conn: Connection, principal: Principal, ref: str, waiting: dict[str, str] | None = None
+    conn: Connection,
+    principal: Principal,
+    ref: str,
+    waiting: dict[str, str] | None = None,
+    now_ms: int | None = None,
 ) -> PodInfo:
     require_builder(principal)
-    return _info(conn, _pod_row(conn, principal, ref), waiting)
+    return _info(conn, _pod_row(conn, principal, ref), waiting, now_ms)
 
 
 def list_pods(
-    conn: Connection, principal: Principal, waiting: dict[str, str] | None = None
+    conn: Connection,
+    principal: Principal,
+    waiting: dict[str, str] | None = None,
+    now_ms: int | None = None,
 ) -> list[PodInfo]:
     """The account's pods (not deleted ones), newest first."""
     require_builder(principal)
@@ -461,7 +480,7 @@ def list_pods(
         .where(pods.c.account_id == principal.account_id, pods.c.state != "deleted")
         .order_by(pods.c.created_ms.desc(), pods.c.id.desc())
     ).all()
-    return [_info(conn, r, waiting) for r in rows]
+    return [_info(conn, r, waiting, now_ms) for r in rows]
 
 
 _STOP_APP = (
