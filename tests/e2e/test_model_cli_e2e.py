@@ -264,6 +264,13 @@ def test_model_rules_checked_before_upload_or_training(exchange: Exchange, tmp_p
         )
         assert "--adapter must be" in err and "starting with a letter or digit" in err, err
 
+        # Another account's model is not one a `crucible model` command acts on (it went to
+        # "no route GET /v1/models/local/tiny").
+        for args in (("show",), ("usage",), ("adapter", "add")):
+            extra = ("x", "--path", str(big)) if args[0] == "adapter" else ()
+            err = _fails(env, "model", *args, "someone/tiny", *extra)
+            assert "another account's model" in err and "no route" not in err, err
+
         # A rank over what the engine serves (64 by default): refused before upload/training.
         err = _fails(env, "model", "adapter", "add", "tiny", "big", "--path", str(big))
         assert "rank 128" in err and "--max-lora-rank 128" in err, err

@@ -86,6 +86,8 @@ def test_errors_are_in_openais_shape(server: ServerUnderTest) -> None:
         (b'{"messages": []}', "'model' is required"),
         (b'{"model": 7}', "'model' must be a string"),
         (b'{"model": "chat", "stream": "yes"}', "'stream'"),
+        (b'{"model": "chat", "stream_options": {"include_usage": true}}', "only allowed"),
+        (b'{"model": "chat", "stream": true, "stream_options": "x"}', "must be an object"),
     ):
         r = server.request(
             "POST", chat, token=alice, content=body, headers={"content-type": "application/json"}
@@ -105,6 +107,14 @@ def test_a_tenant_sees_only_its_own_and_public_models(server: ServerUnderTest) -
     _deploy(server, alice, "chat", ASGI)
     _model(server, alice)
     server.ok("POST", "/v1/models/chat/adapters", token=alice, json={"name": "sql", "path": "/a"})
+    # A path the adapter header cannot carry (it reached the engine as '??').
+    r = server.request(
+        "POST",
+        "/v1/models/chat/adapters",
+        token=alice,
+        json={"name": "jp", "path": "/model/adapters/日本"},
+    )
+    assert r.status_code == 400 and "printable ASCII" in r.text, r.text
 
     listed = server.ok("GET", "/openai/v1/models", token=alice)
     assert [m["id"] for m in listed["data"]] == ["chat", "chat:sql"]

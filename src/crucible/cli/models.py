@@ -207,6 +207,18 @@ def _changes(before: ModelInfo, after: ModelInfo) -> str:
     return "redeployed; changed: " + "; ".join(changed)
 
 
+def _own(name: str) -> str:
+    """``name`` as a model of the caller's own; another account's (``OWNER/NAME``) is
+    refused with where such a model is used (the request went to no route at all)."""
+    if "/" in name:
+        raise InvalidRequestError(
+            f"{name!r} names another account's model (OWNER/NAME): `crucible model` commands "
+            "act on your own models; call a public model through the OpenAI API "
+            "(`GET /openai/v1/models` lists the ones you may use)"
+        )
+    return name
+
+
 def _show(info: ModelInfo) -> None:
     price = _price_text(info)
     console.print(
@@ -365,19 +377,19 @@ def register(app: typer.Typer) -> None:
     @model_app.command("show")
     def show(name: str, as_json: bool = JSON) -> None:
         """A model: engine, weights, prices, adapters."""
-        info = ModelInfo.model_validate(_client().get(f"/v1/models/{name}"))
+        info = ModelInfo.model_validate(_client().get(f"/v1/models/{_own(name)}"))
         print_json(info.model_dump()) if as_json else _show(info)
 
     @model_app.command("stop")
     def stop(name: str, as_json: bool = JSON) -> None:
         """Stop serving (containers stop; adapters and usage are kept)."""
-        info = ModelInfo.model_validate(_client().post(f"/v1/models/{name}/stop"))
+        info = ModelInfo.model_validate(_client().post(f"/v1/models/{_own(name)}/stop"))
         print_json(info.model_dump()) if as_json else _show(info)
 
     @model_app.command("usage")
     def usage(name: str, as_json: bool = JSON) -> None:
         """Tokens per day, caller and adapter, and what they were charged."""
-        report = ModelUsage.model_validate(_client().get(f"/v1/models/{name}/usage"))
+        report = ModelUsage.model_validate(_client().get(f"/v1/models/{_own(name)}/usage"))
         if as_json:
             print_json(report.model_dump())
             return
@@ -430,7 +442,7 @@ def register(app: typer.Typer) -> None:
             _check_adapter_dir(path)
         client = _client()
         try:
-            model = ModelInfo.model_validate(client.get(f"/v1/models/{name}"))
+            model = ModelInfo.model_validate(client.get(f"/v1/models/{_own(name)}"))
             rank = _adapter_rank(client, path, volume)
             if rank is not None:
                 check_adapter_rank(model, rank, f"adapter {adapter!r}")

@@ -91,13 +91,24 @@ class ModelCreate(Named):
     max_lora_rank: int = Field(default=64, ge=1, le=1024)
 
 
+def _header_safe_path(path: str) -> str:
+    """An adapter's path travels to its engine in a request header: printable ASCII only
+    (a path in another script reached the container as '??' and never loaded)."""
+    if not path.isascii() or not path.isprintable():
+        raise ValueError(
+            f"an adapter's path must be printable ASCII (it is sent to the engine in a "
+            f"header), got {path[:80]!r}: rename the directory"
+        )
+    return path
+
+
 class AdapterCreate(Wire):
     """A LoRA adapter (PEFT format) at ``path`` as the model's containers see it (e.g. under
     the model's volume mount); ``source`` says where it came from, for people. ``name``
     follows the engines' rule (:data:`ADAPTER_NAME_RULE`)."""
 
     name: AdapterName
-    path: str = Field(min_length=1, max_length=1024)
+    path: Annotated[str, AfterValidator(_header_safe_path)] = Field(min_length=1, max_length=1024)
     source: str = Field(default="", max_length=1024)
     # Its LoRA rank, when the client read it (adapter_config.json's ``r``): one over the
     # model's ``max_lora_rank`` is refused instead of failing every request that names it.

@@ -100,6 +100,14 @@ def _request_body(raw: bytes) -> dict[str, Any]:
         )
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise InvalidRequestError("'stream' must be true or false")
+    options = body.get("stream_options")
+    if options is not None:  # as OpenAI's API answers
+        if not isinstance(options, dict):
+            raise InvalidRequestError("'stream_options' must be an object")
+        if not body.get("stream"):
+            raise InvalidRequestError(
+                "'stream_options' is only allowed when 'stream' is true: drop it, or stream"
+            )
     return body
 
 
