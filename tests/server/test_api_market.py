@@ -210,6 +210,8 @@ def test_a_reservation_is_charged_up_front_and_the_ledger_balances(
         5_400_000,
     )
     assert server.ok("GET", "/v1/earnings", token=renter)["lines"] == []  # not its host
+    [lease] = server.ok("GET", "/v1/earnings?by=lease", token=owner)["lines"]
+    assert (lease["key"], lease["device_type"], lease["tier"]) == (r["id"], "H100", "reserved")
 
     csv_text = server.request(
         "GET", "/v1/statement?kind=entries&format=csv", token=renter

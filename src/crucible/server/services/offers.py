@@ -32,6 +32,7 @@ from crucible.server.store.tables import (
     ledger_entries,
     ledger_postings,
     meter_intervals,
+    reservations,
 )
 from crucible.settings import Settings
 
@@ -235,6 +236,15 @@ def earnings(
         for r in conn.execute(
             select(containers.c.id, containers.c.gpu_model, containers.c.tier).where(
                 containers.c.id.in_({r.meter for r in rows})
+            )
+        )
+    }
+    # A reservation's charge is metered under its id: its devices' model, tier "reserved".
+    kinds |= {
+        r.id: (r.model, "reserved")
+        for r in conn.execute(
+            select(reservations.c.id, reservations.c.model).where(
+                reservations.c.id.in_({r.meter for r in rows if (r.meter or "").startswith("rs-")})
             )
         )
     }
