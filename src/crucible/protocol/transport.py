@@ -49,29 +49,21 @@ _RETRYABLE = (ConnectionError, http.client.HTTPException, socket.timeout, OSErro
 _GATEWAY_STATUSES = (502, 503, 504)
 
 
-def _from_gateway(data: bytes) -> bool:
-    """Whether a 502/503/504 body came from a balancer, not a Crucible server (whose errors
-    are always ``{"error": {...}}``), or from a Crucible server whose store is not answering
-    for a moment (``store_unavailable``): either is retried like a refused connection."""
+def _unavailable(data: bytes) -> str | None:
+    """Why a 502/503/504 is retried like a refused connection, read from its body once:
+    ``""`` for a balancer's own answer (not a Crucible server's, whose errors are always
+    ``{"error": {...}}``), a Crucible server's words for its store being away or full
+    (``store_unavailable``), or None for any other error of a Crucible server."""
     try:
         err = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return True
+        return ""
     if not (isinstance(err, dict) and "error" in err):
-        return True
+        return ""
     inner = err["error"]
-    return isinstance(inner, dict) and inner.get("code") == StoreUnavailableError.code
-
-
-def _store_message(data: bytes) -> str:
-    """A Crucible server's own words for its store being away or full (empty otherwise)."""
-    try:
-        err = orjson.loads(data)["error"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return ""
-    if not isinstance(err, dict) or err.get("code") != StoreUnavailableError.code:
-        return ""
-    return str(err.get("message", ""))[:300]
+    if not (isinstance(inner, dict) and inner.get("code") == StoreUnavailableError.code):
+        return None
+    return str(inner.get("message", ""))[:300]
 
 
 def server_urls(value: str) -> list[str]:
@@ -233,8 +225,8 @@ class Transport:
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
-                if resp.status in _GATEWAY_STATUSES and _from_gateway(data):
-                    said = _store_message(data)
+                said = _unavailable(data) if resp.status in _GATEWAY_STATUSES else None
+                if said is not None:
                     raise _GatewayUnavailable(
                         f"the server answered HTTP {resp.status}: {said}"
                         if said
