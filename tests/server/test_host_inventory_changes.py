@@ -188,3 +188,46 @@ def test_a_restart_rebuilds_the_market_when_leases_hold_devices_that_are_gone(
     assert second.state.market.market.running_leases() == []
     assert _free(second, renter, "A100-80GB") == (1, 1)
     assert _free(second, renter) == (0, 0)
+
+
+def test_a_reservation_on_devices_the_host_no_longer_has_places_nothing(
+    server: ServerUnderTest,
+) -> None:
+    """The market keeps a reservation's devices after the host registers again without them
+    (the renter is not refunded: a known limit); a reserved container was then sent to the
+    host with device indices it does not have. Now nothing is placed there, and the function
+    says why."""
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    loop = SchedulerLoop(server.state)
+    host_id = _register(server, host_token, 2)
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={})
+    loop.tick()
+    now = server.state.clock.now_ms()
+    server.ok(
+        "POST",
+        "/v1/reservations",
+        token=renter,
+        json={"gpu": "2xH100", "start_ms": now, "hours": 1},
+    )
+    assert _register(server, host_token, 1, "L4") == host_id
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={})
+    # Another host has such GPUs, so the function is not one no host could ever run.
+    other = server.register_host(host_token, "other-box", gpus=_gpus(2, "H100"))
+    server.ok("POST", f"/v1/hosts/{other}/sync", token=host_token, json={})
+    fn = server.new_function(
+        renter,
+        server.new_app(renter),
+        server.put_blob(renter),
+        resources={"cpu": 1, "memory_mib": 1024, "gpus": [{"model": "H100", "count": 2}]},
+        market={"tier": "reserved"},
+    )
+    server.new_calls(renter, fn)
+    for _ in range(3):
+        loop.tick()
+    with server.state.engine.connect() as conn:
+        placed = conn.execute(select(containers).where(containers.c.function_id == fn)).all()
+    assert placed == []
+    assert "no longer has the H100 devices" in server.state.leader.waiting.get(fn, ""), (
+        server.state.leader.waiting
+    )

@@ -162,6 +162,19 @@ def lease_on_hosts(
                     "no_capacity",
                     f"host {lease.host_id} has the GPUs but is not ready to start containers",
                 )
+            h = hosts[lease.host_id]
+            have = {i for i, m in h.gpus if m == lease.device_type}
+            if not set(lease.devices) <= have:
+                # The market still holds devices the host's agent no longer reports (it
+                # registered again with other GPUs) for a reservation made before: a
+                # container there would be handed devices that do not exist.
+                return NotLeased(
+                    "no_capacity",
+                    f"host {lease.host_id} no longer has the {lease.device_type} devices "
+                    f"{', '.join(map(str, lease.devices))} "
+                    + (f"of reservation {lease.reservation_id} " if lease.reservation_id else "")
+                    + "(its agent registered other GPUs since)",
+                )
     market.apply(decision)
     if hosts is not None:
         for lease in decision.leases:
