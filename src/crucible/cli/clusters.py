@@ -20,6 +20,7 @@ from crucible.cli.resources import (
     REGION,
     VERIFIED,
     _client,
+    check_market_options,
 )
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.pods import DEFAULT_DISK, ClusterCreate, ClusterInfo, parse_env
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
                 "cluster has the same GPUs; give --gpu once"
             )
         gpu = gpus[0]
+        check_market_options(min_reliability, max_carbon)
         try:
             req = _request(
                 name=name,

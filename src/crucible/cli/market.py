@@ -32,6 +32,7 @@ from crucible.cli.resources import (
     REGION,
     VERIFIED,
     _client,
+    check_market_options,
     resolve_app,
 )
 from crucible.errors import InvalidRequestError
@@ -44,7 +45,6 @@ from crucible.protocol.market import (
     QuoteInfo,
     ReservationInfo,
 )
-from crucible.sdk._checks import check_number
 
 __all__ = ["register"]
 
@@ -333,6 +333,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """What a request would cost now (nothing is leased)."""
+        check_market_options(min_reliability, max_carbon)
         body = {
             "gpu": gpu,
             "nodes": nodes,
@@ -340,9 +341,7 @@ def register(app: typer.Typer) -> None:
             "bid_micros": _micros(bid, "--bid"),
             "max_price_micros": _micros(max_price, "--max-price"),
             "region": region,
-            "min_reliability_ppm": round(
-                (check_number("--min-reliability", min_reliability, 0, 1) or 0.0) * 1_000_000
-            ),
+            "min_reliability_ppm": round(min_reliability * 1_000_000),
             "prefer": prefer,
             "max_carbon_g_per_kwh": max_carbon,
             "verified": verified,
@@ -393,6 +392,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON,
     ) -> None:
         """Reserve a block at the reserved price, paid now for the whole window."""
+        check_market_options(min_reliability, None)
         body = {
             "gpu": gpu,
             "nodes": nodes,
@@ -400,9 +400,7 @@ def register(app: typer.Typer) -> None:
             "hours": hours,
             "max_price_micros": _micros(max_price, "--max-price"),
             "region": region,
-            "min_reliability_ppm": round(
-                (check_number("--min-reliability", min_reliability, 0, 1) or 0.0) * 1_000_000
-            ),
+            "min_reliability_ppm": round(min_reliability * 1_000_000),
             "prefer": prefer,
             "verified": verified,
         }

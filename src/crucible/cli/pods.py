@@ -21,6 +21,7 @@ from crucible.cli.resources import (
     REGION,
     VERIFIED,
     _client,
+    check_market_options,
 )
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
@@ -166,6 +167,7 @@ def register(app: typer.Typer) -> None:
                 "a pod needs a name: `crucible pod create NAME` (or --name NAME)",
                 param_hint="NAME",
             )
+        check_market_options(min_reliability, max_carbon)
         pod = Pod.create(
             name,
             gpu=gpu,

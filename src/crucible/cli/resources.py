@@ -33,7 +33,7 @@ from crucible.protocol.hosts import (
     verification_summary,
 )
 from crucible.protocol.logs import LogPage
-from crucible.sdk._checks import NAME_PATTERN
+from crucible.sdk._checks import NAME_PATTERN, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
 
@@ -42,15 +42,20 @@ __all__ = ["register"]
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 # Which hosts the market may use, as for functions (docs/market.md).
 REGION = typer.Option(None, "--region", help="Only hosts in this region.")
-# Ranges checked by the CLI itself, so a mistake names the option typed (the SDK's own
-# check would name its argument, ``min_reliability``).
 MIN_RELIABILITY = typer.Option(
-    0.0, "--min-reliability", min=0.0, max=1.0, help="Only hosts at least this reliable (0..1)."
+    0.0, "--min-reliability", help="Only hosts at least this reliable (0..1)."
 )
 PREFER = typer.Option("cheapest", "--prefer", help="cheapest, greenest or fastest.")
-MAX_CARBON = typer.Option(
-    None, "--max-carbon", min=0, max=5000, help="Only hosts at most this gCO2/kWh (0..5000)."
-)
+MAX_CARBON = typer.Option(None, "--max-carbon", help="Only hosts at most this gCO2/kWh (0..5000).")
+
+
+def check_market_options(min_reliability: float, max_carbon: int | None) -> None:
+    """The ranges of the market options, checked under the names typed before anything is
+    sent (the SDK's and the API's checks name their arguments: ``max_carbon_g_per_kwh``)."""
+    check_number("--min-reliability", min_reliability, 0, 1)
+    check_int("--max-carbon", max_carbon, 0, 5000, optional=True)
+
+
 VERIFIED = typer.Option(
     False, "--verified", help="Only hosts whose self-test matched the GPU catalog."
 )
