@@ -296,11 +296,60 @@ def test_duplicate_task_and_node_ids_are_refused_naming_both_lines(tmp_path: Pat
     tasks.write_text(HEADER + TASKS + "t2,5,10,1,1,1000,0,0,,\n")
     with pytest.raises(ScenarioError, match=r"t\.csv: line 6: task id 't2' is also on line 3"):
         read_tasks(tasks)
-    tasks.write_text(HEADER + ",0,10,1,1,1000,0,0,,\n,0,10,1,1,1000,0,0,,\n")
-    assert [t.id for t in read_tasks(tasks)] == ["line-2", "line-3"]  # no id: still distinct
+    # No id: refused, as the format says (it was named line-N, which a real id could be).
+    tasks.write_text(HEADER + ",0,10,1,1,1000,0,0,,\nline-2,0,10,1,1,1000,0,0,,\n")
+    with pytest.raises(ScenarioError, match=r"t\.csv: line 2: id is required"):
+        read_tasks(tasks)
     nodes = tmp_path / "n.csv"
     nodes.write_text(NODES + "n-1,2,A100,8000,16384,1\n")  # n x2 is already n-0 and n-1
     with pytest.raises(ScenarioError, match=r"n\.csv: line 3: node id 'n-1' is also on line 2"):
         read_nodes(nodes)
     nodes.write_text(NODES + "m,2,A100,8000,16384,1\n")
     assert [x.id for x in read_nodes(nodes)] == ["n-0", "n-1", "m"]
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ("a,8,A100,64000,1000000000000000,1", "memory_mib must be at most 2,147,483,647"),
+        ("a,8,A100,1000000000000000,1024,1", "cpu_milli must be at most 65,536,000"),
+    ],
+)
+def test_node_sizes_the_index_cannot_hold_are_refused(
+    tmp_path: Path, node: str, message: str
+) -> None:
+    """They passed the file's checks, then ended in a traceback (or a MemoryError) where the
+    placement index was built."""
+    (tmp_path / "nodes.csv").write_text(NODES.splitlines()[0] + "\n" + node + "\n")
+    (tmp_path / "tasks.csv").write_text(HEADER + TASKS)
+    with pytest.raises(ScenarioError, match=rf"nodes\.csv: line 2: {message}"):
+        run(load_scenario(_write(tmp_path, "")))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("cpu_per_host", 65_537), ("memory_gib_per_host", 2**21)]
+)
+def test_generated_host_sizes_are_bounded(key: str, value: int) -> None:
+    text = PLACEMENT.replace("mix = { A100 = 1 }", f"mix = {{ A100 = 1 }}\n{key} = {value}")
+    with pytest.raises(ScenarioError, match=rf"{key}: must be within 1\.\."):
+        parse_scenario(text, "s.toml")
+
+
+def test_a_parquet_list_of_models_is_read_as_alternatives(tmp_path: Path) -> None:
+    """A list column (the natural Parquet type of ``models``) became the model "['T4']", and
+    every task was reported impossible."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from crucible.sim.trace_format import read_tasks
+
+    path = tmp_path / "t.parquet"
+    table = {
+        "id": ["a", "b"],
+        "submit_s": [0.0, 5.0],
+        "duration_s": [60.0, 60.0],
+        "gpus": [1, 1],
+        "models": [["T4"], ["H100", "A100"]],
+    }
+    pq.write_table(pa.table(table), path)
+    got = {t.id: sorted(t.request.models) for t in read_tasks(path)}
+    assert got == {"a": ["T4"], "b": ["A100", "H100"]}

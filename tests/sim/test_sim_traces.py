@@ -441,6 +441,12 @@ def test_the_cli_reports_a_bad_trace_without_a_traceback(tmp_path: Path) -> None
     err = "".join(out.stderr.split())  # the terminal wraps long lines
     assert "tasks.csv:line2:duration_smustbeanumber,not'sixty'" in err
     assert "Traceback" not in out.stderr
+    # A seed the scenario file would refuse is refused on the command line too (it ran).
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "sim", str(path), "--seed", "-1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and "--seed must be a whole number" in out.stderr, out.stderr
 
 
 def test_market_jobs_no_host_could_serve_are_impossible_not_gave_up() -> None:

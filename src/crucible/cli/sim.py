@@ -168,8 +168,10 @@ def register(app: typer.Typer) -> None:
         """Simulate a fleet and its workload (placement or market) on a virtual clock."""
         from crucible.sim.engine import run
         from crucible.sim.report import flatten, write_report
-        from crucible.sim.scenario import load_scenario
+        from crucible.sim.scenario import ScenarioError, load_scenario
 
+        if seed is not None and not 0 <= seed < 2**63:  # as a scenario's seed is checked
+            raise ScenarioError(f"--seed must be a whole number from 0 to 2**63-1, not {seed}")
         s = load_scenario(scenario)
         folder = _folder(out or Path("sim-out") / scenario.stem)
         plots = _plots_or_say_why(plots)

@@ -56,6 +56,8 @@ from typing import NamedTuple, Protocol
 __all__ = [
     "CPU_LEVEL_MILLI",
     "FULL",
+    "MAX_NODE_CPU_MILLI",
+    "MAX_NODE_MEMORY_MIB",
     "MEM_LEVELS",
     "POLICIES",
     "UNDECLARED_CARBON",
@@ -80,6 +82,11 @@ CPU_LEVEL_MILLI = 1000
 """Width of a free-CPU bucket in milli-cores."""
 MEM_LEVELS = 32
 """Memory levels: ``free_mib.bit_length()`` (free memory must stay below 2**31 MiB)."""
+MAX_NODE_MEMORY_MIB = (1 << (MEM_LEVELS - 1)) - 1
+"""The most memory a node may have (2 PiB): what the memory levels hold."""
+MAX_NODE_CPU_MILLI = 65_536 * CPU_LEVEL_MILLI
+"""The most CPU a node may have (65,536 cores): the CPU levels are bits of a mask per
+memory level, so a node of millions of cores would take gigabytes."""
 _SHARE_LEVEL = 10
 UNDECLARED_CARBON = 1_000_000
 """Carbon key of a node that declares none: after every declared one (gCO2/kWh tops out near
@@ -258,8 +265,10 @@ class Cluster:
             raise ValueError("max_candidates must be >= 1")
         c = cls(list(nodes), pol, indexed, max_candidates)
         cpu_levels = max((n.cpu_milli for n in c.nodes), default=0) // CPU_LEVEL_MILLI + 1
-        if max((n.memory_mib for n in c.nodes), default=0).bit_length() >= MEM_LEVELS:
+        if max((n.memory_mib for n in c.nodes), default=0) > MAX_NODE_MEMORY_MIB:
             raise ValueError("node memory beyond the index's range")
+        if cpu_levels > MAX_NODE_CPU_MILLI // CPU_LEVEL_MILLI + 1:
+            raise ValueError("node CPU beyond the index's range")
         c._levels = cpu_levels * MEM_LEVELS
         c._max_gpus = max((n.gpu_count for n in c.nodes), default=0)
         for i, n in enumerate(c.nodes):

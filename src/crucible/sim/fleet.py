@@ -230,7 +230,12 @@ def _within_bound(s: Scenario, total: int) -> int:
     if total > MAX_FLEET_GPUS:
         raise ScenarioError(
             f"{s.source}: the fleet has {total:,} GPUs; the simulator holds at most "
-            f"{MAX_FLEET_GPUS:,} (set gpus to scale it down)"
+            f"{MAX_FLEET_GPUS:,}: "
+            + (
+                "use fewer or smaller nodes (gpus only replicates a node list up)"
+                if any(p.source != "generated" for p in s.providers)
+                else "set the providers' gpus lower"
+            )
         )
     return total
 

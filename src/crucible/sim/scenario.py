@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crucible.core.placement import POLICIES
+from crucible.core.placement import MAX_NODE_CPU_MILLI, MAX_NODE_MEMORY_MIB, POLICIES
 from crucible.errors import InvalidRequestError
 
 __all__ = [
@@ -312,8 +312,10 @@ def _provider(data: Any, i: int, source: str) -> ProviderSpec:
         gpus=r.integer("gpus", 0, hi=MAX_FLEET_GPUS),
         sites=r.integer("sites", 1, lo=1, hi=MAX_SITES),
         gpus_per_host=r.integer("gpus_per_host", 8, lo=1, hi=MAX_GPUS_PER_NODE),
-        cpu_per_host=r.integer("cpu_per_host", 96, lo=1),
-        memory_gib_per_host=r.integer("memory_gib_per_host", 1024, lo=1),
+        cpu_per_host=r.integer("cpu_per_host", 96, lo=1, hi=MAX_NODE_CPU_MILLI // 1000),
+        memory_gib_per_host=r.integer(
+            "memory_gib_per_host", 1024, lo=1, hi=MAX_NODE_MEMORY_MIB // 1024
+        ),
         mix=mix,
         prices=prices,
         price_jitter=r.number("price_jitter", 0.0, 0.0, 0.9),

@@ -37,7 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crucible.core.placement import FULL, NodeSpec, Request
+from crucible.core.placement import (
+    FULL,
+    MAX_NODE_CPU_MILLI,
+    MAX_NODE_MEMORY_MIB,
+    NodeSpec,
+    Request,
+)
 from crucible.sim.scenario import ScenarioError
 
 __all__ = [
@@ -77,6 +83,16 @@ class TraceTask:
     patience_ms: int | None = None
 
 
+def _text(value: object) -> str:
+    """A Parquet value as the text a CSV would hold: a list (the natural type of ``models``)
+    as its items separated by ``|``."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return "|".join(str(v) for v in value if v is not None)
+    return str(value)
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line, row)`` of a CSV file with a header, or of a Parquet file (needs pyarrow);
     every value as text ("" for empty)."""
@@ -95,7 +111,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         except Exception as exc:  # pyarrow raises several types for a file it cannot read
             raise ScenarioError(f"{path}: not a readable Parquet file ({exc})") from None
         for i, rec in enumerate(table, start=1):
-            yield i, {k: "" if v is None else str(v) for k, v in rec.items()}
+            yield i, {k: _text(v) for k, v in rec.items()}
         return
     try:
         f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
@@ -204,7 +220,9 @@ def read_tasks(path: Path) -> list[TraceTask]:
                 f"{path}: line {line}: a GPU share (gpu_milli < 1000) needs gpus = 1"
             )
         patience = row.get("patience_s", "")
-        task_id = row["id"] or f"line-{line}"
+        task_id = row["id"]
+        if not task_id:
+            raise ScenarioError(f"{path}: line {line}: id is required (every task names itself)")
         _unique(path, line, "task", task_id, ids)
         out.append(
             TraceTask(
@@ -271,8 +289,8 @@ def read_nodes(path: Path) -> list[NodeSpec]:
             out.append(
                 NodeSpec(
                     id=node_id,
-                    cpu_milli=_whole(path, line, row, "cpu_milli", 0),
-                    memory_mib=_whole(path, line, row, "memory_mib", 0),
+                    cpu_milli=_whole(path, line, row, "cpu_milli", 0, MAX_NODE_CPU_MILLI),
+                    memory_mib=_whole(path, line, row, "memory_mib", 0, MAX_NODE_MEMORY_MIB),
                     gpu_count=gpus,
                     gpu_model=model if gpus else "",
                 )
