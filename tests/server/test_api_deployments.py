@@ -128,3 +128,38 @@ def test_the_app_serving_a_deployment_is_stopped_through_the_deployment(
     assert _app_state(server, v1) == "running"
     server.ok("POST", "/v1/deployments/svc/stop", token=token)
     assert server.ok("POST", f"/v1/apps/{v1}/stop", token=token)["state"] == "stopped"
+
+
+def test_the_job_api_refuses_what_a_job_cannot_call(server: ServerUnderTest) -> None:
+    """A web endpoint, a class or a generator was queued, run in a container and failed with
+    the worker's traceback; each is refused at once, saying how to call it."""
+    token = server.tenant("alice").token
+    started = server.ok("POST", "/v1/deployments", token=token, json={"name": "kinds"})
+    bundle = server.put_blob(token)
+    code = {"bundle": bundle, "module": "m", "qualname": "f"}
+    specs = [
+        {"name": "page", "code": code, "web": {"kind": "fastapi_endpoint", "method": "POST"}},
+        {"name": "Model", "code": code, "class_params": {}},
+        {"name": "gen", "code": code, "is_generator": True},
+        {"name": "plain", "code": code},
+    ]
+    server.ok(
+        "POST", f"/v1/apps/{started['app_id']}/functions", token=token, json={"functions": specs}
+    )
+    server.ok(
+        "POST", "/v1/deployments/kinds/activate", token=token, json={"app_id": started["app_id"]}
+    )
+    for name, words in (
+        ("page", "is a web endpoint: call it over HTTP at /web/ACCOUNT/kinds/page/"),
+        ("Model", "Cls.from_name('kinds', 'Model')"),
+        ("gen", ".remote_gen("),
+    ):
+        for route in ("run", "runsync"):
+            r = server.request(
+                "POST", f"/v1/jobs/kinds/{name}/{route}", token=token, json={"input": 3}
+            )
+            assert r.status_code == 400 and error_code(r) == "invalid_request", r.text
+            assert words in r.json()["error"]["message"], r.text
+    with server.state.engine.connect() as conn:
+        assert conn.execute(select(calls.c.id)).all() == []  # nothing was queued
+    assert server.ok("POST", "/v1/jobs/kinds/plain/run", token=token, json={"input": 3})["id"]

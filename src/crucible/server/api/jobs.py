@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol import json_payload
+from crucible.protocol.apps import FunctionCreate
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem
 from crucible.protocol.common import ErrorInfo, Payload
 from crucible.protocol.jobs import JobInput, JobStatus
@@ -75,6 +76,7 @@ async def _submit(
     state.limits.take(state.limits.submit, who)
     with state.engine.connect() as conn:
         fn = current_function(conn, who, deployment, function)
+    _job_callable(fn.spec, deployment, function)
     try:
         raw = json_payload.encode(req.call_args())
     except TypeError as exc:  # JSON orjson cannot write back, e.g. integers beyond 64 bits
@@ -95,6 +97,29 @@ async def _submit(
     )
     info = created.result or _get(state, who, created.call_ids[0])
     return _status(state, info)
+
+
+def _job_callable(spec: FunctionCreate, deployment: str, function: str) -> None:
+    """Refuse, before any container starts, a function a job cannot call: a job is one
+    JSON input to one plain function and one JSON result (they ran, and failed with the
+    worker's traceback)."""
+    if spec.web is not None:
+        raise InvalidRequestError(
+            f"{function} is a web endpoint: call it over HTTP at "
+            f"/web/ACCOUNT/{deployment}/{function}/ (ACCOUNT: your account's name), not "
+            "through the job API"
+        )
+    if spec.class_params is not None:
+        raise InvalidRequestError(
+            f"{function} is an @app.cls() class: the job API calls plain functions; call its "
+            f"methods from Python with crucible.Cls.from_name({deployment!r}, {function!r})"
+        )
+    if spec.is_generator:
+        raise InvalidRequestError(
+            f"{function} is a generator: a job has one result; read what it yields from "
+            f"Python with crucible.Function.from_name({deployment!r}, {function!r})"
+            ".remote_gen(...)"
+        )
 
 
 @router.post("/{deployment}/{function}/run", status_code=201)
