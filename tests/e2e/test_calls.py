@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from pathlib import Path
@@ -153,6 +154,24 @@ def test_remote_outside_a_running_app_is_a_clear_error(monkeypatch: pytest.Monke
     with pytest.raises(crucible.Error, match="from inside a function") as caught:
         app_basic.square.remote(1)
     assert "app.run" not in str(caught.value) and "crucible.Queue" in str(caught.value)
+    with pytest.raises(crucible.Error, match=r"square\.spawn\(\) from inside a function"):
+        app_basic.square.spawn(1)
+    # The container's own connection: app.run(), deploy() and a lookup by name say what is
+    # wrong (the server's answer was "create a token with `crucible token create`").
+    monkeypatch.setenv("CRUCIBLE_CONTAINER_TOKEN", "cru_container")
+    monkeypatch.setenv("CRUCIBLE_SERVER_URL", "http://127.0.0.1:9")
+    for env in [k for k in os.environ if k.startswith("CRUCIBLE_") and "CONTAINER" not in k]:
+        if env != "CRUCIBLE_SERVER_URL":
+            monkeypatch.delenv(env)
+    monkeypatch.setenv("CRUCIBLE_HOME", "/nonexistent-crucible-home")
+    guard = pytest.raises(crucible.Error, match=r'under `if __name__ == "__main__":`')
+    with guard, app_basic.app.run():
+        pass
+    with pytest.raises(crucible.Error, match=r"app\.deploy\(\) inside a function's container"):
+        app_basic.app.deploy()
+    with pytest.raises(crucible.Error, match="not supported yet") as looked:
+        crucible.Function.from_name("svc", "f")
+    assert "token create" not in str(looked.value)
 
 
 def test_worker_cannot_see_agent_token(builder) -> None:

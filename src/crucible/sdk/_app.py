@@ -44,6 +44,13 @@ from crucible.sdk._web import WEB_ATTR
 
 __all__ = ["App", "LocalEntrypoint"]
 
+# Why app.run() or app.deploy() found itself in a container: the module-level mistake.
+_AT_MODULE_LEVEL = (
+    "the file that defines the app is imported again in every container, so code at its "
+    'module level runs there too: put `with app.run():` under `if __name__ == "__main__":` '
+    "(or run the file with `crucible run FILE`)"
+)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -342,6 +349,7 @@ class App:
         if self._app_id is not None:
             raise Error(f"app {self.name!r} is already running")
         client = client or Client.from_settings()
+        client.builder_only("app.run()", _AT_MODULE_LEVEL)
         info = client.create_app(self.name, ephemeral=True)
         self._app_id, self._client = info.id, client
         done = threading.Event()
@@ -372,6 +380,7 @@ class App:
         anywhere with ``crucible.Function.from_name(name, function)``."""
         check_name("deploy name", name, optional=True)
         client = client or Client.from_settings()
+        client.builder_only("app.deploy()", _AT_MODULE_LEVEL)
         started = client.start_version(name or self.name)
         try:
             self._register(client, started.app_id)

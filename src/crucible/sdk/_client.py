@@ -19,9 +19,19 @@ __all__ = ["Client"]
 
 
 class Client:
+    # A function's container's own connection (its container token): shared objects of its
+    # account, not the builder's routes (apps, deployments, calls by name).
+    container = False
+
     def __init__(self, server_url: str, token: str) -> None:
         self.server_url = server_url
         self.transport = Transport(server_url, token, user_agent="crucible-sdk")
+
+    def builder_only(self, what: str, why: str) -> None:
+        """Refuse ``what`` on a container's own connection with ``why`` and what to do
+        (the server's refusal named only the token: "create one with crucible token create")."""
+        if self.container:
+            raise Error(f"{what} inside a function's container: {why}")
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Client:
@@ -42,6 +52,7 @@ class Client:
         token: shared objects of its account such as dicts and queues, blobs; not the builder
         routes)."""
         client = cls.__new__(cls)
+        client.container = True
         client.server_url = os.environ["CRUCIBLE_SERVER_URL"]
         client.transport = Transport(
             client.server_url,

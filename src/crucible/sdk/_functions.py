@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Function", "FunctionCall", "Retries"]
 
+# What calling a function from a function's container tells the builder.
+FROM_A_CONTAINER = (
+    "calling another function from a container is not supported yet. Return the inputs to "
+    "the caller and call it from there, or pass the work through a crucible.Queue"
+)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -197,6 +203,7 @@ class Function(Generic[P, R]):
                     f"Function.from_name(): {label} must be a non-empty string, got {value!r}"
                 )
         client = client or Client.from_settings()
+        client.builder_only(f"Function.from_name({app_name!r}, {name!r})", FROM_A_CONTAINER)
         info = client.lookup_function(app_name, name)
 
         def unavailable(*_args: Any, **_kwargs: Any) -> Any:
@@ -245,16 +252,12 @@ class Function(Generic[P, R]):
     def _hydrate(self, client: Client | None, function_id: str | None) -> None:
         self._client, self._function_id = client, function_id
 
-    def _bound(self) -> tuple[Client, str]:
+    def _bound(self, how: str = "remote") -> tuple[Client, str]:
         if self._client is None or self._function_id is None:
             if os.environ.get("CRUCIBLE_CONTAINER_ID"):  # inside a function's container
-                raise Error(
-                    f"{self.name}.remote() from inside a function: calling another function "
-                    "from a container is not supported yet. Return the inputs to the caller "
-                    "and call it from there, or pass the work through a crucible.Queue"
-                )
+                raise Error(f"{self.name}.{how}() from inside a function: {FROM_A_CONTAINER}")
             raise Error(
-                f"{self.name}.remote() needs a running app: call it inside `with app.run():` "
+                f"{self.name}.{how}() needs a running app: call it inside `with app.run():` "
                 "or from a @app.local_entrypoint() run by `crucible run`"
             )
         return self._client, self._function_id
@@ -274,7 +277,7 @@ class Function(Generic[P, R]):
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one call in a container and return its result (or raise its error)."""
         self._not_generator("remote")
-        client, fid = self._bound()
+        client, fid = self._bound("remote")
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid,
@@ -290,7 +293,7 @@ class Function(Generic[P, R]):
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Queue one call and return a handle at once."""
         self._not_generator("spawn")
-        client, fid = self._bound()
+        client, fid = self._bound("spawn")
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
@@ -325,7 +328,7 @@ class Function(Generic[P, R]):
         self, arg_tuples: Iterator[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> Iterator[R]:
         self._not_generator("map")
-        client, fid = self._bound()
+        client, fid = self._bound("map")
         return _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions).results()
 
     def _not_generator(self, how: str) -> None:
@@ -366,7 +369,7 @@ class Function(Generic[P, R]):
                 f"{self.name} is not a generator (it is a {self.kind.replace('_', ' ')}): "
                 "call it with .remote(), .spawn() or .map()"
             )
-        client, fid = self._bound()
+        client, fid = self._bound("remote_gen")
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
             fid, CallsCreate(inputs=[InputItem(args=payload, idempotency_key=uuid.uuid4().hex)])
