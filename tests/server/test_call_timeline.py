@@ -174,3 +174,21 @@ def test_an_attempt_on_a_lost_host_ends_and_is_costed_at_its_last_sync(world: Wo
     assert (lost.outcome, lost.ended_ms) == ("host_lost", t + 5_000)
     assert lost.cost_micros == rate * 5_000 // MS_PER_HOUR > 0
     assert tl.cost_micros == lost.cost_micros
+
+
+def test_a_call_cancelled_with_its_app_costs_its_attempt(world: World) -> None:
+    """Ctrl-C, or the end of `crucible run`, stops the app: a running call's cost showed '-'
+    though its container was billed (a call cancelled on its own already counted it)."""
+    fid = world.function()
+    cid = world.container(fid)
+    rate = rate_of(world, cid)
+    t = world.now_ms
+    with world.engine.begin() as conn:
+        running, queued = world.submit(conn, fid, 2)
+        claim(conn, cid, 1, t)
+        svc.cancel_queued_calls_of_app(conn, world.app_id, t + 3_000)
+        ran = call_timeline(conn, world.principal, running, t + 4_000)
+        waited = call_timeline(conn, world.principal, queued, t + 4_000)
+    assert ran.state == waited.state == "cancelled"
+    assert ran.cost_micros == rate * 3_000 // MS_PER_HOUR > 0
+    assert not waited.cost_micros

@@ -631,7 +631,32 @@ def cancel_call(
 
 
 def cancel_queued_calls_of_app(conn: Connection, app_id: str, now_ms: int) -> None:
+    """The app stopped: its queued and running calls are cancelled. A running call's cost
+    includes its attempt until now, at its container's rate (billed with the container), as
+    :func:`cancel_call` counts it."""
     err = ErrorInfo(code="call_cancelled", message="the app was stopped").model_dump(mode="json")
+    rates: dict[str, int] = {}
+    for r in conn.execute(
+        select(calls.c.id, calls.c.container_id, calls.c.started_ms).where(
+            calls.c.app_id == app_id,
+            calls.c.state == "running",
+            calls.c.container_id.is_not(None),
+            calls.c.started_ms.is_not(None),
+        )
+    ).all():
+        if r.container_id not in rates:
+            rates[r.container_id] = container_rate(conn, r.container_id)
+        spent = attempt_cost(rates[r.container_id], r.started_ms, now_ms, None)
+        conn.execute(
+            update(calls)
+            .where(calls.c.id == r.id, calls.c.state == "running")
+            .values(
+                state="cancelled",
+                finished_ms=now_ms,
+                error=err,
+                cost_micros=func.coalesce(calls.c.cost_micros, 0) + spent,
+            )
+        )
     conn.execute(
         update(calls)
         .where(calls.c.app_id == app_id, calls.c.state.in_(("queued", "running")))
