@@ -347,3 +347,33 @@ def test_a_scheduled_function_must_run_with_no_arguments() -> None:
 
     ok.__qualname__ = "ok"  # module level, as a real app's
     app.function(schedule=crucible.Period(seconds=60))(ok)
+
+
+def test_decorators_used_without_parentheses_say_so() -> None:
+    """They raised Python's TypeError ("takes 0 positional arguments but 1 was given"), where
+    @app.function and @crucible.enter already said what to write."""
+
+    def f(x: int) -> int:
+        return x
+
+    for deco, words in (
+        (crucible.concurrent, "@crucible.concurrent(max_inputs=8)"),
+        (crucible.batched, "@crucible.batched(max_batch_size=32, wait_ms=20)"),
+        (crucible.method, "@crucible.method()"),
+        (crucible.exit, "@crucible.exit()"),
+    ):
+        with pytest.raises(crucible.InvalidRequestError, match="forget parentheses") as caught:
+            deco(f)
+        assert words in str(caught.value)
+    with pytest.raises(crucible.InvalidRequestError, match="max_inputs must be an int"):
+        crucible.concurrent()
+
+
+def test_an_async_class_method_is_refused_when_it_is_defined() -> None:
+    """It was accepted, then every call failed with "a coroutine cannot be pickled"."""
+
+    async def am(self: object, x: int) -> int:
+        return x
+
+    with pytest.raises(crucible.InvalidRequestError, match=r"async def: an @app\.cls"):
+        crucible.method()(am)

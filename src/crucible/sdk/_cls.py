@@ -49,18 +49,31 @@ METHOD_MARK = "__crucible_method__"
 EXIT_MARK = "__crucible_exit__"
 
 
-def method() -> Callable[[F], F]:
+def method(_func: Any = None, /) -> Callable[[F], F]:
     """Mark a method of an ``@app.cls()`` class as callable remotely."""
+    if _func is not None:
+        raise InvalidRequestError(
+            "Did you forget parentheses? Write `@crucible.method()`, not `@crucible.method`."
+        )
 
     def decorate(f: F) -> F:
+        if inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f):
+            raise InvalidRequestError(
+                f"{f.__qualname__} is an async def: an @app.cls() method is a plain def for now "
+                "(an async function of its own is @app.function() on an async def)"
+            )
         setattr(f, METHOD_MARK, True)
         return f
 
     return decorate
 
 
-def exit() -> Callable[[F], F]:
+def exit(_func: Any = None, /) -> Callable[[F], F]:
     """Mark a method of an ``@app.cls()`` class to run when its container stops."""
+    if _func is not None:
+        raise InvalidRequestError(
+            "Did you forget parentheses? Write `@crucible.exit()`, not `@crucible.exit`."
+        )
 
     def decorate(f: F) -> F:
         setattr(f, EXIT_MARK, True)

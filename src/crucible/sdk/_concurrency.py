@@ -16,7 +16,15 @@ BATCHING_ATTR = "__crucible_batched__"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[F], F]:
+def _no_parentheses(name: str, example: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Did you forget parentheses? Write `@crucible.{name}({example})`, not `@crucible.{name}`."
+    )
+
+
+def concurrent(
+    _func: Any = None, /, *, max_inputs: int | None = None, target_inputs: int | None = None
+) -> Callable[[F], F]:
     """Let each container run up to ``max_inputs`` inputs at once (threads for a plain
     function, tasks on one event loop per thread for an ``async def``). The autoscaler sizes
     the pool for ``target_inputs`` per container (default ``max_inputs``), so bursts can go
@@ -29,7 +37,10 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
     Timeouts of concurrent inputs are enforced by the control plane's backstop (the
     container is stopped past ``timeout`` plus a grace), not inside the function.
     """
-    check_int("@crucible.concurrent max_inputs", max_inputs, 1, 1000)
+    if _func is not None:
+        raise _no_parentheses("concurrent", "max_inputs=8")
+    max_inputs = check_int("@crucible.concurrent max_inputs", max_inputs, 1, 1000)
+    assert max_inputs is not None
     check_int("@crucible.concurrent target_inputs", target_inputs, 1, 1000, optional=True)
     if target_inputs is not None and target_inputs > max_inputs:
         raise InvalidRequestError(f"target_inputs={target_inputs} is above max_inputs={max_inputs}")
@@ -49,7 +60,9 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
     return decorate
 
 
-def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
+def batched(
+    _func: Any = None, /, *, max_batch_size: int | None = None, wait_ms: int | None = None
+) -> Callable[[F], F]:
     """Dynamic batching: the container gathers inputs (up to ``max_batch_size``, waiting at
     most ``wait_ms`` after the first for more) and calls the function once with a *list* per
     parameter; it must return a list with one result per input, in order. Each input is
@@ -62,6 +75,8 @@ def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
 
     An exception fails every input of the batch.
     """
+    if _func is not None:
+        raise _no_parentheses("batched", "max_batch_size=32, wait_ms=20")
     check_int("@crucible.batched max_batch_size", max_batch_size, 1, 1000)
     check_int("@crucible.batched wait_ms", wait_ms, 0, 10_000)
 
