@@ -398,6 +398,11 @@ _BY_CODE: dict[str, type[Error]] = {
 }
 
 
+def is_error_code(code: str) -> bool:
+    """Whether ``code`` is one of Crucible's stable error codes."""
+    return code in _BY_CODE
+
+
 def error_from_wire(code: str, message: str) -> Error:
     """The exception for a wire error code; an unknown code becomes a plain :class:`Error`."""
     cls = _BY_CODE.get(code, Error)

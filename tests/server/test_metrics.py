@@ -50,3 +50,26 @@ def test_log_lines_are_capped_per_container() -> None:
     assert len(first.lines) == 6 and "reached its 5 stored log lines" in first.lines[5].line
     assert within_cap(batch, counts, "ct-1", 5).lines == []  # nothing more, ever
     assert len(within_cap(batch, counts, "ct-2", 5).lines) == 6  # per container
+
+
+def test_a_worker_cannot_write_series_of_its_own(server: ServerUnderTest) -> None:
+    """A tenant's function reports its outputs itself: an error code of its choosing became
+    a series (12,000 of them, kept forever), and one holding a quote and a line feed wrote
+    whole samples (a second crucible_hosts{state="ready"})."""
+    admin = server.tenant("ops", Scope.ADMIN).token
+    forged = 'x"} 1\ncrucible_hosts{state="ready"} 424242\n# evil'
+    for i in range(50):
+        server.state.metrics.finished("failed", 10.0**12, f"code{i:05d}")
+    server.state.metrics.finished("failed", 1.0, forged)
+    text = server.request("GET", "/metrics", token=admin).text
+    assert _value(text, 'crucible_call_errors_total{code="other"}') == 51
+    assert "424242" not in text and "code00001" not in text
+    assert _value(text, 'crucible_call_exec_seconds_bucket{le="+Inf"}') == 51
+    assert _value(text, "crucible_call_exec_seconds_sum{}") <= 51 * 7 * 86_400
+    assert [ln for ln in text.splitlines() if ln.startswith("crucible_hosts{")] == []
+
+
+def test_label_values_are_escaped() -> None:
+    from crucible.server.metrics import _label_value
+
+    assert _label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'

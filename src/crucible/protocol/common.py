@@ -205,7 +205,7 @@ class Payload(Wire):
 class ErrorInfo(Wire):
     """Why a call failed. ``code`` is an error code from :mod:`crucible.errors`."""
 
-    code: str
+    code: str = Field(max_length=64)
     message: str
     exc_type: str | None = None
     traceback: str | None = None

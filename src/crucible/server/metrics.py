@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Connection, func, select
 
+from crucible.errors import is_error_code
 from crucible.server.store.tables import calls, containers, hosts
 
 __all__ = ["Metrics"]
@@ -20,6 +21,13 @@ __all__ = ["Metrics"]
 # Seconds: from sub-millisecond no-ops to hour-long jobs.
 EXEC_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600)
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_MAX_EXEC_S = 7 * 86_400.0
+
+
+def _label_value(value: str) -> str:
+    """A label value as the exposition format writes it: backslash, quote and line feed
+    escaped (one that held them could end its sample and write others)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class _Histogram:
@@ -59,11 +67,15 @@ class Metrics:
             self.calls_accepted += n
 
     def finished(self, status: str, exec_s: float, error_code: str | None) -> None:
+        """An attempt's output as its worker reported it. A worker runs a tenant's code, so
+        what it reports is bounded here: an error code is one of Crucible's or ``other`` (a
+        code of its choosing became a series of its own, forever), a run time at most a week."""
         with self._lock:
             self.outputs[status] = self.outputs.get(status, 0) + 1
-            self.exec_seconds.observe(exec_s)
+            self.exec_seconds.observe(min(max(exec_s, 0.0), _MAX_EXEC_S))
             if error_code:
-                self.errors[error_code] = self.errors.get(error_code, 0) + 1
+                code = error_code if is_error_code(error_code) else "other"
+                self.errors[code] = self.errors.get(code, 0) + 1
 
     def cold_start(self, seconds: float) -> None:
         with self._lock:
@@ -97,7 +109,7 @@ class Metrics:
 
         def by_label(name: str, label: str, values: Mapping[str, int]) -> None:
             for key, n in sorted(values.items()):
-                out.append(f'{name}{{{label}="{key}"}} {n}')
+                out.append(f'{name}{{{label}="{_label_value(key)}"}} {n}')
 
         queued, live, host_states = gauges(conn)
         family("crucible_calls_in_flight", "gauge", "Calls queued or running, by state.")
