@@ -87,8 +87,8 @@ class Settings:
     secret: str = _opt(
         "",
         "CRUCIBLE_SECRET",
-        "Server secret that signs container tokens; every replica needs the same one. "
-        "Empty: generated once into $CRUCIBLE_HOME/secret.",
+        "Server secret that signs container tokens (at least 16 characters); every replica "
+        "needs the same one. Empty: generated once into $CRUCIBLE_HOME/secret.",
         secret=True,
     )
     secrets_keys: str = _opt(
@@ -624,7 +624,20 @@ def _parse(value: str, kind: Any, env: str) -> Any:
     if number < low or (high is not None and number > high):
         bound = f"at least {low}" if high is None else f"between {low} and {high}"
         raise SettingError(f"{env}={value!r}: must be {bound}")
+    most = _most(env)
+    if high is None and number > most:
+        # Finite but past what a clock in milliseconds or a store integer holds: a server
+        # started with it failed at start, or on every scheduler tick while healthy.
+        raise SettingError(f"{env}={value!r}: must be at most {most:g}")
     return number
+
+
+def _most(env: str) -> float:
+    """The largest value a number setting may take, by its unit."""
+    for suffix, most in (("_MS", 1e12), ("_S", 1e9), ("_HOURS", 1e7), ("_DAYS", 1e6)):
+        if env.endswith(suffix):
+            return most
+    return float(2**53)
 
 
 # Allowed ranges where "zero or more" is not enough; every other number must be >= 0.
@@ -663,6 +676,14 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         name = f.metadata["env"]
         if name in env:
             values[f.name] = _parse(env[name], f.type, name)
+    secret = env.get("CRUCIBLE_SECRET", "")
+    if 0 < len(secret) < 16:
+        # It signs every container token: a short one can be guessed.
+        raise SettingError(
+            f"CRUCIBLE_SECRET is {len(secret)} characters; it signs every container token and "
+            "must be at least 16: make one with `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`, or leave it unset to have one generated"
+        )
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
     if settings.leader_lease_s < 2 * settings.leader_renew_s:

@@ -217,7 +217,7 @@ def test_settings_never_print_a_secret(tmp_path: Path) -> None:
     """What an operator pastes into a ticket: secrets say only that they are set, and the
     store URL hides its password."""
     secrets = {
-        "CRUCIBLE_SECRET": "topsecretvalue",
+        "CRUCIBLE_SECRET": "topsecretvalue-long-enough",
         "CRUCIBLE_SECRETS_KEYS": "c2VjcmV0a2V5",
         "CRUCIBLE_S3_SECRET_ACCESS_KEY": "s3secretkey",
         "CRUCIBLE_DATABASE_URL": "postgresql://u:dbpassw0rd@h/db",

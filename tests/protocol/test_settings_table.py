@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def test_every_option_is_read_from_its_env_var() -> None:
         for f in SETTINGS_TABLE
     }
     environ["CRUCIBLE_LEADER_RENEW_S"] = "1.25"  # the lease (2.5) must be two renewals long
+    environ["CRUCIBLE_SECRET"] = "text" * 4  # at least 16 characters
     s = load_settings(environ=environ)
     for f in SETTINGS_TABLE:
         expected = {"str": "text", "int": 7, "float": 2.5, "bool": True}[str(f.type)]
@@ -55,6 +57,8 @@ def test_every_option_is_read_from_its_env_var() -> None:
             expected = 0.25
         if f.name == "leader_renew_s":
             expected = 1.25
+        if f.name == "secret":
+            expected = "text" * 4
         got = getattr(s, f.name)
         assert got == expected and type(got) is type(expected), f.name
 
@@ -150,3 +154,23 @@ def test_the_leader_lease_is_at_least_two_renewals() -> None:
     with pytest.raises(ValueError, match="CRUCIBLE_LEADER_LEASE_S=1 must be at least twice"):
         load_settings(environ={"CRUCIBLE_LEADER_LEASE_S": "1", "CRUCIBLE_LEADER_RENEW_S": "1"})
     assert load_settings(environ={"CRUCIBLE_LEADER_LEASE_S": "2"}).leader_renew_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "words"),
+    [
+        # Finite, and past what a clock in milliseconds or a store integer holds: the server
+        # failed at start, or every scheduler tick failed while /healthz said ok.
+        ("CRUCIBLE_LEADER_LEASE_S", "1e308", "must be at most 1e+09"),
+        ("CRUCIBLE_HOST_TIMEOUT_S", "1e15", "must be at most 1e+09"),
+        ("CRUCIBLE_RETENTION_CALLS_DAYS", "1e308", "must be at most 1e+06"),
+        ("CRUCIBLE_BLOB_GC_GRACE_HOURS", "1e12", "must be at most 1e+07"),
+        ("CRUCIBLE_RETENTION_BATCH_ROWS", "99999999999999999999999", "must be at most"),
+        ("CRUCIBLE_SECRET", "x", "must be at least 16"),
+    ],
+)
+def test_values_no_server_can_run_with_are_refused(env: str, value: str, words: str) -> None:
+    from crucible.errors import SettingError
+
+    with pytest.raises(SettingError, match=re.escape(words)):
+        load_settings(environ={env: value})
