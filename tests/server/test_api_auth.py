@@ -97,6 +97,20 @@ def test_revocation_by_another_replica_is_seen(make_server: MakeServer) -> None:
     assert r.status_code == 401
 
 
+def test_a_token_revoked_elsewhere_cannot_mint_another(make_server: MakeServer) -> None:
+    """A replica's token cache keeps a revoked token working there for a few seconds; in
+    that window it minted a new token, which outlived the revocation."""
+    one, two = make_server(), make_server()
+    alice = one.tenant("alice")
+    made = one.ok("POST", "/v1/tokens", token=alice.token, json={"name": "leaked"})
+    assert one.ok("GET", "/v1/accounts/me", token=made["token"])["id"]  # cached by `one`
+    assert two.request("DELETE", f"/v1/tokens/{made['id']}", token=alice.token).status_code == 204
+    r = one.request("POST", "/v1/tokens", token=made["token"], json={"name": "child"})
+    assert r.status_code == 401 and "revoked" in r.text, r.text
+    names = [t["name"] for t in one.ok("GET", "/v1/tokens", token=alice.token)]
+    assert "child" not in names
+
+
 def test_host_tokens_cannot_manage_apps_or_tokens(server: ServerUnderTest) -> None:
     alice = server.tenant("alice")
     host = server.tenant("alice", Scope.HOST)

@@ -115,6 +115,13 @@ def create_token(
         raise PermissionDeniedError("only an admin token can create admin tokens")
     if principal.scope not in (Scope.ADMIN, Scope.USER):
         raise PermissionDeniedError("host and container tokens cannot create tokens")
+    if (
+        principal.token_id is not None
+        and conn.execute(select(tokens.c.revoked).where(tokens.c.id == principal.token_id)).scalar()
+    ):
+        # Read from the store, not the token cache: a token revoked through another replica
+        # works there for a few seconds, and must not mint one that outlives the revocation.
+        raise AuthError("this token was revoked; use another (`crucible token list`)")
     if not principal.is_admin:
         live = conn.execute(
             select(func.count())
@@ -184,13 +191,16 @@ def list_all_tokens(conn: Connection, principal: Principal, limit: int = 500) ->
 
 
 def revoke_token(conn: Connection, state: ServerState, principal: Principal, token_id: str) -> None:
-    result = conn.execute(
-        update(tokens)
-        .where(tokens.c.id == token_id, tokens.c.account_id == principal.account_id)
-        .values(revoked=True)
-    )
-    if result.rowcount == 0:
+    was = conn.execute(
+        select(tokens.c.revoked).where(
+            tokens.c.id == token_id, tokens.c.account_id == principal.account_id
+        )
+    ).first()
+    if was is None:
         raise NotFoundError(f"token {token_id} not found")
+    if was.revoked:
+        return  # already: nothing changes, and nothing more goes to the audit log
+    conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
     audit.record(
         conn,
         principal,
