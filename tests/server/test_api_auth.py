@@ -179,6 +179,11 @@ def test_admin_creates_accounts_and_their_tokens(server: ServerUnderTest) -> Non
     # either): refused.
     r = server.request("POST", "/v1/accounts", token=admin.token, json={"name": carol["id"]})
     assert r.status_code == 400 and "starts account ids" in r.text, r.text
+    # A name is a path segment of the account's web URLs: "." and ".." were accepted, and a
+    # client folded /web/../svc/f/ into /svc/f/.
+    for name in (".", "..", "-x", "_"):
+        r = server.request("POST", "/v1/accounts", token=admin.token, json={"name": name})
+        assert r.status_code == 400 and error_code(r) == "invalid_request", (name, r.text)
 
 
 def test_an_account_is_named_by_id_or_name_and_others_are_not_told_apart(

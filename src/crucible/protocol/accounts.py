@@ -22,7 +22,9 @@ class Scope(StrEnum):
 
 
 class AccountCreate(Wire):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # It is a path segment of the account's web URLs (/web/NAME/...): it starts with a letter
+    # or a digit, so "." and ".." (which clients fold into the path) are not names.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class AccountInfo(Wire):
