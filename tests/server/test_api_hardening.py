@@ -180,6 +180,13 @@ def test_privileged_actions_are_audited_and_only_admins_read_them(
     assert rest["next_before"] is None
     r = server.request("GET", "/v1/audit?action=nope", token=admin.token)
     assert r.status_code == 400 and "credits.grant" in r.json()["error"]["message"]
+    # An account by its name, as every command that names one takes it (it gave an empty
+    # log, which reads as "nothing happened"); an unknown one is named as such.
+    by_id = server.ok("GET", f"/v1/audit?account={made['id']}", token=admin.token)["entries"]
+    by_name = server.ok("GET", "/v1/audit?account=carol", token=admin.token)["entries"]
+    assert by_name == by_id and by_id
+    r = server.request("GET", "/v1/audit?account=nobody", token=admin.token)
+    assert r.status_code == 404 and "no account 'nobody'" in r.text
 
     # Not for builders, hosts or anonymous callers.
     r = server.request("GET", "/v1/audit", token=server.tenant("carol").token)

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def audit(
         action: str = typer.Option(None, help="Only this action, e.g. credits.grant."),
-        account: str = typer.Option(None, help="Only actions on or by this account id."),
+        account: str = typer.Option(None, help="Only actions on or by this account (id or name)."),
         target: str = typer.Option(None, help="Only actions on this id (token, host ...)."),
         limit: int = typer.Option(50, help="Entries per page (1..1000)."),
         before: int = typer.Option(None, help="Entries older than this entry id (paging)."),
