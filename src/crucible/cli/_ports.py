@@ -5,11 +5,12 @@ does not say (another user's process, or not Linux)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from pathlib import Path
 
-from crucible.errors import Error
+from crucible.errors import Error, SettingError
 
 __all__ = ["describe_port_holder", "listening_pid", "port_free", "port_taken_error"]
 
@@ -17,11 +18,31 @@ _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on now: False when something holds the port;
+    a host that is not an address of this machine, or a port that needs privileges, is an
+    error naming that instead (both were reported as "port taken")."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
+        except socket.gaierror as exc:
+            raise SettingError(
+                f"cannot listen on {host!r}: {exc.strerror}. Give an address of this machine "
+                "(127.0.0.1 for this machine only, 0.0.0.0 for every interface) with --host or "
+                "CRUCIBLE_BIND_HOST"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise SettingError(
+                    f"cannot listen on {host}: it is not an address of this machine. Give one "
+                    "that is (127.0.0.1, 0.0.0.0 or an interface's) with --host or "
+                    "CRUCIBLE_BIND_HOST"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise SettingError(
+                    f"cannot listen on port {port}: {exc.strerror} (ports below 1024 need "
+                    "privileges); choose a port above 1023 with --port or CRUCIBLE_PORT"
+                ) from None
             return False
     return True
 
