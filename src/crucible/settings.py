@@ -29,8 +29,10 @@ def _opt(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
 
 
 def without_password(url: str) -> str:
-    """A store URL fit to print: its password, if any, as ``***``."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+    """A URL fit to print: a password in it, as ``user:password@`` or as a query parameter
+    (``?password=`` and the like, which libpq reads too), as ``***``."""
+    url = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+    return re.sub(r"([?&](?:password|passwd|pass|secret|token)=)[^&#]*", r"\1***", url, flags=re.I)
 
 
 def shown_value(f: Field[Any], value: Any) -> Any:
@@ -38,7 +40,7 @@ def shown_value(f: Field[Any], value: Any) -> Any:
     is set, a store URL without its password."""
     if f.metadata.get("secret"):
         return "(set)" if value else ""
-    if f.name == "database_url" and isinstance(value, str):
+    if isinstance(value, str) and "://" in value:  # any URL: the store's, a server's, sources
         return without_password(value)
     return value
 

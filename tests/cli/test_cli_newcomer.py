@@ -220,8 +220,10 @@ def test_settings_never_print_a_secret(tmp_path: Path) -> None:
         "CRUCIBLE_SECRET": "topsecretvalue-long-enough",
         "CRUCIBLE_SECRETS_KEYS": "c2VjcmV0a2V5",
         "CRUCIBLE_S3_SECRET_ACCESS_KEY": "s3secretkey",
-        "CRUCIBLE_DATABASE_URL": "postgresql://u:dbpassw0rd@h/db",
+        "CRUCIBLE_DATABASE_URL": "postgresql://u:dbpassw0rd@h/db?password=qs-passw0rd",
         "CRUCIBLE_TOKEN": "cru_mytoken",
+        # Any URL setting: a server's, a carbon source's.
+        "CRUCIBLE_SERVER_URL": "http://user:url-passw0rd@127.0.0.1:1",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
     env.update(secrets, CRUCIBLE_HOME=str(tmp_path / "home"), COLUMNS="250")
@@ -242,7 +244,7 @@ def test_settings_never_print_a_secret(tmp_path: Path) -> None:
         if line.startswith("CRUCIBLE_")
     }
     assert rows["CRUCIBLE_SECRET"] == rows["CRUCIBLE_TOKEN"] == "(set)"
-    assert rows["CRUCIBLE_DATABASE_URL"] == "postgresql://u:***@h/db"
+    assert rows["CRUCIBLE_DATABASE_URL"] == "postgresql://u:***@h/db?password=***"
 
 
 def test_sim_metric_names_are_not_folded(tmp_path: Path) -> None:
