@@ -7,7 +7,9 @@ chosen by a ``postgresql+psycopg://`` URL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,11 @@ def create_store_engine(url: str) -> Engine:
         on_disk = path not in ("", ":memory:")
         if on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # The store holds every tenant's calls, logs and the ledger: its owner's alone
+            # (it was world-readable). SQLite gives its WAL and shared-memory files the
+            # database file's mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # Connections are kept, never opened for one request and closed after it: a new
         # one runs the pragmas below and parses the whole schema at its first statement,
         # which under load (hundreds of agents' syncs a second, more at once than the pool
