@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crucible.errors import InvalidRequestError
+from crucible.sdk._serialization import note_main_module
 
 __all__ = ["CodeBundle", "bundle_for_module", "module_name_for"]
 
@@ -71,6 +72,8 @@ def module_name_for(module: types.ModuleType) -> tuple[str, Path, Path]:
     name = module.__name__
     if name == "__main__" or name.startswith("__"):
         name = ".".join([*parts, file.stem])
+        if module.__name__ == "__main__":
+            note_main_module(name)  # what comes back named so is the script's own
     return name, file, root
 
 

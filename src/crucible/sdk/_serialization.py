@@ -6,7 +6,10 @@ The control plane never unpickles: it stores these bytes and forwards them.
 from __future__ import annotations
 
 import inspect
+import io
 import os
+import pickle
+import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
@@ -125,8 +128,37 @@ def serialize_args(
     )
 
 
+# The names a script run as ``python app.py`` ships under (its file's module name): its
+# containers import it by that name, so the classes of a result or an exception come back
+# named ``app.X``. Unpickled here they are the script's own ``__main__`` classes, not a
+# second copy of the module (``except AppError`` did not catch, ``isinstance`` was False).
+_MAIN_NAMES: set[str] = set()
+
+
+def note_main_module(name: str) -> None:
+    """``__main__`` ships as module ``name`` (see :data:`_MAIN_NAMES`)."""
+    _MAIN_NAMES.add(name)
+
+
+class _MainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        main = sys.modules.get("__main__")
+        if module in _MAIN_NAMES and main is not None:
+            found: Any = main
+            try:
+                for part in name.split("."):
+                    found = getattr(found, part)
+            except AttributeError:
+                pass  # not the script's own: imported as the module it names
+            else:
+                return found
+        return super().find_class(module, name)
+
+
 def deserialize(data: bytes) -> Any:
-    return cloudpickle.loads(data)
+    if not _MAIN_NAMES:
+        return cloudpickle.loads(data)
+    return _MainUnpickler(io.BytesIO(data)).load()
 
 
 def deserialize_value(data: bytes, what: str, where: str) -> Any:
