@@ -230,6 +230,7 @@ def exception_from_error(info: ErrorInfo) -> BaseException:
     be rebuilt here (with the remote traceback as a note), else a crucible error."""
     if info.code != RemoteError.code:
         return error_from_wire(info.code, info.message)
+    message = info.message
     if info.exception is not None and info.exception.data is not None:
         try:
             exc = deserialize(info.exception.raw())
@@ -240,8 +241,17 @@ def exception_from_error(info: ErrorInfo) -> BaseException:
                 if info.traceback:
                     exc.add_note(f"\nRemote traceback:\n{info.traceback}")
                 return exc
-        except Exception:
-            pass
-    return RemoteError(
-        info.message, exc_type=info.exc_type or "", remote_traceback=info.traceback or ""
-    )
+        except Exception as failed:
+            # Say why it is not its own type (an __init__ that takes other arguments than
+            # the ones it hands to Exception, most often): `except MyError` catches nothing.
+            advice = (
+                "its class is not importable in this process"
+                if isinstance(failed, ImportError | AttributeError)
+                else "an exception whose __init__ takes other arguments must pass them all to "
+                "super().__init__(), or define __reduce__"
+            )
+            message += (
+                " (it arrives as crucible.RemoteError: the exception could not be rebuilt "
+                f"here, {type(failed).__name__}: {str(failed)[:200]}; {advice})"
+            )
+    return RemoteError(message, exc_type=info.exc_type or "", remote_traceback=info.traceback or "")
