@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import queue as stdlib_queue
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def test_dicts_and_queues_between_calls_and_clients(client_for: Callable[[str], 
     assert q.get(partition="p1", block=False) == {"a": 1}
     with pytest.raises(crucible.NotFoundError, match="create_if_missing"):
         crucible.Dict.from_name("never-made", client=builder)
+    # What cannot be stored is named, with what to do (it was Python's bare TypeError).
+    with pytest.raises(crucible.SerializationError, match="a value of Dict 'seen'") as bad:
+        seen["lock"] = threading.Lock()
+    assert "store plain data" in str(bad.value)
+    with pytest.raises(crucible.SerializationError, match="an item of Queue 'work'"):
+        q.put(threading.Lock())
 
 
 def test_a_deployed_schedule_calls_its_function_on_time(

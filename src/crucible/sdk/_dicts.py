@@ -17,7 +17,7 @@ import orjson
 from crucible.errors import InvalidRequestError
 from crucible.protocol.coordination import MAX_VALUE_B64, DictInfo, DictItems
 from crucible.sdk._client import Client
-from crucible.sdk._serialization import deserialize, serialize
+from crucible.sdk._serialization import STORED_ADVICE, deserialize, serialize_value
 
 __all__ = ["Dict", "decode_key", "encode_key"]
 
@@ -61,7 +61,7 @@ def encode_key(key: Any) -> bytes:
             raise InvalidRequestError(
                 f"a Dict key must be hashable, not {type(key).__name__}"
             ) from None
-        return serialize(key)
+        return serialize_value(key, "a Dict key", "key", STORED_ADVICE)
 
 
 def decode_key(raw: bytes) -> Any:
@@ -106,7 +106,7 @@ class Dict:
 
     # -- writing ----------------------------------------------------------------------------
     def _entry(self, key: Any, value: Any) -> dict[str, str]:
-        data = _b64(serialize(value))
+        data = _b64(serialize_value(value, f"a value of Dict {self.name!r}", advice=STORED_ADVICE))
         if len(data) > MAX_VALUE_B64:
             raise InvalidRequestError(
                 f"a Dict value of {len(data) * 3 // 4} bytes is too large (at most "

@@ -13,7 +13,7 @@ from typing import Any
 from crucible.errors import InvalidRequestError
 from crucible.protocol.coordination import MAX_VALUE_B64, QueueInfo, QueueItems
 from crucible.sdk._client import Client
-from crucible.sdk._serialization import deserialize, serialize
+from crucible.sdk._serialization import STORED_ADVICE, deserialize, serialize_value
 
 __all__ = ["Queue"]
 
@@ -62,7 +62,8 @@ class Queue:
     def put_many(self, values: Iterable[Any], *, partition: str | None = None) -> None:
         encoded = []
         for v in values:
-            data = base64.b64encode(serialize(v)).decode("ascii")
+            raw = serialize_value(v, f"an item of Queue {self.name!r}", advice=STORED_ADVICE)
+            data = base64.b64encode(raw).decode("ascii")
             if len(data) > MAX_VALUE_B64:
                 raise InvalidRequestError(
                     f"a Queue item of {len(data) * 3 // 4} bytes is too large (at most "

@@ -21,6 +21,7 @@ from crucible.errors import RemoteError, SerializationError, error_from_wire
 from crucible.protocol.common import ErrorInfo, Payload
 
 __all__ = [
+    "STORED_ADVICE",
     "deserialize",
     "deserialize_value",
     "error_info_from_exception",
@@ -34,6 +35,10 @@ __all__ = [
 _ARG_ADVICE = (
     "pass plain data (numbers, strings, lists, dicts, dataclasses, arrays) and create locks, "
     "connections, clients and open files inside the function instead"
+)
+STORED_ADVICE = (
+    "store plain data (numbers, strings, lists, dicts, dataclasses, arrays); locks, "
+    "connections, clients and open files cannot be shared between processes"
 )
 _RESULT_ADVICE = (
     "return plain data (numbers, strings, lists, dicts, dataclasses, arrays); locks, "
