@@ -20,6 +20,7 @@ from crucible.core.scheduling import (
     Plan,
     Policy,
     StopContainer,
+    desired_containers,
     plan,
     retry_delay_ms,
 )
@@ -578,6 +579,27 @@ def test_busy_or_wanted_containers_never_yield() -> None:
     minimum = replace(fn("fn-c", containers=(kept,)), min_containers=1)
     p = plan(NOW, [fn("fn-a", queued=1), working, minimum], [full_host(busy, kept)], POLICY)
     assert idle(p)
+
+
+def test_containers_kept_for_a_burst_that_ended_yield_to_others_work() -> None:
+    """A finished 20,000-input map: nothing queued or running, but its arrival rate decays
+    over tens of seconds and kept all of its containers wanted, and another tenant's single
+    call waited 45 s for a full host. Those beyond min_containers yield like idle ones."""
+    a = held("ct-a", last_active_ms=NOW - 2_000)
+    b = held("ct-b", last_active_ms=NOW - 1_000)
+    burst = replace(
+        fn("fn-b", containers=(a, b), avg_exec_ms=5.0, scaledown_window_ms=3_600_000),
+        arrivals_per_s=2_000.0,
+        start_ms=300.0,
+    )
+    assert desired_containers(burst, NOW, POLICY).containers >= 2  # still wanted
+    p = plan(NOW, [fn("fn-a", queued=1), burst], [full_host(a, b)], POLICY)
+    assert p.stop == [StopContainer("ct-a", "yield")]
+    # With work in flight, or min_containers asking for them, they keep their room.
+    busy = replace(burst, running=1, oldest_running_started_ms=NOW - 10)
+    assert idle(plan(NOW, [fn("fn-a", queued=1), busy], [full_host(a, b)], POLICY))
+    kept = replace(burst, min_containers=2)
+    assert idle(plan(NOW, [fn("fn-a", queued=1), kept], [full_host(a, b)], POLICY))
 
 
 def test_no_eviction_when_room_exists_or_when_turned_off() -> None:

@@ -542,6 +542,17 @@ def plan(
                 else:
                     idle.append(_Idle(c, fn.account_id))
             continue
+        if fn.queued == 0 and fn.running == 0 and fn.arrivals_per_s > 0:
+            # Kept only for a recent arrival rate, with nothing queued or running (a burst
+            # that ended: the rate decays over tens of seconds): idle containers beyond what
+            # min_containers and buffer_containers keep yield to others' queued work, as
+            # one idling out its window does (another tenant's call waited 45 s).
+            floor = desired_containers(replace(fn, arrivals_per_s=0.0), now_ms, policy)
+            spare = sorted(
+                (c for c in live if not c.busy and c.state == "running"),
+                key=lambda c: c.last_active_ms,
+            )[: max(0, len(live) - floor.containers)]
+            idle.extend(_Idle(c, fn.account_id) for c in spare)
         wanting.append((fn, want - len(live)))
 
     # Room held by containers stopped above is being freed.
