@@ -46,6 +46,11 @@ def test_class_misuse_is_refused_clearly(builder) -> None:
         app_classes.Counter(size=3)
     with pytest.raises(AttributeError, match=r"no @crucible\.method\(\) named 'reset'"):
         app_classes.Counter().reset  # noqa: B018
+    # A method called on the class itself says to make an instance first.
+    with pytest.raises(AttributeError, match=r"Counter\(\)\.bump\.remote"):
+        app_classes.Counter.bump  # noqa: B018
+    with pytest.raises(crucible.InvalidRequestError, match="call_id must be a call's id"):
+        crucible.FunctionCall.from_id("")
     with pytest.raises(crucible.Error, match="needs a running app"):
         app_classes.Counter().bump.remote()
     with pytest.raises(crucible.InvalidRequestError, match=r"Counter\.bump\.map\(\) needs"):

@@ -114,6 +114,16 @@ class Cls:
     def __repr__(self) -> str:
         return f"Cls({self.app.name}.{self.name})"
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the handle lacks: a method called on the class itself.
+        methods = self.__dict__.get("methods") or ()
+        if name in methods:
+            raise AttributeError(
+                f"{self.name}.{name} is a method of an instance: call it as "
+                f"{self.name}().{name}.remote(...) (or {self.name}(param=...).{name})"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __call__(self, *args: Any, **params: Any) -> ClsInstance:
         if args:
             raise InvalidRequestError(f"pass {self.name}'s parameters by name")

@@ -143,6 +143,12 @@ class FunctionCall(Generic[R]):
 
     @classmethod
     def from_id(cls, call_id: str, client: Client | None = None) -> FunctionCall[Any]:
+        """A handle on the call ``call_id`` (``ca-...``, as ``object_id`` and `crucible calls`
+        give it), to ``get()`` or ``cancel()`` it from another process."""
+        if not isinstance(call_id, str) or not call_id.strip():
+            raise InvalidRequestError(
+                f"FunctionCall.from_id(): call_id must be a call's id (ca-...), got {call_id!r}"
+            )
         return cls(client or Client.from_settings(), call_id)
 
 
