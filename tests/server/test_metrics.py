@@ -37,6 +37,7 @@ def test_metrics_need_an_admin_token_and_count_what_happens(server: ServerUnderT
     assert _value(text, 'crucible_call_exec_seconds_bucket{le="+Inf"}') == 1
     assert _value(text, "crucible_cold_starts_total") == 1
     assert _value(text, 'crucible_containers{state="running"}') == 0
+    assert _value(text, 'crucible_hosts{state="ready"}') == 0  # present with no host at all
 
 
 def test_log_lines_are_capped_per_container() -> None:
@@ -66,7 +67,9 @@ def test_a_worker_cannot_write_series_of_its_own(server: ServerUnderTest) -> Non
     assert "424242" not in text and "code00001" not in text
     assert _value(text, 'crucible_call_exec_seconds_bucket{le="+Inf"}') == 51
     assert _value(text, "crucible_call_exec_seconds_sum{}") <= 51 * 7 * 86_400
-    assert [ln for ln in text.splitlines() if ln.startswith("crucible_hosts{")] == []
+    assert [ln for ln in text.splitlines() if ln.startswith("crucible_hosts{")] == [
+        f'crucible_hosts{{state="{state}"}} 0' for state in ("lost", "offline", "ready")
+    ]
 
 
 def test_label_values_are_escaped() -> None:

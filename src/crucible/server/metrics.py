@@ -125,7 +125,13 @@ class Metrics:
             {s: live.get(s, 0) for s in ("pending", "starting", "running", "stopping")},
         )
         family("crucible_hosts", "gauge", "Registered hosts, by state.")
-        by_label("crucible_hosts", "state", host_states)
+        # Every state, with its zeros: an alert on crucible_hosts{state="ready"} == 0 fires
+        # on an exchange with no host at all.
+        by_label(
+            "crucible_hosts",
+            "state",
+            {**{s: 0 for s in ("ready", "offline", "lost")}, **host_states},
+        )
         with self._lock:
             family("crucible_calls_accepted_total", "counter", "Calls accepted by this server.")
             out.append(f"crucible_calls_accepted_total {self.calls_accepted}")
