@@ -46,3 +46,27 @@ def test_a_full_store_says_so(server: ServerUnderTest, monkeypatch: pytest.Monke
     r = server.request("POST", "/v1/apps", token=token, json={"name": "x"})
     assert r.status_code == 503 and error_code(r) == "store_unavailable"
     assert "disk is full" in r.json()["error"]["message"], r.text
+
+
+def test_an_outage_is_answered_without_reraising_into_the_http_servers_log(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered 503 and then re-raised to the HTTP server, which logged a whole traceback for
+    each: one per health check, every second, for the length of the outage."""
+    import asyncio
+
+    import httpx
+
+    def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    for engine in {server.state.engine, server.state.read_engine}:
+        monkeypatch.setattr(engine, "connect", down)
+        monkeypatch.setattr(engine, "begin", down)
+
+    async def check() -> int:
+        transport = httpx.ASGITransport(app=server.app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/healthz")).status_code
+
+    assert asyncio.run(check()) == 503  # raised out of the app before

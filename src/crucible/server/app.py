@@ -55,6 +55,7 @@ from crucible.server.api.openapi import install_openapi
 from crucible.server.api.ports_host import PortsHost
 from crucible.server.api.ports_origin import check_domain
 from crucible.server.api.responses import (
+    ANSWERED,
     error_response,
     response_for_exception,
     validation_message,
@@ -307,6 +308,9 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def on_other(request: Request, exc: Exception) -> JSONResponse:
         return shaped(request, response_for_exception(exc))
+
+    for answered in ANSWERED:  # answered, not re-raised into the HTTP server's log
+        app.add_exception_handler(answered, on_other)
 
     for module in (
         health,

@@ -54,8 +54,9 @@ async def builder(request: Request) -> Principal:
     principal = _principal(request)
     if principal.scope not in ("admin", "user"):
         raise PermissionDeniedError(
-            f"this route needs a user token, not a {principal.scope} token "
-            "(create one with `crucible token create`)"
+            f"this route needs a user token (an admin token for the operator's routes: "
+            f"accounts, credits, audit, metrics), not a {principal.scope} token (create one "
+            "with `crucible token create`)"
         )
     return principal
 

@@ -33,7 +33,14 @@ from crucible.errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["error_response", "model_response", "response_for_exception", "validation_message"]
+__all__ = [
+    "ANSWERED",
+    "STORE_DOWN",
+    "error_response",
+    "model_response",
+    "response_for_exception",
+    "validation_message",
+]
 
 log = logging.getLogger("crucible.server")
 
@@ -58,7 +65,12 @@ def error_response(err: Error) -> JSONResponse:
 
 # The store cannot be reached (restarting, failing over, out of connections): nothing the
 # client did, and a retry a moment later may well succeed.
-_STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+# Exceptions answered with a client error or a 503 (response_for_exception), not a 500: the
+# app handles them as it handles crucible errors. Left to the handler of ``Exception``,
+# Starlette re-raises after answering, and the HTTP server logged a whole traceback for each
+# (every health check during a store outage).
+ANSWERED = (*STORE_DOWN, ValidationError, DataError, OverflowError, ClientDisconnect)
 # ... except a store that is full (SQLite's words, PostgreSQL's): that waits for its operator.
 _FULL = re.compile(r"database or disk is full|No space left on device|DiskFull", re.IGNORECASE)
 
@@ -97,7 +109,7 @@ def response_for_exception(exc: Exception) -> JSONResponse:
         return error_response(
             InvalidRequestError("a number in the request is too large; integers go up to 2**53")
         )
-    if isinstance(exc, _STORE_DOWN):
+    if isinstance(exc, STORE_DOWN):
         first = str(exc).splitlines()[0][:200]
         if _FULL.search(first):
             # Not an outage that passes by itself: the operator must make room.
