@@ -698,6 +698,22 @@ def host_left(conn: Connection, host_id: str, now_ms: int, max_infra_requeues: i
     conn.execute(
         update(hosts).where(hosts.c.id == host_id, hosts.c.state == "ready").values(state="offline")
     )
+    return _end_containers_of(
+        conn, host_id, now_ms, "lost", f"host {host_id}'s agent stopped", max_infra_requeues
+    )
+
+
+def _end_containers_of(
+    conn: Connection,
+    host_id: str,
+    now_ms: int,
+    reason: str,
+    message: str,
+    max_infra_requeues: int,
+    stopped_ms: int | None = None,
+) -> list[str]:
+    """End every container of a host that is gone (its calls requeued), as of ``stopped_ms``
+    when that is earlier than now; wake-up keys."""
     keys: list[str] = []
     for c in conn.execute(
         select(containers.c.id).where(
@@ -709,10 +725,11 @@ def host_left(conn: Connection, host_id: str, now_ms: int, max_infra_requeues: i
             c.id,
             now_ms,
             exit_code=None,
-            reason="lost",
-            message=f"host {host_id}'s agent stopped",
+            reason=reason,
+            message=message,
             crashed=False,
             max_infra_requeues=max_infra_requeues,
+            stopped_ms=stopped_ms,
         )
     return keys
 
@@ -733,21 +750,14 @@ def mark_lost_hosts(
     keys: list[str] = []
     for host_id, last_seen_ms in lost:
         conn.execute(update(hosts).where(hosts.c.id == host_id).values(state="lost"))
-        for c in conn.execute(
-            select(containers.c.id).where(
-                containers.c.host_id == host_id, containers.c.state != "stopped"
-            )
-        ).all():
-            keys += end_container(
-                conn,
-                c.id,
-                now_ms,
-                exit_code=None,
-                reason="host_lost",
-                message=f"host {host_id} stopped heartbeating",
-                crashed=False,
-                max_infra_requeues=max_infra_requeues,
-                # Billed up to the last moment the host was known alive, not to now.
-                stopped_ms=last_seen_ms,
-            )
+        # Billed up to the last moment the host was known alive, not to now.
+        keys += _end_containers_of(
+            conn,
+            host_id,
+            now_ms,
+            "host_lost",
+            f"host {host_id} stopped heartbeating",
+            max_infra_requeues,
+            stopped_ms=last_seen_ms,
+        )
     return keys
