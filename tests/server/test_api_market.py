@@ -13,7 +13,7 @@ from crucible.protocol.accounts import Scope
 from crucible.server.billing.entries import check_ledger
 from crucible.server.store.tables import ledger_entries, ledger_postings
 
-from server_testlib import ServerUnderTest, error_code
+from server_testlib import MakeServer, ServerUnderTest, error_code
 
 H100 = [
     {"index": i, "model": "H100", "memory_mib": 81920, "uuid": f"GPU-{i}", "fake": True}
@@ -161,6 +161,27 @@ def test_the_book_shows_asks_and_free_capacity(server: ServerUnderTest) -> None:
     assert book["asks"] == [{"price_micros": 2_000_000, "devices": 2}]
     assert book["interruptible_minimums"] == [{"price_micros": 800_000, "devices": 2}]
     assert server.request("GET", "/v1/market/book").status_code == 401
+
+
+def test_a_host_registered_through_another_replica_can_be_reserved_at_once(
+    make_server: MakeServer,
+) -> None:
+    """The market learns of hosts at its scheduler's ticks. A host that registered through
+    another replica is in the store before the leader's next tick: a reservation that finds
+    no host for it reads the hosts again rather than refusing what is there."""
+    leader, other = make_server(), make_server()
+    renter = leader.tenant("renter").token
+    q = leader.ok("POST", "/v1/market/quote", token=renter, json={"gpu": "2xH100"})
+    assert not q["available"]  # the leader's market has read the store: no host yet
+    host_id = other.register_host(other.tenant("hoster", Scope.HOST).token, "gpu-1", gpus=H100)
+    start = int(time.time() * 1000) + 600_000
+    r = leader.ok(
+        "POST",
+        "/v1/reservations",
+        token=renter,
+        json={"gpu": "2xH100", "start_ms": start, "hours": 1},
+    )
+    assert r["hosts"] == [host_id]
 
 
 def test_a_reservation_is_charged_up_front_and_the_ledger_balances(

@@ -212,6 +212,13 @@ def reserve(
         keys += carry_out_advance(conn, live.market.advance(now), now)
         decision = live.market.decide_reservation(rreq, now)
         if isinstance(decision, Refusal):
+            # The market learns of hosts at the scheduler's ticks: one that registered (or
+            # was priced) since, here or through another replica, is already in the store.
+            # A refusal is rare: read every host again before giving it.
+            live.sync(conn, now)
+            keys += carry_out_advance(conn, live.market.advance(now), now)
+            decision = live.market.decide_reservation(rreq, now)
+        if isinstance(decision, Refusal):
             raise MarketRefusedError(decision.message)
         assert isinstance(decision, ReservationGranted)
         r = decision.reservation
