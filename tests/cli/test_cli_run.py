@@ -35,6 +35,9 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
     try:
         out = _crucible(["run", "examples/hello.py"], env)
         assert out.split() == ["49", str(sum(x * x for x in range(10_000))), "144"]
+        # `crucible run` returned once the app's containers had stopped (and been billed).
+        apps = json.loads(_crucible(["apps", "--json"], env))
+        assert apps[0]["name"] == "hello" and apps[0]["containers"] == 0
         bill = json.loads(_crucible(["bill", "--json"], env))
         line = bill["lines"][0]
         assert line["app_name"] == "hello" and line["function_name"] == "square"

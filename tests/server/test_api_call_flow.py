@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 
+from sqlalchemy import update
+
 from crucible.protocol.accounts import Scope
+from crucible.server.store.tables import containers
 
 from server_testlib import ServerUnderTest, error_code
 
@@ -255,3 +258,22 @@ def test_the_servers_timeout_backstop_names_the_timeout(server: ServerUnderTest)
     shown = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
     assert shown["state"] == "timed_out", shown
     assert "timeout of 3 s" in shown["error"]["message"], shown["error"]
+
+
+def test_an_app_counts_its_containers_until_they_have_stopped(server: ServerUnderTest) -> None:
+    """`crucible run` waits on this count after stopping its app: a container told to stop
+    still runs (and is billed) until its agent reports it stopped."""
+    alice = server.tenant("alice")
+    host_id = server.register_host(server.tenant("alice", Scope.HOST).token)
+    app_id = server.new_app(alice.token)
+    fn = server.new_function(alice.token, app_id, server.put_blob(alice.token))
+    assert server.ok("GET", f"/v1/apps/{app_id}", token=alice.token)["containers"] == 0
+    cid, _ = server.place_container(fn, host_id)
+    assert server.ok("GET", f"/v1/apps/{app_id}", token=alice.token)["containers"] == 1
+    assert server.ok("POST", f"/v1/apps/{app_id}/stop", token=alice.token)["containers"] == 1
+    [listed] = server.ok("GET", "/v1/apps", token=alice.token)
+    assert listed["containers"] == 1
+    with server.state.engine.begin() as conn:
+        conn.execute(update(containers).where(containers.c.id == cid).values(state="stopped"))
+    assert server.ok("GET", f"/v1/apps/{app_id}", token=alice.token)["containers"] == 0
+    assert server.ok("GET", "/v1/apps", token=alice.token)[0]["containers"] == 0

@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -214,15 +215,43 @@ def register(app: typer.Typer) -> None:
         kwargs = _kwargs(entry, list(ctx.args))
         config = ensure_running(load_settings())
         client = Client(config.server_url, config.token)
+        app_id: str | None = None
         try:
             with _terminate_like_interrupt(), entry.app.run(client=client):
+                app_id = entry.app.app_id
                 result = entry(**kwargs)
+            _wait_stopped(client, app_id)
             if result is not None:
                 typer.echo(clean(result, lines=True))
         except (Error, KeyboardInterrupt):
             raise
         except Exception as exc:  # the entrypoint's own (or its remote calls') exception
+            _wait_stopped(client, app_id)
             _print_user_traceback(exc, Path(file).resolve())
             raise SystemExit(1) from None
         finally:
             client.close()
+
+
+# How long `crucible run` waits, once its app stopped, for the app's containers to stop.
+_STOPPING_S = 15.0
+
+
+def _wait_stopped(client: Client, app_id: str | None) -> None:
+    """Wait (a while) for the stopped app's containers to stop: their last seconds are
+    billed when they have, and a `crucible bill` run right after should count them."""
+    if app_id is None:
+        return
+    deadline = time.monotonic() + _STOPPING_S
+    try:
+        while (left := client.get_app(app_id).containers) > 0:
+            if time.monotonic() >= deadline:
+                typer.echo(
+                    f"{left} container(s) of the app are still stopping; `crucible bill` "
+                    "counts their time once they have stopped",
+                    err=True,
+                )
+                return
+            time.sleep(0.1)
+    except Error:
+        return  # the exchange went away: nothing to wait for

@@ -47,6 +47,9 @@ class AppInfo(Wire):
     created_ms: WireInt
     stopped_ms: WireInt | None = None
     functions: WireInt = 0
+    # Its containers not yet stopped (a stopped app's last ones may still be stopping:
+    # their time is billed once they are).
+    containers: WireInt = 0
 
 
 class CodeRef(Wire):

@@ -97,6 +97,9 @@ class Client:
     def stop_app(self, app_id: str) -> AppInfo:
         return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/stop"))
 
+    def get_app(self, app_id: str) -> AppInfo:
+        return AppInfo.model_validate(self.transport.get(f"/v1/apps/{app_id}"))
+
     def list_apps(self) -> list[AppInfo]:
         return [AppInfo.model_validate(a) for a in self.transport.get("/v1/apps")]
 

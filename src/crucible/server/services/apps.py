@@ -17,7 +17,7 @@ from crucible.server.services.calls import cancel_queued_calls_of_app
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.secrets import require_secrets
 from crucible.server.services.volumes import volume_row
-from crucible.server.store.tables import apps, deployments, functions, pods
+from crucible.server.store.tables import apps, containers, deployments, functions, pods
 
 __all__ = [
     "FunctionRow",
@@ -39,7 +39,7 @@ def _require_builder(principal: Principal) -> None:
         raise PermissionDeniedError(f"a {principal.scope} token cannot manage apps")
 
 
-def _app_info(row: Any, n_functions: int = 0) -> AppInfo:
+def _app_info(row: Any, n_functions: int = 0, n_containers: int = 0) -> AppInfo:
     return AppInfo(
         id=row.id,
         name=row.name,
@@ -48,6 +48,22 @@ def _app_info(row: Any, n_functions: int = 0) -> AppInfo:
         created_ms=row.created_ms,
         stopped_ms=row.stopped_ms,
         functions=n_functions,
+        containers=n_containers,
+    )
+
+
+def _live_containers(app_id: Any) -> Any:
+    """How many of the app's containers are not stopped (a scalar subquery)."""
+    return (
+        select(func.count())
+        .select_from(containers)
+        .where(
+            containers.c.function_id.in_(
+                select(functions.c.id).where(functions.c.app_id == app_id)
+            ),
+            containers.c.state != "stopped",
+        )
+        .scalar_subquery()
     )
 
 
@@ -81,10 +97,16 @@ def _app_row(conn: Connection, principal: Principal, app_id: str) -> Any:
 
 def get_app(conn: Connection, principal: Principal, app_id: str) -> AppInfo:
     row = _app_row(conn, principal, app_id)
-    n = conn.execute(
-        select(func.count()).select_from(functions).where(functions.c.app_id == app_id)
-    ).scalar_one()
-    return _app_info(row, n)
+    n, live = conn.execute(
+        select(
+            select(func.count())
+            .select_from(functions)
+            .where(functions.c.app_id == app_id)
+            .scalar_subquery(),
+            _live_containers(app_id),
+        )
+    ).one()
+    return _app_info(row, n, live)
 
 
 def list_apps(
@@ -95,14 +117,14 @@ def list_apps(
         select(functions.c.app_id, func.count().label("n")).group_by(functions.c.app_id).subquery()
     )
     query = (
-        select(apps, counts.c.n)
+        select(apps, counts.c.n, _live_containers(apps.c.id).label("live"))
         .outerjoin(counts, counts.c.app_id == apps.c.id)
         .where(apps.c.account_id == principal.account_id, apps.c.id.not_in(select(pods.c.app_id)))
     )
     if name is not None:
         query = query.where(apps.c.name == name)
     rows = conn.execute(query.order_by(apps.c.id.desc()).limit(limit))
-    return [_app_info(r, r.n or 0) for r in rows]
+    return [_app_info(r, r.n or 0, r.live or 0) for r in rows]
 
 
 def stop_app(conn: Connection, principal: Principal, app_id: str, now_ms: int) -> AppInfo:
