@@ -128,3 +128,27 @@ def test_code_asking_for_network_needs_a_host_that_filters_egress_unless_it_owns
     assert not p.start
     [u] = p.unschedulable
     assert "no host that filters network egress" in u.message
+
+
+def test_cpu_work_keeps_to_its_region_and_off_draining_hosts() -> None:
+    """The market holds GPU work to a region and off draining hosts; CPU-only work is held
+    to the same in the core (it used to land anywhere)."""
+    eu = dataclasses.replace(host("eu-box", "acct-c", isolated=True, cpu=2.0), region="eu")
+    us = dataclasses.replace(host("us-box", "acct-c", isolated=True, cpu=64.0), region="us")
+    in_eu = dataclasses.replace(demand("acct-b"), region="eu")
+    assert may_run(eu, in_eu) and not may_run(us, in_eu)
+    p = plan(NOW, [in_eu], [eu, us], POLICY)
+    assert [s.host_id for s in p.start] == ["eu-box"]  # not the roomier us-box
+    # Anywhere else only: refused with the regions that have room, once the grace is past.
+    in_asia = dataclasses.replace(demand("acct-b"), region="asia")
+    p = plan(NOW, [in_asia], [eu, us], POLICY)
+    [u] = p.unschedulable
+    assert u.message.startswith("no host in region=asia can run this function")
+    assert "the hosts big enough are in eu, us" in u.message
+    # A draining host takes no new container: the work goes elsewhere, or waits.
+    draining = dataclasses.replace(eu, draining=True)
+    p = plan(NOW, [demand("acct-b")], [draining, us], POLICY)
+    assert [s.host_id for s in p.start] == ["us-box"]
+    p = plan(NOW, [in_eu], [draining, us], POLICY)
+    assert p.start == [] and p.unschedulable == []
+    assert "1 host(s) that could are draining" in p.waiting["fn-acct-b"]

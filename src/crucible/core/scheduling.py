@@ -92,6 +92,9 @@ class HostCapacity:
     isolated: bool = True
     verified: bool = False
     egress: bool = True  # it filters sandboxes' network egress (IsolationReport.egress_filter)
+    region: str = "local"
+    # Its owner is draining it: it takes no new container (those it runs finish).
+    draining: bool = False
 
     def free_gpus(self, model: str) -> list[int]:
         return [i for i, m in self.gpus if m == model and i not in self.used_gpus]
@@ -149,6 +152,9 @@ class FunctionDemand:
     # The host that holds a pod's disk from an earlier run: placed there when it has the
     # room (and may run it), so a restarted pod finds its files.
     home_host: str | None = None
+    # Only hosts of this region (MarketTerms.region; None: any). GPU work is held to it by
+    # the market, the rest by may_run.
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,13 +284,14 @@ def _fits(host: HostCapacity, fn: FunctionDemand, choice: GpuChoice | None, *, n
 
 def may_run(host: HostCapacity, fn: FunctionDemand) -> bool:
     """Whether ``fn``'s code may run on ``host`` at all: strangers' code only where the host
-    isolates fully (and filters egress, when it asks for network), and only on verified hosts
-    when the function asks for them."""
+    isolates fully (and filters egress, when it asks for network), only on verified hosts
+    when the function asks for them, and only in the region it asks for."""
     own = host.owner == fn.account_id
     return (
         (host.isolated or own)
         and (host.egress or own or not fn.network)
         and (host.verified or not fn.verified)
+        and (fn.region is None or host.region == fn.region)
     )
 
 
@@ -320,6 +327,8 @@ def _describe_request(fn: FunctionDemand) -> str:
         parts.append("gpu=" + " or ".join(f"{g.model}:{g.count}" for g in fn.gpus))
     if fn.disk_mib:
         parts.append(f"disk={gib_text(fn.disk_mib)}")
+    if fn.region is not None:
+        parts.append(f"region={fn.region}")
     return ", ".join(parts)
 
 
@@ -464,6 +473,14 @@ def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
             f"{_describe_largest(known, disk=fn.disk_mib > 0)}. "
             f"Lower the request, {_another_gpu(fn)}, or add a host that has it."
         )
+    if fn.region is not None and not any(h.region == fn.region for h in sized):
+        where = sorted({h.region for h in sized})
+        return (
+            f"no host in region={fn.region} can run this {fn.noun} ({request}): the hosts big "
+            f"enough are in {', '.join(where)}. Widen the region, or add a host in "
+            f"{fn.region}."
+        )
+    sized = [h for h in sized if fn.region is None or h.region == fn.region]
     if not any(h.isolated or h.owner == fn.account_id for h in sized):
         return (
             f"no fully isolated host can run this {fn.noun} ({request}): the hosts big enough "
@@ -564,7 +581,7 @@ def plan(
 
     wanting.sort(key=lambda w: w[0].id not in promised)  # stable: otherwise oldest work first
     index = HostIndex(hosts)  # its views are built on first use
-    barred_for: dict[tuple[str, bool, bool, int], frozenset[str]] = {}
+    barred_for: dict[tuple[str, bool, bool, int, str | None], frozenset[str]] = {}
     for fn, missing in wanting:
         if missing <= 0 or now_ms < fn.start_not_before_ms:
             continue
@@ -579,28 +596,38 @@ def plan(
                 result.waiting[fn.id] = _never_reason(fn, known)
             continue
         if fn.queued and not any(
-            may_run(h, fn) and _fits(h, fn, ch, now=False) for h in hosts for ch in _choices(fn)
+            not h.draining and may_run(h, fn) and _fits(h, fn, ch, now=False)
+            for h in hosts
+            for ch in _choices(fn)
         ):
-            lost = sum(
-                1
+            could = [
+                h
                 for h in known
-                if h.id not in by_host
-                and may_run(h, fn)
-                and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
-            )
+                if may_run(h, fn) and any(_fits(h, fn, ch, now=False) for ch in _choices(fn))
+            ]
+            lost = sum(1 for h in could if h.id not in by_host)
+            draining = sum(1 for h in could if h.id in by_host and h.draining)
             result.waiting[fn.id] = (
                 f"no live host can run this {fn.noun} ({_describe_request(fn)}): "
                 f"{lost} host(s) that could have stopped answering (their agents are down "
                 "or unreachable). The calls wait for one to come back; check `crucible hosts`."
+                if lost or not draining
+                else f"no host that can run this {fn.noun} ({_describe_request(fn)}) takes new "
+                f"work: {draining} host(s) that could are draining (their owners are taking them "
+                "out of service). The calls wait for another host; check `crucible hosts`."
             )
+            continue  # nothing live may run it: no placement (nor market refusal) to try
         by_market = gpu_placer is not None and bool(fn.gpus)
         barred: Collection[str] = ()
         if not by_market:
             # Hosts fn may not run on (may_run and the disk depend only on these fields).
-            who = (fn.account_id, fn.verified, fn.network, fn.disk_mib)
+            # A draining host takes no new container (the market holds GPU work to that).
+            who = (fn.account_id, fn.verified, fn.network, fn.disk_mib, fn.region)
             if who not in barred_for:
                 barred_for[who] = frozenset(
-                    h.id for h in hosts if not may_run(h, fn) or disk_short(h, fn.disk_mib)
+                    h.id
+                    for h in hosts
+                    if h.draining or not may_run(h, fn) or disk_short(h, fn.disk_mib)
                 )
             barred = barred_for[who]
         for n in range(missing):

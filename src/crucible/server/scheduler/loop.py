@@ -882,6 +882,7 @@ class SchedulerLoop:
                     start_ms=self.state.observations.start_stats.get(r.id, 0.0),
                     account_id=r.account_id,
                     verified=terms[r.id].verified,
+                    region=terms[r.id].region,
                     network=bool(spec.network),
                     noun="pod" if parsed.pod else "function",
                     home_host=homes.get(r.id),
@@ -927,6 +928,8 @@ class SchedulerLoop:
                 owner=h.row.account_id,
                 isolated=bool(h.row.isolated),
                 verified=bool(h.row.verified),
+                region=h.row.region,
+                draining=bool(h.row.draining),
                 egress=h.egress,
             )
             f = freeing.get(h.row.id)
