@@ -48,8 +48,26 @@ def test_a_server_with_other_settings_is_refused(
         others_alive(conn, "replica-a", "", _now(), LEASE_MS, check)
     _refuse_other_settings(engine, running)  # the same settings: fine
     newcomer = load_settings(home=str(tmp_path / "b"), database_url=postgres_url, secret="two")
-    with pytest.raises(SettingError, match=r"replica-a\) have another CRUCIBLE_SECRET"):
+    with pytest.raises(
+        SettingError, match=r"\(replica-a, starting-\w+\) have another CRUCIBLE_SECRET"
+    ):
         _refuse_other_settings(engine, newcomer)
+    engine.dispose()
+
+
+def test_two_servers_checking_in_at_once_with_other_settings_are_not_both_let_through(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Neither has a replica row of its own yet (each is between its check and its
+    elector's first claim): the first one let through leaves a row the second one finds."""
+    engine = create_engine(postgres_url)
+    migrate(engine)
+    first = load_settings(home=str(tmp_path / "a"), database_url=postgres_url, secret="one")
+    second = load_settings(home=str(tmp_path / "b"), database_url=postgres_url, secret="two")
+    _refuse_other_settings(engine, first)
+    with pytest.raises(SettingError, match="have another CRUCIBLE_SECRET"):
+        _refuse_other_settings(engine, second)
+    _refuse_other_settings(engine, first)  # one more replica like the first: fine
     engine.dispose()
 
 

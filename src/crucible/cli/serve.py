@@ -132,7 +132,7 @@ def _refuse_other_settings(engine: Any, settings: Settings) -> None:
     container tokens the others refuse: it is not started (SettingError)."""
     import time
 
-    from crucible.server.leadership import differing_replicas, settings_check
+    from crucible.server.leadership import check_in, settings_check
     from crucible.server.secretbox import load_secret_box
     from crucible.server.state import load_or_create_secret
 
@@ -140,8 +140,8 @@ def _refuse_other_settings(engine: Any, settings: Settings) -> None:
         return  # one server per SQLite store
     check = settings_check(load_or_create_secret(settings), load_secret_box(settings).current)
     now = time.time_ns() // 1_000_000
-    with engine.connect() as conn:
-        differing = differing_replicas(conn, "", check, now, round(settings.leader_lease_s * 1000))
+    with engine.begin() as conn:
+        differing = check_in(conn, check, now, round(settings.leader_lease_s * 1000))
     if differing:
         raise SettingError(
             f"the replicas running on this store ({', '.join(differing)}) have another "

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from crucible.server.store.tables import leadership, replicas
@@ -36,6 +36,7 @@ __all__ = [
     "SCHEDULER",
     "Deposed",
     "Elector",
+    "check_in",
     "claim",
     "fence",
     "leader_url",
@@ -45,6 +46,8 @@ __all__ = [
 
 # A replica's row not renewed for this long is forgotten (it is long dead).
 _FORGET_MS = 3_600_000
+# Held by a server while it checks its settings against the running replicas'.
+_STARTING_LOCK = 0x6372_7563_7374_7274  # "crucstrt"
 
 log = logging.getLogger("crucible.leadership")
 
@@ -153,6 +156,24 @@ def differing_replicas(
             )
         ).scalars()
     )
+
+
+def check_in(conn: Connection, check: str, now_ms: int, lease_ms: int) -> list[str]:
+    """A server about to start: the live replicas whose settings check is not ``check``
+    (it must not start if there are any). Servers check in one at a time (an advisory lock
+    on PostgreSQL), and one let through leaves a row the next one finds until its elector's
+    own row takes over: two servers started at once with different settings would otherwise
+    each find no other replica, and both run."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _STARTING_LOCK})
+    differing = differing_replicas(conn, "", check, now_ms, lease_ms)
+    if not differing:
+        conn.execute(
+            insert(replicas).values(
+                id=f"starting-{uuid.uuid4().hex[:12]}", url="", seen_ms=now_ms, settings_check=check
+            )
+        )
+    return differing
 
 
 def others_alive(
