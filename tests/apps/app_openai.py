@@ -71,6 +71,13 @@ def serve():  # type: ignore[no-untyped-def]
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
         if prompt == "boom":
             raise RuntimeError("the engine broke")  # a 500 from the engine
+        if prompt == "never json" and body.get("response_format"):
+            # As Crucible's engine when no attempt validates: a 422 that says what it spent.
+            failed = error(
+                422, "the model's output is not JSON after 3 attempts", "response_format"
+            )
+            spent = {"prompt_tokens": 2, "completion_tokens": 6, "total_tokens": 8}
+            return JSONResponse({**orjson.loads(failed.body), "usage": spent}, status_code=422)
         out, n_in = answer(body, prompt, chat=True)
         return _reply(body, out, n_in, chat=True)
 

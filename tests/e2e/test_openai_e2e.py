@@ -253,17 +253,22 @@ def _billing(exchange: Exchange, owner: Any) -> None:
     r = post("embeddings", {"input": "e f", "stream": True})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2, r.text
     expected += 2 * 1
+    # An engine's refusal that says what it spent (response_format's attempts) is charged.
+    user = [{"role": "user", "content": "never json"}]
+    r = post("chat/completions", {"messages": user, "response_format": {"type": "json_object"}})
+    assert r.status_code == 422 and r.json()["usage"]["completion_tokens"] == 6, r.text
+    expected += 2 * 1 + 6 * 2
 
     buyer = exchange.client(buyer_token)
     try:
-        wait_for(lambda: buyer.get("/v1/bill")["tokens"][0]["requests"] == 9, 30, "the charge")
+        wait_for(lambda: buyer.get("/v1/bill")["tokens"][0]["requests"] == 10, 30, "the charge")
         tokens = buyer.get("/v1/bill")["tokens"]
         assert tokens == [
             {
                 "model": label,
-                "requests": 9,
-                "input_tokens": 3 + 2 + 1 + 2 + 5 + 4 + 3 + 3 + 2,
-                "output_tokens": 3 + 2 + 1 + 3 + 5 + 4 + 3 + 3,
+                "requests": 10,
+                "input_tokens": 3 + 2 + 1 + 2 + 5 + 4 + 3 + 3 + 2 + 2,
+                "output_tokens": 3 + 2 + 1 + 3 + 5 + 4 + 3 + 3 + 6,
                 "cost_micros": expected,
                 "earned_micros": 0,
             }
@@ -292,7 +297,7 @@ def _billing(exchange: Exchange, owner: Any) -> None:
     usage = owner.get("/v1/models/echo/usage")
     assert usage["cost_micros"] == expected
     by_caller = {(u["caller"], u["adapter"]): u for u in usage["lines"]}
-    assert by_caller[("buyer", "")]["requests"] == 8
+    assert by_caller[("buyer", "")]["requests"] == 9
     assert by_caller[("buyer", "sql")]["output_tokens"] == 3
     assert by_caller[(owner_name, "")]["cost_micros"] == 0  # the owner's own calls: no charge
 

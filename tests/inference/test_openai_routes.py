@@ -263,6 +263,9 @@ def test_json_output_the_random_model_cannot_produce_is_422(client: TestClient) 
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "json_output_failed"
     assert "3 attempts" in r.json()["error"]["message"]
+    # The three generations were made: what they spent is reported, to be charged.
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] > 0 and 3 <= usage["completion_tokens"] <= 3 * 6
 
 
 class ScriptedEngine(Engine):

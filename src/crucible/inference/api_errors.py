@@ -30,6 +30,7 @@ class OpenAIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        usage: dict[str, int] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,9 +38,11 @@ class OpenAIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        # The tokens the engine spent before it failed (charged like an answer's usage).
+        self.usage = usage
 
     def body(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "error": {
                 "message": self.message,
                 "type": self.type,
@@ -47,6 +50,9 @@ class OpenAIError(Exception):
                 "code": self.code,
             }
         }
+        if self.usage is not None:
+            out["usage"] = self.usage
+        return out
 
 
 def bad_request(

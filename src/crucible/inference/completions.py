@@ -196,6 +196,7 @@ async def _json_choice(
     assert body.response_format is not None
     schema = schema_of(body.response_format)
     problem = ""
+    spent = 0  # output tokens generated over the attempts
     for attempt in range(state.config.json_attempts):
         params = _params(prep.max_tokens, body, index, body.logprobs, prep.top)
         if attempt:
@@ -214,6 +215,9 @@ async def _json_choice(
         problem = json_problem("".join(d.text for d in deltas), schema) or ""
         if not problem:
             return deltas
+        spent += deltas[-1].completion_tokens if deltas else 0
+    # The attempts were generated: their tokens are charged (the exchange bounds the charge
+    # by the request's limits, so by one answer's worth at most).
     raise OpenAIError(
         422,
         f"the model's output is {problem} after "
@@ -221,6 +225,7 @@ async def _json_choice(
         "enforced by validate-and-retry)",
         param="response_format",
         code="json_output_failed",
+        usage=_usage(len(prep.prompt), spent),
     )
 
 

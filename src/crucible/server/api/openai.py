@@ -284,10 +284,7 @@ async def _run(
         return _no_answer(answer), False  # cut short: what came is not the whole answer
     media = dict(answer.headers).get("content-type", "application/json")
     if answer.status == 200:
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            parsed = None
+        parsed = _json_or_none(data)
         usage = _usage(parsed)
         if usage is not None:
             _record(state, metered, usage, answer.call_id)
@@ -302,7 +299,11 @@ async def _run(
             f"sees why with `crucible logs` and `crucible call {answer.call_id}`",
             "engine_error",
         ), False
-    elif not _openai_shaped(data):
+    elif (usage := _usage(_json_or_none(data))) is not None:
+        # A refusal that says what it spent (Crucible's engine after response_format's
+        # attempts): the tokens were generated, so they are charged.
+        _record(state, metered, usage, answer.call_id)
+    if answer.status != 200 and not _openai_shaped(data):
         # An engine's own refusal in another shape (a framework's 422, plain text): the
         # same status class in OpenAI's shape, so that its clients read the message.
         status = 400 if answer.status == 422 else answer.status
@@ -315,11 +316,15 @@ async def _run(
     ), False
 
 
-def _openai_shaped(data: bytes) -> bool:
+def _json_or_none(data: bytes) -> Any:
     try:
-        body = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return False
+        return None
+
+
+def _openai_shaped(data: bytes) -> bool:
+    body = _json_or_none(data)
     return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
