@@ -49,6 +49,11 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert [a["app_name"] for a in ranked] == ["hello"]
         assert ranked[0]["energy_mwh"] == line["energy_mwh"]
         assert "kWh" in _crucible(["bill"], env)
+        # Over a period: the last hour holds it all; before 2000, nothing.
+        hour = json.loads(_crucible(["bill", "--since", "1h", "--json"], env))
+        assert hour["lines"] == bill["lines"] and hour["since_ms"] is not None
+        past = _crucible(["bill", "--until", "2000-01-01"], env)
+        assert "Total: $0.000000" in past and "Period: the start to 2000-01-01 00:00:00" in past
         hosts = json.loads(_crucible(["hosts", "--json"], env))
         assert hosts[0]["state"] == "ready"
         calls = json.loads(_crucible(["calls", "--json", "--limit", "3"], env))

@@ -4,10 +4,10 @@ market [quote|hosts]`, `crucible reserve`, `crucible reservations`, `crucible cr
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import typer
 
@@ -24,6 +24,7 @@ from crucible.cli._output import (
     shown,
     table,
 )
+from crucible.cli._when import SINCE, UNTIL, period_query, when_ms
 from crucible.cli.resources import (
     JSON,
     MAX_CARBON,
@@ -65,17 +66,7 @@ def _tier(tier: str) -> str:
 
 
 def _start_ms(text: str) -> int:
-    if text == "now":
-        return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequestError(
-            f"--start {text!r}: use 'now' or an ISO time such as 2026-12-01T09:00Z"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+    return when_ms("--start", text)
 
 
 def _print_host(h: HostMarketInfo) -> None:
@@ -518,12 +509,17 @@ def register(app: typer.Typer) -> None:
             None, "--app", help="Only this app (an app id, short id or name)."
         ),
         as_csv: bool = typer.Option(False, "--csv", help="CSV on standard output."),
+        since: str = SINCE,
+        until: str = UNTIL,
     ) -> None:
         """Your statement: ledger entries, charges per app, or cost per call (carried across
-        retries and preemptions)."""
+        retries and preemptions); --since/--until keep a period (entries by when they were
+        posted, calls by when they were submitted)."""
+        query: dict[str, str | int] = {"kind": kind, **period_query(since, until)}
         client = _client()
-        app_id = resolve_app(client, app_id) if app_id else app_id
-        path = f"/v1/statement?kind={kind}" + (f"&app_id={app_id}" if app_id else "")
+        if app_id:
+            query["app_id"] = resolve_app(client, app_id)
+        path = f"/v1/statement?{urlencode(query)}"
         if as_csv:
             status, data = client.transport.request_raw("GET", path + "&format=csv")
             if status >= 300:

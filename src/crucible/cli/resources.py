@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 import typer
@@ -23,6 +23,7 @@ from crucible.cli._output import (
     shown,
     table,
 )
+from crucible.cli._when import SINCE, UNTIL, period_query
 from crucible.errors import NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallAttempt, CallTimeline
@@ -381,13 +382,19 @@ def register(app: typer.Typer) -> None:
             "function", "--by", help="function (the default), or carbon: apps by emissions."
         ),
         as_json: bool = JSON,
+        since: str = SINCE,
+        until: str = UNTIL,
     ) -> None:
         """What your apps cost: container time metered to the millisecond, with the energy it
-        drew and the CO2 it emitted (* marks estimates where the host could not measure)."""
+        drew and the CO2 it emitted (* marks estimates where the host could not measure);
+        --since/--until keep a period (model tokens count by whole UTC days)."""
         if by not in ("function", "carbon"):
             raise typer.BadParameter(f"--by is 'function' or 'carbon', not {by!r}")
+        query: dict[str, str | int] = dict(period_query(since, until))
         client = _client()
-        path = "/v1/bill" + (f"?app_id={resolve_app(client, app_id)}" if app_id else "")
+        if app_id:
+            query["app_id"] = resolve_app(client, app_id)
+        path = "/v1/bill" + (f"?{urlencode(query)}" if query else "")
         report = BillReport.model_validate(client.get(path))
         if by == "carbon":
             _bill_by_carbon(report, as_json)
@@ -462,6 +469,10 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"{total}, {fmt_kwh(report.total_energy_mwh)}, {fmt_co2(report.total_carbon_mg)}"
         )
+        if report.since_ms is not None or report.until_ms is not None:
+            start = "the start" if report.since_ms is None else fmt_time(report.since_ms)
+            end = "now" if report.until_ms is None else fmt_time(report.until_ms)
+            console.print(f"Period: {start} to {end} UTC")
 
     def _bill_by_carbon(report: BillReport, as_json: bool) -> None:
         ranked = _apps_by_carbon(report)

@@ -40,6 +40,9 @@ class TokenBillLine(Wire):
 
 class BillReport(Wire):
     account_id: str
+    # The period it covers (None: open at that end).
+    since_ms: WireInt | None = None
+    until_ms: WireInt | None = None
     lines: list[BillLine]
     total_micros: WireInt
     total_energy_mwh: WireInt = 0

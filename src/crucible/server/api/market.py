@@ -26,6 +26,7 @@ from crucible.protocol.market import (
 )
 from crucible.server.api.deps import Builder, State
 from crucible.server.billing import statements
+from crucible.server.billing.period import Period
 from crucible.server.forward import to_leader
 from crucible.server.services import offers, orders
 from crucible.server.services.accounts import own_account
@@ -150,11 +151,14 @@ def get_statement(
     kind: str = "entries",
     app_id: str | None = None,
     format: str = "json",
+    since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> Any:
     if format not in ("json", "csv"):
         raise InvalidRequestError(f"format must be json or csv, not {format[:40]!r}")
+    period = Period.of(since_ms, until_ms)
     with state.engine.connect() as conn:
-        lines = statements.statement(conn, who, kind, app_id)
+        lines = statements.statement(conn, who, kind, app_id, period)
     if format == "csv":
         return PlainTextResponse(statements.to_csv(lines), media_type="text/csv")
     return lines

@@ -30,6 +30,7 @@ from crucible.core.ledger import (
     credit_status,
     renter_account,
 )
+from crucible.server.billing.period import Period
 from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.tables import accounts, ledger_entries, ledger_postings
 
@@ -239,9 +240,12 @@ def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
     )
 
 
-def reservation_spend(conn: Connection, account_id: str) -> int:
-    """What the renter paid for reservations (their charges are keyed ``rs:``)."""
-    return _charged(conn, account_id, ledger_entries.c.key.like("rs:%"))
+def reservation_spend(conn: Connection, account_id: str, period: Period = Period()) -> int:
+    """What the renter paid for reservations (their charges are keyed ``rs:``), bought
+    within ``period``."""
+    return _charged(
+        conn, account_id, ledger_entries.c.key.like("rs:%"), *period.where(ledger_entries.c.at_ms)
+    )
 
 
 def account_credit(conn: Connection, account_id: str, now_ms: int) -> CreditStatus:

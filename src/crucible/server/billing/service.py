@@ -20,6 +20,7 @@ from crucible.protocol.gpus import CPU_CORE_WATTS, GPU_CATALOG
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import NewEntry, charge_entry, post_entries
 from crucible.server.billing.grid_carbon import GridReading
+from crucible.server.billing.period import Period
 from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.tables import (
     apps,
@@ -257,8 +258,11 @@ def meter_containers(
     return len(intervals)
 
 
-def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> BillReport:
-    """Cost per app and function: metered container time, and calls with their run time."""
+def bill(
+    conn: Connection, principal: Principal, app_id: str | None = None, period: Period = Period()
+) -> BillReport:
+    """Cost per app and function: metered container time, and calls with their run time
+    (within ``period``: intervals by their start, calls by their submission)."""
     q = (
         select(
             meter_intervals.c.app_id,
@@ -270,7 +274,10 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
             func.sum(meter_intervals.c.carbon_mg).label("carbon"),
             func.max(case((meter_intervals.c.energy_estimated, 1), else_=0)).label("estimated"),
         )
-        .where(meter_intervals.c.account_id == principal.account_id)
+        .where(
+            meter_intervals.c.account_id == principal.account_id,
+            *period.where(meter_intervals.c.start_ms),
+        )
         .group_by(meter_intervals.c.app_id, meter_intervals.c.function_id)
     )
     cq = (
@@ -279,7 +286,7 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
             func.count().label("n"),
             func.coalesce(func.sum(calls.c.exec_ms), 0).label("exec_ms"),
         )
-        .where(calls.c.account_id == principal.account_id)
+        .where(calls.c.account_id == principal.account_id, *period.where(calls.c.created_ms))
         .group_by(calls.c.function_id)
     )
     if app_id:
@@ -327,6 +334,8 @@ def bill(conn: Connection, principal: Principal, app_id: str | None = None) -> B
         )
     return BillReport(
         account_id=principal.account_id,
+        since_ms=period.since_ms,
+        until_ms=period.until_ms,
         lines=lines,
         total_micros=sum(line.cost_micros for line in lines),
         total_energy_mwh=sum(line.energy_mwh for line in lines),

@@ -14,6 +14,7 @@ from crucible.errors import ConflictError, InvalidRequestError, PermissionDenied
 from crucible.protocol.market import CreditGrant, CreditInfo, DailyCap
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import account_credit, grant_credits
+from crucible.server.billing.period import Period
 from crucible.server.services import audit
 from crucible.server.services.accounts import account_id_of, own_account
 from crucible.server.store.tables import (
@@ -160,11 +161,16 @@ def enforced(info: CreditInfo, required: bool) -> CreditInfo:
 
 
 def statement(
-    conn: Connection, principal: Principal, kind: str, app_id: str | None = None
+    conn: Connection,
+    principal: Principal,
+    kind: str,
+    app_id: str | None = None,
+    period: Period = Period(),
 ) -> list[dict[str, Any]]:
     """The caller's statement lines: every ledger entry that concerns it (``entries``),
     charges per app (``apps``), or each call with its cost carried across retries and
-    preemptions (``calls``).
+    preemptions (``calls``); within ``period`` (entries by when they were posted, calls by
+    their submission).
 
     An entry concerns the account when it is the entry's renter, or when the entry moved its
     balance: what others paid for its model's tokens. Such an entry is shown as the account
@@ -221,6 +227,7 @@ def statement(
         )
         if app_id:
             q = q.where(ledger_entries.c.app_id == app_id)
+        q = q.where(*period.where(ledger_entries.c.at_ms))
         lines = []
         for r in conn.execute(q):
             line = dict(r._mapping)
@@ -257,6 +264,7 @@ def statement(
         )
         if app_id:
             q = q.where(ledger_entries.c.app_id == app_id)
+        q = q.where(*period.where(ledger_entries.c.at_ms))
         return [
             {**dict(r._mapping), "app_id": r.app_id or "(reservations)"} for r in conn.execute(q)
         ]
@@ -280,6 +288,7 @@ def statement(
     )
     if app_id:
         q = q.where(calls.c.app_id == app_id)
+    q = q.where(*period.where(calls.c.created_ms))
     rows = [dict(r._mapping) for r in conn.execute(q)]
     _add_call_energy(conn, rows)
     for row in rows:

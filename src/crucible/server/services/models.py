@@ -43,6 +43,7 @@ from crucible.protocol.models import (
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
 from crucible.server.billing.holds import release_hold
+from crucible.server.billing.period import Period
 from crucible.server.services.deployments import current_function, stop_deployment
 from crucible.server.services.fine_tunes import succeeded_adapter
 from crucible.server.store.tables import (
@@ -475,9 +476,12 @@ def model_usage_report(conn: Connection, principal: Principal, name: str) -> Mod
     )
 
 
-def token_bill(conn: Connection, principal: Principal) -> list[TokenBillLine]:
+def token_bill(
+    conn: Connection, principal: Principal, period: Period = Period()
+) -> list[TokenBillLine]:
     """Per model: the tokens this account used (and was charged for) as a caller, and what
-    other callers were charged on its own models (earned, before the platform fee)."""
+    other callers were charged on its own models (earned, before the platform fee), on the
+    days ``period`` touches."""
     out: dict[str, dict[str, int]] = {}
 
     def line(label: str) -> dict[str, int]:
@@ -495,7 +499,7 @@ def token_bill(conn: Connection, principal: Principal) -> list[TokenBillLine]:
         select(accounts.c.name.label("owner"), models.c.name, *sums)
         .join(models, models.c.id == model_usage.c.model_id)
         .join(accounts, accounts.c.id == models.c.account_id)
-        .where(model_usage.c.account_id == principal.account_id)
+        .where(model_usage.c.account_id == principal.account_id, *period.days(model_usage.c.day))
         .group_by(accounts.c.name, models.c.name)
     ):
         mine = line(f"{r.owner}/{r.name}")
@@ -510,6 +514,7 @@ def token_bill(conn: Connection, principal: Principal) -> list[TokenBillLine]:
         .where(
             models.c.account_id == principal.account_id,
             model_usage.c.account_id != principal.account_id,
+            *period.days(model_usage.c.day),
         )
         .group_by(accounts.c.name, models.c.name)
     ):

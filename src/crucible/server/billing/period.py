@@ -1,0 +1,63 @@
+"""The period a bill or a statement covers: ``since_ms`` (inclusive) to ``until_ms``
+(exclusive), either end open. Each record counts by the moment that places it in time: a
+metered interval by its start, a call by its submission, a ledger entry by when it was
+posted. Model tokens are kept per UTC day (``model_usage.day``), so they count by the whole
+days the period touches."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement
+
+from crucible.core.ledger import MS_PER_DAY
+from crucible.errors import InvalidRequestError
+from crucible.protocol.common import MAX_WIRE_INT
+
+__all__ = ["Period"]
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @classmethod
+    def of(cls, since_ms: int | None, until_ms: int | None) -> Period:
+        """A period from a request's query, refused when it cannot hold anything."""
+        for name, value in (("since_ms", since_ms), ("until_ms", until_ms)):
+            if value is not None and not 0 <= value <= MAX_WIRE_INT:
+                raise InvalidRequestError(
+                    f"{name} must be a time in milliseconds since 1970 (0 to {MAX_WIRE_INT})"
+                )
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise InvalidRequestError(
+                f"the period is empty: since ({_utc(since_ms)}) must be before until "
+                f"({_utc(until_ms)})"
+            )
+        return cls(since_ms, until_ms)
+
+    def where(self, column: Any) -> list[ColumnElement[bool]]:
+        """Conditions keeping the rows whose ``column`` (milliseconds) falls in the period."""
+        out: list[ColumnElement[bool]] = []
+        if self.since_ms is not None:
+            out.append(column >= self.since_ms)
+        if self.until_ms is not None:
+            out.append(column < self.until_ms)
+        return out
+
+    def days(self, column: Any) -> list[ColumnElement[bool]]:
+        """Conditions keeping the rows whose ``column`` (a UTC day number) the period
+        touches."""
+        out: list[ColumnElement[bool]] = []
+        if self.since_ms is not None:
+            out.append(column >= self.since_ms // MS_PER_DAY)
+        if self.until_ms is not None:
+            out.append(column <= (self.until_ms - 1) // MS_PER_DAY)
+        return out
