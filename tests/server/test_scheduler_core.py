@@ -571,6 +571,18 @@ def test_the_idlest_container_of_another_function_yields_to_queued_work() -> Non
     assert [(s.function_id, s.host_id) for s in p.start] == [("fn-a", "ho-1")] and p.stop == []
 
 
+def test_idle_containers_on_a_draining_host_do_not_yield_to_work_it_cannot_take() -> None:
+    idle_one = held("ct-idle", last_active_ms=NOW - 5_000)
+    warm = fn("fn-b", containers=(idle_one,), scaledown_window_ms=3_600_000)
+    busy = held("ct-busy", last_active_ms=NOW, busy=True, host_id="ho-2")
+    working = fn("fn-c", containers=(busy,), running=1, oldest_running_started_ms=NOW - 10)
+    draining = replace(full_host(idle_one, cpu=idle_one.cpu), draining=True)
+    other = replace(full_host(busy, cpu=busy.cpu), id="ho-2")
+    p = plan(NOW, [fn("fn-a", queued=1), warm, working], [draining, other], POLICY)
+    assert p.stop == [] and p.start == []  # stopping it would free room nothing may use
+    assert "every live host that can run this function is busy" in p.waiting["fn-a"]
+
+
 def test_busy_or_wanted_containers_never_yield() -> None:
     busy = held("ct-busy", last_active_ms=NOW - 50_000, busy=True)
     kept = held("ct-kept", last_active_ms=NOW - 50_000)

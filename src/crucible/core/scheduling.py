@@ -412,7 +412,8 @@ def _make_room(
     that is enough, else the fewest longest-idle containers on one host are stopped (appended
     to ``stops``). False when no idle container can make room."""
     by_id = {h.id: h for h in hosts}
-    hosts = [h for h in hosts if may_run(h, fn)]  # a stranger's work evicts nothing elsewhere
+    # A stranger's work evicts nothing elsewhere; a draining host takes nothing new.
+    hosts = [h for h in hosts if may_run(h, fn) and not h.draining]
     for choice in _choices(fn):
         for h in hosts:
             if _free_after_stops(h, fn, choice):
