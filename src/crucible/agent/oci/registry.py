@@ -7,6 +7,13 @@ and its token realm, never logged and never put in an error message.
 
 Every manifest and blob is checked against its sha256 digest as it streams in; a mismatch is
 :class:`~crucible.errors.ImageDigestError` and nothing of it is kept.
+
+The registry, its token realm and every redirect are named by whoever chose the image (a
+tenant), and the agent reaches them with the host's own network: so, except for the hosts the
+operator configured (mirrors and plain-HTTP registries), each is reached only over HTTPS and
+only at public addresses, checked on the address actually connected to (no loopback, private,
+link-local or reserved address: not the host's services, its LAN, a cloud's metadata service
+or the exchange's own port).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import re
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -91,6 +100,20 @@ class RegistryConfig:
             table[name.strip()] = url.strip().rstrip("/")
         hosts = frozenset(h.strip() for h in insecure.split(",") if h.strip())
         return cls(mirrors=table, insecure=hosts, timeout_s=timeout_s)
+
+    def trusts(self, parts: urllib.parse.SplitResult) -> bool:
+        """Whether ``parts`` is a registry the operator configured (a mirror, a plain-HTTP
+        registry: reached at whatever address it has, private or loopback included). An
+        entry with a port trusts that port only; one without, the whole host."""
+        host, port = (parts.hostname or "").lower(), parts.port
+        for entry in [*self.mirrors.values(), *(f"//{h}" for h in self.insecure)]:
+            named = urllib.parse.urlsplit(entry)
+            try:
+                if (named.hostname or "").lower() == host and named.port in (None, port):
+                    return True
+            except ValueError:  # an entry with a malformed port names nothing
+                continue
+        return False
 
     def base_url(self, registry: str) -> str:
         """The URL a registry's ``/v2/`` API is under."""
@@ -289,18 +312,7 @@ class RegistryClient:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ImagePullError(f"registry {self.ref.registry} sent an unusable URL")
-            conn: http.client.HTTPConnection
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    parts.hostname,
-                    parts.port,
-                    timeout=self.config.timeout_s,
-                    context=ssl.create_default_context(),
-                )
-            else:
-                conn = http.client.HTTPConnection(
-                    parts.hostname, parts.port, timeout=self.config.timeout_s
-                )
+            conn = self._connection(parts)
             headers = {"User-Agent": "crucible-agent"}
             if accept:
                 headers["Accept"] = accept
@@ -309,8 +321,13 @@ class RegistryClient:
                 headers["Authorization"] = authorization
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
+                if conn.sock is None and not self.config.trusts(parts):
+                    conn.sock = self._public_socket(parts)
                 conn.request("GET", target or "/", headers=headers)
                 resp = conn.getresponse()
+            except ImagePullError:
+                conn.close()
+                raise
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise ImagePullError(
@@ -326,6 +343,61 @@ class RegistryClient:
                 continue
             return _Response(conn, resp)
         raise ImagePullError(f"registry {self.ref.registry} redirected too many times")
+
+    def _connection(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+        host = parts.hostname or ""
+        if parts.scheme != "https" and not self.config.trusts(parts):
+            raise ImagePullError(
+                f"registry {self.ref.registry} sent the agent to a plain-HTTP URL "
+                f"(http://{parts.netloc}): only the registries the operator lists in "
+                "CRUCIBLE_OCI_INSECURE_REGISTRIES are reached over HTTP"
+            )
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                host,
+                parts.port,
+                timeout=self.config.timeout_s,
+                context=ssl.create_default_context(),
+            )
+        return http.client.HTTPConnection(host, parts.port, timeout=self.config.timeout_s)
+
+    def _public_socket(self, parts: urllib.parse.SplitResult) -> socket.socket:
+        """A connection to a public address of ``parts``' host (TLS, with its name checked):
+        the address checked is the one connected to, so a name that resolves elsewhere the
+        second time (DNS rebinding) gains nothing."""
+        host = parts.hostname or ""
+        port = parts.port or 443
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ImagePullError(
+                f"registry {self.ref.registry}: {host} does not resolve ({exc}); check the "
+                "image's name"
+            ) from None
+        addresses = [str(info[4][0]) for info in infos]
+        blocked = [a for a in addresses if not _public(a)]
+        if blocked or not addresses:
+            raise ImagePullError(
+                f"registry {self.ref.registry} sent the agent to {host}, which is not a public "
+                "address (loopback, private, link-local or reserved): an image's registry, "
+                "token service and redirects must be on the internet. An operator reaches a "
+                "registry of its own by naming it in CRUCIBLE_OCI_REGISTRY_MIRRORS or "
+                "CRUCIBLE_OCI_INSECURE_REGISTRIES"
+            )
+        sock = socket.create_connection((addresses[0], port), timeout=self.config.timeout_s)
+        try:
+            return ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _public(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return ip.is_global and not ip.is_multicast
 
 
 def _origin(url: str) -> tuple[str, str]:
