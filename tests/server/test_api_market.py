@@ -330,3 +330,47 @@ def test_a_reservation_in_the_past_says_so(server: ServerUnderTest) -> None:
     r = server.request("POST", "/v1/reservations", token=renter, json=body)
     assert r.status_code == 400, r.text
     assert "ended at 2000-01-01 01:00 UTC, in the past" in r.json()["error"]["message"], r.text
+
+
+def test_gpus_outside_the_catalog_are_not_on_the_market(server: ServerUnderTest) -> None:
+    """A card the catalog does not know is listed under its driver's name, which can be
+    longer than any market device type (the market listing answered 400 to every account
+    once such a host registered) or a look-alike of a real model ('H100 '): no builder can
+    ask for one, so it is left out of the market; the host's inventory still shows it."""
+    host_token = server.tenant("hoster", Scope.HOST).token
+    gpus = [
+        H100[0],
+        {
+            "index": 1,
+            "model": "NVIDIA GeForce RTX 4090 Laptop GPU",
+            "memory_mib": 16376,
+            "uuid": "GPU-1",
+        },
+        {"index": 2, "model": "H100 ", "memory_mib": 81920, "uuid": "GPU-2", "fake": True},
+        {
+            "index": 3,
+            "model": "[link=http://evil.example]x[/link]",
+            "memory_mib": 9,
+            "uuid": "GPU-3",
+        },
+    ]
+    host_id = server.register_host(host_token, "mixed", gpus=gpus)
+    renter = server.tenant("renter").token
+    [info] = server.ok("GET", "/v1/market/hosts", token=renter)
+    assert [o["device_type"] for o in info["offers"]] == ["H100", "cpu"]
+    assert {b["device_type"] for b in server.ok("GET", "/v1/market/book", token=renter)} == {"H100"}
+    owner = server.tenant("hoster").token
+    r = server.request(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=owner,
+        json={
+            "device_type": "H100 ",
+            "on_demand_micros": 1,
+            "interruptible_min_micros": 1,
+            "reserved_micros": 1,
+        },
+    )
+    assert r.status_code == 400 and "has no 'H100 '" in r.text
+    [listed] = server.ok("GET", "/v1/hosts", token=owner)
+    assert len(listed["inventory"]["gpus"]) == 4  # the inventory as declared

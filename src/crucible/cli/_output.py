@@ -116,7 +116,7 @@ def table(
     fits = need <= console.width
     keep = compact if fits else id_cols
     t = Table(
-        title=clean(title),
+        title=Text(clean(title)),  # others' words in it (a model, a name): never markup
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,

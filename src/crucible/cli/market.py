@@ -281,7 +281,7 @@ def register(app: typer.Typer) -> None:
         for b in books:
             leased = ", ".join(f"{k} {v}" for k, v in b.leased.items() if v) or "none"
             console.print(
-                f"[bold]{b.device_type}[/]: {b.free_devices} free of {b.listed_devices} "
+                f"[bold]{shown(b.device_type)}[/]: {b.free_devices} free of {b.listed_devices} "
                 f"listed; leased: {leased}"
             )
             depth = max(len(b.asks), len(b.interruptible_minimums), len(b.standing_bids), 1)

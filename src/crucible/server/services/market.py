@@ -163,7 +163,10 @@ class HostDevices:
     isolation_text: str | None
     egress: bool  # its agent measured filtered egress (IsolationReport.egress_filter)
     cluster_net: bool  # it can join a cluster's private network
-    gpus: tuple[tuple[int, str], ...]  # (index, model) of each GPU
+    # (index, model) of each GPU a builder can rent: a model outside the catalog (an
+    # unknown card listed under its driver's name) can never be asked for, so the market and
+    # the scheduler leave it out.
+    gpus: tuple[tuple[int, str], ...]
 
     @classmethod
     def of(cls, agent_session: int, inventory_text: str, isolation_text: str | None) -> HostDevices:
@@ -173,7 +176,11 @@ class HostDevices:
             agent_session=agent_session,
             inventory_text=inventory_text,
             inventory=inventory,
-            gpus=tuple((int(g["index"]), str(g["model"])) for g in inventory.get("gpus", [])),
+            gpus=tuple(
+                (int(g["index"]), str(g["model"]))
+                for g in inventory.get("gpus", [])
+                if str(g["model"]) in GPU_CATALOG
+            ),
             isolation_text=isolation_text,
             egress=bool(isolation.get("egress_filter")),
             cluster_net=bool(isolation.get("cluster_network")),

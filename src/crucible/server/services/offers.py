@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from crucible.core.ledger import MS_PER_DAY, PLATFORM_FEES, format_usd
 from crucible.core.market import CPU
 from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
 from crucible.protocol.market import (
     EarningsLine,
@@ -60,7 +61,9 @@ def _owned_host(conn: Connection, principal: Principal, host_id: str) -> Any:
 
 
 def _device_types(row: Any) -> list[str]:
-    models = sorted({str(g["model"]) for g in row.inventory.get("gpus", [])})
+    """What the host offers: its GPUs of catalog models (no builder can ask for another),
+    and CPU-only capacity."""
+    models = sorted({str(g["model"]) for g in row.inventory.get("gpus", [])} & set(GPU_CATALOG))
     return [*models, CPU]
 
 
