@@ -78,3 +78,44 @@ def test_image_failed_fails_queued_calls_and_charges_nothing(server: ServerUnder
         "POST", f"/v1/hosts/{host_id}/sync", token=host.token, json={"containers": [bad]}
     )
     assert r.status_code == 400 and error_code(r) == "invalid_request"
+
+
+def test_a_host_cannot_fail_a_functions_calls_by_saying_its_image_failed(
+    server: ServerUnderTest,
+) -> None:
+    """Only a pending container of a function with an image can have failed its pull: said of
+    a running container, or of a function without an image, it is that container's crash
+    (its calls are retried as for any crash; the queued ones stay queued), and the agent's
+    words reach the renter without their control characters."""
+    alice = server.tenant("alice")
+    host = server.tenant("evil", Scope.HOST)
+    bundle = server.put_blob(alice.token)
+    fid = server.new_function(alice.token, server.new_app(alice.token), bundle)  # no image
+    calls = server.new_calls(alice.token, fid, n=3)
+    host_id = server.register_host(host.token)
+    for started in (False, True):
+        cid, _ = server.place_container(fid, host_id)
+        sync = f"/v1/hosts/{host_id}/sync"
+        if started:
+            running = {"container_id": cid, "state": "running"}
+            server.ok("POST", sync, token=host.token, json={"containers": [running]})
+        report = {
+            "container_id": cid,
+            "state": "exited",
+            "exit_code": 1,
+            "reason": "image_failed",
+            "error_code": "image_not_found",
+            "message": "\x1b[2J\x1b[31mYOUR ACCOUNT IS SUSPENDED\x1b[0m",
+        }
+        server.ok("POST", sync, token=host.token, json={"containers": [report]})
+        for call_id in calls:
+            info = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
+            assert info["state"] == "queued", info
+        with server.state.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    containers.c.state, containers.c.exit_reason, containers.c.exit_message
+                ).where(containers.c.id == cid)
+            ).one()
+        assert (row.state, row.exit_reason) == ("stopped", "exited")
+        assert "\x1b" not in row.exit_message and "YOUR ACCOUNT IS SUSPENDED" in row.exit_message

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from crucible.protocol.apps import CodeRef
-from crucible.protocol.common import MAX_WIRE_INT, ErrorInfo, Payload, Resources, Wire, WireInt
+from crucible.protocol.common import (
+    MAX_WIRE_INT,
+    ErrorInfo,
+    FlatText,
+    Payload,
+    Resources,
+    Wire,
+    WireInt,
+)
 from crucible.protocol.egress import NetworkAsk
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.pods import PodAssignment
@@ -63,7 +71,9 @@ class ContainerReport(Wire):
     # "start_failed", "oom", "image_failed" (its image did not pull: it never ran, and the
     # function's queued calls fail with ``error_code``, one of the image error codes).
     reason: str | None = Field(default=None, max_length=32)
-    message: str | None = Field(default=None, max_length=100_000)
+    # The agent's words (a renter reads them in its call's error): control characters become
+    # spaces, as in every diagnostic an agent writes.
+    message: FlatText | None = Field(default=None, max_length=100_000)
     error_code: str | None = Field(default=None, pattern=r"^image_[a-z_]{1,40}$")
     # Energy the container used since it started (GPUs and its share of the CPUs), in
     # milliwatt-hours, as the agent measured it (NVML, RAPL) or estimated it from the

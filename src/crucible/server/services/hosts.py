@@ -528,7 +528,13 @@ def process_reports(
             )
             # Its image did not pull: it never ran (the agent never reported it started), so
             # nothing is charged, and the function's queued calls fail with the image's error.
+            # Only a container still pending, of a function that has an image, can have failed
+            # its pull: an agent saying so of another ends that container as a crash, and
+            # fails no call.
             unbilled = rep.reason == "image_failed"
+            reason = rep.reason or "exited"
+            if unbilled and (row.state != "pending" or not _has_image(conn, rep.container_id)):
+                unbilled, crashed, reason = False, not asked, "exited"
             if unbilled and rep.error_code in IMAGE_ERROR_CODES and not asked:
                 fid = conn.execute(
                     select(containers.c.function_id).where(containers.c.id == rep.container_id)
@@ -543,7 +549,7 @@ def process_reports(
                 rep.container_id,
                 now_ms,
                 exit_code=rep.exit_code,
-                reason="stopped" if asked else (rep.reason or "exited"),
+                reason="stopped" if asked else reason,
                 message=rep.message,
                 crashed=crashed,
                 max_infra_requeues=max_infra_requeues,
@@ -597,6 +603,16 @@ def process_reports(
                     max_infra_requeues=max_infra_requeues,
                 )
     return stop, keys
+
+
+def _has_image(conn: Connection, container_id: str) -> bool:
+    """Whether the container's function runs in an image of its own (an OCI image to pull)."""
+    row = conn.execute(
+        select(containers.c.function_id, functions.c.spec_rev)
+        .join(functions, functions.c.id == containers.c.function_id)
+        .where(containers.c.id == container_id)
+    ).first()
+    return row is not None and SPECS.at(conn, row.function_id, row.spec_rev).spec.image is not None
 
 
 def _gone_unreported(row: Any, mark: int | None, now_ms: int) -> bool:
