@@ -106,6 +106,7 @@ _DUE_ROWS = (
         containers.c.started_ms,
         containers.c.stopped_ms,
         containers.c.lease_end_ms,
+        containers.c.stop_by_ms,
         containers.c.metered_until_ms,
         containers.c.metered_cost_micros,
         containers.c.rate_micros_per_hour,
@@ -141,8 +142,12 @@ _DUE_ROWS = (
                 containers.c.lease_end_ms.is_not(None),
                 _begun < containers.c.lease_end_ms,
             ),
-            # running, a whole interval due
-            and_(containers.c.stopped_ms.is_(None), _begun <= bindparam("b_due_before")),
+            # running, a whole interval due (not past the end of a stop its agent ignores)
+            and_(
+                containers.c.stopped_ms.is_(None),
+                _begun <= bindparam("b_due_before"),
+                or_(containers.c.stop_by_ms.is_(None), _begun < containers.c.stop_by_ms),
+            ),
         ),
     )
 )
@@ -183,6 +188,13 @@ def meter_containers(
         if r.lease_end_ms is not None and (stop is None or r.lease_end_ms < stop):
             stop = max(r.lease_end_ms, r.started_ms)
         alive_ms = now_ms if r.host_seen_ms is None else min(now_ms, r.host_seen_ms)
+        # Asked to stop and still reported running past the stop's deadline: billed to it.
+        if (
+            r.stop_by_ms is not None
+            and r.stop_by_ms <= alive_ms
+            and (stop is None or r.stop_by_ms < stop)
+        ):
+            stop = max(r.stop_by_ms, r.started_ms)
         due = intervals_due(r.started_ms, r.metered_until_ms, alive_ms, stop, max_interval_ms)
         charged = int(r.metered_cost_micros)
         energy_done = int(r.metered_energy_mwh)

@@ -424,7 +424,7 @@ class SchedulerLoop:
                 keys += carry_out_preemptions(conn, gangs.preemptions)
             for stop in decided.stop:
                 log.info("stopping container %s (%s)", stop.container_id, stop.reason)
-                keys += request_stop(conn, stop.container_id)
+                keys += request_stop(conn, stop.container_id, now)
             if decided.start:
                 log.info(
                     "starting %d container(s): %s",
@@ -730,7 +730,7 @@ class SchedulerLoop:
             )
             keys += record_timeout(conn, r.id, err, now)
             if r.container_id:
-                keys += request_stop(conn, r.container_id)
+                keys += request_stop(conn, r.container_id, now)
         return keys
 
     def _demands(

@@ -179,7 +179,7 @@ def stop_for_market(
         .where(containers.c.id == container_id, containers.c.lease_end_ms.is_(None))
         .values(lease_end_ms=at_ms, end_cause=cause, stop_grace_ms=grace_ms)
     )
-    return request_stop(conn, container_id)
+    return request_stop(conn, container_id, at_ms)
 
 
 def carry_out_preemptions(conn: Connection, preemptions: Iterable[Preemption]) -> list[str]:
@@ -219,7 +219,7 @@ def cancel_call(
     and the wake-up keys."""
     info, keys, container = calls_svc.cancel_call(conn, principal, call_id, now_ms)
     if container is not None:
-        keys += request_stop(conn, container)
+        keys += request_stop(conn, container, now_ms)
         keys += calls_svc.requeue_calls_of_container(
             conn,
             container,
@@ -231,15 +231,29 @@ def cancel_call(
     return info, keys
 
 
-def request_stop(conn: Connection, container_id: str) -> list[str]:
-    """Ask a container's agent to stop it (SIGTERM, grace, SIGKILL). Idempotent; returns
-    wake-up keys."""
+# How long past a stop's grace a container is still billed while its agent has not reported
+# it stopped: an honest agent reports within a sync or two; a host that goes on reporting a
+# stopped container as running is paid no more than this for it.
+STOP_ALLOWANCE_MS = 60_000
+
+
+def request_stop(conn: Connection, container_id: str, now_ms: int) -> list[str]:
+    """Ask a container's agent to stop it (SIGTERM, grace, SIGKILL); it is billed until it
+    has stopped, at most until its grace and :data:`STOP_ALLOWANCE_MS` have passed.
+    Idempotent; returns wake-up keys."""
     row = conn.execute(
-        select(containers.c.state, containers.c.host_id).where(containers.c.id == container_id)
+        select(containers.c.state, containers.c.host_id, containers.c.stop_grace_ms).where(
+            containers.c.id == container_id
+        )
     ).first()
     if row is None or row.state in ("stopping", "stopped"):
         return []
-    conn.execute(update(containers).where(containers.c.id == container_id).values(state="stopping"))
+    stop_by = now_ms + (row.stop_grace_ms or 0) + STOP_ALLOWANCE_MS
+    conn.execute(
+        update(containers)
+        .where(containers.c.id == container_id)
+        .values(state="stopping", stop_by_ms=stop_by)
+    )
     return [f"host:{row.host_id}", f"container:{container_id}"]
 
 

@@ -495,7 +495,7 @@ def _stop_run(conn: Connection, row: Any, now_ms: int, ct: Any) -> list[str]:
     :func:`current_container`); returns wake-ups."""
     conn.execute(_STOP_APP, {"b_id": row.app_id, "b_now": now_ms})
     if ct is not None and ct.state in _LIVE:
-        return request_stop(conn, ct.id)
+        return request_stop(conn, ct.id, now_ms)
     return []
 
 

@@ -241,6 +241,9 @@ containers = Table(
     Column("lease_end_ms", BigInteger),
     Column("end_cause", String(32)),  # preempted | out_of_credit | host_lost | ...
     Column("stop_grace_ms", BigInteger),  # SIGTERM→SIGKILL for this stop (None: default)
+    # Asked to stop: metering ends here at the latest, whatever its agent reports after
+    # (services/containers.request_stop: the stop's grace and an allowance past the ask).
+    Column("stop_by_ms", BigInteger),
     Column("metered_cost_micros", BigInteger, nullable=False, default=0),
     # The platform fee in force when the lease was granted (parts per million).
     Column("fee_ppm", Integer, nullable=False, default=0),
