@@ -13,6 +13,7 @@ from crucible.server.store.tables import containers
 
 import app_basic
 import app_crashy
+import app_enter_fails
 from harness import Exchange, wait_for
 
 
@@ -193,6 +194,35 @@ def test_crash_looping_function_fails_clearly_after_backoff(tmp_path: Path) -> N
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(containers)).scalar() == 3
         engine.dispose()
+        client.close()
+    finally:
+        ex.close()
+
+
+def test_a_function_whose_enter_hook_fails_backs_off_like_a_crash_loop(tmp_path: Path) -> None:
+    """Its containers fail what they are given with the hook's error and exit without ever
+    becoming ready: each counts towards a crash loop (1 s, 2 s, 4 s ... between them), where a
+    kept-warm class's were replaced at once (the probe saw about 20 containers a second)."""
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        client = ex.client(ex.owner_token())
+        with app_enter_fails.app.run(client=client):
+            with pytest.raises(RuntimeError, match="the weights are missing"):
+                app_enter_fails.Broken().predict.remote(1)
+            wait_for(lambda: "is crash-looping" in ex.log("server"), 30, "a crash loop")
+            time.sleep(5)  # a tight loop would start dozens of containers meanwhile
+        engine = create_engine(ex.database_url)
+        with engine.connect() as conn:
+            made = conn.execute(select(func.count()).select_from(containers)).scalar() or 0
+            ready = conn.execute(
+                select(func.count())
+                .select_from(containers)
+                .where(containers.c.ready_ms.isnot(None))
+            ).scalar()
+        engine.dispose()
+        assert 2 <= made <= 6 and ready == 0, made
         client.close()
     finally:
         ex.close()

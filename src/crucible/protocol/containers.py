@@ -122,6 +122,10 @@ class Exchange(Wire):
     # the worker (its reply was lost with a server or a connection) and is queued again.
     # None (older workers, the output reporter): nothing is reconciled.
     held: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=10_000)
+    # The worker could not load its function (import, an @enter hook, its image): it fails
+    # what it is given with that error and exits. Such a container never becomes ready, so
+    # the scheduler counts it towards a crash loop (backoff) instead of replacing it at once.
+    init_failed: bool = False
 
 
 class ExchangeReply(Wire):

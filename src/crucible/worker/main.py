@@ -7,7 +7,10 @@ account's blobs), ``CRUCIBLE_ASSIGNMENT`` (the assignment JSON), ``CRUCIBLE_CODE
 in a sandbox ``CRUCIBLE_SERVER_SOCKET`` (the agent's relay to the control plane).
 ``CRUCIBLE_INIT_ERROR`` (an :class:`ErrorInfo` as JSON) means the agent could not prepare the
 container, e.g. its image failed to build: the worker fails every queued input with it, so the
-builder sees the installer's message instead of a call that waits forever.
+builder sees the installer's message instead of a call that waits forever. A worker that could
+not load its function (that, an import error, an ``@crucible.enter()`` hook that raised) says
+so in its exchanges (the container never becomes ready) and exits 1: a crash, which the
+scheduler backs off from (a crash loop) instead of starting another container at once.
 
 Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
 inside the function; code stuck in C that ignores it is stopped by the server's backstop.
@@ -640,6 +643,8 @@ class Worker:
         if want > 0:
             with self._in_hand_lock:
                 body["held"] = sorted(self._in_hand)
+        if self.init_error is not None:
+            body["init_failed"] = True
         data = self.transport.post(
             f"/v1/containers/{self.container_id}/exchange", body, timeout_s=wait_s + 30
         )
@@ -789,4 +794,7 @@ def main() -> int:
             except Exception:
                 log.exception("an @crucible.exit() method raised")
         worker.logs.close()
-    return 0
+    # A container that could not load its function failed what it was given and ends as a
+    # crash: the scheduler backs off before the next one (a crash loop), rather than
+    # replacing it at once, again and again.
+    return 1 if worker.init_error is not None else 0

@@ -87,6 +87,7 @@ def _step(
     want: int,
     active: bool = False,
     held: list[str] | None = None,
+    ready: bool = True,
 ) -> ExchangeReply:
     s = state.settings
     with state.engine.begin() as conn:
@@ -102,6 +103,7 @@ def _step(
             touched_ms=state.containers.touched_ms,
             active=active,
             held=held,
+            ready=ready,
         )
     if keys:
         state.wakeups.notify_many(keys)
@@ -130,7 +132,8 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
         channels.calls_given(container_id, -len(req.outputs))
     # A container whose web channel is full takes no calls now.
     want = 0 if channels.saturated(container_id) else req.want
-    reply = _step(state, facts, req.outputs, want, active=relayed, held=req.held)
+    ready = not req.init_failed
+    reply = _step(state, facts, req.outputs, want, active=relayed, held=req.held, ready=ready)
     channels.calls_given(container_id, len(reply.inputs))
     if finished:
         state.observations.observe_exec(facts.function_id, [o.exec_us / 1000 for o in finished])
@@ -159,7 +162,7 @@ async def exchange(container_id: str, req: Exchange, who: Container, state: Stat
                     return model_response(ExchangeReply(inputs=parked.handed))  # type: ignore[return-value]
                 # Woken by queued work or a stop, or the periodic re-read of the store.
                 want = 0 if channels.saturated(container_id) else req.want
-                again = _step(state, facts, [], want)
+                again = _step(state, facts, [], want, ready=ready)
                 channels.calls_given(container_id, len(again.inputs))
                 if again.inputs or again.stop:
                     return model_response(again)  # type: ignore[return-value]

@@ -286,9 +286,11 @@ def exchange_step(
     touched_ms: dict[str, int],
     active: bool = False,
     held: Sequence[str] | None = None,
+    ready: bool = True,
 ) -> tuple[ExchangeReply, list[str]]:
     """One pass of a worker's exchange: record outputs, then claim inputs. Returns the reply
-    and the wake-up keys to notify after commit.
+    and the wake-up keys to notify after commit. The container becomes ready at its first
+    exchange, unless ``ready`` is False (its worker could not load the function).
 
     ``groups`` is the server's memory of claimed calls' groups (read and extended here);
     ``touched_ms`` rate-limits writes of the container's last activity; ``active``: the
@@ -301,7 +303,7 @@ def exchange_step(
     ).scalar_one_or_none()
     if state is None:
         raise NotFoundError(f"container {cid} not found")
-    if state in ("pending", "starting"):
+    if state in ("pending", "starting") and ready:
         conn.execute(_MARK_READY, {"b_id": cid, "b_now": now_ms})
         touched_ms[cid] = now_ms
     keys: list[str] = []
