@@ -3,6 +3,7 @@ live on the exchange."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import inspect
@@ -26,7 +27,7 @@ from crucible.sdk._functions import Function
 from crucible.sdk._packaging import _package_root
 from crucible.settings import load_settings
 
-__all__ = ["import_app_file", "register"]
+__all__ = ["call_entrypoint", "import_app_file", "register"]
 
 
 def import_app_file(path: Path) -> Any:
@@ -142,8 +143,29 @@ def _function_entrypoint(fn: Function[Any, Any]) -> LocalEntrypoint:
     return LocalEntrypoint(fn.app, call, fn.name)
 
 
+def call_entrypoint(entry: LocalEntrypoint, kwargs: dict[str, Any]) -> Any:
+    """Call the entrypoint; an ``async def`` one is run to its end in an event loop of its
+    own (it returned a coroutine nobody would await)."""
+    result = entry(**kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(result: Any) -> Any:
+    return await result
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _is_bool(ann: Any) -> bool:
+    return ann is bool or ann == "bool"
+
+
 def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
-    """``--name value`` pairs, converted with the entrypoint's annotations."""
+    """``--name value`` pairs, converted with the entrypoint's annotations; a ``bool``
+    parameter is also a flag (``--verbose``, ``--no-verbose``)."""
     sig = inspect.signature(entry.raw_f)
     out: dict[str, Any] = {}
     i = 0
@@ -152,6 +174,29 @@ def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
         if not flag.startswith("--"):
             raise InvalidRequestError(f"expected --name value, got {flag!r}")
         key = flag[2:].replace("-", "_")
+        negated = key.removeprefix("no_")
+        if (
+            key not in sig.parameters
+            and negated in sig.parameters
+            and _is_bool(sig.parameters[negated].annotation)
+        ):
+            out[negated] = False
+            i += 1
+            continue
+        if key in sig.parameters and _is_bool(sig.parameters[key].annotation):
+            given = args[i + 1] if i + 1 < len(args) else None
+            if given is None or given.startswith("--"):
+                out[key] = True
+                i += 1
+                continue
+            if given.lower() not in (*_TRUE, *_FALSE):
+                raise InvalidRequestError(
+                    f"{flag}={given!r} is not a boolean: use {flag} or --no-{flag[2:]}, or "
+                    "true/false"
+                )
+            out[key] = given.lower() in _TRUE
+            i += 2
+            continue
         if key not in sig.parameters:
             raise InvalidRequestError(
                 f"{entry.name}() has no parameter {key!r}; it takes: " + ", ".join(sig.parameters)
@@ -219,7 +264,7 @@ def register(app: typer.Typer) -> None:
         try:
             with _terminate_like_interrupt(), entry.app.run(client=client):
                 app_id = entry.app.app_id
-                result = entry(**kwargs)
+                result = call_entrypoint(entry, kwargs)
             _wait_stopped(client, app_id)
             if result is not None:
                 typer.echo(clean(result, lines=True))

@@ -1,0 +1,44 @@
+"""`crucible run FILE --name value`: arguments converted by the entrypoint's annotations, a
+`bool` parameter also taken as a flag (`--verbose`, `--no-verbose`; 'false' was true), and an
+`async def` entrypoint run to its end (it printed a coroutine and exited 0)."""
+
+from __future__ import annotations
+
+import pytest
+
+import crucible
+from crucible.cli.run import _kwargs, call_entrypoint
+from crucible.errors import InvalidRequestError
+
+app = crucible.App("entry-args")
+seen: list[tuple[int, bool]] = []
+
+
+@app.local_entrypoint()
+def plain(n: int = 1, verbose: bool = False, label: str = "x") -> str:
+    return f"{n} {verbose} {label}"
+
+
+@app.local_entrypoint()
+async def run_async(n: int = 3, verbose: bool = False) -> int:
+    seen.append((n, verbose))
+    return n * 2
+
+
+def test_bools_are_flags_or_words() -> None:
+    entry = app.entrypoints["plain"]
+    assert _kwargs(entry, ["--verbose"]) == {"verbose": True}
+    assert _kwargs(entry, ["--verbose", "--n", "2"]) == {"verbose": True, "n": 2}
+    assert _kwargs(entry, ["--no-verbose"]) == {"verbose": False}
+    assert _kwargs(entry, ["--verbose", "false"]) == {"verbose": False}
+    assert _kwargs(entry, ["--verbose", "YES", "--label", "no"]) == {"verbose": True, "label": "no"}
+    with pytest.raises(InvalidRequestError, match=r"--verbose='maybe' is not a boolean"):
+        _kwargs(entry, ["--verbose", "maybe"])
+    with pytest.raises(InvalidRequestError, match="has no parameter 'no_label'"):
+        _kwargs(entry, ["--no-label"])  # only a bool has a --no- form
+
+
+def test_an_async_entrypoint_runs_to_its_end() -> None:
+    entry = app.entrypoints["run_async"]
+    assert call_entrypoint(entry, _kwargs(entry, ["--n", "4", "--verbose"])) == 8
+    assert seen == [(4, True)]
