@@ -69,6 +69,15 @@ def test_secrets_lifecycle_and_values_never_leave(server: ServerUnderTest) -> No
     )
     assert r.status_code == 404 and "secret 'db' not found" in r.json()["error"]["message"]
 
+    # Alice's own function names it: reading the secret says so (`crucible secret delete`
+    # warns with it), until the app stops.
+    mine = server.new_app(alice.token, "svc")
+    server.new_function(alice.token, mine, server.put_blob(alice.token), secrets=["db"])
+    assert server.ok("GET", "/v1/secrets/db", token=alice.token)["used_by"] == ["svc/f"]
+    assert server.ok("GET", "/v1/secrets/hf", token=alice.token)["used_by"] == []
+    server.ok("POST", f"/v1/apps/{mine}/stop", token=alice.token)
+    assert server.ok("GET", "/v1/secrets/db", token=alice.token)["used_by"] == []
+
     server.ok("DELETE", "/v1/secrets/db", token=alice.token)
     assert [s["name"] for s in server.ok("GET", "/v1/secrets", token=alice.token)] == ["hf"]
 

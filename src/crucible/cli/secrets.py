@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import typer
 
-from crucible.cli._output import console, fmt_time, print_json, table
+from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.secrets import SecretInfo
@@ -65,9 +66,19 @@ def register(app: typer.Typer) -> None:
 
     @secret_app.command("delete")
     def delete(name: str) -> None:
-        """Delete a secret. Functions that name it start without it."""
-        _client().transport.request("DELETE", f"/v1/secrets/{name}")
+        """Delete a secret. Functions that name it start without it (the running apps'
+        functions that do are named)."""
+        client = _client()
+        used_by = SecretInfo.model_validate(client.get(f"/v1/secrets/{quote(name, safe='')}"))
+        client.transport.request("DELETE", f"/v1/secrets/{quote(name, safe='')}")
         console.print(f"deleted secret {name}", markup=False)
+        if used_by.used_by:
+            typer.echo(
+                f"warning: {', '.join(clean(u) for u in used_by.used_by)} name(s) it: their new "
+                f"containers start without it (create it again with `crucible secret create "
+                f"{clean(name)} KEY=VALUE ...`)",
+                err=True,
+            )
 
     secret_app.command("rm", hidden=True)(delete)
 

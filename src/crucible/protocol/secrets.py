@@ -58,6 +58,9 @@ class SecretInfo(Wire):
     keys: list[str]
     created_ms: WireInt
     updated_ms: WireInt
+    # The running apps' functions that name it, as "APP/FUNCTION" (GET of one secret only):
+    # their new containers would start without it, were it deleted.
+    used_by: list[str] = Field(default_factory=list)
 
 
 class SecretValues(Wire):

@@ -170,7 +170,19 @@ def get_secret(conn: Connection, principal: Principal, name: str) -> SecretInfo:
     ).first()
     if row is None:
         raise NotFoundError(f"secret {name!r} not found (see `crucible secret list`)")
-    return _info(row)
+    return _info(row).model_copy(update={"used_by": _users(conn, principal.account_id, name)})
+
+
+def _users(conn: Connection, account_id: str, name: str) -> list[str]:
+    """The account's running apps' functions that name secret ``name``, as APP/FUNCTION."""
+    rows = conn.execute(
+        select(functions.c.id, functions.c.spec_rev, functions.c.name, apps.c.name.label("app"))
+        .join(apps, apps.c.id == functions.c.app_id)
+        .where(apps.c.account_id == account_id, apps.c.state.in_(("running", "retiring")))
+    ).all()
+    return sorted(
+        {f"{r.app}/{r.name}" for r in rows if name in SPECS.at(conn, r.id, r.spec_rev).spec.secrets}
+    )
 
 
 def delete_secret(conn: Connection, principal: Principal, name: str) -> None:
