@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import crucible
-from crucible.cli.run import _kwargs, call_entrypoint
+from crucible.cli.run import _find_entrypoint, _kwargs, call_entrypoint
 from crucible.errors import InvalidRequestError
 
 app = crucible.App("entry-args")
@@ -42,3 +44,20 @@ def test_an_async_entrypoint_runs_to_its_end() -> None:
     entry = app.entrypoints["run_async"]
     assert call_entrypoint(entry, _kwargs(entry, ["--n", "4", "--verbose"])) == 8
     assert seen == [(4, True)]
+
+
+@app.cls()
+class Model:
+    @crucible.method()
+    def predict(self, x: int) -> int:
+        return x
+
+
+def test_a_class_named_as_the_target_says_what_to_do() -> None:
+    module = sys.modules[__name__]
+    for target in ("Model", "Model.predict"):
+        with pytest.raises(InvalidRequestError, match=r"is a class \(@app.cls\)") as err:
+            _find_entrypoint(module, target)
+        assert "Model().METHOD.remote(...)" in str(err.value)
+    with pytest.raises(InvalidRequestError, match="no local entrypoint or function 'nope'"):
+        _find_entrypoint(module, "nope")

@@ -49,6 +49,11 @@ def test_logs_by_app_name(exchange: Exchange, tmp_path: Path) -> None:
     by_id = _logs(exchange, token, tmp_path / "h1", app_id)
     assert by_id.returncode == 0, by_id.stderr
     assert "line 1 of 2" in by_id.stdout
+    # One call's lines, by its short id (as every command takes ids).
+    call_id = builder.get(f"/v1/apps/{app_id}/logs")["lines"][0]["call_id"]
+    short = f"ca-{call_id[-8:]}"
+    one_call = _logs(exchange, token, tmp_path / "h1c", app_id, "--call", short)
+    assert one_call.returncode == 0 and "line 1 of 2" in one_call.stdout, one_call.stderr
     # Following an app that has stopped prints its lines and ends (it waited forever).
     followed = _logs(exchange, token, tmp_path / "h1f", app_id, "-f")
     assert followed.returncode == 0 and "line 1 of 2" in followed.stdout, followed.stderr

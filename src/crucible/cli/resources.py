@@ -280,12 +280,14 @@ def register(app: typer.Typer) -> None:
         deployment's current version)."""
         client = _client()
         app_id = resolve_app(client, app)
+        if call_id:
+            call_id = resolve_id(client, call_id)  # a short id, as every command takes
         after = 0
         wait_s = 20
         if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
             wait_s = 3
         while True:
-            query = f"after={after}" + (f"&call_id={call_id}" if call_id else "")
+            query = f"after={after}" + (f"&call_id={quote(call_id, safe='')}" if call_id else "")
             page = LogPage.model_validate(
                 client.get(
                     f"/v1/apps/{app_id}/logs?{query}" + (f"&wait_s={wait_s}" if follow else "")

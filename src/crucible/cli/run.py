@@ -102,6 +102,13 @@ def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
         }
         if wanted in functions:
             return _function_entrypoint(functions[wanted])
+        classes = {n for v in vars(module).values() if isinstance(v, App) for n in v.classes}
+        if wanted.split(".")[0] in classes:
+            raise InvalidRequestError(
+                f"{wanted} is a class (@app.cls): `crucible run FILE::NAME` runs a function or "
+                "a local entrypoint; call its methods from a local entrypoint "
+                f"({wanted.split('.')[0]}().METHOD.remote(...))"
+            )
         raise InvalidRequestError(
             f"no local entrypoint or function {wanted!r} in {module.__name__}; found: "
             + (", ".join(sorted({*entries, *functions})) or "none")
