@@ -4,6 +4,8 @@ audit log of privileged actions (admin only, filtered, paged, never holding a se
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from crucible.errors import RateLimitedError
@@ -192,3 +194,19 @@ def test_privileged_actions_are_audited_and_only_admins_read_them(
     r = server.request("GET", "/v1/audit", token=server.tenant("carol").token)
     assert r.status_code == 403 and error_code(r) == "forbidden"
     assert server.request("GET", "/v1/audit").status_code == 401
+
+
+def test_a_body_that_is_not_readable_json_says_why(server: ServerUnderTest) -> None:
+    """The framework's "There was an error parsing the body" named nothing."""
+    token = server.tenant("reader").token
+    deep = b'{"name":"n1","create_if_missing":' + b"[" * 10000 + b"]" * 10000 + b"}"
+    cases = [
+        (deep, {}, "nested too deep"),
+        ('{"name":"\xe9"}'.encode("latin-1"), {}, "not UTF-8"),
+        (gzip.compress(b'{"name":"x"}'), {"content-encoding": "gzip"}, "send it uncompressed"),
+    ]
+    for body, headers, words in cases:
+        h = {"content-type": "application/json", **headers}
+        r = server.request("POST", "/v1/dicts", token=token, content=body, headers=h)
+        assert r.status_code == 400 and error_code(r) == "invalid_request", r.text
+        assert words in r.json()["error"]["message"], r.text

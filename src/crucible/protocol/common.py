@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -60,6 +61,20 @@ def _json_only(value: Any) -> Any:
         raise ValueError(
             f"holds a value JSON cannot carry here ({exc}; integers must fit in 64 bits)"
         ) from None
+    # NaN and the infinities (Python's JSON reader takes NaN, Infinity and 1e400) would be
+    # written as null: the caller's data quietly changed. Walked without recursion.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(
+                f"holds {item!r}, which JSON cannot carry (NaN and infinite numbers are not "
+                "JSON); send a finite number, null or a string"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return value
 
 

@@ -152,6 +152,22 @@ async def _send_error(send: Send, err: Error) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _unreadable_body(request: Request, cause: BaseException | None) -> str:
+    """Why a request body could not be read as JSON, in words the client can act on (the
+    framework says only "There was an error parsing the body")."""
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding and encoding.lower() != "identity":
+        return (
+            f"the body is compressed (Content-Encoding: {encoding[:40]}), which this API does "
+            "not take: send it uncompressed"
+        )
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deep to read; send a flatter document"
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8; send JSON encoded as UTF-8"
+    return "the body could not be read as JSON; send UTF-8 JSON (Content-Type: application/json)"
+
+
 def _methods_of(app: FastAPI, scope: Scope) -> list[str]:
     """The methods some route of ``app`` takes on the scope's path."""
     allowed = []
@@ -274,6 +290,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = str(exc.detail)
         headers = dict(exc.headers or {})
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = _unreadable_body(request, exc.__cause__)
         if exc.status_code == 405:
             # The router names the methods of the first route on the path only; a path can
             # have several (GET and POST /v1/apps): Allow lists them all.
