@@ -43,11 +43,14 @@ def test_references_normalise(text: str, expected: str) -> None:
         # It failed later, in the agent, with "ValueError: Port out of range 0-65535".
         ("localhost:99999/x", "the registry's port '99999' is not a port"),
         ("127.0.0.1:0/x", "is not a port"),
+        # Credentials are not part of a reference (it was "the digest must be ...").
+        ("user:pass@evil.example/x:1", "holds no credentials"),
     ],
 )
 def test_bad_references_say_why(text: str, why: str) -> None:
-    with pytest.raises(ValueError, match=why):
+    with pytest.raises(ValueError, match=why) as err:
         parse_image_ref(text)
+    assert "pass@" not in str(err.value)  # a password given is never repeated
 
 
 def test_from_registry_spec_and_identity() -> None:

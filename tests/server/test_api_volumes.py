@@ -85,6 +85,9 @@ def test_bad_commits_change_nothing(make_server: MakeServer) -> None:
     assert "Nothing was committed" in r.json()["error"]["message"]
     r = commit(server, alice.token, "v", 7, {"a": None})
     assert r.status_code == 404
+    # Two spellings of one path in one commit: refused, naming both (one change was lost).
+    r = commit(server, alice.token, "v", 0, {"q/./r": None, "q/r": None})
+    assert r.status_code == 400 and "'q/./r' and 'q/r' are the same path" in r.text, r.text
     # A size that is not what the chunks hold (the quota and the storage charge count it).
     five = entry(server, alice.token, b"12345")
     for size in (0, 14, 16):

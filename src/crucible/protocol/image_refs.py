@@ -54,6 +54,15 @@ def parse_image_ref(text: str) -> ImageRef:
     if len(text) > _MAX_REF or text != text.strip():
         raise ValueError(f"{text[:80]!r} is not an image reference (too long or spaces)")
     rest, digest = text, None
+    if "@" in rest and "/" in rest.split("@", 1)[1]:
+        # user:password@registry/...: credentials, which would be stored and shown with the
+        # function (never repeated here).
+        raise ValueError(
+            "an image reference holds no credentials (user:password@...): name the registry "
+            "and repository only, and pass the credentials as a secret with REGISTRY_USERNAME "
+            "and REGISTRY_PASSWORD: Image.from_registry(ref, secret=crucible.Secret.from_name"
+            "(NAME))"
+        )
     if "@" in rest:
         rest, digest = rest.split("@", 1)
         if not _DIGEST.match(digest):

@@ -119,7 +119,7 @@ def port_env(pod_id: str, ports: list[PodPort]) -> dict[str, str]:
 class PodCreate(Wire):
     """A pod as a client asks for it. Strings are parsed by :func:`parse_pod`."""
 
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=63)
     gpu: str | None = Field(default=None, max_length=64)  # "H100:8"; None: a CPU pod
     cpu: float | None = Field(default=None, gt=0, le=1024)  # cores (default: 1 per GPU, min 1)
     memory: str | None = Field(default=None, max_length=32)  # "16GiB" (default: 4 GiB per GPU)

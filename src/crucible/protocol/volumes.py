@@ -141,4 +141,14 @@ class VolumeCommit(Wire):
     @field_validator("changes")
     @classmethod
     def _paths(cls, changes: dict[str, FileEntry | None]) -> dict[str, FileEntry | None]:
-        return {check_volume_path(p): e for p, e in changes.items()}
+        out: dict[str, FileEntry | None] = {}
+        given: dict[str, str] = {}
+        for p, e in changes.items():
+            norm = check_volume_path(p)
+            if norm in out:  # two spellings of one path: one change would be lost
+                raise ValueError(
+                    f"{given[norm][:200]!r} and {p[:200]!r} are the same path ({norm[:200]!r}) "
+                    "in one commit: give each file once"
+                )
+            out[norm], given[norm] = e, p
+        return out
