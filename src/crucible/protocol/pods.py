@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from crucible.errors import InvalidGpuError, InvalidRequestError, InvalidResourcesError
 from crucible.protocol.apps import SECRET_NAME, MarketTerms
@@ -119,7 +119,7 @@ def port_env(pod_id: str, ports: list[PodPort]) -> dict[str, str]:
 class PodCreate(Wire):
     """A pod as a client asks for it. Strings are parsed by :func:`parse_pod`."""
 
-    name: str = Field(max_length=63)
+    name: str = Field(max_length=10_000)
     gpu: str | None = Field(default=None, max_length=64)  # "H100:8"; None: a CPU pod
     cpu: float | None = Field(default=None, gt=0, le=1024)  # cores (default: 1 per GPU, min 1)
     memory: str | None = Field(default=None, max_length=32)  # "16GiB" (default: 4 GiB per GPU)
@@ -131,6 +131,16 @@ class PodCreate(Wire):
     ssh_keys: list[str] = Field(default_factory=list)
     volumes: dict[str, str] = Field(default_factory=dict)  # mount path -> volume name
     market: MarketTerms = Field(default_factory=MarketTerms)
+
+    @field_validator("name")
+    @classmethod
+    def _name_length(cls, name: str) -> str:
+        if len(name) > 63:  # the rest of the rule is check_pod_name's, with its words
+            raise ValueError(
+                f"a pod name is 1-63 characters ({len(name)} given): use lowercase letters, "
+                "digits and '-', starting and ending with a letter or digit (e.g. 'train-1')"
+            )
+        return name
 
 
 MAX_NODES = 64
