@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from sqlalchemy import update
 
 from crucible.protocol.accounts import Scope
+from crucible.server.services import apps as apps_svc
 from crucible.server.store.tables import containers
 
 from server_testlib import ServerUnderTest, error_code
@@ -277,3 +279,17 @@ def test_an_app_counts_its_containers_until_they_have_stopped(server: ServerUnde
         conn.execute(update(containers).where(containers.c.id == cid).values(state="stopped"))
     assert server.ok("GET", f"/v1/apps/{app_id}", token=alice.token)["containers"] == 0
     assert server.ok("GET", "/v1/apps", token=alice.token)[0]["containers"] == 0
+
+
+def test_an_account_has_a_bounded_number_of_running_apps(
+    server: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apps_svc, "MAX_RUNNING_APPS", 3)
+    alice = server.tenant("alice")
+    made = [server.new_app(alice.token, f"a{i}") for i in range(3)]
+    r = server.request("POST", "/v1/apps", token=alice.token, json={"name": "one-more"})
+    assert r.status_code == 413 and error_code(r) == "quota_exceeded", r.text
+    assert "crucible apps stop" in r.json()["error"]["message"]
+    assert server.new_app(server.tenant("bob").token)  # another account's are its own
+    server.ok("POST", f"/v1/apps/{made[0]}/stop", token=alice.token)
+    assert server.new_app(alice.token, "room-again")  # a stopped one frees its place

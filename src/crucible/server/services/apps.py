@@ -7,7 +7,13 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, true, update
 
-from crucible.errors import ConflictError, InvalidGpuError, NotFoundError, PermissionDeniedError
+from crucible.errors import (
+    ConflictError,
+    InvalidGpuError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+)
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.ids import new_id
@@ -67,8 +73,27 @@ def _live_containers(app_id: Any) -> Any:
     )
 
 
+# Apps an account may have that are not stopped (pods' own apps aside: pods have their own
+# limit). Each is read by the scheduler while it runs; 10,000 empty ones took 9 s to make.
+MAX_RUNNING_APPS = 1_000
+
+
 def create_app(conn: Connection, principal: Principal, req: AppCreate, now_ms: int) -> AppInfo:
     _require_builder(principal)
+    running = conn.execute(
+        select(func.count())
+        .select_from(apps)
+        .where(
+            apps.c.account_id == principal.account_id,
+            apps.c.state != "stopped",
+            apps.c.id.not_in(select(pods.c.app_id)),
+        )
+    ).scalar_one()
+    if running >= MAX_RUNNING_APPS:
+        raise QuotaExceededError(
+            f"this account already has {running} apps running, the most allowed: stop the "
+            "ones you no longer need (`crucible apps`, `crucible apps stop APP`)"
+        )
     app_id = new_id("ap")
     conn.execute(
         insert(apps).values(
