@@ -18,6 +18,7 @@ from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.deployments import DeploymentInfo
+from crucible.protocol.transport import url_part
 from crucible.sdk._app import App
 from crucible.sdk._checks import check_name
 
@@ -157,7 +158,9 @@ def register(app: typer.Typer) -> None:
             cmd = [sys.executable, "-m", "crucible.cli.main", "deploy", target, "--name", dep_name]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
-                info = DeploymentInfo.model_validate(client.get(f"/v1/deployments/{dep_name}"))
+                info = DeploymentInfo.model_validate(
+                    client.get(f"/v1/deployments/{url_part(dep_name)}")
+                )
                 console.print(f"serving {shown(dep_name)} version {info.version}")
                 for fn, url in _web_functions(client, info):
                     console.print(f"  {shown(fn)}: {shown(url)}")
@@ -199,7 +202,7 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             pass
         finally:
-            client.post(f"/v1/deployments/{dep_name}/stop")
+            client.post(f"/v1/deployments/{url_part(dep_name)}/stop")
             console.print(f"stopped {shown(dep_name)}")
             client.close()
 
@@ -221,7 +224,9 @@ def register(app: typer.Typer) -> None:
             _show(d)
 
     def _stop(name: str, as_json: bool) -> None:
-        info = DeploymentInfo.model_validate(_client().post(f"/v1/deployments/{name}/stop"))
+        info = DeploymentInfo.model_validate(
+            _client().post(f"/v1/deployments/{url_part(name)}/stop")
+        )
         print_json(info.model_dump()) if as_json else _show(info)
 
     @dep_app.command("stop")
@@ -237,6 +242,6 @@ def register(app: typer.Typer) -> None:
     @dep_app.command("rollback")
     def deployments_rollback(name: str, version: int, as_json: bool = JSON) -> None:
         """Make an earlier version current again."""
-        data = _client().post(f"/v1/deployments/{name}/rollback", {"version": version})
+        data = _client().post(f"/v1/deployments/{url_part(name)}/rollback", {"version": version})
         info = DeploymentInfo.model_validate(data)
         print_json(info.model_dump()) if as_json else _show(info)

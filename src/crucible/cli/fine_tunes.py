@@ -26,6 +26,7 @@ from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.fine_tunes import FINE_TUNE_METHODS, FineTuneCreate, FineTuneInfo
 from crucible.protocol.models import ModelInfo, check_adapter_name
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import check_int, check_number, from_validation_error
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function
@@ -178,7 +179,7 @@ def register(app: typer.Typer) -> None:
             ) from None
         client = _client()
         try:
-            model = ModelInfo.model_validate(client.get(f"/v1/models/{base}"))
+            model = ModelInfo.model_validate(client.get(f"/v1/models/{url_part(base)}"))
             if model.engine not in TRAINABLE_ENGINES:
                 raise InvalidRequestError(
                     f"model {base!r} runs the {model.engine} engine: fine-tuning needs a "
@@ -253,7 +254,7 @@ def register(app: typer.Typer) -> None:
         """A fine-tune: its state, its loss so far, its adapter."""
         client = _client()
         ft_id = resolve_id(client, ft_id)
-        job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{ft_id}"))
+        job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         if as_json:
             print_json(job.model_dump())
             return
@@ -270,7 +271,7 @@ def register(app: typer.Typer) -> None:
         """The job's log: the trainer's JSON lines (one per step), oldest first."""
         client = _client()
         ft_id = resolve_id(client, ft_id)
-        job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{ft_id}"))
+        job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         after = 0
         while True:
             page = client.get(f"/v1/apps/{job.app_id}/logs?after={after}&call_id={job.call_id}")
@@ -285,7 +286,7 @@ def register(app: typer.Typer) -> None:
         """Stop a running fine-tune (checkpoints already saved stay in the model's volume)."""
         client = _client()
         ft_id = resolve_id(client, ft_id)
-        job = FineTuneInfo.model_validate(client.post(f"/v1/fine-tunes/{ft_id}/cancel"))
+        job = FineTuneInfo.model_validate(client.post(f"/v1/fine-tunes/{url_part(ft_id)}/cancel"))
         print_json(job.model_dump()) if as_json else _show(job)
 
 

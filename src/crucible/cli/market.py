@@ -46,6 +46,7 @@ from crucible.protocol.market import (
     QuoteInfo,
     ReservationInfo,
 )
+from crucible.protocol.transport import url_part
 
 __all__ = ["register"]
 
@@ -187,7 +188,7 @@ def register(app: typer.Typer) -> None:
         }
         client = _client()
         host_id = resolve_id(client, host_id)
-        data = client.transport.request("PUT", f"/v1/hosts/{host_id}/offers", body)
+        data = client.transport.request("PUT", f"/v1/hosts/{url_part(host_id)}/offers", body)
         info = HostMarketInfo.model_validate(data)
         print_json(info.model_dump()) if as_json else _print_host(info)
 
@@ -198,7 +199,9 @@ def register(app: typer.Typer) -> None:
         """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
         client = _client()
         host_id = resolve_id(client, host_id)
-        client.transport.request("PATCH", f"/v1/hosts/{host_id}/profile", {"draining": not undo})
+        client.transport.request(
+            "PATCH", f"/v1/hosts/{url_part(host_id)}/profile", {"draining": not undo}
+        )
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("profile")
@@ -215,7 +218,7 @@ def register(app: typer.Typer) -> None:
         host_id = resolve_id(client, host_id)
         data = client.transport.request(
             "PATCH",
-            f"/v1/hosts/{host_id}/profile",
+            f"/v1/hosts/{url_part(host_id)}/profile",
             {k: v for k, v in body.items() if v is not None},
         )
         _print_host(HostMarketInfo.model_validate(data))
@@ -229,7 +232,7 @@ def register(app: typer.Typer) -> None:
         """What your hosts earned: charged to renters, platform fee withheld, your share."""
         client = _client()
         host_id = resolve_id(client, host_id) if host_id else host_id
-        path = f"/v1/earnings?by={by}" + (f"&host_id={host_id}" if host_id else "")
+        path = "/v1/earnings?" + urlencode({"by": by, **({"host_id": host_id} if host_id else {})})
         rep = EarningsReport.model_validate(client.get(path))
         if as_json:
             print_json(rep.model_dump())

@@ -22,6 +22,7 @@ from crucible.cli.run import import_app_file
 from crucible.core.token_pricing import parse_price_per_million
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.models import ENGINES, ModelInfo, ModelUsage, check_adapter_name
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import check_int, check_name, check_scaling
 from crucible.sdk._client import Client
 from crucible.sdk._volumes import Volume
@@ -179,7 +180,7 @@ def _peft_rank(config: bytes) -> int | None:
 def _current(client: Client, name: str) -> ModelInfo | None:
     """The model ``name`` as registered now, or None (a first deploy)."""
     try:
-        return ModelInfo.model_validate(client.get(f"/v1/models/{name}"))
+        return ModelInfo.model_validate(client.get(f"/v1/models/{url_part(name)}"))
     except NotFoundError:
         return None
 
@@ -377,19 +378,21 @@ def register(app: typer.Typer) -> None:
     @model_app.command("show")
     def show(name: str, as_json: bool = JSON) -> None:
         """A model: engine, weights, prices, adapters."""
-        info = ModelInfo.model_validate(_client().get(f"/v1/models/{_own(name)}"))
+        info = ModelInfo.model_validate(_client().get(f"/v1/models/{url_part(_own(name))}"))
         print_json(info.model_dump()) if as_json else _show(info)
 
     @model_app.command("stop")
     def stop(name: str, as_json: bool = JSON) -> None:
         """Stop serving (containers stop; adapters and usage are kept)."""
-        info = ModelInfo.model_validate(_client().post(f"/v1/models/{_own(name)}/stop"))
+        info = ModelInfo.model_validate(_client().post(f"/v1/models/{url_part(_own(name))}/stop"))
         print_json(info.model_dump()) if as_json else _show(info)
 
     @model_app.command("usage")
     def usage(name: str, as_json: bool = JSON) -> None:
         """Tokens per day, caller and adapter, and what they were charged."""
-        report = ModelUsage.model_validate(_client().get(f"/v1/models/{_own(name)}/usage"))
+        report = ModelUsage.model_validate(
+            _client().get(f"/v1/models/{url_part(_own(name))}/usage")
+        )
         if as_json:
             print_json(report.model_dump())
             return
@@ -442,7 +445,7 @@ def register(app: typer.Typer) -> None:
             _check_adapter_dir(path)
         client = _client()
         try:
-            model = ModelInfo.model_validate(client.get(f"/v1/models/{_own(name)}"))
+            model = ModelInfo.model_validate(client.get(f"/v1/models/{url_part(_own(name))}"))
             rank = _adapter_rank(client, path, volume)
             if rank is not None:
                 check_adapter_rank(model, rank, f"adapter {adapter!r}")
@@ -454,7 +457,7 @@ def register(app: typer.Typer) -> None:
                 _upload_adapter(client, name, adapter, path, volume)
             info = ModelInfo.model_validate(
                 client.post(
-                    f"/v1/models/{name}/adapters",
+                    f"/v1/models/{url_part(name)}/adapters",
                     {"name": adapter, "path": where, "source": source, "rank": rank},
                 )
             )
@@ -510,7 +513,7 @@ def _upload_adapter(
     client: Client, name: str, adapter: str, path: Path | None, volume: str | None
 ) -> None:
     """Put the adapter's files under adapters/ADAPTER in the model's volume."""
-    client.get(f"/v1/models/{name}")  # the model exists (a clear 404 before uploading)
+    client.get(f"/v1/models/{url_part(name)}")  # the model exists (a clear 404 before uploading)
     target = Volume.from_name(model_volume(name), create_if_missing=True, client=client)
     with target.batch_upload(force=True) as up:
         if path is not None and path.is_file():  # a GGUF LoRA: its directory holds it alone

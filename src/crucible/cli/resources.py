@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import orjson
 import typer
@@ -34,6 +34,7 @@ from crucible.protocol.hosts import (
     verification_summary,
 )
 from crucible.protocol.logs import LogPage
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import NAME_PATTERN, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.settings import load_settings
@@ -104,11 +105,11 @@ def resolve_app(client: Client, ref: str) -> str:
     )
     if not NAME_PATTERN.fullmatch(ref):  # no app can have that name
         raise missing
-    named = client.get(f"/v1/apps?name={quote(ref, safe='')}")
+    named = client.get(f"/v1/apps?name={url_part(ref)}")
     newest_ephemeral = next((a["id"] for a in named if a["ephemeral"]), None)
     deployed: str | None = None
     try:
-        deployed = client.get(f"/v1/deployments/{quote(ref, safe='')}")["app_id"]
+        deployed = client.get(f"/v1/deployments/{url_part(ref)}")["app_id"]
     except NotFoundError:
         deployed = None
     candidates = [i for i in (newest_ephemeral, deployed) if i]
@@ -216,9 +217,13 @@ def register(app: typer.Typer) -> None:
         its phases: queued, scheduled, starting, waiting, running."""
         client = _client()
         call_id = resolve_id(client, call_id)
-        t = CallTimeline.model_validate(client.get(f"/v1/calls/{call_id}/timeline"))
+        t = CallTimeline.model_validate(client.get(f"/v1/calls/{url_part(call_id)}/timeline"))
         # A queued call: why it waits, when the scheduler knows (CallInfo.waiting).
-        waiting = client.get(f"/v1/calls/{call_id}").get("waiting") if t.state == "queued" else None
+        waiting = (
+            client.get(f"/v1/calls/{url_part(call_id)}").get("waiting")
+            if t.state == "queued"
+            else None
+        )
         if as_json:
             print_json({**t.model_dump(), "waiting": waiting})
             return
@@ -287,7 +292,7 @@ def register(app: typer.Typer) -> None:
         if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
             wait_s = 3
         while True:
-            query = f"after={after}" + (f"&call_id={quote(call_id, safe='')}" if call_id else "")
+            query = f"after={after}" + (f"&call_id={url_part(call_id)}" if call_id else "")
             page = LogPage.model_validate(
                 client.get(
                     f"/v1/apps/{app_id}/logs?{query}" + (f"&wait_s={wait_s}" if follow else "")
@@ -540,7 +545,7 @@ def register(app: typer.Typer) -> None:
         """Revoke a token (it stops working within seconds)."""
         client = _client()
         token_id = resolve_id(client, token_id)
-        client.transport.request("DELETE", f"/v1/tokens/{token_id}")
+        client.transport.request("DELETE", f"/v1/tokens/{url_part(token_id)}")
         console.print(f"revoked {token_id}")
 
     account_app = typer.Typer(help="Accounts (admin).")

@@ -18,6 +18,8 @@ failed in turn.
 from __future__ import annotations
 
 import http.client
+import re
+import select
 import socket
 import threading
 import time
@@ -66,15 +68,46 @@ def _unavailable(data: bytes) -> str | None:
     return str(inner.get("message", ""))[:300]
 
 
+# Requests that make something anew each time the server carries them out (a grant, a
+# reservation, a pod, a version, a queue item): once the server may have received one, it is
+# not sent again after a connection failure (a server killed between its commit and its
+# answer made a second grant, reservation, pod). A failure before it was sent is retried.
+_SENT_ONCE = re.compile(
+    r"^(?:/v1/(?:accounts|tokens|reservations|credits/grants|deployments|models|fine-tunes|pods"
+    r"|clusters|ssh-keys|volumes/[^/]+/commit|queues/[^/]+/(?:put|get)|dicts/[^/]+/pop"
+    r"|jobs/[^/]+/[^/]+/run(?:sync)?)|/openai/v1/.*)$"
+)
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether a kept-alive connection was closed by the server meanwhile (readable with
+    nothing asked: EOF), so that a request is not sent on it to fail half-way."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def url_part(value: str) -> str:
+    """``value`` as one segment of a URL path: percent-encoded whole, so that a '?', '#' or
+    '/' in a name given on the command line is part of the name, not of the URL."""
+    return urllib.parse.quote(value, safe="")
+
+
 def server_urls(value: str) -> list[str]:
     """The URLs of a server setting: one URL, or several separated by commas (replicas)."""
     urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
     for url in urls:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        try:
+            port_ok = parsed.port is None or 1 <= parsed.port <= 65535
+        except ValueError:  # not a number, or past 65535
+            port_ok = False
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
             raise Error(
-                f"server URL {url!r} must look like http://127.0.0.1:8745 (several replicas: "
-                "comma-separated, http://a:8745,http://b:8745)"
+                f"server URL {url!r} must look like http://127.0.0.1:8745, with a port from 1 to "
+                "65535 (several replicas: comma-separated, http://a:8745,http://b:8745)"
             )
     if not urls:
         raise Error("no server URL given; it must look like http://127.0.0.1:8745")
@@ -124,6 +157,14 @@ class Transport:
         self.retry_for_s = retry_for_s
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
+            if not all(" " < ch < "\x7f" for ch in token):
+                # A token file saved with CRLF, a pasted space: the HTTP library would fail
+                # on the header (a traceback) or the server would refuse the request line.
+                raise Error(
+                    "the token holds a space, a line end or another character no token has "
+                    "(CRUCIBLE_TOKEN, --token-file or client.json): give the token alone, as "
+                    "`crucible token create` printed it"
+                )
             self._headers["Authorization"] = f"Bearer {token}"
         self._local = threading.local()
         self._all: set[http.client.HTTPConnection] = set()
@@ -203,6 +244,14 @@ class Transport:
             # An empty id or name ('' on the command line) leaves an empty path segment,
             # which no route has (the server would answer a redirect or "no route").
             raise InvalidRequestError(f"{method} {route}: a name or an id in it is empty; give one")
+        bad = next((ch for ch in path if ch <= " " or ch in "#\x7f"), None)
+        if bad is not None:
+            # A name or an id with a space (a pasted id), a '#': no object has one, and the
+            # URL would be refused here (after 30 s of retries) or cut short at the server.
+            raise InvalidRequestError(
+                f"{method} {route!r}: a name or an id in it holds {bad!r}, which none has; "
+                "check it (no spaces around it)"
+            )
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = content_type
@@ -212,21 +261,29 @@ class Transport:
         deadline: float | None = None
         delay = 0.05
         failed_in_turn = 0  # servers that failed since the last backoff
+        once = method == "POST" and _SENT_ONCE.match(route) is not None
         while True:
             conn = self._conn()
+            if conn.sock is not None and _dropped(conn.sock):
+                self._drop()
+                conn = self._conn()
             url = self._servers[self._local.index].prefix + path
+            sent = False
             try:
                 if timeout_s is not None:
                     conn.timeout = timeout_s
                     if conn.sock is not None:
                         conn.sock.settimeout(timeout_s)
                 conn.request(method, url, body=body, headers=headers)
+                sent = True
                 resp = conn.getresponse()
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
                 said = _unavailable(data) if resp.status in _GATEWAY_STATUSES else None
                 if said is not None:
+                    if resp.status == 503:
+                        sent = False  # no replica took it (or one that could not commit it)
                     raise _GatewayUnavailable(
                         f"the server answered HTTP {resp.status}: {said}"
                         if said
@@ -246,6 +303,12 @@ class Transport:
                 failed = self._servers[self._local.index].url
                 self._fail_over(self._local.index)
                 self._drop()
+                if once and sent:
+                    raise ServerUnavailableError(
+                        f"the server at {failed} went away after it received {method} {route} "
+                        f"({exc}): it may have carried it out. Check (list what it would have "
+                        "made) before sending it again"
+                    ) from exc
                 failed_in_turn += 1
                 if retry and failed_in_turn < len(self._servers):
                     continue  # another replica next, at once

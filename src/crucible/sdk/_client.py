@@ -11,7 +11,7 @@ from crucible.protocol.apps import AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, CallsCreated, GroupResults
 from crucible.protocol.common import Payload
 from crucible.protocol.deployments import DeploymentInfo, VersionStarted
-from crucible.protocol.transport import Transport
+from crucible.protocol.transport import Transport, url_part
 from crucible.sdk._config import read_client_config
 from crucible.settings import Settings, load_settings
 
@@ -92,13 +92,13 @@ class Client:
         )
 
     def heartbeat_app(self, app_id: str) -> AppInfo:
-        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/heartbeat"))
+        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{url_part(app_id)}/heartbeat"))
 
     def stop_app(self, app_id: str) -> AppInfo:
-        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{app_id}/stop"))
+        return AppInfo.model_validate(self.transport.post(f"/v1/apps/{url_part(app_id)}/stop"))
 
     def get_app(self, app_id: str) -> AppInfo:
-        return AppInfo.model_validate(self.transport.get(f"/v1/apps/{app_id}"))
+        return AppInfo.model_validate(self.transport.get(f"/v1/apps/{url_part(app_id)}"))
 
     def list_apps(self) -> list[AppInfo]:
         return [AppInfo.model_validate(a) for a in self.transport.get("/v1/apps")]
@@ -113,11 +113,13 @@ class Client:
         return VersionStarted.model_validate(self.transport.post("/v1/deployments", {"name": name}))
 
     def activate(self, name: str, app_id: str) -> DeploymentInfo:
-        data = self.transport.post(f"/v1/deployments/{name}/activate", {"app_id": app_id})
+        data = self.transport.post(f"/v1/deployments/{url_part(name)}/activate", {"app_id": app_id})
         return DeploymentInfo.model_validate(data)
 
     def lookup_function(self, deployment: str, function: str) -> FunctionInfo:
-        data = self.transport.get(f"/v1/deployments/{deployment}/functions/{function}")
+        data = self.transport.get(
+            f"/v1/deployments/{url_part(deployment)}/functions/{url_part(function)}"
+        )
         return FunctionInfo.model_validate(data)
 
     # -- calls --------------------------------------------------------------------------------
@@ -135,11 +137,13 @@ class Client:
         return CallsCreated.model_validate(data)
 
     def get_call(self, call_id: str, wait_s: float = 0.0) -> CallInfo:
-        data = self.transport.get(f"/v1/calls/{call_id}?wait_s={wait_s:g}", timeout_s=wait_s + 30)
+        data = self.transport.get(
+            f"/v1/calls/{url_part(call_id)}?wait_s={wait_s:g}", timeout_s=wait_s + 30
+        )
         return CallInfo.model_validate(data)
 
     def cancel_call(self, call_id: str) -> CallInfo:
-        return CallInfo.model_validate(self.transport.post(f"/v1/calls/{call_id}/cancel"))
+        return CallInfo.model_validate(self.transport.post(f"/v1/calls/{url_part(call_id)}/cancel"))
 
     def group_results(
         self, group_id: str, *, wait_s: float, limit: int = 5000, indices: list[int] | None = None

@@ -16,6 +16,7 @@ import orjson
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol.coordination import MAX_VALUE_B64, DictInfo, DictItems
+from crucible.protocol.transport import url_part
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import STORED_ADVICE, deserialize, serialize_value
 
@@ -99,7 +100,7 @@ class Dict:
     def delete(name: str, *, client: Client | None = None) -> None:
         """Delete the dict ``name`` and everything in it."""
         client = client or Client.from_settings()
-        client.transport.request("DELETE", f"/v1/dicts/{name}")
+        client.transport.request("DELETE", f"/v1/dicts/{url_part(name)}")
 
     def info(self) -> DictInfo:
         return DictInfo.model_validate(self._client.get(f"/v1/dicts/{self.name}"))

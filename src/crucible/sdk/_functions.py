@@ -17,6 +17,7 @@ from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.apps import FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import (
@@ -386,7 +387,9 @@ class Function(Generic[P, R]):
         try:
             while True:
                 page = ItemsPage.model_validate(
-                    client.get(f"/v1/calls/{call_id}/items?after={after}&wait_s={_POLL_S}")
+                    client.get(
+                        f"/v1/calls/{url_part(call_id)}/items?after={after}&wait_s={_POLL_S}"
+                    )
                 )
                 for item in page.items:
                     what = f"item {after} yielded by {self.name} (call {call_id})"

@@ -12,6 +12,7 @@ from typing import Any
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol.coordination import MAX_VALUE_B64, QueueInfo, QueueItems
+from crucible.protocol.transport import url_part
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import STORED_ADVICE, deserialize, serialize_value
 
@@ -51,7 +52,7 @@ class Queue:
     @staticmethod
     def delete(name: str, *, client: Client | None = None) -> None:
         client = client or Client.from_settings()
-        client.transport.request("DELETE", f"/v1/queues/{name}")
+        client.transport.request("DELETE", f"/v1/queues/{url_part(name)}")
 
     def info(self) -> QueueInfo:
         return QueueInfo.model_validate(self._client.get(f"/v1/queues/{self.name}"))

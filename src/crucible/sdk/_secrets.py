@@ -8,6 +8,7 @@ from pathlib import Path
 
 from crucible.errors import InvalidRequestError
 from crucible.protocol.secrets import MAX_SECRET_KEYS, SecretInfo, check_env_key
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import check_object_name
 from crucible.sdk._client import Client
 from crucible.sdk._local_files import read_text_file
@@ -107,7 +108,7 @@ class Secret:
     @staticmethod
     def delete(name: str, *, client: Client | None = None) -> None:
         client = client or Client.from_settings()
-        client.transport.request("DELETE", f"/v1/secrets/{name}")
+        client.transport.request("DELETE", f"/v1/secrets/{url_part(name)}")
 
     def _resolve(self, client: Client, app_id: str) -> str:
         """The stored name functions reference (a from_dict secret is stored now, for

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.transport import url_part
 from crucible.protocol.volumes import (
     CHUNK_BYTES,
     FileEntry,
@@ -171,7 +172,7 @@ class Volume:
     def delete(name: str, *, client: Client | None = None) -> None:
         """Delete the volume and its history."""
         client = client or Client.from_settings()
-        client.transport.request("DELETE", f"/v1/volumes/{name}")
+        client.transport.request("DELETE", f"/v1/volumes/{url_part(name)}")
 
     def info(self) -> VolumeInfo:
         return VolumeInfo.model_validate(self.client.get(f"/v1/volumes/{self.name}"))
