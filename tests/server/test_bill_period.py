@@ -61,8 +61,8 @@ def test_a_bill_and_a_statement_cover_the_period_asked(make_server: MakeServer) 
 
     for query, words in [
         (f"?since_ms={T0}&until_ms={T0}", "the period is empty"),
-        ("?since_ms=-5", "since_ms must be a time in milliseconds"),
-        (f"?until_ms={2**60}", "until_ms must be a time in milliseconds"),
+        ("?since_ms=-5", "since_ms"),
+        (f"?until_ms={2**60}", "until_ms"),
     ]:
         for path in ("/v1/bill", "/v1/statement"):
             r = server.request("GET", path + query, token=renter)

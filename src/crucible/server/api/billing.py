@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from crucible.protocol.billing import BillReport
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.server.api.deps import Builder, State
 from crucible.server.billing.entries import reservation_spend
 from crucible.server.billing.period import Period
@@ -19,8 +20,8 @@ async def get_bill(
     who: Builder,
     state: State,
     app_id: str | None = None,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
+    since_ms: int | None = Query(default=None, ge=0, le=MAX_WIRE_INT),
+    until_ms: int | None = Query(default=None, ge=0, le=MAX_WIRE_INT),
 ) -> BillReport:
     period = Period.of(since_ms, until_ms)
     with state.engine.connect() as conn:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from crucible.errors import InvalidRequestError
+from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.market import (
     BookInfo,
     CreditGrant,
@@ -151,8 +152,8 @@ def get_statement(
     kind: str = "entries",
     app_id: str | None = None,
     format: str = "json",
-    since_ms: int | None = None,
-    until_ms: int | None = None,
+    since_ms: int | None = Query(default=None, ge=0, le=MAX_WIRE_INT),
+    until_ms: int | None = Query(default=None, ge=0, le=MAX_WIRE_INT),
 ) -> Any:
     if format not in ("json", "csv"):
         raise InvalidRequestError(f"format must be json or csv, not {format[:40]!r}")
