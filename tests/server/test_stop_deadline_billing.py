@@ -103,3 +103,73 @@ def test_an_agent_that_stops_in_time_is_billed_to_the_stop(make_server: MakeServ
     server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": [exited]})
     loop.tick()
     assert _billed_ms(server, cid) == 12_000
+
+
+def test_a_restarted_agents_old_containers_are_billed_to_its_last_sync(
+    make_server: MakeServer,
+) -> None:
+    """An agent killed and started again within the host timeout: its containers died with it,
+    and the new process's first sync ends them; they are billed to when the old process was
+    last heard from, not to that sync (the probe saw 13 s of a dead container billed). An
+    agent that registers again with its containers running (it says which session it
+    resumes) is billed as before."""
+    server = make_server(meter_interval_s=10, host_timeout_s=3600)
+    clock = ManualClock(T0)
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box")
+    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
+    server.new_calls(renter, fn)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
+    running = {"containers": [{"container_id": cid, "state": "running"}]}
+    for _ in range(8):  # alive 7 s
+        server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=running)
+        clock.now += 1_000
+    last_heard = clock.now - 1_000
+    clock.now += 12_000  # the agent is dead, then a new process registers
+    server.register_host(host_token, "box")
+    clock.now += 1_000
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={"containers": []})
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        assert conn.execute(select(containers.c.state).where(containers.c.id == cid)).scalar() == (
+            "stopped"
+        )
+    assert _billed_ms(server, cid) == last_heard - T0
+
+
+def test_an_agent_that_resumes_its_session_keeps_its_containers_billed(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(meter_interval_s=10, host_timeout_s=3600)
+    clock = ManualClock(T0)
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box")
+    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
+    server.new_calls(renter, fn)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
+    running = {"containers": [{"container_id": cid, "state": "running"}]}
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=running)
+    clock.now += 5_000
+    [host] = server.ok("GET", "/v1/hosts", token=host_token)
+    body = {
+        "name": "box",
+        "inventory": host["inventory"],
+        "resumes_session": host["agent_session"],
+        "isolation": host["isolation"],
+    }
+    server.ok("POST", "/v1/hosts/register", token=host_token, json=body)
+    for _ in range(25):
+        clock.now += 1_000
+        server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=running)
+        loop.tick()
+    assert _billed_ms(server, cid) == 30_000  # three whole intervals, none cut short

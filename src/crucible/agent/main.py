@@ -256,6 +256,7 @@ class Agent:
                 isolation=self.isolation,
                 self_test=self._self_test,
                 address=own_address(self.server_url),
+                resumes_session=self._agent_session or None,
             )
             try:
                 data = self._transport.post("/v1/hosts/register", body.model_dump(mode="json"))

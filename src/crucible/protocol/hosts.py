@@ -195,6 +195,10 @@ class HostRegister(Wire):
     # Where this host's cluster members are reached (an IP address or host name); None:
     # not announced (clusters tell members the control plane's view of nothing then).
     address: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9.:\-]+$")
+    # The agent_session this agent process was given before (it registers again, its
+    # containers still running); None: a new agent process, whose predecessor's containers
+    # are gone (it ended them).
+    resumes_session: int | None = Field(default=None, ge=1, le=2**53)
 
 
 class HostInfo(Wire):

@@ -42,6 +42,10 @@ async def register(req: HostRegister, who: HostAgent, state: State) -> HostInfo:
     def write() -> HostInfo:
         # In a worker thread: a fleet registering at once must not stall the event loop
         # (and with it every other agent's sync) on the store.
+        # The hosts' last heartbeats first: a new agent process's predecessor is billed up to
+        # when it was last heard from (register_host).
+        with state.engine.begin() as conn:
+            svc.flush_heartbeats(conn, state.hosts.heartbeats)
         with state.engine.begin() as conn:
             return svc.register_host(
                 conn, who, req, state.clock.now_ms(), allow_fake_gpus=state.settings.dev_mode

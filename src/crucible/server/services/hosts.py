@@ -202,6 +202,23 @@ def register_host(
         )
     else:
         host_id = row.id
+        # A new agent process: the previous one's containers died with it (the new one kills
+        # what is left), at the latest when it was last heard from. They end at the new one's
+        # first sync, but are billed no later than that. (An agent that registers again with
+        # its containers running says which session it resumes.)
+        if req.resumes_session != row.agent_session:
+            conn.execute(
+                update(containers)
+                .where(
+                    containers.c.host_id == host_id,
+                    containers.c.state.in_(LIVE_CONTAINER_STATES),
+                    or_(
+                        containers.c.stop_by_ms.is_(None),
+                        containers.c.stop_by_ms > row.last_seen_ms,
+                    ),
+                )
+                .values(stop_by_ms=row.last_seen_ms)
+            )
         conn.execute(
             update(hosts)
             .where(hosts.c.id == host_id)
