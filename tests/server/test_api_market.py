@@ -274,6 +274,11 @@ def test_credits_are_granted_by_operators_and_capped_per_day(server: ServerUnder
         json={"account": "renter", "amount_micros": 10**9},
     )
     assert r.status_code == 403 and error_code(r) == "forbidden"
+    # A memo or key is shown to the account (statements, CSV): no terminal escapes in them.
+    for field in ("memo", "key"):
+        bad = {"account": "renter", "amount_micros": 1, field: "\x1b[31mRED\r"}
+        r = server.request("POST", "/v1/credits/grants", token=admin, json=bad)
+        assert r.status_code == 400 and field in r.text and "control character" in r.text
     body = {"account": "renter", "amount_micros": 25_000_000, "key": "welcome"}
     assert (
         server.ok("POST", "/v1/credits/grants", token=admin, json=body)["balance_micros"]

@@ -156,8 +156,9 @@ class CreditGrant(Wire):
     account: str = Field(min_length=1, max_length=64)  # name or id
     amount_micros: int = Field(gt=0, le=10**15)
     # Idempotency: the same key grants once (retries are safe). Empty: a new grant.
-    key: str = Field(default="", max_length=100)
-    memo: str = Field(default="", max_length=500)
+    # Both are shown to the account (statements, CSV): printable text, no control characters.
+    key: PrintableText = Field(default="", max_length=100)
+    memo: PrintableText = Field(default="", max_length=500)
 
 
 class DailyCap(Wire):
