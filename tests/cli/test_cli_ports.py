@@ -33,3 +33,10 @@ def test_a_host_this_machine_cannot_listen_on_is_named(host: str, words: str) ->
     with pytest.raises(SettingError, match=words) as caught:
         port_free(host, free_port())
     assert "taken" not in str(caught.value) and "CRUCIBLE_BIND_HOST" in str(caught.value)
+
+
+@pytest.mark.parametrize("port", [99999, -1, 65536])
+def test_a_number_that_is_no_port_is_named(port: int) -> None:
+    """`crucible up --port 99999` was an OverflowError traceback."""
+    with pytest.raises(SettingError, match=f"port {port} is not a port"):
+        port_free("127.0.0.1", port)

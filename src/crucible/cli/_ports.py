@@ -21,6 +21,8 @@ def port_free(host: str, port: int) -> bool:
     """Whether ``host:port`` can be listened on now: False when something holds the port;
     a host that is not an address of this machine, or a port that needs privileges, is an
     error naming that instead (both were reported as "port taken")."""
+    if not 1 <= port <= 65535:
+        raise SettingError(f"port {port} is not a port: give one from 1024 to 65535 with --port")
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
