@@ -51,7 +51,7 @@ class Settings:
     home: str = _opt(
         "~/.crucible",
         "CRUCIBLE_HOME",
-        "Data directory of an embedded exchange and of the client config.",
+        "Data directory of an embedded exchange and of the client config (empty: the default).",
     )
     database_url: str = _opt(
         "",
@@ -677,6 +677,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     for f in SETTINGS_TABLE:
         name = f.metadata["env"]
         if name in env:
+            if name == "CRUCIBLE_HOME" and not env[name].strip():
+                continue  # empty: the default, not the current directory
             values[f.name] = _parse(env[name], f.type, name)
     secret = env.get("CRUCIBLE_SECRET", "")
     if 0 < len(secret) < 16:

@@ -174,3 +174,10 @@ def test_values_no_server_can_run_with_are_refused(env: str, value: str, words: 
 
     with pytest.raises(SettingError, match=re.escape(words)):
         load_settings(environ={env: value})
+
+
+def test_an_empty_home_is_the_default_not_the_current_directory() -> None:
+    """`CRUCIBLE_HOME=` put the store and the secrets key wherever the user stood."""
+    assert load_settings(environ={"CRUCIBLE_HOME": ""}).home == "~/.crucible"
+    assert load_settings(environ={"CRUCIBLE_HOME": "  "}).home == "~/.crucible"
+    assert load_settings(environ={"CRUCIBLE_HOME": "/srv/x"}).home == "/srv/x"
