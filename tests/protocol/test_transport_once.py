@@ -103,3 +103,13 @@ def test_mistakes_in_a_url_or_a_token_fail_at_once() -> None:
                 t.request("DELETE", path)
     finally:
         t.close()
+
+
+def test_a_server_name_that_does_not_resolve_fails_at_once() -> None:
+    """It was retried like a refused connection for the whole window (30 s)."""
+    t = Transport("http://crucible.invalid:8745", "tok", retry_for_s=30)
+    try:
+        with pytest.raises(ServerUnavailableError, match="its host name does not resolve"):
+            t.get("/v1/apps")
+    finally:
+        t.close()

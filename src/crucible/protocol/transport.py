@@ -133,7 +133,7 @@ def _unreachable_advice(urls: list[str], exc: BaseException) -> str:
     hosts = {urllib.parse.urlsplit(u).hostname or "" for u in urls}
     if hosts <= {"127.0.0.1", "localhost", "::1"}:
         return "is it running? Start one with `crucible up`."
-    return "is it running, and is the URL right? (CRUCIBLE_SERVER_URL, or --server)"
+    return "is it running, and is the URL right? (CRUCIBLE_SERVER_URL)"
 
 
 class Transport:
@@ -310,6 +310,12 @@ class Transport:
                         "made) before sending it again"
                     ) from exc
                 failed_in_turn += 1
+                if isinstance(exc, socket.gaierror) and len(self._servers) == 1:
+                    # A name that does not resolve will not in the next 30 s either.
+                    raise ServerUnavailableError(
+                        f"cannot reach the Crucible server at {failed}: its host name does not "
+                        f"resolve ({exc}); is the URL right? (CRUCIBLE_SERVER_URL)"
+                    ) from exc
                 if retry and failed_in_turn < len(self._servers):
                     continue  # another replica next, at once
                 if deadline is None:

@@ -253,7 +253,11 @@ def authenticate(state: ServerState, header: str | None) -> Principal:
             )
         ).first()
     if row is None or row.revoked:
-        raise AuthError("the token is not valid (unknown or revoked); check CRUCIBLE_TOKEN")
+        raise AuthError(
+            "the token is not valid (unknown or revoked); check the token you use "
+            "(CRUCIBLE_TOKEN, or the client config `crucible up` wrote in CRUCIBLE_HOME), or "
+            "ask for a new one (`crucible token create`)"
+        )
     if len(state.auth.token_cache) > 10_000:
         state.auth.token_cache.clear()
     state.auth.token_cache[digest] = ((row.account_id, row.scope, row.id), now + _TOKEN_CACHE_TTL_S)
