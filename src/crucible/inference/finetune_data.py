@@ -135,6 +135,10 @@ def load_examples(path: Path, tokenizer: Any, *, max_length: int) -> list[Exampl
     return examples
 
 
+# One example is a conversation or a prompt and completion: far below this.
+_MAX_LINE = 16 << 20
+
+
 def check_records(path: Path) -> int:
     """Check every line of ``path`` as :func:`load_examples` does, without a tokenizer (so a
     client can refuse bad data before a job is started); returns the number of examples.
@@ -143,7 +147,12 @@ def check_records(path: Path) -> int:
     count = 0
     with path.open(encoding="utf-8") as lines:
         try:
-            for number, line in enumerate(lines, start=1):
+            for number, line in enumerate(iter(lambda: lines.readline(_MAX_LINE + 1), ""), 1):
+                if len(line) > _MAX_LINE:
+                    # A binary file, or one with no line ends: not read whole into memory.
+                    raise _line_error(
+                        path, number, f"longer than {_MAX_LINE >> 20} MiB (is it JSON lines?)"
+                    )
                 if not line.strip():
                     continue
                 try:
