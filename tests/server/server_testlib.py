@@ -367,6 +367,7 @@ V1_ROUTES = sorted(
         ("GET", "/v1/market/hosts"),
         ("PUT", "/v1/hosts/{host_id}/offers"),
         ("PATCH", "/v1/hosts/{host_id}/profile"),
+        ("DELETE", "/v1/hosts/{host_id}"),
         ("GET", "/v1/earnings"),
         ("GET", "/v1/market/book"),
         ("POST", "/v1/market/quote"),

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from crucible.protocol.accounts import Scope
 from crucible.server.billing.entries import check_ledger
-from crucible.server.store.tables import ledger_entries, ledger_postings
+from crucible.server.store.tables import hosts, ledger_entries, ledger_postings, reservations
 
 from server_testlib import MakeServer, ServerUnderTest, error_code
 
@@ -379,3 +379,34 @@ def test_gpus_outside_the_catalog_are_not_on_the_market(server: ServerUnderTest)
     assert r.status_code == 400 and "has no 'H100 '" in r.text
     [listed] = server.ok("GET", "/v1/hosts", token=owner)
     assert len(listed["inventory"]["gpus"]) == 4  # the inventory as declared
+
+
+def test_an_owner_removes_a_host_whose_agent_stopped(server: ServerUnderTest) -> None:
+    """Hosts stayed in every account's lists for good once registered; now their owner takes
+    them off, when nothing runs or is reserved there, and registering again brings them back."""
+    host_id, owner, renter = _market(server)
+    r = server.request("DELETE", f"/v1/hosts/{host_id}", token=owner)
+    assert r.status_code == 409 and "stop its agent first" in r.text
+    r = server.request("DELETE", f"/v1/hosts/{host_id}", token=renter)
+    assert r.status_code == 404  # not the renter's: as if it did not exist
+    start = int(time.time() * 1000) + 3_600_000
+    body = {"gpu": "H100", "start_ms": start, "hours": 1}
+    server.ok("POST", "/v1/reservations", token=renter, json=body)
+    with server.state.engine.begin() as conn:
+        conn.execute(update(hosts).where(hosts.c.id == host_id).values(state="offline"))
+    r = server.request("DELETE", f"/v1/hosts/{host_id}", token=owner)
+    assert r.status_code == 409 and "reserved" in r.text
+    with server.state.engine.begin() as conn:
+        conn.execute(delete(reservations))
+    assert server.request("DELETE", f"/v1/hosts/{host_id}", token=owner).status_code == 204
+    assert server.request("DELETE", f"/v1/hosts/{host_id}", token=owner).status_code == 204
+    assert server.ok("GET", "/v1/hosts", token=renter) == []
+    assert server.ok("GET", "/v1/market/hosts", token=renter) == []
+    admin = server.tenant("ops", Scope.ADMIN).token
+    [removed] = server.ok("GET", "/v1/audit?action=host.remove", token=admin)["entries"]
+    assert removed["target"] == host_id
+    # The agent registers again: the same host, back on the exchange.
+    assert server.register_host(server.tenant("hoster", Scope.HOST).token, "gpu-1", gpus=H100) == (
+        host_id
+    )
+    assert [h["id"] for h in server.ok("GET", "/v1/hosts", token=renter)] == [host_id]

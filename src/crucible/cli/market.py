@@ -204,6 +204,17 @@ def register(app: typer.Typer) -> None:
         )
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
+    @host_app.command("remove")
+    def host_remove(host_id: str) -> None:
+        """Take a host off the exchange for good (its agent stopped, nothing runs or is reserved
+        on it); an agent that registers under its name again brings it back."""
+        client = _client()
+        host_id = resolve_id(client, host_id)
+        client.transport.request("DELETE", f"/v1/hosts/{url_part(host_id)}")
+        console.print(f"removed host {host_id}", markup=False)
+
+    host_app.command("rm", hidden=True)(host_remove)
+
     @host_app.command("profile")
     def host_profile(
         host_id: str,

@@ -170,8 +170,10 @@ def gauges(conn: Connection) -> tuple[dict[str, int], dict[str, int], dict[str, 
             .group_by(containers.c.state)
         ).all()
     }
-    host_states: dict[str, int] = {
-        str(k): int(v)
-        for k, v in conn.execute(select(hosts.c.state, func.count()).group_by(hosts.c.state)).all()
-    }
+    by_state = (
+        select(hosts.c.state, func.count())
+        .where(hosts.c.state != "removed")  # taken off the exchange by their owners
+        .group_by(hosts.c.state)
+    )
+    host_states: dict[str, int] = {str(k): int(v) for k, v in conn.execute(by_state).all()}
     return queued, live, host_states

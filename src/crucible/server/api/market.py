@@ -66,6 +66,15 @@ def patch_profile(
     return info
 
 
+@router.delete("/hosts/{host_id}", status_code=204)
+def delete_host(host_id: str, who: Builder, state: State) -> None:
+    """Remove a host whose agent stopped (offline or lost) and that runs and is reserved for
+    nothing: it leaves the host lists and the market."""
+    with state.engine.begin() as conn:
+        offers.remove_host(conn, who, host_id, state.clock.now_ms())
+    state.market.offers_changed()
+
+
 @router.get("/earnings")
 def get_earnings(
     who: Builder, state: State, by: str = "lease", host_id: str | None = None

@@ -908,7 +908,8 @@ class SchedulerLoop:
         rows = [
             h
             for h in host_rows
-            if h.row.state == "ready" or h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS
+            if h.row.state == "ready"
+            or (h.row.state != "removed" and h.row.last_seen_ms >= now - _KNOWN_HOST_WINDOW_MS)
         ]
         usage, freeing = self.fleet.held, self.fleet.freeing
         live: list[HostCapacity] = []

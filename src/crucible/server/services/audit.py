@@ -29,6 +29,7 @@ ACTIONS = (
     "credits.cap",
     "host.offer",
     "host.profile",
+    "host.remove",
     "host.verification",
 )
 MAX_PAGE = 1000

@@ -347,7 +347,7 @@ def require_host(conn: Connection, principal: Principal, host_id: str) -> HostIn
 def list_hosts(conn: Connection, owner: str | None = None) -> list[HostInfo]:
     """Every host of the exchange (hosts are public: renters choose among them), or those of
     the account ``owner``."""
-    q = select(hosts).order_by(hosts.c.registered_ms)
+    q = select(hosts).where(hosts.c.state != "removed").order_by(hosts.c.registered_ms)
     if owner is not None:
         q = q.where(hosts.c.account_id == owner)
     rows = list(conn.execute(q))

@@ -12,7 +12,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crucible.core.ledger import MS_PER_DAY, PLATFORM_FEES, format_usd
 from crucible.core.market import CPU
-from crucible.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from crucible.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.protocol.hosts import HostVerification, IsolationReport, isolation_summary
 from crucible.protocol.market import (
@@ -137,6 +142,44 @@ def set_profile(
         )
 
 
+def remove_host(conn: Connection, principal: Principal, host_id: str, now_ms: int) -> None:
+    """Take a host off the exchange for good (its owner, or an admin): it leaves the host
+    lists and the market. Its agent must have stopped (the host offline or lost), and nothing
+    may run or be reserved on it. An agent that registers under its name again brings it
+    back, with the same id. Removing a removed host changes nothing."""
+    row = _owned_host(conn, principal, host_id)
+    if row.state == "removed":
+        return
+    if row.state == "ready":
+        raise ConflictError(
+            f"host {host_id} is ready: stop its agent first (`crucible host drain {host_id}` "
+            "lets its work finish), then remove it"
+        )
+    live = conn.execute(
+        select(func.count())
+        .select_from(containers)
+        .where(containers.c.host_id == host_id, containers.c.state != "stopped")
+    ).scalar_one()
+    if live:
+        raise ConflictError(
+            f"host {host_id} still has {live} container(s) ending; remove it once they have"
+        )
+    reserved = [
+        r.id
+        for r in conn.execute(
+            select(reservations.c.id, reservations.c.blocks).where(reservations.c.end_ms > now_ms)
+        )
+        if any(b.get("host_id") == host_id for b in r.blocks or [])
+    ]
+    if reserved:
+        raise ConflictError(
+            f"host {host_id} is reserved ({', '.join(sorted(reserved)[:5])}): renters paid for "
+            "its devices; remove it once those reservations have ended"
+        )
+    conn.execute(update(hosts).where(hosts.c.id == host_id).values(state="removed"))
+    audit.record(conn, principal, "host.remove", host_id, now_ms, account_id=row.account_id)
+
+
 def host_market_info(conn: Connection, row: Any, settings: Settings) -> HostMarketInfo:
     priced = {
         r.device_type: r
@@ -189,7 +232,7 @@ def list_host_market(
 ) -> list[HostMarketInfo]:
     """Every host's offers and profile: public to renters, as on any marketplace (or those of
     the account ``owner``)."""
-    q = select(hosts).order_by(hosts.c.registered_ms)
+    q = select(hosts).where(hosts.c.state != "removed").order_by(hosts.c.registered_ms)
     if owner is not None:
         q = q.where(hosts.c.account_id == owner)
     return [host_market_info(conn, r, settings) for r in conn.execute(q)]
