@@ -3,8 +3,11 @@ version, retiring drained versions, rollback, stop, lookups, and tenant isolatio
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
+from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.store.tables import apps, calls
 
@@ -163,3 +166,15 @@ def test_the_job_api_refuses_what_a_job_cannot_call(server: ServerUnderTest) -> 
     with server.state.engine.connect() as conn:
         assert conn.execute(select(calls.c.id)).all() == []  # nothing was queued
     assert server.ok("POST", "/v1/jobs/kinds/plain/run", token=token, json={"input": 3})["id"]
+
+
+def test_a_version_left_deploying_is_stopped_after_an_hour(server: ServerUnderTest) -> None:
+    """A deploy interrupted before its activation left its version "deploying" for good."""
+    alice = server.tenant("alice")
+    started = server.ok("POST", "/v1/deployments", token=alice.token, json={"name": "svc"})
+    now = int(time.time() * 1000)
+    with server.state.engine.begin() as conn:
+        assert stop_abandoned_apps(conn, now + 60_000, 60_000) == []  # a deploy in progress
+        assert stop_abandoned_apps(conn, now + 3_700_000, 60_000) == [started["app_id"]]
+    [version] = server.ok("GET", "/v1/deployments/svc", token=alice.token)["versions"]
+    assert version["state"] == "stopped"

@@ -188,7 +188,8 @@ def heartbeat_app(conn: Connection, principal: Principal, app_id: str, now_ms: i
 
 
 def stop_abandoned_apps(conn: Connection, now_ms: int, timeout_ms: int) -> list[str]:
-    """Stop ephemeral apps whose client stopped heartbeating; returns their ids."""
+    """Stop ephemeral apps whose client stopped heartbeating, and deployment versions left
+    deploying for an hour; returns their ids."""
     ids = [
         r.id
         for r in conn.execute(
@@ -199,12 +200,26 @@ def stop_abandoned_apps(conn: Connection, now_ms: int, timeout_ms: int) -> list[
             )
         )
     ]
+    # A deploy interrupted between its version's start and its activation (the client killed,
+    # the server restarted under it) left the version "deploying" for good: after an hour,
+    # far past any upload, it is stopped.
+    ids += [
+        r.id
+        for r in conn.execute(
+            select(apps.c.id).where(
+                apps.c.state == "deploying", apps.c.created_ms < now_ms - _DEPLOYING_MS
+            )
+        )
+    ]
     for app_id in ids:
         conn.execute(
             update(apps).where(apps.c.id == app_id).values(state="stopped", stopped_ms=now_ms)
         )
         cancel_queued_calls_of_app(conn, app_id, now_ms)
     return ids
+
+
+_DEPLOYING_MS = 3_600_000
 
 
 def _validate(conn: Connection, principal: Principal, spec: FunctionCreate) -> None:
