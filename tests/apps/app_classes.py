@@ -25,8 +25,11 @@ class Counter:
 
     @crucible.exit()
     def unload(self) -> None:
-        if self.marker_dir:
-            Path(self.marker_dir, f"exited-{self.container}").write_text(str(self.count))
+        if self.marker_dir:  # written whole, then named: a reader never sees it half written
+            done = Path(self.marker_dir, f"exited-{self.container}")
+            part = done.with_name(f".{done.name}.part")
+            part.write_text(str(self.count))
+            os.replace(part, done)
 
     @crucible.method()
     def bump(self, by: int = 1, times: int = 1) -> tuple[int, str, float]:
