@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from crucible.core.market import Offer
 from crucible.core.scheduling import StartContainer
@@ -35,7 +35,7 @@ from crucible.server.services.accounts import ensure_account, issue_token
 from crucible.server.services.blobs import grant_blob
 from crucible.server.services.containers import create_containers
 from crucible.server.state import ServerState
-from crucible.server.store.tables import containers, functions, hosts
+from crucible.server.store.tables import containers, functions, hosts, meter_intervals
 from crucible.settings import load_settings
 
 __all__ = [
@@ -224,6 +224,62 @@ class ServerUnderTest:
             )
         assert cid is not None
         return str(cid), container_token(self.state.secret, str(cid))
+
+
+@dataclass
+class Metered:
+    """One container of a renter's function running on a host, on a clock the test moves:
+    what the billing tests start from (:func:`metered_container`)."""
+
+    server: ServerUnderTest
+    clock: ManualClock
+    host_id: str
+    host_token: str
+    renter: str
+    app_id: str
+    function_id: str
+    container_id: str
+    loop: Any  # the server's SchedulerLoop, ticked by hand
+
+    def report(self, state: str = "running", **fields: Any) -> Any:
+        """One sync of the host reporting the container (``state``, and ``fields``)."""
+        body = {"containers": [{"container_id": self.container_id, "state": state, **fields}]}
+        return self.server.ok(
+            "POST", f"/v1/hosts/{self.host_id}/sync", token=self.host_token, json=body
+        )
+
+    def billed_ms(self) -> int:
+        """The container's time in metered intervals."""
+        with self.server.state.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.sum(meter_intervals.c.end_ms - meter_intervals.c.start_ms)).where(
+                        meter_intervals.c.container_id == self.container_id
+                    )
+                ).scalar()
+                or 0
+            )
+
+
+def metered_container(server: ServerUnderTest, at_ms: int) -> Metered:
+    """A host, a renter's function with one call, and the container the scheduler places for
+    it (not yet reported started), on a :class:`ManualClock` at ``at_ms``."""
+    from crucible.server.scheduler.loop import SchedulerLoop
+
+    clock = ManualClock(at_ms)
+    server.state.clock = clock
+    host_token = server.tenant("hoster", Scope.HOST).token
+    renter = server.tenant("renter").token
+    host_id = server.register_host(host_token, "box")
+    app_id = server.new_app(renter)
+    fn = server.new_function(renter, app_id, server.put_blob(renter))
+    server.new_calls(renter, fn)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
+    assert cid is not None
+    return Metered(server, clock, host_id, host_token, renter, app_id, fn, str(cid), loop)
 
 
 MakeServer = Callable[..., ServerUnderTest]

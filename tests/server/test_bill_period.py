@@ -4,35 +4,18 @@ impossible period is a 400 that says why. The clock is injected."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
-from crucible.protocol.accounts import Scope
-from crucible.server.scheduler.loop import SchedulerLoop
-from crucible.server.store.tables import containers
-
-from server_testlib import MakeServer, ManualClock, error_code
+from server_testlib import MakeServer, error_code, metered_container
 
 T0 = 1_800_000_000_000
 
 
 def test_a_bill_and_a_statement_cover_the_period_asked(make_server: MakeServer) -> None:
-    server = make_server(meter_interval_s=10)
-    clock = ManualClock(T0)
-    server.state.clock = clock
-    host_token = server.tenant("hoster", Scope.HOST).token
-    renter = server.tenant("renter").token
-    host_id = server.register_host(host_token, "box")
-    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
-    server.new_calls(renter, fn)
-    loop = SchedulerLoop(server.state)
-    loop.tick()
-    with server.state.engine.connect() as conn:
-        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
-    report = {"containers": [{"container_id": cid, "state": "running"}]}
+    m = metered_container(make_server(meter_interval_s=10), T0)
+    server, renter = m.server, m.renter
     for _ in range(31):  # 30 s of running, metered in 10 s intervals
-        server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=report)
-        loop.tick()
-        clock.now += 1_000
+        m.report()
+        m.loop.tick()
+        m.clock.now += 1_000
 
     def bill(query: str) -> tuple[int, int, int]:
         b = server.ok("GET", f"/v1/bill{query}", token=renter)

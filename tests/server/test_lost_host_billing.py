@@ -6,29 +6,18 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from crucible.protocol.accounts import Scope
 from crucible.server.billing.entries import check_ledger
-from crucible.server.scheduler.loop import SchedulerLoop
 from crucible.server.store.tables import containers, meter_intervals
 
-from server_testlib import MakeServer, ManualClock
+from server_testlib import MakeServer, metered_container
 
 T0 = 1_800_000_000_000
 
 
 def test_a_lost_hosts_containers_are_billed_to_its_last_sync(make_server: MakeServer) -> None:
-    server = make_server(host_timeout_s=15, meter_interval_s=10)
-    clock = ManualClock(T0)
-    server.state.clock = clock
-    host_token = server.tenant("hoster", Scope.HOST).token
-    renter = server.tenant("renter").token
-    host_id = server.register_host(host_token, "box")
-    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
-    server.new_calls(renter, fn)
-    loop = SchedulerLoop(server.state)
-    loop.tick()
-    with server.state.engine.connect() as conn:
-        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
+    m = metered_container(make_server(host_timeout_s=15, meter_interval_s=10), T0)
+    server, clock, loop, cid = m.server, m.clock, m.loop, m.container_id
+    host_id, host_token, renter = m.host_id, m.host_token, m.renter
     assert cid is not None
 
     def sync() -> None:
@@ -70,18 +59,9 @@ def test_a_host_that_comes_back_before_it_is_lost_is_billed_for_the_gap(
 ) -> None:
     """Metering waits for the host's next sync; when it comes, the time is billed (the
     container was alive after all)."""
-    server = make_server(host_timeout_s=15, meter_interval_s=10)
-    clock = ManualClock(T0)
-    server.state.clock = clock
-    host_token = server.tenant("hoster", Scope.HOST).token
-    renter = server.tenant("renter").token
-    host_id = server.register_host(host_token, "box")
-    fn = server.new_function(renter, server.new_app(renter), server.put_blob(renter))
-    server.new_calls(renter, fn)
-    loop = SchedulerLoop(server.state)
-    loop.tick()
-    with server.state.engine.connect() as conn:
-        cid = conn.execute(select(containers.c.id).where(containers.c.function_id == fn)).scalar()
+    m = metered_container(make_server(host_timeout_s=15, meter_interval_s=10), T0)
+    server, clock, loop, cid = m.server, m.clock, m.loop, m.container_id
+    host_id, host_token = m.host_id, m.host_token
     report = {"containers": [{"container_id": cid, "state": "running"}]}
     server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json=report)
     clock.now += 12_000  # silent for 12 s: not lost yet, nothing billed past T0
