@@ -89,3 +89,11 @@ def test_a_client_json_that_cannot_be_read_is_named(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
         said = " ".join(out.stderr.split())
         assert "client.json" in said and "delete it" in said, out.stderr
+
+
+def test_version_is_printed_without_an_exchange(tmp_path: Path) -> None:
+    from crucible.agent.main import agent_version
+
+    done = _cli(tmp_path / "home", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"crucible {agent_version()}"
+    assert not (tmp_path / "home").exists()  # nothing started, nothing written

@@ -39,6 +39,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from crucible.agent.main import agent_version
+
+        typer.echo(f"crucible {agent_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Crucible: an open GPU compute exchange with a serverless Python runtime."""
+
+
 up.register(app)
 serve.register(app)
 run.register(app)
