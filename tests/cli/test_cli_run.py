@@ -100,6 +100,10 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
             "memory_reserved_micros": 10_000,
             "priced": True,
         }
+        # One price changed: the others stay as they were (all three were required).
+        again = ["host", "price", host_id, "cpu", "--on-demand", "0.06", "--json"]
+        repriced = json.loads(_crucible(again, env))["offers"][-1]
+        assert repriced == {**priced["offers"][-1], "on_demand_micros": 60_000}
         earned = json.loads(_crucible(["host", "earnings", "--json"], env))
         assert earned["charged_micros"] == bill["total_micros"] > 0
         assert earned["charged_micros"] == earned["fee_micros"] + earned["earned_micros"]
@@ -140,8 +144,8 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert "isolation:" in _crucible(["market", "hosts"], env)
         audit = json.loads(_crucible(["audit", "--json"], env))
         actions = [e["action"] for e in audit["entries"]]
-        assert actions[:3] == ["host.offer", "token.revoke", "token.create"]
-        assert audit["entries"][1]["target"] == made["id"]
+        assert actions[:4] == ["host.offer", "host.offer", "token.revoke", "token.create"]
+        assert audit["entries"][2]["target"] == made["id"]
         wide = {**env, "COLUMNS": "200"}
         assert "host.offer" in _crucible(["audit", "--action", "host.offer"], wide)
         # A function by name, as `modal run FILE::FUNCTION` does: its parameters as flags.

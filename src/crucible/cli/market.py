@@ -151,6 +151,15 @@ _STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] =
 _ID_HEADERS = ("app", "meter", "call")
 
 
+def _current_offer(client: Any, host_id: str, device: str) -> dict[str, Any]:
+    """The host's terms for ``device`` now (its own prices, or the exchange's defaults); empty
+    when it has no such device (the server then says what it has)."""
+    for h in client.get("/v1/market/hosts"):
+        if h["host_id"] == host_id:
+            return next((o for o in h["offers"] if o["device_type"] == device), {})
+    return {}
+
+
 def register(app: typer.Typer) -> None:
     host_app = typer.Typer(help="Your hosts in the market: prices, draining, earnings.")
     app.add_typer(host_app, name="host")
@@ -159,12 +168,12 @@ def register(app: typer.Typer) -> None:
     def host_price(
         host_id: str,
         device: str = typer.Argument(..., help="A GPU model the host has, or 'cpu'."),
-        on_demand: float = typer.Option(..., "--on-demand", help="$/device-hour."),
+        on_demand: float = typer.Option(None, "--on-demand", help="$/device-hour."),
         interruptible_min: float = typer.Option(
-            ..., "--interruptible-min", help="Lowest interruptible bid accepted, $/device-hour."
+            None, "--interruptible-min", help="Lowest interruptible bid accepted, $/device-hour."
         ),
-        reserved: float = typer.Option(..., "--reserved", help="Reserved price, $/device-hour."),
-        memory: float = typer.Option(0.0, "--memory", help="cpu only: on-demand $/GiB-hour."),
+        reserved: float = typer.Option(None, "--reserved", help="Reserved price, $/device-hour."),
+        memory: float = typer.Option(None, "--memory", help="cpu only: on-demand $/GiB-hour."),
         memory_interruptible: float = typer.Option(
             None, "--memory-interruptible", help="cpu only: $/GiB-hour (default: --memory)."
         ),
@@ -173,21 +182,35 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = JSON,
     ) -> None:
-        """Set a host's prices for one device type (running leases keep their price)."""
-        mem = _micros(memory, "--memory") or 0
-        mem_int = _micros(memory_interruptible, "--memory-interruptible")
-        mem_rsv = _micros(memory_reserved, "--memory-reserved")
-        body = {
-            "device_type": device,
+        """Set a host's prices for one device type (running leases keep their price); a price
+        not given keeps its current value."""
+        given = {
             "on_demand_micros": _micros(on_demand, "--on-demand"),
             "interruptible_min_micros": _micros(interruptible_min, "--interruptible-min"),
             "reserved_micros": _micros(reserved, "--reserved"),
-            "memory_on_demand_micros": mem,
-            "memory_interruptible_micros": mem if mem_int is None else mem_int,
-            "memory_reserved_micros": mem if mem_rsv is None else mem_rsv,
+            "memory_on_demand_micros": _micros(memory, "--memory"),
         }
+        mem_int = _micros(memory_interruptible, "--memory-interruptible")
+        mem_rsv = _micros(memory_reserved, "--memory-reserved")
+        if given["memory_on_demand_micros"] is not None:
+            # The other memory prices follow --memory unless given.
+            mem = given["memory_on_demand_micros"]
+            mem_int = mem if mem_int is None else mem_int
+            mem_rsv = mem if mem_rsv is None else mem_rsv
+        given["memory_interruptible_micros"] = mem_int
+        given["memory_reserved_micros"] = mem_rsv
+        if all(v is None for v in given.values()):
+            raise InvalidRequestError(
+                "give at least one price: --on-demand, --interruptible-min, --reserved (and for "
+                "cpu --memory, --memory-interruptible, --memory-reserved), in $ per hour"
+            )
         client = _client()
         host_id = resolve_id(client, host_id)
+        current = _current_offer(client, host_id, device)
+        body = {
+            "device_type": device,
+            **{k: (current.get(k, 0) if v is None else v) for k, v in given.items()},
+        }
         data = client.transport.request("PUT", f"/v1/hosts/{url_part(host_id)}/offers", body)
         info = HostMarketInfo.model_validate(data)
         print_json(info.model_dump()) if as_json else _print_host(info)
