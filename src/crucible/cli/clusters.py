@@ -4,7 +4,6 @@ not at all (docs/pods.md). Each member is also a pod (`crucible pod logs NAME-RA
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from crucible.cli.resources import (
 )
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.pods import DEFAULT_DISK, ClusterCreate, ClusterInfo, parse_env
+from crucible.protocol.transport import url_part
 from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
 from crucible.sdk._market_terms import market_terms
@@ -36,7 +36,7 @@ def _path(client: Client, cluster: str) -> str:
         ref = resolve_id(client, cluster)
     except NotFoundError:
         ref = cluster
-    return f"/v1/clusters/{quote(ref, safe='')}"
+    return f"/v1/clusters/{url_part(ref)}"
 
 
 def _request(**fields: object) -> ClusterCreate:

@@ -206,7 +206,9 @@ def register(app: typer.Typer) -> None:
             )
         client = _client()
         host_id = resolve_id(client, host_id)
-        current = _current_offer(client, host_id, device)
+        # Prices not given keep the host's current ones (read only when some are missing).
+        missing = any(v is None for v in given.values())
+        current = _current_offer(client, host_id, device) if missing else {}
         body = {
             "device_type": device,
             **{k: (current.get(k, 0) if v is None else v) for k, v in given.items()},

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import typer
 from pydantic import ValidationError
 
@@ -12,6 +10,7 @@ from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.common import Named
 from crucible.protocol.coordination import DictInfo, QueueInfo
+from crucible.protocol.transport import url_part
 
 __all__ = ["register"]
 
@@ -107,4 +106,4 @@ def _path(kind: str, name: str) -> str:
             f"{name!r} is not a {kind} name (1-128 letters, digits, '_', '.' or '-'); "
             f"`crucible {kind} list` shows yours"
         ) from None
-    return quote(name, safe="")
+    return url_part(name)

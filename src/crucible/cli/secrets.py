@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import typer
 
@@ -11,6 +10,7 @@ from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.secrets import SecretInfo
+from crucible.protocol.transport import url_part
 from crucible.sdk._secrets import parse_dotenv
 
 __all__ = ["register"]
@@ -69,8 +69,8 @@ def register(app: typer.Typer) -> None:
         """Delete a secret. Functions that name it start without it (the running apps'
         functions that do are named)."""
         client = _client()
-        used_by = SecretInfo.model_validate(client.get(f"/v1/secrets/{quote(name, safe='')}"))
-        client.transport.request("DELETE", f"/v1/secrets/{quote(name, safe='')}")
+        used_by = SecretInfo.model_validate(client.get(f"/v1/secrets/{url_part(name)}"))
+        client.transport.request("DELETE", f"/v1/secrets/{url_part(name)}")
         console.print(f"deleted secret {name}", markup=False)
         if used_by.used_by:
             typer.echo(

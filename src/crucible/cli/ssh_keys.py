@@ -10,6 +10,7 @@ from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.access import SshKeyInfo
+from crucible.protocol.transport import url_part
 from crucible.sdk._local_files import read_text_file
 
 __all__ = ["register"]
@@ -70,9 +71,8 @@ def register(app: typer.Typer) -> None:
     @key_app.command("rm")
     def rm(key: str = typer.Argument(..., help="The key's id, fingerprint or name.")) -> None:
         """Remove a key: containers stop accepting it at the next SSH login."""
-        from urllib.parse import quote
 
-        _client().transport.delete(f"/v1/ssh-keys/{quote(key, safe='')}")
+        _client().transport.delete(f"/v1/ssh-keys/{url_part(key)}")
         console.print(f"removed SSH key {key}", markup=False)
 
     key_app.command("delete", hidden=True)(rm)

@@ -14,7 +14,6 @@ from sqlalchemy import ColumnElement
 
 from crucible.core.ledger import MS_PER_DAY
 from crucible.errors import InvalidRequestError
-from crucible.protocol.common import MAX_WIRE_INT
 
 __all__ = ["Period"]
 
@@ -30,12 +29,8 @@ class Period:
 
     @classmethod
     def of(cls, since_ms: int | None, until_ms: int | None) -> Period:
-        """A period from a request's query, refused when it cannot hold anything."""
-        for name, value in (("since_ms", since_ms), ("until_ms", until_ms)):
-            if value is not None and not 0 <= value <= MAX_WIRE_INT:
-                raise InvalidRequestError(
-                    f"{name} must be a time in milliseconds since 1970 (0 to {MAX_WIRE_INT})"
-                )
+        """A period from a request's query (each end bounded by the route's query
+        parameters), refused when it cannot hold anything."""
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
             raise InvalidRequestError(
                 f"the period is empty: since ({_utc(since_ms)}) must be before until "

@@ -570,8 +570,6 @@ def process_reports(
                 message=rep.message,
                 crashed=crashed,
                 max_infra_requeues=max_infra_requeues,
-                # Never started (it was pulling): it ends now, with nothing to meter.
-                stopped_ms=0 if unbilled and row.state != "pending" else None,
             )
             continue
         if row is None:
