@@ -1,5 +1,7 @@
 """What the client sends again after a connection failure: a request that makes something anew
-(a grant, a reservation, a pod, a queue item) is never sent twice once the server may have
+(a grant, a reservation, a pod, a queue item) is sent again with the same Idempotency-Key (the
+server answers the first answer: tests/server/test_request_keys.py); one the server keeps no
+key for (a token, a queue's get, a job's run) is never sent twice once the server may have
 received it (a server killed between its commit and its answer made a second one); other
 requests are retried; a request that could not be sent at all is retried whatever it is. Also
 the client's own mistakes in a URL or a token fail at once, naming them."""
@@ -52,7 +54,13 @@ def hangs_up() -> Iterator[tuple[str, list[str]]]:
                         length = int(value)
                 while len(rest) < length:
                     rest += conn.recv(65536)
-                seen.append(head.split(b"\r\n")[0].decode())
+                lines = head.split(b"\r\n")
+                keys = [
+                    v
+                    for n, _, v in (ln.partition(b": ") for ln in lines[1:])
+                    if n.lower() == b"idempotency-key"
+                ]
+                seen.append(lines[0].decode() + (f" key={keys[0].decode()}" if keys else ""))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -68,7 +76,26 @@ def hangs_up() -> Iterator[tuple[str, list[str]]]:
     "path",
     ["/v1/credits/grants", "/v1/reservations", "/v1/pods", "/v1/queues/q/put", "/v1/deployments"],
 )
-def test_a_request_that_makes_something_is_not_sent_twice(path: str) -> None:
+def test_a_request_that_makes_something_is_sent_again_with_its_key(path: str) -> None:
+    with hangs_up() as (url, seen):
+        t = Transport(url, "tok", retry_for_s=0.5)
+        try:
+            with pytest.raises(ServerUnavailableError, match="cannot reach the Crucible server"):
+                t.post(path, {"x": 1})
+            with pytest.raises(ServerUnavailableError):
+                t.post(path, {"x": 1}, idempotency_key="given-1")
+        finally:
+            t.close()
+    first = [s for s in seen if "given-1" not in s]
+    assert len(first) >= 2 and len(set(first)) == 1, seen  # one key, every time
+    assert first[0].startswith(f"POST {path} HTTP/1.1 key=")
+    assert seen[-1] == f"POST {path} HTTP/1.1 key=given-1"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/tokens", "/v1/queues/q/get", "/v1/dicts/d/pop", "/v1/jobs/web/f/run"]
+)
+def test_a_request_that_makes_something_without_a_key_is_not_sent_twice(path: str) -> None:
     with hangs_up() as (url, seen):
         t = Transport(url, "tok", retry_for_s=1.0)
         try:

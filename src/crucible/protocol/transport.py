@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from typing import Any
 
 import orjson
@@ -69,13 +70,19 @@ def _unavailable(data: bytes) -> str | None:
 
 
 # Requests that make something anew each time the server carries them out (a grant, a
-# reservation, a pod, a version, a queue item): once the server may have received one, it is
-# not sent again after a connection failure (a server killed between its commit and its
-# answer made a second grant, reservation, pod). A failure before it was sent is retried.
+# reservation, a pod, a version, a queue item). Those the server keys (services/
+# request_keys.py) carry an Idempotency-Key made once per request: sent again after a
+# connection failure, the server answers what it did the first time instead of doing it
+# twice. The others are not sent again once the server may have received them (a server
+# killed between its commit and its answer would take an item twice, run a job twice); a
+# failure before they were sent is retried.
+_KEYED = re.compile(
+    r"^/v1/(?:accounts|reservations|credits/grants|deployments|models|fine-tunes|pods"
+    r"|clusters|ssh-keys|volumes/[^/]+/commit|queues/[^/]+/put)$"
+)
+# (The answers of a token and of a dict's pop hold the token and the values: not kept.)
 _SENT_ONCE = re.compile(
-    r"^(?:/v1/(?:accounts|tokens|reservations|credits/grants|deployments|models|fine-tunes|pods"
-    r"|clusters|ssh-keys|volumes/[^/]+/commit|queues/[^/]+/(?:put|get)|dicts/[^/]+/pop"
-    r"|jobs/[^/]+/[^/]+/run(?:sync)?)|/openai/v1/.*)$"
+    r"^(?:/v1/(?:tokens|dicts/[^/]+/pop|queues/[^/]+/get|jobs/[^/]+/[^/]+/run(?:sync)?)|/openai/v1/.*)$"
 )
 
 
@@ -235,10 +242,12 @@ class Transport:
         timeout_s: float | None = None,
         retry: bool = True,
         retry_rate_limited: bool = False,
+        idempotency_key: str | None = None,
     ) -> tuple[int, bytes]:
         """Send a request; return (status, body). Retries connection failures, and with
         ``retry_rate_limited`` (a request safe to repeat) a 429 after its Retry-After, both
-        within ``retry_for_s``."""
+        within ``retry_for_s``. A request that makes something anew carries
+        ``idempotency_key`` (one is made when not given), so that sending it again is safe."""
         route = path.split("?", 1)[0]
         if "//" in route or (route.endswith("/") and route != "/"):
             # An empty id or name ('' on the command line) leaves an empty path segment,
@@ -261,7 +270,13 @@ class Transport:
         deadline: float | None = None
         delay = 0.05
         failed_in_turn = 0  # servers that failed since the last backoff
-        once = method == "POST" and _SENT_ONCE.match(route) is not None
+        once = False
+        if method == "POST":
+            if idempotency_key is None and _KEYED.match(route) is not None:
+                idempotency_key = uuid.uuid4().hex
+            once = idempotency_key is None and _SENT_ONCE.match(route) is not None
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         while True:
             conn = self._conn()
             if conn.sock is not None and _dropped(conn.sock):
@@ -342,6 +357,7 @@ class Transport:
         timeout_s: float | None = None,
         retry: bool = True,
         retry_rate_limited: bool = False,
+        idempotency_key: str | None = None,
     ) -> Any:
         try:
             body = None if json is None else orjson.dumps(json)
@@ -357,6 +373,7 @@ class Transport:
             timeout_s=timeout_s,
             retry=retry,
             retry_rate_limited=retry_rate_limited,
+            idempotency_key=idempotency_key,
         )
         try:
             return self._decode(status, data)

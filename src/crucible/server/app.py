@@ -68,6 +68,7 @@ from crucible.server.front import FrontedAPI
 from crucible.server.hotpath import HotPath
 from crucible.server.leadership import Elector, settings_check
 from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.services.request_keys import Replay
 from crucible.server.state import ServerState, load_or_create_secret
 from crucible.server.store.db import create_store_engine, migrate
 from crucible.server.wakeup_bus import PgWakeupBus
@@ -271,6 +272,16 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     @app.exception_handler(Error)
     async def on_error(request: Request, exc: Error) -> JSONResponse:
         return shaped(request, response_for_exception(exc))
+
+    @app.exception_handler(Replay)
+    async def on_replay(request: Request, exc: Replay) -> Response:
+        """A request sent again with its Idempotency-Key: its first answer, as it was."""
+        return Response(
+            exc.body,
+            status_code=exc.status,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,7 +22,7 @@ _TIMEOUT_S = 30.0
 
 
 def to_leader(
-    state: ServerState, authorization: str | None, req: ReserveCreate
+    state: ServerState, authorization: str | None, req: ReserveCreate, key: str | None = None
 ) -> ReservationInfo | None:
     """The leader's answer to ``req`` when another replica leads; None when this replica
     should decide (it leads, or no leader advertises a URL). Blocking: call it from a
@@ -37,7 +37,8 @@ def to_leader(
     token = authorization.split(" ", 1)[-1].strip()
     transport = Transport(url, token, timeout_s=_TIMEOUT_S, retry_for_s=0)
     try:
-        got = transport.post("/v1/reservations", req.model_dump(mode="json"))
+        # The caller's Idempotency-Key goes with it: the leader keeps the answer under it.
+        got = transport.post("/v1/reservations", req.model_dump(mode="json"), idempotency_key=key)
     except ServerUnavailableError:
         raise ServerUnavailableError(
             "the scheduler leader, which decides reservations, did not answer (it may be "

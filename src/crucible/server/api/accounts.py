@@ -11,16 +11,24 @@ from crucible.protocol.accounts import (
     TokenCreated,
     TokenInfo,
 )
-from crucible.server.api.deps import Builder, Caller, State
+from crucible.server.api.deps import Builder, Caller, RequestKey, State
 from crucible.server.services import accounts as svc
+from crucible.server.services import request_keys
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
 @router.post("/accounts", status_code=201)
-async def create_account(req: AccountCreate, who: Builder, state: State) -> AccountInfo:
+async def create_account(
+    req: AccountCreate, who: Builder, state: State, key: RequestKey = None
+) -> AccountInfo:
+    keyed = request_keys.keyed(who, key, "POST /v1/accounts", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.create_account(conn, who, req.name, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.create_account(conn, who, req.name, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info
 
 
 @router.get("/accounts/me")
@@ -31,6 +39,8 @@ async def me(who: Caller, state: State) -> AccountInfo:
 
 @router.post("/tokens", status_code=201)
 async def create_token(req: TokenCreate, who: Builder, state: State) -> TokenCreated:
+    # Not keyed (services/request_keys.py): its answer holds the new token, which the store
+    # keeps only hashed; a lost answer is a token to revoke (`crucible token ls`).
     with state.engine.begin() as conn:
         return svc.create_token(conn, who, req, state.clock.now_ms())
 

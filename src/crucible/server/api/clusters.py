@@ -7,9 +7,10 @@ from fastapi import APIRouter, Request
 from starlette.requests import HTTPConnection
 
 from crucible.protocol.pods import ClusterCreate, ClusterInfo
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.api.pods import with_port_urls
 from crucible.server.services import clusters as svc
+from crucible.server.services import request_keys
 from crucible.server.state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
@@ -24,12 +25,18 @@ def _with_port_urls(state: ServerState, request: HTTPConnection, info: ClusterIn
 
 
 @router.post("/clusters", status_code=201)
-def create_cluster(req: ClusterCreate, request: Request, who: Builder, state: State) -> ClusterInfo:
+def create_cluster(
+    req: ClusterCreate, request: Request, who: Builder, state: State, key: RequestKey = None
+) -> ClusterInfo:
     """Create a cluster of ``nodes`` member pods; the market places the gang as a whole."""
+    keyed = request_keys.keyed(who, key, "POST /v1/clusters", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        info = svc.create_cluster(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = _with_port_urls(state, request, svc.create_cluster(conn, who, req, now))
+        request_keys.keep(conn, keyed, 201, info)
     state.wakeups.kick_scheduler()
-    return _with_port_urls(state, request, info)
+    return info
 
 
 @router.get("/clusters")

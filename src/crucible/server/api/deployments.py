@@ -13,9 +13,10 @@ from crucible.protocol.deployments import (
     Rollback,
     VersionStarted,
 )
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.api.web_origin import endpoint_url
 from crucible.server.services import deployments as svc
+from crucible.server.services import request_keys
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
@@ -25,9 +26,16 @@ class Activate(Wire):
 
 
 @router.post("/deployments", status_code=201)
-def start_version(req: DeploymentCreate, who: Builder, state: State) -> VersionStarted:
+def start_version(
+    req: DeploymentCreate, who: Builder, state: State, key: RequestKey = None
+) -> VersionStarted:
+    keyed = request_keys.keyed(who, key, "POST /v1/deployments", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.start_version(conn, who, req.name, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        started = svc.start_version(conn, who, req.name, now)
+        request_keys.keep(conn, keyed, 201, started)
+    return started
 
 
 @router.post("/deployments/{name}/activate")

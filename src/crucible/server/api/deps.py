@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy import select
 
 from crucible.errors import AuthError, PermissionDeniedError
 from crucible.server.auth import Principal
 from crucible.server.services.accounts import authenticate
+from crucible.server.services.request_keys import KEY_PATTERN
 from crucible.server.state import ServerState
 from crucible.server.store.tables import containers
 
@@ -25,6 +26,7 @@ __all__ = [
     "Container",
     "HostAgent",
     "Member",
+    "RequestKey",
     "State",
     "get_state",
 ]
@@ -36,6 +38,17 @@ async def get_state(request: Request) -> ServerState:
 
 
 State = Annotated[ServerState, Depends(get_state)]
+
+# The Idempotency-Key header of a route that makes something anew (services/request_keys.py).
+RequestKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="Send the request again with the same key to get its first answer "
+        "instead of making a second one (kept 24 hours; 1-128 printable ASCII characters).",
+    ),
+]
 
 
 def _principal(request: Request) -> Principal:

@@ -61,6 +61,8 @@ def get(name: str, req: DictKeys, who: Member, state: State) -> DictItems:
 
 @router.post("/{name}/pop")
 def pop(name: str, req: DictKeys, who: Member, state: State) -> DictItems:
+    # Not keyed (services/request_keys.py): its answer holds the values, which would be
+    # kept a day after they left the dict.
     with state.engine.begin() as conn:
         return DictItems(entries=svc.pop_entries(conn, who, name, req.keys, state.clock.now_ms()))
 

@@ -6,17 +6,23 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from crucible.protocol.fine_tunes import FineTuneCreate, FineTuneInfo
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.services import fine_tunes as svc
+from crucible.server.services import request_keys
 from crucible.server.services.containers import cancel_call
 
 router = APIRouter(prefix="/v1", tags=["fine-tunes"])
 
 
 @router.post("/fine-tunes", status_code=201)
-def create(req: FineTuneCreate, who: Builder, state: State) -> FineTuneInfo:
+def create(req: FineTuneCreate, who: Builder, state: State, key: RequestKey = None) -> FineTuneInfo:
+    keyed = request_keys.keyed(who, key, "POST /v1/fine-tunes", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.create_fine_tune(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.create_fine_tune(conn, who, req, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info
 
 
 @router.get("/fine-tunes")

@@ -25,11 +25,11 @@ from crucible.protocol.market import (
     ReservationInfo,
     ReserveCreate,
 )
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.billing import statements
 from crucible.server.billing.period import Period
 from crucible.server.forward import to_leader
-from crucible.server.services import offers, orders
+from crucible.server.services import offers, orders, request_keys
 from crucible.server.services.accounts import own_account
 from crucible.server.store.tables import hosts
 
@@ -102,15 +102,17 @@ def post_quote(req: QuoteRequest, who: Builder, state: State) -> QuoteInfo:
 
 @router.post("/reservations")
 def post_reservation(
-    req: ReserveCreate, who: Builder, state: State, request: Request
+    req: ReserveCreate, who: Builder, state: State, request: Request, key: RequestKey = None
 ) -> ReservationInfo:
-    forwarded = to_leader(state, request.headers.get("authorization"), req)
+    forwarded = to_leader(state, request.headers.get("authorization"), req, key)
     if forwarded is not None:
         return forwarded
+    keyed = request_keys.keyed(who, key, "POST /v1/reservations", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        info, keys = orders.reserve(
-            conn, state.market, state.settings, who, req, state.clock.now_ms()
-        )
+        request_keys.claim(conn, keyed, now)
+        info, keys = orders.reserve(conn, state.market, state.settings, who, req, now)
+        request_keys.keep(conn, keyed, 200, info)
     # Preempted containers' agents and calls are woken; the scheduler places the requeued
     # calls on its next periodic tick (a kick per reservation would contend for the store).
     state.wakeups.notify_many(keys)
@@ -124,14 +126,18 @@ def get_reservations(who: Builder, state: State) -> list[ReservationInfo]:
 
 
 @router.post("/credits/grants")
-def post_grant(req: CreditGrant, who: Builder, state: State) -> CreditInfo:
+def post_grant(req: CreditGrant, who: Builder, state: State, key: RequestKey = None) -> CreditInfo:
+    keyed = request_keys.keyed(who, key, "POST /v1/credits/grants", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        info = statements.grant(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = _as_enforced(statements.grant(conn, who, req, now), state)
+        request_keys.keep(conn, keyed, 200, info)
     if info.ok:  # let the account back in now rather than at the next check
         state.credit.checked.pop(info.account_id, None)
         state.leader.credit_blocked.pop(info.account_id, None)
     state.wakeups.kick_scheduler()
-    return _as_enforced(info, state)
+    return info
 
 
 @router.put("/credits/cap")

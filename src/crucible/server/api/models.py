@@ -6,16 +6,22 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from crucible.protocol.models import AdapterCreate, ModelCreate, ModelInfo, ModelUsage
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.services import models as svc
+from crucible.server.services import request_keys
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.post("/models", status_code=201)
-def register(req: ModelCreate, who: Builder, state: State) -> ModelInfo:
+def register(req: ModelCreate, who: Builder, state: State, key: RequestKey = None) -> ModelInfo:
+    keyed = request_keys.keyed(who, key, "POST /v1/models", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.register_model(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.register_model(conn, who, req, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info
 
 
 @router.get("/models")

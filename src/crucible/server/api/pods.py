@@ -9,9 +9,10 @@ from starlette.requests import HTTPConnection
 from crucible.protocol.common import MAX_WIRE_INT
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import PodCreate, PodInfo, port_path
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.api.ports import own_origin
 from crucible.server.services import pods as svc
+from crucible.server.services import request_keys
 from crucible.server.state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["pods"])
@@ -30,12 +31,18 @@ def with_port_urls(state: ServerState, request: HTTPConnection, info: PodInfo) -
 
 
 @router.post("/pods", status_code=201)
-def create_pod(req: PodCreate, request: Request, who: Builder, state: State) -> PodInfo:
+def create_pod(
+    req: PodCreate, request: Request, who: Builder, state: State, key: RequestKey = None
+) -> PodInfo:
     """Create a pod; the market places it on the scheduler's next tick."""
+    keyed = request_keys.keyed(who, key, "POST /v1/pods", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        info = svc.create_pod(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = with_port_urls(state, request, svc.create_pod(conn, who, req, now))
+        request_keys.keep(conn, keyed, 201, info)
     state.wakeups.kick_scheduler()
-    return with_port_urls(state, request, info)
+    return info
 
 
 @router.get("/pods")

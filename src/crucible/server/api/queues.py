@@ -14,8 +14,9 @@ from crucible.protocol.coordination import (
     QueueItems,
     QueuePut,
 )
-from crucible.server.api.deps import Member, State
+from crucible.server.api.deps import Member, RequestKey, State
 from crucible.server.services import queues as svc
+from crucible.server.services import request_keys
 from crucible.server.wakeups import long_poll
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"])
@@ -53,13 +54,16 @@ def delete_queue(name: str, who: Member, state: State) -> None:
 
 
 @router.post("/{name}/put")
-async def put(name: str, req: QueuePut, who: Member, state: State) -> Put:
+async def put(name: str, req: QueuePut, who: Member, state: State, key: RequestKey = None) -> Put:
+    keyed = request_keys.keyed(who, key, f"POST /v1/queues/{name}/put", req)
+    now = state.clock.now_ms()
+    answer = Put(put=len(req.values))
     with state.engine.begin() as conn:
-        qid = svc.put_items(
-            conn, who, name, req, state.clock.now_ms(), state.settings.queue_max_items
-        )
+        request_keys.claim(conn, keyed, now)
+        qid = svc.put_items(conn, who, name, req, now, state.settings.queue_max_items)
+        request_keys.keep(conn, keyed, 200, answer)
     state.wakeups.notify(f"queue:{qid}:{req.partition}")
-    return Put(put=len(req.values))
+    return answer
 
 
 @router.post("/{name}/get")

@@ -5,17 +5,25 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from crucible.protocol.access import SshKeyCreate, SshKeyInfo
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
+from crucible.server.services import request_keys
 from crucible.server.services import ssh_keys as svc
 
 router = APIRouter(prefix="/v1", tags=["ssh-keys"])
 
 
 @router.post("/ssh-keys", status_code=201)
-def add_ssh_key(req: SshKeyCreate, who: Builder, state: State) -> SshKeyInfo:
+def add_ssh_key(
+    req: SshKeyCreate, who: Builder, state: State, key: RequestKey = None
+) -> SshKeyInfo:
     """Register an OpenSSH public key (one ``TYPE BASE64 [comment]`` line)."""
+    keyed = request_keys.keyed(who, key, "POST /v1/ssh-keys", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.add_key(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.add_key(conn, who, req, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info
 
 
 @router.get("/ssh-keys")

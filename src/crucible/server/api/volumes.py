@@ -12,7 +12,8 @@ from crucible.protocol.volumes import (
     VolumeInfo,
     VolumeVersion,
 )
-from crucible.server.api.deps import Member, State
+from crucible.server.api.deps import Member, RequestKey, State
+from crucible.server.services import request_keys
 from crucible.server.services import volumes as svc
 
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
@@ -62,19 +63,26 @@ def get_manifest(
 
 
 @router.post("/{name}/commit", status_code=201)
-def commit(name: str, req: VolumeCommit, who: Member, state: State) -> VolumeVersion:
+def commit(
+    name: str, req: VolumeCommit, who: Member, state: State, key: RequestKey = None
+) -> VolumeVersion:
     """Apply changes to the latest version: a new version, atomically."""
+    keyed = request_keys.keyed(who, key, f"POST /v1/volumes/{name}/commit", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.commit(
+        request_keys.claim(conn, keyed, now)
+        version = svc.commit(
             conn,
             state.blobs,
             who,
             name,
             req,
-            state.clock.now_ms(),
+            now,
             quota_bytes=int(state.settings.volume_quota_gib * GIB),
             price_micros=_price_micros(state),
         )
+        request_keys.keep(conn, keyed, 201, version)
+    return version
 
 
 @router.get("/{name}/history")

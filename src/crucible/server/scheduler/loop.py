@@ -50,6 +50,7 @@ from crucible.server.scheduler.fleet_view import (
     HostUse,
     gpu_indices,
 )
+from crucible.server.services import request_keys
 from crucible.server.services.apps import stop_abandoned_apps
 from crucible.server.services.calls import (
     fail_queued_calls,
@@ -518,6 +519,7 @@ class SchedulerLoop:
             int(s.volume_meter_interval_s * 1000),
             round(s.volume_price_gib_month_usd * 1_000_000),
         )
+        request_keys.prune(conn, now)
         dropped = drop_secrets_of_stopped_apps(conn)
         if dropped:
             log.info("deleted %d secret(s) of stopped apps", dropped)

@@ -791,6 +791,20 @@ ssh_keys = Table(
     UniqueConstraint("account_id", "fingerprint"),
 )
 
+# Idempotency keys of the routes that make something anew (services/request_keys.py): the
+# first answer of each key, kept a day, written in the transaction that did the work.
+request_keys = Table(
+    "request_keys",
+    metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("route", String(300), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False, index=True),
+)
+
 # The scheduler's leader among replicas (server/leadership.py): one row per role. ``epoch``
 # grows by one at every change of holder; every write of the leader checks it (the fence),
 # so a deposed leader cannot commit. ``expires_ms``: the holder's lease, renewed while alive.
