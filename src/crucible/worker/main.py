@@ -15,7 +15,9 @@ scheduler backs off from (a crash loop) instead of starting another container at
 Timeouts: each input runs under a SIGALRM timer that raises :class:`FunctionTimeoutError`
 inside the function; code stuck in C that ignores it is stopped by the server's backstop.
 SIGTERM: the worker runs the function's stop hooks (``crucible.on_stop``), finishes the input
-in hand, reports, and exits (SIGKILL follows after the grace period).
+in hand, reports, and exits (SIGKILL follows after the grace period). A worker waiting for
+work in its exchange's long poll stops waiting at once (it took the whole grace, and was
+killed, when its long poll outlasted it).
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ def _alarm(_signum: int, _frame: FrameType | None) -> None:
     raise _Timeout()
 
 
+class _Unparked(BaseException):
+    """Raised by SIGTERM in the main thread while it waits in its exchange's long poll for
+    inputs (a BaseException: nothing on the way catches it as an error)."""
+
+
 class Worker:
     def __init__(self, assignment: ContainerAssignment, transport: Transport, code_cache: Path):
         self.assignment = assignment
@@ -159,6 +166,8 @@ class Worker:
         self._in_hand_lock = threading.Lock()
         self.container_id = assignment.container_id
         self.stopping = False
+        # The serving loop is waiting in a long poll for inputs (main thread): SIGTERM ends it.
+        self.parked = False
         self.fn: Callable[..., Any] | None = None
         self.init_error: ErrorInfo | None = None
         self.avg_exec_s: float | None = None
@@ -645,9 +654,21 @@ class Worker:
                 body["held"] = sorted(self._in_hand)
         if self.init_error is not None:
             body["init_failed"] = True
-        data = self.transport.post(
-            f"/v1/containers/{self.container_id}/exchange", body, timeout_s=wait_s + 30
-        )
+        path = f"/v1/containers/{self.container_id}/exchange"
+        try:
+            self.parked = want > 0 and wait_s > 0 and not self.stopping
+            data = self.transport.post(path, body, timeout_s=wait_s + 30)
+        except _Unparked:
+            # SIGTERM while waiting for work: the request is given up half-way. The server may
+            # or may not have its outputs: they go again (it drops an output it recorded
+            # already), asking for nothing. An input it handed out on the abandoned answer
+            # is requeued when the container ends (as any call of a stopped container).
+            self.transport.close_thread()
+            body.update(want=0, wait_s=0.0)
+            body.pop("held", None)
+            data = self.transport.post(path, body, timeout_s=30)
+        finally:
+            self.parked = False
         reply = ExchangeReply.model_validate(data)
         with self._in_hand_lock:
             self._in_hand.difference_update(o.call_id for o in outputs)
@@ -762,6 +783,8 @@ def main() -> int:
         if not worker.stopping:
             worker.stopping = True
             run_stop_hooks()  # the function's checkpoint, if it registered one
+            if worker.parked and threading.current_thread() is threading.main_thread():
+                raise _Unparked  # out of the long poll for work (Worker.exchange)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, _alarm)
