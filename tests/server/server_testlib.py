@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Connection, Engine, func, select, update
 
@@ -540,3 +545,23 @@ def send(server: ServerUnderTest, method: str, path: str, **kw: Any) -> httpx.Re
     elif method == "POST":
         kw.setdefault("json", {})
     return server.request(method, concrete(path), **kw)
+
+
+@contextmanager
+def serving(server: ServerUnderTest) -> Iterator[int]:
+    """The server's app under uvicorn on a free loopback port, in a thread (requests at once
+    really run at once, in the app's worker threads); yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    httpd = uvicorn.Server(uvicorn.Config(server.app, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=httpd.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not httpd.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        httpd.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from crucible.errors import ServerUnavailableError
@@ -25,7 +23,7 @@ from crucible.server.services import request_keys
 from crucible.server.store.tables import pods, queue_items
 from crucible.server.store.tables import request_keys as request_keys_table
 
-from server_testlib import ServerUnderTest, error_code
+from server_testlib import ServerUnderTest, error_code, serving
 
 
 def _pods_of(server: ServerUnderTest, account_id: str) -> int:
@@ -161,26 +159,6 @@ def test_keys_older_than_a_day_are_forgotten(server: ServerUnderTest) -> None:
 
 
 @contextmanager
-def _serving(server: ServerUnderTest) -> Iterator[int]:
-    """The server's app under uvicorn on a free loopback port, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(server.app, log_level="critical", lifespan="off")
-    httpd = uvicorn.Server(config)
-    thread = threading.Thread(target=httpd.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not httpd.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        httpd.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-@contextmanager
 def _losing_first_answer(port: int, path: bytes) -> Iterator[tuple[int, list[bytes]]]:
     """A proxy to ``port`` that passes every request on, but closes the connection instead
     of passing back the answer to the first request for ``path`` (as a server killed after
@@ -249,7 +227,7 @@ def test_the_client_sends_a_creation_again_when_its_answer_was_lost(
     server: ServerUnderTest,
 ) -> None:
     alice = server.tenant("alice")
-    with _serving(server) as port, _losing_first_answer(port, b"/v1/pods") as (proxy, heads):
+    with serving(server) as port, _losing_first_answer(port, b"/v1/pods") as (proxy, heads):
         t = Transport(f"http://127.0.0.1:{proxy}", alice.token, retry_for_s=10)
         try:
             made = t.post("/v1/pods", {"name": "box"})
@@ -277,7 +255,7 @@ def test_a_request_without_a_key_is_still_not_sent_twice(server: ServerUnderTest
     )
     server.ok("POST", "/v1/queues/q/put", token=alice.token, json={"values": ["eA=="]})
     path = b"/v1/queues/q/get"
-    with _serving(server) as port, _losing_first_answer(port, path) as (proxy, heads):
+    with serving(server) as port, _losing_first_answer(port, path) as (proxy, heads):
         t = Transport(f"http://127.0.0.1:{proxy}", alice.token, retry_for_s=10)
         try:
             with pytest.raises(ServerUnavailableError, match="it may have carried it out"):
@@ -289,7 +267,7 @@ def test_a_request_without_a_key_is_still_not_sent_twice(server: ServerUnderTest
 
 def test_two_requests_with_one_key_at_once_make_one(server: ServerUnderTest) -> None:
     alice = server.tenant("alice")
-    with _serving(server) as port:
+    with serving(server) as port:
         t = Transport(f"http://127.0.0.1:{port}", alice.token, retry_for_s=10)
 
         def create(i: int) -> dict[str, object]:

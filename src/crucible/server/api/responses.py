@@ -20,11 +20,12 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.requests import ClientDisconnect
 
 from crucible.errors import (
+    ConflictError,
     Error,
     InternalError,
     InvalidRequestError,
@@ -70,7 +71,34 @@ STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
 # app handles them as it handles crucible errors. Left to the handler of ``Exception``,
 # Starlette re-raises after answering, and the HTTP server logged a whole traceback for each
 # (every health check during a store outage).
-ANSWERED = (*STORE_DOWN, ValidationError, DataError, OverflowError, ClientDisconnect)
+ANSWERED = (
+    *STORE_DOWN,
+    ValidationError,
+    DataError,
+    IntegrityError,
+    OverflowError,
+    ClientDisconnect,
+)
+# PostgreSQL's "this transaction lost to a concurrent one" (deadlock_detected,
+# serialization_failure): the store is well, the request was rolled back.
+_LOST_TO_CONCURRENT = ("40P01", "40001")
+# A unique key or a reference another transaction took or removed first (PostgreSQL's
+# unique_violation and foreign_key_violation; SQLite's words). Other integrity errors (a
+# NOT NULL column left empty) are the server's own mistakes: a 500.
+_TAKEN = ("23505", "23503")
+_TAKEN_WORDS = re.compile(r"UNIQUE constraint failed|FOREIGN KEY constraint failed")
+
+
+def _lost_to_concurrent(exc: Exception) -> bool:
+    """Whether the store refused ``exc``'s transaction for what a concurrent one did."""
+    if isinstance(exc, IntegrityError):
+        state = getattr(exc.orig, "sqlstate", None)
+        return state in _TAKEN if state else bool(_TAKEN_WORDS.search(str(exc.orig)))
+    if isinstance(exc, OperationalError):
+        return getattr(exc.orig, "sqlstate", None) in _LOST_TO_CONCURRENT
+    return False
+
+
 # ... except a store that is full (SQLite's words, PostgreSQL's): that waits for its operator.
 _FULL = re.compile(r"database or disk is full|No space left on device|DiskFull", re.IGNORECASE)
 
@@ -108,6 +136,17 @@ def response_for_exception(exc: Exception) -> JSONResponse:
         log.warning("refused a value too large to store", exc_info=exc)
         return error_response(
             InvalidRequestError("a number in the request is too large; integers go up to 2**53")
+        )
+    if _lost_to_concurrent(exc):
+        # Two requests at once made or changed the same thing (one name, one key), and the
+        # store kept the first: what this one saw was stale. Rolled back whole.
+        first = str(exc).splitlines()[0][:200]
+        log.info("a request lost to a concurrent one (%s); answered 409", first)
+        return error_response(
+            ConflictError(
+                "another request changed the same thing at the same moment, and this one was "
+                "undone (nothing of it was kept); look at what is there now, then retry"
+            )
         )
     if isinstance(exc, STORE_DOWN):
         first = str(exc).splitlines()[0][:200]

@@ -59,16 +59,14 @@ def _app_info(row: Any, n_functions: int = 0, n_containers: int = 0) -> AppInfo:
 
 
 def _live_containers(app_id: Any) -> Any:
-    """How many of the app's containers are not stopped (a scalar subquery)."""
+    """How many of the app's containers are not stopped (a scalar subquery; with
+    ``apps.c.id``, correlated to the enclosing query's app). A join, not ``IN (SELECT ...)``:
+    the nested select did not correlate, and every app of a list showed every live container
+    of the exchange, other accounts' included."""
     return (
         select(func.count())
-        .select_from(containers)
-        .where(
-            containers.c.function_id.in_(
-                select(functions.c.id).where(functions.c.app_id == app_id)
-            ),
-            containers.c.state != "stopped",
-        )
+        .select_from(containers.join(functions, functions.c.id == containers.c.function_id))
+        .where(functions.c.app_id == app_id, containers.c.state != "stopped")
         .scalar_subquery()
     )
 

@@ -54,7 +54,8 @@ from crucible.server.services.pods import (
     stop_row,
 )
 from crucible.server.services.volumes import volume_row
-from crucible.server.store.tables import clusters, hosts, pods
+from crucible.server.store.locks import lock_row
+from crucible.server.store.tables import accounts, clusters, hosts, pods
 
 __all__ = [
     "ClusterPlacement",
@@ -151,6 +152,8 @@ def create_cluster(
     ]
     for name in specs[0].volumes.values():
         volume_row(conn, principal, name)
+    # Held while the names and the quota are checked and the members written (as pods').
+    lock_row(conn, accounts, accounts.c.id, principal.account_id)
     mine = clusters.c.account_id == principal.account_id
     if conn.execute(
         select(clusters.c.id).where(

@@ -21,6 +21,8 @@ from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.apps import FunctionRow, get_function_row, stop_app
 from crucible.server.services.schedules import drop_schedules, schedule_infos, sync_schedules
+from crucible.server.store.bulk import InsertSkipping
+from crucible.server.store.locks import lock_row
 from crucible.server.store.tables import apps, calls, deployments, functions
 
 __all__ = [
@@ -36,39 +38,47 @@ __all__ = [
 ]
 
 
-def _deployment(conn: Connection, principal: Principal, name: str) -> Any:
-    row = conn.execute(
-        select(deployments).where(
-            deployments.c.account_id == principal.account_id, deployments.c.name == name
-        )
-    ).first()
+def _named(principal: Principal, name: str) -> Any:
+    return select(deployments).where(
+        deployments.c.account_id == principal.account_id, deployments.c.name == name
+    )
+
+
+def _deployment(conn: Connection, principal: Principal, name: str, *, lock: bool = False) -> Any:
+    """The deployment's row. ``lock``: held for the rest of the transaction, and read after
+    the lock (what changes the current version reads it so: two rollbacks at once each
+    retired the version both had read as current, and two versions stayed running)."""
+    row = conn.execute(_named(principal, name)).first()
     if row is None:
         raise NotFoundError(f"no deployment named {name!r}; deploy it with `crucible deploy`")
+    if lock:
+        lock_row(conn, deployments, deployments.c.id, row.id)
+        row = conn.execute(select(deployments).where(deployments.c.id == row.id)).one()
     return row
 
 
+_INSERT_DEPLOYMENT = InsertSkipping(deployments, "account_id", "name")
+
+
 def start_version(conn: Connection, principal: Principal, name: str, now_ms: int) -> VersionStarted:
-    row = conn.execute(
-        select(deployments).where(
-            deployments.c.account_id == principal.account_id, deployments.c.name == name
-        )
-    ).first()
-    if row is None:
-        dep_id = new_id("dp")
+    if conn.execute(_named(principal, name)).first() is None:
+        # The first deploy of a name; another one at once may make it first (then this
+        # inserts nothing and uses its row).
         conn.execute(
-            deployments.insert().values(
-                id=dep_id,
-                account_id=principal.account_id,
-                name=name,
-                state="running",
-                current_app_id=None,
-                version=0,
-                created_ms=now_ms,
-                updated_ms=now_ms,
-            )
+            _INSERT_DEPLOYMENT.on(conn),
+            {
+                "id": new_id("dp"),
+                "account_id": principal.account_id,
+                "name": name,
+                "state": "running",
+                "current_app_id": None,
+                "version": 0,
+                "created_ms": now_ms,
+                "updated_ms": now_ms,
+            },
         )
-    else:
-        dep_id = row.id
+    # Held while the next version's number is taken: two deploys at once got the same one.
+    dep_id = _deployment(conn, principal, name, lock=True).id
     last = conn.execute(
         select(func.max(apps.c.version)).where(apps.c.deployment_id == dep_id)
     ).scalar()
@@ -110,7 +120,7 @@ def activate(
     conn: Connection, principal: Principal, name: str, app_id: str, now_ms: int
 ) -> DeploymentInfo:
     """Make a registered version current; the previous one retires."""
-    dep = _deployment(conn, principal, name)
+    dep = _deployment(conn, principal, name, lock=True)
     app = conn.execute(
         select(apps).where(apps.c.id == app_id, apps.c.deployment_id == dep.id)
     ).first()
@@ -133,7 +143,7 @@ def rollback(
     conn: Connection, principal: Principal, name: str, version: int, now_ms: int
 ) -> DeploymentInfo:
     """Make an earlier version current again (its code is still stored)."""
-    dep = _deployment(conn, principal, name)
+    dep = _deployment(conn, principal, name, lock=True)
     app = conn.execute(
         select(apps).where(apps.c.deployment_id == dep.id, apps.c.version == version)
     ).first()
@@ -150,7 +160,7 @@ def stop_deployment(
 ) -> DeploymentInfo:
     """Stop serving: queued calls of every live version are cancelled, containers stop;
     calls by name then get a clear error. A rollback (or a deploy) starts it again."""
-    dep = _deployment(conn, principal, name)
+    dep = _deployment(conn, principal, name, lock=True)
     for r in conn.execute(
         select(apps.c.id).where(
             apps.c.deployment_id == dep.id, apps.c.state.in_(("running", "retiring"))

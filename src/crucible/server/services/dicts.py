@@ -14,6 +14,7 @@ from crucible.errors import InvalidRequestError, QuotaExceededError
 from crucible.protocol.coordination import DictEntry, DictInfo, DictItems, DictPut
 from crucible.server.auth import Principal
 from crucible.server.services.named_objects import delete_object, object_row
+from crucible.server.store.locks import lock_row
 from crucible.server.store.tables import dict_entries, dicts
 
 __all__ = [
@@ -82,6 +83,9 @@ def put_entries(
 ) -> int:
     """Write entries (last write wins); returns how many were written."""
     row = object_row(conn, dicts, principal, name, create=False, now_ms=now_ms)
+    # Held while keys are looked up and written: puts of one new key at once both inserted
+    # it (a 500), and skip_if_exists must let one writer only.
+    lock_row(conn, dicts, dicts.c.id, row.id)
     written = 0
     fresh: list[dict[str, Any]] = []
     for entry in req.entries:
@@ -137,16 +141,20 @@ def get_entries(
 def pop_entries(
     conn: Connection, principal: Principal, name: str, keys: list[str], now_ms: int
 ) -> list[DictEntry]:
-    got = get_entries(conn, principal, name, keys, now_ms)
-    if got:
-        row = object_row(conn, dicts, principal, name, create=False, now_ms=now_ms)
-        conn.execute(
-            delete(dict_entries).where(
-                dict_entries.c.dict_id == row.id,
-                dict_entries.c.key_hash.in_([_hash(unb64(e.key, "a key")) for e in got]),
-            )
+    """The entries of the keys present, in the order asked, deleted. An entry goes to one
+    caller only: what this transaction's delete removed (two pops at once each read the
+    entries and then deleted them, and both returned them)."""
+    row = object_row(conn, dicts, principal, name, create=False, now_ms=now_ms)
+    hashes = {_hash(unb64(k, "a key")): k for k in keys}
+    taken = {
+        r.key_hash: r.value
+        for r in conn.execute(
+            delete(dict_entries)
+            .where(dict_entries.c.dict_id == row.id, dict_entries.c.key_hash.in_(list(hashes)))
+            .returning(dict_entries.c.key_hash, dict_entries.c.value)
         )
-    return got
+    }
+    return [DictEntry(key=k, value=b64(taken[h])) for h, k in hashes.items() if h in taken]
 
 
 def contains(conn: Connection, principal: Principal, name: str, key: str, now_ms: int) -> bool:

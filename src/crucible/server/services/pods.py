@@ -51,7 +51,8 @@ from crucible.server.auth import Principal
 from crucible.server.services.containers import request_stop
 from crucible.server.services.logs import read_logs
 from crucible.server.services.volumes import volume_row
-from crucible.server.store.tables import apps, containers, functions, pods
+from crucible.server.store.locks import lock_row
+from crucible.server.store.tables import accounts, apps, containers, functions, pods
 
 __all__ = [
     "create_pod",
@@ -164,6 +165,9 @@ def create_pod(conn: Connection, principal: Principal, req: PodCreate, now_ms: i
     spec = parse_pod(req)
     for name in spec.volumes.values():
         volume_row(conn, principal, name)  # NotFound naming it
+    # The account's row is held while its name and quota are checked and the pod written:
+    # creates of one name at once made as many pods (the check, then the insert).
+    lock_row(conn, accounts, accounts.c.id, principal.account_id)
     # The account's pods that are not deleted, and how many of them have this name, in one
     # statement (the submit path's reads: a name conflict first, then the quota).
     held, taken = conn.execute(

@@ -36,6 +36,8 @@ from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
 from crucible.server.blobs import BlobStore
 from crucible.server.services.blobs import grant_blob
+from crucible.server.store.bulk import InsertSkipping
+from crucible.server.store.locks import lock_row
 from crucible.server.store.tables import blobs, volume_versions, volumes
 
 __all__ = [
@@ -67,6 +69,9 @@ def _info(row: Any) -> VolumeInfo:
     )
 
 
+_INSERT_VOLUME = InsertSkipping(volumes, "account_id", "name")
+
+
 def volume_row(
     conn: Connection, principal: Principal, name: str, *, create: bool = False, now_ms: int = 0
 ) -> Any:
@@ -74,8 +79,10 @@ def volume_row(
     where = (volumes.c.account_id == account) & (volumes.c.name == name)
     row = conn.execute(select(volumes).where(where)).first()
     if row is None and create:
+        # A create of the same name at once may insert it first: then this inserts nothing
+        # and uses its row (it answered 500 on PostgreSQL).
         conn.execute(
-            insert(volumes).values(
+            _INSERT_VOLUME.on(conn).values(
                 id=new_id("vo"),
                 account_id=account,
                 name=name,
@@ -210,9 +217,10 @@ def commit(
     price_micros: int,
 ) -> VolumeVersion:
     row = volume_row(conn, principal, name)
-    # Lock the volume's row for the transaction (PostgreSQL): commits to one volume queue up.
-    if conn.dialect.name == "postgresql":
-        row = conn.execute(select(volumes).where(volumes.c.id == row.id).with_for_update()).one()
+    # The volume's row is held for the transaction, and read again under it: commits to one
+    # volume queue up (on SQLite too, where commits at once took one version number).
+    lock_row(conn, volumes, volumes.c.id, row.id)
+    row = conn.execute(select(volumes).where(volumes.c.id == row.id)).one()
     if req.base_version > row.version:
         raise NotFoundError(f"volume {name!r} has no version {req.base_version} yet")
     account = row.account_id
