@@ -96,6 +96,8 @@ def test_log_lines_and_remote_errors_are_printed_inert(
     assert "failed" in calls and "\\x1b" in calls
     timeline = crucible_cli(exchange, tenant["token"], "call", tenant["failed"]).stdout
     assert "boom" in timeline and "\\x1b[2J" in timeline
+    # Why it ended, from the call's error (a call refused before it ran has no attempt).
+    assert "error: " in timeline
 
 
 def test_hostile_host_names_are_refused_or_shown_inert(

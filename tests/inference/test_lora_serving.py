@@ -6,6 +6,8 @@ budget, and adapters that cannot serve are a 400 naming the problem."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,24 @@ def test_bad_adapters_are_400s(
         err = r.json()["error"]
         assert err["code"] == "adapter_mismatch"
         assert "q_proj" in err["message"] and "does not match the base model" in err["message"]
+
+        # What its adapter_config.json's target_modules says must agree with its weights
+        # and the base, as PEFT reads them (PEFT refuses the first, leaves out the second's
+        # v_proj weights: served as they were, they gave other tokens than PEFT's).
+        for targets, words in (
+            (["wq"], "names no linear layer of the base model"),
+            (["q_proj"], "a module its target_modules ['q_proj'] does not name"),
+        ):
+            edited = tmp_path / f"targets-{targets[0]}"
+            shutil.copytree(lora_dirs["alpha"], edited)
+            config = json.loads((edited / "adapter_config.json").read_text())
+            (edited / "adapter_config.json").write_text(
+                json.dumps({**config, "target_modules": targets})
+            )
+            r = client.post("/v1/adapters", json={"name": "edited", "path": str(edited)})
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert err["code"] == "adapter_mismatch" and words in err["message"], err
 
         r = client.post("/v1/adapters", json={"name": "none", "path": str(tmp_path)})
         assert r.status_code == 400 and "adapter_config.json" in r.json()["error"]["message"]

@@ -128,3 +128,23 @@ def test_an_adapter_over_the_models_max_lora_rank_is_refused(server: ServerUnder
     # A custom engine's limit is its own business: not checked.
     _model(server, alice, engine="custom")
     server.ok("POST", "/v1/models/chat/adapters", token=alice, json={**body, "name": "c"})
+
+
+def test_an_adapter_is_not_called_as_its_model(server: ServerUnderTest) -> None:
+    """``chat:chat`` was answered by the base model (engines are sent the adapter's bare
+    name) and billed as the adapter: the name is refused wherever an adapter is named."""
+    alice = server.tenant("alice").token
+    _deploy(server, alice, "chat", ASGI)
+    _model(server, alice)
+    r = server.request(
+        "POST", "/v1/models/chat/adapters", token=alice, json={"name": "chat", "path": "/a"}
+    )
+    assert r.status_code == 400 and "cannot be called 'chat' too" in r.text, r.text
+    assert server.ok("GET", "/v1/models/chat", token=alice)["adapters"] == []
+
+
+def test_a_fine_tune_adapter_is_not_called_as_its_model(server: ServerUnderTest) -> None:
+    alice, call_id, _ = _setup(server)
+    r = server.request("POST", "/v1/fine-tunes", token=alice, json=_job(call_id, adapter="chat"))
+    assert r.status_code == 400 and "cannot be called 'chat' too" in r.text, r.text
+    assert server.ok("GET", "/v1/fine-tunes", token=alice) == []

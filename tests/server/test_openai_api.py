@@ -139,13 +139,13 @@ def test_a_tenant_sees_only_its_own_and_public_models(server: ServerUnderTest) -
         ("alice/chat:sql", "alice"),
     ]
     assert server.ok("GET", "/openai/v1/models/alice/chat:sql", token=bob)["id"] == "alice/chat:sql"
-    # Stopped, it answers nobody: others no longer see it listed; its owner still does.
+    # Stopped, it answers nobody (404 to every request): nobody sees it listed, its owner
+    # neither (it was, and a client picking from the list got 404s); its owner's registry
+    # (GET /v1/models, `crucible model list`) still shows it, stopped.
     server.ok("POST", "/v1/models/chat/stop", token=alice)
     assert server.ok("GET", "/openai/v1/models", token=bob)["data"] == []
-    assert [m["id"] for m in server.ok("GET", "/openai/v1/models", token=alice)["data"]] == [
-        "chat",
-        "chat:sql",
-    ]
+    assert server.ok("GET", "/openai/v1/models", token=alice)["data"] == []
+    assert [m["state"] for m in server.ok("GET", "/v1/models", token=alice)] == ["stopped"]
 
 
 def test_registering_checks_the_deployment(server: ServerUnderTest) -> None:

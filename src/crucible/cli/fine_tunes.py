@@ -25,7 +25,7 @@ from crucible.cli.resources import JSON, _client
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.fine_tunes import FINE_TUNE_METHODS, FineTuneCreate, FineTuneInfo
-from crucible.protocol.models import ModelInfo, check_adapter_name
+from crucible.protocol.models import ModelInfo, check_adapter_name, check_not_base
 from crucible.protocol.transport import url_part
 from crucible.sdk._checks import check_int, check_number, from_validation_error
 from crucible.sdk._client import Client
@@ -186,6 +186,7 @@ def register(app: typer.Typer) -> None:
                     "transformers (or vllm) model directory as its base"
                 )
             check_adapter_rank(model, rank, "the adapter to train (--rank)")
+            check_not_base(model.name, name)
             trainer = [
                 "--method",
                 "lora",

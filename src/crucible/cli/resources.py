@@ -218,14 +218,13 @@ def register(app: typer.Typer) -> None:
         client = _client()
         call_id = resolve_id(client, call_id)
         t = CallTimeline.model_validate(client.get(f"/v1/calls/{url_part(call_id)}/timeline"))
-        # A queued call: why it waits, when the scheduler knows (CallInfo.waiting).
-        waiting = (
-            client.get(f"/v1/calls/{url_part(call_id)}").get("waiting")
-            if t.state == "queued"
-            else None
-        )
+        # A queued call: why it waits, when the scheduler knows (CallInfo.waiting); one that
+        # ended without a result: why (a call refused before it ran has no attempt to say).
+        info = client.get(f"/v1/calls/{url_part(call_id)}") if t.state != "succeeded" else {}
+        waiting = info.get("waiting") if t.state == "queued" else None
+        error = info.get("error") or None
         if as_json:
-            print_json({**t.model_dump(), "waiting": waiting})
+            print_json({**t.model_dump(), "waiting": waiting, "error": error})
             return
         preempted = f", {t.preemptions} preempted" if t.preemptions else ""
         console.print(
@@ -255,6 +254,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"energy {fmt_kwh(t.energy_mwh)}, {fmt_co2(t.carbon_mg)}")
         if waiting:
             console.print(f"waiting: {clean(waiting)}", markup=False, highlight=False)
+        if isinstance(error, dict):
+            reason = f"{error.get('code', 'error')}: {error.get('message', '')}"
+            console.print(f"error: {clean(reason)}", markup=False, highlight=False)
         table(
             "Timeline",
             ["#", "phase", "from (UTC)", "took", "cost", "detail"],

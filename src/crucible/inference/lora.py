@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,7 @@ def read_adapter(
         pairs.setdefault(module.removeprefix(_PREFIX), {})[kind] = tensor
     if not pairs:
         raise _adapter_error(path, "adapter_model.safetensors holds no LoRA weights")
+    _check_targets(name, config.get("target_modules"), pairs, linear_shapes)
 
     alpha = float(config.get("lora_alpha", rank))
     alpha_pattern = config.get("alpha_pattern") or {}
@@ -170,6 +173,50 @@ def read_adapter(
     return LoraAdapter(
         name=name, path=str(path), rank=max(rank, max_seen), modules=modules, size_bytes=size
     )
+
+
+def _targeted(targets: Any) -> Callable[[str], bool]:
+    """PEFT's rule for which module names ``target_modules`` names: a list names a module by
+    its whole name or its last parts (``q_proj`` names ``model.layers.0.self_attn.q_proj``), a
+    string is a regular expression the whole name must match, ``all-linear`` names every
+    linear layer."""
+    if targets == "all-linear":
+        return lambda module: True
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error:
+            return lambda module: False
+        return lambda module: pattern.fullmatch(module) is not None
+    names = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
+    return lambda module: any(module == t or module.endswith("." + t) for t in names)
+
+
+def _check_targets(
+    name: str, targets: Any, pairs: dict[str, Any], linear_shapes: dict[str, tuple[int, int]]
+) -> None:
+    """An adapter's weights and its ``target_modules`` must agree as PEFT reads them: PEFT
+    refuses target modules that name no layer of the base, and leaves out weights for a
+    module they do not name (served as they were, they gave other tokens than PEFT's)."""
+    if targets is None:
+        return
+    named = _targeted(targets)
+    if not any(named(m) for m in linear_shapes):
+        kinds = sorted({m.rsplit(".", 1)[-1] for m in linear_shapes})[:8]
+        raise bad_request(
+            f"adapter {name!r}: target_modules {targets!r} names no linear layer of the base "
+            f"model (its layers end in {', '.join(kinds)})",
+            param="path",
+            code="adapter_mismatch",
+        )
+    stray = sorted(m for m in pairs if not named(m))
+    if stray:
+        raise bad_request(
+            f"adapter {name!r} holds weights for {stray[0]!r}, a module its target_modules "
+            f"{targets!r} does not name (PEFT would leave them out): make them agree",
+            param="path",
+            code="adapter_mismatch",
+        )
 
 
 class LoraRegistry:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from crucible.protocol.models import ADAPTER_NAME_MAX, ADAPTER_NAME_PATTERN
 
@@ -32,6 +39,14 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        # Only an assistant's message (one that called tools) may come without content:
+        # OpenAI refuses any other, and answering it as an empty one hides a client's bug.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs its content")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -109,8 +124,11 @@ class ChatCompletionRequest(_Sampling):
     # answered in plain text as if it had not (an empty list is fine).
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # The older form of tools (OpenAI's functions and function_call): refused the same way.
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
 
-    @field_validator("tools")
+    @field_validator("tools", "functions")
     @classmethod
     def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if value:
@@ -120,12 +138,44 @@ class ChatCompletionRequest(_Sampling):
             )
         return value
 
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        # "none" and "auto" with no tools mean a plain answer; anything that asks for a call
+        # ("required", a named function) cannot be met (OpenAI refuses it without tools).
+        if value is not None and value not in ("none", "auto"):
+            raise ValueError(
+                "this model does not call tools: leave it out (or 'none'), as no tools are given"
+            )
+        return value
+
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    # Read only to refuse what no engine here does (0, empty: fine).
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=16)
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("this engine does not complete towards a suffix: leave it out")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        if value is not None and value not in (1, n):
+            raise ValueError(
+                f"best_of {value}: this engine returns every completion it makes and ranks "
+                "none; ask for them with n instead (best_of may only equal n)"
+            )
+        return value
 
 
 class EmbeddingRequest(_Body):

@@ -62,6 +62,16 @@ def check_adapter_name(label: str, value: str) -> str:
     return value
 
 
+def check_not_base(model: str, adapter: str) -> None:
+    """An adapter may not be called as its model: engines are sent the adapter's bare name
+    (as vLLM serves them), and took ``smol:smol`` for the base model ``smol``."""
+    if adapter == model:
+        raise InvalidRequestError(
+            f"an adapter of model {model!r} cannot be called {adapter!r} too (the name would "
+            f"also mean the base model); pick another name, e.g. {model}-tuned"
+        )
+
+
 # Dollars per million tokens, in micro-dollars ($1,000 at most).
 TokenPrice = Annotated[int, Field(ge=0, le=1_000_000_000)]
 

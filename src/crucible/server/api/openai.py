@@ -59,16 +59,29 @@ def _model_entry(label: str, created_ms: int, owner: str) -> dict[str, Any]:
     return {"id": label, "object": "model", "created": created_ms // 1000, "owned_by": owner}
 
 
+def _where_to_look(call_id: str) -> str:
+    """Where a model's owner reads why a request failed: a call's record, or for a request
+    handed straight to a container (``rq-``, no call kept) the deployment's logs."""
+    if call_id.startswith("ca-"):
+        return f"`crucible call {call_id}` and `crucible logs`"
+    return (
+        "`crucible logs` (the model's deployment; a request handed straight to its "
+        "container keeps no call record)"
+    )
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The caller's models and other accounts' public ones, each adapter as its own entry
-    (``NAME:ADAPTER``)."""
+    """The caller's models and other accounts' public ones that serve (a stopped one answers
+    every request 404), each adapter as its own entry (``NAME:ADAPTER``)."""
     state, who = _caller(request)
     with state.engine.connect() as conn:
         infos = svc.list_models(conn, who, public=True)
         me = svc.account_name(conn, who.account_id)
     data = []
     for m in infos:
+        if m.state != "running":
+            continue
         base = m.name if m.owner == me else f"{m.owner}/{m.name}"
         data.append(_model_entry(base, m.created_ms, m.owner))
         data.extend(_model_entry(f"{base}:{a.name}", a.created_ms, m.owner) for a in m.adapters)
@@ -296,7 +309,7 @@ async def _run(
         return openai_error(
             502,
             f"the model's server answered {answer.status} (call {answer.call_id}); its owner "
-            f"sees why with `crucible logs` and `crucible call {answer.call_id}`",
+            f"sees why with {_where_to_look(answer.call_id)}",
             "engine_error",
         ), False
     elif (usage := _usage(_json_or_none(data))) is not None:
@@ -361,7 +374,7 @@ def _no_answer(answer: WebCallResponse) -> JSONResponse:
         502,
         f"the model's server failed this request (call {answer.call_id} {answer.state}"
         f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why with "
-        f"`crucible call {answer.call_id}`",
+        f"{_where_to_look(answer.call_id)}",
         "engine_error",
     )
 
@@ -474,7 +487,7 @@ async def _stream(
         message = (
             f"the model's server failed mid-answer (call {answer.call_id} {answer.state}"
             f"{': ' + answer.error_code if answer.error_code else ''}); its owner sees why "
-            f"with `crucible call {answer.call_id}`"
+            f"with {_where_to_look(answer.call_id)}"
         )
         err = {
             "error": {

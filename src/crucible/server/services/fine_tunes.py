@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select, update
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.fine_tunes import FineTuneCreate, FineTuneInfo, FineTuneStep
 from crucible.protocol.ids import new_id
-from crucible.protocol.models import AdapterCreate
+from crucible.protocol.models import AdapterCreate, check_not_base
 from crucible.server.auth import Principal
 from crucible.server.store.tables import calls, fine_tunes, log_lines, models
 
@@ -59,6 +59,7 @@ def create_fine_tune(
 ) -> FineTuneInfo:
     """Record the job; its call must be one of the account's calls."""
     model = _model(conn, principal, req.model)
+    check_not_base(model.name, req.adapter)
     call = conn.execute(
         select(calls.c.id, calls.c.app_id).where(
             calls.c.id == req.call_id, calls.c.account_id == principal.account_id

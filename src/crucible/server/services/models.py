@@ -39,6 +39,7 @@ from crucible.protocol.models import (
     ModelInfo,
     ModelUsage,
     ModelUsageLine,
+    check_not_base,
 )
 from crucible.server.auth import Principal
 from crucible.server.billing.entries import EntryContext, post_entry
@@ -221,6 +222,7 @@ def add_adapter(
     :data:`MAX_ADAPTERS_PER_MODEL` is refused unless ``capped`` is False (a fine-tune that
     succeeded registers what it trained: one per call, which the account paid for)."""
     row = _owned(conn, principal, model)
+    check_not_base(row.name, req.name)
     if req.rank is not None and row.engine in ENGINES and req.rank > row.max_lora_rank:
         raise InvalidRequestError(
             f"adapter {req.name!r} has rank {req.rank}, over the largest rank model {model!r} "
