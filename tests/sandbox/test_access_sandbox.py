@@ -103,6 +103,33 @@ def test_ssh_into_the_sandbox(sandboxed: Exchange, boxed: Any, tmp_path: Path) -
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1000", f"/crucible/work/{cid}"]
+    # Copies: scp (SFTP, and the legacy protocol with -O) and sftp. The sandbox's uid has no
+    # /etc/passwd entry, and sftp-server and scp refused to run without one ("No user found
+    # for uid 1000"), though the shell and rsync worked.
+    src = tmp_path / "payload.bin"
+    src.write_bytes(bytes(range(256)) * 64)
+    argv = ssh_argv(key, tmp_path / "known")
+    for flags, name in (([], "sftp.bin"), (["-O"], "legacy.bin")):
+        scp = subprocess.run(
+            ["scp", *flags, *argv, str(src), f"crucible@{cid}:{name}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert scp.returncode == 0, (flags, scp.stderr)
+    sftp = subprocess.run(
+        ["sftp", *argv, f"crucible@{cid}"],
+        input="ls -1\nget sftp.bin fetched.bin\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert sftp.returncode == 0, sftp.stderr
+    assert "legacy.bin" in sftp.stdout
+    assert (tmp_path / "fetched.bin").read_bytes() == src.read_bytes()
 
 
 def test_a_terminal_in_the_sandbox_has_a_controlling_tty(sandboxed: Exchange, boxed: Any) -> None:

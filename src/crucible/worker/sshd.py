@@ -10,6 +10,12 @@ sandbox has none): ``libnss_wrapper`` (Debian's ``libnss-wrapper``) gives dropbe
 the login name the client sent and for ``crucible`` and ``root``, all the container's uid.
 The host key is made once per sandbox (under ``$TMPDIR``) with ``dropbearkey``.
 
+dropbear does not pass ``LD_PRELOAD`` on to a session, and OpenSSH's ``sftp-server`` (``scp``
+and ``sftp``) and a legacy ``scp -t`` refuse to run for a uid without a name ("No user found
+for uid 1000"). Every session therefore starts through a forced command (dropbear's ``-c``,
+the client's command in ``SSH_ORIGINAL_COMMAND``): :data:`_SESSION` gives those two the
+wrapper, and runs anything else (a command, or a login shell) as dropbear would have.
+
 Exit status 127 with a line on stderr when the host lacks dropbear or nss_wrapper.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,6 +68,23 @@ def _login_shell() -> str:
     return "/bin/sh"
 
 
+# The forced command of every session, run by the login shell (POSIX sh). The SFTP subsystem
+# arrives as dropbear's compiled-in sftp-server path.
+_SESSION = """\
+crucible_ssh_cmd=$SSH_ORIGINAL_COMMAND
+unset SSH_ORIGINAL_COMMAND
+case $crucible_ssh_cmd in
+  */sftp-server|scp\\ *)
+    LD_PRELOAD={nss} NSS_WRAPPER_PASSWD={passwd} NSS_WRAPPER_GROUP={group}
+    export LD_PRELOAD NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP ;;
+esac
+case $crucible_ssh_cmd in
+  '') unset crucible_ssh_cmd; exec "$SHELL" -l ;;
+esac
+exec "$SHELL" -c "$crucible_ssh_cmd"
+"""
+
+
 def main() -> int:
     keys = os.environ.pop("CRUCIBLE_SSH_KEYS", "")
     login = os.environ.pop("CRUCIBLE_SSH_USER", "crucible")
@@ -92,6 +116,15 @@ def main() -> int:
         encoding="utf-8",
     )
     (state / "group").write_text(f"crucible:x:{gid}:\n", encoding="utf-8")
+    session = state / "session.sh"
+    session.write_text(
+        _SESSION.format(
+            nss=shlex.quote(nss),
+            passwd=shlex.quote(str(state / "passwd")),
+            group=shlex.quote(str(state / "group")),
+        ),
+        encoding="utf-8",
+    )
     hostkey = state / "host_key_ed25519"
     if not hostkey.exists() and keygen is not None:
         subprocess.run(
@@ -109,8 +142,10 @@ def main() -> int:
         "NSS_WRAPPER_GROUP": str(state / "group"),
     }
     # -i: inetd mode (the session is stdin/stdout; it logs to syslog only); -s: keys only;
-    # -m: no motd; -R: make the host key if dropbearkey could not.
-    argv = [dropbear, "-i", "-s", "-m", "-R", "-r", str(hostkey)]
+    # -m: no motd; -R: make the host key if dropbearkey could not; -c: every session starts
+    # with the session script.
+    forced = f". {shlex.quote(str(session))}"
+    argv = [dropbear, "-i", "-s", "-m", "-R", "-r", str(hostkey), "-c", forced]
     os.execve(dropbear, argv, env)
     return 1  # not reached
 
