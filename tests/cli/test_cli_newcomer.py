@@ -387,6 +387,8 @@ def test_credits_say_whether_the_exchange_requires_them(exchange: Exchange, tmp_
             {"CRUCIBLE_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db"},
             "cannot open the store at postgresql://u:***@127.0.0.1:1/db",
         ),
+        # Checked when the app was built: a traceback after "Crucible control plane on ...".
+        ({"CRUCIBLE_PORTS_DOMAIN": "bad domain!"}, "is not a DNS name"),
     ],
 )
 def test_server_with_a_bad_setting_says_which(
@@ -640,3 +642,19 @@ def test_an_agents_declared_values_are_checked_before_it_starts() -> None:
     for flag, value in (("--carbon", "9999"), ("--name", "Bad Name!"), ("--region", "")):
         out = cli("agent", "--server", "http://127.0.0.1:9", "--token", "x", flag, value)
         refused(out, f"crucible agent: {flag}")
+
+
+def test_up_with_a_setting_the_server_refuses_says_so_at_once(tmp_path: Path) -> None:
+    """It restarted the control plane for a minute, then said it "did not answer"."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env = {**base, "CRUCIBLE_HOME": str(tmp_path), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "up", "--detach", "--port", str(free_port())],
+        env={**env, "CRUCIBLE_PORTS_DOMAIN": "bad domain!"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    refused(out, "CRUCIBLE_PORTS_DOMAIN='bad domain!' is not a DNS name")
+    assert not (tmp_path / "up.pid").exists() and not (tmp_path / "logs" / "up.log").exists()

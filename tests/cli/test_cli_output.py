@@ -207,3 +207,17 @@ def test_market_tables_fit_80_columns(exchange: Exchange, tenant: dict[str, str]
     assert "H100" in book
     _ids_whole(crucible_cli(exchange, token, "market", "hosts").stdout, [])
     _ids_whole(crucible_cli(exchange, token, "statement").stdout, [])
+
+
+def test_logs_of_an_app_that_printed_nothing_say_so(
+    exchange: Exchange, tenant: dict[str, str]
+) -> None:
+    """It printed nothing at all: "no output" and "the wrong app" read the same."""
+    t = Transport(exchange.url, tenant["token"], retry_for_s=0)
+    try:
+        quiet = t.post("/v1/apps", {"name": "quiet"})["id"]
+    finally:
+        t.close()
+    out = crucible_cli(exchange, tenant["token"], "logs", quiet)
+    assert out.stdout == ""
+    assert f"no log lines from app {quiet}" in out.stderr

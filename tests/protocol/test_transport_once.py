@@ -120,6 +120,8 @@ def test_other_requests_are_sent_again() -> None:
 def test_mistakes_in_a_url_or_a_token_fail_at_once() -> None:
     with pytest.raises(Error, match="a port from 1 to 65535"):
         Transport("http://127.0.0.1:99999", "tok")
+    with pytest.raises(Error, match=r"ends in an API path: .*\(http://127.0.0.1:8745\)"):
+        Transport("http://127.0.0.1:8745/v1", "tok")  # it asked for /v1/v1/...
     for token in ("cru_abc\r", "a\nb", "cru_\u20ac", "cru_\x1b[31m"):
         with pytest.raises(Error, match="the token holds a space, a line end"):
             Transport("http://127.0.0.1:8745", token)

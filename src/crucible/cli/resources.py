@@ -293,6 +293,7 @@ def register(app: typer.Typer) -> None:
         wait_s = 20
         if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
             wait_s = 3
+        printed = False
         while True:
             query = f"after={after}" + (f"&call_id={url_part(call_id)}" if call_id else "")
             page = LogPage.model_validate(
@@ -307,10 +308,18 @@ def register(app: typer.Typer) -> None:
                     where = x.call_id or x.container_id
                     stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)
                     typer.echo(f"{fmt_time(x.ts_ms)} {where} {stream} {clean(x.line)}")
+            if page.lines:
+                printed = True
             after = page.next_after
             if len(page.lines) >= 1000:
                 continue
             if not follow:
+                if not printed and not as_json:
+                    # Said on stderr: nothing printed left "no output" and "wrong app" alike.
+                    what = f"call {call_id}" if call_id else f"app {app_id}"
+                    typer.echo(
+                        f"no log lines from {what} (its functions printed nothing)", err=True
+                    )
                 return
             # Following an app that has stopped: its last lines come within moments (its
             # containers send what they still hold); then there is nothing more to follow.

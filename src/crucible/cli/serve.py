@@ -64,6 +64,16 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def check_server_settings(settings: Settings) -> None:
+    """What the control plane would refuse as it starts, said in one line (SettingError)
+    before it starts: a traceback after "Crucible control plane on ...", and under `crucible
+    up` a minute of restarts, was all a wrong setting got."""
+    if settings.ports_domain:
+        from crucible.server.api.ports_origin import check_domain
+
+        check_domain(settings.ports_domain)
+
+
 def _open_store(settings: Settings) -> None:
     """:func:`_bootstrap_admin`, with a store URL that cannot be opened said in one line
     (SettingError) instead of SQLAlchemy's traceback."""
@@ -230,6 +240,7 @@ def register(app: typer.Typer) -> None:
             # Alembic announces each of its plugins and each migration at INFO: noise, not
             # news (the store logs one line for a whole upgrade).
             logging.getLogger("alembic.runtime").setLevel(logging.WARNING)
+            check_server_settings(settings)
             _open_store(settings)
             typer.echo(f"Crucible control plane on {url}")
             run_server(settings)

@@ -20,9 +20,10 @@ from crucible.cli._embedded import (
     stop_detached,
 )
 from crucible.cli._home_lock import HomeLock, running_exchange
-from crucible.cli._output import console
+from crucible.cli._output import console, err_console
 from crucible.cli._ports import port_free, port_taken_error
 from crucible.cli._supervisor import ProcessSupervisor
+from crucible.cli.serve import check_server_settings
 from crucible.errors import Error, InvalidGpuError
 from crucible.protocol.gpus import parse_fake_gpus
 from crucible.settings import Settings, load_settings
@@ -95,6 +96,7 @@ def register(app: typer.Typer) -> None:
                 ) from None
         # A one-machine exchange is a development exchange: fake GPUs may register.
         settings = load_settings(port=port, dev_mode=True)
+        check_server_settings(settings)
         url = local_url(settings)
         if detach:
             running = running_exchange(settings)
@@ -108,6 +110,13 @@ def register(app: typer.Typer) -> None:
             verb = "already up" if running is not None else "up"
             console.print(f"Crucible is {verb} at {url} (stop it with `crucible down`):")
             _print_running(settings, url)
+            if running is not None and fake_gpus:
+                # The running agent keeps the GPUs it started with (see its line above).
+                err_console.print(
+                    f"[yellow]Note:[/] --fake-gpus {fake_gpus} was not applied: the exchange "
+                    "was already up. Run `crucible down`, then `crucible up --detach "
+                    f"--fake-gpus {fake_gpus}` to start it with them."
+                )
             return
         lock = HomeLock(settings, url)  # refuses a second exchange on this home, any port
         children: list[ProcessSupervisor] = []

@@ -116,6 +116,12 @@ def server_urls(value: str) -> list[str]:
                 f"server URL {url!r} must look like http://127.0.0.1:8745, with a port from 1 to "
                 "65535 (several replicas: comma-separated, http://a:8745,http://b:8745)"
             )
+        if parsed.path.rstrip("/").endswith(("/v1", "/openai/v1")):
+            # Every route already starts with /v1: the URL would ask for /v1/v1/...
+            raise Error(
+                f"server URL {url!r} ends in an API path: give the server's address alone "
+                f"({parsed.scheme}://{parsed.netloc}); the routes' /v1 is added to it"
+            )
     if not urls:
         raise Error("no server URL given; it must look like http://127.0.0.1:8745")
     return urls

@@ -8,6 +8,8 @@ import re
 
 from starlette.requests import HTTPConnection
 
+from crucible.errors import SettingError
+
 __all__ = ["check_domain", "host_label", "host_origin", "origin_of", "ports_target"]
 
 _LABEL = re.compile(r"^([a-z0-9][a-z0-9-]*)-([0-9]{1,5})$")
@@ -17,10 +19,10 @@ _DOMAIN = re.compile(rf"^(?=.{{1,200}}$)({_PART}\.)*{_PART}$")
 
 def check_domain(domain: str) -> str:
     """``CRUCIBLE_PORTS_DOMAIN`` normalised (lower case, no leading dot or trailing dot);
-    ValueError naming the problem when it is not a DNS name."""
+    SettingError (a ValueError) naming the problem when it is not a DNS name."""
     name = domain.strip().lower().strip(".")
     if not _DOMAIN.match(name):
-        raise ValueError(
+        raise SettingError(
             f"CRUCIBLE_PORTS_DOMAIN={domain!r} is not a DNS name: set it to a domain whose "
             "subdomains resolve to this exchange (ports.example.com, or ports.localhost on a "
             "laptop), or leave it empty"
