@@ -186,3 +186,20 @@ def test_writes_of_one_new_name_at_once_all_succeed(server: ServerUnderTest) -> 
     assert _statuses(puts) == {200: N}, [r.text for r in puts]
     assert sorted(r.json()["written"] for r in once) == [0] * N  # the key was there already
     assert len(items) == 1
+
+
+def test_creates_and_deletes_of_one_secret_at_once(server: ServerUnderTest) -> None:
+    """Each is applied whole, one after the other: never a 500 (a create that found the
+    name, then its row gone)."""
+    alice = server.tenant("alice")
+    with _client(server, alice) as c:
+        for _ in range(3):
+
+            def send(i: int) -> httpx.Response:
+                if i % 2:
+                    return c.delete("/v1/secrets/db")
+                body = {"name": "db", "values": {"K": str(i)}, "overwrite": True}
+                return c.post("/v1/secrets", json=body)
+
+            answers = _at_once(N, send)
+            assert set(_statuses(answers)) <= {200, 201, 204, 404}, [r.text for r in answers]

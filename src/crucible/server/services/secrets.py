@@ -16,7 +16,8 @@ from crucible.protocol.secrets import SecretCreate, SecretInfo, SecretValues
 from crucible.server.auth import Principal
 from crucible.server.secretbox import SecretBox
 from crucible.server.services.function_specs import SPECS
-from crucible.server.store.tables import apps, containers, functions, secrets
+from crucible.server.store.locks import lock_row
+from crucible.server.store.tables import accounts, apps, containers, functions, secrets
 
 __all__ = [
     "create_app_secret",
@@ -75,6 +76,9 @@ def put_secret(
     and whether it was created."""
     _require_builder(principal)
     account = principal.account_id
+    # Held while the name is looked up and written: a create and a delete of one name at
+    # once read it, then found it gone (a 500), and creates at once both inserted it.
+    lock_row(conn, accounts, accounts.c.id, account)
     existing = conn.execute(
         select(secrets.c.id, secrets.c.app_id).where(
             secrets.c.account_id == account, secrets.c.name == req.name
@@ -187,6 +191,7 @@ def _users(conn: Connection, account_id: str, name: str) -> list[str]:
 
 def delete_secret(conn: Connection, principal: Principal, name: str) -> None:
     _require_builder(principal)
+    lock_row(conn, accounts, accounts.c.id, principal.account_id)  # as put_secret
     done = conn.execute(
         delete(secrets).where(
             secrets.c.account_id == principal.account_id,
