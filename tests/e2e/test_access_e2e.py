@@ -376,6 +376,11 @@ def test_the_cli_execs_and_manages_ssh_keys(ex: Exchange, owner: Any, tmp_path: 
     assert run.returncode == 0, run.stderr
     run = _cli(ex, token, tmp_path, "container", "exec", cid)
     assert run.returncode == 1 and "give the command after --" in run.stderr
+    # -it with stdin a pipe, not a terminal: as ssh, no terminal, and the shell reads the
+    # pipe to its end (it waited forever at the end of its input).
+    run = _cli(ex, token, tmp_path, "container", "exec", "-it", cid, stdin="echo piped; exit 4\n")
+    assert run.returncode == 4 and "piped" in run.stdout, run.stderr
+    assert "stdin is not a terminal" in run.stderr
     run = _cli(ex, token, tmp_path, "container", "port-forward", cid, "http")
     assert run.returncode == 1 and "is not a port" in run.stderr
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import typer
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._output import clean, console
+from crucible.cli._output import clean, console, err_console
 from crucible.errors import (
     AuthError,
     ConflictError,
@@ -96,6 +96,17 @@ def exec_in(
     what: str,
 ) -> None:
     argv = list(command or [])
+    if tty and not sys.stdin.isatty():
+        # As ssh does: a terminal needs one here. With a pipe or a file (or /dev/null) as
+        # stdin, -t waited forever at its end; without it the command reads it to its end.
+        err_console.print(
+            "Pseudo-terminal will not be allocated because stdin is not a terminal.",
+            markup=False,
+            highlight=False,
+        )
+        tty, interactive = False, True
+        if not argv:
+            argv = ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']
     if not argv:
         if not tty:
             raise InvalidRequestError(
