@@ -262,6 +262,11 @@ def test_ssh_scp_and_rsync_through_the_proxy_with_the_accounts_keys(
             ex, token, tmp_path, "container", "ssh", cid, "-i", str(good), "--", "echo", "hi"
         )
         assert cli.returncode == 0 and cli.stdout == "hi\n", cli.stderr
+        # A container that is not there: one line, before ssh runs (ssh's own errors came
+        # around the proxy's).
+        cli = _cli(ex, token, tmp_path, "container", "ssh", "ct-nosuchct", "--", "true")
+        assert cli.returncode == 1, cli.stderr
+        assert "Error:" in cli.stderr and "kex_exchange" not in cli.stderr, cli.stderr
 
         refused = subprocess.run(
             ["ssh", *ssh_argv(wrong, known), f"crucible@{cid}", "true"],

@@ -175,11 +175,15 @@ def proxy_to(target: Callable[[], str], user: str | None) -> None:
 
 def ssh_to(target: Callable[[], str], command: list[str] | None, identity: str | None) -> None:
     settings = load_settings()
-    ensure_running(settings, start=False)
+    config = ensure_running(settings, start=False)
+    container = target()
+    # A container that is not yours or not running is said in one line here: ssh printed
+    # its own errors around the proxy's.
+    _check_reachable(config.server_url, config.token, container, 22)
     known = settings.home_path / "known_hosts"
     known.parent.mkdir(parents=True, exist_ok=True)
     argv = _tunnels.ssh_command(
-        target(), list(command or []), known_hosts=str(known), identity=identity
+        container, list(command or []), known_hosts=str(known), identity=identity
     )
     try:
         code = subprocess.call(argv, env=os.environ.copy())
