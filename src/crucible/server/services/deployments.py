@@ -126,6 +126,10 @@ def activate(
     ).first()
     if app is None:
         raise NotFoundError(f"app {app_id} is not a version of deployment {name!r}")
+    if app.state == "running" and dep.current_app_id == app_id and dep.state == "running":
+        # Activated already: the same request sent again (its answer was lost on the way)
+        # answers as the first did, rather than failing a deploy that succeeded.
+        return get_deployment(conn, principal, name)
     if app.state != "deploying":
         raise ConflictError(f"version {app.version} of {name!r} is {app.state}, not deploying")
     n = conn.execute(
