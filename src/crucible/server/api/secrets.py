@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response
 from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.common import Wire
 from crucible.protocol.secrets import AppSecretCreate, SecretCreate, SecretInfo, SecretValues
-from crucible.server.api.deps import Builder, Container, State
+from crucible.server.api.deps import Builder, Container, RequestKey, State
+from crucible.server.services import request_keys
 from crucible.server.services import secrets as svc
 
 router = APIRouter(prefix="/v1", tags=["secrets"])
@@ -20,11 +21,20 @@ class Rotated(Wire):
 
 
 @router.post("/secrets", status_code=201)
-def create_secret(req: SecretCreate, who: Builder, state: State, response: Response) -> SecretInfo:
+def create_secret(
+    req: SecretCreate, who: Builder, state: State, response: Response, key: RequestKey = None
+) -> SecretInfo:
     """Create a secret, or replace its values with ``overwrite``. The values are never
-    returned by any route."""
+    returned by any route (nor kept with an Idempotency-Key: the answer holds none)."""
+    # Digested without the values (a plain hash of them would be kept a day): the same key
+    # with other values for the same names replays the first answer.
+    named = req.model_copy(update={"values": dict.fromkeys(req.values, "")})
+    keyed = request_keys.keyed(who, key, "POST /v1/secrets", named)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        info, created = svc.put_secret(conn, state.secret_box, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info, created = svc.put_secret(conn, state.secret_box, who, req, now)
+        request_keys.keep(conn, keyed, 201 if created else 200, info)
     if not created:
         response.status_code = 200
     return info
