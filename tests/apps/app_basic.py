@@ -131,6 +131,21 @@ def chatty(n: int) -> int:
     return n
 
 
+@app.function(timeout=60)
+def chatty_slowly(n: int, pause: float) -> int:
+    """A line every ``pause`` seconds: its logs are shipped to the server all along."""
+    for i in range(n):
+        print(f"line {i}", flush=True)
+        time.sleep(pause)
+    return n
+
+
+@app.function()
+def sigpipe_ignored() -> bool:
+    """Whether the worker ignores SIGPIPE, as every Python process does."""
+    return signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+
+
 @app.function()
 def chatty_children() -> int:
     """Output that does not go through Python's sys.stdout: a subprocess's, and a write to

@@ -180,8 +180,13 @@ def _child(ctrl: socket.socket, msg: dict[str, Any], log_fd: int, keep: set[int]
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
+        # As in any Python process: a write to a closed connection is an error the worker
+        # handles (the control plane restarting), not a signal that kills the container
+        # (SIG_DFL did, within a second of a server crash). Programs it runs get the default
+        # back (subprocess restores it).
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         if log_fd > 2:
