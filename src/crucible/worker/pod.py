@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -61,13 +62,70 @@ def _idle() -> tuple[list[str], dict[str, str]]:
     return [sys.executable, *_IDLE], {}
 
 
-def disk_usage_bytes(root: Path) -> int:
-    """Bytes the files under ``root`` occupy (allocated blocks, like ``du``)."""
+def disk_usage_bytes(root: Path, *, open_in_session: int | None = None) -> int:
+    """Bytes the files under ``root`` occupy (allocated blocks, like ``du``: a file with
+    several names counts once), with what a plain walk misses, so a pod cannot hide data
+    from its disk's size: a directory the pod made unreadable is opened again (the pod runs
+    as this process's user, who may), and with ``open_in_session`` (the pod's session) a
+    file deleted under ``root`` while its processes still hold it open counts until closed."""
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda _e: None):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except PermissionError:
+            try:
+                os.chmod(top, stat.S_IMODE(os.lstat(top).st_mode) | stat.S_IRWXU)
+                entries = list(os.scandir(top))
+            except OSError:
+                continue
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    if open_in_session is not None:
+        total += _deleted_but_open(str(root), open_in_session, seen)
+    return total
+
+
+def _deleted_but_open(root: str, session: int, seen: set[tuple[int, int]]) -> int:
+    """Blocks of the files under ``root`` that were deleted while a process of ``session``
+    held them open (``/proc/PID/fd``): they take space until the last one closes."""
+    total = 0
+    prefix = root.rstrip("/") + "/"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                # After the command's name: state, ppid, pgrp, session, ...
+                if int(f.read().rsplit(b")", 1)[1].split()[3]) != session:
+                    continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (OSError, ValueError, IndexError):
+            continue
+        for fd in fds:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                target = os.readlink(path)
+                if not (target.startswith(prefix) and target.endswith(" (deleted)")):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
                 total += st.st_blocks * 512
     return total
 
@@ -145,7 +203,7 @@ def supervise(assignment: ContainerAssignment, transport: Transport) -> int:
 
     def watch_disk() -> None:
         while not done.wait(DISK_CHECK_S):
-            used = disk_usage_bytes(disk)
+            used = disk_usage_bytes(disk, open_in_session=os.getsid(0))
             if used > pod.disk_bytes:
                 print(
                     f"crucible pod: the pod's disk holds {used / 2**30:.2f} GiB, over its "
