@@ -14,6 +14,8 @@ from harness import wait_for
 
 def test_restart_delay_backs_off_and_is_capped() -> None:
     assert [restart_delay_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    # The control plane's (`crucible up`): back well within the clients' 30 s retry window.
+    assert [restart_delay_s(n, cap_s=5.0) for n in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
 def _gone(pid: int) -> bool:

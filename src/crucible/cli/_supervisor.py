@@ -40,9 +40,16 @@ class ProcessSupervisor:
     one that keeps dying waits longer each time (:func:`restart_delay_s`)."""
 
     def __init__(
-        self, name: str, argv: list[str], *, stop_grace_s: float, stable_s: float = 60.0
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        stop_grace_s: float,
+        stable_s: float = 60.0,
+        max_delay_s: float = 30.0,
     ) -> None:
         self.name = name
+        self.max_delay_s = max_delay_s
         self.argv = argv
         self.stop_grace_s = stop_grace_s
         self.stable_s = stable_s
@@ -86,7 +93,7 @@ class ProcessSupervisor:
                 return
             self.last_exit = proc.returncode
             failures = 1 if time.monotonic() - started >= self.stable_s else failures + 1
-            delay = restart_delay_s(failures)
+            delay = restart_delay_s(failures, cap_s=self.max_delay_s)
             self.restarts += 1
             log.warning(
                 "the %s exited (code %s); restarting it in %.0f s (restart %d)",

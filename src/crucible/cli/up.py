@@ -139,7 +139,14 @@ def register(app: typer.Typer) -> None:
             # control plane answers.
             grace = settings.stop_grace_s
             children.append(
-                ProcessSupervisor("control plane", _server_argv(settings), stop_grace_s=grace)
+                ProcessSupervisor(
+                    "control plane",
+                    _server_argv(settings),
+                    stop_grace_s=grace,
+                    # Back well within the clients' retry window (30 s), however often it
+                    # died: a wait as long as the window failed their requests.
+                    max_delay_s=5.0,
+                )
             )
             children.append(
                 ProcessSupervisor(
