@@ -225,6 +225,9 @@ def test_pods_are_private_and_the_cli_escapes_what_they_print(
     assert followed.returncode == 0 and "last-words" in followed.stdout
     ended = short.wait("stopped", "failed", timeout_s=30)
     assert ended.state == "stopped" and "status 0" in (ended.reason or "")
+    # Waiting for a pod to run that has ended says so at once (it waited out its timeout).
+    with pytest.raises(crucible.Error, match=r"pod 'short' is stopped, not running: .*start"):
+        short.wait("running", timeout_s=120)
     alice.close()
     mallory.close()
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from crucible.errors import InvalidRequestError
+from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.logs import LogLine, LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
 from crucible.sdk._checks import from_validation_error
@@ -167,6 +167,14 @@ class Pod:
             info = self.info()
             if info.state in wanted:
                 return info
+            if info.state in _FINAL:
+                # It will not get there by itself (a failed pod is not restarted): say so now
+                # rather than at the end of the timeout.
+                raise Error(
+                    f"pod {self.name!r} is {info.state}, not {' or '.join(wanted)}"
+                    + (f": {info.reason}" if info.reason else "")
+                    + "; start it again with pod.start() (`crucible pod start`)"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"pod {self.name!r} is {info.state} after {timeout_s:g} s, not "
