@@ -160,6 +160,10 @@ def test_preempting_one_member_stops_the_gang(two_hosts: Exchange) -> None:
     )
     states = sorted(m.state for m in ended.members)
     assert states == ["preempted", "stopped"], ended
+    # The preempted member is told how a member starts again: with its cluster.
+    preempted = next(m for m in ended.members if m.state == "preempted")
+    reason = crucible.Pod.from_name(preempted.name, client=low).info().reason or ""
+    assert "crucible cluster start" in reason and "pod start" not in reason, reason
     assert ended.reason and "preempted" in ended.reason and "as a whole" in ended.reason
     assert urgent.wait("running", timeout_s=60).state == "running"
     for name in members:

@@ -327,10 +327,12 @@ def _latest_containers(conn: Connection, function_ids: list[str]) -> dict[str, A
 
 def _outcome(row: Any, ct: Any) -> tuple[str, str]:
     """How a run ended, from its container: (settled state, reason)."""
+    # A cluster's member starts with its cluster (`pod start` refuses a member).
+    start = "`crucible cluster start`" if row.cluster_id else "`crucible pod start`"
     if ct.end_cause == "preempted":
         return "preempted", (
             "preempted: the market gave its devices to a higher bid or a reservation; "
-            "`crucible pod start` asks the market again"
+            f"{start} asks the market again"
         )
     if ct.end_cause == "gang":
         return "stopped", (
@@ -341,13 +343,11 @@ def _outcome(row: Any, ct: Any) -> tuple[str, str]:
         return "stopped", "stopped by you"
     if ct.exit_reason == "host_lost":
         return "failed", (
-            "its host was lost; `crucible pod start` places it again (on another host its "
-            "disk starts empty)"
+            f"its host was lost; {start} places it again (on another host its disk starts empty)"
         )
     if ct.exit_reason == "lost":
         return "failed", (
-            "its host's agent no longer runs it (the agent restarted?); `crucible pod start` "
-            "places it again"
+            f"its host's agent no longer runs it (the agent restarted?); {start} places it again"
         )
     if ct.end_cause:
         return "stopped", f"its lease ended ({ct.end_cause.replace('_', ' ')})"
@@ -630,6 +630,7 @@ _TO_SETTLE = select(
     pods.c.function_id,
     pods.c.host_id,
     pods.c.run_started_ms,
+    pods.c.cluster_id,  # its outcome's advice: a member starts with its cluster
 ).where(
     or_(
         pods.c.state == "stopping",
@@ -720,6 +721,7 @@ _POD_OF_FUNCTION = select(
     pods.c.function_id,
     pods.c.host_id,
     pods.c.run_started_ms,
+    pods.c.cluster_id,  # its outcome's advice: a member starts with its cluster
 ).where(
     pods.c.function_id == bindparam("b_fn"),
     pods.c.cluster_id.is_(None),
