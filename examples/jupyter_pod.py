@@ -1,6 +1,6 @@
 """JupyterLab in a pod, opened in your browser through the exchange.
 
-    python examples/jupyter_pod.py            # creates the pod `notebook`, prints its link
+    python examples/jupyter_pod.py            # makes the pod `notebook` (or finds it); its link
     crucible pod link notebook                # the link again, later
     crucible pod rm notebook                  # when done (or: crucible pod stop notebook)
 
@@ -61,12 +61,18 @@ def pod_python() -> str:
 def main() -> None:
     import crucible
 
-    pod = crucible.Pod.create(
-        "notebook",
-        image=os.environ.get("IMAGE"),
-        command=jupyter_command(python=pod_python()),
-        ports=[f"{PORT}/http"],
-    )
+    try:
+        pod = crucible.Pod.create(
+            "notebook",
+            image=os.environ.get("IMAGE"),
+            command=jupyter_command(python=pod_python()),
+            ports=[f"{PORT}/http"],
+        )
+    except crucible.ConflictError:
+        # Run before: the pod is there (`crucible pod rm notebook` for a fresh one).
+        pod = crucible.Pod.from_name("notebook")
+        if pod.info().state in ("stopped", "preempted", "failed"):
+            pod.start()
     info = pod.wait()
     if info.state != "running":
         raise SystemExit(f"pod {pod.name} is {info.state}: {info.reason}; see crucible pod logs")
