@@ -276,6 +276,7 @@ class Transport:
         deadline: float | None = None
         delay = 0.05
         failed_in_turn = 0  # servers that failed since the last backoff
+        delivered = False  # sent whole at least once (the server may have done it)
         once = False
         if method == "POST":
             if idempotency_key is None and _KEYED.match(route) is not None:
@@ -321,6 +322,7 @@ class Transport:
                         continue
                 return resp.status, data
             except _RETRYABLE as exc:
+                delivered = delivered or sent
                 failed = self._servers[self._local.index].url
                 self._fail_over(self._local.index)
                 self._drop()
@@ -343,9 +345,19 @@ class Transport:
                     deadline = time.monotonic() + window
                 if time.monotonic() + delay > deadline:
                     where = failed if len(self._servers) == 1 else ", ".join(self.urls)
+                    done = ""
+                    if idempotency_key is not None and delivered:
+                        # It reached a server once: it may be done, and only the same key
+                        # makes sending it again safe.
+                        done = (
+                            f" It reached the server before: {method} {route} may have been "
+                            "carried out; check (list what it would have made), or send it "
+                            f"again with Idempotency-Key {idempotency_key} (kept 24 hours)."
+                        )
                     raise ServerUnavailableError(
                         f"cannot reach the Crucible server at {where} ({exc}); "
                         + _unreachable_advice(self.urls, exc)
+                        + done
                     ) from exc
                 failed_in_turn = 0
                 time.sleep(delay)

@@ -7,12 +7,13 @@ running container. Each router names the kind of caller it accepts.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
 
-from crucible.errors import AuthError, PermissionDeniedError
+from crucible.errors import AuthError, InvalidRequestError, PermissionDeniedError
 from crucible.server.auth import Principal
 from crucible.server.services.accounts import authenticate
 from crucible.server.services.request_keys import KEY_PATTERN
@@ -39,16 +40,29 @@ async def get_state(request: Request) -> ServerState:
 
 State = Annotated[ServerState, Depends(get_state)]
 
+
+def _request_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Send the request again with the same key to get its first answer "
+            "instead of making a second one (kept 24 hours; 1-128 printable ASCII characters, "
+            "no spaces).",
+        ),
+    ] = None,
+) -> str | None:
+    if key is not None and not re.fullmatch(KEY_PATTERN, key):
+        raise InvalidRequestError(
+            "the Idempotency-Key header must be 1-128 printable ASCII characters without "
+            "spaces (a UUID, say): one key per request, the same key only to send that "
+            "request again"
+        )
+    return key
+
+
 # The Idempotency-Key header of a route that makes something anew (services/request_keys.py).
-RequestKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=KEY_PATTERN,
-        description="Send the request again with the same key to get its first answer "
-        "instead of making a second one (kept 24 hours; 1-128 printable ASCII characters).",
-    ),
-]
+RequestKey = Annotated[str | None, Depends(_request_key)]
 
 
 def _principal(request: Request) -> Principal:
