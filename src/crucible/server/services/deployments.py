@@ -38,17 +38,15 @@ __all__ = [
 ]
 
 
-def _named(principal: Principal, name: str) -> Any:
-    return select(deployments).where(
-        deployments.c.account_id == principal.account_id, deployments.c.name == name
-    )
-
-
 def _deployment(conn: Connection, principal: Principal, name: str, *, lock: bool = False) -> Any:
     """The deployment's row. ``lock``: held for the rest of the transaction, and read after
     the lock (what changes the current version reads it so: two rollbacks at once each
     retired the version both had read as current, and two versions stayed running)."""
-    row = conn.execute(_named(principal, name)).first()
+    row = conn.execute(
+        select(deployments).where(
+            deployments.c.account_id == principal.account_id, deployments.c.name == name
+        )
+    ).first()
     if row is None:
         raise NotFoundError(f"no deployment named {name!r}; deploy it with `crucible deploy`")
     if lock:
@@ -61,22 +59,21 @@ _INSERT_DEPLOYMENT = InsertSkipping(deployments, "account_id", "name")
 
 
 def start_version(conn: Connection, principal: Principal, name: str, now_ms: int) -> VersionStarted:
-    if conn.execute(_named(principal, name)).first() is None:
-        # The first deploy of a name; another one at once may make it first (then this
-        # inserts nothing and uses its row).
-        conn.execute(
-            _INSERT_DEPLOYMENT.on(conn),
-            {
-                "id": new_id("dp"),
-                "account_id": principal.account_id,
-                "name": name,
-                "state": "running",
-                "current_app_id": None,
-                "version": 0,
-                "created_ms": now_ms,
-                "updated_ms": now_ms,
-            },
-        )
+    # Made on the first deploy of a name; a no-op when it exists (or another deploy at once
+    # made it first: this waits for it and uses its row).
+    conn.execute(
+        _INSERT_DEPLOYMENT.on(conn),
+        {
+            "id": new_id("dp"),
+            "account_id": principal.account_id,
+            "name": name,
+            "state": "running",
+            "current_app_id": None,
+            "version": 0,
+            "created_ms": now_ms,
+            "updated_ms": now_ms,
+        },
+    )
     # Held while the next version's number is taken: two deploys at once got the same one.
     dep_id = _deployment(conn, principal, name, lock=True).id
     last = conn.execute(

