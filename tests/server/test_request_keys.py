@@ -127,6 +127,9 @@ def test_other_routes_that_make_something_replay_too(server: ServerUnderTest) ->
         headers={"Idempotency-Key": "sec-1"},
     )
     assert r.status_code == 201 and r.headers["idempotent-replayed"] == "true", r.text
+    run = twice(alice.token, "/v1/apps", {"name": "run", "ephemeral": True}, "app-1")
+    listed = server.ok("GET", "/v1/apps?name=run", token=alice.token)
+    assert [a["id"] for a in listed] == [run["id"]], listed  # type: ignore[index]
     made = twice(admin.token, "/v1/accounts", {"name": "carol"}, "acct-1")
     assert isinstance(made, dict) and made["name"] == "carol"
     grant = {"account": "carol", "amount_micros": 5_000_000}

@@ -77,8 +77,8 @@ def _unavailable(data: bytes) -> str | None:
 # killed between its commit and its answer would take an item twice, run a job twice); a
 # failure before they were sent is retried.
 _KEYED = re.compile(
-    r"^/v1/(?:accounts|reservations|credits/grants|deployments|models|fine-tunes|pods|secrets"
-    r"|clusters|ssh-keys|volumes/[^/]+/commit|queues/[^/]+/put)$"
+    r"^/v1/(?:accounts|apps|reservations|credits/grants|deployments|models|models/[^/]+/adapters"
+    r"|fine-tunes|pods|secrets|clusters|ssh-keys|volumes/[^/]+/commit|queues/[^/]+/put)$"
 )
 # (The answers of a token and of a dict's pop hold the token and the values: not kept.)
 _SENT_ONCE = re.compile(

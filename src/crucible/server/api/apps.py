@@ -7,8 +7,9 @@ from pydantic import Field
 
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.common import Wire
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.services import apps as svc
+from crucible.server.services import request_keys
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
 
@@ -18,9 +19,14 @@ class FunctionsCreate(Wire):
 
 
 @router.post("", status_code=201)
-async def create_app(req: AppCreate, who: Builder, state: State) -> AppInfo:
+def create_app(req: AppCreate, who: Builder, state: State, key: RequestKey = None) -> AppInfo:
+    keyed = request_keys.keyed(who, key, "POST /v1/apps", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.create_app(conn, who, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.create_app(conn, who, req, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info
 
 
 @router.get("")

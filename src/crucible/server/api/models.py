@@ -51,6 +51,13 @@ def usage(name: str, who: Builder, state: State) -> ModelUsage:
 
 
 @router.post("/models/{name}/adapters", status_code=201)
-def add_adapter(name: str, req: AdapterCreate, who: Builder, state: State) -> ModelInfo:
+def add_adapter(
+    name: str, req: AdapterCreate, who: Builder, state: State, key: RequestKey = None
+) -> ModelInfo:
+    keyed = request_keys.keyed(who, key, f"POST /v1/models/{name}/adapters", req)
+    now = state.clock.now_ms()
     with state.engine.begin() as conn:
-        return svc.add_adapter(conn, who, name, req, state.clock.now_ms())
+        request_keys.claim(conn, keyed, now)
+        info = svc.add_adapter(conn, who, name, req, now)
+        request_keys.keep(conn, keyed, 201, info)
+    return info

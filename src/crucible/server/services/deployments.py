@@ -151,7 +151,9 @@ def rollback(
     if app is None or app.state == "deploying":
         raise NotFoundError(f"deployment {name!r} has no activated version {version}")
     if app.id == dep.current_app_id and dep.state == "running":
-        raise ConflictError(f"version {version} of {name!r} is already current")
+        # Current already (a rollback sent again after its answer was lost, or asked twice):
+        # answered as it is rather than failing a rollback that took effect.
+        return get_deployment(conn, principal, name)
     _switch(conn, dep, app.id, version, now_ms)
     return get_deployment(conn, principal, name)
 
