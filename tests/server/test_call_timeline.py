@@ -167,6 +167,7 @@ def test_an_attempt_on_a_lost_host_ends_and_is_costed_at_its_last_sync(world: Wo
             message="host stopped heartbeating",
             crashed=False,
             max_infra_requeues=5,
+            meter_interval_ms=30_000,
             stopped_ms=t + 5_000,
         )
         tl = call_timeline(conn, world.principal, call_id, t + 21_000)

@@ -589,6 +589,7 @@ def test_a_container_ended_during_an_exchange_gets_back_what_that_exchange_claim
                     message="the agent no longer runs this container",
                     crashed=False,
                     max_infra_requeues=3,
+                    meter_interval_ms=30_000,
                 )
         except Exception as exc:
             outcome["error"] = exc

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from crucible.server.billing.entries import check_ledger
 from crucible.server.services.containers import STOP_ALLOWANCE_MS
-from crucible.server.store.tables import containers
+from crucible.server.store.tables import containers, meter_intervals
 
 from server_testlib import MakeServer, metered_container
 
@@ -104,3 +104,22 @@ def test_an_agent_that_resumes_its_session_keeps_its_containers_billed(
         m.report()
         m.loop.tick()
     assert m.billed_ms() == 30_000  # three whole intervals, none cut short
+
+
+def test_a_containers_last_stretch_is_metered_in_the_settings_intervals(
+    make_server: MakeServer,
+) -> None:
+    """An ended container's remainder is cut by CRUCIBLE_METER_INTERVAL_S as running ones are
+    (it was cut in 10 s pieces whatever the setting: more ledger entries for the same cost)."""
+    m = metered_container(make_server(meter_interval_s=60), T0)
+    m.report()  # started at T0
+    m.clock.now += 50_000
+    m.report("exited", exit_code=0, reason="finished")
+    with m.server.state.engine.connect() as conn:
+        spans = conn.execute(
+            select(meter_intervals.c.start_ms, meter_intervals.c.end_ms).where(
+                meter_intervals.c.container_id == m.container_id
+            )
+        ).all()
+        assert check_ledger(conn) == []
+    assert [(s - T0, e - T0) for s, e in spans] == [(0, 50_000)]

@@ -118,6 +118,7 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
                 now,
                 fresh=fresh,
                 max_infra_requeues=s.max_infra_requeues,
+                meter_interval_ms=int(s.meter_interval_s * 1000),
                 seq=req.seq,
                 energy_readings_dropped=req.energy_readings_dropped,
                 host=host,
@@ -126,7 +127,9 @@ async def sync(host_id: str, req: HostSync, who: HostAgent, state: State) -> Hos
             if req.self_test is not None:  # a periodic self-test's fresh figures
                 svc.apply_self_test(conn, host_id, None, req.self_test, now)
             if req.leaving and fresh:  # its agent stopped: place nothing more here
-                keys += svc.host_left(conn, host_id, now, s.max_infra_requeues)
+                keys += svc.host_left(
+                    conn, host_id, now, s.max_infra_requeues, int(s.meter_interval_s * 1000)
+                )
             # Read in the same connection and transaction, after the reports (which it
             # sees): one checkout per sync rather than two.
             found = svc.assignments_for_host(conn, host_id, state.secret, now)

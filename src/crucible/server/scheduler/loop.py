@@ -323,7 +323,13 @@ class SchedulerLoop:
             if now >= self._lost_check_ms and now - timeout_ms > self._heard_since_ms:
                 oldest = oldest_ready_sync(conn)
                 if oldest is not None and oldest < now - timeout_ms:  # some host is lost
-                    keys += mark_lost_hosts(conn, now, timeout_ms, s.max_infra_requeues)
+                    keys += mark_lost_hosts(
+                        conn,
+                        now,
+                        timeout_ms,
+                        s.max_infra_requeues,
+                        int(s.meter_interval_s * 1000),
+                    )
                     oldest = oldest_ready_sync(conn)
                 self._lost_check_ms = min(  # lost once *more* than the timeout silent
                     now + _LOST_RECHECK_MS, (now if oldest is None else oldest) + timeout_ms + 1

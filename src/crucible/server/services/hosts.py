@@ -365,7 +365,7 @@ def end_container(
     message: str | None,
     crashed: bool,
     max_infra_requeues: int,
-    meter_interval_ms: int = 10_000,
+    meter_interval_ms: int,
     stopped_ms: int | None = None,
 ) -> list[str]:
     """Mark a container stopped, meter it to the end, requeue its running calls. Idempotent.
@@ -475,6 +475,7 @@ def process_reports(
     *,
     fresh: bool,
     max_infra_requeues: int,
+    meter_interval_ms: int,
     seq: int = 0,
     energy_readings_dropped: int | None = None,
     host: Any = None,
@@ -570,6 +571,7 @@ def process_reports(
                 message=rep.message,
                 crashed=crashed,
                 max_infra_requeues=max_infra_requeues,
+                meter_interval_ms=meter_interval_ms,
             )
             continue
         if row is None:
@@ -616,6 +618,7 @@ def process_reports(
                     message="the agent no longer runs this container (agent restarted?)",
                     crashed=False,
                     max_infra_requeues=max_infra_requeues,
+                    meter_interval_ms=meter_interval_ms,
                 )
     return stop, keys
 
@@ -721,7 +724,9 @@ def oldest_ready_sync(conn: Connection) -> int | None:
     ).scalar()
 
 
-def host_left(conn: Connection, host_id: str, now_ms: int, max_infra_requeues: int) -> list[str]:
+def host_left(
+    conn: Connection, host_id: str, now_ms: int, max_infra_requeues: int, meter_interval_ms: int
+) -> list[str]:
     """A host whose agent stopped and said so (its last sync, ``leaving``) is ``offline``:
     no work is placed there until an agent registers it again. Its containers were reported
     ended by that sync; any it did not report (assigned, not started yet) end now and their
@@ -730,7 +735,13 @@ def host_left(conn: Connection, host_id: str, now_ms: int, max_infra_requeues: i
         update(hosts).where(hosts.c.id == host_id, hosts.c.state == "ready").values(state="offline")
     )
     return _end_containers_of(
-        conn, host_id, now_ms, "lost", f"host {host_id}'s agent stopped", max_infra_requeues
+        conn,
+        host_id,
+        now_ms,
+        "lost",
+        f"host {host_id}'s agent stopped",
+        max_infra_requeues,
+        meter_interval_ms,
     )
 
 
@@ -741,6 +752,7 @@ def _end_containers_of(
     reason: str,
     message: str,
     max_infra_requeues: int,
+    meter_interval_ms: int,
     stopped_ms: int | None = None,
 ) -> list[str]:
     """End every container of a host that is gone (its calls requeued), as of ``stopped_ms``
@@ -760,13 +772,14 @@ def _end_containers_of(
             message=message,
             crashed=False,
             max_infra_requeues=max_infra_requeues,
+            meter_interval_ms=meter_interval_ms,
             stopped_ms=stopped_ms,
         )
     return keys
 
 
 def mark_lost_hosts(
-    conn: Connection, now_ms: int, timeout_ms: int, max_infra_requeues: int
+    conn: Connection, now_ms: int, timeout_ms: int, max_infra_requeues: int, meter_interval_ms: int
 ) -> list[str]:
     """Hosts silent for ``timeout_ms`` are lost: their containers end (stopped, and metered,
     as of the host's last sync), calls are requeued."""
@@ -789,6 +802,7 @@ def mark_lost_hosts(
             "host_lost",
             f"host {host_id} stopped heartbeating",
             max_infra_requeues,
+            meter_interval_ms,
             stopped_ms=last_seen_ms,
         )
     return keys
