@@ -108,6 +108,19 @@ def test_a_host_with_more_memory_than_the_index_holds_still_takes_work() -> None
     assert placed is not None and huge.used_memory_mib == 2**39 + (1 << 20)
 
 
+def test_a_host_with_more_cores_than_the_index_holds_fails_no_placement() -> None:
+    """A host in the store with more cores than the engine indexes (registered before the
+    wire's bound matched the engine's) takes work, and the other hosts' work is placed: it
+    made every scheduler tick fail ("node CPU beyond the index's range")."""
+    huge = host("ho-huge", cpu=100_000.0, used_cpu=99_000.0)
+    small = host("ho-small")
+    index = HostIndex([huge, small])
+    placed = index.place(2.0, 1024, exclude={"ho-small"})
+    assert placed is not None and placed[0].id == "ho-huge"
+    placed = index.place(2.0, 1024, exclude={"ho-huge"})
+    assert placed is not None and placed[0].id == "ho-small"
+
+
 def test_excluded_hosts_are_skipped_and_ties_go_to_the_lower_id() -> None:
     index = HostIndex([host("ho-b"), host("ho-a"), host("ho-c")])
     placed = index.place(1.0, 1024, exclude={"ho-a"})

@@ -145,6 +145,11 @@ def test_bad_bodies_are_400_naming_the_field(server: ServerUnderTest) -> None:
             {"name": "h", "inventory": {"cpu_cores": 0, "memory_mib": 1, "disk_mib": 0}},
             "inventory.cpu_cores",
         ),
+        (  # more cores than the placement engine indexes: it failed every scheduler tick
+            "/v1/hosts/register",
+            {"name": "h", "inventory": {"cpu_cores": 65_537, "memory_mib": 1, "disk_mib": 0}},
+            "inventory.cpu_cores",
+        ),
         (
             "/v1/hosts/register",
             {

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from crucible.core.placement import (
     FULL,
+    MAX_NODE_CPU_MILLI,
     MEM_LEVELS,
     Cluster,
     NodeSpec,
@@ -51,7 +52,9 @@ _ANY_MODEL = "*"
 
 # The engine indexes memory up to 2**31 MiB; a host may report up to 2**40 (the wire's bound).
 # More than 2 PiB is as good as unlimited for a container, so a host's memory is capped here
-# rather than letting one odd inventory fail every scheduler tick.
+# rather than letting one odd inventory fail every scheduler tick; its cores likewise (the
+# wire refuses more than the engine holds, but a host registered before that bound was
+# tightened may still be in the store).
 _MAX_MEMORY_MIB = 2 ** (MEM_LEVELS - 1) - 1
 
 # Slack for float sums of cores (e.g. 0.1 + 0.2): a request of exactly the free CPU fits.
@@ -154,7 +157,7 @@ class HostIndex:
         nodes = [
             NodeSpec(
                 id=h.id,
-                cpu_milli=_milli_down(h.cpu),
+                cpu_milli=min(MAX_NODE_CPU_MILLI, _milli_down(h.cpu)),
                 memory_mib=min(_MAX_MEMORY_MIB, max(0, h.memory_mib)),
                 gpu_count=len(devs),
                 gpu_model=(model or _ANY_MODEL) if devs else "",

@@ -36,7 +36,9 @@ class DeviceInfo(Wire):
 
 
 class Inventory(Wire):
-    cpu_cores: float = Field(gt=0, le=100_000)
+    # The placement engine indexes nodes of up to 65,536 cores (core/placement.py
+    # MAX_NODE_CPU_MILLI); the largest machines have a few thousand.
+    cpu_cores: float = Field(gt=0, le=65_536)
     memory_mib: int = Field(gt=0, le=2**40)
     disk_mib: int = Field(ge=0, le=2**50)
     gpus: list[DeviceInfo] = Field(default_factory=list, max_length=64)

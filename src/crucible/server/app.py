@@ -139,6 +139,25 @@ class BodyLimit:
         )
 
 
+class HeadAsGet:
+    """``HEAD`` answered as ``GET`` on the routes that take ``GET`` and not ``HEAD`` (RFC 9110
+    9.3.2: a server takes HEAD wherever it takes GET): load balancers and uptime checks probe
+    ``/healthz`` with HEAD. The route sees GET; the HTTP server, whose own scope still says
+    HEAD, sends the head without the body. Web endpoints and ports take HEAD themselves and
+    pass it on."""
+
+    def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            allowed = _methods_of(self.routes, scope)
+            if "GET" in allowed and "HEAD" not in allowed:
+                scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 async def _send_error(send: Send, err: Error) -> None:
     import orjson
 
@@ -378,6 +397,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     # routes above keep their token authentication.
     app.include_router(console_router)
     install_openapi(app)
+    app.add_middleware(HeadAsGet, routes=app)
     app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
     app.add_middleware(HotPath, state=state)  # the two hot routes skip the rest
     if state.settings.ports_domain:

@@ -18,8 +18,13 @@ from crucible.errors import InvalidRequestError
 __all__ = ["Period"]
 
 
-def _utc(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _when(ms: int) -> str:
+    """``ms`` as the query gave it, with its UTC date where it has one (years 1970-9999)."""
+    try:
+        date = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
+    return f"{ms} ms, {date}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +38,8 @@ class Period:
         parameters), refused when it cannot hold anything."""
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
             raise InvalidRequestError(
-                f"the period is empty: since ({_utc(since_ms)}) must be before until "
-                f"({_utc(until_ms)})"
+                f"the period is empty: since_ms ({_when(since_ms)}) must be before until_ms "
+                f"({_when(until_ms)})"
             )
         return cls(since_ms, until_ms)
 
