@@ -155,9 +155,11 @@ class ServerUnderTest:
 
     # -- seeding -----------------------------------------------------------------------------
     def tenant(self, name: str, scope: Scope = Scope.USER) -> Tenant:
-        """An account called ``name`` (created if missing) and a fresh token of ``scope``."""
+        """An account called ``name`` (created if missing) and a fresh token of ``scope``. An
+        account made for a host token is an approved provider (its fully isolated hosts run
+        other accounts' work), as the operator's own accounts are."""
         with self.state.engine.begin() as conn:
-            account_id = ensure_account(conn, name, 0)
+            account_id = ensure_account(conn, name, 0, provider=scope is Scope.HOST)
             made = issue_token(conn, account_id, scope, f"{name}-{scope.value}", 0)
         return Tenant(account_id, made.token, made.id, scope.value)
 
@@ -401,6 +403,7 @@ V1_ROUTES = sorted(
     [
         ("POST", "/v1/accounts"),
         ("GET", "/v1/accounts/me"),
+        ("PATCH", "/v1/accounts/{account}"),
         ("POST", "/v1/tokens"),
         ("GET", "/v1/tokens"),
         ("DELETE", "/v1/tokens/{token_id}"),
@@ -535,6 +538,7 @@ def concrete(path: str) -> str:
         .replace("{job_id}", "ca-1")
         .replace("{pod}", "pd-1")
         .replace("{cluster}", "cl-1")
+        .replace("{account}", "acme")
     )
 
 

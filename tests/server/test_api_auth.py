@@ -299,6 +299,7 @@ ALLOWED = {
         if r
         not in {
             ("POST", "/v1/accounts"),  # operators create accounts
+            ("PATCH", "/v1/accounts/{account}"),  # and approve providers
             ("GET", "/v1/audit"),  # and read the audit log
             ("POST", "/v1/hosts/register"),
             ("POST", "/v1/hosts/{host_id}/sync"),
@@ -344,7 +345,11 @@ def test_scope_matrix(server: ServerUnderTest) -> None:
         tokens["user"], server.new_app(tokens["user"]), server.put_blob(tokens["user"])
     )
     _, tokens["container"] = server.place_container(fn, server.register_host(tokens["host"]))
-    bodies = {("POST", "/v1/accounts"): {"name": "someone"}, ("POST", "/v1/tokens"): {}}
+    bodies = {
+        ("POST", "/v1/accounts"): {"name": "someone"},
+        ("POST", "/v1/tokens"): {},
+        ("PATCH", "/v1/accounts/{account}"): {"provider": True},
+    }
     for scope, token in tokens.items():
         for route in V1_ROUTES:
             method, path = route

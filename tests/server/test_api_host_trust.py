@@ -173,3 +173,65 @@ def test_the_market_follows_a_host_that_stops_isolating(server: ServerUnderTest)
     assert quote["available"] is False and quote["refusal"] == "not_isolated"
     owner = server.tenant("gina").token
     assert server.ok("POST", "/v1/market/quote", token=owner, json={"gpu": "H100"})["available"]
+
+
+def test_a_tenants_own_host_runs_strangers_work_only_once_approved(make_server: MakeServer) -> None:
+    """Any builder may make a host token and register a host; its owner sees what runs there
+    (code, inputs, secrets). Such a host ran every account's work as soon as its agent
+    reported full isolation (a probe read another tenant's secret, code and inputs through the
+    container it was handed). Now it runs its owner's work until an admin approves the
+    account as a provider, and again only its owner's once the approval is taken back."""
+    server = make_server(unschedulable_grace_s=0)
+    admin = server.tenant("operator", Scope.ADMIN).token
+    mallory = server.tenant("mallory").token
+    host_token = server.ok("POST", "/v1/tokens", token=mallory, json={"scope": "host"})["token"]
+    host_id = server.register_host(host_token, "mallory-box")  # reports full isolation
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["isolated"] is False and host["isolation"]["runtime"] == "bwrap"
+    assert server.ok("GET", "/v1/accounts/me", token=mallory)["provider"] is False
+
+    alice = server.tenant("alice").token
+    alice_fn = server.new_function(alice, server.new_app(alice), server.put_blob(alice))
+    [alice_call] = server.new_calls(alice, alice_fn)
+    mallory_fn = server.new_function(mallory, server.new_app(mallory), server.put_blob(mallory))
+    server.new_calls(mallory, mallory_fn)
+    SchedulerLoop(server.state).tick()
+    _fails_with(server, alice, alice_call, "not a provider the operator approved")
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["containers"] == 1  # mallory's own
+    sync = server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={})
+    assert {a["account_id"] for a in sync["start"]} == {_account(server, mallory)}
+
+    # Only an admin approves a provider.
+    r = server.request("PATCH", "/v1/accounts/mallory", token=mallory, json={"provider": True})
+    assert r.status_code == 403 and error_code(r) == "forbidden"
+    r = server.request("PATCH", "/v1/accounts/nobody", token=admin, json={"provider": True})
+    assert r.status_code == 404
+    approved = server.ok("PATCH", "/v1/accounts/mallory", token=admin, json={"provider": True})
+    assert approved["provider"] is True
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["isolated"] is True
+    [alice_call] = server.new_calls(alice, alice_fn)
+    SchedulerLoop(server.state).tick()
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["containers"] == 2  # alice's call runs there now
+
+    # Taken back: nothing new of another account is placed there.
+    server.ok("PATCH", "/v1/accounts/mallory", token=admin, json={"provider": False})
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["isolated"] is False
+    bob = server.tenant("bob").token
+    bob_fn = server.new_function(bob, server.new_app(bob), server.put_blob(bob))
+    [bob_call] = server.new_calls(bob, bob_fn)
+    SchedulerLoop(server.state).tick()
+    _fails_with(server, bob, bob_call, "no fully isolated host can run this function")
+    # A registration again (an agent restart) keeps the host closed.
+    server.register_host(host_token, "mallory-box")
+    [host] = server.ok("GET", "/v1/hosts", token=mallory)
+    assert host["isolated"] is False
+    audit = server.ok("GET", "/v1/audit?action=account.provider", token=admin)["entries"]
+    assert [e["detail"]["provider"] for e in audit] == [False, True]
+
+
+def _account(server: ServerUnderTest, token: str) -> str:
+    return str(server.ok("GET", "/v1/accounts/me", token=token)["id"])

@@ -291,6 +291,12 @@ class Agent:
                 inv.memory_mib,
                 gpus,
             )
+            if not info.isolated and info.isolation is not None and info.isolation.full():
+                log.info(
+                    "this host isolates fully but runs its own account's work only: the account "
+                    "is not a provider the exchange's operator approved (`crucible account "
+                    "provider NAME`, docs/operators.md)"
+                )
             return
 
     def _energy_meter(self, inventory: Inventory) -> EnergyMeter:

@@ -81,7 +81,7 @@ def bootstrap_tokens(settings: Settings, url: str) -> tuple[str, str]:
         migrate(engine)
         now = time.time_ns() // 1_000_000
         with engine.begin() as conn:
-            account = ensure_account(conn, "local", now)
+            account = ensure_account(conn, "local", now, provider=True)
 
             def valid(token: str) -> bool:
                 row = conn.execute(

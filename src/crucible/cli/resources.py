@@ -76,6 +76,8 @@ _BILL_COLUMNS = (
 def _isolation_words(isolated: bool, report: IsolationReport | None) -> str:
     """``full`` (with whether it filters network egress) or what is missing."""
     if not isolated:
+        if report is not None and report.full():
+            return "full, but runs its owner's code only (the account is not an approved provider)"
         return isolation_summary(report)
     egress = report is not None and report.egress_filter
     return "full, egress " + ("filtered" if egress else "refused to other accounts")
@@ -570,3 +572,30 @@ def register(app: typer.Typer) -> None:
             print_json(data)
         else:
             console.print(f"created account {shown(data['name'])} ({data['id']})")
+
+    @account_app.command("provider")
+    def account_provider(
+        name: str = typer.Argument(help="the account, by name or id (ac-...)"),
+        off: bool = typer.Option(
+            False, "--off", help="take the approval back: its hosts run its own work only"
+        ),
+        as_json: bool = JSON,
+    ) -> None:
+        """Approve an account as a provider (admin): its fully isolated hosts then run other
+        accounts' work, whose code, inputs and secrets they see. Without the approval an
+        account's hosts run its own work only."""
+        data = _client().transport.request(
+            "PATCH", f"/v1/accounts/{url_part(name)}", {"provider": not off}
+        )
+        if as_json:
+            print_json(data)
+        elif data["provider"]:
+            console.print(
+                f"{shown(data['name'])} is a provider: its fully isolated hosts run other "
+                "accounts' work"
+            )
+        else:
+            console.print(
+                f"{shown(data['name'])} is not a provider: its hosts run its own work only "
+                "(work already running there runs to its end)"
+            )

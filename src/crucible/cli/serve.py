@@ -182,7 +182,7 @@ def _bootstrap_admin(settings: Settings) -> None:
                 if conn.execute(select(func.count()).select_from(accounts)).scalar_one():
                     return
                 now = time.time_ns() // 1_000_000
-                account = ensure_account(conn, "operator", now)
+                account = ensure_account(conn, "operator", now, provider=True)
                 token = issue_token(conn, account, Scope.ADMIN, "bootstrap", now).token
         except IntegrityError:
             return  # another replica starting at the same moment made the operator account

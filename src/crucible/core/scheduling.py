@@ -485,9 +485,10 @@ def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
     if not any(h.isolated or h.owner == fn.account_id for h in sized):
         return (
             f"no fully isolated host can run this {fn.noun} ({request}): the hosts big enough "
-            "do not isolate fully (e.g. runtime process), so they run only their owner's "
-            "code. Add a fully isolated host (docs/sandbox.md), or run it on a host of your "
-            "own account."
+            "run only their owner's code (they do not isolate fully, e.g. runtime process, or "
+            "their account is not a provider the operator approved). Add a fully isolated "
+            "host of a provider (docs/sandbox.md, docs/operators.md), or run it on a host of "
+            "your own account."
         )
     if fn.network and not any(h.egress or h.owner == fn.account_id for h in sized):
         return (

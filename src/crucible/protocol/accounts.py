@@ -8,7 +8,15 @@ from pydantic import Field
 
 from crucible.protocol.common import PrintableText, Wire, WireInt
 
-__all__ = ["AccountCreate", "AccountInfo", "Scope", "TokenCreate", "TokenCreated", "TokenInfo"]
+__all__ = [
+    "AccountCreate",
+    "AccountInfo",
+    "AccountUpdate",
+    "Scope",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenInfo",
+]
 
 
 class Scope(StrEnum):
@@ -31,6 +39,17 @@ class AccountInfo(Wire):
     id: str
     name: str
     created_ms: WireInt
+    # Approved by the operator to run other accounts' work on its (fully isolated) hosts;
+    # the hosts of an account that is not run their owner's code only.
+    provider: bool = False
+
+
+class AccountUpdate(Wire):
+    """What an admin changes of an account (``PATCH /v1/accounts/{account}``)."""
+
+    provider: bool = Field(
+        description="may its fully isolated hosts run other accounts' work (a provider)"
+    )
 
 
 class TokenCreate(Wire):

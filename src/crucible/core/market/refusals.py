@@ -80,9 +80,10 @@ def not_isolated(what: str, nodes: int) -> Refusal:
     return Refusal(
         RefusalCode.NOT_ISOLATED,
         f"no fully isolated host has {what} for {nodes} node(s): the hosts that have them "
-        "do not isolate fully (e.g. runtime process), so they run only their owner's code. "
-        "Wait for a fully isolated host (`crucible market hosts` shows each host's "
-        "isolation), or run it on a host of your own account.",
+        "run only their owner's code (they do not isolate fully, e.g. runtime process, or "
+        "their account is not a provider the operator approved). Wait for a fully isolated "
+        "host of a provider (`crucible market hosts` shows each host's isolation), or run "
+        "it on a host of your own account.",
     )
 
 

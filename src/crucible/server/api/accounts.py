@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from crucible.protocol.accounts import (
     AccountCreate,
     AccountInfo,
+    AccountUpdate,
     TokenCreate,
     TokenCreated,
     TokenInfo,
@@ -28,6 +29,16 @@ async def create_account(
         request_keys.claim(conn, keyed, now)
         info = svc.create_account(conn, who, req.name, now)
         request_keys.keep(conn, keyed, 201, info)
+    return info
+
+
+@router.patch("/accounts/{account}")
+def update_account(account: str, req: AccountUpdate, who: Builder, state: State) -> AccountInfo:
+    """Approve an account as a provider, or take the approval back (admin): its fully
+    isolated hosts run other accounts' work only while it is one."""
+    with state.engine.begin() as conn:
+        info = svc.update_account(conn, who, account, req, state.clock.now_ms())
+    state.wakeups.kick_scheduler()  # hosts opened or closed to other accounts' work
     return info
 
 

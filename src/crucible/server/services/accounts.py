@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, select, update
 
@@ -13,10 +14,18 @@ from crucible.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from crucible.protocol.accounts import AccountInfo, Scope, TokenCreate, TokenCreated, TokenInfo
+from crucible.protocol.accounts import (
+    AccountInfo,
+    AccountUpdate,
+    Scope,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+)
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal, hash_token, new_api_token, verify_container_token
 from crucible.server.services import audit
+from crucible.server.services.hosts import open_hosts_of
 from crucible.server.state import ServerState
 from crucible.server.store.tables import accounts, containers, tokens
 
@@ -30,6 +39,7 @@ __all__ = [
     "list_all_tokens",
     "list_tokens",
     "revoke_token",
+    "update_account",
 ]
 
 _TOKEN_CACHE_TTL_S = 5.0  # a revoked token stops working within this time
@@ -39,13 +49,21 @@ _TOKEN_CACHE_TTL_S = 5.0  # a revoked token stops working within this time
 MAX_TOKENS_PER_ACCOUNT = 1000
 
 
-def ensure_account(conn: Connection, name: str, now_ms: int) -> str:
-    """The id of the account called ``name``, created if missing."""
-    row = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first()
+def ensure_account(conn: Connection, name: str, now_ms: int, *, provider: bool = False) -> str:
+    """The id of the account called ``name``, created if missing; ``provider``: approved to
+    run other accounts' work on its hosts (the operator's own account)."""
+    row = conn.execute(
+        select(accounts.c.id, accounts.c.provider).where(accounts.c.name == name)
+    ).first()
     if row is not None:
+        if provider and not row.provider:
+            conn.execute(update(accounts).where(accounts.c.id == row.id).values(provider=True))
+            open_hosts_of(conn, row.id, provider=True)
         return str(row.id)
     account_id = new_id("ac")
-    conn.execute(insert(accounts).values(id=account_id, name=name, created_ms=now_ms))
+    conn.execute(
+        insert(accounts).values(id=account_id, name=name, created_ms=now_ms, provider=provider)
+    )
     return account_id
 
 
@@ -67,11 +85,40 @@ def create_account(conn: Connection, principal: Principal, name: str, now_ms: in
     return AccountInfo(id=account_id, name=name, created_ms=now_ms)
 
 
+def _info(row: Any) -> AccountInfo:
+    return AccountInfo(
+        id=row.id, name=row.name, created_ms=row.created_ms, provider=bool(row.provider)
+    )
+
+
 def get_account(conn: Connection, account_id: str) -> AccountInfo:
     row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
     if row is None:
         raise NotFoundError(f"account {account_id} not found")
-    return AccountInfo(id=row.id, name=row.name, created_ms=row.created_ms)
+    return _info(row)
+
+
+def update_account(
+    conn: Connection, principal: Principal, name_or_id: str, req: AccountUpdate, now_ms: int
+) -> AccountInfo:
+    """An admin approves an account as a provider (its fully isolated hosts then run other
+    accounts' work) or takes the approval back (they run its own work only from then on)."""
+    if not principal.is_admin:
+        raise PermissionDeniedError("only an admin token can change accounts")
+    account_id = account_id_of(conn, name_or_id)
+    conn.execute(update(accounts).where(accounts.c.id == account_id).values(provider=req.provider))
+    opened = open_hosts_of(conn, account_id, provider=req.provider)
+    audit.record(
+        conn,
+        principal,
+        "account.provider",
+        account_id,
+        now_ms,
+        account_id=account_id,
+        provider=req.provider,
+        hosts_open=opened,
+    )
+    return get_account(conn, account_id)
 
 
 def issue_token(
@@ -169,7 +216,7 @@ def list_accounts(conn: Connection, principal: Principal, limit: int = 500) -> l
     if not principal.is_admin:
         raise PermissionDeniedError("only an admin token can list accounts")
     rows = conn.execute(select(accounts).order_by(accounts.c.created_ms.desc()).limit(limit))
-    return [AccountInfo(id=r.id, name=r.name, created_ms=r.created_ms) for r in rows]
+    return [_info(r) for r in rows]
 
 
 def list_all_tokens(conn: Connection, principal: Principal, limit: int = 500) -> list[TokenInfo]:

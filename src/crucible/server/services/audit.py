@@ -23,6 +23,7 @@ __all__ = ["ACTIONS", "list_audit", "record"]
 
 ACTIONS = (
     "account.create",
+    "account.provider",
     "token.create",
     "token.revoke",
     "credits.grant",

@@ -32,7 +32,8 @@ from crucible.server.services.function_specs import SPECS
 from crucible.server.services.logs import add_exit_tail
 from crucible.server.services.pods import pod_assignments, settle_pod_of
 from crucible.server.store.bulk import execute_many
-from crucible.server.store.tables import containers, functions, hosts
+from crucible.server.store.locks import lock_row
+from crucible.server.store.tables import accounts, containers, functions, hosts
 from crucible.server.verification import verify
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "list_hosts",
     "mark_lost_hosts",
     "oldest_ready_sync",
+    "open_hosts_of",
     "process_reports",
     "register_host",
     "require_host",
@@ -169,9 +171,17 @@ def register_host(
             "accepts (CRUCIBLE_DEV_MODE=1 on the server, as `crucible up` runs it); run the "
             "agent without --fake-gpus to offer the real devices"
         )
+    # Held so that an approval given or taken back meanwhile (services/accounts.py
+    # update_account) applies to this host too.
+    lock_row(conn, accounts, accounts.c.id, principal.account_id)
     row = conn.execute(
         select(hosts).where(hosts.c.account_id == principal.account_id, hosts.c.name == req.name)
     ).first()
+    provider = bool(
+        conn.execute(
+            select(accounts.c.provider).where(accounts.c.id == principal.account_id)
+        ).scalar()
+    )
     values = {
         "region": req.region,
         "state": "ready",
@@ -180,7 +190,7 @@ def register_host(
         "last_seen_ms": now_ms,
         # No report (an older agent) is runtime "process": its owner's code only.
         "isolation": None if req.isolation is None else req.isolation.model_dump(mode="json"),
-        "isolated": req.isolation is not None and req.isolation.full(),
+        "isolated": _open_to_others(req.isolation, provider=provider),
     }
     if req.address is not None:
         values["address"] = req.address
@@ -226,6 +236,32 @@ def register_host(
         )
     apply_self_test(conn, host_id, req.inventory, req.self_test, now_ms)
     return require_host(conn, principal, host_id)
+
+
+def _open_to_others(report: IsolationReport | None, *, provider: bool) -> bool:
+    """Whether other accounts' code may run on a host (``hosts.isolated``): its isolation is
+    full (a sandbox its code cannot leave, measured by its agent) and its account is an
+    approved provider (the host's owner sees what runs there: code, inputs, secrets). Any
+    other host runs its owner's code only."""
+    return provider and report is not None and report.full()
+
+
+def open_hosts_of(conn: Connection, account_id: str, *, provider: bool) -> int:
+    """Apply an account's provider approval (given or taken back) to its registered hosts;
+    returns how many now run other accounts' work. Work already placed on a host that
+    closes runs on to its end; nothing new is placed there."""
+    opened = 0
+    for r in conn.execute(
+        select(hosts.c.id, hosts.c.isolation, hosts.c.isolated).where(
+            hosts.c.account_id == account_id
+        )
+    ).all():
+        report = None if r.isolation is None else IsolationReport.model_validate(r.isolation)
+        isolated = _open_to_others(report, provider=provider)
+        opened += isolated
+        if isolated != bool(r.isolated):  # a write of the watched column: the leader sees it
+            conn.execute(update(hosts).where(hosts.c.id == r.id).values(isolated=isolated))
+    return opened
 
 
 def apply_self_test(

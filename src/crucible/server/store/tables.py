@@ -84,6 +84,9 @@ accounts = Table(
     Column("created_ms", BigInteger, nullable=False),
     # Spend cap per UTC day in micro-dollars (None: no cap); see core.ledger.
     Column("daily_cap_micros", BigInteger),
+    # Approved by the operator to run other accounts' work on its hosts (fully isolated ones);
+    # the hosts of any other account run their owner's code only.
+    Column("provider", Boolean, nullable=False, default=False),
 )
 
 tokens = Table(
