@@ -87,6 +87,15 @@ def api():  # type: ignore[no-untyped-def]
             return Response("x", status_code=99)
         if kind == "framing":
             return Response("ok", headers={"transfer-encoding": "chunked"})
+        if kind == "worker":  # a page that would take the whole origin for its service worker
+            return Response(
+                "<script>navigator.serviceWorker.register('sw.js', {scope: '/'})</script>",
+                media_type="text/html",
+                headers={
+                    "service-worker-allowed": "/",
+                    "cross-origin-opener-policy": "same-origin",
+                },
+            )
         return Response("empty?", status_code=204)
 
     @web.websocket("/shout")

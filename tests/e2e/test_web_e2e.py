@@ -4,6 +4,7 @@ raises, and a clear 404 for its owner once the deployment is stopped."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -81,6 +82,34 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
         r = http.get(f"{base}/api/hostile", params={"kind": "empty"})
         assert r.status_code == 204 and r.content == b""
 
+        # A tenant's page on the console's origin (server/shared_origin.py): it cannot take
+        # the origin for a service worker, nor keep a console window it opens; a visitor
+        # signed in to the console who does not own it gets it sandboxed (its own origin),
+        # its owner as it is.
+        r = http.get(f"{base}/api/hostile", params={"kind": "worker"})
+        assert r.status_code == 200 and "service-worker-allowed" not in r.headers, r.headers
+        assert "cross-origin-opener-policy" not in r.headers
+        assert "content-security-policy" not in r.headers  # not signed in: nothing to take
+        r = http.get(
+            f"{base}/api/hostile", params={"kind": "worker"}, headers={"service-worker": "script"}
+        )
+        assert r.status_code == 403 and "CRUCIBLE_PORTS_DOMAIN" in r.text
+        for who, sandboxed in ((stranger, True), (token, False)):
+            session = _console_session(exchange.url, who)
+            r = http.get(
+                f"{base}/api/hostile",
+                params={"kind": "worker"},
+                headers={"cookie": f"crucible_session={session}"},
+            )
+            assert r.status_code == 200, r.text
+            csp = r.headers.get("content-security-policy", "")
+            assert csp.startswith("sandbox ") == sandboxed, (who == token, csp)
+            assert "allow-same-origin" not in csp
+        # The console itself cuts off a window opened from such a page.
+        assert http.get(f"{exchange.url}/login").headers["cross-origin-opener-policy"] == (
+            "same-origin"
+        )
+
         # A WebSocket: each message to the app and back through the exchange.
         ws_url = f"{base.replace('http://', 'ws://')}/api/shout"
         with connect(ws_url, open_timeout=60) as ws:
@@ -127,3 +156,17 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
         other = http.get(f"{exchange.url}/web/nobody/web/api/count")
         assert other.status_code == 401
         assert other.text.replace("/nobody/", "/operator/") == r.text  # the same words
+
+
+def _console_session(url: str, token: str) -> str:
+    """The console session cookie of signing in with ``token`` through the form (in a
+    browser of its own: a cookie jar apart from ``http``'s)."""
+    with httpx.Client(base_url=url, timeout=60) as browser:
+        form = browser.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]*)"', form.text)
+        assert csrf is not None, form.text
+        r = browser.post("/login", data={"csrf": csrf.group(1), "token": token, "next": "/"})
+        assert r.status_code == 303, r.text
+        session = browser.cookies.get("crucible_session")
+    assert session, r.headers
+    return str(session)

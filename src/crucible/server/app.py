@@ -402,7 +402,8 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     app.add_middleware(HotPath, state=state)  # the two hot routes skip the rest
     if state.settings.ports_domain:
         # Outermost: a ports host ({pod}-{port}.DOMAIN) reaches its pod's port, nothing else.
-        check_domain(state.settings.ports_domain)  # now: middleware is built on first request
+        # (Checked now: middleware is built on the first request.)
+        app.ports_domain = check_domain(state.settings.ports_domain)
         app.add_middleware(PortsHost, state=state)
     else:  # the gateway's requests before FastAPI's middleware (front.py)
         app.front = HotPath(app, state)

@@ -27,6 +27,12 @@ from crucible.server.api import openai
 from crucible.server.api.openai_errors import to_openai_shape
 from crucible.server.api.responses import response_for_exception
 from crucible.server.hotpath import HotPath
+from crucible.server.shared_origin import (
+    guarded_send,
+    is_tenant_content,
+    refuse_service_worker,
+    wants_worker,
+)
 
 __all__ = ["FrontedAPI"]
 
@@ -42,8 +48,15 @@ class FrontedAPI(FastAPI):
     """FastAPI, with :attr:`front` (when set) taking the web gateway's requests first."""
 
     front: HotPath | None = None
+    ports_domain: str = ""  # normalised (api/ports_origin.check_domain), or "" when unset
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_tenant_content(scope, self.ports_domain):
+            # A tenant's page on the console's origin: sandboxed (server/shared_origin.py).
+            if wants_worker(scope):
+                await refuse_service_worker(send)
+                return
+            send = await guarded_send(self.state.crucible, scope, send)
         front = self.front
         if front is not None and scope["type"] == "http":
             path = scope["path"]

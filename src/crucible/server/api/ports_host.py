@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from crucible.errors import NotFoundError, PayloadTooLargeError
 from crucible.server.api import ports, ports_ws
-from crucible.server.api.ports_origin import check_domain, host_label, ports_target
+from crucible.server.api.ports_origin import check_domain, host_label, hostname_of, ports_target
 from crucible.server.api.responses import response_for_exception
 from crucible.server.api.web_host import WebHosts
 from crucible.server.api.web_origin import parse_label
@@ -32,16 +32,6 @@ from crucible.server.services import pod_ports
 from crucible.server.state import ServerState
 
 __all__ = ["PortsHost"]
-
-
-def _hostname(scope: Scope) -> str:
-    for name, value in scope.get("headers") or ():
-        if name == b"host":
-            host = str(value.decode("latin-1")).strip().lower()
-            if host.startswith("["):  # an IPv6 literal is never a ports host
-                return host
-            return host.rsplit(":", 1)[0].rstrip(".")
-    return ""
 
 
 class PortsHost:
@@ -58,7 +48,7 @@ class PortsHost:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        hostname = _hostname(scope)
+        hostname = hostname_of(scope)
         label = host_label(hostname, self.domain)
         if label is not None and parse_label(label) is not None:  # a web endpoint's host
             await self.web.serve(scope, receive, send, label)

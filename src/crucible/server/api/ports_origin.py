@@ -7,10 +7,18 @@ from __future__ import annotations
 import re
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from crucible.errors import SettingError
 
-__all__ = ["check_domain", "host_label", "host_origin", "origin_of", "ports_target"]
+__all__ = [
+    "check_domain",
+    "host_label",
+    "host_origin",
+    "hostname_of",
+    "origin_of",
+    "ports_target",
+]
 
 _LABEL = re.compile(r"^([a-z0-9][a-z0-9-]*)-([0-9]{1,5})$")
 _PART = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -28,6 +36,17 @@ def check_domain(domain: str) -> str:
             "laptop), or leave it empty"
         )
     return name
+
+
+def hostname_of(scope: Scope) -> str:
+    """The request's host name (``Host`` without its port, lower case); ``""`` without one."""
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host = str(value.decode("latin-1")).strip().lower()
+            if host.startswith("["):  # an IPv6 literal is never a ports host
+                return host
+            return host.rsplit(":", 1)[0].rstrip(".")
+    return ""
 
 
 def host_label(hostname: str, domain: str) -> str | None:

@@ -60,6 +60,9 @@ CSP = (
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-frame-options": "DENY",
+    # A console window opened by another page (a tenant's, served on this origin without
+    # CRUCIBLE_PORTS_DOMAIN) is cut off from it (server/shared_origin.py).
+    "cross-origin-opener-policy": "same-origin",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
     "cache-control": "no-store",

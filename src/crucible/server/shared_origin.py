@@ -1,0 +1,150 @@
+"""Tenants' pages on the exchange's own origin, kept from acting as whoever opens them.
+
+Web endpoints (``/web/...``) and published ports (``/pods/.../ports/...``, ``/ports/...``)
+serve tenants' own HTTP responses. Without ``CRUCIBLE_PORTS_DOMAIN`` (api/web_origin.py,
+docs/access.md) they are served on the origin of the web console and the API, where a
+tenant's page opened by someone signed in to the console could read the console's pages as
+them (and the forms' CSRF tokens, and post them: a probe set a victim's GPU price to a
+cent), and a service worker it registered with ``Service-Worker-Allowed: /`` would see every
+later request to the exchange, the console's sign-in form with the API token typed into it
+included. On that origin:
+
+- a request for a service worker's script (``Service-Worker: script``) is refused, and the
+  app's ``Service-Worker-Allowed`` and ``Cross-Origin-Opener-Policy`` are dropped (the
+  console's own opener policy then cuts a console window opened from the page off it);
+- a visitor signed in to the console (its session cookie, which the app never sees, comes
+  with the request) who does not own the page gets it with ``Content-Security-Policy:
+  sandbox`` without ``allow-same-origin``: the browser runs it in an origin of its own,
+  which reads nothing of the exchange's; scripts, forms, pop-ups and downloads still work.
+  The owner's own pages (a notebook in their own pod, which needs its cookies) are served
+  as they are.
+
+What needs an origin of its own for everyone (cookies and storage for visitors signed in to
+the console, a service worker) works on the endpoint's or the port's own host once the
+operator sets ``CRUCIBLE_PORTS_DOMAIN``. A request to a host under that domain is left as
+its app sent it.
+"""
+
+from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Message, Scope, Send
+
+from crucible.server.api.ports_origin import host_label, hostname_of
+from crucible.server.console.web import COOKIE as CONSOLE_COOKIE
+from crucible.server.services.sessions import read_session
+from crucible.server.state import ServerState
+from crucible.server.store.tables import accounts, containers, pods
+
+__all__ = [
+    "SANDBOX",
+    "guarded_send",
+    "is_tenant_content",
+    "refuse_service_worker",
+    "wants_worker",
+]
+
+# Everything a page needs to work as a page, except its own origin.
+SANDBOX = (
+    b"sandbox allow-scripts allow-forms allow-popups allow-popups-to-escape-sandbox "
+    b"allow-modals allow-downloads"
+)
+_PREFIXES = ("/web/", "/ports/", "/pods/")
+_DROPPED = frozenset({b"service-worker-allowed", b"cross-origin-opener-policy"})
+_REFUSED = (
+    b'{"error":{"code":"forbidden","message":"a service worker cannot be registered from a '
+    b"tenant's page on the exchange's own origin; set CRUCIBLE_PORTS_DOMAIN to give each web "
+    b'endpoint and port an origin of its own (docs/access.md)"}}'
+)
+
+
+def is_tenant_content(scope: Scope, domain: str) -> bool:
+    """Whether ``scope`` (HTTP) asks for a tenant's page on the exchange's own origin
+    (``domain``: the normalised ports domain, or ``""``)."""
+    path: str = scope["path"]
+    if not path.startswith(_PREFIXES):
+        return False
+    return not domain or host_label(hostname_of(scope), domain) is None
+
+
+def wants_worker(scope: Scope) -> bool:
+    """Whether the request fetches a service worker's script (``Service-Worker: script``)."""
+    return any(
+        name == b"service-worker" and value.strip().lower() == b"script"
+        for name, value in scope["headers"]
+    )
+
+
+async def refuse_service_worker(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(_REFUSED)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _REFUSED})
+
+
+def _console_secret(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"cookie" and CONSOLE_COOKIE.encode() in value:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(value.decode("latin-1"))
+            except CookieError:
+                return None
+            morsel = jar.get(CONSOLE_COOKIE)
+            return None if morsel is None else morsel.value
+    return None
+
+
+def _owner(state: ServerState, path: str) -> str | None:
+    """The account id owning the page at ``path`` (``/web/ACCOUNT/...``, ``/pods/POD/...``,
+    ``/ports/CONTAINER/...``), or None when there is none."""
+    parts = path.split("/", 3)
+    if len(parts) < 3 or not parts[2]:
+        return None
+    kind, name = parts[1], parts[2]
+    with state.engine.connect() as conn:
+        if kind == "web":
+            query = select(accounts.c.id).where(accounts.c.name == name)
+        elif kind == "pods":
+            query = select(pods.c.account_id).where(pods.c.id == name)
+        else:
+            query = select(containers.c.account_id).where(containers.c.id == name)
+        found = conn.execute(query).scalar()
+    return None if found is None else str(found)
+
+
+def _stranger(state: ServerState, scope: Scope, secret: str) -> bool:
+    """Whether the signed-in visitor behind ``secret`` does not own the page."""
+    with state.engine.connect() as conn:
+        session = read_session(conn, secret, state.clock.now_ms())
+    if session is None:  # signed out or expired: the cookie opens nothing
+        return False
+    return _owner(state, scope["path"]) != session.principal.account_id
+
+
+async def guarded_send(state: ServerState, scope: Scope, send: Send) -> Send:
+    """``send`` for a tenant's page on the exchange's origin: headers dropped as above, and
+    the sandbox added when the visitor is signed in to the console and not the page's
+    owner."""
+    secret = _console_secret(scope)
+    sandbox = secret is not None and await run_in_threadpool(_stranger, state, scope, secret)
+
+    async def send_guarded(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in _DROPPED]
+            if sandbox:
+                headers.append((b"content-security-policy", SANDBOX))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_guarded
