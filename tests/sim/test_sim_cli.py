@@ -101,3 +101,14 @@ def test_example_market_scenario_states_its_public_figures() -> None:
     assert by["p2p"].gpus == 10_000 and by["p2p"].gpus // by["p2p"].gpus_per_host == 1_000
     assert by["flared-gas"].sites == 86
     assert {c.tier for c in s.classes} == {"on_demand", "interruptible"}
+
+
+def test_a_name_with_dollar_signs_is_plain_text_in_the_plots(tmp_path: Path) -> None:
+    """A pricing study's name ("A100 at $2/h vs $3/h") or an unbalanced "$\\foo{" stopped the
+    run in matplotlib's TeX parser, leaving no plots and no report.html."""
+    f = tmp_path / "dollars.toml"
+    f.write_text(TINY.replace('name = "tiny"', 'name = "A100 at $2/h \\\\foo{ vs $3/h"', 1))
+    out = crucible(str(f), "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 import typer
@@ -51,11 +52,22 @@ def register(app: typer.Typer) -> None:
                     e.target,
                     e.account_id or "-",
                     e.actor_account_id or "server",
-                    # Values others chose (names, memos): table() shows cells as plain text.
-                    ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items())),
+                    # Values others chose (names, memos): table() shows cells as plain text,
+                    # and a value that could read as more fields (a token named "ci,
+                    # scope=admin") is quoted.
+                    ", ".join(f"{k}={_value(v)}" for k, v in sorted(e.detail.items())),
                 )
                 for e in page.entries
             ],
         )
         if page.next_before is not None:
             typer.echo(f"older entries: crucible audit --before {page.next_before}")
+
+
+def _value(v: object) -> str:
+    """A detail's value as ``key=value`` shows it: JSON-quoted when it holds a separator, a
+    quote or a space (so that no tenant-chosen value reads as fields of its own)."""
+    text = str(v)
+    if not text or any(c in text for c in ',="\\ '):
+        return json.dumps(text)
+    return text

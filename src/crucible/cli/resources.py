@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 import typer
 
 from crucible.cli._embedded import ensure_running
@@ -305,7 +305,9 @@ def register(app: typer.Typer) -> None:
             )
             for x in page.lines:
                 if as_json:
-                    typer.echo(orjson.dumps(x.model_dump()).decode())
+                    # One JSON object a line, every non-ASCII character escaped (as print_json):
+                    # a log line's bidi override or C1 control reaches no terminal raw.
+                    typer.echo(json.dumps(x.model_dump(), ensure_ascii=True))
                 else:
                     where = x.call_id or x.container_id
                     stream = typer.style(x.stream, fg="red" if x.stream == "stderr" else None)

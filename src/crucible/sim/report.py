@@ -56,6 +56,11 @@ def load_pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise Error(_NO_MATPLOTLIB) from None
+    # Titles and labels hold names others chose (a scenario's, a policy's): text, never
+    # TeX (a "$" in "A100 at $2/h vs $3/h" was set as maths, and an unbalanced one such
+    # as "$\foo{" stopped the run with a parse error, losing report.html).
+    plt.rcParams["text.parse_math"] = False
+    plt.rcParams["text.usetex"] = False
     return plt
 
 
