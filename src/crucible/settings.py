@@ -370,8 +370,9 @@ class Settings:
         False,
         "CRUCIBLE_REQUIRE_CREDITS",
         "Renters need prepaid credits (`crucible credits grant`): at a zero balance, or past "
-        "their daily spend cap, new calls are refused and running containers are drained. "
-        "Off: usage is recorded in the ledger and balances may go negative.",
+        "their daily spend cap, new calls are refused and running containers are drained "
+        "(but for work inside their prepaid reservations). Off: usage is recorded in the "
+        "ledger and balances may go negative.",
     )
     reliability_prior_leases: int = _opt(
         10,

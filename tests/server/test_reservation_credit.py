@@ -76,3 +76,55 @@ def test_start_now_is_the_market_s_now(server: ServerUnderTest) -> None:
     tiny = {"gpu": "H100", "start_ms": now, "hours": 1e-300}
     r2 = server.request("POST", "/v1/reservations", token=renter, json=tiny)
     assert r2.status_code == 400 and "must last longer than" in r2.text, r2.text
+
+
+def test_a_reservation_paid_with_the_last_of_the_balance_can_be_used(
+    make_server: MakeServer,
+) -> None:
+    """A reservation that took the balance to zero was dead money: every call was refused
+    (402) and every container drained for want of credit, though work inside the reservation
+    costs nothing more. Now the account runs what it paid for, and nothing else."""
+    from sqlalchemy import select
+
+    from crucible.server.scheduler.loop import SchedulerLoop
+    from crucible.server.store.tables import containers
+
+    server = make_server(require_credits=True)
+    _priced_host(server)
+    admin = server.tenant("ops", Scope.ADMIN).token
+    renter = server.tenant("renter").token
+    grant = {"account": "renter", "amount_micros": 2_000_000, "key": "g"}
+    server.ok("POST", "/v1/credits/grants", token=admin, json=grant)
+    now = server.state.clock.now_ms()
+    body = {"gpu": "H100", "start_ms": now, "hours": 2}
+    assert server.ok("POST", "/v1/reservations", token=renter, json=body)["cost_micros"] == (
+        2_000_000
+    )
+    assert server.ok("GET", "/v1/credits", token=renter)["balance_micros"] == 0
+    app = server.new_app(renter)
+    bundle = server.put_blob(renter)
+    gpu = {"cpu": 1, "memory_mib": 1024, "gpus": [{"model": "H100", "count": 1}]}
+    reserved = server.new_function(renter, app, bundle, resources=gpu, market={"tier": "reserved"})
+    on_demand = server.new_function(renter, app, bundle, name="od", resources=gpu)
+    loop = SchedulerLoop(server.state)
+    r = server.request(
+        "POST",
+        f"/v1/functions/{on_demand}/calls",
+        token=renter,
+        json={"inputs": [{"args": {"data": "gAQ="}}]},
+    )
+    assert r.status_code == 402 and error_code(r) == "insufficient_credit", r.text
+    [call] = server.new_calls(renter, reserved)  # accepted: it runs in the reservation
+    for _ in range(3):  # the account, active now, is found without credit and stays so
+        loop.tick()
+    assert server.state.leader.credit_blocked, "the account has no credit"
+    with server.state.engine.connect() as conn:
+        placed = conn.execute(
+            select(containers.c.state, containers.c.reservation_id).where(
+                containers.c.function_id == reserved
+            )
+        ).all()
+    assert len(placed) == 1 and placed[0].reservation_id is not None, placed
+    assert placed[0].state != "stopped"
+    info = server.ok("GET", f"/v1/calls/{call}", token=renter)
+    assert info["state"] in ("queued", "running"), info

@@ -281,13 +281,15 @@ class Market:
     def end_account(
         self, account: str, now_ms: int, reason: EndReason = EndReason.OUT_OF_CREDIT
     ) -> tuple[Lease, ...]:
-        """End every running lease of an account (out of credit, or over its daily cap: the
-        shell drains its containers). Its reservations stay: they are paid for."""
+        """End every running lease of an account that costs it more (out of credit, or over
+        its daily cap: the shell drains its containers). Its reservations stay, and so do the
+        leases running inside them: they are paid for up front, and cost nothing more."""
         st = self._st
         st.check_time(now_ms)
         ended = tuple(
             end_lease(st, lease_id, now_ms, reason)
             for lease_id in sorted(st.account_leases.get(account, ()))
+            if st.leases[lease_id].reservation_id is None
         )
         st.now_ms = now_ms
         self._changed()

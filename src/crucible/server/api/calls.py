@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query, Response
 
-from crucible.errors import InsufficientCreditError
+from crucible.errors import InsufficientCreditError, NotFoundError
 from crucible.protocol.calls import (
     CallInfo,
     CallList,
@@ -74,6 +74,16 @@ def check_credit(
             raise InsufficientCreditError(_OWNER_WITHOUT_CREDIT if on_behalf else blocked)
 
 
+def _reserved_tier(state: ServerState, who: Principal, function_id: str) -> bool:
+    """Whether ``who``'s function runs in its reservations (a missing one: no)."""
+    with state.engine.connect() as conn:
+        try:
+            fn = get_function_row(conn, who, function_id)
+        except NotFoundError:
+            return False
+    return fn.spec.market.tier == "reserved"
+
+
 async def submit_calls(
     function_id: str,
     req: CallsCreate,
@@ -85,7 +95,13 @@ async def submit_calls(
     """What ``POST /functions/{id}/calls`` does (the job API and web requests submit through
     it too; ``on_behalf``: a web request to ``who``'s endpoint, see :func:`check_credit`)."""
     now = state.clock.now_ms()
-    check_credit(state, who, now, on_behalf=on_behalf)
+    try:
+        check_credit(state, who, now, on_behalf=on_behalf)
+    except InsufficientCreditError:
+        # What was paid for up front still runs: a reserved-tier function's calls run in the
+        # account's reservations at no further cost.
+        if not _reserved_tier(state, who, function_id):
+            raise
     # Idle containers of this function get the first inputs directly (see server/dispatch.py).
     taken = state.dispatcher.take(function_id, len(req.inputs))
     handed: dict[str, list[InputAssignment]] = {}

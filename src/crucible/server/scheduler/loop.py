@@ -380,7 +380,14 @@ class SchedulerLoop:
                 keys += carry_out_advance(conn, live.market.advance(now), now)
                 if s.require_credits:
                     keys += self._enforce_credit(conn, now)
-                demands = [d for d in demands if accounts.get(d.id) not in st.leader.credit_blocked]
+                # An account without credit runs only what it paid for up front: functions of
+                # the reserved tier, inside its reservations.
+                demands = [
+                    d
+                    for d in demands
+                    if accounts.get(d.id) not in st.leader.credit_blocked
+                    or terms[d.id].tier == "reserved"
+                ]
                 placer = MarketPlacer(live, accounts, terms, now)
                 decided = plan(
                     now,
@@ -541,7 +548,9 @@ class SchedulerLoop:
     def _enforce_credit(self, conn: Connection, now: int) -> list[str]:
         """Accounts at zero balance or past their daily cap get no new work: their queued
         calls fail with insufficient_credit and their running containers are drained (their
-        leases end now). Accounts granted credit again are let back in."""
+        leases end now). Accounts granted credit again are let back in. What they paid for up
+        front goes on: containers inside their reservations keep running, and the calls of
+        their reserved-tier functions stay queued for them."""
         st = self.state
         active = {
             r.account_id
@@ -573,6 +582,7 @@ class SchedulerLoop:
                 select(containers.c.id).where(
                     containers.c.account_id == account,
                     containers.c.state.in_(("pending", "starting", "running")),
+                    containers.c.reservation_id.is_(None),
                 )
             ):
                 keys += stop_for_market(conn, r.id, now, "out_of_credit", None)
@@ -581,6 +591,8 @@ class SchedulerLoop:
                 .where(calls.c.account_id == account, calls.c.state == "queued")
                 .distinct()
             ):
+                if _reserved_tier(conn, r.function_id):
+                    continue
                 keys += fail_queued_calls(
                     conn, r.function_id, InsufficientCreditError.code, status.reason, now
                 )
@@ -959,3 +971,9 @@ _NO_USE = HostUse()  # a host with no live container (never changed)
 def _ready(d: FunctionDemand) -> int:
     """How many of the function's containers are ready (running)."""
     return sum(1 for c in d.containers if c.state == "running")
+
+
+def _reserved_tier(conn: Connection, function_id: str) -> bool:
+    """Whether the function runs in its account's reservations (paid up front)."""
+    spec = SPECS.get(conn, function_id)
+    return spec is not None and spec.terms.tier == "reserved"
