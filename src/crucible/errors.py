@@ -90,6 +90,19 @@ __all__ = [
 ]
 
 
+# An error message on the wire is at most this long: a message that echoes what the client
+# sent (a 3 MB model name, a 60,000-character dict name) is cut, not sent back whole.
+MAX_WIRE_MESSAGE = 4_000
+
+
+def bounded(message: str) -> str:
+    """``message`` cut to :data:`MAX_WIRE_MESSAGE` characters, saying how much was left out."""
+    if len(message) <= MAX_WIRE_MESSAGE:
+        return message
+    cut = len(message) - MAX_WIRE_MESSAGE
+    return f"{message[:MAX_WIRE_MESSAGE]}... ({cut:,} more characters)"
+
+
 class Error(Exception):
     """Root of every error Crucible raises on purpose."""
 
@@ -101,7 +114,7 @@ class Error(Exception):
         self.message = message
 
     def to_wire(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": {"code": self.code, "message": bounded(self.message)}}
 
 
 class InvalidRequestError(Error):

@@ -73,6 +73,11 @@ def test_bad_cron_expressions_say_what_is_wrong(expr: str, message: str) -> None
 def test_unknown_time_zone() -> None:
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
         cron("* * * * *", "Mars/Olympus")
+    # A folder of the zone database (a region, not a zone) raised IsADirectoryError: a 500
+    # from the server, a raw traceback from the SDK.
+    for region in ("Europe", "America", "__pycache__"):
+        with pytest.raises(ValueError, match=f"unknown time zone '{region}'"):
+            cron("* * * * *", region)
 
 
 def test_spec_needs_exactly_one_form() -> None:

@@ -437,3 +437,16 @@ def test_nul_characters_do_not_500(
     ]
     for r in attempts:
         assert r.status_code < 500, (r.request.url, r.status_code, r.text)
+
+
+def test_a_body_that_is_not_json_and_a_huge_echo_are_said_plainly(server: ServerUnderTest) -> None:
+    """Not JSON: the message said "0: JSON decode error" (an offset shown as a field). An
+    error echoing what the client sent is cut (a 60,000-character name came back twice)."""
+    user = server.tenant("alice").token
+    r = server.request("POST", "/v1/apps", token=user, content=b"hello{", headers=JSON)
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and message.startswith("the request body is not valid JSON")
+    assert "at character 0" in message and "send a JSON object" in message, message
+    r = server.request("GET", "/v1/dicts/" + "x" * 60_000, token=user)
+    assert r.status_code in (400, 404), r.text
+    assert len(r.json()["error"]["message"]) < 4_100 and "more characters" in r.text

@@ -121,7 +121,9 @@ def _day_matches(fields: CronFields, day: dt.date) -> bool:
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a folder of the zone database ("Europe", "America"), or
+        # one it cannot read.
         raise ValueError(
             f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
         ) from None

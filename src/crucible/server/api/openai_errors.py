@@ -13,6 +13,8 @@ from __future__ import annotations
 import orjson
 from fastapi.responses import JSONResponse
 
+from crucible.errors import bounded
+
 __all__ = ["OPENAI_PREFIX", "openai_error", "to_openai_shape"]
 
 OPENAI_PREFIX = "/openai/"
@@ -35,7 +37,7 @@ def openai_error(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> JSONResponse:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    body = {"error": {"message": bounded(message), "type": kind, "param": param, "code": code}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
 

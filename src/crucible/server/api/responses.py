@@ -107,6 +107,11 @@ def validation_message(errors: Sequence[Any]) -> str:
     """A pydantic error list as one line that names the fields."""
     parts = []
     for e in list(errors)[:5]:
+        if e.get("type") == "json_invalid":  # loc ("body", offset): not a field
+            why = str(e.get("ctx", {}).get("error") or "it does not parse")
+            at = [x for x in e.get("loc", ()) if isinstance(x, int)]
+            where = f" at character {at[0]}" if at else ""
+            return f"the request body is not valid JSON ({why}{where}): send a JSON object"
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         msg = str(e.get("msg", "invalid"))
         # pydantic prefixes a validator's own words ("Value error, secret key '1A' is ..."):
