@@ -296,3 +296,53 @@ def test_a_cluster_skips_hosts_without_the_cpu_for_a_member(server: ServerUnderT
     with server.state.engine.connect() as conn:
         placed = set(conn.execute(select(containers.c.host_id)).scalars())
     assert placed == {ids["b-mid"], ids["c-dear"]}, server.state.leader.waiting
+
+
+def test_on_demand_preempts_a_bid_that_holds_the_hosts_cores(server: ServerUnderTest) -> None:
+    """The market would preempt a lower bid for an on-demand request, but the host was passed
+    over for lacking the cores the bid's container held, so the on-demand work waited for
+    ever behind a bid paying less than the ask (money probe). Preemption, last, now counts
+    what the preempted containers give back."""
+    hoster = server.tenant("hoster", Scope.HOST).token
+    host_id = server.register_host(hoster, "gpu-1", gpus=H100, cpu_cores=2, memory_mib=8192)
+    server.ok(
+        "PUT",
+        f"/v1/hosts/{host_id}/offers",
+        token=server.tenant("hoster").token,
+        json={
+            "device_type": "H100",
+            "on_demand_micros": 3_000_000,
+            "interruptible_min_micros": 500_000,
+            "reserved_micros": 2_000_000,
+        },
+    )
+    bidder = server.tenant("bidder").token
+    cheap = server.new_function(
+        bidder,
+        server.new_app(bidder),
+        server.put_blob(bidder),
+        resources={"cpu": 2, "memory_mib": 4096, "gpus": [{"model": "H100", "count": 2}]},
+        market={"tier": "interruptible", "bid_micros": 1_500_000},
+    )
+    server.new_calls(bidder, cheap)
+    loop = SchedulerLoop(server.state)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        [bid] = conn.execute(select(containers).where(containers.c.function_id == cheap)).all()
+    assert bid.host_id == host_id and bid.tier == "interruptible"
+
+    renter = server.tenant("renter").token
+    urgent = server.new_function(
+        renter,
+        server.new_app(renter),
+        server.put_blob(renter),
+        resources={"cpu": 1, "memory_mib": 2048, "gpus": [{"model": "H100", "count": 1}]},
+    )
+    server.new_calls(renter, urgent)
+    loop.tick()
+    with server.state.engine.connect() as conn:
+        bid = conn.execute(select(containers).where(containers.c.id == bid.id)).one()
+        placed = conn.execute(select(containers).where(containers.c.function_id == urgent)).all()
+    assert bid.end_cause == "preempted", bid
+    assert len(placed) == 1 and placed[0].host_id == host_id and placed[0].tier == "on_demand"
+    assert placed[0].unit_price_micros == 3_000_000

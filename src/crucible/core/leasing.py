@@ -26,13 +26,13 @@ Pure: no I/O; the caller passes the time (``now_ms``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from crucible.core.market import LeaseGranted, LeaseRequest, Market, Prefer, Refusal
+from crucible.core.market import LeaseGranted, LeaseRequest, Market, Prefer, Refusal, Tier
 from crucible.core.scheduling import GpuChoice, HostCapacity, disk_short, gib_text
 
-__all__ = ["NotLeased", "choice_runs", "lease_on_hosts"]
+__all__ = ["Held", "NotLeased", "choice_runs", "lease_on_hosts"]
 
 # Slack for float sums of cores (e.g. 0.1 + 0.2): a request of exactly the free CPU fits.
 _CPU_EPS = 1e-9
@@ -92,6 +92,66 @@ class _ShortOfRoom:
         return any(h in self for h in self.hosts)
 
 
+# What a running lease's container holds, by lease id: (cores, MiB of memory), or None.
+Held = Callable[[str], tuple[float, int] | None]
+
+
+class _ShortEvenPreempting(_ShortOfRoom):
+    """The hosts that would lack the room even with every interruptible lease on them
+    preempted (their containers' cores and memory given back): the only ones a preemption
+    cannot make room on."""
+
+    __slots__ = ("held", "market")
+
+    def __init__(
+        self,
+        hosts: Mapping[str, HostCapacity],
+        cpu: float,
+        memory_mib: int,
+        disk_mib: int,
+        market: Market,
+        held: Held,
+    ) -> None:
+        super().__init__(hosts, cpu, memory_mib, disk_mib)
+        self.market, self.held = market, held
+
+    def __contains__(self, host_id: object) -> bool:
+        h = self.hosts.get(host_id) if isinstance(host_id, str) else None
+        if h is None:
+            return False
+        if disk_short(h, self.disk_mib):
+            return True
+        cpu, memory = h.cpu - h.used_cpu, h.memory_mib - h.used_memory_mib
+        for lease in self.market.host_leases(h.id):
+            got = self.held(lease.lease_id) if lease.tier is Tier.INTERRUPTIBLE else None
+            if got is not None:
+                cpu, memory = cpu + got[0], memory + got[1]
+        return self.cpu > cpu + _CPU_EPS or self.memory_mib > memory
+
+
+def _room_after_preempting(
+    decision: LeaseGranted,
+    hosts: Mapping[str, HostCapacity],
+    held: Held,
+    cpu: float,
+    memory_mib: int,
+) -> bool:
+    """Whether each lease's host has the cores and memory once the leases the decision
+    preempts there have stopped."""
+    for lease in decision.leases:
+        h = hosts.get(lease.host_id)
+        if h is None:
+            return False
+        free_cpu, free_memory = h.cpu - h.used_cpu, h.memory_mib - h.used_memory_mib
+        for p in decision.preemptions:
+            got = held(p.lease.lease_id) if p.lease.host_id == h.id else None
+            if got is not None:
+                free_cpu, free_memory = free_cpu + got[0], free_memory + got[1]
+        if cpu > free_cpu + _CPU_EPS or memory_mib > free_memory:
+            return False
+    return True
+
+
 class _AllBut:
     """Every host but ``home`` (and ``home`` too when it is short of room), to the market's
     ``avoid``."""
@@ -115,6 +175,7 @@ def lease_on_hosts(
     memory_mib: int = 0,
     disk_mib: int = 0,
     home: str | None = None,
+    held: Held | None = None,
 ) -> LeaseGranted | NotLeased:
     """Decide ``request`` and, when granted, apply it to ``market`` and charge ``hosts``.
 
@@ -128,6 +189,9 @@ def lease_on_hosts(
     ``max(now_ms, market.now_ms)``, so a market that has seen a later time does not refuse
     the request for going back in time. ``home``: a host the request belongs on (a pod's,
     which holds its disk), taken when the market grants it there without preempting anyone.
+    ``held``: what each running lease's container holds (cores, memory), so that a host
+    short of room now is still taken when preempting interruptible leases there (preemption,
+    last, as the market's own) gives it the room; without it such hosts are passed over.
     """
     now = max(now_ms, market.now_ms)
     short = None if hosts is None else _ShortOfRoom(hosts, cpu, memory_mib, disk_mib)
@@ -138,6 +202,16 @@ def lease_on_hosts(
             decision = there
     if decision is None:
         decision = market.decide_lease(request, now, avoid=() if short is None else short)
+    if isinstance(decision, Refusal) and short is not None and held is not None and short.any():
+        # Nothing with room now: a host short of it whose interruptible leases, preempted,
+        # give it back (their bids below what this request pays there, as ever).
+        assert hosts is not None
+        roomy = _ShortEvenPreempting(hosts, cpu, memory_mib, disk_mib, market, held)
+        second = market.decide_lease(request, now, avoid=roomy)
+        if isinstance(second, LeaseGranted) and _room_after_preempting(
+            second, hosts, held, cpu, memory_mib
+        ):
+            decision = second
     if isinstance(decision, Refusal):
         if (
             short is not None

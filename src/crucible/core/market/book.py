@@ -305,6 +305,14 @@ class Market:
         """The running leases' ids, as a live read-only view (set operations run in C)."""
         return self._st.leases.keys()
 
+    def host_leases(self, host_id: str) -> list[Lease]:
+        """The running leases on one host, every device type (none for an unknown host)."""
+        st = self._st
+        h = st.hosts.get(host_id)
+        if h is None:
+            return []
+        return [st.leases[i] for pool in h.pools.values() for i in sorted(pool.leases)]
+
     def running_leases(self, account: str | None = None) -> list[Lease]:
         st = self._st
         ids: Iterable[str] = st.leases if account is None else st.account_leases.get(account, ())

@@ -207,6 +207,11 @@ class FleetView:
     # PostgreSQL: the last barrier's marks (None: none taken, or it timed out).
     _last_barrier: _Marks | None = None
 
+    def held_by(self, container_id: str) -> tuple[float, int] | None:
+        """What a live container holds (cores, MiB of memory): a GPU lease's, by its id."""
+        row = self.live.get(container_id)
+        return None if row is None else (float(row[_CPU]), int(row[_MEM]))
+
     def invalidate(self) -> None:
         """Read everything again at the next refresh (a new term, or a failed tick)."""
         self._marks = None

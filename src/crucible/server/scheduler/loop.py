@@ -388,7 +388,7 @@ class SchedulerLoop:
                     if accounts.get(d.id) not in st.leader.credit_blocked
                     or terms[d.id].tier == "reserved"
                 ]
-                placer = MarketPlacer(live, accounts, terms, now)
+                placer = MarketPlacer(live, accounts, terms, now, held=fleet.held_by)
                 decided = plan(
                     now,
                     demands,

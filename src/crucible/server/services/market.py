@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Text, cast, func, select
 
-from crucible.core.leasing import NotLeased, choice_runs, lease_on_hosts
+from crucible.core.leasing import Held, NotLeased, choice_runs, lease_on_hosts
 from crucible.core.market import (
     CPU,
     HostSpec,
@@ -558,11 +558,13 @@ class MarketPlacer:
         accounts: dict[str, str],
         terms: dict[str, MarketTerms],
         now_ms: int,
+        held: Held | None = None,
     ) -> None:
         self.live = live
         self.accounts = accounts
         self.terms = terms
         self.now_ms = now_ms
+        self.held = held  # what a running lease's container holds (core/leasing.py)
         self.preemptions: list[Preemption] = []
         self.refused: dict[str, Refused] = {}  # function id -> why its last try failed
         # The tick's live hosts by id: plan() passes the same list to every call.
@@ -589,6 +591,7 @@ class MarketPlacer:
                 memory_mib=fn.memory_mib,
                 disk_mib=fn.disk_mib,
                 home=fn.home_host,
+                held=self.held,
             )
             if isinstance(outcome, NotLeased):
                 self.refused[fn.id] = Refused(outcome.code, outcome.message)
