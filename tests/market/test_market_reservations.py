@@ -122,7 +122,11 @@ def test_a_reservation_starting_now_preempts_at_once_with_the_full_grace() -> No
     g = reserved(m.reserve(reserve_req("r1", "acme", 1, 100, 100 + HOUR), 100))
     (p,) = g.preemptions
     assert (p.notice_ms, p.deadline_ms) == (100, 100 + GRACE)
-    lease = granted(m.lease(req("acme", lease_id="a"), 100)).leases[0]
+    # The window (what the renter pays for) starts when the device is free: neither side
+    # pays for the grace. It ends as asked.
+    assert (g.reservation.start_ms, g.reservation.end_ms) == (100 + GRACE, 100 + HOUR)
+    m.advance(100 + GRACE)
+    lease = granted(m.lease(req("acme", lease_id="a"), 100 + GRACE)).leases[0]
     assert lease.reservation_id == "r1" and lease.start_ms == 100 + GRACE
 
 

@@ -25,6 +25,7 @@ Rules (v1):
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 from crucible.core.market.decisions import (
     Advanced,
@@ -179,6 +180,13 @@ def decide_reservation(st: MarketState, req: ReserveRequest, now: int) -> Reserv
             _preemption(v, reservation, now, rules.grace_ms)
             for v in _victims(st, reservation.blocks, req.model)
         )
+        usable = now + rules.grace_ms
+        if preemptions and reservation.start_ms < usable:
+            # Its devices are free only once the preempted leases' grace is over: the window
+            # (and what it costs) starts there and ends as asked, so that neither side pays
+            # for the grace (a "start now" reservation paid for it, unable to use it). Its
+            # end stays, so it never reaches into a window sold after it on those devices.
+            reservation = replace(reservation, start_ms=usable)
     return ReservationGranted(reservation, preemptions, now, st.version)
 
 
