@@ -128,3 +128,25 @@ def test_a_reservation_paid_with_the_last_of_the_balance_can_be_used(
     assert placed[0].state != "stopped"
     info = server.ok("GET", f"/v1/calls/{call}", token=renter)
     assert info["state"] in ("queued", "running"), info
+
+
+def test_the_bill_counts_a_reservation_on_the_day_the_cap_does(make_server: MakeServer) -> None:
+    """A window bought now for later counts toward the day it starts in the daily cap; the
+    bill put it on the day it was bought, so `bill --since today` and "spent today" differed
+    by the reservation (money probe). Both count it by its window's start now."""
+    server = make_server()
+    _priced_host(server)
+    renter = server.tenant("renter").token
+    now = server.state.clock.now_ms()
+    start = now + 2 * 3_600_000
+    body = {"gpu": "H100", "start_ms": start, "hours": 3}
+    made = server.ok("POST", "/v1/reservations", token=renter, json=body)
+    assert made["start_ms"] == start and made["cost_micros"] == 3_000_000
+
+    def reserved(query: str) -> int:
+        return int(server.ok("GET", f"/v1/bill{query}", token=renter)["reservations_micros"])
+
+    assert reserved(f"?since_ms={start}") == 3_000_000
+    assert reserved(f"?until_ms={start}") == 0  # bought before, counted on its window's day
+    assert reserved(f"?since_ms={start + 1}") == 0
+    assert reserved("") == 3_000_000

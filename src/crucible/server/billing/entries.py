@@ -241,10 +241,14 @@ def spent_on_day(conn: Connection, account_id: str, day: int) -> int:
 
 
 def reservation_spend(conn: Connection, account_id: str, period: Period = Period()) -> int:
-    """What the renter paid for reservations (their charges are keyed ``rs:``), bought
-    within ``period``."""
+    """What the renter paid for reservations (their charges are keyed ``rs:``) whose windows
+    start within ``period``: the day a reservation counts toward, as the daily cap counts it
+    (a window bought today for tomorrow is tomorrow's spend in both)."""
     return _charged(
-        conn, account_id, ledger_entries.c.key.like("rs:%"), *period.where(ledger_entries.c.at_ms)
+        conn,
+        account_id,
+        ledger_entries.c.key.like("rs:%"),
+        *period.where(ledger_entries.c.start_ms),
     )
 
 

@@ -1,7 +1,8 @@
 """The period a bill or a statement covers: ``since_ms`` (inclusive) to ``until_ms``
 (exclusive), either end open. Each record counts by the moment that places it in time: a
 metered interval by its start, a call by its submission, a ledger entry by when it was
-posted. Model tokens are kept per UTC day (``model_usage.day``), so they count by the whole
+posted, but a reservation's charge by the start of its window (as the daily cap counts it).
+Model tokens are kept per UTC day (``model_usage.day``), so they count by the whole
 days the period touches."""
 
 from __future__ import annotations
