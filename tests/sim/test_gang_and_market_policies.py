@@ -93,6 +93,27 @@ def test_gang_rolls_back_when_the_last_member_does_not_fit() -> None:
         c.place_gang(Request(100, 1, 1, FULL), 0)
 
 
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_gang_that_cannot_fit_is_refused_without_placing_a_member(indexed: bool) -> None:
+    """A refused gang was placed member by member and rolled back (a gang of 512 nodes, 512
+    placements and releases each time the simulator retried it: a 10,000-task trace with
+    large gangs did not finish in 5 minutes). Now it is counted first."""
+    nodes = [NodeSpec(f"n{i}", 8000, 4096, 8, "H100") for i in range(6)]
+    c = Cluster.from_nodes(nodes, indexed=indexed)
+    taken: list[int] = []
+    real_take = c._take
+
+    def spy(i: int, req: Request, gpus: tuple[tuple[int, int], ...]) -> Placement:
+        taken.append(i)
+        return real_take(i, req, gpus)
+
+    c._take = spy  # type: ignore[method-assign]
+    assert c.place_gang(Request(100, 1, 8, FULL), 7) is None
+    assert taken == []
+    gang = c.place_gang(Request(100, 1, 8, FULL), 6)
+    assert gang is not None and len(taken) == 6
+
+
 def market_fleet() -> list[NodeSpec]:
     return [
         NodeSpec("dear-dirty", 64000, 262144, 8, "H100", "us", 2_500_000, 700),

@@ -385,6 +385,10 @@ class Cluster:
         """
         if count < 1:
             raise ValueError("a gang has at least one member")
+        if count > 1 and not self._fit_count_reaches(req, count):
+            # Refused without placing and releasing members one by one (a refused gang of
+            # 512 cost 512 placements and as many releases, each time it was tried).
+            return None
         done: list[Placement] = []
         used: set[int] = set()
         for _ in range(count):
@@ -396,6 +400,19 @@ class Cluster:
             done.append(p)
             used.add(p.node)
         return tuple(done)
+
+    def _fit_count_reaches(self, req: Request, count: int) -> bool:
+        """Whether at least ``count`` distinct nodes fit ``req`` now (one pass, no change)."""
+        nodes: Iterator[int] = (
+            self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
+        )
+        seen: set[int] = set()
+        for i in nodes:
+            if i not in seen and self.fits(i, req) is not None:
+                seen.add(i)
+                if len(seen) >= count:
+                    return True
+        return False
 
     def release(self, p: Placement) -> None:
         """Give back what ``p`` took. Raises ``ValueError`` (state unchanged) on over-release."""
