@@ -489,3 +489,43 @@ models = ["H100"]
     assert m["jobs"]["gave_up"] == 0 or all(
         not k.endswith("never_granted") for k in m["gave_up_by_reason"]
     )
+
+
+def _multigpu_scenario(tmp_path: Path, replay_kind: str) -> Path:
+    """openb's multi-GPU pod lists have no creation or deletion times."""
+    (tmp_path / "openb_node_list_all_node.csv").write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\n"
+        + "".join(f"n{i},96000,786432,8,V100M32\n" for i in range(4))
+    )
+    (tmp_path / "openb_pod_list_multigpu50.csv").write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+        + "".join(f"p{i},8000,30000,{1 + i % 4},1000\n" for i in range(40))
+    )
+    path = tmp_path / f"{replay_kind}.toml"
+    path.write_text(
+        f"""
+name = "multi-GPU pods"
+kind = "placement"
+
+[[fleet]]
+name = "ali"
+source = "openb"
+trace_dir = "{tmp_path}"
+
+[workload]
+source = "openb"
+pods = "multigpu50"
+replay = "{replay_kind}"
+trace_dir = "{tmp_path}"
+"""
+    )
+    return path
+
+
+def test_a_pod_list_without_times_replays_as_an_inflation(tmp_path: Path) -> None:
+    """The multi-GPU pod lists (FGD's multi-GPU experiments) failed to load at all: "no column
+    'creation_time'", though an inflation replay never reads the times."""
+    result = replay(_multigpu_scenario(tmp_path, "inflate"))
+    assert result.summary["placement"]["peak_gpu_allocation"] > 0.5, result.summary
+    with pytest.raises(ScenarioError, match=r'records no creation or deletion times.*"inflate"'):
+        replay(_multigpu_scenario(tmp_path, "recorded"))

@@ -28,7 +28,7 @@ from crucible.sim.market_driver import MarketDriver
 from crucible.sim.metrics import Recorder
 from crucible.sim.placement_driver import GAUGES, PlacementDriver
 from crucible.sim.scenario import Scenario, ScenarioError, check_policy
-from crucible.sim.trace import TracePod, load_nodes, load_pods, workload_classes
+from crucible.sim.trace import TracePod, has_times, load_nodes, load_pods, workload_classes
 from crucible.sim.trace_format import TraceTask
 from crucible.sim.workload import (
     MS_PER_HOUR,
@@ -178,6 +178,11 @@ def run(
             ) from None
         if s.trace.replay == "inflate":
             sources.append(InflateSource(pods, fleet_gpus, s.trace.inflate_to, seed))
+        elif pods and not has_times(pods):
+            raise ScenarioError(
+                f"{s.source}: workload: openb_pod_list_{s.trace.pods}.csv records no creation "
+                'or deletion times (the multi-GPU lists do not): replay it with replay = "inflate"'
+            )
         else:
             sources.append(TraceSource(pods, copies if s.trace.scale_with_fleet else 1, end_ms))
         fgd_classes = workload_classes(

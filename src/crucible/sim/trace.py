@@ -36,6 +36,7 @@ _T = TypeVar("_T")
 __all__ = [
     "TracePod",
     "gpu_count",
+    "has_times",
     "load_nodes",
     "load_pods",
     "openb_tasks",
@@ -145,12 +146,20 @@ def read_openb_pods(path: Path) -> list[TracePod]:
             ),
             qos=row.get("qos") or "",
             phase=row.get("pod_phase") or "",
-            creation_time=_int(row["creation_time"], MAX_SECONDS) or 0,
+            # Absent from the multi-GPU pod lists (openb_pod_list_multigpu*.csv), which only
+            # an inflation replay uses: 0, and no deletion time (see has_times).
+            creation_time=_int(row.get("creation_time") or "", MAX_SECONDS) or 0,
             deletion_time=_int(row.get("deletion_time") or "", MAX_SECONDS),
             scheduled_time=_int(row.get("scheduled_time") or "", MAX_SECONDS),
         )
 
     return _read(path, pod)
+
+
+def has_times(pods: Sequence[TracePod]) -> bool:
+    """Whether a pod list records when its pods came and went (the multi-GPU lists do not:
+    they replay only as an inflation, pods drawn at random)."""
+    return any(p.creation_time or p.deletion_time is not None for p in pods)
 
 
 def openb_tasks(pods: Sequence[TracePod]) -> list[TraceTask]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from crucible.core.placement import FULL, Request
 from crucible.sim.scenario import ClassSpec, ScenarioError
-from crucible.sim.trace import TracePod, openb_tasks, read_openb_pods
+from crucible.sim.trace import TracePod, has_times, openb_tasks, read_openb_pods
 from crucible.sim.trace_format import TraceTask, read_tasks
 from crucible.sim.trace_pai import read_pai_tasks
 
@@ -242,6 +242,12 @@ def load_task_trace(path: Path, fmt: str) -> tuple[list[TraceTask], dict[str, in
             raise ScenarioError(f"{path}: not an openb pod list (no column {exc})") from None
         except (ValueError, UnicodeDecodeError, IsADirectoryError) as exc:
             raise ScenarioError(f"{path}: not a readable openb pod list ({exc})") from None
+        if pods and not has_times(pods):
+            raise ScenarioError(
+                f"{path}: this openb pod list records no creation or deletion times (the "
+                "multi-GPU lists do not), so it cannot be replayed as recorded: use it as an "
+                'openb workload with replay = "inflate" (docs/simulator.md)'
+            )
         tasks = openb_tasks(pods)
         left = len(pods) - len(tasks)
         return tasks, ({"no deletion time": left} if left else {})
