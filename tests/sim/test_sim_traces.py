@@ -529,3 +529,20 @@ def test_a_pod_list_without_times_replays_as_an_inflation(tmp_path: Path) -> Non
     assert result.summary["placement"]["peak_gpu_allocation"] > 0.5, result.summary
     with pytest.raises(ScenarioError, match=r'records no creation or deletion times.*"inflate"'):
         replay(_multigpu_scenario(tmp_path, "recorded"))
+
+
+def test_a_trace_in_unix_time_runs_from_its_first_arrival(tmp_path: Path) -> None:
+    """Times "at most 10,000,000,000 s (a Unix timestamp fits)": such a trace reported 0%
+    utilisation over 472,223 simulated hours of empty lead-in; it matches the same trace
+    written from 0 now, and says where its clock started."""
+    nodes = "id,gpus,gpu_model,cpu_milli,memory_mib\nonly,2,A100,8000,65536\n"
+    rows = "a,{t0},3600,1,1,1000,1000,1024,,\nb,{t1},1800,1,2,1000,1000,1024,,\n"
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "unix").mkdir()
+    zero = replay(scenario(tmp_path / "zero", rows.format(t0=0, t1=600), nodes))
+    epoch = 1_700_000_000
+    unix = replay(scenario(tmp_path / "unix", rows.format(t0=epoch, t1=epoch + 600), nodes))
+    assert unix.summary["simulated_hours"] == zero.summary["simulated_hours"] < 2
+    assert unix.summary["gpu_utilisation_mean"] == zero.summary["gpu_utilisation_mean"] > 0.2
+    assert unix.summary["placement"]["trace_start_s"] == epoch
+    assert zero.summary["placement"]["trace_start_s"] == 0
