@@ -417,3 +417,22 @@ def test_a_browser_asking_for_a_path_no_page_has_gets_a_console_page(
     assert server.request("GET", "/apps/").headers["content-type"] == "application/json"
     r = server.request("GET", "/v1/no-such-route", headers=html)
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+
+
+def test_bidi_overrides_in_log_lines_show_as_escapes(
+    server: ServerUnderTest, browser: Browser
+) -> None:
+    """A log line's right-to-left override reversed the rest of the line on the page (a file
+    named "invoice\u202etxt.exe" showed as "invoiceexe.txt"); the CLI showed it escaped."""
+    admin = server.tenant("acme", Scope.ADMIN)
+    host_id = server.register_host(server.tenant("acme", Scope.HOST).token, "h", gpus=H100)
+    app_id = server.new_app(admin.token, "plain")
+    fn = server.new_function(admin.token, app_id, server.put_blob(admin.token))
+    cid, ctoken = server.place_container(fn, host_id)
+    line = "saved invoice\u202etxt.exe"
+    sent = {"lines": [{"ts_ms": 1, "stream": "stdout", "line": line}]}
+    server.ok("POST", f"/v1/containers/{cid}/logs", token=ctoken, json=sent)
+    me = browser()
+    me.sign_in(admin.token)
+    html = me.get(f"/apps/{app_id}/logs").text
+    assert "\u202e" not in html and "invoice\\u202etxt.exe" in html

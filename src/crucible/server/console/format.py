@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
 from crucible.core.ledger import format_usd
 
-__all__ = ["ago", "dollars", "duration", "rate", "usd", "when"]
+__all__ = ["ago", "dollars", "duration", "rate", "usd", "visible", "when"]
+
+# Characters a browser acts on rather than shows in text others chose (a log line, an app's
+# error): the bidirectional overrides and isolates that reorder the rest of a line (a file
+# shown as "txt.exe" that is "exe.txt"), the invisible marks, and C0/C1 controls but tab and
+# newline. The CLI shows the same ones escaped (cli/_output.clean).
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def visible(text: str) -> str:
+    """``text`` with each character of :data:`_HIDDEN` written as its escape (``\u202e``)."""
+    if text.isprintable():
+        return text
+    return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def usd(micros: int | None) -> str:

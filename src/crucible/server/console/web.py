@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from crucible.errors import (
     Error,
@@ -68,11 +69,21 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
+
+def _shown(value: Any) -> Any:
+    """Every value a page prints: text others chose shows its bidi overrides and hidden
+    marks as escapes (format.visible); markup the templates made is left as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return fmt.visible(value)
+    return value
+
+
 _env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_shown,
 )
 _env.filters.update(
     usd=fmt.usd,

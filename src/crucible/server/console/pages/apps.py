@@ -15,7 +15,7 @@ from crucible.protocol.common import MAX_WIRE_INT, wire_count
 from crucible.server.api.web_origin import endpoint_url
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_info
-from crucible.server.console.format import when
+from crucible.server.console.format import visible, when
 from crucible.server.console.live import (
     MAX_STREAM_S,
     event,
@@ -174,7 +174,7 @@ async def logs_stream(
                 data = {
                     "ts": when(line.ts_ms),
                     "stream": line.stream,
-                    "line": line.line,
+                    "line": visible(line.line),
                     "call_id": line.call_id,
                 }
                 yield event(orjson.dumps(data).decode(), "line", line.id)
