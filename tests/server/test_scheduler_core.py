@@ -239,6 +239,15 @@ def test_unschedulable_only_after_the_grace_and_only_when_nothing_can_ever_fit()
     message = late.unschedulable[0].message
     assert "cpu=128" in message and "64 cores" in message and "1xL4" not in message
     assert "2xL4" in message  # what the largest hosts have, to help fix the request
+    # Sizes of whole hosts, not each figure's maximum over different hosts.
+    odd = [host("ho-1", cpu=100, memory_mib=2), host("ho-2", cpu=2, memory_mib=3_000_000)]
+    text = (
+        plan(NOW, [fn(**too_big, oldest_queued_ms=NOW - 10_000)], odd, POLICY)
+        .unschedulable[0]
+        .message
+    )
+    assert "the host with the most cores has 100 cores and 2 MiB memory" in text, text
+    assert "the one with the most memory 2 cores and 3000000 MiB" in text, text
 
     # Busy but big enough hosts: the calls wait, however long.
     busy = [host("ho-1", gpus={"H100": 2}, used_gpus={0, 1})]

@@ -342,14 +342,24 @@ def _describe_largest(hosts: list[HostCapacity], *, disk: bool = False) -> str:
     """The largest host's cores, memory and GPUs per model (and free disk, with ``disk``)."""
     if not hosts:
         return "no host is registered"
-    cpu = max(h.cpu for h in hosts)
-    mem = max(h.memory_mib for h in hosts)
+    # Whole hosts, not each figure's maximum over different hosts ("100000 cores, 3246368
+    # MiB" read as one host that could run a 1,000-core function, while none could).
+    most_cpu = max(hosts, key=lambda h: (h.cpu, h.memory_mib, h.id))
+    most_mem = max(hosts, key=lambda h: (h.memory_mib, h.cpu, h.id))
     models: dict[str, int] = {}
     for h in hosts:
         for _, m in h.gpus:
             models[m] = max(models.get(m, 0), h.total_gpus(m))
     gpus = ", ".join(f"{n}x{m}" for m, n in sorted(models.items())) or "none"
-    text = f"the largest hosts have {cpu:g} cores, {mem} MiB memory; GPUs per host: {gpus}"
+    if most_cpu is most_mem:
+        sizes = f"the largest host has {most_cpu.cpu:g} cores and {most_cpu.memory_mib} MiB memory"
+    else:
+        sizes = (
+            f"the host with the most cores has {most_cpu.cpu:g} cores and "
+            f"{most_cpu.memory_mib} MiB memory, the one with the most memory "
+            f"{most_mem.cpu:g} cores and {most_mem.memory_mib} MiB"
+        )
+    text = f"{sizes}; GPUs per host: {gpus}"
     disks = [h.disk_mib for h in hosts if h.disk_mib is not None]
     if disk and disks:
         text += f"; free disk: {gib_text(max(disks))} at most"
