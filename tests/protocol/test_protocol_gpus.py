@@ -232,6 +232,9 @@ def test_parse_memory_default() -> None:
         (-1, "below the 16 MiB minimum"),
         ("1kb", "below the 16 MiB minimum"),
         (True, "memory= must be MiB or a string like '2GiB'"),
+        # in the units written, not as an internal memory_mib bound
+        ("100000GiB", "memory='100000GiB' is over the 16 TiB maximum"),
+        (2**40, "over the 16 TiB maximum"),
     ],
 )
 def test_parse_memory_refuses(value: int | str, says: str) -> None:

@@ -323,6 +323,10 @@ _UNIT_MIB = {
 }
 
 
+# What one container may ask (protocol/common.Resources.memory_mib's bound).
+MAX_MEMORY_MIB = 16 * 1024 * 1024
+
+
 def parse_memory_mib(value: int | str | None, default: int = 512) -> int:
     """``"512MiB"``, ``"2GiB"``, ``"1.5G"`` or an int of MiB → MiB."""
     if value is None:
@@ -341,4 +345,8 @@ def parse_memory_mib(value: int | str | None, default: int = 512) -> int:
         mib = int(float(number) * _UNIT_MIB[(unit or "").lower()])
     if mib < 16:
         raise InvalidResourcesError(f"memory={value!r} is below the 16 MiB minimum")
+    if mib > MAX_MEMORY_MIB:
+        raise InvalidResourcesError(
+            f"memory={value!r} is over the 16 TiB maximum (16,777,216 MiB) a container may ask"
+        )
     return mib
