@@ -6,6 +6,7 @@ checks, and token usage charged through the ledger with exact running-total roun
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 from crucible.core.ledger import PLATFORM_FEES, renter_account
@@ -245,3 +246,26 @@ def test_a_caller_without_credit_gets_insufficient_quota(make_server: Any) -> No
     )
     err = _openai_error(r, 429)
     assert err["code"] == "insufficient_quota" and "credit" in err["message"]
+
+
+def test_compressed_and_oversized_bodies_are_named_as_such(make_server: Any) -> None:
+    """A gzip body read as "not valid JSON: str is not valid UTF-8"; a body over the API's
+    16 MiB named that limit, where a model request's own (smaller) one applies."""
+    server = make_server(max_request_bytes=1_000_000, openai_max_request_bytes=200_000)
+    alice = server.tenant("alice").token
+    chat = "/openai/v1/chat/completions"
+    r = server.request(
+        "POST",
+        chat,
+        token=alice,
+        content=gzip.compress(b'{"model": "m", "messages": []}'),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    err = _openai_error(r, 400)
+    assert "compressed (Content-Encoding: gzip)" in err["message"], err
+    big = b'{"model": "m", "prompt": "' + b"x" * 1_100_000 + b'"}'
+    r = server.request(
+        "POST", chat, token=alice, content=big, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413, r.text
+    assert "over 200000 bytes" in r.text and "CRUCIBLE_OPENAI_MAX_REQUEST_BYTES" in r.text

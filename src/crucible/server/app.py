@@ -50,7 +50,12 @@ from crucible.server.api import (
     web_channel,
 )
 from crucible.server.api.deps import Caller
-from crucible.server.api.openai_errors import OPENAI_PREFIX, openai_error, to_openai_shape
+from crucible.server.api.openai_errors import (
+    OPENAI_PREFIX,
+    openai_error,
+    openai_too_large,
+    to_openai_shape,
+)
 from crucible.server.api.openapi import install_openapi
 from crucible.server.api.ports_host import PortsHost
 from crucible.server.api.ports_origin import check_domain
@@ -94,9 +99,10 @@ class BodyLimit:
     """Refuse request bodies over a limit with 413 before they are buffered (blob uploads
     have their own, larger limit and stream to disk)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, openai_limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.openai_limit = openai_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/v1/blobs/"):
@@ -131,6 +137,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     def _message(self, scope: Scope) -> str:
+        if scope["path"].startswith("/openai/"):
+            return openai_too_large(self.openai_limit)
         if not scope["path"].startswith("/v1/"):  # a web endpoint's, a port's, the console's
             return f"request body is over the {self.limit:,}-byte limit"
         return (
@@ -398,7 +406,11 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(console_router)
     install_openapi(app)
     app.add_middleware(HeadAsGet, routes=app)
-    app.add_middleware(BodyLimit, limit=state.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=state.settings.max_request_bytes,
+        openai_limit=state.settings.openai_max_request_bytes,
+    )
     app.add_middleware(HotPath, state=state)  # the two hot routes skip the rest
     if state.settings.ports_domain:
         # Outermost: a ports host ({pod}-{port}.DOMAIN) reaches its pod's port, nothing else.

@@ -29,6 +29,7 @@ from crucible.protocol.calls import CallsCreate, GroupResultsRequest
 from crucible.protocol.containers import Exchange
 from crucible.protocol.hosts import HostSync
 from crucible.server.api import calls, containers, deps, gateway, hosts
+from crucible.server.api.openai_errors import openai_too_large
 from crucible.server.api.responses import response_for_exception
 from crucible.server.auth import Principal
 from crucible.server.state import ServerState
@@ -134,7 +135,7 @@ class HotPath:
         """The request, its body read first (within the size limit; ``web``: a web
         endpoint's, whose 413 says so), for a route function that takes a ``Request``: it
         reads the body from memory, then what the client does next (a disconnect)."""
-        body = await self._body(receive, web=web)
+        body = await self._body(receive, web=web, openai=scope["path"].startswith("/openai/"))
         replayed = False
 
         async def replay() -> Message:
@@ -146,7 +147,7 @@ class HotPath:
 
         return Request(scope, replay)
 
-    async def _body(self, receive: Receive, *, web: bool = False) -> bytes:
+    async def _body(self, receive: Receive, *, web: bool = False, openai: bool = False) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -156,14 +157,17 @@ class HotPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                raise PayloadTooLargeError(self._too_large(web))
+                raise PayloadTooLargeError(self._too_large(web, openai))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
 
-    def _too_large(self, web: bool) -> str:
-        """The 413's message: the JSON API's advice is for its own requests only."""
+    def _too_large(self, web: bool, openai: bool = False) -> str:
+        """The 413's message: the JSON API's advice is for its own requests only, and a model
+        request's limit is the OpenAI API's own (the smaller)."""
+        if openai:
+            return openai_too_large(self.state.settings.openai_max_request_bytes)
         if web:
             return (
                 f"request body is over the {self.limit:,}-byte limit of a web endpoint's "

@@ -234,6 +234,14 @@ async def _forward(request: Request, path: str) -> Response:
             "request_too_large",
             _PROMPT_PARAM[path],
         )
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding and encoding.lower() != "identity":
+        # Not decompressed here (nor anywhere in the API): said so, rather than "not valid
+        # JSON" about the compressed bytes, or a plain body taken under a false label.
+        raise InvalidRequestError(
+            f"the body is compressed (Content-Encoding: {encoding[:40]}), which this API does "
+            "not take: send it uncompressed"
+        )
     body = _request_body(raw)
     with state.engine.connect() as conn:
         resolved = svc.resolve(conn, who, body["model"])

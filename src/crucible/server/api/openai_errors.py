@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from crucible.errors import bounded
 
-__all__ = ["OPENAI_PREFIX", "openai_error", "to_openai_shape"]
+__all__ = ["OPENAI_PREFIX", "openai_error", "openai_too_large", "to_openai_shape"]
 
 OPENAI_PREFIX = "/openai/"
 
@@ -31,6 +31,15 @@ _TYPES = {
     429: "rate_limit_error",
 }
 _CODES = {"not_found": "model_not_found", "unauthorized": "invalid_api_key"}
+
+
+def openai_too_large(limit: int) -> str:
+    """Why a model request's body is refused for its size (CRUCIBLE_OPENAI_MAX_REQUEST_BYTES,
+    which is below the API's own limit)."""
+    return (
+        f"the request body is over {limit} bytes, the most a model request may carry "
+        "(CRUCIBLE_OPENAI_MAX_REQUEST_BYTES): send a shorter prompt"
+    )
 
 
 def openai_error(
