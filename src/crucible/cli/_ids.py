@@ -8,6 +8,7 @@ accepts either form; a short one is looked up among what the account can list.""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 
@@ -43,7 +44,14 @@ def shorten_ids(text: str) -> str:
 
 def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]]]:
     return {
-        "ap": ("app", lambda: (a.id for a in client.list_apps())),
+        # Apps, and the apps pods run in (the statement names those `pod:NAME`).
+        "ap": (
+            "app",
+            lambda: itertools.chain(
+                (a.id for a in client.list_apps()),
+                (str(p["app_id"]) for p in client.get("/v1/pods")),
+            ),
+        ),
         "cl": ("cluster", lambda: (c["id"] for c in client.get("/v1/clusters"))),
         "ca": (
             f"call (among your {_CALLS_SEARCHED} newest)",

@@ -545,7 +545,7 @@ def register(app: typer.Typer) -> None:
     def statement(
         kind: str = typer.Option("entries", help="entries, apps or calls."),
         app_id: str = typer.Option(
-            None, "--app", help="Only this app (an app id, short id or name)."
+            None, "--app", help="Only this app (an app id, short id or name; a pod's as pod:NAME)."
         ),
         as_csv: bool = typer.Option(False, "--csv", help="CSV on standard output."),
         since: str = SINCE,

@@ -101,6 +101,8 @@ def resolve_app(client: Client, ref: str) -> str:
     whose newest version failed to activate still shows the version that serves)."""
     if ref.startswith("ap-"):
         return resolve_id(client, ref)  # a full id as is; a short one (ap-XXXXXXXX) looked up
+    if ref.startswith("pod:"):  # a pod's app, as the bill and the statement name it
+        return str(client.get(f"/v1/pods/{url_part(ref[4:])}")["app_id"])
     missing = NotFoundError(
         f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
         "(ids and names, newest first), `crucible deployments` your deployments"
@@ -398,7 +400,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def bill(
         app_id: str = typer.Option(
-            None, "--app", help="Only this app (an app id, short id or name)."
+            None, "--app", help="Only this app (an app id, short id or name; a pod's as pod:NAME)."
         ),
         by: str = typer.Option(
             "function", "--by", help="function (the default), or carbon: apps by emissions."
