@@ -104,7 +104,7 @@ def fill(store: Store, n_calls: int, rate: float) -> dict[str, Any]:
     the first call."""
     with store.state.engine.begin() as conn:
         renter = issue_token(conn, ensure_account(conn, "renter", 0), Scope.USER, "r", 0).token
-        owner_id = ensure_account(conn, "owner", 0)
+        owner_id = ensure_account(conn, "owner", 0, provider=True)
         owner = issue_token(conn, owner_id, Scope.HOST, "h", 0).token
     host = store.ok(
         "POST",

@@ -80,7 +80,7 @@ class InProcess:
 
     def token(self, account: str, scope: Scope) -> str:
         with self.state.engine.begin() as conn:
-            account_id = ensure_account(conn, account, 0)
+            account_id = ensure_account(conn, account, 0, provider=scope is Scope.HOST)
             return issue_token(conn, account_id, scope, account, 0).token
 
     def post(self, path: str, token: str, body: dict[str, Any]) -> Any:
