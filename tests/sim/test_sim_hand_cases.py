@@ -204,8 +204,8 @@ def test_impossible_tasks_are_not_demand_nor_fgd_task_classes(tmp_path: Path, po
     assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 4}
     assert p["arrived"] == 6  # they arrived (and are reported), but asked for nothing
     assert p["arrived_gpu_demand_over_capacity"] == 1.0  # t1 + t2: 4 GPUs of 4
-    # demand reaches the fleet's GPUs when t2 arrives; t1 holds 2 of the 4 GPUs then
-    assert p["gpu_allocation_when_arrived_equals_capacity"] == 0.5
+    # demand reaches the fleet's GPUs when t2 arrives, and t2 is placed beside t1 at once
+    assert p["gpu_allocation_when_arrived_equals_capacity"] == 1.0
     # the only class that could run is 2-GPU work, which every free pair of a node can take
     assert p["fragmented_gpus_at_end"] == 0 and p["fragmented_gpus_max"] == 0
     assert p["fragmentation_of_free_at_end"] == 0

@@ -60,7 +60,7 @@ class PlacementDriver:
         self.feasibility = Feasibility(cluster.nodes)
         self.impossible = ImpossibleLog()
         self._frag_memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
-        self._frag_samples: list[tuple[float, float]] = []
+        self._frag_samples: list[tuple[float, float | None]] = []
 
     @property
     def queued(self) -> int:
@@ -102,11 +102,12 @@ class PlacementDriver:
             self._impossible(job, why)
             return
         self.arrived_milli += job.request.gpu_demand_milli * job.nodes
+        placed = self._try(job, now)
         if self.alloc_at_full is None and self.arrived_milli >= self.capacity_milli:
             # FGD's comparison point: GPUs allocated when the demand that arrived equals the
-            # fleet's GPUs (before this arrival is placed)
+            # fleet's GPUs, once the arrival that brought it there is placed (or not)
             self.alloc_at_full = self.cluster.gpu_allocated_milli() / self.capacity_milli
-        if not self._try(job, now):
+        if not placed:
             if job.deadline_ms <= now:
                 self._gave_up(job, now)
             else:
@@ -192,17 +193,21 @@ class PlacementDriver:
         """GPU allocation (share of the GPUs) and FGD's fragmentation now (fragmented GPUs,
         and their share of the free GPUs), for the sample series."""
         frag, free = self.fragmentation()
-        self._frag_samples.append((frag, frag / free if free else 0.0))
+        # With no GPU free there is no share to take: a break in the series, and not a 0 in
+        # its mean (a full fleet is not an unfragmented one).
+        share = frag / free if free else None
+        self._frag_samples.append((frag, share))
         return {
             "gpu_allocation": self.cluster.gpu_allocated_milli() / self.capacity_milli,
             "fragmented_gpus": frag,
-            "fragmentation_of_free": frag / free if free else 0.0,
+            "fragmentation_of_free": share,
         }
 
     def summary(self) -> dict[str, Any]:
         c = self.cluster
         frag, free = self.fragmentation()
         sampled = self._frag_samples
+        shares = [x for _, x in sampled if x is not None]
         return {
             "impossible": self.impossible.summary(),
             **{k: v for k, v in self.counts.items() if k != "impossible"},
@@ -214,14 +219,12 @@ class PlacementDriver:
             else round(self.alloc_at_full, 4),
             "peak_gpu_allocation": round(self.peak_utilisation, 4),
             "gpu_allocation_at_end": round(c.gpu_allocated_milli() / self.capacity_milli, 4),
-            "fragmented_gpus_at_end": round(frag, 1),
-            "fragmentation_of_free_at_end": round(frag / free, 4) if free else 0.0,
+            "fragmented_gpus_at_end": round(frag, 3),
+            "fragmentation_of_free_at_end": round(frag / free, 4) if free else None,
             # sampled during the run (every sample window), not only the final state
-            "fragmented_gpus_mean": round(sum(f for f, _ in sampled) / len(sampled), 1)
+            "fragmented_gpus_mean": round(sum(f for f, _ in sampled) / len(sampled), 3)
             if sampled
             else None,
-            "fragmented_gpus_max": round(max(f for f, _ in sampled), 1) if sampled else None,
-            "fragmentation_of_free_mean": round(sum(x for _, x in sampled) / len(sampled), 4)
-            if sampled
-            else None,
+            "fragmented_gpus_max": round(max(f for f, _ in sampled), 3) if sampled else None,
+            "fragmentation_of_free_mean": round(sum(shares) / len(shares), 4) if shares else None,
         }
