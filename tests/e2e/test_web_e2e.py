@@ -105,6 +105,17 @@ def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any)
             csp = r.headers.get("content-security-policy", "")
             assert csp.startswith("sandbox ") == sandboxed, (who == token, csp)
             assert "allow-same-origin" not in csp
+            # Cookies the page set itself cannot hide the visitor's session: one a strict
+            # parser gives up on, and one of the session's name on the page's own path.
+            for jar in (
+                f'prefs={{"theme":"dark"}}; crucible_session={session}',
+                f"crucible_session=junk; crucible_session={session}",
+            ):
+                r = http.get(
+                    f"{base}/api/hostile", params={"kind": "worker"}, headers={"cookie": jar}
+                )
+                csp = r.headers.get("content-security-policy", "")
+                assert csp.startswith("sandbox ") == sandboxed, (jar, csp)
         # The console itself cuts off a window opened from such a page.
         assert http.get(f"{exchange.url}/login").headers["cross-origin-opener-policy"] == (
             "same-origin"

@@ -27,8 +27,6 @@ its app sent it.
 
 from __future__ import annotations
 
-from http.cookies import CookieError, SimpleCookie
-
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Scope, Send
@@ -92,17 +90,21 @@ async def refuse_service_worker(send: Send) -> None:
     await send({"type": "http.response.body", "body": _REFUSED})
 
 
-def _console_secret(scope: Scope) -> str | None:
+def _console_secrets(scope: Scope) -> list[str]:
+    """Every value the request's cookies give the console's session cookie. Read pair by
+    pair, leniently: the page's own cookies are its to choose (a JSON value, a space, one
+    with no value), and a strict parser that stopped at the first it could not read served a
+    signed-in visitor the page unsandboxed; and all of them, as a page may set one of the
+    same name on its own path (sent first) to hide the real one."""
+    found: list[str] = []
     for name, value in scope["headers"]:
-        if name == b"cookie" and CONSOLE_COOKIE.encode() in value:
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except CookieError:
-                return None
-            morsel = jar.get(CONSOLE_COOKIE)
-            return None if morsel is None else morsel.value
-    return None
+        if name != b"cookie":
+            continue
+        for pair in value.decode("latin-1").split(";"):
+            key, sep, val = pair.partition("=")
+            if sep and key.strip() == CONSOLE_COOKIE and val.strip():
+                found.append(val.strip().strip('"'))
+    return found
 
 
 def _owner(state: ServerState, path: str) -> str | None:
@@ -123,21 +125,28 @@ def _owner(state: ServerState, path: str) -> str | None:
     return None if found is None else str(found)
 
 
-def _stranger(state: ServerState, scope: Scope, secret: str) -> bool:
-    """Whether the signed-in visitor behind ``secret`` does not own the page."""
+def _stranger(state: ServerState, scope: Scope, secrets: list[str]) -> bool:
+    """Whether a visitor signed in (by any of ``secrets``) does not own the page."""
+    owner: str | None = None
+    looked = False
     with state.engine.connect() as conn:
-        session = read_session(conn, secret, state.clock.now_ms())
-    if session is None:  # signed out or expired: the cookie opens nothing
-        return False
-    return _owner(state, scope["path"]) != session.principal.account_id
+        for secret in secrets[:8]:
+            session = read_session(conn, secret, state.clock.now_ms())
+            if session is None:  # signed out, expired, or not a session: it opens nothing
+                continue
+            if not looked:
+                owner, looked = _owner(state, scope["path"]), True
+            if owner != session.principal.account_id:
+                return True
+    return False
 
 
 async def guarded_send(state: ServerState, scope: Scope, send: Send) -> Send:
     """``send`` for a tenant's page on the exchange's origin: headers dropped as above, and
     the sandbox added when the visitor is signed in to the console and not the page's
     owner."""
-    secret = _console_secret(scope)
-    sandbox = secret is not None and await run_in_threadpool(_stranger, state, scope, secret)
+    secrets = _console_secrets(scope)
+    sandbox = bool(secrets) and await run_in_threadpool(_stranger, state, scope, secrets)
 
     async def send_guarded(message: Message) -> None:
         if message["type"] == "http.response.start":
