@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from crucible.server.auth import container_token
 from crucible.server.billing.entries import check_ledger
 from crucible.server.services.containers import STOP_ALLOWANCE_MS
 from crucible.server.store.tables import containers, meter_intervals
@@ -33,12 +34,20 @@ def test_a_host_that_ignores_a_stop_is_not_paid_past_its_deadline(
     with server.state.engine.connect() as conn:
         row = conn.execute(select(containers).where(containers.c.id == m.container_id)).one()
     assert row.state == "stopping" and row.stop_by_ms == asked + STOP_ALLOWANCE_MS
+    token = container_token(server.state.secret, m.container_id)
+    assert server.request("GET", "/v1/dicts", token=token).status_code == 200
     # The host answers every stop with "running", for five minutes.
     for _ in range(300):
         m.clock.now += 1_000
         assert m.container_id in m.report()["stop"]
         m.loop.tick()
     assert m.billed_ms() == asked - T0 + STOP_ALLOWANCE_MS
+    # Past its deadline the container ended (it stayed "stopping" for ever, its token
+    # working): its token opens nothing of the account's now.
+    with server.state.engine.connect() as conn:
+        row = conn.execute(select(containers).where(containers.c.id == m.container_id)).one()
+    assert (row.state, row.stopped_ms) == ("stopped", asked + STOP_ALLOWANCE_MS), row
+    assert server.request("GET", "/v1/dicts", token=token).status_code == 401
     # It finally reports the container gone: nothing more is billed.
     m.clock.now += 1_000
     m.report("exited", exit_code=0, reason="stopped")

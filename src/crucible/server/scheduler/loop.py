@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from crucible.core.autoscaler import Scale
 from crucible.core.market import RefusalCode
@@ -74,6 +74,7 @@ from crucible.server.services.crash_loops import CrashLoop, crash_loops
 from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.hosts import (
+    end_container,
     flush_heartbeats,
     mark_lost_hosts,
     oldest_ready_sync,
@@ -143,6 +144,12 @@ _HOUSEKEEPING_MS = 60_000  # slow chores (expiry of idle dicts and queues) once 
 _RETENTION_BUDGET_S = 0.2
 # Room made for queued work by stopping idle containers is kept for it this long at most.
 _PROMISE_MS = 60_000
+# Stopping containers past their stop deadline (services/containers.request_stop).
+_OVERDUE = select(containers.c.id, containers.c.stop_by_ms).where(
+    containers.c.state == "stopping",
+    containers.c.stop_by_ms.is_not(None),
+    containers.c.stop_by_ms < bindparam("b_now"),
+)
 _NOT_STARTED = ("pending", "starting")  # replaced when not ready within the start timeout
 
 
@@ -337,6 +344,7 @@ class SchedulerLoop:
             for app_id in stop_abandoned_apps(conn, now, int(s.app_heartbeat_timeout_s * 1000)):
                 log.warning("stopped app %s: its client stopped heartbeating", app_id)
             keys += self._sweep_timeouts(conn, now)
+            keys += self._end_overdue_stops(conn, now)
             for app_id in retire_drained_versions(conn, now):
                 log.info("stopped app %s: a superseded version with no calls left", app_id)
             keys += fire_due_schedules(conn, now, s.inline_payload_max_bytes)
@@ -751,6 +759,31 @@ class SchedulerLoop:
             keys += record_timeout(conn, r.id, err, now)
             if r.container_id:
                 keys += request_stop(conn, r.container_id, now)
+        return keys
+
+    def _end_overdue_stops(self, conn: Connection, now: int) -> list[str]:
+        """Containers asked to stop whose host has not said they stopped by their deadline
+        (the grace and an allowance past the ask) end now, as lost, at that deadline: their
+        calls go back to the queue, their GPUs to the market, and their container tokens
+        stop working (a host that answered every stop with "running" kept the container,
+        and its token's access to the account's objects, for ever; billing ended at the
+        deadline already). The agent is told to stop it at its next sync, as any container
+        it runs that has ended."""
+        s = self.state.settings
+        keys: list[str] = []
+        for r in conn.execute(_OVERDUE, {"b_now": now}).all():
+            keys += end_container(
+                conn,
+                r.id,
+                now,
+                exit_code=None,
+                reason="lost",
+                message="its host did not report it stopped by its stop deadline",
+                crashed=False,
+                max_infra_requeues=s.max_infra_requeues,
+                meter_interval_ms=int(s.meter_interval_s * 1000),
+                stopped_ms=r.stop_by_ms,
+            )
         return keys
 
     def _demands(
