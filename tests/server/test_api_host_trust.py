@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from crucible.protocol.accounts import Scope
 from crucible.protocol.gpus import GPU_CATALOG
 from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.store.tables import containers
 
 from server_testlib import (
     FULL_ISOLATION,
@@ -216,10 +219,21 @@ def test_a_tenants_own_host_runs_strangers_work_only_once_approved(make_server: 
     [host] = server.ok("GET", "/v1/hosts", token=mallory)
     assert host["containers"] == 2  # alice's call runs there now
 
-    # Taken back: nothing new of another account is placed there.
+    # Taken back: nothing new of another account is placed there, and alice's container
+    # there is asked to stop (a warm one took new calls for as long as it lived).
     server.ok("PATCH", "/v1/accounts/mallory", token=admin, json={"provider": False})
     [host] = server.ok("GET", "/v1/hosts", token=mallory)
     assert host["isolated"] is False
+    with server.state.engine.connect() as conn:
+        states = {
+            r.account_id: r.state
+            for r in conn.execute(
+                select(containers.c.account_id, containers.c.state).where(
+                    containers.c.host_id == host_id
+                )
+            )
+        }
+    assert states == {_account(server, mallory): "pending", _account(server, alice): "stopping"}
     bob = server.tenant("bob").token
     bob_fn = server.new_function(bob, server.new_app(bob), server.put_blob(bob))
     [bob_call] = server.new_calls(bob, bob_fn)

@@ -601,5 +601,5 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(
                 f"{shown(data['name'])} is not a provider: its hosts run its own work only "
-                "(work already running there runs to its end)"
+                "(other accounts' containers there are being stopped)"
             )

@@ -37,7 +37,8 @@ def update_account(account: str, req: AccountUpdate, who: Builder, state: State)
     """Approve an account as a provider, or take the approval back (admin): its fully
     isolated hosts run other accounts' work only while it is one."""
     with state.engine.begin() as conn:
-        info = svc.update_account(conn, who, account, req, state.clock.now_ms())
+        info, keys = svc.update_account(conn, who, account, req, state.clock.now_ms())
+    state.wakeups.notify_many(keys)  # the hosts told to stop others' containers
     state.wakeups.kick_scheduler()  # hosts opened or closed to other accounts' work
     return info
 

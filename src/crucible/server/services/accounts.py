@@ -58,7 +58,7 @@ def ensure_account(conn: Connection, name: str, now_ms: int, *, provider: bool =
     if row is not None:
         if provider and not row.provider:
             conn.execute(update(accounts).where(accounts.c.id == row.id).values(provider=True))
-            open_hosts_of(conn, row.id, provider=True)
+            open_hosts_of(conn, row.id, provider=True, now_ms=now_ms)
         return str(row.id)
     account_id = new_id("ac")
     conn.execute(
@@ -100,14 +100,15 @@ def get_account(conn: Connection, account_id: str) -> AccountInfo:
 
 def update_account(
     conn: Connection, principal: Principal, name_or_id: str, req: AccountUpdate, now_ms: int
-) -> AccountInfo:
+) -> tuple[AccountInfo, list[str]]:
     """An admin approves an account as a provider (its fully isolated hosts then run other
-    accounts' work) or takes the approval back (they run its own work only from then on)."""
+    accounts' work) or takes the approval back (they run its own work only from then on:
+    other accounts' containers there are asked to stop). Returns wake-up keys too."""
     if not principal.is_admin:
         raise PermissionDeniedError("only an admin token can change accounts")
     account_id = account_id_of(conn, name_or_id)
     conn.execute(update(accounts).where(accounts.c.id == account_id).values(provider=req.provider))
-    opened = open_hosts_of(conn, account_id, provider=req.provider)
+    opened, keys = open_hosts_of(conn, account_id, provider=req.provider, now_ms=now_ms)
     audit.record(
         conn,
         principal,
@@ -118,7 +119,7 @@ def update_account(
         provider=req.provider,
         hosts_open=opened,
     )
-    return get_account(conn, account_id)
+    return get_account(conn, account_id), keys
 
 
 def issue_token(

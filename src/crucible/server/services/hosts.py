@@ -28,6 +28,7 @@ from crucible.server.billing.service import meter_containers
 from crucible.server.heartbeats import Heartbeats
 from crucible.server.services import audit
 from crucible.server.services.calls import fail_queued_calls, requeue_calls_of_container
+from crucible.server.services.containers import request_stop
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.logs import add_exit_tail
 from crucible.server.services.pods import pod_assignments, settle_pod_of
@@ -246,11 +247,15 @@ def _open_to_others(report: IsolationReport | None, *, provider: bool) -> bool:
     return provider and report is not None and report.full()
 
 
-def open_hosts_of(conn: Connection, account_id: str, *, provider: bool) -> int:
+def open_hosts_of(
+    conn: Connection, account_id: str, *, provider: bool, now_ms: int = 0
+) -> tuple[int, list[str]]:
     """Apply an account's provider approval (given or taken back) to its registered hosts;
-    returns how many now run other accounts' work. Work already placed on a host that
-    closes runs on to its end; nothing new is placed there."""
+    returns how many now run other accounts' work, and wake-up keys. Taken back, the other
+    accounts' containers on its hosts are asked to stop (their calls go back to the queue
+    and run elsewhere): a warm container took new calls there for as long as it lived."""
     opened = 0
+    keys: list[str] = []
     for r in conn.execute(
         select(hosts.c.id, hosts.c.isolation, hosts.c.isolated).where(
             hosts.c.account_id == account_id
@@ -261,7 +266,16 @@ def open_hosts_of(conn: Connection, account_id: str, *, provider: bool) -> int:
         opened += isolated
         if isolated != bool(r.isolated):  # a write of the watched column: the leader sees it
             conn.execute(update(hosts).where(hosts.c.id == r.id).values(isolated=isolated))
-    return opened
+        if not isolated:
+            for c in conn.execute(
+                select(containers.c.id).where(
+                    containers.c.host_id == r.id,
+                    containers.c.account_id != account_id,
+                    containers.c.state.in_(("pending", "starting", "running")),
+                )
+            ).all():
+                keys += request_stop(conn, c.id, now_ms)
+    return opened, keys
 
 
 def apply_self_test(
