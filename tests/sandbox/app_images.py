@@ -58,6 +58,12 @@ def inspect_image() -> dict[str, Any]:
     }
 
 
+@app.function(image=image, timeout=60)
+def hooks_seen() -> dict[str, Any]:
+    """A second function of the same code and image: its container forks from the zygote."""
+    return {"hooks": list(HOOKS), "pid": os.getpid()}
+
+
 @app.function(image=same_build, timeout=60)
 def greeting() -> str | None:
     return os.environ.get("GREETING")

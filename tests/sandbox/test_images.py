@@ -28,6 +28,12 @@ def test_image_packages_files_sources_env_and_hooks(sandboxed: Exchange, tenant:
         assert first["greeting"] == "hello"
         # The first container of this code imports it itself: both hooks run there.
         assert [h.split(":")[0] for h in first["hooks"]] == ["snapshot", "enter"]
+        # The next one forks from the zygote, which imported the module (it has a snapshot
+        # hook) and ran that hook before forking: only the plain hook runs in the container.
+        later = a.hooks_seen.remote()
+        [snapshot, enter] = later["hooks"]
+        assert snapshot.startswith("snapshot:") and enter == "enter", later
+        assert snapshot != f"snapshot:{later['pid']}", later
         assert a.greeting.remote() == "hi"
     # Two functions, two run-time settings, one build step list: one image on disk.
     assert built_images(sandboxed) == [a.image.spec().build_hash()]

@@ -588,9 +588,12 @@ class SandboxRuntime:
                 "file_bytes": self.limits.file_bytes,
                 "open_files": self.limits.open_files,
             },
-            # Import the user's module in the zygote once this code has run here before.
+            # Import the user's module in the zygote, once this code has run here before, only
+            # for its snapshot hooks: module-level code run there has no container's env or
+            # secrets (a module reading its API key at import got None from the second
+            # container on), so every other container imports the module itself.
             "warm": {"sha": a.code.bundle, "module": a.code.module}
-            if code in z.warmed and a.pod is None
+            if code in z.warmed and a.pod is None and a.code.snapshot
             else None,
         }
         if isinstance(image, FunctionImage):

@@ -59,6 +59,10 @@ class CodeRef(Wire):
     bundle: str = Field(pattern=r"^[0-9a-f]{64}$")
     module: str = Field(min_length=1, max_length=512)
     qualname: str = Field(min_length=1, max_length=512)
+    # The module has @crucible.enter(snapshot=True) hooks: a sandbox's zygote imports it and
+    # runs them before forking (module-level code then runs there, without a container's
+    # environment or secrets). False: every container imports the module itself.
+    snapshot: bool = False
 
 
 class MarketTerms(Wire):

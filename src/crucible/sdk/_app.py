@@ -34,6 +34,7 @@ from crucible.sdk._client import Client
 from crucible.sdk._cls import Cls
 from crucible.sdk._concurrency import BATCHING_ATTR, CONCURRENCY_ATTR
 from crucible.sdk._functions import Function, Retries
+from crucible.sdk._hooks import enter_hooks
 from crucible.sdk._image import Image
 from crucible.sdk._market_terms import MARKET_WIRE_NAMES, market_terms
 from crucible.sdk._packaging import bundle_for_module
@@ -465,7 +466,10 @@ class App:
                     secret_names[id(secret)] = secret._resolve(client, app_id)
                 names.append(secret_names[id(secret)])
             code = CodeRef(
-                bundle=bundle.sha256, module=bundle.module, qualname=fn.raw_f.__qualname__
+                bundle=bundle.sha256,
+                module=bundle.module,
+                qualname=fn.raw_f.__qualname__,
+                snapshot=bool(enter_hooks(module, snapshot=True)),
             )
             try:
                 specs.append(
