@@ -377,3 +377,16 @@ def test_an_async_class_method_is_refused_when_it_is_defined() -> None:
 
     with pytest.raises(crucible.InvalidRequestError, match=r"async def: an @app\.cls"):
         crucible.method()(am)
+
+
+def test_a_web_endpoint_on_a_class_method_is_refused_not_ignored() -> None:
+    """It deployed as a plain method, with no URL and no word (modal2 probe)."""
+    app = crucible.App("cls-web")
+    with pytest.raises(crucible.InvalidRequestError, match=r"Model\.predict: a web endpoint"):
+
+        @app.cls()
+        class Model:
+            @crucible.fastapi_endpoint(method="POST")
+            @crucible.method()
+            def predict(self, item: dict[str, object]) -> dict[str, object]:
+                return item

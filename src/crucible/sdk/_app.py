@@ -420,6 +420,14 @@ class App:
         def decorate(c: type) -> Cls:
             if not isinstance(c, type):
                 raise InvalidRequestError("@app.cls() decorates a class")
+            for attr, member in vars(c).items():
+                if getattr(member, WEB_ATTR, None) is not None:
+                    # It was ignored: the method became a plain one, with no URL.
+                    raise InvalidRequestError(
+                        f"{c.__name__}.{attr}: a web endpoint is a module-level function, not "
+                        "a class's method; serve it from an @app.function() that loads what "
+                        "it needs in a @crucible.enter() hook (docs/builders.md)"
+                    )
             template = register(c)  # validates and builds the options; not registered as is
             del self.functions[template.name]  # register() refused a name already taken
             owner = Cls(self, c, template.options)
