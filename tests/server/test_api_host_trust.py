@@ -249,3 +249,31 @@ def test_a_tenants_own_host_runs_strangers_work_only_once_approved(make_server: 
 
 def _account(server: ServerUnderTest, token: str) -> str:
     return str(server.ok("GET", "/v1/accounts/me", token=token)["id"])
+
+
+def test_the_book_lists_only_what_its_reader_may_buy(make_server: MakeServer) -> None:
+    """A host that runs only its owner's work (not an approved provider) priced its GPUs far
+    below everyone's, and every account's book showed that ask as the market's best, though
+    none but the owner could buy it (hostile2 probe)."""
+    server = make_server()
+    mal = server.tenant("mal").token
+    host_token = server.ok("POST", "/v1/tokens", token=mal, json={"scope": "host"})["token"]
+    host_id = server.register_host(host_token, "cheap", gpus=H100_FAKE)  # fully isolated
+    offer = {
+        "device_type": "H100",
+        "on_demand_micros": 1_000_000,
+        "interruptible_min_micros": 500_000,
+        "reserved_micros": 800_000,
+    }
+    server.ok("PUT", f"/v1/hosts/{host_id}/offers", token=mal, json=offer)
+    server.ok("POST", f"/v1/hosts/{host_id}/sync", token=host_token, json={})
+    renter = server.tenant("renter").token
+    [theirs] = server.ok("GET", "/v1/market/book?gpu=H100", token=renter)
+    assert (theirs["asks"], theirs["listed_devices"]) == ([], 0), theirs
+    [mine] = server.ok("GET", "/v1/market/book?gpu=H100", token=mal)
+    assert mine["asks"] == [{"price_micros": 1_000_000, "devices": 1}], mine
+    admin = server.tenant("ops", Scope.ADMIN).token
+    server.ok("PATCH", "/v1/accounts/mal", token=admin, json={"provider": True})
+    SchedulerLoop(server.state).tick()  # the market learns of the host's new standing
+    [theirs] = server.ok("GET", "/v1/market/book?gpu=H100", token=renter)
+    assert theirs["asks"] == [{"price_micros": 1_000_000, "devices": 1}], theirs

@@ -371,13 +371,47 @@ class Market:
 
     # -- views -----------------------------------------------------------------------------
 
-    def book(self, device_type: str, now_ms: int, depth: int = 10) -> BookView:
-        """The book of one device type (see :class:`BookView`)."""
+    def book(
+        self, device_type: str, now_ms: int, depth: int = 10, *, for_account: str | None = None
+    ) -> BookView:
+        """The book of one device type (see :class:`BookView`). ``for_account``: as that
+        account may buy from it, the asks and devices of hosts that run only their owner's
+        work (not fully isolated, or of an account that is not a provider) left out unless
+        they are its own; counted from the pools, not the running levels."""
         if depth < 1:
             raise ValueError("depth counts price levels from 1")
         b = self._st.books.get(device_type)
         if b is None:
             return BookView(device_type, now_ms, (), (), (), (), 0, 0, {t: 0 for t in Tier})
+        if for_account is not None and any(
+            not p.host.spec.isolated and p.host.spec.owner != for_account
+            for p in self._st.pools_by_type.get(device_type, {}).values()
+        ):
+            asks: dict[int, int] = {}
+            mins: dict[int, int] = {}
+            free = listed = 0
+            for p in self._st.pools_by_type.get(device_type, {}).values():
+                spec = p.host.spec
+                if p.ix_keys is None or (not spec.isolated and spec.owner != for_account):
+                    continue
+                asks[p.ix_ask] = asks.get(p.ix_ask, 0) + p.ix_free
+                mins[p.ix_min] = mins.get(p.ix_min, 0) + p.ix_free
+                free, listed = free + p.ix_free, listed + p.ix_units
+            return BookView(
+                device_type=device_type,
+                at_ms=now_ms,
+                asks=tuple(PriceLevel(k, n) for k, n in sorted(asks.items()) if n)[:depth],
+                interruptible_minimums=tuple(
+                    PriceLevel(k, n) for k, n in sorted(mins.items()) if n
+                )[:depth],
+                standing_bids=tuple(
+                    PriceLevel(p, n) for p, n in reversed(b.standing.items()[-depth:])
+                ),
+                recent=tuple(reversed(b.recent)),
+                free_devices=free,
+                listed_devices=listed,
+                leased=dict(b.leased),
+            )
         return BookView(
             device_type=device_type,
             at_ms=now_ms,

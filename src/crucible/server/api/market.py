@@ -88,7 +88,7 @@ def get_book(who: Builder, state: State, gpu: str | None = None) -> list[BookInf
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, now)
-    return orders.book(state.market, gpu, now)
+    return orders.book(state.market, gpu, now, who.account_id)
 
 
 @router.post("/market/quote")

@@ -115,13 +115,16 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
     )
 
 
-def book(live: LiveMarket, model: str | None, now_ms: int, depth: int = 10) -> list[BookInfo]:
-    """The book of one GPU model, or of every model the market has."""
+def book(
+    live: LiveMarket, model: str | None, now_ms: int, account: str, depth: int = 10
+) -> list[BookInfo]:
+    """The book of one GPU model, or of every model the market has, as ``account`` may buy
+    from it (hosts that run only their owner's work are left out but the account's own)."""
     with live.lock:
         market = live.market
         types = [parse_gpu_request(model).model] if model else market.device_types()
         now = max(now_ms, market.now_ms)
-        views = [market.book(t, now, depth) for t in types if t != CPU]
+        views = [market.book(t, now, depth, for_account=account) for t in types if t != CPU]
     return [
         BookInfo(
             device_type=v.device_type,

@@ -43,7 +43,7 @@ def market_page(
     now = state.clock.now_ms()
     with state.engine.connect() as conn:
         orders.fresh(conn, state.market, now)
-    books = orders.book(state.market, None, now)
+    books = orders.book(state.market, None, now, session.principal.account_id)
     models = [b.device_type for b in books]
     shown = [b for b in books if not gpu or b.device_type == gpu]
     history = {
