@@ -309,3 +309,23 @@ def test_fake_gpus_are_registered_when_allowed(plane: FakeControlPlane, tmp_path
         ("H100", True, "GPU-fake-gpubox-0"),
         ("H100", True, "GPU-fake-gpubox-1"),
     ]
+
+
+def test_a_second_agent_on_one_state_directory_is_refused(tmp_path: Path) -> None:
+    """Two agents on one directory (a `crucible agent` beside `crucible up`'s, both on
+    $CRUCIBLE_HOME/agent) deleted each other's sandboxes and pod disks as leftovers."""
+    settings = Settings(agent_dir=str(tmp_path / "agent"))
+
+    def made(s: Settings) -> Agent:
+        return Agent(s, server_url="http://127.0.0.1:9", token="t")
+
+    def done(agent: Agent) -> None:  # what run() does with both when it ends
+        agent._dir_lock.close()
+        agent._transport.close()
+
+    first = made(settings)
+    with pytest.raises(Error, match=r"another agent is running with the state directory"):
+        made(settings)
+    done(made(Settings(agent_dir=str(tmp_path / "other"))))  # its own directory: fine
+    done(first)
+    done(made(settings))  # the first one has ended

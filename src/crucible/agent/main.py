@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from crucible.agent.access import AccessDialer
 from crucible.agent.address import own_address
+from crucible.agent.dir_lock import AgentDirLock
 from crucible.agent.energy import EnergyMeter, open_nvml
 from crucible.agent.inventory import detect_inventory
 from crucible.agent.runtimes import build_runtime, measure_isolation
@@ -119,6 +120,9 @@ class Agent:
         self.carbon_g_per_kwh = carbon_g_per_kwh
         self.fake_gpus = fake_gpus
         self.agent_dir: Path = settings.agent_path
+        # Before anything touches the directory: a second agent on it is refused, not let
+        # loose on the first one's sandboxes and pod disks.
+        self._dir_lock = AgentDirLock(self.agent_dir)
         self._transport = Transport(
             server_url,
             token,
@@ -214,6 +218,7 @@ class Agent:
             self._final_report()
             restore()
             self._transport.close()
+            self._dir_lock.close()
 
     # -- registration -------------------------------------------------------------------------
     def _inventory(self) -> Inventory:
