@@ -127,6 +127,12 @@ defaults
     option redispatch
 frontend api
     bind 127.0.0.1:{port}
+    # The client's address and scheme as the balancer saw them, never the client's own
+    # headers (docs/operators.md, Running replicas).
+    http-request del-header X-Forwarded-For
+    http-request del-header X-Forwarded-Proto
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
     default_backend replicas
 backend replicas
     balance roundrobin
