@@ -116,7 +116,22 @@ def settings() -> None:
 _one_line_summaries(app)
 
 
+def _stdin_or_empty() -> None:
+    """A closed standard input (cron, systemd, `cmd <&-`) reads as empty, as ssh's and
+    kubectl's do: descriptor 0 is /dev/null again, so that neither `sys.stdin` nor a file
+    opened later (which would take descriptor 0) is taken for it (`exec -i` raised on it)."""
+    try:
+        os.fstat(0)
+    except OSError:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd != 0:
+            os.dup2(fd, 0)
+            os.close(fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's stdin)
+
+
 def main() -> None:
+    _stdin_or_empty()
     try:
         app()
     except Error as exc:
