@@ -154,8 +154,34 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
             "import crucible\napp = crucible.App('fns')\n"
             "@app.function()\ndef double(x: int, tag: str = 'a'):\n    return [x * 2, tag]\n"
             "@app.function()\ndef count(n: int):\n    yield from range(n)\n"
+            "@app.function()\ndef chatty():\n    print('from the container')\n    return 1\n"
+            "@app.function()\ndef boom():\n    raise ValueError('kaboom')\n"
         )
         assert _crucible(["run", f"{fns}::double", "--x", "21"], env).split() == ["[42,", "'a']"]
+        # What the container prints is streamed to the terminal (stderr; the result on
+        # stdout), as `modal run` does; a remote error shows the error, not the CLI's frames.
+        out = subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", "run", f"{fns}::chatty"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert (out.returncode, out.stdout.strip()) == (0, "1"), out.stderr
+        assert "from the container" in out.stderr, out.stderr
+        out = subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", "run", f"{fns}::boom"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert out.returncode == 1 and "ValueError: kaboom" in out.stderr, out.stderr
+        assert "cli/run.py" not in out.stderr, out.stderr
         assert _crucible(["run", f"{fns}::count", "--n", "3"], env).strip() == "[0, 1, 2]"
     finally:
         subprocess.run(

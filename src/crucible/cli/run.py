@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import typer
 from crucible.cli._embedded import ensure_running
 from crucible.cli._output import clean
 from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.logs import LogPage
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function
@@ -77,7 +79,9 @@ def _print_user_traceback(exc: BaseException, file: Path) -> None:
     tb = exc.__traceback__
     while tb is not None and Path(tb.tb_frame.f_code.co_filename) != file:
         tb = tb.tb_next
-    if tb is None and isinstance(exc, SyntaxError):
+    if tb is None:
+        # Raised by no line of the file (a function run by name, FILE::NAME, that raised in
+        # its container): the exception and its remote traceback, not the CLI's own frames.
         lines = traceback.format_exception_only(type(exc), exc)
     else:
         lines = traceback.format_exception(type(exc), exc, tb or exc.__traceback__)
@@ -268,21 +272,75 @@ def register(app: typer.Typer) -> None:
         config = ensure_running(load_settings())
         client = Client(config.server_url, config.token)
         app_id: str | None = None
+        echo: _LogEcho | None = None
         try:
             with _terminate_like_interrupt(), entry.app.run(client=client):
                 app_id = entry.app.app_id
+                if app_id is not None:
+                    echo = _LogEcho(Client(config.server_url, config.token), app_id)
                 result = call_entrypoint(entry, kwargs)
             _wait_stopped(client, app_id)
+            if echo is not None:
+                echo.finish()
             if result is not None:
                 typer.echo(clean(result, lines=True))
         except (Error, KeyboardInterrupt):
             raise
         except Exception as exc:  # the entrypoint's own (or its remote calls') exception
             _wait_stopped(client, app_id)
+            if echo is not None:
+                echo.finish()
             _print_user_traceback(exc, Path(file).resolve())
             raise SystemExit(1) from None
         finally:
+            if echo is not None:
+                echo.finish(drain=False)
             client.close()
+
+
+class _LogEcho:
+    """What the app's containers print, written to this terminal's standard error as it
+    arrives (as `modal run` streams it; the result goes to standard output), each line made
+    inert (cli/_output.clean). A thread follows the app's log with short long polls."""
+
+    def __init__(self, client: Client, app_id: str) -> None:
+        self.client, self.app_id = client, app_id
+        self.after = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, name="crucible-run-logs", daemon=True)
+        self._thread.start()
+
+    def _read(self, wait_s: float) -> int:
+        page = LogPage.model_validate(
+            self.client.get(f"/v1/apps/{self.app_id}/logs?after={self.after}&wait_s={wait_s:g}")
+        )
+        with self._lock:
+            for x in page.lines:
+                sys.stderr.write(clean(x.line) + "\n")
+            sys.stderr.flush()
+            self.after = max(self.after, page.next_after)
+        return len(page.lines)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._read(1.0)
+            except Exception:  # the exchange away for a moment: the result still comes
+                self._stop.wait(1.0)
+
+    def finish(self, *, drain: bool = True) -> None:
+        """Stop following; with ``drain``, print what arrived since the last read first."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+        if drain:
+            try:
+                while self._read(0) > 0:
+                    pass
+            except Exception:
+                pass
+        self.client.close()
 
 
 # How long `crucible run` waits, once its app stopped, for the app's containers to stop.
