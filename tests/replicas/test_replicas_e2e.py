@@ -137,6 +137,12 @@ def test_reservations_through_any_replica_are_decided_by_the_leader(
         with pytest.raises(MarketRefusedError):
             follower.post("/v1/reservations", body)
         assert [r["id"] for r in leader.get("/v1/reservations")] == [first["id"]]
+        # The leader dies: a reservation through the follower waits for the leadership to
+        # move (here to the follower itself) instead of failing with a 503 at once.
+        ex.stop_server(kill=True)
+        later = {"gpu": "2xH100", "start_ms": start + 3_600_000, "hours": 2}
+        made = follower.post("/v1/reservations", later)
+        assert made["count"] == 2 and made["id"] != first["id"]
     finally:
         leader.close()
         follower.close()
