@@ -12,7 +12,12 @@ from sqlalchemy import create_engine
 
 from crucible.cli.serve import _refuse_other_settings
 from crucible.errors import SettingError
-from crucible.server.leadership import differing_replicas, others_alive, settings_check
+from crucible.server.leadership import (
+    compatible,
+    differing_replicas,
+    others_alive,
+    settings_check,
+)
 from crucible.server.secretbox import load_secret_box
 from crucible.server.store.db import migrate
 from crucible.settings import load_settings
@@ -104,3 +109,23 @@ def test_the_elector_logs_replicas_that_differ(
     assert len(errors) == 1 and "r2" in errors[0].getMessage()
     assert mine.differing == ["r2"]
     engine.dispose()
+
+
+def test_the_secrets_key_rotates_replica_by_replica() -> None:
+    """A replica restarted with the new key first was refused while the others ran with the
+    old one, so a rotation stopped every replica (ops2 probe). Each must open what the other
+    seals: add the new key after the old everywhere, then put it first."""
+    old, new = "old-key-fingerprint", "new-key-fingerprint"
+
+    def replica(*keys: str) -> str:
+        return settings_check("s3cret", keys[0], keys)
+
+    before = replica(old)
+    added = replica(old, new)  # step 1, one replica at a time: it still seals with the old
+    first = replica(new, old)  # step 2, one replica at a time: every one opens the new
+    assert compatible(before, added) and compatible(added, first)
+    assert not compatible(before, first)  # the old one cannot open what the new seals
+    assert not compatible(replica(old), settings_check("another", old, (old,)))
+    # A replica of an older version (its check names no keys) opens its sealing key only.
+    legacy = before.rsplit(":", 1)[0]
+    assert compatible(legacy, added) and not compatible(legacy, first)

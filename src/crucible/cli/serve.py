@@ -148,16 +148,19 @@ def _refuse_other_settings(engine: Any, settings: Settings) -> None:
 
     if engine.dialect.name != "postgresql":
         return  # one server per SQLite store
-    check = settings_check(load_or_create_secret(settings), load_secret_box(settings).current)
+    box = load_secret_box(settings)
+    check = settings_check(load_or_create_secret(settings), box.current, box.key_ids)
     now = time.time_ns() // 1_000_000
     with engine.begin() as conn:
         differing = check_in(conn, check, now, round(settings.leader_lease_s * 1000))
     if differing:
         raise SettingError(
             f"the replicas running on this store ({', '.join(differing)}) have another "
-            "CRUCIBLE_SECRET or CRUCIBLE_SECRETS_KEYS than this server: containers placed by "
-            "one would be refused by the other. Give every replica the same values (or the "
-            "same CRUCIBLE_HOME's secret and secrets.key files), then start it again"
+            "CRUCIBLE_SECRET than this server (container tokens signed by one would be refused "
+            "by the other), or seal secrets with a key this server cannot open, or it with one "
+            "they cannot. Give every replica the same CRUCIBLE_SECRET; to rotate the secrets "
+            "key replica by replica, first add the new key after the current one on every "
+            "replica, then put it first (docs/operators.md, Secrets key)"
         )
 
 

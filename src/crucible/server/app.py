@@ -240,7 +240,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
             renew_s=s.leader_renew_s if postgres else 60.0,
             holder=None if postgres else "embedded",
             url=s.advertise_url,
-            check=settings_check(state.secret, state.secret_box.current),
+            check=settings_check(state.secret, state.secret_box.current, state.secret_box.key_ids),
         )
         app.state.elector = elector
         bus = PgWakeupBus(state.engine, state.wakeups, elector.holder) if postgres else None

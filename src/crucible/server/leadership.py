@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
@@ -134,28 +134,45 @@ def leader_url(conn: Connection, now_ms: int, role: str = SCHEDULER) -> str | No
     return str(row.url)
 
 
-def settings_check(secret: str, sealing_key: str) -> str:
-    """A fingerprint of what every replica of one exchange must share: the secret that signs
-    container tokens (a token signed by one replica is refused by another) and the key that
-    seals new secrets (``SecretBox.current``, itself a fingerprint). It reveals neither."""
+def settings_check(secret: str, sealing_key: str, readable: Iterable[str] = ()) -> str:
+    """A fingerprint of what the replicas of one exchange must agree on: the secret that
+    signs container tokens (a token signed by one replica is refused by another), the key
+    that seals new secrets (``SecretBox.current``, itself a fingerprint) and the keys it can
+    open (``SecretBox.key_ids``). It reveals none of them."""
     signed = hmac.new(secret.encode(), b"crucible replica settings", hashlib.sha256)
-    return f"{signed.hexdigest()[:16]}:{sealing_key[:16]}"
+    keys = ",".join(sorted({k[:16] for k in readable} | {sealing_key[:16]}))
+    return f"{signed.hexdigest()[:16]}:{sealing_key[:16]}:{keys}"
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether replicas with settings checks ``a`` and ``b`` may run together: the same
+    token secret, and each opens what the other seals (a rotation of the secrets key done
+    replica by replica: first the new key after the old on every one, then first). A check
+    of an older version (no key list) opens its sealing key only."""
+
+    def parts(check: str) -> tuple[str, str, set[str]]:
+        signed, _, rest = check.partition(":")
+        seal, _, keys = rest.partition(":")
+        return signed, seal, set(keys.split(",")) if keys else {seal}
+
+    (sa, ka, ra), (sb, kb, rb) = parts(a), parts(b)
+    return sa == sb and ka in rb and kb in ra
 
 
 def differing_replicas(
     conn: Connection, me: str, check: str, now_ms: int, lease_ms: int
 ) -> list[str]:
-    """Other replicas alive within ``lease_ms`` whose settings check is not ``check``."""
-    return list(
-        conn.execute(
-            select(replicas.c.id).where(
-                replicas.c.id != me,
-                replicas.c.seen_ms >= now_ms - lease_ms,
-                replicas.c.settings_check != "",
-                replicas.c.settings_check != check,
-            )
-        ).scalars()
-    )
+    """Other replicas alive within ``lease_ms`` whose settings check is not compatible with
+    ``check``."""
+    rows = conn.execute(
+        select(replicas.c.id, replicas.c.settings_check).where(
+            replicas.c.id != me,
+            replicas.c.seen_ms >= now_ms - lease_ms,
+            replicas.c.settings_check != "",
+            replicas.c.settings_check != check,
+        )
+    ).all()
+    return [r.id for r in rows if not compatible(check, r.settings_check)]
 
 
 def check_in(conn: Connection, check: str, now_ms: int, lease_ms: int) -> list[str]:

@@ -43,6 +43,7 @@ class SecretBox:
                 raise Error("each secrets key must be 32 bytes (base64 of 32 random bytes)")
         self._keys = {_fingerprint(k): AESGCM(k) for k in keys}
         self.current = _fingerprint(keys[0])
+        self.key_ids = tuple(self._keys)  # every key it opens, the current one first
 
     def seal(self, plaintext: bytes, context: str) -> tuple[str, bytes]:
         """Encrypt with the current key: (key id, nonce + ciphertext)."""

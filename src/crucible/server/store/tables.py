@@ -845,5 +845,5 @@ replicas = Table(
     Column("url", Text, nullable=False),  # its CRUCIBLE_ADVERTISE_URL ('' when none)
     Column("seen_ms", BigInteger, nullable=False),
     # What every replica must share, fingerprinted (leadership.settings_check); '' unknown.
-    Column("settings_check", String(64), nullable=False, default="", server_default=""),
+    Column("settings_check", String(1000), nullable=False, default="", server_default=""),
 )
