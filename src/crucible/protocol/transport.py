@@ -21,6 +21,7 @@ import http.client
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -338,6 +339,13 @@ class Transport:
                     raise ServerUnavailableError(
                         f"cannot reach the Crucible server at {failed}: its host name does not "
                         f"resolve ({exc}); is the URL right? (CRUCIBLE_SERVER_URL)"
+                    ) from exc
+                if isinstance(exc, ssl.SSLCertVerificationError) and len(self._servers) == 1:
+                    # Nor will a certificate this machine does not trust: said so at once.
+                    raise ServerUnavailableError(
+                        f"the TLS certificate of the Crucible server at {failed} could not be "
+                        f"verified ({exc.verify_message or exc}): if it is signed by your own "
+                        "CA, point SSL_CERT_FILE at a bundle that holds it (docs/operators.md)"
                     ) from exc
                 if retry and failed_in_turn < len(self._servers):
                     continue  # another replica next, at once
