@@ -293,3 +293,49 @@ def test_an_account_has_a_bounded_number_of_running_apps(
     assert server.new_app(server.tenant("bob").token)  # another account's are its own
     server.ok("POST", f"/v1/apps/{made[0]}/stop", token=alice.token)
     assert server.new_app(alice.token, "room-again")  # a stopped one frees its place
+
+
+def test_a_run_time_longer_than_the_time_since_the_hand_over_is_not_believed(
+    server: ServerUnderTest,
+) -> None:
+    """A host reported exec_us = 10**12 for calls handed over a moment before: the renter
+    read a run time of 1,000,000 s and $525 a call, though the ledger charged a fraction of a
+    cent (hostile2 probe)."""
+    alice = server.tenant("alice")
+    host = server.tenant("hoster", Scope.HOST)
+    fn = server.new_function(
+        alice.token,
+        server.new_app(alice.token),
+        server.put_blob(alice.token),
+        retries={"max_retries": 1, "initial_delay_s": 0},
+    )
+    cid, ctok = server.place_container(fn, server.register_host(host.token))
+    with server.state.engine.begin() as conn:  # a container that costs something
+        conn.execute(
+            update(containers).where(containers.c.id == cid).values(rate_micros_per_hour=1_890_000)
+        )
+    ok_call, bad_call = server.new_calls(alice.token, fn, 2)
+    exchange = f"/v1/containers/{cid}/exchange"
+    server.ok("POST", exchange, token=ctok, json={"want": 8})
+    huge = 10**12
+    outputs = [
+        {
+            "call_id": ok_call,
+            "attempt": 1,
+            "status": "succeeded",
+            "result": {"data": b64(b"x"), "size": 1},
+            "exec_us": huge,
+        },
+        {
+            "call_id": bad_call,
+            "attempt": 1,
+            "status": "failed",
+            "error": {"code": "remote_error", "message": "no"},
+            "exec_us": huge,
+        },
+    ]
+    server.ok("POST", exchange, token=ctok, json={"outputs": outputs, "want": 0})
+    for call_id in (ok_call, bad_call):
+        info = server.ok("GET", f"/v1/calls/{call_id}", token=alice.token)
+        assert info["exec_ms"] < 60_000, info  # the seconds since the hand-over, at most
+        assert info["cost_micros"] < 100, info  # not $525

@@ -12,7 +12,18 @@ from sqlalchemy import Connection, insert, select
 from crucible.core.metering import MS_PER_HOUR
 from crucible.server.store.tables import call_attempts, containers
 
-__all__ = ["attempt_cost", "container_rate", "record_ended_attempt"]
+__all__ = [
+    "RUN_SLACK_MS",
+    "attempt_cost",
+    "container_rate",
+    "record_ended_attempt",
+    "reported_run_ms",
+]
+
+
+# How much longer than the time since the hand-over a reported run time may be (the
+# worker's clock and the server's, a millisecond's rounding) before it is not believed.
+RUN_SLACK_MS = 1_000
 
 
 def container_rate(conn: Connection, container_id: str | None) -> int:
@@ -30,8 +41,21 @@ def attempt_cost(
 ) -> int:
     """What an attempt's container time cost: the run time the worker reported, else the
     time from the hand-over to the end (a host lost or a timeout reports none)."""
-    ms = exec_ms if exec_ms is not None else max(0, ended_ms - (started_ms or ended_ms))
+    ms = reported_run_ms(exec_ms, started_ms, ended_ms)
     return rate_micros_per_hour * ms // MS_PER_HOUR
+
+
+def reported_run_ms(exec_ms: int | None, started_ms: int | None, ended_ms: int) -> int:
+    """The run time the worker reported, or the time from the hand-over to the end where the
+    report is longer than that by more than :data:`RUN_SLACK_MS` (a host reported any run
+    time it liked: a call handed over 96 ms before showed 1,000,000 s and $525); without a
+    report, that time itself."""
+    elapsed = max(0, ended_ms - (started_ms or ended_ms))
+    if exec_ms is None:
+        return elapsed
+    if started_ms is not None and exec_ms > elapsed + RUN_SLACK_MS:
+        return elapsed
+    return max(0, exec_ms)
 
 
 def record_ended_attempt(

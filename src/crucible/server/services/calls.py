@@ -20,9 +20,11 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     and_,
     bindparam,
+    case,
     func,
     insert,
     null,
@@ -49,7 +51,13 @@ from crucible.protocol.common import TERMINAL_STATES, CallState, ErrorInfo, Payl
 from crucible.protocol.containers import InputAssignment, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
-from crucible.server.services.attempts import attempt_cost, container_rate, record_ended_attempt
+from crucible.server.services.attempts import (
+    RUN_SLACK_MS,
+    attempt_cost,
+    container_rate,
+    record_ended_attempt,
+    reported_run_ms,
+)
 from crucible.server.services.blobs import require_blob
 from crucible.server.services.function_specs import SPECS
 from crucible.server.store.bulk import execute_many
@@ -198,6 +206,16 @@ _CLAIM = (
         deadline_ms=bindparam("b_deadline"),
     )
 )
+# The time since a running call was handed over (never below 0), and whether the run time
+# a worker reported for it is longer than that by more than RUN_SLACK_MS.
+_ELAPSED = case(
+    (bindparam("b_now", type_=BigInteger) < calls.c.started_ms, 0),
+    else_=bindparam("b_now", type_=BigInteger) - calls.c.started_ms,
+)
+_OVERSTATED = calls.c.started_ms.is_not(None) & (
+    bindparam("b_exec_ms", type_=BigInteger)
+    > bindparam("b_now", type_=BigInteger) - calls.c.started_ms + RUN_SLACK_MS
+)
 _SUCCEED = (
     update(calls)
     .where(
@@ -212,9 +230,15 @@ _SUCCEED = (
         output=bindparam("b_output"),
         output_ref=bindparam("b_output_ref"),
         output_size=bindparam("b_output_size"),
-        exec_ms=bindparam("b_exec_ms"),
+        # The reported run time is at most the time since the hand-over (a host reported
+        # any run time it liked, and the renter read it and its cost): services/attempts.py.
+        exec_ms=case((_OVERSTATED, _ELAPSED), else_=bindparam("b_exec_ms")),
         # Carried across attempts: what preempted or failed attempts cost is kept.
-        cost_micros=func.coalesce(calls.c.cost_micros, 0) + bindparam("b_cost"),
+        cost_micros=func.coalesce(calls.c.cost_micros, 0)
+        + case(
+            (_OVERSTATED, _ELAPSED * bindparam("b_rate", type_=BigInteger) // MS_PER_HOUR),
+            else_=bindparam("b_cost"),
+        ),
         error=null(),
     )
 )
@@ -832,6 +856,7 @@ def record_outputs(
                     "b_output_size": size,
                     "b_exec_ms": out.exec_ms,
                     "b_cost": out.exec_us * rate_micros_per_hour // (MS_PER_HOUR * 1000),
+                    "b_rate": rate_micros_per_hour,
                 }
             )
         execute_many(conn, _SUCCEED, params)
@@ -876,7 +901,7 @@ def record_outputs(
         values = _failure(
             row, retries, error, "timed_out" if out.status == "timed_out" else "failed", now_ms
         )
-        values["exec_ms"] = out.exec_ms
+        values["exec_ms"] = reported_run_ms(out.exec_ms, row.started_ms, now_ms)
         spent = attempt_cost(rate_micros_per_hour, row.started_ms, now_ms, out.exec_ms)
         values["cost_micros"] = func.coalesce(calls.c.cost_micros, 0) + spent
         # Guarded like the success path: a cancel that committed meanwhile stands.
@@ -898,7 +923,7 @@ def record_outputs(
                 now_ms,
                 cost_micros=spent,
                 error=values["error"],
-                exec_ms=out.exec_ms,
+                exec_ms=values["exec_ms"],
             )
         if values["state"] != "queued":
             keys.extend(_keys_for_finished(out.call_id, row.group_id))
