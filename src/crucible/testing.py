@@ -286,10 +286,17 @@ class LocalExchange:
             self.server = None
 
     def start_agent(
-        self, name: str = "host-a", *, fake_gpus: str | None = None, wait: bool = True
+        self,
+        name: str = "host-a",
+        *,
+        fake_gpus: str | None = None,
+        wait: bool = True,
+        machine: str = "",
     ) -> subprocess.Popen[bytes]:
-        """Start an agent for host ``name`` (``fake_gpus`` like ``"4xH100"``)."""
-        home = self.root / f"agent-{name}"
+        """Start an agent for host ``name`` (``fake_gpus`` like ``"4xH100"``). Its state
+        directory is the host's own; ``machine`` names another one, as another machine's
+        agent under the same host name has (one agent per state directory)."""
+        home = self.root / f"agent-{name}{'-' + machine if machine else ''}"
         home.mkdir(parents=True, exist_ok=True)
         token_file = home / "token"
         token_file.write_text(self.host_token)

@@ -16,7 +16,8 @@ def test_a_second_agent_under_the_same_name_takes_the_host_and_the_first_stops(
         with app_basic.app.run(client=builder):
             call = app_basic.nap.spawn(2)
             wait_for(lambda: builder.get_call(call.object_id).state == "running", 30, "running")
-            second = exchange.start_agent("host-a", wait=False)
+            # (another machine: one agent per state directory, agent/dir_lock.py)
+            second = exchange.start_agent("host-a", wait=False, machine="other")
             wait_for(
                 lambda: exchange.host("host-a")["agent_session"] == sessions + 1,
                 30,
