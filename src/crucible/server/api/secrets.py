@@ -9,7 +9,7 @@ from crucible.errors import NotFoundError, PermissionDeniedError
 from crucible.protocol.common import Wire
 from crucible.protocol.secrets import AppSecretCreate, SecretCreate, SecretInfo, SecretValues
 from crucible.server.api.deps import Builder, Container, RequestKey, State
-from crucible.server.services import request_keys
+from crucible.server.services import audit, request_keys
 from crucible.server.services import secrets as svc
 
 router = APIRouter(prefix="/v1", tags=["secrets"])
@@ -65,6 +65,14 @@ def rotate(who: Builder, state: State) -> Rotated:
         raise PermissionDeniedError("rotating the secrets key needs an admin token")
     with state.engine.begin() as conn:
         n = svc.reseal_all(conn, state.secret_box)
+        audit.record(
+            conn,
+            who,
+            "secrets.rotate",
+            state.secret_box.current,
+            state.clock.now_ms(),
+            resealed=n,
+        )
     return Rotated(resealed=n, key_id=state.secret_box.current)
 
 

@@ -28,6 +28,7 @@ ACTIONS = (
     "token.revoke",
     "credits.grant",
     "credits.cap",
+    "secrets.rotate",
     "host.offer",
     "host.profile",
     "host.remove",
