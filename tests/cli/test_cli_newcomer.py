@@ -322,6 +322,13 @@ def test_volume_files_mistakes_are_named(exchange: Exchange, tmp_path: Path) -> 
     got = run("get", "data", "/sets/train.jsonl", str(tmp_path / "new-dir") + "/")
     assert got.returncode == 0 and "wrote" in got.stderr, got.stderr
     assert (tmp_path / "new-dir" / "train.jsonl").read_text() == src.read_text()
+    # An existing local file is kept unless --force (it was overwritten without a word,
+    # while `put` refused the same over a remote file).
+    (into / "train.jsonl").write_text("mine")
+    refused(run("get", "data", "/sets/train.jsonl", str(into)), "give --force to overwrite")
+    assert (into / "train.jsonl").read_text() == "mine"
+    assert run("get", "data", "/sets/train.jsonl", str(into), "--force").returncode == 0
+    assert (into / "train.jsonl").read_text() == src.read_text()
     refused(run("rm", "data", "/nope.txt"), "/nope.txt is not in volume 'data'")
     # A directory is named as one, with the command that does what was meant.
     refused(run("get", "data", "/sets", "-"), "/sets is a directory in volume 'data'")

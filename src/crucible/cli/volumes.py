@@ -107,8 +107,17 @@ def register(app: typer.Typer) -> None:
         local: str = typer.Argument(
             "-", help="A file, a directory to put it in, or - for standard output."
         ),
+        force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file."),
     ) -> None:
-        """Download a file (streamed chunk by chunk)."""
+        """Download a file (streamed chunk by chunk). An existing local file is kept unless
+        --force (as `volume put` keeps an existing remote one)."""
+        planned = Path(local)
+        if local != "-" and planned.is_dir():
+            planned = planned / remote.rstrip("/").rsplit("/", 1)[-1]
+        if local != "-" and planned.is_file() and not force:
+            raise InvalidRequestError(
+                f"{planned} exists; give --force to overwrite it, or another local path"
+            )
         chunks = iter(vol(name).read_file(remote))
         first = next(chunks, b"")  # a missing file fails here, before LOCAL is written
         if local == "-":
