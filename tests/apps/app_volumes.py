@@ -21,3 +21,15 @@ def write_and_commit(text: str) -> list[str]:
 def read_note() -> str:
     scratch.reload()
     return Path("/scratch/note.txt").read_text()
+
+
+@app.function(volumes={"/scratch": scratch}, retries=0)
+def write_without_commit(name: str) -> None:
+    """Leaves a file its container never commits (a crashed attempt's, an app's scratch)."""
+    Path("/scratch", name).write_text("not meant to be published")
+
+
+@app.function(volumes={"/scratch": scratch}, retries=0)
+def commit_what_is_here() -> list[str]:
+    scratch.commit()
+    return sorted(p.name for p in Path("/scratch").iterdir())

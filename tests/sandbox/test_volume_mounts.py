@@ -53,3 +53,22 @@ def _seed_dir(note: str | None = None) -> Any:
     if note is not None:
         (d / "note.txt").write_text(note)
     return d
+
+
+def test_an_ended_containers_uncommitted_files_are_not_published(
+    sandboxed: Exchange, tenant: Any
+) -> None:
+    """The containers of one sandbox share a mount directory, and a commit publishes what
+    differs there from the volume: a file an earlier app's container wrote and never
+    committed was published by the next container's commit (modal2 probe). A container that
+    finds no other live one in the sandbox drops such leftovers when it mounts."""
+    vol = crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
+    with vol.batch_upload(force=True) as up:
+        up.put_directory(_seed_dir(), "/")
+    before = sorted(f.path.rsplit("/", 1)[-1] for f in vol.listdir("/"))
+    with app_volumes.app.run(client=tenant):
+        app_volumes.write_without_commit.remote("stale.txt")
+    # Its app stopped (its container with it); the sandbox stays warm for the next app.
+    with app_volumes.app.run(client=tenant):
+        assert app_volumes.commit_what_is_here.remote() == before
+    assert sorted(f.path.rsplit("/", 1)[-1] for f in vol.listdir("/")) == before

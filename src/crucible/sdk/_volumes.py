@@ -10,6 +10,7 @@ latest committed version; writes stay in the container until ``vol.commit()``;
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -85,6 +86,31 @@ def _chunk(client: Client, sha: str, cache: Path | None) -> bytes:
 
 # Volumes mounted in this container (by name), set by the worker at start.
 _MOUNTED: dict[str, _Mount] = {}
+_HELD: list[int] = []  # the mount directories' descriptors this container holds (see _hold)
+
+
+def _hold(root: Path) -> tuple[int, bool]:
+    """Hold the mount directory (an ``flock`` on it) for as long as this container lives, as
+    every container of the sandbox does: exclusively when no other live container holds it
+    (then True: it is alone, until :func:`_share`), else shared. The kernel drops a hold
+    when its process ends, however it ends."""
+    import fcntl  # in a container (Linux); the SDK itself imports on any system
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    os.set_inheritable(fd, False)
+    _HELD.append(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, True
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd, False
+
+
+def _share(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def _upload_file(client: Client, local: Path) -> FileEntry:
@@ -363,9 +389,19 @@ def mount_volumes(client: Client, mounts: dict[str, str], cache: Path | None = N
                 "(the agent's bwrap runtime binds them in); this host runs the process runtime"
             )
         vol = Volume(name, client)
+        held, alone = _hold(root)
         latest = vol.manifest()
         here = _local_state(root)  # another container of this sandbox may have filled it
+        if alone:
+            # No live container of this sandbox uses the directory: what differs from the
+            # volume is what a container that has ended wrote and never committed (a crashed
+            # attempt's half-written checkpoint, an earlier app's scratch). Dropped, so that
+            # this container's commit does not publish it.
+            for rel in here.keys() - latest.files.keys():
+                with contextlib.suppress(OSError):
+                    (root / rel).unlink()
         for rel, entry in latest.files.items():
             if not _unchanged(entry, here.get(rel)):
                 _write_file(client, entry, root / rel, cache)
+        _share(held)  # the next container of the sandbox uses what is here now
         _MOUNTED[name] = _Mount(root, latest, client, cache)
