@@ -15,8 +15,10 @@ from harness import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _crucible(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-    out = subprocess.run(
+def _completed(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "crucible.cli.main", *args],
         env=env,
         cwd=ROOT,
@@ -25,6 +27,10 @@ def _crucible(args: list[str], env: dict[str, str], timeout: float = 120) -> str
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def _crucible(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    out = _completed(args, env, timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -160,26 +166,10 @@ def test_run_hello_starts_an_embedded_exchange_and_bills(tmp_path: Path) -> None
         assert _crucible(["run", f"{fns}::double", "--x", "21"], env).split() == ["[42,", "'a']"]
         # What the container prints is streamed to the terminal (stderr; the result on
         # stdout), as `modal run` does; a remote error shows the error, not the CLI's frames.
-        out = subprocess.run(
-            [sys.executable, "-m", "crucible.cli.main", "run", f"{fns}::chatty"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        out = _completed(["run", f"{fns}::chatty"], env)
         assert (out.returncode, out.stdout.strip()) == (0, "1"), out.stderr
         assert "from the container" in out.stderr, out.stderr
-        out = subprocess.run(
-            [sys.executable, "-m", "crucible.cli.main", "run", f"{fns}::boom"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        out = _completed(["run", f"{fns}::boom"], env)
         assert out.returncode == 1 and "ValueError: kaboom" in out.stderr, out.stderr
         assert "cli/run.py" not in out.stderr, out.stderr
         assert _crucible(["run", f"{fns}::count", "--n", "3"], env).strip() == "[0, 1, 2]"
