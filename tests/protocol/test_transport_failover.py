@@ -242,3 +242,25 @@ def test_a_full_store_is_named_to_the_client() -> None:
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+def test_a_wait_for_a_server_that_does_not_answer_is_told_once() -> None:
+    """The CLI stayed silent for the whole retry window before its error (cli2 probe): the
+    transport tells its on_wait once per request when it starts waiting."""
+    told: list[str] = []
+    t = Transport(f"http://127.0.0.1:{_closed_port()}", "tok", retry_for_s=1)
+    t.on_wait = told.append
+    try:
+        with pytest.raises(ServerUnavailableError):
+            t.get("/v1/apps")
+    finally:
+        t.close()
+    assert len(told) == 1 and "trying again" in told[0], told
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed when this returns: nothing listens there

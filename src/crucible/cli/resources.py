@@ -13,6 +13,7 @@ from crucible.cli._ids import resolve_id, shorten_ids
 from crucible.cli._output import (
     clean,
     console,
+    err_console,
     fmt_clock,
     fmt_co2,
     fmt_kwh,
@@ -92,7 +93,15 @@ def _client(*, start: str | None = None) -> Client:
         config = ensure_running(settings, start=False)
     else:
         config = ensure_running(settings, command=start)
-    return Client(config.server_url, config.token)
+    client = Client(config.server_url, config.token)
+    client.transport.on_wait = _say_waiting
+    return client
+
+
+def _say_waiting(message: str) -> None:
+    """A server that does not answer is said so while the client waits for it (it was 30 s
+    of silence, then the error)."""
+    err_console.print(clean(message), markup=False, highlight=False)
 
 
 def resolve_app(client: Client, ref: str) -> str:

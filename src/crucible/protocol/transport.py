@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -169,6 +170,9 @@ class Transport:
         self._unix_socket = unix_socket
         self._timeout = timeout_s
         self.retry_for_s = retry_for_s
+        # Told once per request when it starts waiting for a server that does not answer
+        # (the CLI says so on its terminal rather than staying silent for the window).
+        self.on_wait: Callable[[str], None] | None = None
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
             if not all(" " < ch < "\x7f" for ch in token):
@@ -278,6 +282,7 @@ class Transport:
         delay = 0.05
         failed_in_turn = 0  # servers that failed since the last backoff
         delivered = False  # sent whole at least once (the server may have done it)
+        told = False  # on_wait was told of this request's wait
         once = False
         if method == "POST":
             if idempotency_key is None and _KEYED.match(route) is not None:
@@ -368,6 +373,13 @@ class Transport:
                         + done
                     ) from exc
                 failed_in_turn = 0
+                if self.on_wait is not None and not told:
+                    told = True
+                    left = max(0.0, deadline - time.monotonic())
+                    self.on_wait(
+                        f"cannot reach the Crucible server at {failed} ({exc}); trying again "
+                        f"for {left:.0f} s (Ctrl-C to stop)"
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             finally:
