@@ -122,11 +122,12 @@ def test_a_reservation_starting_now_preempts_at_once_with_the_full_grace() -> No
     g = reserved(m.reserve(reserve_req("r1", "acme", 1, 100, 100 + HOUR), 100))
     (p,) = g.preemptions
     assert (p.notice_ms, p.deadline_ms) == (100, 100 + GRACE)
-    # The window (what the renter pays for) starts when the device is free: neither side
-    # pays for the grace. It ends as asked.
-    assert (g.reservation.start_ms, g.reservation.end_ms) == (100 + GRACE, 100 + HOUR)
-    m.advance(100 + GRACE)
-    lease = granted(m.lease(req("acme", lease_id="a"), 100 + GRACE)).leases[0]
+    # What the renter pays for starts when the device is free: neither side pays for the
+    # grace. The window is as asked, and a lease in it is granted at once, to start then.
+    r = g.reservation
+    assert (r.start_ms, r.billed_from_ms, r.end_ms) == (100, 100 + GRACE, 100 + HOUR)
+    assert r.cost_micros == 1_000_000 * (HOUR - GRACE) // HOUR
+    lease = granted(m.lease(req("acme", lease_id="a"), 100)).leases[0]
     assert lease.reservation_id == "r1" and lease.start_ms == 100 + GRACE
 
 

@@ -48,10 +48,11 @@ def reservation_intervals(
     """The closed intervals of a reservation's window to charge now, one per block (host)
     and piece, up to ``now_ms`` (whole pieces) or the window's end once it has passed."""
     r = reservation
-    if now_ms < r.start_ms:
+    begin = r.billed_from_ms
+    if now_ms < begin:
         return []
     stopped = r.end_ms if now_ms >= r.end_ms else None
-    due = intervals_due(r.start_ms, metered_until_ms, now_ms, stopped, max_interval_ms)
+    due = intervals_due(begin, metered_until_ms, now_ms, stopped, max_interval_ms)
     return [
         MeteredInterval(
             key=f"reservation:{r.reservation_id}:{block.host_id}:{start}",
@@ -60,7 +61,7 @@ def reservation_intervals(
             meter=f"{r.reservation_id}:{block.host_id}",
             start_ms=start,
             end_ms=end,
-            cost_micros=interval_cost(block.rate_micros_per_hour, r.start_ms, start, end),
+            cost_micros=interval_cost(block.rate_micros_per_hour, begin, start, end),
         )
         for block in r.blocks
         for start, end in due

@@ -96,6 +96,14 @@ class Reservation:
     blocks: tuple[ReservedBlock, ...]
     start_ms: int
     end_ms: int
+    # When what it costs starts, if later than the window (a window that starts now on devices
+    # whose interruptible leases were preempted: they are free at the SIGKILL deadline, and
+    # neither side pays for the grace). None: the window's start.
+    paid_from_ms: int | None = None
+
+    @property
+    def billed_from_ms(self) -> int:
+        return self.start_ms if self.paid_from_ms is None else self.paid_from_ms
 
     @property
     def count(self) -> int:
@@ -110,7 +118,7 @@ class Reservation:
     def cost_micros(self) -> int:
         """The whole window's price: each block metered over the window, rounded as metering
         rounds (down, on the running total)."""
+        start = self.billed_from_ms
         return sum(
-            interval_cost(b.rate_micros_per_hour, self.start_ms, self.start_ms, self.end_ms)
-            for b in self.blocks
+            interval_cost(b.rate_micros_per_hour, start, start, self.end_ms) for b in self.blocks
         )

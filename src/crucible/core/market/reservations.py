@@ -182,11 +182,11 @@ def decide_reservation(st: MarketState, req: ReserveRequest, now: int) -> Reserv
         )
         usable = now + rules.grace_ms
         if preemptions and reservation.start_ms < usable:
-            # Its devices are free only once the preempted leases' grace is over: the window
-            # (and what it costs) starts there and ends as asked, so that neither side pays
-            # for the grace (a "start now" reservation paid for it, unable to use it). Its
-            # end stays, so it never reaches into a window sold after it on those devices.
-            reservation = replace(reservation, start_ms=usable)
+            # Its devices are free only once the preempted leases' grace is over: what it
+            # costs starts there, so that neither side pays for the grace (a "start now"
+            # reservation paid for it, unable to use it). The window is as asked: leases in
+            # it are granted now and start when the devices are free.
+            reservation = replace(reservation, paid_from_ms=usable)
     return ReservationGranted(reservation, preemptions, now, st.version)
 
 

@@ -252,13 +252,14 @@ def reserve(
         for i, b in enumerate(r.blocks):
             # Paid up front for the whole window, used or not (Reservation.cost_micros is
             # the sum of these).
-            cost = interval_cost(b.rate_micros_per_hour, r.start_ms, r.start_ms, r.end_ms)
+            paid = r.billed_from_ms
+            cost = interval_cost(b.rate_micros_per_hour, paid, paid, r.end_ms)
             interval = MeteredInterval(
                 key=f"rs:{rid}:{i}",
                 renter=principal.account_id,
                 host=b.host_id,
                 meter=rid,
-                start_ms=r.start_ms,
+                start_ms=paid,
                 end_ms=r.end_ms,
                 cost_micros=cost,
             )
