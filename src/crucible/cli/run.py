@@ -308,6 +308,7 @@ class _LogEcho:
         self.after = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._finished = False
         self._thread = threading.Thread(target=self._follow, name="crucible-run-logs", daemon=True)
         self._thread.start()
 
@@ -330,7 +331,11 @@ class _LogEcho:
                 self._stop.wait(1.0)
 
     def finish(self, *, drain: bool = True) -> None:
-        """Stop following; with ``drain``, print what arrived since the last read first."""
+        """Stop following; with ``drain``, print what arrived since the last read first.
+        Once: the run's ``finally`` calls it again (without draining) on every way out."""
+        if self._finished:
+            return
+        self._finished = True
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=5.0)

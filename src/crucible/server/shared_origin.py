@@ -27,7 +27,7 @@ its app sent it.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Scope, Send
 
@@ -107,38 +107,34 @@ def _console_secrets(scope: Scope) -> list[str]:
     return found
 
 
-def _owner(state: ServerState, path: str) -> str | None:
+def _owner(conn: Connection, path: str) -> str | None:
     """The account id owning the page at ``path`` (``/web/ACCOUNT/...``, ``/pods/POD/...``,
     ``/ports/CONTAINER/...``), or None when there is none."""
     parts = path.split("/", 3)
     if len(parts) < 3 or not parts[2]:
         return None
     kind, name = parts[1], parts[2]
-    with state.engine.connect() as conn:
-        if kind == "web":
-            query = select(accounts.c.id).where(accounts.c.name == name)
-        elif kind == "pods":
-            query = select(pods.c.account_id).where(pods.c.id == name)
-        else:
-            query = select(containers.c.account_id).where(containers.c.id == name)
-        found = conn.execute(query).scalar()
+    if kind == "web":
+        query = select(accounts.c.id).where(accounts.c.name == name)
+    elif kind == "pods":
+        query = select(pods.c.account_id).where(pods.c.id == name)
+    else:
+        query = select(containers.c.account_id).where(containers.c.id == name)
+    found = conn.execute(query).scalar()
     return None if found is None else str(found)
 
 
 def _stranger(state: ServerState, scope: Scope, secrets: list[str]) -> bool:
-    """Whether a visitor signed in (by any of ``secrets``) does not own the page."""
-    owner: str | None = None
-    looked = False
+    """Whether a visitor signed in (by any of ``secrets``) does not own the page. One
+    connection for the sessions and the owner, read once and only for a live session."""
     with state.engine.connect() as conn:
-        for secret in secrets[:8]:
-            session = read_session(conn, secret, state.clock.now_ms())
-            if session is None:  # signed out, expired, or not a session: it opens nothing
-                continue
-            if not looked:
-                owner, looked = _owner(state, scope["path"]), True
-            if owner != session.principal.account_id:
-                return True
-    return False
+        now = state.clock.now_ms()
+        accounts_in = {
+            s.principal.account_id
+            for s in (read_session(conn, secret, now) for secret in secrets[:8])
+            if s is not None  # signed out, expired, or not a session: it opens nothing
+        }
+        return bool(accounts_in) and accounts_in != {_owner(conn, scope["path"])}
 
 
 async def guarded_send(state: ServerState, scope: Scope, send: Send) -> Send:
