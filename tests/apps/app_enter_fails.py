@@ -16,3 +16,14 @@ class Broken:
     @crucible.method()
     def predict(self, x: int) -> int:
         return x
+
+
+@app.cls(retries=2)  # each failed input is retried: the crash loop fails what is left
+class BrokenRetried:
+    @crucible.enter()
+    def load(self) -> None:
+        raise FileNotFoundError("weights.bin missing")
+
+    @crucible.method()
+    def predict(self, x: int) -> int:
+        return x

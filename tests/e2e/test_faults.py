@@ -226,3 +226,24 @@ def test_a_function_whose_enter_hook_fails_backs_off_like_a_crash_loop(tmp_path:
         client.close()
     finally:
         ex.close()
+
+
+def test_a_crash_loop_fails_every_call_with_the_hooks_own_error(tmp_path: Path) -> None:
+    """Calls still queued when an @enter hook's crash loop gives up fail with the hook's own
+    exception, as the first calls did (modal2 F6: they got ContainerExitedError whose message
+    showed the head of the worker's traceback and not the user's words)."""
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", CRUCIBLE_CRASH_LOOP_LIMIT="2")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        client = ex.client(ex.owner_token())
+        with app_enter_fails.app.run(client=client):
+            broken = app_enter_fails.BrokenRetried()
+            out = list(broken.predict.map(range(5), return_exceptions=True))
+        assert len(out) == 5
+        for err in out:
+            assert isinstance(err, FileNotFoundError), repr(err)
+            assert "weights.bin missing" in str(err), str(err)
+        client.close()
+    finally:
+        ex.close()

@@ -228,6 +228,11 @@ class ErrorInfo(Wire):
     exception: Payload | None = None
 
 
+# How the worker's error begins when it could not load the function (an import error, an
+# @crucible.enter() hook that raised): the calls it was given fail with it.
+LOAD_FAILED = "the container could not load the function"
+
+
 class ErrorBody(Wire):
     error: dict[str, str]
 

@@ -43,7 +43,7 @@ from typing import Any
 from crucible.errors import Error, FunctionTimeoutError, SerializationError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import ItemsSent
-from crucible.protocol.common import ErrorInfo, Payload
+from crucible.protocol.common import LOAD_FAILED, ErrorInfo, Payload
 from crucible.protocol.containers import (
     ContainerAssignment,
     ExchangeReply,
@@ -250,7 +250,7 @@ class Worker:
         except BaseException as exc:
             log.exception("could not load the function")
             self.init_error = error_info_from_exception(exc)
-            self.init_error.message = f"the container could not load the function: {exc}"
+            self.init_error.message = f"{LOAD_FAILED}: {exc}"
 
     # -- running one input --------------------------------------------------------------------
     def _payload_bytes(self, payload: Payload) -> bytes:

@@ -70,7 +70,7 @@ from crucible.server.services.containers import (
     request_stop,
     stop_for_market,
 )
-from crucible.server.services.crash_loops import CrashLoop, crash_loops
+from crucible.server.services.crash_loops import CrashLoop, crash_loops, load_error
 from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.function_specs import SPECS
 from crucible.server.services.hosts import (
@@ -645,8 +645,14 @@ class SchedulerLoop:
                     max(0, loop.retry_at_ms - now) / 1000,
                 )
             if loop.crashes >= self.state.settings.crash_loop_limit and d.queued:
+                message = f"crash loop: {loop.describe()}"
+                # A function that cannot load fails the calls left with the user's own
+                # error, as the calls its containers were given failed.
+                error = load_error(conn, d.id, now)
+                if error is not None:
+                    error.message = f"{error.message} ({message})"[-10_000:]
                 keys += fail_queued_calls(
-                    conn, d.id, ContainerExitedError.code, f"crash loop: {loop.describe()}", now
+                    conn, d.id, ContainerExitedError.code, message, now, error=error
                 )
         return keys
 

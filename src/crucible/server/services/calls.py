@@ -689,9 +689,16 @@ def cancel_queued_calls_of_app(conn: Connection, app_id: str, now_ms: int) -> No
 
 
 def fail_queued_calls(
-    conn: Connection, function_id: str, code: str, message: str, now_ms: int
+    conn: Connection,
+    function_id: str,
+    code: str,
+    message: str,
+    now_ms: int,
+    *,
+    error: ErrorInfo | None = None,
 ) -> list[str]:
-    """Fail every queued call of a function (e.g. resources no host can satisfy)."""
+    """Fail every queued call of a function (e.g. resources no host can satisfy), with
+    ``error`` when given (``code`` and ``message`` otherwise)."""
     rows = conn.execute(
         select(calls.c.id, calls.c.group_id).where(
             calls.c.function_id == function_id, calls.c.state == "queued"
@@ -699,7 +706,7 @@ def fail_queued_calls(
     ).all()
     if not rows:
         return []
-    err = ErrorInfo(code=code, message=message).model_dump(mode="json")
+    err = (error or ErrorInfo(code=code, message=message)).model_dump(mode="json")
     conn.execute(
         update(calls)
         .where(calls.c.id.in_([r.id for r in rows]), calls.c.state == "queued")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
-from crucible.server.store.tables import containers
+from crucible.protocol.common import LOAD_FAILED, ErrorInfo
+from crucible.server.store.tables import call_attempts, calls, containers
 
-__all__ = ["CrashLoop", "backoff_ms", "crash_loops"]
+__all__ = ["CrashLoop", "backoff_ms", "crash_loops", "load_error"]
 
 _WINDOW_MS = 600_000
 _NOT_CRASHES = ("stopped", "host_lost", "lost")  # asked to stop, or the host went away
@@ -31,7 +32,10 @@ class CrashLoop:
     retry_at_ms: int  # no new container before this
 
     def describe(self) -> str:
-        detail = self.last_message.strip().splitlines()[-1][:300] if self.last_message else ""
+        # The end of the message: a crash's log tail ends with the error that ended it.
+        detail = self.last_message.strip().splitlines()[-1] if self.last_message else ""
+        if len(detail) > 300:
+            detail = "…" + detail[-300:]
         return (
             f"{self.crashes} container(s) in a row exited before becoming ready "
             f"(last: {self.last_reason}{': ' + detail if detail else ''})"
@@ -83,3 +87,38 @@ def crash_loops(conn: Connection, function_ids: Iterable[str], now_ms: int) -> d
             retry_at_ms=r.stopped_ms + backoff_ms(crashes),
         )
     return out
+
+
+def load_error(conn: Connection, function_id: str, now_ms: int) -> ErrorInfo | None:
+    """The error of the function's latest attempt that failed because its container could
+    not load the function (an import error, an @crucible.enter() hook that raised), within
+    the crash-loop window: the user's own exception, which the calls a crash loop fails get
+    too, so that every call of a function that cannot load fails the same way. Failed
+    attempts that were retried are kept in ``call_attempts``, last ones on the call."""
+    since = now_ms - _WINDOW_MS
+    retried = (
+        select(call_attempts.c.ended_ms.label("at"), call_attempts.c.error)
+        .join(containers, containers.c.id == call_attempts.c.container_id)
+        .where(
+            containers.c.function_id == function_id,
+            call_attempts.c.outcome == "failed",
+            call_attempts.c.ended_ms > since,
+        )
+        .order_by(call_attempts.c.ended_ms.desc())
+        .limit(20)
+    )
+    last = (
+        select(calls.c.finished_ms.label("at"), calls.c.error)
+        .where(
+            calls.c.function_id == function_id,
+            calls.c.state == "failed",
+            calls.c.finished_ms > since,
+        )
+        .order_by(calls.c.finished_ms.desc())
+        .limit(20)
+    )
+    rows = [*conn.execute(retried).all(), *conn.execute(last).all()]
+    for _, error in sorted(rows, key=lambda r: r[0], reverse=True):
+        if isinstance(error, dict) and str(error.get("message", "")).startswith(LOAD_FAILED):
+            return ErrorInfo.model_validate(error)
+    return None
