@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import crucible
@@ -24,9 +26,16 @@ def read_note() -> str:
 
 
 @app.function(volumes={"/scratch": scratch}, retries=0)
-def write_without_commit(name: str) -> None:
-    """Leaves a file its container never commits (a crashed attempt's, an app's scratch)."""
+def crash_without_commit(name: str) -> None:
+    """Leaves a file its container never commits: it dies (a crashed attempt's checkpoint)."""
     Path("/scratch", name).write_text("not meant to be published")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.function(volumes={"/scratch": scratch}, retries=0)
+def write_without_commit(name: str) -> None:
+    """Writes and returns: the file is committed when the container stops (as Modal does)."""
+    Path("/scratch", name).write_text("kept at exit")
 
 
 @app.function(volumes={"/scratch": scratch}, retries=0)

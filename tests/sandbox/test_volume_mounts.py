@@ -7,10 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 import crucible
 
 import app_volumes
-from harness import Exchange
+from harness import Exchange, wait_for
 
 
 def test_mount_commit_reload_in_sandboxes(sandboxed: Exchange, tenant: Any) -> None:
@@ -59,16 +61,28 @@ def test_an_ended_containers_uncommitted_files_are_not_published(
     sandboxed: Exchange, tenant: Any
 ) -> None:
     """The containers of one sandbox share a mount directory, and a commit publishes what
-    differs there from the volume: a file an earlier app's container wrote and never
+    differs there from the volume: a file an earlier app's crashed container wrote and never
     committed was published by the next container's commit (modal2 probe). A container that
     finds no other live one in the sandbox drops such leftovers when it mounts."""
     vol = crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
     with vol.batch_upload(force=True) as up:
         up.put_directory(_seed_dir(), "/")
     before = sorted(f.path.rsplit("/", 1)[-1] for f in vol.listdir("/"))
-    with app_volumes.app.run(client=tenant):
-        app_volumes.write_without_commit.remote("stale.txt")
-    # Its app stopped (its container with it); the sandbox stays warm for the next app.
+    with app_volumes.app.run(client=tenant), pytest.raises(crucible.Error):
+        app_volumes.crash_without_commit.remote("stale.txt")
+    # Its container died; the sandbox stays warm for the next app.
     with app_volumes.app.run(client=tenant):
         assert app_volumes.commit_what_is_here.remote() == before
     assert sorted(f.path.rsplit("/", 1)[-1] for f in vol.listdir("/")) == before
+
+
+def test_a_container_that_stops_commits_what_it_left(sandboxed: Exchange, tenant: Any) -> None:
+    """A Modal port has no vol.commit(): Modal commits when the container shuts down. The
+    file written and never committed is in the volume once the app stopped (modal2 F5: it
+    was lost without a word)."""
+    vol = crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
+    with app_volumes.app.run(client=tenant):
+        app_volumes.write_without_commit.remote("kept.txt")
+    names = lambda: {f.path.rsplit("/", 1)[-1] for f in vol.listdir("/")}  # noqa: E731
+    wait_for(lambda: "kept.txt" in names(), 60, "the commit at exit")
+    assert b"".join(vol.read_file("kept.txt")) == b"kept at exit"

@@ -4,7 +4,8 @@ clients.
 From anywhere: list, read (chunk by chunk: a big file is never fetched whole first), upload
 (``with vol.batch_upload() as up: up.put_file(...)``), remove, history. In a container that
 mounts it (``@app.function(volumes={"/data": vol})``): files appear at the mount path at the
-latest committed version; writes stay in the container until ``vol.commit()``;
+latest committed version; writes stay in the container until ``vol.commit()`` (or until
+the last container of its sandbox to use the mount stops: :func:`commit_at_exit`);
 ``vol.reload()`` moves to the latest version (files changed locally since are kept).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import stat
@@ -34,7 +36,9 @@ from crucible.protocol.volumes import (
 from crucible.sdk._checks import check_object_name
 from crucible.sdk._client import Client
 
-__all__ = ["FileInfo", "Volume", "mount_volumes"]
+__all__ = ["FileInfo", "Volume", "commit_at_exit", "mount_volumes"]
+
+log = logging.getLogger("crucible.volumes")
 
 
 def _path(path: str) -> str:
@@ -62,6 +66,7 @@ class _Mount:
     base: Manifest
     client: Client
     cache: Path | None = None
+    held: int | None = None  # this container's hold on the mount directory (see _hold)
 
 
 def _chunk(client: Client, sha: str, cache: Path | None) -> bytes:
@@ -111,6 +116,18 @@ def _share(fd: int) -> None:
     import fcntl
 
     fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def _last(fd: int) -> bool:
+    """Whether this container is the last live one of its sandbox to hold the mount (its
+    hold turned exclusive, then)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _upload_file(client: Client, local: Path) -> FileEntry:
@@ -404,4 +421,28 @@ def mount_volumes(client: Client, mounts: dict[str, str], cache: Path | None = N
             if not _unchanged(entry, here.get(rel)):
                 _write_file(client, entry, root / rel, cache)
         _share(held)  # the next container of the sandbox uses what is here now
-        _MOUNTED[name] = _Mount(root, latest, client, cache)
+        _MOUNTED[name] = _Mount(root, latest, client, cache, held)
+
+
+def commit_at_exit() -> None:
+    """In a container that stops normally (called by the worker, after the exit hooks): commit
+    what is left uncommitted under each mount, as Modal does at shutdown, when this container
+    is the last one of its sandbox using the mount. The containers of a sandbox share the
+    mount directory, so a container that stops beside others leaves its files to the last
+    one, rather than publish what the others are still writing. A container that crashes
+    commits nothing (what it left is dropped when the next one mounts alone)."""
+    for name, mount in _MOUNTED.items():
+        if mount.held is None or not _last(mount.held):
+            log.info("volume %r: left to the last container using it to commit", name)
+            continue
+        try:
+            done = Volume(name, mount.client).commit()
+        except Exception as exc:  # the container is stopping: say what was not kept
+            log.warning("volume %r: the commit at exit failed, its changes are lost: %s", name, exc)
+            continue
+        if done is not None:
+            log.info(
+                "volume %r: committed what this container left uncommitted (version %d)",
+                name,
+                done.version,
+            )

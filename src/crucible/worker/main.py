@@ -63,7 +63,7 @@ from crucible.sdk._serialization import (
     serialize_value,
 )
 from crucible.sdk._stop_hooks import drop_stop_hooks_after, run_stop_hooks, stop_hooks_mark
-from crucible.sdk._volumes import mount_volumes
+from crucible.sdk._volumes import commit_at_exit, mount_volumes
 from crucible.worker.logs import LogShipper
 from crucible.worker.web import build_asgi_app, http_parts, ws_parts
 
@@ -790,6 +790,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     _watch_parent()
     channel: Any = None
+    served = False
     try:
         worker.load()
         if worker.asgi is not None and worker.init_error is None:
@@ -808,6 +809,7 @@ def main() -> int:
             )
             channel.start()
         worker.serve()
+        served = worker.init_error is None
     finally:
         if channel is not None:
             channel.close()
@@ -816,6 +818,8 @@ def main() -> int:
                 hook()
             except Exception:
                 log.exception("an @crucible.exit() method raised")
+        if served:  # stopped normally: what is left under its volumes is committed
+            commit_at_exit()
         worker.logs.close()
     # A container that could not load its function failed what it was given and ends as a
     # crash: the scheduler backs off before the next one (a crash loop), rather than
