@@ -80,6 +80,12 @@ def test_the_trace_sample_runs_from_anywhere_with_plots(tmp_path: Path) -> None:
         "impossible-gang-20",
     }
     assert p["started"] + p["gave_up"] + p["impossible"]["count"] + p["still_waiting"] == 400
+    # The impossible tasks are a table of their own in report.html, a row each (they were a
+    # Python repr in one cell).
+    page = (rep / "report.html").read_text()
+    assert "<th>task</th><th>reason</th>" in page
+    assert "<td>impossible-h100</td><td>unknown_gpu_model</td>" in page
+    assert "[{" not in page
     assert max(v for v in data["series"]["fragmented_gpus"] if v is not None) > 0
 
 

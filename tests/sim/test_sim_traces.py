@@ -546,3 +546,38 @@ def test_a_trace_in_unix_time_runs_from_its_first_arrival(tmp_path: Path) -> Non
     assert unix.summary["gpu_utilisation_mean"] == zero.summary["gpu_utilisation_mean"] > 0.2
     assert unix.summary["placement"]["trace_start_s"] == epoch
     assert zero.summary["placement"]["trace_start_s"] == 0
+
+
+def test_a_node_file_without_cpu_or_memory_does_not_limit_them(tmp_path: Path) -> None:
+    """A GPU-only node list (id, gpus, gpu_model: what one usually has) made nodes of 0 cores
+    and 0 MiB, so every task that asked for CPU was impossible (sim probe F6)."""
+    path = scenario(
+        tmp_path, "a,0,60,1,1,1000,4000,8192,A100,\n", nodes="id,gpus,gpu_model\nn,8,A100\n"
+    )
+    r = replay(path)
+    assert r.summary["placement"]["impossible"]["count"] == 0
+    assert r.summary["placement"]["finished"] == 1
+    # Given, a column still limits: a node of 2 cores cannot run a task asking for 4.
+    (tmp_path / "nodes.csv").write_text("id,gpus,gpu_model,cpu_milli\nn,8,A100,2000\n")
+    assert replay(path).summary["placement"]["impossible"]["count"] == 1
+
+
+def test_column_names_differing_only_in_case_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("ID,submit_s,duration_s\na,0,60\n")
+    with pytest.raises(ScenarioError, match=r"no column 'id' \(the file has 'ID': names are lower"):
+        read_tasks(path)
+    path.write_text("id,Submit_S,submit_s,duration_s\na,0,0,60\n")
+    with pytest.raises(
+        ScenarioError, match=r"'Submit_S' is not part of the format \(write 'submit_s'"
+    ):
+        read_tasks(path)
+
+
+def test_parquet_errors_name_rows_not_lines(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"id": ["a", "b"], "submit_s": [0.0, 1.0], "duration_s": [60.0, -1.0]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(ScenarioError, match=r"t\.parquet: row 2: duration_s must be"):
+        read_tasks(tmp_path / "t.parquet")

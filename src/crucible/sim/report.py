@@ -71,9 +71,48 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             rows.extend(flatten(v, key + "."))
+        elif _records(v):
+            rows.append((key, f"{len(v):,} (a table of its own in report.html)"))
         else:
             rows.append((key, "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)))
     return rows
+
+
+def _records(v: Any) -> bool:
+    """Whether ``v`` is a list of records (the impossible tasks listed one by one)."""
+    return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+
+def _record_tables(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, list[Any]]]:
+    """``(dotted key, records)`` of every list of records in a nested summary."""
+    out: list[tuple[str, list[Any]]] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.extend(_record_tables(v, f"{prefix}{k}."))
+        elif _records(v):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v)
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def _html_records(key: str, records: list[Any]) -> str:
+    """One table: a column per field, in the order the records first name them."""
+    columns: list[str] = []
+    for r in records:
+        columns.extend(c for c in r if c not in columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+        for r in records
+    )
+    return f"<h2>{html.escape(key)}</h2>\n<table><tr>{head}</tr>\n{body}</table>"
 
 
 def write_json(result: SimResult, timing: Mapping[str, Any], path: Path) -> Path:
@@ -175,6 +214,7 @@ def write_html(
     table = "\n".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows
     )
+    records = "\n".join(_html_records(k, v) for k, v in _record_tables(result.summary))
     imgs = "\n".join(
         f'<h2>{html.escape(p.stem)}</h2><img alt="{html.escape(p.stem)}" '
         f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
@@ -184,9 +224,11 @@ def write_html(
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>crucible sim: {name}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}
-td{{padding:2px 10px;border-bottom:1px solid #ddd;font-size:13px}}img{{max-width:100%}}</style>
+td,th{{padding:2px 10px;border-bottom:1px solid #ddd;font-size:13px;text-align:left}}
+img{{max-width:100%}}</style>
 </head><body><h1>crucible sim: {name}</h1>
 <table>{table}</table>
+{records}
 {imgs}
 </body></html>
 """

@@ -95,7 +95,8 @@ def _text(value: object) -> str:
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line, row)`` of a CSV file with a header, or of a Parquet file (needs pyarrow);
-    every value as text ("" for empty)."""
+    every value as text ("" for empty). A Parquet file's "line" is its row number (from 1):
+    messages name it as a row (:func:`_at`)."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -132,12 +133,43 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                     continue
                 if len(values) != len(header):
                     raise ScenarioError(
-                        f"{path}: line {line}: {len(values)} values, but the header names "
+                        f"{_at(path, line)}: {len(values)} values, but the header names "
                         f"{len(header)} columns (a value with a comma must be quoted)"
                     )
                 yield line, {k: v.strip() for k, v in zip(header, values, strict=True)}
         except (UnicodeDecodeError, csv.Error) as exc:
             raise ScenarioError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+
+
+def _check_columns(
+    path: Path, row: Mapping[str, str], required: Sequence[str], known: Sequence[str], what: str
+) -> None:
+    """A clear error for a required column that is missing or one the format does not have
+    (naming the format's spelling when only the case differs: names are lower case)."""
+    lower = {c.lower(): c for c in row}
+    for col in required:
+        if col not in row:
+            hint = f" (the file has {lower[col]!r}: names are lower case)" if col in lower else ""
+            raise ScenarioError(
+                f"{path}: no column {col!r}{hint}; a {what} has the columns "
+                f"{', '.join(known)} (see docs/simulator.md)"
+            )
+    unknown = sorted(set(row) - set(known))
+    if unknown:
+        hint = f" (write {unknown[0].lower()!r})" if unknown[0].lower() in known else ""
+        raise ScenarioError(
+            f"{path}: column {unknown[0]!r} is not part of the format{hint}; known: "
+            f"{', '.join(known)}"
+        )
+
+
+def _unit(path: Path) -> str:
+    """What a file's records are called in messages: a Parquet file has rows, not lines."""
+    return "row" if path.suffix == ".parquet" else "line"
+
+
+def _at(path: Path, line: int) -> str:
+    return f"{path}: {_unit(path)} {line}"
 
 
 def _number(
@@ -151,18 +183,16 @@ def _number(
     text = row.get(col, "")
     if text == "":
         if default is None:
-            raise ScenarioError(f"{path}: line {line}: {col} is required")
+            raise ScenarioError(f"{_at(path, line)}: {col} is required")
         return default
     try:
         v = float(text)
     except ValueError:
-        raise ScenarioError(f"{path}: line {line}: {col} must be a number, not {text!r}") from None
+        raise ScenarioError(f"{_at(path, line)}: {col} must be a number, not {text!r}") from None
     if not math.isfinite(v) or v < 0:
-        raise ScenarioError(
-            f"{path}: line {line}: {col} must be a finite number >= 0, not {text!r}"
-        )
+        raise ScenarioError(f"{_at(path, line)}: {col} must be a finite number >= 0, not {text!r}")
     if v > most:
-        raise ScenarioError(f"{path}: line {line}: {col} must be at most {most:,.0f}, not {text}")
+        raise ScenarioError(f"{_at(path, line)}: {col} must be at most {most:,.0f}, not {text}")
     return v
 
 
@@ -171,7 +201,7 @@ def _whole(
 ) -> int:
     v = _number(path, line, row, col, default, most)
     if v != int(v):
-        raise ScenarioError(f"{path}: line {line}: {col} must be a whole number, not {row[col]}")
+        raise ScenarioError(f"{_at(path, line)}: {col} must be a whole number, not {row[col]}")
     return int(v)
 
 
@@ -191,38 +221,25 @@ def read_tasks(path: Path) -> list[TraceTask]:
     ids: dict[str, int] = {}  # id -> its line: a trace pasted in twice is a mistake
     for line, row in read_rows(path):
         if not seen_columns:
-            missing = [c for c in ("id", "submit_s", "duration_s") if c not in row]
-            if missing:
-                raise ScenarioError(
-                    f"{path}: no column {missing[0]!r}; a task trace has the columns "
-                    f"{', '.join(TASK_COLUMNS)} (see docs/simulator.md)"
-                )
-            unknown = sorted(set(row) - set(TASK_COLUMNS))
-            if unknown:
-                raise ScenarioError(
-                    f"{path}: column {unknown[0]!r} is not part of the format; known: "
-                    f"{', '.join(TASK_COLUMNS)}"
-                )
+            _check_columns(path, row, ("id", "submit_s", "duration_s"), TASK_COLUMNS, "task trace")
             seen_columns = True
         n = _number
         duration = n(path, line, row, "duration_s", None)
         if duration <= 0:
-            raise ScenarioError(f"{path}: line {line}: duration_s must be > 0")
+            raise ScenarioError(f"{_at(path, line)}: duration_s must be > 0")
         nodes = _whole(path, line, row, "nodes", 1, MAX_NODES)
         gpus = _whole(path, line, row, "gpus", 0)
         milli = _whole(path, line, row, "gpu_milli", FULL)
         if nodes < 1:
-            raise ScenarioError(f"{path}: line {line}: nodes must be >= 1")
+            raise ScenarioError(f"{_at(path, line)}: nodes must be >= 1")
         if not 1 <= milli <= FULL:
-            raise ScenarioError(f"{path}: line {line}: gpu_milli must be within 1..1000")
+            raise ScenarioError(f"{_at(path, line)}: gpu_milli must be within 1..1000")
         if milli < FULL and gpus != 1:
-            raise ScenarioError(
-                f"{path}: line {line}: a GPU share (gpu_milli < 1000) needs gpus = 1"
-            )
+            raise ScenarioError(f"{_at(path, line)}: a GPU share (gpu_milli < 1000) needs gpus = 1")
         patience = row.get("patience_s", "")
         task_id = row["id"]
         if not task_id:
-            raise ScenarioError(f"{path}: line {line}: id is required (every task names itself)")
+            raise ScenarioError(f"{_at(path, line)}: id is required (every task names itself)")
         _unique(path, line, "task", task_id, ids)
         out.append(
             TraceTask(
@@ -250,7 +267,7 @@ def _unique(path: Path, line: int, what: str, key: str, seen: dict[str, int]) ->
     """Note that ``key`` is on ``line``; a :class:`ScenarioError` if an earlier line had it."""
     if key in seen:
         raise ScenarioError(
-            f"{path}: line {line}: {what} id {key!r} is also on line {seen[key]}; "
+            f"{_at(path, line)}: {what} id {key!r} is also on {_unit(path)} {seen[key]}; "
             f"{what} ids must be unique"
         )
     seen[key] = line
@@ -262,24 +279,15 @@ def read_nodes(path: Path) -> list[NodeSpec]:
     out: list[NodeSpec] = []
     ids: dict[str, int] = {}
     for line, row in read_rows(path):
-        if "id" not in row:
-            raise ScenarioError(
-                f"{path}: no column 'id'; a node file has the columns {', '.join(NODE_COLUMNS)}"
-            )
-        unknown = sorted(set(row) - set(NODE_COLUMNS))
-        if unknown:
-            raise ScenarioError(
-                f"{path}: column {unknown[0]!r} is not part of the format; known: "
-                f"{', '.join(NODE_COLUMNS)}"
-            )
+        _check_columns(path, row, ("id",), NODE_COLUMNS, "node file")
         gpus = _whole(path, line, row, "gpus", 0)
         model = row.get("gpu_model", "")
         if gpus and not model:
-            raise ScenarioError(f"{path}: line {line}: gpu_model is required when gpus > 0")
+            raise ScenarioError(f"{_at(path, line)}: gpu_model is required when gpus > 0")
         count = _whole(path, line, row, "count", 1)
         if len(out) + count > MAX_NODES:
             raise ScenarioError(
-                f"{path}: line {line}: more than {MAX_NODES:,} nodes in all; the simulator is "
+                f"{_at(path, line)}: more than {MAX_NODES:,} nodes in all; the simulator is "
                 "sized for fleets up to about 250,000 GPUs"
             )
         for k in range(count):
@@ -289,8 +297,14 @@ def read_nodes(path: Path) -> list[NodeSpec]:
             out.append(
                 NodeSpec(
                     id=node_id,
-                    cpu_milli=_whole(path, line, row, "cpu_milli", 0, MAX_NODE_CPU_MILLI),
-                    memory_mib=_whole(path, line, row, "memory_mib", 0, MAX_NODE_MEMORY_MIB),
+                    # Not given (a GPU-only node list): not limited, rather than 0, which
+                    # made every task that asks for CPU or memory impossible.
+                    cpu_milli=_whole(
+                        path, line, row, "cpu_milli", MAX_NODE_CPU_MILLI, MAX_NODE_CPU_MILLI
+                    ),
+                    memory_mib=_whole(
+                        path, line, row, "memory_mib", MAX_NODE_MEMORY_MIB, MAX_NODE_MEMORY_MIB
+                    ),
                     gpu_count=gpus,
                     gpu_model=model if gpus else "",
                 )
