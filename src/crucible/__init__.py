@@ -60,6 +60,7 @@ from crucible.sdk._hooks import enter
 from crucible.sdk._image import Image
 from crucible.sdk._pods import Pod
 from crucible.sdk._queues import Queue
+from crucible.sdk._runtime import current_function_call_id, is_local
 from crucible.sdk._schedules import Cron, Period
 from crucible.sdk._secrets import Secret
 from crucible.sdk._stop_hooks import on_stop
@@ -117,9 +118,11 @@ __all__ = [
     "asgi_app",
     "batched",
     "concurrent",
+    "current_function_call_id",
     "enter",
     "exit",
     "fastapi_endpoint",
+    "is_local",
     "method",
     "on_stop",
 ]

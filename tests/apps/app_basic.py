@@ -211,3 +211,21 @@ def handshake(workdir: str):  # type: ignore[no-untyped-def]
             return
         time.sleep(0.05)
     yield "second"
+
+
+@app.function(timeout=60)
+def rendezvous(i: int, workdir: str) -> int:
+    """Input 0 waits until input 1 has run (a file): it finishes last, whatever the order the
+    two started in."""
+    if i == 1:
+        Path(workdir, "one-ran").write_text("yes")
+        return i
+    deadline = time.monotonic() + 50
+    while not Path(workdir, "one-ran").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return i
+
+
+@app.function()
+def where_am_i() -> tuple[bool, str | None]:
+    return crucible.is_local(), crucible.current_function_call_id()

@@ -55,9 +55,11 @@ PUBLIC = [
     "asgi_app",
     "batched",
     "concurrent",
+    "current_function_call_id",
     "enter",
     "exit",
     "fastapi_endpoint",
+    "is_local",
     "method",
     "on_stop",
 ]

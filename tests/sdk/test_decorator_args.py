@@ -68,6 +68,11 @@ FUNCTION_BAD: dict[str, list[Any]] = {
         {"/usr": crucible.Volume("v", None)},
         {"/proc/x": crucible.Volume("v", None)},
     ],
+    # Modal's older names: any value is refused, naming the option to use instead.
+    "keep_warm": [1, 0],
+    "concurrency_limit": [4],
+    "container_idle_timeout": [60],
+    "allow_concurrent_inputs": [8],
 }
 # The argument that gets the blame when a value is bad (bid needs tier=interruptible).
 EXTRA: dict[str, dict[str, Any]] = {"bid": {"tier": "interruptible"}}

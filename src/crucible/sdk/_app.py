@@ -105,6 +105,20 @@ class LocalEntrypoint:
         return self.raw_f(*args, **kwargs)
 
 
+# Modal's older decorator options and what they are called here (docs/builders.md, "Coming
+# from Modal").
+RENAMED = {
+    "keep_warm": "use min_containers= (containers kept warm with no work)",
+    "concurrency_limit": "use max_containers= (the most containers that run at once)",
+    "container_idle_timeout": (
+        "use scaledown_window= (seconds an idle container waits before it stops)"
+    ),
+    "allow_concurrent_inputs": (
+        "decorate the function with @crucible.concurrent(max_inputs=N) under @app.function()"
+    ),
+}
+
+
 class App:
     """A named set of functions. ``crucible run file.py`` runs the file's local entrypoint
     with the app live; ``with app.run():`` does the same from plain Python."""
@@ -153,6 +167,10 @@ class App:
         volumes: Mapping[str, Volume] | None = None,
         max_carbon_g_per_kwh: int | None = None,
         verified: bool = False,
+        keep_warm: int | None = None,
+        concurrency_limit: int | None = None,
+        container_idle_timeout: float | None = None,
+        allow_concurrent_inputs: int | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Register a function to run in containers.
 
@@ -182,9 +200,20 @@ class App:
         account (on sandboxed hosts). ``max_carbon_g_per_kwh`` refuses hosts above
         that carbon intensity (and hosts that declare none). ``verified=True`` runs
         only on hosts the exchange verified (their self-test matched the GPU catalog).
+
+        Modal's older names (``keep_warm``, ``concurrency_limit``, ``container_idle_timeout``,
+        ``allow_concurrent_inputs``) are refused with the name to use instead.
         """
         if _func is not None:
             raise InvalidRequestError(_PARENS.format(name="function"))
+        for old, value in (
+            ("keep_warm", keep_warm),
+            ("concurrency_limit", concurrency_limit),
+            ("container_idle_timeout", container_idle_timeout),
+            ("allow_concurrent_inputs", allow_concurrent_inputs),
+        ):
+            if value is not None:
+                raise InvalidRequestError(f"{old}={value!r}: {RENAMED[old]}")
         try:
             gpus = parse_gpu_spec(gpu)
         except InvalidGpuError as exc:
@@ -413,7 +442,8 @@ class App:
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise InvalidRequestError(
-                f"@app.cls() got an unknown argument {unknown[0]!r}; it takes " + ", ".join(allowed)
+                f"@app.cls() got an unknown argument {unknown[0]!r}; it takes "
+                + ", ".join(n for n in allowed if n not in RENAMED)
             )
         register = self.function(**options)
 

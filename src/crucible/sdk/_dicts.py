@@ -159,6 +159,14 @@ class Dict:
     def __delitem__(self, key: Any) -> None:
         self.pop(key)
 
+    def contains(self, key: Any) -> bool:
+        """Whether ``key`` is in the dict (``key in d``; Modal's name)."""
+        return key in self
+
+    def len(self) -> int:
+        """How many entries the dict holds (``len(d)``; Modal's name)."""
+        return len(self)
+
     def __len__(self) -> int:
         return self.info().entries
 

@@ -1,4 +1,6 @@
-"""Functions and call handles: ``.remote()``, ``.map()``, ``.starmap()``, ``.spawn()``."""
+"""Functions and call handles: ``.remote()``, ``.map()``, ``.starmap()``, ``.spawn()``,
+``.for_each()``, ``.spawn_map()``, ``.remote_gen()``; each blocking one has an async form
+(``await f.remote.aio(...)``, sdk/_aio.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from crucible.protocol.apps import FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
 from crucible.protocol.transport import url_part
+from crucible.sdk._aio import aio, aio_iter
 from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
 from crucible.sdk._serialization import (
@@ -114,6 +117,7 @@ class FunctionCall(Generic[R]):
     def __repr__(self) -> str:
         return f"FunctionCall({self.object_id!r})"
 
+    @aio
     def get(self, timeout: float | None = None) -> R:
         """Wait for the result (at most ``timeout`` seconds: then builtin TimeoutError) and
         return it, or raise the call's error."""
@@ -246,6 +250,15 @@ class Function(Generic[P, R]):
             return None
         return info.web_url or None
 
+    def _known_web_url(self) -> str | None:
+        """The endpoint's URL when the exchange can say (a deployed one), for a message."""
+        if self._deployment is None:
+            return None
+        try:
+            return self.get_web_url()
+        except Exception:  # only for a message: it falls back to the URL's pattern
+            return None
+
     def _serialize_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """The call's pickled arguments; one that cannot be pickled is named in the error."""
         if self.options.get("class_params") is not None and args:
@@ -281,7 +294,8 @@ class Function(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.local(*args, **kwargs)
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    @aio
+    def remote(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one call in a container and return its result (or raise its error)."""
         self._not_generator("remote")
         client, fid = self._bound("remote")
@@ -297,7 +311,8 @@ class Function(Generic[P, R]):
             return _result(client, created.result, self.name)  # type: ignore[no-any-return]
         return FunctionCall[R](client, created.call_ids[0]).get()
 
-    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+    @aio
+    def spawn(self, /, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Queue one call and return a handle at once."""
         self._not_generator("spawn")
         client, fid = self._bound("spawn")
@@ -307,36 +322,98 @@ class Function(Generic[P, R]):
         )
         return FunctionCall(client, created.call_ids[0])
 
+    @aio_iter
     def map(
         self,
         *iterables: Iterable[Any],
         kwargs: dict[str, Any] | None = None,
         return_exceptions: bool = False,
+        order_outputs: bool = True,
     ) -> Iterator[R]:
         """Call the function once per element (zipped across ``iterables``); yields results
-        in input order. With ``return_exceptions=True`` a failed input yields its exception
-        instead of raising it."""
+        in input order, or as they finish with ``order_outputs=False``. With
+        ``return_exceptions=True`` a failed input yields its exception instead of raising
+        it."""
         if not iterables:
             raise InvalidRequestError(f"{self.name}.map() needs at least one iterable")
-        _check_map_options(self.name, "map", kwargs, return_exceptions)
-        return self._map(zip(*iterables, strict=False), kwargs or {}, return_exceptions)
+        _check_map_options(self.name, "map", kwargs, return_exceptions, order_outputs)
+        return self._map(
+            zip(*iterables, strict=False), kwargs or {}, return_exceptions, order_outputs, "map"
+        )
 
+    @aio_iter
     def starmap(
         self,
         iterable: Iterable[Iterable[Any]],
         kwargs: dict[str, Any] | None = None,
         return_exceptions: bool = False,
+        order_outputs: bool = True,
     ) -> Iterator[R]:
         """Like ``map`` but each element is an argument tuple: ``f.starmap([(1, 2), (3, 4)])``."""
-        _check_map_options(self.name, "starmap", kwargs, return_exceptions)
-        return self._map((tuple(a) for a in iterable), kwargs or {}, return_exceptions)
+        _check_map_options(self.name, "starmap", kwargs, return_exceptions, order_outputs)
+        return self._map(
+            (tuple(a) for a in iterable), kwargs or {}, return_exceptions, order_outputs, "starmap"
+        )
+
+    @aio
+    def for_each(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """Call the function once per element, like ``map``, and wait for every call to end,
+        discarding the results. The first failure is raised, unless ``ignore_exceptions``."""
+        if not iterables:
+            raise InvalidRequestError(f"{self.name}.for_each() needs at least one iterable")
+        _check_map_options(self.name, "for_each", kwargs, ignore_exceptions, False)
+        args = zip(*iterables, strict=False)
+        for _ in self._map(args, kwargs or {}, ignore_exceptions, False, "for_each"):
+            pass
+
+    @aio
+    def spawn_map(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None
+    ) -> list[FunctionCall[R]]:
+        """Queue one call per element (zipped across ``iterables``) and return at once, with a
+        handle on each call, in input order (``.get()`` one, or ``crucible calls``)."""
+        if not iterables:
+            raise InvalidRequestError(f"{self.name}.spawn_map() needs at least one iterable")
+        _check_map_options(self.name, "spawn_map", kwargs, False, True)
+        self._not_generator("spawn_map")
+        client, fid = self._bound("spawn_map")
+        calls: list[FunctionCall[R]] = []
+        batch: list[InputItem] = []
+        size = 0
+        for args in zip(*iterables, strict=False):
+            payload = _payload(client, self._serialize_args(tuple(args), kwargs or {}))
+            batch.append(InputItem(args=payload, idempotency_key=uuid.uuid4().hex))
+            size += len(payload.data or "")
+            if len(batch) >= _BATCH_INPUTS or size >= _BATCH_BYTES:
+                calls += self._spawn_batch(client, fid, batch)
+                batch, size = [], 0
+        if batch:
+            calls += self._spawn_batch(client, fid, batch)
+        return calls
+
+    def _spawn_batch(
+        self, client: Client, fid: str, batch: list[InputItem]
+    ) -> list[FunctionCall[R]]:
+        created = client.create_calls(fid, CallsCreate(inputs=batch))
+        return [FunctionCall[R](client, cid) for cid in created.call_ids]
 
     def _map(
-        self, arg_tuples: Iterator[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
+        self,
+        arg_tuples: Iterator[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        return_exceptions: bool,
+        ordered: bool = True,
+        how: str = "map",
     ) -> Iterator[R]:
-        self._not_generator("map")
-        client, fid = self._bound("map")
-        return _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions).results()
+        self._not_generator(how)
+        client, fid = self._bound(how)
+        run = _MapRun(client, fid, self, arg_tuples, kwargs, return_exceptions, ordered)
+        return run.results()
 
     def _not_generator(self, how: str) -> None:
         self._callable_as(how)
@@ -351,11 +428,16 @@ class Function(Generic[P, R]):
         kind = self.kind
         if kind == "web_endpoint":
             where = self._deployment or self.app.name
+            url = self._known_web_url()
+            at = (
+                url
+                if url
+                else f"{{server}}/web/{{account}}/{where}/{self.name}/, or its own host where "
+                "the exchange serves user content on a domain of its own (`crucible deploy` "
+                "prints the URL)"
+            )
             raise InvalidRequestError(
-                f"{self.name} is a web endpoint: call it over HTTP at "
-                f"{{server}}/web/{{account}}/{where}/{self.name}/, or its own host where the "
-                f"exchange serves user content on a domain of its own (`crucible deploy` prints "
-                f"the URL), not with .{how}()"
+                f"{self.name} is a web endpoint: call it over HTTP at {at}, not with .{how}()"
             )
         if kind == "class" and self._deployment is not None and not self._through_cls:
             raise InvalidRequestError(
@@ -364,7 +446,8 @@ class Function(Generic[P, R]):
                 f"().<method>.{how}(...)"
             )
 
-    def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+    @aio_iter
+    def remote_gen(self, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         """Run a generator function in a container and iterate over what it yields, as it
         yields it. The container pauses when it gets far ahead of this loop (back-pressure);
         an error raised inside the function is raised here after the items before it.
@@ -409,7 +492,11 @@ class Function(Generic[P, R]):
 
 
 def _check_map_options(
-    name: str, how: str, kwargs: dict[str, Any] | None, return_exceptions: bool
+    name: str,
+    how: str,
+    kwargs: dict[str, Any] | None,
+    return_exceptions: bool,
+    order_outputs: bool = True,
 ) -> None:
     if kwargs is not None and not (
         isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)
@@ -418,7 +505,9 @@ def _check_map_options(
             f"{name}.{how}() kwargs must be a dict of keyword arguments for every call, "
             f"got {type(kwargs).__name__}"
         )
-    check_bool(f"{name}.{how}() return_exceptions", return_exceptions)
+    flag = "ignore_exceptions" if how == "for_each" else "return_exceptions"
+    check_bool(f"{name}.{how}() {flag}", return_exceptions)
+    check_bool(f"{name}.{how}() order_outputs", order_outputs)
 
 
 def _options_of(info: FunctionInfo) -> dict[str, Any]:
@@ -455,8 +544,10 @@ class _MapRun:
         arg_tuples: Iterator[tuple[Any, ...]],
         kwargs: dict[str, Any],
         return_exceptions: bool,
+        ordered: bool = True,
     ) -> None:
         self.client = client
+        self.ordered = ordered
         self.function_id = function_id
         self.function = function
         self.name = function.name
@@ -531,6 +622,7 @@ class _MapRun:
     def _results(
         self, ready: dict[int, CallInfo], next_index: int, last_result: float, shown: str | None
     ) -> Iterator[Any]:
+        yielded: set[int] = set()
         with _progress(self.name) as progress:
             while True:
                 done = self.done_submitting.is_set()
@@ -551,15 +643,25 @@ class _MapRun:
                         shown = why
                         progress.note(f"crucible: {self.name}.map is waiting: {why}")
                 if not got.results and got.outstanding == 0 and done:
-                    missing = [i for i in range(next_index, self.submitted) if i not in ready]
+                    first = next_index if self.ordered else 0
+                    missing = [
+                        i
+                        for i in range(first, self.submitted)
+                        if i not in ready and i not in yielded
+                    ]
                     if missing:  # a reply carrying them was lost: read them again
                         again = self.client.group_results(
                             self.group_id, wait_s=0, indices=missing[:50_000]
                         )
                         for info in again.results:
                             ready[info.index] = info
-                while next_index in ready:
-                    info = ready.pop(next_index)
+                # In input order, or (order_outputs=False) as they came: next_index then
+                # counts the results yielded, and ``yielded`` holds their indices.
+                while ready and (not self.ordered or next_index in ready):
+                    index = next_index if self.ordered else next(iter(ready))
+                    info = ready.pop(index)
+                    if not self.ordered:
+                        yielded.add(index)
                     next_index += 1
                     self.taken = next_index
                     progress(next_index, self.submitted if done else None)

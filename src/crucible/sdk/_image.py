@@ -123,6 +123,20 @@ class Image:
         image = cls(_registry=ref, _registry_secret=secret_name)
         return cls._check(image, "from_registry")
 
+    @classmethod
+    def debian_slim(cls, python_version: str | None = None) -> Image:
+        """Modal's usual first step, for ported code: without ``python_version``, the host's
+        own Python (``Image()``); with one (``"3.12"``), the registry image
+        ``python:<version>-slim`` (Debian slim with that Python, pulled by the host's agent;
+        functions need Python >= 3.11)."""
+        if python_version is None:
+            return cls()
+        if not isinstance(python_version, str) or not re.fullmatch(r"3\.\d{1,2}", python_version):
+            raise InvalidRequestError(
+                f"Image.debian_slim(): python_version must look like '3.12', got {python_version!r}"
+            )
+        return cls.from_registry(f"python:{python_version}-slim")
+
     # -- steps --------------------------------------------------------------------------------
     def pip_install(self, *packages: str | list[str]) -> Image:
         """Install requirement strings (``"numpy==2.1.0"``) into the image. The agent uses

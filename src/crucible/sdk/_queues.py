@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from crucible.errors import InvalidRequestError
+from crucible.errors import InvalidRequestError, QuotaExceededError
 from crucible.protocol.coordination import MAX_VALUE_B64, QueueInfo, QueueItems
 from crucible.protocol.transport import url_part
 from crucible.sdk._client import Client
@@ -57,10 +57,30 @@ class Queue:
     def info(self) -> QueueInfo:
         return QueueInfo.model_validate(self._client.get(f"/v1/queues/{self.name}"))
 
-    def put(self, value: Any, *, partition: str | None = None) -> None:
-        self.put_many([value], partition=partition)
+    def put(
+        self,
+        value: Any,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str | None = None,
+    ) -> None:
+        """Append an item. A full queue (``CRUCIBLE_QUEUE_MAX_ITEMS``) is waited on while
+        ``block`` (up to ``timeout`` seconds; None: for ever); then ``queue.Full``."""
+        self.put_many([value], block=block, timeout=timeout, partition=partition)
 
-    def put_many(self, values: Iterable[Any], *, partition: str | None = None) -> None:
+    def put_many(
+        self,
+        values: Iterable[Any],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str | None = None,
+    ) -> None:
+        """Append items, in order (see :meth:`put` for a full queue)."""
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise InvalidRequestError(f"timeout={timeout!r} must be seconds >= 0 or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
         encoded = []
         for v in values:
             raw = serialize_value(v, f"an item of Queue {self.name!r}", advice=STORED_ADVICE)
@@ -73,10 +93,18 @@ class Queue:
             encoded.append(data)
         part = _partition(partition)
         for start in range(0, len(encoded), 1000):
-            self._client.post(
-                f"/v1/queues/{self.name}/put",
-                {"values": encoded[start : start + 1000], "partition": part},
-            )
+            body = {"values": encoded[start : start + 1000], "partition": part}
+            pause = 0.05
+            while True:
+                try:
+                    self._client.post(f"/v1/queues/{self.name}/put", body)
+                    break
+                except QuotaExceededError as exc:  # full: wait for consumers
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if not block or (left is not None and left <= 0):
+                        raise queue.Full(f"queue {self.name!r} is full: {exc.message}") from None
+                    time.sleep(pause if left is None else min(pause, left))
+                    pause = min(1.0, pause * 2)
 
     def get_many(
         self,

@@ -28,15 +28,22 @@ from typing import Any, TextIO
 
 from crucible.protocol.transport import Transport
 
-__all__ = ["CALL_ID", "LogShipper"]
+__all__ = ["CALL_ID", "LogShipper", "current_call_id"]
 
 # The call or web request an asyncio task is handling (several share the app's event loop,
 # worker/web_channel.py): lines printed from a task carry it when its thread names none.
 CALL_ID: ContextVar[str | None] = ContextVar("crucible_call_id", default=None)
 
 MAX_LINE = 8192
+_installed: LogShipper | None = None  # the container's shipper (one per worker process)
 MAX_BUFFERED = 10_000
 FLUSH_EVERY_S = 0.5
+
+
+def current_call_id() -> str | None:
+    """The call (or web request) the calling thread or task is handling in this container;
+    None outside a call or outside a container."""
+    return _installed.call_id if _installed is not None else CALL_ID.get()
 
 
 class _Tee(io.TextIOBase):
@@ -150,6 +157,8 @@ class LogShipper:
     def install(self, *, descriptors: bool = True) -> None:
         """Tee sys.stdout and sys.stderr, tap descriptors 1 and 2 (``descriptors``), and
         start the sender."""
+        global _installed
+        _installed = self
         streams: list[tuple[str, TextIO, int | None]] = [
             ("stdout", sys.stdout, None),
             ("stderr", sys.stderr, None),
