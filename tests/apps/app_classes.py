@@ -50,3 +50,16 @@ class Broken:
     @crucible.method()
     def predict(self, x: int) -> int:
         return x
+
+
+@app.cls()
+class Greeter:
+    """A class with a required parameter: no default pool; each name is its own."""
+
+    def __init__(self, name: str, punctuation: str = "!") -> None:
+        self.name = name
+        self.punctuation = punctuation
+
+    @crucible.method()
+    def hello(self) -> tuple[str, int]:
+        return f"hello {self.name}{self.punctuation}", id(self)
