@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import crucible
@@ -63,3 +64,9 @@ class Greeter:
     @crucible.method()
     def hello(self) -> tuple[str, int]:
         return f"hello {self.name}{self.punctuation}", id(self)
+
+    @crucible.method()
+    def letters(self, upper: bool = False) -> Iterator[str]:
+        """A generator method: streams with .remote_gen()."""
+        for letter in self.name:
+            yield letter.upper() if upper else letter

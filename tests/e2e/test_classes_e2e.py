@@ -3,6 +3,7 @@ state kept across inputs, exit hooks at stop, and parameters selecting separate 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,21 @@ def test_the_default_parameters_given_or_not_are_one_pool(builder) -> None:
         greeting, greeter = app_classes.Greeter(name="ada").hello.remote()
         assert greeting == "hello ada!"
         assert app_classes.Greeter(name="ada", punctuation="!").hello.remote()[1] == greeter
+        # A generator method streams what it yields; .remote() says to use .remote_gen().
+        assert list(app_classes.Greeter(name="ada").letters.remote_gen(upper=True)) == [
+            "A",
+            "D",
+            "A",
+        ]
+        with pytest.raises(
+            crucible.InvalidRequestError,
+            match=r"Greeter\.letters is a generator: iterate over Greeter\(\)\.letters\.remote_gen",
+        ):
+            app_classes.Greeter(name="ada").letters.remote()
+        with pytest.raises(crucible.InvalidRequestError, match="is a generator"):
+            app_classes.Greeter(name="ada").letters.map([True])
+        with pytest.raises(crucible.InvalidRequestError, match=r"hello is not a generator"):
+            app_classes.Greeter(name="ada").hello.remote_gen()
         # Counter's default pool, Greeter(name="ada")'s, and Broken's default pool.
         assert builder.get(f"/v1/apps/{running._app_id}")["functions"] == 3
 
@@ -65,6 +81,10 @@ def test_a_deployed_class_serves_any_parameters(exchange, tmp_path: Path) -> Non
     assert counter(start=100).bump.remote()[0] == 106  # and found again
     greeter = crucible.Cls.from_name("classes", "Greeter", client=builder)
     assert greeter(name="bo", punctuation="?").hello.remote()[0] == "hello bo?"
+    # A generator method of a deployed class streams too; its kind travels in the spec.
+    assert list(greeter(name="bo").letters.remote_gen()) == ["b", "o"]
+    with pytest.raises(crucible.InvalidRequestError, match=r"letters is a generator"):
+        greeter(name="bo").letters.spawn()
     with pytest.raises(crucible.InvalidRequestError, match=r"unexpected parameter\(s\) 'size'"):
         counter(size=3)
     with pytest.raises(crucible.InvalidRequestError, match=r"missing required parameter.*'name'"):
@@ -84,6 +104,12 @@ def test_a_deployed_class_serves_any_parameters(exchange, tmp_path: Path) -> Non
 
 
 def test_class_misuse_is_refused_clearly(builder) -> None:
+    async def stream(self: object) -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(crucible.InvalidRequestError, match=r"stream is an async def"):
+        crucible.method()(stream)
+
     empty = type("Empty", (), {"__module__": __name__, "nothing": lambda self: None})
     with pytest.raises(crucible.InvalidRequestError, match=r"no @crucible\.method"):
         app_classes.app.cls()(empty)

@@ -24,7 +24,8 @@ stops, and each input calls one ``@crucible.method()``::
 Each distinct set of parameters is its own pool of containers (its own function on the
 exchange, made the first time it is called). Parameters are bound to ``__init__`` with its
 defaults applied first, so ``Model()`` and ``Model(size="small")`` are one pool. Parameters
-must be JSON (they name the pool and travel in the function's spec).
+must be JSON (they name the pool and travel in the function's spec). A generator method
+streams with ``Model().method.remote_gen(...)``.
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ class ClsInstance:
 
 
 class MethodHandle:
-    """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``."""
+    """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``; a
+    generator method streams with ``.remote_gen()``."""
 
     def __init__(self, owner: Cls | DeployedCls, params: dict[str, Any], name: str) -> None:
         self._owner, self._params, self._name = owner, params, name
@@ -302,11 +304,37 @@ class MethodHandle:
     def _fn(self) -> Function[..., Any]:
         return self._owner._function_for(self._params, self._name)
 
+    def _is_generator(self) -> bool | None:
+        """Whether the method is a generator (None: not known, for a class deployed before
+        its spec recorded its methods)."""
+        generators = self._owner.generators
+        return None if generators is None else self._name in generators
+
+    def _not_generator(self, how: str) -> None:
+        if self._is_generator():
+            raise InvalidRequestError(
+                f"{self._owner.name}.{self._name} is a generator: iterate over "
+                f"{self._owner.name}().{self._name}.remote_gen(...) instead of .{how}()"
+            )
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        self._not_generator("remote")
         return self._fn().remote(self._name, *args, **kwargs)
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
+        self._not_generator("spawn")
         return self._fn().spawn(self._name, *args, **kwargs)
+
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Run a generator method in the class's container and iterate over what it yields,
+        as it yields it, as :meth:`Function.remote_gen` does (leaving the loop early cancels
+        the call). Refused at once for a method that is not a generator."""
+        if self._is_generator() is False:
+            raise InvalidRequestError(
+                f"{self._owner.name}.{self._name} is not a generator: call it with .remote(), "
+                ".spawn() or .map()"
+            )
+        return self._fn()._stream(self._name, *args, **kwargs)
 
     def map(
         self,
@@ -320,6 +348,7 @@ class MethodHandle:
         if not iterables:
             raise InvalidRequestError(f"{label}.map() needs at least one iterable")
         _check_map_options(label, "map", kwargs, return_exceptions)
+        self._not_generator("map")
         return self._map(zip(*iterables, strict=False), kwargs, return_exceptions)
 
     def starmap(
@@ -330,6 +359,7 @@ class MethodHandle:
     ) -> Iterator[Any]:
         """Like :meth:`map` but each element is an argument tuple."""
         _check_map_options(f"{self._owner.name}.{self._name}", "starmap", kwargs, return_exceptions)
+        self._not_generator("starmap")
         return self._map((tuple(a) for a in iterable), kwargs, return_exceptions)
 
     def _map(

@@ -379,6 +379,11 @@ class Function(Generic[P, R]):
                 f"{self.name} is not a generator (it is a {self.kind.replace('_', ' ')}): "
                 "call it with .remote(), .spawn() or .map()"
             )
+        yield from self._stream(*args, **kwargs)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """One call whose items are read as they are yielded (what :meth:`remote_gen`
+        returns; an ``@app.cls()`` pool's generator method is called through it too)."""
         client, fid = self._bound("remote_gen")
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
