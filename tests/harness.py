@@ -4,6 +4,8 @@ so fault tests finish quickly."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from crucible.testing import LocalExchange, free_port, wait_for
@@ -42,3 +44,17 @@ class Exchange(LocalExchange):
         if info is not None and info.get("isolated"):
             return self.new_account(name)
         return self.owner_token(name)
+
+    def cli(self, token: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """``crucible ARGS...`` run as a process against this exchange with ``token``."""
+        return subprocess.run(
+            [sys.executable, "-m", "crucible.cli.main", *args],
+            env={
+                **self.process_env(home),
+                "CRUCIBLE_SERVER_URL": self.url,
+                "CRUCIBLE_TOKEN": token,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )

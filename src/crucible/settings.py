@@ -205,6 +205,12 @@ class Settings:
     max_containers: int = _opt(
         16, "CRUCIBLE_MAX_CONTAINERS", "Default cap on the containers of one function."
     )
+    max_class_pools: int = _opt(
+        64,
+        "CRUCIBLE_MAX_CLASS_POOLS",
+        "Most parameter sets a deployed @app.cls() class serves (each is a pool of its "
+        "own): past it, a new one is refused until the class is deployed again.",
+    )
     app_heartbeat_timeout_s: float = _opt(
         60.0,
         "CRUCIBLE_APP_HEARTBEAT_TIMEOUT_S",
@@ -649,6 +655,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "CRUCIBLE_MAX_REQUEST_BYTES": (1, None),
     "CRUCIBLE_MAX_BLOB_BYTES": (1, None),
     "CRUCIBLE_MAX_CONTAINERS": (1, None),
+    "CRUCIBLE_MAX_CLASS_POOLS": (1, 100_000),
     "CRUCIBLE_CRASH_LOOP_LIMIT": (1, None),
     "CRUCIBLE_SCHEDULER_INTERVAL_S": (0.001, None),
     "CRUCIBLE_METER_INTERVAL_S": (0.001, None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import crucible
@@ -50,3 +51,22 @@ class Broken:
     @crucible.method()
     def predict(self, x: int) -> int:
         return x
+
+
+@app.cls()
+class Greeter:
+    """A class with a required parameter: no default pool; each name is its own."""
+
+    def __init__(self, name: str, punctuation: str = "!") -> None:
+        self.name = name
+        self.punctuation = punctuation
+
+    @crucible.method()
+    def hello(self) -> tuple[str, int]:
+        return f"hello {self.name}{self.punctuation}", id(self)
+
+    @crucible.method()
+    def letters(self, upper: bool = False) -> Iterator[str]:
+        """A generator method: streams with .remote_gen()."""
+        for letter in self.name:
+            yield letter.upper() if upper else letter

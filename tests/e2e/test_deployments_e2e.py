@@ -4,8 +4,6 @@ version serving, rollback and stop."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,17 +34,7 @@ def test_deploy_redeploy_rollback_stop(exchange: Exchange, tmp_path: Path) -> No
     # A broken redeploy (it cannot even be imported) changes nothing.
     broken = tmp_path / "broken_svc.py"
     broken.write_text("import crucible\napp = crucible.App('svc')\ndef oops(:\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "crucible.cli.main", "deploy", str(broken)],
-        env={
-            **exchange.process_env(tmp_path / "cli-home"),
-            "CRUCIBLE_SERVER_URL": exchange.url,
-            "CRUCIBLE_TOKEN": token,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = exchange.cli(token, tmp_path / "cli-home", "deploy", str(broken))
     assert out.returncode != 0 and "SyntaxError" in (out.stderr + out.stdout)
     assert version.remote() == "v2"
 

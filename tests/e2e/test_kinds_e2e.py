@@ -49,8 +49,10 @@ def test_deployed_kinds_travel_to_handles_by_name(builder: Any) -> None:
     counter = crucible.Cls.from_name("kinds", "Counter", client=builder)
     assert counter().add.remote(5) == 5
     assert list(counter().add.map([1, 2])) == [1, 2]
-    with pytest.raises(crucible.NotFoundError, match="no pool of Counter"):
-        counter(start=7).add.remote(1)
+    # Any parameters: their pool is made from the deployed class; the defaults, given or
+    # not, are the default pool.
+    assert counter(start=7).add.remote(1) == 71
+    assert counter(start=0).add.remote(2) == 2
     as_function = crucible.Function.from_name("kinds", "Counter", client=builder)
     assert as_function.kind == "class"
     with pytest.raises(crucible.InvalidRequestError, match=r"Cls\.from_name"):

@@ -449,6 +449,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/deployments/{name}/stop"),
         ("POST", "/v1/deployments/{name}/rollback"),
         ("GET", "/v1/deployments/{name}/functions/{function}"),
+        ("POST", "/v1/deployments/{name}/functions/{function}/pools"),
         ("POST", "/v1/jobs/{deployment}/{function}/run"),
         ("POST", "/v1/jobs/{deployment}/{function}/runsync"),
         ("GET", "/v1/jobs/{job_id}"),

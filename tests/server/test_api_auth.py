@@ -349,6 +349,7 @@ def test_scope_matrix(server: ServerUnderTest) -> None:
         ("POST", "/v1/accounts"): {"name": "someone"},
         ("POST", "/v1/tokens"): {},
         ("PATCH", "/v1/accounts/{account}"): {"provider": True},
+        ("POST", "/v1/deployments/{name}/functions/{function}/pools"): {"params": {}},
     }
     for scope, token in tokens.items():
         for route in V1_ROUTES:

@@ -119,9 +119,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(info.model_dump())
             return
+        handles = [
+            f"crucible.{kind}.from_name({shown(repr(info.name))}, ...)"
+            for kind, members in (("Function", chosen.functions), ("Cls", chosen.classes))
+            if members
+        ]
         console.print(
             f"deployed {shown(info.name)} version {info.version}; call it with "
-            f"crucible.Function.from_name({shown(repr(info.name))}, ...)"
+            + " or ".join(handles)
         )
         client = _client()
         try:

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
+from crucible.protocol.classes import ClassSpec
 from crucible.protocol.common import (
     HostLabel,
     JsonValue,
@@ -108,6 +109,9 @@ class FunctionCreate(Named):
     web: dict[str, JsonValue] | None = None
     # An @app.cls() pool: the class's parameters (each input names the method to call).
     class_params: dict[str, JsonValue] | None = None
+    # An @app.cls() pool: its class's parameters and methods (protocol/classes.py), for
+    # clients and the server to make the pools of other parameter sets.
+    class_spec: ClassSpec | None = None
     # @crucible.batched: inputs per call of the function, and how long to wait for them.
     max_batch_size: int = Field(default=1, ge=1, le=1000)
     batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
@@ -159,12 +163,27 @@ class FunctionCreate(Named):
             raise ValueError(
                 f"target_inputs={self.target_inputs} is above max_inputs={self.max_inputs}"
             )
+        if self.class_spec is not None and self.class_params is None:
+            raise ValueError("class_spec is for an @app.cls() pool: it needs class_params")
         if self.max_containers is not None and self.min_containers > self.max_containers:
             raise ValueError(
                 f"min_containers={self.min_containers} is above "
                 f"max_containers={self.max_containers}"
             )
         return self
+
+    def keeps_warm(self) -> bool:
+        """Whether its containers run without work (min or buffer containers). Never for the
+        deployed function of a class with required parameters (its ``class_params`` lack
+        them): only the pools made from it can make an instance."""
+        spec, given = self.class_spec, self.class_params
+        if (
+            spec is not None
+            and given is not None
+            and any(p.required and p.name not in given for p in spec.params)
+        ):
+            return False
+        return self.min_containers > 0 or self.buffer_containers > 0
 
 
 FUNCTION_KINDS = ("function", "generator", "batched", "concurrent", "class", "web_endpoint")

@@ -407,13 +407,14 @@ class App:
         name) that keeps running after this process exits. Its functions are registered,
         then it becomes current; the previous version finishes the calls it has and stops.
         If registering fails, the previous version keeps serving. Call its functions from
-        anywhere with ``crucible.Function.from_name(name, function)``."""
+        anywhere with ``crucible.Function.from_name(name, function)``, and its classes with
+        ``crucible.Cls.from_name(name, class)``."""
         check_name("deploy name", name, optional=True)
         client = client or Client.from_settings()
         client.builder_only("app.deploy()", _AT_MODULE_LEVEL)
         started = client.start_version(name or self.name)
         try:
-            self._register(client, started.app_id)
+            self._register(client, started.app_id, deploying=True)
             info = client.activate(started.name, started.app_id)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -466,16 +467,12 @@ class App:
 
         return decorate
 
-    def _register(self, client: Client, app_id: str) -> None:
+    def _register(self, client: Client, app_id: str, *, deploying: bool = False) -> None:
         fns = list(self.functions.values())
         for owner in self.classes.values():
-            # The default pool of a class that needs no parameters exists from the start
-            # (so min_containers and buffer_containers apply to it).
-            if all(
-                p.default is not inspect.Parameter.empty
-                for p in owner.signature.parameters.values()
-            ):
-                fns.append(owner.pool({}))
+            fn = owner.registered_at_start(deploying=deploying)
+            if fn is not None:
+                fns.append(fn)
         self._register_functions(client, app_id, fns)
 
     def _register_functions(
@@ -556,6 +553,7 @@ def _function_create(
         max_batch_size=options.get("max_batch_size", 1),
         batch_wait_ms=options.get("batch_wait_ms", 0),
         class_params=options.get("class_params"),
+        class_spec=options.get("class_spec"),
         web=options.get("web"),
         min_containers=options["min_containers"],
         buffer_containers=options["buffer_containers"],

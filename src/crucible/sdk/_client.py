@@ -9,6 +9,7 @@ from typing import Any
 from crucible.errors import Error
 from crucible.protocol.apps import AppInfo, FunctionCreate, FunctionInfo
 from crucible.protocol.calls import CallInfo, CallsCreate, CallsCreated, GroupResults
+from crucible.protocol.classes import ClassPoolCreate
 from crucible.protocol.common import Payload
 from crucible.protocol.deployments import DeploymentInfo, VersionStarted
 from crucible.protocol.transport import Transport, url_part
@@ -119,6 +120,15 @@ class Client:
     def lookup_function(self, deployment: str, function: str) -> FunctionInfo:
         data = self.transport.get(
             f"/v1/deployments/{url_part(deployment)}/functions/{url_part(function)}"
+        )
+        return FunctionInfo.model_validate(data)
+
+    def class_pool(self, deployment: str, cls: str, params: dict[str, Any]) -> FunctionInfo:
+        """The function of the pool of ``cls(**params)`` in the deployment's current version,
+        made from the deployed class when it is the first call of these parameters."""
+        data = self.transport.post(
+            f"/v1/deployments/{url_part(deployment)}/functions/{url_part(cls)}/pools",
+            ClassPoolCreate(params=params).model_dump(),
         )
         return FunctionInfo.model_validate(data)
 

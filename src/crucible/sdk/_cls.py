@@ -22,20 +22,23 @@ stops, and each input calls one ``@crucible.method()``::
     Model(size="large").predict.remote(1.0)   # another pool of containers
 
 Each distinct set of parameters is its own pool of containers (its own function on the
-exchange, registered the first time it is called). Parameters must be JSON (they name the
-pool and travel in the function's spec).
+exchange, made the first time it is called). Parameters are bound to ``__init__`` with its
+defaults applied first, so ``Model()`` and ``Model(size="small")`` are one pool. Parameters
+must be JSON (they name the pool and travel in the function's spec). A generator method
+streams with ``Model().method.remote_gen(...)``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic import ValidationError
 
-from crucible.errors import Error, InvalidRequestError, NotFoundError
+from crucible.errors import Error, InvalidRequestError
+from crucible.protocol.classes import ClassParam, ClassSpec, canonical_params, pool_name
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, FunctionCall, _check_map_options
 
@@ -86,13 +89,60 @@ def methods_of(cls: type) -> list[str]:
     return [n for n, v in vars(cls).items() if getattr(v, METHOD_MARK, False)]
 
 
-def pool_name(cls_name: str, params: dict[str, Any]) -> str:
-    """The function name of a parameter set's pool: the class name, or the class name and a
-    hash of the parameters."""
-    if not params:
-        return cls_name
-    digest = hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
-    return f"{cls_name}.p-{digest}"
+def class_spec_of(cls: type, methods: list[str]) -> ClassSpec:
+    """What a client needs to name a parameter set's pool without the code: ``__init__``'s
+    parameters (required or with a default) and the methods (which stream)."""
+    params: list[ClassParam] = []
+    any_params = False
+    for p in inspect.signature(cls).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            any_params = True
+        elif p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise InvalidRequestError(
+                f"{cls.__name__}'s parameter {p.name!r} is positional-only: a class's "
+                "parameters are passed by name (Model(size=...)); drop the '/'"
+            )
+        elif p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD:
+            if p.default is p.empty:
+                params.append(ClassParam(name=p.name, required=True))
+            elif _plain_json(p.default):
+                params.append(ClassParam(name=p.name, default=p.default))
+            else:  # applied by the container; the parameter is left out when not given
+                params.append(ClassParam(name=p.name, default_in_code=True))
+    generators = [m for m in methods if inspect.isgeneratorfunction(vars(cls)[m])]
+    try:
+        return ClassSpec(
+            params=params, any_params=any_params, methods=methods, generators=generators
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(f"@app.cls() on {cls.__name__}: {exc}") from None
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is (a tuple, an enum or NaN would come back changed)."""
+    if value is None or type(value) in (str, int, bool):
+        return True
+    if type(value) is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if type(value) is list:
+        return all(_plain_json(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())
+    return False
+
+
+def _canonical(name: str, spec: ClassSpec, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """The canonical parameters of ``name(**params)`` (see protocol/classes.py), as JSON
+    carries them."""
+    if args:
+        raise InvalidRequestError(f"pass {name}'s parameters by name")
+    try:
+        params = orjson.loads(orjson.dumps(params))
+    except TypeError:
+        raise InvalidRequestError(
+            f"{name}'s parameters must be JSON (strings, numbers, ...): {_fmt(params)}"
+        ) from None
+    return canonical_params(spec, name, params)
 
 
 class Cls:
@@ -108,7 +158,8 @@ class Cls:
             raise InvalidRequestError(
                 f"{cls.__name__} has no @crucible.method(); mark the methods to call remotely"
             )
-        self.signature = inspect.signature(cls)
+        self.spec = class_spec_of(cls, self.methods)
+        self.generators = set(self.spec.generators)
         self._pools: dict[str, Function[..., Any]] = {}
 
     def __repr__(self) -> str:
@@ -125,35 +176,35 @@ class Cls:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __call__(self, *args: Any, **params: Any) -> ClsInstance:
-        if args:
-            raise InvalidRequestError(f"pass {self.name}'s parameters by name")
-        try:
-            self.signature.bind(**params)
-        except TypeError as exc:
-            raise InvalidRequestError(f"{self.name}({_fmt(params)}): {exc}") from None
-        try:
-            orjson.dumps(params)
-        except TypeError:
-            raise InvalidRequestError(
-                f"{self.name}'s parameters must be JSON (strings, numbers, ...): {_fmt(params)}"
-            ) from None
-        return ClsInstance(self, params)
+        return ClsInstance(self, _canonical(self.name, self.spec, args, params))
 
     def pool(self, params: dict[str, Any]) -> Function[..., Any]:
-        """The function of a parameter set, registered on the running app at first use."""
-        name = pool_name(self.name, params)
+        """The function of a canonical parameter set, registered on the running app at first
+        use."""
+        name = pool_name(self.name, self.spec, params)
         fn = self._pools.get(name)
         if fn is not None and fn._function_id is not None:
             return fn
-        options = {**self.options, "name": name, "class_params": params}
-        fn = Function(self.app, self.cls, options)
+        fn = self._function(name, params)
         self._pools[name] = fn
         if self.app._app_id is not None and self.app._client is not None:
             self.app._register_functions(self.app._client, self.app._app_id, [fn])
         return fn
 
-    def _default_pool(self) -> Function[..., Any]:
-        return self.pool({})
+    def _function(self, name: str, params: dict[str, Any]) -> Function[..., Any]:
+        options = {**self.options, "name": name, "class_params": params, "class_spec": self.spec}
+        return Function(self.app, self.cls, options)
+
+    def registered_at_start(self, *, deploying: bool) -> Function[..., Any] | None:
+        """The function registered with the app: the default pool when no parameter is
+        required (so min_containers and buffer_containers apply to it from the start). A
+        deployment always has one function named after the class, which carries the
+        class's spec: the exchange makes the pools of other parameter sets from it (for a
+        class with required parameters it is never called and keeps no containers)."""
+        defaults = self.spec.defaults()
+        if defaults is not None:
+            return self.pool(defaults)
+        return self._function(self.name, {}) if deploying else None
 
     def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
         if self.app._app_id is None:
@@ -166,9 +217,9 @@ class Cls:
     @staticmethod
     def from_name(app_name: str, name: str, *, client: Client | None = None) -> DeployedCls:
         """A handle on the ``@app.cls()`` class ``name`` of the deployment ``app_name``:
-        ``crucible.Cls.from_name("svc", "Model")().predict.remote(1.0)``. Parameters
-        (``Model(size="large")``) reach the pools the deployed version has for them: the
-        default one, and those whose parameters were used while it was being deployed."""
+        ``crucible.Cls.from_name("svc", "Model")().predict.remote(1.0)``. Any JSON
+        parameters work (``Model(size="large")``): the exchange makes their pool from the
+        deployed class the first time they are called."""
         for label, value in (("app_name", app_name), ("name", name)):
             if not isinstance(value, str) or not value.strip():
                 raise InvalidRequestError(
@@ -188,35 +239,40 @@ class DeployedCls:
     """A deployed ``@app.cls()`` class looked up by name (:meth:`Cls.from_name`): call it
     with the class's parameters to get a handle whose methods run remotely."""
 
-    methods: list[str] | None = None  # not known here: any method name is sent as is
-
     def __init__(
         self, app_name: str, name: str, client: Client, default: Function[..., Any]
     ) -> None:
         self.app_name, self.name, self._client = app_name, name, client
+        self.spec: ClassSpec | None = default.options.get("class_spec")
+        # Unknown for a class deployed before its spec travelled: any name is sent as is.
+        self.methods = self.spec.methods if self.spec is not None else None
+        self.generators = set(self.spec.generators) if self.spec is not None else None
         default._through_cls = True
-        self._pools: dict[str, Function[..., Any]] = {name: default}
+        self._pools: dict[str, Function[..., Any]] = {}
+        if self.spec is None or self.spec.defaults() is not None:
+            self._pools[name] = default
 
     def __repr__(self) -> str:
         return f"Cls.from_name({self.app_name!r}, {self.name!r})"
 
     def __call__(self, *args: Any, **params: Any) -> ClsInstance:
-        if args:
-            raise InvalidRequestError(f"pass {self.name}'s parameters by name")
-        return ClsInstance(self, params)
+        if self.spec is None:
+            if args or params:
+                raise InvalidRequestError(
+                    f"{self.app_name}.{self.name} was deployed by an earlier crucible, which "
+                    f"serves only {self.name}(): deploy it again to call it with parameters"
+                )
+            return ClsInstance(self, {})
+        return ClsInstance(self, _canonical(self.name, self.spec, args, params))
 
     def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
-        pool = pool_name(self.name, params)
+        assert self.spec is not None or not params
+        pool = self.name if self.spec is None else pool_name(self.name, self.spec, params)
         fn = self._pools.get(pool)
         if fn is None:
-            try:
-                fn = Function.from_name(self.app_name, pool, client=self._client)
-            except NotFoundError:
-                raise NotFoundError(
-                    f"deployment {self.app_name!r} has no pool of {self.name} for "
-                    f"{self.name}({_fmt(params)}): a deployed class serves its default "
-                    "parameters and those used while it was deployed"
-                ) from None
+            # Made by the exchange from the deployed class (or found: made before).
+            info = self._client.class_pool(self.app_name, self.name, params)
+            fn = Function._from_info(self.app_name, info, self._client)
             fn._through_cls = True
             self._pools[pool] = fn
         return fn
@@ -239,7 +295,8 @@ class ClsInstance:
 
 
 class MethodHandle:
-    """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``."""
+    """``Model(...).predict``: ``.remote()``, ``.spawn()``, ``.map()`` and ``.local()``; a
+    generator method streams with ``.remote_gen()``."""
 
     def __init__(self, owner: Cls | DeployedCls, params: dict[str, Any], name: str) -> None:
         self._owner, self._params, self._name = owner, params, name
@@ -247,11 +304,37 @@ class MethodHandle:
     def _fn(self) -> Function[..., Any]:
         return self._owner._function_for(self._params, self._name)
 
+    def _is_generator(self) -> bool | None:
+        """Whether the method is a generator (None: not known, for a class deployed before
+        its spec recorded its methods)."""
+        generators = self._owner.generators
+        return None if generators is None else self._name in generators
+
+    def _not_generator(self, how: str) -> None:
+        if self._is_generator():
+            raise InvalidRequestError(
+                f"{self._owner.name}.{self._name} is a generator: iterate over "
+                f"{self._owner.name}().{self._name}.remote_gen(...) instead of .{how}()"
+            )
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        self._not_generator("remote")
         return self._fn().remote(self._name, *args, **kwargs)
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
+        self._not_generator("spawn")
         return self._fn().spawn(self._name, *args, **kwargs)
+
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Run a generator method in the class's container and iterate over what it yields,
+        as it yields it, as :meth:`Function.remote_gen` does (leaving the loop early cancels
+        the call). Refused at once for a method that is not a generator."""
+        if self._is_generator() is False:
+            raise InvalidRequestError(
+                f"{self._owner.name}.{self._name} is not a generator: call it with .remote(), "
+                ".spawn() or .map()"
+            )
+        return self._fn()._stream(self._name, *args, **kwargs)
 
     def map(
         self,
@@ -265,6 +348,7 @@ class MethodHandle:
         if not iterables:
             raise InvalidRequestError(f"{label}.map() needs at least one iterable")
         _check_map_options(label, "map", kwargs, return_exceptions)
+        self._not_generator("map")
         return self._map(zip(*iterables, strict=False), kwargs, return_exceptions)
 
     def starmap(
@@ -275,6 +359,7 @@ class MethodHandle:
     ) -> Iterator[Any]:
         """Like :meth:`map` but each element is an argument tuple."""
         _check_map_options(f"{self._owner.name}.{self._name}", "starmap", kwargs, return_exceptions)
+        self._not_generator("starmap")
         return self._map((tuple(a) for a in iterable), kwargs, return_exceptions)
 
     def _map(

@@ -206,8 +206,6 @@ class Function(Generic[P, R]):
         streams with ``.remote_gen()``, a class is called through
         :meth:`crucible.Cls.from_name`, a web endpoint over HTTP. ``.local()`` is not
         available (the code is not here)."""
-        from crucible.sdk._app import App
-
         for label, value in (("app_name", app_name), ("name", name)):
             if not isinstance(value, str) or not value.strip():
                 raise InvalidRequestError(
@@ -215,10 +213,15 @@ class Function(Generic[P, R]):
                 )
         client = client or Client.from_settings()
         client.builder_only(f"Function.from_name({app_name!r}, {name!r})", FROM_A_CONTAINER)
-        info = client.lookup_function(app_name, name)
+        return cls._from_info(app_name, client.lookup_function(app_name, name), client)
+
+    @classmethod
+    def _from_info(cls, app_name: str, info: FunctionInfo, client: Client) -> Function[..., Any]:
+        """A handle on the function ``info`` of the deployment ``app_name``."""
+        from crucible.sdk._app import App
 
         def unavailable(*_args: Any, **_kwargs: Any) -> Any:
-            raise Error(f"{app_name}.{name} was looked up by name: its code is not here")
+            raise Error(f"{app_name}.{info.name} was looked up by name: its code is not here")
 
         fn: Function[..., Any] = cls(App(app_name), unavailable, _options_of(info))
         fn.is_async, fn.is_generator = info.is_async, info.is_generator
@@ -459,6 +462,11 @@ class Function(Generic[P, R]):
                 f"{self.name} is not a generator (it is a {self.kind.replace('_', ' ')}): "
                 "call it with .remote(), .spawn() or .map()"
             )
+        yield from self._stream(*args, **kwargs)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """One call whose items are read as they are yielded (what :meth:`remote_gen`
+        returns; an ``@app.cls()`` pool's generator method is called through it too)."""
         client, fid = self._bound("remote_gen")
         payload = _payload(client, self._serialize_args(args, kwargs))
         created = client.create_calls(
@@ -529,6 +537,7 @@ def _options_of(info: FunctionInfo) -> dict[str, Any]:
         "batch_wait_ms": info.batch_wait_ms,
         "web": info.web,
         "class_params": info.class_params,
+        "class_spec": info.class_spec,
     }
 
 

@@ -175,6 +175,8 @@ class Worker:
         self.logs: LogShipper | None = None
         self.exit_hooks: list[Callable[[], Any]] = []  # an @app.cls() instance's
         self.is_generator = False
+        # An @app.cls() pool's generator methods: their inputs stream like a generator's.
+        self.generator_methods: frozenset[str] = frozenset()
         self.asgi: Any = None  # a web endpoint's ASGI app
         self._web_inputs = 0  # its inputs from the exchange not yet run to their end
 
@@ -236,8 +238,12 @@ class Worker:
             run_enter_hooks(module)
             params = self.assignment.class_params
             if params is not None:  # an @app.cls() pool: one instance, inputs name a method
-                instance = make_instance(getattr(obj, "cls", raw), params)
+                cls = getattr(obj, "cls", raw)
+                instance = make_instance(cls, params)
                 self.exit_hooks = exit_hooks(instance)
+                self.generator_methods = frozenset(
+                    n for n, v in vars(cls).items() if inspect.isgeneratorfunction(v)
+                )
 
                 def call_method(method: str, *args: Any, **kwargs: Any) -> Any:
                     return getattr(instance, method)(*args, **kwargs)
@@ -302,6 +308,13 @@ class Worker:
             name = f"{name}.{args[0]}"
         return name
 
+    def _streams(self, args: tuple[Any, ...]) -> bool:
+        """Whether the input calls a generator (a generator function, or a class's generator
+        method, named by the input's first argument)."""
+        if self.assignment.class_params is not None:
+            return bool(args) and args[0] in self.generator_methods
+        return self.is_generator
+
     def run_input(self, item: InputAssignment) -> OutputItem:
         if self.init_error is not None:
             return OutputItem(
@@ -347,7 +360,7 @@ class Worker:
             else:
                 # A job API call is JSON in, JSON out; the SDK's calls are pickles.
                 args, kwargs, is_json = _decode_input(raw)
-                if self.is_generator and not is_json:  # (a job API call gets a clear error)
+                if self._streams(args) and not is_json:  # (a job API call gets a clear error)
                     count = self._stream(item, args, kwargs)
                     result = self._to_payload(serialize(count))
                 else:

@@ -111,7 +111,12 @@ async def submit_calls(
             fn = get_function_row(conn, who, function_id)
             if fn.app_state != "running":
                 # A superseded version of a deployment: the call goes to the current one.
-                fn = forward_call_target(conn, who, fn) or fn
+                fn = (
+                    forward_call_target(
+                        conn, who, fn, now, max_pools=state.settings.max_class_pools
+                    )
+                    or fn
+                )
             ids = svc.create_calls(
                 conn,
                 who,

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from crucible.protocol.apps import FunctionInfo
+from crucible.protocol.classes import ClassPoolCreate
 from crucible.protocol.common import Wire
 from crucible.protocol.deployments import (
     DeploymentCreate,
@@ -15,8 +16,10 @@ from crucible.protocol.deployments import (
 )
 from crucible.server.api.deps import Builder, RequestKey, State
 from crucible.server.api.web_origin import endpoint_url
+from crucible.server.services import class_pools as pools
 from crucible.server.services import deployments as svc
 from crucible.server.services import request_keys
+from crucible.server.services.apps import FunctionRow
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
@@ -82,10 +85,34 @@ def lookup(name: str, function: str, who: Builder, state: State, request: Reques
     with state.engine.connect() as conn:
         row = svc.current_function(conn, who, name, function)
         url = endpoint_url(state, request, conn, who.account_id, row) if row.spec.web else ""
+    return _function_info(row, url)
+
+
+@router.post("/deployments/{name}/functions/{function}/pools")
+def class_pool(
+    name: str, function: str, req: ClassPoolCreate, who: Builder, state: State
+) -> FunctionInfo:
+    """The pool of an ``@app.cls()`` class's parameters in the current version, made from
+    the deployed class at the first ask (services/class_pools.py)."""
+    with state.engine.begin() as conn:
+        cls = svc.current_function(conn, who, name, function)
+        row = pools.class_pool(
+            conn,
+            who,
+            cls,
+            req.params,
+            state.clock.now_ms(),
+            max_pools=state.settings.max_class_pools,
+        )
+    state.wakeups.kick_scheduler()
+    return _function_info(row, "")
+
+
+def _function_info(row: FunctionRow, web_url: str) -> FunctionInfo:
     return FunctionInfo(
         id=row.id,
         app_id=row.app_id,
         created_ms=row.created_ms,
-        web_url=url,
+        web_url=web_url,
         **row.spec.model_dump(),
     )

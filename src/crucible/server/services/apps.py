@@ -262,7 +262,7 @@ def create_functions(
             )
         ).first()
         payload = spec.model_dump(mode="json")
-        warm = spec.min_containers > 0 or spec.buffer_containers > 0
+        warm = spec.keeps_warm()
         if existing is not None:
             fid = str(existing.id)
             conn.execute(

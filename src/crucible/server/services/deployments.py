@@ -20,6 +20,7 @@ from crucible.protocol.deployments import DeploymentInfo, DeploymentVersion, Ver
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services.apps import FunctionRow, get_function_row, stop_app
+from crucible.server.services.class_pools import class_pool, pool_of_class
 from crucible.server.services.schedules import drop_schedules, schedule_infos, sync_schedules
 from crucible.server.store.bulk import InsertSkipping
 from crucible.server.store.locks import lock_row
@@ -244,10 +245,12 @@ def current_function(conn: Connection, principal: Principal, name: str, fn: str)
 
 
 def forward_call_target(
-    conn: Connection, principal: Principal, fn: FunctionRow
+    conn: Connection, principal: Principal, fn: FunctionRow, now_ms: int, *, max_pools: int
 ) -> FunctionRow | None:
     """For a call to a function of a superseded version: the current version's function of
-    the same name (None when the app is not a deployment's, or nothing replaces it)."""
+    the same name (None when the app is not a deployment's, or nothing replaces it). For the
+    pool of a class's parameters, the current version's pool of the same parameters, made
+    now if needed (an error when the class no longer takes them)."""
     row = conn.execute(
         select(apps.c.deployment_id, deployments.c.name, deployments.c.state)
         .join(deployments, deployments.c.id == apps.c.deployment_id)
@@ -258,7 +261,16 @@ def forward_call_target(
     try:
         return current_function(conn, principal, row.name, fn.name)
     except NotFoundError:
+        pass
+    of_class = pool_of_class(fn)
+    if of_class is None:
         return None
+    cls_name, params = of_class
+    try:
+        cls = current_function(conn, principal, row.name, cls_name)
+    except NotFoundError:
+        return None
+    return class_pool(conn, principal, cls, params, now_ms, max_pools=max_pools)
 
 
 def retire_drained_versions(conn: Connection, now_ms: int) -> list[str]:
