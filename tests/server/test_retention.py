@@ -323,3 +323,18 @@ def test_a_blob_checked_again_is_kept_for_a_new_grace(make_server: MakeServer) -
     # Uploading it again brings it back.
     assert _blob(server, renter, b"a blob a client uploaded long ago") == sha
     assert server.request("HEAD", f"/v1/blobs/{sha}", token=renter).status_code == 200
+
+
+def test_the_logs_of_an_app_older_than_the_log_window_say_lines_are_pruned(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(retention_logs_days=30)
+    clock = FakeClock()
+    server.state.clock = clock
+    t = _run_calls(server, clock)
+    page = server.ok("GET", f"/v1/apps/{t['app']}/logs", token=t["renter"])
+    assert len(page["lines"]) == 3 and "kept_days" not in page  # the wire older clients read
+    clock.ms += 31 * DAY_MS
+    SchedulerLoop(server.state).retention(clock.ms)
+    page = server.ok("GET", f"/v1/apps/{t['app']}/logs", token=t["renter"])
+    assert page["lines"] == [] and page["kept_days"] == 30
