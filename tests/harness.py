@@ -4,13 +4,17 @@ so fault tests finish quickly."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from crucible.testing import LocalExchange, free_port, wait_for
 
-__all__ = ["FAST", "OPENB_TRACE", "Exchange", "free_port", "wait_for"]
+__all__ = ["FAST", "OPENB_TRACE", "Exchange", "free_port", "server_output", "wait_for"]
 
 # The Alibaba openb trace, for tests and benchmarks: the project keeps a copy in shared/
 # beside the checkout (the product does not ship it; CRUCIBLE_OPENB_TRACE_DIR names it).
@@ -58,3 +62,40 @@ class Exchange(LocalExchange):
             text=True,
             timeout=120,
         )
+
+
+def server_output(
+    home: Path,
+    until: str,
+    *,
+    env: dict[str, str] | None = None,
+    then: Callable[[], object] | None = None,
+) -> str:
+    """Start `crucible server` (no CRUCIBLE_* from this environment but ``env``; home
+    ``home``, a free port), read what it prints until a line holding ``until`` (60 s at
+    most), call ``then`` while it still runs, and stop it (SIGTERM). Returns all it printed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crucible.cli.main", "server", "--port", str(free_port())],
+        env={**clean, "CRUCIBLE_HOME": str(home), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if until in line:
+                if then is not None:
+                    then()
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    return "".join(lines) + rest

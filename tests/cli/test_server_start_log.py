@@ -3,51 +3,23 @@ Alembic's INFO line per migration (dozens, on every foreground `crucible up`).""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from crucible.testing import free_port
+from harness import server_output
 
 
-def _start_and_stop(home: Path, port: int) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
-    env["CRUCIBLE_HOME"] = str(home)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crucible.cli.main", "server", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Crucible control plane on" in line:
-                break
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-    return "".join(lines) + rest
+def _start_and_stop(home: Path) -> str:
+    return server_output(home, "Crucible control plane on")
 
 
 def test_a_new_store_is_announced_in_one_line(tmp_path: Path) -> None:
-    out = _start_and_stop(tmp_path / "home", free_port())
+    out = _start_and_stop(tmp_path / "home")
     assert "Crucible control plane on" in out, out
     assert "Running upgrade" not in out and "Context impl" not in out, out
     created = [line for line in out.splitlines() if "store schema created" in line]
     assert len(created) == 1, out
     # The second start has nothing to migrate and says nothing about it.
-    again = _start_and_stop(tmp_path / "home", free_port())
+    again = _start_and_stop(tmp_path / "home")
     assert "Crucible control plane on" in again and "store schema" not in again, again
 
 

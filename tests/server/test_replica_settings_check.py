@@ -53,9 +53,7 @@ def test_a_server_with_other_settings_is_refused(
         others_alive(conn, "replica-a", "", _now(), LEASE_MS, check)
     _refuse_other_settings(engine, running)  # the same settings: fine
     newcomer = load_settings(home=str(tmp_path / "b"), database_url=postgres_url, secret="two")
-    with pytest.raises(
-        SettingError, match=r"\(replica-a, starting-\w+\) have another CRUCIBLE_SECRET"
-    ):
+    with pytest.raises(SettingError, match=r"\(replica-a, r-\w+\) have another CRUCIBLE_SECRET"):
         _refuse_other_settings(engine, newcomer)
     engine.dispose()
 

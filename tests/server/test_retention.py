@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from crucible.protocol.accounts import Scope
 from crucible.server.scheduler.loop import SchedulerLoop
+from crucible.server.services.deployments import retire_drained_versions
 from crucible.server.services.retention import prune_calls, prune_logs
 from crucible.server.store.tables import (
     call_items,
@@ -143,6 +144,7 @@ def _run_calls(server: ServerUnderTest, clock: FakeClock) -> dict[str, Any]:
     return {
         "renter": renter.token,
         "owner": owner.token,
+        "app": app_id,
         "ids": ids,
         "queued": queued,
         "bundle": bundle,
@@ -213,10 +215,78 @@ def test_retention_kept_forever_when_set_to_zero(make_server: MakeServer) -> Non
     clock = FakeClock()
     server.state.clock = clock
     t = _run_calls(server, clock)
+    server.ok("POST", f"/v1/apps/{t['app']}/stop", token=t["renter"])
     clock.ms += 1000 * DAY_MS
     assert SchedulerLoop(server.state).retention(clock.ms).total == 0
     assert server.ok("GET", f"/v1/calls/{t['ids'][1]}", token=t["renter"])["state"] == "succeeded"
-    assert server.state.blobs.exists(t["big"])
+    assert server.state.blobs.exists(t["big"]) and server.state.blobs.exists(t["bundle"])
+    assert server.ok("GET", f"/v1/apps/{t['app']}", token=t["renter"])["functions"] == 1
+
+
+def _deployed_versions(server: ServerUnderTest, token: str) -> list[str]:
+    """Two versions of deployment "svc", each with code of its own; version 2 is current and
+    version 1, drained, is stopped. Returns their bundles."""
+    bundles = []
+    for n in (1, 2):
+        started = server.ok("POST", "/v1/deployments", token=token, json={"name": "svc"})
+        bundles.append(server.put_blob(token, f"version {n} of the code".encode()))
+        server.new_function(token, started["app_id"], bundles[-1])
+        server.ok(
+            "POST", "/v1/deployments/svc/activate", token=token, json={"app_id": started["app_id"]}
+        )
+    with server.state.engine.begin() as conn:
+        assert len(retire_drained_versions(conn, server.state.clock.now_ms())) == 1
+    return bundles
+
+
+def test_stopped_apps_go_with_their_functions_and_their_code_is_collected(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    clock = FakeClock()
+    server.state.clock = clock
+    t = _run_calls(server, clock)  # an app that ran a container, was metered and charged
+    renter = t["renter"]
+    # The edited code runs again, in an app still running.
+    again = server.new_app(renter, "again")
+    again_bundle = server.put_blob(renter, b"the edited code")
+    server.new_function(renter, again, again_bundle)
+    # An app whose call never found a host: nothing of it ran, nothing was charged.
+    idle = server.new_app(renter, "idle")
+    idle_bundle = server.put_blob(renter, b"code that never ran")
+    server.new_calls(renter, server.new_function(renter, idle, idle_bundle))
+    deployed = _deployed_versions(server, renter)
+    for app_id in (t["app"], idle):
+        server.ok("POST", f"/v1/apps/{app_id}/stop", token=renter)
+    before = _statements(server, t)
+    loop = SchedulerLoop(server.state)
+
+    # Past the calls' and logs' windows (30 days), not the metered intervals' (90): their
+    # containers and functions are still named by kept rows.
+    clock.ms += 60 * DAY_MS
+    done = loop.retention(clock.ms)
+    assert (done.calls, done.apps, done.functions) == (5, 0, 0)
+    assert all(server.state.blobs.exists(b) for b in (t["bundle"], idle_bundle))
+
+    clock.ms += 40 * DAY_MS
+    done = loop.retention(clock.ms)
+    assert (done.apps, done.functions, done.containers, done.blobs) == (2, 2, 1, 2)
+    assert not server.state.blobs.exists(t["bundle"])
+    assert not server.state.blobs.exists(idle_bundle)
+    for kept in (again_bundle, *deployed):
+        assert server.state.blobs.exists(kept)
+    # The app that ran keeps its row (its ledger charges name it), without functions; the
+    # one that never ran is gone.
+    ran = server.ok("GET", f"/v1/apps/{t['app']}", token=renter)
+    assert (ran["state"], ran["functions"]) == ("stopped", 0)
+    assert server.request("GET", f"/v1/apps/{idle}", token=renter).status_code == 404
+    # Statements, the balance and host earnings read the same.
+    assert _statements(server, t) == before
+    # A rollback can still reach the old version of the deployment.
+    info = server.ok("POST", "/v1/deployments/svc/rollback", token=renter, json={"version": 1})
+    assert info["version"] == 1
+    # A second pass finds nothing more.
+    assert loop.retention(clock.ms).total == 0
 
 
 def test_pruning_goes_in_bounded_batches(make_server: MakeServer) -> None:
@@ -253,3 +323,18 @@ def test_a_blob_checked_again_is_kept_for_a_new_grace(make_server: MakeServer) -
     # Uploading it again brings it back.
     assert _blob(server, renter, b"a blob a client uploaded long ago") == sha
     assert server.request("HEAD", f"/v1/blobs/{sha}", token=renter).status_code == 200
+
+
+def test_the_logs_of_an_app_older_than_the_log_window_say_lines_are_pruned(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(retention_logs_days=30)
+    clock = FakeClock()
+    server.state.clock = clock
+    t = _run_calls(server, clock)
+    page = server.ok("GET", f"/v1/apps/{t['app']}/logs", token=t["renter"])
+    assert len(page["lines"]) == 3 and "kept_days" not in page  # the wire older clients read
+    clock.ms += 31 * DAY_MS
+    SchedulerLoop(server.state).retention(clock.ms)
+    page = server.ok("GET", f"/v1/apps/{t['app']}/logs", token=t["renter"])
+    assert page["lines"] == [] and page["kept_days"] == 30

@@ -332,9 +332,17 @@ def register(app: typer.Typer) -> None:
                 if not printed and not as_json:
                     # Said on stderr: nothing printed left "no output" and "wrong app" alike.
                     what = f"call {call_id}" if call_id else f"app {app_id}"
-                    typer.echo(
-                        f"no log lines from {what} (its functions printed nothing)", err=True
-                    )
+                    if page.kept_days is not None:
+                        # Older than the log window: it may well have printed.
+                        typer.echo(
+                            f"no log lines kept from {what}: log lines older than "
+                            f"{page.kept_days:g} days are pruned (CRUCIBLE_RETENTION_LOGS_DAYS)",
+                            err=True,
+                        )
+                    else:
+                        typer.echo(
+                            f"no log lines from {what} (its functions printed nothing)", err=True
+                        )
                 return
             # Following an app that has stopped: its last lines come within moments (its
             # containers send what they still hold); then there is nothing more to follow.

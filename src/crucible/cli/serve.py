@@ -17,14 +17,15 @@ from crucible.settings import Settings, load_settings, without_password
 __all__ = ["register", "run_server"]
 
 
-def run_server(settings: Settings, *, on_ready: object = None) -> None:
-    """Run the control plane in this process until interrupted."""
+def run_server(settings: Settings, *, on_ready: object = None, replica: str | None = None) -> None:
+    """Run the control plane in this process until interrupted, as replica ``replica`` of
+    its store (the name it checked in under; None: a new one)."""
     import uvicorn
 
     from crucible.server.app import build_state, create_app
 
     state = build_state(settings)
-    app = create_app(state)
+    app = create_app(state, replica=replica)
     config = uvicorn.Config(
         app,
         host=settings.bind_host,
@@ -74,7 +75,7 @@ def check_server_settings(settings: Settings) -> None:
         check_domain(settings.ports_domain)
 
 
-def _open_store(settings: Settings) -> None:
+def _open_store(settings: Settings, replica: str | None = None) -> None:
     """:func:`_bootstrap_admin`, with a store URL that cannot be opened said in one line
     (SettingError) instead of SQLAlchemy's traceback."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -89,7 +90,7 @@ def _open_store(settings: Settings) -> None:
             "postgresql://USER:PASSWORD@HOST:PORT/DB"
         )
     try:
-        _bootstrap_admin(settings)
+        _bootstrap_admin(settings, replica)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise SettingError(
             f"CRUCIBLE_DATABASE_URL={shown_url!r} is not a database URL ({exc}); write "
@@ -137,12 +138,13 @@ def _write_new_secret(folder: Path, name: str, text: str) -> Path:
     raise Error(f"{folder}: {name} and 998 numbered copies exist; move some away")
 
 
-def _refuse_other_settings(engine: Any, settings: Settings) -> None:
+def _refuse_other_settings(engine: Any, settings: Settings, replica: str | None = None) -> None:
     """A replica whose secret or secrets key differ from the running replicas' would sign
-    container tokens the others refuse: it is not started (SettingError)."""
+    container tokens the others refuse: it is not started (SettingError). One let through
+    checks in as ``replica`` (the name its elector then renews; None: a new one)."""
     import time
 
-    from crucible.server.leadership import check_in, settings_check
+    from crucible.server.leadership import check_in, new_replica_id, settings_check
     from crucible.server.secretbox import load_secret_box
     from crucible.server.state import load_or_create_secret
 
@@ -152,7 +154,13 @@ def _refuse_other_settings(engine: Any, settings: Settings) -> None:
     check = settings_check(load_or_create_secret(settings), box.current, box.key_ids)
     now = time.time_ns() // 1_000_000
     with engine.begin() as conn:
-        differing = check_in(conn, check, now, round(settings.leader_lease_s * 1000))
+        differing = check_in(
+            conn,
+            replica or new_replica_id(),
+            check,
+            now,
+            round(settings.leader_lease_s * 1000),
+        )
     if differing:
         raise SettingError(
             f"the replicas running on this store ({', '.join(differing)}) have another "
@@ -164,8 +172,9 @@ def _refuse_other_settings(engine: Any, settings: Settings) -> None:
         )
 
 
-def _bootstrap_admin(settings: Settings) -> None:
-    """On an empty store, create the operator account and print its admin token once."""
+def _bootstrap_admin(settings: Settings, replica: str | None = None) -> None:
+    """On an empty store, create the operator account and print its admin token once.
+    ``replica``: the name this server checks in under among the store's replicas."""
     import time
 
     from sqlalchemy import func, select
@@ -179,7 +188,7 @@ def _bootstrap_admin(settings: Settings) -> None:
     engine = create_store_engine(settings.effective_database_url)
     try:
         migrate(engine)
-        _refuse_other_settings(engine, settings)
+        _refuse_other_settings(engine, settings, replica)
         try:
             with engine.begin() as conn:
                 if conn.execute(select(func.count()).select_from(accounts)).scalar_one():
@@ -215,6 +224,7 @@ def register(app: typer.Typer) -> None:
         """Run the control plane (API, scheduler, metering)."""
         from crucible.cli._home_lock import HomeLock, StoreLock
         from crucible.cli._ports import port_free, port_taken_error
+        from crucible.server.leadership import new_replica_id
 
         settings = load_settings(
             bind_host=host, port=port, database_url=database_url, dev_mode=dev_mode
@@ -244,9 +254,11 @@ def register(app: typer.Typer) -> None:
             # news (the store logs one line for a whole upgrade).
             logging.getLogger("alembic.runtime").setLevel(logging.WARNING)
             check_server_settings(settings)
-            _open_store(settings)
+            # Its name among the store's replicas, from its check-in on (one row, renewed).
+            replica = new_replica_id()
+            _open_store(settings, replica)
             typer.echo(f"Crucible control plane on {url}")
-            run_server(settings)
+            run_server(settings, replica=replica)
         finally:
             if store_lock is not None:
                 store_lock.close()

@@ -29,3 +29,7 @@ class LogLine(LogSent):
 class LogPage(Wire):
     lines: list[LogLine]
     next_after: WireInt  # pass as ``after`` to read on (``--follow``)
+    # Log lines are kept this many days (CRUCIBLE_RETENTION_LOGS_DAYS): set only when the app
+    # is older than that, so some of its lines may have been pruned (left out of the JSON
+    # otherwise, as older clients expect).
+    kept_days: float | None = Field(default=None, gt=0, exclude_if=lambda v: v is None)

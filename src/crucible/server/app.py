@@ -221,7 +221,12 @@ def build_state(settings: Settings) -> ServerState:
     return state
 
 
-def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
+def create_app(
+    state: ServerState, *, run_scheduler: bool = True, replica: str | None = None
+) -> FastAPI:
+    """The control plane's app. ``replica``: its name among the store's replicas (the one
+    it checked in under, cli/serve.py; None: a new one)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = SchedulerLoop(state)
@@ -238,7 +243,7 @@ def create_app(state: ServerState, *, run_scheduler: bool = True) -> FastAPI:
             state.clock.now_ms,
             lease_s=s.leader_lease_s,
             renew_s=s.leader_renew_s if postgres else 60.0,
-            holder=None if postgres else "embedded",
+            holder=replica if postgres else "embedded",
             url=s.advertise_url,
             check=settings_check(state.secret, state.secret_box.current, state.secret_box.key_ids),
         )

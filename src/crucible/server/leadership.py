@@ -175,21 +175,19 @@ def differing_replicas(
     return [r.id for r in rows if not compatible(check, r.settings_check)]
 
 
-def check_in(conn: Connection, check: str, now_ms: int, lease_ms: int) -> list[str]:
-    """A server about to start: the live replicas whose settings check is not ``check``
-    (it must not start if there are any). Servers check in one at a time (an advisory lock
-    on PostgreSQL), and one let through leaves a row the next one finds until its elector's
-    own row takes over: two servers started at once with different settings would otherwise
-    each find no other replica, and both run."""
+def check_in(conn: Connection, me: str, check: str, now_ms: int, lease_ms: int) -> list[str]:
+    """A server about to start as replica ``me``: the live replicas whose settings check is
+    not ``check`` (it must not start if there are any). Servers check in one at a time (an
+    advisory lock on PostgreSQL), and one let through writes its replica row now, for the
+    next one to find: two servers started at once with different settings would otherwise
+    each find no other replica, and both run. The row is the one its elector renews (under
+    the same name), so the server never counts itself as another replica, and its graceful
+    stop deletes it."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _STARTING_LOCK})
-    differing = differing_replicas(conn, "", check, now_ms, lease_ms)
+    differing = differing_replicas(conn, me, check, now_ms, lease_ms)
     if not differing:
-        conn.execute(
-            insert(replicas).values(
-                id=f"starting-{uuid.uuid4().hex[:12]}", url="", seen_ms=now_ms, settings_check=check
-            )
-        )
+        conn.execute(insert(replicas).values(id=me, url="", seen_ms=now_ms, settings_check=check))
     return differing
 
 

@@ -44,7 +44,16 @@ async def get_logs(
 
     def read() -> LogPage:
         with state.engine.connect() as conn:
-            return svc.read_logs(conn, who, app_id, call_id=call_id, after=after, limit=limit)
+            return svc.read_logs(
+                conn,
+                who,
+                app_id,
+                call_id=call_id,
+                after=after,
+                limit=limit,
+                now_ms=state.clock.now_ms(),
+                kept_days=state.settings.retention_logs_days,
+            )
 
     page = read()
     if page.lines or wait_s <= 0:

@@ -90,6 +90,7 @@ from crucible.server.services.retention import (
     Pruned,
     RetentionPolicy,
     collect_blobs,
+    prune_apps,
     prune_calls,
     prune_intervals,
     prune_logs,
@@ -477,10 +478,11 @@ class SchedulerLoop:
         self._last_housekeeping_ms = now
 
     def retention(self, now: int, budget_s: float = _RETENTION_BUDGET_S) -> Pruned:
-        """Old calls, log lines and metered intervals go, and unreferenced blobs are
-        collected (services/retention.py): batches of ``retention_batch_rows``, each in its
-        own transaction, taking turns until nothing old is left or ``budget_s`` is spent
-        (the rest waits for the next housekeeping), so a backlog never stalls scheduling."""
+        """Old calls, log lines and metered intervals go, then stopped apps nothing kept
+        names any more (with their functions), and unreferenced blobs are collected
+        (services/retention.py): batches of ``retention_batch_rows``, each in its own
+        transaction, taking turns until nothing old is left or ``budget_s`` is spent (the
+        rest waits for the next housekeeping), so a backlog never stalls scheduling."""
         s = self.state.settings
         policy = RetentionPolicy.at(
             now,
@@ -497,6 +499,8 @@ class SchedulerLoop:
             work["logs"] = (policy.logs_before_ms, prune_logs)
         if policy.meter_before_ms is not None:
             work["intervals"] = (policy.meter_before_ms, prune_intervals)
+        if policy.apps_before_ms is not None:
+            work["apps"] = (policy.apps_before_ms, prune_apps)
         deadline = time.monotonic() + budget_s
         done = Pruned()
         while work and time.monotonic() < deadline:
@@ -522,11 +526,15 @@ class SchedulerLoop:
         if done.total:
             log.info(
                 "retention deleted %d call(s), %d item(s), %d log line(s), %d metered "
-                "interval(s), %d blob(s) (%d bytes)",
+                "interval(s), the %d function(s) and %d container(s) of %d stopped app(s), "
+                "%d blob(s) (%d bytes)",
                 done.calls,
                 done.items,
                 done.logs,
                 done.intervals,
+                done.functions,
+                done.containers,
+                done.apps,
                 done.blobs,
                 done.blob_bytes,
             )

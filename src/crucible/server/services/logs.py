@@ -150,8 +150,12 @@ def read_logs(
     call_id: str | None = None,
     after: int = 0,
     limit: int = 1000,
+    now_ms: int = 0,
+    kept_days: float = 0.0,
 ) -> LogPage:
-    get_app(conn, principal, app_id)  # NotFound for another account's app
+    """Lines after ``after``, oldest first. ``kept_days``: how long log lines are kept (0:
+    forever); the page says it when the app is older than that at ``now_ms``."""
+    app = get_app(conn, principal, app_id)  # NotFound for another account's app
     q = (
         select(log_lines)
         .where(log_lines.c.app_id == app_id, log_lines.c.id > after)
@@ -185,7 +189,12 @@ def read_logs(
         )
         for r in conn.execute(q)
     ]
-    return LogPage(lines=lines, next_after=lines[-1].id if lines else after)
+    pruned = kept_days > 0 and app.created_ms < now_ms - kept_days * 86_400_000
+    return LogPage(
+        lines=lines,
+        next_after=lines[-1].id if lines else after,
+        kept_days=kept_days if pruned else None,
+    )
 
 
 def tail_after(

@@ -268,6 +268,8 @@ def earnings(
             func.coalesce(meter_intervals.c.carbon_mg, ledger_entries.c.carbon_mg, 0).label(
                 "carbon_mg"
             ),
+            ledger_entries.c.device_type,
+            ledger_entries.c.tier,
         )
         .join(
             meter_intervals,
@@ -285,6 +287,8 @@ def earnings(
             )
         )
     }
+    # Retention deleted the container (with its stopped app): the charge kept its kind.
+    kinds |= {r.meter: (r.device_type, r.tier) for r in rows if r.device_type is not None}
     # A reservation's charge is metered under its id: its devices' model, tier "reserved".
     kinds |= {
         r.id: (r.model, "reserved")

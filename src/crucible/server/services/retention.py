@@ -1,11 +1,19 @@
-"""Retention: old calls, log lines and metered intervals are deleted, and blobs nothing
-references any more are collected, in bounded batches (the scheduler's housekeeping runs
-them, see scheduler/loop.py).
+"""Retention: old calls, log lines and metered intervals are deleted, stopped apps nothing
+kept names any more go with their functions, and blobs nothing references any more are
+collected, in bounded batches (the scheduler's housekeeping runs them, see
+scheduler/loop.py).
 
 What is kept: every ledger entry (balances, statements and host earnings are sums of
 entries). A metered interval's energy and emissions are copied onto its ledger charge before
 the interval goes, so statements read the same after pruning. Queued and running calls are
 never pruned, nor is anything a kept row still references.
+
+A stopped app (an ephemeral run, or a standalone app) goes once its calls, log lines and
+metered intervals have gone: its functions and their stopped containers are deleted, so its
+code bundle and image files are no longer referenced and blob collection takes them. A
+deployment's versions are kept (a rollback can make any of them current again), and so are a
+pod's app and a fine-tune's. The app's own row stays when a container of it ever ran: its
+ledger charges name it, and the ``apps`` statement reads its name there.
 
 A blob is collected when no call, call item, volume version (its manifest or a chunk a
 manifest lists), function code bundle or image file references it and every grant of it
@@ -17,24 +25,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    update,
+)
 
+from crucible.core.market import CPU
 from crucible.protocol.common import TERMINAL_STATES
 from crucible.protocol.volumes import Manifest
 from crucible.server.blobs import BlobStore
 from crucible.server.services.function_specs import SPECS, unparsed_blob_refs
 from crucible.server.store.bulk import execute_many
 from crucible.server.store.tables import (
+    apps,
     blobs,
     call_attempts,
     call_inbox,
     call_items,
     calls,
+    containers,
+    fine_tunes,
     functions,
     ledger_entries,
     log_lines,
     meter_intervals,
+    pods,
+    secrets,
     volume_versions,
     volumes,
 )
@@ -43,6 +68,7 @@ __all__ = [
     "Pruned",
     "RetentionPolicy",
     "collect_blobs",
+    "prune_apps",
     "prune_calls",
     "prune_intervals",
     "prune_logs",
@@ -60,6 +86,14 @@ class RetentionPolicy:
     meter_before_ms: int | None
     blobs_before_ms: int | None
     batch: int
+
+    @property
+    def apps_before_ms(self) -> int | None:
+        """Stopped apps go after the longest of the calls', logs' and intervals' windows
+        (None: one of them is kept forever, and so are the apps they name): by then what
+        they named has gone too, so a pass does not look at the same kept apps again."""
+        cuts = (self.calls_before_ms, self.logs_before_ms, self.meter_before_ms)
+        return None if None in cuts else min(c for c in cuts if c is not None)
 
     @classmethod
     def at(
@@ -94,6 +128,9 @@ class Pruned:
     intervals: int = 0
     blobs: int = 0
     blob_bytes: int = 0
+    apps: int = 0  # apps whose functions went (their rows may stay: see prune_apps)
+    functions: int = 0
+    containers: int = 0
     # Kinds whose last batch was full (more may be waiting).
     more: set[str] = field(default_factory=set)
 
@@ -104,10 +141,22 @@ class Pruned:
         self.intervals += other.intervals
         self.blobs += other.blobs
         self.blob_bytes += other.blob_bytes
+        self.apps += other.apps
+        self.functions += other.functions
+        self.containers += other.containers
 
     @property
     def total(self) -> int:
-        return self.calls + self.items + self.logs + self.intervals + self.blobs
+        return (
+            self.calls
+            + self.items
+            + self.logs
+            + self.intervals
+            + self.blobs
+            + self.apps
+            + self.functions
+            + self.containers
+        )
 
 
 def prune_calls(conn: Connection, before_ms: int, batch: int) -> Pruned:
@@ -196,6 +245,95 @@ def prune_intervals(conn: Connection, before_ms: int, batch: int) -> Pruned:
     if len(rows) == batch:
         out.more.add("intervals")
     return out
+
+
+# A charge keeps its container's device type and tier once the container goes.
+_KEEP_LEASE_KIND = (
+    update(ledger_entries)
+    .where(ledger_entries.c.meter == bindparam("b_meter"), ledger_entries.c.kind == "charge")
+    .values(device_type=bindparam("b_type"), tier=bindparam("b_tier"))
+)
+
+
+def prune_apps(conn: Connection, before_ms: int, batch: int) -> Pruned:
+    """Delete the functions, and their stopped containers, of up to ``batch`` apps stopped
+    before ``before_ms`` that nothing kept names: no call of theirs, log line or metered
+    interval is left, and no container of theirs is live. Not a deployment's versions (a
+    rollback can reach each of them), a pod's app or a fine-tune's. The app's row goes too
+    unless a container of it ran: ledger charges name such an app, and the ``apps``
+    statement reads its name from the row, so it stays (without functions, it is not looked
+    at again)."""
+    candidates = list(
+        conn.execute(
+            select(apps.c.id)
+            .where(
+                apps.c.state == "stopped",
+                apps.c.deployment_id.is_(None),
+                apps.c.stopped_ms < before_ms,
+                exists().where(functions.c.app_id == apps.c.id),
+                ~exists().where(pods.c.app_id == apps.c.id),
+                ~exists().where(fine_tunes.c.app_id == apps.c.id),
+            )
+            .order_by(apps.c.stopped_ms)
+            .limit(batch)
+        ).scalars()
+    )
+    out = Pruned()
+    if not candidates:
+        return out
+    app_of: dict[str, str] = {
+        r.id: r.app_id
+        for r in conn.execute(
+            select(functions.c.id, functions.c.app_id).where(functions.c.app_id.in_(candidates))
+        )
+    }
+    held = conn.execute(
+        select(
+            containers.c.id,
+            containers.c.function_id,
+            containers.c.state,
+            containers.c.gpu_model,
+            containers.c.tier,
+        ).where(containers.c.function_id.in_(list(app_of)))
+    ).all()
+    busy = {app_of[f] for f in _distinct(conn, calls.c.function_id, list(app_of))}
+    busy.update(_distinct(conn, log_lines.c.app_id, candidates))
+    busy.update(app_of[r.function_id] for r in held if r.state != "stopped")
+    metered = set(_distinct(conn, meter_intervals.c.container_id, [r.id for r in held]))
+    busy.update(app_of[r.function_id] for r in held if r.id in metered)
+    gone = [a for a in candidates if a not in busy]
+    if gone:
+        fids = [f for f, a in app_of.items() if a not in busy]
+        ran = {app_of[r.function_id] for r in held}
+        # Host earnings per lease name each container's device type and tier.
+        kinds = [
+            {"b_meter": r.id, "b_type": r.gpu_model or CPU, "b_tier": r.tier}
+            for r in held
+            if app_of[r.function_id] not in busy
+        ]
+        if kinds:
+            execute_many(conn, _KEEP_LEASE_KIND, kinds)
+        out.containers = conn.execute(
+            delete(containers).where(containers.c.function_id.in_(fids))
+        ).rowcount
+        out.functions = conn.execute(delete(functions).where(functions.c.id.in_(fids))).rowcount
+        # Secret.from_dict secrets go when their app stops (housekeeping): none should be left.
+        conn.execute(delete(secrets).where(secrets.c.app_id.in_(gone)))
+        conn.execute(delete(apps).where(apps.c.id.in_([a for a in gone if a not in ran])))
+        out.apps = len(gone)
+        # A full batch of apps still named by kept rows waits for the next housekeeping.
+        if len(candidates) == batch:
+            out.more.add("apps")
+    return out
+
+
+def _distinct(conn: Connection, column: ColumnElement[Any], values: list[str]) -> list[str]:
+    """The values among ``values`` that ``column`` holds (in chunks: a long IN list)."""
+    found: list[str] = []
+    for i in range(0, len(values), 500):
+        chunk = values[i : i + 500]
+        found += conn.execute(select(column).where(column.in_(chunk)).distinct()).scalars()
+    return found
 
 
 def collect_blobs(

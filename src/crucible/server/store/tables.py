@@ -490,6 +490,11 @@ ledger_entries = Table(
     # pruned the interval (None while the interval is kept: statements read it there).
     Column("energy_mwh", BigInteger),
     Column("carbon_mg", BigInteger),
+    # A charge's device type (a GPU model or "cpu") and tier, copied from its container
+    # when retention deleted the container with its stopped app (None while the container
+    # is kept: host earnings read them there).
+    Column("device_type", String(32)),
+    Column("tier", String(16)),
 )
 
 ledger_postings = Table(
