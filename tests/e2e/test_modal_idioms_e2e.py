@@ -114,3 +114,25 @@ def test_debian_slim_is_the_usual_first_step() -> None:
     assert crucible.Image.debian_slim("3.12") == crucible.Image.from_registry("python:3.12-slim")
     with pytest.raises(crucible.InvalidRequestError, match="python_version must look like"):
         crucible.Image.debian_slim("latest")
+
+
+def test_a_class_methods_have_the_same_forms(builder: Any) -> None:
+    import app_classes
+
+    greeter = app_classes.Greeter(name="ada")
+
+    async def main() -> tuple[Any, list[str], list[str]]:
+        said = await greeter.hello.remote.aio()
+        letters = [x async for x in greeter.letters.remote_gen.aio(upper=True)]
+        mapped = [x async for x in greeter.letters.remote_gen.aio()]
+        return said, letters, mapped
+
+    with app_classes.app.run(client=builder):
+        said, upper, lower = asyncio.run(main())
+        assert said[0].startswith("hello ada") and upper == list("ADA") and lower == list("ada")
+        counter = app_classes.Counter(start=10)
+        got = sorted(r[0] for r in counter.bump.map([1, 2, 3], order_outputs=False))
+        assert len(got) == 3
+        assert counter.bump.for_each([1, 1]) is None
+        calls = counter.bump.spawn_map([5])
+        assert len(calls) == 1 and calls[0].get(timeout=60)[0] > 10

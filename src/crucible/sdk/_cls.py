@@ -31,6 +31,7 @@ streams with ``Model().method.remote_gen(...)``.
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +40,7 @@ from pydantic import ValidationError
 
 from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.classes import ClassParam, ClassSpec, canonical_params, pool_name
+from crucible.sdk._aio import aio, aio_iter
 from crucible.sdk._client import Client
 from crucible.sdk._functions import Function, FunctionCall, _check_map_options
 
@@ -317,14 +319,17 @@ class MethodHandle:
                 f"{self._owner.name}().{self._name}.remote_gen(...) instead of .{how}()"
             )
 
+    @aio
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         self._not_generator("remote")
         return self._fn().remote(self._name, *args, **kwargs)
 
+    @aio
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
         self._not_generator("spawn")
         return self._fn().spawn(self._name, *args, **kwargs)
 
+    @aio_iter
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Run a generator method in the class's container and iterate over what it yields,
         as it yields it, as :meth:`Function.remote_gen` does (leaving the loop early cancels
@@ -336,40 +341,81 @@ class MethodHandle:
             )
         return self._fn()._stream(self._name, *args, **kwargs)
 
+    @aio_iter
     def map(
         self,
         *iterables: Iterable[Any],
         kwargs: dict[str, Any] | None = None,
         return_exceptions: bool = False,
+        order_outputs: bool = True,
     ) -> Iterator[Any]:
         """Call the method once per element (zipped across ``iterables``), as
-        :meth:`Function.map`: results in input order, ``kwargs`` passed to every call."""
+        :meth:`Function.map`: results in input order (as they finish with
+        ``order_outputs=False``), ``kwargs`` passed to every call."""
         label = f"{self._owner.name}.{self._name}"
         if not iterables:
             raise InvalidRequestError(f"{label}.map() needs at least one iterable")
-        _check_map_options(label, "map", kwargs, return_exceptions)
+        _check_map_options(label, "map", kwargs, return_exceptions, order_outputs)
         self._not_generator("map")
-        return self._map(zip(*iterables, strict=False), kwargs, return_exceptions)
+        rows = zip(*iterables, strict=False)
+        return self._map(rows, kwargs, return_exceptions, order_outputs, "map")
 
+    @aio_iter
     def starmap(
         self,
         iterable: Iterable[Iterable[Any]],
         kwargs: dict[str, Any] | None = None,
         return_exceptions: bool = False,
+        order_outputs: bool = True,
     ) -> Iterator[Any]:
         """Like :meth:`map` but each element is an argument tuple."""
-        _check_map_options(f"{self._owner.name}.{self._name}", "starmap", kwargs, return_exceptions)
+        label = f"{self._owner.name}.{self._name}"
+        _check_map_options(label, "starmap", kwargs, return_exceptions, order_outputs)
         self._not_generator("starmap")
-        return self._map((tuple(a) for a in iterable), kwargs, return_exceptions)
+        rows = (tuple(a) for a in iterable)
+        return self._map(rows, kwargs, return_exceptions, order_outputs, "starmap")
+
+    @aio
+    def for_each(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """Call the method once per element and wait for every call, discarding the results
+        (:meth:`Function.for_each`)."""
+        label = f"{self._owner.name}.{self._name}"
+        if not iterables:
+            raise InvalidRequestError(f"{label}.for_each() needs at least one iterable")
+        _check_map_options(label, "for_each", kwargs, ignore_exceptions, False)
+        self._not_generator("for_each")
+        rows = zip(*iterables, strict=False)
+        for _ in self._map(rows, kwargs, ignore_exceptions, False, "for_each"):
+            pass
+
+    @aio
+    def spawn_map(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None
+    ) -> list[FunctionCall[Any]]:
+        """Queue one call of the method per element and return at once, with a handle on
+        each (:meth:`Function.spawn_map`)."""
+        label = f"{self._owner.name}.{self._name}"
+        if not iterables:
+            raise InvalidRequestError(f"{label}.spawn_map() needs at least one iterable")
+        self._not_generator("spawn_map")
+        # The pool's calls name their method first: zipped, it ends with the shortest input.
+        return self._fn().spawn_map(itertools.repeat(self._name), *iterables, kwargs=kwargs)
 
     def _map(
         self,
         rows: Iterator[tuple[Any, ...]],
         kwargs: dict[str, Any] | None,
         return_exceptions: bool,
+        ordered: bool = True,
+        how: str = "map",
     ) -> Iterator[Any]:
         return self._fn()._map(
-            ((self._name, *row) for row in rows), kwargs or {}, return_exceptions
+            ((self._name, *row) for row in rows), kwargs or {}, return_exceptions, ordered, how
         )
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
