@@ -93,14 +93,17 @@ def load_error(conn: Connection, function_id: str, now_ms: int) -> ErrorInfo | N
     """The error of the function's latest attempt that failed because its container could
     not load the function (an import error, an @crucible.enter() hook that raised), within
     the crash-loop window: the user's own exception, which the calls a crash loop fails get
-    too, so that every call of a function that cannot load fails the same way. Failed
-    attempts that were retried are kept in ``call_attempts``, last ones on the call."""
+    too, so that every call of a function that cannot load fails the same way. Only errors
+    given by a container that never became ready count (a call whose own exception merely
+    reads like a load failure is not handed to other calls). Failed attempts that were
+    retried are kept in ``call_attempts``, last ones on the call."""
     since = now_ms - _WINDOW_MS
     retried = (
         select(call_attempts.c.ended_ms.label("at"), call_attempts.c.error)
         .join(containers, containers.c.id == call_attempts.c.container_id)
         .where(
             containers.c.function_id == function_id,
+            containers.c.ready_ms.is_(None),  # failed by a container that never loaded
             call_attempts.c.outcome == "failed",
             call_attempts.c.ended_ms > since,
         )
@@ -109,8 +112,10 @@ def load_error(conn: Connection, function_id: str, now_ms: int) -> ErrorInfo | N
     )
     last = (
         select(calls.c.finished_ms.label("at"), calls.c.error)
+        .join(containers, containers.c.id == calls.c.container_id)
         .where(
             calls.c.function_id == function_id,
+            containers.c.ready_ms.is_(None),
             calls.c.state == "failed",
             calls.c.finished_ms > since,
         )
