@@ -43,6 +43,7 @@ from crucible.agent.exec_process import take_ctty as _take_ctty
 from crucible.agent.log_tail import read_log_tail
 from crucible.agent.parent_death import die_with_parent, load_prctl, pid_alive
 from crucible.agent.pod_images import pod_disk_dir, resolve_pod_image
+from crucible.agent.sandbox import agent_ca_bundle
 from crucible.agent.ssh_bundle import SshServer
 from crucible.errors import (
     ImageBuildError,
@@ -473,6 +474,8 @@ class ProcessRuntime:
             # first) can differ on hosts with mixed GPUs.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
+        if agent_ca_bundle() is not None:  # the CA the agent trusts for the exchange
+            env["SSL_CERT_FILE"] = str(agent_ca_bundle())
         if a.image is not None and a.image.registry is not None:
             env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(
                 code=ImageUnsupportedError.code,

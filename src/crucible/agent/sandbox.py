@@ -88,6 +88,9 @@ SANDBOX_UID = 1000
 # The sandbox's own process command line when it runs the zygote.
 ZYGOTE_MODULE = "crucible.worker.zygote"
 SOCKET_PATH = "/crucible/run/server.sock"
+# The exchange's CA bundle inside a sandbox, when the agent trusts one of its own
+# (SSL_CERT_FILE): a container's worker trusts the same (docs/operators.md, TLS).
+CA_BUNDLE_PATH = "/crucible/run/ca.pem"
 WORK_ROOT = "/crucible/work"
 # Host files a Python program needs (TLS roots, name service, time zone, linker cache).
 _ETC = (
@@ -160,6 +163,9 @@ class SandboxConfig:
     run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crucible-relay-")))
     # An OCI image's root file system: bound read-only as /, instead of the host's system
     # directories; lib_mounts (the worker and its dependencies) are appended to sys.path.
+    # The CA bundle the agent trusts for the exchange (its SSL_CERT_FILE), copied into the
+    # run directory as ca.pem, which the sandbox sees at CA_BUNDLE_PATH; None: the image's own.
+    ca_bundle: Path | None = None
     rootfs: Path | None = None
     lib_mounts: list[tuple[Path, str]] = field(default_factory=list)
     # With an OCI rootfs: the agent's SSH server and its state (agent/ssh_bundle.py), bound
@@ -508,6 +514,13 @@ def seccomp_program_fd() -> int:
         return os.dup(prog.fileno())
 
 
+def agent_ca_bundle() -> Path | None:
+    """The CA bundle the agent trusts for the exchange (``SSL_CERT_FILE``, as Python and
+    httpx read it), when it names a file: its containers are given the same."""
+    path = os.environ.get("SSL_CERT_FILE")
+    return Path(path) if path and os.path.isfile(path) else None
+
+
 def spawn_sandbox(
     bwrap: str,
     cfg: SandboxConfig,
@@ -535,6 +548,9 @@ def spawn_sandbox(
             with open(cfg.run_dir / name, "w", encoding="utf-8") as f:
                 f.write(text)
             os.chmod(cfg.run_dir / name, 0o644)
+    if cfg.ca_bundle is not None:
+        shutil.copyfile(cfg.ca_bundle, cfg.run_dir / "ca.pem")
+        os.chmod(cfg.run_dir / "ca.pem", 0o644)
     staged: list[str] | None = None
     mounts: list[tuple[str, str]] = []
     if cfg.host_uid is not None:

@@ -56,7 +56,15 @@ from crucible.agent.oci.registry import RegistryAuth
 from crucible.agent.pod_images import POD_DISK_PATH, pod_disk_dir, resolve_pod_image
 from crucible.agent.python_bundle import PYTHON_HOME, PythonBundle
 from crucible.agent.runtime import _crucible_import_root
-from crucible.agent.sandbox import SOCKET_PATH, WORK_ROOT, Relay, SandboxConfig, ZygoteProcess
+from crucible.agent.sandbox import (
+    CA_BUNDLE_PATH,
+    SOCKET_PATH,
+    WORK_ROOT,
+    Relay,
+    SandboxConfig,
+    ZygoteProcess,
+    agent_ca_bundle,
+)
 from crucible.agent.ssh_bundle import BUNDLE_PATH, STATE_PATH, SshBundle, SshSandbox, SshServer
 from crucible.agent.uids import SandboxUid, UidPool
 from crucible.errors import (
@@ -691,7 +699,10 @@ class SandboxRuntime:
             disk_bytes=self.limits.disk_bytes,
             env={"PYTHONPATH": root} if root and oci is None else {},
             gpu_dev_root=self.limits.gpu_dev_root,
+            ca_bundle=agent_ca_bundle(),
         )
+        if cfg.ca_bundle is not None:
+            cfg.env["SSL_CERT_FILE"] = CA_BUNDLE_PATH
         plan = a.pod.network if a.pod is not None else None
         if plan is not None and not cfg.network:
             # A cluster member: its sandbox joins the cluster's network before it runs.
@@ -883,6 +894,8 @@ class SandboxRuntime:
             env["PYTHONPATH"] = root
         if a.volumes:  # bound into this container's sandbox (see _zygote_for)
             env["CRUCIBLE_VOLUMES_BOUND"] = ",".join(sorted(a.volumes))
+        if agent_ca_bundle() is not None:  # copied into its sandbox (see _zygote_for)
+            env["SSL_CERT_FILE"] = CA_BUNDLE_PATH
         if a.pod is not None:  # the pod's disk: its command's (and its sessions') home
             env["CRUCIBLE_POD_DISK"] = POD_DISK_PATH
         return env
