@@ -13,6 +13,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+import crucible
+
 import app_web
 from harness import Exchange
 
@@ -29,6 +31,12 @@ def test_endpoints_through_the_gateway(exchange: Exchange) -> None:
 def _endpoints_through_the_gateway(exchange: Exchange, token: str, builder: Any) -> None:
     app_web.app.deploy(client=builder)
     base = f"{exchange.url}/web/operator/web"
+    # .remote() on a web endpoint names the URL it is served at (it printed "{server}/web/
+    # {account}/..." placeholders though get_web_url() on the same handle knew it).
+    hello = crucible.Function.from_name("web", "hello", client=builder)
+    with pytest.raises(crucible.InvalidRequestError) as refused:
+        hello.remote()
+    assert f"call it over HTTP at {base}/hello/, not with .remote()" in str(refused.value)
     auth = {"authorization": f"Bearer {token}"}
     with httpx.Client(timeout=120) as http:
         # Not public: a token of the deployment's account is needed.
