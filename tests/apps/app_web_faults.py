@@ -3,6 +3,7 @@ was sent (tests/e2e/test_web_small_faults_e2e.py deploys this app)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -30,6 +31,10 @@ async def _http(scope: Message, receive: Any, send: Any) -> None:
         return
     if path == "/crlf":
         await _answer(send, 200, b"x", [(b"x-bad", b"a\r\nset-cookie: crucible_session=pwned")])
+        return
+    if path == "/slow":  # runs past its function's timeout
+        await asyncio.sleep(30)
+        await _answer(send, 200, b"too late")
         return
     if path == "/seen":  # the request's headers as the app got them
         seen = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
@@ -74,4 +79,11 @@ def raw():  # type: ignore[no-untyped-def]
 @crucible.asgi_app(public=True)
 def spare():  # type: ignore[no-untyped-def]
     """The same app in containers of its own (a first request to it is a cold call)."""
+    return _raw
+
+
+@app.function(timeout=2)
+@crucible.asgi_app(public=True)
+def hurried():  # type: ignore[no-untyped-def]
+    """The same app with a 2 s timeout (its /slow runs past it)."""
     return _raw

@@ -91,6 +91,23 @@ def test_an_app_without_a_valid_response_is_a_502_its_owner_reads_about(
         builder.close()
 
 
+def test_an_endpoint_past_its_timeout_is_a_504(exchange: Exchange) -> None:
+    """A gateway whose upstream timed out answers 504 (clients and balancers retry it); it
+    answered 500 (modal2 F11)."""
+    token = exchange.owner_token("webfaults")
+    builder = exchange.client(token)
+    try:
+        app_web_faults.app.deploy(client=builder)
+        url = f"{exchange.url}/web/operator/webfaults/hurried/slow"
+        with httpx.Client(timeout=120) as http:
+            for _ in range(2):  # cold (a call), then again (relayed if a container is warm)
+                r = http.get(url)
+                assert r.status_code == 504, (r.status_code, r.text)
+                assert r.json()["error"]["code"] == "function_timeout", r.text
+    finally:
+        builder.close()
+
+
 def test_every_502_carries_the_request_id(exchange: Exchange) -> None:
     token = exchange.owner_token("webfaults")
     builder = exchange.client(token)

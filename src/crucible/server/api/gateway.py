@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketState
 
-from crucible.errors import AuthError, BadGatewayError, Error, NotFoundError
+from crucible.errors import AuthError, BadGatewayError, Error, FunctionTimeoutError, NotFoundError
 from crucible.protocol import json_payload
 from crucible.protocol.calls import CallsCreate, InputItem, ItemsPage
 from crucible.protocol.common import Payload
@@ -81,6 +81,9 @@ _FORWARDING = "x-forwarded-"
 _FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # a header name (lowercased)
 _NO_BODY = (204, 304)
+# An endpoint that ran past its function's timeout answers 504, as a gateway whose upstream
+# timed out does (clients and balancers retry 502/503/504, not 500).
+TIMEOUT = FunctionTimeoutError.code
 _FIRST_PART_WAIT_S = 300.0
 # A WebSocket client's message is at most this big (websockets' own default; larger ones
 # close the connection with 1009), and it may be at most this many messages ahead of the app.
@@ -299,7 +302,7 @@ async def gateway(
                     f"{page.call.state}); its owner sees why with `crucible call {call_id}`",
                 }
             },
-            status_code=500 if page.call.state != "queued" else 504,
+            status_code=504 if page.call.state == "queued" or code == TIMEOUT else 500,
             headers={"x-crucible-call-id": call_id},
         )
     parts = whole if whole is not None else response_parts(page.items)
@@ -522,7 +525,7 @@ def _relayed(state: ServerState, answer: RelayedResponse, method: str) -> Respon
                     f"`crucible logs` (request {rid})",
                 }
             },
-            status_code=504 if lost else 500,
+            status_code=504 if lost or answer.error_code == TIMEOUT else 500,
             headers={"x-crucible-call-id": rid},
         )
     if answer.whole is not None and method != "HEAD":
