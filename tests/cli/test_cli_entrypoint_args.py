@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import crucible
-from crucible.cli.run import _find_entrypoint, _kwargs, call_entrypoint
+from crucible.cli.run import _find_entrypoint, _kwargs, call_entrypoint, entrypoint_help
 from crucible.errors import InvalidRequestError
 
 app = crucible.App("entry-args")
@@ -53,11 +53,29 @@ class Model:
         return x
 
 
-def test_a_class_named_as_the_target_says_what_to_do() -> None:
+def test_a_class_method_is_a_target_and_a_bare_class_says_which() -> None:
+    """`crucible run FILE::Model.predict --x 2` runs the method of the default instance, as
+    `modal run` does (it was refused: modal2 F10); `FILE::Model` lists the methods."""
     module = sys.modules[__name__]
-    for target in ("Model", "Model.predict"):
+    entry = _find_entrypoint(module, "Model.predict")
+    assert entry.name == "Model.predict"
+    assert _kwargs(entry, ["--x", "2"]) == {"x": 2}  # converted by the method's annotations
+    for target in ("Model", "Model.nope"):
         with pytest.raises(InvalidRequestError, match=r"is a class \(@app.cls\)") as err:
             _find_entrypoint(module, target)
-        assert "Model().METHOD.remote(...)" in str(err.value)
+        assert "FILE::Model.predict" in str(err.value)
     with pytest.raises(InvalidRequestError, match="no local entrypoint or function 'nope'"):
         _find_entrypoint(module, "nope")
+
+
+def test_name_equals_value_and_the_entrypoints_help() -> None:
+    entry = app.entrypoints["plain"]
+    assert _kwargs(entry, ["--n=3", "--label=a=b", "--verbose"]) == {
+        "n": 3,
+        "label": "a=b",
+        "verbose": True,
+    }
+    text = entrypoint_help(entry, "app.py::plain")
+    assert "Usage: crucible run app.py::plain [OPTIONS]" in text
+    assert "--n INT  (default: 1)" in text
+    assert "--verbose / --no-verbose  (default: False)" in text

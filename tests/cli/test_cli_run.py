@@ -215,6 +215,14 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     )
     assert out.returncode == 1, out.stdout + out.stderr
     assert "square() needs --x VALUE" in out.stderr and "Traceback" not in out.stderr
+    # FILE --help lists the target's own options (it printed `crucible run`'s help).
+    out = _completed(["run", f"{app}::square", "--help"], env, 60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "--x INT  (required)" in out.stdout and "--power INT  (default: 2)" in out.stdout
+    out = _completed(["run", "--help"], env, 60)
+    assert out.returncode == 0 and "FILE.py::NAME" in out.stdout, out.stdout + out.stderr
+    out = _completed(["run"], env, 60)
+    assert out.returncode == 2 and "Usage:" in out.stdout, out.stdout + out.stderr
     assert not (tmp_path / "home" / "up.lock").exists()  # no exchange was started for it
 
 

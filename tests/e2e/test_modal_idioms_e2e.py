@@ -136,3 +136,17 @@ def test_a_class_methods_have_the_same_forms(builder: Any) -> None:
         assert counter.bump.for_each([1, 1]) is None
         calls = counter.bump.spawn_map([5])
         assert len(calls) == 1 and calls[0].get(timeout=60)[0] > 10
+
+
+def test_run_targets_a_class_method(builder: Any) -> None:
+    """`crucible run FILE::Counter.bump --by 5`: the default instance's method, called once."""
+    from crucible.cli.run import _find_entrypoint, _kwargs, call_entrypoint
+
+    import app_classes
+
+    entry = _find_entrypoint(app_classes, "Counter.bump")
+    with app_classes.app.run(client=builder):
+        value, _, _ = call_entrypoint(entry, _kwargs(entry, ["--by=5"]))
+    assert value == 5
+    with pytest.raises(crucible.InvalidRequestError, match="uses the class's default parameters"):
+        _find_entrypoint(app_classes, "Greeter.hello")  # a required parameter: said at once

@@ -25,6 +25,7 @@ from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.logs import LogPage
 from crucible.sdk._app import App, LocalEntrypoint
 from crucible.sdk._client import Client
+from crucible.sdk._cls import Cls
 from crucible.sdk._functions import Function
 from crucible.sdk._packaging import _package_root
 from crucible.settings import load_settings
@@ -106,13 +107,12 @@ def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
         }
         if wanted in functions:
             return _function_entrypoint(functions[wanted])
-        classes = {n for v in vars(module).values() if isinstance(v, App) for n in v.classes}
-        if wanted.split(".")[0] in classes:
-            raise InvalidRequestError(
-                f"{wanted} is a class (@app.cls): `crucible run FILE::NAME` runs a function or "
-                "a local entrypoint; call its methods from a local entrypoint "
-                f"({wanted.split('.')[0]}().METHOD.remote(...))"
-            )
+        classes = {
+            n: c for v in vars(module).values() if isinstance(v, App) for n, c in v.classes.items()
+        }
+        cls_name, _, method = wanted.partition(".")
+        if cls_name in classes:
+            return _method_entrypoint(classes[cls_name], method)
         raise InvalidRequestError(
             f"no local entrypoint or function {wanted!r} in {module.__name__}; found: "
             + (", ".join(sorted({*entries, *functions})) or "none")
@@ -154,6 +154,35 @@ def _function_entrypoint(fn: Function[Any, Any]) -> LocalEntrypoint:
     return LocalEntrypoint(fn.app, call, fn.name)
 
 
+def _method_entrypoint(owner: Cls, method: str) -> LocalEntrypoint:
+    """``crucible run FILE::Model.predict --x 1``: the method of the class's default
+    instance called once in a container, as ``modal run`` does."""
+    name = owner.name
+    if not method or method not in owner.methods:
+        raise InvalidRequestError(
+            f"{name} is a class (@app.cls): run one of its methods with FILE::{name}.METHOD "
+            f"({', '.join(f'FILE::{name}.{m}' for m in owner.methods)})"
+        )
+    try:
+        handle = getattr(owner(), method)
+    except InvalidRequestError as exc:  # a parameter with no default
+        raise InvalidRequestError(
+            f"{exc.message}; `crucible run FILE::{name}.{method}` uses the class's default "
+            f"parameters: call {name}(...).{method}.remote(...) from a local entrypoint"
+        ) from None
+    raw = getattr(owner.cls, method)
+    sig = inspect.signature(raw)
+
+    def call(**kwargs: Any) -> Any:
+        if handle._is_generator():
+            return list(handle.remote_gen(**kwargs))
+        return handle.remote(**kwargs)
+
+    call.__doc__ = raw.__doc__
+    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
+    return LocalEntrypoint(owner.app, call, f"{name}.{method}")
+
+
 def call_entrypoint(entry: LocalEntrypoint, kwargs: dict[str, Any]) -> Any:
     """Call the entrypoint; an ``async def`` one is run to its end in an event loop of its
     own (it returned a coroutine nobody would await)."""
@@ -174,12 +203,48 @@ def _is_bool(ann: Any) -> bool:
     return ann is bool or ann == "bool"
 
 
+def _split_equals(args: list[str]) -> list[str]:
+    """``--name=value`` (click's and ``modal run``'s form) as ``--name value``."""
+    out: list[str] = []
+    for a in args:
+        if a.startswith("--") and "=" in a:
+            flag, _, value = a.partition("=")
+            out += [flag, value]
+        else:
+            out.append(a)
+    return out
+
+
+def entrypoint_help(entry: LocalEntrypoint, target: str) -> str:
+    """``crucible run FILE --help``: the entrypoint's parameters, as options."""
+    sig = inspect.signature(entry.raw_f)
+    lines = [f"Usage: crucible run {target} [OPTIONS]", ""]
+    doc = inspect.getdoc(entry.raw_f)
+    if doc:
+        lines += [doc, ""]
+    lines.append(f"Options of {entry.name}():" if sig.parameters else f"{entry.name}() takes none.")
+    for name, p in sig.parameters.items():
+        flag = "--" + name.replace("_", "-")
+        ann = p.annotation
+        kind = getattr(ann, "__name__", ann if isinstance(ann, str) else "")
+        if _is_bool(ann):
+            flag += f" / --no-{name.replace('_', '-')}"
+        elif kind:
+            flag += f" {str(kind).upper()}"
+        else:
+            flag += " VALUE"
+        default = "required" if p.default is inspect.Parameter.empty else f"default: {p.default!r}"
+        lines.append(f"  {flag}  ({default})")
+    return "\n".join(lines)
+
+
 def _kwargs(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
     """``--name value`` pairs, converted with the entrypoint's annotations; a ``bool``
     parameter is also a flag (``--verbose``, ``--no-verbose``)."""
     sig = inspect.signature(entry.raw_f)
     out: dict[str, Any] = {}
     i = 0
+    args = _split_equals(args)
     while i < len(args):
         flag = args[i]
         if not flag.startswith("--"):
@@ -256,18 +321,33 @@ def _terminate_like_interrupt() -> Iterator[None]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,  # --help after FILE lists the entrypoint's own options
+    )
     def run(
         ctx: typer.Context,
-        target: str = typer.Argument(
-            ..., help="FILE.py, or FILE.py::NAME (a local entrypoint, or a function to call once)"
+        target: str | None = typer.Argument(
+            None,
+            help="FILE.py, or FILE.py::NAME (a local entrypoint, a function or a class's "
+            "Class.method, called once)",
+            show_default=False,
         ),
     ) -> None:
         """Run an app's local entrypoint (or one function, by name); its functions run in
-        containers on the exchange (an embedded one is started if none is configured)."""
+        containers on the exchange (an embedded one is started if none is configured).
+        `crucible run FILE --help` lists the entrypoint's options."""
+        if target is None or target in ("--help", "-h"):
+            typer.echo(ctx.get_help())
+            if target is None:
+                raise typer.Exit(2)
+            raise typer.Exit()
         file, _, wanted = target.partition("::")
         module = import_app_file(Path(file))
         entry = _find_entrypoint(module, wanted or None)
+        if "--help" in ctx.args or "-h" in ctx.args:
+            typer.echo(entrypoint_help(entry, target))
+            raise typer.Exit()
         kwargs = _kwargs(entry, list(ctx.args))
         config = ensure_running(load_settings())
         client = Client(config.server_url, config.token)
