@@ -427,6 +427,7 @@ V1_ROUTES = sorted(
         ("POST", "/v1/hosts/{host_id}/pod-disks"),
         ("GET", "/v1/hosts"),
         ("POST", "/v1/containers/{container_id}/exchange"),
+        ("GET", "/v1/containers"),
         ("GET", "/v1/bill"),
         ("GET", "/v1/market/hosts"),
         ("PUT", "/v1/hosts/{host_id}/offers"),

@@ -1,6 +1,7 @@
-"""`crucible container exec|port-forward|proxy|ssh`: reach a running container of your
-account through the control plane (hosts only dial out; docs/access.md). The commands are
-thin: the work is in :mod:`crucible.sdk._tunnels`, which pod commands call too."""
+"""`crucible container list|exec|port-forward|proxy|ssh`: find and reach a running container
+of your account through the control plane (hosts only dial out; docs/access.md). The
+commands are thin: the work is in :mod:`crucible.sdk._tunnels`, which pod commands call
+too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import typer
 
 from crucible.cli._embedded import ensure_running
-from crucible.cli._output import clean, console, err_console
+from crucible.cli._output import clean, console, err_console, fmt_time, print_json, table
 from crucible.errors import (
     AuthError,
     ConflictError,
@@ -22,7 +23,10 @@ from crucible.errors import (
     PermissionDeniedError,
 )
 from crucible.protocol.access import AccessOpen
+from crucible.protocol.containers import ContainerSummary
+from crucible.protocol.transport import url_part
 from crucible.sdk import _tunnels
+from crucible.sdk._client import Client
 from crucible.settings import load_settings
 
 __all__ = ["PASSTHROUGH", "exec_in", "port_forward_to", "proxy_to", "register", "ssh_to"]
@@ -36,6 +40,55 @@ def register(app: typer.Typer) -> None:
         help="Reach a running container: exec, port-forward, SSH.", no_args_is_help=True
     )
     app.add_typer(container_app, name="container")
+
+    @container_app.command("list")
+    def list_(
+        app_name: str = typer.Option(None, "--app", help="Only this app's (its name or id)."),
+        all_: bool = typer.Option(False, "--all", help="Stopped containers too."),
+        limit: int = typer.Option(100, "--limit", min=1, max=1000, help="At most this many."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Your running containers, newest first: the ids `container exec`, `ssh` and
+        `port-forward` take."""
+        config = ensure_running(load_settings(), start=False)
+        client = Client(config.server_url, config.token)
+        try:
+            query = f"limit={limit}&ended={'true' if all_ else 'false'}"
+            if app_name:
+                query += f"&app={url_part(app_name)}"
+            rows = [
+                ContainerSummary.model_validate(r) for r in client.get(f"/v1/containers?{query}")
+            ]
+        finally:
+            client.close()
+        if as_json:
+            print_json([r.model_dump(mode="json") for r in rows])
+            return
+        if not rows:
+            where = f" of app {app_name}" if app_name else ""
+            console.print(
+                f"no {'' if all_ else 'running '}containers{where}"
+                + ("" if all_ else " (--all for stopped ones too)"),
+                markup=False,
+                highlight=False,
+            )
+            return
+        table(
+            "containers",
+            ["id", "app", "function", "state", "gpu", "started"],
+            [
+                [
+                    r.id,
+                    r.app,
+                    r.function,
+                    r.state if r.exit_reason is None else f"{r.state} ({r.exit_reason})",
+                    f"{r.gpu_count}x{r.gpu_model}" if r.gpu_model else "-",
+                    fmt_time(r.created_ms),
+                ]
+                for r in rows
+            ],
+            ids=["id"],
+        )
 
     @container_app.command("exec", context_settings=PASSTHROUGH)
     def exec_(

@@ -23,6 +23,7 @@ from crucible.protocol.pods import PodAssignment
 __all__ = [
     "ContainerAssignment",
     "ContainerReport",
+    "ContainerSummary",
     "Exchange",
     "ExchangeReply",
     "InputAssignment",
@@ -132,3 +133,22 @@ class ExchangeReply(Wire):
     inputs: list[InputAssignment] = Field(default_factory=list)
     # The container should finish its inputs in hand and exit.
     stop: bool = False
+
+
+class ContainerSummary(Wire):
+    """One of the caller's containers (``GET /v1/containers``, ``crucible container list``):
+    what ``crucible container exec|ssh|port-forward`` take."""
+
+    id: str
+    app_id: str
+    app: str  # the app's name
+    function: str
+    state: str  # pending | starting | running | stopping | stopped
+    gpu_model: str | None = None
+    gpu_count: WireInt = 0
+    cpu: float = 0.0
+    memory_mib: WireInt = 0
+    created_ms: WireInt
+    ready_ms: WireInt | None = None
+    stopped_ms: WireInt | None = None
+    exit_reason: str | None = None

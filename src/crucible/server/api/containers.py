@@ -1,22 +1,24 @@
-"""The worker's exchange: outputs in, inputs out, in batches."""
+"""The worker's exchange: outputs in, inputs out, in batches; and a builder's list of their
+own containers (``GET /v1/containers``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from crucible.errors import NotFoundError
-from crucible.protocol.containers import Exchange, ExchangeReply, OutputItem
+from crucible.protocol.containers import ContainerSummary, Exchange, ExchangeReply, OutputItem
 from crucible.protocol.logs import LogBatch, LogSent
-from crucible.server.api.deps import Container, State
+from crucible.server.api.deps import Builder, Container, State
 from crucible.server.api.items import relay_bytes
 from crucible.server.api.responses import model_response
 from crucible.server.dispatch import Parked
 from crucible.server.services.containers import (
     ContainerFacts,
     exchange_step,
+    list_containers,
     load_container_facts,
     unclaim,
 )
@@ -27,6 +29,23 @@ from crucible.server.web_relay import Ended
 router = APIRouter(prefix="/v1/containers", tags=["containers"])
 
 _FACTS_CACHE_MAX = 100_000
+
+
+@router.get("")
+def list_own_containers(
+    who: Builder,
+    state: State,
+    # An app's id or name (protocol.common.Named's characters): anything else matches none.
+    app: str | None = Query(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"
+    ),
+    ended: bool = False,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[ContainerSummary]:
+    """The caller's containers, newest first: running ones (``ended=true``: stopped ones
+    too), of one app when ``app`` names it (id or name)."""
+    with state.engine.connect() as conn:
+        return list_containers(conn, who, app=app, ended=ended, limit=limit)
 
 
 # Inputs handed to a worker whose request then vanished (it died mid-poll) go back to the

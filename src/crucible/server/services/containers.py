@@ -14,7 +14,7 @@ from crucible.core.scheduling import LeaseTerms, StartContainer
 from crucible.errors import NotFoundError
 from crucible.protocol.calls import CallInfo
 from crucible.protocol.common import RetryPolicy
-from crucible.protocol.containers import ExchangeReply, OutputItem
+from crucible.protocol.containers import ContainerSummary, ExchangeReply, OutputItem
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
 from crucible.server.services import calls as calls_svc
@@ -25,7 +25,7 @@ from crucible.server.services.calls import (
 )
 from crucible.server.services.function_specs import SPECS
 from crucible.server.store.bulk import execute_many
-from crucible.server.store.tables import calls, containers, functions, pods
+from crucible.server.store.tables import apps, calls, containers, functions, pods
 
 __all__ = [
     "ContainerFacts",
@@ -235,6 +235,57 @@ def cancel_call(
 # it stopped: an honest agent reports within a sync or two; a host that goes on reporting a
 # stopped container as running is paid no more than this for it.
 STOP_ALLOWANCE_MS = 60_000
+
+
+def list_containers(
+    conn: Connection, principal: Principal, *, app: str | None, ended: bool, limit: int
+) -> list[ContainerSummary]:
+    """The account's containers, newest first: those not yet stopped, or with ``ended``
+    the stopped ones too; of one app (its id or name) when ``app`` is given."""
+    query = (
+        select(
+            containers.c.id,
+            containers.c.state,
+            containers.c.gpu_model,
+            containers.c.gpu_indices,
+            containers.c.cpu,
+            containers.c.memory_mib,
+            containers.c.created_ms,
+            containers.c.ready_ms,
+            containers.c.stopped_ms,
+            containers.c.exit_reason,
+            functions.c.name.label("function"),
+            apps.c.id.label("app_id"),
+            apps.c.name.label("app"),
+        )
+        .join(functions, functions.c.id == containers.c.function_id)
+        .join(apps, apps.c.id == functions.c.app_id)
+        .where(containers.c.account_id == principal.account_id)
+        .order_by(containers.c.created_ms.desc(), containers.c.id.desc())
+        .limit(limit)
+    )
+    if not ended:
+        query = query.where(containers.c.state != "stopped")
+    if app is not None:
+        query = query.where(or_(apps.c.id == app, apps.c.name == app))
+    return [
+        ContainerSummary(
+            id=r.id,
+            app_id=r.app_id,
+            app=r.app,
+            function=r.function,
+            state=r.state,
+            gpu_model=r.gpu_model,
+            gpu_count=len(r.gpu_indices or ()),
+            cpu=r.cpu,
+            memory_mib=r.memory_mib,
+            created_ms=r.created_ms,
+            ready_ms=r.ready_ms,
+            stopped_ms=r.stopped_ms,
+            exit_reason=r.exit_reason,
+        )
+        for r in conn.execute(query)
+    ]
 
 
 def request_stop(conn: Connection, container_id: str, now_ms: int) -> list[str]:
