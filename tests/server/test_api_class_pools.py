@@ -80,6 +80,10 @@ def test_bad_parameters_are_refused_clearly(server: ServerUnderTest) -> None:
     r = server.request("POST", POOLS, token=token, json={"params": {"colour": "red"}})
     assert r.status_code == 400 and error_code(r) == "invalid_request", r.text
     assert "unexpected parameter(s) 'colour'; it takes size, scale, shape" in r.text
+    # A parameter set is stored with its pool: data belongs in a method's arguments.
+    big = {"params": {"size": "x" * 70_000}}
+    r = server.request("POST", POOLS, token=token, json=big)
+    assert r.status_code == 400 and "bytes as JSON; at most 65,536" in r.text, r.text
     # Not a class, or no such function: said so.
     bundle = server.put_blob(token)
     started = server.ok("POST", "/v1/deployments", token=token, json={"name": "plain"})

@@ -20,7 +20,14 @@ from pydantic import Field
 from crucible.errors import InvalidRequestError
 from crucible.protocol.common import JsonValue, Wire
 
-__all__ = ["ClassParam", "ClassPoolCreate", "ClassSpec", "canonical_params", "pool_name"]
+__all__ = [
+    "MAX_PARAMS_BYTES",
+    "ClassParam",
+    "ClassPoolCreate",
+    "ClassSpec",
+    "canonical_params",
+    "pool_name",
+]
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
@@ -60,6 +67,10 @@ class ClassPoolCreate(Wire):
     params: dict[str, JsonValue] = Field(default_factory=dict, max_length=256)
 
 
+# A parameter set is stored with each pool's spec: small values (sizes, names, flags), not data.
+MAX_PARAMS_BYTES = 64 * 1024
+
+
 def canonical_params(spec: ClassSpec, cls_name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` bound to the class's parameters with its defaults applied, in the class's
     order. Raises InvalidRequestError naming unknown and missing parameters."""
@@ -84,6 +95,12 @@ def canonical_params(spec: ClassSpec, cls_name: str, params: dict[str, Any]) -> 
             out[p.name] = p.default
     for k in unknown:
         out[k] = params[k]
+    size = len(orjson.dumps(out))
+    if size > MAX_PARAMS_BYTES:
+        raise InvalidRequestError(
+            f"{cls_name}()'s parameters are {size:,} bytes as JSON; at most "
+            f"{MAX_PARAMS_BYTES:,}: pass large data to a method, or through a volume or a Dict"
+        )
     return out
 
 
