@@ -27,6 +27,7 @@ RETRIED_SAFELY = {
     "/v1/containers/{container_id}/items": "items carry their index; one is kept",
     "/v1/containers/{container_id}/logs": "log lines carry their sequence; a copy is dropped",
     "/v1/deployments/{name}/activate": "activating the current version answers it",
+    "/v1/deployments/{name}/functions/{function}/pools": "finds the parameters' pool, or makes it",
     "/v1/deployments/{name}/rollback": "names the version it rolls back to",
     "/v1/deployments/{name}/stop": "stopping a stopped deployment answers it",
     "/v1/dicts": "get or create by name",
