@@ -250,11 +250,7 @@ def test_pai_2020_layout_is_read_with_gangs_shares_and_skipped_rows(tmp_path: Pa
     assert nodes[1].gpu_model == "V100" and nodes[0].memory_mib == 512 * 1024
 
 
-def test_a_pai_trace_replays_on_its_machines(tmp_path: Path) -> None:
-    (tmp_path / "pai_task_table.csv").write_text(PAI_TASKS)
-    (tmp_path / "pai_machine_spec.csv").write_text(PAI_MACHINES)
-    (tmp_path / "pai.toml").write_text(
-        """
+PAI_SCENARIO = """
 name = "pai"
 kind = "placement"
 
@@ -269,13 +265,55 @@ source = "trace"
 format = "pai"
 path = "pai_task_table.csv"
 """
-    )
-    r = run(load_scenario(tmp_path / "pai.toml"))
+
+
+def pai_scenario(d: Path, tasks: str = PAI_TASKS, extra: str = "") -> Path:
+    (d / "pai_task_table.csv").write_text(tasks)
+    (d / "pai_machine_spec.csv").write_text(PAI_MACHINES)
+    (d / "pai.toml").write_text(PAI_SCENARIO + extra)
+    return d / "pai.toml"
+
+
+def test_a_pai_trace_replays_on_its_machines(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, extra='instances = "gang"\n')))
     p = r.summary["placement"]
     assert p["trace_rows_skipped"] == {"no start or end time": 1, "ends before it starts": 1}
     assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1}  # P100: no such machine
     assert p["gangs_started"] == 1  # j3's four workers, on four V100 machines at once
     assert p["started"] == 4 and p["gave_up"] == 0
+
+
+# j7's 20 workers (1 V100 each) and its 2 CPU-only parameter servers: more workers than
+# the 4 V100 machines, which hold 32 V100s.
+PAI_MANY = PAI_TASKS + (
+    "j7,worker,20.0,Terminated,1600.0,2600.0,400.0,16.0,100.0,V100\n"
+    "j7,ps,2.0,Terminated,1600.0,2600.0,800.0,32.0,,\n"
+)
+
+
+def test_pai_instances_are_independent_tasks_by_default(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, PAI_MANY)))
+    p = r.summary["placement"]
+    assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1}  # P100 only
+    # j1, j2, j3's 4 workers and its ps, j7's 20 workers and 2 ps: one task per instance
+    assert p["arrived"] == 1 + 1 + 4 + 1 + 20 + 2 + 1
+    assert p["started"] == 29 and p["gangs_started"] == 0 and p["gave_up"] == 0
+
+
+def test_pai_instances_as_a_gang_need_as_many_machines(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, PAI_MANY, 'instances = "gang"\n')))
+    p = r.summary["placement"]
+    assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1, "gang_too_large": 1}
+    assert p["arrived"] == 7 and p["started"] == 5 and p["gangs_started"] == 2
+
+
+def test_pai_instances_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"instances: must be one of \['independent', 'gang'\]"):
+        load_scenario(pai_scenario(tmp_path, extra='instances = "apart"\n'))
+    generic = PAI_SCENARIO.replace('format = "pai"\npath = "pai_task_table.csv"', 'path = "t.csv"')
+    (tmp_path / "g.toml").write_text(generic + 'instances = "gang"\n')
+    with pytest.raises(ScenarioError, match=r"instances: is for format = 'pai'"):
+        load_scenario(tmp_path / "g.toml")
 
 
 def test_openb_layout_through_the_generic_path(tmp_path: Path) -> None:

@@ -170,9 +170,16 @@ def run(
         if trace_start_ms:
             tasks = [replace(t, submit_ms=t.submit_ms - trace_start_ms) for t in tasks]
         patience = round(s.tasks.patience_hours * MS_PER_HOUR)
-        sources.append(TaskSource(tasks, patience, end_ms))
+        # PAI's instances, independent: a task of n instances is n tasks of one
+        independent = s.tasks.format == "pai" and s.tasks.instances == "independent"
+        sources.append(TaskSource(tasks, patience, end_ms, independent=independent))
         fgd_classes = workload_classes(
-            [t.request for t in tasks if feasible.reason(t.request, t.nodes) is None],
+            [
+                t.request
+                for t in tasks
+                if feasible.reason(t.request, 1 if independent else t.nodes) is None
+                for _ in range(t.nodes if independent else 1)
+            ],
             max_classes=12,
         )
     elif s.trace is not None:

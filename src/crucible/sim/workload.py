@@ -255,11 +255,25 @@ def load_task_trace(path: Path, fmt: str) -> tuple[list[TraceTask], dict[str, in
 
 
 class TaskSource(JobSource):
-    """Trace tasks as recorded (``tasks`` in arrival order), until ``end_ms`` if given."""
+    """Trace tasks as recorded (``tasks`` in arrival order), until ``end_ms`` if given.
 
-    def __init__(self, tasks: Sequence[TraceTask], patience_ms: int, end_ms: int | None) -> None:
+    With ``independent``, a task of ``nodes`` members is ``nodes`` tasks of one member each,
+    all arriving at its submit time (named ``id#k``, k from 0): PAI's instances, placed one
+    by one, where one machine may take several.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TraceTask],
+        patience_ms: int,
+        end_ms: int | None,
+        *,
+        independent: bool = False,
+    ) -> None:
         self.tasks, self.patience_ms, self.end_ms = tasks, patience_ms, end_ms
+        self.independent = independent
         self.i = 0
+        self.k = 0  # with ``independent``: the instance of tasks[i] to emit next
 
     def peek(self) -> int | None:
         if self.i >= len(self.tasks):
@@ -269,7 +283,12 @@ class TaskSource(JobSource):
 
     def pop(self, next_id: int) -> Job:
         t = self.tasks[self.i]
-        self.i += 1
+        nodes, name = t.nodes, t.id
+        if self.independent and t.nodes > 1:
+            nodes, name = 1, f"{t.id}#{self.k}"
+            self.k += 1
+        if nodes == t.nodes or self.k == t.nodes:
+            self.i, self.k = self.i + 1, 0
         patience = self.patience_ms if t.patience_ms is None else t.patience_ms
         return Job(
             id=next_id,
@@ -278,8 +297,8 @@ class TaskSource(JobSource):
             duration_ms=t.duration_ms,
             deadline_ms=t.submit_ms + patience,
             request=t.request,
-            nodes=t.nodes,
+            nodes=nodes,
             gpus=t.request.num_gpu,
             models=tuple(sorted(t.request.models)),
-            name=t.id,
+            name=name,
         )
