@@ -84,6 +84,11 @@ class JobSource:
     def pop(self, next_id: int) -> Job:
         raise NotImplementedError
 
+    def after_end(self) -> int:
+        """Jobs of a recorded trace left unemitted because they arrive at or after the
+        run's end (``duration_hours``); 0 for a source that only generates up to it."""
+        return 0
+
 
 def arrival_rate_per_ms(c: ClassSpec, fleet_gpus: int) -> float:
     """Arrivals per ms so the class offers ``load`` x the fleet's GPUs on average (Little)."""
@@ -159,6 +164,9 @@ class ClassSource(JobSource):
 
 class TraceSource(JobSource):
     """The openb pods as recorded, ``copies`` of each (pods sorted by creation time)."""
+
+    def after_end(self) -> int:
+        return (len(self.pods) - self.i) * self.copies - self.k
 
     def __init__(self, pods: Sequence[TracePod], copies: int, end_ms: int | None) -> None:
         self.pods = sorted(pods, key=lambda p: p.creation_time)
@@ -280,6 +288,12 @@ class TaskSource(JobSource):
             return None
         t = self.tasks[self.i].submit_ms
         return None if self.end_ms is not None and t >= self.end_ms else t
+
+    def after_end(self) -> int:
+        rest = self.tasks[self.i :]
+        if not self.independent:
+            return len(rest)
+        return sum(t.nodes for t in rest) - self.k
 
     def pop(self, next_id: int) -> Job:
         t = self.tasks[self.i]
