@@ -178,7 +178,7 @@ def test_every_queueing_panel_spans_the_run_and_gaps_stay_gaps() -> None:
     t: list[float | None] = [0.5, 1.0, 1.5, 2.0, 12.0]
     sparse: list[float | None] = [0.0, None, None, 50.0, None]  # first panel: 2 early points
     queued: list[float | None] = [1.0, 3.0, 5.0, 9.0, 17.0]
-    fig = draw_series(plt, t, [(sparse, "started"), (queued, "waiting")], "q")
+    fig = draw_series(plt, t, [(sparse, "started", False), (queued, "waiting", False)], "q")
     try:
         for ax in fig.axes:
             assert ax.get_xlim() == (0, 12.0)  # the whole run, not the first panel's points
@@ -188,6 +188,21 @@ def test_every_queueing_panel_spans_the_run_and_gaps_stay_gaps() -> None:
         assert ys[0] == 0 and ys[3] == 50 and all(y != y for y in (ys[1], ys[2], ys[4]))
         assert line.get_marker() == "."  # the points either side of a gap show
         assert fig.axes[1].get_lines()[0].get_marker() in (None, "None", "")
+    finally:
+        plt.close(fig)
+
+
+def test_a_window_mean_is_drawn_flat_over_its_window() -> None:
+    from crucible.sim.report import draw_series, load_pyplot
+
+    plt = load_pyplot()
+    # the windows (0, 1], (1, 2], (2, 4]; the second has no value
+    fig = draw_series(plt, [1.0, 2.0, 4.0], [([0.5, None, 0.25], "wait", True)], "w")
+    try:
+        (line,) = fig.axes[0].get_lines()
+        assert list(line.get_xdata()) == [0.0, 1.0, 1.0, 2.0, 2.0, 4.0]
+        ys = list(line.get_ydata())
+        assert ys[:2] == [0.5, 0.5] and ys[4:] == [0.25, 0.25] and all(y != y for y in ys[2:4])
     finally:
         plt.close(fig)
 

@@ -250,11 +250,7 @@ def test_pai_2020_layout_is_read_with_gangs_shares_and_skipped_rows(tmp_path: Pa
     assert nodes[1].gpu_model == "V100" and nodes[0].memory_mib == 512 * 1024
 
 
-def test_a_pai_trace_replays_on_its_machines(tmp_path: Path) -> None:
-    (tmp_path / "pai_task_table.csv").write_text(PAI_TASKS)
-    (tmp_path / "pai_machine_spec.csv").write_text(PAI_MACHINES)
-    (tmp_path / "pai.toml").write_text(
-        """
+PAI_SCENARIO = """
 name = "pai"
 kind = "placement"
 
@@ -269,13 +265,83 @@ source = "trace"
 format = "pai"
 path = "pai_task_table.csv"
 """
-    )
-    r = run(load_scenario(tmp_path / "pai.toml"))
+
+
+def pai_scenario(d: Path, tasks: str = PAI_TASKS, extra: str = "") -> Path:
+    (d / "pai_task_table.csv").write_text(tasks)
+    (d / "pai_machine_spec.csv").write_text(PAI_MACHINES)
+    (d / "pai.toml").write_text(PAI_SCENARIO + extra)
+    return d / "pai.toml"
+
+
+def test_a_pai_trace_replays_on_its_machines(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, extra='instances = "gang"\n')))
     p = r.summary["placement"]
     assert p["trace_rows_skipped"] == {"no start or end time": 1, "ends before it starts": 1}
     assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1}  # P100: no such machine
     assert p["gangs_started"] == 1  # j3's four workers, on four V100 machines at once
     assert p["started"] == 4 and p["gave_up"] == 0
+
+
+# j7's 20 workers (1 V100 each) and its 2 CPU-only parameter servers: more workers than
+# the 4 V100 machines, which hold 32 V100s.
+PAI_MANY = PAI_TASKS + (
+    "j7,worker,20.0,Terminated,1600.0,2600.0,400.0,16.0,100.0,V100\n"
+    "j7,ps,2.0,Terminated,1600.0,2600.0,800.0,32.0,,\n"
+)
+
+
+def test_pai_instances_are_independent_tasks_by_default(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, PAI_MANY)))
+    p = r.summary["placement"]
+    assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1}  # P100 only
+    # j1, j2, j3's 4 workers and its ps, j7's 20 workers and 2 ps: one task per instance
+    assert p["arrived"] == 1 + 1 + 4 + 1 + 20 + 2 + 1
+    assert p["started"] == 29 and p["gangs_started"] == 0 and p["gave_up"] == 0
+
+
+def test_pai_instances_as_a_gang_need_as_many_machines(tmp_path: Path) -> None:
+    r = run(load_scenario(pai_scenario(tmp_path, PAI_MANY, 'instances = "gang"\n')))
+    p = r.summary["placement"]
+    assert p["impossible"]["by_reason"] == {"unknown_gpu_model": 1, "gang_too_large": 1}
+    assert p["arrived"] == 7 and p["started"] == 5 and p["gangs_started"] == 2
+
+
+def test_trace_tasks_after_the_end_and_cpu_tasks_naming_models_are_counted(
+    tmp_path: Path,
+) -> None:
+    from crucible.sim.report import notes
+
+    tasks = (
+        "a,0,600,1,1,1000,0,0,,\n"
+        "cpu,10,600,1,0,1000,1000,1024,H100,\n"  # CPU-only, yet names a model no node has
+        "late,7200,600,1,1,1000,0,0,,\n"  # after the run's end (1 h)
+        "later,9000,600,1,1,1000,0,0,,\n"
+    )
+    r = replay(scenario(tmp_path, tasks, extra="duration_hours = 1"))
+    p = r.summary["placement"]
+    assert p["arrived"] == 2 and p["started"] == 2  # the CPU task runs: models are for GPUs
+    assert p["arrived_after_end"] == 2 and p["cpu_tasks_naming_models"] == 1
+    lines = notes(r.summary)
+    assert lines[0].startswith("2 trace tasks arrive after the run's end (1 h")
+    assert lines[1].startswith("1 CPU-only tasks (gpus 0) name GPU models")
+    r = replay(scenario(tmp_path, tasks))  # no duration_hours: the trace runs to its end
+    assert r.summary["placement"]["arrived_after_end"] == 0 and len(notes(r.summary)) == 1
+    # PAI instances: counted one by one when independent (j6's 1 and j7's 22 after 360 s)
+    path = pai_scenario(tmp_path, PAI_MANY)
+    path.write_text(
+        path.read_text().replace('kind = "placement"', 'kind = "placement"\nduration_hours = 0.1')
+    )
+    assert run(load_scenario(path)).summary["placement"]["arrived_after_end"] == 23
+
+
+def test_pai_instances_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"instances: must be one of \['independent', 'gang'\]"):
+        load_scenario(pai_scenario(tmp_path, extra='instances = "apart"\n'))
+    generic = PAI_SCENARIO.replace('format = "pai"\npath = "pai_task_table.csv"', 'path = "t.csv"')
+    (tmp_path / "g.toml").write_text(generic + 'instances = "gang"\n')
+    with pytest.raises(ScenarioError, match=r"instances: is for format = 'pai'"):
+        load_scenario(tmp_path / "g.toml")
 
 
 def test_openb_layout_through_the_generic_path(tmp_path: Path) -> None:
@@ -378,13 +444,39 @@ def test_a_trace_that_spans_decades_is_sampled_in_bounded_windows(
     t = r.series["t_hours"]
     assert len(t) < 20 and t == sorted(t)
     assert max(u for u in r.series["utilisation"] if u is not None) > 0
-    # A task that runs a century (5.3 million 10-minute windows) is sampled in windows that
-    # double each time as many samples again were taken (from 1,000 here; 100,000 as built).
+    # A task that runs a century (5.3 million 10-minute windows): when the series reach
+    # MAX_SAMPLES points (1,000 here; 20,000 as built), the windows merge two by two and
+    # double from there, so the series never hold more (it was 730,990 points, 93 MB of
+    # summary.json, for a 317-year task).
     monkeypatch.setattr(engine, "MAX_SAMPLES", 1_000)
     r = replay(scenario(tmp_path, "a,0,3153600000,1,1,1000,0,0,,\n"))
     assert r.summary["placement"]["finished"] == 1
-    assert 12_000 < len(r.series["t_hours"]) < 16_000
+    t = r.series["t_hours"]
+    assert 500 <= len(t) <= 1_000 and t == sorted(t) and t[-1] == 3153600000 / 3600
+    assert all(len(v) == len(t) for v in r.series.values())
     assert r.series["utilisation"][-2] == pytest.approx(1 / 20)  # 1 of the lab's 20 GPUs
+    assert r.summary["gpu_utilisation_mean"] == pytest.approx(1 / 20)
+
+
+def test_merged_windows_keep_their_means() -> None:
+    from crucible.sim.metrics import Recorder
+
+    rec = Recorder(10.0, ("gpu_allocation",))
+    rec.add_busy(0, 5.0)  # 5 of 10 GPUs for an hour, then 10 for three hours
+    rec.started(1_000, 0)  # waits 1 s and 7 s in the first window, 4 s in the second
+    rec.started(7_000, 0)
+    rec.sample(3_600_000, 2, {"gpu_allocation": 0.5})
+    rec.add_busy(3_600_000, 5.0)
+    rec.started(3_604_000, 3_600_000)
+    rec.sample(4 * 3_600_000, 0, {"gpu_allocation": 1.0})
+    rec.sample(5 * 3_600_000, 1, {"gpu_allocation": 0.9})
+    rec.compact()
+    s = rec.series
+    assert s["t_hours"] == [4.0, 5.0]  # the last (odd) window stays as it was
+    assert s["utilisation"] == [pytest.approx((0.5 * 1 + 1.0 * 3) / 4), 1.0]
+    assert s["queue_delay_s"] == [4.0, None]  # (1 + 7 + 4) / 3 tasks
+    assert s["queued"] == [0.0, 1.0] and s["gpu_allocation"] == [1.0, 0.9]  # sampled: later
+    assert s["price_on_demand"] == [None, None]
 
 
 def test_a_fleet_that_would_not_fit_in_memory_is_refused_before_it_is_built(

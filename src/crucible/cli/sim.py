@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a fleet and its workload (placement or market) on a virtual clock."""
         from crucible.sim.engine import run
-        from crucible.sim.report import flatten, write_report
+        from crucible.sim.report import flatten, notes, write_report
         from crucible.sim.scenario import ScenarioError, load_scenario
 
         if seed is not None and not 0 <= seed < 2**63:  # as a scenario's seed is checked
@@ -198,6 +198,8 @@ def register(app: typer.Typer) -> None:
                     markup=False,
                     highlight=False,
                 )
+            for line in notes(result.summary):
+                console.print(line, markup=False, highlight=False)
             shown = result.summary | {kind: _without_list(result.summary[kind])}
             rows = flatten(shown) + flatten(timing, "timing.")
             table(f"crucible sim: {s.name}", ["metric", "value"], rows, ids=["metric"])

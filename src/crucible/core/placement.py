@@ -385,7 +385,7 @@ class Cluster:
         """
         if count < 1:
             raise ValueError("a gang has at least one member")
-        if count > 1 and not self._fit_count_reaches(req, count):
+        if count > 1 and self.count_fitting(req, count) < count:
             # Refused without placing and releasing members one by one (a refused gang of
             # 512 cost 512 placements and as many releases, each time it was tried).
             return None
@@ -401,8 +401,10 @@ class Cluster:
             used.add(p.node)
         return tuple(done)
 
-    def _fit_count_reaches(self, req: Request, count: int) -> bool:
-        """Whether at least ``count`` distinct nodes fit ``req`` now (one pass, no change)."""
+    def count_fitting(self, req: Request, at_most: int) -> int:
+        """How many distinct nodes fit ``req`` now, counted up to ``at_most`` (one pass over
+        the candidates, no change): a gang of ``count`` members fits iff this reaches
+        ``count``."""
         nodes: Iterator[int] = (
             self._candidates(req) if self.indexed else iter(range(len(self.nodes)))
         )
@@ -410,9 +412,9 @@ class Cluster:
         for i in nodes:
             if i not in seen and self.fits(i, req) is not None:
                 seen.add(i)
-                if len(seen) >= count:
-                    return True
-        return False
+                if len(seen) >= at_most:
+                    break
+        return len(seen)
 
     def release(self, p: Placement) -> None:
         """Give back what ``p`` took. Raises ``ValueError`` (state unchanged) on over-release."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.sim.compare_placement_report import write_placement_compare_report
-from crucible.sim.report import load_pyplot
+from crucible.sim.report import load_pyplot, window_steps
 
 __all__ = ["goal_lines", "headline_rows", "versus_rows", "work_rows", "write_compare_report"]
 
@@ -149,8 +149,8 @@ def _plots(c: Mapping[str, Any], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(10, 3.2))
     for p in policies:
         s = c["policies"][p]["utilisation_series"]
-        pts = [(t, u) for t, u in zip(s["t_hours"], s["utilisation"], strict=True) if u is not None]
-        ax.plot([x for x, _ in pts], [y * 100 for _, y in pts], linewidth=1.2, label=p)
+        xs, ys = window_steps(s["t_hours"], s["utilisation"])  # window means: flat per window
+        ax.plot(xs, [y * 100 for y in ys], linewidth=1.2, label=p)
     ax.axhline(90, color="grey", linestyle="--", linewidth=0.8, label="goal: 90%")
     ax.set_ylim(0, 100)
     ax.set_ylabel("GPUs in use (%)")

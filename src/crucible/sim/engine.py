@@ -92,11 +92,12 @@ class MarketPolicy:
 GREEN_CAP_G_PER_KWH = 300
 
 # A quiet stretch (nothing running or waiting) longer than this many sample windows is
-# sampled as one window; a run doubles its window each time it has taken MAX_SAMPLES more
-# samples, so a trace that spans decades cannot stall the loop on samples (their number
-# grows with the logarithm of the run's length past MAX_SAMPLES windows).
+# sampled as one window; when a run's series reach MAX_SAMPLES points, their windows are
+# merged two by two and the window doubles from there, so a trace that spans decades
+# neither stalls the loop on samples (they grow with the logarithm of the run's length)
+# nor writes a summary.json of millions of points (a 317-year task wrote 93 MB).
 IDLE_SKIP_STEPS = 1_000
-MAX_SAMPLES = 100_000
+MAX_SAMPLES = 20_000
 
 MARKET_POLICIES: dict[str, MarketPolicy] = {
     "cost-first": MarketPolicy(),
@@ -158,6 +159,7 @@ def run(
     fgd_classes: tuple[tuple[Request, float], ...] = ()
     skipped: dict[str, int] = {}
     trace_start_ms = 0
+    cpu_naming_models = 0
     if s.tasks is not None:
         tasks, skipped = tasks_loader(s.resolve(s.tasks.path), s.tasks.format)
         if not tasks:
@@ -166,13 +168,21 @@ def run(
         # stamped in Unix time (most real ones) had decades of empty lead-in that every mean
         # over the run was averaged over (a five-task trace reported 0% utilisation over
         # 472,223 hours).
+        cpu_naming_models = sum(1 for t in tasks if not t.request.num_gpu and t.request.models)
         trace_start_ms = min(t.submit_ms for t in tasks)
         if trace_start_ms:
             tasks = [replace(t, submit_ms=t.submit_ms - trace_start_ms) for t in tasks]
         patience = round(s.tasks.patience_hours * MS_PER_HOUR)
-        sources.append(TaskSource(tasks, patience, end_ms))
+        # PAI's instances, independent: a task of n instances is n tasks of one
+        independent = s.tasks.format == "pai" and s.tasks.instances == "independent"
+        sources.append(TaskSource(tasks, patience, end_ms, independent=independent))
         fgd_classes = workload_classes(
-            [t.request for t in tasks if feasible.reason(t.request, t.nodes) is None],
+            [
+                t.request
+                for t in tasks
+                if feasible.reason(t.request, 1 if independent else t.nodes) is None
+                for _ in range(t.nodes if independent else 1)
+            ],
             max_classes=12,
         )
     elif s.trace is not None:
@@ -255,8 +265,6 @@ def run(
         if t is not None:
             q.push(t, NextArrival(i))
     step = max(1, round(s.sample_minutes * 60_000))
-    samples, cap = 0, MAX_SAMPLES
-    max_samples = cap
     q.push(step, Sample())
     next_id = 0
     while len(q):
@@ -283,9 +291,9 @@ def run(
         else:
             driver.expire(now)
             _sample(rec, driver, now)
-            samples += 1
-            if samples >= max_samples:  # a long run: coarser windows from here on
-                step, max_samples = step * 2, max_samples + cap
+            if len(rec.series["t_hours"]) >= MAX_SAMPLES:  # a long run: coarser windows
+                rec.compact()
+                step *= 2
             nxt = q.peek_ms()
             if nxt is not None and (end_ms is None or now + step <= end_ms):
                 at_ms = now + step
@@ -330,7 +338,12 @@ def run(
         "waits": rec.wait_summary(),
     }
     summary[s.kind] = driver.summary()
+    if s.tasks is not None or s.trace is not None:
+        # a recorded trace cut by duration_hours: the tasks it did not replay
+        summary[s.kind]["arrived_after_end"] = sum(src.after_end() for src in sources)
     if s.tasks is not None:
+        # `models` applies to GPUs: a CPU-only task naming models is likely a mis-typed `gpus`
+        summary[s.kind]["cpu_tasks_naming_models"] = cpu_naming_models
         summary[s.kind]["trace_rows_skipped"] = skipped
         # The trace's time of the run's 0 (its first arrival), in seconds of its own clock.
         summary[s.kind]["trace_start_s"] = trace_start_ms / 1000

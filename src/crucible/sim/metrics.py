@@ -34,6 +34,16 @@ CENSORING = (
 )
 
 
+# The series that are means over a sample window, and the digits each is rounded to.
+_WINDOW_MEANS = {
+    "utilisation": 6,
+    "queue_delay_s": 3,
+    "wait_with_gave_up_s": 3,
+    "price_on_demand": 6,
+    "price_interruptible": 6,
+}
+
+
 @dataclass
 class Recorder:
     capacity_gpus: float
@@ -63,6 +73,10 @@ class Recorder:
             )
         }
     )
+
+    # What each window mean of the series was taken over (ms of the window for utilisation,
+    # tasks for the waits, GPUs for the prices): :meth:`compact` merges windows by them.
+    _weights: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in _WINDOW_MEANS})
 
     def __post_init__(self) -> None:
         for g in self.gauges:
@@ -126,10 +140,43 @@ class Recorder:
         for tier in ("on_demand", "interruptible"):
             acc = self._win_price.get(tier)
             s[f"price_{tier}"].append(round(acc[0] / acc[1] / 1e6, 6) if acc and acc[1] else None)
+        w = self._weights
+        w["utilisation"].append(float(span))
+        w["queue_delay_s"].append(n)
+        w["wait_with_gave_up_s"].append(m)
+        for tier in ("on_demand", "interruptible"):
+            w[f"price_{tier}"].append(self._win_price.get(tier, [0.0, 0.0])[1])
         self._win_area, self._win_start = 0.0, now_ms
         self._win_delay = [0.0, 0.0]
         self._win_all = [0.0, 0.0]
         self._win_price = {}
+
+    def compact(self) -> None:
+        """Merge the windows two by two (the first with the second, ...; an odd last one
+        stays): a window mean becomes the mean over both windows (weighted by what each was
+        taken over), a sampled value the later one. For a long run: the series stay under a
+        fixed number of points while the engine doubles its window."""
+        for k, values in self.series.items():
+            merged: list[float | None] = []
+            weights = self._weights.get(k)
+            wm: list[float] = []
+            for i in range(0, len(values) - 1, 2):
+                if weights is None:
+                    merged.append(values[i + 1])
+                    continue
+                w = weights[i] + weights[i + 1]
+                total = sum(
+                    (v or 0.0) * weights[j] for j, v in ((i, values[i]), (i + 1, values[i + 1]))
+                )
+                merged.append(round(total / w, _WINDOW_MEANS[k]) if w else values[i + 1])
+                wm.append(w)
+            if len(values) % 2:
+                merged.append(values[-1])
+                if weights is not None:
+                    wm.append(weights[-1])
+            self.series[k] = merged
+            if weights is not None:
+                self._weights[k] = wm
 
     def mean_utilisation(self, now_ms: int) -> float:
         self.advance(now_ms)

@@ -6,7 +6,9 @@ Queueing: a job is placed when it arrives if it fits; otherwise it waits in arri
 Each time capacity is released, up to ``backfill`` waiting jobs are tried from the head (a
 later job that fits may start before an earlier one that does not, as Kubernetes' scheduler
 retries unschedulable pods). A waiting job gives up at its deadline. A gang (``nodes > 1``)
-starts all its members at once or none (:meth:`Cluster.place_gang`).
+starts all its members at once or none (:meth:`Cluster.place_gang`). A job needing more
+nodes than can fit its request (a bound kept from its shape's last refusal and the node
+releases since) is refused without asking the cluster: the same decisions, fewer scans.
 
 A job that no node could ever run (:class:`~crucible.sim.feasibility.Feasibility`) is not
 queued: it is counted as impossible, with its reason, when it arrives. At each sample the
@@ -61,6 +63,14 @@ class PlacementDriver:
         self.impossible = ImpossibleLog()
         self._frag_memo: dict[tuple[int, int, tuple[int, ...], str], float] = {}
         self._frag_samples: list[tuple[float, float | None]] = []
+        # For each request refused so far: how many nodes fitted it then, and how many node
+        # releases had happened. A release changes whether one node fits and a placement
+        # only fills nodes, so that count plus the releases since bounds the nodes that fit
+        # it now: a job needing more is refused without asking the cluster. Exact (the
+        # same decisions), and a queue of large gangs no longer costs a scan of the fleet
+        # per waiting gang at every release.
+        self._fitted: dict[Request, tuple[int, int]] = {}
+        self._releases = 0
 
     @property
     def queued(self) -> int:
@@ -75,13 +85,23 @@ class PlacementDriver:
         return job.request.gpu_demand_milli * job.nodes / FULL
 
     def _try(self, job: Job, now: int) -> bool:
-        if job.nodes == 1:
-            p = self.cluster.place(job.request)
-            got: tuple[Placement, ...] | None = None if p is None else (p,)
+        req = job.request
+        got: tuple[Placement, ...] | None = None
+        fitting: int | None = None  # nodes that fit ``req`` now, when the cluster was asked
+        known = self._fitted.get(req)
+        if known is not None and known[0] + self._releases - known[1] < job.nodes:
+            pass  # fewer nodes than it needs can fit it: refused again
+        elif job.nodes == 1:
+            p = self.cluster.place(req)
+            got, fitting = (None, 0) if p is None else ((p,), None)
         else:
-            got = self.cluster.place_gang(job.request, job.nodes)
+            fitting = self.cluster.count_fitting(req, job.nodes)
+            if fitting >= job.nodes:
+                got = self.cluster.place_gang(req, job.nodes)
         if got is None:
             self.counts["attempts_refused"] += 1
+            if fitting is not None:
+                self._fitted[req] = (fitting, self._releases)
             return False
         self.running[job.id] = got
         job.started_ms = now
@@ -147,6 +167,7 @@ class PlacementDriver:
         placements = self.running.pop(job.id)
         for p in placements:
             self.cluster.release(p)
+        self._releases += len(placements)
         self.rec.add_busy(now, -self._gpus(job))
         self.counts["finished"] += 1
         self.drain(now)

@@ -24,7 +24,9 @@ __all__ = [
     "draw_series",
     "flatten",
     "load_pyplot",
+    "notes",
     "plots_missing",
+    "window_steps",
     "write_html",
     "write_json",
     "write_plots",
@@ -62,6 +64,26 @@ def load_pyplot() -> Any:
     plt.rcParams["text.parse_math"] = False
     plt.rcParams["text.usetex"] = False
     return plt
+
+
+def notes(summary: Mapping[str, Any]) -> list[str]:
+    """What a reader of the table could miss, one line each: trace tasks the run's end cut
+    off, and CPU-only tasks that name GPU models (likely a mis-typed ``gpus``)."""
+    part = summary.get(summary["kind"], {})
+    out: list[str] = []
+    cut = part.get("arrived_after_end", 0)
+    if cut:
+        out.append(
+            f"{cut:,} trace tasks arrive after the run's end ({summary['simulated_hours']:g} h, "
+            "duration_hours) and were not replayed (placement.arrived_after_end)"
+        )
+    cpu = part.get("cpu_tasks_naming_models", 0)
+    if cpu:
+        out.append(
+            f"{cpu:,} CPU-only tasks (gpus 0) name GPU models, which apply to GPUs only and "
+            "were ignored: check their gpus column (placement.cpu_tasks_naming_models)"
+        )
+    return out
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -125,51 +147,62 @@ _PLOTS = (
     (
         "utilisation.png",
         "GPU utilisation",
-        [("utilisation", "GPUs in use, window mean (share)")],
+        [("utilisation", "GPUs in use, window mean (share)", True)],
     ),
     (
         "allocation.png",
         "GPU allocation and fragmentation (sampled)",
         [
-            ("gpu_allocation", "GPUs allocated (share)"),
-            ("fragmented_gpus", "fragmented GPUs (FGD, GPUs)"),
-            ("fragmentation_of_free", "fragmented / free GPUs (share)"),
+            ("gpu_allocation", "GPUs allocated (share)", False),
+            ("fragmented_gpus", "fragmented GPUs (FGD, GPUs)", False),
+            ("fragmentation_of_free", "fragmented / free GPUs (share)", False),
         ],
     ),
     (
         "queueing.png",
         "Queueing",
         [
-            ("queue_delay_s", "mean wait of jobs started (s)"),
-            ("wait_with_gave_up_s", "mean wait incl. gave up (s)"),
-            ("queued", "jobs waiting"),
+            ("queue_delay_s", "mean wait of jobs started (s)", True),
+            ("wait_with_gave_up_s", "mean wait incl. gave up (s)", True),
+            ("queued", "jobs waiting", False),
         ],
     ),
     (
         "prices.png",
         "Clearing prices",
         [
-            ("price_on_demand", "on-demand $/GPU-hour"),
-            ("price_interruptible", "interruptible $/GPU-hour"),
+            ("price_on_demand", "on-demand $/GPU-hour", True),
+            ("price_interruptible", "interruptible $/GPU-hour", True),
         ],
     ),
 )
 
 
 def draw_series(
-    plt: Any, t: list[float | None], panels: list[tuple[list[float | None], str]], title: str
+    plt: Any,
+    t: list[float | None],
+    panels: list[tuple[list[float | None], str, bool]],
+    title: str,
 ) -> Any:
-    """One figure of stacked panels over the time points ``t``, one per ``(values, label)``.
-    Every panel spans the whole run (0 to the last point), whatever points it has; a window
+    """One figure of stacked panels over the time points ``t``, one per ``(values, label,
+    window_mean)``. A window mean (``window_mean`` true: the value at ``t[i]`` is the mean
+    over the window ``(t[i-1], t[i]]``, from 0 for the first) is drawn flat over its window,
+    as steps; a sampled value (the state at ``t[i]``) as a line through the points. Every
+    panel spans the whole run (0 to the last point), whatever points it has; a window
     without a value (``None``) is a break in the line, not a straight line across it, and
-    a series with such breaks marks its points (so a lone one between breaks shows)."""
+    a sampled series with such breaks marks its points (so a lone one between breaks
+    shows)."""
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True)
     axes_list = [axes] if len(panels) == 1 else list(axes)
-    xs = [math.nan if x is None else x for x in t]
-    for ax, (values, label) in zip(axes_list, panels, strict=True):
-        ys = [math.nan if y is None else y for y in values]
-        gaps = any(y is None for y in values)
-        ax.plot(xs, ys, linewidth=1, label=label, marker="." if gaps else None, markersize=3)
+    for ax, (values, label, window_mean) in zip(axes_list, panels, strict=True):
+        if window_mean:
+            xs, ys = window_steps(t, values)
+            ax.plot(xs, ys, linewidth=1, label=label)
+        else:
+            xs = [math.nan if x is None else x for x in t]
+            ys = [math.nan if y is None else y for y in values]
+            gaps = any(y is None for y in values)
+            ax.plot(xs, ys, linewidth=1, label=label, marker="." if gaps else None, markersize=3)
         ax.set_ylim(bottom=0)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
@@ -181,6 +214,24 @@ def draw_series(
     axes_list[-1].set_xlabel("simulated time (hours)")
     fig.tight_layout()
     return fig
+
+
+def window_steps(
+    t: list[float | None], values: list[float | None]
+) -> tuple[list[float], list[float]]:
+    """Window means as flat segments: each window's value from its start to its end (NaN,
+    a break, for a window without one)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    start = 0.0
+    for x, y in zip(t, values, strict=True):
+        if x is None:
+            continue
+        v = math.nan if y is None else y
+        xs += [start, x]
+        ys += [v, v]
+        start = x
+    return xs, ys
 
 
 def write_plots(result: SimResult, out: Path) -> list[Path]:
@@ -195,7 +246,11 @@ def write_plots(result: SimResult, out: Path) -> list[Path]:
     )
     written: list[Path] = []
     for name, heading, lines in _PLOTS:
-        present = [(s[k], label) for k, label in lines if any(v is not None for v in s.get(k, []))]
+        present = [
+            (s[k], label, mean)
+            for k, label, mean in lines
+            if any(v is not None for v in s.get(k, []))
+        ]
         if not present:
             continue
         fig = draw_series(plt, t, present, f"{heading}: {title}")

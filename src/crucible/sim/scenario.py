@@ -31,6 +31,7 @@ from crucible.core.placement import MAX_NODE_CPU_MILLI, MAX_NODE_MEMORY_MIB, POL
 from crucible.errors import InvalidRequestError
 
 __all__ = [
+    "PAI_INSTANCES",
     "TRACE_FORMATS",
     "ClassSpec",
     "ProviderSpec",
@@ -66,6 +67,11 @@ TRACE_FORMATS = ("generic", "openb", "pai")
 """Trace layouts a ``source = "trace"`` workload or a ``source = "nodes"`` provider reads:
 the generic format (:mod:`crucible.sim.trace_format`), openb's pod and node lists, and
 Alibaba PAI 2020's task table and machine spec (:mod:`crucible.sim.trace_pai`)."""
+PAI_INSTANCES = ("independent", "gang")
+"""How a PAI task's ``inst_num`` instances replay (``instances``): ``independent``, each a
+task of its own arriving with the task, placed anywhere (several may share a machine), as
+the trace's instance table records them (each instance its own machine, start and end);
+``gang``: all at once on distinct machines, or none."""
 # Durations and patience at most 10 years of simulated time: a market run is an event per
 # arrival, so a longer one would run for days; a trace replay may span more (its own times).
 MAX_HOURS = 87_600.0
@@ -154,6 +160,7 @@ class TaskTrace:
     path: str
     format: str = "generic"
     patience_hours: float = 24.0
+    instances: str = "independent"  # PAI: a task's instances, one of PAI_INSTANCES
 
 
 @dataclass(frozen=True)
@@ -429,14 +436,24 @@ def parse_scenario(text: str, source: str = "<string>", base_dir: str = "") -> S
             path=w.get("path", str),
             format=w.get("format", str, "generic"),
             patience_hours=w.number("patience_hours", 24.0, 0.0, MAX_HOURS),
+            instances=w.get("instances", str, "independent"),
         )
         if tasks.format not in TRACE_FORMATS:
             raise w.fail("format", f"must be one of {list(TRACE_FORMATS)}, not {tasks.format!r}")
+        if "instances" in workload and tasks.format != "pai":
+            raise w.fail(
+                "instances",
+                "is for format = 'pai' (a generic trace's 'nodes' column is always a gang)",
+            )
+        if tasks.instances not in PAI_INSTANCES:
+            raise w.fail(
+                "instances", f"must be one of {list(PAI_INSTANCES)}, not {tasks.instances!r}"
+            )
         classes = ()
     else:
         raise w.fail("source", f"must be 'openb', 'trace' or 'classes', not {wsrc!r}")
     if wsrc != "trace":
-        for key in ("path", "format", "patience_hours"):
+        for key in ("path", "format", "patience_hours", "instances"):
             if key in workload:
                 raise w.fail(key, "is for source = 'trace'")
     power = r.get("power_watts", dict, {})

@@ -8,8 +8,9 @@ has one is read too):
   plan_cpu, plan_mem, plan_gpu, gpu_type``. ``plan_cpu`` is CPU in percent of a core (600 =
   6 cores), ``plan_mem`` GB of memory, ``plan_gpu`` GPUs in percent (50 = half a GPU, 800 =
   8 GPUs), all per instance; ``gpu_type`` the GPU model (``MISC``: older generations; empty:
-  any). One task becomes one :class:`~crucible.sim.trace_format.TraceTask` whose ``inst_num``
-  instances are a gang (``nodes``), kept together and placed all or nothing.
+  any). One task becomes one :class:`~crucible.sim.trace_format.TraceTask` whose ``nodes``
+  are its ``inst_num`` instances; the scenario's ``instances`` says whether they replay as a
+  gang or as independent tasks (:data:`~crucible.sim.scenario.PAI_INSTANCES`).
 * ``pai_job_table.csv`` (optional, beside it): ``job_name, inst_id, user, status,
   start_time, end_time``. When present, a task arrives at its job's submission time (the
   job's ``start_time``); otherwise at the task's launch time.

@@ -84,6 +84,11 @@ class JobSource:
     def pop(self, next_id: int) -> Job:
         raise NotImplementedError
 
+    def after_end(self) -> int:
+        """Jobs of a recorded trace left unemitted because they arrive at or after the
+        run's end (``duration_hours``); 0 for a source that only generates up to it."""
+        return 0
+
 
 def arrival_rate_per_ms(c: ClassSpec, fleet_gpus: int) -> float:
     """Arrivals per ms so the class offers ``load`` x the fleet's GPUs on average (Little)."""
@@ -159,6 +164,9 @@ class ClassSource(JobSource):
 
 class TraceSource(JobSource):
     """The openb pods as recorded, ``copies`` of each (pods sorted by creation time)."""
+
+    def after_end(self) -> int:
+        return (len(self.pods) - self.i) * self.copies - self.k
 
     def __init__(self, pods: Sequence[TracePod], copies: int, end_ms: int | None) -> None:
         self.pods = sorted(pods, key=lambda p: p.creation_time)
@@ -255,11 +263,25 @@ def load_task_trace(path: Path, fmt: str) -> tuple[list[TraceTask], dict[str, in
 
 
 class TaskSource(JobSource):
-    """Trace tasks as recorded (``tasks`` in arrival order), until ``end_ms`` if given."""
+    """Trace tasks as recorded (``tasks`` in arrival order), until ``end_ms`` if given.
 
-    def __init__(self, tasks: Sequence[TraceTask], patience_ms: int, end_ms: int | None) -> None:
+    With ``independent``, a task of ``nodes`` members is ``nodes`` tasks of one member each,
+    all arriving at its submit time (named ``id#k``, k from 0): PAI's instances, placed one
+    by one, where one machine may take several.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TraceTask],
+        patience_ms: int,
+        end_ms: int | None,
+        *,
+        independent: bool = False,
+    ) -> None:
         self.tasks, self.patience_ms, self.end_ms = tasks, patience_ms, end_ms
+        self.independent = independent
         self.i = 0
+        self.k = 0  # with ``independent``: the instance of tasks[i] to emit next
 
     def peek(self) -> int | None:
         if self.i >= len(self.tasks):
@@ -267,9 +289,20 @@ class TaskSource(JobSource):
         t = self.tasks[self.i].submit_ms
         return None if self.end_ms is not None and t >= self.end_ms else t
 
+    def after_end(self) -> int:
+        rest = self.tasks[self.i :]
+        if not self.independent:
+            return len(rest)
+        return sum(t.nodes for t in rest) - self.k
+
     def pop(self, next_id: int) -> Job:
         t = self.tasks[self.i]
-        self.i += 1
+        nodes, name = t.nodes, t.id
+        if self.independent and t.nodes > 1:
+            nodes, name = 1, f"{t.id}#{self.k}"
+            self.k += 1
+        if nodes == t.nodes or self.k == t.nodes:
+            self.i, self.k = self.i + 1, 0
         patience = self.patience_ms if t.patience_ms is None else t.patience_ms
         return Job(
             id=next_id,
@@ -278,8 +311,8 @@ class TaskSource(JobSource):
             duration_ms=t.duration_ms,
             deadline_ms=t.submit_ms + patience,
             request=t.request,
-            nodes=t.nodes,
+            nodes=nodes,
             gpus=t.request.num_gpu,
             models=tuple(sorted(t.request.models)),
-            name=t.id,
+            name=name,
         )
