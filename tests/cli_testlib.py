@@ -6,20 +6,35 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness import Exchange
 
-__all__ = ["ROOT", "cli", "refused"]
+__all__ = ["ROOT", "cli", "one_host", "refused"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextmanager
+def one_host(root: Path, fake_gpus: str | None = None) -> Iterator[tuple[Exchange, str]]:
+    """An exchange in ``root`` with one host, ``host-a`` (``fake_gpus`` like "2xH100"), and
+    a token of that host's owner, whose pods it runs."""
+    ex = Exchange(root, f"sqlite:///{root / 'store.db'}")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a", fake_gpus=fake_gpus)
+        yield ex, ex.owner_token("builder")
+    finally:
+        ex.close()
+
+
 def cli(
-    ex: Exchange, token: str, *args: str, stdin: str | None = None
+    ex: Exchange, token: str, *args: str, stdin: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`crucible ARGS` against ``ex`` as ``token``, no other CRUCIBLE_ setting; stdin is not a
-    terminal (``stdin``: its text, else empty)."""
+    """`crucible ARGS` against ``ex`` as ``token``, no other CRUCIBLE_ setting; stdin empty
+    and not a terminal, or the file descriptor ``stdin`` (a pty's, say)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
     env.update(
         CRUCIBLE_HOME=str(ex.root / "cli-home"),
@@ -34,8 +49,7 @@ def cli(
         capture_output=True,
         text=True,
         timeout=180,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
     )
 
 

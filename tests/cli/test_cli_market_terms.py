@@ -140,7 +140,7 @@ def test_a_pod_and_a_cluster_take_the_market_terms(market: tuple[Exchange, str])
     )
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("clean", "far", "any", "ring-0", "ring-1"):
-        cli(ex, owner, "pod", "delete", name)
+        cli(ex, owner, "pod", "delete", "--force", name)
 
 
 def test_hosts_show_the_carbon_intensity_in_force(market: tuple[Exchange, str]) -> None:

@@ -341,7 +341,10 @@ def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchang
         "'a/b' is not a queue name",
         "crucible queue list",
     )
-    refused(cli("dict", "clear", "nope", server=exchange.url, token=token), "dict 'nope' not found")
+    refused(
+        cli("dict", "clear", "nope", "--yes", server=exchange.url, token=token),
+        "dict 'nope' not found",
+    )
 
 
 def test_credits_say_whether_the_exchange_requires_them(exchange: Exchange, tmp_path: Path) -> None:

@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cli_testlib import cli, refused
+from cli_testlib import cli, one_host, refused
 from harness import Exchange
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchange, str]]:
-    root = tmp_path_factory.mktemp("placement")
-    ex = Exchange(root, f"sqlite:///{root / 'store.db'}")
-    ex.start_server()
-    try:
-        ex.start_agent("host-a", fake_gpus="2xH100")
-        yield ex, ex.owner_token("placer")
-    finally:
-        ex.close()
+    with one_host(tmp_path_factory.mktemp("placement"), fake_gpus="2xH100") as made:
+        yield made
 
 
 def test_a_pod_no_host_can_ever_run_fails_create_and_start(fleet: tuple[Exchange, str]) -> None:
@@ -64,7 +58,7 @@ def test_wait_waits_until_the_pod_runs_or_fails(fleet: tuple[Exchange, str]) -> 
     out = cli(ex, token, "pod", "start", "up", "--wait", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["state"] == "running", out.stderr
     for name in ("up", "bad", "fits"):
-        assert cli(ex, token, "pod", "rm", name).returncode == 0
+        assert cli(ex, token, "pod", "rm", "--force", name).returncode == 0
 
 
 def test_a_fleet_not_joined_yet_keeps_create_working(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import typer
 
+from crucible.cli._confirm import YES, confirm
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import (
     clean,
@@ -230,11 +231,13 @@ def register(app: typer.Typer) -> None:
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("remove")
-    def host_remove(host_id: str) -> None:
+    def host_remove(host_id: str, yes: bool = YES) -> None:
         """Take a host off the exchange for good (its agent stopped, nothing runs or is reserved
-        on it); an agent that registers under its name again brings it back."""
+        on it); an agent that registers under its name again brings it back. Asks first;
+        --yes does not."""
         client = _client()
         host_id = resolve_id(client, host_id)
+        confirm(f"Take host {clean(host_id)} off the exchange for good?", yes)
         client.transport.request("DELETE", f"/v1/hosts/{url_part(host_id)}")
         console.print(f"removed host {host_id}", markup=False)
 

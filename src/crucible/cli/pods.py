@@ -40,6 +40,7 @@ from crucible.sdk._pods import Pod, cannot_place
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
+_RUNS = ("pulling", "starting", "running")  # `pod rm` asks for --force
 # How long `pod create` and `pod start` wait for the scheduler's first word on a new pending
 # pod (it looks at once when a pod arrives; this bounds a busy exchange's delay).
 _VERDICT_S = 5.0
@@ -421,10 +422,23 @@ def register(app: typer.Typer) -> None:
         ssh_to(target, command, identity)
 
     @pod_app.command("rm")
-    def rm(pod: str) -> None:
-        """Delete a pod (stopped first if it runs); its name is free again."""
+    def rm(
+        pod: str,
+        force: bool = typer.Option(False, "--force", "-f", help="Delete it even if it runs."),
+    ) -> None:
+        """Delete a pod and its disk; its name is free again. A running pod is refused
+        without --force (`crucible pod stop` stops it and keeps the disk)."""
         client = _client()
         path = _path(client, pod)
+        if not force:
+            info = PodInfo.model_validate(client.get(path))
+            if info.state in _RUNS:
+                name = clean(info.name)
+                raise ConflictError(
+                    f"pod {name} is {info.state}: `crucible pod rm` deletes it and its disk. "
+                    f"`crucible pod stop {name}` stops it and keeps the disk; "
+                    f"`crucible pod rm --force {name}` deletes it anyway"
+                )
         client.transport.delete(path)
         console.print(f"pod {shown(pod)} deleted")
 
