@@ -49,8 +49,11 @@ def test_wait_waits_until_the_pod_runs_or_fails(fleet: tuple[Exchange, str]) -> 
     assert out.returncode == 0 and "pod up (" in out.stdout and "): running;" in out.stdout, (
         out.stdout + out.stderr
     )
-    out = cli(ex, token, "pod", "create", "bad", "--cpu", "0.1", "--command", "exit 3", "--wait")
-    refused(out, "pod 'bad' is failed", "status 3")
+    # An image no registry serves (port 1): the pod fails before it ever runs.
+    out = cli(
+        ex, token, "pod", "create", "bad", "--cpu", "0.1", "--image", "127.0.0.1:1/no:1", "--wait"
+    )
+    refused(out, "pod 'bad' is failed", "127.0.0.1:1/no:1")
     # A pod that fits, without --wait: exit 0 and the state it reached.
     out = cli(ex, token, "pod", "create", "fits", "--cpu", "0.1", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["unplaceable"] is False, out.stderr
