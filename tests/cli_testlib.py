@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness import Exchange
 
-__all__ = ["ROOT", "cli", "one_host", "refused"]
+__all__ = ["ROOT", "cli", "crucible", "one_host", "refused"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,13 +35,20 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """`crucible ARGS` against ``ex`` as ``token``, no other CRUCIBLE_ setting; stdin empty
     and not a terminal, or the file descriptor ``stdin`` (a pty's, say)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
-    env.update(
-        CRUCIBLE_HOME=str(ex.root / "cli-home"),
-        CRUCIBLE_SERVER_URL=ex.url,
-        CRUCIBLE_TOKEN=token,
-        COLUMNS="200",
-    )
+    env = {
+        "CRUCIBLE_HOME": str(ex.root / "cli-home"),
+        "CRUCIBLE_SERVER_URL": ex.url,
+        "CRUCIBLE_TOKEN": token,
+    }
+    return crucible(*args, env=env, stdin=stdin)
+
+
+def crucible(
+    *args: str, env: dict[str, str], stdin: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`crucible ARGS` with the CRUCIBLE_ settings ``env`` only (and a wide terminal)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
+    env = inherited | {"COLUMNS": "200"} | env
     return subprocess.run(
         [sys.executable, "-m", "crucible.cli.main", *args],
         env=env,
