@@ -77,5 +77,6 @@ def test_a_fleet_not_joined_yet_keeps_create_working(tmp_path: Path) -> None:
         refused(out, "pod 'later' is pending after 1 s, not running", "no host is registered")
         out = cli(ex, token, "pod", "create", "odd", "--timeout", "1")
         assert out.returncode == 2 and "--timeout goes with --wait" in out.stderr, out.stderr
+        assert cli(ex, token, "pod", "show", "odd").returncode == 1  # nothing was created
     finally:
         ex.close()

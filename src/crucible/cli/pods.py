@@ -114,12 +114,16 @@ def _state(info: PodInfo) -> str:
     return info.state + (f": {' | '.join(info.reason.splitlines())}" if info.reason else "")
 
 
+def _check_wait(wait: bool, timeout_s: float | None) -> None:
+    """Before anything is created or started: --timeout means nothing without --wait."""
+    if timeout_s is not None and not wait:
+        raise typer.BadParameter("--timeout goes with --wait", param_hint="--timeout")
+
+
 def _settled(pod: Pod, wait: bool, timeout_s: float | None) -> PodInfo:
     """The pod just created or started, once the scheduler has said where it goes or why it
     waits; with ``wait``, once it runs. Raises when it cannot run: no host the exchange
     knows could ever run it, it failed, or ``timeout_s`` passed."""
-    if timeout_s is not None and not wait:
-        raise typer.BadParameter("--timeout goes with --wait", param_hint="--timeout")
     if wait:
         return pod.wait("running", timeout_s=600.0 if timeout_s is None else timeout_s)
     deadline = time.monotonic() + _VERDICT_S
@@ -226,6 +230,7 @@ def register(app: typer.Typer) -> None:
                 param_hint="NAME",
             )
         check_market_options(min_reliability, max_carbon)
+        _check_wait(wait, timeout)
         pod = Pod.create(
             name,
             gpu=gpu,
@@ -348,6 +353,7 @@ def register(app: typer.Typer) -> None:
     def start(pod: str, wait: bool = WAIT, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
         """Start a stopped, preempted or failed pod: the market is asked again. Exits 1 when
         no host the exchange knows could ever run it; --wait waits until it runs."""
+        _check_wait(wait, timeout)
         client, info = _act(pod, "start")
         _print_settled(_settled(Pod(info, client), wait, timeout), as_json)
 
