@@ -2,7 +2,7 @@
 
     python examples/jupyter_pod.py            # makes the pod `notebook` (or finds it); its link
     crucible pod link notebook                # the link again, later
-    crucible pod rm notebook                  # when done (or: crucible pod stop notebook)
+    crucible pod rm -f notebook               # when done (or: crucible pod stop notebook)
 
 The pod publishes port 8888 (``--port 8888/http``), so the exchange serves it at the pod's
 own URL, ``/pods/POD/ports/8888/``, which stays the same when the pod is stopped and started

@@ -16,6 +16,7 @@ import pytest
 
 from crucible.settings import SETTINGS_TABLE
 
+from cli_testlib import refused
 from harness import Exchange, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,16 +53,6 @@ def cli(
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
-
-
-def refused(out: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """The one-paragraph error of a refused command (exit 1, no traceback), unwrapped."""
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    text = " ".join(out.stderr.split())
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 def test_pod_tier_is_spelled_as_for_functions(exchange: Exchange) -> None:
@@ -350,7 +341,10 @@ def test_dict_and_queue_commands_are_described_and_check_names(exchange: Exchang
         "'a/b' is not a queue name",
         "crucible queue list",
     )
-    refused(cli("dict", "clear", "nope", server=exchange.url, token=token), "dict 'nope' not found")
+    refused(
+        cli("dict", "clear", "nope", "--yes", server=exchange.url, token=token),
+        "dict 'nope' not found",
+    )
 
 
 def test_credits_say_whether_the_exchange_requires_them(exchange: Exchange, tmp_path: Path) -> None:

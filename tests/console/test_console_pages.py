@@ -157,7 +157,7 @@ def test_sign_out_and_revoking_the_token_end_sessions(
     again = browser()
     again.sign_in(w["token"])
     assert again.get("/").status_code == 200
-    server.ok("DELETE", f"/v1/tokens/{w['token_id']}", token=w["token"])
+    server.ok("DELETE", f"/v1/tokens/{w['token_id']}?force=true", token=w["token"])
     assert again.get("/").status_code == 303
     assert again.get(f"/apps/{w['app_id']}/logs/stream").status_code == 401
 

@@ -109,7 +109,7 @@ def test_logs_stream_live_and_resume(server: ServerUnderTest, live: str) -> None
     # Another tenant's stream is not found; a revoked token's session is over.
     other = _signed_in(live, server.tenant("other", Scope.USER).token)
     assert other.get(path).status_code == 404
-    server.ok("DELETE", f"/v1/tokens/{admin.token_id}", token=admin.token)
+    server.ok("DELETE", f"/v1/tokens/{admin.token_id}?force=true", token=admin.token)
     assert me.get(path).status_code == 401
     for c in (worker, me, other):
         c.close()

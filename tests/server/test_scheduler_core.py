@@ -21,6 +21,7 @@ from crucible.core.scheduling import (
     Policy,
     StopContainer,
     desired_containers,
+    never_runs,
     plan,
     retry_delay_ms,
 )
@@ -716,6 +717,24 @@ def test_waiting_work_says_why() -> None:
     assert "idle containers of other functions are being stopped" in p.waiting["fn-a"]
     # Placed: nothing to explain.
     assert plan(NOW, [queued], [host()], POLICY).waiting == {}
+
+
+def test_never_runs_tells_a_fleet_too_small_from_an_empty_or_busy_one() -> None:
+    """What `crucible pod create` fails on at once (PodInfo.unplaceable): only a verdict on
+    the hosts the exchange knows; an empty fleet (hosts not joined yet), a lost host or a busy
+    one only make the work wait."""
+    big = replace(fn("fn-pod", cpu=9.0), min_containers=1, noun="pod")
+    assert never_runs(plan(NOW, [big], [host(cpu=2.0)], POLICY).waiting["fn-pod"])
+    region = replace(fn("fn-pod"), min_containers=1, noun="pod", region="mars")
+    assert never_runs(plan(NOW, [region], [host()], POLICY).waiting["fn-pod"])
+    assert not never_runs(plan(NOW, [big], [], POLICY).waiting["fn-pod"])  # no host yet
+    lost = plan(NOW, [replace(big, cpu=1.0, queued=1)], [], POLICY, known_hosts=[host()])
+    assert not never_runs(lost.waiting["fn-pod"])
+    busy = held("ct-busy", last_active_ms=NOW, busy=True, cpu=2.0)
+    working = fn("fn-b", containers=(busy,), running=1, oldest_running_started_ms=NOW)
+    queued = fn("fn-a", queued=2)
+    assert not never_runs(plan(NOW, [queued, working], [full_host(busy)], POLICY).waiting["fn-a"])
+    assert not never_runs(None)
 
 
 def test_a_pods_disk_is_placed_only_where_that_much_disk_is_free() -> None:

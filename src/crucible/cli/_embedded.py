@@ -28,11 +28,25 @@ __all__ = [
     "ensure_running",
     "is_healthy",
     "local_url",
+    "refused_token_advice",
     "start_detached",
     "stop_detached",
 ]
 
 log = logging.getLogger("crucible.cli")
+
+
+def refused_token_advice(settings: Settings) -> str | None:
+    """What to do when the exchange refuses the token `crucible up` wrote (revoked, say):
+    restarting this machine's exchange writes a new one (bootstrap_tokens). None when the
+    token is not that one (CRUCIBLE_TOKEN or CRUCIBLE_SERVER_URL set) or no exchange runs
+    here."""
+    if settings.token or settings.server_url or running_exchange(settings) is None:
+        return None
+    return (
+        f"The token is the one `crucible up` wrote in {settings.home_path}: restart this "
+        "machine's exchange with `crucible down && crucible up -d`, which writes a new one"
+    )
 
 
 def log_path(settings: Settings) -> Path:

@@ -27,8 +27,9 @@ from crucible.cli import (
     up,
     volumes,
 )
+from crucible.cli._embedded import refused_token_advice
 from crucible.cli._output import err_console, shown
-from crucible.errors import Error
+from crucible.errors import AuthError, Error
 
 __all__ = ["app", "main"]
 
@@ -130,12 +131,23 @@ def _stdin_or_empty() -> None:
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's stdin)
 
 
+def _token_advice() -> str | None:
+    try:
+        from crucible.settings import load_settings
+
+        return refused_token_advice(load_settings())
+    except Error:  # settings that do not load were said so before any request
+        return None
+
+
 def main() -> None:
     _stdin_or_empty()
     try:
         app()
     except Error as exc:
         err_console.print(f"[bold red]Error:[/] {shown(exc, lines=True)}")
+        if isinstance(exc, AuthError) and (advice := _token_advice()):
+            err_console.print(advice, markup=False)
         sys.exit(1)
     except BrokenPipeError:  # `crucible calls | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

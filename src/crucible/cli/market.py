@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import typer
 
+from crucible.cli._confirm import YES, confirm
 from crucible.cli._ids import resolve_id
 from crucible.cli._output import (
     clean,
@@ -149,6 +150,9 @@ _STATEMENT_VIEWS: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any]]]] =
     ],
 }
 _ID_HEADERS = ("app", "meter", "call")
+# Commands whose arguments are amounts: "-5" is read as an argument (the command says why a
+# negative amount is refused), not as an unknown option ("No such option: -5").
+NUMBERS = {"ignore_unknown_options": True}
 
 
 def _current_offer(client: Any, host_id: str, device: str) -> dict[str, Any]:
@@ -230,11 +234,13 @@ def register(app: typer.Typer) -> None:
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("remove")
-    def host_remove(host_id: str) -> None:
+    def host_remove(host_id: str, yes: bool = YES) -> None:
         """Take a host off the exchange for good (its agent stopped, nothing runs or is reserved
-        on it); an agent that registers under its name again brings it back."""
+        on it); an agent that registers under its name again brings it back. Asks first;
+        --yes does not."""
         client = _client()
         host_id = resolve_id(client, host_id)
+        confirm(f"Take host {clean(host_id)} off the exchange for good?", yes)
         client.transport.request("DELETE", f"/v1/hosts/{url_part(host_id)}")
         console.print(f"removed host {host_id}", markup=False)
 
@@ -507,7 +513,7 @@ def register(app: typer.Typer) -> None:
         path = "/v1/credits" + (f"?account={account}" if account else "")
         _show(CreditInfo.model_validate(_client().get(path)), as_json)
 
-    @credits_app.command("grant")
+    @credits_app.command("grant", context_settings=NUMBERS)
     def credits_grant(
         account: str,
         amount: float = typer.Argument(..., help="Dollars."),
@@ -517,11 +523,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Grant prepaid credits to an account (operator: admin token)."""
         if not 0 < amount <= 1e9:
-            raise InvalidRequestError("amount must be dollars in (0, 1e9]")
+            raise InvalidRequestError(
+                "amount must be dollars in (0, 1e9]: a grant adds credit, it cannot take any"
+            )
         body = {"account": account, "amount_micros": round(amount * 1e6), "key": key, "memo": memo}
         _show(CreditInfo.model_validate(_client().post("/v1/credits/grants", body)), as_json)
 
-    @credits_app.command("cap")
+    @credits_app.command("cap", context_settings=NUMBERS)
     def credits_cap(
         account: str,
         dollars: str = typer.Argument(..., help="Daily cap in dollars, or 'none'."),
@@ -535,7 +543,10 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise InvalidRequestError(f"the cap {dollars!r} is not dollars or 'none'") from None
             if not 0 <= value <= 1e9:
-                raise InvalidRequestError("the daily cap must be dollars in [0, 1e9], or 'none'")
+                raise InvalidRequestError(
+                    "the daily cap must be dollars in [0, 1e9] (0 stops all spending), or "
+                    "'none' for no cap"
+                )
             cap = round(value * 1_000_000)
         body = {"account": account, "cap_micros": cap}
         data = _client().transport.request("PUT", "/v1/credits/cap", body)

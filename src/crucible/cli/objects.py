@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
+from crucible.cli._confirm import YES, confirm
 from crucible.cli._output import clean, console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
@@ -35,15 +36,19 @@ def register(app: typer.Typer) -> None:
         )
 
     @dict_app.command("clear")
-    def dict_clear(name: str) -> None:
-        """Remove every entry of a dict (it stays, empty)."""
-        _client().transport.request("POST", f"/v1/dicts/{_path('dict', name)}/clear")
+    def dict_clear(name: str, yes: bool = YES) -> None:
+        """Remove every entry of a dict (it stays, empty; asks first, --yes does not)."""
+        path = _path("dict", name)
+        confirm(f"Remove every entry of dict '{clean(name)}'?", yes)
+        _client().transport.request("POST", f"/v1/dicts/{path}/clear")
         console.print(f"cleared dict {name}", markup=False)
 
     @dict_app.command("delete")
-    def dict_delete(name: str) -> None:
-        """Delete a dict and its entries."""
-        _client().transport.request("DELETE", f"/v1/dicts/{_path('dict', name)}")
+    def dict_delete(name: str, yes: bool = YES) -> None:
+        """Delete a dict and its entries (asks first; --yes does not)."""
+        path = _path("dict", name)
+        confirm(f"Delete dict '{clean(name)}' and its entries?", yes)
+        _client().transport.request("DELETE", f"/v1/dicts/{path}")
         console.print(f"deleted dict {name}", markup=False)
 
     dict_app.command("rm", hidden=True)(dict_delete)
@@ -74,23 +79,28 @@ def register(app: typer.Typer) -> None:
         name: str,
         partition: str = typer.Option("", help="One partition (default: the default one)."),
         all_: bool = typer.Option(False, "--all", help="Every partition."),
+        yes: bool = YES,
     ) -> None:
-        """Remove the items of a queue's partition (or of all of them with --all)."""
-        body = {"partition": partition, "all": all_}
-        _client().post(f"/v1/queues/{_path('queue', name)}/clear", body)
+        """Remove the items of a queue's partition (or of all of them with --all; asks
+        first, --yes does not)."""
+        path = _path("queue", name)
         what = (
             "every partition of"
             if all_
-            else f"partition {partition!r} of"
+            else f"partition {clean(partition)!r} of"
             if partition
             else "the default partition of"
         )
+        confirm(f"Remove the items of {what} queue '{clean(name)}'?", yes)
+        _client().post(f"/v1/queues/{path}/clear", {"partition": partition, "all": all_})
         console.print(f"cleared {what} queue {clean(name)}", markup=False)
 
     @queue_app.command("delete")
-    def queue_delete(name: str) -> None:
-        """Delete a queue and its items."""
-        _client().transport.request("DELETE", f"/v1/queues/{_path('queue', name)}")
+    def queue_delete(name: str, yes: bool = YES) -> None:
+        """Delete a queue and its items (asks first; --yes does not)."""
+        path = _path("queue", name)
+        confirm(f"Delete queue '{clean(name)}' and its items?", yes)
+        _client().transport.request("DELETE", f"/v1/queues/{path}")
         console.print(f"deleted queue {name}", markup=False)
 
     queue_app.command("rm", hidden=True)(queue_delete)

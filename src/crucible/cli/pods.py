@@ -25,14 +25,36 @@ from crucible.cli.resources import (
 )
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
 from crucible.protocol.logs import LogPage
-from crucible.protocol.pods import DEFAULT_DISK, PodInfo, check_ssh_key, parse_env, port_path
+from crucible.protocol.pods import (
+    DEFAULT_DISK,
+    NOT_PLACED_YET,
+    PodInfo,
+    check_ssh_key,
+    parse_env,
+    port_path,
+)
 from crucible.sdk._client import Client
 from crucible.sdk._local_files import read_text_file
-from crucible.sdk._pods import Pod
+from crucible.sdk._pods import Pod, cannot_place
 
 __all__ = ["register", "ssh_keys_of", "volumes_of"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
+_RUNS = ("pulling", "starting", "running")  # `pod rm` asks for --force
+# How long `pod create` and `pod start` wait for the scheduler's first word on a new pending
+# pod (it looks at once when a pod arrives; this bounds a busy exchange's delay).
+_VERDICT_S = 5.0
+
+WAIT = typer.Option(
+    False, "--wait", help="Wait until it runs; exit 1 if it fails, cannot be placed or times out."
+)
+TIMEOUT = typer.Option(
+    None,
+    "--timeout",
+    min=1,
+    help="With --wait: give up after SECONDS (default 600).",
+    metavar="SECONDS",
+)
 
 
 def _path(client: Client, pod: str) -> str:
@@ -87,15 +109,52 @@ def _port_urls(server_url: str, info: PodInfo) -> list[tuple[str, str]]:
     ]
 
 
+def _state(info: PodInfo) -> str:
+    """The state and why (a failure's reason may end with its log's last lines: one line)."""
+    return info.state + (f": {' | '.join(info.reason.splitlines())}" if info.reason else "")
+
+
+def _check_wait(wait: bool, timeout_s: float | None) -> None:
+    """Before anything is created or started: --timeout means nothing without --wait."""
+    if timeout_s is not None and not wait:
+        raise typer.BadParameter("--timeout goes with --wait", param_hint="--timeout")
+
+
+def _settled(pod: Pod, wait: bool, timeout_s: float | None) -> PodInfo:
+    """The pod just created or started, once the scheduler has said where it goes or why it
+    waits; with ``wait``, once it runs. Raises when it cannot run: no host the exchange
+    knows could ever run it, it failed, or ``timeout_s`` passed."""
+    if wait:
+        return pod.wait("running", timeout_s=600.0 if timeout_s is None else timeout_s)
+    deadline = time.monotonic() + _VERDICT_S
+    info = pod.info()
+    while info.state == "pending" and info.reason == NOT_PLACED_YET:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+        info = pod.info()
+    if info.unplaceable:
+        raise cannot_place(info)
+    return info
+
+
+def _print_settled(info: PodInfo, as_json: bool) -> None:
+    if as_json:
+        print_json(info.model_dump())
+    else:
+        console.print(
+            f"pod {shown(info.name)} ({info.id}): {info.state}; "
+            f"`crucible pod show {shown(info.name)}` follows it"
+        )
+        if info.reason:  # why it waits (a host busy, the market's words)
+            console.print(f"  {shown(' | '.join(info.reason.splitlines()))}")
+
+
 def _show(info: PodInfo, server_url: str) -> None:
     rows = [
         ("id", info.id),
         ("name", info.name),
-        # A failure's reason may end with its log's last lines: one line in a table cell.
-        (
-            "state",
-            info.state + (f" ({' | '.join(info.reason.splitlines())})" if info.reason else ""),
-        ),
+        ("state", _state(info)),
         ("gpu", info.gpu or "none (CPU pod)"),
         ("cpu / memory", _cores(info.cpu) + f" / {info.memory_mib} MiB"),
         ("image", info.image or "the exchange's default image"),
@@ -153,10 +212,13 @@ def register(app: typer.Typer) -> None:
         ssh_key: list[Path] = typer.Option([], "--ssh-key", help="A public key file (repeat)."),
         env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeat)."),
         volume: list[str] = typer.Option([], "--volume", help="NAME:/path (repeat)."),
+        wait: bool = WAIT,
+        timeout: float = TIMEOUT,
         as_json: bool = JSON,
     ) -> None:
         """Create a pod: the market places it, and it runs (and is billed per ms) until you
-        stop it."""
+        stop it. Exits 1 when no host the exchange knows could ever run it (it stays
+        pending, in case one joins); --wait waits until it runs."""
         if name_arg and name and name_arg != name:
             raise typer.BadParameter(
                 f"two names given ({name_arg!r} and --name {name!r}); give one", param_hint="NAME"
@@ -168,6 +230,7 @@ def register(app: typer.Typer) -> None:
                 param_hint="NAME",
             )
         check_market_options(min_reliability, max_carbon)
+        _check_wait(wait, timeout)
         pod = Pod.create(
             name,
             gpu=gpu,
@@ -190,14 +253,7 @@ def register(app: typer.Typer) -> None:
             verified=verified,
             client=_client(),
         )
-        info = pod.info()
-        if as_json:
-            print_json(info.model_dump())
-            return
-        console.print(
-            f"pod {shown(info.name)} ({info.id}): {info.state}; "
-            f"`crucible pod show {shown(info.name)}` follows it"
-        )
+        _print_settled(_settled(pod, wait, timeout), as_json)
 
     @pod_app.command("list")
     def list_(as_json: bool = JSON) -> None:
@@ -279,25 +335,27 @@ def register(app: typer.Typer) -> None:
                 return
             time.sleep(1.0)
 
-    def _act(pod: str, action: str, as_json: bool) -> None:
+    def _act(pod: str, action: str) -> tuple[Client, PodInfo]:
         client = _client()
-        info = PodInfo.model_validate(client.post(f"{_path(client, pod)}/{action}"))
-        if as_json:
-            print_json(info.model_dump())
-        else:
-            reason = f" ({shown(info.reason)})" if info.reason else ""
-            console.print(f"pod {shown(info.name)}: {info.state}{reason}")
+        return client, PodInfo.model_validate(client.post(f"{_path(client, pod)}/{action}"))
 
     @pod_app.command("stop")
     def stop(pod: str, as_json: bool = JSON) -> None:
         """Stop a pod (SIGTERM, the grace, SIGKILL). Billing stops with it; its disk stays
         on its host for `crucible pod start`."""
-        _act(pod, "stop", as_json)
+        info = _act(pod, "stop")[1]
+        if as_json:
+            print_json(info.model_dump())
+        else:
+            console.print(f"pod {shown(info.name)}: {shown(_state(info))}")
 
     @pod_app.command("start")
-    def start(pod: str, as_json: bool = JSON) -> None:
-        """Start a stopped, preempted or failed pod: the market is asked again."""
-        _act(pod, "start", as_json)
+    def start(pod: str, wait: bool = WAIT, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+        """Start a stopped, preempted or failed pod: the market is asked again. Exits 1 when
+        no host the exchange knows could ever run it; --wait waits until it runs."""
+        _check_wait(wait, timeout)
+        client, info = _act(pod, "start")
+        _print_settled(_settled(Pod(info, client), wait, timeout), as_json)
 
     def _running(client: Client, pod: str) -> tuple[PodInfo, str]:
         """The pod and its running container, which access sessions reach."""
@@ -370,10 +428,23 @@ def register(app: typer.Typer) -> None:
         ssh_to(target, command, identity)
 
     @pod_app.command("rm")
-    def rm(pod: str) -> None:
-        """Delete a pod (stopped first if it runs); its name is free again."""
+    def rm(
+        pod: str,
+        force: bool = typer.Option(False, "--force", "-f", help="Delete it even if it runs."),
+    ) -> None:
+        """Delete a pod and its disk; its name is free again. A running pod is refused
+        without --force (`crucible pod stop` stops it and keeps the disk)."""
         client = _client()
         path = _path(client, pod)
+        if not force:
+            info = PodInfo.model_validate(client.get(path))
+            if info.state in _RUNS:
+                name = clean(info.name)
+                raise ConflictError(
+                    f"pod {name} is {info.state}: `crucible pod rm` deletes it and its disk. "
+                    f"`crucible pod stop {name}` stops it and keeps the disk; "
+                    f"`crucible pod rm --force {name}` deletes it anyway"
+                )
         client.transport.delete(path)
         console.print(f"pod {shown(pod)} deleted")
 

@@ -25,7 +25,7 @@ from crucible.cli._output import (
     table,
 )
 from crucible.cli._when import SINCE, UNTIL, period_query
-from crucible.errors import NotFoundError
+from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.billing import BillReport
 from crucible.protocol.calls import CallAttempt, CallTimeline
 from crucible.protocol.hosts import (
@@ -549,13 +549,17 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = JSON,
     ) -> None:
-        """Create a token; the secret is printed once."""
+        """Create a token; the secret is shown once (the exchange keeps only its hash)."""
         body = {"scope": scope, "name": name, "account_id": account}
         data = _client().post("/v1/tokens", {k: v for k, v in body.items() if v is not None})
         if as_json:
             print_json(data)
         else:
             console.print(f"{data['id']} ({data['scope']}): {shown(data['token'])}")
+            err_console.print(
+                "Save the secret now: it is shown only once (the exchange keeps only its hash).",
+                markup=False,
+            )
 
     @token_app.command("list")
     def token_list(as_json: bool = JSON) -> None:
@@ -568,18 +572,32 @@ def register(app: typer.Typer) -> None:
             "Tokens",
             ["id", "scope", "name", "created (UTC)", "revoked"],
             [
-                (t["id"], t["scope"], t["name"], fmt_time(t["created_ms"]), t["revoked"])
+                (
+                    t["id"],
+                    t["scope"],
+                    t["name"],
+                    fmt_time(t["created_ms"]),
+                    "yes" if t["revoked"] else "no",
+                )
                 for t in data
             ],
             ids=("id",),
         )
 
     @token_app.command("revoke")
-    def token_revoke(token_id: str) -> None:
-        """Revoke a token (it stops working within seconds)."""
+    def token_revoke(
+        token_id: str = typer.Argument(..., metavar="TOKEN", help="Its id, or its name."),
+        force: bool = typer.Option(
+            False, "--force", help="Even the token in use, or the last admin token."
+        ),
+    ) -> None:
+        """Revoke a token (it stops working within seconds). The token this command uses,
+        and the exchange's last admin token, are refused without --force: revoking either
+        locks you (or every operator) out."""
         client = _client()
-        token_id = resolve_id(client, token_id)
-        client.transport.request("DELETE", f"/v1/tokens/{url_part(token_id)}")
+        token_id = _token_id(client, token_id)
+        query = "?force=true" if force else ""
+        client.transport.request("DELETE", f"/v1/tokens/{url_part(token_id)}{query}")
         console.print(f"revoked {token_id}")
 
     account_app = typer.Typer(help="Accounts (admin).")
@@ -620,3 +638,17 @@ def register(app: typer.Typer) -> None:
                 f"{shown(data['name'])} is not a provider: its hosts run its own work only "
                 "(other accounts' containers there are being stopped)"
             )
+
+
+def _token_id(client: Client, ref: str) -> str:
+    """A token's id from its id, short id or name (`crucible token list` shows both)."""
+    if ref.startswith("tk-"):
+        return resolve_id(client, ref)
+    named = [t for t in client.get("/v1/tokens") if t["name"] == ref and not t["revoked"]]
+    if len(named) > 1:
+        raise InvalidRequestError(
+            f"{len(named)} tokens are named {clean(ref)!r}: give the id (`crucible token list`)"
+        )
+    if not named:
+        raise NotFoundError(f"no token {clean(ref)!r} (`crucible token list` shows yours)")
+    return str(named[0]["id"])

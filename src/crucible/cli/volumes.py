@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from crucible.cli._output import console, err_console, fmt_time, print_json, table
+from crucible.cli._confirm import YES, confirm
+from crucible.cli._output import clean, console, err_console, fmt_time, print_json, table
 from crucible.cli.resources import JSON, _client
 from crucible.errors import InvalidRequestError
 from crucible.protocol.volumes import VolumeInfo
@@ -151,8 +152,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"volume {name}: version {done.version}", markup=False)
 
     @vol_app.command("delete")
-    def delete(name: str) -> None:
-        """Delete the volume and all its versions."""
+    def delete(name: str, yes: bool = YES) -> None:
+        """Delete the volume and all its versions (asks first; --yes does not)."""
+        confirm(f"Delete volume '{clean(name)}' and all its versions?", yes)
         Volume.delete(name, client=_client())
         console.print(f"deleted volume {name}", markup=False)
 

@@ -59,6 +59,7 @@ __all__ = [
     "disk_short",
     "gib_text",
     "may_run",
+    "never_runs",
     "plan",
     "retry_delay_ms",
 ]
@@ -341,7 +342,7 @@ def gib_text(mib: int) -> str:
 def _describe_largest(hosts: list[HostCapacity], *, disk: bool = False) -> str:
     """The largest host's cores, memory and GPUs per model (and free disk, with ``disk``)."""
     if not hosts:
-        return "no host is registered"
+        return _NO_HOST
     # Whole hosts, not each figure's maximum over different hosts ("100000 cores, 3246368
     # MiB" read as one host that could run a 1,000-core function, while none could).
     most_cpu = max(hosts, key=lambda h: (h.cpu, h.memory_mib, h.id))
@@ -474,27 +475,45 @@ def _another_gpu(fn: FunctionDemand) -> str:
     return "add a fallback with gpu=[...]"
 
 
+# How each of _never_reason's verdicts begins (read back by never_runs).
+_NEVER_LEADS = (
+    "no host can ever run this ",
+    "no host in region=",
+    "no fully isolated host can run this ",
+    "no host that filters network egress can run this ",
+    "no verified host can run this ",
+)
+_NO_HOST = "no host is registered"
+
+
+def never_runs(reason: str | None) -> bool:
+    """Whether ``reason`` (a waiting reason of the plan) says that no host the exchange
+    knows could ever run the work as asked: not a busy fleet, nor an empty one (whose
+    hosts have not joined yet)."""
+    return reason is not None and reason.startswith(_NEVER_LEADS) and _NO_HOST not in reason
+
+
 def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
     """Why no known host may ever run ``fn``, in words the builder can act on."""
     request = _describe_request(fn)
     sized = [h for h in known if any(_fits(h, fn, ch, now=False) for ch in _choices(fn))]
     if not sized:
         return (
-            f"no host can ever run this {fn.noun} ({request}): "
+            f"{_NEVER_LEADS[0]}{fn.noun} ({request}): "
             f"{_describe_largest(known, disk=fn.disk_mib > 0)}. "
             f"Lower the request, {_another_gpu(fn)}, or add a host that has it."
         )
     if fn.region is not None and not any(h.region == fn.region for h in sized):
         where = sorted({h.region for h in sized})
         return (
-            f"no host in region={fn.region} can run this {fn.noun} ({request}): the hosts big "
+            f"{_NEVER_LEADS[1]}{fn.region} can run this {fn.noun} ({request}): the hosts big "
             f"enough are in {', '.join(where)}. Widen the region, or add a host in "
             f"{fn.region}."
         )
     sized = [h for h in sized if fn.region is None or h.region == fn.region]
     if not any(h.isolated or h.owner == fn.account_id for h in sized):
         return (
-            f"no fully isolated host can run this {fn.noun} ({request}): the hosts big enough "
+            f"{_NEVER_LEADS[2]}{fn.noun} ({request}): the hosts big enough "
             "run only their owner's code (they do not isolate fully, e.g. runtime process, or "
             "their account is not a provider the operator approved). Add a fully isolated "
             "host of a provider (docs/sandbox.md, docs/operators.md), or run it on a host of "
@@ -502,13 +521,13 @@ def _never_reason(fn: FunctionDemand, known: list[HostCapacity]) -> str:
         )
     if fn.network and not any(h.egress or h.owner == fn.account_id for h in sized):
         return (
-            f"no host that filters network egress can run this {fn.noun} ({request}): it asks "
+            f"{_NEVER_LEADS[3]}{fn.noun} ({request}): it asks "
             "for network=, and the hosts big enough cannot keep a sandbox's egress away from "
             "the host (slirp4netns and nftables, agent as root: docs/hosts.md), so they give "
             "network only to their owner's code. Drop network=, or add such a host."
         )
     return (
-        f"no verified host can run this {fn.noun} ({request}): it asks for verified=True, and "
+        f"{_NEVER_LEADS[4]}{fn.noun} ({request}): it asks for verified=True, and "
         "the hosts big enough did not pass the self-test against the GPU catalog "
         "(`crucible hosts` shows why). Drop verified=True, or add a verified host."
     )

@@ -25,6 +25,7 @@ from crucible.protocol.volumes import check_mount_path
 
 __all__ = [
     "MAX_NODES",
+    "NOT_PLACED_YET",
     "POD_NAME",
     "POD_STATES",
     "ClusterCreate",
@@ -46,6 +47,10 @@ __all__ = [
     "port_env",
     "port_path",
 ]
+
+# A pending pod's reason before the scheduler has said why it waits (it has not looked yet,
+# or every host that could take the pod is busy).
+NOT_PLACED_YET = "not placed yet: it goes to a host as soon as one can take it"
 
 # A pod's name becomes a host name inside a cluster: DNS-label-like, 1-63 characters.
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -219,6 +224,9 @@ class PodInfo(Wire):
     name: str
     state: str
     reason: str | None = None
+    # Pending, and no host the exchange knows could ever run it as asked (the reason says
+    # why and what to change): it stays pending, in case such a host joins.
+    unplaceable: bool = False
     gpu: str | None = None
     cpu: float
     memory_mib: WireInt

@@ -13,14 +13,14 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from crucible.errors import Error, InvalidRequestError
+from crucible.errors import Error, InvalidRequestError, ResourcesUnsatisfiableError
 from crucible.protocol.logs import LogLine, LogPage
 from crucible.protocol.pods import DEFAULT_DISK, PodCreate, PodInfo, parse_pod, port_path
 from crucible.sdk._checks import from_validation_error
 from crucible.sdk._client import Client
 from crucible.sdk._market_terms import market_terms
 
-__all__ = ["Pod"]
+__all__ = ["Pod", "cannot_place"]
 
 _FINAL = ("stopped", "preempted", "failed", "deleted")
 
@@ -160,7 +160,9 @@ class Pod:
         return str(got["url"])
 
     def wait(self, *states: str, timeout_s: float = 120.0) -> PodInfo:
-        """Poll until the pod is in one of ``states`` (default: running or a final state)."""
+        """Poll until the pod is in one of ``states`` (default: running or a final state).
+        Raises at once when it is final, or pending where no host could ever run it
+        (:class:`ResourcesUnsatisfiableError`); :class:`TimeoutError` after ``timeout_s``."""
         wanted = states or ("running", *_FINAL)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -175,6 +177,8 @@ class Pod:
                     + (f": {info.reason}" if info.reason else "")
                     + "; start it again with pod.start() (`crucible pod start`)"
                 )
+            if info.unplaceable:  # nor will it get there while the fleet stays as it is
+                raise cannot_place(info)
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"pod {self.name!r} is {info.state} after {timeout_s:g} s, not "
@@ -196,6 +200,14 @@ class Pod:
             if not follow or self.info().state in _FINAL:
                 return
             time.sleep(0.5)
+
+
+def cannot_place(info: PodInfo) -> ResourcesUnsatisfiableError:
+    """The error for a pod that no host the exchange knows could ever run as asked."""
+    return ResourcesUnsatisfiableError(
+        f"pod {info.name!r} cannot be placed: {info.reason} It stays pending (at no cost) in "
+        f"case such a host joins; delete it with `crucible pod rm {info.name}` (pod.delete())"
+    )
 
 
 def _ref(name: str) -> str:

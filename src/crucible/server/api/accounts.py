@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from crucible.protocol.accounts import (
     AccountCreate,
@@ -64,6 +64,10 @@ async def list_tokens(who: Builder, state: State) -> list[TokenInfo]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: str, who: Builder, state: State) -> None:
+async def revoke_token(
+    token_id: str, who: Builder, state: State, force: bool = Query(False)
+) -> None:
+    """Revoke a token of the caller's account; its own token, or the exchange's last admin
+    token, only with ``force=true`` (409 otherwise: either locks someone out)."""
     with state.engine.begin() as conn:
-        svc.revoke_token(conn, state, who, token_id)
+        svc.revoke_token(conn, state, who, token_id, force)

@@ -238,16 +238,22 @@ def list_all_tokens(conn: Connection, principal: Principal, limit: int = 500) ->
     ]
 
 
-def revoke_token(conn: Connection, state: ServerState, principal: Principal, token_id: str) -> None:
+def revoke_token(
+    conn: Connection, state: ServerState, principal: Principal, token_id: str, force: bool = False
+) -> None:
+    """Revoke a token of the caller's account. Without ``force``, the caller's own token and
+    the exchange's last admin token are refused: either would lock someone out."""
     was = conn.execute(
-        select(tokens.c.revoked).where(
+        select(tokens.c.revoked, tokens.c.scope).where(
             tokens.c.id == token_id, tokens.c.account_id == principal.account_id
         )
     ).first()
     if was is None:
-        raise NotFoundError(f"token {token_id} not found")
+        raise NotFoundError(f"token {token_id} not found (`crucible token list` shows yours)")
     if was.revoked:
         return  # already: nothing changes, and nothing more goes to the audit log
+    if not force:
+        _check_not_locking_out(conn, principal, token_id, was.scope)
     conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
     audit.record(
         conn,
@@ -258,6 +264,31 @@ def revoke_token(conn: Connection, state: ServerState, principal: Principal, tok
         account_id=principal.account_id,
     )
     state.auth.token_cache.clear()
+
+
+def _check_not_locking_out(
+    conn: Connection, principal: Principal, token_id: str, scope: str
+) -> None:
+    if token_id == principal.token_id:
+        raise ConflictError(
+            f"token {token_id} is the one this request was made with: revoked, every later "
+            "request with it is refused, this one's included, and it cannot make another. "
+            "Create a new token first (`crucible token create`) and use it; to revoke this "
+            "one anyway, pass --force (force=true)"
+        )
+    if scope == Scope.ADMIN:
+        admins = conn.execute(
+            select(func.count())
+            .select_from(tokens)
+            .where(tokens.c.scope == Scope.ADMIN.value, tokens.c.revoked.is_(False))
+        ).scalar_one()
+        if admins <= 1:
+            raise ConflictError(
+                f"token {token_id} is the exchange's last admin token: revoked, no one could "
+                "create accounts, grant credits or manage hosts any more. Create another admin "
+                "token first (`crucible token create --scope admin`); to revoke this one "
+                "anyway, pass --force (force=true)"
+            )
 
 
 def authenticate(state: ServerState, header: str | None) -> Principal:

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, or_, select, update
 
 from crucible.core.metering import interval_cost
+from crucible.core.scheduling import never_runs
 from crucible.errors import (
     ConflictError,
     InvalidRequestError,
@@ -40,6 +41,7 @@ from crucible.protocol.image_refs import parse_image_ref
 from crucible.protocol.images import ImageSpec
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import (
+    NOT_PLACED_YET,
     ClusterNetPlan,
     PodAssignment,
     PodCreate,
@@ -369,7 +371,7 @@ def _shown_state(row: Any, ct: Any, waiting: str | None) -> tuple[str, str | Non
             return "stopping", None
         # No reason from the scheduler: it has not looked yet, or every host that could
         # take the pod is busy.
-        return "pending", waiting or "not placed yet: it goes to a host as soon as one can take it"
+        return "pending", waiting or NOT_PLACED_YET
     if ct.state == "stopped":
         return _outcome(row, ct)
     if ct.state == "stopping" or row.state == "stopping":
@@ -421,6 +423,7 @@ def _info_of(
         name=row.name,
         state=state,
         reason=reason,
+        unplaceable=state == "pending" and ct is None and never_runs(reason),
         gpu=spec.gpu,
         cpu=spec.cpu,
         memory_mib=spec.memory_mib,
