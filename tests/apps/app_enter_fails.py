@@ -27,3 +27,24 @@ class BrokenRetried:
     @crucible.method()
     def predict(self, x: int) -> int:
         return x
+
+
+@app.cls()
+class FailsOnce:
+    """Its first container cannot load (a download that failed once); later ones can."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    @crucible.enter()
+    def load(self) -> None:
+        import pathlib
+
+        path = pathlib.Path(self.marker)
+        if not path.exists():
+            path.write_text("tried")
+            raise ConnectionError("the weights server did not answer")
+
+    @crucible.method()
+    def predict(self, x: int) -> int:
+        return x

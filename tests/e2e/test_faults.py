@@ -247,3 +247,22 @@ def test_a_crash_loop_fails_every_call_with_the_hooks_own_error(tmp_path: Path) 
         client.close()
     finally:
         ex.close()
+
+
+def test_a_container_that_cannot_load_fails_one_call_not_the_queue(tmp_path: Path) -> None:
+    """It took every queued call and failed them all at once, so a hook that fails once
+    failed a whole .map (probe3 F9): it fails one and exits; the next container loads."""
+    ex = Exchange(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+    ex.start_server()
+    try:
+        ex.start_agent("host-a")
+        client = ex.client(ex.owner_token())
+        with app_enter_fails.app.run(client=client):
+            model = app_enter_fails.FailsOnce(marker=str(tmp_path / "tried"))
+            out = list(model.predict.map(range(6), return_exceptions=True))
+        failed = [x for x in out if isinstance(x, Exception)]
+        assert len(failed) == 1 and isinstance(failed[0], ConnectionError), out
+        assert len([x for x in out if isinstance(x, int)]) == 5, out
+        client.close()
+    finally:
+        ex.close()

@@ -137,6 +137,15 @@ def test_pools_per_class_are_capped(make_server: Callable[..., ServerUnderTest])
     r = server.request("POST", POOLS, token=token, json={"params": {"size": "c"}})
     assert r.status_code == 413 and error_code(r) == "quota_exceeded", r.text
     assert "CRUCIBLE_MAX_CLASS_POOLS=2" in r.text
+    # A pool's own pools would each have a fresh allowance (probe3 F1): refused.
+    pool = _pool(server, token, size="a")["name"]
+    r = server.request(
+        "POST",
+        f"/v1/deployments/svc/functions/{pool}/pools",
+        token=token,
+        json={"params": {"size": "d"}},
+    )
+    assert r.status_code == 400 and "is a pool of the class Model" in r.text, r.text
 
 
 def test_another_tenant_cannot_make_pools(server: ServerUnderTest) -> None:
@@ -174,6 +183,38 @@ def test_a_redeploy_moves_calls_to_the_new_versions_pool(server: ServerUnderTest
         json={"inputs": [{"args": {"data": "gAQ="}}]},
     )
     assert r.status_code == 400 and "unexpected parameter(s) 'size'" in r.text, r.text
+
+
+def test_a_redeploy_keeps_a_handles_values_not_the_new_defaults(server: ServerUnderTest) -> None:
+    """probe3 F3, F4: a handle on the old default pool went to the new version's default
+    (forwarded by name: its values changed under it), and one whose pool carried an old
+    default the new class no longer takes was refused for a parameter nobody passed."""
+    token = server.tenant("alice").token
+    v1_spec = {**SPEC, "params": [*SPEC["params"], {"name": "extra", "default": "x"}]}
+    _deploy(
+        server, token, class_params={"size": "small", "scale": 1, "extra": "x"}, class_spec=v1_spec
+    )
+    default_v1 = server.ok("GET", "/v1/deployments/svc/functions/Model", token=token)
+    large_v1 = _pool(server, token, size="large")
+    v2_spec = {
+        **SPEC,
+        "params": [{"name": "size", "default": "medium"}, {"name": "scale", "default": 1}],
+    }
+    _deploy(server, token, class_params={"size": "medium", "scale": 1}, class_spec=v2_spec)
+    [from_default] = server.new_calls(token, default_v1["id"])
+    [from_large] = server.new_calls(token, large_v1["id"])
+    with server.state.engine.connect() as conn:
+        ran = dict(
+            conn.execute(
+                select(calls.c.id, functions.c.spec)
+                .join(functions, functions.c.id == calls.c.function_id)
+                .where(calls.c.id.in_([from_default, from_large]))
+            ).all()
+        )
+    # Model() made on v1 keeps size=small (v1's default), not v2's medium.
+    assert ran[from_default]["class_params"] == {"size": "small", "scale": 1}
+    # Model(size="large") made on v1 carried extra="x" (v1's default, which v2 dropped).
+    assert ran[from_large]["class_params"] == {"size": "large", "scale": 1}
 
 
 def test_canonical_parameters_are_the_same_rule_everywhere() -> None:

@@ -697,16 +697,25 @@ class Worker:
         if self.assignment.max_inputs > 1 and self.init_error is None:
             self.serve_concurrent(self.assignment.max_inputs)
             return
+        if self.init_error is not None:
+            # A container that cannot load its function fails one input with why (the caller
+            # learns it at once) and exits: the next container, after the crash loop's
+            # backoff, may load (a hook that failed once); when none does, the crash loop
+            # fails the rest with the same error (scheduler/loop._fail_crash_loops).
+            reply = self.exchange([], 1, 0.0)
+            failed = [self.run_input(item) for item in reply.inputs]
+            if failed:
+                self.exchange(failed, 0, 0.0)
+            return
         outputs: list[OutputItem] = []
         while True:
             want = self._want()
-            # A container that cannot load its function drains what is queued and exits.
-            wait = 0.0 if (self.stopping or self.init_error is not None) else _WAIT_S
+            wait = 0.0 if self.stopping else _WAIT_S
             reply = self.exchange(outputs, want, wait)
             outputs = []
             for item in reply.inputs:
                 outputs.append(self.run_input(item))
-            if reply.stop or (not reply.inputs and (self.stopping or self.init_error)):
+            if reply.stop or (not reply.inputs and self.stopping):
                 if outputs:
                     self.exchange(outputs, 0, 0.0)
                 return

@@ -48,6 +48,12 @@ def class_pool(
     first ask. Two asks at once get the same function. ``principal`` found ``cls`` (it may
     call the deployment)."""
     spec = cls.spec
+    of_class = pool_of_class(cls)
+    if of_class is not None:  # a pool's pools would escape the class's cap
+        raise InvalidRequestError(
+            f"{cls.name} is a pool of the class {of_class[0]}: ask the class for the pool of "
+            f"these parameters (POST .../functions/{of_class[0]}/pools)"
+        )
     if spec.class_params is None:
         raise InvalidRequestError(
             f"{cls.name} is not an @app.cls() class (it is a "

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, func, select, update
 
 from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
+from crucible.protocol.classes import ClassSpec
 from crucible.protocol.deployments import DeploymentInfo, DeploymentVersion, VersionStarted
 from crucible.protocol.ids import new_id
 from crucible.server.auth import Principal
@@ -258,19 +260,57 @@ def forward_call_target(
     ).first()
     if row is None or row.state != "running":
         return None
-    try:
-        return current_function(conn, principal, row.name, fn.name)
-    except NotFoundError:
-        pass
-    of_class = pool_of_class(fn)
-    if of_class is None:
-        return None
+    of_class = _class_params_of(fn)
+    if of_class is None:  # a function: the current version's of the same name
+        try:
+            return current_function(conn, principal, row.name, fn.name)
+        except NotFoundError:
+            return None
+    # A class's pool, its default one included: the same parameter values in the current
+    # version (forwarded by name, the default pool went to the new defaults).
     cls_name, params = of_class
     try:
         cls = current_function(conn, principal, row.name, cls_name)
     except NotFoundError:
         return None
-    return class_pool(conn, principal, cls, params, now_ms, max_pools=max_pools)
+    if cls.spec.class_spec is None:
+        return cls if cls.name == fn.name else None
+    return class_pool(
+        conn,
+        principal,
+        cls,
+        _still_taken(params, fn.spec.class_spec, cls.spec.class_spec),
+        now_ms,
+        max_pools=max_pools,
+    )
+
+
+def _class_params_of(fn: FunctionRow) -> tuple[str, dict[str, Any]] | None:
+    """A class's function (its default pool or a parameter set's): the class's name and the
+    parameter values its calls run with. None for anything else (or a class's function whose
+    values cannot be told: a required parameter, a spec from before classes recorded them)."""
+    pool = pool_of_class(fn)
+    if pool is not None:
+        return pool
+    spec = fn.spec.class_spec
+    if fn.spec.class_params is None or spec is None:
+        return None
+    defaults = spec.defaults()
+    return None if defaults is None else (fn.name, defaults)
+
+
+def _still_taken(params: dict[str, Any], old: ClassSpec | None, new: ClassSpec) -> dict[str, Any]:
+    """``params`` of the old version, less those the new class no longer takes that were
+    only the old version's defaults (nobody passed them: the caller never wrote them)."""
+    if new.any_params:
+        return dict(params)
+    taken = {p.name for p in new.params}
+    defaults = {p.name: p.default for p in (old.params if old is not None else [])}
+    return {
+        k: v
+        for k, v in params.items()
+        if k in taken or k not in defaults or orjson.dumps(defaults[k]) != orjson.dumps(v)
+    }
 
 
 def retire_drained_versions(conn: Connection, now_ms: int) -> list[str]:
