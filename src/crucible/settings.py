@@ -477,6 +477,13 @@ class Settings:
         "CRUCIBLE_STOP_GRACE_S",
         "Between SIGTERM and SIGKILL when the agent stops a container.",
     )
+    volume_stop_grace_s: float = _opt(
+        50.0,
+        "CRUCIBLE_VOLUME_STOP_GRACE_S",
+        "Between SIGTERM and SIGKILL for a container that mounts volumes: it commits what it "
+        "left uncommitted as it stops (a preemption keeps the market's grace; a stop is "
+        "billed 60 s at most).",
+    )
     runtime: str = _opt(
         "auto",
         "CRUCIBLE_RUNTIME",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import crucible
@@ -42,3 +43,17 @@ def write_without_commit(name: str) -> None:
 def commit_what_is_here() -> list[str]:
     scratch.commit()
     return sorted(p.name for p in Path("/scratch").iterdir())
+
+
+@app.cls(volumes={"/scratch": scratch}, retries=0)
+class SlowToStop:
+    """Its @exit hook takes longer than the stop grace (CRUCIBLE_STOP_GRACE_S, 1 s in the
+    tests): the commit at exit comes after it."""
+
+    @crucible.method()
+    def write(self, name: str) -> None:
+        Path("/scratch", name).write_text("kept past a slow exit hook")
+
+    @crucible.exit()
+    def close(self) -> None:
+        time.sleep(3)

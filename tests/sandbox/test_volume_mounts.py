@@ -86,3 +86,14 @@ def test_a_container_that_stops_commits_what_it_left(sandboxed: Exchange, tenant
     names = lambda: {f.path.rsplit("/", 1)[-1] for f in vol.listdir("/")}  # noqa: E731
     wait_for(lambda: "kept.txt" in names(), 60, "the commit at exit")
     assert b"".join(vol.read_file("kept.txt")) == b"kept at exit"
+
+
+def test_a_container_with_volumes_gets_time_to_commit(sandboxed: Exchange, tenant: Any) -> None:
+    """The commit at exit came after the @exit hooks, and the agent's SIGKILL came at the
+    stop grace (5 s by default; 1 s here): a slow hook or a large output was lost without a
+    word (probe3 F7). A container that mounts volumes gets CRUCIBLE_VOLUME_STOP_GRACE_S."""
+    vol = crucible.Volume.from_name("scratch", create_if_missing=True, client=tenant)
+    with app_volumes.app.run(client=tenant):
+        app_volumes.SlowToStop().write.remote("slow.txt")
+    names = lambda: {f.path.rsplit("/", 1)[-1] for f in vol.listdir("/")}  # noqa: E731
+    wait_for(lambda: "slow.txt" in names(), 60, "the commit after a slow exit hook")

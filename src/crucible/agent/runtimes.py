@@ -131,6 +131,7 @@ def build_runtime(
                 gpu_dev_root=settings.gpu_dev_root,
             ),
             stop_grace_s=settings.stop_grace_s,
+            volume_stop_grace_s=settings.volume_stop_grace_s,
             on_exit=on_exit,
             uids=uids,
             oci=OciImages(

@@ -187,6 +187,7 @@ class SandboxRuntime:
         images: ImageCache,
         limits: SandboxLimits | None = None,
         stop_grace_s: float = 5.0,
+        volume_stop_grace_s: float = 50.0,
         on_exit: Callable[[ContainerReport], None] | None = None,
         uids: UidPool | None = None,
         oci: OciImages | None = None,
@@ -218,6 +219,8 @@ class SandboxRuntime:
         self.images = images
         self.limits = limits or SandboxLimits()
         self.stop_grace_s = stop_grace_s
+        # A container with volumes commits what it left as it stops (sdk/_volumes.py).
+        self.volume_stop_grace_s = volume_stop_grace_s
         self.on_exit = on_exit
         self._boxes: dict[str, _Box] = {}
         self._zygotes: dict[str, _Zygote] = {}
@@ -297,6 +300,8 @@ class SandboxRuntime:
                 notify = False
                 self._signal(box, signal.SIGTERM)
                 delay = self.stop_grace_s if grace_s is None else max(0.0, grace_s)
+                if grace_s is None and box.assignment is not None and box.assignment.volumes:
+                    delay = max(delay, self.volume_stop_grace_s)
                 timer = threading.Timer(delay, self._escalate, args=(box,))
                 timer.daemon = True
                 box.timers.append(timer)

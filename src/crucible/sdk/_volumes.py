@@ -435,6 +435,8 @@ def commit_at_exit() -> None:
         if mount.held is None or not _last(mount.held):
             log.info("volume %r: left to the last container using it to commit", name)
             continue
+        # Said first: a container killed before the commit ends leaves this line behind.
+        log.info("volume %r: committing what this container left uncommitted", name)
         try:
             done = Volume(name, mount.client).commit()
         except Exception as exc:  # the container is stopping: say what was not kept
