@@ -35,7 +35,6 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 from pydantic import ValidationError
 
 from crucible.errors import Error, InvalidRequestError
@@ -122,8 +121,10 @@ def class_spec_of(cls: type, methods: list[str]) -> ClassSpec:
 
 def _plain_json(value: Any) -> bool:
     """Whether ``value`` is JSON as it is (a tuple, an enum or NaN would come back changed)."""
-    if value is None or type(value) in (str, int, bool):
+    if value is None or type(value) in (str, bool):
         return True
+    if type(value) is int:  # JSON's integers, as orjson writes them
+        return -(2**63) <= value < 2**64
     if type(value) is float:
         return value == value and value not in (float("inf"), float("-inf"))
     if type(value) is list:
@@ -138,13 +139,16 @@ def _canonical(name: str, spec: ClassSpec, args: tuple[Any, ...], params: dict[s
     carries them."""
     if args:
         raise InvalidRequestError(f"pass {name}'s parameters by name")
-    try:
-        params = orjson.loads(orjson.dumps(params))
-    except TypeError:
-        raise InvalidRequestError(
-            f"{name}'s parameters must be JSON (strings, numbers, ...): {_fmt(params)}"
-        ) from None
-    return canonical_params(spec, name, params)
+    for key, value in params.items():
+        # As they are, or refused: JSON would turn NaN into null (the pool of None), a tuple
+        # into a list and a datetime into a string, and the container would get those.
+        if not _plain_json(value):
+            raise InvalidRequestError(
+                f"{name}({key}={value!r}): a parameter must be a JSON value (a string, an "
+                "int, a finite float, a bool, None, or lists and dicts of those); pass other "
+                "data to a method"
+            )
+    return canonical_params(spec, name, dict(params))
 
 
 class Cls:

@@ -1,0 +1,39 @@
+"""A class's parameters are taken as they are or refused: JSON turned NaN into null (the pool
+of ``scale=None``), a tuple into a list and a datetime into a string, and the container got
+those (probe3 F2)."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import pytest
+
+import crucible
+
+app = crucible.App("plain-params")
+
+
+@app.cls()
+class Model:
+    def __init__(self, scale: float = 1.0, tags: object = None) -> None:
+        self.scale, self.tags = scale, tags
+
+    @crucible.method()
+    def predict(self, x: float) -> float:
+        return x * self.scale
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.nan, math.inf, -math.inf, (1, 2), datetime.date(2026, 1, 1), {1: "a"}, 2**70, b"x"],
+)
+def test_a_parameter_json_would_change_is_refused(value: object) -> None:
+    with pytest.raises(crucible.InvalidRequestError, match=r"a parameter must be a JSON value"):
+        Model(scale=value)
+
+
+def test_plain_values_are_taken() -> None:
+    Model(scale=0.5)
+    Model(tags=["a", {"b": [1, 2.5, None, True]}])
+    Model(scale=2**63 - 1)
