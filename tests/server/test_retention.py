@@ -178,6 +178,7 @@ def test_retention_prunes_old_rows_and_statements_stay_the_same(make_server: Mak
     loop = SchedulerLoop(server.state)
     # Young rows: nothing goes.
     assert loop.retention(clock.ms).total == 0
+    assert server.ok("GET", "/v1/bill", token=t["renter"]).get("kept_from_ms") is None
 
     clock.ms += 100 * DAY_MS  # past every default window (30, 30 and 90 days; 24 h grace)
     fresh = _blob(server, t["renter"], b"uploaded just now, not referenced yet")
@@ -201,6 +202,12 @@ def test_retention_prunes_old_rows_and_statements_stay_the_same(make_server: Mak
 
     # The ledger is whole: statements, the balance and host earnings read the same.
     assert _statements(server, t) == before
+    # The bill sums the intervals kept, and says from when (probe3 F10: a bare $0 total).
+    bill = server.ok("GET", "/v1/bill", token=t["renter"])
+    assert bill["total_micros"] == 0 and bill["kept_from_ms"] == clock.ms - 90 * DAY_MS
+    since = clock.ms - DAY_MS
+    recent = server.ok("GET", f"/v1/bill?since_ms={since}", token=t["renter"])
+    assert recent["kept_from_ms"] is None
     # A second pass finds nothing more.
     assert loop.retention(clock.ms).total == 0
 

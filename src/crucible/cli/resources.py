@@ -514,6 +514,14 @@ def register(app: typer.Typer) -> None:
             start = "the start" if report.since_ms is None else fmt_time(report.since_ms)
             end = "now" if report.until_ms is None else fmt_time(report.until_ms)
             console.print(f"Period: {start} to {end} UTC")
+        if report.kept_from_ms is not None:
+            console.print(
+                f"Container time before {fmt_time(report.kept_from_ms)} UTC is not counted: "
+                "metered intervals are kept CRUCIBLE_RETENTION_METER_DAYS days; `crucible "
+                "statement` has every charge",
+                markup=False,
+                highlight=False,
+            )
 
     def _bill_by_carbon(report: BillReport, as_json: bool) -> None:
         ranked = _apps_by_carbon(report)

@@ -51,3 +51,6 @@ class BillReport(Wire):
     tokens: list[TokenBillLine] = Field(default_factory=list)
     # Reservations bought (paid up front, used or not); not in total_micros either.
     reservations_micros: WireInt = 0
+    # Metered intervals that ended before this were pruned (CRUCIBLE_RETENTION_METER_DAYS),
+    # when the period reaches back past it: the bill sums what is kept; statements have all.
+    kept_from_ms: WireInt | None = None

@@ -102,7 +102,7 @@ class Queue:
                 except QuotaExceededError as exc:  # full: wait for consumers
                     left = None if deadline is None else deadline - time.monotonic()
                     if not block or (left is not None and left <= 0):
-                        raise queue.Full(f"queue {self.name!r} is full: {exc.message}") from None
+                        raise queue.Full(exc.message) from None
                     time.sleep(pause if left is None else min(pause, left))
                     pause = min(1.0, pause * 2)
 

@@ -438,7 +438,11 @@ def commit_at_exit() -> None:
         # Said first: a container killed before the commit ends leaves this line behind.
         log.info("volume %r: committing what this container left uncommitted", name)
         try:
-            done = Volume(name, mount.client).commit()
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                done = Volume(name, mount.client).commit()
+            for w in said:  # what an explicit commit warns of, as a log line of its own
+                log.warning("%s", w.message)
         except Exception as exc:  # the container is stopping: say what was not kept
             log.warning("volume %r: the commit at exit failed, its changes are lost: %s", name, exc)
             continue

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from crucible.protocol.billing import BillReport
 from crucible.protocol.common import MAX_WIRE_INT
 from crucible.server.api.deps import Builder, State
-from crucible.server.billing.entries import reservation_spend
+from crucible.server.billing.entries import charged_before, reservation_spend
 from crucible.server.billing.period import Period
 from crucible.server.billing.service import bill
 from crucible.server.services.models import token_bill
@@ -29,4 +29,11 @@ async def get_bill(
         if app_id is None:
             report.tokens = token_bill(conn, who, period)  # model requests billed per token
             report.reservations_micros = reservation_spend(conn, who.account_id, period)
-        return report
+        days = state.settings.retention_meter_days
+        if days > 0:
+            kept_from = state.clock.now_ms() - int(days * 86_400_000)
+            if (since_ms is None or since_ms < kept_from) and charged_before(
+                conn, who.account_id, kept_from
+            ):
+                report.kept_from_ms = kept_from
+    return report

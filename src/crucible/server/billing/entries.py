@@ -40,6 +40,7 @@ __all__ = [
     "account_balance",
     "account_credit",
     "charge_entry",
+    "charged_before",
     "check_ledger",
     "grant_credits",
     "post_entries",
@@ -250,6 +251,22 @@ def reservation_spend(conn: Connection, account_id: str, period: Period = Period
         ledger_entries.c.key.like("rs:%"),
         *period.where(ledger_entries.c.start_ms),
     )
+
+
+def charged_before(conn: Connection, account_id: str, at_ms: int) -> bool:
+    """Whether the renter has a container-time charge (a metered interval's) ending before
+    ``at_ms``: one whose interval retention may have pruned."""
+    found = conn.execute(
+        select(ledger_entries.c.seq)
+        .where(
+            ledger_entries.c.renter == account_id,
+            ledger_entries.c.kind == "charge",
+            ledger_entries.c.meter.is_not(None),
+            ledger_entries.c.end_ms < at_ms,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def account_credit(conn: Connection, account_id: str, now_ms: int) -> CreditStatus:
