@@ -120,7 +120,9 @@ def register(app: typer.Typer) -> None:
             print_json(info.model_dump())
             return
         handles = [
-            f"crucible.{kind}.from_name({shown(repr(info.name))}, ...)"
+            # The member's name when there is one (a class's, usually), else `...`.
+            f"crucible.{kind}.from_name({shown(repr(info.name))}, "
+            f"{shown(repr(next(iter(members)))) if len(members) == 1 else '...'})"
             for kind, members in (("Function", chosen.functions), ("Cls", chosen.classes))
             if members
         ]
