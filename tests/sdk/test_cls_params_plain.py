@@ -37,3 +37,34 @@ def test_plain_values_are_taken() -> None:
     Model(scale=0.5)
     Model(tags=["a", {"b": [1, 2.5, None, True]}])
     Model(scale=2**63 - 1)
+
+
+def test_batching_and_concurrency_on_a_class_say_where_they_go() -> None:
+    """probe4 F8: @crucible.batched on a method was ignored (each call got one input, a
+    string iterated as characters); on the class, the worker batched the method names."""
+    other = crucible.App("markers")
+    with pytest.raises(crucible.InvalidRequestError, match=r"E\.embed: @crucible\.batched is"):
+
+        @other.cls()
+        class E:
+            @crucible.method()
+            @crucible.batched(max_batch_size=4, wait_ms=10)
+            def embed(self, xs: list[str]) -> list[int]:
+                return [len(x) for x in xs]
+
+    with pytest.raises(crucible.InvalidRequestError, match=r"on the class F: dynamic batching"):
+
+        @other.cls()
+        @crucible.batched(max_batch_size=4, wait_ms=10)
+        class F:
+            @crucible.method()
+            def embed(self, xs: list[str]) -> list[int]:
+                return [len(x) for x in xs]
+
+    with pytest.raises(crucible.InvalidRequestError, match=r"G\.f: put @crucible\.concurrent on"):
+
+        @other.cls()
+        class G:
+            @crucible.method()
+            @crucible.concurrent(max_inputs=4)
+            def f(self) -> None: ...

@@ -451,7 +451,24 @@ class App:
         def decorate(c: type) -> Cls:
             if not isinstance(c, type):
                 raise InvalidRequestError("@app.cls() decorates a class")
+            if hasattr(c, BATCHING_ATTR):  # the worker would batch the method names
+                raise InvalidRequestError(
+                    f"@crucible.batched on the class {c.__name__}: dynamic batching is for "
+                    "@app.function() functions; a class's methods are not batched yet"
+                )
             for attr, member in vars(c).items():
+                # Read from the class only: on a method they were silently ignored.
+                if getattr(member, BATCHING_ATTR, None) is not None:
+                    raise InvalidRequestError(
+                        f"{c.__name__}.{attr}: @crucible.batched is for @app.function() "
+                        "functions; a class's methods are not batched yet"
+                    )
+                if getattr(member, CONCURRENCY_ATTR, None) is not None:
+                    raise InvalidRequestError(
+                        f"{c.__name__}.{attr}: put @crucible.concurrent on the class (under "
+                        "@app.cls()): its containers then run that many inputs at once, of "
+                        "any of its methods"
+                    )
                 if getattr(member, WEB_ATTR, None) is not None:
                     # It was ignored: the method became a plain one, with no URL.
                     raise InvalidRequestError(
