@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import crucible
+
 from cli_testlib import cli, one_host, refused
 from harness import Exchange
 
@@ -25,22 +27,30 @@ def test_a_pod_no_host_can_ever_run_fails_create_and_start(fleet: tuple[Exchange
     ex, token = fleet
     for name, args in (("nine", ["--gpu", "H100:9"]), ("wide", ["--cpu", "1000"])):
         out = cli(ex, token, "pod", "create", name, *args)
-        refused(
-            out,
-            f"pod '{name}' cannot be placed",
-            "no host can ever run this pod",
-            f"crucible pod rm {name}",
-        )
-        # It stays pending (a host that can run it may join), and says so when shown.
-        shown = json.loads(cli(ex, token, "pod", "show", name, "--json").stdout)
-        assert shown["state"] == "pending" and shown["unplaceable"] is True, shown
+        refused(out, f"pod '{name}' was not created", "no host can ever run this pod")
+        # Not left behind: a corrected ask under the same name works (probe4 F1: it was
+        # refused, "you already have a pod called ...").
+        assert cli(ex, token, "pod", "show", name).returncode == 1
     # --wait does not wait for what cannot happen.
     out = cli(ex, token, "pod", "create", "nine2", "--gpu", "H100:9", "--wait")
-    refused(out, "cannot be placed")
-    assert cli(ex, token, "pod", "stop", "nine").returncode == 0
-    refused(cli(ex, token, "pod", "start", "nine"), "pod 'nine' cannot be placed", "H100:9")
-    for name in ("nine", "wide", "nine2"):
-        assert cli(ex, token, "pod", "rm", name).returncode == 0
+    refused(out, "was not created")
+    # A pod made from Python stays pending (a host that can run it may join), says so when
+    # shown, and `pod start` of it fails the same way.
+    client = ex.client(token)
+    try:
+        crucible.Pod.create("stuck", gpu="H100:9", client=client)
+    finally:
+        client.close()
+    shown = json.loads(cli(ex, token, "pod", "show", "stuck", "--json").stdout)
+    assert shown["state"] == "pending" and shown["unplaceable"] is True, shown
+    assert cli(ex, token, "pod", "stop", "stuck").returncode == 0
+    refused(
+        cli(ex, token, "pod", "start", "stuck"),
+        "pod 'stuck' cannot be placed",
+        "H100:9",
+        "crucible pod rm stuck",
+    )
+    assert cli(ex, token, "pod", "rm", "stuck").returncode == 0
 
 
 def test_wait_waits_until_the_pod_runs_or_fails(fleet: tuple[Exchange, str]) -> None:

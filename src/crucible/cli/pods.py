@@ -23,7 +23,12 @@ from crucible.cli.resources import (
     _client,
     check_market_options,
 )
-from crucible.errors import ConflictError, InvalidRequestError, NotFoundError
+from crucible.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ResourcesUnsatisfiableError,
+)
 from crucible.protocol.logs import LogPage
 from crucible.protocol.pods import (
     DEFAULT_DISK,
@@ -253,7 +258,19 @@ def register(app: typer.Typer) -> None:
             verified=verified,
             client=_client(),
         )
-        _print_settled(_settled(pod, wait, timeout), as_json)
+        try:
+            settled = _settled(pod, wait, timeout)
+        except ResourcesUnsatisfiableError:
+            latest = pod.info()
+            if not latest.unplaceable:
+                raise
+            # Nothing ran and the command failed: the name is left free for a corrected ask
+            # (a pod kept pending took it; Python's Pod.create keeps it, waiting for a host).
+            pod.delete()
+            raise ResourcesUnsatisfiableError(
+                f"pod {latest.name!r} was not created: {latest.reason}"
+            ) from None
+        _print_settled(settled, as_json)
 
     @pod_app.command("list")
     def list_(as_json: bool = JSON) -> None:
