@@ -53,6 +53,7 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
             ),
         ),
         "cl": ("cluster", lambda: (c["id"] for c in client.get("/v1/clusters"))),
+        "dp": ("deployment", lambda: (d["id"] for d in client.get("/v1/deployments"))),
         "ca": (
             f"call (among your {_CALLS_SEARCHED} newest)",
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),

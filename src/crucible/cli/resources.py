@@ -43,6 +43,11 @@ from crucible.settings import load_settings
 __all__ = ["register"]
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+# What every command taking an app accepts (resolve_app).
+APP_REF_HELP = (
+    "An app id (ap-..., full or short), an app's name (its most recent app), or a "
+    "deployment's name or id (dp-...: its current version)."
+)
 # Which hosts the market may use, as for functions (docs/market.md).
 REGION = typer.Option(None, "--region", help="Only hosts in this region.")
 MIN_RELIABILITY = typer.Option(
@@ -110,6 +115,9 @@ def resolve_app(client: Client, ref: str) -> str:
     whose newest version failed to activate still shows the version that serves)."""
     if ref.startswith("ap-"):
         return resolve_id(client, ref)  # a full id as is; a short one (ap-XXXXXXXX) looked up
+    if ref.startswith("dp-"):  # a deployment's id (`crucible deployments`): its current app
+        name = deployment_name(client, ref)
+        return str(client.get(f"/v1/deployments/{url_part(name)}")["app_id"])
     if ref.startswith("pod:"):  # a pod's app, as the bill and the statement name it
         return str(client.get(f"/v1/pods/{url_part(ref[4:])}")["app_id"])
     missing = NotFoundError(
@@ -131,6 +139,21 @@ def resolve_app(client: Client, ref: str) -> str:
     if named:
         return str(named[0]["id"])
     raise missing
+
+
+def deployment_name(client: Client, ref: str) -> str:
+    """The deployment's name for ``ref``: a deployment id (``dp-...``, full or short, as
+    `crucible deployments` prints it) is looked up among the account's deployments; anything
+    else is taken as a name."""
+    if not ref.startswith("dp-"):
+        return ref
+    full = resolve_id(client, ref)
+    for d in client.get("/v1/deployments"):
+        if d["id"] == full:
+            return str(d["name"])
+    raise NotFoundError(
+        f"no deployment has the id {ref} in this account: `crucible deployments` lists yours"
+    )
 
 
 def _elapsed(a: CallAttempt) -> int | None:
@@ -180,10 +203,12 @@ def register(app: typer.Typer) -> None:
         )
 
     @apps_app.command("stop")
-    def apps_stop(app_id: str) -> None:
+    def apps_stop(
+        app: str = typer.Argument(..., help=APP_REF_HELP),
+    ) -> None:
         """Stop an app: its queued calls are cancelled and its containers stopped."""
         client = _client()
-        info = client.stop_app(resolve_id(client, app_id))
+        info = client.stop_app(resolve_app(client, app))
         console.print(f"{shown(info.name)} ({info.id}) is {info.state}")
 
     @app.command()
@@ -288,9 +313,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
-        app: str = typer.Argument(
-            ..., help="An app id, an app's name (its most recent app) or a deployment's name."
-        ),
+        app: str = typer.Argument(..., help=APP_REF_HELP),
         call_id: str = typer.Option(None, "--call", help="Only this call's lines."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
         as_json: bool = JSON,
