@@ -67,6 +67,31 @@ def _tier(tier: str) -> str:
     return t
 
 
+def _quote_line(q: QuoteInfo, *, asked: str = "") -> str:
+    """A quote in one line (markup): ``asked`` and the tier it is for, the unit price, the
+    hosts and the rate in all; or why it is not available (and the bid that would win)."""
+    if not q.available:
+        line = f"{asked}[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}"
+        if q.min_winning_bid_micros is not None and "would win now" not in (q.message or ""):
+            line += f"\na bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
+        return line
+    return (
+        f"{asked}{(q.tier or '').replace('_', '-')}: "
+        # Several hosts: the price is the highest of theirs.
+        + ("up to " if len(q.hosts) > 1 else "")
+        + f"{fmt_usd(q.price_micros)}/GPU-hour on {shown(', '.join(q.hosts))}; "
+        f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
+        + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
+    )
+
+
+def _block(r: ReservationInfo) -> str:
+    """A reservation's devices: ``8xH100``, or ``2 nodes of 8xH100`` (``1x1xH100`` read as a
+    typo)."""
+    devices = f"{r.count}x{r.model}"
+    return devices if r.nodes == 1 else f"{r.nodes} nodes of {devices}"
+
+
 def _start_ms(text: str) -> int:
     return when_ms("--start", text)
 
@@ -382,27 +407,27 @@ def register(app: typer.Typer) -> None:
             "max_carbon_g_per_kwh": max_carbon,
             "verified": verified,
         }
+        client = _client()
         q = QuoteInfo.model_validate(
-            _client().post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
+            client.post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
         )
         if as_json:
             print_json(q.model_dump())
             return
-        if q.available:
-            console.print(
-                f"{shown(gpu)} {q.tier}: "
-                # Several hosts: the price is the highest of theirs.
-                + ("up to " if len(q.hosts) > 1 else "")
-                + f"{fmt_usd(q.price_micros)}/GPU-hour on {shown(', '.join(q.hosts))}; "
-                f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
-                + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
+        asked = tier.replace("_", "-")
+        if q.available and q.reservations:
+            ends = {r["id"]: r["end_ms"] for r in client.get("/v1/reservations")}
+            covered = ", ".join(
+                f"{r} (until {fmt_time(ends[r])} UTC)" if r in ends else r for r in q.reservations
             )
-        else:
-            console.print(f"[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}")
-            if q.min_winning_bid_micros is not None and "would win now" not in (q.message or ""):
-                console.print(
-                    f"a bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
-                )
+            console.print(
+                f"{shown(gpu)} {asked}: covered by your reservation {covered}, paid when "
+                f"reserved: {fmt_usd(q.rate_micros_per_hour)}/hour more"
+            )
+            if q.without_reservations is not None:
+                console.print(f"without it: {_quote_line(q.without_reservations)}")
+            return
+        console.print(_quote_line(q, asked=f"{shown(gpu)} "))
 
     @market_app.command("hosts")
     def market_hosts(as_json: bool = JSON) -> None:
@@ -447,7 +472,7 @@ def register(app: typer.Typer) -> None:
             print_json(r.model_dump())
             return
         console.print(
-            f"reserved {r.id}: {r.nodes}x{r.count}x{r.model} on {shown(', '.join(r.hosts))} from "
+            f"reserved {r.id}: {_block(r)} on {shown(', '.join(r.hosts))} from "
             f"{fmt_time(r.start_ms)} to {fmt_time(r.end_ms)} UTC at {fmt_usd(r.price_micros)}"
             f"/GPU-hour; charged {fmt_usd(r.cost_micros)}"
         )
@@ -465,7 +490,7 @@ def register(app: typer.Typer) -> None:
             [
                 (
                     r.id,
-                    f"{r.nodes}x{r.count}x{r.model}",
+                    _block(r),
                     ", ".join(r.hosts),
                     fmt_time(r.start_ms),
                     fmt_time(r.end_ms),
