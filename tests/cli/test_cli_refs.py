@@ -89,3 +89,39 @@ def test_apps_stop_takes_the_name_that_apps_lists(exchange: Exchange) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"printer ({app_id}) is stopped" in out.stdout, out.stdout
     refused(cli(exchange, token, "apps", "stop", "nobody"), "no app or deployment named 'nobody'")
+
+
+def test_an_id_of_another_kind_is_named_as_such(exchange: Exchange) -> None:
+    """`crucible call ho-...` answered "call ho-... not found" (it read as "your host
+    vanished"), though the prefix says what the id is."""
+    token = exchange.new_account("kinds")
+    client = Client(exchange.url, token)
+    try:
+        app_id = client.create_app("kinds").id
+    finally:
+        client.close()
+    short_app = f"ap-{app_id[-8:]}"
+    host = "ho-01m98xfpnv750rf55t224p"  # a full id: its prefix alone says what it is
+    refused(
+        cli(exchange, token, "call", host),
+        f"{host} is a host id; this command takes a call id (ca-...)",
+    )
+    refused(
+        cli(exchange, token, "call", short_app),
+        f"{short_app} is an app id; this command takes a call id (ca-...)",
+    )
+    refused(
+        cli(exchange, token, "token", "revoke", short_app),
+        f"{short_app} is an app id; this command takes a token id (tk-...)",
+    )
+    call = "ca-01m98xwcp156mtna9f1dgx"
+    refused(
+        cli(exchange, token, "logs", call),
+        f"{call} is a call id",
+        f"a call's log lines: `crucible logs APP --call {call}`",
+    )
+    refused(cli(exchange, token, "apps", "stop", call), f"{call} is a call id")
+    # A short id that is none of the account's hosts may be a pod's name: not found as one.
+    refused(cli(exchange, token, "pod", "show", "ho-abcdefgh"), "ho-abcdefgh")
+    out = cli(exchange, token, "pod", "show", "ho-abcdefgh")
+    assert "is a host id" not in out.stderr, out.stderr

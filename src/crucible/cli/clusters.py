@@ -33,7 +33,7 @@ __all__ = ["register"]
 
 def _path(client: Client, cluster: str) -> str:
     try:
-        ref = resolve_id(client, cluster)
+        ref = resolve_id(client, cluster, "cl")
     except NotFoundError:
         ref = cluster
     return f"/v1/clusters/{url_part(ref)}"

@@ -254,7 +254,7 @@ def register(app: typer.Typer) -> None:
     def show(ft_id: str, as_json: bool = JSON) -> None:
         """A fine-tune: its state, its loss so far, its adapter."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         if as_json:
             print_json(job.model_dump())
@@ -271,7 +271,7 @@ def register(app: typer.Typer) -> None:
     def logs(ft_id: str) -> None:
         """The job's log: the trainer's JSON lines (one per step), oldest first."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         after = 0
         while True:
@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
     def cancel(ft_id: str, as_json: bool = JSON) -> None:
         """Stop a running fine-tune (checkpoints already saved stay in the model's volume)."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.post(f"/v1/fine-tunes/{url_part(ft_id)}/cancel"))
         print_json(job.model_dump()) if as_json else _show(job)
 

@@ -234,7 +234,7 @@ def register(app: typer.Typer) -> None:
                 "cpu --memory, --memory-interruptible, --memory-reserved), in $ per hour"
             )
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         # Prices not given keep the host's current ones (read only when some are missing).
         missing = any(v is None for v in given.values())
         current = _current_offer(client, host_id, device) if missing else {}
@@ -252,7 +252,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         client.transport.request(
             "PATCH", f"/v1/hosts/{url_part(host_id)}/profile", {"draining": not undo}
         )
@@ -264,7 +264,7 @@ def register(app: typer.Typer) -> None:
         on it); an agent that registers under its name again brings it back. Asks first;
         --yes does not."""
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         confirm(f"Take host {clean(host_id)} off the exchange for good?", yes)
         client.transport.request("DELETE", f"/v1/hosts/{url_part(host_id)}")
         console.print(f"removed host {host_id}", markup=False)
@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
         """Declare a host's energy source and carbon intensity (shown in its offers)."""
         body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         data = client.transport.request(
             "PATCH",
             f"/v1/hosts/{url_part(host_id)}/profile",
@@ -298,7 +298,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What your hosts earned: charged to renters, platform fee withheld, your share."""
         client = _client()
-        host_id = resolve_id(client, host_id) if host_id else host_id
+        host_id = resolve_id(client, host_id, "ho") if host_id else host_id
         path = "/v1/earnings?" + urlencode({"by": by, **({"host_id": host_id} if host_id else {})})
         rep = EarningsReport.model_validate(client.get(path))
         if as_json:

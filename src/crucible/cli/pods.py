@@ -60,7 +60,7 @@ TIMEOUT = typer.Option(
 def _path(client: Client, pod: str) -> str:
     """The route of a pod given by name, full id or short id."""
     try:
-        ref = resolve_id(client, pod)
+        ref = resolve_id(client, pod, "pd")
     except NotFoundError:
         ref = pod  # a name that happens to look like a short id
     return f"/v1/pods/{quote(ref, safe='')}"

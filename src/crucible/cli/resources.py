@@ -113,13 +113,22 @@ def resolve_app(client: Client, ref: str) -> str:
     """The app id for ``ref``: an app id as is; for a name, the most recent app of that name,
     where a running deployment of that name counts as its current version (so a deployment
     whose newest version failed to activate still shows the version that serves)."""
-    if ref.startswith("ap-"):
-        return resolve_id(client, ref)  # a full id as is; a short one (ap-XXXXXXXX) looked up
     if ref.startswith("dp-"):  # a deployment's id (`crucible deployments`): its current app
         name = deployment_name(client, ref)
         return str(client.get(f"/v1/deployments/{url_part(name)}")["app_id"])
     if ref.startswith("pod:"):  # a pod's app, as the bill and the statement name it
         return str(client.get(f"/v1/pods/{url_part(ref[4:])}")["app_id"])
+    try:
+        # A full id as is; a short one (ap-XXXXXXXX) looked up; another kind's id refused.
+        resolved = resolve_id(client, ref, "ap")
+    except InvalidRequestError as exc:
+        if ref.startswith("ca-"):
+            raise InvalidRequestError(
+                f"{exc}; a call's log lines: `crucible logs APP --call {ref}`"
+            ) from None
+        raise
+    if resolved.startswith("ap-"):
+        return resolved
     missing = NotFoundError(
         f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
         "(ids and names, newest first), `crucible deployments` your deployments"
@@ -147,7 +156,7 @@ def deployment_name(client: Client, ref: str) -> str:
     else is taken as a name."""
     if not ref.startswith("dp-"):
         return ref
-    full = resolve_id(client, ref)
+    full = resolve_id(client, ref, "dp")
     for d in client.get("/v1/deployments"):
         if d["id"] == full:
             return str(d["name"])
@@ -254,7 +263,7 @@ def register(app: typer.Typer) -> None:
         """One call's timeline: every attempt (where it ran, how it ended, what it cost) and
         its phases: queued, scheduled, starting, waiting, running."""
         client = _client()
-        call_id = resolve_id(client, call_id)
+        call_id = resolve_id(client, call_id, "ca")
         t = CallTimeline.model_validate(client.get(f"/v1/calls/{url_part(call_id)}/timeline"))
         # A queued call: why it waits, when the scheduler knows (CallInfo.waiting); one that
         # ended without a result: why (a call refused before it ran has no attempt to say).
@@ -324,7 +333,7 @@ def register(app: typer.Typer) -> None:
         client = _client()
         app_id = resolve_app(client, app)
         if call_id:
-            call_id = resolve_id(client, call_id)  # a short id, as every command takes
+            call_id = resolve_id(client, call_id, "ca")  # a short id, as every command takes
         after = 0
         wait_s = 20
         if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
@@ -665,8 +674,9 @@ def register(app: typer.Typer) -> None:
 
 def _token_id(client: Client, ref: str) -> str:
     """A token's id from its id, short id or name (`crucible token list` shows both)."""
+    ref = resolve_id(client, ref, "tk")  # a name as is; another kind's id refused
     if ref.startswith("tk-"):
-        return resolve_id(client, ref)
+        return ref
     named = [t for t in client.get("/v1/tokens") if t["name"] == ref and not t["revoked"]]
     if len(named) > 1:
         raise InvalidRequestError(
