@@ -111,7 +111,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Deploy an app: a new version that keeps running after this command exits. The
         previous version finishes its calls; if this one fails to register, it keeps
-        serving."""
+        serving.
+
+        Examples: `crucible deploy app.py`, `crucible deploy app.py::api --name api-eu`."""
         file, _, wanted = target.partition("::")
         chosen = _pick_app(import_app_file(Path(file)), wanted or None)
         client = _client(start="crucible deploy ...")

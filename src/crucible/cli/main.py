@@ -37,6 +37,8 @@ app = typer.Typer(
     name="crucible",
     help="Crucible: an open GPU compute exchange with a serverless Python runtime.",
     no_args_is_help=True,
+    # `-h` as well, in every command (a subcommand's context inherits this).
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -81,13 +83,17 @@ fine_tunes.register(app)
 def _one_line_summaries(group: typer.Typer) -> None:
     """Give every command a one-line summary for the command lists of ``--help``: the first
     paragraph of its docstring with the docstring's own line breaks joined (Rich help keeps
-    them, which broke each summary mid-sentence in the lists)."""
+    them, which broke each summary mid-sentence in the lists). A group that does nothing
+    by itself (`crucible pod`) prints its help, the list of its commands, when given none
+    (it said "Missing command")."""
     for info in group.registered_commands:
         if info.short_help is None:
             doc = info.help or inspect.getdoc(info.callback) or ""
             info.short_help = " ".join(doc.split("\n\n")[0].split()) or None
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
+            if not sub.typer_instance.info.invoke_without_command:
+                sub.typer_instance.info.no_args_is_help = True
             _one_line_summaries(sub.typer_instance)
 
 

@@ -60,6 +60,9 @@ def _micros(usd: float | None, what: str) -> int | None:
     return round(usd * 1_000_000)
 
 
+HOST = typer.Argument(..., help="The host's id or short id (`crucible hosts` lists them).")
+
+
 def _tier(tier: str) -> str:
     t = tier.replace("-", "_")
     if t not in ("on_demand", "interruptible", "reserved"):
@@ -195,7 +198,7 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("price")
     def host_price(
-        host_id: str,
+        host_id: str = HOST,
         device: str = typer.Argument(..., help="A GPU model the host has, or 'cpu'."),
         on_demand: float = typer.Option(None, "--on-demand", help="$/device-hour."),
         interruptible_min: float = typer.Option(
@@ -248,7 +251,7 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("drain")
     def host_drain(
-        host_id: str, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
+        host_id: str = HOST, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
     ) -> None:
         """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
         client = _client()
@@ -259,7 +262,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("remove")
-    def host_remove(host_id: str, yes: bool = YES) -> None:
+    def host_remove(host_id: str = HOST, yes: bool = YES) -> None:
         """Take a host off the exchange for good (its agent stopped, nothing runs or is reserved
         on it); an agent that registers under its name again brings it back. Asks first;
         --yes does not."""
@@ -273,7 +276,7 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("profile")
     def host_profile(
-        host_id: str,
+        host_id: str = HOST,
         energy_source: str = typer.Option(None, "--energy-source", help="e.g. hydro, solar."),
         carbon: int = typer.Option(
             None, "--carbon", min=0, max=5000, help="Carbon intensity, gCO2/kWh (0-5000)."
@@ -540,7 +543,7 @@ def register(app: typer.Typer) -> None:
 
     @credits_app.command("grant", context_settings=NUMBERS)
     def credits_grant(
-        account: str,
+        account: str = typer.Argument(..., help="The account's name or id."),
         amount: float = typer.Argument(..., help="Dollars."),
         key: str = typer.Option("", help="Idempotency key: the same key grants once."),
         memo: str = typer.Option("", help="Why (shown in statements)."),
@@ -556,7 +559,7 @@ def register(app: typer.Typer) -> None:
 
     @credits_app.command("cap", context_settings=NUMBERS)
     def credits_cap(
-        account: str,
+        account: str = typer.Argument(..., help="The account's name or id."),
         dollars: str = typer.Argument(..., help="Daily cap in dollars, or 'none'."),
         as_json: bool = JSON,
     ) -> None:

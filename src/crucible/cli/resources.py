@@ -233,7 +233,9 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(20, help="How many (newest first)."),
         as_json: bool = JSON,
     ) -> None:
-        """List recent calls with their state, run time and cost."""
+        """List recent calls with their state, run time and cost.
+
+        Example: `crucible calls --app printer --state failed --limit 100`."""
         client = _client()
         app_id = resolve_app(client, app_id) if app_id else app_id
         items = client.list_calls(app_id=app_id, state=state, limit=limit)
@@ -259,9 +261,14 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
-    def call(call_id: str, as_json: bool = JSON) -> None:
+    def call(
+        call_id: str = typer.Argument(..., help="The call's id or short id (`crucible calls`)."),
+        as_json: bool = JSON,
+    ) -> None:
         """One call's timeline: every attempt (where it ran, how it ended, what it cost) and
-        its phases: queued, scheduled, starting, waiting, running."""
+        its phases: queued, scheduled, starting, waiting, running.
+
+        Example: `crucible call ca-8j9k0m1n` (an id `crucible calls` lists)."""
         client = _client()
         call_id = resolve_id(client, call_id, "ca")
         t = CallTimeline.model_validate(client.get(f"/v1/calls/{url_part(call_id)}/timeline"))
@@ -329,7 +336,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What an app's functions printed (stdout and stderr), oldest first. APP is an app
         id, or a name: the most recent app of that name (an ephemeral `crucible run` or a
-        deployment's current version)."""
+        deployment's current version).
+
+        Examples: `crucible logs printer`, `crucible logs printer --call ca-8j9k0m1n`,
+        `crucible logs printer -f` (keep printing new lines)."""
         client = _client()
         app_id = resolve_app(client, app)
         if call_id:
