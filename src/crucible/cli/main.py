@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import textwrap
 
 import typer
 
@@ -98,26 +99,39 @@ def _one_line_summaries(group: typer.Typer) -> None:
 
 
 @app.command()
-def settings() -> None:
-    """Print every setting: its environment variable, default and meaning."""
-    from crucible.cli._output import table
+def settings(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Print every setting: its environment variable, value, default and meaning.
+
+    One block a setting: ``CRUCIBLE_X = value`` (and its default where it differs) on one
+    line, never folded, its meaning wrapped below (a 4-column table folded paths and URLs
+    mid-word in 80 columns)."""
+    from crucible.cli._output import clean, console, print_json
     from crucible.settings import SETTINGS_TABLE, load_settings, shown_value
 
     current = load_settings()
-    table(
-        "Settings",
-        ["environment variable", "value", "default", "meaning"],
-        [
-            (
-                f.metadata["env"],
-                shown_value(f, getattr(current, f.name)),  # secrets: only whether set
-                f.default,
-                f.metadata["doc"],
-            )
-            for f in SETTINGS_TABLE
-        ],
-        ids=["environment variable"],  # a name folded mid-word would be copied wrong
-    )
+    rows = [
+        {
+            "env": f.metadata["env"],
+            "value": shown_value(f, getattr(current, f.name)),  # secrets: only whether set
+            "default": f.default,
+            "meaning": f.metadata["doc"],
+        }
+        for f in SETTINGS_TABLE
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        value, default = clean(row["value"]), clean(row["default"])
+        differs = "" if value == default else f"  (default: {default or '(empty)'})"
+        lines = [f"{row['env']} = {value}{differs}"] + [
+            f"    {part}"
+            for part in textwrap.wrap(clean(row["meaning"]), max(console.width - 4, 40))
+        ]
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 _one_line_summaries(app)
