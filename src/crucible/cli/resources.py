@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 from urllib.parse import urlencode
 
@@ -402,8 +403,10 @@ def register(app: typer.Typer) -> None:
             return
         rows = []
         for h in items:
+            # 2xH100 (fake), as peers summarise a machine (the GPUs by index: --json).
+            kinds = Counter((g.model, g.fake) for g in h.inventory.gpus)
             gpus = ", ".join(
-                f"{g.index}:{g.model}{' (fake)' if g.fake else ''}" for g in h.inventory.gpus
+                f"{n}x{model}{' (fake)' if fake else ''}" for (model, fake), n in kinds.items()
             )
             rows.append(
                 (
@@ -416,10 +419,6 @@ def register(app: typer.Typer) -> None:
                     gpus or "-",
                     f"{h.inventory.disk_mib / 1024:.0f} GiB",
                     h.containers,
-                    # The intensity in force and where it came from (declared, a grid source).
-                    "-"
-                    if h.carbon_g_per_kwh is None
-                    else f"{h.carbon_g_per_kwh} ({clean(h.carbon_source)})",
                 )
             )
         table(
@@ -434,7 +433,6 @@ def register(app: typer.Typer) -> None:
                 "GPUs",
                 "disk free",
                 "containers",
-                "gCO2/kWh",
             ],
             rows,
             ids=("id",),
@@ -445,7 +443,11 @@ def register(app: typer.Typer) -> None:
             detail = (
                 f"{shorten_ids(h.id)}: isolation "
                 f"{_isolation_words(h.isolated, h.isolation)}; verified "
-                f"{verification_summary(h.verified, h.verification)}"
+                f"{verification_summary(h.verified, h.verification)}; gCO2/kWh "
+                # The intensity in force and where it came from (declared, a grid source):
+                # on this line, where it does not squeeze the table out of 80 columns.
+                + ("undeclared" if h.carbon_g_per_kwh is None else f"{h.carbon_g_per_kwh}")
+                + (f" ({h.carbon_source})" if h.carbon_g_per_kwh is not None else "")
             )
             console.print(clean(detail), markup=False, highlight=False)
         for h in items:
