@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,9 +25,14 @@ H100 = [
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchange, str]]:
+    with _two_h100(tmp_path_factory.mktemp("market-terms")) as made:
+        yield made
+
+
+@contextmanager
+def _two_h100(root: Path) -> Iterator[tuple[Exchange, str]]:
     """A server (no agent) with one host of 2 H100 at 50 gCO2/kWh, in region eu-north;
     yields the exchange and its owner's token (who may rent it: no isolation is needed)."""
-    root = tmp_path_factory.mktemp("market-terms")
     # The host is registered by hand and never syncs: it stays alive for the module.
     ex = Exchange(root, f"sqlite:///{root / 'store.db'}", CRUCIBLE_HOST_TIMEOUT_S="600")
     ex.start_server()
@@ -150,3 +157,32 @@ def test_hosts_show_the_carbon_intensity_in_force(market: tuple[Exchange, str]) 
     out = cli(ex, owner, "hosts")
     assert out.returncode == 0, out.stderr
     assert "gCO2/kWh" in out.stdout and "50 (declared)" in out.stdout, out.stdout
+
+
+def test_a_quote_inside_a_reservation_says_so_and_what_it_costs_without(tmp_path: Path) -> None:
+    """`market quote --tier interruptible` answered "1xH100 reserved: $1.5/GPU-hour ...;
+    $0.000000/hour in all" for a request the renter's own reservation covers, and its
+    refusal spoke of a max_price nobody gave."""
+    with _two_h100(tmp_path) as market:
+        _quote_inside_a_reservation(*market)
+
+
+def _quote_inside_a_reservation(ex: Exchange, owner: str) -> None:
+    out = cli(ex, owner, "reserve", "1xH100", "--hours", "1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert ": 1xH100 on" in out.stdout and "1x1x" not in out.stdout, out.stdout
+    out = cli(ex, owner, "market", "quote", "1xH100", "--tier", "interruptible")
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())
+    assert text.startswith("1xH100 interruptible: covered by your reservation rs-"), text
+    assert "UTC), paid when reserved: $0.000000/hour more" in text, text
+    assert "without it: interruptible: $0.800000/GPU-hour on ho-" in text, text
+    q = quote(ex, owner, "--tier", "interruptible")
+    assert q["reservations"] and q["tier"] == "reserved", q
+    assert q["without_reservations"]["tier"] == "interruptible", q
+
+    # Two on one host: the reserved GPU cannot be outbid, and no --max-price was given.
+    out = cli(ex, owner, "market", "quote", "2xH100", "--tier", "interruptible")
+    text = " ".join(out.stdout.split())
+    assert "not available (no_capacity)" in text and "No bid would win now" in text, text
+    assert "max_price" not in text, text

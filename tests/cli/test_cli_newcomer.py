@@ -204,6 +204,26 @@ def test_settings_show_every_variable_name_whole() -> None:
     assert {f.metadata["env"] for f in SETTINGS_TABLE} <= names
 
 
+def test_settings_read_in_80_columns_and_as_json() -> None:
+    """`crucible settings` was a 4-column table that folded paths and URLs mid-word (1160
+    lines for 90 settings) and had no `--json`: now a block a setting, its meaning wrapped
+    at word boundaries."""
+    out = cli("settings")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) < 5 * len(SETTINGS_TABLE), len(lines)
+    meaning = [line for line in lines if not line.startswith("CRUCIBLE_")]
+    assert all(line.startswith("    ") and len(line) <= 80 for line in meaning), meaning
+    home = next(line for line in lines if line.startswith("CRUCIBLE_HOME = "))
+    assert home.endswith(".no-such-crucible-home  (default: ~/.crucible)"), home
+    out = cli("settings", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {row["env"]: row for row in json.loads(out.stdout)}
+    assert set(rows) == {f.metadata["env"] for f in SETTINGS_TABLE}
+    assert rows["CRUCIBLE_HOME"]["default"] == "~/.crucible" and rows["CRUCIBLE_HOME"]["meaning"]
+    assert rows["CRUCIBLE_TOKEN"]["value"] == "(set)"
+
+
 def test_settings_never_print_a_secret(tmp_path: Path) -> None:
     """What an operator pastes into a ticket: secrets say only that they are set, and the
     store URL hides its password."""
@@ -229,8 +249,8 @@ def test_settings_never_print_a_secret(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     for value in secrets.values():
         assert value not in out.stdout, value
-    rows = {
-        line.split()[0]: line.split()[1]
+    rows = {  # NAME = VALUE  (default: ...)
+        line.split()[0]: line.partition(" = ")[2].partition("  (default: ")[0]
         for line in out.stdout.splitlines()
         if line.startswith("CRUCIBLE_")
     }

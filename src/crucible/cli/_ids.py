@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.sdk._client import Client
 
-__all__ = ["SHORT_TAIL", "resolve_id", "short_id", "shorten_ids"]
+__all__ = ["KINDS", "SHORT_TAIL", "resolve_id", "short_id", "shorten_ids"]
 
 SHORT_TAIL = 8
 _FULL = re.compile(r"^[a-z]{2}-[0-9a-z]{22}$")
@@ -53,6 +53,7 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
             ),
         ),
         "cl": ("cluster", lambda: (c["id"] for c in client.get("/v1/clusters"))),
+        "dp": ("deployment", lambda: (d["id"] for d in client.get("/v1/deployments"))),
         "ca": (
             f"call (among your {_CALLS_SEARCHED} newest)",
             lambda: (c.id for c in client.list_calls(limit=_CALLS_SEARCHED)),
@@ -65,19 +66,48 @@ def _listers(client: Client) -> dict[str, tuple[str, Callable[[], Iterable[str]]
     }
 
 
-def resolve_id(client: Client, value: str) -> str:
-    """The full id for ``value``: a full id (or anything not shaped like a short id, such as
-    a name) is returned as it is; a short id is looked up among the account's objects of
+# What an id's prefix says it is (protocol/ids.py's callers), for "that is a host id".
+KINDS = {
+    "ac": "an account",
+    "ap": "an app",
+    "ca": "a call",
+    "cl": "a cluster",
+    "ct": "a container",
+    "dp": "a deployment",
+    "fn": "a function",
+    "ft": "a fine-tune",
+    "ho": "a host",
+    "md": "a model",
+    "pd": "a pod",
+    "rs": "a reservation",
+    "se": "a secret",
+    "sk": "an SSH key",
+    "tk": "a token",
+    "vo": "a volume",
+}
+
+
+def resolve_id(client: Client, value: str, kind: str) -> str:
+    """The full id for ``value``, an id of the kind whose prefix is ``kind`` (``"ca"``) or,
+    where the command also takes one, a name: a full id (or anything not shaped like a
+    short id) is returned as it is; a short id is looked up among the account's objects of
     its type. Raises NotFoundError when none matches and InvalidRequestError when several
-    do (then the full id is needed: ``--json`` prints it)."""
+    do (then the full id is needed: ``--json`` prints it), or when ``value`` is an id of
+    another kind (a full one, or a short one that names one of the account's objects):
+    "ho-... is a host id; this command takes a call id (ca-...)"."""
+    other = _other_kind(client, value, kind)
+    if other is not None:
+        raise InvalidRequestError(
+            f"{value} is {KINDS[other]} id; this command takes {KINDS[kind]} id ({kind}-...)"
+        )
     m = _SHORT.match(value)
-    if m is None:
+    if m is None or m.group(1) != kind:
         return value
     prefix, tail = m.groups()
-    kind = _listers(client).get(prefix)
-    if kind is None:
+    listed = _listers(client).get(prefix)
+    if listed is None:
         return value
-    what, lister = kind
+    what, lister = listed
     found = sorted({i for i in lister() if i.startswith(prefix + "-") and i.endswith(tail)})
     if not found:
         raise NotFoundError(
@@ -88,3 +118,20 @@ def resolve_id(client: Client, value: str) -> str:
             f"the short id {value} matches {len(found)} ids ({', '.join(found)}); give one"
         )
     return found[0]
+
+
+def _other_kind(client: Client, value: str, kind: str) -> str | None:
+    """The prefix of ``value`` when it is an id of a kind other than ``kind``: a full id of
+    a known kind, or a short one that one of the account's objects of that kind has (a
+    name shaped like a short id, ``ho-abcdefgh``, stays a name)."""
+    prefix = value[:2]
+    if prefix == kind or prefix not in KINDS:
+        return None
+    if _FULL.match(value):
+        return prefix
+    m = _SHORT.match(value)
+    listed = _listers(client).get(prefix) if m else None
+    if m is None or listed is None:
+        return None
+    tail = m.group(2)
+    return prefix if any(i.endswith(tail) for i in listed[1]()) else None

@@ -114,7 +114,12 @@ def table(
     ]
     need = sum(w + 2 for w in least)
     fits = need <= console.width
-    keep = compact if fits else id_cols
+    keep = compact if fits else _kept_whole(compact, id_cols, least, word)
+    # Whether the folding columns still have room for their longest word (so text folds at
+    # spaces, not mid-word: `2xH1` / `00`).
+    words_fit = sum((least[i] if i in keep else word[i]) + 2 for i in range(len(least))) <= (
+        console.width
+    )
     t = Table(
         title=Text(clean(title)),  # others' words in it (a model, a name): never markup
         title_justify="left",
@@ -128,12 +133,32 @@ def table(
         if i in keep:
             if len(header) > natural[i]:
                 header = header.replace(" ", "\n").replace("_", "_\n")
-            t.add_column(header, no_wrap=True, min_width=least[i] if fits else natural[i])
+            t.add_column(header, no_wrap=True, min_width=least[i] if i in compact else natural[i])
         else:
-            t.add_column(header, overflow="fold", min_width=word[i] if fits else None)
+            t.add_column(header, overflow="fold", min_width=word[i] if words_fit else None)
     for r in text_rows:
         t.add_row(*[Text(cell) for cell in r])
     console.print(t)
+
+
+def _kept_whole(
+    compact: set[int], id_cols: set[int], least: list[int], word: list[int]
+) -> set[int]:
+    """For a table too wide to keep every short value on one line: the id columns, and as
+    many short columns as the terminal still has room for (the narrowest first), so that a
+    number or a time is not split mid-digit (``0/2410`` / ``5``) while room is left; the
+    others fold."""
+    keep = set(id_cols)
+    room = console.width - sum(
+        (least[i] if i in id_cols else word[i]) + 2 for i in range(len(least))
+    )
+    for i in sorted(compact - id_cols, key=lambda i: least[i] - word[i]):
+        extra = least[i] - word[i]
+        if extra > room:
+            break
+        keep.add(i)
+        room -= extra
+    return keep
 
 
 def fmt_usd(micros: int | None) -> str:

@@ -31,9 +31,12 @@ from crucible.sdk._market_terms import market_terms
 __all__ = ["register"]
 
 
+CLUSTER = typer.Argument(..., help="The cluster's name, id or short id.")
+
+
 def _path(client: Client, cluster: str) -> str:
     try:
-        ref = resolve_id(client, cluster)
+        ref = resolve_id(client, cluster, "cl")
     except NotFoundError:
         ref = cluster
     return f"/v1/clusters/{url_part(ref)}"
@@ -74,7 +77,9 @@ def register(app: typer.Typer) -> None:
         cpu: float = typer.Option(None, "--cpu", min=0.01, help="Cores per member."),
         memory: str = typer.Option(None, "--memory", help="Memory per member, e.g. 64GiB."),
         command: str = typer.Option(None, "--command", help="Run in every member (sh -c)."),
-        tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
+        tier: str = typer.Option(
+            "on-demand", "--tier", help="on-demand, interruptible or reserved."
+        ),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
         region: str = REGION,
@@ -151,7 +156,7 @@ def register(app: typer.Typer) -> None:
         )
 
     @cluster_app.command("show")
-    def show(cluster: str, as_json: bool = JSON) -> None:
+    def show(cluster: str = CLUSTER, as_json: bool = JSON) -> None:
         """A cluster and its members."""
         client = _client()
         info = ClusterInfo.model_validate(client.get(_path(client, cluster)))
@@ -161,7 +166,7 @@ def register(app: typer.Typer) -> None:
             _print(info)
 
     @cluster_app.command("stop")
-    def stop(cluster: str, as_json: bool = JSON) -> None:
+    def stop(cluster: str = CLUSTER, as_json: bool = JSON) -> None:
         """Stop every member; their disks stay on their hosts."""
         client = _client()
         info = ClusterInfo.model_validate(client.post(f"{_path(client, cluster)}/stop"))
@@ -171,7 +176,7 @@ def register(app: typer.Typer) -> None:
             _print(info)
 
     @cluster_app.command("start")
-    def start(cluster: str, as_json: bool = JSON) -> None:
+    def start(cluster: str = CLUSTER, as_json: bool = JSON) -> None:
         """Ask the market again for the whole gang."""
         client = _client()
         info = ClusterInfo.model_validate(client.post(f"{_path(client, cluster)}/start"))
@@ -181,7 +186,7 @@ def register(app: typer.Typer) -> None:
             _print(info)
 
     @cluster_app.command("rm")
-    def rm(cluster: str) -> None:
+    def rm(cluster: str = CLUSTER) -> None:
         """Delete a cluster and its members (stopped first)."""
         client = _client()
         client.transport.delete(_path(client, cluster))

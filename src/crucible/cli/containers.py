@@ -32,7 +32,12 @@ from crucible.settings import load_settings
 __all__ = ["PASSTHROUGH", "exec_in", "port_forward_to", "proxy_to", "register", "ssh_to"]
 
 # Commands that take `-- CMD ARGS`: options after -- belong to the command.
-PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+# A command's own options pass through (`exec POD df -h`): only `--help` is the CLI's here.
+PASSTHROUGH = {
+    "allow_extra_args": True,
+    "ignore_unknown_options": True,
+    "help_option_names": ["--help"],
+}
 
 
 def register(app: typer.Typer) -> None:

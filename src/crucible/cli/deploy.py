@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from crucible.cli._output import console, fmt_time, print_json, shown, table
-from crucible.cli.resources import JSON, _client
+from crucible.cli.resources import JSON, _client, deployment_name
 from crucible.cli.run import import_app_file
 from crucible.errors import InvalidRequestError
 from crucible.protocol.deployments import DeploymentInfo
@@ -23,6 +23,9 @@ from crucible.sdk._app import App
 from crucible.sdk._checks import check_name
 
 __all__ = ["register"]
+
+
+DEPLOYMENT_HELP = "The deployment's name, or its id (dp-..., full or short)."
 
 
 def _pick_app(module: Any, wanted: str | None) -> App:
@@ -108,7 +111,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Deploy an app: a new version that keeps running after this command exits. The
         previous version finishes its calls; if this one fails to register, it keeps
-        serving."""
+        serving.
+
+        Examples: `crucible deploy app.py`, `crucible deploy app.py::api --name api-eu`."""
         file, _, wanted = target.partition("::")
         chosen = _pick_app(import_app_file(Path(file)), wanted or None)
         client = _client(start="crucible deploy ...")
@@ -230,25 +235,33 @@ def register(app: typer.Typer) -> None:
         for d in items:
             _show(d)
 
-    def _stop(name: str, as_json: bool) -> None:
-        info = DeploymentInfo.model_validate(
-            _client().post(f"/v1/deployments/{url_part(name)}/stop")
-        )
+    def _stop(ref: str, as_json: bool) -> None:
+        client = _client()
+        name = deployment_name(client, ref)
+        info = DeploymentInfo.model_validate(client.post(f"/v1/deployments/{url_part(name)}/stop"))
         print_json(info.model_dump()) if as_json else _show(info)
 
     @dep_app.command("stop")
-    def deployments_stop(name: str, as_json: bool = JSON) -> None:
+    def deployments_stop(
+        name: str = typer.Argument(..., help=DEPLOYMENT_HELP), as_json: bool = JSON
+    ) -> None:
         """Stop a deployment: queued calls are cancelled and its containers stop."""
         _stop(name, as_json)
 
     @app.command()
-    def stop(name: str, as_json: bool = JSON) -> None:
+    def stop(name: str = typer.Argument(..., help=DEPLOYMENT_HELP), as_json: bool = JSON) -> None:
         """Stop a deployment (same as `crucible deployments stop`)."""
         _stop(name, as_json)
 
     @dep_app.command("rollback")
-    def deployments_rollback(name: str, version: int, as_json: bool = JSON) -> None:
+    def deployments_rollback(
+        name: str = typer.Argument(..., help=DEPLOYMENT_HELP),
+        version: int = typer.Argument(..., help="The version to make current (a number)."),
+        as_json: bool = JSON,
+    ) -> None:
         """Make an earlier version current again."""
-        data = _client().post(f"/v1/deployments/{url_part(name)}/rollback", {"version": version})
+        client = _client()
+        name = deployment_name(client, name)
+        data = client.post(f"/v1/deployments/{url_part(name)}/rollback", {"version": version})
         info = DeploymentInfo.model_validate(data)
         print_json(info.model_dump()) if as_json else _show(info)

@@ -34,6 +34,7 @@ from crucible.sdk._volumes import Volume
 
 __all__ = ["register", "trainer_app_source"]
 
+FT_ID = typer.Argument(..., help="The fine-tune's id or short id (`crucible fine-tune list`).")
 TRAINABLE_ENGINES = ("transformers", "vllm")  # a base model directory the trainer can load
 
 # A linear layer's name in a model (q_proj, model.layers.0.mlp.up_proj).
@@ -251,10 +252,10 @@ def register(app: typer.Typer) -> None:
         )
 
     @ft_app.command("show")
-    def show(ft_id: str, as_json: bool = JSON) -> None:
+    def show(ft_id: str = FT_ID, as_json: bool = JSON) -> None:
         """A fine-tune: its state, its loss so far, its adapter."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         if as_json:
             print_json(job.model_dump())
@@ -268,10 +269,10 @@ def register(app: typer.Typer) -> None:
             )
 
     @ft_app.command("logs")
-    def logs(ft_id: str) -> None:
+    def logs(ft_id: str = FT_ID) -> None:
         """The job's log: the trainer's JSON lines (one per step), oldest first."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.get(f"/v1/fine-tunes/{url_part(ft_id)}"))
         after = 0
         while True:
@@ -283,10 +284,10 @@ def register(app: typer.Typer) -> None:
                 return
 
     @ft_app.command("cancel")
-    def cancel(ft_id: str, as_json: bool = JSON) -> None:
+    def cancel(ft_id: str = FT_ID, as_json: bool = JSON) -> None:
         """Stop a running fine-tune (checkpoints already saved stay in the model's volume)."""
         client = _client()
-        ft_id = resolve_id(client, ft_id)
+        ft_id = resolve_id(client, ft_id, "ft")
         job = FineTuneInfo.model_validate(client.post(f"/v1/fine-tunes/{url_part(ft_id)}/cancel"))
         print_json(job.model_dump()) if as_json else _show(job)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import textwrap
 
 import typer
 
@@ -37,6 +38,8 @@ app = typer.Typer(
     name="crucible",
     help="Crucible: an open GPU compute exchange with a serverless Python runtime.",
     no_args_is_help=True,
+    # `-h` as well, in every command (a subcommand's context inherits this).
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -81,37 +84,54 @@ fine_tunes.register(app)
 def _one_line_summaries(group: typer.Typer) -> None:
     """Give every command a one-line summary for the command lists of ``--help``: the first
     paragraph of its docstring with the docstring's own line breaks joined (Rich help keeps
-    them, which broke each summary mid-sentence in the lists)."""
+    them, which broke each summary mid-sentence in the lists). A group that does nothing
+    by itself (`crucible pod`) prints its help, the list of its commands, when given none
+    (it said "Missing command")."""
     for info in group.registered_commands:
         if info.short_help is None:
             doc = info.help or inspect.getdoc(info.callback) or ""
             info.short_help = " ".join(doc.split("\n\n")[0].split()) or None
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
+            if not sub.typer_instance.info.invoke_without_command:
+                sub.typer_instance.info.no_args_is_help = True
             _one_line_summaries(sub.typer_instance)
 
 
 @app.command()
-def settings() -> None:
-    """Print every setting: its environment variable, default and meaning."""
-    from crucible.cli._output import table
+def settings(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Print every setting: its environment variable, value, default and meaning.
+
+    One block a setting: ``CRUCIBLE_X = value`` (and its default where it differs) on one
+    line, never folded, its meaning wrapped below (a 4-column table folded paths and URLs
+    mid-word in 80 columns)."""
+    from crucible.cli._output import clean, console, print_json
     from crucible.settings import SETTINGS_TABLE, load_settings, shown_value
 
     current = load_settings()
-    table(
-        "Settings",
-        ["environment variable", "value", "default", "meaning"],
-        [
-            (
-                f.metadata["env"],
-                shown_value(f, getattr(current, f.name)),  # secrets: only whether set
-                f.default,
-                f.metadata["doc"],
-            )
-            for f in SETTINGS_TABLE
-        ],
-        ids=["environment variable"],  # a name folded mid-word would be copied wrong
-    )
+    rows = [
+        {
+            "env": f.metadata["env"],
+            "value": shown_value(f, getattr(current, f.name)),  # secrets: only whether set
+            "default": f.default,
+            "meaning": f.metadata["doc"],
+        }
+        for f in SETTINGS_TABLE
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        value, default = clean(row["value"]), clean(row["default"])
+        differs = "" if value == default else f"  (default: {default or '(empty)'})"
+        lines = [f"{row['env']} = {value}{differs}"] + [
+            f"    {part}"
+            for part in textwrap.wrap(clean(row["meaning"]), max(console.width - 4, 40))
+        ]
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 _one_line_summaries(app)

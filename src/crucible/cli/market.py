@@ -60,11 +60,39 @@ def _micros(usd: float | None, what: str) -> int | None:
     return round(usd * 1_000_000)
 
 
+HOST = typer.Argument(..., help="The host's id or short id (`crucible hosts` lists them).")
+
+
 def _tier(tier: str) -> str:
     t = tier.replace("-", "_")
     if t not in ("on_demand", "interruptible", "reserved"):
         raise InvalidRequestError(f"--tier {tier!r}: use on-demand, interruptible or reserved")
     return t
+
+
+def _quote_line(q: QuoteInfo, *, asked: str = "") -> str:
+    """A quote in one line (markup): ``asked`` and the tier it is for, the unit price, the
+    hosts and the rate in all; or why it is not available (and the bid that would win)."""
+    if not q.available:
+        line = f"{asked}[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}"
+        if q.min_winning_bid_micros is not None and "would win now" not in (q.message or ""):
+            line += f"\na bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
+        return line
+    return (
+        f"{asked}{(q.tier or '').replace('_', '-')}: "
+        # Several hosts: the price is the highest of theirs.
+        + ("up to " if len(q.hosts) > 1 else "")
+        + f"{fmt_usd(q.price_micros)}/GPU-hour on {shown(', '.join(q.hosts))}; "
+        f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
+        + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
+    )
+
+
+def _block(r: ReservationInfo) -> str:
+    """A reservation's devices: ``8xH100``, or ``2 nodes of 8xH100`` (``1x1xH100`` read as a
+    typo)."""
+    devices = f"{r.count}x{r.model}"
+    return devices if r.nodes == 1 else f"{r.nodes} nodes of {devices}"
 
 
 def _start_ms(text: str) -> int:
@@ -170,7 +198,7 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("price")
     def host_price(
-        host_id: str,
+        host_id: str = HOST,
         device: str = typer.Argument(..., help="A GPU model the host has, or 'cpu'."),
         on_demand: float = typer.Option(None, "--on-demand", help="$/device-hour."),
         interruptible_min: float = typer.Option(
@@ -209,7 +237,7 @@ def register(app: typer.Typer) -> None:
                 "cpu --memory, --memory-interruptible, --memory-reserved), in $ per hour"
             )
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         # Prices not given keep the host's current ones (read only when some are missing).
         missing = any(v is None for v in given.values())
         current = _current_offer(client, host_id, device) if missing else {}
@@ -223,23 +251,23 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("drain")
     def host_drain(
-        host_id: str, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
+        host_id: str = HOST, undo: bool = typer.Option(False, "--undo", help="Take leases again.")
     ) -> None:
         """Stop taking new leases; running ones finish (`--undo` to list the host again)."""
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         client.transport.request(
             "PATCH", f"/v1/hosts/{url_part(host_id)}/profile", {"draining": not undo}
         )
         console.print(f"{host_id} is {'taking leases again' if undo else 'draining'}")
 
     @host_app.command("remove")
-    def host_remove(host_id: str, yes: bool = YES) -> None:
+    def host_remove(host_id: str = HOST, yes: bool = YES) -> None:
         """Take a host off the exchange for good (its agent stopped, nothing runs or is reserved
         on it); an agent that registers under its name again brings it back. Asks first;
         --yes does not."""
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         confirm(f"Take host {clean(host_id)} off the exchange for good?", yes)
         client.transport.request("DELETE", f"/v1/hosts/{url_part(host_id)}")
         console.print(f"removed host {host_id}", markup=False)
@@ -248,7 +276,7 @@ def register(app: typer.Typer) -> None:
 
     @host_app.command("profile")
     def host_profile(
-        host_id: str,
+        host_id: str = HOST,
         energy_source: str = typer.Option(None, "--energy-source", help="e.g. hydro, solar."),
         carbon: int = typer.Option(
             None, "--carbon", min=0, max=5000, help="Carbon intensity, gCO2/kWh (0-5000)."
@@ -257,7 +285,7 @@ def register(app: typer.Typer) -> None:
         """Declare a host's energy source and carbon intensity (shown in its offers)."""
         body = {"energy_source": energy_source, "carbon_g_per_kwh": carbon}
         client = _client()
-        host_id = resolve_id(client, host_id)
+        host_id = resolve_id(client, host_id, "ho")
         data = client.transport.request(
             "PATCH",
             f"/v1/hosts/{url_part(host_id)}/profile",
@@ -273,7 +301,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What your hosts earned: charged to renters, platform fee withheld, your share."""
         client = _client()
-        host_id = resolve_id(client, host_id) if host_id else host_id
+        host_id = resolve_id(client, host_id, "ho") if host_id else host_id
         path = "/v1/earnings?" + urlencode({"by": by, **({"host_id": host_id} if host_id else {})})
         rep = EarningsReport.model_validate(client.get(path))
         if as_json:
@@ -382,27 +410,27 @@ def register(app: typer.Typer) -> None:
             "max_carbon_g_per_kwh": max_carbon,
             "verified": verified,
         }
+        client = _client()
         q = QuoteInfo.model_validate(
-            _client().post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
+            client.post("/v1/market/quote", {k: v for k, v in body.items() if v is not None})
         )
         if as_json:
             print_json(q.model_dump())
             return
-        if q.available:
-            console.print(
-                f"{shown(gpu)} {q.tier}: "
-                # Several hosts: the price is the highest of theirs.
-                + ("up to " if len(q.hosts) > 1 else "")
-                + f"{fmt_usd(q.price_micros)}/GPU-hour on {shown(', '.join(q.hosts))}; "
-                f"{fmt_usd(q.rate_micros_per_hour)}/hour in all"
-                + (f"; would preempt {q.preempts} lease(s)" if q.preempts else "")
+        asked = tier.replace("_", "-")
+        if q.available and q.reservations:
+            ends = {r["id"]: r["end_ms"] for r in client.get("/v1/reservations")}
+            covered = ", ".join(
+                f"{r} (until {fmt_time(ends[r])} UTC)" if r in ends else r for r in q.reservations
             )
-        else:
-            console.print(f"[red]not available[/] ({shown(q.refusal)}): {shown(q.message)}")
-            if q.min_winning_bid_micros is not None and "would win now" not in (q.message or ""):
-                console.print(
-                    f"a bid of {fmt_usd(q.min_winning_bid_micros)}/GPU-hour would win now"
-                )
+            console.print(
+                f"{shown(gpu)} {asked}: covered by your reservation {covered}, paid when "
+                f"reserved: {fmt_usd(q.rate_micros_per_hour)}/hour more"
+            )
+            if q.without_reservations is not None:
+                console.print(f"without it: {_quote_line(q.without_reservations)}")
+            return
+        console.print(_quote_line(q, asked=f"{shown(gpu)} "))
 
     @market_app.command("hosts")
     def market_hosts(as_json: bool = JSON) -> None:
@@ -447,7 +475,7 @@ def register(app: typer.Typer) -> None:
             print_json(r.model_dump())
             return
         console.print(
-            f"reserved {r.id}: {r.nodes}x{r.count}x{r.model} on {shown(', '.join(r.hosts))} from "
+            f"reserved {r.id}: {_block(r)} on {shown(', '.join(r.hosts))} from "
             f"{fmt_time(r.start_ms)} to {fmt_time(r.end_ms)} UTC at {fmt_usd(r.price_micros)}"
             f"/GPU-hour; charged {fmt_usd(r.cost_micros)}"
         )
@@ -465,7 +493,7 @@ def register(app: typer.Typer) -> None:
             [
                 (
                     r.id,
-                    f"{r.nodes}x{r.count}x{r.model}",
+                    _block(r),
                     ", ".join(r.hosts),
                     fmt_time(r.start_ms),
                     fmt_time(r.end_ms),
@@ -515,7 +543,7 @@ def register(app: typer.Typer) -> None:
 
     @credits_app.command("grant", context_settings=NUMBERS)
     def credits_grant(
-        account: str,
+        account: str = typer.Argument(..., help="The account's name or id."),
         amount: float = typer.Argument(..., help="Dollars."),
         key: str = typer.Option("", help="Idempotency key: the same key grants once."),
         memo: str = typer.Option("", help="Why (shown in statements)."),
@@ -531,7 +559,7 @@ def register(app: typer.Typer) -> None:
 
     @credits_app.command("cap", context_settings=NUMBERS)
     def credits_cap(
-        account: str,
+        account: str = typer.Argument(..., help="The account's name or id."),
         dollars: str = typer.Argument(..., help="Daily cap in dollars, or 'none'."),
         as_json: bool = JSON,
     ) -> None:

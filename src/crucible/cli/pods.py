@@ -62,10 +62,13 @@ TIMEOUT = typer.Option(
 )
 
 
+POD = typer.Argument(..., help="The pod's name, id or short id.")
+
+
 def _path(client: Client, pod: str) -> str:
     """The route of a pod given by name, full id or short id."""
     try:
-        ref = resolve_id(client, pod)
+        ref = resolve_id(client, pod, "pd")
     except NotFoundError:
         ref = pod  # a name that happens to look like a short id
     return f"/v1/pods/{quote(ref, safe='')}"
@@ -205,7 +208,9 @@ def register(app: typer.Typer) -> None:
         ),
         memory: str = typer.Option(None, "--memory", help="e.g. 64GiB (default: 4 GiB per GPU)."),
         command: str = typer.Option(None, "--command", help="Run with sh -c (default: wait)."),
-        tier: str = typer.Option("on-demand", "--tier", help="on-demand|interruptible|reserved"),
+        tier: str = typer.Option(
+            "on-demand", "--tier", help="on-demand, interruptible or reserved."
+        ),
         bid: float = typer.Option(None, "--bid", help="Interruptible: $ per GPU-hour."),
         max_price: float = typer.Option(None, "--max-price", help="$ per GPU-hour at most."),
         region: str = REGION,
@@ -298,7 +303,7 @@ def register(app: typer.Typer) -> None:
         )
 
     @pod_app.command("show")
-    def show(pod: str, as_json: bool = JSON) -> None:
+    def show(pod: str = POD, as_json: bool = JSON) -> None:
         """One pod: its state (and why), where it runs, what it costs so far."""
         client = _client()
         info = PodInfo.model_validate(client.get(_path(client, pod)))
@@ -309,7 +314,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("link")
     def link(
-        pod: str = typer.Argument(..., help="The pod's name or id."),
+        pod: str = POD,
         port: int = typer.Argument(None, help="A published HTTP port (default: all of them)."),
     ) -> None:
         """The secret link to each published HTTP port: whoever has it opens that port in a
@@ -327,7 +332,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("logs")
     def logs(
-        pod: str,
+        pod: str = POD,
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
         as_json: bool = JSON,
     ) -> None:
@@ -357,7 +362,7 @@ def register(app: typer.Typer) -> None:
         return client, PodInfo.model_validate(client.post(f"{_path(client, pod)}/{action}"))
 
     @pod_app.command("stop")
-    def stop(pod: str, as_json: bool = JSON) -> None:
+    def stop(pod: str = POD, as_json: bool = JSON) -> None:
         """Stop a pod (SIGTERM, the grace, SIGKILL). Billing stops with it; its disk stays
         on its host for `crucible pod start`."""
         info = _act(pod, "stop")[1]
@@ -367,7 +372,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"pod {shown(info.name)}: {shown(_state(info))}")
 
     @pod_app.command("start")
-    def start(pod: str, wait: bool = WAIT, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    def start(
+        pod: str = POD, wait: bool = WAIT, timeout: float = TIMEOUT, as_json: bool = JSON
+    ) -> None:
         """Start a stopped, preempted or failed pod: the market is asked again. Exits 1 when
         no host the exchange knows could ever run it; --wait waits until it runs."""
         _check_wait(wait, timeout)
@@ -389,7 +396,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("exec", context_settings=PASSTHROUGH)
     def exec_(
-        pod: str = typer.Argument(..., help="The pod's name or id."),
+        pod: str = POD,
         command: list[str] = typer.Argument(None, help="The command, after --."),
         interactive: bool = typer.Option(
             False, "-i", "--interactive", help="Send this terminal's input (stdin)."
@@ -402,7 +409,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("port-forward")
     def port_forward(
-        pod: str = typer.Argument(..., help="The pod's name or id."),
+        pod: str = POD,
         ports: str = typer.Argument(..., help="LOCAL[:REMOTE], e.g. 8888 or 8080:80."),
         address: str = typer.Option("127.0.0.1", "--address", help="Local address to listen on."),
     ) -> None:
@@ -420,7 +427,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("ssh", context_settings=PASSTHROUGH)
     def ssh(
-        pod: str = typer.Argument(..., help="The pod's name or id."),
+        pod: str = POD,
         command: list[str] = typer.Argument(None, help="A command to run, after --."),
         identity: str = typer.Option(
             None, "-i", "--identity", help="The private key (default: ssh's own choice)."
@@ -446,7 +453,7 @@ def register(app: typer.Typer) -> None:
 
     @pod_app.command("rm")
     def rm(
-        pod: str,
+        pod: str = POD,
         force: bool = typer.Option(False, "--force", "-f", help="Delete it even if it runs."),
     ) -> None:
         """Delete a pod and its disk; its name is free again. A running pod is refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 from urllib.parse import urlencode
 
@@ -43,6 +44,11 @@ from crucible.settings import load_settings
 __all__ = ["register"]
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+# What every command taking an app accepts (resolve_app).
+APP_REF_HELP = (
+    "An app id (ap-..., full or short), an app's name (its most recent app), or a "
+    "deployment's name or id (dp-...: its current version)."
+)
 # Which hosts the market may use, as for functions (docs/market.md).
 REGION = typer.Option(None, "--region", help="Only hosts in this region.")
 MIN_RELIABILITY = typer.Option(
@@ -108,10 +114,22 @@ def resolve_app(client: Client, ref: str) -> str:
     """The app id for ``ref``: an app id as is; for a name, the most recent app of that name,
     where a running deployment of that name counts as its current version (so a deployment
     whose newest version failed to activate still shows the version that serves)."""
-    if ref.startswith("ap-"):
-        return resolve_id(client, ref)  # a full id as is; a short one (ap-XXXXXXXX) looked up
+    if ref.startswith("dp-"):  # a deployment's id (`crucible deployments`): its current app
+        name = deployment_name(client, ref)
+        return str(client.get(f"/v1/deployments/{url_part(name)}")["app_id"])
     if ref.startswith("pod:"):  # a pod's app, as the bill and the statement name it
         return str(client.get(f"/v1/pods/{url_part(ref[4:])}")["app_id"])
+    try:
+        # A full id as is; a short one (ap-XXXXXXXX) looked up; another kind's id refused.
+        resolved = resolve_id(client, ref, "ap")
+    except InvalidRequestError as exc:
+        if ref.startswith("ca-"):
+            raise InvalidRequestError(
+                f"{exc}; a call's log lines: `crucible logs APP --call {ref}`"
+            ) from None
+        raise
+    if resolved.startswith("ap-"):
+        return resolved
     missing = NotFoundError(
         f"no app or deployment named {ref!r} in this account: `crucible apps` lists your apps "
         "(ids and names, newest first), `crucible deployments` your deployments"
@@ -131,6 +149,21 @@ def resolve_app(client: Client, ref: str) -> str:
     if named:
         return str(named[0]["id"])
     raise missing
+
+
+def deployment_name(client: Client, ref: str) -> str:
+    """The deployment's name for ``ref``: a deployment id (``dp-...``, full or short, as
+    `crucible deployments` prints it) is looked up among the account's deployments; anything
+    else is taken as a name."""
+    if not ref.startswith("dp-"):
+        return ref
+    full = resolve_id(client, ref, "dp")
+    for d in client.get("/v1/deployments"):
+        if d["id"] == full:
+            return str(d["name"])
+    raise NotFoundError(
+        f"no deployment has the id {ref} in this account: `crucible deployments` lists yours"
+    )
 
 
 def _elapsed(a: CallAttempt) -> int | None:
@@ -180,10 +213,12 @@ def register(app: typer.Typer) -> None:
         )
 
     @apps_app.command("stop")
-    def apps_stop(app_id: str) -> None:
+    def apps_stop(
+        app: str = typer.Argument(..., help=APP_REF_HELP),
+    ) -> None:
         """Stop an app: its queued calls are cancelled and its containers stopped."""
         client = _client()
-        info = client.stop_app(resolve_id(client, app_id))
+        info = client.stop_app(resolve_app(client, app))
         console.print(f"{shown(info.name)} ({info.id}) is {info.state}")
 
     @app.command()
@@ -199,7 +234,9 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(20, help="How many (newest first)."),
         as_json: bool = JSON,
     ) -> None:
-        """List recent calls with their state, run time and cost."""
+        """List recent calls with their state, run time and cost.
+
+        Example: `crucible calls --app printer --state failed --limit 100`."""
         client = _client()
         app_id = resolve_app(client, app_id) if app_id else app_id
         items = client.list_calls(app_id=app_id, state=state, limit=limit)
@@ -225,11 +262,16 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
-    def call(call_id: str, as_json: bool = JSON) -> None:
+    def call(
+        call_id: str = typer.Argument(..., help="The call's id or short id (`crucible calls`)."),
+        as_json: bool = JSON,
+    ) -> None:
         """One call's timeline: every attempt (where it ran, how it ended, what it cost) and
-        its phases: queued, scheduled, starting, waiting, running."""
+        its phases: queued, scheduled, starting, waiting, running.
+
+        Example: `crucible call ca-8j9k0m1n` (an id `crucible calls` lists)."""
         client = _client()
-        call_id = resolve_id(client, call_id)
+        call_id = resolve_id(client, call_id, "ca")
         t = CallTimeline.model_validate(client.get(f"/v1/calls/{url_part(call_id)}/timeline"))
         # A queued call: why it waits, when the scheduler knows (CallInfo.waiting); one that
         # ended without a result: why (a call refused before it ran has no attempt to say).
@@ -288,20 +330,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
-        app: str = typer.Argument(
-            ..., help="An app id, an app's name (its most recent app) or a deployment's name."
-        ),
+        app: str = typer.Argument(..., help=APP_REF_HELP),
         call_id: str = typer.Option(None, "--call", help="Only this call's lines."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
         as_json: bool = JSON,
     ) -> None:
         """What an app's functions printed (stdout and stderr), oldest first. APP is an app
         id, or a name: the most recent app of that name (an ephemeral `crucible run` or a
-        deployment's current version)."""
+        deployment's current version).
+
+        Examples: `crucible logs printer`, `crucible logs printer --call ca-8j9k0m1n`,
+        `crucible logs printer -f` (keep printing new lines)."""
         client = _client()
         app_id = resolve_app(client, app)
         if call_id:
-            call_id = resolve_id(client, call_id)  # a short id, as every command takes
+            call_id = resolve_id(client, call_id, "ca")  # a short id, as every command takes
         after = 0
         wait_s = 20
         if follow and client.get(f"/v1/apps/{app_id}")["state"] == "stopped":
@@ -360,8 +403,10 @@ def register(app: typer.Typer) -> None:
             return
         rows = []
         for h in items:
+            # 2xH100 (fake), as peers summarise a machine (the GPUs by index: --json).
+            kinds = Counter((g.model, g.fake) for g in h.inventory.gpus)
             gpus = ", ".join(
-                f"{g.index}:{g.model}{' (fake)' if g.fake else ''}" for g in h.inventory.gpus
+                f"{n}x{model}{' (fake)' if fake else ''}" for (model, fake), n in kinds.items()
             )
             rows.append(
                 (
@@ -374,10 +419,6 @@ def register(app: typer.Typer) -> None:
                     gpus or "-",
                     f"{h.inventory.disk_mib / 1024:.0f} GiB",
                     h.containers,
-                    # The intensity in force and where it came from (declared, a grid source).
-                    "-"
-                    if h.carbon_g_per_kwh is None
-                    else f"{h.carbon_g_per_kwh} ({clean(h.carbon_source)})",
                 )
             )
         table(
@@ -392,7 +433,6 @@ def register(app: typer.Typer) -> None:
                 "GPUs",
                 "disk free",
                 "containers",
-                "gCO2/kWh",
             ],
             rows,
             ids=("id",),
@@ -403,7 +443,11 @@ def register(app: typer.Typer) -> None:
             detail = (
                 f"{shorten_ids(h.id)}: isolation "
                 f"{_isolation_words(h.isolated, h.isolation)}; verified "
-                f"{verification_summary(h.verified, h.verification)}"
+                f"{verification_summary(h.verified, h.verification)}; gCO2/kWh "
+                # The intensity in force and where it came from (declared, a grid source):
+                # on this line, where it does not squeeze the table out of 80 columns.
+                + ("undeclared" if h.carbon_g_per_kwh is None else f"{h.carbon_g_per_kwh}")
+                + (f" ({h.carbon_source})" if h.carbon_g_per_kwh is not None else "")
             )
             console.print(clean(detail), markup=False, highlight=False)
         for h in items:
@@ -650,8 +694,9 @@ def register(app: typer.Typer) -> None:
 
 def _token_id(client: Client, ref: str) -> str:
     """A token's id from its id, short id or name (`crucible token list` shows both)."""
+    ref = resolve_id(client, ref, "tk")  # a name as is; another kind's id refused
     if ref.startswith("tk-"):
-        return resolve_id(client, ref)
+        return ref
     named = [t for t in client.get("/v1/tokens") if t["name"] == ref and not t["revoked"]]
     if len(named) > 1:
         raise InvalidRequestError(

@@ -336,7 +336,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run an app's local entrypoint (or one function, by name); its functions run in
         containers on the exchange (an embedded one is started if none is configured).
-        `crucible run FILE --help` lists the entrypoint's options."""
+        `crucible run FILE --help` lists the entrypoint's options.
+
+        Examples: `crucible run app.py` (its local entrypoint), `crucible run
+        app.py::square --x 7` (one function, its arguments as options)."""
         if target is None or target in ("--help", "-h"):
             typer.echo(ctx.get_help())
             if target is None:

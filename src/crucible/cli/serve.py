@@ -282,7 +282,9 @@ def register(app: typer.Typer) -> None:
             None, help="Declare fake GPUs for testing, e.g. 4xH100 (needs --allow-fake-gpus)."
         ),
         allow_fake_gpus: bool = typer.Option(
-            False, help="Permit --fake-gpus (or set CRUCIBLE_ALLOW_FAKE_GPUS=1)."
+            False,
+            "--allow-fake-gpus",
+            help="Permit --fake-gpus (or set CRUCIBLE_ALLOW_FAKE_GPUS=1).",
         ),
         agent_dir: Path = typer.Option(None, help="Agent state directory (CRUCIBLE_AGENT_DIR)."),
         runtime: str = typer.Option(

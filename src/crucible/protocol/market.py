@@ -126,6 +126,10 @@ class QuoteInfo(Wire):
     refusal: str | None = None  # stable code (docs/market.md)
     message: str | None = None
     min_winning_bid_micros: WireInt | None = None
+    # The renter's reservations the request would run inside (already paid: rate 0 for
+    # those nodes), and then what the same request would get outside them (its own tier).
+    reservations: list[str] = Field(default_factory=list)
+    without_reservations: QuoteInfo | None = None
 
 
 class ReserveCreate(Wire):

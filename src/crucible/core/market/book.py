@@ -264,6 +264,9 @@ class Market:
             rate_micros_per_hour=sum(lease.rate_micros_per_hour for lease in leases),
             hosts=tuple(lease.host_id for lease in leases),
             preempts=len(decision.preemptions),
+            reservations=tuple(
+                sorted({x.reservation_id for x in leases if x.reservation_id is not None})
+            ),
         )
 
     def release(self, lease_id: str, now_ms: int, reason: EndReason = EndReason.RELEASED) -> Lease:

@@ -117,6 +117,7 @@ class Quote:
     ``price_micros_per_device_hour`` is the highest unit price among the nodes, and
     ``rate_micros_per_hour`` what all nodes together would be metered per hour (zero for
     nodes inside the renter's reservations). ``preempts`` counts the leases it would preempt.
+    ``reservations``: the renter's reservations the nodes would run inside (already paid).
     """
 
     request: LeaseRequest
@@ -128,6 +129,7 @@ class Quote:
     hosts: tuple[str, ...] = ()
     preempts: int = 0
     refusal: Refusal | None = None
+    reservations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

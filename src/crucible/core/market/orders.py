@@ -67,6 +67,9 @@ class LeaseRequest:
     # A cluster member (a gang of ``nodes``): another account's host must build the
     # cluster's private network.
     cluster: bool = False
+    # Whether the renter's own reservations are used first (a quote asks without them too:
+    # what the request would cost outside them).
+    use_reservations: bool = True
 
     def __post_init__(self) -> None:
         what = "lease request"

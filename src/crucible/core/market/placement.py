@@ -355,7 +355,7 @@ def _place_nodes(
     used = _barred(avoid)  # a host serves one node, and none of the avoided ones
     plans: list[NodePlan] = []
     for _ in range(req.nodes):
-        plan = _from_reservations(st, req, model, used)
+        plan = _from_reservations(st, req, model, used) if req.use_reservations else None
         if plan is None and req.tier is not Tier.RESERVED:
             plan = _free(st, req, model, used)
             if plan is None and allow_preempt:

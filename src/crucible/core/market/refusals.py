@@ -269,7 +269,12 @@ def with_winning_bid(st: MarketState, req: LeaseRequest, models: list[str], r: R
         return r
     winning = min_winning_bid(st, req, models)
     if winning is None:
-        hint = "No bid within your max_price would win now; try later or another type."
+        hint = (
+            "No bid within your max_price would win now"
+            if req.max_price is not None
+            # Every fitting device is held on demand, reserved, or by bids nobody can outbid.
+            else "No bid would win now"
+        ) + "; try later or another type."
     else:
         hint = f"A bid of {_per_hour(winning)} would win now."
     names = _names(models)

@@ -7,6 +7,7 @@ any interruptible leases it preempts at once) in one transaction."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 from sqlalchemy import Connection, select
 
@@ -21,6 +22,7 @@ from crucible.core.market import (
     CPU,
     LeaseRequest,
     Prefer,
+    Quote,
     Refusal,
     Reservation,
     ReservationGranted,
@@ -95,7 +97,20 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         verified=req.verified,
     )
     with live.lock:
-        q = live.market.quote(lease_req, max(now_ms, live.market.now_ms))
+        now = max(now_ms, live.market.now_ms)
+        q = live.market.quote(lease_req, now)
+        # Inside the renter's reservations a node costs nothing more: say so, and what the
+        # tier asked for would cost without them.
+        outside = None
+        if q.reservations and lease_req.tier is not Tier.RESERVED:
+            outside = live.market.quote(replace(lease_req, use_reservations=False), now)
+    info = _quote_info(q)
+    if outside is not None:
+        info.without_reservations = _quote_info(outside)
+    return info
+
+
+def _quote_info(q: Quote) -> QuoteInfo:
     if not q.available:
         assert q.refusal is not None
         return QuoteInfo(
@@ -112,6 +127,7 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
         rate_micros_per_hour=q.rate_micros_per_hour,
         hosts=list(q.hosts),
         preempts=q.preempts,
+        reservations=list(q.reservations),
     )
 
 
