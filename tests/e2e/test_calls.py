@@ -12,6 +12,7 @@ import pytest
 import crucible
 
 import app_basic
+import app_classes
 from harness import wait_for
 
 
@@ -148,14 +149,23 @@ def test_get_timeout_raises_builtin_timeout(builder) -> None:
 def test_remote_outside_a_running_app_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(crucible.Error, match=r"app\.run"):
         app_basic.square.remote(1)
-    # Inside a function's container `with app.run()` is no advice: nested calls are not
-    # supported yet, and the message says so and what to do instead.
+    # The refusal names the method called (a class's handle said .remote() for any).
+    with pytest.raises(crucible.Error, match=r"Greeter\(\)\.letters\.remote_gen\(\) needs a run"):
+        list(app_classes.Greeter(name="ada").letters.remote_gen())
+    # Inside a function's container `with app.run()` is no advice. The container calls the
+    # functions of its own app (the app whose function its worker loaded: test_nested_calls_e2e);
+    # any other app's are refused, saying why and what to do instead.
     monkeypatch.setenv("CRUCIBLE_CONTAINER_ID", "ct-x")
-    with pytest.raises(crucible.Error, match="from inside a function") as caught:
+    with pytest.raises(crucible.Error, match=r"square\.remote\(\) inside a function's") as caught:
         app_basic.square.remote(1)
-    assert "app.run" not in str(caught.value) and "crucible.Queue" in str(caught.value)
-    with pytest.raises(crucible.Error, match=r"square\.spawn\(\) from inside a function"):
+    message = str(caught.value)
+    assert "app.run" not in message and "its own app" in message and "crucible.Queue" in message
+    with pytest.raises(crucible.Error, match=r"square\.spawn\(\) inside a function's"):
         app_basic.square.spawn(1)
+    with pytest.raises(crucible.Error, match=r"Greeter\(\)\.letters\.remote_gen\(\) inside"):
+        list(app_classes.Greeter(name="ada").letters.remote_gen())
+    with pytest.raises(crucible.Error, match=r"Counter\(\)\.bump\.map\(\) inside"):
+        list(app_classes.Counter().bump.map([1]))
     # The container's own connection: app.run(), deploy() and a lookup by name say what is
     # wrong (the server's answer was "create a token with `crucible token create`").
     monkeypatch.setenv("CRUCIBLE_CONTAINER_TOKEN", "cru_container")
@@ -169,9 +179,11 @@ def test_remote_outside_a_running_app_is_a_clear_error(monkeypatch: pytest.Monke
         pass
     with pytest.raises(crucible.Error, match=r"app\.deploy\(\) inside a function's container"):
         app_basic.app.deploy()
-    with pytest.raises(crucible.Error, match="not supported yet") as looked:
-        crucible.Function.from_name("svc", "f")
-    assert "token create" not in str(looked.value)
+    for look_up in (crucible.Function.from_name, crucible.Cls.from_name):
+        with pytest.raises(crucible.Error, match="calls only the functions of its own app") as got:
+            look_up("svc", "f")
+        assert f"{look_up.__qualname__}('svc', 'f')" in str(got.value)
+        assert "token create" not in str(got.value)
 
 
 def test_worker_cannot_see_agent_token(builder) -> None:

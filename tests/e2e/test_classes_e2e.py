@@ -63,8 +63,10 @@ def test_the_default_parameters_given_or_not_are_one_pool(builder) -> None:
             app_classes.Greeter(name="ada").letters.map([True])
         with pytest.raises(crucible.InvalidRequestError, match=r"hello is not a generator"):
             app_classes.Greeter(name="ada").hello.remote_gen()
-        # Counter's default pool, Greeter(name="ada")'s, and Broken's default pool.
-        assert builder.get(f"/v1/apps/{running._app_id}")["functions"] == 3
+        # Counter's default pool, Greeter(name="ada")'s, Broken's default pool, and
+        # Greeter's class function (never called: the pools of the app's own containers are
+        # made from it, as a deployment's).
+        assert builder.get(f"/v1/apps/{running._app_id}")["functions"] == 4
 
 
 def test_a_deployed_class_serves_any_parameters(exchange, tmp_path: Path) -> None:

@@ -416,6 +416,8 @@ V1_ROUTES = sorted(
         ("POST", "/v1/apps/{app_id}/stop"),
         ("POST", "/v1/apps/{app_id}/heartbeat"),
         ("POST", "/v1/apps/{app_id}/functions"),
+        ("GET", "/v1/apps/{app_id}/functions/{name}"),
+        ("POST", "/v1/apps/{app_id}/functions/{name}/pools"),
         ("POST", "/v1/functions/{function_id}/calls"),
         ("GET", "/v1/calls"),
         ("GET", "/v1/calls/{call_id}"),

@@ -238,10 +238,8 @@ def test_container_tokens_only_exchange_and_read_blobs(server: ServerUnderTest) 
         ("GET", "/v1/apps"),
         ("POST", "/v1/apps"),
         ("GET", f"/v1/apps/{app_id}"),
-        ("POST", f"/v1/functions/{fid}/calls"),
-        ("GET", f"/v1/calls/{call_id}"),
-        ("POST", f"/v1/calls/{call_id}/cancel"),
         ("GET", "/v1/calls"),
+        ("GET", f"/v1/calls/{call_id}/timeline"),
         ("GET", "/v1/accounts/me"),
         ("POST", "/v1/tokens"),
         ("GET", "/v1/tokens"),
@@ -331,6 +329,15 @@ ALLOWED = {
         ("GET", "/v1/containers/{container_id}/secrets"),
         ("GET", "/v1/containers/{container_id}/registry-auth"),
         *((m, p) for m, p in V1_ROUTES if p.startswith(("/v1/dicts", "/v1/queues", "/v1/volumes"))),
+        # A function calling another of its own app, and reading the calls it made
+        # (test_nested_calls_auth.py: nothing of another app, nor others' calls).
+        ("GET", "/v1/apps/{app_id}/functions/{name}"),
+        ("POST", "/v1/apps/{app_id}/functions/{name}/pools"),
+        ("POST", "/v1/functions/{function_id}/calls"),
+        ("GET", "/v1/calls/{call_id}"),
+        ("GET", "/v1/calls/{call_id}/items"),
+        ("POST", "/v1/calls/{call_id}/cancel"),
+        ("POST", "/v1/groups/{group_id}/results"),
     },
 }
 
@@ -350,6 +357,7 @@ def test_scope_matrix(server: ServerUnderTest) -> None:
         ("POST", "/v1/tokens"): {},
         ("PATCH", "/v1/accounts/{account}"): {"provider": True},
         ("POST", "/v1/deployments/{name}/functions/{function}/pools"): {"params": {}},
+        ("POST", "/v1/apps/{app_id}/functions/{name}/pools"): {"params": {}},
     }
     for scope, token in tokens.items():
         for route in V1_ROUTES:

@@ -17,6 +17,7 @@ from server_testlib import ServerUnderTest, concrete
 # second copy changes nothing.
 RETRIED_SAFELY = {
     "/v1/apps/{app_id}/functions": "registers by name: again replaces the spec with itself",
+    "/v1/apps/{app_id}/functions/{name}/pools": "finds the parameters' pool, or makes it",
     "/v1/apps/{app_id}/heartbeat": "moves the app's heartbeat to now",
     "/v1/apps/{app_id}/secrets": "a second copy of the same values, ended with the app",
     "/v1/apps/{app_id}/stop": "stopping a stopped app answers it",

@@ -131,6 +131,12 @@ class App:
         self._app_id: str | None = None
         self._client: Client | None = None
         self.classes: dict[str, Cls] = {}
+        # Inside a container whose function belongs to this app (set by the worker when it
+        # loads the function): the app's id on the exchange, and the container's own
+        # connection, through which this app's functions are called (a function calling
+        # another of its app).
+        self._container_app_id: str | None = None
+        self._container_client: Client | None = None
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -138,6 +144,23 @@ class App:
     @property
     def app_id(self) -> str | None:
         return self._app_id
+
+    def _in_container(self, what: str) -> tuple[Client, str]:
+        """Inside a function's container: the container's connection and the id of the app
+        it runs, to call ``what`` (``"f.remote()"``, for the refusal) with. Refused for an
+        app other than the container's own (another App object of the module, or one it
+        imports): a container calls only the functions of its own app."""
+        if self._container_app_id is None:
+            raise Error(
+                f"{what} inside a function's container: it belongs to the app {self.name!r}, "
+                "not to the app this container runs, and a container calls only the functions "
+                "of its own app. Define the function in the same app, or call it from the "
+                "builder's side (return what it needs to the caller), or pass the work "
+                "through a crucible.Queue"
+            )
+        if self._container_client is None:
+            self._container_client = Client.in_container()
+        return self._container_client, self._container_app_id
 
     # -- decorators --------------------------------------------------------------------------
     def function(
@@ -414,7 +437,7 @@ class App:
         client.builder_only("app.deploy()", _AT_MODULE_LEVEL)
         started = client.start_version(name or self.name)
         try:
-            self._register(client, started.app_id, deploying=True)
+            self._register(client, started.app_id)
             info = client.activate(started.name, started.app_id)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -484,12 +507,9 @@ class App:
 
         return decorate
 
-    def _register(self, client: Client, app_id: str, *, deploying: bool = False) -> None:
+    def _register(self, client: Client, app_id: str) -> None:
         fns = list(self.functions.values())
-        for owner in self.classes.values():
-            fn = owner.registered_at_start(deploying=deploying)
-            if fn is not None:
-                fns.append(fn)
+        fns += [owner.registered_at_start() for owner in self.classes.values()]
         self._register_functions(client, app_id, fns)
 
     def _register_functions(

@@ -21,7 +21,8 @@ __all__ = ["Client"]
 
 class Client:
     # A function's container's own connection (its container token): shared objects of its
-    # account, not the builder's routes (apps, deployments, calls by name).
+    # account and the functions of its own app, not the builder's routes (apps, deployments,
+    # functions by deployment name).
     container = False
 
     def __init__(self, server_url: str, token: str) -> None:
@@ -50,8 +51,8 @@ class Client:
     @classmethod
     def in_container(cls) -> Client:
         """Inside a container: the worker's own connection to the exchange (its container
-        token: shared objects of its account such as dicts and queues, blobs; not the builder
-        routes)."""
+        token: shared objects of its account such as dicts and queues, blobs, and the
+        functions of its own app and the calls it made; not the builder routes)."""
         client = cls.__new__(cls)
         client.container = True
         client.server_url = os.environ["CRUCIBLE_SERVER_URL"]
@@ -128,6 +129,20 @@ class Client:
         made from the deployed class when it is the first call of these parameters."""
         data = self.transport.post(
             f"/v1/deployments/{url_part(deployment)}/functions/{url_part(cls)}/pools",
+            ClassPoolCreate(params=params).model_dump(),
+        )
+        return FunctionInfo.model_validate(data)
+
+    def app_function(self, app_id: str, name: str) -> FunctionInfo:
+        """The function ``name`` of the app ``app_id`` (a container: of its own app only)."""
+        data = self.transport.get(f"/v1/apps/{url_part(app_id)}/functions/{url_part(name)}")
+        return FunctionInfo.model_validate(data)
+
+    def app_class_pool(self, app_id: str, cls: str, params: dict[str, Any]) -> FunctionInfo:
+        """The function of the pool of ``cls(**params)`` in the app ``app_id``, made from
+        the class's function when it is the first call of these parameters."""
+        data = self.transport.post(
+            f"/v1/apps/{url_part(app_id)}/functions/{url_part(cls)}/pools",
             ClassPoolCreate(params=params).model_dump(),
         )
         return FunctionInfo.model_validate(data)

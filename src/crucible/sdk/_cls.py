@@ -41,7 +41,13 @@ from crucible.errors import Error, InvalidRequestError
 from crucible.protocol.classes import ClassParam, ClassSpec, canonical_params, pool_name
 from crucible.sdk._aio import aio, aio_iter
 from crucible.sdk._client import Client
-from crucible.sdk._functions import Function, FunctionCall, _check_map_options
+from crucible.sdk._functions import (
+    FROM_A_CONTAINER,
+    Function,
+    FunctionCall,
+    _check_map_options,
+)
+from crucible.sdk._runtime import is_local
 
 if TYPE_CHECKING:
     from crucible.sdk._app import App
@@ -201,24 +207,42 @@ class Cls:
         options = {**self.options, "name": name, "class_params": params, "class_spec": self.spec}
         return Function(self.app, self.cls, options)
 
-    def registered_at_start(self, *, deploying: bool) -> Function[..., Any] | None:
+    def registered_at_start(self) -> Function[..., Any]:
         """The function registered with the app: the default pool when no parameter is
-        required (so min_containers and buffer_containers apply to it from the start). A
-        deployment always has one function named after the class, which carries the
-        class's spec: the exchange makes the pools of other parameter sets from it (for a
+        required (so min_containers and buffer_containers apply to it from the start). An
+        app (a run or a deployed version) always has one function named after the class,
+        which carries the class's spec: the exchange makes the pools of other parameter
+        sets from it, for a deployment's callers and for the app's own containers (for a
         class with required parameters it is never called and keeps no containers)."""
         defaults = self.spec.defaults()
         if defaults is not None:
             return self.pool(defaults)
-        return self._function(self.name, {}) if deploying else None
+        return self._function(self.name, {})
 
-    def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
-        if self.app._app_id is None:
-            raise Error(
-                f"{self.name}().{method}.remote() needs a running app: call it "
-                "inside `with app.run():` or from a @app.local_entrypoint()"
-            )
-        return self.pool(params)
+    def _function_for(self, params: dict[str, Any], method: str, how: str) -> Function[..., Any]:
+        if self.app._app_id is not None:
+            return self.pool(params)
+        what = f"{self.name}().{method}.{how}()"
+        if not is_local():  # a function of this app calling the class: its own app's pool
+            return self._pool_in_container(params, what)
+        raise Error(
+            f"{what} needs a running app: call it inside `with app.run():` or from a "
+            "@app.local_entrypoint()"
+        )
+
+    def _pool_in_container(self, params: dict[str, Any], what: str) -> Function[..., Any]:
+        """Inside a container of this app: the pool of ``params``, found (or made from the
+        class's function) by the exchange in the container's own app."""
+        name = pool_name(self.name, self.spec, params)
+        fn = self._pools.get(name)
+        if fn is not None and fn._function_id is not None:
+            return fn
+        client, app_id = self.app._in_container(what)
+        info = client.app_class_pool(app_id, self.name, params)
+        fn = self._function(info.name, params)
+        fn._hydrate(client, info.id)
+        self._pools[name] = fn
+        return fn
 
     @staticmethod
     def from_name(app_name: str, name: str, *, client: Client | None = None) -> DeployedCls:
@@ -232,6 +256,7 @@ class Cls:
                     f"Cls.from_name(): {label} must be a non-empty string, got {value!r}"
                 )
         client = client or Client.from_settings()
+        client.builder_only(f"Cls.from_name({app_name!r}, {name!r})", FROM_A_CONTAINER)
         default = Function.from_name(app_name, name, client=client)
         if default.kind != "class":
             raise InvalidRequestError(
@@ -271,7 +296,7 @@ class DeployedCls:
             return ClsInstance(self, {})
         return ClsInstance(self, _canonical(self.name, self.spec, args, params))
 
-    def _function_for(self, params: dict[str, Any], method: str) -> Function[..., Any]:
+    def _function_for(self, params: dict[str, Any], method: str, how: str) -> Function[..., Any]:
         assert self.spec is not None or not params
         pool = self.name if self.spec is None else pool_name(self.name, self.spec, params)
         fn = self._pools.get(pool)
@@ -307,8 +332,9 @@ class MethodHandle:
     def __init__(self, owner: Cls | DeployedCls, params: dict[str, Any], name: str) -> None:
         self._owner, self._params, self._name = owner, params, name
 
-    def _fn(self) -> Function[..., Any]:
-        return self._owner._function_for(self._params, self._name)
+    def _fn(self, how: str) -> Function[..., Any]:
+        """The pool's function, to call the method with ``.{how}()``."""
+        return self._owner._function_for(self._params, self._name, how)
 
     def _is_generator(self) -> bool | None:
         """Whether the method is a generator (None: not known, for a class deployed before
@@ -326,12 +352,12 @@ class MethodHandle:
     @aio
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         self._not_generator("remote")
-        return self._fn().remote(self._name, *args, **kwargs)
+        return self._fn("remote").remote(self._name, *args, **kwargs)
 
     @aio
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
         self._not_generator("spawn")
-        return self._fn().spawn(self._name, *args, **kwargs)
+        return self._fn("spawn").spawn(self._name, *args, **kwargs)
 
     @aio_iter
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -343,7 +369,7 @@ class MethodHandle:
                 f"{self._owner.name}.{self._name} is not a generator: call it with .remote(), "
                 ".spawn() or .map()"
             )
-        return self._fn()._stream(self._name, *args, **kwargs)
+        return self._fn("remote_gen")._stream(self._name, *args, **kwargs)
 
     @aio_iter
     def map(
@@ -408,7 +434,8 @@ class MethodHandle:
             raise InvalidRequestError(f"{label}.spawn_map() needs at least one iterable")
         self._not_generator("spawn_map")
         # The pool's calls name their method first: zipped, it ends with the shortest input.
-        return self._fn().spawn_map(itertools.repeat(self._name), *iterables, kwargs=kwargs)
+        fn = self._fn("spawn_map")
+        return fn.spawn_map(itertools.repeat(self._name), *iterables, kwargs=kwargs)
 
     def _map(
         self,
@@ -418,7 +445,7 @@ class MethodHandle:
         ordered: bool = True,
         how: str = "map",
     ) -> Iterator[Any]:
-        return self._fn()._map(
+        return self._fn(how)._map(
             ((self._name, *row) for row in rows), kwargs or {}, return_exceptions, ordered, how
         )
 

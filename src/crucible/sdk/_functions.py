@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from crucible.protocol.transport import url_part
 from crucible.sdk._aio import aio, aio_iter
 from crucible.sdk._checks import check_bool, check_int, check_number
 from crucible.sdk._client import Client
+from crucible.sdk._runtime import is_local
 from crucible.sdk._serialization import (
     deserialize_value,
     exception_from_error,
@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Function", "FunctionCall", "Retries"]
 
-# What calling a function from a function's container tells the builder.
+# What looking up a deployment by name from a function's container tells the builder.
 FROM_A_CONTAINER = (
-    "calling another function from a container is not supported yet. Return the inputs to "
-    "the caller and call it from there, or pass the work through a crucible.Queue"
+    "a container calls only the functions of its own app, through their handles "
+    "(`other.remote(...)`, `Model().method.remote(...)` with `other` and `Model` defined in "
+    "the same app). A function of another deployment is called from the builder's side "
+    "(return what it needs to the caller), or the work passes through a crucible.Queue"
 )
 
 P = ParamSpec("P")
@@ -277,8 +279,11 @@ class Function(Generic[P, R]):
 
     def _bound(self, how: str = "remote") -> tuple[Client, str]:
         if self._client is None or self._function_id is None:
-            if os.environ.get("CRUCIBLE_CONTAINER_ID"):  # inside a function's container
-                raise Error(f"{self.name}.{how}() from inside a function: {FROM_A_CONTAINER}")
+            if not is_local():  # a function of this app calling another: found by name
+                client, app_id = self.app._in_container(f"{self.name}.{how}()")
+                self._hydrate(client, client.app_function(app_id, self.name).id)
+                assert self._client is not None and self._function_id is not None
+                return self._client, self._function_id
             raise Error(
                 f"{self.name}.{how}() needs a running app: call it inside `with app.run():` "
                 "or from a @app.local_entrypoint() run by `crucible run`"

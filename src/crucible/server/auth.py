@@ -31,6 +31,9 @@ class Principal:
     scope: str  # admin | user | host | container
     token_id: str | None = None
     container_id: str | None = None
+    # A container token's app (the app its function belongs to), read by the routes a
+    # container may call its app's functions through (api/deps.call_maker); None otherwise.
+    app_id: str | None = None
 
     @property
     def is_admin(self) -> bool:

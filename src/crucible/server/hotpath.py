@@ -43,13 +43,13 @@ _ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Auth, Handler]] = [
     (
         re.compile(r"^/v1/functions/([^/]+)/calls$"),
         CallsCreate,
-        deps.builder,
+        deps.call_maker,
         calls.create_calls,  # type: ignore[list-item]
     ),
     (
         re.compile(r"^/v1/groups/([^/]+)/results$"),
         GroupResultsRequest,
-        deps.builder,
+        deps.call_maker,
         calls.group_results,  # type: ignore[list-item]
     ),
     (

@@ -53,6 +53,7 @@ from crucible.protocol.containers import (
 from crucible.protocol.secrets import SecretValues
 from crucible.protocol.transport import Transport, server_urls
 from crucible.protocol.web import encode_response
+from crucible.sdk._app import App
 from crucible.sdk._client import Client
 from crucible.sdk._cls import exit_hooks, make_instance
 from crucible.sdk._hooks import enter_hooks
@@ -232,6 +233,9 @@ class Worker:
             obj: Any = module
             for part in self.assignment.code.qualname.split("."):
                 obj = getattr(obj, part)
+            owner = getattr(obj, "app", None)
+            if isinstance(owner, App):  # its functions are called with this container's token
+                owner._container_app_id = self.assignment.app_id
             raw = getattr(obj, "raw_f", obj)  # a crucible Function wraps the user's function
             if not callable(raw):
                 raise Error(f"{self.assignment.code.qualname} is not callable")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
 from crucible.protocol.apps import AppCreate, AppInfo, FunctionCreate, FunctionInfo
+from crucible.protocol.classes import ClassPoolCreate
 from crucible.protocol.common import Wire
-from crucible.server.api.deps import Builder, RequestKey, State
+from crucible.server.api.deps import Builder, CallMaker, RequestKey, State
 from crucible.server.services import apps as svc
+from crucible.server.services import class_pools as pools
 from crucible.server.services import request_keys
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
@@ -72,3 +76,38 @@ async def create_functions(
 ) -> list[FunctionInfo]:
     with state.engine.begin() as conn:
         return svc.create_functions(conn, who, app_id, req.functions, state.clock.now_ms())
+
+
+# A function's own app, by name: what a function calling another of its app looks up (a
+# container token reaches only its own app; a builder's token any app of its account).
+_NAME = Path(min_length=1, max_length=128)
+
+
+@router.get("/{app_id}/functions/{name}")
+def get_function(
+    app_id: str, name: Annotated[str, _NAME], who: CallMaker, state: State
+) -> FunctionInfo:
+    """The app's function ``name`` (an ``@app.cls()`` class's default pool by the class's
+    name)."""
+    with state.engine.connect() as conn:
+        return svc.function_info(svc.function_by_name(conn, who, app_id, name))
+
+
+@router.post("/{app_id}/functions/{name}/pools")
+def class_pool(
+    app_id: str, name: Annotated[str, _NAME], req: ClassPoolCreate, who: CallMaker, state: State
+) -> FunctionInfo:
+    """The pool of an ``@app.cls()`` class's parameters in this app, made from the class's
+    function at the first ask (services/class_pools.py), as for a deployment's current
+    version."""
+    with state.engine.begin() as conn:
+        row = pools.class_pool(
+            conn,
+            who,
+            svc.function_by_name(conn, who, app_id, name),
+            req.params,
+            state.clock.now_ms(),
+            max_pools=state.settings.max_class_pools,
+        )
+    state.wakeups.kick_scheduler()
+    return svc.function_info(row)

@@ -19,12 +19,12 @@ from crucible.protocol.calls import (
 )
 from crucible.protocol.common import CallState
 from crucible.protocol.containers import InputAssignment
-from crucible.server.api.deps import Builder, State
+from crucible.server.api.deps import Builder, CallMaker, State
 from crucible.server.api.responses import model_response
 from crucible.server.auth import Principal
 from crucible.server.billing.statements import credit_refusal
 from crucible.server.services import calls as svc
-from crucible.server.services.apps import get_function_row
+from crucible.server.services.apps import get_function_row, require_own_app
 from crucible.server.services.containers import cancel_call as cancel_and_stop
 from crucible.server.services.deployments import forward_call_target
 from crucible.server.services.timeline import call_timeline
@@ -42,10 +42,11 @@ def _finished(state: ServerState, who: Principal, call_id: str) -> CallInfo | No
 
 @router.post("/functions/{function_id}/calls", status_code=201)
 async def create_calls(
-    function_id: str, req: CallsCreate, who: Builder, state: State
+    function_id: str, req: CallsCreate, who: CallMaker, state: State
 ) -> CallsCreated:
     """Accept inputs durably (committed before this answers). With ``wait_s`` and a single
-    input, wait up to that long for the result."""
+    input, wait up to that long for the result. A container token calls only the functions
+    of its own app (a function calling another), billed to its account like any call."""
     state.limits.take(state.limits.submit, who)
     created = await submit_calls(function_id, req, who, state)
     return model_response(created, 201)  # type: ignore[return-value]
@@ -109,6 +110,7 @@ async def submit_calls(
     try:
         with state.engine.begin() as conn:
             fn = get_function_row(conn, who, function_id)
+            require_own_app(who, fn.app_id)  # a container: its own app's functions only
             if fn.app_state != "running":
                 # A superseded version of a deployment: the call goes to the current one.
                 fn = (
@@ -168,7 +170,7 @@ def get_timeline(call_id: str, who: Builder, state: State) -> CallTimeline:
 @router.get("/calls/{call_id}")
 async def get_call(
     call_id: str,
-    who: Builder,
+    who: CallMaker,
     state: State,
     wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),
 ) -> CallInfo:
@@ -189,7 +191,7 @@ async def get_call(
 
 
 @router.post("/calls/{call_id}/cancel")
-async def cancel_call(call_id: str, who: Builder, state: State) -> CallInfo:
+async def cancel_call(call_id: str, who: CallMaker, state: State) -> CallInfo:
     with state.engine.begin() as conn:
         info, keys = cancel_and_stop(
             conn, who, call_id, state.clock.now_ms(), state.settings.max_infra_requeues
@@ -222,7 +224,7 @@ async def list_calls(
 
 @router.post("/groups/{group_id}/results")
 async def group_results(
-    group_id: str, req: GroupResultsRequest, who: Builder, state: State
+    group_id: str, req: GroupResultsRequest, who: CallMaker, state: State
 ) -> GroupResults:
     """Finished calls of a ``.map`` group, each delivered once; waits up to ``wait_s`` for at
     least one when none is ready and some are outstanding."""

@@ -19,7 +19,7 @@ from crucible.server.api.web_origin import endpoint_url
 from crucible.server.services import class_pools as pools
 from crucible.server.services import deployments as svc
 from crucible.server.services import request_keys
-from crucible.server.services.apps import FunctionRow
+from crucible.server.services.apps import function_info
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
@@ -85,7 +85,7 @@ def lookup(name: str, function: str, who: Builder, state: State, request: Reques
     with state.engine.connect() as conn:
         row = svc.current_function(conn, who, name, function)
         url = endpoint_url(state, request, conn, who.account_id, row) if row.spec.web else ""
-    return _function_info(row, url)
+    return function_info(row, url)
 
 
 @router.post("/deployments/{name}/functions/{function}/pools")
@@ -105,14 +105,4 @@ def class_pool(
             max_pools=state.settings.max_class_pools,
         )
     state.wakeups.kick_scheduler()
-    return _function_info(row, "")
-
-
-def _function_info(row: FunctionRow, web_url: str) -> FunctionInfo:
-    return FunctionInfo(
-        id=row.id,
-        app_id=row.app_id,
-        created_ms=row.created_ms,
-        web_url=web_url,
-        **row.spec.model_dump(),
-    )
+    return function_info(row, "")

@@ -8,6 +8,7 @@ running container. Each router names the kind of caller it accepts.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -18,11 +19,12 @@ from crucible.server.auth import Principal
 from crucible.server.services.accounts import authenticate
 from crucible.server.services.request_keys import KEY_PATTERN
 from crucible.server.state import ServerState
-from crucible.server.store.tables import containers
+from crucible.server.store.tables import containers, functions
 
 __all__ = [
     "BlobReader",
     "Builder",
+    "CallMaker",
     "Caller",
     "Container",
     "HostAgent",
@@ -116,17 +118,26 @@ async def member(request: Request) -> Principal:
     return _builder_or_running_container(request, "use dicts, queues or volumes")
 
 
+async def call_maker(request: Request) -> Principal:
+    """Builders, and running containers calling the functions of their own app (a function
+    calling another): a container's principal carries its app (``app_id``), and a container
+    reads and cancels only the calls it made (services/calls.made_by)."""
+    return _builder_or_running_container(request, "call functions")
+
+
 def _builder_or_running_container(request: Request, what: str) -> Principal:
     principal = _principal(request)
     if principal.container_id is not None:
         state: ServerState = request.app.state.crucible
         with state.engine.connect() as conn:
-            current = conn.execute(
-                select(containers.c.state).where(containers.c.id == principal.container_id)
-            ).scalar_one_or_none()
-        if current in (None, "stopped"):
+            row = conn.execute(
+                select(containers.c.state, functions.c.app_id)
+                .join(functions, functions.c.id == containers.c.function_id)
+                .where(containers.c.id == principal.container_id)
+            ).first()
+        if row is None or row.state == "stopped":
             raise AuthError("the container token belongs to a container that has stopped")
-        return principal
+        return replace(principal, app_id=row.app_id)
     if principal.scope not in ("admin", "user"):
         raise PermissionDeniedError(f"a {principal.scope} token cannot {what}")
     return principal
@@ -134,6 +145,7 @@ def _builder_or_running_container(request: Request, what: str) -> Principal:
 
 Caller = Annotated[Principal, Depends(any_token)]
 Builder = Annotated[Principal, Depends(builder)]
+CallMaker = Annotated[Principal, Depends(call_maker)]
 HostAgent = Annotated[Principal, Depends(host_agent)]
 Container = Annotated[Principal, Depends(container)]
 BlobReader = Annotated[Principal, Depends(blob_reader)]

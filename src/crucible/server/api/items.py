@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from crucible.errors import InvalidRequestError, NotFoundError
 from crucible.protocol.calls import ItemsAck, ItemsPage, ItemsSent
 from crucible.protocol.common import MAX_WIRE_INT, Payload, wire_count
-from crucible.server.api.deps import Builder, Container, State
+from crucible.server.api.deps import CallMaker, Container, State
 from crucible.server.auth import Principal
 from crucible.server.services import items as svc
 from crucible.server.services.blobs import require_blob
@@ -113,7 +113,7 @@ def relay_bytes(state: ServerState, account_id: str, payload: Payload) -> bytes:
 @router.get("/calls/{call_id}/items")
 async def get_items(
     call_id: str,
-    who: Builder,
+    who: CallMaker,
     state: State,
     after: int = Query(default=0, ge=0, le=MAX_WIRE_INT),
     wait_s: float = Query(default=0.0, ge=0, le=60, allow_inf_nan=False),

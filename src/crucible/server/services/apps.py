@@ -29,12 +29,15 @@ __all__ = [
     "FunctionRow",
     "create_app",
     "create_functions",
+    "function_by_name",
+    "function_info",
     "function_names",
     "get_app",
     "get_function_row",
     "heartbeat_app",
     "list_apps",
     "refuse_serving_version",
+    "require_own_app",
     "stop_abandoned_apps",
     "stop_app",
 ]
@@ -350,3 +353,43 @@ def function_names(conn: Connection, principal: Principal, ids: set[str]) -> dic
         )
     )
     return {r.id: r.name for r in rows}
+
+
+def require_own_app(principal: Principal, app_id: str) -> None:
+    """A container token reaches only the app its function belongs to (``principal.app_id``,
+    set by api/deps.call_maker; a container principal without it reaches nothing): any other
+    app, of its account or not, is not found for it. Other tokens pass (their routes check
+    the account)."""
+    if principal.container_id is not None and app_id != principal.app_id:
+        raise NotFoundError(
+            f"app {app_id} not found for this container: a function's container calls only "
+            "the functions of its own app (a function of another app is called from the "
+            "builder's side, or through a crucible.Queue)"
+        )
+
+
+def function_by_name(conn: Connection, principal: Principal, app_id: str, name: str) -> FunctionRow:
+    """The function ``name`` of the app ``app_id`` of the caller's account (for a container,
+    of its own app only: :func:`require_own_app`)."""
+    require_own_app(principal, app_id)
+    found = conn.execute(
+        select(functions.c.id).where(
+            functions.c.app_id == app_id,
+            functions.c.name == name,
+            functions.c.account_id == principal.account_id,
+        )
+    ).scalar()
+    if found is None:
+        raise NotFoundError(f"app {app_id} has no function named {name!r}")
+    return get_function_row(conn, principal, str(found))
+
+
+def function_info(row: FunctionRow, web_url: str = "") -> FunctionInfo:
+    """A function as the API describes it (``web_url``: a deployed web endpoint's URL)."""
+    return FunctionInfo(
+        id=row.id,
+        app_id=row.app_id,
+        created_ms=row.created_ms,
+        web_url=web_url,
+        **row.spec.model_dump(),
+    )

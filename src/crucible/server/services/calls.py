@@ -77,6 +77,7 @@ __all__ = [
     "group_results",
     "list_calls",
     "list_calls_by_range",
+    "made_by",
     "record_outputs",
     "record_timeout",
     "requeue_calls_of_container",
@@ -110,6 +111,8 @@ _CALL_COLUMNS = (
 _SEL_CALL = select(*_CALL_COLUMNS).where(
     calls.c.id == bindparam("b_id"), calls.c.account_id == bindparam("b_account")
 )
+# A container token reads only the calls its container made (a function calling another).
+_SEL_CALL_MADE_BY = _SEL_CALL.where(calls.c.caller_container_id == bindparam("b_caller"))
 _SEL_IDEMPOTENT = select(calls.c.id).where(
     calls.c.account_id == bindparam("b_account"),
     calls.c.idempotency_key == bindparam("b_key"),
@@ -131,6 +134,7 @@ _INSERT_COLUMNS = (
     "output_size",
     "idempotency_key",
     "container_id",
+    "caller_container_id",
     "created_ms",
     "started_ms",
     "deadline_ms",
@@ -400,6 +404,7 @@ def create_calls(
                 "output_size": 0,
                 "idempotency_key": item.idempotency_key,
                 "container_id": container,
+                "caller_container_id": principal.container_id,
                 "created_ms": now_ms,
                 "started_ms": now_ms if container else None,
                 "deadline_ms": deadline if container else None,
@@ -466,8 +471,23 @@ _INSERT_KEYED = {
 }
 
 
+def made_by(principal: Principal) -> Any:
+    """The calls ``principal`` may read and cancel: its account's, and for a container token
+    only those its container made (true for every other token)."""
+    if principal.container_id is None:
+        return calls.c.account_id == principal.account_id
+    return and_(
+        calls.c.account_id == principal.account_id,
+        calls.c.caller_container_id == principal.container_id,
+    )
+
+
 def get_call(conn: Connection, principal: Principal, call_id: str) -> CallInfo:
-    row = conn.execute(_SEL_CALL, {"b_id": call_id, "b_account": principal.account_id}).first()
+    """A call of ``principal`` (see :func:`made_by`); NotFound for any other."""
+    stmt, params = _SEL_CALL, {"b_id": call_id, "b_account": principal.account_id}
+    if principal.container_id is not None:
+        stmt, params["b_caller"] = _SEL_CALL_MADE_BY, principal.container_id
+    row = conn.execute(stmt, params).first()
     if row is None:
         raise NotFoundError(f"call {call_id} not found")
     return call_info(row)
@@ -590,7 +610,7 @@ def group_results_data(
     indices: Sequence[int] | None,
 ) -> tuple[list[dict[str, Any]], int]:
     """:func:`group_results` as plain data, for the route that sends thousands at a time."""
-    base = and_(calls.c.group_id == group_id, calls.c.account_id == principal.account_id)
+    base = and_(calls.c.group_id == group_id, made_by(principal))
     terminal = calls.c.state.in_(TERMINAL_STATES)
     if indices is not None:
         rows = conn.execute(
@@ -626,7 +646,7 @@ def cancel_call(
     call changes nothing."""
     row = conn.execute(
         select(calls.c.state, calls.c.container_id, calls.c.group_id, calls.c.started_ms).where(
-            calls.c.id == call_id, calls.c.account_id == principal.account_id
+            calls.c.id == call_id, made_by(principal)
         )
     ).first()
     if row is None:

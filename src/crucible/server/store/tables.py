@@ -415,6 +415,9 @@ calls = Table(
     Column("cost_micros", BigInteger),
     # The schedule tick that created this call (None: submitted by a client).
     Column("tick_ms", BigInteger),
+    # The container whose function made this call (None: a builder's, a schedule's or a web
+    # request's): a container token reads and cancels only the calls it made.
+    Column("caller_container_id", String(32)),
     # Claiming scans queued calls of a function in id (= creation) order.
     Index("ix_calls_function_state", "function_id", "state", "id"),
     Index("ix_calls_group", "group_id", "delivered", "state"),
