@@ -60,12 +60,15 @@ def test_a_class_method_is_a_target_and_a_bare_class_says_which() -> None:
     entry = _find_entrypoint(module, "Model.predict")
     assert entry.name == "Model.predict"
     assert _kwargs(entry, ["--x", "2"]) == {"x": 2}  # converted by the method's annotations
-    for target in ("Model", "Model.nope"):
-        with pytest.raises(InvalidRequestError, match=r"is a class \(@app.cls\)") as err:
-            _find_entrypoint(module, target)
-        assert "FILE::Model.predict" in str(err.value)
-    with pytest.raises(InvalidRequestError, match="no local entrypoint or function 'nope'"):
+    with pytest.raises(InvalidRequestError, match=r"is a class \(@app.cls\)") as err:
+        _find_entrypoint(module, "Model")
+    assert "FILE::Model.predict" in str(err.value)
+    with pytest.raises(InvalidRequestError, match=r"Model has no method 'nope'") as err:
+        _find_entrypoint(module, "Model.nope")
+    assert "FILE::Model.predict" in str(err.value)
+    with pytest.raises(InvalidRequestError, match="no local entrypoint, function or class") as err:
         _find_entrypoint(module, "nope")
+    assert "Model.predict" in str(err.value)  # class methods are targets too (probe4 F3)
 
 
 def test_name_equals_value_and_the_entrypoints_help() -> None:

@@ -68,3 +68,12 @@ def test_batching_and_concurrency_on_a_class_say_where_they_go() -> None:
             @crucible.method()
             @crucible.concurrent(max_inputs=4)
             def f(self) -> None: ...
+
+
+def _load() -> None: ...
+
+
+def test_modals_snap_is_snapshot() -> None:
+    """probe4 F4: Modal's `@enter(snap=True)` was a bare TypeError."""
+    marked = crucible.enter(snap=True)(_load)
+    assert marked.__crucible_enter__ == {"snapshot": True}  # type: ignore[attr-defined]

@@ -198,6 +198,7 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("fastapi public", lambda: crucible.fastapi_endpoint(public=1), "public"),  # type: ignore[arg-type]
     ("asgi public", lambda: crucible.asgi_app(public="yes"), "public"),  # type: ignore[arg-type]
     ("enter snapshot", lambda: crucible.enter(snapshot=1), "snapshot"),  # type: ignore[arg-type]
+    ("enter snap", lambda: crucible.enter(snap="yes"), "snap"),  # type: ignore[arg-type]
     ("pip none", lambda: crucible.Image().pip_install(), "pip_install"),
     ("pip type", lambda: crucible.Image().pip_install(5), "pip_install"),  # type: ignore[arg-type]
     ("pip blank", lambda: crucible.Image().pip_install(" "), "pip_install"),

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                     r.id,
                     r.app,
                     r.function,
-                    r.state if r.exit_reason is None else f"{r.state} ({r.exit_reason})",
+                    r.state if r.exit_reason in (None, r.state) else f"{r.state} ({r.exit_reason})",
                     f"{r.gpu_count}x{r.gpu_model}" if r.gpu_model else "-",
                     fmt_time(r.created_ms),
                 ]

@@ -113,9 +113,11 @@ def _find_entrypoint(module: Any, wanted: str | None) -> LocalEntrypoint:
         cls_name, _, method = wanted.partition(".")
         if cls_name in classes:
             return _method_entrypoint(classes[cls_name], method)
+        targets = {*entries, *functions}
+        targets |= {f"{n}.{m}" for n, c in classes.items() for m in c.methods}
         raise InvalidRequestError(
-            f"no local entrypoint or function {wanted!r} in {module.__name__}; found: "
-            + (", ".join(sorted({*entries, *functions})) or "none")
+            f"no local entrypoint, function or class method {wanted!r} in {module.__name__}; "
+            "found: " + (", ".join(sorted(targets)) or "none")
         )
     if len(entries) == 1:
         return next(iter(entries.values()))
@@ -158,7 +160,12 @@ def _method_entrypoint(owner: Cls, method: str) -> LocalEntrypoint:
     """``crucible run FILE::Model.predict --x 1``: the method of the class's default
     instance called once in a container, as ``modal run`` does."""
     name = owner.name
-    if not method or method not in owner.methods:
+    if method and method not in owner.methods:
+        raise InvalidRequestError(
+            f"{name} has no method {method!r} (an @crucible.method()); run one of "
+            + ", ".join(f"FILE::{name}.{m}" for m in owner.methods)
+        )
+    if not method:
         raise InvalidRequestError(
             f"{name} is a class (@app.cls): run one of its methods with FILE::{name}.METHOD "
             f"({', '.join(f'FILE::{name}.{m}' for m in owner.methods)})"

@@ -31,10 +31,17 @@ _MARK = "__crucible_enter__"
 _PARENS = "Did you forget parentheses? Write `@crucible.enter()`, not `@crucible.enter`."
 
 
-def enter(_func: Any = None, *, snapshot: bool = False) -> Callable[[F], F]:
-    """Mark a module-level function to run once per container (see the module docstring)."""
+def enter(
+    _func: Any = None, *, snapshot: bool = False, snap: bool | None = None
+) -> Callable[[F], F]:
+    """Mark a module-level function to run once per container (see the module docstring).
+    ``snap`` is Modal's name for ``snapshot``. On an ``@app.cls()`` class's method,
+    ``snapshot=True`` runs it once per container, as a plain enter hook (no snapshot)."""
     if _func is not None:
         raise InvalidRequestError(_PARENS)
+    if snap is not None:
+        check_bool("@crucible.enter snap", snap)
+        snapshot = snapshot or snap
     check_bool("@crucible.enter snapshot", snapshot)
 
     def decorate(f: F) -> F:
