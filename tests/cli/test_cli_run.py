@@ -219,6 +219,13 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     out = _completed(["run", f"{app}::square", "--help"], env, 60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "--x INT  (required)" in out.stdout and "--power INT  (default: 2)" in out.stdout
+    multi = tmp_path / "multi.py"
+    multi.write_text(
+        "import crucible\napp = crucible.App('multi')\n\n"
+        "@app.local_entrypoint()\ndef a(): ...\n\n@app.local_entrypoint()\ndef b(): ...\n"
+    )
+    out = _completed(["run", str(multi), "--help"], env, 60)  # which targets there are
+    assert out.returncode == 0 and "several entrypoints (a, b)" in out.stdout, out.stderr
     out = _completed(["run", "--help"], env, 60)
     assert out.returncode == 0 and "FILE.py::NAME" in out.stdout, out.stdout + out.stderr
     out = _completed(["run"], env, 60)

@@ -354,10 +354,15 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit()
         file, _, wanted = target.partition("::")
         module = import_app_file(Path(file))
-        entry = _find_entrypoint(module, wanted or None)
         if "--help" in ctx.args or "-h" in ctx.args:
+            try:
+                entry = _find_entrypoint(module, wanted or None)
+            except InvalidRequestError as exc:  # several targets, or none: which there are
+                typer.echo(f"Usage: crucible run {file}::NAME [OPTIONS]\n\n{exc.message}")
+                raise typer.Exit() from None
             typer.echo(entrypoint_help(entry, target))
             raise typer.Exit()
+        entry = _find_entrypoint(module, wanted or None)
         kwargs = _kwargs(entry, list(ctx.args))
         config = ensure_running(load_settings())
         client = Client(config.server_url, config.token)
