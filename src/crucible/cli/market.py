@@ -45,6 +45,7 @@ from crucible.protocol.market import (
     EarningsReport,
     HostMarketInfo,
     QuoteInfo,
+    QuoteTerms,
     ReservationInfo,
 )
 from crucible.protocol.transport import url_part
@@ -70,7 +71,7 @@ def _tier(tier: str) -> str:
     return t
 
 
-def _quote_line(q: QuoteInfo, *, asked: str = "") -> str:
+def _quote_line(q: QuoteTerms, *, asked: str = "") -> str:
     """A quote in one line (markup): ``asked`` and the tier it is for, the unit price, the
     hosts and the rate in all; or why it is not available (and the bid that would win)."""
     if not q.available:

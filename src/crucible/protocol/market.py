@@ -25,6 +25,7 @@ __all__ = [
     "OfferUpdate",
     "QuoteInfo",
     "QuoteRequest",
+    "QuoteTerms",
     "ReservationInfo",
     "ReserveCreate",
 ]
@@ -115,7 +116,9 @@ class QuoteRequest(Wire):
     verified: bool = False  # only hosts whose self-test matched the GPU catalog
 
 
-class QuoteInfo(Wire):
+class QuoteTerms(Wire):
+    """A quote's answer: available at a price, or refused with why."""
+
     available: bool
     model: str | None = None
     tier: str | None = None
@@ -126,10 +129,13 @@ class QuoteInfo(Wire):
     refusal: str | None = None  # stable code (docs/market.md)
     message: str | None = None
     min_winning_bid_micros: WireInt | None = None
+
+
+class QuoteInfo(QuoteTerms):
     # The renter's reservations the request would run inside (already paid: rate 0 for
     # those nodes), and then what the same request would get outside them (its own tier).
     reservations: list[str] = Field(default_factory=list)
-    without_reservations: QuoteInfo | None = None
+    without_reservations: QuoteTerms | None = None
 
 
 class ReserveCreate(Wire):

@@ -39,6 +39,7 @@ from crucible.protocol.market import (
     LevelInfo,
     QuoteInfo,
     QuoteRequest,
+    QuoteTerms,
     ReservationInfo,
     ReserveCreate,
 )
@@ -106,7 +107,8 @@ def quote(live: LiveMarket, principal: Principal, req: QuoteRequest, now_ms: int
             outside = live.market.quote(replace(lease_req, use_reservations=False), now)
     info = _quote_info(q)
     if outside is not None:
-        info.without_reservations = _quote_info(outside)
+        terms = _quote_info(outside).model_dump(exclude={"reservations", "without_reservations"})
+        info.without_reservations = QuoteTerms(**terms)
     return info
 
 
