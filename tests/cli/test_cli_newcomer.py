@@ -16,7 +16,7 @@ import pytest
 
 from crucible.settings import SETTINGS_TABLE
 
-from cli_testlib import refused
+from cli_testlib import crucible, refused
 from harness import Exchange, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,21 +37,14 @@ def cli(
     *args: str, server: str | None = None, token: str = "cru_unused", columns: int = 80
 ) -> subprocess.CompletedProcess[str]:
     """`crucible ARGS` with no exchange configured but ``server`` (a dead port if None)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
-    env.update(
-        CRUCIBLE_HOME=str(ROOT / ".no-such-crucible-home"),
-        CRUCIBLE_SERVER_URL=server or f"http://127.0.0.1:{free_port()}",
-        CRUCIBLE_TOKEN=token,
-        COLUMNS=str(columns),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "crucible.cli.main", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    return crucible(
+        *args,
+        env={
+            "CRUCIBLE_HOME": str(ROOT / ".no-such-crucible-home"),
+            "CRUCIBLE_SERVER_URL": server or f"http://127.0.0.1:{free_port()}",
+            "CRUCIBLE_TOKEN": token,
+            "COLUMNS": str(columns),
+        },
     )
 
 

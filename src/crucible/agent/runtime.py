@@ -474,8 +474,9 @@ class ProcessRuntime:
             # first) can differ on hosts with mixed GPUs.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
-        if agent_ca_bundle() is not None:  # the CA the agent trusts for the exchange
-            env["SSL_CERT_FILE"] = str(agent_ca_bundle())
+        ca = agent_ca_bundle()
+        if ca is not None:  # the CA the agent trusts for the exchange
+            env["SSL_CERT_FILE"] = str(ca)
         if a.image is not None and a.image.registry is not None:
             env["CRUCIBLE_INIT_ERROR"] = ErrorInfo(
                 code=ImageUnsupportedError.code,
